@@ -1,0 +1,434 @@
+// Package manifest loads and validates an application manifest: the file under
+// models/{app}/manifest.yaml that describes one application's model variants, its
+// SneakPeek estimators, its classes, its class prior and its utility matrix.
+//
+// Basics: Load reads and validates a manifest; every path in it is resolved relative
+// to the manifest's own directory. A manifest that is inconsistent (a matrix of the
+// wrong size, a prior that does not sum to 1, a variant input that does not fit the
+// request input) is refused with an error naming the field.
+//
+// Caveats: Load does not open the ONNX files; the engine checks that the shapes
+// declared here match the model when it loads a variant.
+package manifest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"gopkg.in/yaml.v3"
+)
+
+// App is one application: a classification task served by several model variants.
+type App struct {
+	// Name is the application's name as used in topics: sneakgate/req/{name}/{device}.
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	// InputSize is the number of float32 values in one request's input.
+	InputSize int `yaml:"input_size"`
+	// InputShape is how those values are laid out for display and documentation
+	// (e.g. [28, 28]); its product must equal InputSize.
+	InputShape []int `yaml:"input_shape"`
+	// InputRange, if set, is the closed interval every input value must lie in.
+	InputRange *[2]float64 `yaml:"input_range,omitempty"`
+	// Labels names the classes; len(Labels) is the number of classes K.
+	Labels []string `yaml:"labels"`
+	// DefaultDeadlineMS is the budget used when a request names no deadline.
+	DefaultDeadlineMS int64 `yaml:"default_deadline_ms"`
+	// Prior is the class prior (sums to 1), the Dirichlet concentration's shape for the
+	// kNN estimator and the label mix of the validation split.
+	Prior []float64 `yaml:"prior"`
+	// PriorStrength is the Dirichlet prior's total mass (sum of alpha); 0 means K.
+	PriorStrength float64 `yaml:"prior_strength"`
+	// Utility is the K x K matrix W[y][yhat]: the value of predicting yhat when the
+	// truth is y. The identity matrix values plain accuracy.
+	Utility [][]float64 `yaml:"utility"`
+	// Variants are the model variants, usually from cheapest to most accurate.
+	Variants []Variant `yaml:"variants"`
+	// Estimators are the SneakPeek estimators; the first is used unless configured.
+	Estimators []Estimator `yaml:"estimators"`
+	// Samples points to evaluation samples the simulator and tests may replay.
+	Samples *Samples `yaml:"samples,omitempty"`
+	// Workloads are named label mixes for the simulator and the evaluator.
+	Workloads []Workload `yaml:"workloads,omitempty"`
+
+	// Dir is the directory the manifest was loaded from (not read from YAML).
+	Dir string `yaml:"-"`
+}
+
+// Variant is one ONNX model of an application.
+type Variant struct {
+	Name string `yaml:"name"`
+	// File is the ONNX file, relative to the manifest.
+	File string `yaml:"file"`
+	// Family is free text (logistic, mlp, cnn, tree-ensemble, silero-v5...).
+	Family string `yaml:"family"`
+	// Inputs lists every ONNX input of the model and how it is fed.
+	Inputs []Input `yaml:"inputs"`
+	// Output says which ONNX output holds the answer and how to read it.
+	Output Output `yaml:"output"`
+	// Params is the number of parameters (informational).
+	Params int64 `yaml:"params"`
+	// Accuracy is the accuracy measured on the held-out validation split.
+	Accuracy float64 `yaml:"accuracy"`
+	// Confusion is the K x K count matrix on the validation split, rows = true class.
+	Confusion [][]float64 `yaml:"confusion"`
+	// Recall is the per-class recall on the validation split (row-normalised diagonal).
+	Recall []float64 `yaml:"recall"`
+	// LatencyUS records per-sample latency measured offline at batch 1 and 32
+	// (informational; the gateway measures its own profile at start-up).
+	LatencyUS map[string]float64 `yaml:"latency_us,omitempty"`
+}
+
+// Input describes one ONNX input of a variant.
+type Input struct {
+	Name string `yaml:"name"`
+	// Kind is "data" (taken from the request input), "zeros" (a zero tensor, e.g. an
+	// initial recurrent state) or "const" (a constant scalar or tensor).
+	Kind string `yaml:"kind"`
+	// DType is "float32" (default) or "int64".
+	DType string `yaml:"dtype"`
+	// Shape is the tensor shape with -1 marking the batch axis (exactly one -1 for
+	// data and zeros; none for const). For data, the product of the other
+	// dimensions must equal Length.
+	Shape []int64 `yaml:"shape"`
+	// Offset and Length select the slice of the request input fed to a data input;
+	// Length 0 means the whole request input from Offset.
+	Offset int `yaml:"offset"`
+	Length int `yaml:"length"`
+	// Value fills a const input.
+	Value float64 `yaml:"value"`
+}
+
+// Output describes how a variant's answer is read.
+type Output struct {
+	Name string `yaml:"name"`
+	// Kind is "logits" (softmax is applied), "probabilities" (used as is) or
+	// "score" (a single probability of the positive class, class 1 of 2).
+	Kind string `yaml:"kind"`
+}
+
+// Estimator describes one SneakPeek estimator.
+type Estimator struct {
+	Name string `yaml:"name"`
+	// Kind is "knn" or "logistic" (more kinds may be added by package sneakpeek).
+	Kind string `yaml:"kind"`
+	// File holds the estimator's parameters, relative to the manifest.
+	File string `yaml:"file"`
+	// K is the number of neighbours for knn.
+	K int `yaml:"k,omitempty"`
+	// Features names the feature transform applied to the request input before the
+	// estimator (see package sneakpeek), e.g. "pool4" or "identity".
+	Features string `yaml:"features"`
+	// Accuracy and ECE are measured on the validation split; CostUS is the
+	// measured cost per request in microseconds.
+	Accuracy float64 `yaml:"accuracy"`
+	ECE      float64 `yaml:"ece"`
+	CostUS   float64 `yaml:"cost_us"`
+}
+
+// Samples points to replayable evaluation samples.
+type Samples struct {
+	// File is a sample file relative to the manifest (format defined by package devices).
+	File string `yaml:"file"`
+	// Count is the number of samples in it.
+	Count int `yaml:"count"`
+}
+
+// Workload is a named label mix.
+type Workload struct {
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	// Mix is the class mix (sums to 1). A drifting workload has Mix and MixEnd and
+	// moves linearly from one to the other over the run.
+	Mix    []float64 `yaml:"mix"`
+	MixEnd []float64 `yaml:"mix_end,omitempty"`
+}
+
+// Errors returned by Load.
+var (
+	// ErrInvalid is wrapped by every validation error.
+	ErrInvalid = errors.New("invalid manifest")
+)
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+
+// Load reads the manifest at path, resolves its relative paths and validates it.
+// It returns an error wrapping ErrInvalid that names the offending field when the
+// manifest is inconsistent, or the read/parse error.
+func Load(path string) (*App, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	var a App
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&a); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", path, err)
+	}
+	a.Dir = filepath.Dir(path)
+	if err := a.Validate(); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", path, err)
+	}
+	return &a, nil
+}
+
+// Path resolves a file named in the manifest relative to the manifest's directory.
+func (a *App) Path(file string) string {
+	if filepath.IsAbs(file) {
+		return file
+	}
+	return filepath.Join(a.Dir, file)
+}
+
+// K is the number of classes.
+func (a *App) K() int { return len(a.Labels) }
+
+// Variant returns the variant with the given name, or nil.
+func (a *App) Variant(name string) *Variant {
+	for i := range a.Variants {
+		if a.Variants[i].Name == name {
+			return &a.Variants[i]
+		}
+	}
+	return nil
+}
+
+// Alpha returns the Dirichlet concentration: Prior scaled to PriorStrength (K if 0).
+func (a *App) Alpha() []float64 {
+	s := a.PriorStrength
+	if s == 0 {
+		s = float64(a.K())
+	}
+	out := make([]float64, len(a.Prior))
+	for i, p := range a.Prior {
+		out[i] = p * s
+	}
+	return out
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}
+
+// Validate checks the manifest's internal consistency.
+func (a *App) Validate() error {
+	if !nameRE.MatchString(a.Name) {
+		return invalid("name %q: must match %s", a.Name, nameRE)
+	}
+	if a.InputSize <= 0 {
+		return invalid("input_size: must be positive, got %d", a.InputSize)
+	}
+	if len(a.InputShape) > 0 {
+		n := 1
+		for _, d := range a.InputShape {
+			n *= d
+		}
+		if n != a.InputSize {
+			return invalid("input_shape %v: product %d != input_size %d", a.InputShape, n, a.InputSize)
+		}
+	}
+	if a.InputRange != nil && !(a.InputRange[0] < a.InputRange[1]) {
+		return invalid("input_range %v: low must be below high", *a.InputRange)
+	}
+	k := len(a.Labels)
+	if k < 2 {
+		return invalid("labels: need at least 2 classes, got %d", k)
+	}
+	if a.DefaultDeadlineMS <= 0 {
+		return invalid("default_deadline_ms: must be positive, got %d", a.DefaultDeadlineMS)
+	}
+	if err := checkDist("prior", a.Prior, k); err != nil {
+		return err
+	}
+	if a.PriorStrength < 0 {
+		return invalid("prior_strength: must not be negative")
+	}
+	if err := checkMatrix("utility", a.Utility, k); err != nil {
+		return err
+	}
+	if len(a.Variants) == 0 {
+		return invalid("variants: need at least one")
+	}
+	seen := map[string]bool{}
+	for i := range a.Variants {
+		v := &a.Variants[i]
+		f := fmt.Sprintf("variants[%d]", i)
+		if !nameRE.MatchString(v.Name) {
+			return invalid("%s.name %q: must match %s", f, v.Name, nameRE)
+		}
+		if seen[v.Name] {
+			return invalid("%s.name %q: duplicate", f, v.Name)
+		}
+		seen[v.Name] = true
+		if v.File == "" {
+			return invalid("%s.file: required", f)
+		}
+		if err := a.checkInputs(f, v.Inputs); err != nil {
+			return err
+		}
+		switch v.Output.Kind {
+		case "logits", "probabilities":
+		case "score":
+			if k != 2 {
+				return invalid("%s.output.kind score needs exactly 2 labels, have %d", f, k)
+			}
+		default:
+			return invalid("%s.output.kind %q: want logits, probabilities or score", f, v.Output.Kind)
+		}
+		if v.Output.Name == "" {
+			return invalid("%s.output.name: required", f)
+		}
+		if v.Accuracy < 0 || v.Accuracy > 1 {
+			return invalid("%s.accuracy %v: must be in [0,1]", f, v.Accuracy)
+		}
+		if err := checkMatrix(f+".confusion", v.Confusion, k); err != nil {
+			return err
+		}
+		for y, row := range v.Confusion {
+			for _, c := range row {
+				if c < 0 {
+					return invalid("%s.confusion[%d]: negative count", f, y)
+				}
+			}
+		}
+		if len(v.Recall) != k {
+			return invalid("%s.recall: want %d values, got %d", f, k, len(v.Recall))
+		}
+		for y, r := range v.Recall {
+			if r < 0 || r > 1 || math.IsNaN(r) {
+				return invalid("%s.recall[%d] %v: must be in [0,1]", f, y, r)
+			}
+		}
+	}
+	for i, e := range a.Estimators {
+		f := fmt.Sprintf("estimators[%d]", i)
+		if e.Name == "" || e.Kind == "" || e.File == "" {
+			return invalid("%s: name, kind and file are required", f)
+		}
+		if e.Kind == "knn" && e.K <= 0 {
+			return invalid("%s.k: must be positive for knn", f)
+		}
+	}
+	for i, w := range a.Workloads {
+		f := fmt.Sprintf("workloads[%d]", i)
+		if w.Name == "" {
+			return invalid("%s.name: required", f)
+		}
+		if err := checkDist(f+".mix", w.Mix, k); err != nil {
+			return err
+		}
+		if w.MixEnd != nil {
+			if err := checkDist(f+".mix_end", w.MixEnd, k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (a *App) checkInputs(f string, ins []Input) error {
+	data := 0
+	for j, in := range ins {
+		g := fmt.Sprintf("%s.inputs[%d]", f, j)
+		if in.Name == "" {
+			return invalid("%s.name: required", g)
+		}
+		switch in.DType {
+		case "", "float32", "int64":
+		default:
+			return invalid("%s.dtype %q: want float32 or int64", g, in.DType)
+		}
+		batchAxes, prod := 0, int64(1)
+		for _, d := range in.Shape {
+			switch {
+			case d == -1:
+				batchAxes++
+			case d > 0:
+				prod *= d
+			default:
+				return invalid("%s.shape %v: dimensions must be positive or -1", g, in.Shape)
+			}
+		}
+		switch in.Kind {
+		case "data":
+			data++
+			if batchAxes != 1 {
+				return invalid("%s.shape %v: data input needs exactly one -1 (batch) axis", g, in.Shape)
+			}
+			n := in.Length
+			if n == 0 {
+				n = a.InputSize - in.Offset
+			}
+			if in.Offset < 0 || n <= 0 || in.Offset+n > a.InputSize {
+				return invalid("%s: offset %d length %d outside input_size %d", g, in.Offset, in.Length, a.InputSize)
+			}
+			if prod != int64(n) {
+				return invalid("%s.shape %v: %d values per sample, but the slice has %d", g, in.Shape, prod, n)
+			}
+		case "zeros":
+			if batchAxes != 1 {
+				return invalid("%s.shape %v: zeros input needs exactly one -1 (batch) axis", g, in.Shape)
+			}
+		case "const":
+			if batchAxes != 0 {
+				return invalid("%s.shape %v: const input has no batch axis", g, in.Shape)
+			}
+		default:
+			return invalid("%s.kind %q: want data, zeros or const", g, in.Kind)
+		}
+	}
+	if data != 1 {
+		return invalid("%s.inputs: need exactly one data input, got %d", f, data)
+	}
+	return nil
+}
+
+// DataInput returns the variant's data input.
+func (v *Variant) DataInput() Input {
+	for _, in := range v.Inputs {
+		if in.Kind == "data" {
+			return in
+		}
+	}
+	return Input{}
+}
+
+func checkDist(field string, p []float64, k int) error {
+	if len(p) != k {
+		return invalid("%s: want %d values, got %d", field, k, len(p))
+	}
+	s := 0.0
+	for i, x := range p {
+		if x < 0 || math.IsNaN(x) || math.IsInf(x, 0) {
+			return invalid("%s[%d] %v: must be a non-negative number", field, i, x)
+		}
+		s += x
+	}
+	if math.Abs(s-1) > 1e-3 {
+		return invalid("%s: sums to %v, want 1", field, s)
+	}
+	return nil
+}
+
+func checkMatrix(field string, m [][]float64, k int) error {
+	if len(m) != k {
+		return invalid("%s: want %d rows, got %d", field, k, len(m))
+	}
+	for i, row := range m {
+		if len(row) != k {
+			return invalid("%s[%d]: want %d columns, got %d", field, i, k, len(row))
+		}
+		for j, x := range row {
+			if math.IsNaN(x) || math.IsInf(x, 0) {
+				return invalid("%s[%d][%d]: not a finite number", field, i, j)
+			}
+		}
+	}
+	return nil
+}
