@@ -1,0 +1,33 @@
+// Package scheduler decides which queued requests run next, on which model variant,
+// in which batch.
+//
+// # Basics
+//
+// A decision is a pure function of a Snapshot: the current time, the queued requests
+// (each with its SneakPeek estimate and per-variant expected utilities, computed once
+// at admission by Prepare), every application's variants with their measured latency
+// per batch size and swap cost, and which variants are resident. A Policy returns a
+// Decision: at most one Batch to run now, Verdicts for requests that should be answered
+// without running a model (degraded or expired), and a time by which it wants to be
+// asked again. The caller (the gateway's scheduling loop, or the evaluation simulator)
+// executes the decision; the policy has no side effects on the queue.
+//
+// All policies share one utility and cost model (utility.go): the data-aware expected
+// utility U(m|p), the profiled utility, the deadline penalty, and the swap/residency
+// accounting (residency.go), so their scores are comparable.
+//
+// Policies are registered by name (New, Names): fifo, edf, and more in later work.
+//
+// # Time and the deadline penalty
+//
+// A request arrives at Arrival with an absolute Deadline; its budget is
+// D = Deadline - Arrival. A result that finishes at or before the deadline keeps its
+// full utility u; one that finishes later keeps u*(1-S(x)) with x = lateness/D and
+// S(x) = x^3/(x^3+(1-x)^3), and nothing from Deadline+D on (the "hard stop"). A
+// request whose hard stop has passed is answered expired without running.
+//
+// # Caveats
+//
+// Decide is called from one goroutine; policies may keep state between calls
+// (for example a batching delay) and are not safe for concurrent use.
+package scheduler

@@ -1,0 +1,83 @@
+package scheduler
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Options configure a policy. Fields a policy does not use are ignored.
+type Options struct {
+	// MaxBatch caps a batch's size (default 32; a variant's own table may cap it lower).
+	MaxBatch int
+	// Window is how many queued requests a searching policy considers per decision.
+	Window int
+	// FixedVariant names, per application, the variant a fixed-variant policy uses;
+	// an application not named uses its most accurate variant.
+	FixedVariant map[string]string
+	// MaxQueueDelay is how long a batching policy may hold a request to fill a batch.
+	MaxQueueDelay time.Duration
+}
+
+// DefaultOptions returns the options used for fields left zero.
+func DefaultOptions() Options {
+	return Options{MaxBatch: 32, Window: 16, MaxQueueDelay: 2 * time.Millisecond}
+}
+
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = d.MaxBatch
+	}
+	if o.Window <= 0 {
+		o.Window = d.Window
+	}
+	if o.MaxQueueDelay <= 0 {
+		o.MaxQueueDelay = d.MaxQueueDelay
+	}
+	return o
+}
+
+// Factory makes a policy from options.
+type Factory func(Options) (Policy, error)
+
+var (
+	regMu    sync.RWMutex
+	registry = map[string]Factory{}
+)
+
+// Register makes a policy available by name. It panics on a duplicate name, which is
+// a programming error caught at init.
+func Register(name string, f Factory) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	if _, dup := registry[name]; dup {
+		panic("scheduler: policy registered twice: " + name)
+	}
+	registry[name] = f
+}
+
+// New makes the named policy. It returns an error naming the known policies when the
+// name is unknown.
+func New(name string, o Options) (Policy, error) {
+	regMu.RLock()
+	f, ok := registry[name]
+	regMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("scheduler: unknown policy %q (known: %v)", name, Names())
+	}
+	return f(o.withDefaults())
+}
+
+// Names lists the registered policies, sorted.
+func Names() []string {
+	regMu.RLock()
+	defer regMu.RUnlock()
+	out := make([]string, 0, len(registry))
+	for n := range registry {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,178 @@
+package scheduler
+
+import (
+	"fmt"
+	"time"
+)
+
+// VariantID names one model variant of one application.
+type VariantID struct {
+	App, Variant string
+}
+
+func (id VariantID) String() string { return id.App + "/" + id.Variant }
+
+// Variant is what the scheduler knows about one model variant.
+type Variant struct {
+	ID VariantID
+	// Index is the variant's position in its App's Variants.
+	Index int
+	// Accuracy is the profiled (validation-set) accuracy.
+	Accuracy float64
+	// Recall is the per-class recall on the validation set.
+	Recall []float64
+	// Cond is the row-normalised confusion matrix, Cond[y][yhat] = P(yhat | y).
+	Cond [][]float64
+	// Latency[b] is the measured duration of one forward pass at batch size b
+	// (index 0 unused); len(Latency)-1 is the largest batch the variant may run.
+	Latency []time.Duration
+	// Load and Unload are the measured costs of making the variant resident or not.
+	Load, Unload time.Duration
+	// MemBytes is the variant's cost against the engine's memory budget.
+	MemBytes int64
+	// ProfiledUtility is the expected utility under the application's prior (the
+	// data-oblivious value of this variant).
+	ProfiledUtility float64
+}
+
+// MaxBatch is the largest batch size the variant may run.
+func (v *Variant) MaxBatch() int { return len(v.Latency) - 1 }
+
+// LatencyAt is the forward-pass duration at batch size b (clamped to 1..MaxBatch).
+func (v *Variant) LatencyAt(b int) time.Duration {
+	if b < 1 {
+		b = 1
+	}
+	m := v.MaxBatch()
+	if b <= m {
+		return v.Latency[b]
+	}
+	// Beyond the table: whole batches of MaxBatch plus the remainder.
+	d := time.Duration(b/m) * v.Latency[m]
+	if r := b % m; r > 0 {
+		d += v.Latency[r]
+	}
+	return d
+}
+
+// App is what the scheduler knows about one application.
+type App struct {
+	Name string
+	// K is the number of classes.
+	K int
+	// Prior is the class prior of the validation set.
+	Prior []float64
+	// Utility is W[y][yhat].
+	Utility [][]float64
+	// Variants, in manifest order.
+	Variants []*Variant
+	// DefaultVariant is the index of the variant a fixed-variant policy uses.
+	DefaultVariant int
+}
+
+// Request is one queued request as the scheduler sees it. Build it with Prepare.
+type Request struct {
+	// Seq is the arrival order (unique, increasing).
+	Seq uint64
+	App *App
+	// Arrival and Deadline are absolute; Budget = Deadline - Arrival.
+	Arrival, Deadline time.Time
+	// P is the SneakPeek estimate (a class distribution), or nil when there is none.
+	P []float64
+	// Class is argmax P (-1 without an estimate): the grouping key.
+	Class int
+	// ExpUtility[m] is the data-aware expected utility of variant m under P (the
+	// profiled utility when P is nil).
+	ExpUtility []float64
+	// ExpAccuracy[m] is the data-aware expected accuracy sum_y P(y) Recall_m(y).
+	ExpAccuracy []float64
+	// DegradedUtility is the expected utility of answering with argmax P itself; it
+	// is meaningful only when P is not nil.
+	DegradedUtility float64
+	// Ref is the caller's handle for the request; the scheduler never looks at it.
+	Ref any
+}
+
+// Budget is the request's whole deadline budget D.
+func (r *Request) Budget() time.Duration { return r.Deadline.Sub(r.Arrival) }
+
+// HardStop is the time from which a result is worth nothing: Deadline + Budget.
+func (r *Request) HardStop() time.Time { return r.Deadline.Add(r.Budget()) }
+
+// Engine is the engine's state at decision time.
+type Engine struct {
+	// Resident lists the loaded variants with the time each was last used.
+	Resident map[VariantID]time.Time
+	// MemBudget (bytes) and CountBudget (variants) bound residency; 0 = unlimited.
+	MemBudget   int64
+	CountBudget int
+}
+
+// Snapshot is everything a policy may look at to decide.
+type Snapshot struct {
+	Now time.Time
+	// Queue holds the waiting requests in arrival order. Policies must not modify it.
+	Queue  []*Request
+	Apps   map[string]*App
+	Engine Engine
+}
+
+// Outcome is how a request is answered without running a model.
+type Outcome int
+
+const (
+	// Degraded: the SneakPeek estimate answers, clearly marked.
+	Degraded Outcome = iota + 1
+	// Expired: nothing useful can be done any more; the request is not run.
+	Expired
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Degraded:
+		return "degraded"
+	case Expired:
+		return "expired"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// Verdict answers one request without running a model.
+type Verdict struct {
+	Request *Request
+	Outcome Outcome
+	// Reason names why, e.g. "past_hard_stop", "no_variant_meets_deadline".
+	Reason string
+}
+
+// Batch is one forward pass of one variant over some requests.
+type Batch struct {
+	Variant *Variant
+	// Requests, in the order their inputs are stacked.
+	Requests []*Request
+	// Evict and Load are the residency changes to make first, in order.
+	Evict, Load []VariantID
+	// Start is when the batch is planned to start (the decision's Now), Finish
+	// when it is predicted to finish (swap cost included).
+	Start, Finish time.Time
+	// Utility is the predicted total penalised utility of the batch.
+	Utility float64
+}
+
+// Decision is what a policy asks the caller to do now.
+type Decision struct {
+	// Verdicts are applied first (requests removed from the queue and answered).
+	Verdicts []Verdict
+	// Batch, if not nil, runs now; its requests leave the queue.
+	Batch *Batch
+	// WakeAt, if not zero, is when the policy wants to decide again even if nothing
+	// happens (a batching delay). The caller also decides again whenever a request
+	// arrives or a batch finishes.
+	WakeAt time.Time
+}
+
+// Policy decides. Implementations are registered by name with Register.
+type Policy interface {
+	Name() string
+	Decide(s *Snapshot) Decision
+}

@@ -1,0 +1,152 @@
+package scheduler
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/sneakgate/sneakgate/manifest"
+)
+
+// Penalty is the fraction of utility kept by a result that finishes at finish, for a
+// request with the given deadline and whole budget D: 1 up to the deadline, then
+// 1-S(x) with x = (finish-deadline)/D and S(x) = x^3/(x^3+(1-x)^3), and 0 from
+// deadline+D on.
+func Penalty(finish, deadline time.Time, budget time.Duration) float64 {
+	late := finish.Sub(deadline)
+	if late <= 0 {
+		return 1
+	}
+	if budget <= 0 || late >= budget {
+		return 0
+	}
+	x := float64(late) / float64(budget)
+	x3, y3 := x*x*x, (1-x)*(1-x)*(1-x)
+	return 1 - x3/(x3+y3)
+}
+
+// PenalizedUtility is u discounted for a result of r finishing at finish. A negative
+// u (a utility matrix may value wrong answers below zero) is kept whole: lateness
+// never turns a cost into a gain.
+func PenalizedUtility(u float64, r *Request, finish time.Time) float64 {
+	if u <= 0 {
+		return u
+	}
+	return u * Penalty(finish, r.Deadline, r.Budget())
+}
+
+// ExpectedUtility is U(m|p) = sum_y p(y) sum_yhat cond[y][yhat] W[y][yhat].
+func ExpectedUtility(p []float64, cond, w [][]float64) float64 {
+	u := 0.0
+	for y, py := range p {
+		if py == 0 {
+			continue
+		}
+		row, wy := cond[y], w[y]
+		s := 0.0
+		for yh, c := range row {
+			s += c * wy[yh]
+		}
+		u += py * s
+	}
+	return u
+}
+
+// ExpectedAccuracy is A(m|p) = sum_y p(y) recall(y).
+func ExpectedAccuracy(p, recall []float64) float64 {
+	a := 0.0
+	for y, py := range p {
+		a += py * recall[y]
+	}
+	return a
+}
+
+// Argmax returns the index of the largest value (the first on ties), -1 if empty.
+func Argmax(p []float64) int {
+	best, bi := math.Inf(-1), -1
+	for i, x := range p {
+		if x > best {
+			best, bi = x, i
+		}
+	}
+	return bi
+}
+
+// NewApp builds the scheduler's view of an application from its manifest. Latency,
+// Load, Unload and MemBytes of each variant are left for the caller to fill from the
+// engine's measured profiles.
+func NewApp(m *manifest.App) (*App, error) {
+	a := &App{
+		Name:    m.Name,
+		K:       m.K(),
+		Prior:   append([]float64(nil), m.Prior...),
+		Utility: m.Utility,
+	}
+	best := -1.0
+	for i, mv := range m.Variants {
+		v := &Variant{
+			ID:       VariantID{App: m.Name, Variant: mv.Name},
+			Index:    i,
+			Accuracy: mv.Accuracy,
+			Recall:   append([]float64(nil), mv.Recall...),
+			Cond:     rowNormalise(mv.Confusion),
+		}
+		v.ProfiledUtility = ExpectedUtility(a.Prior, v.Cond, a.Utility)
+		if math.IsNaN(v.ProfiledUtility) {
+			return nil, fmt.Errorf("scheduler: app %s variant %s: profiled utility is NaN", m.Name, mv.Name)
+		}
+		if v.Accuracy > best {
+			best, a.DefaultVariant = v.Accuracy, i
+		}
+		a.Variants = append(a.Variants, v)
+	}
+	return a, nil
+}
+
+// rowNormalise turns confusion counts into P(yhat|y); a row with no samples (a class
+// absent from the validation set) becomes uniform.
+func rowNormalise(c [][]float64) [][]float64 {
+	out := make([][]float64, len(c))
+	for y, row := range c {
+		s := 0.0
+		for _, x := range row {
+			s += x
+		}
+		out[y] = make([]float64, len(row))
+		for yh, x := range row {
+			if s > 0 {
+				out[y][yh] = x / s
+			} else {
+				out[y][yh] = 1 / float64(len(row))
+			}
+		}
+	}
+	return out
+}
+
+// Prepare builds a queued request with its per-variant expected utilities. p is the
+// SneakPeek estimate (nil when the application has no estimator); it is kept, not
+// copied.
+func Prepare(app *App, seq uint64, arrival, deadline time.Time, p []float64, ref any) *Request {
+	r := &Request{
+		Seq: seq, App: app, Arrival: arrival, Deadline: deadline, P: p, Class: -1, Ref: ref,
+		ExpUtility:  make([]float64, len(app.Variants)),
+		ExpAccuracy: make([]float64, len(app.Variants)),
+	}
+	for i, v := range app.Variants {
+		if p == nil {
+			r.ExpUtility[i] = v.ProfiledUtility
+			r.ExpAccuracy[i] = v.Accuracy
+			continue
+		}
+		r.ExpUtility[i] = ExpectedUtility(p, v.Cond, app.Utility)
+		r.ExpAccuracy[i] = ExpectedAccuracy(p, v.Recall)
+	}
+	if p != nil {
+		r.Class = Argmax(p)
+		for y, py := range p {
+			r.DegradedUtility += py * app.Utility[y][r.Class]
+		}
+	}
+	return r
+}
