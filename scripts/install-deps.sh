@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sneakgate needs to run and test: the Mosquitto broker
+# and clients (integration tests, operators' tools) and the datasets the tests read.
+# Idempotent: installs only what is missing, runs apt-get update at most once.
+set -euo pipefail
+
+pkgs=(mosquitto mosquitto-clients dataset-fashion-mnist)
+# `make models` needs more (training): see models/README.md.
+if [[ "${1:-}" == "--models" ]]; then
+  pkgs+=(python3-torch python3-sklearn python3-onnx python3-rdata r-cran-mlbench
+         pocketsphinx-testdata klettres-data sox)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The Debian package starts a system-wide broker on :1883, which would clash with
+# the gateway's embedded broker in `make run`; tests start their own brokers.
+if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+pkill -x mosquitto 2>/dev/null || true
