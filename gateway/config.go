@@ -1,0 +1,306 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// Config is the gateway's configuration file (YAML). Unknown keys are rejected;
+// named defaults (DefaultConfig) apply to every field the file leaves out; relative
+// paths are resolved against the config file's directory.
+type Config struct {
+	Log       LogConfig       `yaml:"log"`
+	MQTT      MQTTConfig      `yaml:"mqtt"`
+	Store     StoreConfig     `yaml:"store"`
+	Engine    EngineConfig    `yaml:"engine"`
+	Scheduler SchedulerConfig `yaml:"scheduler"`
+	Admission AdmissionConfig `yaml:"admission"`
+	Metrics   MetricsConfig   `yaml:"metrics"`
+	Apps      []AppConfig     `yaml:"apps"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is trace, debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is "console" (human) or "json".
+	Format string `yaml:"format"`
+}
+
+// MQTTConfig configures the broker connection.
+type MQTTConfig struct {
+	// Broker is the broker URL, e.g. tcp://127.0.0.1:1883.
+	Broker   string `yaml:"broker"`
+	ClientID string `yaml:"client_id"`
+	Username string `yaml:"username"`
+	// PasswordFile holds the password (kept out of the config file).
+	PasswordFile string `yaml:"password_file"`
+	// TopicPrefix prefixes every topic: {prefix}/req/{app}/{device}.
+	TopicPrefix string `yaml:"topic_prefix"`
+	// ReplyAllow lists the topics a request's reply_to may name, with {prefix},
+	// {app} and {device} placeholders and MQTT wildcards.
+	ReplyAllow []string `yaml:"reply_allow"`
+	// Keepalive is the MQTT keepalive interval.
+	Keepalive time.Duration `yaml:"keepalive"`
+	// PublishTimeout bounds the wait for a reply's PUBACK before it goes to the outbox.
+	PublishTimeout time.Duration `yaml:"publish_timeout"`
+	// FlushRate caps replies per second when the outbox flushes after a reconnect.
+	FlushRate float64 `yaml:"flush_rate"`
+	// Embedded runs an MQTT broker inside the gateway.
+	Embedded EmbeddedBroker `yaml:"embedded"`
+}
+
+// EmbeddedBroker configures the in-process broker (mochi-mqtt).
+type EmbeddedBroker struct {
+	Enabled bool `yaml:"enabled"`
+	// Listen is the TCP address it listens on.
+	Listen string `yaml:"listen"`
+}
+
+// StoreConfig configures the request journal.
+type StoreConfig struct {
+	// Path is the bbolt file.
+	Path string `yaml:"path"`
+	// Retention is how long answered requests are remembered to suppress duplicates.
+	Retention time.Duration `yaml:"retention"`
+	// MaxBatchDelay and MaxBatchSize bound the group commit.
+	MaxBatchDelay time.Duration `yaml:"max_batch_delay"`
+	MaxBatchSize  int           `yaml:"max_batch_size"`
+}
+
+// EngineConfig configures ONNX Runtime.
+type EngineConfig struct {
+	// Library is libonnxruntime.so; empty uses $SNEAKGATE_ORT_LIB.
+	Library        string `yaml:"library"`
+	Provider       string `yaml:"provider"`
+	IntraOpThreads int    `yaml:"intra_op_threads"`
+	InterOpThreads int    `yaml:"inter_op_threads"`
+	// ProviderOptions are passed to the execution provider as they are.
+	ProviderOptions map[string]string `yaml:"provider_options"`
+	// MemoryBudgetMB and MaxResident bound resident variants (0 = unlimited).
+	MemoryBudgetMB int `yaml:"memory_budget_mb"`
+	MaxResident    int `yaml:"max_resident"`
+	// BatchSizes are the profiled batch sizes.
+	BatchSizes  []int `yaml:"batch_sizes"`
+	WarmupRuns  int   `yaml:"warmup_runs"`
+	ProfileRuns int   `yaml:"profile_runs"`
+	// ProfileCache is a directory where measured profiles are kept across restarts.
+	ProfileCache string `yaml:"profile_cache"`
+}
+
+// SchedulerConfig selects and tunes the scheduling policy.
+type SchedulerConfig struct {
+	// Policy is a registered policy name (scheduler.Names()).
+	Policy        string            `yaml:"policy"`
+	MaxBatch      int               `yaml:"max_batch"`
+	Window        int               `yaml:"window"`
+	MaxQueueDelay time.Duration     `yaml:"max_queue_delay"`
+	FixedVariant  map[string]string `yaml:"fixed_variant"`
+}
+
+// AdmissionConfig bounds what is accepted.
+type AdmissionConfig struct {
+	// MaxQueue is the most requests waiting for a model; beyond it requests are
+	// rejected with reason overload and a retry-after hint.
+	MaxQueue        int           `yaml:"max_queue"`
+	MaxPayloadBytes int           `yaml:"max_payload_bytes"`
+	MinDeadline     time.Duration `yaml:"min_deadline"`
+	MaxDeadline     time.Duration `yaml:"max_deadline"`
+}
+
+// MetricsConfig configures the Prometheus endpoint.
+type MetricsConfig struct {
+	// Listen is the HTTP address of /metrics; empty disables it.
+	Listen string `yaml:"listen"`
+}
+
+// AppConfig names one application to serve.
+type AppConfig struct {
+	// Manifest is the application's manifest.yaml.
+	Manifest string `yaml:"manifest"`
+	// Estimator names the SneakPeek estimator to use (default: the manifest's first).
+	Estimator string `yaml:"estimator"`
+	// DefaultDeadline overrides the manifest's default deadline.
+	DefaultDeadline time.Duration `yaml:"default_deadline"`
+}
+
+// DefaultConfig returns the configuration used for every field a file leaves out.
+func DefaultConfig() Config {
+	return Config{
+		Log: LogConfig{Level: "info", Format: "console"},
+		MQTT: MQTTConfig{
+			Broker: "tcp://127.0.0.1:1883", ClientID: "sneakgate", TopicPrefix: "sneakgate",
+			ReplyAllow: []string{"{prefix}/res/{app}/{device}"},
+			Keepalive:  30 * time.Second, PublishTimeout: 5 * time.Second, FlushRate: 200,
+			Embedded: EmbeddedBroker{Listen: "127.0.0.1:1883"},
+		},
+		Store: StoreConfig{
+			Path: "sneakgate.db", Retention: 10 * time.Minute,
+			MaxBatchDelay: 2 * time.Millisecond, MaxBatchSize: 256,
+		},
+		Engine: EngineConfig{
+			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,
+			BatchSizes: []int{1, 2, 4, 8, 16, 32}, WarmupRuns: 3, ProfileRuns: 7,
+		},
+		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: 32, Window: 16, MaxQueueDelay: 2 * time.Millisecond},
+		Admission: AdmissionConfig{
+			MaxQueue: 10000, MaxPayloadBytes: 256 << 10,
+			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,
+		},
+	}
+}
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("config")
+
+func configErr(field, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+}
+
+// LoadConfig reads, defaults, resolves and validates the config file at path.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	c := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+	}
+	c.resolve(filepath.Dir(path))
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) resolve(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.Store.Path)
+	abs(&c.Engine.Library)
+	abs(&c.Engine.ProfileCache)
+	abs(&c.MQTT.PasswordFile)
+	for i := range c.Apps {
+		abs(&c.Apps[i].Manifest)
+	}
+}
+
+// Validate checks every field, naming the first bad one.
+func (c *Config) Validate() error {
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return configErr("log.level", "%q: want trace, debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "console", "json":
+	default:
+		return configErr("log.format", "%q: want console or json", c.Log.Format)
+	}
+	if c.MQTT.Broker == "" {
+		return configErr("mqtt.broker", "required")
+	}
+	if c.MQTT.ClientID == "" {
+		return configErr("mqtt.client_id", "required")
+	}
+	if c.MQTT.TopicPrefix == "" || containsAny(c.MQTT.TopicPrefix, "+#") {
+		return configErr("mqtt.topic_prefix", "%q: must be non-empty without wildcards", c.MQTT.TopicPrefix)
+	}
+	if len(c.MQTT.ReplyAllow) == 0 {
+		return configErr("mqtt.reply_allow", "must list at least the device's own result topic")
+	}
+	if c.MQTT.PublishTimeout <= 0 {
+		return configErr("mqtt.publish_timeout", "must be positive")
+	}
+	if c.MQTT.FlushRate < 0 {
+		return configErr("mqtt.flush_rate", "must not be negative")
+	}
+	if c.MQTT.Embedded.Enabled && c.MQTT.Embedded.Listen == "" {
+		return configErr("mqtt.embedded.listen", "required when the embedded broker is enabled")
+	}
+	if c.Store.Path == "" {
+		return configErr("store.path", "required")
+	}
+	if c.Store.Retention <= 0 {
+		return configErr("store.retention", "must be positive")
+	}
+	if c.Store.MaxBatchSize <= 0 || c.Store.MaxBatchDelay < 0 {
+		return configErr("store.max_batch_size", "must be positive (and max_batch_delay not negative)")
+	}
+	switch c.Engine.Provider {
+	case "cpu", "cuda", "tensorrt":
+	default:
+		return configErr("engine.provider", "%q: want cpu, cuda or tensorrt", c.Engine.Provider)
+	}
+	if c.Engine.IntraOpThreads < 0 || c.Engine.InterOpThreads < 0 {
+		return configErr("engine.intra_op_threads", "must not be negative")
+	}
+	if c.Engine.MemoryBudgetMB < 0 || c.Engine.MaxResident < 0 {
+		return configErr("engine.memory_budget_mb", "budgets must not be negative")
+	}
+	if len(c.Engine.BatchSizes) == 0 {
+		return configErr("engine.batch_sizes", "must list at least one batch size")
+	}
+	for i, b := range c.Engine.BatchSizes {
+		if b < 1 || (i > 0 && b <= c.Engine.BatchSizes[i-1]) {
+			return configErr("engine.batch_sizes", "%v: must be positive and increasing", c.Engine.BatchSizes)
+		}
+	}
+	if c.Engine.ProfileRuns < 1 {
+		return configErr("engine.profile_runs", "must be at least 1")
+	}
+	if _, err := scheduler.New(c.Scheduler.Policy, c.SchedulerOptions()); err != nil {
+		return configErr("scheduler.policy", "%v", err)
+	}
+	if c.Scheduler.MaxBatch < 1 || c.Scheduler.MaxBatch > c.Engine.BatchSizes[len(c.Engine.BatchSizes)-1] {
+		return configErr("scheduler.max_batch", "%d: must be between 1 and the largest engine.batch_sizes entry", c.Scheduler.MaxBatch)
+	}
+	if c.Admission.MaxQueue < 1 {
+		return configErr("admission.max_queue", "must be at least 1")
+	}
+	if c.Admission.MaxPayloadBytes < 64 {
+		return configErr("admission.max_payload_bytes", "must be at least 64")
+	}
+	if c.Admission.MinDeadline <= 0 || c.Admission.MaxDeadline < c.Admission.MinDeadline {
+		return configErr("admission.max_deadline", "need 0 < min_deadline <= max_deadline")
+	}
+	if len(c.Apps) == 0 {
+		return configErr("apps", "must name at least one application manifest")
+	}
+	for i, a := range c.Apps {
+		if a.Manifest == "" {
+			return configErr(fmt.Sprintf("apps[%d].manifest", i), "required")
+		}
+		if a.DefaultDeadline < 0 {
+			return configErr(fmt.Sprintf("apps[%d].default_deadline", i), "must not be negative")
+		}
+	}
+	return nil
+}
+
+// SchedulerOptions maps the scheduler section to the policy options.
+func (c *Config) SchedulerOptions() scheduler.Options {
+	return scheduler.Options{
+		MaxBatch: c.Scheduler.MaxBatch, Window: c.Scheduler.Window,
+		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
+	}
+}
+
+func containsAny(s, chars string) bool {
+	return strings.ContainsAny(s, chars)
+}

@@ -1,0 +1,320 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// runner is what the scheduling loop needs of the engine. The engine adapter
+// implements it; unit tests use a fake.
+type runner interface {
+	Load(id scheduler.VariantID) (time.Duration, error)
+	Unload(id scheduler.VariantID) (time.Duration, error)
+	// Run is one batched forward pass; it returns one class distribution per input.
+	Run(id scheduler.VariantID, inputs [][]float32) ([][]float64, error)
+	Resident() []scheduler.VariantID
+}
+
+// job is one admitted request on its way through the gateway.
+type job struct {
+	App, Device, ID string
+	ReplyTo         string
+	Received        time.Time
+	Deadline        time.Time
+	Input           []float32
+	// Estimate is the SneakPeek class distribution (nil when the app has none).
+	Estimate []float64
+	// Recovered marks a request read back from the journal at start-up.
+	Recovered bool
+
+	req *scheduler.Request
+}
+
+// result is how a job was answered, for the reply.
+type result struct {
+	Status Status
+	Reason string
+	// Probs is the answering class distribution (model or estimate).
+	Probs []float64
+	// Variant and Batch say what ran; empty for degraded/expired/error.
+	Variant string
+	Batch   int
+	// EstAccuracy is the data-aware expected accuracy of the answer.
+	EstAccuracy float64
+	// Start is when the batch started, Infer the forward pass's duration, Done when
+	// the answer was ready.
+	Start, Done time.Time
+	Infer       time.Duration
+	Err         error
+}
+
+// Status is a reply status (see docs/protocol.md).
+type Status string
+
+// Reply statuses.
+const (
+	StatusOK       Status = "ok"
+	StatusLate     Status = "late"
+	StatusDegraded Status = "degraded"
+	StatusExpired  Status = "expired"
+	StatusRejected Status = "rejected"
+	StatusError    Status = "error"
+)
+
+// loop is the scheduling actor: it owns the queue, asks the policy what to do
+// whenever the engine is idle and something changed, and hands batches to the
+// engine worker. Nothing else touches the queue.
+type loop struct {
+	policy   scheduler.Policy
+	apps     map[string]*scheduler.App
+	run      runner
+	now      func() time.Time
+	budget   scheduler.Engine
+	answer   func(*job, result)
+	log      zerolog.Logger
+	m        *metrics
+	admit    chan *job
+	queued   atomic.Int64 // admitted and not yet answered (read by ingress for admission)
+	seq      uint64
+	queue    []*scheduler.Request
+	resident map[scheduler.VariantID]time.Time
+}
+
+type batchDone struct {
+	b       *scheduler.Batch
+	probs   [][]float64
+	start   time.Time
+	infer   time.Duration
+	done    time.Time
+	loads   []time.Duration
+	unloads []time.Duration
+	err     error
+}
+
+func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budget scheduler.Engine,
+	capacity int, now func() time.Time, answer func(*job, result), log zerolog.Logger, m *metrics) *loop {
+	l := &loop{
+		policy: p, apps: apps, run: r, now: now, budget: budget, answer: answer, log: log, m: m,
+		admit:    make(chan *job, capacity),
+		resident: map[scheduler.VariantID]time.Time{},
+	}
+	for _, id := range r.Resident() {
+		l.resident[id] = now()
+	}
+	return l
+}
+
+// Submit hands an admitted job to the loop. It never blocks: the admit channel has
+// room for the admission limit, and ingress checks Queued against that limit first.
+// It returns false when the channel is full (the caller answers overload).
+func (l *loop) Submit(j *job) bool {
+	select {
+	case l.admit <- j:
+		l.queued.Add(1)
+		return true
+	default:
+		return false
+	}
+}
+
+// Queued is the number of admitted jobs not yet answered.
+func (l *loop) Queued() int { return int(l.queued.Load()) }
+
+// Run schedules until ctx ends, then waits for the batch in flight, answers it and
+// returns; requests still queued stay in the journal for the next start.
+func (l *loop) Run(ctx context.Context) {
+	work := make(chan *scheduler.Batch, 1)
+	done := make(chan batchDone, 1)
+	go l.worker(work, done)
+	defer close(work)
+
+	busy := false
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	dirty := true
+	for {
+		if !busy && dirty && len(l.queue) > 0 {
+			dirty = false
+			if b, wake := l.decide(); b != nil {
+				busy = true
+				work <- b
+			} else if !wake.IsZero() {
+				timer.Reset(max(wake.Sub(l.now()), 0))
+			}
+		}
+		select {
+		case j := <-l.admit:
+			l.enqueue(j)
+			for more := true; more; {
+				select {
+				case j := <-l.admit:
+					l.enqueue(j)
+				default:
+					more = false
+				}
+			}
+			dirty = true
+		case d := <-done:
+			busy = false
+			l.finish(d)
+			dirty = true
+		case <-timer.C:
+			dirty = true
+		case <-ctx.Done():
+			if busy {
+				l.finish(<-done)
+			}
+			return
+		}
+	}
+}
+
+func (l *loop) enqueue(j *job) {
+	a := l.apps[j.App]
+	l.seq++
+	j.req = scheduler.Prepare(a, l.seq, j.Received, j.Deadline, j.Estimate, j)
+	l.queue = append(l.queue, j.req)
+	l.m.queueLen.Set(float64(len(l.queue)))
+}
+
+// decide asks the policy, answers its verdicts and returns the batch to run (its
+// requests removed from the queue) and the policy's wake-up time.
+func (l *loop) decide() (*scheduler.Batch, time.Time) {
+	now := l.now()
+	s := &scheduler.Snapshot{Now: now, Queue: l.queue, Apps: l.apps, Engine: l.budget}
+	s.Engine.Resident = l.resident
+	t0 := time.Now()
+	d := l.policy.Decide(s)
+	l.m.decisionTime.Observe(time.Since(t0).Seconds())
+
+	gone := make(map[*scheduler.Request]bool, len(d.Verdicts)+32)
+	for _, v := range d.Verdicts {
+		gone[v.Request] = true
+		j := v.Request.Ref.(*job)
+		switch v.Outcome {
+		case scheduler.Degraded:
+			cls := scheduler.Argmax(j.Estimate)
+			l.reply(j, result{Status: StatusDegraded, Reason: v.Reason, Probs: j.Estimate,
+				EstAccuracy: j.Estimate[cls], Start: now, Done: now})
+		default:
+			l.reply(j, result{Status: StatusExpired, Reason: v.Reason, Start: now, Done: now})
+		}
+	}
+	if d.Batch != nil {
+		for _, r := range d.Batch.Requests {
+			gone[r] = true
+		}
+	}
+	if len(gone) > 0 {
+		l.queue = slices.DeleteFunc(l.queue, func(r *scheduler.Request) bool { return gone[r] })
+		l.m.queueLen.Set(float64(len(l.queue)))
+	}
+	return d.Batch, d.WakeAt
+}
+
+// worker runs batches on the engine: evictions, loads, then the forward pass.
+func (l *loop) worker(work <-chan *scheduler.Batch, done chan<- batchDone) {
+	for b := range work {
+		done <- l.execute(b)
+	}
+}
+
+func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
+	d.b = b
+	defer func() {
+		if p := recover(); p != nil {
+			d.err = fmt.Errorf("engine panic: %v", p)
+		}
+		d.done = l.now()
+	}()
+	for _, id := range b.Evict {
+		t, err := l.run.Unload(id)
+		if err != nil {
+			d.err = fmt.Errorf("unload %s: %w", id, err)
+			return d
+		}
+		d.unloads = append(d.unloads, t)
+	}
+	for _, id := range b.Load {
+		t, err := l.run.Load(id)
+		if err != nil {
+			d.err = fmt.Errorf("load %s: %w", id, err)
+			return d
+		}
+		d.loads = append(d.loads, t)
+	}
+	inputs := make([][]float32, len(b.Requests))
+	for i, r := range b.Requests {
+		inputs[i] = r.Ref.(*job).Input
+	}
+	d.start = l.now()
+	d.probs, d.err = l.run.Run(b.Variant.ID, inputs)
+	d.infer = l.now().Sub(d.start)
+	if d.err == nil && len(d.probs) != len(inputs) {
+		d.err = fmt.Errorf("engine returned %d results for %d inputs", len(d.probs), len(inputs))
+	}
+	return d
+}
+
+// errBatch is wrapped by the error of every request in a failed batch.
+var errBatch = errors.New("batch failed")
+
+func (l *loop) finish(d batchDone) {
+	for _, t := range d.unloads {
+		l.m.swaps.WithLabelValues("unload").Inc()
+		l.m.swapTime.WithLabelValues("unload").Add(t.Seconds())
+	}
+	for _, t := range d.loads {
+		l.m.swaps.WithLabelValues("load").Inc()
+		l.m.swapTime.WithLabelValues("load").Add(t.Seconds())
+	}
+	// The engine is the truth about residency, also after a failed load.
+	res := map[scheduler.VariantID]time.Time{}
+	for _, id := range l.run.Resident() {
+		t, ok := l.resident[id]
+		if !ok {
+			t = d.done
+		}
+		res[id] = t
+	}
+	l.resident = res
+	l.m.resident.Set(float64(len(res)))
+	b := d.b
+	if d.err != nil {
+		l.log.Error().Err(d.err).Str("variant", b.Variant.ID.String()).Int("batch", len(b.Requests)).Msg("batch failed")
+		for _, r := range b.Requests {
+			l.reply(r.Ref.(*job), result{Status: StatusError, Reason: "internal",
+				Err: fmt.Errorf("%w: %v", errBatch, d.err), Start: d.start, Done: d.done})
+		}
+		return
+	}
+	if _, ok := l.resident[b.Variant.ID]; ok {
+		l.resident[b.Variant.ID] = d.done
+	}
+	app, variant := b.Variant.ID.App, b.Variant.ID.Variant
+	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
+	l.m.batchSize.WithLabelValues(app, variant).Observe(float64(len(b.Requests)))
+	for i, r := range b.Requests {
+		j := r.Ref.(*job)
+		st := StatusOK
+		if d.done.After(j.Deadline) {
+			st = StatusLate
+		}
+		l.reply(j, result{Status: st, Probs: d.probs[i], Variant: variant, Batch: len(b.Requests),
+			EstAccuracy: r.ExpAccuracy[b.Variant.Index], Start: d.start, Infer: d.infer, Done: d.done})
+	}
+}
+
+func (l *loop) reply(j *job, r result) {
+	l.queued.Add(-1)
+	l.answer(j, r)
+}

@@ -1,0 +1,186 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// fakeRunner is an engine that takes virtual time (inside synctest) and answers
+// class 1 with probability 0.9 for every input.
+type fakeRunner struct {
+	mu       sync.Mutex
+	lat      func(b int) time.Duration
+	load     time.Duration
+	resident map[scheduler.VariantID]bool
+	runs     []int // batch sizes
+	failRun  error
+}
+
+func (f *fakeRunner) Load(id scheduler.VariantID) (time.Duration, error) {
+	time.Sleep(f.load)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resident[id] = true
+	return f.load, nil
+}
+
+func (f *fakeRunner) Unload(id scheduler.VariantID) (time.Duration, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.resident, id)
+	return 0, nil
+}
+
+func (f *fakeRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, error) {
+	time.Sleep(f.lat(len(in)))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.runs = append(f.runs, len(in))
+	if f.failRun != nil {
+		return nil, f.failRun
+	}
+	out := make([][]float64, len(in))
+	for i := range out {
+		out[i] = []float64{0.1, 0.9}
+	}
+	return out, nil
+}
+
+func (f *fakeRunner) Resident() []scheduler.VariantID {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ids []scheduler.VariantID
+	for id := range f.resident {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func loopApp() *scheduler.App {
+	a := &scheduler.App{Name: "app", K: 2, Prior: []float64{0.5, 0.5}, Utility: [][]float64{{1, 0}, {0, 1}}}
+	v := &scheduler.Variant{ID: scheduler.VariantID{App: "app", Variant: "m"}, Accuracy: 0.9,
+		Recall: []float64{0.9, 0.9}, Cond: [][]float64{{0.9, 0.1}, {0.1, 0.9}}}
+	v.Latency = make([]time.Duration, 33)
+	for b := 1; b <= 32; b++ {
+		v.Latency[b] = 2*time.Millisecond + time.Duration(b)*100*time.Microsecond
+	}
+	v.ProfiledUtility = 0.9
+	a.Variants = []*scheduler.Variant{v}
+	return a
+}
+
+type answers struct {
+	mu  sync.Mutex
+	got map[string]result
+}
+
+func (a *answers) record(j *job, r result) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.got[j.ID] = r
+}
+
+func startLoop(t *testing.T, f *fakeRunner, policy string) (*loop, *answers, context.CancelFunc) {
+	t.Helper()
+	p, err := scheduler.New(policy, scheduler.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans := &answers{got: map[string]result{}}
+	apps := map[string]*scheduler.App{"app": loopApp()}
+	l := newLoop(p, apps, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	go l.Run(ctx)
+	return l, ans, cancel
+}
+
+func submit(t *testing.T, l *loop, id string, budget time.Duration, est []float64) {
+	t.Helper()
+	now := time.Now()
+	if !l.Submit(&job{App: "app", Device: "d", ID: id, Received: now, Deadline: now.Add(budget),
+		Input: []float32{1}, Estimate: est}) {
+		t.Fatalf("submit %s refused", id)
+	}
+}
+
+func TestLoopBatchesAndAnswers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(b int) time.Duration { return 2*time.Millisecond + time.Duration(b)*100*time.Microsecond },
+			load: 10 * time.Millisecond, resident: map[scheduler.VariantID]bool{}}
+		l, ans, cancel := startLoop(t, f, "edf")
+		defer cancel()
+		// The first request alone triggers a decision; the next four queue behind it
+		// while the variant loads and runs, and go as one batch.
+		submit(t, l, "a", 100*time.Millisecond, nil)
+		synctest.Wait()
+		for _, id := range []string{"b", "c", "d", "e"} {
+			submit(t, l, id, 100*time.Millisecond, nil)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if len(ans.got) != 5 {
+			t.Fatalf("answered %d of 5", len(ans.got))
+		}
+		for id, r := range ans.got {
+			if r.Status != StatusOK || r.Variant != "m" || r.Probs[1] != 0.9 {
+				t.Errorf("%s: %+v", id, r)
+			}
+		}
+		if got := f.runs; len(got) != 2 || got[0] != 1 || got[1] != 4 {
+			t.Errorf("batch sizes %v, want [1 4]", got)
+		}
+		if ans.got["a"].Batch != 1 || ans.got["e"].Batch != 4 {
+			t.Errorf("reported batch sizes: a=%d e=%d", ans.got["a"].Batch, ans.got["e"].Batch)
+		}
+		if l.Queued() != 0 {
+			t.Errorf("queued = %d after all answered", l.Queued())
+		}
+	})
+}
+
+func TestLoopExpiresAndDegrades(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return 50 * time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}}
+		l, ans, cancel := startLoop(t, f, "edf")
+		defer cancel()
+		submit(t, l, "blocker", time.Second, nil) // occupies the engine for 50ms
+		synctest.Wait()
+		submit(t, l, "short", 10*time.Millisecond, nil)               // hard stop at 20ms: expires
+		submit(t, l, "est", 40*time.Millisecond, []float64{0.2, 0.8}) // misses, has an estimate: degraded
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if r := ans.got["short"]; r.Status != StatusExpired {
+			t.Errorf("short: %+v", r)
+		}
+		if r := ans.got["est"]; r.Status != StatusDegraded || r.EstAccuracy != 0.8 {
+			t.Errorf("est: %+v", r)
+		}
+		if r := ans.got["blocker"]; r.Status != StatusOK {
+			t.Errorf("blocker: %+v", r)
+		}
+	})
+}
+
+func TestLoopEngineFailureAnswersError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}, failRun: errors.New("boom")}
+		l, ans, cancel := startLoop(t, f, "fifo")
+		defer cancel()
+		submit(t, l, "x", time.Second, nil)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if r := ans.got["x"]; r.Status != StatusError || !errors.Is(r.Err, errBatch) {
+			t.Errorf("x: %+v", r)
+		}
+	})
+}

@@ -1,0 +1,82 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the gateway's Prometheus metrics ("accuracy goodput" observability).
+// They are registered on an injected registry so tests can read them.
+type metrics struct {
+	received     *prometheus.CounterVec   // app
+	replies      *prometheus.CounterVec   // app, status
+	rejected     *prometheus.CounterVec   // reason
+	unroutable   prometheus.Counter       // broken beyond any reply topic
+	duplicates   *prometheus.CounterVec   // state: pending, done
+	queueLen     prometheus.Gauge         // requests waiting for a model
+	queueTime    *prometheus.HistogramVec // app
+	inferTime    *prometheus.HistogramVec // app, variant
+	batchSize    *prometheus.HistogramVec // app, variant
+	estAccuracy  *prometheus.CounterVec   // app: sum of est_accuracy delivered by models
+	deadlineMet  *prometheus.CounterVec   // app, met: true/false (answered by a model)
+	swaps        *prometheus.CounterVec   // kind: load, unload
+	swapTime     *prometheus.CounterVec   // kind
+	decisionTime prometheus.Histogram
+	storeErrors  *prometheus.CounterVec // op
+	publishFails prometheus.Counter
+	outboxLen    prometheus.Gauge
+	resident     prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := func(c prometheus.Collector) {
+		if reg != nil {
+			reg.MustRegister(c)
+		}
+	}
+	lat := prometheus.ExponentialBuckets(0.0001, 2, 16) // 100µs .. ~3.3s
+	m := &metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_requests_received_total", Help: "Requests admitted to the journal, by application."}, []string{"app"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_replies_total", Help: "Replies handed to the broker, by application and status."}, []string{"app", "status"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_rejected_total", Help: "Requests rejected, by reason code."}, []string{"reason"}),
+		unroutable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_unroutable_total", Help: "Messages so broken that no reply topic could be derived (logged, not answered)."}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_duplicates_total", Help: "Redelivered duplicates not run again, by the original's state."}, []string{"state"}),
+		queueLen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_queue_length", Help: "Requests waiting for a model."}),
+		queueTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sneakgate_queue_duration_seconds", Help: "Time from receipt to the start of the request's batch.", Buckets: lat}, []string{"app"}),
+		inferTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sneakgate_infer_duration_seconds", Help: "Duration of one batched forward pass.", Buckets: lat}, []string{"app", "variant"}),
+		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sneakgate_batch_size", Help: "Requests per forward pass.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, []string{"app", "variant"}),
+		estAccuracy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_estimated_accuracy_sum", Help: "Sum of the data-aware estimated accuracy of answers given by a model; divide by sneakgate_deadline_total for the mean."}, []string{"app"}),
+		deadlineMet: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_deadline_total", Help: "Answers given by a model, by whether they met the deadline."}, []string{"app", "met"}),
+		swaps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_swaps_total", Help: "Variant loads and unloads."}, []string{"kind"}),
+		swapTime: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_swap_seconds_total", Help: "Time spent loading and unloading variants."}, []string{"kind"}),
+		decisionTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sneakgate_decision_duration_seconds", Help: "Duration of one scheduling decision.",
+			Buckets: prometheus.ExponentialBuckets(1e-6, 2, 16)}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_store_errors_total", Help: "Journal operations that failed, by operation."}, []string{"op"}),
+		publishFails: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_publish_failures_total", Help: "Reply publishes that failed or timed out (the reply waits in the outbox)."}),
+		outboxLen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_outbox_length", Help: "Replies waiting durably for the broker."}),
+		resident: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_resident_variants", Help: "Model variants loaded in the engine."}),
+	}
+	for _, c := range []prometheus.Collector{m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
+		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.estAccuracy, m.deadlineMet, m.swaps,
+		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.outboxLen, m.resident} {
+		f(c)
+	}
+	return m
+}
