@@ -1,0 +1,115 @@
+package protocol
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+func FuzzParseRequest(f *testing.F) {
+	env := testEnv(f)
+	seeds := []struct{ topic, payload string }{
+		{"sg/req/tiny/d", `{"id":"a","deadline_ms":50,"input":[1,2,3]}`},
+		{"sg/req/tiny/d", `{"id":"a","input_b64":"` + b64(1, 2, 3) + `","reply_to":"ops/x"}`},
+		{"sg/req/ranged/d", `{"id":"a","deadline":1700000000100,"input":[0,1]}`},
+		{"sg/req/tiny/d", `{"id":"a","input":[1e39,2,3],"v":1}`},
+		{"sg/req/tiny/d v", `{"id":"a"`},
+		{"sg/req/nope/d", `{}`},
+		{"sg/req/tiny/d", `{"id":"\u00e9\n","reply_to":"sg/res/tiny/d/+","input":[[]]}`},
+		{"x", ``},
+	}
+	for _, s := range seeds {
+		f.Add(s.topic, []byte(s.payload))
+	}
+	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
+		req, rej := ParseRequest(topic, payload, testNow, env)
+		if (req == nil) == (rej == nil) {
+			t.Fatalf("want exactly one of request and rejection, got %v and %v", req, rej)
+		}
+		if rej != nil {
+			checkRejection(t, topic, rej, env)
+			return
+		}
+		spec, ok := env.App(req.App)
+		if !ok || !ValidDevice(req.Device) || topic != RequestTopic(env.Prefix, req.App, req.Device) {
+			t.Fatalf("bad app/device %+v", req)
+		}
+		if n := utf8.RuneCountInString(req.ID); n < 1 || n > MaxIDLen || !validID(req.ID) {
+			t.Fatalf("bad id %q", req.ID)
+		}
+		if len(req.Input) != spec.InputSize {
+			t.Fatalf("input size %d, want %d", len(req.Input), spec.InputSize)
+		}
+		for _, v := range req.Input {
+			f := float64(v)
+			if math.IsNaN(f) || math.IsInf(f, 0) || (spec.Range != nil && (f < spec.Range[0] || f > spec.Range[1])) {
+				t.Fatalf("bad value %v", v)
+			}
+		}
+		if b := req.Budget(); b < env.Limits.MinDeadline && b != spec.DefaultDeadline || b > env.Limits.MaxDeadline {
+			t.Fatalf("budget %v outside limits", b)
+		}
+		if req.ReplyTo != ReplyTopic(env.Prefix, req.App, req.Device) && !env.ReplyAllow.Allows(req.ReplyTo, env.Prefix, req.App, req.Device) {
+			t.Fatalf("reply_to %q not allowed", req.ReplyTo)
+		}
+	})
+}
+
+// checkRejection checks the security invariant: a rejection is only ever sent to the
+// requester's own reply topic or an allowed reply_to, never to a wildcard topic.
+func checkRejection(t *testing.T, topic string, rej *Rejection, env Env) {
+	t.Helper()
+	if !rej.Reason.Known() || rej.Reason.Retryable() || rej.Message == "" {
+		t.Fatalf("bad rejection %+v", rej)
+	}
+	if rej.ID != "" && !validID(rej.ID) {
+		t.Fatalf("rejection echoes invalid id %q", rej.ID)
+	}
+	if rej.ReplyTo == "" {
+		// Only a topic that is not {prefix}/req/{app}/{device}, or whose levels
+		// cannot be published to (wildcards, invalid UTF-8), has no reply topic.
+		if rej.Reason != ReasonBadTopic && validTopicName(ReplyTopic(env.Prefix, rej.App, rej.Device)) {
+			t.Fatalf("%s without reply topic", rej.Reason)
+		}
+		return
+	}
+	if !validTopicName(rej.ReplyTo) || strings.ContainsAny(rej.ReplyTo, "+#") {
+		t.Fatalf("invalid reply topic %q", rej.ReplyTo)
+	}
+	own := ReplyTopic(env.Prefix, rej.App, rej.Device)
+	if topic != RequestTopic(env.Prefix, rej.App, rej.Device) {
+		t.Fatalf("app/device %q/%q do not come from topic %q", rej.App, rej.Device, topic)
+	}
+	if rej.ReplyTo != own && !env.ReplyAllow.Allows(rej.ReplyTo, env.Prefix, rej.App, rej.Device) {
+		t.Fatalf("rejection to %q, neither own topic nor allowed", rej.ReplyTo)
+	}
+}
+
+var sinkReq *Request
+
+func benchPayload(b *testing.B, b64 bool) {
+	env := testEnv(b)
+	in := make([]float32, 784)
+	for i := range in {
+		in[i] = float32((i*37)%256) / 255 // Fashion-MNIST-like pixel values
+	}
+	p := Payload{ID: "cam-0001-000042", DeadlineMS: 100, Input: in, B64: b64}
+	payload := p.Marshal()
+	b.SetBytes(int64(len(payload)))
+	b.ReportAllocs()
+	now := time.Now()
+	for b.Loop() {
+		req, rej := ParseRequest("sg/req/fashion/cam-0001", payload, now, env)
+		if rej != nil {
+			b.Fatal(rej)
+		}
+		sinkReq = req
+	}
+}
+
+func BenchmarkParseRequest(b *testing.B) {
+	b.Run("json784", func(b *testing.B) { benchPayload(b, false) })
+	b.Run("b64_784", func(b *testing.B) { benchPayload(b, true) })
+}

@@ -1,0 +1,182 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+)
+
+type inputError struct {
+	reason Reason
+	msg    string
+}
+
+func inputErr(r Reason, format string, args ...any) *inputError {
+	return &inputError{reason: r, msg: fmt.Sprintf(format, args...)}
+}
+
+// parseArray reads a flat JSON array of exactly size numbers. raw has already been
+// validated as JSON by encoding/json, so only the value's shape is checked here.
+func parseArray(raw []byte, size int) ([]float32, *inputError) {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '[' {
+		return nil, inputErr(ReasonBadInput, "input must be an array of numbers")
+	}
+	out := make([]float32, 0, size)
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == ']' {
+		return nil, inputErr(ReasonBadInputSize, "input has 0 values, want %d", size)
+	}
+	for n := 0; ; n++ {
+		i = skipSpace(raw, i)
+		j := i
+		for j < len(raw) && isNumberByte(raw[j]) {
+			j++
+		}
+		if j == i {
+			return nil, inputErr(ReasonBadInput, "input[%d] is not a number", n)
+		}
+		if n >= size {
+			return nil, inputErr(ReasonBadInputSize, "input has more than %d values, want %d", size, size)
+		}
+		f, err := strconv.ParseFloat(string(raw[i:j]), 32)
+		if err != nil {
+			// JSON is valid, so the only failure left is a value beyond float32.
+			return nil, inputErr(ReasonNonFiniteInput, "input[%d] = %s overflows float32", n, truncate(string(raw[i:j]), 32))
+		}
+		out = append(out, float32(f))
+		i = skipSpace(raw, j)
+		if i >= len(raw) {
+			return nil, inputErr(ReasonBadInput, "input must be an array of numbers")
+		}
+		if raw[i] == ']' {
+			break
+		}
+		if raw[i] != ',' {
+			return nil, inputErr(ReasonBadInput, "input[%d] is not a number", n)
+		}
+		i++
+	}
+	if len(out) != size {
+		return nil, inputErr(ReasonBadInputSize, "input has %d values, want %d", len(out), size)
+	}
+	return out, nil
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+func isNumberByte(c byte) bool {
+	return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E'
+}
+
+// parseB64 reads standard, padded base64 of little-endian float32 values.
+func parseB64(raw []byte, size int) ([]float32, *inputError) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return nil, inputErr(ReasonBadInput, "input_b64 must be a base64 string")
+	}
+	s := raw[1 : len(raw)-1]
+	if bytes.IndexByte(s, '\\') >= 0 {
+		// JSON escapes (some encoders write "\/"): unquote properly.
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return nil, inputErr(ReasonBadInput, "input_b64 must be a base64 string")
+		}
+		s = []byte(str)
+	}
+	buf := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n, err := base64.StdEncoding.Decode(buf, s)
+	if err != nil {
+		return nil, inputErr(ReasonBadInput, "input_b64 is not standard padded base64: %v", err)
+	}
+	buf = buf[:n]
+	if n%4 != 0 {
+		return nil, inputErr(ReasonBadInput, "input_b64 decodes to %d bytes, not a whole number of float32 values", n)
+	}
+	if n/4 != size {
+		return nil, inputErr(ReasonBadInputSize, "input_b64 has %d values, want %d", n/4, size)
+	}
+	out := make([]float32, size)
+	for k := range out {
+		out[k] = math.Float32frombits(binary.LittleEndian.Uint32(buf[4*k:]))
+	}
+	return out, nil
+}
+
+// checkValues rejects NaN, infinities and values outside rng.
+func checkValues(in []float32, rng *[2]float64) *inputError {
+	for k, v := range in {
+		f := float64(v)
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return inputErr(ReasonNonFiniteInput, "input[%d] is %v", k, v)
+		}
+		if rng != nil && (f < rng[0] || f > rng[1]) {
+			return inputErr(ReasonInputOutOfRange, "input[%d] = %v is outside [%v, %v]", k, v, rng[0], rng[1])
+		}
+	}
+	return nil
+}
+
+// peekID returns the top-level "id" of a payload that could not be parsed whole
+// (broken, oversized), if it is a valid id within the first peekLimit bytes, so the
+// rejection can still be correlated. Devices should send "id" first.
+func peekID(payload []byte) string {
+	if len(payload) > peekLimit {
+		payload = payload[:peekLimit]
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		key, _ := t.(string)
+		if key == fieldID {
+			t, err := dec.Token()
+			if s, ok := t.(string); err == nil && ok && validID(s) {
+				return s
+			}
+			return ""
+		}
+		if err := skipValue(dec); err != nil {
+			return ""
+		}
+	}
+	return ""
+}
+
+// skipValue consumes one JSON value from dec.
+func skipValue(dec *json.Decoder) error {
+	depth := 0
+	for {
+		t, err := dec.Token()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		switch t {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
+}

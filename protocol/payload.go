@@ -1,0 +1,95 @@
+package protocol
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"math"
+	"strconv"
+	"time"
+)
+
+// Payload is a request as a device builds it. Marshal writes "id" first, so even a
+// rejected oversized or broken payload can be correlated by its id.
+type Payload struct {
+	ID string
+	// DeadlineMS is the budget relative to receipt; Deadline an absolute deadline.
+	// Set at most one; with neither the application's default applies.
+	DeadlineMS int64
+	Deadline   time.Time
+	Input      []float32
+	// B64 sends Input as input_b64 (exact and about half the size) instead of a
+	// JSON array.
+	B64 bool
+	// ReplyTo, if set, asks for the reply on that topic (subject to the gateway's
+	// allow-list).
+	ReplyTo string
+}
+
+// DeadlineMS converts a budget to the wire's whole milliseconds, rounding up so the
+// gateway never gets less time than asked; 0 stays 0 (use the default).
+func DeadlineMS(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// Marshal returns the JSON payload.
+func (p *Payload) Marshal() []byte {
+	n := 64 + len(p.ID) + len(p.ReplyTo)
+	if p.B64 {
+		n += base64.StdEncoding.EncodedLen(4 * len(p.Input))
+	} else {
+		n += 12 * len(p.Input)
+	}
+	return p.Append(make([]byte, 0, n))
+}
+
+// Append appends the JSON payload to dst.
+func (p *Payload) Append(dst []byte) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendJSONString(dst, p.ID)
+	if p.DeadlineMS > 0 {
+		dst = append(dst, `,"deadline_ms":`...)
+		dst = strconv.AppendInt(dst, p.DeadlineMS, 10)
+	} else if !p.Deadline.IsZero() {
+		dst = append(dst, `,"deadline":`...)
+		dst = strconv.AppendInt(dst, p.Deadline.UnixMilli(), 10)
+	}
+	if p.ReplyTo != "" {
+		dst = append(dst, `,"reply_to":`...)
+		dst = appendJSONString(dst, p.ReplyTo)
+	}
+	if p.B64 {
+		dst = append(dst, `,"input_b64":"`...)
+		raw := make([]byte, 4*len(p.Input))
+		for i, v := range p.Input {
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+		}
+		dst = base64.StdEncoding.AppendEncode(dst, raw)
+		dst = append(dst, '"')
+	} else {
+		dst = append(dst, `,"input":[`...)
+		for i, v := range p.Input {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			f := float64(v)
+			if math.IsNaN(f) || math.IsInf(f, 0) {
+				// Not representable in JSON; send null so the gateway rejects it
+				// as bad_input rather than the payload being unparseable.
+				dst = append(dst, "null"...)
+				continue
+			}
+			dst = strconv.AppendFloat(dst, f, 'g', -1, 32)
+		}
+		dst = append(dst, ']')
+	}
+	return append(dst, '}')
+}
+
+func appendJSONString(dst []byte, s string) []byte {
+	b, _ := json.Marshal(s) // a string always marshals
+	return append(dst, b...)
+}

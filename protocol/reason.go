@@ -1,0 +1,129 @@
+package protocol
+
+import "fmt"
+
+// Reason is a machine-readable rejection code, sent as the reply's "reason". A
+// Reason is an error, so errors.Is(err, ReasonOverload) works on a *Rejection.
+type Reason string
+
+// Reasons found by ParseRequest: the request is invalid and retrying it unchanged
+// will fail again.
+const (
+	// ReasonBadTopic: the topic is not {prefix}/req/{app}/{device}. Never sent: no
+	// reply topic can be derived.
+	ReasonBadTopic Reason = "bad_topic"
+	// ReasonBadDevice: the device level is not 1-64 of [A-Za-z0-9_.-].
+	ReasonBadDevice Reason = "bad_device"
+	// ReasonUnknownApp: no application of that name is served.
+	ReasonUnknownApp Reason = "unknown_app"
+	// ReasonPayloadTooLarge: the payload exceeds the configured maximum; it is
+	// refused before it is parsed.
+	ReasonPayloadTooLarge Reason = "payload_too_large"
+	// ReasonBadJSON: the payload is not a JSON object.
+	ReasonBadJSON Reason = "bad_json"
+	// ReasonUnknownField: the object has a field this protocol version does not define.
+	ReasonUnknownField Reason = "unknown_field"
+	// ReasonUnsupportedVersion: "v" is present and is not 1.
+	ReasonUnsupportedVersion Reason = "unsupported_version"
+	// ReasonBadID: "id" is missing, not a string, empty, longer than 128 characters
+	// or contains control characters.
+	ReasonBadID Reason = "bad_id"
+	// ReasonReplyToNotAllowed: "reply_to" is not a string, contains a wildcard or is
+	// not matched by the allow-list. The rejection goes to the device's own topic.
+	ReasonReplyToNotAllowed Reason = "reply_to_not_allowed"
+	// ReasonDeadlineConflict: both "deadline_ms" and "deadline" are given.
+	ReasonDeadlineConflict Reason = "deadline_conflict"
+	// ReasonBadDeadline: "deadline_ms" is not a positive integer, or "deadline" is
+	// not an integer.
+	ReasonBadDeadline Reason = "bad_deadline"
+	// ReasonDeadlinePast: the absolute deadline is at or before the time of receipt.
+	ReasonDeadlinePast Reason = "deadline_past"
+	// ReasonDeadlineTooSoon: the budget is positive but below the configured minimum.
+	ReasonDeadlineTooSoon Reason = "deadline_too_soon"
+	// ReasonDeadlineTooFar: the budget exceeds the configured maximum.
+	ReasonDeadlineTooFar Reason = "deadline_too_far"
+	// ReasonInputConflict: both "input" and "input_b64" are given.
+	ReasonInputConflict Reason = "input_conflict"
+	// ReasonBadInput: no input is given, "input" is not a flat array of numbers, or
+	// "input_b64" is not standard padded base64 of a whole number of float32 values.
+	ReasonBadInput Reason = "bad_input"
+	// ReasonBadInputSize: the input does not have exactly the application's size.
+	ReasonBadInputSize Reason = "bad_input_size"
+	// ReasonNonFiniteInput: a value is NaN or infinite, or overflows float32.
+	ReasonNonFiniteInput Reason = "non_finite_input"
+	// ReasonInputOutOfRange: a value lies outside the application's input range.
+	ReasonInputOutOfRange Reason = "input_out_of_range"
+)
+
+// Reasons decided by the gateway after a request parsed.
+const (
+	// ReasonOverload: the queue is full; retry_after_ms says when to retry.
+	ReasonOverload Reason = "overload"
+	// ReasonShuttingDown: the gateway is stopping; retry against it later.
+	ReasonShuttingDown Reason = "shutting_down"
+	// ReasonInternal: the gateway failed to admit the request (for example a store
+	// write failed); retrying may help.
+	ReasonInternal Reason = "internal"
+)
+
+var reasons = map[Reason]bool{
+	ReasonBadTopic: false, ReasonBadDevice: false, ReasonUnknownApp: false,
+	ReasonPayloadTooLarge: false, ReasonBadJSON: false, ReasonUnknownField: false,
+	ReasonUnsupportedVersion: false, ReasonBadID: false, ReasonReplyToNotAllowed: false,
+	ReasonDeadlineConflict: false, ReasonBadDeadline: false, ReasonDeadlinePast: false,
+	ReasonDeadlineTooSoon: false, ReasonDeadlineTooFar: false, ReasonInputConflict: false,
+	ReasonBadInput: false, ReasonBadInputSize: false, ReasonNonFiniteInput: false,
+	ReasonInputOutOfRange: false,
+	ReasonOverload:        true, ReasonShuttingDown: true, ReasonInternal: true,
+}
+
+// Reasons returns every reason code defined by this version, in no particular order.
+func Reasons() []Reason {
+	out := make([]Reason, 0, len(reasons))
+	for r := range reasons {
+		out = append(out, r)
+	}
+	return out
+}
+
+// Known reports whether r is a reason code defined by this protocol version.
+func (r Reason) Known() bool { _, ok := reasons[r]; return ok }
+
+// Retryable reports whether the same request may succeed if sent again later
+// (overload, shutting_down, internal).
+func (r Reason) Retryable() bool { return reasons[r] }
+
+// Error implements error.
+func (r Reason) Error() string { return string(r) }
+
+// Rejection is a request that is not admitted. It is an error whose Unwrap is its
+// Reason.
+type Rejection struct {
+	Reason  Reason
+	Message string
+	// ID is the request id if it could be read, else "".
+	ID string
+	// App and Device are the topic's levels, possibly invalid ("" if the topic has
+	// no such shape).
+	App, Device string
+	// ReplyTo is where the rejected reply goes: the allowed reply_to, else the
+	// device's own reply topic; "" when none can be derived (do not reply).
+	ReplyTo string
+}
+
+func (r *Rejection) Error() string {
+	if r.ID != "" {
+		return fmt.Sprintf("rejected %s/%s id %q: %s: %s", r.App, r.Device, r.ID, r.Reason, r.Message)
+	}
+	return fmt.Sprintf("rejected %s/%s: %s: %s", r.App, r.Device, r.Reason, r.Message)
+}
+
+// Unwrap returns the Reason.
+func (r *Rejection) Unwrap() error { return r.Reason }
+
+// Reply returns the rejected Reply to publish on r.ReplyTo. Call it only when
+// r.ReplyTo is not empty.
+func (r *Rejection) Reply() *Reply {
+	return &Reply{V: Version, ID: r.ID, App: r.App, Device: r.Device,
+		Status: StatusRejected, Reason: r.Reason, Error: r.Message}
+}

@@ -1,0 +1,316 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// MaxIDLen is the longest request id, in characters (Unicode code points).
+const MaxIDLen = 128
+
+// Limits bound what ParseRequest admits. A zero field takes its default from
+// DefaultLimits.
+type Limits struct {
+	// MaxPayloadBytes is the largest payload parsed; larger ones are rejected
+	// unparsed (payload_too_large).
+	MaxPayloadBytes int
+	// MinDeadline and MaxDeadline bound the budget (deadline minus receipt).
+	MinDeadline, MaxDeadline time.Duration
+}
+
+// DefaultLimits returns the default limits: 256 KiB payloads, budgets from 1 ms to
+// 10 minutes.
+func DefaultLimits() Limits {
+	return Limits{MaxPayloadBytes: 256 << 10, MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute}
+}
+
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	if l.MaxPayloadBytes <= 0 {
+		l.MaxPayloadBytes = d.MaxPayloadBytes
+	}
+	if l.MinDeadline <= 0 {
+		l.MinDeadline = d.MinDeadline
+	}
+	if l.MaxDeadline <= 0 {
+		l.MaxDeadline = d.MaxDeadline
+	}
+	return l
+}
+
+// AppSpec is what the protocol needs to know about an application.
+type AppSpec struct {
+	// InputSize is the exact number of input values.
+	InputSize int
+	// DefaultDeadline is the budget of a request that names no deadline.
+	DefaultDeadline time.Duration
+	// Range, if not nil, is the closed interval every input value must lie in.
+	Range *[2]float64
+}
+
+// Env is everything ParseRequest needs besides the message.
+type Env struct {
+	// Prefix is the topic prefix; "" means DefaultPrefix.
+	Prefix string
+	Limits Limits
+	// ReplyAllow is the reply_to allow-list; nil allows only the device's own
+	// reply topic.
+	ReplyAllow *AllowList
+	// App looks an application up by name. Required.
+	App func(app string) (AppSpec, bool)
+}
+
+// Request is a valid, admitted-looking request.
+type Request struct {
+	ID     string
+	App    string
+	Device string
+	// ReplyTo is the resolved reply topic: the allowed reply_to or
+	// {prefix}/res/{app}/{device}.
+	ReplyTo string
+	// Received is the time of receipt passed to ParseRequest.
+	Received time.Time
+	// Deadline is absolute: Received plus deadline_ms, the given deadline, or
+	// Received plus the application's default.
+	Deadline time.Time
+	// Input has exactly the application's InputSize finite values, within its Range.
+	Input []float32
+}
+
+// Budget is Deadline minus Received.
+func (r *Request) Budget() time.Duration { return r.Deadline.Sub(r.Received) }
+
+// Fields of the request object.
+const (
+	fieldV          = "v"
+	fieldID         = "id"
+	fieldDeadlineMS = "deadline_ms"
+	fieldDeadline   = "deadline"
+	fieldInput      = "input"
+	fieldInputB64   = "input_b64"
+	fieldReplyTo    = "reply_to"
+)
+
+// peekLimit bounds how much of a broken or oversized payload is scanned for its id.
+const peekLimit = 4096
+
+// ParseRequest validates a request received on topic with payload at now. It
+// returns exactly one of a *Request (every check passed) or a *Rejection. Checks
+// run in this order, and the first failure decides the reason: topic shape,
+// device name, application, payload size (before parsing), JSON object, id, unknown
+// fields, v, reply_to, deadline, input. From the id on, a rejection echoes the id;
+// from reply_to on, it goes to the allowed reply_to.
+func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Request, *Rejection) {
+	prefix := env.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	lim := env.Limits.withDefaults()
+	app, device, err := ParseRequestTopic(prefix, topic)
+	if errors.Is(err, ErrNotRequestTopic) {
+		return nil, &Rejection{Reason: ReasonBadTopic, Message: fmt.Sprintf("topic is not %s/req/{app}/{device}", prefix)}
+	}
+	rej := &Rejection{App: app, Device: device}
+	if rt := ReplyTopic(prefix, app, device); validTopicName(rt) {
+		rej.ReplyTo = rt
+	}
+	reject := func(r Reason, format string, args ...any) (*Request, *Rejection) {
+		rej.Reason, rej.Message = r, fmt.Sprintf(format, args...)
+		return nil, rej
+	}
+	if err != nil {
+		rej.ID = peekID(payload)
+		return reject(ReasonBadDevice, "device name must be 1-%d of [A-Za-z0-9_.-]", MaxDeviceLen)
+	}
+	var spec AppSpec
+	ok := false
+	if env.App != nil {
+		spec, ok = env.App(app)
+	}
+	if !ok {
+		rej.ID = peekID(payload)
+		return reject(ReasonUnknownApp, "no application %q", app)
+	}
+	if len(payload) > lim.MaxPayloadBytes {
+		rej.ID = peekID(payload)
+		return reject(ReasonPayloadTooLarge, "payload is %d bytes, limit %d", len(payload), lim.MaxPayloadBytes)
+	}
+
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &fields); err != nil || fields == nil {
+		rej.ID = peekID(payload)
+		msg := "payload must be a JSON object"
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			msg = fmt.Sprintf("invalid JSON at byte %d: %v", se.Offset, se)
+		}
+		return reject(ReasonBadJSON, "%s", msg)
+	}
+
+	// id
+	raw, ok := present(fields, fieldID)
+	if !ok {
+		return reject(ReasonBadID, "id is required")
+	}
+	id, ok := jsonString(raw)
+	if !ok {
+		return reject(ReasonBadID, "id must be a string")
+	}
+	if n := utf8.RuneCountInString(id); n < 1 || n > MaxIDLen {
+		return reject(ReasonBadID, "id must be 1-%d characters, got %d", MaxIDLen, n)
+	}
+	if strings.IndexFunc(id, isControl) >= 0 {
+		return reject(ReasonBadID, "id must not contain control characters")
+	}
+	rej.ID = id
+
+	// unknown fields and version
+	for k := range fields {
+		switch k {
+		case fieldV, fieldID, fieldDeadlineMS, fieldDeadline, fieldInput, fieldInputB64, fieldReplyTo:
+		default:
+			return reject(ReasonUnknownField, "unknown field %q (protocol v%d fields: id, deadline_ms, deadline, input, input_b64, reply_to, v)", truncate(k, 64), Version)
+		}
+	}
+	if raw, ok := present(fields, fieldV); ok {
+		if v, err := strconv.ParseInt(string(raw), 10, 64); err != nil || v != Version {
+			return reject(ReasonUnsupportedVersion, "v must be %d, got %s", Version, truncate(string(raw), 32))
+		}
+	}
+
+	// reply_to
+	replyTo := ReplyTopic(prefix, app, device)
+	if raw, ok := present(fields, fieldReplyTo); ok {
+		rt, ok := jsonString(raw)
+		if !ok {
+			return reject(ReasonReplyToNotAllowed, "reply_to must be a string")
+		}
+		if !env.ReplyAllow.Allows(rt, prefix, app, device) {
+			return reject(ReasonReplyToNotAllowed, "reply_to %q is not allowed", truncate(rt, 128))
+		}
+		replyTo = rt
+		rej.ReplyTo = rt
+	}
+
+	// deadline
+	rawMS, hasMS := present(fields, fieldDeadlineMS)
+	rawAbs, hasAbs := present(fields, fieldDeadline)
+	var deadline time.Time
+	switch {
+	case hasMS && hasAbs:
+		return reject(ReasonDeadlineConflict, "give deadline_ms or deadline, not both")
+	case hasMS:
+		ms, err := strconv.ParseInt(string(rawMS), 10, 64)
+		switch {
+		case errors.Is(err, strconv.ErrRange) && rawMS[0] != '-':
+			return reject(ReasonDeadlineTooFar, "deadline_ms %s exceeds the maximum %d", truncate(string(rawMS), 32), lim.MaxDeadline.Milliseconds())
+		case err != nil || ms <= 0:
+			return reject(ReasonBadDeadline, "deadline_ms must be a positive integer, got %s", truncate(string(rawMS), 32))
+		case ms > lim.MaxDeadline.Milliseconds():
+			return reject(ReasonDeadlineTooFar, "deadline_ms %d exceeds the maximum %d", ms, lim.MaxDeadline.Milliseconds())
+		case time.Duration(ms)*time.Millisecond < lim.MinDeadline:
+			return reject(ReasonDeadlineTooSoon, "deadline_ms %d is below the minimum %s", ms, lim.MinDeadline)
+		}
+		deadline = now.Add(time.Duration(ms) * time.Millisecond)
+	case hasAbs:
+		ms, err := strconv.ParseInt(string(rawAbs), 10, 64)
+		switch {
+		case errors.Is(err, strconv.ErrRange) && rawAbs[0] != '-':
+			return reject(ReasonDeadlineTooFar, "deadline %s is too far away", truncate(string(rawAbs), 32))
+		case errors.Is(err, strconv.ErrRange):
+			return reject(ReasonDeadlinePast, "deadline %s is in the past", truncate(string(rawAbs), 32))
+		case err != nil:
+			return reject(ReasonBadDeadline, "deadline must be an integer (Unix time in ms), got %s", truncate(string(rawAbs), 32))
+		}
+		deadline = time.UnixMilli(ms)
+		switch budget := deadline.Sub(now); {
+		case budget <= 0:
+			return reject(ReasonDeadlinePast, "deadline %d is %s in the past", ms, (-budget).Round(time.Millisecond))
+		case budget > lim.MaxDeadline:
+			return reject(ReasonDeadlineTooFar, "deadline %d is %s away, maximum %s", ms, budget.Round(time.Millisecond), lim.MaxDeadline)
+		case budget < lim.MinDeadline:
+			return reject(ReasonDeadlineTooSoon, "deadline %d is %s away, minimum %s", ms, budget, lim.MinDeadline)
+		}
+	default:
+		deadline = now.Add(spec.DefaultDeadline)
+	}
+
+	// input
+	rawIn, hasIn := present(fields, fieldInput)
+	rawB64, hasB64 := present(fields, fieldInputB64)
+	var input []float32
+	var ierr *inputError
+	switch {
+	case hasIn && hasB64:
+		return reject(ReasonInputConflict, "give input or input_b64, not both")
+	case hasIn:
+		input, ierr = parseArray(rawIn, spec.InputSize)
+	case hasB64:
+		input, ierr = parseB64(rawB64, spec.InputSize)
+	default:
+		return reject(ReasonBadInput, "input or input_b64 is required")
+	}
+	if ierr != nil {
+		return reject(ierr.reason, "%s", ierr.msg)
+	}
+	if ierr := checkValues(input, spec.Range); ierr != nil {
+		return reject(ierr.reason, "%s", ierr.msg)
+	}
+	return &Request{ID: id, App: app, Device: device, ReplyTo: replyTo,
+		Received: now, Deadline: deadline, Input: input}, nil
+}
+
+// present returns the raw value of field k unless it is absent or null.
+func present(fields map[string]json.RawMessage, k string) (json.RawMessage, bool) {
+	raw, ok := fields[k]
+	if !ok || len(raw) == 0 || string(raw) == "null" {
+		return nil, false
+	}
+	return raw, true
+}
+
+// jsonString decodes a raw JSON value that must be a string.
+func jsonString(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", false
+	}
+	if s := raw[1 : len(raw)-1]; !hasEscapeOrNonASCII(s) {
+		return string(s), true
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", false
+	}
+	return s, true
+}
+
+func hasEscapeOrNonASCII(b []byte) bool {
+	for _, c := range b {
+		if c == '\\' || c >= 0x80 || c < 0x20 {
+			return true
+		}
+	}
+	return false
+}
+
+func isControl(r rune) bool { return r < 0x20 || (r >= 0x7f && r < 0xa0) }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+func validID(s string) bool {
+	n := utf8.RuneCountInString(s)
+	return n >= 1 && n <= MaxIDLen && strings.IndexFunc(s, isControl) < 0
+}

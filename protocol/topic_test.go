@@ -1,0 +1,125 @@
+package protocol
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseRequestTopic(t *testing.T) {
+	tests := []struct {
+		prefix, topic, app, device string
+		err                        error
+	}{
+		{"sneakgate", "sneakgate/req/fashion/cam-1", "fashion", "cam-1", nil},
+		{"site/a", "site/a/req/fashion/cam.1_x", "fashion", "cam.1_x", nil},
+		{"sneakgate", "sneakgate/req/fashion/cam 1", "fashion", "cam 1", ErrBadDevice},
+		{"sneakgate", "sneakgate/req/fashion/" + strings.Repeat("x", 65), "fashion", strings.Repeat("x", 65), ErrBadDevice},
+		{"sneakgate", "sneakgate/req/fashion", "", "", ErrNotRequestTopic},
+		{"sneakgate", "sneakgate/req/fashion/a/b", "", "", ErrNotRequestTopic},
+		{"sneakgate", "sneakgate/req//a", "", "", ErrNotRequestTopic},
+		{"sneakgate", "other/req/fashion/a", "", "", ErrNotRequestTopic},
+		{"sneakgate", "sneakgate/res/fashion/a", "", "", ErrNotRequestTopic},
+		{"sneakgate", "sneakgatereq/fashion/a", "", "", ErrNotRequestTopic},
+	}
+	for _, tt := range tests {
+		app, dev, err := ParseRequestTopic(tt.prefix, tt.topic)
+		if !errors.Is(err, tt.err) || app != tt.app || dev != tt.device {
+			t.Errorf("ParseRequestTopic(%q, %q) = %q, %q, %v; want %q, %q, %v", tt.prefix, tt.topic, app, dev, err, tt.app, tt.device, tt.err)
+		}
+	}
+	if got := ReplyTopic("p", "a", "d"); got != "p/res/a/d" {
+		t.Errorf("ReplyTopic = %q", got)
+	}
+	if got := RequestTopic("p", "a", "d"); got != "p/req/a/d" {
+		t.Errorf("RequestTopic = %q", got)
+	}
+}
+
+func TestCheckPrefix(t *testing.T) {
+	for _, p := range []string{"sneakgate", "site/a", "a-b.c"} {
+		if err := CheckPrefix(p); err != nil {
+			t.Errorf("CheckPrefix(%q) = %v", p, err)
+		}
+	}
+	for _, p := range []string{"", "/a", "a/", "a//b", "a/+", "#", "$SYS", "a\x00b", "\xff"} {
+		if err := CheckPrefix(p); !errors.Is(err, ErrBadPrefix) {
+			t.Errorf("CheckPrefix(%q) = %v, want ErrBadPrefix", p, err)
+		}
+	}
+}
+
+func TestMatchFilter(t *testing.T) {
+	tests := []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"a/b", "a/b", true},
+		{"a/b", "a/c", false},
+		{"a/b", "a/b/c", false},
+		{"a/b/c", "a/b", false},
+		{"a/+", "a/b", true},
+		{"a/+", "a/", true},
+		{"a/+", "a/b/c", false},
+		{"a/+/c", "a/b/c", true},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"#", "a/b", true},
+		{"+", "a", true},
+		{"+", "a/b", false},
+		{"+/+", "/a", true},
+		{"#", "$SYS/x", false},
+		{"+/x", "$SYS/x", false},
+		{"$SYS/#", "$SYS/x", true},
+		{"a/b/#", "a/bc/d", false},
+	}
+	for _, tt := range tests {
+		if got := matchFilter(tt.filter, tt.topic); got != tt.want {
+			t.Errorf("matchFilter(%q, %q) = %v, want %v", tt.filter, tt.topic, got, tt.want)
+		}
+	}
+}
+
+func TestAllowList(t *testing.T) {
+	for _, bad := range [][]string{{""}, {"{prefix}/res/{user}"}, {"a/#/b"}, {"a/b+"}, {"{prefix"}, {"x/{app}#"}} {
+		if _, err := NewAllowList(bad); !errors.Is(err, ErrBadPattern) {
+			t.Errorf("NewAllowList(%q) = %v, want ErrBadPattern", bad, err)
+		}
+	}
+	al, err := NewAllowList([]string{"{prefix}/res/{app}/{device}", "{prefix}/dev/{device}/+", "alerts/{app}/#"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		topic string
+		want  bool
+	}{
+		{"sg/res/fashion/cam1", true},
+		{"sg/res/fashion/cam2", false},
+		{"sg/res/other/cam1", false},
+		{"sg/dev/cam1/inbox", true},
+		{"sg/dev/cam1/inbox/x", false},
+		{"sg/dev/cam2/inbox", false},
+		{"alerts/fashion", true},
+		{"alerts/fashion/a/b", true},
+		{"alerts/other/a", false},
+		{"alerts/fashion/+", false}, // wildcards are never a valid reply_to
+		{"", false},
+	}
+	for _, tt := range tests {
+		if got := al.Allows(tt.topic, "sg", "fashion", "cam1"); got != tt.want {
+			t.Errorf("Allows(%q) = %v, want %v", tt.topic, got, tt.want)
+		}
+	}
+	var none *AllowList
+	if !none.Allows("sg/res/fashion/cam1", "sg", "fashion", "cam1") || none.Allows("sg/res/fashion/cam2", "sg", "fashion", "cam1") {
+		t.Error("nil allow-list must allow exactly the own reply topic")
+	}
+	if got := none.Patterns(); len(got) != 1 || got[0] != DefaultReplyAllow[0] {
+		t.Errorf("nil Patterns = %v", got)
+	}
+	empty, _ := NewAllowList(nil)
+	if empty.Allows("sg/res/fashion/cam1", "sg", "fashion", "cam1") {
+		t.Error("empty allow-list must allow nothing")
+	}
+}
