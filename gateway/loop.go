@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
@@ -40,7 +41,7 @@ type job struct {
 
 // result is how a job was answered, for the reply.
 type result struct {
-	Status Status
+	Status protocol.Status
 	Reason string
 	// Probs is the answering class distribution (model or estimate).
 	Probs []float64
@@ -55,19 +56,6 @@ type result struct {
 	Infer       time.Duration
 	Err         error
 }
-
-// Status is a reply status (see docs/protocol.md).
-type Status string
-
-// Reply statuses.
-const (
-	StatusOK       Status = "ok"
-	StatusLate     Status = "late"
-	StatusDegraded Status = "degraded"
-	StatusExpired  Status = "expired"
-	StatusRejected Status = "rejected"
-	StatusError    Status = "error"
-)
 
 // loop is the scheduling actor: it owns the queue, asks the policy what to do
 // whenever the engine is idle and something changed, and hands batches to the
@@ -203,10 +191,10 @@ func (l *loop) decide() (*scheduler.Batch, time.Time) {
 		switch v.Outcome {
 		case scheduler.Degraded:
 			cls := scheduler.Argmax(j.Estimate)
-			l.reply(j, result{Status: StatusDegraded, Reason: v.Reason, Probs: j.Estimate,
+			l.reply(j, result{Status: protocol.StatusDegraded, Reason: v.Reason, Probs: j.Estimate,
 				EstAccuracy: j.Estimate[cls], Start: now, Done: now})
 		default:
-			l.reply(j, result{Status: StatusExpired, Reason: v.Reason, Start: now, Done: now})
+			l.reply(j, result{Status: protocol.StatusExpired, Reason: v.Reason, Start: now, Done: now})
 		}
 	}
 	if d.Batch != nil {
@@ -292,7 +280,7 @@ func (l *loop) finish(d batchDone) {
 	if d.err != nil {
 		l.log.Error().Err(d.err).Str("variant", b.Variant.ID.String()).Int("batch", len(b.Requests)).Msg("batch failed")
 		for _, r := range b.Requests {
-			l.reply(r.Ref.(*job), result{Status: StatusError, Reason: "internal",
+			l.reply(r.Ref.(*job), result{Status: protocol.StatusError, Reason: "internal",
 				Err: fmt.Errorf("%w: %v", errBatch, d.err), Start: d.start, Done: d.done})
 		}
 		return
@@ -305,9 +293,9 @@ func (l *loop) finish(d batchDone) {
 	l.m.batchSize.WithLabelValues(app, variant).Observe(float64(len(b.Requests)))
 	for i, r := range b.Requests {
 		j := r.Ref.(*job)
-		st := StatusOK
+		st := protocol.StatusOK
 		if d.done.After(j.Deadline) {
-			st = StatusLate
+			st = protocol.StatusLate
 		}
 		l.reply(j, result{Status: st, Probs: d.probs[i], Variant: variant, Batch: len(b.Requests),
 			EstAccuracy: r.ExpAccuracy[b.Variant.Index], Start: d.start, Infer: d.infer, Done: d.done})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
@@ -130,7 +131,7 @@ func TestLoopBatchesAndAnswers(t *testing.T) {
 			t.Fatalf("answered %d of 5", len(ans.got))
 		}
 		for id, r := range ans.got {
-			if r.Status != StatusOK || r.Variant != "m" || r.Probs[1] != 0.9 {
+			if r.Status != protocol.StatusOK || r.Variant != "m" || r.Probs[1] != 0.9 {
 				t.Errorf("%s: %+v", id, r)
 			}
 		}
@@ -158,13 +159,13 @@ func TestLoopExpiresAndDegrades(t *testing.T) {
 		submit(t, l, "est", 40*time.Millisecond, []float64{0.2, 0.8}) // misses, has an estimate: degraded
 		time.Sleep(time.Second)
 		synctest.Wait()
-		if r := ans.got["short"]; r.Status != StatusExpired {
+		if r := ans.got["short"]; r.Status != protocol.StatusExpired {
 			t.Errorf("short: %+v", r)
 		}
-		if r := ans.got["est"]; r.Status != StatusDegraded || r.EstAccuracy != 0.8 {
+		if r := ans.got["est"]; r.Status != protocol.StatusDegraded || r.EstAccuracy != 0.8 {
 			t.Errorf("est: %+v", r)
 		}
-		if r := ans.got["blocker"]; r.Status != StatusOK {
+		if r := ans.got["blocker"]; r.Status != protocol.StatusOK {
 			t.Errorf("blocker: %+v", r)
 		}
 	})
@@ -179,7 +180,7 @@ func TestLoopEngineFailureAnswersError(t *testing.T) {
 		submit(t, l, "x", time.Second, nil)
 		time.Sleep(time.Second)
 		synctest.Wait()
-		if r := ans.got["x"]; r.Status != StatusError || !errors.Is(r.Err, errBatch) {
+		if r := ans.got["x"]; r.Status != protocol.StatusError || !errors.Is(r.Err, errBatch) {
 			t.Errorf("x: %+v", r)
 		}
 	})
