@@ -145,7 +145,7 @@ func DefaultConfig() Config {
 		},
 		Store: StoreConfig{
 			Path: "sneakgate.db", Retention: 10 * time.Minute,
-			MaxBatchDelay: 2 * time.Millisecond, MaxBatchSize: 256,
+			MaxBatchDelay: 0, MaxBatchSize: 256,
 		},
 		Engine: EngineConfig{
 			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,
