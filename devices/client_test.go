@@ -1,0 +1,199 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+var tinyApps = map[string]protocol.AppSpec{
+	"tiny": {InputSize: 3, DefaultDeadline: time.Second, Range: &[2]float64{0, 100}},
+}
+
+func firstValue(in []float32) int { return int(in[0]) }
+
+func dial(t *testing.T, url, device string, o ClientOptions) *Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	o.Broker, o.Device = url, device
+	c, err := Dial(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func TestClientDo(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	startResponder(t, url, tinyApps, firstValue)
+	for _, b64 := range []bool{false, true} {
+		c := dial(t, url, fmt.Sprintf("dev-b64-%v", b64), ClientOptions{B64: b64})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Concurrent Do calls are each matched to their own reply.
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := c.Do(ctx, "tiny", fmt.Sprintf("req-%d", i), []float32{float32(i), 0, 0}, 500*time.Millisecond)
+				if err != nil {
+					t.Errorf("Do %d: %v", i, err)
+					return
+				}
+				if r.Status != protocol.StatusOK || r.ID != fmt.Sprintf("req-%d", i) || *r.Class != i || r.App != "tiny" || r.Device != c.Device() || !*r.DeadlineMet {
+					t.Errorf("Do %d: reply %+v", i, r)
+				}
+			}()
+		}
+		wg.Wait()
+		cancel()
+	}
+}
+
+func TestClientDoRejected(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	startResponder(t, url, tinyApps, firstValue)
+	c := dial(t, url, "dev1", ClientOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tests := []struct {
+		app    string
+		input  []float32
+		reason protocol.Reason
+	}{
+		{"tiny", []float32{1, 2}, protocol.ReasonBadInputSize},
+		{"tiny", []float32{1, 2, 101}, protocol.ReasonInputOutOfRange},
+		{"nope", []float32{1, 2, 3}, protocol.ReasonUnknownApp},
+	}
+	for i, tt := range tests {
+		r, err := c.Do(ctx, tt.app, fmt.Sprint("bad-", i), tt.input, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.reason, err)
+		}
+		if r.Status != protocol.StatusRejected || r.Reason != tt.reason || r.Error == "" {
+			t.Errorf("want rejected %s, got %+v", tt.reason, r)
+		}
+	}
+	// A raw broken payload: the rejection still carries the id, read before the break.
+	got := make(chan *protocol.Reply, 1)
+	c2 := dial(t, url, "dev2", ClientOptions{Pipeline: 4})
+	if err := c2.PublishRaw(ctx, "tiny", []byte(`{"id":"broken","input":[1,2`)); err != nil {
+		t.Fatal(err)
+	}
+	go func() { got <- (<-c2.Replies()).Reply }()
+	select {
+	case r := <-got:
+		if r.ID != "broken" || r.Reason != protocol.ReasonBadJSON {
+			t.Errorf("got %+v", r)
+		}
+	case <-ctx.Done():
+		t.Fatal("no reply to a broken payload")
+	}
+}
+
+func TestClientPipelineAndErrors(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	resp := startResponder(t, url, tinyApps, firstValue)
+	resp.drop = func(id string) bool { return id == "never" || id == "dup" }
+	c := dial(t, url, "pipe", ClientOptions{Pipeline: 100})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 50 {
+		if err := c.Publish(ctx, "tiny", fmt.Sprint(i), []float32{float32(i), 0, 0}, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	for len(seen) < 50 {
+		select {
+		case rc := <-c.Replies():
+			if seen[rc.Reply.ID] || rc.Topic != "sneakgate/res/tiny/pipe" || rc.At.IsZero() {
+				t.Fatalf("bad or duplicate reply %+v", rc)
+			}
+			seen[rc.Reply.ID] = true
+		case <-ctx.Done():
+			t.Fatalf("got %d of 50 replies", len(seen))
+		}
+	}
+
+	// No reply: Do ends with ctx.
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	if _, err := c.Do(short, "tiny", "never", []float32{1, 2, 3}, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Do without reply: %v", err)
+	}
+
+	// Same id twice in flight.
+	slow, cancelSlow := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { _, err := c.Do(slow, "tiny", "dup", []float32{1, 2, 3}, 0); errc <- err }()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := c.Do(ctx, "tiny", "dup", []float32{1, 2, 3}, 0); !errors.Is(err, ErrIDInFlight) {
+		t.Errorf("second Do with same id: %v", err)
+	}
+	cancelSlow()
+	<-errc
+
+	// Close wakes a waiting Do.
+	go func() { _, err := c.Do(ctx, "tiny", "never", []float32{1, 2, 3}, 0); errc <- err }()
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Errorf("Do after Close: %v", err)
+	}
+	if err := c.Publish(ctx, "tiny", "x", []float32{1, 2, 3}, 0); !errors.Is(err, ErrClosed) {
+		t.Errorf("Publish after Close: %v", err)
+	}
+}
+
+func TestDialOptions(t *testing.T) {
+	ctx := context.Background()
+	for _, o := range []ClientOptions{
+		{Device: "d"},
+		{Broker: "tcp://127.0.0.1:1", Device: "bad name"},
+		{Broker: "tcp://127.0.0.1:1", Device: "d", Prefix: "a/+"},
+		{Broker: "tcp://127.0.0.1:1", Device: "d", Persistent: true},
+	} {
+		if _, err := Dial(ctx, o); !errors.Is(err, ErrOptions) {
+			t.Errorf("Dial(%+v) = %v, want ErrOptions", o, err)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := Dial(short, ClientOptions{Broker: "tcp://127.0.0.1:1", Device: "d", ConnectTimeout: time.Second}); err == nil {
+		t.Error("Dial to a closed port succeeded")
+	}
+}
+
+func TestClientSurvivesBrokerRestart(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	c := dial(t, b.URL(), "restart", ClientOptions{})
+	b.Stop()
+	b.Start()
+	startResponder(t, b.URL(), tinyApps, firstValue)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	// The client reconnects and resubscribes on its own; retry until it has.
+	for i := 0; ; i++ {
+		try, cancelTry := context.WithTimeout(ctx, 300*time.Millisecond)
+		r, err := c.Do(try, "tiny", fmt.Sprint("after-restart-", i), []float32{7, 0, 0}, 0)
+		cancelTry()
+		if err == nil {
+			if *r.Class != 7 {
+				t.Fatalf("got %+v", r)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no reply after broker restart: %v", err)
+		}
+	}
+}
