@@ -18,11 +18,14 @@ type Options struct {
 	FixedVariant map[string]string
 	// MaxQueueDelay is how long a batching policy may hold a request to fill a batch.
 	MaxQueueDelay time.Duration
+	// ExhaustiveGroups is the most groups a searching policy orders exhaustively;
+	// with more it searches greedily (default 3).
+	ExhaustiveGroups int
 }
 
 // DefaultOptions returns the options used for fields left zero.
 func DefaultOptions() Options {
-	return Options{MaxBatch: 32, Window: 16, MaxQueueDelay: 2 * time.Millisecond}
+	return Options{MaxBatch: 32, Window: 16, MaxQueueDelay: 2 * time.Millisecond, ExhaustiveGroups: 3}
 }
 
 func (o Options) withDefaults() Options {
@@ -35,6 +38,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxQueueDelay <= 0 {
 		o.MaxQueueDelay = d.MaxQueueDelay
+	}
+	if o.ExhaustiveGroups <= 0 {
+		o.ExhaustiveGroups = d.ExhaustiveGroups
 	}
 	return o
 }

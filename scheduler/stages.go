@@ -11,6 +11,10 @@ const (
 	ReasonNoVariantInTime = "no_variant_meets_deadline"
 	// ReasonNoVariantFits: no variant of the application fits the memory budget.
 	ReasonNoVariantFits = "no_variant_fits_budget"
+	// ReasonNotWorth: the result would be late and worth nothing (or less than
+	// nothing, with a utility matrix that charges for wrong answers), and there is
+	// no estimate to answer with.
+	ReasonNotWorth = "not_worth_running"
 )
 
 // fastest returns the smallest batch-1 latency among the application's variants.

@@ -1,0 +1,286 @@
+package scheduler
+
+import (
+	"container/heap"
+	"math"
+	"slices"
+	"time"
+)
+
+// This file holds what the searching policies (sneakpeek, oblivious, bruteforce)
+// share: the view of utility a policy believes, the per-decision pre-pass over the
+// whole queue (hopeless, degraded and not-worth-running verdicts, priorities), the
+// window of the highest-priority requests, and the evaluation of a plan (an ordered
+// list of runs, each a set of requests on one variant) with its batch-size-dependent
+// latency, its simulated swaps, and the deadline penalty.
+
+// view is what a policy believes a request is worth on each variant.
+type view struct {
+	// dataAware selects the SneakPeek estimate's expected utility
+	// (Request.ExpUtility) and allows the degraded answer; otherwise the profiled
+	// utility (Variant.ProfiledUtility) and no degraded answer.
+	dataAware bool
+	// byClass groups by (application, argmax p) instead of application only.
+	byClass bool
+}
+
+// member is a request as the planner sees it; times are relative to the decision's
+// Now so the hot loops do integer arithmetic.
+type member struct {
+	r *Request
+	// dl is the time left to the deadline (negative when past it); budget is D.
+	dl, budget time.Duration
+	// u[m] is the believed utility on variant m when on time.
+	u []float64
+	// alt is the value of not running when the result would be late: the degraded
+	// answer's utility if allowed (capped at the worst variant's on-time utility),
+	// and never below 0 (expiring is worth 0).
+	alt float64
+	// pri is the priority P(r).
+	pri float64
+	// class is the grouping class (-1 when grouping by application only).
+	class int
+}
+
+// value is the member's believed value when its result on variant m finishes at
+// fin (relative to Now): u on time, then the penalised u or the alternative,
+// whichever is larger.
+func (m *member) value(v int, fin time.Duration) float64 {
+	u := m.u[v]
+	if fin <= m.dl {
+		return u
+	}
+	return max(m.late(v, fin), m.alt)
+}
+
+// late is the penalised value of a late result (a cost is kept whole).
+func (m *member) late(v int, fin time.Duration) float64 {
+	u := m.u[v]
+	if fin <= m.dl || u <= 0 {
+		return u
+	}
+	return u * penaltyLate(fin-m.dl, m.budget)
+}
+
+// penaltyLate is Penalty for a result late by late with budget D.
+func penaltyLate(late, budget time.Duration) float64 {
+	if late <= 0 {
+		return 1
+	}
+	if late >= budget {
+		return 0
+	}
+	x := float64(late) / float64(budget)
+	x3, y3 := x*x*x, (1-x)*(1-x)*(1-x)
+	return 1 - x3/(x3+y3)
+}
+
+// appInfo caches, per application and decision, what the pre-pass needs.
+type appInfo struct {
+	// cost0[m] is the swap cost of variant m from the current residency; ok0[m]
+	// says whether it can be made resident at all.
+	cost0 []time.Duration
+	ok0   []bool
+	// lat1[m] is the batch-1 latency; fastest is the smallest over all variants.
+	lat1    []time.Duration
+	fastest time.Duration
+	// profiled[m] is Variant.ProfiledUtility.
+	profiled []float64
+}
+
+// decisionState is one decision's working set.
+type decisionState struct {
+	s        *Snapshot
+	w        view
+	maxBatch int
+	res0     resSet
+	apps     map[*App]*appInfo
+	// members holds every request that survived the pre-pass, in queue order.
+	members []member
+	// verdicts collected so far.
+	verdicts []Verdict
+	// lastApp caches the previous lookup in apps.
+	lastApp  *App
+	lastInfo *appInfo
+}
+
+func newDecisionState(s *Snapshot, w view, maxBatch int) *decisionState {
+	return &decisionState{s: s, w: w, maxBatch: maxBatch, res0: newResSet(s), apps: make(map[*App]*appInfo, len(s.Apps))}
+}
+
+func (d *decisionState) info(a *App) *appInfo {
+	if a == d.lastApp {
+		return d.lastInfo
+	}
+	ai, ok := d.apps[a]
+	if !ok {
+		n := len(a.Variants)
+		ai = &appInfo{cost0: make([]time.Duration, n), ok0: make([]bool, n),
+			lat1: make([]time.Duration, n), profiled: make([]float64, n), fastest: -1}
+		for i, v := range a.Variants {
+			c, _, ok := d.res0.cost(v)
+			ai.cost0[i], ai.ok0[i] = c, ok
+			ai.lat1[i] = v.LatencyAt(1)
+			if ai.fastest < 0 || ai.lat1[i] < ai.fastest {
+				ai.fastest = ai.lat1[i]
+			}
+			ai.profiled[i] = v.ProfiledUtility
+		}
+		d.apps[a] = ai
+	}
+	d.lastApp, d.lastInfo = a, ai
+	return ai
+}
+
+// prepass turns the queue into members. It answers at once, for every queued
+// request: expired when past its hard stop (ReasonPastHardStop) or when no variant
+// can even fit (ReasonNoVariantFits); when no variant started now could meet the
+// deadline, degraded if the estimate is worth more than any late run
+// (ReasonNoVariantInTime), expired if nothing is worth anything (ReasonNotWorth).
+// skip, if not nil, excludes requests already answered. It is O(n * variants).
+func (d *decisionState) prepass(skip map[*Request]bool) {
+	q := d.s.Queue
+	if d.members == nil {
+		d.members = make([]member, 0, len(q))
+	}
+	d.members = d.members[:0]
+	for _, r := range q {
+		if skip != nil && skip[r] {
+			continue
+		}
+		ai := d.info(r.App)
+		dl := r.Deadline.Sub(d.s.Now)
+		budget := r.Budget()
+		if ai.fastest >= dl+budget {
+			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonPastHardStop})
+			continue
+		}
+		m := member{r: r, dl: dl, budget: budget, class: -1}
+		if d.w.dataAware {
+			m.u = r.ExpUtility
+		} else {
+			m.u = ai.profiled
+		}
+		if d.w.byClass {
+			m.class = r.Class
+		}
+		onTime, feasible := false, 0
+		bestLate, sum, minU := math.Inf(-1), 0.0, math.Inf(1)
+		for i := range m.u {
+			if !ai.ok0[i] {
+				continue
+			}
+			feasible++
+			minU = min(minU, m.u[i])
+			fin := ai.cost0[i] + ai.lat1[i]
+			u := m.late(i, fin)
+			sum += u
+			if fin <= dl {
+				onTime = true
+			} else if u > bestLate {
+				bestLate = u
+			}
+		}
+		switch {
+		case feasible == 0:
+			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
+			continue
+		case !onTime && d.w.dataAware && r.P != nil && r.DegradedUtility >= bestLate:
+			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Degraded, Reason: ReasonNoVariantInTime})
+			continue
+		case !onTime && bestLate <= 0:
+			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNotWorth})
+			continue
+		}
+		if d.w.dataAware && r.P != nil {
+			// In the search, the degraded answer is worth no more than the worst
+			// variant on time: the planner may shed a request onto its estimate
+			// to save others, but never prefers the estimate to a model result.
+			m.alt = max(0, min(r.DegradedUtility, minU))
+		}
+		rem := max(dl, ai.fastest)
+		m.pri = sum / float64(feasible) / rem.Seconds()
+		d.members = append(d.members, m)
+	}
+}
+
+// higher orders members by priority, then arrival.
+func higher(a, b *member) bool {
+	if a.pri != b.pri {
+		return a.pri > b.pri
+	}
+	return a.r.Seq < b.r.Seq
+}
+
+// minHeap of member indexes by priority (lowest on top), for top-W selection.
+type minHeap struct {
+	idx []int
+	ms  []member
+}
+
+func (h *minHeap) Len() int           { return len(h.idx) }
+func (h *minHeap) Less(i, j int) bool { return higher(&h.ms[h.idx[j]], &h.ms[h.idx[i]]) }
+func (h *minHeap) Swap(i, j int)      { h.idx[i], h.idx[j] = h.idx[j], h.idx[i] }
+func (h *minHeap) Push(x any)         { h.idx = append(h.idx, x.(int)) }
+func (h *minHeap) Pop() any {
+	x := h.idx[len(h.idx)-1]
+	h.idx = h.idx[:len(h.idx)-1]
+	return x
+}
+
+// window returns the indexes (into members) of the w highest-priority members,
+// highest first. It is O(n log w).
+func (d *decisionState) window(w int) []int {
+	n := len(d.members)
+	if n <= w {
+		idx := make([]int, n)
+		for i := range idx {
+			idx[i] = i
+		}
+		slices.SortFunc(idx, func(a, b int) int { return d.cmp(a, b) })
+		return idx
+	}
+	h := &minHeap{idx: make([]int, 0, w+1), ms: d.members}
+	for i := range d.members {
+		if len(h.idx) < w {
+			heap.Push(h, i)
+			continue
+		}
+		if higher(&d.members[i], &d.members[h.idx[0]]) {
+			h.idx[0] = i
+			heap.Fix(h, 0)
+		}
+	}
+	idx := h.idx
+	slices.SortFunc(idx, func(a, b int) int { return d.cmp(a, b) })
+	return idx
+}
+
+func (d *decisionState) cmp(a, b int) int {
+	switch {
+	case higher(&d.members[a], &d.members[b]):
+		return -1
+	case higher(&d.members[b], &d.members[a]):
+		return 1
+	}
+	return 0
+}
+
+// capOf is the largest batch v may run under the options.
+func (d *decisionState) capOf(v *Variant) int { return max(1, min(d.maxBatch, v.MaxBatch())) }
+
+// runValue is the value of members run back to back on v, in chunks of at most
+// capOf(v), compute starting at t (after the swap); it returns the value and the
+// time the last chunk ends.
+func (d *decisionState) runValue(ms []*member, vi int, v *Variant, t time.Duration) (float64, time.Duration) {
+	c := d.capOf(v)
+	val := 0.0
+	for i := 0; i < len(ms); i += c {
+		j := min(i+c, len(ms))
+		t += v.LatencyAt(j - i)
+		for _, m := range ms[i:j] {
+			val += m.value(vi, t)
+		}
+	}
+	return val, t
+}

@@ -1,0 +1,220 @@
+package scheduler
+
+import (
+	"container/heap"
+	"math"
+	"slices"
+)
+
+func init() {
+	Register("sneakpeek", func(o Options) (Policy, error) {
+		return &searching{name: "sneakpeek", o: o, w: view{dataAware: true, byClass: true}}, nil
+	})
+	Register("oblivious", func(o Options) (Policy, error) {
+		return &searching{name: "oblivious", o: o, w: view{}}, nil
+	})
+	Register("bruteforce", func(o Options) (Policy, error) {
+		o.Window = min(o.Window, MaxBruteWindow)
+		return &searching{name: "bruteforce", o: o, w: view{dataAware: true}, brute: true}, nil
+	})
+}
+
+// searching is the grouped-priority scheduler of method.md, and its variants:
+//
+//   - sneakpeek: data-aware. A request's value on variant m is its expected utility
+//     under its SneakPeek estimate (Request.ExpUtility); groups are (application,
+//     argmax p); a request that cannot be served in time may be answered with the
+//     estimate itself (degraded).
+//   - oblivious: the same search with the profiled utility (Variant.ProfiledUtility)
+//     for every request, groups per application, and no degraded answer, since it
+//     does not look at the estimate. This is the paper's data-oblivious baseline.
+//   - bruteforce: the data-aware value model, but an exhaustive search over every
+//     ordered partition of a tiny window into batches (reference only).
+//
+// One decision: a pre-pass over the whole queue answers what can be answered at
+// once (past the hard stop; no variant in time and the estimate worth more;
+// nothing worth running) and computes each request's priority; the Window
+// highest-priority requests are grouped and searched; the first run of the best
+// plan becomes the batch, filled up with lower-priority requests of the same groups
+// while that raises the plan's value. Cost: O(n * variants + n log Window) for the
+// queue, plus a search bounded by Window and ExhaustiveGroups.
+type searching struct {
+	name  string
+	o     Options
+	w     view
+	brute bool
+}
+
+// MaxBruteWindow is the largest window the bruteforce policy searches.
+const MaxBruteWindow = 5
+
+func (p *searching) Name() string { return p.name }
+
+func (p *searching) Decide(s *Snapshot) Decision {
+	d := newDecisionState(s, p.w, p.o.MaxBatch)
+	var skip map[*Request]bool
+	// Each round either returns a batch or answers at least one request without
+	// running it; a few rounds cover the case where the plan's first run is
+	// answered entirely by verdicts. Verdicts accumulate across rounds.
+	for round := 0; round < 4; round++ {
+		if round > 0 {
+			skip = make(map[*Request]bool, len(d.verdicts))
+			for _, v := range d.verdicts {
+				skip[v.Request] = true
+			}
+		}
+		d.prepass(skip)
+		if len(d.members) == 0 {
+			return Decision{Verdicts: d.verdicts}
+		}
+		before := len(d.verdicts)
+		win := d.window(p.o.Window)
+		runs := p.plan(d, win)
+		if len(runs) == 0 {
+			break
+		}
+		runs = d.fill(runs, win)
+		if b := d.assemble(runs[0]); b != nil {
+			return Decision{Verdicts: d.verdicts, Batch: b}
+		}
+		if len(d.verdicts) == before {
+			break
+		}
+	}
+	return Decision{Verdicts: d.verdicts, WakeAt: s.Now}
+}
+
+// plan returns the runs of the best plan for the window (fresh slices the caller
+// may modify).
+func (p *searching) plan(d *decisionState, win []int) []run {
+	var runs []run
+	if p.brute {
+		runs = d.bruteforce(win)
+	} else {
+		g := newGrouped(d, d.groupWindow(win))
+		best := g.search(p.o.ExhaustiveGroups)
+		if math.IsInf(best.value, -1) {
+			return nil
+		}
+		runs = g.toRuns(best.order, best.vars)
+	}
+	out := make([]run, len(runs))
+	for i, r := range runs {
+		out[i] = run{ms: slices.Clone(r.ms), vi: r.vi, v: r.v}
+	}
+	return out
+}
+
+// fill adds to the first run, up to its batch cap, the highest-priority requests
+// outside the window that share a grouping key with it, each only if it would be
+// on time and the whole plan's value does not fall.
+func (d *decisionState) fill(runs []run, win []int) []run {
+	first := &runs[0]
+	c := d.capOf(first.v)
+	if len(first.ms) >= c || len(d.members) <= len(win) {
+		return runs
+	}
+	in := make(map[*member]bool, len(win))
+	for _, i := range win {
+		in[&d.members[i]] = true
+	}
+	app := first.v.ID.App
+	var classes []int
+	for _, m := range first.ms {
+		if !slices.Contains(classes, m.class) {
+			classes = append(classes, m.class)
+		}
+	}
+	var cands []int
+	for i := range d.members {
+		m := &d.members[i]
+		if m.r.App.Name == app && !in[m] && slices.Contains(classes, m.class) {
+			cands = append(cands, i)
+		}
+	}
+	if len(cands) == 0 {
+		return runs
+	}
+	cands = d.topK(cands, c-len(first.ms))
+	var ra, rb resSet
+	base := d.evalRuns(runs, &ra, &rb)
+	cost, _, _ := d.res0.cost(first.v)
+	for _, i := range cands {
+		m := &d.members[i]
+		fin := cost + first.v.LatencyAt(len(first.ms)+1)
+		if fin > m.dl {
+			continue
+		}
+		first.ms = append(first.ms, m)
+		if v := d.evalRuns(runs, &ra, &rb); v >= base {
+			base = v
+		} else {
+			first.ms = first.ms[:len(first.ms)-1]
+		}
+		if len(first.ms) >= c {
+			break
+		}
+	}
+	return runs
+}
+
+// topK returns the k highest-priority of the given member indexes, highest first.
+func (d *decisionState) topK(idx []int, k int) []int {
+	if len(idx) > 4*k {
+		h := &minHeap{idx: make([]int, 0, k+1), ms: d.members}
+		for _, i := range idx {
+			if len(h.idx) < k {
+				heap.Push(h, i)
+				continue
+			}
+			if higher(&d.members[i], &d.members[h.idx[0]]) {
+				h.idx[0] = i
+				heap.Fix(h, 0)
+			}
+		}
+		idx = h.idx
+	}
+	slices.SortFunc(idx, d.cmp)
+	return idx[:min(k, len(idx))]
+}
+
+// assemble turns a plan's first run into the batch to run now: its first chunk,
+// minus the members whose result would come late and be worth less than their
+// alternative (answered degraded or expired instead).
+func (d *decisionState) assemble(r run) *Batch {
+	c := d.capOf(r.v)
+	ms := r.ms[:min(c, len(r.ms))]
+	cost, evict, ok := d.res0.cost(r.v)
+	if !ok {
+		return nil
+	}
+	fin := cost + r.v.LatencyAt(len(ms))
+	keep := make([]*Request, 0, len(ms))
+	util := 0.0
+	for _, m := range ms {
+		lv := m.late(r.vi, fin)
+		if fin > m.dl && m.alt > lv {
+			if d.w.dataAware && m.r.P != nil && m.r.DegradedUtility > lv {
+				d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: Degraded, Reason: ReasonNoVariantInTime})
+			} else {
+				d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: Expired, Reason: ReasonNotWorth})
+			}
+			continue
+		}
+		keep = append(keep, m.r)
+		util += lv
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	b := &Batch{Variant: r.v, Requests: keep, Start: d.s.Now}
+	if !d.res0.has(r.v) {
+		for _, v := range d.res0.ents[:evict] {
+			b.Evict = append(b.Evict, v.ID)
+		}
+		b.Load = []VariantID{r.v.ID}
+	}
+	b.Finish = d.s.Now.Add(cost + r.v.LatencyAt(len(keep)))
+	b.Utility = util
+	return b
+}
