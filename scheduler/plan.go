@@ -40,6 +40,8 @@ type member struct {
 	pri float64
 	// class is the grouping class (-1 when grouping by application only).
 	class int
+	// inWin marks members of the searched window.
+	inWin bool
 }
 
 // value is the member's believed value when its result on variant m finishes at

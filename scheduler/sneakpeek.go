@@ -43,6 +43,8 @@ type searching struct {
 	o     Options
 	w     view
 	brute bool
+	// buf is the members slice kept between decisions to spare the allocation.
+	buf []member
 }
 
 // MaxBruteWindow is the largest window the bruteforce policy searches.
@@ -52,6 +54,11 @@ func (p *searching) Name() string { return p.name }
 
 func (p *searching) Decide(s *Snapshot) Decision {
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
+	d.members = p.buf[:0]
+	defer func() {
+		clear(d.members[:cap(d.members)]) // drop references to requests
+		p.buf = d.members[:0]
+	}()
 	var skip map[*Request]bool
 	// Each round either returns a batch or answers at least one request without
 	// running it; a few rounds cover the case where the plan's first run is
@@ -114,9 +121,8 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 	if len(first.ms) >= c || len(d.members) <= len(win) {
 		return runs
 	}
-	in := make(map[*member]bool, len(win))
 	for _, i := range win {
-		in[&d.members[i]] = true
+		d.members[i].inWin = true
 	}
 	app := first.v.ID.App
 	var classes []int
@@ -128,7 +134,7 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 	var cands []int
 	for i := range d.members {
 		m := &d.members[i]
-		if m.r.App.Name == app && !in[m] && slices.Contains(classes, m.class) {
+		if !m.inWin && m.r.App.Name == app && slices.Contains(classes, m.class) {
 			cands = append(cands, i)
 		}
 	}
