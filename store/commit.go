@@ -1,0 +1,250 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// counts are the journal's sizes, kept in the meta bucket so Open need not scan.
+type counts struct{ pending, outbox, done int }
+
+func (c *counts) add(d counts) {
+	c.pending += d.pending
+	c.outbox += d.outbox
+	c.done += d.done
+}
+
+func readCounts(meta *bolt.Bucket) (counts, error) {
+	v := meta.Get(keyCounts)
+	if v == nil {
+		return counts{}, nil
+	}
+	r := reader{b: v}
+	c := counts{int(r.uvarint()), int(r.uvarint()), int(r.uvarint())}
+	r.end()
+	return c, r.errf("counts")
+}
+
+func writeCounts(meta *bolt.Bucket, c counts) error {
+	var b []byte
+	for _, n := range [...]int{c.pending, c.outbox, c.done} {
+		if n < 0 {
+			return fmt.Errorf("negative count in %+v (journal index out of step)", c)
+		}
+		b = binary.AppendUvarint(b, uint64(n))
+	}
+	return meta.Put(keyCounts, b)
+}
+
+// buckets are the journal's buckets inside one write transaction.
+type buckets struct {
+	meta, keys, pending, outbox, expiry *bolt.Bucket
+}
+
+func bucketsOf(tx *bolt.Tx) buckets {
+	return buckets{
+		meta:    tx.Bucket(bucketMeta),
+		keys:    tx.Bucket(bucketKeys),
+		pending: tx.Bucket(bucketPending),
+		outbox:  tx.Bucket(bucketOutbox),
+		expiry:  tx.Bucket(bucketExpiry),
+	}
+}
+
+// op is one write queued for the committer. Its apply function runs inside the
+// group's transaction and may run more than once (when another member of the group
+// fails, the group is rolled back and retried without it), so it must derive its
+// results from the transaction alone and reset them first.
+type op struct {
+	Op
+	apply func(b buckets, o *op) error
+
+	// Results of the last apply.
+	res   PutResult
+	delta counts
+	bytes int
+
+	err  error
+	done chan struct{}
+}
+
+func (o *op) put(b *bolt.Bucket, k, v []byte) error {
+	o.bytes += len(k) + len(v)
+	return b.Put(k, v)
+}
+
+// submit queues o for the next group commit and waits until it is committed or
+// has failed.
+func (s *Store) submit(o *op) error {
+	o.done = make(chan struct{})
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	s.queued.Add(1)
+	s.ops <- o
+	s.mu.RUnlock()
+	<-o.done
+	return o.err
+}
+
+// commitLoop is the only goroutine that writes through the group commit. It takes
+// the writes queued while the previous commit ran (and, with MaxBatchDelay, those
+// that arrive during the delay), up to MaxBatchSize, and commits them together.
+func (s *Store) commitLoop() {
+	defer close(s.stopped)
+	group := make([]*op, 0, s.opts.MaxBatchSize)
+	for first := range s.ops {
+		group = s.fill(append(group[:0], first))
+		s.commit(group)
+		s.queued.Add(-int64(len(group)))
+		clear(group)
+	}
+}
+
+func (s *Store) fill(group []*op) []*op {
+	for len(group) < s.opts.MaxBatchSize {
+		select {
+		case o, ok := <-s.ops:
+			if !ok {
+				return group
+			}
+			group = append(group, o)
+			continue
+		default:
+		}
+		break
+	}
+	if s.opts.MaxBatchDelay <= 0 || len(group) >= s.opts.MaxBatchSize {
+		return group
+	}
+	timer := time.NewTimer(s.opts.MaxBatchDelay)
+	defer timer.Stop()
+	for len(group) < s.opts.MaxBatchSize {
+		select {
+		case o, ok := <-s.ops:
+			if !ok {
+				return group
+			}
+			group = append(group, o)
+		case <-timer.C:
+			return group
+		}
+	}
+	return group
+}
+
+// commit applies a group in one transaction. A member whose apply fails is taken
+// out with its error and the rest are retried, as bbolt's DB.Batch does; a failed
+// commit fails every member.
+func (s *Store) commit(group []*op) {
+	for len(group) > 0 {
+		tx, err := s.db.Begin(true)
+		if err != nil {
+			s.fail(group, fmt.Errorf("begin commit: %w", err))
+			return
+		}
+		b := bucketsOf(tx)
+		var delta counts
+		bytes := 0
+		failed := -1
+		for i, o := range group {
+			o.res, o.delta, o.bytes = PutResult{}, counts{}, 0
+			if err := safeApply(b, o); err != nil {
+				o.err = err
+				failed = i
+				break
+			}
+			delta.add(o.delta)
+			bytes += o.bytes
+		}
+		if failed >= 0 {
+			tx.Rollback()
+			close(group[failed].done)
+			group = append(group[:failed], group[failed+1:]...)
+			continue
+		}
+		if err := s.finishTx(tx, b, delta, bytes, group); err != nil {
+			s.fail(group, err)
+			return
+		}
+		for _, o := range group {
+			close(o.done)
+		}
+		return
+	}
+}
+
+// finishTx persists the new counts, runs the BeforeCommit hook and commits.
+func (s *Store) finishTx(tx *bolt.Tx, b buckets, delta counts, bytes int, group []*op) error {
+	s.statsMu.Lock()
+	c := counts{s.stats.Pending, s.stats.Outbox, s.stats.Done}
+	s.statsMu.Unlock()
+	c.add(delta)
+	if err := writeCounts(b.meta, c); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if hook := s.opts.BeforeCommit; hook != nil {
+		ops := make([]Op, len(group))
+		for i, o := range group {
+			ops[i] = o.Op
+		}
+		if err := hook(ops); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("commit: %w", err)
+		}
+	}
+	size := tx.Size()
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	st := &s.stats
+	st.Pending, st.Outbox, st.Done = c.pending, c.outbox, c.done
+	st.Commits++
+	st.Ops += uint64(len(group))
+	if len(group) > 1 {
+		st.Batched += uint64(len(group))
+	}
+	st.MaxBatch = max(st.MaxBatch, len(group))
+	st.BytesWritten += uint64(bytes)
+	st.FileSize = size
+	for _, o := range group {
+		if o.Kind != OpPut {
+			continue
+		}
+		if o.res.Dup == New {
+			st.Puts++
+		} else {
+			st.Duplicates++
+		}
+	}
+	return nil
+}
+
+func (s *Store) fail(group []*op, err error) {
+	s.statsMu.Lock()
+	s.stats.CommitErrors++
+	s.statsMu.Unlock()
+	for _, o := range group {
+		o.err = err
+		close(o.done)
+	}
+}
+
+// safeApply turns a panic in an apply function into that member's error, so one
+// bad write cannot stop the committer and strand every other writer.
+func safeApply(b buckets, o *op) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return o.apply(b, o)
+}

@@ -1,0 +1,118 @@
+package store
+
+import (
+	"fmt"
+	"time"
+)
+
+// Key identifies a request: the application, the device that sent it and the
+// device's request id. Two requests with the same Key are the same request (an
+// MQTT redelivery), and the store runs only the first.
+type Key struct {
+	App, Device, ID string
+}
+
+// String returns app/device/id, with the id quoted because it may hold any UTF-8.
+func (k Key) String() string { return fmt.Sprintf("%s/%s/%q", k.App, k.Device, k.ID) }
+
+// Entry is a pending request: everything the gateway needs to run it again after a
+// restart. The store never interprets Input, ReplyTo or Attrs.
+type Entry struct {
+	Key
+	// Seq is the arrival order, assigned by Put. It grows across restarts.
+	Seq uint64
+	// Received is when the gateway received the request; Put sets it to
+	// Options.Now() when it is zero.
+	Received time.Time
+	// Deadline is the request's absolute deadline (zero: none).
+	Deadline time.Time
+	// ReplyTo is the topic the reply goes to.
+	ReplyTo string
+	// Input is the model input. An empty Input is read back as nil.
+	Input []float32
+	// Attrs holds small extras the gateway needs to answer (for example MQTT v5
+	// correlation data). An empty map is read back as nil.
+	Attrs map[string]string
+}
+
+// OutboxEntry is a reply that was decided but not yet handed to the broker, with the
+// request it answers (without its Input, which is not kept once a reply exists).
+type OutboxEntry struct {
+	Entry
+	// Reply is the reply as given to Outbox.
+	Reply []byte
+	// FlushBy is the deadline given to Outbox; the outbox is ordered by it.
+	FlushBy time.Time
+}
+
+// Dup tells Put's caller whether the request is new.
+type Dup uint8
+
+const (
+	// New means the entry was stored: run the request.
+	New Dup = iota
+	// DupPending means the same key is pending or its reply waits in the outbox:
+	// do not run it again; its reply will come from the first copy.
+	DupPending
+	// DupDone means the same key was completed within Options.Retention:
+	// do not run it; PutResult.Reply holds the reply to publish again.
+	DupDone
+)
+
+// String returns new, dup-pending or dup-done.
+func (d Dup) String() string {
+	switch d {
+	case New:
+		return "new"
+	case DupPending:
+		return "dup-pending"
+	case DupDone:
+		return "dup-done"
+	}
+	return fmt.Sprintf("dup(%d)", uint8(d))
+}
+
+// PutResult is the outcome of a successful Put.
+type PutResult struct {
+	// Dup tells whether the entry was new.
+	Dup Dup
+	// Seq is the stored entry's Seq: the one just assigned for New, the first
+	// copy's for DupPending, zero for DupDone.
+	Seq uint64
+	// Reply is the reply given to Complete, for DupDone; nil otherwise. It is a
+	// copy the caller owns.
+	Reply []byte
+}
+
+// OpKind names a journal write, for Options.BeforeCommit. All writes go through
+// the group commit.
+type OpKind uint8
+
+// The journal writes.
+const (
+	OpPut OpKind = iota + 1
+	OpOutbox
+	OpComplete
+	OpGC // Key is zero
+)
+
+// String returns put, outbox, complete or gc.
+func (k OpKind) String() string {
+	switch k {
+	case OpPut:
+		return "put"
+	case OpOutbox:
+		return "outbox"
+	case OpComplete:
+		return "complete"
+	case OpGC:
+		return "gc"
+	}
+	return fmt.Sprintf("op(%d)", uint8(k))
+}
+
+// Op is one write in a group commit, as shown to Options.BeforeCommit.
+type Op struct {
+	Kind OpKind
+	Key  Key
+}

@@ -1,0 +1,335 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// gcChunk is the most completed keys one GC commit drops, so GC never holds up
+// the group commit for long.
+const gcChunk = 1024
+
+// Put stores e unless its key is already known, in one group commit, and returns
+// only once that commit is durable (or has failed): acknowledge the request to the
+// broker only after Put returns a nil error.
+//
+// For a new key Put assigns e.Seq (and e.Received, if zero, from Options.Now) and
+// returns New. For a key that is pending or in the outbox it stores nothing and
+// returns DupPending; for a key completed within Options.Retention it returns
+// DupDone with the stored reply. The duplicate check and the insert are one
+// transaction, so two concurrent Puts of one key yield exactly one New.
+//
+// Put returns ErrInvalid for a nil entry or a bad key, ErrTooLarge for an entry
+// that encodes to more than MaxRecordSize bytes, ErrClosed after Close, and the
+// commit's error (wrapping Options.BeforeCommit's, if that failed it).
+func (s *Store) Put(e *Entry) (PutResult, error) {
+	if e == nil {
+		return PutResult{}, fmt.Errorf("store: put: %w: nil entry", ErrInvalid)
+	}
+	if err := validKey(e.Key); err != nil {
+		return PutResult{}, fmt.Errorf("store: put %s: %w", e.Key, err)
+	}
+	now := s.opts.Now()
+	c := *e
+	if c.Received.IsZero() {
+		c.Received = now
+	}
+	rec := encodeEntry(&c, 0)
+	if len(rec) > MaxRecordSize {
+		return PutResult{}, fmt.Errorf("store: put %s: %w: %d bytes", e.Key, ErrTooLarge, len(rec))
+	}
+	kb := encodeKey(e.Key)
+	retention := s.opts.Retention
+	o := &op{Op: Op{Kind: OpPut, Key: e.Key}}
+	o.apply = func(b buckets, o *op) error {
+		stale := false
+		if v := b.keys.Get(kb); v != nil {
+			st, err := decodeState(v)
+			if err != nil {
+				return fmt.Errorf("key index: %w", err)
+			}
+			switch {
+			case st.state != stateDone:
+				o.res = PutResult{Dup: DupPending, Seq: st.seq}
+				return nil
+			case now.Sub(st.doneAt) < retention:
+				o.res = PutResult{Dup: DupDone, Reply: bytes.Clone(st.reply)}
+				return nil
+			}
+			stale = true // completed longer ago than Retention: forgotten
+		}
+		seq, err := b.pending.NextSequence()
+		if err != nil {
+			return err
+		}
+		setSeq(rec, seq)
+		if err := o.put(b.pending, seqKey(seq), rec); err != nil {
+			return err
+		}
+		if err := o.put(b.keys, kb, encodeState(keyState{state: statePending, seq: seq})); err != nil {
+			return err
+		}
+		o.res = PutResult{Dup: New, Seq: seq}
+		o.delta.pending = 1
+		if stale {
+			o.delta.done = -1
+		}
+		return nil
+	}
+	if err := s.submit(o); err != nil {
+		return PutResult{}, fmt.Errorf("store: put %s: %w", e.Key, err)
+	}
+	if o.res.Dup == New {
+		e.Seq, e.Received = o.res.Seq, c.Received
+	}
+	return o.res, nil
+}
+
+// Outbox keeps reply for key k durably until Complete: the reply is decided but
+// could not be handed to the broker. The pending entry leaves Pending (its Input
+// is dropped) and appears in OutboxEntries, ordered by flushBy (usually the
+// request's deadline; zero sorts last). Calling Outbox again for a key in the
+// outbox replaces its reply and flushBy. Like Put, it returns once durable.
+//
+// Outbox returns ErrNotPending when k is neither pending nor in the outbox,
+// ErrInvalid for a bad key, ErrTooLarge for a reply over MaxRecordSize,
+// ErrCorrupt when k's pending record is corrupt, ErrClosed after Close, and the
+// commit's error.
+func (s *Store) Outbox(k Key, reply []byte, flushBy time.Time) error {
+	if err := validKey(k); err != nil {
+		return fmt.Errorf("store: outbox %s: %w", k, err)
+	}
+	if len(reply) > MaxRecordSize {
+		return fmt.Errorf("store: outbox %s: %w: %d-byte reply", k, ErrTooLarge, len(reply))
+	}
+	kb := encodeKey(k)
+	o := &op{Op: Op{Kind: OpOutbox, Key: k}}
+	o.apply = func(b buckets, o *op) error {
+		v := b.keys.Get(kb)
+		if v == nil {
+			return ErrNotPending
+		}
+		st, err := decodeState(v)
+		if err != nil {
+			return fmt.Errorf("key index: %w", err)
+		}
+		var e *Entry
+		switch st.state {
+		case statePending:
+			sk := seqKey(st.seq)
+			if e, err = decodeEntry(b.pending.Get(sk), st.seq); err != nil {
+				return fmt.Errorf("pending record %d: %w", st.seq, err)
+			}
+			if err := b.pending.Delete(sk); err != nil {
+				return err
+			}
+			o.delta = counts{pending: -1, outbox: 1}
+		case stateOutbox:
+			ok := outboxKey(st.flushBy, st.seq)
+			oe, err := decodeOutbox(b.outbox.Get(ok), st.seq)
+			if err != nil {
+				return fmt.Errorf("outbox record %d: %w", st.seq, err)
+			}
+			if err := b.outbox.Delete(ok); err != nil {
+				return err
+			}
+			e = &oe.Entry
+		default:
+			return ErrNotPending
+		}
+		rec := encodeOutbox(e, st.seq, flushBy, reply)
+		if len(rec) > MaxRecordSize {
+			return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(rec))
+		}
+		if err := o.put(b.outbox, outboxKey(flushBy, st.seq), rec); err != nil {
+			return err
+		}
+		return o.put(b.keys, kb, encodeState(keyState{state: stateOutbox, seq: st.seq, flushBy: flushBy}))
+	}
+	if err := s.submit(o); err != nil {
+		return fmt.Errorf("store: outbox %s: %w", k, err)
+	}
+	return nil
+}
+
+// Complete records that the reply for k was handed to the broker: k leaves
+// Pending or OutboxEntries, and k with reply is remembered for Options.Retention
+// so a redelivered duplicate gets DupDone. Like Put, it returns once durable.
+//
+// Complete is idempotent: for a key already completed within Retention it keeps
+// the first reply and writes nothing. A key that was never put (for example a
+// request rejected before Put) is recorded as completed too, so its duplicates
+// get the same reply. Complete returns ErrInvalid for a bad key, ErrClosed after
+// Close, and the commit's error.
+func (s *Store) Complete(k Key, reply []byte) error {
+	if err := validKey(k); err != nil {
+		return fmt.Errorf("store: complete %s: %w", k, err)
+	}
+	if len(reply) > MaxRecordSize {
+		return fmt.Errorf("store: complete %s: %w: %d-byte reply", k, ErrTooLarge, len(reply))
+	}
+	kb := encodeKey(k)
+	now := s.opts.Now()
+	retention := s.opts.Retention
+	o := &op{Op: Op{Kind: OpComplete, Key: k}}
+	o.apply = func(b buckets, o *op) error {
+		if v := b.keys.Get(kb); v != nil {
+			st, err := decodeState(v)
+			if err != nil {
+				return fmt.Errorf("key index: %w", err)
+			}
+			switch st.state {
+			case statePending:
+				err = b.pending.Delete(seqKey(st.seq))
+				o.delta.pending = -1
+			case stateOutbox:
+				err = b.outbox.Delete(outboxKey(st.flushBy, st.seq))
+				o.delta.outbox = -1
+			case stateDone:
+				if now.Sub(st.doneAt) < retention {
+					return nil
+				}
+				o.delta.done = -1 // forgotten; remembered afresh below
+			}
+			if err != nil {
+				return err
+			}
+		}
+		n, err := b.expiry.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := o.put(b.expiry, expiryKey(now, n), kb); err != nil {
+			return err
+		}
+		o.delta.done++
+		return o.put(b.keys, kb, encodeState(keyState{state: stateDone, doneAt: now, n: n, reply: reply}))
+	}
+	if err := s.submit(o); err != nil {
+		return fmt.Errorf("store: complete %s: %w", k, err)
+	}
+	return nil
+}
+
+// Pending returns every entry without a reply, in Seq (arrival) order: the
+// requests to recover after a restart. It reads only the pending records, not the
+// completed keys. A corrupt record is logged, counted in Stats.Corrupt and
+// skipped; it does not stop the others. Pending returns ErrClosed after Close.
+func (s *Store) Pending() ([]*Entry, error) {
+	var out []*Entry
+	err := s.view(func(tx *bolt.Tx) error {
+		out = make([]*Entry, 0, s.Stats().Pending)
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) != 8 {
+				s.countCorrupt(fmt.Errorf("%w: %d-byte pending key", ErrCorrupt, len(k)), "pending", k)
+				continue
+			}
+			e, err := decodeEntry(v, binary.BigEndian.Uint64(k))
+			if err != nil {
+				s.countCorrupt(err, "pending", k)
+				continue
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: pending: %w", err)
+	}
+	return out, nil
+}
+
+// OutboxEntries returns the replies waiting in the outbox, ordered by FlushBy
+// (then Seq). Corrupt records are handled as in Pending. It returns ErrClosed
+// after Close.
+func (s *Store) OutboxEntries() ([]OutboxEntry, error) {
+	var out []OutboxEntry
+	err := s.view(func(tx *bolt.Tx) error {
+		out = make([]OutboxEntry, 0, s.Stats().Outbox)
+		c := tx.Bucket(bucketOutbox).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) != 16 {
+				s.countCorrupt(fmt.Errorf("%w: %d-byte outbox key", ErrCorrupt, len(k)), "outbox", k)
+				continue
+			}
+			e, err := decodeOutbox(v, binary.BigEndian.Uint64(k[8:]))
+			if err != nil {
+				s.countCorrupt(err, "outbox", k)
+				continue
+			}
+			out = append(out, *e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: outbox entries: %w", err)
+	}
+	return out, nil
+}
+
+// GC forgets completed keys (and their replies) completed at or before
+// now - Options.Retention, and returns how many it dropped. It commits in chunks
+// through the group commit, so it delays Puts by at most one chunk. Call it
+// periodically; Put already ignores expired keys, so GC only reclaims space.
+// It returns ErrClosed after Close.
+func (s *Store) GC(now time.Time) (int, error) {
+	cutoff := nanos(now.Add(-s.opts.Retention))
+	total := 0
+	for {
+		var dropped int
+		var more bool
+		o := &op{Op: Op{Kind: OpGC}}
+		o.apply = func(b buckets, o *op) error {
+			dropped, more = 0, false
+			var dead [][]byte
+			c := b.expiry.Cursor()
+			for k, kb := c.First(); k != nil; k, kb = c.Next() {
+				if len(dead) == gcChunk {
+					more = true
+					break
+				}
+				if len(k) != 16 {
+					return fmt.Errorf("%w: %d-byte expiry key", ErrCorrupt, len(k))
+				}
+				doneAt := int64(binary.BigEndian.Uint64(k) ^ (1 << 63))
+				if doneAt > cutoff {
+					break
+				}
+				dead = append(dead, bytes.Clone(k))
+				v := b.keys.Get(kb)
+				if v == nil {
+					continue
+				}
+				// The key may have been put and completed again since: drop it only
+				// if this expiry record is its current one.
+				st, err := decodeState(v)
+				if err != nil || st.state != stateDone || nanos(st.doneAt) != doneAt || st.n != binary.BigEndian.Uint64(k[8:]) {
+					continue
+				}
+				if err := b.keys.Delete(bytes.Clone(kb)); err != nil {
+					return err
+				}
+				dropped++
+			}
+			for _, k := range dead {
+				if err := b.expiry.Delete(k); err != nil {
+					return err
+				}
+			}
+			o.delta.done = -dropped
+			return nil
+		}
+		if err := s.submit(o); err != nil {
+			return total, fmt.Errorf("store: gc: %w", err)
+		}
+		total += dropped
+		if !more {
+			return total, nil
+		}
+	}
+}
