@@ -1,0 +1,74 @@
+// Package engine runs the model variants that application manifests describe, on
+// ONNX Runtime, and keeps track of which are resident under a memory budget.
+//
+// # Basics
+//
+// New initialises ONNX Runtime (once per process, from Options.LibraryPath or
+// $SNEAKGATE_ORT_LIB; scripts/install-ort.sh installs the library). Register
+// adds an application's variants without loading them. Load creates a
+// variant's session and Unload destroys it; both return the measured duration,
+// which is what a model swap costs. Run is one real batched forward pass over
+// any number of requests and returns one class distribution per request:
+//
+//	e, err := engine.New(engine.Options{MemoryBudgetBytes: 64 << 20})
+//	err = e.Register(app)                       // app from manifest.Load
+//	id := engine.VariantID{App: "fashion", Variant: "mlp"}
+//	err = e.Profile(ctx)                        // every variant: load, latency per batch size, unload
+//	p, _ := e.ProfileOf(id)                     // p.LatencyAt(12), p.Load, p.MemBytes
+//	_, err = e.Load(id)                         // ErrOverBudget: unload something first
+//	probs, err := e.Run(id, [][]float32{x1, x2}) // probs[i] has K values
+//
+// Inputs are fed as the manifest says: the data input takes the request's
+// offset/length slice, a zeros input (a recurrent state, whose batch axis may be
+// in the middle, e.g. [2, -1, 128]) gets zeros, a const input (e.g. Silero's int64
+// sample rate) gets its value. Every request of a batch starts from a zero state.
+// Outputs are read as the manifest says: logits get a softmax (in float64),
+// probabilities are used as they are, and a score p becomes [1-p, p].
+//
+// On its first Load a variant's real inputs and output (names, dtypes, shapes,
+// a dynamic batch axis) are checked against the manifest; a mismatch is an
+// error wrapping ErrModelMismatch that names the variant and every difference.
+//
+// # Memory budget
+//
+// MemBytes, what a variant counts against Options.MemoryBudgetBytes, is the ONNX
+// file's size plus the input and output buffers the engine keeps for the
+// largest profiled batch. It is known before loading (so Load can refuse with
+// ErrOverBudget before allocating anything) and it is deterministic (so the
+// scheduler can plan evictions from it). The weights dominate it: ONNX Runtime
+// holds the initializers once the file is parsed. It does not count ONNX
+// Runtime's activation arena, which grows with the batch size and is shared
+// per session; the process RSS grows by a few megabytes more per session for
+// small models (measured figures are in the engine tests' log), so leave
+// headroom when setting the budget. The engine never evicts by itself: the
+// caller (the scheduler) decides what to unload.
+//
+// # Concurrency
+//
+// All methods are safe for concurrent use. The intended use is one worker
+// goroutine calling Run while another calls Load, Unload, Resident or Profile.
+// Run holds only its variant's lock for the forward pass: loading or unloading
+// other variants proceeds meanwhile. Unload of a variant waits for a running
+// batch of that variant to finish, and a Run that starts after Unload began
+// returns ErrNotLoaded. Two Runs of the same variant are serialised (they
+// share buffers); Runs of different variants may run in parallel. Load,
+// Unload and Profile of one variant are serialised. Budget reservations are
+// made before the session is created, so concurrent Loads never overshoot.
+//
+// # Caveats
+//
+//   - The ONNX Runtime environment lives until the process exits; Close releases
+//     the engine's sessions only. All engines of a process use the same library.
+//   - The first Load of a variant also opens a temporary session for the I/O
+//     check; its time is not part of the returned duration. Profile loads every
+//     variant once, so later loads are checked already.
+//   - Run keeps no reference to its inputs; its result is freshly allocated. Input
+//     and output tensors are reused per variant and batch size up to the largest
+//     profiled batch size; larger batches work but allocate.
+//   - Values are not range-checked: the gateway validates requests.
+//   - Profile timings include the input copy and the output conversion, i.e. what
+//     a Run costs the gateway. They are measured on an idle engine; a busy machine
+//     runs slower.
+//   - CUDA and TensorRT are passed through to ONNX Runtime; with a CPU-only
+//     library New fails with ErrProvider.
+package engine

@@ -1,0 +1,372 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/sneakgate/sneakgate/manifest"
+)
+
+// Engine runs the model variants of registered applications on ONNX Runtime and
+// keeps track of which are resident. See the package doc for the concurrency
+// contract.
+type Engine struct {
+	opts    Options
+	prov    providerConfig
+	log     zerolog.Logger
+	so      *ort.SessionOptions // every session's options
+	checkSO *ort.SessionOptions // the I/O checks' temporary sessions: one thread, no optimisation
+
+	mu        sync.RWMutex
+	closed    bool
+	apps      map[string]*manifest.App
+	variants  map[VariantID]*variant
+	order     []VariantID // registration order
+	usedBytes int64       // MemBytes of resident and loading variants
+	usedCount int
+}
+
+// New creates an engine. The first engine of a process initialises ONNX Runtime
+// from Options.LibraryPath (or $SNEAKGATE_ORT_LIB); the runtime then stays
+// initialised until the process exits. New returns an error wrapping ErrOptions,
+// ErrNoLibrary, ErrLibraryMismatch or ErrProvider.
+func New(opts Options) (*Engine, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	p, err := providerFor(o.Provider, o.ProviderOptions)
+	if err != nil {
+		return nil, err
+	}
+	o.Provider = p.Name
+	if err := initEnv(o.LibraryPath); err != nil {
+		return nil, err
+	}
+	so, err := sessionOptions(&o, p)
+	if err != nil {
+		return nil, err
+	}
+	cso, err := ort.NewSessionOptions()
+	if err == nil {
+		err = errors.Join(cso.SetIntraOpNumThreads(1), cso.SetInterOpNumThreads(1),
+			cso.SetGraphOptimizationLevel(ort.GraphOptimizationLevelDisableAll))
+	}
+	if err != nil {
+		so.Destroy()
+		if cso != nil {
+			cso.Destroy()
+		}
+		return nil, fmt.Errorf("engine: check session options: %w", err)
+	}
+	e := &Engine{opts: o, prov: p, log: o.Logger.With().Str("component", "engine").Logger(),
+		so: so, checkSO: cso, apps: map[string]*manifest.App{}, variants: map[VariantID]*variant{}}
+	e.log.Info().Str("ort", runtimeVersion()).Str("provider", p.Name).
+		Int("intra_op_threads", o.IntraOpThreads).Int("inter_op_threads", o.InterOpThreads).
+		Int64("memory_budget_bytes", o.MemoryBudgetBytes).Int("max_resident", o.MaxResident).
+		Msg("engine ready")
+	return e, nil
+}
+
+// Register adds an application's variants. It validates the manifest and checks
+// that every variant's file exists, but loads nothing. The engine keeps app;
+// the caller must not modify it afterwards. Register returns an error wrapping
+// manifest.ErrInvalid, ErrModelFile, ErrAlreadyRegistered or ErrClosed.
+func (e *Engine) Register(app *manifest.App) error {
+	if err := app.Validate(); err != nil {
+		return fmt.Errorf("engine: register %s: %w", app.Name, err)
+	}
+	vs := make([]*variant, len(app.Variants))
+	for i := range app.Variants {
+		v, err := newVariant(app, &app.Variants[i], e.opts.maxBatch())
+		if err != nil {
+			return fmt.Errorf("engine: register: %w", err)
+		}
+		vs[i] = v
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	if _, ok := e.apps[app.Name]; ok {
+		return fmt.Errorf("%w: %s", ErrAlreadyRegistered, app.Name)
+	}
+	e.apps[app.Name] = app
+	for _, v := range vs {
+		e.variants[v.id] = v
+		e.order = append(e.order, v.id)
+	}
+	return nil
+}
+
+// lookup returns the registered variant id, or an error wrapping ErrClosed or
+// ErrUnknownVariant.
+func (e *Engine) lookup(id VariantID) (*variant, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	v, ok := e.variants[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownVariant, id)
+	}
+	return v, nil
+}
+
+// Load makes a variant resident: it creates the ONNX Runtime session and returns
+// how long that took. Loading a resident variant does nothing and returns 0.
+// The first Load of a variant also checks the model's real inputs and output
+// against the manifest (a temporary session, not included in the returned
+// duration). Load returns an error wrapping ErrUnknownVariant, ErrOverBudget
+// (nothing is evicted: the caller unloads first), ErrModelMismatch or ErrClosed,
+// or ONNX Runtime's error.
+func (e *Engine) Load(id VariantID) (time.Duration, error) {
+	v, err := e.lookup(id)
+	if err != nil {
+		return 0, err
+	}
+	v.life.Lock()
+	defer v.life.Unlock()
+	return e.load(v)
+}
+
+// load is Load with v.life held.
+func (e *Engine) load(v *variant) (time.Duration, error) {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return 0, ErrClosed
+	}
+	if v.sess != nil {
+		e.mu.Unlock()
+		return 0, nil
+	}
+	if err := e.reserveLocked(v); err != nil {
+		e.mu.Unlock()
+		return 0, err
+	}
+	e.mu.Unlock()
+
+	if err := e.check(v); err != nil {
+		e.release(v)
+		return 0, err
+	}
+	t0 := e.opts.Now()
+	s, err := newSession(v, e.so, e.opts.maxBatch())
+	d := e.opts.Now().Sub(t0)
+	if err != nil {
+		e.release(v)
+		return 0, err
+	}
+	e.mu.Lock()
+	v.sess, v.lastLoad, v.loaded = s, d, true
+	e.mu.Unlock()
+	e.log.Debug().Str("variant", v.id.String()).Dur("took", d).Int64("mem_bytes", v.mem).Msg("loaded")
+	return d, nil
+}
+
+// reserveLocked counts v against the budgets, or returns ErrOverBudget.
+func (e *Engine) reserveLocked(v *variant) error {
+	if m := e.opts.MaxResident; m > 0 && e.usedCount+1 > m {
+		return fmt.Errorf("%w: loading %s would make %d resident variants, the budget is %d",
+			ErrOverBudget, v.id, e.usedCount+1, m)
+	}
+	if m := e.opts.MemoryBudgetBytes; m > 0 && e.usedBytes+v.mem > m {
+		return fmt.Errorf("%w: %s needs %d bytes, %d of %d are in use",
+			ErrOverBudget, v.id, v.mem, e.usedBytes, m)
+	}
+	e.usedBytes += v.mem
+	e.usedCount++
+	return nil
+}
+
+func (e *Engine) release(v *variant) {
+	e.mu.Lock()
+	e.usedBytes -= v.mem
+	e.usedCount--
+	e.mu.Unlock()
+}
+
+// check runs the I/O check of v once; v.life is held.
+func (e *Engine) check(v *variant) error {
+	if v.checked {
+		return nil
+	}
+	ins, outs, err := ort.GetInputOutputInfoWithOptions(v.path, e.checkSO)
+	if err != nil {
+		return fmt.Errorf("engine: load %s: reading %s: %w", v.id, v.path, err)
+	}
+	if err := checkIO(v.id, &v.spec, v.row, ins, outs); err != nil {
+		return err
+	}
+	for _, o := range outs {
+		if o.Name == v.spec.Output.Name {
+			v.outDims = o.Dimensions.Clone()
+		}
+	}
+	v.checked = true
+	return nil
+}
+
+// Unload destroys a variant's session, after any batch running on it finishes,
+// and returns how long the destruction took. Unloading a variant that is not
+// resident does nothing and returns 0. Unload returns an error wrapping
+// ErrUnknownVariant or ErrClosed, or ONNX Runtime's error (the variant is then
+// not resident all the same).
+func (e *Engine) Unload(id VariantID) (time.Duration, error) {
+	v, err := e.lookup(id)
+	if err != nil {
+		return 0, err
+	}
+	v.life.Lock()
+	defer v.life.Unlock()
+	return e.unload(v)
+}
+
+// unload is Unload with v.life held.
+func (e *Engine) unload(v *variant) (time.Duration, error) {
+	e.mu.Lock()
+	s := v.sess
+	v.sess = nil
+	e.mu.Unlock()
+	if s == nil {
+		return 0, nil
+	}
+	d, err := s.close(e.opts.Now)
+	e.mu.Lock()
+	e.usedBytes -= v.mem
+	e.usedCount--
+	v.lastUnload, v.unloaded = d, true
+	e.mu.Unlock()
+	e.log.Debug().Str("variant", v.id.String()).Dur("took", d).Msg("unloaded")
+	return d, err
+}
+
+// Run performs one batched forward pass of a resident variant over inputs, one
+// request each, and returns each request's class distribution (K values; a
+// score output p is returned as [1-p, p]). Every input must hold the
+// application's input_size values; Run does not keep them. Run returns an error
+// wrapping ErrUnknownVariant, ErrNotLoaded, ErrBadInput, ErrModelMismatch (the
+// output's shape is wrong) or ErrClosed, or ONNX Runtime's error.
+func (e *Engine) Run(id VariantID, inputs [][]float32) ([][]float64, error) {
+	e.mu.RLock()
+	if e.closed {
+		e.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	v := e.variants[id]
+	var s *session
+	if v != nil {
+		s = v.sess
+	}
+	e.mu.RUnlock()
+	switch {
+	case v == nil:
+		return nil, fmt.Errorf("%w: %s", ErrUnknownVariant, id)
+	case s == nil:
+		return nil, fmt.Errorf("%w: %s", ErrNotLoaded, id)
+	case len(inputs) == 0:
+		return nil, fmt.Errorf("%w: %s: no inputs", ErrBadInput, id)
+	}
+	for i, x := range inputs {
+		if len(x) != v.app.InputSize {
+			return nil, fmt.Errorf("%w: %s: input %d has %d values, want %d",
+				ErrBadInput, id, i, len(x), v.app.InputSize)
+		}
+	}
+	k := v.classes
+	flat := make([]float64, len(inputs)*k)
+	out := make([][]float64, len(inputs))
+	for i := range out {
+		out[i] = flat[i*k : (i+1)*k : (i+1)*k]
+	}
+	if err := s.run(inputs, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Resident lists the resident variants in registration order.
+func (e *Engine) Resident() []VariantID {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var ids []VariantID
+	for _, id := range e.order {
+		if e.variants[id].sess != nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Budget returns the residency budgets: bytes of MemBytes and a count of
+// variants; 0 means unlimited.
+func (e *Engine) Budget() (bytes int64, count int) {
+	return e.opts.MemoryBudgetBytes, e.opts.MaxResident
+}
+
+// Usage returns the summed MemBytes and the count of resident variants,
+// including any being loaded right now.
+func (e *Engine) Usage() (bytes int64, count int) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.usedBytes, e.usedCount
+}
+
+// MemBytes returns what a variant counts against the memory budget (see the
+// package doc), or an error wrapping ErrUnknownVariant or ErrClosed.
+func (e *Engine) MemBytes(id VariantID) (int64, error) {
+	v, err := e.lookup(id)
+	if err != nil {
+		return 0, err
+	}
+	return v.mem, nil
+}
+
+// Variants lists the registered variants of app in manifest order (all apps'
+// when app is empty).
+func (e *Engine) Variants(app string) []VariantID {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var ids []VariantID
+	for _, id := range e.order {
+		if app == "" || id.App == app {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Close unloads every variant, waiting for running batches, and releases the
+// engine's session options. Every later call returns ErrClosed; Close itself
+// may be called again and then returns nil. The ONNX Runtime environment stays
+// initialised for other engines of the process.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	vs := make([]*variant, 0, len(e.order))
+	for _, id := range e.order {
+		vs = append(vs, e.variants[id])
+	}
+	e.mu.Unlock()
+	var errs []error
+	for _, v := range vs {
+		v.life.Lock()
+		_, err := e.unload(v)
+		v.life.Unlock()
+		errs = append(errs, err)
+	}
+	errs = append(errs, e.so.Destroy(), e.checkSO.Destroy())
+	return errors.Join(errs...)
+}
