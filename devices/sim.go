@@ -1,0 +1,496 @@
+package devices
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+// SimConfig configures Simulate. SimFlags fills one from command-line flags.
+type SimConfig struct {
+	// Broker is the broker URL (default tcp://127.0.0.1:1883); Prefix the topic
+	// prefix (default "sneakgate").
+	Broker string
+	Prefix string
+	// Manifest is the application's manifest.yaml; if empty it is
+	// {Models}/{App}/manifest.yaml. AppManifest, if set, is used instead of either.
+	Manifest    string
+	Models      string
+	App         string
+	AppManifest *manifest.App
+	// Devices is the number of simulated devices, each its own MQTT client, named
+	// {DevicePrefix}-0000, {DevicePrefix}-0001, ... (default 4 and "sim").
+	Devices      int
+	DevicePrefix string
+	// Rate is the total request rate over all devices, per second (required).
+	// Arrivals is "poisson" (exponential gaps, the default) or "uniform" (evenly
+	// spaced); Seed seeds arrivals, devices, labels and samples.
+	Rate     float64
+	Arrivals string
+	Seed     uint64
+	// Deadline is each request's budget; 0 sends none (the application default).
+	Deadline time.Duration
+	// Duration and Count end the run, whichever comes first; with neither it lasts
+	// 10 seconds.
+	Duration time.Duration
+	Count    int
+	// Workload names one of the manifest's workloads (label mixes); "" draws
+	// samples uniformly from the sample file.
+	Workload string
+	// B64 sends inputs as input_b64 instead of JSON arrays.
+	B64 bool
+	// Drain is how long to wait for outstanding replies after the last request
+	// (default: the deadline plus 5 s).
+	Drain time.Duration
+	// RunID prefixes request ids ({RunID}-{n}); default random, so runs never
+	// collide with the gateway's duplicate suppression.
+	RunID string
+	// Quiet turns the progress display and the printed report off. Progress
+	// (default os.Stderr) shows a bar only if it is a terminal; Out (default
+	// os.Stdout) receives the report.
+	Quiet    bool
+	Progress io.Writer
+	Out      io.Writer
+}
+
+// ErrSimConfig is wrapped by configuration errors from Simulate.
+var ErrSimConfig = errors.New("devices: invalid simulation config")
+
+func (c *SimConfig) defaults() error {
+	if c.Broker == "" {
+		c.Broker = "tcp://127.0.0.1:1883"
+	}
+	if c.Prefix == "" {
+		c.Prefix = protocol.DefaultPrefix
+	}
+	if c.Devices == 0 {
+		c.Devices = 4
+	}
+	if c.DevicePrefix == "" {
+		c.DevicePrefix = "sim"
+	}
+	if c.Arrivals == "" {
+		c.Arrivals = "poisson"
+	}
+	if c.Duration == 0 && c.Count == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Progress == nil {
+		c.Progress = os.Stderr
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.RunID == "" {
+		var b [3]byte
+		_, _ = crand.Read(b[:]) // never fails
+		c.RunID = hex.EncodeToString(b[:])
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrSimConfig}, args...)...)
+	}
+	switch {
+	case c.Devices < 0:
+		return bad("devices must be positive, got %d", c.Devices)
+	case !protocol.ValidDevice(fmt.Sprintf("%s-%04d", c.DevicePrefix, c.Devices)):
+		return bad("device prefix %q does not make valid device names", c.DevicePrefix)
+	case !(c.Rate > 0):
+		return bad("rate must be positive, got %v", c.Rate)
+	case c.Arrivals != "poisson" && c.Arrivals != "uniform":
+		return bad("arrivals must be poisson or uniform, got %q", c.Arrivals)
+	case c.Duration < 0 || c.Count < 0 || c.Deadline < 0 || c.Drain < 0:
+		return bad("duration, count, deadline and drain must not be negative")
+	case c.AppManifest == nil && c.Manifest == "" && c.App == "":
+		return bad("give an app or a manifest")
+	}
+	return nil
+}
+
+// loadApp returns the manifest, the sample set and the sampler.
+func (c *SimConfig) loadApp() (*manifest.App, *sampler, error) {
+	app := c.AppManifest
+	if app == nil {
+		path := c.Manifest
+		if path == "" {
+			path = filepath.Join(c.Models, c.App, "manifest.yaml")
+		}
+		var err error
+		if app, err = manifest.Load(path); err != nil {
+			return nil, nil, err
+		}
+	}
+	if app.Samples == nil || app.Samples.File == "" {
+		return nil, nil, fmt.Errorf("%w: application %s has no samples in its manifest", ErrSimConfig, app.Name)
+	}
+	set, err := dataset.Read(app.Path(app.Samples.File))
+	if err != nil {
+		return nil, nil, err
+	}
+	if set.D != app.InputSize {
+		return nil, nil, fmt.Errorf("%w: sample file has %d values per sample, application %s wants %d", ErrSimConfig, set.D, app.Name, app.InputSize)
+	}
+	var w *manifest.Workload
+	if c.Workload != "" {
+		for i := range app.Workloads {
+			if app.Workloads[i].Name == c.Workload {
+				w = &app.Workloads[i]
+			}
+		}
+		if w == nil {
+			names := make([]string, len(app.Workloads))
+			for i, x := range app.Workloads {
+				names[i] = x.Name
+			}
+			return nil, nil, fmt.Errorf("%w: application %s has no workload %q (have %v)", ErrSimConfig, app.Name, c.Workload, names)
+		}
+	}
+	s, err := newSampler(set, app.K(), w)
+	if err != nil {
+		return nil, nil, err
+	}
+	return app, s, nil
+}
+
+// outstanding is a request awaiting its reply.
+type outstanding struct {
+	label int
+	sent  time.Time
+}
+
+// sim is one run's shared state.
+type sim struct {
+	cfg    SimConfig
+	budget time.Duration // the effective budget, for the device's deadline check
+
+	mu      sync.Mutex
+	pending map[string]outstanding // by id
+	done    map[string]bool        // answered ids, to count duplicates
+	rep     Report
+	rtt     []time.Duration
+	gwTotal []time.Duration
+	ontime  int
+	idle    chan struct{} // signalled (size 1) when pending becomes empty
+}
+
+// Simulate runs a simulation and returns its report; unless cfg.Quiet it shows
+// progress on cfg.Progress and prints the report on cfg.Out. It returns an error
+// wrapping ErrSimConfig for a bad configuration, or a manifest, sample file or
+// connection error; cancelling ctx ends the run early and still returns the
+// report of what was sent, with ctx's error.
+func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return Report{}, err
+	}
+	app, smp, err := cfg.loadApp()
+	if err != nil {
+		return Report{}, err
+	}
+	s := &sim{cfg: cfg, pending: map[string]outstanding{}, done: map[string]bool{}, idle: make(chan struct{}, 1)}
+	s.budget = cfg.Deadline
+	if s.budget == 0 {
+		s.budget = time.Duration(app.DefaultDeadlineMS) * time.Millisecond
+	}
+	s.rep = Report{App: app.Name, Workload: cfg.Workload, Devices: cfg.Devices, Rate: cfg.Rate,
+		Arrivals: cfg.Arrivals, Deadline: cfg.Deadline,
+		ByStatus: map[protocol.Status]int{}, ByReason: map[protocol.Reason]int{}, ByModel: map[string]int{}}
+
+	clients, err := s.dial(ctx)
+	if err != nil {
+		return Report{}, err
+	}
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	stopCollect := make(chan struct{})
+	var collectors sync.WaitGroup
+	for _, c := range clients {
+		collectors.Add(1)
+		go func() { defer collectors.Done(); s.collect(c, stopCollect) }()
+	}
+
+	bar := s.progressBar()
+	stopDescribe := make(chan struct{})
+	var describer sync.WaitGroup
+	if bar != nil {
+		describer.Add(1)
+		go func() { defer describer.Done(); s.describe(bar, stopDescribe) }()
+	}
+	start := time.Now()
+	var publishers sync.WaitGroup
+	runErr := s.dispatch(ctx, app.Name, clients, smp, bar, &publishers)
+	s.mu.Lock()
+	s.rep.Sending = time.Since(start)
+	s.mu.Unlock()
+	publishers.Wait()
+	if runErr == nil {
+		drain := cfg.Drain
+		if drain == 0 {
+			drain = s.budget + 5*time.Second
+		}
+		runErr = s.drain(ctx, drain)
+	}
+	s.mu.Lock()
+	s.rep.Elapsed = time.Since(start)
+	s.mu.Unlock()
+	close(stopCollect)
+	collectors.Wait()
+	close(stopDescribe)
+	describer.Wait()
+	if bar != nil {
+		_ = bar.Finish()
+		fmt.Fprintln(cfg.Progress)
+	}
+
+	s.mu.Lock()
+	rep := s.rep
+	rep.Unanswered = len(s.pending)
+	rep.Latency = percentiles(s.rtt)
+	rep.GatewayTotal = percentiles(s.gwTotal)
+	rep.Goodput = ratio(s.ontime, rep.Sent)
+	s.mu.Unlock()
+	rep.finish()
+	if !cfg.Quiet {
+		rep.Print(cfg.Out)
+	}
+	return rep, runErr
+}
+
+func (s *sim) dial(ctx context.Context) ([]*Client, error) {
+	clients := make([]*Client, s.cfg.Devices)
+	errs := make([]error, s.cfg.Devices)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			clients[i], errs[i] = Dial(ctx, ClientOptions{
+				Broker: s.cfg.Broker, Prefix: s.cfg.Prefix, Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i),
+				B64: s.cfg.B64, Pipeline: 4096,
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, c := range clients {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return nil, err
+	}
+	return clients, nil
+}
+
+// dispatch publishes requests at the configured arrival process until the count
+// or the duration is reached or ctx ends.
+func (s *sim) dispatch(ctx context.Context, app string, clients []*Client, smp *sampler, bar *progressbar.ProgressBar, publishers *sync.WaitGroup) error {
+	cfg := s.cfg
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
+	gap := func() time.Duration {
+		if cfg.Arrivals == "uniform" {
+			return time.Duration(float64(time.Second) / cfg.Rate)
+		}
+		return time.Duration(rng.ExpFloat64() / cfg.Rate * float64(time.Second))
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	start := time.Now()
+	var offset time.Duration // planned send time of the next request, from start
+	for n := 0; ; n++ {
+		if cfg.Count > 0 && n >= cfg.Count || cfg.Duration > 0 && offset >= cfg.Duration {
+			return nil
+		}
+		if d := time.Until(start.Add(offset)); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		} else if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var progress float64
+		if cfg.Count > 0 {
+			progress = float64(n) / float64(cfg.Count)
+		}
+		if cfg.Duration > 0 {
+			progress = max(progress, float64(offset)/float64(cfg.Duration))
+		}
+		idx, label := smp.draw(rng, progress)
+		c := clients[rng.IntN(len(clients))]
+		id := fmt.Sprintf("%s-%d", cfg.RunID, n)
+		input := smp.set.Row(idx)
+		offset += gap()
+
+		s.mu.Lock()
+		s.pending[id] = outstanding{label: label, sent: time.Now()}
+		s.rep.Sent++
+		s.mu.Unlock()
+		publishers.Add(1)
+		go func() {
+			defer publishers.Done()
+			pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := c.Publish(pctx, app, id, input, cfg.Deadline); err != nil {
+				s.mu.Lock()
+				s.rep.PublishErrors++
+				s.mu.Unlock()
+			}
+		}()
+		if bar != nil {
+			_ = bar.Add(1)
+		}
+	}
+}
+
+// collect records the replies of one client until stop is closed.
+func (s *sim) collect(c *Client, stop <-chan struct{}) {
+	for {
+		select {
+		case rc := <-c.Replies():
+			s.record(rc)
+		case <-stop:
+			return
+		}
+	}
+}
+
+func (s *sim) record(rc Received) {
+	r := rc.Reply
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.pending[r.ID]
+	if !ok {
+		if s.done[r.ID] {
+			s.rep.Duplicates++
+		}
+		return // not ours (another run, or an id-less rejection)
+	}
+	delete(s.pending, r.ID)
+	s.done[r.ID] = true
+	rep := &s.rep
+	rep.Replies++
+	rep.ByStatus[r.Status]++
+	if r.Reason != "" {
+		rep.ByReason[r.Reason]++
+	}
+	if r.Model != "" {
+		rep.ByModel[r.Model]++
+	}
+	rtt := rc.At.Sub(o.sent)
+	s.rtt = append(s.rtt, rtt)
+	if r.TotalMS != nil {
+		s.gwTotal = append(s.gwTotal, time.Duration(*r.TotalMS*float64(time.Millisecond)))
+	}
+	met := r.DeadlineMet != nil && *r.DeadlineMet
+	if met {
+		rep.DeadlineMet++
+	}
+	if r.Status.Answered() && r.Class != nil {
+		rep.Answered++
+		if rtt <= s.budget {
+			rep.DeviceDeadlineMet++
+		}
+		if *r.Class == o.label {
+			rep.Correct++
+			if met {
+				s.ontime++
+			}
+		}
+	}
+	if len(s.pending) == 0 {
+		select {
+		case s.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drain waits until every request is answered, the drain time passes, or ctx ends.
+func (s *sim) drain(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.pending)
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-s.idle:
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// progressBar returns a bar on cfg.Progress, or nil when quiet or not a terminal.
+func (s *sim) progressBar() *progressbar.ProgressBar {
+	if s.cfg.Quiet || !isTerminal(s.cfg.Progress) {
+		return nil
+	}
+	total := s.cfg.Count
+	if est := int(s.cfg.Rate * s.cfg.Duration.Seconds()); s.cfg.Duration > 0 && (total == 0 || est < total) {
+		total = est
+	}
+	return progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(s.cfg.Progress),
+		progressbar.OptionSetDescription("sending"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString("req"),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionFullWidth(),
+	)
+}
+
+// describe shows the live status counts on the bar until stop is closed.
+func (s *sim) describe(bar *progressbar.ProgressBar, stop <-chan struct{}) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-stop:
+			return
+		}
+		s.mu.Lock()
+		st := s.rep.ByStatus
+		d := fmt.Sprintf("ok %d late %d degraded %d expired %d rejected %d error %d pending %d",
+			st[protocol.StatusOK], st[protocol.StatusLate], st[protocol.StatusDegraded], st[protocol.StatusExpired],
+			st[protocol.StatusRejected], st[protocol.StatusError], len(s.pending))
+		s.mu.Unlock()
+		bar.Describe(d)
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

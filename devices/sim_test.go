@@ -1,0 +1,251 @@
+package devices
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+// testApp writes a sample file of 3 classes: input[0] is the true label, input[1]
+// is 0 for "easy" samples (the fake model is right) and 1 for "hard" ones (wrong).
+func testApp(t *testing.T) *manifest.App {
+	t.Helper()
+	dir := t.TempDir()
+	set := &dataset.Set{D: 4}
+	for y := range 3 {
+		for i := range 10 {
+			set.Values = append(set.Values, float32(y), float32(i%2), 0.5, 0.25)
+			set.Labels = append(set.Labels, int32(y))
+			set.N++
+		}
+	}
+	if err := dataset.Write(filepath.Join(dir, "samples.bin"), set, false); err != nil {
+		t.Fatal(err)
+	}
+	return &manifest.App{
+		Name: "toy", InputSize: 4, Labels: []string{"a", "b", "c"}, DefaultDeadlineMS: 500, Dir: dir,
+		Samples: &manifest.Samples{File: "samples.bin", Count: set.N},
+		Workloads: []manifest.Workload{
+			{Name: "only-b", Mix: []float64{0, 1, 0}},
+			{Name: "drift", Mix: []float64{1, 0, 0}, MixEnd: []float64{0, 0, 1}},
+		},
+	}
+}
+
+var toyApps = map[string]protocol.AppSpec{"toy": {InputSize: 4, DefaultDeadline: 500 * time.Millisecond}}
+
+// fakeModel is right on easy samples and wrong on hard ones.
+func fakeModel(in []float32) int {
+	if in[1] == 0 {
+		return int(in[0])
+	}
+	return (int(in[0]) + 1) % 3
+}
+
+func TestSimulate(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	var correct atomic.Int64
+	resp := startResponder(t, url, toyApps, func(in []float32) int {
+		c := fakeModel(in)
+		if c == int(in[0]) {
+			correct.Add(1)
+		}
+		return c
+	})
+
+	// The fake gateway expires every 5th request and drops every 7th; it tallies
+	// what the report must say.
+	var mu sync.Mutex
+	n := 0
+	tally := map[protocol.Status]int{}
+	dropped := 0
+	statusOf := map[string]protocol.Status{}
+	resp.drop = func(id string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		if n%7 == 0 {
+			dropped++
+			return true
+		}
+		st := protocol.StatusOK
+		if n%5 == 0 {
+			st = protocol.StatusExpired
+		}
+		statusOf[id] = st
+		tally[st]++
+		return false
+	}
+	resp.status = func(id string) protocol.Status {
+		mu.Lock()
+		defer mu.Unlock()
+		return statusOf[id]
+	}
+
+	var out bytes.Buffer
+	rep, err := Simulate(context.Background(), SimConfig{
+		Broker: url, AppManifest: testApp(t), Devices: 3, Rate: 400, Arrivals: "uniform",
+		Count: 140, Deadline: 300 * time.Millisecond, Drain: time.Second, Seed: 7,
+		Out: &out, Progress: &out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("report:\n%s", out.String())
+	mu.Lock()
+	defer mu.Unlock()
+	if rep.Sent != 140 || rep.PublishErrors != 0 {
+		t.Fatalf("sent %d, publish errors %d", rep.Sent, rep.PublishErrors)
+	}
+	if rep.Unanswered != dropped || rep.Replies != 140-dropped {
+		t.Errorf("unanswered %d replies %d, want %d and %d", rep.Unanswered, rep.Replies, dropped, 140-dropped)
+	}
+	for _, st := range []protocol.Status{protocol.StatusOK, protocol.StatusExpired} {
+		if rep.ByStatus[st] != tally[st] {
+			t.Errorf("status %s: %d, want %d", st, rep.ByStatus[st], tally[st])
+		}
+	}
+	if rep.Answered != tally[protocol.StatusOK] || rep.ByModel["fake"] != rep.Answered {
+		t.Errorf("answered %d, by model %v, want %d", rep.Answered, rep.ByModel, tally[protocol.StatusOK])
+	}
+	// Accuracy: the fake gateway knows the true label (input[0]) and counted its
+	// right answers.
+	if rep.Correct != int(correct.Load()) || rep.Correct == 0 || rep.Correct == rep.Answered {
+		t.Errorf("correct %d of %d, fake gateway answered %d right", rep.Correct, rep.Answered, correct.Load())
+	}
+	if got, want := rep.AccuracyAnswered, float64(rep.Correct)/float64(rep.Answered); got != want {
+		t.Errorf("accuracy of answered %v, want %v", got, want)
+	}
+	if got, want := rep.AccuracyAll, float64(rep.Correct)/140; got != want {
+		t.Errorf("accuracy of all %v, want %v", got, want)
+	}
+	// Every reply the fake gateway sends within 300 ms says deadline_met; expired
+	// ones say so too (they were published in time), so deadline_met counts all.
+	if rep.DeadlineMet != rep.Replies || rep.Goodput != float64(rep.Correct)/140 {
+		t.Errorf("deadline met %d of %d replies, goodput %v", rep.DeadlineMet, rep.Replies, rep.Goodput)
+	}
+	if rep.Latency.N != rep.Replies || rep.Latency.P50 <= 0 || rep.Latency.P50 > rep.Latency.P99 || rep.Latency.P99 > rep.Latency.Max {
+		t.Errorf("latency %+v", rep.Latency)
+	}
+	if rep.GatewayTotal.N != rep.Replies {
+		t.Errorf("gateway total %+v", rep.GatewayTotal)
+	}
+	for _, want := range []string{"sent          140", "accuracy", "deadline met", "round trip", "models        fake"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
+
+func TestSimulateAccuracyExact(t *testing.T) {
+	// With only easy samples of class b, accuracy must be exactly 1; with every
+	// request answered and the drain short, the run is fast.
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	startResponder(t, url, toyApps, func(in []float32) int { return int(in[0]) })
+	app := testApp(t)
+	rep, err := Simulate(context.Background(), SimConfig{
+		Broker: url, AppManifest: app, Devices: 2, Rate: 500, Count: 60, Workload: "only-b", B64: true, Quiet: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Replies != 60 || rep.Correct != 60 || rep.AccuracyAll != 1 || rep.ByStatus[protocol.StatusOK] != 60 {
+		t.Fatalf("report %+v", rep)
+	}
+}
+
+func TestSimulateConfigErrors(t *testing.T) {
+	app := testApp(t)
+	for _, c := range []SimConfig{
+		{AppManifest: app}, // no rate
+		{AppManifest: app, Rate: 1, Arrivals: "bursty"},
+		{AppManifest: app, Rate: 1, Devices: -1},
+		{AppManifest: app, Rate: 1, DevicePrefix: "bad name"},
+		{Rate: 1}, // no app
+		{AppManifest: app, Rate: 1, Workload: "nope"},
+	} {
+		c.Broker, c.Quiet = "tcp://127.0.0.1:1", true
+		if _, err := Simulate(context.Background(), c); !errors.Is(err, ErrSimConfig) {
+			t.Errorf("Simulate(%+v) = %v, want ErrSimConfig", c, err)
+		}
+	}
+}
+
+func TestSampler(t *testing.T) {
+	set := &dataset.Set{N: 4, D: 1, Values: []float32{0, 1, 2, 2}, Labels: []int32{0, 1, 2, 2}}
+	s, err := newSampler(set, 3, &manifest.Workload{Name: "drift", Mix: []float64{1, 0, 0}, MixEnd: []float64{0, 0, 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	count := func(progress float64) [3]int {
+		var c [3]int
+		for range 10000 {
+			i, y := s.draw(rng, progress)
+			if int(set.Labels[i]) != y {
+				t.Fatalf("sample %d has label %d, drew %d", i, set.Labels[i], y)
+			}
+			c[y]++
+		}
+		return c
+	}
+	if c := count(0); c[0] != 10000 {
+		t.Errorf("start of drift: %v", c)
+	}
+	if c := count(1); c[2] != 10000 {
+		t.Errorf("end of drift: %v", c)
+	}
+	if c := count(0.5); c[1] != 0 || c[0] < 4700 || c[0] > 5300 {
+		t.Errorf("middle of drift: %v", c)
+	}
+	if _, err := newSampler(set, 3, &manifest.Workload{Name: "x", Mix: []float64{0, 0.5, 0.5}}); err != nil {
+		t.Error(err)
+	}
+	missing := &dataset.Set{N: 1, D: 1, Values: []float32{0}, Labels: []int32{0}}
+	if _, err := newSampler(missing, 3, &manifest.Workload{Name: "x", Mix: []float64{0.5, 0.5, 0}}); err == nil {
+		t.Error("a mix that needs a class without samples must fail")
+	}
+	if _, err := newSampler(&dataset.Set{N: 1, D: 1, Values: []float32{0}, Labels: []int32{5}}, 3, nil); err == nil {
+		t.Error("a label beyond the classes must fail")
+	}
+}
+
+func TestPercentiles(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	rand.Shuffle(len(d), func(i, j int) { d[i], d[j] = d[j], d[i] })
+	p := percentiles(d)
+	if p.P50 != 50*time.Millisecond || p.P90 != 90*time.Millisecond || p.P99 != 99*time.Millisecond || p.Max != 100*time.Millisecond || p.N != 100 {
+		t.Errorf("%+v", p)
+	}
+	if p := percentiles(nil); p.N != 0 {
+		t.Errorf("%+v", p)
+	}
+}
+
+func TestSimFlags(t *testing.T) {
+	fs := flag.NewFlagSet("devsim", flag.ContinueOnError)
+	cfg := SimFlags(fs)
+	if err := fs.Parse([]string{"-rate", "20", "-devices", "8", "-deadline", "50ms", "-count", "100", "-workload", "drift", "-b64", "-arrivals", "uniform"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Rate != 20 || cfg.Devices != 8 || cfg.Deadline != 50*time.Millisecond || cfg.Count != 100 ||
+		cfg.Workload != "drift" || !cfg.B64 || cfg.Arrivals != "uniform" || cfg.App != "fashion" || cfg.Broker != "tcp://127.0.0.1:1883" {
+		t.Errorf("%+v", cfg)
+	}
+}
