@@ -1,0 +1,40 @@
+package sneakpeek
+
+// ExpectedAccuracy returns the data-aware accuracy A(m|p) = sum_y p(y) R(y) of a
+// variant with per-class recall R, for a request with class distribution p. The
+// slices must have the same length.
+func ExpectedAccuracy(p, recall []float64) float64 {
+	a := 0.0
+	for y, py := range p {
+		a += py * recall[y]
+	}
+	return a
+}
+
+// ExpectedUtility returns U(m|p) = sum_y p(y) sum_yhat P(yhat|y) W[y][yhat], with
+// P(yhat|y) the row-normalised confusion matrix (counts, rows = true class) of the
+// variant and W the K x K utility matrix. A class whose confusion row has no
+// samples says nothing about the variant on that class; its probability mass
+// earns 0, so a variant is never credited on a class it was not validated on.
+func ExpectedUtility(p []float64, confusion, w [][]float64) float64 {
+	u := 0.0
+	for y, py := range p {
+		if py == 0 {
+			continue
+		}
+		row := confusion[y]
+		tot := 0.0
+		for _, c := range row {
+			tot += c
+		}
+		if tot == 0 {
+			continue
+		}
+		s := 0.0
+		for yh, c := range row {
+			s += c * w[y][yh]
+		}
+		u += py * s / tot
+	}
+	return u
+}

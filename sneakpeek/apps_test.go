@@ -1,0 +1,143 @@
+package sneakpeek
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/manifest"
+)
+
+// The bundled applications under models/: every manifest must load and validate,
+// its sample file must fit it, and each estimator must reproduce on the validation
+// split (models/{app}/data/validation.sgs) the accuracy its manifest records.
+
+func bundledApps(t testing.TB) []*manifest.App {
+	t.Helper()
+	paths, err := filepath.Glob("../models/*/manifest.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) == 0 {
+		t.Fatal("no models/*/manifest.yaml found")
+	}
+	var apps []*manifest.App
+	for _, p := range paths {
+		a, err := manifest.Load(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		apps = append(apps, a)
+	}
+	return apps
+}
+
+func validation(t testing.TB, a *manifest.App) *dataset.Set {
+	t.Helper()
+	s, err := dataset.Read(filepath.Join(a.Dir, "data", "validation.sgs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.D != a.InputSize {
+		t.Fatalf("%s: validation rows have %d values, input_size %d", a.Name, s.D, a.InputSize)
+	}
+	return s
+}
+
+func TestBundledManifests(t *testing.T) {
+	for _, a := range bundledApps(t) {
+		t.Run(a.Name, func(t *testing.T) {
+			for _, v := range a.Variants {
+				if _, err := os.Stat(a.Path(v.File)); err != nil {
+					t.Errorf("variant %s: %v", v.Name, err)
+				}
+			}
+			if a.Samples == nil {
+				t.Fatal("no samples")
+			}
+			s, err := dataset.Read(a.Path(a.Samples.File))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.N != a.Samples.Count || s.D != a.InputSize || s.Classes() > a.K() {
+				t.Errorf("samples: N=%d D=%d classes=%d; manifest count %d input_size %d K %d",
+					s.N, s.D, s.Classes(), a.Samples.Count, a.InputSize, a.K())
+			}
+			if a.InputRange != nil {
+				for i, v := range s.Values {
+					if float64(v) < a.InputRange[0] || float64(v) > a.InputRange[1] {
+						t.Fatalf("samples value %d = %v outside input_range %v", i, v, *a.InputRange)
+					}
+				}
+			}
+			if len(a.Estimators) < 2 {
+				t.Errorf("want at least 2 estimators, have %d", len(a.Estimators))
+			}
+		})
+	}
+}
+
+func TestBundledEstimatorAccuracy(t *testing.T) {
+	for _, a := range bundledApps(t) {
+		val := validation(t, a)
+		for _, e := range a.Estimators {
+			t.Run(a.Name+"/"+e.Name, func(t *testing.T) {
+				est, err := Load(a, e)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := make([]float64, a.K())
+				correct := 0
+				for i := 0; i < val.N; i++ {
+					est.Estimate(val.Row(i), p)
+					best, sum := 0, 0.0
+					for y, v := range p {
+						if !(v >= 0) || math.IsInf(v, 0) {
+							t.Fatalf("row %d: p = %v", i, p)
+						}
+						sum += v
+						if v > p[best] {
+							best = y
+						}
+					}
+					if math.Abs(sum-1) > 1e-6 {
+						t.Fatalf("row %d: p sums to %v", i, sum)
+					}
+					if int32(best) == val.Labels[i] {
+						correct++
+					}
+				}
+				acc := float64(correct) / float64(val.N)
+				if math.Abs(acc-e.Accuracy) > 0.005 {
+					t.Errorf("accuracy %.4f on %d validation rows, manifest says %.4f", acc, val.N, e.Accuracy)
+				}
+				t.Logf("accuracy %.4f (manifest %.4f)", acc, e.Accuracy)
+			})
+		}
+	}
+}
+
+func BenchmarkBundledEstimators(b *testing.B) {
+	for _, a := range bundledApps(b) {
+		val := validation(b, a)
+		for _, e := range a.Estimators {
+			est, err := Load(a, e)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Run(a.Name+"/"+e.Name, func(b *testing.B) {
+				p := make([]float64, a.K())
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					est.Estimate(val.Row(i), p)
+					if i++; i == val.N {
+						i = 0
+					}
+				}
+			})
+		}
+	}
+}

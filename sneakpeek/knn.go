@@ -1,0 +1,130 @@
+package sneakpeek
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/manifest"
+)
+
+// maxK bounds the number of neighbours so the search state fits on the stack.
+const maxK = 64
+
+// KNN is the paper's estimator: a k-nearest-neighbour vote over a labelled
+// reference set, turned into a Dirichlet posterior with concentration alpha.
+type KNN struct {
+	name     string
+	feat     Features
+	k        int
+	d        int
+	ref      []float32 // n*d reference features
+	labels   []int32
+	alpha    []float64
+	alphaSum float64
+	buf      *scratch
+}
+
+func newKNN(app *manifest.App, e manifest.Estimator, f Features) (Estimator, error) {
+	set, err := dataset.Read(app.Path(e.File))
+	if err != nil {
+		return nil, err
+	}
+	return NewKNN(e.Name, f, set, e.K, app.Alpha())
+}
+
+// NewKNN returns a kNN estimator over ref (rows are features of f) with k
+// neighbours and Dirichlet concentration alpha (one value per class). It returns
+// an error wrapping ErrParams when the shapes disagree or a label is outside
+// [0, len(alpha)).
+func NewKNN(name string, f Features, ref *dataset.Set, k int, alpha []float64) (*KNN, error) {
+	if ref.D != f.Dim() {
+		return nil, fmt.Errorf("%w: reference rows have %d values, features %q give %d", ErrParams, ref.D, f.Spec(), f.Dim())
+	}
+	if k <= 0 || k > maxK || k > ref.N {
+		return nil, fmt.Errorf("%w: k = %d with %d reference rows (max %d)", ErrParams, k, ref.N, maxK)
+	}
+	sum := 0.0
+	for _, a := range alpha {
+		if a < 0 || math.IsNaN(a) {
+			return nil, fmt.Errorf("%w: alpha %v", ErrParams, alpha)
+		}
+		sum += a
+	}
+	for i, y := range ref.Labels {
+		if y < 0 || int(y) >= len(alpha) {
+			return nil, fmt.Errorf("%w: reference row %d has label %d, want [0, %d)", ErrParams, i, y, len(alpha))
+		}
+	}
+	return &KNN{name: name, feat: f, k: k, d: ref.D, ref: ref.Values, labels: ref.Labels,
+		alpha: append([]float64(nil), alpha...), alphaSum: sum, buf: newScratch(f.Dim())}, nil
+}
+
+// Name implements Estimator.
+func (m *KNN) Name() string { return m.name }
+
+// Estimate implements Estimator.
+func (m *KNN) Estimate(input []float32, dst []float64) {
+	b := m.buf.get()
+	q := *b
+	m.feat.Apply(input, q)
+	var bestD [maxK]float32
+	var bestI [maxK]int32
+	n := 0 // neighbours found so far (< k only during the first k rows)
+	worst := float32(math.Inf(1))
+	d := m.d
+	for r := 0; r*d < len(m.ref); r++ {
+		row := m.ref[r*d : r*d+d]
+		dist, ok := partialDist(q, row, worst)
+		if !ok {
+			continue
+		}
+		// Insert (dist, r) keeping bestD sorted ascending; equal distances keep the
+		// earlier row first.
+		j := min(n, m.k-1)
+		for j > 0 && bestD[j-1] > dist {
+			bestD[j], bestI[j] = bestD[j-1], bestI[j-1]
+			j--
+		}
+		bestD[j], bestI[j] = dist, int32(r)
+		if n < m.k {
+			n++
+		}
+		if n == m.k {
+			worst = bestD[m.k-1]
+		}
+	}
+	m.buf.put(b)
+	for y := range dst {
+		dst[y] = m.alpha[y]
+	}
+	for _, r := range bestI[:n] {
+		dst[m.labels[r]]++
+	}
+	tot := float64(n) + m.alphaSum
+	for y := range dst {
+		dst[y] /= tot
+	}
+}
+
+// partialDist returns the squared distance between q and row, or false as soon as
+// the running sum reaches limit (the row cannot enter the neighbour list: ties go
+// to the earlier row).
+func partialDist(q, row []float32, limit float32) (float32, bool) {
+	row = row[:len(q)]
+	var s float32
+	i := 0
+	for ; i+8 <= len(q); i += 8 {
+		d0, d1, d2, d3 := q[i]-row[i], q[i+1]-row[i+1], q[i+2]-row[i+2], q[i+3]-row[i+3]
+		d4, d5, d6, d7 := q[i+4]-row[i+4], q[i+5]-row[i+5], q[i+6]-row[i+6], q[i+7]-row[i+7]
+		s += d0*d0 + d1*d1 + d2*d2 + d3*d3 + d4*d4 + d5*d5 + d6*d6 + d7*d7
+		if s >= limit {
+			return s, false
+		}
+	}
+	for ; i < len(q); i++ {
+		d := q[i] - row[i]
+		s += d * d
+	}
+	return s, s < limit
+}
