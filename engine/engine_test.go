@@ -18,6 +18,16 @@ import (
 func TestAnswersMatchNumpy(t *testing.T) {
 	e := newEngine(t, Options{IntraOpThreads: 1})
 	registerAll(t, e)
+	// An int64 data input (rounded from the request's float32 values) and
+	// non-scalar float32 and int64 consts.
+	if err := e.Register(testApp(t, "consts", 3, 3, manifest.Variant{Name: "v", File: "consts.onnx",
+		Inputs: []manifest.Input{
+			{Name: "x", Kind: "data", DType: "int64", Shape: []int64{-1, 3}},
+			{Name: "gain", Kind: "const", Shape: []int64{1}, Value: 0.5},
+			{Name: "bias", Kind: "const", DType: "int64", Shape: []int64{2}, Value: 2},
+		}, Output: manifest.Output{Name: "logits", Kind: "logits"}})); err != nil {
+		t.Fatal(err)
+	}
 	exp := loadExpected(t)
 	for _, c := range []struct {
 		id  VariantID
@@ -25,7 +35,7 @@ func TestAnswersMatchNumpy(t *testing.T) {
 		tol float64
 	}{
 		{idLogits, "linear", 1e-5}, {idProbs, "linear", 1e-5}, {idTrees, "trees", 1e-6},
-		{idMLP, "mlp", 1e-4}, {idStateful, "stateful", 1e-5},
+		{idMLP, "mlp", 1e-4}, {idStateful, "stateful", 1e-5}, {VariantID{"consts", "v"}, "consts", 1e-6},
 	} {
 		t.Run(c.id.String(), func(t *testing.T) {
 			if _, err := e.Load(c.id); err != nil {
@@ -419,5 +429,65 @@ func TestModelMismatch(t *testing.T) {
 	}
 	if b, n := e.Usage(); b != 0 || n != 0 {
 		t.Errorf("failed loads left usage %d bytes, %d variants", b, n)
+	}
+}
+
+// TestOutputShapeKnownOnlyAfterRun: when the model does not declare its output's
+// row size (Silero's state outputs, for one), the first run's output is checked
+// and adopted as that batch size's buffer. ONNX Runtime infers the test models'
+// output shapes, so the test makes the engine forget them.
+func TestOutputShapeKnownOnlyAfterRun(t *testing.T) {
+	e := newEngine(t, Options{BatchSizes: []int{1, 4}})
+	registerAll(t, e)
+	if err := e.Register(testApp(t, "bad", 4, 4, manifest.Variant{Name: "v", File: "linear.onnx",
+		Inputs: []manifest.Input{data("x", -1, 4)}, Output: manifest.Output{Name: "logits", Kind: "logits"}})); err != nil {
+		t.Fatal(err)
+	}
+	forget := func(id VariantID) {
+		v := e.variants[id]
+		v.life.Lock()
+		v.outDims, v.checked = []int64{-1, -1}, true
+		v.life.Unlock()
+	}
+	in := randomInputs(6, 4, -1, 1, 5)
+	if _, err := e.Load(idLogits); err != nil {
+		t.Fatal(err)
+	}
+	want, err := e.Run(idLogits, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Unload(idLogits); err != nil {
+		t.Fatal(err)
+	}
+	forget(idLogits)
+	if _, err := e.Load(idLogits); err != nil {
+		t.Fatal(err)
+	}
+	if e.variants[idLogits].sess.bufs.out != nil {
+		t.Fatal("output buffer preallocated for an unknown row size")
+	}
+	for _, b := range []int{1, 3, 3, 6, 6, 1} { // 6 is beyond the cached sizes
+		got, err := e.Run(idLogits, in[:b])
+		if err != nil {
+			t.Fatalf("batch %d: %v", b, err)
+		}
+		for i := range got {
+			if !closeTo(got[i], want[i], 1e-6) {
+				t.Fatalf("batch %d request %d: %v, want %v", b, i, got[i], want[i])
+			}
+		}
+	}
+
+	bad := VariantID{"bad", "v"} // K = 4, the model gives 3
+	forget(bad)
+	if _, err := e.Load(bad); err != nil {
+		t.Fatalf("Load cannot see the row size: %v", err)
+	}
+	for range 2 {
+		_, err := e.Run(bad, [][]float32{{1, 2, 3, 4}})
+		if !errors.Is(err, ErrModelMismatch) || !strings.Contains(err.Error(), "want [1, ...] with 4 values per sample") {
+			t.Fatalf("wrong row size: %v, want ErrModelMismatch", err)
+		}
 	}
 }

@@ -16,6 +16,8 @@ Models (N is the dynamic batch axis):
                  output[N,1] (a probability), stateN[2,N,4]
   trees.onnx     ai.onnx.ml TreeEnsembleClassifier: x[N,4] -> label[N], probabilities[N,3]
   fixed.onnx     x[1,4] -> logits[1,3] (no batch axis: Load must refuse it)
+  consts.onnx    x int64[N,3], gain float[1] and bias int64[2] consts ->
+                 logits[N,3] = float(x) * gain + sum(bias)
 """
 import json
 import os
@@ -170,6 +172,24 @@ g = helper.make_graph(
     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
     [init("W", W), init("b", b)])
 save(helper.make_model(g, opset_imports=OPSET), "fixed.onnx")
+
+# consts.onnx ----------------------------------------------------------------
+g = helper.make_graph(
+    [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+     helper.make_node("Mul", ["xf", "gain"], ["scaled"]),
+     helper.make_node("ReduceSum", ["bias"], ["bsum"], keepdims=0),
+     helper.make_node("Cast", ["bsum"], ["bf"], to=TensorProto.FLOAT),
+     helper.make_node("Add", ["scaled", "bf"], ["logits"])],
+    "consts",
+    [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 3]),
+     helper.make_tensor_value_info("gain", TensorProto.FLOAT, [1]),
+     helper.make_tensor_value_info("bias", TensorProto.INT64, [2])],
+    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+save(helper.make_model(g, opset_imports=OPSET), "consts.onnx")
+# The manifest feeds gain = 0.5 and bias = [2, 2] (sum 4, which softmax cancels);
+# the engine rounds the float request values to int64.
+x = np.array([[0.2, 1.6, -2.7], [3.0, 0.0, -0.4]], dtype=np.float32)
+expected["consts"] = {"inputs": x.tolist(), "probs": softmax(np.round(x) * 0.5 + 4).tolist()}
 
 with open(os.path.join(HERE, "expected.json"), "w") as f:
     json.dump(expected, f, indent=1)

@@ -1,0 +1,215 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestLatencyAt(t *testing.T) {
+	ms := time.Millisecond
+	p := Profile{Batch: []int{1, 2, 4, 8}, Latency: []time.Duration{1 * ms, 2 * ms, 2 * ms, 6 * ms}}
+	for b, want := range map[int]time.Duration{
+		0: 1 * ms, 1: 1 * ms, 2: 2 * ms, 3: 2 * ms, 4: 2 * ms,
+		5: 3 * ms, 6: 4 * ms, 8: 6 * ms, // between points
+		10: 8 * ms, 16: 14 * ms, // beyond: the last segment's slope, 1ms per sample
+	} {
+		if got := p.LatencyAt(b); got != want {
+			t.Errorf("LatencyAt(%d) = %v, want %v", b, got, want)
+		}
+	}
+	flat := Profile{Batch: []int{1, 4}, Latency: []time.Duration{4 * ms, 4 * ms}}
+	if got := flat.LatencyAt(8); got != 8*ms { // zero slope: 1ms per sample at 4
+		t.Errorf("flat LatencyAt(8) = %v, want 8ms", got)
+	}
+	one := Profile{Batch: []int{2}, Latency: []time.Duration{4 * ms}}
+	if got := one.LatencyAt(6); got != 12*ms {
+		t.Errorf("single point LatencyAt(6) = %v, want 12ms", got)
+	}
+	if got := (Profile{}).LatencyAt(3); got != 0 {
+		t.Errorf("empty LatencyAt = %v", got)
+	}
+	// Non-decreasing profiles give non-decreasing answers.
+	for b := 1; b < 64; b++ {
+		if p.LatencyAt(b+1) < p.LatencyAt(b) {
+			t.Fatalf("LatencyAt(%d) < LatencyAt(%d)", b+1, b)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	if m := median([]time.Duration{5, 1, 3}); m != 3 {
+		t.Errorf("median odd = %v", m)
+	}
+	if m := median([]time.Duration{4, 1, 3, 2}); m != 2 {
+		t.Errorf("median even = %v", m) // (2+3)/2 in integer nanoseconds
+	}
+}
+
+// TestProfile profiles every test variant. Timings are not asserted beyond sanity:
+// positive, one per batch size, non-decreasing, and the residency restored.
+func TestProfile(t *testing.T) {
+	e := newEngine(t, Options{IntraOpThreads: 1, BatchSizes: []int{1, 4, 16}, WarmupRuns: 1, ProfileRuns: 3})
+	registerAll(t, e)
+	if _, err := e.Load(idProbs); err != nil { // resident before: stays resident
+		t.Fatal(err)
+	}
+	if _, ok := e.ProfileOf(idMLP); ok {
+		t.Fatal("profile before Profile")
+	}
+	if err := e.Profile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.Resident(); !slices.Equal(got, []VariantID{idProbs}) {
+		t.Errorf("resident after Profile: %v, want only %v", got, idProbs)
+	}
+	for _, id := range allTestIDs {
+		p, ok := e.ProfileOf(id)
+		if !ok {
+			t.Fatalf("%s: no profile", id)
+		}
+		mem, _ := e.MemBytes(id)
+		if !slices.Equal(p.Batch, []int{1, 4, 16}) || len(p.Latency) != 3 || p.MemBytes != mem {
+			t.Fatalf("%s: profile %+v", id, p)
+		}
+		if p.Load <= 0 || p.Unload < 0 {
+			t.Errorf("%s: load %v, unload %v", id, p.Load, p.Unload)
+		}
+		for i, l := range p.Latency {
+			if l <= 0 || (i > 0 && l < p.Latency[i-1]) {
+				t.Errorf("%s: latencies %v are not positive and non-decreasing", id, p.Latency)
+			}
+		}
+		if p.LatencyAt(32) < p.LatencyAt(16) {
+			t.Errorf("%s: extrapolation decreases", id)
+		}
+		t.Logf("%-14s load %-9v unload %-9v mem %7d B  latency %v", id, p.Load, p.Unload, p.MemBytes, p.Latency)
+	}
+	// The profile is a copy.
+	p, _ := e.ProfileOf(idMLP)
+	p.Latency[0] = -1
+	if q, _ := e.ProfileOf(idMLP); q.Latency[0] == -1 {
+		t.Error("ProfileOf returned the engine's own slice")
+	}
+}
+
+// fakeClock advances by step at every reading.
+type fakeClock struct {
+	mu   sync.Mutex
+	now  time.Time
+	step time.Duration
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(c.step)
+	return c.now
+}
+
+func TestProfileWithInjectedClock(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(1e9, 0), step: time.Millisecond}
+	e := newEngine(t, Options{BatchSizes: []int{1, 2}, ProfileRuns: 3, Now: clk.Now})
+	registerAll(t, e)
+	if err := e.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := e.ProfileOf(idLogits)
+	ms := time.Millisecond
+	want := Profile{Load: ms, Unload: ms, MemBytes: p.MemBytes, Batch: []int{1, 2}, Latency: []time.Duration{ms, ms}}
+	if !reflect.DeepEqual(p, want) {
+		t.Errorf("profile %+v, want %+v", p, want)
+	}
+}
+
+func TestProfileCache(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{IntraOpThreads: 1, BatchSizes: []int{1, 2}, ProfileRuns: 2, ProfileCache: dir}
+	e1 := newEngine(t, opts)
+	registerAll(t, e1)
+	if err := e1.Profile(context.Background(), idLogits, idMLP); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+	if len(files) != 2 {
+		t.Fatalf("cache holds %v, want 2 files", files)
+	}
+
+	// A second engine with a clock that would measure 1h per step: a cached
+	// profile is recognisable because it does not say 1h.
+	clk := &fakeClock{now: time.Unix(1e9, 0), step: time.Hour}
+	opts2 := opts
+	opts2.Now = clk.Now
+	e2 := newEngine(t, opts2)
+	registerAll(t, e2)
+	if err := e2.Profile(context.Background(), idLogits, idMLP); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []VariantID{idLogits, idMLP} {
+		p1, _ := e1.ProfileOf(id)
+		p2, _ := e2.ProfileOf(id)
+		if !reflect.DeepEqual(p1, p2) {
+			t.Errorf("%s: cached profile %+v differs from measured %+v", id, p2, p1)
+		}
+	}
+
+	// Another thread count is another key: measured again (with the 1h clock),
+	// and the stale entry is replaced.
+	opts3 := opts2
+	opts3.IntraOpThreads = 2
+	e3 := newEngine(t, opts3)
+	registerAll(t, e3)
+	if err := e3.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := e3.ProfileOf(idLogits); p.Load != time.Hour {
+		t.Errorf("different options used the cache: %+v", p)
+	}
+	files, _ = filepath.Glob(filepath.Join(dir, "lin.logits.*.json"))
+	if len(files) != 1 {
+		t.Errorf("cache entries for lin/logits: %v, want the newest only", files)
+	}
+
+	// A corrupt entry is measured again, not trusted.
+	if err := os.WriteFile(files[0], []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e4 := newEngine(t, opts3)
+	registerAll(t, e4)
+	if err := e4.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := e4.ProfileOf(idLogits); p.Load != time.Hour {
+		t.Errorf("corrupt cache entry was used: %+v", p)
+	}
+}
+
+func TestProfileErrors(t *testing.T) {
+	e := newEngine(t, Options{BatchSizes: []int{1}, ProfileRuns: 1})
+	registerAll(t, e)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := e.Profile(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+	if err := e.Profile(context.Background(), VariantID{"x", "y"}); !errors.Is(err, ErrUnknownVariant) {
+		t.Errorf("unknown: %v", err)
+	}
+	small := newEngine(t, Options{BatchSizes: []int{1}, ProfileRuns: 1, MaxResident: 1})
+	registerAll(t, small)
+	if _, err := small.Load(idTrees); err != nil {
+		t.Fatal(err)
+	}
+	if err := small.Profile(context.Background(), idMLP); !errors.Is(err, ErrOverBudget) {
+		t.Errorf("over budget: %v", err)
+	}
+	if r := small.Resident(); !slices.Equal(r, []VariantID{idTrees}) {
+		t.Errorf("resident %v", r)
+	}
+}
