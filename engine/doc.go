@@ -33,14 +33,22 @@
 //
 // MemBytes, what a variant counts against Options.MemoryBudgetBytes, is the ONNX
 // file's size plus the input and output buffers the engine keeps for the
-// largest profiled batch. It is known before loading (so Load can refuse with
-// ErrOverBudget before allocating anything) and it is deterministic (so the
-// scheduler can plan evictions from it). The weights dominate it: ONNX Runtime
-// holds the initializers once the file is parsed. It does not count ONNX
-// Runtime's activation arena, which grows with the batch size and is shared
-// per session; the process RSS grows by a few megabytes more per session for
-// small models (measured figures are in the engine tests' log), so leave
-// headroom when setting the budget. The engine never evicts by itself: the
+// largest profiled batch. It is known before loading, so Load refuses with
+// ErrOverBudget before allocating anything, and it is deterministic, so the
+// scheduler can plan evictions from it and a restart gives the same plan. The
+// process's RSS growth across a load was rejected as the measure: glibc reuses
+// memory a previous Unload freed, so the same model measures anything from 0
+// to several megabytes depending on what ran before.
+//
+// MemBytes is a lower bound, not the whole footprint. Measured with ONNX Runtime
+// 1.30 on the CPU (one intra-op thread, each load after a warm-up, batch 32 run),
+// RSS grew by one to three times the file size for MLPs, by 2-5 MB more than the
+// file for the Fashion-MNIST LeNet and CNN (the activation arena of a batch of
+// 32), and by 4.5-12 MB for Silero VAD v5 (a 2.3 MB file). Leave headroom: a
+// budget of a quarter of the memory set aside for models is a safe start. With
+// glibc's default settings an Unload makes its memory reusable by later loads but
+// the RSS does not shrink; starting the process with MALLOC_MMAP_THRESHOLD_=131072
+// makes large frees go back to the system. The engine never evicts by itself: the
 // caller (the scheduler) decides what to unload.
 //
 // # Concurrency
