@@ -47,6 +47,7 @@ var (
 	// ErrBadInput is returned by Run when there are no inputs or an input does not
 	// have the application's input_size values.
 	ErrBadInput = errors.New("engine: bad input")
-	// ErrClosed is returned by every method called after Close.
+	// ErrClosed is returned by Register, Load, Unload, Run, Profile and MemBytes
+	// after Close.
 	ErrClosed = errors.New("engine: closed")
 )

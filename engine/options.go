@@ -16,11 +16,8 @@ import (
 // library when Options.LibraryPath is empty.
 const LibraryEnv = "SNEAKGATE_ORT_LIB"
 
-// Default profiling settings, applied by New to fields left at their zero value.
-const (
-	DefaultProfileRuns = 7
-	DefaultWarmupRuns  = 3
-)
+// DefaultProfileRuns is used by New when Options.ProfileRuns is 0.
+const DefaultProfileRuns = 7
 
 // DefaultBatchSizes returns the batch sizes profiled when Options.BatchSizes is empty.
 func DefaultBatchSizes() []int { return []int{1, 2, 4, 8, 16, 32} }
