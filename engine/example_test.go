@@ -35,12 +35,18 @@ func Example() {
 	p, _ := e.ProfileOf(id)
 	log.Printf("cnn: load %v, batch 12 takes %v, counts %d bytes", p.Load, p.LatencyAt(12), p.MemBytes)
 
-	if _, err := e.Load(id); errors.Is(err, engine.ErrOverBudget) {
+	_, err = e.Load(id)
+	if errors.Is(err, engine.ErrOverBudget) {
 		// The scheduler picks victims; the engine never evicts on its own.
 		for _, r := range e.Resident() {
-			e.Unload(r)
+			if _, err := e.Unload(r); err != nil {
+				log.Print(err)
+			}
 		}
 		_, err = e.Load(id)
+	}
+	if err != nil {
+		log.Fatal(err)
 	}
 	probs, err := e.Run(id, [][]float32{make([]float32, 784), make([]float32, 784)})
 	if err != nil {
