@@ -1,6 +1,8 @@
 package protocol
 
 import (
+	"bytes"
+	"encoding/json"
 	"math"
 	"strings"
 	"testing"
@@ -112,4 +114,43 @@ func benchPayload(b *testing.B, b64 bool) {
 func BenchmarkParseRequest(b *testing.B) {
 	b.Run("json784", func(b *testing.B) { benchPayload(b, false) })
 	b.Run("b64_784", func(b *testing.B) { benchPayload(b, true) })
+}
+
+// FuzzScanFields checks the fast field scanner against the reference decoder: when
+// the fast path accepts a payload, encoding/json must accept it too and find exactly
+// the same raw field values.
+func FuzzScanFields(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"a","deadline_ms":50,"input":[1,2.5,-3e2]}`,
+		` {"input" : [ 0 , 0 ,0 ] , "id":"x\u00e9\/" } `,
+		`{"id":"a","input_b64":"AAAA","reply_to":null,"v":1,"deadline":true}`,
+		`{"id":"a","input":[01]}`, `{"id":"a","input":[-]}`, `{"id":"a","input":[1.]}`, `{"id":"a","input":[.5]}`,
+		`{"id":"a","input":[1e+]}`, `{"id":"a","id":"b"}`, `{"x":1}`, `{}`, `{"id":"\x01"}`, `{"id":"a"}x`,
+		`{"id":"a","input":[[1]]}`, `{"id":"a","input":[1,]}`, `{"id":"\ud800"}`, `{"id":"\u12"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		fast, ok := scanFields(payload)
+		if !ok {
+			return
+		}
+		if !json.Valid(payload) {
+			t.Fatalf("fast path accepted invalid JSON %q", payload)
+		}
+		ref, err := decodeFields(payload)
+		if err != nil {
+			t.Fatalf("fast path accepted %q, reference decoder: %v", payload, err)
+		}
+		if ref.unknown != nil || fast.unknown != nil {
+			t.Fatalf("unknown field on the fast path: %q", payload)
+		}
+		pairs := [][2][]byte{{fast.v, ref.v}, {fast.id, ref.id}, {fast.deadlineMS, ref.deadlineMS},
+			{fast.deadline, ref.deadline}, {fast.input, ref.input}, {fast.inputB64, ref.inputB64}, {fast.replyTo, ref.replyTo}}
+		for i, p := range pairs {
+			if !bytes.Equal(p[0], p[1]) || (p[0] == nil) != (p[1] == nil) {
+				t.Fatalf("field %d: fast %q, reference %q (payload %q)", i, p[0], p[1], payload)
+			}
+		}
+	})
 }

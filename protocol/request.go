@@ -141,19 +141,17 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 		return reject(ReasonPayloadTooLarge, "payload is %d bytes, limit %d", len(payload), lim.MaxPayloadBytes)
 	}
 
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &fields); err != nil || fields == nil {
-		rej.ID = peekID(payload)
-		msg := "payload must be a JSON object"
-		var se *json.SyntaxError
-		if errors.As(err, &se) {
-			msg = fmt.Sprintf("invalid JSON at byte %d: %v", se.Offset, se)
+	fields, ok := scanFields(payload)
+	if !ok {
+		var err error
+		if fields, err = decodeFields(payload); err != nil {
+			rej.ID = peekID(payload)
+			return reject(ReasonBadJSON, "%s", err)
 		}
-		return reject(ReasonBadJSON, "%s", msg)
 	}
 
 	// id
-	raw, ok := present(fields, fieldID)
+	raw, ok := present(fields.id)
 	if !ok {
 		return reject(ReasonBadID, "id is required")
 	}
@@ -170,14 +168,10 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 	rej.ID = id
 
 	// unknown fields and version
-	for k := range fields {
-		switch k {
-		case fieldV, fieldID, fieldDeadlineMS, fieldDeadline, fieldInput, fieldInputB64, fieldReplyTo:
-		default:
-			return reject(ReasonUnknownField, "unknown field %q (protocol v%d fields: id, deadline_ms, deadline, input, input_b64, reply_to, v)", truncate(k, 64), Version)
-		}
+	if fields.unknown != nil {
+		return reject(ReasonUnknownField, "unknown field %q (protocol v%d fields: id, deadline_ms, deadline, input, input_b64, reply_to, v)", truncate(*fields.unknown, 64), Version)
 	}
-	if raw, ok := present(fields, fieldV); ok {
+	if raw, ok := present(fields.v); ok {
 		if v, err := strconv.ParseInt(string(raw), 10, 64); err != nil || v != Version {
 			return reject(ReasonUnsupportedVersion, "v must be %d, got %s", Version, truncate(string(raw), 32))
 		}
@@ -185,7 +179,7 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 
 	// reply_to
 	replyTo := ReplyTopic(prefix, app, device)
-	if raw, ok := present(fields, fieldReplyTo); ok {
+	if raw, ok := present(fields.replyTo); ok {
 		rt, ok := jsonString(raw)
 		if !ok {
 			return reject(ReasonReplyToNotAllowed, "reply_to must be a string")
@@ -198,8 +192,8 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 	}
 
 	// deadline
-	rawMS, hasMS := present(fields, fieldDeadlineMS)
-	rawAbs, hasAbs := present(fields, fieldDeadline)
+	rawMS, hasMS := present(fields.deadlineMS)
+	rawAbs, hasAbs := present(fields.deadline)
 	var deadline time.Time
 	switch {
 	case hasMS && hasAbs:
@@ -241,8 +235,8 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 	}
 
 	// input
-	rawIn, hasIn := present(fields, fieldInput)
-	rawB64, hasB64 := present(fields, fieldInputB64)
+	rawIn, hasIn := present(fields.input)
+	rawB64, hasB64 := present(fields.inputB64)
 	var input []float32
 	var ierr *inputError
 	switch {
@@ -265,17 +259,16 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 		Received: now, Deadline: deadline, Input: input}, nil
 }
 
-// present returns the raw value of field k unless it is absent or null.
-func present(fields map[string]json.RawMessage, k string) (json.RawMessage, bool) {
-	raw, ok := fields[k]
-	if !ok || len(raw) == 0 || string(raw) == "null" {
+// present returns raw unless the field is absent or null.
+func present(raw []byte) ([]byte, bool) {
+	if len(raw) == 0 || string(raw) == "null" {
 		return nil, false
 	}
 	return raw, true
 }
 
 // jsonString decodes a raw JSON value that must be a string.
-func jsonString(raw json.RawMessage) (string, bool) {
+func jsonString(raw []byte) (string, bool) {
 	if len(raw) < 2 || raw[0] != '"' {
 		return "", false
 	}
