@@ -88,6 +88,8 @@ type appInfo struct {
 	fastest time.Duration
 	// profiled[m] is Variant.ProfiledUtility.
 	profiled []float64
+	// amort[m] is the amortised seconds per request at the variant's full batch.
+	amort []float64
 }
 
 // decisionState is one decision's working set.
@@ -104,7 +106,79 @@ type decisionState struct {
 	// lastApp caches the previous lookup in apps.
 	lastApp  *App
 	lastInfo *appInfo
+	// price is the value of a second of engine time (see setPrice); 0 when time
+	// is not scarce.
+	price float64
 }
+
+// setPrice derives the price of engine time for this decision, by Lagrangian
+// relaxation of a throughput constraint: in a steady state each request may use
+// 1/rate seconds of engine time, where rate is the arrival rate plus the backlog
+// outside the window spread over the window's mean budget. A request on variant m
+// costs m's amortised time per request at its full batch, c_m = L_m(cap)/cap. If
+// every window member on its best variant fits rho*n/rate, time is free (price
+// 0). Otherwise the price p is found by bisection so that the members' choices
+// argmax_m u_m - p*c_m just fit. The search then maximises value minus p times
+// the amortised time it uses, which steers the plan toward the variant mix the
+// load can sustain and spends the expensive variants where the estimate says they
+// matter most. arrivals is the measured arrival rate (0 when unknown).
+func (d *decisionState) setPrice(win []int, arrivals float64) {
+	d.price = 0
+	if len(win) == 0 {
+		return
+	}
+	var budget time.Duration
+	for _, i := range win {
+		budget += d.members[i].budget
+	}
+	mean := (budget / time.Duration(len(win))).Seconds()
+	rate := arrivals
+	if back := len(d.members) - len(win); back > 0 && mean > 0 {
+		rate += float64(back) / mean
+	}
+	if rate <= 0 {
+		return
+	}
+	target := targetUtilisation * float64(len(win)) / rate
+	use := func(p float64) float64 {
+		t := 0.0
+		for _, i := range win {
+			m := &d.members[i]
+			ai := d.info(m.r.App)
+			best, bc := math.Inf(-1), 0.0
+			for vi, u := range m.u {
+				if !ai.ok0[vi] {
+					continue
+				}
+				if x := u - p*ai.amort[vi]; x > best {
+					best, bc = x, ai.amort[vi]
+				}
+			}
+			t += bc
+		}
+		return t
+	}
+	if use(0) <= target {
+		return
+	}
+	lo, hi := 0.0, 1.0
+	for k := 0; use(hi) > target && k < 60; k++ {
+		lo, hi = hi, hi*2
+	}
+	for range 40 {
+		mid := (lo + hi) / 2
+		if use(mid) > target {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	d.price = hi
+}
+
+// targetUtilisation is the share of the engine's batched throughput a plan may
+// count on; the rest absorbs partial batches and swaps.
+const targetUtilisation = 1.0
 
 func newDecisionState(s *Snapshot, w view, maxBatch int) *decisionState {
 	return &decisionState{s: s, w: w, maxBatch: maxBatch, res0: newResSet(s), apps: make(map[*App]*appInfo, len(s.Apps))}
@@ -118,7 +192,7 @@ func (d *decisionState) info(a *App) *appInfo {
 	if !ok {
 		n := len(a.Variants)
 		ai = &appInfo{cost0: make([]time.Duration, n), ok0: make([]bool, n),
-			lat1: make([]time.Duration, n), profiled: make([]float64, n), fastest: -1}
+			lat1: make([]time.Duration, n), profiled: make([]float64, n), amort: make([]float64, n), fastest: -1}
 		for i, v := range a.Variants {
 			c, _, ok := d.res0.cost(v)
 			ai.cost0[i], ai.ok0[i] = c, ok
@@ -127,6 +201,8 @@ func (d *decisionState) info(a *App) *appInfo {
 				ai.fastest = ai.lat1[i]
 			}
 			ai.profiled[i] = v.ProfiledUtility
+			b := d.capOf(v)
+			ai.amort[i] = v.LatencyAt(b).Seconds() / float64(b)
 		}
 		d.apps[a] = ai
 	}
@@ -283,6 +359,9 @@ func (d *decisionState) runValue(ms []*member, vi int, v *Variant, t time.Durati
 		for _, m := range ms[i:j] {
 			val += m.value(vi, t)
 		}
+	}
+	if d.price > 0 && len(ms) > 0 {
+		val -= d.price * float64(len(ms)) * d.info(ms[0].r.App).amort[vi]
 	}
 	return val, t
 }

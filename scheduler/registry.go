@@ -25,7 +25,7 @@ type Options struct {
 
 // DefaultOptions returns the options used for fields left zero.
 func DefaultOptions() Options {
-	return Options{MaxBatch: 32, Window: 16, MaxQueueDelay: 2 * time.Millisecond, ExhaustiveGroups: 3}
+	return Options{MaxBatch: 32, Window: 128, MaxQueueDelay: 2 * time.Millisecond, ExhaustiveGroups: 3}
 }
 
 func (o Options) withDefaults() Options {

@@ -150,9 +150,57 @@ func (p *grouped) toRuns(order, vars []int) []run {
 	return p.runs
 }
 
+// eval is evalRuns(toRuns(order, vars)) without building the runs.
 func (p *grouped) eval(order, vars []int) float64 {
 	p.evals++
-	return p.d.evalRuns(p.toRuns(order, vars), &p.ra, &p.rb)
+	d := p.d
+	a, b := &p.ra, &p.rb
+	d.copyRes(a)
+	t, total := time.Duration(0), 0.0
+	for i := 0; i < len(order); {
+		g := p.gs[order[i]]
+		vi := vars[i]
+		v := g.app.Variants[vi]
+		j := i + 1
+		for j < len(order) && p.gs[order[j]].app == g.app && vars[j] == vi {
+			j++
+		}
+		c, ok := a.use(b, v)
+		if !ok {
+			return math.Inf(-1)
+		}
+		a, b = b, a
+		var val float64
+		val, t = p.runValue(order[i:j], vi, v, t+c)
+		total += val
+		i = j
+	}
+	return total
+}
+
+// runValue is decisionState.runValue over the concatenated members of the
+// groups idx, without concatenating them.
+func (p *grouped) runValue(idx []int, vi int, v *Variant, t time.Duration) (float64, time.Duration) {
+	d := p.d
+	c := d.capOf(v)
+	n := 0
+	for _, gi := range idx {
+		n += len(p.gs[gi].ms)
+	}
+	val, k := 0.0, 0
+	for _, gi := range idx {
+		for _, m := range p.gs[gi].ms {
+			if k%c == 0 {
+				t += v.LatencyAt(min(c, n-k))
+			}
+			val += m.value(vi, t)
+			k++
+		}
+	}
+	if d.price > 0 && n > 0 {
+		val -= d.price * float64(n) * d.info(p.gs[idx[0]].app).amort[vi]
+	}
+	return val, t
 }
 
 // plan is a group order and a variant per position, with its value.
@@ -183,6 +231,8 @@ type dfsState struct {
 	res   []resSet // res[depth]: residency before position depth's run
 	best  plan
 	ubAll float64
+	// members is the number of requests in the groups.
+	members int
 }
 
 func (p *grouped) exhaustive() plan {
@@ -191,6 +241,7 @@ func (p *grouped) exhaustive() plan {
 		res: make([]resSet, n+1), best: plan{value: math.Inf(-1)}}
 	for _, g := range p.gs {
 		st.ubAll += g.ub
+		st.members += len(g.ms)
 	}
 	p.d.copyRes(&st.res[0])
 	st.dfs(0, 0, 0, 0, 0, nil)
@@ -255,13 +306,9 @@ func (st *dfsState) closeRun(a, b int, t time.Duration) (float64, time.Duration)
 	if a == b {
 		return 0, t
 	}
-	p.scr = p.scr[:0]
-	for _, gi := range st.order[a:b] {
-		p.scr = append(p.scr, p.gs[gi].ms...)
-	}
 	g := p.gs[st.order[a]]
 	vi := st.vars[a]
-	return p.d.runValue(p.scr, vi, g.app.Variants[vi], t)
+	return p.runValue(st.order[a:b], vi, g.app.Variants[vi], t)
 }
 
 // greedy builds a plan for many groups: for each of two seed orders (earliest

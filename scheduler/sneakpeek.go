@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"math"
 	"slices"
+	"time"
 )
 
 func init() {
@@ -45,6 +46,51 @@ type searching struct {
 	brute bool
 	// buf is the members slice kept between decisions to spare the allocation.
 	buf []member
+	// arrivals measures the arrival rate from the snapshots' new requests.
+	arrivals rateMeter
+}
+
+// rateMeter estimates the arrival rate from the requests that appear in
+// successive snapshots (recognised by their increasing Seq), over a sliding
+// horizon.
+type rateMeter struct {
+	maxSeq uint64
+	total  float64
+	ring   []rateSample
+}
+
+type rateSample struct {
+	t     time.Time
+	total float64
+}
+
+// rateHorizon is how far back the arrival rate is measured.
+const rateHorizon = 250 * time.Millisecond
+
+// observe counts the queue's requests not seen before and returns the arrival
+// rate (requests per second) over the horizon, 0 until there is a time span. The
+// queue is in arrival order, so only its new tail is scanned.
+func (m *rateMeter) observe(now time.Time, q []*Request) float64 {
+	newest := m.maxSeq
+	for i := len(q) - 1; i >= 0 && q[i].Seq > m.maxSeq; i-- {
+		m.total++
+		newest = max(newest, q[i].Seq)
+	}
+	m.maxSeq = newest
+	m.ring = append(m.ring, rateSample{now, m.total})
+	drop := 0
+	for drop < len(m.ring)-2 && now.Sub(m.ring[drop+1].t) >= rateHorizon {
+		drop++
+	}
+	if drop > 0 {
+		m.ring = append(m.ring[:0], m.ring[drop:]...)
+	}
+	first := m.ring[0]
+	span := now.Sub(first.t).Seconds()
+	if span <= 0 {
+		return 0
+	}
+	return (m.total - first.total) / span
 }
 
 // MaxBruteWindow is the largest window the bruteforce policy searches.
@@ -59,6 +105,7 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		clear(d.members[:cap(d.members)]) // drop references to requests
 		p.buf = d.members[:0]
 	}()
+	arrivals := p.arrivals.observe(s.Now, s.Queue)
 	var skip map[*Request]bool
 	// Each round either returns a batch or answers at least one request without
 	// running it; a few rounds cover the case where the plan's first run is
@@ -76,6 +123,7 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		}
 		before := len(d.verdicts)
 		win := d.window(p.o.Window)
+		d.setPrice(win, arrivals)
 		runs := p.plan(d, win)
 		if len(runs) == 0 {
 			break
