@@ -170,7 +170,7 @@ func Open(path string, opts Options) (*Store, error) {
 		NoFreelistSync: true,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("%w: %s (waited %s; is another gateway running on it?)", ErrLocked, path, opts.LockTimeout)
+		return nil, fmt.Errorf("store: open %s: %w (waited %s; is another gateway using this file?)", path, ErrLocked, opts.LockTimeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)

@@ -1,0 +1,217 @@
+package store_test
+
+import (
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sneakgate/sneakgate/store"
+	"github.com/sneakgate/sneakgate/store/storetest"
+)
+
+// gate blocks the first group commit in BeforeCommit until released, so a test
+// can queue writes behind it and know exactly how they will be grouped.
+type gate struct {
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newGate() *gate {
+	return &gate{entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (g *gate) beforeCommit([]store.Op) error {
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		close(g.entered)
+		<-g.release
+	}
+	return nil
+}
+
+// Concurrent Puts are all durable and share commits: while one commit is in
+// progress, the others queue and go into the next one together.
+func TestConcurrentPutsAreGroupCommitted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const writers = 64
+		g := newGate()
+		o := storetest.Options(t)
+		o.BeforeCommit = g.beforeCommit
+		path := filepath.Join(t.TempDir(), "journal.db")
+		s := storetest.Open(t, path, o)
+
+		var wg sync.WaitGroup
+		errs := make(chan error, writers)
+		wg.Go(func() {
+			_, err := s.Put(entry(0))
+			errs <- err
+		})
+		<-g.entered
+		for i := 1; i < writers; i++ {
+			wg.Go(func() {
+				_, err := s.Put(entry(i))
+				errs <- err
+			})
+		}
+		synctest.Wait() // every writer is queued behind the first commit
+		if q := s.Stats().Queued; q != writers {
+			t.Errorf("Stats.Queued = %d, want %d", q, writers)
+		}
+		close(g.release)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		st := s.Stats()
+		t.Logf("%d puts in %d commits (largest %d)", st.Puts, st.Commits, st.MaxBatch)
+		if st.Puts != writers || st.Commits != 2 || st.MaxBatch != writers-1 || st.Batched != writers-1 {
+			t.Errorf("Stats = %+v; want %d puts in 2 commits, the second of %d", st, writers, writers-1)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = storetest.Open(t, path, storetest.Options(t))
+		if n := len(pendingKeys(t, s)); n != writers {
+			t.Errorf("%d entries pending after reopen, want %d", n, writers)
+		}
+	})
+}
+
+// With MaxBatchDelay, a lone write waits for company before committing.
+func TestMaxBatchDelayGroupsWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := storetest.New(t, func(o *store.Options) { o.MaxBatchDelay = 10 * time.Millisecond })
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range 3 {
+			wg.Go(func() { mustPut(t, s, entry(i), store.New) })
+		}
+		wg.Wait()
+		if st := s.Stats(); st.Commits != 1 || st.MaxBatch != 3 {
+			t.Errorf("Stats = %+v, want 3 puts in 1 commit", st)
+		}
+		if d := time.Since(start); d != 10*time.Millisecond {
+			t.Errorf("the group committed after %s, want MaxBatchDelay (10ms)", d)
+		}
+	})
+}
+
+// A write that fails on its own (Outbox of an unknown key) fails alone: the
+// others in its group commit.
+func TestFailingWriteDoesNotFailItsGroup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGate()
+		s := storetest.New(t, func(o *store.Options) { o.BeforeCommit = g.beforeCommit })
+		var wg sync.WaitGroup
+		wg.Go(func() { mustPut(t, s, entry(0), store.New) })
+		<-g.entered
+		wg.Go(func() { mustPut(t, s, entry(1), store.New) })
+		wg.Go(func() {
+			if err := s.Outbox(key(9), []byte("r"), time.Time{}); !errors.Is(err, store.ErrNotPending) {
+				t.Errorf("Outbox of an unknown key: err %v, want ErrNotPending", err)
+			}
+		})
+		wg.Go(func() { mustPut(t, s, entry(2), store.New) })
+		synctest.Wait()
+		close(g.release)
+		wg.Wait()
+		if st := s.Stats(); st.Commits != 2 || st.Puts != 3 || st.CommitErrors != 0 {
+			t.Errorf("Stats = %+v, want 3 puts in 2 commits, no commit errors", st)
+		}
+		wantCounts(t, s, 3, 0, 0)
+	})
+}
+
+// Two Puts of one key in the same group: exactly one is New.
+func TestSameKeyInOneGroup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGate()
+		s := storetest.New(t, func(o *store.Options) { o.BeforeCommit = g.beforeCommit })
+		var wg sync.WaitGroup
+		wg.Go(func() { mustPut(t, s, entry(0), store.New) })
+		<-g.entered
+		results := make(chan store.Dup, 4)
+		for range 4 {
+			wg.Go(func() {
+				res, err := s.Put(entry(1))
+				if err != nil {
+					t.Error(err)
+				}
+				results <- res.Dup
+			})
+		}
+		synctest.Wait()
+		close(g.release)
+		wg.Wait()
+		close(results)
+		count := map[store.Dup]int{}
+		for d := range results {
+			count[d]++
+		}
+		if count[store.New] != 1 || count[store.DupPending] != 3 {
+			t.Errorf("results %v, want 1 new and 3 dup-pending", count)
+		}
+	})
+}
+
+// The gateway's "no ack without commit" seam: a failed commit fails the Put and
+// leaves nothing behind; the redelivery then succeeds.
+func TestInjectedCommitFailure(t *testing.T) {
+	errDisk := errors.New("injected: disk full")
+	var mu sync.Mutex
+	failing := true
+	s := storetest.New(t, func(o *store.Options) {
+		o.BeforeCommit = func(ops []store.Op) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if failing && ops[0].Kind == store.OpPut {
+				return errDisk
+			}
+			return nil
+		}
+	})
+	if _, err := s.Put(entry(1)); !errors.Is(err, errDisk) {
+		t.Fatalf("Put with a failing commit: err %v, want the injected error", err)
+	}
+	if ks := pendingKeys(t, s); len(ks) != 0 {
+		t.Errorf("Pending after a failed Put = %v, want none", ks)
+	}
+	if st := s.Stats(); st.CommitErrors != 1 || st.Commits != 0 || st.Pending != 0 {
+		t.Errorf("Stats = %+v, want 1 commit error and nothing stored", st)
+	}
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	mustPut(t, s, entry(1), store.New)
+	wantCounts(t, s, 1, 0, 0)
+}
+
+func TestSecondOpenFailsWithErrLocked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) { // bbolt's lock retries sleep: virtual time
+		o := storetest.Options(t)
+		o.LockTimeout = 2 * time.Second
+		path := filepath.Join(t.TempDir(), "journal.db")
+		storetest.Open(t, path, o)
+		start := time.Now()
+		s2, err := store.Open(path, o)
+		if !errors.Is(err, store.ErrLocked) {
+			if err == nil {
+				s2.Close()
+			}
+			t.Fatalf("second Open: err %v, want ErrLocked", err)
+		}
+		if d := time.Since(start); d < o.LockTimeout-100*time.Millisecond || d > o.LockTimeout+100*time.Millisecond {
+			t.Errorf("second Open gave up after %s, want about LockTimeout (%s)", d, o.LockTimeout)
+		}
+		t.Log(err)
+	})
+}
