@@ -491,3 +491,37 @@ func TestOutputShapeKnownOnlyAfterRun(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseDuringRuns closes the engine while another goroutine runs batches:
+// every Run answers or fails with ErrNotLoaded or ErrClosed, and Close waits for
+// the running batch.
+func TestCloseDuringRuns(t *testing.T) {
+	e := newEngine(t, Options{IntraOpThreads: 1})
+	registerAll(t, e)
+	if _, err := e.Load(idMLP); err != nil {
+		t.Fatal(err)
+	}
+	in := randomInputs(16, 784, 0, 1, 9)
+	started := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			if i == 10 {
+				close(started)
+			}
+			_, err := e.Run(idMLP, in)
+			if errors.Is(err, ErrClosed) || errors.Is(err, ErrNotLoaded) {
+				return
+			}
+			if err != nil {
+				t.Errorf("Run: %v", err)
+				return
+			}
+		}
+	})
+	<-started
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+}
