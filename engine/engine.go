@@ -64,7 +64,7 @@ func New(opts Options) (*Engine, error) {
 		}
 		return nil, fmt.Errorf("engine: check session options: %w", err)
 	}
-	e := &Engine{opts: o, prov: p, log: o.Logger.With().Str("component", "engine").Logger(),
+	e := &Engine{opts: o, prov: p, log: o.Logger,
 		so: so, checkSO: cso, apps: map[string]*manifest.App{}, variants: map[VariantID]*variant{}}
 	e.log.Info().Str("ort", runtimeVersion()).Str("provider", p.Name).
 		Int("intra_op_threads", o.IntraOpThreads).Int("inter_op_threads", o.InterOpThreads).

@@ -63,7 +63,8 @@ type Options struct {
 	// ProfileCache is a directory where profiles are kept as JSON across
 	// restarts; empty disables the cache.
 	ProfileCache string
-	// Logger receives load, unload and profile events; the zero value discards them.
+	// Logger receives load, unload and profile events (the caller tags the
+	// component); the zero value discards them.
 	Logger zerolog.Logger
 	// Now is the clock used for every measured duration; nil means time.Now.
 	Now func() time.Time
