@@ -197,3 +197,29 @@ func TestClientSurvivesBrokerRestart(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkClientDo measures a device's round trip through a real Mosquitto and a
+// fake gateway that answers at once (parse with package protocol, reply).
+func BenchmarkClientDo(b *testing.B) {
+	url := "tcp://" + mqtttest.StartMosquitto(b)
+	startResponder(b, url, map[string]protocol.AppSpec{"fashion": {InputSize: 784, DefaultDeadline: time.Second}}, func([]float32) int { return 1 })
+	in := make([]float32, 784)
+	for _, b64 := range []bool{false, true} {
+		b.Run(fmt.Sprintf("b64=%v", b64), func(b *testing.B) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c, err := Dial(ctx, ClientOptions{Broker: url, Device: fmt.Sprintf("bench-%v", b64), B64: b64})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			n := 0
+			for b.Loop() {
+				n++
+				if _, err := c.Do(ctx, "fashion", fmt.Sprint(n), in, time.Second); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
