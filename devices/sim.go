@@ -462,7 +462,7 @@ func (s *sim) progressBar() *progressbar.ProgressBar {
 		progressbar.OptionSetItsString("req"),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionFullWidth(),
+		progressbar.OptionSetWidth(24),
 	)
 }
 
@@ -478,7 +478,7 @@ func (s *sim) describe(bar *progressbar.ProgressBar, stop <-chan struct{}) {
 		}
 		s.mu.Lock()
 		st := s.rep.ByStatus
-		d := fmt.Sprintf("ok %d late %d degraded %d expired %d rejected %d error %d pending %d",
+		d := fmt.Sprintf("ok %d late %d degr %d exp %d rej %d err %d wait %d",
 			st[protocol.StatusOK], st[protocol.StatusLate], st[protocol.StatusDegraded], st[protocol.StatusExpired],
 			st[protocol.StatusRejected], st[protocol.StatusError], len(s.pending))
 		s.mu.Unlock()

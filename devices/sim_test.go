@@ -249,3 +249,44 @@ func TestSimFlags(t *testing.T) {
 		t.Errorf("%+v", cfg)
 	}
 }
+
+func TestSimulateDurationPoissonAndCancel(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	startResponder(t, url, toyApps, fakeModel)
+	rep, err := Simulate(context.Background(), SimConfig{
+		Broker: url, AppManifest: testApp(t), Devices: 2, Rate: 200, Duration: 500 * time.Millisecond, Quiet: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Poisson with mean 100 requests: far outside [50, 150] would be a bug.
+	if rep.Sent < 50 || rep.Sent > 150 || rep.Replies != rep.Sent || rep.Arrivals != "poisson" {
+		t.Errorf("sent %d, replies %d, arrivals %s", rep.Sent, rep.Replies, rep.Arrivals)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	rep, err = Simulate(ctx, SimConfig{
+		Broker: url, AppManifest: testApp(t), Devices: 1, Rate: 100, Duration: time.Hour, Quiet: true,
+	})
+	if !errors.Is(err, context.DeadlineExceeded) || rep.Sent == 0 || rep.Sent > 60 {
+		t.Errorf("cancelled run: sent %d, err %v", rep.Sent, err)
+	}
+}
+
+// TestSimulateRealManifest replays the committed Fashion-MNIST samples (manifest,
+// sample file, drifting workload) through a fake gateway that always answers class 0.
+func TestSimulateRealManifest(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	startResponder(t, url, map[string]protocol.AppSpec{"fashion": {InputSize: 784, DefaultDeadline: time.Second}},
+		func([]float32) int { return 0 })
+	rep, err := Simulate(context.Background(), SimConfig{
+		Broker: url, Models: "../models", App: "fashion", Workload: "drift", Devices: 2, Rate: 1000, Count: 200, Quiet: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Replies != 200 || rep.Answered != 200 || rep.Correct == 200 {
+		t.Errorf("report %+v", rep)
+	}
+}
