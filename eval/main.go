@@ -1,0 +1,255 @@
+package eval
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+const usage = `usage: sneakgate eval [flags]
+
+Simulates the scheduling policies against measured latency/swap profiles, replaying
+each application's workloads with its real samples and SneakPeek estimates, over a
+sweep of loads (fractions of the engine's capacity) and deadlines. Prints a table,
+writes results.json and one PNG per (app, workload, deadline) into -out.
+
+Capacity is the rate the most accurate variant sustains in full batches of
+-max-batch. Correctness is exact when the engine is available (every variant's
+real prediction on every sample, computed once), otherwise drawn from the
+variants' confusion matrices.
+
+flags:
+`
+
+// Main runs `sneakgate eval` with args (without the subcommand name).
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	var (
+		models      = fs.String("models", "models", "directory holding {app}/manifest.yaml")
+		apps        = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
+		synthetic   = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
+		workloads   = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
+		policies    = fs.String("policies", "sneakpeek,oblivious,fixed-batch,edf,fifo", "comma-separated policies ("+strings.Join(scheduler.Names(), ",")+")")
+		loads       = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
+		deadlines   = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
+		n           = fs.Int("n", 5000, "requests per point")
+		seed        = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
+		jitter      = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
+		maxBatch    = fs.Int("max-batch", 32, "largest batch")
+		window      = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
+		maxQueue    = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
+		maxResident = fs.Int("max-resident", 0, "most variants resident at once (0 = unlimited)")
+		memBudget   = fs.Int64("mem-budget-mb", 0, "residency memory budget in MiB (0 = unlimited)")
+		profiles    = fs.String("profiles", "", "read variant profiles from this JSON file instead of measuring")
+		saveProf    = fs.String("save-profiles", "", "write the profiles used to this JSON file")
+		ortLib      = fs.String("ort-lib", "", "ONNX Runtime library (default $"+engine.LibraryEnv+")")
+		noEngine    = fs.Bool("no-engine", false, "do not use the engine: needs -profiles; correctness from confusion matrices")
+		out         = fs.String("out", "eval-out", "output directory for results.json and the plots")
+		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
+		quiet       = fs.Bool("quiet", false, "no progress bar")
+		live        = fs.Bool("live", false, "drive the real gateway over MQTT (not implemented yet)")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("eval: unexpected arguments %v", fs.Args())
+	}
+	if *live {
+		return errors.New("eval: -live is not implemented yet (see docs/evaluation.md)")
+	}
+	ls, err := floats(*loads)
+	if err != nil {
+		return fmt.Errorf("eval: -loads: %w", err)
+	}
+	ds, err := floats(*deadlines)
+	if err != nil {
+		return fmt.Errorf("eval: -deadlines: %w", err)
+	}
+	pols := split(*policies)
+	for _, p := range pols {
+		if _, err := scheduler.New(p, scheduler.Options{}); err != nil {
+			return err
+		}
+	}
+	opts := scheduler.Options{MaxBatch: *maxBatch, Window: *window}
+
+	var as []*App
+	rep := &Report{Command: "sneakgate eval " + strings.Join(args, " "), Correctness: map[string]string{},
+		Profiles: map[string]string{}, Estimators: map[string]string{}, Capacity: map[string]float64{}}
+	if *synthetic {
+		as = []*App{Synthetic(*seed)}
+	} else {
+		as, err = loadApps(ctx, *models, split(*apps), *profiles, *saveProf, *ortLib, *noEngine, *maxBatch, stderr)
+		if err != nil {
+			return err
+		}
+	}
+	for _, a := range as {
+		name := a.Sched.Name
+		rep.Correctness[name] = "confusion-matrix draws"
+		if a.Pred != nil {
+			rep.Correctness[name] = "exact (real variant predictions on the samples)"
+		}
+		rep.Profiles[name] = a.ProfileSource
+		rep.Estimators[name] = a.EstimatorSource
+		rep.Capacity[name] = Capacity(a.Sched, opts)
+		fmt.Fprintf(stderr, "%s: %d samples, capacity %.0f req/s, deadline %v, profiles: %s, estimator: %s, correctness: %s\n",
+			name, len(a.Labels), rep.Capacity[name], a.Deadline, a.ProfileSource, a.EstimatorSource, rep.Correctness[name])
+	}
+	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
+		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue,
+			CountBudget: *maxResident, MemBudget: *memBudget << 20}}
+	pts, err := sw.Points()
+	if err != nil {
+		return err
+	}
+	if len(pts) == 0 {
+		return errors.New("eval: nothing to simulate (check -apps and -workloads)")
+	}
+	var tick func()
+	if !*quiet {
+		bar := progressbar.NewOptions(len(pts), progressbar.OptionSetWriter(stderr),
+			progressbar.OptionSetDescription("simulating"), progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish(),
+			progressbar.OptionThrottle(100*time.Millisecond))
+		tick = func() { _ = bar.Add(1) }
+		defer func() { _ = bar.Finish() }()
+	}
+	rep.Results = sw.Run(ctx, pts, tick)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rep.Gains = Gains(rep.Results, "sneakpeek", "oblivious")
+	if err := WriteTable(stdout, rep.Results); err != nil {
+		return err
+	}
+	if len(rep.Gains) > 0 {
+		fmt.Fprintln(stdout, "\nsneakpeek vs oblivious (mean utility):")
+		if err := WriteGains(stdout, rep.Gains); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	jp := filepath.Join(*out, "results.json")
+	if err := rep.WriteJSON(jp); err != nil {
+		return err
+	}
+	files, err := WritePlots(*out, rep.Results)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nwrote %s and %d plots in %s\n", jp, len(files), *out)
+	for _, r := range rep.Results {
+		if r.Err != "" {
+			return fmt.Errorf("eval: %s/%s load %.2f %s: %s", r.App, r.Workload, r.Load, r.Policy, r.Err)
+		}
+	}
+	return nil
+}
+
+func loadApps(ctx context.Context, dir string, names []string, profPath, savePath, lib string, noEngine bool,
+	maxBatch int, stderr io.Writer) ([]*App, error) {
+	if len(names) == 0 {
+		ms, _ := filepath.Glob(filepath.Join(dir, "*", "manifest.yaml"))
+		for _, m := range ms {
+			names = append(names, filepath.Base(filepath.Dir(m)))
+		}
+		if len(names) == 0 {
+			return nil, fmt.Errorf("eval: no manifest under %s (use -synthetic for the built-in app)", dir)
+		}
+	}
+	o := LoadOptions{MaxBatch: maxBatch, Profiles: Profiles{}}
+	if profPath != "" {
+		p, err := ReadProfiles(profPath)
+		if err != nil {
+			return nil, err
+		}
+		o.Profiles = p
+	}
+	if !noEngine {
+		// Measure on one intra-op thread so the profile matches a gateway that
+		// runs one batch at a time next to its other actors.
+		e, err := engine.New(engine.Options{LibraryPath: lib, IntraOpThreads: 1, WarmupRuns: 3, ProfileRuns: 15,
+			BatchSizes: batchSizes(maxBatch)})
+		if err != nil {
+			return nil, fmt.Errorf("eval: %w (use -no-engine with -profiles to run without ONNX Runtime)", err)
+		}
+		defer e.Close()
+		o.Engine = e
+	}
+	var as []*App
+	for _, name := range names {
+		fmt.Fprintf(stderr, "loading %s (profiling variants and running them on the samples)...\n", name)
+		a, err := LoadApp(ctx, filepath.Join(dir, name, "manifest.yaml"), o)
+		if err != nil {
+			return nil, err
+		}
+		as = append(as, a)
+	}
+	if savePath != "" {
+		if err := o.Profiles.Write(savePath); err != nil {
+			return nil, err
+		}
+	}
+	return as, nil
+}
+
+func batchSizes(maxB int) []int {
+	var out []int
+	for b := 1; b < maxB; b *= 2 {
+		out = append(out, b)
+	}
+	return append(out, maxB)
+}
+
+func split(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func floats(s string) ([]float64, error) {
+	var out []float64
+	for _, x := range split(s) {
+		f, err := strconv.ParseFloat(x, 64)
+		if err != nil {
+			return nil, err
+		}
+		if f <= 0 {
+			return nil, fmt.Errorf("%v: must be positive", f)
+		}
+		out = append(out, f)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty list")
+	}
+	return out, nil
+}

@@ -1,0 +1,207 @@
+package eval
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// Profiles maps "app/variant" to a variant's measured profile, in the engine's
+// JSON form (engine.Profile). A file of this form can be written by `eval
+// -save-profiles` and read back with `eval -profiles`.
+type Profiles map[string]engine.Profile
+
+// ReadProfiles reads a Profiles JSON file.
+func ReadProfiles(path string) (Profiles, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("eval: %w", err)
+	}
+	var p Profiles
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("eval: profiles %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// Write writes p as indented JSON.
+func (p Profiles) Write(path string) error {
+	b, err := json.MarshalIndent(p, "", " ")
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// ErrNoSamples is returned by LoadApp for a manifest without a samples file.
+var ErrNoSamples = errors.New("eval: the manifest names no samples file")
+
+// LoadOptions say how LoadApp gets what the manifest does not hold.
+type LoadOptions struct {
+	// Engine runs the variants: to profile them (when Profiles lacks one) and to
+	// compute every variant's real prediction on every sample (exact
+	// correctness). Nil means no engine: Profiles must cover every variant, and
+	// correctness falls back to confusion-matrix draws.
+	Engine *engine.Engine
+	// Profiles are known profiles; measured ones are added to it.
+	Profiles Profiles
+	// MaxBatch is the largest batch size the latency table covers.
+	MaxBatch int
+	// Estimate returns the SneakPeek estimate of every sample; nil uses the
+	// stand-in estimator (see LoadApp).
+	Estimate func(m *manifest.App, set *dataset.Set) ([][]float64, string, error)
+}
+
+// LoadApp builds an evaluation App from a manifest: the scheduler's view with
+// latency tables from measured profiles, the samples' labels, their estimates,
+// and, with an engine, every variant's real prediction on every sample.
+//
+// Estimates come from o.Estimate. Without it, the stand-in estimator is the
+// application's cheapest variant run through the engine (its softmax output as
+// p): a real cheap model on the real samples, about as costly as the logistic
+// SneakPeek estimator, until the estimators of package sneakpeek are wired in.
+func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
+	m, err := manifest.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if m.Samples == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNoSamples, path)
+	}
+	set, err := dataset.Read(m.Path(m.Samples.File))
+	if err != nil {
+		return nil, err
+	}
+	if set.D != m.InputSize {
+		return nil, fmt.Errorf("eval: %s: samples have %d values, input_size is %d", path, set.D, m.InputSize)
+	}
+	sa, err := scheduler.NewApp(m)
+	if err != nil {
+		return nil, err
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = scheduler.DefaultOptions().MaxBatch
+	}
+	if o.Profiles == nil {
+		o.Profiles = Profiles{}
+	}
+	a := &App{Sched: sa, Workloads: m.Workloads, Deadline: time.Duration(m.DefaultDeadlineMS) * time.Millisecond,
+		Labels: make([]int, set.N)}
+	for i, y := range set.Labels {
+		a.Labels[i] = int(y)
+	}
+	if len(a.Workloads) == 0 {
+		a.Workloads = []manifest.Workload{{Name: "natural", Mix: m.Prior}}
+	}
+	if o.Engine != nil {
+		if err := o.Engine.Register(m); err != nil {
+			return nil, err
+		}
+	}
+	measured := 0
+	for _, v := range sa.Variants {
+		key := v.ID.String()
+		p, ok := o.Profiles[key]
+		if !ok {
+			if o.Engine == nil {
+				return nil, fmt.Errorf("eval: no profile for %s and no engine to measure it", key)
+			}
+			id := engine.VariantID{App: v.ID.App, Variant: v.ID.Variant}
+			if err := o.Engine.Profile(ctx, id); err != nil {
+				return nil, err
+			}
+			p, _ = o.Engine.ProfileOf(id)
+			o.Profiles[key] = p
+			measured++
+		}
+		v.Latency = make([]time.Duration, o.MaxBatch+1)
+		for b := 1; b <= o.MaxBatch; b++ {
+			v.Latency[b] = p.LatencyAt(b)
+		}
+		v.Load, v.Unload, v.MemBytes = p.Load, p.Unload, p.MemBytes
+	}
+	a.ProfileSource = "profiles file"
+	if measured > 0 {
+		a.ProfileSource = "measured by the engine"
+	}
+	var probs [][][]float64
+	if o.Engine != nil {
+		a.Pred = make([][]int16, set.N)
+		for i := range a.Pred {
+			a.Pred[i] = make([]int16, len(sa.Variants))
+		}
+		probs = make([][][]float64, len(sa.Variants))
+		for mi, v := range sa.Variants {
+			out, err := runAll(o.Engine, engine.VariantID{App: v.ID.App, Variant: v.ID.Variant}, set, o.MaxBatch)
+			if err != nil {
+				return nil, err
+			}
+			probs[mi] = out
+			for i, p := range out {
+				a.Pred[i][mi] = int16(scheduler.Argmax(p))
+			}
+		}
+	}
+	switch {
+	case o.Estimate != nil:
+		est, _, err := o.Estimate(m, set)
+		if err != nil {
+			return nil, err
+		}
+		a.Est = est
+	case probs != nil:
+		cheap := 0
+		for mi, v := range sa.Variants {
+			if v.LatencyAt(1) < sa.Variants[cheap].LatencyAt(1) {
+				cheap = mi
+			}
+		}
+		a.Est = probs[cheap]
+		a.EstimatorSource = "stand-in: variant " + sa.Variants[cheap].ID.Variant + " softmax"
+	default:
+		return nil, fmt.Errorf("eval: %s: no estimator and no engine for the stand-in", path)
+	}
+	if err := a.index(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// runAll runs every sample through the variant in batches and returns the class
+// distributions. It loads the variant if needed and unloads it again.
+func runAll(e *engine.Engine, id engine.VariantID, set *dataset.Set, batch int) ([][]float64, error) {
+	wasResident := false
+	for _, r := range e.Resident() {
+		if r == id {
+			wasResident = true
+		}
+	}
+	if !wasResident {
+		if _, err := e.Load(id); err != nil {
+			return nil, err
+		}
+		defer func() { _, _ = e.Unload(id) }() // best effort: only frees memory
+	}
+	out := make([][]float64, 0, set.N)
+	in := make([][]float32, 0, batch)
+	for i := 0; i < set.N; i += batch {
+		in = in[:0]
+		for j := i; j < min(i+batch, set.N); j++ {
+			in = append(in, set.Row(j))
+		}
+		p, err := e.Run(id, in)
+		if err != nil {
+			return nil, fmt.Errorf("eval: run %s: %w", id, err)
+		}
+		out = append(out, p...)
+	}
+	return out, nil
+}

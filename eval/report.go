@@ -1,0 +1,104 @@
+package eval
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+)
+
+// Report is the JSON file `sneakgate eval` writes.
+type Report struct {
+	Command     string             `json:"command"`
+	Correctness map[string]string  `json:"correctness"`
+	Profiles    map[string]string  `json:"profiles"`
+	Estimators  map[string]string  `json:"estimators"`
+	Capacity    map[string]float64 `json:"capacity_per_s"`
+	Results     []Result           `json:"results"`
+	Gains       []Gain             `json:"gains"`
+}
+
+// Gain compares two policies' mean utility at one point of the sweep.
+type Gain struct {
+	App        string  `json:"app"`
+	Workload   string  `json:"workload"`
+	DeadlineMS float64 `json:"deadline_ms"`
+	Load       float64 `json:"load"`
+	Policy     string  `json:"policy"`
+	Baseline   string  `json:"baseline"`
+	Utility    float64 `json:"utility"`
+	Base       float64 `json:"baseline_utility"`
+	// Relative is Utility/Base - 1 (meaningful when Base > 0).
+	Relative float64 `json:"relative"`
+}
+
+type pointKey struct {
+	app, wl string
+	dl, ld  float64
+}
+
+// Gains returns, for every point where both ran, policy's utility against base's.
+func Gains(rs []Result, policy, base string) []Gain {
+	by := map[pointKey]map[string]Result{}
+	var order []pointKey
+	for _, r := range rs {
+		k := pointKey{r.App, r.Workload, r.DeadlineMS, r.Load}
+		if by[k] == nil {
+			by[k] = map[string]Result{}
+			order = append(order, k)
+		}
+		by[k][r.Policy] = r
+	}
+	var out []Gain
+	for _, k := range order {
+		p, ok1 := by[k][policy]
+		b, ok2 := by[k][base]
+		if !ok1 || !ok2 || p.Err != "" || b.Err != "" {
+			continue
+		}
+		g := Gain{App: k.app, Workload: k.wl, DeadlineMS: k.dl, Load: k.ld, Policy: policy, Baseline: base,
+			Utility: p.Utility, Base: b.Utility}
+		if b.Utility > 0 {
+			g.Relative = p.Utility/b.Utility - 1
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// WriteTable prints the results as an aligned table.
+func WriteTable(w io.Writer, rs []Result) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "app\tworkload\tdl_ms\tload\tpolicy\tutility\taccuracy\tmet\tok\tlate\tdegr\texp\trej\tswaps\tbatch\tdec_us/req\t")
+	for _, r := range rs {
+		if r.Err != "" {
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%s\terror: %s\t\n", r.App, r.Workload, r.DeadlineMS, r.Load, r.Policy, r.Err)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%s\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.2f\t\n",
+			r.App, r.Workload, r.DeadlineMS, r.Load, r.Policy, r.Utility, r.Accuracy, r.Met,
+			r.OK, r.Late, r.Degraded, r.Expired, r.Rejected, r.Swaps, r.MeanBatch, r.DecisionUSPerReq)
+	}
+	return tw.Flush()
+}
+
+// WriteGains prints a gain table.
+func WriteGains(w io.Writer, gs []Gain) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "app\tworkload\tdl_ms\tload\tutility\tbaseline\tgain\t")
+	for _, g := range gs {
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%.3f\t%.3f\t%+.1f%%\t\n", g.App, g.Workload, g.DeadlineMS, g.Load,
+			g.Utility, g.Base, 100*g.Relative)
+	}
+	return tw.Flush()
+}
+
+// WriteJSON writes the report.
+func (r *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", " ")
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

@@ -1,0 +1,414 @@
+package eval
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// Point is one simulated run: one application and workload, one policy, one load
+// and deadline.
+type Point struct {
+	App      *App
+	Workload manifest.Workload
+	Policy   string
+	Options  scheduler.Options
+	// Load is the arrival rate as a fraction of Capacity.
+	Load float64
+	// Deadline is every request's budget.
+	Deadline time.Duration
+	// Requests is how many requests arrive.
+	Requests int
+	// Seed fixes arrivals, samples, latency jitter and confusion draws; runs with
+	// the same seed see the same requests whatever the policy.
+	Seed uint64
+	// Jitter is the relative standard deviation of the actual forward-pass and
+	// swap times around the profile (0 = exactly the profile).
+	Jitter float64
+	// MaxQueue bounds the queue; arrivals beyond it are rejected (0 = unbounded).
+	MaxQueue int
+	// MemBudget and CountBudget bound residency (0 = unlimited).
+	MemBudget   int64
+	CountBudget int
+}
+
+// Metrics are one run's results. Utility and Accuracy are means over every
+// request (rejected and expired ones count 0 and wrong).
+type Metrics struct {
+	Requests int `json:"requests"`
+	// Utility is the mean realised penalised utility: W[y][yhat] of the answer,
+	// discounted for lateness like scheduler.PenalizedUtility; 0 for expired and
+	// rejected requests.
+	Utility float64 `json:"utility"`
+	// Accuracy is the fraction of requests answered with the true class (model
+	// answers, late or not, and degraded answers).
+	Accuracy float64 `json:"accuracy"`
+	// Met is the fraction answered by a model by the deadline.
+	Met float64 `json:"deadline_met"`
+	// InTime is the fraction answered by the deadline, degraded answers included.
+	InTime   float64 `json:"answered_in_time"`
+	OK       int     `json:"ok"`
+	Late     int     `json:"late"`
+	Degraded int     `json:"degraded"`
+	Expired  int     `json:"expired"`
+	Rejected int     `json:"rejected"`
+	// Swaps counts variant loads; SwapTime is their summed simulated cost.
+	Swaps    int     `json:"swaps"`
+	SwapTime float64 `json:"swap_time_s"`
+	Batches  int     `json:"batches"`
+	// MeanBatch is the mean number of requests per forward pass.
+	MeanBatch float64 `json:"mean_batch"`
+	// VariantShare[m] is the fraction of model-answered requests that ran on m.
+	VariantShare map[string]float64 `json:"variant_share"`
+	// Decisions counts Decide calls; DecisionUS is their mean wall-clock time and
+	// DecisionUSPerReq the total divided by the requests they scheduled.
+	Decisions        int     `json:"decisions"`
+	DecisionUS       float64 `json:"decision_us"`
+	DecisionUSPerReq float64 `json:"decision_us_per_request"`
+	// P99LatencyMS is the 99th percentile of answer time minus arrival.
+	P99LatencyMS float64 `json:"p99_latency_ms"`
+	// SimSeconds is the simulated time from the first arrival to the last answer.
+	SimSeconds float64 `json:"sim_seconds"`
+}
+
+// Capacity is the arrival rate (requests per second) the engine sustains serving
+// every request on the application's most accurate variant in full batches of
+// o.MaxBatch: the reference for Point.Load.
+func Capacity(a *scheduler.App, o scheduler.Options) float64 {
+	v := a.Variants[a.DefaultVariant]
+	b := o.MaxBatch
+	if b <= 0 {
+		b = scheduler.DefaultOptions().MaxBatch
+	}
+	b = min(b, v.MaxBatch())
+	return float64(b) / v.LatencyAt(b).Seconds()
+}
+
+type req struct {
+	sample int
+	r      *scheduler.Request
+	seq    uint64
+	arr    time.Time
+}
+
+// ErrStuck is returned when a policy leaves work queued on an idle engine with
+// nothing left to happen (no arrival, no wake-up): a policy bug.
+var ErrStuck = errors.New("eval: policy left requests queued with nothing to wake it")
+
+// Simulate runs one point. It is deterministic for a given Point except for the
+// measured decision times. now is the wall clock used to time decisions.
+func Simulate(pt Point, now func() time.Time) (Metrics, error) {
+	a := pt.App
+	sa := a.Sched
+	if now == nil {
+		now = time.Now
+	}
+	pol, err := scheduler.New(pt.Policy, pt.Options)
+	if err != nil {
+		return Metrics{}, err
+	}
+	o := pt.Options
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = scheduler.DefaultOptions().MaxBatch
+	}
+	rate := pt.Load * Capacity(sa, o)
+	if rate <= 0 || pt.Requests <= 0 {
+		return Metrics{}, fmt.Errorf("eval: load %v and requests %d must be positive", pt.Load, pt.Requests)
+	}
+	rng := rand.New(rand.NewPCG(pt.Seed, 1))
+	origin := time.Unix(1_700_000_000, 0).UTC()
+	// Arrivals: Poisson at rate, samples from the workload's mix.
+	reqs := make([]req, pt.Requests)
+	t := origin
+	for i := range reqs {
+		t = t.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
+		prog := float64(i) / float64(max(1, pt.Requests-1))
+		reqs[i] = req{sample: a.draw(rng, &pt.Workload, prog), seq: uint64(i + 1), arr: t}
+	}
+	jit := rand.New(rand.NewPCG(pt.Seed, 2))
+	jitter := func(d time.Duration) time.Duration {
+		if pt.Jitter <= 0 {
+			return d
+		}
+		f := math.Exp(pt.Jitter*jit.NormFloat64() - pt.Jitter*pt.Jitter/2)
+		return time.Duration(float64(d) * f)
+	}
+	byReq := make(map[*scheduler.Request]*req, 1024)
+
+	var (
+		m          = Metrics{Requests: pt.Requests, VariantShare: map[string]float64{}}
+		utilSum    float64
+		correct    int
+		lat        []time.Duration
+		queue      []*scheduler.Request
+		resident   = map[scheduler.VariantID]time.Time{sa.Variants[sa.DefaultVariant].ID: origin}
+		busy       bool
+		busyUntil  time.Time
+		inflight   *scheduler.Batch
+		wake       time.Time
+		next       int
+		decideWall time.Duration
+		scheduled  int
+		lastDone   time.Time
+	)
+	answer := func(q *req, yhat int, at time.Time, status string) {
+		y := a.Labels[q.sample]
+		u := 0.0
+		switch status {
+		case "ok", "late", "degraded":
+			u = sa.Utility[y][yhat]
+			if status == "late" {
+				u = scheduler.PenalizedUtility(u, q.r, at)
+			}
+			if yhat == y {
+				correct++
+			}
+		}
+		switch status {
+		case "ok":
+			m.OK++
+		case "late":
+			m.Late++
+		case "degraded":
+			m.Degraded++
+		case "expired":
+			m.Expired++
+		}
+		utilSum += u
+		if status != "rejected" {
+			lat = append(lat, at.Sub(q.arr))
+		}
+		if at.After(lastDone) {
+			lastDone = at
+		}
+	}
+	finish := func(b *scheduler.Batch, at time.Time) {
+		v := b.Variant
+		for _, r := range b.Requests {
+			q := byReq[r]
+			delete(byReq, r)
+			yhat := Predict(a, q.sample, v.Index, pt.Seed, q.seq)
+			status := "ok"
+			if at.After(r.Deadline) {
+				status = "late"
+			}
+			answer(q, yhat, at, status)
+			m.VariantShare[v.ID.Variant]++
+		}
+		resident[v.ID] = at
+	}
+	decide := func(at time.Time) error {
+		s := &scheduler.Snapshot{Now: at, Queue: queue, Apps: map[string]*scheduler.App{sa.Name: sa},
+			Engine: scheduler.Engine{Resident: resident, MemBudget: pt.MemBudget, CountBudget: pt.CountBudget}}
+		w0 := now()
+		d := pol.Decide(s)
+		decideWall += now().Sub(w0)
+		m.Decisions++
+		gone := make(map[*scheduler.Request]bool, len(d.Verdicts)+32)
+		for _, v := range d.Verdicts {
+			if gone[v.Request] {
+				return fmt.Errorf("eval: %s answered a request twice", pt.Policy)
+			}
+			gone[v.Request] = true
+			q := byReq[v.Request]
+			if q == nil {
+				return fmt.Errorf("eval: %s answered a request that is not queued", pt.Policy)
+			}
+			delete(byReq, v.Request)
+			switch v.Outcome {
+			case scheduler.Degraded:
+				answer(q, scheduler.Argmax(v.Request.P), at, "degraded")
+			default:
+				answer(q, -1, at, "expired")
+			}
+		}
+		scheduled += len(d.Verdicts)
+		wake = d.WakeAt
+		if b := d.Batch; b != nil {
+			for _, r := range b.Requests {
+				if gone[r] || byReq[r] == nil {
+					return fmt.Errorf("eval: %s batched a request that is not queued", pt.Policy)
+				}
+				gone[r] = true
+			}
+			scheduled += len(b.Requests)
+			cost := time.Duration(0)
+			for _, id := range b.Evict {
+				v := lookup(sa, id)
+				if _, ok := resident[id]; !ok || v == nil {
+					return fmt.Errorf("eval: %s evicts %v, which is not resident", pt.Policy, id)
+				}
+				delete(resident, id)
+				cost += jitter(v.Unload)
+			}
+			for _, id := range b.Load {
+				v := lookup(sa, id)
+				if v == nil {
+					return fmt.Errorf("eval: %s loads unknown %v", pt.Policy, id)
+				}
+				resident[id] = at
+				cost += jitter(v.Load)
+				m.Swaps++
+			}
+			m.SwapTime += cost.Seconds()
+			if _, ok := resident[b.Variant.ID]; !ok {
+				return fmt.Errorf("eval: %s runs %v without loading it", pt.Policy, b.Variant.ID)
+			}
+			if err := checkBudget(sa, resident, pt.MemBudget, pt.CountBudget); err != nil {
+				return fmt.Errorf("eval: %s: %w", pt.Policy, err)
+			}
+			busy, inflight = true, b
+			busyUntil = at.Add(cost + jitter(b.Variant.LatencyAt(len(b.Requests))))
+			m.Batches++
+			m.MeanBatch += float64(len(b.Requests))
+		}
+		if len(gone) > 0 {
+			queue = slices.DeleteFunc(queue, func(r *scheduler.Request) bool { return gone[r] })
+		}
+		return nil
+	}
+
+	// The event loop: the next event is a batch finishing, an arrival, or the
+	// policy's wake-up, whichever comes first; after each, an idle engine with
+	// work asks the policy again.
+	now0 := origin
+	spins := 0
+	for next < len(reqs) || busy || len(queue) > 0 {
+		ev := time.Time{}
+		if busy {
+			ev = busyUntil
+		}
+		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Before(ev)) {
+			ev = reqs[next].arr
+		}
+		if !busy && !wake.IsZero() && len(queue) > 0 {
+			w := wake
+			if w.Before(now0) {
+				w = now0
+			}
+			if ev.IsZero() || w.Before(ev) {
+				ev = w
+			}
+		}
+		if ev.IsZero() {
+			if len(queue) > 0 {
+				return m, fmt.Errorf("%w (%s, %d queued)", ErrStuck, pt.Policy, len(queue))
+			}
+			break
+		}
+		if ev.After(now0) {
+			now0 = ev
+			spins = 0
+		} else if spins++; spins > 100 {
+			return m, fmt.Errorf("%w (%s decides again and again at %v)", ErrStuck, pt.Policy, now0.Sub(origin))
+		}
+		if busy && !busyUntil.After(now0) {
+			busy = false
+			finish(inflight, busyUntil)
+			inflight = nil
+		}
+		for next < len(reqs) && !reqs[next].arr.After(now0) {
+			q := &reqs[next]
+			next++
+			if pt.MaxQueue > 0 && len(queue) >= pt.MaxQueue {
+				m.Rejected++
+				continue
+			}
+			q.r = scheduler.Prepare(sa, q.seq, q.arr, q.arr.Add(pt.Deadline), a.Est[q.sample], q)
+			byReq[q.r] = q
+			queue = append(queue, q.r)
+		}
+		if !busy && len(queue) > 0 {
+			if err := decide(now0); err != nil {
+				return m, err
+			}
+		}
+	}
+	n := float64(pt.Requests)
+	m.Utility = utilSum / n
+	m.Accuracy = float64(correct) / n
+	m.Met = float64(m.OK) / n
+	m.InTime = float64(m.OK+m.Degraded) / n
+	if m.Batches > 0 {
+		m.MeanBatch /= float64(m.Batches)
+	}
+	answered := float64(m.OK + m.Late)
+	for k, c := range m.VariantShare {
+		m.VariantShare[k] = c / max(answered, 1)
+	}
+	if m.Decisions > 0 {
+		m.DecisionUS = float64(decideWall.Microseconds()) / float64(m.Decisions)
+	}
+	if scheduled > 0 {
+		m.DecisionUSPerReq = float64(decideWall.Nanoseconds()) / 1e3 / float64(scheduled)
+	}
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		m.P99LatencyMS = float64(lat[len(lat)*99/100]) / 1e6
+	}
+	m.SimSeconds = lastDone.Sub(origin).Seconds()
+	if got := m.OK + m.Late + m.Degraded + m.Expired + m.Rejected; got != pt.Requests {
+		return m, fmt.Errorf("eval: %s answered %d of %d requests", pt.Policy, got, pt.Requests)
+	}
+	return m, nil
+}
+
+func lookup(a *scheduler.App, id scheduler.VariantID) *scheduler.Variant {
+	for _, v := range a.Variants {
+		if v.ID == id {
+			return v
+		}
+	}
+	return nil
+}
+
+func checkBudget(a *scheduler.App, res map[scheduler.VariantID]time.Time, mem int64, count int) error {
+	var used int64
+	for id := range res {
+		if v := lookup(a, id); v != nil {
+			used += v.MemBytes
+		}
+	}
+	if mem > 0 && used > mem {
+		return fmt.Errorf("residency %d bytes over the %d budget", used, mem)
+	}
+	if count > 0 && len(res) > count {
+		return fmt.Errorf("%d variants resident, budget %d", len(res), count)
+	}
+	return nil
+}
+
+// Predict is variant m's answer on sample i: the real prediction when the app
+// carries them (App.Pred), otherwise a draw from the variant's confusion-matrix
+// row of the sample's true class. The draw is a pure function of (seed, request
+// sequence number, variant), so every policy sees the same answer for the same
+// request on the same variant (common random numbers).
+func Predict(a *App, i, m int, seed, seq uint64) int {
+	if a.Pred != nil {
+		return int(a.Pred[i][m])
+	}
+	h := fnv.New64a()
+	var b [24]byte
+	for j, x := range []uint64{seed, seq, uint64(m)} {
+		for k := range 8 {
+			b[j*8+k] = byte(x >> (8 * k))
+		}
+	}
+	h.Write(b[:])
+	u := float64(h.Sum64()>>11) / (1 << 53)
+	row := a.Sched.Variants[m].Cond[a.Labels[i]]
+	for c, p := range row {
+		if u < p {
+			return c
+		}
+		u -= p
+	}
+	return len(row) - 1
+}

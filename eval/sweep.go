@@ -1,0 +1,113 @@
+package eval
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// Sweep is a grid of points: every application and workload, deadline, load and
+// policy.
+type Sweep struct {
+	Apps      []*App
+	Workloads []string // empty = every workload of each app
+	Policies  []string
+	Loads     []float64
+	// DeadlineScales multiply each application's default deadline.
+	DeadlineScales []float64
+	Base           Point // Requests, Seed, Jitter, MaxQueue, budgets, Options
+	Workers        int
+}
+
+// Result is one point's outcome.
+type Result struct {
+	App        string  `json:"app"`
+	Workload   string  `json:"workload"`
+	DeadlineMS float64 `json:"deadline_ms"`
+	Load       float64 `json:"load"`
+	RatePerS   float64 `json:"rate_per_s"`
+	Policy     string  `json:"policy"`
+	Metrics
+	Err string `json:"error,omitempty"`
+}
+
+// Points expands the sweep.
+func (s *Sweep) Points() ([]Point, error) {
+	var pts []Point
+	for _, a := range s.Apps {
+		var wls []manifest.Workload
+		if len(s.Workloads) == 0 {
+			wls = a.Workloads
+		} else {
+			for _, name := range s.Workloads {
+				w, err := a.Workload(name)
+				if err != nil {
+					continue // not every app has every workload
+				}
+				wls = append(wls, w)
+			}
+		}
+		for _, w := range wls {
+			for _, ds := range s.DeadlineScales {
+				for _, load := range s.Loads {
+					for _, pol := range s.Policies {
+						pt := s.Base
+						pt.App, pt.Workload, pt.Policy, pt.Load = a, w, pol, load
+						pt.Deadline = time.Duration(float64(a.Deadline) * ds)
+						pts = append(pts, pt)
+					}
+				}
+			}
+		}
+	}
+	return pts, nil
+}
+
+// Run simulates every point with Workers goroutines, calling progress after each,
+// and returns the results in point order. It stops early when ctx is done.
+func (s *Sweep) Run(ctx context.Context, pts []Point, progress func()) []Result {
+	out := make([]Result, len(pts))
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range max(1, s.Workers) {
+		wg.Go(func() {
+			for i := range work {
+				pt := pts[i]
+				r := Result{App: pt.App.Sched.Name, Workload: pt.Workload.Name,
+					DeadlineMS: float64(pt.Deadline) / 1e6, Load: pt.Load, Policy: pt.Policy,
+					RatePerS: pt.Load * Capacity(pt.App.Sched, withMaxBatch(pt.Options))}
+				m, err := Simulate(pt, nil)
+				r.Metrics = m
+				if err != nil {
+					r.Err = err.Error()
+				}
+				out[i] = r
+				if progress != nil {
+					progress()
+				}
+			}
+		})
+	}
+	for i := range pts {
+		select {
+		case work <- i:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(work)
+	wg.Wait()
+	return out
+}
+
+func withMaxBatch(o scheduler.Options) scheduler.Options {
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = scheduler.DefaultOptions().MaxBatch
+	}
+	return o
+}
