@@ -85,7 +85,8 @@ func DefaultOptions() Options {
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
 	if o.MaxBatchDelay < 0 || o.MaxBatchSize < 0 || o.Retention < 0 || o.LockTimeout < 0 {
-		return o, fmt.Errorf("store: negative option in %+v", o)
+		return o, fmt.Errorf("store: negative option: max batch delay %s, max batch size %d, retention %s, lock timeout %s",
+			o.MaxBatchDelay, o.MaxBatchSize, o.Retention, o.LockTimeout)
 	}
 	if o.MaxBatchSize == 0 {
 		o.MaxBatchSize = d.MaxBatchSize
@@ -187,9 +188,9 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	go s.commitLoop()
 	s.log.Info().Str("path", path).Int("pending", s.stats.Pending).Int("outbox", s.stats.Outbox).
 		Int("done", s.stats.Done).Msg("journal opened")
+	go s.commitLoop()
 	return s, nil
 }
 
