@@ -79,16 +79,16 @@ type Metrics struct {
 }
 
 // Capacity is the arrival rate (requests per second) the engine sustains serving
-// every request on the application's most accurate variant in full batches of
-// o.MaxBatch: the reference for Point.Load.
+// every request on the application's most accurate variant at its most efficient
+// batch size up to o.MaxBatch (scheduler.Amortised): the reference for
+// Point.Load.
 func Capacity(a *scheduler.App, o scheduler.Options) float64 {
 	v := a.Variants[a.DefaultVariant]
 	b := o.MaxBatch
 	if b <= 0 {
 		b = scheduler.DefaultOptions().MaxBatch
 	}
-	b = min(b, v.MaxBatch())
-	return float64(b) / v.LatencyAt(b).Seconds()
+	return 1 / scheduler.Amortised(v, min(b, v.MaxBatch())).Seconds()
 }
 
 type req struct {

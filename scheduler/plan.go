@@ -88,7 +88,7 @@ type appInfo struct {
 	fastest time.Duration
 	// profiled[m] is Variant.ProfiledUtility.
 	profiled []float64
-	// amort[m] is the amortised seconds per request at the variant's full batch.
+	// amort[m] is the variant's amortised seconds per request (Amortised).
 	amort []float64
 }
 
@@ -115,7 +115,7 @@ type decisionState struct {
 // relaxation of a throughput constraint: in a steady state each request may use
 // 1/rate seconds of engine time, where rate is the arrival rate plus the backlog
 // outside the window spread over the window's mean budget. A request on variant m
-// costs m's amortised time per request at its full batch, c_m = L_m(cap)/cap. If
+// costs m's amortised time per request c_m (Amortised: its best batch). If
 // every window member on its best variant fits rho*n/rate, time is free (price
 // 0). Otherwise the price p is found by bisection so that the members' choices
 // argmax_m u_m - p*c_m just fit. The search then maximises value minus p times
@@ -176,6 +176,19 @@ func (d *decisionState) setPrice(win []int, arrivals float64) {
 	d.price = hi
 }
 
+// Amortised is v's best time per request over batch sizes 1..maxBatch: the
+// smallest LatencyAt(b)/b. (Not always the largest batch: a measured profile may
+// get slower per sample past some size.)
+func Amortised(v *Variant, maxBatch int) time.Duration {
+	best := v.LatencyAt(1)
+	for b := 2; b <= maxBatch; b++ {
+		if c := v.LatencyAt(b) / time.Duration(b); c < best {
+			best = c
+		}
+	}
+	return best
+}
+
 // targetUtilisation is the share of the engine's batched throughput a plan may
 // count on; the rest absorbs partial batches and swaps.
 const targetUtilisation = 1.0
@@ -201,8 +214,7 @@ func (d *decisionState) info(a *App) *appInfo {
 				ai.fastest = ai.lat1[i]
 			}
 			ai.profiled[i] = v.ProfiledUtility
-			b := d.capOf(v)
-			ai.amort[i] = v.LatencyAt(b).Seconds() / float64(b)
+			ai.amort[i] = Amortised(v, d.capOf(v)).Seconds()
 		}
 		d.apps[a] = ai
 	}
