@@ -91,7 +91,7 @@ func (a *App) draw(rng *rand.Rand, w *manifest.Workload, progress float64) int {
 // Synthetic returns a small four-class application with clearly different
 // per-class recalls between its variants, a utility matrix that charges for missed
 // rare events, a calibrated synthetic estimator (each sample's estimate puts its
-// confidence c ~ U(0.45, 0.95) on a class that is the true one with probability
+// confidence c ~ U(0.65, 0.99) on a class that is the true one with probability
 // c), and natural and shifted workloads. Its latencies are invented (a 30x range,
 // roughly the Fashion-MNIST family's). It serves the tests and `eval -synthetic`.
 func Synthetic(seed uint64) *App {

@@ -16,7 +16,12 @@
 // utility U(m|p), the profiled utility, the deadline penalty, and the swap/residency
 // accounting (residency.go), so their scores are comparable.
 //
-// Policies are registered by name (New, Names): fifo, edf, and more in later work.
+// Policies are registered by name (New, Names): sneakpeek (the data-aware grouped
+// search of the SneakPeek method, sneakpeek.go, plan.go, search.go), oblivious (the
+// same with profiled utility), bruteforce (exhaustive over tiny windows, a reference),
+// fixed-batch (a Triton-style dynamic batcher), edf and fifo. The searching policies
+// keep their cost bounded by Options.Window and Options.ExhaustiveGroups whatever the
+// queue length, and price engine time under overload (setPrice in plan.go).
 //
 // # Time and the deadline penalty
 //

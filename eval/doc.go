@@ -1,0 +1,20 @@
+// Package eval measures the scheduling policies: a deterministic discrete-event
+// simulator that runs package scheduler's policies against measured latency and
+// swap profiles, replaying each application's workloads with its real samples and
+// SneakPeek estimates, and the `sneakgate eval` command around it (Main).
+//
+// # Basics
+//
+// LoadApp builds an App from a manifest (profiles measured by the engine or read
+// from a JSON file; every variant's real prediction on every sample when an engine
+// is available); Synthetic builds a self-contained one. Simulate runs one Point
+// (app, workload, policy, load, deadline) and returns its Metrics; a Sweep runs a
+// grid in parallel; WriteTable, Report.WriteJSON and WritePlots present it.
+//
+// # Caveats
+//
+// Decision times are wall-clock measurements of the real Decide calls and do not
+// advance simulated time. Correctness is exact only with real predictions
+// (App.Pred); otherwise it is drawn from the confusion matrices. The live mode
+// (-live) is not implemented yet. See docs/evaluation.md.
+package eval
