@@ -26,10 +26,11 @@ each application's workloads with its real samples and SneakPeek estimates, over
 sweep of loads (fractions of the engine's capacity) and deadlines. Prints a table,
 writes results.json and one PNG per (app, workload, deadline) into -out.
 
-Capacity is the rate the most accurate variant sustains in full batches of
--max-batch. Correctness is exact when the engine is available (every variant's
-real prediction on every sample, computed once), otherwise drawn from the
-variants' confusion matrices.
+Capacity is the rate the most accurate variant sustains at its most efficient
+batch size up to -max-batch. Correctness is exact when the engine is available
+(every variant's real prediction on every sample, computed once), otherwise drawn
+from the variants' confusion matrices. Real applications need the engine for
+their stand-in estimator until package sneakpeek's estimators are wired in.
 
 flags:
 `
