@@ -188,7 +188,7 @@ def dirichlet(votes, alpha):
     return (votes + alpha[None, :]) / (votes.sum(axis=1, keepdims=True) + alpha.sum())
 
 
-def choose_prior_strength(votes, y, prior, grid=(0.25, 0.5, 1, 2, 3, 5, 8, 10, 15, 20)):
+def choose_prior_strength(votes, y, prior, grid=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 10, 15, 20)):
     """The Dirichlet prior mass minimising the negative log-likelihood of y."""
     best = None
     for s in grid:
@@ -310,9 +310,16 @@ def render_manifest(app):
         spec = json.load(f)
     header = spec.pop("_header", [])
     mpath = os.path.join(d, "measured.json")
+    ort_metrics = {v["name"] for v in spec["variants"] if v.pop("_metrics", None) == "ort"}
     if os.path.exists(mpath):
         with open(mpath) as f:
             measured = json.load(f)
+        for v in spec["variants"]:
+            if v["name"] in ort_metrics and v["name"] in measured.get("variants", {}):
+                m = measured["variants"][v["name"]]
+                v["accuracy"] = round(m["ort_accuracy"], 6)
+                v["confusion"] = m["confusion"]
+                v["recall"] = [round(r, 6) for r in m["recall"]]
         for e in spec["estimators"]:
             if e["name"] in measured.get("estimators", {}):
                 e["cost_us"] = round(measured["estimators"][e["name"]]["cost_us"], 3)
