@@ -1,0 +1,120 @@
+// Command sneakgate is the sneakgate inference gateway and its tools.
+//
+//	sneakgate serve  -config FILE   run the gateway (default command)
+//	sneakgate devsim [flags]        simulate devices against a running gateway
+//	sneakgate eval   [flags]        evaluate scheduling policies (simulator or live)
+//	sneakgate version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/gateway"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(2)
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(os.Stderr, "sneakgate:", err)
+		os.Exit(2)
+	case errors.As(err, new(flagError)):
+		os.Exit(2) // the flag package already printed the problem and the usage
+	default:
+		fmt.Fprintln(os.Stderr, "sneakgate:", err)
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage: sneakgate [serve|devsim|eval|version] [flags]; sneakgate CMD -h for help")
+
+// flagError is a command-line flag error; main exits 2 on it.
+type flagError struct{ error }
+
+// parseFlags parses args, marking errors as flag errors.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return flagError{err}
+	}
+	return nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(ctx, args, stderr)
+	case "devsim":
+		return devsim(ctx, args, stdout, stderr)
+	case "eval":
+		return evaluate(ctx, args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "sneakgate", version)
+		return nil
+	case "help":
+		fmt.Fprintln(stdout, errUsage)
+		return nil
+	}
+	return fmt.Errorf("%w (unknown command %q)", errUsage, cmd)
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/sneakgate/sneakgate.yaml", "configuration `file`")
+	level := fs.String("log-level", "", "override log.level (trace, debug, info, warn, error)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := gateway.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if *level != "" {
+		cfg.Log.Level = *level
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+	}
+	log := newLogger(cfg.Log, stderr)
+	g, err := gateway.New(ctx, gateway.Options{Config: cfg, Logger: log})
+	if err != nil {
+		return err
+	}
+	return g.Run(ctx)
+}
+
+func newLogger(c gateway.LogConfig, w io.Writer) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(c.Level)
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	if c.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}

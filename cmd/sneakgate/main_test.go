@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+)
+
+// Whole-binary tests: build the real sneakgate and check flags, exit codes and
+// the SIGTERM drain.
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sneakgate-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "sneakgate")
+	if out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func runBinary(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, args...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &ee):
+		return string(out), ee.ExitCode()
+	}
+	t.Fatalf("run %v: %v", args, err)
+	return "", -1
+}
+
+func TestExitCodes(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("apps:\n  - manifest: x\nscheduler:\n  policy: magic\n"), 0o600)
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"version"}, 0, "sneakgate"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"serve", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"serve", "-config", "/nonexistent.yaml"}, 1, "/nonexistent.yaml"},
+		{[]string{"serve", "-config", bad}, 1, "scheduler.policy"},
+	}
+	for _, c := range cases {
+		out, code := runBinary(t, c.args...)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, output %q; want exit %d containing %q", c.args, code, out, c.code, c.want)
+		}
+	}
+}
+
+// TestServeDrainsOnSIGTERM starts the real binary against a real broker, waits
+// until it is ready, sends SIGTERM, and expects a clean exit.
+func TestServeDrainsOnSIGTERM(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	dir := t.TempDir()
+	models, _ := filepath.Abs("../../models/fashion/manifest.yaml")
+	lib := os.Getenv("SNEAKGATE_ORT_LIB")
+	if lib == "" {
+		lib, _ = filepath.Abs("../../.cache/onnxruntime/libonnxruntime.so.1.30.0")
+	}
+	cfg := fmt.Sprintf(`log: {level: info, format: json}
+mqtt: {broker: %q, client_id: sigterm-test}
+store: {path: %q}
+engine: {library: %q, warmup_runs: 1, profile_runs: 2, profile_cache: %q}
+apps:
+  - manifest: %q
+`, b.URL(), filepath.Join(dir, "j.db"), lib, filepath.Join(dir, "profiles"), models)
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "serve", "-config", path)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	ready := make(chan bool, 1)
+	var logs strings.Builder
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "gateway ready") {
+				ready <- true
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("exited before ready:\n%s", logs.String())
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("not ready in time")
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("no exit within a minute of SIGTERM")
+	}
+}

@@ -1,0 +1,65 @@
+package gateway
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sneakgate.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigDefaultsAndPaths(t *testing.T) {
+	p := writeConfig(t, "store:\n  path: state/j.db\napps:\n  - manifest: m/manifest.yaml\n")
+	c, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(p)
+	if c.Store.Path != filepath.Join(dir, "state/j.db") || c.Apps[0].Manifest != filepath.Join(dir, "m/manifest.yaml") {
+		t.Errorf("paths not resolved: %q %q", c.Store.Path, c.Apps[0].Manifest)
+	}
+	if c.Scheduler.Policy != "edf" || c.MQTT.TopicPrefix != "sneakgate" || c.Store.Retention != 10*time.Minute {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+}
+
+func TestLoadConfigErrorsNameTheField(t *testing.T) {
+	cases := map[string]string{
+		"apps:\n  - manifest: a\nunknown_key: 1\n":                                 "unknown_key",
+		"apps:\n  - manifest: a\nscheduler:\n  policy: magic\n":                    "scheduler.policy",
+		"apps:\n  - manifest: a\nscheduler:\n  max_batch: 64\n":                    "scheduler.max_batch",
+		"apps:\n  - manifest: a\nengine:\n  provider: npu\n":                       "engine.provider",
+		"apps:\n  - manifest: a\nengine:\n  batch_sizes: [4, 2]\n":                 "engine.batch_sizes",
+		"apps:\n  - manifest: a\nmqtt:\n  topic_prefix: 'a/#'\n":                   "mqtt.topic_prefix",
+		"apps:\n  - manifest: a\nlog:\n  level: loud\n":                            "log.level",
+		"apps:\n  - manifest: a\nadmission:\n  max_queue: 0\n":                     "admission.max_queue",
+		"apps:\n  - manifest: a\nmqtt:\n  embedded: {enabled: true, listen: ''}\n": "mqtt.embedded.listen",
+		"apps: []\n":                "apps",
+		"apps:\n  - estimator: x\n": "apps[0].manifest",
+		"store:\n  retention: -1s\napps:\n  - manifest: a\n": "store.retention",
+	}
+	for body, field := range cases {
+		_, err := LoadConfig(writeConfig(t, body))
+		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), field) {
+			t.Errorf("%q: error %v, want one naming %s", body, err, field)
+		}
+	}
+}
+
+func TestShippedConfigsLoad(t *testing.T) {
+	for _, p := range []string{"../configs/dev.yaml", "../configs/sneakgate.yaml"} {
+		if _, err := LoadConfig(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}

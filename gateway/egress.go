@@ -1,0 +1,188 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/store"
+)
+
+// journal is what egress needs of the store.
+type journal interface {
+	Complete(k store.Key, reply []byte) error
+	Outbox(k store.Key, reply []byte, flushBy time.Time) error
+	OutboxEntries() ([]store.OutboxEntry, error)
+}
+
+// egress publishes replies. A reply to a journaled request is removed from the
+// journal only once the broker has acknowledged it (PUBACK); when the publish fails
+// or times out, the reply is kept durably in the journal's outbox and flushed, in
+// deadline order and at a bounded rate, when the connection is back.
+type egress struct {
+	client  mqtt.Client
+	journal journal
+	timeout time.Duration
+	rate    float64
+	log     zerolog.Logger
+	m       *metrics
+	// inflight bounds concurrent publishes waiting for their PUBACK.
+	inflight chan struct{}
+	wg       sync.WaitGroup
+	kick     chan struct{} // size 1: flush the outbox
+}
+
+func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, log zerolog.Logger, m *metrics) *egress {
+	return &egress{client: c, journal: j, timeout: timeout, rate: rate, log: log, m: m,
+		inflight: make(chan struct{}, 1024), kick: make(chan struct{}, 1)}
+}
+
+// errPublishTimeout is returned when the broker does not acknowledge in time.
+var errPublishTimeout = errors.New("publish not acknowledged in time")
+
+func (e *egress) publish(topic string, payload []byte) error {
+	if !e.client.IsConnectionOpen() {
+		return errors.New("not connected to the broker")
+	}
+	t := e.client.Publish(topic, 1, false, payload)
+	if !t.WaitTimeout(e.timeout) {
+		return errPublishTimeout
+	}
+	return t.Error()
+}
+
+// Send publishes rep to topic. For a journaled request (key not nil) it then
+// completes the request in the journal, or puts the reply in the outbox if the
+// publish failed. It blocks only while 1024 publishes are already in flight.
+func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy time.Time) {
+	payload, err := json.Marshal(rep)
+	if err != nil { // a Reply always marshals; keep the request rather than lose it
+		e.log.Error().Err(err).Msg("marshal reply")
+		return
+	}
+	e.inflight <- struct{}{}
+	e.wg.Add(1)
+	go func() {
+		defer func() { <-e.inflight; e.wg.Done() }()
+		err := e.publish(topic, payload)
+		if err == nil {
+			e.m.replies.WithLabelValues(rep.App, string(rep.Status)).Inc()
+			if key != nil {
+				if err := e.journal.Complete(*key, payload); err != nil {
+					e.m.storeErrors.WithLabelValues("complete").Inc()
+					e.log.Error().Err(err).Stringer("key", key).Msg("journal complete failed; the request may be answered again after a restart")
+				}
+			}
+			return
+		}
+		e.m.publishFails.Inc()
+		if key == nil {
+			e.log.Warn().Err(err).Str("topic", topic).Str("status", string(rep.Status)).Msg("reply to an unjournaled request dropped")
+			return
+		}
+		if err := e.journal.Outbox(*key, payload, flushBy); err != nil {
+			e.m.storeErrors.WithLabelValues("outbox").Inc()
+			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+			return
+		}
+		e.m.outboxLen.Inc()
+		e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker is back")
+	}()
+}
+
+// SendRaw publishes an already encoded reply again (to a duplicate of an answered
+// request); nothing is journaled.
+func (e *egress) SendRaw(topic string, payload []byte) {
+	e.inflight <- struct{}{}
+	e.wg.Add(1)
+	go func() {
+		defer func() { <-e.inflight; e.wg.Done() }()
+		if err := e.publish(topic, payload); err != nil {
+			e.m.publishFails.Inc()
+			e.log.Warn().Err(err).Str("topic", topic).Msg("republishing a reply failed")
+		}
+	}()
+}
+
+// Kick asks the flusher to flush the outbox (on reconnect).
+func (e *egress) Kick() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Flusher flushes the outbox whenever kicked and every interval, until ctx ends.
+func (e *egress) Flusher(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.kick:
+		case <-t.C:
+		}
+		e.flush(ctx)
+	}
+}
+
+// flush publishes waiting replies in deadline order at most rate per second and
+// stops at the first failure (the broker is still away).
+func (e *egress) flush(ctx context.Context) {
+	if !e.client.IsConnectionOpen() {
+		return
+	}
+	entries, err := e.journal.OutboxEntries()
+	if err != nil {
+		e.m.storeErrors.WithLabelValues("outbox_read").Inc()
+		e.log.Error().Err(err).Msg("outbox read failed")
+		return
+	}
+	e.m.outboxLen.Set(float64(len(entries)))
+	if len(entries) == 0 {
+		return
+	}
+	var gap time.Duration
+	if e.rate > 0 {
+		gap = time.Duration(float64(time.Second) / e.rate)
+	}
+	e.log.Info().Int("replies", len(entries)).Msg("flushing the outbox")
+	for i, oe := range entries {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := e.publish(oe.ReplyTo, oe.Reply); err != nil {
+			e.log.Warn().Err(err).Int("left", len(entries)-i).Msg("outbox flush interrupted")
+			return
+		}
+		if err := e.journal.Complete(oe.Key, oe.Reply); err != nil {
+			e.m.storeErrors.WithLabelValues("complete").Inc()
+			e.log.Error().Err(err).Stringer("key", oe.Key).Msg("journal complete failed")
+		}
+		e.m.outboxLen.Dec()
+		if gap > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(gap):
+			}
+		}
+	}
+}
+
+// Wait waits for publishes in flight, at most until ctx ends.
+func (e *egress) Wait(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { e.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}

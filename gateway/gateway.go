@@ -1,0 +1,473 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/store"
+)
+
+// Options are what New needs besides the configuration; the zero value of every
+// field but Config is usable.
+type Options struct {
+	Config *Config
+	Logger zerolog.Logger
+	// Registry receives the gateway's metrics; nil makes a new one.
+	Registry *prometheus.Registry
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// BeforeCommit is the journal's fault-injection seam (tests only).
+	BeforeCommit func([]store.Op) error
+}
+
+// appRuntime is one served application.
+type appRuntime struct {
+	m       *manifest.App
+	sched   *scheduler.App
+	est     estimator
+	estName string
+}
+
+// Gateway is a running sneakgate: ingress, scheduling loop, engine worker, egress.
+type Gateway struct {
+	cfg     *Config
+	log     zerolog.Logger
+	now     func() time.Time
+	reg     *prometheus.Registry
+	m       *metrics
+	apps    map[string]*appRuntime
+	env     protocol.Env
+	journal *store.Store
+	eng     *engine.Engine
+	loop    *loop
+	egress  *egress
+	client  mqtt.Client
+	broker  *Broker
+
+	draining   atomic.Bool
+	handlers   sync.WaitGroup
+	perRequest time.Duration
+	recovered  []*job
+	expired    []*job
+}
+
+// New starts everything but the scheduling loop: it loads the applications, opens
+// the journal, initialises the engine and measures every variant's profile, reads
+// back the requests pending from the last run, starts the embedded broker if
+// configured, and connects to the broker. Run does the rest. On error, whatever was
+// started is stopped again.
+func New(ctx context.Context, o Options) (_ *Gateway, err error) {
+	cfg := o.Config
+	if cfg == nil {
+		return nil, errors.New("gateway: no config")
+	}
+	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry, apps: map[string]*appRuntime{}}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	if g.reg == nil {
+		g.reg = prometheus.NewRegistry()
+		g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	g.m = newMetrics(g.reg)
+	defer func() {
+		if err != nil {
+			g.closeAll()
+		}
+	}()
+	if err := g.loadApps(); err != nil {
+		return nil, err
+	}
+	g.journal, err = store.Open(cfg.Store.Path, store.Options{
+		MaxBatchDelay: cfg.Store.MaxBatchDelay, MaxBatchSize: cfg.Store.MaxBatchSize,
+		Retention: cfg.Store.Retention, Now: g.now, Logger: g.log.With().Str("component", "store").Logger(),
+		BeforeCommit: o.BeforeCommit,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := g.startEngine(ctx); err != nil {
+		return nil, err
+	}
+	policy, err := scheduler.New(cfg.Scheduler.Policy, cfg.SchedulerOptions())
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	sapps := map[string]*scheduler.App{}
+	for n, a := range g.apps {
+		sapps[n] = a.sched
+	}
+	if err := scheduler.ValidateFixed(sapps, cfg.SchedulerOptions()); err != nil {
+		return nil, fmt.Errorf("gateway: %w: scheduler.fixed_variant: %v", ErrConfig, err)
+	}
+	if err := g.recover(); err != nil {
+		return nil, err
+	}
+	capacity := cfg.Admission.MaxQueue + len(g.recovered) + 1024
+	budget := scheduler.Engine{MemBudget: int64(cfg.Engine.MemoryBudgetMB) << 20, CountBudget: cfg.Engine.MaxResident}
+	g.loop = newLoop(policy, sapps, engineRunner{g.eng}, budget, capacity, g.now, g.answer,
+		g.log.With().Str("component", "scheduler").Logger(), g.m)
+	if cfg.MQTT.Embedded.Enabled {
+		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, g.log.With().Str("component", "broker").Logger()); err != nil {
+			return nil, err
+		}
+	}
+	if err := g.connect(); err != nil {
+		return nil, err
+	}
+	for _, j := range g.expired {
+		g.answer(j, result{Status: protocol.StatusExpired, Reason: "expired_while_down"})
+	}
+	for _, j := range g.recovered {
+		g.loop.Submit(j)
+	}
+	g.log.Info().Int("recovered", len(g.recovered)).Int("expired", len(g.expired)).
+		Str("policy", cfg.Scheduler.Policy).Msg("gateway ready")
+	g.recovered, g.expired = nil, nil
+	return g, nil
+}
+
+// loadApps loads and validates every application's manifest and estimator.
+func (g *Gateway) loadApps() error {
+	for i, ac := range g.cfg.Apps {
+		m, err := manifest.Load(ac.Manifest)
+		if err != nil {
+			return fmt.Errorf("gateway: apps[%d]: %w", i, err)
+		}
+		if _, dup := g.apps[m.Name]; dup {
+			return fmt.Errorf("gateway: %w: apps[%d]: application %q configured twice", ErrConfig, i, m.Name)
+		}
+		if ac.DefaultDeadline > 0 {
+			m.DefaultDeadlineMS = ac.DefaultDeadline.Milliseconds()
+		}
+		a := &appRuntime{m: m}
+		if a.sched, err = scheduler.NewApp(m); err != nil {
+			return fmt.Errorf("gateway: apps[%d]: %w", i, err)
+		}
+		if len(m.Estimators) > 0 {
+			est := m.Estimators[0]
+			if ac.Estimator != "" {
+				found := false
+				for _, e := range m.Estimators {
+					if e.Name == ac.Estimator {
+						est, found = e, true
+					}
+				}
+				if !found {
+					return fmt.Errorf("gateway: %w: apps[%d].estimator: %q is not in %s", ErrConfig, i, ac.Estimator, ac.Manifest)
+				}
+			}
+			if a.est, err = loadEstimator(m, est); err != nil {
+				return fmt.Errorf("gateway: apps[%d]: estimator %s: %w", i, est.Name, err)
+			}
+			a.estName = "sneakpeek-" + est.Name
+		}
+		g.apps[m.Name] = a
+	}
+	allow, err := protocol.NewAllowList(g.cfg.MQTT.ReplyAllow)
+	if err != nil {
+		return fmt.Errorf("gateway: %w: mqtt.reply_allow: %v", ErrConfig, err)
+	}
+	g.env = protocol.Env{
+		Prefix: g.cfg.MQTT.TopicPrefix,
+		Limits: protocol.Limits{MaxPayloadBytes: g.cfg.Admission.MaxPayloadBytes,
+			MinDeadline: g.cfg.Admission.MinDeadline, MaxDeadline: g.cfg.Admission.MaxDeadline},
+		ReplyAllow: allow,
+		App: func(name string) (protocol.AppSpec, bool) {
+			a, ok := g.apps[name]
+			if !ok {
+				return protocol.AppSpec{}, false
+			}
+			return protocol.AppSpec{InputSize: a.m.InputSize, Range: a.m.InputRange,
+				DefaultDeadline: time.Duration(a.m.DefaultDeadlineMS) * time.Millisecond}, true
+		},
+	}
+	return nil
+}
+
+// startEngine initialises ONNX Runtime, registers every variant, measures (or
+// reads cached) profiles, fills the scheduler's latency tables and loads as many
+// variants as the residency budget allows.
+func (g *Gateway) startEngine(ctx context.Context) error {
+	ec := g.cfg.Engine
+	lib := ec.Library
+	if lib == "" {
+		lib = os.Getenv("SNEAKGATE_ORT_LIB")
+	}
+	var err error
+	g.eng, err = engine.New(engine.Options{
+		LibraryPath: lib, IntraOpThreads: ec.IntraOpThreads, InterOpThreads: ec.InterOpThreads,
+		Provider: ec.Provider, ProviderOptions: ec.ProviderOptions,
+		MemoryBudgetBytes: int64(ec.MemoryBudgetMB) << 20, MaxResident: ec.MaxResident,
+		BatchSizes: ec.BatchSizes, WarmupRuns: ec.WarmupRuns, ProfileRuns: ec.ProfileRuns,
+		ProfileCache: ec.ProfileCache, Logger: g.log.With().Str("component", "engine").Logger(),
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	var ids []engine.VariantID
+	for _, a := range g.apps {
+		if err := g.eng.Register(a.m); err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		for _, v := range a.m.Variants {
+			ids = append(ids, engine.VariantID{App: a.m.Name, Variant: v.Name})
+		}
+	}
+	t0 := time.Now()
+	if err := g.eng.Profile(ctx, ids...); err != nil {
+		return fmt.Errorf("gateway: engine profile: %w", err)
+	}
+	g.log.Info().Int("variants", len(ids)).Dur("took", time.Since(t0)).Msg("engine profiles ready")
+	maxB := g.cfg.Scheduler.MaxBatch
+	g.perRequest = time.Hour
+	for _, a := range g.apps {
+		for _, v := range a.sched.Variants {
+			p, ok := g.eng.ProfileOf(engine.VariantID{App: v.ID.App, Variant: v.ID.Variant})
+			if !ok {
+				return fmt.Errorf("gateway: engine: no profile for %s", v.ID)
+			}
+			v.Latency = make([]time.Duration, maxB+1)
+			for b := 1; b <= maxB; b++ {
+				v.Latency[b] = p.LatencyAt(b)
+			}
+			v.Load, v.Unload, v.MemBytes = p.Load, p.Unload, p.MemBytes
+			g.perRequest = min(g.perRequest, v.Latency[maxB]/time.Duration(maxB))
+			g.log.Info().Str("variant", v.ID.String()).Dur("b1", v.Latency[1]).Dur("bmax", v.Latency[maxB]).
+				Dur("load", v.Load).Int64("mem_bytes", v.MemBytes).Float64("accuracy", v.Accuracy).Msg("variant profile")
+		}
+	}
+	// Warm start: load variants in manifest order while they fit the budget.
+	for _, id := range ids {
+		if _, err := g.eng.Load(id); err != nil {
+			if errors.Is(err, engine.ErrOverBudget) {
+				continue
+			}
+			return fmt.Errorf("gateway: engine: load %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// recover reads back the requests pending from the last run: those past their
+// deadline are answered expired once connected, the rest are scheduled.
+func (g *Gateway) recover() error {
+	pending, err := g.journal.Pending()
+	if err != nil {
+		return fmt.Errorf("gateway: journal recovery: %w", err)
+	}
+	now := g.now()
+	for _, e := range pending {
+		a, ok := g.apps[e.App]
+		j := &job{App: e.App, Device: e.Device, ID: e.ID, ReplyTo: e.ReplyTo, Received: e.Received,
+			Deadline: e.Deadline, Input: e.Input, Recovered: true}
+		switch {
+		case !ok || len(e.Input) != a.m.InputSize:
+			// The application is no longer served (or changed shape): answer error.
+			g.expired = append(g.expired, j)
+			g.log.Warn().Str("app", e.App).Msg("recovered request for an application not served any more: answered expired")
+		case now.After(e.Deadline):
+			g.expired = append(g.expired, j)
+		default:
+			if a.est != nil {
+				j.Estimate = make([]float64, a.m.K())
+				a.est.Estimate(j.Input, j.Estimate)
+			}
+			g.recovered = append(g.recovered, j)
+		}
+	}
+	return nil
+}
+
+// connect connects the MQTT client with a persistent session and subscribes to
+// requests. Requests queued by the broker while the gateway was away arrive
+// through the same handler.
+func (g *Gateway) connect() error {
+	c := g.cfg.MQTT
+	opts := mqtt.NewClientOptions().AddBroker(c.Broker).SetClientID(c.ClientID).
+		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(false).
+		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(5 * time.Second).
+		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5 * time.Second).
+		SetDefaultPublishHandler(g.onMessage)
+	if c.Username != "" {
+		opts.SetUsername(c.Username)
+	}
+	if c.PasswordFile != "" {
+		pw, err := os.ReadFile(c.PasswordFile)
+		if err != nil {
+			return fmt.Errorf("gateway: %w: mqtt.password_file: %v", ErrConfig, err)
+		}
+		opts.SetPassword(strings.TrimSpace(string(pw)))
+	}
+	log := g.log.With().Str("component", "mqtt").Logger()
+	filter := protocol.RequestFilter(c.TopicPrefix)
+	opts.SetOnConnectHandler(func(cl mqtt.Client) {
+		// Subscribing is asynchronous: never wait on a token in a paho callback.
+		go func() {
+			t := cl.Subscribe(filter, 1, g.onMessage)
+			if t.WaitTimeout(10*time.Second) && t.Error() == nil {
+				log.Info().Str("broker", c.Broker).Str("filter", filter).Msg("connected and subscribed")
+			} else {
+				log.Error().Err(t.Error()).Msg("subscribe failed")
+			}
+			g.egress.Kick()
+		}()
+	})
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		log.Warn().Err(err).Msg("connection to the broker lost; replies go to the outbox until it is back")
+	})
+	g.client = mqtt.NewClient(opts)
+	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, log, g.m)
+	t := g.client.Connect()
+	if !t.WaitTimeout(10 * time.Second) {
+		log.Warn().Str("broker", c.Broker).Msg("broker not reachable yet; retrying in the background")
+		return nil
+	}
+	if err := t.Error(); err != nil {
+		return fmt.Errorf("gateway: mqtt connect %s: %w", c.Broker, err)
+	}
+	return nil
+}
+
+// answer is the loop's (and recovery's) way to reply to a journaled request.
+func (g *Gateway) answer(j *job, r result) {
+	a := g.apps[j.App]
+	var labels []string
+	var est string
+	if a != nil {
+		labels, est = a.m.Labels, a.estName
+	}
+	if r.Status == protocol.StatusOK || r.Status == protocol.StatusLate {
+		g.m.deadlineMet.WithLabelValues(j.App, fmt.Sprint(!g.now().After(j.Deadline))).Inc()
+		g.m.estAccuracy.WithLabelValues(j.App).Add(r.EstAccuracy)
+		if !r.Start.IsZero() {
+			g.m.queueTime.WithLabelValues(j.App).Observe(r.Start.Sub(j.Received).Seconds())
+		}
+	}
+	rep := buildReply(j, r, labels, est, g.now())
+	key := store.Key{App: j.App, Device: j.Device, ID: j.ID}
+	g.egress.Send(j.ReplyTo, rep, &key, j.Deadline)
+}
+
+// Run runs the gateway until ctx ends, then shuts down in this order: stop taking
+// requests (they stay with the broker, unacknowledged), let the batch in flight
+// finish and answer it, wait for publishes in flight (bounded), disconnect, stop
+// the embedded broker, close the engine, close the journal last. Requests still
+// queued stay in the journal and are answered after the next start.
+func (g *Gateway) Run(ctx context.Context) error {
+	loopCtx, stopLoop := context.WithCancel(context.Background())
+	loopDone := make(chan struct{})
+	go func() { g.loop.Run(loopCtx); close(loopDone) }()
+	flushCtx, stopFlush := context.WithCancel(context.Background())
+	go g.egress.Flusher(flushCtx, 5*time.Second)
+	g.egress.Kick()
+	gcCtx, stopGC := context.WithCancel(context.Background())
+	go g.gcLoop(gcCtx)
+	var srv *http.Server
+	if l := g.cfg.Metrics.Listen; l != "" {
+		ln, err := net.Listen("tcp", l)
+		if err != nil {
+			g.log.Error().Err(err).Msg("metrics endpoint disabled")
+		} else {
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{Registry: g.reg}))
+			srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+			go srv.Serve(ln)
+			g.log.Info().Str("listen", l).Msg("metrics at /metrics")
+		}
+	}
+
+	<-ctx.Done()
+	g.log.Info().Msg("shutting down")
+	g.draining.Store(true)
+	g.handlers.Wait()
+	stopLoop()
+	<-loopDone
+	stopFlush()
+	stopGC()
+	waitCtx, cancel := context.WithTimeout(context.Background(), g.cfg.MQTT.PublishTimeout+time.Second)
+	g.egress.Wait(waitCtx)
+	cancel()
+	if srv != nil {
+		srv.Close()
+	}
+	return g.closeAll()
+}
+
+// gcLoop drops remembered answered keys past their retention.
+func (g *Gateway) gcLoop(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := g.journal.GC(g.now()); err != nil {
+				g.m.storeErrors.WithLabelValues("gc").Inc()
+				g.log.Error().Err(err).Msg("journal GC failed")
+			}
+		}
+	}
+}
+
+// closeAll stops whatever New started, in shutdown order.
+func (g *Gateway) closeAll() error {
+	var errs []error
+	if g.client != nil {
+		g.client.Disconnect(250)
+	}
+	if g.broker != nil {
+		errs = append(errs, g.broker.Close())
+	}
+	if g.eng != nil {
+		errs = append(errs, g.eng.Close())
+	}
+	if g.journal != nil {
+		errs = append(errs, g.journal.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Registry is the gateway's metrics registry.
+func (g *Gateway) Registry() *prometheus.Registry { return g.reg }
+
+// engineRunner adapts the engine to the loop's runner interface.
+type engineRunner struct{ e *engine.Engine }
+
+func eid(id scheduler.VariantID) engine.VariantID {
+	return engine.VariantID{App: id.App, Variant: id.Variant}
+}
+
+func (r engineRunner) Load(id scheduler.VariantID) (time.Duration, error) { return r.e.Load(eid(id)) }
+func (r engineRunner) Unload(id scheduler.VariantID) (time.Duration, error) {
+	return r.e.Unload(eid(id))
+}
+func (r engineRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, error) {
+	return r.e.Run(eid(id), in)
+}
+func (r engineRunner) Resident() []scheduler.VariantID {
+	var out []scheduler.VariantID
+	for _, id := range r.e.Resident() {
+		out = append(out, scheduler.VariantID{App: id.App, Variant: id.Variant})
+	}
+	return out
+}

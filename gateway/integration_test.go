@@ -1,0 +1,420 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/store"
+)
+
+// These tests run the whole gateway against real components: a Mosquitto broker
+// started per test, the real ONNX Runtime library, a real bbolt journal, and the
+// committed Fashion-MNIST models on real test images.
+
+const fashionManifest = "../models/fashion/manifest.yaml"
+
+// ortLib finds the ONNX Runtime library `make test` installs.
+func ortLib(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("SNEAKGATE_ORT_LIB"); p != "" {
+		return p
+	}
+	p, _ := filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("ONNX Runtime library not found (set SNEAKGATE_ORT_LIB or run make test): %v", err)
+	}
+	return p
+}
+
+// testConfig is a config for one gateway talking to broker, journaling in dir.
+func testConfig(t *testing.T, brokerURL, dir string) *Config {
+	t.Helper()
+	c := DefaultConfig()
+	c.Log.Level = "warn"
+	c.MQTT.Broker = brokerURL
+	c.MQTT.ClientID = "sneakgate-test"
+	c.MQTT.PublishTimeout = 2 * time.Second
+	c.Store.Path = filepath.Join(dir, "journal.db")
+	c.Engine.Library = ortLib(t)
+	c.Engine.WarmupRuns, c.Engine.ProfileRuns = 1, 3
+	c.Engine.ProfileCache = filepath.Join(dir, "profiles")
+	c.Apps = []AppConfig{{Manifest: fashionManifest}}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+// running is a gateway started by a test.
+type running struct {
+	g      *Gateway
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+// stop stops the gateway (once; later calls do nothing) and checks Run's error.
+func (r *running) stop(t *testing.T) {
+	t.Helper()
+	r.once.Do(func() {
+		r.cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("gateway Run: %v", err)
+		}
+	})
+}
+
+func startGateway(t *testing.T, cfg *Config, o Options) *running {
+	t.Helper()
+	o.Config = cfg
+	o.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	g, err := New(context.Background(), o)
+	if err != nil {
+		t.Fatalf("gateway.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{g: g, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- g.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+// device is a test device: a paho client collecting every reply it sees.
+type device struct {
+	t       *testing.T
+	c       mqtt.Client
+	mu      sync.Mutex
+	replies map[string][]*protocol.Reply
+	raw     map[string][]string
+	arrived chan struct{}
+}
+
+func newDevice(t *testing.T, brokerURL, name string) *device {
+	t.Helper()
+	d := &device{t: t, replies: map[string][]*protocol.Reply{}, raw: map[string][]string{}, arrived: make(chan struct{}, 1<<16)}
+	opts := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID(name).SetCleanSession(true)
+	d.c = mqtt.NewClient(opts)
+	if tok := d.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("device connect: %v", tok.Error())
+	}
+	tok := d.c.Subscribe("sneakgate/res/#", 1, func(_ mqtt.Client, m mqtt.Message) {
+		r, err := protocol.ParseReply(m.Payload())
+		if err != nil {
+			t.Errorf("bad reply on %s: %v: %s", m.Topic(), err, m.Payload())
+			return
+		}
+		d.mu.Lock()
+		d.replies[r.ID] = append(d.replies[r.ID], r)
+		d.raw[r.ID] = append(d.raw[r.ID], string(m.Payload()))
+		d.mu.Unlock()
+		d.arrived <- struct{}{}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("device subscribe: %v", tok.Error())
+	}
+	t.Cleanup(func() { d.c.Disconnect(100) })
+	return d
+}
+
+func (d *device) publish(topic string, payload []byte) {
+	d.t.Helper()
+	tok := d.c.Publish(topic, 1, false, payload)
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		d.t.Fatalf("publish: %v", tok.Error())
+	}
+}
+
+func (d *device) request(app, dev, id string, input []float32, deadlineMS int64) {
+	d.t.Helper()
+	p := map[string]any{"id": id, "input": input}
+	if deadlineMS > 0 {
+		p["deadline_ms"] = deadlineMS
+	}
+	b, _ := json.Marshal(p)
+	d.publish(protocol.RequestTopic("sneakgate", app, dev), b)
+}
+
+// await waits until ids all have at least one reply (bounded, not a sleep).
+func (d *device) await(ids []string, within time.Duration) map[string]*protocol.Reply {
+	d.t.Helper()
+	deadline := time.After(within)
+	for {
+		d.mu.Lock()
+		out := map[string]*protocol.Reply{}
+		for _, id := range ids {
+			if rs := d.replies[id]; len(rs) > 0 {
+				out[id] = rs[0]
+			}
+		}
+		d.mu.Unlock()
+		if len(out) == len(ids) {
+			return out
+		}
+		select {
+		case <-d.arrived:
+		case <-deadline:
+			d.t.Fatalf("got %d of %d replies within %v", len(out), len(ids), within)
+		}
+	}
+}
+
+func (d *device) count(id string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.replies[id])
+}
+
+func fashionSamples(t *testing.T) (*manifest.App, *dataset.Set) {
+	t.Helper()
+	m, err := manifest.Load(fashionManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Samples == nil {
+		t.Fatal("fashion manifest has no samples")
+	}
+	s, err := dataset.Read(m.Path(m.Samples.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, s
+}
+
+func TestEndToEndFashion(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	dir := t.TempDir()
+	cfg := testConfig(t, b.URL(), dir)
+	startGateway(t, cfg, Options{})
+	m, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-1")
+
+	const n = 300
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("img-%d", i)
+		dev.request("fashion", "cam-1", ids[i], samples.Row(i), 5000)
+	}
+	replies := dev.await(ids, 60*time.Second)
+	correct := map[string]int{}
+	total := map[string]int{}
+	for i, id := range ids {
+		r := replies[id]
+		if r.Status != protocol.StatusOK {
+			t.Fatalf("%s: status %s (%s)", id, r.Status, r.Error)
+		}
+		if r.App != "fashion" || r.Device != "cam-1" || r.Class == nil || r.Label != m.Labels[*r.Class] ||
+			r.Confidence == nil || r.EstAccuracy == nil || r.Batch < 1 || r.QueueMS == nil ||
+			r.InferMS == nil || r.TotalMS == nil || r.DeadlineMet == nil || !*r.DeadlineMet {
+			t.Fatalf("%s: incomplete reply %+v", id, r)
+		}
+		total[r.Model]++
+		if int32(*r.Class) == samples.Labels[i] {
+			correct[r.Model]++
+		}
+	}
+	// Accuracy per variant, against the manifest's validation accuracy: 300 samples
+	// give a standard error near 2 points; allow 4 of them.
+	for model, n := range total {
+		v := m.Variant(model)
+		if v == nil {
+			t.Fatalf("reply names unknown model %q", model)
+		}
+		acc := float64(correct[model]) / float64(n)
+		if n >= 50 && acc < v.Accuracy-0.08 {
+			t.Errorf("%s: accuracy %.3f on %d samples, manifest says %.3f", model, acc, n, v.Accuracy)
+		}
+		t.Logf("%s: %d replies, accuracy %.3f (validation %.3f)", model, n, acc, v.Accuracy)
+	}
+}
+
+func TestBadInputIsRejectedAndLosesNothing(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-bad")
+	good, _ := json.Marshal(samples.Row(0))
+	topic := protocol.RequestTopic("sneakgate", "fashion", "cam-bad")
+	cases := []struct {
+		id, topic, payload string
+		reason             protocol.Reason
+	}{
+		{"", topic, `{not json`, protocol.ReasonBadJSON},
+		{"short", topic, `{"id":"short","input":[1,2,3]}`, protocol.ReasonBadInputSize},
+		{"nan", topic, `{"id":"nan","input_b64":"AADAfw==` + `"}`, ""}, // size error or NaN: any rejection
+		{"app", protocol.RequestTopic("sneakgate", "nope", "cam-bad"), `{"id":"app","input":[1]}`, protocol.ReasonUnknownApp},
+		{"both", topic, `{"id":"both","deadline_ms":10,"deadline":1,"input":` + string(good) + `}`, protocol.ReasonDeadlineConflict},
+		{"past", topic, `{"id":"past","deadline":1000,"input":` + string(good) + `}`, protocol.ReasonDeadlinePast},
+		{"far", topic, `{"id":"far","deadline_ms":86400000000,"input":` + string(good) + `}`, protocol.ReasonDeadlineTooFar},
+		{"rt", topic, `{"id":"rt","reply_to":"elsewhere/x","input":` + string(good) + `}`, protocol.ReasonReplyToNotAllowed},
+		{"big", topic, `{"id":"big","input":[` + strings.Repeat("0.5,", 80000) + `0]}`, protocol.ReasonPayloadTooLarge},
+		{"range", topic, `{"id":"range","input":` + strings.Replace(string(good), "[", "[7,", 1) + `}`, ""},
+	}
+	var ids []string
+	for _, c := range cases {
+		dev.publish(c.topic, []byte(c.payload))
+		if c.id != "" {
+			ids = append(ids, c.id)
+		}
+	}
+	// A device name outside the allowed characters is still answered on its topic.
+	dev.publish("sneakgate/req/fashion/bad device!", []byte(`{"id":"baddev"}`))
+	ids = append(ids, "baddev")
+	cases = append(cases, struct {
+		id, topic, payload string
+		reason             protocol.Reason
+	}{"baddev", "", "", protocol.ReasonBadDevice})
+	// A good request after all of that is still answered.
+	dev.request("fashion", "cam-bad", "good", samples.Row(0), 5000)
+	ids = append(ids, "good")
+	replies := dev.await(ids, 30*time.Second)
+	for _, c := range cases {
+		if c.id == "" {
+			continue
+		}
+		r := replies[c.id]
+		if r.Status != protocol.StatusRejected || r.Error == "" || (c.reason != "" && r.Reason != c.reason) {
+			t.Errorf("%s: got %s/%s (%s), want rejected/%s", c.id, r.Status, r.Reason, r.Error, c.reason)
+		}
+	}
+	if r := replies["good"]; r.Status != protocol.StatusOK {
+		t.Errorf("good request after bad ones: %+v", r)
+	}
+	if got := testutil.ToFloat64(gw.g.m.rejected.WithLabelValues(string(protocol.ReasonBadInputSize))); got < 1 {
+		t.Errorf("rejected{bad_input_size} = %v", got)
+	}
+}
+
+// TestAckOnlyAfterCommit: a request whose journal write fails is not acknowledged;
+// the broker redelivers it to the next gateway session, which answers it.
+func TestAckOnlyAfterCommit(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	dir := t.TempDir()
+	cfg := testConfig(t, b.URL(), dir)
+	var failed sync.WaitGroup
+	failed.Add(1)
+	var once sync.Once
+	first := startGateway(t, cfg, Options{BeforeCommit: func(ops []store.Op) error {
+		for _, op := range ops {
+			if op.Kind == store.OpPut {
+				once.Do(failed.Done)
+				return fmt.Errorf("injected disk failure")
+			}
+		}
+		return nil
+	}})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-ack")
+	dev.request("fashion", "cam-ack", "precious", samples.Row(1), 60000)
+	failed.Wait()
+	if got := testutil.ToFloat64(first.g.m.storeErrors.WithLabelValues("put")); got < 1 {
+		t.Fatalf("store put errors = %v", got)
+	}
+	first.stop(t)
+	if n := dev.count("precious"); n != 0 {
+		t.Fatalf("a request whose write failed was answered %d times", n)
+	}
+	startGateway(t, cfg, Options{})
+	r := dev.await([]string{"precious"}, 30*time.Second)["precious"]
+	if r.Status != protocol.StatusOK || r.Class == nil {
+		t.Fatalf("redelivered request: %+v", r)
+	}
+}
+
+// TestRecoveryAfterCrash: requests journaled by a gateway that died before
+// answering are answered by the next one: expired if their deadline passed, run
+// otherwise.
+func TestRecoveryAfterCrash(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	dir := t.TempDir()
+	cfg := testConfig(t, b.URL(), dir)
+	_, samples := fashionSamples(t)
+	// What a crashed gateway leaves behind: a journal with two pending requests.
+	j, err := store.Open(cfg.Store.Path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	reply := protocol.ReplyTopic("sneakgate", "fashion", "cam-rec")
+	for _, e := range []*store.Entry{
+		{Key: store.Key{App: "fashion", Device: "cam-rec", ID: "stale"}, Received: now.Add(-time.Minute),
+			Deadline: now.Add(-30 * time.Second), ReplyTo: reply, Input: samples.Row(2)},
+		{Key: store.Key{App: "fashion", Device: "cam-rec", ID: "fresh"}, Received: now,
+			Deadline: now.Add(time.Minute), ReplyTo: reply, Input: samples.Row(3)},
+	} {
+		if _, err := j.Put(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dev := newDevice(t, b.URL(), "cam-rec")
+	gw := startGateway(t, cfg, Options{})
+	got := dev.await([]string{"stale", "fresh"}, 30*time.Second)
+	if r := got["stale"]; r.Status != protocol.StatusExpired {
+		t.Errorf("stale: %+v", r)
+	}
+	if r := got["fresh"]; r.Status != protocol.StatusOK || int32(*r.Class) < 0 {
+		t.Errorf("fresh: %+v", r)
+	}
+	// Both were completed in the journal once published: nothing is pending.
+	gw.stop(t)
+	j, err = store.Open(cfg.Store.Path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if p, err := j.Pending(); err != nil || len(p) != 0 {
+		t.Errorf("pending after answers: %d, %v", len(p), err)
+	}
+}
+
+// TestDuplicatesAreNotRunTwice: a redelivered id is not run again; a duplicate of
+// an answered request gets the same reply again.
+func TestDuplicatesAreNotRunTwice(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-dup")
+	dev.request("fashion", "cam-dup", "once", samples.Row(4), 5000)
+	first := dev.await([]string{"once"}, 30*time.Second)["once"]
+	dev.request("fashion", "cam-dup", "once", samples.Row(4), 5000)
+	deadline := time.After(30 * time.Second)
+	for dev.count("once") < 2 {
+		select {
+		case <-dev.arrived:
+		case <-deadline:
+			t.Fatal("no reply to the duplicate")
+		}
+	}
+	dev.mu.Lock()
+	raw := dev.raw["once"]
+	dev.mu.Unlock()
+	if raw[0] != raw[1] {
+		t.Errorf("duplicate got a different reply:\n%s\n%s", raw[0], raw[1])
+	}
+	if got := testutil.ToFloat64(gw.g.m.received.WithLabelValues("fashion")); got != 1 {
+		t.Errorf("requests run: %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(gw.g.m.duplicates.WithLabelValues("done")); got != 1 {
+		t.Errorf("duplicates{done} = %v, want 1", got)
+	}
+	_ = first
+}

@@ -1,0 +1,57 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// Messages of replies that carry no answer.
+const (
+	msgExpired = "the deadline passed before the request could run"
+	msgError   = "internal error while running the request; it may be retried"
+)
+
+// buildReply turns a job's result into the reply published at now. A model answer
+// published after the deadline is late even if the batch finished in time.
+func buildReply(j *job, r result, labels []string, estimator string, now time.Time) *protocol.Reply {
+	rep := &protocol.Reply{V: protocol.Version, ID: j.ID, App: j.App, Device: j.Device, Status: r.Status}
+	met := !now.After(j.Deadline)
+	if r.Status == protocol.StatusOK && !met {
+		rep.Status = protocol.StatusLate
+	}
+	if rep.Status.Answered() && r.Probs != nil {
+		c := scheduler.Argmax(r.Probs)
+		rep.Class = protocol.Ptr(c)
+		if c >= 0 && c < len(labels) {
+			rep.Label = labels[c]
+		}
+		rep.Confidence = protocol.Ptr(r.Probs[c])
+		rep.EstAccuracy = protocol.Ptr(r.EstAccuracy)
+		rep.Model = r.Variant
+		if rep.Status == protocol.StatusDegraded {
+			rep.Model = estimator
+		}
+		rep.DeadlineMet = protocol.Ptr(met)
+	}
+	if r.Variant != "" {
+		rep.Batch = r.Batch
+		rep.QueueMS = protocol.Millis(r.Start.Sub(j.Received))
+		rep.InferMS = protocol.Millis(r.Infer)
+	}
+	rep.TotalMS = protocol.Millis(now.Sub(j.Received))
+	rep.SlackMS = protocol.Millis(j.Deadline.Sub(now))
+	switch rep.Status {
+	case protocol.StatusExpired:
+		rep.Error = msgExpired
+		rep.DeadlineMet = protocol.Ptr(false)
+	case protocol.StatusRejected:
+		rep.Reason = protocol.Reason(r.Reason)
+		rep.Error = "not admitted: " + r.Reason
+	case protocol.StatusError:
+		rep.Reason = protocol.ReasonInternal
+		rep.Error = msgError
+	}
+	return rep
+}
