@@ -43,7 +43,18 @@ for app in "${apps[@]}"; do
   echo "== $app" >&2
   [[ $app == vad ]] && vad_npm
   rm -f "models/$app/measured.json"
-  $PY "models/train/$app.py"
+  if [[ $app == vad ]]; then
+    # Pretrained models: score the training windows through ONNX Runtime, then fit
+    # each model's calibration head and the estimators.
+    $PY models/train/vad.py data
+    while read -r name kind; do
+      go run ./models/tools/vadscores -kind "$kind" -model ".cache/models/vad/raw/$name.onnx" \
+        -data .cache/models/vad/train.sgs -out ".cache/models/vad/scores-$name.json"
+    done < .cache/models/vad/variants.txt
+    $PY models/train/vad.py finish
+  else
+    $PY "models/train/$app.py"
+  fi
   # First pass: check every variant through ONNX Runtime, fill ORT-measured metrics
   # (vad) and estimator costs; second pass: the rendered manifest must agree.
   go run ./models/tools/measure "models/$app"

