@@ -40,16 +40,18 @@
 // memory a previous Unload freed, so the same model measures anything from 0
 // to several megabytes depending on what ran before.
 //
-// MemBytes is a lower bound, not the whole footprint. Measured with ONNX Runtime
-// 1.30 on the CPU (one intra-op thread, each load after a warm-up, batch 32 run),
-// RSS grew by one to three times the file size for MLPs, by 2-5 MB more than the
-// file for the Fashion-MNIST LeNet and CNN (the activation arena of a batch of
-// 32), and by 4.5-12 MB for Silero VAD v5 (a 2.3 MB file). Leave headroom: a
-// budget of a quarter of the memory set aside for models is a safe start. With
-// glibc's default settings an Unload makes its memory reusable by later loads but
-// the RSS does not shrink; starting the process with MALLOC_MMAP_THRESHOLD_=131072
-// makes large frees go back to the system. The engine never evicts by itself: the
-// caller (the scheduler) decides what to unload.
+// MemBytes is a lower bound, not the whole footprint. With ONNX Runtime 1.30 on
+// the CPU (one intra-op thread), the RSS growth across a load and one batch of 32,
+// over repeated trials of the models under models/, was up to 2.5 times the file
+// size for the MLPs, 3-7 MB for the Fashion-MNIST LeNet and CNN (their activation
+// arena), up to 24 MB for the 1.8 MB random forest (ONNX Runtime expands the tree
+// ensemble) and up to 18 MB for Silero VAD v5 (a 2.3 MB file). Leave headroom: a
+// budget of a quarter to a tenth of the memory set aside for models is a safe
+// start. With glibc's default settings an Unload makes its memory reusable by
+// later loads but the RSS hardly shrinks; starting the process with
+// MALLOC_MMAP_THRESHOLD_=131072 makes large frees go back to the system. The
+// engine never evicts by itself: the caller (the scheduler) decides what to
+// unload.
 //
 // # Concurrency
 //
