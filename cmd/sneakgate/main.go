@@ -101,6 +101,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	log := newLogger(cfg.Log, stderr)
+	// SIGHUP would terminate the process by default; configuration reload is not
+	// supported yet, so say so instead of dying.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Warn().Msg("SIGHUP: configuration reload is not supported; restart the service to apply changes")
+		}
+	}()
 	g, err := gateway.New(ctx, gateway.Options{Config: cfg, Logger: log})
 	if err != nil {
 		return err

@@ -1,0 +1,112 @@
+package manifest
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const good = `name: toy
+input_size: 4
+input_shape: [2, 2]
+input_range: [0, 1]
+labels: [no, yes]
+default_deadline_ms: 50
+prior: [0.9, 0.1]
+utility: [[1, -0.1], [-1, 1]]
+variants:
+  - name: small
+    file: small.onnx
+    inputs:
+      - {name: x, kind: data, shape: [-1, 4]}
+      - {name: h, kind: zeros, shape: [2, -1, 8]}
+      - {name: sr, kind: const, dtype: int64, shape: [], value: 16000}
+    output: {name: p, kind: score}
+    accuracy: 0.9
+    confusion: [[80, 10], [0, 10]]
+    recall: [0.888889, 1]
+estimators:
+  - {name: knn, kind: knn, file: ref.sgs, k: 5, features: identity}
+workloads:
+  - {name: natural, mix: [0.9, 0.1]}
+  - {name: drift, mix: [0.9, 0.1], mix_end: [0.5, 0.5]}
+`
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "manifest.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadGood(t *testing.T) {
+	a, err := Load(write(t, good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.K() != 2 || a.Variant("small") == nil || a.Variant("big") != nil {
+		t.Fatalf("loaded %+v", a)
+	}
+	if got := a.Path("small.onnx"); got != filepath.Join(a.Dir, "small.onnx") {
+		t.Errorf("Path = %q", got)
+	}
+	if al := a.Alpha(); al[0] != 1.8 || al[1] != 0.2 {
+		t.Errorf("Alpha = %v (prior scaled to K when prior_strength is 0)", al)
+	}
+	if in := a.Variants[0].DataInput(); in.Name != "x" {
+		t.Errorf("DataInput = %+v", in)
+	}
+}
+
+// TestValidationNamesTheField breaks one thing at a time.
+func TestValidationNamesTheField(t *testing.T) {
+	cases := []struct{ from, to, field string }{
+		{"name: toy", "name: Toy!", "name"},
+		{"input_size: 4", "input_size: 5", "input_shape"},
+		{"prior: [0.9, 0.1]", "prior: [0.9, 0.2]", "prior"},
+		{"prior: [0.9, 0.1]", "prior: [0.9]", "prior"},
+		{"utility: [[1, -0.1], [-1, 1]]", "utility: [[1, -0.1], [-1]]", "utility[1]"},
+		{"recall: [0.888889, 1]", "recall: [0.888889, 1.5]", "variants[0].recall[1]"},
+		{"confusion: [[80, 10], [0, 10]]", "confusion: [[80, -1], [0, 10]]", "variants[0].confusion[0]"},
+		{"kind: score", "kind: votes", "variants[0].output.kind"},
+		{"{name: x, kind: data, shape: [-1, 4]}", "{name: x, kind: data, shape: [-1, 3]}", "variants[0].inputs[0].shape"},
+		{"{name: x, kind: data, shape: [-1, 4]}", "{name: x, kind: data, shape: [4]}", "variants[0].inputs[0].shape"},
+		{"{name: h, kind: zeros, shape: [2, -1, 8]}", "{name: h, kind: zeros, shape: [2, 8]}", "variants[0].inputs[1].shape"},
+		{"kind: const, dtype: int64", "kind: const, dtype: int8", "variants[0].inputs[2].dtype"},
+		{"kind: knn, file: ref.sgs, k: 5", "kind: knn, file: ref.sgs, k: 0", "estimators[0].k"},
+		{"mix_end: [0.5, 0.5]", "mix_end: [0.5, 0.6]", "workloads[1].mix_end"},
+		{"default_deadline_ms: 50", "default_deadline_ms: 0", "default_deadline_ms"},
+		{"labels: [no, yes]", "labels: [no, yes, maybe]", "prior"},
+	}
+	for _, c := range cases {
+		if !strings.Contains(good, c.from) {
+			t.Fatalf("case %q does not apply", c.from)
+		}
+		_, err := Load(write(t, strings.Replace(good, c.from, c.to, 1)))
+		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("%s -> %s: error %v, want ErrInvalid naming %s", c.from, c.to, err, c.field)
+		}
+	}
+}
+
+func TestUnknownFieldRefused(t *testing.T) {
+	if _, err := Load(write(t, good+"colour: blue\n")); err == nil || !strings.Contains(err.Error(), "colour") {
+		t.Errorf("unknown field: %v", err)
+	}
+}
+
+func TestShippedManifestsLoad(t *testing.T) {
+	paths, _ := filepath.Glob("../models/*/manifest.yaml")
+	if len(paths) == 0 {
+		t.Fatal("no manifests under models/")
+	}
+	for _, p := range paths {
+		if _, err := Load(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
