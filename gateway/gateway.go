@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,6 +96,9 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	}()
 	if err := g.loadApps(); err != nil {
 		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("gateway: store.path: %w", err)
 	}
 	g.journal, err = store.Open(cfg.Store.Path, store.Options{
 		MaxBatchDelay: cfg.Store.MaxBatchDelay, MaxBatchSize: cfg.Store.MaxBatchSize,
