@@ -38,3 +38,26 @@ func ExpectedUtility(p []float64, confusion, w [][]float64) float64 {
 	}
 	return u
 }
+
+// ClassUtility returns, for each true class y, the variant's expected utility on
+// a request of that class: u(y) = sum_yhat P(yhat|y) W[y][yhat] (0 for a class
+// with an empty confusion row). It lets a scheduler precompute per variant what
+// ExpectedUtility recomputes: ExpectedUtility(p, confusion, w) equals
+// ExpectedAccuracy(p, ClassUtility(confusion, w)), a K-term dot product.
+func ClassUtility(confusion, w [][]float64) []float64 {
+	u := make([]float64, len(confusion))
+	for y, row := range confusion {
+		tot := 0.0
+		for _, c := range row {
+			tot += c
+		}
+		if tot == 0 {
+			continue
+		}
+		for yh, c := range row {
+			u[y] += c * w[y][yh]
+		}
+		u[y] /= tot
+	}
+	return u
+}

@@ -47,3 +47,17 @@ func TestExpectedUtility(t *testing.T) {
 		t.Errorf("zero row: U = %v, want 0.25", u)
 	}
 }
+
+func TestClassUtilityMatchesExpectedUtility(t *testing.T) {
+	w := [][]float64{{1, -0.1, 0}, {-1, 1, 0.5}, {0, 0.2, 1}}
+	conf := [][]float64{{90, 10, 0}, {4, 6, 2}, {0, 0, 0}}
+	u := ClassUtility(conf, w)
+	if !near(u[0], 0.89) || !near(u[1], (-4+6+1)/12.0) || u[2] != 0 {
+		t.Fatalf("u = %v", u)
+	}
+	for _, p := range [][]float64{{1, 0, 0}, {0.2, 0.5, 0.3}, {0, 0, 1}} {
+		if a, b := ExpectedUtility(p, conf, w), ExpectedAccuracy(p, u); !near(a, b) {
+			t.Errorf("p=%v: %v != %v", p, a, b)
+		}
+	}
+}
