@@ -381,10 +381,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 	loopDone := make(chan struct{})
 	go func() { g.loop.Run(loopCtx); close(loopDone) }()
 	flushCtx, stopFlush := context.WithCancel(context.Background())
-	go g.egress.Flusher(flushCtx, 5*time.Second)
+	flushDone := make(chan struct{})
+	go func() { g.egress.Flusher(flushCtx, 5*time.Second); close(flushDone) }()
 	g.egress.Kick()
 	gcCtx, stopGC := context.WithCancel(context.Background())
-	go g.gcLoop(gcCtx)
+	gcDone := make(chan struct{})
+	go func() { g.gcLoop(gcCtx); close(gcDone) }()
 	var srv *http.Server
 	if l := g.cfg.Metrics.Listen; l != "" {
 		ln, err := net.Listen("tcp", l)
@@ -406,7 +408,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	stopLoop()
 	<-loopDone
 	stopFlush()
+	<-flushDone
 	stopGC()
+	<-gcDone
 	waitCtx, cancel := context.WithTimeout(context.Background(), g.cfg.MQTT.PublishTimeout+time.Second)
 	g.egress.Wait(waitCtx)
 	cancel()

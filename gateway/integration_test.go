@@ -102,6 +102,7 @@ type device struct {
 	mu      sync.Mutex
 	replies map[string][]*protocol.Reply
 	raw     map[string][]string
+	order   []string // ids in arrival order
 	arrived chan struct{}
 }
 
@@ -122,6 +123,7 @@ func newDevice(t *testing.T, brokerURL, name string) *device {
 		d.mu.Lock()
 		d.replies[r.ID] = append(d.replies[r.ID], r)
 		d.raw[r.ID] = append(d.raw[r.ID], string(m.Payload()))
+		d.order = append(d.order, r.ID)
 		d.mu.Unlock()
 		d.arrived <- struct{}{}
 	})
@@ -431,4 +433,74 @@ func TestDuplicatesAreNotRunTwice(t *testing.T) {
 		t.Errorf("duplicates{done} = %v, want 1", got)
 	}
 	_ = first
+}
+
+// TestOutboxFlushedAfterRestart: replies a gateway decided but could not hand to
+// the broker wait in the journal's outbox and are published, in deadline order,
+// by the next gateway.
+func TestOutboxFlushedAfterRestart(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	_, samples := fashionSamples(t)
+	j, err := store.Open(cfg.Store.Path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	topic := protocol.ReplyTopic("sneakgate", "fashion", "cam-out")
+	for i, id := range []string{"later", "sooner"} {
+		k := store.Key{App: "fashion", Device: "cam-out", ID: id}
+		dl := now.Add(time.Duration(2-i) * time.Minute)
+		if _, err := j.Put(&store.Entry{Key: k, Received: now, Deadline: dl, ReplyTo: topic, Input: samples.Row(i)}); err != nil {
+			t.Fatal(err)
+		}
+		rep, _ := json.Marshal(&protocol.Reply{V: 1, ID: id, App: "fashion", Device: "cam-out", Status: protocol.StatusOK,
+			Class: protocol.Ptr(3), Label: "dress", Model: "cnn"})
+		if err := j.Outbox(k, rep, dl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	dev := newDevice(t, b.URL(), "cam-out")
+	gw := startGateway(t, cfg, Options{})
+	got := dev.await([]string{"later", "sooner"}, 30*time.Second)
+	for id, r := range got {
+		if r.Status != protocol.StatusOK || r.Label != "dress" {
+			t.Errorf("%s: %+v", id, r)
+		}
+	}
+	dev.mu.Lock()
+	if a, b := dev.order[0], dev.order[1]; a != "sooner" || b != "later" {
+		t.Errorf("flushed in order %s, %s; want the earlier deadline first", a, b)
+	}
+	dev.mu.Unlock()
+	gw.stop(t)
+	j, err = store.Open(cfg.Store.Path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if o, err := j.OutboxEntries(); err != nil || len(o) != 0 {
+		t.Errorf("outbox after flush: %d entries, %v", len(o), err)
+	}
+}
+
+// TestServesAcrossBrokerRestart: the gateway reconnects to a restarted broker,
+// resumes its session and keeps serving.
+func TestServesAcrossBrokerRestart(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{Persistence: true})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-restart")
+	dev.request("fashion", "cam-restart", "before", samples.Row(5), 5000)
+	dev.await([]string{"before"}, 30*time.Second)
+	dev.c.Disconnect(100)
+	b.Stop()
+	b.Start()
+	dev = newDevice(t, b.URL(), "cam-restart-2")
+	dev.request("fashion", "cam-restart-2", "after", samples.Row(6), 30000)
+	if r := dev.await([]string{"after"}, 60*time.Second)["after"]; r.Status != protocol.StatusOK {
+		t.Errorf("after restart: %+v", r)
+	}
 }
