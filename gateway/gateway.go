@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -63,8 +62,9 @@ type Gateway struct {
 	client  mqtt.Client
 	broker  *Broker
 
-	draining   atomic.Bool
-	handlers   sync.WaitGroup
+	// admitting is read-locked by every request handler and write-locked by
+	// shutdown (see onMessage).
+	admitting  sync.RWMutex
 	perRequest time.Duration
 	recovered  []*job
 	expired    []*job
@@ -403,8 +403,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	g.log.Info().Msg("shutting down")
-	g.draining.Store(true)
-	g.handlers.Wait()
+	g.admitting.Lock() // no new requests; waits for handlers in flight
 	stopLoop()
 	<-loopDone
 	stopFlush()

@@ -16,8 +16,12 @@ import (
 // the journal has committed it; a request it cannot journal is left unacknowledged,
 // so the broker delivers it again when the session resumes.
 func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
-	g.handlers.Add(1)
-	defer g.handlers.Done()
+	// Shutdown takes the write lock: from then on handlers leave at once, and
+	// shutdown waits for those already inside.
+	if !g.admitting.TryRLock() {
+		return // not acknowledged: the broker redelivers it to the next session
+	}
+	defer g.admitting.RUnlock()
 	defer func() {
 		if p := recover(); p != nil {
 			g.m.rejected.WithLabelValues(string(protocol.ReasonInternal)).Inc()
@@ -25,10 +29,6 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 			msg.Ack()
 		}
 	}()
-	if g.draining.Load() {
-		// Not acknowledged: the broker redelivers it to the next session.
-		return
-	}
 	now := g.now()
 	req, rej := protocol.ParseRequest(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {

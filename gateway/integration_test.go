@@ -338,10 +338,10 @@ func TestAckOnlyAfterCommit(t *testing.T) {
 	dev := newDevice(t, b.URL(), "cam-ack")
 	dev.request("fashion", "cam-ack", "precious", samples.Row(1), 60000)
 	failed.Wait()
+	first.stop(t) // waits for request handlers in flight
 	if got := testutil.ToFloat64(first.g.m.storeErrors.WithLabelValues("put")); got < 1 {
 		t.Fatalf("store put errors = %v", got)
 	}
-	first.stop(t)
 	if n := dev.count("precious"); n != 0 {
 		t.Fatalf("a request whose write failed was answered %d times", n)
 	}
