@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,8 +30,8 @@ writes results.json and one PNG per (app, workload, deadline) into -out.
 Capacity is the rate the most accurate variant sustains at its most efficient
 batch size up to -max-batch. Correctness is exact when the engine is available
 (every variant's real prediction on every sample, computed once), otherwise drawn
-from the variants' confusion matrices. Real applications need the engine for
-their stand-in estimator until package sneakpeek's estimators are wired in.
+from the variants' confusion matrices. SneakPeek estimates are computed once per
+sample by the manifest's estimator (package sneakpeek, as the gateway does).
 
 flags:
 `
@@ -51,7 +52,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		policies    = fs.String("policies", "sneakpeek,oblivious,fixed-batch,edf,fifo", "comma-separated policies ("+strings.Join(scheduler.Names(), ",")+")")
 		loads       = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
 		deadlines   = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
-		n           = fs.Int("n", 5000, "requests per point")
+		n           = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
+		minDl       = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
+		maxN        = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
 		seed        = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
 		jitter      = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
 		maxBatch    = fs.Int("max-batch", 32, "largest batch")
@@ -66,6 +69,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		out         = fs.String("out", "eval-out", "output directory for results.json and the plots")
 		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
 		quiet       = fs.Bool("quiet", false, "no progress bar")
+		estimator   = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
 		live        = fs.Bool("live", false, "drive the real gateway over MQTT (not implemented yet)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -102,7 +106,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *synthetic {
 		as = []*App{Synthetic(*seed)}
 	} else {
-		as, err = loadApps(ctx, *models, split(*apps), *profiles, *saveProf, *ortLib, *noEngine, *maxBatch, stderr)
+		as, err = loadApps(ctx, *models, split(*apps), *profiles, *saveProf, *ortLib, *estimator, *noEngine, *maxBatch, stderr)
 		if err != nil {
 			return err
 		}
@@ -119,7 +123,23 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "%s: %d samples, capacity %.0f req/s, deadline %v, profiles: %s, estimator: %s, correctness: %s\n",
 			name, len(a.Labels), rep.Capacity[name], a.Deadline, a.ProfileSource, a.EstimatorSource, rep.Correctness[name])
 	}
+	for _, a := range as {
+		for _, w := range a.Workloads {
+			if ws := split(*workloads); len(ws) > 0 && !slices.Contains(ws, w.Name) {
+				continue
+			}
+			rep.Diagnoses = append(rep.Diagnoses, Diagnose(a, w, max(*n, 20000), *seed))
+		}
+	}
+	fmt.Fprintln(stdout, "Without time pressure: estimator quality on the replayed mix, and the utility of serving every request")
+	fmt.Fprintln(stdout, "on the profiled-best variant, on each request's data-aware pick, on the true class's best variant (oracle),")
+	fmt.Fprintln(stdout, "or with the estimate itself (degraded):")
+	if err := WriteDiagnoses(stdout, rep.Diagnoses, as); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
 	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
+		MinDeadlines: *minDl, MaxRequests: *maxN,
 		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue,
 			CountBudget: *maxResident, MemBudget: *memBudget << 20}}
 	pts, err := sw.Points()
@@ -172,7 +192,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func loadApps(ctx context.Context, dir string, names []string, profPath, savePath, lib string, noEngine bool,
+func loadApps(ctx context.Context, dir string, names []string, profPath, savePath, lib, estimator string, noEngine bool,
 	maxBatch int, stderr io.Writer) ([]*App, error) {
 	if len(names) == 0 {
 		ms, _ := filepath.Glob(filepath.Join(dir, "*", "manifest.yaml"))
@@ -183,7 +203,7 @@ func loadApps(ctx context.Context, dir string, names []string, profPath, savePat
 			return nil, fmt.Errorf("eval: no manifest under %s (use -synthetic for the built-in app)", dir)
 		}
 	}
-	o := LoadOptions{MaxBatch: maxBatch, Profiles: Profiles{}}
+	o := LoadOptions{MaxBatch: maxBatch, Profiles: Profiles{}, Estimator: estimator}
 	if profPath != "" {
 		p, err := ReadProfiles(profPath)
 		if err != nil {

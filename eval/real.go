@@ -12,6 +12,7 @@ import (
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // Profiles maps "app/variant" to a variant's measured profile, in the engine's
@@ -55,19 +56,68 @@ type LoadOptions struct {
 	Profiles Profiles
 	// MaxBatch is the largest batch size the latency table covers.
 	MaxBatch int
-	// Estimate returns the SneakPeek estimate of every sample; nil uses the
-	// stand-in estimator (see LoadApp).
+	// Estimator names the manifest's SneakPeek estimator to use: "" is the
+	// manifest's first (what the gateway uses by default), StandIn the stand-in
+	// (the cheapest variant's softmax; needs the engine).
+	Estimator string
+	// Estimate, if not nil, overrides Estimator: it returns the SneakPeek estimate
+	// of every sample and a description of the estimator.
 	Estimate func(m *manifest.App, set *dataset.Set) ([][]float64, string, error)
+}
+
+// StandIn is the LoadOptions.Estimator name of the stand-in estimator: the
+// application's cheapest variant, run through the engine, its softmax output as p.
+// It is not a SneakPeek estimator (it costs a forward pass); it was used before
+// package sneakpeek existed and is kept for comparison.
+const StandIn = "stand-in"
+
+// ManifestEstimate returns the estimates of every sample by the manifest's
+// estimator named name ("" = the first), computed by package sneakpeek exactly as
+// the gateway computes them.
+func ManifestEstimate(m *manifest.App, set *dataset.Set, name string) ([][]float64, string, error) {
+	var (
+		est sneakpeek.Estimator
+		err error
+	)
+	if name == "" {
+		est, err = sneakpeek.LoadDefault(m)
+	} else {
+		found := false
+		for _, e := range m.Estimators {
+			if e.Name == name {
+				found = true
+				est, err = sneakpeek.Load(m, e)
+				break
+			}
+		}
+		if !found {
+			return nil, "", fmt.Errorf("eval: app %s has no estimator %q", m.Name, name)
+		}
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("eval: %w", err)
+	}
+	out := make([][]float64, set.N)
+	for i := range out {
+		out[i] = make([]float64, m.K())
+		est.Estimate(set.Row(i), out[i])
+	}
+	desc := est.Name()
+	for _, e := range m.Estimators {
+		if e.Name == est.Name() {
+			desc = fmt.Sprintf("%s (%s, %s; validation accuracy %.3f, ECE %.3f, %.1f us)", e.Name, e.Kind, e.Features, e.Accuracy, e.ECE, e.CostUS)
+		}
+	}
+	return out, desc, nil
 }
 
 // LoadApp builds an evaluation App from a manifest: the scheduler's view with
 // latency tables from measured profiles, the samples' labels, their estimates,
 // and, with an engine, every variant's real prediction on every sample.
 //
-// Estimates come from o.Estimate. Without it, the stand-in estimator is the
-// application's cheapest variant run through the engine (its softmax output as
-// p): a real cheap model on the real samples, about as costly as the logistic
-// SneakPeek estimator, until the estimators of package sneakpeek are wired in.
+// Estimates come from o.Estimate, else the manifest's estimator o.Estimator run by
+// package sneakpeek on every sample (the gateway's estimates), else, when
+// o.Estimator is StandIn, the application's cheapest variant run through the engine.
 func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 	m, err := manifest.Load(path)
 	if err != nil {
@@ -151,12 +201,18 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 		}
 	}
 	switch {
-	case o.Estimate != nil:
-		est, _, err := o.Estimate(m, set)
+	case o.Estimate != nil || o.Estimator != StandIn:
+		f := o.Estimate
+		if f == nil {
+			f = func(m *manifest.App, set *dataset.Set) ([][]float64, string, error) {
+				return ManifestEstimate(m, set, o.Estimator)
+			}
+		}
+		est, desc, err := f(m, set)
 		if err != nil {
 			return nil, err
 		}
-		a.Est = est
+		a.Est, a.EstimatorSource = est, desc
 	case probs != nil:
 		cheap := 0
 		for mi, v := range sa.Variants {
@@ -167,7 +223,7 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 		a.Est = probs[cheap]
 		a.EstimatorSource = "stand-in: variant " + sa.Variants[cheap].ID.Variant + " softmax"
 	default:
-		return nil, fmt.Errorf("eval: %s: no estimator and no engine for the stand-in", path)
+		return nil, fmt.Errorf("eval: %s: the stand-in estimator needs the engine", path)
 	}
 	if err := a.index(); err != nil {
 		return nil, err

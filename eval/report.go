@@ -15,6 +15,7 @@ type Report struct {
 	Profiles    map[string]string  `json:"profiles"`
 	Estimators  map[string]string  `json:"estimators"`
 	Capacity    map[string]float64 `json:"capacity_per_s"`
+	Diagnoses   []Diagnosis        `json:"diagnoses"`
 	Results     []Result           `json:"results"`
 	Gains       []Gain             `json:"gains"`
 }
@@ -31,6 +32,9 @@ type Gain struct {
 	Base       float64 `json:"baseline_utility"`
 	// Relative is Utility/Base - 1 (meaningful when Base > 0).
 	Relative float64 `json:"relative"`
+	// RelativeModel is the same without the policy's degraded answers (counted as
+	// 0): the part of the gain that model answers alone bring.
+	RelativeModel float64 `json:"relative_model_answers"`
 }
 
 type pointKey struct {
@@ -61,6 +65,7 @@ func Gains(rs []Result, policy, base string) []Gain {
 			Utility: p.Utility, Base: b.Utility}
 		if b.Utility > 0 {
 			g.Relative = p.Utility/b.Utility - 1
+			g.RelativeModel = (p.Utility-p.UtilityDegraded)/b.Utility - 1
 		}
 		out = append(out, g)
 	}
@@ -70,14 +75,14 @@ func Gains(rs []Result, policy, base string) []Gain {
 // WriteTable prints the results as an aligned table.
 func WriteTable(w io.Writer, rs []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "app\tworkload\tdl_ms\tload\tpolicy\tutility\taccuracy\tmet\tok\tlate\tdegr\texp\trej\tswaps\tbatch\tdec_us/req\t")
+	fmt.Fprintln(tw, "app\tworkload\tdl_ms\tload\tpolicy\tn\tutility\tu_degr\taccuracy\tmet\tok\tlate\tdegr\texp\trej\tswaps\tbatch\tdec_us/req\t")
 	for _, r := range rs {
 		if r.Err != "" {
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%s\terror: %s\t\n", r.App, r.Workload, r.DeadlineMS, r.Load, r.Policy, r.Err)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%s\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.2f\t\n",
-			r.App, r.Workload, r.DeadlineMS, r.Load, r.Policy, r.Utility, r.Accuracy, r.Met,
+		fmt.Fprintf(tw, "%s\t%s\t%g\t%.2f\t%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.2f\t\n",
+			r.App, r.Workload, r.DeadlineMS, r.Load, r.Policy, r.Requests, r.Utility, r.UtilityDegraded, r.Accuracy, r.Met,
 			r.OK, r.Late, r.Degraded, r.Expired, r.Rejected, r.Swaps, r.MeanBatch, r.DecisionUSPerReq)
 	}
 	return tw.Flush()
@@ -86,10 +91,10 @@ func WriteTable(w io.Writer, rs []Result) error {
 // WriteGains prints a gain table.
 func WriteGains(w io.Writer, gs []Gain) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "app\tworkload\tdl_ms\tload\tutility\tbaseline\tgain\t")
+	fmt.Fprintln(tw, "app\tworkload\tdl_ms\tload\tutility\tbaseline\tgain\tgain w/o degraded\t")
 	for _, g := range gs {
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%.3f\t%.3f\t%+.1f%%\t\n", g.App, g.Workload, g.DeadlineMS, g.Load,
-			g.Utility, g.Base, 100*g.Relative)
+		fmt.Fprintf(tw, "%s\t%s\t%g\t%.2f\t%.3f\t%.3f\t%+.1f%%\t%+.1f%%\t\n", g.App, g.Workload, g.DeadlineMS, g.Load,
+			g.Utility, g.Base, 100*g.Relative, 100*g.RelativeModel)
 	}
 	return tw.Flush()
 }

@@ -47,6 +47,8 @@ type Metrics struct {
 	// discounted for lateness like scheduler.PenalizedUtility; 0 for expired and
 	// rejected requests.
 	Utility float64 `json:"utility"`
+	// UtilityDegraded is the part of Utility that degraded answers contributed.
+	UtilityDegraded float64 `json:"utility_degraded"`
 	// Accuracy is the fraction of requests answered with the true class (model
 	// answers, late or not, and degraded answers).
 	Accuracy float64 `json:"accuracy"`
@@ -145,6 +147,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	var (
 		m          = Metrics{Requests: pt.Requests, VariantShare: map[string]float64{}}
 		utilSum    float64
+		degSum     float64
 		correct    int
 		lat        []time.Duration
 		queue      []*scheduler.Request
@@ -182,6 +185,9 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 			m.Expired++
 		}
 		utilSum += u
+		if status == "degraded" {
+			degSum += u
+		}
 		if status != "rejected" {
 			lat = append(lat, at.Sub(q.arr))
 		}
@@ -333,6 +339,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	}
 	n := float64(pt.Requests)
 	m.Utility = utilSum / n
+	m.UtilityDegraded = degSum / n
 	m.Accuracy = float64(correct) / n
 	m.Met = float64(m.OK) / n
 	m.InTime = float64(m.OK+m.Degraded) / n

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -20,6 +21,12 @@ type Sweep struct {
 	DeadlineScales []float64
 	Base           Point // Requests, Seed, Jitter, MaxQueue, budgets, Options
 	Workers        int
+	// MinDeadlines, if positive, lengthens a point's run to at least this many
+	// deadline budgets of arrivals (Requests >= MinDeadlines * rate * deadline), so
+	// that an overload is a steady state and not a burst the queue absorbs; MaxRequests
+	// (if positive) caps the lengthened run.
+	MinDeadlines float64
+	MaxRequests  int
 }
 
 // Result is one point's outcome.
@@ -30,6 +37,9 @@ type Result struct {
 	Load       float64 `json:"load"`
 	RatePerS   float64 `json:"rate_per_s"`
 	Policy     string  `json:"policy"`
+	// Deadlines is how many deadline budgets the arrivals span: a run of only a
+	// few cannot show a steady overload.
+	Deadlines float64 `json:"deadlines_spanned"`
 	Metrics
 	Err string `json:"error,omitempty"`
 }
@@ -57,6 +67,14 @@ func (s *Sweep) Points() ([]Point, error) {
 						pt := s.Base
 						pt.App, pt.Workload, pt.Policy, pt.Load = a, w, pol, load
 						pt.Deadline = time.Duration(float64(a.Deadline) * ds)
+						if s.MinDeadlines > 0 {
+							rate := load * Capacity(a.Sched, withMaxBatch(pt.Options))
+							need := int(math.Ceil(s.MinDeadlines * rate * pt.Deadline.Seconds()))
+							if s.MaxRequests > 0 {
+								need = min(need, s.MaxRequests)
+							}
+							pt.Requests = max(pt.Requests, need)
+						}
 						pts = append(pts, pt)
 					}
 				}
@@ -79,6 +97,7 @@ func (s *Sweep) Run(ctx context.Context, pts []Point, progress func()) []Result 
 				r := Result{App: pt.App.Sched.Name, Workload: pt.Workload.Name,
 					DeadlineMS: float64(pt.Deadline) / 1e6, Load: pt.Load, Policy: pt.Policy,
 					RatePerS: pt.Load * Capacity(pt.App.Sched, withMaxBatch(pt.Options))}
+				r.Deadlines = float64(pt.Requests) / (r.RatePerS * pt.Deadline.Seconds())
 				m, err := Simulate(pt, nil)
 				r.Metrics = m
 				if err != nil {

@@ -22,7 +22,13 @@ type view struct {
 	dataAware bool
 	// byClass groups by (application, argmax p) instead of application only.
 	byClass bool
+	// noShed turns overload shedding (shed.go) off; noDegrade forbids the degraded
+	// answer to a data-aware policy (ablations for the evaluation).
+	noShed, noDegrade bool
 }
+
+// degrade reports whether r may be answered with its estimate.
+func (w view) degrade(r *Request) bool { return w.dataAware && !w.noDegrade && r.P != nil }
 
 // member is a request as the planner sees it; times are relative to the decision's
 // Now so the hot loops do integer arithmetic.
@@ -275,14 +281,14 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 		case feasible == 0:
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
 			continue
-		case !onTime && d.w.dataAware && r.P != nil && r.DegradedUtility >= bestLate:
+		case !onTime && d.w.degrade(r) && r.DegradedUtility >= bestLate:
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Degraded, Reason: ReasonNoVariantInTime})
 			continue
 		case !onTime && bestLate <= 0:
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNotWorth})
 			continue
 		}
-		if d.w.dataAware && r.P != nil {
+		if d.w.degrade(r) {
 			// In the search, the degraded answer is worth no more than the worst
 			// variant on time: the planner may shed a request onto its estimate
 			// to save others, but never prefers the estimate to a model result.

@@ -262,15 +262,16 @@ func planValue(t *testing.T, s *Snapshot, brute bool) float64 {
 	} else {
 		g := newGrouped(d, d.groupWindow(win))
 		b := g.search(3)
-		runs = g.toRuns(b.order, b.vars)
+		runs = d.refine(cloneRuns(g.toRuns(b.order, b.vars)))
 	}
 	var ra, rb resSet
 	return d.evalRuns(runs, &ra, &rb)
 }
 
-// TestSearchNearBruteForce: on tiny windows the grouped search's plan is within
-// 2% of the exhaustive optimum on average, and never better (the optimum is an
-// upper bound under the same value model).
+// TestSearchNearBruteForce: on tiny windows the grouped search's plan (with the
+// member-level refinement of refine.go) is within 1% of the exhaustive optimum on
+// average (the issue asks for 2%; measured 0.08%), and never better (the optimum
+// is an upper bound under the same value model).
 func TestSearchNearBruteForce(t *testing.T) {
 	a := testApp()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -284,8 +285,8 @@ func TestSearchNearBruteForce(t *testing.T) {
 		sumG += g
 		sumB += b
 	}
-	if ratio := sumG / sumB; ratio < 0.98 {
-		t.Errorf("grouped/optimum = %.4f, want >= 0.98", ratio)
+	if ratio := sumG / sumB; ratio < 0.99 {
+		t.Errorf("grouped/optimum = %.4f, want >= 0.99", ratio)
 	} else {
 		t.Logf("grouped/optimum = %.4f", ratio)
 	}

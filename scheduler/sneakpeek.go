@@ -14,6 +14,14 @@ func init() {
 	Register("oblivious", func(o Options) (Policy, error) {
 		return &searching{name: "oblivious", o: o, w: view{}}, nil
 	})
+	// Ablations of sneakpeek, for the evaluation: without overload shedding, and
+	// without the degraded answer (what cannot be served in time expires).
+	Register("sneakpeek-noshed", func(o Options) (Policy, error) {
+		return &searching{name: "sneakpeek-noshed", o: o, w: view{dataAware: true, byClass: true, noShed: true}}, nil
+	})
+	Register("sneakpeek-nodegrade", func(o Options) (Policy, error) {
+		return &searching{name: "sneakpeek-nodegrade", o: o, w: view{dataAware: true, byClass: true, noDegrade: true}}, nil
+	})
 	Register("bruteforce", func(o Options) (Policy, error) {
 		o.Window = min(o.Window, MaxBruteWindow)
 		return &searching{name: "bruteforce", o: o, w: view{dataAware: true}, brute: true}, nil
@@ -118,6 +126,9 @@ func (p *searching) Decide(s *Snapshot) Decision {
 			}
 		}
 		d.prepass(skip)
+		if round == 0 && !p.w.noShed {
+			d.shed()
+		}
 		if len(d.members) == 0 {
 			return Decision{Verdicts: d.verdicts}
 		}
@@ -156,6 +167,9 @@ func (p *searching) plan(d *decisionState, win []int) []run {
 	out := make([]run, len(runs))
 	for i, r := range runs {
 		out[i] = run{ms: slices.Clone(r.ms), vi: r.vi, v: r.v}
+	}
+	if !p.brute {
+		out = d.refine(out)
 	}
 	return out
 }
@@ -248,7 +262,7 @@ func (d *decisionState) assemble(r run) *Batch {
 	for _, m := range ms {
 		lv := m.late(r.vi, fin)
 		if fin > m.dl && m.alt > lv {
-			if d.w.dataAware && m.r.P != nil && m.r.DegradedUtility > lv {
+			if d.w.degrade(m.r) && m.r.DegradedUtility > lv {
 				d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: Degraded, Reason: ReasonNoVariantInTime})
 			} else {
 				d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: Expired, Reason: ReasonNotWorth})

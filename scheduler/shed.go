@@ -1,0 +1,143 @@
+package scheduler
+
+import (
+	"container/heap"
+	"slices"
+	"time"
+)
+
+// ReasonOverload: the queue holds more work than the engine can finish by the
+// deadlines, even on the cheapest variants; this request was the one whose model
+// answer was worth least per second of engine time, so it is answered now (with
+// the estimate, or expired) to keep the others on time.
+const ReasonOverload = "overload_shed"
+
+// shed is overload control for the searching policies. Without it, a queue that
+// grows faster than the engine drains it is served in priority (roughly deadline)
+// order, so every request is served a little late and deadline-met collapses to
+// near zero while a third of the requests still end degraded or expired (the
+// "domino effect" of EDF under overload). Instead, shed walks the members in
+// deadline order, accumulating each one's engine time on its cheapest variant
+// (amortised at its best batch). Whenever a member that could still be on time
+// would finish after its deadline, it removes from the walked prefix the member
+// whose model answer is worth least per second of engine time over its
+// alternative, until the member fits (a weighted Moore-Hodgson rule). Removed
+// members are answered now: degraded when the policy may use the estimate,
+// expired otherwise.
+//
+// A member's worth is its best on-time believed utility (its late value when it is
+// already past the deadline) minus its alternative (the degraded answer's expected
+// utility for a data-aware policy, 0 for expiring). A data-aware policy therefore
+// sheds the requests its estimate is surest about and keeps engine time for the
+// ones where a model answer changes the most; an oblivious one, which believes
+// every request is worth the same, sheds the latest deadlines' requests.
+//
+// It costs O(n log n) for the sort and the heap.
+func (d *decisionState) shed() {
+	n := len(d.members)
+	if n < 2 {
+		return
+	}
+	type cand struct {
+		i       int
+		cost    time.Duration
+		density float64
+	}
+	cs := make([]cand, n)
+	order := make([]int, n)
+	for i := range d.members {
+		m := &d.members[i]
+		ai := d.info(m.r.App)
+		cost := time.Duration(-1)
+		best := 0.0
+		for vi, ok := range ai.ok0 {
+			if !ok {
+				continue
+			}
+			c := time.Duration(ai.amort[vi] * float64(time.Second))
+			if cost < 0 || c < cost {
+				cost = c
+			}
+			v := m.u[vi]
+			if m.dl < ai.fastest {
+				v = m.late(vi, ai.lat1[vi])
+			}
+			best = max(best, v)
+		}
+		alt := 0.0
+		if d.w.degrade(m.r) {
+			alt = m.r.DegradedUtility
+		}
+		cost = time.Duration(float64(cost) * shedHeadroom)
+		cs[i] = cand{i: i, cost: max(cost, 1), density: (best - alt) / max(cost.Seconds(), 1e-12)}
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmpDur(d.members[a].dl, d.members[b].dl) })
+	h := &densityHeap{cs: make([]int, 0, n), density: func(i int) float64 { return cs[i].density }}
+	var cum time.Duration
+	var shed []int
+	for _, i := range order {
+		m := &d.members[i]
+		cum += cs[i].cost
+		heap.Push(h, i)
+		if m.dl < d.info(m.r.App).fastest {
+			continue // already late: allowed, but its time counts for those behind it
+		}
+		for cum > m.dl && h.Len() > 0 {
+			j := heap.Pop(h).(int)
+			cum -= cs[j].cost
+			shed = append(shed, j)
+			if j == i {
+				break
+			}
+		}
+	}
+	if len(shed) == 0 {
+		return
+	}
+	drop := make([]bool, n)
+	for _, j := range shed {
+		drop[j] = true
+		r := d.members[j].r
+		if d.w.degrade(r) {
+			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Degraded, Reason: ReasonOverload})
+		} else {
+			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonOverload})
+		}
+	}
+	k := 0
+	for i := range d.members {
+		if !drop[i] {
+			d.members[k] = d.members[i]
+			k++
+		}
+	}
+	clear(d.members[k:])
+	d.members = d.members[:k]
+}
+
+// shedHeadroom inflates the amortised cost in the walk: real batches are not
+// always full, latencies vary, and the plan is not exactly deadline order.
+const shedHeadroom = 1.25
+
+// densityHeap is a min-heap of member indexes by worth per engine second.
+type densityHeap struct {
+	cs      []int
+	density func(int) float64
+}
+
+func (h *densityHeap) Len() int { return len(h.cs) }
+func (h *densityHeap) Less(i, j int) bool {
+	a, b := h.density(h.cs[i]), h.density(h.cs[j])
+	if a != b {
+		return a < b
+	}
+	return h.cs[i] > h.cs[j] // later in the queue goes first
+}
+func (h *densityHeap) Swap(i, j int) { h.cs[i], h.cs[j] = h.cs[j], h.cs[i] }
+func (h *densityHeap) Push(x any)    { h.cs = append(h.cs, x.(int)) }
+func (h *densityHeap) Pop() any {
+	x := h.cs[len(h.cs)-1]
+	h.cs = h.cs[:len(h.cs)-1]
+	return x
+}
