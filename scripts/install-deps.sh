@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages sneakgate needs to run and test: the Mosquitto broker
-# and clients (integration tests, operators' tools) and the datasets the tests read.
+# and clients (integration tests, operators' tools). The tests replay the samples and
+# validation splits committed under models/; `--models` adds what retraining needs.
 # Idempotent: installs only what is missing, runs apt-get update at most once.
 set -euo pipefail
 
-pkgs=(mosquitto mosquitto-clients dataset-fashion-mnist)
+pkgs=(mosquitto mosquitto-clients)
 # `make models` needs more (training): see models/README.md.
 if [[ "${1:-}" == "--models" ]]; then
-  pkgs+=(python3-torch python3-sklearn python3-onnx python3-rdata r-cran-mlbench
-         pocketsphinx-testdata klettres-data sox)
+  pkgs+=(dataset-fashion-mnist python3-torch python3-sklearn python3-onnx python3-rdata
+         r-cran-mlbench pocketsphinx-testdata klettres-data sox)
 fi
 
 missing=()
