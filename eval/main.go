@@ -2,6 +2,7 @@ package eval
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
@@ -70,7 +72,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
 		quiet       = fs.Bool("quiet", false, "no progress bar")
 		estimator   = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
-		live        = fs.Bool("live", false, "drive the real gateway over MQTT (not implemented yet)")
+		live        = fs.Bool("live", false, "drive the real gateway over MQTT with the device simulator and compare with the simulator's prediction")
+		liveRates   = fs.String("live-rates", "300", "with -live: request rates (per second) to run live")
+		liveDur     = fs.Duration("live-duration", 10*time.Second, "with -live: how long each live run sends")
+		liveDevices = fs.Int("live-devices", 4, "with -live: simulated devices")
+		liveBroker  = fs.String("live-broker", "", "with -live: external broker URL (default: the gateway's embedded broker on a free port)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -80,9 +86,6 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("eval: unexpected arguments %v", fs.Args())
-	}
-	if *live {
-		return errors.New("eval: -live is not implemented yet (see docs/evaluation.md)")
 	}
 	ls, err := floats(*loads)
 	if err != nil {
@@ -99,6 +102,19 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	opts := scheduler.Options{MaxBatch: *maxBatch, Window: *window}
+	if *live {
+		rates, err := floats(*liveRates)
+		if err != nil {
+			return fmt.Errorf("eval: -live-rates: %w", err)
+		}
+		lib := *ortLib
+		if lib == "" {
+			lib = os.Getenv(engine.LibraryEnv)
+		}
+		return runLive(ctx, liveRun{models: *models, apps: split(*apps), workloads: split(*workloads), policies: pols,
+			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, lib: lib,
+			opts: opts, maxQueue: *maxQueue, jitter: *jitter, seed: *seed, out: *out}, stdout, stderr)
+	}
 
 	var as []*App
 	rep := &Report{Command: "sneakgate eval " + strings.Join(args, " "), Correctness: map[string]string{},
@@ -273,4 +289,79 @@ func floats(s string) ([]float64, error) {
 		return nil, errors.New("empty list")
 	}
 	return out, nil
+}
+
+type liveRun struct {
+	models            string
+	apps, workloads   []string
+	policies          []string
+	rates, deadlines  []float64
+	dur               time.Duration
+	devices, maxQueue int
+	broker, lib, out  string
+	opts              scheduler.Options
+	jitter            float64
+	seed              uint64
+}
+
+// runLive runs every live point (app x workload x deadline x rate x policy), prints
+// the comparison table and writes live.json into the output directory.
+func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
+	if len(l.apps) == 0 {
+		return errors.New("eval: -live needs -apps")
+	}
+	if len(l.workloads) == 0 {
+		l.workloads = []string{"natural"}
+	}
+	if err := os.MkdirAll(l.out, 0o755); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "sneakgate-live-")
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	var rs []LiveResult
+	for _, app := range l.apps {
+		mf := filepath.Join(l.models, app, "manifest.yaml")
+		m, err := manifest.Load(mf)
+		if err != nil {
+			return err
+		}
+		for _, wl := range l.workloads {
+			for _, ds := range l.deadlines {
+				dl := time.Duration(float64(m.DefaultDeadlineMS) * ds * float64(time.Millisecond))
+				for _, rate := range l.rates {
+					for _, pol := range l.policies {
+						r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
+							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, Library: l.lib, Dir: dir,
+							Options: l.opts, MaxQueue: l.maxQueue, Jitter: l.jitter}, stderr)
+						if err != nil {
+							return err
+						}
+						rs = append(rs, r)
+					}
+				}
+			}
+		}
+	}
+	if err := WriteLive(stdout, rs); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(rs, "", " ")
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	p := filepath.Join(l.out, "live.json")
+	if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	held := 0
+	for _, r := range rs {
+		if r.Holds {
+			held++
+		}
+	}
+	fmt.Fprintf(stdout, "\nlive agrees with the simulator within tolerance at %d of %d points; wrote %s\n", held, len(rs), p)
+	return nil
 }

@@ -1,0 +1,274 @@
+package eval
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/devices"
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/gateway"
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// LiveConfig is one live comparison: the real gateway (in-process, its embedded
+// MQTT broker or an external one, the real engine, journal and estimator) driven by
+// the device simulator over MQTT, against the simulator's prediction for the same
+// point.
+type LiveConfig struct {
+	// Manifest is the application's manifest.yaml.
+	Manifest string
+	Workload string
+	Policy   string
+	// Rate is the request rate (per second) and Deadline each request's budget.
+	Rate     float64
+	Deadline time.Duration
+	// Duration of the live run; Devices simulated devices; Seed.
+	Duration time.Duration
+	Devices  int
+	Seed     uint64
+	// Broker, if not empty, is an external broker URL (e.g. a Mosquitto);
+	// otherwise the gateway's embedded broker listens on a free local port.
+	Broker string
+	// Library is the ONNX Runtime library; Dir a scratch directory (journal,
+	// profile cache shared by the gateway and the prediction).
+	Library, Dir string
+	// Options are the scheduler options of both; MaxQueue the admission bound.
+	Options  scheduler.Options
+	MaxQueue int
+	// Jitter is the simulator's latency jitter.
+	Jitter float64
+}
+
+// LiveResult compares a live run with the simulator's prediction.
+type LiveResult struct {
+	App      string  `json:"app"`
+	Workload string  `json:"workload"`
+	Policy   string  `json:"policy"`
+	Rate     float64 `json:"rate_per_s"`
+	// Load is Rate as a fraction of the simulator's capacity for the app.
+	Load       float64        `json:"load"`
+	DeadlineMS float64        `json:"deadline_ms"`
+	Live       devices.Report `json:"live"`
+	Sim        Metrics        `json:"sim"`
+	// Checks are the compared quantities, each with its tolerance and verdict.
+	Checks []LiveCheck `json:"checks"`
+	// Holds is true when every check holds.
+	Holds bool `json:"holds"`
+}
+
+// LiveCheck is one compared quantity: a share of the requests sent.
+type LiveCheck struct {
+	Name      string  `json:"name"`
+	Live      float64 `json:"live"`
+	Sim       float64 `json:"sim"`
+	Tolerance float64 `json:"tolerance"`
+	Holds     bool    `json:"holds"`
+}
+
+// Live runs one live point and its prediction. The gateway measures the variant
+// profiles at start-up into Dir's profile cache; the prediction is simulated with
+// exactly those profiles, the same estimator (the manifest's first), policy,
+// options, rate, deadline, workload and number of requests, with exact
+// correctness (every variant run on every sample). Live and simulated requests are
+// different draws from the same workload, so shares are compared with a tolerance
+// of max(abs, 3 standard errors) (see compare).
+func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, error) {
+	res := LiveResult{Workload: c.Workload, Policy: c.Policy, Rate: c.Rate, DeadlineMS: float64(c.Deadline) / 1e6}
+	cfg := gateway.DefaultConfig()
+	cfg.Log.Level = "warn"
+	cfg.MQTT.ClientID = "sneakgate-eval-live"
+	if c.Broker != "" {
+		cfg.MQTT.Broker = c.Broker
+	} else {
+		addr, err := freePort()
+		if err != nil {
+			return res, err
+		}
+		cfg.MQTT.Embedded.Enabled, cfg.MQTT.Embedded.Listen = true, addr
+		cfg.MQTT.Broker = "tcp://" + addr
+	}
+	run := filepath.Join(c.Dir, fmt.Sprintf("run-%d", time.Now().UnixNano()))
+	cfg.Store.Path = filepath.Join(run, "journal.db")
+	cfg.Engine.Library = c.Library
+	cfg.Engine.ProfileCache = filepath.Join(c.Dir, "profiles")
+	cfg.Engine.ProfileRuns = 15
+	cfg.Scheduler.Policy = c.Policy
+	o := c.Options
+	d := scheduler.DefaultOptions()
+	cfg.Scheduler.MaxBatch = cmp0(o.MaxBatch, d.MaxBatch)
+	cfg.Scheduler.Window = cmp0(o.Window, d.Window)
+	cfg.Scheduler.MaxQueueDelay = d.MaxQueueDelay
+	if c.MaxQueue > 0 {
+		cfg.Admission.MaxQueue = c.MaxQueue
+	}
+	cfg.Metrics.Listen = ""
+	cfg.Apps = []gateway.AppConfig{{Manifest: c.Manifest}}
+	if err := cfg.Validate(); err != nil {
+		return res, fmt.Errorf("eval: live config: %w", err)
+	}
+	fmt.Fprintf(progress, "live: starting the gateway (%s, broker %s; profiling variants)...\n", c.Policy, cfg.MQTT.Broker)
+	g, err := gateway.New(ctx, gateway.Options{Config: &cfg, Logger: zerolog.New(progress).Level(zerolog.WarnLevel)})
+	if err != nil {
+		return res, err
+	}
+	gctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- g.Run(gctx) }()
+	fmt.Fprintf(progress, "live: driving %s/%s at %.0f req/s, deadline %v, for %v...\n", filepath.Base(filepath.Dir(c.Manifest)),
+		c.Workload, c.Rate, c.Deadline, c.Duration)
+	rep, simErr := devices.Simulate(ctx, devices.SimConfig{Broker: cfg.MQTT.Broker, Manifest: c.Manifest,
+		Devices: c.Devices, Rate: c.Rate, Seed: c.Seed, Deadline: c.Deadline, Duration: c.Duration,
+		Workload: c.Workload, Quiet: true, Progress: io.Discard, Out: io.Discard, B64: true})
+	stop()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		return res, fmt.Errorf("eval: live gateway: %w", err)
+	}
+	if simErr != nil {
+		return res, fmt.Errorf("eval: live devices: %w", simErr)
+	}
+	res.Live = rep
+	res.App = rep.App
+
+	// The prediction, with the profiles the gateway measured.
+	prof, err := readProfileCache(cfg.Engine.ProfileCache)
+	if err != nil {
+		return res, err
+	}
+	eng, err := engine.New(engine.Options{LibraryPath: c.Library, IntraOpThreads: 1, BatchSizes: batchSizes(cfg.Scheduler.MaxBatch)})
+	if err != nil {
+		return res, fmt.Errorf("eval: %w", err)
+	}
+	defer eng.Close()
+	a, err := LoadApp(ctx, c.Manifest, LoadOptions{Engine: eng, Profiles: prof, MaxBatch: cfg.Scheduler.MaxBatch})
+	if err != nil {
+		return res, err
+	}
+	w, err := a.Workload(c.Workload)
+	if err != nil {
+		return res, err
+	}
+	res.Load = c.Rate / Capacity(a.Sched, o)
+	pt := Point{App: a, Workload: w, Policy: c.Policy, Options: o, Load: res.Load, Deadline: c.Deadline,
+		Requests: max(rep.Sent, 1), Seed: c.Seed, Jitter: c.Jitter, MaxQueue: cfg.Admission.MaxQueue}
+	m, err := Simulate(pt, nil)
+	if err != nil {
+		return res, err
+	}
+	res.Sim = m
+	res.Checks, res.Holds = compare(rep, m)
+	return res, nil
+}
+
+// compare lists the compared shares. Each tolerance is max(abs, 3 standard errors
+// of the difference of two independent shares over n requests each), abs being 3
+// points for accuracy and 5 for the status shares (which depend on timing the
+// simulator does not model: MQTT, journal and estimator time).
+func compare(r devices.Report, m Metrics) ([]LiveCheck, bool) {
+	n := float64(max(r.Sent, 1))
+	share := func(s protocol.Status) float64 { return float64(r.ByStatus[s]) / n }
+	sm := float64(max(m.Requests, 1))
+	cs := []LiveCheck{
+		{Name: "accuracy", Live: r.AccuracyAll, Sim: m.Accuracy, Tolerance: 0.03},
+		{Name: "ok", Live: share(protocol.StatusOK), Sim: float64(m.OK) / sm, Tolerance: 0.05},
+		{Name: "late", Live: share(protocol.StatusLate), Sim: float64(m.Late) / sm, Tolerance: 0.05},
+		{Name: "degraded", Live: share(protocol.StatusDegraded), Sim: float64(m.Degraded) / sm, Tolerance: 0.05},
+		{Name: "expired", Live: share(protocol.StatusExpired), Sim: float64(m.Expired) / sm, Tolerance: 0.05},
+		{Name: "rejected+error+unanswered", Live: (share(protocol.StatusRejected) + share(protocol.StatusError) +
+			float64(r.Unanswered)/n), Sim: float64(m.Rejected) / sm, Tolerance: 0.05},
+	}
+	all := true
+	for i := range cs {
+		c := &cs[i]
+		p := (c.Live + c.Sim) / 2
+		se := math.Sqrt(max(p*(1-p), 0) * (1/n + 1/sm))
+		c.Tolerance = max(c.Tolerance, 3*se)
+		c.Holds = math.Abs(c.Live-c.Sim) <= c.Tolerance
+		all = all && c.Holds
+	}
+	return cs, all
+}
+
+// WriteLive prints live results.
+func WriteLive(w io.Writer, rs []LiveResult) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "app\tworkload\tpolicy\trate/s\tload\tdl_ms\tsent\tquantity\tlive\tsim\ttolerance\tholds\t")
+	for _, r := range rs {
+		for _, c := range r.Checks {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.3f\t%g\t%d\t%s\t%.3f\t%.3f\t%.3f\t%v\t\n", r.App, r.Workload, r.Policy,
+				r.Rate, r.Load, r.DeadlineMS, r.Live.Sent, c.Name, c.Live, c.Sim, c.Tolerance, c.Holds)
+		}
+		var models []string
+		for k, v := range r.Live.ByModel {
+			models = append(models, fmt.Sprintf("%s %.2f", k, float64(v)/float64(max(1, r.Live.Answered))))
+		}
+		var sims []string
+		for k, v := range r.Sim.VariantShare {
+			sims = append(sims, fmt.Sprintf("%s %.2f", k, v))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tvariants\tlive: %s\tsim: %s\t\t\t\n", r.App, r.Workload, r.Policy,
+			strings.Join(models, ", "), strings.Join(sims, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tlatency p50/p99\tlive: %v/%v\tsim p99: %.2fms\t\t\t\n", r.App, r.Workload, r.Policy,
+			r.Live.Latency.P50.Round(10*time.Microsecond), r.Live.Latency.P99.Round(10*time.Microsecond), r.Sim.P99LatencyMS)
+	}
+	return tw.Flush()
+}
+
+// readProfileCache reads the engine's profile cache directory (files
+// {app}.{variant}.{hash}.json holding {"profile": engine.Profile}).
+func readProfileCache(dir string) (Profiles, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, fmt.Errorf("eval: %w", err)
+	}
+	out := Profiles{}
+	for _, f := range files {
+		parts := strings.Split(filepath.Base(f), ".")
+		if len(parts) != 4 {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("eval: %w", err)
+		}
+		var e struct {
+			Profile engine.Profile `json:"profile"`
+		}
+		if err := json.Unmarshal(b, &e); err != nil {
+			return nil, fmt.Errorf("eval: profile cache %s: %w", f, err)
+		}
+		out[parts[0]+"/"+parts[1]] = e.Profile
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("eval: the gateway left no profiles in %s", dir)
+	}
+	return out, nil
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("eval: %w", err)
+	}
+	addr := l.Addr().String()
+	return addr, l.Close()
+}
+
+func cmp0(v, d int) int {
+	if v > 0 {
+		return v
+	}
+	return d
+}
