@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -272,14 +274,15 @@ func TestBadInputIsRejectedAndLosesNothing(t *testing.T) {
 	}{
 		{"", topic, `{not json`, protocol.ReasonBadJSON},
 		{"short", topic, `{"id":"short","input":[1,2,3]}`, protocol.ReasonBadInputSize},
-		{"nan", topic, `{"id":"nan","input_b64":"AADAfw==` + `"}`, ""}, // size error or NaN: any rejection
+		{"nan", topic, `{"id":"nan","input_b64":"` + b64With(samples.Row(0), 10, float32(math.NaN())) + `"}`, protocol.ReasonNonFiniteInput},
+		{"inf", topic, `{"id":"inf","input_b64":"` + b64With(samples.Row(0), 0, float32(math.Inf(1))) + `"}`, protocol.ReasonNonFiniteInput},
 		{"app", protocol.RequestTopic("sneakgate", "nope", "cam-bad"), `{"id":"app","input":[1]}`, protocol.ReasonUnknownApp},
 		{"both", topic, `{"id":"both","deadline_ms":10,"deadline":1,"input":` + string(good) + `}`, protocol.ReasonDeadlineConflict},
 		{"past", topic, `{"id":"past","deadline":1000,"input":` + string(good) + `}`, protocol.ReasonDeadlinePast},
 		{"far", topic, `{"id":"far","deadline_ms":86400000000,"input":` + string(good) + `}`, protocol.ReasonDeadlineTooFar},
 		{"rt", topic, `{"id":"rt","reply_to":"elsewhere/x","input":` + string(good) + `}`, protocol.ReasonReplyToNotAllowed},
 		{"big", topic, `{"id":"big","input":[` + strings.Repeat("0.5,", 80000) + `0]}`, protocol.ReasonPayloadTooLarge},
-		{"range", topic, `{"id":"range","input":` + strings.Replace(string(good), "[", "[7,", 1) + `}`, ""},
+		{"range", topic, `{"id":"range","input_b64":"` + b64With(samples.Row(0), 3, 7) + `"}`, protocol.ReasonInputOutOfRange},
 	}
 	var ids []string
 	for _, c := range cases {
@@ -314,6 +317,17 @@ func TestBadInputIsRejectedAndLosesNothing(t *testing.T) {
 	if got := testutil.ToFloat64(gw.g.m.rejected.WithLabelValues(string(protocol.ReasonBadInputSize))); got < 1 {
 		t.Errorf("rejected{bad_input_size} = %v", got)
 	}
+}
+
+// b64With encodes in as input_b64 after setting in[i] = v (on a copy).
+func b64With(in []float32, i int, v float32) string {
+	c := append([]float32(nil), in...)
+	c[i] = v
+	b := make([]byte, 4*len(c))
+	for j, x := range c {
+		binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(x))
+	}
+	return base64.StdEncoding.EncodeToString(b)
 }
 
 // TestAckOnlyAfterCommit: a request whose journal write fails is not acknowledged;
