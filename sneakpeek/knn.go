@@ -3,6 +3,7 @@ package sneakpeek
 import (
 	"fmt"
 	"math"
+	"sort"
 
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/manifest"
@@ -18,7 +19,8 @@ type KNN struct {
 	feat     Features
 	k        int
 	d        int
-	ref      []float32 // n*d reference features
+	ref      []float32 // n*d reference features, dimensions in order perm
+	perm     []int     // feature dimensions by decreasing variance over the reference set
 	labels   []int32
 	alpha    []float64
 	alphaSum float64
@@ -56,8 +58,46 @@ func NewKNN(name string, f Features, ref *dataset.Set, k int, alpha []float64) (
 			return nil, fmt.Errorf("%w: reference row %d has label %d, want [0, %d)", ErrParams, i, y, len(alpha))
 		}
 	}
-	return &KNN{name: name, feat: f, k: k, d: ref.D, ref: ref.Values, labels: ref.Labels,
-		alpha: append([]float64(nil), alpha...), alphaSum: sum, buf: newScratch(f.Dim())}, nil
+	m := &KNN{name: name, feat: f, k: k, d: ref.D, labels: ref.Labels,
+		alpha: append([]float64(nil), alpha...), alphaSum: sum, buf: newScratch(2 * f.Dim())}
+	// Distances do not depend on the order of dimensions, but the partial-distance
+	// cut-off (partialDist) fires sooner when the dimensions that differ most come
+	// first: store the reference rows with their dimensions by decreasing variance.
+	m.perm = varianceOrder(ref)
+	m.ref = make([]float32, len(ref.Values))
+	for r := 0; r < ref.N; r++ {
+		src, dst := ref.Row(r), m.ref[r*ref.D:(r+1)*ref.D]
+		for j, p := range m.perm {
+			dst[j] = src[p]
+		}
+	}
+	return m, nil
+}
+
+// varianceOrder returns the dimensions of s sorted by decreasing variance (ties:
+// lower dimension first).
+func varianceOrder(s *dataset.Set) []int {
+	mean, vr := make([]float64, s.D), make([]float64, s.D)
+	for r := 0; r < s.N; r++ {
+		for j, v := range s.Row(r) {
+			mean[j] += float64(v)
+		}
+	}
+	for j := range mean {
+		mean[j] /= float64(max(s.N, 1))
+	}
+	for r := 0; r < s.N; r++ {
+		for j, v := range s.Row(r) {
+			d := float64(v) - mean[j]
+			vr[j] += d * d
+		}
+	}
+	perm := make([]int, s.D)
+	for j := range perm {
+		perm[j] = j
+	}
+	sort.SliceStable(perm, func(a, b int) bool { return vr[perm[a]] > vr[perm[b]] })
+	return perm
 }
 
 // Name implements Estimator.
@@ -66,8 +106,11 @@ func (m *KNN) Name() string { return m.name }
 // Estimate implements Estimator.
 func (m *KNN) Estimate(input []float32, dst []float64) {
 	b := m.buf.get()
-	q := *b
-	m.feat.Apply(input, q)
+	f, q := (*b)[:m.d], (*b)[m.d:]
+	m.feat.Apply(input, f)
+	for j, p := range m.perm {
+		q[j] = f[p]
+	}
 	var bestD [maxK]float32
 	var bestI [maxK]int32
 	n := 0 // neighbours found so far (< k only during the first k rows)
