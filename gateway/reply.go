@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"time"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -27,8 +28,8 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 		if c >= 0 && c < len(labels) {
 			rep.Label = labels[c]
 		}
-		rep.Confidence = protocol.Ptr(r.Probs[c])
-		rep.EstAccuracy = protocol.Ptr(r.EstAccuracy)
+		rep.Confidence = protocol.Ptr(round4(r.Probs[c]))
+		rep.EstAccuracy = protocol.Ptr(round4(r.EstAccuracy))
 		rep.Model = r.Variant
 		if rep.Status == protocol.StatusDegraded {
 			rep.Model = estimator
@@ -55,3 +56,6 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 	}
 	return rep
 }
+
+// round4 keeps four decimals: more would be noise on the wire.
+func round4(x float64) float64 { return math.Round(x*1e4) / 1e4 }
