@@ -2,15 +2,20 @@
 // Runtime and measures the cost of their SneakPeek estimators.
 //
 // For each application directory given (e.g. models/fashion) it loads the
-// manifest, runs every variant through ONNX Runtime over the validation split
-// (data/validation.sgs) in batches of 64 and checks that the accuracy matches the
-// manifest's (within -tol), checks that batch-1 and batch-64 outputs agree, times
-// batch-1 and batch-32 runs (one intra-op thread), benchmarks each estimator's
-// Estimate, and writes measured.json beside the manifest. models/train/common.py
-// (render) copies the estimator costs into the manifest as cost_us.
+// manifest, feeds every variant exactly as the manifest's inputs describe (data
+// slice, zeros, const) over the validation split (data/validation.sgs) in batches
+// of 64, records the ORT accuracy, confusion and recall and checks the accuracy
+// against the manifest's (within -tol; skipped while the manifest's confusion is
+// still all zero, as for vad before its first render), checks that batch-1 and
+// batch-64 outputs agree, times batch-1 and batch-32 runs (one intra-op thread,
+// first quartile), benchmarks each estimator's Estimate (best of five), and writes
+// measured.json beside the manifest. models/train/common.py (render) copies the
+// estimator costs into the manifest as cost_us, and for variants marked so in
+// spec.json (vad) the ORT metrics.
 //
 // Usage: go run ./models/tools/measure [-tol 0.002] models/fashion models/satellite ...
 // The ONNX Runtime library is $SNEAKGATE_ORT_LIB (default: the copy under /tmp/ort).
+// It exits with status 1 when a check fails.
 package main
 
 import (
