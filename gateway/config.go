@@ -55,6 +55,8 @@ type MQTTConfig struct {
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
 	// FlushRate caps replies per second when the outbox flushes after a reconnect.
 	FlushRate float64 `yaml:"flush_rate"`
+	// StatsInterval is how often Stats go to {prefix}/stats; 0 turns them off.
+	StatsInterval time.Duration `yaml:"stats_interval"`
 	// Embedded runs an MQTT broker inside the gateway.
 	Embedded EmbeddedBroker `yaml:"embedded"`
 }
@@ -140,7 +142,7 @@ func DefaultConfig() Config {
 		MQTT: MQTTConfig{
 			Broker: "tcp://127.0.0.1:1883", ClientID: "sneakgate", TopicPrefix: "sneakgate",
 			ReplyAllow: []string{"{prefix}/res/{app}/{device}"},
-			Keepalive:  30 * time.Second, PublishTimeout: 5 * time.Second, FlushRate: 200,
+			Keepalive:  30 * time.Second, PublishTimeout: 5 * time.Second, FlushRate: 200, StatsInterval: 10 * time.Second,
 			Embedded: EmbeddedBroker{Listen: "127.0.0.1:1883"},
 		},
 		Store: StoreConfig{
@@ -226,6 +228,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.PublishTimeout <= 0 {
 		return configErr("mqtt.publish_timeout", "must be positive")
+	}
+	if c.MQTT.StatsInterval < 0 {
+		return configErr("mqtt.stats_interval", "must not be negative")
 	}
 	if c.MQTT.FlushRate < 0 {
 		return configErr("mqtt.flush_rate", "must not be negative")

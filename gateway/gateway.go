@@ -62,6 +62,7 @@ type Gateway struct {
 	client  mqtt.Client
 	broker  *Broker
 
+	started time.Time
 	// admitting is read-locked by every request handler and write-locked by
 	// shutdown (see onMessage).
 	admitting  sync.RWMutex
@@ -89,6 +90,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	g.m = newMetrics(g.reg)
+	g.started = g.now()
 	defer func() {
 		if err != nil {
 			g.closeAll()
@@ -308,9 +310,10 @@ func (g *Gateway) connect() error {
 	c := g.cfg.MQTT
 	opts := mqtt.NewClientOptions().AddBroker(c.Broker).SetClientID(c.ClientID).
 		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(false).
-		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(5 * time.Second).
-		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5 * time.Second).
-		SetDefaultPublishHandler(g.onMessage)
+		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(5*time.Second).
+		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
+		SetDefaultPublishHandler(g.onMessage).
+		SetBinaryWill(protocol.StatusTopic(c.TopicPrefix), g.statusPayload(protocol.StateOffline, "lost"), 1, true)
 	if c.Username != "" {
 		opts.SetUsername(c.Username)
 	}
@@ -332,6 +335,7 @@ func (g *Gateway) connect() error {
 			} else {
 				log.Error().Err(t.Error()).Msg("subscribe failed")
 			}
+			g.publishStatus(protocol.StateOnline, "")
 			g.egress.Kick()
 		}()
 	})
@@ -384,6 +388,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	flushDone := make(chan struct{})
 	go func() { g.egress.Flusher(flushCtx, 5*time.Second); close(flushDone) }()
 	g.egress.Kick()
+	statsCtx, stopStats := context.WithCancel(context.Background())
+	statsDone := make(chan struct{})
+	go func() {
+		if every := g.cfg.MQTT.StatsInterval; every > 0 {
+			g.statsLoop(statsCtx, every)
+		}
+		close(statsDone)
+	}()
 	gcCtx, stopGC := context.WithCancel(context.Background())
 	gcDone := make(chan struct{})
 	go func() { g.gcLoop(gcCtx); close(gcDone) }()
@@ -410,11 +422,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 	<-flushDone
 	stopGC()
 	<-gcDone
+	stopStats()
+	<-statsDone
 	waitCtx, cancel := context.WithTimeout(context.Background(), g.cfg.MQTT.PublishTimeout+time.Second)
 	g.egress.Wait(waitCtx)
 	cancel()
 	if srv != nil {
 		srv.Close()
+	}
+	if g.client.IsConnectionOpen() {
+		g.publishStatus(protocol.StateOffline, "shutdown")
 	}
 	return g.closeAll()
 }

@@ -518,3 +518,71 @@ func TestServesAcrossBrokerRestart(t *testing.T) {
 		t.Errorf("after restart: %+v", r)
 	}
 }
+
+// TestStatusAndStats: the gateway announces itself on the retained status topic,
+// publishes periodic stats, and says goodbye when it stops.
+func TestStatusAndStats(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.MQTT.StatsInterval = 50 * time.Millisecond
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-stats")
+	dev.request("fashion", "cam-stats", "s1", samples.Row(7), 5000)
+	dev.await([]string{"s1"}, 30*time.Second)
+
+	msgs := make(chan mqtt.Message, 100)
+	opts := mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("operator")
+	op := mqtt.NewClient(opts)
+	if tok := op.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer op.Disconnect(100)
+	op.Subscribe("sneakgate/status", 1, func(_ mqtt.Client, m mqtt.Message) { msgs <- m }).WaitTimeout(10 * time.Second)
+	op.Subscribe("sneakgate/stats", 0, func(_ mqtt.Client, m mqtt.Message) { msgs <- m }).WaitTimeout(10 * time.Second)
+	var status protocol.GatewayStatus
+	var stats protocol.Stats
+	timeout := time.After(30 * time.Second)
+	for status.State == "" || stats.V == 0 {
+		select {
+		case m := <-msgs:
+			switch m.Topic() {
+			case "sneakgate/status":
+				if !m.Retained() {
+					t.Errorf("status not retained")
+				}
+				json.Unmarshal(m.Payload(), &status)
+			case "sneakgate/stats":
+				json.Unmarshal(m.Payload(), &stats)
+				if a := stats.Apps["fashion"]; a == nil || a.Received < 1 || a.Replies[protocol.StatusOK] < 1 {
+					stats.V = 0 // the reply's completion may not be counted yet
+				}
+			}
+		case <-timeout:
+			t.Fatalf("status %+v, stats %+v", status, stats)
+		}
+	}
+	if status.State != protocol.StateOnline || status.Policy != "edf" || len(status.Apps) != 1 {
+		t.Errorf("status %+v", status)
+	}
+	if a := stats.Apps["fashion"]; a.DeadlineMet == nil || *a.DeadlineMet != 1 || a.MeanEstAccuracy == nil {
+		t.Errorf("stats %+v", a)
+	}
+	gw.stop(t)
+	for {
+		select {
+		case m := <-msgs:
+			if m.Topic() == "sneakgate/status" {
+				json.Unmarshal(m.Payload(), &status)
+				if status.State == protocol.StateOffline {
+					if status.Reason != "shutdown" {
+						t.Errorf("offline status %+v", status)
+					}
+					return
+				}
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no offline status after shutdown")
+		}
+	}
+}

@@ -101,6 +101,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	log := newLogger(cfg.Log, stderr)
+	gateway.Version = version
 	// SIGHUP would terminate the process by default; configuration reload is not
 	// supported yet, so say so instead of dying.
 	hup := make(chan os.Signal, 1)

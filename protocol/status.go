@@ -1,0 +1,57 @@
+package protocol
+
+// StatusTopic is where the gateway publishes its availability, retained:
+// {prefix}/status. The broker publishes the "offline" last will if the gateway
+// disappears without saying goodbye.
+func StatusTopic(prefix string) string { return prefix + "/status" }
+
+// StatsTopic is where the gateway publishes periodic Stats (not retained).
+func StatsTopic(prefix string) string { return prefix + "/stats" }
+
+// Gateway states published on StatusTopic.
+const (
+	StateOnline  = "online"
+	StateOffline = "offline"
+)
+
+// GatewayStatus is the retained availability message.
+type GatewayStatus struct {
+	V     int    `json:"v"`
+	State string `json:"state"`
+	// Reason says why the gateway went offline: "shutdown", or "lost" for the
+	// broker's last will.
+	Reason string `json:"reason,omitempty"`
+	// Version, Policy and Apps describe an online gateway.
+	Version string   `json:"version,omitempty"`
+	Policy  string   `json:"policy,omitempty"`
+	Apps    []string `json:"apps,omitempty"`
+	// Since is when the gateway came online, Unix milliseconds.
+	Since int64 `json:"since,omitempty"`
+}
+
+// Stats is the gateway's periodic "accuracy goodput" summary. Counts are totals
+// since the gateway started.
+type Stats struct {
+	V int `json:"v"`
+	// Time is when the stats were taken, Unix milliseconds.
+	Time     int64   `json:"time"`
+	UptimeS  float64 `json:"uptime_s"`
+	Queue    int     `json:"queue"`
+	Outbox   int     `json:"outbox"`
+	Resident int     `json:"resident"`
+	// Rejected counts rejections by reason code.
+	Rejected map[string]int64     `json:"rejected,omitempty"`
+	Apps     map[string]*AppStats `json:"apps"`
+}
+
+// AppStats summarises one application.
+type AppStats struct {
+	Received int64 `json:"received"`
+	// Replies counts replies handed to the broker, by status.
+	Replies map[Status]int64 `json:"replies"`
+	// DeadlineMet is the share of model answers (ok and late) published by their
+	// deadline; absent before the first.
+	DeadlineMet *float64 `json:"deadline_met,omitempty"`
+	// MeanEstAccuracy is the mean est_accuracy of model answers.
+	MeanEstAccuracy *float64 `json:"mean_est_accuracy,omitempty"`
+}
