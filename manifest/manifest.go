@@ -133,7 +133,7 @@ type Estimator struct {
 
 // Samples points to replayable evaluation samples.
 type Samples struct {
-	// File is a sample file relative to the manifest (format defined by package devices).
+	// File is a sample file relative to the manifest (format: package dataset).
 	File string `yaml:"file"`
 	// Count is the number of samples in it.
 	Count int `yaml:"count"`

@@ -9,7 +9,8 @@ pkgs=(mosquitto mosquitto-clients)
 # `make models` needs more (training): see models/README.md.
 if [[ "${1:-}" == "--models" ]]; then
   pkgs+=(dataset-fashion-mnist python3-torch python3-sklearn python3-onnx python3-rdata
-         r-cran-mlbench pocketsphinx-testdata klettres-data sox)
+         python3-yaml r-cran-mlbench pocketsphinx-testdata klettres-data sonic-pi-samples
+         sox libsox-fmt-base npm)
 fi
 
 missing=()

@@ -19,8 +19,8 @@ def main(apps):
             with open(os.path.join(d, "measured.json")) as f:
                 meas = json.load(f)
         print(f"#### {app}: variants\n")
-        print("| variant | family | file size | params | val. accuracy | per-class recall (min–max) | weakest class | latency b1 / b32 per sample (offline, µs) | engine latency |")
-        print("|---|---|---:|---:|---:|---|---|---|---|")
+        print("| variant | family | file size | params | val. accuracy | per-class recall (min–max) | weakest class | latency per sample at batch 1 / 32 (µs, Go + ONNX Runtime, 1 thread) |")
+        print("|---|---|---:|---:|---:|---|---|---|")
         for v in m["variants"]:
             size = os.path.getsize(os.path.join(d, v["file"]))
             r = v["recall"]
@@ -28,7 +28,7 @@ def main(apps):
             mv = meas.get("variants", {}).get(v["name"], {})
             lat = f"{mv['us_batch1']:.0f} / {mv['us_per_sample_batch32']:.1f}" if mv else "–"
             print(f"| {v['name']} | {v['family']} | {size / 1024:.0f} KiB | {v['params']:,} | {v['accuracy']:.4f} | "
-                  f"{min(r):.3f}–{max(r):.3f} | {weakest} | {lat} | TODO (engine team, docs/evaluation.md) |")
+                  f"{min(r):.3f}–{max(r):.3f} | {weakest} | {lat} |")
         print(f"\n#### {app}: SneakPeek estimators\n")
         print("| estimator | kind | features | val. accuracy | ECE (15 bins) | cost per request (µs) | vs cheapest variant at batch 1 |")
         print("|---|---|---|---:|---:|---:|---|")
