@@ -10,7 +10,7 @@ pkgs=(mosquitto mosquitto-clients)
 if [[ "${1:-}" == "--models" ]]; then
   pkgs+=(dataset-fashion-mnist python3-torch python3-sklearn python3-onnx python3-rdata
          python3-yaml r-cran-mlbench pocketsphinx-testdata klettres-data sonic-pi-samples
-         sox libsox-fmt-base npm)
+         sox libsox-fmt-base)
 fi
 
 missing=()
