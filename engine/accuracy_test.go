@@ -2,7 +2,6 @@ package engine
 
 import (
 	"math"
-	"path/filepath"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -10,12 +9,15 @@ import (
 
 // TestRealModelsReproduceManifestAccuracy runs every committed variant through the
 // engine, in batches of 32, over its application's held-out validation split
-// (models/{app}/data/validation.sgs, never used for training) and checks the
+// (the manifest's `validation`, never used for training) and checks the
 // accuracy and the confusion matrix the manifest records: accuracy within 0.5
 // percentage points, and each confusion row's total equal (same split).
 func TestRealModelsReproduceManifestAccuracy(t *testing.T) {
 	for _, app := range realManifests(t) {
-		val, err := dataset.Read(filepath.Join(app.Dir, "data", "validation.sgs"))
+		if app.Validation == nil {
+			t.Fatalf("%s: manifest names no validation split", app.Name)
+		}
+		val, err := dataset.Read(app.Path(app.Validation.File))
 		if err != nil {
 			t.Fatalf("%s: validation split: %v", app.Name, err)
 		}

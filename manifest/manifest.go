@@ -53,6 +53,10 @@ type App struct {
 	Estimators []Estimator `yaml:"estimators"`
 	// Samples points to evaluation samples the simulator and tests may replay.
 	Samples *Samples `yaml:"samples,omitempty"`
+	// Validation points to the held-out validation split (never used for
+	// training) on which every variant's confusion matrix and every estimator's
+	// accuracy were measured.
+	Validation *Samples `yaml:"validation,omitempty"`
 	// Workloads are named label mixes for the simulator and the evaluator.
 	Workloads []Workload `yaml:"workloads,omitempty"`
 
@@ -131,7 +135,7 @@ type Estimator struct {
 	CostUS   float64 `yaml:"cost_us"`
 }
 
-// Samples points to replayable evaluation samples.
+// Samples points to a sample file: replayable evaluation samples or a split.
 type Samples struct {
 	// File is a sample file relative to the manifest (format: package dataset).
 	File string `yaml:"file"`

@@ -12,7 +12,7 @@ import (
 
 // The bundled applications under models/: every manifest must load and validate,
 // its sample file must fit it, and each estimator must reproduce on the validation
-// split (models/{app}/data/validation.sgs) the accuracy its manifest records.
+// split (the manifest's `validation`) the accuracy its manifest records.
 
 func bundledApps(t testing.TB) []*manifest.App {
 	t.Helper()
@@ -36,7 +36,10 @@ func bundledApps(t testing.TB) []*manifest.App {
 
 func validation(t testing.TB, a *manifest.App) *dataset.Set {
 	t.Helper()
-	s, err := dataset.Read(filepath.Join(a.Dir, "data", "validation.sgs"))
+	if a.Validation == nil {
+		t.Fatalf("%s: manifest names no validation split", a.Name)
+	}
+	s, err := dataset.Read(a.Path(a.Validation.File))
 	if err != nil {
 		t.Fatal(err)
 	}

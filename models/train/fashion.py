@@ -215,6 +215,7 @@ def main():
              "accuracy": round(knn_m["accuracy"], 4), "ece": round(knn_m["ece"], 4), "cost_us": 0.0},
         ],
         "samples": {"file": "samples.sgs", "count": int(len(sidx))},
+        "validation": {"file": "data/validation.sgs", "count": int(len(yva))},
         "workloads": workloads,
     }
     C.write_spec("fashion", spec)

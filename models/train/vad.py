@@ -326,6 +326,7 @@ def stage_finish():
              "accuracy": round(knn_m["accuracy"], 4), "ece": round(knn_m["ece"], 4), "cost_us": 0.0},
         ],
         "samples": {"file": "samples.sgs", "count": int(len(yte))},
+        "validation": {"file": "data/validation.sgs", "count": int(len(yva))},
         "workloads": [
             {"name": "natural", "description": "the test-split mix (40% speech)", "mix": natural},
             {"name": "quiet-room", "description": "mostly silence or background (90%)", "mix": [0.9, 0.1]},
