@@ -132,8 +132,12 @@ func (e *Engine) profile(ctx context.Context, v *variant) error {
 	}
 	p.Latency = lat
 	e.setProfile(v, p)
-	e.log.Info().Str("variant", v.id.String()).Dur("load", p.Load).Dur("unload", p.Unload).
-		Int64("mem_bytes", p.MemBytes).Ints("batch", p.Batch).Any("latency", p.Latency).Msg("profiled")
+	us := make([]float64, len(p.Latency))
+	for i, d := range p.Latency {
+		us[i] = float64(d.Microseconds())
+	}
+	e.log.Info().Str("variant", v.id.String()).Float64("load_ms", ms(p.Load)).Float64("unload_ms", ms(p.Unload)).
+		Int64("mem_bytes", p.MemBytes).Ints("batch", p.Batch).Floats64("latency_us", us).Msg("profiled")
 	if key != nil {
 		e.writeCache(v, key, file, p)
 	}
@@ -222,3 +226,6 @@ func (e *Engine) ProfileOf(id VariantID) (Profile, bool) {
 	}
 	return v.prof.clone(), true
 }
+
+// ms is d in milliseconds, for logs.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

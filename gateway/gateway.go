@@ -242,7 +242,7 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 	if err := g.eng.Profile(ctx, ids...); err != nil {
 		return fmt.Errorf("gateway: engine profile: %w", err)
 	}
-	g.log.Info().Int("variants", len(ids)).Dur("took", time.Since(t0)).Msg("engine profiles ready")
+	g.log.Info().Int("variants", len(ids)).Str("took", time.Since(t0).Round(time.Millisecond).String()).Msg("engine profiles ready")
 	maxB := g.cfg.Scheduler.MaxBatch
 	g.perRequest = time.Hour
 	for _, a := range g.apps {
@@ -257,8 +257,9 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 			}
 			v.Load, v.Unload, v.MemBytes = p.Load, p.Unload, p.MemBytes
 			g.perRequest = min(g.perRequest, v.Latency[maxB]/time.Duration(maxB))
-			g.log.Info().Str("variant", v.ID.String()).Dur("b1", v.Latency[1]).Dur("bmax", v.Latency[maxB]).
-				Dur("load", v.Load).Int64("mem_bytes", v.MemBytes).Float64("accuracy", v.Accuracy).Msg("variant profile")
+			g.log.Debug().Str("variant", v.ID.String()).Int64("b1_us", v.Latency[1].Microseconds()).
+				Int64("bmax_us", v.Latency[maxB].Microseconds()).Int64("load_us", v.Load.Microseconds()).
+				Int64("mem_bytes", v.MemBytes).Float64("accuracy", v.Accuracy).Msg("variant profile")
 		}
 	}
 	// Warm start: load variants in manifest order while they fit the budget.
