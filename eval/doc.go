@@ -10,11 +10,16 @@
 // is available); Synthetic builds a self-contained one. Simulate runs one Point
 // (app, workload, policy, load, deadline) and returns its Metrics; a Sweep runs a
 // grid in parallel; WriteTable, Report.WriteJSON and WritePlots present it.
+// Diagnose measures, without time pressure, what choosing variants by the estimate
+// could buy at most. Live runs the real gateway over MQTT with the device
+// simulator and compares it with Simulate's prediction for the same point.
 //
 // # Caveats
 //
 // Decision times are wall-clock measurements of the real Decide calls and do not
 // advance simulated time. Correctness is exact only with real predictions
-// (App.Pred); otherwise it is drawn from the confusion matrices. The live mode
-// (-live) is not implemented yet. See docs/evaluation.md.
+// (App.Pred); otherwise it is drawn from the confusion matrices. The simulator
+// models engine time only (not MQTT, the journal or estimation), so live runs agree
+// with it only when the deadline is well above the gateway's own latency. See
+// docs/evaluation.md.
 package eval
