@@ -67,8 +67,8 @@ type Gateway struct {
 	// shutdown (see onMessage).
 	admitting  sync.RWMutex
 	perRequest time.Duration
-	recovered  []*job
-	expired    []*job
+	// Requests read back from the journal at start-up, answered once connected.
+	recovered, expired, orphans []*job
 }
 
 // New starts everything but the scheduling loop: it loads the applications, opens
@@ -140,14 +140,17 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		return nil, err
 	}
 	for _, j := range g.expired {
-		g.answer(j, result{Status: protocol.StatusExpired, Reason: "expired_while_down"})
+		g.answer(j, result{Status: protocol.StatusExpired, Reason: string(protocol.ReasonExpiredWhileDown)})
+	}
+	for _, j := range g.orphans {
+		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonUnknownApp)})
 	}
 	for _, j := range g.recovered {
 		g.loop.Submit(j)
 	}
 	g.log.Info().Int("recovered", len(g.recovered)).Int("expired", len(g.expired)).
 		Str("policy", cfg.Scheduler.Policy).Msg("gateway ready")
-	g.recovered, g.expired = nil, nil
+	g.recovered, g.expired, g.orphans = nil, nil, nil
 	return g, nil
 }
 
@@ -288,9 +291,10 @@ func (g *Gateway) recover() error {
 			Deadline: e.Deadline, Input: e.Input, Recovered: true}
 		switch {
 		case !ok || len(e.Input) != a.m.InputSize:
-			// The application is no longer served (or changed shape): answer error.
-			g.expired = append(g.expired, j)
-			g.log.Warn().Str("app", e.App).Msg("recovered request for an application not served any more: answered expired")
+			// The application is no longer served (or changed its input size).
+			g.orphans = append(g.orphans, j)
+			g.log.Warn().Str("app", e.App).Str("device", e.Device).Str("id", e.ID).
+				Msg("recovered request for an application not served any more: answered rejected")
 		case now.After(e.Deadline):
 			g.expired = append(g.expired, j)
 		default:

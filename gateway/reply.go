@@ -44,7 +44,10 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 	rep.TotalMS = protocol.Millis(now.Sub(j.Received))
 	rep.SlackMS = protocol.Millis(j.Deadline.Sub(now))
 	switch rep.Status {
+	case protocol.StatusDegraded:
+		rep.Reason = protocol.Reason(r.Reason)
 	case protocol.StatusExpired:
+		rep.Reason = protocol.Reason(r.Reason)
 		rep.Error = msgExpired
 		rep.DeadlineMet = protocol.Ptr(false)
 	case protocol.StatusRejected:

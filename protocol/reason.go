@@ -66,6 +66,27 @@ const (
 	ReasonInternal Reason = "internal"
 )
 
+// Reasons carried by degraded and expired replies: why the gateway answered without
+// a model (degraded) or without any answer (expired). They are informational; the
+// status says what happened.
+const (
+	// ReasonNoVariantInTime: no variant could finish before the deadline.
+	ReasonNoVariantInTime Reason = "no_variant_meets_deadline"
+	// ReasonOverloadShed: under overload the scheduler chose this request as the one
+	// whose model answer was worth least per second of engine time.
+	ReasonOverloadShed Reason = "overload_shed"
+	// ReasonPastHardStop: even the fastest variant would finish after the hard stop
+	// (deadline plus budget), where an answer is worth nothing.
+	ReasonPastHardStop Reason = "past_hard_stop"
+	// ReasonNotWorth: running a model was predicted to be worth nothing.
+	ReasonNotWorth Reason = "not_worth_running"
+	// ReasonNoVariantFits: no variant of the application fits the memory budget.
+	ReasonNoVariantFits Reason = "no_variant_fits_budget"
+	// ReasonExpiredWhileDown: the deadline passed while the gateway was down; found
+	// in the journal at start-up.
+	ReasonExpiredWhileDown Reason = "expired_while_down"
+)
+
 var reasons = map[Reason]bool{
 	ReasonBadTopic: false, ReasonBadDevice: false, ReasonUnknownApp: false,
 	ReasonPayloadTooLarge: false, ReasonBadJSON: false, ReasonUnknownField: false,
@@ -77,7 +98,22 @@ var reasons = map[Reason]bool{
 	ReasonOverload:        true, ReasonShuttingDown: true, ReasonInternal: true,
 }
 
-// Reasons returns every reason code defined by this version, in no particular order.
+var answerReasons = map[Reason]bool{
+	ReasonNoVariantInTime: true, ReasonOverloadShed: true, ReasonPastHardStop: true,
+	ReasonNotWorth: true, ReasonNoVariantFits: true, ReasonExpiredWhileDown: true,
+}
+
+// AnswerReasons returns the reasons degraded and expired replies carry.
+func AnswerReasons() []Reason {
+	out := make([]Reason, 0, len(answerReasons))
+	for r := range answerReasons {
+		out = append(out, r)
+	}
+	return out
+}
+
+// Reasons returns every rejection reason code (rejected and error replies) defined
+// by this version, in no particular order.
 func Reasons() []Reason {
 	out := make([]Reason, 0, len(reasons))
 	for r := range reasons {
@@ -87,7 +123,7 @@ func Reasons() []Reason {
 }
 
 // Known reports whether r is a reason code defined by this protocol version.
-func (r Reason) Known() bool { _, ok := reasons[r]; return ok }
+func (r Reason) Known() bool { _, ok := reasons[r]; return ok || answerReasons[r] }
 
 // Retryable reports whether the same request may succeed if sent again later
 // (overload, shutting_down, internal).
