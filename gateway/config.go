@@ -137,6 +137,7 @@ type AppConfig struct {
 
 // DefaultConfig returns the configuration used for every field a file leaves out.
 func DefaultConfig() Config {
+	so := scheduler.DefaultOptions()
 	return Config{
 		Log: LogConfig{Level: "info", Format: "console"},
 		MQTT: MQTTConfig{
@@ -153,7 +154,7 @@ func DefaultConfig() Config {
 			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,
 			BatchSizes: []int{1, 2, 4, 8, 16, 32}, WarmupRuns: 3, ProfileRuns: 7,
 		},
-		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: 32, Window: 16, MaxQueueDelay: 2 * time.Millisecond},
+		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay},
 		Admission: AdmissionConfig{
 			MaxQueue: 10000, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,

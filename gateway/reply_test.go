@@ -37,7 +37,9 @@ func TestBuildReply(t *testing.T) {
 			}},
 		{"published late", result{Status: protocol.StatusOK, Probs: []float64{0.9, 0.1}, Variant: "m", Batch: 1},
 			t0.Add(11 * time.Millisecond),
-			func(r *protocol.Reply) bool { return r.Status == protocol.StatusLate && !*r.DeadlineMet && *r.SlackMS == -1 }},
+			func(r *protocol.Reply) bool {
+				return r.Status == protocol.StatusLate && !*r.DeadlineMet && *r.SlackMS == -1
+			}},
 		{"degraded", result{Status: protocol.StatusDegraded, Reason: scheduler.ReasonOverload, Probs: []float64{0.3, 0.7},
 			EstAccuracy: 0.7}, t0.Add(time.Millisecond),
 			func(r *protocol.Reply) bool {
