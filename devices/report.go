@@ -54,6 +54,11 @@ type Report struct {
 	// Goodput is the share of Sent answered correctly and within the deadline
 	// (gateway's view): accuracy that arrived in time.
 	Goodput float64 `json:"goodput"`
+	// Utility is the mean, over Sent, of the application's utility W[true][class]
+	// of each answer, discounted for lateness as the scheduler discounts it (from
+	// the reply's total_ms against the budget); requests without an answer count 0.
+	// It is the quantity the data-aware scheduler maximises.
+	Utility float64 `json:"utility"`
 
 	// Latency is the device's round trip (publish to reply) over all replies;
 	// GatewayTotal the replies' total_ms, where given.
@@ -124,6 +129,7 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "  accuracy      %.4f of answered (%d/%d), %.4f of all sent\n", r.AccuracyAnswered, r.Correct, r.Answered, r.AccuracyAll)
 	fmt.Fprintf(w, "  deadline met  %.4f (gateway: deadline_met), %.4f (device: reply within budget)\n", r.DeadlineMetRatio, r.DeviceDeadlineMetRatio)
 	fmt.Fprintf(w, "  goodput       %.4f (correct and on time, of all sent)\n", r.Goodput)
+	fmt.Fprintf(w, "  utility       %.4f (mean over all sent, the app's utility matrix, lateness-discounted)\n", r.Utility)
 	fmt.Fprintf(w, "  round trip    %s\n", r.Latency)
 	if r.GatewayTotal.N > 0 {
 		fmt.Fprintf(w, "  gateway total %s\n", r.GatewayTotal)

@@ -18,6 +18,7 @@ import (
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
 )
 
 // SimConfig configures Simulate. SimFlags fills one from command-line flags.
@@ -173,8 +174,10 @@ type outstanding struct {
 
 // sim is one run's shared state.
 type sim struct {
-	cfg    SimConfig
-	budget time.Duration // the effective budget, for the device's deadline check
+	cfg     SimConfig
+	budget  time.Duration // the effective budget, for the device's deadline check
+	w       [][]float64   // the application's utility matrix W[y][yhat]
+	utility float64       // sum of penalised utility of the answers so far
 
 	mu      sync.Mutex
 	pending map[string]outstanding // by id
@@ -199,7 +202,8 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	s := &sim{cfg: cfg, pending: map[string]outstanding{}, done: map[string]bool{}, idle: make(chan struct{}, 1)}
+	s := &sim{cfg: cfg, pending: map[string]outstanding{}, done: map[string]bool{}, idle: make(chan struct{}, 1),
+		w: app.Utility}
 	s.budget = cfg.Deadline
 	if s.budget == 0 {
 		s.budget = time.Duration(app.DefaultDeadlineMS) * time.Millisecond
@@ -263,6 +267,9 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 	rep.Latency = percentiles(s.rtt)
 	rep.GatewayTotal = percentiles(s.gwTotal)
 	rep.Goodput = ratio(s.ontime, rep.Sent)
+	if rep.Sent > 0 {
+		rep.Utility = s.utility / float64(rep.Sent)
+	}
 	s.mu.Unlock()
 	rep.finish()
 	if !cfg.Quiet {
@@ -405,6 +412,7 @@ func (s *sim) record(rc Received) {
 		rep.DeadlineMet++
 	}
 	if r.Status.Answered() && r.Class != nil {
+		s.utility += s.answerUtility(o.label, *r.Class, r.TotalMS)
 		rep.Answered++
 		if rtt <= s.budget {
 			rep.DeviceDeadlineMet++
@@ -422,6 +430,22 @@ func (s *sim) record(rc Received) {
 		default:
 		}
 	}
+}
+
+// answerUtility is the application's utility W[label][class] of an answer,
+// discounted as the scheduler discounts it for the gateway's lateness (total_ms
+// against the budget); 0 when the matrix does not cover the classes.
+func (s *sim) answerUtility(label, class int, totalMS *float64) float64 {
+	if label < 0 || label >= len(s.w) || class < 0 || class >= len(s.w[label]) {
+		return 0
+	}
+	u := s.w[label][class]
+	if totalMS != nil && u > 0 {
+		var t0 time.Time
+		fin := t0.Add(time.Duration(*totalMS * float64(time.Millisecond)))
+		u *= scheduler.Penalty(fin, t0.Add(s.budget), s.budget)
+	}
+	return u
 }
 
 // drain waits until every request is answered, the drain time passes, or ctx ends.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -37,6 +38,7 @@ func testApp(t *testing.T) *manifest.App {
 	}
 	return &manifest.App{
 		Name: "toy", InputSize: 4, Labels: []string{"a", "b", "c"}, DefaultDeadlineMS: 500, Dir: dir,
+		Utility: [][]float64{{1, 0, 0}, {0, 0.5, 0}, {0, 0, 1}},
 		Samples: &manifest.Samples{File: "samples.bin", Count: set.N},
 		Workloads: []manifest.Workload{
 			{Name: "only-b", Mix: []float64{0, 1, 0}},
@@ -164,6 +166,10 @@ func TestSimulateAccuracyExact(t *testing.T) {
 	}
 	if rep.Replies != 60 || rep.Correct != 60 || rep.AccuracyAll != 1 || rep.ByStatus[protocol.StatusOK] != 60 {
 		t.Fatalf("report %+v", rep)
+	}
+	// Every answer is b, right and on time: W[b][b] = 0.5 each.
+	if math.Abs(rep.Utility-0.5) > 1e-9 {
+		t.Errorf("utility %v, want 0.5", rep.Utility)
 	}
 }
 
