@@ -132,11 +132,15 @@ func (l *loop) Run(ctx context.Context) {
 	for {
 		if !busy && dirty && len(l.queue) > 0 {
 			dirty = false
-			if b, wake := l.decide(); b != nil {
+			if b, wake, answered := l.decide(); b != nil {
 				busy = true
 				work <- b
+			} else if answered > 0 && len(l.queue) > 0 {
+				timer.Reset(0) // verdicts changed the queue: decide again at once
 			} else if !wake.IsZero() {
-				timer.Reset(max(wake.Sub(l.now()), 0))
+				// A policy that asks to be woken now without having done anything
+				// would spin; give the queue a millisecond to change.
+				timer.Reset(max(wake.Sub(l.now()), minIdleWake))
 			}
 		}
 		select {
@@ -174,9 +178,14 @@ func (l *loop) enqueue(j *job) {
 	l.m.queueLen.Set(float64(len(l.queue)))
 }
 
+// minIdleWake is the shortest wait before deciding again after a decision that
+// neither ran nor answered anything.
+const minIdleWake = time.Millisecond
+
 // decide asks the policy, answers its verdicts and returns the batch to run (its
-// requests removed from the queue) and the policy's wake-up time.
-func (l *loop) decide() (*scheduler.Batch, time.Time) {
+// requests removed from the queue), the policy's wake-up time and how many
+// requests the verdicts answered.
+func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 	now := l.now()
 	s := &scheduler.Snapshot{Now: now, Queue: l.queue, Apps: l.apps, Engine: l.budget}
 	s.Engine.Resident = l.resident
@@ -206,7 +215,7 @@ func (l *loop) decide() (*scheduler.Batch, time.Time) {
 		l.queue = slices.DeleteFunc(l.queue, func(r *scheduler.Request) bool { return gone[r] })
 		l.m.queueLen.Set(float64(len(l.queue)))
 	}
-	return d.Batch, d.WakeAt
+	return d.Batch, d.WakeAt, len(d.Verdicts)
 }
 
 // worker runs batches on the engine: evictions, loads, then the forward pass.

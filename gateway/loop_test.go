@@ -185,3 +185,35 @@ func TestLoopEngineFailureAnswersError(t *testing.T) {
 		}
 	})
 }
+
+// idlePolicy never runs anything and asks to be woken immediately.
+type idlePolicy struct{ calls int }
+
+func (p *idlePolicy) Name() string { return "idle" }
+func (p *idlePolicy) Decide(s *scheduler.Snapshot) scheduler.Decision {
+	p.calls++
+	return scheduler.Decision{WakeAt: s.Now}
+}
+
+// A policy that asks to be woken "now" without doing anything must not make the
+// loop spin.
+func TestLoopDoesNotSpinOnIdleWake(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond }, resident: map[scheduler.VariantID]bool{}}
+		p := &idlePolicy{}
+		ans := &answers{got: map[string]result{}}
+		l := newLoop(p, map[string]*scheduler.App{"app": loopApp()}, f, scheduler.Engine{}, 10, time.Now,
+			ans.record, zerolog.Nop(), newMetrics(nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { l.Run(ctx); close(done) }()
+		submit(t, l, "x", time.Second, nil)
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		cancel()
+		<-done
+		if p.calls < 2 || p.calls > 110 {
+			t.Errorf("%d decisions in 100ms of an idle policy: want about one per %v", p.calls, minIdleWake)
+		}
+	})
+}
