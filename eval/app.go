@@ -3,6 +3,7 @@ package eval
 import (
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/sneakgate/sneakgate/manifest"
@@ -32,6 +33,10 @@ type App struct {
 	ProfileSource, EstimatorSource string
 
 	byClass [][]int
+	// guardOnce computes guardBase, the drift guard's baseline (GuardBaseline).
+	guardOnce  sync.Once
+	guardBase  float64
+	guardClass []float64
 }
 
 // index groups the samples by class; it is called by every constructor.

@@ -47,6 +47,12 @@ type Diagnosis struct {
 	// the manifest is the highest for every class: then data awareness cannot
 	// change the variant choice without time pressure.
 	DominantVariant string `json:"dominant_variant,omitempty"`
+	// GuardExcess is what the drift guard would judge if it observed every
+	// request: the gap (predicted minus observed agreement of argmax p with the
+	// most accurate variant's answer, sneakpeek.Guard) minus the app's baseline
+	// (App.GuardClassBaseline, per argmax class). The default guard distrusts
+	// beyond +-0.07.
+	GuardExcess float64 `json:"guard_excess"`
 }
 
 // Diagnose computes the Diagnosis of a's workload w over n requests drawn with seed.
@@ -83,6 +89,7 @@ func Diagnose(a *App, w manifest.Workload, n int, seed uint64) Diagnosis {
 			d.DominantVariant = sa.Variants[m].ID.Variant
 		}
 	}
+	refCond := sa.Variants[sa.DefaultVariant].Cond
 	const bins = 15
 	var binN, binConf, binHit [bins]float64
 	var notProf int
@@ -113,6 +120,13 @@ func Diagnose(a *App, w manifest.Workload, n int, seed uint64) Diagnosis {
 		d.DataAware += sa.Utility[y][Predict(a, s, pick, seed, seq)]
 		d.Oracle += sa.Utility[y][Predict(a, s, scheduler.Argmax(perClass[y]), seed, seq)]
 		d.Degraded += sa.Utility[y][top]
+		for yy, py := range p {
+			d.GuardExcess += py * refCond[yy][top]
+		}
+		d.GuardExcess -= a.GuardClassBaseline()[top]
+		if Predict(a, s, sa.DefaultVariant, seed, seq) == top {
+			d.GuardExcess--
+		}
 	}
 	fn := float64(n)
 	for m := range nv {
@@ -125,6 +139,7 @@ func Diagnose(a *App, w manifest.Workload, n int, seed uint64) Diagnosis {
 	d.Oracle /= fn
 	d.Degraded /= fn
 	d.ShareNotProfiled = float64(notProf) / fn
+	d.GuardExcess /= fn
 	for b := range bins {
 		if binN[b] > 0 {
 			d.EstECE += binN[b] / fn * math.Abs(binHit[b]/binN[b]-binConf[b]/binN[b])
@@ -139,7 +154,7 @@ var timeZero = time.Unix(0, 0)
 // WriteDiagnoses prints the diagnoses as a table.
 func WriteDiagnoses(w io.Writer, ds []Diagnosis, apps []*App) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "app\tworkload\test_acc\test_ece\test_conf\tprofiled\tprof_util\tdata_aware\toracle\tdegraded\tpick!=prof\tbest_single\t")
+	fmt.Fprintln(tw, "app\tworkload\test_acc\test_ece\test_conf\tprofiled\tprof_util\tdata_aware\toracle\tdegraded\tpick!=prof\tbest_single\tguard_gap\t")
 	for _, d := range ds {
 		best := 0
 		for m, u := range d.VariantUtility {
@@ -153,9 +168,9 @@ func WriteDiagnoses(w io.Writer, ds []Diagnosis, apps []*App) error {
 				bestName = a.Sched.Variants[best].ID.Variant
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.3f\t%.3f\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f%%\t%s %.3f\t\n", d.App, d.Workload,
+		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.3f\t%.3f\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f%%\t%s %.3f\t%+.3f\t\n", d.App, d.Workload,
 			d.EstAccuracy, d.EstECE, d.EstConfidence, d.Profiled, d.ProfiledUtility, d.DataAware, d.Oracle,
-			d.Degraded, 100*d.ShareNotProfiled, bestName, d.VariantUtility[best])
+			d.Degraded, 100*d.ShareNotProfiled, bestName, d.VariantUtility[best], d.GuardExcess)
 	}
 	return tw.Flush()
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 const usage = `usage: sneakgate eval [flags]
@@ -51,7 +52,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		apps        = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
 		synthetic   = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
 		workloads   = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
-		policies    = fs.String("policies", "sneakpeek,oblivious,fixed-batch,edf,fifo", "comma-separated policies ("+strings.Join(scheduler.Names(), ",")+")")
+		policies    = fs.String("policies", "sneakpeek,oblivious,fixed-batch,edf,fifo", "comma-separated policies ("+strings.Join(append(scheduler.Names(), PolicyGuarded, PolicyGuardedDeg), ",")+")")
 		loads       = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
 		deadlines   = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
 		n           = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
@@ -76,6 +77,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		liveRates   = fs.String("live-rates", "300", "with -live: request rates (per second) to run live")
 		liveDur     = fs.Duration("live-duration", 10*time.Second, "with -live: how long each live run sends")
 		liveDevices = fs.Int("live-devices", 4, "with -live: simulated devices")
+		guardWin    = fs.Int("guard-window", 0, "guarded policies: the drift guard's window (0 = sneakpeek.DefaultGuardWindow)")
+		guardDis    = fs.Float64("guard-distrust", 0, "guarded policies: gap beyond the baseline that distrusts (0 = default)")
+		guardRet    = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
 		liveBroker  = fs.String("live-broker", "", "with -live: external broker URL (default: the gateway's embedded broker on a free port)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -97,12 +101,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	pols := split(*policies)
 	for _, p := range pols {
-		if _, err := scheduler.New(p, scheduler.Options{}); err != nil {
+		if err := CheckPolicy(p); err != nil {
 			return err
 		}
 	}
 	opts := scheduler.Options{MaxBatch: *maxBatch, Window: *window}
 	if *live {
+		for _, p := range pols {
+			if _, g := resolvePolicy(p); g != guardOff {
+				return fmt.Errorf("eval: -live does not run %s (the gateway has no drift guard yet)", p)
+			}
+		}
 		rates, err := floats(*liveRates)
 		if err != nil {
 			return fmt.Errorf("eval: -live-rates: %w", err)
@@ -157,7 +166,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
 		MinDeadlines: *minDl, MaxRequests: *maxN,
 		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue,
-			CountBudget: *maxResident, MemBudget: *memBudget << 20}}
+			CountBudget: *maxResident, MemBudget: *memBudget << 20,
+			Guard: sneakpeek.GuardOptions{Window: *guardWin, Distrust: *guardDis, Retrust: *guardRet}}}
 	pts, err := sw.Points()
 	if err != nil {
 		return err
@@ -185,6 +195,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(rep.Gains) > 0 {
 		fmt.Fprintln(stdout, "\nsneakpeek vs oblivious (mean utility):")
 		if err := WriteGains(stdout, rep.Gains); err != nil {
+			return err
+		}
+	}
+	for _, gp := range []string{PolicyGuarded, PolicyGuardedDeg} {
+		gs := Gains(rep.Results, gp, "oblivious")
+		if len(gs) == 0 {
+			continue
+		}
+		rep.GuardedGains = append(rep.GuardedGains, gs...)
+		fmt.Fprintf(stdout, "\n%s vs oblivious (mean utility):\n", gp)
+		if err := WriteGains(stdout, gs); err != nil {
+			return err
+		}
+		if err := WriteGuard(stdout, rep.Results, gp); err != nil {
 			return err
 		}
 	}

@@ -18,6 +18,9 @@ type Report struct {
 	Diagnoses   []Diagnosis        `json:"diagnoses"`
 	Results     []Result           `json:"results"`
 	Gains       []Gain             `json:"gains"`
+	// GuardedGains compares the guarded policies with oblivious (Gain.Policy
+	// names which).
+	GuardedGains []Gain `json:"guarded_gains,omitempty"`
 }
 
 // Gain compares two policies' mean utility at one point of the sweep.

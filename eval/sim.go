@@ -11,6 +11,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // Point is one simulated run: one application and workload, one policy, one load
@@ -37,6 +38,10 @@ type Point struct {
 	// MemBudget and CountBudget bound residency (0 = unlimited).
 	MemBudget   int64
 	CountBudget int
+	// Guard configures the drift guard of the guarded policies (PolicyGuarded,
+	// PolicyGuardedDeg); zero fields take sneakpeek's defaults. Reference and
+	// Baseline are always set from the App (newGuard). Other policies ignore it.
+	Guard sneakpeek.GuardOptions
 }
 
 // Metrics are one run's results. Utility and Accuracy are means over every
@@ -78,6 +83,14 @@ type Metrics struct {
 	P99LatencyMS float64 `json:"p99_latency_ms"`
 	// SimSeconds is the simulated time from the first arrival to the last answer.
 	SimSeconds float64 `json:"sim_seconds"`
+	// Guarded policies only: Distrusted is the fraction of requests prepared while
+	// the guard distrusted the estimates, GuardFlips its verdict changes,
+	// GuardObserved the observations it was fed, GuardGap its final window's
+	// gap minus baseline (sneakpeek.GuardStats.Excess).
+	Distrusted    float64 `json:"distrusted,omitempty"`
+	GuardFlips    int64   `json:"guard_flips,omitempty"`
+	GuardObserved int64   `json:"guard_observed,omitempty"`
+	GuardGap      float64 `json:"guard_gap,omitempty"`
 }
 
 // Capacity is the arrival rate (requests per second) the engine sustains serving
@@ -112,9 +125,15 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	if now == nil {
 		now = time.Now
 	}
-	pol, err := scheduler.New(pt.Policy, pt.Options)
+	base, gmode := resolvePolicy(pt.Policy)
+	pol, err := scheduler.New(base, pt.Options)
 	if err != nil {
 		return Metrics{}, err
+	}
+	var guard *sneakpeek.Guard
+	distrusted := 0
+	if gmode != guardOff {
+		guard = newGuard(a, pt.Guard)
 	}
 	o := pt.Options
 	if o.MaxBatch <= 0 {
@@ -207,6 +226,10 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 			}
 			answer(q, yhat, at, status)
 			m.VariantShare[v.ID.Variant]++
+			if guard != nil && v.Index == sa.DefaultVariant {
+				// The gateway's free observation: the reference variant served it.
+				guard.Observe(a.Est[q.sample], yhat)
+			}
 		}
 		resident[v.ID] = at
 	}
@@ -327,7 +350,12 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 				m.Rejected++
 				continue
 			}
-			q.r = scheduler.Prepare(sa, q.seq, q.arr, q.arr.Add(pt.Deadline), a.Est[q.sample], q)
+			if guard != nil && !guard.Trusted() {
+				distrusted++
+				q.r = prepareGuarded(sa, gmode, q.seq, q.arr, q.arr.Add(pt.Deadline), a.Est[q.sample], q)
+			} else {
+				q.r = scheduler.Prepare(sa, q.seq, q.arr, q.arr.Add(pt.Deadline), a.Est[q.sample], q)
+			}
 			byReq[q.r] = q
 			queue = append(queue, q.r)
 		}
@@ -361,6 +389,11 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		m.P99LatencyMS = float64(lat[len(lat)*99/100]) / 1e6
 	}
 	m.SimSeconds = lastDone.Sub(origin).Seconds()
+	if guard != nil {
+		st := guard.Stats()
+		m.Distrusted = float64(distrusted) / n
+		m.GuardFlips, m.GuardObserved, m.GuardGap = st.Flips, st.Total, st.Excess
+	}
 	if got := m.OK + m.Late + m.Degraded + m.Expired + m.Rejected; got != pt.Requests {
 		return m, fmt.Errorf("eval: %s answered %d of %d requests", pt.Policy, got, pt.Requests)
 	}

@@ -41,6 +41,14 @@ type GuardOptions struct {
 	// distribution (GuardBaseline computes it); the verdicts judge the live gap
 	// minus Baseline. Default 0.
 	Baseline float64
+	// ClassBaseline, if not nil (length K), replaces Baseline by one baseline per
+	// class of the estimate's argmax (GuardClassBaseline computes it): an
+	// observation of argmax c contributes q - 1[ref == c] - ClassBaseline[c]. Use
+	// it when the observed requests are picked by class, as the scheduler picks
+	// the requests the reference serves: an estimator calibrated on the whole
+	// mix is often over- and underconfident on different predicted classes, and
+	// a scalar baseline would then read the scheduler's selection as drift.
+	ClassBaseline []float64
 	// Distrust and Retrust are the thresholds on |gap - Baseline|
 	// (DefaultGuardDistrust, DefaultGuardRetrust); Retrust must not exceed Distrust.
 	Distrust, Retrust float64
@@ -119,13 +127,13 @@ type Guard struct {
 	sinceVerdict int
 	judged       bool
 	// Running sums over the window.
-	sumQ, sumAgree, sumConf float64
-	bad                     int64 // observations ignored (bad p or ref)
+	sumQ, sumAgree, sumConf, sumBase float64
+	bad                              int64 // observations ignored (bad p or ref)
 }
 
 type obs struct {
-	q, conf float32
-	agree   bool
+	q, conf, base float32
+	agree         bool
 }
 
 // NewGuard returns a trusting guard with the options o (defaults filled in).
@@ -221,7 +229,8 @@ func (g *Guard) Observe(p []float64, ref int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	k := len(p)
-	if k == 0 || ref < 0 || ref >= k || (g.ref != nil && len(g.ref) != k) {
+	if k == 0 || ref < 0 || ref >= k || (g.ref != nil && len(g.ref) != k) ||
+		(g.o.ClassBaseline != nil && len(g.o.ClassBaseline) != k) {
 		g.bad++
 		return
 	}
@@ -230,11 +239,16 @@ func (g *Guard) Observe(p []float64, ref int) {
 		g.bad++
 		return
 	}
-	nw := obs{q: float32(q), conf: float32(conf), agree: c == ref}
+	base := g.o.Baseline
+	if g.o.ClassBaseline != nil {
+		base = g.o.ClassBaseline[c]
+	}
+	nw := obs{q: float32(q), conf: float32(conf), base: float32(base), agree: c == ref}
 	if g.n == len(g.ring) {
 		old := g.ring[g.head]
 		g.sumQ -= float64(old.q)
 		g.sumConf -= float64(old.conf)
+		g.sumBase -= float64(old.base)
 		if old.agree {
 			g.sumAgree--
 		}
@@ -245,6 +259,7 @@ func (g *Guard) Observe(p []float64, ref int) {
 	g.head = (g.head + 1) % len(g.ring)
 	g.sumQ += float64(nw.q)
 	g.sumConf += float64(nw.conf)
+	g.sumBase += float64(nw.base)
 	if nw.agree {
 		g.sumAgree++
 	}
@@ -260,7 +275,7 @@ func (g *Guard) Observe(p []float64, ref int) {
 		return
 	}
 	g.sinceVerdict, g.judged = 0, true
-	d := math.Abs(g.gapLocked() - g.o.Baseline)
+	d := math.Abs(g.excessLocked())
 	switch t := g.trusted.Load(); {
 	case t && d > g.o.Distrust:
 		g.trusted.Store(false)
@@ -272,21 +287,23 @@ func (g *Guard) Observe(p []float64, ref int) {
 }
 
 func (g *Guard) resum() {
-	g.sumQ, g.sumConf, g.sumAgree = 0, 0, 0
+	g.sumQ, g.sumConf, g.sumAgree, g.sumBase = 0, 0, 0, 0
 	for _, o := range g.ring[:g.n] {
 		g.sumQ += float64(o.q)
 		g.sumConf += float64(o.conf)
+		g.sumBase += float64(o.base)
 		if o.agree {
 			g.sumAgree++
 		}
 	}
 }
 
-func (g *Guard) gapLocked() float64 {
+// excessLocked is the window's mean of q - 1[ref == c] - baseline.
+func (g *Guard) excessLocked() float64 {
 	if g.n == 0 {
 		return 0
 	}
-	return (g.sumQ - g.sumAgree) / float64(g.n)
+	return (g.sumQ - g.sumAgree - g.sumBase) / float64(g.n)
 }
 
 // GuardStats describe the guard's window.
@@ -300,7 +317,8 @@ type GuardStats struct {
 	Flips   int64 `json:"flips"`
 	// Agreement is the fraction of observations whose estimate argmax equals the
 	// reference; Predicted the mean predicted agreement q; Gap = Predicted -
-	// Agreement, and Excess = Gap - Baseline (what the thresholds judge).
+	// Agreement, and Excess = Gap minus the (mean, per-class) baseline: what
+	// the thresholds judge.
 	Agreement float64 `json:"agreement"`
 	Predicted float64 `json:"predicted"`
 	Gap       float64 `json:"gap"`
@@ -327,7 +345,7 @@ func (g *Guard) Stats() GuardStats {
 	s.Predicted = g.sumQ / n
 	s.Confidence = g.sumConf / n
 	s.Gap = s.Predicted - s.Agreement
-	s.Excess = s.Gap - g.o.Baseline
+	s.Excess = g.excessLocked()
 	const bins = 10
 	var cnt [bins]int
 	var sq, sa [bins]float64
@@ -373,6 +391,46 @@ func GuardBaseline(ps [][]float64, refs []int, reference [][]float64) float64 {
 		return 0
 	}
 	return sum / float64(n)
+}
+
+// GuardClassBaseline returns GuardOptions.ClassBaseline for k classes: for each
+// class c, the gap of the held-out pairs whose estimate's argmax is c. A class
+// predicted fewer than minPerClass times (default 30 when <= 0) gets the gap
+// over all pairs.
+func GuardClassBaseline(ps [][]float64, refs []int, reference [][]float64, k, minPerClass int) []float64 {
+	if minPerClass <= 0 {
+		minPerClass = 30
+	}
+	var ref [][]float64
+	if reference != nil {
+		ref = normaliseRows(reference)
+	}
+	sum := make([]float64, k)
+	cnt := make([]int, k)
+	all, n := 0.0, 0
+	for i, p := range ps {
+		if i >= len(refs) || len(p) != k || refs[i] < 0 || refs[i] >= k || (ref != nil && len(ref) != k) {
+			continue
+		}
+		q, _, c := predicted(p, ref)
+		if c == refs[i] {
+			q--
+		}
+		sum[c] += q
+		cnt[c]++
+		all += q
+		n++
+	}
+	out := make([]float64, k)
+	for c := range out {
+		switch {
+		case cnt[c] >= minPerClass:
+			out[c] = sum[c] / float64(cnt[c])
+		case n > 0:
+			out[c] = all / float64(n)
+		}
+	}
+	return out
 }
 
 // normaliseRows returns the row-normalised copy of a square count matrix; an
