@@ -2,6 +2,7 @@ package eval
 
 import (
 	"fmt"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -149,7 +150,7 @@ func Synthetic(seed uint64) *App {
 			}
 			v.Cond[y] = row
 		}
-		v.Accuracy = scheduler.ExpectedAccuracy(a.Prior, v.Recall)
+		v.Accuracy = sneakpeek.ExpectedAccuracy(a.Prior, v.Recall)
 		v.ProfiledUtility = scheduler.ExpectedUtility(a.Prior, v.Cond, a.Utility)
 		a.Variants = append(a.Variants, v)
 	}

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func benchApp(rng *rand.Rand) *App {
 			}
 			v.Cond[y][y] = r
 		}
-		v.Accuracy = ExpectedAccuracy(a.Prior, v.Recall)
+		v.Accuracy = sneakpeek.ExpectedAccuracy(a.Prior, v.Recall)
 		v.ProfiledUtility = ExpectedUtility(a.Prior, v.Cond, a.Utility)
 		a.Variants = append(a.Variants, v)
 	}

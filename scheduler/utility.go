@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // Penalty is the fraction of utility kept by a result that finishes at finish, for a
@@ -35,7 +36,10 @@ func PenalizedUtility(u float64, r *Request, finish time.Time) float64 {
 	return u * Penalty(finish, r.Deadline, r.Budget())
 }
 
-// ExpectedUtility is U(m|p) = sum_y p(y) sum_yhat cond[y][yhat] W[y][yhat].
+// ExpectedUtility is U(m|p) = sum_y p(y) sum_yhat cond[y][yhat] W[y][yhat] for a
+// row-normalised confusion matrix cond (sneakpeek.ExpectedUtility takes counts).
+// A class absent from the validation set has an all-zero row and earns 0, as in
+// package sneakpeek.
 func ExpectedUtility(p []float64, cond, w [][]float64) float64 {
 	u := 0.0
 	for y, py := range p {
@@ -50,15 +54,6 @@ func ExpectedUtility(p []float64, cond, w [][]float64) float64 {
 		u += py * s
 	}
 	return u
-}
-
-// ExpectedAccuracy is A(m|p) = sum_y p(y) recall(y).
-func ExpectedAccuracy(p, recall []float64) float64 {
-	a := 0.0
-	for y, py := range p {
-		a += py * recall[y]
-	}
-	return a
 }
 
 // Argmax returns the index of the largest value (the first on ties), -1 if empty.
@@ -104,7 +99,8 @@ func NewApp(m *manifest.App) (*App, error) {
 }
 
 // rowNormalise turns confusion counts into P(yhat|y); a row with no samples (a class
-// absent from the validation set) becomes uniform.
+// absent from the validation set) stays all zero: the variant earns nothing on a
+// class it was not validated on (sneakpeek.ExpectedUtility's rule).
 func rowNormalise(c [][]float64) [][]float64 {
 	out := make([][]float64, len(c))
 	for y, row := range c {
@@ -116,8 +112,6 @@ func rowNormalise(c [][]float64) [][]float64 {
 		for yh, x := range row {
 			if s > 0 {
 				out[y][yh] = x / s
-			} else {
-				out[y][yh] = 1 / float64(len(row))
 			}
 		}
 	}
@@ -140,7 +134,7 @@ func Prepare(app *App, seq uint64, arrival, deadline time.Time, p []float64, ref
 			continue
 		}
 		r.ExpUtility[i] = ExpectedUtility(p, v.Cond, app.Utility)
-		r.ExpAccuracy[i] = ExpectedAccuracy(p, v.Recall)
+		r.ExpAccuracy[i] = sneakpeek.ExpectedAccuracy(p, v.Recall)
 	}
 	if p != nil {
 		r.Class = Argmax(p)

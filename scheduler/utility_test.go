@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math"
 	"testing"
 	"time"
@@ -51,12 +52,12 @@ func TestMethodExample(t *testing.T) {
 	prior := []float64{0.9, 0.1}
 	r60 := []float64{0.99, 0.6}
 	r100 := []float64{0.95, 1.0}
-	a60, a100 := ExpectedAccuracy(prior, r60), ExpectedAccuracy(prior, r100)
+	a60, a100 := sneakpeek.ExpectedAccuracy(prior, r60), sneakpeek.ExpectedAccuracy(prior, r100)
 	if math.Abs(a60-a100) > 0.01 {
 		t.Fatalf("profiled accuracies should be close: %v vs %v", a60, a100)
 	}
 	p := []float64{0.1, 0.9} // SneakPeek says: likely positive
-	if d60, d100 := ExpectedAccuracy(p, r60), ExpectedAccuracy(p, r100); !(d100-d60 > 0.3) {
+	if d60, d100 := sneakpeek.ExpectedAccuracy(p, r60), sneakpeek.ExpectedAccuracy(p, r100); !(d100-d60 > 0.3) {
 		t.Errorf("data-aware accuracies should differ: %v vs %v", d60, d100)
 	}
 	// Expected utility with the identity matrix equals expected accuracy.
@@ -103,5 +104,18 @@ func TestLatencyAtBeyondTable(t *testing.T) {
 	}
 	if got := v.LatencyAt(0); got != ms(2) {
 		t.Errorf("LatencyAt(0) = %v", got)
+	}
+}
+
+// The scheduler's utility (on row-normalised confusion) and package sneakpeek's (on
+// counts) are one formula: they agree, also on a class absent from validation.
+func TestExpectedUtilityAgreesWithSneakPeek(t *testing.T) {
+	counts := [][]float64{{8, 2, 0}, {0, 0, 0}, {1, 1, 3}}
+	w := [][]float64{{1, -0.5, 0}, {0, 1, 0}, {-1, 0, 1}}
+	cond := rowNormalise(counts)
+	for _, p := range [][]float64{{1, 0, 0}, {0.2, 0.5, 0.3}, {0, 1, 0}} {
+		if a, b := ExpectedUtility(p, cond, w), sneakpeek.ExpectedUtility(p, counts, w); !near(a, b) {
+			t.Errorf("p=%v: scheduler %v, sneakpeek %v", p, a, b)
+		}
 	}
 }
