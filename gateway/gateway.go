@@ -22,6 +22,7 @@ import (
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -44,6 +45,11 @@ type appRuntime struct {
 	sched   *scheduler.App
 	est     estimator
 	estName string
+	// monitor watches the estimates against the answers of the app's most
+	// accurate variant (monitor-only: the scheduler keeps trusting the estimates;
+	// docs/evaluation.md shows acting on it costs more than it saves).
+	monitor    *sneakpeek.Guard
+	monitorRef string // the reference variant's name
 }
 
 // Gateway is a running sneakgate: ingress, scheduling loop, engine worker, egress.
@@ -188,6 +194,10 @@ func (g *Gateway) loadApps() error {
 				return fmt.Errorf("gateway: apps[%d]: estimator %s: %w", i, est.Name, err)
 			}
 			a.estName = "sneakpeek-" + est.Name
+			var ref int
+			a.monitor, ref = sneakpeek.NewGuardFor(m, sneakpeek.GuardOptions{})
+			a.monitorRef = m.Variants[ref].Name
+			g.m.registerMonitor(m.Name, a.monitor)
 		}
 		g.apps[m.Name] = a
 	}
@@ -374,6 +384,9 @@ func (g *Gateway) answer(j *job, r result) {
 		if !r.Start.IsZero() {
 			g.m.queueTime.WithLabelValues(j.App).Observe(r.Start.Sub(j.Received).Seconds())
 		}
+	}
+	if a != nil && a.monitor != nil && r.Variant == a.monitorRef && j.Estimate != nil && r.Probs != nil {
+		a.monitor.Observe(j.Estimate, scheduler.Argmax(r.Probs))
 	}
 	rep := buildReply(j, r, labels, est, g.now())
 	key := store.Key{App: j.App, Device: j.Device, ID: j.ID}

@@ -565,8 +565,9 @@ func TestStatusAndStats(t *testing.T) {
 	if status.State != protocol.StateOnline || status.Policy != "edf" || len(status.Apps) != 1 {
 		t.Errorf("status %+v", status)
 	}
-	if a := stats.Apps["fashion"]; a.DeadlineMet == nil || *a.DeadlineMet != 1 || a.MeanEstAccuracy == nil {
-		t.Errorf("stats %+v", a)
+	if a := stats.Apps["fashion"]; a.DeadlineMet == nil || *a.DeadlineMet != 1 || a.MeanEstAccuracy == nil ||
+		a.Estimates == nil || a.Estimates.Observations != 1 {
+		t.Errorf("stats %+v (estimates %+v)", a, a.Estimates)
 	}
 	gw.stop(t)
 	for {

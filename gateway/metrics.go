@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // metrics are the gateway's Prometheus metrics ("accuracy goodput" observability).
 // They are registered on an injected registry so tests can read them.
 type metrics struct {
+	reg          prometheus.Registerer
 	received     *prometheus.CounterVec   // app
 	replies      *prometheus.CounterVec   // app, status
 	rejected     *prometheus.CounterVec   // reason
@@ -35,6 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	lat := prometheus.ExponentialBuckets(0.0001, 2, 16) // 100µs .. ~3.3s
 	m := &metrics{
+		reg: reg,
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_requests_received_total", Help: "Requests admitted to the journal, by application."}, []string{"app"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -79,4 +83,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		f(c)
 	}
 	return m
+}
+
+// registerMonitor exports an application's estimate monitor: how often the
+// estimate's top class agrees with the most accurate variant's answer, against
+// how often the estimator predicts it would (a calibrated estimator keeps the two
+// close; a growing gap means the live mix has drifted from what it was trained on).
+func (m *metrics) registerMonitor(app string, g *sneakpeek.Guard) {
+	if m.reg == nil {
+		return
+	}
+	labels := prometheus.Labels{"app": app}
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_estimate_agreement_ratio",
+			Help: "Share of recent requests served by the most accurate variant whose SneakPeek estimate had the same top class.", ConstLabels: labels},
+			func() float64 { return g.Stats().Agreement }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_estimate_predicted_agreement_ratio",
+			Help: "The agreement the SneakPeek estimates predicted for the same requests.", ConstLabels: labels},
+			func() float64 { return g.Stats().Predicted }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_estimate_observations",
+			Help: "Requests in the estimate monitor's window.", ConstLabels: labels},
+			func() float64 { return float64(g.Stats().Observations) }),
+	)
 }

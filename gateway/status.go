@@ -71,8 +71,13 @@ func (g *Gateway) stats() *protocol.Stats {
 		}
 		return a
 	}
-	for name := range g.apps {
-		app(name)
+	for name, a := range g.apps {
+		as := app(name)
+		if a.monitor != nil {
+			st := a.monitor.Stats()
+			as.Estimates = &protocol.EstimateStats{Observations: st.Observations,
+				Agreement: round4(st.Agreement), Predicted: round4(st.Predicted)}
+		}
 	}
 	met, answered, estSum := map[string]float64{}, map[string]float64{}, map[string]float64{}
 	fams, err := g.reg.Gather()

@@ -54,4 +54,16 @@ type AppStats struct {
 	DeadlineMet *float64 `json:"deadline_met,omitempty"`
 	// MeanEstAccuracy is the mean est_accuracy of model answers.
 	MeanEstAccuracy *float64 `json:"mean_est_accuracy,omitempty"`
+	// Estimates compares the SneakPeek estimates with the answers of the
+	// application's most accurate variant, over its recent requests.
+	Estimates *EstimateStats `json:"estimates,omitempty"`
+}
+
+// EstimateStats is the estimate monitor's window: how often the estimate's top
+// class agreed with the most accurate variant's answer, and how often the
+// estimates predicted it would. A calibrated estimator keeps them close.
+type EstimateStats struct {
+	Observations int     `json:"observations"`
+	Agreement    float64 `json:"agreement"`
+	Predicted    float64 `json:"predicted"`
 }
