@@ -1,0 +1,246 @@
+package sneakpeek
+
+import (
+	"math"
+	"sync"
+)
+
+// Defaults of ShiftOptions.
+const (
+	// DefaultShiftWindow is the effective memory of the online prior estimate,
+	// in requests: each request moves it by 1/DefaultShiftWindow.
+	DefaultShiftWindow = 300
+	// DefaultShiftFloor is the smallest probability a class keeps in the live
+	// prior estimate, so that a class absent for a while can come back (its
+	// estimates are never multiplied by 0) and EM cannot collapse onto one class.
+	DefaultShiftFloor = 1e-3
+)
+
+// ShiftOptions configure a PriorShift. The zero value of a field means its default.
+type ShiftOptions struct {
+	// Window is the effective number of recent requests the live prior is
+	// estimated from: the update step is a = 1/Window (DefaultShiftWindow).
+	Window int
+	// Floor is the minimum of each class's live prior estimate (DefaultShiftFloor);
+	// the estimate is renormalised after flooring.
+	Floor float64
+}
+
+// PriorShift corrects SneakPeek estimates for label shift: the estimators are
+// calibrated on the validation split's class mix pi_train (the manifest's prior),
+// so when the live mix pi_live differs their posteriors are biased toward
+// pi_train. Under label shift (p(x|y) unchanged) Bayes' rule gives the live
+// posterior
+//
+//	p_live(y|x) ∝ p(y|x) * pi_live(y) / pi_train(y)
+//
+// pi_live is unknown; it is estimated from the estimates themselves by the EM of
+// Saerens, Latinne & Decaestecker (2002), "Adjusting the outputs of a classifier to
+// new a priori probabilities", in online form: keep pi_hat (initially pi_train)
+// and for each request
+//
+//	q      = normalise(p * pi_hat / pi_train)      (E-step: the corrected estimate)
+//	pi_hat = (1 - a) pi_hat + a q                 (M-step: running mean, a = 1/Window)
+//
+// then floor pi_hat at Floor and renormalise. The fixed point is the EM fixed
+// point pi = E[q]. On an unshifted stream pi_hat stays near pi_train (within its
+// noise, of order sqrt(a)) and the estimates are nearly unchanged.
+//
+// Keep one per application and call Correct once per request, in arrival order,
+// before the estimate is used. It is safe for concurrent use (a mutex around
+// O(K) work), does not allocate, and is deterministic for a given call order.
+type PriorShift struct {
+	k      int
+	a      float64
+	floor  float64
+	mu     sync.Mutex
+	train  []float64 // pi_train, floored and normalised
+	prior  []float64 // pi_hat
+	ratio  []float64 // pi_hat / pi_train
+	n      int64
+	frozen bool
+}
+
+// NewPriorShift returns a PriorShift for estimates over len(trainPrior) classes,
+// trainPrior being the class mix the estimator was calibrated on (it need not be
+// normalised; zero, negative or non-finite entries are raised to the floor).
+func NewPriorShift(trainPrior []float64, o ShiftOptions) *PriorShift {
+	if o.Window <= 0 {
+		o.Window = DefaultShiftWindow
+	}
+	if !(o.Floor > 0) || o.Floor >= 1 {
+		o.Floor = DefaultShiftFloor
+	}
+	k := len(trainPrior)
+	if k > 0 && o.Floor*float64(k) >= 1 {
+		o.Floor = 0.5 / float64(k)
+	}
+	s := &PriorShift{
+		k:     k,
+		a:     1 / float64(o.Window),
+		floor: o.Floor,
+		train: make([]float64, k),
+		prior: make([]float64, k),
+		ratio: make([]float64, k),
+	}
+	copy(s.train, trainPrior)
+	for i, v := range s.train {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			s.train[i] = 0
+		}
+	}
+	shiftNormalise(s.train)
+	shiftFloorNormalise(s.train, s.floor)
+	copy(s.prior, s.train)
+	for i := range s.ratio {
+		s.ratio[i] = 1
+	}
+	return s
+}
+
+// Correct writes the label-shift corrected estimate of p into dst (len(dst) >=
+// len(p); dst may be p itself) and updates the live prior estimate with it. If p
+// does not have the expected number of classes or carries no mass (all zero or
+// not finite), p is copied to dst unchanged and the prior is not updated.
+func (s *PriorShift) Correct(p, dst []float64) {
+	if len(p) != s.k {
+		copy(dst, p)
+		return
+	}
+	dst = dst[:s.k]
+	s.mu.Lock()
+	sum := 0.0
+	for i, v := range p {
+		q := v * s.ratio[i]
+		if !(q >= 0) { // negative or NaN
+			q = 0
+		}
+		dst[i] = q
+		sum += q
+	}
+	if !(sum > 0) || math.IsInf(sum, 0) {
+		s.mu.Unlock()
+		copy(dst, p)
+		return
+	}
+	inv := 1 / sum
+	for i := range dst {
+		dst[i] *= inv
+	}
+	if !s.frozen {
+		b := 1 - s.a
+		for i, q := range dst {
+			s.prior[i] = b*s.prior[i] + s.a*q
+		}
+		shiftFloorNormalise(s.prior, s.floor)
+		for i := range s.ratio {
+			s.ratio[i] = s.prior[i] / s.train[i]
+		}
+	}
+	s.n++
+	s.mu.Unlock()
+}
+
+// Prior returns a copy of the current live prior estimate pi_hat.
+func (s *PriorShift) Prior() []float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]float64(nil), s.prior...)
+}
+
+// TrainPrior returns a copy of the (floored, normalised) training prior.
+func (s *PriorShift) TrainPrior() []float64 {
+	return append([]float64(nil), s.train...)
+}
+
+// Observed returns how many estimates Correct has corrected.
+func (s *PriorShift) Observed() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+// SetFrozen stops (true) or resumes (false) the updates of the live prior;
+// while frozen, Correct still corrects with the current estimate.
+func (s *PriorShift) SetFrozen(frozen bool) {
+	s.mu.Lock()
+	s.frozen = frozen
+	s.mu.Unlock()
+}
+
+// Reset sets the live prior estimate back to the training prior.
+func (s *PriorShift) Reset() {
+	s.mu.Lock()
+	copy(s.prior, s.train)
+	for i := range s.ratio {
+		s.ratio[i] = 1
+	}
+	s.n = 0
+	s.mu.Unlock()
+}
+
+// shiftNormalise scales v to sum 1; a vector without mass becomes uniform.
+func shiftNormalise(v []float64) {
+	sum := 0.0
+	for _, x := range v {
+		sum += x
+	}
+	if !(sum > 0) || math.IsInf(sum, 0) {
+		for i := range v {
+			v[i] = 1 / float64(len(v))
+		}
+		return
+	}
+	for i := range v {
+		v[i] /= sum
+	}
+}
+
+// shiftFloorNormalise raises every entry of the distribution v to at least floor and
+// keeps the sum 1, taking the added mass proportionally from the entries above
+// the floor (floor*len(v) < 1 is assumed). One pass of raising and scaling can
+// push an entry back under the floor, so it iterates (at most len(v) times).
+func shiftFloorNormalise(v []float64, floor float64) {
+	for iter := 0; iter <= len(v); iter++ {
+		low, highSum := 0, 0.0
+		for _, x := range v {
+			if x <= floor {
+				low++
+			} else {
+				highSum += x
+			}
+		}
+		if low == 0 {
+			// only renormalise (drift of rounding)
+			sum := highSum
+			if sum != 1 && sum > 0 {
+				for i := range v {
+					v[i] /= sum
+				}
+			}
+			return
+		}
+		rest := 1 - float64(low)*floor
+		if !(highSum > 0) {
+			for i := range v {
+				v[i] = 1 / float64(len(v))
+			}
+			return
+		}
+		scale := rest / highSum
+		ok := true
+		for i, x := range v {
+			if x <= floor {
+				v[i] = floor
+			} else {
+				v[i] = x * scale
+				if v[i] < floor {
+					ok = false
+				}
+			}
+		}
+		if ok {
+			return
+		}
+	}
+}

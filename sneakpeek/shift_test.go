@@ -1,0 +1,278 @@
+package sneakpeek
+
+import (
+	"math"
+	"math/rand/v2"
+	"sync"
+	"testing"
+)
+
+// gaussStream is a hand-made calibrated estimator: class y has feature
+// x ~ N(mu[y], 1), and the estimator returns the exact Bayes posterior under the
+// training prior. Samples are drawn from the live prior.
+type gaussStream struct {
+	mu    []float64
+	train []float64
+	rng   *rand.Rand
+}
+
+func (g *gaussStream) posterior(x float64, prior, dst []float64) {
+	s := 0.0
+	for y, m := range g.mu {
+		d := x - m
+		dst[y] = prior[y] * math.Exp(-0.5*d*d)
+		s += dst[y]
+	}
+	for y := range dst {
+		dst[y] /= s
+	}
+}
+
+func (g *gaussStream) draw(live []float64) (int, float64) {
+	u := g.rng.Float64()
+	y := len(live) - 1
+	for i, v := range live {
+		if u < v {
+			y = i
+			break
+		}
+		u -= v
+	}
+	return y, g.mu[y] + g.rng.NormFloat64()
+}
+
+func TestPriorShiftConvergesToShiftedMix(t *testing.T) {
+	train := []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}
+	live := []float64{0.7, 0.2, 0.1}
+	g := &gaussStream{mu: []float64{0, 2, 4}, train: train, rng: rand.New(rand.NewPCG(1, 2))}
+	s := NewPriorShift(train, ShiftOptions{Window: 500})
+	p := make([]float64, 3)
+	q := make([]float64, 3)
+	bayes := make([]float64, 3)
+	var errSum, rawErrSum float64
+	var nErr int
+	const n = 30000
+	avg := make([]float64, 3)
+	for i := 0; i < n; i++ {
+		_, x := g.draw(live)
+		g.posterior(x, train, p)
+		s.Correct(p, q)
+		if i >= n/2 {
+			g.posterior(x, live, bayes)
+			for y := range q {
+				errSum += math.Abs(q[y] - bayes[y])
+				rawErrSum += math.Abs(p[y] - bayes[y])
+			}
+			nErr++
+			pr := s.Prior()
+			for y := range avg {
+				avg[y] += pr[y] / (n / 2)
+			}
+		}
+	}
+	pr := s.Prior()
+	for y := range live {
+		if math.Abs(pr[y]-live[y]) > 0.06 {
+			t.Errorf("final prior %v, want near %v", pr, live)
+			break
+		}
+		if math.Abs(avg[y]-live[y]) > 0.03 {
+			t.Errorf("mean prior over the second half %v, want near %v", avg, live)
+			break
+		}
+	}
+	mae, rawMAE := errSum/float64(nErr*3), rawErrSum/float64(nErr*3)
+	t.Logf("prior %v (mean %v); corrected posterior MAE vs Bayes with the true prior %.4f (uncorrected %.4f)", pr, avg, mae, rawMAE)
+	if mae > 0.02 {
+		t.Errorf("corrected posteriors are %.4f from Bayes' rule with the true prior (want <= 0.02)", mae)
+	}
+	if mae > rawMAE/4 {
+		t.Errorf("correction removed too little of the bias: %.4f vs %.4f uncorrected", mae, rawMAE)
+	}
+}
+
+func TestPriorShiftFixedPriorIsBayes(t *testing.T) {
+	// With the live prior known and frozen, Correct is exactly Bayes' rule.
+	train := []float64{0.5, 0.3, 0.2}
+	live := []float64{0.1, 0.3, 0.6}
+	g := &gaussStream{mu: []float64{0, 1, 3}, train: train, rng: rand.New(rand.NewPCG(3, 4))}
+	// Window 1: pi_hat becomes the first corrected estimate; at the start the
+	// ratio is 1, so correcting the live prior itself sets pi_hat to it. Freeze.
+	set := NewPriorShift(train, ShiftOptions{Window: 1})
+	q := make([]float64, 3)
+	set.Correct(live, q) // ratio 1 at start: q = live, pi_hat = live
+	if pr := set.Prior(); math.Abs(pr[0]-0.1) > 1e-12 || math.Abs(pr[2]-0.6) > 1e-12 {
+		t.Fatalf("prior %v, want %v", pr, live)
+	}
+	set.SetFrozen(true)
+	p := make([]float64, 3)
+	bayes := make([]float64, 3)
+	for i := 0; i < 1000; i++ {
+		_, x := g.draw(live)
+		g.posterior(x, train, p)
+		set.Correct(p, q)
+		g.posterior(x, live, bayes)
+		for y := range q {
+			if math.Abs(q[y]-bayes[y]) > 1e-9 {
+				t.Fatalf("corrected %v, Bayes %v", q, bayes)
+			}
+		}
+	}
+	if pr := set.Prior(); math.Abs(pr[1]-0.3) > 1e-12 {
+		t.Errorf("frozen prior moved: %v", pr)
+	}
+}
+
+func TestPriorShiftUnshiftedLeavesEstimates(t *testing.T) {
+	train := []float64{0.6, 0.25, 0.15}
+	g := &gaussStream{mu: []float64{0, 1.5, 3}, train: train, rng: rand.New(rand.NewPCG(5, 6))}
+	s := NewPriorShift(train, ShiftOptions{}) // default window
+	p := make([]float64, 3)
+	q := make([]float64, 3)
+	var diff, maxPriorDev float64
+	const n = 20000
+	for i := 0; i < n; i++ {
+		_, x := g.draw(train)
+		g.posterior(x, train, p)
+		s.Correct(p, q)
+		for y := range q {
+			diff += math.Abs(q[y] - p[y])
+		}
+		for y, v := range s.Prior() {
+			maxPriorDev = math.Max(maxPriorDev, math.Abs(v-train[y]))
+		}
+	}
+	mad := diff / (n * 3)
+	t.Logf("unshifted: mean |q - p| %.4f, max prior deviation %.4f", mad, maxPriorDev)
+	if mad > 0.02 {
+		t.Errorf("unshifted stream: estimates moved by %.4f on average (want <= 0.02)", mad)
+	}
+	if maxPriorDev > 0.12 {
+		t.Errorf("unshifted stream: prior wandered %.3f from the training prior", maxPriorDev)
+	}
+}
+
+func TestPriorShiftFloorPreventsCollapse(t *testing.T) {
+	s := NewPriorShift([]float64{0.25, 0.25, 0.25, 0.25}, ShiftOptions{Window: 10, Floor: 0.01})
+	q := make([]float64, 4)
+	for i := 0; i < 5000; i++ {
+		s.Correct([]float64{1, 0, 0, 0}, q)
+	}
+	pr := s.Prior()
+	sum := 0.0
+	for _, v := range pr {
+		sum += v
+		if v < 0.01-1e-12 {
+			t.Errorf("prior %v below the floor", pr)
+		}
+	}
+	if math.Abs(sum-1) > 1e-9 {
+		t.Errorf("prior %v sums to %v", pr, sum)
+	}
+	// A class that comes back is still seen (its ratio is not 0) and recovers.
+	for i := 0; i < 200; i++ {
+		s.Correct([]float64{0.1, 0.9, 0, 0}, q)
+	}
+	if pr := s.Prior(); pr[1] < 0.5 {
+		t.Errorf("class 1 did not recover from the floor: %v", pr)
+	}
+}
+
+func TestPriorShiftDegenerateInputs(t *testing.T) {
+	s := NewPriorShift([]float64{0, 1, math.NaN()}, ShiftOptions{})
+	tp := s.TrainPrior()
+	for _, v := range tp {
+		if !(v > 0) {
+			t.Fatalf("train prior %v not floored", tp)
+		}
+	}
+	q := make([]float64, 3)
+	s.Correct([]float64{0, 0, 0}, q)
+	s.Correct([]float64{math.NaN(), 1, 0}, q) // NaN entry dropped, still valid
+	if math.IsNaN(q[0]) || math.Abs(q[0]+q[1]+q[2]-1) > 1e-12 {
+		t.Errorf("corrected %v", q)
+	}
+	s.Correct([]float64{0.5, 0.5}, q) // wrong length: copied
+	if q[0] != 0.5 || q[1] != 0.5 {
+		t.Errorf("wrong-length p not copied: %v", q)
+	}
+	if s.Observed() != 1 {
+		t.Errorf("observed %d, want 1", s.Observed())
+	}
+	for _, v := range s.Prior() {
+		if math.IsNaN(v) {
+			t.Fatalf("prior %v", s.Prior())
+		}
+	}
+	// In place.
+	p := []float64{0.2, 0.3, 0.5}
+	s.Correct(p, p)
+	if math.Abs(p[0]+p[1]+p[2]-1) > 1e-12 {
+		t.Errorf("in place: %v", p)
+	}
+}
+
+func TestPriorShiftDeterministicAndNoAlloc(t *testing.T) {
+	run := func() []float64 {
+		g := &gaussStream{mu: []float64{0, 2}, train: []float64{0.5, 0.5}, rng: rand.New(rand.NewPCG(7, 8))}
+		s := NewPriorShift(g.train, ShiftOptions{Window: 100})
+		p, q := make([]float64, 2), make([]float64, 2)
+		for i := 0; i < 2000; i++ {
+			_, x := g.draw([]float64{0.9, 0.1})
+			g.posterior(x, g.train, p)
+			s.Correct(p, q)
+		}
+		return s.Prior()
+	}
+	a, b := run(), run()
+	if a[0] != b[0] || a[1] != b[1] {
+		t.Errorf("not deterministic: %v vs %v", a, b)
+	}
+	s := NewPriorShift([]float64{0.2, 0.3, 0.5}, ShiftOptions{})
+	p, q := []float64{0.1, 0.6, 0.3}, make([]float64, 3)
+	if n := testing.AllocsPerRun(1000, func() { s.Correct(p, q) }); n != 0 {
+		t.Errorf("Correct allocates %v times per call", n)
+	}
+}
+
+func TestPriorShiftConcurrent(t *testing.T) {
+	s := NewPriorShift([]float64{0.5, 0.3, 0.2}, ShiftOptions{Window: 50})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			q := make([]float64, 3)
+			p := []float64{0.7, 0.2, 0.1}
+			if w%2 == 1 {
+				p = []float64{0.1, 0.2, 0.7}
+			}
+			for i := 0; i < 2000; i++ {
+				s.Correct(p, q)
+				if i%100 == 0 {
+					_ = s.Prior()
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	if s.Observed() != 16000 {
+		t.Errorf("observed %d", s.Observed())
+	}
+	sum := 0.0
+	for _, v := range s.Prior() {
+		sum += v
+	}
+	if math.Abs(sum-1) > 1e-9 {
+		t.Errorf("prior sums to %v", sum)
+	}
+}
+
+func BenchmarkPriorShiftCorrect(b *testing.B) {
+	s := NewPriorShift([]float64{0.1, 0.2, 0.3, 0.1, 0.2, 0.1}, ShiftOptions{})
+	p, q := []float64{0.05, 0.1, 0.5, 0.05, 0.2, 0.1}, make([]float64, 6)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		s.Correct(p, q)
+	}
+}
