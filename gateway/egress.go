@@ -26,6 +26,9 @@ type journal interface {
 // or times out, the reply is kept durably in the journal's outbox and flushed, in
 // deadline order and at a bounded rate, when the connection is back.
 type egress struct {
+	// served reports whether an application is served; metrics label the others
+	// "_unknown" so that arbitrary topic names cannot grow the label set.
+	served  func(app string) bool
 	client  mqtt.Client
 	journal journal
 	timeout time.Duration
@@ -41,6 +44,14 @@ type egress struct {
 func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, log zerolog.Logger, m *metrics) *egress {
 	return &egress{client: c, journal: j, timeout: timeout, rate: rate, log: log, m: m,
 		inflight: make(chan struct{}, 1024), kick: make(chan struct{}, 1)}
+}
+
+// appLabel is app as a metric label: "_unknown" for an application not served.
+func (e *egress) appLabel(app string) string {
+	if e.served != nil && e.served(app) {
+		return app
+	}
+	return "_unknown"
 }
 
 // errPublishTimeout is returned when the broker does not acknowledge in time.
@@ -72,7 +83,7 @@ func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy
 		defer func() { <-e.inflight; e.wg.Done() }()
 		err := e.publish(topic, payload)
 		if err == nil {
-			e.m.replies.WithLabelValues(rep.App, string(rep.Status)).Inc()
+			e.m.replies.WithLabelValues(e.appLabel(rep.App), string(rep.Status)).Inc()
 			if key != nil {
 				if err := e.journal.Complete(*key, payload); err != nil {
 					e.m.storeErrors.WithLabelValues("complete").Inc()

@@ -308,10 +308,7 @@ func (g *Gateway) recover() error {
 		case now.After(e.Deadline):
 			g.expired = append(g.expired, j)
 		default:
-			if a.est != nil {
-				j.Estimate = make([]float64, a.m.K())
-				a.est.Estimate(j.Input, j.Estimate)
-			}
+			j.Estimate = g.estimate(a, j.Input)
 			g.recovered = append(g.recovered, j)
 		}
 	}
@@ -359,6 +356,7 @@ func (g *Gateway) connect() error {
 	})
 	g.client = mqtt.NewClient(opts)
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, log, g.m)
+	g.egress.served = func(app string) bool { _, ok := g.apps[app]; return ok }
 	t := g.client.Connect()
 	if !t.WaitTimeout(10 * time.Second) {
 		log.Warn().Str("broker", c.Broker).Msg("broker not reachable yet; retrying in the background")

@@ -42,11 +42,7 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 		msg.Ack()
 		return
 	}
-	var est []float64
-	if app.est != nil {
-		est = make([]float64, app.m.K())
-		app.est.Estimate(req.Input, est)
-	}
+	est := g.estimate(app, req.Input)
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
 		ReplyTo: req.ReplyTo, Input: req.Input})
@@ -103,4 +99,19 @@ func (g *Gateway) refuse(req *protocol.Request, reason protocol.Reason, msg stri
 // retryAfter estimates how long a queue of q requests takes to drain.
 func (g *Gateway) retryAfter(q int) time.Duration {
 	return max(100*time.Millisecond, time.Duration(q)*g.perRequest)
+}
+
+// estimate runs the application's SneakPeek estimator; nil when there is none or
+// it returned no valid distribution (the scheduler then uses profiled accuracy).
+func (g *Gateway) estimate(a *appRuntime, input []float32) []float64 {
+	if a.est == nil {
+		return nil
+	}
+	p := make([]float64, a.m.K())
+	a.est.Estimate(input, p)
+	if !validDistribution(p) {
+		g.log.Warn().Str("app", a.m.Name).Msg("estimator returned no valid distribution; profiled accuracy used")
+		return nil
+	}
+	return p
 }

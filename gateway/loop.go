@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -302,6 +303,12 @@ func (l *loop) finish(d batchDone) {
 	l.m.batchSize.WithLabelValues(app, variant).Observe(float64(len(b.Requests)))
 	for i, r := range b.Requests {
 		j := r.Ref.(*job)
+		if !validDistribution(d.probs[i]) {
+			l.log.Error().Str("variant", b.Variant.ID.String()).Msg("model returned no valid class distribution (NaN or Inf)")
+			l.reply(j, result{Status: protocol.StatusError, Reason: string(protocol.ReasonInternal),
+				Err: fmt.Errorf("%w: %s returned an invalid distribution", errBatch, b.Variant.ID), Start: d.start, Done: d.done})
+			continue
+		}
 		st := protocol.StatusOK
 		if d.done.After(j.Deadline) {
 			st = protocol.StatusLate
@@ -314,4 +321,15 @@ func (l *loop) finish(d batchDone) {
 func (l *loop) reply(j *job, r result) {
 	l.queued.Add(-1)
 	l.answer(j, r)
+}
+
+// validDistribution reports whether p has at least one value and only finite,
+// non-negative ones (a misbehaving model can return NaN).
+func validDistribution(p []float64) bool {
+	for _, x := range p {
+		if !(x >= 0) || math.IsInf(x, 0) {
+			return false
+		}
+	}
+	return len(p) > 0
 }

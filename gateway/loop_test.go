@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"math"
 	"errors"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ type fakeRunner struct {
 	resident map[scheduler.VariantID]bool
 	runs     []int // batch sizes
 	failRun  error
+	nan      bool // answer NaN, like a broken model
 }
 
 func (f *fakeRunner) Load(id scheduler.VariantID) (time.Duration, error) {
@@ -51,6 +53,9 @@ func (f *fakeRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, e
 	out := make([][]float64, len(in))
 	for i := range out {
 		out[i] = []float64{0.1, 0.9}
+		if f.nan {
+			out[i] = []float64{math.NaN(), math.NaN()}
+		}
 	}
 	return out, nil
 }
@@ -214,6 +219,26 @@ func TestLoopDoesNotSpinOnIdleWake(t *testing.T) {
 		<-done
 		if p.calls < 2 || p.calls > 110 {
 			t.Errorf("%d decisions in 100ms of an idle policy: want about one per %v", p.calls, minIdleWake)
+		}
+	})
+}
+
+// A model that answers NaN gets the request an error reply, not a crash.
+func TestLoopInvalidModelOutputAnswersError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}, nan: true}
+		l, ans, cancel := startLoop(t, f, "edf")
+		defer cancel()
+		submit(t, l, "x", time.Second, nil)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if r := ans.got["x"]; r.Status != protocol.StatusError || !errors.Is(r.Err, errBatch) {
+			t.Errorf("x: %+v", r)
+		}
+		rep := buildReply(&job{ID: "x", Deadline: time.Now().Add(time.Second)}, ans.got["x"], nil, "", time.Now())
+		if rep.Class != nil || rep.Reason != protocol.ReasonInternal {
+			t.Errorf("reply %+v", rep)
 		}
 	})
 }

@@ -22,8 +22,7 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 	if r.Status == protocol.StatusOK && !met {
 		rep.Status = protocol.StatusLate
 	}
-	if rep.Status.Answered() && r.Probs != nil {
-		c := scheduler.Argmax(r.Probs)
+	if c := scheduler.Argmax(r.Probs); rep.Status.Answered() && c >= 0 {
 		rep.Class = protocol.Ptr(c)
 		if c >= 0 && c < len(labels) {
 			rep.Label = labels[c]

@@ -92,7 +92,9 @@ func (g *Gateway) stats() *protocol.Stats {
 			case "sneakgate_requests_received_total":
 				app(l["app"]).Received = int64(v)
 			case "sneakgate_replies_total":
-				app(l["app"]).Replies[protocol.Status(l["status"])] = int64(v)
+				if _, ok := g.apps[l["app"]]; ok {
+					app(l["app"]).Replies[protocol.Status(l["status"])] = int64(v)
+				}
 			case "sneakgate_rejected_total":
 				s.Rejected[l["reason"]] = int64(v)
 			case "sneakgate_deadline_total":
