@@ -2,8 +2,8 @@ package gateway
 
 import (
 	"context"
-	"math"
 	"errors"
+	"math"
 	"sync"
 	"testing"
 	"testing/synctest"
