@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -70,8 +71,11 @@ type Gateway struct {
 
 	started time.Time
 	// admitting is read-locked by every request handler and write-locked by
-	// shutdown (see onMessage).
-	admitting  sync.RWMutex
+	// shutdown (see onMessage); draining is set just before.
+	admitting sync.RWMutex
+	draining  atomic.Bool
+	// onDrain, if set, runs once draining is set (a test seam).
+	onDrain    func()
 	perRequest time.Duration
 	// Requests read back from the journal at start-up, answered once connected.
 	recovered, expired, orphans []*job
@@ -431,6 +435,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	g.log.Info().Msg("shutting down")
+	g.draining.Store(true)
+	if g.onDrain != nil {
+		g.onDrain()
+	}
 	g.admitting.Lock() // no new requests; waits for handlers in flight
 	stopLoop()
 	<-loopDone

@@ -16,8 +16,8 @@ import (
 // the journal has committed it; a request it cannot journal is left unacknowledged,
 // so the broker delivers it again when the session resumes.
 func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
-	// Shutdown takes the write lock: from then on handlers leave at once, and
-	// shutdown waits for those already inside.
+	// Shutdown sets draining, then takes the write lock: from then on handlers
+	// leave at once, and shutdown waits for those already inside.
 	if !g.admitting.TryRLock() {
 		return // not acknowledged: the broker redelivers it to the next session
 	}
@@ -48,7 +48,18 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {
 		g.m.storeErrors.WithLabelValues("put").Inc()
-		g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; request left unacknowledged for redelivery")
+		if g.draining.Load() {
+			// Stopping: leave it unacknowledged; the broker redelivers it to the
+			// next session, which journals it.
+			g.log.Warn().Err(err).Stringer("key", key).Msg("journal write failed while stopping; request left for redelivery")
+			return
+		}
+		// Running: an unacknowledged message would wait for a reconnect that may
+		// never come and hold one of the broker's in-flight slots, so tell the
+		// device instead; nothing was journaled, so a retry is a new request.
+		g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; request rejected as internal")
+		g.refuse(req, protocol.ReasonInternal, "the gateway could not store the request; retry", time.Second)
+		msg.Ack()
 		return
 	}
 	switch res.Dup {

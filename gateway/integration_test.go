@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -330,30 +331,37 @@ func b64With(in []float32, i int, v float32) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-// TestAckOnlyAfterCommit: a request whose journal write fails is not acknowledged;
-// the broker redelivers it to the next gateway session, which answers it.
+// TestAckOnlyAfterCommit: a gateway stopped while a request's journal write is
+// still in progress does not acknowledge it; the broker redelivers it to the next
+// gateway session, which answers it.
 func TestAckOnlyAfterCommit(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{})
 	dir := t.TempDir()
 	cfg := testConfig(t, b.URL(), dir)
-	var failed sync.WaitGroup
-	failed.Add(1)
+	inPut, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	first := startGateway(t, cfg, Options{BeforeCommit: func(ops []store.Op) error {
 		for _, op := range ops {
 			if op.Kind == store.OpPut {
-				once.Do(failed.Done)
-				return fmt.Errorf("injected disk failure")
+				once.Do(func() { close(inPut) })
+				<-release                                  // the disk hangs until the test lets go...
+				return fmt.Errorf("injected disk failure") // ...and then fails
 			}
 		}
 		return nil
 	}})
+	drained := make(chan struct{})
+	first.g.onDrain = func() { close(drained) }
 	_, samples := fashionSamples(t)
 	dev := newDevice(t, b.URL(), "cam-ack")
 	dev.request("fashion", "cam-ack", "precious", samples.Row(1), 60000)
-	failed.Wait()
-	first.stop(t) // waits for request handlers in flight
-	if got := testutil.ToFloat64(first.g.m.storeErrors.WithLabelValues("put")); got < 1 {
+	<-inPut
+	stopped := make(chan struct{})
+	go func() { first.stop(t); close(stopped) }()
+	<-drained      // shutdown has begun
+	close(release) // the write fails while the gateway is stopping
+	<-stopped
+	if got := testutil.ToFloat64(first.g.m.storeErrors.WithLabelValues("put")); got != 1 {
 		t.Fatalf("store put errors = %v", got)
 	}
 	if n := dev.count("precious"); n != 0 {
@@ -363,6 +371,37 @@ func TestAckOnlyAfterCommit(t *testing.T) {
 	r := dev.await([]string{"precious"}, 30*time.Second)["precious"]
 	if r.Status != protocol.StatusOK || r.Class == nil {
 		t.Fatalf("redelivered request: %+v", r)
+	}
+}
+
+// TestJournalFailureIsRejected: while running, a request whose journal write fails
+// is answered rejected/internal with a retry hint (an unacknowledged message would
+// wait for a reconnect); a retry of the same id is then served.
+func TestJournalFailureIsRejected(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	var failed atomic.Bool
+	startGateway(t, cfg, Options{BeforeCommit: func(ops []store.Op) error {
+		for _, op := range ops {
+			if op.Kind == store.OpPut && failed.CompareAndSwap(false, true) {
+				return fmt.Errorf("injected disk failure")
+			}
+		}
+		return nil
+	}})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-fail")
+	dev.request("fashion", "cam-fail", "r", samples.Row(1), 60000)
+	r := dev.await([]string{"r"}, 30*time.Second)["r"]
+	if r.Status != protocol.StatusRejected || r.Reason != protocol.ReasonInternal || r.RetryAfterMS == nil {
+		t.Fatalf("first try: %+v", r)
+	}
+	dev.mu.Lock()
+	delete(dev.replies, "r")
+	dev.mu.Unlock()
+	dev.request("fashion", "cam-fail", "r", samples.Row(1), 60000)
+	if r := dev.await([]string{"r"}, 30*time.Second)["r"]; r.Status != protocol.StatusOK {
+		t.Fatalf("retry: %+v", r)
 	}
 }
 
