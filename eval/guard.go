@@ -44,16 +44,18 @@ func resolvePolicy(name string) (string, guardMode) {
 		return "sneakpeek", guardNil
 	case PolicyGuardedDeg:
 		return "sneakpeek", guardKeepDegraded
+	case PolicyShift, PolicyShiftCal, PolicyTruePrior:
+		return "sneakpeek", guardOff
 	}
 	return name, guardOff
 }
 
-// CheckPolicy returns an error when name is neither a scheduler policy nor a
-// guarded one.
+// CheckPolicy returns an error when name is neither a scheduler policy nor one
+// of eval's (guarded, label-shift corrected).
 func CheckPolicy(name string) error {
 	base, _ := resolvePolicy(name)
 	if _, err := scheduler.New(base, scheduler.Options{}); err != nil {
-		return fmt.Errorf("%w (eval also knows %s)", err, strings.Join([]string{PolicyGuarded, PolicyGuardedDeg}, ", "))
+		return fmt.Errorf("%w (eval also knows %s)", err, strings.Join(evalPolicies, ", "))
 	}
 	return nil
 }

@@ -52,7 +52,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		apps        = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
 		synthetic   = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
 		workloads   = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
-		policies    = fs.String("policies", "sneakpeek,oblivious,fixed-batch,edf,fifo", "comma-separated policies ("+strings.Join(append(scheduler.Names(), PolicyGuarded, PolicyGuardedDeg), ",")+")")
+		policies    = fs.String("policies", "sneakpeek,oblivious,fixed-batch,edf,fifo", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+")")
 		loads       = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
 		deadlines   = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
 		n           = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
@@ -80,6 +80,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		guardWin    = fs.Int("guard-window", 0, "guarded policies: the drift guard's window (0 = sneakpeek.DefaultGuardWindow)")
 		guardDis    = fs.Float64("guard-distrust", 0, "guarded policies: gap beyond the baseline that distrusts (0 = default)")
 		guardRet    = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
+		shiftWin    = fs.Int("shift-window", 0, "label-shift policies: the live prior estimate's window, update step 1/window (0 = sneakpeek.DefaultShiftWindow)")
 		liveBroker  = fs.String("live-broker", "", "with -live: external broker URL (default: the gateway's embedded broker on a free port)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -110,6 +111,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, p := range pols {
 			if _, g := resolvePolicy(p); g != guardOff {
 				return fmt.Errorf("eval: -live does not run %s (the gateway has no drift guard yet)", p)
+			}
+			if shiftOf(p) != shiftOff {
+				return fmt.Errorf("eval: -live does not run %s (the gateway has no label-shift correction wired yet)", p)
 			}
 		}
 		rates, err := floats(*liveRates)
@@ -167,7 +171,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MinDeadlines: *minDl, MaxRequests: *maxN,
 		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue,
 			CountBudget: *maxResident, MemBudget: *memBudget << 20,
-			Guard: sneakpeek.GuardOptions{Window: *guardWin, Distrust: *guardDis, Retrust: *guardRet}}}
+			Guard: sneakpeek.GuardOptions{Window: *guardWin, Distrust: *guardDis, Retrust: *guardRet},
+			Shift: sneakpeek.ShiftOptions{Window: *shiftWin}}}
 	pts, err := sw.Points()
 	if err != nil {
 		return err
@@ -209,6 +214,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if err := WriteGuard(stdout, rep.Results, gp); err != nil {
+			return err
+		}
+	}
+	for _, sp := range []string{PolicyShift, PolicyShiftCal, PolicyTruePrior} {
+		gs := Gains(rep.Results, sp, "oblivious")
+		if len(gs) == 0 {
+			continue
+		}
+		rep.ShiftGains = append(rep.ShiftGains, gs...)
+		fmt.Fprintf(stdout, "\n%s vs oblivious (mean utility):\n", sp)
+		if err := WriteGains(stdout, gs); err != nil {
+			return err
+		}
+		if err := WriteShift(stdout, rep.Results, sp); err != nil {
 			return err
 		}
 	}

@@ -21,6 +21,8 @@ type Report struct {
 	// GuardedGains compares the guarded policies with oblivious (Gain.Policy
 	// names which).
 	GuardedGains []Gain `json:"guarded_gains,omitempty"`
+	// ShiftGains compares the label-shift corrected policies with oblivious.
+	ShiftGains []Gain `json:"shift_gains,omitempty"`
 }
 
 // Gain compares two policies' mean utility at one point of the sweep.

@@ -42,6 +42,9 @@ type Point struct {
 	// PolicyGuardedDeg); zero fields take sneakpeek's defaults. Reference and
 	// Baseline are always set from the App (newGuard). Other policies ignore it.
 	Guard sneakpeek.GuardOptions
+	// Shift configures the label-shift correction of PolicyShift (zero fields take
+	// sneakpeek's defaults). Other policies ignore it.
+	Shift sneakpeek.ShiftOptions
 }
 
 // Metrics are one run's results. Utility and Accuracy are means over every
@@ -91,6 +94,12 @@ type Metrics struct {
 	GuardFlips    int64   `json:"guard_flips,omitempty"`
 	GuardObserved int64   `json:"guard_observed,omitempty"`
 	GuardGap      float64 `json:"guard_gap,omitempty"`
+	// Label-shift policies only (PolicyShift, PolicyTruePrior): the accuracy of
+	// the estimate's argmax on the arrivals before and after correction, and
+	// (PolicyShift) the final live prior estimate.
+	EstAccuracy          float64   `json:"est_accuracy,omitempty"`
+	EstAccuracyCorrected float64   `json:"est_accuracy_corrected,omitempty"`
+	ShiftPrior           []float64 `json:"shift_prior,omitempty"`
 }
 
 // Capacity is the arrival rate (requests per second) the engine sustains serving
@@ -135,6 +144,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	if gmode != guardOff {
 		guard = newGuard(a, pt.Guard)
 	}
+	shift := newShifter(a, pt)
 	o := pt.Options
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = scheduler.DefaultOptions().MaxBatch
@@ -346,15 +356,20 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		for next < len(reqs) && !reqs[next].arr.After(now0) {
 			q := &reqs[next]
 			next++
+			est := a.Est[q.sample]
+			if shift != nil {
+				// The gateway corrects every estimate on arrival, in arrival order.
+				est = shift.correct(a, &pt, q.sample, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
+			}
 			if pt.MaxQueue > 0 && len(queue) >= pt.MaxQueue {
 				m.Rejected++
 				continue
 			}
 			if guard != nil && !guard.Trusted() {
 				distrusted++
-				q.r = prepareGuarded(sa, gmode, q.seq, q.arr, q.arr.Add(pt.Deadline), a.Est[q.sample], q)
+				q.r = prepareGuarded(sa, gmode, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
 			} else {
-				q.r = scheduler.Prepare(sa, q.seq, q.arr, q.arr.Add(pt.Deadline), a.Est[q.sample], q)
+				q.r = scheduler.Prepare(sa, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
 			}
 			byReq[q.r] = q
 			queue = append(queue, q.r)
@@ -393,6 +408,9 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		st := guard.Stats()
 		m.Distrusted = float64(distrusted) / n
 		m.GuardFlips, m.GuardObserved, m.GuardGap = st.Flips, st.Total, st.Excess
+	}
+	if shift != nil {
+		shift.fill(&m)
 	}
 	if got := m.OK + m.Late + m.Degraded + m.Expired + m.Rejected; got != pt.Requests {
 		return m, fmt.Errorf("eval: %s answered %d of %d requests", pt.Policy, got, pt.Requests)

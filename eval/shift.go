@@ -1,0 +1,199 @@
+package eval
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
+)
+
+// Label-shift corrected policies are eval-level names: the scheduler policy
+// "sneakpeek" with each request's estimate corrected for the live class mix
+// before scheduler.Prepare, in arrival order, as the gateway would:
+//
+//   - "sneakpeek-shift": sneakpeek.PriorShift, one per run, trained prior = the
+//     manifest's prior (scheduler.App.Prior), live prior estimated online by EM
+//     from the estimates themselves (Point.Shift configures it). The corrected
+//     estimate is used everywhere the estimate is (utilities, grouping,
+//     degraded answer).
+//   - "sneakpeek-shift-cal": the same with the trained prior replaced by the
+//     estimator's own marginal, the mean estimate over the replayed samples in
+//     the natural mix (App.EstimateMarginal; the gateway would compute it once on
+//     the validation split). The EM's fixed point is pi = E[q]: when the
+//     estimator's mean estimate on its training mix is not that mix (it is not
+//     calibrated in the large), the EM started at the manifest prior drifts away
+//     from it even on unshifted traffic; with the marginal it stays put.
+//   - "sneakpeek-trueprior" (reference, not deployable): Bayes' rule with the
+//     workload's true mix at that point of the run, p'(y) ∝ p(y) mix(y)/prior(y):
+//     what a perfect prior estimate would give.
+//
+// The names of the scheduler's own policies keep their behaviour.
+const (
+	PolicyShift     = "sneakpeek-shift"
+	PolicyShiftCal  = "sneakpeek-shift-cal"
+	PolicyTruePrior = "sneakpeek-trueprior"
+)
+
+type shiftMode int
+
+const (
+	shiftOff shiftMode = iota
+	shiftOnline
+	shiftTrue
+	shiftCal
+)
+
+func shiftOf(name string) shiftMode {
+	switch name {
+	case PolicyShift:
+		return shiftOnline
+	case PolicyShiftCal:
+		return shiftCal
+	case PolicyTruePrior:
+		return shiftTrue
+	}
+	return shiftOff
+}
+
+// evalPolicies are the policy names eval adds to the scheduler's.
+var evalPolicies = []string{PolicyGuarded, PolicyGuardedDeg, PolicyShift, PolicyShiftCal, PolicyTruePrior}
+
+// shifter corrects estimates in arrival order for one run.
+type shifter struct {
+	mode   shiftMode
+	ps     *sneakpeek.PriorShift
+	prior  []float64 // the trained prior (true-prior mode)
+	n      int
+	rawOK  int // arrivals whose raw estimate's argmax is the true class
+	corrOK int // same for the corrected estimate
+}
+
+func newShifter(a *App, pt Point) *shifter {
+	m := shiftOf(pt.Policy)
+	if m == shiftOff {
+		return nil
+	}
+	s := &shifter{mode: m}
+	switch m {
+	case shiftOnline:
+		s.ps = sneakpeek.NewPriorShift(a.Sched.Prior, pt.Shift)
+	case shiftCal:
+		s.ps = sneakpeek.NewPriorShift(a.EstimateMarginal(), pt.Shift)
+	default:
+		s.prior = sneakpeek.NewPriorShift(a.Sched.Prior, sneakpeek.ShiftOptions{}).TrainPrior()
+	}
+	return s
+}
+
+// correct returns the corrected estimate of sample i arriving at progress prog
+// (0..1) of the run. It allocates the returned slice (the request keeps it).
+func (s *shifter) correct(a *App, pt *Point, i int, prog float64) []float64 {
+	p := a.Est[i]
+	dst := make([]float64, len(p))
+	switch s.mode {
+	case shiftOnline, shiftCal:
+		s.ps.Correct(p, dst)
+	case shiftTrue:
+		w := pt.Workload
+		sum := 0.0
+		for y, v := range p {
+			mix := w.Mix[y]
+			if w.MixEnd != nil {
+				mix = (1-prog)*mix + prog*w.MixEnd[y]
+			}
+			dst[y] = v * mix / s.prior[y]
+			sum += dst[y]
+		}
+		if sum > 0 {
+			for y := range dst {
+				dst[y] /= sum
+			}
+		} else {
+			copy(dst, p)
+		}
+	}
+	s.n++
+	y := a.Labels[i]
+	if scheduler.Argmax(p) == y {
+		s.rawOK++
+	}
+	if scheduler.Argmax(dst) == y {
+		s.corrOK++
+	}
+	return dst
+}
+
+func (s *shifter) fill(m *Metrics) {
+	if s.n > 0 {
+		m.EstAccuracy = float64(s.rawOK) / float64(s.n)
+		m.EstAccuracyCorrected = float64(s.corrOK) / float64(s.n)
+	}
+	if s.ps != nil {
+		m.ShiftPrior = s.ps.Prior()
+	}
+}
+
+// WriteShift prints, for each point with the shift policy sp, its utility next to
+// sneakpeek's and oblivious's, the estimator's accuracy on the arrivals before
+// and after correction and the final live prior estimate.
+func WriteShift(w io.Writer, rs []Result, sp string) error {
+	by := map[pointKey]map[string]Result{}
+	var order []pointKey
+	for _, r := range rs {
+		k := pointKey{r.App, r.Workload, r.DeadlineMS, r.Load}
+		if by[k] == nil {
+			by[k] = map[string]Result{}
+			order = append(order, k)
+		}
+		by[k][r.Policy] = r
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "app\tworkload\tdl_ms\tload\t%s\tsneakpeek\toblivious\test_acc\tcorrected\tprior_hat\t\n", sp)
+	for _, k := range order {
+		g, ok := by[k][sp]
+		if !ok {
+			continue
+		}
+		util := func(p string) string {
+			if r, ok := by[k][p]; ok {
+				return fmt.Sprintf("%.3f", r.Utility)
+			}
+			return "-"
+		}
+		pr := "-"
+		if g.ShiftPrior != nil {
+			pr = ""
+			for i, v := range g.ShiftPrior {
+				if i > 0 {
+					pr += ","
+				}
+				pr += fmt.Sprintf("%.2f", v)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%g\t%.2f\t%.3f\t%s\t%s\t%.3f\t%.3f\t%s\t\n", k.app, k.wl, k.dl, k.ld,
+			g.Utility, util("sneakpeek"), util("oblivious"), g.EstAccuracy, g.EstAccuracyCorrected, pr)
+	}
+	return tw.Flush()
+}
+
+// EstimateMarginal is the estimator's mean estimate over the replayed samples in
+// the application's prior mix: sum_y prior(y) * mean of the estimates of class y's
+// samples. For an estimator calibrated in the large it equals the prior.
+func (a *App) EstimateMarginal() []float64 {
+	k := a.Sched.K
+	out := make([]float64, k)
+	for y, idx := range a.byClass {
+		if len(idx) == 0 || y >= len(a.Sched.Prior) {
+			continue
+		}
+		w := a.Sched.Prior[y] / float64(len(idx))
+		for _, i := range idx {
+			for c, v := range a.Est[i] {
+				out[c] += w * v
+			}
+		}
+	}
+	return out
+}
