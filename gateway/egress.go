@@ -39,11 +39,63 @@ type egress struct {
 	inflight chan struct{}
 	wg       sync.WaitGroup
 	kick     chan struct{} // size 1: flush the outbox
+	// late holds the outbox keys whose timed-out publish the MQTT client still
+	// holds and will resend itself: the flusher skips them, so that a slow
+	// acknowledgement does not become a second copy of the reply.
+	lateMu sync.Mutex
+	late   map[store.Key]bool
+	stop   chan struct{} // closed by Close: late waiters give up
 }
 
 func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, log zerolog.Logger, m *metrics) *egress {
 	return &egress{client: c, journal: j, timeout: timeout, rate: rate, log: log, m: m,
-		inflight: make(chan struct{}, 1024), kick: make(chan struct{}, 1)}
+		inflight: make(chan struct{}, 1024), kick: make(chan struct{}, 1),
+		late: map[store.Key]bool{}, stop: make(chan struct{})}
+}
+
+func (e *egress) isLate(k store.Key) bool {
+	e.lateMu.Lock()
+	defer e.lateMu.Unlock()
+	return e.late[k]
+}
+
+// awaitLate keeps waiting for a publish that timed out and whose reply is now in
+// the outbox: if the broker acknowledges it after all, the request is completed
+// (and leaves the outbox); if it fails, the flusher takes over.
+func (e *egress) awaitLate(k store.Key, t mqtt.Token, payload []byte) {
+	e.lateMu.Lock()
+	e.late[k] = true
+	e.lateMu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer func() {
+			e.lateMu.Lock()
+			delete(e.late, k)
+			e.lateMu.Unlock()
+		}()
+		select {
+		case <-t.Done():
+			if t.Error() == nil {
+				e.complete(k, payload)
+				e.m.outboxLen.Dec()
+			}
+		case <-e.stop:
+		}
+	}()
+}
+
+func (e *egress) complete(k store.Key, payload []byte) {
+	if err := e.journal.Complete(k, payload); err != nil {
+		e.m.storeErrors.WithLabelValues("complete").Inc()
+		e.log.Error().Err(err).Stringer("key", k).Msg("journal complete failed; the request may be answered again after a restart")
+	}
+}
+
+// Close makes late waiters give up; call it after Wait, before the journal closes.
+func (e *egress) Close() {
+	close(e.stop)
+	e.wg.Wait()
 }
 
 // appLabel is app as a metric label: "_unknown" for an application not served.
@@ -57,15 +109,18 @@ func (e *egress) appLabel(app string) string {
 // errPublishTimeout is returned when the broker does not acknowledge in time.
 var errPublishTimeout = errors.New("publish not acknowledged in time")
 
-func (e *egress) publish(topic string, payload []byte) error {
+// publish publishes at QoS 1 and waits for the PUBACK up to the timeout. On
+// errPublishTimeout the returned token is still pending: the client keeps the
+// message and resends it after a reconnect.
+func (e *egress) publish(topic string, payload []byte) (mqtt.Token, error) {
 	if !e.client.IsConnectionOpen() {
-		return errors.New("not connected to the broker")
+		return nil, errors.New("not connected to the broker")
 	}
 	t := e.client.Publish(topic, 1, false, payload)
 	if !t.WaitTimeout(e.timeout) {
-		return errPublishTimeout
+		return t, errPublishTimeout
 	}
-	return t.Error()
+	return t, t.Error()
 }
 
 // Send publishes rep to topic. For a journaled request (key not nil) it then
@@ -81,14 +136,11 @@ func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy
 	e.wg.Add(1)
 	go func() {
 		defer func() { <-e.inflight; e.wg.Done() }()
-		err := e.publish(topic, payload)
+		tok, err := e.publish(topic, payload)
 		if err == nil {
 			e.m.replies.WithLabelValues(e.appLabel(rep.App), string(rep.Status)).Inc()
 			if key != nil {
-				if err := e.journal.Complete(*key, payload); err != nil {
-					e.m.storeErrors.WithLabelValues("complete").Inc()
-					e.log.Error().Err(err).Stringer("key", key).Msg("journal complete failed; the request may be answered again after a restart")
-				}
+				e.complete(*key, payload)
 			}
 			return
 		}
@@ -103,7 +155,10 @@ func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy
 			return
 		}
 		e.m.outboxLen.Inc()
-		e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker is back")
+		if errors.Is(err, errPublishTimeout) {
+			e.awaitLate(*key, tok, payload)
+		}
+		e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker has it")
 	}()
 }
 
@@ -114,7 +169,7 @@ func (e *egress) SendRaw(topic string, payload []byte) {
 	e.wg.Add(1)
 	go func() {
 		defer func() { <-e.inflight; e.wg.Done() }()
-		if err := e.publish(topic, payload); err != nil {
+		if _, err := e.publish(topic, payload); err != nil {
 			e.m.publishFails.Inc()
 			e.log.Warn().Err(err).Str("topic", topic).Msg("republishing a reply failed")
 		}
@@ -169,14 +224,18 @@ func (e *egress) flush(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err := e.publish(oe.ReplyTo, oe.Reply); err != nil {
+		if e.isLate(oe.Key) {
+			continue // its first publish may still be acknowledged
+		}
+		tok, err := e.publish(oe.ReplyTo, oe.Reply)
+		if err != nil {
+			if errors.Is(err, errPublishTimeout) {
+				e.awaitLate(oe.Key, tok, oe.Reply)
+			}
 			e.log.Warn().Err(err).Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}
-		if err := e.journal.Complete(oe.Key, oe.Reply); err != nil {
-			e.m.storeErrors.WithLabelValues("complete").Inc()
-			e.log.Error().Err(err).Stringer("key", oe.Key).Msg("journal complete failed")
-		}
+		e.complete(oe.Key, oe.Reply)
 		e.m.outboxLen.Dec()
 		if gap > 0 {
 			select {

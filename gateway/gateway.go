@@ -451,6 +451,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	waitCtx, cancel := context.WithTimeout(context.Background(), g.cfg.MQTT.PublishTimeout+time.Second)
 	g.egress.Wait(waitCtx)
 	cancel()
+	g.egress.Close() // late waiters give up: their replies stay in the outbox
 	if srv != nil {
 		srv.Close()
 	}
