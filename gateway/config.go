@@ -133,6 +133,10 @@ type AppConfig struct {
 	Estimator string `yaml:"estimator"`
 	// DefaultDeadline overrides the manifest's default deadline.
 	DefaultDeadline time.Duration `yaml:"default_deadline"`
+	// LabelShift corrects the estimates for the live label mix (online EM,
+	// sneakpeek.PriorShift). Off by default: docs/evaluation.md shows it gains
+	// under overload on shifted mixes and costs a little at low load.
+	LabelShift bool `yaml:"label_shift"`
 }
 
 // DefaultConfig returns the configuration used for every field a file leaves out.

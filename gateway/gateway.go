@@ -51,6 +51,8 @@ type appRuntime struct {
 	// docs/evaluation.md shows acting on it costs more than it saves).
 	monitor    *sneakpeek.Guard
 	monitorRef string // the reference variant's name
+	// shift, if not nil, corrects each estimate for the live label mix.
+	shift *sneakpeek.PriorShift
 }
 
 // Gateway is a running sneakgate: ingress, scheduling loop, engine worker, egress.
@@ -202,6 +204,15 @@ func (g *Gateway) loadApps() error {
 			a.monitor, ref = sneakpeek.NewGuardFor(m, sneakpeek.GuardOptions{})
 			a.monitorRef = m.Variants[ref].Name
 			g.m.registerMonitor(m.Name, a.monitor)
+			if ac.LabelShift {
+				marginal, err := estimatorMarginal(m, a.est)
+				if err != nil {
+					return fmt.Errorf("gateway: apps[%d].label_shift: %w", i, err)
+				}
+				a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{})
+			}
+		} else if ac.LabelShift {
+			return fmt.Errorf("gateway: %w: apps[%d].label_shift: %s has no estimator", ErrConfig, i, m.Name)
 		}
 		g.apps[m.Name] = a
 	}

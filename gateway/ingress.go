@@ -124,5 +124,8 @@ func (g *Gateway) estimate(a *appRuntime, input []float32) []float64 {
 		g.log.Warn().Str("app", a.m.Name).Msg("estimator returned no valid distribution; profiled accuracy used")
 		return nil
 	}
+	if a.shift != nil {
+		a.shift.Correct(p, p)
+	}
 	return p
 }

@@ -73,6 +73,11 @@ func (g *Gateway) stats() *protocol.Stats {
 	}
 	for name, a := range g.apps {
 		as := app(name)
+		if a.shift != nil {
+			for _, x := range a.shift.Prior() {
+				as.LivePrior = append(as.LivePrior, round4(x))
+			}
+		}
 		if a.monitor != nil {
 			st := a.monitor.Stats()
 			as.Estimates = &protocol.EstimateStats{Observations: st.Observations,

@@ -57,6 +57,9 @@ type AppStats struct {
 	// Estimates compares the SneakPeek estimates with the answers of the
 	// application's most accurate variant, over its recent requests.
 	Estimates *EstimateStats `json:"estimates,omitempty"`
+	// LivePrior is the label mix the gateway estimates for the live requests,
+	// when the application corrects its estimates for label shift.
+	LivePrior []float64 `json:"live_prior,omitempty"`
 }
 
 // EstimateStats is the estimate monitor's window: how often the estimate's top
