@@ -114,16 +114,7 @@ func prepareGuarded(sa *scheduler.App, m guardMode, seq uint64, arr, dl time.Tim
 // to sneakpeek's and oblivious's, the share of requests it prepared distrusted,
 // its guard's verdict changes, observations and final gap.
 func WriteGuard(w io.Writer, rs []Result, gp string) error {
-	by := map[pointKey]map[string]Result{}
-	var order []pointKey
-	for _, r := range rs {
-		k := pointKey{r.App, r.Workload, r.DeadlineMS, r.Load}
-		if by[k] == nil {
-			by[k] = map[string]Result{}
-			order = append(order, k)
-		}
-		by[k][r.Policy] = r
-	}
+	by, order := byPoint(rs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "app\tworkload\tdl_ms\tload\t%s\tsneakpeek\toblivious\tdistrusted\tflips\tobserved\tgap-baseline\t\n", gp)
 	for _, k := range order {

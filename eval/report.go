@@ -47,8 +47,9 @@ type pointKey struct {
 	dl, ld  float64
 }
 
-// Gains returns, for every point where both ran, policy's utility against base's.
-func Gains(rs []Result, policy, base string) []Gain {
+// byPoint groups results by sweep point, then policy; order lists the points as
+// they first appear.
+func byPoint(rs []Result) (map[pointKey]map[string]Result, []pointKey) {
 	by := map[pointKey]map[string]Result{}
 	var order []pointKey
 	for _, r := range rs {
@@ -59,6 +60,12 @@ func Gains(rs []Result, policy, base string) []Gain {
 		}
 		by[k][r.Policy] = r
 	}
+	return by, order
+}
+
+// Gains returns, for every point where both ran, policy's utility against base's.
+func Gains(rs []Result, policy, base string) []Gain {
+	by, order := byPoint(rs)
 	var out []Gain
 	for _, k := range order {
 		p, ok1 := by[k][policy]

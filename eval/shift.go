@@ -139,16 +139,7 @@ func (s *shifter) fill(m *Metrics) {
 // sneakpeek's and oblivious's, the estimator's accuracy on the arrivals before
 // and after correction and the final live prior estimate.
 func WriteShift(w io.Writer, rs []Result, sp string) error {
-	by := map[pointKey]map[string]Result{}
-	var order []pointKey
-	for _, r := range rs {
-		k := pointKey{r.App, r.Workload, r.DeadlineMS, r.Load}
-		if by[k] == nil {
-			by[k] = map[string]Result{}
-			order = append(order, k)
-		}
-		by[k][r.Policy] = r
-	}
+	by, order := byPoint(rs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "app\tworkload\tdl_ms\tload\t%s\tsneakpeek\toblivious\test_acc\tcorrected\tprior_hat\t\n", sp)
 	for _, k := range order {
