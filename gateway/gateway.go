@@ -313,7 +313,7 @@ func (g *Gateway) recover() error {
 	for _, e := range pending {
 		a, ok := g.apps[e.App]
 		j := &job{App: e.App, Device: e.Device, ID: e.ID, ReplyTo: e.ReplyTo, Received: e.Received,
-			Deadline: e.Deadline, Input: e.Input, Recovered: true}
+			Deadline: e.Deadline, Input: e.Input}
 		switch {
 		case !ok || len(e.Input) != a.m.InputSize:
 			// The application is no longer served (or changed its input size).

@@ -34,8 +34,6 @@ type job struct {
 	Input           []float32
 	// Estimate is the SneakPeek class distribution (nil when the app has none).
 	Estimate []float64
-	// Recovered marks a request read back from the journal at start-up.
-	Recovered bool
 
 	req *scheduler.Request
 }
