@@ -37,13 +37,17 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 		return
 	}
 	app := g.apps[req.App]
+	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
 	if q := g.loop.Queued(); q >= g.cfg.Admission.MaxQueue {
-		g.refuse(req, protocol.ReasonOverload, fmt.Sprintf("queue full (%d requests waiting)", q), g.retryAfter(q))
-		msg.Ack()
-		return
+		// A duplicate is not refused: it is answered as a duplicate below
+		// (Put does not add it to the queue).
+		if res, err := g.journal.Lookup(key); err != nil || res.Dup == store.New {
+			g.refuse(req, protocol.ReasonOverload, fmt.Sprintf("queue full (%d requests waiting)", q), g.retryAfter(q))
+			msg.Ack()
+			return
+		}
 	}
 	est := g.estimate(app, req.Input)
-	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {

@@ -626,3 +626,28 @@ func TestStatusAndStats(t *testing.T) {
 		}
 	}
 }
+
+// TestDuplicateWhileQueueFull: a re-sent request whose original still waits in a
+// full queue is a duplicate, not an overload.
+func TestDuplicateWhileQueueFull(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.Admission.MaxQueue = 1
+	cfg.Scheduler.Policy = "fixed-batch" // holds a lone request for max_queue_delay
+	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-full")
+	dev.request("fashion", "cam-full", "a", samples.Row(1), 60000)
+	dev.request("fashion", "cam-full", "a", samples.Row(1), 60000)
+	if r := dev.await([]string{"a"}, 30*time.Second)["a"]; r.Status != protocol.StatusOK {
+		t.Fatalf("a: %+v", r)
+	}
+	gw.stop(t)
+	if got := testutil.ToFloat64(gw.g.m.rejected.WithLabelValues(string(protocol.ReasonOverload))); got != 0 {
+		t.Errorf("duplicate refused as overload %v times", got)
+	}
+	if got := testutil.ToFloat64(gw.g.m.duplicates.WithLabelValues("pending")); got != 1 {
+		t.Errorf("duplicates{pending} = %v, want 1", got)
+	}
+}

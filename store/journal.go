@@ -333,3 +333,40 @@ func (s *Store) GC(now time.Time) (int, error) {
 		}
 	}
 }
+
+// Lookup reports, without writing, what Put would say of key k now: New for an
+// unknown key (or one completed longer ago than Retention), DupPending, or DupDone
+// with a copy of the stored reply. The answer can change as soon as it is
+// returned; Put remains the authority. It lets a caller recognise a duplicate
+// before deciding to refuse a request (for example under overload).
+//
+// Lookup returns ErrInvalid for a bad key, ErrCorrupt for a corrupt key record and
+// ErrClosed after Close.
+func (s *Store) Lookup(k Key) (PutResult, error) {
+	if err := validKey(k); err != nil {
+		return PutResult{}, fmt.Errorf("store: lookup %s: %w", k, err)
+	}
+	now := s.opts.Now()
+	var res PutResult
+	err := s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketKeys).Get(encodeKey(k))
+		if v == nil {
+			return nil
+		}
+		st, err := decodeState(v)
+		if err != nil {
+			return fmt.Errorf("key index: %w", err)
+		}
+		switch {
+		case st.state != stateDone:
+			res = PutResult{Dup: DupPending, Seq: st.seq}
+		case now.Sub(st.doneAt) < s.opts.Retention:
+			res = PutResult{Dup: DupDone, Reply: bytes.Clone(st.reply)}
+		}
+		return nil
+	})
+	if err != nil {
+		return PutResult{}, fmt.Errorf("store: lookup %s: %w", k, err)
+	}
+	return res, nil
+}

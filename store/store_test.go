@@ -368,3 +368,34 @@ func sameEntry(a, b *store.Entry) bool {
 	a2.Input, b2.Input = nil, nil
 	return reflect.DeepEqual(a2, b2)
 }
+
+// Lookup says what Put would, without writing.
+func TestLookup(t *testing.T) {
+	clk := storetest.NewClock()
+	s := storetest.New(t, func(o *store.Options) { o.Now = clk.Now; o.Retention = time.Minute })
+	look := func(want store.Dup) store.PutResult {
+		t.Helper()
+		res, err := s.Lookup(key(1))
+		if err != nil || res.Dup != want {
+			t.Fatalf("Lookup = %v, %v; want %v", res.Dup, err, want)
+		}
+		return res
+	}
+	look(store.New)
+	if st := s.Stats(); st.Pending != 0 {
+		t.Fatalf("Lookup wrote: %+v", st)
+	}
+	mustPut(t, s, entry(1), store.New)
+	look(store.DupPending)
+	if err := s.Complete(key(1), []byte("r1")); err != nil {
+		t.Fatal(err)
+	}
+	if res := look(store.DupDone); string(res.Reply) != "r1" {
+		t.Errorf("reply %q", res.Reply)
+	}
+	clk.Advance(2 * time.Minute)
+	look(store.New)
+	if _, err := s.Lookup(store.Key{}); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("bad key: %v", err)
+	}
+}
