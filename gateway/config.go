@@ -107,6 +107,8 @@ type SchedulerConfig struct {
 	Window        int               `yaml:"window"`
 	MaxQueueDelay time.Duration     `yaml:"max_queue_delay"`
 	FixedVariant  map[string]string `yaml:"fixed_variant"`
+	// Shrink is scheduler.Options.Shrink for the data-aware policies.
+	Shrink float64 `yaml:"shrink"`
 }
 
 // AdmissionConfig bounds what is accepted.
@@ -158,7 +160,8 @@ func DefaultConfig() Config {
 			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,
 			BatchSizes: []int{1, 2, 4, 8, 16, 32}, WarmupRuns: 3, ProfileRuns: 7,
 		},
-		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay},
+		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay,
+			Shrink: 0.5}, // docs/evaluation.md, "Shrinking"
 		Admission: AdmissionConfig{
 			MaxQueue: 10000, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,
@@ -274,6 +277,9 @@ func (c *Config) Validate() error {
 	if c.Engine.ProfileRuns < 1 {
 		return configErr("engine.profile_runs", "must be at least 1")
 	}
+	if !(c.Scheduler.Shrink >= 0 && c.Scheduler.Shrink <= 1) {
+		return configErr("scheduler.shrink", "%v: must be between 0 and 1", c.Scheduler.Shrink)
+	}
 	if _, err := scheduler.New(c.Scheduler.Policy, c.SchedulerOptions()); err != nil {
 		return configErr("scheduler.policy", "%v", err)
 	}
@@ -308,6 +314,7 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 	return scheduler.Options{
 		MaxBatch: c.Scheduler.MaxBatch, Window: c.Scheduler.Window,
 		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
+		Shrink: c.Scheduler.Shrink,
 	}
 }
 

@@ -115,6 +115,9 @@ type decisionState struct {
 	// price is the value of a second of engine time (see setPrice); 0 when time
 	// is not scarce.
 	price float64
+	// shrink is Options.Shrink; ubuf holds the members' shrunk utilities.
+	shrink float64
+	ubuf   []float64
 }
 
 // setPrice derives the price of engine time for this decision, by Lagrangian
@@ -228,6 +231,16 @@ func (d *decisionState) info(a *App) *appInfo {
 	return ai
 }
 
+// shrunk is (1-shrink)*u + shrink*profiled, in d.ubuf (appending never changes
+// what earlier slices hold).
+func (d *decisionState) shrunk(u, profiled []float64) []float64 {
+	start := len(d.ubuf)
+	for i, x := range u {
+		d.ubuf = append(d.ubuf, (1-d.shrink)*x+d.shrink*profiled[i])
+	}
+	return d.ubuf[start:len(d.ubuf):len(d.ubuf)]
+}
+
 // prepass turns the queue into members. It answers at once, for every queued
 // request: expired when past its hard stop (ReasonPastHardStop) or when no variant
 // can even fit (ReasonNoVariantFits); when no variant started now could meet the
@@ -240,6 +253,7 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 		d.members = make([]member, 0, len(q))
 	}
 	d.members = d.members[:0]
+	d.ubuf = d.ubuf[:0]
 	for _, r := range q {
 		if skip != nil && skip[r] {
 			continue
@@ -254,6 +268,9 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 		m := member{r: r, dl: dl, budget: budget, class: -1}
 		if d.w.dataAware {
 			m.u = r.ExpUtility
+			if d.shrink > 0 {
+				m.u = d.shrunk(r.ExpUtility, ai.profiled)
+			}
 		} else {
 			m.u = ai.profiled
 		}

@@ -138,3 +138,22 @@ func TestUnknownPolicy(t *testing.T) {
 		t.Fatal("want error")
 	}
 }
+
+// Shrink pulls a data-aware policy's valuation toward the profiled one: with
+// Shrink 1 sneakpeek values every request like oblivious does.
+func TestShrink(t *testing.T) {
+	if _, err := New("sneakpeek", Options{Shrink: 1.5}); err == nil {
+		t.Error("shrink 1.5 accepted")
+	}
+	a := testApp()
+	// An estimate that makes the cheap variant look as good as the big one.
+	r := req(a, 1, t0, ms(100), []float64{1, 0})
+	d := &decisionState{shrink: 0.5}
+	u := d.shrunk(r.ExpUtility, []float64{a.Variants[0].ProfiledUtility, a.Variants[1].ProfiledUtility})
+	for i, v := range a.Variants {
+		want := 0.5*r.ExpUtility[i] + 0.5*v.ProfiledUtility
+		if !near(u[i], want) {
+			t.Errorf("variant %d: %v, want %v", i, u[i], want)
+		}
+	}
+}

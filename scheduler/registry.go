@@ -21,6 +21,11 @@ type Options struct {
 	// ExhaustiveGroups is the most groups a searching policy orders exhaustively;
 	// with more it searches greedily (default 3).
 	ExhaustiveGroups int
+	// Shrink (0..1) is the weight a data-aware policy gives the profiled utility
+	// when valuing a request: (1-Shrink)*U(m|p) + Shrink*U_profiled(m). 0 is the
+	// method as published; docs/evaluation.md ("Shrinking") measures 0.5. It
+	// does not touch the degraded answer's value.
+	Shrink float64
 }
 
 // DefaultOptions returns the options used for fields left zero.
@@ -72,6 +77,9 @@ func New(name string, o Options) (Policy, error) {
 	regMu.RUnlock()
 	if !ok {
 		return nil, fmt.Errorf("scheduler: unknown policy %q (known: %v)", name, Names())
+	}
+	if !(o.Shrink >= 0 && o.Shrink <= 1) {
+		return nil, fmt.Errorf("scheduler: shrink %v: must be in [0, 1]", o.Shrink)
 	}
 	return f(o.withDefaults())
 }

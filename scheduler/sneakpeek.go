@@ -52,8 +52,10 @@ type searching struct {
 	o     Options
 	w     view
 	brute bool
-	// buf is the members slice kept between decisions to spare the allocation.
-	buf []member
+	// buf is the members slice kept between decisions to spare the allocation;
+	// ubuf likewise for shrunk utilities.
+	buf  []member
+	ubuf []float64
 	// arrivals measures the arrival rate from the snapshots' new requests.
 	arrivals rateMeter
 }
@@ -109,9 +111,11 @@ func (p *searching) Name() string { return p.name }
 func (p *searching) Decide(s *Snapshot) Decision {
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
 	d.members = p.buf[:0]
+	d.shrink, d.ubuf = p.o.Shrink, p.ubuf[:0]
 	defer func() {
 		clear(d.members[:cap(d.members)]) // drop references to requests
 		p.buf = d.members[:0]
+		p.ubuf = d.ubuf[:0]
 	}()
 	arrivals := p.arrivals.observe(s.Now, s.Queue)
 	var skip map[*Request]bool
