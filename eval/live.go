@@ -111,6 +111,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg.Scheduler.MaxBatch = cmp0(o.MaxBatch, d.MaxBatch)
 	cfg.Scheduler.Window = cmp0(o.Window, d.Window)
 	cfg.Scheduler.MaxQueueDelay = d.MaxQueueDelay
+	cfg.Scheduler.Shrink = o.Shrink // the same valuation as the simulated point
 	if c.MaxQueue > 0 {
 		cfg.Admission.MaxQueue = c.MaxQueue
 	}
@@ -172,9 +173,9 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	return res, nil
 }
 
-// compare lists the compared shares. Each tolerance is max(abs, 3 standard errors
-// of the difference of two independent shares over n requests each), abs being 3
-// points for accuracy and 5 for the status shares (which depend on timing the
+// compare lists the compared quantities. Each tolerance is max(abs, 3 standard
+// errors of the difference of two independent shares over n requests each), abs
+// being 3 points for accuracy and mean utility and 5 for the status shares (which depend on timing the
 // simulator does not model: MQTT, journal and estimator time).
 func compare(r devices.Report, m Metrics) ([]LiveCheck, bool) {
 	n := float64(max(r.Sent, 1))
@@ -182,6 +183,9 @@ func compare(r devices.Report, m Metrics) ([]LiveCheck, bool) {
 	sm := float64(max(m.Requests, 1))
 	cs := []LiveCheck{
 		{Name: "accuracy", Live: r.AccuracyAll, Sim: m.Accuracy, Tolerance: 0.03},
+		// The utility the scheduler maximises; its spread is approximated by a
+		// share's (exact for a 0/1 utility matrix).
+		{Name: "utility", Live: r.Utility, Sim: m.Utility, Tolerance: 0.03},
 		{Name: "ok", Live: share(protocol.StatusOK), Sim: float64(m.OK) / sm, Tolerance: 0.05},
 		{Name: "late", Live: share(protocol.StatusLate), Sim: float64(m.Late) / sm, Tolerance: 0.05},
 		{Name: "degraded", Live: share(protocol.StatusDegraded), Sim: float64(m.Degraded) / sm, Tolerance: 0.05},
@@ -192,7 +196,7 @@ func compare(r devices.Report, m Metrics) ([]LiveCheck, bool) {
 	all := true
 	for i := range cs {
 		c := &cs[i]
-		p := (c.Live + c.Sim) / 2
+		p := min(max((c.Live+c.Sim)/2, 0), 1)
 		se := math.Sqrt(max(p*(1-p), 0) * (1/n + 1/sm))
 		c.Tolerance = max(c.Tolerance, 3*se)
 		c.Holds = math.Abs(c.Live-c.Sim) <= c.Tolerance
