@@ -122,12 +122,7 @@ func WriteGuard(w io.Writer, rs []Result, gp string) error {
 		if !ok {
 			continue
 		}
-		util := func(p string) string {
-			if r, ok := by[k][p]; ok {
-				return fmt.Sprintf("%.3f", r.Utility)
-			}
-			return "-"
-		}
+		util := func(p string) string { return utilityOf(by[k], p) }
 		fmt.Fprintf(tw, "%s\t%s\t%g\t%.2f\t%.3f\t%s\t%s\t%.0f%%\t%d\t%d\t%+.3f\t\n", k.app, k.wl, k.dl, k.ld,
 			g.Utility, util("sneakpeek"), util("oblivious"), 100*g.Distrusted, g.GuardFlips, g.GuardObserved, g.GuardGap)
 	}

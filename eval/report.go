@@ -47,6 +47,14 @@ type pointKey struct {
 	dl, ld  float64
 }
 
+// utilityOf formats policy p's utility at one point, "-" when it did not run.
+func utilityOf(at map[string]Result, p string) string {
+	if r, ok := at[p]; ok {
+		return fmt.Sprintf("%.3f", r.Utility)
+	}
+	return "-"
+}
+
 // byPoint groups results by sweep point, then policy; order lists the points as
 // they first appear.
 func byPoint(rs []Result) (map[pointKey]map[string]Result, []pointKey) {

@@ -147,12 +147,7 @@ func WriteShift(w io.Writer, rs []Result, sp string) error {
 		if !ok {
 			continue
 		}
-		util := func(p string) string {
-			if r, ok := by[k][p]; ok {
-				return fmt.Sprintf("%.3f", r.Utility)
-			}
-			return "-"
-		}
+		util := func(p string) string { return utilityOf(by[k], p) }
 		pr := "-"
 		if g.ShiftPrior != nil {
 			pr = ""
