@@ -228,7 +228,7 @@ func (c *Config) Validate() error {
 	if c.MQTT.ClientID == "" {
 		return configErr("mqtt.client_id", "required")
 	}
-	if c.MQTT.TopicPrefix == "" || containsAny(c.MQTT.TopicPrefix, "+#") {
+	if c.MQTT.TopicPrefix == "" || strings.ContainsAny(c.MQTT.TopicPrefix, "+#") {
 		return configErr("mqtt.topic_prefix", "%q: must be non-empty without wildcards", c.MQTT.TopicPrefix)
 	}
 	if len(c.MQTT.ReplyAllow) == 0 {
@@ -316,8 +316,4 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
 		Shrink: c.Scheduler.Shrink,
 	}
-}
-
-func containsAny(s, chars string) bool {
-	return strings.ContainsAny(s, chars)
 }

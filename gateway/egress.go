@@ -132,10 +132,7 @@ func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy
 		e.log.Error().Err(err).Msg("marshal reply")
 		return
 	}
-	e.inflight <- struct{}{}
-	e.wg.Add(1)
-	go func() {
-		defer func() { <-e.inflight; e.wg.Done() }()
+	e.spawn(func() {
 		tok, err := e.publish(topic, payload)
 		if err == nil {
 			e.m.replies.WithLabelValues(e.appLabel(rep.App), string(rep.Status)).Inc()
@@ -149,9 +146,9 @@ func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy
 			e.log.Warn().Err(err).Str("topic", topic).Str("status", string(rep.Status)).Msg("reply to an unjournaled request dropped")
 			return
 		}
-		if err := e.journal.Outbox(*key, payload, flushBy); err != nil {
+		if oerr := e.journal.Outbox(*key, payload, flushBy); oerr != nil {
 			e.m.storeErrors.WithLabelValues("outbox").Inc()
-			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+			e.log.Error().Err(oerr).Stringer("key", key).Msg("outbox write failed; the request stays pending and is answered after a restart")
 			return
 		}
 		e.m.outboxLen.Inc()
@@ -159,20 +156,28 @@ func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy
 			e.awaitLate(*key, tok, payload)
 		}
 		e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker has it")
-	}()
+	})
 }
 
 // SendRaw publishes an already encoded reply again (to a duplicate of an answered
 // request); nothing is journaled.
 func (e *egress) SendRaw(topic string, payload []byte) {
-	e.inflight <- struct{}{}
-	e.wg.Add(1)
-	go func() {
-		defer func() { <-e.inflight; e.wg.Done() }()
+	e.spawn(func() {
 		if _, err := e.publish(topic, payload); err != nil {
 			e.m.publishFails.Inc()
 			e.log.Warn().Err(err).Str("topic", topic).Msg("republishing a reply failed")
 		}
+	})
+}
+
+// spawn runs fn on its own goroutine, tracked by Wait; it blocks while 1024
+// publishes are already in flight.
+func (e *egress) spawn(fn func()) {
+	e.inflight <- struct{}{}
+	e.wg.Add(1)
+	go func() {
+		defer func() { <-e.inflight; e.wg.Done() }()
+		fn()
 	}()
 }
 

@@ -24,7 +24,7 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 	}
 	if c := scheduler.Argmax(r.Probs); rep.Status.Answered() && c >= 0 {
 		rep.Class = protocol.Ptr(c)
-		if c >= 0 && c < len(labels) {
+		if c < len(labels) {
 			rep.Label = labels[c]
 		}
 		rep.Confidence = protocol.Ptr(round4(r.Probs[c]))
