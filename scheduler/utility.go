@@ -84,7 +84,7 @@ func NewApp(m *manifest.App) (*App, error) {
 			Index:    i,
 			Accuracy: mv.Accuracy,
 			Recall:   append([]float64(nil), mv.Recall...),
-			Cond:     rowNormalise(mv.Confusion),
+			Cond:     sneakpeek.RowNormalise(mv.Confusion, false),
 		}
 		v.ProfiledUtility = ExpectedUtility(a.Prior, v.Cond, a.Utility)
 		if math.IsNaN(v.ProfiledUtility) {
@@ -96,26 +96,6 @@ func NewApp(m *manifest.App) (*App, error) {
 		a.Variants = append(a.Variants, v)
 	}
 	return a, nil
-}
-
-// rowNormalise turns confusion counts into P(yhat|y); a row with no samples (a class
-// absent from the validation set) stays all zero: the variant earns nothing on a
-// class it was not validated on (sneakpeek.ExpectedUtility's rule).
-func rowNormalise(c [][]float64) [][]float64 {
-	out := make([][]float64, len(c))
-	for y, row := range c {
-		s := 0.0
-		for _, x := range row {
-			s += x
-		}
-		out[y] = make([]float64, len(row))
-		for yh, x := range row {
-			if s > 0 {
-				out[y][yh] = x / s
-			}
-		}
-	}
-	return out
 }
 
 // Prepare builds a queued request with its per-variant expected utilities. p is the

@@ -112,7 +112,7 @@ func TestLatencyAtBeyondTable(t *testing.T) {
 func TestExpectedUtilityAgreesWithSneakPeek(t *testing.T) {
 	counts := [][]float64{{8, 2, 0}, {0, 0, 0}, {1, 1, 3}}
 	w := [][]float64{{1, -0.5, 0}, {0, 1, 0}, {-1, 0, 1}}
-	cond := rowNormalise(counts)
+	cond := sneakpeek.RowNormalise(counts, false)
 	for _, p := range [][]float64{{1, 0, 0}, {0.2, 0.5, 0.3}, {0, 1, 0}} {
 		if a, b := ExpectedUtility(p, cond, w), sneakpeek.ExpectedUtility(p, counts, w); !near(a, b) {
 			t.Errorf("p=%v: scheduler %v, sneakpeek %v", p, a, b)

@@ -61,3 +61,28 @@ func ClassUtility(confusion, w [][]float64) []float64 {
 	}
 	return u
 }
+
+// RowNormalise returns the row-normalised copy of a K x K count matrix (rows = true
+// class): P(yhat|y). A row with no samples (a class absent from the validation
+// split) becomes uniform when uniformEmpty is set, and stays all zero otherwise,
+// which is ExpectedUtility's rule (a variant earns nothing on a class it was not
+// validated on).
+func RowNormalise(c [][]float64, uniformEmpty bool) [][]float64 {
+	out := make([][]float64, len(c))
+	for y, row := range c {
+		s := 0.0
+		for _, x := range row {
+			s += x
+		}
+		out[y] = make([]float64, len(row))
+		for j, x := range row {
+			switch {
+			case s > 0:
+				out[y][j] = x / s
+			case uniformEmpty:
+				out[y][j] = 1 / float64(len(row))
+			}
+		}
+	}
+	return out
+}

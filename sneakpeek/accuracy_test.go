@@ -61,3 +61,16 @@ func TestClassUtilityMatchesExpectedUtility(t *testing.T) {
 		}
 	}
 }
+
+func TestRowNormalise(t *testing.T) {
+	c := [][]float64{{3, 1}, {0, 0}}
+	if got := RowNormalise(c, false); got[0][0] != 0.75 || got[0][1] != 0.25 || got[1][0] != 0 || got[1][1] != 0 {
+		t.Errorf("zero empty rows: %v", got)
+	}
+	if got := RowNormalise(c, true); got[1][0] != 0.5 || got[1][1] != 0.5 {
+		t.Errorf("uniform empty rows: %v", got)
+	}
+	if c[0][0] != 3 {
+		t.Error("input modified")
+	}
+}

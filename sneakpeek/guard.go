@@ -158,7 +158,7 @@ func NewGuard(o GuardOptions) *Guard {
 	}
 	g := &Guard{o: o, ring: make([]obs, o.Window)}
 	if o.Reference != nil {
-		g.ref = normaliseRows(o.Reference)
+		g.ref = RowNormalise(o.Reference, true)
 	}
 	g.o.Reference = nil // keep only the normalised copy
 	g.trusted.Store(true)
@@ -373,7 +373,7 @@ func (g *Guard) Stats() GuardStats {
 func GuardBaseline(ps [][]float64, refs []int, reference [][]float64) float64 {
 	var ref [][]float64
 	if reference != nil {
-		ref = normaliseRows(reference)
+		ref = RowNormalise(reference, true)
 	}
 	sum, n := 0.0, 0
 	for i, p := range ps {
@@ -403,7 +403,7 @@ func GuardClassBaseline(ps [][]float64, refs []int, reference [][]float64, k, mi
 	}
 	var ref [][]float64
 	if reference != nil {
-		ref = normaliseRows(reference)
+		ref = RowNormalise(reference, true)
 	}
 	sum := make([]float64, k)
 	cnt := make([]int, k)
@@ -428,27 +428,6 @@ func GuardClassBaseline(ps [][]float64, refs []int, reference [][]float64, k, mi
 			out[c] = sum[c] / float64(cnt[c])
 		case n > 0:
 			out[c] = all / float64(n)
-		}
-	}
-	return out
-}
-
-// normaliseRows returns the row-normalised copy of a square count matrix; an
-// empty row becomes uniform.
-func normaliseRows(c [][]float64) [][]float64 {
-	out := make([][]float64, len(c))
-	for y, row := range c {
-		s := 0.0
-		for _, x := range row {
-			s += x
-		}
-		out[y] = make([]float64, len(row))
-		for j, x := range row {
-			if s > 0 {
-				out[y][j] = x / s
-			} else {
-				out[y][j] = 1 / float64(len(row))
-			}
 		}
 	}
 	return out
