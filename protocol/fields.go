@@ -9,8 +9,8 @@ import (
 // rawFields holds the raw JSON value of each request field (nil when absent) and
 // the name of an unknown field, if any.
 type rawFields struct {
-	v, id, deadlineMS, deadline, input, inputB64, replyTo []byte
-	unknown                                               *string
+	v, id, deadlineMS, deadline, sentAt, input, inputB64, replyTo []byte
+	unknown                                                       *string
 }
 
 // slot returns where the raw value of field k goes, or nil for an unknown field.
@@ -24,6 +24,8 @@ func (f *rawFields) slot(k string) *[]byte {
 		return &f.deadlineMS
 	case fieldDeadline:
 		return &f.deadline
+	case fieldSentAt:
+		return &f.sentAt
 	case fieldInput:
 		return &f.input
 	case fieldInputB64:

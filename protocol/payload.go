@@ -17,7 +17,10 @@ type Payload struct {
 	// Set at most one; with neither the application's default applies.
 	DeadlineMS int64
 	Deadline   time.Time
-	Input      []float32
+	// SentAt, if not zero, is sent as sent_at: deadline_ms then counts from it
+	// (end to end, including time queued in the broker).
+	SentAt time.Time
+	Input  []float32
 	// B64 sends Input as input_b64 (exact and about half the size) instead of a
 	// JSON array.
 	B64 bool
@@ -56,6 +59,10 @@ func (p *Payload) Append(dst []byte) []byte {
 	} else if !p.Deadline.IsZero() {
 		dst = append(dst, `,"deadline":`...)
 		dst = strconv.AppendInt(dst, p.Deadline.UnixMilli(), 10)
+	}
+	if !p.SentAt.IsZero() {
+		dst = append(dst, `,"sent_at":`...)
+		dst = strconv.AppendInt(dst, p.SentAt.UnixMilli(), 10)
 	}
 	if p.ReplyTo != "" {
 		dst = append(dst, `,"reply_to":`...)

@@ -53,6 +53,8 @@ const (
 	ReasonNonFiniteInput Reason = "non_finite_input"
 	// ReasonInputOutOfRange: a value lies outside the application's input range.
 	ReasonInputOutOfRange Reason = "input_out_of_range"
+	// ReasonBadSentAt: "sent_at" is not a positive integer.
+	ReasonBadSentAt Reason = "bad_sent_at"
 )
 
 // Reasons decided by the gateway after a request parsed.
@@ -85,6 +87,12 @@ const (
 	// ReasonExpiredWhileDown: the deadline passed while the gateway was down; found
 	// in the journal at start-up.
 	ReasonExpiredWhileDown Reason = "expired_while_down"
+	// ReasonExpiredBeforeReceipt: sent_at plus the budget lay before the gateway
+	// received the request (it waited in the broker or on the network).
+	ReasonExpiredBeforeReceipt Reason = "expired_before_receipt"
+	// ReasonBrokerUnavailable: the answer was ready in time but the broker could not
+	// take it before the deadline; it waited in the gateway's outbox.
+	ReasonBrokerUnavailable Reason = "broker_unavailable"
 )
 
 var reasons = map[Reason]bool{
@@ -94,13 +102,14 @@ var reasons = map[Reason]bool{
 	ReasonDeadlineConflict: false, ReasonBadDeadline: false, ReasonDeadlinePast: false,
 	ReasonDeadlineTooSoon: false, ReasonDeadlineTooFar: false, ReasonInputConflict: false,
 	ReasonBadInput: false, ReasonBadInputSize: false, ReasonNonFiniteInput: false,
-	ReasonInputOutOfRange: false,
-	ReasonOverload:        true, ReasonShuttingDown: true, ReasonInternal: true,
+	ReasonInputOutOfRange: false, ReasonBadSentAt: false,
+	ReasonOverload: true, ReasonShuttingDown: true, ReasonInternal: true,
 }
 
 var answerReasons = map[Reason]bool{
 	ReasonNoVariantInTime: true, ReasonOverloadShed: true, ReasonPastHardStop: true,
 	ReasonNotWorth: true, ReasonNoVariantFits: true, ReasonExpiredWhileDown: true,
+	ReasonExpiredBeforeReceipt: true, ReasonBrokerUnavailable: true,
 }
 
 // AnswerReasons returns the reasons degraded and expired replies carry.
@@ -145,6 +154,9 @@ type Rejection struct {
 	// ReplyTo is where the rejected reply goes: the allowed reply_to, else the
 	// device's own reply topic; "" when none can be derived (do not reply).
 	ReplyTo string
+	// Status is the reply's status: rejected (the zero value means rejected), or
+	// expired for ReasonExpiredBeforeReceipt.
+	Status Status
 }
 
 func (r *Rejection) Error() string {
@@ -160,6 +172,14 @@ func (r *Rejection) Unwrap() error { return r.Reason }
 // Reply returns the rejected Reply to publish on r.ReplyTo. Call it only when
 // r.ReplyTo is not empty.
 func (r *Rejection) Reply() *Reply {
-	return &Reply{V: Version, ID: r.ID, App: r.App, Device: r.Device,
-		Status: StatusRejected, Reason: r.Reason, Error: r.Message}
+	st := r.Status
+	if st == "" {
+		st = StatusRejected
+	}
+	rep := &Reply{V: Version, ID: r.ID, App: r.App, Device: r.Device,
+		Status: st, Reason: r.Reason, Error: r.Message}
+	if st == StatusExpired {
+		rep.DeadlineMet = Ptr(false)
+	}
+	return rep
 }

@@ -68,7 +68,7 @@ func TestStatusAndReason(t *testing.T) {
 	if !ReasonOverload.Retryable() || ReasonBadJSON.Retryable() || !ReasonBadJSON.Known() || Reason("x").Known() {
 		t.Error("Reason methods")
 	}
-	if len(Reasons()) != 22 {
+	if len(Reasons()) != 23 {
 		t.Errorf("%d reasons", len(Reasons()))
 	}
 }

@@ -75,8 +75,11 @@ type Request struct {
 	ReplyTo string
 	// Received is the time of receipt passed to ParseRequest.
 	Received time.Time
-	// Deadline is absolute: Received plus deadline_ms, the given deadline, or
-	// Received plus the application's default.
+	// SentAt is the device's sent_at (zero when absent).
+	SentAt time.Time
+	// Deadline is absolute: deadline_ms (or the application's default) after
+	// sent_at when given and not ahead of Received, else after Received; or the
+	// given absolute deadline.
 	Deadline time.Time
 	// Input has exactly the application's InputSize finite values, within its Range.
 	Input []float32
@@ -91,6 +94,7 @@ const (
 	fieldID         = "id"
 	fieldDeadlineMS = "deadline_ms"
 	fieldDeadline   = "deadline"
+	fieldSentAt     = "sent_at"
 	fieldInput      = "input"
 	fieldInputB64   = "input_b64"
 	fieldReplyTo    = "reply_to"
@@ -159,6 +163,11 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 	if !ok {
 		return reject(ReasonBadID, "id must be a string")
 	}
+	if !utf8.Valid(raw) || strings.ContainsRune(id, utf8.RuneError) {
+		// Invalid UTF-8 (and lone surrogate escapes) would decode to U+FFFD, so two
+		// different ids could become one: refuse rather than rewrite.
+		return reject(ReasonBadID, "id must be valid UTF-8 without U+FFFD")
+	}
 	if n := utf8.RuneCountInString(id); n < 1 || n > MaxIDLen {
 		return reject(ReasonBadID, "id must be 1-%d characters, got %d", MaxIDLen, n)
 	}
@@ -169,7 +178,7 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 
 	// unknown fields and version
 	if fields.unknown != nil {
-		return reject(ReasonUnknownField, "unknown field %q (protocol v%d fields: id, deadline_ms, deadline, input, input_b64, reply_to, v)", truncate(*fields.unknown, 64), Version)
+		return reject(ReasonUnknownField, "unknown field %q (protocol v%d fields: id, deadline_ms, deadline, sent_at, input, input_b64, reply_to, v)", truncate(*fields.unknown, 64), Version)
 	}
 	if raw, ok := present(fields.v); ok {
 		if v, err := strconv.ParseInt(string(raw), 10, 64); err != nil || v != Version {
@@ -191,6 +200,22 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 		rej.ReplyTo = rt
 	}
 
+	// sent_at: the device's clock when it published; deadline_ms then counts from
+	// it, so time spent queued in the broker is inside the budget. A clock ahead of
+	// the gateway's counts from receipt instead.
+	origin := now
+	var sentAt time.Time
+	if raw, ok := present(fields.sentAt); ok {
+		ms, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || ms <= 0 {
+			return reject(ReasonBadSentAt, "sent_at must be a positive integer (Unix time in ms), got %s", truncate(string(raw), 32))
+		}
+		sentAt = time.UnixMilli(ms)
+		if sentAt.Before(now) {
+			origin = sentAt
+		}
+	}
+
 	// deadline
 	rawMS, hasMS := present(fields.deadlineMS)
 	rawAbs, hasAbs := present(fields.deadline)
@@ -210,7 +235,7 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 		case time.Duration(ms)*time.Millisecond < lim.MinDeadline:
 			return reject(ReasonDeadlineTooSoon, "deadline_ms %d is below the minimum %s", ms, lim.MinDeadline)
 		}
-		deadline = now.Add(time.Duration(ms) * time.Millisecond)
+		deadline = origin.Add(time.Duration(ms) * time.Millisecond)
 	case hasAbs:
 		ms, err := strconv.ParseInt(string(rawAbs), 10, 64)
 		switch {
@@ -231,7 +256,14 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 			return reject(ReasonDeadlineTooSoon, "deadline %d is %s away, minimum %s", ms, budget, lim.MinDeadline)
 		}
 	default:
-		deadline = now.Add(spec.DefaultDeadline)
+		deadline = origin.Add(spec.DefaultDeadline)
+	}
+	if !deadline.After(now) {
+		// Only reachable through sent_at: the request waited past its deadline
+		// before it reached the gateway.
+		rej.Status = StatusExpired
+		return reject(ReasonExpiredBeforeReceipt, "the deadline passed %s before the gateway received the request (sent_at %d)",
+			now.Sub(deadline).Round(time.Millisecond), sentAt.UnixMilli())
 	}
 
 	// input
@@ -256,7 +288,7 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 		return reject(ierr.reason, "%s", ierr.msg)
 	}
 	return &Request{ID: id, App: app, Device: device, ReplyTo: replyTo,
-		Received: now, Deadline: deadline, Input: input}, nil
+		Received: now, SentAt: sentAt, Deadline: deadline, Input: input}, nil
 }
 
 // present returns raw unless the field is absent or null.

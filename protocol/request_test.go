@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -193,6 +194,11 @@ func TestParseRequestRejected(t *testing.T) {
 		{"b64 unpadded", "sg/req/tiny/d", `{"id":"a","input_b64":"` + strings.TrimRight(base64.StdEncoding.EncodeToString(make([]byte, 10)), "=") + `"}`, ReasonBadInput, "a", "sg/res/tiny/d"},
 		{"b64 url alphabet", "sg/req/tiny/d", `{"id":"a","input_b64":"` + base64.URLEncoding.EncodeToString([]byte{0xfb, 0xff, 0xbf, 0xfb, 0xff, 0xbf, 0xfb, 0xff, 0xbf, 0, 0, 0}) + `"}`, ReasonBadInput, "a", "sg/res/tiny/d"},
 		{"b64 not string", "sg/req/tiny/d", `{"id":"a","input_b64":[1,2,3]}`, ReasonBadInput, "a", "sg/res/tiny/d"},
+		{"sent_at string", "sg/req/tiny/d", `{"id":"a","sent_at":"1",` + in + `}`, ReasonBadSentAt, "a", "sg/res/tiny/d"},
+		{"sent_at zero", "sg/req/tiny/d", `{"id":"a","sent_at":0,` + in + `}`, ReasonBadSentAt, "a", "sg/res/tiny/d"},
+		{"sent_at fractional", "sg/req/tiny/d", `{"id":"a","sent_at":1.5,` + in + `}`, ReasonBadSentAt, "a", "sg/res/tiny/d"},
+		{"id invalid UTF-8", "sg/req/tiny/d", "{\"id\":\"a\xff\"," + in + "}", ReasonBadID, "", "sg/res/tiny/d"},
+		{"id lone surrogate", "sg/req/tiny/d", `{"id":"a\ud800",` + in + `}`, ReasonBadID, "", "sg/res/tiny/d"},
 		{"out of range high", "sg/req/ranged/d", `{"id":"a","input":[0.5,1.0001]}`, ReasonInputOutOfRange, "a", "sg/res/ranged/d"},
 		{"out of range low", "sg/req/ranged/d", `{"id":"a","input":[-0.0001,0.5]}`, ReasonInputOutOfRange, "a", "sg/res/ranged/d"},
 		{"b64 out of range", "sg/req/ranged/d", `{"id":"a","input_b64":"` + b64(0.5, 255) + `"}`, ReasonInputOutOfRange, "a", "sg/res/ranged/d"},
@@ -295,5 +301,45 @@ func TestPayloadRoundTrip(t *testing.T) {
 	}
 	if DeadlineMS(0) != 0 || DeadlineMS(time.Nanosecond) != 1 || DeadlineMS(time.Millisecond) != 1 {
 		t.Error("DeadlineMS rounding")
+	}
+}
+
+// sent_at moves the origin of deadline_ms to the device's clock, so time spent in
+// the broker counts; a clock ahead of the gateway's counts from receipt; a request
+// whose end-to-end deadline passed before receipt is answered expired.
+func TestParseRequestSentAt(t *testing.T) {
+	env := Env{App: func(string) (AppSpec, bool) { return AppSpec{InputSize: 1, DefaultDeadline: time.Second}, true }}
+	parse := func(sentAt time.Time, extra string) (*Request, *Rejection) {
+		return ParseRequest("sneakgate/req/a/d",
+			[]byte(fmt.Sprintf(`{"id":"x","sent_at":%d%s,"input":[1]}`, sentAt.UnixMilli(), extra)), testNow, env)
+	}
+	req, rej := parse(testNow.Add(-300*time.Millisecond), `,"deadline_ms":500`)
+	if rej != nil {
+		t.Fatal(rej)
+	}
+	if got, want := req.Deadline, testNow.Add(200*time.Millisecond); !got.Equal(want) {
+		t.Errorf("deadline %s, want %s (sent_at + deadline_ms)", got, want)
+	}
+	if !req.SentAt.Equal(testNow.Add(-300 * time.Millisecond)) {
+		t.Errorf("SentAt %s", req.SentAt)
+	}
+	req, rej = parse(testNow.Add(-300*time.Millisecond), "")
+	if rej != nil || !req.Deadline.Equal(testNow.Add(700*time.Millisecond)) {
+		t.Errorf("default deadline from sent_at: %v %v", req, rej)
+	}
+	req, rej = parse(testNow.Add(5*time.Second), `,"deadline_ms":500`)
+	if rej != nil || !req.Deadline.Equal(testNow.Add(500*time.Millisecond)) {
+		t.Errorf("sent_at ahead of the gateway: %v %v, want deadline from receipt", req, rej)
+	}
+	_, rej = parse(testNow.Add(-2*time.Second), `,"deadline_ms":500`)
+	if rej == nil || rej.Reason != ReasonExpiredBeforeReceipt || rej.ID != "x" {
+		t.Fatalf("expired in transit: %v", rej)
+	}
+	if r := rej.Reply(); r.Status != StatusExpired || r.DeadlineMet == nil || *r.DeadlineMet {
+		t.Errorf("reply %+v, want expired with deadline_met false", r)
+	}
+	if !bytes.Contains((&Payload{ID: "x", SentAt: testNow, Input: []float32{1}}).Marshal(),
+		[]byte(fmt.Sprintf(`"sent_at":%d`, testNow.UnixMilli()))) {
+		t.Error("Payload.Marshal does not write sent_at")
 	}
 }
