@@ -21,7 +21,9 @@ import (
 //	[...]   body: uvarint lengths, zig-zag varint times, float32 little-endian
 //
 // Entry body:  received, deadline, app, device, id, replyTo, n, n×float32, nattrs, (k, v)×nattrs
-// Outbox body: the entry body with n = 0, then flushBy, reply
+// Outbox body: the entry body with n = 0, then flushBy, reply, then an optional
+//
+//	flags byte (bit 0: unsent, never handed to the broker; absent means 0)
 // State body:  state byte, then pending: seq | outbox: seq, flushBy | done: doneAt, n, reply
 const (
 	recordVersion = 1
@@ -181,13 +183,20 @@ func encodeEntry(e *Entry, seq uint64) []byte {
 	return seal(appendEntryBody(b, e, e.Input), true)
 }
 
-func encodeOutbox(e *Entry, seq uint64, flushBy time.Time, reply []byte) []byte {
-	b := header(kindOutbox, true, entrySize(e)+binary.MaxVarintLen64+binary.MaxVarintLen32+len(reply))
+func encodeOutbox(e *Entry, seq uint64, flushBy time.Time, reply []byte, unsent bool) []byte {
+	b := header(kindOutbox, true, entrySize(e)+binary.MaxVarintLen64+binary.MaxVarintLen32+len(reply)+1)
 	setSeq(b, seq)
 	b = appendEntryBody(b, e, nil)
 	b = appendTime(b, flushBy)
-	return seal(appendBytes(b, reply), true)
+	b = appendBytes(b, reply)
+	if unsent {
+		b = append(b, flagUnsent)
+	}
+	return seal(b, true)
 }
+
+// flagUnsent marks an outbox record whose reply was never handed to the broker.
+const flagUnsent = 1
 
 // keyState is a keys bucket record: where a key is and what it needs.
 type keyState struct {
@@ -265,6 +274,9 @@ func decodeOutbox(rec []byte, seq uint64) (*OutboxEntry, error) {
 	r.entryBody(&o.Entry, false)
 	o.FlushBy = r.time()
 	o.Reply = bytes.Clone(r.bytes())
+	if r.err == nil && len(r.b) > 0 {
+		o.Unsent = r.byte()&flagUnsent != 0
+	}
 	r.end()
 	if err := r.errf("outbox entry"); err != nil {
 		return nil, err

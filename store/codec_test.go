@@ -52,7 +52,7 @@ func TestEntryZeroValues(t *testing.T) {
 func TestOutboxRoundTrip(t *testing.T) {
 	e := sampleEntry()
 	flushBy := e.Deadline.Add(time.Second)
-	rec := encodeOutbox(e, 7, flushBy, []byte(`{"status":"ok"}`))
+	rec := encodeOutbox(e, 7, flushBy, []byte(`{"status":"ok"}`), false)
 	got, err := decodeOutbox(rec, 7)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +86,7 @@ func TestStateRoundTrip(t *testing.T) {
 func TestCorruptRecordsAreDetected(t *testing.T) {
 	records := map[string][]byte{
 		"entry":  encodeEntry(sampleEntry(), 1),
-		"outbox": encodeOutbox(sampleEntry(), 1, time.Unix(5, 0), []byte("reply")),
+		"outbox": encodeOutbox(sampleEntry(), 1, time.Unix(5, 0), []byte("reply"), true),
 		"state":  encodeState(keyState{state: stateDone, doneAt: time.Unix(5, 0), n: 1, reply: []byte("reply")}),
 	}
 	decode := map[string]func([]byte) error{
@@ -142,7 +142,7 @@ func TestTimeKeysSort(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	f.Add(encodeEntry(sampleEntry(), 1))
-	f.Add(encodeOutbox(sampleEntry(), 1, time.Unix(5, 0), []byte("r")))
+	f.Add(encodeOutbox(sampleEntry(), 1, time.Unix(5, 0), []byte("r"), false))
 	f.Add(encodeState(keyState{state: stateOutbox, seq: 1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Also as a body behind a valid header and checksum, so the fuzzer reaches

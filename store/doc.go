@@ -14,11 +14,13 @@ journal only after its reply has been handed to the broker:
 	ack()
 	switch res.Dup {
 	case store.New:        // run it
-	case store.DupPending: // already queued or its reply is in the outbox: do nothing
+	case store.DupPending: // already queued, or its reply waits unsent: do nothing
 	case store.DupDone:    // answered before: publish res.Reply again
 	}
 	...
-	if published { s.Complete(k, reply) } else { s.Outbox(k, reply, deadline) }
+	s.Outbox(k, reply, deadline) // before the first publish: every repeat gets this reply
+	publish(reply)
+	s.Complete(k, reply) // once the broker has acknowledged it
 
 After a restart, Pending returns the requests that have no reply yet, in arrival
 (Seq) order, and OutboxEntries the replies that wait for the broker, in deadline

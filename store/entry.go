@@ -35,14 +35,20 @@ type Entry struct {
 	Attrs map[string]string
 }
 
-// OutboxEntry is a reply that was decided but not yet handed to the broker, with the
-// request it answers (without its Input, which is not kept once a reply exists).
+// OutboxEntry is a reply that was decided but whose delivery the broker has not yet
+// acknowledged, with the request it answers (without its Input, which is not kept
+// once a reply exists).
 type OutboxEntry struct {
 	Entry
-	// Reply is the reply as given to Outbox.
+	// Reply is the reply as given to Outbox or OutboxUnsent.
 	Reply []byte
 	// FlushBy is the deadline given to Outbox; the outbox is ordered by it.
 	FlushBy time.Time
+	// Unsent is true when the reply was kept with OutboxUnsent: it was never
+	// handed to the broker, so no device can have seen it and the caller may
+	// rewrite it (for example to say it is now too late). When false the reply may
+	// already have been delivered, and must be published again unchanged.
+	Unsent bool
 }
 
 // Dup tells Put's caller whether the request is new.
@@ -51,11 +57,12 @@ type Dup uint8
 const (
 	// New means the entry was stored: run the request.
 	New Dup = iota
-	// DupPending means the same key is pending or its reply waits in the outbox:
-	// do not run it again; its reply will come from the first copy.
+	// DupPending means the same key is pending, or its reply waits in the outbox
+	// unsent: do not run it again; its reply will come from the first copy.
 	DupPending
-	// DupDone means the same key was completed within Options.Retention:
-	// do not run it; PutResult.Reply holds the reply to publish again.
+	// DupDone means the same key was completed within Options.Retention, or its
+	// reply is in the outbox and may have been delivered (Outbox): do not run it;
+	// PutResult.Reply holds the reply to publish again.
 	DupDone
 )
 
@@ -79,8 +86,8 @@ type PutResult struct {
 	// Seq is the stored entry's Seq: the one just assigned for New, the first
 	// copy's for DupPending, zero for DupDone.
 	Seq uint64
-	// Reply is the reply given to Complete, for DupDone; nil otherwise. It is a
-	// copy the caller owns.
+	// Reply is the reply given to Complete (or Outbox), for DupDone; nil
+	// otherwise. It is a copy the caller owns.
 	Reply []byte
 }
 

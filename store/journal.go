@@ -53,6 +53,9 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 				return fmt.Errorf("key index: %w", err)
 			}
 			switch {
+			case st.state == stateOutbox:
+				o.res = outboxDup(b.outbox, st)
+				return nil
 			case st.state != stateDone:
 				o.res = PutResult{Dup: DupPending, Seq: st.seq}
 				return nil
@@ -89,17 +92,44 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 	return o.res, nil
 }
 
-// Outbox keeps reply for key k durably until Complete: the reply is decided but
-// could not be handed to the broker. The pending entry leaves Pending (its Input
-// is dropped) and appears in OutboxEntries, ordered by flushBy (usually the
-// request's deadline; zero sorts last). Calling Outbox again for a key in the
-// outbox replaces its reply and flushBy. Like Put, it returns once durable.
+// outboxDup is Put's answer for a key whose reply is in the outbox: a reply that
+// may have been delivered is the answer (DupDone), so that a repeat never
+// contradicts it; an unsent one is still to come (DupPending). An unreadable
+// record counts as pending.
+func outboxDup(outbox *bolt.Bucket, st keyState) PutResult {
+	oe, err := decodeOutbox(outbox.Get(outboxKey(st.flushBy, st.seq)), st.seq)
+	if err != nil || oe.Unsent {
+		return PutResult{Dup: DupPending, Seq: st.seq}
+	}
+	return PutResult{Dup: DupDone, Reply: oe.Reply}
+}
+
+// Outbox keeps reply for key k durably until Complete. Call it before the reply
+// is first handed to the broker: if the process dies before the broker
+// acknowledges it, the reply is still there to be published again, unchanged, and
+// a duplicate of the request gets the same reply (DupDone), never a second,
+// different answer. The pending entry leaves Pending (its Input is dropped) and
+// appears in OutboxEntries, ordered by flushBy (usually the request's deadline;
+// zero sorts last). Calling Outbox again for a key in the outbox replaces its
+// reply and flushBy. Like Put, it returns once durable.
 //
 // Outbox returns ErrNotPending when k is neither pending nor in the outbox,
 // ErrInvalid for a bad key, ErrTooLarge for a reply over MaxRecordSize,
 // ErrCorrupt when k's pending record is corrupt, ErrClosed after Close, and the
 // commit's error.
 func (s *Store) Outbox(k Key, reply []byte, flushBy time.Time) error {
+	return s.outbox(k, reply, flushBy, false)
+}
+
+// OutboxUnsent is Outbox for a reply that is not being handed to the broker (it
+// is away): OutboxEntries marks it Unsent, so the caller may rewrite it before it
+// is first published, and a duplicate of the request is DupPending until then.
+// Replacing an unsent reply with Outbox marks it sent. Errors as Outbox.
+func (s *Store) OutboxUnsent(k Key, reply []byte, flushBy time.Time) error {
+	return s.outbox(k, reply, flushBy, true)
+}
+
+func (s *Store) outbox(k Key, reply []byte, flushBy time.Time, unsent bool) error {
 	if err := validKey(k); err != nil {
 		return fmt.Errorf("store: outbox %s: %w", k, err)
 	}
@@ -141,7 +171,7 @@ func (s *Store) Outbox(k Key, reply []byte, flushBy time.Time) error {
 		default:
 			return ErrNotPending
 		}
-		rec := encodeOutbox(e, st.seq, flushBy, reply)
+		rec := encodeOutbox(e, st.seq, flushBy, reply, unsent)
 		if len(rec) > MaxRecordSize {
 			return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(rec))
 		}
@@ -358,6 +388,8 @@ func (s *Store) Lookup(k Key) (PutResult, error) {
 			return fmt.Errorf("key index: %w", err)
 		}
 		switch {
+		case st.state == stateOutbox:
+			res = outboxDup(tx.Bucket(bucketOutbox), st)
 		case st.state != stateDone:
 			res = PutResult{Dup: DupPending, Seq: st.seq}
 		case now.Sub(st.doneAt) < s.opts.Retention:

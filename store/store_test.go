@@ -155,10 +155,27 @@ func TestDuplicates(t *testing.T) {
 		t.Errorf("DupPending Seq = %d, want the first copy's %d", res.Seq, first.Seq)
 	}
 
-	if err := s.Outbox(key(1), []byte("r1"), time.Time{}); err != nil {
+	// An unsent reply is still to come; once it may have been delivered, it is the
+	// answer to every repeat.
+	if err := s.OutboxUnsent(key(1), []byte("r0"), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	mustPut(t, s, entry(1), store.DupPending)
+	if ob, err := s.OutboxEntries(); err != nil || len(ob) != 1 || !ob[0].Unsent {
+		t.Fatalf("OutboxEntries = %+v, %v; want one unsent", ob, err)
+	}
+	if err := s.Outbox(key(1), []byte("r1"), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustPut(t, s, entry(1), store.DupDone); string(res.Reply) != "r1" {
+		t.Errorf("DupDone reply of a sent outbox entry = %q, want r1", res.Reply)
+	}
+	if res, err := s.Lookup(key(1)); err != nil || res.Dup != store.DupDone || string(res.Reply) != "r1" {
+		t.Errorf("Lookup of a sent outbox entry = %+v, %v", res, err)
+	}
+	if ob, err := s.OutboxEntries(); err != nil || len(ob) != 1 || ob[0].Unsent {
+		t.Fatalf("OutboxEntries = %+v, %v; want one sent", ob, err)
+	}
 
 	if err := s.Complete(key(1), []byte("r1")); err != nil {
 		t.Fatal(err)
@@ -260,7 +277,7 @@ func TestReopenRecoversIdenticalEntries(t *testing.T) {
 		t.Errorf("OutboxEntries after reopen = %+v", ob)
 	}
 	mustPut(t, s, entry(3), store.DupDone)
-	mustPut(t, s, entry(2), store.DupPending)
+	mustPut(t, s, entry(2), store.DupDone) // its reply may have been delivered
 	wantCounts(t, s, 3, 1, 1)
 
 	// Seq keeps growing across restarts.
