@@ -24,6 +24,7 @@ import (
 // Outbox body: the entry body with n = 0, then flushBy, reply, then an optional
 //
 //	flags byte (bit 0: unsent, never handed to the broker; absent means 0)
+//
 // State body:  state byte, then pending: seq | outbox: seq, flushBy | done: doneAt, n, reply
 const (
 	recordVersion = 1
