@@ -20,12 +20,10 @@ import (
 //	        because the commit patches it in, and checked against the bucket key instead)
 //	[...]   body: uvarint lengths, zig-zag varint times, float32 little-endian
 //
-// Entry body:  received, deadline, app, device, id, replyTo, n, n×float32, nattrs, (k, v)×nattrs
-// Outbox body: the entry body with n = 0, then flushBy, reply, then an optional
-//
-//	flags byte (bit 0: unsent, never handed to the broker; absent means 0)
-//
-// State body:  state byte, then pending: seq | outbox: seq, flushBy | done: doneAt, n, reply
+//	Entry body:  received, deadline, app, device, id, replyTo, n, n×float32, nattrs, (k, v)×nattrs
+//	Outbox body: the entry body with n = 0, then flushBy, reply, and an optional
+//	             flags byte (bit 0: unsent, never handed to the broker; absent: 0)
+//	State body:  state byte, then pending: seq | outbox: seq, flushBy | done: doneAt, n, reply
 const (
 	recordVersion = 1
 
