@@ -28,6 +28,11 @@ var (
 	// MaxRecordSize bytes.
 	ErrTooLarge = errors.New("record too large")
 
+	// ErrFull is returned by Put for a new entry when the journal already holds
+	// Options.MaxBytes of live data; duplicates are still answered. The gateway
+	// refuses the request as overload.
+	ErrFull = errors.New("journal full")
+
 	// ErrNotPending is returned by Outbox when the key is neither pending nor in
 	// the outbox (it was never put, or it was completed).
 	ErrNotPending = errors.New("key is not pending")
