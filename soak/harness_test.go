@@ -1,0 +1,1054 @@
+//go:build soak
+
+package soak
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+// The harness: the real binary (built once in TestMain), a gateway process the
+// tests can SIGKILL and restart, a fleet of device clients that publish QoS 1
+// requests and record every reply, a /metrics scraper, and a once-a-second
+// monitor that logs what a human watching the run would want to see.
+
+var (
+	repoRoot   string // absolute path of the repository
+	binary     string // the sneakgate binary under test
+	ortLib     string // libonnxruntime.so
+	profileDir string // engine profile cache shared by every gateway start
+	outDir     string // JSON summaries and gateway logs
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		return 1
+	}
+	repoRoot = root
+	tmp, err := os.MkdirTemp("", "sneakgate-soak-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	profileDir = filepath.Join(tmp, "profiles")
+
+	binary = os.Getenv("SOAK_BINARY")
+	if binary == "" {
+		// As cmd/sneakgate/main_test.go does, but without the race detector: these
+		// tests measure throughput and memory.
+		binary = filepath.Join(tmp, "sneakgate")
+		cmd := exec.Command("go", "build", "-o", binary, "./cmd/sneakgate")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "soak: build: %v\n%s", err, out)
+			return 1
+		}
+	}
+	ortLib = os.Getenv("SNEAKGATE_ORT_LIB")
+	if ortLib == "" {
+		ortLib = filepath.Join(repoRoot, ".cache/onnxruntime/libonnxruntime.so.1.30.0")
+	}
+	if _, err := os.Stat(ortLib); err != nil {
+		fmt.Fprintf(os.Stderr, "soak: ONNX Runtime library: %v (set SNEAKGATE_ORT_LIB or run make ort)\n", err)
+		return 1
+	}
+	outDir = os.Getenv("SOAK_OUT")
+	if outDir == "" {
+		if outDir, err = os.MkdirTemp("", "sneakgate-soak-out-"); err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+			return 1
+		}
+	} else if err := os.MkdirAll(outDir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "soak: binary %s; summaries and gateway logs in %s\n", binary, outDir)
+	return m.Run()
+}
+
+// ---- knobs ----
+
+// full reports whether SOAK_FULL asks for the issue's full sizes.
+func full() bool { return envBool("SOAK_FULL") }
+
+func envBool(name string) bool {
+	v := os.Getenv(name)
+	return v == "1" || strings.EqualFold(v, "true") || strings.EqualFold(v, "yes")
+}
+
+// envInt returns $name, else the full size under SOAK_FULL, else the short default.
+func envInt(t testing.TB, name string, short, fullSize int) int {
+	t.Helper()
+	if v := os.Getenv(name); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", name, v, err)
+		}
+		return n
+	}
+	if full() {
+		return fullSize
+	}
+	return short
+}
+
+func envFloat(t testing.TB, name string, short, fullSize float64) float64 {
+	t.Helper()
+	if v := os.Getenv(name); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", name, v, err)
+		}
+		return f
+	}
+	if full() {
+		return fullSize
+	}
+	return short
+}
+
+func envDur(t testing.TB, name string, short, fullSize time.Duration) time.Duration {
+	t.Helper()
+	if v := os.Getenv(name); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", name, v, err)
+		}
+		return d
+	}
+	if full() {
+		return fullSize
+	}
+	return short
+}
+
+// ---- broker ----
+
+// startBroker starts Mosquitto with the repository's production delivery settings
+// and persistence, so sessions and queued QoS 1 messages survive Stop/Start.
+func startBroker(t *testing.T) *mqtttest.Broker {
+	t.Helper()
+	// TODO(integrator): use mqtttest.Options{Shipped: true, Persistence: true} once the Shipped field has landed.
+	return mqtttest.Start(t, mqtttest.Options{Persistence: true, Config: "autosave_interval 1\n"})
+}
+
+// ---- gateway process ----
+
+// gwOptions are the few settings a test varies; the rest is configs/dev.yaml with
+// the embedded broker off.
+type gwOptions struct {
+	Policy   string // scheduler.policy (default edf)
+	MaxQueue int    // admission.max_queue (0: the default, 10000)
+}
+
+// gatewayProc is one sneakgate serve process at a time, restartable with the same
+// config, journal and metrics port.
+type gatewayProc struct {
+	t       *testing.T
+	cfgPath string
+	logPath string
+	metrics string // host:port of /metrics
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{}
+	starts int
+	logf   *os.File
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// newGateway writes a config for the broker at brokerURL and returns the process
+// handle (not started). The journal lives in the test's temp dir; the log goes to
+// outDir/{test}-gateway.log.
+func newGateway(t *testing.T, brokerURL string, o gwOptions) *gatewayProc {
+	t.Helper()
+	if o.Policy == "" {
+		o.Policy = "edf"
+	}
+	dir := t.TempDir()
+	g := &gatewayProc{t: t, cfgPath: filepath.Join(dir, "sneakgate.yaml"),
+		logPath: filepath.Join(outDir, t.Name()+"-gateway.log"),
+		metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, `# Written by the soak tests: configs/dev.yaml with the embedded broker off.
+log:
+  level: info
+  format: json
+mqtt:
+  broker: %q
+  client_id: soak-gateway
+  embedded:
+    enabled: false
+store:
+  path: %q
+engine:
+  library: %q
+  intra_op_threads: 1
+  profile_cache: %q
+scheduler:
+  policy: %s
+metrics:
+  listen: %q
+`, brokerURL, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, o.Policy, g.metrics)
+	if o.MaxQueue > 0 {
+		fmt.Fprintf(&cfg, "admission:\n  max_queue: %d\n", o.MaxQueue)
+	}
+	cfg.WriteString("apps:\n")
+	for _, app := range []string{"fashion", "satellite", "vad"} {
+		fmt.Fprintf(&cfg, "  - manifest: %q\n", filepath.Join(repoRoot, "models", app, "manifest.yaml"))
+	}
+	if err := os.WriteFile(g.cfgPath, []byte(cfg.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(g.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.logf = f
+	t.Cleanup(func() {
+		g.signal(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("gateway log: %s; last lines:\n%s", g.logPath, g.tail(30))
+		}
+		g.mu.Lock()
+		g.logf.Close()
+		g.mu.Unlock()
+	})
+	return g
+}
+
+// start starts the gateway and waits (up to 2 minutes) for its "gateway ready"
+// log line; it returns how long that took. It must run on the test's goroutine.
+func (g *gatewayProc) start() time.Duration {
+	g.t.Helper()
+	t0 := time.Now()
+	g.mu.Lock()
+	if g.running() {
+		g.mu.Unlock()
+		g.t.Fatal("gateway start: already running")
+	}
+	g.starts++
+	fmt.Fprintf(g.logf, "--- soak: start %d at %s\n", g.starts, t0.Format(time.RFC3339Nano))
+	cmd := exec.Command(binary, "serve", "-config", g.cfgPath)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		g.mu.Unlock()
+		g.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		g.mu.Unlock()
+		pr.Close()
+		pw.Close()
+		g.t.Fatalf("gateway start: %v", err)
+	}
+	pw.Close()
+	ready := make(chan struct{})
+	logf := g.logf
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		signalled := false
+		for sc.Scan() {
+			line := sc.Bytes()
+			g.mu.Lock()
+			logf.Write(line)
+			logf.Write([]byte{'\n'})
+			g.mu.Unlock()
+			if !signalled && bytes.Contains(line, []byte("gateway ready")) {
+				signalled = true
+				close(ready)
+			}
+		}
+		pr.Close()
+	}()
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // its exit is in the log
+		close(done)
+	}()
+	g.cmd, g.done = cmd, done
+	g.mu.Unlock()
+	select {
+	case <-ready:
+		return time.Since(t0)
+	case <-done:
+		time.Sleep(100 * time.Millisecond) // let the reader finish the log
+		g.t.Fatalf("gateway exited before ready (%v); log %s:\n%s", cmd.ProcessState, g.logPath, g.tail(40))
+	case <-time.After(2 * time.Minute):
+		g.t.Fatalf("gateway not ready within 2 minutes; log %s:\n%s", g.logPath, g.tail(40))
+	}
+	return 0
+}
+
+func (g *gatewayProc) running() bool {
+	if g.cmd == nil {
+		return false
+	}
+	select {
+	case <-g.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill SIGKILLs the gateway and waits for it to exit.
+func (g *gatewayProc) kill() { g.signal(syscall.SIGKILL) }
+
+// term SIGTERMs the gateway (its drain) and waits for it to exit, SIGKILLing it
+// after 90 seconds.
+func (g *gatewayProc) term() { g.signal(syscall.SIGTERM) }
+
+func (g *gatewayProc) signal(sig syscall.Signal) {
+	g.mu.Lock()
+	if !g.running() {
+		g.mu.Unlock()
+		return
+	}
+	cmd, done := g.cmd, g.done
+	fmt.Fprintf(g.logf, "--- soak: signal %v at %s\n", sig, time.Now().Format(time.RFC3339Nano))
+	g.mu.Unlock()
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(90 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// tail returns the last n lines of the gateway's log.
+func (g *gatewayProc) tail(n int) string {
+	b, err := os.ReadFile(g.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ---- metrics ----
+
+// metricSample is one scrape of the gateway's /metrics.
+type metricSample struct {
+	At         time.Time          `json:"at"`
+	OK         bool               `json:"ok"` // false when the scrape failed (gateway down)
+	Goroutines float64            `json:"goroutines"`
+	RSS        float64            `json:"rss_bytes"`
+	Queue      float64            `json:"queue"`
+	Outbox     float64            `json:"outbox"`
+	Replies    map[string]float64 `json:"replies,omitempty"`  // sneakgate_replies_total by status
+	Rejected   map[string]float64 `json:"rejected,omitempty"` // sneakgate_rejected_total by reason
+}
+
+var httpClient = &http.Client{Timeout: 2 * time.Second}
+
+// scrape reads the Prometheus text format at addr; failures give OK false.
+func scrape(addr string) metricSample {
+	s := metricSample{At: time.Now(), Replies: map[string]float64{}, Rejected: map[string]float64{}}
+	resp, err := httpClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return s
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return s
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		sp := strings.LastIndexByte(line, ' ')
+		if sp < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[sp+1:], 64)
+		if err != nil {
+			continue
+		}
+		name, labels := line[:sp], ""
+		if i := strings.IndexByte(name, '{'); i >= 0 {
+			name, labels = name[:i], name[i:]
+		}
+		switch name {
+		case "go_goroutines":
+			s.Goroutines = v
+		case "process_resident_memory_bytes":
+			s.RSS = v
+		case "sneakgate_queue_length":
+			s.Queue = v
+		case "sneakgate_outbox_length":
+			s.Outbox = v
+		case "sneakgate_replies_total":
+			s.Replies[label(labels, "status")] += v
+		case "sneakgate_rejected_total":
+			s.Rejected[label(labels, "reason")] += v
+		}
+	}
+	s.OK = sc.Err() == nil
+	return s
+}
+
+// label returns the value of key in a {k="v",...} label set.
+func label(labels, key string) string {
+	i := strings.Index(labels, key+`="`)
+	if i < 0 {
+		return ""
+	}
+	rest := labels[i+len(key)+2:]
+	if j := strings.IndexByte(rest, '"'); j >= 0 {
+		return rest[:j]
+	}
+	return rest
+}
+
+// ---- devices ----
+
+// replyRec is one reply as a device received it (parsed fields, no payload).
+type replyRec struct {
+	At          time.Time
+	Status      protocol.Status
+	Reason      protocol.Reason
+	Class       int // -1 when absent
+	Model       string
+	DeadlineMet *bool
+	RetryAfter  int64 // -1 when absent
+	SlackMS     *float64
+	Hash        uint64 // FNV-64a of the payload, for byte-identical repeats
+}
+
+// reqRec is one published request.
+type reqRec struct {
+	ID       string
+	SentAt   time.Time
+	Deadline time.Duration
+	state    atomic.Int32 // pubPending, pubAcked, pubFailed
+	replies  []replyRec   // guarded by fleet.mu
+}
+
+const (
+	pubPending int32 = iota
+	pubAcked
+	pubFailed
+)
+
+// device is one MQTT client: it publishes requests on its own topic and receives
+// its replies on a persistent session (stable client id, clean session off).
+type device struct {
+	name string
+	c    mqtt.Client
+	seq  int
+	rng  *mrand.Rand
+}
+
+// fleet is the devices of one test and every request and reply they saw.
+type fleet struct {
+	t      *testing.T
+	broker string
+	run    string
+	inputs [][]float32
+	b64    bool
+	devs   []*device
+
+	// per-second counters, read and reset by the monitor
+	attempts, skipped, acked, failed atomic.Int64
+
+	mu        sync.Mutex
+	reqs      map[string]*reqRec
+	byStatus  map[protocol.Status]int64 // replies received, cumulative
+	orphans   int64                     // replies to ids this fleet never sent
+	malformed int64
+	probes    map[string]chan replyRec
+}
+
+// loadInputs returns up to n real Fashion-MNIST test images from the bundled
+// sample file (784 values in [0, 1]).
+func loadInputs(t testing.TB, n int) [][]float32 {
+	t.Helper()
+	app, err := manifest.Load(filepath.Join(repoRoot, "models/fashion/manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if app.Samples == nil {
+		t.Fatal("fashion manifest has no samples")
+	}
+	set, err := dataset.Read(app.Path(app.Samples.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set.D != 784 {
+		t.Fatalf("sample file has %d values per sample, want 784", set.D)
+	}
+	var in [][]float32
+	for i := 0; i < set.N && i < n; i++ {
+		in = append(in, set.Row(i))
+	}
+	return in
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newFleet connects n devices named {prefix}-00..; each subscribes (QoS 1) to its
+// reply topic on a persistent session and reconnects by itself.
+func newFleet(t *testing.T, brokerURL, prefix string, n int) *fleet {
+	t.Helper()
+	f := &fleet{t: t, broker: brokerURL, run: randomHex(3), inputs: loadInputs(t, 512),
+		b64: os.Getenv("SOAK_B64") != "0", reqs: map[string]*reqRec{},
+		byStatus: map[protocol.Status]int64{}, probes: map[string]chan replyRec{}}
+	for i := range n {
+		f.devs = append(f.devs, f.connect(fmt.Sprintf("%s-%02d", prefix, i)))
+	}
+	t.Cleanup(func() {
+		for _, d := range f.devs {
+			d.c.Disconnect(100)
+		}
+	})
+	return f
+}
+
+func (f *fleet) connect(name string) *device {
+	f.t.Helper()
+	d := &device{name: name, rng: mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), uint64(len(f.devs))))}
+	filter := protocol.ReplyTopic(protocol.DefaultPrefix, "fashion", name)
+	handler := func(_ mqtt.Client, m mqtt.Message) { f.handle(m.Payload()) }
+	o := mqtt.NewClientOptions().AddBroker(f.broker).
+		SetClientID("soak-" + f.run + "-" + name).SetCleanSession(false).
+		SetAutoReconnect(true).SetMaxReconnectInterval(time.Second).SetConnectRetryInterval(250 * time.Millisecond).
+		SetKeepAlive(30 * time.Second).SetOrderMatters(false).SetWriteTimeout(5 * time.Second).
+		SetDefaultPublishHandler(handler)
+	o.SetOnConnectHandler(func(c mqtt.Client) {
+		// The session keeps the subscription; subscribing again is harmless and
+		// covers a broker that lost it.
+		c.Subscribe(filter, 1, handler)
+	})
+	d.c = mqtt.NewClient(o)
+	tok := d.c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		f.t.Fatalf("device %s: connect: %v", name, tok.Error())
+	}
+	tok = d.c.Subscribe(filter, 1, handler)
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		f.t.Fatalf("device %s: subscribe: %v", name, tok.Error())
+	}
+	return d
+}
+
+// handle records a reply; it runs on paho's goroutines and must not block.
+func (f *fleet) handle(payload []byte) {
+	at := time.Now()
+	r, err := protocol.ParseReply(payload)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		f.malformed++
+		return
+	}
+	h := fnv.New64a()
+	h.Write(payload)
+	rr := replyRec{At: at, Status: r.Status, Reason: r.Reason, Class: -1, Model: r.Model,
+		DeadlineMet: r.DeadlineMet, RetryAfter: -1, SlackMS: r.SlackMS, Hash: h.Sum64()}
+	if r.Class != nil {
+		rr.Class = *r.Class
+	}
+	if r.RetryAfterMS != nil {
+		rr.RetryAfter = *r.RetryAfterMS
+	}
+	f.byStatus[r.Status]++
+	if ch, ok := f.probes[r.ID]; ok {
+		select {
+		case ch <- rr:
+		default:
+		}
+	}
+	rec, ok := f.reqs[r.ID]
+	if !ok {
+		f.orphans++
+		return
+	}
+	rec.replies = append(rec.replies, rr)
+}
+
+// send publishes one request from d with the given budget (deadline_ms, counted
+// from sent_at = now). A device whose connection is down does not publish (the
+// request is counted as skipped); otherwise the request is recorded and counts as
+// acknowledged once its publish token completes without error.
+func (f *fleet) send(d *device, deadline time.Duration) *reqRec {
+	if !d.c.IsConnectionOpen() {
+		f.skipped.Add(1)
+		return nil
+	}
+	d.seq++
+	now := time.Now()
+	rec := &reqRec{ID: fmt.Sprintf("%s-%s-%07d", f.run, d.name, d.seq), SentAt: now, Deadline: deadline}
+	p := protocol.Payload{ID: rec.ID, DeadlineMS: protocol.DeadlineMS(deadline), SentAt: now,
+		Input: f.inputs[d.rng.IntN(len(f.inputs))], B64: f.b64}
+	f.mu.Lock()
+	f.reqs[rec.ID] = rec
+	f.mu.Unlock()
+	f.attempts.Add(1)
+	tok := d.c.Publish(protocol.RequestTopic(protocol.DefaultPrefix, "fashion", d.name), 1, false, p.Marshal())
+	go func() {
+		<-tok.Done()
+		if tok.Error() == nil {
+			rec.state.Store(pubAcked)
+			f.acked.Add(1)
+		} else {
+			rec.state.Store(pubFailed)
+			f.failed.Add(1)
+		}
+	}()
+	return rec
+}
+
+// load publishes at rate requests per second in total, evenly spread over the
+// devices, until stop is closed. A device that falls behind its schedule publishes
+// as fast as it can to catch up, so the achieved rate is what the generator could
+// do (the monitor reports it).
+func (f *fleet) load(rate float64, deadline time.Duration, stop <-chan struct{}) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	per := rate / float64(len(f.devs))
+	gap := time.Duration(float64(time.Second) / per)
+	for i, d := range f.devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			next := time.Now().Add(gap * time.Duration(i) / time.Duration(len(f.devs)))
+			timer := time.NewTimer(0)
+			defer timer.Stop()
+			<-timer.C
+			for {
+				if wait := time.Until(next); wait > 0 {
+					timer.Reset(wait)
+					select {
+					case <-stop:
+						return
+					case <-timer.C:
+					}
+				} else {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+				}
+				f.send(d, deadline)
+				next = next.Add(gap)
+			}
+		}()
+	}
+	return &wg
+}
+
+// probe publishes one request from a fresh device and returns its first reply and
+// the request (zero reply after timeout).
+func (f *fleet) probe(d *device, deadline, timeout time.Duration) (replyRec, *reqRec, bool) {
+	ch := make(chan replyRec, 4)
+	d.seq++
+	now := time.Now()
+	rec := &reqRec{ID: fmt.Sprintf("%s-%s-%07d", f.run, d.name, d.seq), SentAt: now, Deadline: deadline}
+	f.mu.Lock()
+	f.probes[rec.ID] = ch
+	f.reqs[rec.ID] = rec
+	f.mu.Unlock()
+	p := protocol.Payload{ID: rec.ID, DeadlineMS: protocol.DeadlineMS(deadline), SentAt: now,
+		Input: f.inputs[0], B64: f.b64}
+	tok := d.c.Publish(protocol.RequestTopic(protocol.DefaultPrefix, "fashion", d.name), 1, false, p.Marshal())
+	if tok.WaitTimeout(timeout) && tok.Error() == nil {
+		rec.state.Store(pubAcked)
+	}
+	select {
+	case r := <-ch:
+		return r, rec, true
+	case <-time.After(timeout):
+		return replyRec{}, rec, false
+	}
+}
+
+// outstanding counts acknowledged requests without a reply and publishes whose
+// token has not completed yet.
+func (f *fleet) outstanding() (unanswered, unresolved int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.reqs {
+		switch r.state.Load() {
+		case pubAcked:
+			if len(r.replies) == 0 {
+				unanswered++
+			}
+		case pubPending:
+			unresolved++
+		}
+	}
+	return unanswered, unresolved
+}
+
+// waitReplies polls until every acknowledged request has a reply and no publish
+// is unresolved, or until timeout; it returns how long it waited.
+func (f *fleet) waitReplies(timeout time.Duration) time.Duration {
+	t0 := time.Now()
+	last := time.Now()
+	for {
+		u, p := f.outstanding()
+		if u == 0 && p == 0 {
+			return time.Since(t0)
+		}
+		if time.Since(t0) > timeout {
+			f.t.Logf("waited %s: still %d acknowledged requests without a reply, %d publishes unresolved", timeout, u, p)
+			return time.Since(t0)
+		}
+		if time.Since(last) >= 5*time.Second {
+			f.t.Logf("waiting for replies: %d acknowledged requests unanswered, %d publishes unresolved (%s)", u, p, time.Since(t0).Round(time.Second))
+			last = time.Now()
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// snapshot returns copies of the request records (replies included).
+func (f *fleet) snapshot() []reqSnap {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]reqSnap, 0, len(f.reqs))
+	for _, r := range f.reqs {
+		out = append(out, reqSnap{ID: r.ID, SentAt: r.SentAt, Deadline: r.Deadline, State: r.state.Load(),
+			Replies: append([]replyRec(nil), r.replies...)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].SentAt.Before(out[j].SentAt) })
+	return out
+}
+
+type reqSnap struct {
+	ID       string
+	SentAt   time.Time
+	Deadline time.Duration
+	State    int32
+	Replies  []replyRec
+}
+
+func (f *fleet) statusCounts() map[protocol.Status]int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m := make(map[protocol.Status]int64, len(f.byStatus))
+	for k, v := range f.byStatus {
+		m[k] = v
+	}
+	return m
+}
+
+// ---- analysis shared by the tests ----
+
+// tally is what every test reports about its requests and replies.
+type tally struct {
+	Published        int              `json:"published"`    // publish calls made
+	Acknowledged     int              `json:"acknowledged"` // PUBACK received
+	PublishFailed    int              `json:"publish_failed"`
+	Unresolved       int              `json:"publish_unresolved"`
+	Skipped          int64            `json:"skipped_disconnected"`
+	Answered         int              `json:"acknowledged_with_reply"`
+	Lost             int              `json:"acknowledged_without_reply"`
+	LostIDs          []string         `json:"lost_ids,omitempty"` // the first few
+	FirstByStatus    map[string]int   `json:"first_reply_by_status"`
+	FirstByReason    map[string]int   `json:"first_reply_by_reason"`
+	Replies          int              `json:"replies"`
+	RepeatedIDs      int              `json:"ids_with_repeats"`
+	RepeatReplies    int              `json:"repeat_replies"`
+	RepeatsIdentical int              `json:"ids_with_byte_identical_repeats"`
+	RepeatsDisagree  int              `json:"ids_whose_repeats_disagree"`
+	Disagreements    []string         `json:"disagreements,omitempty"` // the first few
+	StaleMet         int              `json:"stale_deadline_met"`      // replies received past deadline+tolerance claiming deadline_met
+	StaleMetFirst    int              `json:"stale_deadline_met_first_reply"`
+	StaleMetExamples []string         `json:"stale_examples,omitempty"`
+	Orphans          int64            `json:"orphan_replies"`
+	Malformed        int64            `json:"malformed_replies"`
+	ReplyLatencyMS   map[string]int64 `json:"first_reply_latency_ms"` // p50, p99, max of sent_at to first reply
+}
+
+// staleTolerance is how far past its deadline a reply may arrive and still claim
+// deadline_met (broker and device delivery, clock granularity).
+const staleTolerance = 250 * time.Millisecond
+
+func analyse(f *fleet) tally {
+	snaps := f.snapshot()
+	tl := tally{FirstByStatus: map[string]int{}, FirstByReason: map[string]int{}, ReplyLatencyMS: map[string]int64{}}
+	var lat []time.Duration
+	for _, s := range snaps {
+		tl.Published++
+		switch s.State {
+		case pubAcked:
+			tl.Acknowledged++
+		case pubFailed:
+			tl.PublishFailed++
+		default:
+			tl.Unresolved++
+		}
+		tl.Replies += len(s.Replies)
+		if s.State == pubAcked {
+			if len(s.Replies) == 0 {
+				tl.Lost++
+				if len(tl.LostIDs) < 20 {
+					tl.LostIDs = append(tl.LostIDs, s.ID)
+				}
+			} else {
+				tl.Answered++
+			}
+		}
+		if len(s.Replies) == 0 {
+			continue
+		}
+		first := s.Replies[0]
+		tl.FirstByStatus[string(first.Status)]++
+		if first.Reason != "" {
+			tl.FirstByReason[string(first.Reason)]++
+		}
+		lat = append(lat, first.At.Sub(s.SentAt))
+		for i, r := range s.Replies {
+			if r.DeadlineMet != nil && *r.DeadlineMet && r.At.Sub(s.SentAt) > s.Deadline+staleTolerance {
+				tl.StaleMet++
+				if i == 0 {
+					tl.StaleMetFirst++
+				}
+				if len(tl.StaleMetExamples) < 10 {
+					slack := "-"
+					if r.SlackMS != nil {
+						slack = strconv.FormatFloat(*r.SlackMS, 'f', 1, 64)
+					}
+					tl.StaleMetExamples = append(tl.StaleMetExamples, fmt.Sprintf("%s reply %d: %s deadline_met=true received %s after sent_at (deadline %s, gateway slack_ms %s)",
+						s.ID, i+1, r.Status, r.At.Sub(s.SentAt).Round(time.Millisecond), s.Deadline, slack))
+				}
+			}
+		}
+		if len(s.Replies) > 1 {
+			tl.RepeatedIDs++
+			tl.RepeatReplies += len(s.Replies) - 1
+			identical, agree := true, true
+			for _, r := range s.Replies[1:] {
+				identical = identical && r.Hash == first.Hash
+				agree = agree && r.Status == first.Status && r.Class == first.Class && r.Model == first.Model
+			}
+			if identical {
+				tl.RepeatsIdentical++
+			}
+			if !agree {
+				tl.RepeatsDisagree++
+				if len(tl.Disagreements) < 10 {
+					var parts []string
+					for _, r := range s.Replies {
+						parts = append(parts, fmt.Sprintf("%s/%s class=%d model=%q", r.Status, r.Reason, r.Class, r.Model))
+					}
+					tl.Disagreements = append(tl.Disagreements, s.ID+": "+strings.Join(parts, " | "))
+				}
+			}
+		}
+	}
+	tl.Skipped = f.skipped.Load()
+	f.mu.Lock()
+	tl.Orphans, tl.Malformed = f.orphans, f.malformed
+	f.mu.Unlock()
+	if len(lat) > 0 {
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		tl.ReplyLatencyMS["p50"] = lat[len(lat)/2].Milliseconds()
+		tl.ReplyLatencyMS["p99"] = lat[len(lat)*99/100].Milliseconds()
+		tl.ReplyLatencyMS["max"] = lat[len(lat)-1].Milliseconds()
+	}
+	return tl
+}
+
+func (tl tally) log(t *testing.T) {
+	t.Logf("requests: %d published, %d acknowledged, %d publish failed, %d unresolved, %d skipped while disconnected",
+		tl.Published, tl.Acknowledged, tl.PublishFailed, tl.Unresolved, tl.Skipped)
+	t.Logf("replies: %d in all; acknowledged with a reply %d, WITHOUT a reply %d; first reply by status %v; by reason %v",
+		tl.Replies, tl.Answered, tl.Lost, tl.FirstByStatus, tl.FirstByReason)
+	t.Logf("repeats: %d ids got more than one reply (%d extra replies); byte-identical %d; disagreeing on status/class/model %d",
+		tl.RepeatedIDs, tl.RepeatReplies, tl.RepeatsIdentical, tl.RepeatsDisagree)
+	t.Logf("stale deadline_met=true (received > deadline + %s after sent_at): %d replies (%d of them first replies); orphan replies %d, malformed %d; first-reply latency ms %v",
+		staleTolerance, tl.StaleMet, tl.StaleMetFirst, tl.Orphans, tl.Malformed, tl.ReplyLatencyMS)
+	for _, d := range tl.Disagreements {
+		t.Logf("  disagreement: %s", d)
+	}
+	for _, e := range tl.StaleMetExamples {
+		t.Logf("  stale: %s", e)
+	}
+	if len(tl.LostIDs) > 0 {
+		t.Logf("  lost (first %d): %v", len(tl.LostIDs), tl.LostIDs)
+	}
+}
+
+// ---- monitor ----
+
+// second is one line of the per-second monitor.
+type second struct {
+	T          float64          `json:"t"` // seconds since the monitor started
+	Phase      string           `json:"phase"`
+	Offered    int64            `json:"offered"` // publish calls this second
+	Acked      int64            `json:"acked"`
+	Failed     int64            `json:"publish_failed"`
+	Skipped    int64            `json:"skipped"`
+	Replies    map[string]int64 `json:"replies"` // received by the devices this second, by status
+	GatewayUp  bool             `json:"gateway_up"`
+	Queue      float64          `json:"queue"`
+	Outbox     float64          `json:"outbox"`
+	RSSMiB     float64          `json:"rss_mib"`
+	Goroutines float64          `json:"goroutines"`
+}
+
+// monitor logs one line a second and keeps the series.
+type monitor struct {
+	t     *testing.T
+	f     *fleet
+	gw    *gatewayProc
+	phase atomic.Value // string
+	stop  chan struct{}
+	done  chan struct{}
+
+	mu     sync.Mutex
+	series []second
+}
+
+func startMonitor(t *testing.T, f *fleet, gw *gatewayProc) *monitor {
+	m := &monitor{t: t, f: f, gw: gw, stop: make(chan struct{}), done: make(chan struct{})}
+	m.phase.Store("start")
+	go m.loop()
+	t.Cleanup(m.close)
+	return m
+}
+
+func (m *monitor) setPhase(p string) { m.phase.Store(p) }
+
+func (m *monitor) close() {
+	select {
+	case <-m.stop:
+	default:
+		close(m.stop)
+	}
+	<-m.done
+}
+
+func (m *monitor) loop() {
+	defer close(m.done)
+	t0 := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	prev := m.f.statusCounts()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+		}
+		s := scrape(m.gw.metrics)
+		cur := m.f.statusCounts()
+		sec := second{T: time.Since(t0).Seconds(), Phase: m.phase.Load().(string),
+			Offered: m.f.attempts.Swap(0), Acked: m.f.acked.Swap(0), Failed: m.f.failed.Swap(0), Skipped: m.f.skipped.Load(),
+			Replies: map[string]int64{}, GatewayUp: s.OK, Queue: s.Queue, Outbox: s.Outbox,
+			RSSMiB: s.RSS / (1 << 20), Goroutines: s.Goroutines}
+		var parts []string
+		for _, st := range []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
+			protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError} {
+			if d := cur[st] - prev[st]; d != 0 {
+				sec.Replies[string(st)] = d
+				parts = append(parts, fmt.Sprintf("%s=%d", st, d))
+			}
+		}
+		prev = cur
+		m.mu.Lock()
+		m.series = append(m.series, sec)
+		m.mu.Unlock()
+		gw := "gateway down"
+		if s.OK {
+			gw = fmt.Sprintf("queue=%.0f outbox=%.0f rss=%.0fMiB goroutines=%.0f", s.Queue, s.Outbox, sec.RSSMiB, s.Goroutines)
+		}
+		m.t.Logf("t=%5.1fs %-9s offered=%d acked=%d failed=%d | replies %s | %s",
+			sec.T, sec.Phase, sec.Offered, sec.Acked, sec.Failed, strings.Join(parts, " "), gw)
+	}
+}
+
+func (m *monitor) seconds() []second {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]second(nil), m.series...)
+}
+
+// ---- summary ----
+
+// writeSummary writes v as JSON to outDir/{test}.json and logs the path.
+func writeSummary(t *testing.T, v any) {
+	t.Helper()
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Errorf("summary: %v", err)
+		return
+	}
+	path := filepath.Join(outDir, t.Name()+".json")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Errorf("summary: %v", err)
+		return
+	}
+	t.Logf("summary written to %s", path)
+}
+
+// waitFor polls cond every interval until it holds or timeout passes.
+func waitFor(timeout, interval time.Duration, cond func() bool) bool {
+	end := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+}

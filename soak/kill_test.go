@@ -1,0 +1,99 @@
+//go:build soak
+
+package soak
+
+import (
+	mrand "math/rand/v2"
+	"testing"
+	"time"
+)
+
+// TestKill9Soak SIGKILLs the gateway at random moments under steady load and
+// restarts it after a random 0.2-2 s outage. Every request the broker
+// acknowledged must get a terminal reply, and the replies to an id answered more
+// than once (at-least-once delivery) must agree on status, class and model.
+//
+// Knobs: SOAK_KILLS (short 5, full 20), SOAK_KILL_RATE requests/s (300, full 800),
+// SOAK_KILL_DURATION (8 s per kill), SOAK_KILL_DEADLINE (1s, deadline_ms with
+// sent_at), SOAK_DEVICES (16), SOAK_SEED, SOAK_STRICT_REPEATS=1 also asserts that
+// repeats are byte-identical.
+func TestKill9Soak(t *testing.T) {
+	kills := envInt(t, "SOAK_KILLS", 5, 20)
+	rate := envFloat(t, "SOAK_KILL_RATE", 300, 800)
+	dur := envDur(t, "SOAK_KILL_DURATION", time.Duration(kills)*8*time.Second, time.Duration(kills)*8*time.Second)
+	deadline := envDur(t, "SOAK_KILL_DEADLINE", time.Second, time.Second)
+	ndev := envInt(t, "SOAK_DEVICES", 16, 16)
+	seed := uint64(envInt(t, "SOAK_SEED", int(time.Now().UnixNano()%1e9), int(time.Now().UnixNano()%1e9)))
+	strict := envBool("SOAK_STRICT_REPEATS")
+	t.Logf("kill -9 soak: %d kills over %s at %.0f requests/s from %d devices, deadline_ms %d with sent_at, seed %d",
+		kills, dur, rate, ndev, deadline.Milliseconds(), seed)
+	rng := mrand.New(mrand.NewPCG(seed, 9))
+
+	b := startBroker(t)
+	gw := newGateway(t, b.URL(), gwOptions{})
+	first := gw.start()
+	t.Logf("gateway ready in %s", first.Round(time.Millisecond))
+	f := newFleet(t, b.URL(), "k9", ndev)
+	mon := startMonitor(t, f, gw)
+	mon.setPhase("load")
+
+	type killEvent struct {
+		AtS      float64 `json:"at_s"`
+		OutageMS int64   `json:"outage_ms"`
+		ReadyMS  int64   `json:"restart_to_ready_ms"`
+	}
+	var events []killEvent
+	stop := make(chan struct{})
+	t0 := time.Now()
+	wg := f.load(rate, deadline, stop)
+	interval := dur / time.Duration(kills+1)
+	for i := range kills {
+		// Spread the kills evenly, each jittered by up to ±40% of the interval.
+		at := t0.Add(interval*time.Duration(i+1) + time.Duration((rng.Float64()-0.5)*0.8*float64(interval)))
+		time.Sleep(time.Until(at))
+		outage := 200*time.Millisecond + time.Duration(rng.Float64()*float64(1800*time.Millisecond))
+		mon.setPhase("killed")
+		killedAt := time.Now()
+		gw.kill()
+		time.Sleep(outage)
+		mon.setPhase("starting")
+		ready := gw.start()
+		mon.setPhase("load")
+		events = append(events, killEvent{AtS: killedAt.Sub(t0).Seconds(), OutageMS: outage.Milliseconds(), ReadyMS: ready.Milliseconds()})
+		t.Logf("kill %d/%d at t=%.1fs: down %s, then ready %s after restart", i+1, kills,
+			killedAt.Sub(t0).Seconds(), outage.Round(time.Millisecond), ready.Round(time.Millisecond))
+	}
+	time.Sleep(time.Until(t0.Add(dur)))
+	close(stop)
+	wg.Wait()
+	loadTime := time.Since(t0)
+	mon.setPhase("drain")
+	waited := f.waitReplies(60 * time.Second)
+	mon.close()
+	tl := analyse(f)
+	t.Logf("load ran %s; all replies in %s after the load stopped", loadTime.Round(time.Millisecond), waited.Round(time.Millisecond))
+	tl.log(t)
+	t.Logf("REPEATS: %d of %d repeated ids were byte-identical (strict check %v)", tl.RepeatsIdentical, tl.RepeatedIDs, strict)
+
+	writeSummary(t, map[string]any{
+		"test": t.Name(), "kills": kills, "rate": rate, "duration_s": dur.Seconds(), "deadline_ms": deadline.Milliseconds(),
+		"devices": ndev, "seed": seed, "events": events, "tally": tl, "wait_after_load_s": waited.Seconds(),
+		"strict_repeats": strict, "seconds": mon.seconds(),
+	})
+
+	if tl.Lost > 0 {
+		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v)", tl.Lost, tl.LostIDs)
+	}
+	if tl.RepeatsDisagree > 0 {
+		t.Errorf("%d ids got repeated replies that disagree on status, class or model (first: %v)", tl.RepeatsDisagree, tl.Disagreements)
+	}
+	if strict && tl.RepeatsIdentical != tl.RepeatedIDs {
+		t.Errorf("SOAK_STRICT_REPEATS: %d of %d repeated ids had replies that were not byte-identical", tl.RepeatedIDs-tl.RepeatsIdentical, tl.RepeatedIDs)
+	}
+	if tl.Malformed > 0 {
+		t.Errorf("%d malformed replies", tl.Malformed)
+	}
+	if tl.Acknowledged == 0 {
+		t.Errorf("no request was acknowledged: the harness did not run")
+	}
+}
