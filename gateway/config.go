@@ -115,7 +115,18 @@ type SchedulerConfig struct {
 type AdmissionConfig struct {
 	// MaxQueue is the most requests waiting for a model; beyond it requests are
 	// rejected with reason overload and a retry-after hint.
-	MaxQueue        int           `yaml:"max_queue"`
+	MaxQueue int `yaml:"max_queue"`
+	// MaxWait refuses a request (overload, with retry_after_ms) when the queue
+	// ahead of it would take longer than this fraction of its deadline budget to
+	// drain at the rate the gateway is draining it now; 0 turns the check off, so
+	// that only max_queue refuses.
+	MaxWait float64 `yaml:"max_wait"`
+	// Workers is the number of request handlers (parse, admit, journal); their
+	// journal writes share group commits.
+	Workers int `yaml:"workers"`
+	// IngressQueue bounds the messages waiting for a handler; a message arriving
+	// when it is full is acknowledged and refused (overload) unread.
+	IngressQueue    int           `yaml:"ingress_queue"`
 	MaxPayloadBytes int           `yaml:"max_payload_bytes"`
 	MinDeadline     time.Duration `yaml:"min_deadline"`
 	MaxDeadline     time.Duration `yaml:"max_deadline"`
@@ -163,7 +174,7 @@ func DefaultConfig() Config {
 		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay,
 			Shrink: 0.5}, // docs/evaluation.md, "Shrinking"
 		Admission: AdmissionConfig{
-			MaxQueue: 10000, MaxPayloadBytes: 256 << 10,
+			MaxQueue: 10000, MaxWait: 0.75, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,
 		},
 	}
@@ -288,6 +299,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Admission.MaxQueue < 1 {
 		return configErr("admission.max_queue", "must be at least 1")
+	}
+	if !(c.Admission.MaxWait >= 0 && c.Admission.MaxWait <= 10) {
+		return configErr("admission.max_wait", "%v: must be between 0 (off) and 10", c.Admission.MaxWait)
+	}
+	if c.Admission.Workers < 1 || c.Admission.Workers > 4096 {
+		return configErr("admission.workers", "%d: must be between 1 and 4096", c.Admission.Workers)
+	}
+	if c.Admission.IngressQueue < 1 {
+		return configErr("admission.ingress_queue", "must be at least 1")
 	}
 	if c.Admission.MaxPayloadBytes < 64 {
 		return configErr("admission.max_payload_bytes", "must be at least 64")

@@ -18,13 +18,57 @@ import (
 type journal interface {
 	Complete(k store.Key, reply []byte) error
 	Outbox(k store.Key, reply []byte, flushBy time.Time) error
+	OutboxUnsent(k store.Key, reply []byte, flushBy time.Time) error
 	OutboxEntries() ([]store.OutboxEntry, error)
 }
 
-// egress publishes replies. A reply to a journaled request is removed from the
-// journal only once the broker has acknowledged it (PUBACK); when the publish fails
-// or times out, the reply is kept durably in the journal's outbox and flushed, in
-// deadline order and at a bounded rate, when the connection is back.
+// answerMsg is the reply to a journaled request on its way out. build makes the
+// reply at the moment it is handed to the broker, so that deadline_met, slack_ms
+// and total_ms describe the publication, not the decision.
+type answerMsg struct {
+	topic    string
+	key      store.Key
+	deadline time.Time
+	build    func(now time.Time) *protocol.Reply
+}
+
+// rawMsg is an unjournaled reply (a rejection, or a stored reply published again
+// to a duplicate): best effort, never waited for.
+type rawMsg struct {
+	topic   string
+	app     string
+	status  protocol.Status
+	payload []byte
+}
+
+// EgressOptions size the egress queues and workers.
+type egressOptions struct {
+	// AnswerQueue bounds answers waiting for a worker; a full queue blocks the
+	// scheduling loop (back-pressure: answers are never dropped).
+	AnswerQueue int
+	// AnswerWorkers publish answers concurrently, each waiting for its PUBACK.
+	AnswerWorkers int
+	// RawQueue bounds rejections and republished replies; when it is full they are
+	// dropped and counted, so that refusing work never waits for the broker.
+	RawQueue int
+	// RawWorkers hand raw replies to the MQTT client.
+	RawWorkers int
+	// MaxLate bounds the publishes that timed out and are still awaited.
+	MaxLate int
+}
+
+func defaultEgressOptions() egressOptions {
+	return egressOptions{AnswerQueue: 4096, AnswerWorkers: 64, RawQueue: 8192, RawWorkers: 4, MaxLate: 4096}
+}
+
+// egress publishes replies. Answers to journaled requests are made durable in the
+// journal's outbox before they are first handed to the broker, so that a repeat of
+// the request, before or after a crash, gets the same reply; they leave the journal
+// (Complete) once the broker has acknowledged them (PUBACK). An answer decided while
+// the broker is away is kept unsent, and stamped when it is finally published: past
+// its deadline it becomes expired (broker_unavailable). Rejections and republished
+// replies go through a separate bounded queue that never blocks and never competes
+// with answers.
 type egress struct {
 	// served reports whether an application is served; metrics label the others
 	// "_unknown" so that arbitrary topic names cannot grow the label set.
@@ -33,50 +77,195 @@ type egress struct {
 	journal journal
 	timeout time.Duration
 	rate    float64
+	now     func() time.Time
 	log     zerolog.Logger
 	m       *metrics
-	// inflight bounds concurrent publishes waiting for their PUBACK.
-	inflight chan struct{}
-	wg       sync.WaitGroup
-	kick     chan struct{} // size 1: flush the outbox
-	// late holds the outbox keys whose timed-out publish the MQTT client still
+	opts    egressOptions
+
+	// sendMu guards closed and the sends on answers and raw against Stop.
+	sendMu  sync.RWMutex
+	closed  bool
+	answers chan *answerMsg
+	raw     chan rawMsg
+	workers sync.WaitGroup
+
+	late sync.WaitGroup // awaitLate goroutines
+	kick chan struct{}  // size 1: flush the outbox
+	// lateKeys holds the outbox keys whose timed-out publish the MQTT client still
 	// holds and will resend itself: the flusher skips them, so that a slow
 	// acknowledgement does not become a second copy of the reply.
-	lateMu sync.Mutex
-	late   map[store.Key]bool
-	stop   chan struct{} // closed by Close: late waiters give up
+	lateMu   sync.Mutex
+	lateKeys map[store.Key]bool
+	stop     chan struct{} // closed by Close: late waiters give up
 }
 
-func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, log zerolog.Logger, m *metrics) *egress {
-	return &egress{client: c, journal: j, timeout: timeout, rate: rate, log: log, m: m,
-		inflight: make(chan struct{}, 1024), kick: make(chan struct{}, 1),
-		late: map[store.Key]bool{}, stop: make(chan struct{})}
+func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, now func() time.Time,
+	opts egressOptions, log zerolog.Logger, m *metrics) *egress {
+	if now == nil {
+		now = time.Now
+	}
+	e := &egress{client: c, journal: j, timeout: timeout, rate: rate, now: now, log: log, m: m, opts: opts,
+		answers: make(chan *answerMsg, opts.AnswerQueue), raw: make(chan rawMsg, opts.RawQueue),
+		kick: make(chan struct{}, 1), lateKeys: map[store.Key]bool{}, stop: make(chan struct{})}
+	for range opts.AnswerWorkers {
+		e.workers.Add(1)
+		go func() {
+			defer e.workers.Done()
+			for a := range e.answers {
+				e.sendAnswer(a)
+			}
+		}()
+	}
+	for range opts.RawWorkers {
+		e.workers.Add(1)
+		go func() {
+			defer e.workers.Done()
+			for r := range e.raw {
+				e.sendRaw(r)
+			}
+		}()
+	}
+	return e
+}
+
+// Answer queues the reply to a journaled request. It blocks while the answer
+// queue is full (the broker is slower than the engine), and drops nothing: after
+// Stop the request simply stays pending in the journal.
+func (e *egress) Answer(a *answerMsg) {
+	e.sendMu.RLock()
+	defer e.sendMu.RUnlock()
+	if e.closed {
+		return
+	}
+	e.answers <- a
+}
+
+// Reject queues an unjournaled reply without ever blocking: when the queue is
+// full the reply is dropped and counted.
+func (e *egress) Reject(topic string, rep *protocol.Reply) {
+	payload, err := json.Marshal(rep)
+	if err != nil { // a Reply always marshals
+		e.log.Error().Err(err).Msg("marshal reply")
+		return
+	}
+	e.SendRaw(topic, rep.App, rep.Status, payload)
+}
+
+// SendRaw queues an already encoded reply (to a duplicate of an answered request)
+// like Reject.
+func (e *egress) SendRaw(topic, app string, status protocol.Status, payload []byte) {
+	e.sendMu.RLock()
+	defer e.sendMu.RUnlock()
+	if !e.closed {
+		select {
+		case e.raw <- rawMsg{topic: topic, app: app, status: status, payload: payload}:
+			return
+		default:
+		}
+	}
+	e.m.dropped.WithLabelValues(string(status)).Inc()
+}
+
+// sendAnswer makes the answer durable, publishes it and completes it.
+func (e *egress) sendAnswer(a *answerMsg) {
+	now := e.now()
+	rep := a.build(now)
+	payload, err := json.Marshal(rep)
+	if err != nil { // a Reply always marshals; keep the request rather than lose it
+		e.log.Error().Err(err).Msg("marshal reply")
+		return
+	}
+	if !e.client.IsConnectionOpen() {
+		// Nobody can see it yet: keep it unsent, to be stamped when it goes out.
+		if err := e.journal.OutboxUnsent(a.key, payload, a.deadline); err != nil {
+			e.m.storeErrors.WithLabelValues("outbox").Inc()
+			e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+			return
+		}
+		e.m.outboxLen.Inc()
+		return
+	}
+	if err := e.journal.Outbox(a.key, payload, a.deadline); err != nil {
+		// Publish anyway: the device is waiting. The request stays pending in the
+		// journal, so a restart may answer it a second time.
+		e.m.storeErrors.WithLabelValues("outbox").Inc()
+		e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; publishing without it")
+	}
+	e.publishAnswer(a.topic, a.key, rep.App, rep.Status, payload, false)
+}
+
+// publishAnswer publishes a reply already in the outbox and completes it on
+// PUBACK. A reply that fails stays in the outbox (counted when inOutbox is false)
+// for the flusher; one whose PUBACK is late is awaited, bounded.
+func (e *egress) publishAnswer(topic string, key store.Key, app string, status protocol.Status, payload []byte, inOutbox bool) bool {
+	tok, err := e.publish(topic, payload)
+	if err == nil {
+		e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
+		e.complete(key, payload)
+		if inOutbox {
+			e.m.outboxLen.Dec()
+		}
+		return true
+	}
+	e.m.publishFails.Inc()
+	if !inOutbox {
+		e.m.outboxLen.Inc()
+	}
+	if errors.Is(err, errPublishTimeout) {
+		e.awaitLate(key, tok, app, status, payload)
+	}
+	e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker has it")
+	return false
+}
+
+// sendRaw hands a raw reply to the MQTT client without waiting for the PUBACK.
+func (e *egress) sendRaw(r rawMsg) {
+	if !e.client.IsConnectionOpen() {
+		e.m.dropped.WithLabelValues(string(r.status)).Inc()
+		return
+	}
+	t := e.client.Publish(r.topic, 1, false, r.payload)
+	select {
+	case <-t.Done():
+		if t.Error() != nil {
+			e.m.dropped.WithLabelValues(string(r.status)).Inc()
+			return
+		}
+	default: // in flight: the MQTT client owns it now
+	}
+	e.m.replies.WithLabelValues(e.appLabel(r.app), string(r.status)).Inc()
 }
 
 func (e *egress) isLate(k store.Key) bool {
 	e.lateMu.Lock()
 	defer e.lateMu.Unlock()
-	return e.late[k]
+	return e.lateKeys[k]
 }
 
-// awaitLate keeps waiting for a publish that timed out and whose reply is now in
-// the outbox: if the broker acknowledges it after all, the request is completed
-// (and leaves the outbox); if it fails, the flusher takes over.
-func (e *egress) awaitLate(k store.Key, t mqtt.Token, payload []byte) {
+// awaitLate keeps waiting for a publish that timed out and whose reply is in the
+// outbox: if the broker acknowledges it after all, the request is completed (and
+// leaves the outbox); if it fails, the flusher takes over. At most MaxLate are
+// awaited; beyond that the flusher may publish a second, identical copy.
+func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protocol.Status, payload []byte) {
 	e.lateMu.Lock()
-	e.late[k] = true
+	if len(e.lateKeys) >= e.opts.MaxLate || e.lateKeys[k] {
+		e.lateMu.Unlock()
+		return
+	}
+	e.lateKeys[k] = true
 	e.lateMu.Unlock()
-	e.wg.Add(1)
+	e.late.Add(1)
 	go func() {
-		defer e.wg.Done()
+		defer e.late.Done()
 		defer func() {
 			e.lateMu.Lock()
-			delete(e.late, k)
+			delete(e.lateKeys, k)
 			e.lateMu.Unlock()
 		}()
 		select {
 		case <-t.Done():
 			if t.Error() == nil {
+				e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
 				e.complete(k, payload)
 				e.m.outboxLen.Dec()
 			}
@@ -88,14 +277,32 @@ func (e *egress) awaitLate(k store.Key, t mqtt.Token, payload []byte) {
 func (e *egress) complete(k store.Key, payload []byte) {
 	if err := e.journal.Complete(k, payload); err != nil {
 		e.m.storeErrors.WithLabelValues("complete").Inc()
-		e.log.Error().Err(err).Stringer("key", k).Msg("journal complete failed; the request may be answered again after a restart")
+		e.log.Error().Err(err).Stringer("key", k).Msg("journal complete failed; the same reply may be published again after a restart")
 	}
 }
 
-// Close makes late waiters give up; call it after Wait, before the journal closes.
+// Stop stops taking replies and waits, at most until ctx ends, for the queued ones
+// to be published. Answers still queued then stay pending in the journal.
+func (e *egress) Stop(ctx context.Context) {
+	e.sendMu.Lock()
+	if !e.closed {
+		e.closed = true
+		close(e.answers)
+		close(e.raw)
+	}
+	e.sendMu.Unlock()
+	done := make(chan struct{})
+	go func() { e.workers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// Close makes late waiters give up; call it after Stop, before the journal closes.
 func (e *egress) Close() {
 	close(e.stop)
-	e.wg.Wait()
+	e.late.Wait()
 }
 
 // appLabel is app as a metric label: "_unknown" for an application not served.
@@ -123,64 +330,6 @@ func (e *egress) publish(topic string, payload []byte) (mqtt.Token, error) {
 	return t, t.Error()
 }
 
-// Send publishes rep to topic. For a journaled request (key not nil) it then
-// completes the request in the journal, or puts the reply in the outbox if the
-// publish failed. It blocks only while 1024 publishes are already in flight.
-func (e *egress) Send(topic string, rep *protocol.Reply, key *store.Key, flushBy time.Time) {
-	payload, err := json.Marshal(rep)
-	if err != nil { // a Reply always marshals; keep the request rather than lose it
-		e.log.Error().Err(err).Msg("marshal reply")
-		return
-	}
-	e.spawn(func() {
-		tok, err := e.publish(topic, payload)
-		if err == nil {
-			e.m.replies.WithLabelValues(e.appLabel(rep.App), string(rep.Status)).Inc()
-			if key != nil {
-				e.complete(*key, payload)
-			}
-			return
-		}
-		e.m.publishFails.Inc()
-		if key == nil {
-			e.log.Warn().Err(err).Str("topic", topic).Str("status", string(rep.Status)).Msg("reply to an unjournaled request dropped")
-			return
-		}
-		if oerr := e.journal.Outbox(*key, payload, flushBy); oerr != nil {
-			e.m.storeErrors.WithLabelValues("outbox").Inc()
-			e.log.Error().Err(oerr).Stringer("key", key).Msg("outbox write failed; the request stays pending and is answered after a restart")
-			return
-		}
-		e.m.outboxLen.Inc()
-		if errors.Is(err, errPublishTimeout) {
-			e.awaitLate(*key, tok, payload)
-		}
-		e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker has it")
-	})
-}
-
-// SendRaw publishes an already encoded reply again (to a duplicate of an answered
-// request); nothing is journaled.
-func (e *egress) SendRaw(topic string, payload []byte) {
-	e.spawn(func() {
-		if _, err := e.publish(topic, payload); err != nil {
-			e.m.publishFails.Inc()
-			e.log.Warn().Err(err).Str("topic", topic).Msg("republishing a reply failed")
-		}
-	})
-}
-
-// spawn runs fn on its own goroutine, tracked by Wait; it blocks while 1024
-// publishes are already in flight.
-func (e *egress) spawn(fn func()) {
-	e.inflight <- struct{}{}
-	e.wg.Add(1)
-	go func() {
-		defer func() { <-e.inflight; e.wg.Done() }()
-		fn()
-	}()
-}
-
 // Kick asks the flusher to flush the outbox (on reconnect).
 func (e *egress) Kick() {
 	select {
@@ -205,7 +354,9 @@ func (e *egress) Flusher(ctx context.Context, interval time.Duration) {
 }
 
 // flush publishes waiting replies in deadline order at most rate per second and
-// stops at the first failure (the broker is still away).
+// stops at the first failure (the broker is still away). A reply that may have
+// been delivered already is published again unchanged; an unsent one is stamped
+// now (restamp) and made durable as sent before it goes out.
 func (e *egress) flush(ctx context.Context) {
 	if !e.client.IsConnectionOpen() {
 		return
@@ -232,16 +383,32 @@ func (e *egress) flush(ctx context.Context) {
 		if e.isLate(oe.Key) {
 			continue // its first publish may still be acknowledged
 		}
-		tok, err := e.publish(oe.ReplyTo, oe.Reply)
-		if err != nil {
-			if errors.Is(err, errPublishTimeout) {
-				e.awaitLate(oe.Key, tok, oe.Reply)
+		payload, status := oe.Reply, protocol.Status("")
+		if oe.Unsent {
+			rep, err := protocol.ParseReply(oe.Reply)
+			if err != nil {
+				e.log.Error().Err(err).Stringer("key", oe.Key).Msg("unreadable reply in the outbox: published as it is")
+			} else {
+				restamp(rep, oe.Received, oe.Deadline, e.now())
+				status = rep.Status
+				if payload, err = json.Marshal(rep); err != nil {
+					payload = oe.Reply
+				}
+				if err := e.journal.Outbox(oe.Key, payload, oe.FlushBy); err != nil {
+					e.m.storeErrors.WithLabelValues("outbox").Inc()
+					e.log.Error().Err(err).Stringer("key", oe.Key).Msg("outbox write failed")
+				}
 			}
-			e.log.Warn().Err(err).Int("left", len(entries)-i).Msg("outbox flush interrupted")
+		}
+		if status == "" {
+			if rep, err := protocol.ParseReply(payload); err == nil {
+				status = rep.Status
+			}
+		}
+		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.App, status, payload, true) {
+			e.log.Warn().Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}
-		e.complete(oe.Key, oe.Reply)
-		e.m.outboxLen.Dec()
 		if gap > 0 {
 			select {
 			case <-ctx.Done():
@@ -249,15 +416,5 @@ func (e *egress) flush(ctx context.Context) {
 			case <-time.After(gap):
 			}
 		}
-	}
-}
-
-// Wait waits for publishes in flight, at most until ctx ends.
-func (e *egress) Wait(ctx context.Context) {
-	done := make(chan struct{})
-	go func() { e.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
 	}
 }

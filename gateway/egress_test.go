@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -37,16 +39,38 @@ type fakeClient struct {
 	mu        sync.Mutex
 	published []string
 	tokens    []*fakeToken
+	down      bool
 }
 
-func (c *fakeClient) IsConnectionOpen() bool { return true }
+func (c *fakeClient) IsConnectionOpen() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.down
+}
 func (c *fakeClient) Publish(topic string, _ byte, _ bool, payload any) mqtt.Token {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.published = append(c.published, string(payload.([]byte)))
+	if len(c.tokens) == 0 { // acknowledged at once
+		t := &fakeToken{done: make(chan struct{})}
+		close(t.done)
+		return t
+	}
 	t := c.tokens[0]
 	c.tokens = c.tokens[1:]
 	return t
+}
+
+func (c *fakeClient) setDown(down bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down = down
+}
+
+func (c *fakeClient) sent() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.published...)
 }
 
 // fakeJournal records completions and keeps an outbox.
@@ -54,6 +78,8 @@ type fakeJournal struct {
 	mu        sync.Mutex
 	completed []store.Key
 	outbox    map[store.Key][]byte
+	unsent    map[store.Key]bool
+	entry     store.Entry // Received and Deadline of every outbox entry
 }
 
 func (j *fakeJournal) Complete(k store.Key, _ []byte) error {
@@ -67,6 +93,17 @@ func (j *fakeJournal) Outbox(k store.Key, r []byte, _ time.Time) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.outbox[k] = r
+	delete(j.unsent, k)
+	return nil
+}
+func (j *fakeJournal) OutboxUnsent(k store.Key, r []byte, _ time.Time) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.outbox[k] = r
+	if j.unsent == nil {
+		j.unsent = map[store.Key]bool{}
+	}
+	j.unsent[k] = true
 	return nil
 }
 func (j *fakeJournal) OutboxEntries() ([]store.OutboxEntry, error) {
@@ -74,7 +111,9 @@ func (j *fakeJournal) OutboxEntries() ([]store.OutboxEntry, error) {
 	defer j.mu.Unlock()
 	var out []store.OutboxEntry
 	for k, r := range j.outbox {
-		out = append(out, store.OutboxEntry{Entry: store.Entry{Key: k, ReplyTo: "t"}, Reply: r})
+		e := j.entry
+		e.Key, e.ReplyTo = k, "t"
+		out = append(out, store.OutboxEntry{Entry: e, Reply: r, Unsent: j.unsent[k]})
 	}
 	return out, nil
 }
@@ -87,9 +126,9 @@ func TestSlowAckIsNotPublishedTwice(t *testing.T) {
 		slow := &fakeToken{done: make(chan struct{})}
 		c := &fakeClient{tokens: []*fakeToken{slow}}
 		j := &fakeJournal{outbox: map[store.Key][]byte{}}
-		e := newEgress(c, j, time.Second, 0, zerolog.Nop(), newMetrics(nil))
+		e := newEgress(c, j, time.Second, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
 		k := store.Key{App: "a", Device: "d", ID: "1"}
-		e.Send("t", &protocol.Reply{V: 1, ID: "1", App: "a", Device: "d", Status: protocol.StatusOK}, &k, time.Now())
+		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
 		time.Sleep(2 * time.Second) // past the publish timeout
 		synctest.Wait()
 		if len(j.outbox) != 1 || !e.isLate(k) {
@@ -104,6 +143,103 @@ func TestSlowAckIsNotPublishedTwice(t *testing.T) {
 		if len(j.completed) != 1 || len(j.outbox) != 0 || e.isLate(k) {
 			t.Errorf("completed %v, outbox %v", j.completed, j.outbox)
 		}
+		e.Stop(t.Context())
+		e.Close()
+	})
+}
+
+func okAnswer(k store.Key, deadline time.Time) *answerMsg {
+	return &answerMsg{topic: "t", key: k, deadline: deadline, build: func(now time.Time) *protocol.Reply {
+		met := !now.After(deadline)
+		return &protocol.Reply{V: 1, ID: k.ID, App: k.App, Device: k.Device, Status: protocol.StatusOK,
+			Class: protocol.Ptr(1), Model: "m", DeadlineMet: &met}
+	}}
+}
+
+// An answer is durable in the outbox before it is first published: the journal
+// holds exactly the bytes the broker got, so a repeat after a crash is identical.
+func TestAnswerIsDurableBeforePublish(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		held := &fakeToken{done: make(chan struct{})}
+		c := &fakeClient{tokens: []*fakeToken{held}}
+		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		e := newEgress(c, j, time.Minute, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+		k := store.Key{App: "a", Device: "d", ID: "1"}
+		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
+		synctest.Wait() // the worker waits for the PUBACK
+		if sent := c.sent(); len(sent) != 1 || string(j.outbox[k]) != sent[0] || j.unsent[k] {
+			t.Fatalf("published %q, outbox %q (unsent %v): want the same bytes, marked sent", sent, j.outbox[k], j.unsent[k])
+		}
+		close(held.done)
+		synctest.Wait()
+		if len(j.completed) != 1 || len(j.outbox) != 0 {
+			t.Errorf("after PUBACK: completed %v, outbox %v", j.completed, j.outbox)
+		}
+		e.Stop(t.Context())
+		e.Close()
+	})
+}
+
+// An answer decided while the broker is away waits unsent; published after its
+// deadline it says expired (broker_unavailable), never ok with deadline_met.
+func TestUnsentAnswerIsStampedAtPublication(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := &fakeClient{down: true}
+		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		e := newEgress(c, j, time.Second, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+		t0 := time.Now()
+		j.entry = store.Entry{Received: t0, Deadline: t0.Add(2 * time.Second)}
+		k := store.Key{App: "a", Device: "d", ID: "1"}
+		e.Answer(okAnswer(k, j.entry.Deadline))
+		synctest.Wait()
+		if len(c.sent()) != 0 || !j.unsent[k] {
+			t.Fatalf("broker away: published %v, unsent %v", c.sent(), j.unsent[k])
+		}
+		time.Sleep(20 * time.Second) // the broker comes back after the deadline
+		c.setDown(false)
+		e.flush(t.Context())
+		sent := c.sent()
+		if len(sent) != 1 {
+			t.Fatalf("published %d replies, want 1", len(sent))
+		}
+		rep, err := protocol.ParseReply([]byte(sent[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Status != protocol.StatusExpired || rep.Reason != protocol.ReasonBrokerUnavailable ||
+			rep.DeadlineMet == nil || *rep.DeadlineMet || rep.Class != nil || *rep.SlackMS != -18000 {
+			t.Errorf("stale reply %s", sent[0])
+		}
+		if len(j.completed) != 1 {
+			t.Errorf("completed %v", j.completed)
+		}
+		e.Stop(t.Context())
+		e.Close()
+	})
+}
+
+// Rejections never block and never wait for the broker: past the queue's bound
+// they are dropped and counted; answers have their own queue.
+func TestRejectionsNeverBlock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := &fakeClient{}
+		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		m := newMetrics(nil)
+		o := defaultEgressOptions()
+		o.RawQueue, o.RawWorkers = 2, 0 // nothing drains the queue
+		e := newEgress(c, j, time.Second, 0, nil, o, zerolog.Nop(), m)
+		for i := range 5 {
+			e.Reject("t", &protocol.Reply{V: 1, ID: fmt.Sprint(i), App: "a", Device: "d", Status: protocol.StatusRejected})
+		}
+		if got := testutil.ToFloat64(m.dropped.WithLabelValues("rejected")); got != 3 {
+			t.Errorf("dropped %v rejections, want 3", got)
+		}
+		e.Answer(okAnswer(store.Key{App: "a", Device: "d", ID: "x"}, time.Now().Add(time.Hour)))
+		synctest.Wait()
+		if len(j.completed) != 1 {
+			t.Errorf("an answer behind a full rejection queue was not published: completed %v", j.completed)
+		}
+		e.Stop(t.Context())
 		e.Close()
 	})
 }

@@ -70,6 +70,11 @@ type Gateway struct {
 	egress  *egress
 	client  mqtt.Client
 	broker  *Broker
+	// in queues request messages from paho's router goroutine to the ingress
+	// workers (ingress.go); stopIngress ends the workers.
+	in          chan mqtt.Message
+	stopIngress chan struct{}
+	ingressDone sync.WaitGroup
 
 	started time.Time
 	// admitting is read-locked by every request handler and write-locked by
@@ -93,7 +98,8 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if cfg == nil {
 		return nil, errors.New("gateway: no config")
 	}
-	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry, apps: map[string]*appRuntime{}}
+	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry, apps: map[string]*appRuntime{},
+		in: make(chan mqtt.Message, cfg.Admission.IngressQueue), stopIngress: make(chan struct{})}
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -158,7 +164,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonUnknownApp)})
 	}
 	for _, j := range g.recovered {
-		g.loop.Submit(j)
+		g.loop.SubmitRecovered(j)
 	}
 	g.log.Info().Int("recovered", len(g.recovered)).Int("expired", len(g.expired)).
 		Str("policy", cfg.Scheduler.Policy).Msg("gateway ready")
@@ -336,7 +342,9 @@ func (g *Gateway) recover() error {
 func (g *Gateway) connect() error {
 	c := g.cfg.MQTT
 	opts := mqtt.NewClientOptions().AddBroker(c.Broker).SetClientID(c.ClientID).
-		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(false).
+		// The handler runs on paho's router goroutine and never blocks (ingress.go).
+		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
+		SetWriteTimeout(c.PublishTimeout).
 		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(5*time.Second).
 		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
 		SetDefaultPublishHandler(g.onMessage).
@@ -357,10 +365,14 @@ func (g *Gateway) connect() error {
 		// Subscribing is asynchronous: never wait on a token in a paho callback.
 		go func() {
 			t := cl.Subscribe(filter, 1, g.onMessage)
-			if t.WaitTimeout(10*time.Second) && t.Error() == nil {
-				log.Info().Str("broker", c.Broker).Str("filter", filter).Msg("connected and subscribed")
-			} else {
+			switch {
+			case !t.WaitTimeout(10*time.Second) || t.Error() != nil:
 				log.Error().Err(t.Error()).Msg("subscribe failed")
+			case t.(*mqtt.SubscribeToken).Result()[filter] == 0x80:
+				// The broker refused the subscription (an ACL): no request will arrive.
+				log.Error().Str("broker", c.Broker).Str("filter", filter).Msg("the broker refused the subscription (SUBACK 0x80): check its ACL for this user")
+			default:
+				log.Info().Str("broker", c.Broker).Str("filter", filter).Msg("connected and subscribed")
 			}
 			g.publishStatus(protocol.StateOnline, "")
 			g.egress.Kick()
@@ -370,7 +382,7 @@ func (g *Gateway) connect() error {
 		log.Warn().Err(err).Msg("connection to the broker lost; replies go to the outbox until it is back")
 	})
 	g.client = mqtt.NewClient(opts)
-	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, log, g.m)
+	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, defaultEgressOptions(), log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.apps[app]; return ok }
 	t := g.client.Connect()
 	if !t.WaitTimeout(10 * time.Second) {
@@ -401,9 +413,10 @@ func (g *Gateway) answer(j *job, r result) {
 	if a != nil && a.monitor != nil && r.Variant == a.monitorRef && j.Estimate != nil && r.Probs != nil {
 		a.monitor.Observe(j.Estimate, scheduler.Argmax(r.Probs))
 	}
-	rep := buildReply(j, r, labels, est, g.now())
-	key := store.Key{App: j.App, Device: j.Device, ID: j.ID}
-	g.egress.Send(j.ReplyTo, rep, &key, j.Deadline)
+	g.egress.Answer(&answerMsg{topic: j.ReplyTo, key: store.Key{App: j.App, Device: j.Device, ID: j.ID},
+		deadline: j.Deadline, build: func(now time.Time) *protocol.Reply {
+			return buildReply(j, r, labels, est, now)
+		}})
 }
 
 // Run runs the gateway until ctx ends, then shuts down in this order: stop taking
@@ -412,6 +425,20 @@ func (g *Gateway) answer(j *job, r result) {
 // the embedded broker, close the engine, close the journal last. Requests still
 // queued stay in the journal and are answered after the next start.
 func (g *Gateway) Run(ctx context.Context) error {
+	for range g.cfg.Admission.Workers {
+		g.ingressDone.Add(1)
+		go func() {
+			defer g.ingressDone.Done()
+			for {
+				select {
+				case msg := <-g.in:
+					g.handle(msg)
+				case <-g.stopIngress:
+					return
+				}
+			}
+		}()
+	}
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	loopDone := make(chan struct{})
 	go func() { g.loop.Run(loopCtx); close(loopDone) }()
@@ -451,6 +478,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.onDrain()
 	}
 	g.admitting.Lock() // no new requests; waits for handlers in flight
+	close(g.stopIngress)
+	g.ingressDone.Wait() // what is left in g.in stays unacknowledged: redelivered
 	stopLoop()
 	<-loopDone
 	stopFlush()
@@ -460,7 +489,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	stopStats()
 	<-statsDone
 	waitCtx, cancel := context.WithTimeout(context.Background(), g.cfg.MQTT.PublishTimeout+time.Second)
-	g.egress.Wait(waitCtx)
+	g.egress.Stop(waitCtx) // answers not published by then stay pending in the journal
 	cancel()
 	g.egress.Close() // late waiters give up: their replies stay in the outbox
 	if srv != nil {

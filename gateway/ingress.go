@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -10,16 +11,62 @@ import (
 	"github.com/sneakgate/sneakgate/store"
 )
 
-// onMessage is the MQTT handler for requests. paho runs it on its own goroutine per
-// message (order does not matter), so it may block on the journal's group commit
-// without stalling the client's network loop. It acknowledges a request only after
-// the journal has committed it; a request it cannot journal is left unacknowledged,
-// so the broker delivers it again when the session resumes.
+// Ingress is bounded end to end. paho calls onMessage on its router goroutine, one
+// message at a time (SetOrderMatters(true)), so onMessage must never block: it
+// hands the message to a bounded queue read by a fixed pool of workers, or, when
+// that queue is full, acknowledges it and refuses it unparsed. Workers parse,
+// admit, journal, acknowledge and submit; a refusal is acknowledged first and its
+// reply queued without waiting (egress.Reject), so that refusing work never waits
+// for the broker and never competes with answers.
+
+// onMessage is the MQTT handler for requests (paho's router goroutine).
 func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
-	// Shutdown sets draining, then takes the write lock: from then on handlers
-	// leave at once, and shutdown waits for those already inside.
-	if !g.admitting.TryRLock() {
+	if msg.Retained() {
+		// A retained "request" would be replayed to the gateway on every
+		// reconnect; requests are never retained (docs/protocol.md).
+		g.m.ignored.WithLabelValues("retained").Inc()
+		g.log.Warn().Str("topic", msg.Topic()).Msg("retained message on a request topic ignored; clear it with an empty retained publish")
+		msg.Ack()
+		return
+	}
+	if g.draining.Load() {
 		return // not acknowledged: the broker redelivers it to the next session
+	}
+	select {
+	case g.in <- msg:
+	default:
+		g.overflow(msg)
+	}
+}
+
+// overflow refuses a message the workers have no room for, without parsing it:
+// the reply goes to the device's own reply topic, with the id if it can be peeked.
+func (g *Gateway) overflow(msg mqtt.Message) {
+	msg.Ack()
+	g.m.ignored.WithLabelValues("overflow").Inc()
+	g.m.rejected.WithLabelValues(string(protocol.ReasonOverload)).Inc()
+	app, device, err := protocol.ParseRequestTopic(g.env.Prefix, msg.Topic())
+	if err != nil {
+		return
+	}
+	if _, ok := g.apps[app]; !ok {
+		return
+	}
+	wait := g.estimatedWait()
+	rep := &protocol.Reply{V: protocol.Version, ID: protocol.PeekID(msg.Payload()), App: app, Device: device,
+		Status: protocol.StatusRejected, Reason: protocol.ReasonOverload,
+		Error: "the gateway is saturated: request refused unread", RetryAfterMS: retryMS(wait)}
+	g.egress.Reject(protocol.ReplyTopic(g.env.Prefix, app, device), rep)
+}
+
+// handle admits one request. It acknowledges a request only after the journal has
+// committed it; a request it cannot journal while stopping is left
+// unacknowledged, so the broker delivers it again when the session resumes.
+func (g *Gateway) handle(msg mqtt.Message) {
+	// Shutdown sets draining, then takes the write lock: from then on workers
+	// leave messages unacknowledged, and shutdown waits for those already inside.
+	if !g.admitting.TryRLock() {
+		return
 	}
 	defer g.admitting.RUnlock()
 	defer func() {
@@ -32,62 +79,116 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	now := g.now()
 	req, rej := protocol.ParseRequest(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
-		g.reject(rej)
 		msg.Ack()
+		g.reject(rej)
 		return
 	}
 	app := g.apps[req.App]
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
-	if q := g.loop.Queued(); q >= g.cfg.Admission.MaxQueue {
-		// A duplicate is not refused: it is answered as a duplicate below
-		// (Put does not add it to the queue).
+	reserved := g.loop.Reserve(g.cfg.Admission.MaxQueue)
+	if reserved {
+		if wait := g.estimatedWait(); g.cfg.Admission.MaxWait > 0 &&
+			wait > time.Duration(g.cfg.Admission.MaxWait*float64(req.Budget())) {
+			g.loop.Release()
+			reserved = false
+		}
+	}
+	if !reserved {
+		// Refused, unless it is a duplicate: that is answered as a duplicate
+		// below (Put does not add it to the queue).
 		if res, err := g.journal.Lookup(key); err != nil || res.Dup == store.New {
-			g.refuse(req, protocol.ReasonOverload, fmt.Sprintf("queue full (%d requests waiting)", q), g.retryAfter(q))
 			msg.Ack()
+			q, wait := g.loop.Queued(), g.estimatedWait()
+			g.refuse(req, protocol.ReasonOverload, fmt.Sprintf("%d requests queued, about %s to drain; the deadline budget is %s",
+				q, wait.Round(time.Millisecond), req.Budget()), max(wait, minRetryAfter))
 			return
+		}
+	}
+	release := func() {
+		if reserved {
+			g.loop.Release()
 		}
 	}
 	est := g.estimate(app, req.Input)
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {
+		release()
 		g.m.storeErrors.WithLabelValues("put").Inc()
-		if g.draining.Load() {
+		switch {
+		case g.draining.Load():
 			// Stopping: leave it unacknowledged; the broker redelivers it to the
 			// next session, which journals it.
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal write failed while stopping; request left for redelivery")
-			return
+		case errors.Is(err, store.ErrFull):
+			msg.Ack()
+			g.refuse(req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
+		default:
+			// Running: an unacknowledged message would wait for a reconnect that may
+			// never come and hold one of the broker's in-flight slots, so tell the
+			// device instead; nothing was journaled, so a retry is a new request.
+			g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; request rejected as internal")
+			msg.Ack()
+			g.refuse(req, protocol.ReasonInternal, "the gateway could not store the request; retry", time.Second)
 		}
-		// Running: an unacknowledged message would wait for a reconnect that may
-		// never come and hold one of the broker's in-flight slots, so tell the
-		// device instead; nothing was journaled, so a retry is a new request.
-		g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; request rejected as internal")
-		g.refuse(req, protocol.ReasonInternal, "the gateway could not store the request; retry", time.Second)
-		msg.Ack()
-		return
-	}
-	switch res.Dup {
-	case store.DupPending:
-		g.m.duplicates.WithLabelValues("pending").Inc()
-		g.log.Debug().Stringer("key", key).Msg("duplicate of a pending request ignored")
-		msg.Ack()
-		return
-	case store.DupDone:
-		g.m.duplicates.WithLabelValues("done").Inc()
-		g.log.Debug().Stringer("key", key).Msg("duplicate of an answered request: reply published again")
-		g.egress.SendRaw(req.ReplyTo, res.Reply)
-		msg.Ack()
 		return
 	}
 	msg.Ack()
+	switch res.Dup {
+	case store.DupPending:
+		release()
+		g.m.duplicates.WithLabelValues("pending").Inc()
+		g.log.Debug().Stringer("key", key).Msg("duplicate of a pending request ignored")
+		return
+	case store.DupDone:
+		release()
+		g.m.duplicates.WithLabelValues("done").Inc()
+		g.log.Debug().Stringer("key", key).Msg("duplicate of an answered request: reply published again")
+		st := protocol.StatusOK
+		if rep, err := protocol.ParseReply(res.Reply); err == nil {
+			st = rep.Status
+		}
+		g.egress.SendRaw(req.ReplyTo, req.App, st, res.Reply)
+		return
+	}
 	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
 		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est}
-	if !g.loop.Submit(j) {
-		// Admission raced past the limit and the queue's channel is full: the
-		// request is journaled, so answer it properly (and complete it).
+	submitted := false
+	if reserved {
+		submitted = g.loop.Submit(j)
+	} else {
+		// A duplicate raced with its first copy's completion and was stored new
+		// while the queue was full: it is journaled, so run it anyway.
+		submitted = g.loop.SubmitRecovered(j)
+	}
+	if !submitted {
+		// The queue's channel is full: the request is journaled, so answer it
+		// properly (and complete it).
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonOverload)})
 	}
+}
+
+// minRetryAfter is the shortest retry_after_ms the gateway suggests.
+const minRetryAfter = 100 * time.Millisecond
+
+// estimatedWait is how long the requests queued now take to drain at the rate
+// the loop has been draining them (profiles stand in until it has measured one).
+func (g *Gateway) estimatedWait() time.Duration {
+	q := g.loop.Queued()
+	if q == 0 {
+		return 0
+	}
+	if r := g.loop.DrainRate(); r > 0 {
+		return time.Duration(float64(q) / r * float64(time.Second))
+	}
+	return time.Duration(q) * g.perRequest
+}
+
+// retryMS is retry_after_ms for a wait.
+func retryMS(wait time.Duration) *int64 {
+	ms := int64((max(wait, minRetryAfter) + time.Millisecond - 1) / time.Millisecond)
+	return &ms
 }
 
 // reject answers a request that failed validation, when a reply topic exists.
@@ -101,19 +202,14 @@ func (g *Gateway) reject(rej *protocol.Rejection) {
 		return
 	}
 	ev.Msg("request rejected")
-	g.egress.Send(rej.ReplyTo, rej.Reply(), nil, time.Time{})
+	g.egress.Reject(rej.ReplyTo, rej.Reply())
 }
 
 // refuse answers a valid request the gateway will not admit now (not journaled).
 func (g *Gateway) refuse(req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
 	g.m.rejected.WithLabelValues(string(reason)).Inc()
-	g.log.Warn().Str("reason", string(reason)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
-	g.egress.Send(req.ReplyTo, req.Reject(reason, msg, retry), nil, time.Time{})
-}
-
-// retryAfter estimates how long a queue of q requests takes to drain.
-func (g *Gateway) retryAfter(q int) time.Duration {
-	return max(100*time.Millisecond, time.Duration(q)*g.perRequest)
+	g.log.Debug().Str("reason", string(reason)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
+	g.egress.Reject(req.ReplyTo, req.Reject(reason, msg, retry))
 }
 
 // estimate runs the application's SneakPeek estimator; nil when there is none or

@@ -69,7 +69,9 @@ type loop struct {
 	log      zerolog.Logger
 	m        *metrics
 	admit    chan *job
-	queued   atomic.Int64 // admitted and not yet answered (read by ingress for admission)
+	queued   atomic.Int64 // reserved or admitted, and not yet answered (admission reads it)
+	drain    drainMeter   // owned by the loop goroutine
+	rate     atomic.Uint64
 	seq      uint64
 	queue    []*scheduler.Request
 	resident map[scheduler.VariantID]time.Time
@@ -99,21 +101,50 @@ func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budge
 	return l
 }
 
-// Submit hands an admitted job to the loop. It never blocks: the admit channel has
-// room for the admission limit, and ingress checks Queued against that limit first.
-// It returns false when the channel is full (the caller answers overload).
+// Reserve takes one of limit places in the queue for a request about to be
+// journaled, and reports whether it got one. Every successful Reserve is followed
+// by exactly one Submit or Release.
+func (l *loop) Reserve(limit int) bool {
+	for {
+		q := l.queued.Load()
+		if q >= int64(limit) {
+			return false
+		}
+		if l.queued.CompareAndSwap(q, q+1) {
+			return true
+		}
+	}
+}
+
+// Release gives back a place taken by Reserve that will not be used.
+func (l *loop) Release() { l.queued.Add(-1) }
+
+// Submit hands a job to the loop in the place Reserve took for it. It never
+// blocks: the admit channel has room for every place. It returns false if the
+// channel is full anyway (the caller answers overload; the place is given back).
 func (l *loop) Submit(j *job) bool {
 	select {
 	case l.admit <- j:
-		l.queued.Add(1)
 		return true
 	default:
+		l.queued.Add(-1)
 		return false
 	}
 }
 
-// Queued is the number of admitted jobs not yet answered.
+// SubmitRecovered hands a job read back from the journal to the loop, outside
+// the admission limit (New sizes the channel for them).
+func (l *loop) SubmitRecovered(j *job) bool {
+	l.queued.Add(1)
+	return l.Submit(j)
+}
+
+// Queued is the number of admitted (or reserved) jobs not yet answered.
 func (l *loop) Queued() int { return int(l.queued.Load()) }
+
+// DrainRate is how many queued requests the loop answers per second of busy time,
+// measured over the last few seconds (0 until it has been busy).
+func (l *loop) DrainRate() float64 { return math.Float64frombits(l.rate.Load()) }
 
 // Run schedules until ctx ends, then waits for the batch in flight, answers it and
 // returns; requests still queued stay in the journal for the next start.
@@ -129,6 +160,7 @@ func (l *loop) Run(ctx context.Context) {
 	defer timer.Stop()
 	dirty := true
 	for {
+		l.rate.Store(math.Float64bits(l.drain.observe(l.now(), busy || len(l.queue) > 0)))
 		if !busy && dirty && len(l.queue) > 0 {
 			dirty = false
 			if b, wake, answered := l.decide(); b != nil {
@@ -318,6 +350,7 @@ func (l *loop) finish(d batchDone) {
 
 func (l *loop) reply(j *job, r result) {
 	l.queued.Add(-1)
+	l.drain.answered++
 	l.answer(j, r)
 }
 
@@ -330,4 +363,56 @@ func validDistribution(p []float64) bool {
 		}
 	}
 	return len(p) > 0
+}
+
+// drainMeter measures how fast the loop empties its queue while it has work: the
+// requests it answered (by a model or a verdict) per second of busy time, over the
+// last drainWindow. Unlike a profile it includes everything that slows the gateway
+// down under load (ingress, the broker and the engine sharing the CPU); unlike a
+// plain rate it is not diluted by idle time, so it does not under-estimate at the
+// start of a burst.
+type drainMeter struct {
+	last     time.Time
+	wasBusy  bool
+	answered int // since the last observe
+	bins     [drainBins]drainBin
+}
+
+type drainBin struct {
+	slot     int64 // time slot (now / drainBinWidth) the bin holds
+	answered int
+	busy     time.Duration
+}
+
+const (
+	drainBinWidth = 250 * time.Millisecond
+	drainBins     = 8 // a 2 s window
+)
+
+// observe accounts the time since the last call as busy or idle (as the loop was
+// then) and the requests answered since, and returns the drain rate (0 when the
+// window holds less than 10 ms of busy time).
+func (d *drainMeter) observe(now time.Time, busy bool) float64 {
+	slot := now.UnixNano() / int64(drainBinWidth)
+	b := &d.bins[slot%drainBins]
+	if b.slot != slot {
+		*b = drainBin{slot: slot}
+	}
+	if d.wasBusy && !d.last.IsZero() && now.After(d.last) {
+		b.busy += now.Sub(d.last)
+	}
+	b.answered += d.answered
+	d.answered, d.last, d.wasBusy = 0, now, busy
+	var n int
+	var t time.Duration
+	for _, x := range d.bins {
+		if slot-x.slot < drainBins {
+			n += x.answered
+			t += x.busy
+		}
+	}
+	if t < 10*time.Millisecond {
+		return 0
+	}
+	return float64(n) / t.Seconds()
 }

@@ -111,6 +111,9 @@ func startLoop(t *testing.T, f *fakeRunner, policy string) (*loop, *answers, con
 func submit(t *testing.T, l *loop, id string, budget time.Duration, est []float64) {
 	t.Helper()
 	now := time.Now()
+	if !l.Reserve(100) {
+		t.Fatalf("no place for %s", id)
+	}
 	if !l.Submit(&job{App: "app", Device: "d", ID: id, Received: now, Deadline: now.Add(budget),
 		Input: []float32{1}, Estimate: est}) {
 		t.Fatalf("submit %s refused", id)
@@ -241,4 +244,44 @@ func TestLoopInvalidModelOutputAnswersError(t *testing.T) {
 			t.Errorf("reply %+v", rep)
 		}
 	})
+}
+
+// Reserve never hands out more places than the limit, and every place comes back
+// (by Release or by the answer).
+func TestLoopReserve(t *testing.T) {
+	l := newLoop(nil, nil, &fakeRunner{resident: map[scheduler.VariantID]bool{}}, scheduler.Engine{}, 4,
+		time.Now, nil, zerolog.Nop(), newMetrics(nil))
+	for i := range 3 {
+		if !l.Reserve(3) {
+			t.Fatalf("Reserve %d refused", i)
+		}
+	}
+	if l.Reserve(3) || l.Queued() != 3 {
+		t.Fatalf("Reserve past the limit: queued %d", l.Queued())
+	}
+	l.Release()
+	if !l.Reserve(3) {
+		t.Fatal("a released place was not given back")
+	}
+}
+
+// The drain meter reports answers per second of busy time: idle time does not
+// dilute it, and it forgets what is older than its window.
+func TestDrainMeter(t *testing.T) {
+	var d drainMeter
+	t0 := time.Unix(1_700_000_000, 0)
+	if r := d.observe(t0, true); r != 0 {
+		t.Fatalf("rate %v before any work", r)
+	}
+	// 100 ms busy answering 50, then 900 ms idle.
+	d.answered = 50
+	if r := d.observe(t0.Add(100*time.Millisecond), false); r < 499 || r > 501 {
+		t.Errorf("rate %v, want 500/s", r)
+	}
+	if r := d.observe(t0.Add(time.Second), false); r < 499 || r > 501 {
+		t.Errorf("rate %v after idle time, want still 500/s", r)
+	}
+	if r := d.observe(t0.Add(10*time.Second), true); r != 0 {
+		t.Errorf("rate %v after the window passed, want 0", r)
+	}
 }

@@ -28,6 +28,8 @@ type metrics struct {
 	publishFails prometheus.Counter
 	outboxLen    prometheus.Gauge
 	resident     prometheus.Gauge
+	dropped      *prometheus.CounterVec // status: unjournaled replies dropped (queue full, not connected)
+	ignored      *prometheus.CounterVec // why: retained, overflow
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -76,10 +78,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_outbox_length", Help: "Replies waiting durably for the broker."}),
 		resident: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_resident_variants", Help: "Model variants loaded in the engine."}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_replies_dropped_total", Help: "Unjournaled replies (rejections, replies republished to duplicates) dropped because their queue was full or the broker was away, by status."}, []string{"status"}),
+		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_requests_ignored_total", Help: "Request messages acknowledged and not run: retained messages (replayed by the broker, never requests), and messages refused unparsed because the ingress queue was full (overflow)."}, []string{"why"}),
 	}
 	for _, c := range []prometheus.Collector{m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.estAccuracy, m.deadlineMet, m.swaps,
-		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.outboxLen, m.resident} {
+		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.outboxLen, m.resident, m.dropped, m.ignored} {
 		f(c)
 	}
 	return m

@@ -12,6 +12,7 @@ import (
 const (
 	msgExpired = "the deadline passed before the request could run"
 	msgError   = "internal error while running the request; it may be retried"
+	msgBroker  = "the answer was ready, but the broker could not take it before the deadline"
 )
 
 // buildReply turns a job's result into the reply published at now. A model answer
@@ -61,3 +62,25 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 
 // round4 keeps four decimals: more would be noise on the wire.
 func round4(x float64) float64 { return math.Round(x*1e4) / 1e4 }
+
+// restamp brings a reply that waited unsent in the outbox up to its actual
+// publication at now: total_ms, slack_ms and deadline_met describe now, and an
+// answer that would have been on time but can only go out after the deadline is
+// no answer any more: it becomes expired (broker_unavailable). A late answer stays
+// late.
+func restamp(rep *protocol.Reply, received, deadline, now time.Time) {
+	met := !now.After(deadline)
+	if !met && (rep.Status == protocol.StatusOK || rep.Status == protocol.StatusDegraded) {
+		*rep = protocol.Reply{V: rep.V, ID: rep.ID, App: rep.App, Device: rep.Device,
+			Status: protocol.StatusExpired, Reason: protocol.ReasonBrokerUnavailable, Error: msgBroker,
+			QueueMS: rep.QueueMS, InferMS: rep.InferMS}
+	}
+	switch {
+	case rep.Status.Answered():
+		rep.DeadlineMet = protocol.Ptr(met)
+	case rep.Status == protocol.StatusExpired:
+		rep.DeadlineMet = protocol.Ptr(false)
+	}
+	rep.TotalMS = protocol.Millis(now.Sub(received))
+	rep.SlackMS = protocol.Millis(deadline.Sub(now))
+}

@@ -60,3 +60,32 @@ func TestBuildReply(t *testing.T) {
 		}
 	}
 }
+
+// A reply that waited unsent in the outbox is stamped at its publication: on time
+// it keeps its answer; past the deadline an on-time answer becomes expired
+// (broker_unavailable), a late one stays late; nothing claims deadline_met.
+func TestRestamp(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	j := &job{App: "a", Device: "d", ID: "1", Received: t0, Deadline: t0.Add(10 * time.Millisecond)}
+	ok := func() *protocol.Reply {
+		return buildReply(j, result{Status: protocol.StatusOK, Probs: []float64{0.2, 0.8}, Variant: "m", Batch: 1},
+			[]string{"no", "yes"}, "", t0.Add(2*time.Millisecond))
+	}
+	r := ok()
+	restamp(r, j.Received, j.Deadline, t0.Add(4*time.Millisecond))
+	if r.Status != protocol.StatusOK || *r.Class != 1 || !*r.DeadlineMet || *r.TotalMS != 4 || *r.SlackMS != 6 {
+		t.Errorf("on time: %+v", r)
+	}
+	r = ok()
+	restamp(r, j.Received, j.Deadline, t0.Add(20*time.Second))
+	if r.Status != protocol.StatusExpired || r.Reason != protocol.ReasonBrokerUnavailable || r.Class != nil ||
+		r.Label != "" || *r.DeadlineMet || *r.TotalMS != 20000 || r.Error == "" {
+		t.Errorf("after the deadline: %+v", r)
+	}
+	late := buildReply(j, result{Status: protocol.StatusLate, Probs: []float64{0.2, 0.8}, Variant: "m", Batch: 1},
+		nil, "", t0.Add(12*time.Millisecond))
+	restamp(late, j.Received, j.Deadline, t0.Add(time.Second))
+	if late.Status != protocol.StatusLate || *late.DeadlineMet || *late.SlackMS != -990 {
+		t.Errorf("late: %+v", late)
+	}
+}
