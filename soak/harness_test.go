@@ -250,7 +250,7 @@ metrics:
 	t.Cleanup(func() {
 		g.signal(syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("gateway log: %s; last lines:\n%s", g.logPath, g.tail(30))
+			t.Logf("gateway log: %s; last lines:\n%s", g.logPath, g.tail(12))
 		}
 		g.mu.Lock()
 		g.logf.Close()
@@ -486,8 +486,18 @@ const (
 type device struct {
 	name string
 	c    mqtt.Client
-	seq  int
-	rng  *mrand.Rand
+
+	mu  sync.Mutex // guards seq and rng: a test may send from its own goroutine too
+	seq int
+	rng *mrand.Rand
+}
+
+// next returns the device's next request id and a random input index.
+func (d *device) next(run string, inputs int) (string, int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.seq++
+	return fmt.Sprintf("%s-%s-%07d", run, d.name, d.seq), d.rng.IntN(inputs)
 }
 
 // fleet is the devices of one test and every request and reply they saw.
@@ -630,11 +640,11 @@ func (f *fleet) send(d *device, deadline time.Duration) *reqRec {
 		f.skipped.Add(1)
 		return nil
 	}
-	d.seq++
+	id, in := d.next(f.run, len(f.inputs))
 	now := time.Now()
-	rec := &reqRec{ID: fmt.Sprintf("%s-%s-%07d", f.run, d.name, d.seq), SentAt: now, Deadline: deadline}
+	rec := &reqRec{ID: id, SentAt: now, Deadline: deadline}
 	p := protocol.Payload{ID: rec.ID, DeadlineMS: protocol.DeadlineMS(deadline), SentAt: now,
-		Input: f.inputs[d.rng.IntN(len(f.inputs))], B64: f.b64}
+		Input: f.inputs[in], B64: f.b64}
 	f.mu.Lock()
 	f.reqs[rec.ID] = rec
 	f.mu.Unlock()
@@ -696,9 +706,9 @@ func (f *fleet) load(rate float64, deadline time.Duration, stop <-chan struct{})
 // the request (zero reply after timeout).
 func (f *fleet) probe(d *device, deadline, timeout time.Duration) (replyRec, *reqRec, bool) {
 	ch := make(chan replyRec, 4)
-	d.seq++
+	id, _ := d.next(f.run, len(f.inputs))
 	now := time.Now()
-	rec := &reqRec{ID: fmt.Sprintf("%s-%s-%07d", f.run, d.name, d.seq), SentAt: now, Deadline: deadline}
+	rec := &reqRec{ID: id, SentAt: now, Deadline: deadline}
 	f.mu.Lock()
 	f.probes[rec.ID] = ch
 	f.reqs[rec.ID] = rec
