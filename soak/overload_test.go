@@ -142,6 +142,10 @@ func TestOverload5x(t *testing.T) {
 	time.Sleep(time.Until(stopAt.Add(5 * time.Second)))
 	pr, prec, answered := f.probe(probeDev, deadline, 10*time.Second)
 	probeOK := answered && pr.DeadlineMet != nil && *pr.DeadlineMet
+	probeLatency := -1.0 // ms from sent_at to the reply; -1 when none came
+	if answered {
+		probeLatency = pr.At.Sub(prec.SentAt).Seconds() * 1000
+	}
 	if answered {
 		t.Logf("PROBE: %s (reason %q) deadline_met=%v, %s after sent_at (deadline %s)", pr.Status, pr.Reason,
 			pr.DeadlineMet != nil && *pr.DeadlineMet, pr.At.Sub(prec.SentAt).Round(time.Microsecond), deadline)
@@ -200,18 +204,40 @@ func TestOverload5x(t *testing.T) {
 		overloadLast5, len(retry), medRetry, drain.Milliseconds())
 
 	writeSummary(t, map[string]any{
-		"test": t.Name(), "policy": policy, "factor": factor, "duration_s": dur.Seconds(), "deadline_ms": deadline.Milliseconds(),
-		"devices": ndev, "max_queue": maxQueue,
-		"capacity_per_s": capacity, "capacity_generator_limited": limited, "calibration_offered_per_s": calOffered,
-		"calibration_queue_at_end": sB.Queue, "calibration_tally": calTally,
-		"target_per_s": target, "offered_per_s": offered, "acknowledged_per_s": ackRate,
-		"idle_rss_bytes": idle.RSS, "max_rss_bytes": maxRSS, "rss_bound_bytes": rssBound,
-		"idle_goroutines": idle.Goroutines, "max_goroutines": maxG, "goroutine_bound": maxGoroutines,
-		"queue_at_stop": queueAtStop, "drain_ms": drain.Milliseconds(), "drained": drained,
-		"overload_rejections_last_5s": overloadLast5, "median_retry_after_ms": medRetry,
-		"probe_answered": answered, "probe_status": pr.Status, "probe_deadline_met": probeOK,
-		"probe_latency_ms": pr.At.Sub(prec.SentAt).Seconds() * 1000,
-		"tally":            tl, "wait_after_load_s": waited.Seconds(), "seconds": mon.seconds(), "drain_samples": drainSamples,
+		"test":                        t.Name(),
+		"policy":                      policy,
+		"factor":                      factor,
+		"duration_s":                  dur.Seconds(),
+		"deadline_ms":                 deadline.Milliseconds(),
+		"devices":                     ndev,
+		"max_queue":                   maxQueue,
+		"capacity_per_s":              capacity,
+		"capacity_generator_limited":  limited,
+		"calibration_offered_per_s":   calOffered,
+		"calibration_queue_at_end":    sB.Queue,
+		"calibration_tally":           calTally,
+		"target_per_s":                target,
+		"offered_per_s":               offered,
+		"acknowledged_per_s":          ackRate,
+		"idle_rss_bytes":              idle.RSS,
+		"max_rss_bytes":               maxRSS,
+		"rss_bound_bytes":             rssBound,
+		"idle_goroutines":             idle.Goroutines,
+		"max_goroutines":              maxG,
+		"goroutine_bound":             maxGoroutines,
+		"queue_at_stop":               queueAtStop,
+		"drain_ms":                    drain.Milliseconds(),
+		"drained":                     drained,
+		"overload_rejections_last_5s": overloadLast5,
+		"median_retry_after_ms":       medRetry,
+		"probe_answered":              answered,
+		"probe_status":                pr.Status,
+		"probe_deadline_met":          probeOK,
+		"probe_latency_ms":            probeLatency,
+		"tally":                       tl,
+		"wait_after_load_s":           waited.Seconds(),
+		"seconds":                     mon.seconds(),
+		"drain_samples":               drainSamples,
 	})
 
 	if maxRSS > rssBound {
