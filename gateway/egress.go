@@ -33,12 +33,13 @@ type answerMsg struct {
 }
 
 // rawMsg is an unjournaled reply (a rejection, or a stored reply published again
-// to a duplicate): best effort, never waited for.
+// to a duplicate): best effort.
 type rawMsg struct {
 	topic   string
 	app     string
 	status  protocol.Status
 	payload []byte
+	queued  time.Time
 }
 
 // EgressOptions size the egress queues and workers.
@@ -51,14 +52,20 @@ type egressOptions struct {
 	// RawQueue bounds rejections and republished replies; when it is full they are
 	// dropped and counted, so that refusing work never waits for the broker.
 	RawQueue int
-	// RawWorkers hand raw replies to the MQTT client.
+	// RawWorkers publish raw replies, each waiting for its PUBACK: at most this
+	// many are in flight, so that a flood of rejections cannot crowd the answers
+	// out of the connection and the broker.
 	RawWorkers int
+	// RawMaxAge drops a raw reply that waited longer than this for a worker: its
+	// retry_after_ms would be stale.
+	RawMaxAge time.Duration
 	// MaxLate bounds the publishes that timed out and are still awaited.
 	MaxLate int
 }
 
 func defaultEgressOptions() egressOptions {
-	return egressOptions{AnswerQueue: 4096, AnswerWorkers: 64, RawQueue: 8192, RawWorkers: 4, MaxLate: 4096}
+	return egressOptions{AnswerQueue: 4096, AnswerWorkers: 256, RawQueue: 1024, RawWorkers: 32,
+		RawMaxAge: time.Second, MaxLate: 4096}
 }
 
 // egress publishes replies. Answers to journaled requests are made durable in the
@@ -158,7 +165,7 @@ func (e *egress) SendRaw(topic, app string, status protocol.Status, payload []by
 	defer e.sendMu.RUnlock()
 	if !e.closed {
 		select {
-		case e.raw <- rawMsg{topic: topic, app: app, status: status, payload: payload}:
+		case e.raw <- rawMsg{topic: topic, app: app, status: status, payload: payload, queued: e.now()}:
 			return
 		default:
 		}
@@ -218,20 +225,17 @@ func (e *egress) publishAnswer(topic string, key store.Key, app string, status p
 	return false
 }
 
-// sendRaw hands a raw reply to the MQTT client without waiting for the PUBACK.
+// sendRaw publishes a raw reply and waits (bounded) for its PUBACK; one that
+// waited too long in the queue, or finds the broker away, is dropped and counted.
 func (e *egress) sendRaw(r rawMsg) {
-	if !e.client.IsConnectionOpen() {
+	if e.opts.RawMaxAge > 0 && e.now().Sub(r.queued) > e.opts.RawMaxAge {
 		e.m.dropped.WithLabelValues(string(r.status)).Inc()
 		return
 	}
-	t := e.client.Publish(r.topic, 1, false, r.payload)
-	select {
-	case <-t.Done():
-		if t.Error() != nil {
-			e.m.dropped.WithLabelValues(string(r.status)).Inc()
-			return
-		}
-	default: // in flight: the MQTT client owns it now
+	if _, err := e.publish(r.topic, r.payload); err != nil && !errors.Is(err, errPublishTimeout) {
+		// On a timeout the MQTT client still holds it and sends it after all.
+		e.m.dropped.WithLabelValues(string(r.status)).Inc()
+		return
 	}
 	e.m.replies.WithLabelValues(e.appLabel(r.app), string(r.status)).Inc()
 }

@@ -75,6 +75,9 @@ type Gateway struct {
 	in          chan mqtt.Message
 	stopIngress chan struct{}
 	ingressDone sync.WaitGroup
+	// claimed holds the request keys a worker is handling (Gateway.claim).
+	claimMu sync.Mutex
+	claimed map[store.Key]chan struct{}
 
 	started time.Time
 	// admitting is read-locked by every request handler and write-locked by
@@ -99,7 +102,8 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		return nil, errors.New("gateway: no config")
 	}
 	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry, apps: map[string]*appRuntime{},
-		in: make(chan mqtt.Message, cfg.Admission.IngressQueue), stopIngress: make(chan struct{})}
+		in: make(chan mqtt.Message, cfg.Admission.IngressQueue), stopIngress: make(chan struct{}),
+		claimed: map[store.Key]chan struct{}{}}
 	if g.now == nil {
 		g.now = time.Now
 	}

@@ -85,6 +85,9 @@ func (g *Gateway) handle(msg mqtt.Message) {
 	}
 	app := g.apps[req.App]
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
+	// A redelivered copy handled by another worker at the same time waits for
+	// it, and then finds it in the journal.
+	defer g.claim(key)()
 	reserved := g.loop.Reserve(g.cfg.Admission.MaxQueue)
 	if reserved {
 		if wait := g.estimatedWait(); g.cfg.Admission.MaxWait > 0 &&
@@ -166,6 +169,28 @@ func (g *Gateway) handle(msg mqtt.Message) {
 		// The queue's channel is full: the request is journaled, so answer it
 		// properly (and complete it).
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonOverload)})
+	}
+}
+
+// claim makes the caller the only worker handling key until it calls the returned
+// function; a second caller waits for the first.
+func (g *Gateway) claim(key store.Key) func() {
+	for {
+		g.claimMu.Lock()
+		busy, ok := g.claimed[key]
+		if !ok {
+			done := make(chan struct{})
+			g.claimed[key] = done
+			g.claimMu.Unlock()
+			return func() {
+				g.claimMu.Lock()
+				delete(g.claimed, key)
+				g.claimMu.Unlock()
+				close(done)
+			}
+		}
+		g.claimMu.Unlock()
+		<-busy
 	}
 }
 
