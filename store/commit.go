@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -22,10 +23,7 @@ func readCounts(meta *bolt.Bucket) (counts, error) {
 	if v == nil {
 		return counts{}, nil
 	}
-	r := reader{b: v}
-	c := counts{int(r.uvarint()), int(r.uvarint()), int(r.uvarint())}
-	r.end()
-	return c, r.errf("counts")
+	return readCountsValue(v)
 }
 
 func writeCounts(meta *bolt.Bucket, c counts) error {
@@ -97,13 +95,51 @@ func (s *Store) submit(o *op) error {
 // that arrive during the delay), up to MaxBatchSize, and commits them together.
 func (s *Store) commitLoop() {
 	defer close(s.stopped)
+	// A fault reading the memory-mapped file (an I/O error, a page beyond its
+	// end) panics instead of crashing the process; commit recovers it.
+	debug.SetPanicOnFault(true)
 	group := make([]*op, 0, s.opts.MaxBatchSize)
 	for first := range s.ops {
 		group = s.fill(append(group[:0], first))
-		s.commit(group)
+		if p := s.broken.Load(); p != nil {
+			s.fail(group, *p)
+		} else {
+			s.safeCommit(group)
+		}
 		s.queued.Add(-int64(len(group)))
 		clear(group)
 	}
+}
+
+// safeCommit commits a group, turning a panic in bbolt's Begin, Commit or
+// Rollback into a broken store: the group fails with an error wrapping
+// ErrDamaged, and so does everything after it (bbolt's locks and pages are in an
+// unknown state, so nothing else is attempted; restart and let OpenOrRecover
+// verify the file). Panics in a write's own apply are caught by safeApply and
+// fail only that write.
+func (s *Store) safeCommit(group []*op) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		err := fmt.Errorf("%w: bbolt panicked in a commit: %v", ErrDamaged, p)
+		s.broken.Store(&err)
+		s.log.Error().Err(err).Str("path", s.path).Msg("journal broken: every later write fails; restart the gateway")
+		for _, o := range group {
+			select {
+			case <-o.done:
+				continue // already answered
+			default:
+			}
+			o.err = err
+			close(o.done)
+		}
+		s.statsMu.Lock()
+		s.stats.CommitErrors++
+		s.statsMu.Unlock()
+	}()
+	s.commit(group)
 }
 
 func (s *Store) fill(group []*op) []*op {
@@ -203,6 +239,8 @@ func (s *Store) finishTx(tx *bolt.Tx, b buckets, delta counts, bytes int, group 
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	used := s.usedBytes(size)
+	s.used.Store(used)
 	s.statsMu.Lock()
 	defer s.statsMu.Unlock()
 	st := &s.stats
@@ -215,6 +253,7 @@ func (s *Store) finishTx(tx *bolt.Tx, b buckets, delta counts, bytes int, group 
 	st.MaxBatch = max(st.MaxBatch, len(group))
 	st.BytesWritten += uint64(bytes)
 	st.FileSize = size
+	st.UsedBytes = used
 	for _, o := range group {
 		if o.Kind != OpPut {
 			continue
@@ -239,11 +278,12 @@ func (s *Store) fail(group []*op, err error) {
 }
 
 // safeApply turns a panic in an apply function into that member's error, so one
-// bad write cannot stop the committer and strand every other writer.
+// bad write cannot stop the committer and strand every other writer. bbolt
+// panics on damaged pages, so the error wraps ErrDamaged.
 func safeApply(b buckets, o *op) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
+			err = fmt.Errorf("%w: panic in a journal write: %v", ErrDamaged, p)
 		}
 	}()
 	return o.apply(b, o)

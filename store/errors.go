@@ -12,6 +12,16 @@ var (
 	// ErrSchema is returned by Open when the file was written by a newer,
 	// incompatible version of the store.
 	ErrSchema = errors.New("unsupported journal schema")
+
+	// ErrDamaged is wrapped by the error about a journal file that cannot be
+	// trusted: bbolt refused it (not a database, both meta pages invalid), it
+	// panicked or faulted reading it, or the verification of OpenOrRecover or
+	// Inspect found its pages or records damaged. Open and the read methods return
+	// it instead of panicking; OpenOrRecover does not return it for damage it
+	// recovered from (it moves the file aside and reports a Recovery). After a
+	// panic inside a commit every later method returns it: restart, and let
+	// OpenOrRecover verify the file. ErrLocked and ErrSchema are not damage.
+	ErrDamaged = errors.New("journal file damaged")
 )
 
 // These errors can be returned by the journal operations.
@@ -28,9 +38,11 @@ var (
 	// MaxRecordSize bytes.
 	ErrTooLarge = errors.New("record too large")
 
-	// ErrFull is returned by Put for a new entry when the journal already holds
-	// Options.MaxBytes of live data; duplicates are still answered. The gateway
-	// refuses the request as overload.
+	// ErrFull is returned by Put for a new key when the journal holds more than
+	// Options.MaxBytes of live data (pages in use, not the file size: bbolt
+	// files never shrink). Duplicates are still answered, and Outbox, Complete and
+	// GC still work, so the journal drains as replies go out. Nothing was stored:
+	// refuse the request (for example with an overload reply) and acknowledge it.
 	ErrFull = errors.New("journal full")
 
 	// ErrNotPending is returned by Outbox when the key is neither pending nor in

@@ -24,7 +24,8 @@ const gcChunk = 1024
 // transaction, so two concurrent Puts of one key yield exactly one New.
 //
 // Put returns ErrInvalid for a nil entry or a bad key, ErrTooLarge for an entry
-// that encodes to more than MaxRecordSize bytes, ErrClosed after Close, and the
+// that encodes to more than MaxRecordSize bytes, ErrFull for a new key while the
+// journal holds more than Options.MaxBytes, ErrClosed after Close, and the
 // commit's error (wrapping Options.BeforeCommit's, if that failed it).
 func (s *Store) Put(e *Entry) (PutResult, error) {
 	if e == nil {
@@ -64,6 +65,9 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 				return nil
 			}
 			stale = true // completed longer ago than Retention: forgotten
+		}
+		if err := s.checkRoom(); err != nil { // Options.MaxBytes: refuse new keys only
+			return err
 		}
 		seq, err := b.pending.NextSequence()
 		if err != nil {

@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +59,19 @@ type Options struct {
 	// LockTimeout is how long Open waits for another process to release the file
 	// before it fails with ErrLocked.
 	LockTimeout time.Duration
+	// MaxBytes caps the journal's live data (pages in use, not the file size,
+	// which bbolt never shrinks): while more than MaxBytes are in use, Put of a
+	// new key fails with ErrFull; duplicates, Outbox, Complete and GC go on. The
+	// check uses the size after the previous commit, so a journal can exceed
+	// MaxBytes by one group commit's writes, and by the completions of its
+	// pending requests. Zero means no cap.
+	MaxBytes int64
+	// CompactMinBytes is the smallest file OpenOrRecover compacts: a healthy
+	// journal file of at least this size that is more than half free space is
+	// rewritten compactly before it is opened (bbolt files never shrink on their
+	// own). Zero means DefaultCompactMinBytes; a negative value turns compaction
+	// off.
+	CompactMinBytes int64
 	// NoSync skips fsync on commit. A commit then survives a process crash but
 	// not a power loss. For tests and benchmarks only.
 	NoSync bool
@@ -71,22 +86,26 @@ type Options struct {
 	BeforeCommit func(ops []Op) error
 }
 
+// DefaultCompactMinBytes is the default Options.CompactMinBytes.
+const DefaultCompactMinBytes = 64 << 20
+
 // DefaultOptions returns the defaults Open applies to zero fields.
 func DefaultOptions() Options {
 	return Options{
-		MaxBatchDelay: 0,
-		MaxBatchSize:  256,
-		Retention:     time.Hour,
-		LockTimeout:   time.Second,
-		Now:           time.Now,
+		MaxBatchDelay:   0,
+		MaxBatchSize:    256,
+		Retention:       time.Hour,
+		LockTimeout:     time.Second,
+		CompactMinBytes: DefaultCompactMinBytes,
+		Now:             time.Now,
 	}
 }
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	if o.MaxBatchDelay < 0 || o.MaxBatchSize < 0 || o.Retention < 0 || o.LockTimeout < 0 {
-		return o, fmt.Errorf("store: negative option: max batch delay %s, max batch size %d, retention %s, lock timeout %s",
-			o.MaxBatchDelay, o.MaxBatchSize, o.Retention, o.LockTimeout)
+	if o.MaxBatchDelay < 0 || o.MaxBatchSize < 0 || o.Retention < 0 || o.LockTimeout < 0 || o.MaxBytes < 0 {
+		return o, fmt.Errorf("store: negative option: max batch delay %s, max batch size %d, retention %s, lock timeout %s, max bytes %d",
+			o.MaxBatchDelay, o.MaxBatchSize, o.Retention, o.LockTimeout, o.MaxBytes)
 	}
 	if o.MaxBatchSize == 0 {
 		o.MaxBatchSize = d.MaxBatchSize
@@ -100,15 +119,27 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Now == nil {
 		o.Now = d.Now
 	}
+	if o.CompactMinBytes == 0 {
+		o.CompactMinBytes = d.CompactMinBytes
+	}
 	return o, nil
 }
 
 // Store is the pending-request journal. Its methods are safe for concurrent use.
 type Store struct {
 	db   *bolt.DB
+	file *os.File // the file bbolt reads and writes (see broken)
 	path string
 	opts Options
 	log  zerolog.Logger
+	// pageSize is bbolt's page size; used is the live data after the last
+	// commit, in bytes (see Options.MaxBytes).
+	pageSize int64
+	used     atomic.Int64
+	// broken holds the error of a panic in a commit: the database's state is then
+	// unknown, every later operation fails with it, and Close closes the file
+	// without bbolt (see commit).
+	broken atomic.Pointer[error]
 
 	// mu guards closed. Writers hold it shared while they queue, readers for
 	// their whole transaction; Close takes it exclusively.
@@ -149,8 +180,12 @@ type Stats struct {
 	Puts, Duplicates uint64
 	// BytesWritten counts key and value bytes put by committed transactions.
 	BytesWritten uint64
-	// FileSize is the database file size after the last commit.
+	// FileSize is the size of the database's pages after the last commit
+	// (bbolt's high-water mark; the file may be longer, preallocated).
 	FileSize int64
+	// UsedBytes is the live data after the last commit: FileSize less the free
+	// pages bbolt will reuse. Options.MaxBytes caps it.
+	UsedBytes int64
 	// Corrupt counts corrupt records skipped by Pending and OutboxEntries (a
 	// record is counted each time it is read).
 	Corrupt uint64
@@ -159,39 +194,99 @@ type Stats struct {
 // Open opens (creating if needed) the journal at path and starts its committer.
 // It fails with ErrLocked when another process holds the file for longer than
 // Options.LockTimeout, and with ErrSchema when a newer version wrote it.
+//
+// Open trusts the file: it does not verify it first, and bbolt panics on some
+// damage in goroutines of its own, which no caller can recover. It turns the
+// damage bbolt reports, and the panics it can catch, into errors wrapping
+// ErrDamaged. A service should use OpenOrRecover, which verifies the file
+// first and survives damage.
 func Open(path string, opts Options) (*Store, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, file, err := openDB(path, nil, opts)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return newStore(db, file, path, opts)
+}
+
+// openDB opens the bbolt file at path with the store's bbolt options, through f
+// when f is not nil (a file the caller opened and locked; bbolt then owns it,
+// and closes it on error). It returns the file bbolt uses. ErrTimeout becomes
+// ErrLocked; bbolt's refusals of a damaged file, and its panics and faults while
+// opening, become errors wrapping ErrDamaged.
+func openDB(path string, f *os.File, opts Options) (db *bolt.DB, file *os.File, err error) {
+	var opened *os.File
+	defer func() {
+		if p := recover(); p != nil {
+			if opened != nil {
+				opened.Close() // bbolt's memory map of it stays: it cannot be reached
+			}
+			db, file, err = nil, nil, fmt.Errorf("%w: bbolt panicked opening it: %v", ErrDamaged, p)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	db, err = bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:        opts.LockTimeout,
 		NoSync:         opts.NoSync,
 		FreelistType:   bolt.FreelistMapType,
 		NoFreelistSync: true,
+		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			if f != nil {
+				opened = f
+				return f, nil
+			}
+			g, err := os.OpenFile(name, flag, mode)
+			opened = g
+			return g, err
+		},
 	})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("store: open %s: %w (waited %s; is another gateway using this file?)", path, ErrLocked, opts.LockTimeout)
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, nil, fmt.Errorf("%w (waited %s; is another gateway using this file?)", ErrLocked, opts.LockTimeout)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return nil, nil, fmt.Errorf("%w: %w", ErrDamaged, err)
+	case err != nil:
+		return nil, nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", path, err)
-	}
+	return db, opened, nil
+}
+
+// newStore initialises the journal in db (buckets, schema, counts) and starts
+// the committer. file is the file bbolt uses. On error it closes db.
+func newStore(db *bolt.DB, file *os.File, path string, opts Options) (*Store, error) {
 	s := &Store{
-		db:      db,
-		path:    path,
-		opts:    opts,
-		log:     opts.Logger,
-		ops:     make(chan *op, opts.MaxBatchSize),
-		stopped: make(chan struct{}),
+		db:       db,
+		file:     file,
+		path:     path,
+		opts:     opts,
+		log:      opts.Logger,
+		pageSize: int64(db.Info().PageSize),
+		ops:      make(chan *op, opts.MaxBatchSize),
+		stopped:  make(chan struct{}),
 	}
-	if err := db.Update(s.init); err != nil {
+	if err := s.update(s.init); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	s.log.Info().Str("path", path).Int("pending", s.stats.Pending).Int("outbox", s.stats.Outbox).
-		Int("done", s.stats.Done).Msg("journal opened")
+		Int("done", s.stats.Done).Int64("used_bytes", s.stats.UsedBytes).Msg("journal opened")
 	go s.commitLoop()
 	return s, nil
+}
+
+// update runs fn in a write transaction outside the group commit (at open),
+// turning a bbolt panic into an error wrapping ErrDamaged.
+func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: bbolt panicked: %v", ErrDamaged, p)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return s.db.Update(fn)
 }
 
 // init creates the buckets, checks the schema and loads the counts.
@@ -216,6 +311,27 @@ func (s *Store) init(tx *bolt.Tx) error {
 	}
 	s.stats.Pending, s.stats.Outbox, s.stats.Done = c.pending, c.outbox, c.done
 	s.stats.FileSize = tx.Size()
+	s.stats.UsedBytes = s.usedBytes(tx.Size())
+	s.used.Store(s.stats.UsedBytes)
+	return nil
+}
+
+// usedBytes is the live data in a database whose pages take size bytes: size
+// less the free pages (and those freed but not yet reusable) after the last
+// transaction.
+func (s *Store) usedBytes(size int64) int64 {
+	st := s.db.Stats()
+	return max(0, size-int64(st.FreePageN+st.PendingPageN)*s.pageSize)
+}
+
+// checkRoom fails with ErrFull when the journal holds more than
+// Options.MaxBytes of live data. Put calls it before storing a new key.
+func (s *Store) checkRoom() error {
+	if limit := s.opts.MaxBytes; limit > 0 {
+		if used := s.used.Load(); used > limit {
+			return fmt.Errorf("%w: %d bytes in use, the cap (max bytes) is %d", ErrFull, used, limit)
+		}
+	}
 	return nil
 }
 
@@ -231,6 +347,16 @@ func (s *Store) Close() error {
 	close(s.ops)
 	s.mu.Unlock()
 	<-s.stopped
+	if p := s.broken.Load(); p != nil {
+		// bbolt's state after the panic is unknown (its locks may be held):
+		// release the file without it.
+		var err error
+		if s.file != nil {
+			err = s.file.Close()
+		}
+		s.log.Error().Err(*p).Str("path", s.path).Msg("journal closed after a panic in a commit")
+		return errors.Join(fmt.Errorf("store: close %s: %w", s.path, *p), err)
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)
 	}
@@ -250,13 +376,25 @@ func (s *Store) Stats() Stats {
 	return st
 }
 
-// view runs fn in a read transaction unless the store is closed.
-func (s *Store) view(fn func(*bolt.Tx) error) error {
+// view runs fn in a read transaction unless the store is closed or broken. A
+// panic or memory fault in it (bbolt reading a damaged page, or an I/O error
+// on the memory-mapped file) becomes an error wrapping ErrDamaged; bbolt's View
+// has already rolled the transaction back.
+func (s *Store) view(fn func(*bolt.Tx) error) (err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return ErrClosed
 	}
+	if p := s.broken.Load(); p != nil {
+		return *p
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: bbolt panicked reading it: %v", ErrDamaged, p)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	return s.db.View(fn)
 }
 

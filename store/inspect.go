@@ -1,0 +1,650 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// maxLostKeys bounds Report.LostKeys.
+const maxLostKeys = 20
+
+// Report is what a verification of a journal file found (Inspect, and
+// OpenOrRecover before it trusts a file), and what a salvage kept from it
+// (Salvage, and OpenOrRecover after damage). The counts of kept entries are the
+// same in both cases: what is readable and consistent is exactly what a salvage
+// copies.
+type Report struct {
+	// Path is the file inspected.
+	Path string
+	// FileSize is its size in bytes.
+	FileSize int64
+	// PageSize is bbolt's page size for the file (0 when no meta page is valid).
+	PageSize int
+	// TxID is the transaction of the meta page in use.
+	TxID uint64
+	// HighWaterBytes is the size of the pages below bbolt's high-water mark: the
+	// file's extent as bbolt sees it (the file itself may be longer, preallocated).
+	HighWaterBytes int64
+	// UsedBytes is the size of the pages reached from the meta page in use: live
+	// data. FileSize - UsedBytes is free space that bbolt reuses but never gives
+	// back to the file system; compaction does.
+	UsedBytes int64
+
+	// Buckets counts, for each of the journal's buckets (meta, keys, pending,
+	// outbox, expiry), the records read and those that fail to decode.
+	Buckets []BucketReport
+
+	// Pending, Outbox and Done count the readable, consistent entries: pending
+	// requests, replies in the outbox, and completed keys remembered for duplicate
+	// suppression. A salvage keeps exactly these.
+	Pending, Outbox, Done int
+	// Lost counts the pending requests and outbox replies known to have existed
+	// (from the key index or a record's page) that cannot be read. A salvage
+	// drops them and releases their keys, so a redelivery runs as new.
+	Lost int
+	// LostKeys names up to 20 of the lost entries, when the key index still
+	// names them.
+	LostKeys []Key
+	// UnreadablePages counts pages (with everything below them) that could not be
+	// read. When it is not zero, Lost is a lower bound: what those pages held is
+	// unknown.
+	UnreadablePages int
+
+	// Problems describes the damage found, at most 50 items; MoreProblems counts
+	// the rest. A file is healthy when there are none.
+	Problems     []string
+	MoreProblems int
+}
+
+// BucketReport counts one bucket's records.
+type BucketReport struct {
+	Name string
+	// Records is the number of key/value pairs read; Corrupt those among them
+	// that fail to decode or do not belong (a record under the wrong key, a
+	// nested bucket).
+	Records, Corrupt int
+	// Missing is set when the bucket itself is absent or unreadable.
+	Missing bool
+}
+
+// Damaged reports whether the verification found any problem.
+func (r *Report) Damaged() bool { return len(r.Problems) > 0 || r.MoreProblems > 0 }
+
+// FreeBytes is the part of the file not in use by live data.
+func (r *Report) FreeBytes() int64 { return max(0, r.FileSize-r.UsedBytes) }
+
+// Summary is a one-line description: counts kept and lost, and the first problem.
+func (r *Report) Summary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d pending, %d outbox, %d done readable; %d lost", r.Pending, r.Outbox, r.Done, r.Lost)
+	if r.UnreadablePages > 0 {
+		fmt.Fprintf(&b, " (at least: %d unreadable pages)", r.UnreadablePages)
+	}
+	if n := len(r.Problems) + r.MoreProblems; n > 0 {
+		fmt.Fprintf(&b, "; %d problems, first: %s", n, r.Problems[0])
+	}
+	return b.String()
+}
+
+func (r *Report) bucket(name []byte) *BucketReport {
+	for i := range r.Buckets {
+		if r.Buckets[i].Name == string(name) {
+			return &r.Buckets[i]
+		}
+	}
+	panic("store: no report for bucket " + string(name))
+}
+
+// Inspect verifies the journal file at path without changing it: bbolt's page
+// structure (read without bbolt, so damage cannot crash the caller), then every
+// record (format, checksum, key, consistency with the key index and the stored
+// counts), then, if all that passes, bbolt's own Tx.Check. It never panics.
+//
+// It takes a shared lock on the file, so it fails with ErrLocked while a gateway
+// has the journal open (the gateway verifies the journal itself at start-up;
+// stop it, or inspect a copy). It returns ErrSchema for a journal of a newer
+// format, and an error when the file cannot be opened or read. Damage is not an
+// error: it is in the Report (Damaged).
+func Inspect(path string) (*Report, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("store: inspect: %w", err)
+	}
+	defer f.Close()
+	if err := lockFile(f, false, 0); err != nil {
+		return nil, fmt.Errorf("store: inspect %s: %w", path, err)
+	}
+	rep, err := verifyFile(f, path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("store: inspect %s: %w", path, err)
+	}
+	if !rep.Damaged() {
+		p := problems{list: rep.Problems}
+		boltCheck(path, &p)
+		rep.Problems, rep.MoreProblems = p.list, p.more
+	}
+	return rep, nil
+}
+
+// Salvage copies every readable pending entry, outbox reply and completed key
+// of the journal at src into a new journal at dst, rebuilding its key index,
+// expiry records and counts, and returns what it kept and lost (see Report). It
+// reads src without bbolt, so it works on files bbolt refuses or panics on; on
+// a healthy file it amounts to a compaction. It never panics.
+//
+// dst must not exist. Salvage takes a shared lock on src (ErrLocked while a
+// gateway uses it) and returns ErrSchema for a journal of a newer format. On
+// error it removes dst.
+func Salvage(src, dst string) (*Report, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return nil, fmt.Errorf("store: salvage: %w", err)
+	}
+	defer f.Close()
+	if err := lockFile(f, false, 0); err != nil {
+		return nil, fmt.Errorf("store: salvage %s: %w", src, err)
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return nil, fmt.Errorf("store: salvage: %s already exists", dst)
+	}
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: salvage: %w", err)
+	}
+	db, _, err := openDB(dst, out, Options{})
+	if err != nil {
+		os.Remove(dst)
+		return nil, fmt.Errorf("store: salvage: %w", err)
+	}
+	rep, err := salvageInto(db, f, src)
+	err = errors.Join(err, db.Close())
+	if err != nil {
+		os.Remove(dst)
+		return nil, fmt.Errorf("store: salvage %s: %w", src, err)
+	}
+	return rep, nil
+}
+
+// salvageInto copies what is readable in src (a file the caller has locked)
+// into db, a new, empty database.
+func salvageInto(db *bolt.DB, src *os.File, path string) (*Report, error) {
+	w, err := newSalvageWriter(db)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := verifyFile(src, path, w)
+	if err == nil {
+		err = w.finish(counts{rep.Pending, rep.Outbox, rep.Done})
+	}
+	if err != nil {
+		w.abort()
+		return nil, err
+	}
+	return rep, nil
+}
+
+// verifyFile verifies the journal in f, read through bounds-checked reads only,
+// and copies what is readable into w when w is not nil. Damage goes into the
+// report; the error is for ErrSchema, an unreadable file (stat), or a failed
+// write to w. A panic (a bug: the reads are bounds-checked) is reported as a
+// problem.
+func verifyFile(f *os.File, path string, w *salvageWriter) (rep *Report, err error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	rep = &Report{Path: path, FileSize: st.Size()}
+	for _, name := range journalBuckets {
+		rep.Buckets = append(rep.Buckets, BucketReport{Name: string(name)})
+	}
+	var probs problems
+	defer func() {
+		if p := recover(); p != nil {
+			probs.add("internal error verifying the file: %v\n%s", p, debug.Stack())
+			err = nil
+			if w != nil {
+				err = fmt.Errorf("%w: %v", ErrDamaged, p)
+			}
+		}
+		rep.Problems, rep.MoreProblems = probs.list, probs.more
+	}()
+	bf, err := openBoltFile(f, rep.FileSize, &probs)
+	if err != nil {
+		probs.add("%v", err)
+		for i := range rep.Buckets {
+			rep.Buckets[i].Missing = true
+		}
+		return rep, nil
+	}
+	rep.PageSize, rep.TxID, rep.HighWaterBytes = bf.pageSize, bf.meta.txid, bf.highWater()
+	a := &analysis{
+		bf: bf, rep: rep, probs: &probs, w: w,
+		pendIdx: map[uint64]string{}, outIdx: map[uint64]string{},
+		byKey: map[string]uint64{}, done: map[uint64]struct{}{},
+		lost: map[uint64]struct{}{}, reindexed: map[string]struct{}{},
+	}
+	if err := a.run(); err != nil {
+		return nil, err
+	}
+	bf.checkFreelist()
+	rep.UsedBytes = bf.used * int64(bf.pageSize)
+	rep.UnreadablePages = bf.unreadable
+	return rep, nil
+}
+
+// journalBuckets are the store's buckets, in the order the analysis reads them.
+var journalBuckets = [][]byte{bucketMeta, bucketKeys, bucketPending, bucketOutbox, bucketExpiry}
+
+// analysis checks the journal's records in a boltFile, and copies the good ones.
+type analysis struct {
+	bf    *boltFile
+	rep   *Report
+	probs *problems
+	w     *salvageWriter
+
+	// From the key index: the key (encoded) of each pending and outbox seq, each
+	// pending or outbox key's seq, and the hashes of the completed keys. An index
+	// entry leaves pendIdx or outIdx when its record is found.
+	pendIdx, outIdx map[uint64]string
+	byKey           map[string]uint64
+	done            map[uint64]struct{}
+	index           counts
+	// lost holds the seqs of the entries that cannot be kept; reindexed the keys
+	// of records kept without an index entry.
+	lost      map[uint64]struct{}
+	reindexed map[string]struct{}
+	maxSeq    uint64
+	// From the meta bucket.
+	schema []byte
+	stored *counts
+}
+
+func keyHash(kb []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(kb)
+	return h.Sum64()
+}
+
+func (a *analysis) corrupt(bucket []byte, format string, args ...any) {
+	a.rep.bucket(bucket).Corrupt++
+	a.probs.add("%s: %s", bucket, fmt.Sprintf(format, args...))
+}
+
+func (a *analysis) run() error {
+	roots := a.bf.rootBuckets()
+	if len(roots) == 0 && a.bf.unreadable == 0 {
+		return nil // a bbolt file the store never initialised: healthy, and empty
+	}
+	var seqs [5]uint64
+	for i, name := range journalBuckets {
+		hdr, ok := roots[string(name)]
+		if !ok {
+			a.rep.Buckets[i].Missing = true
+			a.probs.add("bucket %s is missing", name)
+			continue
+		}
+		visit := [...]func(elem){a.meta, a.key, a.pending, a.outbox, a.expiry}[i]
+		var err error
+		seqs[i], _ = a.bf.walkBucket(string(name), hdr, func(e elem) {
+			if err == nil {
+				a.rep.Buckets[i].Records++
+				visit(e)
+				err = a.writeErr()
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			if err := a.schemaErr(); err != nil {
+				return err
+			}
+		}
+	}
+	for seq, kb := range a.pendIdx {
+		a.lose(seq, kb, "pending")
+	}
+	for seq, kb := range a.outIdx {
+		a.lose(seq, kb, "in the outbox")
+	}
+	a.rep.Lost = len(a.lost)
+	if a.stored != nil && *a.stored != a.index {
+		a.probs.add("meta: stored counts (pending %d, outbox %d, done %d) differ from the key index (%d, %d, %d)",
+			a.stored.pending, a.stored.outbox, a.stored.done, a.index.pending, a.index.outbox, a.index.done)
+	}
+	if a.w != nil {
+		a.w.pendSeq = max(seqs[2], a.maxSeq)
+		a.w.expSeq = max(a.w.expSeq, seqs[4])
+	}
+	return nil
+}
+
+// lose records that the entry at seq, named by the index as kb, cannot be kept.
+func (a *analysis) lose(seq uint64, kb, where string) {
+	k, err := decodeKey([]byte(kb))
+	if err == nil && len(a.rep.LostKeys) < maxLostKeys {
+		a.rep.LostKeys = append(a.rep.LostKeys, k)
+	}
+	a.probs.add("keys: %s is %s at seq %d, but its record is missing or unreadable: the request is lost and its key released", k, where, seq)
+	a.lost[seq] = struct{}{}
+}
+
+func (a *analysis) writeErr() error {
+	if a.w == nil {
+		return nil
+	}
+	return a.w.err
+}
+
+// meta reads the meta bucket: the schema version and the stored counts.
+func (a *analysis) meta(e elem) {
+	switch {
+	case bytes.Equal(e.key, keySchema):
+		a.schema = bytes.Clone(e.value)
+	case bytes.Equal(e.key, keyCounts):
+		c, err := readCountsValue(e.value)
+		if err != nil {
+			a.corrupt(bucketMeta, "%v", err)
+			return
+		}
+		a.stored = &c
+	}
+}
+
+func (a *analysis) schemaErr() error {
+	switch v := a.schema; {
+	case v == nil:
+		a.probs.add("meta: no schema version")
+	case len(v) != 1 || v[0] != schemaVersion:
+		return fmt.Errorf("%w: file has schema %v, this build reads %d", ErrSchema, v, schemaVersion)
+	}
+	return nil
+}
+
+// key reads one key index entry.
+func (a *analysis) key(e elem) {
+	k, err := decodeKey(e.key)
+	if err != nil {
+		a.corrupt(bucketKeys, "key %x: %v", e.key, err)
+		return
+	}
+	st, err := decodeState(e.value)
+	if err != nil {
+		a.corrupt(bucketKeys, "key %s: %v (its record, if readable, is kept and re-indexed)", k, err)
+		return
+	}
+	kb := string(e.key)
+	switch st.state {
+	case statePending, stateOutbox:
+		idx, other := a.pendIdx, a.outIdx
+		if st.state == stateOutbox {
+			idx, other = a.outIdx, a.pendIdx
+			a.index.outbox++
+		} else {
+			a.index.pending++
+		}
+		if claimed := idx[st.seq] + other[st.seq]; claimed != "" {
+			a.corrupt(bucketKeys, "key %s: seq %d is also claimed by key %x", k, st.seq, claimed)
+			return
+		}
+		idx[st.seq] = kb
+		a.byKey[kb] = st.seq
+		a.maxSeq = max(a.maxSeq, st.seq)
+	case stateDone:
+		a.index.done++
+		a.done[keyHash(e.key)] = struct{}{}
+		a.rep.Done++
+		if a.w != nil {
+			a.w.putDone(e.key, e.value, st)
+		}
+	}
+}
+
+// known reports whether the index holds kb otherwise than at seq.
+func (a *analysis) known(kb string, seq uint64) bool {
+	if s, ok := a.byKey[kb]; ok && s != seq {
+		return true
+	}
+	_, done := a.done[keyHash([]byte(kb))]
+	return done
+}
+
+// keep decides whether the readable record at seq, for key kb, is kept. idx is
+// the index it should be in (pendIdx or outIdx). The record's key is covered by
+// its checksum and the index's is not, so when they differ the record wins.
+func (a *analysis) keep(bucket []byte, idx map[uint64]string, seq uint64, kb string, k Key) bool {
+	a.maxSeq = max(a.maxSeq, seq)
+	if ix, ok := idx[seq]; ok {
+		delete(idx, seq)
+		if ix == kb {
+			return true
+		}
+		delete(a.byKey, ix)
+		a.probs.add("%s: record %d is for %s, but the index gives seq %d to key %x", bucket, seq, k, seq, ix)
+	}
+	if a.known(kb, seq) {
+		a.corrupt(bucket, "record %d is for %s, which the index holds elsewhere: dropped", seq, k)
+		return false
+	}
+	if _, again := a.reindexed[kb]; again {
+		a.corrupt(bucket, "record %d is a second unindexed record for %s: dropped", seq, k)
+		return false
+	}
+	a.reindexed[kb] = struct{}{}
+	a.probs.add("%s: record %d for %s is re-indexed", bucket, seq, k)
+	return true
+}
+
+// pending reads one pending record.
+func (a *analysis) pending(e elem) {
+	if len(e.key) != 8 {
+		a.corrupt(bucketPending, "key %x is not a seq", e.key)
+		return
+	}
+	seq := binary.BigEndian.Uint64(e.key)
+	ent, err := decodeEntry(e.value, seq)
+	if err != nil {
+		a.corrupt(bucketPending, "record %d: %v", seq, err)
+		a.lost[seq] = struct{}{}
+		a.maxSeq = max(a.maxSeq, seq)
+		return
+	}
+	kb := encodeKey(ent.Key)
+	if !a.keep(bucketPending, a.pendIdx, seq, string(kb), ent.Key) {
+		a.lost[seq] = struct{}{}
+		return
+	}
+	a.rep.Pending++
+	if a.w != nil {
+		a.w.put(bucketPending, e.key, e.value)
+		a.w.put(bucketKeys, kb, encodeState(keyState{state: statePending, seq: seq}))
+	}
+}
+
+// outbox reads one outbox record.
+func (a *analysis) outbox(e elem) {
+	if len(e.key) != 16 {
+		a.corrupt(bucketOutbox, "key %x is not a flush time and seq", e.key)
+		return
+	}
+	seq := binary.BigEndian.Uint64(e.key[8:])
+	o, err := decodeOutbox(e.value, seq)
+	if err == nil && !bytes.Equal(outboxKey(o.FlushBy, seq), e.key) {
+		err = fmt.Errorf("%w: flush time %s does not match its key", ErrCorrupt, o.FlushBy)
+	}
+	if err != nil {
+		a.corrupt(bucketOutbox, "record %d: %v", seq, err)
+		a.lost[seq] = struct{}{}
+		a.maxSeq = max(a.maxSeq, seq)
+		return
+	}
+	kb := encodeKey(o.Key)
+	if !a.keep(bucketOutbox, a.outIdx, seq, string(kb), o.Key) {
+		a.lost[seq] = struct{}{}
+		return
+	}
+	a.rep.Outbox++
+	if a.w != nil {
+		a.w.put(bucketOutbox, e.key, e.value)
+		a.w.put(bucketKeys, kb, encodeState(keyState{state: stateOutbox, seq: seq, flushBy: o.FlushBy}))
+	}
+}
+
+// expiry reads one expiry record. A salvage rebuilds them from the completed
+// keys, so they are only checked.
+func (a *analysis) expiry(e elem) {
+	if len(e.key) != 16 {
+		a.corrupt(bucketExpiry, "key %x is not a completion time and number", e.key)
+		return
+	}
+	if _, err := decodeKey(e.value); err != nil {
+		a.corrupt(bucketExpiry, "record %x: %v", e.key, err)
+	}
+}
+
+// readCountsValue decodes the meta bucket's counts record.
+func readCountsValue(v []byte) (counts, error) {
+	r := reader{b: v}
+	c := counts{int(r.uvarint()), int(r.uvarint()), int(r.uvarint())}
+	r.end()
+	return c, r.errf("counts")
+}
+
+// salvageTxBytes is how many bytes a salvage writes per bbolt transaction, so
+// that salvaging a large journal does not hold it all in memory.
+const salvageTxBytes = 32 << 20
+
+// salvageWriter writes salvaged records into a new database in transactions of
+// about salvageTxBytes. The first error sticks; later writes are skipped.
+type salvageWriter struct {
+	db              *bolt.DB
+	tx              *bolt.Tx
+	size            int
+	err             error
+	pendSeq, expSeq uint64
+}
+
+func newSalvageWriter(db *bolt.DB) (*salvageWriter, error) {
+	w := &salvageWriter{db: db}
+	if err := w.begin(); err != nil {
+		return nil, err
+	}
+	for _, name := range journalBuckets {
+		if _, err := w.tx.CreateBucketIfNotExists(name); err != nil {
+			w.abort()
+			return nil, err
+		}
+	}
+	w.put(bucketMeta, keySchema, []byte{schemaVersion})
+	return w, w.err
+}
+
+func (w *salvageWriter) begin() error {
+	tx, err := w.db.Begin(true)
+	if err != nil {
+		return fmt.Errorf("salvage: begin: %w", err)
+	}
+	w.tx, w.size = tx, 0
+	return nil
+}
+
+// put stores copies of k and v (bbolt keeps them until the commit; the
+// salvage's slices alias reused read buffers).
+func (w *salvageWriter) put(bucket, k, v []byte) {
+	if w.err != nil {
+		return
+	}
+	if err := w.tx.Bucket(bucket).Put(bytes.Clone(k), bytes.Clone(v)); err != nil {
+		w.err = fmt.Errorf("salvage: %s: %w", bucket, err)
+		return
+	}
+	if w.size += len(k) + len(v); w.size >= salvageTxBytes {
+		if err := w.tx.Commit(); err != nil {
+			w.tx, w.err = nil, fmt.Errorf("salvage: commit: %w", err)
+			return
+		}
+		w.err = w.begin()
+	}
+}
+
+// putDone stores a completed key and its expiry record.
+func (w *salvageWriter) putDone(kb, rec []byte, st keyState) {
+	w.put(bucketKeys, kb, rec)
+	w.put(bucketExpiry, expiryKey(st.doneAt, st.n), kb)
+	w.expSeq = max(w.expSeq, st.n)
+}
+
+// finish writes the counts and bucket sequences and commits.
+func (w *salvageWriter) finish(c counts) error {
+	if w.err != nil {
+		return w.err
+	}
+	if err := errors.Join(
+		w.tx.Bucket(bucketPending).SetSequence(w.pendSeq),
+		w.tx.Bucket(bucketExpiry).SetSequence(w.expSeq),
+		writeCounts(w.tx.Bucket(bucketMeta), c),
+	); err != nil {
+		return fmt.Errorf("salvage: %w", err)
+	}
+	tx := w.tx
+	w.tx = nil
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("salvage: commit: %w", err)
+	}
+	return nil
+}
+
+func (w *salvageWriter) abort() {
+	if w.tx != nil {
+		w.tx.Rollback()
+		w.tx = nil
+	}
+}
+
+// boltCheck runs bbolt's own Tx.Check on the file at path, read-only, adding
+// what it finds to probs. Call it only on a file the bounds-checked
+// verification passed: bbolt reads pages without checks (some of them in a
+// goroutine of its own). Panics and faults are caught anyway.
+func boltCheck(path string, probs *problems) {
+	var file *os.File
+	defer func() {
+		if p := recover(); p != nil {
+			probs.add("bbolt: panic checking the file: %v", p)
+			if file != nil {
+				file.Close()
+			}
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	db, err := bolt.Open(path, 0o400, &bolt.Options{
+		ReadOnly: true, Timeout: time.Second, FreelistType: bolt.FreelistMapType,
+		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, mode)
+			file = f
+			return f, err
+		},
+	})
+	if err != nil {
+		probs.add("bbolt: open: %v", err)
+		return
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			probs.add("bbolt: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		probs.add("bbolt: %v", err)
+	}
+}
