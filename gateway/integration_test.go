@@ -651,3 +651,81 @@ func TestDuplicateWhileQueueFull(t *testing.T) {
 		t.Errorf("duplicates{pending} = %v, want 1", got)
 	}
 }
+
+// TestRepeatsAfterCrashNeverContradict: what a gateway that died between
+// publishing and completing leaves in its outbox is published again byte for
+// byte, even past its deadline, and a re-sent request gets the same bytes; a reply
+// that never reached the broker is stamped at its publication instead, and one
+// that can only go out after its deadline says expired (broker_unavailable).
+func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	_, samples := fashionSamples(t)
+	j, err := store.Open(cfg.Store.Path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	topic := protocol.ReplyTopic("sneakgate", "fashion", "cam-crash")
+	first := map[string][]byte{}
+	for _, c := range []struct {
+		id       string
+		deadline time.Time
+		sent     bool
+	}{
+		{"delivered", now.Add(-time.Minute), true},
+		{"unsent-stale", now.Add(-time.Minute), false},
+		{"unsent-fresh", now.Add(time.Minute), false},
+	} {
+		k := store.Key{App: "fashion", Device: "cam-crash", ID: c.id}
+		if _, err := j.Put(&store.Entry{Key: k, Received: now.Add(-2 * time.Minute), Deadline: c.deadline,
+			ReplyTo: topic, Input: samples.Row(1)}); err != nil {
+			t.Fatal(err)
+		}
+		rep, _ := json.Marshal(&protocol.Reply{V: 1, ID: c.id, App: "fashion", Device: "cam-crash", Status: protocol.StatusOK,
+			Class: protocol.Ptr(3), Label: "dress", Model: "cnn", DeadlineMet: protocol.Ptr(true), SlackMS: protocol.Ptr(5.0)})
+		first[c.id] = rep
+		write := j.OutboxUnsent
+		if c.sent {
+			write = j.Outbox
+		}
+		if err := write(k, rep, c.deadline); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	dev := newDevice(t, b.URL(), "cam-crash")
+	startGateway(t, cfg, Options{})
+	got := dev.await([]string{"delivered", "unsent-stale", "unsent-fresh"}, 30*time.Second)
+	dev.mu.Lock()
+	if raw := dev.raw["delivered"][0]; raw != string(first["delivered"]) {
+		t.Errorf("a possibly delivered reply was changed:\n%s\n%s", raw, first["delivered"])
+	}
+	dev.mu.Unlock()
+	if r := got["unsent-stale"]; r.Status != protocol.StatusExpired || r.Reason != protocol.ReasonBrokerUnavailable ||
+		r.DeadlineMet == nil || *r.DeadlineMet || r.Class != nil {
+		t.Errorf("unsent past its deadline: %+v", r)
+	}
+	if r := got["unsent-fresh"]; r.Status != protocol.StatusOK || r.DeadlineMet == nil || !*r.DeadlineMet || *r.SlackMS < 1000 {
+		t.Errorf("unsent within its deadline: %+v", r)
+	}
+	// Re-sent requests get exactly what was published first.
+	for _, id := range []string{"delivered", "unsent-stale"} {
+		dev.request("fashion", "cam-crash", id, samples.Row(1), 60000)
+	}
+	deadline := time.After(30 * time.Second)
+	for dev.count("delivered") < 2 || dev.count("unsent-stale") < 2 {
+		select {
+		case <-dev.arrived:
+		case <-deadline:
+			t.Fatal("no reply to the re-sent requests")
+		}
+	}
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	for _, id := range []string{"delivered", "unsent-stale"} {
+		if r := dev.raw[id]; r[0] != r[1] {
+			t.Errorf("%s: the repeat differs from the first reply:\n%s\n%s", id, r[0], r[1])
+		}
+	}
+}
