@@ -80,6 +80,10 @@ type Gateway struct {
 	claimed map[store.Key]chan struct{}
 
 	started time.Time
+	// subscribed is true while the gateway is connected and subscribed to requests.
+	subscribed atomic.Bool
+	// lastOverload is when a request was last refused for overload (Unix ns).
+	lastOverload atomic.Int64
 	// admitting is read-locked by every request handler and write-locked by
 	// shutdown (see onMessage); draining is set just before.
 	admitting sync.RWMutex
@@ -376,6 +380,7 @@ func (g *Gateway) connect() error {
 				// The broker refused the subscription (an ACL): no request will arrive.
 				log.Error().Str("broker", c.Broker).Str("filter", filter).Msg("the broker refused the subscription (SUBACK 0x80): check its ACL for this user")
 			default:
+				g.subscribed.Store(true)
 				log.Info().Str("broker", c.Broker).Str("filter", filter).Msg("connected and subscribed")
 			}
 			g.publishStatus(protocol.StateOnline, "")
@@ -383,6 +388,7 @@ func (g *Gateway) connect() error {
 		}()
 	})
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		g.subscribed.Store(false)
 		log.Warn().Err(err).Msg("connection to the broker lost; replies go to the outbox until it is back")
 	})
 	g.client = mqtt.NewClient(opts)
@@ -469,6 +475,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 		} else {
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{Registry: g.reg}))
+			mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+			mux.HandleFunc("/readyz", g.readyz)
 			srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 			go srv.Serve(ln)
 			g.log.Info().Str("listen", l).Msg("metrics at /metrics")
@@ -503,6 +511,30 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.publishStatus(protocol.StateOffline, "shutdown")
 	}
 	return g.closeAll()
+}
+
+// readiness says whether the gateway is serving: connected and subscribed to
+// requests, not stopping, and not refusing work for overload. It returns "" when
+// ready, else the reason.
+func (g *Gateway) readiness() string {
+	switch q := g.loop.Queued(); {
+	case g.draining.Load():
+		return "shutting down"
+	case !g.subscribed.Load():
+		return "not connected and subscribed to the broker"
+	case g.now().UnixNano()-g.lastOverload.Load() < int64(time.Second):
+		return fmt.Sprintf("overloaded: refusing requests (%d queued, about %s to drain)", q, g.estimatedWait().Round(time.Millisecond))
+	}
+	return ""
+}
+
+// readyz answers 200 "ready" or 503 with the reason (readiness).
+func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
+	if why := g.readiness(); why != "" {
+		http.Error(w, why, http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
 }
 
 // gcLoop drops remembered answered keys past their retention.

@@ -43,6 +43,7 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 // the reply goes to the device's own reply topic, with the id if it can be peeked.
 func (g *Gateway) overflow(msg mqtt.Message) {
 	msg.Ack()
+	g.lastOverload.Store(g.now().UnixNano())
 	g.m.ignored.WithLabelValues("overflow").Inc()
 	g.m.rejected.WithLabelValues(string(protocol.ReasonOverload)).Inc()
 	app, device, err := protocol.ParseRequestTopic(g.env.Prefix, msg.Topic())
@@ -233,6 +234,9 @@ func (g *Gateway) reject(rej *protocol.Rejection) {
 // refuse answers a valid request the gateway will not admit now (not journaled).
 func (g *Gateway) refuse(req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
 	g.m.rejected.WithLabelValues(string(reason)).Inc()
+	if reason == protocol.ReasonOverload {
+		g.lastOverload.Store(g.now().UnixNano())
+	}
 	g.log.Debug().Str("reason", string(reason)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
 	g.egress.Reject(req.ReplyTo, req.Reject(reason, msg, retry))
 }

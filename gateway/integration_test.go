@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -727,5 +729,52 @@ func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
 		if r := dev.raw[id]; r[0] != r[1] {
 			t.Errorf("%s: the repeat differs from the first reply:\n%s\n%s", id, r[0], r[1])
 		}
+	}
+}
+
+// TestReadiness: /readyz says ready only while the gateway is subscribed and not
+// refusing work; an overload refusal makes it 503 with the reason for a second.
+func TestReadiness(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.Admission.MaxQueue = 1
+	cfg.Scheduler.Policy = "fixed-batch" // holds a lone request for max_queue_delay
+	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
+	var skew atomic.Int64 // the test moves the gateway's clock forward
+	gw := startGateway(t, cfg, Options{Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+	probe := func() (int, string) {
+		w := httptest.NewRecorder()
+		gw.g.readyz(w, httptest.NewRequest("GET", "/readyz", nil))
+		return w.Code, w.Body.String()
+	}
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-ready")
+	dev.request("fashion", "cam-ready", "a", samples.Row(1), 60000)
+	dev.request("fashion", "cam-ready", "b", samples.Row(2), 60000)
+	got := dev.await([]string{"a", "b"}, 30*time.Second)
+	refused := 0
+	for id, r := range got {
+		if r.Reason == protocol.ReasonOverload {
+			refused++
+			if r.RetryAfterMS == nil || *r.RetryAfterMS < 100 {
+				t.Errorf("%s: refused without a retry hint: %+v", id, r)
+			}
+		} else if r.Status != protocol.StatusOK {
+			t.Errorf("%s: %+v", id, r)
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("%d of 2 requests refused with max_queue 1, want 1: %+v", refused, got)
+	}
+	if code, body := probe(); code != http.StatusServiceUnavailable || !strings.Contains(body, "overloaded") {
+		t.Errorf("readyz after a refusal: %d %q", code, body)
+	}
+	skew.Store(int64(2 * time.Second))
+	if code, body := probe(); code != http.StatusOK {
+		t.Errorf("readyz a while after the last refusal: %d %q", code, body)
+	}
+	gw.stop(t)
+	if code, _ := probe(); code != http.StatusServiceUnavailable {
+		t.Errorf("readyz after shutdown: %d", code)
 	}
 }
