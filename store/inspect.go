@@ -215,6 +215,10 @@ func verifyFile(f *os.File, path string, w *salvageWriter) (rep *Report, err err
 				err = fmt.Errorf("%w: %v", ErrDamaged, p)
 			}
 		}
+		if err != nil {
+			rep = nil
+			return
+		}
 		rep.Problems, rep.MoreProblems = probs.list, probs.more
 	}()
 	bf, err := openBoltFile(f, rep.FileSize, &probs)
@@ -620,7 +624,7 @@ func boltCheck(path string, probs *problems) {
 		if p := recover(); p != nil {
 			probs.add("bbolt: panic checking the file: %v", p)
 			if file != nil {
-				file.Close()
+				closeFile(file)
 			}
 		}
 	}()

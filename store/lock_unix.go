@@ -39,3 +39,11 @@ func lockFile(f *os.File, exclusive bool, timeout time.Duration) error {
 		time.Sleep(lockRetry)
 	}
 }
+
+// closeFile releases the lock on f and closes it. Closing alone is not enough
+// when bbolt's memory map of f outlives it (after a panic): the map keeps the
+// open file description, and with it the lock, alive.
+func closeFile(f *os.File) error {
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return f.Close()
+}

@@ -222,7 +222,7 @@ func openDB(path string, f *os.File, opts Options) (db *bolt.DB, file *os.File, 
 	defer func() {
 		if p := recover(); p != nil {
 			if opened != nil {
-				opened.Close() // bbolt's memory map of it stays: it cannot be reached
+				closeFile(opened) // bbolt's memory map of it stays: it cannot be reached
 			}
 			db, file, err = nil, nil, fmt.Errorf("%w: bbolt panicked opening it: %v", ErrDamaged, p)
 		}
@@ -352,7 +352,7 @@ func (s *Store) Close() error {
 		// release the file without it.
 		var err error
 		if s.file != nil {
-			err = s.file.Close()
+			err = closeFile(s.file)
 		}
 		s.log.Error().Err(*p).Str("path", s.path).Msg("journal closed after a panic in a commit")
 		return errors.Join(fmt.Errorf("store: close %s: %w", s.path, *p), err)

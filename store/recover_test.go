@@ -1,0 +1,617 @@
+package store_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sneakgate/sneakgate/store"
+	"github.com/sneakgate/sneakgate/store/storetest"
+)
+
+// journal is what makeJournal wrote: the state of every key it used.
+type journal struct {
+	pending map[store.Key]*store.Entry
+	outbox  map[store.Key][]byte // reply
+	done    map[store.Key][]byte // reply
+}
+
+// makeJournal writes n requests through the store API into a new journal at
+// path: every third is completed, every fifth of the rest goes to the outbox,
+// and the others stay pending. It closes the store.
+func makeJournal(t *testing.T, path string, n int) journal {
+	t.Helper()
+	s, err := store.Open(path, storetest.Options(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := journal{pending: map[store.Key]*store.Entry{}, outbox: map[store.Key][]byte{}, done: map[store.Key][]byte{}}
+	for i := range n {
+		e := entry(i)
+		e.Input = make([]float32, 64)
+		for x := range e.Input {
+			e.Input[x] = float32(i*100 + x)
+		}
+		mustPut(t, s, e, store.New)
+		reply := fmt.Appendf(nil, "reply-%d", i)
+		switch {
+		case i%3 == 0:
+			if err := s.Complete(e.Key, reply); err != nil {
+				t.Fatal(err)
+			}
+			j.done[e.Key] = reply
+		case i%5 == 0:
+			if err := s.Outbox(e.Key, reply, storetest.Epoch.Add(time.Duration(i)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			j.outbox[e.Key] = reply
+		default:
+			j.pending[e.Key] = e
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// boltMeta reads the fields of the meta page bbolt uses (the valid one with the
+// higher transaction id): page size, root page, high-water mark.
+func boltMeta(t *testing.T, path string) (pageSize int, root, pgid uint64) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ne := binary.NativeEndian
+	meta := func(off int) (ps uint32, root, pgid, txid uint64) {
+		m := b[off+16:]
+		return ne.Uint32(m[8:]), ne.Uint64(m[16:]), ne.Uint64(m[40:]), ne.Uint64(m[48:])
+	}
+	ps, root, pgid, tx0 := meta(0)
+	if _, r1, p1, tx1 := meta(int(ps)); tx1 > tx0 {
+		root, pgid = r1, p1
+	}
+	return int(ps), root, pgid
+}
+
+// patchFile applies fn to the bytes of the file at path and writes them back,
+// with the file's length set to what fn returns.
+func patchFile(t *testing.T, path string, fn func(b []byte) []byte) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, fn(b), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The damage users found, and more. Each is applied to a closed journal.
+var damages = []struct {
+	name string
+	// allKept: everything is still readable, so the salvage must keep it all.
+	allKept bool
+	damage  func(t *testing.T, path string)
+}{
+	{"root page flags flipped", true, func(t *testing.T, path string) {
+		ps, root, _ := boltMeta(t, path)
+		patchFile(t, path, func(b []byte) []byte {
+			off := int(root)*ps + 8 // the page header's flags
+			b[off] ^= 0xff
+			b[off+1] ^= 0xff
+			return b
+		})
+	}},
+	{"root page id flipped", true, func(t *testing.T, path string) {
+		ps, root, _ := boltMeta(t, path)
+		patchFile(t, path, func(b []byte) []byte {
+			b[int(root)*ps] ^= 0x5a
+			b[int(root)*ps+1] ^= 0xa5
+			return b
+		})
+	}},
+	{"page 2 and 3 header flags flipped", false, func(t *testing.T, path string) {
+		ps, _, _ := boltMeta(t, path)
+		patchFile(t, path, func(b []byte) []byte {
+			b[2*ps+8] ^= 0xff
+			b[3*ps+8] ^= 0xff
+			return b
+		})
+	}},
+	{"truncated to half", false, func(t *testing.T, path string) {
+		patchFile(t, path, func(b []byte) []byte { return b[:len(b)/2] })
+	}},
+	{"64 random bytes flipped in data pages", false, func(t *testing.T, path string) {
+		ps, _, pgid := boltMeta(t, path)
+		r := rand.New(rand.NewPCG(1, 2))
+		patchFile(t, path, func(b []byte) []byte {
+			for range 64 {
+				page := 2 + r.IntN(int(pgid)-2)
+				b[page*ps+16+r.IntN(ps-16)] ^= byte(1 + r.IntN(255))
+			}
+			return b
+		})
+	}},
+	{"zero-length file", false, func(t *testing.T, path string) {
+		patchFile(t, path, func([]byte) []byte { return nil })
+	}},
+	{"garbage", false, func(t *testing.T, path string) {
+		r := rand.New(rand.NewPCG(3, 4))
+		patchFile(t, path, func(b []byte) []byte {
+			for i := range b {
+				b[i] = byte(r.Uint32())
+			}
+			return b
+		})
+	}},
+	{"both meta pages corrupted", true, func(t *testing.T, path string) {
+		ps, _, _ := boltMeta(t, path)
+		patchFile(t, path, func(b []byte) []byte {
+			b[16+50] ^= 0x01 // the transaction id: the checksum fails
+			b[ps+16+50] ^= 0x01
+			return b
+		})
+	}},
+	{"both meta pages destroyed", false, func(t *testing.T, path string) {
+		ps, _, _ := boltMeta(t, path)
+		patchFile(t, path, func(b []byte) []byte {
+			clear(b[:2*ps])
+			return b
+		})
+	}},
+	{"truncated to a non-page multiple", false, func(t *testing.T, path string) {
+		ps, _, pgid := boltMeta(t, path)
+		patchFile(t, path, func(b []byte) []byte {
+			return b[:int(pgid)*ps-ps/2-1] // into the last page in use
+		})
+	}},
+}
+
+// TestOpenOrRecoverSurvivesDamage damages a journal in each way users found
+// and checks that OpenOrRecover neither panics nor fails: it moves the file
+// aside, the check reports the damage, and the new journal is usable and holds
+// exactly what was readable, every key either in its old state or released.
+func TestOpenOrRecoverSurvivesDamage(t *testing.T) {
+	for _, d := range damages {
+		t.Run(d.name, func(t *testing.T) {
+			o := storetest.Options(t)
+			dir := t.TempDir()
+			path := filepath.Join(dir, "journal.db")
+			want := makeJournal(t, path, 300)
+			d.damage(t, path)
+
+			s, rec, err := store.OpenOrRecover(path, o)
+			if err != nil {
+				t.Fatalf("OpenOrRecover: %v", err)
+			}
+			defer s.Close()
+			if rec == nil {
+				t.Fatal("OpenOrRecover of a damaged journal: no Recovery")
+			}
+			t.Logf("recovery: %s", rec.Summary())
+			if !strings.HasPrefix(rec.MovedTo, path+".corrupt-") {
+				t.Errorf("MovedTo = %q, want %s.corrupt-<time>", rec.MovedTo, path)
+			}
+			rep, err := store.Inspect(rec.MovedTo)
+			if err != nil {
+				t.Fatalf("Inspect of the damaged copy: %v", err)
+			}
+			if !rep.Damaged() {
+				t.Errorf("Inspect of the damaged copy: no damage reported")
+			}
+			if rep.Pending != rec.Pending || rep.Outbox != rec.Outbox || rep.Done != rec.Done || rep.Lost != rec.Lost {
+				t.Errorf("Inspect counts %s, recovery kept %s: want the same", rep.Summary(), rec.Summary())
+			}
+			if err := s.Check(); err != nil {
+				t.Errorf("Check of the new journal: %v", err)
+			}
+			if d.allKept && (rec.Pending != len(want.pending) || rec.Outbox != len(want.outbox) || rec.Done != len(want.done) || rec.Lost != 0) {
+				t.Errorf("kept %s; want all of %d pending, %d outbox, %d done", rec.Summary(), len(want.pending), len(want.outbox), len(want.done))
+			}
+			wantCounts(t, s, rec.Pending, rec.Outbox, rec.Done)
+			checkSalvaged(t, s, want)
+
+			// And it works.
+			mustPut(t, s, entry(100000), store.New)
+			if err := s.Complete(key(100000), []byte("r")); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// checkSalvaged checks that every entry in s is as it was written, and that
+// every key the journal knew is either in its old state or released (a
+// redelivery is new).
+func checkSalvaged(t *testing.T, s *store.Store, want journal) {
+	t.Helper()
+	pending, err := s.Pending()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range pending {
+		w := want.pending[e.Key]
+		if w == nil {
+			t.Errorf("Pending holds %s, which was not pending", e.Key)
+			continue
+		}
+		if !sameEntry(e, w) {
+			t.Errorf("Pending entry %s = %+v, want %+v", e.Key, e, w)
+		}
+	}
+	outbox, err := s.OutboxEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range outbox {
+		if r, ok := want.outbox[o.Key]; !ok || !bytes.Equal(o.Reply, r) {
+			t.Errorf("outbox holds %s with reply %q, want it absent or with %q", o.Key, o.Reply, r)
+		}
+	}
+	check := func(k store.Key, reply []byte, states ...store.Dup) {
+		res, err := s.Lookup(k)
+		if err != nil {
+			t.Errorf("Lookup %s: %v", k, err)
+			return
+		}
+		if res.Dup != store.New && (!slices.Contains(states, res.Dup) || (res.Dup == store.DupDone && !bytes.Equal(res.Reply, reply))) {
+			t.Errorf("Lookup %s = %s %q, want one of %v (with %q) or released (new)", k, res.Dup, res.Reply, states, reply)
+		}
+	}
+	for k := range want.pending {
+		check(k, nil, store.DupPending)
+	}
+	for k, r := range want.outbox {
+		check(k, r, store.DupPending, store.DupDone)
+	}
+	for k, r := range want.done {
+		check(k, r, store.DupDone)
+	}
+}
+
+// A corrupt pending record no longer blocks its key: OpenOrRecover drops it
+// and releases the key, so the device's resend runs as new.
+func TestCorruptRecordReleasesItsKey(t *testing.T) {
+	o := storetest.Options(t)
+	path := filepath.Join(t.TempDir(), "journal.db")
+	want := makeJournal(t, path, 20)
+	victim := key(1) // pending (neither a multiple of 3 nor of 5)
+	victimOut := key(5)
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		p := tx.Bucket([]byte("pending"))
+		rec := bytes.Clone(p.Get(seqKey(want.pending[victim].Seq)))
+		rec[len(rec)-2] ^= 0x40
+		if err := p.Put(seqKey(want.pending[victim].Seq), rec); err != nil {
+			return err
+		}
+		ob := tx.Bucket([]byte("outbox"))
+		k, v := ob.Cursor().First()
+		return ob.Put(bytes.Clone(k), bytes.Clone(v[:len(v)-1]))
+	})
+
+	// Plain Open skips the record but keeps its key: the old behaviour.
+	if s, err := store.Open(path, o); err != nil {
+		t.Fatal(err)
+	} else {
+		mustPut(t, s, entry(1), store.DupPending)
+		s.Close()
+	}
+
+	s, rec, err := store.OpenOrRecover(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if rec == nil || rec.Lost != 2 || !slicesContain(rec.LostKeys, victim) || !slicesContain(rec.LostKeys, victimOut) {
+		t.Fatalf("recovery %+v: want 2 lost, keys %v and %v", rec, victim, victimOut)
+	}
+	if rec.Pending != len(want.pending)-1 || rec.Outbox != len(want.outbox)-1 || rec.Done != len(want.done) {
+		t.Errorf("kept %s, want everything else", rec.Summary())
+	}
+	checkSalvaged(t, s, want)
+	if err := s.Check(); err != nil {
+		t.Error(err)
+	}
+	mustPut(t, s, entry(1), store.New)
+	mustPut(t, s, entry(5), store.New)
+	mustPut(t, s, entry(2), store.DupPending)
+	mustPut(t, s, entry(3), store.DupDone)
+}
+
+func slicesContain(ks []store.Key, k store.Key) bool {
+	for _, x := range ks {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
+
+// A healthy journal is opened as it is: no Recovery, nothing moved.
+func TestOpenOrRecoverHealthy(t *testing.T) {
+	o := storetest.Options(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "journal.db")
+
+	s, rec, err := store.OpenOrRecover(path, o) // a new file
+	if err != nil || rec != nil {
+		t.Fatalf("OpenOrRecover of a new file: %v, %+v", err, rec)
+	}
+	s.Close()
+	want := makeJournal(t, path, 50)
+	s, rec, err = store.OpenOrRecover(path, o)
+	if err != nil || rec != nil {
+		t.Fatalf("OpenOrRecover of a healthy file: %v, %+v", err, rec)
+	}
+	defer s.Close()
+	wantCounts(t, s, len(want.pending), len(want.outbox), len(want.done))
+	checkSalvaged(t, s, want)
+	if es, _ := s.Pending(); len(es) != len(want.pending) {
+		t.Errorf("Pending: %d entries, want %d", len(es), len(want.pending))
+	}
+	if names, _ := filepath.Glob(filepath.Join(dir, "*")); len(names) != 1 {
+		t.Errorf("files %v, want only the journal", names)
+	}
+	rep, err := store.Inspect(path)
+	if !errors.Is(err, store.ErrLocked) {
+		t.Errorf("Inspect while the journal is open: %v, %+v; want ErrLocked", err, rep)
+	}
+}
+
+// Not damage: a locked file and a newer schema are errors, and the file stays.
+func TestOpenOrRecoverErrors(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) { // the lock retries sleep: virtual time
+		o := storetest.Options(t)
+		o.LockTimeout = time.Second
+		path := filepath.Join(t.TempDir(), "journal.db")
+		s := storetest.Open(t, path, o)
+		if _, _, err := store.OpenOrRecover(path, o); !errors.Is(err, store.ErrLocked) {
+			t.Fatalf("OpenOrRecover of an open journal: %v, want ErrLocked", err)
+		}
+		s.Close()
+	})
+	o := storetest.Options(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "journal.db")
+	makeJournal(t, path, 5)
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{2})
+	})
+	if _, _, err := store.OpenOrRecover(path, o); !errors.Is(err, store.ErrSchema) {
+		t.Fatalf("OpenOrRecover of a newer schema: %v, want ErrSchema", err)
+	}
+	if _, err := store.Inspect(path); !errors.Is(err, store.ErrSchema) {
+		t.Errorf("Inspect of a newer schema: %v, want ErrSchema", err)
+	}
+	if names, _ := filepath.Glob(filepath.Join(dir, "*")); len(names) != 1 {
+		t.Errorf("files %v, want only the journal", names)
+	}
+}
+
+// Salvage copies a damaged journal's readable entries into a new file, which
+// opens healthy.
+func TestSalvage(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "journal.db"), filepath.Join(dir, "salvaged.db")
+	want := makeJournal(t, src, 200)
+	damages[4].damage(t, src) // 64 random bytes
+	rep, err := store.Salvage(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("salvage: %s", rep.Summary())
+	if !rep.Damaged() || rep.Pending+rep.Outbox+rep.Done == 0 {
+		t.Errorf("salvage report %s: want damage found and entries kept", rep.Summary())
+	}
+	if _, err := store.Salvage(src, dst); err == nil {
+		t.Error("Salvage onto an existing file: no error")
+	}
+	if again, err := store.Inspect(dst); err != nil || again.Damaged() ||
+		again.Pending != rep.Pending || again.Outbox != rep.Outbox || again.Done != rep.Done {
+		t.Errorf("Inspect of the salvaged journal: %v, %+v; want healthy with the kept counts", err, again)
+	}
+	s := storetest.Open(t, dst, storetest.Options(t))
+	wantCounts(t, s, rep.Pending, rep.Outbox, rep.Done)
+	checkSalvaged(t, s, want)
+	// Seqs keep growing after a salvage.
+	e := entry(100000)
+	mustPut(t, s, e, store.New)
+	for _, w := range want.pending {
+		if w.Seq >= e.Seq {
+			t.Fatalf("new entry got seq %d, not above the salvaged %d", e.Seq, w.Seq)
+		}
+	}
+}
+
+// Compaction at start-up gives a mostly free file's space back.
+func TestOpenOrRecoverCompacts(t *testing.T) {
+	clk := storetest.NewClock()
+	o := storetest.Options(t)
+	o.Now, o.Retention = clk.Now, time.Minute
+	o.CompactMinBytes = 1 << 10
+	path := filepath.Join(t.TempDir(), "journal.db")
+	s, err := store.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		e := entry(i)
+		e.Input = make([]float32, 256)
+		mustPut(t, s, e, store.New)
+		if i >= 10 {
+			if err := s.Complete(e.Key, []byte("r")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	clk.Advance(time.Hour)
+	if _, err := s.GC(clk.Now()); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	before, _ := os.Stat(path)
+	rep, err := store.Inspect(path)
+	if err != nil || rep.FreeBytes() <= rep.FileSize/2 {
+		t.Fatalf("Inspect before: %v, %+v: want more than half free", err, rep)
+	}
+
+	s, rec, err := store.OpenOrRecover(path, o)
+	if err != nil || rec != nil {
+		t.Fatalf("OpenOrRecover: %v, %+v", err, rec)
+	}
+	after, _ := os.Stat(path)
+	t.Logf("compacted %d -> %d bytes (%d in use before)", before.Size(), after.Size(), rep.UsedBytes)
+	if after.Size() >= before.Size()/2 {
+		t.Errorf("file %d bytes after compaction, %d before: want less than half", after.Size(), before.Size())
+	}
+	if got := len(pendingKeys(t, s)); got != 10 {
+		t.Errorf("Pending after compaction: %d entries, want 10", got)
+	}
+	mustPut(t, s, entry(1), store.DupPending)
+	e := entry(5000)
+	mustPut(t, s, e, store.New)
+	if e.Seq <= 2000 {
+		t.Errorf("seq after compaction %d, want above 2000", e.Seq)
+	}
+	if err := errors.Join(s.Check(), s.Close()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + ".compact"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("compaction left its temporary file: %v", err)
+	}
+}
+
+// MaxBytes refuses new keys once the live data exceeds it, answers duplicates,
+// and lets the journal drain.
+func TestMaxBytes(t *testing.T) {
+	clk := storetest.NewClock()
+	s := storetest.New(t, func(o *store.Options) {
+		o.Now, o.Retention = clk.Now, time.Minute
+		o.MaxBytes = 256 << 10
+	})
+	n := 0
+	var err error
+	for ; n < 10000; n++ {
+		e := entry(n)
+		e.Input = make([]float32, 256)
+		if _, err = s.Put(e); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, store.ErrFull) {
+		t.Fatalf("Put %d: %v, want ErrFull", n, err)
+	}
+	st := s.Stats()
+	t.Logf("full after %d puts: %d bytes used, file %d", n, st.UsedBytes, st.FileSize)
+	if st.UsedBytes <= 256<<10 || st.Pending != n {
+		t.Errorf("Stats used %d, pending %d: want above MaxBytes, %d", st.UsedBytes, st.Pending, n)
+	}
+	mustPut(t, s, entry(0), store.DupPending)
+	for i := range n {
+		if err := s.Complete(key(i), []byte("r")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPut(t, s, entry(0), store.DupDone)
+	clk.Advance(time.Hour)
+	if _, err := s.GC(clk.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if used := s.Stats().UsedBytes; used > 256<<10 {
+		t.Fatalf("used %d bytes after draining, want under MaxBytes", used)
+	}
+	mustPut(t, s, entry(n), store.New)
+}
+
+// A page damaged while the journal is open makes reads fail with ErrDamaged
+// instead of panicking.
+func TestDamageWhileOpenIsAnError(t *testing.T) {
+	o := storetest.Options(t)
+	path := filepath.Join(t.TempDir(), "journal.db")
+	makeJournal(t, path, 300)
+	ps, root, _ := boltMeta(t, path)
+	s, err := store.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Destroy the root page under the open journal (the file is memory-mapped).
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, ps), int64(root)*int64(ps)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := s.Pending(); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Pending over a destroyed page: %v, want ErrDamaged", err)
+	}
+	if _, err := s.Put(entry(100000)); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Put over a destroyed page: %v, want ErrDamaged", err)
+	}
+	if err := s.Close(); err != nil && !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Close: %v", err)
+	}
+	s2, rec, err := store.OpenOrRecover(path, o)
+	if err != nil || rec == nil {
+		t.Fatalf("OpenOrRecover after: %v, %+v; want a recovery", err, rec)
+	}
+	s2.Close()
+}
+
+// A panic in a commit breaks the store: every later call fails with ErrDamaged,
+// nothing hangs, and Close releases the file.
+func TestPanicInCommitBreaksTheStore(t *testing.T) {
+	o := storetest.Options(t)
+	boom := false
+	o.BeforeCommit = func([]store.Op) error {
+		if boom {
+			panic("boom")
+		}
+		return nil
+	}
+	path := filepath.Join(t.TempDir(), "journal.db")
+	s, err := store.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, entry(0), store.New)
+	boom = true
+	for i := 1; i < 3; i++ {
+		if _, err := s.Put(entry(i)); !errors.Is(err, store.ErrDamaged) {
+			t.Errorf("Put %d after a panic: %v, want ErrDamaged", i, err)
+		}
+	}
+	if _, err := s.Pending(); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Pending after a panic: %v, want ErrDamaged", err)
+	}
+	if err := s.Close(); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Close after a panic: %v, want ErrDamaged", err)
+	}
+	o.BeforeCommit = nil
+	s2, rec, err := store.OpenOrRecover(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if rec != nil {
+		t.Errorf("recovery %s: want none (the panicked commit never reached the file)", rec.Summary())
+	}
+	if got := pendingKeys(t, s2); !reflect.DeepEqual(got, []store.Key{key(0)}) {
+		t.Errorf("Pending = %v, want %v", got, key(0))
+	}
+}
