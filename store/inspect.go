@@ -321,6 +321,9 @@ func (a *analysis) run() error {
 		a.lose(seq, kb, "in the outbox")
 	}
 	a.rep.Lost = len(a.lost)
+	if n := len(a.reindexed); n > 0 {
+		a.probs.add("%d pending or outbox records have no (readable) entry in the key index: kept, and re-indexed by a salvage", n)
+	}
 	if a.stored != nil && *a.stored != a.index {
 		a.probs.add("meta: stored counts (pending %d, outbox %d, done %d) differ from the key index (%d, %d, %d)",
 			a.stored.pending, a.stored.outbox, a.stored.done, a.index.pending, a.index.outbox, a.index.done)
@@ -444,7 +447,6 @@ func (a *analysis) keep(bucket []byte, idx map[uint64]string, seq uint64, kb str
 		return false
 	}
 	a.reindexed[kb] = struct{}{}
-	a.probs.add("%s: record %d for %s is re-indexed", bucket, seq, k)
 	return true
 }
 

@@ -3,6 +3,9 @@
 //	sneakgate serve  -config FILE   run the gateway (default command)
 //	sneakgate devsim [flags]        simulate devices against a running gateway
 //	sneakgate eval   [flags]        evaluate scheduling policies (simulator or live)
+//	sneakgate journal check FILE    verify a request journal (exit 1 when damaged)
+//	sneakgate journal salvage FILE -out NEWFILE
+//	                                copy what is readable of a journal into a new one
 //	sneakgate version
 package main
 
@@ -44,7 +47,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: sneakgate [serve|devsim|eval|version] [flags]; sneakgate CMD -h for help")
+var errUsage = errors.New("usage: sneakgate [serve|devsim|eval|journal|version] [flags]; sneakgate CMD -h for help")
 
 // flagError is a command-line flag error; main exits 2 on it.
 type flagError struct{ error }
@@ -72,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return devsim(ctx, args, stdout, stderr)
 	case "eval":
 		return evaluate(ctx, args, stdout, stderr)
+	case "journal":
+		return journal(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "sneakgate", version)
 		return nil
