@@ -71,6 +71,7 @@ func TestKill9Soak(t *testing.T) {
 	waited := f.waitReplies(60 * time.Second)
 	mon.close()
 	tl := analyse(f)
+	gw.explainLost(t, f)
 	t.Logf("load ran %s; all replies in %s after the load stopped", loadTime.Round(time.Millisecond), waited.Round(time.Millisecond))
 	tl.log(t)
 	t.Logf("REPEATS: %d of %d repeated ids were byte-identical (strict check %v)", tl.RepeatsIdentical, tl.RepeatedIDs, strict)

@@ -67,6 +67,7 @@ func TestBrokerOutage(t *testing.T) {
 	waited := f.waitReplies(60 * time.Second)
 	mon.close()
 	tl := analyse(f)
+	gw.explainLost(t, f)
 	t.Logf("all replies in %s after the load stopped", waited.Round(time.Millisecond))
 	tl.log(t)
 
