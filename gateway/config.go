@@ -77,6 +77,13 @@ type StoreConfig struct {
 	// MaxBatchDelay and MaxBatchSize bound the group commit.
 	MaxBatchDelay time.Duration `yaml:"max_batch_delay"`
 	MaxBatchSize  int           `yaml:"max_batch_size"`
+	// MaxBytes caps the journal's live data (bytes in use, not the file size):
+	// beyond it new requests are refused with reason overload, while duplicates
+	// are still answered and replies still drain it. 0 means no cap. The default,
+	// 1 GiB, holds about 1.2 million answered requests at about 0.85 KB each
+	// (more for large inputs while pending): about 2,000 requests/s sustained over
+	// the default 10-minute retention. Keep it well under the free disk space.
+	MaxBytes int64 `yaml:"max_bytes"`
 }
 
 // EngineConfig configures ONNX Runtime.
@@ -165,7 +172,7 @@ func DefaultConfig() Config {
 		},
 		Store: StoreConfig{
 			Path: "sneakgate.db", Retention: 10 * time.Minute,
-			MaxBatchDelay: 0, MaxBatchSize: 256,
+			MaxBatchDelay: 0, MaxBatchSize: 256, MaxBytes: 1 << 30,
 		},
 		Engine: EngineConfig{
 			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,
@@ -265,6 +272,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Store.MaxBatchSize <= 0 || c.Store.MaxBatchDelay < 0 {
 		return configErr("store.max_batch_size", "must be positive (and max_batch_delay not negative)")
+	}
+	if c.Store.MaxBytes < 0 {
+		return configErr("store.max_bytes", "must not be negative (0: no cap)")
 	}
 	switch c.Engine.Provider {
 	case "cpu", "cuda", "tensorrt":

@@ -128,14 +128,22 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: store.path: %w", err)
 	}
-	g.journal, err = store.Open(cfg.Store.Path, store.Options{
+	var rec *store.Recovery
+	g.journal, rec, err = store.OpenOrRecover(cfg.Store.Path, store.Options{
 		MaxBatchDelay: cfg.Store.MaxBatchDelay, MaxBatchSize: cfg.Store.MaxBatchSize,
-		Retention: cfg.Store.Retention, Now: g.now, Logger: g.log.With().Str("component", "store").Logger(),
-		BeforeCommit: o.BeforeCommit,
+		Retention: cfg.Store.Retention, MaxBytes: cfg.Store.MaxBytes, Now: g.now,
+		Logger: g.log.With().Str("component", "store").Logger(), BeforeCommit: o.BeforeCommit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if rec != nil {
+		g.log.Error().Str("path", cfg.Store.Path).Str("moved_to", rec.MovedTo).Int("salvaged_pending", rec.Pending).
+			Int("salvaged_outbox", rec.Outbox).Int("salvaged_done", rec.Done).Int("lost", rec.Lost).
+			Int("unreadable_pages", rec.UnreadablePages).Strs("problems", rec.Problems).
+			Msg("journal damaged: moved aside and salvaged into a new journal; lost requests' keys are released, so a resend runs as new")
+	}
+	registerJournalMetrics(g.reg, g.journal, rec != nil)
 	if err := g.startEngine(ctx); err != nil {
 		return nil, err
 	}

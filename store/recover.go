@@ -162,12 +162,7 @@ func recoverDamaged(path string, f *os.File, opts Options) (*Store, *Recovery, e
 	if err != nil {
 		return nil, nil, putBack(err)
 	}
-	rec := &Recovery{MovedTo: aside, Report: *rep}
-	opts.Logger.Error().Str("path", path).Str("moved_to", aside).Int("salvaged_pending", rep.Pending).
-		Int("salvaged_outbox", rep.Outbox).Int("salvaged_done", rep.Done).Int("lost", rep.Lost).
-		Int("unreadable_pages", rep.UnreadablePages).Strs("problems", rep.Problems).
-		Msg("journal damaged: moved aside and salvaged into a new journal")
-	return s, rec, nil
+	return s, &Recovery{MovedTo: aside, Report: *rep}, nil
 }
 
 // asideName is where a damaged journal at path goes: path.corrupt-<UTC time>,
