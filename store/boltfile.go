@@ -256,10 +256,12 @@ func (f *boltFile) readPage(id uint64, depth int) ([]byte, error) {
 	if off >= f.size {
 		return nil, fmt.Errorf("page %d starts at byte %d, beyond the end of the file (%d bytes)", id, off, f.size)
 	}
-	var hdr [pageHeaderSize]byte
-	if n, err := f.r.ReadAt(hdr[:], off); n < len(hdr) {
-		return nil, fmt.Errorf("page %d: reading its header: %w", id, errOr(err, io.ErrUnexpectedEOF))
+	// Read the first page in one go; the header says how many more follow.
+	p, err := f.readAt(depth, 0, f.pageSize, id, off)
+	if err != nil {
+		return nil, err
 	}
+	hdr := p[:pageHeaderSize:pageHeaderSize]
 	flags, count, overflow := ne.Uint16(hdr[8:]), int(ne.Uint16(hdr[10:])), uint64(ne.Uint32(hdr[12:]))
 	badID, badFlags := ne.Uint64(hdr[0:]) != id, flags != flagBranch && flags != flagLeaf
 	if badID && badFlags {
@@ -277,20 +279,11 @@ func (f *boltFile) readPage(id uint64, depth int) ([]byte, error) {
 	if int64(pageHeaderSize+count*pageElemSize) > n {
 		return nil, fmt.Errorf("page %d: %d elements do not fit in %d bytes", id, count, n)
 	}
-	for len(f.bufs) <= depth {
-		f.bufs = append(f.bufs, nil)
-	}
-	if int64(cap(f.bufs[depth])) < n {
-		f.bufs[depth] = make([]byte, n)
-	}
-	p := f.bufs[depth][:n]
-	got, err := f.r.ReadAt(p, off)
-	if int64(got) < n {
-		if off+int64(got) < f.size {
-			return nil, fmt.Errorf("page %d: %w", id, errOr(err, io.ErrUnexpectedEOF))
+	if overflow > 0 {
+		if p, err = f.readAt(depth, f.pageSize, int(n), id, off); err != nil {
+			return nil, err
 		}
-		clear(p[got:]) // the file ends inside the page
-		f.probs.add("page %d is cut short by the end of the file; its last %d bytes read as zeros", id, n-int64(got))
+		hdr = p[:pageHeaderSize:pageHeaderSize]
 	}
 	if badID {
 		f.probs.add("page %d identifies itself as page %d (a damaged header, or a damaged reference to it)", id, ne.Uint64(hdr[0:]))
@@ -306,13 +299,37 @@ func (f *boltFile) readPage(id uint64, depth int) ([]byte, error) {
 		if branch {
 			flags = flagBranch
 		}
-		ne.PutUint16(p[8:], flags) // in the buffer only
 		f.probs.add("page %d has damaged flags %#x; its elements read as a %s page", id, ne.Uint16(hdr[8:]), map[uint16]string{flagLeaf: "leaf", flagBranch: "branch"}[flags])
+		ne.PutUint16(p[8:], flags) // in the buffer only
 	}
 	for i := uint64(0); i <= overflow; i++ {
 		if f.mark(id + i) {
 			return nil, fmt.Errorf("page %d is reached twice (a cycle or a damaged page reference)", id+i)
 		}
+	}
+	return p, nil
+}
+
+// readAt fills bytes [from, to) of the buffer for depth with the page at file
+// offset off (page id), keeping bytes [0, from), and returns buffer[:to]. Bytes
+// beyond the end of the file read as zeros (reported once).
+func (f *boltFile) readAt(depth, from, to int, id uint64, off int64) ([]byte, error) {
+	for len(f.bufs) <= depth {
+		f.bufs = append(f.bufs, nil)
+	}
+	if cap(f.bufs[depth]) < to {
+		b := make([]byte, to)
+		copy(b, f.bufs[depth][:from])
+		f.bufs[depth] = b
+	}
+	p := f.bufs[depth][:to]
+	got, err := f.r.ReadAt(p[from:], off+int64(from))
+	if got < to-from {
+		if off+int64(from+got) < f.size {
+			return nil, fmt.Errorf("page %d: %w", id, errOr(err, io.ErrUnexpectedEOF))
+		}
+		clear(p[from+got:]) // the file ends inside the page
+		f.probs.add("page %d is cut short by the end of the file; its last %d bytes read as zeros", id, to-from-got)
 	}
 	return p, nil
 }
