@@ -39,6 +39,44 @@ Records are versioned binary with a CRC-32C; keys are length-prefixed, so any
 bytes are safe in a Key. A corrupt record is logged, counted in Stats.Corrupt and
 skipped by Pending and OutboxEntries; it never stops recovery of the others.
 
+# Damage
+
+A service opens its journal with OpenOrRecover rather than Open:
+
+	s, rec, err := store.OpenOrRecover(path, opts)
+	if err != nil {
+		return err // ErrLocked, ErrSchema, or the file could not be read or replaced
+	}
+	if rec != nil {
+		log.Error()... // rec.MovedTo, rec.Pending/Outbox/Done kept, rec.Lost, rec.Problems
+	}
+
+OpenOrRecover verifies the file before bbolt reads it, with bounds-checked reads
+of its own (bbolt panics on some corrupt pages, some of them in goroutines no
+caller can recover): the meta pages, every page reachable from the root, every
+record, the key index against the records, and the stored counts. A damaged file
+is renamed to path.corrupt-<UTC time> and everything readable in it (pending
+entries, outbox replies and completed keys whose records pass their checksum) is
+copied into a new journal at path; the keys of what could not be read are
+released, so a redelivery runs as new. A healthy file of at least
+Options.CompactMinBytes that is more than half free space is compacted first.
+
+Inspect runs the same verification read-only and returns a Report; Salvage copies
+what is readable into a new file. Both take a shared lock, so they fail with
+ErrLocked while a gateway has the journal open.
+
+After Open, a bbolt panic or memory fault in a read fails that call with an error
+wrapping ErrDamaged. A panic in a commit breaks the store: every later call fails
+with ErrDamaged and Close releases the file without bbolt; restart, and let
+OpenOrRecover verify the file.
+
+# Size
+
+Options.MaxBytes caps the live data (pages in use, Stats.UsedBytes): beyond it Put
+of a new key fails with ErrFull, while duplicates, Outbox, Complete and GC go on,
+so the journal drains. Stats.FileSize is bbolt's high-water mark; the file on disk
+only grows until OpenOrRecover compacts it.
+
 Package storetest opens journals for tests, with a consistency check at cleanup;
 Options.BeforeCommit injects commit failures.
 
@@ -54,12 +92,17 @@ The broker redelivers the unacknowledged request, so it runs once either way.
 Duplicate suppression lasts Options.Retention after Complete. Completed keys hold
 their reply bytes, so the file grows by roughly (key + reply + 60 bytes) times
 completions per Retention; bbolt does not shrink the file when GC frees pages
-(they are reused).
+(they are reused), OpenOrRecover's compaction does.
 
 Entries are returned as copies; times come back in UTC with nanosecond precision
-and no monotonic clock reading. Empty Input and Attrs come back nil. A corrupt
-pending record stays in the file (for inspection with the bbolt tool) and its key
-stays known, so its redeliveries are DupPending: the request is lost, loudly.
+and no monotonic clock reading. Empty Input and Attrs come back nil. With Open, a
+corrupt pending record stays in the file and its key stays known, so its
+redeliveries are DupPending: the request is lost, loudly. OpenOrRecover finds such
+a record, moves the file aside and releases the key.
+
+OpenOrRecover's salvage reads the tree of the newest valid meta page: what is no
+longer reachable from it (a destroyed root page, the pages of a truncated file's
+lost tail) is lost, even where stale copies remain in free pages.
 
 Options.NoSync trades durability for speed and is for tests only.
 */
