@@ -138,10 +138,17 @@ func recoverDamaged(path string, f *os.File, opts Options) (*Store, *Recovery, e
 	if err := syncDir(dir); err != nil {
 		opts.Logger.Warn().Err(err).Str("dir", dir).Msg("journal recovery: fsync of the directory failed")
 	}
+	created := false // whether path is now our new journal (not another process's)
 	putBack := func(cause error) error {
-		os.Remove(path)
-		if err := os.Rename(aside, path); err != nil {
-			cause = errors.Join(cause, fmt.Errorf("moving it back from %s: %w", aside, err))
+		if created {
+			os.Remove(path)
+		}
+		// Put the damaged file back, unless another process has created a
+		// journal at path meanwhile (os.Rename would replace it).
+		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+			cause = errors.Join(cause, fmt.Errorf("the damaged journal stays at %s", aside))
+		} else if err := os.Rename(aside, path); err != nil {
+			cause = errors.Join(cause, fmt.Errorf("the damaged journal stays at %s: %w", aside, err))
 		}
 		return fmt.Errorf("store: open %s: the journal is damaged and could not be salvaged: %w", path, cause)
 	}
@@ -149,6 +156,7 @@ func recoverDamaged(path string, f *os.File, opts Options) (*Store, *Recovery, e
 	if err != nil {
 		return nil, nil, putBack(err)
 	}
+	created = true
 	db, file, err := openDB(path, nf, opts)
 	if err != nil {
 		return nil, nil, putBack(err)
