@@ -96,14 +96,16 @@ type egress struct {
 	raw     chan rawMsg
 	workers sync.WaitGroup
 
-	late sync.WaitGroup // awaitLate goroutines
-	kick chan struct{}  // size 1: flush the outbox
-	// lateKeys holds the outbox keys whose timed-out publish the MQTT client still
-	// holds and will resend itself: the flusher skips them, so that a slow
+	late  sync.WaitGroup // awaitLate goroutines
+	nLate int            // running awaitLate goroutines (busyMu)
+	kick  chan struct{}  // size 1: flush the outbox
+	// busy holds the outbox keys being published by a worker or the flusher, or
+	// whose timed-out publish the MQTT client still holds and will resend itself:
+	// the flusher skips them, so that an answer in flight or a slow
 	// acknowledgement does not become a second copy of the reply.
-	lateMu   sync.Mutex
-	lateKeys map[store.Key]bool
-	stop     chan struct{} // closed by Close: late waiters give up
+	busyMu sync.Mutex
+	busy   map[store.Key]bool
+	stop   chan struct{} // closed by Close: late waiters give up
 }
 
 func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, now func() time.Time,
@@ -113,7 +115,7 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 	}
 	e := &egress{client: c, journal: j, timeout: timeout, rate: rate, now: now, log: log, m: m, opts: opts,
 		answers: make(chan *answerMsg, opts.AnswerQueue), raw: make(chan rawMsg, opts.RawQueue),
-		kick: make(chan struct{}, 1), lateKeys: map[store.Key]bool{}, stop: make(chan struct{})}
+		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{})}
 	for range opts.AnswerWorkers {
 		e.workers.Add(1)
 		go func() {
@@ -192,6 +194,7 @@ func (e *egress) sendAnswer(a *answerMsg) {
 		e.m.outboxLen.Inc()
 		return
 	}
+	e.claim(a.key) // a key the loop answers is nobody else's
 	if err := e.journal.Outbox(a.key, payload, a.deadline); err != nil {
 		// Publish anyway: the device is waiting. The request stays pending in the
 		// journal, so a restart may answer it a second time.
@@ -201,14 +204,16 @@ func (e *egress) sendAnswer(a *answerMsg) {
 	e.publishAnswer(a.topic, a.key, rep.App, rep.Status, payload, false)
 }
 
-// publishAnswer publishes a reply already in the outbox and completes it on
-// PUBACK. A reply that fails stays in the outbox (counted when inOutbox is false)
-// for the flusher; one whose PUBACK is late is awaited, bounded.
+// publishAnswer publishes a reply already in the outbox, whose key the caller
+// claimed, and completes it on PUBACK. A reply that fails stays in the outbox
+// (counted when inOutbox is false) for the flusher; one whose PUBACK is late is
+// awaited, bounded. The key is released once nothing waits for it any more.
 func (e *egress) publishAnswer(topic string, key store.Key, app string, status protocol.Status, payload []byte, inOutbox bool) bool {
 	tok, err := e.publish(topic, payload)
 	if err == nil {
 		e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
 		e.complete(key, payload)
+		e.release(key)
 		if inOutbox {
 			e.m.outboxLen.Dec()
 		}
@@ -220,6 +225,8 @@ func (e *egress) publishAnswer(topic string, key store.Key, app string, status p
 	}
 	if errors.Is(err, errPublishTimeout) {
 		e.awaitLate(key, tok, app, status, payload)
+	} else {
+		e.release(key)
 	}
 	e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker has it")
 	return false
@@ -240,31 +247,51 @@ func (e *egress) sendRaw(r rawMsg) {
 	e.m.replies.WithLabelValues(e.appLabel(r.app), string(r.status)).Inc()
 }
 
-func (e *egress) isLate(k store.Key) bool {
-	e.lateMu.Lock()
-	defer e.lateMu.Unlock()
-	return e.lateKeys[k]
+// claim marks k busy and reports whether it was free.
+func (e *egress) claim(k store.Key) bool {
+	e.busyMu.Lock()
+	defer e.busyMu.Unlock()
+	if e.busy[k] {
+		return false
+	}
+	e.busy[k] = true
+	return true
+}
+
+func (e *egress) release(k store.Key) {
+	e.busyMu.Lock()
+	delete(e.busy, k)
+	e.busyMu.Unlock()
+}
+
+func (e *egress) isBusy(k store.Key) bool {
+	e.busyMu.Lock()
+	defer e.busyMu.Unlock()
+	return e.busy[k]
 }
 
 // awaitLate keeps waiting for a publish that timed out and whose reply is in the
-// outbox: if the broker acknowledges it after all, the request is completed (and
-// leaves the outbox); if it fails, the flusher takes over. At most MaxLate are
-// awaited; beyond that the flusher may publish a second, identical copy.
+// outbox, keeping its key busy: if the broker acknowledges it after all, the
+// request is completed (and leaves the outbox); if it fails, the flusher takes
+// over. At most MaxLate are awaited; beyond that the key is released at once and
+// the flusher may publish a second, identical copy.
 func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protocol.Status, payload []byte) {
-	e.lateMu.Lock()
-	if len(e.lateKeys) >= e.opts.MaxLate || e.lateKeys[k] {
-		e.lateMu.Unlock()
+	e.busyMu.Lock()
+	if e.nLate >= e.opts.MaxLate {
+		delete(e.busy, k)
+		e.busyMu.Unlock()
 		return
 	}
-	e.lateKeys[k] = true
-	e.lateMu.Unlock()
+	e.nLate++
+	e.busyMu.Unlock()
 	e.late.Add(1)
 	go func() {
 		defer e.late.Done()
 		defer func() {
-			e.lateMu.Lock()
-			delete(e.lateKeys, k)
-			e.lateMu.Unlock()
+			e.busyMu.Lock()
+			delete(e.busy, k)
+			e.nLate--
+			e.busyMu.Unlock()
 		}()
 		select {
 		case <-t.Done():
@@ -384,8 +411,8 @@ func (e *egress) flush(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if e.isLate(oe.Key) {
-			continue // its first publish may still be acknowledged
+		if !e.claim(oe.Key) {
+			continue // being published, or its first publish may still be acknowledged
 		}
 		payload, status := oe.Reply, protocol.Status("")
 		if oe.Unsent {
@@ -409,7 +436,7 @@ func (e *egress) flush(ctx context.Context) {
 				status = rep.Status
 			}
 		}
-		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.App, status, payload, true) {
+		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.App, status, payload, true) { // releases the key
 			e.log.Warn().Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}

@@ -131,8 +131,8 @@ func TestSlowAckIsNotPublishedTwice(t *testing.T) {
 		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
 		time.Sleep(2 * time.Second) // past the publish timeout
 		synctest.Wait()
-		if len(j.outbox) != 1 || !e.isLate(k) {
-			t.Fatalf("outbox %v, late %v", j.outbox, e.isLate(k))
+		if len(j.outbox) != 1 || !e.isBusy(k) {
+			t.Fatalf("outbox %v, late %v", j.outbox, e.isBusy(k))
 		}
 		e.flush(t.Context())
 		if len(c.published) != 1 {
@@ -140,7 +140,7 @@ func TestSlowAckIsNotPublishedTwice(t *testing.T) {
 		}
 		close(slow.done) // the PUBACK arrives after all
 		synctest.Wait()
-		if len(j.completed) != 1 || len(j.outbox) != 0 || e.isLate(k) {
+		if len(j.completed) != 1 || len(j.outbox) != 0 || e.isBusy(k) {
 			t.Errorf("completed %v, outbox %v", j.completed, j.outbox)
 		}
 		e.Stop(t.Context())
@@ -169,6 +169,10 @@ func TestAnswerIsDurableBeforePublish(t *testing.T) {
 		synctest.Wait() // the worker waits for the PUBACK
 		if sent := c.sent(); len(sent) != 1 || string(j.outbox[k]) != sent[0] || j.unsent[k] {
 			t.Fatalf("published %q, outbox %q (unsent %v): want the same bytes, marked sent", sent, j.outbox[k], j.unsent[k])
+		}
+		e.flush(t.Context()) // the flusher sees it in the outbox, but it is in flight
+		if sent := c.sent(); len(sent) != 1 {
+			t.Fatalf("an answer in flight was published %d times", len(sent))
 		}
 		close(held.done)
 		synctest.Wait()

@@ -361,7 +361,7 @@ func (g *Gateway) connect() error {
 		// The handler runs on paho's router goroutine and never blocks (ingress.go).
 		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
 		SetWriteTimeout(c.PublishTimeout).
-		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(5*time.Second).
+		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(2*time.Second).
 		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
 		SetDefaultPublishHandler(g.onMessage).
 		SetBinaryWill(protocol.StatusTopic(c.TopicPrefix), g.statusPayload(protocol.StateOffline, "lost"), 1, true)

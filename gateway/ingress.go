@@ -81,6 +81,9 @@ func (g *Gateway) handle(msg mqtt.Message) {
 	req, rej := protocol.ParseRequest(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
 		msg.Ack()
+		if rej.Reason == protocol.ReasonDeadlinePast && g.answeredBefore(rej) {
+			return // a redelivered copy of a request answered in time
+		}
 		g.reject(rej)
 		return
 	}
@@ -89,6 +92,10 @@ func (g *Gateway) handle(msg mqtt.Message) {
 	// A redelivered copy handled by another worker at the same time waits for
 	// it, and then finds it in the journal.
 	defer g.claim(key)()
+	if req.ExpiredOnArrival() {
+		g.expiredOnArrival(msg, req, key)
+		return
+	}
 	reserved := g.loop.Reserve(g.cfg.Admission.MaxQueue)
 	if reserved {
 		if wait := g.estimatedWait(); g.cfg.Admission.MaxWait > 0 &&
@@ -138,21 +145,8 @@ func (g *Gateway) handle(msg mqtt.Message) {
 		return
 	}
 	msg.Ack()
-	switch res.Dup {
-	case store.DupPending:
+	if g.duplicate(req, key, res) {
 		release()
-		g.m.duplicates.WithLabelValues("pending").Inc()
-		g.log.Debug().Stringer("key", key).Msg("duplicate of a pending request ignored")
-		return
-	case store.DupDone:
-		release()
-		g.m.duplicates.WithLabelValues("done").Inc()
-		g.log.Debug().Stringer("key", key).Msg("duplicate of an answered request: reply published again")
-		st := protocol.StatusOK
-		if rep, err := protocol.ParseReply(res.Reply); err == nil {
-			st = rep.Status
-		}
-		g.egress.SendRaw(req.ReplyTo, req.App, st, res.Reply)
 		return
 	}
 	g.m.received.WithLabelValues(req.App).Inc()
@@ -171,6 +165,67 @@ func (g *Gateway) handle(msg mqtt.Message) {
 		// properly (and complete it).
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonOverload)})
 	}
+}
+
+// expiredOnArrival answers a request whose end-to-end deadline passed before it
+// arrived: journaled like any other (so a copy of it, or of an earlier answered
+// one, gets the same reply), and answered expired through the durable path.
+func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key store.Key) {
+	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline, ReplyTo: req.ReplyTo})
+	if err != nil {
+		g.m.storeErrors.WithLabelValues("put").Inc()
+		if g.draining.Load() {
+			return // redelivered to the next session
+		}
+		msg.Ack()
+		g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; expired request answered unjournaled")
+		rep := req.NewReply(protocol.StatusExpired)
+		rep.Reason, rep.Error, rep.DeadlineMet = protocol.ReasonExpiredBeforeReceipt, msgExpiredInTransit, protocol.Ptr(false)
+		g.egress.Reject(req.ReplyTo, rep)
+		return
+	}
+	msg.Ack()
+	if g.duplicate(req, key, res) {
+		return
+	}
+	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo, Received: req.Received, Deadline: req.Deadline}
+	g.answer(j, result{Status: protocol.StatusExpired, Reason: string(protocol.ReasonExpiredBeforeReceipt)})
+}
+
+// duplicate handles a Put that found the key known and reports whether it did.
+func (g *Gateway) duplicate(req *protocol.Request, key store.Key, res store.PutResult) bool {
+	switch res.Dup {
+	case store.DupPending:
+		g.m.duplicates.WithLabelValues("pending").Inc()
+		g.log.Debug().Stringer("key", key).Msg("duplicate of a pending request ignored")
+		return true
+	case store.DupDone:
+		g.m.duplicates.WithLabelValues("done").Inc()
+		g.log.Debug().Stringer("key", key).Msg("duplicate of an answered request: reply published again")
+		st := protocol.StatusOK
+		if rep, err := protocol.ParseReply(res.Reply); err == nil {
+			st = rep.Status
+		}
+		g.egress.SendRaw(req.ReplyTo, req.App, st, res.Reply)
+		return true
+	}
+	return false
+}
+
+// answeredBefore handles a request rejected for a reason that depends on the time
+// of receipt (an absolute deadline now past): if it is a copy of a request the
+// journal knows, the copy is handled as a duplicate (never contradicting the
+// first answer) and answeredBefore reports true.
+func (g *Gateway) answeredBefore(rej *protocol.Rejection) bool {
+	if rej.ID == "" || rej.ReplyTo == "" {
+		return false
+	}
+	key := store.Key{App: rej.App, Device: rej.Device, ID: rej.ID}
+	res, err := g.journal.Lookup(key)
+	if err != nil || res.Dup == store.New {
+		return false
+	}
+	return g.duplicate(&protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: rej.ReplyTo}, key, res)
 }
 
 // claim makes the caller the only worker handling key until it calls the returned

@@ -778,3 +778,55 @@ func TestReadiness(t *testing.T) {
 		t.Errorf("readyz after shutdown: %d", code)
 	}
 }
+
+// TestEndToEndDeadlines: with sent_at the deadline counts from the device's
+// clock. A request that arrives after it is answered expired
+// (expired_before_receipt), journaled, so a copy gets the same bytes; a copy of an
+// answered request whose absolute deadline has since passed gets the first answer
+// again, not a deadline_past rejection.
+func TestEndToEndDeadlines(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	var skew atomic.Int64 // the test moves the gateway's clock forward
+	startGateway(t, cfg, Options{Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-e2e")
+	topic := protocol.RequestTopic("sneakgate", "fashion", "cam-e2e")
+	late := (&protocol.Payload{ID: "late", DeadlineMS: 500, SentAt: time.Now().Add(-10 * time.Second), Input: samples.Row(1)}).Marshal()
+	dev.publish(topic, late)
+	r := dev.await([]string{"late"}, 30*time.Second)["late"]
+	if r.Status != protocol.StatusExpired || r.Reason != protocol.ReasonExpiredBeforeReceipt || r.DeadlineMet == nil || *r.DeadlineMet {
+		t.Errorf("request that arrived after its deadline: %+v", r)
+	}
+	absolute := (&protocol.Payload{ID: "abs", Deadline: time.Now().Add(1500 * time.Millisecond), Input: samples.Row(2)}).Marshal()
+	dev.publish(topic, absolute)
+	if r := dev.await([]string{"abs"}, 30*time.Second)["abs"]; r.Status != protocol.StatusOK {
+		t.Fatalf("abs: %+v", r)
+	}
+	// Copies: one at once, one after the absolute deadline has passed.
+	dev.publish(topic, late)
+	for dev.count("late") < 2 { // before the clock moves
+		select {
+		case <-dev.arrived:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no reply to the copy of late")
+		}
+	}
+	skew.Store(int64(5 * time.Second))
+	dev.publish(topic, absolute)
+	deadline := time.After(30 * time.Second)
+	for dev.count("late") < 2 || dev.count("abs") < 2 {
+		select {
+		case <-dev.arrived:
+		case <-deadline:
+			t.Fatalf("copies answered %d and %d times, want 2 each", dev.count("late"), dev.count("abs"))
+		}
+	}
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	for _, id := range []string{"late", "abs"} {
+		if r := dev.raw[id]; r[0] != r[1] {
+			t.Errorf("%s: the copy got a different reply:\n%s\n%s", id, r[0], r[1])
+		}
+	}
+}

@@ -13,6 +13,9 @@ const (
 	msgExpired = "the deadline passed before the request could run"
 	msgError   = "internal error while running the request; it may be retried"
 	msgBroker  = "the answer was ready, but the broker could not take it before the deadline"
+	// msgExpiredInTransit is the error of a request whose deadline passed before it
+	// reached the gateway.
+	msgExpiredInTransit = "the deadline (sent_at + budget) passed before the gateway received the request"
 )
 
 // buildReply turns a job's result into the reply published at now. A model answer
@@ -49,6 +52,9 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 	case protocol.StatusExpired:
 		rep.Reason = protocol.Reason(r.Reason)
 		rep.Error = msgExpired
+		if rep.Reason == protocol.ReasonExpiredBeforeReceipt {
+			rep.Error = msgExpiredInTransit
+		}
 		rep.DeadlineMet = protocol.Ptr(false)
 	case protocol.StatusRejected:
 		rep.Reason = protocol.Reason(r.Reason)

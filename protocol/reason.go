@@ -154,9 +154,6 @@ type Rejection struct {
 	// ReplyTo is where the rejected reply goes: the allowed reply_to, else the
 	// device's own reply topic; "" when none can be derived (do not reply).
 	ReplyTo string
-	// Status is the reply's status: rejected (the zero value means rejected), or
-	// expired for ReasonExpiredBeforeReceipt.
-	Status Status
 }
 
 func (r *Rejection) Error() string {
@@ -172,14 +169,6 @@ func (r *Rejection) Unwrap() error { return r.Reason }
 // Reply returns the rejected Reply to publish on r.ReplyTo. Call it only when
 // r.ReplyTo is not empty.
 func (r *Rejection) Reply() *Reply {
-	st := r.Status
-	if st == "" {
-		st = StatusRejected
-	}
-	rep := &Reply{V: Version, ID: r.ID, App: r.App, Device: r.Device,
-		Status: st, Reason: r.Reason, Error: r.Message}
-	if st == StatusExpired {
-		rep.DeadlineMet = Ptr(false)
-	}
-	return rep
+	return &Reply{V: Version, ID: r.ID, App: r.App, Device: r.Device,
+		Status: StatusRejected, Reason: r.Reason, Error: r.Message}
 }

@@ -79,7 +79,8 @@ type Request struct {
 	SentAt time.Time
 	// Deadline is absolute: deadline_ms (or the application's default) after
 	// sent_at when given and not ahead of Received, else after Received; or the
-	// given absolute deadline.
+	// given absolute deadline. With sent_at it may lie at or before Received
+	// (ExpiredOnArrival).
 	Deadline time.Time
 	// Input has exactly the application's InputSize finite values, within its Range.
 	Input []float32
@@ -87,6 +88,12 @@ type Request struct {
 
 // Budget is Deadline minus Received.
 func (r *Request) Budget() time.Duration { return r.Deadline.Sub(r.Received) }
+
+// ExpiredOnArrival reports whether the deadline passed before the request was
+// received (only possible with sent_at: it waited in the broker or on the
+// network). Such a request is valid, and is answered expired
+// (ReasonExpiredBeforeReceipt) like any other, duplicates included.
+func (r *Request) ExpiredOnArrival() bool { return !r.Deadline.After(r.Received) }
 
 // Fields of the request object.
 const (
@@ -257,13 +264,6 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 		}
 	default:
 		deadline = origin.Add(spec.DefaultDeadline)
-	}
-	if !deadline.After(now) {
-		// Only reachable through sent_at: the request waited past its deadline
-		// before it reached the gateway.
-		rej.Status = StatusExpired
-		return reject(ReasonExpiredBeforeReceipt, "the deadline passed %s before the gateway received the request (sent_at %d)",
-			now.Sub(deadline).Round(time.Millisecond), sentAt.UnixMilli())
 	}
 
 	// input
