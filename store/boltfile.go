@@ -43,6 +43,7 @@ const (
 
 	flagBranch   = 0x01
 	flagLeaf     = 0x02
+	flagMeta     = 0x04
 	flagFreelist = 0x10
 	flagBucket   = 0x01 // leaf element flag
 
@@ -155,15 +156,16 @@ func openBoltFile(r io.ReaderAt, size int64, probs *problems) (*boltFile, error)
 	f := &boltFile{r: r, size: size, probs: probs}
 	var metas [2]boltMeta
 	var errs [2]error
-	metas[0], errs[0] = f.readMeta(0)
+	var hdrs [2][pageHeaderSize]byte
+	metas[0], hdrs[0], errs[0] = f.readMeta(0)
 	if errs[0] == nil || errors.Is(errs[0], errMetaChecksum) {
-		metas[1], errs[1] = f.readMeta(int64(metas[0].pageSize))
+		metas[1], hdrs[1], errs[1] = f.readMeta(int64(metas[0].pageSize))
 	} else {
 		// Find page 1 by trying every page size, as bbolt does.
 		errs[1] = errors.New("not found")
 		for ps := int64(minPageSize); ps <= maxPageSize && ps+pageHeaderSize+metaBodySize <= size; ps <<= 1 {
-			if m, err := f.readMeta(ps); (err == nil || errors.Is(err, errMetaChecksum)) && int64(m.pageSize) == ps {
-				metas[1], errs[1] = m, err
+			if m, h, err := f.readMeta(ps); (err == nil || errors.Is(err, errMetaChecksum)) && int64(m.pageSize) == ps {
+				metas[1], hdrs[1], errs[1] = m, h, err
 				break
 			}
 		}
@@ -189,6 +191,10 @@ func openBoltFile(r io.ReaderAt, size int64, probs *problems) (*boltFile, error)
 		if err != nil && strict {
 			probs.add("meta page %d is invalid (%v); using meta page %d (transaction %d)", i, err, f.metaPage, metas[f.metaPage].txid)
 		}
+		// The header is outside the checksum; bbolt's Check panics on a bad one.
+		if id, flags := ne.Uint64(hdrs[i][0:]), ne.Uint16(hdrs[i][8:]); err == nil && (id != uint64(i) || flags != flagMeta) {
+			probs.add("meta page %d has a damaged page header (id %d, flags %#x)", i, id, flags)
+		}
 	}
 	f.meta = metas[f.metaPage]
 	f.pageSize = int(f.meta.pageSize)
@@ -213,12 +219,14 @@ func (f *boltFile) highWater() int64 {
 	return int64(f.meta.pgid) * int64(f.pageSize)
 }
 
-func (f *boltFile) readMeta(off int64) (boltMeta, error) {
+// readMeta reads the meta page at off: its body, and its page header.
+func (f *boltFile) readMeta(off int64) (boltMeta, [pageHeaderSize]byte, error) {
 	var b [pageHeaderSize + metaBodySize]byte
 	if n, err := f.r.ReadAt(b[:], off); n < len(b) {
-		return boltMeta{}, fmt.Errorf("reading at %d: %w", off, errOr(err, io.ErrUnexpectedEOF))
+		return boltMeta{}, [pageHeaderSize]byte{}, fmt.Errorf("reading at %d: %w", off, errOr(err, io.ErrUnexpectedEOF))
 	}
-	return parseMeta(b[pageHeaderSize:])
+	m, err := parseMeta(b[pageHeaderSize:])
+	return m, [pageHeaderSize]byte(b[:pageHeaderSize]), err
 }
 
 func errOr(err, def error) error {
@@ -518,8 +526,10 @@ func (f *boltFile) rootBuckets() map[string][]byte {
 	return out
 }
 
-// checkFreelist reads a persisted freelist page, if the meta page names one,
-// and marks its pages as in use.
+// checkFreelist reads a persisted freelist page, if the meta page names one
+// (the store does not persist it, but bbolt reads one when it is there): its
+// header, its ids (in range, sorted, not reached from the tree), and marks its
+// pages as in use.
 func (f *boltFile) checkFreelist() {
 	if f.meta.freelist == pgidNoFreelist {
 		return
@@ -532,9 +542,32 @@ func (f *boltFile) checkFreelist() {
 		return
 	}
 	overflow := uint64(ne.Uint32(hdr[12:]))
-	if id+overflow >= f.meta.pgid {
-		f.probs.add("freelist page %d spans %d overflow pages, beyond the pages in use", id, overflow)
+	n := (1 + int64(overflow)) * int64(f.pageSize)
+	if id+overflow >= f.meta.pgid || off+n > f.size {
+		f.probs.add("freelist page %d spans %d overflow pages, beyond the pages in use or the file", id, overflow)
 		return
+	}
+	p := make([]byte, n)
+	if got, err := f.r.ReadAt(p, off); int64(got) < n {
+		f.probs.add("freelist page %d: %v", id, errOr(err, io.ErrUnexpectedEOF))
+		return
+	}
+	first, count := 0, uint64(ne.Uint16(hdr[10:]))
+	if count == 0xFFFF { // the count is the first element
+		first, count = 1, ne.Uint64(p[pageHeaderSize:])
+	}
+	if count > uint64(n-pageHeaderSize)/8-uint64(first) {
+		f.probs.add("freelist page %d: %d ids do not fit in %d bytes", id, count, n)
+		return
+	}
+	prev := uint64(1)
+	for i := range count {
+		pg := ne.Uint64(p[pageHeaderSize+8*(uint64(first)+i):])
+		if pg <= prev || pg >= f.meta.pgid {
+			f.probs.add("freelist page %d: free page id %d is out of order or out of range", id, pg)
+			return
+		}
+		prev = pg
 	}
 	for i := uint64(0); i <= overflow; i++ {
 		if f.mark(id + i) {

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -233,7 +235,7 @@ func verifyFile(f *os.File, path string, w *salvageWriter) (rep *Report, err err
 	a := &analysis{
 		bf: bf, rep: rep, probs: &probs, w: w,
 		pendIdx: map[uint64]string{}, outIdx: map[uint64]string{},
-		byKey: map[string]uint64{}, done: map[uint64]struct{}{},
+		byKey: map[string]uint64{}, done: map[uint64]struct{}{}, expiries: map[uint64]struct{}{},
 		lost: map[uint64]struct{}{}, reindexed: map[string]struct{}{},
 	}
 	if err := a.run(); err != nil {
@@ -261,6 +263,7 @@ type analysis struct {
 	pendIdx, outIdx map[uint64]string
 	byKey           map[string]uint64
 	done            map[uint64]struct{}
+	expiries        map[uint64]struct{} // expiryHash of each readable expiry record
 	index           counts
 	// lost holds the seqs of the entries that cannot be kept; reindexed the keys
 	// of records kept without an index entry.
@@ -288,8 +291,17 @@ func (a *analysis) run() error {
 	if len(roots) == 0 && a.bf.unreadable == 0 {
 		return nil // a bbolt file the store never initialised: healthy, and empty
 	}
+	for name := range roots {
+		if !slices.ContainsFunc(journalBuckets, func(b []byte) bool { return string(b) == name }) {
+			a.probs.add("root: unknown bucket %q (a damaged bucket name?)", name)
+			// Walk it anyway, so that no page is left unverified.
+			a.bf.walkBucket(name, roots[name], func(elem) {})
+		}
+	}
 	var seqs [5]uint64
-	for i, name := range journalBuckets {
+	// The expiry records first, so the completed keys can be checked against them.
+	for _, i := range [...]int{0, 4, 1, 2, 3} {
+		name := journalBuckets[i]
 		hdr, ok := roots[string(name)]
 		if !ok {
 			a.rep.Buckets[i].Missing = true
@@ -301,6 +313,10 @@ func (a *analysis) run() error {
 		seqs[i], _ = a.bf.walkBucket(string(name), hdr, func(e elem) {
 			if err == nil {
 				a.rep.Buckets[i].Records++
+				if e.flags&flagBucket != 0 {
+					// bbolt would open it as a bucket and follow its "root page".
+					a.corrupt(name, "key %x is marked as a nested bucket", e.key)
+				}
 				visit(e)
 				err = a.writeErr()
 			}
@@ -314,11 +330,11 @@ func (a *analysis) run() error {
 			}
 		}
 	}
-	for seq, kb := range a.pendIdx {
-		a.lose(seq, kb, "pending")
+	for _, seq := range slices.Sorted(maps.Keys(a.pendIdx)) {
+		a.lose(seq, a.pendIdx[seq], "pending")
 	}
-	for seq, kb := range a.outIdx {
-		a.lose(seq, kb, "in the outbox")
+	for _, seq := range slices.Sorted(maps.Keys(a.outIdx)) {
+		a.lose(seq, a.outIdx[seq], "in the outbox")
 	}
 	a.rep.Lost = len(a.lost)
 	if n := len(a.reindexed); n > 0 {
@@ -330,7 +346,6 @@ func (a *analysis) run() error {
 	}
 	if a.w != nil {
 		a.w.pendSeq = max(seqs[2], a.maxSeq)
-		a.w.expSeq = max(a.w.expSeq, seqs[4])
 	}
 	return nil
 }
@@ -367,12 +382,18 @@ func (a *analysis) meta(e elem) {
 	}
 }
 
+// maxFutureSchema bounds the schema versions taken for a newer store's (the
+// error ErrSchema) rather than for a damaged byte.
+const maxFutureSchema = schemaVersion + 15
+
 func (a *analysis) schemaErr() error {
 	switch v := a.schema; {
 	case v == nil:
 		a.probs.add("meta: no schema version")
-	case len(v) != 1 || v[0] != schemaVersion:
+	case len(v) == 1 && v[0] > schemaVersion && v[0] <= maxFutureSchema:
 		return fmt.Errorf("%w: file has schema %v, this build reads %d", ErrSchema, v, schemaVersion)
+	case len(v) != 1 || v[0] != schemaVersion:
+		a.corrupt(bucketMeta, "schema %v is neither %d nor a plausible newer version: a damaged record", v, schemaVersion)
 	}
 	return nil
 }
@@ -390,6 +411,11 @@ func (a *analysis) key(e elem) {
 		return
 	}
 	kb := string(e.key)
+	h := keyHash(e.key)
+	if _, dup := a.byKey[kb]; dup || a.doneHas(h) {
+		a.corrupt(bucketKeys, "key %s appears twice (a damaged element)", k)
+		return
+	}
 	switch st.state {
 	case statePending, stateOutbox:
 		idx, other := a.pendIdx, a.outIdx
@@ -407,13 +433,22 @@ func (a *analysis) key(e elem) {
 		a.byKey[kb] = st.seq
 		a.maxSeq = max(a.maxSeq, st.seq)
 	case stateDone:
+		if _, ok := a.expiries[expiryHash(expiryKey(st.doneAt, st.n), e.key)]; !ok && !a.rep.bucket(bucketExpiry).Missing {
+			// GC would never forget it; a salvage writes it a new one.
+			a.probs.add("keys: %s was completed at %s, but has no expiry record", k, st.doneAt)
+		}
 		a.index.done++
-		a.done[keyHash(e.key)] = struct{}{}
+		a.done[h] = struct{}{}
 		a.rep.Done++
 		if a.w != nil {
-			a.w.putDone(e.key, e.value, st)
+			a.w.putDone(e.key, st)
 		}
 	}
+}
+
+func (a *analysis) doneHas(h uint64) bool {
+	_, ok := a.done[h]
+	return ok
 }
 
 // known reports whether the index holds kb otherwise than at seq.
@@ -514,7 +549,17 @@ func (a *analysis) expiry(e elem) {
 	}
 	if _, err := decodeKey(e.value); err != nil {
 		a.corrupt(bucketExpiry, "record %x: %v", e.key, err)
+		return
 	}
+	a.expiries[expiryHash(e.key, e.value)] = struct{}{}
+}
+
+// expiryHash identifies an expiry record: its key and the key it expires.
+func expiryHash(ek, kb []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(ek)
+	h.Write(kb)
+	return h.Sum64()
 }
 
 // readCountsValue decodes the meta bucket's counts record.
@@ -582,11 +627,14 @@ func (w *salvageWriter) put(bucket, k, v []byte) {
 	}
 }
 
-// putDone stores a completed key and its expiry record.
-func (w *salvageWriter) putDone(kb, rec []byte, st keyState) {
-	w.put(bucketKeys, kb, rec)
+// putDone stores a completed key and its expiry record, numbered afresh: a
+// damaged page can make two keys share one state record, and expiry records
+// must be unique.
+func (w *salvageWriter) putDone(kb []byte, st keyState) {
+	w.expSeq++
+	st.n = w.expSeq
+	w.put(bucketKeys, kb, encodeState(st))
 	w.put(bucketExpiry, expiryKey(st.doneAt, st.n), kb)
-	w.expSeq = max(w.expSeq, st.n)
 }
 
 // finish writes the counts and bucket sequences and commits.
