@@ -2,25 +2,27 @@ package store
 
 import "errors"
 
-// These errors can be returned by Open.
+// These errors can be returned by Open, OpenOrRecover, Inspect and Salvage.
 var (
-	// ErrLocked is returned by Open when another process (usually a second
-	// gateway) holds the database file and did not release it within
-	// Options.LockTimeout.
+	// ErrLocked is returned when another process (usually a gateway) holds the
+	// database file: by Open and OpenOrRecover when it did not release it within
+	// Options.LockTimeout, by Inspect and Salvage at once.
 	ErrLocked = errors.New("database file is locked by another process")
 
-	// ErrSchema is returned by Open when the file was written by a newer,
-	// incompatible version of the store.
+	// ErrSchema is returned when the file was written by a newer, incompatible
+	// version of the store. The schema byte has no checksum: OpenOrRecover,
+	// Inspect and Salvage take a value that no plausible newer version has (0, or
+	// above 16) for damage instead.
 	ErrSchema = errors.New("unsupported journal schema")
 
 	// ErrDamaged is wrapped by the error about a journal file that cannot be
-	// trusted: bbolt refused it (not a database, both meta pages invalid), it
-	// panicked or faulted reading it, or the verification of OpenOrRecover or
-	// Inspect found its pages or records damaged. Open and the read methods return
-	// it instead of panicking; OpenOrRecover does not return it for damage it
-	// recovered from (it moves the file aside and reports a Recovery). After a
-	// panic inside a commit every later method returns it: restart, and let
-	// OpenOrRecover verify the file. ErrLocked and ErrSchema are not damage.
+	// trusted: bbolt refused it (not a database, both meta pages invalid), or
+	// panicked or faulted reading it. Open and the read methods return it instead
+	// of panicking. OpenOrRecover does not return it for damage: it verifies the
+	// file first, moves a damaged one aside and reports a Recovery (Inspect
+	// reports damage in its Report). After a panic inside a commit every later
+	// method returns it: restart, and let OpenOrRecover verify the file. ErrLocked
+	// and ErrSchema are not damage.
 	ErrDamaged = errors.New("journal file damaged")
 )
 
