@@ -247,7 +247,7 @@ func verifyFile(f *os.File, path string, w *salvageWriter) (rep *Report, err err
 	return rep, nil
 }
 
-// journalBuckets are the store's buckets, in the order the analysis reads them.
+// journalBuckets are the store's buckets, in the order of Report.Buckets.
 var journalBuckets = [][]byte{bucketMeta, bucketKeys, bucketPending, bucketOutbox, bucketExpiry}
 
 // analysis checks the journal's records in a boltFile, and copies the good ones.

@@ -52,7 +52,9 @@ type Recovery struct {
 // longer than Options.LockTimeout, with ErrSchema when a newer version wrote it,
 // and with an error when the file cannot be created, read, renamed, or the new
 // journal cannot be written (a failed salvage puts the damaged file back, so the
-// next attempt starts over). It never panics.
+// next attempt starts over). Damage does not make it panic: bbolt reads only a
+// file that passed the verification, and the panics bbolt raises in the
+// caller's goroutine are caught as well.
 func OpenOrRecover(path string, opts Options) (*Store, *Recovery, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
