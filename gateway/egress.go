@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -201,14 +202,14 @@ func (e *egress) sendAnswer(a *answerMsg) {
 		e.m.storeErrors.WithLabelValues("outbox").Inc()
 		e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; publishing without it")
 	}
-	e.publishAnswer(a.topic, a.key, rep.App, rep.Status, payload, false)
+	e.publishAnswer(a.topic, a.key, a.deadline, rep.App, rep.Status, payload, false)
 }
 
 // publishAnswer publishes a reply already in the outbox, whose key the caller
 // claimed, and completes it on PUBACK. A reply that fails stays in the outbox
 // (counted when inOutbox is false) for the flusher; one whose PUBACK is late is
 // awaited, bounded. The key is released once nothing waits for it any more.
-func (e *egress) publishAnswer(topic string, key store.Key, app string, status protocol.Status, payload []byte, inOutbox bool) bool {
+func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte, inOutbox bool) bool {
 	tok, err := e.publish(topic, payload)
 	if err == nil {
 		e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
@@ -223,9 +224,18 @@ func (e *egress) publishAnswer(topic string, key store.Key, app string, status p
 	if !inOutbox {
 		e.m.outboxLen.Inc()
 	}
-	if errors.Is(err, errPublishTimeout) {
+	switch {
+	case errors.Is(err, errPublishTimeout):
 		e.awaitLate(key, tok, app, status, payload)
-	} else {
+	case errors.Is(err, errNotConnected):
+		// Never handed to the broker: nobody can have seen it, so it is stamped
+		// anew when it goes out (a stale stamp would claim the deadline was met).
+		if err := e.journal.OutboxUnsent(key, payload, flushBy); err != nil {
+			e.m.storeErrors.WithLabelValues("outbox").Inc()
+			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed")
+		}
+		e.release(key)
+	default:
 		e.release(key)
 	}
 	e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker has it")
@@ -344,21 +354,32 @@ func (e *egress) appLabel(app string) string {
 	return "_unknown"
 }
 
-// errPublishTimeout is returned when the broker does not acknowledge in time.
-var errPublishTimeout = errors.New("publish not acknowledged in time")
+// Errors of publish.
+var (
+	// errPublishTimeout: the broker did not acknowledge in time; the MQTT client
+	// still holds the message and may deliver it later.
+	errPublishTimeout = errors.New("publish not acknowledged in time")
+	// errNotConnected: the message was not handed to the broker at all.
+	errNotConnected = errors.New("not connected to the broker")
+)
 
 // publish publishes at QoS 1 and waits for the PUBACK up to the timeout. On
 // errPublishTimeout the returned token is still pending: the client keeps the
 // message and resends it after a reconnect.
 func (e *egress) publish(topic string, payload []byte) (mqtt.Token, error) {
 	if !e.client.IsConnectionOpen() {
-		return nil, errors.New("not connected to the broker")
+		return nil, errNotConnected
 	}
 	t := e.client.Publish(topic, 1, false, payload)
 	if !t.WaitTimeout(e.timeout) {
 		return t, errPublishTimeout
 	}
-	return t, t.Error()
+	if err := t.Error(); errors.Is(err, mqtt.ErrNotConnected) {
+		return t, fmt.Errorf("%w: %v", errNotConnected, err)
+	} else if err != nil {
+		return t, err
+	}
+	return t, nil
 }
 
 // Kick asks the flusher to flush the outbox (on reconnect).
@@ -436,7 +457,7 @@ func (e *egress) flush(ctx context.Context) {
 				status = rep.Status
 			}
 		}
-		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.App, status, payload, true) { // releases the key
+		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload, true) { // releases the key
 			e.log.Warn().Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}
