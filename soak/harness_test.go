@@ -895,6 +895,11 @@ type tally struct {
 	ReplyLatencyMS   map[string]int64 `json:"first_reply_latency_ms"` // p50, p99, max of sent_at to first reply
 }
 
+// heldWindow is how long after the broker stops a reply may still be handed to
+// the gateway's MQTT client, which then holds it and resends it unchanged after
+// the reconnect (the client notices the broken connection only when it fails).
+const heldWindow = time.Second
+
 // staleTolerance is how far past its deadline a reply may arrive and still claim
 // deadline_met (broker and device delivery, clock granularity).
 const staleTolerance = 250 * time.Millisecond
@@ -903,7 +908,7 @@ func analyse(f *fleet) tally { return analyseOutage(f, time.Time{}) }
 
 // analyseOutage is analyse for a run in which the broker stopped at stoppedAt: a
 // stale reply whose publication the gateway stamped (sent_at + deadline -
-// slack_ms) before stoppedAt counts as StaleHeld, not StaleMet.
+// slack_ms) before stoppedAt + heldWindow counts as StaleHeld, not StaleMet.
 func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 	snaps := f.snapshot()
 	tl := tally{FirstByStatus: map[string]int{}, FirstByReason: map[string]int{}, ReplyLatencyMS: map[string]int64{}}
@@ -942,7 +947,10 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 			if r.DeadlineMet != nil && *r.DeadlineMet && r.At.Sub(s.SentAt) > s.Deadline+staleTolerance {
 				if r.SlackMS != nil && !stoppedAt.IsZero() {
 					deadline := time.UnixMilli(s.SentAt.UnixMilli()).Add(s.Deadline)
-					if published := deadline.Add(-time.Duration(*r.SlackMS * float64(time.Millisecond))); published.Before(stoppedAt) {
+					// The gateway learns of the broker's death only when its
+					// connection breaks: a reply handed to the MQTT client in the
+					// second after the stop is resent by the session unchanged.
+					if published := deadline.Add(-time.Duration(*r.SlackMS * float64(time.Millisecond))); published.Before(stoppedAt.Add(heldWindow)) {
 						tl.StaleHeld++
 						continue
 					}
