@@ -80,15 +80,17 @@ func defaultEgressOptions() egressOptions {
 type egress struct {
 	// served reports whether an application is served; metrics label the others
 	// "_unknown" so that arbitrary topic names cannot grow the label set.
-	served  func(app string) bool
-	client  mqtt.Client
-	journal journal
-	timeout time.Duration
-	rate    float64
-	now     func() time.Time
-	log     zerolog.Logger
-	m       *metrics
-	opts    egressOptions
+	served func(app string) bool
+	// journalError, if set, is told of every failed journal write.
+	journalError func(error)
+	client       mqtt.Client
+	journal      journal
+	timeout      time.Duration
+	rate         float64
+	now          func() time.Time
+	log          zerolog.Logger
+	m            *metrics
+	opts         egressOptions
 
 	// sendMu guards closed and the sends on answers and raw against Stop.
 	sendMu  sync.RWMutex
@@ -188,7 +190,7 @@ func (e *egress) sendAnswer(a *answerMsg) {
 	if !e.client.IsConnectionOpen() {
 		// Nobody can see it yet: keep it unsent, to be stamped when it goes out.
 		if err := e.journal.OutboxUnsent(a.key, payload, a.deadline); err != nil {
-			e.m.storeErrors.WithLabelValues("outbox").Inc()
+			e.storeError("outbox", err)
 			e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
 			return
 		}
@@ -199,7 +201,7 @@ func (e *egress) sendAnswer(a *answerMsg) {
 	if err := e.journal.Outbox(a.key, payload, a.deadline); err != nil {
 		// Publish anyway: the device is waiting. The request stays pending in the
 		// journal, so a restart may answer it a second time.
-		e.m.storeErrors.WithLabelValues("outbox").Inc()
+		e.storeError("outbox", err)
 		e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; publishing without it")
 	}
 	e.publishAnswer(a.topic, a.key, a.deadline, rep.App, rep.Status, payload, false)
@@ -231,7 +233,7 @@ func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, a
 		// Never handed to the broker: nobody can have seen it, so it is stamped
 		// anew when it goes out (a stale stamp would claim the deadline was met).
 		if err := e.journal.OutboxUnsent(key, payload, flushBy); err != nil {
-			e.m.storeErrors.WithLabelValues("outbox").Inc()
+			e.storeError("outbox", err)
 			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed")
 		}
 		e.release(key)
@@ -315,9 +317,17 @@ func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protoco
 	}()
 }
 
+// storeError counts a failed journal operation and passes the error on.
+func (e *egress) storeError(op string, err error) {
+	e.m.storeErrors.WithLabelValues(op).Inc()
+	if e.journalError != nil {
+		e.journalError(err)
+	}
+}
+
 func (e *egress) complete(k store.Key, payload []byte) {
 	if err := e.journal.Complete(k, payload); err != nil {
-		e.m.storeErrors.WithLabelValues("complete").Inc()
+		e.storeError("complete", err)
 		e.log.Error().Err(err).Stringer("key", k).Msg("journal complete failed; the same reply may be published again after a restart")
 	}
 }
@@ -415,7 +425,7 @@ func (e *egress) flush(ctx context.Context) {
 	}
 	entries, err := e.journal.OutboxEntries()
 	if err != nil {
-		e.m.storeErrors.WithLabelValues("outbox_read").Inc()
+		e.storeError("outbox_read", err)
 		e.log.Error().Err(err).Msg("outbox read failed")
 		return
 	}
@@ -447,7 +457,7 @@ func (e *egress) flush(ctx context.Context) {
 					payload = oe.Reply
 				}
 				if err := e.journal.Outbox(oe.Key, payload, oe.FlushBy); err != nil {
-					e.m.storeErrors.WithLabelValues("outbox").Inc()
+					e.storeError("outbox", err)
 					e.log.Error().Err(err).Stringer("key", oe.Key).Msg("outbox write failed")
 				}
 			}

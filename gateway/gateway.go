@@ -84,6 +84,10 @@ type Gateway struct {
 	subscribed atomic.Bool
 	// lastOverload is when a request was last refused for overload (Unix ns).
 	lastOverload atomic.Int64
+	// fatal is closed by fail: Run stops and returns fatalErr.
+	fatal     chan struct{}
+	fatalOnce sync.Once
+	fatalErr  error
 	// admitting is read-locked by every request handler and write-locked by
 	// shutdown (see onMessage); draining is set just before.
 	admitting sync.RWMutex
@@ -107,7 +111,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	}
 	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry, apps: map[string]*appRuntime{},
 		in: make(chan mqtt.Message, cfg.Admission.IngressQueue), stopIngress: make(chan struct{}),
-		claimed: map[store.Key]chan struct{}{}}
+		claimed: map[store.Key]chan struct{}{}, fatal: make(chan struct{})}
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -402,6 +406,7 @@ func (g *Gateway) connect() error {
 	g.client = mqtt.NewClient(opts)
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, defaultEgressOptions(), log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.apps[app]; return ok }
+	g.egress.journalError = g.journalError
 	t := g.client.Connect()
 	if !t.WaitTimeout(10 * time.Second) {
 		log.Warn().Str("broker", c.Broker).Msg("broker not reachable yet; retrying in the background")
@@ -491,8 +496,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 	}
 
-	<-ctx.Done()
-	g.log.Info().Msg("shutting down")
+	select {
+	case <-ctx.Done():
+		g.log.Info().Msg("shutting down")
+	case <-g.fatal:
+		g.log.Error().Err(g.fatalErr).Msg("shutting down after a fatal error")
+	}
 	g.draining.Store(true)
 	if g.onDrain != nil {
 		g.onDrain()
@@ -518,7 +527,25 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.client.IsConnectionOpen() {
 		g.publishStatus(protocol.StateOffline, "shutdown")
 	}
-	return g.closeAll()
+	return errors.Join(g.fatalErr, g.closeAll())
+}
+
+// journalError looks at an error of a journal operation: a journal file damaged
+// while running (store.ErrDamaged) cannot be written any more, so the gateway
+// stops with an error (under systemd, Restart=on-failure restarts it, and the
+// start-up check moves the damaged file aside and salvages what it can).
+func (g *Gateway) journalError(err error) {
+	if errors.Is(err, store.ErrDamaged) {
+		g.fail(fmt.Errorf("gateway: journal: %w", err))
+	}
+}
+
+// fail makes Run stop and return err (the first one given).
+func (g *Gateway) fail(err error) {
+	g.fatalOnce.Do(func() {
+		g.fatalErr = err
+		close(g.fatal)
+	})
 }
 
 // readiness says whether the gateway is serving: connected and subscribed to
@@ -555,6 +582,7 @@ func (g *Gateway) gcLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			if _, err := g.journal.GC(g.now()); err != nil {
+				g.journalError(err)
 				g.m.storeErrors.WithLabelValues("gc").Inc()
 				g.log.Error().Err(err).Msg("journal GC failed")
 			}

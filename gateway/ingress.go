@@ -126,6 +126,7 @@ func (g *Gateway) handle(msg mqtt.Message) {
 	if err != nil {
 		release()
 		g.m.storeErrors.WithLabelValues("put").Inc()
+		g.journalError(err)
 		switch {
 		case g.draining.Load():
 			// Stopping: leave it unacknowledged; the broker redelivers it to the
@@ -174,6 +175,7 @@ func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key 
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline, ReplyTo: req.ReplyTo})
 	if err != nil {
 		g.m.storeErrors.WithLabelValues("put").Inc()
+		g.journalError(err)
 		if g.draining.Load() {
 			return // redelivered to the next session
 		}

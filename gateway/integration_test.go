@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -828,5 +829,34 @@ func TestEndToEndDeadlines(t *testing.T) {
 		if r := dev.raw[id]; r[0] != r[1] {
 			t.Errorf("%s: the copy got a different reply:\n%s\n%s", id, r[0], r[1])
 		}
+	}
+}
+
+// TestJournalDamagedWhileRunningStops: a journal that turns out damaged while
+// the gateway runs cannot be written any more; the gateway stops with an error
+// (systemd restarts it and the start-up check recovers the file) instead of
+// running on without a journal.
+func TestJournalDamagedWhileRunningStops(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	gw := startGateway(t, cfg, Options{BeforeCommit: func(ops []store.Op) error {
+		for _, op := range ops {
+			if op.Kind == store.OpPut {
+				return fmt.Errorf("%w: injected page fault", store.ErrDamaged)
+			}
+		}
+		return nil
+	}})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-damaged")
+	dev.request("fashion", "cam-damaged", "r", samples.Row(1), 60000)
+	select {
+	case err := <-gw.done:
+		if !errors.Is(err, store.ErrDamaged) {
+			t.Errorf("Run returned %v, want an error wrapping store.ErrDamaged", err)
+		}
+		gw.once.Do(gw.cancel) // stopped already: the cleanup has nothing to wait for
+	case <-time.After(30 * time.Second):
+		t.Fatal("the gateway kept running on a damaged journal")
 	}
 }
