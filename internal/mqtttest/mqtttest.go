@@ -11,6 +11,21 @@
 // Options.Persistence), queues up to 1,000,000 messages per client, allows 1,000
 // QoS 1 messages in flight per client and disables Nagle's algorithm.
 //
+// # The shipped configuration
+//
+// Options.Shipped starts the broker with the delivery settings of the broker
+// configuration sneakgate ships for production, configs/mosquitto.conf (read from
+// the repository: the module root is found by walking up from the working
+// directory to go.mod): persistence, autosave, queue and in-flight limits, the
+// packet size limit. What only makes sense on a real box is replaced: the listener
+// (a free loopback port), persistence_location (the test's directory), logging
+// (stderr, into the log Broker.Log returns), authentication (anonymous clients are
+// allowed, no ACL) and, as root, the user. Every setting in the file is either
+// applied or replaced; one the package does not know fails the test, so a setting
+// added to the file is classified here (shippedApplied, shippedReplaced) rather
+// than silently ignored. Tests of outages use it, so that they run against the
+// limits production runs with.
+//
 // # Caveats
 //
 //   - The mosquitto binary is looked up on PATH, then in /usr/sbin and
@@ -37,8 +52,14 @@ import (
 // Options configure a test broker.
 type Options struct {
 	// Persistence keeps retained messages, persistent sessions and their queued
-	// QoS 1 messages across Stop/Start (not across Kill: Mosquitto saves on exit).
+	// QoS 1 messages across Stop/Start (not across Kill: Mosquitto saves on exit,
+	// and, with Shipped, every 2 seconds).
 	Persistence bool
+	// Shipped applies the delivery settings of configs/mosquitto.conf (persistence
+	// with autosave, queue and in-flight limits, packet size limit) in place of
+	// the test defaults; see the package documentation. Persistence and
+	// MaxInflight, when set, still apply on top.
+	Shipped bool
 	// MaxInflight is the broker's max_inflight_messages per client (default 1000).
 	MaxInflight int
 	// Config is appended to the generated mosquitto.conf.
@@ -72,6 +93,20 @@ func StartMosquitto(t testing.TB) string {
 // log is printed if the test failed.
 func Start(t testing.TB, opts Options) *Broker {
 	t.Helper()
+	var shipped []setting
+	if opts.Shipped {
+		var err error
+		if shipped, err = shippedDelivery(); err != nil {
+			t.Fatalf("mqtttest: Shipped: %v", err)
+		}
+	}
+	return start(t, func(b *Broker) string { return b.config(opts, shipped) })
+}
+
+// start starts a broker for t whose mosquitto.conf render returns; render sees
+// the broker's port and directory.
+func start(t testing.TB, render func(*Broker) string) *Broker {
+	t.Helper()
 	bin := findMosquitto()
 	if bin == "" {
 		t.Fatal("mqtttest: mosquitto not found on PATH or in /usr/sbin: install mosquitto (make test does)")
@@ -80,7 +115,7 @@ func Start(t testing.TB, opts Options) *Broker {
 	b.port = freePort(t)
 	b.conf = filepath.Join(b.dir, "mosquitto.conf")
 	b.log = filepath.Join(b.dir, "mosquitto.log")
-	if err := os.WriteFile(b.conf, []byte(b.config(opts)), 0o600); err != nil {
+	if err := os.WriteFile(b.conf, []byte(render(b)), 0o600); err != nil {
 		t.Fatalf("mqtttest: %v", err)
 	}
 	t.Cleanup(func() {
@@ -93,19 +128,41 @@ func Start(t testing.TB, opts Options) *Broker {
 	return b
 }
 
-func (b *Broker) config(opts Options) string {
-	inflight := opts.MaxInflight
-	if inflight <= 0 {
-		inflight = 1000
+// config renders the broker's mosquitto.conf: the test defaults, then the shipped
+// delivery settings replacing them (opts.Shipped), then opts.
+func (b *Broker) config(opts Options, shipped []setting) string {
+	delivery := []setting{
+		{"persistence", fmt.Sprint(opts.Persistence)},
+		{"max_queued_messages", "1000000"},
+		{"max_queued_bytes", "0"},
+		{"max_inflight_messages", "1000"},
+		{"set_tcp_nodelay", "true"},
+	}
+	set := func(key, value string) {
+		for i := range delivery {
+			if delivery[i].key == key {
+				delivery[i].value = value
+				return
+			}
+		}
+		delivery = append(delivery, setting{key, value})
+	}
+	for _, s := range shipped {
+		set(s.key, s.value)
+	}
+	if opts.Persistence {
+		set("persistence", "true")
+	}
+	if opts.MaxInflight > 0 {
+		set("max_inflight_messages", fmt.Sprint(opts.MaxInflight))
 	}
 	var c strings.Builder
 	fmt.Fprintf(&c, "listener %d 127.0.0.1\n", b.port)
 	c.WriteString("allow_anonymous true\n")
-	fmt.Fprintf(&c, "persistence %v\n", opts.Persistence)
 	fmt.Fprintf(&c, "persistence_location %s/\n", b.dir)
-	c.WriteString("max_queued_messages 1000000\nmax_queued_bytes 0\n")
-	fmt.Fprintf(&c, "max_inflight_messages %d\n", inflight)
-	c.WriteString("set_tcp_nodelay true\n")
+	for _, s := range delivery {
+		fmt.Fprintf(&c, "%s %s\n", s.key, s.value)
+	}
 	c.WriteString("log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n")
 	c.WriteString("connection_messages true\nlog_timestamp_format %H:%M:%S\n")
 	if os.Geteuid() == 0 {
