@@ -338,7 +338,7 @@ func b64With(in []float32, i int, v float32) string {
 // still in progress does not acknowledge it; the broker redelivers it to the next
 // gateway session, which answers it.
 func TestAckOnlyAfterCommit(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
 	dir := t.TempDir()
 	cfg := testConfig(t, b.URL(), dir)
 	inPut, release := make(chan struct{}), make(chan struct{})
@@ -412,7 +412,7 @@ func TestJournalFailureIsRejected(t *testing.T) {
 // answering are answered by the next one: expired if their deadline passed, run
 // otherwise.
 func TestRecoveryAfterCrash(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
 	dir := t.TempDir()
 	cfg := testConfig(t, b.URL(), dir)
 	_, samples := fashionSamples(t)
@@ -495,7 +495,7 @@ func TestDuplicatesAreNotRunTwice(t *testing.T) {
 // the broker wait in the journal's outbox and are published, in deadline order,
 // by the next gateway.
 func TestOutboxFlushedAfterRestart(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	_, samples := fashionSamples(t)
 	j, err := store.Open(cfg.Store.Path, store.Options{})
@@ -544,7 +544,7 @@ func TestOutboxFlushedAfterRestart(t *testing.T) {
 // TestServesAcrossBrokerRestart: the gateway reconnects to a restarted broker,
 // resumes its session and keeps serving.
 func TestServesAcrossBrokerRestart(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{Persistence: true})
+	b := mqtttest.Start(t, mqtttest.Options{Persistence: true, Shipped: true})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	startGateway(t, cfg, Options{})
 	_, samples := fashionSamples(t)
@@ -661,7 +661,7 @@ func TestDuplicateWhileQueueFull(t *testing.T) {
 // that never reached the broker is stamped at its publication instead, and one
 // that can only go out after its deadline says expired (broker_unavailable).
 func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	_, samples := fashionSamples(t)
 	j, err := store.Open(cfg.Store.Path, store.Options{})
@@ -837,7 +837,7 @@ func TestEndToEndDeadlines(t *testing.T) {
 // (systemd restarts it and the start-up check recovers the file) instead of
 // running on without a journal.
 func TestJournalDamagedWhileRunningStops(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	gw := startGateway(t, cfg, Options{BeforeCommit: func(ops []store.Op) error {
 		for _, op := range ops {

@@ -77,7 +77,7 @@ func TestExitCodes(t *testing.T) {
 // TestServeDrainsOnSIGTERM starts the real binary against a real broker, waits
 // until it is ready, sends SIGTERM, and expects a clean exit.
 func TestServeDrainsOnSIGTERM(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
 	dir := t.TempDir()
 	models, _ := filepath.Abs("../../models/fashion/manifest.yaml")
 	lib := os.Getenv("SNEAKGATE_ORT_LIB")
