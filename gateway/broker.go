@@ -19,15 +19,38 @@ type Broker struct {
 	addr string
 }
 
-// StartBroker listens on addr and serves MQTT until Close.
-func StartBroker(addr string, log zerolog.Logger) (*Broker, error) {
+// PacketOverhead is the room an MQTT packet gets beyond the largest payload the
+// gateway accepts: a topic (MQTT allows up to 65,535 bytes), the packet id and MQTT
+// 5 properties. configs/mosquitto.conf's max_packet_size is the default
+// admission.max_payload_bytes plus this (a test checks it).
+const PacketOverhead = 64 << 10
+
+// MaxPacketSize is the largest MQTT packet a broker should read for the gateway
+// with the given admission.max_payload_bytes. A payload a little over that limit
+// still reaches the gateway, which answers it rejected/payload_too_large; a larger
+// packet is refused by the broker before it reads it.
+func MaxPacketSize(maxPayloadBytes int) uint32 {
+	// MQTT's largest packet: one header byte and a remaining length of up to
+	// 268,435,455 bytes; a limit at least this large limits nothing.
+	const mqttMax = 1 + 268_435_455
+	return uint32(min(int64(maxPayloadBytes)+PacketOverhead, mqttMax))
+}
+
+// StartBroker listens on addr and serves MQTT until Close. A client that sends a
+// packet larger than MaxPacketSize(maxPayloadBytes) is disconnected as soon as
+// the packet's length is read, so a huge payload is never read into memory.
+// (mochi-mqtt does not announce the limit to MQTT 5 clients at connect.)
+func StartBroker(addr string, maxPayloadBytes int, log zerolog.Logger) (*Broker, error) {
 	// Fail early, with the address in the error, when the port is taken.
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	ln.Close()
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = MaxPacketSize(maxPayloadBytes)
 	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
 		InlineClient: false,
 		Logger:       slog.New(zerologHandler{log}),
 	})
@@ -40,7 +63,7 @@ func StartBroker(addr string, log zerolog.Logger) (*Broker, error) {
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	log.Info().Str("listen", addr).Msg("embedded MQTT broker started")
+	log.Info().Str("listen", addr).Uint32("max_packet_bytes", caps.MaximumPacketSize).Msg("embedded MQTT broker started")
 	return &Broker{srv: srv, addr: addr}, nil
 }
 

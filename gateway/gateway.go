@@ -170,7 +170,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	g.loop = newLoop(policy, sapps, engineRunner{g.eng}, budget, capacity, g.now, g.answer,
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
 	if cfg.MQTT.Embedded.Enabled {
-		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, g.log.With().Str("component", "broker").Logger()); err != nil {
+		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, g.log.With().Str("component", "broker").Logger()); err != nil {
 			return nil, err
 		}
 	}
