@@ -172,6 +172,10 @@ func startBroker(t *testing.T) *mqtttest.Broker {
 type gwOptions struct {
 	Policy   string // scheduler.policy (default edf)
 	MaxQueue int    // admission.max_queue (0: the default, 10000)
+	// CPU, if positive, caps the gateway process at this many cores with a CPU
+	// cgroup (v1 cpu controller or v2 cpu.max), where this machine lets root make
+	// one; the test logs when it cannot.
+	CPU float64
 }
 
 // gatewayProc is one sneakgate serve process at a time, restartable with the same
@@ -187,7 +191,44 @@ type gatewayProc struct {
 	done   chan struct{}
 	starts int
 	logf   *os.File
+	// cgroupProcs is the cgroup.procs file the process is moved into ("" for none).
+	cgroupProcs string
 }
+
+// cpuCgroup makes a CPU cgroup capped at cores and returns its cgroup.procs file
+// and a function that removes it, or "" and the reason it could not.
+func cpuCgroup(name string, cores float64) (procs string, remove func(), why string) {
+	// The kernel's default period. (A short one, 10 ms, made start-up profiling
+	// take 40 s and the profiles useless: the Go runtime's and ONNX Runtime's
+	// threads thrash against a 2.5 ms quota.)
+	const period = 100000 // µs
+	quota := int(cores * period)
+	if dir := "/sys/fs/cgroup/cpu"; fileExists(filepath.Join(dir, "cpu.cfs_quota_us")) { // v1
+		d := filepath.Join(dir, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", nil, err.Error()
+		}
+		if err := os.WriteFile(filepath.Join(d, "cpu.cfs_quota_us"), []byte(strconv.Itoa(quota)), 0o644); err != nil {
+			os.Remove(d)
+			return "", nil, err.Error()
+		}
+		return filepath.Join(d, "cgroup.procs"), func() { os.Remove(d) }, ""
+	}
+	if dir := "/sys/fs/cgroup"; fileExists(filepath.Join(dir, "cgroup.controllers")) { // v2
+		d := filepath.Join(dir, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", nil, err.Error()
+		}
+		if err := os.WriteFile(filepath.Join(d, "cpu.max"), []byte(fmt.Sprintf("%d %d", quota, period)), 0o644); err != nil {
+			os.Remove(d)
+			return "", nil, err.Error() + " (is the cpu controller enabled in cgroup.subtree_control?)"
+		}
+		return filepath.Join(d, "cgroup.procs"), func() { os.Remove(d) }, ""
+	}
+	return "", nil, "no writable cpu cgroup controller"
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func freePort(t testing.TB) int {
 	t.Helper()
@@ -247,6 +288,16 @@ metrics:
 		t.Fatal(err)
 	}
 	g.logf = f
+	if o.CPU > 0 {
+		procs, remove, why := cpuCgroup(fmt.Sprintf("sneakgate-soak-%d-%d", os.Getpid(), freePort(t)), o.CPU)
+		if procs == "" {
+			t.Logf("CPU cap of %.2f cores not applied (%s): the gateway shares the machine with the broker and the load generator", o.CPU, why)
+		} else {
+			g.cgroupProcs = procs
+			t.Cleanup(remove) // runs after the kill below
+			t.Logf("gateway capped at %.2f cores (%s)", o.CPU, filepath.Dir(procs))
+		}
+	}
 	t.Cleanup(func() {
 		g.signal(syscall.SIGKILL)
 		if t.Failed() {
@@ -285,6 +336,14 @@ func (g *gatewayProc) start() time.Duration {
 		g.t.Fatalf("gateway start: %v", err)
 	}
 	pw.Close()
+	if g.cgroupProcs != "" {
+		// Moves every thread of the process; threads it starts later inherit it.
+		if err := os.WriteFile(g.cgroupProcs, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+			g.mu.Unlock()
+			cmd.Process.Kill()
+			g.t.Fatalf("gateway start: cpu cgroup: %v", err)
+		}
+	}
 	ready := make(chan struct{})
 	logf := g.logf
 	go func() {

@@ -25,7 +25,15 @@ import (
 // SOAK_OVERLOAD_DEADLINE (200ms), SOAK_OVERLOAD_POLICY (edf), SOAK_CAL_RATE
 // (offered rate of the capacity burst, 4000/s), SOAK_CAL_DURATION (6s, full 10s),
 // SOAK_MAX_QUEUE (admission.max_queue; default the gateway's, 10000),
-// SOAK_MAX_GOROUTINES (5000), SOAK_DEVICES (16).
+// SOAK_MAX_GOROUTINES (5000), SOAK_DEVICES (16), SOAK_GATEWAY_CPU (0.25: the
+// gateway process is capped at a quarter of a core with a CPU cgroup; 0 runs it
+// uncapped).
+//
+// Why the cap: on one 2-core machine the single-threaded broker saturates before
+// the gateway does (each request is two broker messages), so five times the
+// uncapped gateway's capacity measures Mosquitto drowning, not the gateway. The
+// cap makes the gateway the bottleneck, as on an edge box whose inference
+// gateway has less CPU than the broker and the devices can push through it.
 func TestOverload5x(t *testing.T) {
 	factor := envFloat(t, "SOAK_OVERLOAD_FACTOR", 5, 5)
 	dur := envDur(t, "SOAK_OVERLOAD_DURATION", 15*time.Second, 60*time.Second)
@@ -34,6 +42,7 @@ func TestOverload5x(t *testing.T) {
 	calDur := envDur(t, "SOAK_CAL_DURATION", 6*time.Second, 10*time.Second)
 	maxQueue := envInt(t, "SOAK_MAX_QUEUE", 0, 0)
 	maxGoroutines := envInt(t, "SOAK_MAX_GOROUTINES", 5000, 5000)
+	cpu := envFloat(t, "SOAK_GATEWAY_CPU", 0.25, 0.25)
 	ndev := envInt(t, "SOAK_DEVICES", 16, 16)
 	policy := os.Getenv("SOAK_OVERLOAD_POLICY")
 	if policy == "" {
@@ -44,7 +53,7 @@ func TestOverload5x(t *testing.T) {
 	}
 
 	b := startBroker(t)
-	gw := newGateway(t, b.URL(), gwOptions{Policy: policy, MaxQueue: maxQueue})
+	gw := newGateway(t, b.URL(), gwOptions{Policy: policy, MaxQueue: maxQueue, CPU: cpu})
 	t.Logf("gateway (policy %s) ready in %s", policy, gw.start().Round(time.Millisecond))
 
 	// 1. Capacity: a saturating burst with deadlines long enough that nothing
@@ -83,8 +92,15 @@ func TestOverload5x(t *testing.T) {
 	drainRate := -1.0 // -1: too short to measure
 	if d := sC.At.Sub(sB.At).Seconds(); d > 0.5 {
 		drainRate = (models(sC) - models(sB)) / d
-		t.Logf("for comparison: the calibration queue (%.0f) drained in %.1f s at %.0f model answers/s with no arrivals (engine alone); the overload uses the capacity under arrivals, %.0f/s",
+		t.Logf("the calibration queue (%.0f) drained in %.1f s at %.0f model answers/s with no arrivals (the engine alone); capacity under arrivals was %.0f/s",
 			sB.Queue, d, drainRate, capacity)
+		if drainRate > capacity {
+			// Under a CPU cap, refusing the burst's excess takes most of the CPU,
+			// so the rate under arrivals understates what the gateway can serve;
+			// five times the larger rate is the harder test.
+			t.Logf("CAPACITY: using the larger rate, %.0f/s", drainRate)
+			capacity = drainRate
+		}
 	} else {
 		t.Logf("for comparison: the calibration queue (%.0f) was empty %.0f ms after the burst (too short to measure a drain rate)", sB.Queue, d*1000)
 	}
