@@ -178,6 +178,27 @@ func (e *egress) SendRaw(topic, app string, status protocol.Status, payload []by
 	e.m.dropped.WithLabelValues(string(status)).Inc()
 }
 
+// PublishNow publishes an unjournaled reply from the caller's goroutine and
+// waits for the broker's PUBACK (up to the publish timeout). It returns
+// errNotConnected when the reply was not handed to the broker at all, so that the
+// caller can leave the request unacknowledged; on a timeout the MQTT client still
+// holds the reply and delivers it later.
+func (e *egress) PublishNow(topic string, rep *protocol.Reply) error {
+	payload, err := json.Marshal(rep)
+	if err != nil { // a Reply always marshals
+		return err
+	}
+	_, err = e.publish(topic, payload)
+	switch {
+	case err == nil, errors.Is(err, errPublishTimeout):
+		e.m.replies.WithLabelValues(e.appLabel(rep.App), string(rep.Status)).Inc()
+		return nil
+	default:
+		e.m.publishFails.Inc()
+		return err
+	}
+}
+
 // sendAnswer makes the answer durable, publishes it and completes it.
 func (e *egress) sendAnswer(a *answerMsg) {
 	now := e.now()

@@ -169,29 +169,29 @@ func (g *Gateway) handle(msg mqtt.Message) {
 }
 
 // expiredOnArrival answers a request whose end-to-end deadline passed before it
-// arrived: journaled like any other (so a copy of it, or of an earlier answered
-// one, gets the same reply), and answered expired through the durable path.
+// arrived, without writing to the journal: under a backlog in the broker such
+// requests come by the thousand, and their answer is fixed. A copy of a request
+// the journal knows (answered in time, or pending) is a duplicate; anything else
+// gets an expired reply whose bytes depend only on the request (no publication
+// stamps), so any copy of it, before or after a crash, gets the same bytes. The
+// request is acknowledged only once the broker has the reply: if the gateway dies
+// first, the broker delivers the request again and it is answered again.
 func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key store.Key) {
-	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline, ReplyTo: req.ReplyTo})
+	res, err := g.journal.Lookup(key)
 	if err != nil {
-		g.m.storeErrors.WithLabelValues("put").Inc()
 		g.journalError(err)
-		if g.draining.Load() {
-			return // redelivered to the next session
-		}
+		g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; answering the expired request anyway")
+	} else if res.Dup != store.New {
 		msg.Ack()
-		g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; expired request answered unjournaled")
-		rep := req.NewReply(protocol.StatusExpired)
-		rep.Reason, rep.Error, rep.DeadlineMet = protocol.ReasonExpiredBeforeReceipt, msgExpiredInTransit, protocol.Ptr(false)
-		g.egress.Reject(req.ReplyTo, rep)
+		g.duplicate(req, key, res)
 		return
+	}
+	rep := req.NewReply(protocol.StatusExpired)
+	rep.Reason, rep.Error, rep.DeadlineMet = protocol.ReasonExpiredBeforeReceipt, msgExpiredInTransit, protocol.Ptr(false)
+	if err := g.egress.PublishNow(req.ReplyTo, rep); errors.Is(err, errNotConnected) {
+		return // not acknowledged: redelivered when the session resumes
 	}
 	msg.Ack()
-	if g.duplicate(req, key, res) {
-		return
-	}
-	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo, Received: req.Received, Deadline: req.Deadline}
-	g.answer(j, result{Status: protocol.StatusExpired, Reason: string(protocol.ReasonExpiredBeforeReceipt)})
 }
 
 // duplicate handles a Put that found the key known and reports whether it did.
