@@ -54,14 +54,27 @@ models:
 	scripts/install-deps.sh --models
 	models/build.sh
 
+# install_config SRC,DEST: configuration is the operator's. DEST is written only
+# when absent (or already equal to SRC); an existing, different DEST is kept and the
+# new default goes beside it as DEST.dist, to compare and merge by hand.
+install_config = if [ -e "$(2)" ] && ! cmp -s "$(1)" "$(2)"; then \
+	install -m 0644 "$(1)" "$(2).dist" && \
+	echo "install: kept $(2) (it differs from the default); the new default is $(2).dist"; \
+	else install -D -m 0644 "$(1)" "$(2)" && rm -f "$(2).dist"; fi
+
+# configs/mosquitto.conf and .acl go to /etc/sneakgate as well: Mosquitto reads the
+# ACL from there; copy the .conf into /etc/mosquitto/conf.d/ (docs/deployment.md).
 install: build
 	install -D -m 0755 bin/sneakgate $(DESTDIR)$(PREFIX)/bin/sneakgate
 	install -D -m 0644 $(ORT_LIB) $(DESTDIR)$(PREFIX)/lib/sneakgate/libonnxruntime.so.$(ORT_VERSION)
 	mkdir -p $(DESTDIR)$(PREFIX)/share/sneakgate
 	cp -r models $(DESTDIR)$(PREFIX)/share/sneakgate/
-	install -D -m 0644 -b configs/sneakgate.yaml $(DESTDIR)/etc/sneakgate/sneakgate.yaml
+	@$(call install_config,configs/sneakgate.yaml,$(DESTDIR)/etc/sneakgate/sneakgate.yaml)
+	@$(call install_config,configs/mosquitto.conf,$(DESTDIR)/etc/sneakgate/mosquitto.conf)
+	@$(call install_config,configs/mosquitto.acl,$(DESTDIR)/etc/sneakgate/mosquitto.acl)
 	install -D -m 0644 systemd/sneakgate.service $(DESTDIR)/etc/systemd/system/sneakgate.service
 	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now sneakgate"
+	@echo "broker: docs/deployment.md (cp /etc/sneakgate/mosquitto.conf /etc/mosquitto/conf.d/sneakgate.conf)"
 
 clean:
 	rm -rf bin
