@@ -21,6 +21,8 @@ func FuzzParseRequest(f *testing.F) {
 		{"sg/req/nope/d", `{}`},
 		{"sg/req/tiny/d", `{"id":"\u00e9\n","reply_to":"sg/res/tiny/d/+","input":[[]]}`},
 		{"x", ``},
+		{"sg/req/tiny/d", `{"id":"a","sent_at":1699999999990,"deadline_ms":50,"input":[1,2,3]}`},
+		{"sg/req/tiny/d", `{"id":"a","sent_at":1699999990000,"deadline_ms":50,"input":"x"}`},
 	}
 	for _, s := range seeds {
 		f.Add(s.topic, []byte(s.payload))
@@ -41,6 +43,12 @@ func FuzzParseRequest(f *testing.F) {
 		if n := utf8.RuneCountInString(req.ID); n < 1 || n > MaxIDLen || !validID(req.ID) {
 			t.Fatalf("bad id %q", req.ID)
 		}
+		if req.ExpiredOnArrival() {
+			if req.SentAt.IsZero() || req.Input != nil {
+				t.Fatalf("expired on arrival without sent_at, or with a decoded input: %+v", req)
+			}
+			return
+		}
 		if len(req.Input) != spec.InputSize {
 			t.Fatalf("input size %d, want %d", len(req.Input), spec.InputSize)
 		}
@@ -50,7 +58,8 @@ func FuzzParseRequest(f *testing.F) {
 				t.Fatalf("bad value %v", v)
 			}
 		}
-		if b := req.Budget(); b < env.Limits.MinDeadline && b != spec.DefaultDeadline || b > env.Limits.MaxDeadline {
+		// With sent_at the budget counts from the device's clock, not from receipt.
+		if b := req.Budget(); req.SentAt.IsZero() && (b < env.Limits.MinDeadline && b != spec.DefaultDeadline || b > env.Limits.MaxDeadline) {
 			t.Fatalf("budget %v outside limits", b)
 		}
 		if req.ReplyTo != ReplyTopic(env.Prefix, req.App, req.Device) && !env.ReplyAllow.Allows(req.ReplyTo, env.Prefix, req.App, req.Device) {

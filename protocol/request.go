@@ -82,7 +82,8 @@ type Request struct {
 	// given absolute deadline. With sent_at it may lie at or before Received
 	// (ExpiredOnArrival).
 	Deadline time.Time
-	// Input has exactly the application's InputSize finite values, within its Range.
+	// Input has exactly the application's InputSize finite values, within its
+	// Range; nil when the request is ExpiredOnArrival.
 	Input []float32
 }
 
@@ -91,8 +92,8 @@ func (r *Request) Budget() time.Duration { return r.Deadline.Sub(r.Received) }
 
 // ExpiredOnArrival reports whether the deadline passed before the request was
 // received (only possible with sent_at: it waited in the broker or on the
-// network). Such a request is valid, and is answered expired
-// (ReasonExpiredBeforeReceipt) like any other, duplicates included.
+// network). ParseRequest returns such a request without decoding or checking its
+// input (Input is nil); it is answered expired (ReasonExpiredBeforeReceipt).
 func (r *Request) ExpiredOnArrival() bool { return !r.Deadline.After(r.Received) }
 
 // Fields of the request object.
@@ -264,6 +265,13 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 		}
 	default:
 		deadline = origin.Add(spec.DefaultDeadline)
+	}
+	if !deadline.After(now) {
+		// Expired on arrival: its answer is fixed whatever the input, and under a
+		// backlog in the broker such requests come by the thousand, so the input
+		// is not decoded (nor checked).
+		return &Request{ID: id, App: app, Device: device, ReplyTo: replyTo,
+			Received: now, SentAt: sentAt, Deadline: deadline}, nil
 	}
 
 	// input

@@ -335,6 +335,9 @@ func TestParseRequestSentAt(t *testing.T) {
 	if rej != nil || !req.ExpiredOnArrival() || !req.Deadline.Equal(testNow.Add(-1500*time.Millisecond)) {
 		t.Fatalf("expired in transit: %+v %v, want a valid request expired on arrival", req, rej)
 	}
+	if req.Input != nil {
+		t.Errorf("the input of a request expired on arrival was decoded")
+	}
 	if !bytes.Contains((&Payload{ID: "x", SentAt: testNow, Input: []float32{1}}).Marshal(),
 		[]byte(fmt.Sprintf(`"sent_at":%d`, testNow.UnixMilli()))) {
 		t.Error("Payload.Marshal does not write sent_at")
