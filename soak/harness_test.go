@@ -494,13 +494,16 @@ type metricSample struct {
 	Outbox     float64            `json:"outbox"`
 	Replies    map[string]float64 `json:"replies,omitempty"`  // sneakgate_replies_total by status
 	Rejected   map[string]float64 `json:"rejected,omitempty"` // sneakgate_rejected_total by reason
+	// Dropped is sneakgate_replies_dropped_total by status: unjournaled replies
+	// (refusals) the gateway dropped on purpose under overload.
+	Dropped map[string]float64 `json:"dropped,omitempty"`
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
 
 // scrape reads the Prometheus text format at addr; failures give OK false.
 func scrape(addr string) metricSample {
-	s := metricSample{At: time.Now(), Replies: map[string]float64{}, Rejected: map[string]float64{}}
+	s := metricSample{At: time.Now(), Replies: map[string]float64{}, Rejected: map[string]float64{}, Dropped: map[string]float64{}}
 	resp, err := httpClient.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return s
@@ -541,6 +544,8 @@ func scrape(addr string) metricSample {
 			s.Replies[label(labels, "status")] += v
 		case "sneakgate_rejected_total":
 			s.Rejected[label(labels, "reason")] += v
+		case "sneakgate_replies_dropped_total":
+			s.Dropped[label(labels, "status")] += v
 		}
 	}
 	s.OK = sc.Err() == nil

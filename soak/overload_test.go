@@ -291,8 +291,15 @@ func TestOverload5x(t *testing.T) {
 	if maxG > float64(maxGoroutines) {
 		t.Errorf("max goroutines %.0f exceeds %d", maxG, maxGoroutines)
 	}
-	if tl.Lost > 0 {
-		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v)", tl.Lost, tl.LostIDs)
+	// Refusals are best effort by design (docs/protocol.md, "Overload"): under
+	// overload the gateway drops the ones it cannot publish within a second and
+	// counts them. Every other acknowledged request must get its reply.
+	final := scrape(gw.metrics)
+	droppedRefusals := final.Dropped[string(protocol.StatusRejected)]
+	t.Logf("REFUSALS: %.0f refusal replies dropped and counted by the gateway; %d acknowledged requests without a reply", droppedRefusals, tl.Lost)
+	if float64(tl.Lost) > droppedRefusals {
+		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped, more than the %.0f refusals the gateway counted as dropped (first: %v)",
+			tl.Lost, droppedRefusals, tl.LostIDs)
 	}
 	if !drained {
 		t.Errorf("the queue did not drain within 2 minutes after the load stopped")
