@@ -141,8 +141,12 @@ type AdmissionConfig struct {
 
 // MetricsConfig configures the Prometheus endpoint.
 type MetricsConfig struct {
-	// Listen is the HTTP address of /metrics; empty disables it.
+	// Listen is the HTTP address of /metrics, /healthz and /readyz; empty
+	// disables it.
 	Listen string `yaml:"listen"`
+	// Pprof also serves Go's profiler under /debug/pprof/ on that listener (for
+	// measuring; keep the listener on loopback).
+	Pprof bool `yaml:"pprof"`
 }
 
 // AppConfig names one application to serve.

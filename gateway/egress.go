@@ -46,7 +46,8 @@ type rawMsg struct {
 // EgressOptions size the egress queues and workers.
 type egressOptions struct {
 	// AnswerQueue bounds answers waiting for a worker; a full queue blocks the
-	// scheduling loop (back-pressure: answers are never dropped).
+	// scheduling loop (back-pressure: answers are never dropped, and the loop's
+	// drain rate slows to what the broker takes).
 	AnswerQueue int
 	// AnswerWorkers publish answers concurrently, each waiting for its PUBACK.
 	AnswerWorkers int
@@ -65,7 +66,11 @@ type egressOptions struct {
 }
 
 func defaultEgressOptions() egressOptions {
-	return egressOptions{AnswerQueue: 4096, AnswerWorkers: 256, RawQueue: 1024, RawWorkers: 32,
+	// Few answers wait between the loop and the broker: a full answer queue
+	// blocks the loop, so that its drain rate, and with it admission's estimate
+	// of the wait, includes the time the broker takes (docs/protocol.md,
+	// "Overload").
+	return egressOptions{AnswerQueue: 64, AnswerWorkers: 64, RawQueue: 1024, RawWorkers: 32,
 		RawMaxAge: time.Second, MaxLate: 4096}
 }
 
@@ -155,6 +160,10 @@ func (e *egress) Answer(a *answerMsg) {
 // Reject queues an unjournaled reply without ever blocking: when the queue is
 // full the reply is dropped and counted.
 func (e *egress) Reject(topic string, rep *protocol.Reply) {
+	if len(e.raw) == cap(e.raw) { // full: do not pay for encoding it
+		e.m.dropped.WithLabelValues(string(rep.Status)).Inc()
+		return
+	}
 	payload, err := json.Marshal(rep)
 	if err != nil { // a Reply always marshals
 		e.log.Error().Err(err).Msg("marshal reply")

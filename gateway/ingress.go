@@ -78,7 +78,9 @@ func (g *Gateway) handle(msg mqtt.Message) {
 		}
 	}()
 	now := g.now()
-	req, rej := protocol.ParseRequest(msg.Topic(), msg.Payload(), now, g.env)
+	// The input is decoded only once the request is admitted: refusing one under
+	// overload costs little more than reading its header.
+	req, rej := protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
 		msg.Ack()
 		if rej.Reason == protocol.ReasonDeadlinePast && g.answeredBefore(rej) {
@@ -119,6 +121,12 @@ func (g *Gateway) handle(msg mqtt.Message) {
 		if reserved {
 			g.loop.Release()
 		}
+	}
+	if rej := req.DecodeInput(); rej != nil {
+		release()
+		msg.Ack()
+		g.reject(rej)
+		return
 	}
 	est := g.estimate(app, req.Input)
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 )
 
 // rawFields holds the raw JSON value of each request field (nil when absent) and
@@ -50,11 +52,10 @@ func decodeFields(payload []byte) (rawFields, error) {
 		return rawFields{}, errors.New("payload must be a JSON object")
 	}
 	var f rawFields
-	for k, v := range m {
+	for _, k := range slices.Sorted(maps.Keys(m)) { // the same unknown field every time
 		if p := f.slot(k); p != nil {
-			*p = v
+			*p = m[k]
 		} else if f.unknown == nil {
-			k := k
 			f.unknown = &k
 		}
 	}

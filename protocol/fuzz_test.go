@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,19 @@ func FuzzParseRequest(f *testing.F) {
 		req, rej := ParseRequest(topic, payload, testNow, env)
 		if (req == nil) == (rej == nil) {
 			t.Fatalf("want exactly one of request and rejection, got %v and %v", req, rej)
+		}
+		// ParseHeader then DecodeInput decides exactly as ParseRequest.
+		hreq, hrej := ParseHeader(topic, payload, testNow, env)
+		if hrej == nil {
+			hrej = hreq.DecodeInput()
+		}
+		switch {
+		case (rej == nil) != (hrej == nil):
+			t.Fatalf("ParseRequest rejection %v, ParseHeader+DecodeInput %v", rej, hrej)
+		case rej != nil && *rej != *hrej:
+			t.Fatalf("ParseRequest rejection %+v, ParseHeader+DecodeInput %+v", *rej, *hrej)
+		case rej == nil && (!slices.Equal(req.Input, hreq.Input) || req.ID != hreq.ID || !req.Deadline.Equal(hreq.Deadline) || req.ReplyTo != hreq.ReplyTo):
+			t.Fatalf("ParseRequest %+v, ParseHeader+DecodeInput %+v", req, hreq)
 		}
 		if rej != nil {
 			checkRejection(t, topic, rej, env)

@@ -83,8 +83,14 @@ type Request struct {
 	// (ExpiredOnArrival).
 	Deadline time.Time
 	// Input has exactly the application's InputSize finite values, within its
-	// Range; nil when the request is ExpiredOnArrival.
+	// Range; nil when the request is ExpiredOnArrival, and from ParseHeader until
+	// DecodeInput.
 	Input []float32
+
+	// The raw input fields and the application, for DecodeInput.
+	rawInput, rawB64 []byte
+	spec             AppSpec
+	decode           bool // DecodeInput has work to do
 }
 
 // Budget is Deadline minus Received.
@@ -118,6 +124,19 @@ const peekLimit = 4096
 // fields, v, reply_to, deadline, input. From the id on, a rejection echoes the id;
 // from reply_to on, it goes to the allowed reply_to.
 func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Request, *Rejection) {
+	return parseRequest(topic, payload, now, env, false)
+}
+
+// ParseHeader is ParseRequest without the input: it runs every check but those
+// of the input and returns the request with Input nil. Call DecodeInput before
+// using the input. It lets a caller refuse a request (for example under
+// overload) without paying for decoding an input it will not use; the request's
+// raw input aliases payload until then.
+func ParseHeader(topic string, payload []byte, now time.Time, env Env) (*Request, *Rejection) {
+	return parseRequest(topic, payload, now, env, true)
+}
+
+func parseRequest(topic string, payload []byte, now time.Time, env Env, header bool) (*Request, *Rejection) {
 	prefix := env.Prefix
 	if prefix == "" {
 		prefix = DefaultPrefix
@@ -274,29 +293,54 @@ func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Reques
 			Received: now, SentAt: sentAt, Deadline: deadline}, nil
 	}
 
-	// input
-	rawIn, hasIn := present(fields.input)
-	rawB64, hasB64 := present(fields.inputB64)
+	req := &Request{ID: id, App: app, Device: device, ReplyTo: replyTo,
+		Received: now, SentAt: sentAt, Deadline: deadline,
+		rawInput: fields.input, rawB64: fields.inputB64, spec: spec, decode: true}
+	if header {
+		return req, nil
+	}
+	if rej := req.DecodeInput(); rej != nil {
+		return nil, rej
+	}
+	return req, nil
+}
+
+// DecodeInput decodes and checks the input of a request from ParseHeader,
+// setting Input, or returns the Rejection ParseRequest would have returned for
+// it. It does nothing for a request whose input is decoded already (or that is
+// ExpiredOnArrival).
+func (req *Request) DecodeInput() *Rejection {
+	if !req.decode {
+		return nil
+	}
+	req.decode = false
+	rawIn, hasIn := present(req.rawInput)
+	rawB64, hasB64 := present(req.rawB64)
+	req.rawInput, req.rawB64 = nil, nil
+	reject := func(r Reason, format string, args ...any) *Rejection {
+		return &Rejection{Reason: r, Message: fmt.Sprintf(format, args...), ID: req.ID,
+			App: req.App, Device: req.Device, ReplyTo: req.ReplyTo}
+	}
 	var input []float32
 	var ierr *inputError
 	switch {
 	case hasIn && hasB64:
 		return reject(ReasonInputConflict, "give input or input_b64, not both")
 	case hasIn:
-		input, ierr = parseArray(rawIn, spec.InputSize)
+		input, ierr = parseArray(rawIn, req.spec.InputSize)
 	case hasB64:
-		input, ierr = parseB64(rawB64, spec.InputSize)
+		input, ierr = parseB64(rawB64, req.spec.InputSize)
 	default:
 		return reject(ReasonBadInput, "input or input_b64 is required")
 	}
 	if ierr != nil {
 		return reject(ierr.reason, "%s", ierr.msg)
 	}
-	if ierr := checkValues(input, spec.Range); ierr != nil {
+	if ierr := checkValues(input, req.spec.Range); ierr != nil {
 		return reject(ierr.reason, "%s", ierr.msg)
 	}
-	return &Request{ID: id, App: app, Device: device, ReplyTo: replyTo,
-		Received: now, SentAt: sentAt, Deadline: deadline, Input: input}, nil
+	req.Input = input
+	return nil
 }
 
 // present returns raw unless the field is absent or null.
