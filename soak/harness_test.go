@@ -929,34 +929,34 @@ func (f *fleet) statusCounts() map[protocol.Status]int64 {
 
 // tally is what every test reports about its requests and replies.
 type tally struct {
-	Published        int              `json:"published"`    // publish calls made
-	Acknowledged     int              `json:"acknowledged"` // PUBACK received
-	PublishFailed    int              `json:"publish_failed"`
-	Unresolved       int              `json:"publish_unresolved"`
-	Skipped          int64            `json:"skipped_disconnected"`
-	Missed           int64            `json:"generator_missed_slots"`
-	Answered         int              `json:"acknowledged_with_reply"`
-	Lost             int              `json:"acknowledged_without_reply"`
-	LostIDs          []string         `json:"lost_ids,omitempty"` // the first few
-	FirstByStatus    map[string]int   `json:"first_reply_by_status"`
-	FirstByReason    map[string]int   `json:"first_reply_by_reason"`
-	Replies          int              `json:"replies"`
-	RepeatedIDs      int              `json:"ids_with_repeats"`
-	RepeatReplies    int              `json:"repeat_replies"`
-	RepeatsIdentical int              `json:"ids_with_byte_identical_repeats"`
-	RepeatsDisagree  int              `json:"ids_whose_repeats_disagree"`
-	Disagreements    []string         `json:"disagreements,omitempty"` // the first few
-	StaleMet         int              `json:"stale_deadline_met"`      // replies received past deadline+tolerance claiming deadline_met
-	StaleMetFirst    int              `json:"stale_deadline_met_first_reply"`
-	StaleMetExamples []string         `json:"stale_examples,omitempty"`
+	Published        int            `json:"published"`    // publish calls made
+	Acknowledged     int            `json:"acknowledged"` // PUBACK received
+	PublishFailed    int            `json:"publish_failed"`
+	Unresolved       int            `json:"publish_unresolved"`
+	Skipped          int64          `json:"skipped_disconnected"`
+	Missed           int64          `json:"generator_missed_slots"`
+	Answered         int            `json:"acknowledged_with_reply"`
+	Lost             int            `json:"acknowledged_without_reply"`
+	LostIDs          []string       `json:"lost_ids,omitempty"` // the first few
+	FirstByStatus    map[string]int `json:"first_reply_by_status"`
+	FirstByReason    map[string]int `json:"first_reply_by_reason"`
+	Replies          int            `json:"replies"`
+	RepeatedIDs      int            `json:"ids_with_repeats"`
+	RepeatReplies    int            `json:"repeat_replies"`
+	RepeatsIdentical int            `json:"ids_with_byte_identical_repeats"`
+	RepeatsDisagree  int            `json:"ids_whose_repeats_disagree"`
+	Disagreements    []string       `json:"disagreements,omitempty"` // the first few
+	StaleMet         int            `json:"stale_deadline_met"`      // replies received past deadline+tolerance claiming deadline_met
+	StaleMetFirst    int            `json:"stale_deadline_met_first_reply"`
+	StaleMetExamples []string       `json:"stale_examples,omitempty"`
 	// StaleHeld counts stale replies (as StaleMet, and not counted there) that the
 	// gateway stamped as handed to the broker before the broker went away: the
 	// broker or the MQTT session held them across the outage and delivered them
 	// late with their true publication stamp. The gateway cannot see that delay.
-	StaleHeld int `json:"stale_held_across_outage"`
-	Orphans          int64            `json:"orphan_replies"`
-	Malformed        int64            `json:"malformed_replies"`
-	ReplyLatencyMS   map[string]int64 `json:"first_reply_latency_ms"` // p50, p99, max of sent_at to first reply
+	StaleHeld      int              `json:"stale_held_across_outage"`
+	Orphans        int64            `json:"orphan_replies"`
+	Malformed      int64            `json:"malformed_replies"`
+	ReplyLatencyMS map[string]int64 `json:"first_reply_latency_ms"` // p50, p99, max of sent_at to first reply
 }
 
 // heldWindow is how long after the broker stops a reply may still be handed to
