@@ -161,8 +161,9 @@ func envDur(t testing.TB, name string, short, fullSize time.Duration) time.Durat
 // and persistence, so sessions and queued QoS 1 messages survive Stop/Start.
 func startBroker(t *testing.T) *mqtttest.Broker {
 	t.Helper()
-	// TODO(integrator): use mqtttest.Options{Shipped: true, Persistence: true} once the Shipped field has landed.
-	return mqtttest.Start(t, mqtttest.Options{Persistence: true, Config: "autosave_interval 1\n"})
+	// The production delivery settings of configs/mosquitto.conf (queue, in-flight
+	// window, packet size, saving every 2 s), with persistence.
+	return mqtttest.Start(t, mqtttest.Options{Shipped: true, Persistence: true})
 }
 
 // ---- gateway process ----
