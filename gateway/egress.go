@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -103,6 +104,7 @@ type egress struct {
 	answers chan *answerMsg
 	raw     chan rawMsg
 	workers sync.WaitGroup
+	pending atomic.Int64 // answers queued or being published
 
 	late  sync.WaitGroup // awaitLate goroutines
 	nLate int            // running awaitLate goroutines (busyMu)
@@ -124,25 +126,23 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 	e := &egress{client: c, journal: j, timeout: timeout, rate: rate, now: now, log: log, m: m, opts: opts,
 		answers: make(chan *answerMsg, opts.AnswerQueue), raw: make(chan rawMsg, opts.RawQueue),
 		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{})}
-	for range opts.AnswerWorkers {
-		e.workers.Add(1)
-		go func() {
-			defer e.workers.Done()
-			for a := range e.answers {
-				e.sendAnswer(a)
-			}
-		}()
-	}
-	for range opts.RawWorkers {
-		e.workers.Add(1)
-		go func() {
-			defer e.workers.Done()
-			for r := range e.raw {
-				e.sendRaw(r)
-			}
-		}()
-	}
+	serve(&e.workers, opts.AnswerWorkers, e.answers, e.sendAnswer)
+	serve(&e.workers, opts.RawWorkers, e.raw, e.sendRaw)
 	return e
+}
+
+// serve starts n goroutines, tracked by wg, that call fn with each value from ch
+// until it is closed.
+func serve[T any](wg *sync.WaitGroup, n int, ch <-chan T, fn func(T)) {
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for v := range ch {
+				fn(v)
+			}
+		}()
+	}
 }
 
 // Answer queues the reply to a journaled request. It blocks while the answer
@@ -154,8 +154,12 @@ func (e *egress) Answer(a *answerMsg) {
 	if e.closed {
 		return
 	}
+	e.pending.Add(1)
 	e.answers <- a
 }
+
+// Pending is the number of answers queued or being published.
+func (e *egress) Pending() int { return int(e.pending.Load()) }
 
 // Reject queues an unjournaled reply without ever blocking: when the queue is
 // full the reply is dropped and counted.
@@ -210,6 +214,7 @@ func (e *egress) PublishNow(topic string, rep *protocol.Reply) error {
 
 // sendAnswer makes the answer durable, publishes it and completes it.
 func (e *egress) sendAnswer(a *answerMsg) {
+	defer e.pending.Add(-1)
 	now := e.now()
 	rep := a.build(now)
 	payload, err := json.Marshal(rep)

@@ -263,10 +263,11 @@ func (g *Gateway) claim(key store.Key) func() {
 // minRetryAfter is the shortest retry_after_ms the gateway suggests.
 const minRetryAfter = 100 * time.Millisecond
 
-// estimatedWait is how long the requests queued now take to drain at the rate
-// the loop has been draining them (profiles stand in until it has measured one).
+// estimatedWait is how long the requests queued now, and the answers still on
+// their way to the broker, take to drain at the rate the loop has been draining
+// them (profiles stand in until it has measured one).
 func (g *Gateway) estimatedWait() time.Duration {
-	q := g.loop.Queued()
+	q := g.loop.Queued() + g.egress.Pending()
 	if q == 0 {
 		return 0
 	}

@@ -182,6 +182,29 @@ func (d *device) await(ids []string, within time.Duration) map[string]*protocol.
 	}
 }
 
+// awaitIdenticalRepeats waits (bounded) until each id has a second reply and
+// checks that it is byte for byte the first.
+func (d *device) awaitIdenticalRepeats(ids []string, within time.Duration) {
+	d.t.Helper()
+	deadline := time.After(within)
+	for _, id := range ids {
+		for d.count(id) < 2 {
+			select {
+			case <-d.arrived:
+			case <-deadline:
+				d.t.Fatalf("%s answered %d times, want a repeat", id, d.count(id))
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, id := range ids {
+		if r := d.raw[id]; r[0] != r[1] {
+			d.t.Errorf("%s: the repeat differs from the first reply:\n%s\n%s", id, r[0], r[1])
+		}
+	}
+}
+
 func (d *device) count(id string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -716,21 +739,7 @@ func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
 	for _, id := range []string{"delivered", "unsent-stale"} {
 		dev.request("fashion", "cam-crash", id, samples.Row(1), 60000)
 	}
-	deadline := time.After(30 * time.Second)
-	for dev.count("delivered") < 2 || dev.count("unsent-stale") < 2 {
-		select {
-		case <-dev.arrived:
-		case <-deadline:
-			t.Fatal("no reply to the re-sent requests")
-		}
-	}
-	dev.mu.Lock()
-	defer dev.mu.Unlock()
-	for _, id := range []string{"delivered", "unsent-stale"} {
-		if r := dev.raw[id]; r[0] != r[1] {
-			t.Errorf("%s: the repeat differs from the first reply:\n%s\n%s", id, r[0], r[1])
-		}
-	}
+	dev.awaitIdenticalRepeats([]string{"delivered", "unsent-stale"}, 30*time.Second)
 }
 
 // TestReadiness: /readyz says ready only while the gateway is subscribed and not
@@ -815,21 +824,7 @@ func TestEndToEndDeadlines(t *testing.T) {
 	}
 	skew.Store(int64(5 * time.Second))
 	dev.publish(topic, absolute)
-	deadline := time.After(30 * time.Second)
-	for dev.count("late") < 2 || dev.count("abs") < 2 {
-		select {
-		case <-dev.arrived:
-		case <-deadline:
-			t.Fatalf("copies answered %d and %d times, want 2 each", dev.count("late"), dev.count("abs"))
-		}
-	}
-	dev.mu.Lock()
-	defer dev.mu.Unlock()
-	for _, id := range []string{"late", "abs"} {
-		if r := dev.raw[id]; r[0] != r[1] {
-			t.Errorf("%s: the copy got a different reply:\n%s\n%s", id, r[0], r[1])
-		}
-	}
+	dev.awaitIdenticalRepeats([]string{"late", "abs"}, 30*time.Second)
 }
 
 // TestJournalDamagedWhileRunningStops: a journal that turns out damaged while
