@@ -274,8 +274,14 @@ scheduler:
 metrics:
   listen: %q
 `, brokerURL, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, o.Policy, g.metrics)
-	if o.MaxQueue > 0 {
-		fmt.Fprintf(&cfg, "admission:\n  max_queue: %d\n", o.MaxQueue)
+	if o.MaxQueue > 0 || os.Getenv("SOAK_MAX_WAIT") != "" {
+		cfg.WriteString("admission:\n")
+		if o.MaxQueue > 0 {
+			fmt.Fprintf(&cfg, "  max_queue: %d\n", o.MaxQueue)
+		}
+		if w := os.Getenv("SOAK_MAX_WAIT"); w != "" { // admission.max_wait, for experiments
+			fmt.Fprintf(&cfg, "  max_wait: %s\n", w)
+		}
 	}
 	cfg.WriteString("apps:\n")
 	for _, app := range []string{"fashion", "satellite", "vad"} {
