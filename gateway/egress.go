@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -32,6 +31,7 @@ type answerMsg struct {
 	key      store.Key
 	deadline time.Time
 	build    func(now time.Time) *protocol.Reply
+	queued   time.Time // when Answer took it
 }
 
 // rawMsg is an unjournaled reply (a rejection, or a stored reply published again
@@ -50,8 +50,13 @@ type egressOptions struct {
 	// scheduling loop (back-pressure: answers are never dropped, and the loop's
 	// drain rate slows to what the broker takes).
 	AnswerQueue int
-	// AnswerWorkers publish answers concurrently, each waiting for its PUBACK.
+	// AnswerWorkers make answers durable and hand them to the MQTT client.
 	AnswerWorkers int
+	// AckQueue bounds answers handed to the MQTT client and not yet acknowledged
+	// by the broker; AckWorkers wait for those acknowledgements and complete the
+	// requests in the journal. The device's latency ends at the hand-over: the
+	// wait for the PUBACK and the journal's completion are off its path.
+	AckQueue, AckWorkers int
 	// RawQueue bounds rejections and republished replies; when it is full they are
 	// dropped and counted, so that refusing work never waits for the broker.
 	RawQueue int
@@ -71,8 +76,8 @@ func defaultEgressOptions() egressOptions {
 	// blocks the loop, so that its drain rate, and with it admission's estimate
 	// of the wait, includes the time the broker takes (docs/protocol.md,
 	// "Overload").
-	return egressOptions{AnswerQueue: 64, AnswerWorkers: 64, RawQueue: 1024, RawWorkers: 32,
-		RawMaxAge: time.Second, MaxLate: 4096}
+	return egressOptions{AnswerQueue: 64, AnswerWorkers: 64, AckQueue: 4096, AckWorkers: 64,
+		RawQueue: 1024, RawWorkers: 32, RawMaxAge: time.Second, MaxLate: 4096}
 }
 
 // egress publishes replies. Answers to journaled requests are made durable in the
@@ -99,12 +104,20 @@ type egress struct {
 	opts         egressOptions
 
 	// sendMu guards closed and the sends on answers and raw against Stop.
-	sendMu  sync.RWMutex
-	closed  bool
-	answers chan *answerMsg
-	raw     chan rawMsg
-	workers sync.WaitGroup
-	pending atomic.Int64 // answers queued or being published
+	sendMu   sync.RWMutex
+	closed   bool
+	answers  chan *answerMsg
+	acks     chan *handedOver
+	raw      chan rawMsg
+	answerW  sync.WaitGroup // answer workers
+	stopOnce sync.Once      // closes acks
+	workers  sync.WaitGroup // ack and raw workers
+	// delay is a moving average of how long an answer takes from Answer until it
+	// is handed to the broker (its queue and the journal commit before it), in
+	// ns; lastDelay is when it was last observed.
+	delayMu   sync.Mutex
+	delay     float64
+	lastDelay time.Time
 
 	late  sync.WaitGroup // awaitLate goroutines
 	nLate int            // running awaitLate goroutines (busyMu)
@@ -124,9 +137,11 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 		now = time.Now
 	}
 	e := &egress{client: c, journal: j, timeout: timeout, rate: rate, now: now, log: log, m: m, opts: opts,
-		answers: make(chan *answerMsg, opts.AnswerQueue), raw: make(chan rawMsg, opts.RawQueue),
+		answers: make(chan *answerMsg, opts.AnswerQueue), acks: make(chan *handedOver, opts.AckQueue),
+		raw:  make(chan rawMsg, opts.RawQueue),
 		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{})}
-	serve(&e.workers, opts.AnswerWorkers, e.answers, e.sendAnswer)
+	serve(&e.answerW, opts.AnswerWorkers, e.answers, e.sendAnswer)
+	serve(&e.workers, opts.AckWorkers, e.acks, func(h *handedOver) { e.finishAnswer(h) })
 	serve(&e.workers, opts.RawWorkers, e.raw, e.sendRaw)
 	return e
 }
@@ -154,12 +169,30 @@ func (e *egress) Answer(a *answerMsg) {
 	if e.closed {
 		return
 	}
-	e.pending.Add(1)
+	a.queued = e.now()
 	e.answers <- a
 }
 
-// Pending is the number of answers queued or being published.
-func (e *egress) Pending() int { return int(e.pending.Load()) }
+// Delay is how long an answer has recently taken from Answer until it was handed
+// to the broker: the part of a request's latency after the scheduling loop. With
+// no answer in the last second it is 0: an old measurement must not keep
+// refusing the requests that would renew it.
+func (e *egress) Delay() time.Duration {
+	e.delayMu.Lock()
+	defer e.delayMu.Unlock()
+	if e.now().Sub(e.lastDelay) > time.Second {
+		return 0
+	}
+	return time.Duration(e.delay)
+}
+
+// observeDelay folds one answer's delay into the moving average (weight 1/64).
+func (e *egress) observeDelay(d time.Duration) {
+	e.delayMu.Lock()
+	e.delay += (float64(d) - e.delay) / 64
+	e.lastDelay = e.now()
+	e.delayMu.Unlock()
+}
 
 // Reject queues an unjournaled reply without ever blocking: when the queue is
 // full the reply is dropped and counted.
@@ -214,7 +247,6 @@ func (e *egress) PublishNow(topic string, rep *protocol.Reply) error {
 
 // sendAnswer makes the answer durable, publishes it and completes it.
 func (e *egress) sendAnswer(a *answerMsg) {
-	defer e.pending.Add(-1)
 	now := e.now()
 	rep := a.build(now)
 	payload, err := json.Marshal(rep)
@@ -239,15 +271,51 @@ func (e *egress) sendAnswer(a *answerMsg) {
 		e.storeError("outbox", err)
 		e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; publishing without it")
 	}
-	e.publishAnswer(a.topic, a.key, a.deadline, rep.App, rep.Status, payload, false)
+	if !a.queued.IsZero() {
+		e.observeDelay(e.now().Sub(a.queued))
+	}
+	e.acks <- e.handOver(a.topic, a.key, a.deadline, rep.App, rep.Status, payload, false)
 }
 
-// publishAnswer publishes a reply already in the outbox, whose key the caller
-// claimed, and completes it on PUBACK. A reply that fails stays in the outbox
-// (counted when inOutbox is false) for the flusher; one whose PUBACK is late is
-// awaited, bounded. The key is released once nothing waits for it any more.
+// handedOver is a reply in the outbox that was handed to the MQTT client (or
+// failed to be), waiting for the broker's acknowledgement.
+type handedOver struct {
+	topic    string
+	key      store.Key
+	flushBy  time.Time
+	app      string
+	status   protocol.Status
+	payload  []byte
+	inOutbox bool // counted in the outbox gauge already
+	tok      mqtt.Token
+	err      error
+	at       time.Time
+}
+
+// handOver hands a reply already in the outbox, whose key the caller claimed, to
+// the MQTT client without waiting; finishAnswer waits for the outcome.
+func (e *egress) handOver(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte, inOutbox bool) *handedOver {
+	h := &handedOver{topic: topic, key: key, flushBy: flushBy, app: app, status: status, payload: payload,
+		inOutbox: inOutbox, at: e.now()}
+	h.tok, h.err = e.startPublish(topic, payload)
+	return h
+}
+
+// publishAnswer hands a reply over and waits for the outcome (finishAnswer).
 func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte, inOutbox bool) bool {
-	tok, err := e.publish(topic, payload)
+	return e.finishAnswer(e.handOver(topic, key, flushBy, app, status, payload, inOutbox))
+}
+
+// finishAnswer waits for the broker's acknowledgement of a reply handed over
+// and completes the request. A reply that fails stays in the outbox (counted
+// when it was not yet) for the flusher; one whose PUBACK is late is awaited,
+// bounded. The key is released once nothing waits for it any more. It reports
+// whether the broker has the reply.
+func (e *egress) finishAnswer(h *handedOver) bool {
+	tok, err, key, app, status, payload, inOutbox, flushBy := h.tok, h.err, h.key, h.app, h.status, h.payload, h.inOutbox, h.flushBy
+	if err == nil {
+		err = e.waitPublish(tok, h.at)
+	}
 	if err == nil {
 		e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
 		e.complete(key, payload)
@@ -378,7 +446,14 @@ func (e *egress) Stop(ctx context.Context) {
 	}
 	e.sendMu.Unlock()
 	done := make(chan struct{})
-	go func() { e.workers.Wait(); close(done) }()
+	go func() {
+		e.stopOnce.Do(func() {
+			e.answerW.Wait() // they hand answers to the ack workers
+			close(e.acks)
+		})
+		e.workers.Wait()
+		close(done)
+	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -399,6 +474,28 @@ func (e *egress) appLabel(app string) string {
 	return "_unknown"
 }
 
+// startPublish hands payload to the MQTT client at QoS 1 without waiting.
+func (e *egress) startPublish(topic string, payload []byte) (mqtt.Token, error) {
+	if !e.client.IsConnectionOpen() {
+		return nil, errNotConnected
+	}
+	return e.client.Publish(topic, 1, false, payload), nil
+}
+
+// waitPublish waits for the PUBACK of a publish started at start, up to the
+// publish timeout counted from then.
+func (e *egress) waitPublish(t mqtt.Token, start time.Time) error {
+	if !t.WaitTimeout(max(e.timeout-e.now().Sub(start), time.Millisecond)) {
+		return errPublishTimeout
+	}
+	if err := t.Error(); errors.Is(err, mqtt.ErrNotConnected) {
+		return fmt.Errorf("%w: %v", errNotConnected, err)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 // Errors of publish.
 var (
 	// errPublishTimeout: the broker did not acknowledge in time; the MQTT client
@@ -412,19 +509,12 @@ var (
 // errPublishTimeout the returned token is still pending: the client keeps the
 // message and resends it after a reconnect.
 func (e *egress) publish(topic string, payload []byte) (mqtt.Token, error) {
-	if !e.client.IsConnectionOpen() {
-		return nil, errNotConnected
+	start := e.now()
+	t, err := e.startPublish(topic, payload)
+	if err != nil {
+		return nil, err
 	}
-	t := e.client.Publish(topic, 1, false, payload)
-	if !t.WaitTimeout(e.timeout) {
-		return t, errPublishTimeout
-	}
-	if err := t.Error(); errors.Is(err, mqtt.ErrNotConnected) {
-		return t, fmt.Errorf("%w: %v", errNotConnected, err)
-	} else if err != nil {
-		return t, err
-	}
-	return t, nil
+	return t, e.waitPublish(t, start)
 }
 
 // Kick asks the flusher to flush the outbox (on reconnect).

@@ -263,18 +263,21 @@ func (g *Gateway) claim(key store.Key) func() {
 // minRetryAfter is the shortest retry_after_ms the gateway suggests.
 const minRetryAfter = 100 * time.Millisecond
 
-// estimatedWait is how long the requests queued now, and the answers still on
-// their way to the broker, take to drain at the rate the loop has been draining
-// them (profiles stand in until it has measured one).
+// estimatedWait is how long a request admitted now would wait for its answer
+// to reach the broker: the requests queued ahead of it drained at the rate the
+// loop has been draining them (profiles stand in until it has measured one),
+// plus the recent delay between the loop and the broker (egress.Delay). Answers
+// in flight to the broker are not counted as queued: their publishes overlap.
 func (g *Gateway) estimatedWait() time.Duration {
-	q := g.loop.Queued() + g.egress.Pending()
+	d := g.egress.Delay()
+	q := g.loop.Queued()
 	if q == 0 {
-		return 0
+		return d
 	}
 	if r := g.loop.DrainRate(); r > 0 {
-		return time.Duration(float64(q) / r * float64(time.Second))
+		return d + time.Duration(float64(q)/r*float64(time.Second))
 	}
-	return time.Duration(q) * g.perRequest
+	return d + time.Duration(q)*g.perRequest
 }
 
 // retryMS is retry_after_ms for a wait.
