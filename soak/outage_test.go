@@ -12,8 +12,8 @@ import (
 // flight, keeps it down for SOAK_OUTAGE, and starts it again. Devices keep
 // reconnecting and keep publishing; a publish made while a device is disconnected
 // is skipped and not counted. Every acknowledged request must get a terminal
-// reply, and no reply that reaches its device more than deadline + 250 ms after
-// the request's sent_at may claim deadline_met: true, unless the gateway stamped
+// reply, and no first reply that reaches its device more than deadline + 250 ms
+// after the request's sent_at may claim deadline_met: true, unless the gateway stamped
 // it as handed to the broker before the broker stopped (the broker, or the MQTT
 // session, then held it across the outage: reported as held, not a failure, since
 // no gateway can see that delay; a reply decided during the outage and stamped
@@ -85,9 +85,13 @@ func TestBrokerOutage(t *testing.T) {
 	if tl.Lost > 0 {
 		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v)", tl.Lost, tl.LostIDs)
 	}
-	if tl.StaleMet > 0 {
-		t.Errorf("%d replies (%d of them the first reply to their id) reached the device more than deadline + %s after sent_at yet claim deadline_met: true; examples: %v",
-			tl.StaleMet, tl.StaleMetFirst, staleTolerance, tl.StaleMetExamples)
+	// Only first replies count: a repeat is, by the never-contradict guarantee,
+	// the same bytes as the first reply (the tally checks that they agree), so it
+	// keeps the first publication's stamp even when the broker redelivers the
+	// request, or the reply, after the outage.
+	if tl.StaleMetFirst > 0 {
+		t.Errorf("%d first replies reached the device more than deadline + %s after sent_at yet claim deadline_met: true (and %d repeats); examples: %v",
+			tl.StaleMetFirst, staleTolerance, tl.StaleMet-tl.StaleMetFirst, tl.StaleMetExamples)
 	}
 	if tl.Malformed > 0 {
 		t.Errorf("%d malformed replies", tl.Malformed)
