@@ -69,6 +69,9 @@ type egressOptions struct {
 	RawMaxAge time.Duration
 	// MaxLate bounds the publishes that timed out and are still awaited.
 	MaxLate int
+	// Durable commits each answer to the outbox before it is first published, so
+	// that a repeat after a crash is the same bytes (mqtt.durable_replies).
+	Durable bool
 }
 
 func defaultEgressOptions() egressOptions {
@@ -77,7 +80,7 @@ func defaultEgressOptions() egressOptions {
 	// of the wait, includes the time the broker takes (docs/protocol.md,
 	// "Overload").
 	return egressOptions{AnswerQueue: 64, AnswerWorkers: 64, AckQueue: 4096, AckWorkers: 64,
-		RawQueue: 1024, RawWorkers: 32, RawMaxAge: time.Second, MaxLate: 4096}
+		RawQueue: 1024, RawWorkers: 32, RawMaxAge: time.Second, MaxLate: 4096, Durable: true}
 }
 
 // egress publishes replies. Answers to journaled requests are made durable in the
@@ -265,16 +268,23 @@ func (e *egress) sendAnswer(a *answerMsg) {
 		return
 	}
 	e.claim(a.key) // a key the loop answers is nobody else's
-	if err := e.journal.Outbox(a.key, payload, a.deadline); err != nil {
-		// Publish anyway: the device is waiting. The request stays pending in the
-		// journal, so a restart may answer it a second time.
-		e.storeError("outbox", err)
-		e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; publishing without it")
+	written := false
+	if e.opts.Durable {
+		if err := e.journal.Outbox(a.key, payload, a.deadline); err != nil {
+			// Publish anyway: the device is waiting. The request stays pending in
+			// the journal, so a restart may answer it a second time.
+			e.storeError("outbox", err)
+			e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; publishing without it")
+		} else {
+			written = true
+		}
 	}
 	if !a.queued.IsZero() {
 		e.observeDelay(e.now().Sub(a.queued))
 	}
-	e.acks <- e.handOver(a.topic, a.key, a.deadline, rep.App, rep.Status, payload, false)
+	h := e.handOver(a.topic, a.key, a.deadline, rep.App, rep.Status, payload, false)
+	h.written = written
+	e.acks <- h
 }
 
 // handedOver is a reply in the outbox that was handed to the MQTT client (or
@@ -287,6 +297,7 @@ type handedOver struct {
 	status   protocol.Status
 	payload  []byte
 	inOutbox bool // counted in the outbox gauge already
+	written  bool // the journal's outbox holds it (false: not durable yet)
 	tok      mqtt.Token
 	err      error
 	at       time.Time
@@ -296,7 +307,7 @@ type handedOver struct {
 // the MQTT client without waiting; finishAnswer waits for the outcome.
 func (e *egress) handOver(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte, inOutbox bool) *handedOver {
 	h := &handedOver{topic: topic, key: key, flushBy: flushBy, app: app, status: status, payload: payload,
-		inOutbox: inOutbox, at: e.now()}
+		inOutbox: inOutbox, written: true, at: e.now()}
 	h.tok, h.err = e.startPublish(topic, payload)
 	return h
 }
@@ -328,6 +339,14 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 	e.m.publishFails.Inc()
 	if !inOutbox {
 		e.m.outboxLen.Inc()
+	}
+	if !h.written && !errors.Is(err, errNotConnected) {
+		// Not durable yet (egress without durable replies): the broker may have
+		// it, so it is kept as it is.
+		if err := e.journal.Outbox(key, payload, flushBy); err != nil {
+			e.storeError("outbox", err)
+			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+		}
 	}
 	switch {
 	case errors.Is(err, errPublishTimeout):

@@ -247,3 +247,43 @@ func TestRejectionsNeverBlock(t *testing.T) {
 		e.Close()
 	})
 }
+
+// Without durable replies an answer is published before any journal write and
+// completed on PUBACK; only a publish that fails leaves it in the outbox.
+func TestAnswerWithoutDurableReplies(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		held := &fakeToken{done: make(chan struct{})}
+		c := &fakeClient{tokens: []*fakeToken{held}}
+		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		o := defaultEgressOptions()
+		o.Durable = false
+		e := newEgress(c, j, time.Second, 0, nil, o, zerolog.Nop(), newMetrics(nil))
+		k := store.Key{App: "a", Device: "d", ID: "1"}
+		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
+		synctest.Wait()
+		j.mu.Lock()
+		n := len(j.outbox)
+		j.mu.Unlock()
+		if len(c.sent()) != 1 || n != 0 {
+			t.Fatalf("published %d, outbox %d: want published before any outbox write", len(c.sent()), n)
+		}
+		time.Sleep(2 * time.Second) // past the publish timeout
+		synctest.Wait()
+		j.mu.Lock()
+		kept, unsent := j.outbox[k], j.unsent[k]
+		j.mu.Unlock()
+		if string(kept) != c.sent()[0] || unsent {
+			t.Fatalf("after a timeout the outbox holds %q (unsent %v), want the published bytes", kept, unsent)
+		}
+		close(held.done)
+		synctest.Wait()
+		j.mu.Lock()
+		done := len(j.completed)
+		j.mu.Unlock()
+		if done != 1 {
+			t.Errorf("completed %d, want 1", done)
+		}
+		e.Stop(t.Context())
+		e.Close()
+	})
+}

@@ -405,7 +405,9 @@ func (g *Gateway) connect() error {
 		log.Warn().Err(err).Msg("connection to the broker lost; replies go to the outbox until it is back")
 	})
 	g.client = mqtt.NewClient(opts)
-	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, defaultEgressOptions(), log, g.m)
+	eo := defaultEgressOptions()
+	eo.Durable = c.DurableReplies
+	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, eo, log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.apps[app]; return ok }
 	g.egress.journalError = g.journalError
 	t := g.client.Connect()
