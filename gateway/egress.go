@@ -21,6 +21,7 @@ type journal interface {
 	Outbox(k store.Key, reply []byte, flushBy time.Time) error
 	OutboxUnsent(k store.Key, reply []byte, flushBy time.Time) error
 	OutboxEntries() ([]store.OutboxEntry, error)
+	OutboxEntry(k store.Key) (*store.OutboxEntry, error)
 }
 
 // answerMsg is the reply to a journaled request on its way out. build makes the
@@ -124,7 +125,9 @@ type egress struct {
 
 	late  sync.WaitGroup // awaitLate goroutines
 	nLate int            // running awaitLate goroutines (busyMu)
-	kick  chan struct{}  // size 1: flush the outbox
+	// lateClosed is set by Close: awaitLate starts no more waiters (busyMu).
+	lateClosed bool
+	kick       chan struct{} // size 1: flush the outbox
 	// busy holds the outbox keys being published by a worker or the flusher, or
 	// whose timed-out publish the MQTT client still holds and will resend itself:
 	// the flusher skips them, so that an answer in flight or a slow
@@ -264,7 +267,6 @@ func (e *egress) sendAnswer(a *answerMsg) {
 			e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
 			return
 		}
-		e.m.outboxLen.Inc()
 		return
 	}
 	e.claim(a.key) // a key the loop answers is nobody else's
@@ -282,7 +284,7 @@ func (e *egress) sendAnswer(a *answerMsg) {
 	if !a.queued.IsZero() {
 		e.observeDelay(e.now().Sub(a.queued))
 	}
-	h := e.handOver(a.topic, a.key, a.deadline, rep.App, rep.Status, payload, false)
+	h := e.handOver(a.topic, a.key, a.deadline, rep.App, rep.Status, payload)
 	h.written = written
 	e.acks <- h
 }
@@ -290,31 +292,30 @@ func (e *egress) sendAnswer(a *answerMsg) {
 // handedOver is a reply in the outbox that was handed to the MQTT client (or
 // failed to be), waiting for the broker's acknowledgement.
 type handedOver struct {
-	topic    string
-	key      store.Key
-	flushBy  time.Time
-	app      string
-	status   protocol.Status
-	payload  []byte
-	inOutbox bool // counted in the outbox gauge already
-	written  bool // the journal's outbox holds it (false: not durable yet)
-	tok      mqtt.Token
-	err      error
-	at       time.Time
+	topic   string
+	key     store.Key
+	flushBy time.Time
+	app     string
+	status  protocol.Status
+	payload []byte
+	written bool // the journal's outbox holds it (false: not durable yet)
+	tok     mqtt.Token
+	err     error
+	at      time.Time
 }
 
 // handOver hands a reply already in the outbox, whose key the caller claimed, to
 // the MQTT client without waiting; finishAnswer waits for the outcome.
-func (e *egress) handOver(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte, inOutbox bool) *handedOver {
+func (e *egress) handOver(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) *handedOver {
 	h := &handedOver{topic: topic, key: key, flushBy: flushBy, app: app, status: status, payload: payload,
-		inOutbox: inOutbox, written: true, at: e.now()}
+		written: true, at: e.now()}
 	h.tok, h.err = e.startPublish(topic, payload)
 	return h
 }
 
 // publishAnswer hands a reply over and waits for the outcome (finishAnswer).
-func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte, inOutbox bool) bool {
-	return e.finishAnswer(e.handOver(topic, key, flushBy, app, status, payload, inOutbox))
+func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) bool {
+	return e.finishAnswer(e.handOver(topic, key, flushBy, app, status, payload))
 }
 
 // finishAnswer waits for the broker's acknowledgement of a reply handed over
@@ -323,7 +324,7 @@ func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, a
 // bounded. The key is released once nothing waits for it any more. It reports
 // whether the broker has the reply.
 func (e *egress) finishAnswer(h *handedOver) bool {
-	tok, err, key, app, status, payload, inOutbox, flushBy := h.tok, h.err, h.key, h.app, h.status, h.payload, h.inOutbox, h.flushBy
+	tok, err, key, app, status, payload, flushBy := h.tok, h.err, h.key, h.app, h.status, h.payload, h.flushBy
 	if err == nil {
 		err = e.waitPublish(tok, h.at)
 	}
@@ -331,15 +332,9 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 		e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
 		e.complete(key, payload)
 		e.release(key)
-		if inOutbox {
-			e.m.outboxLen.Dec()
-		}
 		return true
 	}
 	e.m.publishFails.Inc()
-	if !inOutbox {
-		e.m.outboxLen.Inc()
-	}
 	if !h.written && !errors.Is(err, errNotConnected) {
 		// Not durable yet (egress without durable replies): the broker may have
 		// it, so it is kept as it is.
@@ -351,9 +346,11 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 	switch {
 	case errors.Is(err, errPublishTimeout):
 		e.awaitLate(key, tok, app, status, payload)
-	case errors.Is(err, errNotConnected):
-		// Never handed to the broker: nobody can have seen it, so it is stamped
-		// anew when it goes out (a stale stamp would claim the deadline was met).
+	case errors.Is(err, errNotConnected) && !h.written:
+		// Never handed to the broker and not yet in the outbox as sent: nobody
+		// can have seen it, so it is stamped anew when it goes out (a stale
+		// stamp would claim the deadline was met). A reply already written as
+		// sent may have been given to a duplicate, so it keeps its bytes.
 		if err := e.journal.OutboxUnsent(key, payload, flushBy); err != nil {
 			e.storeError("outbox", err)
 			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed")
@@ -411,7 +408,7 @@ func (e *egress) isBusy(k store.Key) bool {
 // the flusher may publish a second, identical copy.
 func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protocol.Status, payload []byte) {
 	e.busyMu.Lock()
-	if e.nLate >= e.opts.MaxLate {
+	if e.nLate >= e.opts.MaxLate || e.lateClosed {
 		delete(e.busy, k)
 		e.busyMu.Unlock()
 		return
@@ -432,7 +429,6 @@ func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protoco
 			if t.Error() == nil {
 				e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
 				e.complete(k, payload)
-				e.m.outboxLen.Dec()
 			}
 		case <-e.stop:
 		}
@@ -479,8 +475,13 @@ func (e *egress) Stop(ctx context.Context) {
 	}
 }
 
-// Close makes late waiters give up; call it after Stop, before the journal closes.
+// Close makes late waiters give up, and no new one start (workers still running
+// after a Stop that timed out may try); call it after Stop, before the journal
+// closes.
 func (e *egress) Close() {
+	e.busyMu.Lock()
+	e.lateClosed = true
+	e.busyMu.Unlock()
 	close(e.stop)
 	e.late.Wait()
 }
@@ -573,7 +574,6 @@ func (e *egress) flush(ctx context.Context) {
 		e.log.Error().Err(err).Msg("outbox read failed")
 		return
 	}
-	e.m.outboxLen.Set(float64(len(entries)))
 	if len(entries) == 0 {
 		return
 	}
@@ -589,6 +589,17 @@ func (e *egress) flush(ctx context.Context) {
 		if !e.claim(oe.Key) {
 			continue // being published, or its first publish may still be acknowledged
 		}
+		// The list is a snapshot: since it was read, a worker may have completed
+		// this entry, or turned it from sent into unsent. Act on it as it is now.
+		cur, err := e.journal.OutboxEntry(oe.Key)
+		if err != nil || cur == nil {
+			if err != nil {
+				e.storeError("outbox_read", err)
+			}
+			e.release(oe.Key)
+			continue
+		}
+		oe = *cur
 		payload, status := oe.Reply, protocol.Status("")
 		if oe.Unsent {
 			rep, err := protocol.ParseReply(oe.Reply)
@@ -601,8 +612,12 @@ func (e *egress) flush(ctx context.Context) {
 					payload = oe.Reply
 				}
 				if err := e.journal.Outbox(oe.Key, payload, oe.FlushBy); err != nil {
+					// Publishing bytes the journal does not hold would let a repeat
+					// differ from them: leave it unsent for the next flush.
 					e.storeError("outbox", err)
-					e.log.Error().Err(err).Stringer("key", oe.Key).Msg("outbox write failed")
+					e.log.Error().Err(err).Stringer("key", oe.Key).Msg("outbox write failed; flush stopped")
+					e.release(oe.Key)
+					return
 				}
 			}
 		}
@@ -611,7 +626,7 @@ func (e *egress) flush(ctx context.Context) {
 				status = rep.Status
 			}
 		}
-		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload, true) { // releases the key
+		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload) { // releases the key
 			e.log.Warn().Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}

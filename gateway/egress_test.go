@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -106,6 +108,17 @@ func (j *fakeJournal) OutboxUnsent(k store.Key, r []byte, _ time.Time) error {
 	j.unsent[k] = true
 	return nil
 }
+func (j *fakeJournal) OutboxEntry(k store.Key) (*store.OutboxEntry, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	r, ok := j.outbox[k]
+	if !ok {
+		return nil, nil
+	}
+	e := j.entry
+	e.Key, e.ReplyTo = k, "t"
+	return &store.OutboxEntry{Entry: e, Reply: r, Unsent: j.unsent[k]}, nil
+}
 func (j *fakeJournal) OutboxEntries() ([]store.OutboxEntry, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -115,6 +128,7 @@ func (j *fakeJournal) OutboxEntries() ([]store.OutboxEntry, error) {
 		e.Key, e.ReplyTo = k, "t"
 		out = append(out, store.OutboxEntry{Entry: e, Reply: r, Unsent: j.unsent[k]})
 	}
+	slices.SortFunc(out, func(a, b store.OutboxEntry) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
 }
 
@@ -282,6 +296,33 @@ func TestAnswerWithoutDurableReplies(t *testing.T) {
 		j.mu.Unlock()
 		if done != 1 {
 			t.Errorf("completed %d, want 1", done)
+		}
+		e.Stop(t.Context())
+		e.Close()
+	})
+}
+
+// The flusher works from a snapshot of the outbox: an answer in flight when it
+// was read, and completed by the time the flusher reaches it, is not published a
+// second time.
+func TestFlushSkipsAnswersCompletedSinceTheSnapshot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		held := &fakeToken{done: make(chan struct{})}
+		c := &fakeClient{tokens: []*fakeToken{held}} // the answer's PUBACK is held
+		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		k0 := store.Key{App: "a", Device: "d", ID: "0"} // left over from before
+		j.outbox[k0] = []byte(`{"v":1,"id":"0","app":"a","device":"d","status":"ok"}`)
+		e := newEgress(c, j, time.Minute, 1, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+		k1 := store.Key{App: "a", Device: "d", ID: "1"}
+		e.Answer(okAnswer(k1, time.Now().Add(time.Hour)))
+		synctest.Wait() // k1 is in the outbox and in flight
+		done := make(chan struct{})
+		go func() { e.flush(t.Context()); close(done) }()
+		synctest.Wait() // k0 published; the flusher waits its rate gap
+		close(held.done)
+		<-done
+		if n := len(c.sent()); n != 2 {
+			t.Errorf("published %d replies, want 2 (k1 once, k0 once)", n)
 		}
 		e.Stop(t.Context())
 		e.Close()

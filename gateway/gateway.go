@@ -73,7 +73,7 @@ type Gateway struct {
 	broker  *Broker
 	// in queues request messages from paho's router goroutine to the ingress
 	// workers (ingress.go); stopIngress ends the workers.
-	in          chan mqtt.Message
+	in          chan arrival
 	stopIngress chan struct{}
 	ingressDone sync.WaitGroup
 	// claimed holds the request keys a worker is handling (Gateway.claim).
@@ -88,6 +88,7 @@ type Gateway struct {
 	// fatal is closed by fail: Run stops and returns fatalErr.
 	fatal     chan struct{}
 	fatalOnce sync.Once
+	fatalMu   sync.Mutex
 	fatalErr  error
 	// admitting is read-locked by every request handler and write-locked by
 	// shutdown (see onMessage); draining is set just before.
@@ -111,7 +112,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		return nil, errors.New("gateway: no config")
 	}
 	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry, apps: map[string]*appRuntime{},
-		in: make(chan mqtt.Message, cfg.Admission.IngressQueue), stopIngress: make(chan struct{}),
+		in: make(chan arrival, cfg.Admission.IngressQueue), stopIngress: make(chan struct{}),
 		claimed: map[store.Key]chan struct{}{}, fatal: make(chan struct{})}
 	if g.now == nil {
 		g.now = time.Now
@@ -509,7 +510,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		g.log.Info().Msg("shutting down")
 	case <-g.fatal:
-		g.log.Error().Err(g.fatalErr).Msg("shutting down after a fatal error")
+		g.log.Error().Err(g.fatalError()).Msg("shutting down after a fatal error")
 	}
 	g.draining.Store(true)
 	if g.onDrain != nil {
@@ -536,7 +537,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.client.IsConnectionOpen() {
 		g.publishStatus(protocol.StateOffline, "shutdown")
 	}
-	return errors.Join(g.fatalErr, g.closeAll())
+	return errors.Join(g.fatalError(), g.closeAll())
+}
+
+// fatalError is the error given to fail, or nil.
+func (g *Gateway) fatalError() error {
+	g.fatalMu.Lock()
+	defer g.fatalMu.Unlock()
+	return g.fatalErr
 }
 
 // journalError looks at an error of a journal operation: a journal file damaged
@@ -552,7 +560,9 @@ func (g *Gateway) journalError(err error) {
 // fail makes Run stop and return err (the first one given).
 func (g *Gateway) fail(err error) {
 	g.fatalOnce.Do(func() {
+		g.fatalMu.Lock()
 		g.fatalErr = err
+		g.fatalMu.Unlock()
 		close(g.fatal)
 	})
 }

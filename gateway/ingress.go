@@ -19,6 +19,12 @@ import (
 // reply queued without waiting (egress.Reject), so that refusing work never waits
 // for the broker and never competes with answers.
 
+// arrival is a request message and when it reached the gateway.
+type arrival struct {
+	msg mqtt.Message
+	at  time.Time
+}
+
 // onMessage is the MQTT handler for requests (paho's router goroutine).
 func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	if msg.Retained() {
@@ -33,7 +39,7 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 		return // not acknowledged: the broker redelivers it to the next session
 	}
 	select {
-	case g.in <- msg:
+	case g.in <- arrival{msg: msg, at: g.now()}:
 	default:
 		g.overflow(msg)
 	}
@@ -63,27 +69,34 @@ func (g *Gateway) overflow(msg mqtt.Message) {
 // handle admits one request. It acknowledges a request only after the journal has
 // committed it; a request it cannot journal while stopping is left
 // unacknowledged, so the broker delivers it again when the session resumes.
-func (g *Gateway) handle(msg mqtt.Message) {
+func (g *Gateway) handle(a arrival) {
+	msg := a.msg
 	// Shutdown sets draining, then takes the write lock: from then on workers
 	// leave messages unacknowledged, and shutdown waits for those already inside.
 	if !g.admitting.TryRLock() {
 		return
 	}
 	defer g.admitting.RUnlock()
+	reserved := false // a queue place this handler holds
 	defer func() {
 		if p := recover(); p != nil {
+			if reserved {
+				g.loop.Release()
+			}
 			g.m.rejected.WithLabelValues(string(protocol.ReasonInternal)).Inc()
 			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked; message acknowledged and dropped")
 			msg.Ack()
 		}
 	}()
-	now := g.now()
+	// Received is when the message arrived, not when a worker got to it: time in
+	// the hand-off queue counts against the deadline.
+	now := a.at
 	// The input is decoded only once the request is admitted: refusing one under
 	// overload costs little more than reading its header.
 	req, rej := protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
 		msg.Ack()
-		if rej.Reason == protocol.ReasonDeadlinePast && g.answeredBefore(rej) {
+		if (rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon) && g.answeredBefore(rej) {
 			return // a redelivered copy of a request answered in time
 		}
 		g.reject(rej)
@@ -98,7 +111,7 @@ func (g *Gateway) handle(msg mqtt.Message) {
 		g.expiredOnArrival(msg, req, key)
 		return
 	}
-	reserved := g.loop.Reserve(g.cfg.Admission.MaxQueue)
+	reserved = g.loop.Reserve(g.cfg.Admission.MaxQueue)
 	if reserved {
 		if wait := g.estimatedWait(); g.cfg.Admission.MaxWait > 0 &&
 			wait > time.Duration(g.cfg.Admission.MaxWait*float64(req.Budget())) {
@@ -196,7 +209,8 @@ func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key 
 	}
 	rep := req.NewReply(protocol.StatusExpired)
 	rep.Reason, rep.Error, rep.DeadlineMet = protocol.ReasonExpiredBeforeReceipt, msgExpiredInTransit, protocol.Ptr(false)
-	if err := g.egress.PublishNow(req.ReplyTo, rep); errors.Is(err, errNotConnected) {
+	if err := g.egress.PublishNow(req.ReplyTo, rep); err != nil {
+		g.log.Warn().Err(err).Stringer("key", key).Msg("expired reply not published; request left for redelivery")
 		return // not acknowledged: redelivered when the session resumes
 	}
 	msg.Ack()

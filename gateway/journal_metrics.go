@@ -40,6 +40,9 @@ func registerJournalMetrics(reg prometheus.Registerer, s *store.Store, recovered
 			func(st store.Stats) float64 { return float64(st.Pending) }),
 		gauge("sneakgate_journal_outbox", "Replies in the journal's outbox (decided, not yet acknowledged by the broker).",
 			func(st store.Stats) float64 { return float64(st.Outbox) }),
+		// The same count under its older name, which the stats topic reports.
+		gauge("sneakgate_outbox_length", "Replies waiting durably for the broker's acknowledgement (the journal's outbox, answers in flight included).",
+			func(st store.Stats) float64 { return float64(st.Outbox) }),
 		gauge("sneakgate_journal_done", "Answered request keys remembered to answer redelivered duplicates (for store.retention).",
 			func(st store.Stats) float64 { return float64(st.Done) }),
 	)

@@ -26,7 +26,6 @@ type metrics struct {
 	decisionTime prometheus.Histogram
 	storeErrors  *prometheus.CounterVec // op
 	publishFails prometheus.Counter
-	outboxLen    prometheus.Gauge
 	resident     prometheus.Gauge
 	dropped      *prometheus.CounterVec // status: unjournaled replies dropped (queue full, not connected)
 	ignored      *prometheus.CounterVec // why: retained, overflow
@@ -74,8 +73,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_store_errors_total", Help: "Journal operations that failed, by operation."}, []string{"op"}),
 		publishFails: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_publish_failures_total", Help: "Reply publishes that failed or timed out (the reply waits in the outbox)."}),
-		outboxLen: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sneakgate_outbox_length", Help: "Replies waiting durably for the broker."}),
 		resident: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_resident_variants", Help: "Model variants loaded in the engine."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -85,7 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, c := range []prometheus.Collector{m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.estAccuracy, m.deadlineMet, m.swaps,
-		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.outboxLen, m.resident, m.dropped, m.ignored} {
+		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored} {
 		f(c)
 	}
 	return m

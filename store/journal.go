@@ -368,6 +368,37 @@ func (s *Store) GC(now time.Time) (int, error) {
 	}
 }
 
+// OutboxEntry returns k's reply in the outbox as it is now, or nil when k is not
+// in the outbox (it was completed, or never got there). A caller that read
+// OutboxEntries a while ago uses it to check that an entry is still there, and
+// still as it was, before acting on it. It returns ErrInvalid for a bad key,
+// ErrCorrupt (wrapped) for an unreadable record and ErrClosed after Close.
+func (s *Store) OutboxEntry(k Key) (*OutboxEntry, error) {
+	if err := validKey(k); err != nil {
+		return nil, fmt.Errorf("store: outbox entry %s: %w", k, err)
+	}
+	var out *OutboxEntry
+	err := s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketKeys).Get(encodeKey(k))
+		if v == nil {
+			return nil
+		}
+		st, err := decodeState(v)
+		if err != nil {
+			return fmt.Errorf("key index: %w", err)
+		}
+		if st.state != stateOutbox {
+			return nil
+		}
+		out, err = decodeOutbox(tx.Bucket(bucketOutbox).Get(outboxKey(st.flushBy, st.seq)), st.seq)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: outbox entry %s: %w", k, err)
+	}
+	return out, nil
+}
+
 // Lookup reports, without writing, what Put would say of key k now: New for an
 // unknown key (or one completed longer ago than Retention), DupPending, or DupDone
 // with a copy of the stored reply. The answer can change as soon as it is

@@ -176,9 +176,15 @@ func TestDuplicates(t *testing.T) {
 	if ob, err := s.OutboxEntries(); err != nil || len(ob) != 1 || ob[0].Unsent {
 		t.Fatalf("OutboxEntries = %+v, %v; want one sent", ob, err)
 	}
+	if oe, err := s.OutboxEntry(key(1)); err != nil || oe == nil || oe.Unsent || string(oe.Reply) != "r1" {
+		t.Fatalf("OutboxEntry = %+v, %v; want the sent reply r1", oe, err)
+	}
 
 	if err := s.Complete(key(1), []byte("r1")); err != nil {
 		t.Fatal(err)
+	}
+	if oe, err := s.OutboxEntry(key(1)); err != nil || oe != nil {
+		t.Fatalf("OutboxEntry of a completed key = %+v, %v; want nil", oe, err)
 	}
 	if res := mustPut(t, s, entry(1), store.DupDone); string(res.Reply) != "r1" {
 		t.Errorf("DupDone reply = %q, want r1", res.Reply)
