@@ -368,6 +368,19 @@ func (s *Store) GC(now time.Time) (int, error) {
 	}
 }
 
+// stateOf reads k's key record in tx; ok is false for an unknown key. The
+// state's reply aliases the page: copy it before tx ends.
+func stateOf(tx *bolt.Tx, k Key) (st keyState, ok bool, err error) {
+	v := tx.Bucket(bucketKeys).Get(encodeKey(k))
+	if v == nil {
+		return keyState{}, false, nil
+	}
+	if st, err = decodeState(v); err != nil {
+		return keyState{}, false, fmt.Errorf("key index: %w", err)
+	}
+	return st, true, nil
+}
+
 // OutboxEntry returns k's reply in the outbox as it is now, or nil when k is not
 // in the outbox (it was completed, or never got there). A caller that read
 // OutboxEntries a while ago uses it to check that an entry is still there, and
@@ -379,16 +392,9 @@ func (s *Store) OutboxEntry(k Key) (*OutboxEntry, error) {
 	}
 	var out *OutboxEntry
 	err := s.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketKeys).Get(encodeKey(k))
-		if v == nil {
-			return nil
-		}
-		st, err := decodeState(v)
-		if err != nil {
-			return fmt.Errorf("key index: %w", err)
-		}
-		if st.state != stateOutbox {
-			return nil
+		st, ok, err := stateOf(tx, k)
+		if err != nil || !ok || st.state != stateOutbox {
+			return err
 		}
 		out, err = decodeOutbox(tx.Bucket(bucketOutbox).Get(outboxKey(st.flushBy, st.seq)), st.seq)
 		return err
@@ -414,13 +420,9 @@ func (s *Store) Lookup(k Key) (PutResult, error) {
 	now := s.opts.Now()
 	var res PutResult
 	err := s.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketKeys).Get(encodeKey(k))
-		if v == nil {
-			return nil
-		}
-		st, err := decodeState(v)
-		if err != nil {
-			return fmt.Errorf("key index: %w", err)
+		st, ok, err := stateOf(tx, k)
+		if err != nil || !ok {
+			return err
 		}
 		switch {
 		case st.state == stateOutbox:
