@@ -38,7 +38,7 @@ func TestPriorityHandComputed(t *testing.T) {
 	}
 }
 
-// TestFallDetectionExample follows method.md's fall-detection example: three
+// TestFallDetectionExample follows docs/method.md's fall-detection example: three
 // variants whose profiled accuracies lie within 0.01 of each other differ by more
 // than 0.2 for a request the estimate flags as a likely fall.
 func TestFallDetectionExample(t *testing.T) {

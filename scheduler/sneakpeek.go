@@ -28,7 +28,7 @@ func init() {
 	})
 }
 
-// searching is the grouped-priority scheduler of method.md, and its variants:
+// searching is the grouped-priority scheduler of docs/method.md, and its variants:
 //
 //   - sneakpeek: data-aware. A request's value on variant m is its expected utility
 //     under its SneakPeek estimate (Request.ExpUtility); groups are (application,

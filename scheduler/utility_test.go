@@ -46,7 +46,7 @@ func TestPenalizedUtilityKeepsCosts(t *testing.T) {
 	}
 }
 
-// TestMethodExample reproduces method.md's point: two variants with nearly equal
+// TestMethodExample reproduces docs/method.md's point: two variants with nearly equal
 // profiled accuracy differ widely for a request the estimate flags as positive.
 func TestMethodExample(t *testing.T) {
 	prior := []float64{0.9, 0.1}
