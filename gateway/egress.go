@@ -324,42 +324,37 @@ func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, a
 // bounded. The key is released once nothing waits for it any more. It reports
 // whether the broker has the reply.
 func (e *egress) finishAnswer(h *handedOver) bool {
-	tok, err, key, app, status, payload, flushBy := h.tok, h.err, h.key, h.app, h.status, h.payload, h.flushBy
+	err := h.err
 	if err == nil {
-		err = e.waitPublish(tok, h.at)
+		err = e.waitPublish(h.tok, h.at)
 	}
 	if err == nil {
-		e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
-		e.complete(key, payload)
-		e.release(key)
+		e.m.replies.WithLabelValues(e.appLabel(h.app), string(h.status)).Inc()
+		e.complete(h.key, h.payload)
+		e.release(h.key)
 		return true
 	}
 	e.m.publishFails.Inc()
-	if !h.written && !errors.Is(err, errNotConnected) {
-		// Not durable yet (egress without durable replies): the broker may have
-		// it, so it is kept as it is.
-		if err := e.journal.Outbox(key, payload, flushBy); err != nil {
-			e.storeError("outbox", err)
-			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+	if !h.written {
+		// Not in the outbox yet (durable replies off, or the write failed). A reply
+		// never handed to the broker is kept unsent, to be stamped anew when it
+		// goes out; one the broker may have is kept as it is. (A reply already
+		// written as sent keeps its bytes either way: a duplicate may have them.)
+		keep := e.journal.Outbox
+		if errors.Is(err, errNotConnected) {
+			keep = e.journal.OutboxUnsent
+		}
+		if werr := keep(h.key, h.payload, h.flushBy); werr != nil {
+			e.storeError("outbox", werr)
+			e.log.Error().Err(werr).Stringer("key", h.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
 		}
 	}
-	switch {
-	case errors.Is(err, errPublishTimeout):
-		e.awaitLate(key, tok, app, status, payload)
-	case errors.Is(err, errNotConnected) && !h.written:
-		// Never handed to the broker and not yet in the outbox as sent: nobody
-		// can have seen it, so it is stamped anew when it goes out (a stale
-		// stamp would claim the deadline was met). A reply already written as
-		// sent may have been given to a duplicate, so it keeps its bytes.
-		if err := e.journal.OutboxUnsent(key, payload, flushBy); err != nil {
-			e.storeError("outbox", err)
-			e.log.Error().Err(err).Stringer("key", key).Msg("outbox write failed")
-		}
-		e.release(key)
-	default:
-		e.release(key)
+	if errors.Is(err, errPublishTimeout) {
+		e.awaitLate(h.key, h.tok, h.app, h.status, h.payload)
+	} else {
+		e.release(h.key)
 	}
-	e.log.Warn().Err(err).Stringer("key", key).Msg("reply kept in the outbox until the broker has it")
+	e.log.Warn().Err(err).Stringer("key", h.key).Msg("reply kept in the outbox until the broker has it")
 	return false
 }
 

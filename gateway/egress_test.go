@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -75,6 +76,26 @@ func (c *fakeClient) sent() []string {
 	return append([]string(nil), c.published...)
 }
 
+// startEgress starts an egress over c and j for a test (in a synctest bubble) and
+// stops it when the test ends.
+func startEgress(t *testing.T, c *fakeClient, j *fakeJournal, timeout time.Duration, rate float64, o egressOptions, m *metrics) *egress {
+	e := newEgress(c, j, timeout, rate, nil, o, zerolog.Nop(), m)
+	t.Cleanup(func() {
+		e.Stop(context.Background())
+		e.Close()
+	})
+	return e
+}
+
+func newFakeJournal() *fakeJournal { return &fakeJournal{outbox: map[store.Key][]byte{}} }
+
+// locked runs f with the journal's lock held, to read its state from the test.
+func (j *fakeJournal) locked(f func()) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	f()
+}
+
 // fakeJournal records completions and keeps an outbox.
 type fakeJournal struct {
 	mu        sync.Mutex
@@ -139,8 +160,8 @@ func TestSlowAckIsNotPublishedTwice(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		slow := &fakeToken{done: make(chan struct{})}
 		c := &fakeClient{tokens: []*fakeToken{slow}}
-		j := &fakeJournal{outbox: map[store.Key][]byte{}}
-		e := newEgress(c, j, time.Second, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+		j := newFakeJournal()
+		e := startEgress(t, c, j, time.Second, 0, defaultEgressOptions(), newMetrics(nil))
 		k := store.Key{App: "a", Device: "d", ID: "1"}
 		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
 		time.Sleep(2 * time.Second) // past the publish timeout
@@ -157,8 +178,6 @@ func TestSlowAckIsNotPublishedTwice(t *testing.T) {
 		if len(j.completed) != 1 || len(j.outbox) != 0 || e.isBusy(k) {
 			t.Errorf("completed %v, outbox %v", j.completed, j.outbox)
 		}
-		e.Stop(t.Context())
-		e.Close()
 	})
 }
 
@@ -176,8 +195,8 @@ func TestAnswerIsDurableBeforePublish(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		held := &fakeToken{done: make(chan struct{})}
 		c := &fakeClient{tokens: []*fakeToken{held}}
-		j := &fakeJournal{outbox: map[store.Key][]byte{}}
-		e := newEgress(c, j, time.Minute, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+		j := newFakeJournal()
+		e := startEgress(t, c, j, time.Minute, 0, defaultEgressOptions(), newMetrics(nil))
 		k := store.Key{App: "a", Device: "d", ID: "1"}
 		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
 		synctest.Wait() // the worker waits for the PUBACK
@@ -193,8 +212,6 @@ func TestAnswerIsDurableBeforePublish(t *testing.T) {
 		if len(j.completed) != 1 || len(j.outbox) != 0 {
 			t.Errorf("after PUBACK: completed %v, outbox %v", j.completed, j.outbox)
 		}
-		e.Stop(t.Context())
-		e.Close()
 	})
 }
 
@@ -203,8 +220,8 @@ func TestAnswerIsDurableBeforePublish(t *testing.T) {
 func TestUnsentAnswerIsStampedAtPublication(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := &fakeClient{down: true}
-		j := &fakeJournal{outbox: map[store.Key][]byte{}}
-		e := newEgress(c, j, time.Second, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+		j := newFakeJournal()
+		e := startEgress(t, c, j, time.Second, 0, defaultEgressOptions(), newMetrics(nil))
 		t0 := time.Now()
 		j.entry = store.Entry{Received: t0, Deadline: t0.Add(2 * time.Second)}
 		k := store.Key{App: "a", Device: "d", ID: "1"}
@@ -231,8 +248,6 @@ func TestUnsentAnswerIsStampedAtPublication(t *testing.T) {
 		if len(j.completed) != 1 {
 			t.Errorf("completed %v", j.completed)
 		}
-		e.Stop(t.Context())
-		e.Close()
 	})
 }
 
@@ -241,11 +256,11 @@ func TestUnsentAnswerIsStampedAtPublication(t *testing.T) {
 func TestRejectionsNeverBlock(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := &fakeClient{}
-		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		j := newFakeJournal()
 		m := newMetrics(nil)
 		o := defaultEgressOptions()
 		o.RawQueue, o.RawWorkers = 2, 0 // nothing drains the queue
-		e := newEgress(c, j, time.Second, 0, nil, o, zerolog.Nop(), m)
+		e := startEgress(t, c, j, time.Second, 0, o, m)
 		for i := range 5 {
 			e.Reject("t", &protocol.Reply{V: 1, ID: fmt.Sprint(i), App: "a", Device: "d", Status: protocol.StatusRejected})
 		}
@@ -257,8 +272,6 @@ func TestRejectionsNeverBlock(t *testing.T) {
 		if len(j.completed) != 1 {
 			t.Errorf("an answer behind a full rejection queue was not published: completed %v", j.completed)
 		}
-		e.Stop(t.Context())
-		e.Close()
 	})
 }
 
@@ -268,37 +281,33 @@ func TestAnswerWithoutDurableReplies(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		held := &fakeToken{done: make(chan struct{})}
 		c := &fakeClient{tokens: []*fakeToken{held}}
-		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		j := newFakeJournal()
 		o := defaultEgressOptions()
 		o.Durable = false
-		e := newEgress(c, j, time.Second, 0, nil, o, zerolog.Nop(), newMetrics(nil))
+		e := startEgress(t, c, j, time.Second, 0, o, newMetrics(nil))
 		k := store.Key{App: "a", Device: "d", ID: "1"}
 		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
 		synctest.Wait()
-		j.mu.Lock()
-		n := len(j.outbox)
-		j.mu.Unlock()
+		var n int
+		j.locked(func() { n = len(j.outbox) })
 		if len(c.sent()) != 1 || n != 0 {
 			t.Fatalf("published %d, outbox %d: want published before any outbox write", len(c.sent()), n)
 		}
 		time.Sleep(2 * time.Second) // past the publish timeout
 		synctest.Wait()
-		j.mu.Lock()
-		kept, unsent := j.outbox[k], j.unsent[k]
-		j.mu.Unlock()
+		var kept []byte
+		var unsent bool
+		j.locked(func() { kept, unsent = j.outbox[k], j.unsent[k] })
 		if string(kept) != c.sent()[0] || unsent {
 			t.Fatalf("after a timeout the outbox holds %q (unsent %v), want the published bytes", kept, unsent)
 		}
 		close(held.done)
 		synctest.Wait()
-		j.mu.Lock()
-		done := len(j.completed)
-		j.mu.Unlock()
+		var done int
+		j.locked(func() { done = len(j.completed) })
 		if done != 1 {
 			t.Errorf("completed %d, want 1", done)
 		}
-		e.Stop(t.Context())
-		e.Close()
 	})
 }
 
@@ -309,10 +318,10 @@ func TestFlushSkipsAnswersCompletedSinceTheSnapshot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		held := &fakeToken{done: make(chan struct{})}
 		c := &fakeClient{tokens: []*fakeToken{held}} // the answer's PUBACK is held
-		j := &fakeJournal{outbox: map[store.Key][]byte{}}
+		j := newFakeJournal()
 		k0 := store.Key{App: "a", Device: "d", ID: "0"} // left over from before
 		j.outbox[k0] = []byte(`{"v":1,"id":"0","app":"a","device":"d","status":"ok"}`)
-		e := newEgress(c, j, time.Minute, 1, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+		e := startEgress(t, c, j, time.Minute, 1, defaultEgressOptions(), newMetrics(nil))
 		k1 := store.Key{App: "a", Device: "d", ID: "1"}
 		e.Answer(okAnswer(k1, time.Now().Add(time.Hour)))
 		synctest.Wait() // k1 is in the outbox and in flight
@@ -324,7 +333,5 @@ func TestFlushSkipsAnswersCompletedSinceTheSnapshot(t *testing.T) {
 		if n := len(c.sent()); n != 2 {
 			t.Errorf("published %d replies, want 2 (k1 once, k0 once)", n)
 		}
-		e.Stop(t.Context())
-		e.Close()
 	})
 }

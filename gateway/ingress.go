@@ -59,11 +59,10 @@ func (g *Gateway) overflow(msg mqtt.Message) {
 	if _, ok := g.apps[app]; !ok {
 		return
 	}
-	wait := g.estimatedWait()
-	rep := &protocol.Reply{V: protocol.Version, ID: protocol.PeekID(msg.Payload()), App: app, Device: device,
-		Status: protocol.StatusRejected, Reason: protocol.ReasonOverload,
-		Error: "the gateway is saturated: request refused unread", RetryAfterMS: retryMS(wait)}
-	g.egress.Reject(protocol.ReplyTopic(g.env.Prefix, app, device), rep)
+	req := &protocol.Request{ID: protocol.PeekID(msg.Payload()), App: app, Device: device,
+		ReplyTo: protocol.ReplyTopic(g.env.Prefix, app, device)}
+	g.egress.Reject(req.ReplyTo, req.Reject(protocol.ReasonOverload,
+		"the gateway is saturated: request refused unread", max(g.estimatedWait(), minRetryAfter)))
 }
 
 // handle admits one request. It acknowledges a request only after the journal has
@@ -292,12 +291,6 @@ func (g *Gateway) estimatedWait() time.Duration {
 		return d + time.Duration(float64(q)/r*float64(time.Second))
 	}
 	return d + time.Duration(q)*g.perRequest
-}
-
-// retryMS is retry_after_ms for a wait.
-func retryMS(wait time.Duration) *int64 {
-	ms := int64((max(wait, minRetryAfter) + time.Millisecond - 1) / time.Millisecond)
-	return &ms
 }
 
 // reject answers a request that failed validation, when a reply topic exists.

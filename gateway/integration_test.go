@@ -514,6 +514,28 @@ func TestDuplicatesAreNotRunTwice(t *testing.T) {
 	_ = first
 }
 
+// leaveInOutbox journals e with rep in its outbox, as a gateway that died before
+// the broker acknowledged rep leaves it (sent: it may have been handed to the
+// broker; else it never was), and returns rep's bytes.
+func leaveInOutbox(t *testing.T, j *store.Store, e *store.Entry, rep *protocol.Reply, sent bool) []byte {
+	t.Helper()
+	if _, err := j.Put(e); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := j.OutboxUnsent
+	if sent {
+		write = j.Outbox
+	}
+	if err := write(e.Key, b, e.Deadline); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // TestOutboxFlushedAfterRestart: replies a gateway decided but could not hand to
 // the broker wait in the journal's outbox and are published, in deadline order,
 // by the next gateway.
@@ -530,14 +552,9 @@ func TestOutboxFlushedAfterRestart(t *testing.T) {
 	for i, id := range []string{"later", "sooner"} {
 		k := store.Key{App: "fashion", Device: "cam-out", ID: id}
 		dl := now.Add(time.Duration(2-i) * time.Minute)
-		if _, err := j.Put(&store.Entry{Key: k, Received: now, Deadline: dl, ReplyTo: topic, Input: samples.Row(i)}); err != nil {
-			t.Fatal(err)
-		}
-		rep, _ := json.Marshal(&protocol.Reply{V: 1, ID: id, App: "fashion", Device: "cam-out", Status: protocol.StatusOK,
-			Class: protocol.Ptr(3), Label: "dress", Model: "cnn"})
-		if err := j.Outbox(k, rep, dl); err != nil {
-			t.Fatal(err)
-		}
+		leaveInOutbox(t, j, &store.Entry{Key: k, Received: now, Deadline: dl, ReplyTo: topic, Input: samples.Row(i)},
+			&protocol.Reply{V: 1, ID: id, App: "fashion", Device: "cam-out", Status: protocol.StatusOK,
+				Class: protocol.Ptr(3), Label: "dress", Model: "cnn"}, true)
 	}
 	j.Close()
 	dev := newDevice(t, b.URL(), "cam-out")
@@ -704,20 +721,10 @@ func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
 		{"unsent-fresh", now.Add(time.Minute), false},
 	} {
 		k := store.Key{App: "fashion", Device: "cam-crash", ID: c.id}
-		if _, err := j.Put(&store.Entry{Key: k, Received: now.Add(-2 * time.Minute), Deadline: c.deadline,
-			ReplyTo: topic, Input: samples.Row(1)}); err != nil {
-			t.Fatal(err)
-		}
-		rep, _ := json.Marshal(&protocol.Reply{V: 1, ID: c.id, App: "fashion", Device: "cam-crash", Status: protocol.StatusOK,
-			Class: protocol.Ptr(3), Label: "dress", Model: "cnn", DeadlineMet: protocol.Ptr(true), SlackMS: protocol.Ptr(5.0)})
-		first[c.id] = rep
-		write := j.OutboxUnsent
-		if c.sent {
-			write = j.Outbox
-		}
-		if err := write(k, rep, c.deadline); err != nil {
-			t.Fatal(err)
-		}
+		first[c.id] = leaveInOutbox(t, j, &store.Entry{Key: k, Received: now.Add(-2 * time.Minute), Deadline: c.deadline,
+			ReplyTo: topic, Input: samples.Row(1)},
+			&protocol.Reply{V: 1, ID: c.id, App: "fashion", Device: "cam-crash", Status: protocol.StatusOK,
+				Class: protocol.Ptr(3), Label: "dress", Model: "cnn", DeadlineMet: protocol.Ptr(true), SlackMS: protocol.Ptr(5.0)}, c.sent)
 	}
 	j.Close()
 	dev := newDevice(t, b.URL(), "cam-crash")

@@ -52,9 +52,6 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 	case protocol.StatusExpired:
 		rep.Reason = protocol.Reason(r.Reason)
 		rep.Error = msgExpired
-		if rep.Reason == protocol.ReasonExpiredBeforeReceipt {
-			rep.Error = msgExpiredInTransit
-		}
 		rep.DeadlineMet = protocol.Ptr(false)
 	case protocol.StatusRejected:
 		rep.Reason = protocol.Reason(r.Reason)

@@ -127,14 +127,11 @@ func checkValues(in []float32, rng *[2]float64) *inputError {
 	return nil
 }
 
-// PeekID returns the request id of a payload without parsing it whole, or "" (see
-// peekID): for refusing a request unread.
-func PeekID(payload []byte) string { return peekID(payload) }
-
-// peekID returns the top-level "id" of a payload that could not be parsed whole
-// (broken, oversized), if it is a valid id within the first peekLimit bytes, so the
-// rejection can still be correlated. Devices should send "id" first.
-func peekID(payload []byte) string {
+// PeekID returns the top-level "id" of a payload that is not parsed whole
+// (broken, oversized, or refused unread), if it is a valid id within the first
+// peekLimit bytes, so the rejection can still be correlated; else "". Devices
+// should send "id" first.
+func PeekID(payload []byte) string {
 	if len(payload) > peekLimit {
 		payload = payload[:peekLimit]
 	}

@@ -155,7 +155,7 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 		return nil, rej
 	}
 	if err != nil {
-		rej.ID = peekID(payload)
+		rej.ID = PeekID(payload)
 		return reject(ReasonBadDevice, "device name must be 1-%d of [A-Za-z0-9_.-]", MaxDeviceLen)
 	}
 	var spec AppSpec
@@ -164,11 +164,11 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 		spec, ok = env.App(app)
 	}
 	if !ok {
-		rej.ID = peekID(payload)
+		rej.ID = PeekID(payload)
 		return reject(ReasonUnknownApp, "no application %q", app)
 	}
 	if len(payload) > lim.MaxPayloadBytes {
-		rej.ID = peekID(payload)
+		rej.ID = PeekID(payload)
 		return reject(ReasonPayloadTooLarge, "payload is %d bytes, limit %d", len(payload), lim.MaxPayloadBytes)
 	}
 
@@ -176,7 +176,7 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 	if !ok {
 		var err error
 		if fields, err = decodeFields(payload); err != nil {
-			rej.ID = peekID(payload)
+			rej.ID = PeekID(payload)
 			return reject(ReasonBadJSON, "%s", err)
 		}
 	}

@@ -62,21 +62,28 @@ func TestOverload5x(t *testing.T) {
 	cal := newFleet(t, b.URL(), "cal", ndev)
 	calMon := startMonitor(t, cal, gw)
 	calMon.setPhase("calibrate")
-	stop := make(chan struct{})
-	wg := cal.load(calRate, 30*time.Second, stop)
-	time.Sleep(time.Second)
-	sA := scrape(gw.metrics)
-	time.Sleep(calDur - time.Second)
-	sB := scrape(gw.metrics)
-	close(stop)
-	wg.Wait()
-	if !sA.OK || !sB.OK {
-		t.Fatal("could not read /metrics during the capacity burst")
+	// burst offers rate from f for calDur (30 s deadlines) and samples /metrics
+	// after its first second and at its end.
+	burst := func(f *fleet, rate float64) (metricSample, metricSample) {
+		stop := make(chan struct{})
+		wg := f.load(rate, 30*time.Second, stop)
+		time.Sleep(time.Second)
+		first := scrape(gw.metrics)
+		time.Sleep(calDur - time.Second)
+		last := scrape(gw.metrics)
+		close(stop)
+		wg.Wait()
+		return first, last
 	}
 	models := func(s metricSample) float64 {
 		return s.Replies[string(protocol.StatusOK)] + s.Replies[string(protocol.StatusLate)]
 	}
-	capacity := (models(sB) - models(sA)) / sB.At.Sub(sA.At).Seconds()
+	modelRate := func(a, b metricSample) float64 { return (models(b) - models(a)) / b.At.Sub(a.At).Seconds() }
+	sA, sB := burst(cal, calRate)
+	if !sA.OK || !sB.OK {
+		t.Fatal("could not read /metrics during the capacity burst")
+	}
+	capacity := modelRate(sA, sB)
 	calOffered := float64(len(cal.snapshot())) / calDur.Seconds()
 	limited := sB.Queue < 50
 	t.Logf("CAPACITY: %.0f model answers/s (policy %s), offered %.0f/s during the burst, queue at its end %.0f%s",
@@ -87,11 +94,12 @@ func TestOverload5x(t *testing.T) {
 	if !waitFor(2*time.Minute, 250*time.Millisecond, func() bool { sC = scrape(gw.metrics); return sC.OK && sC.Queue == 0 }) {
 		t.Fatal("the calibration queue did not drain within 2 minutes")
 	}
-	// For comparison only: the rate at which the queue drained once no request
-	// arrived any more (the engine alone, without ingress competing for the CPUs).
+	// The rate at which the queue drained once no request arrived any more (the
+	// engine alone, without ingress competing for the CPUs): when it is well above
+	// the burst's rate, that rate understated the capacity (below).
 	drainRate := -1.0 // -1: too short to measure
 	if d := sC.At.Sub(sB.At).Seconds(); d > 0.5 {
-		drainRate = (models(sC) - models(sB)) / d
+		drainRate = modelRate(sB, sC)
 		t.Logf("the calibration queue (%.0f) drained in %.1f s at %.0f model answers/s with no arrivals (the engine alone); capacity under arrivals was %.0f/s",
 			sB.Queue, d, drainRate, capacity)
 	} else {
@@ -109,16 +117,8 @@ func TestOverload5x(t *testing.T) {
 		// user would measure it at a mild overload: offer 1.25x the engine-alone
 		// rate and count the model answers per second.
 		cal2 := newFleet(t, b.URL(), "cal2", ndev)
-		stop2 := make(chan struct{})
-		wg2 := cal2.load(1.25*drainRate, 30*time.Second, stop2)
-		time.Sleep(time.Second)
-		s1 := scrape(gw.metrics)
-		time.Sleep(calDur - time.Second)
-		s2 := scrape(gw.metrics)
-		close(stop2)
-		wg2.Wait()
-		if s1.OK && s2.OK {
-			c2 := (models(s2) - models(s1)) / s2.At.Sub(s1.At).Seconds()
+		if s1, s2 := burst(cal2, 1.25*drainRate); s1.OK && s2.OK {
+			c2 := modelRate(s1, s2)
 			t.Logf("CAPACITY: %.0f model answers/s at a mild overload (offered 1.25 x %.0f/s); the first burst's %.0f/s understated it", c2, drainRate, capacity)
 			capacity = max(capacity, c2)
 		}
@@ -150,9 +150,9 @@ func TestOverload5x(t *testing.T) {
 	mon.setPhase("overload")
 	target := factor * capacity
 	t.Logf("OVERLOAD: offering %.1f x %.0f = %.0f requests/s for %s, deadline_ms %d with sent_at", factor, capacity, target, dur, deadline.Milliseconds())
-	stop = make(chan struct{})
+	stop := make(chan struct{})
 	t0 := time.Now()
-	wg = f.load(target, deadline, stop)
+	wg := f.load(target, deadline, stop)
 	time.Sleep(dur)
 	stopAt := time.Now()
 	close(stop)
