@@ -66,7 +66,7 @@ func (e *Engine) cacheKey(v *variant) (*cacheKey, string) {
 	b, _ := json.Marshal(k) // a struct of plain fields: cannot fail
 	h := sha256.Sum256(b)
 	// App and variant names cannot contain '.', so the prefix is unambiguous.
-	name := fmt.Sprintf("%s.%s.%s.json", v.id.App, v.id.Variant, hex.EncodeToString(h[:8]))
+	name := fmt.Sprintf("%s.%s.%s.json", v.app.Name, v.id.Variant, hex.EncodeToString(h[:8]))
 	return k, filepath.Join(dir, name)
 }
 
@@ -125,7 +125,7 @@ func (e *Engine) writeCache(v *variant, key *cacheKey, file string, p Profile) {
 			os.Remove(f.Name())
 			return err
 		}
-		old, _ := filepath.Glob(filepath.Join(dir, v.id.App+"."+v.id.Variant+".*.json"))
+		old, _ := filepath.Glob(filepath.Join(dir, v.app.Name+"."+v.id.Variant+".*.json"))
 		for _, o := range old {
 			if o != file {
 				if err := os.Remove(o); err != nil {

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -77,13 +78,23 @@ func New(opts Options) (*Engine, error) {
 // that every variant's file exists, but loads nothing. The engine keeps app;
 // the caller must not modify it afterwards. Register returns an error wrapping
 // manifest.ErrInvalid, ErrModelFile, ErrAlreadyRegistered or ErrClosed.
-func (e *Engine) Register(app *manifest.App) error {
+func (e *Engine) Register(app *manifest.App) error { return e.RegisterAs(app.Name, app) }
+
+// RegisterAs is Register under key instead of the application's name: the
+// variants' ids are VariantID{App: key, ...}. A gateway reloading a changed
+// application registers the new version under a new key while the old one still
+// serves, then unregisters the old key. Profile caches are named by the
+// application's name, so every version shares them.
+func (e *Engine) RegisterAs(key string, app *manifest.App) error {
 	if err := app.Validate(); err != nil {
 		return fmt.Errorf("engine: register %s: %w", app.Name, err)
 	}
+	if key == "" {
+		return fmt.Errorf("engine: register %s: empty key", app.Name)
+	}
 	vs := make([]*variant, len(app.Variants))
 	for i := range app.Variants {
-		v, err := newVariant(app, &app.Variants[i], e.opts.maxBatch())
+		v, err := newVariant(key, app, &app.Variants[i], e.opts.maxBatch())
 		if err != nil {
 			return fmt.Errorf("engine: register: %w", err)
 		}
@@ -94,15 +105,50 @@ func (e *Engine) Register(app *manifest.App) error {
 	if e.closed {
 		return ErrClosed
 	}
-	if _, ok := e.apps[app.Name]; ok {
-		return fmt.Errorf("%w: %s", ErrAlreadyRegistered, app.Name)
+	if _, ok := e.apps[key]; ok {
+		return fmt.Errorf("%w: %s", ErrAlreadyRegistered, key)
 	}
-	e.apps[app.Name] = app
+	e.apps[key] = app
 	for _, v := range vs {
 		e.variants[v.id] = v
 		e.order = append(e.order, v.id)
 	}
 	return nil
+}
+
+// Unregister unloads the variants registered under key (waiting for a Load,
+// Unload or Profile of them in progress) and forgets them; later calls with
+// their ids fail with ErrUnknownVariant. The caller must not Run them any more.
+// Unregistering an unknown key does nothing.
+func (e *Engine) Unregister(key string) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	if _, ok := e.apps[key]; !ok {
+		e.mu.Unlock()
+		return nil
+	}
+	delete(e.apps, key)
+	var vs []*variant
+	e.order = slices.DeleteFunc(e.order, func(id VariantID) bool {
+		if id.App != key {
+			return false
+		}
+		vs = append(vs, e.variants[id])
+		delete(e.variants, id)
+		return true
+	})
+	e.mu.Unlock()
+	var errs []error
+	for _, v := range vs {
+		v.life.Lock()
+		_, err := e.unload(v)
+		v.life.Unlock()
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // lookup returns the registered variant id, or an error wrapping ErrClosed or
@@ -134,11 +180,13 @@ func (e *Engine) Load(id VariantID) (time.Duration, error) {
 	}
 	v.life.Lock()
 	defer v.life.Unlock()
-	return e.load(v)
+	return e.load(v, true)
 }
 
-// load is Load with v.life held.
-func (e *Engine) load(v *variant) (time.Duration, error) {
+// load is Load with v.life held. Unbudgeted (budgeted false), v is loaded
+// without counting against the residency budgets (and its unload does not
+// count either): ProfileBeside's temporary sessions.
+func (e *Engine) load(v *variant, budgeted bool) (time.Duration, error) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -148,25 +196,31 @@ func (e *Engine) load(v *variant) (time.Duration, error) {
 		e.mu.Unlock()
 		return 0, nil
 	}
-	if err := e.reserveLocked(v); err != nil {
-		e.mu.Unlock()
-		return 0, err
+	if budgeted {
+		if err := e.reserveLocked(v); err != nil {
+			e.mu.Unlock()
+			return 0, err
+		}
 	}
 	e.mu.Unlock()
-
+	release := func() {
+		if budgeted {
+			e.release(v)
+		}
+	}
 	if err := e.check(v); err != nil {
-		e.release(v)
+		release()
 		return 0, err
 	}
 	t0 := e.opts.Now()
 	s, err := newSession(v, e.so, e.opts.maxBatch())
 	d := e.opts.Now().Sub(t0)
 	if err != nil {
-		e.release(v)
+		release()
 		return 0, err
 	}
 	e.mu.Lock()
-	v.sess, v.lastLoad, v.loaded = s, d, true
+	v.sess, v.lastLoad, v.loaded, v.unbudgeted = s, d, true, !budgeted
 	e.mu.Unlock()
 	e.log.Debug().Str("variant", v.id.String()).Dur("took", d).Int64("mem_bytes", v.mem).Msg("loaded")
 	return d, nil
@@ -241,8 +295,11 @@ func (e *Engine) unload(v *variant) (time.Duration, error) {
 	}
 	d, err := s.close(e.opts.Now)
 	e.mu.Lock()
-	e.usedBytes -= v.mem
-	e.usedCount--
+	if !v.unbudgeted {
+		e.usedBytes -= v.mem
+		e.usedCount--
+	}
+	v.unbudgeted = false
 	v.lastUnload, v.unloaded = d, true
 	e.mu.Unlock()
 	e.log.Debug().Str("variant", v.id.String()).Dur("took", d).Msg("unloaded")

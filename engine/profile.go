@@ -80,6 +80,19 @@ func (p Profile) clone() Profile {
 // Profile stops at the first error, which names the variant; profiles measured
 // before it are kept. It returns ctx's error when ctx is done.
 func (e *Engine) Profile(ctx context.Context, ids ...VariantID) error {
+	return e.profileAll(ctx, true, ids)
+}
+
+// ProfileBeside is Profile for variants registered while others serve (a
+// reload): a variant it has to load to measure is loaded outside the residency
+// budgets, so neither the measurement nor the serving variants' loads fail for
+// want of room. The budgets are exceeded by one variant's memory at most while
+// it measures. Measured next to serving work, the latencies are pessimistic.
+func (e *Engine) ProfileBeside(ctx context.Context, ids ...VariantID) error {
+	return e.profileAll(ctx, false, ids)
+}
+
+func (e *Engine) profileAll(ctx context.Context, budgeted bool, ids []VariantID) error {
 	if len(ids) == 0 {
 		ids = e.Variants("")
 	}
@@ -91,14 +104,14 @@ func (e *Engine) Profile(ctx context.Context, ids ...VariantID) error {
 		if err != nil {
 			return err
 		}
-		if err := e.profile(ctx, v); err != nil {
+		if err := e.profile(ctx, v, budgeted); err != nil {
 			return fmt.Errorf("engine: profile %s: %w", id, err)
 		}
 	}
 	return nil
 }
 
-func (e *Engine) profile(ctx context.Context, v *variant) error {
+func (e *Engine) profile(ctx context.Context, v *variant, budgeted bool) error {
 	key, file := e.cacheKey(v)
 	if p, ok := e.readCache(v, key, file); ok {
 		e.setProfile(v, p)
@@ -113,7 +126,7 @@ func (e *Engine) profile(ctx context.Context, v *variant) error {
 	p := Profile{MemBytes: v.mem, Batch: slices.Clone(e.opts.BatchSizes), Load: v.lastLoad, Unload: v.lastUnload}
 	e.mu.RUnlock()
 	if !wasResident {
-		d, err := e.load(v)
+		d, err := e.load(v, budgeted)
 		if err != nil {
 			return err
 		}

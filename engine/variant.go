@@ -75,6 +75,7 @@ type variant struct {
 
 	// Guarded by Engine.mu.
 	sess       *session
+	unbudgeted bool // sess does not count against the budgets (ProfileBeside)
 	prof       *Profile
 	lastLoad   time.Duration
 	lastUnload time.Duration
@@ -83,8 +84,8 @@ type variant struct {
 }
 
 // newVariant resolves spec of app for an engine whose largest batch is maxBatch.
-func newVariant(app *manifest.App, spec *manifest.Variant, maxBatch int) (*variant, error) {
-	id := VariantID{app.Name, spec.Name}
+func newVariant(key string, app *manifest.App, spec *manifest.Variant, maxBatch int) (*variant, error) {
+	id := VariantID{key, spec.Name}
 	v := &variant{id: id, app: app, spec: *spec, path: app.Path(spec.File), classes: app.K(), data: -1}
 	fi, err := os.Stat(v.path)
 	if err != nil {
