@@ -47,6 +47,10 @@ type App struct {
 	// Utility is the K x K matrix W[y][yhat]: the value of predicting yhat when the
 	// truth is y. The identity matrix values plain accuracy.
 	Utility [][]float64 `yaml:"utility"`
+	// NoAnswerUtility, if set, is the value of a request of each true class that
+	// gets no model answer (expired, shed, refused: the application's default
+	// action), one value per class. Omitted means 0 for every class.
+	NoAnswerUtility []float64 `yaml:"no_answer_utility,omitempty"`
 	// Variants are the model variants, usually from cheapest to most accurate.
 	Variants []Variant `yaml:"variants"`
 	// Estimators are the SneakPeek estimators; the first is used unless configured.
@@ -203,6 +207,15 @@ func (a *App) Variant(name string) *Variant {
 	return nil
 }
 
+// NoAnswer returns the value of a request of true class y that gets no model
+// answer: NoAnswerUtility[y], or 0 when the manifest sets none.
+func (a *App) NoAnswer(y int) float64 {
+	if y < 0 || y >= len(a.NoAnswerUtility) {
+		return 0
+	}
+	return a.NoAnswerUtility[y]
+}
+
 // Alpha returns the Dirichlet concentration: Prior scaled to PriorStrength (K if 0).
 func (a *App) Alpha() []float64 {
 	s := a.PriorStrength
@@ -255,6 +268,16 @@ func (a *App) Validate() error {
 	}
 	if err := checkMatrix("utility", a.Utility, k); err != nil {
 		return err
+	}
+	if a.NoAnswerUtility != nil {
+		if len(a.NoAnswerUtility) != k {
+			return invalid("no_answer_utility: want %d values, got %d", k, len(a.NoAnswerUtility))
+		}
+		for y, x := range a.NoAnswerUtility {
+			if math.IsNaN(x) || math.IsInf(x, 0) {
+				return invalid("no_answer_utility[%d]: not a finite number", y)
+			}
+		}
 	}
 	if len(a.Variants) == 0 {
 		return invalid("variants: need at least one")

@@ -81,6 +81,8 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"mix_end: [0.5, 0.5]", "mix_end: [0.5, 0.6]", "workloads[1].mix_end"},
 		{"default_deadline_ms: 50", "default_deadline_ms: 0", "default_deadline_ms"},
 		{"labels: [no, yes]", "labels: [no, yes, maybe]", "prior"},
+		{"utility: [[1, -0.1], [-1, 1]]", "utility: [[1, -0.1], [-1, 1]]\nno_answer_utility: [0]", "no_answer_utility"},
+		{"utility: [[1, -0.1], [-1, 1]]", "utility: [[1, -0.1], [-1, 1]]\nno_answer_utility: [0, .nan]", "no_answer_utility[1]"},
 	}
 	for _, c := range cases {
 		if !strings.Contains(good, c.from) {
@@ -90,6 +92,23 @@ func TestValidationNamesTheField(t *testing.T) {
 		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.field) {
 			t.Errorf("%s -> %s: error %v, want ErrInvalid naming %s", c.from, c.to, err, c.field)
 		}
+	}
+}
+
+func TestNoAnswerUtility(t *testing.T) {
+	a, err := Load(write(t, good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.NoAnswerUtility != nil || a.NoAnswer(1) != 0 {
+		t.Errorf("omitted no_answer_utility: %v, NoAnswer(1) = %v, want nil and 0", a.NoAnswerUtility, a.NoAnswer(1))
+	}
+	a, err = Load(write(t, strings.Replace(good, "prior: [0.9, 0.1]", "prior: [0.9, 0.1]\nno_answer_utility: [0, -1]", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.NoAnswer(0) != 0 || a.NoAnswer(1) != -1 || a.NoAnswer(2) != 0 {
+		t.Errorf("NoAnswer = %v %v %v, want 0 -1 0", a.NoAnswer(0), a.NoAnswer(1), a.NoAnswer(2))
 	}
 }
 

@@ -318,6 +318,12 @@ def stage_finish():
         # A missed speech window loses words (-1); a false alarm only wakes the
         # downstream recogniser for nothing (-0.1).
         "utility": [[1.0, -0.1], [-1.0, 1.0]],
+        # A window that gets no answer (expired, shed, refused) leaves the device on
+        # its default action, "no speech": a speech window is then missed exactly as
+        # if the model had said silence (-1); a silence window earns nothing (0, not
+        # the +1 of a confirmed answer: the gateway is not credited for answers it
+        # did not give).
+        "no_answer_utility": [0.0, -1.0],
         "variants": variants,
         "estimators": [
             {"name": "logistic", "kind": "logistic", "file": "est/logistic.json", "features": feat,
