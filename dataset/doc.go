@@ -18,6 +18,19 @@
 // Nothing may follow the labels. Other flag bits are reserved and must be 0.
 // models/train/common.py writes and reads the same format.
 //
+// # Arrays from numpy and CSV
+//
+// ReadArray reads the arrays a user's numpy or PyTorch pipeline writes, for
+// `sneakgate app build` (package appbuild): a .npy file (np.save: formats 1.0,
+// 2.0, 3.0; C order; little- or big-endian float32, float64, int8..int64,
+// uint8..uint64 or bool; Fortran order and other dtypes are refused with a
+// hint), a member of a .npz archive (np.savez, np.savez_compressed; named
+// "file.npz:NAME") or a numeric CSV/TSV table (an optional header row is
+// skipped). Every error names the file. An Array converts to float32 features
+// (Float32s: integers by value, a uint8 255 stays 255) or to integer labels
+// (Ints: whole-number floats are accepted, as CSV columns are floats).
+// EncodeNPY and WriteNPY write the .npy layout numpy writes.
+//
 // # Caveats
 //
 // Read loads the whole file into memory. Writing with asUint8 is lossy unless
