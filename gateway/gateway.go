@@ -21,10 +21,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/engine"
-	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
-	"github.com/sneakgate/sneakgate/sneakpeek"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -41,32 +39,19 @@ type Options struct {
 	BeforeCommit func([]store.Op) error
 }
 
-// appRuntime is one served application.
-type appRuntime struct {
-	m       *manifest.App
-	sched   *scheduler.App
-	est     estimator
-	estName string
-	// monitor watches the estimates against the answers of the app's most
-	// accurate variant (monitor-only: the scheduler keeps trusting the estimates;
-	// docs/evaluation.md shows acting on it costs more than it saves).
-	monitor    *sneakpeek.Guard
-	monitorRef string // the reference variant's name
-	// shift, if not nil, corrects each estimate for the live label mix.
-	shift *sneakpeek.PriorShift
-}
-
 // Gateway is a running sneakgate: ingress, scheduling loop, engine worker, egress.
 type Gateway struct {
-	cfg     *Config
-	log     zerolog.Logger
-	now     func() time.Time
-	reg     *prometheus.Registry
-	m       *metrics
-	apps    map[string]*appRuntime
+	cfg *Config
+	log zerolog.Logger
+	now func() time.Time
+	reg *prometheus.Registry
+	m   *metrics
+	// apps holds the served applications by name; Reload replaces the map.
+	apps    atomic.Pointer[map[string]*appRuntime]
 	env     protocol.Env
 	journal *store.Store
 	eng     *engine.Engine
+	runner  *engineRunner
 	loop    *loop
 	egress  *egress
 	client  mqtt.Client
@@ -94,6 +79,11 @@ type Gateway struct {
 	// shutdown (see onMessage); draining is set just before.
 	admitting sync.RWMutex
 	draining  atomic.Bool
+	// swapping is read-locked by a request handler from its application lookup
+	// to its Submit, and write-locked by Reload to replace the applications.
+	swapping sync.RWMutex
+	reloadMu sync.Mutex // serialises reloads
+	appGen   int        // numbers the engine keys of reloaded versions (reloadMu)
 	// onDrain, if set, runs once draining is set (a test seam).
 	onDrain    func()
 	perRequest time.Duration
@@ -111,7 +101,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if cfg == nil {
 		return nil, errors.New("gateway: no config")
 	}
-	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry, apps: map[string]*appRuntime{},
+	g := &Gateway{cfg: cfg, log: o.Logger, now: o.Now, reg: o.Registry,
 		in: make(chan arrival, cfg.Admission.IngressQueue), stopIngress: make(chan struct{}),
 		claimed: map[store.Key]chan struct{}{}, fatal: make(chan struct{})}
 	if g.now == nil {
@@ -158,7 +148,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	sapps := map[string]*scheduler.App{}
-	for n, a := range g.apps {
+	for n, a := range g.appSet() {
 		sapps[n] = a.sched
 	}
 	if err := scheduler.ValidateFixed(sapps, cfg.SchedulerOptions()); err != nil {
@@ -169,7 +159,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	}
 	capacity := cfg.Admission.MaxQueue + len(g.recovered) + 1024
 	budget := scheduler.Engine{MemBudget: int64(cfg.Engine.MemoryBudgetMB) << 20, CountBudget: cfg.Engine.MaxResident}
-	g.loop = newLoop(policy, sapps, engineRunner{g.eng}, budget, capacity, g.now, g.answer,
+	g.loop = newLoop(policy, sapps, g.runner, budget, capacity, g.now, g.answer,
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
 	if cfg.MQTT.Embedded.Enabled {
 		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, g.log.With().Str("component", "broker").Logger()); err != nil {
@@ -194,77 +184,6 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	return g, nil
 }
 
-// loadApps loads and validates every application's manifest and estimator.
-func (g *Gateway) loadApps() error {
-	for i, ac := range g.cfg.Apps {
-		m, err := manifest.Load(ac.Manifest)
-		if err != nil {
-			return fmt.Errorf("gateway: apps[%d]: %w", i, err)
-		}
-		if _, dup := g.apps[m.Name]; dup {
-			return fmt.Errorf("gateway: %w: apps[%d]: application %q configured twice", ErrConfig, i, m.Name)
-		}
-		if ac.DefaultDeadline > 0 {
-			m.DefaultDeadlineMS = ac.DefaultDeadline.Milliseconds()
-		}
-		a := &appRuntime{m: m}
-		if a.sched, err = scheduler.NewApp(m); err != nil {
-			return fmt.Errorf("gateway: apps[%d]: %w", i, err)
-		}
-		if len(m.Estimators) > 0 {
-			est := m.Estimators[0]
-			if ac.Estimator != "" {
-				found := false
-				for _, e := range m.Estimators {
-					if e.Name == ac.Estimator {
-						est, found = e, true
-					}
-				}
-				if !found {
-					return fmt.Errorf("gateway: %w: apps[%d].estimator: %q is not in %s", ErrConfig, i, ac.Estimator, ac.Manifest)
-				}
-			}
-			if a.est, err = loadEstimator(m, est); err != nil {
-				return fmt.Errorf("gateway: apps[%d]: estimator %s: %w", i, est.Name, err)
-			}
-			a.estName = "sneakpeek-" + est.Name
-			var ref int
-			a.monitor, ref = sneakpeek.NewGuardFor(m, sneakpeek.GuardOptions{})
-			a.monitorRef = m.Variants[ref].Name
-			g.m.registerMonitor(m.Name, a.monitor)
-			if ac.LabelShift {
-				marginal, err := estimatorMarginal(m, a.est)
-				if err != nil {
-					return fmt.Errorf("gateway: apps[%d].label_shift: %w", i, err)
-				}
-				a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{})
-			}
-		} else if ac.LabelShift {
-			return fmt.Errorf("gateway: %w: apps[%d].label_shift: %s has no estimator", ErrConfig, i, m.Name)
-		}
-		g.apps[m.Name] = a
-	}
-	allow, err := protocol.NewAllowList(g.cfg.MQTT.ReplyAllow)
-	if err != nil {
-		return fmt.Errorf("gateway: %w: mqtt.reply_allow: %v", ErrConfig, err)
-	}
-	g.env = protocol.Env{
-		Prefix: g.cfg.MQTT.TopicPrefix,
-		Limits: protocol.Limits{MaxPayloadBytes: g.cfg.Admission.MaxPayloadBytes,
-			MinDeadline: g.cfg.Admission.MinDeadline, MaxDeadline: g.cfg.Admission.MaxDeadline},
-		ReplyAllow: allow,
-		App: func(name string) (protocol.AppSpec, bool) {
-			a, ok := g.apps[name]
-			if !ok {
-				return protocol.AppSpec{}, false
-			}
-			return protocol.AppSpec{InputSize: a.m.InputSize, Range: a.m.InputRange,
-				DefaultDeadline: time.Duration(a.m.DefaultDeadlineMS) * time.Millisecond}, true
-		},
-	}
-	return nil
-}
-
 // startEngine initialises ONNX Runtime, registers every variant, measures (or
 // reads cached) profiles, fills the scheduler's latency tables and loads as many
 // variants as the residency budget allows.
@@ -285,37 +204,21 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	var ids []engine.VariantID
-	for _, a := range g.apps {
-		if err := g.eng.Register(a.m); err != nil {
-			return fmt.Errorf("gateway: %w", err)
-		}
-		for _, v := range a.m.Variants {
-			ids = append(ids, engine.VariantID{App: a.m.Name, Variant: v.Name})
-		}
-	}
 	t0 := time.Now()
-	if err := g.eng.Profile(ctx, ids...); err != nil {
-		return fmt.Errorf("gateway: engine profile: %w", err)
+	var ids []engine.VariantID
+	for _, a := range g.appSet() {
+		if err := g.prepareEngine(ctx, a, false); err != nil {
+			return err
+		}
+		ids = append(ids, g.eng.Variants(a.key)...)
 	}
+	g.runner = newEngineRunner(g.eng, g.appSet())
 	g.log.Info().Int("variants", len(ids)).Str("took", time.Since(t0).Round(time.Millisecond).String()).Msg("engine profiles ready")
 	maxB := g.cfg.Scheduler.MaxBatch
 	g.perRequest = time.Hour
-	for _, a := range g.apps {
+	for _, a := range g.appSet() {
 		for _, v := range a.sched.Variants {
-			p, ok := g.eng.ProfileOf(engine.VariantID{App: v.ID.App, Variant: v.ID.Variant})
-			if !ok {
-				return fmt.Errorf("gateway: engine: no profile for %s", v.ID)
-			}
-			v.Latency = make([]time.Duration, maxB+1)
-			for b := 1; b <= maxB; b++ {
-				v.Latency[b] = p.LatencyAt(b)
-			}
-			v.Load, v.Unload, v.MemBytes = p.Load, p.Unload, p.MemBytes
 			g.perRequest = min(g.perRequest, v.Latency[maxB]/time.Duration(maxB))
-			g.log.Debug().Str("variant", v.ID.String()).Int64("b1_us", v.Latency[1].Microseconds()).
-				Int64("bmax_us", v.Latency[maxB].Microseconds()).Int64("load_us", v.Load.Microseconds()).
-				Int64("mem_bytes", v.MemBytes).Float64("accuracy", v.Accuracy).Msg("variant profile")
 		}
 	}
 	// Warm start: load variants in manifest order while they fit the budget.
@@ -339,9 +242,9 @@ func (g *Gateway) recover() error {
 	}
 	now := g.now()
 	for _, e := range pending {
-		a, ok := g.apps[e.App]
+		a, ok := g.app(e.App)
 		j := &job{App: e.App, Device: e.Device, ID: e.ID, ReplyTo: e.ReplyTo, Received: e.Received,
-			Deadline: e.Deadline, Input: e.Input}
+			Deadline: e.Deadline, Input: e.Input, rt: a}
 		switch {
 		case !ok || len(e.Input) != a.m.InputSize:
 			// The application is no longer served (or changed its input size).
@@ -409,7 +312,7 @@ func (g *Gateway) connect() error {
 	eo := defaultEgressOptions()
 	eo.Durable = c.DurableReplies
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, eo, log, g.m)
-	g.egress.served = func(app string) bool { _, ok := g.apps[app]; return ok }
+	g.egress.served = func(app string) bool { _, ok := g.app(app); return ok }
 	g.egress.journalError = g.journalError
 	t := g.client.Connect()
 	if !t.WaitTimeout(10 * time.Second) {
@@ -424,7 +327,10 @@ func (g *Gateway) connect() error {
 
 // answer is the loop's (and recovery's) way to reply to a journaled request.
 func (g *Gateway) answer(j *job, r result) {
-	a := g.apps[j.App]
+	a := j.rt
+	if a == nil {
+		a, _ = g.app(j.App)
+	}
 	var labels []string
 	var est string
 	if a != nil {
@@ -630,24 +536,72 @@ func (g *Gateway) closeAll() error {
 // Registry is the gateway's metrics registry.
 func (g *Gateway) Registry() *prometheus.Registry { return g.reg }
 
-// engineRunner adapts the engine to the loop's runner interface.
-type engineRunner struct{ e *engine.Engine }
-
-func eid(id scheduler.VariantID) engine.VariantID {
-	return engine.VariantID{App: id.App, Variant: id.Variant}
+// engineRunner adapts the engine to the loop's runner interface. The loop knows
+// variants by application name; the engine by the key each served version was
+// registered under (appRuntime.key). A reload switches keys (setKeys) on the loop
+// goroutine, between batches.
+type engineRunner struct {
+	e    *engine.Engine
+	mu   sync.RWMutex
+	keys map[string]string // application name -> engine key
+	apps map[string]string // engine key -> application name
 }
 
-func (r engineRunner) Load(id scheduler.VariantID) (time.Duration, error) { return r.e.Load(eid(id)) }
-func (r engineRunner) Unload(id scheduler.VariantID) (time.Duration, error) {
-	return r.e.Unload(eid(id))
+func newEngineRunner(e *engine.Engine, apps map[string]*appRuntime) *engineRunner {
+	r := &engineRunner{e: e, keys: map[string]string{}, apps: map[string]string{}}
+	r.setKeys(apps)
+	return r
 }
-func (r engineRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, error) {
-	return r.e.Run(eid(id), in)
+
+// setKeys maps each application of apps to its version's key; other names keep
+// theirs (removed applications draining their queues).
+func (r *engineRunner) setKeys(apps map[string]*appRuntime) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, a := range apps {
+		delete(r.apps, r.keys[name])
+		r.keys[name], r.apps[a.key] = a.key, name
+	}
 }
-func (r engineRunner) Resident() []scheduler.VariantID {
+
+// dropKey forgets a retired application's key.
+func (r *engineRunner) dropKey(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.apps, r.keys[name])
+	delete(r.keys, name)
+}
+
+func (r *engineRunner) eid(id scheduler.VariantID) engine.VariantID {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	key, ok := r.keys[id.App]
+	if !ok {
+		key = id.App
+	}
+	return engine.VariantID{App: key, Variant: id.Variant}
+}
+
+func (r *engineRunner) Load(id scheduler.VariantID) (time.Duration, error) {
+	return r.e.Load(r.eid(id))
+}
+func (r *engineRunner) Unload(id scheduler.VariantID) (time.Duration, error) {
+	return r.e.Unload(r.eid(id))
+}
+func (r *engineRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, error) {
+	return r.e.Run(r.eid(id), in)
+}
+
+// Resident lists the resident variants of the served versions (a new version's
+// variant loaded to be profiled before it is swapped in is not one of them).
+func (r *engineRunner) Resident() []scheduler.VariantID {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	var out []scheduler.VariantID
 	for _, id := range r.e.Resident() {
-		out = append(out, scheduler.VariantID{App: id.App, Variant: id.Variant})
+		if name, ok := r.apps[id.App]; ok {
+			out = append(out, scheduler.VariantID{App: name, Variant: id.Variant})
+		}
 	}
 	return out
 }

@@ -56,7 +56,7 @@ func (g *Gateway) overflow(msg mqtt.Message) {
 	if err != nil {
 		return
 	}
-	if _, ok := g.apps[app]; !ok {
+	if _, ok := g.app(app); !ok {
 		return
 	}
 	req := &protocol.Request{ID: protocol.PeekID(msg.Payload()), App: app, Device: device,
@@ -76,6 +76,10 @@ func (g *Gateway) handle(a arrival) {
 		return
 	}
 	defer g.admitting.RUnlock()
+	// The application looked up below is the one the job is submitted under
+	// (Reload waits for handlers in flight before it swaps applications).
+	g.swapping.RLock()
+	defer g.swapping.RUnlock()
 	reserved := false // a queue place this handler holds
 	defer func() {
 		if p := recover(); p != nil {
@@ -101,7 +105,7 @@ func (g *Gateway) handle(a arrival) {
 		g.reject(rej)
 		return
 	}
-	app := g.apps[req.App]
+	app, _ := g.app(req.App) // ParseHeader found it
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
 	// A redelivered copy handled by another worker at the same time waits for
 	// it, and then finds it in the journal.
@@ -172,7 +176,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
-		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est}
+		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, rt: app}
 	submitted := false
 	if reserved {
 		submitted = g.loop.Submit(j)

@@ -35,7 +35,33 @@ type job struct {
 	// Estimate is the SneakPeek class distribution (nil when the app has none).
 	Estimate []float64
 
+	// rt is the version of the application the job is served by (nil in unit
+	// tests of the loop: the loop then uses its own apps by name).
+	rt  *appRuntime
 	req *scheduler.Request
+}
+
+// sched is the scheduler's view of the job's application version.
+func (j *job) sched(apps map[string]*scheduler.App) *scheduler.App {
+	if j.rt != nil {
+		return j.rt.sched
+	}
+	return apps[j.App]
+}
+
+// appSwap replaces the loop's applications (a reload, Gateway.Reload). The loop
+// applies it between batches: apply runs first (the engine adapter switches to
+// the new versions' variants), then every queued job of a changed application is
+// handed to reprepare (false: answered rejected, unknown_app) and prepared again
+// for its new version, and the old version is retired; an application missing
+// from apps keeps serving its queued jobs and is retired once they are all
+// answered. done is closed when the swap has been applied.
+type appSwap struct {
+	apps      map[string]*scheduler.App
+	apply     func()
+	reprepare func(*job) bool
+	retire    func(name string)
+	done      chan struct{}
 }
 
 // result is how a job was answered, for the reply.
@@ -75,6 +101,12 @@ type loop struct {
 	seq      uint64
 	queue    []*scheduler.Request
 	resident map[scheduler.VariantID]time.Time
+	// swaps carries reloads (one at a time); stopped is closed when Run returns.
+	swaps   chan *appSwap
+	stopped chan struct{}
+	// retiring holds removed applications still serving queued jobs, with the
+	// function that retires each once the last is answered.
+	retiring map[string]func(string)
 }
 
 type batchDone struct {
@@ -94,6 +126,8 @@ func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budge
 		policy: p, apps: apps, run: r, now: now, budget: budget, answer: answer, log: log, m: m,
 		admit:    make(chan *job, capacity),
 		resident: map[scheduler.VariantID]time.Time{},
+		swaps:    make(chan *appSwap, 1), stopped: make(chan struct{}),
+		retiring: map[string]func(string){},
 	}
 	for _, id := range r.Resident() {
 		l.resident[id] = now()
@@ -149,6 +183,7 @@ func (l *loop) DrainRate() float64 { return math.Float64frombits(l.rate.Load()) 
 // Run schedules until ctx ends, then waits for the batch in flight, answers it and
 // returns; requests still queued stay in the journal for the next start.
 func (l *loop) Run(ctx context.Context) {
+	defer close(l.stopped)
 	work := make(chan *scheduler.Batch, 1)
 	done := make(chan batchDone, 1)
 	go l.worker(work, done)
@@ -159,9 +194,25 @@ func (l *loop) Run(ctx context.Context) {
 	timer.Stop()
 	defer timer.Stop()
 	dirty := true
+	var swap *appSwap
 	for {
 		l.rate.Store(math.Float64bits(l.drain.observe(l.now(), busy || len(l.queue) > 0)))
-		if !busy && dirty && len(l.queue) > 0 {
+		// A swap is sent before any request of a new version is submitted, so it
+		// is seen here before such a request can be decided on.
+		if swap == nil {
+			select {
+			case swap = <-l.swaps:
+			default:
+			}
+		}
+		if !busy && swap != nil {
+			l.applySwap(swap)
+			swap, dirty = nil, true
+		}
+		if !busy && len(l.retiring) > 0 {
+			l.retireDrained()
+		}
+		if !busy && swap == nil && dirty && len(l.queue) > 0 {
 			dirty = false
 			if b, wake, answered := l.decide(); b != nil {
 				busy = true
@@ -192,6 +243,8 @@ func (l *loop) Run(ctx context.Context) {
 			dirty = true
 		case <-timer.C:
 			dirty = true
+		case s := <-l.swaps:
+			swap = s
 		case <-ctx.Done():
 			if busy {
 				l.finish(<-done)
@@ -202,11 +255,103 @@ func (l *loop) Run(ctx context.Context) {
 }
 
 func (l *loop) enqueue(j *job) {
-	a := l.apps[j.App]
 	l.seq++
-	j.req = scheduler.Prepare(a, l.seq, j.Received, j.Deadline, j.Estimate, j)
+	j.req = scheduler.Prepare(j.sched(l.apps), l.seq, j.Received, j.Deadline, j.Estimate, j)
 	l.queue = append(l.queue, j.req)
 	l.m.queueLen.Set(float64(len(l.queue)))
+}
+
+// applySwap applies a reload (see appSwap); no batch is in flight.
+func (l *loop) applySwap(s *appSwap) {
+	defer close(s.done)
+	// Requests admitted under the old set are all in the channel by now.
+	for more := true; more; {
+		select {
+		case j := <-l.admit:
+			l.enqueue(j)
+		default:
+			more = false
+		}
+	}
+	s.apply()
+	changed := map[string]func(string){}
+	for name, a := range s.apps {
+		if cur, ok := l.apps[name]; ok && cur != a {
+			changed[name] = s.retire
+			if r, ok := l.retiring[name]; ok {
+				// Re-added while draining: the new version takes its jobs, and the
+				// old one retires as the reload that removed it said.
+				changed[name] = r
+				delete(l.retiring, name)
+			}
+		}
+		l.apps[name] = a
+	}
+	for name := range l.apps {
+		if _, ok := s.apps[name]; !ok {
+			if _, already := l.retiring[name]; !already {
+				l.retiring[name] = s.retire
+			}
+		}
+	}
+	moved, refused := 0, 0
+	l.queue = slices.DeleteFunc(l.queue, func(r *scheduler.Request) bool {
+		j := r.Ref.(*job)
+		a := l.apps[j.App]
+		if r.App == a {
+			return false
+		}
+		if !s.reprepare(j) {
+			refused++
+			l.reply(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonUnknownApp)})
+			return true
+		}
+		moved++
+		j.req = scheduler.Prepare(j.sched(l.apps), r.Seq, j.Received, j.Deadline, j.Estimate, j)
+		return false
+	})
+	// DeleteFunc kept the old requests' slots: point them at the prepared ones.
+	for i, r := range l.queue {
+		l.queue[i] = r.Ref.(*job).req
+	}
+	for name, retire := range changed {
+		retire(name)
+	}
+	l.refreshResident(l.now())
+	l.m.queueLen.Set(float64(len(l.queue)))
+	l.m.moved.Add(float64(moved))
+	l.log.Info().Int("moved", moved).Int("refused", refused).Int("retiring", len(l.retiring)).Msg("applications swapped")
+}
+
+// retireDrained retires the removed applications with no queued job left.
+func (l *loop) retireDrained() {
+	left := map[string]bool{}
+	for _, r := range l.queue {
+		left[r.Ref.(*job).App] = true
+	}
+	for name, retire := range l.retiring {
+		if !left[name] {
+			delete(l.retiring, name)
+			delete(l.apps, name)
+			retire(name)
+			l.refreshResident(l.now())
+		}
+	}
+}
+
+// refreshResident takes the resident set from the engine (the truth, also
+// after a failed load), keeping the last-use times it knows.
+func (l *loop) refreshResident(now time.Time) {
+	res := map[scheduler.VariantID]time.Time{}
+	for _, id := range l.run.Resident() {
+		t, ok := l.resident[id]
+		if !ok {
+			t = now
+		}
+		res[id] = t
+	}
+	l.resident = res
+	l.m.resident.Set(float64(len(res)))
 }
 
 // minIdleWake is the shortest wait before deciding again after a decision that
@@ -305,17 +450,7 @@ func (l *loop) finish(d batchDone) {
 		l.m.swaps.WithLabelValues("load").Inc()
 		l.m.swapTime.WithLabelValues("load").Add(t.Seconds())
 	}
-	// The engine is the truth about residency, also after a failed load.
-	res := map[scheduler.VariantID]time.Time{}
-	for _, id := range l.run.Resident() {
-		t, ok := l.resident[id]
-		if !ok {
-			t = d.done
-		}
-		res[id] = t
-	}
-	l.resident = res
-	l.m.resident.Set(float64(len(res)))
+	l.refreshResident(d.done)
 	b := d.b
 	if d.err != nil {
 		l.log.Error().Err(d.err).Str("variant", b.Variant.ID.String()).Int("batch", len(b.Requests)).Msg("batch failed")

@@ -29,6 +29,8 @@ type metrics struct {
 	resident     prometheus.Gauge
 	dropped      *prometheus.CounterVec // status: unjournaled replies dropped (queue full, not connected)
 	ignored      *prometheus.CounterVec // why: retained, overflow
+	reloads      *prometheus.CounterVec // result: ok, refused
+	moved        prometheus.Counter     // queued requests moved to a reloaded version
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -79,8 +81,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_replies_dropped_total", Help: "Unjournaled replies (rejections, replies republished to duplicates) dropped because their queue was full or the broker was away, by status."}, []string{"status"}),
 		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_requests_ignored_total", Help: "Request messages acknowledged and not run: retained messages (replayed by the broker, never requests), and messages refused unparsed because the ingress queue was full (overflow)."}, []string{"why"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_reloads_total", Help: "Configuration reloads (SIGHUP), by result: ok, or refused (the previous configuration kept serving)."}, []string{"result"}),
+		moved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_reload_moved_requests_total", Help: "Queued requests moved to the new version of an application changed by a reload."}),
 	}
-	for _, c := range []prometheus.Collector{m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.reloads, m.moved, m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.estAccuracy, m.deadlineMet, m.swaps,
 		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored} {
 		f(c)
@@ -92,12 +98,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // estimate's top class agrees with the most accurate variant's answer, against
 // how often the estimator predicts it would (a calibrated estimator keeps the two
 // close; a growing gap means the live mix has drifted from what it was trained on).
-func (m *metrics) registerMonitor(app string, g *sneakpeek.Guard) {
+func (m *metrics) registerMonitor(app string, g *sneakpeek.Guard) []prometheus.Collector {
 	if m.reg == nil {
-		return
+		return nil
 	}
 	labels := prometheus.Labels{"app": app}
-	m.reg.MustRegister(
+	cs := []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_estimate_agreement_ratio",
 			Help: "Share of recent requests served by the most accurate variant whose SneakPeek estimate had the same top class.", ConstLabels: labels},
 			func() float64 { return g.Stats().Agreement }),
@@ -107,5 +113,7 @@ func (m *metrics) registerMonitor(app string, g *sneakpeek.Guard) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_estimate_observations",
 			Help: "Requests in the estimate monitor's window.", ConstLabels: labels},
 			func() float64 { return float64(g.Stats().Observations) }),
-	)
+	}
+	m.reg.MustRegister(cs...)
+	return cs
 }

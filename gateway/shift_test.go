@@ -14,12 +14,12 @@ import (
 func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Apps = []AppConfig{{Manifest: fashionManifest, LabelShift: true}}
-	g := &Gateway{cfg: &cfg, log: zerolog.Nop(), apps: map[string]*appRuntime{}, m: newMetrics(nil),
+	g := &Gateway{cfg: &cfg, log: zerolog.Nop(), m: newMetrics(nil),
 		now: time.Now, reg: prometheus.NewRegistry()}
 	if err := g.loadApps(); err != nil {
 		t.Fatal(err)
 	}
-	a := g.apps["fashion"]
+	a, _ := g.app("fashion")
 	if a.shift == nil {
 		t.Fatal("label shift not enabled")
 	}

@@ -19,7 +19,7 @@ func (g *Gateway) statusPayload(state, reason string) []byte {
 	s := protocol.GatewayStatus{V: protocol.Version, State: state, Reason: reason}
 	if state == protocol.StateOnline {
 		s.Version, s.Policy, s.Since = Version, g.cfg.Scheduler.Policy, g.started.UnixMilli()
-		for name := range g.apps {
+		for name := range g.appSet() {
 			s.Apps = append(s.Apps, name)
 		}
 		slices.Sort(s.Apps)
@@ -71,7 +71,7 @@ func (g *Gateway) stats() *protocol.Stats {
 		}
 		return a
 	}
-	for name, a := range g.apps {
+	for name, a := range g.appSet() {
 		as := app(name)
 		if a.shift != nil {
 			for _, x := range a.shift.Prior() {
@@ -97,7 +97,7 @@ func (g *Gateway) stats() *protocol.Stats {
 			case "sneakgate_requests_received_total":
 				app(l["app"]).Received = int64(v)
 			case "sneakgate_replies_total":
-				if _, ok := g.apps[l["app"]]; ok {
+				if _, ok := g.app(l["app"]); ok {
 					app(l["app"]).Replies[protocol.Status(l["status"])] = int64(v)
 				}
 			case "sneakgate_rejected_total":

@@ -107,21 +107,51 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := newLogger(cfg.Log, stderr)
 	gateway.Version = version
-	// SIGHUP would terminate the process by default; configuration reload is not
-	// supported yet, so say so instead of dying.
+	// SIGHUP (systemctl reload) re-reads the configuration and the applications'
+	// manifests (gateway.Reload). Notify before New: a SIGHUP during start-up
+	// must not kill the process; it is acted on once the gateway runs.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go func() {
-		for range hup {
-			log.Warn().Msg("SIGHUP: configuration reload is not supported; restart the service to apply changes")
-		}
-	}()
 	g, err := gateway.New(ctx, gateway.Options{Config: cfg, Logger: log})
 	if err != nil {
 		return err
 	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reload(ctx, g, *path, *level, log)
+			}
+		}
+	}()
 	return g.Run(ctx)
+}
+
+// reload applies the configuration file at path to the running gateway and logs
+// what changed; on error the gateway keeps serving what it served.
+func reload(ctx context.Context, g *gateway.Gateway, path, level string, log zerolog.Logger) {
+	log.Info().Str("config", path).Msg("SIGHUP: reloading the configuration")
+	cfg, err := gateway.LoadConfig(path)
+	if err == nil && level != "" {
+		cfg.Log.Level = level
+	}
+	var res gateway.ReloadResult
+	if err == nil {
+		res, err = g.Reload(ctx, cfg)
+	}
+	if err != nil {
+		log.Error().Err(err).Msg("reload refused; the previous configuration and applications keep serving")
+		return
+	}
+	ev := log.Info().Strs("added", res.Added).Strs("changed", res.Changed).Strs("removed", res.Removed).
+		Strs("unchanged", res.Unchanged)
+	if len(res.Ignored) > 0 {
+		ev = ev.Strs("not_applied_needs_restart", res.Ignored)
+	}
+	ev.Msg("reloaded")
 }
 
 func newLogger(c gateway.LogConfig, w io.Writer) zerolog.Logger {

@@ -1,0 +1,395 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
+)
+
+// appRuntime is one served version of an application. A reload that changes an
+// application makes a new appRuntime; requests hold the one they were admitted
+// under until the loop moves them to the new one (loop.applySwap).
+type appRuntime struct {
+	m       *manifest.App
+	sched   *scheduler.App
+	est     estimator
+	estName string
+	// monitor watches the estimates against the answers of the app's most
+	// accurate variant (monitor-only: the scheduler keeps trusting the estimates;
+	// docs/evaluation.md shows acting on it costs more than it saves).
+	monitor    *sneakpeek.Guard
+	monitorRef string // the reference variant's name
+	// shift, if not nil, corrects each estimate for the live label mix.
+	shift *sneakpeek.PriorShift
+
+	// key registers the version's variants in the engine: the application's
+	// name for the version loaded at start-up, name#N for reloaded ones.
+	key string
+	// conf is the configuration entry it was built from; fingerprint hashes it
+	// with the manifest and every file the manifest names (reload compares them).
+	conf        AppConfig
+	fingerprint string
+	// collectors are its metrics (the monitor's gauges), unregistered when the
+	// version stops serving.
+	collectors []prometheus.Collector
+}
+
+// app returns the served version of the application name.
+func (g *Gateway) app(name string) (*appRuntime, bool) {
+	a, ok := (*g.apps.Load())[name]
+	return a, ok
+}
+
+// appSet returns the served applications by name. The map is never modified:
+// a reload replaces it.
+func (g *Gateway) appSet() map[string]*appRuntime { return *g.apps.Load() }
+
+// loadApps builds every configured application (no engine work) and the
+// protocol environment that looks them up.
+func (g *Gateway) loadApps() error {
+	apps := map[string]*appRuntime{}
+	for i, ac := range g.cfg.Apps {
+		a, err := g.buildApp(i, ac)
+		if err != nil {
+			return err
+		}
+		if _, dup := apps[a.m.Name]; dup {
+			return fmt.Errorf("gateway: %w: apps[%d]: application %q configured twice", ErrConfig, i, a.m.Name)
+		}
+		a.key = a.m.Name
+		apps[a.m.Name] = a
+	}
+	g.apps.Store(&apps)
+	for _, a := range apps {
+		g.registerAppMetrics(a)
+	}
+	allow, err := protocol.NewAllowList(g.cfg.MQTT.ReplyAllow)
+	if err != nil {
+		return fmt.Errorf("gateway: %w: mqtt.reply_allow: %v", ErrConfig, err)
+	}
+	g.env = protocol.Env{
+		Prefix: g.cfg.MQTT.TopicPrefix,
+		Limits: protocol.Limits{MaxPayloadBytes: g.cfg.Admission.MaxPayloadBytes,
+			MinDeadline: g.cfg.Admission.MinDeadline, MaxDeadline: g.cfg.Admission.MaxDeadline},
+		ReplyAllow: allow,
+		App: func(name string) (protocol.AppSpec, bool) {
+			a, ok := g.app(name)
+			if !ok {
+				return protocol.AppSpec{}, false
+			}
+			return protocol.AppSpec{InputSize: a.m.InputSize, Range: a.m.InputRange,
+				DefaultDeadline: time.Duration(a.m.DefaultDeadlineMS) * time.Millisecond}, true
+		},
+	}
+	return nil
+}
+
+// buildApp loads and validates the application of configuration entry i: its
+// manifest, estimator, scheduler view and monitor. It touches neither the engine
+// nor the metrics registry.
+func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
+	m, err := manifest.Load(ac.Manifest)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err)
+	}
+	if ac.DefaultDeadline > 0 {
+		m.DefaultDeadlineMS = ac.DefaultDeadline.Milliseconds()
+	}
+	a := &appRuntime{m: m, conf: ac}
+	if a.fingerprint, err = fingerprint(m, ac); err != nil {
+		return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err)
+	}
+	if a.sched, err = scheduler.NewApp(m); err != nil {
+		return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err)
+	}
+	if len(m.Estimators) == 0 {
+		if ac.LabelShift {
+			return nil, fmt.Errorf("gateway: %w: apps[%d].label_shift: %s has no estimator", ErrConfig, i, m.Name)
+		}
+		return a, nil
+	}
+	est := m.Estimators[0]
+	if ac.Estimator != "" {
+		found := false
+		for _, e := range m.Estimators {
+			if e.Name == ac.Estimator {
+				est, found = e, true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("gateway: %w: apps[%d].estimator: %q is not in %s", ErrConfig, i, ac.Estimator, ac.Manifest)
+		}
+	}
+	if a.est, err = loadEstimator(m, est); err != nil {
+		return nil, fmt.Errorf("gateway: apps[%d]: estimator %s: %w", i, est.Name, err)
+	}
+	a.estName = "sneakpeek-" + est.Name
+	var ref int
+	a.monitor, ref = sneakpeek.NewGuardFor(m, sneakpeek.GuardOptions{})
+	a.monitorRef = m.Variants[ref].Name
+	if ac.LabelShift {
+		marginal, err := estimatorMarginal(m, a.est)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: apps[%d].label_shift: %w", i, err)
+		}
+		a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{})
+	}
+	return a, nil
+}
+
+// registerAppMetrics exports a's monitor; unregisterAppMetrics takes it back.
+func (g *Gateway) registerAppMetrics(a *appRuntime) {
+	if a.monitor != nil {
+		a.collectors = g.m.registerMonitor(a.m.Name, a.monitor)
+	}
+}
+
+func (g *Gateway) unregisterAppMetrics(a *appRuntime) {
+	for _, c := range a.collectors {
+		g.m.reg.Unregister(c)
+	}
+	a.collectors = nil
+}
+
+// fingerprint hashes an application's configuration entry, its manifest and
+// every file the manifest names: equal fingerprints mean a reload has nothing to
+// do for the application.
+func fingerprint(m *manifest.App, ac AppConfig) (string, error) {
+	h := sha256.New()
+	conf, _ := json.Marshal(ac) // plain fields: cannot fail
+	h.Write(conf)
+	files := []string{ac.Manifest}
+	for _, v := range m.Variants {
+		files = append(files, m.Path(v.File))
+	}
+	for _, e := range m.Estimators {
+		files = append(files, m.Path(e.File))
+	}
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "\x00%s\x00", p)
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// prepareEngine registers a's variants under a.key, measures (or reads cached)
+// profiles and fills the scheduler's latency tables. beside profiles outside the
+// residency budget, next to variants that serve (a reload).
+func (g *Gateway) prepareEngine(ctx context.Context, a *appRuntime, beside bool) error {
+	if err := g.eng.RegisterAs(a.key, a.m); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	ids := g.eng.Variants(a.key)
+	profile := g.eng.Profile
+	if beside {
+		profile = g.eng.ProfileBeside
+	}
+	if err := profile(ctx, ids...); err != nil {
+		return fmt.Errorf("gateway: engine profile: %w", err)
+	}
+	maxB := g.cfg.Scheduler.MaxBatch
+	for _, v := range a.sched.Variants {
+		p, ok := g.eng.ProfileOf(engine.VariantID{App: a.key, Variant: v.ID.Variant})
+		if !ok {
+			return fmt.Errorf("gateway: engine: no profile for %s", v.ID)
+		}
+		v.Latency = make([]time.Duration, maxB+1)
+		for b := 1; b <= maxB; b++ {
+			v.Latency[b] = p.LatencyAt(b)
+		}
+		v.Load, v.Unload, v.MemBytes = p.Load, p.Unload, p.MemBytes
+		g.log.Debug().Str("variant", v.ID.String()).Int64("b1_us", v.Latency[1].Microseconds()).
+			Int64("bmax_us", v.Latency[maxB].Microseconds()).Int64("load_us", v.Load.Microseconds()).
+			Int64("mem_bytes", v.MemBytes).Float64("accuracy", v.Accuracy).Msg("variant profile")
+	}
+	return nil
+}
+
+// ReloadResult says what a reload did, by application name.
+type ReloadResult struct {
+	Added, Changed, Removed, Unchanged []string
+	// Ignored names the configuration sections that changed but take effect only
+	// after a restart.
+	Ignored []string
+}
+
+// Reload applies cfg's application list while the gateway serves (SIGHUP): a
+// new application starts serving; a changed one (its configuration entry, its
+// manifest or any file it names) is swapped in once its variants are registered
+// and profiled, and its queued requests move to the new version; a removed one
+// answers rejected (unknown_app) to new requests while its queued requests
+// finish. Nothing queued is lost. A configuration or application that fails to
+// load leaves everything as it was and returns the error, which names the
+// problem. Other sections of cfg that differ from the running configuration
+// are not applied (they need a restart) and are listed in the result.
+func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, err error) {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	defer func() {
+		if err != nil {
+			g.m.reloads.WithLabelValues("refused").Inc()
+		} else {
+			g.m.reloads.WithLabelValues("ok").Inc()
+		}
+	}()
+	if err := cfg.Validate(); err != nil {
+		return res, err
+	}
+	res.Ignored = changedSections(g.cfg, cfg)
+	old := g.appSet()
+	next := map[string]*appRuntime{}
+	var built []*appRuntime // new versions registered in the engine
+	undo := func() {
+		for _, a := range built {
+			if err := g.eng.Unregister(a.key); err != nil {
+				g.log.Warn().Err(err).Str("key", a.key).Msg("reload: unregistering a version that was not swapped in")
+			}
+		}
+	}
+	for i, ac := range cfg.Apps {
+		a, err := g.buildApp(i, ac)
+		if err != nil {
+			undo()
+			return res, err
+		}
+		name := a.m.Name
+		if _, dup := next[name]; dup {
+			undo()
+			return res, fmt.Errorf("gateway: %w: apps[%d]: application %q configured twice", ErrConfig, i, name)
+		}
+		if cur, ok := old[name]; ok && cur.fingerprint == a.fingerprint {
+			next[name] = cur
+			res.Unchanged = append(res.Unchanged, name)
+			continue
+		}
+		g.appGen++
+		a.key = fmt.Sprintf("%s#%d", name, g.appGen)
+		if err := g.prepareEngine(ctx, a, true); err != nil {
+			undo()
+			g.eng.Unregister(a.key)
+			return res, fmt.Errorf("gateway: apps[%d] (%s): %w", i, name, err)
+		}
+		built = append(built, a)
+		next[name] = a
+		if _, ok := old[name]; ok {
+			res.Changed = append(res.Changed, name)
+		} else {
+			res.Added = append(res.Added, name)
+		}
+	}
+	for name := range old {
+		if _, ok := next[name]; !ok {
+			res.Removed = append(res.Removed, name)
+		}
+	}
+	sched := map[string]*scheduler.App{}
+	for n, a := range next {
+		sched[n] = a.sched
+	}
+	if err := scheduler.ValidateFixed(sched, g.cfg.SchedulerOptions()); err != nil {
+		undo()
+		return res, fmt.Errorf("gateway: %w: scheduler.fixed_variant: %v", ErrConfig, err)
+	}
+	for _, s := range [][]string{res.Added, res.Changed, res.Removed, res.Unchanged} {
+		slices.Sort(s)
+	}
+	if len(built) == 0 && len(res.Removed) == 0 {
+		return res, nil
+	}
+	// Request handlers hold the read lock from lookup to Submit: once the write
+	// lock is held, every request admitted under the old set is in the loop's
+	// admission channel, ahead of the swap, and every later one sees the new set.
+	sw := &appSwap{apps: sched, apply: func() { g.runner.setKeys(next) }, reprepare: g.reprepare,
+		retire: func(name string) { g.retire(old[name]) }, done: make(chan struct{})}
+	g.swapping.Lock()
+	g.apps.Store(&next)
+	g.loop.swaps <- sw // reloads are serialised and wait for done: there is room
+	g.swapping.Unlock()
+	select {
+	case <-sw.done:
+	case <-g.loop.stopped:
+		return res, errors.New("gateway: stopped during the reload")
+	}
+	for _, name := range res.Changed {
+		g.unregisterAppMetrics(old[name])
+		g.registerAppMetrics(next[name])
+	}
+	for _, name := range res.Added {
+		g.registerAppMetrics(next[name])
+	}
+	g.publishStatus(protocol.StateOnline, "")
+	return res, nil
+}
+
+// reprepare moves a queued job to the served version of its application (the
+// loop calls it after a swap). It reports false when no version can serve it any
+// more: the application was removed, or its input size changed.
+func (g *Gateway) reprepare(j *job) bool {
+	a, ok := g.app(j.App)
+	if !ok || len(j.Input) != a.m.InputSize {
+		return false
+	}
+	j.rt, j.Estimate = a, g.estimate(a, j.Input)
+	return true
+}
+
+// retire forgets a version that serves no more (its queued requests are all
+// answered): its variants leave the engine, its metrics the registry. The loop
+// calls it with no batch in flight.
+func (g *Gateway) retire(a *appRuntime) {
+	if a == nil {
+		return
+	}
+	if err := g.eng.Unregister(a.key); err != nil {
+		g.log.Warn().Err(err).Str("app", a.m.Name).Msg("unregistering a retired application version")
+	}
+	if _, ok := g.app(a.m.Name); !ok {
+		g.runner.dropKey(a.m.Name)
+		g.unregisterAppMetrics(a)
+	}
+	g.log.Info().Str("app", a.m.Name).Str("key", a.key).Msg("application version retired")
+}
+
+// changedSections lists the top-level configuration sections other than apps
+// that differ between a and b.
+func changedSections(a, b *Config) []string {
+	var out []string
+	va, vb := reflect.ValueOf(*a), reflect.ValueOf(*b)
+	t := va.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" || name == "apps" {
+			continue
+		}
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			out = append(out, name)
+		}
+	}
+	return out
+}

@@ -1,0 +1,269 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+func (a *answers) get(id string) (result, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.got[id]
+	return r, ok
+}
+
+// namedLoopApp is loopApp under another application and variant name.
+func namedLoopApp(app, variant string) *scheduler.App {
+	a := loopApp()
+	a.Name = app
+	a.Variants[0].ID = scheduler.VariantID{App: app, Variant: variant}
+	return a
+}
+
+// A swap waits for the batch in flight; then queued jobs of a changed
+// application move to its new version (or are refused when reprepare says they
+// cannot be served), the old version retires at once, and a removed
+// application keeps serving its queued jobs and retires when they are answered.
+func TestLoopSwapMovesQueuedJobs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return 50 * time.Millisecond },
+			resident: map[scheduler.VariantID]bool{}}
+		p, err := scheduler.New("edf", scheduler.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans := &answers{got: map[string]result{}}
+		apps := map[string]*scheduler.App{"app": namedLoopApp("app", "old"), "gone": namedLoopApp("gone", "m")}
+		l := newLoop(p, apps, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+
+		put := func(app, id string) {
+			now := time.Now()
+			if !l.Reserve(100) || !l.Submit(&job{App: app, Device: "d", ID: id, Received: now,
+				Deadline: now.Add(10 * time.Second), Input: []float32{1}}) {
+				t.Fatalf("submit %s refused", id)
+			}
+		}
+		put("app", "a1") // runs at once on the old version
+		synctest.Wait()
+		for _, id := range []string{"a2", "a3", "a4"} {
+			put("app", id)
+		}
+		put("gone", "g1")
+		put("gone", "g2")
+
+		var mu sync.Mutex
+		var retired []string
+		applied := false
+		sw := &appSwap{
+			apps:      map[string]*scheduler.App{"app": namedLoopApp("app", "new")},
+			apply:     func() { applied = true },
+			reprepare: func(j *job) bool { return j.ID != "a4" }, // a4: its input no longer fits
+			retire: func(name string) {
+				mu.Lock()
+				defer mu.Unlock()
+				retired = append(retired, name)
+			},
+			done: make(chan struct{}),
+		}
+		l.swaps <- sw
+		<-sw.done
+		if !applied {
+			t.Fatal("apply not called")
+		}
+		mu.Lock()
+		if !slices.Equal(retired, []string{"app"}) {
+			t.Fatalf("retired at the swap: %v, want [app] (gone still has queued jobs)", retired)
+		}
+		mu.Unlock()
+		if r, ok := ans.get("a1"); !ok || r.Variant != "old" {
+			t.Fatalf("the batch in flight: %+v (answered %v), want it finished on the old version first", r, ok)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		want := map[string]string{"a2": "new", "a3": "new", "g1": "m", "g2": "m"}
+		for id, v := range want {
+			r, ok := ans.get(id)
+			if !ok || r.Status != protocol.StatusOK || r.Variant != v {
+				t.Errorf("%s: %+v (answered %v), want ok by %q", id, r, ok, v)
+			}
+		}
+		if r, _ := ans.get("a4"); r.Status != protocol.StatusRejected || r.Reason != string(protocol.ReasonUnknownApp) {
+			t.Errorf("a4: %+v, want rejected unknown_app", r)
+		}
+		mu.Lock()
+		if !slices.Equal(retired, []string{"app", "gone"}) {
+			t.Errorf("retired: %v, want [app gone]", retired)
+		}
+		mu.Unlock()
+		if _, ok := l.apps["gone"]; ok {
+			t.Error("the removed application is still in the loop's set")
+		}
+		if q := l.Queued(); q != 0 {
+			t.Errorf("queued = %d after everything was answered", q)
+		}
+	})
+}
+
+// TestReloadUnderLoad reloads a serving gateway (real Mosquitto, ONNX Runtime,
+// journal and models) while a device keeps sending: the changed application's
+// requests all get answers, the removed one's requests admitted before the swap
+// are answered and later ones are rejected unknown_app, the added one serves at
+// once, and a reload that fails leaves everything serving.
+func TestReloadUnderLoad(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	const sat, vad = "../models/satellite/manifest.yaml", "../models/vad/manifest.yaml"
+	cfg.Apps = []AppConfig{{Manifest: sat}, {Manifest: vad}}
+	r := startGateway(t, cfg, Options{})
+	dev := newDevice(t, b.URL(), "sensor-1")
+	_, satRows := appSamples(t, sat)
+	_, vadRows := appSamples(t, vad)
+	_, fashRows := fashionSamples(t)
+
+	// A device sends satellite and vad requests without pause until told to stop.
+	stop := make(chan struct{})
+	sent := make(chan []string, 1)
+	go func() {
+		var ids []string
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				sent <- ids
+				return
+			default:
+			}
+			id := fmt.Sprintf("sat-%d", i)
+			dev.request("satellite", "sensor-1", id, satRows.Row(i%satRows.N), 10000)
+			vid := fmt.Sprintf("vad-%d", i)
+			dev.request("vad", "sensor-1", vid, vadRows.Row(i%vadRows.N), 10000)
+			ids = append(ids, id, vid)
+		}
+	}()
+	dev.await([]string{"sat-20", "vad-20"}, 60*time.Second) // serving under load
+
+	// A reload that cannot load an application changes nothing.
+	bad := *cfg
+	bad.Apps = []AppConfig{{Manifest: sat}, {Manifest: filepath.Join(t.TempDir(), "missing.yaml")}}
+	if _, err := r.g.Reload(context.Background(), &bad); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Fatalf("reload with a missing manifest: %v, want an error naming it", err)
+	}
+
+	next := *cfg
+	next.Apps = []AppConfig{{Manifest: sat, DefaultDeadline: 2 * time.Second}, {Manifest: fashionManifest}}
+	next.Log.Level = "debug" // not applied: needs a restart
+	res, err := r.g.Reload(context.Background(), &next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("reload: %+v", res)
+	if !slices.Equal(res.Added, []string{"fashion"}) || !slices.Equal(res.Changed, []string{"satellite"}) ||
+		!slices.Equal(res.Removed, []string{"vad"}) || !slices.Equal(res.Ignored, []string{"log"}) {
+		t.Fatalf("reload result %+v", res)
+	}
+	// From here on vad is not served and fashion is.
+	var after []string
+	for i := range 20 {
+		id := fmt.Sprintf("fash-%d", i)
+		dev.request("fashion", "sensor-1", id, fashRows.Row(i), 10000)
+		vid := fmt.Sprintf("vad-after-%d", i)
+		dev.request("vad", "sensor-1", vid, vadRows.Row(i), 10000)
+		after = append(after, id, vid)
+	}
+	close(stop)
+	before := <-sent
+	replies := dev.await(append(slices.Clone(before), after...), 120*time.Second)
+	counts := map[string]int{}
+	for _, id := range append(before, after...) {
+		rep := replies[id]
+		if n := dev.count(id); n != 1 {
+			t.Errorf("%s answered %d times", id, n)
+		}
+		ok := rep.Status == protocol.StatusOK
+		unknown := rep.Status == protocol.StatusRejected && rep.Reason == protocol.ReasonUnknownApp
+		switch {
+		case strings.HasPrefix(id, "vad-after-"):
+			if !unknown {
+				t.Errorf("%s sent after the reload: %s %s, want rejected unknown_app", id, rep.Status, rep.Reason)
+			}
+		case strings.HasPrefix(id, "vad-"):
+			// Admitted before the swap: answered; arrived after it: refused.
+			if !ok && !unknown {
+				t.Errorf("%s: %s %s", id, rep.Status, rep.Error)
+			}
+		default:
+			if !ok {
+				t.Errorf("%s: %s %s, want ok", id, rep.Status, rep.Error)
+			}
+		}
+		counts[fmt.Sprintf("%s %s", strings.SplitN(id, "-", 2)[0], rep.Status)]++
+	}
+	t.Logf("%d requests sent during the reload; replies by app and status: %v", len(before), counts)
+	if counts["vad ok"] == 0 {
+		t.Error("no vad request admitted before the reload was answered")
+	}
+}
+
+// A reload with nothing changed does nothing; an edit to any file of an
+// application's manifest directory makes it a new version.
+func TestReloadDetectsChangedFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS("../models/satellite")); err != nil {
+		t.Fatal(err)
+	}
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.Apps = []AppConfig{{Manifest: filepath.Join(dir, "manifest.yaml")}}
+	r := startGateway(t, cfg, Options{})
+	res, err := r.g.Reload(context.Background(), cfg)
+	if err != nil || !slices.Equal(res.Unchanged, []string{"satellite"}) || len(res.Changed)+len(res.Added)+len(res.Removed) > 0 {
+		t.Fatalf("reload of the same configuration: %+v, %v", res, err)
+	}
+	before, _ := r.g.app("satellite")
+	m, err := os.ReadFile(filepath.Join(dir, "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m = append(m, []byte("# edited\n")...)
+	if err := os.WriteFile(filepath.Join(dir, "manifest.yaml"), m, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err = r.g.Reload(context.Background(), cfg)
+	if err != nil || !slices.Equal(res.Changed, []string{"satellite"}) {
+		t.Fatalf("reload after an edit: %+v, %v", res, err)
+	}
+	after, _ := r.g.app("satellite")
+	if after == before || after.key == before.key {
+		t.Fatalf("the edited application was not swapped: key %s -> %s", before.key, after.key)
+	}
+	if got := r.g.eng.Variants(before.key); len(got) != 0 {
+		t.Errorf("the old version's variants are still registered: %v", got)
+	}
+	// It answers.
+	dev := newDevice(t, b.URL(), "sensor-1")
+	_, rows := appSamples(t, filepath.Join(dir, "manifest.yaml"))
+	dev.request("satellite", "sensor-1", "x", rows.Row(0), 10000)
+	if rep := dev.await([]string{"x"}, 30*time.Second)["x"]; rep.Status != protocol.StatusOK {
+		t.Fatalf("after the reload: %s %s", rep.Status, rep.Error)
+	}
+	if got := testutil.ToFloat64(r.g.m.reloads.WithLabelValues("ok")); got != 2 {
+		t.Errorf("sneakgate_reloads_total{result=ok} = %v, want 2", got)
+	}
+}
