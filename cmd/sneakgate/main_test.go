@@ -76,7 +76,8 @@ func TestExitCodes(t *testing.T) {
 
 // TestServeDrainsOnSIGTERM starts the real binary against a real broker, waits
 // until it is ready, sends SIGTERM, and expects a clean exit.
-func TestServeDrainsOnSIGTERM(t *testing.T) {
+// The real binary reloads on SIGHUP and drains on SIGTERM.
+func TestServeReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
 	dir := t.TempDir()
 	models, _ := filepath.Abs("../../models/fashion/manifest.yaml")
@@ -104,26 +105,61 @@ apps:
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	ready := make(chan bool, 1)
-	var logs strings.Builder
+	lines := make(chan string, 1024)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
-			if strings.Contains(sc.Text(), "gateway ready") {
-				ready <- true
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var logs strings.Builder
+	// waitFor reads the log until a line contains want (bounded).
+	waitFor := func(want string) string {
+		t.Helper()
+		timeout := time.After(2 * time.Minute)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("exited before logging %q:\n%s", want, logs.String())
+				}
+				logs.WriteString(l + "\n")
+				if strings.Contains(l, want) {
+					return l
+				}
+			case <-timeout:
+				t.Fatalf("no %q in time:\n%s", want, logs.String())
 			}
 		}
-		close(ready)
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatalf("exited before ready:\n%s", logs.String())
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("not ready in time")
 	}
+	waitFor("gateway ready")
+
+	// SIGHUP reloads: an added application is served...
+	sat, _ := filepath.Abs("../../models/satellite/manifest.yaml")
+	if err := os.WriteFile(path, []byte(cfg+fmt.Sprintf("  - manifest: %q\n", sat)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if l := waitFor(`"reloaded"`); !strings.Contains(l, `"added":["satellite"]`) {
+		t.Fatalf("reload log: %s", l)
+	}
+	// ...and a broken configuration is refused, naming the problem.
+	if err := os.WriteFile(path, []byte(cfg+"bogus_key: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if l := waitFor("reload refused"); !strings.Contains(l, "bogus_key") {
+		t.Fatalf("refused reload log: %s", l)
+	}
+	go func() {
+		for range lines { // keep draining: a full pipe would block the gateway
+		}
+	}()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
