@@ -18,10 +18,26 @@
 //
 // Policies are registered by name (New, Names): sneakpeek (the data-aware grouped
 // search of the SneakPeek method, sneakpeek.go, plan.go, search.go), oblivious (the
-// same with profiled utility), bruteforce (exhaustive over tiny windows, a reference),
+// same search and price of engine time with profiled utility, splitting load
+// between variants as the price's fluid optimum does: assignMix in plan.go),
+// oblivious-switch (the oblivious policy before it could mix: all traffic on one
+// variant at a time), bruteforce (exhaustive over tiny windows, a reference),
 // fixed-batch (a Triton-style dynamic batcher), edf and fifo. The searching policies
 // keep their cost bounded by Options.Window and Options.ExhaustiveGroups whatever the
 // queue length, and price engine time under overload (setPrice in plan.go).
+//
+// The cascade policy (cascade.go: the cheapest variant first, a better one when the
+// cheap answer is unsure) is built with NewCascade from each application's
+// validation-split operating curve and is not registered: it needs the caller to
+// run second passes (Batch.EscalateBelow, Request.First, Outcome FirstAnswer).
+//
+// # No answer
+//
+// An application may give a value to a request that gets no model answer (its
+// default action; App.NoAnswer from the manifest's no_answer_utility, 0 by
+// default). An expired or shed request is worth it, a late result decays to it
+// (Discount), and shedding and the pre-pass compare every alternative with it, so
+// that dropping a likely member of a class whose miss costs is not cheap.
 //
 // # Time and the deadline penalty
 //

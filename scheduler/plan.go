@@ -25,6 +25,11 @@ type view struct {
 	// noShed turns overload shedding (shed.go) off; noDegrade forbids the degraded
 	// answer to a data-aware policy (ablations for the evaluation).
 	noShed, noDegrade bool
+	// mix (for a policy that values every request alike) splits the window
+	// between variants as the price of engine time's fluid optimum does
+	// (assignMix), so that load can be spread over variants instead of moving
+	// all traffic from one variant to another at once.
+	mix bool
 }
 
 // degrade reports whether r may be answered with its estimate.
@@ -40,8 +45,12 @@ type member struct {
 	u []float64
 	// alt is the value of not running when the result would be late: the degraded
 	// answer's utility if allowed (capped at the worst variant's on-time utility),
-	// and never below 0 (expiring is worth 0).
+	// and never below na (expiring is worth na).
 	alt float64
+	// na is the believed value of no answer at all (Request.NoAnswerUtility for a
+	// data-aware policy, its expectation under the prior otherwise): an expired
+	// request is worth it, and a late result decays to it.
+	na float64
 	// pri is the priority P(r).
 	pri float64
 	// class is the grouping class (-1 when grouping by application only).
@@ -61,13 +70,14 @@ func (m *member) value(v int, fin time.Duration) float64 {
 	return max(m.late(v, fin), m.alt)
 }
 
-// late is the penalised value of a late result (a cost is kept whole).
+// late is the penalised value of a late result: it decays from u to na (a u at
+// or below na, a cost, is kept whole).
 func (m *member) late(v int, fin time.Duration) float64 {
 	u := m.u[v]
-	if fin <= m.dl || u <= 0 {
+	if fin <= m.dl || u <= m.na {
 		return u
 	}
-	return u * penaltyLate(fin-m.dl, m.budget)
+	return m.na + (u-m.na)*penaltyLate(fin-m.dl, m.budget)
 }
 
 // penaltyLate is Penalty for a result late by late with budget D.
@@ -96,6 +106,8 @@ type appInfo struct {
 	profiled []float64
 	// amort[m] is the variant's amortised seconds per request (Amortised).
 	amort []float64
+	// na is the expected value of no answer under the prior (App.ExpectedNoAnswer).
+	na float64
 }
 
 // decisionState is one decision's working set.
@@ -113,8 +125,10 @@ type decisionState struct {
 	lastApp  *App
 	lastInfo *appInfo
 	// price is the value of a second of engine time (see setPrice); 0 when time
-	// is not scarce.
-	price float64
+	// is not scarce. target is the window's time budget it was solved for.
+	price, target float64
+	// mixLo and mixX are the mixing view's lower price and share (assignMix).
+	mixLo, mixX float64
 	// shrink is Options.Shrink; ubuf holds the members' shrunk utilities.
 	shrink float64
 	ubuf   []float64
@@ -132,9 +146,19 @@ type decisionState struct {
 // load can sustain and spends the expensive variants where the estimate says they
 // matter most. arrivals is the measured arrival rate (0 when unknown).
 func (d *decisionState) setPrice(win []int, arrivals float64) {
-	d.price = 0
+	lo, hi := d.solvePrice(win, arrivals)
+	d.price = hi
+	if d.w.mix {
+		d.assignMix(win, lo, hi)
+	}
+}
+
+// solvePrice returns the bracket [lo, hi] of the price found by bisection: the
+// window's choices use more than the target time at lo and fit it at hi (0, 0
+// when time is free).
+func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float64) {
 	if len(win) == 0 {
-		return
+		return 0, 0
 	}
 	var budget time.Duration
 	for _, i := range win {
@@ -146,29 +170,20 @@ func (d *decisionState) setPrice(win []int, arrivals float64) {
 		rate += float64(back) / mean
 	}
 	if rate <= 0 {
-		return
+		return 0, 0
 	}
 	target := targetUtilisation * float64(len(win)) / rate
+	d.target = target
 	use := func(p float64) float64 {
 		t := 0.0
 		for _, i := range win {
-			m := &d.members[i]
-			ai := d.info(m.r.App)
-			best, bc := math.Inf(-1), 0.0
-			for vi, u := range m.u {
-				if !ai.ok0[vi] {
-					continue
-				}
-				if x := u - p*ai.amort[vi]; x > best {
-					best, bc = x, ai.amort[vi]
-				}
-			}
-			t += bc
+			_, c := d.choice(&d.members[i], p)
+			t += c
 		}
 		return t
 	}
 	if use(0) <= target {
-		return
+		return 0, 0
 	}
 	lo, hi := 0.0, 1.0
 	for k := 0; use(hi) > target && k < 60; k++ {
@@ -182,7 +197,103 @@ func (d *decisionState) setPrice(win []int, arrivals float64) {
 			hi = mid
 		}
 	}
-	d.price = hi
+	return lo, hi
+}
+
+// choice is the variant m prefers at price p, argmax_v u_v - p*amort_v among
+// those that can be made resident (the first on ties), and its amortised time.
+func (d *decisionState) choice(m *member, p float64) (int, float64) {
+	ai := d.info(m.r.App)
+	best, bv, bc := math.Inf(-1), -1, 0.0
+	for vi, u := range m.u {
+		if !ai.ok0[vi] {
+			continue
+		}
+		if x := u - p*ai.amort[vi]; x > best {
+			best, bv, bc = x, vi, ai.amort[vi]
+		}
+	}
+	return bv, bc
+}
+
+// assignMix is the mixing policy's rounding of the price's fluid optimum. When
+// requests are valued alike, the time constraint is met exactly by a mix: at the
+// price every member is indifferent between its choice just below it (lo: more
+// accurate, over the target) and just above it (hi: within it). A share x of
+// these marginal members, x = (target - use(hi)) / (use(lo) - use(hi)), gets the
+// lo choice and the rest the hi choice; which ones is fixed by a low-discrepancy
+// key of the arrival sequence, so a request keeps its side from decision to
+// decision and consecutive arrivals alternate. Each member's choice becomes its
+// grouping class, and its valuation gets the smallest bonus that makes the choice
+// strictly preferred at the price (a tie-breaker, not a change of value: the
+// bonus is of the order of the bisection's precision), so that the search runs
+// each side's group on its own variant unless deadlines or swaps say otherwise.
+// Without a price (time is free) every member takes its best variant.
+func (d *decisionState) assignMix(win []int, lo, hi float64) {
+	type pick struct{ a, b int }
+	picks := make([]pick, len(win))
+	var useLo, useHi float64
+	for k, i := range win {
+		m := &d.members[i]
+		a, ca := d.choice(m, lo)
+		b, cb := d.choice(m, hi)
+		picks[k] = pick{a, b}
+		useLo += ca
+		useHi += cb
+	}
+	x := 0.0
+	if d.price > 0 && useLo > useHi {
+		x = min(1, max(0, (d.target-useHi)/(useLo-useHi)))
+	}
+	d.mixLo, d.mixX = lo, x
+	for k, i := range win {
+		m := &d.members[i]
+		pref := picks[k].b
+		if pick := picks[k]; pick.a != pick.b && mixKey(m.r.Seq) < x {
+			pref = pick.a
+		}
+		if pref < 0 {
+			continue
+		}
+		m.class = pref
+		ai := d.info(m.r.App)
+		net := m.u[pref] - d.price*ai.amort[pref]
+		other := math.Inf(-1)
+		for vi, u := range m.u {
+			if vi != pref && ai.ok0[vi] {
+				other = max(other, u-d.price*ai.amort[vi])
+			}
+		}
+		bonus := 1e-9 * (1 + math.Abs(m.u[pref]))
+		if other > net {
+			bonus += other - net
+		}
+		start := len(d.ubuf)
+		d.ubuf = append(d.ubuf, m.u...)
+		u := d.ubuf[start:len(d.ubuf):len(d.ubuf)]
+		u[pref] += bonus
+		m.u = u
+	}
+}
+
+// mixPref is the variant assignMix's rule gives a member outside the window
+// (the same rule, with the window's price and share).
+func (d *decisionState) mixPref(m *member) int {
+	b, _ := d.choice(m, d.price)
+	if d.mixX > 0 && mixKey(m.r.Seq) < d.mixX {
+		if a, _ := d.choice(m, d.mixLo); a >= 0 {
+			return a
+		}
+	}
+	return b
+}
+
+// mixKey is a low-discrepancy key in [0, 1) of an arrival sequence number (the
+// golden-ratio Weyl sequence).
+func mixKey(seq uint64) float64 {
+	const phi = 0.6180339887498949
+	_, f := math.Modf(float64(seq%(1<<40)) * phi)
+	return f
 }
 
 // Amortised is v's best time per request over batch sizes 1..maxBatch: the
@@ -214,7 +325,8 @@ func (d *decisionState) info(a *App) *appInfo {
 	if !ok {
 		n := len(a.Variants)
 		ai = &appInfo{cost0: make([]time.Duration, n), ok0: make([]bool, n),
-			lat1: make([]time.Duration, n), profiled: make([]float64, n), amort: make([]float64, n), fastest: -1}
+			lat1: make([]time.Duration, n), profiled: make([]float64, n), amort: make([]float64, n), fastest: -1,
+			na: a.ExpectedNoAnswer(nil)}
 		for i, v := range a.Variants {
 			c, _, ok := d.res0.cost(v)
 			ai.cost0[i], ai.ok0[i] = c, ok
@@ -265,8 +377,9 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonPastHardStop})
 			continue
 		}
-		m := member{r: r, dl: dl, budget: budget, class: -1}
+		m := member{r: r, dl: dl, budget: budget, class: -1, na: ai.na}
 		if d.w.dataAware {
+			m.na = r.NoAnswerUtility
 			m.u = r.ExpUtility
 			if d.shrink > 0 {
 				m.u = d.shrunk(r.ExpUtility, ai.profiled)
@@ -287,7 +400,7 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 			minU = min(minU, m.u[i])
 			fin := ai.cost0[i] + ai.lat1[i]
 			u := m.late(i, fin)
-			sum += u
+			sum += u - m.na
 			if fin <= dl {
 				onTime = true
 			} else if u > bestLate {
@@ -298,18 +411,19 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 		case feasible == 0:
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
 			continue
-		case !onTime && d.w.degrade(r) && r.DegradedUtility >= bestLate:
+		case !onTime && d.w.degrade(r) && r.DegradedUtility >= bestLate && r.DegradedUtility >= m.na:
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Degraded, Reason: ReasonNoVariantInTime})
 			continue
-		case !onTime && bestLate <= 0:
+		case !onTime && bestLate <= m.na:
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNotWorth})
 			continue
 		}
+		m.alt = m.na
 		if d.w.degrade(r) {
 			// In the search, the degraded answer is worth no more than the worst
 			// variant on time: the planner may shed a request onto its estimate
 			// to save others, but never prefers the estimate to a model result.
-			m.alt = max(0, min(r.DegradedUtility, minU))
+			m.alt = max(m.na, min(r.DegradedUtility, minU))
 		}
 		rem := max(dl, ai.fastest)
 		m.pri = sum / float64(feasible) / rem.Seconds()

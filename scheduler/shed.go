@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"container/heap"
+	"math"
 	"slices"
 	"time"
 )
@@ -26,11 +27,14 @@ const ReasonOverload = "overload_shed"
 // expired otherwise.
 //
 // A member's worth is its best on-time believed utility (its late value when it is
-// already past the deadline) minus its alternative (the degraded answer's expected
-// utility for a data-aware policy, 0 for expiring). A data-aware policy therefore
-// sheds the requests its estimate is surest about and keeps engine time for the
-// ones where a model answer changes the most; an oblivious one, which believes
-// every request is worth the same, sheds the latest deadlines' requests.
+// already past the deadline) minus its alternative: the degraded answer's expected
+// utility for a data-aware policy when that beats no answer, otherwise the value
+// of no answer (the application's no_answer_utility, 0 by default). A data-aware
+// policy therefore sheds the requests its estimate is surest about and keeps
+// engine time for the ones where a model answer changes the most (with a negative
+// no-answer value for a class, a likely member of it is expensive to shed); an
+// oblivious one, which believes every request is worth the same, sheds the latest
+// deadlines' requests.
 //
 // It costs O(n log n) for the sort and the heap.
 func (d *decisionState) shed() {
@@ -49,7 +53,7 @@ func (d *decisionState) shed() {
 		m := &d.members[i]
 		ai := d.info(m.r.App)
 		cost := time.Duration(-1)
-		best := 0.0
+		best := math.Inf(-1)
 		for vi, ok := range ai.ok0 {
 			if !ok {
 				continue
@@ -64,8 +68,8 @@ func (d *decisionState) shed() {
 			}
 			best = max(best, v)
 		}
-		alt := 0.0
-		if d.w.degrade(m.r) {
+		alt := m.na
+		if d.shedDegrades(m) {
 			alt = m.r.DegradedUtility
 		}
 		cost = time.Duration(float64(cost) * shedHeadroom)
@@ -99,7 +103,7 @@ func (d *decisionState) shed() {
 	for _, j := range shed {
 		drop[j] = true
 		r := d.members[j].r
-		if d.w.degrade(r) {
+		if d.shedDegrades(&d.members[j]) {
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Degraded, Reason: ReasonOverload})
 		} else {
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonOverload})
@@ -114,6 +118,12 @@ func (d *decisionState) shed() {
 	}
 	clear(d.members[k:])
 	d.members = d.members[:k]
+}
+
+// shedDegrades reports whether a shed member is answered degraded (its estimate
+// is allowed and worth more than no answer) rather than expired.
+func (d *decisionState) shedDegrades(m *member) bool {
+	return d.w.degrade(m.r) && m.r.DegradedUtility > m.na
 }
 
 // shedHeadroom inflates the amortised cost in the walk: real batches are not

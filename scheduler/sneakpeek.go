@@ -12,7 +12,10 @@ func init() {
 		return &searching{name: "sneakpeek", o: o, w: view{dataAware: true, byClass: true}}, nil
 	})
 	Register("oblivious", func(o Options) (Policy, error) {
-		return &searching{name: "oblivious", o: o, w: view{}}, nil
+		return &searching{name: "oblivious", o: o, w: view{mix: true}}, nil
+	})
+	Register("oblivious-switch", func(o Options) (Policy, error) {
+		return &searching{name: "oblivious-switch", o: o, w: view{}}, nil
 	})
 	// Ablations of sneakpeek, for the evaluation: without overload shedding, and
 	// without the degraded answer (what cannot be served in time expires).
@@ -34,9 +37,18 @@ func init() {
 //     under its SneakPeek estimate (Request.ExpUtility); groups are (application,
 //     argmax p); a request that cannot be served in time may be answered with the
 //     estimate itself (degraded).
-//   - oblivious: the same search with the profiled utility (Variant.ProfiledUtility)
-//     for every request, groups per application, and no degraded answer, since it
-//     does not look at the estimate. This is the paper's data-oblivious baseline.
+//   - oblivious: the same search and price of engine time with the profiled
+//     utility (Variant.ProfiledUtility) for every request and no degraded answer,
+//     since it does not look at the estimate. Because every request is valued
+//     alike, the price alone cannot tell which requests to send to which variant;
+//     the window is split between variants in the proportions of the price's
+//     fluid optimum (assignMix in plan.go) and grouped by assigned variant, so it
+//     spreads load over variants as sneakpeek can. This is the data-oblivious
+//     baseline: what sneakpeek gains over it is what the estimate buys.
+//   - oblivious-switch: the oblivious policy before mixing: one group per
+//     application, so the whole window runs on one variant and a rising price
+//     moves all traffic from one variant to the next at once (kept for
+//     comparison with earlier measurements).
 //   - bruteforce: the data-aware value model, but an exhaustive search over every
 //     ordered partition of a tiny window into batches (reference only).
 //
@@ -200,7 +212,14 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 	var cands []int
 	for i := range d.members {
 		m := &d.members[i]
-		if !m.inWin && m.r.App.Name == app && slices.Contains(classes, m.class) {
+		if m.inWin || m.r.App.Name != app {
+			continue
+		}
+		if d.w.mix {
+			if d.mixPref(m) == first.vi {
+				cands = append(cands, i)
+			}
+		} else if slices.Contains(classes, m.class) {
 			cands = append(cands, i)
 		}
 	}
@@ -266,7 +285,7 @@ func (d *decisionState) assemble(r run) *Batch {
 	for _, m := range ms {
 		lv := m.late(r.vi, fin)
 		if fin > m.dl && m.alt > lv {
-			if d.w.degrade(m.r) && m.r.DegradedUtility > lv {
+			if d.w.degrade(m.r) && m.r.DegradedUtility > lv && m.r.DegradedUtility >= m.na {
 				d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: Degraded, Reason: ReasonNoVariantInTime})
 			} else {
 				d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: Expired, Reason: ReasonNotWorth})

@@ -64,6 +64,10 @@ type App struct {
 	Prior []float64
 	// Utility is W[y][yhat].
 	Utility [][]float64
+	// NoAnswer[y] is the value of a request of true class y that gets no model
+	// answer (expired, shed, refused: the application's default action); nil
+	// means 0 for every class (manifest no_answer_utility).
+	NoAnswer []float64
 	// Variants, in manifest order.
 	Variants []*Variant
 	// DefaultVariant is the index of the variant a fixed-variant policy uses.
@@ -89,6 +93,13 @@ type Request struct {
 	// DegradedUtility is the expected utility of answering with argmax P itself; it
 	// is meaningful only when P is not nil.
 	DegradedUtility float64
+	// NoAnswerUtility is the expected value of giving the request no answer at all
+	// (App.NoAnswer under P, or under the prior when P is nil): what an expired or
+	// shed request is worth, and the floor a late result decays to.
+	NoAnswerUtility float64
+	// First is the result of a first, cheap pass when the request came back to
+	// the queue for a second one (a Batch with EscalateBelow); nil otherwise.
+	First *FirstPass
 	// Ref is the caller's handle for the request; the scheduler never looks at it.
 	Ref any
 }
@@ -125,6 +136,9 @@ const (
 	Degraded Outcome = iota + 1
 	// Expired: nothing useful can be done any more; the request is not run.
 	Expired
+	// FirstAnswer: the request is answered with its first pass's result
+	// (Request.First), a model answer, instead of a second pass.
+	FirstAnswer
 )
 
 func (o Outcome) String() string {
@@ -133,6 +147,8 @@ func (o Outcome) String() string {
 		return "degraded"
 	case Expired:
 		return "expired"
+	case FirstAnswer:
+		return "first_pass"
 	}
 	return fmt.Sprintf("Outcome(%d)", int(o))
 }
@@ -157,6 +173,27 @@ type Batch struct {
 	Start, Finish time.Time
 	// Utility is the predicted total penalised utility of the batch.
 	Utility float64
+	// EscalateBelow, when positive, makes the batch a first pass (the cascade
+	// policy): a request whose answer's top-class probability is below it is not
+	// answered; the caller sets its First and puts it back in the queue, in
+	// arrival order, for the policy to decide again (a second pass, or
+	// FirstAnswer). 0 answers every request, as before. A request that already
+	// has a First is always answered.
+	EscalateBelow float64
+}
+
+// FirstPass is the result of a request's first pass, kept while it waits for a
+// second one.
+type FirstPass struct {
+	// Variant answered with Class at Confidence (its top-class probability); the
+	// pass finished at Done.
+	Variant    *Variant
+	Class      int
+	Confidence float64
+	Done       time.Time
+	// Probs is the caller's copy of the answer (the gateway replies with it); the
+	// scheduler does not read it.
+	Probs []float64
 }
 
 // Decision is what a policy asks the caller to do now.

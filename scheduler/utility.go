@@ -26,14 +26,23 @@ func Penalty(finish, deadline time.Time, budget time.Duration) float64 {
 	return 1 - x3/(x3+y3)
 }
 
-// PenalizedUtility is u discounted for a result of r finishing at finish. A negative
-// u (a utility matrix may value wrong answers below zero) is kept whole: lateness
-// never turns a cost into a gain.
+// PenalizedUtility is u discounted for a result of r finishing at finish: from u
+// on time down to r's no-answer value at the hard stop (Discount). A u at or below
+// the no-answer value (a utility matrix may value wrong answers below zero) is
+// kept whole: lateness never turns a cost into a gain.
 func PenalizedUtility(u float64, r *Request, finish time.Time) float64 {
-	if u <= 0 {
+	return Discount(u, r.NoAnswerUtility, Penalty(finish, r.Deadline, r.Budget()))
+}
+
+// Discount is the value of a result worth u on time that keeps the fraction
+// penalty of its advantage over no answer (worth floor): floor + (u-floor)*penalty
+// when u > floor, u itself otherwise. With floor 0 it is u*penalty for a gain
+// and u for a cost.
+func Discount(u, floor, penalty float64) float64 {
+	if u <= floor || penalty >= 1 {
 		return u
 	}
-	return u * Penalty(finish, r.Deadline, r.Budget())
+	return floor + (u-floor)*penalty
 }
 
 // ExpectedUtility is U(m|p) = sum_y p(y) sum_yhat cond[y][yhat] W[y][yhat] for a
@@ -76,6 +85,9 @@ func NewApp(m *manifest.App) (*App, error) {
 		K:       m.K(),
 		Prior:   append([]float64(nil), m.Prior...),
 		Utility: m.Utility,
+	}
+	if m.NoAnswerUtility != nil {
+		a.NoAnswer = append([]float64(nil), m.NoAnswerUtility...)
 	}
 	best := -1.0
 	for i, mv := range m.Variants {
@@ -122,5 +134,24 @@ func Prepare(app *App, seq uint64, arrival, deadline time.Time, p []float64, ref
 			r.DegradedUtility += py * app.Utility[y][r.Class]
 		}
 	}
+	r.NoAnswerUtility = app.ExpectedNoAnswer(p)
 	return r
+}
+
+// ExpectedNoAnswer is the expected value of no answer, sum_y p(y) NoAnswer[y],
+// under p or under the prior when p is nil; 0 when the application sets none.
+func (a *App) ExpectedNoAnswer(p []float64) float64 {
+	if a.NoAnswer == nil {
+		return 0
+	}
+	if p == nil {
+		p = a.Prior
+	}
+	u := 0.0
+	for y, py := range p {
+		if y < len(a.NoAnswer) {
+			u += py * a.NoAnswer[y]
+		}
+	}
+	return u
 }
