@@ -107,6 +107,8 @@ type loop struct {
 	// retiring holds removed applications still serving queued jobs, with the
 	// function that retires each once the last is answered.
 	retiring map[string]func(string)
+	// latency corrects the variants' latency tables from observed batches.
+	latency *latencyModel
 }
 
 type batchDone struct {
@@ -127,7 +129,7 @@ func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budge
 		admit:    make(chan *job, capacity),
 		resident: map[scheduler.VariantID]time.Time{},
 		swaps:    make(chan *appSwap, 1), stopped: make(chan struct{}),
-		retiring: map[string]func(string){},
+		retiring: map[string]func(string){}, latency: newLatencyModel(),
 	}
 	for _, id := range r.Resident() {
 		l.resident[id] = now()
@@ -277,6 +279,7 @@ func (l *loop) applySwap(s *appSwap) {
 	changed := map[string]func(string){}
 	for name, a := range s.apps {
 		if cur, ok := l.apps[name]; ok && cur != a {
+			l.latency.forget(cur)
 			changed[name] = s.retire
 			if r, ok := l.retiring[name]; ok {
 				// Re-added while draining: the new version takes its jobs, and the
@@ -332,6 +335,7 @@ func (l *loop) retireDrained() {
 	for name, retire := range l.retiring {
 		if !left[name] {
 			delete(l.retiring, name)
+			l.latency.forget(l.apps[name])
 			delete(l.apps, name)
 			retire(name)
 			l.refreshResident(l.now())
@@ -465,6 +469,8 @@ func (l *loop) finish(d batchDone) {
 	}
 	app, variant := b.Variant.ID.App, b.Variant.ID.Variant
 	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
+	f := l.latency.observe(b.Variant, len(b.Requests), d.infer)
+	l.m.latencyFactor.WithLabelValues(app, variant).Set(f)
 	l.m.batchSize.WithLabelValues(app, variant).Observe(float64(len(b.Requests)))
 	for i, r := range b.Requests {
 		j := r.Ref.(*job)

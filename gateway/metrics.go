@@ -31,6 +31,8 @@ type metrics struct {
 	ignored      *prometheus.CounterVec // why: retained, overflow
 	reloads      *prometheus.CounterVec // result: ok, refused
 	moved        prometheus.Counter     // queued requests moved to a reloaded version
+	// latencyFactor is each variant's latency correction (observed/profiled).
+	latencyFactor *prometheus.GaugeVec // app, variant
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -85,8 +87,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_reloads_total", Help: "Configuration reloads (SIGHUP), by result: ok, or refused (the previous configuration kept serving)."}, []string{"result"}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_reload_moved_requests_total", Help: "Queued requests moved to the new version of an application changed by a reload."}),
+		latencyFactor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
-	for _, c := range []prometheus.Collector{m.reloads, m.moved, m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.estAccuracy, m.deadlineMet, m.swaps,
 		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored} {
 		f(c)

@@ -1,0 +1,75 @@
+package gateway
+
+import (
+	"math"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+func TestLatencyModelFollowsObservedTimes(t *testing.T) {
+	v := loopApp().Variants[0]
+	prof := append([]time.Duration(nil), v.Latency...)
+	m := newLatencyModel()
+	// Batches of varying size all take 3x their profile: the factor converges
+	// to 3 and the whole table follows.
+	var f float64
+	for i := range 100 {
+		b := 1 + i%32
+		f = m.observe(v, b, 3*prof[b])
+	}
+	if math.Abs(f-3) > 0.01 {
+		t.Fatalf("factor %.3f after 100 batches at 3x, want 3", f)
+	}
+	for b := 1; b <= 32; b++ {
+		if got, want := v.Latency[b], 3*prof[b]; math.Abs(float64(got-want)) > 0.01*float64(want) {
+			t.Fatalf("Latency[%d] = %v, want about %v", b, got, want)
+		}
+	}
+	// One outlier (a GC pause, a page fault) moves it little.
+	if f := m.observe(v, 8, 100*prof[8]); f > 5 {
+		t.Fatalf("one 100x outlier moved the factor to %.2f", f)
+	}
+	// Back on an idle machine, it returns towards the profile.
+	for range 100 {
+		f = m.observe(v, 4, prof[4])
+	}
+	if math.Abs(f-1) > 0.01 {
+		t.Fatalf("factor %.3f after 100 batches at the profile, want 1", f)
+	}
+	// It is bounded.
+	for range 200 {
+		f = m.observe(v, 1, 1000*prof[1])
+	}
+	if f > latencyClamp+1e-9 {
+		t.Fatalf("factor %.1f beyond the clamp %.0f", f, latencyClamp)
+	}
+}
+
+// In the loop: an engine slower than its profile makes the tables the policy
+// plans with slower too, and the metric shows by how much.
+func TestLoopCorrectsLatencyTables(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		prof := loopApp().Variants[0].Latency
+		f := &fakeRunner{lat: func(b int) time.Duration { return 2 * prof[min(b, 32)] },
+			resident: map[scheduler.VariantID]bool{}}
+		l, ans, cancel := startLoop(t, f, "edf")
+		defer cancel()
+		for i := range 40 {
+			submit(t, l, string(rune('a'+i%26))+string(rune('0'+i/26)), time.Second, nil)
+			time.Sleep(3 * time.Millisecond)
+			synctest.Wait()
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if len(ans.got) != 40 {
+			t.Fatalf("answered %d of 40", len(ans.got))
+		}
+		v := l.apps["app"].Variants[0]
+		if r := float64(v.Latency[1]) / float64(prof[1]); r < 1.5 || r > 2.05 {
+			t.Fatalf("Latency[1] is %.2fx the profile after batches at 2x, want about 2", r)
+		}
+	})
+}
