@@ -55,6 +55,9 @@ type App struct {
 	Variants []Variant `yaml:"variants"`
 	// Estimators are the SneakPeek estimators; the first is used unless configured.
 	Estimators []Estimator `yaml:"estimators"`
+	// Difficulty, if set, is the per-sample difficulty model: per request, the
+	// probability that each variant answers it correctly (package sneakpeek).
+	Difficulty *Difficulty `yaml:"difficulty,omitempty"`
 	// Samples points to evaluation samples the simulator and tests may replay.
 	Samples *Samples `yaml:"samples,omitempty"`
 	// Validation points to the held-out validation split (never used for
@@ -137,6 +140,23 @@ type Estimator struct {
 	Accuracy float64 `yaml:"accuracy"`
 	ECE      float64 `yaml:"ece"`
 	CostUS   float64 `yaml:"cost_us"`
+}
+
+// Difficulty describes a per-sample difficulty model (sneakpeek.Difficulty).
+type Difficulty struct {
+	// File holds its parameters (JSON), relative to the manifest.
+	File string `yaml:"file"`
+	// Estimator names the estimator whose class estimate the model reads.
+	Estimator string `yaml:"estimator"`
+	// AUC is, per variant (manifest order), the area under the ROC curve of its
+	// correctness predictions on held-out rows; ClassAUC is the same for the
+	// class-based expected accuracy sum_y p(y) recall(y), for comparison.
+	AUC      []float64 `yaml:"auc,omitempty"`
+	ClassAUC []float64 `yaml:"class_auc,omitempty"`
+	// TrainedOn says which rows it was trained on and how AUC was measured.
+	TrainedOn string `yaml:"trained_on,omitempty"`
+	// CostUS is the measured cost per request in microseconds.
+	CostUS float64 `yaml:"cost_us,omitempty"`
 }
 
 // Samples points to a sample file: replayable evaluation samples or a split.
@@ -340,6 +360,26 @@ func (a *App) Validate() error {
 		}
 		if e.Kind == "knn" && e.K <= 0 {
 			return invalid("%s.k: must be positive for knn", f)
+		}
+	}
+	if d := a.Difficulty; d != nil {
+		if d.File == "" || d.Estimator == "" {
+			return invalid("difficulty: file and estimator are required")
+		}
+		found := false
+		for _, e := range a.Estimators {
+			found = found || e.Name == d.Estimator
+		}
+		if !found {
+			return invalid("difficulty.estimator %q: not one of the estimators", d.Estimator)
+		}
+		for _, f := range []struct {
+			name string
+			v    []float64
+		}{{"auc", d.AUC}, {"class_auc", d.ClassAUC}} {
+			if f.v != nil && len(f.v) != len(a.Variants) {
+				return invalid("difficulty.%s: want %d values (one per variant), got %d", f.name, len(a.Variants), len(f.v))
+			}
 		}
 	}
 	for i, w := range a.Workloads {

@@ -59,6 +59,9 @@ for app in "${apps[@]}"; do
   # (vad) and estimator costs; second pass: the rendered manifest must agree.
   go run ./models/tools/measure "models/$app"
   $PY models/train/common.py render "$app"
+  # The per-sample difficulty model reads the rendered manifest's recalls.
+  go run ./models/tools/difficulty "models/$app"
+  $PY models/train/common.py render "$app"
   go run ./models/tools/measure "models/$app" >/dev/null
   $PY models/train/common.py render "$app"
 done

@@ -1,0 +1,216 @@
+// Command difficulty trains the per-sample difficulty model of a bundled
+// application (sneakpeek.Difficulty) on its validation split.
+//
+// For each application directory given it runs every variant over
+// data/validation.sgs through ONNX Runtime (package engine), records which rows
+// each variant answers correctly, computes the default estimator's class
+// estimate of every row, measures the model's AUC per variant by two-fold
+// cross-fitting (trained on one half, scored on the other) next to the AUC of the
+// class-based expected accuracy sum_y p(y) recall(y), trains the final model on
+// all rows, and writes est/difficulty.json (parameters) and difficulty.json
+// (what models/train/common.py render copies into the manifest's difficulty
+// section: the estimator it reads, the AUCs, how it was trained, its cost).
+//
+// The validation split is the only labelled split committed for the bundled
+// applications; the test split (samples.sgs), which the evaluation replays, is
+// never used. `sneakgate app build` trains the same model on a training split.
+//
+// Usage: go run ./models/tools/difficulty models/fashion models/satellite ...
+// The ONNX Runtime library is $SNEAKGATE_ORT_LIB.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/sneakpeek"
+)
+
+// meta is what the manifest's difficulty section gets (difficulty.json).
+type meta struct {
+	File      string    `json:"file"`
+	Estimator string    `json:"estimator"`
+	AUC       []float64 `json:"auc"`
+	ClassAUC  []float64 `json:"class_auc"`
+	TrainedOn string    `json:"trained_on"`
+	CostUS    float64   `json:"cost_us"`
+}
+
+const lambda = 1e-3
+
+func main() {
+	flag.Parse()
+	failed := false
+	for _, dir := range flag.Args() {
+		if err := run(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "difficulty %s: %v\n", dir, err)
+			failed = true
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func run(dir string) error {
+	m, err := manifest.Load(filepath.Join(dir, "manifest.yaml"))
+	if err != nil {
+		return err
+	}
+	if m.Validation == nil || len(m.Estimators) == 0 {
+		return fmt.Errorf("%s: needs a validation split and an estimator", m.Name)
+	}
+	val, err := dataset.Read(m.Path(m.Validation.File))
+	if err != nil {
+		return err
+	}
+	est, err := sneakpeek.Load(m, m.Estimators[0])
+	if err != nil {
+		return err
+	}
+	features := m.Estimators[0].Features
+	eng, err := engine.New(engine.Options{LibraryPath: os.Getenv(engine.LibraryEnv), IntraOpThreads: 2})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	if err := eng.Register(m); err != nil {
+		return err
+	}
+	k, nv := m.K(), len(m.Variants)
+	rows := make([]sneakpeek.DifficultyRow, val.N)
+	for i := range rows {
+		p := make([]float64, k)
+		est.Estimate(val.Row(i), p)
+		rows[i] = sneakpeek.DifficultyRow{Input: val.Row(i), Estimate: p, Correct: make([]bool, nv)}
+	}
+	names := make([]string, nv)
+	for v, mv := range m.Variants {
+		names[v] = mv.Name
+		id := engine.VariantID{App: m.Name, Variant: mv.Name}
+		if _, err := eng.Load(id); err != nil {
+			return err
+		}
+		for i := 0; i < val.N; i += 256 {
+			var in [][]float32
+			for j := i; j < min(i+256, val.N); j++ {
+				in = append(in, val.Row(j))
+			}
+			out, err := eng.Run(id, in)
+			if err != nil {
+				return err
+			}
+			for j, p := range out {
+				rows[i+j].Correct[v] = argmax(p) == int(val.Labels[i+j])
+			}
+		}
+		if _, err := eng.Unload(id); err != nil {
+			return err
+		}
+	}
+	// Two-fold cross-fitting, folds by row parity (the split is shuffled).
+	scores := make([][]float64, nv)
+	for v := range scores {
+		scores[v] = make([]float64, val.N)
+	}
+	for fold := range 2 {
+		var train []sneakpeek.DifficultyRow
+		for i, r := range rows {
+			if i%2 != fold {
+				train = append(train, r)
+			}
+		}
+		p, err := sneakpeek.TrainDifficulty(features, m.InputSize, k, names, train, lambda)
+		if err != nil {
+			return err
+		}
+		d, err := sneakpeek.NewDifficulty(p, m.InputSize)
+		if err != nil {
+			return err
+		}
+		c := make([]float64, nv)
+		for i, r := range rows {
+			if i%2 == fold {
+				d.Correctness(r.Input, r.Estimate, c)
+				for v := range c {
+					scores[v][i] = c[v]
+				}
+			}
+		}
+	}
+	mt := meta{File: "est/difficulty.json", Estimator: m.Estimators[0].Name,
+		TrainedOn: fmt.Sprintf("validation split (%d rows); AUC by two-fold cross-fitting", val.N)}
+	fmt.Printf("%s: per-sample difficulty, AUC of correctness predictions (validation, cross-fitted)\n", m.Name)
+	fmt.Printf("  %-14s %9s %10s %10s\n", "variant", "accuracy", "class AUC", "sample AUC")
+	for v := range names {
+		labels := make([]bool, val.N)
+		cls := make([]float64, val.N)
+		right := 0
+		for i, r := range rows {
+			labels[i] = r.Correct[v]
+			if r.Correct[v] {
+				right++
+			}
+			for y, py := range r.Estimate {
+				cls[i] += py * m.Variants[v].Recall[y]
+			}
+		}
+		a, ca := sneakpeek.AUC(scores[v], labels), sneakpeek.AUC(cls, labels)
+		mt.AUC = append(mt.AUC, round(a))
+		mt.ClassAUC = append(mt.ClassAUC, round(ca))
+		fmt.Printf("  %-14s %9.4f %10.3f %10.3f\n", names[v], float64(right)/float64(val.N), ca, a)
+	}
+	p, err := sneakpeek.TrainDifficulty(features, m.InputSize, k, names, rows, lambda)
+	if err != nil {
+		return err
+	}
+	d, err := sneakpeek.NewDifficulty(p, m.InputSize)
+	if err != nil {
+		return err
+	}
+	c := make([]float64, nv)
+	best := math.Inf(1)
+	for range 5 {
+		r := testing.Benchmark(func(b *testing.B) {
+			for i := range b.N {
+				r := rows[i%len(rows)]
+				d.Correctness(r.Input, r.Estimate, c)
+			}
+		})
+		best = min(best, float64(r.NsPerOp())/1000)
+	}
+	mt.CostUS = math.Round(best*1000) / 1000
+	fmt.Printf("  cost %.3f us per request (on top of the estimator)\n", mt.CostUS)
+	if err := writeJSON(filepath.Join(dir, mt.File), p); err != nil {
+		return err
+	}
+	return writeJSON(filepath.Join(dir, "difficulty.json"), mt)
+}
+
+func argmax(p []float64) int {
+	b := 0
+	for i, x := range p {
+		if x > p[b] {
+			b = i
+		}
+	}
+	return b
+}
+
+func round(x float64) float64 { return math.Round(x*1e4) / 1e4 }
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", " ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

@@ -1,0 +1,369 @@
+package sneakpeek
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+
+	"github.com/sneakgate/sneakgate/manifest"
+)
+
+// Difficulty estimates, per request, the probability that each model variant
+// answers it correctly: per-sample difficulty, beyond what the class estimate
+// says. The class-based expected accuracy sum_y p(y) recall_m(y) gives every
+// request of the same estimated class the same chance; two shirts differ, and
+// knowing which one a cheap variant gets right is worth more than knowing the
+// class (docs/method.md, "Per-sample difficulty").
+//
+// The model is one binary logistic regression per variant over the request's
+// features (the transform the manifest names) followed by the class estimate
+// p of the application's estimator and log p:
+//
+//	c_m(x) = sigmoid(w_m . standardise([features(x), p, log p]) + b_m)
+//
+// It is trained on each variant's correctness on labelled rows
+// (TrainDifficulty). Like the estimators, it is safe for concurrent use and does
+// not allocate in steady state.
+type Difficulty struct {
+	feat     Features
+	variants []string
+	k, d     int // classes; the full standardised vector's length
+	mean     []float32
+	inv      []float32
+	w        []float32 // len(variants) x d
+	b        []float64
+	buf      *scratch
+}
+
+// DifficultyParams is the JSON parameter file of a Difficulty model.
+type DifficultyParams struct {
+	// Features is the transform applied to the request input.
+	Features string `json:"features"`
+	// Classes is the class count K of the appended class estimate.
+	Classes int `json:"classes"`
+	// Variants names the variants, in the order of Weights and Bias.
+	Variants []string `json:"variants"`
+	// Mean and Scale standardise [features, p, log p] (features' Dim + 2K values).
+	Mean  []float64 `json:"mean"`
+	Scale []float64 `json:"scale"`
+	// Weights[m] and Bias[m] are variant m's logistic regression.
+	Weights [][]float64 `json:"weights"`
+	Bias    []float64   `json:"bias"`
+}
+
+// logFloor bounds log p below, so a zero probability is a finite feature.
+const logFloor = 1e-6
+
+// LoadDifficulty reads the difficulty model the manifest declares (nil, nil when
+// it declares none). The model's variants must be the manifest's, in order.
+func LoadDifficulty(app *manifest.App) (*Difficulty, error) {
+	if app.Difficulty == nil {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(app.Path(app.Difficulty.File))
+	if err != nil {
+		return nil, err
+	}
+	var p DifficultyParams
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrParams, app.Difficulty.File, err)
+	}
+	d, err := NewDifficulty(&p, app.InputSize)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", app.Difficulty.File, err)
+	}
+	if d.k != app.K() {
+		return nil, fmt.Errorf("%w: %s: %d classes, the app has %d", ErrParams, app.Difficulty.File, d.k, app.K())
+	}
+	names := make([]string, len(app.Variants))
+	for i, v := range app.Variants {
+		names[i] = v.Name
+	}
+	if !slices.Equal(names, d.variants) {
+		return nil, fmt.Errorf("%w: %s: variants %v, the manifest has %v", ErrParams, app.Difficulty.File, d.variants, names)
+	}
+	return d, nil
+}
+
+// NewDifficulty builds the model p describes for request inputs of inputSize
+// values. It returns an error wrapping ErrParams or ErrFeatures when the shapes
+// disagree or a scale is not positive.
+func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
+	f, err := ParseFeatures(p.Features, inputSize)
+	if err != nil {
+		return nil, err
+	}
+	k, nm := p.Classes, len(p.Variants)
+	d := f.Dim() + 2*k
+	if k < 2 || nm < 1 || len(p.Mean) != d || len(p.Scale) != d || len(p.Weights) != nm || len(p.Bias) != nm {
+		return nil, fmt.Errorf("%w: difficulty shapes: classes %d variants %d dim %d mean %d scale %d weights %d bias %d",
+			ErrParams, k, nm, d, len(p.Mean), len(p.Scale), len(p.Weights), len(p.Bias))
+	}
+	m := &Difficulty{feat: f, variants: slices.Clone(p.Variants), k: k, d: d, mean: make([]float32, d),
+		inv: make([]float32, d), w: make([]float32, 0, nm*d), b: slices.Clone(p.Bias), buf: newScratch(d)}
+	for i := range d {
+		if !(p.Scale[i] > 0) || math.IsInf(p.Scale[i], 0) || math.IsNaN(p.Mean[i]) {
+			return nil, fmt.Errorf("%w: difficulty mean/scale[%d] = %v/%v", ErrParams, i, p.Mean[i], p.Scale[i])
+		}
+		m.mean[i], m.inv[i] = float32(p.Mean[i]), float32(1/p.Scale[i])
+	}
+	for v, row := range p.Weights {
+		if len(row) != d {
+			return nil, fmt.Errorf("%w: difficulty weights[%d] has %d values, want %d", ErrParams, v, len(row), d)
+		}
+		for _, x := range row {
+			m.w = append(m.w, float32(x))
+		}
+	}
+	return m, nil
+}
+
+// Variants returns the variant names, in the order of Correctness's output.
+func (m *Difficulty) Variants() []string { return m.variants }
+
+// vector writes the standardised [features(x), p, log p] into z (len d).
+func (m *Difficulty) vector(input []float32, p []float64, z []float32) {
+	fd := m.feat.Dim()
+	m.feat.Apply(input, z[:fd])
+	for y, v := range p {
+		z[fd+y] = float32(v)
+		z[fd+m.k+y] = float32(math.Log(max(v, logFloor)))
+	}
+	for i := range z {
+		z[i] = (z[i] - m.mean[i]) * m.inv[i]
+	}
+}
+
+// Correctness writes into dst (one value per variant) the probability that each
+// variant answers the request input correctly, given the class estimate p of
+// the application's estimator (len K).
+func (m *Difficulty) Correctness(input []float32, p []float64, dst []float64) {
+	b := m.buf.get()
+	z := *b
+	m.vector(input, p, z)
+	for v := range m.variants {
+		w := m.w[v*m.d : (v+1)*m.d]
+		w = w[:len(z)]
+		var s float32
+		for i, x := range z {
+			s += w[i] * x
+		}
+		dst[v] = sigmoid(float64(s) + m.b[v])
+	}
+	m.buf.put(b)
+}
+
+func sigmoid(x float64) float64 {
+	if x >= 0 {
+		return 1 / (1 + math.Exp(-x))
+	}
+	e := math.Exp(x)
+	return e / (1 + e)
+}
+
+// DifficultyRow is one labelled training row: the request input, the class
+// estimate of the application's estimator for it, and whether each variant
+// answered it correctly.
+type DifficultyRow struct {
+	Input    []float32
+	Estimate []float64
+	Correct  []bool
+}
+
+// TrainDifficulty fits the difficulty model of variants over features (a
+// transform spec for inputs of inputSize values) on rows, by Newton's method
+// on the L2-regularised log-likelihood of each variant's correctness (lambda is
+// the penalty per row; 1e-3 is a good default). Deterministic.
+func TrainDifficulty(features string, inputSize, k int, variants []string, rows []DifficultyRow, lambda float64) (*DifficultyParams, error) {
+	f, err := ParseFeatures(features, inputSize)
+	if err != nil {
+		return nil, err
+	}
+	n, d := len(rows), f.Dim()+2*k
+	if n < 2 {
+		return nil, fmt.Errorf("%w: difficulty: %d training rows", ErrParams, n)
+	}
+	p := &DifficultyParams{Features: features, Classes: k, Variants: slices.Clone(variants),
+		Mean: make([]float64, d), Scale: make([]float64, d)}
+	// Raw vectors, then their standardisation.
+	raw := make([]float64, n*d)
+	z := make([]float32, d)
+	id := &Difficulty{feat: f, k: k, d: d, mean: make([]float32, d), inv: make([]float32, d)}
+	for i := range id.inv {
+		id.inv[i] = 1
+	}
+	for i, r := range rows {
+		if len(r.Input) != inputSize || len(r.Estimate) != k || len(r.Correct) != len(variants) {
+			return nil, fmt.Errorf("%w: difficulty: row %d has %d inputs, %d estimates, %d labels; want %d, %d, %d",
+				ErrParams, i, len(r.Input), len(r.Estimate), len(r.Correct), inputSize, k, len(variants))
+		}
+		id.vector(r.Input, r.Estimate, z)
+		for j, x := range z {
+			raw[i*d+j] = float64(x)
+		}
+	}
+	for j := range d {
+		var s, ss float64
+		for i := range n {
+			s += raw[i*d+j]
+		}
+		mu := s / float64(n)
+		for i := range n {
+			ss += (raw[i*d+j] - mu) * (raw[i*d+j] - mu)
+		}
+		p.Mean[j], p.Scale[j] = mu, math.Sqrt(ss/float64(n))
+		if p.Scale[j] < 1e-6 {
+			p.Scale[j] = 1 // a constant feature: leave it, its weight stays 0
+		}
+		for i := range n {
+			raw[i*d+j] = (raw[i*d+j] - mu) / p.Scale[j]
+		}
+	}
+	for v := range variants {
+		y := make([]float64, n)
+		for i, r := range rows {
+			if r.Correct[v] {
+				y[i] = 1
+			}
+		}
+		w, b := fitBinaryLogistic(raw, n, d, y, lambda)
+		p.Weights = append(p.Weights, w)
+		p.Bias = append(p.Bias, b)
+	}
+	return p, nil
+}
+
+// fitBinaryLogistic fits sigmoid(w.x + b) to y by Newton's method with an L2
+// penalty lambda*n/2*|w|^2 (the bias is not penalised). x is n x d, row-major.
+func fitBinaryLogistic(x []float64, n, d int, y []float64, lambda float64) ([]float64, float64) {
+	dim := d + 1 // the bias is the last coordinate
+	theta := make([]float64, dim)
+	g := make([]float64, dim)
+	h := make([]float64, dim*dim)
+	row := make([]float64, dim)
+	for range 50 {
+		clear(g)
+		clear(h)
+		for i := range n {
+			copy(row, x[i*d:(i+1)*d])
+			row[d] = 1
+			s := 0.0
+			for j, v := range row {
+				s += theta[j] * v
+			}
+			mu := sigmoid(s)
+			r := mu - y[i]
+			wgt := max(mu*(1-mu), 1e-9)
+			for a, va := range row {
+				g[a] += r * va
+				ha := h[a*dim:]
+				for b := a; b < dim; b++ {
+					ha[b] += wgt * va * row[b]
+				}
+			}
+		}
+		reg := lambda * float64(n)
+		for a := range d {
+			g[a] += reg * theta[a]
+			h[a*dim+a] += reg
+		}
+		for a := range dim {
+			for b := 0; b < a; b++ {
+				h[a*dim+b] = h[b*dim+a]
+			}
+		}
+		step, ok := solveSPD(h, g, dim)
+		if !ok {
+			break
+		}
+		norm := 0.0
+		for a := range dim {
+			theta[a] -= step[a]
+			norm = max(norm, math.Abs(step[a]))
+		}
+		if norm < 1e-8 {
+			break
+		}
+	}
+	return theta[:d:d], theta[d]
+}
+
+// solveSPD solves h x = g for a symmetric positive definite h (n x n) by
+// Cholesky; ok is false when h is not positive definite. h is overwritten.
+func solveSPD(h, g []float64, n int) ([]float64, bool) {
+	for j := range n {
+		s := h[j*n+j]
+		for k := range j {
+			s -= h[j*n+k] * h[j*n+k]
+		}
+		if !(s > 0) {
+			return nil, false
+		}
+		l := math.Sqrt(s)
+		h[j*n+j] = l
+		for i := j + 1; i < n; i++ {
+			t := h[i*n+j]
+			for k := range j {
+				t -= h[i*n+k] * h[j*n+k]
+			}
+			h[i*n+j] = t / l
+		}
+	}
+	x := slices.Clone(g)
+	for i := range n {
+		for k := range i {
+			x[i] -= h[i*n+k] * x[k]
+		}
+		x[i] /= h[i*n+i]
+	}
+	for i := n - 1; i >= 0; i-- {
+		for k := i + 1; k < n; k++ {
+			x[i] -= h[k*n+i] * x[k]
+		}
+		x[i] /= h[i*n+i]
+	}
+	return x, true
+}
+
+// AUC is the area under the ROC curve of scores for the binary labels: the
+// probability that a random positive scores above a random negative (ties count
+// half). It is NaN when either class is missing.
+func AUC(scores []float64, labels []bool) float64 {
+	idx := make([]int, len(scores))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int {
+		switch {
+		case scores[a] < scores[b]:
+			return -1
+		case scores[a] > scores[b]:
+			return 1
+		}
+		return 0
+	})
+	// Mann-Whitney U with mid-ranks for ties.
+	var pos, neg, rankSum float64
+	for i := 0; i < len(idx); {
+		j := i
+		for j < len(idx) && scores[idx[j]] == scores[idx[i]] {
+			j++
+		}
+		mid := float64(i+j+1) / 2 // ranks i+1..j
+		for _, t := range idx[i:j] {
+			if labels[t] {
+				pos++
+				rankSum += mid
+			} else {
+				neg++
+			}
+		}
+		i = j
+	}
+	if pos == 0 || neg == 0 {
+		return math.NaN()
+	}
+	return (rankSum - pos*(pos+1)/2) / (pos * neg)
+}
