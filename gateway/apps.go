@@ -38,6 +38,8 @@ type appRuntime struct {
 	monitorRef string // the reference variant's name
 	// shift, if not nil, corrects each estimate for the live label mix.
 	shift *sneakpeek.PriorShift
+	// diff, if not nil, is the per-sample difficulty model (see AppConfig.ClassBased).
+	diff *sneakpeek.Difficulty
 
 	// key registers the version's variants in the engine: the application's
 	// name for the version loaded at start-up, name#N for reloaded ones.
@@ -144,6 +146,11 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 	var ref int
 	a.monitor, ref = sneakpeek.NewGuardFor(m, sneakpeek.GuardOptions{})
 	a.monitorRef = m.Variants[ref].Name
+	if m.Difficulty != nil && !ac.ClassBased && m.Difficulty.Estimator == est.Name {
+		if a.diff, err = sneakpeek.LoadDifficulty(m); err != nil {
+			return nil, fmt.Errorf("gateway: apps[%d]: difficulty: %w", i, err)
+		}
+	}
 	if ac.LabelShift {
 		marginal, err := estimatorMarginal(m, a.est)
 		if err != nil {
@@ -354,7 +361,8 @@ func (g *Gateway) reprepare(j *job) bool {
 	if !ok || len(j.Input) != a.m.InputSize {
 		return false
 	}
-	j.rt, j.Estimate = a, g.estimate(a, j.Input)
+	j.rt = a
+	j.Estimate, j.Correct = g.estimate(a, j.Input)
 	return true
 }
 

@@ -171,6 +171,11 @@ type AppConfig struct {
 	// sneakpeek.PriorShift). Off by default: docs/evaluation.md shows it gains
 	// under overload on shifted mixes and costs a little at low load.
 	LabelShift bool `yaml:"label_shift"`
+	// ClassBased ignores the manifest's per-sample difficulty model: expected
+	// accuracy is then sum_y p(y) recall(y), the published method's form (for
+	// comparison). The difficulty model is used only with the estimator it was
+	// trained on (the manifest's difficulty.estimator).
+	ClassBased bool `yaml:"class_based"`
 }
 
 // DefaultConfig returns the configuration used for every field a file leaves out.

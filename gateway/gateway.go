@@ -254,7 +254,7 @@ func (g *Gateway) recover() error {
 		case now.After(e.Deadline):
 			g.expired = append(g.expired, j)
 		default:
-			j.Estimate = g.estimate(a, j.Input)
+			j.Estimate, j.Correct = g.estimate(a, j.Input)
 			g.recovered = append(g.recovered, j)
 		}
 	}

@@ -144,7 +144,7 @@ func (g *Gateway) handle(a arrival) {
 		g.reject(rej)
 		return
 	}
-	est := g.estimate(app, req.Input)
+	est, correct := g.estimate(app, req.Input)
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {
@@ -176,7 +176,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
-		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, rt: app}
+		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, rt: app}
 	submitted := false
 	if reserved {
 		submitted = g.loop.Submit(j)
@@ -323,18 +323,29 @@ func (g *Gateway) refuse(req *protocol.Request, reason protocol.Reason, msg stri
 
 // estimate runs the application's SneakPeek estimator; nil when there is none or
 // it returned no valid distribution (the scheduler then uses profiled accuracy).
-func (g *Gateway) estimate(a *appRuntime, input []float32) []float64 {
+func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct []float64) {
 	if a.est == nil {
-		return nil
+		return nil, nil
 	}
-	p := make([]float64, a.m.K())
+	p = make([]float64, a.m.K())
 	a.est.Estimate(input, p)
 	if !validDistribution(p) {
 		g.log.Warn().Str("app", a.m.Name).Msg("estimator returned no valid distribution; profiled accuracy used")
-		return nil
+		return nil, nil
+	}
+	if a.diff != nil {
+		// The difficulty model was trained on the estimator's own output.
+		correct = make([]float64, len(a.m.Variants))
+		a.diff.Correctness(input, p, correct)
+		for _, c := range correct {
+			if !(c >= 0 && c <= 1) {
+				correct = nil
+				break
+			}
+		}
 	}
 	if a.shift != nil {
 		a.shift.Correct(p, p)
 	}
-	return p
+	return p, correct
 }

@@ -34,6 +34,9 @@ type job struct {
 	Input           []float32
 	// Estimate is the SneakPeek class distribution (nil when the app has none).
 	Estimate []float64
+	// Correct is, per variant, the probability that it answers this request
+	// correctly (the app's difficulty model; nil without one).
+	Correct []float64
 
 	// rt is the version of the application the job is served by (nil in unit
 	// tests of the loop: the loop then uses its own apps by name).
@@ -47,6 +50,14 @@ func (j *job) sched(apps map[string]*scheduler.App) *scheduler.App {
 		return j.rt.sched
 	}
 	return apps[j.App]
+}
+
+// prepare builds the job's scheduler request (seq is its arrival order).
+func (j *job) prepare(apps map[string]*scheduler.App, seq uint64) {
+	j.req = scheduler.Prepare(j.sched(apps), seq, j.Received, j.Deadline, j.Estimate, j)
+	if j.Correct != nil {
+		scheduler.Sharpen(j.req, j.Correct)
+	}
 }
 
 // appSwap replaces the loop's applications (a reload, Gateway.Reload). The loop
@@ -258,7 +269,7 @@ func (l *loop) Run(ctx context.Context) {
 
 func (l *loop) enqueue(j *job) {
 	l.seq++
-	j.req = scheduler.Prepare(j.sched(l.apps), l.seq, j.Received, j.Deadline, j.Estimate, j)
+	j.prepare(l.apps, l.seq)
 	l.queue = append(l.queue, j.req)
 	l.m.queueLen.Set(float64(len(l.queue)))
 }
@@ -310,7 +321,7 @@ func (l *loop) applySwap(s *appSwap) {
 			return true
 		}
 		moved++
-		j.req = scheduler.Prepare(j.sched(l.apps), r.Seq, j.Received, j.Deadline, j.Estimate, j)
+		j.prepare(l.apps, r.Seq)
 		return false
 	})
 	// DeleteFunc kept the old requests' slots: point them at the prepared ones.
