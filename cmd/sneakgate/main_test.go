@@ -76,86 +76,109 @@ func TestExitCodes(t *testing.T) {
 
 // TestServeDrainsOnSIGTERM starts the real binary against a real broker, waits
 // until it is ready, sends SIGTERM, and expects a clean exit.
-// The real binary reloads on SIGHUP and drains on SIGTERM.
-func TestServeReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
+// served is the real binary serving a configuration file, with its log.
+type served struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	path   string // the configuration file
+	config string // its first content
+	lines  chan string
+	logs   strings.Builder
+}
+
+// startServe starts `sneakgate serve` on a configuration for broker b with the given
+// applications (manifest paths relative to this directory), and waits until it
+// is ready.
+func startServe(t *testing.T, b *mqtttest.Broker, clientID string, manifests ...string) *served {
+	t.Helper()
 	dir := t.TempDir()
-	models, _ := filepath.Abs("../../models/fashion/manifest.yaml")
 	lib := os.Getenv("SNEAKGATE_ORT_LIB")
 	if lib == "" {
 		lib, _ = filepath.Abs("../../.cache/onnxruntime/libonnxruntime.so.1.30.0")
 	}
 	cfg := fmt.Sprintf(`log: {level: info, format: json}
-mqtt: {broker: %q, client_id: sigterm-test}
+mqtt: {broker: %q, client_id: %s}
 store: {path: %q}
 engine: {library: %q, warmup_runs: 1, profile_runs: 2, profile_cache: %q}
 apps:
-  - manifest: %q
-`, b.URL(), filepath.Join(dir, "j.db"), lib, filepath.Join(dir, "profiles"), models)
-	path := filepath.Join(dir, "c.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+`, b.URL(), clientID, filepath.Join(dir, "j.db"), lib, filepath.Join(dir, "profiles"))
+	for _, m := range manifests {
+		abs, _ := filepath.Abs(m)
+		cfg += fmt.Sprintf("  - manifest: %q\n", abs)
+	}
+	s := &served{t: t, path: filepath.Join(dir, "c.yaml"), config: cfg, lines: make(chan string, 1024)}
+	if err := os.WriteFile(s.path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, "serve", "-config", path)
-	stderr, err := cmd.StderrPipe()
+	s.cmd = exec.Command(binary, "serve", "-config", s.path)
+	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
-	lines := make(chan string, 1024)
+	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			lines <- sc.Text()
+			s.lines <- sc.Text()
 		}
-		close(lines)
+		close(s.lines)
 	}()
-	var logs strings.Builder
-	// waitFor reads the log until a line contains want (bounded).
-	waitFor := func(want string) string {
-		t.Helper()
-		timeout := time.After(2 * time.Minute)
-		for {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatalf("exited before logging %q:\n%s", want, logs.String())
-				}
-				logs.WriteString(l + "\n")
-				if strings.Contains(l, want) {
-					return l
-				}
-			case <-timeout:
-				t.Fatalf("no %q in time:\n%s", want, logs.String())
+	s.waitFor("gateway ready")
+	return s
+}
+
+// waitFor reads the log until a line contains want (bounded) and returns it.
+func (s *served) waitFor(want string) string {
+	s.t.Helper()
+	timeout := time.After(2 * time.Minute)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				s.t.Fatalf("exited before logging %q:\n%s", want, s.logs.String())
 			}
+			s.logs.WriteString(l + "\n")
+			if strings.Contains(l, want) {
+				return l
+			}
+		case <-timeout:
+			s.t.Fatalf("no %q in time:\n%s", want, s.logs.String())
 		}
 	}
-	waitFor("gateway ready")
+}
 
+// reload writes config to the configuration file and sends SIGHUP.
+func (s *served) reload(config string) {
+	s.t.Helper()
+	if err := os.WriteFile(s.path, []byte(config), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// The real binary reloads on SIGHUP and drains on SIGTERM.
+func TestServeReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
+	s := startServe(t, b, "sigterm-test", "../../models/fashion/manifest.yaml")
+	cmd, cfg, waitFor := s.cmd, s.config, s.waitFor
+	var logs strings.Builder
 	// SIGHUP reloads: an added application is served...
 	sat, _ := filepath.Abs("../../models/satellite/manifest.yaml")
-	if err := os.WriteFile(path, []byte(cfg+fmt.Sprintf("  - manifest: %q\n", sat)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	s.reload(cfg + fmt.Sprintf("  - manifest: %q\n", sat))
 	if l := waitFor(`"reloaded"`); !strings.Contains(l, `"added":["satellite"]`) {
 		t.Fatalf("reload log: %s", l)
 	}
 	// ...and a broken configuration is refused, naming the problem.
-	if err := os.WriteFile(path, []byte(cfg+"bogus_key: 1\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	s.reload(cfg + "bogus_key: 1\n")
 	if l := waitFor("reload refused"); !strings.Contains(l, "bogus_key") {
 		t.Fatalf("refused reload log: %s", l)
 	}
+	lines := s.lines
 	go func() {
 		for range lines { // keep draining: a full pipe would block the gateway
 		}
