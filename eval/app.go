@@ -25,6 +25,14 @@ type App struct {
 	// (exact correctness). When nil, a variant's answer is drawn from its
 	// confusion matrix row of the sample's true class (see Oracle).
 	Pred [][]int16
+	// Conf, if not nil, holds Conf[i][m]: variant m's top-class probability on
+	// sample i (the cascade policy's confidence).
+	Conf [][]float32
+	// Cascade is the cascade policy's configuration, measured on the validation
+	// split (nil without an engine or a validation split).
+	Cascade *scheduler.CascadeConfig
+	// ClassNames are the class labels, for reports.
+	ClassNames []string
 	// Workloads are the named label mixes to replay.
 	Workloads []manifest.Workload
 	// Deadline is the application's default deadline budget.
@@ -159,7 +167,8 @@ func Synthetic(seed uint64) *App {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	const n = 4000
 	app := &App{Sched: a, Labels: make([]int, n), Est: make([][]float64, n),
-		Deadline: 20 * time.Millisecond, ProfileSource: "synthetic (invented latencies)",
+		ClassNames: []string{"nothing", "event1", "event2", "event3"},
+		Deadline:   20 * time.Millisecond, ProfileSource: "synthetic (invented latencies)",
 		EstimatorSource: "synthetic calibrated estimator",
 		Workloads: []manifest.Workload{
 			{Name: "natural", Description: "the prior", Mix: []float64{0.7, 0.1, 0.1, 0.1}},

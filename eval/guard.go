@@ -44,7 +44,7 @@ func resolvePolicy(name string) (string, guardMode) {
 		return "sneakpeek", guardNil
 	case PolicyGuardedDeg:
 		return "sneakpeek", guardKeepDegraded
-	case PolicyShift, PolicyShiftCal, PolicyTruePrior:
+	case PolicyShift, PolicyShiftCal, PolicyTruePrior, PolicyPlacebo:
 		return "sneakpeek", guardOff
 	}
 	return name, guardOff
@@ -54,6 +54,9 @@ func resolvePolicy(name string) (string, guardMode) {
 // of eval's (guarded, label-shift corrected).
 func CheckPolicy(name string) error {
 	base, _ := resolvePolicy(name)
+	if base == PolicyCascade {
+		return nil
+	}
 	if _, err := scheduler.New(base, scheduler.Options{}); err != nil {
 		return fmt.Errorf("%w (eval also knows %s)", err, strings.Join(evalPolicies, ", "))
 	}

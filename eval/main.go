@@ -52,13 +52,19 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		apps        = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
 		synthetic   = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
 		workloads   = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
-		policies    = fs.String("policies", "sneakpeek,oblivious,fixed-batch,edf,fifo", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+")")
+		policies    = fs.String("policies", "sneakpeek,oblivious,placebo,cascade,edf,fixed-batch", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+"); cascade needs the engine")
 		loads       = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
 		deadlines   = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
 		n           = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
 		minDl       = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
 		maxN        = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
 		seed        = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
+		seeds       = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals")
+		ref         = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
+		gatewayUS   = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
+		verdictUS   = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
+		gwKnown     = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
+		ingressMS   = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
 		jitter      = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
 		maxBatch    = fs.Int("max-batch", 32, "largest batch")
 		window      = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
@@ -102,6 +108,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("eval: -deadlines: %w", err)
 	}
 	pols := split(*policies)
+	if *synthetic && *policies == fs.Lookup("policies").DefValue {
+		pols = slices.DeleteFunc(pols, func(p string) bool { return p == PolicyCascade })
+	}
+	if *seeds < 1 || *gatewayUS < 0 || *verdictUS < 0 || *ingressMS < 0 {
+		return errors.New("eval: -seeds must be at least 1, -gateway-us, -verdict-us and -ingress-ms not negative")
+	}
 	for _, p := range pols {
 		if err := CheckPolicy(p); err != nil {
 			return err
@@ -141,6 +153,29 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	gwCost := time.Duration(*gatewayUS * float64(time.Microsecond))
+	rep.GatewayCostUS, rep.VerdictCostUS, rep.IngressMS, rep.Seeds = *gatewayUS, *verdictUS, *ingressMS, *seeds
+	rep.GatewayKnown = *gwKnown
+	for _, a := range as {
+		if slices.Contains(pols, PolicyCascade) && a.Cascade == nil {
+			return fmt.Errorf("eval: %s: the cascade policy needs the engine and a validation split (drop it from -policies)", a.Sched.Name)
+		}
+		if a.Cascade != nil {
+			if rep.Cascades == nil {
+				rep.Cascades = map[string]*scheduler.CascadeConfig{}
+			}
+			rep.Cascades[a.Sched.Name] = a.Cascade
+			c := a.Cascade
+			if len(c.Curve) == 0 {
+				fmt.Fprintf(stderr, "%s: cascade: the cheapest variant is the most accurate (%s); it never escalates\n",
+					a.Sched.Name, a.Sched.Variants[c.Better].ID.Variant)
+				continue
+			}
+			fmt.Fprintf(stderr, "%s: cascade %s -> %s, %d operating points on the validation split (escalating %.0f%%..%.0f%%, utility %.3f..%.3f)\n",
+				a.Sched.Name, a.Sched.Variants[c.Cheap].ID.Variant, a.Sched.Variants[c.Better].ID.Variant, len(c.Curve),
+				100*c.Curve[0].Escalated, 100*c.Curve[len(c.Curve)-1].Escalated, c.Curve[0].Utility, c.Curve[len(c.Curve)-1].Utility)
+		}
+	}
 	for _, a := range as {
 		name := a.Sched.Name
 		rep.Correctness[name] = "confusion-matrix draws"
@@ -149,7 +184,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		rep.Profiles[name] = a.ProfileSource
 		rep.Estimators[name] = a.EstimatorSource
-		rep.Capacity[name] = Capacity(a.Sched, opts)
+		rep.Capacity[name] = CapacityWith(a.Sched, opts, gwCost)
 		fmt.Fprintf(stderr, "%s: %d samples, capacity %.0f req/s, deadline %v, profiles: %s, estimator: %s, correctness: %s\n",
 			name, len(a.Labels), rep.Capacity[name], a.Deadline, a.ProfileSource, a.EstimatorSource, rep.Correctness[name])
 	}
@@ -169,9 +204,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout)
 	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
-		MinDeadlines: *minDl, MaxRequests: *maxN,
+		MinDeadlines: *minDl, MaxRequests: *maxN, Seeds: *seeds,
 		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue,
-			CountBudget: *maxResident, MemBudget: *memBudget << 20,
+			GatewayCost: gwCost, GatewayKnown: *gwKnown, VerdictCost: time.Duration(*verdictUS * float64(time.Microsecond)),
+			IngressDelay: time.Duration(*ingressMS * float64(time.Millisecond)),
+			CountBudget:  *maxResident, MemBudget: *memBudget << 20,
 			Guard: sneakpeek.GuardOptions{Window: *guardWin, Distrust: *guardDis, Retrust: *guardRet},
 			Shift: sneakpeek.ShiftOptions{Window: *shiftWin}}}
 	pts, err := sw.Points()
@@ -194,8 +231,22 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	rep.Gains = Gains(rep.Results, "sneakpeek", "oblivious")
-	if err := WriteTable(stdout, rep.Results); err != nil {
+	// The per-seed comparisons below (gains, guard, shift) use the first seed;
+	// the summary uses all of them.
+	first := slices.DeleteFunc(slices.Clone(rep.Results), func(r Result) bool { return r.Seed != *seed })
+	rep.Gains = Gains(first, "sneakpeek", "oblivious")
+	if *seeds == 1 {
+		if err := WriteTable(stdout, rep.Results); err != nil {
+			return err
+		}
+	}
+	rep.Summaries = Summarize(rep.Results, *ref)
+	fmt.Fprintf(stdout, "\nMeans over %d seed(s) with 95%% intervals; \"vs ref\" is the paired difference from %s (* when its interval excludes 0), ratio = utility / %s's:\n", *seeds, *ref, *ref)
+	if err := WriteSummary(stdout, rep.Summaries); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "\nPer true class: recall/mean utility (means over seeds):")
+	if err := WritePerClass(stdout, rep.Summaries); err != nil {
 		return err
 	}
 	if len(rep.Gains) > 0 {
@@ -205,7 +256,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	for _, gp := range []string{PolicyGuarded, PolicyGuardedDeg} {
-		gs := Gains(rep.Results, gp, "oblivious")
+		gs := Gains(first, gp, "oblivious")
 		if len(gs) == 0 {
 			continue
 		}
@@ -214,12 +265,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := WriteGains(stdout, gs); err != nil {
 			return err
 		}
-		if err := WriteGuard(stdout, rep.Results, gp); err != nil {
+		if err := WriteGuard(stdout, first, gp); err != nil {
 			return err
 		}
 	}
 	for _, sp := range []string{PolicyShift, PolicyShiftCal, PolicyTruePrior} {
-		gs := Gains(rep.Results, sp, "oblivious")
+		gs := Gains(first, sp, "oblivious")
 		if len(gs) == 0 {
 			continue
 		}
@@ -228,7 +279,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := WriteGains(stdout, gs); err != nil {
 			return err
 		}
-		if err := WriteShift(stdout, rep.Results, sp); err != nil {
+		if err := WriteShift(stdout, first, sp); err != nil {
 			return err
 		}
 	}
@@ -251,6 +302,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
+
+// The defaults of -gateway-us, -verdict-us and -ingress-ms, from
+// docs/benchmarks.md: a sneakpeek decision costs 3-15 us per scheduled request at
+// 100-1,000 queued and 1.3 us at 10,000 queued, when most of them are answered
+// without a model ("Scheduling decisions"); the journal's fsync before a request
+// is scheduled takes about 0.3-2 ms ("The whole gateway").
+const (
+	DefaultGatewayCostUS = 5
+	DefaultVerdictCostUS = 1
+	DefaultIngressMS     = 1
+)
 
 func loadApps(ctx context.Context, dir string, names []string, profPath, savePath, lib, estimator string, noEngine bool,
 	maxBatch int, stderr io.Writer) ([]*App, error) {

@@ -15,16 +15,16 @@ import (
 )
 
 // WritePlots writes one PNG per (application, workload, deadline) into dir: three
-// panels (mean utility, accuracy, deadline-met ratio) against load, one line per
-// policy. It returns the files written.
+// panels (mean utility with its 95% interval over seeds, accuracy, deadline-met
+// ratio) against load, one line per policy. It returns the files written.
 func WritePlots(dir string, rs []Result) ([]string, error) {
 	type figKey struct {
 		app, wl string
 		dl      float64
 	}
-	figs := map[figKey][]Result{}
+	figs := map[figKey][]Summary{}
 	var order []figKey
-	for _, r := range rs {
+	for _, r := range Summarize(rs, "") {
 		if r.Err != "" {
 			continue
 		}
@@ -46,7 +46,7 @@ func WritePlots(dir string, rs []Result) ([]string, error) {
 	return files, nil
 }
 
-func writeFigure(path, title string, rs []Result) error {
+func writeFigure(path, title string, rs []Summary) error {
 	var policies []string
 	for _, r := range rs {
 		if !slices.Contains(policies, r.Policy) {
@@ -55,11 +55,11 @@ func writeFigure(path, title string, rs []Result) error {
 	}
 	metrics := []struct {
 		name string
-		get  func(Result) float64
+		get  func(Summary) float64
 	}{
-		{"mean utility", func(r Result) float64 { return r.Utility }},
-		{"accuracy", func(r Result) float64 { return r.Accuracy }},
-		{"deadline met", func(r Result) float64 { return r.Met }},
+		{"mean utility", func(r Summary) float64 { return r.Utility }},
+		{"accuracy", func(r Summary) float64 { return r.Accuracy }},
+		{"deadline met", func(r Summary) float64 { return r.Met }},
 	}
 	row := make([]*plot.Plot, len(metrics))
 	for j, m := range metrics {
@@ -72,21 +72,27 @@ func writeFigure(path, title string, rs []Result) error {
 		p.Y.Label.Text = m.name
 		p.Add(plotter.NewGrid())
 		for i, pol := range policies {
-			var xy plotter.XYs
+			var sel []Summary
 			for _, r := range rs {
 				if r.Policy == pol {
-					xy = append(xy, plotter.XY{X: r.Load, Y: m.get(r)})
+					sel = append(sel, r)
 				}
 			}
-			slices.SortFunc(xy, func(a, b plotter.XY) int {
+			slices.SortFunc(sel, func(a, b Summary) int {
 				switch {
-				case a.X < b.X:
+				case a.Load < b.Load:
 					return -1
-				case a.X > b.X:
+				case a.Load > b.Load:
 					return 1
 				}
 				return 0
 			})
+			var xy plotter.XYs
+			var errs plotter.YErrors
+			for _, r := range sel {
+				xy = append(xy, plotter.XY{X: r.Load, Y: m.get(r)})
+				errs = append(errs, struct{ Low, High float64 }{r.UtilityCI, r.UtilityCI})
+			}
 			l, pts, err := plotter.NewLinePoints(xy)
 			if err != nil {
 				return fmt.Errorf("eval: plot: %w", err)
@@ -98,6 +104,15 @@ func writeFigure(path, title string, rs []Result) error {
 			pts.Shape = plotutil.Shape(i)
 			p.Add(l, pts)
 			if j == 0 {
+				eb, err := plotter.NewYErrorBars(struct {
+					plotter.XYer
+					plotter.YErrorer
+				}{xy, errs})
+				if err != nil {
+					return fmt.Errorf("eval: plot: %w", err)
+				}
+				eb.Color = plotutil.Color(i)
+				p.Add(eb)
 				p.Legend.Add(pol, l, pts)
 			}
 		}

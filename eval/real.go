@@ -144,7 +144,7 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 		o.Profiles = Profiles{}
 	}
 	a := &App{Sched: sa, Workloads: m.Workloads, Deadline: time.Duration(m.DefaultDeadlineMS) * time.Millisecond,
-		Labels: make([]int, set.N)}
+		Labels: make([]int, set.N), ClassNames: append([]string(nil), m.Labels...)}
 	for i, y := range set.Labels {
 		a.Labels[i] = int(y)
 	}
@@ -185,8 +185,10 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 	var probs [][][]float64
 	if o.Engine != nil {
 		a.Pred = make([][]int16, set.N)
+		a.Conf = make([][]float32, set.N)
 		for i := range a.Pred {
 			a.Pred[i] = make([]int16, len(sa.Variants))
+			a.Conf[i] = make([]float32, len(sa.Variants))
 		}
 		probs = make([][][]float64, len(sa.Variants))
 		for mi, v := range sa.Variants {
@@ -196,8 +198,17 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 			}
 			probs[mi] = out
 			for i, p := range out {
-				a.Pred[i][mi] = int16(scheduler.Argmax(p))
+				c := scheduler.Argmax(p)
+				a.Pred[i][mi] = int16(c)
+				a.Conf[i][mi] = float32(p[c])
 			}
+		}
+		if m.Validation != nil {
+			c, err := cascadeConfig(o.Engine, m, sa, o.MaxBatch)
+			if err != nil {
+				return nil, err
+			}
+			a.Cascade = c
 		}
 	}
 	switch {
@@ -229,6 +240,54 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// cascadeConfig measures the cascade policy's operating curve on the validation
+// split: the cheapest variant (smallest amortised time per request) and the most
+// accurate one are run on every validation sample; the curve is the utility of
+// escalating the cheap answers below each confidence threshold.
+func cascadeConfig(e *engine.Engine, m *manifest.App, sa *scheduler.App, maxBatch int) (*scheduler.CascadeConfig, error) {
+	set, err := dataset.Read(m.Path(m.Validation.File))
+	if err != nil {
+		return nil, err
+	}
+	cheap := 0
+	for i, v := range sa.Variants {
+		if scheduler.Amortised(v, maxBatch) < scheduler.Amortised(sa.Variants[cheap], maxBatch) {
+			cheap = i
+		}
+	}
+	c := &scheduler.CascadeConfig{Cheap: cheap, Better: sa.DefaultVariant}
+	if cheap == sa.DefaultVariant {
+		return c, nil
+	}
+	run := func(mi int) ([][]float64, error) {
+		v := sa.Variants[mi]
+		return runAll(e, engine.VariantID{App: v.ID.App, Variant: v.ID.Variant}, set, maxBatch)
+	}
+	pc, err := run(cheap)
+	if err != nil {
+		return nil, err
+	}
+	pb, err := run(sa.DefaultVariant)
+	if err != nil {
+		return nil, err
+	}
+	conf := make([]float64, set.N)
+	uc := make([]float64, set.N)
+	ub := make([]float64, set.N)
+	for i := range set.N {
+		y := int(set.Labels[i])
+		yc := scheduler.Argmax(pc[i])
+		conf[i] = pc[i][yc]
+		uc[i] = sa.Utility[y][yc]
+		ub[i] = sa.Utility[y][scheduler.Argmax(pb[i])]
+	}
+	c.Curve, err = scheduler.BuildCascadeCurve(conf, uc, ub)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // runAll runs every sample through the variant in batches and returns the class

@@ -38,11 +38,12 @@ func loadReal(t *testing.T, app string) *App {
 // TestRealAppSneakPeekBeatsOblivious is the short simulator run of the issue on a
 // real application: vad (Silero variants, real labelled windows, the manifest's
 // logistic SneakPeek estimator, utility -1 for a missed speech window and -0.1 for
-// a false alarm). On the shifted "meeting" workload at twice the engine's
-// capacity, sneakpeek's utility is clearly above oblivious's (measured 0.63 vs
-// 0.29): it sheds the windows its estimate is surest about onto the estimate
-// itself, where oblivious can only expire them. Below capacity it is never worse
-// beyond noise.
+// a false alarm, and -1 for a speech window that gets no answer). On the shifted
+// "meeting" workload at twice the engine's capacity, sneakpeek's utility is
+// clearly above oblivious's (measured 0.63 vs -0.07; 0.63 vs 0.29 when a window
+// without an answer was worth 0): it sheds the windows its estimate is surest
+// about onto the estimate itself, where oblivious can only expire them. Below
+// capacity it is never worse beyond noise.
 func TestRealAppSneakPeekBeatsOblivious(t *testing.T) {
 	a := loadReal(t, "vad")
 	for _, c := range []struct {
@@ -64,12 +65,12 @@ func TestRealAppSneakPeekBeatsOblivious(t *testing.T) {
 			}
 			u[i] = m.Utility
 		}
-		t.Logf("vad %-10s load %.1f: sneakpeek %.3f oblivious %.3f (%+.1f%%)", c.wl, c.load, u[0], u[1], 100*(u[0]/u[1]-1))
+		t.Logf("vad %-10s load %.1f: sneakpeek %.3f oblivious %.3f (%+.3f)", c.wl, c.load, u[0], u[1], u[0]-u[1])
 		if u[0] < u[1]-0.01 {
 			t.Errorf("%s load %.1f: sneakpeek %.3f worse than oblivious %.3f", c.wl, c.load, u[0], u[1])
 		}
-		if c.load > 1 && u[0] < 1.5*u[1] {
-			t.Errorf("%s load %.1f: sneakpeek %.3f not clearly above oblivious %.3f (want >= 1.5x)", c.wl, c.load, u[0], u[1])
+		if c.load > 1 && u[0] < u[1]+0.2 {
+			t.Errorf("%s load %.1f: sneakpeek %.3f not clearly above oblivious %.3f (want >= +0.2)", c.wl, c.load, u[0], u[1])
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"text/tabwriter"
+
+	"github.com/sneakgate/sneakgate/scheduler"
 )
 
 // Report is the JSON file `sneakgate eval` writes.
@@ -23,6 +25,17 @@ type Report struct {
 	GuardedGains []Gain `json:"guarded_gains,omitempty"`
 	// ShiftGains compares the label-shift corrected policies with oblivious.
 	ShiftGains []Gain `json:"shift_gains,omitempty"`
+	// Seeds, GatewayCostUS, VerdictCostUS, GatewayKnown and IngressMS are the
+	// run's -seeds, -gateway-us, -verdict-us, -gateway-known and -ingress-ms;
+	// Summaries the means over seeds (Summarize).
+	Seeds         int       `json:"seeds"`
+	GatewayCostUS float64   `json:"gateway_cost_us"`
+	VerdictCostUS float64   `json:"verdict_cost_us"`
+	GatewayKnown  bool      `json:"gateway_known"`
+	IngressMS     float64   `json:"ingress_ms"`
+	Summaries     []Summary `json:"summaries"`
+	// Cascades are the cascade policy's validation-split curves per app.
+	Cascades map[string]*scheduler.CascadeConfig `json:"cascades,omitempty"`
 }
 
 // Gain compares two policies' mean utility at one point of the sweep.
@@ -45,6 +58,7 @@ type Gain struct {
 type pointKey struct {
 	app, wl string
 	dl, ld  float64
+	seed    uint64
 }
 
 // utilityOf formats policy p's utility at one point, "-" when it did not run.
@@ -61,7 +75,7 @@ func byPoint(rs []Result) (map[pointKey]map[string]Result, []pointKey) {
 	by := map[pointKey]map[string]Result{}
 	var order []pointKey
 	for _, r := range rs {
-		k := pointKey{r.App, r.Workload, r.DeadlineMS, r.Load}
+		k := pointKey{r.App, r.Workload, r.DeadlineMS, r.Load, r.Seed}
 		if by[k] == nil {
 			by[k] = map[string]Result{}
 			order = append(order, k)

@@ -3,6 +3,7 @@ package eval
 import (
 	"fmt"
 	"io"
+	"math"
 	"text/tabwriter"
 
 	"github.com/sneakgate/sneakgate/scheduler"
@@ -58,7 +59,7 @@ func shiftOf(name string) shiftMode {
 }
 
 // evalPolicies are the policy names eval adds to the scheduler's.
-var evalPolicies = []string{PolicyGuarded, PolicyGuardedDeg, PolicyShift, PolicyShiftCal, PolicyTruePrior}
+var evalPolicies = []string{PolicyCascade, PolicyPlacebo, PolicyGuarded, PolicyGuardedDeg, PolicyShift, PolicyShiftCal, PolicyTruePrior}
 
 // shifter corrects estimates in arrival order for one run.
 type shifter struct {
@@ -97,16 +98,21 @@ func (s *shifter) correct(a *App, pt *Point, i int, prog float64) []float64 {
 		s.ps.Correct(p, dst)
 	case shiftTrue:
 		w := pt.Workload
-		sum := 0.0
+		sum, same := 0.0, true
 		for y, v := range p {
 			mix := w.Mix[y]
 			if w.MixEnd != nil {
 				mix = (1-prog)*mix + prog*w.MixEnd[y]
 			}
+			same = same && math.Abs(mix-s.prior[y]) <= 1e-12
 			dst[y] = v * mix / s.prior[y]
 			sum += dst[y]
 		}
-		if sum > 0 {
+		if same {
+			// The mix is the prior (up to rounding): Bayes' rule is the identity (keep p exactly;
+			// renormalising would change it in the last bits).
+			copy(dst, p)
+		} else if sum > 0 {
 			for y := range dst {
 				dst[y] /= sum
 			}

@@ -45,6 +45,22 @@ type Point struct {
 	// Shift configures the label-shift correction of PolicyShift (zero fields take
 	// sneakpeek's defaults). Other policies ignore it.
 	Shift sneakpeek.ShiftOptions
+	// GatewayCost is the gateway's own time per request it runs on a model, on
+	// the scheduling loop (its share of the decision, stacking its input, the
+	// reply hand-off), which runs between batches while the engine waits; a
+	// decision that batches n requests delays the engine by n x GatewayCost.
+	// VerdictCost is the same for a request answered without a model (degraded,
+	// expired, shed, a cascade's first answer). 0 models the engine alone.
+	GatewayCost, VerdictCost time.Duration
+	// GatewayKnown makes the policies plan with GatewayCost: the latency tables
+	// they see include it per request (what a gateway that measures its own
+	// non-engine time per request would plan with). Without it they plan with the
+	// engine's profile alone and the loop's time surprises them.
+	GatewayKnown bool
+	// IngressDelay is the time from a request's receipt (its arrival, from which
+	// its deadline counts) until the scheduler sees it: parsing, the journal's
+	// write, the estimate.
+	IngressDelay time.Duration
 }
 
 // Metrics are one run's results. Utility and Accuracy are means over every
@@ -94,6 +110,13 @@ type Metrics struct {
 	GuardFlips    int64   `json:"guard_flips,omitempty"`
 	GuardObserved int64   `json:"guard_observed,omitempty"`
 	GuardGap      float64 `json:"guard_gap,omitempty"`
+	// PerClass are the same results per true class, in class order.
+	PerClass []ClassMetrics `json:"per_class,omitempty"`
+	// Escalated is, for the cascade policy, the fraction of requests that went
+	// back for a second pass; Thresholds the thresholds its first passes carried
+	// (mean over batches).
+	Escalated float64 `json:"escalated,omitempty"`
+	Threshold float64 `json:"threshold,omitempty"`
 	// Label-shift policies only (PolicyShift, PolicyTruePrior): the accuracy of
 	// the estimate's argmax on the arrivals before and after correction, and
 	// (PolicyShift) the final live prior estimate.
@@ -102,17 +125,51 @@ type Metrics struct {
 	ShiftPrior           []float64 `json:"shift_prior,omitempty"`
 }
 
+// ClassMetrics are one true class's results: N requests of the class, Recall the
+// fraction answered with it (by a model or degraded), Utility their mean realised
+// utility, NoAnswer the fraction that got no answer (expired or rejected).
+type ClassMetrics struct {
+	Class    string  `json:"class"`
+	N        int     `json:"n"`
+	Recall   float64 `json:"recall"`
+	Utility  float64 `json:"utility"`
+	NoAnswer float64 `json:"no_answer"`
+}
+
 // Capacity is the arrival rate (requests per second) the engine sustains serving
 // every request on the application's most accurate variant at its most efficient
 // batch size up to o.MaxBatch (scheduler.Amortised): the reference for
 // Point.Load.
 func Capacity(a *scheduler.App, o scheduler.Options) float64 {
+	return CapacityWith(a, o, 0)
+}
+
+// CapacityWith is Capacity when every request also costs the scheduling loop
+// gatewayCost (Point.GatewayCost): the rate the engine and the loop together
+// sustain on the most accurate variant.
+func CapacityWith(a *scheduler.App, o scheduler.Options, gatewayCost time.Duration) float64 {
 	v := a.Variants[a.DefaultVariant]
 	b := o.MaxBatch
 	if b <= 0 {
 		b = scheduler.DefaultOptions().MaxBatch
 	}
-	return 1 / scheduler.Amortised(v, min(b, v.MaxBatch())).Seconds()
+	return 1 / (scheduler.Amortised(v, min(b, v.MaxBatch())) + gatewayCost).Seconds()
+}
+
+// WarmResidency is the residency the gateway starts with: every variant, in
+// manifest order, that still fits the budgets (gateway startEngine's warm start:
+// a variant that does not fit is skipped, the next ones are tried).
+func WarmResidency(a *scheduler.App, mem int64, count int, at time.Time) map[scheduler.VariantID]time.Time {
+	res := map[scheduler.VariantID]time.Time{}
+	var used int64
+	for _, v := range a.Variants {
+		if (mem > 0 && used+v.MemBytes > mem) || (count > 0 && len(res)+1 > count) {
+			continue
+		}
+		res[v.ID] = at
+		used += v.MemBytes
+	}
+	return res
 }
 
 type req struct {
@@ -135,7 +192,18 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		now = time.Now
 	}
 	base, gmode := resolvePolicy(pt.Policy)
-	pol, err := scheduler.New(base, pt.Options)
+	var (
+		pol scheduler.Policy
+		err error
+	)
+	if base == PolicyCascade {
+		if a.Cascade == nil || a.Conf == nil {
+			return Metrics{}, fmt.Errorf("eval: %s: the cascade needs the engine (variant confidences and the validation split)", sa.Name)
+		}
+		pol, err = scheduler.NewCascade(pt.Options, map[string]scheduler.CascadeConfig{sa.Name: *a.Cascade})
+	} else {
+		pol, err = scheduler.New(base, pt.Options)
+	}
 	if err != nil {
 		return Metrics{}, err
 	}
@@ -149,7 +217,12 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = scheduler.DefaultOptions().MaxBatch
 	}
-	rate := pt.Load * Capacity(sa, o)
+	rate := pt.Load * CapacityWith(sa, o, pt.GatewayCost)
+	// pa is the application as the policy sees it.
+	pa := sa
+	if pt.GatewayKnown && pt.GatewayCost > 0 {
+		pa = withLoopCost(sa, pt.GatewayCost)
+	}
 	if rate <= 0 || pt.Requests <= 0 {
 		return Metrics{}, fmt.Errorf("eval: load %v and requests %d must be positive", pt.Load, pt.Requests)
 	}
@@ -162,6 +235,10 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		t = t.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
 		prog := float64(i) / float64(max(1, pt.Requests-1))
 		reqs[i] = req{sample: a.draw(rng, &pt.Workload, prog), seq: uint64(i + 1), arr: t}
+	}
+	var placebo *rand.Rand
+	if pt.Policy == PolicyPlacebo {
+		placebo = rand.New(rand.NewPCG(pt.Seed, 4))
 	}
 	jit := rand.New(rand.NewPCG(pt.Seed, 2))
 	jitter := func(d time.Duration) time.Duration {
@@ -180,7 +257,14 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		correct    int
 		lat        []time.Duration
 		queue      []*scheduler.Request
-		resident   = map[scheduler.VariantID]time.Time{sa.Variants[sa.DefaultVariant].ID: origin}
+		resident   = WarmResidency(sa, pt.MemBudget, pt.CountBudget, origin)
+		classN     = make([]int, sa.K)
+		classOK    = make([]int, sa.K)
+		classNone  = make([]int, sa.K)
+		classU     = make([]float64, sa.K)
+		escalated  int
+		thSum      float64
+		thN        int
 		busy       bool
 		busyUntil  time.Time
 		inflight   *scheduler.Batch
@@ -190,19 +274,31 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		scheduled  int
 		lastDone   time.Time
 	)
+	noAnswer := func(y int) float64 {
+		if y < len(sa.NoAnswer) {
+			return sa.NoAnswer[y]
+		}
+		return 0
+	}
 	answer := func(q *req, yhat int, at time.Time, status string) {
 		y := a.Labels[q.sample]
-		u := 0.0
+		u := noAnswer(y)
+		classN[y]++
 		switch status {
 		case "ok", "late", "degraded":
 			u = sa.Utility[y][yhat]
 			if status == "late" {
-				u = scheduler.PenalizedUtility(u, q.r, at)
+				// Realised: decays to the true class's no-answer value.
+				u = scheduler.Discount(u, noAnswer(y), scheduler.Penalty(at, q.r.Deadline, q.r.Budget()))
 			}
 			if yhat == y {
 				correct++
+				classOK[y]++
 			}
+		default:
+			classNone[y]++
 		}
+		classU[y] += u
 		switch status {
 		case "ok":
 			m.OK++
@@ -224,12 +320,31 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 			lastDone = at
 		}
 	}
+	requeue := func(r *scheduler.Request) {
+		i, _ := slices.BinarySearchFunc(queue, r.Seq, func(x *scheduler.Request, seq uint64) int {
+			return cmpSeq(x.Seq, seq)
+		})
+		queue = slices.Insert(queue, i, r)
+	}
 	finish := func(b *scheduler.Batch, at time.Time) {
 		v := b.Variant
+		if b.EscalateBelow > 0 {
+			thSum += b.EscalateBelow
+			thN++
+		}
 		for _, r := range b.Requests {
 			q := byReq[r]
-			delete(byReq, r)
 			yhat := Predict(a, q.sample, v.Index, pt.Seed, q.seq)
+			if b.EscalateBelow > 0 && r.First == nil {
+				if c := float64(a.Conf[q.sample][v.Index]); c < b.EscalateBelow {
+					// The cascade's second pass: back to the queue with the first result.
+					r.First = &scheduler.FirstPass{Variant: v, Class: yhat, Confidence: c, Done: at}
+					escalated++
+					requeue(r)
+					continue
+				}
+			}
+			delete(byReq, r)
 			status := "ok"
 			if at.After(r.Deadline) {
 				status = "late"
@@ -244,7 +359,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		resident[v.ID] = at
 	}
 	decide := func(at time.Time) error {
-		s := &scheduler.Snapshot{Now: at, Queue: queue, Apps: map[string]*scheduler.App{sa.Name: sa},
+		s := &scheduler.Snapshot{Now: at, Queue: queue, Apps: map[string]*scheduler.App{pa.Name: pa},
 			Engine: scheduler.Engine{Resident: resident, MemBudget: pt.MemBudget, CountBudget: pt.CountBudget}}
 		w0 := now()
 		d := pol.Decide(s)
@@ -264,12 +379,32 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 			switch v.Outcome {
 			case scheduler.Degraded:
 				answer(q, scheduler.Argmax(v.Request.P), at, "degraded")
+			case scheduler.FirstAnswer:
+				f := v.Request.First
+				if f == nil {
+					return fmt.Errorf("eval: %s answered a request with a first pass it never had", pt.Policy)
+				}
+				status := "ok"
+				if at.After(v.Request.Deadline) {
+					status = "late"
+				}
+				answer(q, f.Class, at, status)
+				m.VariantShare[f.Variant.ID.Variant]++
 			default:
 				answer(q, -1, at, "expired")
 			}
 		}
 		scheduled += len(d.Verdicts)
 		wake = d.WakeAt
+		// The loop's own time: the decision and the hand-off of every request it
+		// answers or batches, while the engine waits.
+		loopCost := time.Duration(len(d.Verdicts)) * pt.VerdictCost
+		if d.Batch != nil {
+			loopCost += time.Duration(len(d.Batch.Requests)) * pt.GatewayCost
+		}
+		if d.Batch == nil && loopCost > 0 {
+			busy, inflight, busyUntil = true, nil, at.Add(loopCost)
+		}
 		if b := d.Batch; b != nil {
 			for _, r := range b.Requests {
 				if gone[r] || byReq[r] == nil {
@@ -304,7 +439,9 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 				return fmt.Errorf("eval: %s: %w", pt.Policy, err)
 			}
 			busy, inflight = true, b
-			busyUntil = at.Add(cost + jitter(b.Variant.LatencyAt(len(b.Requests))))
+			// The engine's true time: the application's own profile (the policy's
+			// view may include the loop's cost, charged separately above).
+			busyUntil = at.Add(loopCost + cost + jitter(sa.Variants[b.Variant.Index].LatencyAt(len(b.Requests))))
 			m.Batches++
 			m.MeanBatch += float64(len(b.Requests))
 		}
@@ -324,8 +461,8 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		if busy {
 			ev = busyUntil
 		}
-		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Before(ev)) {
-			ev = reqs[next].arr
+		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Add(pt.IngressDelay).Before(ev)) {
+			ev = reqs[next].arr.Add(pt.IngressDelay)
 		}
 		if !busy && !wake.IsZero() && len(queue) > 0 {
 			w := wake
@@ -350,26 +487,34 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		}
 		if busy && !busyUntil.After(now0) {
 			busy = false
-			finish(inflight, busyUntil)
+			if inflight != nil {
+				finish(inflight, busyUntil)
+			}
 			inflight = nil
 		}
-		for next < len(reqs) && !reqs[next].arr.After(now0) {
+		for next < len(reqs) && !reqs[next].arr.Add(pt.IngressDelay).After(now0) {
 			q := &reqs[next]
 			next++
 			est := a.Est[q.sample]
+			if placebo != nil {
+				// The estimate of another request of the same workload.
+				prog := float64(q.seq-1) / float64(max(1, pt.Requests-1))
+				est = a.Est[a.draw(placebo, &pt.Workload, prog)]
+			}
 			if shift != nil {
 				// The gateway corrects every estimate on arrival, in arrival order.
 				est = shift.correct(a, &pt, q.sample, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
 			}
 			if pt.MaxQueue > 0 && len(queue) >= pt.MaxQueue {
 				m.Rejected++
+				answer(q, -1, now0, "rejected")
 				continue
 			}
 			if guard != nil && !guard.Trusted() {
 				distrusted++
-				q.r = prepareGuarded(sa, gmode, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
+				q.r = prepareGuarded(pa, gmode, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
 			} else {
-				q.r = scheduler.Prepare(sa, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
+				q.r = scheduler.Prepare(pa, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
 			}
 			byReq[q.r] = q
 			queue = append(queue, q.r)
@@ -404,6 +549,21 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		m.P99LatencyMS = float64(lat[len(lat)*99/100]) / 1e6
 	}
 	m.SimSeconds = lastDone.Sub(origin).Seconds()
+	m.Escalated = float64(escalated) / n
+	if thN > 0 {
+		m.Threshold = thSum / float64(thN)
+	}
+	for y := range sa.K {
+		c := ClassMetrics{Class: fmt.Sprint(y), N: classN[y]}
+		if y < len(a.ClassNames) {
+			c.Class = a.ClassNames[y]
+		}
+		if classN[y] > 0 {
+			fy := float64(classN[y])
+			c.Recall, c.Utility, c.NoAnswer = float64(classOK[y])/fy, classU[y]/fy, float64(classNone[y])/fy
+		}
+		m.PerClass = append(m.PerClass, c)
+	}
 	if guard != nil {
 		st := guard.Stats()
 		m.Distrusted = float64(distrusted) / n
@@ -416,6 +576,32 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		return m, fmt.Errorf("eval: %s answered %d of %d requests", pt.Policy, got, pt.Requests)
 	}
 	return m, nil
+}
+
+// withLoopCost returns a copy of a whose variants' latency tables include c per
+// request (Latency[b] + b*c); everything else is shared.
+func withLoopCost(a *scheduler.App, c time.Duration) *scheduler.App {
+	cp := *a
+	cp.Variants = make([]*scheduler.Variant, len(a.Variants))
+	for i, v := range a.Variants {
+		w := *v
+		w.Latency = make([]time.Duration, len(v.Latency))
+		for b := 1; b < len(v.Latency); b++ {
+			w.Latency[b] = v.Latency[b] + time.Duration(b)*c
+		}
+		cp.Variants[i] = &w
+	}
+	return &cp
+}
+
+func cmpSeq(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 func lookup(a *scheduler.App, id scheduler.VariantID) *scheduler.Variant {

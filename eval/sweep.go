@@ -27,6 +27,9 @@ type Sweep struct {
 	// (if positive) caps the lengthened run.
 	MinDeadlines float64
 	MaxRequests  int
+	// Seeds is how many seeds each point runs with: Base.Seed, Base.Seed+1, ...
+	// (0 means 1). Every policy sees the same requests for a given seed.
+	Seeds int
 }
 
 // Result is one point's outcome.
@@ -37,6 +40,7 @@ type Result struct {
 	Load       float64 `json:"load"`
 	RatePerS   float64 `json:"rate_per_s"`
 	Policy     string  `json:"policy"`
+	Seed       uint64  `json:"seed"`
 	// Deadlines is how many deadline budgets the arrivals span: a run of only a
 	// few cannot show a steady overload.
 	Deadlines float64 `json:"deadlines_spanned"`
@@ -63,19 +67,22 @@ func (s *Sweep) Points() ([]Point, error) {
 		for _, w := range wls {
 			for _, ds := range s.DeadlineScales {
 				for _, load := range s.Loads {
-					for _, pol := range s.Policies {
-						pt := s.Base
-						pt.App, pt.Workload, pt.Policy, pt.Load = a, w, pol, load
-						pt.Deadline = time.Duration(float64(a.Deadline) * ds)
-						if s.MinDeadlines > 0 {
-							rate := load * Capacity(a.Sched, withMaxBatch(pt.Options))
-							need := int(math.Ceil(s.MinDeadlines * rate * pt.Deadline.Seconds()))
-							if s.MaxRequests > 0 {
-								need = min(need, s.MaxRequests)
+					for k := range max(1, s.Seeds) {
+						for _, pol := range s.Policies {
+							pt := s.Base
+							pt.App, pt.Workload, pt.Policy, pt.Load = a, w, pol, load
+							pt.Seed = s.Base.Seed + uint64(k)
+							pt.Deadline = time.Duration(float64(a.Deadline) * ds)
+							if s.MinDeadlines > 0 {
+								rate := load * CapacityWith(a.Sched, withMaxBatch(pt.Options), pt.GatewayCost)
+								need := int(math.Ceil(s.MinDeadlines * rate * pt.Deadline.Seconds()))
+								if s.MaxRequests > 0 {
+									need = min(need, s.MaxRequests)
+								}
+								pt.Requests = max(pt.Requests, need)
 							}
-							pt.Requests = max(pt.Requests, need)
+							pts = append(pts, pt)
 						}
-						pts = append(pts, pt)
 					}
 				}
 			}
@@ -95,8 +102,8 @@ func (s *Sweep) Run(ctx context.Context, pts []Point, progress func()) []Result 
 			for i := range work {
 				pt := pts[i]
 				r := Result{App: pt.App.Sched.Name, Workload: pt.Workload.Name,
-					DeadlineMS: float64(pt.Deadline) / 1e6, Load: pt.Load, Policy: pt.Policy,
-					RatePerS: pt.Load * Capacity(pt.App.Sched, withMaxBatch(pt.Options))}
+					DeadlineMS: float64(pt.Deadline) / 1e6, Load: pt.Load, Policy: pt.Policy, Seed: pt.Seed,
+					RatePerS: pt.Load * CapacityWith(pt.App.Sched, withMaxBatch(pt.Options), pt.GatewayCost)}
 				r.Deadlines = float64(pt.Requests) / (r.RatePerS * pt.Deadline.Seconds())
 				m, err := Simulate(pt, nil)
 				r.Metrics = m

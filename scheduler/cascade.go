@@ -231,7 +231,8 @@ type cascadeItem struct {
 // allow (second passes first, answered with their first pass; then the latest
 // first passes, expired), and runs the earliest-deadline request's pass, batched
 // with the next requests of the same application and pass in deadline order, as
-// many as finish by the head's deadline.
+// many as finish by the head's deadline (all of them, up to the batch cap, when the
+// head is late anyway).
 func (p *cascade) Decide(s *Snapshot) Decision {
 	now := s.Now
 	th := p.thresholds(now, s.Queue)
@@ -288,9 +289,7 @@ func (p *cascade) Decide(s *Snapshot) Decision {
 	}
 	if n := largestFitting(head.v, len(rs), head.r.Deadline.Sub(now)-sw); n > 0 {
 		rs = rs[:n]
-	} else {
-		rs = rs[:1] // late whatever the size: run the head alone
-	}
+	} // else the head is late whatever the size: run the whole batch (as edf does)
 	full, _ := PlanSwap(s, head.v)
 	d.Batch = newBatch(s, head.v, full, rs)
 	if !head.second {

@@ -1,0 +1,18 @@
+package eval
+
+// Baselines that only the evaluation runs:
+//
+//   - "cascade": scheduler.NewCascade with the application's operating curve
+//     measured on its validation split (App.Cascade): every request first on the
+//     cheapest variant, escalated to the most accurate one when the cheap answer's
+//     top-class probability (App.Conf, the real output on the sample) is below the
+//     threshold the policy picks from the curve for the measured arrival rate. The
+//     simulator runs the second passes (Batch.EscalateBelow). It needs the engine.
+//   - "placebo": sneakpeek fed, for each request, the estimate of another request
+//     drawn from the same workload (seeded by the point's seed): the gain of
+//     sneakpeek over placebo is what the estimate itself buys, beyond what grouping
+//     by any estimate and mixing variants buy.
+const (
+	PolicyCascade = "cascade"
+	PolicyPlacebo = "placebo"
+)
