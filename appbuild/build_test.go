@@ -744,3 +744,68 @@ func writeZip(t testing.TB, p string, members map[string][]byte) string {
 	}
 	return p
 }
+
+// TestBuildBaseSpec builds from a base spec describing a model with three inputs
+// (Silero VAD v5: the audio window, a zero recurrent state whose batch axis is
+// in the middle, an int64 scalar sample rate) and a score output: the metrics
+// must be the committed vad manifest's, measured on the same validation split.
+func TestBuildBaseSpec(t *testing.T) {
+	ref, err := manifest.Load("../models/vad/manifest.yaml")
+	if err != nil {
+		t.Skip(err)
+	}
+	v5 := ref.Variant("silero-v5")
+	dir := t.TempDir()
+	model, _ := filepath.Abs(ref.Path(v5.File))
+	base := filepath.Join(dir, "spec.yaml")
+	os.WriteFile(base, []byte(`description: "Voice activity"
+input_shape: [576]
+labels: [silence, speech]
+comments: ["from a base spec"]
+workloads:
+  - {name: meeting, description: mostly speech, mix: [0.2, 0.8]}
+variants:
+  - name: silero-v5
+    file: `+model+`
+    family: silero-v5
+    inputs:
+      - {name: input, kind: data, shape: [-1, 576]}
+      - {name: state, kind: zeros, shape: [2, -1, 128]}
+      - {name: sr, kind: const, dtype: int64, shape: [], value: 16000}
+    output: {name: output, kind: score}
+estimators:
+  - {name: frames, kind: logistic, features: "audio-frames:8"}
+`), 0o644)
+	out := filepath.Join(dir, "vad")
+	res, err := Build(context.Background(), Options{Out: out, Name: "vad", Base: base,
+		Train: ref.Path(ref.Samples.File), Validation: ref.Path(ref.Validation.File),
+		Library: libPath(t), LatencyBudget: 10 * time.Millisecond, BenchRuns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := res.App
+	v := a.Variants[0]
+	if v.Accuracy != v5.Accuracy || v.Output != v5.Output || len(v.Inputs) != 3 || v.Family != "silero-v5" {
+		t.Errorf("silero-v5: accuracy %v output %+v inputs %d family %s; committed %v %+v", v.Accuracy, v.Output, len(v.Inputs), v.Family, v5.Accuracy, v5.Output)
+	}
+	for y := range v.Confusion {
+		if !slices.Equal(v.Confusion[y], v5.Confusion[y]) {
+			t.Errorf("confusion row %d: %v, committed %v", y, v.Confusion[y], v5.Confusion[y])
+		}
+	}
+	if a.Description != "Voice activity" || len(a.Workloads) != 1 || a.Workloads[0].Name != "meeting" ||
+		len(a.Estimators) != 1 || a.Estimators[0].File != "est/frames.json" {
+		t.Errorf("base fields: %q %+v %+v", a.Description, a.Workloads, a.Estimators)
+	}
+	b, _ := os.ReadFile(filepath.Join(out, "manifest.yaml"))
+	if !strings.Contains(string(b), "# from a base spec") {
+		t.Error("base comments missing from the header")
+	}
+	// Without the base spec the same model is refused with a pointer to it.
+	_, err = Build(context.Background(), Options{Out: filepath.Join(dir, "x"), Name: "vad",
+		Variants: []VariantArg{{"silero-v5", model}},
+		Train:    ref.Path(ref.Samples.File), Validation: ref.Path(ref.Validation.File), Library: libPath(t)})
+	if !errors.Is(err, ErrModel) || !strings.Contains(err.Error(), "3 inputs") || !strings.Contains(err.Error(), "-base") {
+		t.Errorf("three inputs without a base spec: %v", err)
+	}
+}

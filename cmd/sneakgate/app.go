@@ -5,10 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/sneakgate/sneakgate/appbuild"
+	"github.com/sneakgate/sneakgate/engine"
 )
 
 const appUsage = `usage:
@@ -79,7 +82,7 @@ func appBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.KNNK, "knn-k", 5, "kNN `neighbours`")
 	fs.IntVar(&o.SampleCount, "samples", 2000, "most `rows` in samples.sgs")
 	seed := fs.Uint64("seed", 1, "`seed` of the stratified subsets")
-	fs.StringVar(&o.Library, "ort-lib", "", "ONNX Runtime `library` (default $SNEAKGATE_ORT_LIB)")
+	fs.StringVar(&o.Library, "ort-lib", "", "ONNX Runtime `library` (default $SNEAKGATE_ORT_LIB, else where make ort or make install put it)")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, appUsage+"\nflags of app build:\n")
@@ -106,6 +109,7 @@ func appBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		o.InputRange = &[2]float64{a, b}
 	}
 	o.Seed = *seed
+	o.Library = ortLibrary(o.Library)
 	o.Stdout = stdout
 	if !*quiet {
 		o.Log = stderr
@@ -120,7 +124,7 @@ func appCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	var o appbuild.CheckOptions
 	fs.IntVar(&o.Rows, "rows", 0, "run only the first `N` validation rows (0: all; only then are accuracies compared with the manifest)")
-	fs.StringVar(&o.Library, "ort-lib", "", "ONNX Runtime `library` (default $SNEAKGATE_ORT_LIB)")
+	fs.StringVar(&o.Library, "ort-lib", "", "ONNX Runtime `library` (default $SNEAKGATE_ORT_LIB, else where make ort or make install put it)")
 	fs.BoolVar(&o.NoLatency, "no-latency", false, "do not time the variants")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, appUsage+"\nflags of app check:\n")
@@ -140,6 +144,7 @@ func appCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError(fs, fmt.Errorf("app check: unexpected arguments %q", fs.Args()))
 	}
 	o.Stdout = stdout
+	o.Library = ortLibrary(o.Library)
 	_, err := appbuild.Check(ctx, dir, o)
 	return err
 }
@@ -150,4 +155,27 @@ func usageError(fs *flag.FlagSet, err error) error {
 	fmt.Fprintln(fs.Output(), err)
 	fs.Usage()
 	return flagError{err}
+}
+
+// ortLibraries are where `make ort` (from the repository root) and `make install`
+// put the ONNX Runtime library.
+var ortLibraries = []string{".cache/onnxruntime/libonnxruntime.so.1.30.0", "/usr/local/lib/sneakgate/libonnxruntime.so.1.30.0"}
+
+// ortLibrary is flag, else $SNEAKGATE_ORT_LIB, else the first of ortLibraries
+// that exists (else "", and the engine says what is missing).
+func ortLibrary(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv(engine.LibraryEnv); env != "" {
+		return env
+	}
+	for _, p := range ortLibraries {
+		if _, err := os.Stat(p); err == nil {
+			if abs, err := filepath.Abs(p); err == nil {
+				return abs
+			}
+		}
+	}
+	return ""
 }
