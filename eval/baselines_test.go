@@ -1,0 +1,200 @@
+package eval
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// TestWarmResidency: the simulator starts as the gateway does, with every
+// variant that fits the budgets loaded in manifest order (one that does not fit
+// is skipped and the next ones tried).
+func TestWarmResidency(t *testing.T) {
+	a := Synthetic(1).Sched // 1, 4, 16, 64 MiB
+	if res := WarmResidency(a, 0, 0, time.Time{}); len(res) != 4 {
+		t.Errorf("unlimited: %d resident, want 4", len(res))
+	}
+	res := WarmResidency(a, 22<<20, 0, time.Time{})
+	for _, want := range []string{"tiny", "small", "medium"} {
+		if _, ok := res[scheduler.VariantID{App: "synthetic", Variant: want}]; !ok {
+			t.Errorf("22 MiB: %s not resident (%v)", want, res)
+		}
+	}
+	if len(res) != 3 {
+		t.Errorf("22 MiB: %v", res)
+	}
+	res = WarmResidency(a, 70<<20, 0, time.Time{}) // tiny+small+medium = 21, large 64 does not fit after them
+	if _, ok := res[scheduler.VariantID{App: "synthetic", Variant: "large"}]; ok || len(res) != 3 {
+		t.Errorf("70 MiB: %v", res)
+	}
+	if res := WarmResidency(a, 0, 2, time.Time{}); len(res) != 2 {
+		t.Errorf("count 2: %v", res)
+	}
+}
+
+// TestPlacebo: sneakpeek fed another request's estimate is deterministic for a
+// seed, answers every request, and is not sneakpeek.
+func TestPlacebo(t *testing.T) {
+	a := Synthetic(1)
+	pt := Point{App: a, Workload: a.Workloads[1], Policy: PolicyPlacebo, Load: 1.5, Deadline: a.Deadline,
+		Requests: 2000, Seed: 4, Jitter: 0.05}
+	m1, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, _ := Simulate(pt, nil)
+	pt.Policy = "sneakpeek"
+	sp, _ := Simulate(pt, nil)
+	if m1.Utility != m2.Utility || m1.OK != m2.OK {
+		t.Errorf("placebo not deterministic: %v vs %v", m1.Utility, m2.Utility)
+	}
+	if m1.Utility == sp.Utility {
+		t.Errorf("placebo = sneakpeek (%v): the estimates were not swapped", sp.Utility)
+	}
+	t.Logf("events load 1.5: sneakpeek %.3f placebo %.3f", sp.Utility, m1.Utility)
+}
+
+// TestNoAnswerScored: a request that gets no answer scores its class's
+// no-answer value. fifo's decisions do not depend on it, so with a small queue
+// bound (rejections) and no late answers, setting it changes mean utility by
+// exactly the no-answer values of the rejected requests.
+func TestNoAnswerScored(t *testing.T) {
+	run := func(na []float64) Metrics {
+		a := Synthetic(1)
+		a.Sched.NoAnswer = na
+		m, err := Simulate(Point{App: a, Workload: a.Workloads[1], Policy: "fifo", Load: 3, Deadline: 50 * time.Millisecond,
+			Requests: 3000, Seed: 2, MaxQueue: 8}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	base, na := run(nil), run([]float64{0, -1, -1, -1})
+	if base.Rejected == 0 || base.Late != 0 || base.Rejected != na.Rejected {
+		t.Fatalf("want rejections and no late answers, the same in both: %+v / %+v", base, na)
+	}
+	want := 0.0
+	for y, c := range na.PerClass {
+		if y > 0 {
+			want -= float64(c.N) * c.NoAnswer
+		}
+	}
+	want /= float64(na.Requests)
+	if got := na.Utility - base.Utility; math.Abs(got-want) > 1e-9 {
+		t.Errorf("utility moved by %v, want %v", got, want)
+	}
+	sum := 0.0
+	for _, c := range na.PerClass {
+		sum += float64(c.N) * c.Utility
+	}
+	if math.Abs(sum/float64(na.Requests)-na.Utility) > 1e-9 {
+		t.Errorf("per-class utilities do not add up to the mean: %v vs %v", sum/float64(na.Requests), na.Utility)
+	}
+}
+
+// TestLoopCost: the scheduling loop's time per request slows the engine down
+// (the same requests take longer to serve), the capacity that defines the load
+// counts it, and planning with it does not change the shared application.
+func TestLoopCost(t *testing.T) {
+	a := Synthetic(1)
+	o := scheduler.Options{}
+	c := 100 * time.Microsecond
+	if CapacityWith(a.Sched, o, c) >= Capacity(a.Sched, o) {
+		t.Error("capacity with a loop cost is not lower")
+	}
+	lat := a.Sched.Variants[3].Latency[8]
+	pt := Point{App: a, Workload: a.Workloads[0], Policy: "sneakpeek", Load: 0.8, Deadline: a.Deadline,
+		Requests: 2000, Seed: 1}
+	free, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt.GatewayCost, pt.VerdictCost, pt.GatewayKnown = c, c/5, true
+	// Same arrival rate: the load is relative to a smaller capacity.
+	pt.Load *= CapacityWith(a.Sched, o, 0) / CapacityWith(a.Sched, o, c)
+	slow, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Sched.Variants[3].Latency[8] != lat {
+		t.Error("planning with the loop cost changed the application's latency table")
+	}
+	if slow.Utility >= free.Utility {
+		t.Errorf("a loop cost of %v per request did not cost utility: %.3f vs %.3f", c, slow.Utility, free.Utility)
+	}
+	t.Logf("no loop cost %.3f, %v per request %.3f", free.Utility, c, slow.Utility)
+}
+
+// TestIngressDelay: a request the scheduler sees only after the ingress delay
+// still has its deadline from receipt; with a delay longer than the budget's
+// hard stop nothing is answered by a model.
+func TestIngressDelay(t *testing.T) {
+	a := Synthetic(1)
+	pt := Point{App: a, Workload: a.Workloads[0], Policy: "edf", Load: 0.5, Deadline: a.Deadline, Requests: 500, Seed: 1,
+		IngressDelay: 2 * a.Deadline}
+	m, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.OK+m.Late != 0 {
+		t.Errorf("%d model answers after the hard stop", m.OK+m.Late)
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	var rs []Result
+	for seed, u := range map[uint64][2]float64{1: {0.5, 0.4}, 2: {0.6, 0.55}, 3: {0.7, 0.6}} {
+		rs = append(rs, Result{App: "a", Workload: "w", Load: 1, Policy: "sneakpeek", Seed: seed, Metrics: Metrics{Utility: u[0], Requests: 10}},
+			Result{App: "a", Workload: "w", Load: 1, Policy: "other", Seed: seed, Metrics: Metrics{Utility: u[1], Requests: 10}})
+	}
+	ss := Summarize(rs, "sneakpeek")
+	if len(ss) != 2 {
+		t.Fatalf("%d summaries", len(ss))
+	}
+	var o Summary
+	for _, s := range ss {
+		if s.Policy == "other" {
+			o = s
+		}
+	}
+	// Paired differences -0.1, -0.05, -0.1: mean -0.0833, sd 0.0289, t(2) 4.303.
+	if o.Seeds != 3 || math.Abs(o.Utility-0.5167) > 1e-3 || math.Abs(o.Diff+0.0833) > 1e-3 ||
+		math.Abs(o.DiffCI-4.303*0.02887/math.Sqrt(3)) > 1e-3 || math.Abs(o.Ratio-0.5167/0.6) > 1e-3 {
+		t.Errorf("summary %+v", o)
+	}
+	if m, ci := MeanCI([]float64{1}); m != 1 || ci != 0 {
+		t.Errorf("one seed: %v ± %v", m, ci)
+	}
+}
+
+// TestCascadeInSimulator: on fashion (logreg first, cnn for unsure answers), the
+// cascade's operating curve comes from the validation split, some requests go
+// back for a second pass, every request is answered once, and runs repeat.
+func TestCascadeInSimulator(t *testing.T) {
+	a := loadReal(t, "fashion")
+	c := a.Cascade
+	if c == nil || len(c.Curve) < 2 || a.Sched.Variants[c.Cheap].ID.Variant != "logreg" || c.Better != a.Sched.DefaultVariant {
+		t.Fatalf("cascade config %+v", c)
+	}
+	w, err := a.Workload("tops-heavy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := Point{App: a, Workload: w, Policy: PolicyCascade, Load: 2, Deadline: a.Deadline, Requests: 3000, Seed: 1,
+		Jitter: 0.05, GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond, GatewayKnown: true}
+	m1, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, _ := Simulate(pt, nil)
+	if m1.Utility != m2.Utility || m1.Escalated != m2.Escalated {
+		t.Errorf("not deterministic: %+v vs %+v", m1, m2)
+	}
+	if m1.Escalated <= 0 || m1.Escalated >= 1 || m1.Threshold <= 0 || m1.VariantShare["logreg"] == 0 || m1.VariantShare["cnn"] == 0 {
+		t.Errorf("escalated %.3f at mean threshold %.3f, shares %v", m1.Escalated, m1.Threshold, m1.VariantShare)
+	}
+	t.Logf("fashion tops-heavy load 2: cascade utility %.3f, escalated %.2f at threshold %.2f, shares %v",
+		m1.Utility, m1.Escalated, m1.Threshold, m1.VariantShare)
+}
