@@ -34,6 +34,8 @@ type Result struct {
 	DefaultWhy string
 	// SamplesFrom says where samples.sgs came from.
 	SamplesFrom string
+	// Difficulty is the per-sample difficulty model's training (nil: skipped).
+	Difficulty *difficultyResult
 	// Took is the build's wall time.
 	Took time.Duration
 }
@@ -290,6 +292,20 @@ func (b *builder) run(ctx context.Context) error {
 		e := &app.Estimators[i]
 		e.Accuracy, e.ECE, e.CostUS = round(eres[i].Accuracy, 4), round(eres[i].ECE, 4), round(eres[i].CostUS, 3)
 	}
+	var dres *difficultyResult
+	if !o.NoDifficulty {
+		var exclude []int
+		if app.Estimators[0].Kind == "knn" {
+			exclude = eres[0].refIdx
+		}
+		preds := make([][]int, len(vres))
+		for v := range vres {
+			preds[v] = vres[v].Pred
+		}
+		if dres, err = trainDifficulty(ctx, o, app, train, val, exclude, preds, o.BenchRuns); err != nil {
+			return fmt.Errorf("per-sample difficulty model: %w", err)
+		}
+	}
 	header := b.header(train, val, test, samplesFrom)
 	if err := writeManifest(filepath.Join(b.tmp, "manifest.yaml"), app, header); err != nil {
 		return err
@@ -311,7 +327,7 @@ func (b *builder) run(ctx context.Context) error {
 		return err
 	}
 	rep.App.Dir = o.Out
-	b.res = &Result{Dir: o.Out, App: rep.App, Variants: vres, Estimators: eres, DefaultWhy: why, SamplesFrom: samplesFrom}
+	b.res = &Result{Dir: o.Out, App: rep.App, Variants: vres, Estimators: eres, DefaultWhy: why, SamplesFrom: samplesFrom, Difficulty: dres}
 	return nil
 }
 

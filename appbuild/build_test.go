@@ -228,6 +228,9 @@ func TestBuildSatellite(t *testing.T) {
 			t.Errorf("%s: cost %v", e.Name, e.CostUS)
 		}
 	}
+	if dm, err := sneakpeek.LoadDifficulty(app); err != nil || (dm == nil) == res.Difficulty.Kept {
+		t.Errorf("difficulty model: %v, %+v", err, res.Difficulty)
+	}
 	if app.PriorStrength <= 0 {
 		t.Errorf("prior_strength %v", app.PriorStrength)
 	}

@@ -95,6 +95,9 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 	if len(app.Estimators) == 0 {
 		return nil, fmt.Errorf("%w: %s: no estimators (the gateway needs one to score requests)", ErrCheck, path)
 	}
+	if _, err := sneakpeek.LoadDifficulty(app); err != nil {
+		return nil, fmt.Errorf("%w: %s: difficulty model: %w", ErrCheck, path, err)
+	}
 	var val, samples *dataset.Set
 	if app.Validation != nil {
 		if val, err = readFitting(app, "validation", app.Validation); err != nil {

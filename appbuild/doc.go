@@ -33,6 +33,11 @@
 //   - makes the best-calibrated estimator the default (the first), or among
 //     those within 0.01 ECE of it the cheapest; the prior is the validation
 //     split's class mix;
+//   - trains the per-sample difficulty model (sneakpeek.TrainDifficulty) on
+//     the variants' correctness on the training rows (at most 20,000; not the
+//     rows of a kNN default estimator's reference set) and declares it when its
+//     mean AUC on the validation split beats the class-based expected
+//     accuracy's (Options.NoDifficulty skips it);
 //   - writes manifest.yaml, the variants (NAME.onnx), est/,
 //     data/validation.sgs, samples.sgs (the test split, at most 2,000
 //     stratified rows of it; without one, a stratified half of validation,
@@ -52,7 +57,10 @@
 //
 // # Caveats
 //
-// A variant's file is copied as is: a model whose weights live in external
+// The difficulty model learns from the variants' correctness on the training
+// rows; variants trained on those rows are right there more often than on new
+// data, so its predictions lean optimistic (the validation AUC it is judged by
+// is honest). A variant's file is copied as is: a model whose weights live in external
 // data files next to it is not supported. The kNN estimator's cost grows with
 // the feature dimension: for inputs of more than a few hundred values that
 // are not 2-D images, give a smaller transform (Options.Features).

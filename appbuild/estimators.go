@@ -32,8 +32,10 @@ type estimatorResult struct {
 	Allocs               int64
 	// PriorStrength is the chosen Dirichlet prior mass (kNN only).
 	PriorStrength float64
-	// RefRows and CalRows are the kNN reference and calibration row counts.
+	// RefRows and CalRows are the kNN reference and calibration row counts;
+	// refIdx the training rows in the reference set.
 	RefRows, CalRows int
+	refIdx           []int
 }
 
 // DefaultFeatures returns the feature transform the build gives its default
@@ -128,7 +130,7 @@ func trainEstimators(ctx context.Context, o *Options, app *manifest.App, train *
 			if err != nil {
 				return nil, fmt.Errorf("estimator %s: %w", e.Name, err)
 			}
-			r.PriorStrength, r.RefRows, r.CalRows = s.strength, s.ref, s.cal
+			r.PriorStrength, r.RefRows, r.CalRows, r.refIdx = s.strength, len(s.refIdx), s.cal, s.refIdx
 			if !strengthSet {
 				app.PriorStrength, strengthSet = s.strength, true
 			}
@@ -142,7 +144,8 @@ func trainEstimators(ctx context.Context, o *Options, app *manifest.App, train *
 
 type knnTraining struct {
 	strength float64
-	ref, cal int
+	refIdx   []int
+	cal      int
 }
 
 // trainKNN writes the reference set (a stratified subset of the training rows,
@@ -204,7 +207,7 @@ func trainKNN(o *Options, app *manifest.App, e *manifest.Estimator, f sneakpeek.
 			best, bestNLL = s, nll
 		}
 	}
-	return knnTraining{strength: best, ref: len(refIdx), cal: len(cal)}, nil
+	return knnTraining{strength: best, refIdx: refIdx, cal: len(cal)}, nil
 }
 
 // evaluateEstimators loads each estimator of app as the gateway does and
@@ -233,12 +236,18 @@ func evaluateEstimators(ctx context.Context, app *manifest.App, val *split, res 
 
 func benchEstimator(est sneakpeek.Estimator, val *split, k, runs int) (float64, int64) {
 	p := make([]float64, k)
+	return benchLoop(func(i int) { est.Estimate(val.row(i%val.n), p) }, runs)
+}
+
+// benchLoop returns the cost of one call of f in µs and its allocations, the
+// best of runs testing.Benchmark runs.
+func benchLoop(f func(i int), runs int) (float64, int64) {
 	us, allocs := math.Inf(1), int64(0)
 	for range max(runs, 1) {
 		r := testing.Benchmark(func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
-				est.Estimate(val.row(i%val.n), p)
+				f(i)
 			}
 		})
 		if t := float64(r.T.Nanoseconds()) / float64(max(r.N, 1)) / 1e3; t < us {

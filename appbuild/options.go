@@ -76,6 +76,8 @@ type Options struct {
 	// KNNReference is the most training rows in a kNN reference set (0:
 	// 2,000); KNNK its number of neighbours (0: 5).
 	KNNReference, KNNK int
+	// NoDifficulty skips the per-sample difficulty model.
+	NoDifficulty bool
 	// SampleCount bounds samples.sgs (0: 2,000 rows).
 	SampleCount int
 	// Seed drives every random choice (stratified subsets); 0 means 1.

@@ -118,6 +118,14 @@ func printBuild(w io.Writer, r *Result) {
 				e.Name, e.RefRows, e.PriorStrength, e.CalRows)
 		}
 	}
+	if d := r.Difficulty; d != nil {
+		fmt.Fprintf(w, "  per-sample difficulty model (reads %s; trained on %d training rows): %s\n", r.Estimators[0].Name, d.Rows, d.Why)
+		for v, name := range r.Variants {
+			if v < len(d.AUC) {
+				fmt.Fprintf(w, "    %s: AUC of its correctness %.3f, class-based %.3f\n", name.Name, d.AUC[v], d.ClassAUC[v])
+			}
+		}
+	}
 	fmt.Fprintf(w, "  prior (validation class mix): %s\n", mixString(a.Labels, a.Prior))
 	fmt.Fprintf(w, "  samples.sgs: %s\n", r.SamplesFrom)
 	fmt.Fprintf(w, "wrote %s in %.1fs (sneakgate app check %s re-checks it)\n", r.Dir, r.Took.Seconds(), r.Dir)

@@ -36,6 +36,8 @@ type variantResult struct {
 	Accuracy      float64
 	Confusion     [][]float64
 	Recall        []float64
+	// Pred is the predicted class of every row run.
+	Pred []int
 	// MaxBatchDiff is the largest difference between batch-1 and batched
 	// outputs on the first rows.
 	MaxBatchDiff float64
@@ -147,11 +149,13 @@ func measureOne(eng *engine.Engine, id engine.VariantID, readAs string, p *plan,
 	}
 	r.Kind, r.KindWhy = kind, why
 	r.Confusion = zeros(k)
+	r.Pred = make([]int, val.n)
 	correct := 0
 	dist := make([]float64, k)
 	for i, row := range raw {
 		toDist(kind, row, dist)
 		yhat, y := argmax(dist), int(val.labels[i])
+		r.Pred[i] = yhat
 		r.Confusion[y][yhat]++
 		if yhat == y {
 			correct++

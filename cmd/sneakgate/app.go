@@ -82,6 +82,7 @@ func appBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.KNNK, "knn-k", 5, "kNN `neighbours`")
 	fs.IntVar(&o.SampleCount, "samples", 2000, "most `rows` in samples.sgs")
 	seed := fs.Uint64("seed", 1, "`seed` of the stratified subsets")
+	difficulty := fs.Bool("difficulty", true, "train the per-sample difficulty model (kept when it predicts the variants' correctness better than the class estimate)")
 	fs.StringVar(&o.Library, "ort-lib", "", "ONNX Runtime `library` (default $SNEAKGATE_ORT_LIB, else where make ort or make install put it)")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	fs.Usage = func() {
@@ -109,6 +110,7 @@ func appBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		o.InputRange = &[2]float64{a, b}
 	}
 	o.Seed = *seed
+	o.NoDifficulty = !*difficulty
 	o.Library = ortLibrary(o.Library)
 	o.Stdout = stdout
 	if !*quiet {

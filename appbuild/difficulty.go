@@ -1,0 +1,186 @@
+package appbuild
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/sneakpeek"
+)
+
+// difficultyLambda is the L2 penalty per row of the difficulty model (the
+// value sneakpeek.TrainDifficulty recommends, as models/tools/difficulty).
+const difficultyLambda = 1e-3
+
+// maxDifficultyRows bounds the training rows the variants are run on to train
+// the difficulty model.
+const maxDifficultyRows = 20000
+
+// difficultyResult is what the build measured of the difficulty model.
+type difficultyResult struct {
+	// AUC and ClassAUC are per variant, on the validation split.
+	AUC, ClassAUC []float64
+	CostUS        float64
+	Rows          int
+	// Kept says whether the manifest declares it, and Why.
+	Kept bool
+	Why  string
+}
+
+// trainDifficulty trains the per-sample difficulty model (sneakpeek.Difficulty)
+// of app on training rows: every variant is run on them (up to
+// maxDifficultyRows, stratified; rows of a kNN default estimator's reference
+// set are left out, as its estimate of them is its own label), the default
+// estimator gives each row's class estimate. Its AUC per variant is measured on
+// the validation split against the class-based expected accuracy; the manifest
+// declares it when it beats the class-based form on average. preds are the
+// variants' validation predictions.
+func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, val *split, exclude []int, preds [][]int, runs int) (*difficultyResult, error) {
+	k, nv := app.K(), len(app.Variants)
+	def := app.Estimators[0]
+	est, err := sneakpeek.Load(app, def)
+	if err != nil {
+		return nil, err
+	}
+	skip := make([]bool, train.n)
+	for _, i := range exclude {
+		skip[i] = true
+	}
+	var idx []int
+	var labels []int32
+	for i := 0; i < train.n; i++ {
+		if !skip[i] {
+			idx = append(idx, i)
+			labels = append(labels, train.labels[i])
+		}
+	}
+	if len(idx) > maxDifficultyRows {
+		pick, _ := stratified(labels, k, maxDifficultyRows, o.Seed+3)
+		sub := make([]int, len(pick))
+		for j, p := range pick {
+			sub[j] = idx[p]
+		}
+		idx = sub
+	}
+	if len(idx) < 2 {
+		return &difficultyResult{Why: "too few training rows"}, nil
+	}
+	rows := make([]sneakpeek.DifficultyRow, len(idx))
+	for j, i := range idx {
+		p := make([]float64, k)
+		est.Estimate(train.row(i), p)
+		rows[j] = sneakpeek.DifficultyRow{Input: train.row(i), Estimate: p, Correct: make([]bool, nv)}
+	}
+	fmt.Fprintf(o.Log, "training the per-sample difficulty model: running the variants on %d training rows\n", len(idx))
+	eng, err := newEngine(o.Library)
+	if err != nil {
+		return nil, err
+	}
+	defer eng.Close()
+	if err := eng.Register(app); err != nil {
+		return nil, err
+	}
+	sub := &split{name: "train", n: len(idx), d: train.d, x: make([]float32, 0, len(idx)*train.d)}
+	for _, i := range idx {
+		sub.x = append(sub.x, train.row(i)...)
+	}
+	names := make([]string, nv)
+	for v, mv := range app.Variants {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		names[v] = mv.Name
+		id := engine.VariantID{App: app.Name, Variant: mv.Name}
+		if _, err := eng.Load(id); err != nil {
+			return nil, err
+		}
+		out, err := runAll(eng, id, sub)
+		if _, uerr := eng.Unload(id); err == nil {
+			err = uerr
+		}
+		if err != nil {
+			return nil, err
+		}
+		for j, p := range out {
+			rows[j].Correct[v] = argmax(p) == int(train.labels[idx[j]])
+		}
+	}
+	params, err := sneakpeek.TrainDifficulty(def.Features, app.InputSize, k, names, rows, difficultyLambda)
+	if err != nil {
+		return nil, err
+	}
+	model, err := sneakpeek.NewDifficulty(params, app.InputSize)
+	if err != nil {
+		return nil, err
+	}
+	// AUC on the validation split.
+	res := &difficultyResult{Rows: len(idx)}
+	scores := make([][]float64, nv)
+	cls := make([][]float64, nv)
+	correct := make([][]bool, nv)
+	for v := range scores {
+		scores[v], cls[v], correct[v] = make([]float64, val.n), make([]float64, val.n), make([]bool, val.n)
+	}
+	p, c := make([]float64, k), make([]float64, nv)
+	for i := 0; i < val.n; i++ {
+		est.Estimate(val.row(i), p)
+		model.Correctness(val.row(i), p, c)
+		for v := range nv {
+			scores[v][i] = c[v]
+			cls[v][i] = sneakpeek.ExpectedAccuracy(p, app.Variants[v].Recall)
+			correct[v][i] = preds[v][i] == int(val.labels[i])
+		}
+	}
+	var sum, sumClass float64
+	for v := range nv {
+		a, ca := sneakpeek.AUC(scores[v], correct[v]), sneakpeek.AUC(cls[v], correct[v])
+		if math.IsNaN(a) || math.IsNaN(ca) { // a variant always (or never) right on validation
+			a, ca = 0.5, 0.5
+		}
+		res.AUC, res.ClassAUC = append(res.AUC, round(a, 4)), append(res.ClassAUC, round(ca, 4))
+		sum += a
+		sumClass += ca
+	}
+	if sum <= sumClass {
+		res.Why = fmt.Sprintf("left out: its mean AUC on validation %.3f does not beat the class-based %.3f", sum/float64(nv), sumClass/float64(nv))
+		return res, nil
+	}
+	cost, _ := benchDifficulty(model, est, val, k, nv, runs)
+	res.CostUS = cost
+	res.Kept = true
+	res.Why = fmt.Sprintf("kept: mean AUC on validation %.3f, class-based %.3f", sum/float64(nv), sumClass/float64(nv))
+	file := "est/difficulty.json"
+	b, err := json.Marshal(params)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(app.Path(file), b, 0o644); err != nil {
+		return nil, err
+	}
+	trained := fmt.Sprintf("training split (%d rows", len(idx))
+	if len(exclude) > 0 {
+		trained += ", outside the kNN reference set"
+	}
+	app.Difficulty = &manifest.Difficulty{File: file, Estimator: def.Name, AUC: res.AUC, ClassAUC: res.ClassAUC,
+		TrainedOn: trained + fmt.Sprintf("); AUC on the validation split (%d rows)", val.n), CostUS: round(cost, 3)}
+	return res, nil
+}
+
+// benchDifficulty measures the model's cost per request on top of the
+// estimator (testing.Benchmark, best of runs).
+func benchDifficulty(m *sneakpeek.Difficulty, est sneakpeek.Estimator, val *split, k, nv, runs int) (float64, int64) {
+	ps := make([][]float64, min(val.n, 256))
+	for i := range ps {
+		ps[i] = make([]float64, k)
+		est.Estimate(val.row(i), ps[i])
+	}
+	c := make([]float64, nv)
+	return benchLoop(func(i int) {
+		j := i % len(ps)
+		m.Correctness(val.row(j), ps[j], c)
+	}, runs)
+}
