@@ -138,6 +138,13 @@ func (b *builder) prepare() error {
 	if len(o.Variants) == 0 && len(b.base.Variants) == 0 {
 		return fmt.Errorf("%w: at least one -variant NAME=FILE.onnx is required", ErrUsage)
 	}
+	seenLabel := map[string]bool{}
+	for _, l := range o.Labels {
+		if l == "" || seenLabel[l] {
+			return fmt.Errorf("%w: -labels %q: every label must be non-empty and different", ErrUsage, strings.Join(o.Labels, ","))
+		}
+		seenLabel[l] = true
+	}
 	var err error
 	switch {
 	case len(o.Labels) > 0:
