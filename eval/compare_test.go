@@ -1,0 +1,64 @@
+package eval
+
+import (
+	"testing"
+	"time"
+)
+
+// TestComparisonSneakPeekVsBaselines is the small deterministic version of the
+// comparison in docs/evaluation.md ("Honest baselines"): the same options (the
+// gateway's shrink 0.5, its warm residency, 5 us of loop time per request run on
+// a model and 1 us per request answered without one, known to the policies, 1 ms
+// from receipt to the queue), one seed, a few deadlines of arrivals. It fails if
+// sneakpeek falls below the cascade or the mixing oblivious policy at the points
+// where the full comparison finds it above them beyond its 95% intervals: vad
+// and satellite beyond the engine's capacity, where sneakpeek answers the
+// requests it sheds with their estimate and the other two cannot.
+//
+// It asserts nothing where sneakpeek does not win, and says so in the log: below
+// capacity on vad the cascade (silero-half for everything) is better by 0.005 to
+// 0.04, on satellite the mixing oblivious by 0.003 to 0.005, and on fashion the
+// cascade is better on the natural mix at loads 1.5 to 3 and the mixing
+// oblivious on tops-heavy at loads 3 and 5 (docs/evaluation.md).
+func TestComparisonSneakPeekVsBaselines(t *testing.T) {
+	pols := []string{"sneakpeek", PolicyCascade, "oblivious"}
+	run := func(a *App, wl string, dlScale, load, deadlines float64) []float64 {
+		t.Helper()
+		w, err := a.Workload(wl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt := Point{App: a, Workload: w, Load: load, Deadline: time.Duration(float64(a.Deadline) * dlScale), Seed: 1,
+			Jitter: 0.05, MaxQueue: 10000, GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond,
+			GatewayKnown: true, IngressDelay: time.Millisecond}
+		pt.Options.Shrink = 0.5
+		rate := load * CapacityWith(a.Sched, withMaxBatch(pt.Options), pt.GatewayCost)
+		pt.Requests = max(2000, int(deadlines*rate*pt.Deadline.Seconds()))
+		u := make([]float64, len(pols))
+		for i, p := range pols {
+			pt.Policy = p
+			m, err := Simulate(pt, nil)
+			if err != nil {
+				t.Fatalf("%s %s load %v %s: %v", a.Sched.Name, wl, load, p, err)
+			}
+			u[i] = m.Utility
+		}
+		t.Logf("%s %s load %.1f (%d requests): sneakpeek %.3f cascade %.3f oblivious %.3f", a.Sched.Name, wl, load,
+			pt.Requests, u[0], u[1], u[2])
+		return u
+	}
+	check := func(name string, u []float64) {
+		t.Helper()
+		for i, p := range pols[1:] {
+			if u[0] < u[i+1] {
+				t.Errorf("%s: sneakpeek %.3f below %s %.3f", name, u[0], p, u[i+1])
+			}
+		}
+	}
+	vad := loadReal(t, "vad")
+	check("vad meeting load 2", run(vad, "meeting", 1, 2, 6))
+	check("vad natural load 1.5", run(vad, "natural", 1, 1.5, 6))
+	run(vad, "meeting", 1, 0.5, 6) // not asserted: the cascade wins (silero-half)
+	sat := loadReal(t, "satellite")
+	check("satellite damp-soils 10 ms load 2", run(sat, "damp-soils", 0.1, 2, 5))
+}
