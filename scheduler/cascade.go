@@ -85,7 +85,9 @@ func BuildCascadeCurve(conf, uCheap, uBetter []float64) ([]CascadePoint, error) 
 			sum += uBetter[idx[k]] - uCheap[idx[k]]
 			k++
 		}
-		th := math.Inf(1)
+		// Escalating every sample: just above the largest confidence (finite,
+		// so that the curve can be written as JSON).
+		th := math.Nextafter(c, math.Inf(1))
 		if k < n {
 			th = conf[idx[k]]
 		}

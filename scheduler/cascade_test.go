@@ -35,6 +35,11 @@ func TestBuildCascadeCurve(t *testing.T) {
 	if th := cc.pick(0.5, 1, 1); th != 0.4 {
 		t.Errorf("no budget: threshold %v, want 0.4 (escalate nothing)", th)
 	}
+	// Escalating everything is the best point: its threshold is finite.
+	c, _ = BuildCascadeCurve([]float64{0.5, 1}, []float64{0, 0}, []float64{1, 1})
+	if last := c[len(c)-1]; last.Escalated != 1 || !(last.Threshold > 1) || math.IsInf(last.Threshold, 0) {
+		t.Errorf("escalate-all point %+v", last)
+	}
 	if _, err := BuildCascadeCurve(nil, nil, nil); err == nil {
 		t.Error("empty validation accepted")
 	}
