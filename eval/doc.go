@@ -17,9 +17,13 @@
 // # Caveats
 //
 // Decision times are wall-clock measurements of the real Decide calls and do not
-// advance simulated time. Correctness is exact only with real predictions
-// (App.Pred); otherwise it is drawn from the confusion matrices. The simulator
-// models engine time only (not MQTT, the journal or estimation), so live runs agree
-// with it only when the deadline is well above the gateway's own latency. See
+// advance simulated time; the gateway's own time is modelled instead by constants
+// (Point.GatewayCost and VerdictCost per request on the scheduling loop, the same
+// for every policy, and Point.IngressDelay from receipt to the queue), not MQTT,
+// the journal or estimation as such. The simulator starts with the gateway's warm
+// residency (WarmResidency). Correctness is exact only with real predictions
+// (App.Pred); otherwise it is drawn from the confusion matrices. A request that
+// gets no answer scores its class's no-answer value (manifest no_answer_utility).
+// Baselines only the evaluation runs: cascade and placebo (baselines.go). See
 // docs/evaluation.md.
 package eval
