@@ -21,6 +21,11 @@ type App struct {
 	Labels []int
 	// Est[i] is the SneakPeek estimate (a class distribution) of sample i.
 	Est [][]float64
+	// Correct, if not nil, holds Correct[i][m]: the per-sample difficulty
+	// model's probability that variant m answers sample i correctly (from the
+	// manifest's difficulty model, with the estimator it was trained on), as the
+	// gateway computes it. Policies other than sneakpeek-class use it.
+	Correct [][]float64
 	// Pred, if not nil, holds Pred[i][m]: variant m's real prediction on sample i
 	// (exact correctness). When nil, a variant's answer is drawn from its
 	// confusion matrix row of the sample's true class (see Oracle).

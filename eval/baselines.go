@@ -12,7 +12,13 @@ package eval
 //     drawn from the same workload (seeded by the point's seed): the gain of
 //     sneakpeek over placebo is what the estimate itself buys, beyond what grouping
 //     by any estimate and mixing variants buy.
+//   - "sneakpeek-class": sneakpeek valuing variants by the class estimate alone,
+//     sum_y p(y) recall(y), as the published method does, ignoring the
+//     manifest's per-sample difficulty model (what the gateway does with
+//     apps[].class_based). sneakpeek over sneakpeek-class is what per-sample
+//     difficulty buys.
 const (
-	PolicyCascade = "cascade"
-	PolicyPlacebo = "placebo"
+	PolicyCascade    = "cascade"
+	PolicyPlacebo    = "placebo"
+	PolicyClassBased = "sneakpeek-class"
 )

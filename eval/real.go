@@ -224,6 +224,17 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 			return nil, err
 		}
 		a.Est, a.EstimatorSource = est, desc
+		if o.Estimate == nil && m.Difficulty != nil {
+			name := o.Estimator
+			if name == "" && len(m.Estimators) > 0 {
+				name = m.Estimators[0].Name
+			}
+			if name == m.Difficulty.Estimator {
+				if a.Correct, err = difficultyOf(m, set, est); err != nil {
+					return nil, err
+				}
+			}
+		}
 	case probs != nil:
 		cheap := 0
 		for mi, v := range sa.Variants {
@@ -240,6 +251,21 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// difficultyOf runs the manifest's difficulty model on every sample, from the
+// samples' estimates est (of the estimator it was trained on).
+func difficultyOf(m *manifest.App, set *dataset.Set, est [][]float64) ([][]float64, error) {
+	d, err := sneakpeek.LoadDifficulty(m)
+	if err != nil {
+		return nil, fmt.Errorf("eval: %s: %w", m.Name, err)
+	}
+	out := make([][]float64, set.N)
+	for i := range out {
+		out[i] = make([]float64, len(m.Variants))
+		d.Correctness(set.Row(i), est[i], out[i])
+	}
+	return out, nil
 }
 
 // cascadeConfig measures the cascade policy's operating curve on the validation

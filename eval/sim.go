@@ -496,10 +496,18 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 			q := &reqs[next]
 			next++
 			est := a.Est[q.sample]
+			var correct []float64
+			if a.Correct != nil && pt.Policy != PolicyClassBased {
+				correct = a.Correct[q.sample]
+			}
 			if placebo != nil {
-				// The estimate of another request of the same workload.
+				// The estimate (and difficulty) of another request of the same workload.
 				prog := float64(q.seq-1) / float64(max(1, pt.Requests-1))
-				est = a.Est[a.draw(placebo, &pt.Workload, prog)]
+				other := a.draw(placebo, &pt.Workload, prog)
+				est = a.Est[other]
+				if correct != nil {
+					correct = a.Correct[other]
+				}
 			}
 			if shift != nil {
 				// The gateway corrects every estimate on arrival, in arrival order.
@@ -515,6 +523,11 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 				q.r = prepareGuarded(pa, gmode, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
 			} else {
 				q.r = scheduler.Prepare(pa, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
+				if correct != nil {
+					// As the gateway: computed from the estimator's own output
+					// (before any label-shift correction), applied to the request.
+					scheduler.Sharpen(q.r, correct)
+				}
 			}
 			byReq[q.r] = q
 			queue = append(queue, q.r)

@@ -22,6 +22,10 @@ type view struct {
 	dataAware bool
 	// byClass groups by (application, argmax p) instead of application only.
 	byClass bool
+	// byPref (data-aware) groups by (application, the variant each request
+	// prefers at the decision's price of engine time) instead: requests of one
+	// class that differ in difficulty can then run on different variants.
+	byPref bool
 	// noShed turns overload shedding (shed.go) off; noDegrade forbids the degraded
 	// answer to a data-aware policy (ablations for the evaluation).
 	noShed, noDegrade bool
@@ -150,6 +154,14 @@ func (d *decisionState) setPrice(win []int, arrivals float64) {
 	d.price = hi
 	if d.w.mix {
 		d.assignMix(win, lo, hi)
+	}
+	if d.w.byPref {
+		for _, i := range win {
+			m := &d.members[i]
+			if v, _ := d.choice(m, d.price); v >= 0 {
+				m.class = v
+			}
+		}
 	}
 }
 

@@ -11,6 +11,11 @@ func init() {
 	Register("sneakpeek", func(o Options) (Policy, error) {
 		return &searching{name: "sneakpeek", o: o, w: view{dataAware: true, byClass: true}}, nil
 	})
+	// sneakpeek grouping requests by the variant each prefers at the price of
+	// engine time rather than by estimated class (for the evaluation).
+	Register("sneakpeek-pref", func(o Options) (Policy, error) {
+		return &searching{name: "sneakpeek-pref", o: o, w: view{dataAware: true, byPref: true}}, nil
+	})
 	Register("oblivious", func(o Options) (Policy, error) {
 		return &searching{name: "oblivious", o: o, w: view{mix: true}}, nil
 	})
@@ -215,11 +220,16 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 		if m.inWin || m.r.App.Name != app {
 			continue
 		}
-		if d.w.mix {
+		switch {
+		case d.w.mix:
 			if d.mixPref(m) == first.vi {
 				cands = append(cands, i)
 			}
-		} else if slices.Contains(classes, m.class) {
+		case d.w.byPref:
+			if v, _ := d.choice(m, d.price); v == first.vi {
+				cands = append(cands, i)
+			}
+		case slices.Contains(classes, m.class):
 			cands = append(cands, i)
 		}
 	}
