@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -426,4 +427,54 @@ func (e *Engine) Close() error {
 	}
 	errs = append(errs, e.so.Destroy(), e.checkSO.Destroy())
 	return errors.Join(errs...)
+}
+
+// RunAll runs inputs through variant id in batches of at most batch and returns
+// one class distribution per input: a measurement over a whole split (a cascade's
+// operating curve, a model's accuracy). A variant that is not resident is loaded
+// for the duration outside the residency budget, like ProfileBeside, and
+// unloaded again; a resident one stays.
+func (e *Engine) RunAll(ctx context.Context, id VariantID, inputs [][]float32, batch int) ([][]float64, error) {
+	v, err := e.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	v.life.Lock()
+	defer v.life.Unlock()
+	e.mu.RLock()
+	resident := v.sess != nil
+	e.mu.RUnlock()
+	if !resident {
+		if _, err := e.load(v, false); err != nil {
+			return nil, err
+		}
+		defer e.unload(v) // only frees memory
+	}
+	batch = max(1, batch)
+	out := make([][]float64, 0, len(inputs))
+	for i := 0; i < len(inputs); i += batch {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		e.mu.RLock()
+		s := v.sess
+		e.mu.RUnlock()
+		part := inputs[i:min(i+batch, len(inputs))]
+		for j, x := range part {
+			if len(x) != v.app.InputSize {
+				return nil, fmt.Errorf("%w: %s: input %d has %d values, want %d", ErrBadInput, id, i+j, len(x), v.app.InputSize)
+			}
+		}
+		k := v.classes
+		flat := make([]float64, len(part)*k)
+		res := make([][]float64, len(part))
+		for j := range res {
+			res[j] = flat[j*k : (j+1)*k : (j+1)*k]
+		}
+		if err := s.run(part, res); err != nil {
+			return nil, err
+		}
+		out = append(out, res...)
+	}
+	return out, nil
 }

@@ -277,15 +277,9 @@ func cascadeConfig(e *engine.Engine, m *manifest.App, sa *scheduler.App, maxBatc
 	if err != nil {
 		return nil, err
 	}
-	cheap := 0
-	for i, v := range sa.Variants {
-		if scheduler.Amortised(v, maxBatch) < scheduler.Amortised(sa.Variants[cheap], maxBatch) {
-			cheap = i
-		}
-	}
-	c := &scheduler.CascadeConfig{Cheap: cheap, Better: sa.DefaultVariant}
-	if cheap == sa.DefaultVariant {
-		return c, nil
+	cheap, better := scheduler.CascadePair(sa, maxBatch)
+	if cheap == better {
+		return &scheduler.CascadeConfig{Cheap: cheap, Better: better}, nil
 	}
 	run := func(mi int) ([][]float64, error) {
 		v := sa.Variants[mi]
@@ -295,54 +289,27 @@ func cascadeConfig(e *engine.Engine, m *manifest.App, sa *scheduler.App, maxBatc
 	if err != nil {
 		return nil, err
 	}
-	pb, err := run(sa.DefaultVariant)
+	pb, err := run(better)
 	if err != nil {
 		return nil, err
 	}
-	conf := make([]float64, set.N)
-	uc := make([]float64, set.N)
-	ub := make([]float64, set.N)
-	for i := range set.N {
-		y := int(set.Labels[i])
-		yc := scheduler.Argmax(pc[i])
-		conf[i] = pc[i][yc]
-		uc[i] = sa.Utility[y][yc]
-		ub[i] = sa.Utility[y][scheduler.Argmax(pb[i])]
-	}
-	c.Curve, err = scheduler.BuildCascadeCurve(conf, uc, ub)
+	c, err := scheduler.CascadeFromOutputs(sa, cheap, better, set.Labels, pc, pb)
 	if err != nil {
 		return nil, err
 	}
-	return c, nil
+	return &c, nil
 }
 
 // runAll runs every sample through the variant in batches and returns the class
-// distributions. It loads the variant if needed and unloads it again.
+// distributions (engine.RunAll: a variant not resident is loaded for the run).
 func runAll(e *engine.Engine, id engine.VariantID, set *dataset.Set, batch int) ([][]float64, error) {
-	wasResident := false
-	for _, r := range e.Resident() {
-		if r == id {
-			wasResident = true
-		}
+	rows := make([][]float32, set.N)
+	for i := range rows {
+		rows[i] = set.Row(i)
 	}
-	if !wasResident {
-		if _, err := e.Load(id); err != nil {
-			return nil, err
-		}
-		defer func() { _, _ = e.Unload(id) }() // best effort: only frees memory
-	}
-	out := make([][]float64, 0, set.N)
-	in := make([][]float32, 0, batch)
-	for i := 0; i < set.N; i += batch {
-		in = in[:0]
-		for j := i; j < min(i+batch, set.N); j++ {
-			in = append(in, set.Row(j))
-		}
-		p, err := e.Run(id, in)
-		if err != nil {
-			return nil, fmt.Errorf("eval: run %s: %w", id, err)
-		}
-		out = append(out, p...)
+	out, err := e.RunAll(context.Background(), id, rows, batch)
+	if err != nil {
+		return nil, fmt.Errorf("eval: run %s: %w", id, err)
 	}
 	return out, nil
 }

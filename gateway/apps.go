@@ -40,6 +40,9 @@ type appRuntime struct {
 	shift *sneakpeek.PriorShift
 	// diff, if not nil, is the per-sample difficulty model (see AppConfig.ClassBased).
 	diff *sneakpeek.Difficulty
+	// cascade is the version's cascade curve when the policy is the cascade
+	// (measured by Reload; the start-up versions' are given to NewCascade).
+	cascade *scheduler.CascadeConfig
 
 	// key registers the version's variants in the engine: the application's
 	// name for the version loaded at start-up, name#N for reloaded ones.
@@ -301,6 +304,15 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 			g.eng.Unregister(a.key)
 			return res, fmt.Errorf("gateway: apps[%d] (%s): %w", i, name, err)
 		}
+		if g.cfg.Scheduler.Policy == PolicyCascade {
+			c, err := g.measureCascade(ctx, a)
+			if err != nil {
+				undo()
+				g.eng.Unregister(a.key)
+				return res, fmt.Errorf("gateway: apps[%d] (%s): %w", i, name, err)
+			}
+			a.cascade = &c
+		}
 		built = append(built, a)
 		next[name] = a
 		if _, ok := old[name]; ok {
@@ -331,7 +343,17 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 	// Request handlers hold the read lock from lookup to Submit: once the write
 	// lock is held, every request admitted under the old set is in the loop's
 	// admission channel, ahead of the swap, and every later one sees the new set.
-	sw := &appSwap{apps: sched, apply: func() { g.runner.setKeys(next) }, reprepare: g.reprepare,
+	apply := func() {
+		g.runner.setKeys(next)
+		if cc, ok := g.loop.policy.(scheduler.CascadeConfigurer); ok {
+			for name, a := range next {
+				if a.cascade != nil {
+					cc.Configure(name, *a.cascade)
+				}
+			}
+		}
+	}
+	sw := &appSwap{apps: sched, apply: apply, reprepare: g.reprepare,
 		retire: func(name string) { g.retire(old[name]) }, done: make(chan struct{})}
 	g.swapping.Lock()
 	g.apps.Store(&next)

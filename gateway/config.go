@@ -113,9 +113,16 @@ type EngineConfig struct {
 	ProfileCache string `yaml:"profile_cache"`
 }
 
+// PolicyCascade is the scheduler.policy of the confidence cascade
+// (scheduler.NewCascade): not a registered policy, since the loop must measure
+// its curves and run its second passes.
+const PolicyCascade = "cascade"
+
 // SchedulerConfig selects and tunes the scheduling policy.
 type SchedulerConfig struct {
-	// Policy is a registered policy name (scheduler.Names()).
+	// Policy is a registered policy name (scheduler.Names()) or "cascade" (the
+	// gateway measures each application's cascade curve on its validation split
+	// at start-up and on reload).
 	Policy        string            `yaml:"policy"`
 	MaxBatch      int               `yaml:"max_batch"`
 	Window        int               `yaml:"window"`
@@ -321,8 +328,10 @@ func (c *Config) Validate() error {
 	if !(c.Scheduler.Shrink >= 0 && c.Scheduler.Shrink <= 1) {
 		return configErr("scheduler.shrink", "%v: must be between 0 and 1", c.Scheduler.Shrink)
 	}
-	if _, err := scheduler.New(c.Scheduler.Policy, c.SchedulerOptions()); err != nil {
-		return configErr("scheduler.policy", "%v", err)
+	if c.Scheduler.Policy != PolicyCascade {
+		if _, err := scheduler.New(c.Scheduler.Policy, c.SchedulerOptions()); err != nil {
+			return configErr("scheduler.policy", "%v (or %s)", err, PolicyCascade)
+		}
 	}
 	if c.Scheduler.MaxBatch < 1 || c.Scheduler.MaxBatch > c.Engine.BatchSizes[len(c.Engine.BatchSizes)-1] {
 		return configErr("scheduler.max_batch", "%d: must be between 1 and the largest engine.batch_sizes entry", c.Scheduler.MaxBatch)

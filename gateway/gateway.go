@@ -143,9 +143,9 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if err := g.startEngine(ctx); err != nil {
 		return nil, err
 	}
-	policy, err := scheduler.New(cfg.Scheduler.Policy, cfg.SchedulerOptions())
+	policy, err := g.newPolicy(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return nil, err
 	}
 	sapps := map[string]*scheduler.App{}
 	for n, a := range g.appSet() {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,9 @@ type job struct {
 	// correctly (the app's difficulty model; nil without one).
 	Correct []float64
 
+	// first is the answer of the cascade's first pass while the request waits
+	// for a second one (the loop replies with it on a FirstAnswer verdict).
+	first *result
 	// rt is the version of the application the job is served by (nil in unit
 	// tests of the loop: the loop then uses its own apps by name).
 	rt  *appRuntime
@@ -389,6 +393,13 @@ func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 		gone[v.Request] = true
 		j := v.Request.Ref.(*job)
 		switch v.Outcome {
+		case scheduler.FirstAnswer:
+			r := *j.first
+			r.Status = protocol.StatusOK
+			if now.After(j.Deadline) {
+				r.Status = protocol.StatusLate
+			}
+			l.reply(j, r)
 		case scheduler.Degraded:
 			cls := scheduler.Argmax(j.Estimate)
 			l.reply(j, result{Status: protocol.StatusDegraded, Reason: v.Reason, Probs: j.Estimate,
@@ -495,9 +506,31 @@ func (l *loop) finish(d batchDone) {
 		if d.done.After(j.Deadline) {
 			st = protocol.StatusLate
 		}
-		l.reply(j, result{Status: st, Probs: d.probs[i], Variant: variant, Batch: len(b.Requests),
-			EstAccuracy: r.ExpAccuracy[b.Variant.Index], Start: d.start, Infer: d.infer, Done: d.done})
+		res := result{Status: st, Probs: d.probs[i], Variant: variant, Batch: len(b.Requests),
+			EstAccuracy: r.ExpAccuracy[b.Variant.Index], Start: d.start, Infer: d.infer, Done: d.done}
+		if b.EscalateBelow > 0 && r.First == nil {
+			cls := scheduler.Argmax(d.probs[i])
+			if conf := d.probs[i][cls]; conf < b.EscalateBelow {
+				// The cascade's first pass is not confident: back in the queue
+				// for the policy to run a second pass or answer with this one.
+				r.First = &scheduler.FirstPass{Variant: b.Variant, Class: cls, Confidence: conf, Done: d.done, Probs: d.probs[i]}
+				j.first = &res
+				l.requeue(r)
+				continue
+			}
+		}
+		l.reply(j, res)
 	}
+}
+
+// requeue puts a request back in the queue at its arrival position (policies
+// read the queue in arrival order).
+func (l *loop) requeue(r *scheduler.Request) {
+	i, _ := slices.BinarySearchFunc(l.queue, r.Seq, func(x *scheduler.Request, seq uint64) int {
+		return cmp.Compare(x.Seq, seq)
+	})
+	l.queue = slices.Insert(l.queue, i, r)
+	l.m.queueLen.Set(float64(len(l.queue)))
 }
 
 func (l *loop) reply(j *job, r result) {

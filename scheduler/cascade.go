@@ -360,3 +360,54 @@ func (h *cascadeHeap) Pop() any {
 	h.idx = h.idx[:len(h.idx)-1]
 	return x
 }
+
+// CascadePair returns the variants of a's cascade: the cheapest (smallest
+// amortised time per request at batches up to maxBatch) and the most accurate
+// (the application's default variant).
+func CascadePair(a *App, maxBatch int) (cheap, better int) {
+	for i, v := range a.Variants {
+		if Amortised(v, maxBatch) < Amortised(a.Variants[cheap], maxBatch) {
+			cheap = i
+		}
+	}
+	return cheap, a.DefaultVariant
+}
+
+// CascadeFromOutputs builds a's cascade configuration from the two variants'
+// class distributions on labelled validation rows (pc from cheap, pb from
+// better, labels the true classes).
+func CascadeFromOutputs(a *App, cheap, better int, labels []int32, pc, pb [][]float64) (CascadeConfig, error) {
+	c := CascadeConfig{Cheap: cheap, Better: better}
+	if cheap == better {
+		return c, nil
+	}
+	n := len(labels)
+	if len(pc) != n || len(pb) != n {
+		return c, fmt.Errorf("scheduler: cascade for %s: %d labels, %d and %d outputs", a.Name, n, len(pc), len(pb))
+	}
+	conf, uc, ub := make([]float64, n), make([]float64, n), make([]float64, n)
+	for i, y := range labels {
+		yc := Argmax(pc[i])
+		conf[i] = pc[i][yc]
+		uc[i] = a.Utility[y][yc]
+		ub[i] = a.Utility[y][Argmax(pb[i])]
+	}
+	var err error
+	c.Curve, err = BuildCascadeCurve(conf, uc, ub)
+	return c, err
+}
+
+// Configure sets (or replaces) one application's cascade configuration: a
+// reloaded application gets the curve of its new version. Like Decide, it must
+// not run concurrently with other calls.
+func (p *cascade) Configure(app string, c CascadeConfig) {
+	if p.cfg == nil {
+		p.cfg = map[string]CascadeConfig{}
+	}
+	p.cfg[app] = c
+}
+
+// CascadeConfigurer is implemented by the cascade policy (NewCascade).
+type CascadeConfigurer interface {
+	Configure(app string, c CascadeConfig)
+}

@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// cascadeRows bounds the validation rows a cascade curve is measured on (every
+// k-th row of the split), so that start-up stays quick with expensive variants.
+const cascadeRows = 2000
+
+// newPolicy makes the configured policy. For the cascade it first measures
+// every application's operating curve (measureCascade).
+func (g *Gateway) newPolicy(ctx context.Context) (scheduler.Policy, error) {
+	o := g.cfg.SchedulerOptions()
+	if g.cfg.Scheduler.Policy != PolicyCascade {
+		p, err := scheduler.New(g.cfg.Scheduler.Policy, o)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+		return p, nil
+	}
+	cfg := map[string]scheduler.CascadeConfig{}
+	for name, a := range g.appSet() {
+		c, err := g.measureCascade(ctx, a)
+		if err != nil {
+			return nil, err
+		}
+		cfg[name] = c
+	}
+	p, err := scheduler.NewCascade(o, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	return p, nil
+}
+
+// measureCascade runs a's cheapest and most accurate variants over (up to
+// cascadeRows of) its validation split and builds its cascade curve. An
+// application without a validation split never escalates (everything on its
+// cheapest variant would be wrong, so the configuration is cheap = better =
+// the most accurate).
+func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (scheduler.CascadeConfig, error) {
+	cheap, better := scheduler.CascadePair(a.sched, g.cfg.Scheduler.MaxBatch)
+	if a.m.Validation == nil || cheap == better {
+		if a.m.Validation == nil {
+			g.log.Warn().Str("app", a.m.Name).Msg("cascade: no validation split in the manifest; every request runs on the most accurate variant")
+		}
+		return scheduler.CascadeConfig{Cheap: better, Better: better}, nil
+	}
+	set, err := dataset.Read(a.m.Path(a.m.Validation.File))
+	if err != nil {
+		return scheduler.CascadeConfig{}, fmt.Errorf("gateway: cascade for %s: %w", a.m.Name, err)
+	}
+	step := max(1, set.N/cascadeRows)
+	var rows [][]float32
+	var labels []int32
+	for i := 0; i < set.N; i += step {
+		rows = append(rows, set.Row(i))
+		labels = append(labels, set.Labels[i])
+	}
+	out := make([][][]float64, 2)
+	for k, vi := range []int{cheap, better} {
+		id := engine.VariantID{App: a.key, Variant: a.sched.Variants[vi].ID.Variant}
+		if out[k], err = g.eng.RunAll(ctx, id, rows, g.cfg.Scheduler.MaxBatch); err != nil {
+			return scheduler.CascadeConfig{}, fmt.Errorf("gateway: cascade for %s: %w", a.m.Name, err)
+		}
+	}
+	c, err := scheduler.CascadeFromOutputs(a.sched, cheap, better, labels, out[0], out[1])
+	if err != nil {
+		return c, fmt.Errorf("gateway: %w", err)
+	}
+	g.log.Info().Str("app", a.m.Name).Str("cheap", a.sched.Variants[cheap].ID.Variant).
+		Str("better", a.sched.Variants[better].ID.Variant).Int("rows", len(rows)).Int("points", len(c.Curve)).
+		Msg("cascade curve measured on the validation split")
+	return c, nil
+}

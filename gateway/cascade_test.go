@@ -1,0 +1,115 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+// The loop runs the cascade's second passes: a first-pass answer below the
+// threshold goes back to the queue; with time left it is run again on the better
+// variant, and without it the first answer is the reply.
+func TestLoopRunsCascadeSecondPasses(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		budget time.Duration
+		want   string // the variant that answers
+	}{
+		{"time for a second pass", time.Second, "better"},
+		{"no time for a second pass", 8 * time.Millisecond, "cheap"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				a := loopApp()
+				cheap := a.Variants[0]
+				cheap.ID.Variant = "cheap"
+				better := *cheap
+				better.ID.Variant, better.Index = "better", 1
+				better.Latency = make([]time.Duration, 33)
+				for b := 1; b <= 32; b++ {
+					better.Latency[b] = 20*time.Millisecond + time.Duration(b)*time.Millisecond
+				}
+				a.Variants = []*scheduler.Variant{cheap, &better}
+				a.DefaultVariant = 1
+				f := &fakeRunner{resident: map[scheduler.VariantID]bool{cheap.ID: true, better.ID: true},
+					lat: func(b int) time.Duration { return time.Millisecond }}
+				// The fake answers class 1 with probability 0.9: under the threshold.
+				p, err := scheduler.NewCascade(scheduler.Options{}, map[string]scheduler.CascadeConfig{"app": {
+					Cheap: 0, Better: 1, Curve: []scheduler.CascadePoint{
+						{Threshold: 0.5, Escalated: 0, Utility: 0.8}, {Threshold: 0.95, Escalated: 1, Utility: 0.9}}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ans := &answers{got: map[string]result{}}
+				l := newLoop(p, map[string]*scheduler.App{"app": a}, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go l.Run(ctx)
+				submit(t, l, "x", c.budget, []float64{0.1, 0.9})
+				time.Sleep(2 * time.Second)
+				synctest.Wait()
+				r, ok := ans.get("x")
+				if !ok || r.Status != protocol.StatusOK || r.Variant != c.want {
+					t.Fatalf("answered %v: %+v, want ok by %s", ok, r, c.want)
+				}
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				if c.want == "better" && len(f.runs) != 2 {
+					t.Fatalf("%d forward passes, want 2 (first and second pass)", len(f.runs))
+				}
+				if l.Queued() != 0 {
+					t.Fatalf("queued %d after the answer", l.Queued())
+				}
+			})
+		})
+	}
+}
+
+// scheduler.policy: cascade end to end: the gateway measures the curve on the
+// validation split, serves on the cheap and the better variants, and measures
+// a reloaded application's curve too.
+func TestCascadePolicyEndToEnd(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	const sat = "../models/satellite/manifest.yaml"
+	cfg.Scheduler.Policy = PolicyCascade
+	cfg.Apps = []AppConfig{{Manifest: sat}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r := startGateway(t, cfg, Options{})
+	next := *cfg
+	next.Apps = []AppConfig{{Manifest: sat}, {Manifest: fashionManifest}}
+	if res, err := r.g.Reload(context.Background(), &next); err != nil || len(res.Added) != 1 {
+		t.Fatalf("reload: %+v, %v", res, err)
+	}
+	dev := newDevice(t, b.URL(), "sensor-1")
+	for _, app := range []string{"satellite", "fashion"} {
+		m, rows := appSamples(t, "../models/"+app+"/manifest.yaml")
+		rt, _ := r.g.app(app)
+		cheap, better := scheduler.CascadePair(rt.sched, cfg.Scheduler.MaxBatch)
+		allowed := map[string]bool{m.Variants[cheap].Name: true, m.Variants[better].Name: true}
+		var appIDs []string
+		for i := range 150 {
+			id := fmt.Sprintf("%s-%d", app, i)
+			dev.request(app, "sensor-1", id, rows.Row(i), 10000)
+			appIDs = append(appIDs, id)
+		}
+		used := map[string]int{}
+		for id, rep := range dev.await(appIDs, 60*time.Second) {
+			if rep.Status != protocol.StatusOK || !allowed[rep.Model] {
+				t.Errorf("%s: %s by %q, want ok by one of %v", id, rep.Status, rep.Model, allowed)
+			}
+			used[rep.Model]++
+		}
+		t.Logf("%s: answers by variant %v", app, used)
+	}
+}
