@@ -130,6 +130,8 @@ type SchedulerConfig struct {
 	FixedVariant  map[string]string `yaml:"fixed_variant"`
 	// Shrink is scheduler.Options.Shrink for the data-aware policies.
 	Shrink float64 `yaml:"shrink"`
+	// PriceHorizon is scheduler.Options.PriceHorizon (0: price over the window).
+	PriceHorizon time.Duration `yaml:"price_horizon"`
 }
 
 // AdmissionConfig bounds what is accepted.
@@ -373,6 +375,6 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 	return scheduler.Options{
 		MaxBatch: c.Scheduler.MaxBatch, Window: c.Scheduler.Window,
 		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
-		Shrink: c.Scheduler.Shrink,
+		Shrink: c.Scheduler.Shrink, PriceHorizon: c.Scheduler.PriceHorizon,
 	}
 }

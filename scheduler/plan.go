@@ -133,6 +133,9 @@ type decisionState struct {
 	price, target float64
 	// mixLo and mixX are the mixing view's lower price and share (assignMix).
 	mixLo, mixX float64
+	// stream are recent arrivals outside the window, valued as members, that the
+	// price is solved over together with the window (Options.PriceHorizon).
+	stream []member
 	// shrink is Options.Shrink; ubuf holds the members' shrunk utilities.
 	shrink float64
 	ubuf   []float64
@@ -177,6 +180,7 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 		budget += d.members[i].budget
 	}
 	mean := (budget / time.Duration(len(win))).Seconds()
+	n := len(win) + len(d.stream)
 	rate := arrivals
 	if back := len(d.members) - len(win); back > 0 && mean > 0 {
 		rate += float64(back) / mean
@@ -184,12 +188,16 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 	if rate <= 0 {
 		return 0, 0
 	}
-	target := targetUtilisation * float64(len(win)) / rate
+	target := targetUtilisation * float64(n) / rate
 	d.target = target
 	use := func(p float64) float64 {
 		t := 0.0
 		for _, i := range win {
 			_, c := d.choice(&d.members[i], p)
+			t += c
+		}
+		for k := range d.stream {
+			_, c := d.choice(&d.stream[k], p)
 			t += c
 		}
 		return t

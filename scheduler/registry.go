@@ -26,6 +26,13 @@ type Options struct {
 	// method as published; docs/evaluation.md ("Shrinking") measures 0.5. It
 	// does not touch the degraded answer's value.
 	Shrink float64
+	// PriceHorizon, if positive, prices engine time over the requests that
+	// arrived within it (up to maxStream of them) together with the window,
+	// instead of over the window alone: at low rates a decision sees one or two
+	// requests, and pricing them alone gives each whatever the instantaneous rate
+	// allows, where pricing the recent stream sends the requests that gain most
+	// from an expensive variant to it (docs/method.md, "Price of engine time").
+	PriceHorizon time.Duration
 }
 
 // DefaultOptions returns the options used for fields left zero.

@@ -75,6 +75,63 @@ type searching struct {
 	ubuf []float64
 	// arrivals measures the arrival rate from the snapshots' new requests.
 	arrivals rateMeter
+	// recent are the requests that arrived within Options.PriceHorizon (at most
+	// maxStream), oldest first; seen is the newest Seq added.
+	recent []*Request
+	seen   uint64
+	sbuf   []member
+}
+
+// maxStream bounds the recent arrivals the price is solved over, so that a
+// decision's cost stays bounded at any rate.
+const maxStream = 256
+
+// streamMembers values the recent arrivals not in the window as members, for
+// the price (Options.PriceHorizon); it returns nil when the horizon is off.
+func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []member {
+	h := p.o.PriceHorizon
+	if h <= 0 {
+		return nil
+	}
+	start := len(s.Queue)
+	for start > 0 && s.Queue[start-1].Seq > p.seen {
+		start--
+	}
+	for _, r := range s.Queue[start:] {
+		if r.First == nil {
+			p.recent = append(p.recent, r)
+		}
+		p.seen = max(p.seen, r.Seq)
+	}
+	drop := 0
+	for drop < len(p.recent) && (len(p.recent)-drop > maxStream || s.Now.Sub(p.recent[drop].Arrival) > h) {
+		drop++
+	}
+	if drop > 0 {
+		clear(p.recent[:drop])
+		p.recent = append(p.recent[:0], p.recent[drop:]...)
+	}
+	inWin := make(map[*Request]bool, len(win))
+	for _, i := range win {
+		inWin[d.members[i].r] = true
+	}
+	out := p.sbuf[:0]
+	for _, r := range p.recent {
+		if inWin[r] || s.Apps[r.App.Name] != r.App {
+			continue // in the window already, or of a version no longer served
+		}
+		ai := d.info(r.App)
+		m := member{r: r, class: -1, na: ai.na, u: ai.profiled}
+		if d.w.dataAware {
+			m.u = r.ExpUtility
+			if d.shrink > 0 {
+				m.u = d.shrunk(r.ExpUtility, ai.profiled)
+			}
+		}
+		out = append(out, m)
+	}
+	p.sbuf = out
+	return out
 }
 
 // rateMeter estimates the arrival rate from the requests that appear in
@@ -155,6 +212,7 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		}
 		before := len(d.verdicts)
 		win := d.window(p.o.Window)
+		d.stream = p.streamMembers(d, s, win)
 		d.setPrice(win, arrivals)
 		runs := p.plan(d, win)
 		if len(runs) == 0 {
