@@ -1,0 +1,42 @@
+package scheduler
+
+import (
+	"testing"
+	"time"
+)
+
+// At a low rate a decision sees one request. A rare request that gains much
+// from the expensive variant must get it when the stream can afford it: with a
+// price horizon the price is solved over the recent arrivals (mostly requests the
+// cheap variant serves as well), so the rare one runs on the big variant; priced
+// over its window alone it is treated as if every request wanted the big one.
+func TestPriceHorizonSendsTheRareGainToTheBigVariant(t *testing.T) {
+	for _, c := range []struct {
+		horizon time.Duration
+		want    string
+	}{{0, "cheap"}, {time.Second, "big"}} {
+		a := testApp()
+		p := mustPolicy(t, "sneakpeek", Options{PriceHorizon: c.horizon})
+		now := t0
+		gap := time.Second / 1500 // 1,500 requests/s: the big variant alone cannot keep up
+		var got string
+		for i := range 600 {
+			est := []float64{0.99, 0.01} // class 0: the cheap variant is as good
+			if i == 599 {
+				est = []float64{0.01, 0.99} // class 1: the cheap variant is right half the time
+			}
+			r := req(a, uint64(i+1), now, 50*time.Millisecond, est)
+			d := p.Decide(snap(now, a, r))
+			if d.Batch == nil {
+				t.Fatalf("horizon %v: request %d not run", c.horizon, i)
+			}
+			if i == 599 {
+				got = d.Batch.Variant.ID.Variant
+			}
+			now = now.Add(gap)
+		}
+		if got != c.want {
+			t.Errorf("horizon %v: the rare request ran on %s, want %s", c.horizon, got, c.want)
+		}
+	}
+}
