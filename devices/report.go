@@ -56,7 +56,10 @@ type Report struct {
 	Goodput float64 `json:"goodput"`
 	// Utility is the mean, over Sent, of the application's utility W[true][class]
 	// of each answer, discounted for lateness as the scheduler discounts it (from
-	// the reply's total_ms against the budget); requests without an answer count 0.
+	// the reply's total_ms against the budget, toward the value of no answer);
+	// a request without a model answer (expired, rejected, error, or no reply at
+	// all) counts the application's no_answer_utility for its true class (0 when
+	// the manifest sets none), as in the simulator.
 	// It is the quantity the data-aware scheduler maximises.
 	Utility float64 `json:"utility"`
 

@@ -174,7 +174,10 @@ type outstanding struct {
 
 // sim is one run's shared state.
 type sim struct {
-	cfg     SimConfig
+	cfg SimConfig
+	// na is the application's value of a request of a true class that gets no
+	// model answer (manifest no_answer_utility; 0 when unset).
+	na      func(y int) float64
 	budget  time.Duration // the effective budget, for the device's deadline check
 	w       [][]float64   // the application's utility matrix W[y][yhat]
 	utility float64       // sum of penalised utility of the answers so far
@@ -203,7 +206,7 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 		return Report{}, err
 	}
 	s := &sim{cfg: cfg, pending: map[string]outstanding{}, done: map[string]bool{}, idle: make(chan struct{}, 1),
-		w: app.Utility}
+		w: app.Utility, na: app.NoAnswer}
 	s.budget = cfg.Deadline
 	if s.budget == 0 {
 		s.budget = time.Duration(app.DefaultDeadlineMS) * time.Millisecond
@@ -264,6 +267,9 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 	s.mu.Lock()
 	rep := s.rep
 	rep.Unanswered = len(s.pending)
+	for _, o := range s.pending {
+		s.utility += s.na(o.label) // never answered: the default action
+	}
 	rep.Latency = percentiles(s.rtt)
 	rep.GatewayTotal = percentiles(s.gwTotal)
 	rep.Goodput = ratio(s.ontime, rep.Sent)
@@ -411,6 +417,9 @@ func (s *sim) record(rc Received) {
 	if met {
 		rep.DeadlineMet++
 	}
+	if !r.Status.Answered() || r.Class == nil {
+		s.utility += s.na(o.label) // expired, rejected, error: the default action
+	}
 	if r.Status.Answered() && r.Class != nil {
 		s.utility += s.answerUtility(o.label, *r.Class, r.TotalMS)
 		rep.Answered++
@@ -440,10 +449,12 @@ func (s *sim) answerUtility(label, class int, totalMS *float64) float64 {
 		return 0
 	}
 	u := s.w[label][class]
-	if totalMS != nil && u > 0 {
+	if totalMS != nil {
+		// A late answer decays toward the value of no answer, as the scheduler
+		// and the simulator value it.
 		var t0 time.Time
 		fin := t0.Add(time.Duration(*totalMS * float64(time.Millisecond)))
-		u *= scheduler.Penalty(fin, t0.Add(s.budget), s.budget)
+		u = scheduler.Discount(u, s.na(label), scheduler.Penalty(fin, t0.Add(s.budget), s.budget))
 	}
 	return u
 }

@@ -296,3 +296,22 @@ func TestSimulateRealManifest(t *testing.T) {
 		t.Errorf("report %+v", rep)
 	}
 }
+
+// A late answer decays toward the value of no answer, not toward 0.
+func TestAnswerUtilityDecaysToNoAnswer(t *testing.T) {
+	s := &sim{w: [][]float64{{1, -0.1}, {-1, 1}}, budget: 100 * time.Millisecond,
+		na: func(y int) float64 { return []float64{0, -1}[y] }}
+	onTime, late, hard := 50.0, 150.0, 250.0
+	if u := s.answerUtility(1, 1, &onTime); u != 1 {
+		t.Fatalf("on time: %v, want 1", u)
+	}
+	if u := s.answerUtility(1, 1, &late); !(u > -1 && u < 1) {
+		t.Fatalf("half a budget late: %v, want between the no-answer value -1 and 1", u)
+	}
+	if u := s.answerUtility(1, 1, &hard); u != -1 {
+		t.Fatalf("past the hard stop: %v, want the no-answer value -1", u)
+	}
+	if u := s.answerUtility(0, 1, &hard); u != -0.1 {
+		t.Fatalf("a wrong answer worth less than no answer is not discounted up: %v", u)
+	}
+}
