@@ -333,10 +333,16 @@ func (e *Engine) Run(id VariantID, inputs [][]float32) ([][]float64, error) {
 	case len(inputs) == 0:
 		return nil, fmt.Errorf("%w: %s: no inputs", ErrBadInput, id)
 	}
+	return runOn(v, s, inputs, 0)
+}
+
+// runOn checks inputs (numbered from first in errors) and runs one forward pass
+// of v's session s over them.
+func runOn(v *variant, s *session, inputs [][]float32, first int) ([][]float64, error) {
 	for i, x := range inputs {
 		if len(x) != v.app.InputSize {
 			return nil, fmt.Errorf("%w: %s: input %d has %d values, want %d",
-				ErrBadInput, id, i, len(x), v.app.InputSize)
+				ErrBadInput, v.id, first+i, len(x), v.app.InputSize)
 		}
 	}
 	k := v.classes
@@ -459,19 +465,8 @@ func (e *Engine) RunAll(ctx context.Context, id VariantID, inputs [][]float32, b
 		e.mu.RLock()
 		s := v.sess
 		e.mu.RUnlock()
-		part := inputs[i:min(i+batch, len(inputs))]
-		for j, x := range part {
-			if len(x) != v.app.InputSize {
-				return nil, fmt.Errorf("%w: %s: input %d has %d values, want %d", ErrBadInput, id, i+j, len(x), v.app.InputSize)
-			}
-		}
-		k := v.classes
-		flat := make([]float64, len(part)*k)
-		res := make([][]float64, len(part))
-		for j := range res {
-			res[j] = flat[j*k : (j+1)*k : (j+1)*k]
-		}
-		if err := s.run(part, res); err != nil {
+		res, err := runOn(v, s, inputs[i:min(i+batch, len(inputs))], i)
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, res...)

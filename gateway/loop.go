@@ -245,14 +245,7 @@ func (l *loop) Run(ctx context.Context) {
 		select {
 		case j := <-l.admit:
 			l.enqueue(j)
-			for more := true; more; {
-				select {
-				case j := <-l.admit:
-					l.enqueue(j)
-				default:
-					more = false
-				}
-			}
+			l.enqueueWaiting()
 			dirty = true
 		case d := <-done:
 			busy = false
@@ -278,18 +271,23 @@ func (l *loop) enqueue(j *job) {
 	l.m.queueLen.Set(float64(len(l.queue)))
 }
 
-// applySwap applies a reload (see appSwap); no batch is in flight.
-func (l *loop) applySwap(s *appSwap) {
-	defer close(s.done)
-	// Requests admitted under the old set are all in the channel by now.
-	for more := true; more; {
+// enqueueWaiting enqueues every job waiting in the admission channel.
+func (l *loop) enqueueWaiting() {
+	for {
 		select {
 		case j := <-l.admit:
 			l.enqueue(j)
 		default:
-			more = false
+			return
 		}
 	}
+}
+
+// applySwap applies a reload (see appSwap); no batch is in flight.
+func (l *loop) applySwap(s *appSwap) {
+	defer close(s.done)
+	// Requests admitted under the old set are all in the channel by now.
+	l.enqueueWaiting()
 	s.apply()
 	changed := map[string]func(string){}
 	for name, a := range s.apps {

@@ -128,11 +128,7 @@ func run(dir string) error {
 				train = append(train, r)
 			}
 		}
-		p, err := sneakpeek.TrainDifficulty(features, m.InputSize, k, names, train, lambda)
-		if err != nil {
-			return err
-		}
-		d, err := sneakpeek.NewDifficulty(p, m.InputSize)
+		_, d, err := fit(features, m.InputSize, k, names, train)
 		if err != nil {
 			return err
 		}
@@ -168,11 +164,7 @@ func run(dir string) error {
 		mt.ClassAUC = append(mt.ClassAUC, round(ca))
 		fmt.Printf("  %-14s %9.4f %10.3f %10.3f\n", names[v], float64(right)/float64(val.N), ca, a)
 	}
-	p, err := sneakpeek.TrainDifficulty(features, m.InputSize, k, names, rows, lambda)
-	if err != nil {
-		return err
-	}
-	d, err := sneakpeek.NewDifficulty(p, m.InputSize)
+	p, d, err := fit(features, m.InputSize, k, names, rows)
 	if err != nil {
 		return err
 	}
@@ -193,6 +185,16 @@ func run(dir string) error {
 		return err
 	}
 	return writeJSON(filepath.Join(dir, "difficulty.json"), mt)
+}
+
+// fit trains the difficulty model on rows and builds it.
+func fit(features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow) (*sneakpeek.DifficultyParams, *sneakpeek.Difficulty, error) {
+	p, err := sneakpeek.TrainDifficulty(features, inputSize, k, names, rows, lambda)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := sneakpeek.NewDifficulty(p, inputSize)
+	return p, d, err
 }
 
 func argmax(p []float64) int {
