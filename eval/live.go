@@ -112,6 +112,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg.Scheduler.Window = cmp0(o.Window, d.Window)
 	cfg.Scheduler.MaxQueueDelay = d.MaxQueueDelay
 	cfg.Scheduler.Shrink = o.Shrink // the same valuation as the simulated point
+	cfg.Scheduler.PriceHorizon = o.PriceHorizon
 	if c.MaxQueue > 0 {
 		cfg.Admission.MaxQueue = c.MaxQueue
 	}
@@ -163,7 +164,11 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	}
 	res.Load = c.Rate / Capacity(a.Sched, o)
 	pt := Point{App: a, Workload: w, Policy: c.Policy, Options: o, Load: res.Load, Deadline: c.Deadline,
-		Requests: max(rep.Sent, 1), Seed: c.Seed, Jitter: c.Jitter, MaxQueue: cfg.Admission.MaxQueue}
+		Requests: max(rep.Sent, 1), Seed: c.Seed, Jitter: c.Jitter, MaxQueue: cfg.Admission.MaxQueue,
+		// The gateway's own time as the sweep models it; its policies plan with
+		// the engine's (corrected) profile alone.
+		GatewayCost: DefaultGatewayCostUS * time.Microsecond, VerdictCost: DefaultVerdictCostUS * time.Microsecond,
+		IngressDelay: time.Duration(DefaultIngressMS * float64(time.Millisecond))}
 	m, err := Simulate(pt, nil)
 	if err != nil {
 		return res, err

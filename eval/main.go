@@ -129,8 +129,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if shiftOf(p) != shiftOff {
 				return fmt.Errorf("eval: -live does not run %s (the gateway has no label-shift correction wired yet)", p)
 			}
-			if p == PolicyCascade || p == PolicyPlacebo {
-				return fmt.Errorf("eval: -live does not run %s (an evaluation-only baseline; the gateway's loop has no second pass or placebo)", p)
+			if p == PolicyPlacebo || p == PolicyClassBased {
+				return fmt.Errorf("eval: -live does not run %s (an evaluation-only baseline)", p)
 			}
 		}
 		rates, err := floats(*liveRates)
