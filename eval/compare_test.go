@@ -18,9 +18,9 @@ import (
 // It asserts nothing where sneakpeek does not win, and says so in the log: below
 // capacity on vad the cascade (silero-half for everything) is better by 0.005 to
 // 0.04, on satellite the mixing oblivious by 0.003 to 0.005, and on fashion the
-// cascade is better on the natural mix at loads 1.5 and 2 (docs/evaluation.md).
-// Fashion's tops-heavy mix at load 3 is asserted: with the price horizon
-// sneakpeek is above both there.
+// cascade and edf are 0.001-0.003 better at loads up to 1 (docs/evaluation.md,
+// "The heavy tier"). On fashion's tops-heavy mix at load 3 sneakpeek is asserted
+// above the cascade only: the mixing oblivious is within the intervals there.
 func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	pols := []string{"sneakpeek", PolicyCascade, "oblivious"}
 	run := func(a *App, wl string, dlScale, load, deadlines float64) []float64 {
@@ -62,6 +62,10 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	run(vad, "meeting", 1, 0.5, 6) // not asserted: the cascade wins (silero-half)
 	sat := loadReal(t, "satellite")
 	check("satellite damp-soils 10 ms load 2", run(sat, "damp-soils", 0.1, 2, 5))
+	// Fashion with its heavy tier: only the cascade is below sneakpeek beyond
+	// the intervals (loads 3 and 5); the mixing oblivious is within them.
 	fashion := loadReal(t, "fashion")
-	check("fashion tops-heavy load 3", run(fashion, "tops-heavy", 1, 3, 4))
+	if u := run(fashion, "tops-heavy", 1, 3, 4); u[0] < u[1] {
+		t.Errorf("fashion tops-heavy load 3: sneakpeek %.3f below cascade %.3f", u[0], u[1])
+	}
 }

@@ -50,6 +50,38 @@ def conv(*layers):
     return nn.Sequential(Norm(), *layers)
 
 
+class Block(nn.Module):
+    """ResNet basic block: two 3x3 conv+BN, identity shortcut (1x1 conv+BN when the
+    width or the resolution changes)."""
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.sc = None
+        if stride != 1 or cin != cout:
+            self.sc = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.b1(self.c1(x)))
+        y = self.b2(self.c2(y))
+        return torch.relu(y + (x if self.sc is None else self.sc(x)))
+
+
+def resnet(widths, blocks):
+    """3x3 stem at 28x28, then stages of basic blocks (the first block of every stage
+    after the first halves the resolution: 28, 14, 7), global average pool, linear."""
+    layers = [Norm(), nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    cin = widths[0]
+    for i, (w, n) in enumerate(zip(widths, blocks)):
+        for j in range(n):
+            layers.append(Block(cin, w, 2 if i > 0 and j == 0 else 1))
+            cin = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, K)]
+    return nn.Sequential(*layers)
+
+
 def build(name):
     if name == "logreg":
         return flat(nn.Linear(784, K)), "logistic", "flat", 3
@@ -69,10 +101,21 @@ def build(name):
                     nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
                     nn.Flatten(), nn.Dropout(0.25), nn.Linear(1152, 128), nn.ReLU(),
                     nn.Linear(128, K)), "cnn", "image", 3
+    if name in HEAVY:
+        widths, epochs = HEAVY[name]
+        return resnet(widths, [1, 2, 1]), "resnet", "image", epochs
     raise ValueError(name)
 
 
-VARIANTS = ["logreg", "mlp-small", "mlp-large", "lenet", "cnn"]
+# The heavy tier (issue 8): ResNet-style, 5 basic blocks (1 at 28x28, 2 at 14x14, 1 at
+# 7x7) on a 3x3 stem; resnet-m is resnet-s at twice the width (~4x the cost). They cost
+# ~0.6 ms and ~2.5 ms per image on one core, so they need more epochs than the others
+# to beat the cnn, and are trained with random horizontal flips (every class of
+# Fashion-MNIST is left-right symmetric in label).
+HEAVY = {"resnet-s": ([32, 64, 128], 5), "resnet-m": ([64, 128, 256], 4)}
+# Manifest order is accuracy/cost order. Every variant reseeds torch before it is
+# built and trained, so adding variants does not change the others.
+VARIANTS = ["logreg", "mlp-small", "mlp-large", "lenet", "cnn", "resnet-s", "resnet-m"]
 
 
 def shape_for(kind):
@@ -95,8 +138,12 @@ def train_variant(name, Xtr, ytr, Xva, yva):
         perm = torch.randperm(len(xt), generator=g)
         for s in range(0, len(xt), 128):
             idx = perm[s:s + 128]
+            xb = xt[idx]
+            if name in HEAVY:  # random horizontal flip, each image with probability 1/2
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
             opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            loss = nn.functional.cross_entropy(model(xb), yt[idx])
             loss.backward()
             opt.step()
             sched.step()
