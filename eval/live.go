@@ -45,6 +45,8 @@ type LiveConfig struct {
 	// Library is the ONNX Runtime library; Dir a scratch directory (journal,
 	// profile cache shared by the gateway and the prediction).
 	Library, Dir string
+	// NoLatencyCorrection runs the gateway with scheduler.latency_correction off.
+	NoLatencyCorrection bool
 	// Options are the scheduler options of both; MaxQueue the admission bound.
 	Options  scheduler.Options
 	MaxQueue int
@@ -113,6 +115,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg.Scheduler.MaxQueueDelay = d.MaxQueueDelay
 	cfg.Scheduler.Shrink = o.Shrink // the same valuation as the simulated point
 	cfg.Scheduler.PriceHorizon = o.PriceHorizon
+	cfg.Scheduler.LatencyCorrection = !c.NoLatencyCorrection
 	if c.MaxQueue > 0 {
 		cfg.Admission.MaxQueue = c.MaxQueue
 	}

@@ -132,6 +132,9 @@ type SchedulerConfig struct {
 	Shrink float64 `yaml:"shrink"`
 	// PriceHorizon is scheduler.Options.PriceHorizon (0: price over the window).
 	PriceHorizon time.Duration `yaml:"price_horizon"`
+	// LatencyCorrection corrects the variants' latency tables from the observed
+	// forward passes (gateway/latency.go); false keeps the start-up profiles.
+	LatencyCorrection bool `yaml:"latency_correction"`
 }
 
 // AdmissionConfig bounds what is accepted.
@@ -208,8 +211,9 @@ func DefaultConfig() Config {
 			BatchSizes: []int{1, 2, 4, 8, 16, 32}, WarmupRuns: 3, ProfileRuns: 7,
 		},
 		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay,
-			Shrink:       0.5,          // docs/evaluation.md, "Shrinking"
-			PriceHorizon: time.Second}, // docs/evaluation.md, "Price horizon"
+			Shrink:            0.5,         // docs/evaluation.md, "Shrinking"
+			PriceHorizon:      time.Second, // docs/evaluation.md, "Price horizon"
+			LatencyCorrection: true},
 		Admission: AdmissionConfig{
 			MaxQueue: 10000, MaxWait: 0.5, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,

@@ -161,6 +161,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	budget := scheduler.Engine{MemBudget: int64(cfg.Engine.MemoryBudgetMB) << 20, CountBudget: cfg.Engine.MaxResident}
 	g.loop = newLoop(policy, sapps, g.runner, budget, capacity, g.now, g.answer,
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
+	g.loop.latency.frozen = !cfg.Scheduler.LatencyCorrection
 	if cfg.MQTT.Embedded.Enabled {
 		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, g.log.With().Str("component", "broker").Logger()); err != nil {
 			return nil, err

@@ -19,6 +19,9 @@ import (
 // it, like the tables it corrects.
 type latencyModel struct {
 	vs map[*scheduler.Variant]*latencyCorrection
+	// frozen measures the factor (for the metric) but leaves the tables as
+	// profiled (scheduler.latency_correction: false).
+	frozen bool
 }
 
 type latencyCorrection struct {
@@ -57,6 +60,9 @@ func (m *latencyModel) observe(v *scheduler.Variant, b int, took time.Duration) 
 	lim := math.Log(latencyClamp)
 	c.logF = max(-lim, min(lim, c.logF))
 	f := math.Exp(c.logF)
+	if m.frozen {
+		return f
+	}
 	for i := 1; i < len(c.profile); i++ {
 		v.Latency[i] = time.Duration(float64(c.profile[i]) * f)
 	}
