@@ -50,6 +50,7 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 func (g *Gateway) overflow(msg mqtt.Message) {
 	msg.Ack()
 	g.lastOverload.Store(g.now().UnixNano())
+	g.loop.refused.Add(1)
 	g.m.ignored.WithLabelValues("overflow").Inc()
 	g.m.rejected.WithLabelValues(string(protocol.ReasonOverload)).Inc()
 	app, device, err := protocol.ParseRequestTopic(g.env.Prefix, msg.Topic())
@@ -128,6 +129,7 @@ func (g *Gateway) handle(a arrival) {
 		if res, err := g.journal.Lookup(key); err != nil || res.Dup == store.New {
 			msg.Ack()
 			q, wait := g.loop.Queued(), g.estimatedWait()
+			g.loop.refused.Add(1)
 			g.refuse(req, protocol.ReasonOverload, fmt.Sprintf("%d requests queued, about %s to drain; the deadline budget is %s",
 				q, wait.Round(time.Millisecond), req.Budget()), max(wait, minRetryAfter))
 			return

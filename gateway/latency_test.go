@@ -73,3 +73,14 @@ func TestLoopCorrectsLatencyTables(t *testing.T) {
 		}
 	})
 }
+
+func TestOfferedMeterCountsRefusals(t *testing.T) {
+	var m offeredMeter
+	t0 := time.Unix(1_700_000_000, 0)
+	m.rate(t0, 0)
+	// 100 admitted and 300 refused in half a second: 800 offered per second.
+	m.admitted = 100
+	if r := m.rate(t0.Add(500*time.Millisecond), 300); math.Abs(r-800) > 1e-9 {
+		t.Fatalf("offered rate %v, want 800", r)
+	}
+}

@@ -124,6 +124,44 @@ type loop struct {
 	retiring map[string]func(string)
 	// latency corrects the variants' latency tables from observed batches.
 	latency *latencyModel
+	// refused counts requests refused for overload before they reached the
+	// queue (ingress adds to it); offered measures the offered rate (admitted
+	// plus refused) for the policy (Snapshot.Offered).
+	refused atomic.Int64
+	offered offeredMeter
+}
+
+// offeredMeter is the offered request rate over offeredWindow: the jobs the loop
+// admitted plus those ingress refused for overload.
+type offeredMeter struct {
+	admitted, lastRefused int64
+	ring                  []offeredSample
+}
+
+type offeredSample struct {
+	t     time.Time
+	total int64
+}
+
+const offeredWindow = time.Second
+
+// rate accounts refused (the running count of refusals) and returns the offered
+// rate over the window (0 until it spans time).
+func (m *offeredMeter) rate(now time.Time, refused int64) float64 {
+	total := m.admitted + refused
+	m.ring = append(m.ring, offeredSample{now, total})
+	drop := 0
+	for drop < len(m.ring)-2 && now.Sub(m.ring[drop+1].t) >= offeredWindow {
+		drop++
+	}
+	if drop > 0 {
+		m.ring = append(m.ring[:0], m.ring[drop:]...)
+	}
+	span := now.Sub(m.ring[0].t).Seconds()
+	if span <= 0 {
+		return 0
+	}
+	return float64(total-m.ring[0].total) / span
 }
 
 type batchDone struct {
@@ -266,6 +304,7 @@ func (l *loop) Run(ctx context.Context) {
 
 func (l *loop) enqueue(j *job) {
 	l.seq++
+	l.offered.admitted++
 	j.prepare(l.apps, l.seq)
 	l.queue = append(l.queue, j.req)
 	l.m.queueLen.Set(float64(len(l.queue)))
@@ -380,7 +419,8 @@ const minIdleWake = time.Millisecond
 // requests the verdicts answered.
 func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 	now := l.now()
-	s := &scheduler.Snapshot{Now: now, Queue: l.queue, Apps: l.apps, Engine: l.budget}
+	s := &scheduler.Snapshot{Now: now, Queue: l.queue, Apps: l.apps, Engine: l.budget,
+		Offered: l.offered.rate(now, l.refused.Load())}
 	s.Engine.Resident = l.resident
 	t0 := time.Now()
 	d := l.policy.Decide(s)

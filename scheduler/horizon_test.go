@@ -40,3 +40,24 @@ func TestPriceHorizonSendsTheRareGainToTheBigVariant(t *testing.T) {
 		}
 	}
 }
+
+// Requests refused at admission never reach the queue; the caller reports the
+// offered rate, and the price follows it: a request that would run on the big
+// variant at the queue's apparent rate runs on the cheap one when the offered
+// load says engine time is scarce.
+func TestOfferedRateRaisesThePrice(t *testing.T) {
+	for _, c := range []struct {
+		offered float64
+		want    string
+	}{{0, "big"}, {5000, "cheap"}} {
+		a := testApp()
+		p := mustPolicy(t, "sneakpeek", Options{})
+		r := req(a, 1, t0, 50*time.Millisecond, []float64{0.01, 0.99})
+		s := snap(t0, a, r)
+		s.Offered = c.offered
+		d := p.Decide(s)
+		if d.Batch == nil || d.Batch.Variant.ID.Variant != c.want {
+			t.Errorf("offered %v req/s: %+v, want a batch on %s", c.offered, d.Batch, c.want)
+		}
+	}
+}

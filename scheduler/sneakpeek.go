@@ -191,7 +191,7 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		p.buf = d.members[:0]
 		p.ubuf = d.ubuf[:0]
 	}()
-	arrivals := p.arrivals.observe(s.Now, s.Queue)
+	arrivals := max(p.arrivals.observe(s.Now, s.Queue), s.Offered)
 	var skip map[*Request]bool
 	// Each round either returns a batch or answers at least one request without
 	// running it; a few rounds cover the case where the plan's first run is

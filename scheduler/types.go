@@ -126,6 +126,11 @@ type Snapshot struct {
 	Queue  []*Request
 	Apps   map[string]*App
 	Engine Engine
+	// Offered, if positive, is the rate (requests per second) offered to the
+	// caller's admission, including requests refused before they reached the
+	// queue. Under admission control the queue's arrivals understate the load;
+	// a policy that prices engine time uses the larger of the two.
+	Offered float64
 }
 
 // Outcome is how a request is answered without running a model.
