@@ -7,7 +7,7 @@ import (
 
 // TestComparisonSneakPeekVsBaselines is the small deterministic version of the
 // comparison in docs/evaluation.md ("Honest baselines"): the same options (the
-// gateway's shrink 0.5 and 1 s price horizon, its warm residency, 5 us of loop time per request run on
+// gateway's shrink 0.5, its warm residency, 5 us of loop time per request run on
 // a model and 1 us per request answered without one, known to the policies, 1 ms
 // from receipt to the queue), one seed, a few deadlines of arrivals. It fails if
 // sneakpeek falls below the cascade or the mixing oblivious policy at the points
@@ -32,7 +32,7 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 		pt := Point{App: a, Workload: w, Load: load, Deadline: time.Duration(float64(a.Deadline) * dlScale), Seed: 1,
 			Jitter: 0.05, MaxQueue: 10000, GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond,
 			GatewayKnown: true, IngressDelay: time.Millisecond}
-		pt.Options.Shrink, pt.Options.PriceHorizon = 0.5, time.Second
+		pt.Options.Shrink = 0.5
 		rate := load * CapacityWith(a.Sched, withMaxBatch(pt.Options), pt.GatewayCost)
 		pt.Requests = max(2000, int(deadlines*rate*pt.Deadline.Seconds()))
 		u := make([]float64, len(pols))

@@ -69,7 +69,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		maxBatch    = fs.Int("max-batch", 32, "largest batch")
 		window      = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
 		shrink      = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
-		horizon     = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon, the gateway's default; 0: the window)")
+		horizon     = fs.Duration("price-horizon", 0, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 0, the gateway's default: the window)")
 		maxQueue    = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
 		maxResident = fs.Int("max-resident", 0, "most variants resident at once (0 = unlimited)")
 		memBudget   = fs.Int64("mem-budget-mb", 0, "residency memory budget in MiB (0 = unlimited)")
