@@ -134,13 +134,10 @@ type loop struct {
 // offeredMeter is the offered request rate over offeredWindow: the jobs the loop
 // admitted plus those ingress refused for overload.
 type offeredMeter struct {
-	admitted, lastRefused int64
-	ring                  []offeredSample
-}
-
-type offeredSample struct {
-	t     time.Time
-	total int64
+	// admitted counts the jobs the loop took; counted is admitted plus refused
+	// as of the last rate call.
+	admitted, counted int64
+	w                 scheduler.RateWindow
 }
 
 const offeredWindow = time.Second
@@ -148,20 +145,11 @@ const offeredWindow = time.Second
 // rate accounts refused (the running count of refusals) and returns the offered
 // rate over the window (0 until it spans time).
 func (m *offeredMeter) rate(now time.Time, refused int64) float64 {
+	m.w.Window = offeredWindow
 	total := m.admitted + refused
-	m.ring = append(m.ring, offeredSample{now, total})
-	drop := 0
-	for drop < len(m.ring)-2 && now.Sub(m.ring[drop+1].t) >= offeredWindow {
-		drop++
-	}
-	if drop > 0 {
-		m.ring = append(m.ring[:0], m.ring[drop:]...)
-	}
-	span := now.Sub(m.ring[0].t).Seconds()
-	if span <= 0 {
-		return 0
-	}
-	return float64(total-m.ring[0].total) / span
+	r := m.w.Add(now, float64(total-m.counted))
+	m.counted = total
+	return r
 }
 
 type batchDone struct {

@@ -125,14 +125,14 @@ func NewCascade(o Options, cfg map[string]CascadeConfig) (Policy, error) {
 			return nil, fmt.Errorf("scheduler: cascade for %s: variant indexes %d, %d", app, c.Cheap, c.Better)
 		}
 	}
-	return &cascade{o: o, cfg: cfg, rates: map[*App]*appRate{}}, nil
+	return &cascade{o: o, cfg: cfg, rates: map[*App]*RateWindow{}}, nil
 }
 
 type cascade struct {
 	o      Options
 	cfg    map[string]CascadeConfig
 	maxSeq uint64
-	rates  map[*App]*appRate
+	rates  map[*App]*RateWindow
 	// thresholds chosen at the last decision, for tests and reports.
 	last map[string]float64
 }
@@ -146,29 +146,6 @@ func (p *cascade) variants(a *App) (cheap, better *Variant, c CascadeConfig) {
 		c = CascadeConfig{Cheap: a.DefaultVariant, Better: a.DefaultVariant}
 	}
 	return a.Variants[c.Cheap], a.Variants[c.Better], c
-}
-
-// appRate measures one application's arrival rate over rateHorizon.
-type appRate struct {
-	total float64
-	ring  []rateSample
-}
-
-func (m *appRate) observe(now time.Time, add float64) float64 {
-	m.total += add
-	m.ring = append(m.ring, rateSample{now, m.total})
-	drop := 0
-	for drop < len(m.ring)-2 && now.Sub(m.ring[drop+1].t) >= rateHorizon {
-		drop++
-	}
-	if drop > 0 {
-		m.ring = append(m.ring[:0], m.ring[drop:]...)
-	}
-	span := now.Sub(m.ring[0].t).Seconds()
-	if span <= 0 {
-		return 0
-	}
-	return (m.total - m.ring[0].total) / span
 }
 
 // thresholds chooses each queued application's threshold from the measured
@@ -187,13 +164,13 @@ func (p *cascade) thresholds(now time.Time, q []*Request) map[*App]float64 {
 	p.maxSeq = newest
 	for _, r := range q {
 		if _, ok := p.rates[r.App]; !ok {
-			p.rates[r.App] = &appRate{}
+			p.rates[r.App] = &RateWindow{}
 		}
 	}
 	rate := map[*App]float64{}
 	load := 0.0 // engine seconds per second on the cheap variants
 	for a, m := range p.rates {
-		rate[a] = m.observe(now, added[a])
+		rate[a] = m.Add(now, added[a])
 		cheap, _, _ := p.variants(a)
 		load += rate[a] * Amortised(cheap, p.capOf(cheap)).Seconds()
 	}

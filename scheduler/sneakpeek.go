@@ -135,46 +135,23 @@ func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []me
 }
 
 // rateMeter estimates the arrival rate from the requests that appear in
-// successive snapshots (recognised by their increasing Seq), over a sliding
-// horizon.
+// successive snapshots (recognised by their increasing Seq), over rateHorizon.
 type rateMeter struct {
 	maxSeq uint64
-	total  float64
-	ring   []rateSample
+	w      RateWindow
 }
-
-type rateSample struct {
-	t     time.Time
-	total float64
-}
-
-// rateHorizon is how far back the arrival rate is measured.
-const rateHorizon = 250 * time.Millisecond
 
 // observe counts the queue's requests not seen before and returns the arrival
 // rate (requests per second) over the horizon, 0 until there is a time span. The
 // queue is in arrival order, so only its new tail is scanned.
 func (m *rateMeter) observe(now time.Time, q []*Request) float64 {
-	newest := m.maxSeq
+	newest, added := m.maxSeq, 0
 	for i := len(q) - 1; i >= 0 && q[i].Seq > m.maxSeq; i-- {
-		m.total++
+		added++
 		newest = max(newest, q[i].Seq)
 	}
 	m.maxSeq = newest
-	m.ring = append(m.ring, rateSample{now, m.total})
-	drop := 0
-	for drop < len(m.ring)-2 && now.Sub(m.ring[drop+1].t) >= rateHorizon {
-		drop++
-	}
-	if drop > 0 {
-		m.ring = append(m.ring[:0], m.ring[drop:]...)
-	}
-	first := m.ring[0]
-	span := now.Sub(first.t).Seconds()
-	if span <= 0 {
-		return 0
-	}
-	return (m.total - first.total) / span
+	return m.w.Add(now, float64(added))
 }
 
 // MaxBruteWindow is the largest window the bruteforce policy searches.
