@@ -142,14 +142,20 @@ func (e *Engine) Unregister(key string) error {
 		return true
 	})
 	e.mu.Unlock()
-	var errs []error
+	return errors.Join(e.unloadAll(vs)...)
+}
+
+// unloadAll unloads vs, each under its life lock (waiting for its running
+// batch), and returns one error per variant.
+func (e *Engine) unloadAll(vs []*variant) []error {
+	errs := make([]error, 0, len(vs))
 	for _, v := range vs {
 		v.life.Lock()
 		_, err := e.unload(v)
 		v.life.Unlock()
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // lookup returns the registered variant id, or an error wrapping ErrClosed or
@@ -424,14 +430,7 @@ func (e *Engine) Close() error {
 		vs = append(vs, e.variants[id])
 	}
 	e.mu.Unlock()
-	var errs []error
-	for _, v := range vs {
-		v.life.Lock()
-		_, err := e.unload(v)
-		v.life.Unlock()
-		errs = append(errs, err)
-	}
-	errs = append(errs, e.so.Destroy(), e.checkSO.Destroy())
+	errs := append(e.unloadAll(vs), e.so.Destroy(), e.checkSO.Destroy())
 	return errors.Join(errs...)
 }
 
