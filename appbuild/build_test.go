@@ -290,7 +290,7 @@ func checkWithEngine(t *testing.T, app *manifest.App, set *dataset.Set) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if argmax(p[0]) == int(set.Labels[i]) {
+			if sneakpeek.Argmax(p[0]) == int(set.Labels[i]) {
 				correct++
 			}
 		}
@@ -687,7 +687,7 @@ func TestFitLogisticSeparable(t *testing.T) {
 	probs := make([]float64, k)
 	for i := range n {
 		est.Estimate(f[i*d:(i+1)*d], probs)
-		if argmax(probs) != int(y[i]) || probs[y[i]] < 0.8 {
+		if sneakpeek.Argmax(probs) != int(y[i]) || probs[y[i]] < 0.8 {
 			t.Fatalf("row %d: %v for class %d", i, probs, y[i])
 		}
 	}

@@ -238,7 +238,7 @@ func checkVariant(eng *engine.Engine, id engine.VariantID, s *split, k int, o Ch
 		if math.Abs(sum-1) > 1e-3 {
 			return r, fmt.Errorf("row %d: the class distribution sums to %v (is output kind %q right?)", i, sum, "probabilities")
 		}
-		yhat, y := argmax(p), int(s.labels[i])
+		yhat, y := sneakpeek.Argmax(p), int(s.labels[i])
 		r.Confusion[y][yhat]++
 		if yhat == y {
 			correct++

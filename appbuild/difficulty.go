@@ -106,7 +106,7 @@ func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, 
 			return nil, err
 		}
 		for j, p := range out {
-			rows[j].Correct[v] = argmax(p) == int(train.labels[idx[j]])
+			rows[j].Correct[v] = sneakpeek.Argmax(p) == int(train.labels[idx[j]])
 		}
 	}
 	params, err := sneakpeek.TrainDifficulty(def.Features, app.InputSize, k, names, rows, difficultyLambda)

@@ -266,7 +266,7 @@ func accuracyECE(probs [][]float64, y []int32) (acc, ece float64) {
 	var sumConf, sumCorrect [bins]float64
 	correct := 0
 	for i, p := range probs {
-		top := argmax(p)
+		top := sneakpeek.Argmax(p)
 		conf := p[top]
 		ok := 0.0
 		if int32(top) == y[i] {

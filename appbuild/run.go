@@ -11,6 +11,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // runBatch is the batch size of validation runs.
@@ -154,7 +155,7 @@ func measureOne(eng *engine.Engine, id engine.VariantID, readAs string, p *plan,
 	dist := make([]float64, k)
 	for i, row := range raw {
 		toDist(kind, row, dist)
-		yhat, y := argmax(dist), int(val.labels[i])
+		yhat, y := sneakpeek.Argmax(dist), int(val.labels[i])
 		r.Pred[i] = yhat
 		r.Confusion[y][yhat]++
 		if yhat == y {
@@ -270,16 +271,6 @@ func toDist(kind string, raw, dst []float64) {
 	default: // probabilities; a score was already read as [1-p, p]
 		copy(dst, raw)
 	}
-}
-
-func argmax(p []float64) int {
-	best := 0
-	for y := range p {
-		if p[y] > p[best] {
-			best = y
-		}
-	}
-	return best
 }
 
 func recall(conf [][]float64) []float64 {

@@ -65,16 +65,9 @@ func ExpectedUtility(p []float64, cond, w [][]float64) float64 {
 	return u
 }
 
-// Argmax returns the index of the largest value (the first on ties), -1 if empty.
-func Argmax(p []float64) int {
-	best, bi := math.Inf(-1), -1
-	for i, x := range p {
-		if x > best {
-			best, bi = x, i
-		}
-	}
-	return bi
-}
+// Argmax returns the index of the largest value (the first on ties), -1 if empty
+// or all NaN: sneakpeek.Argmax, here for the scheduler's callers.
+func Argmax(p []float64) int { return sneakpeek.Argmax(p) }
 
 // NewApp builds the scheduler's view of an application from its manifest. Latency,
 // Load, Unload and MemBytes of each variant are left for the caller to fill from the

@@ -201,7 +201,7 @@ func (g *Guard) Trusted() bool { return g.trusted.Load() }
 
 // predicted returns (q, confidence, argmax) of p against the reference.
 func predicted(p []float64, ref [][]float64) (q, conf float64, c int) {
-	c = argmax(p)
+	c = Argmax(p)
 	conf = p[c]
 	if ref == nil {
 		return conf, conf, c
@@ -210,16 +210,6 @@ func predicted(p []float64, ref [][]float64) (q, conf float64, c int) {
 		q += py * ref[y][c]
 	}
 	return q, conf, c
-}
-
-func argmax(p []float64) int {
-	bi := 0
-	for i, x := range p {
-		if x > p[bi] {
-			bi = i
-		}
-	}
-	return bi
 }
 
 // Observe records one request's estimate p and reference class ref. An empty p, a

@@ -333,16 +333,6 @@ func (r *runner) run(rows [][]float32) ([][]float64, error) {
 	return out, nil
 }
 
-func argmax(p []float64) int {
-	best := 0
-	for y := range p {
-		if p[y] > p[best] {
-			best = y
-		}
-	}
-	return best
-}
-
 func checkVariant(app *manifest.App, v *manifest.Variant, val *dataset.Set) (variantResult, error) {
 	r, err := newRunner(app, v)
 	if err != nil {
@@ -368,7 +358,7 @@ func checkVariant(app *manifest.App, v *manifest.Variant, val *dataset.Set) (var
 			return res, err
 		}
 		for j, p := range ps {
-			yhat, y := argmax(p), int(val.Labels[s+j])
+			yhat, y := sneakpeek.Argmax(p), int(val.Labels[s+j])
 			res.Confusion[y][yhat]++
 			if yhat == y {
 				correct++
