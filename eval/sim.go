@@ -1,6 +1,7 @@
 package eval
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -322,7 +323,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	}
 	requeue := func(r *scheduler.Request) {
 		i, _ := slices.BinarySearchFunc(queue, r.Seq, func(x *scheduler.Request, seq uint64) int {
-			return cmpSeq(x.Seq, seq)
+			return cmp.Compare(x.Seq, seq)
 		})
 		queue = slices.Insert(queue, i, r)
 	}
@@ -605,16 +606,6 @@ func withLoopCost(a *scheduler.App, c time.Duration) *scheduler.App {
 		cp.Variants[i] = &w
 	}
 	return &cp
-}
-
-func cmpSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func lookup(a *scheduler.App, id scheduler.VariantID) *scheduler.Variant {

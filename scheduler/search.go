@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -85,32 +86,12 @@ func (d *decisionState) groupWindow(win []int) []*group {
 	for _, g := range gs {
 		slices.SortStableFunc(g.ms, func(a, b *member) int {
 			if a.dl != b.dl {
-				return cmpDur(a.dl, b.dl)
+				return cmp.Compare(a.dl, b.dl)
 			}
-			return cmpU64(a.r.Seq, b.r.Seq)
+			return cmp.Compare(a.r.Seq, b.r.Seq)
 		})
 	}
 	return gs
-}
-
-func cmpDur(a, b time.Duration) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // grouped searches group orders and one variant per group. Consecutive groups on
@@ -334,7 +315,7 @@ func (p *grouped) greedy() plan {
 		byPri[i] = i
 	}
 	byDl := slices.Clone(byPri)
-	slices.SortStableFunc(byDl, func(a, b int) int { return cmpDur(p.gs[a].edl, p.gs[b].edl) })
+	slices.SortStableFunc(byDl, func(a, b int) int { return cmp.Compare(p.gs[a].edl, p.gs[b].edl) })
 
 	best := plan{value: math.Inf(-1)}
 	for _, seed := range [][]int{byDl, byPri} {

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"container/heap"
 	"math"
 	"slices"
@@ -76,7 +77,7 @@ func (d *decisionState) shed() {
 		cs[i] = cand{i: i, cost: max(cost, 1), density: (best - alt) / max(cost.Seconds(), 1e-12)}
 		order[i] = i
 	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmpDur(d.members[a].dl, d.members[b].dl) })
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(d.members[a].dl, d.members[b].dl) })
 	h := &densityHeap{cs: make([]int, 0, n), density: func(i int) float64 { return cs[i].density }}
 	var cum time.Duration
 	var shed []int
