@@ -145,18 +145,18 @@ type Estimator struct {
 // Difficulty describes a per-sample difficulty model (sneakpeek.Difficulty).
 type Difficulty struct {
 	// File holds its parameters (JSON), relative to the manifest.
-	File string `yaml:"file"`
+	File string `yaml:"file" json:"file"`
 	// Estimator names the estimator whose class estimate the model reads.
-	Estimator string `yaml:"estimator"`
+	Estimator string `yaml:"estimator" json:"estimator"`
 	// AUC is, per variant (manifest order), the area under the ROC curve of its
 	// correctness predictions on held-out rows; ClassAUC is the same for the
 	// class-based expected accuracy sum_y p(y) recall(y), for comparison.
-	AUC      []float64 `yaml:"auc,omitempty"`
-	ClassAUC []float64 `yaml:"class_auc,omitempty"`
+	AUC      []float64 `yaml:"auc,omitempty" json:"auc"`
+	ClassAUC []float64 `yaml:"class_auc,omitempty" json:"class_auc"`
 	// TrainedOn says which rows it was trained on and how AUC was measured.
-	TrainedOn string `yaml:"trained_on,omitempty"`
+	TrainedOn string `yaml:"trained_on,omitempty" json:"trained_on"`
 	// CostUS is the measured cost per request in microseconds.
-	CostUS float64 `yaml:"cost_us,omitempty"`
+	CostUS float64 `yaml:"cost_us,omitempty" json:"cost_us"`
 }
 
 // Samples points to a sample file: replayable evaluation samples or a split.

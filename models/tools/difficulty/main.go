@@ -20,6 +20,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -33,16 +34,6 @@ import (
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/sneakpeek"
 )
-
-// meta is what the manifest's difficulty section gets (difficulty.json).
-type meta struct {
-	File      string    `json:"file"`
-	Estimator string    `json:"estimator"`
-	AUC       []float64 `json:"auc"`
-	ClassAUC  []float64 `json:"class_auc"`
-	TrainedOn string    `json:"trained_on"`
-	CostUS    float64   `json:"cost_us"`
-}
 
 const lambda = 1e-3
 
@@ -87,7 +78,9 @@ func run(dir string) error {
 	}
 	k, nv := m.K(), len(m.Variants)
 	rows := make([]sneakpeek.DifficultyRow, val.N)
+	inputs := make([][]float32, val.N)
 	for i := range rows {
+		inputs[i] = val.Row(i)
 		p := make([]float64, k)
 		est.Estimate(val.Row(i), p)
 		rows[i] = sneakpeek.DifficultyRow{Input: val.Row(i), Estimate: p, Correct: make([]bool, nv)}
@@ -95,25 +88,12 @@ func run(dir string) error {
 	names := make([]string, nv)
 	for v, mv := range m.Variants {
 		names[v] = mv.Name
-		id := engine.VariantID{App: m.Name, Variant: mv.Name}
-		if _, err := eng.Load(id); err != nil {
+		out, err := eng.RunAll(context.Background(), engine.VariantID{App: m.Name, Variant: mv.Name}, inputs, 256)
+		if err != nil {
 			return err
 		}
-		for i := 0; i < val.N; i += 256 {
-			var in [][]float32
-			for j := i; j < min(i+256, val.N); j++ {
-				in = append(in, val.Row(j))
-			}
-			out, err := eng.Run(id, in)
-			if err != nil {
-				return err
-			}
-			for j, p := range out {
-				rows[i+j].Correct[v] = argmax(p) == int(val.Labels[i+j])
-			}
-		}
-		if _, err := eng.Unload(id); err != nil {
-			return err
+		for i, p := range out {
+			rows[i].Correct[v] = sneakpeek.Argmax(p) == int(val.Labels[i])
 		}
 	}
 	// Two-fold cross-fitting, folds by row parity (the split is shuffled).
@@ -142,7 +122,7 @@ func run(dir string) error {
 			}
 		}
 	}
-	mt := meta{File: "est/difficulty.json", Estimator: m.Estimators[0].Name,
+	mt := manifest.Difficulty{File: "est/difficulty.json", Estimator: m.Estimators[0].Name,
 		TrainedOn: fmt.Sprintf("validation split (%d rows); AUC by two-fold cross-fitting", val.N)}
 	fmt.Printf("%s: per-sample difficulty, AUC of correctness predictions (validation, cross-fitted)\n", m.Name)
 	fmt.Printf("  %-14s %9s %10s %10s\n", "variant", "accuracy", "class AUC", "sample AUC")
@@ -195,16 +175,6 @@ func fit(features string, inputSize, k int, names []string, rows []sneakpeek.Dif
 	}
 	d, err := sneakpeek.NewDifficulty(p, inputSize)
 	return p, d, err
-}
-
-func argmax(p []float64) int {
-	b := 0
-	for i, x := range p {
-		if x > p[b] {
-			b = i
-		}
-	}
-	return b
 }
 
 func round(x float64) float64 { return math.Round(x*1e4) / 1e4 }
