@@ -101,23 +101,12 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 		return nil, fmt.Errorf("%w: difficulty shapes: classes %d variants %d dim %d mean %d scale %d weights %d bias %d",
 			ErrParams, k, nm, d, len(p.Mean), len(p.Scale), len(p.Weights), len(p.Bias))
 	}
-	m := &Difficulty{feat: f, variants: slices.Clone(p.Variants), k: k, d: d, mean: make([]float32, d),
-		inv: make([]float32, d), w: make([]float32, 0, nm*d), b: slices.Clone(p.Bias), buf: newScratch(d)}
-	for i := range d {
-		if !(p.Scale[i] > 0) || math.IsInf(p.Scale[i], 0) || math.IsNaN(p.Mean[i]) {
-			return nil, fmt.Errorf("%w: difficulty mean/scale[%d] = %v/%v", ErrParams, i, p.Mean[i], p.Scale[i])
-		}
-		m.mean[i], m.inv[i] = float32(p.Mean[i]), float32(1/p.Scale[i])
+	mean, inv, w, err := standardisedLinear("difficulty ", p.Mean, p.Scale, p.Weights, d)
+	if err != nil {
+		return nil, err
 	}
-	for v, row := range p.Weights {
-		if len(row) != d {
-			return nil, fmt.Errorf("%w: difficulty weights[%d] has %d values, want %d", ErrParams, v, len(row), d)
-		}
-		for _, x := range row {
-			m.w = append(m.w, float32(x))
-		}
-	}
-	return m, nil
+	return &Difficulty{feat: f, variants: slices.Clone(p.Variants), k: k, d: d, mean: mean,
+		inv: inv, w: w, b: slices.Clone(p.Bias), buf: newScratch(d)}, nil
 }
 
 // Variants returns the variant names, in the order of Correctness's output.

@@ -48,7 +48,7 @@ func newLogistic(app *manifest.App, e manifest.Estimator, f Features) (Estimator
 
 // NewLogistic returns a logistic estimator with parameters p over features f. It
 // returns an error wrapping ErrParams when the parameter shapes disagree with each
-// other or with f, or a scale is not positive.
+// other or with f, a scale is not positive and finite, or a mean is NaN.
 func NewLogistic(name string, f Features, p *LogisticParams) (*Logistic, error) {
 	k, d := p.Classes, p.Dim
 	if d != f.Dim() {
@@ -58,23 +58,35 @@ func NewLogistic(name string, f Features, p *LogisticParams) (*Logistic, error) 
 		return nil, fmt.Errorf("%w: shapes: classes %d dim %d mean %d scale %d weights %d bias %d",
 			ErrParams, k, d, len(p.Mean), len(p.Scale), len(p.Weights), len(p.Bias))
 	}
-	m := &Logistic{name: name, feat: f, k: k, d: d, mean: make([]float32, d), inv: make([]float32, d),
-		w: make([]float32, 0, k*d), b: append([]float64(nil), p.Bias...), buf: newScratch(d)}
-	for i := range d {
-		if !(p.Scale[i] > 0) {
-			return nil, fmt.Errorf("%w: scale[%d] = %v", ErrParams, i, p.Scale[i])
-		}
-		m.mean[i], m.inv[i] = float32(p.Mean[i]), float32(1/p.Scale[i])
+	mean, inv, w, err := standardisedLinear("", p.Mean, p.Scale, p.Weights, d)
+	if err != nil {
+		return nil, err
 	}
-	for y, row := range p.Weights {
+	return &Logistic{name: name, feat: f, k: k, d: d, mean: mean, inv: inv, w: w,
+		b: append([]float64(nil), p.Bias...), buf: newScratch(d)}, nil
+}
+
+// standardisedLinear checks and converts a linear model on standardised inputs
+// ((x - mean) / scale, one weight row per output, each of d values) to the
+// float32 form the estimators evaluate: mean, 1/scale and the rows end to end.
+// what prefixes the names in its errors, which wrap ErrParams.
+func standardisedLinear(what string, mean, scale []float64, weights [][]float64, d int) (m, inv, w []float32, err error) {
+	m, inv, w = make([]float32, d), make([]float32, d), make([]float32, 0, len(weights)*d)
+	for i := range d {
+		if !(scale[i] > 0) || math.IsInf(scale[i], 0) || math.IsNaN(mean[i]) {
+			return nil, nil, nil, fmt.Errorf("%w: %smean/scale[%d] = %v/%v", ErrParams, what, i, mean[i], scale[i])
+		}
+		m[i], inv[i] = float32(mean[i]), float32(1/scale[i])
+	}
+	for y, row := range weights {
 		if len(row) != d {
-			return nil, fmt.Errorf("%w: weights[%d] has %d values, want %d", ErrParams, y, len(row), d)
+			return nil, nil, nil, fmt.Errorf("%w: %sweights[%d] has %d values, want %d", ErrParams, what, y, len(row), d)
 		}
 		for _, v := range row {
-			m.w = append(m.w, float32(v))
+			w = append(w, float32(v))
 		}
 	}
-	return m, nil
+	return m, inv, w, nil
 }
 
 // Name implements Estimator.
