@@ -299,21 +299,19 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 		}
 		g.appGen++
 		a.key = fmt.Sprintf("%s#%d", name, g.appGen)
+		built = append(built, a) // undo unregisters it too (nothing when it never registered)
 		if err := g.prepareEngine(ctx, a, true); err != nil {
 			undo()
-			g.eng.Unregister(a.key)
 			return res, fmt.Errorf("gateway: apps[%d] (%s): %w", i, name, err)
 		}
 		if g.cfg.Scheduler.Policy == PolicyCascade {
 			c, err := g.measureCascade(ctx, a)
 			if err != nil {
 				undo()
-				g.eng.Unregister(a.key)
 				return res, fmt.Errorf("gateway: apps[%d] (%s): %w", i, name, err)
 			}
 			a.cascade = &c
 		}
-		built = append(built, a)
 		next[name] = a
 		if _, ok := old[name]; ok {
 			res.Changed = append(res.Changed, name)
