@@ -26,6 +26,9 @@
 // than silently ignored. Tests of outages use it, so that they run against the
 // limits production runs with.
 //
+// The process itself (configuration, start, restart, stop) is package
+// internal/mosquitto's; this package ties it to a test.
+//
 // # Caveats
 //
 //   - The mosquitto binary is looked up on PATH, then in /usr/sbin and
@@ -37,16 +40,10 @@
 package mqtttest
 
 import (
-	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
-	"syscall"
+	"errors"
 	"testing"
-	"time"
+
+	"github.com/sneakgate/sneakgate/internal/mosquitto"
 )
 
 // Options configure a test broker.
@@ -71,15 +68,9 @@ type Options struct {
 // goroutine.
 type Broker struct {
 	t    testing.TB
-	bin  string
+	p    *mosquitto.Broker
 	dir  string
 	port int
-	conf string
-	log  string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd exits
 }
 
 // StartMosquitto starts a broker for t and returns its address, "127.0.0.1:port".
@@ -93,33 +84,34 @@ func StartMosquitto(t testing.TB) string {
 // log is printed if the test failed.
 func Start(t testing.TB, opts Options) *Broker {
 	t.Helper()
-	var shipped []setting
+	mo := mosquitto.Options{Persistence: opts.Persistence, MaxInflight: opts.MaxInflight, Config: opts.Config}
 	if opts.Shipped {
-		var err error
-		if shipped, err = shippedDelivery(); err != nil {
+		shipped, err := shippedDelivery()
+		if err != nil {
 			t.Fatalf("mqtttest: Shipped: %v", err)
 		}
+		for _, s := range shipped {
+			mo.Delivery = append(mo.Delivery, mosquitto.Setting{Key: s.key, Value: s.value})
+		}
 	}
-	return start(t, func(b *Broker) string { return b.config(opts, shipped) })
+	return start(t, func(b *Broker) string { return mosquitto.Config(b.port, b.dir, mo) })
 }
 
 // start starts a broker for t whose mosquitto.conf render returns; render sees
 // the broker's port and directory.
 func start(t testing.TB, render func(*Broker) string) *Broker {
 	t.Helper()
-	bin := findMosquitto()
-	if bin == "" {
-		t.Fatal("mqtttest: mosquitto not found on PATH or in /usr/sbin: install mosquitto (make test does)")
+	b := &Broker{t: t, dir: t.TempDir()}
+	p, err := mosquitto.New(b.dir, func(port int) string { b.port = port; return render(b) })
+	if errors.Is(err, mosquitto.ErrNotFound) {
+		t.Fatalf("mqtttest: %v: install mosquitto (make test does)", err)
 	}
-	b := &Broker{t: t, bin: bin, dir: t.TempDir()}
-	b.port = freePort(t)
-	b.conf = filepath.Join(b.dir, "mosquitto.conf")
-	b.log = filepath.Join(b.dir, "mosquitto.log")
-	if err := os.WriteFile(b.conf, []byte(render(b)), 0o600); err != nil {
+	if err != nil {
 		t.Fatalf("mqtttest: %v", err)
 	}
+	b.p = p
 	t.Cleanup(func() {
-		b.stop(syscall.SIGTERM)
+		b.p.Stop()
 		if t.Failed() {
 			t.Logf("mqtttest: mosquitto log (%s):\n%s", b.Addr(), b.Log())
 		}
@@ -128,198 +120,43 @@ func start(t testing.TB, render func(*Broker) string) *Broker {
 	return b
 }
 
-// config renders the broker's mosquitto.conf: the test defaults, then the shipped
-// delivery settings replacing them (opts.Shipped), then opts.
-func (b *Broker) config(opts Options, shipped []setting) string {
-	delivery := []setting{
-		{"persistence", fmt.Sprint(opts.Persistence)},
-		{"max_queued_messages", "1000000"},
-		{"max_queued_bytes", "0"},
-		{"max_inflight_messages", "1000"},
-		{"set_tcp_nodelay", "true"},
-	}
-	set := func(key, value string) {
-		for i := range delivery {
-			if delivery[i].key == key {
-				delivery[i].value = value
-				return
-			}
-		}
-		delivery = append(delivery, setting{key, value})
-	}
-	for _, s := range shipped {
-		set(s.key, s.value)
-	}
-	if opts.Persistence {
-		set("persistence", "true")
-	}
-	if opts.MaxInflight > 0 {
-		set("max_inflight_messages", fmt.Sprint(opts.MaxInflight))
-	}
-	var c strings.Builder
-	fmt.Fprintf(&c, "listener %d 127.0.0.1\n", b.port)
-	c.WriteString("allow_anonymous true\n")
-	fmt.Fprintf(&c, "persistence_location %s/\n", b.dir)
-	for _, s := range delivery {
-		fmt.Fprintf(&c, "%s %s\n", s.key, s.value)
-	}
-	c.WriteString("log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n")
-	c.WriteString("connection_messages true\nlog_timestamp_format %H:%M:%S\n")
-	if os.Geteuid() == 0 {
-		// Run as root, Mosquitto would switch to user "mosquitto", which cannot
-		// write to the test's private directory.
-		c.WriteString("user root\n")
-	}
-	if opts.Config != "" {
-		c.WriteString(opts.Config)
-		c.WriteString("\n")
-	}
-	return c.String()
-}
-
-func findMosquitto() string {
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	return ""
-}
+// startTimeout bounds how long Start waits for the broker to accept connections.
+const startTimeout = mosquitto.StartTimeout
 
 func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	port, err := mosquitto.FreePort()
 	if err != nil {
-		t.Fatalf("mqtttest: find a free port: %v", err)
+		t.Fatalf("mqtttest: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // Addr returns "127.0.0.1:port"; the port stays the same across restarts.
-func (b *Broker) Addr() string { return fmt.Sprintf("127.0.0.1:%d", b.port) }
+func (b *Broker) Addr() string { return b.p.Addr() }
 
 // URL returns the broker's URL for paho, "tcp://127.0.0.1:port".
-func (b *Broker) URL() string { return "tcp://" + b.Addr() }
+func (b *Broker) URL() string { return b.p.URL() }
 
 // Log returns the broker's log so far.
-func (b *Broker) Log() string {
-	out, err := os.ReadFile(b.log)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	return string(out)
-}
+func (b *Broker) Log() string { return b.p.Log() }
 
 // Running reports whether the broker process is running.
-func (b *Broker) Running() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.runningLocked()
-}
-
-func (b *Broker) runningLocked() bool {
-	if b.cmd == nil {
-		return false
-	}
-	select {
-	case <-b.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// startTimeout bounds how long Start waits for the broker to accept connections.
-const startTimeout = 10 * time.Second
+func (b *Broker) Running() bool { return b.p.Running() }
 
 // Start (re)starts a stopped broker on the same port and waits until it accepts
 // TCP connections. It does nothing if the broker is running. It calls t.Fatal,
 // with the broker's log, if the broker does not come up within 10 seconds.
 func (b *Broker) Start() {
 	b.t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.runningLocked() {
-		return
-	}
-	deadline := time.Now().Add(startTimeout)
-	for attempt := 1; ; attempt++ {
-		err := b.startOnce(deadline)
-		if err == nil {
-			return
-		}
-		// The port may still be held by the previous process's socket or have been
-		// taken meanwhile; retry while time remains.
-		if !strings.Contains(b.Log(), "Address already in use") || time.Now().After(deadline) {
-			b.t.Fatalf("mqtttest: mosquitto on %s (attempt %d): %v\nlog:\n%s", b.Addr(), attempt, err, b.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (b *Broker) startOnce(deadline time.Time) error {
-	logf, err := os.OpenFile(b.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(logf, "--- mqtttest: starting %s -c %s\n", b.bin, b.conf)
-	cmd := exec.Command(b.bin, "-c", b.conf)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return err
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait() // the exit status is in the log; Stop reports nothing
-		logf.Close()
-		close(done)
-	}()
-	b.cmd, b.done = cmd, done
-	for {
-		select {
-		case <-done:
-			return fmt.Errorf("exited during start-up: %v", cmd.ProcessState)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", b.Addr(), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			b.signalLocked(syscall.SIGKILL)
-			return fmt.Errorf("not accepting connections after %s: %v", startTimeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if err := b.p.Start(); err != nil {
+		b.t.Fatalf("mqtttest: %v\nlog:\n%s", err, b.Log())
 	}
 }
 
 // Stop stops the broker gracefully (SIGTERM; SIGKILL after 5 seconds) and waits for
 // it to exit. Clients see their connections drop.
-func (b *Broker) Stop() { b.stop(syscall.SIGTERM) }
+func (b *Broker) Stop() { b.p.Stop() }
 
 // Kill kills the broker (SIGKILL), as a crash would, and waits for it to exit.
-func (b *Broker) Kill() { b.stop(syscall.SIGKILL) }
-
-func (b *Broker) stop(sig syscall.Signal) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.signalLocked(sig)
-}
-
-func (b *Broker) signalLocked(sig syscall.Signal) {
-	if !b.runningLocked() {
-		return
-	}
-	_ = b.cmd.Process.Signal(sig) // fails only if it already exited; done tells
-	select {
-	case <-b.done:
-	case <-time.After(5 * time.Second):
-		_ = b.cmd.Process.Kill()
-		<-b.done
-	}
-}
+func (b *Broker) Kill() { b.p.Kill() }
