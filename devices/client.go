@@ -43,6 +43,10 @@ type ClientOptions struct {
 	Persistent bool
 	// B64 sends inputs as input_b64 instead of a JSON array.
 	B64 bool
+	// QoS0 publishes requests and subscribes to the replies at QoS 0 (at most
+	// once) instead of QoS 1, for measuring what QoS 1 costs; a request or reply
+	// lost on the way is then never answered.
+	QoS0 bool
 	// Pipeline is the capacity of the Replies channel; 0 disables it, and replies
 	// no Do waits for are then dropped and counted as unmatched.
 	Pipeline int
@@ -75,6 +79,7 @@ type Client struct {
 	prefix  string
 	device  string
 	b64     bool
+	qos     byte
 	replies chan Received
 
 	mu      sync.Mutex
@@ -85,10 +90,10 @@ type Client struct {
 	unmatched, dropped, malformed atomic.Int64
 }
 
-// Dial connects a device to the broker and subscribes (QoS 1) to its reply topics
-// {prefix}/res/+/{device}. The client reconnects and resubscribes by itself after a
-// connection loss. It returns an error wrapping ErrOptions for invalid options, or
-// the connect or subscribe error.
+// Dial connects a device to the broker and subscribes (QoS 1; 0 with QoS0) to its
+// reply topics {prefix}/res/+/{device}. The client reconnects and resubscribes by
+// itself after a connection loss. It returns an error wrapping ErrOptions for
+// invalid options, or the connect or subscribe error.
 func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 	if o.Broker == "" {
 		return nil, fmt.Errorf("%w: Broker is required", ErrOptions)
@@ -113,7 +118,10 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 10 * time.Second
 	}
-	c := &Client{prefix: o.Prefix, device: o.Device, b64: o.B64, waiters: map[string]chan Received{}, done: make(chan struct{})}
+	c := &Client{prefix: o.Prefix, device: o.Device, b64: o.B64, qos: 1, waiters: map[string]chan Received{}, done: make(chan struct{})}
+	if o.QoS0 {
+		c.qos = 0
+	}
 	if o.Pipeline > 0 {
 		c.replies = make(chan Received, o.Pipeline)
 	}
@@ -126,7 +134,7 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 		SetKeepAlive(30 * time.Second)
 	po.SetOnConnectHandler(func(pc mqtt.Client) {
 		// Called on its own goroutine on every (re)connect: waiting here is fine.
-		tok := pc.Subscribe(filter, 1, c.handle)
+		tok := pc.Subscribe(filter, c.qos, c.handle)
 		var err error
 		if !tok.WaitTimeout(o.ConnectTimeout) {
 			err = fmt.Errorf("devices: subscribe %s: timed out", filter)
@@ -154,6 +162,31 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 		return nil, ctx.Err()
 	}
 	return c, nil
+}
+
+// DialAll connects n devices at once, device i with options(i). If any fails, it
+// closes the others and returns the errors joined.
+func DialAll(ctx context.Context, n int, options func(i int) ClientOptions) ([]*Client, error) {
+	clients := make([]*Client, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			clients[i], errs[i] = Dial(ctx, options(i))
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, c := range clients {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return nil, err
+	}
+	return clients, nil
 }
 
 // wait waits for a paho token or ctx.
@@ -256,9 +289,9 @@ func (c *Client) DoReceived(ctx context.Context, app, id string, input []float32
 }
 
 // Publish publishes a request at QoS 1 and returns when the broker acknowledged it
-// (PUBACK), or with the publish error or ctx's error. The reply arrives on Replies
-// (if enabled). deadline is as for Do. Payloads are built with protocol.Payload,
-// "id" first.
+// (PUBACK; at QoS 0, with ClientOptions.QoS0, once it is written), or with the
+// publish error or ctx's error. The reply arrives on Replies (if enabled).
+// deadline is as for Do. Payloads are built with protocol.Payload, "id" first.
 func (c *Client) Publish(ctx context.Context, app, id string, input []float32, deadline time.Duration) error {
 	p := protocol.Payload{ID: id, DeadlineMS: protocol.DeadlineMS(deadline), Input: input, B64: c.b64}
 	return c.PublishPayload(ctx, app, &p)
@@ -279,7 +312,7 @@ func (c *Client) PublishRaw(ctx context.Context, app string, payload []byte) err
 	if closed {
 		return ErrClosed
 	}
-	tok := c.pc.Publish(protocol.RequestTopic(c.prefix, app, c.device), 1, false, payload)
+	tok := c.pc.Publish(protocol.RequestTopic(c.prefix, app, c.device), c.qos, false, payload)
 	if err := wait(ctx, tok); err != nil {
 		return fmt.Errorf("devices: publish: %w", err)
 	}

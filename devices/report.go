@@ -78,7 +78,9 @@ type Percentiles struct {
 	Max time.Duration `json:"max_ns"`
 }
 
-func percentiles(d []time.Duration) Percentiles {
+// LatencyPercentiles summarises d by nearest rank (p50, p90, p99, max); it sorts d
+// in place.
+func LatencyPercentiles(d []time.Duration) Percentiles {
 	if len(d) == 0 {
 		return Percentiles{}
 	}
@@ -127,7 +129,7 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  status        %s\n", strings.Join(parts, "  "))
 	if len(r.ByReason) > 0 {
-		fmt.Fprintf(w, "  reasons       %s\n", joinCounts(r.ByReason))
+		fmt.Fprintf(w, "  reasons       %s\n", JoinCounts(r.ByReason))
 	}
 	fmt.Fprintf(w, "  accuracy      %.4f of answered (%d/%d), %.4f of all sent\n", r.AccuracyAnswered, r.Correct, r.Answered, r.AccuracyAll)
 	fmt.Fprintf(w, "  deadline met  %.4f (gateway: deadline_met), %.4f (device: reply within budget)\n", r.DeadlineMetRatio, r.DeviceDeadlineMetRatio)
@@ -138,7 +140,7 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "  gateway total %s\n", r.GatewayTotal)
 	}
 	if len(r.ByModel) > 0 {
-		fmt.Fprintf(w, "  models        %s\n", joinCounts(r.ByModel))
+		fmt.Fprintf(w, "  models        %s\n", JoinCounts(r.ByModel))
 	}
 }
 
@@ -150,7 +152,9 @@ func (p Percentiles) String() string {
 	return fmt.Sprintf("p50 %s  p90 %s  p99 %s  max %s  (n=%d)", f(p.P50), f(p.P90), f(p.P99), f(p.Max), p.N)
 }
 
-func joinCounts[K ~string](m map[K]int) string {
+// JoinCounts lists m's entries as "key count", largest count first, separated by
+// two spaces.
+func JoinCounts[K ~string](m map[K]int) string {
 	keys := make([]K, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

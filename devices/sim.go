@@ -121,8 +121,11 @@ func (c *SimConfig) defaults() error {
 	return nil
 }
 
-// loadApp returns the manifest, the sample set and the sampler.
-func (c *SimConfig) loadApp() (*manifest.App, *sampler, error) {
+// LoadSamples returns the application's manifest and its labelled sample file:
+// the manifest is c.AppManifest if set, else c.Manifest, else
+// {c.Models}/{c.App}/manifest.yaml. It returns an error wrapping ErrSimConfig when
+// the manifest names no sample file or the file does not fit the application.
+func (c *SimConfig) LoadSamples() (*manifest.App, *dataset.Set, error) {
 	app := c.AppManifest
 	if app == nil {
 		path := c.Manifest
@@ -143,6 +146,15 @@ func (c *SimConfig) loadApp() (*manifest.App, *sampler, error) {
 	}
 	if set.D != app.InputSize {
 		return nil, nil, fmt.Errorf("%w: sample file has %d values per sample, application %s wants %d", ErrSimConfig, set.D, app.Name, app.InputSize)
+	}
+	return app, set, nil
+}
+
+// loadApp returns the manifest, the sample set and the sampler.
+func (c *SimConfig) loadApp() (*manifest.App, *sampler, error) {
+	app, set, err := c.LoadSamples()
+	if err != nil {
+		return nil, nil, err
 	}
 	var w *manifest.Workload
 	if c.Workload != "" {
@@ -270,8 +282,8 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 	for _, o := range s.pending {
 		s.utility += s.na(o.label) // never answered: the default action
 	}
-	rep.Latency = percentiles(s.rtt)
-	rep.GatewayTotal = percentiles(s.gwTotal)
+	rep.Latency = LatencyPercentiles(s.rtt)
+	rep.GatewayTotal = LatencyPercentiles(s.gwTotal)
 	rep.Goodput = ratio(s.ontime, rep.Sent)
 	if rep.Sent > 0 {
 		rep.Utility = s.utility / float64(rep.Sent)
@@ -285,29 +297,10 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 }
 
 func (s *sim) dial(ctx context.Context) ([]*Client, error) {
-	clients := make([]*Client, s.cfg.Devices)
-	errs := make([]error, s.cfg.Devices)
-	var wg sync.WaitGroup
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			clients[i], errs[i] = Dial(ctx, ClientOptions{
-				Broker: s.cfg.Broker, Prefix: s.cfg.Prefix, Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i),
-				B64: s.cfg.B64, Pipeline: 4096,
-			})
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, c := range clients {
-			if c != nil {
-				c.Close()
-			}
-		}
-		return nil, err
-	}
-	return clients, nil
+	return DialAll(ctx, s.cfg.Devices, func(i int) ClientOptions {
+		return ClientOptions{Broker: s.cfg.Broker, Prefix: s.cfg.Prefix,
+			Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i), B64: s.cfg.B64, Pipeline: 4096}
+	})
 }
 
 // dispatch publishes requests at the configured arrival process until the count

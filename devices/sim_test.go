@@ -235,12 +235,21 @@ func TestPercentiles(t *testing.T) {
 		d = append(d, time.Duration(i)*time.Millisecond)
 	}
 	rand.Shuffle(len(d), func(i, j int) { d[i], d[j] = d[j], d[i] })
-	p := percentiles(d)
+	p := LatencyPercentiles(d)
 	if p.P50 != 50*time.Millisecond || p.P90 != 90*time.Millisecond || p.P99 != 99*time.Millisecond || p.Max != 100*time.Millisecond || p.N != 100 {
 		t.Errorf("%+v", p)
 	}
-	if p := percentiles(nil); p.N != 0 {
+	if p := LatencyPercentiles(nil); p.N != 0 {
 		t.Errorf("%+v", p)
+	}
+	// Nearest rank on a few values: the p-th percentile is the ceil(p*n)-th smallest.
+	p = LatencyPercentiles([]time.Duration{3, 1, 2})
+	if p.P50 != 2 || p.P90 != 3 || p.P99 != 3 || p.Max != 3 || p.N != 3 {
+		t.Errorf("3 values: %+v", p)
+	}
+	p = LatencyPercentiles([]time.Duration{7})
+	if p.P50 != 7 || p.P99 != 7 || p.Max != 7 {
+		t.Errorf("1 value: %+v", p)
 	}
 }
 
