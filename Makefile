@@ -38,6 +38,17 @@ test: deps vet
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+# End-to-end benchmark (docs/benchmarks.md, "End-to-end benchmark"): a private
+# Mosquitto, the same requests through the broker alone and through the gateway
+# (bin/sneakgate serve), throughput, CPU per request and latency of each, in one
+# run of well under a minute. BENCH_E2E_FLAGS passes flags (`bin/sneakgate bench -h`),
+# e.g. make bench-e2e BENCH_E2E_FLAGS='-policy edf -encoding json -cpuprofile cpu.pprof'.
+BENCH_E2E_FLAGS ?=
+BENCH_E2E_OUT ?= .cache/bench-e2e.json
+.PHONY: bench-e2e
+bench-e2e: build
+	bin/sneakgate bench -profile-cache .cache/profiles -out $(BENCH_E2E_OUT) $(BENCH_E2E_FLAGS)
+
 # Fault and overload tests against the real binary and a real Mosquitto (build tag
 # soak; docs/reliability.md). Short sizes by default; `make soak SOAK_FULL=1` runs
 # the full ones, and every SOAK_* environment variable (SOAK_KILLS, SOAK_OUTAGE,

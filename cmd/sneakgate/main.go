@@ -3,6 +3,7 @@
 //	sneakgate serve  -config FILE   run the gateway (default command)
 //	sneakgate devsim [flags]        simulate devices against a running gateway
 //	sneakgate eval   [flags]        evaluate scheduling policies (simulator or live)
+//	sneakgate bench  [flags]        end-to-end benchmark: Mosquitto alone against the gateway
 //	sneakgate app build [flags]     make an application directory from ONNX variants and data
 //	sneakgate app check DIR         validate an application directory and run its variants
 //	sneakgate journal check FILE    verify a request journal (exit 1 when damaged)
@@ -49,7 +50,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: sneakgate [serve|devsim|eval|app|journal|version] [flags]; sneakgate CMD -h for help")
+var errUsage = errors.New("usage: sneakgate [serve|devsim|eval|bench|app|journal|version] [flags]; sneakgate CMD -h for help")
 
 // flagError is a command-line flag error; main exits 2 on it.
 type flagError struct{ error }
@@ -77,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return devsim(ctx, args, stdout, stderr)
 	case "eval":
 		return evaluate(ctx, args, stdout, stderr)
+	case "bench":
+		return benchmark(ctx, args, stdout, stderr)
 	case "app":
 		return app(ctx, args, stdout, stderr)
 	case "journal":

@@ -65,6 +65,8 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"serve", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"serve", "-config", "/nonexistent.yaml"}, 1, "/nonexistent.yaml"},
 		{[]string{"serve", "-config", bad}, 1, "scheduler.policy"},
+		{[]string{"bench", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"bench", "-encoding", "xml"}, 1, "encoding must be b64 or json"},
 	}
 	for _, c := range cases {
 		out, code := runBinary(t, c.args...)

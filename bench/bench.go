@@ -1,0 +1,554 @@
+// Package bench is sneakgate's end-to-end benchmark (`sneakgate bench`, `make
+// bench-e2e`): in one run it starts a private Mosquitto, measures the same request
+// payloads published through the broker alone (publisher to subscriber, the
+// ceiling) and through the gateway (a separate `sneakgate serve` process on that
+// broker), and reports the throughput of each path, their ratio, the CPU time per
+// request of the broker, the gateway and the load generator (from
+// /proc/PID/stat), and latency percentiles.
+//
+// # Basics
+//
+// Both paths get the same closed-loop load: Concurrency requests in flight,
+// spread over Devices MQTT clients of this process (devices.Client), each request
+// a real sample of the application's sample file encoded as JSON "input" or
+// "input_b64", published at the chosen QoS. On the broker alone a subscriber in
+// this process (one paho client, as the gateway is one client) receives the
+// requests on the gateway's own filter {prefix}/req/+/+; a request completes when
+// it arrives. Through the gateway a request completes when its reply arrives.
+// Each path first gets Warmup requests that are not counted, then Requests
+// requests (or Duration of load); the CPU times are the differences over the
+// measured part only. Latency is from publish to receipt.
+//
+// With CPUProfile, after the measured part the gateway gets the same load for
+// ProfileSeconds more while its CPU profile is fetched from its pprof endpoint
+// (metrics.pprof, always on in the benchmark's configuration), so that profiling
+// does not change the figures.
+//
+// # Caveats
+//
+//   - Broker, gateway and load generator share the machine; the load generator's
+//     own CPU time is reported so that a saturated machine shows.
+//   - CPU times have the 10 ms resolution of /proc/PID/stat.
+//   - The broker runs with internal/mosquitto's defaults (no persistence), not
+//     the shipped configs/mosquitto.conf.
+//   - The gateway is the binary GatewayBinary (`sneakgate bench` passes itself),
+//     started with gateway.DefaultConfig or GatewayConfig plus the benchmark's
+//     overrides (gatewayConfig); its log and configuration are in the work
+//     directory, kept with Keep.
+package bench
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/sneakgate/sneakgate/devices"
+	"github.com/sneakgate/sneakgate/internal/mosquitto"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+// Config configures a run. Flags fills one from command-line flags.
+type Config struct {
+	// App is the application ({Models}/{App}/manifest.yaml, or Manifest).
+	App, Models, Manifest string
+	// Policy is the gateway's scheduler.policy; Variant, if set, its
+	// scheduler.fixed_variant for App (used by fifo and fixed-batch).
+	Policy, Variant string
+	// Encoding is "b64" (inputs as input_b64, the default) or "json" (a JSON
+	// "input" array).
+	Encoding string
+	// QoS is the QoS of requests and of the subscriptions to them and to the
+	// replies: 1 (default) or 0. The gateway publishes replies at QoS 1.
+	QoS int
+	// Devices is the number of MQTT clients publishing; Concurrency the number of
+	// requests in flight over all of them.
+	Devices, Concurrency int
+	// Requests is the number of measured requests per path, unless Duration is
+	// set: then each path is measured for Duration. Warmup requests go first,
+	// not counted.
+	Requests int
+	Duration time.Duration
+	Warmup   int
+	// Deadline is each request's budget (deadline_ms); generous by default so
+	// that admission refuses nothing at the benchmark's concurrency.
+	Deadline time.Duration
+	// Prefix is the topic prefix.
+	Prefix string
+	// GatewayBinary is the sneakgate binary to start as the gateway;
+	// GatewayConfig a configuration file to start from (default: the built-in
+	// defaults); Library the ONNX Runtime library (default: the configuration's,
+	// else $SNEAKGATE_ORT_LIB); ProfileCache the engine's profile cache (default:
+	// a fresh one in the work directory).
+	GatewayBinary, GatewayConfig, Library, ProfileCache string
+	// CPUProfile, if set, is where the gateway's CPU profile goes, taken over
+	// ProfileSeconds of the same load after the measured part.
+	CPUProfile     string
+	ProfileSeconds int
+	// WorkDir holds the broker's and the gateway's files (default: a temporary
+	// directory, removed unless Keep).
+	WorkDir string
+	Keep    bool
+	// ReplyTimeout is how long a request may take before it counts unanswered.
+	ReplyTimeout time.Duration
+	// StartTimeout bounds the gateway's start-up (it profiles the variants).
+	StartTimeout time.Duration
+	// Progress receives progress lines (default os.Stderr).
+	Progress io.Writer
+}
+
+// ErrConfig is wrapped by configuration errors from Run.
+var ErrConfig = errors.New("bench: invalid configuration")
+
+func (c *Config) defaults() error {
+	if c.Models == "" {
+		c.Models = "models"
+	}
+	if c.App == "" && c.Manifest == "" {
+		c.App = "fashion"
+	}
+	if c.Encoding == "" {
+		c.Encoding = "b64"
+	}
+	if c.Policy == "" {
+		c.Policy = "fixed-batch"
+	}
+	if c.Devices == 0 {
+		c.Devices = 8
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 64
+	}
+	if c.Requests == 0 && c.Duration == 0 {
+		c.Requests = 10000
+	}
+	if c.Deadline == 0 {
+		c.Deadline = time.Second
+	}
+	if c.Prefix == "" {
+		c.Prefix = protocol.DefaultPrefix
+	}
+	if c.ProfileSeconds == 0 {
+		c.ProfileSeconds = 5
+	}
+	if c.ReplyTimeout == 0 {
+		c.ReplyTimeout = 30 * time.Second
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 2 * time.Minute
+	}
+	if c.Progress == nil {
+		c.Progress = os.Stderr
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...)
+	}
+	switch {
+	case c.GatewayBinary == "":
+		return bad("the gateway binary is required")
+	case c.Encoding != "b64" && c.Encoding != "json":
+		return bad("encoding must be b64 or json, got %q", c.Encoding)
+	case c.QoS != 0 && c.QoS != 1:
+		return bad("qos must be 0 or 1, got %d", c.QoS)
+	case c.Devices < 1 || c.Concurrency < 1:
+		return bad("devices and concurrency must be positive")
+	case c.Requests < 0 || c.Duration < 0 || c.Warmup < 0 || c.Deadline < 0 || c.ProfileSeconds < 0:
+		return bad("requests, duration, warmup, deadline and profile seconds must not be negative")
+	case !protocol.ValidDevice(deviceName(c.Devices)):
+		return bad("too many devices: %d", c.Devices)
+	}
+	return nil
+}
+
+func deviceName(i int) string { return fmt.Sprintf("bench-%04d", i) }
+
+// Result is a run's outcome.
+type Result struct {
+	Started time.Time `json:"started"`
+	Host    Host      `json:"host"`
+	Setup   Setup     `json:"setup"`
+	// Broker is the broker alone (publisher to subscriber); Gateway the same load
+	// through the gateway (publish to reply).
+	Broker  Phase `json:"broker_alone"`
+	Gateway Phase `json:"gateway"`
+	// Ratio is Gateway.Throughput / Broker.Throughput.
+	Ratio float64 `json:"ratio"`
+	// Profiled is the load during the CPU profile (with Config.CPUProfile), and
+	// CPUProfile the profile's file.
+	Profiled   *Phase `json:"profiled,omitempty"`
+	CPUProfile string `json:"cpu_profile,omitempty"`
+	// WorkDir is where the broker's and the gateway's files were (gone unless
+	// kept).
+	WorkDir string `json:"work_dir"`
+}
+
+// Host describes the machine.
+type Host struct {
+	CPUs int `json:"cpus"`
+	// LoadStart and LoadEnd are the 1-minute load averages at the start and the
+	// end of the run (-1 if unknown): other work on the machine skews every
+	// figure.
+	LoadStart float64 `json:"load_start"`
+	LoadEnd   float64 `json:"load_end"`
+}
+
+// Setup is what was measured.
+type Setup struct {
+	App          string  `json:"app"`
+	Policy       string  `json:"policy"`
+	Variant      string  `json:"variant,omitempty"`
+	Encoding     string  `json:"encoding"`      // "input" or "input_b64"
+	PayloadBytes int     `json:"payload_bytes"` // mean
+	QoS          int     `json:"qos"`
+	Devices      int     `json:"devices"`
+	Concurrency  int     `json:"concurrency"`
+	Requests     int     `json:"requests,omitempty"`
+	DurationS    float64 `json:"duration_s,omitempty"`
+	Warmup       int     `json:"warmup"`
+	DeadlineMS   int64   `json:"deadline_ms"`
+	Gateway      string  `json:"gateway_binary"`
+}
+
+// Phase is the measured part of one path.
+type Phase struct {
+	// Sent requests were published; Completed arrived (at the subscriber, or as
+	// replies); Unanswered did not within the reply timeout.
+	Sent          int `json:"sent"`
+	Completed     int `json:"completed"`
+	PublishErrors int `json:"publish_errors"`
+	Unanswered    int `json:"unanswered"`
+	// Elapsed runs from the first publish to the last completion; Throughput is
+	// Completed / Elapsed.
+	Elapsed    time.Duration `json:"elapsed_ns"`
+	Throughput float64       `json:"throughput_per_s"`
+	// Latency is from publish to receipt.
+	Latency devices.Percentiles `json:"latency"`
+	// CPU per process over the phase.
+	Broker  Usage  `json:"broker_cpu"`
+	Gateway *Usage `json:"gateway_cpu,omitempty"`
+	Client  Usage  `json:"client_cpu"`
+	// ByStatus, ByModel and MeanBatch describe the gateway's replies.
+	ByStatus  map[protocol.Status]int `json:"by_status,omitempty"`
+	ByModel   map[string]int          `json:"by_model,omitempty"`
+	MeanBatch float64                 `json:"mean_batch,omitempty"`
+}
+
+// Usage is one process's CPU time over a phase.
+type Usage struct {
+	UserNS   int64 `json:"user_ns"`
+	SystemNS int64 `json:"system_ns"`
+	// PerRequestUS is (user + system) / completed requests, in microseconds;
+	// Cores is (user + system) / elapsed.
+	PerRequestUS float64 `json:"per_request_us"`
+	Cores        float64 `json:"cores"`
+}
+
+func usage(d CPUTime, completed int, elapsed time.Duration) Usage {
+	u := Usage{UserNS: int64(d.User), SystemNS: int64(d.System)}
+	if completed > 0 {
+		u.PerRequestUS = float64(d.Total()) / 1e3 / float64(completed)
+	}
+	if elapsed > 0 {
+		u.Cores = float64(d.Total()) / float64(elapsed)
+	}
+	return u
+}
+
+// pids are the processes whose CPU a phase measures (0: this process; -1: none).
+type pids struct{ broker, gateway int }
+
+// measure runs the load of a phase (warm-up, then measured) and reads the CPU
+// times around the measured part.
+func (c *Config) measure(ctx context.Context, l *loader, ps pids) (Phase, error) {
+	if c.Warmup > 0 {
+		w := l.run(ctx, c.Warmup, nil)
+		if w.completed == 0 && ctx.Err() == nil {
+			return Phase{}, fmt.Errorf("bench: none of %d warm-up requests completed (%d publish errors)", w.sent, w.publishErrors)
+		}
+	}
+	var stop chan struct{}
+	if c.Duration > 0 {
+		stop = make(chan struct{})
+		t := time.AfterFunc(c.Duration, func() { close(stop) })
+		defer t.Stop()
+	}
+	read := func() (b, g, s CPUTime, err error) {
+		var e1, e2, e3 error
+		b, e1 = ReadCPU(ps.broker)
+		if ps.gateway > 0 {
+			g, e2 = ReadCPU(ps.gateway)
+		}
+		s, e3 = ReadCPU(0)
+		return b, g, s, errors.Join(e1, e2, e3)
+	}
+	b0, g0, s0, err := read()
+	if err != nil {
+		return Phase{}, err
+	}
+	count := c.Requests
+	if c.Duration > 0 {
+		count = 0
+	}
+	ph := l.run(ctx, count, stop)
+	b1, g1, s1, err := read()
+	if err != nil {
+		return Phase{}, err
+	}
+	p := ph.summary()
+	p.Broker = usage(b1.Sub(b0), p.Completed, p.Elapsed)
+	p.Client = usage(s1.Sub(s0), p.Completed, p.Elapsed)
+	if ps.gateway > 0 {
+		u := usage(g1.Sub(g0), p.Completed, p.Elapsed)
+		p.Gateway = &u
+	}
+	return p, ctx.Err()
+}
+
+// summary returns the phase's figures, without CPU times.
+func (ph *phaseLoad) summary() Phase {
+	p := Phase{Sent: ph.sent, Completed: ph.completed, PublishErrors: ph.publishErrors, Unanswered: ph.unanswered,
+		Elapsed: ph.elapsed, Latency: devices.LatencyPercentiles(ph.latency)}
+	if ph.elapsed > 0 {
+		p.Throughput = float64(ph.completed) / ph.elapsed.Seconds()
+	}
+	if len(ph.byStatus) > 0 {
+		p.ByStatus, p.ByModel = ph.byStatus, ph.byModel
+		p.MeanBatch = float64(ph.batchSum) / float64(max(ph.completed, 1))
+	}
+	return p
+}
+
+// Run runs the benchmark. It returns an error wrapping ErrConfig for a bad
+// configuration, or the error that stopped it.
+func Run(ctx context.Context, c Config) (res Result, err error) {
+	if err := c.defaults(); err != nil {
+		return Result{}, err
+	}
+	sc := devices.SimConfig{App: c.App, Models: c.Models, Manifest: c.Manifest}
+	app, set, err := sc.LoadSamples()
+	if err != nil {
+		return Result{}, err
+	}
+	manifestPath := c.Manifest
+	if manifestPath == "" {
+		manifestPath = filepath.Join(c.Models, c.App, "manifest.yaml")
+	}
+	if manifestPath, err = filepath.Abs(manifestPath); err != nil {
+		return Result{}, err
+	}
+	c.App = app.Name
+	bodies := requestBodies(set.N, set.Row, protocol.DeadlineMS(c.Deadline), c.Encoding == "b64")
+
+	res = Result{Started: time.Now(), Host: Host{CPUs: runtime.NumCPU(), LoadStart: loadAvg()}}
+	res.Setup = Setup{App: app.Name, Policy: c.Policy, Encoding: "input", QoS: c.QoS,
+		Devices: c.Devices, Concurrency: c.Concurrency, Requests: c.Requests, DurationS: c.Duration.Seconds(),
+		Warmup: c.Warmup, DeadlineMS: protocol.DeadlineMS(c.Deadline), Gateway: c.GatewayBinary}
+	if c.Duration > 0 {
+		res.Setup.Requests = 0
+	}
+	if c.Encoding == "b64" {
+		res.Setup.Encoding = "input_b64"
+	}
+	if c.Policy == "fifo" || c.Policy == "fixed-batch" {
+		res.Setup.Variant = c.Variant
+	}
+
+	dir := c.WorkDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "sneakgate-bench-"); err != nil {
+			return res, err
+		}
+		if !c.Keep {
+			defer os.RemoveAll(dir)
+		}
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return res, err
+	}
+	res.WorkDir = dir
+	logf := func(format string, args ...any) { fmt.Fprintf(c.Progress, "bench: "+format+"\n", args...) }
+
+	// The broker.
+	bdir := filepath.Join(dir, "broker")
+	if err := os.MkdirAll(bdir, 0o755); err != nil {
+		return res, err
+	}
+	broker, err := mosquitto.New(bdir, func(port int) string { return mosquitto.Config(port, bdir, mosquitto.Options{}) })
+	if err != nil {
+		return res, fmt.Errorf("bench: %w", err)
+	}
+	if err := broker.Start(); err != nil {
+		return res, fmt.Errorf("bench: %w\n%s", err, broker.Log())
+	}
+	defer broker.Stop()
+	logf("mosquitto on %s (pid %d)", broker.Addr(), broker.Pid())
+
+	clients, err := dial(ctx, &c, broker.URL())
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		for _, cl := range clients {
+			cl.Close()
+		}
+	}()
+	var rid [3]byte
+	_, _ = crand.Read(rid[:]) // never fails
+	l := newLoader(clients, app.Name, c.Concurrency, c.ReplyTimeout, bodies, "bench"+hex.EncodeToString(rid[:]))
+	res.Setup.PayloadBytes = l.meanPayload()
+
+	// The broker alone.
+	logf("broker alone: %s", c.describeLoad())
+	sub, err := subscribe(&c, broker.URL(), l)
+	if err != nil {
+		return res, err
+	}
+	res.Broker, err = c.measure(ctx, l, pids{broker: broker.Pid(), gateway: -1})
+	sub.Disconnect(100)
+	if err != nil {
+		return res, err
+	}
+	logf("broker alone: %.0f/s", res.Broker.Throughput)
+
+	// The gateway.
+	gdir := filepath.Join(dir, "gateway")
+	if err := os.MkdirAll(gdir, 0o755); err != nil {
+		return res, err
+	}
+	port, err := mosquitto.FreePort()
+	if err != nil {
+		return res, err
+	}
+	metrics := fmt.Sprintf("127.0.0.1:%d", port)
+	gcfg, err := gatewayConfig(&c, manifestPath, broker.URL(), gdir, metrics)
+	if err != nil {
+		return res, err
+	}
+	cfgPath := filepath.Join(gdir, "sneakgate.yaml")
+	if err := writeConfig(gcfg, cfgPath); err != nil {
+		return res, err
+	}
+	logf("starting the gateway (%s, policy %s; it profiles the variants first)", c.GatewayBinary, c.Policy)
+	gw, err := startGateway(ctx, c.GatewayBinary, cfgPath, filepath.Join(gdir, "gateway.log"), metrics, c.StartTimeout)
+	if err != nil {
+		return res, err
+	}
+	stopCollect := make(chan struct{})
+	var collectors sync.WaitGroup
+	for _, cl := range clients {
+		collectors.Add(1)
+		go func() { defer collectors.Done(); l.collect(cl, stopCollect) }()
+	}
+	defer func() {
+		close(stopCollect)
+		collectors.Wait()
+	}()
+	gwStopped := false
+	defer func() {
+		if !gwStopped {
+			_ = gw.stop()
+		}
+	}()
+	logf("through the gateway (pid %d): %s", gw.pid(), c.describeLoad())
+	res.Gateway, err = c.measure(ctx, l, pids{broker: broker.Pid(), gateway: gw.pid()})
+	if err != nil {
+		return res, err
+	}
+	logf("through the gateway: %.0f/s", res.Gateway.Throughput)
+	if res.Broker.Throughput > 0 {
+		res.Ratio = res.Gateway.Throughput / res.Broker.Throughput
+	}
+	if c.CPUProfile != "" {
+		logf("CPU profile of the gateway over %d s of the same load", c.ProfileSeconds)
+		p, err := profile(ctx, &c, l, gw)
+		if err != nil {
+			return res, err
+		}
+		res.Profiled, res.CPUProfile = &p, c.CPUProfile
+	}
+	gwStopped = true
+	if err := gw.stop(); err != nil {
+		return res, err
+	}
+	res.Host.LoadEnd = loadAvg()
+	return res, nil
+}
+
+// profile runs the load while the gateway's CPU profile is taken.
+func profile(ctx context.Context, c *Config, l *loader, gw *gatewayProc) (Phase, error) {
+	stop := make(chan struct{})
+	var perr error
+	go func() {
+		defer close(stop)
+		perr = gw.cpuProfile(ctx, c.ProfileSeconds, c.CPUProfile)
+	}()
+	ph := l.run(ctx, 0, stop)
+	<-stop
+	if perr != nil {
+		return Phase{}, perr
+	}
+	return ph.summary(), ctx.Err()
+}
+
+// requestBodies returns up to 1024 payloads, one per sample (n samples, row i's
+// values from row), each with an empty id to splice one into.
+func requestBodies(n int, row func(int) []float32, deadlineMS int64, b64 bool) [][]byte {
+	out := make([][]byte, min(n, 1024))
+	for i := range out {
+		p := protocol.Payload{DeadlineMS: deadlineMS, Input: row(i), B64: b64}
+		out[i] = p.Marshal()
+	}
+	return out
+}
+
+func (c *Config) describeLoad() string {
+	what := fmt.Sprintf("%d requests", c.Requests)
+	if c.Duration > 0 {
+		what = c.Duration.String()
+	}
+	return fmt.Sprintf("%d warm-up requests, then %s; %d in flight over %d devices, QoS %d", c.Warmup, what,
+		c.Concurrency, c.Devices, c.QoS)
+}
+
+// dial connects the devices.
+func dial(ctx context.Context, c *Config, url string) ([]*devices.Client, error) {
+	return devices.DialAll(ctx, c.Devices, func(i int) devices.ClientOptions {
+		return devices.ClientOptions{Broker: url, Prefix: c.Prefix, Device: deviceName(i), QoS0: c.QoS == 0,
+			Pipeline: c.Concurrency + 64}
+	})
+}
+
+// subscribe connects the broker-alone subscriber: one client on the gateway's
+// request filter that completes each request it receives.
+func subscribe(c *Config, url string, l *loader) (mqtt.Client, error) {
+	const timeout = 10 * time.Second
+	o := mqtt.NewClientOptions().AddBroker(url).SetClientID(l.runID + "-sub").SetCleanSession(true).
+		SetAutoReconnect(false).SetConnectTimeout(timeout)
+	sc := mqtt.NewClient(o)
+	if err := waitToken(sc.Connect(), timeout); err != nil {
+		return nil, fmt.Errorf("bench: subscriber: connect to %s: %w", url, err)
+	}
+	err := waitToken(sc.Subscribe(protocol.RequestFilter(c.Prefix), byte(c.QoS), func(_ mqtt.Client, m mqtt.Message) {
+		l.completeID(payloadID(m.Payload()), time.Now(), nil)
+	}), timeout)
+	if err != nil {
+		sc.Disconnect(0)
+		return nil, fmt.Errorf("bench: subscriber: subscribe: %w", err)
+	}
+	return sc, nil
+}
+
+func waitToken(t mqtt.Token, timeout time.Duration) error {
+	if !t.WaitTimeout(timeout) {
+		return fmt.Errorf("timed out after %v", timeout)
+	}
+	return t.Error()
+}

@@ -1,0 +1,213 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+func TestParseStat(t *testing.T) {
+	// A command name with spaces and parentheses; utime 250 and stime 30 ticks.
+	line := []byte("4242 (sneak (gate) x) S 1 4242 4242 0 -1 4194560 1200 0 0 0 250 30 0 0 20 0 9 0 100 0 0\n")
+	got, err := parseStat(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (CPUTime{User: 2500 * time.Millisecond, System: 300 * time.Millisecond}); got != want {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+	if got.Total() != 2800*time.Millisecond || got.Sub(CPUTime{User: time.Second}).User != 1500*time.Millisecond {
+		t.Errorf("Total/Sub: %+v", got)
+	}
+	for _, bad := range []string{"", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 x 30 0"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+// TestReadCPUSelf reads this process's CPU time, burns CPU until the reading
+// grows, and checks that the pid form reads the same process.
+func TestReadCPUSelf(t *testing.T) {
+	before, err := ReadCPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := 1.0
+	for i := 0; ; i++ {
+		for range 1 << 20 {
+			x = x*1.0000001 + 1e-9
+		}
+		now, err := ReadCPU(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now.Total() < before.Total() {
+			t.Fatalf("CPU time went back: %v -> %v", before, now)
+		}
+		if now.Total() > before.Total() {
+			break
+		}
+		if i > 100000 {
+			t.Fatalf("CPU time never grew (%v, %g)", now, x)
+		}
+	}
+	if _, err := ReadCPU(1 << 30); err == nil {
+		t.Error("a process that does not exist: no error")
+	}
+}
+
+func TestPayloadIDs(t *testing.T) {
+	bodies := requestBodies(3, func(i int) []float32 { return []float32{float32(i), 0.5} }, 250, false)
+	l := newLoader(nil, "fashion", 1, time.Second, bodies, "benchab12")
+	p := l.payload(4) // bodies[1]
+	want := protocol.Payload{ID: "benchab12-4", DeadlineMS: 250, Input: []float32{1, 0.5}}
+	if !bytes.Equal(p, want.Marshal()) {
+		t.Errorf("payload %s, want %s", p, want.Marshal())
+	}
+	if id := payloadID(p); id != "benchab12-4" {
+		t.Errorf("payloadID %q", id)
+	}
+	if seq, ok := l.seqOf("benchab12-4"); !ok || seq != 4 {
+		t.Errorf("seqOf: %d %v", seq, ok)
+	}
+	for _, id := range []string{"", "benchab12", "benchab12-", "benchab13-4", "benchab12x4", "benchab12-4x"} {
+		if _, ok := l.seqOf(id); ok {
+			t.Errorf("seqOf(%q) accepted", id)
+		}
+	}
+	if payloadID([]byte(`{"deadline_ms":3}`)) != "" || payloadID([]byte(`{"id":"open`)) != "" {
+		t.Error("payloadID of a payload without a closed id")
+	}
+	b64 := requestBodies(1, func(int) []float32 { return []float32{1} }, 0, true)
+	if !bytes.HasPrefix(b64[0], []byte(`{"id":"","input_b64":"`)) {
+		t.Errorf("b64 body %s", b64[0])
+	}
+}
+
+// ortLib finds the ONNX Runtime library: $SNEAKGATE_ORT_LIB, then the copy `make
+// ort` installs under the repository. Without one the test is skipped, except
+// under CI=true where it fails.
+func ortLib(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv(engine.LibraryEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s=%s: %v", engine.LibraryEnv, p, err)
+		}
+		return p
+	}
+	p, err := filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0")
+	if err == nil {
+		if _, err = os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("ONNX Runtime library not found: %v", err)
+	}
+	t.Skipf("ONNX Runtime library not found (set %s or run make ort): %v", engine.LibraryEnv, err)
+	return ""
+}
+
+// TestRunEndToEnd runs a small benchmark against a real Mosquitto and the real
+// gateway binary (built here), with a CPU profile, and checks that every request
+// was answered and that the results and their JSON have every part. It asserts
+// no timing.
+func TestRunEndToEnd(t *testing.T) {
+	lib := ortLib(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "sneakgate")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/sneakgate")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	var progress bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const n = 300
+	c := Config{App: "fashion", Models: "../models", Policy: "fixed-batch", Variant: "logreg", Encoding: "json",
+		Devices: 3, Concurrency: 16, Requests: n, Warmup: 20, Deadline: 30 * time.Second,
+		GatewayBinary: bin, Library: lib, WorkDir: filepath.Join(dir, "work"),
+		CPUProfile: filepath.Join(dir, "cpu.pprof"), ProfileSeconds: 1, Progress: &progress}
+	res, err := Run(ctx, c)
+	if err != nil {
+		t.Fatalf("%v\nprogress:\n%s", err, progress.String())
+	}
+	for name, p := range map[string]Phase{"broker alone": res.Broker, "gateway": res.Gateway} {
+		if p.Sent != n || p.Completed != n || p.Unanswered != 0 || p.PublishErrors != 0 || p.Latency.N != n {
+			t.Errorf("%s: sent %d, completed %d, unanswered %d, publish errors %d, latencies %d; want %d each",
+				name, p.Sent, p.Completed, p.Unanswered, p.PublishErrors, p.Latency.N, n)
+		}
+		if !(p.Throughput > 0) || p.Latency.P50 <= 0 || p.Latency.P50 > p.Latency.P99 {
+			t.Errorf("%s: throughput %v, latency %+v", name, p.Throughput, p.Latency)
+		}
+	}
+	if res.Broker.Gateway != nil || res.Gateway.Gateway == nil {
+		t.Errorf("gateway CPU: broker alone %v, through the gateway %v", res.Broker.Gateway, res.Gateway.Gateway)
+	}
+	answered := res.Gateway.ByStatus[protocol.StatusOK] + res.Gateway.ByStatus[protocol.StatusLate]
+	if answered != n || res.Gateway.ByModel["logreg"] != n || res.Gateway.MeanBatch < 1 {
+		t.Errorf("replies: statuses %v, models %v, mean batch %v", res.Gateway.ByStatus, res.Gateway.ByModel, res.Gateway.MeanBatch)
+	}
+	if res.Setup.Encoding != "input" || res.Setup.Variant != "logreg" || res.Setup.PayloadBytes <= 0 || res.Ratio <= 0 {
+		t.Errorf("setup %+v, ratio %v", res.Setup, res.Ratio)
+	}
+	prof, err := os.ReadFile(c.CPUProfile)
+	if err != nil || len(prof) < 2 || prof[0] != 0x1f || prof[1] != 0x8b {
+		t.Errorf("CPU profile: %v (%d bytes, want gzip)", err, len(prof))
+	}
+	if res.Profiled == nil || res.Profiled.Completed == 0 || res.CPUProfile != c.CPUProfile {
+		t.Errorf("profiled load %+v, profile %q", res.Profiled, res.CPUProfile)
+	}
+	var out bytes.Buffer
+	res.Print(&out)
+	for _, want := range []string{"broker alone (pub->sub)", "through the gateway", "ratio gateway / broker alone", "gateway CPU per request", "logreg 300"} {
+		if !bytes.Contains(out.Bytes(), []byte(want)) {
+			t.Errorf("printed result lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	b, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"started", "host", "setup", "broker_alone", "gateway", "ratio", "cpu_profile", "profiled"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("JSON lacks %q: %s", k, b)
+		}
+	}
+	gw := m["gateway"].(map[string]any)
+	for _, k := range []string{"throughput_per_s", "latency", "broker_cpu", "gateway_cpu", "client_cpu", "by_status", "by_model", "mean_batch"} {
+		if _, ok := gw[k]; !ok {
+			t.Errorf("JSON gateway lacks %q", k)
+		}
+	}
+	lat := gw["latency"].(map[string]any)
+	for _, k := range []string{"p50_ns", "p90_ns", "p99_ns"} {
+		if _, ok := lat[k]; !ok {
+			t.Errorf("JSON latency lacks %q", k)
+		}
+	}
+	if _, ok := gw["gateway_cpu"].(map[string]any)["per_request_us"]; !ok {
+		t.Error("JSON gateway_cpu lacks per_request_us")
+	}
+	// The work directory holds what was run.
+	for _, f := range []string{"gateway/sneakgate.yaml", "gateway/gateway.log", "broker/mosquitto.conf"} {
+		if _, err := os.Stat(filepath.Join(c.WorkDir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -1,0 +1,79 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sneakgate/sneakgate/devices"
+)
+
+// Issue 10's targets for the gateway, with fixed-batch on the cheapest variant and
+// input_b64, in the same run: CPU per request and throughput against the broker
+// alone.
+const (
+	TargetGatewayUSPerRequest = 100
+	TargetRatio               = 0.40
+)
+
+// Print writes the result for people.
+func (r *Result) Print(w io.Writer) {
+	s := r.Setup
+	pol := s.Policy
+	if s.Variant != "" {
+		pol += " on " + s.Variant
+	}
+	what := fmt.Sprintf("%d requests", s.Requests)
+	if s.DurationS > 0 {
+		what = (time.Duration(s.DurationS * float64(time.Second))).String()
+	}
+	fmt.Fprintf(w, "sneakgate bench: %s, %s, %s (%d B), QoS %d, %d devices, %d in flight, %s after %d warm-up, deadline %d ms\n",
+		s.App, pol, s.Encoding, s.PayloadBytes, s.QoS, s.Devices, s.Concurrency, what, s.Warmup, s.DeadlineMS)
+	fmt.Fprintf(w, "machine: %d CPUs, load average %.2f at the start, %.2f at the end\n\n", r.Host.CPUs, r.Host.LoadStart, r.Host.LoadEnd)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	// The first column is padded: tabwriter right-aligns every column.
+	fmt.Fprintf(tw, "%-24s\treq/s\tp50 ms\tp90 ms\tp99 ms\tbroker µs/req\tgateway µs/req\tclient µs/req\t\n", "path")
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e6) }
+	row := func(name string, p *Phase) {
+		gw := "-"
+		if p.Gateway != nil {
+			gw = fmt.Sprintf("%.0f", p.Gateway.PerRequestUS)
+		}
+		fmt.Fprintf(tw, "%-24s\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t\n", name, p.Throughput, ms(p.Latency.P50), ms(p.Latency.P90),
+			ms(p.Latency.P99), p.Broker.PerRequestUS, gw, p.Client.PerRequestUS)
+	}
+	row("broker alone (pub->sub)", &r.Broker)
+	row("through the gateway", &r.Gateway)
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "ratio gateway / broker alone  %.3f (issue 10: >= %.2f)\n", r.Ratio, TargetRatio)
+	if g := r.Gateway.Gateway; g != nil {
+		fmt.Fprintf(w, "gateway CPU per request       %.0f µs (issue 10: <= %d µs with fixed-batch, cheapest variant, input_b64)\n",
+			g.PerRequestUS, TargetGatewayUSPerRequest)
+	}
+	cores := func(p *Phase) string {
+		out := fmt.Sprintf("broker %.2f", p.Broker.Cores)
+		if p.Gateway != nil {
+			out += fmt.Sprintf(", gateway %.2f", p.Gateway.Cores)
+		}
+		return out + fmt.Sprintf(", client %.2f", p.Client.Cores)
+	}
+	fmt.Fprintf(w, "CPU use, cores                broker alone: %s; through the gateway: %s\n", cores(&r.Broker), cores(&r.Gateway))
+	g := &r.Gateway
+	fmt.Fprintf(w, "gateway replies               %s; models: %s; mean batch %.1f\n", devices.JoinCounts(g.ByStatus),
+		devices.JoinCounts(g.ByModel), g.MeanBatch)
+	for _, x := range []struct {
+		name string
+		p    *Phase
+	}{{"broker alone", &r.Broker}, {"through the gateway", &r.Gateway}} {
+		if x.p.Unanswered+x.p.PublishErrors > 0 {
+			fmt.Fprintf(w, "%-29s %d of %d sent not completed (%d publish errors, %d timed out)\n", x.name,
+				x.p.Unanswered+x.p.PublishErrors, x.p.Sent, x.p.PublishErrors, x.p.Unanswered)
+		}
+	}
+	if r.CPUProfile != "" {
+		fmt.Fprintf(w, "CPU profile                   %s (%.0f req/s while profiled): go tool pprof -top %s %s\n",
+			r.CPUProfile, r.Profiled.Throughput, r.Setup.Gateway, r.CPUProfile)
+	}
+}
