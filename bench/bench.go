@@ -186,6 +186,9 @@ type Result struct {
 	// CPUProfile the profile's file.
 	Profiled   *Phase `json:"profiled,omitempty"`
 	CPUProfile string `json:"cpu_profile,omitempty"`
+	// Strays counts completions that matched no request in flight: repeated
+	// deliveries, or replies after the reply timeout.
+	Strays int `json:"strays"`
 	// WorkDir is where the broker's and the gateway's files were (gone unless
 	// kept).
 	WorkDir string `json:"work_dir"`
@@ -479,6 +482,9 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 		return res, err
 	}
 	res.Host.LoadEnd = loadAvg()
+	l.mu.Lock()
+	res.Strays = l.strays
+	l.mu.Unlock()
 	return res, nil
 }
 

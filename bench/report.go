@@ -72,6 +72,9 @@ func (r *Result) Print(w io.Writer) {
 				x.p.Unanswered+x.p.PublishErrors, x.p.Sent, x.p.PublishErrors, x.p.Unanswered)
 		}
 	}
+	if r.Strays > 0 {
+		fmt.Fprintf(w, "%-29s %d (repeated deliveries, or replies after the timeout)\n", "stray completions", r.Strays)
+	}
 	if r.CPUProfile != "" {
 		fmt.Fprintf(w, "CPU profile                   %s (%.0f req/s while profiled): go tool pprof -top %s %s\n",
 			r.CPUProfile, r.Profiled.Throughput, r.Setup.Gateway, r.CPUProfile)
