@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -42,52 +43,113 @@ func benchApp(rng *rand.Rand) *App {
 	return a
 }
 
+// benchRequest is one queued request of benchQueue's workload. Overloaded: the
+// budgets are 20-100 ms, far less than the queue needs at N >= 1,000 even on the
+// cheapest variant. Not overloaded: the budgets spread over n x 50 us, more than
+// three times what the queue needs on the cheapest variant (about 12 us a
+// request at batch 32), so every request can be served in time.
+func benchRequest(rng *rand.Rand, a *App, seq uint64, arr time.Time, n int, overloaded bool) *Request {
+	p := make([]float64, a.K)
+	c := rng.IntN(a.K)
+	for y := range p {
+		p[y] = 0.3 / float64(a.K-1)
+	}
+	p[c] = 0.7
+	budget := ms(20 + rng.Float64()*80)
+	if !overloaded {
+		budget = ms(20) + time.Duration(rng.Int64N(int64(n)*int64(50*time.Microsecond)))
+	}
+	return Prepare(a, seq, arr, arr.Add(budget), p, nil)
+}
+
 func benchQueue(rng *rand.Rand, a *App, n int, now time.Time) []*Request {
+	return benchQueueLoad(rng, a, n, now, true)
+}
+
+func benchQueueLoad(rng *rand.Rand, a *App, n int, now time.Time, overloaded bool) []*Request {
 	q := make([]*Request, n)
 	for i := range q {
-		p := make([]float64, a.K)
-		c := rng.IntN(a.K)
-		for y := range p {
-			p[y] = 0.3 / float64(a.K-1)
-		}
-		p[c] = 0.7
 		arr := now.Add(-time.Duration(rng.Int64N(int64(20 * time.Millisecond))))
-		q[i] = Prepare(a, uint64(i), arr, arr.Add(ms(20+rng.Float64()*80)), p, nil)
+		q[i] = benchRequest(rng, a, uint64(i), arr, n, overloaded)
 	}
 	return q
 }
 
-// BenchmarkDecide measures one decision with n queued requests and reports the
-// time per scheduled request (batched or answered by the decision).
+// benchPolicies are the policies BenchmarkDecide measures (placebo is sneakpeek
+// with other estimates and costs the same).
+var benchPolicies = []string{"sneakpeek", "oblivious", "oblivious-switch", "bruteforce", "edf", "fifo", "fixed-batch", "cascade"}
+
+func benchPolicy(b *testing.B, name string, a *App) Policy {
+	if name == "cascade" {
+		p, err := NewCascade(Options{MaxQueueDelay: time.Nanosecond}, map[string]CascadeConfig{a.Name: {Cheap: 0, Better: 4,
+			Curve: []CascadePoint{{0.5, 0, 0.8}, {0.7, 0.2, 0.85}, {0.9, 0.5, 0.9}}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return p
+	}
+	p, err := New(name, Options{MaxQueueDelay: time.Nanosecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// BenchmarkDecide measures one decision with n queued requests, as the gateway's
+// loop makes them: each decision is applied (its verdicts and batch leave the
+// queue, untimed) and the queue is refilled to n with new arrivals at its tail,
+// and the clock advances 10 us. It reports the time per scheduled request
+// (batched or answered by the decision) besides the time per decision.
 func BenchmarkDecide(b *testing.B) {
-	for _, name := range []string{"sneakpeek", "oblivious", "edf", "fixed-batch"} {
-		for _, n := range []int{10, 100, 1000, 10000} {
-			b.Run(fmt.Sprintf("%s/queued=%d", name, n), func(b *testing.B) {
-				rng := rand.New(rand.NewPCG(uint64(n), 7))
-				a := benchApp(rng)
-				now := t0.Add(time.Second)
-				s := &Snapshot{Now: now, Queue: benchQueue(rng, a, n, now), Apps: map[string]*App{a.Name: a},
-					Engine: Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}, CountBudget: 3}}
-				p, err := New(name, Options{MaxQueueDelay: time.Nanosecond})
-				if err != nil {
-					b.Fatal(err)
-				}
-				scheduled := 0
-				b.ReportAllocs()
-				b.ResetTimer()
-				for b.Loop() {
-					d := p.Decide(s)
-					scheduled += len(d.Verdicts)
-					if d.Batch != nil {
-						scheduled += len(d.Batch.Requests)
-					}
-				}
-				if scheduled == 0 {
-					b.Fatal("nothing scheduled")
-				}
-				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(scheduled)/1e3, "µs/sched")
-				b.ReportMetric(float64(scheduled)/float64(b.N), "sched/op")
-			})
+	for _, name := range benchPolicies {
+		for _, load := range []string{"over", "under"} {
+			for _, n := range []int{1000, 10000, 100000} {
+				b.Run(fmt.Sprintf("%s/%sload/queued=%d", name, load, n), func(b *testing.B) {
+					benchDecide(b, name, n, load == "over")
+				})
+			}
 		}
 	}
+}
+
+func benchDecide(b *testing.B, name string, n int, overloaded bool) {
+	rng := rand.New(rand.NewPCG(uint64(n), 7))
+	a := benchApp(rng)
+	now := t0.Add(time.Second)
+	q := benchQueueLoad(rng, a, n, now, overloaded)
+	seq := uint64(n)
+	resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
+	p := benchPolicy(b, name, a)
+	scheduled := 0
+	gone := map[*Request]bool{}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		s := &Snapshot{Now: now, Queue: q, Apps: map[string]*App{a.Name: a},
+			Engine: Engine{Resident: resident, CountBudget: 3}}
+		d := p.Decide(s)
+		b.StopTimer()
+		clear(gone)
+		for _, v := range d.Verdicts {
+			gone[v.Request] = true
+		}
+		if d.Batch != nil {
+			for _, r := range d.Batch.Requests {
+				gone[r] = true
+			}
+		}
+		scheduled += len(gone)
+		q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
+		now = now.Add(10 * time.Microsecond)
+		for len(q) < n {
+			q = append(q, benchRequest(rng, a, seq, now, n, overloaded))
+			seq++
+		}
+		b.StartTimer()
+	}
+	if scheduled == 0 {
+		b.Fatal("nothing scheduled")
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(scheduled)/1e3, "µs/sched")
+	b.ReportMetric(float64(scheduled)/float64(b.N), "sched/op")
 }
