@@ -17,10 +17,25 @@ type edf struct {
 	o Options
 	// byAccuracy caches each application's variants, most accurate first.
 	byAccuracy map[*App][]*Variant
+	// ix keeps the queue by deadline and hard stop between decisions
+	// (index.go); views, answered and hopeless are per-decision scratch.
+	ix                 queueIndex
+	views              []edfView
+	answered, hopeless map[*Request]bool
+}
+
+// edfView is one application's requests in deadline order as far as a
+// decision has taken them from the index (live and not hopeless).
+type edfView struct {
+	ai  *appIndex
+	got []*Request
+	// next is the first entry of got that may be unanswered.
+	next int
 }
 
 func newEDF(o Options) (Policy, error) {
-	return &edf{o: o, byAccuracy: map[*App][]*Variant{}}, nil
+	return &edf{o: o, byAccuracy: map[*App][]*Variant{}, ix: queueIndex{deadline: true, stop: true},
+		answered: map[*Request]bool{}, hopeless: map[*Request]bool{}}, nil
 }
 
 func (p *edf) Name() string { return "edf" }
@@ -67,7 +82,123 @@ func largestFitting(v *Variant, n int, avail time.Duration) int {
 	return b
 }
 
+// Decide makes the decision decideFull makes, from the index: the hopeless
+// requests are a prefix of each application's hard-stop heap, and the heads and
+// their batches come off the deadline heaps in order, so a decision costs
+// O((answered + batched) log n) rather than a sort of the queue.
 func (p *edf) Decide(s *Snapshot) Decision {
+	for range 2 {
+		d := p.decideIndexed(s)
+		if !p.ix.broken {
+			return d
+		}
+		p.ix.per = nil // the queue broke the index's contract: rebuild
+	}
+	return p.decideFull(s)
+}
+
+// fetch makes sure v.got has more than k entries, taking them from the
+// deadline heap; it returns false when the application has no more.
+func (p *edf) fetch(v *edfView, k int) bool {
+	skip := func(r *Request) bool { return p.hopeless[r] }
+	for len(v.got) <= k {
+		r := p.ix.nextByDeadline(v.ai, skip)
+		if r == nil {
+			return false
+		}
+		v.got = append(v.got, r)
+	}
+	return true
+}
+
+func (p *edf) decideIndexed(s *Snapshot) Decision {
+	p.ix.sync(s)
+	clear(p.answered)
+	clear(p.hopeless)
+	defer func() {
+		p.ix.restore()
+		for i := range p.views {
+			clear(p.views[i].got)
+		}
+		p.views = p.views[:0]
+	}()
+	d := Decision{Verdicts: p.ix.hopeless(s.Now, nil, p.hopeless)}
+	for _, ai := range p.ix.byApp {
+		p.views = append(p.views, edfView{ai: ai, got: p.viewBuf(len(p.views))})
+	}
+	for {
+		// The head: the earliest deadline among the applications' first
+		// unanswered requests.
+		var hv *edfView
+		for i := range p.views {
+			v := &p.views[i]
+			for p.fetch(v, v.next) && p.answered[v.got[v.next]] {
+				v.next++
+			}
+			if v.next < len(v.got) && (hv == nil || byDeadline(v.got[v.next], hv.got[hv.next]) < 0) {
+				hv = v
+			}
+		}
+		if p.ix.broken || hv == nil {
+			return d
+		}
+		head := hv.got[hv.next]
+		limit := p.o.MaxBatch
+		cands := make([]*Request, 0, limit)
+		for k := hv.next; p.fetch(hv, k); k++ {
+			if r := hv.got[k]; !p.answered[r] {
+				cands = append(cands, r)
+				if len(cands) == limit {
+					break
+				}
+			}
+		}
+		if p.ix.broken {
+			return d
+		}
+		var fallback *Batch
+		for _, v := range p.ranked(head.App) {
+			sw, ok := PlanSwap(s, v)
+			if !ok {
+				continue
+			}
+			n := min(len(cands), v.MaxBatch())
+			if b := largestFitting(v, n, head.Deadline.Sub(s.Now)-sw.Cost); b > 0 {
+				d.Batch = newBatch(s, v, sw, cands[:b])
+				return d
+			}
+			if c := newBatch(s, v, sw, cands[:n]); fallback == nil || c.Finish.Before(fallback.Finish) {
+				fallback = c
+			}
+		}
+		switch {
+		case fallback == nil:
+			for _, r := range cands {
+				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
+				p.answered[r] = true
+			}
+		case head.P != nil:
+			d.Verdicts = append(d.Verdicts, Verdict{Request: head, Outcome: Degraded, Reason: ReasonNoVariantInTime})
+			p.answered[head] = true
+		default:
+			d.Batch = fallback
+			return d
+		}
+	}
+}
+
+// viewBuf returns the got buffer of the i-th view of an earlier decision, to
+// reuse it.
+func (p *edf) viewBuf(i int) []*Request {
+	if i < cap(p.views) {
+		return p.views[:i+1][i].got[:0]
+	}
+	return nil
+}
+
+// decideFull is the decision from the whole queue (sorted by deadline); Decide
+// makes the same one from the index.
+func (p *edf) decideFull(s *Snapshot) Decision {
 	vs, q := splitHopeless(s.Queue, s.Now)
 	d := Decision{Verdicts: vs}
 	if len(q) == 0 {

@@ -8,9 +8,15 @@ func init() { Register("fifo", newFIFO) }
 // batching the head request with the following requests of the same application.
 type fifo struct {
 	o Options
+	// ix keeps the queue per application in arrival order and by hard stop
+	// between decisions (index.go); hopeless is per-decision scratch.
+	ix       queueIndex
+	hopeless map[*Request]bool
 }
 
-func newFIFO(o Options) (Policy, error) { return &fifo{o: o}, nil }
+func newFIFO(o Options) (Policy, error) {
+	return &fifo{o: o, ix: queueIndex{arrival: true, stop: true}, hopeless: map[*Request]bool{}}, nil
+}
 
 func (p *fifo) Name() string { return "fifo" }
 
@@ -28,7 +34,66 @@ func fixedVariant(a *App, o Options) (*Variant, error) {
 	return nil, fmt.Errorf("scheduler: app %s has no variant %q", a.Name, name)
 }
 
+// Decide makes the decision decideFull makes, from the index: the hopeless
+// requests are a prefix of each application's hard-stop heap, the head is the
+// queue's first other request, and its batch the next ones of its application
+// in arrival order; a decision costs what it answers and batches, not the queue.
 func (p *fifo) Decide(s *Snapshot) Decision {
+	for range 2 {
+		d := p.decideIndexed(s)
+		if !p.ix.broken {
+			return d
+		}
+		p.ix.per = nil // the queue broke the index's contract: rebuild
+	}
+	return p.decideFull(s)
+}
+
+func (p *fifo) decideIndexed(s *Snapshot) Decision {
+	p.ix.sync(s)
+	defer p.ix.restore()
+	clear(p.hopeless)
+	d := Decision{Verdicts: p.ix.hopeless(s.Now, nil, p.hopeless)}
+	var head *Request
+	for _, r := range s.Queue {
+		if !p.hopeless[r] {
+			head = r
+			break
+		}
+	}
+	if head == nil || !p.ix.member(head) {
+		return d
+	}
+	v, err := fixedVariant(head.App, p.o)
+	if err != nil {
+		v = head.App.Variants[head.App.DefaultVariant]
+	}
+	ai := p.ix.per[head.App]
+	sw, ok := PlanSwap(s, v)
+	if !ok {
+		p.ix.arrivals(ai, func(r *Request) bool {
+			if !p.hopeless[r] {
+				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
+			}
+			return true
+		})
+		return d
+	}
+	limit := min(p.o.MaxBatch, v.MaxBatch())
+	rs := make([]*Request, 0, limit)
+	p.ix.arrivals(ai, func(r *Request) bool {
+		if !p.hopeless[r] {
+			rs = append(rs, r)
+		}
+		return len(rs) < limit
+	})
+	d.Batch = newBatch(s, v, sw, rs)
+	return d
+}
+
+// decideFull is the decision from a scan of the whole queue; Decide makes the
+// same one from the index.
+func (p *fifo) decideFull(s *Snapshot) Decision {
 	vs, q := splitHopeless(s.Queue, s.Now)
 	d := Decision{Verdicts: vs}
 	if len(q) == 0 {

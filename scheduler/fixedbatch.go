@@ -1,6 +1,10 @@
 package scheduler
 
-import "time"
+import (
+	"cmp"
+	"slices"
+	"time"
+)
 
 func init() { Register("fixed-batch", newFixedBatch) }
 
@@ -12,13 +16,104 @@ func init() { Register("fixed-batch", newFixedBatch) }
 // when none is ready it asks to be woken when the first delay runs out.
 type fixedBatch struct {
 	o Options
+	// ix keeps the queue per application in arrival order and by hard stop
+	// between decisions (index.go); hopeless is per-decision scratch.
+	ix       queueIndex
+	hopeless map[*Request]bool
 }
 
-func newFixedBatch(o Options) (Policy, error) { return &fixedBatch{o: o}, nil }
+func newFixedBatch(o Options) (Policy, error) {
+	return &fixedBatch{o: o, ix: queueIndex{arrival: true, stop: true}, hopeless: map[*Request]bool{}}, nil
+}
 
 func (p *fixedBatch) Name() string { return "fixed-batch" }
 
+// Decide makes the decision decideFull makes, from the index: the hopeless
+// requests are a prefix of each application's hard-stop heap, and each
+// application's batcher needs only its first requests in arrival order (the
+// oldest, and whether a full batch waits), so a decision costs what it answers
+// and batches (times the applications), not the queue.
 func (p *fixedBatch) Decide(s *Snapshot) Decision {
+	for range 2 {
+		d := p.decideIndexed(s)
+		if !p.ix.broken {
+			return d
+		}
+		p.ix.per = nil // the queue broke the index's contract: rebuild
+	}
+	return p.decideFull(s)
+}
+
+func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {
+	p.ix.sync(s)
+	defer p.ix.restore()
+	clear(p.hopeless)
+	d := Decision{Verdicts: p.ix.hopeless(s.Now, nil, p.hopeless)}
+	type appQ struct {
+		ai     *appIndex
+		v      *Variant
+		cap    int
+		first  []*Request // up to cap, in arrival order
+		oldest time.Time
+	}
+	var order []appQ
+	for _, ai := range p.ix.byApp {
+		a := ai.app
+		v, err := fixedVariant(a, p.o)
+		if err != nil {
+			v = a.Variants[a.DefaultVariant]
+		}
+		aq := appQ{ai: ai, v: v, cap: max(1, min(p.o.MaxBatch, v.MaxBatch()))}
+		p.ix.arrivals(ai, func(r *Request) bool {
+			if !p.hopeless[r] {
+				aq.first = append(aq.first, r)
+			}
+			return len(aq.first) < aq.cap
+		})
+		if len(aq.first) > 0 {
+			aq.oldest = aq.first[0].Arrival
+			order = append(order, aq)
+		}
+	}
+	if p.ix.broken || len(order) == 0 {
+		return d
+	}
+	// Applications in the order of their oldest request in the queue.
+	slices.SortFunc(order, func(a, b appQ) int { return cmp.Compare(a.first[0].Seq, b.first[0].Seq) })
+	var pick *appQ
+	var wake time.Time
+	for i := range order {
+		aq := &order[i]
+		due := aq.oldest.Add(p.o.MaxQueueDelay)
+		if len(aq.first) >= aq.cap || !s.Now.Before(due) {
+			pick = aq
+			break
+		}
+		if wake.IsZero() || due.Before(wake) {
+			wake = due
+		}
+	}
+	if pick == nil {
+		d.WakeAt = wake
+		return d
+	}
+	sw, ok := PlanSwap(s, pick.v)
+	if !ok {
+		p.ix.arrivals(pick.ai, func(r *Request) bool {
+			if !p.hopeless[r] {
+				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
+			}
+			return true
+		})
+		return d
+	}
+	d.Batch = newBatch(s, pick.v, sw, pick.first)
+	return d
+}
+
+// decideFull is the decision from a scan of the whole queue; Decide makes the
+// same one from the index.
+func (p *fixedBatch) decideFull(s *Snapshot) Decision {
 	vs, q := splitHopeless(s.Queue, s.Now)
 	d := Decision{Verdicts: vs}
 	if len(q) == 0 {

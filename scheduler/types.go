@@ -122,7 +122,22 @@ type Engine struct {
 // Snapshot is everything a policy may look at to decide.
 type Snapshot struct {
 	Now time.Time
-	// Queue holds the waiting requests in arrival order. Policies must not modify it.
+	// Queue holds the waiting requests in arrival order (increasing Seq).
+	// Policies must not modify it.
+	//
+	// A policy may keep an index of the queue between decisions (index.go:
+	// edf, fifo, fixed-batch), so that a decision costs what it answers and
+	// batches rather than the backlog. It assumes that from one decision to
+	// the next the caller removes requests (those the decision answered or
+	// batched, and any others) and appends new arrivals with a Seq above every
+	// request given before; a batched request may also stay, or come back
+	// before the next decision. Changed applications (Apps), a queue with
+	// fewer indexed requests than queued, a queue whose first request is not
+	// indexed, and a request replaced by another with the same Seq are
+	// detected and make the policy rebuild its index, which costs what a
+	// decision without one costs. A request put back with its old Seq after a
+	// later decision is not detected: only the cascade policy's second passes
+	// do that, and the cascade keeps no index.
 	Queue  []*Request
 	Apps   map[string]*App
 	Engine Engine

@@ -1,0 +1,348 @@
+package scheduler
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// queueIndex is a policy's view of the queue kept between decisions, so that a
+// decision costs what it schedules rather than what is queued: per application,
+// the requests in arrival order, a heap by deadline and a heap by hard stop.
+//
+// It relies on the Snapshot contract (see Snapshot.Queue): the queue is in Seq
+// order, and between two decisions the caller removes requests and appends new
+// ones with a Seq above every request it gave the policy before. New requests
+// are then the queue's tail (only that tail is scanned, as rateMeter does), and
+// a removed request is found lazily: when an indexed request comes up, a binary
+// search by Seq in the queue says whether it is still there. Anything else (the
+// applications changed, a request was replaced or put back with an older Seq,
+// the index holds fewer requests than the queue) is detected and the index is
+// rebuilt from the queue, which costs what one full decision used to.
+type queueIndex struct {
+	// arrival, deadline and stop select the structures to keep.
+	arrival, deadline, stop bool
+	apps                    map[string]*App
+	maxSeq                  uint64
+	per                     map[*App]*appIndex
+	// members holds the indexed requests not yet found removed, for the
+	// checks of the contract.
+	members map[*Request]struct{}
+	// byApp lists the indexes in a fixed order (first appearance) for
+	// deterministic iteration.
+	byApp []*appIndex
+	// q is the decision's queue; broken is set when a lookup found the
+	// contract broken (the decision must be made again after a rebuild).
+	q      []*Request
+	broken bool
+}
+
+// appIndex is one application's part of the index.
+type appIndex struct {
+	app *App
+	// arr is the requests in arrival order from head on.
+	arr  []*Request
+	head int
+	// dl is a min-heap by (Deadline, Seq), stop by (HardStop, Seq).
+	dl, stop reqHeap
+	// popped are the entries taken from dl or stop during a decision, to be put
+	// back when it ends (restore).
+	poppedDl, poppedStop []*Request
+}
+
+// sync brings the index up to date with s. It returns false when the index
+// had to be rebuilt from scratch (not an error: the caller just paid more).
+func (x *queueIndex) sync(s *Snapshot) bool {
+	x.q = s.Queue
+	x.broken = false
+	least, most := x.sizes()
+	fresh := x.per == nil || !x.sameApps(s.Apps) || most > 2*len(s.Queue)+256
+	start := 0
+	if !fresh {
+		start = len(s.Queue)
+		for start > 0 && s.Queue[start-1].Seq > x.maxSeq {
+			start--
+		}
+		// Fewer indexed than queued: something came back with an old Seq.
+		fresh = least+len(s.Queue)-start < len(s.Queue) || !x.indexed(s.Queue, start)
+	}
+	if fresh {
+		x.reset(s.Apps)
+		start = 0
+	}
+	for _, r := range s.Queue[start:] {
+		x.add(r)
+	}
+	return !fresh
+}
+
+// sizes returns the number of entries of the smallest and the largest kept
+// structure. Each holds every queued request (and removed ones not yet found),
+// so neither may be smaller than the queue; the largest bounds the garbage.
+func (x *queueIndex) sizes() (least, most int) {
+	var arr, dl, stop int
+	for _, ai := range x.byApp {
+		arr += len(ai.arr) - ai.head
+		dl += ai.dl.len()
+		stop += ai.stop.len()
+	}
+	least = -1
+	for _, k := range [...]struct {
+		on bool
+		n  int
+	}{{x.arrival, arr}, {x.deadline, dl}, {x.stop, stop}} {
+		if k.on {
+			if least < 0 || k.n < least {
+				least = k.n
+			}
+			most = max(most, k.n)
+		}
+	}
+	return max(least, 0), most
+}
+
+// indexed spot-checks that the queue's first request and its last before the
+// new tail (q[start:]) are indexed: a queue that is not the previous one with
+// requests removed and new ones appended (a caller that builds a fresh queue
+// with the same Seqs) is caught here.
+func (x *queueIndex) indexed(q []*Request, start int) bool {
+	if start == 0 {
+		return true
+	}
+	_, first := x.members[q[0]]
+	_, last := x.members[q[start-1]]
+	return first && last
+}
+
+func (x *queueIndex) sameApps(apps map[string]*App) bool {
+	if len(apps) != len(x.apps) {
+		return false
+	}
+	for name, a := range apps {
+		if x.apps[name] != a {
+			return false
+		}
+	}
+	return true
+}
+
+// reset empties the index (keeping its buffers) for the given applications.
+func (x *queueIndex) reset(apps map[string]*App) {
+	if x.apps == nil {
+		x.apps = map[string]*App{}
+	}
+	clear(x.apps)
+	for name, a := range apps {
+		x.apps[name] = a
+	}
+	x.per = map[*App]*appIndex{}
+	if x.members == nil {
+		x.members = map[*Request]struct{}{}
+	}
+	clear(x.members)
+	x.byApp = x.byApp[:0]
+	x.maxSeq = 0
+}
+
+func (x *queueIndex) add(r *Request) {
+	ai := x.per[r.App]
+	if ai == nil {
+		ai = &appIndex{app: r.App, dl: reqHeap{less: byDeadlineLess}, stop: reqHeap{less: byStopLess}}
+		x.per[r.App] = ai
+		x.byApp = append(x.byApp, ai)
+	}
+	if x.arrival {
+		ai.arr = append(ai.arr, r)
+	}
+	if x.deadline {
+		ai.dl.push(r)
+	}
+	if x.stop {
+		ai.stop.push(r)
+	}
+	x.members[r] = struct{}{}
+	x.maxSeq = max(x.maxSeq, r.Seq)
+}
+
+// live reports whether r is still in the decision's queue (a binary search by
+// Seq). A different request with r's Seq breaks the contract: it marks the index
+// broken and reports false.
+func (x *queueIndex) live(r *Request) bool {
+	i, found := slices.BinarySearchFunc(x.q, r.Seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+	if !found {
+		delete(x.members, r)
+		return false
+	}
+	if x.q[i] != r {
+		x.broken = true
+		return false
+	}
+	return true
+}
+
+// member reports whether r (taken from the queue) is indexed; a queued request
+// that is not breaks the contract and marks the index broken.
+func (x *queueIndex) member(r *Request) bool {
+	_, ok := x.members[r]
+	if !ok {
+		x.broken = true
+	}
+	return ok
+}
+
+// hopeless returns the verdicts for every queued request past help (Hopeless at
+// now), in queue order, as splitHopeless does: per application, the prefix of
+// the hard-stop heap up to now + the fastest variant. The entries are popped and
+// put back by restore, so that a decision that is not applied leaves the index
+// as it was. mark, if not nil, receives each hopeless request.
+func (x *queueIndex) hopeless(now time.Time, vs []Verdict, mark map[*Request]bool) []Verdict {
+	n0 := len(vs)
+	for _, ai := range x.byApp {
+		limit := now.Add(fastest(ai.app))
+		for ai.stop.len() > 0 {
+			r := ai.stop.top()
+			if limit.Before(r.HardStop()) {
+				break
+			}
+			ai.stop.pop()
+			if !x.live(r) {
+				continue
+			}
+			ai.poppedStop = append(ai.poppedStop, r)
+			vs = append(vs, Verdict{Request: r, Outcome: Expired, Reason: ReasonPastHardStop})
+			if mark != nil {
+				mark[r] = true
+			}
+		}
+	}
+	slices.SortFunc(vs[n0:], func(a, b Verdict) int { return cmp.Compare(a.Request.Seq, b.Request.Seq) })
+	return vs
+}
+
+// nextByDeadline returns ai's earliest-deadline live request that skip does not
+// reject, moving it (and anything skipped) out of the heap until restore; nil
+// when there is none. A removed request is dropped for good.
+func (x *queueIndex) nextByDeadline(ai *appIndex, skip func(*Request) bool) *Request {
+	for ai.dl.len() > 0 {
+		r := ai.dl.pop()
+		if !x.live(r) {
+			continue
+		}
+		ai.poppedDl = append(ai.poppedDl, r)
+		if skip(r) {
+			continue
+		}
+		return r
+	}
+	return nil
+}
+
+// arrivals calls f with ai's live requests in arrival order until it returns
+// false. Removed requests met on the way are dropped from the list.
+func (x *queueIndex) arrivals(ai *appIndex, f func(*Request) bool) {
+	w := ai.head // live requests are compacted to the front as the scan passes
+	i := ai.head
+	stop := false
+	for ; i < len(ai.arr) && !stop; i++ {
+		r := ai.arr[i]
+		if !x.live(r) {
+			continue
+		}
+		ai.arr[w] = r
+		w++
+		stop = !f(r)
+	}
+	// Close the gap [w, i) left by removed requests: move the live prefix
+	// [head, w) up against i.
+	if gap := i - w; gap > 0 {
+		copy(ai.arr[ai.head+gap:i], ai.arr[ai.head:w])
+		clear(ai.arr[ai.head : ai.head+gap])
+		ai.head += gap
+	}
+	if ai.head == len(ai.arr) {
+		ai.arr, ai.head = ai.arr[:0], 0
+	} else if ai.head > len(ai.arr)/2 && ai.head > 64 {
+		n := copy(ai.arr, ai.arr[ai.head:])
+		clear(ai.arr[n:])
+		ai.arr, ai.head = ai.arr[:n], 0
+	}
+}
+
+// restore puts back every entry popped during the decision, so that the index
+// again holds every request of the queue (the caller removes what the decision
+// answered; the index finds out lazily).
+func (x *queueIndex) restore() {
+	for _, ai := range x.byApp {
+		for _, r := range ai.poppedDl {
+			ai.dl.push(r)
+		}
+		for _, r := range ai.poppedStop {
+			ai.stop.push(r)
+		}
+		clear(ai.poppedDl)
+		clear(ai.poppedStop)
+		ai.poppedDl, ai.poppedStop = ai.poppedDl[:0], ai.poppedStop[:0]
+	}
+	x.q = nil
+}
+
+func byDeadlineLess(a, b *Request) bool { return byDeadline(a, b) < 0 }
+
+func byStopLess(a, b *Request) bool {
+	if c := a.HardStop().Compare(b.HardStop()); c != 0 {
+		return c < 0
+	}
+	return a.Seq < b.Seq
+}
+
+// reqHeap is a binary min-heap of requests.
+type reqHeap struct {
+	h    []*Request
+	less func(a, b *Request) bool
+}
+
+func (h *reqHeap) len() int        { return len(h.h) }
+func (h *reqHeap) top() *Request   { return h.h[0] }
+func (h *reqHeap) push(r *Request) { h.h = append(h.h, r); h.up(len(h.h) - 1) }
+
+func (h *reqHeap) pop() *Request {
+	n := len(h.h) - 1
+	r := h.h[0]
+	h.h[0] = h.h[n]
+	h.h[n] = nil
+	h.h = h.h[:n]
+	if n > 0 {
+		h.down(0)
+	}
+	return r
+}
+
+func (h *reqHeap) up(j int) {
+	for j > 0 {
+		i := (j - 1) / 2
+		if !h.less(h.h[j], h.h[i]) {
+			break
+		}
+		h.h[i], h.h[j] = h.h[j], h.h[i]
+		j = i
+	}
+}
+
+func (h *reqHeap) down(i int) {
+	n := len(h.h)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		j := l
+		if r := l + 1; r < n && h.less(h.h[r], h.h[l]) {
+			j = r
+		}
+		if !h.less(h.h[j], h.h[i]) {
+			return
+		}
+		h.h[i], h.h[j] = h.h[j], h.h[i]
+		i = j
+	}
+}

@@ -1,0 +1,149 @@
+package scheduler
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+)
+
+// fullDecider is a policy that can also decide from the whole queue, the way
+// it did before the index (index.go).
+type fullDecider interface {
+	Policy
+	decideFull(s *Snapshot) Decision
+}
+
+// indexApps builds two applications (the second with a variant too large for
+// a small memory budget), optionally as a reloaded version (new pointers).
+func indexApps() []*App {
+	a, b := testApp(), testApp()
+	b.Name = "other"
+	for _, v := range b.Variants {
+		v.ID.App = "other"
+	}
+	b.Variants[1].MemBytes = 10_000
+	return []*App{a, b}
+}
+
+// TestIndexedDecisionsMatchFull drives each indexed policy through randomised
+// sequences of decisions the way the gateway's loop does (new arrivals at the
+// tail, the decision applied), with the irregular cases mixed in (a decision
+// not applied, requests removed by the caller, a reload that re-prepares the
+// queue, a fresh queue reusing Seqs, a batched request left in the queue), and
+// checks that every
+// decision equals the full recomputation's from the same snapshot.
+func TestIndexedDecisionsMatchFull(t *testing.T) {
+	for _, name := range []string{"edf", "fifo", "fixed-batch"} {
+		for seed := range uint64(12) {
+			t.Run(fmt.Sprintf("%s/seed=%d", name, seed), func(t *testing.T) {
+				rng := rand.New(rand.NewPCG(seed, 99))
+				o := Options{MaxBatch: 1 + rng.IntN(8), MaxQueueDelay: ms(rng.Float64() * 3)}
+				p := mustPolicy(t, name, o).(fullDecider)
+				ref := mustPolicy(t, name, o).(fullDecider)
+				apps := indexApps()
+				appMap := func() map[string]*App { return map[string]*App{apps[0].Name: apps[0], apps[1].Name: apps[1]} }
+				cur := appMap()
+				resident := map[VariantID]time.Time{}
+				var mem int64
+				if rng.IntN(2) == 0 {
+					mem = 500 // the other app's big variant never fits
+				}
+				now := t0
+				var q []*Request
+				seq := uint64(rng.IntN(3))
+				arrive := func(k int) {
+					for range k {
+						a := apps[0]
+						if rng.IntN(3) == 0 {
+							a = apps[1]
+						}
+						var pr []float64
+						if rng.IntN(4) > 0 {
+							x := rng.Float64()
+							pr = []float64{1 - x, x}
+						}
+						arr := now.Add(-ms(rng.Float64() * 5))
+						q = append(q, req(a, seq, arr, ms(0.5+rng.Float64()*30), pr))
+						seq += 1 + uint64(rng.IntN(2))
+					}
+				}
+				arrive(rng.IntN(40))
+				batches, verdicts := 0, 0
+				for step := range 300 {
+					s := &Snapshot{Now: now, Queue: q, Apps: cur,
+						Engine: Engine{Resident: resident, CountBudget: 2, MemBudget: mem}}
+					want := ref.decideFull(s)
+					got := p.Decide(s)
+					if !reflect.DeepEqual(got, want) {
+						t.Fatalf("step %d, %d queued: indexed decision\n%s\nfull recomputation\n%s", step, len(q), describe(got), describe(want))
+					}
+					verdicts += len(got.Verdicts)
+					if got.Batch != nil {
+						batches++
+					}
+					switch x := rng.IntN(40); {
+					case x == 0: // not applied: the same queue again
+					case x == 1: // the caller drops some requests itself
+						q = slices.DeleteFunc(q, func(*Request) bool { return rng.IntN(4) == 0 })
+					case x == 2: // a reload: new application versions, the queue re-prepared
+						apps = indexApps()
+						cur = appMap()
+						for i, r := range q {
+							q[i] = Prepare(cur[r.App.Name], r.Seq, r.Arrival, r.Deadline, r.P, nil)
+						}
+					case x == 3: // a fresh queue reusing the Seqs
+						for i, r := range q {
+							q[i] = Prepare(r.App, r.Seq, r.Arrival, r.Deadline, r.P, nil)
+						}
+					default:
+						gone := map[*Request]bool{}
+						for _, v := range got.Verdicts {
+							gone[v.Request] = true
+						}
+						var back *Request
+						if b := got.Batch; b != nil {
+							for _, r := range b.Requests {
+								gone[r] = true
+							}
+							resident[b.Variant.ID] = now
+							for _, id := range b.Evict {
+								delete(resident, id)
+							}
+							if x == 4 {
+								back = b.Requests[0] // put back in arrival order
+							}
+						}
+						q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
+						if back != nil {
+							i, _ := slices.BinarySearchFunc(q, back.Seq, func(r *Request, seq uint64) int { return int(r.Seq) - int(seq) })
+							q = slices.Insert(q, i, back)
+						}
+					}
+					now = now.Add(ms(rng.Float64() * 3))
+					arrive(rng.IntN(5))
+				}
+				if batches < 50 || verdicts < 20 {
+					t.Errorf("only %d batches and %d verdicts: the test exercises too little", batches, verdicts)
+				}
+			})
+		}
+	}
+}
+
+func describe(d Decision) string {
+	s := ""
+	for _, v := range d.Verdicts {
+		s += fmt.Sprintf("  verdict seq %d %s %s %v\n", v.Request.Seq, v.Request.App.Name, v.Outcome, v.Reason)
+	}
+	if b := d.Batch; b != nil {
+		var seqs []uint64
+		for _, r := range b.Requests {
+			seqs = append(seqs, r.Seq)
+		}
+		s += fmt.Sprintf("  batch %v %v evict %v load %v finish %v utility %v\n", b.Variant.ID, seqs, b.Evict, b.Load, b.Finish, b.Utility)
+	}
+	return s + fmt.Sprintf("  wake %v\n", d.WakeAt)
+}
