@@ -139,6 +139,8 @@ type decisionState struct {
 	// shrink is Options.Shrink; ubuf holds the members' shrunk utilities.
 	shrink float64
 	ubuf   []float64
+	// shedBuf is shed's scratch, kept by the policy between decisions.
+	shedBuf *shedScratch
 }
 
 // setPrice derives the price of engine time for this decision, by Lagrangian

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"cmp"
-	"container/heap"
 	"math"
 	"slices"
 	"time"
@@ -37,19 +36,19 @@ const ReasonOverload = "overload_shed"
 // oblivious one, which believes every request is worth the same, sheds the latest
 // deadlines' requests.
 //
-// It costs O(n log n) for the sort and the heap.
+// It costs O(n log n) for the sort and the heap; its buffers (shedScratch) are
+// kept between decisions.
 func (d *decisionState) shed() {
 	n := len(d.members)
 	if n < 2 {
 		return
 	}
-	type cand struct {
-		i       int
-		cost    time.Duration
-		density float64
+	sc := d.shedBuf
+	if sc == nil {
+		sc = &shedScratch{}
 	}
-	cs := make([]cand, n)
-	order := make([]int, n)
+	cs := slices.Grow(sc.cs[:0], n)[:n]
+	order := slices.Grow(sc.order[:0], n)[:n]
 	for i := range d.members {
 		m := &d.members[i]
 		ai := d.info(m.r.App)
@@ -74,22 +73,29 @@ func (d *decisionState) shed() {
 			alt = m.r.DegradedUtility
 		}
 		cost = time.Duration(float64(cost) * shedHeadroom)
-		cs[i] = cand{i: i, cost: max(cost, 1), density: (best - alt) / max(cost.Seconds(), 1e-12)}
+		cs[i] = shedCand{cost: max(cost, 1), density: (best - alt) / max(cost.Seconds(), 1e-12)}
 		order[i] = i
 	}
 	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(d.members[a].dl, d.members[b].dl) })
-	h := &densityHeap{cs: make([]int, 0, n), density: func(i int) float64 { return cs[i].density }}
+	// A min-heap of member indexes by worth per engine second, the later in the
+	// queue first on ties.
+	h := intHeap{h: sc.heap[:0], less: func(a, b int) bool {
+		if x, y := cs[a].density, cs[b].density; x != y {
+			return x < y
+		}
+		return a > b
+	}}
 	var cum time.Duration
-	var shed []int
+	shed := sc.shed[:0]
 	for _, i := range order {
 		m := &d.members[i]
 		cum += cs[i].cost
-		heap.Push(h, i)
+		h.push(i)
 		if m.dl < d.info(m.r.App).fastest {
 			continue // already late: allowed, but its time counts for those behind it
 		}
-		for cum > m.dl && h.Len() > 0 {
-			j := heap.Pop(h).(int)
+		for cum > m.dl && h.len() > 0 {
+			j := h.pop()
 			cum -= cs[j].cost
 			shed = append(shed, j)
 			if j == i {
@@ -97,10 +103,14 @@ func (d *decisionState) shed() {
 			}
 		}
 	}
+	sc.cs, sc.order, sc.heap, sc.shed = cs, order, h.h, shed
+	d.shedBuf = sc
 	if len(shed) == 0 {
 		return
 	}
-	drop := make([]bool, n)
+	drop := slices.Grow(sc.drop[:0], n)[:n]
+	clear(drop)
+	sc.drop = drop
 	for _, j := range shed {
 		drop[j] = true
 		r := d.members[j].r
@@ -121,6 +131,18 @@ func (d *decisionState) shed() {
 	d.members = d.members[:k]
 }
 
+// shedScratch holds shed's buffers between decisions.
+type shedScratch struct {
+	cs                []shedCand
+	order, heap, shed []int
+	drop              []bool
+}
+
+type shedCand struct {
+	cost    time.Duration
+	density float64
+}
+
 // shedDegrades reports whether a shed member is answered degraded (its estimate
 // is allowed and worth more than no answer) rather than expired.
 func (d *decisionState) shedDegrades(m *member) bool {
@@ -131,24 +153,46 @@ func (d *decisionState) shedDegrades(m *member) bool {
 // always full, latencies vary, and the plan is not exactly deadline order.
 const shedHeadroom = 1.25
 
-// densityHeap is a min-heap of member indexes by worth per engine second.
-type densityHeap struct {
-	cs      []int
-	density func(int) float64
+// intHeap is a binary min-heap of ints under less, with container/heap's
+// algorithm (so that the order of pops is the same), without its boxing.
+type intHeap struct {
+	h    []int
+	less func(a, b int) bool
 }
 
-func (h *densityHeap) Len() int { return len(h.cs) }
-func (h *densityHeap) Less(i, j int) bool {
-	a, b := h.density(h.cs[i]), h.density(h.cs[j])
-	if a != b {
-		return a < b
+func (h *intHeap) len() int { return len(h.h) }
+
+func (h *intHeap) push(x int) {
+	h.h = append(h.h, x)
+	for j := len(h.h) - 1; j > 0; {
+		i := (j - 1) / 2
+		if i == j || !h.less(h.h[j], h.h[i]) {
+			break
+		}
+		h.h[i], h.h[j] = h.h[j], h.h[i]
+		j = i
 	}
-	return h.cs[i] > h.cs[j] // later in the queue goes first
 }
-func (h *densityHeap) Swap(i, j int) { h.cs[i], h.cs[j] = h.cs[j], h.cs[i] }
-func (h *densityHeap) Push(x any)    { h.cs = append(h.cs, x.(int)) }
-func (h *densityHeap) Pop() any {
-	x := h.cs[len(h.cs)-1]
-	h.cs = h.cs[:len(h.cs)-1]
+
+func (h *intHeap) pop() int {
+	n := len(h.h) - 1
+	h.h[0], h.h[n] = h.h[n], h.h[0]
+	for i := 0; ; {
+		l := 2*i + 1
+		if l >= n || l < 0 {
+			break
+		}
+		j := l
+		if r := l + 1; r < n && h.less(h.h[r], h.h[l]) {
+			j = r
+		}
+		if !h.less(h.h[j], h.h[i]) {
+			break
+		}
+		h.h[i], h.h[j] = h.h[j], h.h[i]
+		i = j
+	}
+	x := h.h[n]
+	h.h = h.h[:n]
 	return x
 }

@@ -80,6 +80,7 @@ type searching struct {
 	recent []*Request
 	seen   uint64
 	sbuf   []member
+	shed   shedScratch
 }
 
 // maxStream bounds the recent arrivals the price is solved over, so that a
@@ -163,6 +164,7 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
 	d.members = p.buf[:0]
 	d.shrink, d.ubuf = p.o.Shrink, p.ubuf[:0]
+	d.shedBuf = &p.shed
 	defer func() {
 		clear(d.members[:cap(d.members)]) // drop references to requests
 		p.buf = d.members[:0]
