@@ -142,13 +142,16 @@ type AdmissionConfig struct {
 	// MaxQueue is the most requests waiting for a model; beyond it requests are
 	// rejected with reason overload and a retry-after hint.
 	MaxQueue int `yaml:"max_queue"`
-	// MaxWait refuses a request (overload, with retry_after_ms) when the queue
-	// ahead of it would take longer than this fraction of its deadline budget to
-	// drain at the rate the gateway is draining it now; 0 turns the check off, so
-	// that only max_queue refuses. The default 0.5 leaves half the budget for the
-	// batch, the journal and the broker: at 5x overload it answered as many
-	// requests on time as 0.75 did, with 5% of model answers late instead of 20%
-	// (docs/reliability.md, "Measured").
+	// MaxWait refuses a request (overload, with retry_after_ms) that no choice
+	// of variants could answer in time: the queue ahead of it would take longer
+	// than this fraction of its deadline budget to drain even at the fastest rate
+	// the gateway could drain it (every queued request on its application's
+	// cheapest variant, plus the loop's own measured time per request), or that
+	// drain plus the delay of replies to the broker exceeds the whole budget, or
+	// at the rate the gateway has actually been draining it would wait longer
+	// than the whole budget (the gateway is short of CPU). See backlog.refuses.
+	// 0 turns the check off, so that only max_queue refuses. The default 0.5
+	// leaves half the budget for the batch, the journal and the broker.
 	MaxWait float64 `yaml:"max_wait"`
 	// Workers is the number of request handlers (parse, admit, journal); their
 	// journal writes share group commits.

@@ -117,8 +117,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	reserved = g.loop.Reserve(g.cfg.Admission.MaxQueue)
 	if reserved {
-		if wait := g.estimatedWait(); g.cfg.Admission.MaxWait > 0 &&
-			wait > time.Duration(g.cfg.Admission.MaxWait*float64(req.Budget())) {
+		if g.cfg.Admission.MaxWait > 0 && g.cannotServe(req.Budget()) {
 			g.loop.Release()
 			reserved = false
 		}
@@ -287,16 +286,65 @@ const minRetryAfter = 100 * time.Millisecond
 // loop has been draining them (profiles stand in until it has measured one),
 // plus the recent delay between the loop and the broker (egress.Delay). Answers
 // in flight to the broker are not counted as queued: their publishes overlap.
-func (g *Gateway) estimatedWait() time.Duration {
-	d := g.egress.Delay()
-	q := g.loop.Queued()
-	if q == 0 {
-		return d
+func (g *Gateway) estimatedWait() time.Duration { return g.backlog().estimatedWait() }
+
+// cannotServe is admission's test (admission.max_wait; backlog.refuses).
+func (g *Gateway) cannotServe(budget time.Duration) bool {
+	return g.backlog().refuses(budget, g.cfg.Admission.MaxWait)
+}
+
+func (g *Gateway) backlog() backlog {
+	return backlog{queued: g.loop.Queued(), drainRate: g.loop.DrainRate(), fastestRate: g.loop.FastestDrainRate(),
+		perRequest: g.perRequest, egress: g.egress.Delay()}
+}
+
+// backlog is what admission decides by.
+type backlog struct {
+	queued int
+	// drainRate is the rate the loop has been answering queued requests,
+	// fastestRate the rate it could reach with every request on its
+	// application's cheapest variant (loop.DrainRate, loop.FastestDrainRate;
+	// requests per second of busy time, 0 until measured).
+	drainRate, fastestRate float64
+	// perRequest stands in for an unmeasured rate: the cheapest variant's
+	// profiled time per request at its best batch size.
+	perRequest time.Duration
+	// egress is the recent delay between the loop and the broker (egress.Delay).
+	egress time.Duration
+}
+
+// drain is how long the queue takes to drain at rate.
+func (b backlog) drain(rate float64) time.Duration {
+	switch {
+	case b.queued == 0:
+		return 0
+	case rate > 0:
+		return time.Duration(float64(b.queued) / rate * float64(time.Second))
 	}
-	if r := g.loop.DrainRate(); r > 0 {
-		return d + time.Duration(float64(q)/r*float64(time.Second))
-	}
-	return d + time.Duration(q)*g.perRequest
+	return time.Duration(b.queued) * b.perRequest
+}
+
+func (b backlog) estimatedWait() time.Duration { return b.egress + b.drain(b.drainRate) }
+
+// refuses reports whether admission refuses a request with this budget (maxWait
+// > 0). It refuses one that no choice of variants could answer in time: the
+// queue ahead of it would not drain within maxWait of the budget even at the
+// fastest rate, or that drain plus the egress delay exceeds the whole budget.
+// Otherwise the policy decides (it may run the request on a cheaper variant, or
+// shed it with a degraded answer): refusing by the rate the current choice of
+// variants drains at refused up to 18% of the requests at half the heavy
+// variants' capacity (docs/evaluation.md, "Admission"). The egress delay is not
+// held against maxWait's share, which is what it leaves for the batch, the
+// journal and the broker: counting their delay in it too refused every request,
+// with an empty queue, whenever replies took half the budget to reach the
+// broker. It also refuses a request that would wait longer than its whole
+// budget at the rate the loop has actually been draining: when the gateway is
+// short of CPU (ingress, the journal and the broker starve the engine), a
+// faster variant would not drain the queue faster, and admitting by the fastest
+// rate alone filled the queue at five times capacity.
+func (b backlog) refuses(budget time.Duration, maxWait float64) bool {
+	fast := b.drain(b.fastestRate)
+	return fast > time.Duration(maxWait*float64(budget)) || fast+b.egress > budget || b.estimatedWait() > budget
 }
 
 // reject answers a request that failed validation, when a reply topic exists.

@@ -110,9 +110,14 @@ type loop struct {
 	log      zerolog.Logger
 	m        *metrics
 	admit    chan *job
-	queued   atomic.Int64 // reserved or admitted, and not yet answered (admission reads it)
-	drain    drainMeter   // owned by the loop goroutine
-	rate     atomic.Uint64
+	queued   atomic.Int64  // reserved or admitted, and not yet answered (admission reads it)
+	drain    drainMeter    // owned by the loop goroutine
+	rate     atomic.Uint64 // drainRates.now (float64 bits)
+	fastRate atomic.Uint64 // drainRates.fastest (float64 bits)
+	// cheapest caches, per application, the per-request engine time of its
+	// cheapest variant at its best batch size; cleared after every batch (the
+	// latency correction changes the tables).
+	cheapest map[*scheduler.App]time.Duration
 	seq      uint64
 	queue    []*scheduler.Request
 	resident map[scheduler.VariantID]time.Time
@@ -171,6 +176,7 @@ func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budge
 		resident: map[scheduler.VariantID]time.Time{},
 		swaps:    make(chan *appSwap, 1), stopped: make(chan struct{}),
 		retiring: map[string]func(string){}, latency: newLatencyModel(),
+		cheapest: map[*scheduler.App]time.Duration{},
 	}
 	for _, id := range r.Resident() {
 		l.resident[id] = now()
@@ -223,6 +229,12 @@ func (l *loop) Queued() int { return int(l.queued.Load()) }
 // measured over the last few seconds (0 until it has been busy).
 func (l *loop) DrainRate() float64 { return math.Float64frombits(l.rate.Load()) }
 
+// FastestDrainRate is how many queued requests per second of busy time the loop
+// would answer if every one ran on its application's cheapest variant, with the
+// loop's own measured time per request (0 until it has been busy): the most any
+// policy could drain, which admission compares deadlines with.
+func (l *loop) FastestDrainRate() float64 { return math.Float64frombits(l.fastRate.Load()) }
+
 // Run schedules until ctx ends, then waits for the batch in flight, answers it and
 // returns; requests still queued stay in the journal for the next start.
 func (l *loop) Run(ctx context.Context) {
@@ -239,7 +251,9 @@ func (l *loop) Run(ctx context.Context) {
 	dirty := true
 	var swap *appSwap
 	for {
-		l.rate.Store(math.Float64bits(l.drain.observe(l.now(), busy || len(l.queue) > 0)))
+		r := l.drain.observe(l.now(), busy || len(l.queue) > 0)
+		l.rate.Store(math.Float64bits(r.now))
+		l.fastRate.Store(math.Float64bits(r.fastest))
 		// A swap is sent before any request of a new version is submitted, so it
 		// is seen here before such a request can be decided on.
 		if swap == nil {
@@ -518,6 +532,8 @@ func (l *loop) finish(d batchDone) {
 	app, variant := b.Variant.ID.App, b.Variant.ID.Variant
 	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
 	f := l.latency.observe(b.Variant, len(b.Requests), d.infer)
+	l.drain.engine += d.infer
+	clear(l.cheapest)
 	l.m.latencyFactor.WithLabelValues(app, variant).Set(f)
 	l.m.batchSize.WithLabelValues(app, variant).Observe(float64(len(b.Requests)))
 	for i, r := range b.Requests {
@@ -562,7 +578,24 @@ func (l *loop) requeue(r *scheduler.Request) {
 func (l *loop) reply(j *job, r result) {
 	l.queued.Add(-1)
 	l.drain.answered++
+	if j.req != nil {
+		l.drain.cheapest += l.cheapestOf(j.req.App)
+	}
 	l.answer(j, r)
+}
+
+// cheapestOf is the per-request engine time of a's cheapest variant at its best
+// batch size (cached until the next batch).
+func (l *loop) cheapestOf(a *scheduler.App) time.Duration {
+	if c, ok := l.cheapest[a]; ok {
+		return c
+	}
+	c := time.Duration(math.MaxInt64)
+	for _, v := range a.Variants {
+		c = min(c, scheduler.Amortised(v, v.MaxBatch()))
+	}
+	l.cheapest[a] = c
+	return c
 }
 
 // validDistribution reports whether p has at least one value and only finite,
@@ -582,18 +615,32 @@ func validDistribution(p []float64) bool {
 // down under load (ingress, the broker and the engine sharing the CPU); unlike a
 // plain rate it is not diluted by idle time, so it does not under-estimate at the
 // start of a burst.
+//
+// It also measures the fastest drain: the busy time outside forward passes (the
+// loop's own work per request, and whatever else held it up) plus, for every
+// answered request, its application's cheapest variant's per-request time, in
+// place of the passes that ran. The rate a policy reaches depends on the variants
+// it chooses (one that runs a heavy variant drains slowly but could switch), so
+// admission asks whether the queue could be drained in time at all.
 type drainMeter struct {
 	last     time.Time
 	wasBusy  bool
-	answered int // since the last observe
+	answered int           // since the last observe
+	engine   time.Duration // forward passes since the last observe
+	cheapest time.Duration // the answered requests' cheapest-variant time since then
 	bins     [drainBins]drainBin
 }
 
 type drainBin struct {
-	slot     int64 // time slot (now / drainBinWidth) the bin holds
-	answered int
-	busy     time.Duration
+	slot             int64 // time slot (now / drainBinWidth) the bin holds
+	answered         int
+	busy             time.Duration
+	engine, cheapest time.Duration
 }
+
+// drainRates are the measured drain rate and the fastest one (requests per
+// second of busy time).
+type drainRates struct{ now, fastest float64 }
 
 const (
 	drainBinWidth = 250 * time.Millisecond
@@ -601,9 +648,9 @@ const (
 )
 
 // observe accounts the time since the last call as busy or idle (as the loop was
-// then) and the requests answered since, and returns the drain rate (0 when the
-// window holds less than 10 ms of busy time).
-func (d *drainMeter) observe(now time.Time, busy bool) float64 {
+// then), and the requests answered and passes run since, and returns the drain
+// rates (0 when the window holds less than 10 ms of busy time).
+func (d *drainMeter) observe(now time.Time, busy bool) drainRates {
 	slot := now.UnixNano() / int64(drainBinWidth)
 	b := &d.bins[slot%drainBins]
 	if b.slot != slot {
@@ -613,17 +660,27 @@ func (d *drainMeter) observe(now time.Time, busy bool) float64 {
 		b.busy += now.Sub(d.last)
 	}
 	b.answered += d.answered
-	d.answered, d.last, d.wasBusy = 0, now, busy
+	b.engine += d.engine
+	b.cheapest += d.cheapest
+	d.answered, d.engine, d.cheapest, d.last, d.wasBusy = 0, 0, 0, now, busy
 	var n int
-	var t time.Duration
+	var t, eng, cheap time.Duration
 	for _, x := range d.bins {
 		if slot-x.slot < drainBins {
 			n += x.answered
 			t += x.busy
+			eng += x.engine
+			cheap += x.cheapest
 		}
 	}
 	if t < 10*time.Millisecond {
-		return 0
+		return drainRates{}
 	}
-	return float64(n) / t.Seconds()
+	r := drainRates{now: float64(n) / t.Seconds()}
+	// A pass can straddle the window's start: its time may exceed the busy time.
+	r.fastest = r.now
+	if fast := max(t-eng, 0) + cheap; fast < t && fast > 0 {
+		r.fastest = float64(n) / fast.Seconds()
+	}
+	return r
 }

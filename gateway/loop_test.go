@@ -270,18 +270,91 @@ func TestLoopReserve(t *testing.T) {
 func TestDrainMeter(t *testing.T) {
 	var d drainMeter
 	t0 := time.Unix(1_700_000_000, 0)
-	if r := d.observe(t0, true); r != 0 {
-		t.Fatalf("rate %v before any work", r)
+	if r := d.observe(t0, true); r != (drainRates{}) {
+		t.Fatalf("rates %v before any work", r)
 	}
-	// 100 ms busy answering 50, then 900 ms idle.
-	d.answered = 50
-	if r := d.observe(t0.Add(100*time.Millisecond), false); r < 499 || r > 501 {
-		t.Errorf("rate %v, want 500/s", r)
+	// 100 ms busy answering 50, 80 ms of it in forward passes that the cheapest
+	// variants would have done in 5 ms, then 900 ms idle.
+	d.answered, d.engine, d.cheapest = 50, 80*time.Millisecond, 5*time.Millisecond
+	if r := d.observe(t0.Add(100*time.Millisecond), false); r.now < 499 || r.now > 501 {
+		t.Errorf("rate %v, want 500/s", r.now)
 	}
-	if r := d.observe(t0.Add(time.Second), false); r < 499 || r > 501 {
-		t.Errorf("rate %v after idle time, want still 500/s", r)
+	// The fastest drain: 20 ms outside the passes + 5 ms on the cheapest = 25 ms
+	// for 50 requests.
+	if r := d.observe(t0.Add(time.Second), false); r.now < 499 || r.now > 501 || r.fastest < 1999 || r.fastest > 2001 {
+		t.Errorf("rates %+v after idle time, want still 500/s and fastest 2,000/s", r)
 	}
-	if r := d.observe(t0.Add(10*time.Second), true); r != 0 {
-		t.Errorf("rate %v after the window passed, want 0", r)
+	if r := d.observe(t0.Add(10*time.Second), true); r != (drainRates{}) {
+		t.Errorf("rates %+v after the window passed, want 0", r)
 	}
+}
+
+func TestDrainMeterFastestNeverBelowMeasured(t *testing.T) {
+	var d drainMeter
+	t0 := time.Unix(1_700_000_000, 0)
+	d.observe(t0, true)
+	// Already on the cheapest variants (their time equals the passes'), and a
+	// pass that began before the window (more engine time than busy time).
+	d.answered, d.engine, d.cheapest = 10, 30*time.Millisecond, 30*time.Millisecond
+	if r := d.observe(t0.Add(20*time.Millisecond), true); r.fastest != r.now || r.now < 499 || r.now > 501 {
+		t.Errorf("rates %+v, want fastest = now = 500/s", r)
+	}
+}
+
+// A policy that runs a heavy variant drains slowly, but the loop reports how fast
+// the queue could drain on the cheapest variant: admission refuses by that, so
+// that requests a cheaper plan could still answer in time are not refused.
+func TestLoopFastestDrainRate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := loopApp() // variant "m": 2 ms + 0.1 ms per sample
+		cheap := &scheduler.Variant{ID: scheduler.VariantID{App: "app", Variant: "cheap"}, Index: 1, Accuracy: 0.6,
+			Recall: []float64{0.6, 0.6}, Cond: [][]float64{{0.6, 0.4}, {0.4, 0.6}}, ProfiledUtility: 0.6,
+			Latency: make([]time.Duration, 33)}
+		for b := 1; b <= 32; b++ {
+			cheap.Latency[b] = time.Duration(b) * 10 * time.Microsecond
+		}
+		a.Variants = append(a.Variants, cheap)
+		// The engine takes 5 ms per sample whatever the variant: edf keeps the
+		// default (heavy) variant with this much slack.
+		f := &fakeRunner{lat: func(b int) time.Duration { return time.Duration(b) * 5 * time.Millisecond },
+			resident: map[scheduler.VariantID]bool{}}
+		p, err := scheduler.New("edf", scheduler.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans := &answers{got: map[string]result{}}
+		l := newLoop(p, map[string]*scheduler.App{"app": a}, f, scheduler.Engine{}, 100, time.Now, ans.record,
+			zerolog.Nop(), newMetrics(nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+		for i := range 40 {
+			submit(t, l, string(rune('a'+i%26))+string(rune('0'+i/26)), 10*time.Second, nil)
+			time.Sleep(2 * time.Millisecond)
+			synctest.Wait()
+		}
+		time.Sleep(300 * time.Millisecond)
+		synctest.Wait()
+		submit(t, l, "last", 10*time.Second, nil) // the loop observes its meter again
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		if len(ans.got) != 41 {
+			t.Fatalf("answered %d of 41", len(ans.got))
+		}
+		for id, r := range ans.got {
+			if r.Variant != "m" {
+				t.Fatalf("%s ran on %q, want the heavy variant m", id, r.Variant)
+			}
+		}
+		now, fast := l.DrainRate(), l.FastestDrainRate()
+		// 5 ms per request on the heavy variant: about 200/s. On the cheap one the
+		// passes would take 10 us per request and the loop itself takes no virtual
+		// time, so the fastest drain is far above.
+		if now < 150 || now > 250 {
+			t.Fatalf("drain rate %.0f/s, want about 200", now)
+		}
+		if fast < 100*now {
+			t.Fatalf("fastest drain %.0f/s, want far above the measured %.0f/s", fast, now)
+		}
+	})
 }

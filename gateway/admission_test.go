@@ -1,0 +1,36 @@
+package gateway
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBacklogRefuses(t *testing.T) {
+	const budget = 50 * time.Millisecond
+	ms := time.Millisecond
+	for _, c := range []struct {
+		name   string
+		b      backlog
+		refuse bool
+	}{
+		{"empty", backlog{}, false},
+		// A heavy variant drains 40 queued in 40 ms, past max_wait's 25 ms, but
+		// the cheapest would take 2 ms: admitted (the policy can switch).
+		{"heavy mix, cheap could keep up", backlog{queued: 40, drainRate: 1000, fastestRate: 20000, egress: 2 * ms}, false},
+		{"hopeless even on the cheapest", backlog{queued: 600, drainRate: 1000, fastestRate: 20000, egress: 2 * ms}, true},
+		// Replies take 30 ms to reach the broker: more than max_wait's share on
+		// their own, but a request admitted to an empty queue is still in time.
+		{"slow egress, empty queue", backlog{egress: 30 * ms, drainRate: 1000, fastestRate: 20000}, false},
+		{"egress longer than the budget", backlog{egress: 60 * ms}, true},
+		{"fastest drain plus egress past the budget", backlog{queued: 400, drainRate: 20000, fastestRate: 20000, egress: 40 * ms}, true},
+		// Short of CPU: the measured drain says 1.5 s, whatever the cheapest
+		// variant's profile promises.
+		{"CPU-bound", backlog{queued: 300, drainRate: 200, fastestRate: 40000}, true},
+		{"unmeasured: the cheapest profile stands in", backlog{queued: 100, perRequest: 100 * time.Microsecond}, false},
+		{"unmeasured, hopeless", backlog{queued: 1000, perRequest: 100 * time.Microsecond}, true},
+	} {
+		if got := c.b.refuses(budget, 0.5); got != c.refuse {
+			t.Errorf("%s: refuses = %v, want %v (%+v; wait at the measured rate %v)", c.name, got, c.refuse, c.b, c.b.estimatedWait())
+		}
+	}
+}
