@@ -86,10 +86,14 @@ func appendTimeKey(b []byte, t time.Time) []byte {
 
 // outboxKey orders the outbox by flushBy, then seq. A zero flushBy sorts last.
 func outboxKey(flushBy time.Time, seq uint64) []byte {
+	return appendOutboxKey(make([]byte, 0, 16), flushBy, seq)
+}
+
+func appendOutboxKey(b []byte, flushBy time.Time, seq uint64) []byte {
 	if flushBy.IsZero() {
 		flushBy = time.Unix(0, math.MaxInt64)
 	}
-	return binary.BigEndian.AppendUint64(appendTimeKey(make([]byte, 0, 16), flushBy), seq)
+	return binary.BigEndian.AppendUint64(appendTimeKey(b, flushBy), seq)
 }
 
 // expiryKey orders completed keys by completion time; n makes it unique.
@@ -126,7 +130,18 @@ func header(kind byte, withSeq bool, size int) []byte {
 	if withSeq {
 		n = seqHeader
 	}
-	b := make([]byte, n, n+size)
+	return appendHeader(make([]byte, 0, n+size), kind, withSeq)
+}
+
+// appendHeader starts a record in b, which must be empty (a record starts at
+// b[0]; seal and setSeq rely on it): its version and kind, room for the CRC and,
+// withSeq, the seq.
+func appendHeader(b []byte, kind byte, withSeq bool) []byte {
+	n := headerSize
+	if withSeq {
+		n = seqHeader
+	}
+	b = append(b[:0], make([]byte, n)...)
 	b[0], b[1] = recordVersion, kind
 	return b
 }
@@ -177,21 +192,106 @@ func appendEntryBody(b []byte, e *Entry, input []float32) []byte {
 
 // encodeEntry encodes a pending entry with seq; the commit may patch seq (setSeq).
 func encodeEntry(e *Entry, seq uint64) []byte {
-	b := header(kindEntry, true, entrySize(e))
+	return appendEntry(make([]byte, 0, seqHeader+entrySize(e)), e, seq)
+}
+
+// appendEntry appends e's pending record with seq to b, which must be empty.
+func appendEntry(b []byte, e *Entry, seq uint64) []byte {
+	b = appendHeader(b, kindEntry, true)
 	setSeq(b, seq)
 	return seal(appendEntryBody(b, e, e.Input), true)
 }
 
 func encodeOutbox(e *Entry, seq uint64, flushBy time.Time, reply []byte, unsent bool) []byte {
-	b := header(kindOutbox, true, entrySize(e)+binary.MaxVarintLen64+binary.MaxVarintLen32+len(reply)+1)
+	c := *e
+	c.Input = nil // not kept in the outbox: do not size the record for it
+	b := header(kindOutbox, true, entrySize(&c)+outboxTailSize(reply))
 	setSeq(b, seq)
 	b = appendEntryBody(b, e, nil)
+	return seal(appendOutboxTail(b, flushBy, reply, unsent), true)
+}
+
+// outboxTailSize bounds what appendOutboxTail appends.
+func outboxTailSize(reply []byte) int {
+	return binary.MaxVarintLen64 + binary.MaxVarintLen32 + len(reply) + 1
+}
+
+// appendOutboxTail appends what an outbox record has after its entry body.
+func appendOutboxTail(b []byte, flushBy time.Time, reply []byte, unsent bool) []byte {
 	b = appendTime(b, flushBy)
 	b = appendBytes(b, reply)
 	if unsent {
 		b = append(b, flagUnsent)
 	}
-	return seal(b, true)
+	return b
+}
+
+// outboxParts checks a pending (kindEntry) or outbox (kindOutbox) record stored
+// under seq as decodeEntry and decodeOutbox do, without decoding it, and returns
+// the parts of its entry body an outbox record keeps, aliasing rec: the fields
+// before the input (times, key, reply topic) and the attributes after it.
+func outboxParts(rec []byte, kind byte, seq uint64) (head, attrs []byte, err error) {
+	r, err := open(rec, kind, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	what := "entry"
+	if kind == kindOutbox {
+		what = "outbox entry"
+	}
+	body := r.b
+	r.time()
+	r.time()
+	for range 4 { // app, device, id, replyTo
+		r.bytes()
+	}
+	head = body[:len(body)-len(r.b)]
+	n := r.count(4)
+	if n > 0 && kind == kindOutbox {
+		r.fail("outbox entry holds %d input values", n)
+	}
+	if r.err == nil {
+		r.b = r.b[4*n:]
+	}
+	rest := r.b
+	// Each attribute needs at least its two length bytes.
+	for range r.count(2) {
+		r.bytes()
+		r.bytes()
+	}
+	attrs = rest[:len(rest)-len(r.b)]
+	if kind == kindOutbox {
+		r.time()
+		r.bytes()
+		if r.err == nil && len(r.b) > 0 {
+			r.byte()
+		}
+	}
+	r.end()
+	if err := r.errf(what); err != nil {
+		return nil, nil, err
+	}
+	if got := binary.BigEndian.Uint64(rec[seqOff:]); got != seq {
+		return nil, nil, fmt.Errorf("%w: %s holds seq %d but is stored under %d", ErrCorrupt, what, got, seq)
+	}
+	return head, attrs, nil
+}
+
+// appendOutbox appends to b (empty) the outbox record under seq of the entry
+// whose body parts outboxParts returned, with reply: the same bytes as
+// encodeOutbox of the decoded entry, copied instead of decoded and encoded again.
+func appendOutbox(b, head, attrs []byte, seq uint64, flushBy time.Time, reply []byte, unsent bool) []byte {
+	b = appendHeader(b, kindOutbox, true)
+	setSeq(b, seq)
+	b = append(b, head...)
+	b = binary.AppendUvarint(b, 0) // no input
+	b = append(b, attrs...)
+	return seal(appendOutboxTail(b, flushBy, reply, unsent), true)
+}
+
+// outboxSize bounds the size of appendOutbox's record.
+func outboxSize(head, attrs, reply []byte) int {
+	return seqHeader + len(head) + 1 + len(attrs) + outboxTailSize(reply)
 }
 
 // flagUnsent marks an outbox record whose reply was never handed to the broker.
@@ -207,8 +307,16 @@ type keyState struct {
 	reply   []byte    // done; aliases the database page until copied
 }
 
-func encodeState(s keyState) []byte {
-	b := header(kindState, false, 1+3*binary.MaxVarintLen64+len(s.reply))
+func encodeState(s keyState) []byte { return appendState(make([]byte, 0, stateSize(s)), s) }
+
+// stateSize bounds the size of s's record.
+func stateSize(s keyState) int {
+	return headerSize + 1 + 3*binary.MaxVarintLen64 + binary.MaxVarintLen32 + len(s.reply)
+}
+
+// appendState appends s's record to b, which must be empty.
+func appendState(b []byte, s keyState) []byte {
+	b = appendHeader(b, kindState, false)
 	b = append(b, s.state)
 	switch s.state {
 	case statePending:

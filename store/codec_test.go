@@ -152,7 +152,9 @@ func FuzzDecode(f *testing.F) {
 		for _, b := range [][]byte{b, sealed} {
 			checkDecode(t, b)
 		}
-		decodeOutbox(seal(append(header(kindOutbox, true, len(b)), b...), true), 0)
+		sealedOutbox := seal(append(header(kindOutbox, true, len(b)), b...), true)
+		setSeq(sealedOutbox, 1)
+		checkDecode(t, sealedOutbox)
 		decodeState(seal(append(header(kindState, false, len(b)), b...), false))
 	})
 }
@@ -164,7 +166,14 @@ func checkDecode(t *testing.T, b []byte) {
 			t.Fatalf("re-encode of %+v: %+v, %v", e, again, err)
 		}
 	}
-	decodeOutbox(b, 1)
+	_, outErr := decodeOutbox(b, 1)
+	_, entErr := decodeEntry(b, 1)
+	// The journal's copy of a record into the outbox refuses what the decoders do.
+	for kind, want := range map[byte]error{kindEntry: entErr, kindOutbox: outErr} {
+		if _, _, err := outboxParts(b, kind, 1); (err == nil) != (want == nil) {
+			t.Fatalf("outboxParts of kind %d: %v, decoding: %v", kind, err, want)
+		}
+	}
 	decodeState(b)
 	decodeKey(b)
 }
@@ -183,4 +192,57 @@ func sameEntry(a, b *Entry) bool {
 	a2, b2 := *a, *b
 	a2.Input, b2.Input = nil, nil
 	return reflect.DeepEqual(a2, b2)
+}
+
+// TestAppendOutboxMatchesEncode checks that the outbox record the journal
+// copies from a pending or outbox record is byte for byte the one encodeOutbox
+// makes of the decoded entry, and that it refuses what the decoders refuse.
+func TestAppendOutboxMatchesEncode(t *testing.T) {
+	flushBy := time.Date(2025, 3, 4, 5, 6, 9, 10, time.UTC)
+	reply := []byte(`{"status":"ok","class":2}`)
+	for name, e := range map[string]*Entry{
+		"full":  sampleEntry(),
+		"zero":  {Key: Key{App: "a", Device: "d", ID: "i"}},
+		"attrs": {Key: Key{App: "a", Device: "d", ID: "i"}, Attrs: map[string]string{"z": "1", "a": "2", "m": ""}},
+	} {
+		for _, unsent := range []bool{false, true} {
+			want := encodeOutbox(e, 9, flushBy, reply, unsent)
+			for _, src := range []struct {
+				kind byte
+				rec  []byte
+			}{
+				{kindEntry, encodeEntry(e, 9)},
+				{kindOutbox, encodeOutbox(e, 9, time.Unix(1, 0), []byte("an older reply"), !unsent)},
+			} {
+				head, attrs, err := outboxParts(src.rec, src.kind, 9)
+				if err != nil {
+					t.Fatalf("%s, kind %d: %v", name, src.kind, err)
+				}
+				got := appendOutbox(nil, head, attrs, 9, flushBy, reply, unsent)
+				if string(got) != string(want) {
+					t.Errorf("%s, kind %d, unsent %v:\n got %x\nwant %x", name, src.kind, unsent, got, want)
+				}
+				if len(got) > outboxSize(head, attrs, reply) {
+					t.Errorf("%s: %d bytes, more than outboxSize's %d", name, len(got), outboxSize(head, attrs, reply))
+				}
+				if _, _, err := outboxParts(src.rec, src.kind, 10); !errors.Is(err, ErrCorrupt) {
+					t.Errorf("%s: wrong seq: %v, want ErrCorrupt", name, err)
+				}
+				other := byte(kindEntry + kindOutbox - src.kind)
+				if _, _, err := outboxParts(src.rec, other, 9); !errors.Is(err, ErrCorrupt) {
+					t.Errorf("%s: wrong kind: %v, want ErrCorrupt", name, err)
+				}
+				for cut := seqHeader; cut < len(src.rec); cut++ { // as the decoders say
+					bad := seal(append([]byte(nil), src.rec[:cut]...), true)
+					_, err := decodeEntry(bad, 9)
+					if src.kind == kindOutbox {
+						_, err = decodeOutbox(bad, 9)
+					}
+					if _, _, got := outboxParts(bad, src.kind, 9); (got == nil) != (err == nil) || (got != nil && !errors.Is(got, ErrCorrupt)) {
+						t.Fatalf("%s: record cut at %d: %v; decoding it: %v", name, cut, got, err)
+					}
+				}
+			}
+		}
+	}
 }

@@ -39,7 +39,8 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 	if c.Received.IsZero() {
 		c.Received = now
 	}
-	rec := encodeEntry(&c, 0)
+	rec := appendEntry(getRecord(seqHeader+entrySize(&c)), &c, 0)
+	defer putRecord(rec) // bbolt holds it until the commit, which submit waits for
 	if len(rec) > MaxRecordSize {
 		return PutResult{}, fmt.Errorf("store: put %s: %w: %d bytes", e.Key, ErrTooLarge, len(rec))
 	}
@@ -74,10 +75,10 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 			return err
 		}
 		setSeq(rec, seq)
-		if err := o.put(b.pending, seqKey(seq), rec); err != nil {
+		if err := o.put(b.pending, b.seqKey(seq), rec); err != nil {
 			return err
 		}
-		if err := o.put(b.keys, kb, encodeState(keyState{state: statePending, seq: seq})); err != nil {
+		if err := o.put(b.keys, kb, b.state(keyState{state: statePending, seq: seq})); err != nil {
 			return err
 		}
 		o.res = PutResult{Dup: New, Seq: seq}
@@ -151,38 +152,41 @@ func (s *Store) outbox(k Key, reply []byte, flushBy time.Time, unsent bool) erro
 		if err != nil {
 			return fmt.Errorf("key index: %w", err)
 		}
-		var e *Entry
+		// The outbox record keeps the entry's fields but its input: they are
+		// copied from the current record, which is then deleted.
+		var from *bolt.Bucket
+		var fromKey []byte
+		var kind byte
 		switch st.state {
 		case statePending:
-			sk := seqKey(st.seq)
-			if e, err = decodeEntry(b.pending.Get(sk), st.seq); err != nil {
-				return fmt.Errorf("pending record %d: %w", st.seq, err)
-			}
-			if err := b.pending.Delete(sk); err != nil {
-				return err
-			}
-			o.delta = counts{pending: -1, outbox: 1}
+			from, fromKey, kind = b.pending, b.seqKey(st.seq), kindEntry
 		case stateOutbox:
-			ok := outboxKey(st.flushBy, st.seq)
-			oe, err := decodeOutbox(b.outbox.Get(ok), st.seq)
-			if err != nil {
-				return fmt.Errorf("outbox record %d: %w", st.seq, err)
-			}
-			if err := b.outbox.Delete(ok); err != nil {
-				return err
-			}
-			e = &oe.Entry
+			from, fromKey, kind = b.outbox, b.outboxKey(st.flushBy, st.seq), kindOutbox
 		default:
 			return ErrNotPending
 		}
-		rec := encodeOutbox(e, st.seq, flushBy, reply, unsent)
+		head, attrs, err := outboxParts(from.Get(fromKey), kind, st.seq)
+		if err != nil {
+			if kind == kindEntry {
+				return fmt.Errorf("pending record %d: %w", st.seq, err)
+			}
+			return fmt.Errorf("outbox record %d: %w", st.seq, err)
+		}
+		// Copied before the delete: head and attrs alias the record's page.
+		rec := appendOutbox(b.mem.buf(outboxSize(head, attrs, reply)), head, attrs, st.seq, flushBy, reply, unsent)
 		if len(rec) > MaxRecordSize {
 			return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(rec))
 		}
-		if err := o.put(b.outbox, outboxKey(flushBy, st.seq), rec); err != nil {
+		if err := from.Delete(fromKey); err != nil {
 			return err
 		}
-		return o.put(b.keys, kb, encodeState(keyState{state: stateOutbox, seq: st.seq, flushBy: flushBy}))
+		if kind == kindEntry {
+			o.delta = counts{pending: -1, outbox: 1}
+		}
+		if err := o.put(b.outbox, b.outboxKey(flushBy, st.seq), rec); err != nil {
+			return err
+		}
+		return o.put(b.keys, kb, b.state(keyState{state: stateOutbox, seq: st.seq, flushBy: flushBy}))
 	}
 	if err := s.submit(o); err != nil {
 		return fmt.Errorf("store: outbox %s: %w", k, err)
@@ -218,10 +222,10 @@ func (s *Store) Complete(k Key, reply []byte) error {
 			}
 			switch st.state {
 			case statePending:
-				err = b.pending.Delete(seqKey(st.seq))
+				err = b.pending.Delete(b.seqKey(st.seq))
 				o.delta.pending = -1
 			case stateOutbox:
-				err = b.outbox.Delete(outboxKey(st.flushBy, st.seq))
+				err = b.outbox.Delete(b.outboxKey(st.flushBy, st.seq))
 				o.delta.outbox = -1
 			case stateDone:
 				if now.Sub(st.doneAt) < retention {
@@ -237,11 +241,11 @@ func (s *Store) Complete(k Key, reply []byte) error {
 		if err != nil {
 			return err
 		}
-		if err := o.put(b.expiry, expiryKey(now, n), kb); err != nil {
+		if err := o.put(b.expiry, b.expiryKey(now, n), kb); err != nil {
 			return err
 		}
 		o.delta.done++
-		return o.put(b.keys, kb, encodeState(keyState{state: stateDone, doneAt: now, n: n, reply: reply}))
+		return o.put(b.keys, kb, b.state(keyState{state: stateDone, doneAt: now, n: n, reply: reply}))
 	}
 	if err := s.submit(o); err != nil {
 		return fmt.Errorf("store: complete %s: %w", k, err)
