@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -164,6 +165,26 @@ func scanValue(b []byte, i int) int {
 	}
 }
 
+// hasControl reports whether b holds a byte below 0x20, eight bytes at a time:
+// (x - 0x20 in every byte) &^ x has the top bit set in a byte that was below
+// 0x20 (and in none when none was: a borrow starts only at such a byte).
+func hasControl(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(b) >= 8 {
+		x := binary.LittleEndian.Uint64(b)
+		if (x-0x20*ones)&^x&highs != 0 {
+			return true
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
+}
+
 // scanString returns the end of the JSON string starting at b[i] == '"', or -1.
 // Like encoding/json it accepts any byte >= 0x20 (invalid UTF-8 is replaced when
 // the string is decoded).
@@ -173,10 +194,8 @@ func scanString(b []byte, i int) int {
 	if k := bytes.IndexByte(b[i+1:], '"'); k >= 0 {
 		span := b[i+1 : i+1+k]
 		if bytes.IndexByte(span, '\\') < 0 {
-			for _, c := range span {
-				if c < 0x20 {
-					return -1
-				}
+			if hasControl(span) {
+				return -1
 			}
 			return i + 1 + k + 1
 		}

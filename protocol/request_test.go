@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -342,4 +343,71 @@ func TestParseRequestSentAt(t *testing.T) {
 		[]byte(fmt.Sprintf(`"sent_at":%d`, testNow.UnixMilli()))) {
 		t.Error("Payload.Marshal does not write sent_at")
 	}
+}
+
+// TestDecodeB64FloatsAgreesWithWholeDecode checks parseB64's chunked fast path
+// against decoding the whole string: the same values whenever it takes the
+// string, and it leaves every string the whole decode refuses or finds the wrong
+// size to the slow path.
+func TestDecodeB64FloatsAgreesWithWholeDecode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	check := func(s []byte, size int) {
+		t.Helper()
+		got, ok := decodeB64Floats(s, size)
+		raw, err := base64.StdEncoding.DecodeString(string(s))
+		valid := err == nil && len(raw) == 4*size
+		if ok != valid && !(valid && bytes.ContainsAny(s, "\r\n")) {
+			t.Fatalf("%d values from %d bytes %.40q...: fast path %v, whole decode %v (%d bytes)", size, len(s), s, ok, err, len(raw))
+		}
+		if !ok {
+			return
+		}
+		for i, v := range got {
+			if math.Float32bits(v) != binary.LittleEndian.Uint32(raw[4*i:]) {
+				t.Fatalf("%d values: value %d differs", size, i)
+			}
+		}
+	}
+	for _, size := range []int{1, 2, 3, 767, 768, 769, 784, 1536, 2000} {
+		vals := make([]float32, size)
+		for i := range vals {
+			vals[i] = math.Float32frombits(rng.Uint32())
+		}
+		s := []byte(b64(vals...))
+		check(s, size)
+		check(s, size+1)
+		check(s[:len(s)-4], size)
+		for range 20 { // damage a byte, or put a padding or a newline in the middle
+			bad := bytes.Clone(s)
+			bad[rng.IntN(len(bad))] = "=\n!A"[rng.IntN(4)]
+			check(bad, size)
+		}
+	}
+}
+
+// TestHasControl checks the eight-bytes-at-a-time scan against a byte loop.
+func TestHasControl(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	naive := slicesIndexBelow
+	for range 20000 {
+		b := make([]byte, rng.IntN(40))
+		for i := range b {
+			b[i] = byte(0x20 + rng.IntN(0xe0)) // printable or high
+			if rng.IntN(30) == 0 {
+				b[i] = byte(rng.IntN(0x21)) // a control byte, or the space
+			}
+		}
+		if got, want := hasControl(b), naive(b); got != want {
+			t.Fatalf("hasControl(%x) = %v, want %v", b, got, want)
+		}
+	}
+}
+
+func slicesIndexBelow(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
 }
