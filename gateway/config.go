@@ -153,6 +153,15 @@ type AdmissionConfig struct {
 	// 0 turns the check off, so that only max_queue refuses. The default 0.5
 	// leaves half the budget for the batch, the journal and the broker.
 	MaxWait float64 `yaml:"max_wait"`
+	// DegradeRefused answers a request refused for overload (max_wait or
+	// max_queue) from its application's SneakPeek estimate, status degraded
+	// (reason overload_shed), instead of a bare rejection, when the application
+	// has an estimator: the same answer the scheduler gives a request it sheds.
+	// It costs the input's decoding and the estimate, not a journal write; the
+	// reply is best effort, like a rejection. Beyond the cheapest variant's
+	// capacity this is most of what data-aware scheduling is worth
+	// (docs/evaluation.md, "Admission").
+	DegradeRefused bool `yaml:"degrade_refused"`
 	// Workers is the number of request handlers (parse, admit, journal); their
 	// journal writes share group commits.
 	Workers int `yaml:"workers"`
@@ -219,7 +228,7 @@ func DefaultConfig() Config {
 			// with the heavy tier (docs/evaluation.md, "Price horizon").
 			LatencyCorrection: true},
 		Admission: AdmissionConfig{
-			MaxQueue: 10000, MaxWait: 0.5, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
+			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,
 		},
 	}

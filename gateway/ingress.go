@@ -8,6 +8,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -117,7 +118,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	reserved = g.loop.Reserve(g.cfg.Admission.MaxQueue)
 	if reserved {
-		if g.cfg.Admission.MaxWait > 0 && g.cannotServe(req.Budget()) {
+		if g.cfg.Admission.MaxWait > 0 && g.cannotServe(req.Budget(), app.est != nil) {
 			g.loop.Release()
 			reserved = false
 		}
@@ -127,8 +128,11 @@ func (g *Gateway) handle(a arrival) {
 		// below (Put does not add it to the queue).
 		if res, err := g.journal.Lookup(key); err != nil || res.Dup == store.New {
 			msg.Ack()
-			q, wait := g.loop.Queued(), g.estimatedWait()
 			g.loop.refused.Add(1)
+			if g.degradeRefused(req, app) {
+				return
+			}
+			q, wait := g.loop.Queued(), g.estimatedWait()
 			g.refuse(req, protocol.ReasonOverload, fmt.Sprintf("%d requests queued, about %s to drain; the deadline budget is %s",
 				q, wait.Round(time.Millisecond), req.Budget()), max(wait, minRetryAfter))
 			return
@@ -191,6 +195,34 @@ func (g *Gateway) handle(a arrival) {
 		// properly (and complete it).
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonOverload)})
 	}
+}
+
+// degradeRefused answers a request refused for overload from its application's
+// estimate (admission.degrade_refused), as the scheduler answers a request it
+// sheds, and reports whether it did: false when the option is off, the
+// application has no estimator or the estimator gave no distribution (the
+// caller refuses it). A request whose input does not decode is rejected for
+// that. Nothing is journaled: the reply is best effort, like a refusal.
+func (g *Gateway) degradeRefused(req *protocol.Request, app *appRuntime) bool {
+	if !g.cfg.Admission.DegradeRefused || app == nil || app.est == nil {
+		return false
+	}
+	if rej := req.DecodeInput(); rej != nil {
+		g.reject(rej)
+		return true
+	}
+	est, _ := g.estimate(app, req.Input)
+	if est == nil {
+		return false
+	}
+	cls := scheduler.Argmax(est)
+	j := &job{App: req.App, Device: req.Device, ID: req.ID, Received: req.Received, Deadline: req.Deadline}
+	rep := buildReply(j, result{Status: protocol.StatusDegraded, Reason: string(protocol.ReasonOverloadShed),
+		Probs: est, EstAccuracy: est[cls]}, app.m.Labels, app.estName, g.now())
+	g.m.refusedDeg.WithLabelValues(req.App).Inc()
+	g.lastOverload.Store(g.now().UnixNano())
+	g.egress.Reject(req.ReplyTo, rep)
+	return true
 }
 
 // expiredOnArrival answers a request whose end-to-end deadline passed before it
@@ -288,9 +320,10 @@ const minRetryAfter = 100 * time.Millisecond
 // in flight to the broker are not counted as queued: their publishes overlap.
 func (g *Gateway) estimatedWait() time.Duration { return g.backlog().estimatedWait() }
 
-// cannotServe is admission's test (admission.max_wait; backlog.refuses).
-func (g *Gateway) cannotServe(budget time.Duration) bool {
-	return g.backlog().refuses(budget, g.cfg.Admission.MaxWait)
+// cannotServe is admission's test (admission.max_wait; backlog.refuses) for a
+// request with this budget of an application with an estimator or not.
+func (g *Gateway) cannotServe(budget time.Duration, estimated bool) bool {
+	return g.backlog().refuses(budget, g.cfg.Admission.MaxWait, estimated)
 }
 
 func (g *Gateway) backlog() backlog {
@@ -327,24 +360,39 @@ func (b backlog) drain(rate float64) time.Duration {
 func (b backlog) estimatedWait() time.Duration { return b.egress + b.drain(b.drainRate) }
 
 // refuses reports whether admission refuses a request with this budget (maxWait
-// > 0). It refuses one that no choice of variants could answer in time: the
-// queue ahead of it would not drain within maxWait of the budget even at the
-// fastest rate, or that drain plus the egress delay exceeds the whole budget.
-// Otherwise the policy decides (it may run the request on a cheaper variant, or
-// shed it with a degraded answer): refusing by the rate the current choice of
-// variants drains at refused up to 18% of the requests at half the heavy
-// variants' capacity (docs/evaluation.md, "Admission"). The egress delay is not
-// held against maxWait's share, which is what it leaves for the batch, the
-// journal and the broker: counting their delay in it too refused every request,
-// with an empty queue, whenever replies took half the budget to reach the
-// broker. It also refuses a request that would wait longer than its whole
-// budget at the rate the loop has actually been draining: when the gateway is
-// short of CPU (ingress, the journal and the broker starve the engine), a
-// faster variant would not drain the queue faster, and admitting by the fastest
-// rate alone filled the queue at five times capacity.
-func (b backlog) refuses(budget time.Duration, maxWait float64) bool {
+// > 0) of an application with an estimator (estimated) or without one.
+//
+// Any request is refused when it would wait longer than its whole budget at the
+// rate the loop has actually been draining (answers by a model or from the
+// estimate, per second of busy time): then the gateway is short of CPU
+// (ingress, the journal and the broker starve the engine) or the policy keeps
+// more than it can answer, and admitting more only fills the queue (at five
+// times capacity in TestOverload5x).
+//
+// A request of an application without an estimator is also refused when no
+// choice of variants could answer it in time: the queue ahead of it would not
+// drain within maxWait of the budget even at the fastest rate, or that drain
+// plus the egress delay exceeds the whole budget. With an estimator the policy
+// can answer any queued request at once from its estimate, so this test is not
+// applied: it would take the choice of which requests to degrade from the
+// policy (first come, first refused), and that choice is what data-aware
+// shedding is worth under overload (docs/evaluation.md, "Admission").
+//
+// Refusing by the rate the current choice of variants drains at, against
+// maxWait of the budget, refused up to 18% of the requests at half the heavy
+// variants' capacity; and the egress delay is not held against maxWait's
+// share, which is what it leaves for the batch, the journal and the broker:
+// counting their delay in it too refused every request, with an empty queue,
+// whenever replies took half the budget to reach the broker.
+func (b backlog) refuses(budget time.Duration, maxWait float64, estimated bool) bool {
+	if b.estimatedWait() > budget {
+		return true
+	}
+	if estimated {
+		return false
+	}
 	fast := b.drain(b.fastestRate)
-	return fast > time.Duration(maxWait*float64(budget)) || fast+b.egress > budget || b.estimatedWait() > budget
+	return fast > time.Duration(maxWait*float64(budget)) || fast+b.egress > budget
 }
 
 // reject answers a request that failed validation, when a reply topic exists.

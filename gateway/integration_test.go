@@ -755,6 +755,7 @@ func TestReadiness(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	cfg.Admission.MaxQueue = 1
+	cfg.Admission.DegradeRefused = false // a bare refusal, with its retry hint
 	cfg.Scheduler.Policy = "fixed-batch" // holds a lone request for max_queue_delay
 	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
 	var skew atomic.Int64 // the test moves the gateway's clock forward
@@ -793,6 +794,48 @@ func TestReadiness(t *testing.T) {
 	gw.stop(t)
 	if code, _ := probe(); code != http.StatusServiceUnavailable {
 		t.Errorf("readyz after shutdown: %d", code)
+	}
+}
+
+// TestRefusedAnsweredFromEstimate: with admission.degrade_refused (the default), a
+// request refused for overload is answered from the application's SneakPeek
+// estimate, like one the scheduler sheds, instead of getting a bare rejection.
+func TestRefusedAnsweredFromEstimate(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.Admission.MaxQueue = 1
+	cfg.Scheduler.Policy = "fixed-batch" // holds a lone request for max_queue_delay
+	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-deg")
+	dev.request("fashion", "cam-deg", "a", samples.Row(1), 60000)
+	dev.request("fashion", "cam-deg", "b", samples.Row(2), 60000)
+	got := dev.await([]string{"a", "b"}, 30*time.Second)
+	var ok, degraded int
+	for id, r := range got {
+		switch r.Status {
+		case protocol.StatusOK:
+			ok++
+		case protocol.StatusDegraded:
+			degraded++
+			if r.Reason != protocol.ReasonOverloadShed || r.Class == nil || r.Label == "" ||
+				!strings.HasPrefix(r.Model, "sneakpeek-") || r.DeadlineMet == nil || !*r.DeadlineMet || r.Batch != 0 {
+				t.Errorf("%s: refused request answered %+v, want a degraded answer from the estimate", id, r)
+			}
+		default:
+			t.Errorf("%s: %+v", id, r)
+		}
+	}
+	if ok != 1 || degraded != 1 {
+		t.Fatalf("ok %d, degraded %d with max_queue 1, want 1 and 1: %+v", ok, degraded, got)
+	}
+	gw.stop(t)
+	if n := testutil.ToFloat64(gw.g.m.refusedDeg.WithLabelValues("fashion")); n != 1 {
+		t.Errorf("admission_degraded_total = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(gw.g.m.rejected.WithLabelValues(string(protocol.ReasonOverload))); n != 0 {
+		t.Errorf("rejected{overload} = %v, want 0: the refused request was answered", n)
 	}
 }
 

@@ -13,6 +13,7 @@ type metrics struct {
 	received     *prometheus.CounterVec   // app
 	replies      *prometheus.CounterVec   // app, status
 	rejected     *prometheus.CounterVec   // reason
+	refusedDeg   *prometheus.CounterVec   // app
 	unroutable   prometheus.Counter       // broken beyond any reply topic
 	duplicates   *prometheus.CounterVec   // state: pending, done
 	queueLen     prometheus.Gauge         // requests waiting for a model
@@ -50,6 +51,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_replies_total", Help: "Replies handed to the broker, by application and status."}, []string{"app", "status"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_rejected_total", Help: "Requests rejected, by reason code."}, []string{"reason"}),
+		refusedDeg: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_admission_degraded_total", Help: "Requests refused for overload and answered from the SneakPeek estimate instead (admission.degrade_refused), by application."}, []string{"app"}),
 		unroutable: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_unroutable_total", Help: "Messages so broken that no reply topic could be derived (logged, not answered)."}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
