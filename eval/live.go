@@ -47,6 +47,10 @@ type LiveConfig struct {
 	Library, Dir string
 	// NoLatencyCorrection runs the gateway with scheduler.latency_correction off.
 	NoLatencyCorrection bool
+	// MaxWait and DegradeRefused are the gateway's admission.max_wait (0: off)
+	// and admission.degrade_refused, simulated alike.
+	MaxWait        float64
+	DegradeRefused bool
 	// Options are the scheduler options of both; MaxQueue the admission bound.
 	Options  scheduler.Options
 	MaxQueue int
@@ -119,6 +123,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	if c.MaxQueue > 0 {
 		cfg.Admission.MaxQueue = c.MaxQueue
 	}
+	cfg.Admission.MaxWait, cfg.Admission.DegradeRefused = c.MaxWait, c.DegradeRefused
 	cfg.Metrics.Listen = ""
 	cfg.Apps = []gateway.AppConfig{{Manifest: c.Manifest}}
 	if err := cfg.Validate(); err != nil {
@@ -168,6 +173,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	res.Load = c.Rate / Capacity(a.Sched, o)
 	pt := Point{App: a, Workload: w, Policy: c.Policy, Options: o, Load: res.Load, Deadline: c.Deadline,
 		Requests: max(rep.Sent, 1), Seed: c.Seed, Jitter: c.Jitter, MaxQueue: cfg.Admission.MaxQueue,
+		MaxWait: cfg.Admission.MaxWait, DegradeRefused: cfg.Admission.DegradeRefused,
 		// The gateway's own time as the sweep models it; its policies plan with
 		// the engine's (corrected) profile alone.
 		GatewayCost: DefaultGatewayCostUS * time.Microsecond, VerdictCost: DefaultVerdictCostUS * time.Microsecond,

@@ -71,6 +71,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		shrink      = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
 		horizon     = fs.Duration("price-horizon", 0, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 0, the gateway's default: the window)")
 		maxQueue    = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
+		degradeRef  = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
+		maxWait     = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
 		maxResident = fs.Int("max-resident", 0, "most variants resident at once (0 = unlimited)")
 		memBudget   = fs.Int64("mem-budget-mb", 0, "residency memory budget in MiB (0 = unlimited)")
 		profiles    = fs.String("profiles", "", "read variant profiles from this JSON file instead of measuring")
@@ -144,7 +146,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runLive(ctx, liveRun{models: *models, apps: split(*apps), workloads: split(*workloads), policies: pols,
 			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, lib: lib,
-			opts: opts, maxQueue: *maxQueue, jitter: *jitter, seed: *seed, out: *out, noLatency: !*liveLatency}, stdout, stderr)
+			opts: opts, maxQueue: *maxQueue, jitter: *jitter, seed: *seed, out: *out, noLatency: !*liveLatency, maxWait: *maxWait, degradeRefused: *degradeRef}, stdout, stderr)
 	}
 
 	var as []*App
@@ -210,7 +212,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout)
 	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
 		MinDeadlines: *minDl, MaxRequests: *maxN, Seeds: *seeds,
-		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue,
+		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue, MaxWait: *maxWait, DegradeRefused: *degradeRef,
 			GatewayCost: gwCost, GatewayKnown: *gwKnown, VerdictCost: time.Duration(*verdictUS * float64(time.Microsecond)),
 			IngressDelay: time.Duration(*ingressMS * float64(time.Millisecond)),
 			CountBudget:  *maxResident, MemBudget: *memBudget << 20,
@@ -414,6 +416,8 @@ type liveRun struct {
 	jitter            float64
 	seed              uint64
 	noLatency         bool
+	maxWait           float64
+	degradeRefused    bool
 }
 
 // runLive runs every live point (app x workload x deadline x rate x policy), prints
@@ -447,7 +451,7 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 					for _, pol := range l.policies {
 						r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
 							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, Library: l.lib, Dir: dir,
-							Options: l.opts, MaxQueue: l.maxQueue, Jitter: l.jitter, NoLatencyCorrection: l.noLatency}, stderr)
+							Options: l.opts, MaxQueue: l.maxQueue, Jitter: l.jitter, NoLatencyCorrection: l.noLatency, MaxWait: l.maxWait, DegradeRefused: l.degradeRefused}, stderr)
 						if err != nil {
 							return err
 						}

@@ -36,6 +36,20 @@ type Point struct {
 	Jitter float64
 	// MaxQueue bounds the queue; arrivals beyond it are rejected (0 = unbounded).
 	MaxQueue int
+	// MaxWait is the gateway's admission.max_wait for an application without
+	// estimates: an arrival is refused when the queue ahead of it would take
+	// longer than this fraction of its budget to drain at the fastest rate the
+	// gateway could drain it (every request on the application's cheapest
+	// variant at its best batch size, plus GatewayCost per request; the gateway
+	// measures its own time per request instead). 0 = off. With estimates the
+	// gateway leaves the choice to the policy, which can answer any request from
+	// its estimate; its other test (the wait at the measured drain rate beyond
+	// the whole budget, a gateway short of CPU) is not simulated.
+	MaxWait float64
+	// DegradeRefused answers an arrival refused by MaxQueue or MaxWait from its
+	// estimate (status degraded), as the gateway's admission.degrade_refused;
+	// otherwise it is rejected.
+	DegradeRefused bool
 	// MemBudget and CountBudget bound residency (0 = unlimited).
 	MemBudget   int64
 	CountBudget int
@@ -221,6 +235,12 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	rate := pt.Load * CapacityWith(sa, o, pt.GatewayCost)
 	// pa is the application as the policy sees it.
 	pa := sa
+	// fastest is the per-request time of the fastest drain admission assumes.
+	fastest := time.Duration(math.MaxInt64)
+	for _, v := range sa.Variants {
+		fastest = min(fastest, scheduler.Amortised(v, v.MaxBatch()))
+	}
+	fastest += pt.GatewayCost
 	if pt.GatewayKnown && pt.GatewayCost > 0 {
 		pa = withLoopCost(sa, pt.GatewayCost)
 	}
@@ -514,9 +534,14 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 				// The gateway corrects every estimate on arrival, in arrival order.
 				est = shift.correct(a, &pt, q.sample, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
 			}
-			if pt.MaxQueue > 0 && len(queue) >= pt.MaxQueue {
-				m.Rejected++
-				answer(q, -1, now0, "rejected")
+			if pt.MaxQueue > 0 && len(queue) >= pt.MaxQueue ||
+				pt.MaxWait > 0 && len(est) == 0 && time.Duration(len(queue))*fastest > time.Duration(pt.MaxWait*float64(pt.Deadline)) {
+				if pt.DegradeRefused && len(est) > 0 {
+					answer(q, scheduler.Argmax(est), now0, "degraded")
+				} else {
+					m.Rejected++
+					answer(q, -1, now0, "rejected")
+				}
 				continue
 			}
 			if guard != nil && !guard.Trusted() {

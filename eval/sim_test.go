@@ -3,10 +3,12 @@ package eval
 import (
 	"context"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sneakgate/sneakgate/scheduler"
 )
@@ -101,5 +103,67 @@ func TestMainSynthetic(t *testing.T) {
 	}
 	if err := Main(context.Background(), []string{"-policies", "nope", "-synthetic"}, io.Discard, io.Discard); err == nil {
 		t.Error("unknown policy accepted")
+	}
+}
+
+// Admission as the gateway's (Point.MaxWait) for an application without
+// estimates: nothing is refused while the cheapest variant could keep up, and
+// beyond its capacity arrivals are refused instead of queueing without bound.
+// With estimates the policy keeps the choice: nothing is refused.
+func TestSimulateAdmissionRefusesOnlyBeyondTheCheapestVariant(t *testing.T) {
+	a := Synthetic(1)
+	blind := Synthetic(1)
+	for i := range blind.Est {
+		blind.Est[i] = nil // an application without an estimator
+	}
+	wl := a.Workloads[0]
+	fastest := time.Duration(math.MaxInt64)
+	for _, v := range a.Sched.Variants {
+		fastest = min(fastest, scheduler.Amortised(v, v.MaxBatch()))
+	}
+	capacity := Capacity(a.Sched, scheduler.Options{})
+	beyond := 3 / fastest.Seconds() / capacity // three times what the cheapest variant drains
+	for _, c := range []struct {
+		app           *App
+		load, maxWait float64
+		refused       bool
+	}{{blind, 0.6, 0.5, false}, {blind, 1.5, 0.5, false}, {blind, beyond, 0.5, true}, {blind, beyond, 0, false},
+		{a, beyond, 0.5, false}} {
+		for _, pol := range []string{"sneakpeek", "edf"} {
+			m, err := Simulate(Point{App: c.app, Workload: wl, Policy: pol, Load: c.load, Deadline: a.Deadline,
+				Requests: 4000, Seed: 5, MaxWait: c.maxWait}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.Rejected > 0; got != c.refused {
+				t.Errorf("%s load %.1f max_wait %.1f estimates %v: %d refused, want refusals: %v", pol, c.load, c.maxWait,
+					c.app.Est[0] != nil, m.Rejected, c.refused)
+			}
+		}
+	}
+}
+
+// With DegradeRefused (the gateway's default), what admission refuses (here:
+// max_queue) is answered from the estimate instead: no rejections, and the
+// utility of those answers.
+func TestSimulateDegradeRefused(t *testing.T) {
+	a := Synthetic(1)
+	pt := Point{App: a, Workload: a.Workloads[0], Policy: "edf", Load: 5, Deadline: a.Deadline, Requests: 4000, Seed: 5,
+		MaxQueue: 20}
+	refused, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt.DegradeRefused = true
+	degraded, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if refused.Rejected == 0 || degraded.Rejected != 0 || degraded.Degraded < refused.Rejected {
+		t.Fatalf("rejected %d -> %d, degraded %d -> %d: want every refusal answered degraded",
+			refused.Rejected, degraded.Rejected, refused.Degraded, degraded.Degraded)
+	}
+	if degraded.Utility <= refused.Utility {
+		t.Fatalf("utility %.3f with refusals answered from the estimate, %.3f without", degraded.Utility, refused.Utility)
 	}
 }
