@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -207,7 +206,7 @@ func (e *egress) Reject(topic string, rep *protocol.Reply) {
 		e.m.dropped.WithLabelValues(string(rep.Status)).Inc()
 		return
 	}
-	payload, err := json.Marshal(rep)
+	payload, err := rep.Marshal()
 	if err != nil { // a Reply always marshals
 		e.log.Error().Err(err).Msg("marshal reply")
 		return
@@ -236,7 +235,7 @@ func (e *egress) SendRaw(topic, app string, status protocol.Status, payload []by
 // caller can leave the request unacknowledged; on a timeout the MQTT client still
 // holds the reply and delivers it later.
 func (e *egress) PublishNow(topic string, rep *protocol.Reply) error {
-	payload, err := json.Marshal(rep)
+	payload, err := rep.Marshal()
 	if err != nil { // a Reply always marshals
 		return err
 	}
@@ -255,7 +254,7 @@ func (e *egress) PublishNow(topic string, rep *protocol.Reply) error {
 func (e *egress) sendAnswer(a *answerMsg) {
 	now := e.now()
 	rep := a.build(now)
-	payload, err := json.Marshal(rep)
+	payload, err := rep.Marshal()
 	if err != nil { // a Reply always marshals; keep the request rather than lose it
 		e.log.Error().Err(err).Msg("marshal reply")
 		return
@@ -603,7 +602,7 @@ func (e *egress) flush(ctx context.Context) {
 			} else {
 				restamp(rep, oe.Received, oe.Deadline, e.now())
 				status = rep.Status
-				if payload, err = json.Marshal(rep); err != nil {
+				if payload, err = rep.Marshal(); err != nil {
 					payload = oe.Reply
 				}
 				if err := e.journal.Outbox(oe.Key, payload, oe.FlushBy); err != nil {

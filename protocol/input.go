@@ -158,16 +158,25 @@ func decodeB64Floats(s []byte, size int) ([]float32, bool) {
 
 // checkValues rejects NaN, infinities and values outside rng.
 func checkValues(in []float32, rng *[2]float64) *inputError {
+	lo, hi := math.Inf(-1), math.Inf(1)
+	if rng != nil {
+		lo, hi = rng[0], rng[1]
+	}
 	for k, v := range in {
-		f := float64(v)
-		if math.IsNaN(f) || math.IsInf(f, 0) {
-			return inputErr(ReasonNonFiniteInput, "input[%d] is %v", k, v)
-		}
-		if rng != nil && (f < rng[0] || f > rng[1]) {
-			return inputErr(ReasonInputOutOfRange, "input[%d] = %v is outside [%v, %v]", k, v, rng[0], rng[1])
+		// A float32 is NaN or infinite when its exponent bits are all ones.
+		if f := float64(v); math.Float32bits(v)&0x7f800000 == 0x7f800000 || f < lo || f > hi {
+			return valueError(k, v, rng)
 		}
 	}
 	return nil
+}
+
+// valueError says why checkValues refused in[k] = v.
+func valueError(k int, v float32, rng *[2]float64) *inputError {
+	if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+		return inputErr(ReasonNonFiniteInput, "input[%d] is %v", k, v)
+	}
+	return inputErr(ReasonInputOutOfRange, "input[%d] = %v is outside [%v, %v]", k, v, rng[0], rng[1])
 }
 
 // PeekID returns the top-level "id" of a payload that is not parsed whole

@@ -96,7 +96,17 @@ func (p *Payload) Append(dst []byte) []byte {
 	return append(dst, '}')
 }
 
-func appendJSONString(dst []byte, s string) []byte {
-	b, _ := json.Marshal(s) // a string always marshals
-	return append(dst, b...)
+// appendJSONString appends s quoted as encoding/json quotes it (HTML-safe). A
+// string with anything but plain printable ASCII other than '"', '\\', '<', '>'
+// and '&' is left to encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
