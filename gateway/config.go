@@ -222,7 +222,7 @@ func DefaultConfig() Config {
 			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,
 			BatchSizes: []int{1, 2, 4, 8, 16, 32}, WarmupRuns: 3, ProfileRuns: 7,
 		},
-		Scheduler: SchedulerConfig{Policy: "edf", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay,
+		Scheduler: SchedulerConfig{Policy: "sneakpeek", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay,
 			Shrink: 0.5, // docs/evaluation.md, "Shrinking"
 			// PriceHorizon 0: the 1 s horizon gains in the simulator but lost live
 			// with the heavy tier (docs/evaluation.md, "Price horizon").

@@ -28,7 +28,7 @@ func TestLoadConfigDefaultsAndPaths(t *testing.T) {
 	if c.Store.Path != filepath.Join(dir, "state/j.db") || c.Apps[0].Manifest != filepath.Join(dir, "m/manifest.yaml") {
 		t.Errorf("paths not resolved: %q %q", c.Store.Path, c.Apps[0].Manifest)
 	}
-	if c.Scheduler.Policy != "edf" || c.MQTT.TopicPrefix != "sneakgate" || c.Store.Retention != 10*time.Minute {
+	if c.Scheduler.Policy != "sneakpeek" || c.MQTT.TopicPrefix != "sneakgate" || c.Store.Retention != 10*time.Minute {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }
