@@ -673,14 +673,23 @@ func TestStatusAndStats(t *testing.T) {
 	}
 }
 
-// TestDuplicateWhileQueueFull: a re-sent request whose original still waits in a
-// full queue is a duplicate, not an overload.
-func TestDuplicateWhileQueueFull(t *testing.T) {
+// queueOfOne starts a broker and returns a configuration whose queue holds one
+// request, held there for max_queue_delay by fixed-batch: a second request finds
+// the queue full.
+func queueOfOne(t *testing.T) (*mqtttest.Broker, *Config) {
+	t.Helper()
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	cfg.Admission.MaxQueue = 1
-	cfg.Scheduler.Policy = "fixed-batch" // holds a lone request for max_queue_delay
+	cfg.Scheduler.Policy = "fixed-batch"
 	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
+	return b, cfg
+}
+
+// TestDuplicateWhileQueueFull: a re-sent request whose original still waits in a
+// full queue is a duplicate, not an overload.
+func TestDuplicateWhileQueueFull(t *testing.T) {
+	b, cfg := queueOfOne(t)
 	gw := startGateway(t, cfg, Options{})
 	_, samples := fashionSamples(t)
 	dev := newDevice(t, b.URL(), "cam-full")
@@ -755,12 +764,8 @@ func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
 // TestReadiness: /readyz says ready only while the gateway is subscribed and not
 // refusing work; an overload refusal makes it 503 with the reason for a second.
 func TestReadiness(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
-	cfg := testConfig(t, b.URL(), t.TempDir())
-	cfg.Admission.MaxQueue = 1
+	b, cfg := queueOfOne(t)
 	cfg.Admission.DegradeRefused = false // a bare refusal, with its retry hint
-	cfg.Scheduler.Policy = "fixed-batch" // holds a lone request for max_queue_delay
-	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
 	var skew atomic.Int64 // the test moves the gateway's clock forward
 	gw := startGateway(t, cfg, Options{Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 	probe := func() (int, string) {
@@ -804,11 +809,7 @@ func TestReadiness(t *testing.T) {
 // request refused for overload is answered from the application's SneakPeek
 // estimate, like one the scheduler sheds, instead of getting a bare rejection.
 func TestRefusedAnsweredFromEstimate(t *testing.T) {
-	b := mqtttest.Start(t, mqtttest.Options{})
-	cfg := testConfig(t, b.URL(), t.TempDir())
-	cfg.Admission.MaxQueue = 1
-	cfg.Scheduler.Policy = "fixed-batch" // holds a lone request for max_queue_delay
-	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
+	b, cfg := queueOfOne(t)
 	gw := startGateway(t, cfg, Options{})
 	_, samples := fashionSamples(t)
 	dev := newDevice(t, b.URL(), "cam-deg")
