@@ -87,14 +87,7 @@ func largestFitting(v *Variant, n int, avail time.Duration) int {
 // their batches come off the deadline heaps in order, so a decision costs
 // O((answered + batched) log n) rather than a sort of the queue.
 func (p *edf) Decide(s *Snapshot) Decision {
-	for range 2 {
-		d := p.decideIndexed(s)
-		if !p.ix.broken {
-			return d
-		}
-		p.ix.per = nil // the queue broke the index's contract: rebuild
-	}
-	return p.decideFull(s)
+	return p.ix.decide(s, p.decideIndexed, p.decideFull)
 }
 
 // fetch makes sure v.got has more than k entries, taking them from the

@@ -39,14 +39,7 @@ func fixedVariant(a *App, o Options) (*Variant, error) {
 // queue's first other request, and its batch the next ones of its application
 // in arrival order; a decision costs what it answers and batches, not the queue.
 func (p *fifo) Decide(s *Snapshot) Decision {
-	for range 2 {
-		d := p.decideIndexed(s)
-		if !p.ix.broken {
-			return d
-		}
-		p.ix.per = nil // the queue broke the index's contract: rebuild
-	}
-	return p.decideFull(s)
+	return p.ix.decide(s, p.decideIndexed, p.decideFull)
 }
 
 func (p *fifo) decideIndexed(s *Snapshot) Decision {

@@ -34,14 +34,7 @@ func (p *fixedBatch) Name() string { return "fixed-batch" }
 // oldest, and whether a full batch waits), so a decision costs what it answers
 // and batches (times the applications), not the queue.
 func (p *fixedBatch) Decide(s *Snapshot) Decision {
-	for range 2 {
-		d := p.decideIndexed(s)
-		if !p.ix.broken {
-			return d
-		}
-		p.ix.per = nil // the queue broke the index's contract: rebuild
-	}
-	return p.decideFull(s)
+	return p.ix.decide(s, p.decideIndexed, p.decideFull)
 }
 
 func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {

@@ -37,6 +37,20 @@ type queueIndex struct {
 	broken bool
 }
 
+// decide makes a decision from the index (indexed), rebuilding the index once
+// when the queue broke its contract, and falls back to the full recomputation
+// (full) when it breaks again.
+func (ix *queueIndex) decide(s *Snapshot, indexed, full func(*Snapshot) Decision) Decision {
+	for range 2 {
+		d := indexed(s)
+		if !ix.broken {
+			return d
+		}
+		ix.per = nil // the queue broke the index's contract: rebuild
+	}
+	return full(s)
+}
+
 // appIndex is one application's part of the index.
 type appIndex struct {
 	app *App
