@@ -149,35 +149,48 @@ func (p *edf) decideIndexed(s *Snapshot) Decision {
 		if p.ix.broken {
 			return d
 		}
-		var fallback *Batch
-		for _, v := range p.ranked(head.App) {
-			sw, ok := PlanSwap(s, v)
-			if !ok {
-				continue
-			}
-			n := min(len(cands), v.MaxBatch())
-			if b := largestFitting(v, n, head.Deadline.Sub(s.Now)-sw.Cost); b > 0 {
-				d.Batch = newBatch(s, v, sw, cands[:b])
-				return d
-			}
-			if c := newBatch(s, v, sw, cands[:n]); fallback == nil || c.Finish.Before(fallback.Finish) {
-				fallback = c
-			}
-		}
-		switch {
-		case fallback == nil:
-			for _, r := range cands {
-				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
-				p.answered[r] = true
-			}
-		case head.P != nil:
-			d.Verdicts = append(d.Verdicts, Verdict{Request: head, Outcome: Degraded, Reason: ReasonNoVariantInTime})
-			p.answered[head] = true
-		default:
-			d.Batch = fallback
+		if p.place(s, &d, head, cands, p.answered) {
 			return d
 		}
 	}
+}
+
+// place runs head's batch (cands, head first, all of its application): on the
+// most accurate variant that meets head's deadline with the largest batch that
+// does, else on the one that finishes first; it reports whether d is complete
+// (d.Batch set). When no variant can run at all the candidates expire; when none
+// meets the deadline a head with an estimate is answered degraded instead (the
+// caller goes on with the next head). Answered requests are marked in answered.
+func (p *edf) place(s *Snapshot, d *Decision, head *Request, cands []*Request, answered map[*Request]bool) bool {
+	var fallback *Batch
+	for _, v := range p.ranked(head.App) {
+		sw, ok := PlanSwap(s, v)
+		if !ok {
+			continue
+		}
+		n := min(len(cands), v.MaxBatch())
+		if b := largestFitting(v, n, head.Deadline.Sub(s.Now)-sw.Cost); b > 0 {
+			d.Batch = newBatch(s, v, sw, cands[:b])
+			return true
+		}
+		if c := newBatch(s, v, sw, cands[:n]); fallback == nil || c.Finish.Before(fallback.Finish) {
+			fallback = c
+		}
+	}
+	switch {
+	case fallback == nil:
+		for _, r := range cands {
+			d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
+			answered[r] = true
+		}
+	case head.P != nil:
+		d.Verdicts = append(d.Verdicts, Verdict{Request: head, Outcome: Degraded, Reason: ReasonNoVariantInTime})
+		answered[head] = true
+	default:
+		d.Batch = fallback
+		return true
+	}
+	return false
 }
 
 // viewBuf returns the got buffer of the i-th view of an earlier decision, to
@@ -214,32 +227,7 @@ func (p *edf) decideFull(s *Snapshot) Decision {
 				}
 			}
 		}
-		var fallback *Batch
-		for _, v := range p.ranked(head.App) {
-			sw, ok := PlanSwap(s, v)
-			if !ok {
-				continue
-			}
-			n := min(len(cands), v.MaxBatch())
-			if b := largestFitting(v, n, head.Deadline.Sub(s.Now)-sw.Cost); b > 0 {
-				d.Batch = newBatch(s, v, sw, cands[:b])
-				return d
-			}
-			if c := newBatch(s, v, sw, cands[:n]); fallback == nil || c.Finish.Before(fallback.Finish) {
-				fallback = c
-			}
-		}
-		switch {
-		case fallback == nil:
-			for _, r := range cands {
-				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
-				answered[r] = true
-			}
-		case head.P != nil:
-			d.Verdicts = append(d.Verdicts, Verdict{Request: head, Outcome: Degraded, Reason: ReasonNoVariantInTime})
-			answered[head] = true
-		default:
-			d.Batch = fallback
+		if p.place(s, &d, head, cands, answered) {
 			return d
 		}
 	}
