@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/devices"
@@ -69,6 +71,13 @@ type LiveResult struct {
 	DeadlineMS float64        `json:"deadline_ms"`
 	Live       devices.Report `json:"live"`
 	Sim        Metrics        `json:"sim"`
+	// Slowdown is how much longer the live forward passes took than their
+	// profile (the gateway's latency correction at the end of the run, averaged
+	// over the variants it ran, weighted by their forward passes); SimSlowed is
+	// the prediction with the engine slowed by it (Point.EngineSlowdown): what
+	// the simulator says once told how much the CPU was shared.
+	Slowdown  float64 `json:"slowdown"`
+	SimSlowed Metrics `json:"sim_slowed"`
 	// Checks are the compared quantities, each with its tolerance and verdict.
 	Checks []LiveCheck `json:"checks"`
 	// Holds is true when every check holds.
@@ -151,6 +160,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	}
 	res.Live = rep
 	res.App = rep.App
+	res.Slowdown = measuredSlowdown(g.Registry(), rep.App)
 
 	// The prediction, with the profiles the gateway measured.
 	prof, err := readProfileCache(cfg.Engine.ProfileCache)
@@ -184,7 +194,61 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	}
 	res.Sim = m
 	res.Checks, res.Holds = compare(rep, m)
+	if res.Slowdown > 1 {
+		pt.EngineSlowdown = res.Slowdown
+		if res.SimSlowed, err = Simulate(pt, nil); err != nil {
+			return res, err
+		}
+	} else {
+		res.SimSlowed = m
+	}
 	return res, nil
+}
+
+// measuredSlowdown is app's latency correction at the end of a live run
+// (sneakgate_latency_correction_ratio), averaged over its variants weighted by
+// the forward passes each ran (sneakgate_batch_size's count); 0 when none ran.
+func measuredSlowdown(reg prometheus.Gatherer, app string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	variant := func(m *dto.Metric) (string, bool) {
+		var a, v string
+		for _, lp := range m.GetLabel() {
+			switch lp.GetName() {
+			case "app":
+				a = lp.GetValue()
+			case "variant":
+				v = lp.GetValue()
+			}
+		}
+		return v, a == app
+	}
+	factor, passes := map[string]float64{}, map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			v, ok := variant(m)
+			if !ok {
+				continue
+			}
+			switch mf.GetName() {
+			case "sneakgate_latency_correction_ratio":
+				factor[v] = m.GetGauge().GetValue()
+			case "sneakgate_batch_size":
+				passes[v] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	var sum, n float64
+	for v, f := range factor {
+		sum += f * passes[v]
+		n += passes[v]
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / n
 }
 
 // compare lists the compared quantities. Each tolerance is max(abs, 3 standard
@@ -240,6 +304,8 @@ func WriteLive(w io.Writer, rs []LiveResult) error {
 			strings.Join(models, ", "), strings.Join(sims, ", "))
 		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tlatency p50/p99\tlive: %v/%v\tsim p99: %.2fms\t\t\t\n", r.App, r.Workload, r.Policy,
 			r.Live.Latency.P50.Round(10*time.Microsecond), r.Live.Latency.P99.Round(10*time.Microsecond), r.Sim.P99LatencyMS)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tengine slowdown\tlive: x%.2f\tsim utility at it: %.3f\t\t\t\n", r.App, r.Workload, r.Policy,
+			r.Slowdown, r.SimSlowed.Utility)
 	}
 	return tw.Flush()
 }

@@ -72,6 +72,12 @@ type Point struct {
 	// non-engine time per request would plan with). Without it they plan with the
 	// engine's profile alone and the loop's time surprises them.
 	GatewayKnown bool
+	// EngineSlowdown (> 1) stretches every forward pass by this factor, and the
+	// policies plan with the stretched tables, as the gateway's latency
+	// correction makes them do: the engine sharing the CPU with ingress, the
+	// journal, the broker and the devices. The load stays relative to the
+	// unstretched capacity. 0 or 1: the profiles as measured.
+	EngineSlowdown float64
 	// IngressDelay is the time from a request's receipt (its arrival, from which
 	// its deadline counts) until the scheduler sees it: parsing, the journal's
 	// write, the estimate.
@@ -233,6 +239,9 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		o.MaxBatch = scheduler.DefaultOptions().MaxBatch
 	}
 	rate := pt.Load * CapacityWith(sa, o, pt.GatewayCost)
+	if f := pt.EngineSlowdown; f > 1 {
+		sa = mapLatency(sa, func(_ int, l time.Duration) time.Duration { return time.Duration(f * float64(l)) })
+	}
 	// pa is the application as the policy sees it.
 	pa := sa
 	// fastest is the per-request time of the fastest drain admission assumes.
@@ -620,13 +629,19 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 // withLoopCost returns a copy of a whose variants' latency tables include c per
 // request (Latency[b] + b*c); everything else is shared.
 func withLoopCost(a *scheduler.App, c time.Duration) *scheduler.App {
+	return mapLatency(a, func(b int, l time.Duration) time.Duration { return l + time.Duration(b)*c })
+}
+
+// mapLatency returns a copy of a whose variants' latency tables are
+// f(b, Latency[b]); everything else is shared.
+func mapLatency(a *scheduler.App, f func(b int, l time.Duration) time.Duration) *scheduler.App {
 	cp := *a
 	cp.Variants = make([]*scheduler.Variant, len(a.Variants))
 	for i, v := range a.Variants {
 		w := *v
 		w.Latency = make([]time.Duration, len(v.Latency))
 		for b := 1; b < len(v.Latency); b++ {
-			w.Latency[b] = v.Latency[b] + time.Duration(b)*c
+			w.Latency[b] = f(b, v.Latency[b])
 		}
 		cp.Variants[i] = &w
 	}

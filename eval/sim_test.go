@@ -167,3 +167,23 @@ func TestSimulateDegradeRefused(t *testing.T) {
 		t.Fatalf("utility %.3f with refusals answered from the estimate, %.3f without", degraded.Utility, refused.Utility)
 	}
 }
+
+// EngineSlowdown stretches the forward passes the policies plan with and the
+// engine takes: at the same offered load, a slower engine serves less well.
+func TestSimulateEngineSlowdown(t *testing.T) {
+	a := Synthetic(1)
+	pt := Point{App: a, Workload: a.Workloads[0], Policy: "edf", Load: 0.9, Deadline: a.Deadline, Requests: 4000, Seed: 5}
+	base, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt.EngineSlowdown = 1.5
+	slow, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slow.Utility >= base.Utility || slow.P99LatencyMS <= base.P99LatencyMS {
+		t.Fatalf("slowdown 1.5: utility %.3f -> %.3f, p99 %.2f -> %.2f ms; want lower utility and higher latency",
+			base.Utility, slow.Utility, base.P99LatencyMS, slow.P99LatencyMS)
+	}
+}
