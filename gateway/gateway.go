@@ -55,7 +55,9 @@ type Gateway struct {
 	loop    *loop
 	egress  *egress
 	client  mqtt.Client
+	link    *brokerLink // the broker connection's state (mqttconn.go)
 	broker  *Broker
+	http    *http.Server // metrics, health and readiness; nil when off
 	// in queues request messages from paho's router goroutine to the ingress
 	// workers (ingress.go); stopIngress ends the workers.
 	in          chan arrival
@@ -107,6 +109,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if g.now == nil {
 		g.now = time.Now
 	}
+	g.link = newBrokerLink(g.now)
 	if g.reg == nil {
 		g.reg = prometheus.NewRegistry()
 		g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -167,9 +170,11 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 			return nil, err
 		}
 	}
-	if err := g.connect(); err != nil {
+	if err := g.newClient(); err != nil {
 		return nil, err
 	}
+	g.serveHTTP() // up before the broker connection, which may take a while
+	g.connect(ctx)
 	for _, j := range g.expired {
 		g.answer(j, result{Status: protocol.StatusExpired, Reason: string(protocol.ReasonExpiredWhileDown)})
 	}
@@ -262,10 +267,9 @@ func (g *Gateway) recover() error {
 	return nil
 }
 
-// connect connects the MQTT client with a persistent session and subscribes to
-// requests. Requests queued by the broker while the gateway was away arrive
-// through the same handler.
-func (g *Gateway) connect() error {
+// newClient makes the MQTT client (persistent session) and the egress that
+// publishes through it; connect connects it.
+func (g *Gateway) newClient() error {
 	c := g.cfg.MQTT
 	opts := mqtt.NewClientOptions().AddBroker(c.Broker).SetClientID(c.ClientID).
 		// The handler runs on paho's router goroutine and never blocks (ingress.go).
@@ -273,7 +277,7 @@ func (g *Gateway) connect() error {
 		SetWriteTimeout(c.PublishTimeout).
 		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(2*time.Second).
 		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
-		SetDefaultPublishHandler(g.onMessage).
+		SetDefaultPublishHandler(g.onRequest).
 		SetBinaryWill(protocol.StatusTopic(c.TopicPrefix), g.statusPayload(protocol.StateOffline, "lost"), 1, true)
 	if c.Username != "" {
 		opts.SetUsername(c.Username)
@@ -286,44 +290,33 @@ func (g *Gateway) connect() error {
 		opts.SetPassword(strings.TrimSpace(string(pw)))
 	}
 	log := g.log.With().Str("component", "mqtt").Logger()
-	filter := protocol.RequestFilter(c.TopicPrefix)
-	opts.SetOnConnectHandler(func(cl mqtt.Client) {
-		// Subscribing is asynchronous: never wait on a token in a paho callback.
-		go func() {
-			t := cl.Subscribe(filter, 1, g.onMessage)
-			switch {
-			case !t.WaitTimeout(10*time.Second) || t.Error() != nil:
-				log.Error().Err(t.Error()).Msg("subscribe failed")
-			case t.(*mqtt.SubscribeToken).Result()[filter] == 0x80:
-				// The broker refused the subscription (an ACL): no request will arrive.
-				log.Error().Str("broker", c.Broker).Str("filter", filter).Msg("the broker refused the subscription (SUBACK 0x80): check its ACL for this user")
-			default:
-				g.subscribed.Store(true)
-				log.Info().Str("broker", c.Broker).Str("filter", filter).Msg("connected and subscribed")
-			}
-			g.publishStatus(protocol.StateOnline, "")
-			g.egress.Kick()
-		}()
-	})
+	opts.SetConnectionNotificationHandler(g.onConnectionNotification(log))
+	opts.SetOnConnectHandler(g.onConnect(log))
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		g.link.end()
 		g.subscribed.Store(false)
 		log.Warn().Err(err).Msg("connection to the broker lost; replies go to the outbox until it is back")
 	})
 	g.client = mqtt.NewClient(opts)
+	g.link.register(g.reg, g.client, &g.subscribed)
 	eo := defaultEgressOptions()
 	eo.Durable = c.DurableReplies
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, eo, log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.app(app); return ok }
 	g.egress.journalError = g.journalError
-	t := g.client.Connect()
-	if !t.WaitTimeout(10 * time.Second) {
-		log.Warn().Str("broker", c.Broker).Msg("broker not reachable yet; retrying in the background")
-		return nil
-	}
-	if err := t.Error(); err != nil {
-		return fmt.Errorf("gateway: mqtt connect %s: %w", c.Broker, err)
-	}
 	return nil
+}
+
+// connect starts connecting to the broker (retried in the background, every
+// failed attempt logged) and waits, at most firstConnectWait and no longer than
+// ctx, for the first subscription's outcome.
+func (g *Gateway) connect(ctx context.Context) {
+	t := g.client.Connect() // with ConnectRetry, it ends only connected or disconnected
+	go func() { <-t.Done(); close(g.link.resumed) }()
+	if !g.link.awaitFirst(ctx, firstConnectWait) && ctx.Err() == nil {
+		g.log.Warn().Str("component", "mqtt").Str("broker", g.cfg.MQTT.Broker).
+			Msg("not connected and subscribed yet; retrying in the background")
+	}
 }
 
 // answer is the loop's (and recovery's) way to reply to a journaled request.
@@ -391,28 +384,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	gcCtx, stopGC := context.WithCancel(context.Background())
 	gcDone := make(chan struct{})
 	go func() { g.gcLoop(gcCtx); close(gcDone) }()
-	var srv *http.Server
-	if l := g.cfg.Metrics.Listen; l != "" {
-		ln, err := net.Listen("tcp", l)
-		if err != nil {
-			g.log.Error().Err(err).Msg("metrics endpoint disabled")
-		} else {
-			mux := http.NewServeMux()
-			mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{Registry: g.reg}))
-			mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-			mux.HandleFunc("/readyz", g.readyz)
-			if g.cfg.Metrics.Pprof {
-				mux.HandleFunc("/debug/pprof/", pprof.Index)
-				mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-				mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-				mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-			}
-			srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-			go srv.Serve(ln)
-			g.log.Info().Str("listen", l).Msg("metrics at /metrics")
-		}
-	}
-
 	select {
 	case <-ctx.Done():
 		g.log.Info().Msg("shutting down")
@@ -420,6 +391,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.log.Error().Err(g.fatalError()).Msg("shutting down after a fatal error")
 	}
 	g.draining.Store(true)
+	g.link.stop() // no more subscription attempts, and no "online" from here on
 	if g.onDrain != nil {
 		g.onDrain()
 	}
@@ -438,9 +410,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.egress.Stop(waitCtx) // answers not published by then stay pending in the journal
 	cancel()
 	g.egress.Close() // late waiters give up: their replies stay in the outbox
-	if srv != nil {
-		srv.Close()
-	}
 	if g.client.IsConnectionOpen() {
 		g.publishStatus(protocol.StateOffline, "shutdown")
 	}
@@ -482,11 +451,38 @@ func (g *Gateway) readiness() string {
 	case g.draining.Load():
 		return "shutting down"
 	case !g.subscribed.Load():
-		return "not connected and subscribed to the broker"
+		return g.link.notServing(g.client.IsConnectionOpen())
 	case g.now().UnixNano()-g.lastOverload.Load() < int64(time.Second):
 		return fmt.Sprintf("overloaded: refusing requests (%d queued, about %s to drain)", q, g.estimatedWait().Round(time.Millisecond))
 	}
 	return ""
+}
+
+// serveHTTP serves /metrics, /healthz, /readyz (and the profiler) on
+// metrics.listen, if set. A listener that cannot be opened is logged, not fatal.
+func (g *Gateway) serveHTTP() {
+	l := g.cfg.Metrics.Listen
+	if l == "" {
+		return
+	}
+	ln, err := net.Listen("tcp", l)
+	if err != nil {
+		g.log.Error().Err(err).Msg("metrics endpoint disabled")
+		return
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{Registry: g.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", g.readyz)
+	if g.cfg.Metrics.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	g.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go g.http.Serve(ln)
+	g.log.Info().Str("listen", l).Msg("metrics at /metrics")
 }
 
 // readyz answers 200 "ready" or 503 with the reason (readiness).
@@ -519,7 +515,11 @@ func (g *Gateway) gcLoop(ctx context.Context) {
 // closeAll stops whatever New started, in shutdown order.
 func (g *Gateway) closeAll() error {
 	var errs []error
+	if g.http != nil {
+		g.http.Close()
+	}
 	if g.client != nil {
+		g.link.stop()
 		g.client.Disconnect(250)
 	}
 	if g.broker != nil {
