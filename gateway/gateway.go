@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,6 +126,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if err := g.loadApps(); err != nil {
 		return nil, err
 	}
+	g.m.initLabels(slices.Collect(maps.Keys(g.appSet())))
 	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: store.path: %w", err)
 	}

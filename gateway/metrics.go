@@ -3,6 +3,7 @@ package gateway
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
@@ -20,7 +21,7 @@ type metrics struct {
 	queueTime    *prometheus.HistogramVec // app
 	inferTime    *prometheus.HistogramVec // app, variant
 	batchSize    *prometheus.HistogramVec // app, variant
-	estAccuracy  *prometheus.CounterVec   // app: sum of est_accuracy delivered by models
+	estAccuracy  *prometheus.CounterVec   // app: est_accuracy delivered by models, summed
 	deadlineMet  *prometheus.CounterVec   // app, met: true/false (answered by a model)
 	swaps        *prometheus.CounterVec   // kind: load, unload
 	swapTime     *prometheus.CounterVec   // kind
@@ -66,7 +67,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_batch_size", Help: "Requests per forward pass.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, []string{"app", "variant"}),
 		estAccuracy: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_estimated_accuracy_sum", Help: "Sum of the data-aware estimated accuracy of answers given by a model; divide by sneakgate_deadline_total for the mean."}, []string{"app"}),
+			Name: "sneakgate_estimated_accuracy_total", Help: "Sum of the data-aware estimated accuracy of answers given by a model; divide by sneakgate_deadline_total for the mean."}, []string{"app"}),
 		deadlineMet: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_deadline_total", Help: "Answers given by a model, by whether they met the deadline."}, []string{"app", "met"}),
 		swaps: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -99,6 +100,48 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		f(c)
 	}
 	return m
+}
+
+// initLabels creates every series whose labels are known at start, at zero, so
+// that rate() and absent() see them before their first event: the rejection
+// reasons, the reply statuses, the served applications, and the fixed label
+// sets. (An application added by a reload gets its series at its first event.)
+func (m *metrics) initLabels(apps []string) {
+	statuses := []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
+		protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError}
+	for _, r := range protocol.Reasons() {
+		m.rejected.WithLabelValues(string(r))
+	}
+	for _, st := range statuses {
+		m.dropped.WithLabelValues(string(st))
+	}
+	for _, app := range apps {
+		m.received.WithLabelValues(app)
+		m.refusedDeg.WithLabelValues(app)
+		m.estAccuracy.WithLabelValues(app)
+		for _, met := range []string{"true", "false"} {
+			m.deadlineMet.WithLabelValues(app, met)
+		}
+		for _, st := range statuses {
+			m.replies.WithLabelValues(app, string(st))
+		}
+	}
+	for _, s := range []string{"pending", "done"} {
+		m.duplicates.WithLabelValues(s)
+	}
+	for _, k := range []string{"load", "unload"} {
+		m.swaps.WithLabelValues(k)
+		m.swapTime.WithLabelValues(k)
+	}
+	for _, op := range []string{"put", "gc", "outbox", "outbox_read", "complete"} {
+		m.storeErrors.WithLabelValues(op)
+	}
+	for _, why := range []string{"retained", "overflow"} {
+		m.ignored.WithLabelValues(why)
+	}
+	for _, r := range []string{"ok", "refused"} {
+		m.reloads.WithLabelValues(r)
+	}
 }
 
 // registerMonitor exports an application's estimate monitor: how often the

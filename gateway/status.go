@@ -97,17 +97,19 @@ func (g *Gateway) stats() *protocol.Stats {
 			case "sneakgate_requests_received_total":
 				app(l["app"]).Received = int64(v)
 			case "sneakgate_replies_total":
-				if _, ok := g.app(l["app"]); ok {
+				if _, ok := g.app(l["app"]); ok && v > 0 {
 					app(l["app"]).Replies[protocol.Status(l["status"])] = int64(v)
 				}
 			case "sneakgate_rejected_total":
-				s.Rejected[l["reason"]] = int64(v)
+				if v > 0 { // the series exist from the start, at zero (initLabels)
+					s.Rejected[l["reason"]] = int64(v)
+				}
 			case "sneakgate_deadline_total":
 				answered[l["app"]] += v
 				if l["met"] == "true" {
 					met[l["app"]] += v
 				}
-			case "sneakgate_estimated_accuracy_sum":
+			case "sneakgate_estimated_accuracy_total":
 				estSum[l["app"]] = v
 			case "sneakgate_queue_length":
 				s.Queue = int(v)

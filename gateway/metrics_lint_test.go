@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+// TestMetricsForAlerting: the labelled counters whose labels are known at start
+// exist, at zero, before the first event (so that rate() and absent() alerts see
+// them), and every metric a serving gateway exports passes promlint, the checks
+// of `promtool check metrics`.
+func TestMetricsForAlerting(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	gw := startGateway(t, testConfig(t, b.URL(), t.TempDir()), Options{})
+	reg := gw.g.reg
+	for _, r := range protocol.Reasons() {
+		if v := metricValue(t, reg, "sneakgate_rejected_total", "reason", string(r)); v != 0 {
+			t.Errorf("rejected_total{reason=%q} = %v at start", r, v)
+		}
+	}
+	for _, st := range []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
+		protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError} {
+		metricValue(t, reg, "sneakgate_replies_total", "app", "fashion", "status", string(st))
+		metricValue(t, reg, "sneakgate_replies_dropped_total", "status", string(st))
+	}
+	for _, met := range []string{"true", "false"} {
+		metricValue(t, reg, "sneakgate_deadline_total", "app", "fashion", "met", met)
+	}
+	metricValue(t, reg, "sneakgate_requests_received_total", "app", "fashion")
+	metricValue(t, reg, "sneakgate_estimated_accuracy_total", "app", "fashion")
+	if s := gw.g.stats(); len(s.Rejected) != 0 || len(s.Apps["fashion"].Replies) != 0 {
+		t.Errorf("stats list series at zero: rejected %v, replies %v", s.Rejected, s.Apps["fashion"].Replies)
+	}
+
+	// Serve one request so that the histograms have series too, then lint all.
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-lint")
+	dev.request("fashion", "cam-lint", "a", samples.Row(0), 60000)
+	dev.await([]string{"a"}, 30*time.Second)
+	if v := metricValue(t, reg, "sneakgate_replies_total", "app", "fashion", "status", "ok"); v != 1 {
+		t.Errorf("replies_total{ok} = %v after one answer", v)
+	}
+	if v := metricValue(t, reg, "sneakgate_last_request_received_timestamp_seconds"); v == 0 {
+		t.Error("last_request_received_timestamp_seconds still 0 after a request")
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(fams).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
