@@ -42,8 +42,12 @@ type MQTTConfig struct {
 	Broker   string `yaml:"broker"`
 	ClientID string `yaml:"client_id"`
 	Username string `yaml:"username"`
-	// PasswordFile holds the password (kept out of the config file).
+	// PasswordFile holds the password (kept out of the config file). Under
+	// systemd with credentials, a bare name is a credential's, and none means
+	// the credential mqtt-password if there is one (passwordPath).
 	PasswordFile string `yaml:"password_file"`
+	// TLS configures TLS for ssl://, tls://, mqtts:// and wss:// broker URLs.
+	TLS MQTTTLS `yaml:"tls"`
 	// TopicPrefix prefixes every topic: {prefix}/req/{app}/{device}.
 	TopicPrefix string `yaml:"topic_prefix"`
 	// ReplyAllow lists the topics a request's reply_to may name, with {prefix},
@@ -269,7 +273,10 @@ func (c *Config) resolve(dir string) {
 	abs(&c.Store.Path)
 	abs(&c.Engine.Library)
 	abs(&c.Engine.ProfileCache)
-	abs(&c.MQTT.PasswordFile)
+	c.MQTT.PasswordFile = passwordPath(c.MQTT.PasswordFile, dir, os.Getenv("CREDENTIALS_DIRECTORY"))
+	abs(&c.MQTT.TLS.CAFile)
+	abs(&c.MQTT.TLS.CertFile)
+	abs(&c.MQTT.TLS.KeyFile)
 	for i := range c.Apps {
 		abs(&c.Apps[i].Manifest)
 	}
@@ -289,6 +296,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.Broker == "" {
 		return configErr("mqtt.broker", "required")
+	}
+	if _, err := c.MQTT.tlsConfig(); err != nil {
+		return err
 	}
 	if c.MQTT.ClientID == "" {
 		return configErr("mqtt.client_id", "required")

@@ -293,6 +293,16 @@ func (g *Gateway) newClient() error {
 		opts.SetPassword(strings.TrimSpace(string(pw)))
 	}
 	log := g.log.With().Str("component", "mqtt").Logger()
+	tc, err := c.tlsConfig()
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if tc != nil {
+		opts.SetTLSConfig(tc)
+		if tc.InsecureSkipVerify {
+			log.Warn().Str("broker", c.Broker).Msg("mqtt.tls.insecure_skip_verify: the broker's certificate is not checked; anyone on the path can pose as the broker")
+		}
+	}
 	opts.SetConnectionNotificationHandler(g.onConnectionNotification(log))
 	opts.SetOnConnectHandler(g.onConnect(log))
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {

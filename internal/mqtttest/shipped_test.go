@@ -1,15 +1,8 @@
 package mqtttest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -269,58 +262,6 @@ func uncommentTLS(t *testing.T, conf string, port int, ca, cert, key string) str
 	return strings.Join(lines, "\n")
 }
 
-// pki writes a CA, a server certificate for 127.0.0.1 and a client certificate
-// with CN name into dir, as PEM, and returns the client's tls.Config.
-func pki(t *testing.T, dir, name string) (ca, cert, key string, client *tls.Config) {
-	t.Helper()
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	writePEM := func(file, typ string, der []byte) string {
-		p := filepath.Join(dir, file)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	now := time.Now()
-	caKey := newKey()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sneakgate test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	issue := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP) ([]byte, *ecdsa.PrivateKey) {
-		k := newKey()
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IPAddresses: ips,
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der, k
-	}
-	srvDER, srvKey := issue(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, []net.IP{net.IPv4(127, 0, 0, 1)})
-	cliDER, cliKey := issue(3, name, x509.ExtKeyUsageClientAuth, nil)
-	ca = writePEM("ca.crt", "CERTIFICATE", caDER)
-	cert = writePEM("server.crt", "CERTIFICATE", srvDER)
-	srvKeyDER, _ := x509.MarshalECPrivateKey(srvKey)
-	key = writePEM("server.key", "EC PRIVATE KEY", srvKeyDER)
-	pool := x509.NewCertPool()
-	pool.AddCert(caCert)
-	client = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
-		Certificates: []tls.Certificate{{Certificate: [][]byte{cliDER}, PrivateKey: cliKey}}}
-	return ca, cert, key, client
-}
-
 // TestShippedConfigAsDebianDropIn starts Mosquitto the way Debian does, with the
 // shipped file as a conf.d drop-in (its listener, password file and TLS files
 // moved to the test's), and checks what the file and configs/mosquitto.acl
@@ -359,7 +300,8 @@ func TestShippedConfigAsDebianDropIn(t *testing.T) {
 		dropIn = replaceLine(t, dropIn, "password_file ", "password_file "+pw)
 		dropIn = replaceLine(t, dropIn, "acl_file ", "acl_file "+filepath.Join(root, ShippedACL))
 		var ca, cert, key string
-		ca, cert, key, clientTLS = pki(t, b.dir, "cam-1")
+		pki := NewPKI(t, b.dir, "cam-1")
+		ca, cert, key, clientTLS = pki.CA, pki.ServerCert, pki.ServerKey, pki.Client
 		dropIn = uncommentTLS(t, dropIn, tlsPort, ca, cert, key)
 		confd := filepath.Join(b.dir, "conf.d")
 		if err := os.Mkdir(confd, 0o700); err != nil {

@@ -1,0 +1,110 @@
+package gateway
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// MQTTTLS configures TLS for a broker URL of scheme ssl://, tls://, mqtts:// or
+// wss:// (paho's TLS schemes). Without ca_file the system's roots verify the
+// broker; cert_file and key_file, together, are the gateway's client
+// certificate for a broker that requires one.
+type MQTTTLS struct {
+	// CAFile holds the PEM certificates that verify the broker's certificate.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the client certificate and its key (PEM).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the name checked in the broker's certificate (default: the
+	// URL's host).
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any broker certificate (testing only).
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// isSet reports whether any TLS setting is given.
+func (t MQTTTLS) isSet() bool { return t != MQTTTLS{} }
+
+// tlsSchemes are the broker URL schemes paho connects with TLS.
+var tlsSchemes = map[string]bool{"ssl": true, "tls": true, "mqtts": true, "mqtt+ssl": true, "tcps": true, "wss": true}
+
+// CredentialName is the systemd credential the broker password is read from
+// when mqtt.password_file is not set and $CREDENTIALS_DIRECTORY is
+// (LoadCredential=mqtt-password:FILE).
+const CredentialName = "mqtt-password"
+
+// passwordPath resolves mqtt.password_file. Under systemd with credentials
+// ($CREDENTIALS_DIRECTORY set, credDir), a bare name (no slash) names a
+// credential, and an unset one means the credential CredentialName if the
+// service has it. Otherwise a relative path is relative to the config file's
+// directory, dir.
+func passwordPath(p, dir, credDir string) string {
+	switch {
+	case credDir != "" && p == "":
+		c := filepath.Join(credDir, CredentialName)
+		if _, err := os.Stat(c); err == nil {
+			return c
+		}
+		return ""
+	case credDir != "" && !strings.Contains(p, "/"):
+		return filepath.Join(credDir, p)
+	case p != "" && !filepath.IsAbs(p):
+		return filepath.Join(dir, p)
+	}
+	return p
+}
+
+// tlsConfig returns the TLS configuration for c's broker URL: nil for a URL
+// without TLS. It reads the files, so it also validates them; errors name the
+// setting and the file.
+func (c *MQTTConfig) tlsConfig() (*tls.Config, error) {
+	broker := c.Broker
+	if !strings.Contains(broker, "://") {
+		broker = "tcp://" + broker // as paho reads it
+	}
+	u, err := url.Parse(broker)
+	if err != nil {
+		return nil, configErr("mqtt.broker", "%q: want a URL such as tcp://127.0.0.1:1883 or mqtts://broker:8883", c.Broker)
+	}
+	t := c.TLS
+	if !tlsSchemes[u.Scheme] {
+		if t.isSet() {
+			return nil, configErr("mqtt.tls", "set, but mqtt.broker %s does not use TLS: use ssl://, tls://, mqtts:// or wss://", c.Broker)
+		}
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, configErr("mqtt.tls.ca_file", "%v", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, configErr("mqtt.tls.ca_file", "%s: no PEM certificate in it", t.CAFile)
+		}
+	}
+	switch {
+	case t.CertFile == "" && t.KeyFile == "":
+	case t.CertFile == "":
+		return nil, configErr("mqtt.tls.cert_file", "required with mqtt.tls.key_file %s", t.KeyFile)
+	case t.KeyFile == "":
+		return nil, configErr("mqtt.tls.key_file", "required with mqtt.tls.cert_file %s", t.CertFile)
+	default:
+		for _, f := range [][2]string{{"mqtt.tls.cert_file", t.CertFile}, {"mqtt.tls.key_file", t.KeyFile}} {
+			if _, err := os.ReadFile(f[1]); err != nil {
+				return nil, configErr(f[0], "%v", err)
+			}
+		}
+		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, configErr("mqtt.tls.cert_file", "%s with key_file %s: %v", t.CertFile, t.KeyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
