@@ -1,6 +1,7 @@
 // Command sneakgate is the sneakgate inference gateway and its tools.
 //
 //	sneakgate serve  -config FILE   run the gateway (default command)
+//	sneakgate tail   [flags]        follow the replies on the result topics: a line each, summaries
 //	sneakgate devsim [flags]        simulate devices against a running gateway
 //	sneakgate eval   [flags]        evaluate scheduling policies (simulator or live)
 //	sneakgate bench  [flags]        end-to-end benchmark: Mosquitto alone against the gateway
@@ -50,7 +51,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: sneakgate [serve|devsim|eval|bench|app|journal|version] [flags]; sneakgate CMD -h for help")
+var errUsage = errors.New("usage: sneakgate [serve|tail|devsim|eval|bench|app|journal|version] [flags]; sneakgate CMD -h for help")
 
 // flagError is a command-line flag error; main exits 2 on it.
 type flagError struct{ error }
@@ -74,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 		return serve(ctx, args, stderr)
+	case "tail":
+		return tailCmd(ctx, args, stdout, stderr)
 	case "devsim":
 		return devsim(ctx, args, stdout, stderr)
 	case "eval":

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,6 +68,11 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"serve", "-config", bad}, 1, "scheduler.policy"},
 		{[]string{"bench", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"bench", "-encoding", "xml"}, 1, "encoding must be b64 or json"},
+		{[]string{"tail", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"tail", "-status", "maybe"}, 2, `-status "maybe"`},
+		{[]string{"tail", "extra"}, 2, "unexpected arguments"},
+		{[]string{"tail", "-config", "/nonexistent.yaml"}, 1, "/nonexistent.yaml"},
+		{[]string{"tail", "-broker", "tcp://127.0.0.1:1"}, 1, "tcp://127.0.0.1:1"},
 	}
 	for _, c := range cases {
 		out, code := runBinary(t, c.args...)
@@ -84,7 +90,7 @@ type served struct {
 	cmd    *exec.Cmd
 	path   string // the configuration file
 	config string // its first content
-	lines  chan string
+	lines  <-chan string
 	logs   strings.Builder
 }
 
@@ -108,28 +114,46 @@ apps:
 		abs, _ := filepath.Abs(m)
 		cfg += fmt.Sprintf("  - manifest: %q\n", abs)
 	}
-	s := &served{t: t, path: filepath.Join(dir, "c.yaml"), config: cfg, lines: make(chan string, 1024)}
+	s := &served{t: t, path: filepath.Join(dir, "c.yaml"), config: cfg}
 	if err := os.WriteFile(s.path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s.cmd = exec.Command(binary, "serve", "-config", s.path)
-	stderr, err := s.cmd.StderrPipe()
+	_, s.lines = startBinary(t, s.cmd)
+	s.waitFor("gateway ready")
+	return s
+}
+
+// startBinary starts cmd (killed when the test ends) and returns the lines of
+// its stdout and of its stderr, each on a channel closed at its end.
+func startBinary(t *testing.T, cmd *exec.Cmd) (stdout, stderr <-chan string) {
+	t.Helper()
+	outPipe, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.cmd.Start(); err != nil {
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return lineChan(outPipe), lineChan(errPipe)
+}
+
+// lineChan sends the lines read from r on a channel closed at r's end.
+func lineChan(r io.Reader) <-chan string {
+	lines := make(chan string, 1024)
 	go func() {
-		sc := bufio.NewScanner(stderr)
+		sc := bufio.NewScanner(r)
 		for sc.Scan() {
-			s.lines <- sc.Text()
+			lines <- sc.Text()
 		}
-		close(s.lines)
+		close(lines)
 	}()
-	s.waitFor("gateway ready")
-	return s
+	return lines
 }
 
 // waitFor reads the log until a line contains want (bounded) and returns it.

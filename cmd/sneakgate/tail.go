@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/sneakgate/sneakgate/cmd/sneakgate/internal/tail"
+	"github.com/sneakgate/sneakgate/gateway"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+const tailUsage = `usage: sneakgate tail [-config FILE | -broker URL -prefix P -username U -password-file F]
+                      [-app A,B] [-device D,E] [-status S,T] [-every 5s] [-json] [-n N]
+
+Subscribes to the gateway's result topics ({prefix}/res/#) and prints one line
+per reply: local time, app/device, id, status, label and confidence, model,
+total_ms, slack_ms and, when the status is not ok, the reason. Every -every, a
+summary line: replies per second, status mix, deadline-met share and the p50
+and p99 of total_ms over the interval; on SIGINT or SIGTERM, the summary of the
+whole run. Payloads that are not replies are shown and counted. With -json, each
+selected reply is printed as it arrived, one per line (summaries and malformed
+payloads then go to stderr). Colours only when stdout is a terminal.
+`
+
+// tailCmd runs `sneakgate tail`.
+func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "take the broker, credentials and topic prefix from this gateway configuration `file` (other flags override it)")
+	broker := fs.String("broker", "tcp://127.0.0.1:1883", "MQTT broker `URL`")
+	prefix := fs.String("prefix", protocol.DefaultPrefix, "topic `prefix` (mqtt.topic_prefix)")
+	username := fs.String("username", "", "broker `user` name")
+	passwordFile := fs.String("password-file", "", "`file` holding the broker password")
+	topic := fs.String("topic", "", "MQTT topic `filter` to subscribe to (default {prefix}/res/#)")
+	apps := fs.String("app", "", "only these `applications` (comma-separated)")
+	devices := fs.String("device", "", "only these `devices` (comma-separated)")
+	statuses := fs.String("status", "", "only these `statuses` (comma-separated: ok, late, degraded, expired, rejected, error)")
+	every := fs.Duration("every", 5*time.Second, "print a summary line this often (0: only at the end)")
+	jsonOut := fs.Bool("json", false, "print each reply's JSON as it arrived, one per line")
+	limit := fs.Int64("n", 0, "exit after printing this many replies (0: until interrupted)")
+	color := fs.String("color", "auto", "colours: auto (when stdout is a terminal and $NO_COLOR is unset), always or never")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, tailUsage+"\nflags:\n")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError(fs, fmt.Errorf("tail: unexpected arguments %q", fs.Args()))
+	}
+	o := tail.Options{Diag: stderr}
+	for _, s := range splitList(*statuses) {
+		if !protocol.Status(s).Valid() {
+			return usageError(fs, fmt.Errorf("tail: -status %q: want ok, late, degraded, expired, rejected or error", s))
+		}
+		o.Filter.Statuses = append(o.Filter.Statuses, protocol.Status(s))
+	}
+	o.Filter.Apps, o.Filter.Devices = splitList(*apps), splitList(*devices)
+	switch *color {
+	case "always":
+		o.Color = true
+	case "auto":
+		o.Color = isTerminal(stdout) && os.Getenv("NO_COLOR") == ""
+	case "never":
+	default:
+		return usageError(fs, fmt.Errorf("tail: -color %q: want auto, always or never", *color))
+	}
+	if *every < 0 || *limit < 0 {
+		return usageError(fs, errors.New("tail: -every and -n must not be negative"))
+	}
+	if *configPath != "" {
+		cfg, err := gateway.LoadConfig(*configPath)
+		if err != nil {
+			return err
+		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		from := func(name string, p *string, v string) {
+			if !set[name] {
+				*p = v
+			}
+		}
+		from("broker", broker, cfg.MQTT.Broker)
+		from("prefix", prefix, cfg.MQTT.TopicPrefix)
+		from("username", username, cfg.MQTT.Username)
+		from("password-file", passwordFile, cfg.MQTT.PasswordFile)
+	}
+	if err := protocol.CheckPrefix(*prefix); err != nil {
+		return usageError(fs, fmt.Errorf("tail: -prefix: %w", err))
+	}
+	o.Prefix, o.JSON = *prefix, *jsonOut
+	so := tail.SubscribeOptions{Broker: *broker, Filter: *topic, Username: *username, Log: stderr, Dropped: new(atomic.Int64)}
+	if so.Filter == "" {
+		so.Filter = *prefix + "/res/#"
+	}
+	if *passwordFile != "" {
+		pw, err := os.ReadFile(*passwordFile)
+		if err != nil {
+			return fmt.Errorf("tail: -password-file: %w", err)
+		}
+		so.Password = strings.TrimSpace(string(pw))
+	}
+	o.Dropped = so.Dropped
+	msgs, stop, err := tail.Subscribe(ctx, so)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while connecting
+		}
+		return err
+	}
+	defer stop()
+	fmt.Fprintf(stderr, "sneakgate tail: subscribed to %s on %s\n", so.Filter, so.Broker)
+	var ticks <-chan time.Time
+	if *every > 0 {
+		t := time.NewTicker(*every)
+		defer t.Stop()
+		ticks = t.C
+	}
+	tail.Run(ctx, tail.NewPrinter(stdout, o, time.Now()), msgs, ticks, *limit, time.Now)
+	return nil
+}
+
+// splitList splits a list flag's value at commas (and spaces).
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+// tailing is the real binary running `sneakgate tail`.
+type tailing struct {
+	cmd            *exec.Cmd
+	stdout, stderr <-chan string
+}
+
+// startTail starts `sneakgate tail args...` and waits until it has subscribed.
+func startTail(t *testing.T, args ...string) *tailing {
+	t.Helper()
+	tl := &tailing{cmd: exec.Command(binary, append([]string{"tail"}, args...)...)}
+	tl.stdout, tl.stderr = startBinary(t, tl.cmd)
+	var seen strings.Builder
+	for l := range tl.stderr {
+		seen.WriteString(l + "\n")
+		if strings.Contains(l, "subscribed to") {
+			return tl
+		}
+	}
+	t.Fatalf("tail %v exited before subscribing:\n%s", args, seen.String())
+	return nil
+}
+
+// line returns the next line of stdout ("" once it is closed).
+func (tl *tailing) line(t *testing.T) string {
+	t.Helper()
+	select {
+	case l := <-tl.stdout:
+		return l
+	case <-time.After(time.Minute):
+		t.Fatal("no line from tail within a minute")
+	}
+	return ""
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (tl *tailing) wait(t *testing.T) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- tl.cmd.Wait() }()
+	select {
+	case <-done:
+		return tl.cmd.ProcessState.ExitCode()
+	case <-time.After(time.Minute):
+		t.Fatal("tail did not exit within a minute")
+	}
+	return -1
+}
+
+// The real binary follows a real Mosquitto: it takes the broker and prefix from a
+// gateway configuration, prints a line per selected reply and, on SIGTERM, the
+// final summary, and exits 0; with -json -n 1 it prints the first selected
+// reply's JSON and exits.
+func TestTailBinary(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := filepath.Join(t.TempDir(), "sneakgate.yaml")
+	if err := os.WriteFile(cfg, []byte("mqtt: {broker: "+b.URL()+", topic_prefix: plant1}\napps:\n  - manifest: m.yaml\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("tail-binary-pub"))
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer pub.Disconnect(0)
+	publish := func(r protocol.Reply) string {
+		r.V = protocol.Version
+		p, err := r.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok := pub.Publish(protocol.ReplyTopic("plant1", r.App, r.Device), 1, false, p); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		return string(p)
+	}
+	ok := protocol.Reply{ID: "r1", App: "fashion", Device: "cam-1", Status: protocol.StatusOK, Class: protocol.Ptr(5),
+		Label: "sandal", Confidence: protocol.Ptr(0.9633), Model: "cnn", TotalMS: protocol.Ptr(2.66),
+		SlackMS: protocol.Ptr(47.34), DeadlineMet: protocol.Ptr(true)}
+	vad := protocol.Reply{ID: "r2", App: "vad", Device: "mic-1", Status: protocol.StatusExpired, Reason: protocol.ReasonPastHardStop}
+
+	tl := startTail(t, "-config", cfg, "-app", "fashion", "-every", "0")
+	publish(vad) // filtered out
+	publish(ok)
+	if l := tl.line(t); !strings.Contains(l, "fashion/cam-1") || !strings.Contains(l, " r1 ") || !strings.Contains(l, "sandal 0.96") ||
+		strings.Contains(l, "\x1b[") {
+		t.Errorf("reply line %q (no colours into a pipe)", l)
+	}
+	if err := tl.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if l := tl.line(t); !strings.Contains(l, "-- total") || !strings.Contains(l, ": 1 replies") {
+		t.Errorf("final summary %q", l)
+	}
+	if code := tl.wait(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+
+	tl = startTail(t, "-broker", b.URL(), "-prefix", "plant1", "-json", "-n", "1", "-status", "ok")
+	publish(vad)
+	want := publish(ok)
+	if l := tl.line(t); l != want {
+		t.Errorf("-json line %q, want %q", l, want)
+	}
+	if code := tl.wait(t); code != 0 {
+		t.Errorf("-n 1: exit %d, want 0", code)
+	}
+}
