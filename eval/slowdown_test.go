@@ -18,7 +18,7 @@ func TestMeasuredSlowdownWeighsByForwardPasses(t *testing.T) {
 	f.WithLabelValues("fashion", "cnn").Set(2)
 	f.WithLabelValues("fashion", "resnet-s").Set(1.5)
 	f.WithLabelValues("fashion", "resnet-m").Set(9) // loaded, never ran
-	f.WithLabelValues("vad", "half").Set(5)          // another application
+	f.WithLabelValues("vad", "half").Set(5)         // another application
 	for range 30 {
 		b.WithLabelValues("fashion", "cnn").Observe(4)
 	}

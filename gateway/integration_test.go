@@ -766,7 +766,7 @@ func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
 func TestReadiness(t *testing.T) {
 	b, cfg := queueOfOne(t)
 	cfg.Admission.DegradeRefused = false // a bare refusal, with its retry hint
-	var skew atomic.Int64 // the test moves the gateway's clock forward
+	var skew atomic.Int64                // the test moves the gateway's clock forward
 	gw := startGateway(t, cfg, Options{Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 	probe := func() (int, string) {
 		w := httptest.NewRecorder()
