@@ -18,8 +18,9 @@ const (
 type GatewayStatus struct {
 	V     int    `json:"v"`
 	State string `json:"state"`
-	// Reason says why the gateway went offline: "shutdown", or "lost" for the
-	// broker's last will.
+	// Reason says why the gateway went offline: "shutdown", "lost" for the
+	// broker's last will, or "subscribe_refused" while the broker refuses its
+	// request subscription (it is connected but cannot serve).
 	Reason string `json:"reason,omitempty"`
 	// Version, Policy and Apps describe an online gateway.
 	Version string   `json:"version,omitempty"`
