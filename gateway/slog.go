@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"log/slog"
+	"net"
+	"strings"
 
 	"github.com/rs/zerolog"
 )
@@ -28,7 +30,13 @@ func level(l slog.Level) zerolog.Level {
 }
 
 func (h zerologHandler) Handle(_ context.Context, r slog.Record) error {
-	e := h.log.WithLevel(level(r.Level))
+	lv := level(r.Level)
+	if lv == zerolog.WarnLevel && closedConn(r) {
+		// The embedded broker warns when a client's connection is closed under
+		// its reader: every normal disconnect. Not an operator's concern.
+		lv = zerolog.DebugLevel
+	}
+	e := h.log.WithLevel(lv)
 	r.Attrs(func(a slog.Attr) bool {
 		e = e.Str(a.Key, a.Value.String())
 		return true
@@ -47,4 +55,18 @@ func (h zerologHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h zerologHandler) WithGroup(name string) slog.Handler {
 	return zerologHandler{h.log.With().Str("group", name).Logger()}
+}
+
+// closedConn reports whether r carries an error saying the connection was closed
+// (net.ErrClosed, read by a listener after its client went away).
+func closedConn(r slog.Record) bool {
+	closed := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" && strings.Contains(a.Value.String(), net.ErrClosed.Error()) {
+			closed = true
+			return false
+		}
+		return true
+	})
+	return closed
 }
