@@ -37,7 +37,7 @@ See models/README.md, "Serving your own models".
 // app runs the application tools.
 func app(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
-		fmt.Fprint(stderr, appUsage)
+		fmt.Fprint(stderr, about("app")+appUsage)
 		if len(args) == 0 {
 			return fmt.Errorf("%w (app: want build or check)", errUsage)
 		}
@@ -86,7 +86,7 @@ func appBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.Library, "ort-lib", "", "ONNX Runtime `library` (default $SNEAKGATE_ORT_LIB, else where make ort or make install put it)")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, appUsage+"\nflags of app build:\n")
+		fmt.Fprint(stderr, about("app")+appUsage+"\nflags of app build:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -129,7 +129,7 @@ func appCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.Library, "ort-lib", "", "ONNX Runtime `library` (default $SNEAKGATE_ORT_LIB, else where make ort or make install put it)")
 	fs.BoolVar(&o.NoLatency, "no-latency", false, "do not time the variants")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, appUsage+"\nflags of app check:\n")
+		fmt.Fprint(stderr, about("app")+appUsage+"\nflags of app check:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {

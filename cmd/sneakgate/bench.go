@@ -25,11 +25,14 @@ func benchmark(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	out := fs.String("out", "", "also write the results as JSON to this `file`")
 	bin := fs.String("gateway-bin", "", "sneakgate `binary` to start as the gateway (default: this one)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: sneakgate bench [flags]\n\n%s\n\n", benchUsage)
+		fmt.Fprintf(stderr, "%susage: sneakgate bench [flags]\n\n%s\n\n", about("bench"), benchUsage)
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError(fs, fmt.Errorf("bench: unexpected arguments %q", fs.Args()))
 	}
 	cfg.GatewayBinary = *bin
 	if cfg.GatewayBinary == "" {

@@ -32,7 +32,7 @@ var errJournalDamaged = errors.New("the journal is damaged")
 // journal runs the journal tools.
 func journal(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
-		fmt.Fprint(stderr, journalUsage)
+		fmt.Fprint(stderr, about("journal")+journalUsage)
 		if len(args) == 0 {
 			return fmt.Errorf("%w (journal: want check or salvage)", errUsage)
 		}
@@ -49,21 +49,19 @@ func journal(args []string, stdout, stderr io.Writer) error {
 
 // parseFileFlags parses flags before and after one positional FILE argument.
 func parseFileFlags(fs *flag.FlagSet, args []string) (string, error) {
-	fs.Usage = func() { fmt.Fprint(fs.Output(), journalUsage) }
+	fs.Usage = func() { fmt.Fprint(fs.Output(), about("journal")+journalUsage) }
 	if err := parseFlags(fs, args); err != nil {
 		return "", err
 	}
 	if fs.NArg() == 0 {
-		fs.Usage()
-		return "", flagError{fmt.Errorf("journal %s: no FILE", fs.Name())}
+		return "", usageError(fs, fmt.Errorf("journal %s: no FILE", fs.Name()))
 	}
 	file := fs.Arg(0)
 	if err := parseFlags(fs, fs.Args()[1:]); err != nil {
 		return "", err
 	}
 	if fs.NArg() > 0 {
-		fs.Usage()
-		return "", flagError{fmt.Errorf("journal %s: unexpected arguments %q", fs.Name(), fs.Args())}
+		return "", usageError(fs, fmt.Errorf("journal %s: unexpected arguments %q", fs.Name(), fs.Args()))
 	}
 	return file, nil
 }
@@ -106,8 +104,7 @@ func journalSalvage(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *out == "" {
-		fs.Usage()
-		return flagError{errors.New("journal salvage: -out is required")}
+		return usageError(fs, errors.New("journal salvage: -out is required"))
 	}
 	rep, err := store.Salvage(file, *out)
 	if err != nil {

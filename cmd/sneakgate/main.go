@@ -11,6 +11,10 @@
 //	sneakgate journal salvage FILE -out NEWFILE
 //	                                copy what is readable of a journal into a new one
 //	sneakgate version
+//	sneakgate help                  list the commands (so does sneakgate -h)
+//
+// Each command's -h describes it and its flags. Usage errors (an unknown command
+// or flag, a missing argument) exit 2, other failures 1.
 package main
 
 import (
@@ -51,7 +55,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: sneakgate [serve|tail|devsim|eval|bench|app|journal|version] [flags]; sneakgate CMD -h for help")
+var errUsage = errors.New("usage: sneakgate COMMAND [flags]; sneakgate help lists the commands")
 
 // flagError is a command-line flag error; main exits 2 on it.
 type flagError struct{ error }
@@ -68,6 +72,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		printHelp(stderr)
+		return flag.ErrHelp
+	}
 	cmd := "serve"
 	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
@@ -88,10 +96,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "journal":
 		return journal(args, stdout, stderr)
 	case "version":
+		if len(args) > 0 {
+			return fmt.Errorf("%w (version takes no arguments)", errUsage)
+		}
 		fmt.Fprintln(stdout, "sneakgate", version)
 		return nil
 	case "help":
-		fmt.Fprintln(stdout, errUsage)
+		printHelp(stdout)
 		return nil
 	}
 	return fmt.Errorf("%w (unknown command %q)", errUsage, cmd)
@@ -103,11 +114,23 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	path := fs.String("config", "/etc/sneakgate/sneakgate.yaml", "configuration `file`")
 	level := fs.String("log-level", "", "override log.level (trace, debug, info, warn, error)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, about("serve")+"usage: sneakgate serve [-config FILE] [-log-level LEVEL]\n\n"+
+			"Serves the applications of the configuration file (README.md, \"Configuration\") until\n"+
+			"SIGINT or SIGTERM; SIGHUP reloads them. sneakgate help lists the other commands.\n\nflags:\n")
+		fs.PrintDefaults()
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return usageError(fs, fmt.Errorf("serve: unexpected arguments %q", fs.Args()))
+	}
 	cfg, err := gateway.LoadConfig(*path)
 	if err != nil {
+		if _, serr := os.Stat(*path); !isSet(fs, "config") && errors.Is(serr, os.ErrNotExist) {
+			return fmt.Errorf("%w (the default configuration; give one with -config FILE; sneakgate help lists the commands)", err)
+		}
 		return err
 	}
 	if *level != "" {
@@ -171,7 +194,8 @@ func newLogger(c gateway.LogConfig, w io.Writer) zerolog.Logger {
 		lvl = zerolog.InfoLevel
 	}
 	if c.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		// Colours only on a terminal: not into files, pipes or the journal.
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
 }

@@ -73,11 +73,69 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"tail", "extra"}, 2, "unexpected arguments"},
 		{[]string{"tail", "-config", "/nonexistent.yaml"}, 1, "/nonexistent.yaml"},
 		{[]string{"tail", "-broker", "tcp://127.0.0.1:1"}, 1, "tcp://127.0.0.1:1"},
+		{[]string{"-h"}, 2, "follow the gateway's replies"},
+		{[]string{"help"}, 0, "journal check|salvage FILE"},
+		{[]string{"version", "x"}, 2, "version takes no arguments"},
+		{[]string{"serve", "extra"}, 2, "unexpected arguments"},
+		{[]string{"devsim", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"devsim", "extra"}, 2, "unexpected arguments"},
+		{[]string{"eval", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"bench", "extra"}, 2, "unexpected arguments"},
+		{[]string{"app"}, 2, "want build or check"},
+		{[]string{"app", "frob"}, 2, "unknown app command"},
+		{[]string{"app", "build", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"app", "check"}, 2, "no DIR"},
+		{[]string{"journal"}, 2, "want check or salvage"},
+		{[]string{"journal", "check"}, 2, "no FILE"},
+		{[]string{"journal", "salvage", "x.db"}, 2, "-out is required"},
 	}
 	for _, c := range cases {
 		out, code := runBinary(t, c.args...)
 		if code != c.code || !strings.Contains(out, c.want) {
 			t.Errorf("%v: exit %d, output %q; want exit %d containing %q", c.args, code, out, c.code, c.want)
+		}
+	}
+}
+
+// Every command's -h begins with its one-line description and exits 2.
+func TestHelpDescribesEachCommand(t *testing.T) {
+	for _, c := range commands {
+		if c.name == "help" || c.name == "version" {
+			continue
+		}
+		out, code := runBinary(t, c.name, "-h")
+		if want := "sneakgate " + c.name + ": " + c.about + "\n"; code != 2 || !strings.HasPrefix(out, want) {
+			t.Errorf("%s -h: exit %d, output starting %.80q; want exit 2 starting %q", c.name, code, out, want)
+		}
+	}
+}
+
+// devsim's -models defaults to ./models, or where it does not exist to
+// PREFIX/share/sneakgate/models of the binary's PREFIX (make install's layout).
+func TestModelsFallback(t *testing.T) {
+	prefix := t.TempDir()
+	installed := filepath.Join(prefix, "share", "sneakgate", "models")
+	bin := filepath.Join(prefix, "bin", "sneakgate")
+	if err := os.MkdirAll(installed, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Dir(bin), 0o755)
+	if err := os.Link(binary, bin); err != nil {
+		t.Skipf("hard link of the test binary: %v", err)
+	}
+	for _, c := range []struct {
+		localModels bool
+		want        string
+	}{{false, installed}, {true, "models"}} {
+		cwd := t.TempDir()
+		if c.localModels {
+			os.Mkdir(filepath.Join(cwd, "models"), 0o755)
+		}
+		cmd := exec.Command(bin, "devsim", "-h")
+		cmd.Dir = cwd
+		out, _ := cmd.CombinedOutput()
+		if want := fmt.Sprintf("(default %q)", c.want); !strings.Contains(string(out), want) {
+			t.Errorf("./models present: %v: devsim -h does not say %s:\n%s", c.localModels, want, out)
 		}
 	}
 }

@@ -49,7 +49,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	limit := fs.Int64("n", 0, "exit after printing this many replies (0: until interrupted)")
 	color := fs.String("color", "auto", "colours: auto (when stdout is a terminal and $NO_COLOR is unset), always or never")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, tailUsage+"\nflags:\n")
+		fmt.Fprint(stderr, about("tail")+tailUsage+"\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -83,10 +83,8 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		from := func(name string, p *string, v string) {
-			if !set[name] {
+			if !isSet(fs, name) {
 				*p = v
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/sneakgate/sneakgate/devices"
 	"github.com/sneakgate/sneakgate/eval"
@@ -17,13 +18,22 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("devsim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := devices.SimFlags(fs)
+	models := fs.Lookup("models")
+	models.Usage = modelsHelp
+	if d := defaultModels(installedModels()); d != models.DefValue {
+		models.Value.Set(d)
+		models.DefValue = d
+	}
 	jsonOut := fs.String("json", "", "also write the report as JSON to this `file`")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: sneakgate devsim [flags]\n\n%s\n\n", devices.SimUsage)
+		fmt.Fprintf(stderr, "%susage: sneakgate devsim [flags]\n\n%s\n\n", about("devsim"), devices.SimUsage)
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError(fs, fmt.Errorf("devsim: unexpected arguments %q", fs.Args()))
 	}
 	cfg.Out, cfg.Progress = stdout, stderr
 	rep, err := devices.Simulate(ctx, *cfg)
@@ -39,6 +49,42 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return err
 }
 
+// evaluate runs eval.Main, which has its own flags. Where ./models does not
+// exist it is given the installed models (a later -models overrides them). Its
+// usage errors exit 2 as every command's: eval.Main prints its usage, which
+// begins "usage: sneakgate eval", on -h (returning nil) and on a bad flag
+// (returning the flag package's error); usageWatch sees it go by and puts the
+// command's one-line description before it. (eval.Main returning flag errors
+// of its own would make the watch unnecessary.)
 func evaluate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return eval.Main(ctx, args, stdout, stderr)
+	if d := defaultModels(installedModels()); d != "models" {
+		args = append([]string{"-models", d}, args...)
+	}
+	w := &usageWatch{w: stderr, usage: "usage: sneakgate eval", about: about("eval")}
+	err := eval.Main(ctx, args, stdout, w)
+	switch {
+	case !w.seen:
+		return err
+	case err == nil:
+		return flag.ErrHelp
+	}
+	return flagError{err}
+}
+
+// usageWatch passes writes through to w, noting a write that begins with usage
+// and putting about before it.
+type usageWatch struct {
+	w            io.Writer
+	usage, about string
+	seen         bool
+}
+
+func (u *usageWatch) Write(b []byte) (int, error) {
+	if !u.seen && strings.HasPrefix(string(b), u.usage) {
+		u.seen = true
+		if _, err := io.WriteString(u.w, u.about); err != nil {
+			return 0, err
+		}
+	}
+	return u.w.Write(b)
 }
