@@ -74,6 +74,10 @@ type Gateway struct {
 	subscribed atomic.Bool
 	// lastOverload is when a request was last refused for overload (Unix ns).
 	lastOverload atomic.Int64
+	// rejectLog logs rejected requests, sampled (rejectSampler): a device
+	// sending bad requests at a high rate must not flood the journal; every
+	// rejection is counted in sneakgate_rejected_total.
+	rejectLog zerolog.Logger
 	// fatal is closed by fail: Run stops and returns fatalErr.
 	fatal     chan struct{}
 	fatalOnce sync.Once
@@ -111,6 +115,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if g.now == nil {
 		g.now = time.Now
 	}
+	g.rejectLog = g.log.Sample(rejectSampler())
 	g.link = newBrokerLink(g.now)
 	if g.reg == nil {
 		g.reg = prometheus.NewRegistry()

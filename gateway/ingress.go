@@ -6,6 +6,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
@@ -398,7 +399,7 @@ func (b backlog) refuses(budget time.Duration, maxWait float64, estimated bool) 
 // reject answers a request that failed validation, when a reply topic exists.
 func (g *Gateway) reject(rej *protocol.Rejection) {
 	g.m.rejected.WithLabelValues(string(rej.Reason)).Inc()
-	ev := g.log.Warn().Str("reason", string(rej.Reason)).Str("app", rej.App).Str("device", rej.Device).
+	ev := g.rejectLog.Warn().Str("reason", string(rej.Reason)).Str("app", rej.App).Str("device", rej.Device).
 		Str("id", rej.ID).Str("error", rej.Message)
 	if rej.ReplyTo == "" {
 		g.m.unroutable.Inc()
@@ -407,6 +408,12 @@ func (g *Gateway) reject(rej *protocol.Rejection) {
 	}
 	ev.Msg("request rejected")
 	g.egress.Reject(rej.ReplyTo, rej.Reply())
+}
+
+// rejectSampler keeps the first 10 rejection lines of every second and one in
+// 100 after that.
+func rejectSampler() zerolog.Sampler {
+	return &zerolog.BurstSampler{Burst: 10, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}}
 }
 
 // refuse answers a valid request the gateway will not admit now (not journaled).

@@ -27,3 +27,17 @@ func TestBrokerLogClosedConnectionIsDebug(t *testing.T) {
 		t.Fatalf("another error not logged as a warning: %q", buf.String())
 	}
 }
+
+// Rejection lines are sampled: a burst is logged, a flood is not.
+func TestRejectLogSampled(t *testing.T) {
+	var buf bytes.Buffer
+	log := zerolog.New(&buf).Sample(rejectSampler())
+	for range 1000 {
+		log.Warn().Msg("request rejected")
+	}
+	// 10 per second and 1 in 100 beyond: about 20 in the usual fraction of a
+	// second this loop takes, far below 1,000 however slow the machine.
+	if n := strings.Count(buf.String(), "\n"); n < 10 || n >= 200 {
+		t.Fatalf("%d of 1000 rejection lines logged, want the burst of 10 and about 1 in 100 after", n)
+	}
+}
