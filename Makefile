@@ -65,27 +65,20 @@ models:
 	scripts/install-deps.sh --models
 	models/build.sh
 
-# install_config SRC,DEST: configuration is the operator's. DEST is written only
-# when absent (or already equal to SRC); an existing, different DEST is kept and the
-# new default goes beside it as DEST.dist, to compare and merge by hand.
-install_config = if [ -e "$(2)" ] && ! cmp -s "$(1)" "$(2)"; then \
-	install -m 0644 "$(1)" "$(2).dist" && \
-	echo "install: kept $(2) (it differs from the default); the new default is $(2).dist"; \
-	else install -D -m 0644 "$(1)" "$(2)" && rm -f "$(2).dist"; fi
-
+# Installs what `make build` (bin/sneakgate) and `make ort` (the ONNX Runtime library)
+# have built, and builds and downloads nothing: `make build` as yourself, then
+# `sudo make install`. scripts/install.sh lists what goes where: PREFIX/bin, lib/sneakgate,
+# share/sneakgate/models (the apps, not their training sources), share/doc/sneakgate,
+# /etc/sneakgate (an edited config is kept, the new default written beside it as .dist)
+# and UNITDIR/sneakgate.service, the unit and config naming PREFIX's paths. DESTDIR
+# stages it elsewhere (scripts/install_test.go installs into a temporary one).
 # configs/mosquitto.conf and .acl go to /etc/sneakgate as well: Mosquitto reads the
 # ACL from there; copy the .conf into /etc/mosquitto/conf.d/ (docs/deployment.md).
-install: build
-	install -D -m 0755 bin/sneakgate $(DESTDIR)$(PREFIX)/bin/sneakgate
-	install -D -m 0644 $(ORT_LIB) $(DESTDIR)$(PREFIX)/lib/sneakgate/libonnxruntime.so.$(ORT_VERSION)
-	mkdir -p $(DESTDIR)$(PREFIX)/share/sneakgate
-	cp -r models $(DESTDIR)$(PREFIX)/share/sneakgate/
-	@$(call install_config,configs/sneakgate.yaml,$(DESTDIR)/etc/sneakgate/sneakgate.yaml)
-	@$(call install_config,configs/mosquitto.conf,$(DESTDIR)/etc/sneakgate/mosquitto.conf)
-	@$(call install_config,configs/mosquitto.acl,$(DESTDIR)/etc/sneakgate/mosquitto.acl)
-	install -D -m 0644 systemd/sneakgate.service $(DESTDIR)/etc/systemd/system/sneakgate.service
-	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now sneakgate"
-	@echo "broker: docs/deployment.md (cp /etc/sneakgate/mosquitto.conf /etc/mosquitto/conf.d/sneakgate.conf)"
+UNITDIR ?= /etc/systemd/system
+INSTALL_BIN ?= bin/sneakgate
+install:
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" UNITDIR="$(UNITDIR)" BIN="$(INSTALL_BIN)" \
+	  ORT_LIB="$(ORT_LIB)" ORT_VERSION=$(ORT_VERSION) scripts/install.sh
 
 clean:
 	rm -rf bin
