@@ -85,7 +85,8 @@ type StoreConfig struct {
 	Path string `yaml:"path"`
 	// Retention is how long answered requests are remembered to suppress duplicates.
 	Retention time.Duration `yaml:"retention"`
-	// MaxBatchDelay and MaxBatchSize bound the group commit.
+	// MaxBatchDelay and MaxBatchSize bound the group commit; the delay applies
+	// only under load (store.Options.DelayUnderLoad).
 	MaxBatchDelay time.Duration `yaml:"max_batch_delay"`
 	MaxBatchSize  int           `yaml:"max_batch_size"`
 	// MaxBytes caps the journal's live data (bytes in use, not the file size):

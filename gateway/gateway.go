@@ -137,7 +137,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	}
 	var rec *store.Recovery
 	g.journal, rec, err = store.OpenOrRecover(cfg.Store.Path, store.Options{
-		MaxBatchDelay: cfg.Store.MaxBatchDelay, MaxBatchSize: cfg.Store.MaxBatchSize,
+		MaxBatchDelay: cfg.Store.MaxBatchDelay, DelayUnderLoad: true, MaxBatchSize: cfg.Store.MaxBatchSize,
 		Retention: cfg.Store.Retention, MaxBytes: cfg.Store.MaxBytes, Now: g.now,
 		Logger: g.log.With().Str("component", "store").Logger(), BeforeCommit: o.BeforeCommit,
 	})

@@ -186,8 +186,10 @@ func (s *Store) commitLoop() {
 	debug.SetPanicOnFault(true)
 	group := make([]*op, 0, s.opts.MaxBatchSize)
 	mem := new(arena)
+	busy := false // the previous group had company (Options.DelayUnderLoad)
 	for first := range s.ops {
-		group = s.fill(append(group[:0], first))
+		group = s.fill(append(group[:0], first), !s.opts.DelayUnderLoad || busy)
+		busy = len(group) > 1
 		if p := s.broken.Load(); p != nil {
 			s.fail(group, *p)
 		} else {
@@ -230,7 +232,9 @@ func (s *Store) safeCommit(group []*op, mem *arena) {
 	s.commit(group, mem)
 }
 
-func (s *Store) fill(group []*op) []*op {
+// fill adds the writes already queued to group and, when wait is set and
+// MaxBatchDelay is positive, those arriving within it, up to MaxBatchSize.
+func (s *Store) fill(group []*op, wait bool) []*op {
 	for len(group) < s.opts.MaxBatchSize {
 		select {
 		case o, ok := <-s.ops:
@@ -243,7 +247,7 @@ func (s *Store) fill(group []*op) []*op {
 		}
 		break
 	}
-	if s.opts.MaxBatchDelay <= 0 || len(group) >= s.opts.MaxBatchSize {
+	if !wait || s.opts.MaxBatchDelay <= 0 || len(group) >= s.opts.MaxBatchSize {
 		return group
 	}
 	timer := time.NewTimer(s.opts.MaxBatchDelay)

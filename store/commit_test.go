@@ -215,3 +215,18 @@ func TestSecondOpenFailsWithErrLocked(t *testing.T) {
 		t.Log(err)
 	})
 }
+
+// With DelayUnderLoad, a lone write on an idle journal commits at once; the
+// delay is for a journal whose last commit had company.
+func TestDelayUnderLoadSparesTheIdleJournal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := storetest.New(t, func(o *store.Options) {
+			o.MaxBatchDelay, o.DelayUnderLoad = 10*time.Millisecond, true
+		})
+		start := time.Now()
+		mustPut(t, s, entry(1), store.New)
+		if d := time.Since(start); d != 0 {
+			t.Errorf("a lone write on an idle journal committed after %s, want at once", d)
+		}
+	})
+}

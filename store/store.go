@@ -50,6 +50,11 @@ type Options struct {
 	// as the previous commit is done: writes that arrive during a commit's fsync
 	// form the next group, so groups grow with load at no latency cost.
 	MaxBatchDelay time.Duration
+	// DelayUnderLoad applies MaxBatchDelay only while the journal is busy: when
+	// the previous commit grouped more than one write. An idle journal commits a
+	// lone write at once, so the delay costs no latency at low load and buys
+	// fewer, larger commits under load.
+	DelayUnderLoad bool
 	// MaxBatchSize is the most writes (Put, Outbox, Complete) in one commit.
 	MaxBatchSize int
 	// Retention is how long completed keys, and their replies, are remembered to
