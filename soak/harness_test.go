@@ -440,10 +440,11 @@ func (g *gatewayProc) tail(n int) string {
 }
 
 // explainLost logs, for acknowledged requests that got no reply, what the
-// gateway's log says about them: the gateway logs every request it rejects or
-// refuses (with its id) at level warn, so a lost id found there was seen and
-// answered by the gateway but its reply never reached the device; an id not
-// found there was admitted (admissions are not logged) or never reached it.
+// gateway's log says about them: the gateway logs requests it rejects or
+// refuses (with their ids; rejections at warn, sampled: the first 10 a second,
+// then 1 in 100), so a lost id found there was seen and answered by the gateway
+// but its reply never reached the device; an id not found there was admitted
+// (admissions are not logged), rejected and not sampled, or never reached it.
 func (g *gatewayProc) explainLost(t *testing.T, f *fleet) {
 	t.Helper()
 	lost := map[string]bool{}
