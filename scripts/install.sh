@@ -90,9 +90,8 @@ done
 rm -rf "$share/models/train" "$share/models/tools" "$share/models/examples" \
   "$share/models/build.sh" "$share/models/README.md"
 
-install -D -m 0644 README.md "$doc/README.md"
-for f in LICENSE THIRD_PARTY.md; do
-  [[ -e "$f" ]] && install -D -m 0644 "$f" "$doc/$f"
+for f in README.md LICENSE THIRD_PARTY.md; do
+  install -D -m 0644 "$f" "$doc/$f"
 done
 install -D -m 0644 models/README.md "$doc/models/README.md"
 copy_tree docs "$doc/docs"

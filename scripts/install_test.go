@@ -190,7 +190,7 @@ func checkInstalled(t *testing.T, in *installer) {
 			t.Errorf("the installed unit lacks %q", strings.TrimSpace(want))
 		}
 	}
-	for _, doc := range []string{"README.md", "docs/deployment.md", "models/README.md"} {
+	for _, doc := range []string{"README.md", "LICENSE", "THIRD_PARTY.md", "docs/deployment.md", "models/README.md"} {
 		if !in.exists("/usr/share/doc/sneakgate/" + doc) {
 			t.Errorf("%s is not installed in /usr/share/doc/sneakgate", doc)
 		}
