@@ -193,9 +193,17 @@ func newLogger(c gateway.LogConfig, w io.Writer) zerolog.Logger {
 	if err != nil {
 		lvl = zerolog.InfoLevel
 	}
+	journal := toJournal(w)
 	if c.Format == "console" {
 		// Colours only on a terminal: not into files, pipes or the journal.
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)}
+		cw := zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)}
+		if journal {
+			w = journalWriter{out: w, console: &cw}
+		} else {
+			w = cw
+		}
+	} else if journal {
+		w = journalWriter{out: w}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
 }
