@@ -7,6 +7,9 @@ export SNEAKGATE_ORT_LIB ?= $(ORT_LIB)
 CONFIG ?= configs/dev.yaml
 PREFIX ?= /usr/local
 TEST_FLAGS ?= -race -count=1 -timeout 20m
+# The version `sneakgate version` and the retained status report: the commit (and
+# "-dirty" with uncommitted changes), or a tag when there is one.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: all deps ort build run test vet bench models install clean
 
@@ -22,7 +25,7 @@ $(ORT_LIB):
 	scripts/install-ort.sh $(ORT_LIB)
 
 build: deps
-	$(GO) build -o bin/sneakgate ./cmd/sneakgate
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/sneakgate ./cmd/sneakgate
 
 # Starts the gateway with its embedded broker on 127.0.0.1:1883 and the bundled apps.
 run: build
