@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -275,6 +276,8 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 		}
 		deadline = time.UnixMilli(ms)
 		switch budget := deadline.Sub(now); {
+		case budget <= 0 && inSeconds(ms, now):
+			return reject(ReasonDeadlinePast, "deadline %d is %s in the past: it looks like seconds; deadline is Unix milliseconds", ms, (-budget).Round(time.Millisecond))
 		case budget <= 0:
 			return reject(ReasonDeadlinePast, "deadline %d is %s in the past", ms, (-budget).Round(time.Millisecond))
 		case budget > lim.MaxDeadline:
@@ -303,6 +306,17 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 		return nil, rej
 	}
 	return req, nil
+}
+
+// inSeconds reports whether an absolute deadline ms, read as Unix seconds, lies
+// within a year of now: a device that sent seconds where milliseconds are due.
+func inSeconds(ms int64, now time.Time) bool {
+	const year = 366 * 24 * time.Hour
+	if ms <= 0 || ms > math.MaxInt64/1000 {
+		return false
+	}
+	d := time.UnixMilli(ms * 1000).Sub(now)
+	return d > -year && d < year
 }
 
 // DecodeInput decodes and checks the input of a request from ParseHeader,
