@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
@@ -39,7 +41,12 @@ type LogConfig struct {
 // MQTTConfig configures the broker connection.
 type MQTTConfig struct {
 	// Broker is the broker URL, e.g. tcp://127.0.0.1:1883.
-	Broker   string `yaml:"broker"`
+	Broker string `yaml:"broker"`
+	// ClientID is the gateway's MQTT client id, its persistent session at the
+	// broker. "{hostname}" in it stands for the machine's host name. Every
+	// gateway connected to one broker needs its own (members of a shared group
+	// too): a second client with the same id takes the session over and the
+	// broker disconnects the first.
 	ClientID string `yaml:"client_id"`
 	Username string `yaml:"username"`
 	// PasswordFile holds the password (kept out of the config file). Under
@@ -50,6 +57,16 @@ type MQTTConfig struct {
 	TLS MQTTTLS `yaml:"tls"`
 	// TopicPrefix prefixes every topic: {prefix}/req/{app}/{device}.
 	TopicPrefix string `yaml:"topic_prefix"`
+	// SharedGroup, when set, makes the gateway one member of a group of gateways
+	// that share the request stream: it subscribes to
+	// $share/{group}/{prefix}/req/+/+ (MQTT shared subscription; Mosquitto
+	// grants it to MQTT 3.1.1 clients too), so that the broker gives each
+	// request to one member, and its retained status (and stats) go to
+	// {prefix}/status/{client_id} ({prefix}/stats/{client_id}) instead of
+	// {prefix}/status ({prefix}/stats). Each member needs
+	// its own client_id and its own journal (store.path). A valid topic level:
+	// non-empty, no '+', '#' or '/'.
+	SharedGroup string `yaml:"shared_group"`
 	// ReplyAllow lists the topics a request's reply_to may name, with {prefix},
 	// {app} and {device} placeholders and MQTT wildcards.
 	ReplyAllow []string `yaml:"reply_allow"`
@@ -66,7 +83,8 @@ type MQTTConfig struct {
 	// of that guarantee: after a crash between publish and completion, the
 	// request is answered again, possibly differently.
 	DurableReplies bool `yaml:"durable_replies"`
-	// StatsInterval is how often Stats go to {prefix}/stats; 0 turns them off.
+	// StatsInterval is how often Stats go to {prefix}/stats (with SharedGroup,
+	// {prefix}/stats/{client_id}); 0 turns them off.
 	StatsInterval time.Duration `yaml:"stats_interval"`
 	// Embedded runs an MQTT broker inside the gateway.
 	Embedded EmbeddedBroker `yaml:"embedded"`
@@ -274,6 +292,7 @@ func (c *Config) resolve(dir string) {
 	abs(&c.Store.Path)
 	abs(&c.Engine.Library)
 	abs(&c.Engine.ProfileCache)
+	c.MQTT.ClientID = expandHostname(c.MQTT.ClientID, os.Hostname)
 	c.MQTT.PasswordFile = passwordPath(c.MQTT.PasswordFile, dir, os.Getenv("CREDENTIALS_DIRECTORY"))
 	abs(&c.MQTT.TLS.CAFile)
 	abs(&c.MQTT.TLS.CertFile)
@@ -306,6 +325,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.TopicPrefix == "" || strings.ContainsAny(c.MQTT.TopicPrefix, "+#") {
 		return configErr("mqtt.topic_prefix", "%q: must be non-empty without wildcards", c.MQTT.TopicPrefix)
+	}
+	if g := c.MQTT.SharedGroup; g != "" {
+		if !validTopicLevel(g) {
+			return configErr("mqtt.shared_group", "%q: must be one topic level, without '+', '#' or '/'", g)
+		}
+		// The client id names the member's status topic.
+		if !validTopicLevel(c.MQTT.ClientID) {
+			return configErr("mqtt.client_id", "%q: with mqtt.shared_group it names the status topic {prefix}/status/{client_id}, so it must be one topic level, without '+', '#' or '/'", c.MQTT.ClientID)
+		}
 	}
 	if len(c.MQTT.ReplyAllow) == 0 {
 		return configErr("mqtt.reply_allow", "must list at least the device's own result topic")
@@ -406,4 +434,59 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
 		Shrink: c.Scheduler.Shrink, PriceHorizon: c.Scheduler.PriceHorizon,
 	}
+}
+
+// hostnamePlaceholder in mqtt.client_id stands for the machine's host name, so
+// that one config file gives every gateway of a shared group its own client id.
+const hostnamePlaceholder = "{hostname}"
+
+// expandHostname replaces {hostname} in id with the host name (or "localhost"
+// when it cannot be read).
+func expandHostname(id string, hostname func() (string, error)) string {
+	if !strings.Contains(id, hostnamePlaceholder) {
+		return id
+	}
+	h, err := hostname()
+	if err != nil || h == "" {
+		h = "localhost"
+	}
+	return strings.ReplaceAll(id, hostnamePlaceholder, h)
+}
+
+// validTopicLevel reports whether s can be one level of a topic name and of a
+// topic filter: non-empty UTF-8 without '+', '#', '/' or NUL.
+func validTopicLevel(s string) bool {
+	return s != "" && utf8.ValidString(s) && !strings.ContainsAny(s, "+#/\x00")
+}
+
+// RequestFilter is the filter the gateway subscribes to for requests:
+// {prefix}/req/+/+, shared as $share/{group}/{prefix}/req/+/+ when
+// SharedGroup is set.
+func (c MQTTConfig) RequestFilter() string {
+	f := protocol.RequestFilter(c.TopicPrefix)
+	if c.SharedGroup != "" {
+		f = "$share/" + c.SharedGroup + "/" + f
+	}
+	return f
+}
+
+// StatusTopic is where the gateway publishes its retained status (and its last
+// will): {prefix}/status, or {prefix}/status/{client_id} for a member of a
+// shared group, so that each member's availability has a topic of its own.
+func (c MQTTConfig) StatusTopic() string {
+	t := protocol.StatusTopic(c.TopicPrefix)
+	if c.SharedGroup != "" {
+		t += "/" + c.ClientID
+	}
+	return t
+}
+
+// StatsTopic is where the gateway publishes its periodic stats: {prefix}/stats,
+// or {prefix}/stats/{client_id} for a member of a shared group.
+func (c MQTTConfig) StatsTopic() string {
+	t := protocol.StatsTopic(c.TopicPrefix)
+	if c.SharedGroup != "" {
+		t += "/" + c.ClientID
+	}
+	return t
 }

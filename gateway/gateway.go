@@ -286,7 +286,7 @@ func (g *Gateway) newClient() error {
 		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(2*time.Second).
 		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
 		SetDefaultPublishHandler(g.onRequest).
-		SetBinaryWill(protocol.StatusTopic(c.TopicPrefix), g.statusPayload(protocol.StateOffline, "lost"), 1, true)
+		SetBinaryWill(c.StatusTopic(), g.statusPayload(protocol.StateOffline, "lost"), 1, true)
 	if c.Username != "" {
 		opts.SetUsername(c.Username)
 	}

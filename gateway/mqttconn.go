@@ -264,7 +264,15 @@ func subscribeOnce(c mqtt.Client, filter string, h mqtt.MessageHandler, wait tim
 	if !ok {
 		return 0, errors.New("subscribe: unexpected token type")
 	}
-	code, ok := st.Result()[filter]
+	res := st.Result()
+	code, ok := res[filter]
+	if !ok && len(res) == 1 {
+		// paho keys a shared subscription's result by the filter without its
+		// $share/{group}/ prefix; one filter was subscribed, so this is its result.
+		for _, c := range res {
+			code, ok = c, true
+		}
+	}
 	switch {
 	case !ok:
 		return 0, fmt.Errorf("SUBACK without a result for %s", filter)
@@ -304,7 +312,7 @@ func (g *Gateway) onConnectionNotification(log zerolog.Logger) func(mqtt.Client,
 // onConnect subscribes to requests on every (re)connection, in the background
 // (a paho callback must not wait on a token), until the broker grants it.
 func (g *Gateway) onConnect(log zerolog.Logger) func(mqtt.Client) {
-	filter := protocol.RequestFilter(g.cfg.MQTT.TopicPrefix)
+	filter := g.cfg.MQTT.RequestFilter()
 	return func(cl mqtt.Client) {
 		ctx := g.link.begin()
 		if ctx == nil {

@@ -31,7 +31,7 @@ func (g *Gateway) statusPayload(state, reason string) []byte {
 // publishStatus publishes the retained availability message and waits (bounded)
 // for the broker to take it.
 func (g *Gateway) publishStatus(state, reason string) {
-	t := g.client.Publish(protocol.StatusTopic(g.cfg.MQTT.TopicPrefix), 1, true, g.statusPayload(state, reason))
+	t := g.client.Publish(g.cfg.MQTT.StatusTopic(), 1, true, g.statusPayload(state, reason))
 	if !t.WaitTimeout(2*time.Second) || t.Error() != nil {
 		g.log.Warn().Err(t.Error()).Str("state", state).Msg("status not published")
 	}
@@ -53,7 +53,7 @@ func (g *Gateway) statsLoop(ctx context.Context, every time.Duration) {
 			if err != nil {
 				continue
 			}
-			g.client.Publish(protocol.StatsTopic(g.cfg.MQTT.TopicPrefix), 0, false, b)
+			g.client.Publish(g.cfg.MQTT.StatsTopic(), 0, false, b)
 		}
 	}
 }
