@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages sneakgate needs to run and test: the Mosquitto broker
-# and clients (integration tests, operators' tools). The tests replay the samples and
+# and clients (integration tests, operators' tools), and python3-paho-mqtt for the
+# Python device example's integration test. The tests replay the samples and
 # validation splits committed under models/; `--models` adds what retraining needs.
 # Idempotent: installs only what is missing, runs apt-get update at most once.
 set -euo pipefail
 
-pkgs=(mosquitto mosquitto-clients)
+pkgs=(mosquitto mosquitto-clients python3-paho-mqtt)
 # `make models` needs more (training): see models/README.md.
 if [[ "${1:-}" == "--models" ]]; then
   pkgs+=(dataset-fashion-mnist python3-torch python3-sklearn python3-onnx python3-rdata
