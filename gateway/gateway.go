@@ -313,6 +313,11 @@ func (g *Gateway) newClient() error {
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		g.link.end()
 		g.subscribed.Store(false)
+		if conflict, n := g.link.lost(); conflict {
+			log.Error().Err(err).Str("client_id", c.ClientID).Int("short_connections", n).
+				Msg("the broker keeps closing the connection soon after it opens: another client is probably using this client id (each connection takes the other's session over); give every gateway its own mqtt.client_id")
+			return
+		}
 		log.Warn().Err(err).Msg("connection to the broker lost; replies go to the outbox until it is back")
 	})
 	g.client = mqtt.NewClient(opts)

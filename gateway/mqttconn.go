@@ -26,6 +26,12 @@ const (
 	// connLogEvery is the most often a failure to connect is logged while the
 	// error stays the same (the first failure and a changed error are logged at once).
 	connLogEvery = 10 * time.Second
+	// A connection lost within shortConnection of being made is short; takeoverShort
+	// short connections within takeoverWindow suggest another client with the same
+	// client id (each connection takes the other's session over).
+	shortConnection = 10 * time.Second
+	takeoverShort   = 3
+	takeoverWindow  = time.Minute
 	// subscribeRetryMin and subscribeRetryMax bound the wait between two
 	// subscription attempts while the broker refuses the subscription.
 	subscribeRetryMin = time.Second
@@ -81,6 +87,12 @@ type brokerLink struct {
 	// lastRequest is when the last request message arrived (Unix ns; 0: none yet).
 	lastRequest atomic.Int64
 
+	// since is when the current connection was made (zero while not connected);
+	// shorts are when recent short connections were lost (lost, inConflict).
+	since     time.Time
+	shorts    []time.Time
+	takeovers prometheus.Counter
+
 	connectFailures prometheus.Counter
 	subscribeFails  *prometheus.CounterVec // reason: refused, error
 }
@@ -89,6 +101,9 @@ func newBrokerLink(now func() time.Time) *brokerLink {
 	return &brokerLink{now: now, resumed: make(chan struct{}), firstOutcome: make(chan struct{}),
 		connectFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_mqtt_connect_failures_total", Help: "Failed attempts to connect to the broker (at start and reconnecting)."}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_mqtt_short_connections_total",
+			Help: "Broker connections lost within 10 s of being made; several a minute usually mean another client uses the same client id."}),
 		subscribeFails: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_mqtt_subscribe_failures_total",
 			Help: "Failed subscriptions to requests, by reason: refused (the broker answered SUBACK 0x80, an ACL) or error (no SUBACK in time, connection lost); the gateway retries with backoff and is not ready meanwhile."},
@@ -108,7 +123,10 @@ func (l *brokerLink) register(reg prometheus.Registerer, c mqtt.Client, subscrib
 		}
 		return 0
 	}
-	reg.MustRegister(l.connectFailures, l.subscribeFails,
+	reg.MustRegister(l.connectFailures, l.subscribeFails, l.takeovers,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_mqtt_client_id_conflict",
+			Help: "1 while the broker keeps closing the gateway's connection soon after it opens (at least 3 short connections in the last minute): another client is probably using the same client id."},
+			func() float64 { return b(l.inConflict()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_mqtt_connected",
 			Help: "1 while the gateway is connected to the broker."},
 			func() float64 { return b(c.IsConnectionOpen()) }),
@@ -185,7 +203,52 @@ func (l *brokerLink) begin() context.Context {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel, l.subProblem = cancel, ""
+	l.since = l.now()
 	return ctx
+}
+
+// lost records a lost connection and reports whether the connection keeps
+// being taken over: takeoverShort connections lost within shortConnection of
+// being made, within takeoverWindow. Any other loss, or a connection that
+// lasted, clears the suspicion.
+func (l *brokerLink) lost() (conflict bool, shorts int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if !l.since.IsZero() && now.Sub(l.since) < shortConnection {
+		l.takeovers.Inc()
+		l.shorts = append(l.shorts, now)
+	} else {
+		l.shorts = l.shorts[:0]
+	}
+	l.since = time.Time{}
+	keep := l.shorts[:0]
+	for _, t := range l.shorts {
+		if now.Sub(t) < takeoverWindow {
+			keep = append(keep, t)
+		}
+	}
+	l.shorts = keep
+	return len(l.shorts) >= takeoverShort, len(l.shorts)
+}
+
+// inConflict reports whether the connection is being taken over: at least
+// takeoverShort short connections within takeoverWindow, and the current one (if
+// any) not yet past shortConnection.
+func (l *brokerLink) inConflict() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if !l.since.IsZero() && now.Sub(l.since) >= shortConnection {
+		return false
+	}
+	n := 0
+	for _, t := range l.shorts {
+		if now.Sub(t) < takeoverWindow {
+			n++
+		}
+	}
+	return n >= takeoverShort
 }
 
 // end ends the current connection's subscription attempts (connection lost).
