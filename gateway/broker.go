@@ -1,9 +1,14 @@
 package gateway
 
 import (
+	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -12,8 +17,9 @@ import (
 )
 
 // Broker is the embedded MQTT broker (mochi-mqtt), for a gateway that runs alone on
-// an edge box. It accepts every client: bind it to loopback or put it behind a
-// firewall.
+// an edge box. Without users it accepts every client, so the config allows that
+// only on a loopback address; with users (mqtt.embedded.users_file) it accepts
+// only those, by user name and password.
 type Broker struct {
 	srv  *mqtt.Server
 	addr string
@@ -36,11 +42,62 @@ func MaxPacketSize(maxPayloadBytes int) uint32 {
 	return uint32(min(int64(maxPayloadBytes)+PacketOverhead, mqttMax))
 }
 
+// loopbackAddr reports whether the host of the listen address addr is a
+// loopback address or "localhost". An empty host (":1883") listens on every
+// interface, and any other host name may resolve to one that is not loopback.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// LoadUsersFile reads an embedded broker users file: one "user:password" a
+// line (the password is everything after the first ':'); blank lines and lines
+// starting with '#' are skipped. It refuses an empty user name or password, a
+// user listed twice, and a file that lists no one.
+func LoadUsersFile(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		user, pass, ok := strings.Cut(line, ":")
+		switch {
+		case !ok || user == "" || pass == "":
+			return nil, fmt.Errorf("%s:%d: want user:password", path, n)
+		case users[user] != "":
+			return nil, fmt.Errorf("%s:%d: user %q listed twice", path, n, user)
+		}
+		users[user] = pass
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(users) == 0 {
+		return nil, errors.New(path + ": lists no user")
+	}
+	return users, nil
+}
+
 // StartBroker listens on addr and serves MQTT until Close. A client that sends a
 // packet larger than MaxPacketSize(maxPayloadBytes) is disconnected as soon as
 // the packet's length is read, so a huge payload is never read into memory.
 // (mochi-mqtt does not announce the limit to MQTT 5 clients at connect.)
-func StartBroker(addr string, maxPayloadBytes int, log zerolog.Logger) (*Broker, error) {
+// With users (name to password; LoadUsersFile) the broker accepts only those
+// clients, each to every topic; with none, it accepts every client.
+func StartBroker(addr string, maxPayloadBytes int, users map[string]string, log zerolog.Logger) (*Broker, error) {
 	// Fail early, with the address in the error, when the port is taken.
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -54,8 +111,21 @@ func StartBroker(addr string, maxPayloadBytes int, log zerolog.Logger) (*Broker,
 		InlineClient: false,
 		Logger:       slog.New(zerologHandler{log}),
 	})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		return nil, fmt.Errorf("embedded broker: %w", err)
+	if len(users) == 0 {
+		if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+			return nil, fmt.Errorf("embedded broker: %w", err)
+		}
+	} else {
+		// Listed users are checked first (name and password must match); with
+		// no Auth rules, everyone else (anonymous included) is refused. The
+		// one ACL rule without filters lets an accepted client use any topic.
+		ledger := &auth.Ledger{Users: auth.Users{}, Auth: auth.AuthRules{}, ACL: auth.ACLRules{{}}}
+		for u, p := range users {
+			ledger.Users[u] = auth.UserRule{Username: auth.RString(u), Password: auth.RString(p)}
+		}
+		if err := srv.AddHook(new(auth.Hook), &auth.Options{Ledger: ledger}); err != nil {
+			return nil, fmt.Errorf("embedded broker: %w", err)
+		}
 	}
 	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
@@ -63,7 +133,7 @@ func StartBroker(addr string, maxPayloadBytes int, log zerolog.Logger) (*Broker,
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	log.Info().Str("listen", addr).Uint32("max_packet_bytes", caps.MaximumPacketSize).Msg("embedded MQTT broker started")
+	log.Info().Str("listen", addr).Int("users", len(users)).Uint32("max_packet_bytes", caps.MaximumPacketSize).Msg("embedded MQTT broker started")
 	return &Broker{srv: srv, addr: addr}, nil
 }
 

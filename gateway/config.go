@@ -93,8 +93,18 @@ type MQTTConfig struct {
 // EmbeddedBroker configures the in-process broker (mochi-mqtt).
 type EmbeddedBroker struct {
 	Enabled bool `yaml:"enabled"`
-	// Listen is the TCP address it listens on.
+	// Listen is the TCP address it listens on. An address that is not loopback
+	// (127.0.0.0/8, ::1, localhost) needs UsersFile: the broker would otherwise
+	// accept anyone who can reach the port.
 	Listen string `yaml:"listen"`
+	// UsersFile, when set, lists the clients the broker accepts, one
+	// "user:password" a line (blank lines and lines starting with '#' are
+	// skipped), in plain text: make it readable by the gateway alone. With it,
+	// anonymous clients and wrong passwords are refused; the gateway itself
+	// connects with mqtt.username and mqtt.password_file, so list it too. A
+	// relative path is resolved like mqtt.password_file (a bare name, under
+	// systemd, names a credential).
+	UsersFile string `yaml:"users_file"`
 }
 
 // StoreConfig configures the request journal.
@@ -294,6 +304,9 @@ func (c *Config) resolve(dir string) {
 	abs(&c.Engine.ProfileCache)
 	c.MQTT.ClientID = expandHostname(c.MQTT.ClientID, os.Hostname)
 	c.MQTT.PasswordFile = passwordPath(c.MQTT.PasswordFile, dir, os.Getenv("CREDENTIALS_DIRECTORY"))
+	if c.MQTT.Embedded.UsersFile != "" {
+		c.MQTT.Embedded.UsersFile = passwordPath(c.MQTT.Embedded.UsersFile, dir, os.Getenv("CREDENTIALS_DIRECTORY"))
+	}
 	abs(&c.MQTT.TLS.CAFile)
 	abs(&c.MQTT.TLS.CertFile)
 	abs(&c.MQTT.TLS.KeyFile)
@@ -347,8 +360,17 @@ func (c *Config) Validate() error {
 	if c.MQTT.FlushRate < 0 {
 		return configErr("mqtt.flush_rate", "must not be negative")
 	}
-	if c.MQTT.Embedded.Enabled && c.MQTT.Embedded.Listen == "" {
-		return configErr("mqtt.embedded.listen", "required when the embedded broker is enabled")
+	if e := c.MQTT.Embedded; e.Enabled {
+		if e.Listen == "" {
+			return configErr("mqtt.embedded.listen", "required when the embedded broker is enabled")
+		}
+		if e.UsersFile != "" {
+			if _, err := LoadUsersFile(e.UsersFile); err != nil {
+				return configErr("mqtt.embedded.users_file", "%v", err)
+			}
+		} else if !loopbackAddr(e.Listen) {
+			return configErr("mqtt.embedded.listen", "%q is not a loopback address: the embedded broker would accept anyone who can reach it; listen on 127.0.0.1 or set mqtt.embedded.users_file", e.Listen)
+		}
 	}
 	if c.Store.Path == "" {
 		return configErr("store.path", "required")

@@ -174,7 +174,13 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
 	g.loop.latency.frozen = !cfg.Scheduler.LatencyCorrection
 	if cfg.MQTT.Embedded.Enabled {
-		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, g.log.With().Str("component", "broker").Logger()); err != nil {
+		var users map[string]string
+		if f := cfg.MQTT.Embedded.UsersFile; f != "" {
+			if users, err = LoadUsersFile(f); err != nil {
+				return nil, configErr("mqtt.embedded.users_file", "%v", err)
+			}
+		}
+		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, g.log.With().Str("component", "broker").Logger()); err != nil {
 			return nil, err
 		}
 	}
