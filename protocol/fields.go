@@ -13,8 +13,8 @@ import (
 // rawFields holds the raw JSON value of each request field (nil when absent) and
 // the name of an unknown field, if any.
 type rawFields struct {
-	v, id, deadlineMS, deadline, sentAt, input, inputB64, replyTo []byte
-	unknown                                                       *string
+	v, id, deadlineMS, deadline, sentAt, input, inputB64, inputU8B64, replyTo []byte
+	unknown                                                                   *string
 }
 
 // slot returns where the raw value of field k goes, or nil for an unknown field.
@@ -34,6 +34,8 @@ func (f *rawFields) slot(k string) *[]byte {
 		return &f.input
 	case fieldInputB64:
 		return &f.inputB64
+	case fieldInputU8B64:
+		return &f.inputU8B64
 	case fieldReplyTo:
 		return &f.replyTo
 	}

@@ -156,6 +156,103 @@ func decodeB64Floats(s []byte, size int) ([]float32, bool) {
 	return out, k == size
 }
 
+// usableU8Range reports whether rng can scale input_u8_b64 bytes: declared,
+// finite, and low below high.
+func usableU8Range(rng *[2]float64) bool {
+	return rng != nil && rng[0] < rng[1] && !math.IsInf(rng[0], 0) && !math.IsInf(rng[1], 0)
+}
+
+// U8Value is the float32 that input_u8_b64's byte b stands for in an application
+// whose input_range is [lo, hi]: lo + b*(hi-lo)/255, so 0 is lo and 255 is hi
+// (with [0, 1], b/255 rounded to float32).
+func U8Value(b byte, lo, hi float64) float32 {
+	return float32(min(lo+(hi-lo)*float64(b)/255, hi))
+}
+
+// QuantizeU8 is the inverse of U8Value for a device: each value, clamped to
+// [lo, hi], becomes the nearest of the 256 steps. It returns nil if the range is
+// not usable (not lo < hi, both finite).
+func QuantizeU8(in []float32, lo, hi float64) []byte {
+	rng := [2]float64{lo, hi}
+	if !usableU8Range(&rng) {
+		return nil
+	}
+	out := make([]byte, len(in))
+	for i, v := range in {
+		x := math.Round((float64(v) - lo) / (hi - lo) * 255)
+		if !(x > 0) { // NaN too
+			x = 0
+		}
+		out[i] = byte(min(x, 255))
+	}
+	return out
+}
+
+// parseU8B64 reads standard, padded base64 of size bytes, each standing for
+// U8Value(b, lo, hi).
+func parseU8B64(raw []byte, size int, lo, hi float64) ([]float32, *inputError) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return nil, inputErr(ReasonBadInput, "input_u8_b64 must be a base64 string")
+	}
+	s := raw[1 : len(raw)-1]
+	if bytes.IndexByte(s, '\\') >= 0 {
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return nil, inputErr(ReasonBadInput, "input_u8_b64 must be a base64 string")
+		}
+		s = []byte(str)
+	}
+	if out, ok := decodeB64Bytes(s, size, lo, hi); ok {
+		return out, nil
+	}
+	buf := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n, err := base64.StdEncoding.Decode(buf, s)
+	if err != nil {
+		return nil, inputErr(ReasonBadInput, "input_u8_b64 is not standard padded base64: %v", err)
+	}
+	if n != size {
+		return nil, inputErr(ReasonBadInputSize, "input_u8_b64 has %d values, want %d", n, size)
+	}
+	out := make([]float32, size)
+	for k, b := range buf[:n] {
+		out[k] = U8Value(b, lo, hi)
+	}
+	return out, nil
+}
+
+// decodeB64Bytes is decodeB64Floats for input_u8_b64: s decodes, through a
+// buffer on the stack, to exactly size bytes, each mapped by U8Value; the only
+// allocation is the result. It reports false for anything else.
+func decodeB64Bytes(s []byte, size int, lo, hi float64) ([]float32, bool) {
+	if len(s)%4 != 0 || len(s) == 0 || bytes.IndexByte(s, '\n') >= 0 || bytes.IndexByte(s, '\r') >= 0 {
+		return nil, false
+	}
+	n := len(s) / 4 * 3
+	if s[len(s)-1] == '=' {
+		n--
+		if s[len(s)-2] == '=' {
+			n--
+		}
+	}
+	if n != size {
+		return nil, false
+	}
+	out := make([]float32, size)
+	var buf [b64Chunk / 4 * 3]byte
+	k := 0
+	for off := 0; off < len(s); off += b64Chunk {
+		m, err := base64.StdEncoding.Decode(buf[:], s[off:min(off+b64Chunk, len(s))])
+		if err != nil || k+m > size {
+			return nil, false
+		}
+		for _, b := range buf[:m] {
+			out[k] = U8Value(b, lo, hi)
+			k++
+		}
+	}
+	return out, k == size
+}
+
 // checkValues rejects NaN, infinities and values outside rng.
 func checkValues(in []float32, rng *[2]float64) *inputError {
 	lo, hi := math.Inf(-1), math.Inf(1)

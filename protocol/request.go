@@ -89,9 +89,9 @@ type Request struct {
 	Input []float32
 
 	// The raw input fields and the application, for DecodeInput.
-	rawInput, rawB64 []byte
-	spec             AppSpec
-	decode           bool // DecodeInput has work to do
+	rawInput, rawB64, rawU8 []byte
+	spec                    AppSpec
+	decode                  bool // DecodeInput has work to do
 }
 
 // Budget is Deadline minus Received.
@@ -112,6 +112,7 @@ const (
 	fieldSentAt     = "sent_at"
 	fieldInput      = "input"
 	fieldInputB64   = "input_b64"
+	fieldInputU8B64 = "input_u8_b64"
 	fieldReplyTo    = "reply_to"
 )
 
@@ -206,7 +207,7 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 
 	// unknown fields and version
 	if fields.unknown != nil {
-		return reject(ReasonUnknownField, "unknown field %q (protocol v%d fields: id, deadline_ms, deadline, sent_at, input, input_b64, reply_to, v)", truncate(*fields.unknown, 64), Version)
+		return reject(ReasonUnknownField, "unknown field %q (protocol v%d fields: id, deadline_ms, deadline, sent_at, input, input_b64, input_u8_b64, reply_to, v)", truncate(*fields.unknown, 64), Version)
 	}
 	if raw, ok := present(fields.v); ok {
 		if v, err := strconv.ParseInt(string(raw), 10, 64); err != nil || v != Version {
@@ -298,7 +299,7 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 
 	req := &Request{ID: id, App: app, Device: device, ReplyTo: replyTo,
 		Received: now, SentAt: sentAt, Deadline: deadline,
-		rawInput: fields.input, rawB64: fields.inputB64, spec: spec, decode: true}
+		rawInput: fields.input, rawB64: fields.inputB64, rawU8: fields.inputU8B64, spec: spec, decode: true}
 	if header {
 		return req, nil
 	}
@@ -330,22 +331,34 @@ func (req *Request) DecodeInput() *Rejection {
 	req.decode = false
 	rawIn, hasIn := present(req.rawInput)
 	rawB64, hasB64 := present(req.rawB64)
-	req.rawInput, req.rawB64 = nil, nil
+	rawU8, hasU8 := present(req.rawU8)
+	req.rawInput, req.rawB64, req.rawU8 = nil, nil, nil
 	reject := func(r Reason, format string, args ...any) *Rejection {
 		return &Rejection{Reason: r, Message: fmt.Sprintf(format, args...), ID: req.ID,
 			App: req.App, Device: req.Device, ReplyTo: req.ReplyTo}
 	}
 	var input []float32
 	var ierr *inputError
-	switch {
-	case hasIn && hasB64:
-		return reject(ReasonInputConflict, "give input or input_b64, not both")
+	switch n := btoi(hasIn) + btoi(hasB64) + btoi(hasU8); {
+	case n > 1:
+		return reject(ReasonInputConflict, "give exactly one of input, input_b64 and input_u8_b64")
 	case hasIn:
 		input, ierr = parseArray(rawIn, req.spec.InputSize)
 	case hasB64:
 		input, ierr = parseB64(rawB64, req.spec.InputSize)
+	case hasU8:
+		rng := req.spec.Range
+		if !usableU8Range(rng) {
+			return reject(ReasonBadInput, "input_u8_b64 needs a finite input_range, and application %q declares none: send input or input_b64", req.App)
+		}
+		// Every value lies in the range by construction: no checkValues.
+		if input, ierr = parseU8B64(rawU8, req.spec.InputSize, rng[0], rng[1]); ierr != nil {
+			return reject(ierr.reason, "%s", ierr.msg)
+		}
+		req.Input = input
+		return nil
 	default:
-		return reject(ReasonBadInput, "input or input_b64 is required")
+		return reject(ReasonBadInput, "one of input, input_b64 and input_u8_b64 is required")
 	}
 	if ierr != nil {
 		return reject(ierr.reason, "%s", ierr.msg)
@@ -355,6 +368,13 @@ func (req *Request) DecodeInput() *Rejection {
 	}
 	req.Input = input
 	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // present returns raw unless the field is absent or null.

@@ -21,9 +21,10 @@ func testEnv(t testing.TB) Env {
 		t.Fatal(err)
 	}
 	apps := map[string]AppSpec{
-		"tiny":    {InputSize: 3, DefaultDeadline: 250 * time.Millisecond},
-		"ranged":  {InputSize: 2, DefaultDeadline: time.Second, Range: &[2]float64{0, 1}},
-		"fashion": {InputSize: 784, DefaultDeadline: 100 * time.Millisecond, Range: &[2]float64{0, 1}},
+		"tiny":      {InputSize: 3, DefaultDeadline: 250 * time.Millisecond},
+		"ranged":    {InputSize: 2, DefaultDeadline: time.Second, Range: &[2]float64{0, 1}},
+		"openrange": {InputSize: 2, DefaultDeadline: time.Second, Range: &[2]float64{0, math.Inf(1)}},
+		"fashion":   {InputSize: 784, DefaultDeadline: 100 * time.Millisecond, Range: &[2]float64{0, 1}},
 	}
 	return Env{
 		Prefix:     "sg",
@@ -175,6 +176,18 @@ func TestParseRequestRejected(t *testing.T) {
 		{"deadline in seconds", "sg/req/tiny/d", fmt.Sprintf(`{"id":"a","deadline":%d,%s}`, testNow.Unix()+1, in), ReasonDeadlinePast, "a", "sg/res/tiny/d"},
 		{"deadline float", "sg/req/tiny/d", `{"id":"a","deadline":1.5,` + in + `}`, ReasonBadDeadline, "a", "sg/res/tiny/d"},
 		{"both inputs", "sg/req/tiny/d", `{"id":"a","input_b64":"` + b64(1, 2, 3) + `",` + in + `}`, ReasonInputConflict, "a", "sg/res/tiny/d"},
+		{"input and u8", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"AAE=","input":[0,1]}`, ReasonInputConflict, "a", "sg/res/ranged/d"},
+		{"b64 and u8", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"AAE=","input_b64":"` + b64(0, 1) + `"}`, ReasonInputConflict, "a", "sg/res/ranged/d"},
+		{"all three inputs", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"AAE=","input_b64":"` + b64(0, 1) + `","input":[0,1]}`, ReasonInputConflict, "a", "sg/res/ranged/d"},
+		{"u8 without a range", "sg/req/tiny/d", `{"id":"a","input_u8_b64":"AAEC"}`, ReasonBadInput, "a", "sg/res/tiny/d"},
+		{"u8 with an infinite range", "sg/req/openrange/d", `{"id":"a","input_u8_b64":"AAE="}`, ReasonBadInput, "a", "sg/res/openrange/d"},
+		{"u8 short", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"AA=="}`, ReasonBadInputSize, "a", "sg/res/ranged/d"},
+		{"u8 long", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"AAEC"}`, ReasonBadInputSize, "a", "sg/res/ranged/d"},
+		{"u8 invalid", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"!!!="}`, ReasonBadInput, "a", "sg/res/ranged/d"},
+		{"u8 unpadded", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"AAE"}`, ReasonBadInput, "a", "sg/res/ranged/d"},
+		{"u8 url alphabet", "sg/req/ranged/d", `{"id":"a","input_u8_b64":"-_8="}`, ReasonBadInput, "a", "sg/res/ranged/d"},
+		{"u8 not string", "sg/req/ranged/d", `{"id":"a","input_u8_b64":[0,1]}`, ReasonBadInput, "a", "sg/res/ranged/d"},
+		{"u8 empty", "sg/req/ranged/d", `{"id":"a","input_u8_b64":""}`, ReasonBadInputSize, "a", "sg/res/ranged/d"},
 		{"no input", "sg/req/tiny/d", `{"id":"a"}`, ReasonBadInput, "a", "sg/res/tiny/d"},
 		{"input not array", "sg/req/tiny/d", `{"id":"a","input":"1,2,3"}`, ReasonBadInput, "a", "sg/res/tiny/d"},
 		{"input object", "sg/req/tiny/d", `{"id":"a","input":{"x":1}}`, ReasonBadInput, "a", "sg/res/tiny/d"},

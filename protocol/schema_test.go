@@ -108,7 +108,7 @@ func TestSchemaDocExamples(t *testing.T) {
 			switch {
 			case has("status"):
 				kind, s = "reply", rep
-			case has("input") || has("input_b64"):
+			case has("input") || has("input_b64") || has("input_u8_b64"):
 				kind, s = "request", req
 			case has("state"), has("uptime_s"):
 				counts["status or stats"]++ // no schema (yet)
@@ -135,7 +135,8 @@ func TestSchemaDocExamples(t *testing.T) {
 }
 
 // schemaEnv is testEnv with nothing that depends on the configuration: every
-// reply_to without wildcards (not starting with $) allowed, wide limits, no range.
+// reply_to without wildcards (not starting with $) allowed, wide limits, no range
+// (but for app "u8", whose range input_u8_b64 needs).
 func schemaEnv(t *testing.T) Env {
 	allow, err := NewAllowList([]string{"#"})
 	if err != nil {
@@ -145,7 +146,13 @@ func schemaEnv(t *testing.T) Env {
 		Limits:     Limits{MaxPayloadBytes: 1 << 20, MinDeadline: time.Millisecond, MaxDeadline: 24 * time.Hour},
 		ReplyAllow: allow,
 		App: func(a string) (AppSpec, bool) {
-			return AppSpec{InputSize: 4, DefaultDeadline: time.Second}, a == "app"
+			switch a {
+			case "app":
+				return AppSpec{InputSize: 4, DefaultDeadline: time.Second}, true
+			case "u8": // input_u8_b64 needs a range
+				return AppSpec{InputSize: 4, DefaultDeadline: time.Second, Range: &[2]float64{-1, 1}}, true
+			}
+			return AppSpec{}, false
 		},
 	}
 }
@@ -186,6 +193,8 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		`{"id":"a"}`,
 		`{"id":"a","input":null}`,
 		`{"id":"a","input":` + in + `,"input_b64":"` + b + `"}`,
+		`{"id":"a","input":` + in + `,"input_u8_b64":"AAAAAA=="}`,
+		`{"id":"a","input_b64":"` + b + `","input_u8_b64":"AAAAAA=="}`,
 		`{"id":"a","input":[]}`,
 		`{"id":"a","input":[[0,1],[2,3]]}`,
 		`{"id":"a","input":[0,1,2,"3"]}`,
@@ -237,6 +246,37 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		}
 	}
 
+	// input_u8_b64, to an application with an input_range.
+	u8 := []string{
+		// accepted
+		`{"id":"a","input_u8_b64":"AAECAw=="}`, // 4 bytes
+		`{"id":"a","input_u8_b64":"/wCA/w==","input":null,"input_b64":null}`,
+		`{"id":"a","input_u8_b64":"AAECAw==","deadline_ms":50,"sent_at":1700000000000,"v":1}`,
+		// refused by both
+		`{"id":"a","input_u8_b64":""}`,
+		`{"id":"a","input_u8_b64":7}`,
+		`{"id":"a","input_u8_b64":["AAECAw=="]}`,
+		`{"id":"a","input_u8_b64":"AAECAw"}`,   // no padding
+		`{"id":"a","input_u8_b64":"AAE-_w=="}`, // URL alphabet
+		`{"id":"a","input_u8_b64":"AAEC Aw=="}`,
+		`{"id":"a","input_u8_b64":"AAECAw==","input":[0,0,0,0]}`,
+		`{"id":"a","input_u8_b64":"AAECAw==","input_b64":"` + b64(0, 0, 0, 0) + `"}`,
+		`{"id":"a","input_u8_b64":null}`,
+	}
+	for _, p := range []Payload{
+		{ID: "lib-u8", InputU8: []byte{0, 1, 254, 255}},
+		{ID: "lib-u8-q", InputU8: QuantizeU8([]float32{-1, -0.5, 0.5, 1}, -1, 1), DeadlineMS: 40},
+	} {
+		u8 = append(u8, string(p.Marshal()))
+	}
+	for _, p := range u8 {
+		serr := validate(s, []byte(p))
+		_, rej := ParseRequest("sneakgate/req/u8/d", []byte(p), testNow, env)
+		if (serr == nil) != (rej == nil) {
+			t.Errorf("%.120s: schema says %v, ParseRequest says %v", p, serr, rej)
+		}
+	}
+
 	// What JSON Schema cannot say: the gateway wants integers written as integers
 	// (a schema "integer" is any number without a fractional part), and it
 	// tolerates line breaks in base64 (the schema describes the form to send).
@@ -249,6 +289,8 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		{`{"id":"a","input":` + in + `,"sent_at":1.7e12}`, true},
 		{`{"id":"a","input":` + in + `,"v":1.0}`, true},
 		{`{"id":"a","input_b64":"AAAAAAAAAAAAAAAA\nAAAAAA=="}`, false},
+		// The application decides whether it has an input_range (app has none).
+		{`{"id":"a","input_u8_b64":"AAECAw=="}`, true},
 	}
 	for _, d := range differences {
 		serr := validate(s, []byte(d.payload))
