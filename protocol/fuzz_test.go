@@ -18,6 +18,7 @@ func FuzzParseRequest(f *testing.F) {
 		{"sg/req/tiny/d", `{"id":"a","input_b64":"` + b64(1, 2, 3) + `","reply_to":"ops/x"}`},
 		{"sg/req/ranged/d", `{"id":"a","deadline":1700000000100,"input":[0,1]}`},
 		{"sg/req/ranged/d", `{"id":"a","input_u8_b64":"AP8="}`},
+		{"sg/req/tiny/d", `{"id":42,"input_u8_b64":"AAEC"}`},
 		{"sg/req/tiny/d", `{"id":"a","input":[1e39,2,3],"v":1}`},
 		{"sg/req/tiny/d v", `{"id":"a"`},
 		{"sg/req/nope/d", `{}`},

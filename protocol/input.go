@@ -280,11 +280,16 @@ func valueError(k int, v float32, rng *[2]float64) *inputError {
 // (broken, oversized, or refused unread), if it is a valid id within the first
 // peekLimit bytes, so the rejection can still be correlated; else "". Devices
 // should send "id" first.
-func PeekID(payload []byte) string {
+func PeekID(payload []byte) string { return peekID(payload, false) }
+
+// peekID is PeekID; with numbers, a numeric id (a device's mistake, which
+// ParseRequest rejects) is returned as its text too.
+func peekID(payload []byte, numbers bool) string {
 	if len(payload) > peekLimit {
 		payload = payload[:peekLimit]
 	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
 		return ""
 	}
@@ -296,8 +301,18 @@ func PeekID(payload []byte) string {
 		key, _ := t.(string)
 		if key == fieldID {
 			t, err := dec.Token()
-			if s, ok := t.(string); err == nil && ok && validID(s) {
-				return s
+			if err != nil {
+				return ""
+			}
+			switch v := t.(type) {
+			case string:
+				if validID(v) {
+					return v
+				}
+			case json.Number:
+				if numbers && numericID([]byte(v)) {
+					return string(v)
+				}
 			}
 			return ""
 		}

@@ -157,7 +157,7 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 		return nil, rej
 	}
 	if err != nil {
-		rej.ID = PeekID(payload)
+		rej.ID = peekID(payload, true)
 		return reject(ReasonBadDevice, "device name must be 1-%d of [A-Za-z0-9_.-]", MaxDeviceLen)
 	}
 	var spec AppSpec
@@ -166,11 +166,11 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 		spec, ok = env.App(app)
 	}
 	if !ok {
-		rej.ID = PeekID(payload)
+		rej.ID = peekID(payload, true)
 		return reject(ReasonUnknownApp, "no application %q", app)
 	}
 	if len(payload) > lim.MaxPayloadBytes {
-		rej.ID = PeekID(payload)
+		rej.ID = peekID(payload, true)
 		return reject(ReasonPayloadTooLarge, "payload is %d bytes, limit %d", len(payload), lim.MaxPayloadBytes)
 	}
 
@@ -178,7 +178,7 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 	if !ok {
 		var err error
 		if fields, err = decodeFields(payload); err != nil {
-			rej.ID = PeekID(payload)
+			rej.ID = peekID(payload, true)
 			return reject(ReasonBadJSON, "%s", err)
 		}
 	}
@@ -190,6 +190,12 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 	}
 	id, ok := jsonString(raw)
 	if !ok {
+		if numericID(raw) {
+			// A device that sent a number can still match the rejection: echo
+			// the number's text as the id.
+			rej.ID = string(raw)
+			return reject(ReasonBadID, "id must be a string (ids are strings: send \"%s\", not %s)", raw, raw)
+		}
 		return reject(ReasonBadID, "id must be a string")
 	}
 	if !utf8.Valid(raw) || strings.ContainsRune(id, utf8.RuneError) {
@@ -368,6 +374,12 @@ func (req *Request) DecodeInput() *Rejection {
 	}
 	req.Input = input
 	return nil
+}
+
+// numericID reports whether raw is a JSON number short enough to be echoed
+// as an id.
+func numericID(raw []byte) bool {
+	return len(raw) <= MaxIDLen && scanNumber(raw, 0) == len(raw)
 }
 
 func btoi(b bool) int {

@@ -195,6 +195,8 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		`{"id":"a","input":` + in + `,"input_b64":"` + b + `"}`,
 		`{"id":"a","input":` + in + `,"input_u8_b64":"AAAAAA=="}`,
 		`{"id":"a","input_b64":"` + b + `","input_u8_b64":"AAAAAA=="}`,
+		`{"id":42,"input":` + in + `}`,
+		`{"id":-1.5e3,"input":` + in + `}`,
 		`{"id":"a","input":[]}`,
 		`{"id":"a","input":[[0,1],[2,3]]}`,
 		`{"id":"a","input":[0,1,2,"3"]}`,

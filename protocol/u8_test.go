@@ -140,3 +140,25 @@ func TestInputU8Allocations(t *testing.T) {
 		t.Errorf("parseU8B64 allocates %v times per call, want 1 (the result)", allocs)
 	}
 }
+
+// TestNumericIDEchoed: a numeric id is refused, but the rejection carries its
+// text so the device can match it, and says ids are strings.
+func TestNumericIDEchoed(t *testing.T) {
+	env := testEnv(t)
+	_, rej := ParseRequest("sg/req/tiny/d", []byte(`{"id":42,"input":[1,2,3]}`), testNow, env)
+	if rej == nil || rej.Reason != ReasonBadID || rej.ID != "42" {
+		t.Fatalf("got %+v", rej)
+	}
+	if !strings.Contains(rej.Message, `send "42", not 42`) {
+		t.Errorf("message %q does not say ids are strings", rej.Message)
+	}
+	b, err := rej.Reply().Marshal()
+	if err != nil || !strings.Contains(string(b), `"id":"42"`) {
+		t.Errorf("reply %s %v: want the id as a string", b, err)
+	}
+	// PeekID, which the gateway uses for requests it refuses unread, reads
+	// string ids only.
+	if id := PeekID([]byte(`{"id":42}`)); id != "" {
+		t.Errorf("PeekID = %q", id)
+	}
+}
