@@ -55,11 +55,13 @@ type Gateway struct {
 	eng     *engine.Engine
 	runner  *engineRunner
 	loop    *loop
-	egress  *egress
-	client  mqtt.Client
-	link    *brokerLink // the broker connection's state (mqttconn.go)
-	broker  *Broker
-	http    *http.Server // metrics, health and readiness; nil when off
+	// notify sends systemd READY=1, STOPPING=1 and watchdog pings.
+	notify *notifier
+	egress *egress
+	client mqtt.Client
+	link   *brokerLink // the broker connection's state (mqttconn.go)
+	broker *Broker
+	http   *http.Server // metrics, health and readiness; nil when off
 	// in queues request messages from paho's router goroutine to the ingress
 	// workers (ingress.go); stopIngress ends the workers.
 	in          chan arrival
@@ -200,6 +202,8 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	}
 	g.log.Info().Int("recovered", len(g.recovered)).Int("expired", len(g.expired)).
 		Str("policy", cfg.Scheduler.Policy).Msg("gateway ready")
+	g.notify = newNotifier(g.now, g.log.With().Str("component", "systemd").Logger())
+	g.notify.Ready()
 	g.recovered, g.expired, g.orphans = nil, nil, nil
 	return g, nil
 }
@@ -413,12 +417,21 @@ func (g *Gateway) Run(ctx context.Context) error {
 	gcCtx, stopGC := context.WithCancel(context.Background())
 	gcDone := make(chan struct{})
 	go func() { g.gcLoop(gcCtx); close(gcDone) }()
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	wdDone := make(chan struct{})
+	go func() {
+		g.notify.Watchdog(wdCtx, func() time.Time { return time.Unix(0, g.loop.heartbeat.Load()) })
+		close(wdDone)
+	}()
 	select {
 	case <-ctx.Done():
 		g.log.Info().Msg("shutting down")
 	case <-g.fatal:
 		g.log.Error().Err(g.fatalError()).Msg("shutting down after a fatal error")
 	}
+	g.notify.Stopping()
+	stopWatchdog() // from here TimeoutStopSec bounds the shutdown
+	<-wdDone
 	g.draining.Store(true)
 	g.link.stop() // no more subscription attempts, and no "online" from here on
 	if g.onDrain != nil {

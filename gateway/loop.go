@@ -134,7 +134,13 @@ type loop struct {
 	// plus refused) for the policy (Snapshot.Offered).
 	refused atomic.Int64
 	offered offeredMeter
+	// heartbeat is when Run last went round while no batch was running (unix
+	// nanoseconds of now): the systemd watchdog pings only while it is fresh.
+	heartbeat atomic.Int64
 }
+
+// heartbeatEvery is how often an idle loop goes round to refresh its heartbeat.
+const heartbeatEvery = time.Second
 
 // offeredMeter is the offered request rate over offeredWindow: the jobs the loop
 // admitted plus those ingress refused for overload.
@@ -250,7 +256,12 @@ func (l *loop) Run(ctx context.Context) {
 	defer timer.Stop()
 	dirty := true
 	var swap *appSwap
+	beat := time.NewTicker(heartbeatEvery)
+	defer beat.Stop()
 	for {
+		if !busy {
+			l.heartbeat.Store(l.now().UnixNano())
+		}
 		r := l.drain.observe(l.now(), busy || len(l.queue) > 0)
 		l.rate.Store(math.Float64bits(r.now))
 		l.fastRate.Store(math.Float64bits(r.fastest))
@@ -293,6 +304,7 @@ func (l *loop) Run(ctx context.Context) {
 			dirty = true
 		case <-timer.C:
 			dirty = true
+		case <-beat.C:
 		case s := <-l.swaps:
 			swap = s
 		case <-ctx.Done():
