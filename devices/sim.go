@@ -54,6 +54,10 @@ type SimConfig struct {
 	Workload string
 	// B64 sends inputs as input_b64 instead of JSON arrays.
 	B64 bool
+	// U8 sends inputs as input_u8_b64, one byte per value scaled to the
+	// manifest's input_range (which the application must declare); exact for
+	// samples that are 8-bit levels of that range (fashion's pixels).
+	U8 bool
 	// Drain is how long to wait for outstanding replies after the last request
 	// (default: the deadline plus 5 s).
 	Drain time.Duration
@@ -193,6 +197,7 @@ type sim struct {
 	budget  time.Duration // the effective budget, for the device's deadline check
 	w       [][]float64   // the application's utility matrix W[y][yhat]
 	utility float64       // sum of penalised utility of the answers so far
+	u8      *[2]float64   // the input_range, with SimConfig.U8
 
 	mu      sync.Mutex
 	pending map[string]outstanding // by id
@@ -217,8 +222,14 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
+	if cfg.U8 && app.InputRange == nil {
+		return Report{}, fmt.Errorf("%w: -u8 needs an input_range in %s's manifest", ErrSimConfig, app.Name)
+	}
 	s := &sim{cfg: cfg, pending: map[string]outstanding{}, done: map[string]bool{}, idle: make(chan struct{}, 1),
 		w: app.Utility, na: app.NoAnswer}
+	if cfg.U8 {
+		s.u8 = app.InputRange
+	}
 	s.budget = cfg.Deadline
 	if s.budget == 0 {
 		s.budget = time.Duration(app.DefaultDeadlineMS) * time.Millisecond
@@ -299,7 +310,7 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 func (s *sim) dial(ctx context.Context) ([]*Client, error) {
 	return DialAll(ctx, s.cfg.Devices, func(i int) ClientOptions {
 		return ClientOptions{Broker: s.cfg.Broker, Prefix: s.cfg.Prefix,
-			Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i), B64: s.cfg.B64, Pipeline: 4096}
+			Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i), B64: s.cfg.B64, U8Range: s.u8, Pipeline: 4096}
 	})
 }
 

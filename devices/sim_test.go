@@ -253,14 +253,38 @@ func TestPercentiles(t *testing.T) {
 	}
 }
 
+// TestSimulateU8 sends the samples as input_u8_b64 to a fake gateway that
+// decodes them with the application's range: every answer is right, so the
+// values arrived exact; an app without an input_range is a config error.
+func TestSimulateU8(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	rng := [2]float64{0, 255}
+	apps := map[string]protocol.AppSpec{"toy": {InputSize: 4, DefaultDeadline: 500 * time.Millisecond, Range: &rng}}
+	startResponder(t, url, apps, func(in []float32) int { return int(in[0]) })
+	app := testApp(t)
+	if _, err := Simulate(context.Background(), SimConfig{Broker: url, AppManifest: app, Count: 1, U8: true, Quiet: true}); !errors.Is(err, ErrSimConfig) {
+		t.Fatalf("no input_range: %v, want ErrSimConfig", err)
+	}
+	app.InputRange = &rng
+	rep, err := Simulate(context.Background(), SimConfig{
+		Broker: url, AppManifest: app, Devices: 2, Rate: 500, Count: 30, U8: true, Quiet: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Replies != 30 || rep.Correct != 30 || rep.ByStatus[protocol.StatusOK] != 30 {
+		t.Fatalf("report %+v", rep)
+	}
+}
+
 func TestSimFlags(t *testing.T) {
 	fs := flag.NewFlagSet("devsim", flag.ContinueOnError)
 	cfg := SimFlags(fs)
-	if err := fs.Parse([]string{"-rate", "20", "-devices", "8", "-deadline", "50ms", "-count", "100", "-workload", "drift", "-b64", "-arrivals", "uniform"}); err != nil {
+	if err := fs.Parse([]string{"-rate", "20", "-devices", "8", "-deadline", "50ms", "-count", "100", "-workload", "drift", "-b64", "-u8", "-arrivals", "uniform"}); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Rate != 20 || cfg.Devices != 8 || cfg.Deadline != 50*time.Millisecond || cfg.Count != 100 ||
-		cfg.Workload != "drift" || !cfg.B64 || cfg.Arrivals != "uniform" || cfg.App != "fashion" || cfg.Broker != "tcp://127.0.0.1:1883" {
+		cfg.Workload != "drift" || !cfg.B64 || !cfg.U8 || cfg.Arrivals != "uniform" || cfg.App != "fashion" || cfg.Broker != "tcp://127.0.0.1:1883" {
 		t.Errorf("%+v", cfg)
 	}
 }
