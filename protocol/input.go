@@ -80,19 +80,29 @@ func isNumberByte(c byte) bool {
 	return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E'
 }
 
-// parseB64 reads standard, padded base64 of little-endian float32 values.
-func parseB64(raw []byte, size int) ([]float32, *inputError) {
+// base64Text returns the text of field's raw JSON string value: the bytes between
+// the quotes, unquoted properly when the value holds JSON escapes (some encoders
+// write "\/").
+func base64Text(raw []byte, field string) ([]byte, *inputError) {
 	if len(raw) < 2 || raw[0] != '"' {
-		return nil, inputErr(ReasonBadInput, "input_b64 must be a base64 string")
+		return nil, inputErr(ReasonBadInput, "%s must be a base64 string", field)
 	}
 	s := raw[1 : len(raw)-1]
 	if bytes.IndexByte(s, '\\') >= 0 {
-		// JSON escapes (some encoders write "\/"): unquote properly.
 		var str string
 		if err := json.Unmarshal(raw, &str); err != nil {
-			return nil, inputErr(ReasonBadInput, "input_b64 must be a base64 string")
+			return nil, inputErr(ReasonBadInput, "%s must be a base64 string", field)
 		}
 		s = []byte(str)
+	}
+	return s, nil
+}
+
+// parseB64 reads standard, padded base64 of little-endian float32 values.
+func parseB64(raw []byte, size int) ([]float32, *inputError) {
+	s, ierr := base64Text(raw, fieldInputB64)
+	if ierr != nil {
+		return nil, ierr
 	}
 	if out, ok := decodeB64Floats(s, size); ok {
 		return out, nil
@@ -191,16 +201,9 @@ func QuantizeU8(in []float32, lo, hi float64) []byte {
 // parseU8B64 reads standard, padded base64 of size bytes, each standing for
 // U8Value(b, lo, hi).
 func parseU8B64(raw []byte, size int, lo, hi float64) ([]float32, *inputError) {
-	if len(raw) < 2 || raw[0] != '"' {
-		return nil, inputErr(ReasonBadInput, "input_u8_b64 must be a base64 string")
-	}
-	s := raw[1 : len(raw)-1]
-	if bytes.IndexByte(s, '\\') >= 0 {
-		var str string
-		if err := json.Unmarshal(raw, &str); err != nil {
-			return nil, inputErr(ReasonBadInput, "input_u8_b64 must be a base64 string")
-		}
-		s = []byte(str)
+	s, ierr := base64Text(raw, fieldInputU8B64)
+	if ierr != nil {
+		return nil, ierr
 	}
 	if out, ok := decodeB64Bytes(s, size, lo, hi); ok {
 		return out, nil
