@@ -17,8 +17,15 @@ package eval
 //     manifest's per-sample difficulty model (what the gateway does with
 //     apps[].class_based). sneakpeek over sneakpeek-class is what per-sample
 //     difficulty buys.
+//   - "sneakpeek-oracle": sneakpeek told, for each request, which variants answer
+//     it correctly (the variants' real predictions on the sample: correctness 1
+//     or 0 in place of the difficulty model's probabilities): the per-sample
+//     oracle. (sneakpeek - oblivious) / (sneakpeek-oracle - oblivious) is the
+//     share of the per-sample headroom sneakpeek captures. Needs the engine's
+//     predictions (App.Pred).
 const (
 	PolicyCascade    = "cascade"
 	PolicyPlacebo    = "placebo"
 	PolicyClassBased = "sneakpeek-class"
+	PolicyOracle     = "sneakpeek-oracle"
 )

@@ -132,7 +132,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if shiftOf(p) != shiftOff {
 				return fmt.Errorf("eval: -live does not run %s (the gateway has no label-shift correction wired yet)", p)
 			}
-			if p == PolicyPlacebo || p == PolicyClassBased {
+			if p == PolicyPlacebo || p == PolicyClassBased || p == PolicyOracle {
 				return fmt.Errorf("eval: -live does not run %s (an evaluation-only baseline)", p)
 			}
 		}

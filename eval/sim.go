@@ -217,6 +217,9 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		pol scheduler.Policy
 		err error
 	)
+	if pt.Policy == PolicyOracle && a.Pred == nil {
+		return Metrics{}, fmt.Errorf("eval: %s: %s needs the variants' real predictions (the engine)", sa.Name, PolicyOracle)
+	}
 	if base == PolicyCascade {
 		if a.Cascade == nil || a.Conf == nil {
 			return Metrics{}, fmt.Errorf("eval: %s: the cascade needs the engine (variant confidences and the validation split)", sa.Name)
@@ -530,6 +533,9 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 			if a.Correct != nil && pt.Policy != PolicyClassBased {
 				correct = a.Correct[q.sample]
 			}
+			if pt.Policy == PolicyOracle {
+				correct = oracleCorrect(a, q.sample)
+			}
 			if placebo != nil {
 				// The estimate (and difficulty) of another request of the same workload.
 				prog := float64(q.seq-1) / float64(max(1, pt.Requests-1))
@@ -624,6 +630,18 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		return m, fmt.Errorf("eval: %s answered %d of %d requests", pt.Policy, got, pt.Requests)
 	}
 	return m, nil
+}
+
+// oracleCorrect is, per variant, 1 when its real prediction on sample s is the
+// true class and 0 otherwise (PolicyOracle).
+func oracleCorrect(a *App, s int) []float64 {
+	c := make([]float64, len(a.Pred[s]))
+	for m, yhat := range a.Pred[s] {
+		if int(yhat) == a.Labels[s] {
+			c[m] = 1
+		}
+	}
+	return c
 }
 
 // withLoopCost returns a copy of a whose variants' latency tables include c per

@@ -187,3 +187,17 @@ func TestSimulateEngineSlowdown(t *testing.T) {
 			base.Utility, slow.Utility, base.P99LatencyMS, slow.P99LatencyMS)
 	}
 }
+
+// The per-sample oracle needs the variants' real predictions, and tells each
+// request exactly which variants answer it correctly.
+func TestOracleCorrect(t *testing.T) {
+	a := Synthetic(1) // drawn from confusion matrices: no real predictions
+	if _, err := Simulate(Point{App: a, Workload: a.Workloads[0], Policy: PolicyOracle, Load: 1, Deadline: a.Deadline,
+		Requests: 100, Seed: 1}, nil); err == nil {
+		t.Fatal("the oracle ran without real predictions")
+	}
+	b := &App{Labels: []int{2}, Pred: [][]int16{{2, 0, 2}}}
+	if got := oracleCorrect(b, 0); len(got) != 3 || got[0] != 1 || got[1] != 0 || got[2] != 1 {
+		t.Fatalf("oracleCorrect = %v, want [1 0 1]", got)
+	}
+}
