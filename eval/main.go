@@ -39,7 +39,15 @@ sample by the manifest's estimator (package sneakpeek, as the gateway does).
 flags:
 `
 
-// Main runs `sneakgate eval` with args (without the subcommand name).
+// UsageError is a command-line error of Main (a bad flag, an unexpected
+// argument); the flag package has already printed the usage for a bad flag.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
+// Main runs `sneakgate eval` with args (without the subcommand name). It returns
+// flag.ErrHelp for -h and a UsageError for a bad command line.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -96,12 +104,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil
+			return err
 		}
-		return err
+		return UsageError{err}
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("eval: unexpected arguments %v", fs.Args())
+		err := fmt.Errorf("eval: unexpected arguments %q", fs.Args())
+		fmt.Fprintln(stderr, err) // as the flag package reports a bad flag
+		fs.Usage()
+		return UsageError{err}
 	}
 	ls, err := floats(*loads)
 	if err != nil {

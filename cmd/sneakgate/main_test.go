@@ -80,6 +80,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"devsim", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"devsim", "extra"}, 2, "unexpected arguments"},
 		{[]string{"eval", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"eval", "extra"}, 2, "unexpected arguments"},
 		{[]string{"bench", "extra"}, 2, "unexpected arguments"},
 		{[]string{"app"}, 2, "want build or check"},
 		{[]string{"app", "frob"}, 2, "unknown app command"},

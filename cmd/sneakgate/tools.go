@@ -51,28 +51,24 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 // evaluate runs eval.Main, which has its own flags. Where ./models does not
 // exist it is given the installed models (a later -models overrides them). Its
-// usage errors exit 2 as every command's: eval.Main prints its usage, which
-// begins "usage: sneakgate eval", on -h (returning nil) and on a bad flag
-// (returning the flag package's error); usageWatch sees it go by and puts the
-// command's one-line description before it. (eval.Main returning flag errors
-// of its own would make the watch unnecessary.)
+// usage errors exit 2 as every command's: eval.Main returns flag.ErrHelp on -h
+// and an eval.UsageError on a bad command line, having printed its usage, which
+// begins "usage: sneakgate eval"; usageWatch puts the command's one-line
+// description before it.
 func evaluate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if d := defaultModels(installedModels()); d != "models" {
 		args = append([]string{"-models", d}, args...)
 	}
 	w := &usageWatch{w: stderr, usage: "usage: sneakgate eval", about: about("eval")}
 	err := eval.Main(ctx, args, stdout, w)
-	switch {
-	case !w.seen:
-		return err
-	case err == nil:
-		return flag.ErrHelp
+	if errors.As(err, new(eval.UsageError)) {
+		return flagError{err}
 	}
-	return flagError{err}
+	return err
 }
 
-// usageWatch passes writes through to w, noting a write that begins with usage
-// and putting about before it.
+// usageWatch passes writes through to w, putting about before the first write
+// that begins with usage.
 type usageWatch struct {
 	w            io.Writer
 	usage, about string
