@@ -36,7 +36,7 @@ See models/README.md, "Serving your own models".
 
 // app runs the application tools.
 func app(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+	if len(args) == 0 || isHelp(args[0]) {
 		fmt.Fprint(stderr, about("app")+appUsage)
 		if len(args) == 0 {
 			return fmt.Errorf("%w (app: want build or check)", errUsage)

@@ -31,7 +31,7 @@ var errJournalDamaged = errors.New("the journal is damaged")
 
 // journal runs the journal tools.
 func journal(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+	if len(args) == 0 || isHelp(args[0]) {
 		fmt.Fprint(stderr, about("journal")+journalUsage)
 		if len(args) == 0 {
 			return fmt.Errorf("%w (journal: want check or salvage)", errUsage)
