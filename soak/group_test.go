@@ -3,14 +3,6 @@
 package soak
 
 import (
-	"bufio"
-	"fmt"
-	"net/http"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -38,8 +30,8 @@ func TestSharedGroupKill9(t *testing.T) {
 		rate, ndev, dur, deadline.Milliseconds(), outage)
 
 	b := startBroker(t)
-	ga := newGroupGateway(t, b.URL(), "soak-gw-a", "soak")
-	gb := newGroupGateway(t, b.URL(), "soak-gw-b", "soak")
+	ga := newGateway(t, b.URL(), gwOptions{ClientID: "soak-gw-a", SharedGroup: "soak"})
+	gb := newGateway(t, b.URL(), gwOptions{ClientID: "soak-gw-b", SharedGroup: "soak"})
 	t.Logf("gateway a ready in %s", ga.start().Round(time.Millisecond))
 	t.Logf("gateway b ready in %s", gb.start().Round(time.Millisecond))
 	f := newFleet(t, b.URL(), "sg", ndev)
@@ -121,80 +113,9 @@ func TestSharedGroupKill9(t *testing.T) {
 // received reads sneakgate_requests_received_total (all applications) from the
 // gateway's /metrics; -1 when it cannot.
 func received(addr string) int64 {
-	resp, err := httpClient.Get("http://" + addr + "/metrics")
-	if err != nil {
+	s := scrape(addr)
+	if !s.OK {
 		return -1
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return -1
-	}
-	var n float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "sneakgate_requests_received_total") {
-			continue
-		}
-		if sp := strings.LastIndexByte(line, ' '); sp > 0 {
-			v, _ := strconv.ParseFloat(line[sp+1:], 64)
-			n += v
-		}
-	}
-	return int64(n)
-}
-
-// newGroupGateway is newGateway for one member of a shared group: its own
-// client id, journal, metrics port and log (outDir/{test}-{client id}.log).
-func newGroupGateway(t *testing.T, brokerURL, clientID, group string) *gatewayProc {
-	t.Helper()
-	dir := t.TempDir()
-	g := &gatewayProc{t: t, cfgPath: filepath.Join(dir, "sneakgate.yaml"),
-		logPath: filepath.Join(outDir, t.Name()+"-"+clientID+".log"),
-		metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	var cfg strings.Builder
-	fmt.Fprintf(&cfg, `# Written by the soak tests: configs/dev.yaml with the embedded broker off, one member of a shared group.
-log:
-  level: info
-  format: json
-mqtt:
-  broker: %q
-  client_id: %q
-  shared_group: %q
-  embedded:
-    enabled: false
-store:
-  path: %q
-engine:
-  library: %q
-  intra_op_threads: 1
-  profile_cache: %q
-scheduler:
-  policy: edf
-metrics:
-  listen: %q
-apps:
-`, brokerURL, clientID, group, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, g.metrics)
-	for _, app := range []string{"fashion", "satellite", "vad"} {
-		fmt.Fprintf(&cfg, "  - manifest: %q\n", filepath.Join(repoRoot, "models", app, "manifest.yaml"))
-	}
-	if err := os.WriteFile(g.cfgPath, []byte(cfg.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(g.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.logf = f
-	t.Cleanup(func() {
-		g.signal(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("gateway %s log: %s; last lines:\n%s", clientID, g.logPath, g.tail(12))
-		}
-		g.mu.Lock()
-		g.logf.Close()
-		g.mu.Unlock()
-	})
-	return g
+	return int64(s.Received)
 }

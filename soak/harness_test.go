@@ -177,6 +177,11 @@ type gwOptions struct {
 	// cgroup (v1 cpu controller or v2 cpu.max), where this machine lets root make
 	// one; the test logs when it cannot.
 	CPU float64
+	// ClientID is mqtt.client_id: by default soak-gateway, logging to
+	// outDir/{test}-gateway.log; when set, the log is outDir/{test}-{ClientID}.log.
+	ClientID string
+	// SharedGroup, if set, is mqtt.shared_group: the gateway is one member of it.
+	SharedGroup string
 }
 
 // gatewayProc is one sneakgate serve process at a time, restartable with the same
@@ -243,15 +248,19 @@ func freePort(t testing.TB) int {
 
 // newGateway writes a config for the broker at brokerURL and returns the process
 // handle (not started). The journal lives in the test's temp dir; the log goes to
-// outDir/{test}-gateway.log.
+// outDir/{test}-gateway.log (outDir/{test}-{client id}.log with o.ClientID).
 func newGateway(t *testing.T, brokerURL string, o gwOptions) *gatewayProc {
 	t.Helper()
 	if o.Policy == "" {
 		o.Policy = "edf"
 	}
+	logName := o.ClientID
+	if o.ClientID == "" {
+		o.ClientID, logName = "soak-gateway", "gateway"
+	}
 	dir := t.TempDir()
 	g := &gatewayProc{t: t, cfgPath: filepath.Join(dir, "sneakgate.yaml"),
-		logPath: filepath.Join(outDir, t.Name()+"-gateway.log"),
+		logPath: filepath.Join(outDir, t.Name()+"-"+logName+".log"),
 		metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, `# Written by the soak tests: configs/dev.yaml with the embedded broker off.
@@ -260,8 +269,12 @@ log:
   format: json
 mqtt:
   broker: %q
-  client_id: soak-gateway
-  embedded:
+  client_id: %q
+`, brokerURL, o.ClientID)
+	if o.SharedGroup != "" {
+		fmt.Fprintf(&cfg, "  shared_group: %q\n", o.SharedGroup)
+	}
+	fmt.Fprintf(&cfg, `  embedded:
     enabled: false
 store:
   path: %q
@@ -273,7 +286,7 @@ scheduler:
   policy: %s
 metrics:
   listen: %q
-`, brokerURL, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, o.Policy, g.metrics)
+`, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, o.Policy, g.metrics)
 	if o.MaxQueue > 0 || os.Getenv("SOAK_MAX_WAIT") != "" {
 		cfg.WriteString("admission:\n")
 		if o.MaxQueue > 0 {
@@ -308,7 +321,7 @@ metrics:
 	t.Cleanup(func() {
 		g.signal(syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("gateway log: %s; last lines:\n%s", g.logPath, g.tail(12))
+			t.Logf("gateway %s log: %s; last lines:\n%s", o.ClientID, g.logPath, g.tail(12))
 		}
 		g.mu.Lock()
 		g.logf.Close()
@@ -500,6 +513,7 @@ type metricSample struct {
 	RSS        float64            `json:"rss_bytes"`
 	Queue      float64            `json:"queue"`
 	Outbox     float64            `json:"outbox"`
+	Received   float64            `json:"received"`           // sneakgate_requests_received_total, all applications
 	Replies    map[string]float64 `json:"replies,omitempty"`  // sneakgate_replies_total by status
 	Rejected   map[string]float64 `json:"rejected,omitempty"` // sneakgate_rejected_total by reason
 	// Dropped is sneakgate_replies_dropped_total by status: unjournaled replies
@@ -548,6 +562,8 @@ func scrape(addr string) metricSample {
 			s.Queue = v
 		case "sneakgate_outbox_length":
 			s.Outbox = v
+		case "sneakgate_requests_received_total":
+			s.Received += v
 		case "sneakgate_replies_total":
 			s.Replies[label(labels, "status")] += v
 		case "sneakgate_rejected_total":
