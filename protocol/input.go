@@ -108,12 +108,11 @@ func parseB64(raw []byte, size int) ([]float32, *inputError) {
 		return out, nil
 	}
 	// Not exactly size values of valid base64: decode it whole for the error.
-	buf := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
-	n, err := base64.StdEncoding.Decode(buf, s)
-	if err != nil {
-		return nil, inputErr(ReasonBadInput, "input_b64 is not standard padded base64: %v", err)
+	buf, ierr := decodeB64Whole(s, fieldInputB64)
+	if ierr != nil {
+		return nil, ierr
 	}
-	buf = buf[:n]
+	n := len(buf)
 	if n%4 != 0 {
 		return nil, inputErr(ReasonBadInput, "input_b64 decodes to %d bytes, not a whole number of float32 values", n)
 	}
@@ -127,6 +126,35 @@ func parseB64(raw []byte, size int) ([]float32, *inputError) {
 	return out, nil
 }
 
+// decodeB64Whole decodes s, field's standard padded base64, into a new buffer:
+// the slow path of parseB64 and parseU8B64, which also finds what is wrong.
+func decodeB64Whole(s []byte, field string) ([]byte, *inputError) {
+	buf := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n, err := base64.StdEncoding.Decode(buf, s)
+	if err != nil {
+		return nil, inputErr(ReasonBadInput, "%s is not standard padded base64: %v", field, err)
+	}
+	return buf[:n], nil
+}
+
+// chunkableB64Len returns how many bytes s decodes to when it is standard padded
+// base64 that decodeB64Floats and decodeB64Bytes may decode chunk by chunk: a
+// non-empty whole number of quanta without line breaks (the decoder skips them,
+// which would move the chunks off the quanta). It reports false otherwise.
+func chunkableB64Len(s []byte) (int, bool) {
+	if len(s)%4 != 0 || len(s) == 0 || bytes.IndexByte(s, '\n') >= 0 || bytes.IndexByte(s, '\r') >= 0 {
+		return 0, false
+	}
+	n := len(s) / 4 * 3
+	if s[len(s)-1] == '=' {
+		n--
+		if s[len(s)-2] == '=' {
+			n--
+		}
+	}
+	return n, true
+}
+
 // b64Chunk is how many base64 bytes decodeB64Floats decodes at a time: a
 // multiple of 4 that decodes to whole float32 values (3072 bytes, 768 values).
 const b64Chunk = 4096
@@ -136,18 +164,7 @@ const b64Chunk = 4096
 // the result. It reports false when s is not exactly that (bad base64, another
 // length), for parseB64 to find out why.
 func decodeB64Floats(s []byte, size int) ([]float32, bool) {
-	// The decoder skips newlines, which would move the chunks off the quanta.
-	if len(s)%4 != 0 || len(s) == 0 || bytes.IndexByte(s, '\n') >= 0 || bytes.IndexByte(s, '\r') >= 0 {
-		return nil, false
-	}
-	n := len(s) / 4 * 3
-	if s[len(s)-1] == '=' {
-		n--
-		if s[len(s)-2] == '=' {
-			n--
-		}
-	}
-	if n != 4*size {
+	if n, ok := chunkableB64Len(s); !ok || n != 4*size {
 		return nil, false
 	}
 	out := make([]float32, size)
@@ -208,16 +225,15 @@ func parseU8B64(raw []byte, size int, lo, hi float64) ([]float32, *inputError) {
 	if out, ok := decodeB64Bytes(s, size, lo, hi); ok {
 		return out, nil
 	}
-	buf := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
-	n, err := base64.StdEncoding.Decode(buf, s)
-	if err != nil {
-		return nil, inputErr(ReasonBadInput, "input_u8_b64 is not standard padded base64: %v", err)
+	buf, ierr := decodeB64Whole(s, fieldInputU8B64)
+	if ierr != nil {
+		return nil, ierr
 	}
-	if n != size {
-		return nil, inputErr(ReasonBadInputSize, "input_u8_b64 has %d values, want %d", n, size)
+	if len(buf) != size {
+		return nil, inputErr(ReasonBadInputSize, "input_u8_b64 has %d values, want %d", len(buf), size)
 	}
 	out := make([]float32, size)
-	for k, b := range buf[:n] {
+	for k, b := range buf {
 		out[k] = U8Value(b, lo, hi)
 	}
 	return out, nil
@@ -227,17 +243,7 @@ func parseU8B64(raw []byte, size int, lo, hi float64) ([]float32, *inputError) {
 // buffer on the stack, to exactly size bytes, each mapped by U8Value; the only
 // allocation is the result. It reports false for anything else.
 func decodeB64Bytes(s []byte, size int, lo, hi float64) ([]float32, bool) {
-	if len(s)%4 != 0 || len(s) == 0 || bytes.IndexByte(s, '\n') >= 0 || bytes.IndexByte(s, '\r') >= 0 {
-		return nil, false
-	}
-	n := len(s) / 4 * 3
-	if s[len(s)-1] == '=' {
-		n--
-		if s[len(s)-2] == '=' {
-			n--
-		}
-	}
-	if n != size {
+	if n, ok := chunkableB64Len(s); !ok || n != size {
 		return nil, false
 	}
 	out := make([]float32, size)
