@@ -9,7 +9,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
-	"github.com/sneakgate/sneakgate/scheduler"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -216,12 +215,11 @@ func (g *Gateway) degradeRefused(req *protocol.Request, app *appRuntime) bool {
 	if est == nil {
 		return false
 	}
-	cls := scheduler.Argmax(est)
+	now := g.now()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, Received: req.Received, Deadline: req.Deadline}
-	rep := buildReply(j, result{Status: protocol.StatusDegraded, Reason: string(protocol.ReasonOverloadShed),
-		Probs: est, EstAccuracy: est[cls]}, app.m.Labels, app.estName, g.now())
+	rep := buildReply(j, degraded(est, string(protocol.ReasonOverloadShed), now), app.m.Labels, app.estName, now)
 	g.m.refusedDeg.WithLabelValues(req.App).Inc()
-	g.lastOverload.Store(g.now().UnixNano())
+	g.lastOverload.Store(now.UnixNano())
 	g.egress.Reject(req.ReplyTo, rep)
 	return true
 }

@@ -97,6 +97,13 @@ type result struct {
 	Err         error
 }
 
+// degraded is the answer from a request's estimate (a policy's Degraded verdict,
+// or admission.degrade_refused): its top class, status degraded, ready at now.
+func degraded(est []float64, reason string, now time.Time) result {
+	return result{Status: protocol.StatusDegraded, Reason: reason, Probs: est,
+		EstAccuracy: est[scheduler.Argmax(est)], Start: now, Done: now}
+}
+
 // loop is the scheduling actor: it owns the queue, asks the policy what to do
 // whenever the engine is idle and something changed, and hands batches to the
 // engine worker. Nothing else touches the queue.
@@ -453,9 +460,7 @@ func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 			}
 			l.reply(j, r)
 		case scheduler.Degraded:
-			cls := scheduler.Argmax(j.Estimate)
-			l.reply(j, result{Status: protocol.StatusDegraded, Reason: v.Reason, Probs: j.Estimate,
-				EstAccuracy: j.Estimate[cls], Start: now, Done: now})
+			l.reply(j, degraded(j.Estimate, v.Reason, now))
 		default:
 			l.reply(j, result{Status: protocol.StatusExpired, Reason: v.Reason, Start: now, Done: now})
 		}
