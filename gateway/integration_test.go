@@ -88,8 +88,15 @@ func (r *running) stop(t *testing.T) {
 
 func startGateway(t *testing.T, cfg *Config, o Options) *running {
 	t.Helper()
-	o.Config = cfg
 	o.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	return runGateway(t, cfg, o)
+}
+
+// runGateway starts a gateway on cfg with o as given (its Logger included) and
+// stops it when the test ends.
+func runGateway(t *testing.T, cfg *Config, o Options) *running {
+	t.Helper()
+	o.Config = cfg
 	g, err := New(context.Background(), o)
 	if err != nil {
 		t.Fatalf("gateway.New: %v", err)

@@ -67,20 +67,6 @@ func (l *logTap) wait(text string, timeout time.Duration) {
 	}
 }
 
-// startLogged starts a gateway like startGateway, logging at info level into tap.
-func startLogged(t *testing.T, cfg *Config, tap *logTap) *running {
-	t.Helper()
-	g, err := New(context.Background(), Options{Config: cfg, Logger: zerolog.New(tap).Level(zerolog.InfoLevel)})
-	if err != nil {
-		t.Fatalf("gateway.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{g: g, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- g.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	return r
-}
-
 // metricValue reads one series (name, and labels given as name=value pairs) from reg.
 func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) float64 {
 	t.Helper()
@@ -204,7 +190,7 @@ func TestSubscriptionRefused(t *testing.T) {
 	cfg := testConfig(t, b.URL(), dir)
 	cfg.Metrics.Listen = freeAddr(t)
 	tap := newLogTap(t)
-	gw := startLogged(t, cfg, tap)
+	gw := runGateway(t, cfg, Options{Logger: zerolog.New(tap).Level(zerolog.InfoLevel)})
 
 	// New returned after the first refusal.
 	if !strings.Contains(tap.String(), "refused the subscription") || !strings.Contains(tap.String(), `"suback":"0x80"`) ||
