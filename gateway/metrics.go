@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"runtime"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -96,7 +98,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.estAccuracy, m.deadlineMet, m.swaps,
-		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored} {
+		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
+			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
+			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},
+			func() float64 { return 1 })} {
 		f(c)
 	}
 	return m

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,7 +110,7 @@ func newBrokerLink(now func() time.Time) *brokerLink {
 	}
 }
 
-// register exports the connection's metrics, and the build's, on reg:
+// register exports the connection's metrics on reg:
 // connected and subscribed gauges read c and subscribed when scraped.
 func (l *brokerLink) register(reg prometheus.Registerer, c mqtt.Client, subscribed *atomic.Bool) {
 	for _, r := range []string{"refused", "error"} {
@@ -136,10 +135,6 @@ func (l *brokerLink) register(reg prometheus.Registerer, c mqtt.Client, subscrib
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_last_request_received_timestamp_seconds",
 			Help: "When the last request message arrived from the broker (Unix time; 0 until the first)."},
 			func() float64 { return float64(l.lastRequest.Load()) / 1e9 }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
-			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
-			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},
-			func() float64 { return 1 }),
 	)
 }
 
