@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -72,6 +73,25 @@ func TestLoopCorrectsLatencyTables(t *testing.T) {
 			t.Fatalf("Latency[1] is %.2fx the profile after batches at 2x, want about 2", r)
 		}
 	})
+}
+
+// scheduler.latency_correction: false measures the factor (for the metric) but
+// leaves the table as profiled.
+func TestLatencyModelFrozen(t *testing.T) {
+	v := loopApp().Variants[0]
+	prof := append([]time.Duration(nil), v.Latency...)
+	m := newLatencyModel()
+	m.frozen = true
+	var f float64
+	for range 100 {
+		f = m.observe(v, 4, 3*prof[4])
+	}
+	if math.Abs(f-3) > 0.01 {
+		t.Fatalf("factor %.3f after 100 batches at 3x, want 3", f)
+	}
+	if !slices.Equal(v.Latency, prof) {
+		t.Fatalf("frozen tables changed: %v, profiled %v", v.Latency, prof)
+	}
 }
 
 func TestOfferedMeterCountsRefusals(t *testing.T) {
