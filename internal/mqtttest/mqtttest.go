@@ -86,12 +86,9 @@ func Start(t testing.TB, opts Options) *Broker {
 	t.Helper()
 	mo := mosquitto.Options{Persistence: opts.Persistence, MaxInflight: opts.MaxInflight, Config: opts.Config}
 	if opts.Shipped {
-		shipped, err := shippedDelivery()
-		if err != nil {
+		var err error
+		if mo.Delivery, err = shippedDelivery(); err != nil {
 			t.Fatalf("mqtttest: Shipped: %v", err)
-		}
-		for _, s := range shipped {
-			mo.Delivery = append(mo.Delivery, mosquitto.Setting{Key: s.key, Value: s.value})
 		}
 	}
 	return start(t, func(b *Broker) string { return mosquitto.Config(b.port, b.dir, mo) })

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sneakgate/sneakgate/internal/mosquitto"
 )
 
 // ShippedConfig and ShippedACL are the production broker configuration and its
@@ -42,9 +44,6 @@ var shippedReplaced = map[string]bool{
 	"tls_version": true, "ciphers": true, "ciphers_tls1.3": true, "crlfile": true,
 }
 
-// setting is one "key value" line of a Mosquitto configuration file.
-type setting struct{ key, value string }
-
 // moduleRoot returns the directory holding go.mod, found by walking up from the
 // working directory (a test's working directory is its package's directory).
 func moduleRoot() (string, error) {
@@ -66,13 +65,13 @@ func moduleRoot() (string, error) {
 
 // readConfig returns the settings of a Mosquitto configuration file in order.
 // Mosquitto takes "#" as a comment only as a line's first character.
-func readConfig(path string) ([]setting, error) {
+func readConfig(path string) ([]mosquitto.Setting, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []setting
+	var out []mosquitto.Setting
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
@@ -80,14 +79,14 @@ func readConfig(path string) ([]setting, error) {
 			continue
 		}
 		key, value, _ := strings.Cut(line, " ")
-		out = append(out, setting{key, strings.TrimSpace(value)})
+		out = append(out, mosquitto.Setting{Key: key, Value: strings.TrimSpace(value)})
 	}
 	return out, sc.Err()
 }
 
 // readShipped returns the settings of ShippedConfig, failing on one the package
 // has not classified as applied or replaced.
-func readShipped() ([]setting, error) {
+func readShipped() ([]mosquitto.Setting, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return nil, err
@@ -98,22 +97,22 @@ func readShipped() ([]setting, error) {
 		return nil, err
 	}
 	for _, s := range all {
-		if !shippedApplied[s.key] && !shippedReplaced[s.key] {
-			return nil, fmt.Errorf("%s: setting %q is neither applied nor replaced by Options.Shipped: add it to shippedApplied or shippedReplaced in internal/mqtttest", path, s.key)
+		if !shippedApplied[s.Key] && !shippedReplaced[s.Key] {
+			return nil, fmt.Errorf("%s: setting %q is neither applied nor replaced by Options.Shipped: add it to shippedApplied or shippedReplaced in internal/mqtttest", path, s.Key)
 		}
 	}
 	return all, nil
 }
 
 // shippedDelivery returns the settings of ShippedConfig that Options.Shipped applies.
-func shippedDelivery() ([]setting, error) {
+func shippedDelivery() ([]mosquitto.Setting, error) {
 	all, err := readShipped()
 	if err != nil {
 		return nil, err
 	}
-	var out []setting
+	var out []mosquitto.Setting
 	for _, s := range all {
-		if shippedApplied[s.key] {
+		if shippedApplied[s.Key] {
 			out = append(out, s)
 		}
 	}
@@ -131,8 +130,8 @@ func ShippedSetting(t testing.TB, key string) string {
 	}
 	var values []string
 	for _, s := range all {
-		if s.key == key {
-			values = append(values, s.value)
+		if s.Key == key {
+			values = append(values, s.Value)
 		}
 	}
 	if len(values) != 1 {
