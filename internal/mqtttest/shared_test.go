@@ -42,6 +42,17 @@ func (m *sharedMember) has(p string) bool {
 	return m.got[p] > 0
 }
 
+// hasOf counts the payloads of ps the member got.
+func (m *sharedMember) hasOf(ps []string) int {
+	n := 0
+	for _, p := range ps {
+		if m.has(p) {
+			n++
+		}
+	}
+	return n
+}
+
 func (m *sharedMember) count() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -143,25 +154,8 @@ func TestSharedSubscriptionMemberDies(t *testing.T) {
 	// Phase 2: published while member-a is away. Watch for 2 s where they, and
 	// member-a's unacknowledged messages, go.
 	during := publish("during")
-	waitUntil(2*time.Second, func() bool {
-		for _, p := range append(append([]string(nil), held...), during...) {
-			if !bm.has(p) {
-				return false
-			}
-		}
-		return true
-	})
-	heldToB, duringToB := 0, 0
-	for _, p := range held {
-		if bm.has(p) {
-			heldToB++
-		}
-	}
-	for _, p := range during {
-		if bm.has(p) {
-			duringToB++
-		}
-	}
+	waitUntil(2*time.Second, func() bool { return bm.hasOf(held) == len(held) && bm.hasOf(during) == len(during) })
+	heldToB, duringToB := bm.hasOf(held), bm.hasOf(during)
 	t.Logf("member-a away for 2 s: member-b got %d of member-a's %d unacknowledged messages and %d of the %d published meanwhile",
 		heldToB, len(held), duringToB, n)
 
@@ -177,17 +171,7 @@ func TestSharedSubscriptionMemberDies(t *testing.T) {
 		}
 		return len(missing) == 0
 	})
-	heldToA2, duringToA2 := 0, 0
-	for _, p := range held {
-		if a2.has(p) {
-			heldToA2++
-		}
-	}
-	for _, p := range during {
-		if a2.has(p) {
-			duringToA2++
-		}
-	}
+	heldToA2, duringToA2 := a2.hasOf(held), a2.hasOf(during)
 	a2.mu.Lock()
 	dups := a2.dups
 	a2.mu.Unlock()
