@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -217,14 +218,15 @@ func (l *brokerLink) lost() (conflict bool, shorts int) {
 		l.shorts = l.shorts[:0]
 	}
 	l.since = time.Time{}
-	keep := l.shorts[:0]
-	for _, t := range l.shorts {
-		if now.Sub(t) < takeoverWindow {
-			keep = append(keep, t)
-		}
-	}
-	l.shorts = keep
-	return len(l.shorts) >= takeoverShort, len(l.shorts)
+	n := l.recentShorts(now)
+	return n >= takeoverShort, n
+}
+
+// recentShorts drops the short connections lost longer than takeoverWindow ago
+// and returns how many are left. l.mu must be held.
+func (l *brokerLink) recentShorts(now time.Time) int {
+	l.shorts = slices.DeleteFunc(l.shorts, func(t time.Time) bool { return now.Sub(t) >= takeoverWindow })
+	return len(l.shorts)
 }
 
 // inConflict reports whether the connection is being taken over: at least
@@ -237,13 +239,7 @@ func (l *brokerLink) inConflict() bool {
 	if !l.since.IsZero() && now.Sub(l.since) >= shortConnection {
 		return false
 	}
-	n := 0
-	for _, t := range l.shorts {
-		if now.Sub(t) < takeoverWindow {
-			n++
-		}
-	}
-	return n >= takeoverShort
+	return l.recentShorts(now) >= takeoverShort
 }
 
 // end ends the current connection's subscription attempts (connection lost).
