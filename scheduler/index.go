@@ -58,7 +58,7 @@ type appIndex struct {
 	arr  []*Request
 	head int
 	// dl is a min-heap by (Deadline, Seq), stop by (HardStop, Seq).
-	dl, stop reqHeap
+	dl, stop lessHeap[*Request]
 	// popped are the entries taken from dl or stop during a decision, to be put
 	// back when it ends (restore).
 	poppedDl, poppedStop []*Request
@@ -161,7 +161,7 @@ func (x *queueIndex) reset(apps map[string]*App) {
 func (x *queueIndex) add(r *Request) {
 	ai := x.per[r.App]
 	if ai == nil {
-		ai = &appIndex{app: r.App, dl: reqHeap{less: byDeadlineLess}, stop: reqHeap{less: byStopLess}}
+		ai = &appIndex{app: r.App, dl: lessHeap[*Request]{less: byDeadlineLess}, stop: lessHeap[*Request]{less: byStopLess}}
 		x.per[r.App] = ai
 		x.byApp = append(x.byApp, ai)
 	}
@@ -307,56 +307,4 @@ func byStopLess(a, b *Request) bool {
 		return c < 0
 	}
 	return a.Seq < b.Seq
-}
-
-// reqHeap is a binary min-heap of requests.
-type reqHeap struct {
-	h    []*Request
-	less func(a, b *Request) bool
-}
-
-func (h *reqHeap) len() int        { return len(h.h) }
-func (h *reqHeap) top() *Request   { return h.h[0] }
-func (h *reqHeap) push(r *Request) { h.h = append(h.h, r); h.up(len(h.h) - 1) }
-
-func (h *reqHeap) pop() *Request {
-	n := len(h.h) - 1
-	r := h.h[0]
-	h.h[0] = h.h[n]
-	h.h[n] = nil
-	h.h = h.h[:n]
-	if n > 0 {
-		h.down(0)
-	}
-	return r
-}
-
-func (h *reqHeap) up(j int) {
-	for j > 0 {
-		i := (j - 1) / 2
-		if !h.less(h.h[j], h.h[i]) {
-			break
-		}
-		h.h[i], h.h[j] = h.h[j], h.h[i]
-		j = i
-	}
-}
-
-func (h *reqHeap) down(i int) {
-	n := len(h.h)
-	for {
-		l := 2*i + 1
-		if l >= n {
-			return
-		}
-		j := l
-		if r := l + 1; r < n && h.less(h.h[r], h.h[l]) {
-			j = r
-		}
-		if !h.less(h.h[j], h.h[i]) {
-			return
-		}
-		h.h[i], h.h[j] = h.h[j], h.h[i]
-		i = j
-	}
 }

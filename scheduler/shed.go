@@ -79,7 +79,7 @@ func (d *decisionState) shed() {
 	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(d.members[a].dl, d.members[b].dl) })
 	// A min-heap of member indexes by worth per engine second, the later in the
 	// queue first on ties.
-	h := intHeap{h: sc.heap[:0], less: func(a, b int) bool {
+	h := lessHeap[int]{h: sc.heap[:0], less: func(a, b int) bool {
 		if x, y := cs[a].density, cs[b].density; x != y {
 			return x < y
 		}
@@ -152,47 +152,3 @@ func (d *decisionState) shedDegrades(m *member) bool {
 // shedHeadroom inflates the amortised cost in the walk: real batches are not
 // always full, latencies vary, and the plan is not exactly deadline order.
 const shedHeadroom = 1.25
-
-// intHeap is a binary min-heap of ints under less, with container/heap's
-// algorithm (so that the order of pops is the same), without its boxing.
-type intHeap struct {
-	h    []int
-	less func(a, b int) bool
-}
-
-func (h *intHeap) len() int { return len(h.h) }
-
-func (h *intHeap) push(x int) {
-	h.h = append(h.h, x)
-	for j := len(h.h) - 1; j > 0; {
-		i := (j - 1) / 2
-		if i == j || !h.less(h.h[j], h.h[i]) {
-			break
-		}
-		h.h[i], h.h[j] = h.h[j], h.h[i]
-		j = i
-	}
-}
-
-func (h *intHeap) pop() int {
-	n := len(h.h) - 1
-	h.h[0], h.h[n] = h.h[n], h.h[0]
-	for i := 0; ; {
-		l := 2*i + 1
-		if l >= n || l < 0 {
-			break
-		}
-		j := l
-		if r := l + 1; r < n && h.less(h.h[r], h.h[l]) {
-			j = r
-		}
-		if !h.less(h.h[j], h.h[i]) {
-			break
-		}
-		h.h[i], h.h[j] = h.h[j], h.h[i]
-		i = j
-	}
-	x := h.h[n]
-	h.h = h.h[:n]
-	return x
-}
