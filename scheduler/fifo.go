@@ -57,19 +57,11 @@ func (p *fifo) decideIndexed(s *Snapshot) Decision {
 	if head == nil || !p.ix.member(head) {
 		return d
 	}
-	v, err := fixedVariant(head.App, p.o)
-	if err != nil {
-		v = head.App.Variants[head.App.DefaultVariant]
-	}
+	v := fixedOrDefault(head.App, p.o)
 	ai := p.ix.per[head.App]
 	sw, ok := PlanSwap(s, v)
 	if !ok {
-		p.ix.arrivals(ai, func(r *Request) bool {
-			if !p.hopeless[r] {
-				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
-			}
-			return true
-		})
+		d.Verdicts = p.ix.expireApp(d.Verdicts, ai, p.hopeless)
 		return d
 	}
 	limit := min(p.o.MaxBatch, v.MaxBatch())
@@ -93,18 +85,10 @@ func (p *fifo) decideFull(s *Snapshot) Decision {
 		return d
 	}
 	head := q[0]
-	v, err := fixedVariant(head.App, p.o)
-	if err != nil {
-		// Options are validated by the caller (ValidateFixed); fall back safely.
-		v = head.App.Variants[head.App.DefaultVariant]
-	}
+	v := fixedOrDefault(head.App, p.o)
 	sw, ok := PlanSwap(s, v)
 	if !ok {
-		for _, r := range q {
-			if r.App == head.App {
-				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
-			}
-		}
+		d.Verdicts = expireApp(d.Verdicts, q, head.App)
 		return d
 	}
 	limit := min(p.o.MaxBatch, v.MaxBatch())
@@ -119,6 +103,28 @@ func (p *fifo) decideFull(s *Snapshot) Decision {
 	}
 	d.Batch = newBatch(s, v, sw, rs)
 	return d
+}
+
+// fixedOrDefault is fixedVariant, falling back to a's most accurate variant
+// when the option names none of a's (options are validated by the caller,
+// ValidateFixed).
+func fixedOrDefault(a *App, o Options) *Variant {
+	v, err := fixedVariant(a, o)
+	if err != nil {
+		return a.Variants[a.DefaultVariant]
+	}
+	return v
+}
+
+// expireApp appends to vs a no-variant-fits verdict for each request of q from
+// application a.
+func expireApp(vs []Verdict, q []*Request, a *App) []Verdict {
+	for _, r := range q {
+		if r.App == a {
+			vs = append(vs, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
+		}
+	}
+	return vs
 }
 
 // ValidateFixed checks that every FixedVariant option names a variant of a known

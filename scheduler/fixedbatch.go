@@ -52,10 +52,7 @@ func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {
 	var order []appQ
 	for _, ai := range p.ix.byApp {
 		a := ai.app
-		v, err := fixedVariant(a, p.o)
-		if err != nil {
-			v = a.Variants[a.DefaultVariant]
-		}
+		v := fixedOrDefault(a, p.o)
 		aq := appQ{ai: ai, v: v, cap: max(1, min(p.o.MaxBatch, v.MaxBatch()))}
 		p.ix.arrivals(ai, func(r *Request) bool {
 			if !p.hopeless[r] {
@@ -92,12 +89,7 @@ func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {
 	}
 	sw, ok := PlanSwap(s, pick.v)
 	if !ok {
-		p.ix.arrivals(pick.ai, func(r *Request) bool {
-			if !p.hopeless[r] {
-				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
-			}
-			return true
-		})
+		d.Verdicts = p.ix.expireApp(d.Verdicts, pick.ai, p.hopeless)
 		return d
 	}
 	d.Batch = newBatch(s, pick.v, sw, pick.first)
@@ -123,10 +115,7 @@ func (p *fixedBatch) decideFull(s *Snapshot) Decision {
 	for _, r := range q {
 		aq := apps[r.App]
 		if aq == nil {
-			v, err := fixedVariant(r.App, p.o)
-			if err != nil {
-				v = r.App.Variants[r.App.DefaultVariant]
-			}
+			v := fixedOrDefault(r.App, p.o)
 			aq = &appQ{v: v, cap: max(1, min(p.o.MaxBatch, v.MaxBatch())), oldest: r.Arrival}
 			apps[r.App] = aq
 			order = append(order, r.App)
@@ -153,11 +142,7 @@ func (p *fixedBatch) decideFull(s *Snapshot) Decision {
 	aq := apps[pick]
 	sw, ok := PlanSwap(s, aq.v)
 	if !ok {
-		for _, r := range q {
-			if r.App == pick {
-				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
-			}
-		}
+		d.Verdicts = expireApp(d.Verdicts, q, pick)
 		return d
 	}
 	rs := make([]*Request, 0, min(aq.cap, aq.n))

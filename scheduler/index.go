@@ -282,6 +282,18 @@ func (x *queueIndex) arrivals(ai *appIndex, f func(*Request) bool) {
 	}
 }
 
+// expireApp is expireApp (fifo.go) from the index: a no-variant-fits verdict
+// for each of ai's live requests that is not hopeless, in arrival order.
+func (x *queueIndex) expireApp(vs []Verdict, ai *appIndex, hopeless map[*Request]bool) []Verdict {
+	x.arrivals(ai, func(r *Request) bool {
+		if !hopeless[r] {
+			vs = append(vs, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
+		}
+		return true
+	})
+	return vs
+}
+
 // restore puts back every entry popped during the decision, so that the index
 // again holds every request of the queue (the caller removes what the decision
 // answered; the index finds out lazily).
