@@ -199,9 +199,13 @@ func (g *Guard) Options() GuardOptions {
 // Trusted reports whether the estimates may be believed now. It is lock-free.
 func (g *Guard) Trusted() bool { return g.trusted.Load() }
 
-// predicted returns (q, confidence, argmax) of p against the reference.
+// predicted returns (q, confidence, argmax) of p against the reference; NaN
+// for q and the confidence when p is all NaN (Argmax has no class).
 func predicted(p []float64, ref [][]float64) (q, conf float64, c int) {
 	c = Argmax(p)
+	if c < 0 {
+		return math.NaN(), math.NaN(), 0
+	}
 	conf = p[c]
 	if ref == nil {
 		return conf, conf, c

@@ -266,6 +266,16 @@ func TestGuardConcurrent(t *testing.T) {
 	}
 }
 
+// An estimate of NaNs alone has no predicted class: it is ignored, as any NaN
+// estimate is, not a panic.
+func TestGuardIgnoresAllNaNEstimate(t *testing.T) {
+	g := NewGuard(GuardOptions{Window: 10, Baseline: 0.5})
+	g.Observe([]float64{math.NaN(), math.NaN()}, 0)
+	if st := g.Stats(); st.Ignored != 1 || st.Observations != 0 {
+		t.Fatalf("stats %+v, want the estimate ignored", st)
+	}
+}
+
 func BenchmarkGuardObserve(b *testing.B) {
 	g := NewGuard(GuardOptions{Reference: [][]float64{{9, 1, 0}, {1, 8, 1}, {0, 1, 9}}})
 	p := []float64{0.7, 0.2, 0.1}
