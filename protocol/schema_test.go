@@ -232,21 +232,26 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		`"a"`,
 		`null`,
 	}
-	// Payloads the device library builds.
-	for _, p := range []Payload{
+	// agree checks that the schema and ParseRequest (on topic) accept and refuse
+	// alike each of payloads and each payload the device library builds from lib.
+	agree := func(topic string, payloads []string, lib []Payload) {
+		t.Helper()
+		for _, p := range lib {
+			payloads = append(payloads, string(p.Marshal()))
+		}
+		for _, p := range payloads {
+			serr := validate(s, []byte(p))
+			_, rej := ParseRequest(topic, []byte(p), testNow, env)
+			if (serr == nil) != (rej == nil) {
+				t.Errorf("%.120s: schema says %v, ParseRequest says %v", p, serr, rej)
+			}
+		}
+	}
+	agree("sneakgate/req/app/d", payloads, []Payload{
 		{ID: "lib-1", Input: []float32{0, 0.25, 0.5, 1}},
 		{ID: "lib-2", Input: []float32{0, 0.25, 0.5, 1}, B64: true, DeadlineMS: 40, SentAt: testNow.Add(-time.Millisecond)},
 		{ID: "lib-3", Input: []float32{1, 2, 3, 4}, Deadline: testNow.Add(time.Second), ReplyTo: "ops/x"},
-	} {
-		payloads = append(payloads, string(p.Marshal()))
-	}
-	for _, p := range payloads {
-		serr := validate(s, []byte(p))
-		_, rej := ParseRequest("sneakgate/req/app/d", []byte(p), testNow, env)
-		if (serr == nil) != (rej == nil) {
-			t.Errorf("%.120s: schema says %v, ParseRequest says %v", p, serr, rej)
-		}
-	}
+	})
 
 	// input_u8_b64, to an application with an input_range.
 	u8 := []string{
@@ -265,19 +270,10 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		`{"id":"a","input_u8_b64":"AAECAw==","input_b64":"` + b64(0, 0, 0, 0) + `"}`,
 		`{"id":"a","input_u8_b64":null}`,
 	}
-	for _, p := range []Payload{
+	agree("sneakgate/req/u8/d", u8, []Payload{
 		{ID: "lib-u8", InputU8: []byte{0, 1, 254, 255}},
 		{ID: "lib-u8-q", InputU8: QuantizeU8([]float32{-1, -0.5, 0.5, 1}, -1, 1), DeadlineMS: 40},
-	} {
-		u8 = append(u8, string(p.Marshal()))
-	}
-	for _, p := range u8 {
-		serr := validate(s, []byte(p))
-		_, rej := ParseRequest("sneakgate/req/u8/d", []byte(p), testNow, env)
-		if (serr == nil) != (rej == nil) {
-			t.Errorf("%.120s: schema says %v, ParseRequest says %v", p, serr, rej)
-		}
-	}
+	})
 
 	// What JSON Schema cannot say: the gateway wants integers written as integers
 	// (a schema "integer" is any number without a fractional part), and it
