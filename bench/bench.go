@@ -336,16 +336,16 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 	if err := c.defaults(); err != nil {
 		return Result{}, err
 	}
-	sc := devices.SimConfig{App: c.App, Models: c.Models, Manifest: c.Manifest}
-	app, set, err := sc.LoadSamples()
-	if err != nil {
-		return Result{}, err
-	}
 	manifestPath := c.Manifest
 	if manifestPath == "" {
 		manifestPath = filepath.Join(c.Models, c.App, "manifest.yaml")
 	}
-	if manifestPath, err = filepath.Abs(manifestPath); err != nil {
+	manifestPath, err = filepath.Abs(manifestPath)
+	if err != nil {
+		return Result{}, err
+	}
+	app, set, err := (&devices.SimConfig{Manifest: manifestPath}).LoadSamples()
+	if err != nil {
 		return Result{}, err
 	}
 	c.App = app.Name
