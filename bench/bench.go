@@ -128,7 +128,7 @@ func (c *Config) defaults() error {
 	if c.Concurrency == 0 {
 		c.Concurrency = 64
 	}
-	if c.Requests == 0 && c.Duration == 0 {
+	if c.Requests == 0 {
 		c.Requests = 10000
 	}
 	if c.Deadline == 0 {
@@ -165,6 +165,9 @@ func (c *Config) defaults() error {
 		return bad("requests, duration, warmup, deadline and profile seconds must not be negative")
 	case !protocol.ValidDevice(deviceName(c.Devices)):
 		return bad("too many devices: %d", c.Devices)
+	}
+	if c.Duration > 0 {
+		c.Requests = 0 // each path is measured for Duration instead
 	}
 	return nil
 }
@@ -297,11 +300,7 @@ func (c *Config) measure(ctx context.Context, l *loader, ps pids) (Phase, error)
 	if err != nil {
 		return Phase{}, err
 	}
-	count := c.Requests
-	if c.Duration > 0 {
-		count = 0
-	}
-	ph := l.run(ctx, count, stop)
+	ph := l.run(ctx, c.Requests, stop)
 	b1, g1, s1, err := read()
 	if err != nil {
 		return Phase{}, err
@@ -355,9 +354,6 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 	res.Setup = Setup{App: app.Name, Policy: c.Policy, Encoding: "input", QoS: c.QoS,
 		Devices: c.Devices, Concurrency: c.Concurrency, Requests: c.Requests, DurationS: c.Duration.Seconds(),
 		Warmup: c.Warmup, DeadlineMS: protocol.DeadlineMS(c.Deadline), Gateway: c.GatewayBinary}
-	if c.Duration > 0 {
-		res.Setup.Requests = 0
-	}
 	if c.Encoding == "b64" {
 		res.Setup.Encoding = "input_b64"
 	}
