@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +27,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/internal/mosquitto"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
@@ -238,12 +238,11 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := mosquitto.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // newGateway writes a config for the broker at brokerURL and returns the process
