@@ -721,6 +721,12 @@ func TestAccuracyECE(t *testing.T) {
 	if ece != 0 {
 		t.Errorf("ECE %v", ece)
 	}
+	// A row without a distribution (all NaN) counts as wrong with confidence 0.
+	nan := math.NaN()
+	acc, ece = accuracyECE([][]float64{{1, 0}, {nan, nan}}, []int32{0, 0})
+	if acc != 0.5 || math.IsNaN(ece) || math.Abs(ece-0) > 1e-12 {
+		t.Errorf("with an all-NaN row: accuracy %v ECE %v, want 0.5 and 0", acc, ece)
+	}
 }
 
 func writeZip(t testing.TB, p string, members map[string][]byte) string {

@@ -267,7 +267,10 @@ func accuracyECE(probs [][]float64, y []int32) (acc, ece float64) {
 	correct := 0
 	for i, p := range probs {
 		top := sneakpeek.Argmax(p)
-		conf := p[top]
+		conf := 0.0 // no distribution (all NaN): wrong, with no confidence
+		if top >= 0 {
+			conf = p[top]
+		}
 		ok := 0.0
 		if int32(top) == y[i] {
 			correct++

@@ -359,6 +359,9 @@ func checkVariant(app *manifest.App, v *manifest.Variant, val *dataset.Set) (var
 		}
 		for j, p := range ps {
 			yhat, y := sneakpeek.Argmax(p), int(val.Labels[s+j])
+			if yhat < 0 {
+				return res, fmt.Errorf("%s: no class distribution (NaN) for validation row %d", v.Name, s+j)
+			}
 			res.Confusion[y][yhat]++
 			if yhat == y {
 				correct++
