@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,7 +120,7 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 		_, _ = rand.Read(r[:]) // crypto/rand.Read never fails
 		o.ClientID = "sgdev-" + o.Device + "-" + hex.EncodeToString(r[:])
 	}
-	if r := o.U8Range; r != nil && (!(r[0] < r[1]) || math.IsInf(r[0], 0) || math.IsInf(r[1], 0)) {
+	if r := o.U8Range; r != nil && !protocol.UsableU8Range(r) {
 		return nil, fmt.Errorf("%w: U8Range %v must be finite with low below high", ErrOptions, *r)
 	}
 	if o.ConnectTimeout <= 0 {

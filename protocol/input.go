@@ -183,9 +183,9 @@ func decodeB64Floats(s []byte, size int) ([]float32, bool) {
 	return out, k == size
 }
 
-// usableU8Range reports whether rng can scale input_u8_b64 bytes: declared,
-// finite, and low below high.
-func usableU8Range(rng *[2]float64) bool {
+// UsableU8Range reports whether rng can scale input_u8_b64 bytes: declared,
+// finite, and low below high (the gateway's check, and a device's).
+func UsableU8Range(rng *[2]float64) bool {
 	return rng != nil && rng[0] < rng[1] && !math.IsInf(rng[0], 0) && !math.IsInf(rng[1], 0)
 }
 
@@ -201,7 +201,7 @@ func U8Value(b byte, lo, hi float64) float32 {
 // not usable (not lo < hi, both finite).
 func QuantizeU8(in []float32, lo, hi float64) []byte {
 	rng := [2]float64{lo, hi}
-	if !usableU8Range(&rng) {
+	if !UsableU8Range(&rng) {
 		return nil
 	}
 	out := make([]byte, len(in))

@@ -354,7 +354,7 @@ func (req *Request) DecodeInput() *Rejection {
 		input, ierr = parseB64(rawB64, req.spec.InputSize)
 	case hasU8:
 		rng := req.spec.Range
-		if !usableU8Range(rng) {
+		if !UsableU8Range(rng) {
 			return reject(ReasonBadInput, "input_u8_b64 needs a finite input_range, and application %q declares none: send input or input_b64", req.App)
 		}
 		// Every value lies in the range by construction: no checkValues.
