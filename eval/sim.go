@@ -248,11 +248,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	// pa is the application as the policy sees it.
 	pa := sa
 	// fastest is the per-request time of the fastest drain admission assumes.
-	fastest := time.Duration(math.MaxInt64)
-	for _, v := range sa.Variants {
-		fastest = min(fastest, scheduler.Amortised(v, v.MaxBatch()))
-	}
-	fastest += pt.GatewayCost
+	fastest := scheduler.CheapestAmortised(sa) + pt.GatewayCost
 	if pt.GatewayKnown && pt.GatewayCost > 0 {
 		pa = withLoopCost(sa, pt.GatewayCost)
 	}

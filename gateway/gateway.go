@@ -238,12 +238,9 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 	}
 	g.runner = newEngineRunner(g.eng, g.appSet())
 	g.log.Info().Int("variants", len(ids)).Str("took", time.Since(t0).Round(time.Millisecond).String()).Msg("engine profiles ready")
-	maxB := g.cfg.Scheduler.MaxBatch
 	g.perRequest = time.Hour
 	for _, a := range g.appSet() {
-		for _, v := range a.sched.Variants {
-			g.perRequest = min(g.perRequest, v.Latency[maxB]/time.Duration(maxB))
-		}
+		g.perRequest = min(g.perRequest, scheduler.CheapestAmortised(a.sched))
 	}
 	// Warm start: load variants in manifest order while they fit the budget.
 	for _, id := range ids {

@@ -163,7 +163,6 @@ const offeredWindow = time.Second
 // rate accounts refused (the running count of refusals) and returns the offered
 // rate over the window (0 until it spans time).
 func (m *offeredMeter) rate(now time.Time, refused int64) float64 {
-	m.w.Window = offeredWindow
 	total := m.admitted + refused
 	r := m.w.Add(now, float64(total-m.counted))
 	m.counted = total
@@ -191,6 +190,7 @@ func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budge
 		retiring: map[string]func(string){}, latency: newLatencyModel(),
 		cheapest: map[*scheduler.App]time.Duration{},
 	}
+	l.offered.w.Window = offeredWindow
 	for _, id := range r.Resident() {
 		l.resident[id] = now()
 	}
@@ -607,10 +607,7 @@ func (l *loop) cheapestOf(a *scheduler.App) time.Duration {
 	if c, ok := l.cheapest[a]; ok {
 		return c
 	}
-	c := time.Duration(math.MaxInt64)
-	for _, v := range a.Variants {
-		c = min(c, scheduler.Amortised(v, v.MaxBatch()))
-	}
+	c := scheduler.CheapestAmortised(a)
 	l.cheapest[a] = c
 	return c
 }

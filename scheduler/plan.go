@@ -331,6 +331,16 @@ func Amortised(v *Variant, maxBatch int) time.Duration {
 	return best
 }
 
+// CheapestAmortised is the per-request time of a's cheapest variant at its best
+// batch size: the fastest a queue of a's requests can be drained by a model.
+func CheapestAmortised(a *App) time.Duration {
+	c := time.Duration(math.MaxInt64)
+	for _, v := range a.Variants {
+		c = min(c, Amortised(v, v.MaxBatch()))
+	}
+	return c
+}
+
 // targetUtilisation is the share of the engine's batched throughput a plan may
 // count on; the rest absorbs partial batches and swaps.
 const targetUtilisation = 1.0
