@@ -118,7 +118,8 @@ func (g *Gateway) handle(a arrival) {
 	}
 	reserved = g.loop.Reserve(g.cfg.Admission.MaxQueue)
 	if reserved {
-		if g.cfg.Admission.MaxWait > 0 && g.cannotServe(req.Budget(), app.est != nil) {
+		// app is nil when a reload removed the application since ParseHeader.
+		if g.cfg.Admission.MaxWait > 0 && g.cannotServe(req.Budget(), app != nil && app.est != nil) {
 			g.loop.Release()
 			reserved = false
 		}

@@ -95,7 +95,7 @@ func TestLatencyModelFrozen(t *testing.T) {
 }
 
 func TestOfferedMeterCountsRefusals(t *testing.T) {
-	var m offeredMeter
+	m := offeredMeter{w: scheduler.RateWindow{Window: offeredWindow}} // as newLoop sets it
 	t0 := time.Unix(1_700_000_000, 0)
 	m.rate(t0, 0)
 	// 100 admitted and 300 refused in half a second: 800 offered per second.
