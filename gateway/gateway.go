@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -297,14 +296,16 @@ func (g *Gateway) newClient() error {
 	if c.Username != "" {
 		opts.SetUsername(c.Username)
 	}
-	if c.PasswordFile != "" {
-		pw, err := os.ReadFile(c.PasswordFile)
-		if err != nil {
-			return fmt.Errorf("gateway: %w: mqtt.password_file: %v", ErrConfig, err)
-		}
-		opts.SetPassword(strings.TrimSpace(string(pw)))
-	}
 	log := g.log.With().Str("component", "mqtt").Logger()
+	pw, err := c.password()
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	opts.SetPassword(pw)
+	if c.Username != "" && pw == "" {
+		log.Info().Str("username", c.Username).Str("password_file", c.PasswordFile).
+			Msg("connecting with a user name and no password (no mqtt.password_file, or a blank one)")
+	}
 	tc, err := c.tlsConfig()
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)

@@ -58,6 +58,21 @@ func passwordPath(p, dir, credDir string) string {
 	return p
 }
 
+// password reads the broker password from PasswordFile: its content without
+// surrounding white space, "" without a file. A blank file means no password:
+// the shipped unit's SetCredential= default, which systemd hands over when
+// /etc/sneakgate/mqtt-password does not exist, is a blank line.
+func (c *MQTTConfig) password() (string, error) {
+	if c.PasswordFile == "" {
+		return "", nil
+	}
+	pw, err := os.ReadFile(c.PasswordFile)
+	if err != nil {
+		return "", configErr("mqtt.password_file", "%v", err)
+	}
+	return strings.TrimSpace(string(pw)), nil
+}
+
 // tlsConfig returns the TLS configuration for c's broker URL: nil for a URL
 // without TLS. It reads the files, so it also validates them; errors name the
 // setting and the file.

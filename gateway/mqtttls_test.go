@@ -121,6 +121,33 @@ func TestPasswordFromSystemdCredentials(t *testing.T) {
 	}
 }
 
+// TestBlankCredentialIsNoPassword: the shipped unit's SetCredential= default (a
+// blank line, handed over when /etc/sneakgate/mqtt-password does not exist) means
+// no password; a credential with a password is read without its newline.
+func TestBlankCredentialIsNoPassword(t *testing.T) {
+	creds := t.TempDir()
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	for _, c := range []struct{ content, want string }{{"\n", ""}, {"", ""}, {"s3cret\n", "s3cret"}} {
+		if err := os.WriteFile(filepath.Join(creds, CredentialName), []byte(c.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.MQTT.PasswordFile != filepath.Join(creds, CredentialName) {
+			t.Errorf("credential %q: password_file %q", c.content, cfg.MQTT.PasswordFile)
+		}
+		if pw, err := cfg.MQTT.password(); err != nil || pw != c.want {
+			t.Errorf("credential %q: password %q, %v; want %q", c.content, pw, err, c.want)
+		}
+	}
+	cfg := MQTTConfig{PasswordFile: filepath.Join(creds, "missing")}
+	if _, err := cfg.password(); err == nil || !strings.Contains(err.Error(), "mqtt.password_file") {
+		t.Errorf("missing password file: %v, want an error naming mqtt.password_file", err)
+	}
+}
+
 // TestGatewayOverTLS: against a Mosquitto TLS listener that requires client
 // certificates (made by the test), the gateway with the CA, a client
 // certificate and key connects, subscribes and serves; without the CA its log

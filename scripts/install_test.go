@@ -185,6 +185,10 @@ func checkInstalled(t *testing.T, in *installer) {
 		"\nExecStart=/usr/bin/sneakgate serve -config /etc/sneakgate/sneakgate.yaml\n",
 		"\nEnvironment=SNEAKGATE_ORT_LIB=/usr/lib/sneakgate/libonnxruntime.so.1.30.0\n",
 		"\nDocumentation=file:///usr/share/doc/sneakgate/README.md\n",
+		// The broker password as a credential (issue 12), with a blank default so that
+		// a start without /etc/sneakgate/mqtt-password does not fail.
+		"\nLoadCredential=mqtt-password:/etc/sneakgate/mqtt-password\n",
+		"\nSetCredential=mqtt-password:\\n\n",
 	} {
 		if !strings.Contains(u, want) {
 			t.Errorf("the installed unit lacks %q", strings.TrimSpace(want))
