@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -32,14 +33,17 @@ const (
 	StatusError Status = "error"
 )
 
+// statuses is the one list of reply statuses, in the order docs/protocol.md's
+// "Statuses" table lists them. Valid, the gateway's metrics and tail, and the
+// schemas' enums follow it (tests check docs/schema and docs/protocol.md).
+var statuses = [...]Status{StatusOK, StatusLate, StatusDegraded, StatusExpired, StatusRejected, StatusError}
+
+// Statuses returns every reply status this version defines, in the documented
+// order (ok, late, degraded, expired, rejected, error).
+func Statuses() []Status { return slices.Clone(statuses[:]) }
+
 // Valid reports whether s is one of the defined statuses.
-func (s Status) Valid() bool {
-	switch s {
-	case StatusOK, StatusLate, StatusDegraded, StatusExpired, StatusRejected, StatusError:
-		return true
-	}
-	return false
-}
+func (s Status) Valid() bool { return slices.Contains(statuses[:], s) }
 
 // Answered reports whether a reply with this status carries a class.
 func (s Status) Answered() bool {

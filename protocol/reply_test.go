@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 )
@@ -57,10 +58,18 @@ func TestParseReply(t *testing.T) {
 }
 
 func TestStatusAndReason(t *testing.T) {
-	for _, s := range []Status{StatusOK, StatusLate, StatusDegraded, StatusExpired, StatusRejected, StatusError} {
+	want := []Status{StatusOK, StatusLate, StatusDegraded, StatusExpired, StatusRejected, StatusError}
+	if got := Statuses(); !slices.Equal(got, want) {
+		t.Errorf("Statuses() = %v, want %v", got, want)
+	}
+	for _, s := range Statuses() {
 		if !s.Valid() {
 			t.Errorf("%s not valid", s)
 		}
+	}
+	Statuses()[0] = "x" // a copy: the list stays as it is
+	if Statuses()[0] != StatusOK {
+		t.Error("Statuses returns the package's own list")
 	}
 	if Status("x").Valid() || !StatusDegraded.Answered() || StatusExpired.Answered() {
 		t.Error("Status methods")

@@ -398,7 +398,7 @@ func TestSchemaBuiltReplies(t *testing.T) {
 		}
 		seen[r.Status] = true
 	}
-	for _, st := range []Status{StatusOK, StatusLate, StatusDegraded, StatusExpired, StatusRejected, StatusError} {
+	for _, st := range Statuses() {
 		if !seen[st] {
 			t.Errorf("no reply of status %s built", st)
 		}
@@ -500,17 +500,14 @@ func TestSchemaEnumsMatchProtocol(t *testing.T) {
 		t.Errorf("reply schema's answerReason enum\n%v\nwant protocol.AnswerReasons()\n%v", got, want)
 	}
 	statuses := enum(t, raw, "$defs", "status", "enum")
+	if want := sortedStrings(Statuses()); !slices.Equal(statuses, want) {
+		t.Errorf("reply schema's status enum %v, want protocol.Statuses() %v", statuses, want)
+	}
 	var answered []string
 	for _, s := range statuses {
-		if !Status(s).Valid() {
-			t.Errorf("schema status %q is not a protocol status", s)
-		}
 		if Status(s).Answered() {
 			answered = append(answered, s)
 		}
-	}
-	if len(statuses) != 6 {
-		t.Errorf("schema has %d statuses, protocol 6: %v", len(statuses), statuses)
 	}
 	if got := enum(t, raw, "$defs", "answeredStatus", "enum"); !slices.Equal(got, answered) {
 		t.Errorf("schema's answeredStatus %v, want %v (Status.Answered)", got, answered)
@@ -519,6 +516,34 @@ func TestSchemaEnumsMatchProtocol(t *testing.T) {
 		if !r.Known() {
 			t.Errorf("%s is not Known", r)
 		}
+	}
+}
+
+// statusRow matches a row of docs/protocol.md's "Statuses" table: | `ok` | yes | ...
+var statusRow = regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\| (yes|no) \\|")
+
+// TestDocStatusesMatchProtocol: the "Statuses" table of docs/protocol.md lists
+// protocol.Statuses() in their order, and says "Has class" as Status.Answered does.
+func TestDocStatusesMatchProtocol(t *testing.T) {
+	md, err := os.ReadFile("../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(md), "\n## Statuses\n")
+	if !ok {
+		t.Fatal("docs/protocol.md has no \"## Statuses\" section")
+	}
+	table, _, _ = strings.Cut(table, "\n## ")
+	var got []Status
+	for _, m := range statusRow.FindAllStringSubmatch(table, -1) {
+		st := Status(m[1])
+		got = append(got, st)
+		if (m[2] == "yes") != st.Answered() {
+			t.Errorf("docs/protocol.md: status %s: has class %q, but Answered() is %v", st, m[2], st.Answered())
+		}
+	}
+	if !slices.Equal(got, Statuses()) {
+		t.Errorf("docs/protocol.md's Statuses table lists %v, want protocol.Statuses() %v", got, Statuses())
 	}
 }
 
