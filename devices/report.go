@@ -107,8 +107,7 @@ func (r *Report) finish() {
 	r.DeviceDeadlineMetRatio = ratio(r.DeviceDeadlineMet, r.Sent)
 }
 
-var statusOrder = []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
-	protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError}
+var statusOrder = protocol.Statuses()
 
 // Print writes the report for people.
 func (r *Report) Print(w io.Writer) {

@@ -113,8 +113,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // reasons, the reply statuses, the served applications, and the fixed label
 // sets. (An application added by a reload gets its series at its first event.)
 func (m *metrics) initLabels(apps []string) {
-	statuses := []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
-		protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError}
+	statuses := protocol.Statuses()
 	for _, r := range protocol.Reasons() {
 		m.rejected.WithLabelValues(string(r))
 	}

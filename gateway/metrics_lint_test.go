@@ -23,8 +23,7 @@ func TestMetricsForAlerting(t *testing.T) {
 			t.Errorf("rejected_total{reason=%q} = %v at start", r, v)
 		}
 	}
-	for _, st := range []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
-		protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError} {
+	for _, st := range protocol.Statuses() {
 		metricValue(t, reg, "sneakgate_replies_total", "app", "fashion", "status", string(st))
 		metricValue(t, reg, "sneakgate_replies_dropped_total", "status", string(st))
 	}

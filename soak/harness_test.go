@@ -1182,8 +1182,7 @@ func (m *monitor) loop() {
 			Replies: map[string]int64{}, GatewayUp: s.OK, Queue: s.Queue, Outbox: s.Outbox,
 			RSSMiB: s.RSS / (1 << 20), Goroutines: s.Goroutines}
 		var parts []string
-		for _, st := range []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
-			protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError} {
+		for _, st := range protocol.Statuses() {
 			if d := cur[st] - prev[st]; d != 0 {
 				sec.Replies[string(st)] = d
 				parts = append(parts, fmt.Sprintf("%s=%d", st, d))

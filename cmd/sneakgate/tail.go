@@ -43,7 +43,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	topic := fs.String("topic", "", "MQTT topic `filter` to subscribe to (default {prefix}/res/#)")
 	apps := fs.String("app", "", "only these `applications` (comma-separated)")
 	devices := fs.String("device", "", "only these `devices` (comma-separated)")
-	statuses := fs.String("status", "", "only these `statuses` (comma-separated: ok, late, degraded, expired, rejected, error)")
+	statuses := fs.String("status", "", "only these `statuses` (comma-separated: "+statusNames(", ")+")")
 	every := fs.Duration("every", 5*time.Second, "print a summary line this often (0: only at the end)")
 	jsonOut := fs.Bool("json", false, "print each reply's JSON as it arrived, one per line")
 	limit := fs.Int64("n", 0, "exit after printing this many replies (0: until interrupted)")
@@ -61,7 +61,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	o := tail.Options{Diag: stderr}
 	for _, s := range splitList(*statuses) {
 		if !protocol.Status(s).Valid() {
-			return usageError(fs, fmt.Errorf("tail: -status %q: want ok, late, degraded, expired, rejected or error", s))
+			return usageError(fs, fmt.Errorf("tail: -status %q: want one of %s", s, statusNames(", ")))
 		}
 		o.Filter.Statuses = append(o.Filter.Statuses, protocol.Status(s))
 	}
@@ -137,4 +137,13 @@ func splitList(s string) []string {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// statusNames joins protocol.Statuses() with sep.
+func statusNames(sep string) string {
+	var names []string
+	for _, s := range protocol.Statuses() {
+		names = append(names, string(s))
+	}
+	return strings.Join(names, sep)
 }

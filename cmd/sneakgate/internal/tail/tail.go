@@ -306,9 +306,8 @@ func (p *Printer) appendSummary(b []byte, now time.Time, what string, since time
 	return append(b, '\n')
 }
 
-// statuses in the order summaries list them.
-var statuses = []protocol.Status{protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded,
-	protocol.StatusExpired, protocol.StatusRejected, protocol.StatusError}
+// statuses in the order summaries list them (the documented order).
+var statuses = protocol.Statuses()
 
 func percent(n, of int) string {
 	return strconv.FormatFloat(100*float64(n)/float64(of), 'f', 1, 64) + "%"
