@@ -94,6 +94,8 @@ func docExamples(t *testing.T, path string) []json.RawMessage {
 func TestSchemaDocExamples(t *testing.T) {
 	req, _ := schema(t, requestSchemaPath)
 	rep, _ := schema(t, replySchemaPath)
+	status, _ := schema(t, statusSchemaPath)
+	stats, _ := schema(t, statsSchemaPath)
 	counts := map[string]int{}
 	for _, path := range []string{"../docs/protocol.md", "../README.md"} {
 		for _, doc := range docExamples(t, path) {
@@ -110,9 +112,10 @@ func TestSchemaDocExamples(t *testing.T) {
 				kind, s = "reply", rep
 			case has("input") || has("input_b64") || has("input_u8_b64"):
 				kind, s = "request", req
-			case has("state"), has("uptime_s"):
-				counts["status or stats"]++ // no schema (yet)
-				continue
+			case has("state"):
+				kind, s = "status", status
+			case has("uptime_s"):
+				kind, s = "stats", stats
 			default:
 				t.Errorf("%s: example of unknown kind: %s", path, doc)
 				continue
@@ -129,7 +132,7 @@ func TestSchemaDocExamples(t *testing.T) {
 		}
 	}
 	t.Logf("examples checked: %v", counts)
-	if counts["reply"] < 4 || counts["request"] < 1 {
+	if counts["reply"] < 4 || counts["request"] < 1 || counts["status"] < 1 || counts["stats"] < 1 {
 		t.Errorf("too few examples found (%v): has the Markdown changed?", counts)
 	}
 }

@@ -14,13 +14,30 @@ const (
 	StateOffline = "offline"
 )
 
+// Reasons of an offline status (GatewayStatus.Reason).
+const (
+	// OfflineShutdown: the gateway stopped cleanly.
+	OfflineShutdown = "shutdown"
+	// OfflineLost: the broker's last will for a gateway that vanished.
+	OfflineLost = "lost"
+	// OfflineSubscribeRefused: connected, but the broker refuses the
+	// subscription to requests (an ACL); the gateway retries.
+	OfflineSubscribeRefused = "subscribe_refused"
+)
+
+// OfflineReasons returns every reason an offline status carries; the status
+// schema's enum follows it (a test).
+func OfflineReasons() []string {
+	return []string{OfflineShutdown, OfflineLost, OfflineSubscribeRefused}
+}
+
 // GatewayStatus is the retained availability message.
 type GatewayStatus struct {
 	V     int    `json:"v"`
 	State string `json:"state"`
-	// Reason says why the gateway went offline: "shutdown", "lost" for the
-	// broker's last will, or "subscribe_refused" while the broker refuses its
-	// request subscription (it is connected but cannot serve).
+	// Reason says why the gateway went offline (OfflineReasons): "shutdown",
+	// "lost" for the broker's last will, or "subscribe_refused" while the broker
+	// refuses its request subscription (it is connected but cannot serve).
 	Reason string `json:"reason,omitempty"`
 	// Version, Policy and Apps describe an online gateway.
 	Version string   `json:"version,omitempty"`
