@@ -292,7 +292,7 @@ func (g *Gateway) newClient() error {
 		SetKeepAlive(c.Keepalive).SetAutoReconnect(true).SetMaxReconnectInterval(2*time.Second).
 		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
 		SetDefaultPublishHandler(g.onRequest).
-		SetBinaryWill(c.StatusTopic(), g.statusPayload(protocol.StateOffline, "lost"), 1, true)
+		SetBinaryWill(c.StatusTopic(), g.statusPayload(protocol.StateOffline, protocol.OfflineLost), 1, true)
 	if c.Username != "" {
 		opts.SetUsername(c.Username)
 	}
@@ -451,7 +451,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	cancel()
 	g.egress.Close() // late waiters give up: their replies stay in the outbox
 	if g.client.IsConnectionOpen() {
-		g.publishStatus(protocol.StateOffline, "shutdown")
+		g.publishStatus(protocol.StateOffline, protocol.OfflineShutdown)
 	}
 	return errors.Join(g.fatalError(), g.closeAll())
 }

@@ -634,6 +634,8 @@ func TestStatusAndStats(t *testing.T) {
 	op.Subscribe("sneakgate/stats", 0, func(_ mqtt.Client, m mqtt.Message) { msgs <- m }).WaitTimeout(10 * time.Second)
 	var status protocol.GatewayStatus
 	var stats protocol.Stats
+	// Every status and stats message as published validates against its schema.
+	statusSchema, statsSchema := compileSchema(t, statusSchemaPath), compileSchema(t, statsSchemaPath)
 	timeout := time.After(30 * time.Second)
 	for status.State == "" || stats.V == 0 {
 		select {
@@ -643,8 +645,10 @@ func TestStatusAndStats(t *testing.T) {
 				if !m.Retained() {
 					t.Errorf("status not retained")
 				}
+				checkSchema(t, statusSchema, statusSchemaPath, m.Payload())
 				json.Unmarshal(m.Payload(), &status)
 			case "sneakgate/stats":
+				checkSchema(t, statsSchema, statsSchemaPath, m.Payload())
 				json.Unmarshal(m.Payload(), &stats)
 				if a := stats.Apps["fashion"]; a == nil || a.Received < 1 || a.Replies[protocol.StatusOK] < 1 {
 					stats.V = 0 // the reply's completion may not be counted yet
@@ -666,6 +670,7 @@ func TestStatusAndStats(t *testing.T) {
 		select {
 		case m := <-msgs:
 			if m.Topic() == "sneakgate/status" {
+				checkSchema(t, statusSchema, statusSchemaPath, m.Payload())
 				json.Unmarshal(m.Payload(), &status)
 				if status.State == protocol.StateOffline {
 					if status.Reason != "shutdown" {

@@ -46,7 +46,7 @@ const (
 // StatusSubscribeRefused is the reason of the retained status "offline" while
 // the broker refuses the gateway's subscription to requests (an ACL): connected,
 // but no request can arrive.
-const StatusSubscribeRefused = "subscribe_refused"
+const StatusSubscribeRefused = protocol.OfflineSubscribeRefused
 
 // errSubscribeRefused is the broker's refusal of a subscription (SUBACK 0x80).
 type errSubscribeRefused struct {

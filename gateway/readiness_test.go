@@ -121,10 +121,12 @@ func freeAddr(t *testing.T) string {
 func statusWatcher(t *testing.T, brokerURL string) <-chan protocol.GatewayStatus {
 	t.Helper()
 	ch := make(chan protocol.GatewayStatus, 64)
+	schema := compileSchema(t, statusSchemaPath)
 	opts := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID("status-watcher").
 		SetCleanSession(true).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond)
 	opts.SetOnConnectHandler(func(c mqtt.Client) {
 		go c.Subscribe(protocol.StatusTopic("sneakgate"), 1, func(_ mqtt.Client, m mqtt.Message) {
+			checkSchema(t, schema, statusSchemaPath, m.Payload())
 			var s protocol.GatewayStatus
 			if err := json.Unmarshal(m.Payload(), &s); err != nil {
 				t.Errorf("status %s: %v", m.Payload(), err)

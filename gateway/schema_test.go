@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,12 +13,16 @@ import (
 	"github.com/sneakgate/sneakgate/protocol"
 )
 
-const replySchemaPath = "../docs/schema/reply.schema.json"
+const (
+	replySchemaPath  = "../docs/schema/reply.schema.json"
+	statusSchemaPath = "../docs/schema/status.schema.json"
+	statsSchemaPath  = "../docs/schema/stats.schema.json"
+)
 
-// replySchema compiles docs/schema/reply.schema.json.
-func replySchema(t testing.TB) *jsonschema.Schema {
+// compileSchema compiles the JSON Schema at path.
+func compileSchema(t testing.TB, path string) *jsonschema.Schema {
 	t.Helper()
-	f, err := os.Open(replySchemaPath)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,26 +32,47 @@ func replySchema(t testing.TB) *jsonschema.Schema {
 		t.Fatal(err)
 	}
 	c := jsonschema.NewCompiler()
-	if err := c.AddResource(replySchemaPath, doc); err != nil {
+	if err := c.AddResource(path, doc); err != nil {
 		t.Fatal(err)
 	}
-	s, err := c.Compile(replySchemaPath)
+	s, err := c.Compile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-// checkReplySchema fails the test unless raw, a reply as published, validates
-// against the reply schema.
-func checkReplySchema(t testing.TB, s *jsonschema.Schema, raw []byte) {
+// replySchema compiles docs/schema/reply.schema.json.
+func replySchema(t testing.TB) *jsonschema.Schema { return compileSchema(t, replySchemaPath) }
+
+// checkSchema fails the test unless raw, a message as published, validates
+// against s, compiled from path.
+func checkSchema(t testing.TB, s *jsonschema.Schema, path string, raw []byte) {
 	t.Helper()
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
 	if err == nil {
 		err = s.Validate(inst)
 	}
 	if err != nil {
-		t.Errorf("reply does not match docs/schema/reply.schema.json: %s\n%v", raw, err)
+		t.Errorf("message does not match %s: %s\n%v", strings.TrimPrefix(path, "../"), raw, err)
+	}
+}
+
+// checkReplySchema fails the test unless raw, a reply as published, validates
+// against the reply schema.
+func checkReplySchema(t testing.TB, s *jsonschema.Schema, raw []byte) {
+	t.Helper()
+	checkSchema(t, s, replySchemaPath, raw)
+}
+
+// TestStatusPayloadsMatchSchema: the offline statuses the gateway publishes
+// (its last will among them) validate against the status schema. The online
+// one, and stats, are checked as published in TestStatusAndStats.
+func TestStatusPayloadsMatchSchema(t *testing.T) {
+	s := compileSchema(t, statusSchemaPath)
+	g := &Gateway{cfg: &Config{}}
+	for _, r := range protocol.OfflineReasons() {
+		checkSchema(t, s, statusSchemaPath, g.statusPayload(protocol.StateOffline, r))
 	}
 }
 
