@@ -79,6 +79,14 @@
 //   - Profile timings include the input copy and the output conversion, i.e. what
 //     a Run costs the gateway. They are measured on an idle engine; a busy machine
 //     runs slower.
-//   - CUDA and TensorRT are passed through to ONNX Runtime; with a CPU-only
-//     library New fails with ErrProvider.
+//   - CUDA and TensorRT are passed through to ONNX Runtime. New probes a GPU
+//     provider with a one-node model before it returns; when that fails (a
+//     CPU-only library, CUDA's libraries missing, no device) New fails with
+//     ErrProvider, or with Options.FallbackToCPU runs on the CPU, logs a
+//     warning and says so in Engine.Provider. The CUDA library that
+//     scripts/install-ort-gpu.sh installs has only ONNX Runtime's V1 CUDA API,
+//     which onnxruntime_go does not wrap: cudalegacy.go calls it (its options
+//     are device_id, gpu_mem_limit, arena_extend_strategy,
+//     cudnn_conv_algo_search, do_copy_in_default_stream). Profiles are cached
+//     per provider (the cache key names the provider that runs).
 package engine

@@ -18,11 +18,12 @@ import (
 // keeps track of which are resident. See the package doc for the concurrency
 // contract.
 type Engine struct {
-	opts    Options
-	prov    providerConfig
-	log     zerolog.Logger
-	so      *ort.SessionOptions // every session's options
-	checkSO *ort.SessionOptions // the I/O checks' temporary sessions: one thread, no optimisation
+	opts       Options
+	prov       providerConfig // the provider sessions use (CPU after a fallback)
+	provStatus ProviderStatus
+	log        zerolog.Logger
+	so         *ort.SessionOptions // every session's options
+	checkSO    *ort.SessionOptions // the I/O checks' temporary sessions: one thread, no optimisation
 
 	mu        sync.RWMutex
 	closed    bool
@@ -50,6 +51,14 @@ func New(opts Options) (*Engine, error) {
 	if err := initEnv(o.LibraryPath); err != nil {
 		return nil, err
 	}
+	p, pst, err := decideProvider(p, probeProvider(p), o.FallbackToCPU)
+	if err != nil {
+		return nil, err
+	}
+	if pst.FellBack() {
+		o.Logger.Warn().Err(pst.Fallback).Str("requested", pst.Requested).Str("provider", pst.Active).
+			Msgf("execution provider %s unavailable: running on the CPU instead", pst.Requested)
+	}
 	so, err := sessionOptions(&o, p)
 	if err != nil {
 		return nil, err
@@ -66,9 +75,9 @@ func New(opts Options) (*Engine, error) {
 		}
 		return nil, fmt.Errorf("engine: check session options: %w", err)
 	}
-	e := &Engine{opts: o, prov: p, log: o.Logger,
+	e := &Engine{opts: o, prov: p, provStatus: pst, log: o.Logger,
 		so: so, checkSO: cso, apps: map[string]*manifest.App{}, variants: map[VariantID]*variant{}}
-	e.log.Info().Str("ort", runtimeVersion()).Str("provider", p.Name).
+	e.log.Info().Str("ort", runtimeVersion()).Str("provider", p.Name).Str("requested_provider", pst.Requested).
 		Int("intra_op_threads", o.IntraOpThreads).Int("inter_op_threads", o.InterOpThreads).
 		Int64("memory_budget_bytes", o.MemoryBudgetBytes).Int("max_resident", o.MaxResident).
 		Msg("engine ready")

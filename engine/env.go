@@ -55,3 +55,14 @@ func initEnv(lib string) error {
 
 // runtimeVersion is the loaded ONNX Runtime's version, e.g. "1.30.0".
 func runtimeVersion() string { return ort.GetVersion() }
+
+// loadedLibrary is the path the process's ONNX Runtime was loaded from, or ""
+// when another package initialised it.
+func loadedLibrary() string {
+	ortEnv.mu.Lock()
+	defer ortEnv.mu.Unlock()
+	if ortEnv.info == nil {
+		return ""
+	}
+	return ortEnv.lib
+}

@@ -45,6 +45,13 @@ type Options struct {
 	// ProviderOptions are passed as they are to the CUDA or TensorRT provider
 	// (e.g. "device_id": "0"); they must be empty for "cpu".
 	ProviderOptions map[string]string
+	// FallbackToCPU makes New run on the CPU provider, with a warning in the
+	// log and Engine.Provider saying why, when the CUDA or TensorRT provider
+	// cannot be used: the library has no such provider, its libraries or
+	// CUDA's do not load, there is no device. Without it New fails with
+	// ErrProvider. Either way New probes a GPU provider with a one-node model
+	// before it returns, so the failure shows at start-up, not at the first Load.
+	FallbackToCPU bool
 	// SessionConfig entries are added to the session options as they are, e.g.
 	// "session.intra_op.allow_spinning": "0" to stop idle threads spinning.
 	SessionConfig map[string]string
@@ -173,7 +180,16 @@ func appendProvider(so *ort.SessionOptions, p providerConfig) error {
 	case ProviderCUDA:
 		po, err := ort.NewCUDAProviderOptions()
 		if err != nil {
-			return fmt.Errorf("%w: cuda: creating provider options: %v", ErrProvider, err)
+			// A library built without CUDA but with the provider bridge (the one
+			// scripts/install-ort-gpu.sh installs) refuses the V2 options ("CUDA
+			// execution provider is not enabled in this build") but still loads
+			// the CUDA provider through the V1 API.
+			lerr := appendCUDALegacy(so, loadedLibrary(), p.Options)
+			if lerr == nil {
+				return nil
+			}
+			return fmt.Errorf("%w: cuda: creating provider options: %v; through the V1 API: %v",
+				ErrProvider, err, strings.TrimPrefix(lerr.Error(), ErrProvider.Error()+": cuda: "))
 		}
 		defer po.Destroy()
 		if err := po.Update(p.Options); err != nil {
