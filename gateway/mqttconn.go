@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sneakgate/sneakgate/internal/mqttsub"
 	"github.com/sneakgate/sneakgate/protocol"
 )
 
@@ -314,23 +315,11 @@ func subscribeOnce(c mqtt.Client, filter string, h mqtt.MessageHandler, wait tim
 	if err := t.Error(); err != nil {
 		return 0, err
 	}
-	st, ok := t.(*mqtt.SubscribeToken)
-	if !ok {
-		return 0, errors.New("subscribe: unexpected token type")
-	}
-	res := st.Result()
-	code, ok := res[filter]
-	if !ok && len(res) == 1 {
-		// paho keys a shared subscription's result by the filter without its
-		// $share/{group}/ prefix; one filter was subscribed, so this is its result.
-		for _, c := range res {
-			code, ok = c, true
-		}
-	}
+	code, err := mqttsub.Code(t, filter) // a $share/ filter's result too
 	switch {
-	case !ok:
-		return 0, fmt.Errorf("SUBACK without a result for %s", filter)
-	case code > 2: // 0x80: failure
+	case err != nil:
+		return 0, err
+	case mqttsub.Refused(code): // 0x80: failure
 		return code, &errSubscribeRefused{filter: filter, code: code}
 	}
 	return code, nil

@@ -29,6 +29,9 @@ and p99 of total_ms over the interval; on SIGINT or SIGTERM, the summary of the
 whole run. Payloads that are not replies are shown and counted. With -json, each
 selected reply is printed as it arrived, one per line (summaries and malformed
 payloads then go to stderr). Colours only when stdout is a terminal.
+A -topic of the form $share/{group}/... is a shared subscription: tail then
+sees only its share of the messages, and takes them from the group's other
+subscribers (it says so); a subscription the broker refuses is an error.
 `
 
 // tailCmd runs `sneakgate tail`.
@@ -100,6 +103,9 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	so := tail.SubscribeOptions{Broker: *broker, Filter: *topic, Username: *username, Log: stderr, Dropped: new(atomic.Int64)}
 	if so.Filter == "" {
 		so.Filter = *prefix + "/res/#"
+	}
+	if group, _, ok := strings.Cut(strings.TrimPrefix(so.Filter, "$share/"), "/"); ok && strings.HasPrefix(so.Filter, "$share/") {
+		fmt.Fprintf(stderr, "sneakgate tail: %s is a shared subscription: the broker hands each message to one subscriber of group %q, so tail sees only its share and takes those messages from the others\n", so.Filter, group)
 	}
 	if *passwordFile != "" {
 		pw, err := os.ReadFile(*passwordFile)

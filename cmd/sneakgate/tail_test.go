@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,5 +121,20 @@ func TestTailBinary(t *testing.T) {
 	}
 	if code := tl.wait(t); code != 0 {
 		t.Errorf("-n 1: exit %d, want 0", code)
+	}
+}
+
+// A $share/ filter is a shared subscription: tail says what that means before
+// it connects (here to a broker that is not there, which is an error).
+func TestTailSharedSubscriptionWarns(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := tailCmd(ctx, []string{"-broker", "tcp://127.0.0.1:1", "-topic", "$share/ops/sneakgate/res/#"}, &stdout, &stderr)
+	if err == nil {
+		t.Error("tail against no broker succeeded")
+	}
+	if want := `$share/ops/sneakgate/res/# is a shared subscription: the broker hands each message to one subscriber of group "ops"`; !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr %q, want it to contain %q", stderr.String(), want)
 	}
 }

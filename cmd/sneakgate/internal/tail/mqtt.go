@@ -10,6 +10,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/sneakgate/sneakgate/internal/mqttsub"
 )
 
 // SubscribeOptions configure Subscribe.
@@ -80,12 +82,20 @@ func Subscribe(ctx context.Context, o SubscribeOptions) (msgs <-chan Message, st
 			err = fmt.Errorf("subscribe %s: timed out", o.Filter)
 		case tok.Error() != nil:
 			err = fmt.Errorf("subscribe %s: %w", o.Filter, tok.Error())
-		case tok.(*mqtt.SubscribeToken).Result()[o.Filter] == 0x80:
-			who := "anonymous clients"
-			if o.Username != "" {
-				who = fmt.Sprintf("user %q", o.Username)
+		default:
+			// mqttsub reads a $share/{group}/ filter's result too, which paho
+			// keys by the filter without the prefix.
+			code, cerr := mqttsub.Code(tok, o.Filter)
+			switch {
+			case cerr != nil:
+				err = fmt.Errorf("subscribe %s: %w", o.Filter, cerr)
+			case mqttsub.Refused(code):
+				who := "anonymous clients"
+				if o.Username != "" {
+					who = fmt.Sprintf("user %q", o.Username)
+				}
+				err = fmt.Errorf("the broker refused the subscription to %s (SUBACK %#x): check its ACL for %s", o.Filter, code, who)
 			}
-			err = fmt.Errorf("the broker refused the subscription to %s (SUBACK 0x80): check its ACL for %s", o.Filter, who)
 		}
 		if connects.Add(1) > 1 {
 			if err != nil {

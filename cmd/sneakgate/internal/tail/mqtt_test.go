@@ -99,8 +99,11 @@ func TestSubscribeMosquitto(t *testing.T) {
 	}
 }
 
-// A subscription the broker refuses fails Subscribe, saying so. (Mosquitto's
-// ACL file only filters deliveries; its dynamic security plugin refuses.)
+// A subscription the broker refuses fails Subscribe, saying so, a shared one
+// ($share/{group}/...) too: paho keys its SUBACK result by the filter without
+// the prefix, and a lookup by the filter as given found nothing and passed.
+// (Mosquitto's ACL file only filters deliveries; its dynamic security plugin
+// refuses.)
 func TestSubscribeRefused(t *testing.T) {
 	plugin, _ := filepath.Glob("/usr/lib/*/mosquitto_dynamic_security.so")
 	if len(plugin) == 0 {
@@ -112,8 +115,39 @@ func TestSubscribeRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := mqtttest.Start(t, mqtttest.Options{Config: "plugin " + plugin[0] + "\nplugin_opt_config_file " + dynsec})
-	_, _, err := Subscribe(context.Background(), SubscribeOptions{Broker: b.URL(), Filter: "sneakgate/res/#"})
-	if err == nil || !strings.Contains(err.Error(), `refused the subscription to sneakgate/res/# (SUBACK 0x80): check its ACL for anonymous clients`) {
-		t.Fatalf("Subscribe: %v, want a refused subscription", err)
+	for _, filter := range []string{"sneakgate/res/#", "$share/ops/sneakgate/res/#"} {
+		_, _, err := Subscribe(context.Background(), SubscribeOptions{Broker: b.URL(), Filter: filter})
+		if err == nil || !strings.Contains(err.Error(), "refused the subscription to "+filter+" (SUBACK 0x80): check its ACL for anonymous clients") {
+			t.Errorf("Subscribe %s: %v, want a refused subscription", filter, err)
+		}
+	}
+}
+
+// A shared subscription the broker grants works: Subscribe returns and the
+// messages arrive.
+func TestSubscribeShared(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msgs, stop, err := Subscribe(ctx, SubscribeOptions{Broker: b.URL(), Filter: "$share/ops/sneakgate/res/#"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("tail-test-shared-pub"))
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer pub.Disconnect(0)
+	if tok := pub.Publish("sneakgate/res/fashion/cam-1", 1, false, reply(t, okReply("s1", "fashion", "cam-1", 1, 1))); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	select {
+	case m := <-msgs:
+		if m.Topic != "sneakgate/res/fashion/cam-1" {
+			t.Errorf("message on %s", m.Topic)
+		}
+	case <-ctx.Done():
+		t.Fatal("no message through the shared subscription")
 	}
 }
