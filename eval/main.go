@@ -101,6 +101,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		guardRet    = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
 		shiftWin    = fs.Int("shift-window", 0, "label-shift policies: the live prior estimate's window, update step 1/window (0 = sneakpeek.DefaultShiftWindow)")
 		liveBroker  = fs.String("live-broker", "", "with -live: external broker URL (default: the gateway's embedded broker on a free port)")
+		scenario    = fs.String("scenario", "", "simulate a scenario file instead of the manifests: applications sharing one engine, periodic device streams, simulated estimators (eval/scenarios; docs/evaluation.md)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -135,6 +136,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	opts := scheduler.Options{MaxBatch: *maxBatch, Window: *window, Shrink: *shrink, PriceHorizon: *horizon}
+	if *scenario != "" {
+		return mainScenario(ctx, fs, *scenario, "sneakgate eval "+strings.Join(args, " "), stdout, stderr)
+	}
 	if *live {
 		for _, p := range pols {
 			if _, g := resolvePolicy(p); g != guardOff {
