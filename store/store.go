@@ -362,10 +362,16 @@ func (s *Store) Close() error {
 		s.log.Error().Err(*p).Str("path", s.path).Msg("journal closed after a panic in a commit")
 		return errors.Join(fmt.Errorf("store: close %s: %w", s.path, *p), err)
 	}
+	// What the group commit did since Open: writes per commit and pages
+	// written per commit are the journal's cost (docs/benchmarks.md).
+	st := s.Stats()
+	tx := s.db.Stats().TxStats
+	pages := tx.GetWrite()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)
 	}
-	s.log.Info().Str("path", s.path).Msg("journal closed")
+	s.log.Info().Str("path", s.path).Uint64("commits", st.Commits).Uint64("ops", st.Ops).
+		Int("max_batch", st.MaxBatch).Int64("pages_written", pages).Msg("journal closed")
 	return nil
 }
 
