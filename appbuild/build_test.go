@@ -18,33 +18,10 @@ import (
 
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/sneakpeek"
 )
-
-// libPath finds the ONNX Runtime library as the engine tests do:
-// $SNEAKGATE_ORT_LIB, then the copy `make ort` installs under the repository.
-// Without one the test is skipped, except under CI=true where it fails.
-func libPath(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv(engine.LibraryEnv); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("%s=%s: %v", engine.LibraryEnv, p, err)
-		}
-		return p
-	}
-	if p, err := filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0"); err == nil {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	msg := "ONNX Runtime library not found: set " + engine.LibraryEnv + " or run `make ort`"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
 
 // satData is the satellite application's real data as a user would bring it:
 // the training rows (the 1,000 raw Landsat rows of the committed kNN reference
@@ -137,7 +114,7 @@ func (d *satData) options(t testing.TB, out string) Options {
 		Variants: []VariantArg{{"linear", d.linear}, {"mlp-small", d.mlpSmall}},
 		Train:    d.trainSpec, Validation: d.valSpec, Test: d.testSpec,
 		Labels: d.labels, UtilityFile: d.utility, Deadline: 100 * time.Millisecond, InputRange: d.inputRange,
-		Library: libPath(t), LatencyBudget: 20 * time.Millisecond, BenchRuns: 1}
+		Library: testenv.ORTLib(t), LatencyBudget: 20 * time.Millisecond, BenchRuns: 1}
 }
 
 func TestBuildSatellite(t *testing.T) {
@@ -249,7 +226,7 @@ func TestBuildSatellite(t *testing.T) {
 
 	// Check agrees; a rebuild writes the same estimator files (fixed seeds).
 	var chk bytes.Buffer
-	if _, err := Check(context.Background(), out, CheckOptions{Library: libPath(t), LatencyBudget: 10 * time.Millisecond, Stdout: &chk}); err != nil {
+	if _, err := Check(context.Background(), out, CheckOptions{Library: testenv.ORTLib(t), LatencyBudget: 10 * time.Millisecond, Stdout: &chk}); err != nil {
 		t.Fatalf("check: %v\n%s", err, chk.String())
 	}
 	t.Logf("check:\n%s", chk.String())
@@ -271,7 +248,7 @@ func TestBuildSatellite(t *testing.T) {
 // compares the accuracy with the manifest's.
 func checkWithEngine(t *testing.T, app *manifest.App, set *dataset.Set) {
 	t.Helper()
-	eng, err := engine.New(engine.Options{LibraryPath: libPath(t), IntraOpThreads: 1, InterOpThreads: 1})
+	eng, err := engine.New(engine.Options{LibraryPath: testenv.ORTLib(t), IntraOpThreads: 1, InterOpThreads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +291,7 @@ func TestBuildDigits(t *testing.T) {
 	res, err := Build(context.Background(), Options{Name: "digits", Out: out,
 		Variants: []VariantArg{{"linear", f("linear.onnx")}, {"mlp", f("mlp.onnx")}},
 		Train:    f("X_train.npy") + "," + f("y_train.npy"), Validation: f("X_validation.npy") + "," + f("y_validation.npy"),
-		Library: libPath(t), LatencyBudget: 10 * time.Millisecond, BenchRuns: 1, Stdout: &stdout})
+		Library: testenv.ORTLib(t), LatencyBudget: 10 * time.Millisecond, BenchRuns: 1, Stdout: &stdout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +356,7 @@ func TestBuildOutputKinds(t *testing.T) {
 // problem, and leaves nothing where the application would have gone.
 func TestBuildErrors(t *testing.T) {
 	d := newSatData(t)
-	lib := libPath(t)
+	lib := testenv.ORTLib(t)
 	p := func(n string) string { return filepath.Join(d.dir, n) }
 	n, w := d.train.N, d.train.D
 	withX := func(name string, edit func([]float32)) string {
@@ -559,7 +536,7 @@ func TestParseVariant(t *testing.T) {
 }
 
 func TestCheckFindsProblems(t *testing.T) {
-	lib := libPath(t)
+	lib := testenv.ORTLib(t)
 	// A copy of the bundled satellite app, damaged in turn.
 	src := "../models/satellite"
 	if _, err := os.Stat(filepath.Join(src, "manifest.yaml")); err != nil {
@@ -788,7 +765,7 @@ estimators:
 	out := filepath.Join(dir, "vad")
 	res, err := Build(context.Background(), Options{Out: out, Name: "vad", Base: base,
 		Train: ref.Path(ref.Samples.File), Validation: ref.Path(ref.Validation.File),
-		Library: libPath(t), LatencyBudget: 10 * time.Millisecond, BenchRuns: 1})
+		Library: testenv.ORTLib(t), LatencyBudget: 10 * time.Millisecond, BenchRuns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -813,7 +790,7 @@ estimators:
 	// Without the base spec the same model is refused with a pointer to it.
 	_, err = Build(context.Background(), Options{Out: filepath.Join(dir, "x"), Name: "vad",
 		Variants: []VariantArg{{"silero-v5", model}},
-		Train:    ref.Path(ref.Samples.File), Validation: ref.Path(ref.Validation.File), Library: libPath(t)})
+		Train:    ref.Path(ref.Samples.File), Validation: ref.Path(ref.Validation.File), Library: testenv.ORTLib(t)})
 	if !errors.Is(err, ErrModel) || !strings.Contains(err.Error(), "3 inputs") || !strings.Contains(err.Error(), "-base") {
 		t.Errorf("three inputs without a base spec: %v", err)
 	}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/protocol"
 )
 
@@ -93,36 +93,12 @@ func TestPayloadIDs(t *testing.T) {
 	}
 }
 
-// ortLib finds the ONNX Runtime library: $SNEAKGATE_ORT_LIB, then the copy `make
-// ort` installs under the repository. Without one the test is skipped, except
-// under CI=true where it fails.
-func ortLib(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv(engine.LibraryEnv); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("%s=%s: %v", engine.LibraryEnv, p, err)
-		}
-		return p
-	}
-	p, err := filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0")
-	if err == nil {
-		if _, err = os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("ONNX Runtime library not found: %v", err)
-	}
-	t.Skipf("ONNX Runtime library not found (set %s or run make ort): %v", engine.LibraryEnv, err)
-	return ""
-}
-
 // TestRunEndToEnd runs a small benchmark against a real Mosquitto and the real
 // gateway binary (built here), with a CPU profile, and checks that every request
 // was answered and that the results and their JSON have every part. It asserts
 // no timing.
 func TestRunEndToEnd(t *testing.T) {
-	lib := ortLib(t)
+	lib := testenv.ORTLib(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "sneakgate")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/sneakgate")

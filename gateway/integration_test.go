@@ -10,7 +10,6 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/store"
@@ -35,19 +35,6 @@ import (
 
 const fashionManifest = "../models/fashion/manifest.yaml"
 
-// ortLib finds the ONNX Runtime library `make test` installs.
-func ortLib(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("SNEAKGATE_ORT_LIB"); p != "" {
-		return p
-	}
-	p, _ := filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("ONNX Runtime library not found (set SNEAKGATE_ORT_LIB or run make test): %v", err)
-	}
-	return p
-}
-
 // testConfig is a config for one gateway talking to broker, journaling in dir.
 func testConfig(t *testing.T, brokerURL, dir string) *Config {
 	t.Helper()
@@ -57,7 +44,7 @@ func testConfig(t *testing.T, brokerURL, dir string) *Config {
 	c.MQTT.ClientID = "sneakgate-test"
 	c.MQTT.PublishTimeout = 2 * time.Second
 	c.Store.Path = filepath.Join(dir, "journal.db")
-	c.Engine.Library = ortLib(t)
+	c.Engine.Library = testenv.ORTLib(t)
 	c.Engine.WarmupRuns, c.Engine.ProfileRuns = 1, 3
 	c.Engine.ProfileCache = filepath.Join(dir, "profiles")
 	c.Apps = []AppConfig{{Manifest: fashionManifest}}

@@ -3,12 +3,11 @@ package sneakpeek
 import (
 	"math"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 )
 
@@ -81,21 +80,6 @@ func TestTrainDifficultyRecoversAModel(t *testing.T) {
 	}
 }
 
-func ortLibrary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv(engine.LibraryEnv); p != "" {
-		return p
-	}
-	p, _ := filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0")
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("ONNX Runtime library not found: %v", err)
-		}
-		t.Skip("ONNX Runtime library not found (make ort)")
-	}
-	return p
-}
-
 // On the held-out test split of satellite (never used to train it), the
 // difficulty model tells which requests each variant gets right better than
 // the class-based expected accuracy does: real models, real data.
@@ -120,7 +104,7 @@ func TestDifficultyBeatsClassBasedOnHeldOutRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.New(engine.Options{LibraryPath: ortLibrary(t)})
+	eng, err := engine.New(engine.Options{LibraryPath: testenv.ORTLib(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

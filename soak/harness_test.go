@@ -29,6 +29,7 @@ import (
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/internal/mosquitto"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
 )
@@ -77,12 +78,8 @@ func testMain(m *testing.M) int {
 			return 1
 		}
 	}
-	ortLib = os.Getenv("SNEAKGATE_ORT_LIB")
-	if ortLib == "" {
-		ortLib = filepath.Join(repoRoot, ".cache/onnxruntime/libonnxruntime.so.1.30.0")
-	}
-	if _, err := os.Stat(ortLib); err != nil {
-		fmt.Fprintf(os.Stderr, "soak: ONNX Runtime library: %v (set SNEAKGATE_ORT_LIB or run make ort)\n", err)
+	if ortLib, err = testenv.FindORTLib(); err != nil {
+		fmt.Fprintf(os.Stderr, "soak: %v\n", err)
 		return 1
 	}
 	outDir = os.Getenv("SOAK_OUT")

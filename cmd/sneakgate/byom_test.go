@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
 )
@@ -26,10 +26,7 @@ import (
 func TestBringYourOwnModelServedAfterReload(t *testing.T) {
 	ex := "../../models/examples/digits/"
 	out := filepath.Join(t.TempDir(), "digits")
-	lib := os.Getenv("SNEAKGATE_ORT_LIB")
-	if lib == "" {
-		lib, _ = filepath.Abs("../../.cache/onnxruntime/libonnxruntime.so.1.30.0")
-	}
+	lib := testenv.ORTLib(t)
 	args := []string{"app", "build", "-ort-lib", lib, "-name", "digits", "-out", out,
 		"-variant", "linear=" + ex + "linear.onnx", "-variant", "mlp=" + ex + "mlp.onnx",
 		"-train", ex + "X_train.npy," + ex + "y_train.npy",

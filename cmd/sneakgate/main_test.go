@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 )
 
 // Whole-binary tests: build the real sneakgate and check flags, exit codes and
@@ -159,10 +160,7 @@ type served struct {
 func startServe(t *testing.T, b *mqtttest.Broker, clientID string, manifests ...string) *served {
 	t.Helper()
 	dir := t.TempDir()
-	lib := os.Getenv("SNEAKGATE_ORT_LIB")
-	if lib == "" {
-		lib, _ = filepath.Abs("../../.cache/onnxruntime/libonnxruntime.so.1.30.0")
-	}
+	lib := testenv.ORTLib(t)
 	cfg := fmt.Sprintf(`log: {level: info, format: json}
 mqtt: {broker: %q, client_id: %s}
 store: {path: %q}
