@@ -24,6 +24,15 @@ ort: $(ORT_LIB)
 $(ORT_LIB):
 	scripts/install-ort.sh $(ORT_LIB)
 
+# The CUDA-enabled ONNX Runtime 1.29.0 (docs/deployment.md, "GPU") in a directory
+# of its own: the CPU library above, which `make test` uses, is never replaced.
+# About 330 MB downloaded; does nothing when installed. scripts/gpu-check.sh
+# checks it on a machine with an NVIDIA GPU.
+ORT_GPU_DIR := $(CURDIR)/.cache/onnxruntime-gpu
+.PHONY: ort-gpu
+ort-gpu:
+	scripts/install-ort-gpu.sh $(ORT_GPU_DIR)
+
 build: deps
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/sneakgate ./cmd/sneakgate
 
