@@ -28,6 +28,11 @@ type Config struct {
 	Admission AdmissionConfig `yaml:"admission"`
 	Metrics   MetricsConfig   `yaml:"metrics"`
 	Apps      []AppConfig     `yaml:"apps"`
+
+	// files holds what Validate read from the files the mqtt section names, so
+	// that New uses it instead of reading them again (mqttfiles.go). Without a
+	// yaml tag: not configuration, and changedSections skips it.
+	files *mqttFiles
 }
 
 // LogConfig configures logging.
@@ -135,6 +140,12 @@ type EngineConfig struct {
 	InterOpThreads int    `yaml:"inter_op_threads"`
 	// ProviderOptions are passed to the execution provider as they are.
 	ProviderOptions map[string]string `yaml:"provider_options"`
+	// RequireProvider makes a GPU provider that cannot be used (no GPU, no
+	// driver, CUDA's libraries missing, a CPU-only library) stop the start-up.
+	// Without it the gateway falls back to the CPU provider, logs a warning and
+	// says so in sneakgate_engine_provider_info and
+	// sneakgate_engine_provider_fallback (docs/deployment.md, "GPU").
+	RequireProvider bool `yaml:"require_provider"`
 	// MemoryBudgetMB and MaxResident bound resident variants (0 = unlimited).
 	MemoryBudgetMB int `yaml:"memory_budget_mb"`
 	MaxResident    int `yaml:"max_resident"`
@@ -315,7 +326,9 @@ func (c *Config) resolve(dir string) {
 	}
 }
 
-// Validate checks every field, naming the first bad one.
+// Validate checks every field, naming the first bad one. It reads the files the
+// mqtt section names (TLS certificates and keys, the embedded broker's users)
+// and keeps what they hold for New, which does not read them again.
 func (c *Config) Validate() error {
 	switch c.Log.Level {
 	case "trace", "debug", "info", "warn", "error":
@@ -330,7 +343,7 @@ func (c *Config) Validate() error {
 	if c.MQTT.Broker == "" {
 		return configErr("mqtt.broker", "required")
 	}
-	if _, err := c.MQTT.tlsConfig(); err != nil {
+	if _, err := c.brokerTLS(); err != nil {
 		return err
 	}
 	if c.MQTT.ClientID == "" {
@@ -365,8 +378,8 @@ func (c *Config) Validate() error {
 			return configErr("mqtt.embedded.listen", "required when the embedded broker is enabled")
 		}
 		if e.UsersFile != "" {
-			if _, err := LoadUsersFile(e.UsersFile); err != nil {
-				return configErr("mqtt.embedded.users_file", "%v", err)
+			if _, err := c.embeddedUsers(); err != nil {
+				return err
 			}
 		} else if !loopbackAddr(e.Listen) {
 			return configErr("mqtt.embedded.listen", "%q is not a loopback address: the embedded broker would accept anyone who can reach it; listen on 127.0.0.1 or set mqtt.embedded.users_file", e.Listen)

@@ -175,11 +175,9 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
 	g.loop.latency.frozen = !cfg.Scheduler.LatencyCorrection
 	if cfg.MQTT.Embedded.Enabled {
-		var users map[string]string
-		if f := cfg.MQTT.Embedded.UsersFile; f != "" {
-			if users, err = LoadUsersFile(f); err != nil {
-				return nil, configErr("mqtt.embedded.users_file", "%v", err)
-			}
+		users, err := cfg.embeddedUsers() // as Validate read it
+		if err != nil {
+			return nil, err
 		}
 		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, g.log.With().Str("component", "broker").Logger()); err != nil {
 			return nil, err
@@ -306,7 +304,7 @@ func (g *Gateway) newClient() error {
 		log.Info().Str("username", c.Username).Str("password_file", c.PasswordFile).
 			Msg("connecting with a user name and no password (no mqtt.password_file, or a blank one)")
 	}
-	tc, err := c.tlsConfig()
+	tc, err := g.cfg.brokerTLS() // as Validate read it
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}

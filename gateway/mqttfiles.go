@@ -1,0 +1,55 @@
+package gateway
+
+import "crypto/tls"
+
+// mqttFiles caches what the files of the mqtt section hold, read once: Validate
+// (LoadConfig) reads them, so that a missing or bad file stops start-up before
+// anything else is done, and New uses what it read. Each part remembers the
+// settings it was read for, and is read again if they change.
+type mqttFiles struct {
+	tlsRead   bool
+	tlsBroker string  // mqtt.broker and
+	tlsFor    MQTTTLS // mqtt.tls, as read
+	tls       *tls.Config
+	usersFor  string // mqtt.embedded.users_file, as read
+	users     map[string]string
+}
+
+// brokerTLS is c.MQTT.tlsConfig(), read once for the same settings.
+func (c *Config) brokerTLS() (*tls.Config, error) {
+	if c.files == nil {
+		c.files = &mqttFiles{}
+	}
+	f := c.files
+	if f.tlsRead && f.tlsBroker == c.MQTT.Broker && f.tlsFor == c.MQTT.TLS {
+		return f.tls, nil
+	}
+	t, err := c.MQTT.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	f.tlsRead, f.tlsBroker, f.tlsFor, f.tls = true, c.MQTT.Broker, c.MQTT.TLS, t
+	return t, nil
+}
+
+// embeddedUsers is LoadUsersFile(mqtt.embedded.users_file), read once for the
+// same path; nil without one.
+func (c *Config) embeddedUsers() (map[string]string, error) {
+	path := c.MQTT.Embedded.UsersFile
+	if path == "" {
+		return nil, nil
+	}
+	if c.files == nil {
+		c.files = &mqttFiles{}
+	}
+	f := c.files
+	if f.users != nil && f.usersFor == path {
+		return f.users, nil
+	}
+	users, err := LoadUsersFile(path)
+	if err != nil {
+		return nil, configErr("mqtt.embedded.users_file", "%v", err)
+	}
+	f.usersFor, f.users = path, users
+	return users, nil
+}
