@@ -153,9 +153,10 @@ func (s *Scenario) Compile() (*CompiledScenario, error) {
 		return nil, errors.New("no estimators")
 	}
 	c := &CompiledScenario{Scenario: *s}
+	c.Apps = slices.Clone(s.Apps) // build fills in defaults (Mix)
 	seen := map[string]bool{}
 	for i := range s.Apps {
-		sa := &s.Apps[i]
+		sa := &c.Apps[i]
 		if sa.Name == "" || seen[sa.Name] {
 			return nil, fmt.Errorf("app %d: missing or repeated name %q", i, sa.Name)
 		}
