@@ -291,6 +291,9 @@ func (g *Gateway) newClient() error {
 		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
 		SetDefaultPublishHandler(g.onRequest).
 		SetBinaryWill(c.StatusTopic(), g.statusPayload(protocol.StateOffline, protocol.OfflineLost), 1, true)
+	if open := bufferedOpener(c.Broker); open != nil {
+		opts.SetCustomOpenConnectionFn(open) // mqttbuf.go
+	}
 	if c.Username != "" {
 		opts.SetUsername(c.Username)
 	}
