@@ -217,14 +217,18 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 	var err error
 	g.eng, err = engine.New(engine.Options{
 		LibraryPath: lib, IntraOpThreads: ec.IntraOpThreads, InterOpThreads: ec.InterOpThreads,
-		Provider: ec.Provider, ProviderOptions: ec.ProviderOptions,
+		Provider: ec.Provider, ProviderOptions: ec.ProviderOptions, FallbackToCPU: !ec.RequireProvider,
 		MemoryBudgetBytes: int64(ec.MemoryBudgetMB) << 20, MaxResident: ec.MaxResident,
 		BatchSizes: ec.BatchSizes, WarmupRuns: ec.WarmupRuns, ProfileRuns: ec.ProfileRuns,
 		ProfileCache: ec.ProfileCache, Logger: g.log.With().Str("component", "engine").Logger(),
 	})
 	if err != nil {
+		if errors.Is(err, engine.ErrProvider) && ec.RequireProvider {
+			return fmt.Errorf("gateway: engine.require_provider is set and %w", err)
+		}
 		return fmt.Errorf("gateway: %w", err)
 	}
+	registerProviderMetrics(g.reg, g.eng.Provider()) // engineprovider.go
 	t0 := time.Now()
 	var ids []engine.VariantID
 	for _, a := range g.appSet() {
