@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,8 +97,10 @@ func LoadUsersFile(path string) (map[string]string, error) {
 // the packet's length is read, so a huge payload is never read into memory.
 // (mochi-mqtt does not announce the limit to MQTT 5 clients at connect.)
 // With users (name to password; LoadUsersFile) the broker accepts only those
-// clients, each to every topic; with none, it accepts every client.
-func StartBroker(addr string, maxPayloadBytes int, users map[string]string, log zerolog.Logger) (*Broker, error) {
+// clients, each to every topic; with none, it accepts every client. With tc
+// (EmbeddedTLS), the listener speaks TLS only, and with tc.ClientAuth set
+// refuses a client without a certificate it verifies.
+func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger) (*Broker, error) {
 	// Fail early, with the address in the error, when the port is taken.
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -127,13 +130,15 @@ func StartBroker(addr string, maxPayloadBytes int, users map[string]string, log 
 			return nil, fmt.Errorf("embedded broker: %w", err)
 		}
 	}
-	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
+	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr, TLSConfig: tc})); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	log.Info().Str("listen", addr).Int("users", len(users)).Uint32("max_packet_bytes", caps.MaximumPacketSize).Msg("embedded MQTT broker started")
+	log.Info().Str("listen", addr).Int("users", len(users)).Bool("tls", tc != nil).
+		Bool("client_certificates", tc != nil && tc.ClientAuth == tls.RequireAndVerifyClientCert).
+		Uint32("max_packet_bytes", caps.MaximumPacketSize).Msg("embedded MQTT broker started")
 	return &Broker{srv: srv, addr: addr}, nil
 }
 

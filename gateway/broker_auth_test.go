@@ -34,7 +34,7 @@ func TestEmbeddedBrokerUsers(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	b, err := StartBroker(addr, 1024, users, zerolog.Nop())
+	b, err := StartBroker(addr, 1024, users, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func startTestBroker(t *testing.T, maxPayload int) *Broker {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	b, err := StartBroker(addr, maxPayload, nil, zerolog.Nop())
+	b, err := StartBroker(addr, maxPayload, nil, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

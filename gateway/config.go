@@ -110,6 +110,9 @@ type EmbeddedBroker struct {
 	// relative path is resolved like mqtt.password_file (a bare name, under
 	// systemd, names a credential).
 	UsersFile string `yaml:"users_file"`
+	// TLS makes the listener serve MQTT over TLS (mqtts://), and with
+	// client_ca_file require client certificates (EmbeddedTLS).
+	TLS EmbeddedTLS `yaml:"tls"`
 }
 
 // StoreConfig configures the request journal.
@@ -321,6 +324,9 @@ func (c *Config) resolve(dir string) {
 	abs(&c.MQTT.TLS.CAFile)
 	abs(&c.MQTT.TLS.CertFile)
 	abs(&c.MQTT.TLS.KeyFile)
+	abs(&c.MQTT.Embedded.TLS.CertFile)
+	abs(&c.MQTT.Embedded.TLS.KeyFile)
+	abs(&c.MQTT.Embedded.TLS.ClientCAFile)
 	for i := range c.Apps {
 		abs(&c.Apps[i].Manifest)
 	}
@@ -377,12 +383,15 @@ func (c *Config) Validate() error {
 		if e.Listen == "" {
 			return configErr("mqtt.embedded.listen", "required when the embedded broker is enabled")
 		}
+		if _, err := c.embeddedTLS(); err != nil {
+			return err
+		}
 		if e.UsersFile != "" {
 			if _, err := c.embeddedUsers(); err != nil {
 				return err
 			}
-		} else if !loopbackAddr(e.Listen) {
-			return configErr("mqtt.embedded.listen", "%q is not a loopback address: the embedded broker would accept anyone who can reach it; listen on 127.0.0.1 or set mqtt.embedded.users_file", e.Listen)
+		} else if !loopbackAddr(e.Listen) && e.TLS.ClientCAFile == "" {
+			return configErr("mqtt.embedded.listen", "%q is not a loopback address: the embedded broker would accept anyone who can reach it; listen on 127.0.0.1, or set mqtt.embedded.users_file or mqtt.embedded.tls.client_ca_file", e.Listen)
 		}
 	}
 	if c.Store.Path == "" {

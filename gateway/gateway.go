@@ -179,7 +179,11 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, g.log.With().Str("component", "broker").Logger()); err != nil {
+		tc, err := cfg.embeddedTLS()
+		if err != nil {
+			return nil, err
+		}
+		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, tc, g.log.With().Str("component", "broker").Logger()); err != nil {
 			return nil, err
 		}
 	}

@@ -13,6 +13,9 @@ type mqttFiles struct {
 	tls       *tls.Config
 	usersFor  string // mqtt.embedded.users_file, as read
 	users     map[string]string
+	embRead   bool
+	embFor    EmbeddedTLS // mqtt.embedded.tls, as read
+	emb       *tls.Config
 }
 
 // brokerTLS is c.MQTT.tlsConfig(), read once for the same settings.
@@ -52,4 +55,22 @@ func (c *Config) embeddedUsers() (map[string]string, error) {
 	}
 	f.usersFor, f.users = path, users
 	return users, nil
+}
+
+// embeddedTLS is mqtt.embedded.tls's listener configuration (nil without TLS),
+// read once for the same settings.
+func (c *Config) embeddedTLS() (*tls.Config, error) {
+	if c.files == nil {
+		c.files = &mqttFiles{}
+	}
+	f, t := c.files, c.MQTT.Embedded.TLS
+	if f.embRead && f.embFor == t {
+		return f.emb, nil
+	}
+	cfg, err := t.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	f.embRead, f.embFor, f.emb = true, t, cfg
+	return cfg, nil
 }

@@ -123,3 +123,53 @@ func (c *MQTTConfig) tlsConfig() (*tls.Config, error) {
 	}
 	return cfg, nil
 }
+
+// EmbeddedTLS configures TLS for the embedded broker's listener
+// (mqtt.embedded.tls). With cert_file and key_file the listener speaks only
+// TLS: clients, the gateway itself among them, connect with mqtts:// (the
+// gateway with mqtt.tls.ca_file naming the CA that signed cert_file). With
+// client_ca_file as well, every client must present a certificate signed by
+// one of its CAs, which authenticates it (with or without users_file).
+type EmbeddedTLS struct {
+	// CertFile and KeyFile are the broker's certificate (with its chain) and
+	// key (PEM).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile holds the PEM certificates that verify client certificates.
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// tlsConfig returns the listener's TLS configuration: nil without TLS. It
+// reads the files, so it also validates them; errors name the setting.
+func (t EmbeddedTLS) tlsConfig() (*tls.Config, error) {
+	switch {
+	case t == EmbeddedTLS{}:
+		return nil, nil
+	case t.CertFile == "":
+		return nil, configErr("mqtt.embedded.tls.cert_file", "required with mqtt.embedded.tls.key_file or client_ca_file")
+	case t.KeyFile == "":
+		return nil, configErr("mqtt.embedded.tls.key_file", "required with mqtt.embedded.tls.cert_file %s", t.CertFile)
+	}
+	for _, f := range [][2]string{{"mqtt.embedded.tls.cert_file", t.CertFile}, {"mqtt.embedded.tls.key_file", t.KeyFile}} {
+		if _, err := os.Stat(f[1]); err != nil {
+			return nil, configErr(f[0], "%v", err)
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, configErr("mqtt.embedded.tls.cert_file", "%s with key_file %s: %v", t.CertFile, t.KeyFile, err)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+	if t.ClientCAFile != "" {
+		pem, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, configErr("mqtt.embedded.tls.client_ca_file", "%v", err)
+		}
+		cfg.ClientCAs = x509.NewCertPool()
+		if !cfg.ClientCAs.AppendCertsFromPEM(pem) {
+			return nil, configErr("mqtt.embedded.tls.client_ca_file", "%s: no PEM certificate in it", t.ClientCAFile)
+		}
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
