@@ -49,8 +49,12 @@ func TestGPUProvidersFailClearly(t *testing.T) {
 	for _, p := range []string{ProviderCUDA, ProviderTensorRT} {
 		e, err := New(Options{LibraryPath: lib, Provider: p, ProviderOptions: map[string]string{"device_id": "0"}})
 		if err == nil {
+			st := e.Provider()
 			e.Close()
-			t.Fatalf("%s: New succeeded with a CPU-only library", p)
+			if st.Active == p && !st.FellBack() {
+				t.Skipf("%s works with %s on this machine (TestGPUProvider checks it)", p, lib)
+			}
+			t.Fatalf("%s: New succeeded without the provider: %+v", p, st)
 		}
 		if !errors.Is(err, ErrProvider) || !strings.Contains(err.Error(), p) {
 			t.Errorf("%s: %v, want ErrProvider naming the provider", p, err)

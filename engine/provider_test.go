@@ -87,6 +87,9 @@ func TestGPUFallback(t *testing.T) {
 		e := newEngine(t, Options{Provider: p, ProviderOptions: map[string]string{"device_id": "0"},
 			FallbackToCPU: true, IntraOpThreads: 1, Logger: zerolog.New(&logs)})
 		st := e.Provider()
+		if !st.FellBack() && st.Active == p {
+			t.Skipf("%s works with %s on this machine: nothing to fall back from (TestGPUProvider checks it)", p, libPath(t))
+		}
 		if st.Requested != p || st.Active != ProviderCPU || !st.FellBack() || !errors.Is(st.Fallback, ErrProvider) {
 			t.Fatalf("%s: status %+v, want a fallback to cpu", p, st)
 		}
