@@ -35,6 +35,9 @@ type queueIndex struct {
 	// contract broken (the decision must be made again after a rebuild).
 	q      []*Request
 	broken bool
+	// ref is the time deadlines are keyed from (the decision that built the
+	// index).
+	ref time.Time
 }
 
 // decide makes a decision from the index (indexed), rebuilding the index once
@@ -57,11 +60,15 @@ type appIndex struct {
 	// arr is the requests in arrival order from head on.
 	arr  []*Request
 	head int
-	// dl is a min-heap by (Deadline, Seq), stop by (HardStop, Seq).
-	dl, stop lessHeap[*Request]
+	// dl is a min-heap by (Deadline, Seq), its entries carrying the key so
+	// that a comparison does not dereference the requests; stop is a min-heap
+	// by (HardStop, Seq).
+	dl   lessHeap[dlEntry]
+	stop lessHeap[*Request]
 	// popped are the entries taken from dl or stop during a decision, to be put
 	// back when it ends (restore).
-	poppedDl, poppedStop []*Request
+	poppedDl   []dlEntry
+	poppedStop []*Request
 }
 
 // sync brings the index up to date with s. It returns false when the index
@@ -82,6 +89,7 @@ func (x *queueIndex) sync(s *Snapshot) bool {
 	}
 	if fresh {
 		x.reset(s.Apps)
+		x.ref = s.Now
 		start = 0
 	}
 	for _, r := range s.Queue[start:] {
@@ -161,7 +169,7 @@ func (x *queueIndex) reset(apps map[string]*App) {
 func (x *queueIndex) add(r *Request) {
 	ai := x.per[r.App]
 	if ai == nil {
-		ai = &appIndex{app: r.App, dl: lessHeap[*Request]{less: byDeadlineLess}, stop: lessHeap[*Request]{less: byStopLess}}
+		ai = &appIndex{app: r.App, dl: lessHeap[dlEntry]{less: dlEntryLess}, stop: lessHeap[*Request]{less: byStopLess}}
 		x.per[r.App] = ai
 		x.byApp = append(x.byApp, ai)
 	}
@@ -169,7 +177,7 @@ func (x *queueIndex) add(r *Request) {
 		ai.arr = append(ai.arr, r)
 	}
 	if x.deadline {
-		ai.dl.push(r)
+		ai.dl.push(dlEntry{at: r.Deadline.Sub(x.ref), seq: r.Seq, r: r})
 	}
 	if x.stop {
 		ai.stop.push(r)
@@ -238,11 +246,12 @@ func (x *queueIndex) hopeless(now time.Time, vs []Verdict, mark map[*Request]boo
 // when there is none. A removed request is dropped for good.
 func (x *queueIndex) nextByDeadline(ai *appIndex, skip func(*Request) bool) *Request {
 	for ai.dl.len() > 0 {
-		r := ai.dl.pop()
+		e := ai.dl.pop()
+		r := e.r
 		if !x.live(r) {
 			continue
 		}
-		ai.poppedDl = append(ai.poppedDl, r)
+		ai.poppedDl = append(ai.poppedDl, e)
 		if skip(r) {
 			continue
 		}
@@ -299,8 +308,8 @@ func (x *queueIndex) expireApp(vs []Verdict, ai *appIndex, hopeless map[*Request
 // answered; the index finds out lazily).
 func (x *queueIndex) restore() {
 	for _, ai := range x.byApp {
-		for _, r := range ai.poppedDl {
-			ai.dl.push(r)
+		for _, e := range ai.poppedDl {
+			ai.dl.push(e)
 		}
 		for _, r := range ai.poppedStop {
 			ai.stop.push(r)
@@ -312,7 +321,21 @@ func (x *queueIndex) restore() {
 	x.q = nil
 }
 
-func byDeadlineLess(a, b *Request) bool { return byDeadline(a, b) < 0 }
+// dlEntry is a deadline heap's entry: the request's deadline relative to the
+// index's reference time (a monotonic difference when both carry a monotonic
+// reading, as time.Time.Compare does) and its Seq, then the request.
+type dlEntry struct {
+	at  time.Duration
+	seq uint64
+	r   *Request
+}
+
+func dlEntryLess(a, b dlEntry) bool {
+	if a.at != b.at {
+		return a.at < b.at
+	}
+	return a.seq < b.seq
+}
 
 func byStopLess(a, b *Request) bool {
 	if c := a.HardStop().Compare(b.HardStop()); c != 0 {

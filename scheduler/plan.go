@@ -141,6 +141,11 @@ type decisionState struct {
 	ubuf   []float64
 	// shedBuf is shed's scratch, kept by the policy between decisions.
 	shedBuf *shedScratch
+	// extraBacklog counts queued requests left out of the snapshot's queue (a
+	// decision over a prefix, bounded.go); bound, when not nil, records what
+	// such a decision's bounds need.
+	extraBacklog int
+	bound        *boundInfo
 }
 
 // setPrice derives the price of engine time for this decision, by Lagrangian
@@ -184,7 +189,7 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 	mean := (budget / time.Duration(len(win))).Seconds()
 	n := len(win) + len(d.stream)
 	rate := arrivals
-	if back := len(d.members) - len(win); back > 0 && mean > 0 {
+	if back := len(d.members) - len(win) + d.extraBacklog; back > 0 && mean > 0 {
 		rate += float64(back) / mean
 	}
 	if rate <= 0 {
@@ -497,6 +502,13 @@ func (d *decisionState) window(w int) []int {
 			idx[i] = i
 		}
 		slices.SortFunc(idx, func(a, b int) int { return d.cmp(a, b) })
+		if d.bound != nil && n > 0 {
+			if n < w {
+				d.bound.lacked() // the window would take requests after the prefix
+			} else {
+				d.bound.took(d.members[idx[n-1]].pri)
+			}
+		}
 		return idx
 	}
 	h := &minHeap{idx: make([]int, 0, w+1), ms: d.members}
@@ -512,6 +524,9 @@ func (d *decisionState) window(w int) []int {
 	}
 	idx := h.idx
 	slices.SortFunc(idx, func(a, b int) int { return d.cmp(a, b) })
+	if d.bound != nil {
+		d.bound.took(d.members[idx[len(idx)-1]].pri)
+	}
 	return idx
 }
 

@@ -81,18 +81,27 @@ type searching struct {
 	seen   uint64
 	sbuf   []member
 	shed   shedScratch
+	// ix (by deadline), hist and bound serve decisions over a prefix of a long
+	// queue (bounded.go).
+	ix    queueIndex
+	hist  workHist
+	bound boundInfo
+	// wholeQueue forces every decision over the whole queue (tests);
+	// boundedHits counts the decisions made over a prefix.
+	wholeQueue  bool
+	boundedHits int
 }
 
 // maxStream bounds the recent arrivals the price is solved over, so that a
 // decision's cost stays bounded at any rate.
 const maxStream = 256
 
-// streamMembers values the recent arrivals not in the window as members, for
-// the price (Options.PriceHorizon); it returns nil when the horizon is off.
-func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []member {
+// noteStream adds the queue's new arrivals to the recent stream and drops those
+// past the horizon (Options.PriceHorizon).
+func (p *searching) noteStream(s *Snapshot) {
 	h := p.o.PriceHorizon
 	if h <= 0 {
-		return nil
+		return
 	}
 	start := len(s.Queue)
 	for start > 0 && s.Queue[start-1].Seq > p.seen {
@@ -111,6 +120,14 @@ func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []me
 	if drop > 0 {
 		clear(p.recent[:drop])
 		p.recent = append(p.recent[:0], p.recent[drop:]...)
+	}
+}
+
+// streamMembers values the recent arrivals not in the window as members, for
+// the price (Options.PriceHorizon); it returns nil when the horizon is off.
+func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []member {
+	if p.o.PriceHorizon <= 0 {
+		return nil
 	}
 	inWin := make(map[*Request]bool, len(win))
 	for _, i := range win {
@@ -161,16 +178,46 @@ const MaxBruteWindow = 5
 func (p *searching) Name() string { return p.name }
 
 func (p *searching) Decide(s *Snapshot) Decision {
+	arrivals := max(p.arrivals.observe(s.Now, s.Queue), s.Offered)
+	p.noteStream(s)
+	if p.wholeQueue || len(s.Queue) < boundedMin {
+		p.hist.valid = false
+		return p.decideOn(s, arrivals, 0)
+	}
+	probe := newDecisionState(s, p.w, p.o.MaxBatch)
+	probe.shrink = p.o.Shrink
+	ctx := newHistCtx(probe, s.Apps)
+	if !p.hist.update(s, ctx) {
+		p.hist.rebuild(s, ctx)
+	}
+	if d, ok := p.bounded(s, arrivals); ok {
+		p.hist.note(d)
+		return d
+	}
+	d := p.decideOn(s, arrivals, 0)
+	p.hist.note(d)
+	return d
+}
+
+// decideOn makes the decision over s.Queue; arrivals is the measured arrival
+// rate, and extra counts queued requests left out of s.Queue (a decision over a
+// prefix, bounded.go), for the price's backlog.
+func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision {
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
+	d.extraBacklog = extra
+	if p.bound.on {
+		d.bound = &p.bound
+	}
 	d.members = p.buf[:0]
 	d.shrink, d.ubuf = p.o.Shrink, p.ubuf[:0]
 	d.shedBuf = &p.shed
 	defer func() {
-		clear(d.members[:cap(d.members)]) // drop references to requests
+		// Drop references to requests: the members never outnumber this
+		// snapshot's queue, and earlier decisions cleared what they used.
+		clear(d.members[:min(cap(d.members), len(s.Queue))])
 		p.buf = d.members[:0]
 		p.ubuf = d.ubuf[:0]
 	}()
-	arrivals := max(p.arrivals.observe(s.Now, s.Queue), s.Offered)
 	var skip map[*Request]bool
 	// Each round either returns a batch or answers at least one request without
 	// running it; a few rounds cover the case where the plan's first run is
@@ -238,7 +285,13 @@ func (p *searching) plan(d *decisionState, win []int) []run {
 func (d *decisionState) fill(runs []run, win []int) []run {
 	first := &runs[0]
 	c := d.capOf(first.v)
-	if len(first.ms) >= c || len(d.members) <= len(win) {
+	if len(first.ms) >= c {
+		return runs
+	}
+	if len(d.members) <= len(win) {
+		if d.bound != nil {
+			d.bound.lacked() // candidates may come after the prefix
+		}
 		return runs
 	}
 	for _, i := range win {
@@ -270,10 +323,17 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 			cands = append(cands, i)
 		}
 	}
+	need := c - len(first.ms)
+	if d.bound != nil && len(cands) < need {
+		d.bound.lacked()
+	}
 	if len(cands) == 0 {
 		return runs
 	}
-	cands = d.topK(cands, c-len(first.ms))
+	cands = d.topK(cands, need)
+	if d.bound != nil && len(cands) == need {
+		d.bound.took(d.members[cands[need-1]].pri)
+	}
 	var ra, rb resSet
 	base := d.evalRuns(runs, &ra, &rb)
 	cost, _, _ := d.res0.cost(first.v)

@@ -126,8 +126,9 @@ type Snapshot struct {
 	// Policies must not modify it.
 	//
 	// A policy may keep an index of the queue between decisions (index.go:
-	// edf, fifo, fixed-batch), so that a decision costs what it answers and
-	// batches rather than the backlog. It assumes that from one decision to
+	// edf, fifo, fixed-batch; bounded.go: the searching policies from 4,096
+	// queued), so that a decision costs what it answers and batches rather
+	// than the backlog. It assumes that from one decision to
 	// the next the caller removes requests (those the decision answered or
 	// batched, and any others) and appends new arrivals with a Seq above every
 	// request given before; a batched request may also stay, or come back

@@ -1,0 +1,136 @@
+package scheduler
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestBoundedDecisionEqualsFull runs the searching policies over long queues
+// (above boundedMin) with the decision made over a prefix where the bounds allow
+// it, and the same policy deciding over the whole queue every time, on the same
+// snapshots: every decision must be identical (batch, order, variant, swaps,
+// predicted utility, verdicts), and most of them must have been made over a
+// prefix (or the test would not test it). The queue alternates between spells
+// where it can be served in time and bursts that overload it (shedding), with
+// two applications of different worth sharing the engine.
+func TestBoundedDecisionEqualsFull(t *testing.T) {
+	for _, name := range []string{"sneakpeek", "oblivious", "bruteforce"} {
+		t.Run(name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(3, 11))
+			a := benchApp(rng)
+			// A second application whose requests are worth a quarter as much:
+			// its near deadlines compete in priority with a's far ones, so
+			// that the priority bound decides how far the prefix must reach.
+			b := benchApp(rng)
+			b.Name = "other"
+			for y := range b.Utility {
+				b.Utility[y][y] = 0.25
+			}
+			for _, v := range b.Variants {
+				v.ID.App = "other"
+				v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
+			}
+			apps := map[string]*App{a.Name: a, b.Name: b}
+			mk := func() *searching {
+				p, err := New(name, Options{MaxQueueDelay: time.Nanosecond})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p.(*searching)
+			}
+			bounded, whole := mk(), mk()
+			whole.wholeQueue = true
+			now := t0.Add(time.Second)
+			const n = boundedMin + 2000
+			var q []*Request
+			seq := uint64(0)
+			arrive := func(k int, overloaded bool) {
+				for range k {
+					app := a
+					if rng.IntN(2) == 0 {
+						app = b
+					}
+					q = append(q, benchRequest(rng, app, seq, now, n, overloaded))
+					seq++
+				}
+			}
+			arrive(n, false)
+			resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
+			decisions := 0
+			for step := range 120 {
+				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
+				db := bounded.Decide(s)
+				s2 := *s
+				dw := whole.Decide(&s2)
+				if diff := decisionDiff(db, dw); diff != "" {
+					t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(q), diff)
+				}
+				decisions++
+				gone := map[*Request]bool{}
+				for _, v := range db.Verdicts {
+					gone[v.Request] = true
+				}
+				if db.Batch != nil {
+					for _, r := range db.Batch.Requests {
+						gone[r] = true
+					}
+					for _, id := range db.Batch.Evict {
+						delete(resident, id)
+					}
+					for _, id := range db.Batch.Load {
+						resident[id] = now
+					}
+				}
+				q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
+				now = now.Add(200 * time.Microsecond)
+				// Bursts of short-budget arrivals overload the queue for a while.
+				overloaded := (step/40)%3 == 2
+				k := n - len(q)
+				if overloaded {
+					k = 400
+				}
+				arrive(k, overloaded)
+			}
+			t.Logf("%d decisions, %d over a prefix", decisions, bounded.boundedHits)
+			if bounded.boundedHits < decisions/5 {
+				t.Fatalf("only %d of %d decisions were made over a prefix", bounded.boundedHits, decisions)
+			}
+		})
+	}
+}
+
+// decisionDiff describes how two decisions differ ("" when they do not).
+func decisionDiff(a, b Decision) string {
+	if len(a.Verdicts) != len(b.Verdicts) {
+		return fmt.Sprintf("%d verdicts against %d", len(a.Verdicts), len(b.Verdicts))
+	}
+	for i := range a.Verdicts {
+		if a.Verdicts[i] != b.Verdicts[i] {
+			return fmt.Sprintf("verdict %d: %+v against %+v", i, a.Verdicts[i], b.Verdicts[i])
+		}
+	}
+	if !a.WakeAt.Equal(b.WakeAt) {
+		return fmt.Sprintf("wake at %v against %v", a.WakeAt, b.WakeAt)
+	}
+	if (a.Batch == nil) != (b.Batch == nil) {
+		return fmt.Sprintf("batch %v against %v", a.Batch != nil, b.Batch != nil)
+	}
+	if a.Batch == nil {
+		return ""
+	}
+	x, y := a.Batch, b.Batch
+	switch {
+	case x.Variant != y.Variant:
+		return fmt.Sprintf("variant %v against %v", x.Variant.ID, y.Variant.ID)
+	case !slices.Equal(x.Requests, y.Requests):
+		return fmt.Sprintf("batch of %d against %d requests (or another order)", len(x.Requests), len(y.Requests))
+	case !slices.Equal(x.Evict, y.Evict) || !slices.Equal(x.Load, y.Load):
+		return "different swaps"
+	case !x.Finish.Equal(y.Finish) || x.Utility != y.Utility:
+		return fmt.Sprintf("finish/utility %v/%v against %v/%v", x.Finish, x.Utility, y.Finish, y.Utility)
+	}
+	return ""
+}
