@@ -371,8 +371,7 @@ func (g *Gateway) answer(j *job, r result) {
 		labels, est = a.m.Labels, a.estName
 	}
 	if r.Status == protocol.StatusOK || r.Status == protocol.StatusLate {
-		g.m.deadlineMet.WithLabelValues(j.App, fmt.Sprint(!g.now().After(j.Deadline))).Inc()
-		g.m.estAccuracy.WithLabelValues(j.App).Add(r.EstAccuracy)
+		g.m.countAnswer(j.App, !g.now().After(j.Deadline), r.EstAccuracy)
 		if !r.Start.IsZero() {
 			g.m.queueTime.WithLabelValues(j.App).Observe(r.Start.Sub(j.Received).Seconds())
 		}

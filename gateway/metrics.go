@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"runtime"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -23,8 +24,7 @@ type metrics struct {
 	queueTime    *prometheus.HistogramVec // app
 	inferTime    *prometheus.HistogramVec // app, variant
 	batchSize    *prometheus.HistogramVec // app, variant
-	estAccuracy  *prometheus.CounterVec   // app: est_accuracy delivered by models, summed
-	deadlineMet  *prometheus.CounterVec   // app, met: true/false (answered by a model)
+	answers      *answerCounts            // app: answers given by models, deadline met or not, their est_accuracy summed
 	swaps        *prometheus.CounterVec   // kind: load, unload
 	swapTime     *prometheus.CounterVec   // kind
 	decisionTime prometheus.Histogram
@@ -68,10 +68,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_infer_duration_seconds", Help: "Duration of one batched forward pass.", Buckets: lat}, []string{"app", "variant"}),
 		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_batch_size", Help: "Requests per forward pass.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, []string{"app", "variant"}),
-		estAccuracy: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_estimated_accuracy_total", Help: "Sum of the data-aware estimated accuracy of answers given by a model; divide by sneakgate_deadline_total for the mean."}, []string{"app"}),
-		deadlineMet: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_deadline_total", Help: "Answers given by a model, by whether they met the deadline."}, []string{"app", "met"}),
+		answers: newAnswerCounts(),
 		swaps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_swaps_total", Help: "Variant loads and unloads."}, []string{"kind"}),
 		swapTime: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -97,7 +94,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
-		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.estAccuracy, m.deadlineMet, m.swaps,
+		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
@@ -106,6 +103,88 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		f(c)
 	}
 	return m
+}
+
+// countAnswer counts an answer given by a model: whether it met its deadline,
+// and its est_accuracy.
+func (m *metrics) countAnswer(app string, met bool, est float64) { m.answers.add(app, met, est) }
+
+// answerCounts counts the answers given by models per application: how many met
+// their deadline, how many did not, and the sum of their est_accuracy, under one
+// lock, so that whoever reads them (the stats message, a Prometheus scrape) gets
+// all three as they were at one moment: mean_est_accuracy (sum / answers) never
+// divides a sum that includes an answer by a count that does not, which with few
+// answers could exceed 1. It is the collector of sneakgate_deadline_total{app,met}
+// and sneakgate_estimated_accuracy_total{app}.
+type answerCounts struct {
+	deadline, est *prometheus.Desc
+	mu            sync.Mutex
+	apps          map[string]*answerCount
+}
+
+// answerCount is one application's answers given by models.
+type answerCount struct {
+	met, missed float64 // answers that met their deadline, and the others
+	estSum      float64 // the sum of their est_accuracy
+}
+
+func newAnswerCounts() *answerCounts {
+	return &answerCounts{apps: map[string]*answerCount{},
+		deadline: prometheus.NewDesc("sneakgate_deadline_total",
+			"Answers given by a model, by whether they met the deadline.", []string{"app", "met"}, nil),
+		est: prometheus.NewDesc("sneakgate_estimated_accuracy_total",
+			"Sum of the data-aware estimated accuracy of answers given by a model; divide by sneakgate_deadline_total for the mean.", []string{"app"}, nil)}
+}
+
+// init creates app's series at zero.
+func (c *answerCounts) init(app string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.apps[app] == nil {
+		c.apps[app] = &answerCount{}
+	}
+}
+
+// add counts one answer.
+func (c *answerCounts) add(app string, met bool, est float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := c.apps[app]
+	if a == nil {
+		a = &answerCount{}
+		c.apps[app] = a
+	}
+	if met {
+		a.met++
+	} else {
+		a.missed++
+	}
+	a.estSum += est
+}
+
+// snapshot returns every application's counts as they are now.
+func (c *answerCounts) snapshot() map[string]answerCount {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]answerCount, len(c.apps))
+	for app, a := range c.apps {
+		out[app] = *a
+	}
+	return out
+}
+
+func (c *answerCounts) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.deadline
+	ch <- c.est
+}
+
+// Collect sends one snapshot's counts.
+func (c *answerCounts) Collect(ch chan<- prometheus.Metric) {
+	for app, a := range c.snapshot() {
+		ch <- prometheus.MustNewConstMetric(c.deadline, prometheus.CounterValue, a.met, app, "true")
+		ch <- prometheus.MustNewConstMetric(c.deadline, prometheus.CounterValue, a.missed, app, "false")
+		ch <- prometheus.MustNewConstMetric(c.est, prometheus.CounterValue, a.estSum, app)
+	}
 }
 
 // initLabels creates every series whose labels are known at start, at zero, so
@@ -123,10 +202,7 @@ func (m *metrics) initLabels(apps []string) {
 	for _, app := range apps {
 		m.received.WithLabelValues(app)
 		m.refusedDeg.WithLabelValues(app)
-		m.estAccuracy.WithLabelValues(app)
-		for _, met := range []string{"true", "false"} {
-			m.deadlineMet.WithLabelValues(app, met)
-		}
+		m.answers.init(app)
 		for _, st := range statuses {
 			m.replies.WithLabelValues(app, string(st))
 		}

@@ -84,7 +84,6 @@ func (g *Gateway) stats() *protocol.Stats {
 				Agreement: round4(st.Agreement), Predicted: round4(st.Predicted)}
 		}
 	}
-	met, answered, estSum := map[string]float64{}, map[string]float64{}, map[string]float64{}
 	fams, err := g.reg.Gather()
 	if err != nil {
 		g.log.Warn().Err(err).Msg("gathering metrics for stats")
@@ -104,13 +103,6 @@ func (g *Gateway) stats() *protocol.Stats {
 				if v > 0 { // the series exist from the start, at zero (initLabels)
 					s.Rejected[l["reason"]] = int64(v)
 				}
-			case "sneakgate_deadline_total":
-				answered[l["app"]] += v
-				if l["met"] == "true" {
-					met[l["app"]] += v
-				}
-			case "sneakgate_estimated_accuracy_total":
-				estSum[l["app"]] = v
 			case "sneakgate_queue_length":
 				s.Queue = int(v)
 			case "sneakgate_outbox_length":
@@ -120,11 +112,14 @@ func (g *Gateway) stats() *protocol.Stats {
 			}
 		}
 	}
-	for name, n := range answered {
-		if n > 0 {
+	// The answers' count, deadline-met count and est_accuracy sum from one read
+	// (answerCounts), not from the gathering, which reads each series at its own
+	// moment while answers go on being counted.
+	for name, c := range g.m.answers.snapshot() {
+		if n := c.met + c.missed; n > 0 {
 			a := app(name)
-			a.DeadlineMet = protocol.Ptr(round4(met[name] / n))
-			a.MeanEstAccuracy = protocol.Ptr(round4(estSum[name] / n))
+			a.DeadlineMet = protocol.Ptr(round4(c.met / n))
+			a.MeanEstAccuracy = protocol.Ptr(round4(c.estSum / n))
 		}
 	}
 	return s
