@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_requests_received_total", Help: "Requests admitted to the journal, by application."}, []string{"app"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_replies_total", Help: "Replies handed to the broker, by application and status."}, []string{"app", "status"}),
+			Name: "sneakgate_replies_total", Help: "Replies handed to the broker, counted when it acknowledges them (PUBACK), so possibly just after their device has them, by application and status."}, []string{"app", "status"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_rejected_total", Help: "Requests rejected, by reason code."}, []string{"reason"}),
 		refusedDeg: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
@@ -41,8 +42,10 @@ func TestMetricsForAlerting(t *testing.T) {
 	dev := newDevice(t, b.URL(), "cam-lint")
 	dev.request("fashion", "cam-lint", "a", samples.Row(0), 60000)
 	dev.await([]string{"a"}, 30*time.Second)
-	if v := metricValue(t, reg, "sneakgate_replies_total", "app", "fashion", "status", "ok"); v != 1 {
-		t.Errorf("replies_total{ok} = %v after one answer", v)
+	// A reply is counted when the broker acknowledges it (PUBACK), which may
+	// come after the broker has delivered it to the device: wait for the count.
+	if v := awaitMetric(t, reg, 1, 10*time.Second, "sneakgate_replies_total", "app", "fashion", "status", "ok"); v != 1 {
+		t.Errorf("replies_total{ok} = %v within 10s of one answer's arrival, want 1", v)
 	}
 	if v := metricValue(t, reg, "sneakgate_last_request_received_timestamp_seconds"); v == 0 {
 		t.Error("last_request_received_timestamp_seconds still 0 after a request")
@@ -57,5 +60,19 @@ func TestMetricsForAlerting(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// awaitMetric returns the series' value once it is want, or its last value
+// after within.
+func awaitMetric(t *testing.T, reg prometheus.Gatherer, want float64, within time.Duration, name string, labels ...string) float64 {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		v := metricValue(t, reg, name, labels...)
+		if v == want || time.Now().After(deadline) {
+			return v
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
