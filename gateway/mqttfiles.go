@@ -35,6 +35,14 @@ func (c *Config) brokerTLS() (*tls.Config, error) {
 	return t, nil
 }
 
+// BrokerTLS returns the TLS configuration the gateway connects to mqtt.broker
+// with, from mqtt.tls: nil for a broker URL without TLS, an error naming the
+// setting for a bad one. Tools that connect to the gateway's broker with its
+// configuration (sneakgate tail -config) use it, so that they connect as the
+// gateway does; set MQTT.Broker first to connect elsewhere with the same
+// settings.
+func (c *Config) BrokerTLS() (*tls.Config, error) { return c.brokerTLS() }
+
 // embeddedUsers is LoadUsersFile(mqtt.embedded.users_file), read once for the
 // same path; nil without one.
 func (c *Config) embeddedUsers() (map[string]string, error) {

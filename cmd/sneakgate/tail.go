@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,6 +30,11 @@ and p99 of total_ms over the interval; on SIGINT or SIGTERM, the summary of the
 whole run. Payloads that are not replies are shown and counted. With -json, each
 selected reply is printed as it arrived, one per line (summaries and malformed
 payloads then go to stderr). Colours only when stdout is a terminal.
+With -config, tail connects as the gateway does: its broker, user name,
+password file, topic prefix and TLS settings (mqtt.tls: ca_file, cert_file and
+key_file, server_name, insecure_skip_verify), for -broker too when it is given.
+Without -config, a broker URL with TLS (mqtts://, ssl://, tls://, wss://) is
+verified with the system's roots and no client certificate is sent.
 A -topic of the form $share/{group}/... is a shared subscription: tail then
 sees only its share of the messages, and takes them from the group's other
 subscribers (it says so); a subscription the broker refuses is an error.
@@ -38,7 +44,7 @@ subscribers (it says so); a subscription the broker refuses is an error.
 func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "take the broker, credentials and topic prefix from this gateway configuration `file` (other flags override it)")
+	configPath := fs.String("config", "", "take the broker, credentials, TLS settings (mqtt.tls) and topic prefix from this gateway configuration `file` (other flags override it)")
 	broker := fs.String("broker", "tcp://127.0.0.1:1883", "MQTT broker `URL`")
 	prefix := fs.String("prefix", protocol.DefaultPrefix, "topic `prefix` (mqtt.topic_prefix)")
 	username := fs.String("username", "", "broker `user` name")
@@ -81,6 +87,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *every < 0 || *limit < 0 {
 		return usageError(fs, errors.New("tail: -every and -n must not be negative"))
 	}
+	var tlsConfig *tls.Config
 	if *configPath != "" {
 		cfg, err := gateway.LoadConfig(*configPath)
 		if err != nil {
@@ -95,12 +102,23 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		from("prefix", prefix, cfg.MQTT.TopicPrefix)
 		from("username", username, cfg.MQTT.Username)
 		from("password-file", passwordFile, cfg.MQTT.PasswordFile)
+		// mqtt.tls as the gateway uses it, for the broker tail connects to.
+		cfg.MQTT.Broker = *broker
+		if tlsConfig, err = cfg.BrokerTLS(); err != nil {
+			if isSet(fs, "broker") {
+				return fmt.Errorf("tail: -broker %s with -config %s: %w", *broker, *configPath, err)
+			}
+			return fmt.Errorf("tail: %w", err)
+		}
+		if tlsConfig != nil && tlsConfig.InsecureSkipVerify {
+			fmt.Fprintln(stderr, "sneakgate tail: mqtt.tls.insecure_skip_verify: the broker's certificate is not checked; anyone on the path can pose as the broker")
+		}
 	}
 	if err := protocol.CheckPrefix(*prefix); err != nil {
 		return usageError(fs, fmt.Errorf("tail: -prefix: %w", err))
 	}
 	o.Prefix, o.JSON = *prefix, *jsonOut
-	so := tail.SubscribeOptions{Broker: *broker, Filter: *topic, Username: *username, Log: stderr, Dropped: new(atomic.Int64)}
+	so := tail.SubscribeOptions{Broker: *broker, Filter: *topic, Username: *username, TLS: tlsConfig, Log: stderr, Dropped: new(atomic.Int64)}
 	if so.Filter == "" {
 		so.Filter = *prefix + "/res/#"
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/sneakgate/sneakgate/internal/mosquitto"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 	"github.com/sneakgate/sneakgate/protocol"
 )
@@ -136,5 +138,82 @@ func TestTailSharedSubscriptionWarns(t *testing.T) {
 	}
 	if want := `$share/ops/sneakgate/res/# is a shared subscription: the broker hands each message to one subscriber of group "ops"`; !strings.Contains(stderr.String(), want) {
 		t.Errorf("stderr %q, want it to contain %q", stderr.String(), want)
+	}
+}
+
+// With -config, tail connects to the broker with the gateway's mqtt.tls: here a
+// Mosquitto TLS listener that requires client certificates from a private CA
+// (certificates made by the test). It reads a reply through it; the same
+// configuration less the client certificate is refused by the broker, and less
+// the CA fails to verify the broker; -broker keeps the configuration's TLS.
+func TestTailTLSFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	pki := mqtttest.NewPKI(t, dir, "operator")
+	port, err := mosquitto.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mqtttest.Start(t, mqtttest.Options{Config: fmt.Sprintf(
+		"listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
+		port, pki.CA, pki.ServerCert, pki.ServerKey)})
+	tlsURL := fmt.Sprintf("mqtts://127.0.0.1:%d", port)
+
+	// A retained reply, published on the plain listener, for tail to find.
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("tail-tls-pub"))
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer pub.Disconnect(0)
+	rep := protocol.Reply{V: protocol.Version, ID: "r1", App: "fashion", Device: "cam-1", Status: protocol.StatusOK,
+		Class: protocol.Ptr(5), Label: "sandal", Confidence: protocol.Ptr(0.9633), Model: "cnn"}
+	payload, err := rep.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := pub.Publish(protocol.ReplyTopic("plant1", "fashion", "cam-1"), 1, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+
+	config := func(name, tlsYAML string) string {
+		p := filepath.Join(dir, name)
+		body := fmt.Sprintf("mqtt:\n  broker: %s\n  topic_prefix: plant1\n  tls: %s\napps:\n  - manifest: m.yaml\n", tlsURL, tlsYAML)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tailOnce := func(args ...string) (string, string, error) {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err := tailCmd(ctx, append(args, "-json", "-n", "1", "-every", "0"), &stdout, &stderr)
+		return stdout.String(), stderr.String(), err
+	}
+
+	full := config("full.yaml", fmt.Sprintf("{ca_file: %s, cert_file: %s, key_file: %s}", pki.CA, pki.ClientCert, pki.ClientKey))
+	out, errOut, err := tailOnce("-config", full)
+	if err != nil || strings.TrimSpace(out) != string(payload) {
+		t.Fatalf("tail -config with mqtt.tls: %v, stdout %q, want %q; stderr:\n%s", err, out, payload, errOut)
+	}
+	if !strings.Contains(errOut, "subscribed to plant1/res/# on "+tlsURL) {
+		t.Errorf("stderr %q", errOut)
+	}
+	// -broker overrides the URL and keeps the configuration's TLS.
+	if out, errOut, err := tailOnce("-config", full, "-broker", fmt.Sprintf("ssl://localhost:%d", port)); err == nil {
+		// localhost is not in the server certificate (127.0.0.1 is): refused.
+		t.Errorf("-broker ssl://localhost: tail connected, stdout %q stderr %q", out, errOut)
+	}
+	if out, _, err := tailOnce("-config", full, "-broker", fmt.Sprintf("ssl://127.0.0.1:%d", port)); err != nil || strings.TrimSpace(out) != string(payload) {
+		t.Errorf("-broker ssl://127.0.0.1 with -config: %v, stdout %q", err, out)
+	}
+
+	noCert := config("nocert.yaml", fmt.Sprintf("{ca_file: %s}", pki.CA))
+	if out, _, err := tailOnce("-config", noCert); err == nil {
+		t.Errorf("tail without a client certificate got in: stdout %q", out)
+	}
+	noCA := config("noca.yaml", fmt.Sprintf("{cert_file: %s, key_file: %s}", pki.ClientCert, pki.ClientKey))
+	if _, _, err := tailOnce("-config", noCA); err == nil || !strings.Contains(err.Error(), "x509") {
+		t.Errorf("tail without the CA: %v, want an x509 error", err)
 	}
 }

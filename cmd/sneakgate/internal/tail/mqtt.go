@@ -3,6 +3,7 @@ package tail
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -21,6 +22,10 @@ type SubscribeOptions struct {
 	// Filter is the MQTT topic filter, e.g. sneakgate/res/#.
 	Filter             string
 	Username, Password string
+	// TLS configures the connection to a broker URL with TLS (ssl://, tls://,
+	// mqtts://, wss://); nil: paho's default (the system's roots, no client
+	// certificate).
+	TLS *tls.Config
 	// Buffer is the capacity of the message channel (default 4096); a message
 	// that finds it full is dropped and counted in Dropped.
 	Buffer int
@@ -73,6 +78,9 @@ func Subscribe(ctx context.Context, o SubscribeOptions) (msgs <-chan Message, st
 		SetUsername(o.Username).SetPassword(o.Password).SetCleanSession(true).
 		SetAutoReconnect(true).SetMaxReconnectInterval(2 * time.Second).
 		SetConnectTimeout(o.ConnectTimeout).SetKeepAlive(30 * time.Second)
+	if o.TLS != nil {
+		po.SetTLSConfig(o.TLS)
+	}
 	po.SetOnConnectHandler(func(c mqtt.Client) {
 		// On its own goroutine, at every (re)connect: waiting is fine here.
 		tok := c.Subscribe(o.Filter, 0, handle)
