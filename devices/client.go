@@ -43,6 +43,12 @@ type ClientOptions struct {
 	Persistent bool
 	// B64 sends inputs as input_b64 instead of a JSON array.
 	B64 bool
+	// SentAt stamps each request with sent_at (this machine's clock, in
+	// milliseconds), so that its deadline runs from the device's send rather
+	// than the gateway's receipt: time queued in the broker then counts, and a
+	// request that waited past its deadline is answered expired at once
+	// instead of being served late. It needs clocks in step (NTP).
+	SentAt bool
 	// U8Range, if set, sends inputs as input_u8_b64 (one byte per value, a
 	// quarter of input_b64), quantized to this range with protocol.QuantizeU8:
 	// it must be the application's input_range. It overrides B64.
@@ -83,6 +89,7 @@ type Client struct {
 	prefix  string
 	device  string
 	b64     bool
+	sentAt  bool
 	u8      *[2]float64
 	qos     byte
 	replies chan Received
@@ -126,7 +133,7 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 10 * time.Second
 	}
-	c := &Client{prefix: o.Prefix, device: o.Device, b64: o.B64, u8: o.U8Range, qos: 1, waiters: map[string]chan Received{}, done: make(chan struct{})}
+	c := &Client{prefix: o.Prefix, device: o.Device, b64: o.B64, sentAt: o.SentAt, u8: o.U8Range, qos: 1, waiters: map[string]chan Received{}, done: make(chan struct{})}
 	if o.QoS0 {
 		c.qos = 0
 	}
@@ -302,6 +309,9 @@ func (c *Client) DoReceived(ctx context.Context, app, id string, input []float32
 // deadline is as for Do. Payloads are built with protocol.Payload, "id" first.
 func (c *Client) Publish(ctx context.Context, app, id string, input []float32, deadline time.Duration) error {
 	p := protocol.Payload{ID: id, DeadlineMS: protocol.DeadlineMS(deadline), Input: input, B64: c.b64}
+	if c.sentAt {
+		p.SentAt = time.Now()
+	}
 	if c.u8 != nil {
 		p.Input, p.InputU8 = nil, protocol.QuantizeU8(input, c.u8[0], c.u8[1])
 	}

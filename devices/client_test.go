@@ -2,12 +2,14 @@ package devices
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 	"github.com/sneakgate/sneakgate/protocol"
 )
@@ -221,5 +223,48 @@ func BenchmarkClientDo(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestClientSentAt: with SentAt, a request carries sent_at, the send time in
+// Unix milliseconds, so that the gateway counts the deadline from the send.
+func TestClientSentAt(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	got := make(chan []byte, 2)
+	o := mqtt.NewClientOptions().AddBroker(url).SetClientID("sent-at-watcher").SetCleanSession(true)
+	w := mqtt.NewClient(o)
+	if tok := w.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer w.Disconnect(100)
+	if tok := w.Subscribe(protocol.RequestFilter(protocol.DefaultPrefix), 1, func(_ mqtt.Client, m mqtt.Message) { got <- m.Payload() }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, stamped := range []bool{true, false} {
+		c := dial(t, url, fmt.Sprintf("dev-sent-at-%v", stamped), ClientOptions{SentAt: stamped})
+		before := time.Now().UnixMilli()
+		if err := c.Publish(ctx, "tiny", "r1", []float32{1, 2, 3}, 100*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		after := time.Now().UnixMilli()
+		var p struct {
+			SentAt *int64 `json:"sent_at"`
+		}
+		select {
+		case b := <-got:
+			if err := json.Unmarshal(b, &p); err != nil {
+				t.Fatalf("%s: %v", b, err)
+			}
+		case <-ctx.Done():
+			t.Fatal("no request seen")
+		}
+		switch {
+		case stamped && (p.SentAt == nil || *p.SentAt < before || *p.SentAt > after):
+			t.Errorf("sent_at %v, want within [%d, %d]", p.SentAt, before, after)
+		case !stamped && p.SentAt != nil:
+			t.Errorf("sent_at %d without SentAt", *p.SentAt)
+		}
 	}
 }

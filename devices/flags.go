@@ -30,6 +30,7 @@ func SimFlags(fs *flag.FlagSet) *SimConfig {
 	fs.IntVar(&c.Count, "count", 0, "stop sending after this many requests")
 	fs.StringVar(&c.Workload, "workload", "", "named label mix from the manifest's workloads; empty draws samples uniformly")
 	fs.BoolVar(&c.B64, "b64", false, "send inputs as input_b64 instead of JSON arrays")
+	fs.BoolVar(&c.SentAt, "sent-at", false, "stamp requests with sent_at, so deadlines run from the send (time queued in the broker counts; needs clocks in step)")
 	fs.BoolVar(&c.U8, "u8", false, "send inputs as input_u8_b64: one byte per value in the manifest's input_range (a quarter of -b64's size)")
 	fs.DurationVar(&c.Drain, "drain", 0, "wait this long for outstanding replies after the last request (0: deadline + 5s)")
 	fs.StringVar(&c.RunID, "run-id", "", "request id prefix (default random)")

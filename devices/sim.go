@@ -54,6 +54,9 @@ type SimConfig struct {
 	Workload string
 	// B64 sends inputs as input_b64 instead of JSON arrays.
 	B64 bool
+	// SentAt stamps requests with sent_at: deadlines run from the send
+	// (ClientOptions.SentAt).
+	SentAt bool
 	// U8 sends inputs as input_u8_b64, one byte per value scaled to the
 	// manifest's input_range (which the application must declare); exact for
 	// samples that are 8-bit levels of that range (fashion's pixels).
@@ -310,7 +313,7 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 func (s *sim) dial(ctx context.Context) ([]*Client, error) {
 	return DialAll(ctx, s.cfg.Devices, func(i int) ClientOptions {
 		return ClientOptions{Broker: s.cfg.Broker, Prefix: s.cfg.Prefix,
-			Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i), B64: s.cfg.B64, U8Range: s.u8, Pipeline: 4096}
+			Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i), B64: s.cfg.B64, SentAt: s.cfg.SentAt, U8Range: s.u8, Pipeline: 4096}
 	})
 }
 

@@ -49,6 +49,9 @@ type LiveConfig struct {
 	Library, Dir string
 	// NoLatencyCorrection runs the gateway with scheduler.latency_correction off.
 	NoLatencyCorrection bool
+	// NoSentAt has the devices send no sent_at: deadlines then run from the
+	// gateway's receipt, and time queued in the broker is not counted.
+	NoSentAt bool
 	// MaxWait and DegradeRefused are the gateway's admission.max_wait (0: off)
 	// and admission.degrade_refused, simulated alike.
 	MaxWait        float64
@@ -150,7 +153,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 		c.Workload, c.Rate, c.Deadline, c.Duration)
 	rep, simErr := devices.Simulate(ctx, devices.SimConfig{Broker: cfg.MQTT.Broker, Manifest: c.Manifest,
 		Devices: c.Devices, Rate: c.Rate, Seed: c.Seed, Deadline: c.Deadline, Duration: c.Duration,
-		Workload: c.Workload, Quiet: true, Progress: io.Discard, Out: io.Discard, B64: true})
+		Workload: c.Workload, Quiet: true, Progress: io.Discard, Out: io.Discard, B64: true, SentAt: !c.NoSentAt})
 	stop()
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		return res, fmt.Errorf("eval: live gateway: %w", err)

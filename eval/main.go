@@ -96,6 +96,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		liveDur     = fs.Duration("live-duration", 10*time.Second, "with -live: how long each live run sends")
 		liveDevices = fs.Int("live-devices", 4, "with -live: simulated devices")
 		liveLatency = fs.Bool("live-latency-correction", true, "with -live: the gateway corrects its latency tables from observed batches (scheduler.latency_correction)")
+		liveSentAt  = fs.Bool("live-sent-at", true, "with -live: the devices stamp requests with sent_at, so deadlines run from the send and time queued in the broker counts (false: from the gateway's receipt)")
 		guardWin    = fs.Int("guard-window", 0, "guarded policies: the drift guard's window (0 = sneakpeek.DefaultGuardWindow)")
 		guardDis    = fs.Float64("guard-distrust", 0, "guarded policies: gap beyond the baseline that distrusts (0 = default)")
 		guardRet    = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
@@ -161,7 +162,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runLive(ctx, liveRun{models: *models, apps: split(*apps), workloads: split(*workloads), policies: pols,
 			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, lib: lib,
-			opts: opts, maxQueue: *maxQueue, jitter: *jitter, seed: *seed, out: *out, noLatency: !*liveLatency, maxWait: *maxWait, degradeRefused: *degradeRef}, stdout, stderr)
+			opts: opts, maxQueue: *maxQueue, jitter: *jitter, seed: *seed, out: *out, noLatency: !*liveLatency, noSentAt: !*liveSentAt, maxWait: *maxWait, degradeRefused: *degradeRef}, stdout, stderr)
 	}
 
 	var as []*App
@@ -431,6 +432,7 @@ type liveRun struct {
 	jitter            float64
 	seed              uint64
 	noLatency         bool
+	noSentAt          bool
 	maxWait           float64
 	degradeRefused    bool
 }
@@ -466,7 +468,7 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 					for _, pol := range l.policies {
 						r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
 							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, Library: l.lib, Dir: dir,
-							Options: l.opts, MaxQueue: l.maxQueue, Jitter: l.jitter, NoLatencyCorrection: l.noLatency, MaxWait: l.maxWait, DegradeRefused: l.degradeRefused}, stderr)
+							Options: l.opts, MaxQueue: l.maxQueue, Jitter: l.jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt, MaxWait: l.maxWait, DegradeRefused: l.degradeRefused}, stderr)
 						if err != nil {
 							return err
 						}
