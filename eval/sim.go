@@ -1,13 +1,10 @@
 package eval
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"math"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/sneakgate/sneakgate/manifest"
@@ -181,23 +178,24 @@ func CapacityWith(a *scheduler.App, o scheduler.Options, gatewayCost time.Durati
 // manifest order, that still fits the budgets (gateway startEngine's warm start:
 // a variant that does not fit is skipped, the next ones are tried).
 func WarmResidency(a *scheduler.App, mem int64, count int, at time.Time) map[scheduler.VariantID]time.Time {
-	res := map[scheduler.VariantID]time.Time{}
-	var used int64
-	for _, v := range a.Variants {
-		if (mem > 0 && used+v.MemBytes > mem) || (count > 0 && len(res)+1 > count) {
-			continue
-		}
-		res[v.ID] = at
-		used += v.MemBytes
-	}
-	return res
+	return warmResidency([]*scheduler.App{a}, mem, count, at)
 }
 
-type req struct {
-	sample int
-	r      *scheduler.Request
-	seq    uint64
-	arr    time.Time
+// warmResidency is WarmResidency for applications sharing one engine, taken
+// application by application in order.
+func warmResidency(apps []*scheduler.App, mem int64, count int, at time.Time) map[scheduler.VariantID]time.Time {
+	res := map[scheduler.VariantID]time.Time{}
+	var used int64
+	for _, a := range apps {
+		for _, v := range a.Variants {
+			if (mem > 0 && used+v.MemBytes > mem) || (count > 0 && len(res)+1 > count) {
+				continue
+			}
+			res[v.ID] = at
+			used += v.MemBytes
+		}
+	}
+	return res
 }
 
 // ErrStuck is returned when a policy leaves work queued on an idle engine with
@@ -232,23 +230,17 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		return Metrics{}, err
 	}
 	var guard *sneakpeek.Guard
-	distrusted := 0
 	if gmode != guardOff {
 		guard = newGuard(a, pt.Guard)
 	}
 	shift := newShifter(a, pt)
-	o := pt.Options
-	if o.MaxBatch <= 0 {
-		o.MaxBatch = scheduler.DefaultOptions().MaxBatch
-	}
+	o := withMaxBatch(pt.Options)
 	rate := pt.Load * CapacityWith(sa, o, pt.GatewayCost)
 	if f := pt.EngineSlowdown; f > 1 {
 		sa = mapLatency(sa, func(_ int, l time.Duration) time.Duration { return time.Duration(f * float64(l)) })
 	}
 	// pa is the application as the policy sees it.
 	pa := sa
-	// fastest is the per-request time of the fastest drain admission assumes.
-	fastest := scheduler.CheapestAmortised(sa) + pt.GatewayCost
 	if pt.GatewayKnown && pt.GatewayCost > 0 {
 		pa = withLoopCost(sa, pt.GatewayCost)
 	}
@@ -258,374 +250,68 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	rng := rand.New(rand.NewPCG(pt.Seed, 1))
 	origin := time.Unix(1_700_000_000, 0).UTC()
 	// Arrivals: Poisson at rate, samples from the workload's mix.
-	reqs := make([]req, pt.Requests)
+	reqs := make([]simReq, pt.Requests)
 	t := origin
 	for i := range reqs {
 		t = t.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
 		prog := float64(i) / float64(max(1, pt.Requests-1))
-		reqs[i] = req{sample: a.draw(rng, &pt.Workload, prog), seq: uint64(i + 1), arr: t}
+		reqs[i] = simReq{sample: a.draw(rng, &pt.Workload, prog), seq: uint64(i + 1), arr: t}
 	}
 	var placebo *rand.Rand
 	if pt.Policy == PolicyPlacebo {
 		placebo = rand.New(rand.NewPCG(pt.Seed, 4))
 	}
-	jit := rand.New(rand.NewPCG(pt.Seed, 2))
-	jitter := func(d time.Duration) time.Duration {
-		if pt.Jitter <= 0 {
-			return d
+	estimate := func(q *simReq) (est, correct []float64) {
+		est = a.Est[q.sample]
+		if a.Correct != nil && pt.Policy != PolicyClassBased {
+			correct = a.Correct[q.sample]
 		}
-		f := math.Exp(pt.Jitter*jit.NormFloat64() - pt.Jitter*pt.Jitter/2)
-		return time.Duration(float64(d) * f)
+		if pt.Policy == PolicyOracle {
+			correct = oracleCorrect(a, q.sample)
+		}
+		if placebo != nil {
+			// The estimate (and difficulty) of another request of the same workload.
+			prog := float64(q.seq-1) / float64(max(1, pt.Requests-1))
+			other := a.draw(placebo, &pt.Workload, prog)
+			est = a.Est[other]
+			if correct != nil {
+				correct = a.Correct[other]
+			}
+		}
+		if shift != nil {
+			// The gateway corrects every estimate on arrival, in arrival order.
+			est = shift.correct(a, &pt, q.sample, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
+		}
+		return est, correct
 	}
-	byReq := make(map[*scheduler.Request]*req, 1024)
-
-	var (
-		m          = Metrics{Requests: pt.Requests, VariantShare: map[string]float64{}}
-		utilSum    float64
-		degSum     float64
-		correct    int
-		lat        []time.Duration
-		queue      []*scheduler.Request
-		resident   = WarmResidency(sa, pt.MemBudget, pt.CountBudget, origin)
-		classN     = make([]int, sa.K)
-		classOK    = make([]int, sa.K)
-		classNone  = make([]int, sa.K)
-		classU     = make([]float64, sa.K)
-		escalated  int
-		thSum      float64
-		thN        int
-		busy       bool
-		busyUntil  time.Time
-		inflight   *scheduler.Batch
-		wake       time.Time
-		next       int
-		decideWall time.Duration
-		scheduled  int
-		lastDone   time.Time
-	)
-	noAnswer := func(y int) float64 {
-		if y < len(sa.NoAnswer) {
-			return sa.NoAnswer[y]
-		}
-		return 0
-	}
-	answer := func(q *req, yhat int, at time.Time, status string) {
-		y := a.Labels[q.sample]
-		u := noAnswer(y)
-		classN[y]++
-		switch status {
-		case "ok", "late", "degraded":
-			u = sa.Utility[y][yhat]
-			if status == "late" {
-				// Realised: decays to the true class's no-answer value.
-				u = scheduler.Discount(u, noAnswer(y), scheduler.Penalty(at, q.r.Deadline, q.r.Budget()))
-			}
-			if yhat == y {
-				correct++
-				classOK[y]++
-			}
-		default:
-			classNone[y]++
-		}
-		classU[y] += u
-		switch status {
-		case "ok":
-			m.OK++
-		case "late":
-			m.Late++
-		case "degraded":
-			m.Degraded++
-		case "expired":
-			m.Expired++
-		}
-		utilSum += u
-		if status == "degraded" {
-			degSum += u
-		}
-		if status != "rejected" {
-			lat = append(lat, at.Sub(q.arr))
-		}
-		if at.After(lastDone) {
-			lastDone = at
-		}
-	}
-	requeue := func(r *scheduler.Request) {
-		i, _ := slices.BinarySearchFunc(queue, r.Seq, func(x *scheduler.Request, seq uint64) int {
-			return cmp.Compare(x.Seq, seq)
-		})
-		queue = slices.Insert(queue, i, r)
-	}
-	finish := func(b *scheduler.Batch, at time.Time) {
-		v := b.Variant
-		if b.EscalateBelow > 0 {
-			thSum += b.EscalateBelow
-			thN++
-		}
-		for _, r := range b.Requests {
-			q := byReq[r]
-			yhat := Predict(a, q.sample, v.Index, pt.Seed, q.seq)
-			if b.EscalateBelow > 0 && r.First == nil {
-				if c := float64(a.Conf[q.sample][v.Index]); c < b.EscalateBelow {
-					// The cascade's second pass: back to the queue with the first result.
-					r.First = &scheduler.FirstPass{Variant: v, Class: yhat, Confidence: c, Done: at}
-					escalated++
-					requeue(r)
-					continue
-				}
-			}
-			delete(byReq, r)
-			status := "ok"
-			if at.After(r.Deadline) {
-				status = "late"
-			}
-			answer(q, yhat, at, status)
-			m.VariantShare[v.ID.Variant]++
-			if guard != nil && v.Index == sa.DefaultVariant {
-				// The gateway's free observation: the reference variant served it.
-				guard.Observe(a.Est[q.sample], yhat)
-			}
-		}
-		resident[v.ID] = at
-	}
-	decide := func(at time.Time) error {
-		s := &scheduler.Snapshot{Now: at, Queue: queue, Apps: map[string]*scheduler.App{pa.Name: pa},
-			Engine: scheduler.Engine{Resident: resident, MemBudget: pt.MemBudget, CountBudget: pt.CountBudget}}
-		w0 := now()
-		d := pol.Decide(s)
-		decideWall += now().Sub(w0)
-		m.Decisions++
-		gone := make(map[*scheduler.Request]bool, len(d.Verdicts)+32)
-		for _, v := range d.Verdicts {
-			if gone[v.Request] {
-				return fmt.Errorf("eval: %s answered a request twice", pt.Policy)
-			}
-			gone[v.Request] = true
-			q := byReq[v.Request]
-			if q == nil {
-				return fmt.Errorf("eval: %s answered a request that is not queued", pt.Policy)
-			}
-			delete(byReq, v.Request)
-			switch v.Outcome {
-			case scheduler.Degraded:
-				answer(q, scheduler.Argmax(v.Request.P), at, "degraded")
-			case scheduler.FirstAnswer:
-				f := v.Request.First
-				if f == nil {
-					return fmt.Errorf("eval: %s answered a request with a first pass it never had", pt.Policy)
-				}
-				status := "ok"
-				if at.After(v.Request.Deadline) {
-					status = "late"
-				}
-				answer(q, f.Class, at, status)
-				m.VariantShare[f.Variant.ID.Variant]++
-			default:
-				answer(q, -1, at, "expired")
-			}
-		}
-		scheduled += len(d.Verdicts)
-		wake = d.WakeAt
-		// The loop's own time: the decision and the hand-off of every request it
-		// answers or batches, while the engine waits.
-		loopCost := time.Duration(len(d.Verdicts)) * pt.VerdictCost
-		if d.Batch != nil {
-			loopCost += time.Duration(len(d.Batch.Requests)) * pt.GatewayCost
-		}
-		if d.Batch == nil && loopCost > 0 {
-			busy, inflight, busyUntil = true, nil, at.Add(loopCost)
-		}
-		if b := d.Batch; b != nil {
-			for _, r := range b.Requests {
-				if gone[r] || byReq[r] == nil {
-					return fmt.Errorf("eval: %s batched a request that is not queued", pt.Policy)
-				}
-				gone[r] = true
-			}
-			scheduled += len(b.Requests)
-			cost := time.Duration(0)
-			for _, id := range b.Evict {
-				v := lookup(sa, id)
-				if _, ok := resident[id]; !ok || v == nil {
-					return fmt.Errorf("eval: %s evicts %v, which is not resident", pt.Policy, id)
-				}
-				delete(resident, id)
-				cost += jitter(v.Unload)
-			}
-			for _, id := range b.Load {
-				v := lookup(sa, id)
-				if v == nil {
-					return fmt.Errorf("eval: %s loads unknown %v", pt.Policy, id)
-				}
-				resident[id] = at
-				cost += jitter(v.Load)
-				m.Swaps++
-			}
-			m.SwapTime += cost.Seconds()
-			if _, ok := resident[b.Variant.ID]; !ok {
-				return fmt.Errorf("eval: %s runs %v without loading it", pt.Policy, b.Variant.ID)
-			}
-			if err := checkBudget(sa, resident, pt.MemBudget, pt.CountBudget); err != nil {
-				return fmt.Errorf("eval: %s: %w", pt.Policy, err)
-			}
-			busy, inflight = true, b
-			// The engine's true time: the application's own profile (the policy's
-			// view may include the loop's cost, charged separately above).
-			busyUntil = at.Add(loopCost + cost + jitter(sa.Variants[b.Variant.Index].LatencyAt(len(b.Requests))))
-			m.Batches++
-			m.MeanBatch += float64(len(b.Requests))
-		}
-		if len(gone) > 0 {
-			queue = slices.DeleteFunc(queue, func(r *scheduler.Request) bool { return gone[r] })
-		}
-		return nil
-	}
-
-	// The event loop: the next event is a batch finishing, an arrival, or the
-	// policy's wake-up, whichever comes first; after each, an idle engine with
-	// work asks the policy again.
-	now0 := origin
-	spins := 0
-	for next < len(reqs) || busy || len(queue) > 0 {
-		ev := time.Time{}
-		if busy {
-			ev = busyUntil
-		}
-		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Add(pt.IngressDelay).Before(ev)) {
-			ev = reqs[next].arr.Add(pt.IngressDelay)
-		}
-		if !busy && !wake.IsZero() && len(queue) > 0 {
-			w := wake
-			if w.Before(now0) {
-				w = now0
-			}
-			if ev.IsZero() || w.Before(ev) {
-				ev = w
-			}
-		}
-		if ev.IsZero() {
-			if len(queue) > 0 {
-				return m, fmt.Errorf("%w (%s, %d queued)", ErrStuck, pt.Policy, len(queue))
-			}
-			break
-		}
-		if ev.After(now0) {
-			now0 = ev
-			spins = 0
-		} else if spins++; spins > 100 {
-			return m, fmt.Errorf("%w (%s decides again and again at %v)", ErrStuck, pt.Policy, now0.Sub(origin))
-		}
-		if busy && !busyUntil.After(now0) {
-			busy = false
-			if inflight != nil {
-				finish(inflight, busyUntil)
-			}
-			inflight = nil
-		}
-		for next < len(reqs) && !reqs[next].arr.Add(pt.IngressDelay).After(now0) {
-			q := &reqs[next]
-			next++
-			est := a.Est[q.sample]
-			var correct []float64
-			if a.Correct != nil && pt.Policy != PolicyClassBased {
-				correct = a.Correct[q.sample]
-			}
-			if pt.Policy == PolicyOracle {
-				correct = oracleCorrect(a, q.sample)
-			}
-			if placebo != nil {
-				// The estimate (and difficulty) of another request of the same workload.
-				prog := float64(q.seq-1) / float64(max(1, pt.Requests-1))
-				other := a.draw(placebo, &pt.Workload, prog)
-				est = a.Est[other]
-				if correct != nil {
-					correct = a.Correct[other]
-				}
-			}
-			if shift != nil {
-				// The gateway corrects every estimate on arrival, in arrival order.
-				est = shift.correct(a, &pt, q.sample, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
-			}
-			if pt.MaxQueue > 0 && len(queue) >= pt.MaxQueue ||
-				pt.MaxWait > 0 && len(est) == 0 && time.Duration(len(queue))*fastest > time.Duration(pt.MaxWait*float64(pt.Deadline)) {
-				if pt.DegradeRefused && len(est) > 0 {
-					answer(q, scheduler.Argmax(est), now0, "degraded")
-				} else {
-					m.Rejected++
-					answer(q, -1, now0, "rejected")
-				}
-				continue
-			}
-			if guard != nil && !guard.Trusted() {
-				distrusted++
-				q.r = prepareGuarded(pa, gmode, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
-			} else {
-				q.r = scheduler.Prepare(pa, q.seq, q.arr, q.arr.Add(pt.Deadline), est, q)
-				if correct != nil {
-					// As the gateway: computed from the estimator's own output
-					// (before any label-shift correction), applied to the request.
-					scheduler.Sharpen(q.r, correct)
-				}
-			}
-			byReq[q.r] = q
-			queue = append(queue, q.r)
-		}
-		if !busy && len(queue) > 0 {
-			if err := decide(now0); err != nil {
-				return m, err
-			}
-		}
-	}
+	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, Jitter: pt.Jitter,
+		Apps: []simApp{{App: a, Exec: sa, View: pa, Deadline: pt.Deadline,
+			Fastest: scheduler.CheapestAmortised(sa) + pt.GatewayCost, Guard: guard, GMode: gmode}},
+		MaxQueue: pt.MaxQueue, MaxWait: pt.MaxWait, DegradeRefused: pt.DegradeRefused,
+		MemBudget: pt.MemBudget, CountBudget: pt.CountBudget,
+		GatewayCost: pt.GatewayCost, VerdictCost: pt.VerdictCost, IngressDelay: pt.IngressDelay,
+		Now: now, Estimate: estimate}
+	run, err := sim.run()
+	tl := &run.Tallies[0]
+	tl.m.Requests = pt.Requests
+	tl.finish(sa, a.ClassNames, run.LastDone.Sub(origin).Seconds())
+	m := tl.m
+	m.Decisions, m.SwapTime = run.All.Decisions, run.All.SwapTime
+	setDecisionTimes(&m, run.DecideWall, run.Scheduled)
 	n := float64(pt.Requests)
-	m.Utility = utilSum / n
-	m.UtilityDegraded = degSum / n
-	m.Accuracy = float64(correct) / n
-	m.Met = float64(m.OK) / n
-	m.InTime = float64(m.OK+m.Degraded) / n
-	if m.Batches > 0 {
-		m.MeanBatch /= float64(m.Batches)
-	}
-	answered := float64(m.OK + m.Late)
-	for k, c := range m.VariantShare {
-		m.VariantShare[k] = c / max(answered, 1)
-	}
-	if m.Decisions > 0 {
-		m.DecisionUS = float64(decideWall.Microseconds()) / float64(m.Decisions)
-	}
-	if scheduled > 0 {
-		m.DecisionUSPerReq = float64(decideWall.Nanoseconds()) / 1e3 / float64(scheduled)
-	}
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		m.P99LatencyMS = float64(lat[len(lat)*99/100]) / 1e6
-	}
-	m.SimSeconds = lastDone.Sub(origin).Seconds()
-	m.Escalated = float64(escalated) / n
-	if thN > 0 {
-		m.Threshold = thSum / float64(thN)
-	}
-	for y := range sa.K {
-		c := ClassMetrics{Class: fmt.Sprint(y), N: classN[y]}
-		if y < len(a.ClassNames) {
-			c.Class = a.ClassNames[y]
-		}
-		if classN[y] > 0 {
-			fy := float64(classN[y])
-			c.Recall, c.Utility, c.NoAnswer = float64(classOK[y])/fy, classU[y]/fy, float64(classNone[y])/fy
-		}
-		m.PerClass = append(m.PerClass, c)
+	m.Escalated = float64(tl.escalated) / n
+	if tl.thN > 0 {
+		m.Threshold = tl.thSum / float64(tl.thN)
 	}
 	if guard != nil {
 		st := guard.Stats()
-		m.Distrusted = float64(distrusted) / n
+		m.Distrusted = float64(tl.distrusted) / n
 		m.GuardFlips, m.GuardObserved, m.GuardGap = st.Flips, st.Total, st.Excess
 	}
 	if shift != nil {
 		shift.fill(&m)
 	}
-	if got := m.OK + m.Late + m.Degraded + m.Expired + m.Rejected; got != pt.Requests {
-		return m, fmt.Errorf("eval: %s answered %d of %d requests", pt.Policy, got, pt.Requests)
-	}
-	return m, nil
+	return m, err
 }
 
 // oracleCorrect is, per variant, 1 when its real prediction on sample s is the
@@ -660,31 +346,6 @@ func mapLatency(a *scheduler.App, f func(b int, l time.Duration) time.Duration) 
 		cp.Variants[i] = &w
 	}
 	return &cp
-}
-
-func lookup(a *scheduler.App, id scheduler.VariantID) *scheduler.Variant {
-	for _, v := range a.Variants {
-		if v.ID == id {
-			return v
-		}
-	}
-	return nil
-}
-
-func checkBudget(a *scheduler.App, res map[scheduler.VariantID]time.Time, mem int64, count int) error {
-	var used int64
-	for id := range res {
-		if v := lookup(a, id); v != nil {
-			used += v.MemBytes
-		}
-	}
-	if mem > 0 && used > mem {
-		return fmt.Errorf("residency %d bytes over the %d budget", used, mem)
-	}
-	if count > 0 && len(res) > count {
-		return fmt.Errorf("%d variants resident, budget %d", len(res), count)
-	}
-	return nil
 }
 
 // Predict is variant m's answer on sample i: the real prediction when the app

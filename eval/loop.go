@@ -1,0 +1,511 @@
+package eval
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
+)
+
+// engineSim is the discrete-event simulation of one engine serving one or more
+// applications, shared by Simulate (one application, Poisson arrivals of real
+// samples) and SimulateScenario (a scenario's applications, periodic device
+// streams): arrivals pass admission and are prepared for the policy, the policy
+// decides whenever the engine is idle with work queued, batches run for their
+// jittered profiled time plus the swaps they need, and every answer is scored.
+// The caller builds the arrivals and says how each one's estimate is made
+// (estimate); everything else is here.
+type engineSim struct {
+	// Policy names the policy in errors; Pol is the policy.
+	Policy string
+	Pol    scheduler.Policy
+	Apps   []simApp
+	// Reqs are the arrivals in arrival order, Seq numbered from 1.
+	Reqs []simReq
+	// Origin is the simulated clock's start (residency is warm at it).
+	Origin time.Time
+	// Seed fixes the variants' answers (Predict) and the latency jitter.
+	Seed   uint64
+	Jitter float64
+	// MaxQueue, MaxWait and DegradeRefused are the admission of Point;
+	// MemBudget and CountBudget bound residency.
+	MaxQueue       int
+	MaxWait        float64
+	DegradeRefused bool
+	MemBudget      int64
+	CountBudget    int
+	// GatewayCost, VerdictCost and IngressDelay are as in Point.
+	GatewayCost, VerdictCost, IngressDelay time.Duration
+	// Now is the wall clock that times decisions.
+	Now func() time.Time
+	// Estimate returns an arrival's estimate and, when the policy sharpens it,
+	// each variant's correctness on it (nil: none). It is called once per
+	// arrival, in arrival order, before admission.
+	Estimate func(q *simReq) (est, correct []float64)
+}
+
+// simApp is one application on the simulated engine.
+type simApp struct {
+	// App gives the requests' true classes, the variants' answers (Predict) and,
+	// for a cascade, their confidences (App.Conf); Exec is the engine's true
+	// profile; View the application as the policy sees it.
+	App  *App
+	Exec *scheduler.App
+	View *scheduler.App
+	// Deadline is every request's budget.
+	Deadline time.Duration
+	// Fastest is the per-request time of the fastest drain MaxWait assumes.
+	Fastest time.Duration
+	// Guard, when set, is the drift guard of a guarded policy (mode GMode): it
+	// is fed the reference variant's answers, and while it distrusts the
+	// estimates requests are prepared without them (prepareGuarded).
+	Guard *sneakpeek.Guard
+	GMode guardMode
+}
+
+// simReq is one arrival: Sample indexes its application's App (its true class
+// App.Labels[Sample]); Flag is a scenario's simulated estimator flag.
+type simReq struct {
+	app, sample, flag int
+	seq               uint64
+	arr               time.Time
+	r                 *scheduler.Request
+}
+
+// simRun is an engineSim's outcome: one tally per application; All holds
+// what belongs to the engine as a whole (Decisions, Swaps, SwapTime, Batches,
+// MeanBatch's sum, VariantShare's counts keyed by VariantID.String()).
+type simRun struct {
+	Tallies    []tally
+	All        Metrics
+	DecideWall time.Duration
+	// Scheduled counts the requests the decisions answered or batched.
+	Scheduled int
+	LastDone  time.Time
+}
+
+// tally accumulates one application's results.
+type tally struct {
+	m                        Metrics
+	util, deg                float64
+	correct                  int
+	lat                      []time.Duration
+	classN, classOK, classNo []int
+	classU                   []float64
+	// escalated counts a cascade's second passes; thSum and thN sum the
+	// thresholds its first passes carried; distrusted counts the requests
+	// prepared while the guard distrusted the estimates.
+	escalated, thN, distrusted int
+	thSum                      float64
+}
+
+func newTally(k int) tally {
+	return tally{m: Metrics{VariantShare: map[string]float64{}}, classN: make([]int, k),
+		classOK: make([]int, k), classNo: make([]int, k), classU: make([]float64, k)}
+}
+
+// run simulates until every request is answered. It returns the run so far with
+// an error when the policy misbehaves (ErrStuck, an invariant broken) or when
+// not every request got exactly one answer.
+func (s *engineSim) run() (*simRun, error) {
+	out := &simRun{Tallies: make([]tally, len(s.Apps))}
+	all := &out.All
+	all.VariantShare = map[string]float64{}
+	views := make(map[string]*scheduler.App, len(s.Apps))
+	appOf := make(map[*scheduler.App]int, len(s.Apps))
+	byName := make(map[string]int, len(s.Apps))
+	execs := make([]*scheduler.App, len(s.Apps))
+	variants := map[scheduler.VariantID]*scheduler.Variant{}
+	for i, a := range s.Apps {
+		out.Tallies[i] = newTally(a.Exec.K)
+		views[a.View.Name] = a.View
+		appOf[a.View] = i
+		byName[a.Exec.Name] = i
+		execs[i] = a.Exec
+		for _, v := range a.Exec.Variants {
+			variants[v.ID] = v
+		}
+	}
+	jit := rand.New(rand.NewPCG(s.Seed, 2))
+	jitter := func(d time.Duration) time.Duration {
+		if s.Jitter <= 0 {
+			return d
+		}
+		f := math.Exp(s.Jitter*jit.NormFloat64() - s.Jitter*s.Jitter/2)
+		return time.Duration(float64(d) * f)
+	}
+	reqs := s.Reqs
+	byReq := make(map[*scheduler.Request]*simReq, 1024)
+	var (
+		queue     []*scheduler.Request
+		resident  = warmResidency(execs, s.MemBudget, s.CountBudget, s.Origin)
+		busy      bool
+		busyUntil time.Time
+		inflight  *scheduler.Batch
+		wake      time.Time
+		next      int
+	)
+	answer := func(q *simReq, yhat int, at time.Time, status string) {
+		t := &out.Tallies[q.app]
+		a := s.Apps[q.app].Exec
+		y := s.Apps[q.app].App.Labels[q.sample]
+		no := 0.0
+		if y < len(a.NoAnswer) {
+			no = a.NoAnswer[y]
+		}
+		u := no
+		t.classN[y]++
+		switch status {
+		case "ok", "late", "degraded":
+			u = a.Utility[y][yhat]
+			if status == "late" {
+				// Realised: decays to the true class's no-answer value.
+				u = scheduler.Discount(u, no, scheduler.Penalty(at, q.r.Deadline, q.r.Budget()))
+			}
+			if yhat == y {
+				t.correct++
+				t.classOK[y]++
+			}
+		default:
+			t.classNo[y]++
+		}
+		t.classU[y] += u
+		t.util += u
+		switch status {
+		case "ok":
+			t.m.OK++
+		case "late":
+			t.m.Late++
+		case "degraded":
+			t.m.Degraded++
+			t.deg += u
+		case "expired":
+			t.m.Expired++
+		case "rejected":
+			t.m.Rejected++
+		}
+		if status != "rejected" {
+			t.lat = append(t.lat, at.Sub(q.arr))
+		}
+		if at.After(out.LastDone) {
+			out.LastDone = at
+		}
+	}
+	requeue := func(r *scheduler.Request) {
+		i, _ := slices.BinarySearchFunc(queue, r.Seq, func(x *scheduler.Request, seq uint64) int {
+			return cmp.Compare(x.Seq, seq)
+		})
+		queue = slices.Insert(queue, i, r)
+	}
+	finish := func(b *scheduler.Batch, at time.Time) {
+		v := b.Variant
+		ai := appOf[b.Requests[0].App]
+		a, t := &s.Apps[ai], &out.Tallies[ai]
+		if b.EscalateBelow > 0 {
+			t.thSum += b.EscalateBelow
+			t.thN++
+		}
+		for _, r := range b.Requests {
+			q := byReq[r]
+			yhat := Predict(a.App, q.sample, v.Index, s.Seed, q.seq)
+			if b.EscalateBelow > 0 && r.First == nil {
+				if c := float64(a.App.Conf[q.sample][v.Index]); c < b.EscalateBelow {
+					// The cascade's second pass: back to the queue with the first result.
+					r.First = &scheduler.FirstPass{Variant: v, Class: yhat, Confidence: c, Done: at}
+					t.escalated++
+					requeue(r)
+					continue
+				}
+			}
+			delete(byReq, r)
+			status := "ok"
+			if at.After(r.Deadline) {
+				status = "late"
+			}
+			answer(q, yhat, at, status)
+			t.m.VariantShare[v.ID.Variant]++
+			all.VariantShare[v.ID.String()]++
+			if a.Guard != nil && v.Index == a.Exec.DefaultVariant {
+				// The gateway's free observation: the reference variant served it.
+				a.Guard.Observe(a.App.Est[q.sample], yhat)
+			}
+		}
+		resident[v.ID] = at
+	}
+	decide := func(at time.Time) error {
+		snap := &scheduler.Snapshot{Now: at, Queue: queue, Apps: views,
+			Engine: scheduler.Engine{Resident: resident, MemBudget: s.MemBudget, CountBudget: s.CountBudget}}
+		w0 := s.Now()
+		d := s.Pol.Decide(snap)
+		out.DecideWall += s.Now().Sub(w0)
+		all.Decisions++
+		gone := make(map[*scheduler.Request]bool, len(d.Verdicts)+32)
+		for _, v := range d.Verdicts {
+			if gone[v.Request] {
+				return fmt.Errorf("eval: %s answered a request twice", s.Policy)
+			}
+			gone[v.Request] = true
+			q := byReq[v.Request]
+			if q == nil {
+				return fmt.Errorf("eval: %s answered a request that is not queued", s.Policy)
+			}
+			delete(byReq, v.Request)
+			switch v.Outcome {
+			case scheduler.Degraded:
+				answer(q, scheduler.Argmax(v.Request.P), at, "degraded")
+			case scheduler.FirstAnswer:
+				f := v.Request.First
+				if f == nil {
+					return fmt.Errorf("eval: %s answered a request with a first pass it never had", s.Policy)
+				}
+				status := "ok"
+				if at.After(v.Request.Deadline) {
+					status = "late"
+				}
+				answer(q, f.Class, at, status)
+				out.Tallies[q.app].m.VariantShare[f.Variant.ID.Variant]++
+				all.VariantShare[f.Variant.ID.String()]++
+			case scheduler.Expired:
+				answer(q, -1, at, "expired")
+			default:
+				return fmt.Errorf("eval: %s answered with unknown outcome %v", s.Policy, v.Outcome)
+			}
+		}
+		out.Scheduled += len(d.Verdicts)
+		wake = d.WakeAt
+		// The loop's own time: the decision and the hand-off of every request it
+		// answers or batches, while the engine waits.
+		loopCost := time.Duration(len(d.Verdicts)) * s.VerdictCost
+		if d.Batch != nil {
+			loopCost += time.Duration(len(d.Batch.Requests)) * s.GatewayCost
+		}
+		if d.Batch == nil && loopCost > 0 {
+			busy, inflight, busyUntil = true, nil, at.Add(loopCost)
+		}
+		if b := d.Batch; b != nil {
+			if len(b.Requests) == 0 {
+				return fmt.Errorf("eval: %s ran an empty batch", s.Policy)
+			}
+			ai, ok := appOf[b.Requests[0].App]
+			if !ok || variants[b.Variant.ID] == nil {
+				return fmt.Errorf("eval: %s runs unknown %v", s.Policy, b.Variant.ID)
+			}
+			for _, r := range b.Requests {
+				if ri, ok := appOf[r.App]; gone[r] || byReq[r] == nil || !ok || ri != ai {
+					return fmt.Errorf("eval: %s batched a request that is not queued or of another application", s.Policy)
+				}
+				gone[r] = true
+			}
+			out.Scheduled += len(b.Requests)
+			cost := time.Duration(0)
+			for _, id := range b.Evict {
+				v := variants[id]
+				if _, ok := resident[id]; !ok || v == nil {
+					return fmt.Errorf("eval: %s evicts %v, which is not resident", s.Policy, id)
+				}
+				delete(resident, id)
+				cost += jitter(v.Unload)
+			}
+			for _, id := range b.Load {
+				v := variants[id]
+				if v == nil {
+					return fmt.Errorf("eval: %s loads unknown %v", s.Policy, id)
+				}
+				resident[id] = at
+				cost += jitter(v.Load)
+				all.Swaps++
+				out.Tallies[byName[id.App]].m.Swaps++
+			}
+			all.SwapTime += cost.Seconds()
+			if _, ok := resident[b.Variant.ID]; !ok {
+				return fmt.Errorf("eval: %s runs %v without loading it", s.Policy, b.Variant.ID)
+			}
+			if err := checkBudget(variants, resident, s.MemBudget, s.CountBudget); err != nil {
+				return fmt.Errorf("eval: %s: %w", s.Policy, err)
+			}
+			busy, inflight = true, b
+			// The engine's true time: the application's own profile (the policy's
+			// view may include the loop's cost, charged separately above).
+			busyUntil = at.Add(loopCost + cost + jitter(variants[b.Variant.ID].LatencyAt(len(b.Requests))))
+			all.Batches++
+			all.MeanBatch += float64(len(b.Requests))
+			t := &out.Tallies[ai]
+			t.m.Batches++
+			t.m.MeanBatch += float64(len(b.Requests))
+		}
+		if len(gone) > 0 {
+			queue = slices.DeleteFunc(queue, func(r *scheduler.Request) bool { return gone[r] })
+		}
+		return nil
+	}
+
+	// The event loop: the next event is a batch finishing, an arrival, or the
+	// policy's wake-up, whichever comes first; after each, an idle engine with
+	// work asks the policy again.
+	now := s.Origin
+	spins := 0
+	for next < len(reqs) || busy || len(queue) > 0 {
+		ev := time.Time{}
+		if busy {
+			ev = busyUntil
+		}
+		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Add(s.IngressDelay).Before(ev)) {
+			ev = reqs[next].arr.Add(s.IngressDelay)
+		}
+		if !busy && !wake.IsZero() && len(queue) > 0 {
+			w := wake
+			if w.Before(now) {
+				w = now
+			}
+			if ev.IsZero() || w.Before(ev) {
+				ev = w
+			}
+		}
+		if ev.IsZero() {
+			if len(queue) > 0 {
+				return out, fmt.Errorf("%w (%s, %d queued)", ErrStuck, s.Policy, len(queue))
+			}
+			break
+		}
+		if ev.After(now) {
+			now, spins = ev, 0
+		} else if spins++; spins > 100 {
+			return out, fmt.Errorf("%w (%s decides again and again at %v)", ErrStuck, s.Policy, now.Sub(s.Origin))
+		}
+		if busy && !busyUntil.After(now) {
+			busy = false
+			if inflight != nil {
+				finish(inflight, busyUntil)
+			}
+			inflight = nil
+		}
+		for next < len(reqs) && !reqs[next].arr.Add(s.IngressDelay).After(now) {
+			q := &reqs[next]
+			next++
+			a := &s.Apps[q.app]
+			est, correct := s.Estimate(q)
+			if s.MaxQueue > 0 && len(queue) >= s.MaxQueue ||
+				s.MaxWait > 0 && len(est) == 0 && time.Duration(len(queue))*a.Fastest > time.Duration(s.MaxWait*float64(a.Deadline)) {
+				if s.DegradeRefused && len(est) > 0 {
+					answer(q, scheduler.Argmax(est), now, "degraded")
+				} else {
+					answer(q, -1, now, "rejected")
+				}
+				continue
+			}
+			if a.Guard != nil && !a.Guard.Trusted() {
+				out.Tallies[q.app].distrusted++
+				q.r = prepareGuarded(a.View, a.GMode, q.seq, q.arr, q.arr.Add(a.Deadline), est, q)
+			} else {
+				q.r = scheduler.Prepare(a.View, q.seq, q.arr, q.arr.Add(a.Deadline), est, q)
+				if correct != nil {
+					// As the gateway: computed from the estimator's own output
+					// (before any label-shift correction), applied to the request.
+					scheduler.Sharpen(q.r, correct)
+				}
+			}
+			byReq[q.r] = q
+			queue = append(queue, q.r)
+		}
+		if !busy && len(queue) > 0 {
+			if err := decide(now); err != nil {
+				return out, err
+			}
+		}
+	}
+	got := 0
+	for i := range out.Tallies {
+		m := &out.Tallies[i].m
+		got += m.OK + m.Late + m.Degraded + m.Expired + m.Rejected
+	}
+	if got != len(reqs) {
+		return out, fmt.Errorf("eval: %s answered %d of %d requests", s.Policy, got, len(reqs))
+	}
+	return out, nil
+}
+
+// classSum is how many requests t scored.
+func (t *tally) classSum() int {
+	n := 0
+	for _, x := range t.classN {
+		n += x
+	}
+	return n
+}
+
+// finish turns t's sums into t.m's means (means) and adds the results of a's
+// classes, named by names (by their indices beyond it).
+func (t *tally) finish(a *scheduler.App, names []string, span float64) {
+	t.means(span)
+	m := &t.m
+	for y := range a.K {
+		cm := ClassMetrics{Class: fmt.Sprint(y), N: t.classN[y]}
+		if y < len(names) {
+			cm.Class = names[y]
+		}
+		if f := float64(t.classN[y]); f > 0 {
+			cm.Recall, cm.Utility, cm.NoAnswer = float64(t.classOK[y])/f, t.classU[y]/f, float64(t.classNo[y])/f
+		}
+		m.PerClass = append(m.PerClass, cm)
+	}
+}
+
+// means turns t's sums into t.m's means over t.m.Requests (at least 1), the
+// model answers' variant shares and the p99 latency; span is SimSeconds.
+func (t *tally) means(span float64) {
+	m := &t.m
+	n := float64(max(1, m.Requests))
+	m.Utility, m.UtilityDegraded, m.Accuracy = t.util/n, t.deg/n, float64(t.correct)/n
+	m.Met, m.InTime = float64(m.OK)/n, float64(m.OK+m.Degraded)/n
+	if m.Batches > 0 {
+		m.MeanBatch /= float64(m.Batches)
+	}
+	answered := float64(m.OK + m.Late)
+	for k, x := range m.VariantShare {
+		m.VariantShare[k] = x / max(answered, 1)
+	}
+	m.P99LatencyMS = p99(t.lat)
+	m.SimSeconds = span
+}
+
+// setDecisionTimes fills m's DecisionUS and DecisionUSPerReq from the wall
+// time of m.Decisions decisions that scheduled that many requests.
+func setDecisionTimes(m *Metrics, wall time.Duration, scheduled int) {
+	if m.Decisions > 0 {
+		m.DecisionUS = float64(wall.Microseconds()) / float64(m.Decisions)
+	}
+	if scheduled > 0 {
+		m.DecisionUSPerReq = float64(wall.Nanoseconds()) / 1e3 / float64(scheduled)
+	}
+}
+
+func p99(lat []time.Duration) float64 {
+	if len(lat) == 0 {
+		return 0
+	}
+	slices.Sort(lat)
+	return float64(lat[len(lat)*99/100]) / 1e6
+}
+
+// checkBudget checks residency res against the budgets (0 = unlimited);
+// variants gives every resident variant's memory.
+func checkBudget(variants map[scheduler.VariantID]*scheduler.Variant, res map[scheduler.VariantID]time.Time, mem int64, count int) error {
+	var used int64
+	for id := range res {
+		if v := variants[id]; v != nil {
+			used += v.MemBytes
+		}
+	}
+	if mem > 0 && used > mem {
+		return fmt.Errorf("residency %d bytes over the %d budget", used, mem)
+	}
+	if count > 0 && len(res) > count {
+		return fmt.Errorf("%d variants resident, budget %d", len(res), count)
+	}
+	return nil
+}
