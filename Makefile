@@ -86,11 +86,14 @@ models:
 # stages it elsewhere (scripts/install_test.go installs into a temporary one).
 # configs/mosquitto.conf and .acl go to /etc/sneakgate as well: Mosquitto reads the
 # ACL from there; copy the .conf into /etc/mosquitto/conf.d/ (docs/deployment.md).
+# The GPL-derived data (the satellite app, vad's samples and validation split;
+# THIRD_PARTY.md) is left out unless WITH_GPL_DATA=1: `sudo make install WITH_GPL_DATA=1`.
 UNITDIR ?= /etc/systemd/system
 INSTALL_BIN ?= bin/sneakgate
+WITH_GPL_DATA ?=
 install:
 	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" UNITDIR="$(UNITDIR)" BIN="$(INSTALL_BIN)" \
-	  ORT_LIB="$(ORT_LIB)" ORT_VERSION=$(ORT_VERSION) scripts/install.sh
+	  ORT_LIB="$(ORT_LIB)" ORT_VERSION=$(ORT_VERSION) WITH_GPL_DATA="$(WITH_GPL_DATA)" scripts/install.sh
 
 clean:
 	rm -rf bin

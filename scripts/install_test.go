@@ -2,13 +2,25 @@ package scripts
 
 import (
 	"bytes"
+	"context"
 	"io/fs"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/sneakgate/sneakgate/devices"
+	"github.com/sneakgate/sneakgate/internal/testenv"
+	"github.com/sneakgate/sneakgate/manifest"
 )
 
 // networkTools are replaced on PATH by stubs that record being run: make install
@@ -69,7 +81,7 @@ func (in *installer) make(vars ...string) (string, error) {
 	for _, kv := range os.Environ() {
 		switch strings.SplitN(kv, "=", 2)[0] {
 		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
-			"DESTDIR", "PREFIX", "UNITDIR", "INSTALL_BIN", "ORT_LIB", "PATH":
+			"DESTDIR", "PREFIX", "UNITDIR", "INSTALL_BIN", "ORT_LIB", "WITH_GPL_DATA", "PATH":
 			continue
 		}
 		cmd.Env = append(cmd.Env, kv)
@@ -79,9 +91,9 @@ func (in *installer) make(vars ...string) (string, error) {
 	return string(out), err
 }
 
-func (in *installer) install() string {
+func (in *installer) install(vars ...string) string {
 	in.t.Helper()
-	out, err := in.make()
+	out, err := in.make(vars...)
 	if err != nil {
 		in.t.Fatalf("make install: %v\n%s", err, out)
 	}
@@ -116,7 +128,7 @@ const (
 func TestMakeInstall(t *testing.T) {
 	in := newInstaller(t)
 	in.install()
-	checkInstalled(t, in)
+	checkInstalled(t, in, false)
 	def := in.read(config)
 	for _, f := range []string{config, "/etc/sneakgate/mosquitto.conf", "/etc/sneakgate/mosquitto.acl"} {
 		if in.exists(f + ".dist") {
@@ -139,7 +151,7 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("install %d: %s.dist is not the new default", i, config)
 		}
 	}
-	checkInstalled(t, in)
+	checkInstalled(t, in, false)
 
 	// Back to the default: the next install leaves no .dist.
 	writeFile(t, in.path(config), def, 0o644)
@@ -154,7 +166,15 @@ func TestMakeInstall(t *testing.T) {
 // usrPath matches the absolute paths into PREFIX=/usr a unit or config line names.
 var usrPath = regexp.MustCompile(`/usr/[^\s"',]+`)
 
-func checkInstalled(t *testing.T, in *installer) {
+// The GPL-derived data (THIRD_PARTY.md) that make install leaves out unless
+// WITH_GPL_DATA=1: whole apps, and files of other apps (relative to models/).
+var (
+	gplApps  = []string{"satellite"}
+	gplFiles = []string{"vad/samples.sgs", "vad/data/validation.sgs"}
+)
+
+// checkInstalled checks an installation; withGPL: made with WITH_GPL_DATA=1.
+func checkInstalled(t *testing.T, in *installer, withGPL bool) {
 	t.Helper()
 	if !in.exists("/usr/bin/sneakgate") || !in.exists("/usr/lib/sneakgate/libonnxruntime.so.1.30.0") {
 		t.Fatalf("the binary or the ONNX Runtime library is not installed under PREFIX=/usr")
@@ -200,16 +220,34 @@ func checkInstalled(t *testing.T, in *installer) {
 		}
 	}
 
-	// Every bundled app is installed; no training source or build script is.
+	// Every bundled app is installed but the GPL-derived ones (unless withGPL), and
+	// the configuration serves exactly the installed apps; no training source or
+	// build script is installed.
 	manifests, _ := filepath.Glob(filepath.Join(in.root, "models", "*", "manifest.yaml"))
 	if len(manifests) == 0 {
 		t.Fatal("no models/*/manifest.yaml in the repository")
 	}
+	var want []string
 	for _, m := range manifests {
 		app := filepath.Base(filepath.Dir(m))
-		if !in.exists("/usr/share/sneakgate/models/" + app + "/manifest.yaml") {
-			t.Errorf("app %s is not installed", app)
+		installed := in.exists("/usr/share/sneakgate/models/" + app)
+		switch {
+		case withGPL || !slices.Contains(gplApps, app):
+			want = append(want, app)
+			if !in.exists("/usr/share/sneakgate/models/" + app + "/manifest.yaml") {
+				t.Errorf("app %s is not installed", app)
+			}
+		case installed:
+			t.Errorf("app %s (GPL-derived data) is installed without WITH_GPL_DATA=1", app)
 		}
+	}
+	for _, f := range gplFiles {
+		if got := in.exists("/usr/share/sneakgate/models/" + f); got != withGPL {
+			t.Errorf("models/%s (GPL-derived data) installed: %v, want %v (WITH_GPL_DATA=1: %v)", f, got, withGPL, withGPL)
+		}
+	}
+	if got := configApps(in.read(config)); !slices.Equal(got, want) {
+		t.Errorf("the installed %s serves apps %v, want the installed ones %v", config, got, want)
 	}
 	for _, p := range []string{"train", "tools", "examples", "build.sh"} {
 		if in.exists("/usr/share/sneakgate/models/" + p) {
@@ -272,4 +310,244 @@ func TestMakeInstallNeedsBuiltFiles(t *testing.T) {
 			t.Errorf("make install %s installed files although it failed", c.override)
 		}
 	}
+}
+
+// configApps returns the names of the bundled apps (PREFIX/share/sneakgate/models/{app})
+// a configuration's apps list serves, sorted.
+func configApps(config string) []string {
+	var c struct {
+		Apps []struct {
+			Manifest string `yaml:"manifest"`
+		} `yaml:"apps"`
+	}
+	if err := yaml.Unmarshal([]byte(config), &c); err != nil {
+		return []string{"unparsable: " + err.Error()}
+	}
+	var apps []string
+	for _, a := range c.Apps {
+		if rest, ok := strings.CutPrefix(a.Manifest, "/usr/share/sneakgate/models/"); ok {
+			apps = append(apps, strings.TrimSuffix(rest, "/manifest.yaml"))
+		} else {
+			apps = append(apps, a.Manifest)
+		}
+	}
+	slices.Sort(apps)
+	return apps
+}
+
+// TestMakeInstallGPLData: the GPL-derived data is installed only with
+// WITH_GPL_DATA=1, and then the configuration serves its app too; switching the
+// setting replaces an unedited configuration and removes the data; an edited
+// configuration that still serves a GPL-derived app stops a default install
+// before it installs anything.
+func TestMakeInstallGPLData(t *testing.T) {
+	in := newInstaller(t)
+	out := in.install("WITH_GPL_DATA=1")
+	checkInstalled(t, in, true)
+	if !strings.Contains(out, "WITH_GPL_DATA=1: installed the GPL-derived data") {
+		t.Errorf("make install WITH_GPL_DATA=1 does not say it installed GPL-derived data:\n%s", out)
+	}
+	gplConfig := in.read(config)
+
+	// The default over it: the unedited configuration follows, the data goes.
+	out = in.install()
+	checkInstalled(t, in, false)
+	if in.exists(config + ".dist") {
+		t.Errorf("switching WITH_GPL_DATA off kept the unedited %s", config)
+	}
+	if !strings.Contains(out, "make install WITH_GPL_DATA=1 installs it") {
+		t.Errorf("make install does not say what it left out and how to install it:\n%s", out)
+	}
+	if c := in.read(config); !strings.Contains(c, "# - manifest: /usr/share/sneakgate/models/satellite/manifest.yaml") {
+		t.Errorf("the default %s does not keep the left-out app as a comment:\n%s", config, c)
+	}
+
+	// And back.
+	in.install("WITH_GPL_DATA=1")
+	checkInstalled(t, in, true)
+
+	// The operator edits the configuration, still serving satellite: a default
+	// install stops, says why, and leaves everything as it was.
+	edited := gplConfig + "# edited by the operator\n"
+	writeFile(t, in.path(config), edited, 0o644)
+	out, err := in.make()
+	if err == nil {
+		t.Fatalf("make install succeeded although the kept %s serves satellite, which it leaves out:\n%s", config, out)
+	}
+	if !strings.Contains(out, "serves the satellite app") || !strings.Contains(out, "WITH_GPL_DATA=1") {
+		t.Errorf("make install's refusal does not name the app and the opt-in:\n%s", out)
+	}
+	checkInstalled(t, in, true)
+	if in.read(config) != edited || in.exists(config+".dist") {
+		t.Errorf("the refused install touched the configuration")
+	}
+
+	// Without satellite, the edited configuration is kept and the data removed.
+	var kept []string
+	for _, line := range strings.Split(edited, "\n") {
+		if !strings.Contains(line, "/models/satellite/") {
+			kept = append(kept, line)
+		}
+	}
+	writeFile(t, in.path(config), strings.Join(kept, "\n"), 0o644)
+	in.install()
+	for _, app := range gplApps {
+		if in.exists("/usr/share/sneakgate/models/" + app) {
+			t.Errorf("a default install over a WITH_GPL_DATA=1 one left models/%s", app)
+		}
+	}
+	for _, f := range gplFiles {
+		if in.exists("/usr/share/sneakgate/models/" + f) {
+			t.Errorf("a default install over a WITH_GPL_DATA=1 one left models/%s", f)
+		}
+	}
+	if !in.exists(config + ".dist") {
+		t.Errorf("the edited %s was not kept beside a .dist", config)
+	}
+
+	if out, err := in.make("WITH_GPL_DATA=perhaps"); err == nil || !strings.Contains(out, "WITH_GPL_DATA must be 1") {
+		t.Errorf("make install WITH_GPL_DATA=perhaps: %v\n%s", err, out)
+	}
+}
+
+// TestInstalledGatewayServes installs the real binary and library (a default
+// install: no GPL-derived data) and runs `sneakgate serve` on the installed
+// configuration, changed only to run in the test (its paths rebased into DESTDIR,
+// an embedded broker and the metrics on free loopback ports, the journal and
+// profiles in a temporary directory, short profiling): it must become ready and
+// answer a request of every app it serves, so the installed apps work without the
+// data left out. Skipped with -short and without the ONNX Runtime library.
+func TestInstalledGatewayServes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: builds and runs the gateway")
+	}
+	lib := testenv.ORTLib(t)
+	in := newInstaller(t)
+	in.ortLib = lib
+	in.bin = filepath.Join(t.TempDir(), "sneakgate")
+	build := exec.Command("go", "build", "-o", in.bin, "./cmd/sneakgate")
+	build.Dir = in.root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/sneakgate: %v\n%s", err, out)
+	}
+	in.install()
+
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(in.read(config)), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	section := func(name string) map[string]any {
+		m, ok := cfg[name].(map[string]any)
+		if !ok {
+			t.Fatalf("the installed %s has no %s section", config, name)
+		}
+		return m
+	}
+	state := t.TempDir()
+	brokerAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	mq := section("mqtt")
+	mq["broker"] = "tcp://" + brokerAddr
+	mq["embedded"] = map[string]any{"enabled": true, "listen": brokerAddr}
+	section("store")["path"] = filepath.Join(state, "sneakgate.db")
+	eng := section("engine")
+	eng["library"] = in.path(eng["library"].(string))
+	eng["profile_cache"] = filepath.Join(state, "profiles")
+	eng["warmup_runs"], eng["profile_runs"] = 1, 2
+	section("metrics")["listen"] = metricsAddr
+	var apps []*manifest.App
+	for _, a := range cfg["apps"].([]any) {
+		entry := a.(map[string]any)
+		entry["manifest"] = in.path(entry["manifest"].(string))
+		m, err := manifest.Load(entry["manifest"].(string))
+		if err != nil {
+			t.Fatal(err)
+		}
+		apps = append(apps, m)
+	}
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(state, "sneakgate.yaml")
+	writeFile(t, cfgPath, string(b), 0o600)
+
+	var logs syncBuffer
+	serve := exec.Command(in.path("/usr/bin/sneakgate"), "serve", "-config", cfgPath)
+	serve.Stdout, serve.Stderr = &logs, &logs
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- serve.Wait() }()
+	t.Cleanup(func() {
+		serve.Process.Kill()
+		<-exited
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for ready := false; !ready; {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("the installed gateway exited before it was ready: %v\n%s", err, logs.String())
+		case <-ctx.Done():
+			t.Fatalf("the installed gateway is not ready after 3 minutes:\n%s", logs.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+		if resp, err := http.Get("http://" + metricsAddr + "/readyz"); err == nil {
+			ready = resp.StatusCode == http.StatusOK
+			resp.Body.Close()
+		}
+	}
+
+	dev, err := devices.Dial(ctx, devices.ClientOptions{Broker: "tcp://" + brokerAddr, Device: "install-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	for _, m := range apps {
+		input := make([]float32, m.InputSize)
+		if m.InputRange != nil {
+			for i := range input {
+				input[i] = float32(m.InputRange[0])
+			}
+		}
+		r, err := dev.Do(ctx, m.Name, "install-test-"+m.Name, input, 5*time.Second)
+		if err != nil {
+			t.Fatalf("app %s: %v\n%s", m.Name, err, logs.String())
+		}
+		if !r.Status.Answered() {
+			t.Errorf("app %s: reply %+v, want an answer\n%s", m.Name, r, logs.String())
+		}
+	}
+}
+
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer collects a process's output for failure messages.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
