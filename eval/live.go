@@ -9,7 +9,9 @@ import (
 	"math"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -21,6 +23,7 @@ import (
 	"github.com/sneakgate/sneakgate/devices"
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/gateway"
+	"github.com/sneakgate/sneakgate/internal/mosquitto"
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
@@ -41,9 +44,17 @@ type LiveConfig struct {
 	Duration time.Duration
 	Devices  int
 	Seed     uint64
-	// Broker, if not empty, is an external broker URL (e.g. a Mosquitto);
-	// otherwise the gateway's embedded broker listens on a free local port.
+	// Broker is an external broker URL; "mosquitto" (or "") starts a private
+	// Mosquitto on a free local port (the gateway's embedded broker when none
+	// is installed); "embedded" is the gateway's embedded broker on a free
+	// local port. The embedded broker runs in this process, beside the
+	// gateway, and at a few thousand requests per second takes the CPU the
+	// gateway needs (docs/evaluation.md, "Live at loads 3 and 5").
 	Broker string
+	// DevicesExe, if not empty, is a sneakgate binary: the devices then run
+	// in a child process (DevicesExe devsim ... -json FILE) rather than in
+	// this one, as real devices would, off the gateway's CPU threads.
+	DevicesExe string
 	// Library is the ONNX Runtime library; Dir a scratch directory (journal,
 	// profile cache shared by the gateway and the prediction).
 	Library, Dir string
@@ -61,6 +72,36 @@ type LiveConfig struct {
 	MaxQueue int
 	// Jitter is the simulator's latency jitter.
 	Jitter float64
+}
+
+// devicesProcess runs the device simulator dc describes as `exe devsim` in a
+// child process and reads its report (written to out).
+func devicesProcess(ctx context.Context, exe string, dc devices.SimConfig, out string) (devices.Report, error) {
+	var rep devices.Report
+	args := []string{"devsim", "-broker", dc.Broker, "-manifest", dc.Manifest, "-devices", strconv.Itoa(dc.Devices),
+		"-rate", strconv.FormatFloat(dc.Rate, 'g', -1, 64), "-seed", strconv.FormatUint(dc.Seed, 10),
+		"-deadline", dc.Deadline.String(), "-duration", dc.Duration.String(), "-workload", dc.Workload,
+		"-quiet", "-json", out}
+	if dc.B64 {
+		args = append(args, "-b64")
+	}
+	if dc.SentAt {
+		args = append(args, "-sent-at")
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return rep, fmt.Errorf("%s %s: %w: %s", exe, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return rep, err
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return rep, fmt.Errorf("%s: %w", out, err)
+	}
+	return rep, nil
 }
 
 // LiveResult compares a live run with the simulator's prediction.
@@ -108,17 +149,37 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg := gateway.DefaultConfig()
 	cfg.Log.Level = "warn"
 	cfg.MQTT.ClientID = "sneakgate-eval-live"
-	if c.Broker != "" {
-		cfg.MQTT.Broker = c.Broker
-	} else {
+	run := filepath.Join(c.Dir, fmt.Sprintf("run-%d", time.Now().UnixNano()))
+	broker := c.Broker
+	if broker == "" || broker == "mosquitto" {
+		dir := filepath.Join(run, "mosquitto")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return res, err
+		}
+		b, err := mosquitto.New(dir, func(port int) string { return mosquitto.Config(port, dir, mosquitto.Options{}) })
+		if err == nil {
+			err = b.Start()
+		}
+		switch {
+		case err == nil:
+			defer b.Stop()
+			broker = b.URL()
+		case errors.Is(err, mosquitto.ErrNotFound):
+			fmt.Fprintf(progress, "live: %v; using the gateway's embedded broker\n", err)
+			broker = "embedded"
+		default:
+			return res, fmt.Errorf("eval: live broker: %w", err)
+		}
+	}
+	if broker == "embedded" {
 		addr, err := freePort()
 		if err != nil {
 			return res, err
 		}
 		cfg.MQTT.Embedded.Enabled, cfg.MQTT.Embedded.Listen = true, addr
-		cfg.MQTT.Broker = "tcp://" + addr
+		broker = "tcp://" + addr
 	}
-	run := filepath.Join(c.Dir, fmt.Sprintf("run-%d", time.Now().UnixNano()))
+	cfg.MQTT.Broker = broker
 	cfg.Store.Path = filepath.Join(run, "journal.db")
 	cfg.Engine.Library = c.Library
 	cfg.Engine.ProfileCache = filepath.Join(c.Dir, "profiles")
@@ -151,9 +212,16 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	go func() { done <- g.Run(gctx) }()
 	fmt.Fprintf(progress, "live: driving %s/%s at %.0f req/s, deadline %v, for %v...\n", filepath.Base(filepath.Dir(c.Manifest)),
 		c.Workload, c.Rate, c.Deadline, c.Duration)
-	rep, simErr := devices.Simulate(ctx, devices.SimConfig{Broker: cfg.MQTT.Broker, Manifest: c.Manifest,
+	dc := devices.SimConfig{Broker: cfg.MQTT.Broker, Manifest: c.Manifest,
 		Devices: c.Devices, Rate: c.Rate, Seed: c.Seed, Deadline: c.Deadline, Duration: c.Duration,
-		Workload: c.Workload, Quiet: true, Progress: io.Discard, Out: io.Discard, B64: true, SentAt: !c.NoSentAt})
+		Workload: c.Workload, Quiet: true, Progress: io.Discard, Out: io.Discard, B64: true, SentAt: !c.NoSentAt}
+	var rep devices.Report
+	var simErr error
+	if c.DevicesExe != "" {
+		rep, simErr = devicesProcess(ctx, c.DevicesExe, dc, filepath.Join(run, "devices.json"))
+	} else {
+		rep, simErr = devices.Simulate(ctx, dc)
+	}
 	stop()
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		return res, fmt.Errorf("eval: live gateway: %w", err)

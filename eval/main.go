@@ -101,7 +101,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		guardDis    = fs.Float64("guard-distrust", 0, "guarded policies: gap beyond the baseline that distrusts (0 = default)")
 		guardRet    = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
 		shiftWin    = fs.Int("shift-window", 0, "label-shift policies: the live prior estimate's window, update step 1/window (0 = sneakpeek.DefaultShiftWindow)")
-		liveBroker  = fs.String("live-broker", "", "with -live: external broker URL (default: the gateway's embedded broker on a free port)")
+		liveBroker  = fs.String("live-broker", "mosquitto", "with -live: the broker: \"mosquitto\" starts a private Mosquitto on a free port (the embedded broker when none is installed), \"embedded\" the gateway's embedded broker (in this process), or an external broker URL")
+		liveProc    = fs.Bool("live-devices-process", true, "with -live: run the simulated devices in a child process (sneakgate devsim), off the gateway's CPU threads; false runs them in this process")
 		scenario    = fs.String("scenario", "", "simulate a scenario file instead of the manifests: applications sharing one engine, periodic device streams, simulated estimators (eval/scenarios; docs/evaluation.md)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -160,8 +161,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if lib == "" {
 			lib = os.Getenv(engine.LibraryEnv)
 		}
+		devicesExe := ""
+		if *liveProc {
+			// eval runs inside the sneakgate binary, which has devsim.
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("eval: -live-devices-process: %w", err)
+			}
+			devicesExe = exe
+		}
 		return runLive(ctx, liveRun{models: *models, apps: split(*apps), workloads: split(*workloads), policies: pols,
-			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, lib: lib,
+			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, devicesExe: devicesExe, lib: lib,
 			opts: opts, maxQueue: *maxQueue, jitter: *jitter, seed: *seed, out: *out, noLatency: !*liveLatency, noSentAt: !*liveSentAt, maxWait: *maxWait, degradeRefused: *degradeRef}, stdout, stderr)
 	}
 
@@ -433,6 +443,7 @@ type liveRun struct {
 	seed              uint64
 	noLatency         bool
 	noSentAt          bool
+	devicesExe        string
 	maxWait           float64
 	degradeRefused    bool
 }
@@ -467,7 +478,7 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 				for _, rate := range l.rates {
 					for _, pol := range l.policies {
 						r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
-							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, Library: l.lib, Dir: dir,
+							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, DevicesExe: l.devicesExe, Library: l.lib, Dir: dir,
 							Options: l.opts, MaxQueue: l.maxQueue, Jitter: l.jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt, MaxWait: l.maxWait, DegradeRefused: l.degradeRefused}, stderr)
 						if err != nil {
 							return err
