@@ -23,6 +23,10 @@ func inputErr(r Reason, format string, args ...any) *inputError {
 
 // parseArray reads a flat JSON array of exactly size numbers. raw has already been
 // validated as JSON by encoding/json, so only the value's shape is checked here.
+// Each number is converted by parseFloat32's fast path when it can, else by
+// strconv.ParseFloat: the values, and what is refused and why, are those of
+// strconv.ParseFloat(text, 32) on every number (FuzzParseArray checks it against
+// the reference parser, parseArrayRef in the tests, and encoding/json).
 func parseArray(raw []byte, size int) ([]float32, *inputError) {
 	i := skipSpace(raw, 0)
 	if i >= len(raw) || raw[i] != '[' {
@@ -35,9 +39,10 @@ func parseArray(raw []byte, size int) ([]float32, *inputError) {
 	}
 	for n := 0; ; n++ {
 		i = skipSpace(raw, i)
-		j := i
-		for j < len(raw) && isNumberByte(raw[j]) {
-			j++
+		v, j, ok := parseFloat32(raw, i)
+		if !ok { // not a number the fast path converts: the run of number bytes
+			for j = i; j < len(raw) && isNumberByte(raw[j]); j++ {
+			}
 		}
 		if j == i {
 			return nil, inputErr(ReasonBadInput, "input[%d] is not a number", n)
@@ -45,12 +50,15 @@ func parseArray(raw []byte, size int) ([]float32, *inputError) {
 		if n >= size {
 			return nil, inputErr(ReasonBadInputSize, "input has more than %d values, want %d", size, size)
 		}
-		f, err := strconv.ParseFloat(string(raw[i:j]), 32)
-		if err != nil {
-			// JSON is valid, so the only failure left is a value beyond float32.
-			return nil, inputErr(ReasonNonFiniteInput, "input[%d] = %s overflows float32", n, truncate(string(raw[i:j]), 32))
+		if !ok {
+			f, err := strconv.ParseFloat(string(raw[i:j]), 32)
+			if err != nil {
+				// JSON is valid, so the only failure left is a value beyond float32.
+				return nil, inputErr(ReasonNonFiniteInput, "input[%d] = %s overflows float32", n, truncate(string(raw[i:j]), 32))
+			}
+			v = float32(f)
 		}
-		out = append(out, float32(f))
+		out = append(out, v)
 		i = skipSpace(raw, j)
 		if i >= len(raw) {
 			return nil, inputErr(ReasonBadInput, "input must be an array of numbers")
@@ -67,6 +75,111 @@ func parseArray(raw []byte, size int) ([]float32, *inputError) {
 		return nil, inputErr(ReasonBadInputSize, "input has %d values, want %d", len(out), size)
 	}
 	return out, nil
+}
+
+// appendDigits reads the decimal digits at b[j:] onto mant (mant*10 + digit
+// each, wrapping around past 19 digits) and returns it with the end of the
+// digits.
+func appendDigits(b []byte, j int, mant uint64) (uint64, int) {
+	for ; j < len(b) && b[j] >= '0' && b[j] <= '9'; j++ {
+		mant = mant*10 + uint64(b[j]-'0')
+	}
+	return mant, j
+}
+
+// float64pow10 holds the powers of ten that float64 represents exactly.
+var float64pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+	1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// parseFloat32 is the fast path of parseArray: it converts the JSON number at
+// b[i:] to the float32 that strconv.ParseFloat(text, 32) returns, and returns
+// it with the number's end, when that is easy to do exactly. ok is false, and
+// the caller uses strconv.ParseFloat, for anything else: text that is not a
+// JSON number (RFC 8259: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)
+// followed by a byte that cannot continue one (isNumberByte), more than 19
+// digits (leading zeros included), a mantissa above 2^53, a decimal exponent
+// beyond ±22, or a value that float64 rounds to a midpoint between two float32
+// values.
+//
+// Within those bounds the mantissa and the power of ten are exact float64
+// values, so one multiplication or division rounds the decimal value
+// correctly to float64 (Clinger's fast path). Rounding that on to float32
+// gives the correctly rounded float32, which is what ParseFloat returns, unless
+// the float64 lies exactly halfway between two float32 values (rounding twice
+// can then differ from rounding once): those are left to ParseFloat. Every
+// value here but zero lies between 1e-22 and 2^53 * 1e22, inside float32's
+// normal range, so neither overflow nor subnormals arise.
+func parseFloat32(b []byte, i int) (v float32, end int, ok bool) {
+	j := i
+	neg := j < len(b) && b[j] == '-'
+	if neg {
+		j++
+	}
+	digits := j // where the digits start; leading zeros count as digits below
+	var mant uint64
+	switch {
+	case j < len(b) && b[j] == '0':
+		j++
+	case j < len(b) && b[j] >= '1' && b[j] <= '9':
+		mant, j = appendDigits(b, j, 0)
+	default:
+		return 0, i, false
+	}
+	nd := j - digits
+	exp := 0
+	if j < len(b) && b[j] == '.' {
+		k := j + 1
+		mant, j = appendDigits(b, k, mant)
+		if j == k {
+			return 0, i, false
+		}
+		nd += j - k
+		exp = k - j
+	}
+	if nd > 19 {
+		return 0, i, false // mant may have wrapped around
+	}
+	if j < len(b) && (b[j] == 'e' || b[j] == 'E') {
+		j++
+		eneg := false
+		if j < len(b) && (b[j] == '+' || b[j] == '-') {
+			eneg = b[j] == '-'
+			j++
+		}
+		k, e := j, 0
+		for ; j < len(b) && b[j] >= '0' && b[j] <= '9'; j++ {
+			if e < 10000 {
+				e = e*10 + int(b[j]-'0')
+			}
+		}
+		if j == k || e >= 10000 {
+			return 0, i, false
+		}
+		if eneg {
+			e = -e
+		}
+		exp += e
+	}
+	if j < len(b) && isNumberByte(b[j]) {
+		return 0, i, false // the text goes on: not a number ParseFloat takes as is
+	}
+	if mant > 1<<53 || exp < -22 || exp > 22 {
+		return 0, i, false
+	}
+	f := float64(mant)
+	if exp >= 0 {
+		f *= float64pow10[exp]
+	} else {
+		f /= float64pow10[-exp]
+	}
+	// Halfway between two float32 values: the 29 bits float32 drops are 1 then 0s.
+	if math.Float64bits(f)&(1<<29-1) == 1<<28 {
+		return 0, i, false
+	}
+	if neg {
+		f = -f
+	}
+	return float32(f), j, true
 }
 
 func skipSpace(b []byte, i int) int {
