@@ -21,6 +21,7 @@ import (
 
 const tailUsage = `usage: sneakgate tail [-config FILE | -broker URL -prefix P -username U -password-file F]
                       [-app A,B] [-device D,E] [-status S,T] [-every 5s] [-json] [-n N]
+       sneakgate tail -members [-config FILE | -broker URL ...] [-every 5s] [-json] [-n N]
 
 Subscribes to the gateway's result topics ({prefix}/res/#) and prints one line
 per reply: local time, app/device, id, status, label and confidence, model,
@@ -38,6 +39,13 @@ verified with the system's roots and no client certificate is sent.
 A -topic of the form $share/{group}/... is a shared subscription: tail then
 sees only its share of the messages, and takes them from the group's other
 subscribers (it says so); a subscription the broker refuses is an error.
+With -members, tail follows the gateways' retained statuses instead
+({prefix}/status, and {prefix}/status/{member} for each member of an
+mqtt.shared_group): a line per status (member, online or offline and why,
+version, policy, applications, time online) and, every -every and at the end,
+the table of members with how many are online. The broker hands over the
+retained statuses on subscribing, so the first table is the group as it
+stands. With -json, each status as {"member":...,"status":{...}}, no tables.
 `
 
 // tailCmd runs `sneakgate tail`.
@@ -57,6 +65,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	jsonOut := fs.Bool("json", false, "print each reply's JSON as it arrived, one per line")
 	limit := fs.Int64("n", 0, "exit after printing this many replies (0: until interrupted)")
 	color := fs.String("color", "auto", "colours: auto (when stdout is a terminal and $NO_COLOR is unset), always or never")
+	members := fs.Bool("members", false, "follow the gateways' statuses ({prefix}/status/#: the members of a shared group) instead of the replies")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, about("tail")+tailUsage+"\nflags:\n")
 		fs.PrintDefaults()
@@ -119,8 +128,14 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	o.Prefix, o.JSON = *prefix, *jsonOut
 	so := tail.SubscribeOptions{Broker: *broker, Filter: *topic, Username: *username, TLS: tlsConfig, Log: stderr, Dropped: new(atomic.Int64)}
+	if *members && (*apps != "" || *devices != "" || *statuses != "" || *topic != "") {
+		return usageError(fs, errors.New("tail: -members takes no -app, -device, -status or -topic"))
+	}
 	if so.Filter == "" {
 		so.Filter = *prefix + "/res/#"
+		if *members {
+			so.Filter = tail.MembersFilter(*prefix)
+		}
 	}
 	if group, _, ok := strings.Cut(strings.TrimPrefix(so.Filter, "$share/"), "/"); ok && strings.HasPrefix(so.Filter, "$share/") {
 		fmt.Fprintf(stderr, "sneakgate tail: %s is a shared subscription: the broker hands each message to one subscriber of group %q, so tail sees only its share and takes those messages from the others\n", so.Filter, group)
@@ -148,7 +163,11 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		defer t.Stop()
 		ticks = t.C
 	}
-	tail.Run(ctx, tail.NewPrinter(stdout, o, time.Now()), msgs, ticks, *limit, time.Now)
+	var view tail.View = tail.NewPrinter(stdout, o, time.Now())
+	if *members {
+		view = tail.NewMembers(stdout, *prefix, *jsonOut)
+	}
+	tail.Run(ctx, view, msgs, ticks, *limit, time.Now)
 	return nil
 }
 

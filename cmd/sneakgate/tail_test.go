@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -215,5 +216,50 @@ func TestTailTLSFromConfig(t *testing.T) {
 	noCA := config("noca.yaml", fmt.Sprintf("{cert_file: %s, key_file: %s}", pki.ClientCert, pki.ClientKey))
 	if _, _, err := tailOnce("-config", noCA); err == nil || !strings.Contains(err.Error(), "x509") {
 		t.Errorf("tail without the CA: %v, want an x509 error", err)
+	}
+}
+
+// TestTailMembers: tail -members reads the group's retained statuses from a real
+// Mosquitto (two members of a shared group, one offline, and a gateway outside
+// a group) and prints them and the table of members.
+func TestTailMembers(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("tail-members-pub"))
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer pub.Disconnect(0)
+	since := time.Now().Add(-time.Minute).UnixMilli()
+	for topic, st := range map[string]protocol.GatewayStatus{
+		"plant1/status/gw-a": {V: 1, State: "online", Version: "1.2.0", Policy: "sneakpeek", Apps: []string{"fashion"}, Since: since},
+		"plant1/status/gw-b": {V: 1, State: "offline", Reason: "lost"},
+		"plant1/status":      {V: 1, State: "online", Version: "1.2.0", Policy: "edf", Apps: []string{"vad"}, Since: since},
+	} {
+		payload, err := json.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok := pub.Publish(topic, 1, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := tailCmd(ctx, []string{"-broker", b.URL(), "-prefix", "plant1", "-members", "-n", "3", "-every", "0"}, &stdout, &stderr); err != nil {
+		t.Fatalf("tail -members: %v; stderr:\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"-- members at exit: 2 of 3 online", "gw-a", "online  version=1.2.0 policy=sneakpeek apps=fashion up=1m",
+		"gw-b                     offline reason=lost", "(no group)               online  version=1.2.0 policy=edf apps=vad"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(stderr.String(), "subscribed to plant1/status/# on "+b.URL()) {
+		t.Errorf("stderr %q", stderr.String())
+	}
+	if err := tailCmd(ctx, []string{"-broker", b.URL(), "-members", "-app", "fashion"}, &stdout, &stderr); err == nil || !strings.Contains(err.Error(), "-members takes no -app") {
+		t.Errorf("-members -app: %v", err)
 	}
 }

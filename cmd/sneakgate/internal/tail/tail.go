@@ -391,11 +391,23 @@ func (w *window) reset() {
 	w.ms = w.ms[:0]
 }
 
+// View is what Run drives: the replies' Printer or the members' view.
+type View interface {
+	// Message handles one message and reports whether it printed one of the
+	// things counted against Run's limit.
+	Message(m Message) bool
+	// Printed is how many it printed; Summary and Final print the interval's
+	// and the whole run's summary.
+	Printed() int64
+	Summary(now time.Time)
+	Final(now time.Time)
+}
+
 // Run prints the messages of msgs through p until ctx ends, msgs is closed or
 // limit replies (0: no limit) have been printed, a summary at every tick (nil:
 // none), then the final summary at now(). With ticks, each interval's end is
 // the tick's time.
-func Run(ctx context.Context, p *Printer, msgs <-chan Message, ticks <-chan time.Time, limit int64, now func() time.Time) {
+func Run(ctx context.Context, p View, msgs <-chan Message, ticks <-chan time.Time, limit int64, now func() time.Time) {
 	defer func() { p.Final(now()) }()
 	for {
 		select {
