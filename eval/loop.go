@@ -37,8 +37,14 @@ type engineSim struct {
 	MaxQueue       int
 	MaxWait        float64
 	DegradeRefused bool
-	MemBudget      int64
-	CountBudget    int
+	// MeasuredWait adds the gateway's other admission test (with MaxWait > 0):
+	// an arrival is refused when the queue ahead of it would take longer than
+	// its whole budget at the rate the loop has been answering queued requests
+	// (scheduler.DrainMeter, as gateway/loop.go measures it; the cheapest
+	// variant's time per request until there is a rate).
+	MeasuredWait bool
+	MemBudget    int64
+	CountBudget  int
 	// GatewayCost, VerdictCost and IngressDelay are as in Point.
 	GatewayCost, VerdictCost, IngressDelay time.Duration
 	// Now is the wall clock that times decisions.
@@ -149,6 +155,8 @@ func (s *engineSim) run() (*simRun, error) {
 		inflight  *scheduler.Batch
 		wake      time.Time
 		next      int
+		drain     scheduler.DrainMeter
+		drainRate float64
 	)
 	answer := func(q *simReq, yhat int, at time.Time, status string) {
 		t := &out.Tallies[q.app]
@@ -228,6 +236,7 @@ func (s *engineSim) run() (*simRun, error) {
 				status = "late"
 			}
 			answer(q, yhat, at, status)
+			drain.Answered++
 			t.m.VariantShare[v.ID.Variant]++
 			all.VariantShare[v.ID.String()]++
 			if a.Guard != nil && v.Index == a.Exec.DefaultVariant {
@@ -277,6 +286,7 @@ func (s *engineSim) run() (*simRun, error) {
 			}
 		}
 		out.Scheduled += len(d.Verdicts)
+		drain.Answered += len(d.Verdicts)
 		wake = d.WakeAt
 		// The loop's own time: the decision and the hand-off of every request it
 		// answers or batches, while the engine waits.
@@ -389,7 +399,12 @@ func (s *engineSim) run() (*simRun, error) {
 			next++
 			a := &s.Apps[q.app]
 			est, correct := s.Estimate(q)
+			wait := time.Duration(len(queue)) * a.Fastest
+			if drainRate > 0 {
+				wait = time.Duration(float64(len(queue)) / drainRate * float64(time.Second))
+			}
 			if s.MaxQueue > 0 && len(queue) >= s.MaxQueue ||
+				s.MaxWait > 0 && s.MeasuredWait && wait > a.Deadline ||
 				s.MaxWait > 0 && len(est) == 0 && time.Duration(len(queue))*a.Fastest > time.Duration(s.MaxWait*float64(a.Deadline)) {
 				if s.DegradeRefused && len(est) > 0 {
 					answer(q, scheduler.Argmax(est), now, "degraded")
@@ -417,6 +432,8 @@ func (s *engineSim) run() (*simRun, error) {
 				return out, err
 			}
 		}
+		// The time up to now as it was (busy or not), the state from now on.
+		drainRate = drain.Observe(now, busy || len(queue) > 0).Now
 	}
 	got := 0
 	for i := range out.Tallies {

@@ -40,9 +40,11 @@ type Point struct {
 	// variant at its best batch size, plus GatewayCost per request; the gateway
 	// measures its own time per request instead). 0 = off. With estimates the
 	// gateway leaves the choice to the policy, which can answer any request from
-	// its estimate; its other test (the wait at the measured drain rate beyond
-	// the whole budget, a gateway short of CPU) is not simulated.
+	// its estimate. Its other test (the wait at the measured drain rate beyond
+	// the whole budget, a gateway short of CPU) is MeasuredWait.
 	MaxWait float64
+	// MeasuredWait simulates the gateway's other admission test (engineSim's).
+	MeasuredWait bool
 	// DegradeRefused answers an arrival refused by MaxQueue or MaxWait from its
 	// estimate (status degraded), as the gateway's admission.degrade_refused;
 	// otherwise it is rejected.
@@ -287,7 +289,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, Jitter: pt.Jitter,
 		Apps: []simApp{{App: a, Exec: sa, View: pa, Deadline: pt.Deadline,
 			Fastest: scheduler.CheapestAmortised(sa) + pt.GatewayCost, Guard: guard, GMode: gmode}},
-		MaxQueue: pt.MaxQueue, MaxWait: pt.MaxWait, DegradeRefused: pt.DegradeRefused,
+		MaxQueue: pt.MaxQueue, MaxWait: pt.MaxWait, MeasuredWait: pt.MeasuredWait, DegradeRefused: pt.DegradeRefused,
 		MemBudget: pt.MemBudget, CountBudget: pt.CountBudget,
 		GatewayCost: pt.GatewayCost, VerdictCost: pt.VerdictCost, IngressDelay: pt.IngressDelay,
 		Now: now, Estimate: estimate}

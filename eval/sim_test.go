@@ -143,6 +143,41 @@ func TestSimulateAdmissionRefusesOnlyBeyondTheCheapestVariant(t *testing.T) {
 	}
 }
 
+// MeasuredWait is the gateway's other admission test: an arrival that would
+// wait longer than its whole budget at the measured drain rate is refused. A
+// policy that keeps a slow variant (fixed-batch on the most accurate) beyond its
+// capacity gets refusals instead of a queue that grows until its requests
+// expire (more utility, a shorter tail); below capacity,
+// or with a policy that sheds what it cannot serve (sneakpeek), it changes
+// nothing or little.
+func TestSimulateMeasuredWait(t *testing.T) {
+	a := Synthetic(1)
+	wl := a.Workloads[0]
+	run := func(pol string, load float64, measured bool) Metrics {
+		t.Helper()
+		m, err := Simulate(Point{App: a, Workload: wl, Policy: pol, Load: load, Deadline: a.Deadline,
+			Requests: 4000, Seed: 5, MaxWait: 0.5, MeasuredWait: measured}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if m := run("fixed-batch", 0.5, true); m.Rejected > 0 {
+		t.Errorf("fixed-batch at load 0.5: %d refused", m.Rejected)
+	}
+	off, on := run("fixed-batch", 3, false), run("fixed-batch", 3, true)
+	if off.Rejected > 0 || on.Rejected == 0 {
+		t.Errorf("fixed-batch at load 3: %d refused without the test, %d with it; want none, then some", off.Rejected, on.Rejected)
+	}
+	if on.Expired >= off.Expired || on.Utility <= off.Utility || on.P99LatencyMS >= off.P99LatencyMS {
+		t.Errorf("fixed-batch at load 3: expired %d, utility %.3f, p99 %.1f ms with the test against %d, %.3f, %.1f ms without; want fewer expired, more utility, a shorter tail",
+			on.Expired, on.Utility, on.P99LatencyMS, off.Expired, off.Utility, off.P99LatencyMS)
+	}
+	if off, on := run("sneakpeek", 3, false), run("sneakpeek", 3, true); math.Abs(on.Utility-off.Utility) > 0.01 {
+		t.Errorf("sneakpeek at load 3: utility %.4f with the test, %.4f without", on.Utility, off.Utility)
+	}
+}
+
 // With DegradeRefused (the gateway's default), what admission refuses (here:
 // max_queue) is answered from the estimate instead: no rejections, and the
 // utility of those answers.

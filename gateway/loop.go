@@ -117,10 +117,10 @@ type loop struct {
 	log      zerolog.Logger
 	m        *metrics
 	admit    chan *job
-	queued   atomic.Int64  // reserved or admitted, and not yet answered (admission reads it)
-	drain    drainMeter    // owned by the loop goroutine
-	rate     atomic.Uint64 // drainRates.now (float64 bits)
-	fastRate atomic.Uint64 // drainRates.fastest (float64 bits)
+	queued   atomic.Int64         // reserved or admitted, and not yet answered (admission reads it)
+	drain    scheduler.DrainMeter // owned by the loop goroutine
+	rate     atomic.Uint64        // DrainRates.Now (float64 bits)
+	fastRate atomic.Uint64        // DrainRates.Fastest (float64 bits)
 	// cheapest caches, per application, the per-request engine time of its
 	// cheapest variant at its best batch size; cleared after every batch (the
 	// latency correction changes the tables).
@@ -269,9 +269,9 @@ func (l *loop) Run(ctx context.Context) {
 		if !busy {
 			l.heartbeat.Store(l.now().UnixNano())
 		}
-		r := l.drain.observe(l.now(), busy || len(l.queue) > 0)
-		l.rate.Store(math.Float64bits(r.now))
-		l.fastRate.Store(math.Float64bits(r.fastest))
+		r := l.drain.Observe(l.now(), busy || len(l.queue) > 0)
+		l.rate.Store(math.Float64bits(r.Now))
+		l.fastRate.Store(math.Float64bits(r.Fastest))
 		// A swap is sent before any request of a new version is submitted, so it
 		// is seen here before such a request can be decided on.
 		if swap == nil {
@@ -549,7 +549,7 @@ func (l *loop) finish(d batchDone) {
 	app, variant := b.Variant.ID.App, b.Variant.ID.Variant
 	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
 	f := l.latency.observe(b.Variant, len(b.Requests), d.infer)
-	l.drain.engine += d.infer
+	l.drain.Engine += d.infer
 	clear(l.cheapest)
 	l.m.latencyFactor.WithLabelValues(app, variant).Set(f)
 	l.m.batchSize.WithLabelValues(app, variant).Observe(float64(len(b.Requests)))
@@ -594,9 +594,9 @@ func (l *loop) requeue(r *scheduler.Request) {
 
 func (l *loop) reply(j *job, r result) {
 	l.queued.Add(-1)
-	l.drain.answered++
+	l.drain.Answered++
 	if j.req != nil {
-		l.drain.cheapest += l.cheapestOf(j.req.App)
+		l.drain.Cheapest += l.cheapestOf(j.req.App)
 	}
 	l.answer(j, r)
 }
@@ -621,80 +621,4 @@ func validDistribution(p []float64) bool {
 		}
 	}
 	return len(p) > 0
-}
-
-// drainMeter measures how fast the loop empties its queue while it has work: the
-// requests it answered (by a model or a verdict) per second of busy time, over the
-// last drainWindow. Unlike a profile it includes everything that slows the gateway
-// down under load (ingress, the broker and the engine sharing the CPU); unlike a
-// plain rate it is not diluted by idle time, so it does not under-estimate at the
-// start of a burst.
-//
-// It also measures the fastest drain: the busy time outside forward passes (the
-// loop's own work per request, and whatever else held it up) plus, for every
-// answered request, its application's cheapest variant's per-request time, in
-// place of the passes that ran. The rate a policy reaches depends on the variants
-// it chooses (one that runs a heavy variant drains slowly but could switch), so
-// admission asks whether the queue could be drained in time at all.
-type drainMeter struct {
-	last     time.Time
-	wasBusy  bool
-	answered int           // since the last observe
-	engine   time.Duration // forward passes since the last observe
-	cheapest time.Duration // the answered requests' cheapest-variant time since then
-	bins     [drainBins]drainBin
-}
-
-type drainBin struct {
-	slot             int64 // time slot (now / drainBinWidth) the bin holds
-	answered         int
-	busy             time.Duration
-	engine, cheapest time.Duration
-}
-
-// drainRates are the measured drain rate and the fastest one (requests per
-// second of busy time).
-type drainRates struct{ now, fastest float64 }
-
-const (
-	drainBinWidth = 250 * time.Millisecond
-	drainBins     = 8 // a 2 s window
-)
-
-// observe accounts the time since the last call as busy or idle (as the loop was
-// then), and the requests answered and passes run since, and returns the drain
-// rates (0 when the window holds less than 10 ms of busy time).
-func (d *drainMeter) observe(now time.Time, busy bool) drainRates {
-	slot := now.UnixNano() / int64(drainBinWidth)
-	b := &d.bins[slot%drainBins]
-	if b.slot != slot {
-		*b = drainBin{slot: slot}
-	}
-	if d.wasBusy && !d.last.IsZero() && now.After(d.last) {
-		b.busy += now.Sub(d.last)
-	}
-	b.answered += d.answered
-	b.engine += d.engine
-	b.cheapest += d.cheapest
-	d.answered, d.engine, d.cheapest, d.last, d.wasBusy = 0, 0, 0, now, busy
-	var n int
-	var t, eng, cheap time.Duration
-	for _, x := range d.bins {
-		if slot-x.slot < drainBins {
-			n += x.answered
-			t += x.busy
-			eng += x.engine
-			cheap += x.cheapest
-		}
-	}
-	if t < 10*time.Millisecond {
-		return drainRates{}
-	}
-	r := drainRates{now: float64(n) / t.Seconds()}
-	// A pass can straddle the window's start: its time may exceed the busy time.
-	r.fastest = r.now
-	if fast := max(t-eng, 0) + cheap; fast < t && fast > 0 {
-		r.fastest = float64(n) / fast.Seconds()
-	}
-	return r
 }

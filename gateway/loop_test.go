@@ -265,42 +265,6 @@ func TestLoopReserve(t *testing.T) {
 	}
 }
 
-// The drain meter reports answers per second of busy time: idle time does not
-// dilute it, and it forgets what is older than its window.
-func TestDrainMeter(t *testing.T) {
-	var d drainMeter
-	t0 := time.Unix(1_700_000_000, 0)
-	if r := d.observe(t0, true); r != (drainRates{}) {
-		t.Fatalf("rates %v before any work", r)
-	}
-	// 100 ms busy answering 50, 80 ms of it in forward passes that the cheapest
-	// variants would have done in 5 ms, then 900 ms idle.
-	d.answered, d.engine, d.cheapest = 50, 80*time.Millisecond, 5*time.Millisecond
-	if r := d.observe(t0.Add(100*time.Millisecond), false); r.now < 499 || r.now > 501 {
-		t.Errorf("rate %v, want 500/s", r.now)
-	}
-	// The fastest drain: 20 ms outside the passes + 5 ms on the cheapest = 25 ms
-	// for 50 requests.
-	if r := d.observe(t0.Add(time.Second), false); r.now < 499 || r.now > 501 || r.fastest < 1999 || r.fastest > 2001 {
-		t.Errorf("rates %+v after idle time, want still 500/s and fastest 2,000/s", r)
-	}
-	if r := d.observe(t0.Add(10*time.Second), true); r != (drainRates{}) {
-		t.Errorf("rates %+v after the window passed, want 0", r)
-	}
-}
-
-func TestDrainMeterFastestNeverBelowMeasured(t *testing.T) {
-	var d drainMeter
-	t0 := time.Unix(1_700_000_000, 0)
-	d.observe(t0, true)
-	// Already on the cheapest variants (their time equals the passes'), and a
-	// pass that began before the window (more engine time than busy time).
-	d.answered, d.engine, d.cheapest = 10, 30*time.Millisecond, 30*time.Millisecond
-	if r := d.observe(t0.Add(20*time.Millisecond), true); r.fastest != r.now || r.now < 499 || r.now > 501 {
-		t.Errorf("rates %+v, want fastest = now = 500/s", r)
-	}
-}
-
 // A policy that runs a heavy variant drains slowly, but the loop reports how fast
 // the queue could drain on the cheapest variant: admission refuses by that, so
 // that requests a cheaper plan could still answer in time are not refused.
