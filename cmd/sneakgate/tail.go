@@ -134,7 +134,8 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if so.Filter == "" {
 		so.Filter = *prefix + "/res/#"
 		if *members {
-			so.Filter = tail.MembersFilter(*prefix)
+			fs := tail.MembersFilters(*prefix)
+			so.Filter, so.Also = fs[0], fs[1:]
 		}
 	}
 	if group, _, ok := strings.Cut(strings.TrimPrefix(so.Filter, "$share/"), "/"); ok && strings.HasPrefix(so.Filter, "$share/") {
@@ -156,7 +157,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer stop()
-	fmt.Fprintf(stderr, "sneakgate tail: subscribed to %s on %s\n", so.Filter, so.Broker)
+	fmt.Fprintf(stderr, "sneakgate tail: subscribed to %s on %s\n", strings.Join(append([]string{so.Filter}, so.Also...), " and "), so.Broker)
 	var ticks <-chan time.Time
 	if *every > 0 {
 		t := time.NewTicker(*every)

@@ -256,7 +256,7 @@ func TestTailMembers(t *testing.T) {
 			t.Errorf("stdout lacks %q:\n%s", want, out)
 		}
 	}
-	if !strings.Contains(stderr.String(), "subscribed to plant1/status/# on "+b.URL()) {
+	if !strings.Contains(stderr.String(), "subscribed to plant1/status and plant1/status/+ on "+b.URL()) {
 		t.Errorf("stderr %q", stderr.String())
 	}
 	if err := tailCmd(ctx, []string{"-broker", b.URL(), "-members", "-app", "fashion"}, &stdout, &stderr); err == nil || !strings.Contains(err.Error(), "-members takes no -app") {

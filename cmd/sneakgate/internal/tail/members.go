@@ -38,9 +38,12 @@ func NewMembers(w io.Writer, prefix string, asJSON bool) *Members {
 	return &Members{w: w, prefix: prefix, json: asJSON, seen: map[string]member{}}
 }
 
-// MembersFilter is the topic filter of the members' statuses: {prefix}/status
-// and every level below it.
-func MembersFilter(prefix string) string { return prefix + "/status/#" }
+// MembersFilters are the topic filters of the members' statuses:
+// {prefix}/status and {prefix}/status/+. (A "#" filter matches its parent
+// level too, but not on every broker: the embedded one does not.)
+func MembersFilters(prefix string) []string {
+	return []string{prefix + "/status", prefix + "/status/+"}
+}
 
 // Message records and prints a status message; an empty retained payload (a
 // member's status cleared) removes the member. It reports whether it printed

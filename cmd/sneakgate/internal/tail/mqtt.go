@@ -19,8 +19,10 @@ import (
 type SubscribeOptions struct {
 	// Broker is the broker URL, e.g. tcp://127.0.0.1:1883.
 	Broker string
-	// Filter is the MQTT topic filter, e.g. sneakgate/res/#.
+	// Filter is the MQTT topic filter, e.g. sneakgate/res/#; Also are more
+	// filters subscribed alike (each checked as Filter is).
 	Filter             string
+	Also               []string
 	Username, Password string
 	// TLS configures the connection to a broker URL with TLS (ssl://, tls://,
 	// mqtts://, wss://); nil: paho's default (the system's roots, no client
@@ -37,6 +39,31 @@ type SubscribeOptions struct {
 	Now func() time.Time
 	// ConnectTimeout bounds the first connection and subscription (default 10 s).
 	ConnectTimeout time.Duration
+}
+
+// subscribe subscribes c to filter at QoS 0 and checks the broker's answer.
+func subscribe(c mqtt.Client, filter string, handle mqtt.MessageHandler, o SubscribeOptions) error {
+	tok := c.Subscribe(filter, 0, handle)
+	switch {
+	case !tok.WaitTimeout(o.ConnectTimeout):
+		return fmt.Errorf("subscribe %s: timed out", filter)
+	case tok.Error() != nil:
+		return fmt.Errorf("subscribe %s: %w", filter, tok.Error())
+	}
+	// mqttsub reads a $share/{group}/ filter's result too, which paho keys by
+	// the filter without the prefix.
+	code, err := mqttsub.Code(tok, filter)
+	switch {
+	case err != nil:
+		return fmt.Errorf("subscribe %s: %w", filter, err)
+	case mqttsub.Refused(code):
+		who := "anonymous clients"
+		if o.Username != "" {
+			who = fmt.Sprintf("user %q", o.Username)
+		}
+		return fmt.Errorf("the broker refused the subscription to %s (SUBACK %#x): check its ACL for %s", filter, code, who)
+	}
+	return nil
 }
 
 // Subscribe connects to the broker with a clean session and a random client id,
@@ -83,26 +110,10 @@ func Subscribe(ctx context.Context, o SubscribeOptions) (msgs <-chan Message, st
 	}
 	po.SetOnConnectHandler(func(c mqtt.Client) {
 		// On its own goroutine, at every (re)connect: waiting is fine here.
-		tok := c.Subscribe(o.Filter, 0, handle)
 		var err error
-		switch {
-		case !tok.WaitTimeout(o.ConnectTimeout):
-			err = fmt.Errorf("subscribe %s: timed out", o.Filter)
-		case tok.Error() != nil:
-			err = fmt.Errorf("subscribe %s: %w", o.Filter, tok.Error())
-		default:
-			// mqttsub reads a $share/{group}/ filter's result too, which paho
-			// keys by the filter without the prefix.
-			code, cerr := mqttsub.Code(tok, o.Filter)
-			switch {
-			case cerr != nil:
-				err = fmt.Errorf("subscribe %s: %w", o.Filter, cerr)
-			case mqttsub.Refused(code):
-				who := "anonymous clients"
-				if o.Username != "" {
-					who = fmt.Sprintf("user %q", o.Username)
-				}
-				err = fmt.Errorf("the broker refused the subscription to %s (SUBACK %#x): check its ACL for %s", o.Filter, code, who)
+		for _, filter := range append([]string{o.Filter}, o.Also...) {
+			if err = subscribe(c, filter, handle, o); err != nil {
+				break
 			}
 		}
 		if connects.Add(1) > 1 {
