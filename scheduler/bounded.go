@@ -136,7 +136,7 @@ func (p *searching) bounded(s *Snapshot, arrivals float64) (Decision, bool) {
 func (p *searching) popEarliest() *Request {
 	var best *appIndex
 	for _, ai := range p.ix.byApp {
-		if p.topLive(ai) != nil && (best == nil || dlEntryLess(ai.dl.top(), best.dl.top())) {
+		if p.topLive(ai) != nil && (best == nil || keyEntryLess(ai.dl.top(), best.dl.top())) {
 			best = ai
 		}
 	}

@@ -25,9 +25,10 @@ type queueIndex struct {
 	apps                    map[string]*App
 	maxSeq                  uint64
 	per                     map[*App]*appIndex
-	// members holds the indexed requests not yet found removed, for the
-	// checks of the contract.
-	members map[*Request]struct{}
+	// gen is the index's generation (a reset starts a new one): an indexed
+	// request carries the index and its generation (Request.ix, ixGen), for
+	// the checks of the contract.
+	gen uint64
 	// byApp lists the indexes in a fixed order (first appearance) for
 	// deterministic iteration.
 	byApp []*appIndex
@@ -60,15 +61,13 @@ type appIndex struct {
 	// arr is the requests in arrival order from head on.
 	arr  []*Request
 	head int
-	// dl is a min-heap by (Deadline, Seq), its entries carrying the key so
-	// that a comparison does not dereference the requests; stop is a min-heap
-	// by (HardStop, Seq).
-	dl   lessHeap[dlEntry]
-	stop lessHeap[*Request]
+	// dl is a min-heap by (Deadline, Seq), stop by (HardStop, Seq), their
+	// entries carrying the key so that a comparison does not dereference the
+	// requests.
+	dl, stop lessHeap[keyEntry]
 	// popped are the entries taken from dl or stop during a decision, to be put
 	// back when it ends (restore).
-	poppedDl   []dlEntry
-	poppedStop []*Request
+	poppedDl, poppedStop []keyEntry
 }
 
 // sync brings the index up to date with s. It returns false when the index
@@ -131,9 +130,7 @@ func (x *queueIndex) indexed(q []*Request, start int) bool {
 	if start == 0 {
 		return true
 	}
-	_, first := x.members[q[0]]
-	_, last := x.members[q[start-1]]
-	return first && last
+	return x.holds(q[0]) && x.holds(q[start-1])
 }
 
 func (x *queueIndex) sameApps(apps map[string]*App) bool {
@@ -158,10 +155,7 @@ func (x *queueIndex) reset(apps map[string]*App) {
 		x.apps[name] = a
 	}
 	x.per = map[*App]*appIndex{}
-	if x.members == nil {
-		x.members = map[*Request]struct{}{}
-	}
-	clear(x.members)
+	x.gen++
 	x.byApp = x.byApp[:0]
 	x.maxSeq = 0
 }
@@ -169,7 +163,7 @@ func (x *queueIndex) reset(apps map[string]*App) {
 func (x *queueIndex) add(r *Request) {
 	ai := x.per[r.App]
 	if ai == nil {
-		ai = &appIndex{app: r.App, dl: lessHeap[dlEntry]{less: dlEntryLess}, stop: lessHeap[*Request]{less: byStopLess}}
+		ai = &appIndex{app: r.App, dl: lessHeap[keyEntry]{less: keyEntryLess}, stop: lessHeap[keyEntry]{less: keyEntryLess}}
 		x.per[r.App] = ai
 		x.byApp = append(x.byApp, ai)
 	}
@@ -177,12 +171,12 @@ func (x *queueIndex) add(r *Request) {
 		ai.arr = append(ai.arr, r)
 	}
 	if x.deadline {
-		ai.dl.push(dlEntry{at: r.Deadline.Sub(x.ref), seq: r.Seq, r: r})
+		ai.dl.push(keyEntry{at: r.Deadline.Sub(x.ref), seq: r.Seq, r: r})
 	}
 	if x.stop {
-		ai.stop.push(r)
+		ai.stop.push(keyEntry{at: r.HardStop().Sub(x.ref), seq: r.Seq, r: r})
 	}
-	x.members[r] = struct{}{}
+	r.ix, r.ixGen = x, x.gen
 	x.maxSeq = max(x.maxSeq, r.Seq)
 }
 
@@ -192,7 +186,9 @@ func (x *queueIndex) add(r *Request) {
 func (x *queueIndex) live(r *Request) bool {
 	i, found := slices.BinarySearchFunc(x.q, r.Seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
 	if !found {
-		delete(x.members, r)
+		if x.holds(r) {
+			r.ix = nil
+		}
 		return false
 	}
 	if x.q[i] != r {
@@ -202,10 +198,13 @@ func (x *queueIndex) live(r *Request) bool {
 	return true
 }
 
+// holds reports whether r is marked as indexed by this generation of x.
+func (x *queueIndex) holds(r *Request) bool { return r.ix == x && r.ixGen == x.gen }
+
 // member reports whether r (taken from the queue) is indexed; a queued request
 // that is not breaks the contract and marks the index broken.
 func (x *queueIndex) member(r *Request) bool {
-	_, ok := x.members[r]
+	ok := x.holds(r)
 	if !ok {
 		x.broken = true
 	}
@@ -220,17 +219,18 @@ func (x *queueIndex) member(r *Request) bool {
 func (x *queueIndex) hopeless(now time.Time, vs []Verdict, mark map[*Request]bool) []Verdict {
 	n0 := len(vs)
 	for _, ai := range x.byApp {
-		limit := now.Add(fastest(ai.app))
+		limit := now.Add(fastest(ai.app)).Sub(x.ref)
 		for ai.stop.len() > 0 {
-			r := ai.stop.top()
-			if limit.Before(r.HardStop()) {
+			e := ai.stop.top()
+			if limit < e.at {
 				break
 			}
 			ai.stop.pop()
+			r := e.r
 			if !x.live(r) {
 				continue
 			}
-			ai.poppedStop = append(ai.poppedStop, r)
+			ai.poppedStop = append(ai.poppedStop, e)
 			vs = append(vs, Verdict{Request: r, Outcome: Expired, Reason: ReasonPastHardStop})
 			if mark != nil {
 				mark[r] = true
@@ -311,8 +311,8 @@ func (x *queueIndex) restore() {
 		for _, e := range ai.poppedDl {
 			ai.dl.push(e)
 		}
-		for _, r := range ai.poppedStop {
-			ai.stop.push(r)
+		for _, e := range ai.poppedStop {
+			ai.stop.push(e)
 		}
 		clear(ai.poppedDl)
 		clear(ai.poppedStop)
@@ -321,25 +321,18 @@ func (x *queueIndex) restore() {
 	x.q = nil
 }
 
-// dlEntry is a deadline heap's entry: the request's deadline relative to the
-// index's reference time (a monotonic difference when both carry a monotonic
-// reading, as time.Time.Compare does) and its Seq, then the request.
-type dlEntry struct {
+// keyEntry is a heap's entry: the request's deadline (or hard stop) relative to
+// the index's reference time (a monotonic difference when both carry a
+// monotonic reading, as time.Time.Compare does) and its Seq, then the request.
+type keyEntry struct {
 	at  time.Duration
 	seq uint64
 	r   *Request
 }
 
-func dlEntryLess(a, b dlEntry) bool {
+func keyEntryLess(a, b keyEntry) bool {
 	if a.at != b.at {
 		return a.at < b.at
 	}
 	return a.seq < b.seq
-}
-
-func byStopLess(a, b *Request) bool {
-	if c := a.HardStop().Compare(b.HardStop()); c != 0 {
-		return c < 0
-	}
-	return a.Seq < b.Seq
 }

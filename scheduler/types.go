@@ -102,6 +102,11 @@ type Request struct {
 	First *FirstPass
 	// Ref is the caller's handle for the request; the scheduler never looks at it.
 	Ref any
+	// ix and ixGen mark the queue index (and its generation) that holds the
+	// request (index.go): a field on the request instead of a set in the
+	// index, whose inserts miss the cache with a long queue.
+	ix    *queueIndex
+	ixGen uint64
 }
 
 // Budget is the request's whole deadline budget D.
