@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -347,29 +346,12 @@ func RunScenario(ctx context.Context, cfg ScenarioConfig) (*ScenarioReport, *Com
 		}
 	}
 	rows := make([][]Result, len(pts))
-	work := make(chan int)
-	var wg sync.WaitGroup
-	for range max(1, cfg.Workers) {
-		wg.Go(func() {
-			for i := range work {
-				rows[i] = scenarioResults(pts[i])
-				if cfg.Progress != nil {
-					cfg.Progress()
-				}
-			}
-		})
-	}
-	for i := range pts {
-		select {
-		case work <- i:
-		case <-ctx.Done():
+	parallel(ctx, len(pts), cfg.Workers, func(i int) {
+		rows[i] = scenarioResults(pts[i])
+		if cfg.Progress != nil {
+			cfg.Progress()
 		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	close(work)
-	wg.Wait()
+	})
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}

@@ -95,29 +95,38 @@ func (s *Sweep) Points() ([]Point, error) {
 // and returns the results in point order. It stops early when ctx is done.
 func (s *Sweep) Run(ctx context.Context, pts []Point, progress func()) []Result {
 	out := make([]Result, len(pts))
+	parallel(ctx, len(pts), s.Workers, func(i int) {
+		pt := pts[i]
+		r := Result{App: pt.App.Sched.Name, Workload: pt.Workload.Name,
+			DeadlineMS: float64(pt.Deadline) / 1e6, Load: pt.Load, Policy: pt.Policy, Seed: pt.Seed,
+			RatePerS: pt.Load * CapacityWith(pt.App.Sched, withMaxBatch(pt.Options), pt.GatewayCost)}
+		r.Deadlines = float64(pt.Requests) / (r.RatePerS * pt.Deadline.Seconds())
+		m, err := Simulate(pt, nil)
+		r.Metrics = m
+		if err != nil {
+			r.Err = err.Error()
+		}
+		out[i] = r
+		if progress != nil {
+			progress()
+		}
+	})
+	return out
+}
+
+// parallel calls fn(i) for i in [0, n) on max(1, workers) goroutines and returns
+// when every call handed out has returned; it hands out no more once ctx is done.
+func parallel(ctx context.Context, n, workers int, fn func(i int)) {
 	work := make(chan int)
 	var wg sync.WaitGroup
-	for range max(1, s.Workers) {
+	for range max(1, workers) {
 		wg.Go(func() {
 			for i := range work {
-				pt := pts[i]
-				r := Result{App: pt.App.Sched.Name, Workload: pt.Workload.Name,
-					DeadlineMS: float64(pt.Deadline) / 1e6, Load: pt.Load, Policy: pt.Policy, Seed: pt.Seed,
-					RatePerS: pt.Load * CapacityWith(pt.App.Sched, withMaxBatch(pt.Options), pt.GatewayCost)}
-				r.Deadlines = float64(pt.Requests) / (r.RatePerS * pt.Deadline.Seconds())
-				m, err := Simulate(pt, nil)
-				r.Metrics = m
-				if err != nil {
-					r.Err = err.Error()
-				}
-				out[i] = r
-				if progress != nil {
-					progress()
-				}
+				fn(i)
 			}
 		})
 	}
-	for i := range pts {
+	for i := range n {
 		select {
 		case work <- i:
 		case <-ctx.Done():
@@ -128,7 +137,6 @@ func (s *Sweep) Run(ctx context.Context, pts []Point, progress func()) []Result 
 	}
 	close(work)
 	wg.Wait()
-	return out
 }
 
 func withMaxBatch(o scheduler.Options) scheduler.Options {
