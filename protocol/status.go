@@ -65,7 +65,9 @@ type Stats struct {
 // AppStats summarises one application.
 type AppStats struct {
 	Received int64 `json:"received"`
-	// Replies counts replies handed to the broker, by status.
+	// Replies counts replies handed to the broker, by status, counted when the
+	// broker acknowledges them (PUBACK): possibly just after their device has
+	// them.
 	Replies map[Status]int64 `json:"replies"`
 	// DeadlineMet is the share of model answers (ok and late) published by their
 	// deadline; absent before the first.
