@@ -69,9 +69,9 @@ func (b *boundInfo) lacked() {
 
 // bounded makes the decision from a prefix of the queue by deadline when it can
 // prove it the same as the whole queue's; ok is false when the caller must
-// decide over the whole queue.
-func (p *searching) bounded(s *Snapshot, arrivals float64) (Decision, bool) {
-	probe := newDecisionState(s, p.w, p.o.MaxBatch)
+// decide over the whole queue. probe is a decision state of s for its
+// per-application facts (the one the caller built the summary's context with).
+func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64) (Decision, bool) {
 	var tmax time.Duration
 	minFast := time.Duration(-1)
 	for _, a := range s.Apps {

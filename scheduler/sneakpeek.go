@@ -190,7 +190,7 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	if !p.hist.update(s, ctx) {
 		p.hist.rebuild(s, ctx)
 	}
-	if d, ok := p.bounded(s, arrivals); ok {
+	if d, ok := p.bounded(s, probe, arrivals); ok {
 		p.hist.note(d)
 		return d
 	}
