@@ -7,39 +7,14 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 )
 
-// libPath finds the ONNX Runtime library for tests: $SNEAKGATE_ORT_LIB, then the
-// copy scripts/install-ort.sh puts under the repository, then /tmp/ort. Without
-// one the test is skipped, except under CI=true where it fails.
-func libPath(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv(LibraryEnv); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("%s=%s: %v", LibraryEnv, p, err)
-		}
-		return p
-	}
-	for _, p := range []string{
-		"../.cache/onnxruntime/libonnxruntime.so.1.30.0",
-		"/tmp/ort/package/bin/napi-v6/linux/x64/libonnxruntime.so.1",
-	} {
-		if _, err := os.Stat(p); err == nil {
-			abs, err := filepath.Abs(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return abs
-		}
-	}
-	msg := "ONNX Runtime library not found: set " + LibraryEnv + " or run scripts/install-ort.sh"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
+// libPath finds the ONNX Runtime library for tests (internal/testenv.ORTLib:
+// $SNEAKGATE_ORT_LIB, else the repository's copy; skipped without one except
+// under CI=true).
+func libPath(t testing.TB) string { return testenv.ORTLib(t) }
 
 // newEngine returns an engine on the real library with opts; the test ends with a
 // consistency check of the budget accounting, then Close.

@@ -213,8 +213,14 @@ func TestGPUProvider(t *testing.T) {
 	if err := g2.Profile(context.Background(), allTestIDs[0]); err != nil {
 		t.Fatal(err)
 	}
-	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
-	b, _ := os.ReadFile(files[0])
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no profile cache entry in %s: %v", dir, err)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(string(b), `"provider": "cuda"`) {
 		t.Errorf("profile cache entry does not name the cuda provider:\n%s", b)
 	}

@@ -6,13 +6,15 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sneakgate/sneakgate/internal/mqttsub"
 )
 
 // TestRetrySubscribeBacksOff: refused attempts are retried after 1 s, 2 s, 4 s
 // (doubling, capped at a minute) until one succeeds.
 func TestRetrySubscribeBacksOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		refused := &errSubscribeRefused{filter: "sneakgate/req/+/+", code: 0x80}
+		refused := &errSubscribeRefused{filter: "sneakgate/req/+/+", code: mqttsub.Failure}
 		var at []time.Duration
 		var waits []time.Duration
 		start := time.Now()

@@ -68,7 +68,7 @@ func (l *logTap) wait(text string, timeout time.Duration) {
 }
 
 // metricValue reads one series (name, and labels given as name=value pairs) from reg.
-func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) float64 {
+func metricValue(t *testing.T, reg prometheus.Gatherer, name string, want ...string) float64 {
 	t.Helper()
 	fams, err := reg.Gather()
 	if err != nil {
@@ -80,20 +80,18 @@ func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels ...s
 		}
 	next:
 		for _, m := range f.GetMetric() {
-			l := labelsOf(m)
-			for i := 0; i+1 < len(labels); i += 2 {
-				if l[labels[i]] != labels[i+1] {
+			l := labels(m)
+			for i := 0; i+1 < len(want); i += 2 {
+				if l[want[i]] != want[i+1] {
 					continue next
 				}
 			}
 			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
-	t.Fatalf("no series %s%v", name, labels)
+	t.Fatalf("no series %s%v", name, want)
 	return 0
 }
-
-var labelsOf = labels
 
 // get fetches url and returns the status code and body.
 func get(t *testing.T, url string) (int, string) {

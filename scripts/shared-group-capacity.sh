@@ -16,7 +16,7 @@ mkcfg() { # name port
 log: {level: info, format: json}
 mqtt: {broker: "tcp://127.0.0.1:$2", client_id: $1, shared_group: cap}
 store: {path: $W/$1.db}
-engine: {library: $PWD/.cache/onnxruntime/libonnxruntime.so.1.30.0, intra_op_threads: 1, profile_cache: $PWD/.cache/profiles}
+engine: {library: ${SNEAKGATE_ORT_LIB:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.30.0}, intra_op_threads: 1, profile_cache: $PWD/.cache/profiles}
 scheduler: {policy: fixed-batch, fixed_variant: {fashion: logreg}}
 apps: [{manifest: $PWD/models/fashion/manifest.yaml}]
 Y
