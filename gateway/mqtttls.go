@@ -94,13 +94,9 @@ func (c *MQTTConfig) tlsConfig() (*tls.Config, error) {
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
 	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, configErr("mqtt.tls.ca_file", "%v", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, configErr("mqtt.tls.ca_file", "%s: no PEM certificate in it", t.CAFile)
+		var err error
+		if cfg.RootCAs, err = certPool("mqtt.tls.ca_file", t.CAFile); err != nil {
+			return nil, err
 		}
 	}
 	switch {
@@ -110,18 +106,44 @@ func (c *MQTTConfig) tlsConfig() (*tls.Config, error) {
 	case t.KeyFile == "":
 		return nil, configErr("mqtt.tls.key_file", "required with mqtt.tls.cert_file %s", t.CertFile)
 	default:
-		for _, f := range [][2]string{{"mqtt.tls.cert_file", t.CertFile}, {"mqtt.tls.key_file", t.KeyFile}} {
-			if _, err := os.ReadFile(f[1]); err != nil {
-				return nil, configErr(f[0], "%v", err)
-			}
-		}
-		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		pair, err := keyPair("mqtt.tls", t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, configErr("mqtt.tls.cert_file", "%s with key_file %s: %v", t.CertFile, t.KeyFile, err)
+			return nil, err
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}
 	return cfg, nil
+}
+
+// keyPair reads a certificate and its key (PEM), each once; errors name the
+// setting (section.cert_file, section.key_file).
+func keyPair(section, certFile, keyFile string) (tls.Certificate, error) {
+	cert, err := os.ReadFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, configErr(section+".cert_file", "%v", err)
+	}
+	key, err := os.ReadFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, configErr(section+".key_file", "%v", err)
+	}
+	pair, err := tls.X509KeyPair(cert, key)
+	if err != nil {
+		return tls.Certificate{}, configErr(section+".cert_file", "%s with key_file %s: %v", certFile, keyFile, err)
+	}
+	return pair, nil
+}
+
+// certPool reads the PEM certificates of a CA file; errors name the setting.
+func certPool(setting, file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, configErr(setting, "%v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, configErr(setting, "%s: no PEM certificate in it", file)
+	}
+	return pool, nil
 }
 
 // EmbeddedTLS configures TLS for the embedded broker's listener
@@ -150,24 +172,14 @@ func (t EmbeddedTLS) tlsConfig() (*tls.Config, error) {
 	case t.KeyFile == "":
 		return nil, configErr("mqtt.embedded.tls.key_file", "required with mqtt.embedded.tls.cert_file %s", t.CertFile)
 	}
-	for _, f := range [][2]string{{"mqtt.embedded.tls.cert_file", t.CertFile}, {"mqtt.embedded.tls.key_file", t.KeyFile}} {
-		if _, err := os.Stat(f[1]); err != nil {
-			return nil, configErr(f[0], "%v", err)
-		}
-	}
-	pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	pair, err := keyPair("mqtt.embedded.tls", t.CertFile, t.KeyFile)
 	if err != nil {
-		return nil, configErr("mqtt.embedded.tls.cert_file", "%s with key_file %s: %v", t.CertFile, t.KeyFile, err)
+		return nil, err
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
 	if t.ClientCAFile != "" {
-		pem, err := os.ReadFile(t.ClientCAFile)
-		if err != nil {
-			return nil, configErr("mqtt.embedded.tls.client_ca_file", "%v", err)
-		}
-		cfg.ClientCAs = x509.NewCertPool()
-		if !cfg.ClientCAs.AppendCertsFromPEM(pem) {
-			return nil, configErr("mqtt.embedded.tls.client_ca_file", "%s: no PEM certificate in it", t.ClientCAFile)
+		if cfg.ClientCAs, err = certPool("mqtt.embedded.tls.client_ca_file", t.ClientCAFile); err != nil {
+			return nil, err
 		}
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	}
