@@ -125,14 +125,6 @@ func appendBytes(b, p []byte) []byte {
 
 func appendTime(b []byte, t time.Time) []byte { return binary.AppendVarint(b, nanos(t)) }
 
-func header(kind byte, withSeq bool, size int) []byte {
-	n := headerSize
-	if withSeq {
-		n = seqHeader
-	}
-	return appendHeader(make([]byte, 0, n+size), kind, withSeq)
-}
-
 // appendHeader starts a record in b, which must be empty (a record starts at
 // b[0]; seal and setSeq rely on it): its version and kind, room for the CRC and,
 // withSeq, the seq.
@@ -190,25 +182,11 @@ func appendEntryBody(b []byte, e *Entry, input []float32) []byte {
 	return b
 }
 
-// encodeEntry encodes a pending entry with seq; the commit may patch seq (setSeq).
-func encodeEntry(e *Entry, seq uint64) []byte {
-	return appendEntry(make([]byte, 0, seqHeader+entrySize(e)), e, seq)
-}
-
 // appendEntry appends e's pending record with seq to b, which must be empty.
 func appendEntry(b []byte, e *Entry, seq uint64) []byte {
 	b = appendHeader(b, kindEntry, true)
 	setSeq(b, seq)
 	return seal(appendEntryBody(b, e, e.Input), true)
-}
-
-func encodeOutbox(e *Entry, seq uint64, flushBy time.Time, reply []byte, unsent bool) []byte {
-	c := *e
-	c.Input = nil // not kept in the outbox: do not size the record for it
-	b := header(kindOutbox, true, entrySize(&c)+outboxTailSize(reply))
-	setSeq(b, seq)
-	b = appendEntryBody(b, e, nil)
-	return seal(appendOutboxTail(b, flushBy, reply, unsent), true)
 }
 
 // outboxTailSize bounds what appendOutboxTail appends.

@@ -147,15 +147,15 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Also as a body behind a valid header and checksum, so the fuzzer reaches
 		// the field parser and not only the CRC check.
-		sealed := seal(append(header(kindEntry, true, len(b)), b...), true)
+		sealed := seal(append(appendHeader(nil, kindEntry, true), b...), true)
 		setSeq(sealed, 1)
 		for _, b := range [][]byte{b, sealed} {
 			checkDecode(t, b)
 		}
-		sealedOutbox := seal(append(header(kindOutbox, true, len(b)), b...), true)
+		sealedOutbox := seal(append(appendHeader(nil, kindOutbox, true), b...), true)
 		setSeq(sealedOutbox, 1)
 		checkDecode(t, sealedOutbox)
-		decodeState(seal(append(header(kindState, false, len(b)), b...), false))
+		decodeState(seal(append(appendHeader(nil, kindState, false), b...), false))
 	})
 }
 
@@ -245,4 +245,22 @@ func TestAppendOutboxMatchesEncode(t *testing.T) {
 			}
 		}
 	}
+}
+
+// encodeEntry encodes a pending entry with seq in a fresh record (the journal
+// appends into its own buffers with appendEntry).
+func encodeEntry(e *Entry, seq uint64) []byte {
+	return appendEntry(make([]byte, 0, seqHeader+entrySize(e)), e, seq)
+}
+
+// encodeOutbox encodes an outbox record from scratch: the reference the
+// journal's appendOutbox, which copies from the pending record, is checked
+// against.
+func encodeOutbox(e *Entry, seq uint64, flushBy time.Time, reply []byte, unsent bool) []byte {
+	c := *e
+	c.Input = nil // not kept in the outbox: do not size the record for it
+	b := appendHeader(make([]byte, 0, seqHeader+entrySize(&c)+outboxTailSize(reply)), kindOutbox, true)
+	setSeq(b, seq)
+	b = appendEntryBody(b, e, nil)
+	return seal(appendOutboxTail(b, flushBy, reply, unsent), true)
 }
