@@ -131,15 +131,22 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 	}
 }
 
-// popEarliest takes the earliest-deadline live request over every application
-// out of the index (until restore); nil when none is left.
-func (p *searching) popEarliest() *Request {
+// earliest is the application whose deadline heap holds the earliest live
+// request (nil when none is left).
+func (p *searching) earliest() *appIndex {
 	var best *appIndex
 	for _, ai := range p.ix.byApp {
 		if p.topLive(ai) != nil && (best == nil || keyEntryLess(ai.dl.top(), best.dl.top())) {
 			best = ai
 		}
 	}
+	return best
+}
+
+// popEarliest takes the earliest-deadline live request over every application
+// out of the index (until restore); nil when none is left.
+func (p *searching) popEarliest() *Request {
+	best := p.earliest()
 	if best == nil {
 		return nil
 	}
@@ -150,13 +157,10 @@ func (p *searching) popEarliest() *Request {
 
 // peekEarliest is the request popEarliest would take next.
 func (p *searching) peekEarliest() *Request {
-	var best *Request
-	for _, ai := range p.ix.byApp {
-		if r := p.topLive(ai); r != nil && (best == nil || byDeadline(r, best) < 0) {
-			best = r
-		}
+	if best := p.earliest(); best != nil {
+		return best.dl.top().r
 	}
-	return best
+	return nil
 }
 
 // topLive drops removed requests from the top of ai's deadline heap and returns
@@ -227,17 +231,7 @@ func newHistCtx(d *decisionState, apps map[string]*App) histCtx {
 	c := histCtx{costs: make(map[*App]time.Duration, len(apps)), ok: make(map[*App][]bool, len(apps)), d: d}
 	for _, a := range apps {
 		ai := d.info(a)
-		cost := time.Duration(-1)
-		for vi, ok := range ai.ok0 {
-			if ok {
-				x := time.Duration(ai.amort[vi] * float64(time.Second))
-				if cost < 0 || x < cost {
-					cost = x
-				}
-			}
-		}
-		c.costs[a] = max(time.Duration(float64(cost)*shedHeadroom), 1)
-		c.ok[a] = ai.ok0
+		c.costs[a], c.ok[a] = ai.shedCost, ai.ok0
 	}
 	return c
 }

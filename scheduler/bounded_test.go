@@ -17,7 +17,17 @@ import (
 // where it can be served in time and bursts that overload it (shedding), with
 // two applications of different worth sharing the engine.
 func TestBoundedDecisionEqualsFull(t *testing.T) {
-	for _, name := range []string{"sneakpeek", "oblivious", "bruteforce"} {
+	for _, c := range []struct {
+		name string
+		o    Options
+	}{
+		{"sneakpeek", Options{}}, {"oblivious", Options{}}, {"bruteforce", Options{}},
+		// The shrunk valuation (stakeOf's shrink branch) and the price over the
+		// recent stream, with the grouping by preferred variant.
+		{"sneakpeek-pref", Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond}},
+	} {
+		name, o := c.name, c.o
+		o.MaxQueueDelay = time.Nanosecond
 		t.Run(name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(3, 11))
 			a := benchApp(rng)
@@ -35,7 +45,7 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 			}
 			apps := map[string]*App{a.Name: a, b.Name: b}
 			mk := func() *searching {
-				p, err := New(name, Options{MaxQueueDelay: time.Nanosecond})
+				p, err := New(name, o)
 				if err != nil {
 					t.Fatal(err)
 				}

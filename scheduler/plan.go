@@ -110,6 +110,10 @@ type appInfo struct {
 	profiled []float64
 	// amort[m] is the variant's amortised seconds per request (Amortised).
 	amort []float64
+	// shedCost is what the shedding walk charges a request (shed.go): the
+	// cheapest variant that can be made resident, amortised, with
+	// shedHeadroom; at least 1 ns.
+	shedCost time.Duration
 	// na is the expected value of no answer under the prior (App.ExpectedNoAnswer).
 	na float64
 }
@@ -374,6 +378,13 @@ func (d *decisionState) info(a *App) *appInfo {
 			ai.profiled[i] = v.ProfiledUtility
 			ai.amort[i] = Amortised(v, d.capOf(v)).Seconds()
 		}
+		cheapest := time.Duration(-1)
+		for i, ok := range ai.ok0 {
+			if c := time.Duration(ai.amort[i] * float64(time.Second)); ok && (cheapest < 0 || c < cheapest) {
+				cheapest = c
+			}
+		}
+		ai.shedCost = max(time.Duration(float64(cheapest)*shedHeadroom), 1)
 		d.apps[a] = ai
 	}
 	d.lastApp, d.lastInfo = a, ai

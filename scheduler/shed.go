@@ -52,15 +52,10 @@ func (d *decisionState) shed() {
 	for i := range d.members {
 		m := &d.members[i]
 		ai := d.info(m.r.App)
-		cost := time.Duration(-1)
 		best := math.Inf(-1)
 		for vi, ok := range ai.ok0 {
 			if !ok {
 				continue
-			}
-			c := time.Duration(ai.amort[vi] * float64(time.Second))
-			if cost < 0 || c < cost {
-				cost = c
 			}
 			v := m.u[vi]
 			if m.dl < ai.fastest {
@@ -72,8 +67,7 @@ func (d *decisionState) shed() {
 		if d.shedDegrades(m) {
 			alt = m.r.DegradedUtility
 		}
-		cost = time.Duration(float64(cost) * shedHeadroom)
-		cs[i] = shedCand{cost: max(cost, 1), density: (best - alt) / max(cost.Seconds(), 1e-12)}
+		cs[i] = shedCand{cost: ai.shedCost, density: (best - alt) / ai.shedCost.Seconds()}
 		order[i] = i
 	}
 	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(d.members[a].dl, d.members[b].dl) })
