@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -101,7 +102,8 @@ func SplitGains(rs []Result, cheap func(load float64) float64) []GainSplit {
 				continue
 			}
 			var tot, cho, deg, us, ns, ss []float64
-			for seed, s := range sp {
+			for _, seed := range slices.Sorted(maps.Keys(sp)) { // seed order: the sums do not depend on map order
+				s := sp[seed]
 				n, ok1 := nd[seed]
 				o, ok2 := bs[seed]
 				if !ok1 || !ok2 {

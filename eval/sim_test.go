@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sneakgate/sneakgate/scheduler"
 )
@@ -117,10 +116,7 @@ func TestSimulateAdmissionRefusesOnlyBeyondTheCheapestVariant(t *testing.T) {
 		blind.Est[i] = nil // an application without an estimator
 	}
 	wl := a.Workloads[0]
-	fastest := time.Duration(math.MaxInt64)
-	for _, v := range a.Sched.Variants {
-		fastest = min(fastest, scheduler.Amortised(v, v.MaxBatch()))
-	}
+	fastest := scheduler.CheapestAmortised(a.Sched)
 	capacity := Capacity(a.Sched, scheduler.Options{})
 	beyond := 3 / fastest.Seconds() / capacity // three times what the cheapest variant drains
 	for _, c := range []struct {
