@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
@@ -556,24 +557,8 @@ func TestDocStatusesMatchProtocol(t *testing.T) {
 // the fields ParseRequest knows.
 func TestSchemaFieldsMatchTypes(t *testing.T) {
 	_, raw := schema(t, replySchemaPath)
-	var fields, required []string
-	rt := reflect.TypeFor[Reply]()
-	for i := range rt.NumField() {
-		name, opts, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
-		fields = append(fields, name)
-		if !strings.Contains(opts, "omitempty") {
-			required = append(required, name)
-		}
-	}
-	slices.Sort(fields)
-	slices.Sort(required)
-	props := slices.Sorted(func(yield func(string) bool) {
-		for k := range raw["properties"].(map[string]any) {
-			if !yield(k) {
-				return
-			}
-		}
-	})
+	fields, required := jsonFields[Reply]()
+	props := slices.Sorted(maps.Keys(raw["properties"].(map[string]any)))
 	if !slices.Equal(props, fields) {
 		t.Errorf("reply schema properties\n%v\nwant Reply's JSON fields\n%v", props, fields)
 	}

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -64,13 +65,7 @@ func TestStatusStatsSchemaFieldsMatchTypes(t *testing.T) {
 	} {
 		fields, required := c.fields()
 		obj := object(t, c.raw, c.path...)
-		props := slices.Sorted(func(yield func(string) bool) {
-			for k := range object(t, obj, "properties") {
-				if !yield(k) {
-					return
-				}
-			}
-		})
+		props := slices.Sorted(maps.Keys(object(t, obj, "properties")))
 		if !slices.Equal(props, fields) {
 			t.Errorf("%s: schema properties %v, want the JSON fields %v", c.name, props, fields)
 		}
