@@ -204,12 +204,10 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 	use := func(p float64) float64 {
 		t := 0.0
 		for _, i := range win {
-			_, c := d.choice(&d.members[i], p)
-			t += c
+			t += d.fluidUse(&d.members[i], p)
 		}
 		for k := range d.stream {
-			_, c := d.choice(&d.stream[k], p)
-			t += c
+			t += d.fluidUse(&d.stream[k], p)
 		}
 		return t
 	}
@@ -229,6 +227,22 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 		}
 	}
 	return lo, hi
+}
+
+// fluidUse is the amortised engine time m's choice at price p uses in the
+// price's fluid problem: its preferred variant's, or none when its alternative
+// (m.alt: the degraded answer, or no answer) is worth more than every variant
+// net of the time it costs. Leaving a request to its alternative is a choice
+// the gateway has (the shedding walk and the prepass make it), so the price is
+// the value of engine time given it: without it, a load that no variant mix can
+// carry drives the price up until every request takes the cheapest variant,
+// however little that variant is worth over the alternative.
+func (d *decisionState) fluidUse(m *member, p float64) float64 {
+	v, c := d.choice(m, p)
+	if v < 0 || m.alt > m.u[v]-p*c {
+		return 0
+	}
+	return c
 }
 
 // choice is the variant m prefers at price p, argmax_v u_v - p*amort_v among
@@ -439,13 +453,12 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 			m.class = r.Class
 		}
 		onTime, feasible := false, 0
-		bestLate, sum, minU := math.Inf(-1), 0.0, math.Inf(1)
+		bestLate, sum := math.Inf(-1), 0.0
 		for i := range m.u {
 			if !ai.ok0[i] {
 				continue
 			}
 			feasible++
-			minU = min(minU, m.u[i])
 			fin := ai.cost0[i] + ai.lat1[i]
 			u := m.late(i, fin)
 			sum += u - m.na
@@ -466,17 +479,31 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNotWorth})
 			continue
 		}
-		m.alt = m.na
-		if d.w.degrade(r) {
-			// In the search, the degraded answer is worth no more than the worst
-			// variant on time: the planner may shed a request onto its estimate
-			// to save others, but never prefers the estimate to a model result.
-			m.alt = max(m.na, min(r.DegradedUtility, minU))
-		}
+		d.setAlt(&m)
 		rem := max(dl, ai.fastest)
 		m.pri = sum / float64(feasible) / rem.Seconds()
 		d.members = append(d.members, m)
 	}
+}
+
+// setAlt sets m.alt from m.u and m.na: no answer, or for a view that degrades,
+// the degraded answer. In the search the degraded answer is worth no more than
+// the worst variant that can be made resident, on time: the planner may shed a
+// request onto its estimate to save others, but never prefers the estimate to
+// a model result.
+func (d *decisionState) setAlt(m *member) {
+	m.alt = m.na
+	if !d.w.degrade(m.r) {
+		return
+	}
+	ai := d.info(m.r.App)
+	minU := math.Inf(1)
+	for i, u := range m.u {
+		if ai.ok0[i] {
+			minU = min(minU, u)
+		}
+	}
+	m.alt = max(m.na, min(m.r.DegradedUtility, minU))
 }
 
 // higher orders members by priority, then arrival.

@@ -141,11 +141,12 @@ func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []me
 		ai := d.info(r.App)
 		m := member{r: r, class: -1, na: ai.na, u: ai.profiled}
 		if d.w.dataAware {
-			m.u = r.ExpUtility
+			m.na, m.u = r.NoAnswerUtility, r.ExpUtility
 			if d.shrink > 0 {
 				m.u = d.shrunk(r.ExpUtility, ai.profiled)
 			}
 		}
+		d.setAlt(&m)
 		out = append(out, m)
 	}
 	p.sbuf = out
