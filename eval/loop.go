@@ -1,7 +1,6 @@
 package eval
 
 import (
-	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -147,9 +146,11 @@ func (s *engineSim) run() (*simRun, error) {
 	}
 	reqs := s.Reqs
 	byReq := make(map[*scheduler.Request]*simReq, 1024)
+	// ex applies the decisions and checks them, as the gateway's loop does; the
+	// memory budget counts the engine's true profiles (the views share them).
+	ex := scheduler.NewExecutor(scheduler.Engine{Resident: warmResidency(execs, s.MemBudget, s.CountBudget, s.Origin),
+		MemBudget: s.MemBudget, CountBudget: s.CountBudget}, func(id scheduler.VariantID) *scheduler.Variant { return variants[id] })
 	var (
-		queue     []*scheduler.Request
-		resident  = warmResidency(execs, s.MemBudget, s.CountBudget, s.Origin)
 		busy      bool
 		busyUntil time.Time
 		inflight  *scheduler.Batch
@@ -204,13 +205,7 @@ func (s *engineSim) run() (*simRun, error) {
 			out.LastDone = at
 		}
 	}
-	requeue := func(r *scheduler.Request) {
-		i, _ := slices.BinarySearchFunc(queue, r.Seq, func(x *scheduler.Request, seq uint64) int {
-			return cmp.Compare(x.Seq, seq)
-		})
-		queue = slices.Insert(queue, i, r)
-	}
-	finish := func(b *scheduler.Batch, at time.Time) {
+	finish := func(b *scheduler.Batch, at time.Time) error {
 		v := b.Variant
 		ai := appOf[b.Requests[0].App]
 		a, t := &s.Apps[ai], &out.Tallies[ai]
@@ -226,7 +221,9 @@ func (s *engineSim) run() (*simRun, error) {
 					// The cascade's second pass: back to the queue with the first result.
 					r.First = &scheduler.FirstPass{Variant: v, Class: yhat, Confidence: c, Done: at}
 					t.escalated++
-					requeue(r)
+					if err := ex.Add(r); err != nil {
+						return fmt.Errorf("eval: %s: %w", s.Policy, err)
+					}
 					continue
 				}
 			}
@@ -244,34 +241,28 @@ func (s *engineSim) run() (*simRun, error) {
 				a.Guard.Observe(a.App.Est[q.sample], yhat)
 			}
 		}
-		resident[v.ID] = at
+		ex.Used(v.ID, at)
+		return nil
 	}
 	decide := func(at time.Time) error {
-		snap := &scheduler.Snapshot{Now: at, Queue: queue, Apps: views,
-			Engine: scheduler.Engine{Resident: resident, MemBudget: s.MemBudget, CountBudget: s.CountBudget}}
+		snap := &scheduler.Snapshot{Now: at, Queue: ex.Queue(), Apps: views, Engine: ex.Engine()}
 		w0 := s.Now()
 		d := s.Pol.Decide(snap)
 		out.DecideWall += s.Now().Sub(w0)
 		all.Decisions++
-		gone := make(map[*scheduler.Request]bool, len(d.Verdicts)+32)
+		// Apply checks every invariant before it changes anything, and takes the
+		// answered and batched requests out of the queue.
+		if err := ex.Apply(d, at); err != nil {
+			return fmt.Errorf("eval: %s: %w", s.Policy, err)
+		}
 		for _, v := range d.Verdicts {
-			if gone[v.Request] {
-				return fmt.Errorf("eval: %s answered a request twice", s.Policy)
-			}
-			gone[v.Request] = true
 			q := byReq[v.Request]
-			if q == nil {
-				return fmt.Errorf("eval: %s answered a request that is not queued", s.Policy)
-			}
 			delete(byReq, v.Request)
 			switch v.Outcome {
 			case scheduler.Degraded:
 				answer(q, scheduler.Argmax(v.Request.P), at, "degraded")
 			case scheduler.FirstAnswer:
 				f := v.Request.First
-				if f == nil {
-					return fmt.Errorf("eval: %s answered a request with a first pass it never had", s.Policy)
-				}
 				status := "ok"
 				if at.After(v.Request.Deadline) {
 					status = "late"
@@ -281,8 +272,6 @@ func (s *engineSim) run() (*simRun, error) {
 				all.VariantShare[f.Variant.ID.String()]++
 			case scheduler.Expired:
 				answer(q, -1, at, "expired")
-			default:
-				return fmt.Errorf("eval: %s answered with unknown outcome %v", s.Policy, v.Outcome)
 			}
 		}
 		out.Scheduled += len(d.Verdicts)
@@ -298,46 +287,18 @@ func (s *engineSim) run() (*simRun, error) {
 			busy, inflight, busyUntil = true, nil, at.Add(loopCost)
 		}
 		if b := d.Batch; b != nil {
-			if len(b.Requests) == 0 {
-				return fmt.Errorf("eval: %s ran an empty batch", s.Policy)
-			}
-			ai, ok := appOf[b.Requests[0].App]
-			if !ok || variants[b.Variant.ID] == nil {
-				return fmt.Errorf("eval: %s runs unknown %v", s.Policy, b.Variant.ID)
-			}
-			for _, r := range b.Requests {
-				if ri, ok := appOf[r.App]; gone[r] || byReq[r] == nil || !ok || ri != ai {
-					return fmt.Errorf("eval: %s batched a request that is not queued or of another application", s.Policy)
-				}
-				gone[r] = true
-			}
+			ai := appOf[b.Requests[0].App]
 			out.Scheduled += len(b.Requests)
 			cost := time.Duration(0)
 			for _, id := range b.Evict {
-				v := variants[id]
-				if _, ok := resident[id]; !ok || v == nil {
-					return fmt.Errorf("eval: %s evicts %v, which is not resident", s.Policy, id)
-				}
-				delete(resident, id)
-				cost += jitter(v.Unload)
+				cost += jitter(variants[id].Unload)
 			}
 			for _, id := range b.Load {
-				v := variants[id]
-				if v == nil {
-					return fmt.Errorf("eval: %s loads unknown %v", s.Policy, id)
-				}
-				resident[id] = at
-				cost += jitter(v.Load)
+				cost += jitter(variants[id].Load)
 				all.Swaps++
 				out.Tallies[byName[id.App]].m.Swaps++
 			}
 			all.SwapTime += cost.Seconds()
-			if _, ok := resident[b.Variant.ID]; !ok {
-				return fmt.Errorf("eval: %s runs %v without loading it", s.Policy, b.Variant.ID)
-			}
-			if err := checkBudget(variants, resident, s.MemBudget, s.CountBudget); err != nil {
-				return fmt.Errorf("eval: %s: %w", s.Policy, err)
-			}
 			busy, inflight = true, b
 			// The engine's true time: the application's own profile (the policy's
 			// view may include the loop's cost, charged separately above).
@@ -348,9 +309,6 @@ func (s *engineSim) run() (*simRun, error) {
 			t.m.Batches++
 			t.m.MeanBatch += float64(len(b.Requests))
 		}
-		if len(gone) > 0 {
-			queue = slices.DeleteFunc(queue, func(r *scheduler.Request) bool { return gone[r] })
-		}
 		return nil
 	}
 
@@ -359,7 +317,7 @@ func (s *engineSim) run() (*simRun, error) {
 	// work asks the policy again.
 	now := s.Origin
 	spins := 0
-	for next < len(reqs) || busy || len(queue) > 0 {
+	for next < len(reqs) || busy || ex.Len() > 0 {
 		ev := time.Time{}
 		if busy {
 			ev = busyUntil
@@ -367,7 +325,7 @@ func (s *engineSim) run() (*simRun, error) {
 		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Add(s.IngressDelay).Before(ev)) {
 			ev = reqs[next].arr.Add(s.IngressDelay)
 		}
-		if !busy && !wake.IsZero() && len(queue) > 0 {
+		if !busy && !wake.IsZero() && ex.Len() > 0 {
 			w := wake
 			if w.Before(now) {
 				w = now
@@ -377,8 +335,8 @@ func (s *engineSim) run() (*simRun, error) {
 			}
 		}
 		if ev.IsZero() {
-			if len(queue) > 0 {
-				return out, fmt.Errorf("%w (%s, %d queued)", ErrStuck, s.Policy, len(queue))
+			if ex.Len() > 0 {
+				return out, fmt.Errorf("%w (%s, %d queued)", ErrStuck, s.Policy, ex.Len())
 			}
 			break
 		}
@@ -390,7 +348,9 @@ func (s *engineSim) run() (*simRun, error) {
 		if busy && !busyUntil.After(now) {
 			busy = false
 			if inflight != nil {
-				finish(inflight, busyUntil)
+				if err := finish(inflight, busyUntil); err != nil {
+					return out, err
+				}
 			}
 			inflight = nil
 		}
@@ -399,13 +359,14 @@ func (s *engineSim) run() (*simRun, error) {
 			next++
 			a := &s.Apps[q.app]
 			est, correct := s.Estimate(q)
-			wait := time.Duration(len(queue)) * a.Fastest
+			queued := ex.Len()
+			wait := time.Duration(queued) * a.Fastest
 			if drainRate > 0 {
-				wait = time.Duration(float64(len(queue)) / drainRate * float64(time.Second))
+				wait = time.Duration(float64(queued) / drainRate * float64(time.Second))
 			}
-			if s.MaxQueue > 0 && len(queue) >= s.MaxQueue ||
+			if s.MaxQueue > 0 && queued >= s.MaxQueue ||
 				s.MaxWait > 0 && s.MeasuredWait && wait > a.Deadline ||
-				s.MaxWait > 0 && len(est) == 0 && time.Duration(len(queue))*a.Fastest > time.Duration(s.MaxWait*float64(a.Deadline)) {
+				s.MaxWait > 0 && len(est) == 0 && time.Duration(queued)*a.Fastest > time.Duration(s.MaxWait*float64(a.Deadline)) {
 				if s.DegradeRefused && len(est) > 0 {
 					answer(q, scheduler.Argmax(est), now, "degraded")
 				} else {
@@ -425,15 +386,17 @@ func (s *engineSim) run() (*simRun, error) {
 				}
 			}
 			byReq[q.r] = q
-			queue = append(queue, q.r)
+			if err := ex.Add(q.r); err != nil {
+				return out, fmt.Errorf("eval: %w", err)
+			}
 		}
-		if !busy && len(queue) > 0 {
+		if !busy && ex.Len() > 0 {
 			if err := decide(now); err != nil {
 				return out, err
 			}
 		}
 		// The time up to now as it was (busy or not), the state from now on.
-		drainRate = drain.Observe(now, busy || len(queue) > 0).Now
+		drainRate = drain.Observe(now, busy || ex.Len() > 0).Now
 	}
 	got := 0
 	for i := range out.Tallies {
@@ -507,22 +470,4 @@ func p99(lat []time.Duration) float64 {
 	}
 	slices.Sort(lat)
 	return float64(lat[len(lat)*99/100]) / 1e6
-}
-
-// checkBudget checks residency res against the budgets (0 = unlimited);
-// variants gives every resident variant's memory.
-func checkBudget(variants map[scheduler.VariantID]*scheduler.Variant, res map[scheduler.VariantID]time.Time, mem int64, count int) error {
-	var used int64
-	for id := range res {
-		if v := variants[id]; v != nil {
-			used += v.MemBytes
-		}
-	}
-	if mem > 0 && used > mem {
-		return fmt.Errorf("residency %d bytes over the %d budget", used, mem)
-	}
-	if count > 0 && len(res) > count {
-		return fmt.Errorf("%d variants resident, budget %d", len(res), count)
-	}
-	return nil
 }
