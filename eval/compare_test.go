@@ -7,13 +7,16 @@ import (
 
 // TestComparisonSneakPeekVsBaselines is the small deterministic version of the
 // comparison in docs/evaluation.md ("Honest baselines"): the same options (the
-// gateway's shrink 0.5, its warm residency, 5 us of loop time per request run on
+// gateway's shrink 0.5 and 1 s price horizon, its admission, its warm residency, 5 us of loop time per request run on
 // a model and 1 us per request answered without one, known to the policies, 1 ms
 // from receipt to the queue), one seed, a few deadlines of arrivals. It fails if
-// sneakpeek falls below the cascade or the mixing oblivious policy at the points
-// where the full comparison finds it above them beyond its 95% intervals: vad
-// and satellite beyond the engine's capacity, where sneakpeek answers the
-// requests it sheds with their estimate and the other two cannot.
+// sneakpeek falls below the cascade, the mixing oblivious policy, edf or
+// fixed-batch at the points where the full comparison finds it above them
+// beyond its 95% intervals: vad and satellite beyond the engine's capacity,
+// where sneakpeek answers the requests it sheds with their estimate (the
+// cascade and oblivious cannot) and chooses which by it (edf and fixed-batch
+// answer admission's refusals from the estimate, but keep what they run on the
+// most accurate variant, often late).
 //
 // It asserts nothing where sneakpeek does not win, and says so in the log: below
 // capacity on vad the cascade (silero-half for everything) is better by 0.005 to
@@ -22,7 +25,7 @@ import (
 // "The heavy tier"). On fashion's tops-heavy mix at load 3 sneakpeek is asserted
 // above the cascade only: the mixing oblivious is within the intervals there.
 func TestComparisonSneakPeekVsBaselines(t *testing.T) {
-	pols := []string{"sneakpeek", PolicyCascade, "oblivious"}
+	pols := []string{"sneakpeek", PolicyCascade, "oblivious", "edf", "fixed-batch"}
 	run := func(a *App, wl string, dlScale, load, deadlines float64) []float64 {
 		t.Helper()
 		w, err := a.Workload(wl)
@@ -31,8 +34,10 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 		}
 		pt := Point{App: a, Workload: w, Load: load, Deadline: time.Duration(float64(a.Deadline) * dlScale), Seed: 1,
 			Jitter: 0.05, MaxQueue: 10000, GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond,
-			GatewayKnown: true, IngressDelay: time.Millisecond}
-		pt.Options.Shrink = 0.5
+			GatewayKnown: true, IngressDelay: time.Millisecond,
+			// The gateway's admission (sneakgate eval's defaults).
+			MaxWait: 0.5, MeasuredWait: true, DegradeRefused: true}
+		pt.Options.Shrink, pt.Options.PriceHorizon = 0.5, time.Second
 		rate := load * CapacityWith(a.Sched, withMaxBatch(pt.Options), pt.GatewayCost)
 		pt.Requests = max(2000, int(deadlines*rate*pt.Deadline.Seconds()))
 		u := make([]float64, len(pols))
@@ -44,8 +49,8 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 			}
 			u[i] = m.Utility
 		}
-		t.Logf("%s %s load %.1f (%d requests): sneakpeek %.3f cascade %.3f oblivious %.3f", a.Sched.Name, wl, load,
-			pt.Requests, u[0], u[1], u[2])
+		t.Logf("%s %s load %.1f (%d requests): sneakpeek %.3f cascade %.3f oblivious %.3f edf %.3f fixed-batch %.3f",
+			a.Sched.Name, wl, load, pt.Requests, u[0], u[1], u[2], u[3], u[4])
 		return u
 	}
 	check := func(name string, u []float64) {

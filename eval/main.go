@@ -77,7 +77,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		maxBatch     = fs.Int("max-batch", 32, "largest batch")
 		window       = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
 		shrink       = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
-		horizon      = fs.Duration("price-horizon", 0, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 0, the gateway's default: the window)")
+		horizon      = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
 		maxQueue     = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
 		degradeRef   = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
 		maxWait      = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
