@@ -273,7 +273,7 @@ func DefaultConfig() Config {
 			Shrink: 0.5, // docs/evaluation.md, "Shrinking"
 			// docs/evaluation.md, "Price horizon": +0.004-0.007 on fashion in the
 			// simulator, even with the window's price live.
-			PriceHorizon: time.Second,
+			PriceHorizon:      time.Second,
 			LatencyCorrection: true},
 		Admission: AdmissionConfig{
 			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
