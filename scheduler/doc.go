@@ -10,7 +10,9 @@
 // Decision: at most one Batch to run now, Verdicts for requests that should be answered
 // without running a model (degraded or expired), and a time by which it wants to be
 // asked again. The caller (the gateway's scheduling loop, or the evaluation simulator)
-// executes the decision; the policy has no side effects on the queue.
+// executes the decision; the policy has no side effects on the queue. Both callers
+// apply decisions with an Executor (exec.go), which owns the queue and the
+// residency and refuses an invalid decision before it changes anything.
 //
 // All policies share one utility and cost model (utility.go): the data-aware expected
 // utility U(m|p), the profiled utility, the deadline penalty, and the swap/residency

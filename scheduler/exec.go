@@ -41,7 +41,8 @@ type Executor struct {
 
 // NewExecutor returns an executor with an empty queue, e's budgets and a copy of
 // e.Resident as its residency. lookup finds a variant by ID (nil for a variant the
-// caller does not know); its MemBytes are what the memory budget counts.
+// caller does not know); its MemBytes are what the memory budget counts, and
+// resident variants it does not know count for neither budget (as in PlanSwap).
 func NewExecutor(e Engine, lookup func(VariantID) *Variant) *Executor {
 	x := &Executor{resident: make(map[VariantID]time.Time, len(e.Resident)),
 		memBudget: e.MemBudget, countBudget: e.CountBudget, lookup: lookup}
@@ -147,12 +148,18 @@ func (x *Executor) Validate(d Decision) error {
 
 // Apply validates d (see Executor) and, if it is valid, takes the requests it
 // answers or batches out of the queue and makes its batch's evictions and
-// loads, the loads last used at now. An invalid d changes nothing; the error
-// wraps ErrInvalidDecision.
+// loads, the loads last used at now; the batch's Requests become a copy of
+// their own (a policy may batch a slice of the queue). An invalid d changes
+// nothing; the error wraps ErrInvalidDecision.
 func (x *Executor) Apply(d Decision, now time.Time) error {
 	gone, err := x.validate(d)
 	if err != nil {
 		return err
+	}
+	if b := d.Batch; b != nil {
+		// A policy may batch a slice of Snapshot.Queue, which is the queue
+		// itself: the batch gets its own copy before the queue is compacted.
+		b.Requests = slices.Clone(b.Requests)
 	}
 	if len(gone) > 0 {
 		x.queue = slices.DeleteFunc(x.queue, func(r *Request) bool { return gone[r] })
@@ -285,11 +292,13 @@ func (x *Executor) checkSwap(b *Batch) error {
 		// (and the policy's PlanSwap's) business, not this decision's.
 		return nil
 	}
+	// As in PlanSwap, resident variants the caller does not know count for
+	// neither budget.
 	var mem int64
 	count := 0
 	add := func(id VariantID) {
-		count++
 		if v := x.lookup(id); v != nil {
+			count++
 			mem += v.MemBytes
 		}
 	}

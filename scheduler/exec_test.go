@@ -335,3 +335,40 @@ func TestExecutorAcceptsPolicies(t *testing.T) {
 		})
 	}
 }
+
+// Resident variants the caller does not know count for neither budget, as in
+// PlanSwap: the swap PlanSwap plans beside one is valid.
+func TestExecutorBudgetIgnoresUnknownResident(t *testing.T) {
+	cheap, ghost := VariantID{"app", "cheap"}, VariantID{"gone", "x"}
+	f := newExecFixture(t, Engine{MemBudget: 500, CountBudget: 2,
+		Resident: map[VariantID]time.Time{cheap: t0, ghost: t0}})
+	s := f.snapshot(t0.Add(ms(1)))
+	sw, ok := PlanSwap(s, f.a.Variants[1])
+	if !ok || len(sw.Evict) != 0 {
+		t.Fatalf("PlanSwap = %+v, %v", sw, ok)
+	}
+	d := Decision{Batch: &Batch{Variant: f.a.Variants[1], Requests: f.q[:1], Evict: sw.Evict, Load: sw.Load}}
+	if err := f.x.Apply(d, s.Now); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.x.Resident()) != 3 {
+		t.Errorf("residency %v", f.x.Resident())
+	}
+}
+
+// A batch that is a slice of the snapshot's queue (the executor's own) keeps
+// its requests when Apply compacts the queue.
+func TestExecutorBatchOfTheQueue(t *testing.T) {
+	f := newExecFixture(t, Engine{Resident: map[VariantID]time.Time{{"app", "cheap"}: t0}})
+	s := f.snapshot(t0.Add(ms(1)))
+	b := &Batch{Variant: f.a.Variants[0], Requests: s.Queue[2:4]}
+	if err := f.x.Apply(Decision{Verdicts: []Verdict{{s.Queue[0], Expired, ""}}, Batch: b}, s.Now); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(b.Requests); !slices.Equal(got, []uint64{3, 4}) {
+		t.Errorf("batch %v after Apply, want [3 4]", got)
+	}
+	if got := seqs(f.x.Queue()); !slices.Equal(got, []uint64{2, 5}) {
+		t.Errorf("queue %v, want [2 5]", got)
+	}
+}
