@@ -174,6 +174,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	g.loop = newLoop(policy, sapps, g.runner, budget, capacity, g.now, g.answer,
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
 	g.loop.latency.frozen = !cfg.Scheduler.LatencyCorrection
+	g.loop.fallbackOpts = cfg.SchedulerOptions()
 	if cfg.MQTT.Embedded.Enabled {
 		users, err := cfg.embeddedUsers() // as Validate read it
 		if err != nil {

@@ -1,12 +1,10 @@
 package gateway
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -108,26 +106,33 @@ func degraded(est []float64, reason string, now time.Time) result {
 // whenever the engine is idle and something changed, and hands batches to the
 // engine worker. Nothing else touches the queue.
 type loop struct {
-	policy   scheduler.Policy
-	apps     map[string]*scheduler.App
-	run      runner
-	now      func() time.Time
-	budget   scheduler.Engine
-	answer   func(*job, result)
-	log      zerolog.Logger
-	m        *metrics
-	admit    chan *job
-	queued   atomic.Int64         // reserved or admitted, and not yet answered (admission reads it)
-	drain    scheduler.DrainMeter // owned by the loop goroutine
-	rate     atomic.Uint64        // DrainRates.Now (float64 bits)
-	fastRate atomic.Uint64        // DrainRates.Fastest (float64 bits)
+	policy scheduler.Policy
+	// fallbackOpts are the options of the edf policy that decides instead of
+	// policy when policy's decision is invalid (fallback).
+	fallbackOpts scheduler.Options
+	apps         map[string]*scheduler.App
+	run          runner
+	now          func() time.Time
+	answer       func(*job, result)
+	log          zerolog.Logger
+	// invalidLog logs invalid decisions, sampled as rejections are
+	// (rejectSampler); sneakgate_invalid_decisions_total counts them all.
+	invalidLog zerolog.Logger
+	m          *metrics
+	admit      chan *job
+	queued     atomic.Int64         // reserved or admitted, and not yet answered (admission reads it)
+	drain      scheduler.DrainMeter // owned by the loop goroutine
+	rate       atomic.Uint64        // DrainRates.Now (float64 bits)
+	fastRate   atomic.Uint64        // DrainRates.Fastest (float64 bits)
 	// cheapest caches, per application, the per-request engine time of its
 	// cheapest variant at its best batch size; cleared after every batch (the
 	// latency correction changes the tables).
 	cheapest map[*scheduler.App]time.Duration
 	seq      uint64
-	queue    []*scheduler.Request
-	resident map[scheduler.VariantID]time.Time
+	// exec owns the queue (in arrival order) and the residency (the engine's
+	// resident variants with their last use), and applies the policy's
+	// decisions after checking them (scheduler.Executor).
+	exec *scheduler.Executor
 	// swaps carries reloads (one at a time); stopped is closed when Run returns.
 	swaps   chan *appSwap
 	stopped chan struct{}
@@ -183,18 +188,32 @@ type batchDone struct {
 func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budget scheduler.Engine,
 	capacity int, now func() time.Time, answer func(*job, result), log zerolog.Logger, m *metrics) *loop {
 	l := &loop{
-		policy: p, apps: apps, run: r, now: now, budget: budget, answer: answer, log: log, m: m,
-		admit:    make(chan *job, capacity),
-		resident: map[scheduler.VariantID]time.Time{},
-		swaps:    make(chan *appSwap, 1), stopped: make(chan struct{}),
+		policy: p, apps: apps, run: r, now: now, answer: answer, log: log, m: m,
+		invalidLog: log.Sample(rejectSampler()),
+		admit:      make(chan *job, capacity),
+		swaps:      make(chan *appSwap, 1), stopped: make(chan struct{}),
 		retiring: map[string]func(string){}, latency: newLatencyModel(),
 		cheapest: map[*scheduler.App]time.Duration{},
 	}
 	l.offered.w.Window = offeredWindow
+	budget.Resident = map[scheduler.VariantID]time.Time{}
 	for _, id := range r.Resident() {
-		l.resident[id] = now()
+		budget.Resident[id] = now()
 	}
+	l.exec = scheduler.NewExecutor(budget, l.variant)
 	return l
+}
+
+// variant finds a variant of the loop's applications (nil if unknown).
+func (l *loop) variant(id scheduler.VariantID) *scheduler.Variant {
+	if a := l.apps[id.App]; a != nil {
+		for _, v := range a.Variants {
+			if v.ID.Variant == id.Variant {
+				return v
+			}
+		}
+	}
+	return nil
 }
 
 // Reserve takes one of limit places in the queue for a request about to be
@@ -269,7 +288,7 @@ func (l *loop) Run(ctx context.Context) {
 		if !busy {
 			l.heartbeat.Store(l.now().UnixNano())
 		}
-		r := l.drain.Observe(l.now(), busy || len(l.queue) > 0)
+		r := l.drain.Observe(l.now(), busy || l.exec.Len() > 0)
 		l.rate.Store(math.Float64bits(r.Now))
 		l.fastRate.Store(math.Float64bits(r.Fastest))
 		// A swap is sent before any request of a new version is submitted, so it
@@ -287,12 +306,12 @@ func (l *loop) Run(ctx context.Context) {
 		if !busy && len(l.retiring) > 0 {
 			l.retireDrained()
 		}
-		if !busy && swap == nil && dirty && len(l.queue) > 0 {
+		if !busy && swap == nil && dirty && l.exec.Len() > 0 {
 			dirty = false
 			if b, wake, answered := l.decide(); b != nil {
 				busy = true
 				work <- b
-			} else if answered > 0 && len(l.queue) > 0 {
+			} else if answered > 0 && l.exec.Len() > 0 {
 				timer.Reset(0) // verdicts changed the queue: decide again at once
 			} else if !wake.IsZero() {
 				// A policy that asks to be woken now without having done anything
@@ -327,8 +346,13 @@ func (l *loop) enqueue(j *job) {
 	l.seq++
 	l.offered.admitted++
 	j.prepare(l.apps, l.seq)
-	l.queue = append(l.queue, j.req)
-	l.m.queueLen.Set(float64(len(l.queue)))
+	if err := l.exec.Add(j.req); err != nil {
+		// Not possible (every job gets a new seq); answered rather than lost.
+		l.log.Error().Err(err).Str("app", j.App).Str("id", j.ID).Msg("request not queued")
+		l.reply(j, result{Status: protocol.StatusError, Reason: string(protocol.ReasonInternal), Err: err})
+		return
+	}
+	l.m.queueLen.Set(float64(l.exec.Len()))
 }
 
 // enqueueWaiting enqueues every job waiting in the admission channel.
@@ -371,30 +395,26 @@ func (l *loop) applySwap(s *appSwap) {
 		}
 	}
 	moved, refused := 0, 0
-	l.queue = slices.DeleteFunc(l.queue, func(r *scheduler.Request) bool {
+	l.exec.Replace(func(r *scheduler.Request) *scheduler.Request {
 		j := r.Ref.(*job)
 		a := l.apps[j.App]
 		if r.App == a {
-			return false
+			return r
 		}
 		if !s.reprepare(j) {
 			refused++
 			l.reply(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonUnknownApp)})
-			return true
+			return nil
 		}
 		moved++
-		j.prepare(l.apps, r.Seq)
-		return false
+		j.prepare(l.apps, r.Seq) // the same place in the queue
+		return j.req
 	})
-	// DeleteFunc kept the old requests' slots: point them at the prepared ones.
-	for i, r := range l.queue {
-		l.queue[i] = r.Ref.(*job).req
-	}
 	for name, retire := range changed {
 		retire(name)
 	}
 	l.refreshResident(l.now())
-	l.m.queueLen.Set(float64(len(l.queue)))
+	l.m.queueLen.Set(float64(l.exec.Len()))
 	l.m.moved.Add(float64(moved))
 	l.log.Info().Int("moved", moved).Int("refused", refused).Int("retiring", len(l.retiring)).Msg("applications swapped")
 }
@@ -402,7 +422,7 @@ func (l *loop) applySwap(s *appSwap) {
 // retireDrained retires the removed applications with no queued job left.
 func (l *loop) retireDrained() {
 	left := map[string]bool{}
-	for _, r := range l.queue {
+	for _, r := range l.exec.Queue() {
 		left[r.Ref.(*job).App] = true
 	}
 	for name, retire := range l.retiring {
@@ -419,37 +439,36 @@ func (l *loop) retireDrained() {
 // refreshResident takes the resident set from the engine (the truth, also
 // after a failed load), keeping the last-use times it knows.
 func (l *loop) refreshResident(now time.Time) {
-	res := map[scheduler.VariantID]time.Time{}
-	for _, id := range l.run.Resident() {
-		t, ok := l.resident[id]
-		if !ok {
-			t = now
-		}
-		res[id] = t
-	}
-	l.resident = res
-	l.m.resident.Set(float64(len(res)))
+	l.exec.SetResident(l.run.Resident(), now)
+	l.m.resident.Set(float64(len(l.exec.Resident())))
 }
 
 // minIdleWake is the shortest wait before deciding again after a decision that
 // neither ran nor answered anything.
 const minIdleWake = time.Millisecond
 
-// decide asks the policy, answers its verdicts and returns the batch to run (its
-// requests removed from the queue), the policy's wake-up time and how many
-// requests the verdicts answered.
+// decide asks the policy, applies its decision (l.exec: the requests it answers
+// or batches leave the queue, the batch's swap is noted), answers its verdicts
+// and returns the batch to run, the policy's wake-up time and how many requests
+// the verdicts answered. An invalid decision is not applied: it is logged and
+// counted, and the fallback decides instead.
 func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 	now := l.now()
-	s := &scheduler.Snapshot{Now: now, Queue: l.queue, Apps: l.apps, Engine: l.budget,
+	s := &scheduler.Snapshot{Now: now, Queue: l.exec.Queue(), Apps: l.apps, Engine: l.exec.Engine(),
 		Offered: l.offered.rate(now, l.refused.Load())}
-	s.Engine.Resident = l.resident
 	t0 := time.Now()
-	d := l.policy.Decide(s)
+	d, err := ask(l.policy, s)
 	l.m.decisionTime.Observe(time.Since(t0).Seconds())
-
-	gone := make(map[*scheduler.Request]bool, len(d.Verdicts)+32)
+	if err == nil {
+		err = l.exec.Apply(d, now)
+	}
+	if err != nil {
+		l.m.invalidDecisions.Inc()
+		l.invalidLog.Error().Err(err).Str("policy", l.policy.Name()).Int("queued", l.exec.Len()).
+			Msg("invalid decision: not applied, every request stays queued; edf decides instead")
+		d = l.fallback(s)
+	}
 	for _, v := range d.Verdicts {
-		gone[v.Request] = true
 		j := v.Request.Ref.(*job)
 		switch v.Outcome {
 		case scheduler.FirstAnswer:
@@ -465,16 +484,54 @@ func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 			l.reply(j, result{Status: protocol.StatusExpired, Reason: v.Reason, Start: now, Done: now})
 		}
 	}
-	if d.Batch != nil {
-		for _, r := range d.Batch.Requests {
-			gone[r] = true
+	l.m.queueLen.Set(float64(l.exec.Len()))
+	return d.Batch, d.WakeAt, len(d.Verdicts)
+}
+
+// ask returns p's decision on s, or an error if p panics.
+func ask(p scheduler.Policy, s *scheduler.Snapshot) (d scheduler.Decision, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%w: the policy panicked: %v", scheduler.ErrInvalidDecision, v)
+		}
+	}()
+	return p.Decide(s), nil
+}
+
+// fallbackRetry is how long the loop waits before deciding again when not even
+// the fallback could decide anything.
+const fallbackRetry = 100 * time.Millisecond
+
+// fallback decides, and applies, instead of a policy whose decision on s was
+// invalid, so that a buggy policy cannot stall the queue: a new edf policy's
+// decision (edf keeps no state worth keeping), or if that is invalid too, the
+// oldest request alone on its application's default variant, or if that cannot
+// run, nothing until fallbackRetry from now.
+func (l *loop) fallback(s *scheduler.Snapshot) scheduler.Decision {
+	p, err := scheduler.New("edf", l.fallbackOpts)
+	if err == nil {
+		var d scheduler.Decision
+		if d, err = ask(p, s); err == nil {
+			if err = l.exec.Apply(d, s.Now); err == nil {
+				return d
+			}
 		}
 	}
-	if len(gone) > 0 {
-		l.queue = slices.DeleteFunc(l.queue, func(r *scheduler.Request) bool { return gone[r] })
-		l.m.queueLen.Set(float64(len(l.queue)))
+	l.invalidLog.Error().Err(err).Msg("edf's decision is invalid too: the oldest request runs alone on its default variant")
+	r := s.Queue[0]
+	d := scheduler.Decision{WakeAt: s.Now.Add(fallbackRetry)}
+	if a := r.App; a != nil && a.DefaultVariant >= 0 && a.DefaultVariant < len(a.Variants) {
+		v := a.Variants[a.DefaultVariant]
+		if sw, ok := scheduler.PlanSwap(s, v); ok {
+			d.Batch = &scheduler.Batch{Variant: v, Requests: []*scheduler.Request{r}, Evict: sw.Evict, Load: sw.Load,
+				Start: s.Now, Finish: s.Now.Add(sw.Cost + v.LatencyAt(1))}
+		}
 	}
-	return d.Batch, d.WakeAt, len(d.Verdicts)
+	if err := l.exec.Apply(d, s.Now); err != nil {
+		l.invalidLog.Error().Err(err).Dur("retry", fallbackRetry).Msg("the oldest request cannot run either: nothing runs until the retry")
+		return scheduler.Decision{WakeAt: s.Now.Add(fallbackRetry)}
+	}
+	return d
 }
 
 // worker runs batches on the engine: evictions, loads, then the forward pass.
@@ -543,9 +600,7 @@ func (l *loop) finish(d batchDone) {
 		}
 		return
 	}
-	if _, ok := l.resident[b.Variant.ID]; ok {
-		l.resident[b.Variant.ID] = d.done
-	}
+	l.exec.Used(b.Variant.ID, d.done)
 	app, variant := b.Variant.ID.App, b.Variant.ID.Variant
 	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
 	f := l.latency.observe(b.Variant, len(b.Requests), d.infer)
@@ -585,11 +640,14 @@ func (l *loop) finish(d batchDone) {
 // requeue puts a request back in the queue at its arrival position (policies
 // read the queue in arrival order).
 func (l *loop) requeue(r *scheduler.Request) {
-	i, _ := slices.BinarySearchFunc(l.queue, r.Seq, func(x *scheduler.Request, seq uint64) int {
-		return cmp.Compare(x.Seq, seq)
-	})
-	l.queue = slices.Insert(l.queue, i, r)
-	l.m.queueLen.Set(float64(len(l.queue)))
+	if err := l.exec.Add(r); err != nil {
+		// Not possible (it left the queue when batched); answered rather than lost.
+		j := r.Ref.(*job)
+		l.log.Error().Err(err).Str("app", j.App).Str("id", j.ID).Msg("request not requeued")
+		l.reply(j, result{Status: protocol.StatusError, Reason: string(protocol.ReasonInternal), Err: err})
+		return
+	}
+	l.m.queueLen.Set(float64(l.exec.Len()))
 }
 
 func (l *loop) reply(j *job, r result) {

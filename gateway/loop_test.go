@@ -9,6 +9,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -321,4 +322,83 @@ func TestLoopFastestDrainRate(t *testing.T) {
 			t.Fatalf("fastest drain %.0f/s, want far above the measured %.0f/s", fast, now)
 		}
 	})
+}
+
+// badPolicy returns an invalid decision every time.
+type badPolicy struct {
+	decide func(s *scheduler.Snapshot) scheduler.Decision
+	calls  int
+}
+
+func (p *badPolicy) Name() string { return "bad" }
+func (p *badPolicy) Decide(s *scheduler.Snapshot) scheduler.Decision {
+	p.calls++
+	return p.decide(s)
+}
+
+// A policy whose decisions are invalid neither crashes the loop nor loses a
+// request: each decision is refused and counted, nothing of it is applied,
+// and edf decides instead, so every request is run and answered.
+func TestLoopFallsBackOnInvalidDecisions(t *testing.T) {
+	m := loopApp().Variants[0]
+	cases := map[string]func(s *scheduler.Snapshot) scheduler.Decision{
+		"answers a request twice": func(s *scheduler.Snapshot) scheduler.Decision {
+			r := s.Queue[0]
+			return scheduler.Decision{Verdicts: []scheduler.Verdict{{Request: r, Outcome: scheduler.Expired},
+				{Request: r, Outcome: scheduler.Expired}}}
+		},
+		"batches a request that is not queued": func(s *scheduler.Snapshot) scheduler.Decision {
+			stray := scheduler.Prepare(s.Queue[0].App, 1<<40, s.Now, s.Now.Add(time.Second), nil, &job{App: "app", ID: "stray"})
+			return scheduler.Decision{Verdicts: []scheduler.Verdict{{Request: s.Queue[0], Outcome: scheduler.Expired}},
+				Batch: &scheduler.Batch{Variant: s.Apps["app"].Variants[0], Requests: append([]*scheduler.Request{stray}, s.Queue...)}}
+		},
+		"runs an unknown variant": func(s *scheduler.Snapshot) scheduler.Decision {
+			v := *m
+			v.ID.Variant = "ghost"
+			return scheduler.Decision{Batch: &scheduler.Batch{Variant: &v, Requests: s.Queue, Load: []scheduler.VariantID{v.ID}}}
+		},
+		"evicts a variant that is not resident": func(s *scheduler.Snapshot) scheduler.Decision {
+			return scheduler.Decision{Batch: &scheduler.Batch{Variant: s.Apps["app"].Variants[0], Requests: s.Queue,
+				Evict: []scheduler.VariantID{{App: "app", Variant: "other"}}, Load: []scheduler.VariantID{m.ID}}}
+		},
+		"panics": func(s *scheduler.Snapshot) scheduler.Decision { panic("policy bug") },
+	}
+	for name, bad := range cases {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond }, resident: map[scheduler.VariantID]bool{}}
+				p := &badPolicy{decide: bad}
+				ans := &answers{got: map[string]result{}}
+				l := newLoop(p, map[string]*scheduler.App{"app": loopApp()}, f, scheduler.Engine{}, 10, time.Now,
+					ans.record, zerolog.Nop(), newMetrics(nil))
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { l.Run(ctx); close(done) }()
+				for _, id := range []string{"a", "b", "c"} {
+					submit(t, l, id, time.Second, nil)
+					time.Sleep(5 * time.Millisecond)
+					synctest.Wait()
+				}
+				time.Sleep(100 * time.Millisecond)
+				synctest.Wait()
+				cancel()
+				<-done
+				if len(ans.got) != 3 {
+					t.Fatalf("answered %d of 3: %v", len(ans.got), ans.got)
+				}
+				for id, r := range ans.got {
+					if r.Status != protocol.StatusOK || r.Variant != "m" {
+						t.Errorf("%s: %+v, want a model's answer", id, r)
+					}
+				}
+				if l.Queued() != 0 || l.exec.Len() != 0 {
+					t.Errorf("queued %d, in the queue %d after every answer", l.Queued(), l.exec.Len())
+				}
+				got := testutil.ToFloat64(l.m.invalidDecisions)
+				if got < 1 || got != float64(p.calls) {
+					t.Errorf("invalid decisions counted %v, the policy decided %d times", got, p.calls)
+				}
+			})
+		})
+	}
 }

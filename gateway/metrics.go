@@ -28,13 +28,15 @@ type metrics struct {
 	swaps        *prometheus.CounterVec   // kind: load, unload
 	swapTime     *prometheus.CounterVec   // kind
 	decisionTime prometheus.Histogram
-	storeErrors  *prometheus.CounterVec // op
-	publishFails prometheus.Counter
-	resident     prometheus.Gauge
-	dropped      *prometheus.CounterVec // status: unjournaled replies dropped (queue full, not connected)
-	ignored      *prometheus.CounterVec // why: retained, overflow
-	reloads      *prometheus.CounterVec // result: ok, refused
-	moved        prometheus.Counter     // queued requests moved to a reloaded version
+	// invalidDecisions counts the policy's decisions the loop refused (loop.decide).
+	invalidDecisions prometheus.Counter
+	storeErrors      *prometheus.CounterVec // op
+	publishFails     prometheus.Counter
+	resident         prometheus.Gauge
+	dropped          *prometheus.CounterVec // status: unjournaled replies dropped (queue full, not connected)
+	ignored          *prometheus.CounterVec // why: retained, overflow
+	reloads          *prometheus.CounterVec // result: ok, refused
+	moved            prometheus.Counter     // queued requests moved to a reloaded version
 	// latencyFactor is each variant's latency correction (observed/profiled).
 	latencyFactor *prometheus.GaugeVec // app, variant
 }
@@ -76,6 +78,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		decisionTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sneakgate_decision_duration_seconds", Help: "Duration of one scheduling decision.",
 			Buckets: prometheus.ExponentialBuckets(1e-6, 2, 16)}),
+		invalidDecisions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_invalid_decisions_total", Help: "Scheduling decisions refused as invalid (a request answered twice or not queued, a batch the engine cannot run, a swap over the residency budget, a policy panic): not applied, every request kept queued, edf decided instead."}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_store_errors_total", Help: "Journal operations that failed, by operation."}, []string{"op"}),
 		publishFails: prometheus.NewCounter(prometheus.CounterOpts{
@@ -95,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.answers, m.swaps,
-		m.swapTime, m.decisionTime, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
+		m.swapTime, m.decisionTime, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
 			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},
