@@ -95,7 +95,7 @@ func TestMainSynthetic(t *testing.T) {
 	if !strings.Contains(out.String(), "sneakpeek vs oblivious") {
 		t.Errorf("no gain table:\n%s", out.String())
 	}
-	for _, f := range []string{"results.json", "synthetic-events-20ms.png"} {
+	for _, f := range []string{"results.json", "synthetic-events-20ms.png", "synthetic-events-20ms-classes.png"} {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
