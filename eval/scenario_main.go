@@ -53,7 +53,7 @@ func mainScenario(ctx context.Context, fs *flag.FlagSet, path, command string, s
 	}
 	base := ScenarioPoint{Options: opts, Requests: get("n").(int), MinDeadlines: f64("min-deadlines"),
 		Seed: get("seed").(uint64), Jitter: f64("jitter"), MaxQueue: get("max-queue").(int),
-		DegradeRefused: get("degrade-refused").(bool), GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"),
+		MaxWait: f64("max-wait"), MeasuredWait: get("measured-wait").(bool), DegradeRefused: get("degrade-refused").(bool), GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"),
 		GatewayKnown: get("gateway-known").(bool), IngressDelay: time.Duration(f64("ingress-ms") * float64(time.Millisecond)),
 		CountBudget: c.Engine.MaxResident, MemBudget: c.Engine.MemBudgetMB << 20}
 	if set["max-resident"] {
@@ -66,7 +66,7 @@ func mainScenario(ctx context.Context, fs *flag.FlagSet, path, command string, s
 	if seeds < 1 {
 		return errors.New("eval: -seeds must be at least 1")
 	}
-	cfg := ScenarioConfig{Path: path, Policies: pols, Loads: ls, Seeds: seeds, Base: base, Workers: get("workers").(int),
+	cfg := ScenarioConfig{Path: path, Scenario: c, Policies: pols, Loads: ls, Seeds: seeds, Base: base, Workers: get("workers").(int),
 		Ref: str("ref"), Out: str("out"), Command: command, Estimators: split(str("workloads"))}
 	if !get("quiet").(bool) {
 		ne := len(c.Estimators)

@@ -264,14 +264,16 @@ func fmtDist(p []float64) string {
 
 // ScenarioConfig is one `eval -scenario` run.
 type ScenarioConfig struct {
-	Path     string
+	Path string
+	// Scenario, if not nil, is Path already loaded (LoadScenario).
+	Scenario *CompiledScenario
 	Policies []string
 	// Estimators names the scenario's estimators to run (empty: all).
 	Estimators []string
 	Loads      []float64
 	Seeds      int
 	// Base holds every point's common settings (Options, Requests,
-	// MinDeadlines, Seed, Jitter, MaxQueue, DegradeRefused, the gateway's costs,
+	// MinDeadlines, Seed, Jitter, the gateway's admission and costs,
 	// CountBudget and MemBudget).
 	Base    ScenarioPoint
 	Workers int
@@ -306,9 +308,12 @@ type Loads struct {
 // RunScenario runs every (estimator, load, seed, policy) point of a scenario
 // and returns the report (results per application and for every request).
 func RunScenario(ctx context.Context, cfg ScenarioConfig) (*ScenarioReport, *CompiledScenario, error) {
-	c, err := LoadScenario(cfg.Path)
-	if err != nil {
-		return nil, nil, err
+	c := cfg.Scenario
+	if c == nil {
+		var err error
+		if c, err = LoadScenario(cfg.Path); err != nil {
+			return nil, nil, err
+		}
 	}
 	for _, p := range cfg.Policies {
 		if err := CheckPolicy(p); err != nil {
