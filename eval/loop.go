@@ -359,14 +359,13 @@ func (s *engineSim) run() (*simRun, error) {
 			next++
 			a := &s.Apps[q.app]
 			est, correct := s.Estimate(q)
-			queued := ex.Len()
-			wait := time.Duration(queued) * a.Fastest
-			if drainRate > 0 {
-				wait = time.Duration(float64(queued) / drainRate * float64(time.Second))
-			}
-			if s.MaxQueue > 0 && queued >= s.MaxQueue ||
-				s.MaxWait > 0 && s.MeasuredWait && wait > a.Deadline ||
-				s.MaxWait > 0 && len(est) == 0 && time.Duration(queued)*a.Fastest > time.Duration(s.MaxWait*float64(a.Deadline)) {
+			// The gateway's admission test (scheduler.Backlog), with the
+			// measured drain rate; the cheapest variant's profile stands in
+			// for the fastest rate, and there is no egress delay.
+			b := scheduler.Backlog{Queued: ex.Len(), DrainRate: drainRate, PerRequest: a.Fastest}
+			if s.MaxQueue > 0 && b.Queued >= s.MaxQueue ||
+				s.MaxWait > 0 && s.MeasuredWait && b.TooSlow(a.Deadline) ||
+				s.MaxWait > 0 && len(est) == 0 && b.Hopeless(a.Deadline, s.MaxWait) {
 				if s.DegradeRefused && len(est) > 0 {
 					answer(q, scheduler.Argmax(est), now, "degraded")
 				} else {

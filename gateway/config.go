@@ -196,7 +196,7 @@ type AdmissionConfig struct {
 	// cheapest variant, plus the loop's own measured time per request), or that
 	// drain plus the delay of replies to the broker exceeds the whole budget, or
 	// at the rate the gateway has actually been draining it would wait longer
-	// than the whole budget (the gateway is short of CPU). See backlog.refuses.
+	// than the whole budget (the gateway is short of CPU). See scheduler.Backlog.Refuses.
 	// 0 turns the check off, so that only max_queue refuses. The default 0.5
 	// leaves half the budget for the batch, the journal and the broker.
 	MaxWait float64 `yaml:"max_wait"`

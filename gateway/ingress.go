@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -318,81 +319,17 @@ const minRetryAfter = 100 * time.Millisecond
 // loop has been draining them (profiles stand in until it has measured one),
 // plus the recent delay between the loop and the broker (egress.Delay). Answers
 // in flight to the broker are not counted as queued: their publishes overlap.
-func (g *Gateway) estimatedWait() time.Duration { return g.backlog().estimatedWait() }
+func (g *Gateway) estimatedWait() time.Duration { return g.backlog().EstimatedWait() }
 
-// cannotServe is admission's test (admission.max_wait; backlog.refuses) for a
-// request with this budget of an application with an estimator or not.
+// cannotServe is admission's test (admission.max_wait; scheduler.Backlog.Refuses)
+// for a request with this budget of an application with an estimator or not.
 func (g *Gateway) cannotServe(budget time.Duration, estimated bool) bool {
-	return g.backlog().refuses(budget, g.cfg.Admission.MaxWait, estimated)
+	return g.backlog().Refuses(budget, g.cfg.Admission.MaxWait, estimated)
 }
 
-func (g *Gateway) backlog() backlog {
-	return backlog{queued: g.loop.Queued(), drainRate: g.loop.DrainRate(), fastestRate: g.loop.FastestDrainRate(),
-		perRequest: g.perRequest, egress: g.egress.Delay()}
-}
-
-// backlog is what admission decides by.
-type backlog struct {
-	queued int
-	// drainRate is the rate the loop has been answering queued requests,
-	// fastestRate the rate it could reach with every request on its
-	// application's cheapest variant (loop.DrainRate, loop.FastestDrainRate;
-	// requests per second of busy time, 0 until measured).
-	drainRate, fastestRate float64
-	// perRequest stands in for an unmeasured rate: the cheapest variant's
-	// profiled time per request at its best batch size.
-	perRequest time.Duration
-	// egress is the recent delay between the loop and the broker (egress.Delay).
-	egress time.Duration
-}
-
-// drain is how long the queue takes to drain at rate.
-func (b backlog) drain(rate float64) time.Duration {
-	switch {
-	case b.queued == 0:
-		return 0
-	case rate > 0:
-		return time.Duration(float64(b.queued) / rate * float64(time.Second))
-	}
-	return time.Duration(b.queued) * b.perRequest
-}
-
-func (b backlog) estimatedWait() time.Duration { return b.egress + b.drain(b.drainRate) }
-
-// refuses reports whether admission refuses a request with this budget (maxWait
-// > 0) of an application with an estimator (estimated) or without one.
-//
-// Any request is refused when it would wait longer than its whole budget at the
-// rate the loop has actually been draining (answers by a model or from the
-// estimate, per second of busy time): then the gateway is short of CPU
-// (ingress, the journal and the broker starve the engine) or the policy keeps
-// more than it can answer, and admitting more only fills the queue (at five
-// times capacity in TestOverload5x).
-//
-// A request of an application without an estimator is also refused when no
-// choice of variants could answer it in time: the queue ahead of it would not
-// drain within maxWait of the budget even at the fastest rate, or that drain
-// plus the egress delay exceeds the whole budget. With an estimator the policy
-// can answer any queued request at once from its estimate, so this test is not
-// applied: it would take the choice of which requests to degrade from the
-// policy (first come, first refused), and that choice is what data-aware
-// shedding is worth under overload (docs/evaluation.md, "Admission").
-//
-// Refusing by the rate the current choice of variants drains at, against
-// maxWait of the budget, refused up to 18% of the requests at half the heavy
-// variants' capacity; and the egress delay is not held against maxWait's
-// share, which is what it leaves for the batch, the journal and the broker:
-// counting their delay in it too refused every request, with an empty queue,
-// whenever replies took half the budget to reach the broker.
-func (b backlog) refuses(budget time.Duration, maxWait float64, estimated bool) bool {
-	if b.estimatedWait() > budget {
-		return true
-	}
-	if estimated {
-		return false
-	}
-	fast := b.drain(b.fastestRate)
-	return fast > time.Duration(maxWait*float64(budget)) || fast+b.egress > budget
+func (g *Gateway) backlog() scheduler.Backlog {
+	return scheduler.Backlog{Queued: g.loop.Queued(), DrainRate: g.loop.DrainRate(), FastestRate: g.loop.FastestDrainRate(),
+		PerRequest: g.perRequest, Egress: g.egress.Delay()}
 }
 
 // reject answers a request that failed validation, when a reply topic exists.
