@@ -189,6 +189,12 @@ type Result struct {
 	// CPUProfile the profile's file.
 	Profiled   *Phase `json:"profiled,omitempty"`
 	CPUProfile string `json:"cpu_profile,omitempty"`
+	// Inference is, per variant that ran, how much longer its forward passes
+	// took inside the gateway than the gateway's start-up profile of the same
+	// batch size: sneakgate_latency_correction_ratio at the end of the measured
+	// phase (a weighted mean over the last ~20 batches). Issue 10 asks for
+	// at most InferenceTarget.
+	Inference map[string]float64 `json:"latency_correction_ratio,omitempty"`
 	// Strays counts completions that matched no request in flight: repeated
 	// deliveries, or replies after the reply timeout.
 	Strays int `json:"strays"`
@@ -462,6 +468,9 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 		return res, err
 	}
 	logf("through the gateway: %.0f/s", res.Gateway.Throughput)
+	if res.Inference, err = gw.correction(ctx); err != nil {
+		logf("latency correction not read: %v", err)
+	}
 	if res.Broker.Throughput > 0 {
 		res.Ratio = res.Gateway.Throughput / res.Broker.Throughput
 	}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,6 +136,9 @@ func TestRunEndToEnd(t *testing.T) {
 	if answered != n || res.Gateway.ByModel["logreg"] != n || res.Gateway.MeanBatch < 1 {
 		t.Errorf("replies: statuses %v, models %v, mean batch %v", res.Gateway.ByStatus, res.Gateway.ByModel, res.Gateway.MeanBatch)
 	}
+	if f := res.Inference[res.Setup.App+"/logreg"]; f <= 0 {
+		t.Errorf("latency correction of logreg %v (all: %v)", f, res.Inference)
+	}
 	if res.Setup.Encoding != "input" || res.Setup.Variant != "logreg" || res.Setup.PayloadBytes <= 0 || res.Ratio <= 0 {
 		t.Errorf("setup %+v, ratio %v", res.Setup, res.Ratio)
 	}
@@ -185,5 +190,25 @@ func TestRunEndToEnd(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(c.WorkDir, f)); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+func TestParseCorrection(t *testing.T) {
+	text := `# HELP sneakgate_latency_correction_ratio How much longer forward passes take now than their start-up profile.
+# TYPE sneakgate_latency_correction_ratio gauge
+sneakgate_latency_correction_ratio{app="fashion",variant="logreg"} 6.5
+sneakgate_latency_correction_ratio{app="fashion",variant="cnn"} 1.25
+sneakgate_latency_correction_total 3
+`
+	got, err := parseCorrection(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{"fashion/logreg": 6.5, "fashion/cnn": 1.25}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if _, err := parseCorrection(strings.NewReader(`sneakgate_latency_correction_ratio{app="a",variant="b"} x` + "\n")); err == nil {
+		t.Error("a malformed value was accepted")
 	}
 }

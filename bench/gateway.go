@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -193,4 +195,55 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// correction reads sneakgate_latency_correction_ratio{app,variant} from the
+// gateway's /metrics: per "app/variant", how much longer forward passes take
+// now than the start-up profile.
+func (g *gatewayProc) correction(ctx context.Context) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.metrics+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("bench: /metrics: %s", resp.Status)
+	}
+	return parseCorrection(resp.Body)
+}
+
+// parseCorrection picks the latency correction gauges out of a Prometheus text
+// exposition.
+func parseCorrection(r io.Reader) (map[string]float64, error) {
+	const name = "sneakgate_latency_correction_ratio{"
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		end := strings.LastIndexByte(line, '}')
+		if end < 0 {
+			continue
+		}
+		labels := map[string]string{}
+		for _, kv := range strings.Split(line[len(name):end], ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if ok {
+				labels[k] = strings.Trim(v, `"`)
+			}
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(line[end+1:]), 64)
+		if err != nil {
+			return nil, fmt.Errorf("bench: %q: %w", line, err)
+		}
+		out[labels["app"]+"/"+labels["variant"]] = v
+	}
+	return out, sc.Err()
 }

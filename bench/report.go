@@ -3,6 +3,8 @@ package bench
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -15,6 +17,9 @@ import (
 const (
 	TargetGatewayUSPerRequest = 100
 	TargetRatio               = 0.40
+	// InferenceTarget bounds a variant's forward pass inside the gateway
+	// against its benchmark (the start-up profile) at the batch sizes it runs.
+	InferenceTarget = 1.3
 )
 
 // Print writes the result for people.
@@ -74,6 +79,10 @@ func (r *Result) Print(w io.Writer) {
 	}
 	if r.Strays > 0 {
 		fmt.Fprintf(w, "%-29s %d (repeated deliveries, or replies after the timeout)\n", "stray completions", r.Strays)
+	}
+	for _, k := range slices.Sorted(maps.Keys(r.Inference)) {
+		fmt.Fprintf(w, "%-29s %.2fx its start-up profile at the batch sizes run (issue 10: <= %.1fx)\n",
+			"inference, "+k, r.Inference[k], InferenceTarget)
 	}
 	if r.CPUProfile != "" {
 		fmt.Fprintf(w, "CPU profile                   %s (%.0f req/s while profiled): go tool pprof -top %s %s\n",
