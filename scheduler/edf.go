@@ -91,11 +91,12 @@ func (p *edf) Decide(s *Snapshot) Decision {
 }
 
 // fetch makes sure v.got has more than k entries, taking them from the
-// deadline heap; it returns false when the application has no more.
-func (p *edf) fetch(v *edfView, k int) bool {
+// deadline index; it returns false when the application has no more. upTo is
+// how far the caller expects to read (got[upTo]), to look them up together.
+func (p *edf) fetch(v *edfView, k, upTo int) bool {
 	skip := func(r *Request) bool { return p.hopeless[r] }
 	for len(v.got) <= k {
-		r := p.ix.nextByDeadline(v.ai, skip)
+		r := p.ix.nextByDeadline(v.ai, skip, max(upTo-len(v.got), 0))
 		if r == nil {
 			return false
 		}
@@ -119,13 +120,18 @@ func (p *edf) decideIndexed(s *Snapshot) Decision {
 	for _, ai := range p.ix.byApp {
 		p.views = append(p.views, edfView{ai: ai, got: p.viewBuf(len(p.views))})
 	}
+	limit := p.o.MaxBatch
 	for {
 		// The head: the earliest deadline among the applications' first
-		// unanswered requests.
+		// unanswered requests. With one application its batch follows.
 		var hv *edfView
 		for i := range p.views {
 			v := &p.views[i]
-			for p.fetch(v, v.next) && p.answered[v.got[v.next]] {
+			upTo := v.next
+			if len(p.views) == 1 {
+				upTo += limit - 1
+			}
+			for p.fetch(v, v.next, upTo) && p.answered[v.got[v.next]] {
 				v.next++
 			}
 			if v.next < len(v.got) && (hv == nil || byDeadline(v.got[v.next], hv.got[hv.next]) < 0) {
@@ -136,9 +142,8 @@ func (p *edf) decideIndexed(s *Snapshot) Decision {
 			return d
 		}
 		head := hv.got[hv.next]
-		limit := p.o.MaxBatch
 		cands := make([]*Request, 0, limit)
-		for k := hv.next; p.fetch(hv, k); k++ {
+		for k := hv.next; p.fetch(hv, k, hv.next+limit-1); k++ {
 			if r := hv.got[k]; !p.answered[r] {
 				cands = append(cands, r)
 				if len(cands) == limit {

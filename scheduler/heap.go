@@ -1,8 +1,9 @@
 package scheduler
 
 // lessHeap is a binary min-heap under less, with container/heap's algorithm (so
-// that the order of pops is the same), without its boxing: the queue index's
-// deadline and hard-stop heaps of requests, and shed's heap of member indexes.
+// that the order of pops is the same, ties included), without its boxing:
+// shed's heap of member indexes. (The queue index's deadline and hard-stop
+// queues, whose keys are unique, are keyQueues: keyqueue.go.)
 type lessHeap[T any] struct {
 	h    []T
 	less func(a, b T) bool

@@ -8,17 +8,18 @@ import (
 
 // queueIndex is a policy's view of the queue kept between decisions, so that a
 // decision costs what it schedules rather than what is queued: per application,
-// the requests in arrival order, a heap by deadline and a heap by hard stop.
+// the requests in arrival order, and priority queues (keyqueue.go) by deadline
+// and by hard stop.
 //
 // It relies on the Snapshot contract (see Snapshot.Queue): the queue is in Seq
 // order, and between two decisions the caller removes requests and appends new
 // ones with a Seq above every request it gave the policy before. New requests
 // are then the queue's tail (only that tail is scanned, as rateMeter does), and
-// a removed request is found lazily: when an indexed request comes up, a binary
-// search by Seq in the queue says whether it is still there. Anything else (the
-// applications changed, a request was replaced or put back with an older Seq,
-// the index holds fewer requests than the queue) is detected and the index is
-// rebuilt from the queue, which costs what one full decision used to.
+// a removed request is found lazily: when an indexed request comes up, a search
+// by Seq in the queue (seqfind.go) says whether it is still there. Anything
+// else (the applications changed, a request was replaced or put back with an
+// older Seq, the index holds fewer requests than the queue) is detected and the
+// index is rebuilt from the queue, which costs what one full decision used to.
 type queueIndex struct {
 	// arrival, deadline and stop select the structures to keep.
 	arrival, deadline, stop bool
@@ -30,12 +31,16 @@ type queueIndex struct {
 	// the checks of the contract.
 	gen uint64
 	// byApp lists the indexes in a fixed order (first appearance) for
-	// deterministic iteration.
-	byApp []*appIndex
+	// deterministic iteration; spare are emptied ones to reuse.
+	byApp, spare []*appIndex
 	// q is the decision's queue; broken is set when a lookup found the
 	// contract broken (the decision must be made again after a rebuild).
 	q      []*Request
 	broken bool
+	// find searches q by Seq; seqs and keep are liveOnly's scratch.
+	find seqFinder
+	seqs []seqSearch
+	keep []bool
 	// ref is the time deadlines are keyed from (the decision that built the
 	// index).
 	ref time.Time
@@ -61,19 +66,24 @@ type appIndex struct {
 	// arr is the requests in arrival order from head on.
 	arr  []*Request
 	head int
-	// dl is a min-heap by (Deadline, Seq), stop by (HardStop, Seq), their
-	// entries carrying the key so that a comparison does not dereference the
-	// requests.
-	dl, stop lessHeap[keyEntry]
+	// dl is a priority queue by (Deadline, Seq), stop by (HardStop, Seq)
+	// (keyqueue.go), their entries carrying the key so that a comparison does
+	// not dereference the requests.
+	dl, stop keyQueue
 	// popped are the entries taken from dl or stop during a decision, to be put
 	// back when it ends (restore).
 	poppedDl, poppedStop []keyEntry
+	// ahead[aheadAt:] are live entries nextByDeadline took from dl and has
+	// not handed out yet (put back by restore after poppedDl).
+	ahead   []keyEntry
+	aheadAt int
 }
 
 // sync brings the index up to date with s. It returns false when the index
 // had to be rebuilt from scratch (not an error: the caller just paid more).
 func (x *queueIndex) sync(s *Snapshot) bool {
 	x.q = s.Queue
+	x.find.reset(s.Queue)
 	x.broken = false
 	least, most := x.sizes()
 	fresh := x.per == nil || !x.sameApps(s.Apps) || most > 2*len(s.Queue)+256
@@ -89,12 +99,19 @@ func (x *queueIndex) sync(s *Snapshot) bool {
 	if fresh {
 		x.reset(s.Apps)
 		x.ref = s.Now
-		start = 0
+		for _, r := range s.Queue {
+			x.add(r, false)
+		}
+		for _, ai := range x.byApp {
+			ai.dl.heapify()
+			ai.stop.heapify()
+		}
+		return false
 	}
 	for _, r := range s.Queue[start:] {
-		x.add(r)
+		x.add(r, true)
 	}
-	return !fresh
+	return true
 }
 
 // sizes returns the number of entries of the smallest and the largest kept
@@ -156,14 +173,43 @@ func (x *queueIndex) reset(apps map[string]*App) {
 	}
 	x.per = map[*App]*appIndex{}
 	x.gen++
+	for _, ai := range x.byApp {
+		ai.empty()
+	}
+	x.spare = append(x.spare, x.byApp...)
+	clear(x.byApp)
 	x.byApp = x.byApp[:0]
 	x.maxSeq = 0
 }
 
-func (x *queueIndex) add(r *Request) {
+// empty clears ai for reuse, keeping its buffers (a rebuild would otherwise
+// grow them again from nothing, copying them a dozen times at 100k queued).
+func (ai *appIndex) empty() {
+	ai.app = nil
+	clear(ai.arr)
+	ai.arr, ai.head = ai.arr[:0], 0
+	for _, q := range []*keyQueue{&ai.dl, &ai.stop} {
+		clear(q.h)
+		clear(q.back)
+		q.h, q.back = q.h[:0], q.back[:0]
+	}
+	clear(ai.poppedDl)
+	clear(ai.poppedStop)
+	clear(ai.ahead)
+	ai.poppedDl, ai.poppedStop, ai.ahead, ai.aheadAt = ai.poppedDl[:0], ai.poppedStop[:0], ai.ahead[:0], 0
+}
+
+// add indexes r; with inOrder false its heap entries are only appended (a
+// rebuild: the caller heapifies them all at the end).
+func (x *queueIndex) add(r *Request, inOrder bool) {
 	ai := x.per[r.App]
 	if ai == nil {
-		ai = &appIndex{app: r.App, dl: lessHeap[keyEntry]{less: keyEntryLess}, stop: lessHeap[keyEntry]{less: keyEntryLess}}
+		if n := len(x.spare); n > 0 {
+			ai, x.spare = x.spare[n-1], x.spare[:n-1]
+			ai.app = r.App
+		} else {
+			ai = &appIndex{app: r.App}
+		}
 		x.per[r.App] = ai
 		x.byApp = append(x.byApp, ai)
 	}
@@ -171,20 +217,35 @@ func (x *queueIndex) add(r *Request) {
 		ai.arr = append(ai.arr, r)
 	}
 	if x.deadline {
-		ai.dl.push(keyEntry{at: r.Deadline.Sub(x.ref), seq: r.Seq, r: r})
+		e := keyEntry{at: r.Deadline.Sub(x.ref), r: r}
+		if inOrder {
+			ai.dl.push(e)
+		} else {
+			ai.dl.add(e)
+		}
 	}
 	if x.stop {
-		ai.stop.push(keyEntry{at: r.HardStop().Sub(x.ref), seq: r.Seq, r: r})
+		e := keyEntry{at: r.HardStop().Sub(x.ref), r: r}
+		if inOrder {
+			ai.stop.push(e)
+		} else {
+			ai.stop.add(e)
+		}
 	}
 	r.ix, r.ixGen = x, x.gen
 	x.maxSeq = max(x.maxSeq, r.Seq)
 }
 
-// live reports whether r is still in the decision's queue (a binary search by
-// Seq). A different request with r's Seq breaks the contract: it marks the index
-// broken and reports false.
+// live reports whether r is still in the decision's queue (a search by Seq,
+// seqfind.go). A different request with r's Seq breaks the contract: it marks
+// the index broken and reports false.
 func (x *queueIndex) live(r *Request) bool {
-	i, found := slices.BinarySearchFunc(x.q, r.Seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+	i, found := x.find.find(r.Seq)
+	return x.found(r, i, found)
+}
+
+// found is live's verdict on r from its search.
+func (x *queueIndex) found(r *Request, i int, found bool) bool {
 	if !found {
 		if x.holds(r) {
 			r.ix = nil
@@ -196,6 +257,29 @@ func (x *queueIndex) live(r *Request) bool {
 		return false
 	}
 	return true
+}
+
+// liveOnly keeps the entries of es whose request is live, in order, as live
+// would one after the other; the searches run side by side (seqFinder.findAll).
+func (x *queueIndex) liveOnly(es []keyEntry) []keyEntry {
+	x.seqs = x.seqs[:0]
+	for i, e := range es {
+		x.seqs = append(x.seqs, seqSearch{seq: e.r.Seq, at: i})
+	}
+	x.find.findAll(x.seqs)
+	x.keep = append(x.keep[:0], make([]bool, len(es))...)
+	for _, s := range x.seqs {
+		x.keep[s.at] = x.found(es[s.at].r, s.hi, s.hit)
+	}
+	k := 0
+	for i, e := range es {
+		if x.keep[i] {
+			es[k] = e
+			k++
+		}
+	}
+	clear(es[k:])
+	return es[:k]
 }
 
 // holds reports whether r is marked as indexed by this generation of x.
@@ -242,22 +326,34 @@ func (x *queueIndex) hopeless(now time.Time, vs []Verdict, mark map[*Request]boo
 }
 
 // nextByDeadline returns ai's earliest-deadline live request that skip does not
-// reject, moving it (and anything skipped) out of the heap until restore; nil
+// reject, moving it (and anything skipped) out of the queue until restore; nil
 // when there is none. A removed request is dropped for good.
-func (x *queueIndex) nextByDeadline(ai *appIndex, skip func(*Request) bool) *Request {
-	for ai.dl.len() > 0 {
-		e := ai.dl.pop()
-		r := e.r
-		if !x.live(r) {
-			continue
+//
+// The entries are checked several at a time (liveOnly), so that their
+// searches overlap: when none is left checked ahead, it takes 1+more entries
+// (more is how many further requests the caller expects to take after this
+// one), and any that the last decision put back before them (mostly requests
+// it answered or batched, gone since). Those it does not hand out go back with
+// the rest at restore.
+func (x *queueIndex) nextByDeadline(ai *appIndex, skip func(*Request) bool, more int) *Request {
+	for {
+		for ai.aheadAt == len(ai.ahead) {
+			if ai.dl.len() == 0 {
+				return nil
+			}
+			ai.ahead, ai.aheadAt = ai.ahead[:0], 0
+			for ai.dl.len() > 0 && (len(ai.ahead) <= more || ai.dl.fromBack()) {
+				ai.ahead = append(ai.ahead, ai.dl.pop())
+			}
+			ai.ahead = x.liveOnly(ai.ahead)
 		}
+		e := ai.ahead[ai.aheadAt]
+		ai.aheadAt++
 		ai.poppedDl = append(ai.poppedDl, e)
-		if skip(r) {
-			continue
+		if !skip(e.r) {
+			return e.r
 		}
-		return r
 	}
-	return nil
 }
 
 // arrivals calls f with ai's live requests in arrival order until it returns
@@ -308,31 +404,32 @@ func (x *queueIndex) expireApp(vs []Verdict, ai *appIndex, hopeless map[*Request
 // answered; the index finds out lazily).
 func (x *queueIndex) restore() {
 	for _, ai := range x.byApp {
-		for _, e := range ai.poppedDl {
-			ai.dl.push(e)
-		}
-		for _, e := range ai.poppedStop {
-			ai.stop.push(e)
-		}
+		ai.poppedDl = append(ai.poppedDl, ai.ahead[ai.aheadAt:]...)
+		clear(ai.ahead)
+		ai.ahead, ai.aheadAt = ai.ahead[:0], 0
+		ai.dl.putBack(ai.poppedDl)
+		ai.stop.putBack(ai.poppedStop)
 		clear(ai.poppedDl)
 		clear(ai.poppedStop)
 		ai.poppedDl, ai.poppedStop = ai.poppedDl[:0], ai.poppedStop[:0]
 	}
 	x.q = nil
+	x.find.reset(nil)
 }
 
-// keyEntry is a heap's entry: the request's deadline (or hard stop) relative to
-// the index's reference time (a monotonic difference when both carry a
-// monotonic reading, as time.Time.Compare does) and its Seq, then the request.
+// keyEntry is an entry of the deadline and hard-stop queues: the request's
+// deadline (or hard stop) relative to the index's reference time (a monotonic
+// difference when both carry a monotonic reading, as time.Time.Compare does),
+// then the request. 16 bytes, so that four fill a cache line (keyqueue.go);
+// the Seq that breaks a tie is read from the request, and only on a tie.
 type keyEntry struct {
-	at  time.Duration
-	seq uint64
-	r   *Request
+	at time.Duration
+	r  *Request
 }
 
 func keyEntryLess(a, b keyEntry) bool {
 	if a.at != b.at {
 		return a.at < b.at
 	}
-	return a.seq < b.seq
+	return a.r.Seq < b.r.Seq
 }

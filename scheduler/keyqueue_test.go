@@ -1,0 +1,99 @@
+package scheduler
+
+import (
+	"cmp"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestKeyQueueMatchesSort drives a keyQueue the way the queue index does (a
+// rebuild's entries added and heapified, pushes of new arrivals, a decision's
+// pops put back when it ends, entries dropped for good, the odd put-back out of
+// order) and checks every pop and top against a sorted copy of what it holds.
+func TestKeyQueueMatchesSort(t *testing.T) {
+	for seed := range uint64(20) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 3))
+			var q keyQueue
+			var ref []keyEntry // what q holds, sorted
+			seq := uint64(0)
+			// Keys collide often (few distinct times) so that the Seq decides.
+			span := 1 + rng.IntN(1000)
+			push := func() {
+				e := keyEntry{at: time.Duration(rng.IntN(span)), r: &Request{Seq: seq}}
+				seq++
+				q.push(e)
+				i, _ := slices.BinarySearchFunc(ref, e, cmpKeyEntry)
+				ref = slices.Insert(ref, i, e)
+			}
+			// The first entries as a rebuild adds them (add, then heapify),
+			// or one by one.
+			bulk := seed%2 == 0
+			for range rng.IntN(3000) {
+				if bulk {
+					e := keyEntry{at: time.Duration(rng.IntN(span)), r: &Request{Seq: seq}}
+					seq++
+					q.add(e)
+					i, _ := slices.BinarySearchFunc(ref, e, cmpKeyEntry)
+					ref = slices.Insert(ref, i, e)
+				} else {
+					push()
+				}
+			}
+			if bulk {
+				q.heapify()
+			}
+			pops := 0
+			for step := range 400 {
+				for range rng.IntN(40) {
+					push()
+				}
+				var popped []keyEntry
+				for k := rng.IntN(80); k > 0 && q.len() > 0; k-- {
+					if q.len() != len(ref) {
+						t.Fatalf("step %d: len %d, holds %d", step, q.len(), len(ref))
+					}
+					if top := q.top(); top != ref[0] {
+						t.Fatalf("step %d: top %+v, want %+v", step, top, ref[0])
+					}
+					e := q.pop()
+					pops++
+					if e != ref[0] {
+						t.Fatalf("step %d: pop %+v, want %+v", step, e, ref[0])
+					}
+					ref = ref[1:]
+					if rng.IntN(3) > 0 { // a live entry, put back at the end
+						popped = append(popped, e)
+					}
+				}
+				if len(popped) > 1 && rng.IntN(10) == 0 { // out of order: into the heap
+					popped[0], popped[len(popped)-1] = popped[len(popped)-1], popped[0]
+				}
+				q.putBack(popped)
+				for _, e := range popped {
+					i, _ := slices.BinarySearchFunc(ref, e, cmpKeyEntry)
+					ref = slices.Insert(ref, i, e)
+				}
+			}
+			for q.len() > 0 {
+				if e := q.pop(); e != ref[0] {
+					t.Fatalf("drain: pop %+v, want %+v", e, ref[0])
+				}
+				ref = ref[1:]
+			}
+			if len(ref) != 0 || pops < 1000 {
+				t.Fatalf("%d left in the reference, %d pops", len(ref), pops)
+			}
+		})
+	}
+}
+
+func cmpKeyEntry(a, b keyEntry) int {
+	if c := cmp.Compare(a.at, b.at); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.r.Seq, b.r.Seq)
+}

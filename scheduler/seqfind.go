@@ -1,0 +1,167 @@
+package scheduler
+
+import "slices"
+
+// seqFinder finds requests by Seq in a decision's queue (in increasing Seq
+// order): it answers what slices.BinarySearchFunc(q, seq, by Seq) would, the
+// position of seq in q, or where it would be, and whether it is there. The
+// queue index (index.go) asks it whether each request it takes is still queued,
+// twice per scheduled request (when taken, and at the next decision, when it
+// is usually gone), and at 100k queued every probe of a search reads a request
+// that is not in the cache: bisection's 17 probes were half of an edf decision.
+// So that it costs about the same at any length:
+//
+//   - fences: the Seqs of 64 requests spread evenly over the queue, read once
+//     per decision (when first needed), bracket a search to 1/63 of the queue
+//     without a probe;
+//   - interpolation: the Seqs are distinct integers that grow with arrival
+//     time, so the position of seq between two known requests is about
+//     proportional to its Seq (exact when none is missing in between). An
+//     interpolation probe that does not halve the range is followed by a
+//     bisection step, so that a bracket whose Seqs are spread unevenly takes at
+//     most twice bisection's probes;
+//   - side by side: findAll makes one probe of each search in turn, so that the
+//     cache misses of different searches overlap instead of adding up.
+type seqFinder struct {
+	q []*Request
+	// fence holds q[fencePos(j)].Seq for j < len(fence); built lazily (at
+	// least two fences, or none while the queue is shorter than two).
+	fence []uint64
+}
+
+// maxFences is the number of fences of a long queue.
+const maxFences = 64
+
+// reset sets the queue to search (the fences are read on the first search).
+func (f *seqFinder) reset(q []*Request) {
+	f.q = q
+	f.fence = f.fence[:0]
+}
+
+func (f *seqFinder) fencePos(j int) int {
+	return j * (len(f.q) - 1) / (len(f.fence) - 1)
+}
+
+func (f *seqFinder) fences() {
+	if len(f.fence) > 0 || len(f.q) < 2 {
+		return
+	}
+	k := min(len(f.q), maxFences)
+	for j := range k {
+		f.fence = append(f.fence, f.q[j*(len(f.q)-1)/(k-1)].Seq)
+	}
+}
+
+// find is one search.
+func (f *seqFinder) find(seq uint64) (int, bool) {
+	s := seqSearch{seq: seq}
+	for f.start(&s); !s.done; {
+		m := s.probe()
+		s.update(m, f.q[m].Seq)
+	}
+	return s.hi, s.hit
+}
+
+// findAll runs the searches ss (seq set) side by side, in rounds: each round
+// first reads the probed request of every search still going, then moves the
+// searches on, so that the reads do not wait for one another (a branch on a
+// value not yet read would stop the processor from reading further ahead). It
+// reorders ss (at says where each search was).
+func (f *seqFinder) findAll(ss []seqSearch) {
+	n := 0 // the searches still going are ss[:n]
+	for i := range ss {
+		if f.start(&ss[i]); !ss[i].done {
+			ss[n], ss[i] = ss[i], ss[n]
+			n++
+		}
+	}
+	for n > 0 {
+		for i := range ss[:n] {
+			s := &ss[i]
+			s.m = s.probe()
+			s.y = f.q[s.m].Seq
+		}
+		k := 0
+		for i := range ss[:n] {
+			if ss[i].update(ss[i].m, ss[i].y); !ss[i].done {
+				ss[k], ss[i] = ss[i], ss[k]
+				k++
+			}
+		}
+		n = k
+	}
+}
+
+// seqSearch is one search, stepped by findAll. When done, hi is the position
+// of seq in the queue, or where it would be, and hit whether it is there; at
+// is the caller's (findAll's argument's order).
+type seqSearch struct {
+	seq      uint64
+	at       int
+	lo, hi   int
+	sLo, sHi uint64
+	// m is the position probed in a round of findAll, y its Seq.
+	m int
+	y uint64
+	// bisect: the next probe bisects (the last one did not halve the range).
+	bisect, done, hit bool
+}
+
+// start brackets the search between two fences, or finds seq at one or
+// outside them. Invariant of a search not done: q[lo].Seq = sLo < seq < sHi =
+// q[hi].Seq and hi-lo > 1, the answer in (lo, hi].
+func (f *seqFinder) start(s *seqSearch) {
+	s.done, s.bisect = true, false
+	switch q := f.q; len(q) {
+	case 0:
+		s.hi, s.hit = 0, false
+		return
+	case 1:
+		s.hi, s.hit = 0, q[0].Seq == s.seq
+		if q[0].Seq < s.seq {
+			s.hi = 1
+		}
+		return
+	}
+	f.fences()
+	j, hit := slices.BinarySearch(f.fence, s.seq)
+	switch {
+	case hit:
+		s.hi, s.hit = f.fencePos(j), true
+	case j == 0:
+		s.hi, s.hit = 0, false
+	case j == len(f.fence):
+		s.hi, s.hit = len(f.q), false
+	default:
+		s.lo, s.hi, s.sLo, s.sHi = f.fencePos(j-1), f.fencePos(j), f.fence[j-1], f.fence[j]
+		s.done = s.hi-s.lo <= 1 // nothing between two fences: not there
+	}
+}
+
+// probe is the position to read next, in (lo, hi).
+func (s *seqSearch) probe() int {
+	lo, hi := s.lo, s.hi
+	if s.bisect {
+		return int(uint(lo+hi) >> 1)
+	}
+	m := lo + int(float64(hi-lo)*(float64(s.seq-s.sLo)/float64(s.sHi-s.sLo))+0.5)
+	return min(max(m, lo+1), hi-1)
+}
+
+// update moves the search on from the probe of position m, whose Seq is y.
+func (s *seqSearch) update(m int, y uint64) {
+	w := s.hi - s.lo
+	switch {
+	case y == s.seq:
+		s.hi, s.hit, s.done = m, true, true
+		return
+	case y < s.seq:
+		s.lo, s.sLo = m, y
+	default:
+		s.hi, s.sHi = m, y
+	}
+	s.bisect = !s.bisect && 2*(s.hi-s.lo) > w
+	if s.hi-s.lo <= 1 {
+		s.hit, s.done = false, true
+	}
+}

@@ -1,0 +1,73 @@
+package scheduler
+
+import (
+	"cmp"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// TestSeqFinderMatchesBinarySearch compares seqFinder's searches, one at a
+// time and side by side, with slices' binary search on queues whose Seqs are
+// dense, evenly spread, clustered and exponentially spaced, for Seqs in the
+// queue, between and outside.
+func TestSeqFinderMatchesBinarySearch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	for _, c := range []struct {
+		name string
+		gap  func() uint64 // nil: exponential
+	}{
+		{"dense", func() uint64 { return 1 }},
+		{"even", func() uint64 { return 1 + rng.Uint64N(4) }},
+		{"clusters", func() uint64 { return []uint64{1, 1, 1, 1_000_000}[rng.IntN(4)] }},
+		{"exponential", nil},
+	} {
+		name, gap := c.name, c.gap
+		for _, n := range []int{0, 1, 2, 3, 10, 1000, 50_000} {
+			q := make([]*Request, n)
+			s := uint64(rng.IntN(3))
+			for i := range q {
+				q[i] = &Request{Seq: s}
+				if gap == nil {
+					s += 1 + s/4
+				} else {
+					s += gap()
+				}
+				if s > 1<<62 {
+					q = q[:i+1]
+					break
+				}
+			}
+			var fd seqFinder
+			fd.reset(q)
+			var batch []seqSearch
+			probe := func(seq uint64) {
+				wi, wf := slices.BinarySearchFunc(q, seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+				if i, f := fd.find(seq); i != wi || f != wf {
+					t.Fatalf("%s, %d queued: find(%d) = %d, %v; want %d, %v", name, len(q), seq, i, f, wi, wf)
+				}
+				batch = append(batch, seqSearch{seq: seq, at: len(batch)})
+			}
+			for _, r := range q {
+				probe(r.Seq)
+				probe(r.Seq + 1)
+				if r.Seq > 0 {
+					probe(r.Seq - 1)
+				}
+			}
+			probe(0)
+			probe(s + 10)
+			probe(^uint64(0))
+			// The same searches side by side, in a shuffled order.
+			rng.Shuffle(len(batch), func(i, j int) { batch[i], batch[j] = batch[j], batch[i] })
+			fd.reset(q)
+			fd.findAll(batch)
+			for _, b := range batch {
+				wi, wf := slices.BinarySearchFunc(q, b.seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+				if b.hi != wi || b.hit != wf {
+					t.Fatalf("%s, %d queued: findAll for %d: %d, %v; want %d, %v", name, len(q), b.seq, b.hi, b.hit, wi, wf)
+				}
+			}
+		}
+	}
+}
