@@ -100,16 +100,12 @@ func (x *queueIndex) sync(s *Snapshot) bool {
 		x.reset(s.Apps)
 		x.ref = s.Now
 		for _, r := range s.Queue {
-			x.add(r, false)
-		}
-		for _, ai := range x.byApp {
-			ai.dl.heapify()
-			ai.stop.heapify()
+			x.add(r)
 		}
 		return false
 	}
 	for _, r := range s.Queue[start:] {
-		x.add(r, true)
+		x.add(r)
 	}
 	return true
 }
@@ -188,20 +184,15 @@ func (ai *appIndex) empty() {
 	ai.app = nil
 	clear(ai.arr)
 	ai.arr, ai.head = ai.arr[:0], 0
-	for _, q := range []*keyQueue{&ai.dl, &ai.stop} {
-		clear(q.h)
-		clear(q.back)
-		q.h, q.back = q.h[:0], q.back[:0]
-	}
+	ai.dl.reset()
+	ai.stop.reset()
 	clear(ai.poppedDl)
 	clear(ai.poppedStop)
 	clear(ai.ahead)
 	ai.poppedDl, ai.poppedStop, ai.ahead, ai.aheadAt = ai.poppedDl[:0], ai.poppedStop[:0], ai.ahead[:0], 0
 }
 
-// add indexes r; with inOrder false its heap entries are only appended (a
-// rebuild: the caller heapifies them all at the end).
-func (x *queueIndex) add(r *Request, inOrder bool) {
+func (x *queueIndex) add(r *Request) {
 	ai := x.per[r.App]
 	if ai == nil {
 		if n := len(x.spare); n > 0 {
@@ -217,20 +208,10 @@ func (x *queueIndex) add(r *Request, inOrder bool) {
 		ai.arr = append(ai.arr, r)
 	}
 	if x.deadline {
-		e := keyEntry{at: r.Deadline.Sub(x.ref), r: r}
-		if inOrder {
-			ai.dl.push(e)
-		} else {
-			ai.dl.add(e)
-		}
+		ai.dl.push(keyEntry{at: r.Deadline.Sub(x.ref), r: r})
 	}
 	if x.stop {
-		e := keyEntry{at: r.HardStop().Sub(x.ref), r: r}
-		if inOrder {
-			ai.stop.push(e)
-		} else {
-			ai.stop.add(e)
-		}
+		ai.stop.push(keyEntry{at: r.HardStop().Sub(x.ref), r: r})
 	}
 	r.ix, r.ixGen = x, x.gen
 	x.maxSeq = max(x.maxSeq, r.Seq)

@@ -1,36 +1,74 @@
 package scheduler
 
+import (
+	"math"
+	"slices"
+	"time"
+)
+
 // keyQueue is the queue index's priority queue of keyEntry by (at, seq): the
-// deadline and hard-stop queues of index.go. It is a 4-ary min-heap (half the
-// levels of a binary heap, the four children of an entry side by side, so
-// that a pop at 100k entries misses the cache about half as often) plus a
-// stack of the entries a decision took and put back (putBack).
+// deadline and hard-stop queues of index.go. A decision takes a few dozen of
+// the earliest entries of a queue of up to 100k and more, so it keeps three
+// parts, split by a cut that only moves later:
 //
-// A decision pops the earliest entries and puts them back when it ends; the
-// caller then usually removes most of them from its queue, and the next
-// decision pops them again only to find them gone. Put back into the heap,
-// each would climb to the root and come down again (two passes over every
-// level). Instead they go on the stack, whose last entry is its least: they
-// were popped in order, and every entry left was at least as large, so the
-// stack stays sorted without comparing them to anything. top and pop take the
-// least of the stack's last entry and the heap's root.
+//   - a 4-ary min-heap of the entries up to the cut (the four children of an
+//     entry side by side in a cache line);
+//   - far, the entries after the cut, in no order: a new request usually
+//     goes there (an append), and when the heap runs out, the earliest
+//     thirty-second of them or so move to it (a pass over far every few dozen
+//     decisions), so that the heap stays small: at 100k queued a sixteenth of
+//     the entries, two levels fewer, and mostly in the cache;
+//   - back, a stack of the entries a decision took and put back (putBack).
+//     The caller then usually removes most of their requests from its queue,
+//     and the next decision takes them again only to find them gone; put back
+//     into the heap, each would climb to the root and come down again.
+//     Instead they go on the stack, whose last entry is its least: they were
+//     taken in order, and every entry left was at least as large.
 //
-// The keys are unique (a request's Seq is), so the order of pops is the order
-// of the keys whatever the structure: the same as a binary heap's.
+// Every back and heap entry is at or before the cut and every far entry after
+// it, so the least entry is the least of the stack's last and the heap's root,
+// and far is looked at only when both are empty. The keys are unique (a
+// request's Seq is), so the order of pops is the order of the keys whatever
+// the structure: the same as a binary heap's.
 type keyQueue struct {
-	h []keyEntry
+	h, far []keyEntry
+	// cut, when set, is the key (cutAt, cutSeq) up to which entries belong to
+	// the heap.
+	cut    bool
+	cutAt  time.Duration
+	cutSeq uint64
 	// back holds entries put back, in decreasing order (the least last); each
 	// may be smaller or larger than the heap's root.
 	back []keyEntry
 }
 
-func (q *keyQueue) len() int { return q.heapLen() + len(q.back) }
+// nearMin and nearShare size what a refill moves from far to the heap: a
+// share of far, and at least nearMin entries.
+const (
+	nearMin   = 256
+	nearShare = 32
+)
+
+// reset empties q, keeping its buffers (the zero keyQueue is empty too).
+func (q *keyQueue) reset() {
+	clear(q.h)
+	clear(q.far)
+	clear(q.back)
+	q.h, q.far, q.back = q.h[:0], q.far[:0], q.back[:0]
+	q.cut = false
+}
+
+func (q *keyQueue) len() int { return q.heapLen() + len(q.far) + len(q.back) }
 
 func (q *keyQueue) heapLen() int { return max(len(q.h)-heapPad, 0) }
 
-// fromBack reports whether the least entry is the stack's (q not empty).
+// fromBack reports whether the least entry is the stack's, after moving
+// entries from far to the heap if both were empty (q not empty).
 func (q *keyQueue) fromBack() bool {
 	if len(q.back) == 0 {
+		if q.heapLen() == 0 {
+			q.refill()
+		}
 		return false
 	}
 	return q.heapLen() == 0 || keyEntryLess(q.back[len(q.back)-1], q.h[heapPad])
@@ -57,14 +95,91 @@ func (q *keyQueue) pop() keyEntry {
 	return q.popHeap()
 }
 
+// push adds e.
+func (q *keyQueue) push(e keyEntry) {
+	if q.near(e) {
+		q.pushHeap(e)
+		return
+	}
+	q.far = append(q.far, e)
+}
+
+// near reports whether e belongs to the heap: at or before the cut.
+func (q *keyQueue) near(e keyEntry) bool {
+	return q.cut && (e.at < q.cutAt || e.at == q.cutAt && e.r.Seq <= q.cutSeq)
+}
+
+// refill moves the earliest entries of far to the heap (empty) and moves the
+// cut past them: those before the key that a sample of far puts at the
+// nearShare-th part (all of far when it is small), and at least those with
+// the earliest key.
+func (q *keyQueue) refill() {
+	n := len(q.far)
+	if n == 0 {
+		return
+	}
+	want := max(nearMin, n/nearShare)
+	if n <= want {
+		most := q.far[0]
+		for _, e := range q.far {
+			if keyEntryLess(most, e) {
+				most = e
+			}
+			q.add(e)
+		}
+		clear(q.far)
+		q.far = q.far[:0]
+		q.raise(most.at, most.r.Seq)
+		q.heapify()
+		return
+	}
+	var sample [128]time.Duration
+	for i := range sample {
+		sample[i] = q.far[i*n/len(sample)].at
+	}
+	slices.Sort(sample[:])
+	if split := sample[want*len(sample)/n]; split > math.MinInt64 {
+		q.raise(split-1, math.MaxUint64)
+	}
+	for {
+		k := 0
+		least := time.Duration(math.MaxInt64)
+		for _, e := range q.far {
+			if q.near(e) {
+				q.add(e)
+				continue
+			}
+			least = min(least, e.at)
+			q.far[k] = e
+			k++
+		}
+		clear(q.far[k:])
+		q.far = q.far[:k]
+		if q.heapLen() > 0 {
+			break
+		}
+		// Nothing before the sample's key: take those with the earliest.
+		q.raise(least, math.MaxUint64)
+	}
+	q.heapify()
+}
+
+// raise moves the cut to (at, seq) if that is later. The cut never goes back,
+// so that every heap and back entry is at or before it, and every far entry
+// after it.
+func (q *keyQueue) raise(at time.Duration, seq uint64) {
+	if !q.cut || at > q.cutAt || at == q.cutAt && seq > q.cutSeq {
+		q.cut, q.cutAt, q.cutSeq = true, at, seq
+	}
+}
+
 // heapPad is the number of unused slots before the heap's root: the four
 // children of the entry at i are at 4i+1..4i+4, so with the root at slot
 // heapPad = 3 they are at slots 4(i+1)..4(i+1)+3, the 64 bytes of one cache
 // line of 16-byte entries (a large slice starts at a page).
 const heapPad = 3
 
-// push adds e to the heap.
-func (q *keyQueue) push(e keyEntry) {
+func (q *keyQueue) pushHeap(e keyEntry) {
 	if len(q.h) == 0 {
 		q.h = append(q.h, make([]keyEntry, heapPad)...)
 	}
@@ -119,9 +234,8 @@ func siftDown(h []keyEntry, i int, e keyEntry) {
 	h[i] = e
 }
 
-// add appends e to the heap's array without restoring its order; heapify
-// must follow before any other use (a rebuild of the index: pushing the
-// entries one by one would cost more).
+// add appends e to the heap's array without restoring its order (refill);
+// heapify must follow before any other use.
 func (q *keyQueue) add(e keyEntry) {
 	if len(q.h) == 0 {
 		q.h = append(q.h, make([]keyEntry, heapPad)...)
@@ -143,7 +257,7 @@ func (q *keyQueue) heapify() {
 // putBack returns entries taken by pop, in the order they were popped, with no
 // push in between (a decision's entries, put back when it ends). They go on the
 // stack when that keeps it sorted (always, for entries popped in order: each
-// was the least at the time), and into the heap otherwise.
+// was the least at the time), and are pushed otherwise.
 func (q *keyQueue) putBack(popped []keyEntry) {
 	ok := len(popped) == 0 || len(q.back) == 0 || !keyEntryLess(q.back[len(q.back)-1], popped[len(popped)-1])
 	for i := 1; ok && i < len(popped); i++ {

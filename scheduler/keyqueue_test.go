@@ -3,6 +3,7 @@ package scheduler
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -10,41 +11,47 @@ import (
 )
 
 // TestKeyQueueMatchesSort drives a keyQueue the way the queue index does (a
-// rebuild's entries added and heapified, pushes of new arrivals, a decision's
-// pops put back when it ends, entries dropped for good, the odd put-back out of
-// order) and checks every pop and top against a sorted copy of what it holds.
+// rebuild's entries, pushes of new arrivals, a decision's pops put back when
+// it ends, entries dropped for good, the odd put-back out of order), with keys
+// that collide (few distinct times, so that the Seq decides), negative ones
+// and saturated ones, and checks every pop and top against a sorted copy of
+// what it holds.
 func TestKeyQueueMatchesSort(t *testing.T) {
-	for seed := range uint64(20) {
+	for seed := range uint64(24) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 3))
 			var q keyQueue
+			if seed%2 == 0 {
+				q.reset() // as the index's: everything far until the first pop
+			}
 			var ref []keyEntry // what q holds, sorted
 			seq := uint64(0)
-			// Keys collide often (few distinct times) so that the Seq decides.
 			span := 1 + rng.IntN(1000)
+			if seed%3 == 0 {
+				span = 1_000_000
+			}
+			saturated := 200 // one key in this many is math.MaxInt64
+			if seed%4 == 1 {
+				saturated = 2
+			}
+			key := func() time.Duration {
+				switch {
+				case rng.IntN(saturated) == 0:
+					return math.MaxInt64
+				case rng.IntN(200) == 0:
+					return -time.Duration(rng.IntN(span))
+				}
+				return time.Duration(rng.IntN(span))
+			}
 			push := func() {
-				e := keyEntry{at: time.Duration(rng.IntN(span)), r: &Request{Seq: seq}}
+				e := keyEntry{at: key(), r: &Request{Seq: seq}}
 				seq++
 				q.push(e)
 				i, _ := slices.BinarySearchFunc(ref, e, cmpKeyEntry)
 				ref = slices.Insert(ref, i, e)
 			}
-			// The first entries as a rebuild adds them (add, then heapify),
-			// or one by one.
-			bulk := seed%2 == 0
-			for range rng.IntN(3000) {
-				if bulk {
-					e := keyEntry{at: time.Duration(rng.IntN(span)), r: &Request{Seq: seq}}
-					seq++
-					q.add(e)
-					i, _ := slices.BinarySearchFunc(ref, e, cmpKeyEntry)
-					ref = slices.Insert(ref, i, e)
-				} else {
-					push()
-				}
-			}
-			if bulk {
-				q.heapify()
+			for range rng.IntN(5000) {
+				push()
 			}
 			pops := 0
 			for step := range 400 {
