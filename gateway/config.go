@@ -122,7 +122,8 @@ type StoreConfig struct {
 	// Retention is how long answered requests are remembered to suppress duplicates.
 	Retention time.Duration `yaml:"retention"`
 	// MaxBatchDelay and MaxBatchSize bound the group commit; the delay applies
-	// only under load (store.Options.DelayUnderLoad).
+	// only under load: after a commit of at least journalBusyGroup writes
+	// (store.Options.DelayUnderLoad, BusyGroupSize).
 	MaxBatchDelay time.Duration `yaml:"max_batch_delay"`
 	MaxBatchSize  int           `yaml:"max_batch_size"`
 	// MaxBytes caps the journal's live data (bytes in use, not the file size):
@@ -263,7 +264,7 @@ func DefaultConfig() Config {
 		},
 		Store: StoreConfig{
 			Path: "sneakgate.db", Retention: 10 * time.Minute,
-			MaxBatchDelay: 0, MaxBatchSize: 256, MaxBytes: 1 << 30,
+			MaxBatchDelay: time.Millisecond, MaxBatchSize: 256, MaxBytes: 1 << 30,
 		},
 		Engine: EngineConfig{
 			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,

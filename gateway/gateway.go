@@ -100,6 +100,14 @@ type Gateway struct {
 	recovered, expired, orphans []*job
 }
 
+// journalBusyGroup is the smallest group commit after which the journal waits
+// store.max_batch_delay for more writes (store.Options.BusyGroupSize). A
+// request makes three journal writes, and a commit takes one to two
+// milliseconds (two fdatasyncs), so the delay starts at a few thousand requests
+// a second: where the commits' fixed cost is most of the journal's CPU, and not
+// below, where the latency is not worth the CPU (docs/benchmarks.md).
+const journalBusyGroup = 16
+
 // New starts everything but the scheduling loop: it loads the applications, opens
 // the journal, initialises the engine and measures every variant's profile, reads
 // back the requests pending from the last run, starts the embedded broker if
@@ -138,8 +146,8 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	}
 	var rec *store.Recovery
 	g.journal, rec, err = store.OpenOrRecover(cfg.Store.Path, store.Options{
-		MaxBatchDelay: cfg.Store.MaxBatchDelay, DelayUnderLoad: true, MaxBatchSize: cfg.Store.MaxBatchSize,
-		Retention: cfg.Store.Retention, MaxBytes: cfg.Store.MaxBytes, Now: g.now,
+		MaxBatchDelay: cfg.Store.MaxBatchDelay, DelayUnderLoad: true, BusyGroupSize: journalBusyGroup,
+		MaxBatchSize: cfg.Store.MaxBatchSize, Retention: cfg.Store.Retention, MaxBytes: cfg.Store.MaxBytes, Now: g.now,
 		Logger: g.log.With().Str("component", "store").Logger(), BeforeCommit: o.BeforeCommit,
 	})
 	if err != nil {

@@ -200,10 +200,10 @@ func (s *Store) commitLoop() {
 	debug.SetPanicOnFault(true)
 	group := make([]*op, 0, s.opts.MaxBatchSize)
 	mem := new(arena)
-	busy := false // the previous group had company (Options.DelayUnderLoad)
+	busy := false // the previous group was large (Options.DelayUnderLoad, BusyGroupSize)
 	for first := range s.ops {
 		group = s.fill(append(group[:0], first), !s.opts.DelayUnderLoad || busy)
-		busy = len(group) > 1
+		busy = len(group) >= s.opts.BusyGroupSize
 		if p := s.broken.Load(); p != nil {
 			s.fail(group, *p)
 		} else {

@@ -230,3 +230,73 @@ func TestDelayUnderLoadSparesTheIdleJournal(t *testing.T) {
 		}
 	})
 }
+
+// With DelayUnderLoad and BusyGroupSize, the delay starts only after a group
+// commit of at least BusyGroupSize writes.
+func TestBusyGroupSize(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var hold chan struct{}
+		held := make(chan struct{}, 1)
+		s := storetest.New(t, func(o *store.Options) {
+			o.MaxBatchDelay, o.DelayUnderLoad, o.BusyGroupSize = 10*time.Millisecond, true, 3
+			o.BeforeCommit = func([]store.Op) error {
+				mu.Lock()
+				h := hold
+				hold = nil
+				mu.Unlock()
+				if h != nil {
+					held <- struct{}{}
+					<-h
+				}
+				return nil
+			}
+		})
+		// group runs a commit of one Put held until n more Puts are queued
+		// behind it, then lets both go: the n commit together.
+		next := 0
+		group := func(n int) {
+			t.Helper()
+			h := make(chan struct{})
+			mu.Lock()
+			hold = h
+			mu.Unlock()
+			var wg sync.WaitGroup
+			first := next
+			wg.Go(func() { mustPut(t, s, entry(first), store.New) })
+			<-held
+			for i := range n {
+				wg.Go(func() { mustPut(t, s, entry(first+1+i), store.New) })
+			}
+			synctest.Wait()
+			close(h)
+			wg.Wait()
+			next += n + 1
+		}
+		lone := func() time.Duration {
+			t.Helper()
+			start := time.Now()
+			mustPut(t, s, entry(next), store.New)
+			next++
+			return time.Since(start)
+		}
+		start := time.Now()
+		group(2)
+		if d := time.Since(start); d != 0 {
+			t.Errorf("a group after a lone write waited %s, want none", d)
+		}
+		if d := lone(); d != 0 {
+			t.Errorf("a write after a group of 2 (BusyGroupSize 3) waited %s, want none", d)
+		}
+		group(3)
+		if d := lone(); d != 10*time.Millisecond {
+			t.Errorf("a write after a group of 3 (BusyGroupSize 3) waited %s, want MaxBatchDelay (10ms)", d)
+		}
+		if d := lone(); d != 0 {
+			t.Errorf("a write after a lone write waited %s, want none", d)
+		}
+		if st := s.Stats(); st.MaxBatch != 3 || st.Puts != uint64(next) {
+			t.Errorf("Stats = %+v, want %d puts, at most 3 in a commit", st, next)
+		}
+	})
+}

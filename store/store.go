@@ -52,10 +52,16 @@ type Options struct {
 	// form the next group, so groups grow with load at no latency cost.
 	MaxBatchDelay time.Duration
 	// DelayUnderLoad applies MaxBatchDelay only while the journal is busy: when
-	// the previous commit grouped more than one write. An idle journal commits a
-	// lone write at once, so the delay costs no latency at low load and buys
-	// fewer, larger commits under load.
+	// the previous commit grouped at least BusyGroupSize writes. An idle journal
+	// commits a lone write at once, so the delay costs no latency at low load and
+	// buys fewer, larger commits under load.
 	DelayUnderLoad bool
+	// BusyGroupSize is the smallest group commit after which DelayUnderLoad
+	// counts the journal as busy. Zero means 2: any company. A larger value
+	// keeps the delay for journals whose writes arrive faster than their commits
+	// complete by a wide margin, where commits (two fdatasyncs each) are most of
+	// the journal's cost, and spares moderately loaded ones the latency.
+	BusyGroupSize int
 	// MaxBatchSize is the most writes (Put, Outbox, Complete) in one commit.
 	MaxBatchSize int
 	// Retention is how long completed keys, and their replies, are remembered to
@@ -122,9 +128,12 @@ func DefaultOptions() Options {
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	if o.MaxBatchDelay < 0 || o.MaxBatchSize < 0 || o.Retention < 0 || o.LockTimeout < 0 || o.MaxBytes < 0 {
-		return o, fmt.Errorf("store: negative option: max batch delay %s, max batch size %d, retention %s, lock timeout %s, max bytes %d",
-			o.MaxBatchDelay, o.MaxBatchSize, o.Retention, o.LockTimeout, o.MaxBytes)
+	if o.MaxBatchDelay < 0 || o.MaxBatchSize < 0 || o.Retention < 0 || o.LockTimeout < 0 || o.MaxBytes < 0 || o.BusyGroupSize < 0 {
+		return o, fmt.Errorf("store: negative option: max batch delay %s, max batch size %d, retention %s, lock timeout %s, max bytes %d, busy group size %d",
+			o.MaxBatchDelay, o.MaxBatchSize, o.Retention, o.LockTimeout, o.MaxBytes, o.BusyGroupSize)
+	}
+	if o.BusyGroupSize == 0 {
+		o.BusyGroupSize = 2
 	}
 	if o.PageSize == 0 {
 		o.PageSize = d.PageSize
