@@ -103,13 +103,13 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 	var v []*Request
 	for {
 		for len(v) < target {
-			r := p.popEarliest()
+			r := p.ix.popEarliest(target - len(v) - 1)
 			if r == nil {
 				break
 			}
 			v = append(v, r)
 		}
-		next := p.peekEarliest()
+		next := p.ix.peekEarliest()
 		if p.ix.broken || next == nil || 4*len(v) > len(s.Queue) {
 			return Decision{}, false
 		}
@@ -129,54 +129,6 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 		}
 		target *= 2
 	}
-}
-
-// earliest is the application whose deadline heap holds the earliest live
-// request (nil when none is left).
-func (p *searching) earliest() *appIndex {
-	var best *appIndex
-	for _, ai := range p.ix.byApp {
-		if p.topLive(ai) != nil && (best == nil || keyEntryLess(ai.dl.top(), best.dl.top())) {
-			best = ai
-		}
-	}
-	return best
-}
-
-// popEarliest takes the earliest-deadline live request over every application
-// out of the index (until restore); nil when none is left.
-func (p *searching) popEarliest() *Request {
-	best := p.earliest()
-	if best == nil {
-		return nil
-	}
-	e := best.dl.pop()
-	best.poppedDl = append(best.poppedDl, e)
-	return e.r
-}
-
-// peekEarliest is the request popEarliest would take next.
-func (p *searching) peekEarliest() *Request {
-	if best := p.earliest(); best != nil {
-		return best.dl.top().r
-	}
-	return nil
-}
-
-// topLive drops removed requests from the top of ai's deadline heap and returns
-// the top (nil when empty).
-func (p *searching) topLive(ai *appIndex) *Request {
-	for ai.dl.len() > 0 {
-		r := ai.dl.top().r
-		if p.ix.live(r) {
-			return r
-		}
-		if p.ix.broken {
-			return nil
-		}
-		ai.dl.pop()
-	}
-	return nil
 }
 
 // workHist is a conservative summary of the queue by deadline, kept between

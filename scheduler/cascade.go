@@ -3,6 +3,7 @@ package scheduler
 import (
 	"container/heap"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -125,7 +126,7 @@ func NewCascade(o Options, cfg map[string]CascadeConfig) (Policy, error) {
 			return nil, fmt.Errorf("scheduler: cascade for %s: variant indexes %d, %d", app, c.Cheap, c.Better)
 		}
 	}
-	return &cascade{o: o, cfg: cfg, rates: map[*App]*RateWindow{}}, nil
+	return &cascade{o: o, cfg: cfg, rates: map[*App]*RateWindow{}, idx: cascadeIndex{ix: queueIndex{deadline: true}}}, nil
 }
 
 type cascade struct {
@@ -133,8 +134,17 @@ type cascade struct {
 	cfg    map[string]CascadeConfig
 	maxSeq uint64
 	rates  map[*App]*RateWindow
+	// apps are the applications of the last decision's snapshot (a request
+	// of another one needs a rate window).
+	apps map[string]*App
 	// thresholds chosen at the last decision, for tests and reports.
 	last map[string]float64
+	// idx keeps a long queue between decisions for bounded decisions
+	// (cascade_bounded.go); wholeQueue turns them off and makes thresholds
+	// read the whole queue (tests: the policy as it was).
+	idx         cascadeIndex
+	wholeQueue  bool
+	boundedHits int
 }
 
 func (p *cascade) Name() string { return "cascade" }
@@ -152,17 +162,34 @@ func (p *cascade) variants(a *App) (cheap, better *Variant, c CascadeConfig) {
 // arrival rates: the engine's time is shared among applications in proportion to
 // what their requests cost on the cheap variant, and each takes the most useful
 // point of its curve that fits its share.
-func (p *cascade) thresholds(now time.Time, q []*Request) map[*App]float64 {
+//
+// The queue is in Seq order, so the requests that arrived since the last
+// decision (Seq above maxSeq) are its tail, and only the tail is read: every
+// other request's application has a rate window since the decision it first
+// came to, unless the applications changed (a reload re-prepares the queue
+// with the new ones), when the whole queue is read.
+//
+// With wholeQueue (tests) it reads the whole queue every time, as it used to.
+func (p *cascade) thresholds(now time.Time, s *Snapshot) map[*App]float64 {
+	q := s.Queue
 	added := map[*App]float64{}
 	newest := p.maxSeq
-	for i := len(q) - 1; i >= 0; i-- {
-		if r := q[i]; r.Seq > p.maxSeq && r.First == nil {
+	start := len(q)
+	for start > 0 && (p.wholeQueue || q[start-1].Seq > p.maxSeq) {
+		start--
+	}
+	for _, r := range q[start:] {
+		if r.Seq > p.maxSeq && r.First == nil {
 			added[r.App]++
 			newest = max(newest, r.Seq)
 		}
 	}
 	p.maxSeq = newest
-	for _, r := range q {
+	if p.wholeQueue || p.apps == nil || !sameApps(p.apps, s.Apps) {
+		start = 0
+		p.apps = maps.Clone(s.Apps)
+	}
+	for _, r := range q[start:] {
 		if _, ok := p.rates[r.App]; !ok {
 			p.rates[r.App] = &RateWindow{}
 		}
@@ -194,6 +221,16 @@ func (p *cascade) thresholds(now time.Time, q []*Request) map[*App]float64 {
 
 func (p *cascade) capOf(v *Variant) int { return max(1, min(p.o.MaxBatch, v.MaxBatch())) }
 
+// passCost is what the shedding walk charges a request of a for its pass.
+func (p *cascade) passCost(a *App, first bool) time.Duration {
+	cheap, better, _ := p.variants(a)
+	v := better
+	if first {
+		v = cheap
+	}
+	return time.Duration(float64(Amortised(v, p.capOf(v))) * shedHeadroom)
+}
+
 // cascadeItem is a queued request waiting for its first or second pass.
 type cascadeItem struct {
 	r      *Request
@@ -212,10 +249,30 @@ type cascadeItem struct {
 // with the next requests of the same application and pass in deadline order, as
 // many as finish by the head's deadline (all of them, up to the batch cap, when the
 // head is late anyway).
+//
+// From boundedMin queued it decides from the earliest-deadline requests when it
+// can prove the decision the same (cascade_bounded.go).
 func (p *cascade) Decide(s *Snapshot) Decision {
-	now := s.Now
-	th := p.thresholds(now, s.Queue)
+	th := p.thresholds(s.Now, s)
+	indexed := !p.wholeQueue && len(s.Queue) >= boundedMin && !p.idx.heavy
 	var d Decision
+	ok := false
+	if indexed {
+		p.idx.sync(p, s)
+		d, ok = p.bounded(s, th)
+	}
+	if !ok {
+		d, _ = p.decideOn(s, th)
+	}
+	p.idx.decided(s, d, indexed)
+	return d
+}
+
+// decideOn is the decision over s.Queue; short reports whether the head's
+// batch took every request of its application and pass that was left (a
+// longer queue could have added to it).
+func (p *cascade) decideOn(s *Snapshot, th map[*App]float64) (d Decision, short bool) {
+	now := s.Now
 	swap := map[*Variant]time.Duration{}
 	fits := map[*Variant]bool{}
 	swapOf := func(v *Variant) (time.Duration, bool) {
@@ -225,17 +282,34 @@ func (p *cascade) Decide(s *Snapshot) Decision {
 		}
 		return swap[v], fits[v]
 	}
+	// Each application's passes: variants and the cost the shedding walk
+	// charges (passCost), once per decision.
+	type passes struct {
+		cheap, better         *Variant
+		cheapCost, betterCost time.Duration
+	}
+	var last *App
+	var ps passes
+	of := map[*App]passes{}
 	items := make([]cascadeItem, 0, len(s.Queue))
 	for _, r := range s.Queue {
-		cheap, better, _ := p.variants(r.App)
+		if r.App != last {
+			var ok bool
+			if ps, ok = of[r.App]; !ok {
+				ps.cheap, ps.better, _ = p.variants(r.App)
+				ps.cheapCost, ps.betterCost = p.passCost(r.App, true), p.passCost(r.App, false)
+				of[r.App] = ps
+			}
+			last = r.App
+		}
+		cheap, better := ps.cheap, ps.better
 		if r.First != nil {
 			sw, ok := swapOf(better)
 			if !ok || now.Add(sw+better.LatencyAt(1)).After(r.Deadline) {
 				d.Verdicts = append(d.Verdicts, Verdict{Request: r, Outcome: FirstAnswer, Reason: ReasonNoVariantInTime})
 				continue
 			}
-			items = append(items, cascadeItem{r: r, v: better, second: true, onTimeable: true,
-				cost: time.Duration(float64(Amortised(better, p.capOf(better))) * shedHeadroom)})
+			items = append(items, cascadeItem{r: r, v: better, second: true, onTimeable: true, cost: ps.betterCost})
 			continue
 		}
 		sw, ok := swapOf(cheap)
@@ -248,20 +322,22 @@ func (p *cascade) Decide(s *Snapshot) Decision {
 			continue
 		}
 		items = append(items, cascadeItem{r: r, v: cheap, onTimeable: !now.Add(sw + cheap.LatencyAt(1)).After(r.Deadline),
-			cost: time.Duration(float64(Amortised(cheap, p.capOf(cheap))) * shedHeadroom)})
+			cost: ps.cheapCost})
 	}
 	slices.SortStableFunc(items, func(a, b cascadeItem) int { return byDeadline(a.r, b.r) })
 	items = p.shed(now, items, &d)
 	if len(items) == 0 {
-		return d
+		return d, true
 	}
 	head := items[0]
 	sw, _ := swapOf(head.v)
 	var rs []*Request
+	short = true
 	for _, it := range items {
 		if it.r.App == head.r.App && it.second == head.second {
 			rs = append(rs, it.r)
 			if len(rs) == p.capOf(head.v) {
+				short = false
 				break
 			}
 		}
@@ -274,7 +350,7 @@ func (p *cascade) Decide(s *Snapshot) Decision {
 	if !head.second {
 		d.Batch.EscalateBelow = th[head.r.App]
 	}
-	return d
+	return d, short
 }
 
 // shed removes from items (in deadline order) what cannot be on time even at the
@@ -382,6 +458,7 @@ func (p *cascade) Configure(app string, c CascadeConfig) {
 		p.cfg = map[string]CascadeConfig{}
 	}
 	p.cfg[app] = c
+	p.idx.valid = false // the passes' costs may have changed
 }
 
 // CascadeConfigurer is implemented by the cascade policy (NewCascade).

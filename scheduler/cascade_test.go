@@ -2,7 +2,11 @@ package scheduler
 
 import (
 	"math"
+	"math/rand/v2"
+	"reflect"
+	"slices"
 	"testing"
+	"time"
 )
 
 func TestBuildCascadeCurve(t *testing.T) {
@@ -95,5 +99,186 @@ func TestCascadeTwoPasses(t *testing.T) {
 	}
 	if d.Batch == nil || d.Batch.Requests[0] != q[0] {
 		t.Errorf("batch does not start with the earliest deadline: %+v", d.Batch)
+	}
+}
+
+// TestCascadeBoundedEqualsFull runs the cascade over long queues (above
+// boundedMin), deciding from the earliest deadlines where the bounds allow it,
+// and the cascade deciding over the whole queue every time, on the same
+// snapshots: every decision must be identical, and many must have been made
+// from the earliest deadlines. The caller is the Executor, as in the gateway
+// and the simulator: decisions applied (now and then one is not), first-pass
+// batches that finish a few decisions later and put a share of their requests
+// back with First set, two applications with different passes, spells of
+// overload (shedding, second passes answered with their first), requests due
+// within milliseconds, and a burst that sheds a third of the queue (the next
+// decision is made over the whole queue, and the index rebuilt after it).
+func TestCascadeBoundedEqualsFull(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 13))
+	a := benchApp(rng)
+	b := benchApp(rng)
+	b.Name = "other"
+	for _, v := range b.Variants {
+		v.ID.App = "other"
+	}
+	apps := map[string]*App{a.Name: a, b.Name: b}
+	curve := []CascadePoint{{0.5, 0, 0.8}, {0.7, 0.2, 0.85}, {0.9, 0.5, 0.9}}
+	cfg := map[string]CascadeConfig{a.Name: {Cheap: 0, Better: 4, Curve: curve}, b.Name: {Cheap: 1, Better: 3, Curve: curve}}
+	mk := func(whole bool) *cascade {
+		p, err := NewCascade(Options{MaxQueueDelay: time.Nanosecond}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := p.(*cascade)
+		c.wholeQueue = whole
+		return c
+	}
+	bounded, whole := mk(false), mk(true)
+	now := t0.Add(time.Second)
+	ex := NewExecutor(Engine{CountBudget: 3, Resident: map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}}, lookupIn(apps))
+	const n = boundedMin + 2000
+	seq := uint64(0)
+	arrive := func(k int, overloaded bool) {
+		for range k {
+			app := a
+			if rng.IntN(3) == 0 {
+				app = b
+			}
+			if err := ex.Add(benchRequest(rng, app, seq, now, n, overloaded)); err != nil {
+				t.Fatal(err)
+			}
+			seq++
+		}
+	}
+	// Requests due within a few milliseconds: some are too late for a pass
+	// (a verdict) whatever the load.
+	tight := func(k int) {
+		for range k {
+			arr := now.Add(-ms(rng.Float64() * 4))
+			r := Prepare(a, seq, arr, now.Add(ms(0.2+rng.Float64()*6)), nil, nil)
+			if err := ex.Add(r); err != nil {
+				t.Fatal(err)
+			}
+			seq++
+		}
+	}
+	arrive(n, false)
+	type flight struct {
+		b    *Batch
+		done int
+	}
+	var flights []flight
+	decisions, back := 0, 0
+	for step := range 400 {
+		s := &Snapshot{Now: now, Queue: ex.Queue(), Apps: apps, Engine: ex.Engine()}
+		dw := whole.Decide(s)
+		db := bounded.Decide(s)
+		if diff := decisionDiff(db, dw); diff != "" || !reflect.DeepEqual(db, dw) {
+			t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s\n%s\n%s", step, len(s.Queue), diff, describe(db), describe(dw))
+		}
+		decisions++
+		if rng.IntN(25) > 0 { // else not applied: the same queue again
+			if err := ex.Apply(db, now); err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+			if db.Batch != nil && db.Batch.EscalateBelow > 0 {
+				flights = append(flights, flight{db.Batch, step + rng.IntN(4)})
+			}
+		}
+		// First passes that finish: the unsure requests come back.
+		flights = slices.DeleteFunc(flights, func(f flight) bool {
+			if f.done > step {
+				return false
+			}
+			for _, r := range f.b.Requests {
+				if rng.Float64() < 0.4 {
+					r.First = &FirstPass{Variant: f.b.Variant, Class: 0, Confidence: 0.3, Done: now}
+					if err := ex.Add(r); err != nil {
+						t.Fatal(err)
+					}
+					back++
+				}
+			}
+			return true
+		})
+		now = now.Add(200 * time.Microsecond)
+		overloaded := (step/60)%3 == 2
+		k := n - ex.Len()
+		if overloaded {
+			k = 300
+		}
+		if step%20 == 10 {
+			tight(150)
+		}
+		if step == 300 { // a burst that sheds a third of the queue at once
+			for range 6000 {
+				if err := ex.Add(Prepare(a, seq, now, now.Add(ms(20+rng.Float64()*5)), nil, nil)); err != nil {
+					t.Fatal(err)
+				}
+				seq++
+			}
+		}
+		arrive(max(k, 0), overloaded)
+	}
+	t.Logf("%d decisions, %d from the earliest deadlines, %d rebuilds of the index; %d requests back for a second pass",
+		decisions, bounded.boundedHits, bounded.idx.rebuilds, back)
+	if bounded.boundedHits < decisions/4 || back < 1000 || bounded.idx.rebuilds < 2 || bounded.idx.rebuilds > 10 {
+		t.Fatalf("%d of %d decisions made from the earliest deadlines, %d rebuilds, %d requests back",
+			bounded.boundedHits, decisions, bounded.idx.rebuilds, back)
+	}
+}
+
+// TestCascadeBoundedVerdictBound: the requests after the earliest-deadline
+// prefix would fit, but two second passes due a few milliseconds after it
+// are too late for their variant, which must be loaded first: the whole-queue
+// decision answers them with their first pass, so the prefix must reach them.
+func TestCascadeBoundedVerdictBound(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 1))
+	a, b := benchApp(rng), benchApp(rng)
+	b.Name = "other"
+	for _, v := range b.Variants {
+		v.ID.App = "other"
+	}
+	apps := map[string]*App{a.Name: a, b.Name: b}
+	cfg := map[string]CascadeConfig{a.Name: {Cheap: 0, Better: 4}, b.Name: {Cheap: 1, Better: 3}}
+	now := t0.Add(time.Second)
+	var q []*Request
+	seq := uint64(0)
+	add := func(app *App, due time.Duration, first *FirstPass) {
+		r := Prepare(app, seq, now.Add(-ms(1)), now.Add(due), nil, nil)
+		r.First = first
+		q = append(q, r)
+		seq++
+	}
+	for i := range 128 {
+		add(a, ms(1.9)+time.Duration(i)*time.Microsecond/2, nil)
+	}
+	for _, due := range []float64{2.5, 4} {
+		add(b, ms(due), &FirstPass{Variant: b.Variants[1], Confidence: 0.3, Done: now})
+	}
+	for i := range boundedMin + 1000 {
+		add(a, ms(60)+time.Duration(i)*ms(1), nil)
+	}
+	s := &Snapshot{Now: now, Queue: q, Apps: apps,
+		Engine: Engine{CountBudget: 3, Resident: map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}}}
+	var ds []Decision
+	var c *cascade
+	for _, whole := range []bool{true, false} {
+		p, err := NewCascade(Options{MaxQueueDelay: time.Nanosecond}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = p.(*cascade)
+		c.wholeQueue = whole
+		ds = append(ds, p.Decide(s))
+	}
+	if c.boundedHits != 1 {
+		t.Errorf("not decided from the earliest deadlines (the test tests nothing)")
+	}
+	if n := len(ds[0].Verdicts); n != 2 || ds[0].Verdicts[0].Outcome != FirstAnswer {
+		t.Fatalf("whole queue: %d verdicts, want the 2 late second passes:\n%s", n, describe(ds[0]))
+	}
+	if !reflect.DeepEqual(ds[0], ds[1]) {
+		t.Fatalf("bounded and whole-queue decisions differ:\n%s\n%s", describe(ds[1]), describe(ds[0]))
 	}
 }

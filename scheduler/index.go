@@ -146,12 +146,15 @@ func (x *queueIndex) indexed(q []*Request, start int) bool {
 	return x.holds(q[0]) && x.holds(q[start-1])
 }
 
-func (x *queueIndex) sameApps(apps map[string]*App) bool {
-	if len(apps) != len(x.apps) {
+func (x *queueIndex) sameApps(apps map[string]*App) bool { return sameApps(x.apps, apps) }
+
+// sameApps reports whether a and b name the same applications (pointers).
+func sameApps(a, b map[string]*App) bool {
+	if len(a) != len(b) {
 		return false
 	}
-	for name, a := range apps {
-		if x.apps[name] != a {
+	for name, x := range b {
+		if a[name] != x {
 			return false
 		}
 	}
@@ -308,33 +311,86 @@ func (x *queueIndex) hopeless(now time.Time, vs []Verdict, mark map[*Request]boo
 
 // nextByDeadline returns ai's earliest-deadline live request that skip does not
 // reject, moving it (and anything skipped) out of the queue until restore; nil
-// when there is none. A removed request is dropped for good.
-//
-// The entries are checked several at a time (liveOnly), so that their
-// searches overlap: when none is left checked ahead, it takes 1+more entries
-// (more is how many further requests the caller expects to take after this
-// one), and any that the last decision put back before them (mostly requests
-// it answered or batched, gone since). Those it does not hand out go back with
-// the rest at restore.
+// when there is none. A removed request is dropped for good. more is how many
+// further requests the caller expects to take after this one (see peek).
 func (x *queueIndex) nextByDeadline(ai *appIndex, skip func(*Request) bool, more int) *Request {
 	for {
-		for ai.aheadAt == len(ai.ahead) {
-			if ai.dl.len() == 0 {
-				return nil
-			}
-			ai.ahead, ai.aheadAt = ai.ahead[:0], 0
-			for ai.dl.len() > 0 && (len(ai.ahead) <= more || ai.dl.fromBack()) {
-				ai.ahead = append(ai.ahead, ai.dl.pop())
-			}
-			ai.ahead = x.liveOnly(ai.ahead)
+		e := x.peek(ai, more)
+		if e == nil {
+			return nil
 		}
-		e := ai.ahead[ai.aheadAt]
-		ai.aheadAt++
-		ai.poppedDl = append(ai.poppedDl, e)
+		x.take(ai)
 		if !skip(e.r) {
 			return e.r
 		}
 	}
+}
+
+// peek returns ai's earliest-deadline live entry, leaving it in place; nil
+// when there is none (or the index is found broken). The entries are checked
+// several at a time (liveOnly), so that their searches overlap: when none is
+// left checked ahead, it takes 1+more entries (more is how many further
+// requests the caller expects to take after this one), and up to four times
+// as many that the last decision put back before them (mostly requests it
+// answered or batched, gone since). Those it does not hand out go back with
+// the rest at restore.
+func (x *queueIndex) peek(ai *appIndex, more int) *keyEntry {
+	for ai.aheadAt == len(ai.ahead) {
+		if ai.dl.len() == 0 || x.broken {
+			return nil
+		}
+		ai.ahead, ai.aheadAt = ai.ahead[:0], 0
+		for ai.dl.len() > 0 && (len(ai.ahead) <= more || ai.dl.fromBack() && len(ai.ahead) < 4*(more+1)+64) {
+			ai.ahead = append(ai.ahead, ai.dl.pop())
+		}
+		ai.ahead = x.liveOnly(ai.ahead)
+	}
+	if x.broken {
+		return nil
+	}
+	return &ai.ahead[ai.aheadAt]
+}
+
+// take moves the entry peek returned out of the queue until restore.
+func (x *queueIndex) take(ai *appIndex) {
+	ai.poppedDl = append(ai.poppedDl, ai.ahead[ai.aheadAt])
+	ai.aheadAt++
+}
+
+// earliest is the application whose deadline queue holds the earliest live
+// request (nil when none is left): bounded decisions (bounded.go,
+// cascade_bounded.go) take the queue in deadline order over every
+// application. more is how many the caller expects to take after it (peek).
+func (x *queueIndex) earliest(more int) *appIndex {
+	var best *appIndex
+	var top keyEntry
+	for _, ai := range x.byApp {
+		if e := x.peek(ai, more); e != nil && (best == nil || keyEntryLess(*e, top)) {
+			best, top = ai, *e
+		}
+	}
+	return best
+}
+
+// popEarliest takes the earliest-deadline live request over every application
+// out of the index (until restore); nil when none is left. more is how many
+// the caller expects to take after it.
+func (x *queueIndex) popEarliest(more int) *Request {
+	best := x.earliest(more)
+	if best == nil {
+		return nil
+	}
+	r := x.peek(best, more).r
+	x.take(best)
+	return r
+}
+
+// peekEarliest is the request popEarliest would take next.
+func (x *queueIndex) peekEarliest() *Request {
+	if best := x.earliest(0); best != nil {
+		return x.peek(best, 0).r
+	}
+	return nil
 }
 
 // arrivals calls f with ai's live requests in arrival order until it returns

@@ -131,9 +131,9 @@ type Snapshot struct {
 	// Policies must not modify it.
 	//
 	// A policy may keep an index of the queue between decisions (index.go:
-	// edf, fifo, fixed-batch; bounded.go: the searching policies from 4,096
-	// queued), so that a decision costs what it answers and batches rather
-	// than the backlog. It assumes that from one decision to
+	// edf, fifo, fixed-batch; bounded.go and cascade_bounded.go: the searching
+	// policies and the cascade from 4,096 queued), so that a decision costs
+	// what it answers and batches rather than the backlog. It assumes that from one decision to
 	// the next the caller removes requests (those the decision answered or
 	// batched, and any others) and appends new arrivals with a Seq above every
 	// request given before; a batched request may also stay, or come back
@@ -142,8 +142,11 @@ type Snapshot struct {
 	// indexed, and a request replaced by another with the same Seq are
 	// detected and make the policy rebuild its index, which costs what a
 	// decision without one costs. A request put back with its old Seq after a
-	// later decision is not detected: only the cascade policy's second passes
-	// do that, and the cascade keeps no index.
+	// later decision is not detected by that index: only the cascade policy's
+	// second passes do that, and the cascade's own index looks for them among
+	// the first passes it ran (it counts on the caller removing only what a
+	// decision answered or batched between two decisions when first passes
+	// come back, as Executor does).
 	Queue  []*Request
 	Apps   map[string]*App
 	Engine Engine
