@@ -17,6 +17,7 @@ import (
 // journal is what egress needs of the store.
 type journal interface {
 	Complete(k store.Key, reply []byte) error
+	CompleteAsync(k store.Key, reply []byte, done func(error))
 	Outbox(k store.Key, reply []byte, flushBy time.Time) error
 	OutboxUnsent(k store.Key, reply []byte, flushBy time.Time) error
 	OutboxEntries() ([]store.OutboxEntry, error)
@@ -329,8 +330,13 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 	}
 	if err == nil {
 		e.m.replies.WithLabelValues(e.appLabel(h.app), string(h.status)).Inc()
-		e.complete(h.key, h.payload)
-		e.release(h.key)
+		k := h.key
+		e.journal.CompleteAsync(k, h.payload, func(err error) {
+			if err != nil {
+				e.completeFailed(k, err)
+			}
+			e.release(k)
+		})
 		return true
 	}
 	e.m.publishFails.Inc()
@@ -439,9 +445,13 @@ func (e *egress) storeError(op string, err error) {
 
 func (e *egress) complete(k store.Key, payload []byte) {
 	if err := e.journal.Complete(k, payload); err != nil {
-		e.storeError("complete", err)
-		e.log.Error().Err(err).Stringer("key", k).Msg("journal complete failed; the same reply may be published again after a restart")
+		e.completeFailed(k, err)
 	}
+}
+
+func (e *egress) completeFailed(k store.Key, err error) {
+	e.storeError("complete", err)
+	e.log.Error().Err(err).Stringer("key", k).Msg("journal complete failed; the same reply may be published again after a restart")
 }
 
 // Stop stops taking replies and waits, at most until ctx ends, for the queued ones

@@ -112,6 +112,7 @@ func (j *fakeJournal) Complete(k store.Key, _ []byte) error {
 	delete(j.outbox, k)
 	return nil
 }
+func (j *fakeJournal) CompleteAsync(k store.Key, r []byte, done func(error)) { done(j.Complete(k, r)) }
 func (j *fakeJournal) Outbox(k store.Key, r []byte, _ time.Time) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()

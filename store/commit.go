@@ -167,6 +167,17 @@ type op struct {
 
 	err  error
 	done chan struct{}
+	// notify, if set, is called with err once the op is committed or has
+	// failed, on the committer's goroutine (submitAsync).
+	notify func(error)
+}
+
+// finish closes o.done and calls o.notify.
+func (o *op) finish() {
+	close(o.done)
+	if o.notify != nil {
+		o.notify(o.err)
+	}
 }
 
 func (o *op) put(b *bolt.Bucket, k, v []byte) error {
@@ -188,6 +199,22 @@ func (s *Store) submit(o *op) error {
 	s.mu.RUnlock()
 	<-o.done
 	return o.err
+}
+
+// submitAsync queues o for the next group commit without waiting; o.notify is
+// called with the outcome.
+func (s *Store) submitAsync(o *op) {
+	o.done = make(chan struct{})
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		o.err = ErrClosed
+		o.notify(ErrClosed)
+		return
+	}
+	s.queued.Add(1)
+	s.ops <- o
+	s.mu.RUnlock()
 }
 
 // commitLoop is the only goroutine that writes through the group commit. It takes
@@ -237,7 +264,7 @@ func (s *Store) safeCommit(group []*op, mem *arena) {
 			default:
 			}
 			o.err = err
-			close(o.done)
+			o.finish()
 		}
 		s.statsMu.Lock()
 		s.stats.CommitErrors++
@@ -307,7 +334,7 @@ func (s *Store) commit(group []*op, mem *arena) {
 		}
 		if failed >= 0 {
 			tx.Rollback()
-			close(group[failed].done)
+			group[failed].finish()
 			group = append(group[:failed], group[failed+1:]...)
 			continue
 		}
@@ -316,7 +343,7 @@ func (s *Store) commit(group []*op, mem *arena) {
 			return
 		}
 		for _, o := range group {
-			close(o.done)
+			o.finish()
 		}
 		return
 	}
@@ -380,7 +407,7 @@ func (s *Store) fail(group []*op, err error) {
 	s.statsMu.Unlock()
 	for _, o := range group {
 		o.err = err
-		close(o.done)
+		o.finish()
 	}
 }
 

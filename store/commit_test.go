@@ -300,3 +300,60 @@ func TestBusyGroupSize(t *testing.T) {
 		}
 	})
 }
+
+// CompleteAsync returns before the commit; its callback reports the outcome
+// once the completion is durable, and Close commits what is queued.
+func TestCompleteAsync(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.db")
+	o := storetest.Options(t)
+	g := newGate()
+	o.BeforeCommit = g.beforeCommit
+	s := storetest.Open(t, path, o)
+	put := make(chan error, 1)
+	go func() { // held in BeforeCommit: the next writes queue behind it
+		_, err := s.Put(entry(0))
+		put <- err
+	}()
+	<-g.entered
+	done := make(chan error, 3)
+	s.CompleteAsync(key(1), []byte("r1"), func(err error) { done <- err })
+	s.CompleteAsync(key(2), []byte("r2"), func(err error) { done <- err })
+	select {
+	case err := <-done:
+		t.Fatalf("callback before the commit: %v", err)
+	default:
+	}
+	close(g.release)
+	if err := <-put; err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPut(t, s, entry(1), store.DupDone)
+	// Refused arguments are reported at once, a panicking callback does not
+	// stop the journal, and Close commits what is queued.
+	s.CompleteAsync(store.Key{}, nil, func(err error) { done <- err })
+	if err := <-done; !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("bad key: %v, want ErrInvalid", err)
+	}
+	s.CompleteAsync(key(3), []byte("r3"), func(error) { panic("callback") })
+	s.CompleteAsync(key(4), []byte("r4"), func(err error) { done <- err })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("completion queued before Close: %v", err)
+	}
+	s.CompleteAsync(key(5), []byte("r5"), func(err error) { done <- err })
+	if err := <-done; !errors.Is(err, store.ErrClosed) {
+		t.Errorf("after Close: %v, want ErrClosed", err)
+	}
+	s = storetest.Open(t, path, o)
+	for i := 1; i <= 4; i++ {
+		mustPut(t, s, entry(i), store.DupDone)
+	}
+	wantCounts(t, s, 1, 0, 4)
+}

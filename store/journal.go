@@ -204,11 +204,50 @@ func (s *Store) outbox(k Key, reply []byte, flushBy time.Time, unsent bool) erro
 // get the same reply. Complete returns ErrInvalid for a bad key, ErrClosed after
 // Close, and the commit's error.
 func (s *Store) Complete(k Key, reply []byte) error {
-	if err := validKey(k); err != nil {
+	o, err := s.completeOp(k, reply)
+	if err != nil {
+		return err
+	}
+	if err := s.submit(o); err != nil {
 		return fmt.Errorf("store: complete %s: %w", k, err)
 	}
+	return nil
+}
+
+// CompleteAsync is Complete without waiting for the commit: done is called
+// once with what Complete would have returned, when the write is durable or has
+// failed. It is called on the journal's committer goroutine, so it must be
+// quick and must not block or call the Store (a panic in it is recovered and
+// logged); it is called before CompleteAsync returns when the arguments are
+// refused or the store is closed. Close commits the writes already queued, so
+// every done is called by the time Close returns.
+func (s *Store) CompleteAsync(k Key, reply []byte, done func(error)) {
+	o, err := s.completeOp(k, reply)
+	if err != nil {
+		done(err)
+		return
+	}
+	o.notify = func(err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error().Interface("panic", p).Stringer("key", k).Msg("panic in a CompleteAsync callback (recovered)")
+			}
+		}()
+		if err != nil {
+			err = fmt.Errorf("store: complete %s: %w", k, err)
+		}
+		done(err)
+	}
+	s.submitAsync(o)
+}
+
+// completeOp is Complete's write; it refuses a bad key or an oversized reply.
+func (s *Store) completeOp(k Key, reply []byte) (*op, error) {
+	if err := validKey(k); err != nil {
+		return nil, fmt.Errorf("store: complete %s: %w", k, err)
+	}
 	if len(reply) > MaxRecordSize {
-		return fmt.Errorf("store: complete %s: %w: %d-byte reply", k, ErrTooLarge, len(reply))
+		return nil, fmt.Errorf("store: complete %s: %w: %d-byte reply", k, ErrTooLarge, len(reply))
 	}
 	kb := encodeKey(k)
 	now := s.opts.Now()
@@ -247,10 +286,7 @@ func (s *Store) Complete(k Key, reply []byte) error {
 		o.delta.done++
 		return o.put(b.keys, kb, b.state(keyState{state: stateDone, doneAt: now, n: n, reply: reply}))
 	}
-	if err := s.submit(o); err != nil {
-		return fmt.Errorf("store: complete %s: %w", k, err)
-	}
-	return nil
+	return o, nil
 }
 
 // Pending returns every entry without a reply, in Seq (arrival) order: the
