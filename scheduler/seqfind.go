@@ -12,8 +12,9 @@ import "slices"
 // So that it costs about the same at any length:
 //
 //   - fences: the Seqs of 64 requests spread evenly over the queue, read once
-//     per decision (when first needed), bracket a search to 1/63 of the queue
-//     without a probe;
+//     per decision (when findAll first needs them), bracket a search to 1/63
+//     of the queue without a probe (a lone search, as fifo makes a few of,
+//     starts from the queue's ends, or the fences if they are there);
 //   - interpolation: the Seqs are distinct integers that grow with arrival
 //     time, so the position of seq between two known requests is about
 //     proportional to its Seq (exact when none is missing in between). An
@@ -24,8 +25,8 @@ import "slices"
 //     cache misses of different searches overlap instead of adding up.
 type seqFinder struct {
 	q []*Request
-	// fence holds q[fencePos(j)].Seq for j < len(fence); built lazily (at
-	// least two fences, or none while the queue is shorter than two).
+	// fence holds q[fencePos(j)].Seq for j < len(fence); built lazily (two
+	// or maxFences fences, or none while the queue is shorter than two).
 	fence []uint64
 }
 
@@ -42,11 +43,13 @@ func (f *seqFinder) fencePos(j int) int {
 	return j * (len(f.q) - 1) / (len(f.fence) - 1)
 }
 
-func (f *seqFinder) fences() {
-	if len(f.fence) > 0 || len(f.q) < 2 {
+// fences reads k fences (at most one per request), unless as many are there.
+func (f *seqFinder) fences(k int) {
+	k = min(len(f.q), k)
+	if len(f.fence) >= k || len(f.q) < 2 {
 		return
 	}
-	k := min(len(f.q), maxFences)
+	f.fence = f.fence[:0]
 	for j := range k {
 		f.fence = append(f.fence, f.q[j*(len(f.q)-1)/(k-1)].Seq)
 	}
@@ -55,7 +58,7 @@ func (f *seqFinder) fences() {
 // find is one search.
 func (f *seqFinder) find(seq uint64) (int, bool) {
 	s := seqSearch{seq: seq}
-	for f.start(&s); !s.done; {
+	for f.start(&s, 2); !s.done; {
 		m := s.probe()
 		s.update(m, f.q[m].Seq)
 	}
@@ -70,7 +73,7 @@ func (f *seqFinder) find(seq uint64) (int, bool) {
 func (f *seqFinder) findAll(ss []seqSearch) {
 	n := 0 // the searches still going are ss[:n]
 	for i := range ss {
-		if f.start(&ss[i]); !ss[i].done {
+		if f.start(&ss[i], maxFences); !ss[i].done {
 			ss[n], ss[i] = ss[i], ss[n]
 			n++
 		}
@@ -110,7 +113,7 @@ type seqSearch struct {
 // start brackets the search between two fences, or finds seq at one or
 // outside them. Invariant of a search not done: q[lo].Seq = sLo < seq < sHi =
 // q[hi].Seq and hi-lo > 1, the answer in (lo, hi].
-func (f *seqFinder) start(s *seqSearch) {
+func (f *seqFinder) start(s *seqSearch, fences int) {
 	s.done, s.bisect = true, false
 	switch q := f.q; len(q) {
 	case 0:
@@ -123,7 +126,7 @@ func (f *seqFinder) start(s *seqSearch) {
 		}
 		return
 	}
-	f.fences()
+	f.fences(fences)
 	j, hit := slices.BinarySearch(f.fence, s.seq)
 	switch {
 	case hit:
