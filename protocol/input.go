@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"unsafe"
 )
 
 type inputError struct {
@@ -268,19 +269,30 @@ func chunkableB64Len(s []byte) (int, bool) {
 	return n, true
 }
 
+// littleEndian reports whether this machine stores a float32 in input_b64's
+// byte order (little-endian).
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
 // b64Chunk is how many base64 bytes decodeB64Floats decodes at a time: a
 // multiple of 4 that decodes to whole float32 values (3072 bytes, 768 values).
 const b64Chunk = 4096
 
 // decodeB64Floats decodes s, standard padded base64, into size little-endian
-// float32 values through a buffer on the stack, so that the only allocation is
-// the result. It reports false when s is not exactly that (bad base64, another
-// length), for parseB64 to find out why.
+// float32 values, so that the only allocation is the result: on a
+// little-endian machine straight into the result's bytes, elsewhere through a
+// buffer on the stack. It reports false when s is not exactly that (bad base64,
+// another length), for parseB64 to find out why.
 func decodeB64Floats(s []byte, size int) ([]float32, bool) {
 	if n, ok := chunkableB64Len(s); !ok || n != 4*size {
 		return nil, false
 	}
 	out := make([]float32, size)
+	if littleEndian {
+		// input_b64's byte order is the machine's: decode straight into out.
+		dst := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(out))), 4*size)
+		m, err := base64.StdEncoding.Decode(dst, s)
+		return out, err == nil && m == len(dst)
+	}
 	var buf [b64Chunk / 4 * 3]byte
 	k := 0
 	for off := 0; off < len(s); off += b64Chunk {
