@@ -19,6 +19,7 @@ type journal interface {
 	Complete(k store.Key, reply []byte) error
 	CompleteAsync(k store.Key, reply []byte, done func(error))
 	Outbox(k store.Key, reply []byte, flushBy time.Time) error
+	OutboxAll(items []store.OutboxItem) []error
 	OutboxUnsent(k store.Key, reply []byte, flushBy time.Time) error
 	OutboxEntries() ([]store.OutboxEntry, error)
 	OutboxEntry(k store.Key) (*store.OutboxEntry, error)
@@ -51,12 +52,15 @@ type egressOptions struct {
 	// scheduling loop (back-pressure: answers are never dropped, and the loop's
 	// drain rate slows to what the broker takes).
 	AnswerQueue int
-	// AnswerWorkers make answers durable and hand them to the MQTT client.
+	// AnswerWorkers make answers durable and hand them to the MQTT client. A
+	// worker takes every answer waiting when it starts (the answers of a batch
+	// come together), makes them durable in one group commit and hands them over.
 	AnswerWorkers int
-	// AckQueue bounds answers handed to the MQTT client and not yet acknowledged
-	// by the broker; AckWorkers wait for those acknowledgements and complete the
-	// requests in the journal. The device's latency ends at the hand-over: the
-	// wait for the PUBACK and the journal's completion are off its path.
+	// AckQueue bounds the groups of answers handed to the MQTT client and not yet
+	// acknowledged by the broker; AckWorkers wait for those acknowledgements and
+	// complete the requests in the journal. The device's latency ends at the
+	// hand-over: the wait for the PUBACK and the journal's completion are off its
+	// path.
 	AckQueue, AckWorkers int
 	// RawQueue bounds rejections and republished replies; when it is full they are
 	// dropped and counted, so that refusing work never waits for the broker.
@@ -107,15 +111,22 @@ type egress struct {
 	m            *metrics
 	opts         egressOptions
 
-	// sendMu guards closed and the sends on answers and raw against Stop.
-	sendMu   sync.RWMutex
-	closed   bool
-	answers  chan *answerMsg
-	acks     chan *handedOver
-	raw      chan rawMsg
-	answerW  sync.WaitGroup // answer workers
-	stopOnce sync.Once      // closes acks
-	workers  sync.WaitGroup // ack and raw workers
+	// sendMu guards closed, the answers queued and the sends on raw against
+	// Stop.
+	sendMu sync.RWMutex
+	closed bool
+	// answers are the answers waiting for a worker, at most AnswerQueue
+	// (answersMu; room is signalled when they are taken). answersKick (size 1)
+	// wakes one worker when they become non-empty; Stop closes it.
+	answersMu   sync.Mutex
+	room        sync.Cond
+	answers     []*answerMsg
+	answersKick chan struct{}
+	acks        chan []*handedOver
+	raw         chan rawMsg
+	answerW     sync.WaitGroup // answer workers
+	stopOnce    sync.Once      // closes acks
+	workers     sync.WaitGroup // ack and raw workers
 	// delay is a moving average of how long an answer takes from Answer until it
 	// is handed to the broker (its queue and the journal commit before it), in
 	// ns; lastDelay is when it was last observed.
@@ -143,11 +154,19 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 		now = time.Now
 	}
 	e := &egress{client: c, journal: j, timeout: timeout, rate: rate, now: now, log: log, m: m, opts: opts,
-		answers: make(chan *answerMsg, opts.AnswerQueue), acks: make(chan *handedOver, opts.AckQueue),
+		answersKick: make(chan struct{}, 1), acks: make(chan []*handedOver, opts.AckQueue),
 		raw:  make(chan rawMsg, opts.RawQueue),
 		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{})}
-	serve(&e.answerW, opts.AnswerWorkers, e.answers, e.sendAnswer)
-	serve(&e.workers, opts.AckWorkers, e.acks, func(h *handedOver) { e.finishAnswer(h) })
+	e.room.L = &e.answersMu
+	for range opts.AnswerWorkers {
+		e.answerW.Add(1)
+		go e.answerWorker()
+	}
+	serve(&e.workers, opts.AckWorkers, e.acks, func(hs []*handedOver) {
+		for _, h := range hs {
+			e.finishAnswer(h)
+		}
+	})
 	serve(&e.workers, opts.RawWorkers, e.raw, e.sendRaw)
 	return e
 }
@@ -176,7 +195,41 @@ func (e *egress) Answer(a *answerMsg) {
 		return
 	}
 	a.queued = e.now()
-	e.answers <- a
+	e.answersMu.Lock()
+	for len(e.answers) >= max(e.opts.AnswerQueue, 1) {
+		e.room.Wait()
+	}
+	e.answers = append(e.answers, a)
+	first := len(e.answers) == 1
+	e.answersMu.Unlock()
+	if first {
+		select {
+		case e.answersKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// answerWorker sends the answers queued whenever it is woken, all of them at
+// once, until Stop and the queue is empty. A worker busy with some leaves the
+// ones queued meanwhile to the next one woken.
+func (e *egress) answerWorker() {
+	defer e.answerW.Done()
+	for range e.answersKick {
+		e.sendQueued()
+	}
+	e.sendQueued() // what Stop found queued
+}
+
+func (e *egress) sendQueued() {
+	e.answersMu.Lock()
+	batch := e.answers
+	e.answers = nil
+	e.room.Broadcast()
+	e.answersMu.Unlock()
+	if len(batch) > 0 {
+		e.sendAnswers(batch)
+	}
 }
 
 // Delay is how long an answer has recently taken from Answer until it was handed
@@ -251,42 +304,68 @@ func (e *egress) PublishNow(topic string, rep *protocol.Reply) error {
 	}
 }
 
-// sendAnswer makes the answer durable, publishes it and completes it.
-func (e *egress) sendAnswer(a *answerMsg) {
+// sendAnswers makes answers durable (in one group commit), publishes them and
+// has the ack workers complete them.
+func (e *egress) sendAnswers(batch []*answerMsg) {
 	now := e.now()
-	rep := a.build(now)
-	payload, err := rep.Marshal()
-	if err != nil { // a Reply always marshals; keep the request rather than lose it
-		e.log.Error().Err(err).Msg("marshal reply")
-		return
+	type built struct {
+		a       *answerMsg
+		rep     *protocol.Reply
+		payload []byte
+	}
+	out := make([]built, 0, len(batch))
+	for _, a := range batch {
+		rep := a.build(now)
+		payload, err := rep.Marshal()
+		if err != nil { // a Reply always marshals; keep the request rather than lose it
+			e.log.Error().Err(err).Msg("marshal reply")
+			continue
+		}
+		out = append(out, built{a, rep, payload})
 	}
 	if !e.client.IsConnectionOpen() {
-		// Nobody can see it yet: keep it unsent, to be stamped when it goes out.
-		if err := e.journal.OutboxUnsent(a.key, payload, a.deadline); err != nil {
-			e.storeError("outbox", err)
-			e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
-			return
+		// Nobody can see them yet: keep them unsent, to be stamped when they go out.
+		for _, b := range out {
+			if err := e.journal.OutboxUnsent(b.a.key, b.payload, b.a.deadline); err != nil {
+				e.storeError("outbox", err)
+				e.log.Error().Err(err).Stringer("key", b.a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+			}
 		}
 		return
 	}
-	e.claim(a.key) // a key the loop answers is nobody else's
-	written := false
+	for _, b := range out {
+		e.claim(b.a.key) // a key the loop answers is nobody else's
+	}
+	var errs []error
 	if e.opts.Durable {
-		if err := e.journal.Outbox(a.key, payload, a.deadline); err != nil {
-			// Publish anyway: the device is waiting. The request stays pending in
-			// the journal, so a restart may answer it a second time.
-			e.storeError("outbox", err)
-			e.log.Error().Err(err).Stringer("key", a.key).Msg("outbox write failed; publishing without it")
-		} else {
-			written = true
+		items := make([]store.OutboxItem, len(out))
+		for i, b := range out {
+			items[i] = store.OutboxItem{Key: b.a.key, Reply: b.payload, FlushBy: b.a.deadline}
 		}
+		errs = e.journal.OutboxAll(items)
 	}
-	if !a.queued.IsZero() {
-		e.observeDelay(e.now().Sub(a.queued))
+	hs := make([]*handedOver, len(out))
+	for i, b := range out {
+		written := false
+		if e.opts.Durable {
+			if err := errs[i]; err != nil {
+				// Publish anyway: the device is waiting. The request stays pending in
+				// the journal, so a restart may answer it a second time.
+				e.storeError("outbox", err)
+				e.log.Error().Err(err).Stringer("key", b.a.key).Msg("outbox write failed; publishing without it")
+			} else {
+				written = true
+			}
+		}
+		if !b.a.queued.IsZero() {
+			e.observeDelay(e.now().Sub(b.a.queued))
+		}
+		hs[i] = e.handOver(b.a.topic, b.a.key, b.a.deadline, b.rep.App, b.rep.Status, b.payload)
+		hs[i].written = written
 	}
-	h := e.handOver(a.topic, a.key, a.deadline, rep.App, rep.Status, payload)
-	h.written = written
-	e.acks <- h
+	if len(hs) > 0 {
+		e.acks <- hs
+	}
 }
 
 // handedOver is a reply in the outbox that was handed to the MQTT client (or
@@ -460,7 +539,7 @@ func (e *egress) Stop(ctx context.Context) {
 	e.sendMu.Lock()
 	if !e.closed {
 		e.closed = true
-		close(e.answers)
+		close(e.answersKick)
 		close(e.raw)
 	}
 	e.sendMu.Unlock()

@@ -120,6 +120,13 @@ func (j *fakeJournal) Outbox(k store.Key, r []byte, _ time.Time) error {
 	delete(j.unsent, k)
 	return nil
 }
+func (j *fakeJournal) OutboxAll(items []store.OutboxItem) []error {
+	errs := make([]error, len(items))
+	for i, it := range items {
+		errs[i] = j.Outbox(it.Key, it.Reply, it.FlushBy)
+	}
+	return errs
+}
 func (j *fakeJournal) OutboxUnsent(k store.Key, r []byte, _ time.Time) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()

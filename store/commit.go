@@ -201,6 +201,34 @@ func (s *Store) submit(o *op) error {
 	return o.err
 }
 
+// submitAll queues ops for the next group commit together and waits until
+// each is committed or has failed; errs[i] is ops[i]'s outcome.
+func (s *Store) submitAll(ops []*op) (errs []error) {
+	errs = make([]error, len(ops))
+	if len(ops) == 0 {
+		return errs
+	}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		for i := range errs {
+			errs[i] = ErrClosed
+		}
+		return errs
+	}
+	for _, o := range ops {
+		o.done = make(chan struct{})
+		s.queued.Add(1)
+		s.ops <- o
+	}
+	s.mu.RUnlock()
+	for i, o := range ops {
+		<-o.done
+		errs[i] = o.err
+	}
+	return errs
+}
+
 // submitAsync queues o for the next group commit without waiting; o.notify is
 // called with the outcome.
 func (s *Store) submitAsync(o *op) {

@@ -30,8 +30,9 @@ forgets completed keys older than Options.Retention.
 Put, Outbox, Complete and GC are group-committed: one goroutine commits the writes
 that queued up while the previous commit was syncing (up to MaxBatchSize, waiting
 at most MaxBatchDelay for more), and each call returns only when its commit is
-durable. CompleteAsync queues a completion without waiting for its commit and
-reports the outcome through a callback. The duplicate check runs in the same transaction as the insert. A
+durable. OutboxAll queues several replies and waits for them together;
+CompleteAsync queues a completion without waiting for its commit and reports
+the outcome through a callback. The duplicate check runs in the same transaction as the insert. A
 failed commit fails every write in it; a write that fails on its own (for
 example Outbox of an unknown key) is taken out and the others are retried, as in
 bbolt's DB.Batch.

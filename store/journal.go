@@ -135,11 +135,55 @@ func (s *Store) OutboxUnsent(k Key, reply []byte, flushBy time.Time) error {
 }
 
 func (s *Store) outbox(k Key, reply []byte, flushBy time.Time, unsent bool) error {
-	if err := validKey(k); err != nil {
+	o, err := outboxOp(k, reply, flushBy, unsent)
+	if err != nil {
+		return err
+	}
+	if err := s.submit(o); err != nil {
 		return fmt.Errorf("store: outbox %s: %w", k, err)
 	}
+	return nil
+}
+
+// OutboxItem is one reply for OutboxAll.
+type OutboxItem struct {
+	Key
+	Reply   []byte
+	FlushBy time.Time
+}
+
+// OutboxAll is Outbox of each item, queued for the group commit together and
+// waited for together: one wait instead of one per reply. The writes are
+// separate (each fails or succeeds on its own, as with Outbox, and a key may
+// appear more than once: the last one wins); errs[i] is item i's error.
+func (s *Store) OutboxAll(items []OutboxItem) (errs []error) {
+	errs = make([]error, len(items))
+	ops := make([]*op, 0, len(items))
+	idx := make([]int, 0, len(items))
+	for i, it := range items {
+		o, err := outboxOp(it.Key, it.Reply, it.FlushBy, false)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		ops = append(ops, o)
+		idx = append(idx, i)
+	}
+	for j, err := range s.submitAll(ops) {
+		if err != nil {
+			errs[idx[j]] = fmt.Errorf("store: outbox %s: %w", items[idx[j]].Key, err)
+		}
+	}
+	return errs
+}
+
+// outboxOp is Outbox's write; it refuses a bad key or an oversized reply.
+func outboxOp(k Key, reply []byte, flushBy time.Time, unsent bool) (*op, error) {
+	if err := validKey(k); err != nil {
+		return nil, fmt.Errorf("store: outbox %s: %w", k, err)
+	}
 	if len(reply) > MaxRecordSize {
-		return fmt.Errorf("store: outbox %s: %w: %d-byte reply", k, ErrTooLarge, len(reply))
+		return nil, fmt.Errorf("store: outbox %s: %w: %d-byte reply", k, ErrTooLarge, len(reply))
 	}
 	kb := encodeKey(k)
 	o := &op{Op: Op{Kind: OpOutbox, Key: k}}
@@ -188,10 +232,7 @@ func (s *Store) outbox(k Key, reply []byte, flushBy time.Time, unsent bool) erro
 		}
 		return o.put(b.keys, kb, b.state(keyState{state: stateOutbox, seq: st.seq, flushBy: flushBy}))
 	}
-	if err := s.submit(o); err != nil {
-		return fmt.Errorf("store: outbox %s: %w", k, err)
-	}
-	return nil
+	return o, nil
 }
 
 // Complete records that the reply for k was handed to the broker: k leaves

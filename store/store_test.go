@@ -422,3 +422,42 @@ func TestLookup(t *testing.T) {
 		t.Errorf("bad key: %v", err)
 	}
 }
+
+// OutboxAll is Outbox of each item: one error per item, the others written.
+func TestOutboxAll(t *testing.T) {
+	s := storetest.New(t)
+	for i := range 3 {
+		mustPut(t, s, entry(i), store.New)
+	}
+	items := []store.OutboxItem{
+		{Key: key(0), Reply: []byte("r0"), FlushBy: storetest.Epoch},
+		{Key: key(7), Reply: []byte("r7")},       // never put
+		{Key: store.Key{}, Reply: []byte("bad")}, // invalid
+		{Key: key(2), Reply: []byte("r2")},
+		{Key: key(2), Reply: []byte("r2, again")}, // replaces the one before
+	}
+	errs := s.OutboxAll(items)
+	if len(errs) != len(items) || errs[0] != nil || !errors.Is(errs[1], store.ErrNotPending) ||
+		!errors.Is(errs[2], store.ErrInvalid) || errs[3] != nil || errs[4] != nil {
+		t.Fatalf("OutboxAll: %v", errs)
+	}
+	got := map[store.Key]string{}
+	es, err := s.OutboxEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		got[e.Key] = string(e.Reply)
+	}
+	if len(got) != 2 || got[key(0)] != "r0" || got[key(2)] != "r2, again" {
+		t.Errorf("outbox %v, want r0 and the second r2", got)
+	}
+	wantCounts(t, s, 1, 2, 0)
+	if errs := s.OutboxAll(nil); len(errs) != 0 {
+		t.Errorf("OutboxAll(nil): %v", errs)
+	}
+	s.Close()
+	if errs := s.OutboxAll(items[:1]); !errors.Is(errs[0], store.ErrClosed) {
+		t.Errorf("after Close: %v, want ErrClosed", errs)
+	}
+}
