@@ -39,7 +39,7 @@ func TestWarmResidency(t *testing.T) {
 func TestPlacebo(t *testing.T) {
 	a := Synthetic(1)
 	pt := Point{App: a, Workload: a.Workloads[1], Policy: PolicyPlacebo, Load: 1.5, Deadline: a.Deadline,
-		Requests: 2000, Seed: 4, Jitter: 0.05}
+		Requests: 2000, Seed: 4, GatewayModel: GatewayModel{Jitter: 0.05}}
 	m1, err := Simulate(pt, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +65,7 @@ func TestNoAnswerScored(t *testing.T) {
 		a := Synthetic(1)
 		a.Sched.NoAnswer = na
 		m, err := Simulate(Point{App: a, Workload: a.Workloads[1], Policy: "fifo", Load: 3, Deadline: 50 * time.Millisecond,
-			Requests: 3000, Seed: 2, MaxQueue: 8}, nil)
+			Requests: 3000, Seed: 2, GatewayModel: GatewayModel{MaxQueue: 8}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +133,7 @@ func TestLoopCost(t *testing.T) {
 func TestIngressDelay(t *testing.T) {
 	a := Synthetic(1)
 	pt := Point{App: a, Workload: a.Workloads[0], Policy: "edf", Load: 0.5, Deadline: a.Deadline, Requests: 500, Seed: 1,
-		IngressDelay: 2 * a.Deadline}
+		GatewayModel: GatewayModel{IngressDelay: 2 * a.Deadline}}
 	m, err := Simulate(pt, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +184,7 @@ func TestCascadeInSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	pt := Point{App: a, Workload: w, Policy: PolicyCascade, Load: 2, Deadline: a.Deadline, Requests: 3000, Seed: 1,
-		Jitter: 0.05, GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond, GatewayKnown: true}
+		GatewayModel: GatewayModel{Jitter: 0.05, GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond, GatewayKnown: true}}
 	m1, err := Simulate(pt, nil)
 	if err != nil {
 		t.Fatal(err)

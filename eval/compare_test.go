@@ -33,10 +33,10 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 			t.Fatal(err)
 		}
 		pt := Point{App: a, Workload: w, Load: load, Deadline: time.Duration(float64(a.Deadline) * dlScale), Seed: 1,
-			Jitter: 0.05, MaxQueue: 10000, GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond,
-			GatewayKnown: true, IngressDelay: time.Millisecond,
-			// The gateway's admission (sneakgate eval's defaults).
-			MaxWait: 0.5, MeasuredWait: true, DegradeRefused: true}
+			GatewayModel: GatewayModel{Jitter: 0.05, MaxQueue: 10000, GatewayCost: 5 * time.Microsecond,
+				VerdictCost: time.Microsecond, GatewayKnown: true, IngressDelay: time.Millisecond,
+				// The gateway's admission (sneakgate eval's defaults).
+				MaxWait: 0.5, MeasuredWait: true, DegradeRefused: true}}
 		pt.Options.Shrink, pt.Options.PriceHorizon = 0.5, time.Second
 		rate := load * CapacityWith(a.Sched, withMaxBatch(pt.Options), pt.GatewayCost)
 		pt.Requests = max(2000, int(deadlines*rate*pt.Deadline.Seconds()))

@@ -28,7 +28,7 @@ func withEstimates(a *App, f func(p []float64) []float64) *App {
 func TestGuardedPolicies(t *testing.T) {
 	a := Synthetic(1)
 	wl := a.Workloads[0]
-	pt := Point{App: a, Workload: wl, Load: 1.2, Deadline: a.Deadline, Requests: 6000, Seed: 5, Jitter: 0.05,
+	pt := Point{App: a, Workload: wl, Load: 1.2, Deadline: a.Deadline, Requests: 6000, Seed: 5, GatewayModel: GatewayModel{Jitter: 0.05},
 		Guard: sneakpeek.GuardOptions{Window: 300, Distrust: 0.9}}
 	run := func(pt Point, pol string) Metrics {
 		t.Helper()

@@ -29,23 +29,10 @@ type engineSim struct {
 	// Origin is the simulated clock's start (residency is warm at it).
 	Origin time.Time
 	// Seed fixes the variants' answers (Predict) and the latency jitter.
-	Seed   uint64
-	Jitter float64
-	// MaxQueue, MaxWait and DegradeRefused are the admission of Point;
-	// MemBudget and CountBudget bound residency.
-	MaxQueue       int
-	MaxWait        float64
-	DegradeRefused bool
-	// MeasuredWait adds the gateway's other admission test (with MaxWait > 0):
-	// an arrival is refused when the queue ahead of it would take longer than
-	// its whole budget at the rate the loop has been answering queued requests
-	// (scheduler.DrainMeter, as gateway/loop.go measures it; the cheapest
-	// variant's time per request until there is a rate).
-	MeasuredWait bool
-	MemBudget    int64
-	CountBudget  int
-	// GatewayCost, VerdictCost and IngressDelay are as in Point.
-	GatewayCost, VerdictCost, IngressDelay time.Duration
+	Seed uint64
+	// GatewayModel is the admission, the budgets, the loop's costs and the
+	// jitter (GatewayKnown is the caller's: it builds the tables).
+	GatewayModel
 	// Now is the wall clock that times decisions.
 	Now func() time.Time
 	// Estimate returns an arrival's estimate and, when the policy sharpens it,

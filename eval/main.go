@@ -56,55 +56,55 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	var (
-		models       = fs.String("models", "models", "directory holding {app}/manifest.yaml")
-		apps         = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
-		synthetic    = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
-		workloads    = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
-		policies     = fs.String("policies", "sneakpeek,oblivious,placebo,cascade,edf,fixed-batch", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+"); cascade needs the engine")
-		loads        = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
-		deadlines    = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
-		n            = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
-		minDl        = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
-		maxN         = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
-		seed         = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
-		seeds        = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals")
-		ref          = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
-		gatewayUS    = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
-		verdictUS    = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
-		gwKnown      = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
-		ingressMS    = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
-		jitter       = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
-		maxBatch     = fs.Int("max-batch", 32, "largest batch")
-		window       = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
-		shrink       = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
-		horizon      = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
-		maxQueue     = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
-		degradeRef   = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
-		maxWait      = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
-		measuredWait = fs.Bool("measured-wait", true, "with -max-wait > 0, also simulate the gateway's refusal of an arrival that would wait longer than its whole budget at the measured drain rate (requests answered per second of the loop's busy time), as the gateway does; false: the figures of docs/evaluation.md computed before 2026-11-30's evening")
-		maxResident  = fs.Int("max-resident", 0, "most variants resident at once (0 = unlimited)")
-		memBudget    = fs.Int64("mem-budget-mb", 0, "residency memory budget in MiB (0 = unlimited)")
-		profiles     = fs.String("profiles", "", "read variant profiles from this JSON file instead of measuring")
-		saveProf     = fs.String("save-profiles", "", "write the profiles used to this JSON file")
-		ortLib       = fs.String("ort-lib", "", "ONNX Runtime library (default $"+engine.LibraryEnv+")")
-		noEngine     = fs.Bool("no-engine", false, "do not use the engine: needs -profiles; correctness from confusion matrices")
-		out          = fs.String("out", "eval-out", "output directory for results.json and the plots")
-		workers      = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
-		quiet        = fs.Bool("quiet", false, "no progress bar")
-		estimator    = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
-		live         = fs.Bool("live", false, "drive the real gateway over MQTT with the device simulator and compare with the simulator's prediction")
-		liveRates    = fs.String("live-rates", "300", "with -live: request rates (per second) to run live")
-		liveDur      = fs.Duration("live-duration", 10*time.Second, "with -live: how long each live run sends")
-		liveDevices  = fs.Int("live-devices", 4, "with -live: simulated devices")
-		liveLatency  = fs.Bool("live-latency-correction", true, "with -live: the gateway corrects its latency tables from observed batches (scheduler.latency_correction)")
-		liveSentAt   = fs.Bool("live-sent-at", true, "with -live: the devices stamp requests with sent_at, so deadlines run from the send and time queued in the broker counts (false: from the gateway's receipt)")
-		guardWin     = fs.Int("guard-window", 0, "guarded policies: the drift guard's window (0 = sneakpeek.DefaultGuardWindow)")
-		guardDis     = fs.Float64("guard-distrust", 0, "guarded policies: gap beyond the baseline that distrusts (0 = default)")
-		guardRet     = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
-		shiftWin     = fs.Int("shift-window", 0, "label-shift policies: the live prior estimate's window, update step 1/window (0 = sneakpeek.DefaultShiftWindow)")
-		liveBroker   = fs.String("live-broker", "mosquitto", "with -live: the broker: \"mosquitto\" starts a private Mosquitto on a free port (the embedded broker when none is installed), \"embedded\" the gateway's embedded broker (in this process), or an external broker URL")
-		liveProc     = fs.Bool("live-devices-process", true, "with -live: run the simulated devices in a child process (sneakgate devsim), off the gateway's CPU threads; false runs them in this process")
-		scenario     = fs.String("scenario", "", "simulate a scenario file instead of the manifests: applications sharing one engine, periodic device streams, simulated estimators (eval/scenarios; docs/evaluation.md)")
+		models      = fs.String("models", "models", "directory holding {app}/manifest.yaml")
+		apps        = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
+		synthetic   = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
+		workloads   = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
+		policies    = fs.String("policies", "sneakpeek,oblivious,placebo,cascade,edf,fixed-batch", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+"); cascade needs the engine")
+		loads       = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
+		deadlines   = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
+		n           = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
+		minDl       = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
+		maxN        = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
+		seed        = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
+		seeds       = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals")
+		ref         = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
+		gatewayUS   = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
+		verdictUS   = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
+		gwKnown     = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
+		ingressMS   = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
+		jitter      = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
+		maxBatch    = fs.Int("max-batch", 32, "largest batch")
+		window      = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
+		shrink      = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
+		horizon     = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
+		maxQueue    = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
+		degradeRef  = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
+		maxWait     = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
+		_           = fs.Bool("measured-wait", true, "with -max-wait > 0, also simulate the gateway's refusal of an arrival that would wait longer than its whole budget at the measured drain rate (requests answered per second of the loop's busy time), as the gateway does; false: the figures of docs/evaluation.md computed before 2026-11-30's evening")
+		_           = fs.Int("max-resident", 0, "most variants resident at once (0 = unlimited)")
+		_           = fs.Int64("mem-budget-mb", 0, "residency memory budget in MiB (0 = unlimited)")
+		profiles    = fs.String("profiles", "", "read variant profiles from this JSON file instead of measuring")
+		saveProf    = fs.String("save-profiles", "", "write the profiles used to this JSON file")
+		ortLib      = fs.String("ort-lib", "", "ONNX Runtime library (default $"+engine.LibraryEnv+")")
+		noEngine    = fs.Bool("no-engine", false, "do not use the engine: needs -profiles; correctness from confusion matrices")
+		out         = fs.String("out", "eval-out", "output directory for results.json and the plots")
+		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
+		quiet       = fs.Bool("quiet", false, "no progress bar")
+		estimator   = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
+		live        = fs.Bool("live", false, "drive the real gateway over MQTT with the device simulator and compare with the simulator's prediction")
+		liveRates   = fs.String("live-rates", "300", "with -live: request rates (per second) to run live")
+		liveDur     = fs.Duration("live-duration", 10*time.Second, "with -live: how long each live run sends")
+		liveDevices = fs.Int("live-devices", 4, "with -live: simulated devices")
+		liveLatency = fs.Bool("live-latency-correction", true, "with -live: the gateway corrects its latency tables from observed batches (scheduler.latency_correction)")
+		liveSentAt  = fs.Bool("live-sent-at", true, "with -live: the devices stamp requests with sent_at, so deadlines run from the send and time queued in the broker counts (false: from the gateway's receipt)")
+		guardWin    = fs.Int("guard-window", 0, "guarded policies: the drift guard's window (0 = sneakpeek.DefaultGuardWindow)")
+		guardDis    = fs.Float64("guard-distrust", 0, "guarded policies: gap beyond the baseline that distrusts (0 = default)")
+		guardRet    = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
+		shiftWin    = fs.Int("shift-window", 0, "label-shift policies: the live prior estimate's window, update step 1/window (0 = sneakpeek.DefaultShiftWindow)")
+		liveBroker  = fs.String("live-broker", "mosquitto", "with -live: the broker: \"mosquitto\" starts a private Mosquitto on a free port (the embedded broker when none is installed), \"embedded\" the gateway's embedded broker (in this process), or an external broker URL")
+		liveProc    = fs.Bool("live-devices-process", true, "with -live: run the simulated devices in a child process (sneakgate devsim), off the gateway's CPU threads; false runs them in this process")
+		scenario    = fs.String("scenario", "", "simulate a scenario file instead of the manifests: applications sharing one engine, periodic device streams, simulated estimators (eval/scenarios; docs/evaluation.md)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -239,10 +239,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout)
 	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
 		MinDeadlines: *minDl, MaxRequests: *maxN, Seeds: *seeds,
-		Base: Point{Options: opts, Requests: *n, Seed: *seed, Jitter: *jitter, MaxQueue: *maxQueue, MaxWait: *maxWait, MeasuredWait: *measuredWait, DegradeRefused: *degradeRef,
-			GatewayCost: gwCost, GatewayKnown: *gwKnown, VerdictCost: time.Duration(*verdictUS * float64(time.Microsecond)),
-			IngressDelay: time.Duration(*ingressMS * float64(time.Millisecond)),
-			CountBudget:  *maxResident, MemBudget: *memBudget << 20,
+		Base: Point{Options: opts, Requests: *n, Seed: *seed, GatewayModel: flagGatewayModel(fs),
 			Guard: sneakpeek.GuardOptions{Window: *guardWin, Distrust: *guardDis, Retrust: *guardRet},
 			Shift: sneakpeek.ShiftOptions{Window: *shiftWin}}}
 	pts, err := sw.Points()
@@ -509,4 +506,17 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nlive agrees with the simulator within tolerance at %d of %d points; wrote %s\n", held, len(rs), p)
 	return nil
+}
+
+// flagGatewayModel is the gateway model the parsed flags of fs describe (shared
+// by the sweep and -scenario).
+func flagGatewayModel(fs *flag.FlagSet) GatewayModel {
+	get := func(name string) any { return fs.Lookup(name).Value.(flag.Getter).Get() }
+	f64 := func(name string) float64 { return get(name).(float64) }
+	us := func(name string) time.Duration { return time.Duration(f64(name) * float64(time.Microsecond)) }
+	return GatewayModel{Jitter: f64("jitter"), MaxQueue: get("max-queue").(int), MaxWait: f64("max-wait"),
+		MeasuredWait: get("measured-wait").(bool), DegradeRefused: get("degrade-refused").(bool),
+		MemBudget: get("mem-budget-mb").(int64) << 20, CountBudget: get("max-resident").(int),
+		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), GatewayKnown: get("gateway-known").(bool),
+		IngressDelay: time.Duration(f64("ingress-ms") * float64(time.Millisecond))}
 }

@@ -59,7 +59,7 @@ func TestRealAppSneakPeekBeatsOblivious(t *testing.T) {
 			rate := c.load * Capacity(a.Sched, withMaxBatch(Point{}.Options))
 			n := max(3000, int(8*rate*a.Deadline.Seconds()))
 			m, err := Simulate(Point{App: a, Workload: w, Policy: pol, Load: c.load, Deadline: a.Deadline,
-				Requests: n, Seed: 5, Jitter: 0.05}, nil)
+				Requests: n, Seed: 5, GatewayModel: GatewayModel{Jitter: 0.05}}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -29,7 +29,6 @@ func mainScenario(ctx context.Context, fs *flag.FlagSet, path, command string, s
 	get := func(name string) any { return fs.Lookup(name).Value.(flag.Getter).Get() }
 	str := func(name string) string { return get(name).(string) }
 	f64 := func(name string) float64 { return get(name).(float64) }
-	us := func(name string) time.Duration { return time.Duration(f64(name) * float64(time.Microsecond)) }
 	c, err := LoadScenario(path)
 	if err != nil {
 		return err
@@ -52,15 +51,13 @@ func mainScenario(ctx context.Context, fs *flag.FlagSet, path, command string, s
 		opts.Window = get("window").(int)
 	}
 	base := ScenarioPoint{Options: opts, Requests: get("n").(int), MinDeadlines: f64("min-deadlines"),
-		Seed: get("seed").(uint64), Jitter: f64("jitter"), MaxQueue: get("max-queue").(int),
-		MaxWait: f64("max-wait"), MeasuredWait: get("measured-wait").(bool), DegradeRefused: get("degrade-refused").(bool), GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"),
-		GatewayKnown: get("gateway-known").(bool), IngressDelay: time.Duration(f64("ingress-ms") * float64(time.Millisecond)),
-		CountBudget: c.Engine.MaxResident, MemBudget: c.Engine.MemBudgetMB << 20}
-	if set["max-resident"] {
-		base.CountBudget = get("max-resident").(int)
+		Seed: get("seed").(uint64), GatewayModel: flagGatewayModel(fs)}
+	// Residency: the scenario's engine section unless the flags say otherwise.
+	if !set["max-resident"] {
+		base.CountBudget = c.Engine.MaxResident
 	}
-	if set["mem-budget-mb"] {
-		base.MemBudget = get("mem-budget-mb").(int64) << 20
+	if !set["mem-budget-mb"] {
+		base.MemBudget = c.Engine.MemBudgetMB << 20
 	}
 	seeds := get("seeds").(int)
 	if seeds < 1 {

@@ -29,20 +29,9 @@ type ScenarioPoint struct {
 	// latency jitter and the variants' answers; every policy and every
 	// estimator see the same requests and classes for a given seed.
 	Seed uint64
-	// Jitter, MaxQueue, MaxWait, MeasuredWait, DegradeRefused, GatewayCost,
-	// VerdictCost, GatewayKnown and IngressDelay are as in Point. CountBudget
-	// and MemBudget bound residency (the scenario's engine section unless
-	// overridden).
-	Jitter                   float64
-	MaxQueue                 int
-	MaxWait                  float64
-	MeasuredWait             bool
-	DegradeRefused           bool
-	GatewayCost, VerdictCost time.Duration
-	GatewayKnown             bool
-	IngressDelay             time.Duration
-	CountBudget              int
-	MemBudget                int64
+	// GatewayModel is as in Point; its CountBudget and MemBudget are the
+	// scenario's engine section unless overridden.
+	GatewayModel
 }
 
 // ScenarioRun is one ScenarioPoint's outcome: Apps[a] application a's metrics,
@@ -156,11 +145,8 @@ func SimulateScenario(pt ScenarioPoint) (ScenarioRun, error) {
 		}
 		return c.Est[pt.Estimator][q.app][f], nil
 	}
-	sim := engineSim{Policy: pt.Policy, Pol: pol, Apps: apps, Reqs: reqs, Origin: origin, Seed: pt.Seed, Jitter: pt.Jitter,
-		MaxQueue: pt.MaxQueue, MaxWait: pt.MaxWait, MeasuredWait: pt.MeasuredWait, DegradeRefused: pt.DegradeRefused,
-		MemBudget: pt.MemBudget, CountBudget: pt.CountBudget,
-		GatewayCost: pt.GatewayCost, VerdictCost: pt.VerdictCost, IngressDelay: pt.IngressDelay,
-		Now: time.Now, Estimate: estimate}
+	sim := engineSim{Policy: pt.Policy, Pol: pol, Apps: apps, Reqs: reqs, Origin: origin, Seed: pt.Seed,
+		GatewayModel: pt.GatewayModel, Now: time.Now, Estimate: estimate}
 	out, err := sim.run()
 
 	// Per application, then every request together.

@@ -70,8 +70,8 @@ func smallScenario(t *testing.T) *ScenarioReport {
 	t.Helper()
 	cfg := ScenarioConfig{Path: paperScenario, Policies: []string{"sneakpeek", "sneakpeek-nodegrade", "oblivious", "edf"},
 		Loads: []float64{1, 8}, Seeds: 2, Estimators: []string{"paper-flag"}, Workers: 2, Ref: "sneakpeek",
-		Base: ScenarioPoint{Requests: 1500, Seed: 1, Jitter: 0.05, MaxQueue: 10000, DegradeRefused: true,
-			Options: scheduler.Options{Window: 16}, CountBudget: 1}}
+		Base: ScenarioPoint{Requests: 1500, Seed: 1, Options: scheduler.Options{Window: 16},
+			GatewayModel: GatewayModel{Jitter: 0.05, MaxQueue: 10000, DegradeRefused: true, CountBudget: 1}}}
 	rep, _, err := RunScenario(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -24,7 +24,7 @@ func TestShiftPolicies(t *testing.T) {
 			t.Fatal(err)
 		}
 		pt := Point{App: a, Workload: w, Policy: pol, Load: load, Deadline: a.Deadline, Requests: 6000, Seed: 3,
-			Jitter: 0.05, Shift: sneakpeek.ShiftOptions{Window: 300}}
+			GatewayModel: GatewayModel{Jitter: 0.05}, Shift: sneakpeek.ShiftOptions{Window: 300}}
 		m, err := Simulate(pt, nil)
 		if err != nil {
 			t.Fatalf("%s %s: %v", wl, pol, err)

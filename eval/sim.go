@@ -12,22 +12,12 @@ import (
 	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
-// Point is one simulated run: one application and workload, one policy, one load
-// and deadline.
-type Point struct {
-	App      *App
-	Workload manifest.Workload
-	Policy   string
-	Options  scheduler.Options
-	// Load is the arrival rate as a fraction of Capacity.
-	Load float64
-	// Deadline is every request's budget.
-	Deadline time.Duration
-	// Requests is how many requests arrive.
-	Requests int
-	// Seed fixes arrivals, samples, latency jitter and confusion draws; runs with
-	// the same seed see the same requests whatever the policy.
-	Seed uint64
+// GatewayModel is the gateway as the simulator models it around the engine:
+// its admission, its residency budgets, its own time per request and how much
+// forward passes vary. Point, ScenarioPoint and engineSim embed it, so that
+// every simulated run is given all of it (a run that copied the fields one by
+// one once left the admission test out).
+type GatewayModel struct {
 	// Jitter is the relative standard deviation of the actual forward-pass and
 	// swap times around the profile (0 = exactly the profile).
 	Jitter float64
@@ -52,13 +42,6 @@ type Point struct {
 	// MemBudget and CountBudget bound residency (0 = unlimited).
 	MemBudget   int64
 	CountBudget int
-	// Guard configures the drift guard of the guarded policies (PolicyGuarded,
-	// PolicyGuardedDeg); zero fields take sneakpeek's defaults. Reference and
-	// Baseline are always set from the App (newGuard). Other policies ignore it.
-	Guard sneakpeek.GuardOptions
-	// Shift configures the label-shift correction of PolicyShift (zero fields take
-	// sneakpeek's defaults). Other policies ignore it.
-	Shift sneakpeek.ShiftOptions
 	// GatewayCost is the gateway's own time per request it runs on a model, on
 	// the scheduling loop (its share of the decision, stacking its input, the
 	// reply hand-off), which runs between batches while the engine waits; a
@@ -71,16 +54,44 @@ type Point struct {
 	// non-engine time per request would plan with). Without it they plan with the
 	// engine's profile alone and the loop's time surprises them.
 	GatewayKnown bool
+	// IngressDelay is the time from a request's receipt (its arrival, from which
+	// its deadline counts) until the scheduler sees it: parsing, the journal's
+	// write, the estimate.
+	IngressDelay time.Duration
+}
+
+// Point is one simulated run: one application and workload, one policy, one load
+// and deadline.
+type Point struct {
+	App      *App
+	Workload manifest.Workload
+	Policy   string
+	Options  scheduler.Options
+	// Load is the arrival rate as a fraction of Capacity.
+	Load float64
+	// Deadline is every request's budget.
+	Deadline time.Duration
+	// Requests is how many requests arrive.
+	Requests int
+	// Seed fixes arrivals, samples, latency jitter and confusion draws; runs with
+	// the same seed see the same requests whatever the policy.
+	Seed uint64
+	// GatewayModel is the gateway around the engine: admission, residency
+	// budgets, its own time per request, the latency jitter.
+	GatewayModel
+	// Guard configures the drift guard of the guarded policies (PolicyGuarded,
+	// PolicyGuardedDeg); zero fields take sneakpeek's defaults. Reference and
+	// Baseline are always set from the App (newGuard). Other policies ignore it.
+	Guard sneakpeek.GuardOptions
+	// Shift configures the label-shift correction of PolicyShift (zero fields take
+	// sneakpeek's defaults). Other policies ignore it.
+	Shift sneakpeek.ShiftOptions
 	// EngineSlowdown (> 1) stretches every forward pass by this factor, and the
 	// policies plan with the stretched tables, as the gateway's latency
 	// correction makes them do: the engine sharing the CPU with ingress, the
 	// journal, the broker and the devices. The load stays relative to the
 	// unstretched capacity. 0 or 1: the profiles as measured.
 	EngineSlowdown float64
-	// IngressDelay is the time from a request's receipt (its arrival, from which
-	// its deadline counts) until the scheduler sees it: parsing, the journal's
-	// write, the estimate.
-	IngressDelay time.Duration
 }
 
 // Metrics are one run's results. Utility and Accuracy are means over every
@@ -286,12 +297,9 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		}
 		return est, correct
 	}
-	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, Jitter: pt.Jitter,
+	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, GatewayModel: pt.GatewayModel,
 		Apps: []simApp{{App: a, Exec: sa, View: pa, Deadline: pt.Deadline,
 			Fastest: scheduler.CheapestAmortised(sa) + pt.GatewayCost, Guard: guard, GMode: gmode}},
-		MaxQueue: pt.MaxQueue, MaxWait: pt.MaxWait, MeasuredWait: pt.MeasuredWait, DegradeRefused: pt.DegradeRefused,
-		MemBudget: pt.MemBudget, CountBudget: pt.CountBudget,
-		GatewayCost: pt.GatewayCost, VerdictCost: pt.VerdictCost, IngressDelay: pt.IngressDelay,
 		Now: now, Estimate: estimate}
 	run, err := sim.run()
 	tl := &run.Tallies[0]

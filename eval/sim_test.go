@@ -26,7 +26,7 @@ func TestSneakPeekBeatsOblivious(t *testing.T) {
 			var u [3]float64
 			for i, pol := range []string{"sneakpeek", "oblivious", "oblivious-switch"} {
 				m, err := Simulate(Point{App: a, Workload: wl, Policy: pol, Load: load, Deadline: a.Deadline,
-					Requests: 4000, Seed: 7, Jitter: 0.05}, nil)
+					Requests: 4000, Seed: 7, GatewayModel: GatewayModel{Jitter: 0.05}}, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -51,7 +51,7 @@ func TestSimulateAccounting(t *testing.T) {
 	wl := a.Workloads[1]
 	for _, pol := range scheduler.Names() {
 		pt := Point{App: a, Workload: wl, Policy: pol, Load: 1.5, Deadline: a.Deadline, Requests: 1500,
-			Seed: 3, Jitter: 0.05, MaxQueue: 200, CountBudget: 2}
+			Seed: 3, GatewayModel: GatewayModel{Jitter: 0.05, MaxQueue: 200, CountBudget: 2}}
 		m1, err := Simulate(pt, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", pol, err)
@@ -127,7 +127,7 @@ func TestSimulateAdmissionRefusesOnlyBeyondTheCheapestVariant(t *testing.T) {
 		{a, beyond, 0.5, false}} {
 		for _, pol := range []string{"sneakpeek", "edf"} {
 			m, err := Simulate(Point{App: c.app, Workload: wl, Policy: pol, Load: c.load, Deadline: a.Deadline,
-				Requests: 4000, Seed: 5, MaxWait: c.maxWait}, nil)
+				Requests: 4000, Seed: 5, GatewayModel: GatewayModel{MaxWait: c.maxWait}}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -152,7 +152,7 @@ func TestSimulateMeasuredWait(t *testing.T) {
 	run := func(pol string, load float64, measured bool) Metrics {
 		t.Helper()
 		m, err := Simulate(Point{App: a, Workload: wl, Policy: pol, Load: load, Deadline: a.Deadline,
-			Requests: 4000, Seed: 5, MaxWait: 0.5, MeasuredWait: measured}, nil)
+			Requests: 4000, Seed: 5, GatewayModel: GatewayModel{MaxWait: 0.5, MeasuredWait: measured}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +180,7 @@ func TestSimulateMeasuredWait(t *testing.T) {
 func TestSimulateDegradeRefused(t *testing.T) {
 	a := Synthetic(1)
 	pt := Point{App: a, Workload: a.Workloads[0], Policy: "edf", Load: 5, Deadline: a.Deadline, Requests: 4000, Seed: 5,
-		MaxQueue: 20}
+		GatewayModel: GatewayModel{MaxQueue: 20}}
 	refused, err := Simulate(pt, nil)
 	if err != nil {
 		t.Fatal(err)
