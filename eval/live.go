@@ -255,7 +255,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	pt := Point{App: a, Workload: w, Policy: c.Policy, Options: o, Load: res.Load, Deadline: c.Deadline,
 		Requests: max(rep.Sent, 1), Seed: c.Seed, GatewayModel: GatewayModel{Jitter: c.Jitter,
 			MaxQueue: cfg.Admission.MaxQueue, MaxWait: cfg.Admission.MaxWait, MeasuredWait: true,
-			DegradeRefused: cfg.Admission.DegradeRefused,
+			DegradeRefused: cfg.Admission.DegradeRefused, PriceAdmission: cfg.Admission.PriceShed,
 			// The gateway's own time as the sweep models it; its policies plan with
 			// the engine's (corrected) profile alone.
 			GatewayCost: DefaultGatewayCostUS * time.Microsecond, VerdictCost: DefaultVerdictCostUS * time.Microsecond,

@@ -145,6 +145,8 @@ func (s *engineSim) run() (*simRun, error) {
 		next      int
 		drain     scheduler.DrainMeter
 		drainRate float64
+		// gate is the latest decision's price gate (PriceAdmission).
+		gate *scheduler.PriceGate
 	)
 	answer := func(q *simReq, yhat int, at time.Time, status string) {
 		t := &out.Tallies[q.app]
@@ -264,6 +266,9 @@ func (s *engineSim) run() (*simRun, error) {
 		out.Scheduled += len(d.Verdicts)
 		drain.Answered += len(d.Verdicts)
 		wake = d.WakeAt
+		if d.Gate != nil {
+			gate = d.Gate
+		}
 		// The loop's own time: the decision and the hand-off of every request it
 		// answers or batches, while the engine waits.
 		loopCost := time.Duration(len(d.Verdicts)) * s.VerdictCost
@@ -369,6 +374,13 @@ func (s *engineSim) run() (*simRun, error) {
 					// As the gateway: computed from the estimator's own output
 					// (before any label-shift correction), applied to the request.
 					scheduler.Sharpen(q.r, correct)
+				}
+				if s.PriceAdmission && gate.Sheds(q.r, now) {
+					// The gateway's admission.price_shed: answered from the
+					// estimate on the ingress worker, neither queued nor journaled.
+					answer(q, scheduler.Argmax(q.r.P), now, "degraded")
+					out.Tallies[q.app].m.PriceShed++
+					continue
 				}
 			}
 			byReq[q.r] = q

@@ -58,6 +58,11 @@ type GatewayModel struct {
 	// its deadline counts) until the scheduler sees it: parsing, the journal's
 	// write, the estimate.
 	IngressDelay time.Duration
+	// PriceAdmission applies the policy's gate at admission (Decision.Gate,
+	// scheduler.PriceGate; the gateway's admission.price_shed): while the
+	// policy sheds under overload, an arrival it would shed anyway is answered
+	// from its estimate at once, neither queued nor charged to the loop.
+	PriceAdmission bool
 }
 
 // Point is one simulated run: one application and workload, one policy, one load
@@ -116,6 +121,9 @@ type Metrics struct {
 	Degraded int     `json:"degraded"`
 	Expired  int     `json:"expired"`
 	Rejected int     `json:"rejected"`
+	// PriceShed counts the degraded answers given at admission by the price
+	// gate (GatewayModel.PriceAdmission); they are in Degraded too.
+	PriceShed int `json:"price_shed,omitempty"`
 	// Swaps counts variant loads; SwapTime is their summed simulated cost.
 	Swaps    int     `json:"swaps"`
 	SwapTime float64 `json:"swap_time_s"`

@@ -210,6 +210,15 @@ type AdmissionConfig struct {
 	// capacity this is most of what data-aware scheduling is worth
 	// (docs/evaluation.md, "Admission").
 	DegradeRefused bool `yaml:"degrade_refused"`
+	// PriceShed answers at admission, from its SneakPeek estimate (status
+	// degraded, reason overload_shed), a request that the scheduler's shedding
+	// walk would shed anyway: while the policy is shedding under overload, an
+	// arrival whose model answer is worth less per second of engine time than
+	// what the latest decision shed (scheduler.PriceGate; sneakpeek only, the
+	// gate expires 250 ms after the last decision that shed). The request is
+	// neither journaled nor queued, so the scheduling loop does not spend a
+	// verdict on it; the reply is best effort, like degrade_refused's.
+	PriceShed bool `yaml:"price_shed"`
 	// Workers is the number of request handlers (parse, admit, journal); their
 	// journal writes share group commits.
 	Workers int `yaml:"workers"`
@@ -277,7 +286,7 @@ func DefaultConfig() Config {
 			PriceHorizon:      time.Second,
 			LatencyCorrection: true},
 		Admission: AdmissionConfig{
-			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
+			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, PriceShed: true, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,
 		},
 	}

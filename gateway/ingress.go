@@ -152,6 +152,17 @@ func (g *Gateway) handle(a arrival) {
 		return
 	}
 	est, correct := g.estimate(app, req.Input)
+	if reserved && g.shedsAtAdmission(req, app, est, correct) {
+		// Not journaled: answered like a request admission refuses, unless the
+		// journal knows it (a redelivered copy), which takes the normal path.
+		if res, err := g.journal.Lookup(key); err == nil && res.Dup == store.New {
+			release()
+			msg.Ack()
+			g.m.admissionShed.WithLabelValues(req.App).Inc()
+			g.answerFromEstimate(req, app, est)
+			return
+		}
+	}
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {
@@ -217,13 +228,38 @@ func (g *Gateway) degradeRefused(req *protocol.Request, app *appRuntime) bool {
 	if est == nil {
 		return false
 	}
+	g.m.refusedDeg.WithLabelValues(req.App).Inc()
+	g.answerFromEstimate(req, app, est)
+	return true
+}
+
+// answerFromEstimate answers a request that is not journaled with its estimate
+// (status degraded, reason overload_shed), best effort like a refusal.
+func (g *Gateway) answerFromEstimate(req *protocol.Request, app *appRuntime, est []float64) {
 	now := g.now()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, Received: req.Received, Deadline: req.Deadline}
 	rep := buildReply(j, degraded(est, string(protocol.ReasonOverloadShed), now), app.m.Labels, app.estName, now)
-	g.m.refusedDeg.WithLabelValues(req.App).Inc()
 	g.lastOverload.Store(now.UnixNano())
 	g.egress.Reject(req.ReplyTo, rep)
-	return true
+}
+
+// shedsAtAdmission reports whether admission.price_shed answers this request
+// from its estimate: the scheduler's latest gate (scheduler.PriceGate) sheds it
+// as the request prepared for the scheduler (est and, with a difficulty model,
+// correct, as the loop prepares it).
+func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct []float64) bool {
+	if !g.cfg.Admission.PriceShed || app == nil || est == nil {
+		return false
+	}
+	gate := g.loop.gate.Load()
+	if gate == nil || !gate.Active {
+		return false
+	}
+	r := scheduler.Prepare(app.sched, 0, req.Received, req.Deadline, est, nil)
+	if correct != nil {
+		scheduler.Sharpen(r, correct)
+	}
+	return gate.Sheds(r, g.now())
 }
 
 // expiredOnArrival answers a request whose end-to-end deadline passed before it

@@ -26,6 +26,7 @@ import (
 	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -839,6 +840,76 @@ func TestRefusedAnsweredFromEstimate(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(gw.g.m.rejected.WithLabelValues(string(protocol.ReasonOverload))); n != 0 {
 		t.Errorf("rejected{overload} = %v, want 0: the refused request was answered", n)
+	}
+}
+
+// TestPriceShedAtAdmission: with admission.price_shed (the default), while the
+// scheduler's latest gate sheds (scheduler.PriceGate, set by a sneakpeek
+// decision that shed under overload), an arrival it sheds is answered from its
+// estimate at admission, neither journaled nor queued; once a decision finds
+// time free again, arrivals are served.
+func TestPriceShedAtAdmission(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	if cfg.Scheduler.Policy != "sneakpeek" || !cfg.Admission.PriceShed {
+		t.Fatalf("defaults: policy %q, price_shed %v", cfg.Scheduler.Policy, cfg.Admission.PriceShed)
+	}
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+
+	// A real gate: a sneakpeek decision over a queue of the gateway's own
+	// application that no variant could drain in time.
+	app := gw.g.loop.apps["fashion"]
+	now := time.Now()
+	p := make([]float64, app.K)
+	for i := range p {
+		p[i] = 0.01
+	}
+	p[0] = 1 - 0.01*float64(app.K-1)
+	var q []*scheduler.Request
+	for i := range 5000 {
+		q = append(q, scheduler.Prepare(app, uint64(i+1), now, now.Add(time.Millisecond), p, nil))
+	}
+	res := map[scheduler.VariantID]time.Time{}
+	for _, v := range app.Variants {
+		res[v.ID] = now
+	}
+	pol, err := scheduler.New("sneakpeek", cfg.SchedulerOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := pol.Decide(&scheduler.Snapshot{Now: now, Queue: q, Apps: map[string]*scheduler.App{"fashion": app},
+		Engine: scheduler.Engine{Resident: res}})
+	if d.Gate == nil || !d.Gate.Active {
+		t.Fatalf("an overloaded sneakpeek decision set no shedding gate: %+v", d.Gate)
+	}
+	// Made to shed every arrival with an estimate, for the test.
+	all := *d.Gate
+	all.At, all.Density = time.Now(), math.Inf(1)
+	gw.g.loop.gate.Store(&all)
+
+	dev := newDevice(t, b.URL(), "cam-gate")
+	dev.request("fashion", "cam-gate", "shed", samples.Row(1), 60000)
+	r := dev.await([]string{"shed"}, 30*time.Second)["shed"]
+	if r.Status != protocol.StatusDegraded || r.Reason != protocol.ReasonOverloadShed || r.Class == nil ||
+		!strings.HasPrefix(r.Model, "sneakpeek-") || r.Batch != 0 {
+		t.Fatalf("shed at admission: %+v, want a degraded answer from the estimate", r)
+	}
+	if n, err := gw.g.journal.Lookup(store.Key{App: "fashion", Device: "cam-gate", ID: "shed"}); err != nil || n.Dup != store.New {
+		t.Errorf("a request shed at admission is in the journal: %+v %v", n, err)
+	}
+
+	gw.g.loop.gate.Store(&scheduler.PriceGate{At: time.Now()}) // time is free
+	dev.request("fashion", "cam-gate", "served", samples.Row(2), 60000)
+	if r := dev.await([]string{"served"}, 30*time.Second)["served"]; r.Status != protocol.StatusOK {
+		t.Fatalf("served once the gate sheds nothing: %+v", r)
+	}
+	gw.stop(t)
+	if n := testutil.ToFloat64(gw.g.m.admissionShed.WithLabelValues("fashion")); n != 1 {
+		t.Errorf("admission_shed_total = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(gw.g.m.received.WithLabelValues("fashion")); n != 1 {
+		t.Errorf("received = %v, want 1 (the shed request is not journaled)", n)
 	}
 }
 

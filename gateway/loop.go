@@ -107,6 +107,9 @@ func degraded(est []float64, reason string, now time.Time) result {
 // engine worker. Nothing else touches the queue.
 type loop struct {
 	policy scheduler.Policy
+	// gate is the latest admission gate a decision set (scheduler.PriceGate,
+	// admission.price_shed); ingress workers read it.
+	gate atomic.Pointer[scheduler.PriceGate]
 	// fallbackOpts are the options of the edf policy that decides instead of
 	// policy when policy's decision is invalid (fallback).
 	fallbackOpts scheduler.Options
@@ -461,6 +464,9 @@ func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 	l.m.decisionTime.Observe(time.Since(t0).Seconds())
 	if err == nil {
 		err = l.exec.Apply(d, now)
+	}
+	if err == nil && d.Gate != nil {
+		l.gate.Store(d.Gate)
 	}
 	if err != nil {
 		l.m.invalidDecisions.Inc()

@@ -13,21 +13,22 @@ import (
 // metrics are the gateway's Prometheus metrics ("accuracy goodput" observability).
 // They are registered on an injected registry so tests can read them.
 type metrics struct {
-	reg          prometheus.Registerer
-	received     *prometheus.CounterVec   // app
-	replies      *prometheus.CounterVec   // app, status
-	rejected     *prometheus.CounterVec   // reason
-	refusedDeg   *prometheus.CounterVec   // app
-	unroutable   prometheus.Counter       // broken beyond any reply topic
-	duplicates   *prometheus.CounterVec   // state: pending, done
-	queueLen     prometheus.Gauge         // requests waiting for a model
-	queueTime    *prometheus.HistogramVec // app
-	inferTime    *prometheus.HistogramVec // app, variant
-	batchSize    *prometheus.HistogramVec // app, variant
-	answers      *answerCounts            // app: answers given by models, deadline met or not, their est_accuracy summed
-	swaps        *prometheus.CounterVec   // kind: load, unload
-	swapTime     *prometheus.CounterVec   // kind
-	decisionTime prometheus.Histogram
+	reg           prometheus.Registerer
+	received      *prometheus.CounterVec   // app
+	replies       *prometheus.CounterVec   // app, status
+	rejected      *prometheus.CounterVec   // reason
+	refusedDeg    *prometheus.CounterVec   // app
+	admissionShed *prometheus.CounterVec   // app
+	unroutable    prometheus.Counter       // broken beyond any reply topic
+	duplicates    *prometheus.CounterVec   // state: pending, done
+	queueLen      prometheus.Gauge         // requests waiting for a model
+	queueTime     *prometheus.HistogramVec // app
+	inferTime     *prometheus.HistogramVec // app, variant
+	batchSize     *prometheus.HistogramVec // app, variant
+	answers       *answerCounts            // app: answers given by models, deadline met or not, their est_accuracy summed
+	swaps         *prometheus.CounterVec   // kind: load, unload
+	swapTime      *prometheus.CounterVec   // kind
+	decisionTime  prometheus.Histogram
 	// invalidDecisions counts the policy's decisions the loop refused (loop.decide).
 	invalidDecisions prometheus.Counter
 	storeErrors      *prometheus.CounterVec // op
@@ -58,6 +59,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_rejected_total", Help: "Requests rejected, by reason code."}, []string{"reason"}),
 		refusedDeg: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_degraded_total", Help: "Requests refused for overload and answered from the SneakPeek estimate instead (admission.degrade_refused), by application."}, []string{"app"}),
+		admissionShed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_admission_shed_total", Help: "Requests answered from the SneakPeek estimate at admission because the scheduler was shedding requests worth more per second of engine time (admission.price_shed), by application."}, []string{"app"}),
 		unroutable: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_unroutable_total", Help: "Messages so broken that no reply topic could be derived (logged, not answered)."}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -97,7 +100,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		latencyFactor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
-	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.admissionShed, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
@@ -206,6 +209,7 @@ func (m *metrics) initLabels(apps []string) {
 	for _, app := range apps {
 		m.received.WithLabelValues(app)
 		m.refusedDeg.WithLabelValues(app)
+		m.admissionShed.WithLabelValues(app)
 		m.answers.init(app)
 		for _, st := range statuses {
 			m.replies.WithLabelValues(app, string(st))

@@ -150,6 +150,10 @@ type decisionState struct {
 	// such a decision's bounds need.
 	extraBacklog int
 	bound        *boundInfo
+	// shedN counts the members the shedding walk answered (shed.go), and
+	// shedMax is the largest worth per engine second among them.
+	shedN   int
+	shedMax float64
 }
 
 // setPrice derives the price of engine time for this decision, by Lagrangian

@@ -67,7 +67,7 @@ func (d *decisionState) shed() {
 		if d.shedDegrades(m) {
 			alt = m.r.DegradedUtility
 		}
-		cs[i] = shedCand{cost: ai.shedCost, density: (best - alt) / ai.shedCost.Seconds()}
+		cs[i] = shedCand{cost: ai.shedCost, density: shedDensity(best, alt, ai.shedCost)}
 		order[i] = i
 	}
 	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(d.members[a].dl, d.members[b].dl) })
@@ -102,6 +102,12 @@ func (d *decisionState) shed() {
 	if len(shed) == 0 {
 		return
 	}
+	for _, j := range shed {
+		if d.shedN == 0 || cs[j].density > d.shedMax {
+			d.shedMax = cs[j].density
+		}
+		d.shedN++
+	}
 	drop := slices.Grow(sc.drop[:0], n)[:n]
 	clear(drop)
 	sc.drop = drop
@@ -123,6 +129,13 @@ func (d *decisionState) shed() {
 	}
 	clear(d.members[k:])
 	d.members = d.members[:k]
+}
+
+// shedDensity is a member's worth per second of engine time in the shedding
+// walk: its best believed value on a model over its alternative, per the
+// engine time the walk charges it.
+func shedDensity(best, alt float64, cost time.Duration) float64 {
+	return (best - alt) / cost.Seconds()
 }
 
 // shedScratch holds shed's buffers between decisions.

@@ -247,13 +247,13 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 		}
 		runs = d.fill(runs, win)
 		if b := d.assemble(runs[0]); b != nil {
-			return Decision{Verdicts: d.verdicts, Batch: b}
+			return Decision{Verdicts: d.verdicts, Batch: b, Gate: d.gate()}
 		}
 		if len(d.verdicts) == before {
 			break
 		}
 	}
-	return Decision{Verdicts: d.verdicts, WakeAt: s.Now}
+	return Decision{Verdicts: d.verdicts, WakeAt: s.Now, Gate: d.gate()}
 }
 
 // plan returns the runs of the best plan for the window (fresh slices the caller

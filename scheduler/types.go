@@ -235,6 +235,12 @@ type Decision struct {
 	// happens (a batching delay). The caller also decides again whenever a request
 	// arrives or a batch finishes.
 	WakeAt time.Time
+	// Gate, if not nil, is admission by what this decision shed (PriceGate): a
+	// caller that admits requests may answer an arrival the gate sheds from its
+	// estimate instead of queueing it, until a later decision's gate replaces
+	// it or it expires (GateTTL). Only a searching, data-aware policy that
+	// answers from the estimate sets it.
+	Gate *PriceGate
 }
 
 // Policy decides. Implementations are registered by name with Register.
