@@ -205,8 +205,10 @@ type AdmissionConfig struct {
 	// max_queue) from its application's SneakPeek estimate, status degraded
 	// (reason overload_shed), instead of a bare rejection, when the application
 	// has an estimator: the same answer the scheduler gives a request it sheds.
-	// It costs the input's decoding and the estimate, not a journal write; the
-	// reply is best effort, like a rejection. Beyond the cheapest variant's
+	// It costs the input's decoding and the estimate, not a journal write; like
+	// a rejection's, the request is acknowledged once the broker has the reply
+	// (a crash in between makes the broker deliver it again, answered anew).
+	// Beyond the cheapest variant's
 	// capacity this is most of what data-aware scheduling is worth
 	// (docs/evaluation.md, "Admission").
 	DegradeRefused bool `yaml:"degrade_refused"`
@@ -217,13 +219,14 @@ type AdmissionConfig struct {
 	// what the latest decision shed (scheduler.PriceGate; sneakpeek only, the
 	// gate expires 250 ms after the last decision that shed). The request is
 	// neither journaled nor queued, so the scheduling loop does not spend a
-	// verdict on it; the reply is best effort, like degrade_refused's.
+	// verdict on it; its reply is handled like degrade_refused's.
 	PriceShed bool `yaml:"price_shed"`
 	// Workers is the number of request handlers (parse, admit, journal); their
 	// journal writes share group commits.
 	Workers int `yaml:"workers"`
-	// IngressQueue bounds the messages waiting for a handler; a message arriving
-	// when it is full is acknowledged and refused (overload) unread.
+	// IngressQueue bounds the messages waiting for a handler; when it is full
+	// the MQTT client waits for room (it stops reading; the broker keeps the
+	// rest), so that no message is acknowledged unread.
 	IngressQueue    int           `yaml:"ingress_queue"`
 	MaxPayloadBytes int           `yaml:"max_payload_bytes"`
 	MinDeadline     time.Duration `yaml:"min_deadline"`

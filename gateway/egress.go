@@ -36,8 +36,8 @@ type answerMsg struct {
 	queued   time.Time // when Answer took it
 }
 
-// rawMsg is an unjournaled reply (a rejection, or a stored reply published again
-// to a duplicate): best effort.
+// rawMsg is a stored reply published again to a duplicate of an answered
+// request: best effort (the broker acknowledged the first copy).
 type rawMsg struct {
 	topic   string
 	app     string
@@ -62,12 +62,13 @@ type egressOptions struct {
 	// hand-over: the wait for the PUBACK and the journal's completion are off its
 	// path.
 	AckQueue, AckWorkers int
-	// RawQueue bounds rejections and republished replies; when it is full they are
-	// dropped and counted, so that refusing work never waits for the broker.
+	// RawQueue bounds replies republished to duplicates of answered requests;
+	// when it is full they are dropped and counted (the first copy is with the
+	// broker already). Refusals and the other unjournaled replies are never
+	// dropped: see Owe.
 	RawQueue int
-	// RawWorkers publish raw replies, each waiting for its PUBACK: at most this
-	// many are in flight, so that a flood of rejections cannot crowd the answers
-	// out of the connection and the broker.
+	// RawWorkers publish republished replies, each waiting for its PUBACK: at
+	// most this many are in flight.
 	RawWorkers int
 	// RawMaxAge drops a raw reply that waited longer than this for a worker: its
 	// retry_after_ms would be stale.
@@ -93,9 +94,11 @@ func defaultEgressOptions() egressOptions {
 // the request, before or after a crash, gets the same reply; they leave the journal
 // (Complete) once the broker has acknowledged them (PUBACK). An answer decided while
 // the broker is away is kept unsent, and stamped when it is finally published: past
-// its deadline it becomes expired (broker_unavailable). Rejections and republished
-// replies go through a separate bounded queue that never blocks and never competes
-// with answers.
+// its deadline it becomes expired (broker_unavailable). A reply to a request that
+// is not journaled (a refusal, a rejection, an answer from the estimate, an
+// expired reply) is owed: it is handed to the broker at once and its request is
+// acknowledged only when the broker has the reply (Owe). Replies republished to
+// duplicates go through a separate bounded queue, best effort.
 type egress struct {
 	// served reports whether an application is served; metrics label the others
 	// "_unknown" so that arbitrary topic names cannot grow the label set.
@@ -134,7 +137,7 @@ type egress struct {
 	delay     float64
 	lastDelay time.Time
 
-	late  sync.WaitGroup // awaitLate goroutines
+	late  sync.WaitGroup // awaitLate goroutines and the owed waiter
 	nLate int            // running awaitLate goroutines (busyMu)
 	// lateClosed is set by Close: awaitLate starts no more waiters (busyMu).
 	lateClosed bool
@@ -146,6 +149,16 @@ type egress struct {
 	busyMu sync.Mutex
 	busy   map[store.Key]bool
 	stop   chan struct{} // closed by Close: late waiters give up
+
+	// owed are the owed replies handed to the MQTT client whose PUBACK the owed
+	// waiter has not seen yet, in the order they were handed over (owedMu;
+	// owedKick, size 1, wakes the waiter). Unbounded on purpose: every one holds a
+	// request the gateway has not acknowledged, so the broker's in-flight window
+	// bounds them; a bound here would wait for PUBACKs that the MQTT client reads
+	// only after the requests ahead of them (docs/reliability.md).
+	owedMu   sync.Mutex
+	owed     []owedReply
+	owedKick chan struct{}
 }
 
 func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, now func() time.Time,
@@ -156,8 +169,11 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 	e := &egress{client: c, journal: j, timeout: timeout, rate: rate, now: now, log: log, m: m, opts: opts,
 		answersKick: make(chan struct{}, 1), acks: make(chan []*handedOver, opts.AckQueue),
 		raw:  make(chan rawMsg, opts.RawQueue),
-		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{})}
+		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{}),
+		owedKick: make(chan struct{}, 1)}
 	e.room.L = &e.answersMu
+	e.late.Add(1)
+	go e.owedWaiter()
 	for range opts.AnswerWorkers {
 		e.answerW.Add(1)
 		go e.answerWorker()
@@ -253,23 +269,9 @@ func (e *egress) observeDelay(d time.Duration) {
 	e.delayMu.Unlock()
 }
 
-// Reject queues an unjournaled reply without ever blocking: when the queue is
-// full the reply is dropped and counted.
-func (e *egress) Reject(topic string, rep *protocol.Reply) {
-	if len(e.raw) == cap(e.raw) { // full: do not pay for encoding it
-		e.m.dropped.WithLabelValues(string(rep.Status)).Inc()
-		return
-	}
-	payload, err := rep.Marshal()
-	if err != nil { // a Reply always marshals
-		e.log.Error().Err(err).Msg("marshal reply")
-		return
-	}
-	e.SendRaw(topic, rep.App, rep.Status, payload)
-}
-
-// SendRaw queues an already encoded reply (to a duplicate of an answered request)
-// like Reject.
+// SendRaw queues a stored reply published again to a duplicate of an answered
+// request without ever blocking: when the queue is full it is dropped and
+// counted (the broker acknowledged the first copy).
 func (e *egress) SendRaw(topic, app string, status protocol.Status, payload []byte) {
 	e.sendMu.RLock()
 	defer e.sendMu.RUnlock()
@@ -283,24 +285,97 @@ func (e *egress) SendRaw(topic, app string, status protocol.Status, payload []by
 	e.m.dropped.WithLabelValues(string(status)).Inc()
 }
 
-// PublishNow publishes an unjournaled reply from the caller's goroutine and
-// waits for the broker's PUBACK (up to the publish timeout). It returns
-// errNotConnected when the reply was not handed to the broker at all, so that the
-// caller can leave the request unacknowledged; on a timeout the MQTT client still
-// holds the reply and delivers it later.
-func (e *egress) PublishNow(topic string, rep *protocol.Reply) error {
+// owedReply is an owed reply handed to the MQTT client: ack acknowledges its
+// request once tok completes without error.
+type owedReply struct {
+	tok    mqtt.Token
+	ack    func()
+	app    string
+	status protocol.Status
+}
+
+// errStopping: egress is closed; the request is left unacknowledged.
+var errStopping = errors.New("egress stopped")
+
+// Owe publishes rep, the only reply to a request the gateway does not journal,
+// and calls ack (the request's acknowledgement to the broker) once the broker has
+// the reply (its PUBACK). It never waits for the broker and never drops the
+// reply: the reply is handed to the MQTT client at once. Until the PUBACK the
+// request stays unacknowledged, so if the gateway dies in between, the broker
+// delivers the request again and it is answered again. Owe returns
+// errNotConnected (the client is not connected) or errStopping without
+// publishing: the caller leaves the request unacknowledged, and the broker
+// delivers it again when the session resumes. A publish that fails after the
+// hand-over leaves its request unacknowledged too (counted in
+// sneakgate_publish_failures_total).
+func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 	payload, err := rep.Marshal()
 	if err != nil { // a Reply always marshals
 		return err
 	}
-	_, err = e.publish(topic, payload)
-	switch {
-	case err == nil, errors.Is(err, errPublishTimeout):
-		e.m.replies.WithLabelValues(e.appLabel(rep.App), string(rep.Status)).Inc()
-		return nil
-	default:
-		e.m.publishFails.Inc()
+	e.busyMu.Lock()
+	closed := e.lateClosed
+	e.busyMu.Unlock()
+	if closed {
+		return errStopping
+	}
+	tok, err := e.startPublish(topic, payload)
+	if err != nil {
 		return err
+	}
+	e.owedMu.Lock()
+	e.owed = append(e.owed, owedReply{tok: tok, ack: ack, app: rep.App, status: rep.Status})
+	first := len(e.owed) == 1
+	e.owedMu.Unlock()
+	e.m.owed.Inc()
+	if first {
+		select {
+		case e.owedKick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// owedWaiter acknowledges the requests of owed replies as their PUBACKs come, in
+// the order the replies were handed over (the broker acknowledges a client's
+// publishes in order), until Close.
+func (e *egress) owedWaiter() {
+	defer e.late.Done()
+	for {
+		select {
+		case <-e.owedKick:
+		case <-e.stop:
+			return
+		}
+		for {
+			e.owedMu.Lock()
+			batch := e.owed
+			e.owed = nil
+			e.owedMu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			for i, o := range batch {
+				select {
+				case <-o.tok.Done():
+				case <-e.stop:
+					e.m.owed.Sub(float64(len(batch) - i))
+					return
+				}
+				e.m.owed.Dec()
+				if err := o.tok.Error(); err != nil {
+					// Not acknowledged: the broker delivers the request again when
+					// the session resumes.
+					e.m.publishFails.Inc()
+					e.log.Warn().Err(err).Str("app", o.app).Str("status", string(o.status)).
+						Msg("reply to a request that is not journaled failed; the request is left unacknowledged for redelivery")
+					continue
+				}
+				e.m.replies.WithLabelValues(e.appLabel(o.app), string(o.status)).Inc()
+				o.ack()
+			}
+		}
 	}
 }
 
@@ -442,8 +517,9 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 	return false
 }
 
-// sendRaw publishes a raw reply and waits (bounded) for its PUBACK; one that
-// waited too long in the queue, or finds the broker away, is dropped and counted.
+// sendRaw publishes a republished reply and waits (bounded) for its PUBACK; one
+// that waited too long in the queue, or finds the broker away, is dropped and
+// counted.
 func (e *egress) sendRaw(r rawMsg) {
 	if e.opts.RawMaxAge > 0 && e.now().Sub(r.queued) > e.opts.RawMaxAge {
 		e.m.dropped.WithLabelValues(string(r.status)).Inc()
@@ -558,9 +634,10 @@ func (e *egress) Stop(ctx context.Context) {
 	}
 }
 
-// Close makes late waiters give up, and no new one start (workers still running
-// after a Stop that timed out may try); call it after Stop, before the journal
-// closes.
+// Close makes late waiters and the owed waiter give up, and no new one start
+// (workers still running after a Stop that timed out may try; Owe refuses from
+// then on and its requests stay unacknowledged); call it after Stop, before the
+// journal closes.
 func (e *egress) Close() {
 	e.busyMu.Lock()
 	e.lateClosed = true

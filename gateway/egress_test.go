@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -259,9 +260,10 @@ func TestUnsentAnswerIsStampedAtPublication(t *testing.T) {
 	})
 }
 
-// Rejections never block and never wait for the broker: past the queue's bound
-// they are dropped and counted; answers have their own queue.
-func TestRejectionsNeverBlock(t *testing.T) {
+// Replies republished to duplicates never block and never wait for the broker:
+// past the queue's bound they are dropped and counted (the broker has the first
+// copy); answers have their own queue.
+func TestRepeatsNeverBlock(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := &fakeClient{}
 		j := newFakeJournal()
@@ -269,16 +271,94 @@ func TestRejectionsNeverBlock(t *testing.T) {
 		o := defaultEgressOptions()
 		o.RawQueue, o.RawWorkers = 2, 0 // nothing drains the queue
 		e := startEgress(t, c, j, time.Second, 0, o, m)
-		for i := range 5 {
-			e.Reject("t", &protocol.Reply{V: 1, ID: fmt.Sprint(i), App: "a", Device: "d", Status: protocol.StatusRejected})
+		for range 5 {
+			e.SendRaw("t", "a", protocol.StatusOK, []byte(`{"v":1}`))
 		}
-		if got := testutil.ToFloat64(m.dropped.WithLabelValues("rejected")); got != 3 {
-			t.Errorf("dropped %v rejections, want 3", got)
+		if got := testutil.ToFloat64(m.dropped.WithLabelValues("ok")); got != 3 {
+			t.Errorf("dropped %v repeats, want 3", got)
 		}
 		e.Answer(okAnswer(store.Key{App: "a", Device: "d", ID: "x"}, time.Now().Add(time.Hour)))
 		synctest.Wait()
 		if len(j.completed) != 1 {
-			t.Errorf("an answer behind a full rejection queue was not published: completed %v", j.completed)
+			t.Errorf("an answer behind a full repeat queue was not published: completed %v", j.completed)
+		}
+	})
+}
+
+// An owed reply (to a request that is not journaled: a refusal, a rejection, an
+// answer from the estimate, an expired request) is handed to the broker at once,
+// however many are waiting for their PUBACK, and is never dropped; its request is
+// acknowledged only once the broker has acknowledged the reply, in the order the
+// PUBACKs come. One the broker never gets (not connected, stopping, a failed
+// publish) leaves its request unacknowledged, for the broker to deliver again.
+func TestOwedRepliesAcknowledgeAfterPUBACK(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 3000 // more than every bounded queue of the egress
+		tokens := make([]*fakeToken, n)
+		for i := range tokens {
+			tokens[i] = &fakeToken{done: make(chan struct{})}
+		}
+		c := &fakeClient{tokens: append([]*fakeToken(nil), tokens...)}
+		m := newMetrics(nil)
+		e := startEgress(t, c, newFakeJournal(), time.Second, 0, defaultEgressOptions(), m)
+		var mu sync.Mutex
+		var acked []int
+		for i := range n {
+			rep := &protocol.Reply{V: 1, ID: fmt.Sprint(i), App: "a", Device: "d", Status: protocol.StatusRejected, Reason: protocol.ReasonOverload}
+			if err := e.Owe("t", rep, func() { mu.Lock(); acked = append(acked, i); mu.Unlock() }); err != nil {
+				t.Fatalf("Owe %d: %v", i, err)
+			}
+		}
+		synctest.Wait()
+		if got := len(c.sent()); got != n {
+			t.Fatalf("%d of %d owed replies handed to the client before any PUBACK", got, n)
+		}
+		if got := testutil.ToFloat64(m.owed); got != n {
+			t.Errorf("unjournaled_replies_in_flight = %v, want %d", got, n)
+		}
+		mu.Lock()
+		if len(acked) != 0 {
+			t.Fatalf("%d requests acknowledged before the broker acknowledged their replies", len(acked))
+		}
+		mu.Unlock()
+		for i := range n / 2 {
+			close(tokens[i].done)
+		}
+		synctest.Wait()
+		mu.Lock()
+		if len(acked) != n/2 || !slices.IsSorted(acked) || acked[len(acked)-1] != n/2-1 {
+			t.Fatalf("after %d PUBACKs, acknowledged %d requests (want the first %d in order)", n/2, len(acked), n/2)
+		}
+		mu.Unlock()
+		tokens[n/2].err = mqtt.ErrNotConnected // this publish fails
+		for i := n / 2; i < n; i++ {
+			close(tokens[i].done)
+		}
+		synctest.Wait()
+		mu.Lock()
+		if len(acked) != n-1 || slices.Contains(acked, n/2) {
+			t.Errorf("acknowledged %d of %d requests, want all but the one whose reply failed", len(acked), n)
+		}
+		mu.Unlock()
+		if got := testutil.ToFloat64(m.owed); got != 0 {
+			t.Errorf("unjournaled_replies_in_flight = %v after every PUBACK, want 0", got)
+		}
+		if got := testutil.ToFloat64(m.replies.WithLabelValues("_unknown", "rejected")); got != n-1 {
+			t.Errorf("replies_total{rejected} = %v, want %d", got, n-1)
+		}
+		for _, st := range protocol.Statuses() {
+			if got := testutil.ToFloat64(m.dropped.WithLabelValues(string(st))); got != 0 {
+				t.Errorf("dropped{%s} = %v, want 0", st, got)
+			}
+		}
+
+		// Not connected: nothing is published and nothing acknowledged.
+		c.setDown(true)
+		ackedDown := false
+		err := e.Owe("t", &protocol.Reply{V: 1, ID: "down", App: "a", Status: protocol.StatusExpired}, func() { ackedDown = true })
+		synctest.Wait()
+		if !errors.Is(err, errNotConnected) || ackedDown || len(c.sent()) != n {
+			t.Errorf("Owe while not connected: err %v, acknowledged %v, published %d (want errNotConnected, false, %d)", err, ackedDown, len(c.sent()), n)
 		}
 	})
 }

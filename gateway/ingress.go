@@ -13,13 +13,21 @@ import (
 	"github.com/sneakgate/sneakgate/store"
 )
 
-// Ingress is bounded end to end. paho calls onMessage on its router goroutine, one
-// message at a time (SetOrderMatters(true)), so onMessage must never block: it
-// hands the message to a bounded queue read by a fixed pool of workers, or, when
-// that queue is full, acknowledges it and refuses it unparsed. Workers parse,
-// admit, journal, acknowledge and submit; a refusal is acknowledged first and its
-// reply queued without waiting (egress.Reject), so that refusing work never waits
-// for the broker and never competes with answers.
+// Ingress is bounded end to end, and it acknowledges a request only once the
+// request is journaled or its terminal reply is with the broker. paho calls
+// onMessage on its router goroutine, one message at a time
+// (SetOrderMatters(true)); onMessage hands the message to a bounded queue read
+// by a fixed pool of workers and, when that queue is full, waits for room: the
+// MQTT client stops reading, and the broker keeps what it has not sent (flow
+// control, instead of acknowledging messages nobody has read). Workers parse,
+// admit, journal, acknowledge and submit. A request answered without being
+// journaled (refused, rejected, answered from its estimate, expired on arrival)
+// is acknowledged when the broker has acknowledged its reply (egress.Owe).
+//
+// The workers never wait for a PUBACK: the MQTT client reads the broker's
+// PUBACKs on the same connection, behind the requests onMessage may be waiting
+// to hand over, so a worker waiting for one while onMessage waits for a worker
+// would stall the connection.
 
 // arrival is a request message and when it reached the gateway.
 type arrival struct {
@@ -40,32 +48,33 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	if g.draining.Load() {
 		return // not acknowledged: the broker redelivers it to the next session
 	}
+	a := arrival{msg: msg, at: g.now()}
 	select {
-	case g.in <- arrival{msg: msg, at: g.now()}:
+	case g.in <- a:
+		return
 	default:
-		g.overflow(msg)
+	}
+	// The workers are behind: wait for one (the time counts against the
+	// request's deadline). Meanwhile the broker holds the messages it has not
+	// sent, and the readiness probe says overloaded.
+	g.m.ingressWaits.Inc()
+	g.lastOverload.Store(a.at.UnixNano())
+	select {
+	case g.in <- a:
+	case <-g.stopIngress:
+		// Stopping: not acknowledged, the broker redelivers it to the next session.
 	}
 }
 
-// overflow refuses a message the workers have no room for, without parsing it:
-// the reply goes to the device's own reply topic, with the id if it can be peeked.
-func (g *Gateway) overflow(msg mqtt.Message) {
-	msg.Ack()
-	g.lastOverload.Store(g.now().UnixNano())
-	g.loop.refused.Add(1)
-	g.m.ignored.WithLabelValues("overflow").Inc()
-	g.m.rejected.WithLabelValues(string(protocol.ReasonOverload)).Inc()
-	app, device, err := protocol.ParseRequestTopic(g.env.Prefix, msg.Topic())
-	if err != nil {
-		return
+// owe publishes rep, the reply to a request that is not journaled, and
+// acknowledges msg once the broker has the reply. A reply the MQTT client cannot
+// take now (not connected, stopping) leaves the request unacknowledged: the
+// broker delivers it again when the session resumes.
+func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
+	if err := g.egress.Owe(topic, rep, msg.Ack); err != nil {
+		g.rejectLog.Warn().Err(err).Str("app", rep.App).Str("device", rep.Device).Str("id", rep.ID).
+			Str("status", string(rep.Status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
 	}
-	if _, ok := g.app(app); !ok {
-		return
-	}
-	req := &protocol.Request{ID: protocol.PeekID(msg.Payload()), App: app, Device: device,
-		ReplyTo: protocol.ReplyTopic(g.env.Prefix, app, device)}
-	g.egress.Reject(req.ReplyTo, req.Reject(protocol.ReasonOverload,
-		"the gateway is saturated: request refused unread", max(g.estimatedWait(), minRetryAfter)))
 }
 
 // handle admits one request. It acknowledges a request only after the journal has
@@ -101,11 +110,11 @@ func (g *Gateway) handle(a arrival) {
 	// overload costs little more than reading its header.
 	req, rej := protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
-		msg.Ack()
 		if (rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon) && g.answeredBefore(rej) {
+			msg.Ack()
 			return // a redelivered copy of a request answered in time
 		}
-		g.reject(rej)
+		g.reject(msg, rej)
 		return
 	}
 	app, _ := g.app(req.App) // ParseHeader found it
@@ -129,13 +138,12 @@ func (g *Gateway) handle(a arrival) {
 		// Refused, unless it is a duplicate: that is answered as a duplicate
 		// below (Put does not add it to the queue).
 		if res, err := g.journal.Lookup(key); err != nil || res.Dup == store.New {
-			msg.Ack()
 			g.loop.refused.Add(1)
-			if g.degradeRefused(req, app) {
+			if g.degradeRefused(msg, req, app) {
 				return
 			}
 			q, wait := g.loop.Queued(), g.estimatedWait()
-			g.refuse(req, protocol.ReasonOverload, fmt.Sprintf("%d requests queued, about %s to drain; the deadline budget is %s",
+			g.refuse(msg, req, protocol.ReasonOverload, fmt.Sprintf("%d requests queued, about %s to drain; the deadline budget is %s",
 				q, wait.Round(time.Millisecond), req.Budget()), max(wait, minRetryAfter))
 			return
 		}
@@ -147,8 +155,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	if rej := req.DecodeInput(); rej != nil {
 		release()
-		msg.Ack()
-		g.reject(rej)
+		g.reject(msg, rej)
 		return
 	}
 	est, correct := g.estimate(app, req.Input)
@@ -157,9 +164,8 @@ func (g *Gateway) handle(a arrival) {
 		// journal knows it (a redelivered copy), which takes the normal path.
 		if res, err := g.journal.Lookup(key); err == nil && res.Dup == store.New {
 			release()
-			msg.Ack()
 			g.m.admissionShed.WithLabelValues(req.App).Inc()
-			g.answerFromEstimate(req, app, est)
+			g.answerFromEstimate(msg, req, app, est)
 			return
 		}
 	}
@@ -175,15 +181,13 @@ func (g *Gateway) handle(a arrival) {
 			// next session, which journals it.
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal write failed while stopping; request left for redelivery")
 		case errors.Is(err, store.ErrFull):
-			msg.Ack()
-			g.refuse(req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
+			g.refuse(msg, req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
 		default:
 			// Running: an unacknowledged message would wait for a reconnect that may
 			// never come and hold one of the broker's in-flight slots, so tell the
 			// device instead; nothing was journaled, so a retry is a new request.
 			g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; request rejected as internal")
-			msg.Ack()
-			g.refuse(req, protocol.ReasonInternal, "the gateway could not store the request; retry", time.Second)
+			g.refuse(msg, req, protocol.ReasonInternal, "the gateway could not store the request; retry", time.Second)
 		}
 		return
 	}
@@ -215,13 +219,14 @@ func (g *Gateway) handle(a arrival) {
 // sheds, and reports whether it did: false when the option is off, the
 // application has no estimator or the estimator gave no distribution (the
 // caller refuses it). A request whose input does not decode is rejected for
-// that. Nothing is journaled: the reply is best effort, like a refusal.
-func (g *Gateway) degradeRefused(req *protocol.Request, app *appRuntime) bool {
+// that. Nothing is journaled: msg is acknowledged once the broker has the reply,
+// like a refusal's.
+func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *appRuntime) bool {
 	if !g.cfg.Admission.DegradeRefused || app == nil || app.est == nil {
 		return false
 	}
 	if rej := req.DecodeInput(); rej != nil {
-		g.reject(rej)
+		g.reject(msg, rej)
 		return true
 	}
 	est, _ := g.estimate(app, req.Input)
@@ -229,18 +234,19 @@ func (g *Gateway) degradeRefused(req *protocol.Request, app *appRuntime) bool {
 		return false
 	}
 	g.m.refusedDeg.WithLabelValues(req.App).Inc()
-	g.answerFromEstimate(req, app, est)
+	g.answerFromEstimate(msg, req, app, est)
 	return true
 }
 
 // answerFromEstimate answers a request that is not journaled with its estimate
-// (status degraded, reason overload_shed), best effort like a refusal.
-func (g *Gateway) answerFromEstimate(req *protocol.Request, app *appRuntime, est []float64) {
+// (status degraded, reason overload_shed) and acknowledges msg once the broker
+// has the reply, like a refusal's.
+func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, app *appRuntime, est []float64) {
 	now := g.now()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, Received: req.Received, Deadline: req.Deadline}
 	rep := buildReply(j, degraded(est, string(protocol.ReasonOverloadShed), now), app.m.Labels, app.estName, now)
 	g.lastOverload.Store(now.UnixNano())
-	g.egress.Reject(req.ReplyTo, rep)
+	g.owe(msg, req.ReplyTo, rep)
 }
 
 // shedsAtAdmission reports whether admission.price_shed answers this request
@@ -268,8 +274,9 @@ func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, 
 // the journal knows (answered in time, or pending) is a duplicate; anything else
 // gets an expired reply whose bytes depend only on the request (no publication
 // stamps), so any copy of it, before or after a crash, gets the same bytes. The
-// request is acknowledged only once the broker has the reply: if the gateway dies
-// first, the broker delivers the request again and it is answered again.
+// request is acknowledged only once the broker has the reply (owe): if the
+// gateway dies first, the broker delivers the request again and it is answered
+// again.
 func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key store.Key) {
 	res, err := g.journal.Lookup(key)
 	if err != nil {
@@ -282,11 +289,7 @@ func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key 
 	}
 	rep := req.NewReply(protocol.StatusExpired)
 	rep.Reason, rep.Error, rep.DeadlineMet = protocol.ReasonExpiredBeforeReceipt, msgExpiredInTransit, protocol.Ptr(false)
-	if err := g.egress.PublishNow(req.ReplyTo, rep); err != nil {
-		g.log.Warn().Err(err).Stringer("key", key).Msg("expired reply not published; request left for redelivery")
-		return // not acknowledged: redelivered when the session resumes
-	}
-	msg.Ack()
+	g.owe(msg, req.ReplyTo, rep)
 }
 
 // duplicate handles a Put that found the key known and reports whether it did.
@@ -368,18 +371,21 @@ func (g *Gateway) backlog() scheduler.Backlog {
 		PerRequest: g.perRequest, Egress: g.egress.Delay()}
 }
 
-// reject answers a request that failed validation, when a reply topic exists.
-func (g *Gateway) reject(rej *protocol.Rejection) {
+// reject answers a request that failed validation, when a reply topic exists,
+// and acknowledges msg once the broker has the reply (at once when there is no
+// reply topic: nothing can be answered).
+func (g *Gateway) reject(msg mqtt.Message, rej *protocol.Rejection) {
 	g.m.rejected.WithLabelValues(string(rej.Reason)).Inc()
 	ev := g.rejectLog.Warn().Str("reason", string(rej.Reason)).Str("app", rej.App).Str("device", rej.Device).
 		Str("id", rej.ID).Str("error", rej.Message)
 	if rej.ReplyTo == "" {
 		g.m.unroutable.Inc()
 		ev.Msg("request rejected; no reply topic can be derived")
+		msg.Ack()
 		return
 	}
 	ev.Msg("request rejected")
-	g.egress.Reject(rej.ReplyTo, rej.Reply())
+	g.owe(msg, rej.ReplyTo, rej.Reply())
 }
 
 // rejectSampler keeps the first 10 rejection lines of every second and one in
@@ -388,14 +394,15 @@ func rejectSampler() zerolog.Sampler {
 	return &zerolog.BurstSampler{Burst: 10, Period: time.Second, NextSampler: &zerolog.BasicSampler{N: 100}}
 }
 
-// refuse answers a valid request the gateway will not admit now (not journaled).
-func (g *Gateway) refuse(req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
+// refuse answers a valid request the gateway will not admit now (not journaled)
+// and acknowledges m once the broker has the reply.
+func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
 	g.m.rejected.WithLabelValues(string(reason)).Inc()
 	if reason == protocol.ReasonOverload {
 		g.lastOverload.Store(g.now().UnixNano())
 	}
 	g.log.Debug().Str("reason", string(reason)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
-	g.egress.Reject(req.ReplyTo, req.Reject(reason, msg, retry))
+	g.owe(m, req.ReplyTo, req.Reject(reason, msg, retry))
 }
 
 // estimate runs the application's SneakPeek estimator; nil when there is none or

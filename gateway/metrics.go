@@ -34,12 +34,19 @@ type metrics struct {
 	storeErrors      *prometheus.CounterVec // op
 	publishFails     prometheus.Counter
 	resident         prometheus.Gauge
-	dropped          *prometheus.CounterVec // status: unjournaled replies dropped (queue full, not connected)
-	ignored          *prometheus.CounterVec // why: retained, overflow
+	dropped          *prometheus.CounterVec // status: replies republished to duplicates dropped (queue full, not connected)
+	ignored          *prometheus.CounterVec // why: retained
 	reloads          *prometheus.CounterVec // result: ok, refused
 	moved            prometheus.Counter     // queued requests moved to a reloaded version
 	// latencyFactor is each variant's latency correction (observed/profiled).
 	latencyFactor *prometheus.GaugeVec // app, variant
+	// ingressWaits counts request messages that found every request handler
+	// busy and the hand-off queue full (the MQTT client waited for room).
+	ingressWaits prometheus.Counter
+	// owed is the replies to requests not journaled that were handed to the
+	// broker and whose PUBACK has not come yet (their requests are not
+	// acknowledged yet).
+	owed prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -90,9 +97,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		resident: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_resident_variants", Help: "Model variants loaded in the engine."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_replies_dropped_total", Help: "Unjournaled replies (rejections, replies republished to duplicates) dropped because their queue was full or the broker was away, by status."}, []string{"status"}),
+			Name: "sneakgate_replies_dropped_total", Help: "Replies republished to duplicates of answered requests (whose first copy the broker acknowledged) dropped because their queue was full or the broker was away, by status. Refusals and other replies to requests that are not journaled are never dropped: their requests are acknowledged when the broker has the reply."}, []string{"status"}),
 		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_requests_ignored_total", Help: "Request messages acknowledged and not run: retained messages (replayed by the broker, never requests), and messages refused unparsed because the ingress queue was full (overflow)."}, []string{"why"}),
+			Name: "sneakgate_requests_ignored_total", Help: "Request messages acknowledged and not run: retained messages (replayed by the broker, never requests)."}, []string{"why"}),
+		ingressWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_ingress_waits_total", Help: "Request messages that found the hand-off to the request handlers full (admission.ingress_queue): the MQTT client waited for room, and the broker held the rest meanwhile."}),
+		owed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_unjournaled_replies_in_flight", Help: "Replies to requests that are not journaled (refusals, rejections, answers from the estimate, expired requests) handed to the broker and not acknowledged by it yet; their requests are acknowledged when they are."}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_reloads_total", Help: "Configuration reloads (SIGHUP), by result: ok, or refused (the previous configuration kept serving)."}, []string{"result"}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
@@ -103,6 +114,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.admissionShed, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
+		m.ingressWaits, m.owed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
 			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},
@@ -225,7 +237,7 @@ func (m *metrics) initLabels(apps []string) {
 	for _, op := range []string{"put", "gc", "outbox", "outbox_read", "complete"} {
 		m.storeErrors.WithLabelValues(op)
 	}
-	for _, why := range []string{"retained", "overflow"} {
+	for _, why := range []string{"retained"} {
 		m.ignored.WithLabelValues(why)
 	}
 	for _, r := range []string{"ok", "refused"} {

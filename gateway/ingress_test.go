@@ -1,0 +1,192 @@
+package gateway
+
+import (
+	"path/filepath"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/store"
+)
+
+// fakeMessage is a request message as paho hands it over; Ack records the
+// acknowledgement the gateway would send to the broker.
+type fakeMessage struct {
+	topic   string
+	payload []byte
+	once    sync.Once
+	acked   chan struct{}
+}
+
+func newFakeMessage(topic string, payload []byte) *fakeMessage {
+	return &fakeMessage{topic: topic, payload: payload, acked: make(chan struct{})}
+}
+
+func (m *fakeMessage) Duplicate() bool   { return false }
+func (m *fakeMessage) Qos() byte         { return 1 }
+func (m *fakeMessage) Retained() bool    { return false }
+func (m *fakeMessage) Topic() string     { return m.topic }
+func (m *fakeMessage) MessageID() uint16 { return 1 }
+func (m *fakeMessage) Payload() []byte   { return m.payload }
+func (m *fakeMessage) Ack()              { m.once.Do(func() { close(m.acked) }) }
+
+func (m *fakeMessage) isAcked() bool {
+	select {
+	case <-m.acked:
+		return true
+	default:
+		return false
+	}
+}
+
+// A request message that finds every handler busy and the hand-off queue full
+// waits for room, unacknowledged (the broker keeps the rest meanwhile), instead
+// of being acknowledged and refused unread; a gateway stopping leaves it
+// unacknowledged for the next session.
+func TestFullIngressWaitsInsteadOfRefusing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMetrics(nil)
+		g := &Gateway{log: zerolog.Nop(), m: m, now: time.Now,
+			in: make(chan arrival, 1), stopIngress: make(chan struct{})}
+		first := newFakeMessage("sneakgate/req/fashion/d", []byte(`{"id":"1"}`))
+		g.onMessage(nil, first) // fills the queue
+		second := newFakeMessage("sneakgate/req/fashion/d", []byte(`{"id":"2"}`))
+		handed := make(chan struct{})
+		go func() { g.onMessage(nil, second); close(handed) }()
+		synctest.Wait()
+		select {
+		case <-handed:
+			t.Fatal("onMessage returned with the hand-off queue full")
+		default:
+		}
+		if second.isAcked() || first.isAcked() {
+			t.Fatal("a message acknowledged before any handler read it")
+		}
+		if got := testutil.ToFloat64(m.ingressWaits); got != 1 {
+			t.Errorf("ingress_waits_total = %v, want 1", got)
+		}
+		if a := <-g.in; a.msg != first { // a handler takes the first
+			t.Fatalf("the queue held %v, want the first message", a.msg)
+		}
+		<-handed
+		if a := <-g.in; a.msg != second || second.isAcked() {
+			t.Fatalf("after a handler made room the queue holds %v (acknowledged %v), want the second message unacknowledged", a.msg, second.isAcked())
+		}
+
+		g.onMessage(nil, first) // full again
+		third := newFakeMessage("sneakgate/req/fashion/d", []byte(`{"id":"3"}`))
+		go func() { g.onMessage(nil, third); close(g.in) }()
+		synctest.Wait()
+		close(g.stopIngress) // shutting down
+		synctest.Wait()
+		if a := <-g.in; a.msg != first {
+			t.Fatalf("the queue held %v, want the first message", a.msg)
+		}
+		if _, open := <-g.in; open || third.isAcked() {
+			t.Errorf("a message waiting at shutdown was queued (%v) or acknowledged (%v), want neither", open, third.isAcked())
+		}
+	})
+}
+
+// handlerGateway is a gateway with just what the request handlers use: the
+// fashion application (no engine), a real journal, a scheduling loop that is not
+// running and an egress over c. MaxQueue 0 refuses every request admission sees.
+func handlerGateway(t *testing.T, c *fakeClient, degradeRefused bool) *Gateway {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Apps = []AppConfig{{Manifest: fashionManifest}}
+	cfg.Admission.MaxQueue = 0
+	cfg.Admission.DegradeRefused = degradeRefused
+	m := newMetrics(nil)
+	g := &Gateway{cfg: &cfg, log: zerolog.Nop(), rejectLog: zerolog.Nop(), m: m, now: time.Now,
+		reg: prometheus.NewRegistry(), claimed: map[store.Key]chan struct{}{}, perRequest: time.Millisecond}
+	if err := g.loadApps(); err != nil {
+		t.Fatal(err)
+	}
+	j, err := store.Open(filepath.Join(t.TempDir(), "journal.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.journal = j
+	g.loop = newLoop(nil, nil, &fakeRunner{resident: map[scheduler.VariantID]bool{}}, scheduler.Engine{}, 4,
+		time.Now, func(*job, result) {}, zerolog.Nop(), m)
+	g.egress = newEgress(c, j, time.Second, 0, time.Now, defaultEgressOptions(), zerolog.Nop(), m)
+	t.Cleanup(func() {
+		g.egress.Stop(t.Context())
+		g.egress.Close()
+		if err := j.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return g
+}
+
+// A request the gateway answers without journaling it (refused for overload,
+// answered from its estimate, invalid, expired on arrival) is acknowledged to
+// the broker only once the broker has acknowledged its reply: until then a
+// gateway killed by SIGKILL leaves it with the broker, which delivers it again.
+// With the broker away the request is not acknowledged at all.
+func TestUnjournaledRepliesAcknowledgeAfterPUBACK(t *testing.T) {
+	input := make([]float32, 784)
+	req := func(id string, deadline time.Duration, sentAt time.Time) []byte {
+		p := protocol.Payload{ID: id, DeadlineMS: protocol.DeadlineMS(deadline), SentAt: sentAt, Input: input, B64: true}
+		return p.Marshal()
+	}
+	const topic = "sneakgate/req/fashion/cam-1"
+	for _, tc := range []struct {
+		name           string
+		payload        []byte
+		degradeRefused bool
+		status         protocol.Status
+		reason         protocol.Reason
+	}{
+		{"refused for overload", req("a", time.Minute, time.Now()), false, protocol.StatusRejected, protocol.ReasonOverload},
+		{"refused and answered from the estimate", req("b", time.Minute, time.Now()), true, protocol.StatusDegraded, protocol.ReasonOverloadShed},
+		{"invalid", []byte(`{"id":"c","input":[1,2}`), false, protocol.StatusRejected, protocol.ReasonBadJSON},
+		{"expired on arrival", req("d", time.Second, time.Now().Add(-time.Minute)), false, protocol.StatusExpired, protocol.ReasonExpiredBeforeReceipt},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := &fakeToken{done: make(chan struct{})}
+			c := &fakeClient{tokens: []*fakeToken{tok}}
+			g := handlerGateway(t, c, tc.degradeRefused)
+			msg := newFakeMessage(topic, tc.payload)
+			g.handle(arrival{msg: msg, at: time.Now()})
+			sent := c.sent()
+			if len(sent) != 1 {
+				t.Fatalf("%d replies published, want 1", len(sent))
+			}
+			rep, err := protocol.ParseReply([]byte(sent[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Status != tc.status || rep.Reason != tc.reason {
+				t.Errorf("reply %s/%s, want %s/%s", rep.Status, rep.Reason, tc.status, tc.reason)
+			}
+			if msg.isAcked() {
+				t.Fatal("request acknowledged before the broker acknowledged its reply")
+			}
+			close(tok.done) // the PUBACK
+			select {
+			case <-msg.acked:
+			case <-time.After(10 * time.Second):
+				t.Fatal("request not acknowledged after the broker acknowledged its reply")
+			}
+		})
+	}
+	t.Run("broker away", func(t *testing.T) {
+		c := &fakeClient{down: true}
+		g := handlerGateway(t, c, false)
+		msg := newFakeMessage(topic, req("e", time.Minute, time.Now()))
+		g.handle(arrival{msg: msg, at: time.Now()})
+		if len(c.sent()) != 0 || msg.isAcked() {
+			t.Errorf("with the broker away: %d replies published, acknowledged %v; want none, left for redelivery", len(c.sent()), msg.isAcked())
+		}
+	})
+}
