@@ -65,8 +65,7 @@ func TestSharedGroupKill9(t *testing.T) {
 	aEnd, bEnd := received(ga.metrics), received(gb.metrics)
 
 	tl := analyse(f)
-	ga.explainLost(t, f)
-	gb.explainLost(t, f)
+	loss := explainLost(t, f, b, ga, gb)
 	tl.log(t)
 
 	// Requests published while b was down: answered during the outage (by a)
@@ -96,11 +95,12 @@ func TestSharedGroupKill9(t *testing.T) {
 		"devices": ndev, "tally": tl, "wait_after_load_s": waited.Seconds(),
 		"a_received": aEnd, "b_received_since_restart": bEnd, "a_received_during_outage": aAtRestart - aAtKill,
 		"outage_acknowledged": outageAcked, "outage_answered_during": answeredDuring, "outage_answered_after_restart": answeredAfter,
-		"seconds": mon.seconds(),
+		"loss": loss, "seconds": mon.seconds(),
 	})
 
 	if tl.Lost > 0 {
-		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v)", tl.Lost, tl.LostIDs)
+		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v); the broker dropped %d messages, the gateways at least %.0f replies (LOSS above)",
+			tl.Lost, tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
 	}
 	if tl.Malformed > 0 {
 		t.Errorf("%d malformed replies", tl.Malformed)

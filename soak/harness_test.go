@@ -154,13 +154,68 @@ func envDur(t testing.TB, name string, short, fullSize time.Duration) time.Durat
 
 // ---- broker ----
 
+// soakBroker is the test's Mosquitto and what it says about the messages it
+// dropped.
+type soakBroker struct {
+	*mqtttest.Broker
+	// dropped is the last value of brokerDroppedTopic (-1 before the first).
+	dropped atomic.Int64
+}
+
 // startBroker starts Mosquitto with the repository's production delivery settings
-// and persistence, so sessions and queued QoS 1 messages survive Stop/Start.
-func startBroker(t *testing.T) *mqtttest.Broker {
+// and persistence, so sessions and queued QoS 1 messages survive Stop/Start, and
+// a client that follows how many messages it drops.
+func startBroker(t *testing.T) *soakBroker {
 	t.Helper()
 	// The production delivery settings of configs/mosquitto.conf (queue, in-flight
-	// window, packet size, saving every 2 s), with persistence.
-	return mqtttest.Start(t, mqtttest.Options{Shipped: true, Persistence: true})
+	// window, packet size, saving every 2 s), with persistence. $SYS every second.
+	b := &soakBroker{Broker: mqtttest.Start(t, mqtttest.Options{Shipped: true, Persistence: true, Config: "sys_interval 1"})}
+	b.dropped.Store(-1)
+	// Mosquitto publishes the count when it changes, retained for 60 s only: a
+	// client that subscribes at the end may get nothing, so one follows it from
+	// the start (and across broker restarts, after which it counts from 0).
+	watch := func(_ mqtt.Client, m mqtt.Message) {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(m.Payload())), 10, 64); err == nil {
+			b.dropped.Store(n)
+		}
+	}
+	o := mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("soak-sys-" + randomHex(4)).SetCleanSession(true).
+		SetAutoReconnect(true).SetMaxReconnectInterval(time.Second).
+		SetOnConnectHandler(func(c mqtt.Client) { c.Subscribe(brokerDroppedTopic, 0, watch) })
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("$SYS watcher: connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return b
+}
+
+// brokerDroppedTopic is where Mosquitto publishes (every sys_interval, when it
+// changed) how many messages it has dropped since it started: QoS 1 and 2
+// messages for a session whose queue was full (max_queued_messages,
+// max_queued_bytes), and QoS 0 ones for a client that was away or behind.
+const brokerDroppedTopic = "$SYS/broker/publish/messages/dropped"
+
+// brokerDroppingClients returns the clients for which the broker's log says it
+// dropped messages ("Outgoing messages are being dropped for client X", logged
+// once each time a client's queue overflows).
+func brokerDroppingClients(log string) []string {
+	const marker = "Outgoing messages are being dropped for client "
+	seen := map[string]bool{}
+	var out []string
+	for line := range strings.Lines(log) {
+		i := strings.Index(line, marker)
+		if i < 0 {
+			continue
+		}
+		id := strings.TrimSuffix(strings.TrimSpace(line[i+len(marker):]), ".")
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // ---- gateway process ----
@@ -196,6 +251,10 @@ type gatewayProc struct {
 	logf   *os.File
 	// cgroupProcs is the cgroup.procs file the process is moved into ("" for none).
 	cgroupProcs string
+	// dropped is sneakgate_replies_dropped_total (all statuses) as last scraped
+	// by the monitor, for each start of the process (the counter starts again
+	// at 0 with every process).
+	dropped map[int]float64
 }
 
 // cpuCgroup makes a CPU cgroup capped at cores and returns its cgroup.procs file
@@ -247,6 +306,14 @@ func freePort(t testing.TB) int {
 // outDir/{test}-gateway.log (outDir/{test}-{client id}.log with o.ClientID).
 func newGateway(t *testing.T, brokerURL string, o gwOptions) *gatewayProc {
 	t.Helper()
+	// The go command caches a test's result keyed by the environment variables
+	// and files the test reads while it runs; TestMain's reads come before that.
+	// Read them again here, so that another SOAK_BINARY or SOAK_OUT, or the same
+	// binary rebuilt, is a new run rather than a cached one.
+	_, _ = os.Getenv("SOAK_BINARY"), os.Getenv("SOAK_OUT")
+	if _, err := os.Stat(binary); err != nil {
+		t.Fatalf("gateway binary: %v", err)
+	}
 	if o.Policy == "" {
 		o.Policy = "edf"
 	}
@@ -448,23 +515,117 @@ func (g *gatewayProc) tail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// explainLost logs, for acknowledged requests that got no reply, what the
-// gateway's log says about them: the gateway logs requests it rejects or
-// refuses (with their ids; rejections at warn, sampled: the first 10 a second,
-// then 1 in 100), so a lost id found there was seen and answered by the gateway
-// but its reply never reached the device; an id not found there was admitted
-// (admissions are not logged), rejected and not sampled, or never reached it.
-func (g *gatewayProc) explainLost(t *testing.T, f *fleet) {
+// noteScrape records what a scrape of the running process says about the
+// replies it dropped.
+func (g *gatewayProc) noteScrape(s metricSample) {
+	if !s.OK {
+		return
+	}
+	var n float64
+	for _, v := range s.Dropped {
+		n += v
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.dropped == nil {
+		g.dropped = map[int]float64{}
+	}
+	g.dropped[g.starts] = max(g.dropped[g.starts], n)
+}
+
+// droppedReplies is the replies the gateway counted as dropped over all its
+// processes, as the monitor last scraped each (a process killed keeps what it
+// counted after its last scrape to itself: a lower bound).
+func (g *gatewayProc) droppedReplies() float64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var n float64
+	for _, v := range g.dropped {
+		n += v
+	}
+	return n
+}
+
+// lossReport says on which side acknowledged requests without a reply were
+// lost: the broker's (it dropped messages for a full session queue) or the
+// gateway's (replies it counted as dropped, ids its log names).
+type lossReport struct {
+	Lost     int    `json:"lost"`
+	LostFile string `json:"lost_file,omitempty"` // every lost id with its sent_at
+	// BrokerDropped is $SYS/broker/publish/messages/dropped since the broker's
+	// last start (-1: not read); BrokerDroppingFor the clients the broker logged
+	// it was dropping messages for (the gateway's client id: requests; a
+	// device's: replies).
+	BrokerDropped     int64    `json:"broker_dropped"`
+	BrokerDroppingFor []string `json:"broker_dropping_for,omitempty"`
+	// GatewayDropped is sneakgate_replies_dropped_total summed over the
+	// gateway processes (at least: see droppedReplies).
+	GatewayDropped float64 `json:"gateway_dropped_replies"`
+	// GatewayLogNamed counts the lost ids the gateways' logs name, by what they
+	// logged last about each; NotInLog the others.
+	GatewayLogNamed map[string]int `json:"gateway_log_named,omitempty"`
+	NotInLog        int            `json:"not_in_gateway_log"`
+}
+
+// explainLost logs, and returns, on which side acknowledged requests that got no
+// reply were lost, and writes their ids with their sent_at to
+// outDir/{test}-lost.txt. The broker side: how many messages the broker dropped
+// ($SYS, since its last start) and for which clients (its log; a full queue of
+// the gateway's session loses requests, of a device's session replies). The
+// gateway side: the replies it counted as dropped, and what its log says about
+// the lost ids. The gateway logs requests it rejects or refuses (with their ids;
+// rejections at warn, sampled: the first 10 a second, then 1 in 100; refusals
+// for overload at debug only), so a lost id found there was seen and answered by
+// the gateway but its reply never reached the device; an id not found there was
+// admitted (admissions are not logged), rejected and not sampled, or never
+// reached it.
+func explainLost(t *testing.T, f *fleet, b *soakBroker, gws ...*gatewayProc) lossReport {
 	t.Helper()
+	r := lossReport{BrokerDropped: b.dropped.Load(), BrokerDroppingFor: brokerDroppingClients(b.Log())}
+	for _, g := range gws {
+		r.GatewayDropped += g.droppedReplies()
+	}
 	lost := map[string]bool{}
+	var list strings.Builder
 	for _, s := range f.snapshot() {
 		if s.State == pubAcked && len(s.Replies) == 0 {
 			lost[s.ID] = true
+			fmt.Fprintf(&list, "%s %s\n", s.ID, s.SentAt.Format(time.RFC3339Nano))
 		}
 	}
-	if len(lost) == 0 {
-		return
+	r.Lost = len(lost)
+	brokerSide := "unknown (no $SYS count seen)"
+	if r.BrokerDropped >= 0 {
+		brokerSide = fmt.Sprintf("%d messages dropped since its last start", r.BrokerDropped)
 	}
+	sides := fmt.Sprintf("broker side: %s, dropping logged for clients %v; gateway side: at least %.0f replies counted as dropped (sneakgate_replies_dropped_total)",
+		brokerSide, r.BrokerDroppingFor, r.GatewayDropped)
+	if len(lost) == 0 {
+		t.Logf("LOSS: no acknowledged request without a reply; %s", sides)
+		return r
+	}
+	r.LostFile = filepath.Join(outDir, t.Name()+"-lost.txt")
+	if err := os.WriteFile(r.LostFile, []byte(list.String()), 0o644); err != nil {
+		t.Logf("lost requests: %v", err)
+		r.LostFile = ""
+	}
+	seen := map[string]string{}
+	for _, g := range gws {
+		g.grepLost(t, lost, seen)
+	}
+	r.GatewayLogNamed = map[string]int{}
+	for _, w := range seen {
+		r.GatewayLogNamed[w]++
+	}
+	r.NotInLog = len(lost) - len(seen)
+	t.Logf("LOSS: %d acknowledged requests without a reply (ids and sent_at in %s); %s; the gateway's log names %d of them, by what it logged last: %v (their replies never reached the device); the other %d are not in its log (admitted, or never received)",
+		len(lost), r.LostFile, sides, len(seen), r.GatewayLogNamed, r.NotInLog)
+	return r
+}
+
+// grepLost records in seen, for each lost id the gateway's log names, the last
+// message it logged about it.
+func (g *gatewayProc) grepLost(t *testing.T, lost map[string]bool, seen map[string]string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	file, err := os.Open(g.logPath)
@@ -473,7 +634,6 @@ func (g *gatewayProc) explainLost(t *testing.T, f *fleet) {
 		return
 	}
 	defer file.Close()
-	seen := map[string]string{}
 	sc := bufio.NewScanner(file)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -491,12 +651,6 @@ func (g *gatewayProc) explainLost(t *testing.T, f *fleet) {
 		}
 		seen[e.ID] = what
 	}
-	byWhat := map[string]int{}
-	for _, w := range seen {
-		byWhat[w]++
-	}
-	t.Logf("LOST: %d acknowledged requests without a reply; the gateway's log names %d of them, by what it logged: %v (their replies never reached the device); the other %d are not in its log (admitted, or never received)",
-		len(lost), len(seen), byWhat, len(lost)-len(seen))
 }
 
 // ---- metrics ----
@@ -512,9 +666,16 @@ type metricSample struct {
 	Received   float64            `json:"received"`           // sneakgate_requests_received_total, all applications
 	Replies    map[string]float64 `json:"replies,omitempty"`  // sneakgate_replies_total by status
 	Rejected   map[string]float64 `json:"rejected,omitempty"` // sneakgate_rejected_total by reason
-	// Dropped is sneakgate_replies_dropped_total by status: unjournaled replies
-	// (refusals) the gateway dropped on purpose under overload.
+	// Dropped is sneakgate_replies_dropped_total by status: replies republished
+	// to duplicates of answered requests that the gateway dropped (best effort:
+	// the broker acknowledged the first copy).
 	Dropped map[string]float64 `json:"dropped,omitempty"`
+	// IngressWaits is sneakgate_ingress_waits_total: request messages that
+	// found the request handlers' queue full (flow control); Owed is
+	// sneakgate_unjournaled_replies_in_flight: replies to requests that are not
+	// journaled, handed to the broker and not acknowledged yet.
+	IngressWaits float64 `json:"ingress_waits"`
+	Owed         float64 `json:"unjournaled_replies_in_flight"`
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
@@ -566,6 +727,10 @@ func scrape(addr string) metricSample {
 			s.Rejected[label(labels, "reason")] += v
 		case "sneakgate_replies_dropped_total":
 			s.Dropped[label(labels, "status")] += v
+		case "sneakgate_ingress_waits_total":
+			s.IngressWaits = v
+		case "sneakgate_unjournaled_replies_in_flight":
+			s.Owed = v
 		}
 	}
 	s.OK = sc.Err() == nil
@@ -966,9 +1131,19 @@ type tally struct {
 	RepeatsIdentical int            `json:"ids_with_byte_identical_repeats"`
 	RepeatsDisagree  int            `json:"ids_whose_repeats_disagree"`
 	Disagreements    []string       `json:"disagreements,omitempty"` // the first few
-	StaleMet         int            `json:"stale_deadline_met"`      // replies received past deadline+tolerance claiming deadline_met
-	StaleMetFirst    int            `json:"stale_deadline_met_first_reply"`
-	StaleMetExamples []string       `json:"stale_examples,omitempty"`
+	// Reanswered counts ids whose first reply was not journaled (a refusal, or
+	// an answer from the estimate at admission: status rejected, or degraded
+	// with reason overload_shed) and that got a different reply later: the
+	// gateway acknowledges such a request once the broker has its reply, so a
+	// gateway killed in between leaves the request with the broker, which
+	// delivers it again, and it is answered anew, like a device's resend
+	// (docs/protocol.md, "Delivery"). Not counted in RepeatsDisagree, nor as
+	// repeats that are not byte-identical.
+	Reanswered         int      `json:"ids_reanswered_after_unjournaled_reply"`
+	ReansweredExamples []string `json:"reanswered_examples,omitempty"` // the first few
+	StaleMet           int      `json:"stale_deadline_met"`            // replies received past deadline+tolerance claiming deadline_met
+	StaleMetFirst      int      `json:"stale_deadline_met_first_reply"`
+	StaleMetExamples   []string `json:"stale_examples,omitempty"`
 	// StaleHeld counts stale replies (as StaleMet, and not counted there) that the
 	// gateway stamped as handed to the broker before the broker went away: the
 	// broker or the MQTT session held them across the outage and delivered them
@@ -1061,16 +1236,21 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 				identical = identical && r.Hash == first.Hash
 				agree = agree && r.Status == first.Status && r.Class == first.Class && r.Model == first.Model
 			}
-			if identical {
-				tl.RepeatsIdentical++
+			var parts []string
+			for _, r := range s.Replies {
+				parts = append(parts, fmt.Sprintf("%s/%s class=%d model=%q", r.Status, r.Reason, r.Class, r.Model))
 			}
-			if !agree {
+			switch {
+			case identical:
+				tl.RepeatsIdentical++
+			case unjournaledReply(first):
+				tl.Reanswered++
+				if len(tl.ReansweredExamples) < 10 {
+					tl.ReansweredExamples = append(tl.ReansweredExamples, s.ID+": "+strings.Join(parts, " | "))
+				}
+			case !agree:
 				tl.RepeatsDisagree++
 				if len(tl.Disagreements) < 10 {
-					var parts []string
-					for _, r := range s.Replies {
-						parts = append(parts, fmt.Sprintf("%s/%s class=%d model=%q", r.Status, r.Reason, r.Class, r.Model))
-					}
 					tl.Disagreements = append(tl.Disagreements, s.ID+": "+strings.Join(parts, " | "))
 				}
 			}
@@ -1090,17 +1270,28 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 	return tl
 }
 
+// unjournaledReply reports whether r is a reply the gateway gives without
+// journaling the request: a refusal or rejection, or an answer from the
+// estimate at admission (which the scheduler's own shedding, journaled, shares
+// status and reason with).
+func unjournaledReply(r replyRec) bool {
+	return r.Status == protocol.StatusRejected || r.Status == protocol.StatusDegraded && r.Reason == protocol.ReasonOverloadShed
+}
+
 func (tl tally) log(t *testing.T) {
 	t.Logf("requests: %d published, %d acknowledged, %d publish failed, %d unresolved, %d skipped while disconnected, %d schedule slots the generator missed",
 		tl.Published, tl.Acknowledged, tl.PublishFailed, tl.Unresolved, tl.Skipped, tl.Missed)
 	t.Logf("replies: %d in all; acknowledged with a reply %d, WITHOUT a reply %d; first reply by status %v; by reason %v",
 		tl.Replies, tl.Answered, tl.Lost, tl.FirstByStatus, tl.FirstByReason)
-	t.Logf("repeats: %d ids got more than one reply (%d extra replies); byte-identical %d; disagreeing on status/class/model %d",
-		tl.RepeatedIDs, tl.RepeatReplies, tl.RepeatsIdentical, tl.RepeatsDisagree)
+	t.Logf("repeats: %d ids got more than one reply (%d extra replies); byte-identical %d; answered anew after a reply that was not journaled %d; disagreeing on status/class/model %d",
+		tl.RepeatedIDs, tl.RepeatReplies, tl.RepeatsIdentical, tl.Reanswered, tl.RepeatsDisagree)
 	t.Logf("stale deadline_met=true (received > deadline + %s after sent_at): %d replies (%d of them first replies), and %d more handed to the broker in time before it stopped (held across the outage by the broker or the MQTT session); orphan replies %d, malformed %d; first-reply latency ms %v",
 		staleTolerance, tl.StaleMet, tl.StaleMetFirst, tl.StaleHeld, tl.Orphans, tl.Malformed, tl.ReplyLatencyMS)
 	for _, d := range tl.Disagreements {
 		t.Logf("  disagreement: %s", d)
+	}
+	for _, d := range tl.ReansweredExamples {
+		t.Logf("  answered anew: %s", d)
 	}
 	for _, e := range tl.StaleMetExamples {
 		t.Logf("  stale: %s", e)
@@ -1126,6 +1317,12 @@ type second struct {
 	Outbox     float64          `json:"outbox"`
 	RSSMiB     float64          `json:"rss_mib"`
 	Goroutines float64          `json:"goroutines"`
+	// From the gateway process running this second (its counters start at 0
+	// with each process): replies it dropped so far, request messages that
+	// waited for a handler so far, replies to unjournaled requests in flight.
+	Dropped      float64 `json:"replies_dropped"`
+	IngressWaits float64 `json:"ingress_waits"`
+	Owed         float64 `json:"unjournaled_replies_in_flight"`
 }
 
 // monitor logs one line a second and keeps the series.
@@ -1173,11 +1370,15 @@ func (m *monitor) loop() {
 		case <-tick.C:
 		}
 		s := scrape(m.gw.metrics)
+		m.gw.noteScrape(s)
 		cur := m.f.statusCounts()
 		sec := second{T: time.Since(t0).Seconds(), Phase: m.phase.Load().(string),
 			Offered: m.f.attempts.Swap(0), Acked: m.f.acked.Swap(0), Failed: m.f.failed.Swap(0), Skipped: m.f.skipped.Load(),
 			Replies: map[string]int64{}, GatewayUp: s.OK, Queue: s.Queue, Outbox: s.Outbox,
-			RSSMiB: s.RSS / (1 << 20), Goroutines: s.Goroutines}
+			RSSMiB: s.RSS / (1 << 20), Goroutines: s.Goroutines, IngressWaits: s.IngressWaits, Owed: s.Owed}
+		for _, v := range s.Dropped {
+			sec.Dropped += v
+		}
 		var parts []string
 		for _, st := range protocol.Statuses() {
 			if d := cur[st] - prev[st]; d != 0 {
@@ -1191,7 +1392,7 @@ func (m *monitor) loop() {
 		m.mu.Unlock()
 		gw := "gateway down"
 		if s.OK {
-			gw = fmt.Sprintf("queue=%.0f outbox=%.0f rss=%.0fMiB goroutines=%.0f", s.Queue, s.Outbox, sec.RSSMiB, s.Goroutines)
+			gw = fmt.Sprintf("queue=%.0f outbox=%.0f owed=%.0f rss=%.0fMiB goroutines=%.0f", s.Queue, s.Outbox, s.Owed, sec.RSSMiB, s.Goroutines)
 		}
 		m.t.Logf("t=%5.1fs %-9s offered=%d acked=%d failed=%d | replies %s | %s",
 			sec.T, sec.Phase, sec.Offered, sec.Acked, sec.Failed, strings.Join(parts, " "), gw)

@@ -71,7 +71,7 @@ func TestBrokerOutage(t *testing.T) {
 	waited := f.waitReplies(60 * time.Second)
 	mon.close()
 	tl := analyseOutage(f, stoppedAt)
-	gw.explainLost(t, f)
+	loss := explainLost(t, f, b, gw)
 	t.Logf("all replies in %s after the load stopped", waited.Round(time.Millisecond))
 	tl.log(t)
 
@@ -79,11 +79,12 @@ func TestBrokerOutage(t *testing.T) {
 		"test": t.Name(), "outage_s": outage.Seconds(), "rate": rate, "deadline_ms": deadline.Milliseconds(),
 		"before_s": before.Seconds(), "after_s": after.Seconds(), "burst": burst, "devices": ndev,
 		"queue_before_stop": pre.Queue, "outbox_before_stop": pre.Outbox,
-		"tally": tl, "wait_after_load_s": waited.Seconds(), "seconds": mon.seconds(),
+		"tally": tl, "loss": loss, "wait_after_load_s": waited.Seconds(), "seconds": mon.seconds(),
 	})
 
 	if tl.Lost > 0 {
-		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v)", tl.Lost, tl.LostIDs)
+		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v); the broker dropped %d messages since its restart, the gateway at least %.0f replies (LOSS above)",
+			tl.Lost, tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
 	}
 	// Only first replies count: a repeat is, by the never-contradict guarantee,
 	// the same bytes as the first reply (the tally checks that they agree), so it
