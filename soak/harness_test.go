@@ -350,8 +350,11 @@ scheduler:
 metrics:
   listen: %q
 `, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, o.Policy, g.metrics)
-	if o.MaxQueue > 0 || os.Getenv("SOAK_MAX_WAIT") != "" {
+	if o.MaxQueue > 0 || os.Getenv("SOAK_MAX_WAIT") != "" || os.Getenv("SOAK_PRICE_SHED") != "" {
 		cfg.WriteString("admission:\n")
+		if v := os.Getenv("SOAK_PRICE_SHED"); v != "" { // admission.price_shed, for experiments
+			fmt.Fprintf(&cfg, "  price_shed: %s\n", v)
+		}
 		if o.MaxQueue > 0 {
 			fmt.Fprintf(&cfg, "  max_queue: %d\n", o.MaxQueue)
 		}

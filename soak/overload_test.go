@@ -25,6 +25,7 @@ import (
 // SOAK_OVERLOAD_DEADLINE (200ms), SOAK_OVERLOAD_POLICY (edf), SOAK_CAL_RATE
 // (offered rate of the capacity burst, 4000/s), SOAK_CAL_DURATION (6s, full 10s),
 // SOAK_MAX_QUEUE (admission.max_queue; default the gateway's, 10000),
+// SOAK_PRICE_SHED (admission.price_shed, true/false; default the gateway's),
 // SOAK_MAX_GOROUTINES (5000), SOAK_DEVICES (16), SOAK_GATEWAY_CPU (0.25: the
 // gateway process is capped at a quarter of a core with a CPU cgroup; 0 runs it
 // uncapped).
