@@ -26,19 +26,24 @@
 #
 # --print-members-for ARCH prints, for ARCH (a `uname -m` value), one line per
 # file: the npm package, the member inside it and the installed name, and exits
-# without touching the network or DESTDIR (scripts/installort_test.go).
+# without touching the network or DESTDIR (scripts/installortgpu_test.go).
 #
 # Idempotent: does nothing when every file is in DESTDIR with its pinned size.
 # Fails loudly (non-zero exit, message on stderr) on anything else: an
 # architecture with no CUDA build in these packages (only x86_64 has one), no
 # npm, a download or checksum failure, a file in DESTDIR of the wrong size.
+#
+# The steps it shares with scripts/install-ort.sh (npm, `npm pack`, tar, the
+# checks, the atomic copy, the architecture) are in scripts/lib/npm-fetch.sh.
 set -euo pipefail
 
 ORT_GPU_VERSION=1.29.0
 CORE_PACKAGE="com.github.asus4.onnxruntime@0.4.9"
 GPU_PACKAGE="com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9"
 
-die() { echo "install-ort-gpu: $*" >&2; exit 1; }
+PROG=install-ort-gpu
+# shellcheck source=SCRIPTDIR/lib/npm-fetch.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/npm-fetch.sh"
 
 # gpu_select ARCH: sets FILES to the lines "PACKAGE MEMBER NAME SIZE SHA256" of
 # ARCH's files, the core library last; fails with a message naming ARCH for an
@@ -52,11 +57,11 @@ $GPU_PACKAGE $dir/libonnxruntime_providers_cuda.so libonnxruntime_providers_cuda
 $CORE_PACKAGE $dir/libonnxruntime.so libonnxruntime.so.${ORT_GPU_VERSION} 28497752 5715f06d8992ca8eeeddcce43df3a7d38f97d537052126f558e912cb312460ca"
       ;;
     aarch64 | arm64)
-      echo "install-ort-gpu: unsupported architecture '$1': ${GPU_PACKAGE} has a CUDA provider for Linux x86_64 only; on aarch64 (e.g. Jetson) build ONNX Runtime with CUDA from source and name it in engine.library" >&2
+      say "unsupported architecture '$1': ${GPU_PACKAGE} has a CUDA provider for Linux x86_64 only; on aarch64 (e.g. Jetson) build ONNX Runtime with CUDA from source and name it in engine.library"
       return 1
       ;;
     *)
-      echo "install-ort-gpu: unsupported architecture '${1:-(empty)}': ${GPU_PACKAGE} has a CUDA provider for Linux x86_64 only" >&2
+      say "unsupported architecture '${1:-(empty)}': ${GPU_PACKAGE} has a CUDA provider for Linux x86_64 only"
       return 1
       ;;
   esac
@@ -70,79 +75,46 @@ if [[ "${1:-}" == "--print-members-for" ]]; then
 fi
 [[ "${1:-}" != -* ]] || die "usage: $0 [DESTDIR] | --print-members-for ARCH"
 
-[[ "$(uname -s)" == "Linux" ]] || die "only Linux is supported by this script, not $(uname -s)"
-arch="${ORT_ARCH:-$(uname -m)}"
-gpu_select "$arch" || exit 1
+select_arch gpu_select
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-${root}/.cache/onnxruntime-gpu}"
 
-size_of() { stat -c %s "$1" 2>/dev/null || echo -1; }
-
 # What is missing; a file of the wrong size is an error, not something to replace.
 missing=()
 while read -r pkg member name size sum; do
-  f="$dest/$name"
-  if [[ -e "$f" ]]; then
-    have="$(size_of "$f")"
-    [[ "$have" == "$size" ]] ||
-      die "$f exists with $have bytes, want $size (ONNX Runtime ${ORT_GPU_VERSION} GPU for $arch); remove it and re-run"
-  else
+  have_pinned "$dest/$name" "$size" "ONNX Runtime ${ORT_GPU_VERSION} GPU for $arch" ||
     missing+=("$pkg $member $name $size $sum")
-  fi
 done <<<"$FILES"
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "install-ort-gpu: ONNX Runtime ${ORT_GPU_VERSION} with the CUDA provider is in $dest" >&2
+  say "ONNX Runtime ${ORT_GPU_VERSION} with the CUDA provider is in $dest"
   exit 0
 fi
 
-if ! command -v npm >/dev/null; then
-  sudo=""
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "npm is missing and installing it needs root or sudo: apt-get install npm"
-    sudo="sudo"
-  fi
-  echo "install-ort-gpu: npm is missing; installing it with apt-get" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm >/dev/null ||
-    die "apt-get install npm failed"
-fi
+ensure_npm
 
 mkdir -p "$dest"
 # The download goes next to the destination (not /tmp, often a small tmpfs):
 # about 330 MB of packages (and npm's cache of them) while it runs, removed at
 # the end.
-tmp="$(mktemp -d "$dest/.download.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+make_workdir "$dest/.download.XXXXXX"
 
-declare -A tarball=()
+declare -A tarballs=()
 for line in "${missing[@]}"; do
   read -r pkg member name size sum <<<"$line"
-  if [[ -z "${tarball[$pkg]:-}" ]]; then
-    echo "install-ort-gpu: fetching ${pkg} from the npm registry" >&2
-    tgz="$(cd "$tmp" && npm pack --silent --cache "$tmp/npm-cache" "$pkg" 2>"$tmp/npm.err" | tail -n 1)" ||
-      die "npm pack ${pkg} failed: $(cat "$tmp/npm.err")"
-    [[ -n "$tgz" && -f "$tmp/$tgz" ]] || die "npm pack ${pkg} produced no tarball: $(cat "$tmp/npm.err")"
-    tarball[$pkg]="$tmp/$tgz"
+  if [[ -z "${tarballs[$pkg]:-}" ]]; then
+    npm_fetch "$pkg" --cache "$workdir/npm-cache"
+    tarballs[$pkg]="$workdir/$tarball"
   fi
-  mkdir -p "$tmp/x/$name"
-  tar -xzf "${tarball[$pkg]}" -C "$tmp/x/$name" "$member" || die "${pkg} does not contain $member"
-  f="$tmp/x/$name/$member"
-  have="$(size_of "$f")"
-  [[ "$have" == "$size" ]] || die "$member from ${pkg} has $have bytes, want $size"
-  got="$(sha256sum "$f" | cut -d' ' -f1)"
-  [[ "$got" == "$sum" ]] || die "$member from ${pkg} has SHA-256 $got, want $sum"
+  mkdir -p "$workdir/x/$name"
+  extract_pinned "${tarballs[$pkg]}" "$workdir/x/$name" "$member" "$size" "$sum" "$pkg" "$member from ${pkg}"
 done
 
 # Every file checked: move them into place, each atomically, the core library
 # last (its presence is what `make ort-gpu` and SNEAKGATE_ORT_LIB look at).
 for line in "${missing[@]}"; do
   read -r pkg member name size sum <<<"$line"
-  part="$dest/.${name}.part"
-  cp "$tmp/x/$name/$member" "$part" && chmod 0755 "$part" && mv -f "$part" "$dest/$name" || {
-    rm -f "$part"
-    die "cannot write $dest/$name"
-  }
+  place "$workdir/x/$name/$member" "$dest/.${name}.part" "$dest/$name" 0755
 done
-echo "install-ort-gpu: installed ONNX Runtime ${ORT_GPU_VERSION} with the CUDA provider ($arch) in $dest" >&2
-echo "install-ort-gpu: use it with SNEAKGATE_ORT_LIB=$dest/libonnxruntime.so.${ORT_GPU_VERSION} (or engine.library) and engine.provider: cuda; scripts/gpu-check.sh checks it on a GPU" >&2
+say "installed ONNX Runtime ${ORT_GPU_VERSION} with the CUDA provider ($arch) in $dest"
+say "use it with SNEAKGATE_ORT_LIB=$dest/libonnxruntime.so.${ORT_GPU_VERSION} (or engine.library) and engine.provider: cuda; scripts/gpu-check.sh checks it on a GPU"

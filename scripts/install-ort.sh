@@ -16,18 +16,23 @@
 #
 # ORT_ARCH=aarch64 installs another architecture's library (to copy to that machine).
 # --print-path-for ARCH prints the member chosen for ARCH (a `uname -m` value) and
-# exits, without touching the network or DEST (scripts/install_test.go).
+# exits, without touching the network or DEST (scripts/installort_test.go).
 #
 # Idempotent: does nothing when DEST already exists with the pinned size. Fails
 # loudly (non-zero exit, message on stderr) on anything else: an architecture the
 # package has no library for, no npm, a download or checksum failure, a DEST of the
 # wrong size.
+#
+# The steps it shares with scripts/install-ort-gpu.sh (npm, `npm pack`, tar, the
+# checks, the atomic copy, the architecture) are in scripts/lib/npm-fetch.sh.
 set -euo pipefail
 
 ORT_VERSION=1.30.0
 ORT_PACKAGE="onnxruntime-node@${ORT_VERSION}"
 
-die() { echo "install-ort: $*" >&2; exit 1; }
+PROG=install-ort
+# shellcheck source=SCRIPTDIR/lib/npm-fetch.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/npm-fetch.sh"
 
 # ort_select ARCH: sets ORT_MEMBER (the library's path inside the npm package),
 # ORT_SIZE and ORT_SHA256 (its pins) for ARCH, a `uname -m` value; fails with a
@@ -45,11 +50,11 @@ ort_select() {
       ORT_SHA256=1f549d46250b005580b597f4164984aaf75b3bcb9f3aeb07c7f8a8fe60b23c76
       ;;
     armv7l | armv6l | armhf | arm)
-      echo "install-ort: unsupported architecture '$1': ${ORT_PACKAGE} ships no 32-bit ARM library; use a 64-bit (aarch64) OS" >&2
+      say "unsupported architecture '$1': ${ORT_PACKAGE} ships no 32-bit ARM library; use a 64-bit (aarch64) OS"
       return 1
       ;;
     *)
-      echo "install-ort: unsupported architecture '${1:-(empty)}': ${ORT_PACKAGE} has Linux libraries for x86_64 and aarch64 (arm64) only" >&2
+      say "unsupported architecture '${1:-(empty)}': ${ORT_PACKAGE} has Linux libraries for x86_64 and aarch64 (arm64) only"
       return 1
       ;;
   esac
@@ -63,55 +68,22 @@ if [[ "${1:-}" == "--print-path-for" ]]; then
 fi
 [[ "${1:-}" != -* ]] || die "usage: $0 [DEST] | --print-path-for ARCH"
 
-[[ "$(uname -s)" == "Linux" ]] || die "only Linux is supported by this script, not $(uname -s)"
-arch="${ORT_ARCH:-$(uname -m)}"
-ort_select "$arch" || exit 1
+select_arch ort_select
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-${root}/.cache/onnxruntime/libonnxruntime.so.${ORT_VERSION}}"
 
-size_of() { stat -c %s "$1" 2>/dev/null || echo -1; }
-
-if [[ -e "$dest" ]]; then
-  have="$(size_of "$dest")"
-  [[ "$have" == "$ORT_SIZE" ]] && exit 0
-  die "$dest exists with $have bytes, want $ORT_SIZE (ONNX Runtime ${ORT_VERSION} for $arch); remove it and re-run"
+if have_pinned "$dest" "$ORT_SIZE" "ONNX Runtime ${ORT_VERSION} for $arch"; then
+  exit 0
 fi
 
-if ! command -v npm >/dev/null; then
-  sudo=""
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "npm is missing and installing it needs root or sudo: apt-get install npm"
-    sudo="sudo"
-  fi
-  echo "install-ort: npm is missing; installing it with apt-get" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm >/dev/null ||
-    die "apt-get install npm failed"
-fi
-
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-
-echo "install-ort: fetching ${ORT_PACKAGE} from the npm registry" >&2
-tgz="$(cd "$tmp" && npm pack --silent "$ORT_PACKAGE" 2>"$tmp/npm.err" | tail -n 1)" ||
-  die "npm pack ${ORT_PACKAGE} failed: $(cat "$tmp/npm.err")"
-[[ -n "$tgz" && -f "$tmp/$tgz" ]] || die "npm pack ${ORT_PACKAGE} produced no tarball: $(cat "$tmp/npm.err")"
-
-tar -xzf "$tmp/$tgz" -C "$tmp" "$ORT_MEMBER" ||
-  die "$tgz does not contain $ORT_MEMBER"
-lib="$tmp/$ORT_MEMBER"
-
-have="$(size_of "$lib")"
-[[ "$have" == "$ORT_SIZE" ]] || die "extracted library has $have bytes, want $ORT_SIZE"
-sum="$(sha256sum "$lib" | cut -d' ' -f1)"
-[[ "$sum" == "$ORT_SHA256" ]] || die "extracted library has SHA-256 $sum, want $ORT_SHA256"
+ensure_npm
+make_workdir
+npm_fetch "$ORT_PACKAGE"
+extract_pinned "$workdir/$tarball" "$workdir" "$ORT_MEMBER" "$ORT_SIZE" "$ORT_SHA256" "$tarball" "extracted library"
 
 mkdir -p "$(dirname "$dest")"
-# Copy next to the destination, then rename: a reader never sees a partial file.
+# Copied next to the destination, then renamed: a reader never sees a partial file.
 part="$(mktemp "$(dirname "$dest")/.libonnxruntime.XXXXXX")"
-cp "$lib" "$part" && chmod 0644 "$part" && mv -f "$part" "$dest" || {
-  rm -f "$part"
-  die "cannot write $dest"
-}
-echo "install-ort: installed ONNX Runtime ${ORT_VERSION} ($arch) at $dest" >&2
+place "$workdir/$ORT_MEMBER" "$part" "$dest" 0644
+say "installed ONNX Runtime ${ORT_VERSION} ($arch) at $dest"

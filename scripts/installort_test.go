@@ -4,6 +4,7 @@ package scripts
 
 import (
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -40,6 +41,30 @@ func TestInstallORTSelectsLibraryByArchitecture(t *testing.T) {
 		}
 		if !strings.Contains(string(out), msg) || !strings.Contains(string(out), "x86_64 and aarch64") && arch != "armv7l" {
 			t.Errorf("install-ort.sh --print-path-for %q: message %q, want one saying %q and naming the supported architectures", arch, out, msg)
+		}
+	}
+}
+
+// TestInstallORTScriptsRunFromAnyDirectory: both install scripts source
+// lib/npm-fetch.sh from their own directory, so they work from any working
+// directory (the Makefile runs them from the repository root, an operator from
+// anywhere by absolute path).
+func TestInstallORTScriptsRunFromAnyDirectory(t *testing.T) {
+	dir, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ script, flag, want string }{
+		{"install-ort.sh", "--print-path-for", "package/bin/napi-v6/linux/x64/libonnxruntime.so.1"},
+		{"install-ort-gpu.sh", "--print-members-for", "libonnxruntime.so.1.29.0"},
+	} {
+		for _, cwd := range []string{t.TempDir(), filepath.Dir(dir)} {
+			cmd := exec.Command("bash", filepath.Join(dir, c.script), c.flag, "x86_64")
+			cmd.Dir = cwd
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), c.want) {
+				t.Errorf("%s %s x86_64 from %s: %v\n%s", c.script, c.flag, cwd, err, out)
+			}
 		}
 	}
 }
