@@ -76,6 +76,18 @@ var arraySeeds = []string{
 	// Not a float32 midpoint, but float64 rounds it to one, and rounding that on
 	// to float32 would give 0x3bc8d046 where strconv gives 0x3bc8d047.
 	`[0.006128343986347318]`,
+	// The word-at-a-time paths (digits.go): runs of "0," against the size and
+	// the end, 0.ddd with 1 to 16 digits, near the end of the bytes (fewer than
+	// 18 left), followed by what only the reference reads on, and bytes whose
+	// low seven bits are digits.
+	`[0,0,0,0]`, `[0,0,0,0,0]`, `[0,0,0,0,0,0,0,0,1]`, `[0,0,0,0, 1]`, `[0,0,0,0,]`, `[0,0,0,0,0,0,0,0`,
+	`[0,0,0,0,0.5,0,0,0,0,0.25,0,0,0,0]`, `[0.1234567,0.12345678,0.123456789,0.1234567890,0.12345678901,0]`,
+	`[0.123456789012345,0.1234567890123456,0.12345678901234567,0]`, `[0.5.3,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`,
+	`[0.5-1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`, `[0.5e3,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`, `[0.5E+3,00000000000000000]`,
+	"[0.5\xb9,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]", "[0.5\xb0,0]", "[0.\xb12,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]",
+	`[0.,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`, `[0.5 ,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`, `[-0.5,-0,0.0000000000000001]`,
+	`[0.99999997,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`, `[0.006128343986347318,0,0,0,0,0,0,0,0,0,0,0,0,0]`,
+	`[0.000000000000001,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`, `[0.999999999999999,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]`,
 }
 
 // FuzzParseArray: parseArray, with its fast path, returns exactly what the
@@ -225,8 +237,8 @@ func TestParseFloat32AgainstStrconv(t *testing.T) {
 	}
 }
 
-// BenchmarkParseArray: the input of BenchmarkParseRequest/json784 alone,
-// parseArray against the reference parser, side by side.
+// BenchmarkParseArray: the inputs of BenchmarkParseRequest/json784 and
+// json784_image alone, parseArray against the reference parser, side by side.
 func BenchmarkParseArray(b *testing.B) {
 	in := make([]float32, 784)
 	for i := range in {
@@ -236,10 +248,16 @@ func BenchmarkParseArray(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	image, err := json.Marshal(imageInput())
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, p := range []struct {
 		name  string
+		raw   []byte
 		parse func([]byte, int) ([]float32, *inputError)
-	}{{"fast", parseArray}, {"strconv", parseArrayRef}} {
+	}{{"fast", raw, parseArray}, {"strconv", raw, parseArrayRef}, {"fast_image", image, parseArray}, {"strconv_image", image, parseArrayRef}} {
+		raw := p.raw
 		b.Run(p.name, func(b *testing.B) {
 			b.SetBytes(int64(len(raw)))
 			for b.Loop() {

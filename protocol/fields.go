@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/bits"
 	"slices"
 )
 
@@ -141,7 +142,15 @@ func scanValue(b []byte, i int) int {
 			return j + 1
 		}
 		for {
-			j = scanNumber(b, j)
+			if j+8 <= len(b) && binary.LittleEndian.Uint64(b[j:]) == fourZeros {
+				j = skipSpace(b, j+8) // four valid numbers, each followed by a comma
+				continue
+			}
+			if n := shortFractionLen(b, j); n > 0 {
+				j += n
+			} else {
+				j = scanNumber(b, j)
+			}
 			if j < 0 {
 				return -1
 			}
@@ -236,29 +245,34 @@ func scanString(b []byte, i int) int {
 // scanNumber returns the end of the JSON number at b[i:] (RFC 8259 grammar:
 // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?), or -1.
 func scanNumber(b []byte, i int) int {
-	digits := func(j int) int {
-		k := j
-		for k < len(b) && b[k] >= '0' && b[k] <= '9' {
-			k++
-		}
-		if k == j {
-			return -1
-		}
-		return k
-	}
 	if i < len(b) && b[i] == '-' {
 		i++
 	}
-	if i >= len(b) {
+	switch {
+	case i >= len(b):
 		return -1
-	}
-	if b[i] == '0' {
+	case b[i] == '0':
 		i++
-	} else if i = digits(i); i < 0 {
+	case b[i]-'1' < 9:
+		for i++; i < len(b) && b[i]-'0' < 10; i++ {
+		}
+	default:
 		return -1
 	}
 	if i < len(b) && b[i] == '.' {
-		if i = digits(i + 1); i < 0 {
+		// The digits after the point: the first eight at once (digitEnd
+		// inlined by hand).
+		k := i + 1
+		if k+8 <= len(b) {
+			if m := nonDigits(binary.LittleEndian.Uint64(b[k:])); m != 0 {
+				i = k + bits.TrailingZeros64(m)>>3
+			} else {
+				i = digitEnd(b, k+8)
+			}
+		} else {
+			i = digitEnd(b, k)
+		}
+		if i == k {
 			return -1
 		}
 	}
@@ -267,9 +281,11 @@ func scanNumber(b []byte, i int) int {
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		if i = digits(i); i < 0 {
+		k := digitEnd(b, i)
+		if k == i {
 			return -1
 		}
+		i = k
 	}
 	return i
 }

@@ -116,11 +116,26 @@ func checkRejection(t *testing.T, topic string, rej *Rejection, env Env) {
 
 var sinkReq *Request
 
-func benchPayload(b *testing.B, b64 bool) {
+// imageInput is a 784-value input shaped like an image: rows of zeros around
+// values written as Payload writes them (the shortest float32 text).
+func imageInput() []float32 {
+	in := make([]float32, 784)
+	for i := range in {
+		if r, c := i/28, i%28; r >= 5 && r < 23 && c >= 6 && c < 22 {
+			in[i] = float32((i*37)%256) / 255
+		}
+	}
+	return in
+}
+
+func benchPayload(b *testing.B, b64, image bool) {
 	env := testEnv(b)
 	in := make([]float32, 784)
 	for i := range in {
 		in[i] = float32((i*37)%256) / 255 // Fashion-MNIST-like pixel values
+	}
+	if image {
+		in = imageInput() // the same values around rows of zeros
 	}
 	p := Payload{ID: "cam-0001-000042", DeadlineMS: 100, Input: in, B64: b64}
 	payload := p.Marshal()
@@ -137,8 +152,9 @@ func benchPayload(b *testing.B, b64 bool) {
 }
 
 func BenchmarkParseRequest(b *testing.B) {
-	b.Run("json784", func(b *testing.B) { benchPayload(b, false) })
-	b.Run("b64_784", func(b *testing.B) { benchPayload(b, true) })
+	b.Run("json784", func(b *testing.B) { benchPayload(b, false, false) })
+	b.Run("json784_image", func(b *testing.B) { benchPayload(b, false, true) })
+	b.Run("b64_784", func(b *testing.B) { benchPayload(b, true, false) })
 }
 
 // FuzzScanFields checks the fast field scanner against the reference decoder: when

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 	"strconv"
 	"unsafe"
 )
@@ -24,10 +25,12 @@ func inputErr(r Reason, format string, args ...any) *inputError {
 
 // parseArray reads a flat JSON array of exactly size numbers. raw has already been
 // validated as JSON by encoding/json, so only the value's shape is checked here.
-// Each number is converted by parseFloat32's fast path when it can, else by
-// strconv.ParseFloat: the values, and what is refused and why, are those of
-// strconv.ParseFloat(text, 32) on every number (FuzzParseArray checks it against
-// the reference parser, parseArrayRef in the tests, and encoding/json).
+// Runs of "0," are taken four at a time and 0.ddd by word operations
+// (digits.go); each other number is converted by parseFloat32's fast path when
+// it can, else by strconv.ParseFloat: the values, and what is refused and why,
+// are those of strconv.ParseFloat(text, 32) on every number (FuzzParseArray
+// checks it against the reference parser, parseArrayRef in the tests, and
+// encoding/json, on any bytes).
 func parseArray(raw []byte, size int) ([]float32, *inputError) {
 	i := skipSpace(raw, 0)
 	if i >= len(raw) || raw[i] != '[' {
@@ -40,7 +43,33 @@ func parseArray(raw []byte, size int) ([]float32, *inputError) {
 	}
 	for n := 0; ; n++ {
 		i = skipSpace(raw, i)
-		v, j, ok := parseFloat32(raw, i)
+		if n+4 <= size && i+8 <= len(raw) && binary.LittleEndian.Uint64(raw[i:]) == fourZeros {
+			// "0,0,0,0,": four zeros at once (the background of an image).
+			out = append(out, 0, 0, 0, 0)
+			i += 8
+			n += 3
+			continue
+		}
+		var (
+			v  float32
+			j  int
+			ok bool
+		)
+		if i+18 <= len(raw) && raw[i] == '0' && raw[i+1] == '.' {
+			// 0.ddd, the usual input value, without a branch on its length:
+			// as in parseFloat32, a mantissa below 10^15 divided by an exact
+			// power of ten is correctly rounded to float64, and rounding that
+			// to float32 is exact unless it is a float32 midpoint.
+			d, w1, w2 := digits16(raw, i+2)
+			j = i + 2 + d
+			if uint(d-1) < 15 && !isNumberByte(raw[j]) {
+				f := float64(digitsValue(d, w1, w2)) / float64pow10[d]
+				v, ok = float32(f), math.Float64bits(f)&(1<<29-1) != 1<<28
+			}
+		}
+		if !ok {
+			v, j, ok = parseFloat32(raw, i)
+		}
 		if !ok { // not a number the fast path converts: the run of number bytes
 			for j = i; j < len(raw) && isNumberByte(raw[j]); j++ {
 			}
@@ -52,7 +81,8 @@ func parseArray(raw []byte, size int) ([]float32, *inputError) {
 			return nil, inputErr(ReasonBadInputSize, "input has more than %d values, want %d", size, size)
 		}
 		if !ok {
-			f, err := strconv.ParseFloat(string(raw[i:j]), 32)
+			// ParseFloat keeps the text only in its error, which is dropped.
+			f, err := strconv.ParseFloat(unsafe.String(&raw[i], j-i), 32)
 			if err != nil {
 				// JSON is valid, so the only failure left is a value beyond float32.
 				return nil, inputErr(ReasonNonFiniteInput, "input[%d] = %s overflows float32", n, truncate(string(raw[i:j]), 32))
@@ -77,6 +107,9 @@ func parseArray(raw []byte, size int) ([]float32, *inputError) {
 	}
 	return out, nil
 }
+
+// fourZeros is "0,0,0,0," read as a little-endian word.
+const fourZeros = 0x2c302c302c302c30
 
 // appendDigits reads the decimal digits at b[j:] onto mant (mant*10 + digit
 // each, wrapping around past 19 digits) and returns it with the end of the
@@ -130,8 +163,21 @@ func parseFloat32(b []byte, i int) (v float32, end int, ok bool) {
 	exp := 0
 	if j < len(b) && b[j] == '.' {
 		k := j + 1
-		mant, j = appendDigits(b, k, mant)
-		if j == k {
+		if k+8 <= len(b) {
+			// The digits after the point eight bytes at a time: most inputs
+			// have 7 to 9 of them.
+			x := binary.LittleEndian.Uint64(b[k:])
+			if m := nonDigits(x); m != 0 {
+				d := bits.TrailingZeros64(m) >> 3 // digits before the first non-digit
+				if d == 0 {
+					return 0, i, false
+				}
+				mant = mant*uint64pow10[d] + eightDigits(x<<(64-8*d))
+				j = k + d
+			} else {
+				mant, j = appendDigits(b, k+8, mant*1e8+eightDigits(x))
+			}
+		} else if mant, j = appendDigits(b, k, mant); j == k {
 			return 0, i, false
 		}
 		nd += j - k
