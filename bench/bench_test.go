@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,6 +140,9 @@ func TestRunEndToEnd(t *testing.T) {
 	if f := res.Inference[res.Setup.App+"/logreg"]; f <= 0 {
 		t.Errorf("latency correction of logreg %v (all: %v)", f, res.Inference)
 	}
+	if f := res.Gateway.Inference[res.Setup.App+"/logreg"]; f <= 0 || len(res.Gateway.Inference) != 1 {
+		t.Errorf("inference over the phase: logreg %v (all: %v)", f, res.Gateway.Inference)
+	}
 	if res.Setup.Encoding != "input" || res.Setup.Variant != "logreg" || res.Setup.PayloadBytes <= 0 || res.Ratio <= 0 {
 		t.Errorf("setup %+v, ratio %v", res.Setup, res.Ratio)
 	}
@@ -200,7 +204,7 @@ sneakgate_latency_correction_ratio{app="fashion",variant="logreg"} 6.5
 sneakgate_latency_correction_ratio{app="fashion",variant="cnn"} 1.25
 sneakgate_latency_correction_total 3
 `
-	got, err := parseCorrection(strings.NewReader(text))
+	got, err := parseVariantSeries(strings.NewReader(text), correctionMetric)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +212,37 @@ sneakgate_latency_correction_total 3
 	if !maps.Equal(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
-	if _, err := parseCorrection(strings.NewReader(`sneakgate_latency_correction_ratio{app="a",variant="b"} x` + "\n")); err == nil {
+	if _, err := parseVariantSeries(strings.NewReader(`sneakgate_latency_correction_ratio{app="a",variant="b"} x`+"\n"), correctionMetric); err == nil {
 		t.Error("a malformed value was accepted")
+	}
+}
+
+func TestInferenceRatios(t *testing.T) {
+	text := `sneakgate_infer_duration_seconds_bucket{app="fashion",variant="logreg",le="0.001"} 4
+sneakgate_infer_duration_seconds_sum{app="fashion",variant="logreg"} 0.5
+sneakgate_infer_duration_seconds_sum{app="fashion",variant="cnn"} 2
+sneakgate_infer_profiled_seconds_total{app="fashion",variant="logreg"} 0.25
+sneakgate_infer_profiled_seconds_total{app="fashion",variant="cnn"} 1.5
+`
+	var series [2]map[string]float64
+	for i, m := range []string{inferMetric, profiledMetric} {
+		var err error
+		if series[i], err = parseVariantSeries(strings.NewReader(text), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := map[string]float64{"fashion/logreg": 0.5, "fashion/cnn": 2}; !maps.Equal(series[0], want) {
+		t.Errorf("%s: %v, want %v", inferMetric, series[0], want)
+	}
+	before := map[string]inferTotals{"fashion/logreg": {Infer: 0.5, Profiled: 0.25}, "fashion/cnn": {Infer: 2, Profiled: 1.5}}
+	after := map[string]inferTotals{"fashion/logreg": {Infer: 0.8, Profiled: 0.35}, "fashion/cnn": {Infer: 2, Profiled: 1.5},
+		"fashion/mlp-small": {Infer: 0.3, Profiled: 0.2}}
+	// logreg: 0.3 s of passes profiled at 0.1 s; cnn did not run.
+	got := inferenceRatios(before, after)
+	if len(got) != 2 || math.Abs(got["fashion/logreg"]-3) > 1e-9 || math.Abs(got["fashion/mlp-small"]-1.5) > 1e-9 {
+		t.Errorf("ratios %v, want logreg 3, mlp-small 1.5", got)
+	}
+	if got := inferenceRatios(nil, map[string]inferTotals{}); got != nil {
+		t.Errorf("no variant: %v", got)
 	}
 }

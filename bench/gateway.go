@@ -197,29 +197,91 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// Series of the gateway's /metrics, per application and variant.
+const (
+	correctionMetric = "sneakgate_latency_correction_ratio"
+	inferMetric      = "sneakgate_infer_duration_seconds_sum"
+	profiledMetric   = "sneakgate_infer_profiled_seconds_total"
+)
+
+// metricsText fetches the gateway's /metrics.
+func (g *gatewayProc) metricsText(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.metrics+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("bench: /metrics: %s", resp.Status)
+	}
+	return string(b), nil
+}
+
 // correction reads sneakgate_latency_correction_ratio{app,variant} from the
 // gateway's /metrics: per "app/variant", how much longer forward passes take
 // now than the start-up profile.
 func (g *gatewayProc) correction(ctx context.Context) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.metrics+"/metrics", nil)
+	text, err := g.metricsText(ctx)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("bench: /metrics: %s", resp.Status)
-	}
-	return parseCorrection(resp.Body)
+	return parseVariantSeries(strings.NewReader(text), correctionMetric)
 }
 
-// parseCorrection picks the latency correction gauges out of a Prometheus text
-// exposition.
-func parseCorrection(r io.Reader) (map[string]float64, error) {
-	const name = "sneakgate_latency_correction_ratio{"
+// inferTotals are a variant's forward-pass seconds so far and what its
+// start-up profile gives for the same passes.
+type inferTotals struct{ Infer, Profiled float64 }
+
+// inference reads every variant's inferTotals from the gateway's /metrics
+// (none from a gateway without sneakgate_infer_profiled_seconds_total).
+func (g *gatewayProc) inference(ctx context.Context) (map[string]inferTotals, error) {
+	text, err := g.metricsText(ctx)
+	if err != nil {
+		return nil, err
+	}
+	infer, err := parseVariantSeries(strings.NewReader(text), inferMetric)
+	if err != nil {
+		return nil, err
+	}
+	prof, err := parseVariantSeries(strings.NewReader(text), profiledMetric)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]inferTotals{}
+	for k, p := range prof {
+		out[k] = inferTotals{Infer: infer[k], Profiled: p}
+	}
+	return out, nil
+}
+
+// inferenceRatios is, per variant that ran between the readings before and
+// after, its forward-pass time over its profiled time in between.
+func inferenceRatios(before, after map[string]inferTotals) map[string]float64 {
+	out := map[string]float64{}
+	for k, a := range after {
+		b := before[k]
+		if p := a.Profiled - b.Profiled; p > 0 {
+			out[k] = (a.Infer - b.Infer) / p
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// parseVariantSeries picks the series name{app="A",variant="V"} out of a
+// Prometheus text exposition, by "A/V".
+func parseVariantSeries(r io.Reader, metric string) (map[string]float64, error) {
+	name := metric + "{"
 	out := map[string]float64{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)

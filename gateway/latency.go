@@ -69,6 +69,15 @@ func (m *latencyModel) observe(v *scheduler.Variant, b int, took time.Duration) 
 	return f
 }
 
+// profiled is the start-up profile's duration of a forward pass of v over b
+// requests (0 before observe has seen v).
+func (m *latencyModel) profiled(v *scheduler.Variant, b int) time.Duration {
+	if c := m.vs[v]; c != nil && len(c.profile) >= 2 && b >= 1 {
+		return profileAt(c.profile, b)
+	}
+	return 0
+}
+
 // forget drops the corrections of an application's variants (a retired version).
 func (m *latencyModel) forget(a *scheduler.App) {
 	for _, v := range a.Variants {

@@ -7,6 +7,10 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
@@ -71,6 +75,16 @@ func TestLoopCorrectsLatencyTables(t *testing.T) {
 		v := l.apps["app"].Variants[0]
 		if r := float64(v.Latency[1]) / float64(prof[1]); r < 1.5 || r > 2.05 {
 			t.Fatalf("Latency[1] is %.2fx the profile after batches at 2x, want about 2", r)
+		}
+		// Over all batches, whatever their sizes: the time of the forward passes
+		// over their profiled time (sneakgate_infer_profiled_seconds_total).
+		var h dto.Metric
+		if err := l.m.inferTime.WithLabelValues("app", "m").(prometheus.Metric).Write(&h); err != nil {
+			t.Fatal(err)
+		}
+		profiled := testutil.ToFloat64(l.m.inferProfiled.WithLabelValues("app", "m"))
+		if r := h.GetHistogram().GetSampleSum() / profiled; math.Abs(r-2) > 1e-9 {
+			t.Fatalf("forward passes took %.3fx their profiled time (%v s profiled), want 2", r, profiled)
 		}
 	})
 }

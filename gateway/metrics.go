@@ -24,6 +24,10 @@ type metrics struct {
 	queueLen      prometheus.Gauge         // requests waiting for a model
 	queueTime     *prometheus.HistogramVec // app
 	inferTime     *prometheus.HistogramVec // app, variant
+	// inferProfiled sums, per forward pass, the start-up profile's duration
+	// of a pass of its batch size: inferTime's sum over it is how much longer
+	// passes took than profiled over any period, weighted by time.
+	inferProfiled *prometheus.CounterVec   // app, variant
 	batchSize     *prometheus.HistogramVec // app, variant
 	answers       *answerCounts            // app: answers given by models, deadline met or not, their est_accuracy summed
 	swaps         *prometheus.CounterVec   // kind: load, unload
@@ -78,6 +82,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_queue_duration_seconds", Help: "Time from receipt to the start of the request's batch.", Buckets: lat}, []string{"app"}),
 		inferTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_infer_duration_seconds", Help: "Duration of one batched forward pass.", Buckets: lat}, []string{"app", "variant"}),
+		inferProfiled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_infer_profiled_seconds_total", Help: "The start-up profile's duration of each forward pass at its batch size, summed: sneakgate_infer_duration_seconds_sum over its increase is how much longer passes took than profiled over a period."}, []string{"app", "variant"}),
 		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_batch_size", Help: "Requests per forward pass.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, []string{"app", "variant"}),
 		answers: newAnswerCounts(),
@@ -112,7 +118,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.admissionShed, m.unroutable, m.duplicates,
-		m.queueLen, m.queueTime, m.inferTime, m.batchSize, m.answers, m.swaps,
+		m.queueLen, m.queueTime, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
