@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/sneakgate/sneakgate/manifest"
 )
 
 // BenchmarkRun measures Run (input copy, forward pass, output conversion) per
@@ -36,5 +38,68 @@ func benchVariant(b *testing.B, e *Engine, id VariantID, size int, lo, hi float6
 	}
 	if _, err := e.Unload(id); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// BenchmarkRunEvictedCache measures Run of fashion's cheap variants (from
+// ../models, skipped without them) as BenchmarkRun does ("hot": the same
+// inputs again and again, code and data in the caches) and with the caches
+// evicted before every run (8 MiB written, not timed) and new inputs each
+// time: a forward pass inside the gateway follows the handlers', the broker
+// client's and the journal's work on the same two cores, so it starts cold.
+// The start-up profile is measured hot.
+//
+//	go test -run '^$' -bench RunEvictedCache ./engine
+func BenchmarkRunEvictedCache(b *testing.B) {
+	var fashion *manifest.App
+	for _, a := range realManifests(b) {
+		if a.Name == "fashion" {
+			fashion = a
+		}
+	}
+	if fashion == nil {
+		b.Skip("skipping: no ../models/fashion")
+	}
+	e := newEngine(b, Options{IntraOpThreads: 1, InterOpThreads: 1})
+	if err := e.Register(fashion); err != nil {
+		b.Fatal(err)
+	}
+	evict := make([]byte, 8<<20)
+	for _, name := range []string{"logreg", "mlp-small", "cnn"} {
+		id := VariantID{App: "fashion", Variant: name}
+		if _, err := e.Load(id); err != nil {
+			b.Fatal(err)
+		}
+		for _, n := range []int{1, 8, 32} {
+			sets := make([][][]float32, 64)
+			for i := range sets {
+				sets[i] = randomInputs(n, fashion.InputSize, 0, 1, uint64(i+1))
+			}
+			for _, cold := range []bool{false, true} {
+				mode := "hot"
+				if cold {
+					mode = "evicted"
+				}
+				b.Run(fmt.Sprintf("%s/b=%d/%s", name, n, mode), func(b *testing.B) {
+					for i := range b.N {
+						in := sets[0]
+						if cold {
+							b.StopTimer()
+							in = sets[i%len(sets)]
+							for k := 0; k < len(evict); k += 64 {
+								evict[k]++
+							}
+							b.StartTimer()
+						}
+						if _, err := e.Run(id, in); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+		if _, err := e.Unload(id); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
