@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"cmp"
+	"flag"
 	"fmt"
 	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math/rand/v2"
@@ -99,58 +101,194 @@ func benchPolicy(b *testing.B, name string, a *App) Policy {
 // loop makes them: each decision is applied (its verdicts and batch leave the
 // queue, untimed) and the queue is refilled to n with new arrivals at its tail,
 // and the clock advances 10 us. It reports the time per scheduled request
-// (batched or answered by the decision) besides the time per decision.
+// (batched or answered by the decision) besides the time per decision. The
+// decisions timed are the b.N that follow the initial queue (and one untimed
+// decision, in which a policy with an index builds it); BenchmarkDecideSteady
+// times them after the queue has turned over.
 func BenchmarkDecide(b *testing.B) {
 	for _, name := range benchPolicies {
 		for _, load := range []string{"over", "under"} {
 			for _, n := range []int{1000, 10000, 100000} {
 				b.Run(fmt.Sprintf("%s/%sload/queued=%d", name, load, n), func(b *testing.B) {
-					benchDecide(b, name, n, load == "over")
+					l := newBenchLoop(b, name, n, load == "over")
+					// One decision before the clock starts: a policy that keeps
+					// an index of the queue (index.go) builds it on its first
+					// decision, once for the gateway's lifetime, not once per
+					// decision.
+					l.apply(l.p.Decide(l.snapshot()))
+					l.time(b)
 				})
 			}
 		}
 	}
 }
 
-func benchDecide(b *testing.B, name string, n int, overloaded bool) {
+// BenchmarkDecideSteady is BenchmarkDecide after the queue has turned over, as
+// in a long spell of load: before the clock starts the same loop runs (untimed)
+// until every request of the initial queue has left it, or until 20 x n
+// requests have arrived, 60,000 decisions were made or -steady.warmup (20 s)
+// has passed, whichever comes first (not overloaded at 100k queued, edf's
+// latest initial deadlines are about 55,000 decisions away; a policy whose
+// decisions take milliseconds stops at the time). The queue then no longer
+// holds a dense run of Seqs in memory order: what is left of each arrival is
+// the requests the policy has not served yet, scattered in Seq and in memory.
+// Besides BenchmarkDecide's figures it reports the decisions run before the
+// clock started (warm-decisions), the share of the initial queue still queued
+// then (initial-left), the longest single decision timed (max-µs: on a shared
+// machine also whatever preempted it; only reported, the tests assert no
+// timing), and for a policy with a queue index the number of times a timed
+// decision rebuilt it (rebuilds, each a pass over the whole queue) and for a
+// searching policy the share of timed decisions made over a prefix of the
+// queue (bounded, bounded.go).
+//
+// The warm-up runs once per sub-benchmark: the state it reaches is kept for
+// the sub-benchmark's next run (the testing package runs it with b.N = 1
+// first, and again for -count), which goes on from there.
+func BenchmarkDecideSteady(b *testing.B) {
+	for _, name := range benchPolicies {
+		for _, load := range []string{"over", "under"} {
+			for _, n := range []int{1000, 10000, 100000} {
+				key := fmt.Sprintf("%s/%sload/queued=%d", name, load, n)
+				b.Run(key, func(b *testing.B) {
+					l := steadyLoop(b, key, name, n, load == "over")
+					warm, left := l.warm, l.initialLeft()
+					l.time(b)
+					b.ReportMetric(float64(warm), "warm-decisions")
+					b.ReportMetric(left, "initial-left")
+				})
+			}
+		}
+	}
+}
+
+var steadyWarmup = flag.Duration("steady.warmup", 20*time.Second, "BenchmarkDecideSteady: the longest warm-up of a sub-benchmark")
+
+// steady holds the last sub-benchmark's turned-over loop (see
+// BenchmarkDecideSteady), keyed by its name.
+var steady struct {
+	key string
+	l   *benchLoop
+}
+
+// steadyLoop returns the loop for key after its warm-up.
+func steadyLoop(b *testing.B, key, name string, n int, overloaded bool) *benchLoop {
+	if steady.key == key {
+		return steady.l
+	}
+	steady.key, steady.l = "", nil // let the previous one go first
+	l := newBenchLoop(b, name, n, overloaded)
+	start := time.Now()
+	for l.initialLeft() > 0 && l.seq < uint64(21*n) && l.warm < 60000 && time.Since(start) < *steadyWarmup {
+		l.apply(l.p.Decide(l.snapshot()))
+		l.warm++
+	}
+	steady.key, steady.l = key, l
+	return l
+}
+
+// benchLoop is the gateway's loop of BenchmarkDecide: the queue, the clock and
+// the policy.
+type benchLoop struct {
+	rng        *rand.Rand
+	a          *App
+	n          int
+	overloaded bool
+	now        time.Time
+	q          []*Request
+	seq        uint64
+	resident   map[VariantID]time.Time
+	p          Policy
+	// warm counts the untimed decisions of BenchmarkDecideSteady's warm-up;
+	// gone is apply's scratch.
+	warm int
+	gone []uint64
+}
+
+func newBenchLoop(b *testing.B, name string, n int, overloaded bool) *benchLoop {
 	rng := rand.New(rand.NewPCG(uint64(n), 7))
 	a := benchApp(rng)
 	now := t0.Add(time.Second)
-	q := benchQueueLoad(rng, a, n, now, overloaded)
-	seq := uint64(n)
-	resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
-	p := benchPolicy(b, name, a)
+	return &benchLoop{rng: rng, a: a, n: n, overloaded: overloaded, now: now,
+		q: benchQueueLoad(rng, a, n, now, overloaded), seq: uint64(n),
+		resident: map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now},
+		p:        benchPolicy(b, name, a)}
+}
+
+func (l *benchLoop) snapshot() *Snapshot {
+	return &Snapshot{Now: l.now, Queue: l.q, Apps: map[string]*App{l.a.Name: l.a},
+		Engine: Engine{Resident: l.resident, CountBudget: 3}}
+}
+
+// initialLeft is the share of the initial queue (Seq below n) still queued.
+func (l *benchLoop) initialLeft() float64 {
+	k, _ := slices.BinarySearchFunc(l.q, uint64(l.n), func(r *Request, seq uint64) int { return cmp.Compare(r.Seq, seq) })
+	return float64(k) / float64(l.n)
+}
+
+// apply removes what d answered or batched from the queue, advances the clock
+// 10 us and refills the queue to n; it returns the number of requests removed.
+func (l *benchLoop) apply(d Decision) int {
+	l.gone = l.gone[:0]
+	for _, v := range d.Verdicts {
+		l.gone = append(l.gone, v.Request.Seq)
+	}
+	if d.Batch != nil {
+		for _, r := range d.Batch.Requests {
+			l.gone = append(l.gone, r.Seq)
+		}
+	}
+	slices.Sort(l.gone)
+	l.gone = slices.Compact(l.gone)
+	// The queue is in Seq order: move the runs between removed requests down.
+	w := 0 // l.q[:w] is kept
+	from := 0
+	for _, seq := range l.gone {
+		i, ok := slices.BinarySearchFunc(l.q[from:], seq, func(r *Request, seq uint64) int { return cmp.Compare(r.Seq, seq) })
+		if !ok {
+			panic("benchLoop: a decision answered a request that is not queued")
+		}
+		i += from
+		w += copy(l.q[w:], l.q[from:i])
+		from = i + 1
+	}
+	w += copy(l.q[w:], l.q[from:])
+	clear(l.q[w:])
+	l.q = l.q[:w]
+	l.now = l.now.Add(10 * time.Microsecond)
+	for len(l.q) < l.n {
+		l.q = append(l.q, benchRequest(l.rng, l.a, l.seq, l.now, l.n, l.overloaded))
+		l.seq++
+	}
+	return len(l.gone)
+}
+
+// time runs b.N decisions, each applied untimed, and reports the time per
+// scheduled request (µs/sched), the requests scheduled per decision
+// (sched/op), the longest decision (max-µs), and where the policy has them
+// its index's rebuilds and its share of bounded decisions (see
+// BenchmarkDecideSteady).
+func (l *benchLoop) time(b *testing.B) {
 	scheduled := 0
-	gone := map[*Request]bool{}
-	// One decision before the clock starts: a policy that keeps an index of
-	// the queue (index.go) builds it on its first decision, once for the
-	// gateway's lifetime, not once per decision.
-	for i := -1; i < b.N; i++ {
-		if i == 0 {
-			scheduled = 0
-			b.ReportAllocs()
-			b.ResetTimer()
-		}
-		s := &Snapshot{Now: now, Queue: q, Apps: map[string]*App{a.Name: a},
-			Engine: Engine{Resident: resident, CountBudget: 3}}
-		d := p.Decide(s)
+	var longest time.Duration
+	ix := benchIndex(l.p)
+	var gen0 uint64
+	if ix != nil {
+		gen0 = ix.gen
+	}
+	sp, _ := l.p.(*searching)
+	var hits0 int
+	if sp != nil {
+		hits0 = sp.boundedHits
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		s := l.snapshot()
+		start := time.Now()
+		d := l.p.Decide(s)
+		longest = max(longest, time.Since(start))
 		b.StopTimer()
-		clear(gone)
-		for _, v := range d.Verdicts {
-			gone[v.Request] = true
-		}
-		if d.Batch != nil {
-			for _, r := range d.Batch.Requests {
-				gone[r] = true
-			}
-		}
-		scheduled += len(gone)
-		q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
-		now = now.Add(10 * time.Microsecond)
-		for len(q) < n {
-			q = append(q, benchRequest(rng, a, seq, now, n, overloaded))
-			seq++
-		}
+		scheduled += l.apply(d)
 		b.StartTimer()
 	}
 	if scheduled == 0 {
@@ -158,4 +296,28 @@ func benchDecide(b *testing.B, name string, n int, overloaded bool) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(scheduled)/1e3, "µs/sched")
 	b.ReportMetric(float64(scheduled)/float64(b.N), "sched/op")
+	b.ReportMetric(float64(longest.Nanoseconds())/1e3, "max-µs")
+	if ix != nil {
+		b.ReportMetric(float64(ix.gen-gen0), "rebuilds")
+	}
+	if sp != nil {
+		b.ReportMetric(float64(sp.boundedHits-hits0)/float64(b.N), "bounded")
+	}
+}
+
+// benchIndex is p's queue index, or nil.
+func benchIndex(p Policy) *queueIndex {
+	switch p := p.(type) {
+	case *edf:
+		return &p.ix
+	case *fifo:
+		return &p.ix
+	case *fixedBatch:
+		return &p.ix
+	case *searching:
+		return &p.ix
+	case *cascade:
+		return &p.idx.ix
+	}
+	return nil
 }
