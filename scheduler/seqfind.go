@@ -11,10 +11,17 @@ import "slices"
 // that is not in the cache: bisection's 17 probes were half of an edf decision.
 // So that it costs about the same at any length:
 //
-//   - fences: the Seqs of 64 requests spread evenly over the queue, read once
-//     per decision (when findAll first needs them), bracket a search to 1/63
-//     of the queue without a probe (a lone search, as fifo makes a few of,
-//     starts from the queue's ends, or the fences if they are there);
+//   - fences: the Seqs of 64 requests spread evenly over the queue, and of
+//     the requests 1, 2, 4, 8, ... from its end, read once per decision (when
+//     findAll first needs them; those near the end when a search falls
+//     there), bracket a search to 1/63 of the queue without a probe, and a
+//     search for one of the latest requests much closer (a lone search, as
+//     fifo makes a few of, starts from the queue's ends, or the fences if
+//     they are there). After the queue has turned over, the last 1/63 of it
+//     is dense in Seq at its end and sparse before (edf, not overloaded at
+//     100k queued, serves nine in ten requests the decision after they
+//     arrive): without the fences near the end a search for one of the
+//     latest took 13-17 probes, with them 1-3;
 //   - interpolation: the Seqs are distinct integers that grow with arrival
 //     time, so the position of seq between two known requests is about
 //     proportional to its Seq (exact when none is missing in between). An
@@ -25,40 +32,81 @@ import "slices"
 //     cache misses of different searches overlap instead of adding up.
 type seqFinder struct {
 	q []*Request
-	// fence holds q[fencePos(j)].Seq for j < len(fence); built lazily (two
-	// or maxFences fences, or none while the queue is shorter than two).
-	fence []uint64
+	// fence[j] is q[fenceAt[j]].Seq, fenceAt increasing from 0 to len(q)-1;
+	// built lazily (the queue's two ends, or every fence), none while the
+	// queue is shorter than two.
+	fence   []uint64
+	fenceAt []int
+	// all: the fences are every fence, not only the ends; tail: with those
+	// near the end (tailFences).
+	all, tail bool
 }
 
-// maxFences is the number of fences of a long queue.
+// maxFences is the number of evenly spread fences of a long queue.
 const maxFences = 64
 
 // reset sets the queue to search (the fences are read on the first search).
 func (f *seqFinder) reset(q []*Request) {
 	f.q = q
-	f.fence = f.fence[:0]
+	f.fence, f.fenceAt, f.all, f.tail = f.fence[:0], f.fenceAt[:0], false, false
 }
 
-func (f *seqFinder) fencePos(j int) int {
-	return j * (len(f.q) - 1) / (len(f.fence) - 1)
-}
-
-// fences reads k fences (at most one per request), unless as many are there.
-func (f *seqFinder) fences(k int) {
-	k = min(len(f.q), k)
-	if len(f.fence) >= k || len(f.q) < 2 {
+// fences reads the fences, unless they are there: the queue's two ends for a
+// lone search (all false), else maxFences spread evenly over the queue (at
+// most one per request); tailFences adds those near the end.
+func (f *seqFinder) fences(all bool) {
+	n := len(f.q)
+	if n < 2 || f.all || !all && len(f.fence) > 0 {
 		return
 	}
-	f.fence = f.fence[:0]
-	for j := range k {
-		f.fence = append(f.fence, f.q[j*(len(f.q)-1)/(k-1)].Seq)
+	f.fence, f.fenceAt, f.tail = f.fence[:0], f.fenceAt[:0], false
+	if !all {
+		f.fence = append(f.fence, f.q[0].Seq, f.q[n-1].Seq)
+		f.fenceAt = append(f.fenceAt, 0, n-1)
+		return
 	}
+	f.all = true
+	k := min(n, maxFences)
+	for j := range k {
+		at := j * (n - 1) / (k - 1)
+		f.fence = append(f.fence, f.q[at].Seq)
+		f.fenceAt = append(f.fenceAt, at)
+	}
+}
+
+// tailFences adds fences between the last two even ones, at 1, 2, 4, 8, ...
+// requests from the end, when a search first needs them (the fences are every
+// fence). The latest requests are the densest in Seq (none of the newest has
+// been served yet, while further back most may have been) and often the ones
+// searched for (a policy that serves requests due soon takes the new ones
+// that are), and between two even fences the interpolation would take the
+// dense end for a sparse one's.
+func (f *seqFinder) tailFences() {
+	f.tail = true
+	n, k := len(f.q), len(f.fence)
+	if k < 3 {
+		return
+	}
+	last := f.fenceAt[k-2]
+	f.fence, f.fenceAt = f.fence[:k-1], f.fenceAt[:k-1]
+	d := 1
+	for n-1-2*d > last {
+		d *= 2
+	}
+	for ; d > 0; d /= 2 {
+		if at := n - 1 - d; at > last {
+			f.fence = append(f.fence, f.q[at].Seq)
+			f.fenceAt = append(f.fenceAt, at)
+		}
+	}
+	f.fence = append(f.fence, f.q[n-1].Seq)
+	f.fenceAt = append(f.fenceAt, n-1)
 }
 
 // find is one search.
 func (f *seqFinder) find(seq uint64) (int, bool) {
 	s := seqSearch{seq: seq}
-	for f.start(&s, 2); !s.done; {
+	for f.start(&s, false); !s.done; {
 		m := s.probe()
 		s.update(m, f.q[m].Seq)
 	}
@@ -73,7 +121,7 @@ func (f *seqFinder) find(seq uint64) (int, bool) {
 func (f *seqFinder) findAll(ss []seqSearch) {
 	n := 0 // the searches still going are ss[:n]
 	for i := range ss {
-		if f.start(&ss[i], maxFences); !ss[i].done {
+		if f.start(&ss[i], true); !ss[i].done {
 			ss[n], ss[i] = ss[i], ss[n]
 			n++
 		}
@@ -113,7 +161,7 @@ type seqSearch struct {
 // start brackets the search between two fences, or finds seq at one or
 // outside them. Invariant of a search not done: q[lo].Seq = sLo < seq < sHi =
 // q[hi].Seq and hi-lo > 1, the answer in (lo, hi].
-func (f *seqFinder) start(s *seqSearch, fences int) {
+func (f *seqFinder) start(s *seqSearch, all bool) {
 	s.done, s.bisect = true, false
 	switch q := f.q; len(q) {
 	case 0:
@@ -126,17 +174,21 @@ func (f *seqFinder) start(s *seqSearch, fences int) {
 		}
 		return
 	}
-	f.fences(fences)
+	f.fences(all)
 	j, hit := slices.BinarySearch(f.fence, s.seq)
+	if f.all && !f.tail && !hit && j == len(f.fence)-1 {
+		f.tailFences()
+		j, hit = slices.BinarySearch(f.fence, s.seq)
+	}
 	switch {
 	case hit:
-		s.hi, s.hit = f.fencePos(j), true
+		s.hi, s.hit = f.fenceAt[j], true
 	case j == 0:
 		s.hi, s.hit = 0, false
 	case j == len(f.fence):
 		s.hi, s.hit = len(f.q), false
 	default:
-		s.lo, s.hi, s.sLo, s.sHi = f.fencePos(j-1), f.fencePos(j), f.fence[j-1], f.fence[j]
+		s.lo, s.hi, s.sLo, s.sHi = f.fenceAt[j-1], f.fenceAt[j], f.fence[j-1], f.fence[j]
 		s.done = s.hi-s.lo <= 1 // nothing between two fences: not there
 	}
 }
