@@ -136,7 +136,7 @@ func (c *cascadeIndex) sync(p *cascade, s *Snapshot) {
 		return
 	}
 	for _, r := range q[start:] {
-		x.add(r)
+		x.add(r, true)
 		c.sum.add(p, r, r.First == nil)
 	}
 	if !c.sum.valid {
@@ -172,7 +172,7 @@ func (c *cascadeIndex) comeBack(p *cascade, q []*Request, n int) bool {
 			hit = true
 			found++
 			if !x.holds(r) { // else its entry is still in the index
-				x.add(r)
+				x.add(r, true)
 			}
 			c.sum.add(p, r, false)
 		}
@@ -191,7 +191,7 @@ func (c *cascadeIndex) rebuild(p *cascade, s *Snapshot) {
 	x.q, x.broken = s.Queue, false
 	x.find.reset(s.Queue)
 	for _, r := range s.Queue {
-		x.add(r)
+		x.add(r, false)
 	}
 	c.sum.rebuild(p, s)
 	c.last = c.last[:0]

@@ -147,3 +147,46 @@ func describe(d Decision) string {
 	}
 	return s + fmt.Sprintf("  wake %v\n", d.WakeAt)
 }
+
+// TestIndexKeptInSteadyState runs edf, fifo and fixed-batch on
+// BenchmarkDecide's workload (4,000 queued, overloaded and not) for long
+// enough that the hard-stop queues would have filled with requests answered
+// long ago several times over, and checks that the index is never rebuilt
+// (the sweeps of the hard-stop queues keep their garbage below the queue's
+// length: a rebuild comes at twice), that the hard-stop queues stay within
+// 1.75 times the queue, and that every 25th decision equals the full
+// recomputation's.
+func TestIndexKeptInSteadyState(t *testing.T) {
+	const n = 4000
+	for _, name := range []string{"edf", "fifo", "fixed-batch"} {
+		for _, over := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/over=%v", name, over), func(t *testing.T) {
+				l := newBenchLoop(nil, name, n, over)
+				ix := benchIndex(l.p)
+				ref := mustPolicy(t, name, Options{MaxQueueDelay: time.Nanosecond}).(fullDecider)
+				most := 0
+				for i := range 1500 {
+					s := l.snapshot()
+					d := l.p.Decide(s)
+					if i%25 == 0 {
+						if want := ref.decideFull(s); !reflect.DeepEqual(d, want) {
+							t.Fatalf("decision %d: indexed\n%s\nfull recomputation\n%s", i, describe(d), describe(want))
+						}
+					}
+					stop := 0
+					for _, ai := range ix.byApp {
+						stop += ai.stop.len()
+					}
+					most = max(most, stop)
+					l.apply(d)
+				}
+				if ix.gen != 1 {
+					t.Errorf("the index was rebuilt %d times", ix.gen-1)
+				}
+				if most > 7*n/4 {
+					t.Errorf("the hard-stop queues held up to %d entries for %d queued", most, n)
+				}
+			})
+		}
+	}
+}

@@ -30,6 +30,22 @@ import (
 // and far is looked at only when both are empty. The keys are unique (a
 // request's Seq is), so the order of pops is the order of the keys whatever
 // the structure: the same as a binary heap's.
+//
+// The hard-stop queues hold requests long after most have left the queue (a
+// request's entry is popped when its hard stop comes, seconds after it was
+// answered), so for them two more parts drop the entries of requests known to
+// be gone instead of keeping them until then:
+//
+//   - young, the entries pushed by pushYoung (a hard-stop queue's arrivals)
+//     during the last two decisions, in no order, with their least: a policy
+//     that serves requests due soon serves most of them within a decision of
+//     their arrival, so when an entry has been young for a whole decision
+//     (sweepYoung) its request has mostly left, and is still in the cache to
+//     be checked: it is dropped, or else pushed to the heap or far. When
+//     young's least is less than the stack's and the heap's, young is pushed
+//     at once;
+//   - a round over far and the heap (sweep) that looks at a few entries at
+//     each decision, for the requests that leave later.
 type keyQueue struct {
 	h, far []keyEntry
 	// cut, when set, is the key (cutAt, cutSeq) up to which entries belong to
@@ -40,6 +56,13 @@ type keyQueue struct {
 	// back holds entries put back, in decreasing order (the least last); each
 	// may be smaller or larger than the heap's root.
 	back []keyEntry
+	// young holds entries pushed by pushYoung, the first youngOld of them
+	// before the last sweepYoung; youngMin is the least of them.
+	young    []keyEntry
+	youngOld int
+	youngMin keyEntry
+	// swept is where in far the next sweep starts.
+	swept int
 }
 
 // nearMin and nearShare size what a refill moves from far to the heap: a
@@ -54,17 +77,21 @@ func (q *keyQueue) reset() {
 	clear(q.h)
 	clear(q.far)
 	clear(q.back)
-	q.h, q.far, q.back = q.h[:0], q.far[:0], q.back[:0]
-	q.cut = false
+	clear(q.young)
+	q.h, q.far, q.back, q.young = q.h[:0], q.far[:0], q.back[:0], q.young[:0]
+	q.cut, q.swept, q.youngOld = false, 0, 0
 }
 
-func (q *keyQueue) len() int { return q.heapLen() + len(q.far) + len(q.back) }
+func (q *keyQueue) len() int { return q.heapLen() + len(q.far) + len(q.back) + len(q.young) }
 
 func (q *keyQueue) heapLen() int { return max(len(q.h)-heapPad, 0) }
 
 // fromBack reports whether the least entry is the stack's, after moving
 // entries from far to the heap if both were empty (q not empty).
 func (q *keyQueue) fromBack() bool {
+	if len(q.young) > 0 {
+		q.youngFirst()
+	}
 	if len(q.back) == 0 {
 		if q.heapLen() == 0 {
 			q.refill()
@@ -185,7 +212,12 @@ func (q *keyQueue) pushHeap(e keyEntry) {
 	}
 	q.h = append(q.h, e)
 	h := q.h[heapPad:]
-	j := len(h) - 1
+	siftUp(h, len(h)-1, e)
+}
+
+// siftUp puts e at the place of h[j] (h a heap but for that place) and moves
+// it up to where it belongs.
+func siftUp(h []keyEntry, j int, e keyEntry) {
 	for j > 0 {
 		i := (j - 1) / 4
 		if !keyEntryLess(e, h[i]) {
@@ -271,5 +303,94 @@ func (q *keyQueue) putBack(popped []keyEntry) {
 	}
 	for i := len(popped) - 1; i >= 0; i-- {
 		q.back = append(q.back, popped[i])
+	}
+}
+
+// pushYoung adds e to young (see keyQueue).
+func (q *keyQueue) pushYoung(e keyEntry) {
+	if len(q.young) == 0 || keyEntryLess(e, q.youngMin) {
+		q.youngMin = e
+	}
+	q.young = append(q.young, e)
+}
+
+// youngFirst pushes young to the heap or far when its least entry is the
+// least of all (young not empty).
+func (q *keyQueue) youngFirst() {
+	if len(q.back) > 0 && keyEntryLess(q.back[len(q.back)-1], q.youngMin) ||
+		q.heapLen() > 0 && keyEntryLess(q.h[heapPad], q.youngMin) {
+		return
+	}
+	for _, e := range q.young {
+		q.push(e)
+	}
+	clear(q.young)
+	q.young, q.youngOld = q.young[:0], 0
+}
+
+// sweepYoung ends a decision for young: the entries pushed before the last
+// sweepYoung are dropped if gone reports their request gone and pushed to the
+// heap or far otherwise; the others wait for the next.
+func (q *keyQueue) sweepYoung(gone func(*Request) bool) {
+	for _, e := range q.young[:q.youngOld] {
+		if !gone(e.r) {
+			q.push(e)
+		}
+	}
+	n := copy(q.young, q.young[q.youngOld:])
+	clear(q.young[n:])
+	q.young, q.youngOld = q.young[:n], n
+	for i, e := range q.young {
+		if i == 0 || keyEntryLess(e, q.youngMin) {
+			q.youngMin = e
+		}
+	}
+}
+
+// sweep looks at k entries of far and the heap (all of them if they hold
+// fewer), going on from where the last sweep stopped and round from the
+// heap's end to far's start, and drops those whose request gone reports gone:
+// in far a dropped entry's place takes far's last (far has no order), in the
+// heap the heap's last, moved up or down to where it belongs. It finds the
+// entries of the requests that stayed in the queue beyond their first
+// decision (see young), which would otherwise stay until their hard stop
+// comes.
+func (q *keyQueue) sweep(k int, gone func(*Request) bool) {
+	for k = min(k, len(q.far)+q.heapLen()); k > 0; k-- {
+		if q.swept >= len(q.far)+q.heapLen() {
+			q.swept = 0
+		}
+		if i := q.swept; i < len(q.far) {
+			if !gone(q.far[i].r) {
+				q.swept++
+				continue
+			}
+			last := len(q.far) - 1
+			q.far[i] = q.far[last]
+			q.far[last] = keyEntry{}
+			q.far = q.far[:last]
+		} else if i -= len(q.far); gone(q.h[heapPad+i].r) {
+			q.removeHeap(i)
+		} else {
+			q.swept++
+		}
+	}
+}
+
+// removeHeap removes the heap's i-th entry.
+func (q *keyQueue) removeHeap(i int) {
+	h := q.h[heapPad:]
+	n := len(h) - 1
+	last := h[n]
+	h[n] = keyEntry{}
+	q.h = q.h[:heapPad+n]
+	if i == n {
+		return
+	}
+	h = h[:n]
+	if i > 0 && keyEntryLess(last, h[(i-1)/4]) {
+		siftUp(h, i, last)
+	} else {
+		siftDown(h, i, last)
 	}
 }

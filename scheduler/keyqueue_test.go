@@ -12,7 +12,8 @@ import (
 
 // TestKeyQueueMatchesSort drives a keyQueue the way the queue index does (a
 // rebuild's entries, pushes of new arrivals, a decision's pops put back when
-// it ends, entries dropped for good, the odd put-back out of order), with keys
+// it ends, entries dropped for good, the odd put-back out of order, sweeps of
+// entries whose requests are gone), with keys
 // that collide (few distinct times, so that the Seq decides), negative ones
 // and saturated ones, and checks every pop and top against a sorted copy of
 // what it holds.
@@ -43,17 +44,22 @@ func TestKeyQueueMatchesSort(t *testing.T) {
 				}
 				return time.Duration(rng.IntN(span))
 			}
+			young := seed%3 == 1 // new entries young, as the hard-stop queues'
 			push := func() {
 				e := keyEntry{at: key(), r: &Request{Seq: seq}}
 				seq++
-				q.push(e)
+				if young && rng.IntN(8) > 0 {
+					q.pushYoung(e)
+				} else {
+					q.push(e)
+				}
 				i, _ := slices.BinarySearchFunc(ref, e, cmpKeyEntry)
 				ref = slices.Insert(ref, i, e)
 			}
 			for range rng.IntN(5000) {
 				push()
 			}
-			pops := 0
+			pops, swept := 0, 0
 			for step := range 400 {
 				for range rng.IntN(40) {
 					push()
@@ -84,6 +90,26 @@ func TestKeyQueueMatchesSort(t *testing.T) {
 					i, _ := slices.BinarySearchFunc(ref, e, cmpKeyEntry)
 					ref = slices.Insert(ref, i, e)
 				}
+				// Requests gone from the queue, swept away: young entries
+				// young for a whole step, and those of far and the heap the
+				// round reaches; the stack keeps its own.
+				gone := func(r *Request) bool { return r.Seq%5 == uint64(step)%5 }
+				q.sweepYoung(gone)
+				if rng.IntN(3) == 0 {
+					q.sweep(rng.IntN(300), gone)
+				}
+				keep := map[*Request]bool{}
+				for _, part := range [][]keyEntry{q.h, q.far, q.back, q.young} {
+					for _, e := range part {
+						keep[e.r] = true
+					}
+				}
+				n := len(ref)
+				ref = slices.DeleteFunc(ref, func(e keyEntry) bool { return gone(e.r) && !keep[e.r] })
+				swept += n - len(ref)
+				if q.len() != len(ref) {
+					t.Fatalf("step %d: len %d after a sweep, holds %d", step, q.len(), len(ref))
+				}
 			}
 			for q.len() > 0 {
 				if e := q.pop(); e != ref[0] {
@@ -91,8 +117,8 @@ func TestKeyQueueMatchesSort(t *testing.T) {
 				}
 				ref = ref[1:]
 			}
-			if len(ref) != 0 || pops < 1000 {
-				t.Fatalf("%d left in the reference, %d pops", len(ref), pops)
+			if len(ref) != 0 || pops < 1000 || swept < 10 {
+				t.Fatalf("%d left in the reference, %d pops, %d swept", len(ref), pops, swept)
 			}
 		})
 	}
