@@ -232,6 +232,23 @@ func (h *workHist) rebuild(s *Snapshot, ctx histCtx) {
 	if len(s.Queue) == 0 {
 		return
 	}
+	h.base, h.width = deadlineBuckets(s, histMaxBuckets)
+	h.work, h.stake = h.work[:0], h.stake[:0]
+	h.valid = true
+	for _, r := range s.Queue {
+		if !h.add(r) {
+			return
+		}
+	}
+	h.seen = s.Queue[len(s.Queue)-1].Seq
+}
+
+// deadlineBuckets keys buckets of deadlines for a summary of s's queue with
+// at most buckets of them: the span from the earliest of its deadlines and
+// s.Now to the latest is a quarter of them (each at least a millisecond
+// wide), from a base at the earliest, truncated to the width. The summaries
+// of bounded decisions (workHist, and the cascade's cascadeSum) use it.
+func deadlineBuckets(s *Snapshot, buckets int) (base time.Time, width time.Duration) {
 	first, last := s.Now, s.Now
 	for _, r := range s.Queue {
 		if r.Deadline.Before(first) {
@@ -241,16 +258,8 @@ func (h *workHist) rebuild(s *Snapshot, ctx histCtx) {
 			last = r.Deadline
 		}
 	}
-	h.width = max(time.Millisecond, last.Sub(first)/(histMaxBuckets/4))
-	h.base = first.Truncate(h.width)
-	h.work, h.stake = h.work[:0], h.stake[:0]
-	h.valid = true
-	for _, r := range s.Queue {
-		if !h.add(r) {
-			return
-		}
-	}
-	h.seen = s.Queue[len(s.Queue)-1].Seq
+	width = max(time.Millisecond, last.Sub(first)/time.Duration(buckets/4))
+	return first.Truncate(width), width
 }
 
 // add counts r; false (and the summary invalid) when r is not summarisable.

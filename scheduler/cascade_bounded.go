@@ -351,17 +351,7 @@ func (h *cascadeSum) rebuild(p *cascade, s *Snapshot) {
 			h.costs[cascadeKind{a, first}] = p.passCost(a, first)
 		}
 	}
-	first, last := s.Now, s.Now
-	for _, r := range s.Queue {
-		if r.Deadline.Before(first) {
-			first = r.Deadline
-		}
-		if r.Deadline.After(last) {
-			last = r.Deadline
-		}
-	}
-	h.width = max(time.Millisecond, last.Sub(first)/(cascadeSumBuckets/4))
-	h.base = first.Truncate(h.width)
+	h.base, h.width = deadlineBuckets(s, cascadeSumBuckets)
 	h.work, h.total, h.valid = h.work[:0], 0, true
 	for _, r := range s.Queue {
 		h.add(p, r, r.First == nil)
