@@ -159,14 +159,18 @@ func (g *Gateway) handle(a arrival) {
 		return
 	}
 	est, correct := g.estimate(app, req.Input)
-	if reserved && g.shedsAtAdmission(req, app, est, correct) {
-		// Not journaled: answered like a request admission refuses, unless the
-		// journal knows it (a redelivered copy), which takes the normal path.
-		if res, err := g.journal.Lookup(key); err == nil && res.Dup == store.New {
-			release()
-			g.m.admissionShed.WithLabelValues(req.App).Inc()
-			g.answerFromEstimate(msg, req, app, est)
-			return
+	var pre *scheduler.Request // prepared for the price gate; the loop takes it over
+	if reserved {
+		var shed bool
+		if pre, shed = g.shedsAtAdmission(req, app, est, correct); shed {
+			// Not journaled: answered like a request admission refuses, unless the
+			// journal knows it (a redelivered copy), which takes the normal path.
+			if res, err := g.journal.Lookup(key); err == nil && res.Dup == store.New {
+				release()
+				g.m.admissionShed.WithLabelValues(req.App).Inc()
+				g.answerFromEstimate(msg, req, app, est)
+				return
+			}
 		}
 	}
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
@@ -198,7 +202,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
-		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, rt: app}
+		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, rt: app, pre: pre}
 	submitted := false
 	if reserved {
 		submitted = g.loop.Submit(j)
@@ -252,20 +256,21 @@ func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, ap
 // shedsAtAdmission reports whether admission.price_shed answers this request
 // from its estimate: the scheduler's latest gate (scheduler.PriceGate) sheds it
 // as the request prepared for the scheduler (est and, with a difficulty model,
-// correct, as the loop prepares it).
-func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct []float64) bool {
+// correct, as the loop prepares it). It returns that prepared request (nil when
+// no gate sheds now), which the loop takes over if the request is queued.
+func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct []float64) (*scheduler.Request, bool) {
 	if !g.cfg.Admission.PriceShed || app == nil || est == nil {
-		return false
+		return nil, false
 	}
 	gate := g.loop.gate.Load()
 	if gate == nil || !gate.Active {
-		return false
+		return nil, false
 	}
 	r := scheduler.Prepare(app.sched, 0, req.Received, req.Deadline, est, nil)
 	if correct != nil {
 		scheduler.Sharpen(r, correct)
 	}
-	return gate.Sheds(r, g.now())
+	return r, gate.Sheds(r, g.now())
 }
 
 // expiredOnArrival answers a request whose end-to-end deadline passed before it

@@ -44,6 +44,10 @@ type job struct {
 	// tests of the loop: the loop then uses its own apps by name).
 	rt  *appRuntime
 	req *scheduler.Request
+	// pre is the request admission prepared for its price gate
+	// (admission.price_shed), taken over by the first prepare instead of
+	// preparing it again.
+	pre *scheduler.Request
 }
 
 // sched is the scheduler's view of the job's application version.
@@ -56,6 +60,14 @@ func (j *job) sched(apps map[string]*scheduler.App) *scheduler.App {
 
 // prepare builds the job's scheduler request (seq is its arrival order).
 func (j *job) prepare(apps map[string]*scheduler.App, seq uint64) {
+	if r := j.pre; r != nil {
+		j.pre = nil
+		if r.App == j.sched(apps) {
+			r.Seq, r.Ref = seq, j
+			j.req = r
+			return
+		}
+	}
 	j.req = scheduler.Prepare(j.sched(apps), seq, j.Received, j.Deadline, j.Estimate, j)
 	if j.Correct != nil {
 		scheduler.Sharpen(j.req, j.Correct)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"reflect"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -400,5 +401,32 @@ func TestLoopFallsBackOnInvalidDecisions(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// TestPrepareTakesOverAdmissionsRequest: a job that admission prepared for its
+// price gate is not prepared again for the queue (same values, its place and
+// its job set); one whose application changed since is.
+func TestPrepareTakesOverAdmissionsRequest(t *testing.T) {
+	a := loopApp()
+	apps := map[string]*scheduler.App{"app": a}
+	now := time.Unix(1_700_000_000, 0)
+	est := []float64{0.8, 0.2}
+	j := &job{App: "app", Received: now, Deadline: now.Add(time.Second), Estimate: est}
+	j.pre = scheduler.Prepare(a, 0, j.Received, j.Deadline, est, nil)
+	pre := j.pre
+	j.prepare(apps, 7)
+	want := scheduler.Prepare(a, 7, j.Received, j.Deadline, est, j)
+	if j.req != pre || j.pre != nil {
+		t.Fatalf("the prepared request was not taken over: %p, want %p", j.req, pre)
+	}
+	if !reflect.DeepEqual(j.req, want) {
+		t.Errorf("taken over: %+v\nwant %+v", j.req, want)
+	}
+
+	j.pre = scheduler.Prepare(loopApp(), 0, j.Received, j.Deadline, est, nil) // another version
+	j.prepare(apps, 8)
+	if !reflect.DeepEqual(j.req, scheduler.Prepare(a, 8, j.Received, j.Deadline, est, j)) || j.req.App != a {
+		t.Errorf("a request prepared for another version was taken over: %+v", j.req)
 	}
 }
