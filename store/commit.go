@@ -185,18 +185,28 @@ func (o *op) put(b *bolt.Bucket, k, v []byte) error {
 	return b.Put(k, v)
 }
 
+// enqueue queues ops for the next group commit, in order; it returns ErrClosed,
+// queueing none, after Close.
+func (s *Store) enqueue(ops ...*op) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	for _, o := range ops {
+		o.done = make(chan struct{})
+		s.queued.Add(1)
+		s.ops <- o
+	}
+	return nil
+}
+
 // submit queues o for the next group commit and waits until it is committed or
 // has failed.
 func (s *Store) submit(o *op) error {
-	o.done = make(chan struct{})
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return ErrClosed
+	if err := s.enqueue(o); err != nil {
+		return err
 	}
-	s.queued.Add(1)
-	s.ops <- o
-	s.mu.RUnlock()
 	<-o.done
 	return o.err
 }
@@ -205,23 +215,12 @@ func (s *Store) submit(o *op) error {
 // each is committed or has failed; errs[i] is ops[i]'s outcome.
 func (s *Store) submitAll(ops []*op) (errs []error) {
 	errs = make([]error, len(ops))
-	if len(ops) == 0 {
-		return errs
-	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
+	if err := s.enqueue(ops...); err != nil {
 		for i := range errs {
-			errs[i] = ErrClosed
+			errs[i] = err
 		}
 		return errs
 	}
-	for _, o := range ops {
-		o.done = make(chan struct{})
-		s.queued.Add(1)
-		s.ops <- o
-	}
-	s.mu.RUnlock()
 	for i, o := range ops {
 		<-o.done
 		errs[i] = o.err
@@ -232,17 +231,10 @@ func (s *Store) submitAll(ops []*op) (errs []error) {
 // submitAsync queues o for the next group commit without waiting; o.notify is
 // called with the outcome.
 func (s *Store) submitAsync(o *op) {
-	o.done = make(chan struct{})
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		o.err = ErrClosed
-		o.notify(ErrClosed)
-		return
+	if err := s.enqueue(o); err != nil {
+		o.err = err
+		o.notify(err)
 	}
-	s.queued.Add(1)
-	s.ops <- o
-	s.mu.RUnlock()
 }
 
 // commitLoop is the only goroutine that writes through the group commit. It takes
