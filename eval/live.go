@@ -63,10 +63,11 @@ type LiveConfig struct {
 	// NoSentAt has the devices send no sent_at: deadlines then run from the
 	// gateway's receipt, and time queued in the broker is not counted.
 	NoSentAt bool
-	// MaxWait and DegradeRefused are the gateway's admission.max_wait (0: off)
-	// and admission.degrade_refused, simulated alike.
-	MaxWait        float64
-	DegradeRefused bool
+	// MaxWait, DegradeRefused and PriceShed are the gateway's
+	// admission.max_wait (0: off), admission.degrade_refused and
+	// admission.price_shed, simulated alike.
+	MaxWait                   float64
+	DegradeRefused, PriceShed bool
 	// Options are the scheduler options of both; MaxQueue the admission bound.
 	Options  scheduler.Options
 	MaxQueue int
@@ -196,7 +197,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	if c.MaxQueue > 0 {
 		cfg.Admission.MaxQueue = c.MaxQueue
 	}
-	cfg.Admission.MaxWait, cfg.Admission.DegradeRefused = c.MaxWait, c.DegradeRefused
+	cfg.Admission.MaxWait, cfg.Admission.DegradeRefused, cfg.Admission.PriceShed = c.MaxWait, c.DegradeRefused, c.PriceShed
 	cfg.Metrics.Listen = ""
 	cfg.Apps = []gateway.AppConfig{{Manifest: c.Manifest}}
 	if err := cfg.Validate(); err != nil {

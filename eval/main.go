@@ -56,32 +56,33 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	var (
-		models      = fs.String("models", "models", "directory holding {app}/manifest.yaml")
-		apps        = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
-		synthetic   = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
-		workloads   = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
-		policies    = fs.String("policies", "sneakpeek,oblivious,placebo,cascade,edf,fixed-batch", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+"); cascade needs the engine")
-		loads       = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
-		deadlines   = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
-		n           = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
-		minDl       = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
-		maxN        = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
-		seed        = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
-		seeds       = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals")
-		ref         = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
-		gatewayUS   = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
-		verdictUS   = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
-		gwKnown     = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
-		ingressMS   = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
-		jitter      = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
+		models    = fs.String("models", "models", "directory holding {app}/manifest.yaml")
+		apps      = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
+		synthetic = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
+		workloads = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
+		policies  = fs.String("policies", "sneakpeek,oblivious,placebo,cascade,edf,fixed-batch", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+"); cascade needs the engine")
+		loads     = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
+		deadlines = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
+		n         = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
+		minDl     = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
+		maxN      = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
+		seed      = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
+		seeds     = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals")
+		ref       = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
+		gatewayUS = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
+		verdictUS = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
+		gwKnown   = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
+		ingressMS = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
+		// The flags named _ are the gateway model, read by flagGatewayModel.
+		_           = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
 		maxBatch    = fs.Int("max-batch", 32, "largest batch")
 		window      = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
 		shrink      = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
 		horizon     = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
-		maxQueue    = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
-		degradeRef  = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
+		_           = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
+		_           = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
 		_           = fs.Bool("price-admission", true, "the gateway's admission.price_shed, simulated and live: while a data-aware searching policy sheds under overload, answer at admission, from its estimate, an arrival worth less per second of engine time than what its latest shedding decision gave up (scheduler.PriceGate); false: the figures of docs/evaluation.md computed before 2026-11-30's last night")
-		maxWait     = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
+		_           = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
 		_           = fs.Bool("measured-wait", true, "with -max-wait > 0, also simulate the gateway's refusal of an arrival that would wait longer than its whole budget at the measured drain rate (requests answered per second of the loop's busy time), as the gateway does; false: the figures of docs/evaluation.md computed before 2026-11-30's evening")
 		_           = fs.Int("max-resident", 0, "most variants resident at once (0 = unlimited)")
 		_           = fs.Int64("mem-budget-mb", 0, "residency memory budget in MiB (0 = unlimited)")
@@ -174,7 +175,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runLive(ctx, liveRun{models: *models, apps: split(*apps), workloads: split(*workloads), policies: pols,
 			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, devicesExe: devicesExe, lib: lib,
-			opts: opts, maxQueue: *maxQueue, jitter: *jitter, seed: *seed, out: *out, noLatency: !*liveLatency, noSentAt: !*liveSentAt, maxWait: *maxWait, degradeRefused: *degradeRef}, stdout, stderr)
+			opts: opts, gm: flagGatewayModel(fs), seed: *seed, out: *out, noLatency: !*liveLatency, noSentAt: !*liveSentAt}, stdout, stderr)
 	}
 
 	var as []*App
@@ -430,21 +431,22 @@ func floats(s string) ([]float64, error) {
 }
 
 type liveRun struct {
-	models            string
-	apps, workloads   []string
-	policies          []string
-	rates, deadlines  []float64
-	dur               time.Duration
-	devices, maxQueue int
-	broker, lib, out  string
-	opts              scheduler.Options
-	jitter            float64
-	seed              uint64
-	noLatency         bool
-	noSentAt          bool
-	devicesExe        string
-	maxWait           float64
-	degradeRefused    bool
+	models           string
+	apps, workloads  []string
+	policies         []string
+	rates, deadlines []float64
+	dur              time.Duration
+	devices          int
+	broker, lib, out string
+	opts             scheduler.Options
+	// gm holds the gateway's admission settings and the simulator's jitter
+	// (the -max-queue, -max-wait, -degrade-refused, -price-admission and
+	// -jitter flags).
+	gm         GatewayModel
+	seed       uint64
+	noLatency  bool
+	noSentAt   bool
+	devicesExe string
 }
 
 // runLive runs every live point (app x workload x deadline x rate x policy), prints
@@ -478,7 +480,8 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 					for _, pol := range l.policies {
 						r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
 							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, DevicesExe: l.devicesExe, Library: l.lib, Dir: dir,
-							Options: l.opts, MaxQueue: l.maxQueue, Jitter: l.jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt, MaxWait: l.maxWait, DegradeRefused: l.degradeRefused}, stderr)
+							Options: l.opts, MaxQueue: l.gm.MaxQueue, Jitter: l.gm.Jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt,
+							MaxWait: l.gm.MaxWait, DegradeRefused: l.gm.DegradeRefused, PriceShed: l.gm.PriceAdmission}, stderr)
 						if err != nil {
 							return err
 						}
