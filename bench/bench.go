@@ -282,12 +282,12 @@ func usage(d CPUTime, completed int, elapsed time.Duration) Usage {
 	return u
 }
 
-// pids are the processes whose CPU a phase measures (0: this process; -1: none).
-// pids names the processes of a phase; gw, when not nil, is the gateway whose
-// forward passes are compared with its profile over the phase.
+// pids are the processes a phase measures: the broker's pid (0: this process)
+// and, when the load goes through one, the gateway, whose CPU time is read
+// too and whose forward passes are compared with its profile over the phase.
 type pids struct {
-	broker, gateway int
-	gw              *gatewayProc
+	broker int
+	gw     *gatewayProc
 }
 
 // measure runs the load of a phase (warm-up, then measured) and reads the CPU
@@ -308,8 +308,8 @@ func (c *Config) measure(ctx context.Context, l *loader, ps pids) (Phase, error)
 	read := func() (b, g, s CPUTime, err error) {
 		var e1, e2, e3 error
 		b, e1 = ReadCPU(ps.broker)
-		if ps.gateway > 0 {
-			g, e2 = ReadCPU(ps.gateway)
+		if ps.gw != nil {
+			g, e2 = ReadCPU(ps.gw.pid())
 		}
 		s, e3 = ReadCPU(0)
 		return b, g, s, errors.Join(e1, e2, e3)
@@ -340,7 +340,7 @@ func (c *Config) measure(ctx context.Context, l *loader, ps pids) (Phase, error)
 	}
 	p.Broker = usage(b1.Sub(b0), p.Completed, p.Elapsed)
 	p.Client = usage(s1.Sub(s0), p.Completed, p.Elapsed)
-	if ps.gateway > 0 {
+	if ps.gw != nil {
 		u := usage(g1.Sub(g0), p.Completed, p.Elapsed)
 		p.Gateway = &u
 	}
@@ -442,7 +442,7 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	res.Broker, err = c.measure(ctx, l, pids{broker: broker.Pid(), gateway: -1})
+	res.Broker, err = c.measure(ctx, l, pids{broker: broker.Pid()})
 	sub.Disconnect(100)
 	if err != nil {
 		return res, err
@@ -489,7 +489,7 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 		}
 	}()
 	logf("through the gateway (pid %d): %s", gw.pid(), c.describeLoad())
-	res.Gateway, err = c.measure(ctx, l, pids{broker: broker.Pid(), gateway: gw.pid(), gw: gw})
+	res.Gateway, err = c.measure(ctx, l, pids{broker: broker.Pid(), gw: gw})
 	if err != nil {
 		return res, err
 	}
