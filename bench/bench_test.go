@@ -234,6 +234,21 @@ sneakgate_infer_profiled_seconds_total{app="fashion",variant="cnn"} 1.5
 	if want := map[string]float64{"fashion/logreg": 0.5, "fashion/cnn": 2}; !maps.Equal(series[0], want) {
 		t.Errorf("%s: %v, want %v", inferMetric, series[0], want)
 	}
+	if want := map[string]float64{"fashion/logreg": 0.25, "fashion/cnn": 1.5}; !maps.Equal(series[1], want) {
+		t.Errorf("%s: %v, want %v", profiledMetric, series[1], want)
+	}
+	// What the bench reads from /metrics before and after a phase: both
+	// series per variant that has the profiled one.
+	totals, err := parseInferTotals(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]inferTotals{"fashion/logreg": {Infer: 0.5, Profiled: 0.25}, "fashion/cnn": {Infer: 2, Profiled: 1.5}}; !maps.Equal(totals, want) {
+		t.Errorf("totals %v, want %v", totals, want)
+	}
+	if totals, err := parseInferTotals(`sneakgate_infer_duration_seconds_sum{app="fashion",variant="logreg"} 0.5` + "\n"); err != nil || len(totals) != 0 {
+		t.Errorf("a gateway without %s: %v, %v", profiledMetric, totals, err)
+	}
 	before := map[string]inferTotals{"fashion/logreg": {Infer: 0.5, Profiled: 0.25}, "fashion/cnn": {Infer: 2, Profiled: 1.5}}
 	after := map[string]inferTotals{"fashion/logreg": {Infer: 0.8, Profiled: 0.35}, "fashion/cnn": {Infer: 2, Profiled: 1.5},
 		"fashion/mlp-small": {Infer: 0.3, Profiled: 0.2}}

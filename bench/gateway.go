@@ -240,13 +240,19 @@ func (g *gatewayProc) correction(ctx context.Context) (map[string]float64, error
 // start-up profile gives for the same passes.
 type inferTotals struct{ Infer, Profiled float64 }
 
-// inference reads every variant's inferTotals from the gateway's /metrics
-// (none from a gateway without sneakgate_infer_profiled_seconds_total).
+// inference reads every variant's inferTotals from the gateway's /metrics.
 func (g *gatewayProc) inference(ctx context.Context) (map[string]inferTotals, error) {
 	text, err := g.metricsText(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return parseInferTotals(text)
+}
+
+// parseInferTotals picks every variant's inferTotals out of a Prometheus text
+// exposition (none from a gateway without
+// sneakgate_infer_profiled_seconds_total).
+func parseInferTotals(text string) (map[string]inferTotals, error) {
 	infer, err := parseVariantSeries(strings.NewReader(text), inferMetric)
 	if err != nil {
 		return nil, err
