@@ -12,6 +12,8 @@ import (
 // time; everything else goes the byte-at-a-time way. A word is eight bytes of
 // the text read little-endian, so its lowest byte is the first character.
 
+// swarOnes and swarHighs are a word with one, and with the top bit, set in
+// every byte (hasControl uses them too).
 const (
 	swarOnes  = 0x0101010101010101
 	swarHighs = 0x8080808080808080

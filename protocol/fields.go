@@ -180,10 +180,9 @@ func scanValue(b []byte, i int) int {
 // (x - 0x20 in every byte) &^ x has the top bit set in a byte that was below
 // 0x20 (and in none when none was: a borrow starts only at such a byte).
 func hasControl(b []byte) bool {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	for len(b) >= 8 {
 		x := binary.LittleEndian.Uint64(b)
-		if (x-0x20*ones)&^x&highs != 0 {
+		if (x-0x20*swarOnes)&^x&swarHighs != 0 {
 			return true
 		}
 		b = b[8:]
