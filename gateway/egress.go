@@ -398,12 +398,20 @@ func (e *egress) sendAnswers(batch []*answerMsg) {
 		}
 		out = append(out, built{a, rep, payload})
 	}
+	// outboxAll writes them all to the outbox in one group commit.
+	outboxAll := func(unsent bool) []error {
+		items := make([]store.OutboxItem, len(out))
+		for i, b := range out {
+			items[i] = store.OutboxItem{Key: b.a.key, Reply: b.payload, FlushBy: b.a.deadline, Unsent: unsent}
+		}
+		return e.journal.OutboxAll(items)
+	}
 	if !e.client.IsConnectionOpen() {
 		// Nobody can see them yet: keep them unsent, to be stamped when they go out.
-		for _, b := range out {
-			if err := e.journal.OutboxUnsent(b.a.key, b.payload, b.a.deadline); err != nil {
+		for i, err := range outboxAll(true) {
+			if err != nil {
 				e.storeError("outbox", err)
-				e.log.Error().Err(err).Stringer("key", b.a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+				e.log.Error().Err(err).Stringer("key", out[i].a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
 			}
 		}
 		return
@@ -413,11 +421,7 @@ func (e *egress) sendAnswers(batch []*answerMsg) {
 	}
 	var errs []error
 	if e.opts.Durable {
-		items := make([]store.OutboxItem, len(out))
-		for i, b := range out {
-			items[i] = store.OutboxItem{Key: b.a.key, Reply: b.payload, FlushBy: b.a.deadline}
-		}
-		errs = e.journal.OutboxAll(items)
+		errs = outboxAll(false)
 	}
 	hs := make([]*handedOver, len(out))
 	for i, b := range out {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -104,6 +105,10 @@ type fakeJournal struct {
 	outbox    map[store.Key][]byte
 	unsent    map[store.Key]bool
 	entry     store.Entry // Received and Deadline of every outbox entry
+	// outboxAlls is the number of items of each OutboxAll call; gate, if set,
+	// holds each OutboxAll until it can receive from it.
+	outboxAlls []int
+	gate       chan struct{}
 }
 
 func (j *fakeJournal) Complete(k store.Key, _ []byte) error {
@@ -122,9 +127,20 @@ func (j *fakeJournal) Outbox(k store.Key, r []byte, _ time.Time) error {
 	return nil
 }
 func (j *fakeJournal) OutboxAll(items []store.OutboxItem) []error {
+	j.mu.Lock()
+	j.outboxAlls = append(j.outboxAlls, len(items))
+	gate := j.gate
+	j.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	errs := make([]error, len(items))
 	for i, it := range items {
-		errs[i] = j.Outbox(it.Key, it.Reply, it.FlushBy)
+		write := j.Outbox
+		if it.Unsent {
+			write = j.OutboxUnsent
+		}
+		errs[i] = write(it.Key, it.Reply, it.FlushBy)
 	}
 	return errs
 }
@@ -220,6 +236,36 @@ func TestAnswerIsDurableBeforePublish(t *testing.T) {
 		synctest.Wait()
 		if len(j.completed) != 1 || len(j.outbox) != 0 {
 			t.Errorf("after PUBACK: completed %v, outbox %v", j.completed, j.outbox)
+		}
+	})
+}
+
+// The answers a worker takes together while the broker is away are kept unsent
+// in one group commit (one OutboxAll), as they are made durable together when it
+// is there, rather than one commit after another.
+func TestUnsentAnswersAreWrittenTogether(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := &fakeClient{down: true}
+		j := newFakeJournal()
+		j.gate = make(chan struct{})
+		o := defaultEgressOptions()
+		o.AnswerWorkers = 1
+		e := startEgress(t, c, j, time.Second, 0, o, newMetrics(nil))
+		key := func(i int) store.Key { return store.Key{App: "a", Device: "d", ID: fmt.Sprint(i)} }
+		e.Answer(okAnswer(key(0), time.Now().Add(time.Hour)))
+		synctest.Wait() // the worker holds the first answer in its OutboxAll
+		for i := 1; i < 10; i++ {
+			e.Answer(okAnswer(key(i), time.Now().Add(time.Hour)))
+		}
+		close(j.gate)
+		synctest.Wait()
+		j.locked(func() {
+			if !slices.Equal(j.outboxAlls, []int{1, 9}) || len(j.unsent) != 10 || len(j.outbox) != 10 {
+				t.Errorf("OutboxAll calls of %v items, %d of %d answers unsent; want [1 9] and all 10 unsent", j.outboxAlls, len(j.unsent), len(j.outbox))
+			}
+		})
+		if len(c.sent()) != 0 {
+			t.Errorf("published %d answers with the broker away", len(c.sent()))
 		}
 	})
 }
@@ -422,4 +468,35 @@ func TestFlushSkipsAnswersCompletedSinceTheSnapshot(t *testing.T) {
 			t.Errorf("published %d replies, want 2 (k1 once, k0 once)", n)
 		}
 	})
+}
+
+// BenchmarkAnswersWhileBrokerAway keeps answers unsent in a real journal (with
+// fsync) while the broker is away, as the scheduling loop answers its queue
+// during an outage: the time per answer until the journal holds them all, and
+// the group commits per answer.
+func BenchmarkAnswersWhileBrokerAway(b *testing.B) {
+	j, err := store.Open(filepath.Join(b.TempDir(), "journal.db"), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	key := func(i int) store.Key { return store.Key{App: "a", Device: "d", ID: fmt.Sprint(i)} }
+	for i := range b.N {
+		if _, err := j.Put(&store.Entry{Key: key(i), ReplyTo: "t", Deadline: time.Now().Add(time.Hour), Input: []float32{1}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	e := newEgress(&fakeClient{down: true}, j, time.Second, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+	defer e.Close()
+	commits := j.Stats().Commits
+	b.ResetTimer()
+	for i := range b.N {
+		e.Answer(okAnswer(key(i), time.Now().Add(time.Hour)))
+	}
+	for j.Stats().Outbox < b.N {
+		time.Sleep(100 * time.Microsecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(j.Stats().Commits-commits)/float64(b.N), "commits/answer")
+	e.Stop(context.Background())
 }

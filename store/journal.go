@@ -150,18 +150,21 @@ type OutboxItem struct {
 	Key
 	Reply   []byte
 	FlushBy time.Time
+	// Unsent writes it as OutboxUnsent does, instead of as Outbox.
+	Unsent bool
 }
 
-// OutboxAll is Outbox of each item, queued for the group commit together and
-// waited for together: one wait instead of one per reply. The writes are
-// separate (each fails or succeeds on its own, as with Outbox, and a key may
-// appear more than once: the last one wins); errs[i] is item i's error.
+// OutboxAll is Outbox (OutboxUnsent for an item marked Unsent) of each item,
+// queued for the group commit together and waited for together: one wait
+// instead of one per reply. The writes are separate (each fails or succeeds on
+// its own, as with Outbox, and a key may appear more than once: the last one
+// wins); errs[i] is item i's error.
 func (s *Store) OutboxAll(items []OutboxItem) (errs []error) {
 	errs = make([]error, len(items))
 	ops := make([]*op, 0, len(items))
 	idx := make([]int, 0, len(items))
 	for i, it := range items {
-		o, err := outboxOp(it.Key, it.Reply, it.FlushBy, false)
+		o, err := outboxOp(it.Key, it.Reply, it.FlushBy, it.Unsent)
 		if err != nil {
 			errs[i] = err
 			continue

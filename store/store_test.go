@@ -453,6 +453,16 @@ func TestOutboxAll(t *testing.T) {
 		t.Errorf("outbox %v, want r0 and the second r2", got)
 	}
 	wantCounts(t, s, 1, 2, 0)
+	// Unsent writes as OutboxUnsent: marked unsent, and a duplicate of the
+	// request is still pending.
+	if errs := s.OutboxAll([]store.OutboxItem{{Key: key(1), Reply: []byte("r1"), Unsent: true}}); errs[0] != nil {
+		t.Fatalf("OutboxAll unsent: %v", errs[0])
+	}
+	if e, err := s.OutboxEntry(key(1)); err != nil || e == nil || !e.Unsent || string(e.Reply) != "r1" {
+		t.Errorf("unsent item: %+v, %v; want r1 marked unsent", e, err)
+	}
+	mustPut(t, s, entry(1), store.DupPending)
+	wantCounts(t, s, 0, 3, 0)
 	if errs := s.OutboxAll(nil); len(errs) != 0 {
 		t.Errorf("OutboxAll(nil): %v", errs)
 	}
