@@ -414,10 +414,14 @@ func (d *decisionState) info(a *App) *appInfo {
 func (d *decisionState) shrunk(u, profiled []float64) []float64 {
 	start := len(d.ubuf)
 	for i, x := range u {
-		d.ubuf = append(d.ubuf, (1-d.shrink)*x+d.shrink*profiled[i])
+		d.ubuf = append(d.ubuf, shrinkTo(x, profiled[i], d.shrink))
 	}
 	return d.ubuf[start:len(d.ubuf):len(d.ubuf)]
 }
+
+// shrinkTo is a data-aware value u shrunk toward the profiled one by weight
+// shrink (Options.Shrink): (1-shrink)*u + shrink*profiled.
+func shrinkTo(u, profiled, shrink float64) float64 { return (1-shrink)*u + shrink*profiled }
 
 // prepass turns the queue into members. It answers at once, for every queued
 // request: expired when past its hard stop (ReasonPastHardStop) or when no variant

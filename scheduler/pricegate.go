@@ -46,6 +46,10 @@ type gateApp struct {
 	cost time.Duration
 }
 
+// freeGate sheds nothing: what a decision that found engine time free sets
+// (one value for all, as most decisions find time free).
+var freeGate = &PriceGate{}
+
 // GateTTL is how long a PriceGate holds after its decision: the gate of a
 // loop that has stopped shedding must not outlive the overload that set it.
 const GateTTL = 250 * time.Millisecond
@@ -59,7 +63,7 @@ func (d *decisionState) gate() *PriceGate {
 	case !d.w.dataAware || d.w.noDegrade:
 		return nil
 	case d.shedN == 0 && d.price <= 0:
-		return &PriceGate{At: d.s.Now} // time is free: replaces a gate that sheds
+		return freeGate // time is free: replaces a gate that sheds
 	case d.shedN == 0:
 		return nil
 	}
@@ -91,9 +95,7 @@ func (g *PriceGate) Sheds(r *Request, now time.Time) bool {
 		if !ga.ok[i] {
 			continue
 		}
-		if g.shrink > 0 {
-			u = (1-g.shrink)*u + g.shrink*r.App.Variants[i].ProfiledUtility
-		}
+		u = shrinkTo(u, r.App.Variants[i].ProfiledUtility, g.shrink)
 		best = max(best, u)
 	}
 	if math.IsInf(best, -1) {
