@@ -233,15 +233,8 @@ func siftUp(h []keyEntry, j int, e keyEntry) {
 }
 
 func (q *keyQueue) popHeap() keyEntry {
-	h := q.h[heapPad:]
-	top := h[0]
-	n := len(h) - 1
-	last := h[n]
-	h[n] = keyEntry{}
-	q.h = q.h[:heapPad+n]
-	if n > 0 {
-		siftDown(h[:n], 0, last)
-	}
+	top := q.h[heapPad]
+	q.removeHeap(0)
 	return top
 }
 
@@ -380,7 +373,8 @@ func (q *keyQueue) sweep(k int, gone func(*Request) bool) {
 	}
 }
 
-// removeHeap removes the heap's i-th entry.
+// removeHeap removes the heap's i-th entry: the heap's last takes its place
+// and moves up or down to where it belongs (down only, for the root: popHeap).
 func (q *keyQueue) removeHeap(i int) {
 	h := q.h[heapPad:]
 	n := len(h) - 1
