@@ -41,19 +41,20 @@ func newLatencyModel() *latencyModel {
 }
 
 // observe accounts one forward pass of v over b requests that took took, rewrites
-// v.Latency and returns the new correction factor.
-func (m *latencyModel) observe(v *scheduler.Variant, b int, took time.Duration) float64 {
+// v.Latency and returns the new correction factor and the start-up profile's
+// duration of that pass (0 when the profile has none for it).
+func (m *latencyModel) observe(v *scheduler.Variant, b int, took time.Duration) (float64, time.Duration) {
 	c := m.vs[v]
 	if c == nil {
 		c = &latencyCorrection{profile: slices.Clone(v.Latency)}
 		m.vs[v] = c
 	}
-	if len(c.profile) < 2 || b < 1 || took <= 0 {
-		return math.Exp(c.logF)
+	if len(c.profile) < 2 || b < 1 {
+		return math.Exp(c.logF), 0
 	}
 	p := profileAt(c.profile, b)
-	if p <= 0 {
-		return math.Exp(c.logF)
+	if p <= 0 || took <= 0 {
+		return math.Exp(c.logF), p
 	}
 	r := math.Log(float64(took) / float64(p))
 	c.logF += latencyAlpha * (r - c.logF)
@@ -61,21 +62,12 @@ func (m *latencyModel) observe(v *scheduler.Variant, b int, took time.Duration) 
 	c.logF = max(-lim, min(lim, c.logF))
 	f := math.Exp(c.logF)
 	if m.frozen {
-		return f
+		return f, p
 	}
 	for i := 1; i < len(c.profile); i++ {
 		v.Latency[i] = time.Duration(float64(c.profile[i]) * f)
 	}
-	return f
-}
-
-// profiled is the start-up profile's duration of a forward pass of v over b
-// requests (0 before observe has seen v).
-func (m *latencyModel) profiled(v *scheduler.Variant, b int) time.Duration {
-	if c := m.vs[v]; c != nil && len(c.profile) >= 2 && b >= 1 {
-		return profileAt(c.profile, b)
-	}
-	return 0
+	return f, p
 }
 
 // forget drops the corrections of an application's variants (a retired version).

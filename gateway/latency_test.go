@@ -23,7 +23,10 @@ func TestLatencyModelFollowsObservedTimes(t *testing.T) {
 	var f float64
 	for i := range 100 {
 		b := 1 + i%32
-		f = m.observe(v, b, 3*prof[b])
+		var p time.Duration
+		if f, p = m.observe(v, b, 3*prof[b]); p != prof[b] {
+			t.Fatalf("batch of %d: observe reports a profiled pass of %v, want the start-up profile's %v", b, p, prof[b])
+		}
 	}
 	if math.Abs(f-3) > 0.01 {
 		t.Fatalf("factor %.3f after 100 batches at 3x, want 3", f)
@@ -34,19 +37,19 @@ func TestLatencyModelFollowsObservedTimes(t *testing.T) {
 		}
 	}
 	// One outlier (a GC pause, a page fault) moves it little.
-	if f := m.observe(v, 8, 100*prof[8]); f > 5 {
+	if f, _ := m.observe(v, 8, 100*prof[8]); f > 5 {
 		t.Fatalf("one 100x outlier moved the factor to %.2f", f)
 	}
 	// Back on an idle machine, it returns towards the profile.
 	for range 100 {
-		f = m.observe(v, 4, prof[4])
+		f, _ = m.observe(v, 4, prof[4])
 	}
 	if math.Abs(f-1) > 0.01 {
 		t.Fatalf("factor %.3f after 100 batches at the profile, want 1", f)
 	}
 	// It is bounded.
 	for range 200 {
-		f = m.observe(v, 1, 1000*prof[1])
+		f, _ = m.observe(v, 1, 1000*prof[1])
 	}
 	if f > latencyClamp+1e-9 {
 		t.Fatalf("factor %.1f beyond the clamp %.0f", f, latencyClamp)
@@ -98,7 +101,7 @@ func TestLatencyModelFrozen(t *testing.T) {
 	m.frozen = true
 	var f float64
 	for range 100 {
-		f = m.observe(v, 4, 3*prof[4])
+		f, _ = m.observe(v, 4, 3*prof[4])
 	}
 	if math.Abs(f-3) > 0.01 {
 		t.Fatalf("factor %.3f after 100 batches at 3x, want 3", f)

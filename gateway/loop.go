@@ -621,8 +621,8 @@ func (l *loop) finish(d batchDone) {
 	l.exec.Used(b.Variant.ID, d.done)
 	app, variant := b.Variant.ID.App, b.Variant.ID.Variant
 	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
-	f := l.latency.observe(b.Variant, len(b.Requests), d.infer)
-	l.m.inferProfiled.WithLabelValues(app, variant).Add(l.latency.profiled(b.Variant, len(b.Requests)).Seconds())
+	f, profiled := l.latency.observe(b.Variant, len(b.Requests), d.infer)
+	l.m.inferProfiled.WithLabelValues(app, variant).Add(profiled.Seconds())
 	l.drain.Engine += d.infer
 	clear(l.cheapest)
 	l.m.latencyFactor.WithLabelValues(app, variant).Set(f)
