@@ -58,8 +58,9 @@ const ixGone = 1 << 63
 // round of F entries takes F/(k*g) decisions when g requests leave per
 // decision, over which at most F/k of its entries become garbage: about
 // 1/(2k) of them are garbage on average (less, as most requests leave while
-// young). While the hard-stop queues hold more than 1.5 times the queue, the
-// sweep looks at four times as many.
+// young). While the index's largest structure (sizes; the hard-stop queues,
+// as a rule) holds more than 1.5 times the queue, the sweep looks at four
+// times as many: the index is rebuilt at twice (sync).
 const stopSweep = 2
 
 // decide makes a decision from the index (indexed), rebuilding the index once

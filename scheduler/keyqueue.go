@@ -61,7 +61,8 @@ type keyQueue struct {
 	young    []keyEntry
 	youngOld int
 	youngMin keyEntry
-	// swept is where in far the next sweep starts.
+	// swept is where the next sweep starts: a place in far, or past far's
+	// end one in the heap (the round goes over far, then the heap).
 	swept int
 }
 
