@@ -81,18 +81,18 @@ func benchQueueLoad(rng *rand.Rand, a *App, n int, now time.Time, overloaded boo
 // with other estimates and costs the same).
 var benchPolicies = []string{"sneakpeek", "oblivious", "oblivious-switch", "bruteforce", "edf", "fifo", "fixed-batch", "cascade"}
 
-func benchPolicy(b *testing.B, name string, a *App) Policy {
+func benchPolicy(tb testing.TB, name string, a *App) Policy {
 	if name == "cascade" {
 		p, err := NewCascade(Options{MaxQueueDelay: time.Nanosecond}, map[string]CascadeConfig{a.Name: {Cheap: 0, Better: 4,
 			Curve: []CascadePoint{{0.5, 0, 0.8}, {0.7, 0.2, 0.85}, {0.9, 0.5, 0.9}}}})
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		return p
 	}
 	p, err := New(name, Options{MaxQueueDelay: time.Nanosecond})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return p
 }
@@ -204,14 +204,14 @@ type benchLoop struct {
 	gone []uint64
 }
 
-func newBenchLoop(b *testing.B, name string, n int, overloaded bool) *benchLoop {
+func newBenchLoop(tb testing.TB, name string, n int, overloaded bool) *benchLoop {
 	rng := rand.New(rand.NewPCG(uint64(n), 7))
 	a := benchApp(rng)
 	now := t0.Add(time.Second)
 	return &benchLoop{rng: rng, a: a, n: n, overloaded: overloaded, now: now,
 		q: benchQueueLoad(rng, a, n, now, overloaded), seq: uint64(n),
 		resident: map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now},
-		p:        benchPolicy(b, name, a)}
+		p:        benchPolicy(tb, name, a)}
 }
 
 func (l *benchLoop) snapshot() *Snapshot {

@@ -161,7 +161,7 @@ func TestIndexKeptInSteadyState(t *testing.T) {
 	for _, name := range []string{"edf", "fifo", "fixed-batch"} {
 		for _, over := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/over=%v", name, over), func(t *testing.T) {
-				l := newBenchLoop(nil, name, n, over)
+				l := newBenchLoop(t, name, n, over)
 				ix := benchIndex(l.p)
 				ref := mustPolicy(t, name, Options{MaxQueueDelay: time.Nanosecond}).(fullDecider)
 				most := 0
