@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1437,5 +1438,51 @@ func waitFor(timeout, interval time.Duration, cond func() bool) bool {
 			return false
 		}
 		time.Sleep(interval)
+	}
+}
+
+// The tally tells apart repeats that are byte-identical, repeats after a first
+// reply the gateway did not journal (answered anew, excused), and repeats that
+// disagree; the LOSS line reads the clients the broker's log says it dropped
+// messages for. (Runs without a gateway or a broker.)
+func TestAnalyseRepeatsAndBrokerLog(t *testing.T) {
+	t0 := time.Now()
+	ok := replyRec{Status: protocol.StatusOK, Class: 1, Model: "m", Hash: 1}
+	shed := replyRec{Status: protocol.StatusDegraded, Reason: protocol.ReasonOverloadShed, Class: 2, Hash: 2}
+	refused := replyRec{Status: protocol.StatusRejected, Reason: protocol.ReasonOverload, Class: -1, Hash: 3}
+	expired := replyRec{Status: protocol.StatusExpired, Class: -1, Hash: 4}
+	okAgain := ok
+	okAgain.Hash = 5 // same status, class and model; other bytes
+	other := replyRec{Status: protocol.StatusOK, Class: 3, Model: "m", Hash: 6}
+	f := &fleet{reqs: map[string]*reqRec{}}
+	for i, replies := range [][]replyRec{
+		{ok, ok},        // byte-identical
+		{shed, expired}, // answered anew after an answer from the estimate at admission
+		{refused, ok},   // answered anew after a refusal
+		{ok, other},     // disagreeing
+		{ok, okAgain},   // agreeing, not byte-identical
+		{expired},       // not repeated
+		nil,             // lost
+	} {
+		r := &reqRec{ID: fmt.Sprint(i), SentAt: t0.Add(time.Duration(i)), Deadline: time.Second, replies: replies}
+		r.state.Store(pubAcked)
+		f.reqs[r.ID] = r
+	}
+	tl := analyse(f)
+	if tl.RepeatedIDs != 5 || tl.RepeatsIdentical != 1 || tl.Reanswered != 2 || tl.RepeatsDisagree != 1 || tl.Lost != 1 {
+		t.Errorf("repeated %d, identical %d, answered anew %d, disagreeing %d, lost %d; want 5, 1, 2, 1, 1",
+			tl.RepeatedIDs, tl.RepeatsIdentical, tl.Reanswered, tl.RepeatsDisagree, tl.Lost)
+	}
+	if len(tl.Disagreements) != 1 || !strings.HasPrefix(tl.Disagreements[0], "3: ok/ class=1") ||
+		len(tl.ReansweredExamples) != 2 || !strings.HasPrefix(tl.ReansweredExamples[0], "1: degraded/overload_shed class=2") {
+		t.Errorf("examples: disagreements %q, answered anew %q", tl.Disagreements, tl.ReansweredExamples)
+	}
+
+	log := "1700000000: New client connected from 127.0.0.1:5 as sneakgate (p2, c0, k30).\n" +
+		"1700000001: Outgoing messages are being dropped for client sneakgate.\n" +
+		"1700000002: Outgoing messages are being dropped for client cam-03.\n" +
+		"1700000003: Outgoing messages are being dropped for client sneakgate.\n"
+	if got := brokerDroppingClients(log); !slices.Equal(got, []string{"cam-03", "sneakgate"}) {
+		t.Errorf("brokerDroppingClients: %q, want cam-03 and sneakgate", got)
 	}
 }
