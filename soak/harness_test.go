@@ -1240,9 +1240,13 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 				identical = identical && r.Hash == first.Hash
 				agree = agree && r.Status == first.Status && r.Class == first.Class && r.Model == first.Model
 			}
-			var parts []string
-			for _, r := range s.Replies {
-				parts = append(parts, fmt.Sprintf("%s/%s class=%d model=%q", r.Status, r.Reason, r.Class, r.Model))
+			// describe is the id and its replies, for the first few examples.
+			describe := func() string {
+				var parts []string
+				for _, r := range s.Replies {
+					parts = append(parts, fmt.Sprintf("%s/%s class=%d model=%q", r.Status, r.Reason, r.Class, r.Model))
+				}
+				return s.ID + ": " + strings.Join(parts, " | ")
 			}
 			switch {
 			case identical:
@@ -1250,12 +1254,12 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 			case unjournaledReply(first):
 				tl.Reanswered++
 				if len(tl.ReansweredExamples) < 10 {
-					tl.ReansweredExamples = append(tl.ReansweredExamples, s.ID+": "+strings.Join(parts, " | "))
+					tl.ReansweredExamples = append(tl.ReansweredExamples, describe())
 				}
 			case !agree:
 				tl.RepeatsDisagree++
 				if len(tl.Disagreements) < 10 {
-					tl.Disagreements = append(tl.Disagreements, s.ID+": "+strings.Join(parts, " | "))
+					tl.Disagreements = append(tl.Disagreements, describe())
 				}
 			}
 		}
