@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"path/filepath"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -14,6 +13,7 @@ import (
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
 	"github.com/sneakgate/sneakgate/store"
+	"github.com/sneakgate/sneakgate/store/storetest"
 )
 
 // fakeMessage is a request message as paho hands it over; Ack records the
@@ -110,10 +110,7 @@ func handlerGateway(t *testing.T, c *fakeClient, degradeRefused bool) *Gateway {
 	if err := g.loadApps(); err != nil {
 		t.Fatal(err)
 	}
-	j, err := store.Open(filepath.Join(t.TempDir(), "journal.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j := storetest.New(t, func(o *store.Options) { o.Now = time.Now }) // checked and closed after the egress stops
 	g.journal = j
 	g.loop = newLoop(nil, nil, &fakeRunner{resident: map[scheduler.VariantID]bool{}}, scheduler.Engine{}, 4,
 		time.Now, func(*job, result) {}, zerolog.Nop(), m)
@@ -121,9 +118,6 @@ func handlerGateway(t *testing.T, c *fakeClient, degradeRefused bool) *Gateway {
 	t.Cleanup(func() {
 		g.egress.Stop(t.Context())
 		g.egress.Close()
-		if err := j.Close(); err != nil {
-			t.Error(err)
-		}
 	})
 	return g
 }
