@@ -30,12 +30,12 @@ forgets completed keys older than Options.Retention.
 Put, Outbox, Complete and GC are group-committed: one goroutine commits the writes
 that queued up while the previous commit was syncing (up to MaxBatchSize, waiting
 at most MaxBatchDelay for more), and each call returns only when its commit is
-durable. OutboxAll queues several replies and waits for them together;
-CompleteAsync queues a completion without waiting for its commit and reports
-the outcome through a callback. The duplicate check runs in the same transaction as the insert. A
-failed commit fails every write in it; a write that fails on its own (for
-example Outbox of an unknown key) is taken out and the others are retried, as in
-bbolt's DB.Batch.
+durable. OutboxAll queues several replies (sent or unsent) and waits for them
+together; CompleteAsync queues a completion without waiting for its commit and
+reports the outcome through a callback. The duplicate check runs in the same
+transaction as the insert. A failed commit fails every write in it; a write that
+fails on its own (for example Outbox of an unknown key) is taken out and the
+others are retried, as in bbolt's DB.Batch.
 
 Records are versioned binary with a CRC-32C; keys are length-prefixed, so any
 bytes are safe in a Key. A corrupt record is logged, counted in Stats.Corrupt and
