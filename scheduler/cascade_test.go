@@ -169,7 +169,7 @@ func TestCascadeBoundedEqualsFull(t *testing.T) {
 	}
 	var flights []flight
 	decisions, back := 0, 0
-	for step := range 300 {
+	for step := range 400 {
 		s := &Snapshot{Now: now, Queue: ex.Queue(), Apps: apps, Engine: ex.Engine()}
 		dw := whole.Decide(s)
 		db := bounded.Decide(s)
@@ -210,7 +210,7 @@ func TestCascadeBoundedEqualsFull(t *testing.T) {
 		if step%20 == 10 {
 			tight(150)
 		}
-		if step == 250 { // a burst that sheds a third of the queue at once
+		if step == 300 { // a burst that sheds a third of the queue at once
 			for range 6000 {
 				if err := ex.Add(Prepare(a, seq, now, now.Add(ms(20+rng.Float64()*5)), nil, nil)); err != nil {
 					t.Fatal(err)
