@@ -159,6 +159,13 @@ type egress struct {
 	owedMu   sync.Mutex
 	owed     []owedReply
 	owedKick chan struct{}
+	// owedInFlight counts the owed replies handed over and not acknowledged
+	// (those in owed and those the waiter is going through); it is what the
+	// gauge sneakgate_unjournaled_replies_in_flight reads, set under owedMu.
+	// owedClosed is set by Close: from then on none is counted, and the gauge
+	// reads 0 (their requests are left for the broker to deliver again).
+	owedInFlight int
+	owedClosed   bool
 }
 
 func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, now func() time.Time,
@@ -303,9 +310,10 @@ var errStopping = errors.New("egress stopped")
 // reply: the reply is handed to the MQTT client at once. Until the PUBACK the
 // request stays unacknowledged, so if the gateway dies in between, the broker
 // delivers the request again and it is answered again. Owe returns
-// errNotConnected (the client is not connected) or errStopping without
-// publishing: the caller leaves the request unacknowledged, and the broker
-// delivers it again when the session resumes. A publish that fails after the
+// errNotConnected (the client is not connected) or errStopping (Close was
+// called; the reply may have been handed over just before): the caller leaves
+// the request unacknowledged, and the broker delivers it again when the session
+// resumes. A publish that fails after the
 // hand-over leaves its request unacknowledged too (counted in
 // sneakgate_publish_failures_total).
 func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
@@ -324,10 +332,17 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 		return err
 	}
 	e.owedMu.Lock()
+	if e.owedClosed {
+		// Closed meanwhile: nobody will acknowledge the request, which the broker
+		// delivers again.
+		e.owedMu.Unlock()
+		return errStopping
+	}
 	e.owed = append(e.owed, owedReply{tok: tok, ack: ack, app: rep.App, status: rep.Status})
 	first := len(e.owed) == 1
+	e.owedInFlight++
+	e.m.owed.Set(float64(e.owedInFlight))
 	e.owedMu.Unlock()
-	e.m.owed.Inc()
 	if first {
 		select {
 		case e.owedKick <- struct{}{}:
@@ -356,14 +371,18 @@ func (e *egress) owedWaiter() {
 			if len(batch) == 0 {
 				break
 			}
-			for i, o := range batch {
+			for _, o := range batch {
 				select {
 				case <-o.tok.Done():
 				case <-e.stop:
-					e.m.owed.Sub(float64(len(batch) - i))
-					return
+					return // Close stopped counting them
 				}
-				e.m.owed.Dec()
+				e.owedMu.Lock()
+				if !e.owedClosed {
+					e.owedInFlight--
+					e.m.owed.Set(float64(e.owedInFlight))
+				}
+				e.owedMu.Unlock()
 				if err := o.tok.Error(); err != nil {
 					// Not acknowledged: the broker delivers the request again when
 					// the session resumes.
@@ -646,6 +665,10 @@ func (e *egress) Close() {
 	e.busyMu.Lock()
 	e.lateClosed = true
 	e.busyMu.Unlock()
+	e.owedMu.Lock()
+	e.owedClosed, e.owed, e.owedInFlight = true, nil, 0
+	e.m.owed.Set(0)
+	e.owedMu.Unlock()
 	close(e.stop)
 	e.late.Wait()
 }

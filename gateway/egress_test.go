@@ -500,3 +500,41 @@ func BenchmarkAnswersWhileBrokerAway(b *testing.B) {
 	b.ReportMetric(float64(j.Stats().Commits-commits)/float64(b.N), "commits/answer")
 	e.Stop(context.Background())
 }
+
+// After Stop and Close the owed replies are no longer the gateway's (their
+// requests stay unacknowledged, for the broker to deliver again), so
+// sneakgate_unjournaled_replies_in_flight reads 0, whatever the owed waiter was
+// doing: waiting for one reply's PUBACK with another queued behind it, or idle.
+func TestOwedGaugeIsZeroAfterStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		held := []*fakeToken{{done: make(chan struct{})}, {done: make(chan struct{})}}
+		c := &fakeClient{tokens: append([]*fakeToken(nil), held...)}
+		m := newMetrics(nil)
+		e := newEgress(c, newFakeJournal(), time.Second, 0, nil, defaultEgressOptions(), zerolog.Nop(), m)
+		owe := func(id string) {
+			t.Helper()
+			rep := &protocol.Reply{V: 1, ID: id, App: "a", Device: "d", Status: protocol.StatusRejected, Reason: protocol.ReasonOverload}
+			if err := e.Owe("t", rep, func() { t.Errorf("%s acknowledged without its PUBACK", id) }); err != nil {
+				t.Fatalf("Owe %s: %v", id, err)
+			}
+		}
+		owe("first")
+		synctest.Wait() // the waiter waits for first's PUBACK
+		owe("second")   // queued behind it
+		synctest.Wait()
+		if got := testutil.ToFloat64(m.owed); got != 2 {
+			t.Fatalf("unjournaled_replies_in_flight = %v with two replies handed over, want 2", got)
+		}
+		e.Stop(context.Background())
+		e.Close()
+		if got := testutil.ToFloat64(m.owed); got != 0 {
+			t.Errorf("unjournaled_replies_in_flight = %v after Stop and Close, want 0", got)
+		}
+		if err := e.Owe("t", &protocol.Reply{V: 1, ID: "late", App: "a", Status: protocol.StatusExpired}, func() {}); !errors.Is(err, errStopping) {
+			t.Errorf("Owe after Close: %v, want errStopping", err)
+		}
+		if got := testutil.ToFloat64(m.owed); got != 0 {
+			t.Errorf("unjournaled_replies_in_flight = %v after an Owe refused by Close, want 0", got)
+		}
+	})
+}
