@@ -81,6 +81,12 @@ type MQTTConfig struct {
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
 	// FlushRate caps replies per second when the outbox flushes after a reconnect.
 	FlushRate float64 `yaml:"flush_rate"`
+	// MaxInflightPublishes bounds the publishes handed to the broker and not
+	// acknowledged yet (each holds one of the MQTT client's 65,535 packet ids;
+	// with all of them held, paho fails every further publish). Beyond it,
+	// replies to requests that are not journaled wait in order in the gateway,
+	// and answers wait for PUBACKs (docs/reliability.md, "Packet ids").
+	MaxInflightPublishes int `yaml:"max_inflight_publishes"`
 	// DurableReplies commits each answer to the journal's outbox before its first
 	// publish, so that a repeat of a request, before or after a crash, gets the
 	// same bytes. Off saves one journal write per answer (about a quarter of the
@@ -271,8 +277,9 @@ func DefaultConfig() Config {
 			Broker: "tcp://127.0.0.1:1883", ClientID: "sneakgate", TopicPrefix: "sneakgate",
 			ReplyAllow: []string{"{prefix}/res/{app}/{device}"},
 			Keepalive:  30 * time.Second, PublishTimeout: 5 * time.Second, FlushRate: 200, StatsInterval: 10 * time.Second,
-			DurableReplies: true,
-			Embedded:       EmbeddedBroker{Listen: "127.0.0.1:1883"},
+			DurableReplies:       true,
+			MaxInflightPublishes: defaultMaxInflightPublishes,
+			Embedded:             EmbeddedBroker{Listen: "127.0.0.1:1883"},
 		},
 		Store: StoreConfig{
 			Path: "sneakgate.db", Retention: 10 * time.Minute,
@@ -392,6 +399,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.FlushRate < 0 {
 		return configErr("mqtt.flush_rate", "must not be negative")
+	}
+	if n := c.MQTT.MaxInflightPublishes; n < 1 || n > maxInflightPublishes {
+		return configErr("mqtt.max_inflight_publishes", "%d: must be between 1 and %d (the MQTT client has 65,535 packet ids, and needs a few for its status and subscription)", n, maxInflightPublishes)
 	}
 	if e := c.MQTT.Embedded; e.Enabled {
 		if e.Listen == "" {

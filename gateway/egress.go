@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -78,6 +79,10 @@ type egressOptions struct {
 	// Durable commits each answer to the outbox before it is first published, so
 	// that a repeat after a crash is the same bytes (mqtt.durable_replies).
 	Durable bool
+	// Gate bounds the packet ids the MQTT client holds: it must be the client's
+	// Store (pubGate). Nil: a gate of the egress's own, which the client does not
+	// store in, so that only the publishes entering the client count.
+	Gate *pubGate
 }
 
 func defaultEgressOptions() egressOptions {
@@ -98,7 +103,9 @@ func defaultEgressOptions() egressOptions {
 // is not journaled (a refusal, a rejection, an answer from the estimate, an
 // expired reply) is owed: it is handed to the broker at once and its request is
 // acknowledged only when the broker has the reply (Owe). Replies republished to
-// duplicates go through a separate bounded queue, best effort.
+// duplicates go through a separate bounded queue, best effort. Every publish
+// takes a place at the gate first (pubGate: the MQTT client's packet ids); the
+// answer, ack, raw workers and the flusher wait for one, Owe never does.
 type egress struct {
 	// served reports whether an application is served; metrics label the others
 	// "_unknown" so that arbitrary topic names cannot grow the label set.
@@ -150,15 +157,28 @@ type egress struct {
 	busy   map[store.Key]bool
 	stop   chan struct{} // closed by Close: late waiters give up
 
+	// gate bounds the packet ids the client holds (opts.Gate).
+	gate *pubGate
+
 	// owed are the owed replies handed to the MQTT client whose PUBACK the owed
 	// waiter has not seen yet, in the order they were handed over (owedMu;
-	// owedKick, size 1, wakes the waiter). Unbounded on purpose: every one holds a
-	// request the gateway has not acknowledged, so the broker's in-flight window
-	// bounds them; a bound here would wait for PUBACKs that the MQTT client reads
-	// only after the requests ahead of them (docs/reliability.md).
+	// owedKick, size 1, wakes the waiter). waiting are those not handed over yet
+	// because every place at the gate was taken, in the order they came; the owed
+	// sender hands them over as places free (owedMu; sendKick, size 1, wakes it).
+	// Both unbounded on purpose: every one holds a request the gateway has not
+	// acknowledged, so the broker's in-flight window bounds them; a bound here
+	// would wait for PUBACKs that the MQTT client reads only after the requests
+	// ahead of them (docs/reliability.md).
 	owedMu   sync.Mutex
 	owed     []owedReply
+	waiting  []owedMsg
 	owedKick chan struct{}
+	sendKick chan struct{}
+	// conn numbers the broker connections lost (connectionLost): an owed reply
+	// still waiting from an earlier connection is not sent (its request's
+	// acknowledgement would be dropped by paho; the broker delivers the request
+	// again).
+	conn atomic.Uint64
 	// owedInFlight counts the owed replies handed over and not acknowledged
 	// (those in owed and those the waiter is going through); it is what the
 	// gauge sneakgate_unjournaled_replies_in_flight reads, set under owedMu.
@@ -177,10 +197,14 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 		answersKick: make(chan struct{}, 1), acks: make(chan []*handedOver, opts.AckQueue),
 		raw:  make(chan rawMsg, opts.RawQueue),
 		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{}),
-		owedKick: make(chan struct{}, 1)}
+		owedKick: make(chan struct{}, 1), sendKick: make(chan struct{}, 1), gate: opts.Gate}
+	if e.gate == nil {
+		e.gate = newPubGate(defaultMaxInflightPublishes)
+	}
 	e.room.L = &e.answersMu
-	e.late.Add(1)
+	e.late.Add(2)
 	go e.owedWaiter()
+	go e.owedSender()
 	for range opts.AnswerWorkers {
 		e.answerW.Add(1)
 		go e.answerWorker()
@@ -301,21 +325,33 @@ type owedReply struct {
 	status protocol.Status
 }
 
+// owedMsg is an owed reply waiting for a place at the gate.
+type owedMsg struct {
+	topic   string
+	payload []byte
+	ack     func()
+	app     string
+	status  protocol.Status
+	conn    uint64 // egress.conn when it was owed
+}
+
 // errStopping: egress is closed; the request is left unacknowledged.
 var errStopping = errors.New("egress stopped")
 
 // Owe publishes rep, the only reply to a request the gateway does not journal,
 // and calls ack (the request's acknowledgement to the broker) once the broker has
-// the reply (its PUBACK). It never waits for the broker and never drops the
-// reply: the reply is handed to the MQTT client at once. Until the PUBACK the
-// request stays unacknowledged, so if the gateway dies in between, the broker
-// delivers the request again and it is answered again. Owe returns
-// errNotConnected (the client is not connected) or errStopping (Close was
-// called; the reply may have been handed over just before): the caller leaves
-// the request unacknowledged, and the broker delivers it again when the session
-// resumes. A publish that fails after the
-// hand-over leaves its request unacknowledged too (counted in
-// sneakgate_publish_failures_total).
+// the reply (its PUBACK). It never waits, neither for the broker nor for a
+// packet id, and never drops the reply: the reply is handed to the MQTT client
+// at once, or, when the client holds as many packet ids as the gate allows,
+// queued in order and handed over as PUBACKs free them (sneakgate_unjournaled_
+// replies_waiting). Until the PUBACK the request stays unacknowledged, so if the
+// gateway dies in between, the broker delivers the request again and it is
+// answered again. Owe returns errNotConnected (the client is not connected) or
+// errStopping (Close was called; the reply may have been handed over just
+// before): the caller leaves the request unacknowledged, and the broker delivers
+// it again when the session resumes. A publish that fails after the hand-over,
+// and a reply still waiting when the connection is lost, leave their request
+// unacknowledged too (counted in sneakgate_publish_failures_total).
 func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 	payload, err := rep.Marshal()
 	if err != nil { // a Reply always marshals
@@ -327,10 +363,38 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 	if closed {
 		return errStopping
 	}
-	tok, err := e.startPublish(topic, payload)
-	if err != nil {
-		return err
+	if !e.client.IsConnectionOpen() {
+		return errNotConnected
 	}
+	e.owedMu.Lock()
+	if e.owedClosed {
+		e.owedMu.Unlock()
+		return errStopping
+	}
+	if len(e.waiting) > 0 || !e.gate.tryAcquire() {
+		// Every packet id place is taken: wait in line, behind the others.
+		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: rep.App,
+			status: rep.Status, conn: e.conn.Load()})
+		first := len(e.waiting) == 1
+		e.m.owedWaiting.Set(float64(len(e.waiting)))
+		e.owedMu.Unlock()
+		e.m.publishWaits.Inc()
+		if first {
+			select {
+			case e.sendKick <- struct{}{}:
+			default:
+			}
+		}
+		return nil
+	}
+	e.owedMu.Unlock()
+	tok := e.client.Publish(topic, 1, false, payload)
+	e.gate.entered()
+	return e.handedOwed(owedReply{tok: tok, ack: ack, app: rep.App, status: rep.Status})
+}
+
+// handedOwed gives an owed reply handed to the client to the owed waiter.
+func (e *egress) handedOwed(o owedReply) error {
 	e.owedMu.Lock()
 	if e.owedClosed {
 		// Closed meanwhile: nobody will acknowledge the request, which the broker
@@ -338,7 +402,7 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 		e.owedMu.Unlock()
 		return errStopping
 	}
-	e.owed = append(e.owed, owedReply{tok: tok, ack: ack, app: rep.App, status: rep.Status})
+	e.owed = append(e.owed, o)
 	first := len(e.owed) == 1
 	e.owedInFlight++
 	e.m.owed.Set(float64(e.owedInFlight))
@@ -350,6 +414,73 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 		}
 	}
 	return nil
+}
+
+// owedSender hands the waiting owed replies to the client, in order, each as a
+// place at the gate frees, until Close. A reply owed before the connection it
+// was answered on was lost is not sent: its request's acknowledgement would be
+// dropped with that connection, and the broker delivers the request again.
+func (e *egress) owedSender() {
+	defer e.late.Done()
+	for {
+		select {
+		case <-e.sendKick:
+		case <-e.stop:
+			return
+		}
+		for {
+			e.owedMu.Lock()
+			n := len(e.waiting)
+			e.owedMu.Unlock()
+			if n == 0 {
+				break
+			}
+			// The head stays in waiting while this waits, so that Owe queues
+			// behind it instead of taking the place it waits for.
+			if !e.gate.acquire(false) { // counted when it was queued
+				return // closed
+			}
+			e.owedMu.Lock()
+			if e.owedClosed || len(e.waiting) == 0 { // closed, or dropped by connectionLost
+				e.owedMu.Unlock()
+				e.gate.entered()
+				continue
+			}
+			w := e.waiting[0]
+			e.waiting[0] = owedMsg{}
+			e.waiting = e.waiting[1:]
+			e.m.owedWaiting.Set(float64(len(e.waiting)))
+			e.owedMu.Unlock()
+			if w.conn != e.conn.Load() || !e.client.IsConnectionOpen() {
+				e.gate.entered()
+				e.m.publishFails.Inc()
+				continue
+			}
+			tok := e.client.Publish(w.topic, 1, false, w.payload)
+			e.gate.entered()
+			if e.handedOwed(owedReply{tok: tok, ack: w.ack, app: w.app, status: w.status}) != nil {
+				return
+			}
+		}
+	}
+}
+
+// connectionLost is told that the broker connection was lost (before each
+// reconnection attempt, so before the next connection delivers anything): owed
+// replies still waiting for a place are not sent (counted in sneakgate_publish_failures_total);
+// their requests are left unacknowledged, and the broker delivers them again
+// when the session resumes.
+func (e *egress) connectionLost() {
+	e.conn.Add(1)
+	e.owedMu.Lock()
+	n := len(e.waiting)
+	e.waiting = nil
+	e.m.owedWaiting.Set(0)
+	e.owedMu.Unlock()
+	if n > 0 {
+		e.m.publishFails.Add(float64(n))
+		e.log.Warn().Int("replies", n).Msg("connection lost with replies to requests that are not journaled waiting for a packet id; their requests are left unacknowledged for redelivery")
+	}
 }
 
 // owedWaiter acknowledges the requests of owed replies as their PUBACKs come, in
@@ -401,6 +532,11 @@ func (e *egress) owedWaiter() {
 // sendAnswers makes answers durable (in one group commit), publishes them and
 // has the ack workers complete them.
 func (e *egress) sendAnswers(batch []*answerMsg) {
+	// Stamp the replies once the client can take them: each still takes its
+	// place as it is handed over, but the wait for the broker's PUBACKs (every
+	// place taken) is not between their stamp and their hand-over. Closed while
+	// waiting: they stay unsent.
+	open := e.client.IsConnectionOpen() && e.gate.waitRoom()
 	now := e.now()
 	type built struct {
 		a       *answerMsg
@@ -425,7 +561,7 @@ func (e *egress) sendAnswers(batch []*answerMsg) {
 		}
 		return e.journal.OutboxAll(items)
 	}
-	if !e.client.IsConnectionOpen() {
+	if !open || !e.client.IsConnectionOpen() {
 		// Nobody can see them yet: keep them unsent, to be stamped when they go out.
 		for i, err := range outboxAll(true) {
 			if err != nil {
@@ -485,8 +621,9 @@ type handedOver struct {
 // the MQTT client without waiting; finishAnswer waits for the outcome.
 func (e *egress) handOver(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) *handedOver {
 	h := &handedOver{topic: topic, key: key, flushBy: flushBy, app: app, status: status, payload: payload,
-		written: true, at: e.now()}
+		written: true}
 	h.tok, h.err = e.startPublish(topic, payload)
+	h.at = e.now() // the publish timeout counts from the hand-over, after any wait for a place
 	return h
 }
 
@@ -523,7 +660,7 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 		// goes out; one the broker may have is kept as it is. (A reply already
 		// written as sent keeps its bytes either way: a duplicate may have them.)
 		keep := e.journal.Outbox
-		if errors.Is(err, errNotConnected) {
+		if errors.Is(err, errNotConnected) || errors.Is(err, errStopping) {
 			keep = e.journal.OutboxUnsent
 		}
 		if werr := keep(h.key, h.payload, h.flushBy); werr != nil {
@@ -666,10 +803,12 @@ func (e *egress) Close() {
 	e.lateClosed = true
 	e.busyMu.Unlock()
 	e.owedMu.Lock()
-	e.owedClosed, e.owed, e.owedInFlight = true, nil, 0
+	e.owedClosed, e.owed, e.owedInFlight, e.waiting = true, nil, 0, nil
 	e.m.owed.Set(0)
+	e.m.owedWaiting.Set(0)
 	e.owedMu.Unlock()
 	close(e.stop)
+	e.gate.close() // publishers waiting for a place give up (errStopping)
 	e.late.Wait()
 }
 
@@ -681,9 +820,18 @@ func (e *egress) appLabel(app string) string {
 	return "_unknown"
 }
 
-// startPublish hands payload to the MQTT client at QoS 1 without waiting.
+// startPublish hands payload to the MQTT client at QoS 1 without waiting for
+// the PUBACK. It waits for a place at the gate (a packet id the client can
+// give it); errStopping once Close has closed the gate.
 func (e *egress) startPublish(topic string, payload []byte) (mqtt.Token, error) {
 	if !e.client.IsConnectionOpen() {
+		return nil, errNotConnected
+	}
+	if !e.gate.acquire(true) {
+		return nil, errStopping
+	}
+	defer e.gate.entered()
+	if !e.client.IsConnectionOpen() { // lost while it waited
 		return nil, errNotConnected
 	}
 	return e.client.Publish(topic, 1, false, payload), nil
@@ -716,12 +864,11 @@ var (
 // errPublishTimeout the returned token is still pending: the client keeps the
 // message and resends it after a reconnect.
 func (e *egress) publish(topic string, payload []byte) (mqtt.Token, error) {
-	start := e.now()
 	t, err := e.startPublish(topic, payload)
 	if err != nil {
 		return nil, err
 	}
-	return t, e.waitPublish(t, start)
+	return t, e.waitPublish(t, e.now())
 }
 
 // Kick asks the flusher to flush the outbox (on reconnect).
@@ -789,6 +936,7 @@ func (e *egress) flush(ctx context.Context) {
 		oe = *cur
 		payload, status := oe.Reply, protocol.Status("")
 		if oe.Unsent {
+			e.gate.waitRoom() // stamped when the client can take it
 			rep, err := protocol.ParseReply(oe.Reply)
 			if err != nil {
 				e.log.Error().Err(err).Stringer("key", oe.Key).Msg("unreadable reply in the outbox: published as it is")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
@@ -45,7 +46,13 @@ type fakeClient struct {
 	published []string
 	tokens    []*fakeToken
 	down      bool
+	// gate, if set, is told that each publish holds a packet id (heldKey) until
+	// the test deletes it, as paho's store is.
+	gate *pubGate
 }
+
+// heldKey is the store key of the i-th publish's packet id.
+func (c *fakeClient) heldKey(i int) string { return fmt.Sprintf("o.%d", 60000+i) }
 
 func (c *fakeClient) IsConnectionOpen() bool {
 	c.mu.Lock()
@@ -55,6 +62,9 @@ func (c *fakeClient) IsConnectionOpen() bool {
 func (c *fakeClient) Publish(topic string, _ byte, _ bool, payload any) mqtt.Token {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.gate != nil {
+		c.gate.Put(c.heldKey(len(c.published)), packets.NewControlPacket(packets.Publish))
+	}
 	c.published = append(c.published, string(payload.([]byte)))
 	if len(c.tokens) == 0 { // acknowledged at once
 		t := &fakeToken{done: make(chan struct{})}
@@ -535,6 +545,85 @@ func TestOwedGaugeIsZeroAfterStop(t *testing.T) {
 		}
 		if got := testutil.ToFloat64(m.owed); got != 0 {
 			t.Errorf("unjournaled_replies_in_flight = %v after an Owe refused by Close, want 0", got)
+		}
+	})
+}
+
+// With every packet id place taken, an owed reply waits in the gateway instead
+// of failing, and goes out once a PUBACK frees a place. One still waiting when
+// the connection is lost is not sent (its request's acknowledgement would be
+// lost with the connection; the broker delivers the request again). An answer
+// waits for a place before it is stamped; Close makes it give up and keeps it
+// unsent in the outbox, and every gauge of the egress reads 0 after it.
+func TestOwedRepliesWaitForAPacketID(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gate := newPubGate(1)
+		gate.Open()
+		c := &fakeClient{gate: gate} // each publish holds a packet id until the test frees it
+		m := newMetrics(nil)
+		o := defaultEgressOptions()
+		o.Gate = gate
+		j := newFakeJournal()
+		e := newEgress(c, j, time.Second, 0, nil, o, zerolog.Nop(), m)
+		hold := func(key string) { gate.Put(key, packets.NewControlPacket(packets.Publish)) }
+		acked := map[string]bool{}
+		var mu sync.Mutex
+		owe := func(id string) {
+			t.Helper()
+			rep := &protocol.Reply{V: 1, ID: id, App: "a", Device: "d", Status: protocol.StatusRejected, Reason: protocol.ReasonOverload}
+			if err := e.Owe("t", rep, func() { mu.Lock(); acked[id] = true; mu.Unlock() }); err != nil {
+				t.Fatalf("Owe %s: %v", id, err)
+			}
+		}
+		check := func(when string, published int, ack []string, waiting float64) {
+			t.Helper()
+			mu.Lock()
+			defer mu.Unlock()
+			if n, w := len(c.sent()), testutil.ToFloat64(m.owedWaiting); n != published || len(acked) != len(ack) || w != waiting {
+				t.Errorf("%s: %d published, acknowledged %v, %v waiting; want %d, %v, %v", when, n, acked, w, published, ack, waiting)
+			}
+			for _, id := range ack {
+				if !acked[id] {
+					t.Errorf("%s: %s not acknowledged", when, id)
+				}
+			}
+		}
+		hold("o.1")
+		owe("a")
+		owe("b")
+		synctest.Wait()
+		check("with every place taken", 0, nil, 2)
+		gate.Del("o.1") // its PUBACK
+		synctest.Wait()
+		check("after one PUBACK", 1, []string{"a"}, 1)
+		e.connectionLost()
+		gate.Del(c.heldKey(0)) // a's PUBACK
+		synctest.Wait()
+		check("after the connection was lost", 1, []string{"a"}, 0)
+		if f := testutil.ToFloat64(m.publishFails); f != 1 {
+			t.Errorf("publish_failures_total = %v, want 1 (b, not sent)", f)
+		}
+
+		// Full again: an owed reply and an answer wait; Close ends both waits.
+		hold("o.2")
+		owe("c")
+		k := store.Key{App: "a", Device: "d", ID: "answer"}
+		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
+		synctest.Wait()
+		check("full again", 1, []string{"a"}, 1)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		e.Stop(ctx) // the answer worker waits for a place: Stop gives up
+		cancel()
+		e.Close()
+		synctest.Wait()
+		j.locked(func() {
+			if _, ok := j.outbox[k]; !ok || !j.unsent[k] {
+				t.Errorf("an answer that never got a place: in the outbox %v, unsent %v; want kept unsent", ok, j.unsent[k])
+			}
+		})
+		check("after Close", 1, []string{"a"}, 0)
+		if g := testutil.ToFloat64(m.owed); g != 0 {
+			t.Errorf("unjournaled_replies_in_flight = %v after Close, want 0", g)
 		}
 	})
 }

@@ -172,7 +172,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		sapps[n] = a.sched
 	}
 	if err := scheduler.ValidateFixed(sapps, cfg.SchedulerOptions()); err != nil {
-		return nil, fmt.Errorf("gateway: %w: scheduler.fixed_variant: %v", ErrConfig, err)
+		return nil, fmt.Errorf("gateway: %w: scheduler.fixed_variant or cascade_first: %v", ErrConfig, err)
 	}
 	if err := g.recover(); err != nil {
 		return nil, err
@@ -300,7 +300,11 @@ func (g *Gateway) recover() error {
 // publishes through it; connect connects it.
 func (g *Gateway) newClient() error {
 	c := g.cfg.MQTT
-	opts := mqtt.NewClientOptions().AddBroker(c.Broker).SetClientID(c.ClientID).
+	// The client's store counts the packet ids it holds; every reply publish
+	// takes a place first (pubgate.go).
+	gate := newPubGate(c.MaxInflightPublishes)
+	gate.waited = g.m.publishWaits.Inc
+	opts := mqtt.NewClientOptions().AddBroker(c.Broker).SetClientID(c.ClientID).SetStore(gate).
 		// The handler runs on paho's router goroutine and never blocks (ingress.go).
 		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
 		SetWriteTimeout(c.PublishTimeout).
@@ -336,6 +340,10 @@ func (g *Gateway) newClient() error {
 	}
 	opts.SetConnectionNotificationHandler(g.onConnectionNotification(log))
 	opts.SetOnConnectHandler(g.onConnect(log))
+	// Called before each reconnection attempt, so before the new connection
+	// delivers anything (the connection-lost handler runs in a goroutine of its
+	// own, possibly after the reconnection).
+	opts.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { g.egress.connectionLost() })
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		g.link.end()
 		g.subscribed.Store(false)
@@ -348,8 +356,12 @@ func (g *Gateway) newClient() error {
 	})
 	g.client = mqtt.NewClient(opts)
 	g.link.register(g.reg, g.client, &g.subscribed)
+	g.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_mqtt_publishes_in_flight",
+		Help: "Packets the MQTT client has sent (or is sending) at QoS 1 and the broker has not acknowledged yet, each holding one of its 65,535 packet ids; mqtt.max_inflight_publishes bounds the gateway's publishes among them."},
+		func() float64 { return float64(gate.inFlight()) }))
 	eo := defaultEgressOptions()
 	eo.Durable = c.DurableReplies
+	eo.Gate = gate
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, eo, log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.app(app); return ok }
 	g.egress.journalError = g.journalError

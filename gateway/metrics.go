@@ -51,6 +51,11 @@ type metrics struct {
 	// broker and whose PUBACK has not come yet (their requests are not
 	// acknowledged yet).
 	owed prometheus.Gauge
+	// owedWaiting is the owed replies not handed to the MQTT client yet: every
+	// packet id it may hold (mqtt.max_inflight_publishes) was taken.
+	owedWaiting prometheus.Gauge
+	// publishWaits counts publishes that found every such place taken.
+	publishWaits prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -110,6 +115,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_ingress_waits_total", Help: "Request messages that found the hand-off to the request handlers full (admission.ingress_queue): the MQTT client waited for room, and the broker held the rest meanwhile."}),
 		owed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_unjournaled_replies_in_flight", Help: "Replies to requests that are not journaled (refusals, rejections, answers from the estimate, expired requests) handed to the broker and not acknowledged by it yet; their requests are acknowledged when they are."}),
+		owedWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_unjournaled_replies_waiting", Help: "Replies to requests that are not journaled waiting to be handed to the broker because the MQTT client holds as many unacknowledged publishes as mqtt.max_inflight_publishes allows; they go out, in order, as the broker acknowledges."}),
+		publishWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_mqtt_publish_waits_total", Help: "Publishes that found the MQTT client holding as many unacknowledged publishes as mqtt.max_inflight_publishes allows and waited for a PUBACK (replies to requests that are not journaled queue instead; answers, republished replies and the outbox flush wait)."}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_reloads_total", Help: "Configuration reloads (SIGHUP), by result: ok, or refused (the previous configuration kept serving)."}, []string{"result"}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
@@ -120,7 +129,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.admissionShed, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
-		m.ingressWaits, m.owed,
+		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
 			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"net"
 	"net/url"
 	"sync"
@@ -11,6 +13,12 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/store"
 )
 
 // heldBroker is the server end of one MQTT 3.1.1 connection over net.Pipe,
@@ -186,4 +194,140 @@ func TestPahoRunsOutOfMessageIDs(t *testing.T) {
 			t.Fatalf("publish after a PUBACK freed an id: %v", err)
 		}
 	})
+}
+
+// Owed replies (to requests that are not journaled) never wait, and the broker
+// can send a backlog far beyond its in-flight window (Mosquitto 2.0.11,
+// docs/reliability.md) that the gateway answers faster than the broker
+// acknowledges. With 65,635 owed to a broker that holds its PUBACKs, paho ran
+// out of packet ids and failed the last 100 publishes: their requests stayed
+// unacknowledged for as long as the connection lasted, each holding a place in
+// the broker's in-flight window. Now the client holds at most
+// mqtt.max_inflight_publishes (16,384 by default) and the rest wait in order in
+// the gateway; an answer to a journaled request waits for a place too; all of
+// them reach the broker, every request is acknowledged, nothing fails.
+func TestOwedRepliesBeyondPahoMessageIDs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 65535 + 100
+		const limit = defaultMaxInflightPublishes
+		b := newHeldBroker()
+		gate := newPubGate(limit)
+		c := heldClient(t, b, mqtt.NewClientOptions().SetStore(gate))
+		m := newMetrics(nil)
+		gate.waited = m.publishWaits.Inc
+		o := defaultEgressOptions()
+		o.Gate = gate
+		j := newFakeJournal()
+		e := newEgress(c, j, time.Minute, 0, nil, o, zerolog.Nop(), m)
+		t.Cleanup(func() { e.Stop(context.Background()); e.Close() })
+		var mu sync.Mutex
+		acked := 0
+		for i := range n {
+			rep := &protocol.Reply{V: 1, ID: fmt.Sprint(i), App: "a", Device: "d", Status: protocol.StatusRejected, Reason: protocol.ReasonOverload}
+			if err := e.Owe("t", rep, func() { mu.Lock(); acked++; mu.Unlock() }); err != nil {
+				t.Fatalf("Owe %d: %v", i, err)
+			}
+		}
+		answers := make([]store.Key, 10)
+		for i := range answers {
+			answers[i] = store.Key{App: "a", Device: "d", ID: fmt.Sprint("answer", i)}
+			e.Answer(okAnswer(answers[i], time.Now().Add(time.Hour)))
+		}
+		synctest.Wait()
+		got, held, _, _ := b.counts()
+		if got != limit || held != limit || gate.inFlight() != limit {
+			t.Fatalf("before any PUBACK: the broker received %d publishes and holds %d, the client %d; want %d each", got, held, gate.inFlight(), limit)
+		}
+		if w, f := testutil.ToFloat64(m.owed), testutil.ToFloat64(m.owedWaiting); w != limit || f != n-limit {
+			t.Errorf("unjournaled replies in flight %v, waiting %v; want %d, %d", w, f, limit, n-limit)
+		}
+		// Each owed reply queued, and each answer worker that took some answers.
+		if w := testutil.ToFloat64(m.publishWaits); w < n-limit+1 || w > n-limit+float64(len(answers)) {
+			t.Errorf("publish_waits_total = %v, want %d and 1 to %d answer workers", w, n-limit, len(answers))
+		}
+		for b.ack(-1); ; b.ack(-1) {
+			synctest.Wait()
+			if _, held, _, _ := b.counts(); held == 0 {
+				break
+			}
+		}
+		got, _, maxHeld, dupes := b.counts()
+		mu.Lock()
+		defer mu.Unlock()
+		if got != n+len(answers) || acked != n || dupes != 0 {
+			t.Errorf("%d owed replies and %d answers: the broker received %d (%d with a reused id), %d requests acknowledged",
+				n, len(answers), got, dupes, acked)
+		}
+		if maxHeld > limit {
+			t.Errorf("the broker held up to %d publishes unacknowledged, more than mqtt.max_inflight_publishes %d", maxHeld, limit)
+		}
+		j.locked(func() {
+			if len(j.completed) != len(answers) {
+				t.Errorf("%d of %d answers completed", len(j.completed), len(answers))
+			}
+		})
+		for name, g := range map[string]float64{"publish failures": testutil.ToFloat64(m.publishFails),
+			"in flight": testutil.ToFloat64(m.owed), "waiting": testutil.ToFloat64(m.owedWaiting), "client": float64(gate.inFlight())} {
+			if g != 0 {
+				t.Errorf("%s: %v at the end, want 0", name, g)
+			}
+		}
+	})
+}
+
+// TestBacklogBeyondInflightPublishes: the whole path against a real Mosquitto
+// (2.0.11 sends a resumed session's backlog past its in-flight window). 3,000
+// requests wait for the gateway's session, all past their deadline (answered
+// expired without a journal write: owed replies); the gateway may hold 4
+// publishes unacknowledged. Every request gets exactly one reply, none fails,
+// every request is acknowledged on its reply's PUBACK, and the gauges read 0.
+func TestBacklogBeyondInflightPublishes(t *testing.T) {
+	const n = 3000
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.MQTT.MaxInflightPublishes = 4
+	startGateway(t, cfg, Options{}).stop(t) // the session now exists and keeps what comes
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-backlog")
+	topic := protocol.RequestTopic("sneakgate", "fashion", "cam-backlog")
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprint("b", i)
+		dev.publish(topic, (&protocol.Payload{ID: ids[i], DeadlineMS: 500, SentAt: time.Now().Add(-10 * time.Second),
+			Input: samples.Row(i % 100)}).Marshal())
+	}
+	gw := startGateway(t, cfg, Options{})
+	for id, r := range dev.await(ids, 60*time.Second) {
+		if r.Status != protocol.StatusExpired || r.Reason != protocol.ReasonExpiredBeforeReceipt {
+			t.Fatalf("%s: %+v", id, r)
+		}
+	}
+	reg := gw.g.reg
+	replied := func() float64 {
+		return metricValue(t, reg, "sneakgate_replies_total", "app", "fashion", "status", string(protocol.StatusExpired))
+	}
+	// Counted (and the request acknowledged) on the reply's PUBACK, which may
+	// come just after the device has the reply.
+	for deadline := time.Now().Add(30 * time.Second); replied() < n && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := replied(); got != n {
+		t.Errorf("replies acknowledged by the broker (and their requests acknowledged): %v, want %d", got, n)
+	}
+	for _, name := range []string{"sneakgate_publish_failures_total", "sneakgate_unjournaled_replies_in_flight",
+		"sneakgate_unjournaled_replies_waiting", "sneakgate_mqtt_publishes_in_flight"} {
+		if v := metricValue(t, reg, name); v != 0 {
+			t.Errorf("%s = %v, want 0", name, v)
+		}
+	}
+	waits := metricValue(t, reg, "sneakgate_mqtt_publish_waits_total")
+	if waits == 0 {
+		t.Error("no publish waited for a place: the bound of 4 was not exercised")
+	}
+	t.Logf("%v publishes waited for a place", waits)
+	for _, id := range ids {
+		if c := dev.count(id); c != 1 {
+			t.Errorf("%s answered %d times", id, c)
+		}
+	}
 }

@@ -1,0 +1,182 @@
+package gateway
+
+import (
+	"strings"
+	"sync"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+)
+
+const (
+	// defaultMaxInflightPublishes is mqtt.max_inflight_publishes' default: a
+	// quarter of paho's packet ids, three times the most replies to requests that
+	// are not journaled measured in flight (5,265, TestOverload5x's capacity
+	// burst, docs/reliability.md).
+	defaultMaxInflightPublishes = 16384
+	// maxInflightPublishes is the most it may be: paho's 65,535 packet ids, less
+	// some for the retained status and the subscription, which do not wait at
+	// the gate.
+	maxInflightPublishes = 65000
+)
+
+// pubGate bounds the MQTT packet ids the gateway's client holds. paho gives
+// every QoS 1 publish (and subscription) a 16-bit packet id, holds it until the
+// broker acknowledges the packet, and once all 65,535 are held fails every
+// further Publish at once with "no message IDs available" (paho 1.5.1,
+// messageids.go getID, client.go Publish; TestPahoRunsOutOfMessageIDs): the
+// reply is not sent. The gate is the client's Store, so it sees exactly what
+// holds an id: paho stores each outbound packet under "o.{id}" when it takes
+// the id and deletes it when the broker acknowledges it, across reconnects
+// (the persistent session resends what is stored, under the same id). A
+// publisher acquires a place before it calls Publish and leaves once Publish
+// has returned (entered); places are the stored packets plus the publishes
+// between acquire and entered, at most limit.
+//
+// Waiting for a place waits for PUBACKs, which paho reads on the connection
+// behind the request messages it delivers: nothing that the MQTT client's
+// message handler waits for may wait here (egress.Owe never does).
+type pubGate struct {
+	inner mqtt.Store
+	limit int
+	// waited, if set, is called each time a publish finds the gate full.
+	waited func()
+
+	mu       sync.Mutex
+	room     sync.Cond
+	opened   bool
+	keys     map[string]bool // outbound packets stored
+	entering int             // acquired, Publish not returned yet
+	closed   bool
+}
+
+func newPubGate(limit int) *pubGate {
+	g := &pubGate{inner: mqtt.NewMemoryStore(), limit: max(limit, 1), keys: map[string]bool{}}
+	g.room.L = &g.mu
+	return g
+}
+
+// inFlight is how many packet ids the client holds for outbound packets (plus
+// publishes entering).
+func (g *pubGate) inFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.keys) + g.entering
+}
+
+func (g *pubGate) full() bool { return len(g.keys)+g.entering >= g.limit }
+
+// acquire waits for a place and takes it; false once the gate is closed. A
+// wait is counted (waited) when count is set.
+func (g *pubGate) acquire(count bool) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.wait(count) {
+		return false
+	}
+	g.entering++
+	return true
+}
+
+// waitRoom waits until a place is free, without taking it (counted like
+// acquire's); false once the gate is closed.
+func (g *pubGate) waitRoom() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.wait(true) {
+		return false
+	}
+	g.room.Signal() // the place is still free: pass the wake-up on
+	return true
+}
+
+// wait waits, g.mu held, until a place is free or the gate is closed.
+func (g *pubGate) wait(count bool) bool {
+	if count && !g.closed && g.full() && g.waited != nil {
+		g.waited()
+	}
+	for !g.closed && g.full() {
+		g.room.Wait()
+	}
+	return !g.closed
+}
+
+// tryAcquire takes a place if one is free now.
+func (g *pubGate) tryAcquire() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || g.full() {
+		return false
+	}
+	g.entering++
+	return true
+}
+
+// entered gives back the place of a publish that returned: what it stored
+// (if anything) holds a place of its own from then on.
+func (g *pubGate) entered() {
+	g.mu.Lock()
+	g.entering--
+	g.mu.Unlock()
+	g.room.Signal()
+}
+
+// close fails every acquire from then on, waiting ones included.
+func (g *pubGate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.room.Broadcast()
+}
+
+// The mqtt.Store methods: paho's own MemoryStore, counted.
+
+func (g *pubGate) Open() {
+	g.inner.Open()
+	g.mu.Lock()
+	g.opened = true
+	g.mu.Unlock()
+}
+
+func (g *pubGate) Put(key string, p packets.ControlPacket) {
+	g.inner.Put(key, p)
+	if !strings.HasPrefix(key, "o.") {
+		return
+	}
+	g.mu.Lock()
+	if g.opened { // MemoryStore ignores a Put while closed
+		g.keys[key] = true
+	}
+	g.mu.Unlock()
+}
+
+func (g *pubGate) Get(key string) packets.ControlPacket { return g.inner.Get(key) }
+func (g *pubGate) All() []string                        { return g.inner.All() }
+
+func (g *pubGate) Del(key string) {
+	g.inner.Del(key)
+	g.mu.Lock()
+	freed := g.opened && g.keys[key]
+	if freed {
+		delete(g.keys, key)
+	}
+	g.mu.Unlock()
+	if freed {
+		g.room.Signal()
+	}
+}
+
+func (g *pubGate) Close() {
+	g.inner.Close()
+	g.mu.Lock()
+	g.opened = false // MemoryStore keeps its packets for the next Open
+	g.mu.Unlock()
+}
+
+func (g *pubGate) Reset() {
+	g.inner.Reset()
+	g.mu.Lock()
+	clear(g.keys)
+	g.mu.Unlock()
+	g.room.Broadcast()
+}
