@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,8 +74,11 @@ type Gateway struct {
 	started time.Time
 	// subscribed is true while the gateway is connected and subscribed to requests.
 	subscribed atomic.Bool
-	// lastOverload is when a request was last refused for overload (Unix ns).
-	lastOverload atomic.Int64
+	// When, under overload, a request was last refused (lastRefused), answered
+	// from its estimate at admission instead of queued (lastDegraded), and found
+	// every request handler busy, the MQTT client waiting for one (lastIngressWait);
+	// Unix ns, for /readyz.
+	lastRefused, lastDegraded, lastIngressWait atomic.Int64
 	// rejectLog logs rejected requests, sampled (rejectSampler): a device
 	// sending bad requests at a high rate must not flood the journal; every
 	// rejection is counted in sneakgate_rejected_total.
@@ -513,18 +517,36 @@ func (g *Gateway) fail(err error) {
 }
 
 // readiness says whether the gateway is serving: connected and subscribed to
-// requests, not stopping, and not refusing work for overload. It returns "" when
-// ready, else the reason.
+// requests, not stopping, and not overloaded (in the last second, refusing
+// requests, answering them from their estimate instead of queueing them, or
+// leaving the MQTT client waiting for a request handler). It returns "" when
+// ready, else the reason: what the gateway did of these.
 func (g *Gateway) readiness() string {
-	switch q := g.loop.Queued(); {
+	switch {
 	case g.draining.Load():
 		return "shutting down"
 	case !g.subscribed.Load():
 		return g.link.notServing(g.client.IsConnectionOpen())
-	case g.now().UnixNano()-g.lastOverload.Load() < int64(time.Second):
-		return fmt.Sprintf("overloaded: refusing requests (%d queued, about %s to drain)", q, g.estimatedWait().Round(time.Millisecond))
 	}
-	return ""
+	now := g.now().UnixNano()
+	var doing []string
+	for _, c := range []struct {
+		at   *atomic.Int64
+		what string
+	}{
+		{&g.lastRefused, "refusing requests"},
+		{&g.lastDegraded, "answering requests from their estimate instead of queueing them"},
+		{&g.lastIngressWait, "the request handlers are behind: the MQTT client waits for one, and the broker holds the requests it has not sent"},
+	} {
+		if at := c.at.Load(); at != 0 && now-at < int64(time.Second) {
+			doing = append(doing, c.what)
+		}
+	}
+	if len(doing) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("overloaded: %s (%d queued, about %s to drain)", strings.Join(doing, "; "),
+		g.loop.Queued(), g.estimatedWait().Round(time.Millisecond))
 }
 
 // serveHTTP serves /metrics, /healthz, /readyz (and the profiler) on

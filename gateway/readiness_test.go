@@ -281,3 +281,64 @@ func TestBrokerDownAtStart(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// TestReadinessSaysWhy: /readyz names what the overloaded gateway did in the
+// last second: refused requests, answered them from their estimate instead of
+// queueing them, or left the MQTT client waiting for a request handler (which
+// refuses nothing: the broker keeps the requests it has not sent). It used to
+// say "refusing requests" for all three.
+func TestReadinessSaysWhy(t *testing.T) {
+	input := make([]float32, 784)
+	const topic = "sneakgate/req/fashion/cam-1"
+	payload := func(id string) []byte {
+		return (&protocol.Payload{ID: id, DeadlineMS: 60000, SentAt: time.Now(), Input: input, B64: true}).Marshal()
+	}
+	const (
+		refusing = "refusing requests"
+		estimate = "answering requests from their estimate"
+		waiting  = "the request handlers are behind"
+	)
+	for _, tc := range []struct {
+		name           string
+		degradeRefused bool
+		act            func(g *Gateway)
+		want           string
+	}{
+		{"refused", false, func(g *Gateway) {
+			g.handle(arrival{msg: newFakeMessage(topic, payload("a")), at: g.now()})
+		}, refusing},
+		{"answered from the estimate", true, func(g *Gateway) {
+			g.handle(arrival{msg: newFakeMessage(topic, payload("b")), at: g.now()})
+		}, estimate},
+		{"waiting for a handler", false, func(g *Gateway) {
+			g.in <- arrival{} // the hand-off is full
+			close(g.stopIngress)
+			g.onMessage(nil, newFakeMessage(topic, payload("c"))) // waits, then gives up: stopping
+		}, waiting},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := handlerGateway(t, &fakeClient{}, tc.degradeRefused)
+			var skew time.Duration
+			g.now = func() time.Time { return time.Now().Add(skew) }
+			g.in, g.stopIngress = make(chan arrival, 1), make(chan struct{})
+			g.subscribed.Store(true)
+			if why := g.readiness(); why != "" {
+				t.Fatalf("before any overload: %q", why)
+			}
+			tc.act(g)
+			why := g.readiness()
+			if !strings.HasPrefix(why, "overloaded: ") {
+				t.Fatalf("readiness %q, want overloaded", why)
+			}
+			for _, s := range []string{refusing, estimate, waiting} {
+				if got := strings.Contains(why, s); got != (s == tc.want) {
+					t.Errorf("readiness %q: says %q: %v, want %v", why, s, got, !got)
+				}
+			}
+			skew = 2 * time.Second
+			if why := g.readiness(); why != "" {
+				t.Errorf("a second later: %q, want ready", why)
+			}
+		})
+	}
+}
