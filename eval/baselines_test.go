@@ -200,3 +200,20 @@ func TestCascadeInSimulator(t *testing.T) {
 	t.Logf("fashion tops-heavy load 2: cascade utility %.3f, escalated %.2f at threshold %.2f, shares %v",
 		m1.Utility, m1.Escalated, m1.Threshold, m1.VariantShare)
 }
+
+// TestParsePairs checks -cascade-first's parsing: app=variant pairs, nil for
+// none, an error for anything else.
+func TestParsePairs(t *testing.T) {
+	got, err := parsePairs(" fashion=cnn, satellite = mlp-small ")
+	if err != nil || len(got) != 2 || got["fashion"] != "cnn" || got["satellite"] != "mlp-small" {
+		t.Fatalf("parsePairs: %v, %v", got, err)
+	}
+	if got, err := parsePairs(""); err != nil || got != nil {
+		t.Fatalf("parsePairs(\"\"): %v, %v, want nil, nil", got, err)
+	}
+	for _, bad := range []string{"fashion", "=cnn", "fashion=", "fashion=cnn,x"} {
+		if _, err := parsePairs(bad); err == nil {
+			t.Errorf("parsePairs(%q): no error", bad)
+		}
+	}
+}

@@ -93,6 +93,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		out         = fs.String("out", "eval-out", "output directory for results.json and the plots")
 		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
 		quiet       = fs.Bool("quiet", false, "no progress bar")
+		cascFirst   = fs.String("cascade-first", "", "the cascade's first variant per application, app=variant[,app=variant] (default: each application's cheapest)")
 		estimator   = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
 		live        = fs.Bool("live", false, "drive the real gateway over MQTT with the device simulator and compare with the simulator's prediction")
 		liveRates   = fs.String("live-rates", "300", "with -live: request rates (per second) to run live")
@@ -141,6 +142,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	opts := scheduler.Options{MaxBatch: *maxBatch, Window: *window, Shrink: *shrink, PriceHorizon: *horizon}
+	if opts.CascadeFirst, err = parsePairs(*cascFirst); err != nil {
+		return fmt.Errorf("eval: -cascade-first: %w", err)
+	}
 	if *scenario != "" {
 		return mainScenario(ctx, fs, *scenario, "sneakgate eval "+strings.Join(args, " "), stdout, stderr)
 	}
@@ -184,7 +188,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *synthetic {
 		as = []*App{Synthetic(*seed)}
 	} else {
-		as, err = loadApps(ctx, *models, split(*apps), *profiles, *saveProf, *ortLib, *estimator, *noEngine, *maxBatch, stderr)
+		as, err = loadApps(ctx, *models, split(*apps), *profiles, *saveProf, *ortLib, *estimator, *noEngine, *maxBatch, opts.CascadeFirst, stderr)
 		if err != nil {
 			return err
 		}
@@ -348,7 +352,7 @@ const (
 )
 
 func loadApps(ctx context.Context, dir string, names []string, profPath, savePath, lib, estimator string, noEngine bool,
-	maxBatch int, stderr io.Writer) ([]*App, error) {
+	maxBatch int, cascadeFirst map[string]string, stderr io.Writer) ([]*App, error) {
 	if len(names) == 0 {
 		ms, _ := filepath.Glob(filepath.Join(dir, "*", "manifest.yaml"))
 		for _, m := range ms {
@@ -358,7 +362,7 @@ func loadApps(ctx context.Context, dir string, names []string, profPath, savePat
 			return nil, fmt.Errorf("eval: no manifest under %s (use -synthetic for the built-in app)", dir)
 		}
 	}
-	o := LoadOptions{MaxBatch: maxBatch, Profiles: Profiles{}, Estimator: estimator}
+	o := LoadOptions{MaxBatch: maxBatch, Profiles: Profiles{}, Estimator: estimator, CascadeFirst: cascadeFirst}
 	if profPath != "" {
 		p, err := ReadProfiles(profPath)
 		if err != nil {
@@ -400,6 +404,22 @@ func batchSizes(maxB int) []int {
 		out = append(out, b)
 	}
 	return append(out, maxB)
+}
+
+// parsePairs reads "k=v[,k=v]" into a map (nil for "").
+func parsePairs(s string) (map[string]string, error) {
+	var out map[string]string
+	for _, x := range split(s) {
+		k, v, ok := strings.Cut(x, "=")
+		if k, v = strings.TrimSpace(k), strings.TrimSpace(v); !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("%q is not app=variant", x)
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 func split(s string) []string {

@@ -56,6 +56,9 @@ type LoadOptions struct {
 	Profiles Profiles
 	// MaxBatch is the largest batch size the latency table covers.
 	MaxBatch int
+	// CascadeFirst names, per application, the cascade's first variant
+	// (scheduler.Options.CascadeFirst; default the cheapest).
+	CascadeFirst map[string]string
 	// Estimator names the manifest's SneakPeek estimator to use: "" is the
 	// manifest's first (what the gateway uses by default), StandIn the stand-in
 	// (the cheapest variant's softmax; needs the engine).
@@ -204,7 +207,7 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 			}
 		}
 		if m.Validation != nil {
-			c, err := cascadeConfig(o.Engine, m, sa, o.MaxBatch)
+			c, err := cascadeConfig(o.Engine, m, sa, scheduler.Options{MaxBatch: o.MaxBatch, CascadeFirst: o.CascadeFirst})
 			if err != nil {
 				return nil, err
 			}
@@ -269,21 +272,25 @@ func difficultyOf(m *manifest.App, set *dataset.Set, est [][]float64) ([][]float
 }
 
 // cascadeConfig measures the cascade policy's operating curve on the validation
-// split: the cheapest variant (smallest amortised time per request) and the most
-// accurate one are run on every validation sample; the curve is the utility of
-// escalating the cheap answers below each confidence threshold.
-func cascadeConfig(e *engine.Engine, m *manifest.App, sa *scheduler.App, maxBatch int) (*scheduler.CascadeConfig, error) {
+// split: the first variant (o.CascadeFirst's, else the cheapest by amortised time
+// per request) and the most accurate one are run on every validation sample; the
+// curve is the utility of escalating the first answers below each confidence
+// threshold.
+func cascadeConfig(e *engine.Engine, m *manifest.App, sa *scheduler.App, o scheduler.Options) (*scheduler.CascadeConfig, error) {
 	set, err := dataset.Read(m.Path(m.Validation.File))
 	if err != nil {
 		return nil, err
 	}
-	cheap, better := scheduler.CascadePair(sa, maxBatch)
+	cheap, better, err := scheduler.CascadePair(sa, o)
+	if err != nil {
+		return nil, err
+	}
 	if cheap == better {
 		return &scheduler.CascadeConfig{Cheap: cheap, Better: better}, nil
 	}
 	run := func(mi int) ([][]float64, error) {
 		v := sa.Variants[mi]
-		return runAll(e, engine.VariantID{App: v.ID.App, Variant: v.ID.Variant}, set, maxBatch)
+		return runAll(e, engine.VariantID{App: v.ID.App, Variant: v.ID.Variant}, set, o.MaxBatch)
 	}
 	pc, err := run(cheap)
 	if err != nil {

@@ -41,7 +41,8 @@ type appRuntime struct {
 	// diff, if not nil, is the per-sample difficulty model (see AppConfig.ClassBased).
 	diff *sneakpeek.Difficulty
 	// cascade is the version's cascade curve when the policy is the cascade
-	// (measured by Reload; the start-up versions' are given to NewCascade).
+	// (measured by newPolicy at start-up, which gives it to NewCascade, and by
+	// Reload).
 	cascade *scheduler.CascadeConfig
 
 	// key registers the version's variants in the engine: the application's
@@ -330,7 +331,7 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 	}
 	if err := scheduler.ValidateFixed(sched, g.cfg.SchedulerOptions()); err != nil {
 		undo()
-		return res, fmt.Errorf("gateway: %w: scheduler.fixed_variant: %v", ErrConfig, err)
+		return res, fmt.Errorf("gateway: %w: scheduler.fixed_variant or cascade_first: %v", ErrConfig, err)
 	}
 	for _, s := range [][]string{res.Added, res.Changed, res.Removed, res.Unchanged} {
 		slices.Sort(s)

@@ -31,6 +31,7 @@ func (g *Gateway) newPolicy(ctx context.Context) (scheduler.Policy, error) {
 			return nil, err
 		}
 		cfg[name] = c
+		a.cascade = &c
 	}
 	p, err := scheduler.NewCascade(o, cfg)
 	if err != nil {
@@ -39,13 +40,16 @@ func (g *Gateway) newPolicy(ctx context.Context) (scheduler.Policy, error) {
 	return p, nil
 }
 
-// measureCascade runs a's cheapest and most accurate variants over (up to
-// cascadeRows of) its validation split and builds its cascade curve. An
-// application without a validation split never escalates (everything on its
-// cheapest variant would be wrong, so the configuration is cheap = better =
-// the most accurate).
+// measureCascade runs a's first (scheduler.cascade_first, else the cheapest) and
+// most accurate variants over (up to cascadeRows of) its validation split and
+// builds its cascade curve. An application without a validation split never
+// escalates (everything on its first variant would be wrong, so the
+// configuration is cheap = better = the most accurate).
 func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (scheduler.CascadeConfig, error) {
-	cheap, better := scheduler.CascadePair(a.sched, g.cfg.Scheduler.MaxBatch)
+	cheap, better, err := scheduler.CascadePair(a.sched, g.cfg.SchedulerOptions())
+	if err != nil {
+		return scheduler.CascadeConfig{}, fmt.Errorf("gateway: %w: scheduler.cascade_first: %v", ErrConfig, err)
+	}
 	if a.m.Validation == nil || cheap == better {
 		if a.m.Validation == nil {
 			g.log.Warn().Str("app", a.m.Name).Msg("cascade: no validation split in the manifest; every request runs on the most accurate variant")

@@ -74,13 +74,15 @@ func TestLoopRunsCascadeSecondPasses(t *testing.T) {
 }
 
 // scheduler.policy: cascade end to end: the gateway measures the curve on the
-// validation split, serves on the cheap and the better variants, and measures
+// validation split, serves on the first and the better variants (satellite's
+// first named by scheduler.cascade_first, fashion's the cheapest), and measures
 // a reloaded application's curve too.
 func TestCascadePolicyEndToEnd(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	const sat = "../models/satellite/manifest.yaml"
 	cfg.Scheduler.Policy = PolicyCascade
+	cfg.Scheduler.CascadeFirst = map[string]string{"satellite": "mlp-small"}
 	cfg.Apps = []AppConfig{{Manifest: sat}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -95,7 +97,16 @@ func TestCascadePolicyEndToEnd(t *testing.T) {
 	for _, app := range []string{"satellite", "fashion"} {
 		m, rows := appSamples(t, "../models/"+app+"/manifest.yaml")
 		rt, _ := r.g.app(app)
-		cheap, better := scheduler.CascadePair(rt.sched, cfg.Scheduler.MaxBatch)
+		cheap, better, err := scheduler.CascadePair(rt.sched, cfg.SchedulerOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]string{"satellite": "mlp-small", "fashion": "logreg"}[app]; m.Variants[cheap].Name != want {
+			t.Fatalf("%s: cascade runs %s first, want %s", app, m.Variants[cheap].Name, want)
+		}
+		if rt.cascade == nil || rt.cascade.Cheap != cheap || rt.cascade.Better != better {
+			t.Fatalf("%s: the measured cascade is %+v, want first %d better %d", app, rt.cascade, cheap, better)
+		}
 		allowed := map[string]bool{m.Variants[cheap].Name: true, m.Variants[better].Name: true}
 		var appIDs []string
 		for i := range 150 {

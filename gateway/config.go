@@ -182,6 +182,10 @@ type SchedulerConfig struct {
 	Window        int               `yaml:"window"`
 	MaxQueueDelay time.Duration     `yaml:"max_queue_delay"`
 	FixedVariant  map[string]string `yaml:"fixed_variant"`
+	// CascadeFirst names, per application, the variant the cascade policy runs
+	// first (default: the cheapest). docs/evaluation.md ("The cascade's first
+	// variant") shows that a mid-sized first variant can beat the cheapest.
+	CascadeFirst map[string]string `yaml:"cascade_first"`
 	// Shrink is scheduler.Options.Shrink for the data-aware policies.
 	Shrink float64 `yaml:"shrink"`
 	// PriceHorizon is scheduler.Options.PriceHorizon (0: price over the window).
@@ -500,7 +504,8 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 	return scheduler.Options{
 		MaxBatch: c.Scheduler.MaxBatch, Window: c.Scheduler.Window,
 		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
-		Shrink: c.Scheduler.Shrink, PriceHorizon: c.Scheduler.PriceHorizon,
+		CascadeFirst: c.Scheduler.CascadeFirst,
+		Shrink:       c.Scheduler.Shrink, PriceHorizon: c.Scheduler.PriceHorizon,
 	}
 }
 

@@ -414,16 +414,25 @@ func (h *cascadeHeap) Pop() any {
 	return x
 }
 
-// CascadePair returns the variants of a's cascade: the cheapest (smallest
-// amortised time per request at batches up to maxBatch) and the most accurate
-// (the application's default variant).
-func CascadePair(a *App, maxBatch int) (cheap, better int) {
+// CascadePair returns the variants of a's cascade: the first pass's, o.CascadeFirst's
+// variant for a or else the cheapest (smallest amortised time per request at
+// batches up to o.MaxBatch), and the most accurate (the application's default
+// variant). It fails when o.CascadeFirst names a variant a does not have.
+func CascadePair(a *App, o Options) (cheap, better int, err error) {
+	o = o.withDefaults()
+	if name, ok := o.CascadeFirst[a.Name]; ok {
+		i := slices.IndexFunc(a.Variants, func(v *Variant) bool { return v.ID.Variant == name })
+		if i < 0 {
+			return 0, 0, fmt.Errorf("scheduler: cascade first variant: app %s has no variant %q", a.Name, name)
+		}
+		return i, a.DefaultVariant, nil
+	}
 	for i, v := range a.Variants {
-		if Amortised(v, maxBatch) < Amortised(a.Variants[cheap], maxBatch) {
+		if Amortised(v, o.MaxBatch) < Amortised(a.Variants[cheap], o.MaxBatch) {
 			cheap = i
 		}
 	}
-	return cheap, a.DefaultVariant
+	return cheap, a.DefaultVariant, nil
 }
 
 // CascadeFromOutputs builds a's cascade configuration from the two variants'

@@ -282,3 +282,37 @@ func TestCascadeBoundedVerdictBound(t *testing.T) {
 		t.Fatalf("bounded and whole-queue decisions differ:\n%s\n%s", describe(ds[1]), describe(ds[0]))
 	}
 }
+
+// TestCascadePairFirst checks the choice of the cascade's variants: the cheapest
+// first by default, Options.CascadeFirst's when named, an error for a variant the
+// application does not have, and ValidateFixed's checks of the option.
+func TestCascadePairFirst(t *testing.T) {
+	a := testApp()
+	mid := &Variant{
+		ID: VariantID{"app", "mid"}, Index: 2, Recall: []float64{0.98, 0.9},
+		Cond: [][]float64{{0.98, 0.02}, {0.1, 0.9}}, Latency: linear(ms(2), ms(0.5), 32),
+	}
+	a.Variants = append(a.Variants, mid)
+	cheap, better, err := CascadePair(a, Options{})
+	if err != nil || cheap != 0 || better != 1 {
+		t.Fatalf("default: cheap %d better %d err %v, want 0 1 nil", cheap, better, err)
+	}
+	o := Options{CascadeFirst: map[string]string{"app": "mid"}}
+	cheap, better, err = CascadePair(a, o)
+	if err != nil || cheap != 2 || better != 1 {
+		t.Fatalf("CascadeFirst mid: cheap %d better %d err %v, want 2 1 nil", cheap, better, err)
+	}
+	apps := map[string]*App{"app": a}
+	if err := ValidateFixed(apps, o); err != nil {
+		t.Fatalf("ValidateFixed(mid): %v", err)
+	}
+	for _, bad := range []map[string]string{{"app": "nope"}, {"other": "mid"}} {
+		o := Options{CascadeFirst: bad}
+		if err := ValidateFixed(apps, o); err == nil {
+			t.Errorf("ValidateFixed(%v): no error", bad)
+		}
+	}
+	if _, _, err := CascadePair(a, Options{CascadeFirst: map[string]string{"app": "nope"}}); err == nil {
+		t.Error("CascadePair with an unknown first variant: no error")
+	}
+}

@@ -127,8 +127,8 @@ func expireApp(vs []Verdict, q []*Request, a *App) []Verdict {
 	return vs
 }
 
-// ValidateFixed checks that every FixedVariant option names a variant of a known
-// application.
+// ValidateFixed checks that every FixedVariant and CascadeFirst option names a
+// variant of a known application.
 func ValidateFixed(apps map[string]*App, o Options) error {
 	for app := range o.FixedVariant {
 		a, ok := apps[app]
@@ -136,6 +136,15 @@ func ValidateFixed(apps map[string]*App, o Options) error {
 			return fmt.Errorf("scheduler: fixed variant for unknown app %q", app)
 		}
 		if _, err := fixedVariant(a, o); err != nil {
+			return err
+		}
+	}
+	for app := range o.CascadeFirst {
+		a, ok := apps[app]
+		if !ok {
+			return fmt.Errorf("scheduler: cascade first variant for unknown app %q", app)
+		}
+		if _, _, err := CascadePair(a, o); err != nil {
 			return err
 		}
 	}

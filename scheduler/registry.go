@@ -16,6 +16,9 @@ type Options struct {
 	// FixedVariant names, per application, the variant a fixed-variant policy uses;
 	// an application not named uses its most accurate variant.
 	FixedVariant map[string]string
+	// CascadeFirst names, per application, the variant the cascade runs first;
+	// an application not named runs its cheapest variant first (CascadePair).
+	CascadeFirst map[string]string
 	// MaxQueueDelay is how long a batching policy may hold a request to fill a batch.
 	MaxQueueDelay time.Duration
 	// ExhaustiveGroups is the most groups a searching policy orders exhaustively;
