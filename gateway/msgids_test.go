@@ -330,4 +330,11 @@ func TestBacklogBeyondInflightPublishes(t *testing.T) {
 			t.Errorf("%s answered %d times", id, c)
 		}
 	}
+	gw.stop(t) // a clean stop with nothing in flight leaves every gauge at 0
+	for _, name := range []string{"sneakgate_unjournaled_replies_in_flight", "sneakgate_unjournaled_replies_waiting",
+		"sneakgate_mqtt_publishes_in_flight"} {
+		if v := metricValue(t, reg, name); v != 0 {
+			t.Errorf("%s = %v after the gateway stopped, want 0", name, v)
+		}
+	}
 }
