@@ -437,8 +437,11 @@ func (e *egress) owedSender() {
 			}
 			// The head stays in waiting while this waits, so that Owe queues
 			// behind it instead of taking the place it waits for.
-			if !e.gate.acquire(false) { // counted when it was queued
-				return // closed
+			if err := e.gate.acquire(context.Background(), false); err != nil { // counted when it was queued
+				if errors.Is(err, errStopping) {
+					return
+				}
+				continue // connection lost: its replies were dropped (connectionLost)
 			}
 			e.owedMu.Lock()
 			if e.owedClosed || len(e.waiting) == 0 { // closed, or dropped by connectionLost
@@ -472,6 +475,7 @@ func (e *egress) owedSender() {
 // when the session resumes.
 func (e *egress) connectionLost() {
 	e.conn.Add(1)
+	e.gate.interrupt() // publishers waiting for a place: not connected
 	e.owedMu.Lock()
 	n := len(e.waiting)
 	e.waiting = nil
@@ -536,7 +540,7 @@ func (e *egress) sendAnswers(batch []*answerMsg) {
 	// place as it is handed over, but the wait for the broker's PUBACKs (every
 	// place taken) is not between their stamp and their hand-over. Closed while
 	// waiting: they stay unsent.
-	open := e.client.IsConnectionOpen() && e.gate.waitRoom()
+	open := e.client.IsConnectionOpen() && e.gate.waitRoom(context.Background()) == nil
 	now := e.now()
 	type built struct {
 		a       *answerMsg
@@ -594,7 +598,7 @@ func (e *egress) sendAnswers(batch []*answerMsg) {
 		if !b.a.queued.IsZero() {
 			e.observeDelay(e.now().Sub(b.a.queued))
 		}
-		hs[i] = e.handOver(b.a.topic, b.a.key, b.a.deadline, b.rep.App, b.rep.Status, b.payload)
+		hs[i] = e.handOver(context.Background(), b.a.topic, b.a.key, b.a.deadline, b.rep.App, b.rep.Status, b.payload)
 		hs[i].written = written
 	}
 	if len(hs) > 0 {
@@ -619,17 +623,17 @@ type handedOver struct {
 
 // handOver hands a reply already in the outbox, whose key the caller claimed, to
 // the MQTT client without waiting; finishAnswer waits for the outcome.
-func (e *egress) handOver(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) *handedOver {
+func (e *egress) handOver(ctx context.Context, topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) *handedOver {
 	h := &handedOver{topic: topic, key: key, flushBy: flushBy, app: app, status: status, payload: payload,
 		written: true}
-	h.tok, h.err = e.startPublish(topic, payload)
+	h.tok, h.err = e.startPublish(ctx, topic, payload)
 	h.at = e.now() // the publish timeout counts from the hand-over, after any wait for a place
 	return h
 }
 
 // publishAnswer hands a reply over and waits for the outcome (finishAnswer).
-func (e *egress) publishAnswer(topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) bool {
-	return e.finishAnswer(e.handOver(topic, key, flushBy, app, status, payload))
+func (e *egress) publishAnswer(ctx context.Context, topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) bool {
+	return e.finishAnswer(e.handOver(ctx, topic, key, flushBy, app, status, payload))
 }
 
 // finishAnswer waits for the broker's acknowledgement of a reply handed over
@@ -685,7 +689,7 @@ func (e *egress) sendRaw(r rawMsg) {
 		e.m.dropped.WithLabelValues(string(r.status)).Inc()
 		return
 	}
-	if _, err := e.publish(r.topic, r.payload); err != nil && !errors.Is(err, errPublishTimeout) {
+	if _, err := e.publish(context.Background(), r.topic, r.payload); err != nil && !errors.Is(err, errPublishTimeout) {
 		// On a timeout the MQTT client still holds it and sends it after all.
 		e.m.dropped.WithLabelValues(string(r.status)).Inc()
 		return
@@ -822,13 +826,14 @@ func (e *egress) appLabel(app string) string {
 
 // startPublish hands payload to the MQTT client at QoS 1 without waiting for
 // the PUBACK. It waits for a place at the gate (a packet id the client can
-// give it); errStopping once Close has closed the gate.
-func (e *egress) startPublish(topic string, payload []byte) (mqtt.Token, error) {
+// give it): errStopping once Close has closed the gate, errNotConnected when the
+// connection is lost meanwhile, ctx's error when it ends first.
+func (e *egress) startPublish(ctx context.Context, topic string, payload []byte) (mqtt.Token, error) {
 	if !e.client.IsConnectionOpen() {
 		return nil, errNotConnected
 	}
-	if !e.gate.acquire(true) {
-		return nil, errStopping
+	if err := e.gate.acquire(ctx, true); err != nil {
+		return nil, err
 	}
 	defer e.gate.entered()
 	if !e.client.IsConnectionOpen() { // lost while it waited
@@ -863,8 +868,8 @@ var (
 // publish publishes at QoS 1 and waits for the PUBACK up to the timeout. On
 // errPublishTimeout the returned token is still pending: the client keeps the
 // message and resends it after a reconnect.
-func (e *egress) publish(topic string, payload []byte) (mqtt.Token, error) {
-	t, err := e.startPublish(topic, payload)
+func (e *egress) publish(ctx context.Context, topic string, payload []byte) (mqtt.Token, error) {
+	t, err := e.startPublish(ctx, topic, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -923,6 +928,13 @@ func (e *egress) flush(ctx context.Context) {
 		if !e.claim(oe.Key) {
 			continue // being published, or its first publish may still be acknowledged
 		}
+		// Wait for the client to have a packet id for it (an unsent reply is
+		// stamped when it can go out), at most until the flusher stops or the
+		// connection is lost.
+		if err := e.gate.waitRoom(ctx); err != nil {
+			e.release(oe.Key)
+			return
+		}
 		// The list is a snapshot: since it was read, a worker may have completed
 		// this entry, or turned it from sent into unsent. Act on it as it is now.
 		cur, err := e.journal.OutboxEntry(oe.Key)
@@ -936,7 +948,6 @@ func (e *egress) flush(ctx context.Context) {
 		oe = *cur
 		payload, status := oe.Reply, protocol.Status("")
 		if oe.Unsent {
-			e.gate.waitRoom() // stamped when the client can take it
 			rep, err := protocol.ParseReply(oe.Reply)
 			if err != nil {
 				e.log.Error().Err(err).Stringer("key", oe.Key).Msg("unreadable reply in the outbox: published as it is")
@@ -961,7 +972,7 @@ func (e *egress) flush(ctx context.Context) {
 				status = rep.Status
 			}
 		}
-		if !e.publishAnswer(oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload) { // releases the key
+		if !e.publishAnswer(ctx, oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload) { // releases the key
 			e.log.Warn().Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}

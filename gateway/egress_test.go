@@ -604,8 +604,34 @@ func TestOwedRepliesWaitForAPacketID(t *testing.T) {
 			t.Errorf("publish_failures_total = %v, want 1 (b, not sent)", f)
 		}
 
-		// Full again: an owed reply and an answer wait; Close ends both waits.
+		// Full again: an answer waits for a place; the connection is lost, and
+		// it is kept unsent instead (the place frees only on a later connection).
+		// The flusher waits too, until it is stopped.
 		hold("o.2")
+		lost := store.Key{App: "a", Device: "d", ID: "lost"}
+		e.Answer(okAnswer(lost, time.Now().Add(time.Hour)))
+		synctest.Wait()
+		e.connectionLost()
+		synctest.Wait()
+		j.locked(func() {
+			if _, ok := j.outbox[lost]; !ok || !j.unsent[lost] {
+				t.Errorf("an answer waiting for a place when the connection was lost: in the outbox %v, unsent %v; want kept unsent", ok, j.unsent[lost])
+			}
+		})
+		flushCtx, stopFlush := context.WithCancel(context.Background())
+		flushed := make(chan struct{})
+		go func() { e.flush(flushCtx); close(flushed) }()
+		synctest.Wait()
+		stopFlush()
+		synctest.Wait()
+		select {
+		case <-flushed:
+		default:
+			t.Fatal("the flusher, waiting for a place, did not stop with its context")
+		}
+		check("the flusher stopped", 1, []string{"a"}, 0)
+
+		// An owed reply and an answer wait; Close ends both waits.
 		owe("c")
 		k := store.Key{App: "a", Device: "d", ID: "answer"}
 		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"strings"
 	"sync"
 
@@ -35,7 +36,10 @@ const (
 //
 // Waiting for a place waits for PUBACKs, which paho reads on the connection
 // behind the request messages it delivers: nothing that the MQTT client's
-// message handler waits for may wait here (egress.Owe never does).
+// message handler waits for may wait here (egress.Owe never does). A wait ends
+// without a place when the gate is closed (errStopping), when the connection is
+// lost (interrupt: errNotConnected; the places held then free only once a later
+// connection's resends are acknowledged) or when the waiter's context ends.
 type pubGate struct {
 	inner mqtt.Store
 	limit int
@@ -48,6 +52,7 @@ type pubGate struct {
 	keys     map[string]bool // outbound packets stored
 	entering int             // acquired, Publish not returned yet
 	closed   bool
+	lost     uint64 // interrupts so far
 }
 
 func newPubGate(limit int) *pubGate {
@@ -66,39 +71,67 @@ func (g *pubGate) inFlight() int {
 
 func (g *pubGate) full() bool { return len(g.keys)+g.entering >= g.limit }
 
-// acquire waits for a place and takes it; false once the gate is closed. A
-// wait is counted (waited) when count is set.
-func (g *pubGate) acquire(count bool) bool {
+// acquire waits for a place and takes it (see pubGate for the errors). A wait
+// is counted (waited) when count is set.
+func (g *pubGate) acquire(ctx context.Context, count bool) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.wait(count) {
-		return false
+	if err := g.wait(ctx, count); err != nil {
+		return err
 	}
 	g.entering++
-	return true
+	return nil
 }
 
 // waitRoom waits until a place is free, without taking it (counted like
-// acquire's); false once the gate is closed.
-func (g *pubGate) waitRoom() bool {
+// acquire's).
+func (g *pubGate) waitRoom(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.wait(true) {
-		return false
+	if err := g.wait(ctx, true); err != nil {
+		return err
 	}
 	g.room.Signal() // the place is still free: pass the wake-up on
-	return true
+	return nil
 }
 
-// wait waits, g.mu held, until a place is free or the gate is closed.
-func (g *pubGate) wait(count bool) bool {
-	if count && !g.closed && g.full() && g.waited != nil {
-		g.waited()
+// wait waits, g.mu held, until a place is free, or the wait ends without one.
+func (g *pubGate) wait(ctx context.Context, count bool) error {
+	if !g.closed && g.full() {
+		if count && g.waited != nil {
+			g.waited()
+		}
+		if ctx.Done() != nil {
+			defer context.AfterFunc(ctx, func() {
+				g.mu.Lock() // not before this waiter waits: it holds mu until then
+				g.mu.Unlock()
+				g.room.Broadcast()
+			})()
+		}
 	}
-	for !g.closed && g.full() {
+	lost := g.lost
+	for !g.closed && g.full() && g.lost == lost && ctx.Err() == nil {
 		g.room.Wait()
 	}
-	return !g.closed
+	switch {
+	case g.closed:
+		return errStopping
+	case g.lost != lost:
+		return errNotConnected
+	case !g.full():
+		return nil
+	}
+	return ctx.Err()
+}
+
+// interrupt ends the waits in progress (errNotConnected): the connection was
+// lost, and the places they wait for free only once a later connection has
+// resent what the client holds and the broker has acknowledged it.
+func (g *pubGate) interrupt() {
+	g.mu.Lock()
+	g.lost++
+	g.mu.Unlock()
+	g.room.Broadcast()
 }
 
 // tryAcquire takes a place if one is free now.
