@@ -193,6 +193,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg.Scheduler.MaxQueueDelay = d.MaxQueueDelay
 	cfg.Scheduler.Shrink = o.Shrink // the same valuation as the simulated point
 	cfg.Scheduler.PriceHorizon = o.PriceHorizon
+	cfg.Scheduler.CascadeFirst = o.CascadeFirst
 	cfg.Scheduler.LatencyCorrection = !c.NoLatencyCorrection
 	if c.MaxQueue > 0 {
 		cfg.Admission.MaxQueue = c.MaxQueue
