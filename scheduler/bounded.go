@@ -35,8 +35,26 @@ import (
 //   - the price counts the requests after V in the backlog as the whole
 //     queue's decision does (decisionState.extraBacklog).
 //
+// A policy that groups by class (sneakpeek) keeps its index and the largest
+// stake per application and class (queueIndex.class, workHist.classPriority),
+// and after the queue has turned over a prefix by deadline no longer serves
+// it: the classes it values most have been served far ahead while the others
+// wait at near deadlines, so the window reaches past any short prefix by
+// deadline, and the fill's class has few requests left in it. So for it:
+//
+//   - V is the L requests with the highest priority bound, a class's largest
+//     stake over its time left (takeByClass): per class a prefix by deadline.
+//     The verdict and shedding bounds hold as above (dl_next is the earliest
+//     deadline after V; shedding nothing over the whole queue, the walk sheds
+//     nothing over any part of it), and the window's bound is the highest
+//     bound of the classes' next requests;
+//   - the fill takes the candidates of its classes beyond V from the index in
+//     deadline order (pullFill) until the class's bound from the next one is
+//     below the lowest priority the fill would take.
+//
 // When a bound fails, L doubles; past a quarter of the queue the decision is
-// made over the whole queue. TestBoundedDecisionEqualsFull checks the
+// made over the whole queue. TestBoundedDecisionEqualsFull and, after the
+// queue has turned over, TestBoundedDecisionEqualsFullTurnedOver check the
 // equivalence over long random runs.
 
 // boundedMin is the queue length from which a searching policy tries a bounded
@@ -53,6 +71,11 @@ type boundInfo struct {
 	on    bool
 	short bool
 	low   float64
+	// pull, when not nil, gives the fill the requests of a class beyond the
+	// prefix (a policy that groups by class); filledBeyond records that the
+	// fill took one.
+	pull         *classPull
+	filledBeyond bool
 }
 
 func (b *boundInfo) took(pri float64) {
@@ -94,6 +117,7 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 		return Decision{}, false
 	}
 	p.ix.deadline = true
+	p.ix.class = p.hist.classes
 	p.ix.sync(s)
 	defer p.ix.restore()
 	if p.ix.broken {
@@ -102,14 +126,20 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 	target := max(boundedStart*p.o.Window, 512)
 	var v []*Request
 	for {
-		for len(v) < target {
-			r := p.ix.popEarliest(target - len(v) - 1)
-			if r == nil {
-				break
+		var next *Request
+		restPri := math.Inf(1)
+		if p.ix.class {
+			v, next, restPri = p.takeByClass(s.Now, probe, v, target)
+		} else {
+			for len(v) < target {
+				r := p.ix.popEarliest(target - len(v) - 1)
+				if r == nil {
+					break
+				}
+				v = append(v, r)
 			}
-			v = append(v, r)
+			next = p.ix.peekEarliest()
 		}
-		next := p.ix.peekEarliest()
 		if p.ix.broken || next == nil || 4*len(v) > len(s.Queue) {
 			return Decision{}, false
 		}
@@ -119,15 +149,167 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 			sub.Queue = slices.Clone(v)
 			slices.SortFunc(sub.Queue, func(a, b *Request) int { return cmp.Compare(a.Seq, b.Seq) })
 			p.bound = boundInfo{on: true, low: math.Inf(1)}
+			if p.ix.class {
+				p.pull.reset(&p.ix, &p.hist)
+				p.bound.pull = &p.pull
+			}
 			d := p.decideOn(&sub, arrivals, len(s.Queue)-len(v))
 			b := p.bound
 			p.bound = boundInfo{}
-			if !b.short && p.hist.restPriority(s.Now, next.Deadline) < b.low {
+			if !p.ix.class && !b.short {
+				restPri = p.hist.restPriority(s.Now, next.Deadline)
+			}
+			if !b.short && !p.ix.broken && restPri < b.low {
+				p.pull.reset(nil, nil)
 				p.boundedHits++
+				if b.filledBeyond {
+					p.beyondHits++
+				}
 				return d, true
 			}
+			// What the fill took beyond the prefix goes back, for a longer
+			// prefix to take in deadline order.
+			p.pull.giveBack()
+			p.pull.reset(nil, nil)
 		}
 		target *= 2
+	}
+}
+
+// classHead is the next request of one class's deadline queue beyond the
+// prefix (takeByClass), and the largest priority it or any later one of the
+// class may have.
+type classHead struct {
+	ai    *appIndex
+	e     keyEntry
+	bound float64
+	ok    bool
+}
+
+// takeByClass grows the prefix v of a policy whose index is kept per class
+// to target requests, taking next the class's request whose priority bound
+// (workHist.classPriority from its deadline) is the highest, the earlier
+// deadline on ties: in a queue where some classes wait at near deadlines
+// while others are served far ahead, the window then lies within the
+// prefix. It returns the prefix, the earliest-deadline request after it (nil
+// when none is left, or the index broke) and the largest priority of any
+// request after it (the highest bound of the classes' next requests).
+func (p *searching) takeByClass(now time.Time, probe *decisionState, v []*Request, target int) ([]*Request, *Request, float64) {
+	x := &p.ix
+	hs := p.heads[:0]
+	share := (target - len(v)) / max(len(x.byApp), 1)
+	head := func(h *classHead) {
+		e := x.peek(h.ai, share)
+		h.ok = e != nil
+		if h.ok {
+			h.e = *e
+			h.bound = p.hist.classPriority(h.ai.app, h.ai.class, now, e.r.Deadline, probe.info(h.ai.app).fastest)
+		}
+	}
+	for _, ai := range x.byApp {
+		hs = append(hs, classHead{ai: ai})
+		head(&hs[len(hs)-1])
+	}
+	p.heads = hs
+	best := func() *classHead {
+		var b *classHead
+		for i := range hs {
+			h := &hs[i]
+			if h.ok && (b == nil || h.bound > b.bound || !(h.bound < b.bound) && keyEntryLess(h.e, b.e)) {
+				b = h
+			}
+		}
+		return b
+	}
+	for len(v) < target && !x.broken {
+		h := best()
+		if h == nil {
+			break
+		}
+		x.take(h.ai)
+		v = append(v, h.e.r)
+		head(h)
+	}
+	if x.broken {
+		return v, nil, math.Inf(1)
+	}
+	var next *Request
+	rest := math.Inf(-1)
+	for i := range hs {
+		if h := &hs[i]; h.ok {
+			if next == nil || keyEntryLess(h.e, keyEntry{next.Deadline.Sub(x.ref), next}) {
+				next = h.e.r
+			}
+			rest = max(rest, h.bound)
+		}
+	}
+	return v, next, rest
+}
+
+// classPull takes, for the fill of a decision over a prefix (pullFill), the
+// requests of a class beyond the prefix from the queue index kept per class,
+// in deadline order; a later round of the same decision finds those taken.
+type classPull struct {
+	ix   *queueIndex
+	hist *workHist
+	keys []*pullKey
+}
+
+// pullKey is what classPull took of one application's class.
+type pullKey struct {
+	app   *App
+	class int
+	ai    *appIndex // nil when the index holds none of the class
+	rs    []*Request
+	done  bool
+}
+
+func noSkip(*Request) bool { return false }
+
+// reset forgets what was taken (to be used with ix and hist).
+func (c *classPull) reset(ix *queueIndex, hist *workHist) {
+	c.ix, c.hist = ix, hist
+	clear(c.keys)
+	c.keys = c.keys[:0]
+}
+
+// key is app's class's record.
+func (c *classPull) key(app *App, class int) *pullKey {
+	for _, k := range c.keys {
+		if k.app == app && k.class == class {
+			return k
+		}
+	}
+	k := &pullKey{app: app, class: class, ai: c.ix.ofClass(app, class)}
+	c.keys = append(c.keys, k)
+	return k
+}
+
+// at is the i-th request of k's class beyond the prefix, by deadline (taken
+// from the index if not yet); nil when there is none (or the index broke).
+// more is how many the caller may take after it.
+func (c *classPull) at(k *pullKey, i, more int) *Request {
+	for len(k.rs) <= i {
+		if k.done || k.ai == nil || c.ix.broken {
+			return nil
+		}
+		r := c.ix.nextByDeadline(k.ai, noSkip, more)
+		if r == nil {
+			k.done = true
+			return nil
+		}
+		k.rs = append(k.rs, r)
+	}
+	return k.rs[i]
+}
+
+// giveBack returns what was taken to the index (queueIndex.untake), so that
+// the index again hands out every request after the prefix in order.
+func (c *classPull) giveBack() {
+	for _, k := range c.keys {
+		if k.ai != nil {
+			c.ix.untake(k.ai, len(k.rs))
+		}
 	}
 }
 
@@ -163,6 +345,14 @@ type workHist struct {
 	seen    uint64
 	decided []*Request
 	age     int
+	// classes keeps, per application and class (Request.Class), the largest
+	// stake among its requests (cstake[app][class+1], never lowered until a
+	// rebuild), for classPriority; lastApp and lastStake cache the last
+	// lookup.
+	classes   bool
+	cstake    map[*App][]float64
+	lastApp   *App
+	lastStake []float64
 }
 
 const (
@@ -234,6 +424,8 @@ func (h *workHist) rebuild(s *Snapshot, ctx histCtx) {
 	}
 	h.base, h.width = deadlineBuckets(s, histMaxBuckets)
 	h.work, h.stake = h.work[:0], h.stake[:0]
+	clear(h.cstake)
+	h.lastApp, h.lastStake = nil, nil
 	h.valid = true
 	for _, r := range s.Queue {
 		if !h.add(r) {
@@ -276,8 +468,56 @@ func (h *workHist) add(r *Request) bool {
 	}
 	h.work[b] += c
 	h.total += c
-	h.stake[b] = max(h.stake[b], h.ctx.stakeOf(r))
+	st := h.ctx.stakeOf(r)
+	h.stake[b] = max(h.stake[b], st)
+	if h.classes && !h.noteClass(r, st) {
+		h.valid = false
+		return false
+	}
 	return true
+}
+
+// noteClass counts r's stake st in its class's largest; false for a class
+// Prepare does not give.
+func (h *workHist) noteClass(r *Request, st float64) bool {
+	if r.App != h.lastApp {
+		if h.cstake == nil {
+			h.cstake = map[*App][]float64{}
+		}
+		h.lastApp, h.lastStake = r.App, h.cstake[r.App]
+	}
+	k := r.Class + 1
+	if k < 0 {
+		return false
+	}
+	if k >= len(h.lastStake) {
+		for len(h.lastStake) <= k {
+			h.lastStake = append(h.lastStake, math.Inf(-1))
+		}
+		h.cstake[r.App] = h.lastStake
+	}
+	h.lastStake[k] = max(h.lastStake[k], st)
+	return true
+}
+
+// classPriority bounds the priority of every queued request of app's class
+// whose deadline is at or after from (after now): the class's largest stake
+// over the time left, at least from - now and fastest (the application's
+// fastest variant, as the prepass counts it) for a stake that is not
+// negative, at most to the end of the last bucket for one that is; with a
+// margin for rounding. +Inf when the class's stake is not known.
+func (h *workHist) classPriority(app *App, class int, now, from time.Time, fastest time.Duration) float64 {
+	st := h.cstake[app]
+	k := class + 1
+	if k < 0 || k >= len(st) || math.IsInf(st[k], -1) {
+		return math.Inf(1)
+	}
+	x := st[k]
+	if x >= 0 {
+		return x / max(from.Sub(now), fastest).Seconds() * (1 + 1e-9)
+	}
+	end := h.base.Add(time.Duration(len(h.work)) * h.width).Sub(now)
+	return x / max(end, fastest).Seconds() * (1 - 1e-9)
 }
 
 // update brings the summary up to s: the decided requests that left are

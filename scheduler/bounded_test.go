@@ -112,6 +112,150 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 	}
 }
 
+// TestBoundedDecisionEqualsFullTurnedOver is TestBoundedDecisionEqualsFull
+// after the queue has turned over, as BenchmarkDecideSteady runs it: the
+// gateway's loop (each decision applied, the queue refilled to n at its tail,
+// the clock 10 us on), not overloaded but for one burst, for long enough that
+// most of the initial queue has been served. By then the classes the policy
+// values most have been served far ahead while the others wait at near
+// deadlines, so that a prefix by deadline no longer holds the window or the
+// fill: sneakpeek takes its prefix by class (takeByClass) and the fill's
+// candidates beyond it (pullFill). Every decision must equal the whole
+// queue's, most must be made over a prefix, and some of those must have
+// filled their batch from beyond the prefix (or the test would not test it).
+// oblivious (its prefix by deadline, most of its decisions here over the
+// whole queue) is checked for the equality only. In the spread case stakes
+// differ widely within a class (estimates of any confidence, a class whose
+// missing answer costs much), so that the per-class bounds overstate most
+// requests' priorities: the window's bound then matters (without it, a
+// decision differs).
+func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		spread bool
+	}{{"sneakpeek", false}, {"oblivious", false}, {"sneakpeek", true}} {
+		name := c.name
+		label := name
+		if c.spread {
+			label += "/spread"
+		}
+		t.Run(label, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(5, 17))
+			a := benchApp(rng)
+			b := benchApp(rng)
+			b.Name = "other"
+			for y := range b.Utility {
+				b.Utility[y][y] = 0.25
+			}
+			for _, v := range b.Variants {
+				v.ID.App = "other"
+				v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
+			}
+			if c.spread {
+				// Stakes that differ within a class: estimates of any
+				// confidence, and for b a wrong answer that costs as much
+				// as a right one gains, so that a class's largest stake
+				// overstates most of its requests' priorities.
+				for y := range b.Utility {
+					for yh := range b.Utility[y] {
+						if yh != y {
+							b.Utility[y][yh] = -0.25
+						}
+					}
+				}
+				for _, v := range b.Variants {
+					v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
+				}
+				b.NoAnswer = make([]float64, b.K)
+				b.NoAnswer[0] = -4
+			}
+			apps := map[string]*App{a.Name: a, b.Name: b}
+			mk := func() *searching {
+				p, err := New(name, Options{MaxQueueDelay: time.Nanosecond})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p.(*searching)
+			}
+			bounded, whole := mk(), mk()
+			whole.wholeQueue = true
+			now := t0.Add(time.Second)
+			const n = boundedMin + 1000
+			var q []*Request
+			seq := uint64(0)
+			arrive := func(k int, overloaded bool) {
+				for range k {
+					app := a
+					if rng.IntN(4) == 0 {
+						app = b
+					}
+					r := benchRequest(rng, app, seq, now, n, overloaded)
+					if c.spread {
+						p := make([]float64, app.K)
+						conf := 0.1 + 0.89*rng.Float64()
+						for y := range p {
+							p[y] = (1 - conf) / float64(app.K-1)
+						}
+						p[rng.IntN(app.K)] = conf
+						r = Prepare(app, seq, now, r.Deadline, p, nil)
+					}
+					q = append(q, r)
+					seq++
+				}
+			}
+			arrive(n, false)
+			resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
+			const steps = 360
+			for step := range steps {
+				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
+				db := bounded.Decide(s)
+				s2 := *s
+				dw := whole.Decide(&s2)
+				if diff := decisionDiff(db, dw); diff != "" {
+					t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(q), diff)
+				}
+				gone := map[*Request]bool{}
+				for _, v := range db.Verdicts {
+					gone[v.Request] = true
+				}
+				if db.Batch != nil {
+					for _, r := range db.Batch.Requests {
+						gone[r] = true
+					}
+					for _, id := range db.Batch.Evict {
+						delete(resident, id)
+					}
+					for _, id := range db.Batch.Load {
+						resident[id] = now
+					}
+				}
+				q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
+				now = now.Add(10 * time.Microsecond)
+				if step == 250 {
+					arrive(300, true) // a burst of short budgets
+				}
+				arrive(n-len(q), false)
+			}
+			left := 0
+			for _, r := range q {
+				if r.Seq < n {
+					left++
+				}
+			}
+			t.Logf("%d decisions, %d over a prefix, %d of them filled from beyond it; %d of the initial %d left", steps, bounded.boundedHits, bounded.beyondHits, left, n)
+			if name != "sneakpeek" {
+				return // here for the equality: its prefix is by deadline
+			}
+			if bounded.boundedHits < steps*3/4 {
+				t.Fatalf("only %d of %d decisions were made over a prefix", bounded.boundedHits, steps)
+			}
+			if bounded.beyondHits < steps/10 {
+				t.Fatalf("only %d decisions filled from beyond the prefix", bounded.beyondHits)
+			}
+		})
+	}
+}
+
 // decisionDiff describes how two decisions differ ("" when they do not).
 func decisionDiff(a, b Decision) string {
 	if len(a.Verdicts) != len(b.Verdicts) {

@@ -21,11 +21,18 @@ import (
 // older Seq, the index holds fewer requests than the queue) is detected and the
 // index is rebuilt from the queue, which costs what one full decision used to.
 type queueIndex struct {
-	// arrival, deadline and stop select the structures to keep.
-	arrival, deadline, stop bool
-	apps                    map[string]*App
-	maxSeq                  uint64
-	per                     map[*App]*appIndex
+	// arrival, deadline and stop select the structures to keep; class keeps
+	// them per application and class (Request.Class) instead of per
+	// application (the searching policies that group by class: the fill of a
+	// decision over a prefix takes a class's requests beyond it, bounded.go).
+	arrival, deadline, stop, class bool
+	apps                           map[string]*App
+	maxSeq                         uint64
+	per                            map[*App]*appIndex
+	// perClass replaces per when class is set; built says which of the two
+	// the index was built with.
+	perClass map[classKey]*appIndex
+	built    bool
 	// gen is the index's generation (a reset starts a new one): an indexed
 	// request carries the index and its generation (Request.ix, ixGen), for
 	// the checks of the contract.
@@ -77,9 +84,17 @@ func (ix *queueIndex) decide(s *Snapshot, indexed, full func(*Snapshot) Decision
 	return full(s)
 }
 
-// appIndex is one application's part of the index.
+// classKey names an application's class (queueIndex.class).
+type classKey struct {
+	app   *App
+	class int
+}
+
+// appIndex is one application's part of the index (or, with
+// queueIndex.class, one class's of an application).
 type appIndex struct {
-	app *App
+	app   *App
+	class int
 	// arr is the requests in arrival order from head on.
 	arr  []*Request
 	head int
@@ -103,7 +118,7 @@ func (x *queueIndex) sync(s *Snapshot) bool {
 	x.find.reset(s.Queue)
 	x.broken = false
 	least, most := x.sizes()
-	fresh := x.per == nil || !x.sameApps(s.Apps) || most > 2*len(s.Queue)+256
+	fresh := x.per == nil || x.built != x.class || !x.sameApps(s.Apps) || most > 2*len(s.Queue)+256
 	start := 0
 	if !fresh {
 		start = len(s.Queue)
@@ -188,6 +203,12 @@ func (x *queueIndex) reset(apps map[string]*App) {
 		x.apps[name] = a
 	}
 	x.per = map[*App]*appIndex{}
+	x.built = x.class
+	if x.class {
+		x.perClass = map[classKey]*appIndex{}
+	} else {
+		x.perClass = nil
+	}
 	x.gen++
 	for _, ai := range x.byApp {
 		ai.empty()
@@ -201,7 +222,7 @@ func (x *queueIndex) reset(apps map[string]*App) {
 // empty clears ai for reuse, keeping its buffers (a rebuild would otherwise
 // grow them again from nothing, copying them a dozen times at 100k queued).
 func (ai *appIndex) empty() {
-	ai.app = nil
+	ai.app, ai.class = nil, 0
 	clear(ai.arr)
 	ai.arr, ai.head = ai.arr[:0], 0
 	ai.dl.reset()
@@ -215,7 +236,12 @@ func (ai *appIndex) empty() {
 // add indexes r; new (an arrival, not a rebuild): its hard-stop entry is
 // young (keyQueue.pushYoung).
 func (x *queueIndex) add(r *Request, new bool) {
-	ai := x.per[r.App]
+	var ai *appIndex
+	if x.class {
+		ai = x.perClass[classKey{r.App, r.Class}]
+	} else {
+		ai = x.per[r.App]
+	}
 	if ai == nil {
 		if n := len(x.spare); n > 0 {
 			ai, x.spare = x.spare[n-1], x.spare[:n-1]
@@ -223,7 +249,12 @@ func (x *queueIndex) add(r *Request, new bool) {
 		} else {
 			ai = &appIndex{app: r.App}
 		}
-		x.per[r.App] = ai
+		if x.class {
+			ai.class = r.Class
+			x.perClass[classKey{r.App, r.Class}] = ai
+		} else {
+			x.per[r.App] = ai
+		}
 		x.byApp = append(x.byApp, ai)
 	}
 	if x.arrival {
@@ -395,11 +426,15 @@ func (x *queueIndex) take(ai *appIndex) {
 	ai.aheadAt++
 }
 
-// earliest is the application whose deadline queue holds the earliest live
-// request (nil when none is left): bounded decisions (bounded.go,
-// cascade_bounded.go) take the queue in deadline order over every
-// application. more is how many the caller expects to take after it (peek).
+// earliest is the application (or class) whose deadline queue holds the
+// earliest live request (nil when none is left): bounded decisions
+// (bounded.go, cascade_bounded.go) take the queue in deadline order over every
+// application. more is how many the caller expects to take after it (peek);
+// with an index per class, each is expected to give its share of them.
 func (x *queueIndex) earliest(more int) *appIndex {
+	if x.class {
+		more /= max(len(x.byApp), 1)
+	}
 	var best *appIndex
 	var top keyEntry
 	for _, ai := range x.byApp {
@@ -429,6 +464,32 @@ func (x *queueIndex) peekEarliest() *Request {
 		return x.peek(best, 0).r
 	}
 	return nil
+}
+
+// ofClass is the part of an index kept per class (queueIndex.class) that
+// holds app's requests of the given class; nil when it has none.
+func (x *queueIndex) ofClass(app *App, class int) *appIndex {
+	return x.perClass[classKey{app, class}]
+}
+
+// untake gives back to ai the last k entries taken from it (take) during the
+// decision, as if they had not been: they become the next peek hands out, in
+// the order they were taken. Nothing else may have been taken from ai since.
+func (x *queueIndex) untake(ai *appIndex, k int) {
+	if k == 0 {
+		return
+	}
+	n := len(ai.poppedDl)
+	back := ai.poppedDl[n-k:]
+	if ai.aheadAt >= k {
+		ai.aheadAt -= k
+		copy(ai.ahead[ai.aheadAt:], back)
+	} else {
+		ai.ahead = append(slices.Clone(back), ai.ahead[ai.aheadAt:]...)
+		ai.aheadAt = 0
+	}
+	clear(back)
+	ai.poppedDl = ai.poppedDl[:n-k]
 }
 
 // arrivals calls f with ai's live requests in arrival order until it returns

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -188,5 +189,100 @@ func TestIndexKeptInSteadyState(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestIndexByClass: an index kept per class (queueIndex.class, the searching
+// policies that group by class) takes the queue in deadline order over its
+// classes as one per application does, a class's part hands out that class's
+// requests in deadline order, and what untake gives back is handed out again,
+// in order, whether or not peek refilled its look-ahead in between; across
+// decisions (restore, requests removed, new ones) it stays whole.
+func TestIndexByClass(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 4))
+	a := benchApp(rng)
+	now := t0.Add(time.Second)
+	q := benchQueueLoad(rng, a, 3000, now, false)
+	apps := map[string]*App{a.Name: a}
+	var x queueIndex
+	x.deadline, x.class = true, true
+	seq := uint64(len(q))
+	byKey := func(q []*Request) []*Request {
+		out := slices.Clone(q)
+		slices.SortFunc(out, func(r, s *Request) int {
+			if c := r.Deadline.Compare(s.Deadline); c != 0 {
+				return c
+			}
+			return cmp.Compare(r.Seq, s.Seq)
+		})
+		return out
+	}
+	for round := range 6 {
+		s := &Snapshot{Now: now, Queue: q, Apps: apps}
+		x.sync(s)
+		want := byKey(q)
+		// One class's part, taken, given back in two parts, taken again.
+		class := want[len(want)/3].Class
+		ai := x.ofClass(a, class)
+		var ofClass []*Request
+		for _, r := range want {
+			if r.Class == class {
+				ofClass = append(ofClass, r)
+			}
+		}
+		k := 40 + 17*round
+		var got []*Request
+		for range k {
+			got = append(got, x.nextByDeadline(ai, noSkip, 3))
+		}
+		if !slices.Equal(got, ofClass[:k]) {
+			t.Fatalf("round %d: class %d's part does not hand out its requests in deadline order", round, class)
+		}
+		x.untake(ai, 10)
+		x.untake(ai, k-10)
+		got = got[:0]
+		for range k + 5 {
+			got = append(got, x.nextByDeadline(ai, noSkip, 0))
+		}
+		if !slices.Equal(got, ofClass[:k+5]) {
+			t.Fatalf("round %d: after untake, class %d's part hands out something else", round, class)
+		}
+		x.untake(ai, k+5)
+		// Taken with a long look-ahead: what is given back is still in it.
+		got = got[:0]
+		for range 20 {
+			got = append(got, x.nextByDeadline(ai, noSkip, 200))
+		}
+		x.untake(ai, 5)
+		for range 5 {
+			got = append(got, x.nextByDeadline(ai, noSkip, 0))
+		}
+		if !slices.Equal(got[:15], ofClass[:15]) || !slices.Equal(got[15:20], ofClass[15:20]) || !slices.Equal(got[20:], ofClass[15:20]) {
+			t.Fatalf("round %d: after untake within the look-ahead, class %d's part hands out something else", round, class)
+		}
+		x.untake(ai, 20)
+		// The whole queue over every class, in deadline order.
+		got = got[:0]
+		for {
+			r := x.popEarliest(64)
+			if r == nil {
+				break
+			}
+			got = append(got, r)
+		}
+		if x.broken || !slices.Equal(got, want) {
+			t.Fatalf("round %d: popEarliest over the classes: %d requests, not the queue in deadline order", round, len(got))
+		}
+		x.restore()
+		// The decision's caller removes some requests and appends new ones.
+		q = slices.DeleteFunc(q, func(*Request) bool { return rng.IntN(5) == 0 })
+		now = now.Add(time.Millisecond)
+		for range 400 {
+			q = append(q, benchRequest(rng, a, seq, now, 3000, false))
+			seq++
+		}
+	}
+	if len(x.perClass) < 5 || len(x.per) != 0 {
+		t.Fatalf("%d parts by class, %d by application", len(x.perClass), len(x.per))
 	}
 }

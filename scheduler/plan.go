@@ -59,8 +59,9 @@ type member struct {
 	pri float64
 	// class is the grouping class (-1 when grouping by application only).
 	class int
-	// inWin marks members of the searched window.
-	inWin bool
+	// inWin marks members of the searched window; beyond, those a decision
+	// over a prefix took from beyond it for the fill (pullFill).
+	inWin, beyond bool
 }
 
 // value is the member's believed value when its result on variant m finishes at
@@ -150,6 +151,8 @@ type decisionState struct {
 	// such a decision's bounds need.
 	extraBacklog int
 	bound        *boundInfo
+	// skip is the prepass's (the requests earlier rounds answered).
+	skip map[*Request]bool
 	// shedN counts the members the shedding walk answered (shed.go), and
 	// shedMax is the largest worth per engine second among them.
 	shedN   int
@@ -436,62 +439,69 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 	}
 	d.members = d.members[:0]
 	d.ubuf = d.ubuf[:0]
+	d.skip = skip
 	for _, r := range q {
 		if skip != nil && skip[r] {
 			continue
 		}
-		ai := d.info(r.App)
-		dl := r.Deadline.Sub(d.s.Now)
-		budget := r.Budget()
-		if ai.fastest >= dl+budget {
-			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonPastHardStop})
-			continue
+		d.members = append(d.members, member{})
+		if v, answered := d.admit(r, &d.members[len(d.members)-1]); answered {
+			d.members = d.members[:len(d.members)-1]
+			d.verdicts = append(d.verdicts, v)
 		}
-		m := member{r: r, dl: dl, budget: budget, class: -1, na: ai.na}
-		if d.w.dataAware {
-			m.na = r.NoAnswerUtility
-			m.u = r.ExpUtility
-			if d.shrink > 0 {
-				m.u = d.shrunk(r.ExpUtility, ai.profiled)
-			}
-		} else {
-			m.u = ai.profiled
-		}
-		if d.w.byClass {
-			m.class = r.Class
-		}
-		onTime, feasible := false, 0
-		bestLate, sum := math.Inf(-1), 0.0
-		for i := range m.u {
-			if !ai.ok0[i] {
-				continue
-			}
-			feasible++
-			fin := ai.cost0[i] + ai.lat1[i]
-			u := m.late(i, fin)
-			sum += u - m.na
-			if fin <= dl {
-				onTime = true
-			} else if u > bestLate {
-				bestLate = u
-			}
-		}
-		switch {
-		case feasible == 0:
-			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits})
-			continue
-		case !onTime && d.w.degrade(r) && r.DegradedUtility >= bestLate && r.DegradedUtility >= m.na:
-			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Degraded, Reason: ReasonNoVariantInTime})
-			continue
-		case !onTime && bestLate <= m.na:
-			d.verdicts = append(d.verdicts, Verdict{Request: r, Outcome: Expired, Reason: ReasonNotWorth})
-			continue
-		}
-		d.setAlt(&m)
-		rem := max(dl, ai.fastest)
-		m.pri = sum / float64(feasible) / rem.Seconds()
-		d.members = append(d.members, m)
 	}
+}
+
+// admit is the prepass for one request: its verdict when it is answered at
+// once (answered true), otherwise its member, written to m (zero on entry).
+func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) {
+	ai := d.info(r.App)
+	dl := r.Deadline.Sub(d.s.Now)
+	budget := r.Budget()
+	if ai.fastest >= dl+budget {
+		return Verdict{Request: r, Outcome: Expired, Reason: ReasonPastHardStop}, true
+	}
+	*m = member{r: r, dl: dl, budget: budget, class: -1, na: ai.na}
+	if d.w.dataAware {
+		m.na = r.NoAnswerUtility
+		m.u = r.ExpUtility
+		if d.shrink > 0 {
+			m.u = d.shrunk(r.ExpUtility, ai.profiled)
+		}
+	} else {
+		m.u = ai.profiled
+	}
+	if d.w.byClass {
+		m.class = r.Class
+	}
+	onTime, feasible := false, 0
+	bestLate, sum := math.Inf(-1), 0.0
+	for i := range m.u {
+		if !ai.ok0[i] {
+			continue
+		}
+		feasible++
+		fin := ai.cost0[i] + ai.lat1[i]
+		u := m.late(i, fin)
+		sum += u - m.na
+		if fin <= dl {
+			onTime = true
+		} else if u > bestLate {
+			bestLate = u
+		}
+	}
+	switch {
+	case feasible == 0:
+		return Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits}, true
+	case !onTime && d.w.degrade(r) && r.DegradedUtility >= bestLate && r.DegradedUtility >= m.na:
+		return Verdict{Request: r, Outcome: Degraded, Reason: ReasonNoVariantInTime}, true
+	case !onTime && bestLate <= m.na:
+		return Verdict{Request: r, Outcome: Expired, Reason: ReasonNotWorth}, true
+	}
+	d.setAlt(m)
+	rem := max(dl, ai.fastest)
+	m.pri = sum / float64(feasible) / rem.Seconds()
+	return Verdict{}, false
 }
 
 // setAlt sets m.alt from m.u and m.na: no answer, or for a view that degrades,

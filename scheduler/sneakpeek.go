@@ -1,7 +1,6 @@
 package scheduler
 
 import (
-	"container/heap"
 	"math"
 	"slices"
 	"time"
@@ -86,10 +85,13 @@ type searching struct {
 	ix    queueIndex
 	hist  workHist
 	bound boundInfo
+	pull  classPull
+	heads []classHead
 	// wholeQueue forces every decision over the whole queue (tests);
-	// boundedHits counts the decisions made over a prefix.
-	wholeQueue  bool
-	boundedHits int
+	// boundedHits counts the decisions made over a prefix, beyondHits those
+	// of them whose fill took a request from beyond the prefix (pullFill).
+	wholeQueue              bool
+	boundedHits, beyondHits int
 }
 
 // maxStream bounds the recent arrivals the price is solved over, so that a
@@ -188,6 +190,11 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	probe := newDecisionState(s, p.w, p.o.MaxBatch)
 	probe.shrink = p.o.Shrink
 	ctx := newHistCtx(probe, s.Apps)
+	if p.hist.classes != p.w.byClass {
+		// A policy that groups by class keeps the largest stake per class
+		// (and its index per class: bounded.go).
+		p.hist.classes, p.hist.valid = p.w.byClass, false
+	}
 	if !p.hist.update(s, ctx) {
 		p.hist.rebuild(s, ctx)
 	}
@@ -235,6 +242,9 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 			d.shed()
 		}
 		if len(d.members) == 0 {
+			if d.bound != nil {
+				d.bound.lacked() // members may come after the prefix
+			}
 			return Decision{Verdicts: d.verdicts}
 		}
 		before := len(d.verdicts)
@@ -289,7 +299,11 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 	if len(first.ms) >= c {
 		return runs
 	}
-	if len(d.members) <= len(win) {
+	// A decision over a prefix whose index is kept per class takes the
+	// candidates beyond the prefix from it (pullFill); any other must find
+	// them all in the prefix.
+	pull := d.bound != nil && d.bound.pull != nil && d.w.byClass && !d.w.mix && !d.w.byPref
+	if len(d.members) <= len(win) && !pull {
 		if d.bound != nil {
 			d.bound.lacked() // candidates may come after the prefix
 		}
@@ -305,7 +319,7 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 			classes = append(classes, m.class)
 		}
 	}
-	var cands []int
+	var cands []*member
 	for i := range d.members {
 		m := &d.members[i]
 		if m.inWin || m.r.App.Name != app {
@@ -314,32 +328,33 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 		switch {
 		case d.w.mix:
 			if d.mixPref(m) == first.vi {
-				cands = append(cands, i)
+				cands = append(cands, m)
 			}
 		case d.w.byPref:
 			if v, _ := d.choice(m, d.price); v == first.vi {
-				cands = append(cands, i)
+				cands = append(cands, m)
 			}
 		case slices.Contains(classes, m.class):
-			cands = append(cands, i)
+			cands = append(cands, m)
 		}
 	}
 	need := c - len(first.ms)
-	if d.bound != nil && len(cands) < need {
+	if pull {
+		cands = d.pullFill(cands, d.s.Apps[app], classes, need)
+	} else if d.bound != nil && len(cands) < need {
 		d.bound.lacked()
 	}
 	if len(cands) == 0 {
 		return runs
 	}
-	cands = d.topK(cands, need)
-	if d.bound != nil && len(cands) == need {
-		d.bound.took(d.members[cands[need-1]].pri)
+	cands = topK(cands, need)
+	if d.bound != nil && !pull && len(cands) == need {
+		d.bound.took(cands[need-1].pri)
 	}
 	var ra, rb resSet
 	base := d.evalRuns(runs, &ra, &rb)
 	cost, _, _ := d.res0.cost(first.v)
-	for _, i := range cands {
-		m := &d.members[i]
+	for _, m := range cands {
 		fin := cost + first.v.LatencyAt(len(first.ms)+1)
 		if fin > m.dl {
 			continue
@@ -347,6 +362,9 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 		first.ms = append(first.ms, m)
 		if v := d.evalRuns(runs, &ra, &rb); v >= base {
 			base = v
+			if m.beyond && d.bound != nil {
+				d.bound.filledBeyond = true
+			}
 		} else {
 			first.ms = first.ms[:len(first.ms)-1]
 		}
@@ -357,24 +375,94 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 	return runs
 }
 
-// topK returns the k highest-priority of the given member indexes, highest first.
-func (d *decisionState) topK(idx []int, k int) []int {
-	if len(idx) > 4*k {
-		h := &minHeap{idx: make([]int, 0, k+1), ms: d.members}
-		for _, i := range idx {
-			if len(h.idx) < k {
-				heap.Push(h, i)
+// pullFill adds to the fill's candidates from the prefix (cands) those beyond
+// it that the fill over the whole queue could take: app's requests of the
+// given classes, taken from the index kept per class in deadline order
+// (classPull) until the largest priority the rest of the class could have
+// (workHist.classPriority) is below the need-th highest among the candidates.
+// A request beyond the prefix is a member as in the whole queue's decision:
+// its deadline is past every variant's swap and batch-1 latency (no verdict),
+// nothing is shed, and it is outside the window (bounded). Should the index
+// break, or a request get a verdict, the decision is marked short.
+func (d *decisionState) pullFill(cands []*member, app *App, classes []int, need int) []*member {
+	pl := d.bound.pull
+	if app == nil || need <= 0 {
+		d.bound.lacked()
+		return cands
+	}
+	// The need highest priorities so far, the lowest on top.
+	top := lessHeap[*member]{less: func(a, b *member) bool { return higher(b, a) }}
+	for _, m := range cands {
+		top.push(m)
+		if top.len() > need {
+			top.pop()
+		}
+	}
+	fastest := d.info(app).fastest
+	var slab []member
+	for _, class := range classes {
+		k := pl.key(app, class)
+		for i := 0; ; i++ {
+			r := pl.at(k, i, need)
+			if r == nil {
+				if pl.ix.broken {
+					d.bound.lacked()
+					return cands
+				}
+				break // none left
+			}
+			if top.len() == need && pl.hist.classPriority(app, class, d.s.Now, r.Deadline, fastest) < top.top().pri {
+				break // neither r nor any after it could be among the need highest
+			}
+			if d.skip[r] {
 				continue
 			}
-			if higher(&d.members[i], &d.members[h.idx[0]]) {
-				h.idx[0] = i
-				heap.Fix(h, 0)
+			if len(slab) == cap(slab) {
+				slab = make([]member, 0, max(2*need, 16)) // never grown: the candidates point into it
+			}
+			slab = append(slab, member{})
+			m := &slab[len(slab)-1]
+			if _, answered := d.admit(r, m); answered {
+				d.bound.lacked() // not as the bounds have it: decide over the whole queue
+				return cands
+			}
+			m.beyond = true
+			cands = append(cands, m)
+			top.push(m)
+			if top.len() > need {
+				top.pop()
 			}
 		}
-		idx = h.idx
 	}
-	slices.SortFunc(idx, d.cmp)
-	return idx[:min(k, len(idx))]
+	return cands
+}
+
+// topK returns the k highest-priority of the given members, highest first.
+func topK(ms []*member, k int) []*member {
+	if len(ms) > 4*k {
+		h := lessHeap[*member]{h: make([]*member, 0, k+1), less: func(a, b *member) bool { return higher(b, a) }}
+		for _, m := range ms {
+			if h.len() < k {
+				h.push(m)
+				continue
+			}
+			if higher(m, h.top()) {
+				h.pop()
+				h.push(m)
+			}
+		}
+		ms = h.h
+	}
+	slices.SortFunc(ms, func(a, b *member) int {
+		switch {
+		case higher(a, b):
+			return -1
+		case higher(b, a):
+			return 1
+		}
+		return 0
+	})
+	return ms[:min(k, len(ms))]
 }
 
 // assemble turns a plan's first run into the batch to run now: its first chunk,
