@@ -105,7 +105,7 @@ func defaultEgressOptions() egressOptions {
 // acknowledged only when the broker has the reply (Owe). Replies republished to
 // duplicates go through a separate bounded queue, best effort. Every publish
 // takes a place at the gate first (pubGate: the MQTT client's packet ids); the
-// answer, ack, raw workers and the flusher wait for one, Owe never does.
+// answer and raw workers and the flusher wait for one, Owe never does.
 type egress struct {
 	// served reports whether an application is served; metrics label the others
 	// "_unknown" so that arbitrary topic names cannot grow the label set.
@@ -371,7 +371,7 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 		e.owedMu.Unlock()
 		return errStopping
 	}
-	if len(e.waiting) > 0 || !e.gate.tryAcquire() {
+	if len(e.waiting) > 0 || e.gate.tryAcquire(1) == 0 {
 		// Every packet id place is taken: wait in line, behind the others.
 		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: rep.App,
 			status: rep.Status, conn: e.conn.Load()})
@@ -437,7 +437,7 @@ func (e *egress) owedSender() {
 			}
 			// The head stays in waiting while this waits, so that Owe queues
 			// behind it instead of taking the place it waits for.
-			if err := e.gate.acquire(context.Background(), false); err != nil { // counted when it was queued
+			if err := e.gate.acquire(context.Background(), false, e.gate.generation()); err != nil { // counted when it was queued
 				if errors.Is(err, errStopping) {
 					return
 				}
@@ -534,25 +534,47 @@ func (e *egress) owedWaiter() {
 }
 
 // sendAnswers makes answers durable (in one group commit), publishes them and
-// has the ack workers complete them.
+// has the ack workers complete them. Each answer is stamped once it holds its
+// place at the gate (a packet id the client can give it), so that the wait for
+// the broker's PUBACKs (every place taken) is never between its stamp
+// (deadline_met) and its hand-over: a batch that finds fewer places free than
+// answers goes out in parts, each stamped when its places are taken. An answer
+// that cannot get a place (not connected, the connection lost meanwhile, Close)
+// is kept unsent, to be stamped when it finally goes out.
 func (e *egress) sendAnswers(batch []*answerMsg) {
-	// Stamp the replies once the client can take them: each still takes its
-	// place as it is handed over, but the wait for the broker's PUBACKs (every
-	// place taken) is not between their stamp and their hand-over. Closed while
-	// waiting: they stay unsent.
-	open := e.client.IsConnectionOpen() && e.gate.waitRoom(context.Background()) == nil
+	for len(batch) > 0 {
+		places := 0
+		gen := e.gate.generation()
+		if e.client.IsConnectionOpen() && e.gate.acquire(context.Background(), true, gen) == nil {
+			places = 1 + e.gate.tryAcquire(len(batch)-1)
+		}
+		part := batch
+		if places > 0 {
+			part = batch[:places]
+		}
+		batch = batch[len(part):]
+		e.sendPart(part, places > 0)
+	}
+}
+
+// sendPart sends answers that hold a place each at the gate (held), or keeps
+// them unsent (not held). Every place is given back exactly once.
+func (e *egress) sendPart(part []*answerMsg, held bool) {
 	now := e.now()
 	type built struct {
 		a       *answerMsg
 		rep     *protocol.Reply
 		payload []byte
 	}
-	out := make([]built, 0, len(batch))
-	for _, a := range batch {
+	out := make([]built, 0, len(part))
+	for _, a := range part {
 		rep := a.build(now)
 		payload, err := rep.Marshal()
 		if err != nil { // a Reply always marshals; keep the request rather than lose it
 			e.log.Error().Err(err).Msg("marshal reply")
+			if held {
+				e.gate.entered()
+			}
 			continue
 		}
 		out = append(out, built{a, rep, payload})
@@ -565,7 +587,12 @@ func (e *egress) sendAnswers(batch []*answerMsg) {
 		}
 		return e.journal.OutboxAll(items)
 	}
-	if !open || !e.client.IsConnectionOpen() {
+	if !held || !e.client.IsConnectionOpen() {
+		if held {
+			for range out {
+				e.gate.entered()
+			}
+		}
 		// Nobody can see them yet: keep them unsent, to be stamped when they go out.
 		for i, err := range outboxAll(true) {
 			if err != nil {
@@ -598,7 +625,7 @@ func (e *egress) sendAnswers(batch []*answerMsg) {
 		if !b.a.queued.IsZero() {
 			e.observeDelay(e.now().Sub(b.a.queued))
 		}
-		hs[i] = e.handOver(context.Background(), b.a.topic, b.a.key, b.a.deadline, b.rep.App, b.rep.Status, b.payload)
+		hs[i] = e.handOver(context.Background(), true, b.a.topic, b.a.key, b.a.deadline, b.rep.App, b.rep.Status, b.payload)
 		hs[i].written = written
 	}
 	if len(hs) > 0 {
@@ -622,18 +649,25 @@ type handedOver struct {
 }
 
 // handOver hands a reply already in the outbox, whose key the caller claimed, to
-// the MQTT client without waiting; finishAnswer waits for the outcome.
-func (e *egress) handOver(ctx context.Context, topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) *handedOver {
+// the MQTT client without waiting for the PUBACK; finishAnswer waits for the
+// outcome. held: the caller holds a place at the gate for it, given back here;
+// otherwise it waits for one.
+func (e *egress) handOver(ctx context.Context, held bool, topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) *handedOver {
 	h := &handedOver{topic: topic, key: key, flushBy: flushBy, app: app, status: status, payload: payload,
 		written: true}
-	h.tok, h.err = e.startPublish(ctx, topic, payload)
+	if held {
+		h.tok, h.err = e.publishHeld(topic, payload)
+	} else {
+		h.tok, h.err = e.startPublish(ctx, topic, payload)
+	}
 	h.at = e.now() // the publish timeout counts from the hand-over, after any wait for a place
 	return h
 }
 
-// publishAnswer hands a reply over and waits for the outcome (finishAnswer).
-func (e *egress) publishAnswer(ctx context.Context, topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) bool {
-	return e.finishAnswer(e.handOver(ctx, topic, key, flushBy, app, status, payload))
+// publishAnswer hands a reply over (held: see handOver) and waits for the
+// outcome (finishAnswer).
+func (e *egress) publishAnswer(ctx context.Context, held bool, topic string, key store.Key, flushBy time.Time, app string, status protocol.Status, payload []byte) bool {
+	return e.finishAnswer(e.handOver(ctx, held, topic, key, flushBy, app, status, payload))
 }
 
 // finishAnswer waits for the broker's acknowledgement of a reply handed over
@@ -829,14 +863,22 @@ func (e *egress) appLabel(app string) string {
 // give it): errStopping once Close has closed the gate, errNotConnected when the
 // connection is lost meanwhile, ctx's error when it ends first.
 func (e *egress) startPublish(ctx context.Context, topic string, payload []byte) (mqtt.Token, error) {
+	gen := e.gate.generation() // before the check: a loss after it ends the wait
 	if !e.client.IsConnectionOpen() {
 		return nil, errNotConnected
 	}
-	if err := e.gate.acquire(ctx, true); err != nil {
+	if err := e.gate.acquire(ctx, true, gen); err != nil {
 		return nil, err
 	}
+	return e.publishHeld(topic, payload)
+}
+
+// publishHeld hands payload to the MQTT client at QoS 1 in a place the caller
+// took at the gate, and gives the place back (what the client stores holds a
+// place of its own from then on).
+func (e *egress) publishHeld(topic string, payload []byte) (mqtt.Token, error) {
 	defer e.gate.entered()
-	if !e.client.IsConnectionOpen() { // lost while it waited
+	if !e.client.IsConnectionOpen() { // lost since the place was taken
 		return nil, errNotConnected
 	}
 	return e.client.Publish(topic, 1, false, payload), nil
@@ -928,10 +970,11 @@ func (e *egress) flush(ctx context.Context) {
 		if !e.claim(oe.Key) {
 			continue // being published, or its first publish may still be acknowledged
 		}
-		// Wait for the client to have a packet id for it (an unsent reply is
-		// stamped when it can go out), at most until the flusher stops or the
-		// connection is lost.
-		if err := e.gate.waitRoom(ctx); err != nil {
+		// Take a place at the gate (a packet id the client can give it) before
+		// an unsent reply is stamped, waiting at most until the flusher stops or
+		// the connection is lost.
+		gen := e.gate.generation()
+		if !e.client.IsConnectionOpen() || e.gate.acquire(ctx, true, gen) != nil {
 			e.release(oe.Key)
 			return
 		}
@@ -942,6 +985,7 @@ func (e *egress) flush(ctx context.Context) {
 			if err != nil {
 				e.storeError("outbox_read", err)
 			}
+			e.gate.entered()
 			e.release(oe.Key)
 			continue
 		}
@@ -962,6 +1006,7 @@ func (e *egress) flush(ctx context.Context) {
 					// differ from them: leave it unsent for the next flush.
 					e.storeError("outbox", err)
 					e.log.Error().Err(err).Stringer("key", oe.Key).Msg("outbox write failed; flush stopped")
+					e.gate.entered()
 					e.release(oe.Key)
 					return
 				}
@@ -972,7 +1017,7 @@ func (e *egress) flush(ctx context.Context) {
 				status = rep.Status
 			}
 		}
-		if !e.publishAnswer(ctx, oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload) { // releases the key
+		if !e.publishAnswer(ctx, true, oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload) { // releases the key
 			e.log.Warn().Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}

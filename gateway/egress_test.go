@@ -49,6 +49,10 @@ type fakeClient struct {
 	// gate, if set, is told that each publish holds a packet id (heldKey) until
 	// the test deletes it, as paho's store is.
 	gate *pubGate
+	// loseAfterCheck, if set, is called once, by the next IsConnectionOpen that
+	// finds the connection open, just before it returns true: the connection is
+	// lost (down from then on) right after the caller's check.
+	loseAfterCheck func()
 }
 
 // heldKey is the store key of the i-th publish's packet id.
@@ -56,8 +60,15 @@ func (c *fakeClient) heldKey(i int) string { return fmt.Sprintf("o.%d", 60000+i)
 
 func (c *fakeClient) IsConnectionOpen() bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return !c.down
+	open, lose := !c.down, c.loseAfterCheck
+	if open && lose != nil {
+		c.loseAfterCheck, c.down = nil, true
+	}
+	c.mu.Unlock()
+	if open && lose != nil {
+		lose()
+	}
+	return open
 }
 func (c *fakeClient) Publish(topic string, _ byte, _ bool, payload any) mqtt.Token {
 	c.mu.Lock()
@@ -650,6 +661,91 @@ func TestOwedRepliesWaitForAPacketID(t *testing.T) {
 		check("after Close", 1, []string{"a"}, 0)
 		if g := testutil.ToFloat64(m.owed); g != 0 {
 			t.Errorf("unjournaled_replies_in_flight = %v after Close, want 0", g)
+		}
+	})
+}
+
+// An answer is stamped (deadline_met) only once it holds its place at the
+// gate: when a batch of answers finds a single place free, the others are
+// stamped when they get theirs, not with the first. They were all stamped
+// together, so an answer that waited for a PUBACK past its deadline went out
+// claiming the deadline met.
+func TestAnswersStampedWhenTheirPlaceIsFree(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gate := newPubGate(1)
+		gate.Open()
+		c := &fakeClient{gate: gate}
+		o := defaultEgressOptions()
+		o.Gate, o.AnswerWorkers = gate, 1
+		j := newFakeJournal()
+		e := startEgress(t, c, j, time.Minute, 0, o, newMetrics(nil))
+		gate.Put("o.1", packets.NewControlPacket(packets.Publish))
+		key := func(id string) store.Key { return store.Key{App: "a", Device: "d", ID: id} }
+		e.Answer(okAnswer(key("first"), time.Now().Add(time.Hour)))
+		synctest.Wait() // the worker waits for a place with [first]
+		e.Answer(okAnswer(key("second"), time.Now().Add(5*time.Second)))
+		e.Answer(okAnswer(key("third"), time.Now().Add(5*time.Second)))
+		gate.Del("o.1")
+		synctest.Wait() // first out; the worker waits for a place with [second third]
+		if n := len(c.sent()); n != 1 {
+			t.Fatalf("%d published with one place, want 1", n)
+		}
+		gate.Del(c.heldKey(0)) // one place for two answers, in time
+		synctest.Wait()
+		time.Sleep(10 * time.Second) // no PUBACK until after third's deadline
+		gate.Del(c.heldKey(1))
+		synctest.Wait()
+		sent := c.sent()
+		if len(sent) != 3 {
+			t.Fatalf("%d published, want 3", len(sent))
+		}
+		for i, want := range []bool{true, true, false} {
+			rep, err := protocol.ParseReply([]byte(sent[i]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.DeadlineMet == nil || *rep.DeadlineMet != want {
+				t.Errorf("%s: deadline_met %v, want %v (handed over %s)", rep.ID, *rep.DeadlineMet, want,
+					map[bool]string{true: "in time", false: "after its deadline"}[want])
+			}
+			j.locked(func() {
+				if got := j.outbox[key(rep.ID)]; got != nil && string(got) != sent[i] {
+					t.Errorf("%s: the outbox holds other bytes than the broker got", rep.ID)
+				}
+			})
+		}
+		gate.Del(c.heldKey(2))
+	})
+}
+
+// A publisher that found the connection open just before it was lost does not
+// wait for a place at the gate through the outage (the places free only once a
+// later connection's resends are acknowledged): the loss between its check and
+// its wait ends the wait as one during it does, and the answer is kept unsent.
+// The wait used to start after the loss had been signalled, and lasted.
+func TestConnectionLostJustBeforeTheWaitForAPlace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gate := newPubGate(1)
+		gate.Open()
+		c := &fakeClient{gate: gate}
+		o := defaultEgressOptions()
+		o.Gate = gate
+		j := newFakeJournal()
+		e := startEgress(t, c, j, time.Minute, 0, o, newMetrics(nil))
+		gate.Put("o.1", packets.NewControlPacket(packets.Publish)) // every place taken
+		c.mu.Lock()
+		c.loseAfterCheck = e.connectionLost
+		c.mu.Unlock()
+		k := store.Key{App: "a", Device: "d", ID: "x"}
+		e.Answer(okAnswer(k, time.Now().Add(time.Hour)))
+		synctest.Wait()
+		j.locked(func() {
+			if _, ok := j.outbox[k]; !ok || !j.unsent[k] {
+				t.Errorf("an answer whose connection was lost as it began to wait for a place: in the outbox %v, unsent %v; want kept unsent", ok, j.unsent[k])
+			}
+		})
+		if n := len(c.sent()); n != 0 {
+			t.Errorf("%d published with the connection lost, want 0", n)
 		}
 	})
 }

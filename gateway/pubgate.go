@@ -71,33 +71,33 @@ func (g *pubGate) inFlight() int {
 
 func (g *pubGate) full() bool { return len(g.keys)+g.entering >= g.limit }
 
-// acquire waits for a place and takes it (see pubGate for the errors). A wait
-// is counted (waited) when count is set.
-func (g *pubGate) acquire(ctx context.Context, count bool) error {
+// generation numbers the connections lost so far (interrupt). A publisher
+// reads it before it checks that the client is connected and passes it to
+// acquire: a connection lost in between ends the wait at once, instead of a
+// wait for places that free only once a later connection's resends are
+// acknowledged.
+func (g *pubGate) generation() uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if err := g.wait(ctx, count); err != nil {
+	return g.lost
+}
+
+// acquire waits for a place and takes it (see pubGate for the errors);
+// errNotConnected also when the connection was lost since gen (generation). A
+// wait is counted (waited) when count is set.
+func (g *pubGate) acquire(ctx context.Context, count bool, gen uint64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.wait(ctx, count, gen); err != nil {
 		return err
 	}
 	g.entering++
 	return nil
 }
 
-// waitRoom waits until a place is free, without taking it (counted like
-// acquire's).
-func (g *pubGate) waitRoom(ctx context.Context) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if err := g.wait(ctx, true); err != nil {
-		return err
-	}
-	g.room.Signal() // the place is still free: pass the wake-up on
-	return nil
-}
-
 // wait waits, g.mu held, until a place is free, or the wait ends without one.
-func (g *pubGate) wait(ctx context.Context, count bool) error {
-	if !g.closed && g.full() {
+func (g *pubGate) wait(ctx context.Context, count bool, gen uint64) error {
+	if !g.closed && g.full() && g.lost == gen {
 		if count && g.waited != nil {
 			g.waited()
 		}
@@ -109,14 +109,13 @@ func (g *pubGate) wait(ctx context.Context, count bool) error {
 			})()
 		}
 	}
-	lost := g.lost
-	for !g.closed && g.full() && g.lost == lost && ctx.Err() == nil {
+	for !g.closed && g.full() && g.lost == gen && ctx.Err() == nil {
 		g.room.Wait()
 	}
 	switch {
 	case g.closed:
 		return errStopping
-	case g.lost != lost:
+	case g.lost != gen:
 		return errNotConnected
 	case !g.full():
 		return nil
@@ -134,15 +133,16 @@ func (g *pubGate) interrupt() {
 	g.room.Broadcast()
 }
 
-// tryAcquire takes a place if one is free now.
-func (g *pubGate) tryAcquire() bool {
+// tryAcquire takes up to n places, those free now, and says how many it took.
+func (g *pubGate) tryAcquire(n int) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.closed || g.full() {
-		return false
+	if g.closed {
+		return 0
 	}
-	g.entering++
-	return true
+	took := max(min(n, g.limit-len(g.keys)-g.entering), 0)
+	g.entering += took
+	return took
 }
 
 // entered gives back the place of a publish that returned: what it stored
