@@ -384,6 +384,7 @@ func (s *engineSim) run() (*simRun, error) {
 				}
 			}
 			byReq[q.r] = q
+			q.r.Queued = now
 			if err := ex.Add(q.r); err != nil {
 				return out, fmt.Errorf("eval: %w", err)
 			}

@@ -361,6 +361,7 @@ func (l *loop) enqueue(j *job) {
 	l.seq++
 	l.offered.admitted++
 	j.prepare(l.apps, l.seq)
+	j.req.Queued = l.now()
 	if err := l.exec.Add(j.req); err != nil {
 		// Not possible (every job gets a new seq); answered rather than lost.
 		l.log.Error().Err(err).Str("app", j.App).Str("id", j.ID).Msg("request not queued")
@@ -423,6 +424,7 @@ func (l *loop) applySwap(s *appSwap) {
 		}
 		moved++
 		j.prepare(l.apps, r.Seq) // the same place in the queue
+		j.req.Queued = r.Queued
 		return j.req
 	})
 	for name, retire := range changed {

@@ -11,7 +11,8 @@ func init() { Register("fixed-batch", newFixedBatch) }
 // fixedBatch is what a Triton-style server does: one variant per application
 // (FixedVariant, else the most accurate), a dynamic batcher per application that
 // runs a batch as soon as MaxBatch requests wait or the oldest has waited
-// MaxQueueDelay, and no notion of deadlines beyond expiring requests past their
+// MaxQueueDelay in the queue (from Request.QueuedAt: the time admission and the
+// journal took before it is not the batcher's), and no notion of deadlines beyond expiring requests past their
 // hard stop. Among ready applications the one with the oldest request goes first;
 // when none is ready it asks to be woken when the first delay runs out.
 type fixedBatch struct {
@@ -61,7 +62,7 @@ func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {
 			return len(aq.first) < aq.cap
 		})
 		if len(aq.first) > 0 {
-			aq.oldest = aq.first[0].Arrival
+			aq.oldest = aq.first[0].QueuedAt()
 			order = append(order, aq)
 		}
 	}
@@ -116,7 +117,7 @@ func (p *fixedBatch) decideFull(s *Snapshot) Decision {
 		aq := apps[r.App]
 		if aq == nil {
 			v := fixedOrDefault(r.App, p.o)
-			aq = &appQ{v: v, cap: max(1, min(p.o.MaxBatch, v.MaxBatch())), oldest: r.Arrival}
+			aq = &appQ{v: v, cap: max(1, min(p.o.MaxBatch, v.MaxBatch())), oldest: r.QueuedAt()}
 			apps[r.App] = aq
 			order = append(order, r.App)
 		}

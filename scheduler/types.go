@@ -81,6 +81,11 @@ type Request struct {
 	App *App
 	// Arrival and Deadline are absolute; Budget = Deadline - Arrival.
 	Arrival, Deadline time.Time
+	// Queued is when the request first entered the scheduler's queue, after
+	// admission and the journal (zero: Arrival). fixed-batch's MaxQueueDelay
+	// counts from it, as a dynamic batcher's counts from when a request reaches
+	// the batcher (QueuedAt).
+	Queued time.Time
 	// P is the SneakPeek estimate (a class distribution), or nil when there is none.
 	P []float64
 	// Class is argmax P (-1 without an estimate): the grouping key.
@@ -107,6 +112,14 @@ type Request struct {
 	// index, whose inserts miss the cache with a long queue.
 	ix    *queueIndex
 	ixGen uint64
+}
+
+// QueuedAt is when r entered the queue: Queued, or Arrival when Queued is zero.
+func (r *Request) QueuedAt() time.Time {
+	if r.Queued.IsZero() {
+		return r.Arrival
+	}
+	return r.Queued
 }
 
 // Budget is the request's whole deadline budget D.
