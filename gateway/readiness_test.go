@@ -318,8 +318,10 @@ func TestReadinessSaysWhy(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := handlerGateway(t, &fakeClient{}, tc.degradeRefused)
-			var skew time.Duration
-			g.now = func() time.Time { return time.Now().Add(skew) }
+			// A stopped clock: the one-second window is the gateway's, not the
+			// test's, so a slow machine cannot let it pass before the check.
+			base, skew := time.Now(), time.Duration(0)
+			g.now = func() time.Time { return base.Add(skew) }
 			g.in, g.stopIngress = make(chan arrival, 1), make(chan struct{})
 			g.subscribed.Store(true)
 			if why := g.readiness(); why != "" {
