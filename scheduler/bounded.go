@@ -14,10 +14,11 @@ import (
 //
 // A decision over the whole queue (prepass, shed, window, price, search, fill)
 // reads a far-deadline request only to conclude that it gets no verdict, is not
-// shed, and is outside the window and the batch. bounded decides over the L
-// earliest-deadline requests V (taken from a deadline index kept between
-// decisions, index.go), and keeps the result only when these bounds prove that
-// the requests after V could not have changed it:
+// shed, and is outside the window and the batch. bounded decides over L
+// requests V, the earliest-deadline ones as first written (below for how they
+// are taken now; from a deadline index kept between decisions, index.go), and
+// keeps the result only when these bounds prove that the requests after V
+// could not have changed it:
 //
 //   - verdicts: every request after V has at least dl_next (the earliest
 //     deadline after V) left, and dl_next is past every variant's swap plus
@@ -35,22 +36,25 @@ import (
 //   - the price counts the requests after V in the backlog as the whole
 //     queue's decision does (decisionState.extraBacklog).
 //
-// A policy that groups by class (sneakpeek) keeps its index and the largest
-// stake per application and class (queueIndex.class, workHist.classPriority),
-// and after the queue has turned over a prefix by deadline no longer serves
-// it: the classes it values most have been served far ahead while the others
-// wait at near deadlines, so the window reaches past any short prefix by
-// deadline, and the fill's class has few requests left in it. So for it:
+// After the queue has turned over, a prefix by deadline no longer serves: the
+// requests a policy values most (a class, for sneakpeek; an application) have
+// been served far ahead while the others wait at near deadlines, so the window
+// reaches past any short prefix by deadline, and the fill's class has few
+// requests left in it. So the index and the largest stake are kept per
+// application, and per class for a policy that groups by class (sneakpeek:
+// queueIndex.class, workHist.classPriority), and
 //
-//   - V is the L requests with the highest priority bound, a class's largest
-//     stake over its time left (takeByClass): per class a prefix by deadline.
-//     The verdict and shedding bounds hold as above (dl_next is the earliest
-//     deadline after V; shedding nothing over the whole queue, the walk sheds
-//     nothing over any part of it), and the window's bound is the highest
-//     bound of the classes' next requests;
-//   - the fill takes the candidates of its classes beyond V from the index in
-//     deadline order (pullFill) until the class's bound from the next one is
-//     below the lowest priority the fill would take.
+//   - V is the L requests with the highest priority bound, their class's (or
+//     application's) largest stake over their time left (takeByClass): per
+//     class a prefix by deadline, for one application and no classes the
+//     prefix by deadline. The verdict and shedding bounds hold as above
+//     (dl_next is the earliest deadline after V; shedding nothing over the
+//     whole queue, the walk sheds nothing over any part of it), and the
+//     window's bound is the highest bound of the classes' next requests (or
+//     the summary's, when lower);
+//   - sneakpeek's fill takes the candidates of its classes beyond V from the
+//     index in deadline order (pullFill) until the class's bound from the
+//     next one is below the lowest priority the fill would take.
 //
 // When a bound fails, L doubles; past a quarter of the queue the decision is
 // made over the whole queue. TestBoundedDecisionEqualsFull and, after the
@@ -117,7 +121,7 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 		return Decision{}, false
 	}
 	p.ix.deadline = true
-	p.ix.class = p.hist.classes
+	p.ix.class = p.hist.byClass
 	p.ix.sync(s)
 	defer p.ix.restore()
 	if p.ix.broken {
@@ -127,19 +131,8 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 	var v []*Request
 	for {
 		var next *Request
-		restPri := math.Inf(1)
-		if p.ix.class {
-			v, next, restPri = p.takeByClass(s.Now, probe, v, target)
-		} else {
-			for len(v) < target {
-				r := p.ix.popEarliest(target - len(v) - 1)
-				if r == nil {
-					break
-				}
-				v = append(v, r)
-			}
-			next = p.ix.peekEarliest()
-		}
+		var restPri float64
+		v, next, restPri = p.takeByClass(s.Now, probe, v, target)
 		if p.ix.broken || next == nil || 4*len(v) > len(s.Queue) {
 			return Decision{}, false
 		}
@@ -156,8 +149,9 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 			d := p.decideOn(&sub, arrivals, len(s.Queue)-len(v))
 			b := p.bound
 			p.bound = boundInfo{}
-			if !p.ix.class && !b.short {
-				restPri = p.hist.restPriority(s.Now, next.Deadline)
+			if !b.short && !(restPri < b.low) {
+				// The bound by deadline bucket may be the tighter.
+				restPri = min(restPri, p.hist.restPriority(s.Now, next.Deadline))
 			}
 			if !b.short && !p.ix.broken && restPri < b.low {
 				p.pull.reset(nil, nil)
@@ -186,10 +180,10 @@ type classHead struct {
 	ok    bool
 }
 
-// takeByClass grows the prefix v of a policy whose index is kept per class
-// to target requests, taking next the class's request whose priority bound
-// (workHist.classPriority from its deadline) is the highest, the earlier
-// deadline on ties: in a queue where some classes wait at near deadlines
+// takeByClass grows the prefix v to target requests, taking next the
+// request, among the next by deadline of each class (each application, for an
+// index not kept per class), whose priority bound (workHist.classPriority
+// from its deadline) is the highest, the earlier deadline on ties: in a queue where some classes wait at near deadlines
 // while others are served far ahead, the window then lies within the
 // prefix. It returns the prefix, the earliest-deadline request after it (nil
 // when none is left, or the index broke) and the largest priority of any
@@ -345,11 +339,11 @@ type workHist struct {
 	seen    uint64
 	decided []*Request
 	age     int
-	// classes keeps, per application and class (Request.Class), the largest
-	// stake among its requests (cstake[app][class+1], never lowered until a
-	// rebuild), for classPriority; lastApp and lastStake cache the last
-	// lookup.
-	classes   bool
+	// cstake keeps, per application and, with byClass, class (Request.Class),
+	// the largest stake among its requests (cstake[app][class+1]; [app][0]
+	// without byClass; never lowered until a rebuild), for classPriority;
+	// lastApp and lastStake cache the last lookup.
+	byClass   bool
 	cstake    map[*App][]float64
 	lastApp   *App
 	lastStake []float64
@@ -470,15 +464,15 @@ func (h *workHist) add(r *Request) bool {
 	h.total += c
 	st := h.ctx.stakeOf(r)
 	h.stake[b] = max(h.stake[b], st)
-	if h.classes && !h.noteClass(r, st) {
+	if !h.noteClass(r, st) {
 		h.valid = false
 		return false
 	}
 	return true
 }
 
-// noteClass counts r's stake st in its class's largest; false for a class
-// Prepare does not give.
+// noteClass counts r's stake st in its class's largest (its application's
+// without byClass); false for a class Prepare does not give.
 func (h *workHist) noteClass(r *Request, st float64) bool {
 	if r.App != h.lastApp {
 		if h.cstake == nil {
@@ -486,7 +480,10 @@ func (h *workHist) noteClass(r *Request, st float64) bool {
 		}
 		h.lastApp, h.lastStake = r.App, h.cstake[r.App]
 	}
-	k := r.Class + 1
+	k := 0
+	if h.byClass {
+		k = r.Class + 1
+	}
 	if k < 0 {
 		return false
 	}
@@ -501,7 +498,7 @@ func (h *workHist) noteClass(r *Request, st float64) bool {
 }
 
 // classPriority bounds the priority of every queued request of app's class
-// whose deadline is at or after from (after now): the class's largest stake
+// (of app, for class -1 without byClass) whose deadline is at or after from (after now): the class's largest stake
 // over the time left, at least from - now and fastest (the application's
 // fastest variant, as the prepass counts it) for a stake that is not
 // negative, at most to the end of the last bucket for one that is; with a

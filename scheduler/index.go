@@ -253,6 +253,7 @@ func (x *queueIndex) add(r *Request, new bool) {
 			ai.class = r.Class
 			x.perClass[classKey{r.App, r.Class}] = ai
 		} else {
+			ai.class = -1
 			x.per[r.App] = ai
 		}
 		x.byApp = append(x.byApp, ai)

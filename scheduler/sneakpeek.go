@@ -190,10 +190,10 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	probe := newDecisionState(s, p.w, p.o.MaxBatch)
 	probe.shrink = p.o.Shrink
 	ctx := newHistCtx(probe, s.Apps)
-	if p.hist.classes != p.w.byClass {
-		// A policy that groups by class keeps the largest stake per class
-		// (and its index per class: bounded.go).
-		p.hist.classes, p.hist.valid = p.w.byClass, false
+	if byClass := p.w.dataAware || p.w.byClass; p.hist.byClass != byClass {
+		// A data-aware policy, whose stakes differ by class, keeps the
+		// largest stake per class (and its index per class: bounded.go).
+		p.hist.byClass, p.hist.valid = byClass, false
 	}
 	if !p.hist.update(s, ctx) {
 		p.hist.rebuild(s, ctx)
