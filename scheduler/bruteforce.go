@@ -6,6 +6,9 @@ import (
 	"time"
 )
 
+// bruteNoCut turns bruteforce's branch and bound cuts off (tests).
+var bruteNoCut bool
+
 // bruteforce returns the optimal plan for the window under the decision's value
 // model: every ordered partition of the window into single-application batches of
 // at most the variant's cap, every variant per batch, with the same residency
@@ -17,17 +20,26 @@ func (d *decisionState) bruteforce(win []int) []run {
 		return nil
 	}
 	ms := make([]*member, n)
+	// ub[i] bounds what member i adds to a plan: on any variant v, its value
+	// (at most the larger of its on-time utility and its alternative) less
+	// the price of v's amortised time, which runValue charges every member of
+	// a run; with a margin for rounding, so that a branch is cut only when
+	// no plan in it can be strictly better than the best found (the plan
+	// found is then the first best in the search's order, as without cuts:
+	// TestBruteForceCutsChangeNothing). Without the price the bound was
+	// loose whenever engine time has one, and little was cut.
 	ub := make([]float64, n)
 	for i, wi := range win {
 		m := &d.members[wi]
 		ms[i] = m
-		ub[i] = m.alt
+		ub[i] = math.Inf(-1)
 		ai := d.info(m.r.App)
 		for vi, u := range m.u {
 			if ai.ok0[vi] {
-				ub[i] = max(ub[i], u)
+				ub[i] = max(ub[i], max(u, m.alt)-d.price*ai.amort[vi])
 			}
 		}
+		ub[i] += 1e-9 * (1 + math.Abs(ub[i]))
 	}
 	full := 1<<n - 1
 	apps := make([]*App, full+1)
@@ -59,7 +71,7 @@ func (d *decisionState) bruteforce(win []int) []run {
 			}
 			return
 		}
-		if closed+ubm[rem] <= bestVal {
+		if closed+ubm[rem] <= bestVal && !bruteNoCut {
 			return
 		}
 		for sub := rem; sub > 0; sub = (sub - 1) & rem {

@@ -384,3 +384,69 @@ func TestDecisionsAreConsistent(t *testing.T) {
 		}
 	}
 }
+
+// TestBruteForceCutsChangeNothing: bruteforce's branch and bound cuts (with a
+// bound that counts the price of engine time) return the plan the search
+// without cuts returns, the first best in its order, on random windows of
+// two applications with random prices, deadlines and residency.
+func TestBruteForceCutsChangeNothing(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 8))
+	a := benchApp(rng)
+	b := benchApp(rng)
+	b.Name = "other"
+	for y := range b.Utility {
+		b.Utility[y][y] = 0.25
+	}
+	for _, v := range b.Variants {
+		v.ID.App = "other"
+		v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
+	}
+	apps := map[string]*App{a.Name: a, b.Name: b}
+	defer func() { bruteNoCut = false }()
+	cut := 0
+	for trial := range 300 {
+		now := t0.Add(time.Second)
+		var q []*Request
+		for i := range 8 {
+			app := a
+			if rng.IntN(3) == 0 {
+				app = b
+			}
+			q = append(q, benchRequest(rng, app, uint64(i), now.Add(-ms(rng.Float64()*5)), 8+rng.IntN(400), rng.IntN(2) == 0))
+		}
+		s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{CountBudget: 2,
+			Resident: map[VariantID]time.Time{a.Variants[rng.IntN(5)].ID: now}}}
+		price := 0.0
+		if trial%4 != 0 {
+			price = rng.Float64() * 2000 * float64(trial%3)
+		}
+		plan := func(noCut bool) ([]run, float64) {
+			bruteNoCut = noCut
+			d := newDecisionState(s, view{dataAware: true}, 32)
+			d.prepass(nil)
+			d.price = price
+			runs := d.bruteforce(d.window(MaxBruteWindow))
+			var ra, rb resSet
+			return runs, d.evalRuns(runs, &ra, &rb)
+		}
+		got, gv := plan(false)
+		want, wv := plan(true)
+		if len(got) != len(want) || gv != wv {
+			t.Fatalf("trial %d (price %g): %d runs worth %v with cuts, %d worth %v without", trial, price, len(got), gv, len(want), wv)
+		}
+		for i := range got {
+			if got[i].v != want[i].v || len(got[i].ms) != len(want[i].ms) {
+				t.Fatalf("trial %d: run %d differs", trial, i)
+			}
+			for k := range got[i].ms {
+				if got[i].ms[k].r != want[i].ms[k].r {
+					t.Fatalf("trial %d: run %d's members differ", trial, i)
+				}
+			}
+		}
+		if price > 0 {
+			cut++
+		}
+	}
+	t.Logf("%d windows with a price", cut)
+}
