@@ -586,7 +586,8 @@ func (h *workHist) fits(now time.Time, minFast time.Duration) bool {
 
 // restPriority bounds the priority of every queued request whose deadline is at
 // or after from (which must be after now): its stake over the time left, at
-// least from - now.
+// least from - now and the bucket's start; for a negative stake, whose
+// priority is the highest at the latest deadline, at most the bucket's end.
 func (h *workHist) restPriority(now, from time.Time) float64 {
 	hi := math.Inf(-1)
 	floor := from.Sub(now).Seconds()
@@ -594,7 +595,11 @@ func (h *workHist) restPriority(now, from time.Time) float64 {
 		if math.IsInf(h.stake[b], -1) {
 			continue
 		}
-		left := max(floor, h.base.Add(time.Duration(b)*h.width).Sub(now).Seconds())
+		at := b
+		if h.stake[b] < 0 {
+			at = b + 1
+		}
+		left := max(floor, h.base.Add(time.Duration(at)*h.width).Sub(now).Seconds())
 		hi = max(hi, h.stake[b]/left)
 	}
 	return hi

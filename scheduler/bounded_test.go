@@ -285,3 +285,54 @@ func decisionDiff(a, b Decision) string {
 	}
 	return ""
 }
+
+// TestRestPriorityBounds: workHist's bounds on the priority of the requests
+// from a deadline on (restPriority by bucket, classPriority by class) are at
+// least the priorities the prepass gives them, for stakes of either sign: a
+// negative stake's priority is the highest at the latest deadline, where the
+// bound by the bucket's start was below it.
+func TestRestPriorityBounds(t *testing.T) {
+	for _, noAnswer := range []float64{0, 0.9, 2} {
+		rng := rand.New(rand.NewPCG(7, uint64(10*noAnswer)))
+		a := benchApp(rng)
+		a.NoAnswer = make([]float64, a.K)
+		for y := range a.NoAnswer {
+			a.NoAnswer[y] = noAnswer * (0.5 + float64(y)/float64(a.K))
+		}
+		now := t0.Add(time.Second)
+		q := benchQueueLoad(rng, a, 3000, now, false)
+		s := &Snapshot{Now: now, Queue: q, Apps: map[string]*App{a.Name: a},
+			Engine: Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: now}, CountBudget: 3}}
+		d := newDecisionState(s, view{dataAware: true, byClass: true}, 32)
+		var h workHist
+		h.byClass = true
+		h.rebuild(s, newHistCtx(d, s.Apps))
+		if !h.valid {
+			t.Fatal("summary not valid")
+		}
+		d.prepass(nil)
+		fastest := d.info(a).fastest
+		neg := 0
+		for k := range 40 {
+			from := now.Add(ms(20) + time.Duration(k)*ms(3))
+			rest := h.restPriority(now, from)
+			for _, m := range d.members {
+				if m.r.Deadline.Before(from) {
+					continue
+				}
+				if m.pri < 0 {
+					neg++
+				}
+				if m.pri > rest {
+					t.Fatalf("no-answer %g, from %v: priority %g above the bucket bound %g", noAnswer, from.Sub(now), m.pri, rest)
+				}
+				if c := h.classPriority(a, m.r.Class, now, from, fastest); m.pri > c {
+					t.Fatalf("no-answer %g, from %v: priority %g above the class bound %g", noAnswer, from.Sub(now), m.pri, c)
+				}
+			}
+		}
+		if noAnswer == 2 && neg == 0 {
+			t.Fatal("no negative priority: the test tests nothing")
+		}
+	}
+}
