@@ -191,6 +191,7 @@ type classHead struct {
 func (p *searching) takeByClass(now time.Time, probe *decisionState, v []*Request, target int) ([]*Request, *Request, float64) {
 	x := &p.ix
 	hs := p.heads[:0]
+	defer func() { clear(hs) }() // the entries' requests may leave the queue
 	share := (target - len(v)) / max(len(x.byApp), 1)
 	head := func(h *classHead) {
 		e := x.peek(h.ai, share)
