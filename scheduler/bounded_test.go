@@ -34,25 +34,9 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 			// A second application whose requests are worth a quarter as much:
 			// its near deadlines compete in priority with a's far ones, so
 			// that the priority bound decides how far the prefix must reach.
-			b := benchApp(rng)
-			b.Name = "other"
-			for y := range b.Utility {
-				b.Utility[y][y] = 0.25
-			}
-			for _, v := range b.Variants {
-				v.ID.App = "other"
-				v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
-			}
+			b := otherApp(rng)
 			apps := map[string]*App{a.Name: a, b.Name: b}
-			mk := func() *searching {
-				p, err := New(name, o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return p.(*searching)
-			}
-			bounded, whole := mk(), mk()
-			whole.wholeQueue = true
+			bounded, whole := boundedPair(t, name, o)
 			now := t0.Add(time.Second)
 			const n = boundedMin + 2000
 			var q []*Request
@@ -72,29 +56,8 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 			decisions := 0
 			for step := range 120 {
 				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
-				db := bounded.Decide(s)
-				s2 := *s
-				dw := whole.Decide(&s2)
-				if diff := decisionDiff(db, dw); diff != "" {
-					t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(q), diff)
-				}
+				q = decideBoth(t, step, bounded, whole, s)
 				decisions++
-				gone := map[*Request]bool{}
-				for _, v := range db.Verdicts {
-					gone[v.Request] = true
-				}
-				if db.Batch != nil {
-					for _, r := range db.Batch.Requests {
-						gone[r] = true
-					}
-					for _, id := range db.Batch.Evict {
-						delete(resident, id)
-					}
-					for _, id := range db.Batch.Load {
-						resident[id] = now
-					}
-				}
-				q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
 				now = now.Add(200 * time.Microsecond)
 				// Bursts of short-budget arrivals overload the queue for a while.
 				overloaded := (step/40)%3 == 2
@@ -130,55 +93,77 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 // requests' priorities: the window's bound then matters (without it, a
 // decision differs).
 func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		spread bool
-	}{{"sneakpeek", false}, {"oblivious", false}, {"sneakpeek", true}} {
-		name := c.name
-		label := name
-		if c.spread {
-			label += "/spread"
+	// spreadStakes makes b's stakes differ within a class: a wrong answer
+	// costs as much as a right one gains, and a missing answer of class 0
+	// costs much.
+	spreadStakes := func(b *App) {
+		for y := range b.Utility {
+			for yh := range b.Utility[y] {
+				if yh != y {
+					b.Utility[y][yh] = -0.25
+				}
+			}
 		}
-		t.Run(label, func(t *testing.T) {
+		for _, v := range b.Variants {
+			v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
+		}
+		b.NoAnswer = make([]float64, b.K)
+		b.NoAnswer[0] = -4
+	}
+	for _, c := range []struct {
+		label, name string
+		o           Options
+		// apps changes the applications; spread gives estimates of any
+		// confidence; noEstimate is the share of requests without one.
+		apps       func(a, b *App)
+		spread     bool
+		noEstimate float64
+		// beyond: the fill must take from beyond the prefix in a tenth of
+		// the decisions; few: none need be made over a prefix (else three
+		// quarters must).
+		beyond, few bool
+	}{
+		{label: "sneakpeek", name: "sneakpeek", beyond: true},
+		{label: "oblivious", name: "oblivious"},
+		// The per-class bounds overstate most requests' priorities: the
+		// window's bound matters (without it, a decision differs).
+		{label: "sneakpeek/spread", name: "sneakpeek", apps: func(_, b *App) { spreadStakes(b) }, spread: true, beyond: true},
+		// Negative stakes: every answer is worth less than none, so that
+		// a priority is the highest at the latest deadline and the window
+		// lies at the back of the queue. No decision may be proven from a
+		// prefix (none is, so few must be), but a class bound taken at
+		// the prefix's end rather than the summary's last deadline made
+		// one that differs at the second step.
+		{label: "sneakpeek/negative", name: "sneakpeek", spread: true, few: true, apps: func(a, b *App) {
+			b.NoAnswer = make([]float64, b.K)
+			for y := range b.NoAnswer {
+				b.NoAnswer[y] = 0.3 + 0.1*float64(y%3)
+			}
+			a.NoAnswer = make([]float64, a.K)
+			for y := range a.NoAnswer {
+				a.NoAnswer[y] = 0.9 + 0.2*float64(y%2)
+			}
+		}},
+		// Requests without an estimate (class -1) among those with one.
+		{label: "sneakpeek/no-estimate", name: "sneakpeek", noEstimate: 0.3},
+		// The shrunk valuation and the price over the recent stream.
+		{label: "sneakpeek/shrink-horizon", name: "sneakpeek", o: Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond}, spread: true},
+		{label: "sneakpeek-nodegrade", name: "sneakpeek-nodegrade", apps: func(_, b *App) { spreadStakes(b) }, spread: true},
+		{label: "bruteforce", name: "bruteforce", spread: true, noEstimate: 0.2},
+		{label: "oblivious-switch", name: "oblivious-switch", apps: func(_, b *App) { spreadStakes(b) }},
+		{label: "sneakpeek-pref", name: "sneakpeek-pref", o: Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond}, spread: true},
+	} {
+		t.Run(c.label, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(5, 17))
 			a := benchApp(rng)
-			b := benchApp(rng)
-			b.Name = "other"
-			for y := range b.Utility {
-				b.Utility[y][y] = 0.25
-			}
-			for _, v := range b.Variants {
-				v.ID.App = "other"
-				v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
-			}
-			if c.spread {
-				// Stakes that differ within a class: estimates of any
-				// confidence, and for b a wrong answer that costs as much
-				// as a right one gains, so that a class's largest stake
-				// overstates most of its requests' priorities.
-				for y := range b.Utility {
-					for yh := range b.Utility[y] {
-						if yh != y {
-							b.Utility[y][yh] = -0.25
-						}
-					}
-				}
-				for _, v := range b.Variants {
-					v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
-				}
-				b.NoAnswer = make([]float64, b.K)
-				b.NoAnswer[0] = -4
+			b := otherApp(rng)
+			if c.apps != nil {
+				c.apps(a, b)
 			}
 			apps := map[string]*App{a.Name: a, b.Name: b}
-			mk := func() *searching {
-				p, err := New(name, Options{MaxQueueDelay: time.Nanosecond})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return p.(*searching)
-			}
-			bounded, whole := mk(), mk()
-			whole.wholeQueue = true
+			o := c.o
+			o.MaxQueueDelay = time.Nanosecond
+			bounded, whole := boundedPair(t, c.name, o)
 			now := t0.Add(time.Second)
 			const n = boundedMin + 1000
 			var q []*Request
@@ -190,7 +175,10 @@ func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
 						app = b
 					}
 					r := benchRequest(rng, app, seq, now, n, overloaded)
-					if c.spread {
+					switch {
+					case rng.Float64() < c.noEstimate:
+						r = Prepare(app, seq, now, r.Deadline, nil, nil)
+					case c.spread:
 						p := make([]float64, app.K)
 						conf := 0.1 + 0.89*rng.Float64()
 						for y := range p {
@@ -208,28 +196,7 @@ func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
 			const steps = 360
 			for step := range steps {
 				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
-				db := bounded.Decide(s)
-				s2 := *s
-				dw := whole.Decide(&s2)
-				if diff := decisionDiff(db, dw); diff != "" {
-					t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(q), diff)
-				}
-				gone := map[*Request]bool{}
-				for _, v := range db.Verdicts {
-					gone[v.Request] = true
-				}
-				if db.Batch != nil {
-					for _, r := range db.Batch.Requests {
-						gone[r] = true
-					}
-					for _, id := range db.Batch.Evict {
-						delete(resident, id)
-					}
-					for _, id := range db.Batch.Load {
-						resident[id] = now
-					}
-				}
-				q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
+				q = decideBoth(t, step, bounded, whole, s)
 				now = now.Add(10 * time.Microsecond)
 				if step == 250 {
 					arrive(300, true) // a burst of short budgets
@@ -243,14 +210,81 @@ func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
 				}
 			}
 			t.Logf("%d decisions, %d over a prefix, %d of them filled from beyond it; %d of the initial %d left", steps, bounded.boundedHits, bounded.beyondHits, left, n)
-			if bounded.boundedHits < steps*3/4 {
+			want := steps * 3 / 4
+			if c.few {
+				want = 0
+			}
+			if bounded.boundedHits < want {
 				t.Fatalf("only %d of %d decisions were made over a prefix", bounded.boundedHits, steps)
 			}
-			if name == "sneakpeek" && bounded.beyondHits < steps/10 {
+			if c.beyond && bounded.beyondHits < steps/10 {
 				t.Fatalf("only %d decisions filled from beyond the prefix", bounded.beyondHits)
 			}
 		})
 	}
+}
+
+// otherApp is a second application like benchApp's (named "other") whose
+// right answers are worth a quarter as much: its near deadlines compete in
+// priority with the first's far ones.
+func otherApp(rng *rand.Rand) *App {
+	b := benchApp(rng)
+	b.Name = "other"
+	for y := range b.Utility {
+		b.Utility[y][y] = 0.25
+	}
+	for _, v := range b.Variants {
+		v.ID.App = "other"
+		v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
+	}
+	return b
+}
+
+// boundedPair returns two instances of the searching policy name: one that
+// decides over a prefix where the bounds allow it, and one that decides over
+// the whole queue every time.
+func boundedPair(t *testing.T, name string, o Options) (bounded, whole *searching) {
+	t.Helper()
+	mk := func() *searching {
+		p, err := New(name, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.(*searching)
+	}
+	bounded, whole = mk(), mk()
+	whole.wholeQueue = true
+	return bounded, whole
+}
+
+// decideBoth has bounded and whole decide on s (step names it), fails the
+// test unless the decisions are identical, and applies the decision as the
+// gateway's loop does: it returns the queue without what the decision
+// answered or batched, and updates s's resident variants.
+func decideBoth(t *testing.T, step int, bounded, whole *searching, s *Snapshot) []*Request {
+	t.Helper()
+	db := bounded.Decide(s)
+	s2 := *s
+	dw := whole.Decide(&s2)
+	if diff := decisionDiff(db, dw); diff != "" {
+		t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(s.Queue), diff)
+	}
+	gone := map[*Request]bool{}
+	for _, v := range db.Verdicts {
+		gone[v.Request] = true
+	}
+	if db.Batch != nil {
+		for _, r := range db.Batch.Requests {
+			gone[r] = true
+		}
+		for _, id := range db.Batch.Evict {
+			delete(s.Engine.Resident, id)
+		}
+		for _, id := range db.Batch.Load {
+			s.Engine.Resident[id] = s.Now
+		}
+	}
+	return slices.DeleteFunc(s.Queue, func(r *Request) bool { return gone[r] })
 }
 
 // decisionDiff describes how two decisions differ ("" when they do not).

@@ -392,15 +392,7 @@ func TestDecisionsAreConsistent(t *testing.T) {
 func TestBruteForceCutsChangeNothing(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 8))
 	a := benchApp(rng)
-	b := benchApp(rng)
-	b.Name = "other"
-	for y := range b.Utility {
-		b.Utility[y][y] = 0.25
-	}
-	for _, v := range b.Variants {
-		v.ID.App = "other"
-		v.ProfiledUtility = ExpectedUtility(b.Prior, v.Cond, b.Utility)
-	}
+	b := otherApp(rng)
 	apps := map[string]*App{a.Name: a, b.Name: b}
 	defer func() { bruteNoCut = false }()
 	cut := 0
