@@ -428,14 +428,10 @@ func (x *queueIndex) take(ai *appIndex) {
 }
 
 // earliest is the application (or class) whose deadline queue holds the
-// earliest live request (nil when none is left): bounded decisions
-// (bounded.go, cascade_bounded.go) take the queue in deadline order over every
-// application. more is how many the caller expects to take after it (peek);
-// with an index per class, each is expected to give its share of them.
+// earliest live request (nil when none is left): the cascade's bounded
+// decisions (cascade_bounded.go) take the queue in deadline order over every
+// application. more is how many the caller expects to take after it (peek).
 func (x *queueIndex) earliest(more int) *appIndex {
-	if x.class {
-		more /= max(len(x.byApp), 1)
-	}
 	var best *appIndex
 	var top keyEntry
 	for _, ai := range x.byApp {
