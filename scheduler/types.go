@@ -151,10 +151,14 @@ type Snapshot struct {
 	// batched, and any others) and appends new arrivals with a Seq above every
 	// request given before; a batched request may also stay, or come back
 	// before the next decision. Changed applications (Apps), a queue with
-	// fewer indexed requests than queued, a queue whose first request is not
-	// indexed, and a request replaced by another with the same Seq are
-	// detected and make the policy rebuild its index, which costs what a
-	// decision without one costs. A request put back with its old Seq after a
+	// fewer indexed requests than queued, and a queue whose first request or
+	// last request before the new arrivals is not indexed (a fresh queue built
+	// with the same Seqs) are detected and make the policy rebuild its index,
+	// which costs what a decision without one costs. A single request replaced
+	// in the middle of the queue by another with the same Seq is not detected
+	// until the index reaches it: callers must not do that (a reload that
+	// prepares the requests again changes Apps, which is detected). A request
+	// put back with its old Seq after a
 	// later decision is not detected by that index: only the cascade policy's
 	// second passes do that, and the cascade's own index looks for them among
 	// the first passes it ran (it counts on the caller removing only what a
