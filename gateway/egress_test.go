@@ -110,6 +110,17 @@ func startEgress(t *testing.T, c *fakeClient, j *fakeJournal, timeout time.Durat
 	return e
 }
 
+// gatedOnePlace returns a packet-id gate with one place, open, a client whose
+// every publish holds a place until the test frees it (gate.Del of its key), and
+// egress options that use the gate.
+func gatedOnePlace() (*pubGate, *fakeClient, egressOptions) {
+	gate := newPubGate(1)
+	gate.Open()
+	o := defaultEgressOptions()
+	o.Gate = gate
+	return gate, &fakeClient{gate: gate}, o
+}
+
 func newFakeJournal() *fakeJournal { return &fakeJournal{outbox: map[store.Key][]byte{}} }
 
 // locked runs f with the journal's lock held, to read its state from the test.
@@ -568,12 +579,8 @@ func TestOwedGaugeIsZeroAfterStop(t *testing.T) {
 // unsent in the outbox, and every gauge of the egress reads 0 after it.
 func TestOwedRepliesWaitForAPacketID(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		gate := newPubGate(1)
-		gate.Open()
-		c := &fakeClient{gate: gate} // each publish holds a packet id until the test frees it
+		gate, c, o := gatedOnePlace()
 		m := newMetrics(nil)
-		o := defaultEgressOptions()
-		o.Gate = gate
 		j := newFakeJournal()
 		e := newEgress(c, j, time.Second, 0, nil, o, zerolog.Nop(), m)
 		hold := func(key string) { gate.Put(key, packets.NewControlPacket(packets.Publish)) }
@@ -672,11 +679,8 @@ func TestOwedRepliesWaitForAPacketID(t *testing.T) {
 // claiming the deadline met.
 func TestAnswersStampedWhenTheirPlaceIsFree(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		gate := newPubGate(1)
-		gate.Open()
-		c := &fakeClient{gate: gate}
-		o := defaultEgressOptions()
-		o.Gate, o.AnswerWorkers = gate, 1
+		gate, c, o := gatedOnePlace()
+		o.AnswerWorkers = 1
 		j := newFakeJournal()
 		e := startEgress(t, c, j, time.Minute, 0, o, newMetrics(nil))
 		gate.Put("o.1", packets.NewControlPacket(packets.Publish))
@@ -725,11 +729,7 @@ func TestAnswersStampedWhenTheirPlaceIsFree(t *testing.T) {
 // The wait used to start after the loss had been signalled, and lasted.
 func TestConnectionLostJustBeforeTheWaitForAPlace(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		gate := newPubGate(1)
-		gate.Open()
-		c := &fakeClient{gate: gate}
-		o := defaultEgressOptions()
-		o.Gate = gate
+		gate, c, o := gatedOnePlace()
 		j := newFakeJournal()
 		e := startEgress(t, c, j, time.Minute, 0, o, newMetrics(nil))
 		gate.Put("o.1", packets.NewControlPacket(packets.Publish)) // every place taken
