@@ -329,7 +329,7 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 	for n, a := range next {
 		sched[n] = a.sched
 	}
-	if err := scheduler.ValidateFixed(sched, g.cfg.SchedulerOptions()); err != nil {
+	if err := scheduler.ValidateVariants(sched, g.cfg.SchedulerOptions()); err != nil {
 		undo()
 		return res, fmt.Errorf("gateway: %w: scheduler.fixed_variant or cascade_first: %v", ErrConfig, err)
 	}

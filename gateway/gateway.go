@@ -175,7 +175,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	for n, a := range g.appSet() {
 		sapps[n] = a.sched
 	}
-	if err := scheduler.ValidateFixed(sapps, cfg.SchedulerOptions()); err != nil {
+	if err := scheduler.ValidateVariants(sapps, cfg.SchedulerOptions()); err != nil {
 		return nil, fmt.Errorf("gateway: %w: scheduler.fixed_variant or cascade_first: %v", ErrConfig, err)
 	}
 	if err := g.recover(); err != nil {

@@ -285,7 +285,7 @@ func TestCascadeBoundedVerdictBound(t *testing.T) {
 
 // TestCascadePairFirst checks the choice of the cascade's variants: the cheapest
 // first by default, Options.CascadeFirst's when named, an error for a variant the
-// application does not have, and ValidateFixed's checks of the option.
+// application does not have, and ValidateVariants's checks of the option.
 func TestCascadePairFirst(t *testing.T) {
 	a := testApp()
 	mid := &Variant{
@@ -303,13 +303,13 @@ func TestCascadePairFirst(t *testing.T) {
 		t.Fatalf("CascadeFirst mid: cheap %d better %d err %v, want 2 1 nil", cheap, better, err)
 	}
 	apps := map[string]*App{"app": a}
-	if err := ValidateFixed(apps, o); err != nil {
-		t.Fatalf("ValidateFixed(mid): %v", err)
+	if err := ValidateVariants(apps, o); err != nil {
+		t.Fatalf("ValidateVariants(mid): %v", err)
 	}
 	for _, bad := range []map[string]string{{"app": "nope"}, {"other": "mid"}} {
 		o := Options{CascadeFirst: bad}
-		if err := ValidateFixed(apps, o); err == nil {
-			t.Errorf("ValidateFixed(%v): no error", bad)
+		if err := ValidateVariants(apps, o); err == nil {
+			t.Errorf("ValidateVariants(%v): no error", bad)
 		}
 	}
 	if _, _, err := CascadePair(a, Options{CascadeFirst: map[string]string{"app": "nope"}}); err == nil {

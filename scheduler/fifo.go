@@ -107,7 +107,7 @@ func (p *fifo) decideFull(s *Snapshot) Decision {
 
 // fixedOrDefault is fixedVariant, falling back to a's most accurate variant
 // when the option names none of a's (options are validated by the caller,
-// ValidateFixed).
+// ValidateVariants).
 func fixedOrDefault(a *App, o Options) *Variant {
 	v, err := fixedVariant(a, o)
 	if err != nil {
@@ -125,28 +125,4 @@ func expireApp(vs []Verdict, q []*Request, a *App) []Verdict {
 		}
 	}
 	return vs
-}
-
-// ValidateFixed checks that every FixedVariant and CascadeFirst option names a
-// variant of a known application.
-func ValidateFixed(apps map[string]*App, o Options) error {
-	for app := range o.FixedVariant {
-		a, ok := apps[app]
-		if !ok {
-			return fmt.Errorf("scheduler: fixed variant for unknown app %q", app)
-		}
-		if _, err := fixedVariant(a, o); err != nil {
-			return err
-		}
-	}
-	for app := range o.CascadeFirst {
-		a, ok := apps[app]
-		if !ok {
-			return fmt.Errorf("scheduler: cascade first variant for unknown app %q", app)
-		}
-		if _, _, err := CascadePair(a, o); err != nil {
-			return err
-		}
-	}
-	return nil
 }

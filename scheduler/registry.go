@@ -105,3 +105,27 @@ func Names() []string {
 	sort.Strings(out)
 	return out
 }
+
+// ValidateVariants checks that every FixedVariant and CascadeFirst option names a
+// variant of a known application.
+func ValidateVariants(apps map[string]*App, o Options) error {
+	for app := range o.FixedVariant {
+		a, ok := apps[app]
+		if !ok {
+			return fmt.Errorf("scheduler: fixed variant for unknown app %q", app)
+		}
+		if _, err := fixedVariant(a, o); err != nil {
+			return err
+		}
+	}
+	for app := range o.CascadeFirst {
+		a, ok := apps[app]
+		if !ok {
+			return fmt.Errorf("scheduler: cascade first variant for unknown app %q", app)
+		}
+		if _, _, err := CascadePair(a, o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
