@@ -36,6 +36,9 @@ type App struct {
 	// Cascade is the cascade policy's configuration, measured on the validation
 	// split (nil without an engine or a validation split).
 	Cascade *scheduler.CascadeConfig
+	// Peek is sneakpeek-peek's curve (the peek variant first), measured as
+	// Cascade is; it is Cascade when the two first variants are the same.
+	Peek *scheduler.CascadeConfig
 	// ClassNames are the class labels, for reports.
 	ClassNames []string
 	// Workloads are the named label mixes to replay.

@@ -23,7 +23,13 @@ package eval
 //     oracle. (sneakpeek - oblivious) / (sneakpeek-oracle - oblivious) is the
 //     share of the per-sample headroom sneakpeek captures. Needs the engine's
 //     predictions (App.Pred).
+//   - "sneakpeek-peek": sneakpeek with a peek (scheduler.Options.Peek, the
+//     gateway's scheduler.peek): its batches on the peek variant (-peek, else
+//     -cascade-first's, else the cheapest) are first passes whose unsure
+//     answers get a second opinion from the most accurate variant when that
+//     pays at the price of engine time (scheduler/peek.go). Needs the engine.
 const (
+	PolicyPeek       = "sneakpeek-peek"
 	PolicyCascade    = "cascade"
 	PolicyPlacebo    = "placebo"
 	PolicyClassBased = "sneakpeek-class"

@@ -44,7 +44,7 @@ func resolvePolicy(name string) (string, guardMode) {
 		return "sneakpeek", guardNil
 	case PolicyGuardedDeg:
 		return "sneakpeek", guardKeepDegraded
-	case PolicyShift, PolicyShiftCal, PolicyTruePrior, PolicyPlacebo, PolicyClassBased, PolicyOracle:
+	case PolicyShift, PolicyShiftCal, PolicyTruePrior, PolicyPlacebo, PolicyClassBased, PolicyOracle, PolicyPeek:
 		return "sneakpeek", guardOff
 	}
 	return name, guardOff

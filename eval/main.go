@@ -94,6 +94,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
 		quiet       = fs.Bool("quiet", false, "no progress bar")
 		cascFirst   = fs.String("cascade-first", "", "the cascade's first variant per application, app=variant[,app=variant] (default: each application's cheapest)")
+		peek        = fs.String("peek", "", "the peek variant of sneakpeek-peek per application, app=variant[,app=variant] (default: -cascade-first's, else the cheapest)")
 		estimator   = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
 		live        = fs.Bool("live", false, "drive the real gateway over MQTT with the device simulator and compare with the simulator's prediction")
 		liveRates   = fs.String("live-rates", "300", "with -live: request rates (per second) to run live")
@@ -145,6 +146,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if opts.CascadeFirst, err = parsePairs(*cascFirst); err != nil {
 		return fmt.Errorf("eval: -cascade-first: %w", err)
 	}
+	if opts.Peek, err = parsePairs(*peek); err != nil {
+		return fmt.Errorf("eval: -peek: %w", err)
+	}
 	if *scenario != "" {
 		return mainScenario(ctx, fs, *scenario, "sneakgate eval "+strings.Join(args, " "), stdout, stderr)
 	}
@@ -188,7 +192,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *synthetic {
 		as = []*App{Synthetic(*seed)}
 	} else {
-		as, err = loadApps(ctx, *models, split(*apps), *profiles, *saveProf, *ortLib, *estimator, *noEngine, *maxBatch, opts.CascadeFirst, stderr)
+		as, err = loadApps(ctx, *models, split(*apps), *profiles, *saveProf, *ortLib, *estimator, *noEngine, *maxBatch, opts.CascadeFirst, opts.Peek, stderr)
 		if err != nil {
 			return err
 		}
@@ -352,7 +356,7 @@ const (
 )
 
 func loadApps(ctx context.Context, dir string, names []string, profPath, savePath, lib, estimator string, noEngine bool,
-	maxBatch int, cascadeFirst map[string]string, stderr io.Writer) ([]*App, error) {
+	maxBatch int, cascadeFirst, peek map[string]string, stderr io.Writer) ([]*App, error) {
 	if len(names) == 0 {
 		ms, _ := filepath.Glob(filepath.Join(dir, "*", "manifest.yaml"))
 		for _, m := range ms {
@@ -362,7 +366,7 @@ func loadApps(ctx context.Context, dir string, names []string, profPath, savePat
 			return nil, fmt.Errorf("eval: no manifest under %s (use -synthetic for the built-in app)", dir)
 		}
 	}
-	o := LoadOptions{MaxBatch: maxBatch, Profiles: Profiles{}, Estimator: estimator, CascadeFirst: cascadeFirst}
+	o := LoadOptions{MaxBatch: maxBatch, Profiles: Profiles{}, Estimator: estimator, CascadeFirst: cascadeFirst, Peek: peek}
 	if profPath != "" {
 		p, err := ReadProfiles(profPath)
 		if err != nil {

@@ -59,6 +59,9 @@ type LoadOptions struct {
 	// CascadeFirst names, per application, the cascade's first variant
 	// (scheduler.Options.CascadeFirst; default the cheapest).
 	CascadeFirst map[string]string
+	// Peek names, per application, sneakpeek-peek's peek variant
+	// (scheduler.Options.Peek; default CascadeFirst's, else the cheapest).
+	Peek map[string]string
 	// Estimator names the manifest's SneakPeek estimator to use: "" is the
 	// manifest's first (what the gateway uses by default), StandIn the stand-in
 	// (the cheapest variant's softmax; needs the engine).
@@ -212,6 +215,12 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 				return nil, err
 			}
 			a.Cascade = c
+			a.Peek = c
+			if name, ok := o.Peek[m.Name]; ok && name != o.CascadeFirst[m.Name] {
+				if a.Peek, err = cascadeConfig(o.Engine, m, sa, scheduler.Options{MaxBatch: o.MaxBatch, CascadeFirst: map[string]string{m.Name: name}}); err != nil {
+					return nil, err
+				}
+			}
 		}
 	}
 	switch {

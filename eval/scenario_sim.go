@@ -68,7 +68,7 @@ func SimulateScenario(pt ScenarioPoint) (ScenarioRun, error) {
 	}
 	base, gmode := resolvePolicy(pt.Policy)
 	if gmode != guardOff || shiftOf(pt.Policy) != shiftOff || base == PolicyCascade ||
-		pt.Policy == PolicyClassBased || pt.Policy == PolicyOracle {
+		pt.Policy == PolicyClassBased || pt.Policy == PolicyOracle || pt.Policy == PolicyPeek {
 		return ScenarioRun{}, fmt.Errorf("eval: a scenario does not run %s (no samples, no engine)", pt.Policy)
 	}
 	pol, err := scheduler.New(base, pt.Options)

@@ -59,7 +59,7 @@ func shiftOf(name string) shiftMode {
 }
 
 // evalPolicies are the policy names eval adds to the scheduler's.
-var evalPolicies = []string{PolicyCascade, PolicyPlacebo, PolicyClassBased, PolicyOracle, PolicyGuarded, PolicyGuardedDeg, PolicyShift, PolicyShiftCal, PolicyTruePrior}
+var evalPolicies = []string{PolicyCascade, PolicyPeek, PolicyPlacebo, PolicyClassBased, PolicyOracle, PolicyGuarded, PolicyGuardedDeg, PolicyShift, PolicyShiftCal, PolicyTruePrior}
 
 // shifter corrects estimates in arrival order for one run.
 type shifter struct {

@@ -250,6 +250,16 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	if err != nil {
 		return Metrics{}, err
 	}
+	if pt.Policy == PolicyPeek {
+		if a.Peek == nil || a.Conf == nil {
+			return Metrics{}, fmt.Errorf("eval: %s: %s needs the engine (variant confidences and the validation split)", sa.Name, PolicyPeek)
+		}
+		pc, ok := pol.(scheduler.PeekConfigurer)
+		if !ok {
+			return Metrics{}, fmt.Errorf("eval: %s: policy %s cannot peek", sa.Name, base)
+		}
+		pc.ConfigurePeek(sa.Name, *a.Peek)
+	}
 	var guard *sneakpeek.Guard
 	if gmode != guardOff {
 		guard = newGuard(a, pt.Guard)

@@ -117,6 +117,11 @@ type appInfo struct {
 	shedCost time.Duration
 	// na is the expected value of no answer under the prior (App.ExpectedNoAnswer).
 	na float64
+	// peekBonus is what a peek (peek.go) adds to a fresh request's value on
+	// the peek variant peekVar: the mean gain of the second opinions it would
+	// pay for at the last price (their engine time is in amort[peekVar]).
+	peekBonus float64
+	peekVar   int
 }
 
 // decisionState is one decision's working set.
@@ -157,6 +162,10 @@ type decisionState struct {
 	// shedMax is the largest worth per engine second among them.
 	shedN   int
 	shedMax float64
+	// peek holds the peeked applications' curves by name (peek.go), and
+	// peekPrice the price a second pass must pay (the last decision's).
+	peek      map[string]*peekInfo
+	peekPrice float64
 }
 
 // setPrice derives the price of engine time for this decision, by Lagrangian
@@ -406,6 +415,7 @@ func (d *decisionState) info(a *App) *appInfo {
 			}
 		}
 		ai.shedCost = max(time.Duration(float64(cheapest)*shedHeadroom), 1)
+		d.peekOption(a, ai)
 		d.apps[a] = ai
 	}
 	d.lastApp, d.lastInfo = a, ai
@@ -455,6 +465,9 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 // admit is the prepass for one request: its verdict when it is answered at
 // once (answered true), otherwise its member, written to m (zero on entry).
 func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) {
+	if r.First != nil {
+		return d.admitSecond(r, m)
+	}
 	ai := d.info(r.App)
 	dl := r.Deadline.Sub(d.s.Now)
 	budget := r.Budget()
@@ -468,6 +481,7 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 		if d.shrink > 0 {
 			m.u = d.shrunk(r.ExpUtility, ai.profiled)
 		}
+		m.u = d.withPeek(m.u, ai, r)
 	} else {
 		m.u = ai.profiled
 	}

@@ -19,6 +19,13 @@ type Options struct {
 	// CascadeFirst names, per application, the variant the cascade runs first;
 	// an application not named runs its cheapest variant first (CascadePair).
 	CascadeFirst map[string]string
+	// Peek names, per application, the variant whose output sneakpeek uses as
+	// a per-sample signal (peek.go): its batches are first passes, and the
+	// answers it is unsure of get a second opinion from the most accurate
+	// variant when that pays at the price of engine time. The policy needs
+	// each application's curve (PeekConfigurer); an application not named,
+	// or without a curve, is not peeked.
+	Peek map[string]string
 	// MaxQueueDelay is how long a batching policy may hold a request to fill a batch.
 	MaxQueueDelay time.Duration
 	// ExhaustiveGroups is the most groups a searching policy orders exhaustively;
@@ -106,8 +113,8 @@ func Names() []string {
 	return out
 }
 
-// ValidateVariants checks that every FixedVariant and CascadeFirst option names a
-// variant of a known application.
+// ValidateVariants checks that every FixedVariant, CascadeFirst and Peek option
+// names a variant of a known application.
 func ValidateVariants(apps map[string]*App, o Options) error {
 	for app := range o.FixedVariant {
 		a, ok := apps[app]
@@ -124,6 +131,15 @@ func ValidateVariants(apps map[string]*App, o Options) error {
 			return fmt.Errorf("scheduler: cascade first variant for unknown app %q", app)
 		}
 		if _, _, err := CascadePair(a, o); err != nil {
+			return err
+		}
+	}
+	for app := range o.Peek {
+		a, ok := apps[app]
+		if !ok {
+			return fmt.Errorf("scheduler: peek variant for unknown app %q", app)
+		}
+		if _, _, err := PeekPair(a, o); err != nil {
 			return err
 		}
 	}

@@ -92,6 +92,22 @@ type searching struct {
 	// of them whose fill took a request from beyond the prefix (pullFill).
 	wholeQueue              bool
 	boundedHits, beyondHits int
+	// peek holds the applications' peeks (peek.go; ConfigurePeek), lastPrice
+	// the last decision's price of engine time.
+	peek      map[string]*peekInfo
+	lastPrice float64
+}
+
+// ConfigurePeek sets app's peek from its cascade curve (PeekConfigurer). A
+// policy that is not data-aware ignores it.
+func (p *searching) ConfigurePeek(app string, c CascadeConfig) {
+	if !p.w.dataAware || p.brute {
+		return
+	}
+	if p.peek == nil {
+		p.peek = map[string]*peekInfo{}
+	}
+	p.peek[app] = newPeekInfo(c)
 }
 
 // maxStream bounds the recent arrivals the price is solved over, so that a
@@ -147,6 +163,7 @@ func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []me
 			if d.shrink > 0 {
 				m.u = d.shrunk(r.ExpUtility, ai.profiled)
 			}
+			m.u = d.withPeek(m.u, ai, r)
 		}
 		d.setAlt(&m)
 		out = append(out, m)
@@ -183,7 +200,10 @@ func (p *searching) Name() string { return p.name }
 func (p *searching) Decide(s *Snapshot) Decision {
 	arrivals := max(p.arrivals.observe(s.Now, s.Queue), s.Offered)
 	p.noteStream(s)
-	if p.wholeQueue || len(s.Queue) < boundedMin {
+	if p.wholeQueue || len(s.Queue) < boundedMin || len(p.peek) > 0 {
+		// (Second passes come back with their old Seq, which the bounded
+		// decisions' index does not expect: a peeking policy decides over
+		// the whole queue.)
 		p.hist.valid = false
 		return p.decideOn(s, arrivals, 0)
 	}
@@ -219,6 +239,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 	d.members = p.buf[:0]
 	d.shrink, d.ubuf = p.o.Shrink, p.ubuf[:0]
 	d.shedBuf = &p.shed
+	d.peek, d.peekPrice = p.peek, p.lastPrice
 	defer func() {
 		// Drop references to requests: the members never outnumber this
 		// snapshot's queue, and earlier decisions cleared what they used.
@@ -245,24 +266,29 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 			if d.bound != nil {
 				d.bound.lacked() // members may come after the prefix
 			}
+			firstAnswers(d.verdicts)
 			return Decision{Verdicts: d.verdicts}
 		}
 		before := len(d.verdicts)
 		win := d.window(p.o.Window)
 		d.stream = p.streamMembers(d, s, win)
 		d.setPrice(win, arrivals)
+		p.lastPrice = d.price
 		runs := p.plan(d, win)
 		if len(runs) == 0 {
 			break
 		}
 		runs = d.fill(runs, win)
 		if b := d.assemble(runs[0]); b != nil {
+			d.escalate(b)
+			firstAnswers(d.verdicts)
 			return Decision{Verdicts: d.verdicts, Batch: b, Gate: d.gate()}
 		}
 		if len(d.verdicts) == before {
 			break
 		}
 	}
+	firstAnswers(d.verdicts)
 	return Decision{Verdicts: d.verdicts, WakeAt: s.Now, Gate: d.gate()}
 }
 
@@ -479,6 +505,11 @@ func (d *decisionState) assemble(r run) *Batch {
 	keep := make([]*Request, 0, len(ms))
 	util := 0.0
 	for _, m := range ms {
+		if m.r.First != nil && (d.peek[m.r.App.Name] == nil || r.vi != d.peek[m.r.App.Name].cfg.Better) {
+			// A second pass only runs on the most accurate variant (peek.go).
+			d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: FirstAnswer, Reason: ReasonSecondNotWorth})
+			continue
+		}
 		lv := m.late(r.vi, fin)
 		if fin > m.dl && m.alt > lv {
 			if d.w.degrade(m.r) && m.r.DegradedUtility > lv && m.r.DegradedUtility >= m.na {

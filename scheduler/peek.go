@@ -1,0 +1,287 @@
+package scheduler
+
+import (
+	"fmt"
+	"math"
+)
+
+// The peek: sneakpeek with a forward pass as its per-sample signal.
+//
+// The estimator and the difficulty model are cheap enough to run on every
+// request at admission, but on an application whose strong variants are close
+// (fashion's cnn and resnet-s) they cannot tell which few inputs a stronger
+// variant would answer differently; the mid-sized variant's own output can (the
+// cascade's first pass, docs/evaluation.md "The cascade's first variant"). With
+// a peek configured for an application (Options.Peek, the gateway's
+// scheduler.peek), sneakpeek keeps its search, price of engine time, shedding
+// and degraded answers, and adds one decision: a batch it runs on the peek
+// variant is a first pass (Batch.EscalateBelow), whose answers below a
+// confidence threshold come back to the queue with their first result. The
+// threshold is where the validation split's gain from a second opinion on the
+// most accurate variant stops paying for that variant's engine time at the
+// decision's price. A request that comes back is valued by that gain: the search
+// runs it on the most accurate variant, or it is answered with its first pass
+// (FirstAnswer) when the gain no longer pays at the price, when its deadline no
+// longer allows a second pass, or when it is shed.
+//
+// The gain as a function of the first pass's confidence is the upper concave
+// hull of the application's cascade curve (CascadeConfig, measured on the
+// validation split as for the cascade policy): the slope of the hull segment a
+// confidence falls in is the mean utility a second opinion adds to a request
+// there. The hull makes the gain fall as the confidence rises, so the threshold
+// at a price and the per-request test agree.
+
+// PeekConfigurer is implemented by the searching policies: it sets (or
+// replaces) one application's peek from its cascade curve, whose Cheap variant
+// is the peek and Better the second opinion. Only a data-aware policy
+// (sneakpeek) peeks; the others ignore it. Like Decide, it must not run
+// concurrently with other calls.
+type PeekConfigurer interface {
+	ConfigurePeek(app string, c CascadeConfig)
+}
+
+// PeekPair returns the variants of a's peek: the first pass's (o.Peek's
+// variant for a) and the most accurate variant's. It fails when o.Peek names a
+// variant a does not have, or when a has no peek.
+func PeekPair(a *App, o Options) (peek, better int, err error) {
+	name, ok := o.Peek[a.Name]
+	if !ok {
+		return 0, 0, fmt.Errorf("scheduler: no peek for app %s", a.Name)
+	}
+	peek, better, err = CascadePair(a, Options{CascadeFirst: map[string]string{a.Name: name}})
+	if err != nil {
+		return 0, 0, fmt.Errorf("scheduler: peek variant: app %s has no variant %q", a.Name, name)
+	}
+	return peek, better, nil
+}
+
+// ReasonSecondNotWorth: a request back from its first pass (the peek) is
+// answered with it because a second opinion is no longer worth its engine time
+// at the price, or can no longer be on time.
+const ReasonSecondNotWorth = "second_pass_not_worth"
+
+// peekInfo is one application's peek.
+type peekInfo struct {
+	cfg CascadeConfig
+	// hull is the upper concave hull of cfg.Curve (its first point escalates
+	// nothing); slope[k] is the gain per escalated request of the segment
+	// ending at hull[k] (slope[0] unused).
+	hull  []CascadePoint
+	slope []float64
+}
+
+func newPeekInfo(c CascadeConfig) *peekInfo {
+	pk := &peekInfo{cfg: c}
+	for _, p := range c.Curve {
+		for len(pk.hull) >= 2 {
+			a, b := pk.hull[len(pk.hull)-2], pk.hull[len(pk.hull)-1]
+			// b is under the chord from a to p: not on the upper hull.
+			if (b.Utility-a.Utility)*(p.Escalated-a.Escalated) <= (p.Utility-a.Utility)*(b.Escalated-a.Escalated) {
+				pk.hull = pk.hull[:len(pk.hull)-1]
+				continue
+			}
+			break
+		}
+		if len(pk.hull) == 1 && p.Escalated <= pk.hull[0].Escalated {
+			continue
+		}
+		pk.hull = append(pk.hull, p)
+	}
+	pk.slope = make([]float64, len(pk.hull))
+	for k := 1; k < len(pk.hull); k++ {
+		a, b := pk.hull[k-1], pk.hull[k]
+		pk.slope[k] = (b.Utility - a.Utility) / (b.Escalated - a.Escalated)
+	}
+	return pk
+}
+
+// on reports whether the peek can escalate at all.
+func (pk *peekInfo) on() bool {
+	return pk != nil && pk.cfg.Cheap != pk.cfg.Better && len(pk.hull) >= 2
+}
+
+// point is the index of the hull's point a first pass escalates to at price
+// when a second opinion costs amort seconds (0: none).
+func (pk *peekInfo) point(price, amort float64) int {
+	k := 0
+	for k+1 < len(pk.hull) && pk.slope[k+1] >= price*amort {
+		k++
+	}
+	return k
+}
+
+// threshold is the first pass's EscalateBelow at price (utility per engine
+// second) when a second opinion costs amort seconds: the hull's last point
+// whose segment's gain per request pays amort at the price; 0 (escalate
+// nothing) when not even the first does.
+func (pk *peekInfo) threshold(price, amort float64) float64 {
+	if !pk.on() {
+		return 0
+	}
+	k := pk.point(price, amort)
+	if k == 0 {
+		return 0
+	}
+	return pk.hull[k].Threshold
+}
+
+// gain is the mean utility a second opinion adds to a first answer of
+// confidence conf: the slope of the hull segment conf falls in (the first
+// segment's below the curve, 0 beyond its last threshold).
+func (pk *peekInfo) gain(conf float64) float64 {
+	if !pk.on() {
+		return 0
+	}
+	for k := 1; k < len(pk.hull); k++ {
+		if conf < pk.hull[k].Threshold {
+			return pk.slope[k]
+		}
+	}
+	return 0
+}
+
+// peekOption prices a's peek for this decision into ai: a request run on the
+// peek variant also gets, on average, the second opinions its first pass
+// escalates at the last price (the hull's point), which add their mean gain to
+// its value (peekBonus) and their share of the better variant's time to the
+// peek variant's amortised time, so that the price and the search see what a
+// first pass costs and buys.
+func (d *decisionState) peekOption(a *App, ai *appInfo) {
+	pk := d.peek[a.Name]
+	if !pk.on() || !d.w.dataAware || pk.cfg.Cheap >= len(a.Variants) || pk.cfg.Better >= len(a.Variants) || !ai.ok0[pk.cfg.Better] {
+		return
+	}
+	k := pk.point(d.peekPrice, ai.amort[pk.cfg.Better])
+	if k == 0 {
+		return
+	}
+	h := pk.hull[k]
+	ai.peekVar = pk.cfg.Cheap
+	ai.peekBonus = h.Utility - pk.hull[0].Utility
+	ai.amort[pk.cfg.Cheap] += h.Escalated * ai.amort[pk.cfg.Better]
+}
+
+// withPeek is u with r's peek bonus on its application's peek variant (a copy
+// in d.ubuf), or u itself without a peek. The application's mean bonus is
+// spread over requests by how likely the peek variant is to be wrong on each
+// (r.ExpAccuracy against the variant's validation accuracy): a second opinion
+// goes to the answers the first pass is unsure of, which are mostly its wrong
+// ones, so a request the peek variant likely gets wrong has most to gain from
+// running there first rather than on the better variant at once.
+func (d *decisionState) withPeek(u []float64, ai *appInfo, r *Request) []float64 {
+	if ai.peekBonus <= 0 || ai.peekVar >= len(u) {
+		return u
+	}
+	bonus := ai.peekBonus
+	if v := r.App.Variants[ai.peekVar]; len(r.ExpAccuracy) == len(u) && v.Accuracy < 1 {
+		bonus *= min(maxPeekScale, max(0, 1-r.ExpAccuracy[ai.peekVar])/(1-v.Accuracy))
+	}
+	start := len(d.ubuf)
+	d.ubuf = append(d.ubuf, u...)
+	out := d.ubuf[start:len(d.ubuf):len(d.ubuf)]
+	out[ai.peekVar] += bonus
+	return out
+}
+
+// maxPeekScale caps how much more than the mean bonus one request gets.
+const maxPeekScale = 4
+
+// firstUtility is the expected utility of answering with f: under its answer's
+// distribution when the caller kept it, otherwise with its confidence on the
+// answered class and the rest spread over the others by the prior.
+func firstUtility(a *App, f *FirstPass) float64 {
+	y := f.Class
+	if y < 0 || y >= a.K || len(a.Utility) != a.K {
+		return 0
+	}
+	if len(f.Probs) == a.K {
+		u := 0.0
+		for t, p := range f.Probs {
+			u += p * a.Utility[t][y]
+		}
+		return u
+	}
+	u := f.Confidence * a.Utility[y][y]
+	rest, w := 0.0, 0.0
+	for t := range a.K {
+		if t == y {
+			continue
+		}
+		pt := 1.0 / float64(a.K)
+		if len(a.Prior) == a.K {
+			pt = a.Prior[t]
+		}
+		rest += pt * a.Utility[t][y]
+		w += pt
+	}
+	if w > 0 {
+		u += (1 - f.Confidence) * rest / w
+	}
+	return u
+}
+
+// admitSecond is the prepass (admit) for a request back from its peek: its
+// member, valued by the second opinion's gain over its first answer, or a
+// FirstAnswer verdict (answered true).
+func (d *decisionState) admitSecond(r *Request, m *member) (v Verdict, answered bool) {
+	first := Verdict{Request: r, Outcome: FirstAnswer, Reason: ReasonSecondNotWorth}
+	pk := d.peek[r.App.Name]
+	if !pk.on() || pk.cfg.Better >= len(r.App.Variants) || len(r.ExpUtility) != len(r.App.Variants) {
+		return first, true
+	}
+	ai := d.info(r.App)
+	b := pk.cfg.Better
+	dl := r.Deadline.Sub(d.s.Now)
+	if !ai.ok0[b] || ai.cost0[b]+ai.lat1[b] > dl {
+		return first, true
+	}
+	g := pk.gain(r.First.Confidence)
+	if g <= 0 || g < d.peekPrice*ai.amort[b] {
+		return first, true
+	}
+	alt := firstUtility(r.App, r.First)
+	start := len(d.ubuf)
+	for range r.App.Variants {
+		// Any other variant is worth less than the first answer: the search
+		// never picks it, and assemble answers a member it would run there
+		// with the first answer.
+		d.ubuf = append(d.ubuf, alt-1)
+	}
+	u := d.ubuf[start:len(d.ubuf):len(d.ubuf)]
+	u[b] = alt + g
+	*m = member{r: r, dl: dl, budget: r.Budget(), u: u, na: alt, alt: alt, class: secondClass(r.App)}
+	m.pri = g / max(dl, ai.fastest).Seconds()
+	return Verdict{}, false
+}
+
+// secondClass is the grouping key of an application's second passes: past
+// its classes, so they form groups of their own.
+func secondClass(a *App) int { return a.K }
+
+// firstAnswers turns every verdict on a request that has a first pass into
+// FirstAnswer: its first answer is a model answer, worth more than its
+// estimate or none.
+func firstAnswers(vs []Verdict) {
+	for i := range vs {
+		if vs[i].Request.First != nil && vs[i].Outcome != FirstAnswer {
+			vs[i].Outcome = FirstAnswer
+		}
+	}
+}
+
+// escalate makes b a first pass when its variant is its application's peek
+// (EscalateBelow at the decision's price).
+func (d *decisionState) escalate(b *Batch) {
+	if b == nil || len(b.Requests) == 0 {
+		return
+	}
+	a := b.Requests[0].App
+	pk := d.peek[a.Name]
+	if !pk.on() || b.Variant.Index != pk.cfg.Cheap || pk.cfg.Better >= len(a.Variants) {
+		return
+	}
+	th := pk.threshold(d.price, d.info(a).amort[pk.cfg.Better])
+	if th > 0 && !math.IsInf(th, 0) && !math.IsNaN(th) {
+		b.EscalateBelow = th
+	}
+}

@@ -1,0 +1,204 @@
+package scheduler
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// TestPeekHull: the gain per second opinion is the slope of the curve's upper
+// concave hull, falling with the confidence; the threshold at a price is the
+// hull's last point whose gain pays the better variant's time.
+func TestPeekHull(t *testing.T) {
+	// (escalated, utility): (0, .80) (.1, .86) (.2, .87) (.3, .90) (.5, .91).
+	// (.2, .87) is under the chord from (.1, .86) to (.3, .90): not on the hull.
+	pk := newPeekInfo(CascadeConfig{Cheap: 0, Better: 1, Curve: []CascadePoint{
+		{0.3, 0, 0.80}, {0.5, 0.1, 0.86}, {0.6, 0.2, 0.87}, {0.7, 0.3, 0.90}, {0.9, 0.5, 0.91},
+	}})
+	want := []float64{0.3, 0.5, 0.7, 0.9}
+	if len(pk.hull) != len(want) {
+		t.Fatalf("hull %+v, want thresholds %v", pk.hull, want)
+	}
+	for i, th := range want {
+		if pk.hull[i].Threshold != th {
+			t.Errorf("hull point %d: threshold %v, want %v", i, pk.hull[i].Threshold, th)
+		}
+	}
+	for _, c := range []struct{ conf, gain float64 }{
+		{0.1, 0.6}, {0.4, 0.6}, {0.5, 0.2}, {0.65, 0.2}, {0.8, 0.05}, {0.95, 0},
+	} {
+		if g := pk.gain(c.conf); math.Abs(g-c.gain) > 1e-9 {
+			t.Errorf("gain(%v) = %v, want %v", c.conf, g, c.gain)
+		}
+	}
+	// amort 1 ms: a price of 100/s charges 0.1 a second opinion.
+	for _, c := range []struct{ price, th float64 }{
+		{0, 0.9}, {40, 0.9}, {100, 0.7}, {300, 0.5}, {700, 0},
+	} {
+		if th := pk.threshold(c.price, 0.001); th != c.th {
+			t.Errorf("price %v: threshold %v, want %v", c.price, th, c.th)
+		}
+	}
+	if (&peekInfo{}).on() || newPeekInfo(CascadeConfig{Cheap: 1, Better: 1}).on() {
+		t.Error("a peek without a curve, or onto itself, escalates")
+	}
+}
+
+// peekPolicy is sneakpeek with app's peek on its cheap variant.
+func peekPolicy(t *testing.T, a *App, curve []CascadePoint) Policy {
+	t.Helper()
+	p := mustPolicy(t, "sneakpeek", Options{Peek: map[string]string{a.Name: "cheap"}})
+	p.(PeekConfigurer).ConfigurePeek(a.Name, CascadeConfig{Cheap: 0, Better: 1, Curve: curve})
+	return p
+}
+
+// TestPeekFirstAndSecondPass: with time free, sneakpeek with a peek runs a
+// request on the peek variant as a first pass with the curve's most useful
+// threshold; a request back unsure runs on the better variant while it fits
+// its deadline and is answered with its first pass when it does not, or when
+// its confidence is past every point worth escalating. A policy without the
+// peek, and oblivious given one, never set a threshold.
+func TestPeekFirstAndSecondPass(t *testing.T) {
+	a := testApp()
+	curve := []CascadePoint{{0.5, 0, 0.90}, {0.8, 0.3, 0.96}}
+	p := peekPolicy(t, a, curve)
+	// Class 0, which the cheap variant answers as well as the big one: the
+	// search runs it on cheap, and the peek makes that batch a first pass.
+	r1 := req(a, 1, t0, ms(50), []float64{1, 0})
+	d := p.Decide(snap(t0, a, r1))
+	if d.Batch == nil || d.Batch.Variant != a.Variants[0] || d.Batch.EscalateBelow != 0.8 {
+		t.Fatalf("first pass: %+v", d.Batch)
+	}
+	for _, name := range []string{"sneakpeek", "oblivious"} {
+		q := mustPolicy(t, name, Options{})
+		if name == "oblivious" {
+			q.(PeekConfigurer).ConfigurePeek(a.Name, CascadeConfig{Cheap: 0, Better: 1, Curve: curve})
+		}
+		if d := q.Decide(snap(t0, a, req(a, 1, t0, ms(50), []float64{1, 0}))); d.Batch == nil || d.Batch.EscalateBelow != 0 {
+			t.Errorf("%s without a peek: %+v", name, d.Batch)
+		}
+	}
+	now := t0.Add(ms(2))
+	r1.First = &FirstPass{Variant: a.Variants[0], Class: 0, Confidence: 0.6, Done: now}
+	d = p.Decide(snap(now, a, r1))
+	if d.Batch == nil || d.Batch.Variant != a.Variants[1] || d.Batch.EscalateBelow != 0 || len(d.Verdicts) != 0 {
+		t.Fatalf("second pass: batch %+v, verdicts %+v", d.Batch, d.Verdicts)
+	}
+	// Too late for big (6 ms at batch 1) at t0+46ms.
+	d = p.Decide(snap(t0.Add(ms(46)), a, r1))
+	if d.Batch != nil || len(d.Verdicts) != 1 || d.Verdicts[0].Outcome != FirstAnswer || d.Verdicts[0].Reason != ReasonSecondNotWorth {
+		t.Fatalf("late second pass: %+v", d)
+	}
+	// Sure enough that the curve never escalates it.
+	r1.First.Confidence = 0.85
+	d = p.Decide(snap(now, a, r1))
+	if d.Batch != nil || len(d.Verdicts) != 1 || d.Verdicts[0].Outcome != FirstAnswer {
+		t.Fatalf("confident first pass back: %+v", d)
+	}
+}
+
+// TestPeekFirstUtility: the first answer's value under its distribution when
+// kept, else under its confidence with the rest spread by the prior.
+func TestPeekFirstUtility(t *testing.T) {
+	a := testApp()
+	a.Utility = [][]float64{{1, -1}, {-2, 3}}
+	f := &FirstPass{Class: 1, Confidence: 0.7, Probs: []float64{0.3, 0.7}}
+	if u := firstUtility(a, f); math.Abs(u-(0.3*-1+0.7*3)) > 1e-12 {
+		t.Errorf("with probs: %v", u)
+	}
+	f.Probs = nil
+	if u := firstUtility(a, f); math.Abs(u-(0.7*3+0.3*-1)) > 1e-12 {
+		t.Errorf("from the confidence: %v", u)
+	}
+}
+
+// TestPeekUnderExecutor drives sneakpeek with a peek through the Executor, as
+// the gateway and the simulator do: random arrivals (some overloads) on the
+// two-variant app, first passes whose answers below the threshold come back
+// with their first result. Every decision must be valid (the Executor checks
+// it), every request answered exactly once, and second passes happen and run
+// only on the better variant.
+func TestPeekUnderExecutor(t *testing.T) {
+	a := testApp()
+	p := peekPolicy(t, a, []CascadePoint{{0.5, 0, 0.90}, {0.7, 0.2, 0.95}, {0.9, 0.5, 0.97}})
+	lookup := func(id VariantID) *Variant {
+		for _, v := range a.Variants {
+			if v.ID == id {
+				return v
+			}
+		}
+		return nil
+	}
+	x := NewExecutor(Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: t0, a.Variants[1].ID: t0}}, lookup)
+	rng := rand.New(rand.NewPCG(7, 1))
+	now := t0
+	answered := map[uint64]int{}
+	var seq uint64
+	seconds, firsts := 0, 0
+	type pending struct {
+		b   *Batch
+		end time.Time
+	}
+	var running *pending
+	for step := 0; step < 4000; step++ {
+		now = now.Add(time.Duration(rng.IntN(3000)) * time.Microsecond)
+		burst := 1
+		if step%500 < 50 {
+			burst = 8 // overload spells
+		}
+		for range burst {
+			seq++
+			pr := rng.Float64()
+			if err := x.Add(req(a, seq, now, ms(10+rng.Float64()*30), []float64{pr, 1 - pr})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if running != nil && !now.Before(running.end) {
+			for _, r := range running.b.Requests {
+				if running.b.EscalateBelow > 0 && r.First == nil {
+					if c := 0.4 + 0.6*rng.Float64(); c < running.b.EscalateBelow {
+						r.First = &FirstPass{Variant: running.b.Variant, Class: 0, Confidence: c, Done: running.end}
+						if err := x.Add(r); err != nil {
+							t.Fatal(err)
+						}
+						continue
+					}
+				}
+				if r.First != nil {
+					if running.b.Variant != a.Variants[1] {
+						t.Fatalf("second pass of %d on %v", r.Seq, running.b.Variant.ID)
+					}
+					seconds++
+				}
+				answered[r.Seq]++
+			}
+			running = nil
+		}
+		if running != nil || x.Len() == 0 {
+			continue
+		}
+		d := p.Decide(&Snapshot{Now: now, Queue: x.Queue(), Apps: map[string]*App{a.Name: a}, Engine: x.Engine()})
+		if err := x.Apply(d, now); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		for _, v := range d.Verdicts {
+			if v.Outcome == FirstAnswer {
+				firsts++
+			}
+			answered[v.Request.Seq]++
+		}
+		if d.Batch != nil {
+			running = &pending{b: d.Batch, end: d.Batch.Finish}
+		}
+	}
+	for s, n := range answered {
+		if n != 1 {
+			t.Errorf("request %d answered %d times", s, n)
+		}
+	}
+	t.Logf("%d requests, %d second passes run, %d answered with their first pass", seq, seconds, firsts)
+	if seconds == 0 || firsts == 0 {
+		t.Errorf("second passes run %d, answered with the first pass %d: want both", seconds, firsts)
+	}
+}
