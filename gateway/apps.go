@@ -44,6 +44,10 @@ type appRuntime struct {
 	// (measured by newPolicy at start-up, which gives it to NewCascade, and by
 	// Reload).
 	cascade *scheduler.CascadeConfig
+	// peek is the version's peek curve when scheduler.peek names it
+	// (measured by newPolicy at start-up and by Reload, given to the policy's
+	// ConfigurePeek).
+	peek *scheduler.CascadeConfig
 
 	// key registers the version's variants in the engine: the application's
 	// name for the version loaded at start-up, name#N for reloaded ones.
@@ -313,6 +317,10 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 			}
 			a.cascade = &c
 		}
+		if err := g.measurePeek(ctx, a); err != nil {
+			undo()
+			return res, fmt.Errorf("gateway: apps[%d] (%s): %w", i, name, err)
+		}
 		next[name] = a
 		if _, ok := old[name]; ok {
 			res.Changed = append(res.Changed, name)
@@ -331,7 +339,7 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 	}
 	if err := scheduler.ValidateVariants(sched, g.cfg.SchedulerOptions()); err != nil {
 		undo()
-		return res, fmt.Errorf("gateway: %w: scheduler.fixed_variant or cascade_first: %v", ErrConfig, err)
+		return res, fmt.Errorf("gateway: %w: scheduler.fixed_variant, cascade_first or peek: %v", ErrConfig, err)
 	}
 	for _, s := range [][]string{res.Added, res.Changed, res.Removed, res.Unchanged} {
 		slices.Sort(s)
@@ -348,6 +356,13 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 			for name, a := range next {
 				if a.cascade != nil {
 					cc.Configure(name, *a.cascade)
+				}
+			}
+		}
+		if pc, ok := g.loop.policy.(scheduler.PeekConfigurer); ok {
+			for name, a := range next {
+				if a.peek != nil {
+					pc.ConfigurePeek(name, *a.peek)
 				}
 			}
 		}

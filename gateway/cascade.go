@@ -22,6 +22,15 @@ func (g *Gateway) newPolicy(ctx context.Context) (scheduler.Policy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
+		pc, ok := p.(scheduler.PeekConfigurer)
+		for name, a := range g.appSet() {
+			if err := g.measurePeek(ctx, a); err != nil {
+				return nil, err
+			}
+			if a.peek != nil && ok {
+				pc.ConfigurePeek(name, *a.peek)
+			}
+		}
 		return p, nil
 	}
 	cfg := map[string]scheduler.CascadeConfig{}
@@ -40,6 +49,29 @@ func (g *Gateway) newPolicy(ctx context.Context) (scheduler.Policy, error) {
 	return p, nil
 }
 
+// measurePeek measures a's peek curve (a.peek) when scheduler.peek names a
+// variant of it; otherwise it leaves a.peek nil.
+func (g *Gateway) measurePeek(ctx context.Context, a *appRuntime) error {
+	a.peek = nil
+	if _, ok := g.cfg.Scheduler.Peek[a.m.Name]; !ok {
+		return nil
+	}
+	peek, better, err := scheduler.PeekPair(a.sched, g.cfg.SchedulerOptions())
+	if err != nil {
+		return fmt.Errorf("gateway: %w: scheduler.peek: %v", ErrConfig, err)
+	}
+	if a.m.Validation == nil {
+		g.log.Warn().Str("app", a.m.Name).Msg("peek: no validation split in the manifest; the application is not peeked")
+		return nil
+	}
+	c, err := g.measureCurve(ctx, a, peek, better, "peek")
+	if err != nil {
+		return err
+	}
+	a.peek = &c
+	return nil
+}
+
 // measureCascade runs a's first (scheduler.cascade_first, else the cheapest) and
 // most accurate variants over (up to cascadeRows of) its validation split and
 // builds its cascade curve. An application without a validation split never
@@ -56,9 +88,19 @@ func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (scheduler.
 		}
 		return scheduler.CascadeConfig{Cheap: better, Better: better}, nil
 	}
+	return g.measureCurve(ctx, a, cheap, better, "cascade")
+}
+
+// measureCurve runs a's variants cheap and better over (up to cascadeRows of)
+// its validation split and builds their curve (the cascade's, or the peek's:
+// what names it in errors and the log).
+func (g *Gateway) measureCurve(ctx context.Context, a *appRuntime, cheap, better int, what string) (scheduler.CascadeConfig, error) {
+	if cheap == better {
+		return scheduler.CascadeConfig{Cheap: cheap, Better: better}, nil
+	}
 	set, err := dataset.Read(a.m.Path(a.m.Validation.File))
 	if err != nil {
-		return scheduler.CascadeConfig{}, fmt.Errorf("gateway: cascade for %s: %w", a.m.Name, err)
+		return scheduler.CascadeConfig{}, fmt.Errorf("gateway: %s for %s: %w", what, a.m.Name, err)
 	}
 	step := max(1, set.N/cascadeRows)
 	var rows [][]float32
@@ -71,7 +113,7 @@ func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (scheduler.
 	for k, vi := range []int{cheap, better} {
 		id := engine.VariantID{App: a.key, Variant: a.sched.Variants[vi].ID.Variant}
 		if out[k], err = g.eng.RunAll(ctx, id, rows, g.cfg.Scheduler.MaxBatch); err != nil {
-			return scheduler.CascadeConfig{}, fmt.Errorf("gateway: cascade for %s: %w", a.m.Name, err)
+			return scheduler.CascadeConfig{}, fmt.Errorf("gateway: %s for %s: %w", what, a.m.Name, err)
 		}
 	}
 	c, err := scheduler.CascadeFromOutputs(a.sched, cheap, better, labels, out[0], out[1])
@@ -80,6 +122,6 @@ func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (scheduler.
 	}
 	g.log.Info().Str("app", a.m.Name).Str("cheap", a.sched.Variants[cheap].ID.Variant).
 		Str("better", a.sched.Variants[better].ID.Variant).Int("rows", len(rows)).Int("points", len(c.Curve)).
-		Msg("cascade curve measured on the validation split")
+		Msg(what + " curve measured on the validation split")
 	return c, nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
@@ -122,5 +123,61 @@ func TestCascadePolicyEndToEnd(t *testing.T) {
 			used[rep.Model]++
 		}
 		t.Logf("%s: answers by variant %v", app, used)
+	}
+}
+
+// scheduler.peek end to end: with sneakpeek and fashion peeked on the cnn, the
+// gateway measures the peek's curve on the validation split (the cnn first,
+// the most accurate variant second), serves real requests, and sends the cnn's
+// unsure answers back for a second opinion (counted). A peek with another
+// policy, or naming a variant the application lacks, is a configuration error.
+func TestPeekEndToEnd(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.Scheduler.Policy = "sneakpeek"
+	cfg.Scheduler.Peek = map[string]string{"fashion": "cnn"}
+	cfg.Apps = []AppConfig{{Manifest: fashionManifest}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := *cfg
+	bad.Scheduler.Policy = "edf"
+	if err := bad.Validate(); err == nil {
+		t.Error("scheduler.peek accepted with the edf policy")
+	}
+	r := startGateway(t, cfg, Options{})
+	rt, _ := r.g.app("fashion")
+	m, rows := appSamples(t, fashionManifest)
+	peek, better, err := scheduler.PeekPair(rt.sched, cfg.SchedulerOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Variants[peek].Name != "cnn" || rt.peek == nil || rt.peek.Cheap != peek || rt.peek.Better != better || len(rt.peek.Curve) < 2 {
+		t.Fatalf("peek %+v, want the cnn (%d) first and %d second, with a curve", rt.peek, peek, better)
+	}
+	dev := newDevice(t, b.URL(), "sensor-1")
+	var ids []string
+	for i := range 200 {
+		id := fmt.Sprintf("f-%d", i)
+		dev.request("fashion", "sensor-1", id, rows.Row(i), 10000)
+		ids = append(ids, id)
+	}
+	used := map[string]int{}
+	for id, rep := range dev.await(ids, 60*time.Second) {
+		if rep.Status != protocol.StatusOK {
+			t.Errorf("%s: %s (%s), want ok", id, rep.Status, rep.Reason)
+		}
+		used[rep.Model]++
+	}
+	n := testutil.ToFloat64(r.g.m.requeued.WithLabelValues("fashion"))
+	t.Logf("answers by variant %v; %v first passes sent back", used, n)
+	if n == 0 || used["cnn"] == 0 {
+		t.Errorf("%v cnn answers, %v first passes sent back: want the cnn to peek", used["cnn"], n)
+	}
+
+	unknown := *cfg
+	unknown.Scheduler.Peek = map[string]string{"fashion": "no-such-variant"}
+	if _, err := New(context.Background(), Options{Config: &unknown}); err == nil {
+		t.Error("a peek naming no variant of the application started")
 	}
 }

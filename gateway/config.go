@@ -172,6 +172,9 @@ type EngineConfig struct {
 // its curves and run its second passes.
 const PolicyCascade = "cascade"
 
+// PolicyPeeks is the one policy scheduler.peek applies to.
+const PolicyPeeks = "sneakpeek"
+
 // SchedulerConfig selects and tunes the scheduling policy.
 type SchedulerConfig struct {
 	// Policy is a registered policy name (scheduler.Names()) or "cascade" (the
@@ -186,6 +189,14 @@ type SchedulerConfig struct {
 	// first (default: the cheapest). docs/evaluation.md ("The cascade's first
 	// variant") shows that a mid-sized first variant can beat the cheapest.
 	CascadeFirst map[string]string `yaml:"cascade_first"`
+	// Peek names, per application, the variant whose output the sneakpeek
+	// policy uses as a per-sample signal (scheduler.Options.Peek): batches
+	// on it are first passes, and the answers it is unsure of get a second
+	// opinion from the most accurate variant when that pays at the price of
+	// engine time. The gateway measures each peeked application's curve on
+	// its validation split at start-up and on reload, as for the cascade.
+	// docs/evaluation.md ("The peek") says where it pays.
+	Peek map[string]string `yaml:"peek"`
 	// Shrink is scheduler.Options.Shrink for the data-aware policies.
 	Shrink float64 `yaml:"shrink"`
 	// PriceHorizon is scheduler.Options.PriceHorizon (0: price over the window).
@@ -464,6 +475,9 @@ func (c *Config) Validate() error {
 			return configErr("scheduler.policy", "%v (or %s)", err, PolicyCascade)
 		}
 	}
+	if len(c.Scheduler.Peek) > 0 && c.Scheduler.Policy != PolicyPeeks {
+		return configErr("scheduler.peek", "only the %s policy peeks (scheduler.policy is %s)", PolicyPeeks, c.Scheduler.Policy)
+	}
 	if c.Scheduler.MaxBatch < 1 || c.Scheduler.MaxBatch > c.Engine.BatchSizes[len(c.Engine.BatchSizes)-1] {
 		return configErr("scheduler.max_batch", "%d: must be between 1 and the largest engine.batch_sizes entry", c.Scheduler.MaxBatch)
 	}
@@ -504,8 +518,8 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 	return scheduler.Options{
 		MaxBatch: c.Scheduler.MaxBatch, Window: c.Scheduler.Window,
 		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
-		CascadeFirst: c.Scheduler.CascadeFirst,
-		Shrink:       c.Scheduler.Shrink, PriceHorizon: c.Scheduler.PriceHorizon,
+		CascadeFirst: c.Scheduler.CascadeFirst, Peek: c.Scheduler.Peek,
+		Shrink: c.Scheduler.Shrink, PriceHorizon: c.Scheduler.PriceHorizon,
 	}
 }
 

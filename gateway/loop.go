@@ -650,6 +650,7 @@ func (l *loop) finish(d batchDone) {
 				// for the policy to run a second pass or answer with this one.
 				r.First = &scheduler.FirstPass{Variant: b.Variant, Class: cls, Confidence: conf, Done: d.done, Probs: d.probs[i]}
 				j.first = &res
+				l.m.requeued.WithLabelValues(j.App).Inc()
 				l.requeue(r)
 				continue
 			}

@@ -19,6 +19,7 @@ type metrics struct {
 	rejected      *prometheus.CounterVec   // reason
 	refusedDeg    *prometheus.CounterVec   // app
 	admissionShed *prometheus.CounterVec   // app
+	requeued      *prometheus.CounterVec   // app: first passes sent back for a second
 	unroutable    prometheus.Counter       // broken beyond any reply topic
 	duplicates    *prometheus.CounterVec   // state: pending, done
 	queueLen      prometheus.Gauge         // requests waiting for a model
@@ -56,6 +57,9 @@ type metrics struct {
 	owedWaiting prometheus.Gauge
 	// publishWaits counts publishes that found every such place taken.
 	publishWaits prometheus.Counter
+	// strandedReconnects counts broker connections the gateway dropped because
+	// publishes the MQTT client failed unsent held packet ids (stranded.go).
+	strandedReconnects prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -77,6 +81,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_admission_degraded_total", Help: "Requests refused for overload and answered from the SneakPeek estimate instead (admission.degrade_refused), by application."}, []string{"app"}),
 		admissionShed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_shed_total", Help: "Requests answered from the SneakPeek estimate at admission because the scheduler was shedding requests worth more per second of engine time (admission.price_shed), by application."}, []string{"app"}),
+		requeued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_first_passes_requeued_total", Help: "Answers of a first pass (the cascade policy's, or sneakpeek's peek: scheduler.peek) below the confidence threshold, sent back to the queue for a second pass or to be answered with the first, by application."}, []string{"app"}),
 		unroutable: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_unroutable_total", Help: "Messages so broken that no reply topic could be derived (logged, not answered)."}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -119,6 +125,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_unjournaled_replies_waiting", Help: "Replies to requests that are not journaled waiting to be handed to the broker because the MQTT client holds as many unacknowledged publishes as mqtt.max_inflight_publishes allows; they go out, in order, as the broker acknowledges."}),
 		publishWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_mqtt_publish_waits_total", Help: "Publishes that found the MQTT client holding as many unacknowledged publishes as mqtt.max_inflight_publishes allows and waited for a PUBACK (replies to requests that are not journaled queue instead; answers, republished replies and the outbox flush wait)."}),
+		strandedReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_mqtt_stranded_reconnects_total", Help: "Broker connections the gateway dropped itself because publishes the MQTT client had failed without sending them (its write timeout, mqtt.publish_timeout) held packet ids, and the broker had acknowledged nothing for mqtt.publish_timeout (or a minute had passed): the next connection resends them (docs/reliability.md, \"Packet ids\")."}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_reloads_total", Help: "Configuration reloads (SIGHUP), by result: ok, or refused (the previous configuration kept serving)."}, []string{"result"}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
@@ -126,10 +134,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		latencyFactor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
-	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.admissionShed, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
-		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits,
+		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
 			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},
@@ -237,6 +245,7 @@ func (m *metrics) initLabels(apps []string) {
 		m.received.WithLabelValues(app)
 		m.refusedDeg.WithLabelValues(app)
 		m.admissionShed.WithLabelValues(app)
+		m.requeued.WithLabelValues(app)
 		m.answers.init(app)
 		for _, st := range statuses {
 			m.replies.WithLabelValues(app, string(st))
