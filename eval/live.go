@@ -186,6 +186,21 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg.Engine.ProfileCache = filepath.Join(c.Dir, "profiles")
 	cfg.Engine.ProfileRuns = 15
 	cfg.Scheduler.Policy = c.Policy
+	if c.Policy == PolicyPeek {
+		// The gateway's sneakpeek with scheduler.peek: -peek's variants,
+		// else -cascade-first's (as the simulator's sneakpeek-peek).
+		cfg.Scheduler.Policy = gateway.PolicyPeeks
+		cfg.Scheduler.Peek = map[string]string{}
+		for app, v := range c.Options.CascadeFirst {
+			cfg.Scheduler.Peek[app] = v
+		}
+		for app, v := range c.Options.Peek {
+			cfg.Scheduler.Peek[app] = v
+		}
+		if len(cfg.Scheduler.Peek) == 0 {
+			return res, fmt.Errorf("eval: live %s needs -peek app=variant (or -cascade-first)", PolicyPeek)
+		}
+	}
 	o := c.Options
 	d := scheduler.DefaultOptions()
 	cfg.Scheduler.MaxBatch = cmp0(o.MaxBatch, d.MaxBatch)
@@ -245,7 +260,8 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 		return res, fmt.Errorf("eval: %w", err)
 	}
 	defer eng.Close()
-	a, err := LoadApp(ctx, c.Manifest, LoadOptions{Engine: eng, Profiles: prof, MaxBatch: cfg.Scheduler.MaxBatch})
+	a, err := LoadApp(ctx, c.Manifest, LoadOptions{Engine: eng, Profiles: prof, MaxBatch: cfg.Scheduler.MaxBatch,
+		CascadeFirst: c.Options.CascadeFirst, Peek: c.Options.Peek})
 	if err != nil {
 		return res, err
 	}
