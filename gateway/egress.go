@@ -121,6 +121,12 @@ type egress struct {
 	m            *metrics
 	opts         egressOptions
 
+	// reconnect, if set, has the broker connection dropped, so that the MQTT
+	// client reconnects and resends what it holds (brokerConns.fail); it
+	// reports whether there was a connection to drop. The egress drops one whose
+	// stranded publishes call for it (stranded.go).
+	reconnect func(error) bool
+
 	// sendMu guards closed, the answers queued and the sends on raw against
 	// Stop.
 	sendMu sync.RWMutex
@@ -202,9 +208,10 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 		e.gate = newPubGate(defaultMaxInflightPublishes)
 	}
 	e.room.L = &e.answersMu
-	e.late.Add(2)
+	e.late.Add(3)
 	go e.owedWaiter()
 	go e.owedSender()
+	go e.watchStranded()
 	for range opts.AnswerWorkers {
 		e.answerW.Add(1)
 		go e.answerWorker()
@@ -520,7 +527,9 @@ func (e *egress) owedWaiter() {
 				e.owedMu.Unlock()
 				if err := o.tok.Error(); err != nil {
 					// Not acknowledged: the broker delivers the request again when
-					// the session resumes.
+					// the session resumes (a connection that stays up is renewed
+					// if paho still holds the reply: stranded.go).
+					e.gate.strand(o.tok)
 					e.m.publishFails.Inc()
 					e.log.Warn().Err(err).Str("app", o.app).Str("status", string(o.status)).
 						Msg("reply to a request that is not journaled failed; the request is left unacknowledged for redelivery")
@@ -678,7 +687,9 @@ func (e *egress) publishAnswer(ctx context.Context, held bool, topic string, key
 func (e *egress) finishAnswer(h *handedOver) bool {
 	err := h.err
 	if err == nil {
-		err = e.waitPublish(h.tok, h.at)
+		if err = e.waitPublish(h.tok, h.at); err != nil && !errors.Is(err, errPublishTimeout) {
+			e.gate.strand(h.tok) // failed, perhaps unsent: stranded.go
+		}
 	}
 	if err == nil {
 		e.m.replies.WithLabelValues(e.appLabel(h.app), string(h.status)).Inc()
@@ -723,8 +734,11 @@ func (e *egress) sendRaw(r rawMsg) {
 		e.m.dropped.WithLabelValues(string(r.status)).Inc()
 		return
 	}
-	if _, err := e.publish(context.Background(), r.topic, r.payload); err != nil && !errors.Is(err, errPublishTimeout) {
+	if t, err := e.publish(context.Background(), r.topic, r.payload); err != nil && !errors.Is(err, errPublishTimeout) {
 		// On a timeout the MQTT client still holds it and sends it after all.
+		if t != nil {
+			e.gate.strand(t)
+		}
 		e.m.dropped.WithLabelValues(string(r.status)).Inc()
 		return
 	}
@@ -782,6 +796,8 @@ func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protoco
 			if t.Error() == nil {
 				e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
 				e.complete(k, payload)
+			} else {
+				e.gate.strand(t)
 			}
 		case <-e.stop:
 		}

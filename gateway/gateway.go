@@ -60,6 +60,9 @@ type Gateway struct {
 	egress *egress
 	client mqtt.Client
 	link   *brokerLink // the broker connection's state (mqttconn.go)
+	// conns holds the client's current connection, so that the egress can
+	// have it renewed (stranded.go).
+	conns  brokerConns
 	broker *Broker
 	http   *http.Server // metrics, health and readiness; nil when off
 	// in queues request messages from paho's router goroutine to the ingress
@@ -316,9 +319,13 @@ func (g *Gateway) newClient() error {
 		SetConnectRetry(true).SetConnectRetryInterval(time.Second).SetConnectTimeout(5*time.Second).
 		SetDefaultPublishHandler(g.onRequest).
 		SetBinaryWill(c.StatusTopic(), g.statusPayload(protocol.StateOffline, protocol.OfflineLost), 1, true)
-	if open := bufferedOpener(c.Broker); open != nil {
-		opts.SetCustomOpenConnectionFn(open) // mqttbuf.go
+	// Every connection through brokerConns, so that the egress can drop one
+	// whose stranded publishes call for it (stranded.go).
+	open := bufferedOpener(c.Broker) // mqttbuf.go
+	if open == nil {
+		open = dialBroker // paho's own, as paho would open it
 	}
+	opts.SetCustomOpenConnectionFn(g.conns.opener(open))
 	if c.Username != "" {
 		opts.SetUsername(c.Username)
 	}
@@ -369,6 +376,7 @@ func (g *Gateway) newClient() error {
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, eo, log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.app(app); return ok }
 	g.egress.journalError = g.journalError
+	g.egress.reconnect = g.conns.fail
 	return nil
 }
 

@@ -126,7 +126,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		publishWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_mqtt_publish_waits_total", Help: "Publishes that found the MQTT client holding as many unacknowledged publishes as mqtt.max_inflight_publishes allows and waited for a PUBACK (replies to requests that are not journaled queue instead; answers, republished replies and the outbox flush wait)."}),
 		strandedReconnects: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sneakgate_mqtt_stranded_reconnects_total", Help: "Broker connections the gateway dropped itself because publishes the MQTT client had failed without sending them (its write timeout, mqtt.publish_timeout) held packet ids, and the broker had acknowledged nothing for mqtt.publish_timeout (or a minute had passed): the next connection resends them (docs/reliability.md, \"Packet ids\")."}),
+			Name: "sneakgate_mqtt_stranded_reconnects_total", Help: "Broker connections the gateway dropped itself because publishes the MQTT client had failed without sending them (its write timeout, mqtt.publish_timeout) held packet ids, and the broker had acknowledged nothing for mqtt.publish_timeout (or, while it acknowledged others, 12 publish timeouts had passed): the next connection resends them (docs/reliability.md, \"Packet ids\")."}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_reloads_total", Help: "Configuration reloads (SIGHUP), by result: ok, or refused (the previous configuration kept serving)."}, []string{"result"}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{

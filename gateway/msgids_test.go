@@ -34,6 +34,14 @@ type heldBroker struct {
 	received int                        // PUBLISHes received
 	maxHeld  int                        // the most ever held at once
 	dupes    int                        // PUBLISHes whose id was already held (an id reused)
+	dials    int                        // connections opened
+	payloads []string                   // the payload of every PUBLISH received, in order
+	conn     net.Conn                   // the server end of the current connection
+	// permits, while not nil, paces the server's reading: it reads the packet
+	// it is waiting for, then one more for each value received (stopReading,
+	// readOne, resumeReading), so that the client's writer blocks meanwhile
+	// (net.Pipe has no buffer).
+	permits chan struct{}
 }
 
 func newHeldBroker() *heldBroker { return &heldBroker{holding: map[uint16]bool{}} }
@@ -44,6 +52,8 @@ func (b *heldBroker) dial(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 	out := make(chan packets.ControlPacket, 1<<18)
 	b.mu.Lock()
 	b.out = out
+	b.conn = s
+	b.dials++
 	b.mu.Unlock()
 	go func() {
 		w := bufio.NewWriter(s)
@@ -64,6 +74,12 @@ func (b *heldBroker) serve(s net.Conn, out chan packets.ControlPacket) {
 	defer close(out)
 	r := bufio.NewReaderSize(s, 64<<10)
 	for {
+		b.mu.Lock()
+		permits := b.permits
+		b.mu.Unlock()
+		if permits != nil {
+			<-permits
+		}
 		p, err := packets.ReadPacket(r)
 		if err != nil {
 			return
@@ -86,6 +102,7 @@ func (b *heldBroker) serve(s net.Conn, out chan packets.ControlPacket) {
 			b.holding[p.MessageID] = true
 			b.held = append(b.held, p.MessageID)
 			b.maxHeld = max(b.maxHeld, len(b.held))
+			b.payloads = append(b.payloads, string(p.Payload))
 			b.mu.Unlock()
 		case *packets.DisconnectPacket:
 			s.Close()
@@ -114,6 +131,53 @@ func (b *heldBroker) ack(n int) {
 	}
 }
 
+// stopReading makes the server stop reading once it has the packet it is
+// waiting for (if any): the client's next write blocks until readOne or
+// resumeReading.
+func (b *heldBroker) stopReading() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.permits == nil {
+		b.permits = make(chan struct{}, 1024)
+	}
+}
+
+// readOne lets the server read one more packet.
+func (b *heldBroker) readOne() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.permits <- struct{}{}
+}
+
+// resumeReading lets the server read as fast as the client writes again.
+func (b *heldBroker) resumeReading() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.permits)
+	b.permits = nil
+}
+
+// drop closes the current connection from the server's end.
+func (b *heldBroker) drop() {
+	b.mu.Lock()
+	s := b.conn
+	b.mu.Unlock()
+	s.Close()
+}
+
+// receivedOf returns how many PUBLISHes carried payload, and the connections
+// opened so far.
+func (b *heldBroker) receivedOf(payload string) (n, dials int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, p := range b.payloads {
+		if p == payload {
+			n++
+		}
+	}
+	return n, b.dials
+}
+
 func (b *heldBroker) counts() (received, held, maxHeld, dupes int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -121,16 +185,19 @@ func (b *heldBroker) counts() (received, held, maxHeld, dupes int) {
 }
 
 // heldClient connects a real paho client, with the gateway's session settings,
-// to b (in the caller's synctest bubble).
+// to b (in the caller's synctest bubble). An opener set in o must open b's
+// connections (b.dial).
 func heldClient(t *testing.T, b *heldBroker, o *mqtt.ClientOptions) mqtt.Client {
 	t.Helper()
 	if o == nil {
 		o = mqtt.NewClientOptions()
 	}
+	if o.CustomOpenConnectionFn == nil {
+		o.SetCustomOpenConnectionFn(b.dial)
+	}
 	o.AddBroker("tcp://held.invalid:1883").SetClientID("gw").SetCleanSession(false).
 		SetAutoAckDisabled(true).SetOrderMatters(true).SetWriteTimeout(5 * time.Second).
-		SetKeepAlive(30 * time.Second).SetAutoReconnect(true).SetConnectRetry(true).
-		SetCustomOpenConnectionFn(b.dial)
+		SetKeepAlive(30 * time.Second).SetAutoReconnect(true).SetConnectRetry(true)
 	c := mqtt.NewClient(o)
 	tok := c.Connect()
 	synctest.Wait()

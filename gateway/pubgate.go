@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -40,23 +42,38 @@ const (
 // without a place when the gate is closed (errStopping), when the connection is
 // lost (interrupt: errNotConnected; the places held then free only once a later
 // connection's resends are acknowledged) or when the waiter's context ends.
+//
+// A publish that paho fails without sending it (its write timeout: client.go
+// line 830, "publish was broken by timeout") keeps its id and stored packet
+// until a later connection resends it. The gate keeps those apart (strand), so
+// that the egress can have the connection renewed (stranded.go).
 type pubGate struct {
 	inner mqtt.Store
 	limit int
 	// waited, if set, is called each time a publish finds the gate full.
 	waited func()
+	// now is the clock of stranded and freed (time.Now).
+	now func() time.Time
+	// strandKick (size 1) is signalled when a packet is stranded.
+	strandKick chan struct{}
 
 	mu       sync.Mutex
 	room     sync.Cond
 	opened   bool
-	keys     map[string]bool // outbound packets stored
-	entering int             // acquired, Publish not returned yet
+	keys     map[string]uint64 // outbound packets stored, with lost when they were stored
+	entering int               // acquired, Publish not returned yet
 	closed   bool
 	lost     uint64 // interrupts so far
+	// stranded are the stored packets whose publish failed on the connection
+	// that is still up, with when the gate was told (strand); freed is when a
+	// PUBACK last freed a place (the broker's progress).
+	stranded map[string]time.Time
+	freed    time.Time
 }
 
 func newPubGate(limit int) *pubGate {
-	g := &pubGate{inner: mqtt.NewMemoryStore(), limit: max(limit, 1), keys: map[string]bool{}}
+	g := &pubGate{inner: mqtt.NewMemoryStore(), limit: max(limit, 1), keys: map[string]uint64{},
+		now: time.Now, strandKick: make(chan struct{}, 1), stranded: map[string]time.Time{}}
 	g.room.L = &g.mu
 	return g
 }
@@ -126,11 +143,68 @@ func (g *pubGate) wait(ctx context.Context, count bool, gen uint64) error {
 // interrupt ends the waits in progress (errNotConnected): the connection was
 // lost, and the places they wait for free only once a later connection has
 // resent what the client holds and the broker has acknowledged it.
+// What was stranded is not any more: the next connection resends it.
 func (g *pubGate) interrupt() {
 	g.mu.Lock()
 	g.lost++
+	clear(g.stranded)
 	g.mu.Unlock()
 	g.room.Broadcast()
+}
+
+// strand is told of a publish whose token completed with an error. If paho
+// still stores its packet, stored on the connection that is still up, the
+// packet was not sent and will not be on this connection (paho resends only
+// when a session resumes): it is stranded, holding its place and packet id
+// until the next connection resends it and the broker acknowledges it. A
+// failure on a connection since lost, or one that took no packet id (not
+// connected, no id available), is not.
+func (g *pubGate) strand(t mqtt.Token) {
+	pt, ok := t.(interface{ MessageID() uint16 })
+	if !ok || pt.MessageID() == 0 {
+		return
+	}
+	k := fmt.Sprintf("o.%d", pt.MessageID()) // paho's outboundKeyFromMID
+	g.mu.Lock()
+	on, stored := g.keys[k]
+	added := false
+	if _, was := g.stranded[k]; stored && on == g.lost && !was {
+		g.stranded[k], added = g.now(), true
+	}
+	g.mu.Unlock()
+	if added {
+		select {
+		case g.strandKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// strandedDue says how many packets are stranded (strand) and when they call
+// for a new connection: quiet after the later of the oldest one's stranding
+// and the last PUBACK that freed a place (the broker has acknowledged nothing
+// since), and at the latest limit after the oldest one's stranding.
+func (g *pubGate) strandedDue(quiet, limit time.Duration) (due time.Time, n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var oldest time.Time
+	for _, at := range g.stranded {
+		if oldest.IsZero() || at.Before(oldest) {
+			oldest = at
+		}
+	}
+	if len(g.stranded) == 0 {
+		return time.Time{}, 0
+	}
+	from := oldest
+	if g.freed.After(from) {
+		from = g.freed
+	}
+	due = from.Add(quiet)
+	if capped := oldest.Add(limit); capped.Before(due) {
+		due = capped
+	}
+	return due, len(g.stranded)
 }
 
 // tryAcquire takes up to n places, those free now, and says how many it took.
@@ -178,7 +252,7 @@ func (g *pubGate) Put(key string, p packets.ControlPacket) {
 	}
 	g.mu.Lock()
 	if g.opened { // MemoryStore ignores a Put while closed
-		g.keys[key] = true
+		g.keys[key] = g.lost
 	}
 	g.mu.Unlock()
 }
@@ -189,9 +263,12 @@ func (g *pubGate) All() []string                        { return g.inner.All() }
 func (g *pubGate) Del(key string) {
 	g.inner.Del(key)
 	g.mu.Lock()
-	freed := g.opened && g.keys[key]
+	_, freed := g.keys[key]
+	freed = freed && g.opened
 	if freed {
 		delete(g.keys, key)
+		delete(g.stranded, key)
+		g.freed = g.now()
 	}
 	g.mu.Unlock()
 	if freed {
@@ -210,6 +287,7 @@ func (g *pubGate) Reset() {
 	g.inner.Reset()
 	g.mu.Lock()
 	clear(g.keys)
+	clear(g.stranded)
 	g.mu.Unlock()
 	g.room.Broadcast()
 }

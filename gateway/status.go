@@ -33,6 +33,9 @@ func (g *Gateway) statusPayload(state, reason string) []byte {
 func (g *Gateway) publishStatus(state, reason string) {
 	t := g.client.Publish(g.cfg.MQTT.StatusTopic(), 1, true, g.statusPayload(state, reason))
 	if !t.WaitTimeout(2*time.Second) || t.Error() != nil {
+		if t.Error() != nil && g.egress != nil {
+			g.egress.gate.strand(t) // perhaps failed unsent: stranded.go
+		}
 		g.log.Warn().Err(t.Error()).Str("state", state).Msg("status not published")
 	}
 }
