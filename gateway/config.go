@@ -81,6 +81,17 @@ type MQTTConfig struct {
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
 	// FlushRate caps replies per second when the outbox flushes after a reconnect.
 	FlushRate float64 `yaml:"flush_rate"`
+	// ShutdownTimeout bounds how long a stopping gateway waits for the broker to
+	// take its last replies (places for them at mqtt.max_inflight_publishes,
+	// their PUBACKs). Past it the gateway gives up on the broker: what it has
+	// not acknowledged stays in the journal (answers kept in the outbox,
+	// requests pending) or, for a request that is not journaled, unacknowledged
+	// with the broker, and is answered after the next start. The whole stop
+	// then takes at most about this plus publish_timeout (a publish the MQTT
+	// client has started) plus 3 s (the retained status, the disconnection, the
+	// journal's close): keep that below systemd's TimeoutStopSec (30 s in the
+	// shipped unit), which would kill the gateway instead.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// MaxInflightPublishes bounds the publishes handed to the broker and not
 	// acknowledged yet (each holds one of the MQTT client's 65,535 packet ids;
 	// with all of them held, paho fails every further publish). Beyond it,
@@ -283,6 +294,11 @@ type AppConfig struct {
 	ClassBased bool `yaml:"class_based"`
 }
 
+// defaultShutdownTimeout is mqtt.shutdown_timeout's default: with the default
+// publish_timeout (5 s) and 3 s for the rest, the stop ends within 23 s, below
+// the shipped unit's TimeoutStopSec (30 s).
+const defaultShutdownTimeout = 15 * time.Second
+
 // DefaultConfig returns the configuration used for every field a file leaves out.
 func DefaultConfig() Config {
 	so := scheduler.DefaultOptions()
@@ -292,6 +308,7 @@ func DefaultConfig() Config {
 			Broker: "tcp://127.0.0.1:1883", ClientID: "sneakgate", TopicPrefix: "sneakgate",
 			ReplyAllow: []string{"{prefix}/res/{app}/{device}"},
 			Keepalive:  30 * time.Second, PublishTimeout: 5 * time.Second, FlushRate: 200, StatsInterval: 10 * time.Second,
+			ShutdownTimeout:      defaultShutdownTimeout,
 			DurableReplies:       true,
 			MaxInflightPublishes: defaultMaxInflightPublishes,
 			Embedded:             EmbeddedBroker{Listen: "127.0.0.1:1883"},
@@ -408,6 +425,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.PublishTimeout <= 0 {
 		return configErr("mqtt.publish_timeout", "must be positive")
+	}
+	if c.MQTT.ShutdownTimeout <= 0 {
+		return configErr("mqtt.shutdown_timeout", "must be positive")
 	}
 	if c.MQTT.StatsInterval < 0 {
 		return configErr("mqtt.stats_interval", "must not be negative")

@@ -46,7 +46,8 @@ func TestLoadConfigErrorsNameTheField(t *testing.T) {
 		"apps:\n  - manifest: a\nmqtt:\n  embedded: {enabled: true, listen: ''}\n": "mqtt.embedded.listen",
 		"apps: []\n":                "apps",
 		"apps:\n  - estimator: x\n": "apps[0].manifest",
-		"store:\n  retention: -1s\napps:\n  - manifest: a\n": "store.retention",
+		"store:\n  retention: -1s\napps:\n  - manifest: a\n":      "store.retention",
+		"mqtt:\n  shutdown_timeout: 0s\napps:\n  - manifest: a\n": "mqtt.shutdown_timeout",
 	}
 	for body, field := range cases {
 		_, err := LoadConfig(writeConfig(t, body))

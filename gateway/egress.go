@@ -162,6 +162,9 @@ type egress struct {
 	busyMu sync.Mutex
 	busy   map[store.Key]bool
 	stop   chan struct{} // closed by Close: late waiters give up
+	// gaveUp is closed by giveUp: no publish waits for the broker any more.
+	gaveUp     chan struct{}
+	giveUpOnce sync.Once
 
 	// gate bounds the packet ids the client holds (opts.Gate).
 	gate *pubGate
@@ -202,7 +205,7 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 	e := &egress{client: c, journal: j, timeout: timeout, rate: rate, now: now, log: log, m: m, opts: opts,
 		answersKick: make(chan struct{}, 1), acks: make(chan []*handedOver, opts.AckQueue),
 		raw:  make(chan rawMsg, opts.RawQueue),
-		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{}),
+		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{}), gaveUp: make(chan struct{}),
 		owedKick: make(chan struct{}, 1), sendKick: make(chan struct{}, 1), gate: opts.Gate}
 	if e.gate == nil {
 		e.gate = newPubGate(defaultMaxInflightPublishes)
@@ -848,15 +851,45 @@ func (e *egress) Stop(ctx context.Context) {
 	}
 }
 
+// giveUp ends every wait for the broker, for a stop that cannot wait any
+// longer (mqtt.shutdown_timeout): no publish waits for a place at the gate any
+// more (answers not handed over are kept unsent in the outbox, to be stamped
+// when they go out after the next start; the flusher and the owed sender stop;
+// republished replies are dropped and counted), and none waits for its PUBACK
+// (an answer whose PUBACK has not come stays in the outbox, and is published
+// again after the next start). Replies to requests that are not journaled still
+// waiting leave their requests unacknowledged, for the broker to deliver again.
+func (e *egress) giveUp() {
+	e.giveUpOnce.Do(func() {
+		close(e.gaveUp)
+		e.gate.close()
+	})
+}
+
+// gaveUpOnBroker reports whether giveUp was called.
+func (e *egress) gaveUpOnBroker() bool {
+	select {
+	case <-e.gaveUp:
+		return true
+	default:
+		return false
+	}
+}
+
 // Close makes late waiters and the owed waiter give up, and no new one start
 // (workers still running after a Stop that timed out may try; Owe refuses from
 // then on and its requests stay unacknowledged); call it after Stop, before the
-// journal closes.
-func (e *egress) Close() {
+// journal closes. It returns how many replies to requests that are not
+// journaled it gave up (in flight or waiting): their requests are left
+// unacknowledged, and the broker delivers them again.
+func (e *egress) Close() (unacknowledged int) {
 	e.busyMu.Lock()
 	e.lateClosed = true
 	e.busyMu.Unlock()
 	e.owedMu.Lock()
+	if !e.owedClosed {
+		unacknowledged = e.owedInFlight + len(e.waiting)
+	}
 	e.owedClosed, e.owed, e.owedInFlight, e.waiting = true, nil, 0, nil
 	e.m.owed.Set(0)
 	e.m.owedWaiting.Set(0)
@@ -864,6 +897,7 @@ func (e *egress) Close() {
 	close(e.stop)
 	e.gate.close() // publishers waiting for a place give up (errStopping)
 	e.late.Wait()
+	return unacknowledged
 }
 
 // appLabel is app as a metric label: "_unknown" for an application not served.
@@ -901,10 +935,20 @@ func (e *egress) publishHeld(topic string, payload []byte) (mqtt.Token, error) {
 }
 
 // waitPublish waits for the PUBACK of a publish started at start, up to the
-// publish timeout counted from then.
+// publish timeout counted from then, or until giveUp.
 func (e *egress) waitPublish(t mqtt.Token, start time.Time) error {
-	if !t.WaitTimeout(max(e.timeout-e.now().Sub(start), time.Millisecond)) {
-		return errPublishTimeout
+	select {
+	case <-t.Done():
+	default:
+		wait := time.NewTimer(max(e.timeout-e.now().Sub(start), time.Millisecond))
+		defer wait.Stop()
+		select {
+		case <-t.Done():
+		case <-wait.C:
+			return errPublishTimeout
+		case <-e.gaveUp:
+			return errPublishTimeout
+		}
 	}
 	if err := t.Error(); errors.Is(err, mqtt.ErrNotConnected) {
 		return fmt.Errorf("%w: %v", errNotConnected, err)

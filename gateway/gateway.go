@@ -422,7 +422,10 @@ func (g *Gateway) answer(j *job, r result) {
 // requests (they stay with the broker, unacknowledged), let the batch in flight
 // finish and answer it, wait for publishes in flight (bounded), disconnect, stop
 // the embedded broker, close the engine, close the journal last. Requests still
-// queued stay in the journal and are answered after the next start.
+// queued stay in the journal and are answered after the next start. The waits
+// for the broker end mqtt.shutdown_timeout after the stop began (egress.giveUp):
+// what it has not acknowledged by then stays in the journal too, or, for a
+// request that is not journaled, unacknowledged with the broker.
 func (g *Gateway) Run(ctx context.Context) error {
 	for range g.cfg.Admission.Workers {
 		g.ingressDone.Add(1)
@@ -469,8 +472,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.log.Error().Err(g.fatalError()).Msg("shutting down after a fatal error")
 	}
 	g.notify.Stopping()
-	stopWatchdog() // from here TimeoutStopSec bounds the shutdown
+	stopWatchdog() // from here TimeoutStopSec bounds the shutdown, and shutdown_timeout the waits for the broker
 	<-wdDone
+	stopping, limit := time.Now(), g.cfg.MQTT.ShutdownTimeout
+	giveUp := time.AfterFunc(limit, func() {
+		g.log.Warn().Dur("shutdown_timeout", limit).
+			Msg("the broker has not taken the last replies within mqtt.shutdown_timeout: giving up on it; what it has not acknowledged is answered after the next start")
+		g.egress.giveUp()
+	})
+	defer giveUp.Stop()
 	g.draining.Store(true)
 	g.link.stop() // no more subscription attempts, and no "online" from here on
 	if g.onDrain != nil {
@@ -487,14 +497,41 @@ func (g *Gateway) Run(ctx context.Context) error {
 	<-gcDone
 	stopStats()
 	<-statsDone
-	waitCtx, cancel := context.WithTimeout(context.Background(), g.cfg.MQTT.PublishTimeout+time.Second)
+	waitCtx, cancel := context.WithDeadline(context.Background(),
+		minTime(time.Now().Add(g.cfg.MQTT.PublishTimeout+time.Second), stopping.Add(limit)))
 	g.egress.Stop(waitCtx) // answers not published by then stay pending in the journal
 	cancel()
-	g.egress.Close() // late waiters give up: their replies stay in the outbox
+	unacked := g.egress.Close() // late waiters give up: their replies stay in the outbox
 	if g.client.IsConnectionOpen() {
 		g.publishStatus(protocol.StateOffline, protocol.OfflineShutdown)
 	}
-	return errors.Join(g.fatalError(), g.closeAll())
+	err := errors.Join(g.fatalError(), g.closeAll())
+	g.logStopped(time.Since(stopping), unacked)
+	return err
+}
+
+// logStopped says what the stop leaves for the next start: the journal's
+// pending requests (answered then) and outbox (replies the broker has not
+// acknowledged, published then), and the requests answered without being
+// journaled whose replies the broker had not acknowledged (left unacknowledged:
+// it delivers them again).
+func (g *Gateway) logStopped(took time.Duration, unacked int) {
+	st := g.journal.Stats()
+	ev := g.log.Info()
+	gaveUp := g.egress.gaveUpOnBroker()
+	if gaveUp {
+		ev = g.log.Warn()
+	}
+	ev.Int("pending", st.Pending).Int("outbox", st.Outbox).Int("unacknowledged", unacked).
+		Bool("gave_up_on_broker", gaveUp).Dur("took", took).
+		Msg("stopped: pending requests are answered and outbox replies published after the next start; unacknowledged requests the broker delivers again")
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // fatalError is the error given to fail, or nil.
