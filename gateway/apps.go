@@ -363,6 +363,9 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 			for name, a := range next {
 				if a.peek != nil {
 					pc.ConfigurePeek(name, *a.peek)
+				} else {
+					// Not peeked (any more): no stale curve for the new version.
+					pc.ConfigurePeek(name, scheduler.CascadeConfig{})
 				}
 			}
 		}

@@ -425,6 +425,7 @@ func (l *loop) applySwap(s *appSwap) {
 		moved++
 		j.prepare(l.apps, r.Seq) // the same place in the queue
 		j.req.Queued = r.Queued
+		j.req.First = r.First // a first pass's answer stays (j.first)
 		return j.req
 	})
 	for name, retire := range changed {

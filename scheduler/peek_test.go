@@ -98,18 +98,35 @@ func TestPeekFirstAndSecondPass(t *testing.T) {
 	}
 }
 
-// TestPeekFirstUtility: the first answer's value under its distribution when
-// kept, else under its confidence with the rest spread by the prior.
+// TestPeekFirstUtility: the first answer's value, and no answer's, under its
+// distribution when kept, else under its confidence with the rest spread by
+// the prior; a verdict on a request with a first pass is FirstAnswer unless no
+// answer is worth more under it.
 func TestPeekFirstUtility(t *testing.T) {
 	a := testApp()
 	a.Utility = [][]float64{{1, -1}, {-2, 3}}
+	a.NoAnswer = []float64{0, -0.5}
 	f := &FirstPass{Class: 1, Confidence: 0.7, Probs: []float64{0.3, 0.7}}
-	if u := firstUtility(a, f); math.Abs(u-(0.3*-1+0.7*3)) > 1e-12 {
-		t.Errorf("with probs: %v", u)
+	if u, n := firstUtility(a, f); math.Abs(u-(0.3*-1+0.7*3)) > 1e-12 || math.Abs(n-0.7*-0.5) > 1e-12 {
+		t.Errorf("with probs: %v, %v", u, n)
 	}
 	f.Probs = nil
-	if u := firstUtility(a, f); math.Abs(u-(0.7*3+0.3*-1)) > 1e-12 {
+	if u, _ := firstUtility(a, f); math.Abs(u-(0.7*3+0.3*-1)) > 1e-12 {
 		t.Errorf("from the confidence: %v", u)
+	}
+	r := req(a, 1, t0, ms(10), []float64{0.5, 0.5})
+	r.First = f
+	vs := []Verdict{{Request: r, Outcome: Degraded}}
+	firstAnswers(vs)
+	if vs[0].Outcome != FirstAnswer {
+		t.Errorf("worth %v: answered %v, want with the first pass", f, vs[0].Outcome)
+	}
+	// Class 1 at 0.2: 0.2*3 + 0.8*-1 = -0.2 against no answer's 0.2*-0.5 = -0.1.
+	r.First = &FirstPass{Class: 1, Confidence: 0.2, Probs: []float64{0.8, 0.2}}
+	vs[0].Outcome = Degraded
+	firstAnswers(vs)
+	if vs[0].Outcome != Expired {
+		t.Errorf("a first answer worth less than none: answered %v, want expired", vs[0].Outcome)
 	}
 }
 

@@ -118,10 +118,11 @@ type appInfo struct {
 	// na is the expected value of no answer under the prior (App.ExpectedNoAnswer).
 	na float64
 	// peekBonus is what a peek (peek.go) adds to a fresh request's value on
-	// the peek variant peekVar: the mean gain of the second opinions it would
-	// pay for at the last price (their engine time is in amort[peekVar]).
-	peekBonus float64
-	peekVar   int
+	// the peek variant peekVar: the mean gain of the second opinions on
+	// peekBetter it would pay for at the last price (their engine time is in
+	// amort[peekVar]).
+	peekBonus           float64
+	peekVar, peekBetter int
 }
 
 // decisionState is one decision's working set.
@@ -481,7 +482,7 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 		if d.shrink > 0 {
 			m.u = d.shrunk(r.ExpUtility, ai.profiled)
 		}
-		m.u = d.withPeek(m.u, ai, r)
+		m.u = d.withPeek(m.u, ai)
 	} else {
 		m.u = ai.profiled
 	}

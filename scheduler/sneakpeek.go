@@ -98,16 +98,22 @@ type searching struct {
 	lastPrice float64
 }
 
-// ConfigurePeek sets app's peek from its cascade curve (PeekConfigurer). A
-// policy that is not data-aware ignores it.
+// ConfigurePeek sets app's peek from its cascade curve (PeekConfigurer); a
+// configuration that cannot escalate (no curve, or the peek variant the most
+// accurate) removes it. A policy that is not data-aware ignores it.
 func (p *searching) ConfigurePeek(app string, c CascadeConfig) {
 	if !p.w.dataAware || p.brute {
+		return
+	}
+	pk := newPeekInfo(c)
+	if !pk.on() {
+		delete(p.peek, app) // (nil map: a no-op) not peeked, or no longer
 		return
 	}
 	if p.peek == nil {
 		p.peek = map[string]*peekInfo{}
 	}
-	p.peek[app] = newPeekInfo(c)
+	p.peek[app] = pk
 }
 
 // maxStream bounds the recent arrivals the price is solved over, so that a
@@ -163,7 +169,7 @@ func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []me
 			if d.shrink > 0 {
 				m.u = d.shrunk(r.ExpUtility, ai.profiled)
 			}
-			m.u = d.withPeek(m.u, ai, r)
+			m.u = d.withPeek(m.u, ai)
 		}
 		d.setAlt(&m)
 		out = append(out, m)
@@ -281,6 +287,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 		runs = d.fill(runs, win)
 		if b := d.assemble(runs[0]); b != nil {
 			d.escalate(b)
+			d.answerUnserved(b)
 			firstAnswers(d.verdicts)
 			return Decision{Verdicts: d.verdicts, Batch: b, Gate: d.gate()}
 		}
