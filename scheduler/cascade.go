@@ -47,6 +47,11 @@ type CascadeConfig struct {
 	// Curve is from BuildCascadeCurve: escalated share and utility both
 	// increasing. Empty means never escalate.
 	Curve []CascadePoint
+	// ClassGain[k][y], when set (CascadeFromOutputs), is what escalating at
+	// Curve[k]'s threshold adds to the mean utility of the validation samples
+	// of true class y (0 at the first point): the peek's bonus under a
+	// request's class estimate (peek.go).
+	ClassGain [][]float64 `json:",omitempty"`
 }
 
 // BuildCascadeCurve computes the cascade's Pareto curve from validation samples:
@@ -455,8 +460,39 @@ func CascadeFromOutputs(a *App, cheap, better int, labels []int32, pc, pb [][]fl
 		ub[i] = a.Utility[y][Argmax(pb[i])]
 	}
 	var err error
-	c.Curve, err = BuildCascadeCurve(conf, uc, ub)
-	return c, err
+	if c.Curve, err = BuildCascadeCurve(conf, uc, ub); err != nil {
+		return c, err
+	}
+	c.ClassGain = classGains(c.Curve, a.K, labels, conf, uc, ub)
+	return c, nil
+}
+
+// classGains is CascadeConfig.ClassGain: per point of curve and true class,
+// the mean utility escalating the samples below the point's threshold adds to
+// the class's samples.
+func classGains(curve []CascadePoint, k int, labels []int32, conf, uc, ub []float64) [][]float64 {
+	n := make([]float64, k)
+	for _, y := range labels {
+		if int(y) < k {
+			n[y]++
+		}
+	}
+	out := make([][]float64, len(curve))
+	for j, p := range curve {
+		g := make([]float64, k)
+		for i, y := range labels {
+			if int(y) < k && conf[i] < p.Threshold && j > 0 {
+				g[y] += ub[i] - uc[i]
+			}
+		}
+		for y := range g {
+			if n[y] > 0 {
+				g[y] /= n[y]
+			}
+		}
+		out[j] = g
+	}
+	return out
 }
 
 // Configure sets (or replaces) one application's cascade configuration: a

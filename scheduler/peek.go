@@ -65,19 +65,21 @@ type peekInfo struct {
 	cfg CascadeConfig
 	// hull is the upper concave hull of cfg.Curve (its first point escalates
 	// nothing); slope[k] is the gain per escalated request of the segment
-	// ending at hull[k] (slope[0] unused).
+	// ending at hull[k] (slope[0] unused); at[k] is hull[k]'s index in
+	// cfg.Curve.
 	hull  []CascadePoint
 	slope []float64
+	at    []int
 }
 
 func newPeekInfo(c CascadeConfig) *peekInfo {
 	pk := &peekInfo{cfg: c}
-	for _, p := range c.Curve {
+	for j, p := range c.Curve {
 		for len(pk.hull) >= 2 {
 			a, b := pk.hull[len(pk.hull)-2], pk.hull[len(pk.hull)-1]
 			// b is under the chord from a to p: not on the upper hull.
 			if (b.Utility-a.Utility)*(p.Escalated-a.Escalated) <= (p.Utility-a.Utility)*(b.Escalated-a.Escalated) {
-				pk.hull = pk.hull[:len(pk.hull)-1]
+				pk.hull, pk.at = pk.hull[:len(pk.hull)-1], pk.at[:len(pk.at)-1]
 				continue
 			}
 			break
@@ -85,7 +87,7 @@ func newPeekInfo(c CascadeConfig) *peekInfo {
 		if len(pk.hull) == 1 && p.Escalated <= pk.hull[0].Escalated {
 			continue
 		}
-		pk.hull = append(pk.hull, p)
+		pk.hull, pk.at = append(pk.hull, p), append(pk.at, j)
 	}
 	pk.slope = make([]float64, len(pk.hull))
 	for k := 1; k < len(pk.hull); k++ {
@@ -158,24 +160,38 @@ func (d *decisionState) peekOption(a *App, ai *appInfo) {
 	h := pk.hull[k]
 	ai.peekVar, ai.peekBetter = pk.cfg.Cheap, pk.cfg.Better
 	ai.peekBonus = h.Utility - pk.hull[0].Utility
+	ai.peekClass = nil
+	if j := pk.at[k]; j < len(pk.cfg.ClassGain) && len(pk.cfg.ClassGain[j]) == a.K {
+		ai.peekClass = pk.cfg.ClassGain[j]
+	}
 	ai.amort[pk.cfg.Cheap] += h.Escalated * ai.amort[pk.cfg.Better]
 }
 
-// withPeek is u with the application's peek bonus on its peek variant (a copy
-// in d.ubuf), or u itself without a peek. The bonus is the same for every
-// request: which answers a first pass will be unsure of is not known before
-// it runs. (Spreading it by how likely the peek variant is wrong on each
-// request, by the difficulty model, was measured: it sent the hard requests to
-// the peek variant without the second opinions to match, and lost 0.007 on
-// satellite and up to 0.015 on fashion's tops-heavy mix at load 3 against the
-// even bonus; docs/evaluation.md, "The peek".) It never lifts the peek variant
-// above the better one, so the request's best value, which the shedding walk
-// and the admission gate (PriceGate) rank it by, is unchanged.
-func (d *decisionState) withPeek(u []float64, ai *appInfo) []float64 {
+// withPeek is u with r's peek bonus on its application's peek variant (a copy
+// in d.ubuf), or u itself without a peek. The bonus is what the second
+// opinions add on average to requests like r, as sneakpeek values a variant:
+// under r's class estimate, sum_y p(y) ClassGain[y] at the hull point of the
+// last price (shrunk toward the mean gain by Options.Shrink, as variants'
+// values are toward their profiled ones), or the mean gain without an
+// estimate or per-class gains. (A bonus spread by the difficulty model's
+// probability that the peek variant is wrong was measured: it sent the hard
+// requests to the peek variant without the second opinions to match;
+// docs/evaluation.md, "The peek".) It never lifts the peek variant above the
+// better one, so the request's best value, which the shedding walk and the
+// admission gate (PriceGate) rank it by, is unchanged.
+func (d *decisionState) withPeek(u []float64, ai *appInfo, r *Request) []float64 {
 	if ai.peekBonus <= 0 || ai.peekVar >= len(u) || ai.peekBetter >= len(u) {
 		return u
 	}
-	bonus := min(ai.peekBonus, u[ai.peekBetter]-u[ai.peekVar])
+	bonus := ai.peekBonus
+	if len(ai.peekClass) > 0 && len(r.P) == len(ai.peekClass) {
+		b := 0.0
+		for y, py := range r.P {
+			b += py * ai.peekClass[y]
+		}
+		bonus = shrinkTo(b, ai.peekBonus, d.shrink)
+	}
+	bonus = min(bonus, u[ai.peekBetter]-u[ai.peekVar])
 	if bonus <= 0 {
 		return u
 	}

@@ -45,7 +45,7 @@ func TestPeekGateRanksAsTheWalk(t *testing.T) {
 		for k := 0; k <= 100; k++ {
 			pr := float64(k) / 100
 			r := req(a, 999999, now, ms(10), []float64{pr, 1 - pr})
-			u := ds.withPeek(r.ExpUtility, ai)
+			u := ds.withPeek(r.ExpUtility, ai, r)
 			best := math.Inf(-1)
 			for i, ok := range ai.ok0 {
 				if ok {
@@ -117,7 +117,7 @@ func TestPeekBonusNeverAboveBetter(t *testing.T) {
 	d := p.Decide(snap(t0, a, r))
 	ds := newDecisionState(snap(t0, a), p.(*searching).w, 32)
 	ds.peek = p.(*searching).peek
-	u := ds.withPeek(r.ExpUtility, ds.info(a))
+	u := ds.withPeek(r.ExpUtility, ds.info(a), r)
 	t.Logf("ExpUtility %v, with the peek %v; batch on %v, EscalateBelow %v", r.ExpUtility, u, d.Batch.Variant.ID, d.Batch.EscalateBelow)
 	if u[0] > u[1] || u[0] > 1 {
 		t.Errorf("the peek variant (%.3f alone) is valued %.3f, above the better variant's %.3f and above any answer's utility (1); the request runs there", r.ExpUtility[0], u[0], u[1])

@@ -219,3 +219,33 @@ func TestPeekUnderExecutor(t *testing.T) {
 		t.Errorf("second passes run %d, answered with the first pass %d: want both", seconds, firsts)
 	}
 }
+
+// TestCascadeClassGains: per point and true class, the mean utility that
+// escalating below the point's threshold adds to the class's samples.
+func TestCascadeClassGains(t *testing.T) {
+	// Class 0: samples at confidence 0.4 (cheap wrong, better right) and 0.9
+	// (both right); class 1: 0.6 (cheap wrong, better right) and 0.95 (cheap
+	// right, better wrong).
+	labels := []int32{0, 0, 1, 1}
+	conf := []float64{0.4, 0.9, 0.6, 0.95}
+	uc := []float64{0, 1, 0, 1}
+	ub := []float64{1, 1, 1, 0}
+	curve, err := BuildCascadeCurve(conf, uc, ub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := classGains(curve, 2, labels, conf, uc, ub)
+	// Points: escalate nothing (th 0.4), below 0.6 (the 0.4 sample), below 0.9
+	// (0.4 and 0.6).
+	want := [][]float64{{0, 0}, {0.5, 0}, {0.5, 0.5}}
+	if len(g) != len(want) {
+		t.Fatalf("gains %v for curve %+v", g, curve)
+	}
+	for k := range want {
+		for y := range want[k] {
+			if math.Abs(g[k][y]-want[k][y]) > 1e-12 {
+				t.Errorf("point %d class %d: %v, want %v", k, y, g[k][y], want[k][y])
+			}
+		}
+	}
+}

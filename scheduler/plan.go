@@ -123,6 +123,9 @@ type appInfo struct {
 	// amort[peekVar]).
 	peekBonus           float64
 	peekVar, peekBetter int
+	// peekClass[y] is the per-class gain at that point (ClassGain), nil
+	// when the curve has none.
+	peekClass []float64
 }
 
 // decisionState is one decision's working set.
@@ -482,7 +485,7 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 		if d.shrink > 0 {
 			m.u = d.shrunk(r.ExpUtility, ai.profiled)
 		}
-		m.u = d.withPeek(m.u, ai)
+		m.u = d.withPeek(m.u, ai, r)
 	} else {
 		m.u = ai.profiled
 	}

@@ -169,7 +169,7 @@ func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []me
 			if d.shrink > 0 {
 				m.u = d.shrunk(r.ExpUtility, ai.profiled)
 			}
-			m.u = d.withPeek(m.u, ai)
+			m.u = d.withPeek(m.u, ai, r)
 		}
 		d.setAlt(&m)
 		out = append(out, m)
