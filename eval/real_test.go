@@ -14,6 +14,12 @@ import (
 // the development machine, so that the test is deterministic).
 func loadReal(t *testing.T, app string) *App {
 	t.Helper()
+	return loadRealWith(t, app, LoadOptions{})
+}
+
+// loadRealWith is loadReal with o's CascadeFirst and Peek.
+func loadRealWith(t *testing.T, app string, o LoadOptions) *App {
+	t.Helper()
 	lib := os.Getenv(engine.LibraryEnv)
 	if lib == "" {
 		lib, _ = filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0")
@@ -28,7 +34,7 @@ func loadReal(t *testing.T, app string) *App {
 		t.Fatal(err)
 	}
 	a, err := LoadApp(context.Background(), filepath.Join("..", "models", app, "manifest.yaml"),
-		LoadOptions{Engine: e, Profiles: prof})
+		LoadOptions{Engine: e, Profiles: prof, CascadeFirst: o.CascadeFirst, Peek: o.Peek})
 	if err != nil {
 		t.Fatal(err)
 	}
