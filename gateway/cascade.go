@@ -64,6 +64,11 @@ func (g *Gateway) measurePeek(ctx context.Context, a *appRuntime) error {
 		g.log.Warn().Str("app", a.m.Name).Msg("peek: no validation split in the manifest; the application is not peeked")
 		return nil
 	}
+	if peek == better {
+		g.log.Warn().Str("app", a.m.Name).Str("variant", a.sched.Variants[peek].ID.Variant).
+			Msg("peek: the peek variant is the most accurate, so there is no second opinion to ask; the application is not peeked")
+		return nil
+	}
 	c, err := g.measureCurve(ctx, a, peek, better, "peek")
 	if err != nil {
 		return err
