@@ -224,7 +224,7 @@ func brokerDroppingClients(log string) []string {
 // gwOptions are the few settings a test varies; the rest is configs/dev.yaml with
 // the embedded broker off.
 type gwOptions struct {
-	Policy   string // scheduler.policy (default edf)
+	Policy   string // scheduler.policy (default SOAK_POLICY, else edf)
 	MaxQueue int    // admission.max_queue (0: the default, 10000)
 	// CPU, if positive, caps the gateway process at this many cores with a CPU
 	// cgroup (v1 cpu controller or v2 cpu.max), where this machine lets root make
@@ -317,6 +317,9 @@ func newGateway(t *testing.T, brokerURL string, o gwOptions) *gatewayProc {
 	}
 	if o.Policy == "" {
 		o.Policy = "edf"
+		if v := os.Getenv("SOAK_POLICY"); v != "" { // scheduler.policy of the tests that set none
+			o.Policy = v
+		}
 	}
 	logName := o.ClientID
 	if o.ClientID == "" {
@@ -348,9 +351,17 @@ engine:
   profile_cache: %q
 scheduler:
   policy: %s
-metrics:
+`, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, o.Policy)
+	if v := os.Getenv("SOAK_PEEK"); v != "" { // scheduler.peek, e.g. fashion=cnn (with the sneakpeek policy)
+		cfg.WriteString("  peek:\n")
+		for _, kv := range strings.Split(v, ",") {
+			app, variant, _ := strings.Cut(kv, "=")
+			fmt.Fprintf(&cfg, "    %s: %s\n", app, variant)
+		}
+	}
+	fmt.Fprintf(&cfg, `metrics:
   listen: %q
-`, filepath.Join(dir, "sneakgate.db"), ortLib, profileDir, o.Policy, g.metrics)
+`, g.metrics)
 	if o.MaxQueue > 0 || os.Getenv("SOAK_MAX_WAIT") != "" || os.Getenv("SOAK_PRICE_SHED") != "" {
 		cfg.WriteString("admission:\n")
 		if v := os.Getenv("SOAK_PRICE_SHED"); v != "" { // admission.price_shed, for experiments
