@@ -1,8 +1,10 @@
 package scheduler
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // The peek: sneakpeek with a forward pass as its per-sample signal.
@@ -349,4 +351,84 @@ func (d *decisionState) escalate(b *Batch) {
 	if th > 0 && !math.IsInf(th, 0) && !math.IsNaN(th) {
 		b.EscalateBelow = th
 	}
+}
+
+// decideSecond is the decision's first stage when the policy peeks: the
+// requests back from a first pass (First set) are decided before the others,
+// as the cascade's second passes are. Each is answered with its first pass
+// when a second opinion no longer pays at the last price or cannot be on time
+// (admitSecond); of the rest, those of the application whose earliest is due
+// first run now on its better variant, earliest deadline first, up to a
+// batch, and any other that could no longer be on time after that batch is
+// answered with its first pass (answerUnserved). A decision that answers or
+// runs something is returned (done). Otherwise, and when nothing came back,
+// it returns s without the requests that came back (fresh): the rest of the
+// decision, the long-queue index included, sees only requests that have not
+// had a first pass, in arrival order as it expects.
+//
+// Running second passes first is what made the second passes that pay at
+// the price run at all: they were escalated because their gain pays for the
+// better variant's time, and their deadlines are the nearest.
+func (p *searching) decideSecond(s *Snapshot) (dec Decision, fresh *Snapshot, done bool) {
+	n := 0
+	for _, r := range s.Queue {
+		if r.First != nil {
+			n++
+		}
+	}
+	if n == 0 {
+		return Decision{}, s, false
+	}
+	clear(p.freshBuf)
+	q := p.freshBuf[:0]
+	d := newDecisionState(s, p.w, p.o.MaxBatch)
+	d.peek, d.peekPrice, d.shrink = p.peek, p.lastPrice, p.o.Shrink
+	d.members = make([]member, 0, n)
+	for _, r := range s.Queue {
+		if r.First == nil {
+			q = append(q, r)
+			continue
+		}
+		d.members = append(d.members, member{})
+		if v, answered := d.admitSecond(r, &d.members[len(d.members)-1]); answered {
+			d.members = d.members[:len(d.members)-1]
+			d.verdicts = append(d.verdicts, v)
+		}
+	}
+	p.freshBuf = q
+	var b *Batch
+	if len(d.members) > 0 {
+		// The application whose earliest second pass is due first.
+		first := &d.members[0]
+		for i := range d.members {
+			if d.members[i].dl < first.dl {
+				first = &d.members[i]
+			}
+		}
+		a := first.r.App
+		pk := d.peek[a.Name]
+		v := a.Variants[pk.cfg.Better]
+		var ms []*member
+		for i := range d.members {
+			if d.members[i].r.App == a {
+				ms = append(ms, &d.members[i])
+			}
+		}
+		slices.SortStableFunc(ms, func(x, y *member) int { return cmp.Compare(x.dl, y.dl) })
+		ms = ms[:min(len(ms), d.capOf(v))]
+		if b = d.assemble(run{ms: ms, vi: v.Index, v: v}); b != nil {
+			d.answerUnserved(b)
+		}
+	}
+	firstAnswers(d.verdicts)
+	switch {
+	case b != nil:
+		return Decision{Verdicts: d.verdicts, Batch: b}, nil, true
+	case len(d.verdicts) > 0:
+		// Decide again at once: the fresh requests have not been looked at.
+		return Decision{Verdicts: d.verdicts, WakeAt: s.Now}, nil, true
+	}
+	fs := *s
+	fs.Queue = q
+	return Decision{}, &fs, false
 }

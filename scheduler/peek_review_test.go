@@ -68,10 +68,11 @@ func TestPeekGateRanksAsTheWalk(t *testing.T) {
 }
 
 // TestPeekSecondPassAnsweredBeforeALongBatch: a request back from its peek
-// with little to gain, which the decision does not batch, while the batch it
-// starts ends after the request's deadline: it must be answered with its first
-// pass now, not when the batch is done (the gateway decides again only then),
-// late. (Found by review: it used to be left queued.)
+// with little to gain, beside 32 fresh requests the better variant would take
+// longer than its deadline to run: it must run now (second passes first) or be
+// answered with its first pass now, never left queued behind a batch that
+// ends after its deadline (the gateway decides again only then, and the first
+// answer would be late). (Found by review: it used to be left queued.)
 func TestPeekSecondPassAnsweredBeforeALongBatch(t *testing.T) {
 	a := testApp()
 	p := peekPolicy(t, a, []CascadePoint{{0.3, 0, 0.80}, {0.5, 0.1, 0.86}, {0.6, 0.2, 0.87}, {0.7, 0.3, 0.90}, {0.9, 0.5, 0.91}})
@@ -91,8 +92,11 @@ func TestPeekSecondPassAnsweredBeforeALongBatch(t *testing.T) {
 		in = in || r == r1
 	}
 	t.Logf("batch on %v, %d requests, finishes at +%v; second pass in it: %v", d.Batch.Variant.ID, len(d.Batch.Requests), d.Batch.Finish.Sub(now), in)
-	if in || !d.Batch.Finish.After(r1.Deadline) {
-		t.Fatalf("the batch (%d requests, ends +%v) must leave r1 out and end after its deadline for this test", len(d.Batch.Requests), d.Batch.Finish.Sub(now))
+	if in {
+		if d.Batch.Finish.After(r1.Deadline) {
+			t.Errorf("r1's second pass finishes at +%v, after its deadline", d.Batch.Finish.Sub(now))
+		}
+		return // second passes run first: on time
 	}
 	for _, v := range d.Verdicts {
 		if v.Request == r1 {
@@ -101,6 +105,9 @@ func TestPeekSecondPassAnsweredBeforeALongBatch(t *testing.T) {
 			}
 			return
 		}
+	}
+	if !d.Batch.Finish.After(r1.Deadline) {
+		return // left queued, with time for its second pass after this batch
 	}
 	t.Errorf("r1 left queued behind a batch that ends after its deadline")
 }

@@ -1,8 +1,10 @@
 package scheduler
 
 import (
+	"cmp"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -247,5 +249,89 @@ func TestCascadeClassGains(t *testing.T) {
 				t.Errorf("point %d class %d: %v, want %v", k, y, g[k][y], want[k][y])
 			}
 		}
+	}
+}
+
+// TestPeekBoundedEqualsFull: a peeking sneakpeek decides over a long queue
+// (above boundedMin) from a prefix where the bounds allow it, as it does
+// without a peek: the requests back from a first pass are decided first
+// (decideSecond) and the rest of the decision sees the queue without them, in
+// the arrival order the long-queue index expects. Every decision must equal
+// the whole queue's, many must be made over a prefix, and first passes must
+// come back (a share of each first-pass batch's requests, put back in the
+// queue at their arrival place, as the Executor does) and get second passes.
+func TestPeekBoundedEqualsFull(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 13))
+	a := benchApp(rng)
+	apps := map[string]*App{a.Name: a}
+	o := Options{Peek: map[string]string{a.Name: "v2"}, Shrink: 0.5, PriceHorizon: 20 * time.Millisecond, MaxQueueDelay: time.Nanosecond}
+	bounded, whole := boundedPair(t, "sneakpeek", o)
+	curve := []CascadePoint{{0.3, 0, 0.70}, {0.6, 0.2, 0.80}, {0.8, 0.4, 0.85}}
+	for _, p := range []*searching{bounded, whole} {
+		p.ConfigurePeek(a.Name, CascadeConfig{Cheap: 2, Better: 4, Curve: curve})
+	}
+	now := t0.Add(time.Second)
+	const n = boundedMin + 2000
+	var q []*Request
+	seq := uint64(0)
+	arrive := func(k int, overloaded bool) {
+		for range k {
+			q = append(q, benchRequest(rng, a, seq, now, n, overloaded))
+			seq++
+		}
+	}
+	arrive(n, false)
+	resident := map[VariantID]time.Time{a.Variants[2].ID: now, a.Variants[4].ID: now}
+	firsts, back, seconds, steps := 0, 0, 0, 300
+	used := map[int]int{}
+	for step := range steps {
+		s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
+		db := bounded.Decide(s)
+		s2 := *s
+		dw := whole.Decide(&s2)
+		if diff := decisionDiff(db, dw); diff != "" {
+			t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(q), diff)
+		}
+		gone := map[*Request]bool{}
+		for _, v := range db.Verdicts {
+			gone[v.Request] = true
+		}
+		var up []*Request
+		if b := db.Batch; b != nil {
+			used[b.Variant.Index]++
+			for _, r := range b.Requests {
+				gone[r] = true
+				if r.First != nil {
+					seconds++
+				}
+			}
+			for _, id := range b.Evict {
+				delete(resident, id)
+			}
+			for _, id := range b.Load {
+				resident[id] = now
+			}
+			if b.EscalateBelow > 0 {
+				firsts++
+				for _, r := range b.Requests {
+					if r.First == nil && rng.IntN(3) == 0 {
+						r.First = &FirstPass{Variant: b.Variant, Class: r.Class, Confidence: b.EscalateBelow * rng.Float64(), Done: b.Finish}
+						up = append(up, r)
+					}
+				}
+			}
+		}
+		q = slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
+		for _, r := range up {
+			i, _ := slices.BinarySearchFunc(q, r.Seq, func(x *Request, s uint64) int { return cmp.Compare(x.Seq, s) })
+			q = slices.Insert(q, i, r)
+			back++
+		}
+		now = now.Add(200 * time.Microsecond)
+		arrive(n-len(q)+len(up), (step/50)%3 == 2)
+	}
+	t.Logf("%d decisions, %d over a prefix; batches by variant %v; %d first-pass batches, %d requests back, %d second passes run", steps, bounded.boundedHits, used, firsts, back, seconds)
+	if bounded.boundedHits < steps/5 || back == 0 || seconds == 0 {
+		t.Fatalf("%d of %d decisions over a prefix, %d back, %d second passes: the test does not test it", bounded.boundedHits, steps, back, seconds)
 	}
 }

@@ -485,7 +485,6 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 		if d.shrink > 0 {
 			m.u = d.shrunk(r.ExpUtility, ai.profiled)
 		}
-		m.u = d.withPeek(m.u, ai, r)
 	} else {
 		m.u = ai.profiled
 	}
@@ -519,6 +518,12 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 	d.setAlt(m)
 	rem := max(dl, ai.fastest)
 	m.pri = sum / float64(feasible) / rem.Seconds()
+	if d.w.dataAware {
+		// The peek's bonus values the search's choice of variant only: the
+		// verdicts, the alternative and the priority above are as without a
+		// peek, which the long-queue bounds (bounded.go) count on.
+		m.u = d.withPeek(m.u, ai, r)
+	}
 	return Verdict{}, false
 }
 

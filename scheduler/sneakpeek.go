@@ -96,6 +96,9 @@ type searching struct {
 	// the last decision's price of engine time.
 	peek      map[string]*peekInfo
 	lastPrice float64
+	// freshBuf holds the queue without the requests back from a first pass
+	// (decideSecond), kept between decisions.
+	freshBuf []*Request
 }
 
 // ConfigurePeek sets app's peek from its cascade curve (PeekConfigurer); a
@@ -169,9 +172,11 @@ func (p *searching) streamMembers(d *decisionState, s *Snapshot, win []int) []me
 			if d.shrink > 0 {
 				m.u = d.shrunk(r.ExpUtility, ai.profiled)
 			}
-			m.u = d.withPeek(m.u, ai, r)
 		}
 		d.setAlt(&m)
+		if d.w.dataAware {
+			m.u = d.withPeek(m.u, ai, r) // as admit does
+		}
 		out = append(out, m)
 	}
 	p.sbuf = out
@@ -206,10 +211,16 @@ func (p *searching) Name() string { return p.name }
 func (p *searching) Decide(s *Snapshot) Decision {
 	arrivals := max(p.arrivals.observe(s.Now, s.Queue), s.Offered)
 	p.noteStream(s)
-	if p.wholeQueue || len(s.Queue) < boundedMin || len(p.peek) > 0 {
-		// (Second passes come back with their old Seq, which the bounded
-		// decisions' index does not expect: a peeking policy decides over
-		// the whole queue.)
+	if len(p.peek) > 0 {
+		// Requests back from a first pass first; the rest of the decision
+		// sees the others only (peek.go).
+		d, fresh, done := p.decideSecond(s)
+		if done {
+			return d
+		}
+		s = fresh
+	}
+	if p.wholeQueue || len(s.Queue) < boundedMin {
 		p.hist.valid = false
 		return p.decideOn(s, arrivals, 0)
 	}
