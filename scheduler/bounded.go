@@ -155,6 +155,7 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 			}
 			if !b.short && !p.ix.broken && restPri < b.low {
 				p.pull.reset(nil, nil)
+				p.ix.note(d)
 				p.boundedHits++
 				if b.filledBeyond {
 					p.beyondHits++

@@ -20,6 +20,18 @@ import (
 // else (the applications changed, a request was replaced or put back with an
 // older Seq, the index holds fewer requests than the queue) is detected and the
 // index is rebuilt from the queue, which costs what one full decision used to.
+//
+// Most of those searches are not needed. A decision takes many more requests
+// from the index than it answers or batches (a searching policy's prefix, 512
+// and more, for 32 batched), and takes most of them again at the next
+// decision; at 100k queued each search is a few probes that miss the cache.
+// So an index that sync keeps (not the cascade's) marks the requests it knows
+// to be queued (with its epoch, in Request.ixGen): the new arrivals, and those a
+// search found. At the next sync it searches only what the last decision
+// answered or batched (note): when the queue lost exactly those of them found
+// gone (its length says how many it lost: the new arrivals are its tail),
+// nothing else left it, and every mark still holds; otherwise the epoch moves
+// on, every mark lapses and the searches find out as before.
 type queueIndex struct {
 	// arrival, deadline and stop select the structures to keep; class keeps
 	// them per application and class (Request.Class) instead of per
@@ -35,8 +47,9 @@ type queueIndex struct {
 	built    bool
 	// gen is the index's generation (a reset starts a new one): an indexed
 	// request carries the index and its generation (Request.ix, ixGen), for
-	// the checks of the contract.
-	gen uint64
+	// the checks of the contract. tag is gen as ixGen carries it, liveTag the
+	// ixGen of a request known to be queued in this epoch (knownLive).
+	gen, tag, liveTag uint64
 	// byApp lists the indexes in a fixed order (first appearance) for
 	// deterministic iteration; spare are emptied ones to reuse.
 	byApp, spare []*appIndex
@@ -54,11 +67,27 @@ type queueIndex struct {
 	// gone counts the requests found gone (markGone) during a decision; the
 	// hard-stop queues are swept in proportion at its end (restore).
 	gone int
+	// marks: the index is kept by sync and uses its marks of requests known
+	// to be queued (knownLive) in epoch; prevLen is the queue's length at the
+	// last sync, decided what the decisions since answered or batched (note).
+	marks   bool
+	epoch   uint64
+	prevLen int
+	decided []*Request
 }
 
-// ixGone is set in a request's ixGen when the index that holds it found it
-// gone from the queue (markGone).
-const ixGone = 1 << 63
+// A request's ixGen packs, for the index that holds it (Request.ix), the
+// index's generation (bits 32-62), ixGone (bit 63), set when the index found
+// it gone from the queue (markGone), and the low 32 bits of the epoch in
+// which the index last knew it to be queued (knownLive): one word, so that
+// Request stays in its size class (a field more made a request 240 bytes
+// instead of 224, and an overloaded decision at 100k queued 5-10% dearer, in
+// the garbage collector).
+const (
+	ixGone    = 1 << 63
+	ixEpoch   = 1<<32 - 1
+	ixGenBits = (ixGone - 1) &^ ixEpoch
+)
 
 // stopSweep is how many entries of a hard-stop queue's far part and heap
 // keyQueue.sweep looks at per request found gone. With k per request gone, a
@@ -77,6 +106,7 @@ func (ix *queueIndex) decide(s *Snapshot, indexed, full func(*Snapshot) Decision
 	for range 2 {
 		d := indexed(s)
 		if !ix.broken {
+			ix.note(d)
 			return d
 		}
 		ix.per = nil // the queue broke the index's contract: rebuild
@@ -117,6 +147,12 @@ func (x *queueIndex) sync(s *Snapshot) bool {
 	x.q = s.Queue
 	x.find.reset(s.Queue)
 	x.broken = false
+	x.marks = true
+	defer func() {
+		x.prevLen = len(s.Queue)
+		clear(x.decided)
+		x.decided = x.decided[:0]
+	}()
 	least, most := x.sizes()
 	fresh := x.per == nil || x.built != x.class || !x.sameApps(s.Apps) || most > 2*len(s.Queue)+256
 	start := 0
@@ -128,7 +164,7 @@ func (x *queueIndex) sync(s *Snapshot) bool {
 		// Fewer indexed than queued: something came back with an old Seq.
 		fresh = least+len(s.Queue)-start < len(s.Queue) || !x.indexed(s.Queue, start)
 	}
-	if fresh {
+	if fresh || !x.settle(start) {
 		x.reset(s.Apps)
 		x.ref = s.Now
 		for _, r := range s.Queue {
@@ -140,6 +176,65 @@ func (x *queueIndex) sync(s *Snapshot) bool {
 		x.add(r, true)
 	}
 	return true
+}
+
+// note records what decision d answered and batched, for the next sync
+// (settle). A decision made without the index need not be noted: the next
+// sync then finds the queue shorter than it can account for.
+func (x *queueIndex) note(d Decision) {
+	for _, v := range d.Verdicts {
+		x.decided = append(x.decided, v.Request)
+	}
+	if d.Batch != nil {
+		x.decided = append(x.decided, d.Batch.Requests...)
+	}
+}
+
+// settle checks the marks of requests known to be queued against the queue
+// of this sync, whose new arrivals start at start. Every request marked at the
+// last sync (or found by a search since) was in the last queue; the caller
+// removed prevLen - start of them. Those the decisions since answered or
+// batched (note) are looked up, and the ones gone are marked gone: when they
+// are all the queue lost, every other mark still holds. Otherwise (the caller
+// removed others too, or a decision was not noted) the epoch moves on and the
+// marks lapse. A request replaced by another with its Seq moves it on too (it
+// breaks the contract; the searches that follow find out). It returns false
+// when the index must be rebuilt: the epoch's 32 bits in ixGen came round.
+func (x *queueIndex) settle(start int) bool {
+	removed, gone, replaced := x.prevLen-start, 0, false
+	if removed > 0 && len(x.decided) > 0 {
+		x.seqs = x.seqs[:0]
+		for i, r := range x.decided {
+			if x.knownLive(r) {
+				x.seqs = append(x.seqs, seqSearch{seq: r.Seq, at: i})
+			}
+		}
+		x.find.findMany(x.seqs)
+		for _, sr := range x.seqs {
+			r := x.decided[sr.at]
+			switch {
+			case !sr.hit:
+				if x.holds(r) { // not a second entry of r
+					x.markGone(r)
+					gone++
+				}
+			case x.q[sr.hi] != r:
+				replaced = true
+			}
+		}
+	}
+	if gone != removed || replaced {
+		x.epoch++
+		x.liveTag = x.tag | x.epoch&ixEpoch
+		return x.epoch&ixEpoch != 0
+	}
+	return true
+}
+
+// knownLive reports whether r is marked as queued by this epoch of x (see
+// settle): then r is in the decision's queue without a search.
+func (x *queueIndex) knownLive(r *Request) bool {
+	return r.ixGen == x.liveTag && r.ix == x && x.marks
 }
 
 // sizes returns the number of entries of the smallest and the largest kept
@@ -210,6 +305,12 @@ func (x *queueIndex) reset(apps map[string]*App) {
 		x.perClass = nil
 	}
 	x.gen++
+	x.tag = x.gen << 32 & ixGenBits
+	if x.tag == 0 { // gen's 31 bits came round
+		x.gen++
+		x.tag = x.gen << 32 & ixGenBits
+	}
+	x.liveTag = x.tag | x.epoch&ixEpoch
 	for _, ai := range x.byApp {
 		ai.empty()
 	}
@@ -271,7 +372,7 @@ func (x *queueIndex) add(r *Request, new bool) {
 			ai.stop.push(e)
 		}
 	}
-	r.ix, r.ixGen = x, x.gen
+	r.ix, r.ixGen = x, x.liveTag
 	x.maxSeq = max(x.maxSeq, r.Seq)
 }
 
@@ -279,6 +380,9 @@ func (x *queueIndex) add(r *Request, new bool) {
 // seqfind.go). A different request with r's Seq breaks the contract: it marks
 // the index broken and reports false.
 func (x *queueIndex) live(r *Request) bool {
+	if x.knownLive(r) {
+		return true
+	}
 	i, found := x.find.find(r.Seq)
 	return x.found(r, i, found)
 }
@@ -293,20 +397,32 @@ func (x *queueIndex) found(r *Request, i int, found bool) bool {
 		x.broken = true
 		return false
 	}
+	if x.holds(r) {
+		r.ixGen = x.liveTag
+	}
 	return true
 }
 
 // liveOnly keeps the entries of es whose request is live, in order, as live
 // would one after the other; the searches run side by side (seqFinder.findAll).
+// An index kept by sync searches only for the requests it neither knows to be
+// queued (knownLive) nor found gone before (isGone: a request that left is not
+// put back with its old Seq, see Snapshot.Queue).
 func (x *queueIndex) liveOnly(es []keyEntry) []keyEntry {
 	x.seqs = x.seqs[:0]
+	x.keep = x.keep[:0]
 	for i, e := range es {
-		x.seqs = append(x.seqs, seqSearch{seq: e.r.Seq, at: i})
+		ok := x.knownLive(e.r)
+		x.keep = append(x.keep, ok)
+		if !ok && !(x.marks && x.isGone(e.r)) {
+			x.seqs = append(x.seqs, seqSearch{seq: e.r.Seq, at: i})
+		}
 	}
-	x.find.findAll(x.seqs)
-	x.keep = append(x.keep[:0], make([]bool, len(es))...)
-	for _, s := range x.seqs {
-		x.keep[s.at] = x.found(es[s.at].r, s.hi, s.hit)
+	if len(x.seqs) > 0 {
+		x.find.findAll(x.seqs)
+		for _, s := range x.seqs {
+			x.keep[s.at] = x.found(es[s.at].r, s.hi, s.hit)
+		}
 	}
 	k := 0
 	for i, e := range es {
@@ -320,7 +436,7 @@ func (x *queueIndex) liveOnly(es []keyEntry) []keyEntry {
 }
 
 // holds reports whether r is marked as indexed by this generation of x.
-func (x *queueIndex) holds(r *Request) bool { return r.ix == x && r.ixGen == x.gen }
+func (x *queueIndex) holds(r *Request) bool { return r.ix == x && r.ixGen&^ixEpoch == x.tag }
 
 // markGone marks r, found gone from the queue, if x holds it: its entries
 // left in the index are garbage (its deadline entry is dropped when found,
@@ -337,7 +453,7 @@ func (x *queueIndex) markGone(r *Request) {
 // since, or one held by a later generation, is kept). ixGen is read first: it
 // rules out most requests a sweep looks at, and r.ix lies in the request's
 // cache line before it.
-func (x *queueIndex) isGone(r *Request) bool { return r.ixGen == x.gen|ixGone && r.ix == x }
+func (x *queueIndex) isGone(r *Request) bool { return r.ixGen&^ixEpoch == x.tag|ixGone && r.ix == x }
 
 // member reports whether r (taken from the queue) is indexed; a queued request
 // that is not breaks the contract and marks the index broken.

@@ -286,3 +286,99 @@ func TestIndexByClass(t *testing.T) {
 		t.Fatalf("%d parts by class, %d by application", len(x.perClass), len(x.per))
 	}
 }
+
+// TestIndexLiveMarks: an index kept by sync trusts its marks of the requests
+// it knows to be queued (settle) only while the queue lost exactly what the
+// decisions answered or batched. edf runs BenchmarkDecideSteady's loop at
+// 4,000 queued, its decisions compared with the full recomputation's; in
+// between, the caller (1) does not apply a decision, (2) drops the next
+// head (the earliest deadline the decision did not take) besides what the
+// decision answered, (3) keeps one batched request queued and drops the next
+// head instead, so that the queue lost as many requests as the decision
+// took. The marks must hold through the steps where the queue lost only
+// what was decided (and (1)), and lapse at the others, or the dropped head
+// would come back as a batch's head.
+func TestIndexLiveMarks(t *testing.T) {
+	for _, over := range []bool{false, true} {
+		t.Run(fmt.Sprintf("over=%v", over), func(t *testing.T) {
+			l := newBenchLoop(t, "edf", 4000, over)
+			ix := benchIndex(l.p)
+			ref := mustPolicy(t, "edf", Options{MaxQueueDelay: time.Nanosecond}).(fullDecider)
+			// nextHead is the queued request with the earliest deadline that
+			// d did not answer or batch.
+			nextHead := func(d Decision) *Request {
+				taken := map[*Request]bool{}
+				for _, v := range d.Verdicts {
+					taken[v.Request] = true
+				}
+				if d.Batch != nil {
+					for _, r := range d.Batch.Requests {
+						taken[r] = true
+					}
+				}
+				var h *Request
+				for _, r := range l.q {
+					if !taken[r] && !Hopeless(r, l.now) && (h == nil || byDeadline(r, h) < 0) {
+						h = r
+					}
+				}
+				return h
+			}
+			drop := func(r *Request) {
+				l.q = slices.DeleteFunc(l.q, func(x *Request) bool { return x == r })
+			}
+			kept, lapsed := 0, 0
+			for step := range 600 {
+				s := l.snapshot()
+				d := l.p.Decide(s)
+				if want := ref.decideFull(s); !reflect.DeepEqual(d, want) {
+					t.Fatalf("step %d: indexed\n%s\nfull recomputation\n%s", step, describe(d), describe(want))
+				}
+				epoch := ix.epoch
+				mode := 0
+				if step > 20 {
+					mode = step % 10
+				}
+				switch mode {
+				case 1: // not applied
+					l.now = l.now.Add(10 * time.Microsecond)
+				case 2: // the next head dropped as well
+					h := nextHead(d)
+					l.apply(d)
+					drop(h)
+				case 3: // a batched request kept, the next head dropped instead
+					if d.Batch == nil {
+						l.apply(d)
+						mode = 0
+						break
+					}
+					keep, h := d.Batch.Requests[0], nextHead(d)
+					l.apply(d)
+					i, _ := slices.BinarySearchFunc(l.q, keep.Seq, func(r *Request, seq uint64) int { return cmp.Compare(r.Seq, seq) })
+					l.q = slices.Insert(l.q, i, keep)
+					drop(h)
+				default:
+					l.apply(d)
+				}
+				// The next decision's sync tells whether the marks held.
+				s = l.snapshot()
+				ix.sync(s)
+				ix.restore()
+				switch moved := ix.epoch != epoch; {
+				case (mode == 2 || mode == 3) && !moved:
+					t.Fatalf("step %d: the caller dropped a request it was not told to, and the marks still hold", step)
+				case (mode == 0 || mode == 1) && moved:
+					t.Fatalf("step %d: the queue lost only what was decided, and the marks lapsed", step)
+				case moved:
+					lapsed++
+				default:
+					kept++
+				}
+			}
+			t.Logf("marks kept through %d steps, lapsed at %d", kept, lapsed)
+			if lapsed < 60 || kept < 400 {
+				t.Fatalf("marks kept through %d steps, lapsed at %d: the test exercises too little", kept, lapsed)
+			}
+		})
+	}
+}

@@ -1,6 +1,9 @@
 package scheduler
 
-import "slices"
+import (
+	"cmp"
+	"slices"
+)
 
 // seqFinder finds requests by Seq in a decision's queue (in increasing Seq
 // order): it answers what slices.BinarySearchFunc(q, seq, by Seq) would, the
@@ -141,6 +144,51 @@ func (f *seqFinder) findAll(ss []seqSearch) {
 		}
 		n = k
 	}
+}
+
+// findMany answers the searches ss as findAll does (findAll may reorder
+// them). Many searches at once (manySearches: a decision that sheds most of a
+// long queue answers tens of thousands) run one after the other instead, each
+// galloping from where the last one ended (gallop): findAll's rounds would go
+// over all of them at each probe, and searches of neighbouring Seqs read the
+// same places.
+func (f *seqFinder) findMany(ss []seqSearch) {
+	if !manySearches(len(ss), len(f.q)) {
+		f.findAll(ss)
+		return
+	}
+	lo := 0
+	for i := range ss {
+		s := &ss[i]
+		if i > 0 && s.seq < ss[i-1].seq {
+			lo = 0
+		}
+		s.hi, s.hit = gallop(f.q, lo, s.seq)
+		s.done, lo = true, s.hi
+	}
+}
+
+// manySearches reports whether n searches in a queue of length m are better
+// made one after the other in order of their Seqs (gallop) than side by side:
+// more than a sixty-fourth of the queue, and at least 64.
+func manySearches(n, m int) bool { return n > m/64 && n >= 64 }
+
+// gallop is where seq is in q (or would be) and whether it is there, as
+// slices.BinarySearchFunc by Seq answers, for a seq above every Seq in
+// q[:lo]: it looks at q[lo], q[lo+1], q[lo+3], ... until one is not below
+// seq, then bisects. A decision's verdicts come in the queue's order, so that
+// searching for them in turn, each from where the last one ended, costs about
+// the logarithm of the distance between them.
+func gallop(q []*Request, lo int, seq uint64) (int, bool) {
+	hi, step := lo, 1
+	for hi < len(q) && q[hi].Seq < seq {
+		lo = hi + 1
+		hi += step
+		step *= 2
+	}
+	hi = min(hi+1, len(q))
+	j, hit := slices.BinarySearchFunc(q[lo:hi], seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+	return lo + j, hit
 }
 
 // seqSearch is one search, stepped by findAll. When done, hi is the position

@@ -8,7 +8,7 @@ import (
 )
 
 // TestSeqFinderMatchesBinarySearch compares seqFinder's searches, one at a
-// time and side by side, with slices' binary search on queues whose Seqs are
+// time, side by side and many in order (findMany), with slices' binary search on queues whose Seqs are
 // dense, evenly spread, clustered and exponentially spaced, for Seqs in the
 // queue, between and outside.
 func TestSeqFinderMatchesBinarySearch(t *testing.T) {
@@ -58,14 +58,24 @@ func TestSeqFinderMatchesBinarySearch(t *testing.T) {
 			probe(0)
 			probe(s + 10)
 			probe(^uint64(0))
-			// The same searches side by side, in a shuffled order.
+			// The same searches side by side, in a shuffled order; then
+			// with findMany, all of them (in order of their Seqs) and a few
+			// (side by side).
 			rng.Shuffle(len(batch), func(i, j int) { batch[i], batch[j] = batch[j], batch[i] })
-			fd.reset(q)
-			fd.findAll(batch)
-			for _, b := range batch {
-				wi, wf := slices.BinarySearchFunc(q, b.seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
-				if b.hi != wi || b.hit != wf {
-					t.Fatalf("%s, %d queued: findAll for %d: %d, %v; want %d, %v", name, len(q), b.seq, b.hi, b.hit, wi, wf)
+			for _, many := range []int{0, len(batch), 1 + len(batch)/100} {
+				ss := slices.Clone(batch)
+				fd.reset(q)
+				if many == 0 {
+					fd.findAll(ss)
+				} else {
+					ss = ss[:many]
+					fd.findMany(ss)
+				}
+				for _, b := range ss {
+					wi, wf := slices.BinarySearchFunc(q, b.seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+					if b.hi != wi || b.hit != wf {
+						t.Fatalf("%s, %d queued: findAll/findMany(%d) for %d: %d, %v; want %d, %v", name, len(q), many, b.seq, b.hi, b.hit, wi, wf)
+					}
 				}
 			}
 		}

@@ -109,7 +109,8 @@ type Request struct {
 	Ref any
 	// ix and ixGen mark the queue index (and its generation) that holds the
 	// request (index.go): a field on the request instead of a set in the
-	// index, whose inserts miss the cache with a long queue.
+	// index, whose inserts miss the cache with a long queue; ixGen also
+	// carries what the index knows of the request (index.go, ixGone).
 	ix    *queueIndex
 	ixGen uint64
 }
@@ -156,14 +157,15 @@ type Snapshot struct {
 	// with the same Seqs) are detected and make the policy rebuild its index,
 	// which costs what a decision without one costs. A single request replaced
 	// in the middle of the queue by another with the same Seq is not detected
-	// until the index reaches it: callers must not do that (a reload that
-	// prepares the requests again changes Apps, which is detected). A request
-	// put back with its old Seq after a
-	// later decision is not detected by that index: only the cascade policy's
-	// second passes do that, and the cascade's own index looks for them among
-	// the first passes it ran (it counts on the caller removing only what a
-	// decision answered or batched between two decisions when first passes
-	// come back, as Executor does).
+	// (while the queue's length accounts for what left, the index trusts that
+	// the requests it found queued still are, and hands out the one replaced):
+	// callers must not do that (a reload that prepares the requests again
+	// changes Apps, which is detected). A request put back with its old Seq
+	// after a later decision is not detected by that index either: only the
+	// cascade policy's second passes do that, and the cascade's own index
+	// looks for them among the first passes it ran (it counts on the caller
+	// removing only what a decision answered or batched between two decisions
+	// when first passes come back, as Executor does).
 	Queue  []*Request
 	Apps   map[string]*App
 	Engine Engine
