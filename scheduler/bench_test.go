@@ -139,7 +139,9 @@ func BenchmarkDecide(b *testing.B) {
 // timing), and for a policy with a queue index the number of times a timed
 // decision rebuilt it (rebuilds, each a pass over the whole queue) and for a
 // searching policy the share of timed decisions made over a prefix of the
-// queue (bounded, bounded.go).
+// queue (bounded, bounded.go) and the number of times a timed decision
+// rebuilt the summary of the queue from the whole queue at once
+// (sum-rebuilds, workHist).
 //
 // The warm-up runs once per sub-benchmark: the state it reaches is kept for
 // the sub-benchmark's next run (the testing package runs it with b.N = 1
@@ -265,8 +267,8 @@ func (l *benchLoop) apply(d Decision) int {
 // time runs b.N decisions, each applied untimed, and reports the time per
 // scheduled request (µs/sched), the requests scheduled per decision
 // (sched/op), the longest decision (max-µs), and where the policy has them
-// its index's rebuilds and its share of bounded decisions (see
-// BenchmarkDecideSteady).
+// its index's rebuilds, its share of bounded decisions and its summary's
+// rebuilds (see BenchmarkDecideSteady).
 func (l *benchLoop) time(b *testing.B) {
 	scheduled := 0
 	var longest time.Duration
@@ -276,9 +278,9 @@ func (l *benchLoop) time(b *testing.B) {
 		gen0 = ix.gen
 	}
 	sp, _ := l.p.(*searching)
-	var hits0 int
+	var hits0, sums0 int
 	if sp != nil {
-		hits0 = sp.boundedHits
+		hits0, sums0 = sp.boundedHits, sp.hist.rebuilds
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -302,6 +304,7 @@ func (l *benchLoop) time(b *testing.B) {
 	}
 	if sp != nil {
 		b.ReportMetric(float64(sp.boundedHits-hits0)/float64(b.N), "bounded")
+		b.ReportMetric(float64(sp.hist.rebuilds-sums0), "sum-rebuilds")
 	}
 }
 

@@ -325,27 +325,56 @@ func (c *classPull) giveBack() {
 //
 // New arrivals are added and requests the policy answered or batched are
 // removed (their work; a stake maximum is not lowered) when they have left the
-// queue; anything else that leaves (rare) stays counted, which only overstates,
-// until the next rebuild from the whole queue (every decision over the whole
-// queue, and every histRebuild bounded ones).
+// queue; anything else that leaves (rare) stays counted, which only overstates.
+// So that the maxima come down again and the buckets follow the deadlines, a
+// fresh summary is being built beside it (next), a part of the queue at each
+// decision, and replaces it once it has read the whole queue: it reads
+// histScan queued requests per request that arrived or left since the last
+// decision (at least histScanMin; none while most of the queue turns over at
+// each decision, histChurn), so that it costs a decision in proportion to
+// what the decision schedules, and no decision pays for a pass over the whole
+// queue (the summary used to be rebuilt from the whole queue every 256
+// decisions: at 100k queued about 16 ms, 20-28 ms with the decision around
+// it). The summary is built from the whole queue at once only when there is
+// none to keep (the first decision over a long queue, or the first after
+// decisions below boundedMin) or it cannot be kept (an application, a
+// shedding cost or a feasible variant changed, a deadline beyond its
+// buckets); rebuilds counts those.
 type workHist struct {
 	valid bool
 	ctx   histCtx
-	base  time.Time
-	width time.Duration
-	work  []time.Duration
-	stake []float64
-	total time.Duration
+	histSum
 	// seen is the newest Seq counted; decided the requests the last decision
 	// answered or batched, to subtract once they have left the queue.
 	seen    uint64
 	decided []*Request
-	age     int
-	// cstake keeps, per application and, with byClass, class (Request.Class),
-	// the largest stake among its requests (cstake[app][class+1]; [app][0]
-	// without byClass; never lowered until a rebuild), for classPriority;
-	// lastApp and lastStake cache the last lookup.
-	byClass   bool
+	// byClass: cstake is kept per class (Request.Class), not per application.
+	byClass bool
+	// next is the summary being built (nil when none): it has read the
+	// queued requests with a Seq below from, and counts every arrival with a
+	// Seq above upto (the newest this one had counted when it began). spare
+	// keeps the buffers of the one it last replaced.
+	next, spare *histSum
+	from, upto  uint64
+	// find and seqs look the decided requests up in the queue.
+	find seqFinder
+	seqs []seqSearch
+	// rebuilds counts the rebuilds from the whole queue at once, swaps the
+	// summaries built a part at a time that replaced the summary (tests).
+	rebuilds, swaps int
+}
+
+// histSum is what a summary counts: the buckets (from base, each width wide),
+// their work and largest stakes, the total work, and cstake, per application
+// and, with byClass, class (Request.Class), the largest stake among its
+// requests (cstake[app][class+1]; [app][0] without byClass), for
+// classPriority; lastApp and lastStake cache the last lookup.
+type histSum struct {
+	base      time.Time
+	width     time.Duration
+	work      []time.Duration
+	stake     []float64
+	total     time.Duration
 	cstake    map[*App][]float64
 	lastApp   *App
 	lastStake []float64
@@ -353,7 +382,20 @@ type workHist struct {
 
 const (
 	histMaxBuckets = 8192
-	histRebuild    = 256
+	// histScan queued requests are read for the summary being built per
+	// request that arrived or left since the last decision, histScanMin at
+	// least: at 100k queued, with 32 leaving and 32 arriving a decision, it
+	// replaces the summary every 780 decisions, after a quarter of the queue
+	// has turned over. After a decision where more than a histChurn-th of
+	// the queue turned over (overloaded, a decision that sheds tens of
+	// thousands; it is made over the whole queue, since the summary does not
+	// show that nothing would be shed) none is read, and the summary being
+	// built is dropped: reading twice as many, and keeping two summaries up to
+	// date, made such a decision 15-30% dearer at 100k queued
+	// (BenchmarkDecideSteady, overloaded).
+	histScan    = 2
+	histScanMin = 64
+	histChurn   = 16
 )
 
 // histCtx is what a summary depends on besides the queue: per application the
@@ -411,23 +453,22 @@ func (c histCtx) stakeOf(r *Request) float64 {
 	return sum / float64(max(n, 1))
 }
 
-// rebuild summarises the whole queue.
+// rebuild summarises the whole queue at once.
 func (h *workHist) rebuild(s *Snapshot, ctx histCtx) {
-	h.valid, h.ctx, h.age, h.total = false, ctx, 0, 0
+	h.rebuilds++
+	h.valid, h.ctx = false, ctx
 	h.decided = h.decided[:0]
+	h.drop()
 	if len(s.Queue) == 0 {
 		return
 	}
-	h.base, h.width = deadlineBuckets(s, histMaxBuckets)
-	h.work, h.stake = h.work[:0], h.stake[:0]
-	clear(h.cstake)
-	h.lastApp, h.lastStake = nil, nil
-	h.valid = true
+	h.histSum.reset(deadlineBuckets(s, histMaxBuckets))
 	for _, r := range s.Queue {
-		if !h.add(r) {
+		if !h.add(&h.histSum, r, h.ctx.stakeOf(r)) {
 			return
 		}
 	}
+	h.valid = true
 	h.seen = s.Queue[len(s.Queue)-1].Seq
 }
 
@@ -446,41 +487,49 @@ func deadlineBuckets(s *Snapshot, buckets int) (base time.Time, width time.Durat
 			last = r.Deadline
 		}
 	}
+	return spanBuckets(first, last, buckets)
+}
+
+// spanBuckets keys buckets of deadlines from first to last (deadlineBuckets).
+func spanBuckets(first, last time.Time, buckets int) (base time.Time, width time.Duration) {
 	width = max(time.Millisecond, last.Sub(first)/time.Duration(buckets/4))
 	return first.Truncate(width), width
 }
 
-// add counts r; false (and the summary invalid) when r is not summarisable.
-func (h *workHist) add(r *Request) bool {
-	c, ok := h.ctx.costs[r.App]
-	b := int(r.Deadline.Sub(h.base) / h.width)
-	if !ok || r.Deadline.Before(h.base) || b >= histMaxBuckets {
-		h.valid = false
-		return false
-	}
-	for len(h.work) <= b {
-		h.work = append(h.work, 0)
-		h.stake = append(h.stake, math.Inf(-1))
-	}
-	h.work[b] += c
-	h.total += c
-	st := h.ctx.stakeOf(r)
-	h.stake[b] = max(h.stake[b], st)
-	if !h.noteClass(r, st) {
-		h.valid = false
-		return false
-	}
-	return true
+// reset empties m (keeping its buffers) for buckets from base, width wide.
+func (m *histSum) reset(base time.Time, width time.Duration) {
+	m.base, m.width, m.total = base, width, 0
+	m.work, m.stake = m.work[:0], m.stake[:0]
+	clear(m.cstake)
+	m.lastApp, m.lastStake = nil, nil
 }
 
-// noteClass counts r's stake st in its class's largest (its application's
-// without byClass); false for a class Prepare does not give.
-func (h *workHist) noteClass(r *Request, st float64) bool {
-	if r.App != h.lastApp {
-		if h.cstake == nil {
-			h.cstake = map[*App][]float64{}
+// add counts r, whose stake is st, in m; false when r is not summarisable
+// there (then m is not valid).
+func (h *workHist) add(m *histSum, r *Request, st float64) bool {
+	c, ok := h.ctx.costs[r.App]
+	b := int(r.Deadline.Sub(m.base) / m.width)
+	if !ok || r.Deadline.Before(m.base) || b >= histMaxBuckets {
+		return false
+	}
+	for len(m.work) <= b {
+		m.work = append(m.work, 0)
+		m.stake = append(m.stake, math.Inf(-1))
+	}
+	m.work[b] += c
+	m.total += c
+	m.stake[b] = max(m.stake[b], st)
+	return h.noteClass(m, r, st)
+}
+
+// noteClass counts r's stake st in its class's largest in m (its
+// application's without byClass); false for a class Prepare does not give.
+func (h *workHist) noteClass(m *histSum, r *Request, st float64) bool {
+	if r.App != m.lastApp {
+		if m.cstake == nil {
+			m.cstake = map[*App][]float64{}
 		}
-		h.lastApp, h.lastStake = r.App, h.cstake[r.App]
+		m.lastApp, m.lastStake = r.App, m.cstake[r.App]
 	}
 	k := 0
 	if h.byClass {
@@ -489,13 +538,13 @@ func (h *workHist) noteClass(r *Request, st float64) bool {
 	if k < 0 {
 		return false
 	}
-	if k >= len(h.lastStake) {
-		for len(h.lastStake) <= k {
-			h.lastStake = append(h.lastStake, math.Inf(-1))
+	if k >= len(m.lastStake) {
+		for len(m.lastStake) <= k {
+			m.lastStake = append(m.lastStake, math.Inf(-1))
 		}
-		h.cstake[r.App] = h.lastStake
+		m.cstake[r.App] = m.lastStake
 	}
-	h.lastStake[k] = max(h.lastStake[k], st)
+	m.lastStake[k] = max(m.lastStake[k], st)
 	return true
 }
 
@@ -520,34 +569,147 @@ func (h *workHist) classPriority(app *App, class int, now, from time.Time, faste
 }
 
 // update brings the summary up to s: the decided requests that left are
-// subtracted and the new arrivals added. It reports whether the summary is
-// valid for s (same applications, costs and feasible variants).
+// subtracted, the new arrivals added, and the summary being built reads its
+// next part of the queue (scan). It reports whether the summary is valid for
+// s (same applications, costs and feasible variants, every deadline within
+// its buckets); when it is not, the caller rebuilds it.
 func (h *workHist) update(s *Snapshot, ctx histCtx) bool {
-	if !h.valid || h.age >= histRebuild || !h.ctx.same(ctx) {
+	if !h.valid || !h.ctx.same(ctx) {
 		h.valid = false
 		return false
 	}
 	h.ctx.d = ctx.d
-	for _, r := range h.decided {
-		if _, found := slices.BinarySearchFunc(s.Queue, r.Seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) }); !found {
-			c := h.ctx.costs[r.App]
-			h.work[int(r.Deadline.Sub(h.base)/h.width)] -= c
-			h.total -= c
+	moved := 0
+	gone := func(r *Request) {
+		c := h.ctx.costs[r.App]
+		h.work[int(r.Deadline.Sub(h.base)/h.width)] -= c
+		h.total -= c
+		if n := h.next; n != nil && (r.Seq < h.from || r.Seq > h.upto) {
+			// read (or arrived) since it began
+			n.work[int(r.Deadline.Sub(n.base)/n.width)] -= c
+			n.total -= c
 		}
+		moved++
 	}
+	if q := s.Queue; manySearches(len(h.decided), len(q)) {
+		lo := 0
+		for i, r := range h.decided {
+			if i > 0 && r.Seq < h.decided[i-1].Seq {
+				lo = 0
+			}
+			var hit bool
+			if lo, hit = gallop(q, lo, r.Seq); !hit {
+				gone(r)
+			}
+		}
+	} else if len(h.decided) > 0 {
+		h.find.reset(q)
+		h.seqs = h.seqs[:0]
+		for i, r := range h.decided {
+			h.seqs = append(h.seqs, seqSearch{seq: r.Seq, at: i})
+		}
+		h.find.findAll(h.seqs)
+		for _, x := range h.seqs {
+			if !x.hit {
+				gone(h.decided[x.at])
+			}
+		}
+		h.find.reset(nil)
+	}
+	// Not cleared: a decision that shed tens of thousands would pay the
+	// garbage collector's write barrier for each (as much as the searches).
 	h.decided = h.decided[:0]
 	start := len(s.Queue)
 	for start > 0 && s.Queue[start-1].Seq > h.seen {
 		start--
 	}
+	moved += len(s.Queue) - start
+	churn := moved > len(s.Queue)/histChurn
+	if churn {
+		// Most of the queue turns over (a decision shed thousands): the
+		// summary being built would read the queue for nothing while
+		// keeping it up to date doubled the cost of every request that
+		// arrives and leaves. It begins again at a quieter decision.
+		h.drop()
+	}
 	for _, r := range s.Queue[start:] {
-		if !h.add(r) {
+		st := h.ctx.stakeOf(r)
+		if !h.add(&h.histSum, r, st) {
+			h.valid = false
 			return false
+		}
+		if h.next != nil && !h.add(h.next, r, st) {
+			h.drop()
 		}
 		h.seen = r.Seq
 	}
-	h.age++
+	if !churn {
+		h.scan(s, max(histScanMin, histScan*moved))
+	}
 	return true
+}
+
+// scan reads up to budget queued requests into the summary being built
+// (beginning one if none is), from where it stopped; when it has read the
+// whole queue it replaces the summary.
+func (h *workHist) scan(s *Snapshot, budget int) {
+	if h.next == nil {
+		h.begin(s.Now)
+	}
+	n, q := h.next, s.Queue
+	j, _ := slices.BinarySearchFunc(q, h.from, func(r *Request, seq uint64) int { return cmp.Compare(r.Seq, seq) })
+	for end := j + budget; j < len(q) && j < end && q[j].Seq <= h.upto; j++ {
+		if !h.add(n, q[j], h.ctx.stakeOf(q[j])) {
+			h.drop() // a deadline before its buckets: begin again
+			return
+		}
+	}
+	if j < len(q) && q[j].Seq <= h.upto {
+		h.from = q[j].Seq
+		return
+	}
+	h.histSum, *n = *n, h.histSum
+	h.next, h.spare = nil, n
+	h.swaps++
+}
+
+// begin starts the summary to be built, its buckets keyed as a rebuild's
+// would be (deadlineBuckets) from the span of the deadlines the summary
+// holds (the buckets it counts work in, and now): every queued request is
+// counted in one of them.
+func (h *workHist) begin(now time.Time) {
+	first, last := now, now
+	lo, hi := -1, -1
+	for b, w := range h.work {
+		if w > 0 {
+			if lo < 0 {
+				lo = b
+			}
+			hi = b
+		}
+	}
+	if lo >= 0 {
+		if t := h.base.Add(time.Duration(lo) * h.width); t.Before(first) {
+			first = t
+		}
+		if t := h.base.Add(time.Duration(hi+1) * h.width); t.After(last) {
+			last = t
+		}
+	}
+	n := h.spare
+	if n == nil {
+		n = &histSum{}
+	}
+	n.reset(spanBuckets(first, last, histMaxBuckets))
+	h.next, h.spare = n, nil
+	h.from, h.upto = 0, h.seen
+}
+
+// drop forgets the summary being built (keeping its buffers).
+func (h *workHist) drop() {
+	if h.next != nil {
+		h.next, h.spare = nil, h.next
+	}
 }
 
 // note records a decision's answered and batched requests, to subtract once

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -368,5 +369,160 @@ func TestRestPriorityBounds(t *testing.T) {
 		if noAnswer == 2 && neg == 0 {
 			t.Fatal("no negative priority: the test tests nothing")
 		}
+	}
+}
+
+// TestWorkHistBuiltInParts: the summary of the queue (workHist) is built
+// from the whole queue once, then kept by the summaries built a part of the
+// queue at a time beside it (scan), never again from the whole queue at once.
+// The searching policies run the gateway's loop over two applications above
+// boundedMin, their decisions compared with the whole queue's (decideBoth);
+// after every decision the summary must cover the queue as the bounds need:
+// every queued request within its buckets, its bucket's and its class's
+// largest stake at least its stake, and the work by deadline at least the
+// queue's (exactly the queue's while the caller removed only what the
+// decisions answered or batched). In the drops case the caller also drops
+// requests it was not told to, which the summary keeps counting until it is
+// replaced. A burst of requests with a larger stake than any other (confident
+// estimates of a class whose missing answer costs much) is served; two
+// replacements later the largest stake of its class must have come down.
+func TestWorkHistBuiltInParts(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		drops bool
+	}{{"sneakpeek", false}, {"sneakpeek", true}, {"oblivious", false}, {"oblivious-switch", true}} {
+		t.Run(fmt.Sprintf("%s/drops=%v", c.name, c.drops), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(13, 3))
+			a, b := benchApp(rng), otherApp(rng)
+			a.NoAnswer = make([]float64, a.K)
+			a.NoAnswer[0] = -1
+			apps := map[string]*App{a.Name: a, b.Name: b}
+			bounded, whole := boundedPair(t, c.name, Options{MaxQueueDelay: time.Nanosecond})
+			h := &bounded.hist
+			now := t0.Add(time.Second)
+			const n = boundedMin + 1000
+			var q []*Request
+			seq := uint64(0)
+			arrive := func(k int, burst bool) {
+				for range k {
+					app := a
+					if !burst && rng.IntN(4) == 0 {
+						app = b
+					}
+					r := benchRequest(rng, app, seq, now, n, false)
+					if burst {
+						p := make([]float64, a.K)
+						for y := range p {
+							p[y] = 0.01 / float64(a.K-1)
+						}
+						p[0] = 0.99
+						r = Prepare(app, seq, now, now.Add(ms(25)), p, nil)
+					}
+					q = append(q, r)
+					seq++
+				}
+			}
+			arrive(n, false)
+			resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
+			var burst []*Request
+			burstStake, swapsAfter := math.Inf(-1), -1
+			// exact: the summary counts only what is queued (it began
+			// after the last drop); clean: so does the one being built.
+			exact, clean := true, true
+			for step := range 500 {
+				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
+				swaps, upto := h.swaps, h.upto
+				cur := slices.Clone(q) // decideBoth removes what it decided from q
+				next := decideBoth(t, step, bounded, whole, s)
+				if h.upto != upto {
+					clean = true // one began
+				}
+				if h.swaps > swaps {
+					exact = clean
+				}
+				checkHistCovers(t, step, h, cur, exact)
+				if step == 100 {
+					for _, r := range burst {
+						burstStake = max(burstStake, h.ctx.stakeOf(r))
+					}
+				}
+				q = next
+				if c.drops && step%7 == 0 {
+					q = slices.DeleteFunc(q, func(*Request) bool { return rng.IntN(500) == 0 })
+					exact, clean = false, false
+				}
+				if burst != nil && swapsAfter < 0 && !slices.ContainsFunc(q, func(r *Request) bool { return slices.Contains(burst, r) }) {
+					swapsAfter = h.swaps // the burst is served
+				}
+				now = now.Add(10 * time.Microsecond)
+				if step == 90 {
+					arrive(300, true)
+					burst = slices.Clone(q[len(q)-300:])
+				}
+				arrive(n-len(q), false)
+			}
+			t.Logf("summary rebuilt from the whole queue %d times, replaced %d times; %d decisions over a prefix", h.rebuilds, h.swaps, bounded.boundedHits)
+			if h.rebuilds != 1 || h.swaps < 5 || bounded.boundedHits < 300 {
+				t.Fatalf("summary rebuilt from the whole queue %d times, replaced %d times; %d decisions over a prefix", h.rebuilds, h.swaps, bounded.boundedHits)
+			}
+			if c.name != "sneakpeek" {
+				return
+			}
+			if swapsAfter < 0 || h.swaps < swapsAfter+2 {
+				t.Fatalf("the burst was not served (%d) or the summary not replaced twice since (%d)", swapsAfter, h.swaps)
+			}
+			rest := math.Inf(-1)
+			for _, r := range q {
+				if r.App == a && r.Class == 0 {
+					rest = max(rest, h.ctx.stakeOf(r))
+				}
+			}
+			if !(burstStake > rest) {
+				t.Fatalf("the burst's stake %g is not above the others' %g: the test tests nothing", burstStake, rest)
+			}
+			if got := h.cstake[a][1]; got >= burstStake {
+				t.Fatalf("class 0's largest stake is still %g (the burst's %g) after the burst was served", got, burstStake)
+			}
+		})
+	}
+}
+
+// checkHistCovers fails the test unless h covers queue q as the bounds of a
+// decision over a prefix need (see TestWorkHistBuiltInParts); exact: the work
+// by bucket must be q's.
+func checkHistCovers(t *testing.T, step int, h *workHist, q []*Request, exact bool) {
+	t.Helper()
+	if !h.valid {
+		t.Fatalf("step %d: the summary is not valid", step)
+	}
+	work := make([]time.Duration, len(h.work))
+	var total time.Duration
+	for _, r := range q {
+		bk := int(r.Deadline.Sub(h.base) / h.width)
+		if r.Deadline.Before(h.base) || bk >= len(h.work) {
+			t.Fatalf("step %d: request %d's deadline lies outside the summary's buckets", step, r.Seq)
+		}
+		st := h.ctx.stakeOf(r)
+		k := 0
+		if h.byClass {
+			k = r.Class + 1
+		}
+		if cs := h.cstake[r.App]; h.stake[bk] < st || k >= len(cs) || cs[k] < st {
+			t.Fatalf("step %d: request %d's stake %g above its bucket's or class's largest", step, r.Seq, st)
+		}
+		c := h.ctx.costs[r.App]
+		work[bk] += c
+		total += c
+	}
+	var cum, want time.Duration
+	for bk := range work {
+		cum += h.work[bk]
+		want += work[bk]
+		if cum < want || exact && h.work[bk] != work[bk] {
+			t.Fatalf("step %d: bucket %d: the summary's work %v (up to it %v), the queue's %v (%v)", step, bk, h.work[bk], cum, work[bk], want)
+		}
+	}
+	if h.total < total || exact && h.total != total {
+		t.Fatalf("step %d: the summary's total work %v, the queue's %v", step, h.total, total)
 	}
 }
