@@ -253,7 +253,7 @@ func firstUtility(a *App, f *FirstPass) (answer, none float64) {
 // member, valued by the second opinion's gain over its first answer, or a
 // FirstAnswer verdict (answered true).
 func (d *decisionState) admitSecond(r *Request, m *member) (v Verdict, answered bool) {
-	first := Verdict{Request: r, Outcome: FirstAnswer, Reason: ReasonSecondNotWorth}
+	first := answerFirst(r)
 	pk := d.peek[r.App.Name]
 	if !pk.on() || pk.cfg.Better >= len(r.App.Variants) || len(r.ExpUtility) != len(r.App.Variants) {
 		return first, true
@@ -278,42 +278,40 @@ func (d *decisionState) admitSecond(r *Request, m *member) (v Verdict, answered 
 	}
 	u := d.ubuf[start:len(d.ubuf):len(d.ubuf)]
 	u[b] = alt + g
-	*m = member{r: r, dl: dl, budget: r.Budget(), u: u, na: alt, alt: alt, class: secondClass(r.App)}
+	*m = member{r: r, dl: dl, budget: r.Budget(), u: u, na: alt, alt: alt, class: -1}
 	m.pri = g / max(dl, ai.fastest).Seconds()
 	return Verdict{}, false
 }
 
-// secondClass is the grouping key of an application's second passes: past
-// its classes, so they form groups of their own.
-func secondClass(a *App) int { return a.K }
-
-// firstAnswers makes every verdict on a request that has a first pass
-// FirstAnswer, its first pass's model answer, unless under that answer's own
+// answerFirst is the verdict on r, which has a first pass and gets no second:
+// its first pass's model answer (FirstAnswer), unless under that answer's own
 // distribution no answer is worth more (a utility that charges for wrong
 // answers): then Expired. (The estimate's degraded answer is not weighed
 // against it: each would be valued under its own, differently calibrated
 // distribution, and the model answer is what the device asked for.)
+func answerFirst(r *Request) Verdict {
+	v := Verdict{Request: r, Outcome: FirstAnswer, Reason: ReasonSecondNotWorth}
+	if answer, none := firstUtility(r.App, r.First); none > answer {
+		v.Outcome = Expired
+	}
+	return v
+}
+
+// firstAnswers makes every verdict on a request that has a first pass its
+// answerFirst outcome (assemble answers a late member degraded or expired).
 func firstAnswers(vs []Verdict) {
 	for i := range vs {
-		r := vs[i].Request
-		if r.First == nil {
-			continue
-		}
-		vs[i].Outcome = FirstAnswer
-		if answer, none := firstUtility(r.App, r.First); none > answer {
-			vs[i].Outcome = Expired
+		if r := vs[i].Request; r.First != nil {
+			vs[i].Outcome = answerFirst(r).Outcome
 		}
 	}
 }
 
-// answerUnserved answers, with their first pass, the second passes that this
-// decision leaves queued and that could no longer be run on time after its
+// answerUnserved answers, with their first pass, the second passes (the
+// members of decideSecond) that this decision leaves queued and that could no longer be run on time after its
 // batch b: the gateway decides again only when b is done, and by then their
 // first answers would be late.
 func (d *decisionState) answerUnserved(b *Batch) {
-	if d.peek == nil {
-		return
-	}
 	gone := make(map[*Request]bool, len(b.Requests)+len(d.verdicts))
 	for _, r := range b.Requests {
 		gone[r] = true
@@ -324,15 +322,15 @@ func (d *decisionState) answerUnserved(b *Batch) {
 	busy := b.Finish.Sub(d.s.Now)
 	for i := range d.members {
 		m := &d.members[i]
-		if m.r.First == nil || gone[m.r] {
+		if gone[m.r] {
 			continue
 		}
-		pk := d.peek[m.r.App.Name]
-		ai := d.info(m.r.App)
-		if pk.on() && pk.cfg.Better < len(ai.lat1) && busy+ai.cost0[pk.cfg.Better]+ai.lat1[pk.cfg.Better] <= m.dl {
+		// admitSecond made it a member: its application peeks.
+		better := d.peek[m.r.App.Name].cfg.Better
+		if ai := d.info(m.r.App); busy+ai.cost0[better]+ai.lat1[better] <= m.dl {
 			continue
 		}
-		d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: FirstAnswer, Reason: ReasonSecondNotWorth})
+		d.verdicts = append(d.verdicts, answerFirst(m.r))
 	}
 }
 

@@ -470,7 +470,10 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 // once (answered true), otherwise its member, written to m (zero on entry).
 func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) {
 	if r.First != nil {
-		return d.admitSecond(r, m)
+		// Requests back from a first pass are decided apart (decideSecond);
+		// one that reaches here, its application no longer peeked, gets its
+		// first answer.
+		return answerFirst(r), true
 	}
 	ai := d.info(r.App)
 	dl := r.Deadline.Sub(d.s.Now)

@@ -64,9 +64,7 @@ func (d *decisionState) shed() {
 			best = max(best, v)
 		}
 		alt := m.na
-		if m.r.First != nil {
-			alt = m.alt // its first answer (peek.go)
-		} else if d.shedDegrades(m) {
+		if d.shedDegrades(m) {
 			alt = m.r.DegradedUtility
 		}
 		cs[i] = shedCand{cost: ai.shedCost, density: shedDensity(best, alt, ai.shedCost)}
@@ -105,9 +103,6 @@ func (d *decisionState) shed() {
 		return
 	}
 	for _, j := range shed {
-		if d.members[j].r.First != nil {
-			continue // answered with its first pass: not a price for admission
-		}
 		if d.shedN == 0 || cs[j].density > d.shedMax {
 			d.shedMax = cs[j].density
 		}

@@ -283,7 +283,6 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 			if d.bound != nil {
 				d.bound.lacked() // members may come after the prefix
 			}
-			firstAnswers(d.verdicts)
 			return Decision{Verdicts: d.verdicts}
 		}
 		before := len(d.verdicts)
@@ -298,15 +297,12 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 		runs = d.fill(runs, win)
 		if b := d.assemble(runs[0]); b != nil {
 			d.escalate(b)
-			d.answerUnserved(b)
-			firstAnswers(d.verdicts)
 			return Decision{Verdicts: d.verdicts, Batch: b, Gate: d.gate()}
 		}
 		if len(d.verdicts) == before {
 			break
 		}
 	}
-	firstAnswers(d.verdicts)
 	return Decision{Verdicts: d.verdicts, WakeAt: s.Now, Gate: d.gate()}
 }
 
@@ -523,11 +519,6 @@ func (d *decisionState) assemble(r run) *Batch {
 	keep := make([]*Request, 0, len(ms))
 	util := 0.0
 	for _, m := range ms {
-		if m.r.First != nil && (d.peek[m.r.App.Name] == nil || r.vi != d.peek[m.r.App.Name].cfg.Better) {
-			// A second pass only runs on the most accurate variant (peek.go).
-			d.verdicts = append(d.verdicts, Verdict{Request: m.r, Outcome: FirstAnswer, Reason: ReasonSecondNotWorth})
-			continue
-		}
 		lv := m.late(r.vi, fin)
 		if fin > m.dl && m.alt > lv {
 			if d.w.degrade(m.r) && m.r.DegradedUtility > lv && m.r.DegradedUtility >= m.na {
