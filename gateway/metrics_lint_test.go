@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -31,7 +33,10 @@ func TestMetricsForAlerting(t *testing.T) {
 	for _, met := range []string{"true", "false"} {
 		metricValue(t, reg, "sneakgate_deadline_total", "app", "fashion", "met", met)
 	}
-	metricValue(t, reg, "sneakgate_requests_received_total", "app", "fashion")
+	for _, name := range []string{"sneakgate_requests_received_total", "sneakgate_admission_degraded_total",
+		"sneakgate_admission_shed_total", "sneakgate_first_passes_requeued_total"} {
+		metricValue(t, reg, name, "app", "fashion")
+	}
 	metricValue(t, reg, "sneakgate_estimated_accuracy_total", "app", "fashion")
 	if s := gw.g.stats(); len(s.Rejected) != 0 || len(s.Apps["fashion"].Replies) != 0 {
 		t.Errorf("stats list series at zero: rejected %v, replies %v", s.Rejected, s.Apps["fashion"].Replies)
@@ -74,5 +79,31 @@ func awaitMetric(t *testing.T, reg prometheus.Gatherer, want float64, within tim
 			return v
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestEveryMetricIsRegistered: every collector the gateway keeps in its metrics
+// is registered, so that what the code counts is what an operator can scrape
+// (sneakgate_admission_degraded_total was counted and never exported).
+func TestEveryMetricIsRegistered(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := newMetrics(reg)
+	v := reflect.ValueOf(m).Elem()
+	collector := reflect.TypeFor[prometheus.Collector]()
+	n := 0
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if !f.Type().Implements(collector) || f.IsNil() {
+			continue
+		}
+		n++
+		c := reflect.NewAt(f.Type(), f.Addr().UnsafePointer()).Elem().Interface().(prometheus.Collector)
+		var are prometheus.AlreadyRegisteredError
+		if err := reg.Register(c); !errors.As(err, &are) {
+			t.Errorf("metrics.%s is not registered (Register: %v)", v.Type().Field(i).Name, err)
+		}
+	}
+	if n < 20 {
+		t.Fatalf("found %d collectors in metrics; the test no longer sees its fields", n)
 	}
 }
