@@ -1,6 +1,7 @@
 package eval
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/devices"
@@ -73,6 +76,12 @@ type LiveConfig struct {
 	MaxQueue int
 	// Jitter is the simulator's latency jitter.
 	Jitter float64
+	// Diag, if not empty, is a directory that receives, per run, a CPU profile
+	// of this process while the devices send (NAME.cpu.pprof: the in-process
+	// gateway, and the devices when they run in this process) and the
+	// gateway's metrics at the end of the run in Prometheus' text format
+	// (NAME.prom), NAME being app-workload-policy-rate.
+	Diag string
 }
 
 // devicesProcess runs the device simulator dc describes as `exe devsim` in a
@@ -234,14 +243,25 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 		Workload: c.Workload, Quiet: true, Progress: io.Discard, Out: io.Discard, B64: true, SentAt: !c.NoSentAt}
 	var rep devices.Report
 	var simErr error
+	name := fmt.Sprintf("%s-%s-%s-%.0f", filepath.Base(filepath.Dir(c.Manifest)), c.Workload, c.Policy, c.Rate)
+	stopProfile, err := startDiagProfile(c.Diag, name)
+	if err != nil {
+		stop()
+		<-done
+		return res, err
+	}
 	if c.DevicesExe != "" {
 		rep, simErr = devicesProcess(ctx, c.DevicesExe, dc, filepath.Join(run, "devices.json"))
 	} else {
 		rep, simErr = devices.Simulate(ctx, dc)
 	}
+	stopProfile()
 	stop()
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		return res, fmt.Errorf("eval: live gateway: %w", err)
+	}
+	if err := writeDiagMetrics(c.Diag, name, g.Registry()); err != nil {
+		return res, err
 	}
 	if simErr != nil {
 		return res, fmt.Errorf("eval: live devices: %w", simErr)
@@ -293,6 +313,51 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 		res.SimSlowed = m
 	}
 	return res, nil
+}
+
+// startDiagProfile starts a CPU profile into dir/name.cpu.pprof and returns
+// what stops it; with no dir it does nothing.
+func startDiagProfile(dir, name string) (func(), error) {
+	if dir == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("eval: live diagnostics: %w", err)
+	}
+	f, err := os.Create(filepath.Join(dir, name+".cpu.pprof"))
+	if err != nil {
+		return nil, fmt.Errorf("eval: live diagnostics: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("eval: live diagnostics: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+// writeDiagMetrics writes reg's metrics to dir/name.prom in Prometheus' text
+// format; with no dir it does nothing.
+func writeDiagMetrics(dir, name string, reg prometheus.Gatherer) error {
+	if dir == "" {
+		return nil
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		return fmt.Errorf("eval: live diagnostics: %w", err)
+	}
+	var b bytes.Buffer
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			return fmt.Errorf("eval: live diagnostics: %w", err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".prom"), b.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("eval: live diagnostics: %w", err)
+	}
+	return nil
 }
 
 // measuredSlowdown is app's latency correction at the end of a live run

@@ -107,6 +107,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		guardRet    = fs.Float64("guard-retrust", 0, "guarded policies: gap below which trust returns (0 = default)")
 		shiftWin    = fs.Int("shift-window", 0, "label-shift policies: the live prior estimate's window, update step 1/window (0 = sneakpeek.DefaultShiftWindow)")
 		liveBroker  = fs.String("live-broker", "mosquitto", "with -live: the broker: \"mosquitto\" starts a private Mosquitto on a free port (the embedded broker when none is installed), \"embedded\" the gateway's embedded broker (in this process), or an external broker URL")
+		liveDiag    = fs.String("live-diag", "", "with -live: a directory that receives, per run, a CPU profile of this process while the devices send (NAME.cpu.pprof) and the gateway's metrics at the end (NAME.prom)")
 		liveProc    = fs.Bool("live-devices-process", true, "with -live: run the simulated devices in a child process (sneakgate devsim), off the gateway's CPU threads; false runs them in this process")
 		scenario    = fs.String("scenario", "", "simulate a scenario file instead of the manifests: applications sharing one engine, periodic device streams, simulated estimators (eval/scenarios; docs/evaluation.md)")
 	)
@@ -182,7 +183,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			devicesExe = exe
 		}
 		return runLive(ctx, liveRun{models: *models, apps: split(*apps), workloads: split(*workloads), policies: pols,
-			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, devicesExe: devicesExe, lib: lib,
+			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, devicesExe: devicesExe, lib: lib, diag: *liveDiag,
 			opts: opts, gm: flagGatewayModel(fs), seed: *seed, out: *out, noLatency: !*liveLatency, noSentAt: !*liveSentAt}, stdout, stderr)
 	}
 
@@ -471,6 +472,7 @@ type liveRun struct {
 	noLatency  bool
 	noSentAt   bool
 	devicesExe string
+	diag       string
 }
 
 // runLive runs every live point (app x workload x deadline x rate x policy), prints
@@ -505,7 +507,7 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 						r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
 							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, DevicesExe: l.devicesExe, Library: l.lib, Dir: dir,
 							Options: l.opts, MaxQueue: l.gm.MaxQueue, Jitter: l.gm.Jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt,
-							MaxWait: l.gm.MaxWait, DegradeRefused: l.gm.DegradeRefused, PriceShed: l.gm.PriceAdmission}, stderr)
+							MaxWait: l.gm.MaxWait, DegradeRefused: l.gm.DegradeRefused, PriceShed: l.gm.PriceAdmission, Diag: l.diag}, stderr)
 						if err != nil {
 							return err
 						}
