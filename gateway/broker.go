@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -140,6 +141,14 @@ func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 		Bool("client_certificates", tc != nil && tc.ClientAuth == tls.RequireAndVerifyClientCert).
 		Uint32("max_packet_bytes", caps.MaximumPacketSize).Msg("embedded MQTT broker started")
 	return &Broker{srv: srv, addr: addr}, nil
+}
+
+// Dropped is how many messages the broker has dropped instead of delivering
+// them to a subscriber, after acknowledging them to their publisher: beyond a
+// client's in-flight store or its pending writes (mochi-mqtt's defaults, 8,192
+// each; docs/deployment.md, "The embedded broker").
+func (b *Broker) Dropped() int64 {
+	return atomic.LoadInt64(&b.srv.Info.InflightDropped) + atomic.LoadInt64(&b.srv.Info.MessagesDropped)
 }
 
 // Addr is the address the broker listens on.

@@ -180,3 +180,24 @@ func TestEmbeddedBrokerRefusesBeforeReading(t *testing.T) {
 		t.Fatalf("the broker answered %d bytes instead of closing the connection", n)
 	}
 }
+
+// TestEmbeddedBrokerDropsAreCounted: a gateway running its embedded broker
+// exports how many messages the broker dropped after acknowledging them
+// (sneakgate_embedded_broker_dropped_total, 0 here), and serves a request
+// through it.
+func TestEmbeddedBrokerDropsAreCounted(t *testing.T) {
+	addr := freeAddr(t)
+	cfg := testConfig(t, "tcp://"+addr, t.TempDir())
+	cfg.MQTT.Embedded.Enabled, cfg.MQTT.Embedded.Listen = true, addr
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, "tcp://"+addr, "cam-embedded")
+	dev.request("fashion", "cam-embedded", "a", samples.Row(0), 60000)
+	dev.await([]string{"a"}, 30*time.Second)
+	if v := metricValue(t, gw.g.reg, "sneakgate_embedded_broker_dropped_total"); v != 0 {
+		t.Errorf("sneakgate_embedded_broker_dropped_total = %v, want 0", v)
+	}
+	if d := gw.g.broker.Dropped(); d != 0 {
+		t.Errorf("Dropped() = %d, want 0", d)
+	}
+}

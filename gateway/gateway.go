@@ -202,6 +202,10 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, tc, g.log.With().Str("component", "broker").Logger()); err != nil {
 			return nil, err
 		}
+		b := g.broker
+		g.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sneakgate_embedded_broker_dropped_total",
+			Help: "Messages the embedded broker acknowledged to their publisher and then dropped instead of delivering them: a subscriber (the gateway, a device) held 8,192 unacknowledged or unwritten (mochi-mqtt's per-client limits); docs/deployment.md, \"The embedded broker\"."},
+			func() float64 { return float64(b.Dropped()) }))
 	}
 	if err := g.newClient(); err != nil {
 		return nil, err
