@@ -210,6 +210,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if err := g.newClient(); err != nil {
 		return nil, err
 	}
+	g.registerAdmission()
 	g.serveHTTP() // up before the broker connection, which may take a while
 	g.connect(ctx)
 	for _, j := range g.expired {

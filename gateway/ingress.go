@@ -6,6 +6,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -369,6 +370,27 @@ func (g *Gateway) estimatedWait() time.Duration { return g.backlog().EstimatedWa
 // for a request with this budget of an application with an estimator or not.
 func (g *Gateway) cannotServe(budget time.Duration, estimated bool) bool {
 	return g.backlog().Refuses(budget, g.cfg.Admission.MaxWait, estimated)
+}
+
+// registerAdmission exports what admission weighs a request's budget against
+// (scheduler.Backlog): the measured drain rate, the egress delay and the wait
+// they add up to, so that an operator who sees requests refused
+// (rejected_total{reason="overload"}, admission_degraded_total) can see why.
+func (g *Gateway) registerAdmission() {
+	if g.reg == nil {
+		return
+	}
+	g.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_admission_drain_rate",
+			Help: "Requests the scheduling loop has answered per second of the time it had work, over the last 2 s (0 until measured): admission's measure of how fast the queue drains."},
+			g.loop.DrainRate),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_admission_egress_delay_seconds",
+			Help: "Recent time from an answer to its hand-over to the broker (a time-weighted average; 0 after a second without answers), which admission adds to the queue's drain."},
+			func() float64 { return g.egress.Delay().Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_admission_estimated_wait_seconds",
+			Help: "How long a request admitted now would wait before its reply reaches the broker: the queue's drain at the measured rate plus the egress delay. Admission refuses a request whose budget is shorter (admission.max_wait > 0)."},
+			func() float64 { return g.estimatedWait().Seconds() }),
+	)
 }
 
 func (g *Gateway) backlog() scheduler.Backlog {

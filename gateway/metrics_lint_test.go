@@ -38,6 +38,10 @@ func TestMetricsForAlerting(t *testing.T) {
 		metricValue(t, reg, name, "app", "fashion")
 	}
 	metricValue(t, reg, "sneakgate_estimated_accuracy_total", "app", "fashion")
+	for _, name := range []string{"sneakgate_admission_drain_rate", "sneakgate_admission_egress_delay_seconds",
+		"sneakgate_admission_estimated_wait_seconds"} {
+		metricValue(t, reg, name)
+	}
 	if s := gw.g.stats(); len(s.Rejected) != 0 || len(s.Apps["fashion"].Replies) != 0 {
 		t.Errorf("stats list series at zero: rejected %v, replies %v", s.Rejected, s.Apps["fashion"].Replies)
 	}
