@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -110,5 +111,52 @@ func TestNoAnswerUtility(t *testing.T) {
 	}
 	if shed == 0 || shed1 > 0 && shed < 50 {
 		t.Errorf("shed %d, of them %d likely class 1: want the likely class 0 shed first", shed, shed1)
+	}
+}
+
+// TestFluidSetIsFluidUse: the price's flat evaluation (fluidSet.use) is the sum
+// of fluidUse over the window and the stream, to the bit, at every price tried,
+// for data-aware members with random estimates (some with the big variant not
+// resident, some whose alternative beats every variant), so that solvePrice's
+// bisection finds the same price as before it was flattened.
+func TestFluidSetIsFluidUse(t *testing.T) {
+	a := testApp()
+	rng := rand.New(rand.NewPCG(5, 6))
+	var q []*Request
+	for i := range 300 {
+		p0 := rng.Float64()
+		q = append(q, req(a, uint64(i+1), t0, time.Duration(5+rng.IntN(200))*time.Millisecond, []float64{p0, 1 - p0}))
+	}
+	for _, resident := range []bool{true, false} {
+		s := snap(t0, a, q...)
+		if !resident {
+			delete(s.Engine.Resident, a.Variants[1].ID)
+			s.Engine.MemBudget = 300 // big (400 bytes) cannot be made resident
+		}
+		d := newDecisionState(s, view{dataAware: true, byClass: true}, 32)
+		d.prepass(nil)
+		if ok := d.info(a).ok0[1]; ok != resident {
+			t.Fatalf("resident=%v: big can be made resident: %v", resident, ok)
+		}
+		win := d.window(128)
+		for k, i := range win {
+			if k%7 == 0 {
+				d.members[i].alt = 2 // worth more than any variant: no engine time
+			}
+		}
+		d.stream = append([]member(nil), d.members[len(d.members)/2:]...)
+		fl := d.flatten(win)
+		for _, p := range []float64{0, 1e-3, 0.5, 1, 7.25, 30, 123.456, 1e4, 1e9} {
+			want := 0.0
+			for _, i := range win {
+				want += d.fluidUse(&d.members[i], p)
+			}
+			for k := range d.stream {
+				want += d.fluidUse(&d.stream[k], p)
+			}
+			if got := fl.use(p); got != want {
+				t.Errorf("resident=%v, price %v: flat use %v, fluidUse summed %v", resident, p, got, want)
+			}
+		}
 	}
 }

@@ -80,6 +80,7 @@ type searching struct {
 	seen   uint64
 	sbuf   []member
 	shed   shedScratch
+	fluid  fluidSet
 	// ix (by deadline), hist and bound serve decisions over a prefix of a long
 	// queue (bounded.go).
 	ix    queueIndex
@@ -255,7 +256,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 	}
 	d.members = p.buf[:0]
 	d.shrink, d.ubuf = p.o.Shrink, p.ubuf[:0]
-	d.shedBuf = &p.shed
+	d.shedBuf, d.fluid = &p.shed, &p.fluid
 	d.peek, d.peekPrice = p.peek, p.lastPrice
 	defer func() {
 		// Drop references to requests: the members never outnumber this
