@@ -102,8 +102,22 @@ func TestCascadePolicyEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := map[string]string{"satellite": "mlp-small", "fashion": "logreg"}[app]; m.Variants[cheap].Name != want {
-			t.Fatalf("%s: cascade runs %s first, want %s", app, m.Variants[cheap].Name, want)
+		switch app {
+		case "satellite": // named by scheduler.cascade_first
+			if m.Variants[cheap].Name != "mlp-small" {
+				t.Fatalf("satellite: cascade runs %s first, want mlp-small (cascade_first)", m.Variants[cheap].Name)
+			}
+		default:
+			// The cheapest by the profile the gateway measured at start-up: on a
+			// loaded machine logreg and mlp-small (a few µs a request each) can
+			// rank either way, so the test checks the rule, not a name.
+			o := cfg.SchedulerOptions()
+			first := scheduler.Amortised(rt.sched.Variants[cheap], o.MaxBatch)
+			for _, v := range rt.sched.Variants {
+				if a := scheduler.Amortised(v, o.MaxBatch); a < first {
+					t.Fatalf("%s: cascade runs %s first (%v a request), but %s is cheaper (%v)", app, m.Variants[cheap].Name, first, v.ID.Variant, a)
+				}
+			}
 		}
 		if rt.cascade == nil || rt.cascade.Cheap != cheap || rt.cascade.Better != better {
 			t.Fatalf("%s: the measured cascade is %+v, want first %d better %d", app, rt.cascade, cheap, better)
