@@ -181,11 +181,13 @@ func TestEmbeddedBrokerRefusesBeforeReading(t *testing.T) {
 	}
 }
 
-// TestEmbeddedBrokerDropsAreCounted: a gateway running its embedded broker
-// exports how many messages the broker dropped after acknowledging them
-// (sneakgate_embedded_broker_dropped_total, 0 here), and serves a request
-// through it.
-func TestEmbeddedBrokerDropsAreCounted(t *testing.T) {
+// TestEmbeddedBrokerDropsAreExported: a gateway running its embedded broker
+// serves a request through it and exports how many messages the broker dropped
+// after acknowledging them (sneakgate_embedded_broker_dropped_total), 0 here.
+// No test makes mochi-mqtt drop (docs/deployment.md, "The embedded broker"):
+// that the counter counts drops rests on Broker.Dropped reading mochi's own
+// counters.
+func TestEmbeddedBrokerDropsAreExported(t *testing.T) {
 	addr := freeAddr(t)
 	cfg := testConfig(t, "tcp://"+addr, t.TempDir())
 	cfg.MQTT.Embedded.Enabled, cfg.MQTT.Embedded.Listen = true, addr

@@ -377,9 +377,6 @@ func (g *Gateway) cannotServe(budget time.Duration, estimated bool) bool {
 // they add up to, so that an operator who sees requests refused
 // (rejected_total{reason="overload"}, admission_degraded_total) can see why.
 func (g *Gateway) registerAdmission() {
-	if g.reg == nil {
-		return
-	}
 	g.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_admission_drain_rate",
 			Help: "Requests the scheduling loop has answered per second of the time it had work, over the last 2 s (0 until measured): admission's measure of how fast the queue drains."},

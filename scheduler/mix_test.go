@@ -114,6 +114,17 @@ func TestNoAnswerUtility(t *testing.T) {
 	}
 }
 
+// fluidUse is what fluidSet.use computes per member, through choice as
+// solvePrice did before it was flattened (91ddbe4): the reference of
+// TestFluidSetIsFluidUse.
+func (d *decisionState) fluidUse(m *member, p float64) float64 {
+	v, c := d.choice(m, p)
+	if v < 0 || m.alt > m.u[v]-p*c {
+		return 0
+	}
+	return c
+}
+
 // TestFluidSetIsFluidUse: the price's flat evaluation (fluidSet.use) is the sum
 // of fluidUse over the window and the stream, to the bit, at every price tried,
 // for data-aware members with random estimates (some with the big variant not

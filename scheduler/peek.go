@@ -308,9 +308,9 @@ func firstAnswers(vs []Verdict) {
 }
 
 // answerUnserved answers, with their first pass, the second passes (the
-// members of decideSecond) that this decision leaves queued and that could no longer be run on time after its
-// batch b: the gateway decides again only when b is done, and by then their
-// first answers would be late.
+// members of decideSecond) that this decision leaves queued and that could no
+// longer be run on time after its batch b: the gateway decides again only when
+// b is done, and by then their first answers would be late.
 func (d *decisionState) answerUnserved(b *Batch) {
 	gone := make(map[*Request]bool, len(b.Requests)+len(d.verdicts))
 	for _, r := range b.Requests {

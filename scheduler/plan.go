@@ -247,11 +247,11 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 // fluidSet is the price's fluid problem laid out flat: for each member in
 // order (the window's, then the stream's) the utilities u and amortised times a
 // of the variants that can be made resident, in variant order (off[k] to
-// off[k+1]), and its alternative alt[k]. use(p) is the sum over the members of
-// fluidUse(m, p) with the same arithmetic in the same order, so the price
-// bisected on it is the same to the bit; it spares each of the bisection's
-// 40-odd evaluations an application lookup and the resident checks per
-// variant (solvePrice was 43-56% of sneakpeek's decision CPU in live profiles).
+// off[k+1]), and its alternative alt[k]. Laying it out once spares each of the
+// bisection's 40-odd evaluations an application lookup and the resident checks
+// per variant (solvePrice was 43-56% of sneakpeek's decision CPU in live
+// profiles); the prices are the same to the bit as when each evaluation went
+// through choice (TestFluidSetIsFluidUse).
 type fluidSet struct {
 	u, a, alt []float64
 	off       []int32
@@ -285,8 +285,15 @@ func (d *decisionState) flatten(win []int) *fluidSet {
 	return fl
 }
 
-// use is the fluid problem's engine time at price p: fluidUse summed over the
-// members.
+// use is the fluid problem's engine time at price p: the sum over the members
+// of the amortised time of each one's preferred variant at p (argmax u - p*a,
+// the first on ties, as choice), or none when its alternative (the degraded
+// answer, or no answer) is worth more than every variant net of the time it
+// costs. Leaving a request to its alternative is a choice the gateway has (the
+// shedding walk and the prepass make it), so the price is the value of engine
+// time given it: without it, a load that no variant mix can carry drives the
+// price up until every request takes the cheapest variant, however little that
+// variant is worth over the alternative.
 func (fl *fluidSet) use(p float64) float64 {
 	t := 0.0
 	for k, alt := range fl.alt {
@@ -306,22 +313,6 @@ func (fl *fluidSet) use(p float64) float64 {
 		t += bc
 	}
 	return t
-}
-
-// fluidUse is the amortised engine time m's choice at price p uses in the
-// price's fluid problem: its preferred variant's, or none when its alternative
-// (m.alt: the degraded answer, or no answer) is worth more than every variant
-// net of the time it costs. Leaving a request to its alternative is a choice
-// the gateway has (the shedding walk and the prepass make it), so the price is
-// the value of engine time given it: without it, a load that no variant mix can
-// carry drives the price up until every request takes the cheapest variant,
-// however little that variant is worth over the alternative.
-func (d *decisionState) fluidUse(m *member, p float64) float64 {
-	v, c := d.choice(m, p)
-	if v < 0 || m.alt > m.u[v]-p*c {
-		return 0
-	}
-	return c
 }
 
 // choice is the variant m prefers at price p, argmax_v u_v - p*amort_v among
