@@ -71,6 +71,8 @@ type LiveConfig struct {
 	// admission.price_shed, simulated alike.
 	MaxWait                   float64
 	DegradeRefused, PriceShed bool
+	// Pipeline is the gateway's scheduler.pipeline, simulated alike.
+	Pipeline bool
 	// Options are the scheduler options of both; MaxQueue the admission bound.
 	Options  scheduler.Options
 	MaxQueue int
@@ -219,6 +221,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg.Scheduler.PriceHorizon = o.PriceHorizon
 	cfg.Scheduler.CascadeFirst = o.CascadeFirst
 	cfg.Scheduler.LatencyCorrection = !c.NoLatencyCorrection
+	cfg.Scheduler.Pipeline = c.Pipeline
 	if c.MaxQueue > 0 {
 		cfg.Admission.MaxQueue = c.MaxQueue
 	}
@@ -293,7 +296,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	pt := Point{App: a, Workload: w, Policy: c.Policy, Options: o, Load: res.Load, Deadline: c.Deadline,
 		Requests: max(rep.Sent, 1), Seed: c.Seed, GatewayModel: GatewayModel{Jitter: c.Jitter,
 			MaxQueue: cfg.Admission.MaxQueue, MaxWait: cfg.Admission.MaxWait, MeasuredWait: true,
-			DegradeRefused: cfg.Admission.DegradeRefused, PriceAdmission: cfg.Admission.PriceShed,
+			DegradeRefused: cfg.Admission.DegradeRefused, PriceAdmission: cfg.Admission.PriceShed, Pipeline: c.Pipeline,
 			// The gateway's own time as the sweep models it; its policies plan with
 			// the engine's (corrected) profile alone.
 			GatewayCost: DefaultGatewayCostUS * time.Microsecond, VerdictCost: DefaultVerdictCostUS * time.Microsecond,

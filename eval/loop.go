@@ -147,6 +147,15 @@ func (s *engineSim) run() (*simRun, error) {
 		drainRate float64
 		// gate is the latest decision's price gate (PriceAdmission).
 		gate *scheduler.PriceGate
+		// The pipeline (Pipeline): ahead is the batch decided while inflight
+		// runs, ready when the loop has decided it (aheadReady); freeAt is
+		// inflight's planned end, aheadAt when the next batch may be decided;
+		// lead is the loop's smoothed cost per decision; planned the latest
+		// time a decision was made for (it never goes back).
+		ahead                       *scheduler.Batch
+		aheadReady, freeAt, aheadAt time.Time
+		lead                        time.Duration
+		planned                     time.Time
 	)
 	answer := func(q *simReq, yhat int, at time.Time, status string) {
 		t := &out.Tallies[q.app]
@@ -233,16 +242,25 @@ func (s *engineSim) run() (*simRun, error) {
 		ex.Used(v.ID, at)
 		return nil
 	}
-	decide := func(at time.Time) error {
-		snap := &scheduler.Snapshot{Now: at, Queue: ex.Queue(), Apps: views, Engine: ex.Engine()}
+	// decide asks the policy for a batch that starts at plan (at, or the
+	// running batch's planned end when the pipeline decides ahead), applies the
+	// decision and answers its verdicts at at. It returns the batch and the
+	// loop's own time for the decision: the decision and the hand-off of every
+	// request it answers or batches.
+	decide := func(at, plan time.Time) (*scheduler.Batch, time.Duration, error) {
+		if plan.Before(planned) {
+			plan = planned
+		}
+		planned = plan
+		snap := &scheduler.Snapshot{Now: plan, Queue: ex.Queue(), Apps: views, Engine: ex.Engine()}
 		w0 := s.Now()
 		d := s.Pol.Decide(snap)
 		out.DecideWall += s.Now().Sub(w0)
 		all.Decisions++
 		// Apply checks every invariant before it changes anything, and takes the
 		// answered and batched requests out of the queue.
-		if err := ex.Apply(d, at); err != nil {
-			return fmt.Errorf("eval: %s: %w", s.Policy, err)
+		if err := ex.Apply(d, plan); err != nil {
+			return nil, 0, fmt.Errorf("eval: %s: %w", s.Policy, err)
 		}
 		for _, v := range d.Verdicts {
 			q := byReq[v.Request]
@@ -269,39 +287,46 @@ func (s *engineSim) run() (*simRun, error) {
 		if d.Gate != nil {
 			gate = d.Gate
 		}
-		// The loop's own time: the decision and the hand-off of every request it
-		// answers or batches, while the engine waits.
 		loopCost := time.Duration(len(d.Verdicts)) * s.VerdictCost
 		if d.Batch != nil {
 			loopCost += time.Duration(len(d.Batch.Requests)) * s.GatewayCost
+			out.Scheduled += len(d.Batch.Requests)
 		}
-		if d.Batch == nil && loopCost > 0 {
-			busy, inflight, busyUntil = true, nil, at.Add(loopCost)
+		lead += (loopCost - lead) / 16
+		return d.Batch, loopCost, nil
+	}
+	// start runs b on the engine from at: its swap, then its forward pass, for
+	// their jittered profiled times.
+	start := func(b *scheduler.Batch, at time.Time) {
+		ai := appOf[b.Requests[0].App]
+		cost := time.Duration(0)
+		for _, id := range b.Evict {
+			cost += jitter(variants[id].Unload)
 		}
-		if b := d.Batch; b != nil {
-			ai := appOf[b.Requests[0].App]
-			out.Scheduled += len(b.Requests)
-			cost := time.Duration(0)
-			for _, id := range b.Evict {
-				cost += jitter(variants[id].Unload)
+		for _, id := range b.Load {
+			cost += jitter(variants[id].Load)
+			all.Swaps++
+			out.Tallies[byName[id.App]].m.Swaps++
+		}
+		all.SwapTime += cost.Seconds()
+		busy, inflight = true, b
+		// The engine's true time: the application's own profile (the policy's
+		// view may include the loop's cost, charged separately).
+		busyUntil = at.Add(cost + jitter(variants[b.Variant.ID].LatencyAt(len(b.Requests))))
+		all.Batches++
+		all.MeanBatch += float64(len(b.Requests))
+		t := &out.Tallies[ai]
+		t.m.Batches++
+		t.m.MeanBatch += float64(len(b.Requests))
+		if s.Pipeline {
+			// As the gateway's loop: the plan's length from the batch's start.
+			plan := b.Finish.Sub(b.Start)
+			if plan <= 0 || b.Start.IsZero() {
+				plan = busyUntil.Sub(at)
 			}
-			for _, id := range b.Load {
-				cost += jitter(variants[id].Load)
-				all.Swaps++
-				out.Tallies[byName[id.App]].m.Swaps++
-			}
-			all.SwapTime += cost.Seconds()
-			busy, inflight = true, b
-			// The engine's true time: the application's own profile (the policy's
-			// view may include the loop's cost, charged separately above).
-			busyUntil = at.Add(loopCost + cost + jitter(variants[b.Variant.ID].LatencyAt(len(b.Requests))))
-			all.Batches++
-			all.MeanBatch += float64(len(b.Requests))
-			t := &out.Tallies[ai]
-			t.m.Batches++
-			t.m.MeanBatch += float64(len(b.Requests))
+			freeAt = at.Add(plan)
+			aheadAt = freeAt.Add(-(2*lead + 250*time.Microsecond))
 		}
-		return nil
 	}
 
 	// The event loop: the next event is a batch finishing, an arrival, or the
@@ -309,13 +334,17 @@ func (s *engineSim) run() (*simRun, error) {
 	// work asks the policy again.
 	now := s.Origin
 	spins := 0
-	for next < len(reqs) || busy || ex.Len() > 0 {
+	for next < len(reqs) || busy || ex.Len() > 0 || ahead != nil {
 		ev := time.Time{}
 		if busy {
 			ev = busyUntil
 		}
 		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Add(s.IngressDelay).Before(ev)) {
 			ev = reqs[next].arr.Add(s.IngressDelay)
+		}
+		if s.Pipeline && busy && inflight != nil && ahead == nil && ex.Len() > 0 && aheadAt.After(now) &&
+			(ev.IsZero() || aheadAt.Before(ev)) {
+			ev = aheadAt
 		}
 		if !busy && !wake.IsZero() && ex.Len() > 0 {
 			w := wake
@@ -389,9 +418,36 @@ func (s *engineSim) run() (*simRun, error) {
 				return out, fmt.Errorf("eval: %w", err)
 			}
 		}
+		if !busy && ahead != nil {
+			// Decided while the batch before ran: it starts when the engine is
+			// free and the loop has decided it.
+			b := ahead
+			ahead = nil
+			at := now
+			if aheadReady.After(at) {
+				at = aheadReady
+			}
+			start(b, at)
+		}
 		if !busy && ex.Len() > 0 {
-			if err := decide(now); err != nil {
+			b, loopCost, err := decide(now, now)
+			if err != nil {
 				return out, err
+			}
+			if b != nil {
+				start(b, now.Add(loopCost))
+			} else if loopCost > 0 {
+				// The loop's time answering verdicts, while the engine waits.
+				busy, inflight, busyUntil = true, nil, now.Add(loopCost)
+			}
+		} else if s.Pipeline && busy && inflight != nil && ahead == nil && ex.Len() > 0 && !aheadAt.After(now) {
+			b, loopCost, err := decide(now, freeAt)
+			if err != nil {
+				return out, err
+			}
+			if b != nil {
+				ahead, aheadReady = b, now.Add(loopCost)
+				all.DecidedAhead++
 			}
 		}
 		// The time up to now as it was (busy or not), the state from now on.

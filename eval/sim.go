@@ -63,6 +63,11 @@ type GatewayModel struct {
 	// policy sheds under overload, an arrival it would shed anyway is answered
 	// from its estimate at once, neither queued nor charged to the loop.
 	PriceAdmission bool
+	// Pipeline is the gateway's scheduler.pipeline: while a batch runs, the
+	// next one is decided from twice the loop's smoothed cost per decision
+	// (plus 250 µs) before the running batch's planned end, for that end, and
+	// the loop's cost overlaps the engine instead of delaying it.
+	Pipeline bool
 }
 
 // Point is one simulated run: one application and workload, one policy, one load
@@ -128,6 +133,9 @@ type Metrics struct {
 	Swaps    int     `json:"swaps"`
 	SwapTime float64 `json:"swap_time_s"`
 	Batches  int     `json:"batches"`
+	// DecidedAhead counts the batches decided while the batch before ran
+	// (GatewayModel.Pipeline).
+	DecidedAhead int `json:"decided_ahead,omitempty"`
 	// MeanBatch is the mean number of requests per forward pass.
 	MeanBatch float64 `json:"mean_batch"`
 	// VariantShare[m] is the fraction of model-answered requests that ran on m.

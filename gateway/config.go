@@ -215,6 +215,10 @@ type SchedulerConfig struct {
 	// LatencyCorrection corrects the variants' latency tables from the observed
 	// forward passes (gateway/latency.go); false keeps the start-up profiles.
 	LatencyCorrection bool `yaml:"latency_correction"`
+	// Pipeline decides the next batch while the engine runs the current one,
+	// for the current one's planned end (gateway/loop.go Run), instead of
+	// after it while the engine waits.
+	Pipeline bool `yaml:"pipeline"`
 }
 
 // AdmissionConfig bounds what is accepted.

@@ -189,6 +189,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	g.loop = newLoop(policy, sapps, g.runner, budget, capacity, g.now, g.answer,
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
 	g.loop.latency.frozen = !cfg.Scheduler.LatencyCorrection
+	g.loop.pipeline = cfg.Scheduler.Pipeline
 	g.loop.fallbackOpts = cfg.SchedulerOptions()
 	if cfg.MQTT.Embedded.Enabled {
 		users, err := cfg.embeddedUsers() // as Validate read it
@@ -199,13 +200,16 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, tc, g.log.With().Str("component", "broker").Logger()); err != nil {
+		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, tc, g.log.With().Str("component", "broker").Logger(), cfg.MQTT.RequestFilter()); err != nil {
 			return nil, err
 		}
 		b := g.broker
 		g.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sneakgate_embedded_broker_dropped_total",
-			Help: "Messages the embedded broker acknowledged to their publisher and then dropped instead of delivering them: a subscriber (the gateway, a device) held 8,192 unacknowledged or unwritten (mochi-mqtt's per-client limits); docs/deployment.md, \"The embedded broker\"."},
-			func() float64 { return float64(b.Dropped()) }))
+			Help: "Messages the embedded broker acknowledged to their publisher and then dropped instead of delivering them: a device held 8,192 unacknowledged replies, or QoS 0 messages overflowed a client's pending writes; requests to the gateway are held instead (sneakgate_embedded_broker_held_total); docs/deployment.md, \"The embedded broker\"."},
+			func() float64 { return float64(b.Dropped()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sneakgate_embedded_broker_held_total",
+				Help: "QoS 1 requests the embedded broker held, unacknowledged, because the gateway already held 7,680 unacknowledged: the device's connection waits instead of the request being dropped; docs/deployment.md, \"The embedded broker\"."},
+				func() float64 { return float64(b.Held()) }))
 	}
 	if err := g.newClient(); err != nil {
 		return nil, err

@@ -164,6 +164,14 @@ type loop struct {
 	// heartbeat is when Run last went round while no batch was running (unix
 	// nanoseconds of now): the systemd watchdog pings only while it is fresh.
 	heartbeat atomic.Int64
+	// pipeline decides the next batch while the engine runs the current one
+	// (scheduler.pipeline; see Run). decideCost is the decisions' smoothed wall
+	// time, from which Run sets how long before the running batch's planned end
+	// it decides the next; planned is the latest time a decision was made for
+	// (Snapshot.Now never goes back).
+	pipeline   bool
+	decideCost time.Duration
+	planned    time.Time
 }
 
 // heartbeatEvery is how often an idle loop goes round to refresh its heartbeat.
@@ -283,7 +291,17 @@ func (l *loop) DrainRate() float64 { return math.Float64frombits(l.rate.Load()) 
 func (l *loop) FastestDrainRate() float64 { return math.Float64frombits(l.fastRate.Load()) }
 
 // Run schedules until ctx ends, then waits for the batch in flight, answers it and
-// returns; requests still queued stay in the journal for the next start.
+// returns; requests still queued (or decided but not yet run) stay in the
+// journal for the next start.
+//
+// The loop asks the policy whenever the engine is idle and something changed.
+// With pipeline on it also decides the next batch while the engine runs the
+// current one: from aheadLead before the running batch's planned end, for that
+// planned end (Snapshot.Now), so that the engine starts the next batch as soon
+// as it is free instead of waiting for the decision. A request that arrives
+// after that decision waits for the batch after. The decided batch waits in
+// next: its requests have left the queue; a reload or a failed batch puts them
+// back (unplan).
 func (l *loop) Run(ctx context.Context) {
 	defer close(l.stopped)
 	work := make(chan *scheduler.Batch, 1)
@@ -295,6 +313,35 @@ func (l *loop) Run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	// ahead fires when the next batch may be decided (pipeline); aheadDue says
+	// it has; freeAt is when the running batch is planned to end; waitFrom is
+	// when the engine last went idle with requests waiting (zero otherwise).
+	ahead := time.NewTimer(time.Hour)
+	ahead.Stop()
+	defer ahead.Stop()
+	aheadDue := false
+	var freeAt, waitFrom time.Time
+	var next *scheduler.Batch
+	dispatch := func(b *scheduler.Batch) {
+		now := l.now()
+		if !waitFrom.IsZero() {
+			l.m.engineWait.Add(now.Sub(waitFrom).Seconds())
+			waitFrom = time.Time{}
+		}
+		busy = true
+		work <- b
+		freeAt = now.Add(l.plannedTime(b))
+		if !l.pipeline {
+			return
+		}
+		if wait := freeAt.Add(-l.aheadLead()).Sub(now); wait > 0 {
+			aheadDue = false
+			ahead.Reset(wait)
+		} else {
+			aheadDue = true
+			ahead.Stop()
+		}
+	}
 	dirty := true
 	var swap *appSwap
 	beat := time.NewTicker(heartbeatEvery)
@@ -303,7 +350,7 @@ func (l *loop) Run(ctx context.Context) {
 		if !busy {
 			l.heartbeat.Store(l.now().UnixNano())
 		}
-		r := l.drain.Observe(l.now(), busy || l.exec.Len() > 0)
+		r := l.drain.Observe(l.now(), busy || l.exec.Len() > 0 || next != nil)
 		l.rate.Store(math.Float64bits(r.Now))
 		l.fastRate.Store(math.Float64bits(r.Fastest))
 		// A swap is sent before any request of a new version is submitted, so it
@@ -315,23 +362,42 @@ func (l *loop) Run(ctx context.Context) {
 			}
 		}
 		if !busy && swap != nil {
+			if next != nil {
+				l.unplan(next)
+				next = nil
+			}
 			l.applySwap(swap)
 			swap, dirty = nil, true
 		}
 		if !busy && len(l.retiring) > 0 {
-			l.retireDrained()
+			l.retireDrained(next)
+		}
+		if !busy && next != nil {
+			// Decided while the batch before ran: its swap is not in the
+			// engine's residency yet (finish refreshed it), so the executor
+			// takes it again for the decisions made while it runs.
+			l.exec.Swapped(next, l.now())
+			dispatch(next)
+			next = nil
 		}
 		if !busy && swap == nil && dirty && l.exec.Len() > 0 {
 			dirty = false
-			if b, wake, answered := l.decide(); b != nil {
-				busy = true
-				work <- b
+			if b, wake, answered := l.decide(l.now()); b != nil {
+				dispatch(b)
 			} else if answered > 0 && l.exec.Len() > 0 {
 				timer.Reset(0) // verdicts changed the queue: decide again at once
 			} else if !wake.IsZero() {
 				// A policy that asks to be woken now without having done anything
 				// would spin; give the queue a millisecond to change.
 				timer.Reset(max(wake.Sub(l.now()), minIdleWake))
+			}
+		} else if busy && l.pipeline && aheadDue && next == nil && swap == nil && dirty && l.exec.Len() > 0 {
+			// The policy's wake-up time is not kept: the batch's end makes the
+			// loop decide again.
+			dirty = false
+			if b, _, _ := l.decide(freeAt); b != nil {
+				next = b
+				l.m.decidedAhead.Inc()
 			}
 		}
 		select {
@@ -342,9 +408,19 @@ func (l *loop) Run(ctx context.Context) {
 		case d := <-done:
 			busy = false
 			l.finish(d)
+			if d.err != nil && next != nil {
+				// Decided on a residency the failed batch did not leave.
+				l.unplan(next)
+				next = nil
+			}
+			if next != nil || l.exec.Len() > 0 {
+				waitFrom = d.done
+			}
 			dirty = true
 		case <-timer.C:
 			dirty = true
+		case <-ahead.C:
+			aheadDue = true
 		case <-beat.C:
 		case s := <-l.swaps:
 			swap = s
@@ -355,6 +431,53 @@ func (l *loop) Run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// plannedTime is how long b is planned to take on the engine, swaps included:
+// its policy's plan, or (a plan without one) the variants' profiles.
+func (l *loop) plannedTime(b *scheduler.Batch) time.Duration {
+	if d := b.Finish.Sub(b.Start); d > 0 && !b.Start.IsZero() {
+		return d
+	}
+	t := b.Variant.LatencyAt(len(b.Requests))
+	for _, id := range b.Evict {
+		if v := l.variant(id); v != nil {
+			t += v.Unload
+		}
+	}
+	for _, id := range b.Load {
+		if v := l.variant(id); v != nil {
+			t += v.Load
+		}
+	}
+	return t
+}
+
+// aheadLead is how long before the running batch's planned end the next one
+// is decided: twice the decisions' smoothed wall time and a margin, so that the
+// decision is ready when the engine is free, while requests that arrive until
+// then are still in it.
+func (l *loop) aheadLead() time.Duration {
+	return 2*l.decideCost + aheadMargin
+}
+
+// aheadMargin is aheadLead's part for the hand-over to the engine worker and
+// the noise in the decisions' time.
+const aheadMargin = 250 * time.Microsecond
+
+// unplan puts the requests of b, decided but not run, back in the queue, and
+// the residency back to the engine's own.
+func (l *loop) unplan(b *scheduler.Batch) {
+	for _, r := range b.Requests {
+		if err := l.exec.Add(r); err != nil {
+			// Not possible (they left the queue when batched); answered rather than lost.
+			j := r.Ref.(*job)
+			l.log.Error().Err(err).Str("app", j.App).Str("id", j.ID).Msg("request not requeued")
+			l.reply(j, result{Status: protocol.StatusError, Reason: string(protocol.ReasonInternal), Err: err})
+		}
+	}
+	l.refreshResident(l.now())
+	l.m.queueLen.Set(float64(l.exec.Len()))
 }
 
 func (l *loop) enqueue(j *job) {
@@ -437,11 +560,17 @@ func (l *loop) applySwap(s *appSwap) {
 	l.log.Info().Int("moved", moved).Int("refused", refused).Int("retiring", len(l.retiring)).Msg("applications swapped")
 }
 
-// retireDrained retires the removed applications with no queued job left.
-func (l *loop) retireDrained() {
+// retireDrained retires the removed applications with no job left queued or
+// in next (a batch decided, not yet run; nil if none).
+func (l *loop) retireDrained(next *scheduler.Batch) {
 	left := map[string]bool{}
 	for _, r := range l.exec.Queue() {
 		left[r.Ref.(*job).App] = true
+	}
+	if next != nil {
+		for _, r := range next.Requests {
+			left[r.Ref.(*job).App] = true
+		}
 	}
 	for name, retire := range l.retiring {
 		if !left[name] {
@@ -465,20 +594,26 @@ func (l *loop) refreshResident(now time.Time) {
 // neither ran nor answered anything.
 const minIdleWake = time.Millisecond
 
-// decide asks the policy, applies its decision (l.exec: the requests it answers
+// decide asks the policy for a batch that starts at (now, or the running
+// batch's planned end), applies its decision (l.exec: the requests it answers
 // or batches leave the queue, the batch's swap is noted), answers its verdicts
-// and returns the batch to run, the policy's wake-up time and how many requests
-// the verdicts answered. An invalid decision is not applied: it is logged and
-// counted, and the fallback decides instead.
-func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
-	now := l.now()
-	s := &scheduler.Snapshot{Now: now, Queue: l.exec.Queue(), Apps: l.apps, Engine: l.exec.Engine(),
-		Offered: l.offered.rate(now, l.refused.Load())}
+// now and returns the batch to run, the policy's wake-up time and how many
+// requests the verdicts answered. An invalid decision is not applied: it is
+// logged and counted, and the fallback decides instead.
+func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
+	if at.Before(l.planned) {
+		at = l.planned // an engine that ended early: no going back
+	}
+	l.planned = at
+	s := &scheduler.Snapshot{Now: at, Queue: l.exec.Queue(), Apps: l.apps, Engine: l.exec.Engine(),
+		Offered: l.offered.rate(l.now(), l.refused.Load())}
 	t0 := time.Now()
 	d, err := ask(l.policy, s)
-	l.m.decisionTime.Observe(time.Since(t0).Seconds())
+	took := time.Since(t0)
+	l.m.decisionTime.Observe(took.Seconds())
+	l.decideCost += (took - l.decideCost) / 16
 	if err == nil {
-		err = l.exec.Apply(d, now)
+		err = l.exec.Apply(d, at)
 	}
 	if err == nil && d.Gate != nil {
 		l.gate.Store(d.Gate)
@@ -489,6 +624,7 @@ func (l *loop) decide() (*scheduler.Batch, time.Time, int) {
 			Msg("invalid decision: not applied, every request stays queued; edf decides instead")
 		d = l.fallback(s)
 	}
+	now := l.now()
 	for _, v := range d.Verdicts {
 		j := v.Request.Ref.(*job)
 		switch v.Outcome {

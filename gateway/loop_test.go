@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"sync"
@@ -26,6 +27,8 @@ type fakeRunner struct {
 	resident map[scheduler.VariantID]bool
 	runs     []int // batch sizes
 	failRun  error
+	// failRuns, when positive, limits failRun to that many runs.
+	failRuns int
 	nan      bool // answer NaN, like a broken model
 }
 
@@ -50,6 +53,12 @@ func (f *fakeRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, e
 	defer f.mu.Unlock()
 	f.runs = append(f.runs, len(in))
 	if f.failRun != nil {
+		if f.failRuns > 0 {
+			f.failRuns--
+			if f.failRuns == 0 {
+				defer func() { f.failRun = nil }()
+			}
+		}
 		return nil, f.failRun
 	}
 	out := make([][]float64, len(in))
@@ -429,4 +438,107 @@ func TestPrepareTakesOverAdmissionsRequest(t *testing.T) {
 	if !reflect.DeepEqual(j.req, scheduler.Prepare(a, 8, j.Received, j.Deadline, est, j)) || j.req.App != a {
 		t.Errorf("a request prepared for another version was taken over: %+v", j.req)
 	}
+}
+
+// slowPolicy is edf taking cost of (virtual) time per decision, as a searching
+// policy does on a real machine.
+type slowPolicy struct {
+	scheduler.Policy
+	cost time.Duration
+}
+
+func (p slowPolicy) Decide(s *scheduler.Snapshot) scheduler.Decision {
+	time.Sleep(p.cost)
+	return p.Policy.Decide(s)
+}
+
+// With the pipeline on, the loop decides the next batch while the engine runs
+// the current one, so the engine does not wait for decisions; every request is
+// still answered once. Without it the engine waits for each decision.
+func TestLoopPipelineKeepsTheEngineBusy(t *testing.T) {
+	run := func(t *testing.T, pipeline bool) (wait, ahead float64, runs []int) {
+		synctest.Test(t, func(t *testing.T) {
+			f := &fakeRunner{lat: func(b int) time.Duration { return 2*time.Millisecond + time.Duration(b)*100*time.Microsecond },
+				resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}}
+			edf, err := scheduler.New("edf", scheduler.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ans := &answers{got: map[string]result{}}
+			m := newMetrics(nil)
+			l := newLoop(slowPolicy{edf, time.Millisecond}, map[string]*scheduler.App{"app": loopApp()}, f,
+				scheduler.Engine{}, 200, time.Now, ans.record, zerolog.Nop(), m)
+			l.pipeline = pipeline
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go l.Run(ctx)
+			// 150 requests, one every 300 µs (the engine alone drains one in
+			// about 250 µs at batch 16): the queue never empties.
+			for i := range 150 {
+				submit(t, l, fmt.Sprint(i), time.Second, nil)
+				time.Sleep(300 * time.Microsecond)
+			}
+			time.Sleep(time.Second)
+			synctest.Wait()
+			if len(ans.got) != 150 {
+				t.Fatalf("answered %d of 150", len(ans.got))
+			}
+			for id, r := range ans.got {
+				if r.Status != protocol.StatusOK {
+					t.Errorf("%s: %+v", id, r)
+				}
+			}
+			if l.Queued() != 0 || l.exec.Len() != 0 {
+				t.Errorf("queued %d, in the queue %d after every answer", l.Queued(), l.exec.Len())
+			}
+			wait, ahead, runs = testutil.ToFloat64(m.engineWait), testutil.ToFloat64(m.decidedAhead), f.runs
+		})
+		return wait, ahead, runs
+	}
+	waitOff, aheadOff, runsOff := run(t, false)
+	waitOn, aheadOn, runsOn := run(t, true)
+	t.Logf("engine waited %.1f ms in %d batches without the pipeline, %.1f ms in %d batches (%v ahead) with it",
+		waitOff*1e3, len(runsOff), waitOn*1e3, len(runsOn), aheadOn)
+	if aheadOff != 0 {
+		t.Errorf("%v batches decided ahead without the pipeline", aheadOff)
+	}
+	if aheadOn < float64(len(runsOn))/2 {
+		t.Errorf("%v of %d batches decided ahead with the pipeline", aheadOn, len(runsOn))
+	}
+	// Without the pipeline every batch after the first waits a whole decision.
+	if want := float64(len(runsOff)-1) * 1e-3; waitOff < want*0.99 {
+		t.Errorf("engine waited %v s without the pipeline, want at least %v", waitOff, want)
+	}
+	if waitOn > waitOff/4 {
+		t.Errorf("engine waited %v s with the pipeline, %v without", waitOn, waitOff)
+	}
+}
+
+// A batch that fails drops the batch decided while it ran (its residency may
+// not hold): those requests go back to the queue and are served.
+func TestLoopPipelineUnplansAfterAFailedBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return 10 * time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}, failRun: errors.New("boom")}
+		f.failRuns = 1
+		l, ans, cancel := startLoop(t, f, "edf")
+		defer cancel()
+		l.pipeline = true // before the first decision: Run reads it then
+		submit(t, l, "x", time.Second, nil)
+		synctest.Wait()
+		submit(t, l, "y", time.Second, nil) // decided ahead while x runs (planned 2.1 ms)
+		time.Sleep(5 * time.Millisecond)
+		synctest.Wait()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if r := ans.got["x"]; r.Status != protocol.StatusError {
+			t.Errorf("x: %+v", r)
+		}
+		if r := ans.got["y"]; r.Status != protocol.StatusOK {
+			t.Errorf("y: %+v, want ok on the next batch", r)
+		}
+		if got := testutil.ToFloat64(l.m.decidedAhead); got != 1 {
+			t.Errorf("%v batches decided ahead, want 1 (y)", got)
+		}
+	})
 }

@@ -34,6 +34,11 @@ type metrics struct {
 	swaps         *prometheus.CounterVec   // kind: load, unload
 	swapTime      *prometheus.CounterVec   // kind
 	decisionTime  prometheus.Histogram
+	// decidedAhead counts the batches decided while the engine ran the one
+	// before (scheduler.pipeline); engineWait sums the time the engine sat
+	// idle between batches while requests were waiting.
+	decidedAhead prometheus.Counter
+	engineWait   prometheus.Counter
 	// invalidDecisions counts the policy's decisions the loop refused (loop.decide).
 	invalidDecisions prometheus.Counter
 	storeErrors      *prometheus.CounterVec // op
@@ -105,6 +110,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		decisionTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sneakgate_decision_duration_seconds", Help: "Duration of one scheduling decision.",
 			Buckets: prometheus.ExponentialBuckets(1e-6, 2, 16)}),
+		decidedAhead: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_batches_decided_ahead_total", Help: "Batches decided while the engine ran the batch before (scheduler.pipeline)."}),
+		engineWait: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_engine_wait_seconds_total", Help: "Time the engine sat idle between two batches while requests were waiting (the scheduling loop deciding and handing over)."}),
 		invalidDecisions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_invalid_decisions_total", Help: "Scheduling decisions refused as invalid (a request answered twice or not queued, a batch the engine cannot run, a swap over the residency budget, a policy panic): not applied, every request kept queued, edf decided instead."}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -136,7 +145,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.refusedDeg, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,
-		m.swapTime, m.decisionTime, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
+		m.swapTime, m.decisionTime, m.decidedAhead, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",

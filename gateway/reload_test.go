@@ -39,7 +39,16 @@ func namedLoopApp(app, variant string) *scheduler.App {
 // application move to its new version (or are refused when reprepare says they
 // cannot be served), the old version retires at once, and a removed
 // application keeps serving its queued jobs and retires when they are answered.
+//
+// With the pipeline on, the queued jobs of the changed application are decided
+// into the next batch while a1 runs: the swap puts them back in the queue first.
 func TestLoopSwapMovesQueuedJobs(t *testing.T) {
+	for _, pipeline := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipeline=%v", pipeline), func(t *testing.T) { testLoopSwapMovesQueuedJobs(t, pipeline) })
+	}
+}
+
+func testLoopSwapMovesQueuedJobs(t *testing.T, pipeline bool) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeRunner{lat: func(int) time.Duration { return 50 * time.Millisecond },
 			resident: map[scheduler.VariantID]bool{}}
@@ -49,7 +58,9 @@ func TestLoopSwapMovesQueuedJobs(t *testing.T) {
 		}
 		ans := &answers{got: map[string]result{}}
 		apps := map[string]*scheduler.App{"app": namedLoopApp("app", "old"), "gone": namedLoopApp("gone", "m")}
-		l := newLoop(p, apps, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+		m := newMetrics(nil)
+		l := newLoop(p, apps, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), m)
+		l.pipeline = pipeline
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go l.Run(ctx)
@@ -82,6 +93,15 @@ func TestLoopSwapMovesQueuedJobs(t *testing.T) {
 				retired = append(retired, name)
 			},
 			done: make(chan struct{}),
+		}
+		if pipeline {
+			// a1 is planned to take 2.1 ms (the profile) and takes 50: the next
+			// batch is decided while it runs.
+			time.Sleep(10 * time.Millisecond)
+			synctest.Wait()
+			if got := testutil.ToFloat64(m.decidedAhead); got != 1 {
+				t.Fatalf("%v batches decided ahead before the swap, want 1", got)
+			}
 		}
 		l.swaps <- sw
 		<-sw.done

@@ -165,14 +165,22 @@ func (x *Executor) Apply(d Decision, now time.Time) error {
 		x.queue = slices.DeleteFunc(x.queue, func(r *Request) bool { return gone[r] })
 	}
 	if b := d.Batch; b != nil {
-		for _, id := range b.Evict {
-			delete(x.resident, id)
-		}
-		for _, id := range b.Load {
-			x.resident[id] = now
-		}
+		x.Swapped(b, now)
 	}
 	return nil
+}
+
+// Swapped makes b's evictions and loads in the residency, the loads last used
+// at now, as Apply did. A caller whose residency came back from the engine
+// (SetResident) before b ran takes b's swap again with it: the gateway's loop,
+// for a batch decided while the one before ran.
+func (x *Executor) Swapped(b *Batch, now time.Time) {
+	for _, id := range b.Evict {
+		delete(x.resident, id)
+	}
+	for _, id := range b.Load {
+		x.resident[id] = now
+	}
 }
 
 func invalid(format string, args ...any) error {
