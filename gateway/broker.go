@@ -10,11 +10,14 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 )
 
@@ -25,6 +28,10 @@ import (
 type Broker struct {
 	srv  *mqtt.Server
 	addr string
+	hold *holdHook
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // PacketOverhead is the room an MQTT packet gets beyond the largest payload the
@@ -101,7 +108,23 @@ func LoadUsersFile(path string) (map[string]string, error) {
 // clients, each to every topic; with none, it accepts every client. With tc
 // (EmbeddedTLS), the listener speaks TLS only, and with tc.ClientAuth set
 // refuses a client without a certificate it verifies.
-func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger) (*Broker, error) {
+//
+// Messages to a subscription to one of the guarded filters (the gateway's
+// request filter, as it subscribes) are never dropped after their publisher has
+// been acknowledged: while its subscriber holds holdLimit unacknowledged, a QoS
+// 1 or 2 publisher waits for it, unacknowledged (holdHook).
+func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded ...string) (*Broker, error) {
+	return startBroker(addr, maxPayloadBytes, users, tc, log, guarded, brokerTuning{})
+}
+
+// brokerTuning is what tests change: mochi's in-flight limit (0: its default,
+// 8,192), and a function called each time the broker holds a publish.
+type brokerTuning struct {
+	maxInflight uint16
+	onHold      func()
+}
+
+func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded []string, tune brokerTuning) (*Broker, error) {
 	// Fail early, with the address in the error, when the port is taken.
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -110,6 +133,13 @@ func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 	ln.Close()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = MaxPacketSize(maxPayloadBytes)
+	if tune.maxInflight > 0 {
+		caps.MaximumInflight = tune.maxInflight
+	}
+	// A subscriber's pending writes hold its unwritten QoS 1 messages (at most
+	// its in-flight ones) and its QoS 0 ones: room for 1,024 of those beyond a
+	// full in-flight store, so that QoS 0 traffic does not crowd out QoS 1.
+	caps.MaximumClientWritesPending = int32(caps.MaximumInflight) + 1024
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: false,
@@ -131,6 +161,11 @@ func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 			return nil, fmt.Errorf("embedded broker: %w", err)
 		}
 	}
+	hold := newHoldHook(srv, guarded, holdLimit(caps.MaximumInflight), log)
+	hold.onHold = tune.onHold
+	if err := srv.AddHook(hold, nil); err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
 	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr, TLSConfig: tc})); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
@@ -139,20 +174,400 @@ func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 	}
 	log.Info().Str("listen", addr).Int("users", len(users)).Bool("tls", tc != nil).
 		Bool("client_certificates", tc != nil && tc.ClientAuth == tls.RequireAndVerifyClientCert).
-		Uint32("max_packet_bytes", caps.MaximumPacketSize).Msg("embedded MQTT broker started")
-	return &Broker{srv: srv, addr: addr}, nil
+		Uint32("max_packet_bytes", caps.MaximumPacketSize).Strs("guarded", guarded).Int("hold_limit", hold.limit).
+		Msg("embedded MQTT broker started")
+	return &Broker{srv: srv, addr: addr, hold: hold}, nil
 }
 
 // Dropped is how many messages the broker has dropped instead of delivering
 // them to a subscriber, after acknowledging them to their publisher: beyond a
-// client's in-flight store or its pending writes (mochi-mqtt's defaults, 8,192
-// each; docs/deployment.md, "The embedded broker").
+// client's in-flight store (8,192) or its pending writes (9,216). A guarded
+// subscription's QoS 1 messages are held instead (Held); the rest (replies to a
+// device that acknowledges none, QoS 0 messages) are not (docs/deployment.md,
+// "The embedded broker").
 func (b *Broker) Dropped() int64 {
 	return atomic.LoadInt64(&b.srv.Info.InflightDropped) + atomic.LoadInt64(&b.srv.Info.MessagesDropped)
 }
 
+// Held is how many publishes the broker has held, unacknowledged, because a
+// guarded subscriber had no room (each counted once, however long it waited).
+func (b *Broker) Held() int64 { return b.hold.held.Load() }
+
 // Addr is the address the broker listens on.
 func (b *Broker) Addr() string { return b.addr }
 
-// Close stops the broker and disconnects its clients.
-func (b *Broker) Close() error { return b.srv.Close() }
+// Close stops the broker and disconnects its clients; held publishes are
+// neither acknowledged nor delivered.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.hold.stop()
+		b.closeErr = b.srv.Close()
+	})
+	return b.closeErr
+}
+
+// The embedded broker never drops a request it has acknowledged. mochi-mqtt
+// acknowledges a QoS 1 publish to its publisher before it hands the message to
+// the subscribers, and drops the message for a subscriber that already holds
+// Capabilities.MaximumInflight (8,192) unacknowledged: under an overload that
+// outlasts the gateway's window, requests would be lost after their devices were
+// told they had arrived. holdHook runs before the acknowledgement (mochi's
+// OnPublish): a QoS 1 or 2 publish that would go to a guarded subscription (the
+// gateway's request filter) whose subscriber is at holdLimit waits there, in the
+// publisher's read loop, until the subscriber acknowledges some. The publisher is
+// then not read from, and gets no PUBACK, until the gateway has room: flow
+// control back to the device over TCP, as with a gateway that stops reading,
+// instead of a loss. Memory stays bounded: mochi reads nothing more from a held
+// publisher.
+//
+// A client that itself holds a guarded subscription (a gateway) is never held,
+// so no two clients can wait for each other: the gateway's replies, and its
+// acknowledgements of requests, never wait for a device. A held publish gives up,
+// unacknowledged and undelivered, when its publisher's connection is closed (a
+// device that reconnects sends it again, as MQTT requires of an unacknowledged
+// QoS 1 publish) or when the broker closes.
+type holdHook struct {
+	mqtt.HookBase
+	srv *mqtt.Server
+	// guard holds the guarded filters, each as subscribed ("$share/g/f" for a
+	// shared group) and as matched against topics (f).
+	guard map[string]string
+	limit int
+	log   zerolog.Logger
+	// onHold, when set (tests), is called each time a publish starts to wait.
+	onHold func()
+
+	waiting atomic.Int64 // publishes between their first check and their passage
+	held    atomic.Int64 // publishes that had to wait (total)
+	holding atomic.Int64 // publishes waiting now
+	logged  atomic.Int64 // when a hold was last logged (Unix ns)
+
+	mu      sync.Mutex
+	changed chan struct{} // closed (and replaced) when a subscriber may have room
+	stopped bool
+	// reserved counts, per subscriber id, the publishes let through and not yet
+	// processed (their messages may not be in the subscriber's in-flight store
+	// yet); pending is what each publisher's publish in progress reserved, and
+	// chosen the member of each guarded shared group it was given.
+	reserved map[string]int
+	pending  map[*mqtt.Client]passage
+	chosen   map[passageKey]map[string]string
+}
+
+type passage struct {
+	subs []string
+	key  passageKey
+}
+
+type passageKey struct {
+	origin string
+	id     uint16
+}
+
+// holdLimit is how many unacknowledged messages a guarded subscriber may hold:
+// mochi's MaximumInflight less a margin for what reaches it without passing the
+// hook (retained messages sent at subscribe, a resumed session's messages).
+func holdLimit(maxInflight uint16) int { return max(1, int(maxInflight)-int(maxInflight)/16) }
+
+func newHoldHook(srv *mqtt.Server, guard []string, limit int, log zerolog.Logger) *holdHook {
+	h := &holdHook{srv: srv, guard: map[string]string{}, limit: limit, log: log,
+		changed: make(chan struct{}), reserved: map[string]int{},
+		pending: map[*mqtt.Client]passage{}, chosen: map[passageKey]map[string]string{}}
+	for _, f := range guard {
+		h.guard[f] = unshared(f)
+	}
+	return h
+}
+
+// unshared is filter without a "$share/{group}/" prefix.
+func unshared(filter string) string {
+	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
+		if _, f, ok := strings.Cut(rest, "/"); ok {
+			return f
+		}
+	}
+	return filter
+}
+
+// topicMatches reports whether topic matches the MQTT filter f (+ and #).
+func topicMatches(f, topic string) bool {
+	fs, ts := strings.Split(f, "/"), strings.Split(topic, "/")
+	for i, l := range fs {
+		if l == "#" {
+			return true
+		}
+		if i >= len(ts) || (l != "+" && l != ts[i]) {
+			return false
+		}
+	}
+	return len(fs) == len(ts)
+}
+
+func (h *holdHook) ID() string { return "sneakgate-hold" }
+
+func (h *holdHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnPublish, mqtt.OnPacketProcessed, mqtt.OnSelectSubscribers, mqtt.OnQosComplete,
+		mqtt.OnQosDropped, mqtt.OnDisconnect, mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed:
+		return true
+	}
+	return false
+}
+
+// guarded reports whether filter (as subscribed) is a guarded one.
+func (h *holdHook) guarded(filter string) bool {
+	for _, f := range h.guard {
+		if f == unshared(filter) {
+			return true
+		}
+	}
+	return false
+}
+
+// subscribesGuarded reports whether cl holds a guarded subscription.
+func (h *holdHook) subscribesGuarded(cl *mqtt.Client) bool {
+	for full := range h.guard {
+		if _, ok := cl.State.Subscriptions.Get(full); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// targets are the guarded subscriptions a publish to topic goes to: plain
+// subscribers, and each shared group's members.
+func (h *holdHook) targets(topic, self string) (plain []string, groups map[string][]string) {
+	match := false
+	for _, f := range h.guard {
+		if topicMatches(f, topic) {
+			match = true
+			break
+		}
+	}
+	if !match {
+		return nil, nil
+	}
+	subs := h.srv.Topics.Subscribers(topic)
+	for id, sub := range subs.Subscriptions {
+		if id != self && sub.Qos > 0 && h.guarded(sub.Filter) {
+			plain = append(plain, id)
+		}
+	}
+	for filter, members := range subs.Shared {
+		if !h.guarded(filter) {
+			continue
+		}
+		var ids []string
+		for id, sub := range members {
+			if id != self && sub.Qos > 0 {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) > 0 {
+			if groups == nil {
+				groups = map[string][]string{}
+			}
+			groups[filter] = ids
+		}
+	}
+	return plain, groups
+}
+
+// load is how many messages subscriber id holds or is about to; h.mu held.
+func (h *holdHook) load(id string) (n int, connected, ok bool) {
+	cl, ok := h.srv.Clients.Get(id)
+	if !ok {
+		return 0, false, false
+	}
+	return cl.State.Inflight.Len() + h.reserved[id], !cl.Closed(), true
+}
+
+// admit reserves room at every plain target and at one member of each group,
+// or reports that some target has none. A group's member is the connected one
+// that holds least; one whose connection is closed only when none is connected.
+func (h *holdHook) admit(plain []string, groups map[string][]string) (subs []string, chosen map[string]string, ok bool) {
+	for _, id := range plain {
+		if n, _, ok := h.load(id); ok && n >= h.limit {
+			return nil, nil, false
+		}
+	}
+	for filter, ids := range groups {
+		best, bestN, bestUp := "", 0, false
+		for _, id := range ids {
+			n, up, ok := h.load(id)
+			if !ok || n >= h.limit {
+				continue
+			}
+			if best == "" || (up && !bestUp) || (up == bestUp && n < bestN) {
+				best, bestN, bestUp = id, n, up
+			}
+		}
+		if best == "" {
+			return nil, nil, false
+		}
+		if chosen == nil {
+			chosen = map[string]string{}
+		}
+		chosen[filter] = best
+	}
+	for _, id := range plain {
+		h.reserved[id]++
+		subs = append(subs, id)
+	}
+	for _, id := range chosen {
+		h.reserved[id]++
+		subs = append(subs, id)
+	}
+	return subs, chosen, true
+}
+
+// OnPublish holds a QoS 1 or 2 publish to a guarded subscription whose
+// subscriber has no room, before mochi acknowledges it.
+func (h *holdHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 || cl.Net.Inline || h.subscribesGuarded(cl) {
+		return pk, nil
+	}
+	plain, groups := h.targets(pk.TopicName, cl.ID)
+	if len(plain) == 0 && len(groups) == 0 {
+		return pk, nil
+	}
+	// Counted before the first check: a subscriber's acknowledgement that
+	// follows the check then sees a waiter and wakes it (wake).
+	h.waiting.Add(1)
+	defer h.waiting.Add(-1)
+	var tick *time.Ticker
+	for {
+		h.mu.Lock()
+		if h.stopped || cl.Closed() {
+			h.mu.Unlock()
+			if tick != nil {
+				h.holding.Add(-1)
+			}
+			return pk, packets.ErrRejectPacket // neither acknowledged nor delivered
+		}
+		if subs, chosen, ok := h.admit(plain, groups); ok {
+			key := passageKey{cl.ID, pk.PacketID}
+			h.pending[cl] = passage{subs: subs, key: key}
+			if chosen != nil {
+				h.chosen[key] = chosen
+			}
+			h.mu.Unlock()
+			if tick != nil {
+				tick.Stop()
+				h.holding.Add(-1)
+			}
+			return pk, nil
+		}
+		ch := h.changed
+		h.mu.Unlock()
+		if tick == nil {
+			// Most wake-ups come from wake; the tick catches what no hook
+			// reports (a connection closed under a held read loop).
+			tick = time.NewTicker(time.Second)
+			defer tick.Stop()
+			h.held.Add(1)
+			h.holding.Add(1)
+			h.logHold(cl.ID, pk.TopicName)
+			if h.onHold != nil {
+				h.onHold()
+			}
+		}
+		select {
+		case <-ch:
+		case <-tick.C:
+		}
+	}
+}
+
+// logHold logs that publishers are held, at most once every 10 s.
+func (h *holdHook) logHold(client, topic string) {
+	now := time.Now().UnixNano()
+	last := h.logged.Load()
+	if now-last < int64(10*time.Second) || !h.logged.CompareAndSwap(last, now) {
+		return
+	}
+	h.log.Warn().Str("client", client).Str("topic", topic).Int("limit", h.limit).Int64("holding", h.holding.Load()).
+		Msg("a subscriber to requests holds its limit of unacknowledged messages: publishers wait, unacknowledged, until it acknowledges some (held, not dropped)")
+}
+
+// OnPacketProcessed releases what the publish reserved, once mochi has handed
+// its message to the subscribers (or given up on it).
+func (h *holdHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	h.mu.Lock()
+	if p, ok := h.pending[cl]; ok {
+		for _, id := range p.subs {
+			if h.reserved[id]--; h.reserved[id] <= 0 {
+				delete(h.reserved, id)
+			}
+		}
+		delete(h.pending, cl)
+		delete(h.chosen, p.key)
+		h.wakeLocked()
+	}
+	h.mu.Unlock()
+}
+
+// OnSelectSubscribers gives each guarded shared group's message to the member
+// admit reserved room at; the other groups get mochi's choice.
+func (h *holdHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	h.mu.Lock()
+	chosen := h.chosen[passageKey{pk.Origin, pk.PacketID}]
+	h.mu.Unlock()
+	if chosen == nil {
+		return subs
+	}
+	subs.SharedSelected = map[string]packets.Subscription{}
+	for filter, members := range subs.Shared {
+		id, sub, ok := chosen[filter], packets.Subscription{}, false
+		if id != "" {
+			sub, ok = members[id]
+		}
+		if !ok {
+			for id, sub = range members { // mochi's SelectShared: any member
+				break
+			}
+		}
+		if cur, ok := subs.SharedSelected[id]; ok {
+			sub = cur.Merge(sub)
+		}
+		subs.SharedSelected[id] = sub
+	}
+	return subs
+}
+
+// wake lets waiting publishes check again.
+func (h *holdHook) wake() {
+	if h.waiting.Load() == 0 {
+		return
+	}
+	h.mu.Lock()
+	h.wakeLocked()
+	h.mu.Unlock()
+}
+
+func (h *holdHook) wakeLocked() {
+	if h.waiting.Load() > 0 {
+		close(h.changed)
+		h.changed = make(chan struct{})
+	}
+}
+
+func (h *holdHook) OnQosComplete(*mqtt.Client, packets.Packet)        { h.wake() }
+func (h *holdHook) OnQosDropped(*mqtt.Client, packets.Packet)         { h.wake() }
+func (h *holdHook) OnDisconnect(*mqtt.Client, error, bool)            { h.wake() }
+func (h *holdHook) OnSessionEstablished(*mqtt.Client, packets.Packet) { h.wake() }
+func (h *holdHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.wake() }
+func (h *holdHook) OnUnsubscribed(*mqtt.Client, packets.Packet)       { h.wake() }
+
+// stop releases every held publish, unacknowledged and undelivered (Broker.Close
+// calls it before mochi's Close, which waits for every client's read loop).
+func (h *holdHook) stop() {
+	h.mu.Lock()
+	h.stopped = true
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+}

@@ -183,10 +183,10 @@ func TestEmbeddedBrokerRefusesBeforeReading(t *testing.T) {
 
 // TestEmbeddedBrokerDropsAreExported: a gateway running its embedded broker
 // serves a request through it and exports how many messages the broker dropped
-// after acknowledging them (sneakgate_embedded_broker_dropped_total), 0 here.
-// No test makes mochi-mqtt drop (docs/deployment.md, "The embedded broker"):
-// that the counter counts drops rests on Broker.Dropped reading mochi's own
-// counters.
+// after acknowledging them (sneakgate_embedded_broker_dropped_total) and how
+// many it held instead (sneakgate_embedded_broker_held_total), 0 here; the
+// broker guards the gateway's request filter. broker_hold_test.go makes mochi
+// drop (without the hold) and hold.
 func TestEmbeddedBrokerDropsAreExported(t *testing.T) {
 	addr := freeAddr(t)
 	cfg := testConfig(t, "tcp://"+addr, t.TempDir())
@@ -201,5 +201,11 @@ func TestEmbeddedBrokerDropsAreExported(t *testing.T) {
 	}
 	if d := gw.g.broker.Dropped(); d != 0 {
 		t.Errorf("Dropped() = %d, want 0", d)
+	}
+	if v := metricValue(t, gw.g.reg, "sneakgate_embedded_broker_held_total"); v != 0 {
+		t.Errorf("sneakgate_embedded_broker_held_total = %v, want 0", v)
+	}
+	if _, ok := gw.g.broker.hold.guard[cfg.MQTT.RequestFilter()]; !ok {
+		t.Errorf("the broker guards %v, not the request filter %s", gw.g.broker.hold.guard, cfg.MQTT.RequestFilter())
 	}
 }

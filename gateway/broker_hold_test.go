@@ -1,0 +1,214 @@
+package gateway
+
+import (
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/rs/zerolog"
+)
+
+// holdBroker starts an embedded broker whose in-flight limit is maxInflight,
+// guarding filter; held receives a value each time it holds a publish.
+func holdBroker(t *testing.T, maxInflight uint16, filter string) (*Broker, <-chan struct{}) {
+	t.Helper()
+	held := make(chan struct{}, 1024)
+	b, err := startBroker(freeAddr(t), 1<<20, nil, nil, zerolog.Nop(), []string{filter},
+		brokerTuning{maxInflight: maxInflight, onHold: func() {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, held
+}
+
+// holdClient connects a paho client that acknowledges nothing by itself: every
+// message it receives goes to the returned channel, unacknowledged.
+func holdClient(t *testing.T, b *Broker, id string, filter string) (mqtt.Client, <-chan mqtt.Message) {
+	t.Helper()
+	got := make(chan mqtt.Message, 4096)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID(id).SetAutoReconnect(false).
+		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).SetConnectTimeout(5 * time.Second)
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	if filter != "" {
+		if tok := c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe %s: %v", id, tok.Error())
+		}
+	}
+	return c, got
+}
+
+// receive returns the next message on got, failing the test after 30 s.
+func receive(t *testing.T, got <-chan mqtt.Message, what string) mqtt.Message {
+	t.Helper()
+	select {
+	case m := <-got:
+		return m
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no %s within 30 s", what)
+	}
+	return nil
+}
+
+// TestEmbeddedBrokerHoldsInsteadOfDropping reproduces the loss of acknowledged
+// requests (docs/deployment.md, "The embedded broker") with the embedded broker
+// and a small in-flight limit: the gateway's client holds the limit of requests
+// unacknowledged while a device publishes three times as many. mochi-mqtt alone
+// acknowledges every one to the device and drops those beyond the limit; the
+// broker must instead hold the device's publishes, unacknowledged, until the
+// gateway acknowledges, and then deliver every one, in order.
+func TestEmbeddedBrokerHoldsInsteadOfDropping(t *testing.T) {
+	const filter = "sg/req/+/+"
+	b, held := holdBroker(t, 8, filter)
+	limit := b.hold.limit
+	_, gwGot := holdClient(t, b, "sneakgate", filter)
+	dev, _ := holdClient(t, b, "cam-1", "")
+
+	n := 3 * limit
+	toks := make([]mqtt.Token, n)
+	for i := range toks {
+		toks[i] = dev.Publish("sg/req/fashion/cam-1", 1, false, strconv.Itoa(i))
+	}
+	allAcked := make(chan struct{})
+	go func() {
+		for _, tok := range toks {
+			<-tok.Done()
+		}
+		close(allAcked)
+	}()
+
+	// The gateway takes the limit's worth and acknowledges none.
+	var first []mqtt.Message
+	for range limit {
+		first = append(first, receive(t, gwGot, "request up to the limit"))
+	}
+	select {
+	case <-held:
+	case <-allAcked:
+		// Without the hold: the device had every publish acknowledged; a
+		// publish to another topic behind them on its connection is processed
+		// after them, so the drop counter is final once it is acknowledged.
+		if tok := dev.Publish("sg/other", 1, false, "barrier"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+		t.Fatalf("the broker acknowledged all %d publishes while the subscriber held %d unacknowledged, and dropped %d of them",
+			n, limit, b.Dropped())
+	case <-time.After(30 * time.Second):
+		t.Fatal("the broker neither held a publish nor acknowledged them all")
+	}
+	for i, tok := range toks[limit:] {
+		select {
+		case <-tok.Done():
+			t.Fatalf("publish %d acknowledged while the subscriber had no room", limit+i)
+		default:
+		}
+	}
+
+	// The gateway acknowledges as it goes: every request arrives, in order.
+	for _, m := range first {
+		m.Ack()
+	}
+	msgs := first
+	for len(msgs) < n {
+		m := receive(t, gwGot, fmt.Sprintf("request %d of %d", len(msgs), n))
+		m.Ack()
+		msgs = append(msgs, m)
+	}
+	for i, m := range msgs {
+		if string(m.Payload()) != strconv.Itoa(i) {
+			t.Fatalf("request %d is %q", i, m.Payload())
+		}
+	}
+	for i, tok := range toks {
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	if d := b.Dropped(); d != 0 {
+		t.Errorf("Dropped() = %d, want 0", d)
+	}
+	if b.Held() < 1 {
+		t.Errorf("Held() = %d, want at least 1", b.Held())
+	}
+}
+
+// TestEmbeddedBrokerHoldSharedGroup: in a guarded shared group, a request goes to
+// a member with room: one member that acknowledges nothing takes no more than
+// the limit, the other the rest, and nothing is dropped.
+func TestEmbeddedBrokerHoldSharedGroup(t *testing.T) {
+	const filter = "$share/g/sg/req/+/+"
+	b, _ := holdBroker(t, 8, filter)
+	limit := b.hold.limit
+	_, stuck := holdClient(t, b, "gw-a", filter)
+	_, busy := holdClient(t, b, "gw-b", filter)
+	dev, _ := holdClient(t, b, "cam-1", "")
+	n := 4 * limit
+	for i := range n {
+		dev.Publish("sg/req/fashion/cam-1", 1, false, strconv.Itoa(i))
+	}
+	seen := map[string]bool{}
+	toStuck := 0
+	for len(seen) < n {
+		select {
+		case m := <-stuck:
+			toStuck++
+			seen[string(m.Payload())] = true
+		case m := <-busy:
+			m.Ack()
+			seen[string(m.Payload())] = true
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d requests delivered (dropped %d)", len(seen), n, b.Dropped())
+		}
+	}
+	if toStuck > limit {
+		t.Errorf("the member that acknowledges nothing got %d, over the limit %d", toStuck, limit)
+	}
+	if d := b.Dropped(); d != 0 {
+		t.Errorf("Dropped() = %d, want 0", d)
+	}
+}
+
+// TestEmbeddedBrokerCloseReleasesHeld: closing the broker while it holds a
+// publish returns (mochi's Close waits for every client's read loop, one of
+// which is held), and the held publish is not delivered.
+func TestEmbeddedBrokerCloseReleasesHeld(t *testing.T) {
+	const filter = "sg/req/+/+"
+	b, held := holdBroker(t, 8, filter)
+	limit := b.hold.limit
+	_, gwGot := holdClient(t, b, "sneakgate", filter)
+	dev, _ := holdClient(t, b, "cam-1", "")
+	for i := range limit + 1 {
+		dev.Publish("sg/req/fashion/cam-1", 1, false, strconv.Itoa(i))
+	}
+	for range limit {
+		receive(t, gwGot, "request up to the limit")
+	}
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no publish held")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return while a publish was held")
+	}
+	select {
+	case m := <-gwGot:
+		t.Fatalf("the held publish %q was delivered", m.Payload())
+	default:
+	}
+}
