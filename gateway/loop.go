@@ -407,14 +407,24 @@ func (l *loop) Run(ctx context.Context) {
 			dirty = true
 		case d := <-done:
 			busy = false
-			l.finish(d)
-			if d.err != nil && next != nil {
-				// Decided on a residency the failed batch did not leave.
-				l.unplan(next)
-				next = nil
-			}
+			l.heartbeat.Store(l.now().UnixNano())
 			if next != nil || l.exec.Len() > 0 {
 				waitFrom = d.done
+			}
+			if b := next; b != nil && d.err == nil && swap == nil && len(l.retiring) == 0 && len(b.Evict)+len(b.Load) == 0 {
+				// Decided while d ran, and needs no swap: the engine starts it
+				// before the loop answers d's requests. (A swap, or a reload to
+				// apply or applications to retire, waits for an idle engine.)
+				next = nil
+				dispatch(b)
+				l.finish(d)
+			} else {
+				l.finish(d)
+				if d.err != nil && next != nil {
+					// Decided on a residency the failed batch did not leave.
+					l.unplan(next)
+					next = nil
+				}
 			}
 			dirty = true
 		case <-timer.C:
