@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sneakgate/sneakgate/manifest"
 )
@@ -95,6 +96,69 @@ func BenchmarkRunEvictedCache(b *testing.B) {
 							b.Fatal(err)
 						}
 					}
+				})
+			}
+		}
+		if _, err := e.Unload(id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRunAfterIdle measures Run of fashion's logreg, mlp-small and cnn
+// (from ../models, skipped without them) as BenchmarkRun does ("hot": the same
+// inputs back to back, as the start-up profile measured before ProfileGap) and
+// after the engine has been idle for DefaultProfileGap (the goroutine asleep,
+// not timed) with new inputs each time ("idle"): a serving engine's worker waits
+// for every batch, and its pass then starts with its thread woken and the caches,
+// TLB and branch predictors holding other work. The start-up profile now
+// measures the second way. ns/op includes the pause; us/pass does not.
+//
+//	go test -run '^$' -bench RunAfterIdle -benchtime 2000x ./engine
+func BenchmarkRunAfterIdle(b *testing.B) {
+	var fashion *manifest.App
+	for _, a := range realManifests(b) {
+		if a.Name == "fashion" {
+			fashion = a
+		}
+	}
+	if fashion == nil {
+		b.Skip("skipping: no ../models/fashion")
+	}
+	e := newEngine(b, Options{IntraOpThreads: 1, InterOpThreads: 1})
+	if err := e.Register(fashion); err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"logreg", "mlp-small", "cnn"} {
+		id := VariantID{App: "fashion", Variant: name}
+		if _, err := e.Load(id); err != nil {
+			b.Fatal(err)
+		}
+		for _, n := range []int{1, 4, 8, 32} {
+			sets := make([][][]float32, 64)
+			for i := range sets {
+				sets[i] = randomInputs(n, fashion.InputSize, 0, 1, uint64(i+1))
+			}
+			for _, idle := range []bool{false, true} {
+				mode := "hot"
+				if idle {
+					mode = "idle"
+				}
+				b.Run(fmt.Sprintf("%s/b=%d/%s", name, n, mode), func(b *testing.B) {
+					var passes time.Duration
+					for i := range b.N {
+						in := sets[0]
+						if idle {
+							in = sets[i%len(sets)]
+							time.Sleep(DefaultProfileGap)
+						}
+						t0 := time.Now()
+						if _, err := e.Run(id, in); err != nil {
+							b.Fatal(err)
+						}
+						passes += time.Since(t0)
+					}
+					b.ReportMetric(float64(passes.Microseconds())/float64(b.N), "us/pass")
 				})
 			}
 		}

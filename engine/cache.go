@@ -15,8 +15,9 @@ import (
 	"github.com/sneakgate/sneakgate/manifest"
 )
 
-// cacheFormat changes whenever the meaning of a cached profile changes.
-const cacheFormat = 1
+// cacheFormat changes whenever the meaning of a cached profile changes: 2 since
+// measured runs follow a pause (Options.ProfileGap); 1 measured them back to back.
+const cacheFormat = 2
 
 // cacheKey is everything a measured profile depends on.
 type cacheKey struct {
@@ -31,6 +32,7 @@ type cacheKey struct {
 	CPUs            int               `json:"cpus"`
 	Arch            string            `json:"arch"`
 	BatchSizes      []int             `json:"batch_sizes"`
+	ProfileGap      time.Duration     `json:"profile_gap_ns"`
 	InputSize       int               `json:"input_size"`
 	InputRange      *[2]float64       `json:"input_range,omitempty"`
 	Inputs          []manifest.Input  `json:"inputs"`
@@ -60,7 +62,7 @@ func (e *Engine) cacheKey(v *variant) (*cacheKey, string) {
 		Format: cacheFormat, ModelSHA256: sum, Runtime: runtimeVersion(),
 		Provider: e.prov.Name, ProviderOptions: e.prov.Options, SessionConfig: e.opts.SessionConfig,
 		IntraOpThreads: e.opts.IntraOpThreads, InterOpThreads: e.opts.InterOpThreads,
-		CPUs: runtime.NumCPU(), Arch: runtime.GOARCH, BatchSizes: e.opts.BatchSizes,
+		CPUs: runtime.NumCPU(), Arch: runtime.GOARCH, BatchSizes: e.opts.BatchSizes, ProfileGap: e.opts.ProfileGap,
 		InputSize: v.app.InputSize, InputRange: v.app.InputRange, Inputs: v.spec.Inputs, Output: v.spec.Output,
 	}
 	b, _ := json.Marshal(k) // a struct of plain fields: cannot fail

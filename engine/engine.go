@@ -24,6 +24,7 @@ type Engine struct {
 	log        zerolog.Logger
 	so         *ort.SessionOptions // every session's options
 	checkSO    *ort.SessionOptions // the I/O checks' temporary sessions: one thread, no optimisation
+	sleep      func(time.Duration) // the profiler's pause before a measured run (tests replace it)
 
 	mu        sync.RWMutex
 	closed    bool
@@ -76,7 +77,7 @@ func New(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("engine: check session options: %w", err)
 	}
 	e := &Engine{opts: o, prov: p, provStatus: pst, log: o.Logger,
-		so: so, checkSO: cso, apps: map[string]*manifest.App{}, variants: map[VariantID]*variant{}}
+		so: so, checkSO: cso, sleep: time.Sleep, apps: map[string]*manifest.App{}, variants: map[VariantID]*variant{}}
 	e.log.Info().Str("ort", runtimeVersion()).Str("provider", p.Name).Str("requested_provider", pst.Requested).
 		Int("intra_op_threads", o.IntraOpThreads).Int("inter_op_threads", o.InterOpThreads).
 		Int64("memory_budget_bytes", o.MemoryBudgetBytes).Int("max_resident", o.MaxResident).

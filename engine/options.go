@@ -19,6 +19,9 @@ const LibraryEnv = "SNEAKGATE_ORT_LIB"
 // DefaultProfileRuns is used by New when Options.ProfileRuns is 0.
 const DefaultProfileRuns = 7
 
+// DefaultProfileGap is used by New when Options.ProfileGap is 0.
+const DefaultProfileGap = time.Millisecond
+
 // DefaultBatchSizes returns the batch sizes profiled when Options.BatchSizes is empty.
 func DefaultBatchSizes() []int { return []int{1, 2, 4, 8, 16, 32} }
 
@@ -31,7 +34,8 @@ const (
 
 // Options configures an Engine. The zero value is usable when SNEAKGATE_ORT_LIB
 // names the library: CPU provider, ONNX Runtime's default thread counts, no
-// residency budget, DefaultBatchSizes, no warm-up, DefaultProfileRuns.
+// residency budget, DefaultBatchSizes, no warm-up, DefaultProfileRuns,
+// DefaultProfileGap.
 type Options struct {
 	// LibraryPath is the libonnxruntime.so file; empty means $SNEAKGATE_ORT_LIB.
 	// Only the first Engine of a process loads the library; later ones must name
@@ -67,6 +71,15 @@ type Options struct {
 	// ProfileRuns are measured runs per batch size (the median is kept); 0 =
 	// DefaultProfileRuns.
 	ProfileRuns int
+	// ProfileGap is how long Profile leaves the engine idle before each
+	// measured run, so that a pass is measured as a serving engine runs one:
+	// after its thread has waited for the batch, asleep, with the caches, the
+	// TLB and the branch predictors no longer holding the model's path through
+	// ONNX Runtime. Passes measured back to back cost the cheap models a sixth
+	// to a half of what they cost after a wait (docs/benchmarks.md, "The
+	// start-up profile measured after a pause"). 0 means DefaultProfileGap; a
+	// negative value measures back to back (warm-up runs always are).
+	ProfileGap time.Duration
 	// ProfileCache is a directory where profiles are kept as JSON across
 	// restarts; empty disables the cache.
 	ProfileCache string
@@ -104,6 +117,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.ProfileRuns == 0 {
 		o.ProfileRuns = DefaultProfileRuns
+	}
+	switch {
+	case o.ProfileGap == 0:
+		o.ProfileGap = DefaultProfileGap
+	case o.ProfileGap < 0:
+		o.ProfileGap = 0
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -62,9 +62,11 @@ func (p Profile) clone() Profile {
 
 // Profile measures each variant in ids (every registered variant when ids is
 // empty), one after the other: it loads the variant (timing the load), runs
-// WarmupRuns unmeasured forward passes per batch size, then ProfileRuns measured
-// ones and keeps each size's median, and unloads the variant again (timing the
-// unload) unless it was resident before. Inputs are random values within the
+// WarmupRuns unmeasured forward passes per batch size back to back, then
+// ProfileRuns measured ones, each after the engine has been idle for
+// Options.ProfileGap, as a serving engine's passes are, and keeps each size's
+// median, and unloads the variant again (timing the unload) unless it was
+// resident before. Inputs are random values within the
 // application's input_range ([0, 1] when it has none), the same on every start.
 // Latencies are made non-decreasing in the batch size (each is at least the one
 // before it), so noise never makes a bigger batch look cheaper.
@@ -175,6 +177,9 @@ func (e *Engine) measure(ctx context.Context, v *variant) ([]time.Duration, erro
 		for r := range runs {
 			if err := ctx.Err(); err != nil {
 				return nil, err
+			}
+			if e.opts.ProfileGap > 0 {
+				e.sleep(e.opts.ProfileGap)
 			}
 			t0 := e.opts.Now()
 			if _, err := e.Run(v.id, batch); err != nil {

@@ -213,3 +213,84 @@ func TestProfileErrors(t *testing.T) {
 		t.Errorf("resident %v", r)
 	}
 }
+
+// gapRecorder replaces the profiler's pause: it records each pause and how
+// many clock readings (measured runs read the clock twice) came before it.
+type gapRecorder struct {
+	clk    *fakeClock
+	pauses []time.Duration
+	at     []time.Time
+}
+
+func (g *gapRecorder) sleep(d time.Duration) {
+	g.pauses = append(g.pauses, d)
+	g.clk.mu.Lock()
+	g.at = append(g.at, g.clk.now)
+	g.clk.mu.Unlock()
+}
+
+func TestProfileGapPrecedesEveryMeasuredRun(t *testing.T) {
+	for _, tc := range []struct {
+		gap, want time.Duration
+	}{{0, DefaultProfileGap}, {3 * time.Millisecond, 3 * time.Millisecond}, {-1, 0}} {
+		clk := &fakeClock{now: time.Unix(1e9, 0), step: time.Millisecond}
+		e := newEngine(t, Options{BatchSizes: []int{1, 2}, WarmupRuns: 2, ProfileRuns: 3, ProfileGap: tc.gap, Now: clk.Now})
+		g := &gapRecorder{clk: clk}
+		e.sleep = g.sleep
+		registerAll(t, e)
+		if err := e.Profile(context.Background(), idLogits); err != nil {
+			t.Fatal(err)
+		}
+		if tc.want == 0 {
+			if len(g.pauses) != 0 {
+				t.Errorf("ProfileGap %v: %d pauses, want none", tc.gap, len(g.pauses))
+			}
+			continue
+		}
+		// 2 batch sizes x 3 measured runs; none before the 2 x 2 warm-ups.
+		if len(g.pauses) != 6 {
+			t.Fatalf("ProfileGap %v: %d pauses, want 6 (one per measured run): %v", tc.gap, len(g.pauses), g.pauses)
+		}
+		for i, d := range g.pauses {
+			if d != tc.want {
+				t.Errorf("ProfileGap %v: pause %d is %v, want %v", tc.gap, i, d, tc.want)
+			}
+		}
+		// The load reads the clock twice, then every measured run twice: the
+		// pause before measured run i comes after 2+2i readings, so the pause
+		// is never inside a timed interval.
+		for i, at := range g.at {
+			if want := time.Unix(1e9, 0).Add(time.Duration(2+2*i) * time.Millisecond); !at.Equal(want) {
+				t.Errorf("ProfileGap %v: pause %d after the clock read %v, want %v", tc.gap, i, at, want)
+			}
+		}
+	}
+}
+
+func TestProfileCacheKeyHasTheGap(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{IntraOpThreads: 1, BatchSizes: []int{1}, ProfileRuns: 1, ProfileCache: dir, ProfileGap: -1}
+	e1 := newEngine(t, opts)
+	registerAll(t, e1)
+	if err := e1.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		gap      time.Duration
+		measured bool
+	}{{-1, false}, {0, true}, {time.Millisecond, false}, {2 * time.Millisecond, true}} {
+		o := opts
+		o.ProfileGap = tc.gap
+		e := newEngine(t, o)
+		g := &gapRecorder{clk: &fakeClock{}}
+		e.sleep = g.sleep
+		registerAll(t, e)
+		if err := e.Profile(context.Background(), idLogits); err != nil {
+			t.Fatal(err)
+		}
+		if measured := len(g.pauses) > 0; measured != tc.measured {
+			t.Errorf("ProfileGap %v after the one before it: measured %v, want %v (a cached profile is used only under the same gap)",
+				tc.gap, measured, tc.measured)
+		}
+	}
+}
