@@ -332,7 +332,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	tl.m.Requests = pt.Requests
 	tl.finish(sa, a.ClassNames, run.LastDone.Sub(origin).Seconds())
 	m := tl.m
-	m.Decisions, m.SwapTime = run.All.Decisions, run.All.SwapTime
+	m.Decisions, m.SwapTime, m.DecidedAhead = run.All.Decisions, run.All.SwapTime, run.All.DecidedAhead
 	setDecisionTimes(&m, run.DecideWall, run.Scheduled)
 	n := float64(pt.Requests)
 	m.Escalated = float64(tl.escalated) / n
