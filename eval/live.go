@@ -134,6 +134,14 @@ type LiveResult struct {
 	// the simulator says once told how much the CPU was shared.
 	Slowdown  float64 `json:"slowdown"`
 	SimSlowed Metrics `json:"sim_slowed"`
+	// TransitP50MS and TransitP90MS are the live requests' time from their
+	// send to the gateway's receipt (sneakgate_request_transit_seconds);
+	// SimTransit is the prediction with each simulated request's drawn from
+	// that distribution (Point.Transit), and the engine slowed too: what the
+	// simulator says once told what happened outside the scheduler.
+	TransitP50MS float64 `json:"transit_p50_ms"`
+	TransitP90MS float64 `json:"transit_p90_ms"`
+	SimTransit   Metrics `json:"sim_transit"`
 	// Checks are the compared quantities, each with its tolerance and verdict.
 	Checks []LiveCheck `json:"checks"`
 	// Holds is true when every check holds.
@@ -315,7 +323,68 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	} else {
 		res.SimSlowed = m
 	}
+	res.SimTransit = res.SimSlowed
+	if tr := transitSample(g.Registry(), rep.App, 1000); len(tr) > 0 {
+		res.TransitP50MS, res.TransitP90MS = float64(tr[len(tr)/2])/1e6, float64(tr[len(tr)*9/10])/1e6
+		pt.Transit = tr
+		if res.SimTransit, err = Simulate(pt, nil); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
+}
+
+// transitSample is n evenly spaced quantiles of app's
+// sneakgate_request_transit_seconds, each interpolated linearly within its
+// bucket (the first from 0, the last open bucket taken as its lower bound); nil
+// when it has no observation.
+func transitSample(reg prometheus.Gatherer, app string, n int) []time.Duration {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return nil
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "sneakgate_request_transit_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			ok := false
+			for _, lp := range m.GetLabel() {
+				ok = ok || lp.GetName() == "app" && lp.GetValue() == app
+			}
+			if h := m.GetHistogram(); ok && h.GetSampleCount() > 0 {
+				return histogramQuantiles(h, n)
+			}
+		}
+	}
+	return nil
+}
+
+// histogramQuantiles is transitSample's interpolation.
+func histogramQuantiles(h *dto.Histogram, n int) []time.Duration {
+	total := float64(h.GetSampleCount())
+	out := make([]time.Duration, n)
+	bs := h.GetBucket()
+	for i := range out {
+		target := (float64(i) + 0.5) / float64(n) * total
+		lo, prev := 0.0, 0.0
+		v := 0.0
+		found := false
+		for _, b := range bs {
+			c := float64(b.GetCumulativeCount())
+			if c >= target && c > prev {
+				v = lo + (b.GetUpperBound()-lo)*(target-prev)/(c-prev)
+				found = true
+				break
+			}
+			lo, prev = b.GetUpperBound(), c
+		}
+		if !found {
+			v = lo // beyond the last bucket
+		}
+		out[i] = time.Duration(v * float64(time.Second))
+	}
+	return out
 }
 
 // startDiagProfile starts a CPU profile into dir/name.cpu.pprof and returns
@@ -464,6 +533,10 @@ func WriteLive(w io.Writer, rs []LiveResult) error {
 			r.Live.Latency.P50.Round(10*time.Microsecond), r.Live.Latency.P99.Round(10*time.Microsecond), r.Sim.P99LatencyMS)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tengine slowdown\tlive: x%.2f\tsim utility at it: %.3f\t\t\t\n", r.App, r.Workload, r.Policy,
 			r.Slowdown, r.SimSlowed.Utility)
+		if r.TransitP50MS > 0 || r.TransitP90MS > 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tsend to receipt p50/p90\tlive: %.1fms/%.1fms\tsim utility at it, slowed: %.3f (from the estimate %.3f)\t\t\t\n",
+				r.App, r.Workload, r.Policy, r.TransitP50MS, r.TransitP90MS, r.SimTransit.Utility, float64(r.SimTransit.Degraded)/float64(max(1, r.SimTransit.Requests)))
+		}
 	}
 	return tw.Flush()
 }

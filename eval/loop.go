@@ -24,7 +24,8 @@ type engineSim struct {
 	Policy string
 	Pol    scheduler.Policy
 	Apps   []simApp
-	// Reqs are the arrivals in arrival order, Seq numbered from 1.
+	// Reqs are the arrivals in the order the scheduler sees them (seen), Seq
+	// numbered from 1.
 	Reqs []simReq
 	// Origin is the simulated clock's start (residency is warm at it).
 	Origin time.Time
@@ -61,13 +62,19 @@ type simApp struct {
 }
 
 // simReq is one arrival: Sample indexes its application's App (its true class
-// App.Labels[Sample]); Flag is a scenario's simulated estimator flag.
+// App.Labels[Sample]); Flag is a scenario's simulated estimator flag; arr is
+// its send, from which its deadline counts, and delay its own time before the
+// gateway receives it (Point.Transit), on top of IngressDelay.
 type simReq struct {
 	app, sample, flag int
 	seq               uint64
 	arr               time.Time
+	delay             time.Duration
 	r                 *scheduler.Request
 }
+
+// seen is when the scheduler sees q.
+func (s *engineSim) seen(q *simReq) time.Time { return q.arr.Add(s.IngressDelay + q.delay) }
 
 // simRun is an engineSim's outcome: one tally per application; All holds
 // what belongs to the engine as a whole (Decisions, Swaps, SwapTime, Batches,
@@ -339,8 +346,8 @@ func (s *engineSim) run() (*simRun, error) {
 		if busy {
 			ev = busyUntil
 		}
-		if next < len(reqs) && (ev.IsZero() || reqs[next].arr.Add(s.IngressDelay).Before(ev)) {
-			ev = reqs[next].arr.Add(s.IngressDelay)
+		if next < len(reqs) && (ev.IsZero() || s.seen(&reqs[next]).Before(ev)) {
+			ev = s.seen(&reqs[next])
 		}
 		if s.Pipeline && busy && inflight != nil && ahead == nil && ex.Len() > 0 && aheadAt.After(now) &&
 			(ev.IsZero() || aheadAt.Before(ev)) {
@@ -375,7 +382,7 @@ func (s *engineSim) run() (*simRun, error) {
 			}
 			inflight = nil
 		}
-		for next < len(reqs) && !reqs[next].arr.Add(s.IngressDelay).After(now) {
+		for next < len(reqs) && !s.seen(&reqs[next]).After(now) {
 			q := &reqs[next]
 			next++
 			a := &s.Apps[q.app]

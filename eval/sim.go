@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/sneakgate/sneakgate/manifest"
@@ -102,6 +103,12 @@ type Point struct {
 	// journal, the broker and the devices. The load stays relative to the
 	// unstretched capacity. 0 or 1: the profiles as measured.
 	EngineSlowdown float64
+	// Transit, when not empty, is a sample of the time from a request's send
+	// (its deadline counts from there) to its receipt by the gateway: each
+	// request's is drawn from it (a live run's sneakgate_request_transit_seconds),
+	// on top of IngressDelay, and the requests reach the scheduler in the order
+	// they are received.
+	Transit []time.Duration
 }
 
 // Metrics are one run's results. Utility and Accuracy are means over every
@@ -295,6 +302,16 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		t = t.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
 		prog := float64(i) / float64(max(1, pt.Requests-1))
 		reqs[i] = simReq{sample: a.draw(rng, &pt.Workload, prog), seq: uint64(i + 1), arr: t}
+	}
+	if len(pt.Transit) > 0 {
+		tr := rand.New(rand.NewPCG(pt.Seed, 5))
+		for i := range reqs {
+			reqs[i].delay = pt.Transit[tr.IntN(len(pt.Transit))]
+		}
+		slices.SortStableFunc(reqs, func(x, y simReq) int { return x.arr.Add(x.delay).Compare(y.arr.Add(y.delay)) })
+		for i := range reqs {
+			reqs[i].seq = uint64(i + 1) // the scheduler's arrival order
+		}
 	}
 	var placebo *rand.Rand
 	if pt.Policy == PolicyPlacebo {

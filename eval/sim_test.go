@@ -275,3 +275,36 @@ func TestSimulatePipeline(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulateTransit: a transit of 0 for every request changes nothing; one
+// that eats most of the budget before the gateway sees a request leaves fewer
+// answered in time, every request still answered once.
+func TestSimulateTransit(t *testing.T) {
+	a := loadReal(t, "fashion")
+	w, err := a.Workload("natural")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(tr []time.Duration) Metrics {
+		t.Helper()
+		pt := Point{App: a, Workload: w, Policy: "sneakpeek", Load: 0.8, Deadline: a.Deadline, Requests: 1000, Seed: 2,
+			GatewayModel: GatewayModel{Jitter: 0.05, MaxWait: 0.5, MeasuredWait: true, DegradeRefused: true, GatewayCost: 5 * time.Microsecond},
+			Transit:      tr}
+		m, err := Simulate(pt, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	base, zero := run(nil), run([]time.Duration{0})
+	if base.Utility != zero.Utility || base.OK != zero.OK {
+		t.Errorf("a zero transit changed the run: utility %v ok %d, against %v %d", zero.Utility, zero.OK, base.Utility, base.OK)
+	}
+	late := run([]time.Duration{a.Deadline * 7 / 10, a.Deadline * 8 / 10, a.Deadline * 9 / 10})
+	t.Logf("utility %.3f (ok %d, from the estimate %d) without transit, %.3f (%d, %d) with 70-90%% of the budget spent before receipt",
+		base.Utility, base.OK, base.Degraded, late.Utility, late.OK, late.Degraded)
+	if late.OK >= base.OK || late.Utility > base.Utility {
+		t.Errorf("with most of the budget spent before receipt: ok %d, utility %.4f; without: %d, %.4f",
+			late.OK, late.Utility, base.OK, base.Utility)
+	}
+}

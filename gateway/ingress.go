@@ -119,6 +119,9 @@ func (g *Gateway) handle(a arrival) {
 		return
 	}
 	app, _ := g.app(req.App) // ParseHeader found it
+	if !req.SentAt.IsZero() {
+		g.m.transit.WithLabelValues(req.App).Observe(max(req.Received.Sub(req.SentAt), 0).Seconds())
+	}
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
 	// A redelivered copy handled by another worker at the same time waits for
 	// it, and then finds it in the journal.

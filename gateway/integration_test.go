@@ -18,7 +18,9 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -922,7 +924,7 @@ func TestEndToEndDeadlines(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	var skew atomic.Int64 // the test moves the gateway's clock forward
-	startGateway(t, cfg, Options{Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+	gw := startGateway(t, cfg, Options{Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 	_, samples := fashionSamples(t)
 	dev := newDevice(t, b.URL(), "cam-e2e")
 	topic := protocol.RequestTopic("sneakgate", "fashion", "cam-e2e")
@@ -931,6 +933,12 @@ func TestEndToEndDeadlines(t *testing.T) {
 	r := dev.await([]string{"late"}, 30*time.Second)["late"]
 	if r.Status != protocol.StatusExpired || r.Reason != protocol.ReasonExpiredBeforeReceipt || r.DeadlineMet == nil || *r.DeadlineMet {
 		t.Errorf("request that arrived after its deadline: %+v", r)
+	}
+	// Its 10 s from sent_at to receipt are in the transit histogram.
+	var h dto.Metric
+	if err := gw.g.m.transit.WithLabelValues("fashion").(prometheus.Metric).Write(&h); err != nil ||
+		h.GetHistogram().GetSampleCount() != 1 || h.GetHistogram().GetSampleSum() < 10 {
+		t.Errorf("transit histogram: %v, %v", h.GetHistogram(), err)
 	}
 	absolute := (&protocol.Payload{ID: "abs", Deadline: time.Now().Add(1500 * time.Millisecond), Input: samples.Row(2)}).Marshal()
 	dev.publish(topic, absolute)
