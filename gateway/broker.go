@@ -109,13 +109,21 @@ func LoadUsersFile(path string) (map[string]string, error) {
 // (EmbeddedTLS), the listener speaks TLS only, and with tc.ClientAuth set
 // refuses a client without a certificate it verifies.
 //
-// Messages to a subscription to one of the guarded filters (the gateway's
-// request filter, as it subscribes) are never dropped after their publisher has
-// been acknowledged: while its subscriber holds holdLimit unacknowledged, a QoS
-// 1 or 2 publisher waits for it, unacknowledged (holdHook).
-func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded ...string) (*Broker, error) {
+// Messages to a guarded subscription (the gateway's own client and request
+// filter, as it subscribes) are never dropped after their publisher has been
+// acknowledged: while that subscriber holds holdLimit unacknowledged, a QoS 1
+// or 2 publisher waits for it, unacknowledged (holdHook).
+func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded ...Guard) (*Broker, error) {
 	return startBroker(addr, maxPayloadBytes, users, tc, log, guarded, brokerTuning{})
 }
+
+// Guard names a subscription the embedded broker holds publishers for instead
+// of dropping its messages: the subscribing client's id (the gateway's
+// mqtt.client_id) and its filter as subscribed ("$share/{group}/..." for a
+// shared group). Other clients' subscriptions to the same filter, a monitor's
+// for instance, are not guarded: one that stops acknowledging loses its own
+// copies, as before, and holds no device.
+type Guard struct{ Client, Filter string }
 
 // brokerTuning is what tests change: mochi's in-flight limit (0: its default,
 // 8,192), and a function called each time the broker holds a publish.
@@ -124,7 +132,7 @@ type brokerTuning struct {
 	onHold      func()
 }
 
-func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded []string, tune brokerTuning) (*Broker, error) {
+func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded []Guard, tune brokerTuning) (*Broker, error) {
 	// Fail early, with the address in the error, when the port is taken.
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -172,9 +180,13 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
+	var guardedNames []string
+	for _, g := range guarded {
+		guardedNames = append(guardedNames, g.Client+" "+g.Filter)
+	}
 	log.Info().Str("listen", addr).Int("users", len(users)).Bool("tls", tc != nil).
 		Bool("client_certificates", tc != nil && tc.ClientAuth == tls.RequireAndVerifyClientCert).
-		Uint32("max_packet_bytes", caps.MaximumPacketSize).Strs("guarded", guarded).Int("hold_limit", hold.limit).
+		Uint32("max_packet_bytes", caps.MaximumPacketSize).Strs("guarded", guardedNames).Int("hold_limit", hold.limit).
 		Msg("embedded MQTT broker started")
 	return &Broker{srv: srv, addr: addr, hold: hold}, nil
 }
@@ -232,8 +244,11 @@ type holdHook struct {
 	// guard holds the guarded filters, each as subscribed ("$share/g/f" for a
 	// shared group) and as matched against topics (f).
 	guard map[string]string
-	limit int
-	log   zerolog.Logger
+	// owners are the guarded clients: only their subscriptions to a guarded
+	// filter hold publishers, and they are never held themselves.
+	owners map[string]bool
+	limit  int
+	log    zerolog.Logger
 	// onHold, when set (tests), is called each time a publish starts to wait.
 	onHold func()
 
@@ -269,12 +284,13 @@ type passageKey struct {
 // hook (retained messages sent at subscribe, a resumed session's messages).
 func holdLimit(maxInflight uint16) int { return max(1, int(maxInflight)-int(maxInflight)/16) }
 
-func newHoldHook(srv *mqtt.Server, guard []string, limit int, log zerolog.Logger) *holdHook {
-	h := &holdHook{srv: srv, guard: map[string]string{}, limit: limit, log: log,
+func newHoldHook(srv *mqtt.Server, guard []Guard, limit int, log zerolog.Logger) *holdHook {
+	h := &holdHook{srv: srv, guard: map[string]string{}, owners: map[string]bool{}, limit: limit, log: log,
 		changed: make(chan struct{}), reserved: map[string]int{},
 		pending: map[*mqtt.Client]passage{}, chosen: map[passageKey]map[string]string{}}
-	for _, f := range guard {
-		h.guard[f] = unshared(f)
+	for _, g := range guard {
+		h.guard[g.Filter] = unshared(g.Filter)
+		h.owners[g.Client] = true
 	}
 	return h
 }
@@ -324,8 +340,12 @@ func (h *holdHook) guarded(filter string) bool {
 	return false
 }
 
-// subscribesGuarded reports whether cl holds a guarded subscription.
+// subscribesGuarded reports whether cl is a guarded client with a guarded
+// subscription.
 func (h *holdHook) subscribesGuarded(cl *mqtt.Client) bool {
+	if !h.owners[cl.ID] {
+		return false
+	}
 	for full := range h.guard {
 		if _, ok := cl.State.Subscriptions.Get(full); ok {
 			return true
@@ -349,7 +369,7 @@ func (h *holdHook) targets(topic, self string) (plain []string, groups map[strin
 	}
 	subs := h.srv.Topics.Subscribers(topic)
 	for id, sub := range subs.Subscriptions {
-		if id != self && sub.Qos > 0 && h.guarded(sub.Filter) {
+		if id != self && h.owners[id] && sub.Qos > 0 && h.guarded(sub.Filter) {
 			plain = append(plain, id)
 		}
 	}
@@ -359,6 +379,12 @@ func (h *holdHook) targets(topic, self string) (plain []string, groups map[strin
 		}
 		var ids []string
 		for id, sub := range members {
+			if !h.owners[id] {
+				// A member from elsewhere: the group is left to mochi
+				// (holding for some members only would send it nothing).
+				ids = nil
+				break
+			}
 			if id != self && sub.Qos > 0 {
 				ids = append(ids, id)
 			}
@@ -475,7 +501,21 @@ func (h *holdHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		select {
 		case <-ch:
 		case <-tick.C:
+			keepAlive(cl)
 		}
+	}
+}
+
+// keepAlive renews cl's connection deadline as mochi's read loop does each
+// time it reads a packet (1.5 x the keepalive; it covers writes too): a held
+// publish blocks that loop, and without this a hold longer than the deadline
+// would fail every write to the device (its replies) and close the connection.
+// The device itself may still give up on a hold longer than its keepalive and
+// ping timeout (no PINGRESP is read while held); it then sends the request
+// again after reconnecting, as an unacknowledged QoS 1 publish.
+func keepAlive(cl *mqtt.Client) {
+	if ka := time.Duration(cl.State.Keepalive) * time.Second; ka > 0 && cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetDeadline(time.Now().Add(ka + ka/2 + time.Second))
 	}
 }
 

@@ -11,11 +11,16 @@ import (
 )
 
 // holdBroker starts an embedded broker whose in-flight limit is maxInflight,
-// guarding filter; held receives a value each time it holds a publish.
-func holdBroker(t *testing.T, maxInflight uint16, filter string) (*Broker, <-chan struct{}) {
+// guarding filter for the clients named; held receives a value each time it
+// holds a publish.
+func holdBroker(t *testing.T, maxInflight uint16, filter string, clients ...string) (*Broker, <-chan struct{}) {
 	t.Helper()
 	held := make(chan struct{}, 1024)
-	b, err := startBroker(freeAddr(t), 1<<20, nil, nil, zerolog.Nop(), []string{filter},
+	var guards []Guard
+	for _, c := range clients {
+		guards = append(guards, Guard{Client: c, Filter: filter})
+	}
+	b, err := startBroker(freeAddr(t), 1<<20, nil, nil, zerolog.Nop(), guards,
 		brokerTuning{maxInflight: maxInflight, onHold: func() {
 			select {
 			case held <- struct{}{}:
@@ -70,7 +75,7 @@ func receive(t *testing.T, got <-chan mqtt.Message, what string) mqtt.Message {
 // gateway acknowledges, and then deliver every one, in order.
 func TestEmbeddedBrokerHoldsInsteadOfDropping(t *testing.T) {
 	const filter = "sg/req/+/+"
-	b, held := holdBroker(t, 8, filter)
+	b, held := holdBroker(t, 8, filter, "sneakgate")
 	limit := b.hold.limit
 	_, gwGot := holdClient(t, b, "sneakgate", filter)
 	dev, _ := holdClient(t, b, "cam-1", "")
@@ -148,7 +153,7 @@ func TestEmbeddedBrokerHoldsInsteadOfDropping(t *testing.T) {
 // the limit, the other the rest, and nothing is dropped.
 func TestEmbeddedBrokerHoldSharedGroup(t *testing.T) {
 	const filter = "$share/g/sg/req/+/+"
-	b, _ := holdBroker(t, 8, filter)
+	b, _ := holdBroker(t, 8, filter, "gw-a", "gw-b")
 	limit := b.hold.limit
 	_, stuck := holdClient(t, b, "gw-a", filter)
 	_, busy := holdClient(t, b, "gw-b", filter)
@@ -184,7 +189,7 @@ func TestEmbeddedBrokerHoldSharedGroup(t *testing.T) {
 // which is held), and the held publish is not delivered.
 func TestEmbeddedBrokerCloseReleasesHeld(t *testing.T) {
 	const filter = "sg/req/+/+"
-	b, held := holdBroker(t, 8, filter)
+	b, held := holdBroker(t, 8, filter, "sneakgate")
 	limit := b.hold.limit
 	_, gwGot := holdClient(t, b, "sneakgate", filter)
 	dev, _ := holdClient(t, b, "cam-1", "")
@@ -209,6 +214,86 @@ func TestEmbeddedBrokerCloseReleasesHeld(t *testing.T) {
 	select {
 	case m := <-gwGot:
 		t.Fatalf("the held publish %q was delivered", m.Payload())
+	default:
+	}
+}
+
+// TestEmbeddedBrokerHoldsOnlyForTheGateway: another subscriber to the request
+// filter that acknowledges nothing (a monitor, a stale persistent session) holds
+// no device: it loses its own copies as before, and the gateway, which
+// acknowledges everything, gets every request.
+func TestEmbeddedBrokerHoldsOnlyForTheGateway(t *testing.T) {
+	const filter = "sg/req/+/+"
+	b, _ := holdBroker(t, 8, filter, "sneakgate")
+	limit := b.hold.limit
+	gw := make(chan mqtt.Message, 4096)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID("sneakgate").SetAutoReconnect(false)
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer c.Disconnect(50)
+	if tok := c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) { gw <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	holdClient(t, b, "monitor", filter) // acknowledges nothing
+	dev, _ := holdClient(t, b, "cam-1", "")
+	n := 3 * limit
+	for i := range n {
+		dev.Publish("sg/req/fashion/cam-1", 1, false, strconv.Itoa(i))
+	}
+	for i := range n {
+		// Before 2026-12-01's fix the monitor's full in-flight store held the
+		// device for good: 8 of 24 arrived.
+		receive(t, gw, fmt.Sprintf("request %d of %d at the gateway", i+1, n))
+	}
+}
+
+// TestEmbeddedBrokerHoldKeepsTheConnection: a hold longer than 1.5 x the
+// device's keepalive (mochi's read and write deadline, renewed only as its
+// read loop goes round) neither closes the device's connection nor fails the
+// replies written to it meanwhile; the held request is delivered once the
+// gateway acknowledges.
+func TestEmbeddedBrokerHoldKeepsTheConnection(t *testing.T) {
+	const filter = "sg/req/+/+"
+	b, held := holdBroker(t, 8, filter, "sneakgate")
+	limit := b.hold.limit
+	gw, gwGot := holdClient(t, b, "sneakgate", filter)
+	lost := make(chan error, 1)
+	replies := make(chan mqtt.Message, 16)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID("cam-1").SetAutoReconnect(false).
+		SetCleanSession(true).SetKeepAlive(time.Second).SetPingTimeout(time.Minute).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
+	dev := mqtt.NewClient(o)
+	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer dev.Disconnect(50)
+	if tok := dev.Subscribe("sg/res/cam-1", 1, func(_ mqtt.Client, m mqtt.Message) { replies <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	for i := range limit + 1 {
+		dev.Publish("sg/req/fashion/cam-1", 1, false, strconv.Itoa(i))
+	}
+	var first []mqtt.Message
+	for range limit {
+		first = append(first, receive(t, gwGot, "request"))
+	}
+	<-held
+	// Past mochi's 1.5 s deadline for a 1 s keepalive: the hold must outlast it
+	// (this wait is the condition under test, not a synchronisation).
+	time.Sleep(3 * time.Second)
+	if tok := gw.Publish("sg/res/cam-1", 1, false, "reply"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	receive(t, replies, "reply to the held device")
+	for _, m := range first {
+		m.Ack()
+	}
+	receive(t, gwGot, "held request")
+	select {
+	case err := <-lost:
+		t.Errorf("the device's connection was lost: %v", err)
 	default:
 	}
 }

@@ -205,7 +205,8 @@ func TestEmbeddedBrokerDropsAreExported(t *testing.T) {
 	if v := metricValue(t, gw.g.reg, "sneakgate_embedded_broker_held_total"); v != 0 {
 		t.Errorf("sneakgate_embedded_broker_held_total = %v, want 0", v)
 	}
-	if _, ok := gw.g.broker.hold.guard[cfg.MQTT.RequestFilter()]; !ok {
-		t.Errorf("the broker guards %v, not the request filter %s", gw.g.broker.hold.guard, cfg.MQTT.RequestFilter())
+	if _, ok := gw.g.broker.hold.guard[cfg.MQTT.RequestFilter()]; !ok || !gw.g.broker.hold.owners[cfg.MQTT.ClientID] {
+		t.Errorf("the broker guards %v for %v, not the request filter %s for %s", gw.g.broker.hold.guard, gw.g.broker.hold.owners,
+			cfg.MQTT.RequestFilter(), cfg.MQTT.ClientID)
 	}
 }

@@ -200,7 +200,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, tc, g.log.With().Str("component", "broker").Logger(), cfg.MQTT.RequestFilter()); err != nil {
+		if g.broker, err = StartBroker(cfg.MQTT.Embedded.Listen, cfg.Admission.MaxPayloadBytes, users, tc, g.log.With().Str("component", "broker").Logger(), Guard{Client: cfg.MQTT.ClientID, Filter: cfg.MQTT.RequestFilter()}); err != nil {
 			return nil, err
 		}
 		b := g.broker
