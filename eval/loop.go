@@ -390,10 +390,19 @@ func (s *engineSim) run() (*simRun, error) {
 			// The gateway's admission test (scheduler.Backlog), with the
 			// measured drain rate; the cheapest variant's profile stands in
 			// for the fastest rate, and there is no egress delay.
+			//
+			// As the gateway, a request's budget and arrival are what is left
+			// at its receipt (its transit, Point.Transit, spent), and one
+			// received after its deadline is answered expired at once.
+			budget, received := a.Deadline-q.delay, q.arr.Add(q.delay)
+			if budget <= 0 {
+				answer(q, -1, now, "expired")
+				continue
+			}
 			b := scheduler.Backlog{Queued: ex.Len(), DrainRate: drainRate, PerRequest: a.Fastest}
 			if s.MaxQueue > 0 && b.Queued >= s.MaxQueue ||
-				s.MaxWait > 0 && s.MeasuredWait && b.TooSlow(a.Deadline) ||
-				s.MaxWait > 0 && len(est) == 0 && b.Hopeless(a.Deadline, s.MaxWait) {
+				s.MaxWait > 0 && s.MeasuredWait && b.TooSlow(budget) ||
+				s.MaxWait > 0 && len(est) == 0 && b.Hopeless(budget, s.MaxWait) {
 				if s.DegradeRefused && len(est) > 0 {
 					answer(q, scheduler.Argmax(est), now, "degraded")
 				} else {
@@ -403,9 +412,9 @@ func (s *engineSim) run() (*simRun, error) {
 			}
 			if a.Guard != nil && !a.Guard.Trusted() {
 				out.Tallies[q.app].distrusted++
-				q.r = prepareGuarded(a.View, a.GMode, q.seq, q.arr, q.arr.Add(a.Deadline), est, q)
+				q.r = prepareGuarded(a.View, a.GMode, q.seq, received, q.arr.Add(a.Deadline), est, q)
 			} else {
-				q.r = scheduler.Prepare(a.View, q.seq, q.arr, q.arr.Add(a.Deadline), est, q)
+				q.r = scheduler.Prepare(a.View, q.seq, received, q.arr.Add(a.Deadline), est, q)
 				if correct != nil {
 					// As the gateway: computed from the estimator's own output
 					// (before any label-shift correction), applied to the request.
@@ -448,7 +457,7 @@ func (s *engineSim) run() (*simRun, error) {
 				busy, inflight, busyUntil = true, nil, now.Add(loopCost)
 			}
 		} else if s.Pipeline && busy && inflight != nil && ahead == nil && ex.Len() > 0 && !aheadAt.After(now) {
-			b, loopCost, err := decide(now, freeAt)
+			b, loopCost, err := decide(now, maxTime(freeAt, now))
 			if err != nil {
 				return out, err
 			}
@@ -532,4 +541,12 @@ func p99(lat []time.Duration) float64 {
 	}
 	slices.Sort(lat)
 	return float64(lat[len(lat)*99/100]) / 1e6
+}
+
+// maxTime is the later of a and b.
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -395,10 +395,21 @@ func (l *loop) Run(ctx context.Context) {
 			// The policy's wake-up time is not kept: the batch's end makes the
 			// loop decide again.
 			dirty = false
-			if b, _, _ := l.decide(freeAt); b != nil {
+			// For the running batch's planned end, or now if it has overrun it.
+			at := freeAt
+			if now := l.now(); now.After(at) {
+				at = now
+			}
+			if b, _, _ := l.decide(at); b != nil {
 				next = b
 				l.m.decidedAhead.Inc()
 			}
+		}
+		if !busy && next == nil && l.exec.Len() == 0 && !waitFrom.IsZero() {
+			// The requests waiting at the last batch's end were answered
+			// without a batch: the engine waits for nothing from here.
+			l.m.engineWait.Add(l.now().Sub(waitFrom).Seconds())
+			waitFrom = time.Time{}
 		}
 		select {
 		case j := <-l.admit:

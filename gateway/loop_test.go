@@ -542,3 +542,76 @@ func TestLoopPipelineUnplansAfterAFailedBatch(t *testing.T) {
 		}
 	})
 }
+
+// sneakgate_engine_wait_seconds_total counts only time with requests waiting:
+// when verdicts empty the queue after a batch, the idle time after is not
+// waiting (found by review: ten idle minutes counted as 600 s).
+func TestLoopEngineWaitCountsOnlyWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return 10 * time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}}
+		l, _, cancel := startLoop(t, f, "edf")
+		defer cancel()
+		submit(t, l, "x", time.Second, nil)
+		synctest.Wait()
+		time.Sleep(time.Millisecond)
+		// y arrives while x runs, hopeless by x's end: expired, the queue empty.
+		submit(t, l, "y", 3*time.Millisecond, nil)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		time.Sleep(10 * time.Minute)
+		submit(t, l, "z", time.Second, nil)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if w := testutil.ToFloat64(l.m.engineWait); w > 0.001 {
+			t.Errorf("the engine waited %.3f s by the counter; nothing waited for it", w)
+		}
+	})
+}
+
+// nowAfterArrivals is edf that records a decision whose Now comes before a
+// queued request's arrival.
+type nowAfterArrivals struct {
+	scheduler.Policy
+	bad *[]string
+}
+
+func (p nowAfterArrivals) Decide(s *scheduler.Snapshot) scheduler.Decision {
+	for _, r := range s.Queue {
+		if r.Arrival.After(s.Now) {
+			*p.bad = append(*p.bad, fmt.Sprintf("Now %v before an arrival at %v", s.Now, r.Arrival))
+		}
+	}
+	return p.Policy.Decide(s)
+}
+
+// A batch decided ahead while the running batch overruns its plan is decided
+// for now, not for the planned end already past (found by review).
+func TestLoopPipelineDecidesForNowAfterAnOverrun(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return 50 * time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}}
+		edf, err := scheduler.New("edf", scheduler.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bad []string
+		l := newLoop(nowAfterArrivals{edf, &bad}, map[string]*scheduler.App{"app": loopApp()}, f, scheduler.Engine{}, 100,
+			time.Now, (&answers{got: map[string]result{}}).record, zerolog.Nop(), newMetrics(nil))
+		l.pipeline = true
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+		submit(t, l, "x", time.Second, nil) // planned 2.1 ms, runs 50 ms
+		time.Sleep(30 * time.Millisecond)
+		submit(t, l, "y", time.Second, nil)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		for _, b := range bad {
+			t.Error(b)
+		}
+		if got := testutil.ToFloat64(l.m.decidedAhead); got != 1 {
+			t.Errorf("%v batches decided ahead, want 1 (y)", got)
+		}
+	})
+}
