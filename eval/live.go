@@ -135,12 +135,16 @@ type LiveResult struct {
 	Slowdown  float64 `json:"slowdown"`
 	SimSlowed Metrics `json:"sim_slowed"`
 	// TransitP50MS and TransitP90MS are the live requests' time from their
-	// send to the gateway's receipt (sneakgate_request_transit_seconds);
-	// SimTransit is the prediction with each simulated request's drawn from
-	// that distribution (Point.Transit), and the engine slowed too: what the
-	// simulator says once told what happened outside the scheduler.
+	// send to the gateway's receipt (sneakgate_request_transit_seconds),
+	// EgressMS the answers' mean time from the loop to the broker
+	// (sneakgate_reply_egress_seconds); SimTransit is the prediction with each
+	// simulated request's transit drawn from that distribution (Point.Transit),
+	// the egress delay in admission (GatewayModel.EgressDelay) and the engine
+	// slowed too: what the simulator says once told what happened outside the
+	// scheduler.
 	TransitP50MS float64 `json:"transit_p50_ms"`
 	TransitP90MS float64 `json:"transit_p90_ms"`
+	EgressMS     float64 `json:"egress_ms"`
 	SimTransit   Metrics `json:"sim_transit"`
 	// Checks are the compared quantities, each with its tolerance and verdict.
 	Checks []LiveCheck `json:"checks"`
@@ -327,11 +331,36 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	if tr := transitSample(g.Registry(), rep.App, 1000); len(tr) > 0 {
 		res.TransitP50MS, res.TransitP90MS = float64(tr[len(tr)/2])/1e6, float64(tr[len(tr)*9/10])/1e6
 		pt.Transit = tr
+		res.EgressMS = meanHistogram(g.Registry(), "sneakgate_reply_egress_seconds") * 1e3
+		pt.EgressDelay = time.Duration(res.EgressMS * float64(time.Millisecond))
 		if res.SimTransit, err = Simulate(pt, nil); err != nil {
 			return res, err
 		}
 	}
 	return res, nil
+}
+
+// meanHistogram is the mean of the histogram name (summed over its label
+// values), 0 when it has no observation.
+func meanHistogram(reg prometheus.Gatherer, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	var n uint64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetHistogram().GetSampleSum()
+				n += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
 }
 
 // transitSample is n evenly spaced quantiles of app's
@@ -534,8 +563,8 @@ func WriteLive(w io.Writer, rs []LiveResult) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tengine slowdown\tlive: x%.2f\tsim utility at it: %.3f\t\t\t\n", r.App, r.Workload, r.Policy,
 			r.Slowdown, r.SimSlowed.Utility)
 		if r.TransitP50MS > 0 || r.TransitP90MS > 0 {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tsend to receipt p50/p90\tlive: %.1fms/%.1fms\tsim utility at it, slowed: %.3f (from the estimate %.3f)\t\t\t\n",
-				r.App, r.Workload, r.Policy, r.TransitP50MS, r.TransitP90MS, r.SimTransit.Utility, float64(r.SimTransit.Degraded)/float64(max(1, r.SimTransit.Requests)))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t\t\t\t\tsend to receipt p50/p90, egress\tlive: %.1fms/%.1fms, %.1fms\tsim utility at them, slowed: %.3f (from the estimate %.3f)\t\t\t\n",
+				r.App, r.Workload, r.Policy, r.TransitP50MS, r.TransitP90MS, r.EgressMS, r.SimTransit.Utility, float64(r.SimTransit.Degraded)/float64(max(1, r.SimTransit.Requests)))
 		}
 	}
 	return tw.Flush()

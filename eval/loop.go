@@ -389,7 +389,7 @@ func (s *engineSim) run() (*simRun, error) {
 			est, correct := s.Estimate(q)
 			// The gateway's admission test (scheduler.Backlog), with the
 			// measured drain rate; the cheapest variant's profile stands in
-			// for the fastest rate, and there is no egress delay.
+			// for the fastest rate, and EgressDelay for the egress delay.
 			//
 			// As the gateway, a request's budget and arrival are what is left
 			// at its receipt (its transit, Point.Transit, spent), and one
@@ -399,7 +399,7 @@ func (s *engineSim) run() (*simRun, error) {
 				answer(q, -1, now, "expired")
 				continue
 			}
-			b := scheduler.Backlog{Queued: ex.Len(), DrainRate: drainRate, PerRequest: a.Fastest}
+			b := scheduler.Backlog{Queued: ex.Len(), DrainRate: drainRate, PerRequest: a.Fastest, Egress: s.EgressDelay}
 			if s.MaxQueue > 0 && b.Queued >= s.MaxQueue ||
 				s.MaxWait > 0 && s.MeasuredWait && b.TooSlow(budget) ||
 				s.MaxWait > 0 && len(est) == 0 && b.Hopeless(budget, s.MaxWait) {

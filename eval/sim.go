@@ -64,6 +64,11 @@ type GatewayModel struct {
 	// policy sheds under overload, an arrival it would shed anyway is answered
 	// from its estimate at once, neither queued nor charged to the loop.
 	PriceAdmission bool
+	// EgressDelay is the delay from the loop to the broker that the gateway's
+	// admission adds to the wait it weighs a budget against (its average,
+	// scheduler.Backlog.Egress; a live run's sneakgate_reply_egress_seconds).
+	// The simulated answers themselves are not delayed by it. 0: none.
+	EgressDelay time.Duration
 	// Pipeline is the gateway's scheduler.pipeline: while a batch runs, the
 	// next one is decided from twice the loop's smoothed cost per decision
 	// (plus 250 µs) before the running batch's planned end, for that end, and

@@ -200,6 +200,31 @@ func TestSimulateDegradeRefused(t *testing.T) {
 	}
 }
 
+// EgressDelay enters admission's measured-wait test as the gateway's egress
+// delay does: longer than every budget, it refuses every request; without the
+// test it changes nothing.
+func TestSimulateEgressDelay(t *testing.T) {
+	a := Synthetic(1)
+	run := func(egress time.Duration, measured bool) Metrics {
+		t.Helper()
+		m, err := Simulate(Point{App: a, Workload: a.Workloads[0], Policy: "edf", Load: 0.5, Deadline: a.Deadline, Requests: 2000, Seed: 5,
+			GatewayModel: GatewayModel{MaxWait: 0.5, MeasuredWait: measured, EgressDelay: egress}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if m := run(0, true); m.Rejected != 0 {
+		t.Errorf("%d refused at load 0.5 without an egress delay", m.Rejected)
+	}
+	if m := run(2*a.Deadline, true); m.Rejected != m.Requests {
+		t.Errorf("%d of %d refused with an egress delay of twice the budget", m.Rejected, m.Requests)
+	}
+	if m := run(2*a.Deadline, false); m.Rejected != 0 {
+		t.Errorf("%d refused with the egress delay but without the measured-wait test", m.Rejected)
+	}
+}
+
 // EngineSlowdown stretches the forward passes the policies plan with and the
 // engine takes: at the same offered load, a slower engine serves less well.
 func TestSimulateEngineSlowdown(t *testing.T) {

@@ -316,6 +316,7 @@ const egressDelayTau = 250 * time.Millisecond
 
 // observeDelay folds one answer's delay into the moving average.
 func (e *egress) observeDelay(d time.Duration) {
+	e.m.egressTime.Observe(d.Seconds())
 	e.delayMu.Lock()
 	now := e.now()
 	w := 1.0

@@ -760,7 +760,7 @@ func TestConnectionLostJustBeforeTheWaitForAPlace(t *testing.T) {
 func TestEgressDelayForgetsAnOverload(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	overload := func() *egress {
-		e := &egress{now: func() time.Time { return now }}
+		e := &egress{now: func() time.Time { return now }, m: newMetrics(nil)}
 		// 8 s at 4,000 answers a second, each 1.5 s from the loop to the broker.
 		for range 32000 {
 			now = now.Add(250 * time.Microsecond)
@@ -800,7 +800,7 @@ func TestEgressDelayForgetsAnOverload(t *testing.T) {
 
 	// Under a steady load the average is still of many answers: one slow answer
 	// among many fast ones moves it by 1/64 of the difference.
-	e = &egress{now: func() time.Time { return now }}
+	e = &egress{now: func() time.Time { return now }, m: newMetrics(nil)}
 	for range 4000 {
 		now = now.Add(250 * time.Microsecond)
 		e.observeDelay(2 * time.Millisecond)

@@ -27,8 +27,11 @@ type metrics struct {
 	// transit is, for requests that carry sent_at, the time from their
 	// device's sent_at to their receipt (the broker's queue, the network, and
 	// any clock skew): budget spent before the gateway could act.
-	transit   *prometheus.HistogramVec // app
-	inferTime *prometheus.HistogramVec // app, variant
+	transit *prometheus.HistogramVec // app
+	// egressTime is each answer's time from the loop to the broker (the delay
+	// admission's estimated wait adds, averaged; egress.observeDelay).
+	egressTime prometheus.Histogram
+	inferTime  *prometheus.HistogramVec // app, variant
 	// inferProfiled sums, per forward pass, the start-up profile's duration
 	// of a pass of its batch size: inferTime's sum over it is how much longer
 	// passes took than profiled over any period, weighted by time.
@@ -102,6 +105,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_queue_duration_seconds", Help: "Time from receipt to the start of the request's batch.", Buckets: lat}, []string{"app"}),
 		transit: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_request_transit_seconds", Help: "For requests with sent_at: time from the device's sent_at to the gateway's receipt (the broker's queue, the network, clock skew; 1 ms resolution).", Buckets: lat}, []string{"app"}),
+		egressTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sneakgate_reply_egress_seconds", Help: "Time from an answer's readiness to its reply's hand-over to the broker (its average is admission's egress delay).", Buckets: lat}),
 		inferTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_infer_duration_seconds", Help: "Duration of one batched forward pass.", Buckets: lat}, []string{"app", "variant"}),
 		inferProfiled: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -150,7 +155,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.refusedDeg, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
-		m.queueLen, m.queueTime, m.transit, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,
+		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
