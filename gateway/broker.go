@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,10 +128,11 @@ func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 type Guard struct{ Client, Filter string }
 
 // brokerTuning is what tests change: mochi's in-flight limit (0: its default,
-// 8,192), and a function called each time the broker holds a publish.
+// 8,192), a function called each time the broker holds a publish, and one
+// called each time it lets a held publish through.
 type brokerTuning struct {
-	maxInflight uint16
-	onHold      func()
+	maxInflight    uint16
+	onHold, onWake func()
 }
 
 func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded []Guard, tune brokerTuning) (*Broker, error) {
@@ -170,7 +173,7 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 		}
 	}
 	hold := newHoldHook(srv, guarded, holdLimit(caps.MaximumInflight), log)
-	hold.onHold = tune.onHold
+	hold.onHold, hold.onWake = tune.onHold, tune.onWake
 	if err := srv.AddHook(hold, nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
@@ -232,6 +235,14 @@ func (b *Broker) Close() error {
 // instead of a loss. Memory stays bounded: mochi reads nothing more from a held
 // publisher.
 //
+// Held publishes wait in first-come order, one queue per set of guarded
+// subscribers they go to. Whatever frees room (a subscriber's acknowledgement, a
+// passed publish handed over) lets the queues' heads through while there is room,
+// reserving it for them, and wakes only those: one wake-up per held publish, not
+// one per held publish per acknowledgement. A publish that finds no queue takes
+// room without the lock (reserved is counted before the in-flight store is read,
+// so two publishes that check at once cannot both take the last place).
+//
 // A client that itself holds a guarded subscription (a gateway) is never held,
 // so no two clients can wait for each other: the gateway's replies, and its
 // acknowledgements of requests, never wait for a device. A held publish gives up,
@@ -242,36 +253,52 @@ type holdHook struct {
 	mqtt.HookBase
 	srv *mqtt.Server
 	// guard holds the guarded filters, each as subscribed ("$share/g/f" for a
-	// shared group) and as matched against topics (f).
-	guard map[string]string
+	// shared group) and as matched against topics (f); filters holds them
+	// split into levels for matching.
+	guard   map[string]string
+	filters []guardFilter
 	// owners are the guarded clients: only their subscriptions to a guarded
-	// filter hold publishers, and they are never held themselves.
-	owners map[string]bool
-	limit  int
-	log    zerolog.Logger
-	// onHold, when set (tests), is called each time a publish starts to wait.
-	onHold func()
+	// filter hold publishers, and they are never held themselves. ownerIDs
+	// lists them; reserved counts, per owner, the publishes let through and not
+	// yet processed (their messages may not be in its in-flight store yet).
+	// All three are fixed at construction.
+	owners   map[string]bool
+	ownerIDs []string
+	reserved map[string]*atomic.Int64
+	limit    int
+	log      zerolog.Logger
+	// onHold, when set (tests), is called each time a publish starts to wait;
+	// onWake each time a held publish is let through.
+	onHold, onWake func()
 
-	waiting atomic.Int64 // publishes between their first check and their passage
+	queued  atomic.Int64 // publishes in a queue (counted before their first check)
 	held    atomic.Int64 // publishes that had to wait (total)
 	holding atomic.Int64 // publishes waiting now
 	logged  atomic.Int64 // when a hold was last logged (Unix ns)
 
+	// pending is what each publisher's publish in progress reserved
+	// (*mqtt.Client to *passage); chosen the member of each guarded shared
+	// group it was given (passageKey to map[string]string).
+	pending sync.Map
+	chosen  sync.Map
+
 	mu      sync.Mutex
-	changed chan struct{} // closed (and replaced) when a subscriber may have room
 	stopped bool
-	// reserved counts, per subscriber id, the publishes let through and not yet
-	// processed (their messages may not be in the subscriber's in-flight store
-	// yet); pending is what each publisher's publish in progress reserved, and
-	// chosen the member of each guarded shared group it was given.
-	reserved map[string]int
-	pending  map[*mqtt.Client]passage
-	chosen   map[passageKey]map[string]string
+	queues  map[string]*waitQueue    // by targetKey, each first come first
+	waiters map[*mqtt.Client]*waiter // the same waiters, by publisher
+}
+
+// guardFilter is a guarded filter: as subscribed (full), without its
+// "$share/{group}/" prefix (filter), and that split at '/' (levels).
+type guardFilter struct {
+	full, filter string
+	levels       []string
+	shared       bool
 }
 
 type passage struct {
-	subs []string
-	key  passageKey
+	subs   []string          // the owners room was reserved at
+	chosen map[string]string // shared group filter to member, or nil
 }
 
 type passageKey struct {
@@ -279,18 +306,38 @@ type passageKey struct {
 	id     uint16
 }
 
+// waiter is a held publish. ready is closed when it is let through (p set) or
+// gives up (p nil); p is written under h.mu before.
+type waiter struct {
+	cl     *mqtt.Client
+	plain  []string
+	groups map[string][]string
+	key    string
+	ready  chan struct{}
+	p      *passage
+}
+
+type waitQueue struct{ ws []*waiter }
+
 // holdLimit is how many unacknowledged messages a guarded subscriber may hold:
 // mochi's MaximumInflight less a margin for what reaches it without passing the
 // hook (retained messages sent at subscribe, a resumed session's messages).
 func holdLimit(maxInflight uint16) int { return max(1, int(maxInflight)-int(maxInflight)/16) }
 
 func newHoldHook(srv *mqtt.Server, guard []Guard, limit int, log zerolog.Logger) *holdHook {
-	h := &holdHook{srv: srv, guard: map[string]string{}, owners: map[string]bool{}, limit: limit, log: log,
-		changed: make(chan struct{}), reserved: map[string]int{},
-		pending: map[*mqtt.Client]passage{}, chosen: map[passageKey]map[string]string{}}
+	h := &holdHook{srv: srv, guard: map[string]string{}, owners: map[string]bool{}, reserved: map[string]*atomic.Int64{},
+		limit: limit, log: log, queues: map[string]*waitQueue{}, waiters: map[*mqtt.Client]*waiter{}}
 	for _, g := range guard {
-		h.guard[g.Filter] = unshared(g.Filter)
-		h.owners[g.Client] = true
+		if _, ok := h.guard[g.Filter]; !ok {
+			f := unshared(g.Filter)
+			h.guard[g.Filter] = f
+			h.filters = append(h.filters, guardFilter{full: g.Filter, filter: f, levels: strings.Split(f, "/"), shared: f != g.Filter})
+		}
+		if !h.owners[g.Client] {
+			h.owners[g.Client] = true
+			h.ownerIDs = append(h.ownerIDs, g.Client)
+			h.reserved[g.Client] = new(atomic.Int64)
+		}
 	}
 	return h
 }
@@ -305,18 +352,23 @@ func unshared(filter string) string {
 	return filter
 }
 
-// topicMatches reports whether topic matches the MQTT filter f (+ and #).
-func topicMatches(f, topic string) bool {
-	fs, ts := strings.Split(f, "/"), strings.Split(topic, "/")
-	for i, l := range fs {
+// levelsMatch reports whether topic matches the filter split into levels.
+func levelsMatch(levels []string, topic string) bool {
+	rest, more := topic, true
+	for _, l := range levels {
 		if l == "#" {
 			return true
 		}
-		if i >= len(ts) || (l != "+" && l != ts[i]) {
+		if !more {
+			return false
+		}
+		var t string
+		t, rest, more = strings.Cut(rest, "/")
+		if l != "+" && l != t {
 			return false
 		}
 	}
-	return len(fs) == len(ts)
+	return !more
 }
 
 func (h *holdHook) ID() string { return "sneakgate-hold" }
@@ -332,8 +384,9 @@ func (h *holdHook) Provides(b byte) bool {
 
 // guarded reports whether filter (as subscribed) is a guarded one.
 func (h *holdHook) guarded(filter string) bool {
-	for _, f := range h.guard {
-		if f == unshared(filter) {
+	u := unshared(filter)
+	for _, f := range h.filters {
+		if f.filter == u {
 			return true
 		}
 	}
@@ -346,34 +399,41 @@ func (h *holdHook) subscribesGuarded(cl *mqtt.Client) bool {
 	if !h.owners[cl.ID] {
 		return false
 	}
-	for full := range h.guard {
-		if _, ok := cl.State.Subscriptions.Get(full); ok {
+	for _, f := range h.filters {
+		if _, ok := cl.State.Subscriptions.Get(f.full); ok {
 			return true
 		}
 	}
 	return false
 }
 
-// targets are the guarded subscriptions a publish to topic goes to: plain
-// subscribers, and each shared group's members.
+// targets are the guarded subscriptions a publish to topic goes to: owners
+// subscribed (plainly, at QoS 1 or 2) to a guarded filter that matches, and
+// each guarded shared group's members. Only a shared guard walks mochi's topic
+// tree (a group with members from elsewhere is left to mochi).
 func (h *holdHook) targets(topic, self string) (plain []string, groups map[string][]string) {
-	match := false
-	for _, f := range h.guard {
-		if topicMatches(f, topic) {
-			match = true
-			break
+	shared := false
+	for i := range h.filters {
+		f := &h.filters[i]
+		if !levelsMatch(f.levels, topic) {
+			continue
+		}
+		shared = shared || f.shared
+		for _, id := range h.ownerIDs {
+			if id == self || slices.Contains(plain, id) {
+				continue
+			}
+			if cl, ok := h.srv.Clients.Get(id); ok {
+				if sub, ok := cl.State.Subscriptions.Get(f.filter); ok && sub.Qos > 0 {
+					plain = append(plain, id)
+				}
+			}
 		}
 	}
-	if !match {
-		return nil, nil
+	if !shared {
+		return plain, nil
 	}
-	subs := h.srv.Topics.Subscribers(topic)
-	for id, sub := range subs.Subscriptions {
-		if id != self && h.owners[id] && sub.Qos > 0 && h.guarded(sub.Filter) {
-			plain = append(plain, id)
-		}
-	}
-	for filter, members := range subs.Shared {
+	for filter, members := range h.srv.Topics.Subscribers(topic).Shared {
 		if !h.guarded(filter) {
 			continue
 		}
@@ -393,33 +453,99 @@ func (h *holdHook) targets(topic, self string) (plain []string, groups map[strin
 			if groups == nil {
 				groups = map[string][]string{}
 			}
+			slices.Sort(ids)
 			groups[filter] = ids
 		}
 	}
 	return plain, groups
 }
 
-// load is how many messages subscriber id holds or is about to; h.mu held.
+// targetKey names a set of targets: held publishes with the same key wait in
+// one queue.
+func targetKey(plain []string, groups map[string][]string) string {
+	var b strings.Builder
+	for _, id := range slices.Sorted(slices.Values(plain)) {
+		b.WriteString(id)
+		b.WriteByte(0)
+	}
+	for _, f := range slices.Sorted(maps.Keys(groups)) {
+		b.WriteByte(1)
+		b.WriteString(f)
+		for _, id := range groups[f] {
+			b.WriteByte(0)
+			b.WriteString(id)
+		}
+	}
+	return b.String()
+}
+
+// load is how many messages owner id holds or is about to.
 func (h *holdHook) load(id string) (n int, connected, ok bool) {
 	cl, ok := h.srv.Clients.Get(id)
 	if !ok {
 		return 0, false, false
 	}
-	return cl.State.Inflight.Len() + h.reserved[id], !cl.Closed(), true
+	return cl.State.Inflight.Len() + int(h.reserved[id].Load()), !cl.Closed(), true
+}
+
+// reserve takes a place at owner id, or reports that it has none. The place
+// is counted before the in-flight store is read: of two publishes that check
+// at once for the last place, at most one gets it (both may fail; each that
+// fails then checks again under h.mu, after giving its place back). An owner
+// that is not connected has room.
+func (h *holdHook) reserve(id string) bool {
+	cl, ok := h.srv.Clients.Get(id)
+	r := h.reserved[id].Add(1)
+	if !ok || cl.State.Inflight.Len()+int(r) <= h.limit {
+		return true
+	}
+	h.reserved[id].Add(-1)
+	return false
+}
+
+func (h *holdHook) unreserve(ids []string) {
+	for _, id := range ids {
+		h.reserved[id].Add(-1)
+	}
 }
 
 // admit reserves room at every plain target and at one member of each group,
 // or reports that some target has none. A group's member is the connected one
 // that holds least; one whose connection is closed only when none is connected.
-func (h *holdHook) admit(plain []string, groups map[string][]string) (subs []string, chosen map[string]string, ok bool) {
+func (h *holdHook) admit(plain []string, groups map[string][]string) (*passage, bool) {
+	p := &passage{subs: make([]string, 0, len(plain)+len(groups))}
 	for _, id := range plain {
-		if n, _, ok := h.load(id); ok && n >= h.limit {
-			return nil, nil, false
+		if !h.reserve(id) {
+			h.unreserve(p.subs)
+			return nil, false
 		}
+		p.subs = append(p.subs, id)
 	}
 	for filter, ids := range groups {
+		id := h.reserveMember(ids)
+		if id == "" {
+			h.unreserve(p.subs)
+			return nil, false
+		}
+		p.subs = append(p.subs, id)
+		if p.chosen == nil {
+			p.chosen = map[string]string{}
+		}
+		p.chosen[filter] = id
+	}
+	return p, true
+}
+
+// reserveMember reserves room at the member of ids admit prefers that has
+// some, and returns it ("" if none has).
+func (h *holdHook) reserveMember(ids []string) string {
+	var tried []string
+	for {
 		best, bestN, bestUp := "", 0, false
 		for _, id := range ids {
+			if slices.Contains(tried, id) {
+				continue
+			}
 			n, up, ok := h.load(id)
 			if !ok || n >= h.limit {
 				continue
@@ -428,23 +554,20 @@ func (h *holdHook) admit(plain []string, groups map[string][]string) (subs []str
 				best, bestN, bestUp = id, n, up
 			}
 		}
-		if best == "" {
-			return nil, nil, false
+		if best == "" || h.reserve(best) {
+			return best
 		}
-		if chosen == nil {
-			chosen = map[string]string{}
-		}
-		chosen[filter] = best
+		tried = append(tried, best)
 	}
-	for _, id := range plain {
-		h.reserved[id]++
-		subs = append(subs, id)
+}
+
+// pass records what a publish let through reserved, for OnPacketProcessed and
+// OnSelectSubscribers.
+func (h *holdHook) pass(cl *mqtt.Client, pk packets.Packet, p *passage) {
+	h.pending.Store(cl, p)
+	if p.chosen != nil {
+		h.chosen.Store(passageKey{cl.ID, pk.PacketID}, p.chosen)
 	}
-	for _, id := range chosen {
-		h.reserved[id]++
-		subs = append(subs, id)
-	}
-	return subs, chosen, true
 }
 
 // OnPublish holds a QoS 1 or 2 publish to a guarded subscription whose
@@ -457,53 +580,132 @@ func (h *holdHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	if len(plain) == 0 && len(groups) == 0 {
 		return pk, nil
 	}
-	// Counted before the first check: a subscriber's acknowledgement that
-	// follows the check then sees a waiter and wakes it (wake).
-	h.waiting.Add(1)
-	defer h.waiting.Add(-1)
-	var tick *time.Ticker
-	for {
-		h.mu.Lock()
-		if h.stopped || cl.Closed() {
-			h.mu.Unlock()
-			if tick != nil {
-				h.holding.Add(-1)
-			}
-			return pk, packets.ErrRejectPacket // neither acknowledged nor delivered
-		}
-		if subs, chosen, ok := h.admit(plain, groups); ok {
-			key := passageKey{cl.ID, pk.PacketID}
-			h.pending[cl] = passage{subs: subs, key: key}
-			if chosen != nil {
-				h.chosen[key] = chosen
-			}
-			h.mu.Unlock()
-			if tick != nil {
-				tick.Stop()
-				h.holding.Add(-1)
-			}
+	// Without held publishes, one that finds room passes without the lock
+	// (one that arrives as the first is queued may pass it: they came at once).
+	if h.queued.Load() == 0 {
+		if p, ok := h.admit(plain, groups); ok {
+			h.pass(cl, pk, p)
 			return pk, nil
 		}
-		ch := h.changed
+	}
+	w := &waiter{cl: cl, plain: plain, groups: groups, key: targetKey(plain, groups), ready: make(chan struct{})}
+	h.mu.Lock()
+	if h.stopped || cl.Closed() {
 		h.mu.Unlock()
-		if tick == nil {
-			// Most wake-ups come from wake; the tick catches what no hook
-			// reports (a connection closed under a held read loop).
-			tick = time.NewTicker(time.Second)
-			defer tick.Stop()
-			h.held.Add(1)
-			h.holding.Add(1)
-			h.logHold(cl.ID, pk.TopicName)
-			if h.onHold != nil {
-				h.onHold()
-			}
-		}
+		return pk, packets.ErrRejectPacket // neither acknowledged nor delivered
+	}
+	// Counted before the first check: whatever frees room after the check
+	// then sees a waiter and lets it through (release).
+	h.queued.Add(1)
+	q := h.queues[w.key]
+	if q == nil {
+		q = new(waitQueue)
+		h.queues[w.key] = q
+	}
+	q.ws = append(q.ws, w)
+	h.waiters[cl] = w
+	h.drainLocked()
+	h.mu.Unlock()
+
+	select {
+	case <-w.ready:
+		return h.passed(cl, pk, w)
+	default:
+	}
+	// Most passages come from release; the tick checks again for what no hook
+	// reports (a connection closed under a held read loop, room freed unseen).
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	h.held.Add(1)
+	h.holding.Add(1)
+	defer h.holding.Add(-1)
+	h.logHold(cl.ID, pk.TopicName)
+	if h.onHold != nil {
+		h.onHold()
+	}
+	for {
 		select {
-		case <-ch:
+		case <-w.ready:
+			return h.passed(cl, pk, w)
 		case <-tick.C:
 			keepAlive(cl)
+			h.mu.Lock()
+			if h.stopped || cl.Closed() {
+				h.cancelLocked(w)
+			} else {
+				h.drainLocked()
+			}
+			h.mu.Unlock()
 		}
 	}
+}
+
+// passed is OnPublish's end for a publish that was queued.
+func (h *holdHook) passed(cl *mqtt.Client, pk packets.Packet, w *waiter) (packets.Packet, error) {
+	if w.p == nil {
+		return pk, packets.ErrRejectPacket // neither acknowledged nor delivered
+	}
+	h.pass(cl, pk, w.p)
+	return pk, nil
+}
+
+// drainLocked lets each queue's held publishes through, first come first, while
+// their targets have room, and wakes those (and only those); a publisher whose
+// connection is closed gives up. h.mu held.
+func (h *holdHook) drainLocked() {
+	for key, q := range h.queues {
+		for len(q.ws) > 0 {
+			w := q.ws[0]
+			if w.cl.Closed() {
+				h.cancelLocked(w)
+				continue
+			}
+			p, ok := h.admit(w.plain, w.groups)
+			if !ok {
+				break
+			}
+			q.ws[0] = nil
+			q.ws = q.ws[1:]
+			delete(h.waiters, w.cl)
+			h.queued.Add(-1)
+			w.p = p
+			if h.onWake != nil {
+				h.onWake()
+			}
+			close(w.ready)
+		}
+		if len(q.ws) == 0 {
+			delete(h.queues, key)
+		}
+	}
+}
+
+// cancelLocked takes w out of its queue, if it is still in one, and wakes it
+// to give up. h.mu held.
+func (h *holdHook) cancelLocked(w *waiter) {
+	if h.waiters[w.cl] != w {
+		return
+	}
+	delete(h.waiters, w.cl)
+	q := h.queues[w.key]
+	if i := slices.Index(q.ws, w); i >= 0 {
+		q.ws = slices.Delete(q.ws, i, i+1)
+	}
+	if len(q.ws) == 0 {
+		delete(h.queues, w.key)
+	}
+	h.queued.Add(-1)
+	close(w.ready)
+}
+
+// release lets held publishes through if there may be room for them now.
+func (h *holdHook) release() {
+	if h.queued.Load() == 0 {
+		return
+	}
+	h.mu.Lock()
+	h.drainLocked()
+	h.mu.Unlock()
 }
 
 // keepAlive renews cl's connection deadline as mochi's read loop does each
@@ -536,29 +738,26 @@ func (h *holdHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error
 	if pk.FixedHeader.Type != packets.Publish {
 		return
 	}
-	h.mu.Lock()
-	if p, ok := h.pending[cl]; ok {
-		for _, id := range p.subs {
-			if h.reserved[id]--; h.reserved[id] <= 0 {
-				delete(h.reserved, id)
-			}
-		}
-		delete(h.pending, cl)
-		delete(h.chosen, p.key)
-		h.wakeLocked()
+	v, ok := h.pending.LoadAndDelete(cl)
+	if !ok {
+		return
 	}
-	h.mu.Unlock()
+	p := v.(*passage)
+	h.unreserve(p.subs)
+	if p.chosen != nil {
+		h.chosen.Delete(passageKey{cl.ID, pk.PacketID})
+	}
+	h.release()
 }
 
 // OnSelectSubscribers gives each guarded shared group's message to the member
 // admit reserved room at; the other groups get mochi's choice.
 func (h *holdHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
-	h.mu.Lock()
-	chosen := h.chosen[passageKey{pk.Origin, pk.PacketID}]
-	h.mu.Unlock()
-	if chosen == nil {
+	v, ok := h.chosen.Load(passageKey{pk.Origin, pk.PacketID})
+	if !ok {
 		return subs
 	}
+	chosen := v.(map[string]string)
 	subs.SharedSelected = map[string]packets.Subscription{}
 	for filter, members := range subs.Shared {
 		id, sub, ok := chosen[filter], packets.Subscription{}, false
@@ -578,36 +777,45 @@ func (h *holdHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet
 	return subs
 }
 
-// wake lets waiting publishes check again.
-func (h *holdHook) wake() {
-	if h.waiting.Load() == 0 {
+// OnQosComplete and OnQosDropped: an owner's in-flight store shrank (mochi
+// calls them after the delete).
+func (h *holdHook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
+	if h.owners[cl.ID] {
+		h.release()
+	}
+}
+
+func (h *holdHook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
+	if h.owners[cl.ID] {
+		h.release()
+	}
+}
+
+// OnDisconnect: a held publisher gives up at once; an owner's going may make
+// room (a session that is not kept).
+func (h *holdHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if h.queued.Load() == 0 {
 		return
 	}
 	h.mu.Lock()
-	h.wakeLocked()
+	if w := h.waiters[cl]; w != nil {
+		h.cancelLocked(w)
+	}
+	h.drainLocked()
 	h.mu.Unlock()
 }
 
-func (h *holdHook) wakeLocked() {
-	if h.waiting.Load() > 0 {
-		close(h.changed)
-		h.changed = make(chan struct{})
-	}
-}
-
-func (h *holdHook) OnQosComplete(*mqtt.Client, packets.Packet)        { h.wake() }
-func (h *holdHook) OnQosDropped(*mqtt.Client, packets.Packet)         { h.wake() }
-func (h *holdHook) OnDisconnect(*mqtt.Client, error, bool)            { h.wake() }
-func (h *holdHook) OnSessionEstablished(*mqtt.Client, packets.Packet) { h.wake() }
-func (h *holdHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.wake() }
-func (h *holdHook) OnUnsubscribed(*mqtt.Client, packets.Packet)       { h.wake() }
+func (h *holdHook) OnSessionEstablished(*mqtt.Client, packets.Packet) { h.release() }
+func (h *holdHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.release() }
+func (h *holdHook) OnUnsubscribed(*mqtt.Client, packets.Packet)       { h.release() }
 
 // stop releases every held publish, unacknowledged and undelivered (Broker.Close
 // calls it before mochi's Close, which waits for every client's read loop).
 func (h *holdHook) stop() {
 	h.mu.Lock()
 	h.stopped = true
-	close(h.changed)
-	h.changed = make(chan struct{})
+	for _, w := range h.waiters {
+		h.cancelLocked(w)
+	}
 	h.mu.Unlock()
 }

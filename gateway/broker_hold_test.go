@@ -3,6 +3,8 @@ package gateway
 import (
 	"fmt"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,13 @@ import (
 // holds a publish.
 func holdBroker(t *testing.T, maxInflight uint16, filter string, clients ...string) (*Broker, <-chan struct{}) {
 	t.Helper()
+	return holdBrokerWake(t, maxInflight, filter, nil, clients...)
+}
+
+// holdBrokerWake is holdBroker that also calls onWake each time the broker lets
+// a held publish through.
+func holdBrokerWake(t *testing.T, maxInflight uint16, filter string, onWake func(), clients ...string) (*Broker, <-chan struct{}) {
+	t.Helper()
 	held := make(chan struct{}, 1024)
 	var guards []Guard
 	for _, c := range clients {
@@ -26,7 +35,7 @@ func holdBroker(t *testing.T, maxInflight uint16, filter string, clients ...stri
 			case held <- struct{}{}:
 			default:
 			}
-		}})
+		}, onWake: onWake})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,5 +304,89 @@ func TestEmbeddedBrokerHoldKeepsTheConnection(t *testing.T) {
 	case err := <-lost:
 		t.Errorf("the device's connection was lost: %v", err)
 	default:
+	}
+}
+
+// TestEmbeddedBrokerHoldWakesInOrder: 50 devices held behind a gateway that
+// holds its limit (8) unacknowledged are let through in the order they were
+// held, one per acknowledgement, and each held publish is woken once: a release
+// wakes no more held publishers than it makes room for (before, each
+// acknowledgement woke every held publisher to check again).
+func TestEmbeddedBrokerHoldWakesInOrder(t *testing.T) {
+	const filter = "sg/req/+/+"
+	const devices = 50
+	var wakes atomic.Int64
+	b, held := holdBrokerWake(t, 8, filter, func() { wakes.Add(1) }, "sneakgate")
+	limit := b.hold.limit
+	_, gwGot := holdClient(t, b, "sneakgate", filter)
+	filler, _ := holdClient(t, b, "filler", "")
+	for i := range limit {
+		filler.Publish("sg/req/fashion/filler", 1, false, "f"+strconv.Itoa(i))
+	}
+	var unacked []mqtt.Message
+	for range limit {
+		unacked = append(unacked, receive(t, gwGot, "request up to the limit"))
+	}
+	toks := make([]mqtt.Token, devices)
+	for i := range devices {
+		id := fmt.Sprintf("cam-%02d", i)
+		dev, _ := holdClient(t, b, id, "")
+		toks[i] = dev.Publish("sg/req/fashion/"+id, 1, false, id)
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s's publish not held", id)
+		}
+	}
+	if w := wakes.Load(); w != 0 {
+		t.Fatalf("%d held publishes woken while the gateway acknowledged nothing", w)
+	}
+	for i := range devices {
+		unacked[0].Ack()
+		unacked = unacked[1:]
+		m := receive(t, gwGot, fmt.Sprintf("held request %d", i))
+		if want := fmt.Sprintf("cam-%02d", i); string(m.Payload()) != want {
+			t.Fatalf("request %d let through is %q, want %q (first held, first through)", i, m.Payload(), want)
+		}
+		if w := wakes.Load(); w != int64(i+1) {
+			t.Fatalf("after %d acknowledgements, %d held publishes woken, want %d", i+1, w, i+1)
+		}
+		unacked = append(unacked, m)
+	}
+	for i, tok := range toks {
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	if d := b.Dropped(); d != 0 {
+		t.Errorf("Dropped() = %d, want 0", d)
+	}
+	if h := b.Held(); h != devices {
+		t.Errorf("Held() = %d, want %d", h, devices)
+	}
+}
+
+func TestLevelsMatch(t *testing.T) {
+	for _, c := range []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"sg/req/+/+", "sg/req/fashion/cam-1", true},
+		{"sg/req/+/+", "sg/req/fashion", false},
+		{"sg/req/+/+", "sg/req/fashion/cam-1/x", false},
+		{"sg/req/+/+", "sg/res/fashion/cam-1", false},
+		{"sg/req/#", "sg/req", true},
+		{"sg/req/#", "sg/req/a/b/c", true},
+		{"sg/req/#", "sg/res/a", false},
+		{"#", "", true},
+		{"+", "", true},
+		{"+", "a/b", false},
+		{"a", "a", true},
+		{"a", "a/", false},
+		{"a/+", "a/", true},
+	} {
+		if got := levelsMatch(strings.Split(c.filter, "/"), c.topic); got != c.want {
+			t.Errorf("levelsMatch(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
+		}
 	}
 }
