@@ -161,8 +161,9 @@ type loop struct {
 	// plus refused) for the policy (Snapshot.Offered).
 	refused atomic.Int64
 	offered offeredMeter
-	// heartbeat is when Run last went round while no batch was running (unix
-	// nanoseconds of now): the systemd watchdog pings only while it is fresh.
+	// heartbeat is when Run last went round while no batch was running, or saw
+	// a batch end (unix nanoseconds of now): the systemd watchdog pings only
+	// while it is fresh, so a batch that never ends stops the pings.
 	heartbeat atomic.Int64
 	// pipeline decides the next batch while the engine runs the current one
 	// (scheduler.pipeline; see Run). decideCost is the decisions' smoothed wall
