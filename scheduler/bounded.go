@@ -233,7 +233,7 @@ func (p *searching) takeByClass(now time.Time, probe *decisionState, v []*Reques
 	rest := math.Inf(-1)
 	for i := range hs {
 		if h := &hs[i]; h.ok {
-			if next == nil || keyEntryLess(h.e, keyEntry{next.Deadline.Sub(x.ref), next}) {
+			if next == nil || keyEntryLess(h.e, entryOf(next.Deadline.Sub(x.ref), next)) {
 				next = h.e.r
 			}
 			rest = max(rest, h.bound)

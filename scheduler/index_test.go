@@ -85,6 +85,7 @@ func TestIndexedDecisionsMatchFull(t *testing.T) {
 					if got.Batch != nil {
 						batches++
 					}
+					checkHeld(t, fmt.Sprintf("step %d", step), indexOf(p))
 					switch x := rng.IntN(40); {
 					case x == 0: // not applied: the same queue again
 					case x == 1: // the caller drops some requests itself
@@ -134,6 +135,46 @@ func TestIndexedDecisionsMatchFull(t *testing.T) {
 	}
 }
 
+// indexOf is the queue index of an indexed policy.
+func indexOf(p any) *queueIndex { return benchIndex(p.(Policy)) }
+
+// checkHeld checks the index's seqSet against the marks on the requests it
+// replaces: every entry of the deadline and hard-stop queues is gone by
+// entryGone (read from held, without the request) exactly when isGone (read
+// from the request) says so, and held's Seqs are those of the entries whose
+// requests the index holds and has not found gone.
+func checkHeld(t *testing.T, at string, x *queueIndex) {
+	t.Helper()
+	want := map[uint64]bool{}
+	for _, ai := range x.byApp {
+		for _, q := range []*keyQueue{&ai.dl, &ai.stop} {
+			for _, part := range [][]keyEntry{q.h[min(len(q.h), heapPad):], q.far, q.back, q.young} {
+				for _, e := range part {
+					if got, old := x.entryGone(e), x.isGone(e.r); got != old {
+						t.Fatalf("%s: request %d: gone by held %v, by its mark %v", at, e.seq, got, old)
+					}
+					if e.seq != e.r.Seq {
+						t.Fatalf("%s: entry of request %d carries Seq %d", at, e.r.Seq, e.seq)
+					}
+					if x.holds(e.r) {
+						want[e.seq] = true
+					}
+				}
+			}
+		}
+	}
+	n := 0
+	for seq := range want {
+		if set, known := x.held.has(seq); known && !set {
+			t.Fatalf("%s: request %d held and not gone, not in held", at, seq)
+		}
+		n++
+	}
+	if x.held.rank(^uint64(0)) != n {
+		t.Fatalf("%s: held counts %d, the index holds %d", at, x.held.rank(^uint64(0)), n)
+	}
+}
+
 func describe(d Decision) string {
 	s := ""
 	for _, v := range d.Verdicts {
@@ -173,6 +214,7 @@ func TestIndexKeptInSteadyState(t *testing.T) {
 						if want := ref.decideFull(s); !reflect.DeepEqual(d, want) {
 							t.Fatalf("decision %d: indexed\n%s\nfull recomputation\n%s", i, describe(d), describe(want))
 						}
+						checkHeld(t, fmt.Sprintf("decision %d", i), ix)
 					}
 					stop := 0
 					for _, ai := range ix.byApp {
@@ -187,6 +229,12 @@ func TestIndexKeptInSteadyState(t *testing.T) {
 				if most > 7*n/4 {
 					t.Errorf("the hard-stop queues held up to %d entries for %d queued", most, n)
 				}
+				// The caller removes exactly what each decision answered or
+				// batched: held guesses each request's place in the queue.
+				if f := ix.find; f.guessed < 1500 || f.wrong > f.guessed/100 {
+					t.Errorf("%d of %d searches not answered by their guess", f.wrong, f.guessed)
+				}
+				t.Logf("%d of %d searches not answered by their guess", ix.find.wrong, ix.find.guessed)
 			})
 		}
 	}

@@ -137,7 +137,7 @@ func (q *keyQueue) push(e keyEntry) {
 
 // near reports whether e belongs to the heap: at or before the cut.
 func (q *keyQueue) near(e keyEntry) bool {
-	return q.cut && (e.at < q.cutAt || e.at == q.cutAt && e.r.Seq <= q.cutSeq)
+	return q.cut && (e.at < q.cutAt || e.at == q.cutAt && e.seq <= q.cutSeq)
 }
 
 // refill moves the earliest entries of far to the heap (empty) and moves the
@@ -160,7 +160,7 @@ func (q *keyQueue) refill() {
 		}
 		clear(q.far)
 		q.far = q.far[:0]
-		q.raise(most.at, most.r.Seq)
+		q.raise(most.at, most.seq)
 		q.heapify()
 		return
 	}
@@ -206,8 +206,9 @@ func (q *keyQueue) raise(at time.Duration, seq uint64) {
 
 // heapPad is the number of unused slots before the heap's root: the four
 // children of the entry at i are at 4i+1..4i+4, so with the root at slot
-// heapPad = 3 they are at slots 4(i+1)..4(i+1)+3, the 64 bytes of one cache
-// line of 16-byte entries (a large slice starts at a page).
+// heapPad = 3 they are at slots 4(i+1)..4(i+1)+3, 96 bytes of 24-byte entries
+// starting at a multiple of 32 (a large slice starts at a page): two cache
+// lines, half of them one.
 const heapPad = 3
 
 func (q *keyQueue) pushHeap(e keyEntry) {
@@ -328,9 +329,9 @@ func (q *keyQueue) youngFirst() {
 // sweepYoung ends a decision for young: the entries pushed before the last
 // sweepYoung are dropped if gone reports their request gone and pushed to the
 // heap or far otherwise; the others wait for the next.
-func (q *keyQueue) sweepYoung(gone func(*Request) bool) {
+func (q *keyQueue) sweepYoung(gone func(keyEntry) bool) {
 	for _, e := range q.young[:q.youngOld] {
-		if !gone(e.r) {
+		if !gone(e) {
 			q.push(e)
 		}
 	}
@@ -346,19 +347,20 @@ func (q *keyQueue) sweepYoung(gone func(*Request) bool) {
 
 // sweep looks at k entries of far and the heap (all of them if they hold
 // fewer), going on from where the last sweep stopped and round from the
-// heap's end to far's start, and drops those whose request gone reports gone:
+// heap's end to far's start, and drops those gone reports gone (the index
+// answers from the entry's Seq, without reading the request: seqSet):
 // in far a dropped entry's place takes far's last (far has no order), in the
 // heap the heap's last, moved up or down to where it belongs. It finds the
 // entries of the requests that stayed in the queue beyond their first
 // decision (see young), which would otherwise stay until their hard stop
 // comes.
-func (q *keyQueue) sweep(k int, gone func(*Request) bool) {
+func (q *keyQueue) sweep(k int, gone func(keyEntry) bool) {
 	for k = min(k, len(q.far)+q.heapLen()); k > 0; k-- {
 		if q.swept >= len(q.far)+q.heapLen() {
 			q.swept = 0
 		}
 		if i := q.swept; i < len(q.far) {
-			if !gone(q.far[i].r) {
+			if !gone(q.far[i]) {
 				q.swept++
 				continue
 			}
@@ -366,7 +368,7 @@ func (q *keyQueue) sweep(k int, gone func(*Request) bool) {
 			q.far[i] = q.far[last]
 			q.far[last] = keyEntry{}
 			q.far = q.far[:last]
-		} else if i -= len(q.far); gone(q.h[heapPad+i].r) {
+		} else if i -= len(q.far); gone(q.h[heapPad+i]) {
 			q.removeHeap(i)
 		} else {
 			q.swept++

@@ -46,7 +46,7 @@ func TestKeyQueueMatchesSort(t *testing.T) {
 			}
 			young := seed%3 == 1 // new entries young, as the hard-stop queues'
 			push := func() {
-				e := keyEntry{at: key(), r: &Request{Seq: seq}}
+				e := entryOf(key(), &Request{Seq: seq})
 				seq++
 				if young && rng.IntN(8) > 0 {
 					q.pushYoung(e)
@@ -95,7 +95,7 @@ func TestKeyQueueMatchesSort(t *testing.T) {
 				// Requests gone from the queue, swept away: young entries
 				// young for a whole step, and those of far and the heap the
 				// round reaches; the stack keeps its own.
-				gone := func(r *Request) bool { return r.Seq%5 == uint64(step)%5 }
+				gone := func(e keyEntry) bool { return e.r.Seq%5 == uint64(step)%5 }
 				old = append(old[:0], q.young[:q.youngOld]...)
 				q.sweepYoung(gone)
 				if rng.IntN(3) == 0 {
@@ -112,7 +112,7 @@ func TestKeyQueueMatchesSort(t *testing.T) {
 					}
 				}
 				for _, e := range old {
-					if gone(e.r) {
+					if gone(e) {
 						if keep[e.r.Seq] {
 							t.Fatalf("step %d: request %d gone, young for a whole step, still held after sweepYoung", step, e.r.Seq)
 						}
@@ -120,7 +120,7 @@ func TestKeyQueueMatchesSort(t *testing.T) {
 					}
 				}
 				n := len(ref)
-				ref = slices.DeleteFunc(ref, func(e keyEntry) bool { return gone(e.r) && !keep[e.r.Seq] })
+				ref = slices.DeleteFunc(ref, func(e keyEntry) bool { return gone(e) && !keep[e.r.Seq] })
 				swept += n - len(ref)
 				if q.len() != len(ref) {
 					t.Fatalf("step %d: len %d after a sweep, holds %d", step, q.len(), len(ref))
@@ -145,5 +145,5 @@ func cmpKeyEntry(a, b keyEntry) int {
 	if c := cmp.Compare(a.at, b.at); c != 0 {
 		return c
 	}
-	return cmp.Compare(a.r.Seq, b.r.Seq)
+	return cmp.Compare(a.seq, b.seq)
 }

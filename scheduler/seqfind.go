@@ -43,6 +43,9 @@ type seqFinder struct {
 	// all: the fences are every fence, not only the ends; tail: with those
 	// near the end (tailFences).
 	all, tail bool
+	// guessed and wrong count tryGuesses' searches and those it left (for
+	// the tests).
+	guessed, wrong int
 }
 
 // maxFences is the number of evenly spread fences of a long queue.
@@ -191,12 +194,55 @@ func gallop(q []*Request, lo int, seq uint64) (int, bool) {
 	return lo + j, hit
 }
 
+// tryGuesses answers the searches of ss whose guess (seqSearch.guess: the
+// place seq is expected at, or would be at, in the queue) proves right, from
+// the Seqs at the guess and just before it, and moves the others to the front
+// of ss: it returns how many are left (to findAll or findMany). Like findAll,
+// it reads the guesses' requests in a loop of its own before it branches on
+// them. A guess only says where to look: a wrong one costs its two reads.
+func (f *seqFinder) tryGuesses(ss []seqSearch) int {
+	q := f.q
+	n := len(q)
+	for i := range ss {
+		s := &ss[i]
+		g := min(max(s.guess, 0), n)
+		s.m, s.sLo, s.sHi = g, 0, ^uint64(0)
+		if g > 0 {
+			s.sLo = q[g-1].Seq
+		}
+		if g < n {
+			s.sHi = q[g].Seq
+		}
+	}
+	k := 0
+	for i := range ss {
+		s := &ss[i]
+		switch g := s.m; {
+		case g < n && s.sHi == s.seq:
+			s.hi, s.hit = g, true
+		case g > 0 && s.sLo == s.seq:
+			s.hi, s.hit = g-1, true
+		case (g == 0 || s.sLo < s.seq) && (g == n || s.seq < s.sHi):
+			s.hi, s.hit = g, false
+		default:
+			ss[k], ss[i] = ss[i], ss[k]
+			k++
+			continue
+		}
+		s.done = true
+	}
+	f.guessed += len(ss)
+	f.wrong += k
+	return k
+}
+
 // seqSearch is one search, stepped by findAll. When done, hi is the position
 // of seq in the queue, or where it would be, and hit whether it is there; at
 // is the caller's (findAll's argument's order).
 type seqSearch struct {
 	seq      uint64
 	at       int
+	guess    int // tryGuesses' first probe
 	lo, hi   int
 	sLo, sHi uint64
 	// m is the position probed in a round of findAll, y its Seq.

@@ -81,3 +81,53 @@ func TestSeqFinderMatchesBinarySearch(t *testing.T) {
 		}
 	}
 }
+
+// TestSeqFinderGuesses checks tryGuesses, then findAll for what it leaves,
+// against slices' binary search, with guesses that are right, off by one or
+// two either way, far off and out of range, on dense and sparse queues: a
+// guess only says where to look first.
+func TestSeqFinderGuesses(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	for _, n := range []int{0, 1, 2, 5, 100, 5000} {
+		for _, sparse := range []bool{false, true} {
+			q := make([]*Request, n)
+			s := uint64(rng.IntN(3))
+			for i := range q {
+				q[i] = &Request{Seq: s}
+				s++
+				if sparse {
+					s += uint64(rng.IntN(5))
+				}
+			}
+			var fd seqFinder
+			var ss []seqSearch
+			for range 4000 {
+				seq := uint64(rng.IntN(int(s) + 3))
+				w, _ := slices.BinarySearchFunc(q, seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+				g := w
+				switch rng.IntN(4) {
+				case 1:
+					g += rng.IntN(5) - 2
+				case 2:
+					g = rng.IntN(n+20) - 10
+				case 3:
+					g += rng.IntN(2) - 1
+				}
+				ss = append(ss, seqSearch{seq: seq, at: len(ss), guess: g})
+			}
+			fd.reset(q)
+			if k := fd.tryGuesses(ss); k > 0 {
+				fd.findAll(ss[:k])
+			}
+			for _, b := range ss {
+				wi, wf := slices.BinarySearchFunc(q, b.seq, func(y *Request, seq uint64) int { return cmp.Compare(y.Seq, seq) })
+				if b.hi != wi || b.hit != wf {
+					t.Fatalf("%d queued, sparse %v: search for %d guessed at %d: %d, %v; want %d, %v", n, sparse, b.seq, b.guess, b.hi, b.hit, wi, wf)
+				}
+			}
+			if n > 2 && fd.wrong*3 > fd.guessed*2 {
+				t.Fatalf("%d queued: %d of %d guesses left, too many for a quarter of them off", n, fd.wrong, fd.guessed)
+			}
+		}
+	}
+}
