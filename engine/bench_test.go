@@ -52,19 +52,7 @@ func benchVariant(b *testing.B, e *Engine, id VariantID, size int, lo, hi float6
 //
 //	go test -run '^$' -bench RunEvictedCache ./engine
 func BenchmarkRunEvictedCache(b *testing.B) {
-	var fashion *manifest.App
-	for _, a := range realManifests(b) {
-		if a.Name == "fashion" {
-			fashion = a
-		}
-	}
-	if fashion == nil {
-		b.Skip("skipping: no ../models/fashion")
-	}
-	e := newEngine(b, Options{IntraOpThreads: 1, InterOpThreads: 1})
-	if err := e.Register(fashion); err != nil {
-		b.Fatal(err)
-	}
+	e, fashion := fashionEngine(b)
 	evict := make([]byte, 8<<20)
 	for _, name := range []string{"logreg", "mlp-small", "cnn"} {
 		id := VariantID{App: "fashion", Variant: name}
@@ -116,19 +104,7 @@ func BenchmarkRunEvictedCache(b *testing.B) {
 //
 //	go test -run '^$' -bench RunAfterIdle -benchtime 2000x ./engine
 func BenchmarkRunAfterIdle(b *testing.B) {
-	var fashion *manifest.App
-	for _, a := range realManifests(b) {
-		if a.Name == "fashion" {
-			fashion = a
-		}
-	}
-	if fashion == nil {
-		b.Skip("skipping: no ../models/fashion")
-	}
-	e := newEngine(b, Options{IntraOpThreads: 1, InterOpThreads: 1})
-	if err := e.Register(fashion); err != nil {
-		b.Fatal(err)
-	}
+	e, fashion := fashionEngine(b)
 	for _, name := range []string{"logreg", "mlp-small", "cnn"} {
 		id := VariantID{App: "fashion", Variant: name}
 		if _, err := e.Load(id); err != nil {
@@ -166,4 +142,25 @@ func BenchmarkRunAfterIdle(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// fashionEngine is an engine of one intra-op and one inter-op thread with the
+// bundled fashion application registered, and that application (the benchmark
+// skips without it).
+func fashionEngine(b *testing.B) (*Engine, *manifest.App) {
+	b.Helper()
+	var fashion *manifest.App
+	for _, a := range realManifests(b) {
+		if a.Name == "fashion" {
+			fashion = a
+		}
+	}
+	if fashion == nil {
+		b.Skip("skipping: no ../models/fashion")
+	}
+	e := newEngine(b, Options{IntraOpThreads: 1, InterOpThreads: 1})
+	if err := e.Register(fashion); err != nil {
+		b.Fatal(err)
+	}
+	return e, fashion
 }
