@@ -424,7 +424,10 @@ func (h *holdHook) targets(topic, self string) (plain []string, groups map[strin
 				continue
 			}
 			if cl, ok := h.srv.Clients.Get(id); ok {
-				if sub, ok := cl.State.Subscriptions.Get(f.filter); ok && sub.Qos > 0 {
+				// An owner being taken over has lost its subscriptions to
+				// the new connection, not yet registered: still a target
+				// (reserve holds the publish until the new one is).
+				if sub, ok := cl.State.Subscriptions.Get(f.filter); ok && sub.Qos > 0 || cl.IsTakenOver() {
 					plain = append(plain, id)
 				}
 			}
@@ -480,10 +483,16 @@ func targetKey(plain []string, groups map[string][]string) string {
 }
 
 // load is how many messages owner id holds or is about to.
+// An owner whose session is being taken over (a gateway that reconnects with
+// its persistent session) counts as full: its in-flight store is moving to the
+// new connection, which the hook waits for (OnSessionEstablished releases).
 func (h *holdHook) load(id string) (n int, connected, ok bool) {
 	cl, ok := h.srv.Clients.Get(id)
 	if !ok {
 		return 0, false, false
+	}
+	if cl.IsTakenOver() {
+		return h.limit, false, true
 	}
 	return cl.State.Inflight.Len() + int(h.reserved[id].Load()), !cl.Closed(), true
 }
@@ -493,8 +502,16 @@ func (h *holdHook) load(id string) (n int, connected, ok bool) {
 // at once for the last place, at most one gets it (both may fail; each that
 // fails then checks again under h.mu, after giving its place back). An owner
 // that is not connected has room.
+//
+// An owner being taken over has none (see load): mochi clears the old
+// connection's in-flight store (OnQosDropped for each message) after copying it
+// to the new one and before registering the new one, so that store shrinking is
+// no room.
 func (h *holdHook) reserve(id string) bool {
 	cl, ok := h.srv.Clients.Get(id)
+	if ok && cl.IsTakenOver() {
+		return false
+	}
 	r := h.reserved[id].Add(1)
 	if !ok || cl.State.Inflight.Len()+int(r) <= h.limit {
 		return true
@@ -778,15 +795,16 @@ func (h *holdHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet
 }
 
 // OnQosComplete and OnQosDropped: an owner's in-flight store shrank (mochi
-// calls them after the delete).
+// calls them after the delete), unless it shrank because the owner's session
+// is being taken over (its messages went to the new connection).
 func (h *holdHook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
-	if h.owners[cl.ID] {
+	if h.owners[cl.ID] && !cl.IsTakenOver() {
 		h.release()
 	}
 }
 
 func (h *holdHook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
-	if h.owners[cl.ID] {
+	if h.owners[cl.ID] && !cl.IsTakenOver() {
 		h.release()
 	}
 }

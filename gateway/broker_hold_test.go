@@ -390,3 +390,63 @@ func TestLevelsMatch(t *testing.T) {
 		}
 	}
 }
+
+// TestEmbeddedBrokerHoldsThroughTakeover: the gateway reconnects with its
+// persistent session while it holds its limit unacknowledged and devices are
+// held. mochi copies the old connection's in-flight store to the new one and
+// then clears the old one (OnQosDropped per message) before registering the
+// new one; that is no room. Found by review: the hold let a held publish
+// through per cleared message, acknowledged to its device, and mochi dropped
+// it at the new connection's full store (4 of 4 here).
+func TestEmbeddedBrokerHoldsThroughTakeover(t *testing.T) {
+	const filter = "sg/req/+/+"
+	const devices = 4
+	var wakes atomic.Int64
+	b, held := holdBrokerWake(t, 8, filter, func() { wakes.Add(1) }, "sneakgate")
+	limit := b.hold.limit
+	_, gwGot := holdClient(t, b, "sneakgate", filter)
+	filler, _ := holdClient(t, b, "filler", "")
+	for i := range limit {
+		filler.Publish("sg/req/fashion/filler", 1, false, "f"+strconv.Itoa(i))
+	}
+	for range limit {
+		receive(t, gwGot, "request up to the limit")
+	}
+	for i := range devices {
+		id := fmt.Sprintf("cam-%02d", i)
+		dev, _ := holdClient(t, b, id, "")
+		dev.Publish("sg/req/fashion/"+id, 1, false, id)
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s's publish not held", id)
+		}
+	}
+	// The gateway reconnects: the same client id, its session (subscription
+	// and unacknowledged requests) kept; it acknowledges nothing by itself.
+	gw2 := make(chan mqtt.Message, 64)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID("sneakgate").SetAutoReconnect(false).
+		SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
+		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { gw2 <- m })
+	c2 := mqtt.NewClient(o)
+	if tok := c2.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("reconnect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c2.Disconnect(50) })
+	if w, d := wakes.Load(), b.Dropped(); w != 0 || d != 0 {
+		t.Fatalf("at the takeover %d held publishes were let through and %d messages dropped; want none", w, d)
+	}
+	// The new connection gets the old one's unacknowledged requests again;
+	// acknowledging them lets the held ones through.
+	seen := map[string]bool{}
+	for len(seen) < devices {
+		m := receive(t, gw2, fmt.Sprintf("requests at the new connection (%d of the held ones so far)", len(seen)))
+		m.Ack()
+		if p := string(m.Payload()); strings.HasPrefix(p, "cam-") {
+			seen[p] = true
+		}
+	}
+	if d := b.Dropped(); d != 0 {
+		t.Errorf("Dropped() = %d, want 0", d)
+	}
+}
