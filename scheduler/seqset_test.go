@@ -7,12 +7,18 @@ import (
 )
 
 // TestSeqSetMatchesMap drives a seqSet as the queue index does (Seqs added in
-// increasing order with gaps, now and then an old one again, removed in any
-// order), with a window small enough to slide, and checks has and rank after
+// increasing order with gaps, now and then an old one again, below the window
+// too, removed in any order), with a window small enough to slide, and checks has and rank after
 // every step against a map: has is exact for every Seq it says it knows, and
 // every Seq from the window's base up is known; rank counts the set Seqs
 // below, those below the window counted whatever the Seq.
 func TestSeqSetMatchesMap(t *testing.T) {
+	belowAll := 0
+	defer func() {
+		if belowAll == 0 && !t.Failed() {
+			t.Error("no Seq was added again below the window")
+		}
+	}()
 	for seed := range uint64(8) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 11))
@@ -22,13 +28,26 @@ func TestSeqSetMatchesMap(t *testing.T) {
 			next := uint64(rng.IntN(1000))
 			queued := 100 + rng.IntN(20000)
 			gap := 1 + rng.IntN(int(seed%4)*40+1)
-			slides := 0
+			slides, below := 0, 0
 			for step := range 20000 {
 				switch x := rng.IntN(10); {
 				case x < 5 || len(set) == 0:
-					if rng.IntN(50) == 0 && len(set) > 0 { // an old one back (the cascade's)
+					if rng.IntN(50) == 0 && len(set) > 0 { // an old one back (the cascade's), maybe below the window
 						seq := set[rng.IntN(len(set))] - 1
-						if !ref[seq] && seq >= s.base {
+						if !ref[seq] {
+							if seq < s.base {
+								below++
+							}
+							s.add(seq, queued)
+							ref[seq] = true
+							set = append(set, seq)
+						}
+						break
+					}
+					if rng.IntN(50) == 0 && s.base > 1 { // an old one back below the window
+						seq := s.base - 1 - uint64(rng.IntN(int(min(s.base-1, 1000))))
+						if !ref[seq] {
+							below++
 							s.add(seq, queued)
 							ref[seq] = true
 							set = append(set, seq)
@@ -77,6 +96,7 @@ func TestSeqSetMatchesMap(t *testing.T) {
 			if gap > 40 && slides == 0 {
 				t.Errorf("the window never slid (gap %d, queued %d)", gap, queued)
 			}
+			belowAll += below
 			t.Logf("gap %d, queued %d: %d slides, base %d, %d words", gap, queued, slides, s.base, len(s.bits))
 		})
 	}
