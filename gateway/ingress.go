@@ -119,7 +119,10 @@ func (g *Gateway) handle(a arrival) {
 		return
 	}
 	app, _ := g.app(req.App) // ParseHeader found it
-	if !req.SentAt.IsZero() {
+	if !req.SentAt.IsZero() && !msg.Duplicate() {
+		// First deliveries only: a redelivery (DUP set, by the broker or the
+		// device after a reconnect) keeps its sent_at and would count the
+		// outage.
 		g.m.transit.WithLabelValues(req.App).Observe(max(req.Received.Sub(req.SentAt), 0).Seconds())
 	}
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}

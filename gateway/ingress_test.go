@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -21,6 +23,7 @@ import (
 type fakeMessage struct {
 	topic   string
 	payload []byte
+	dup     bool // a redelivery (the DUP flag)
 	once    sync.Once
 	acked   chan struct{}
 }
@@ -29,7 +32,7 @@ func newFakeMessage(topic string, payload []byte) *fakeMessage {
 	return &fakeMessage{topic: topic, payload: payload, acked: make(chan struct{})}
 }
 
-func (m *fakeMessage) Duplicate() bool   { return false }
+func (m *fakeMessage) Duplicate() bool   { return m.dup }
 func (m *fakeMessage) Qos() byte         { return 1 }
 func (m *fakeMessage) Retained() bool    { return false }
 func (m *fakeMessage) Topic() string     { return m.topic }
@@ -183,4 +186,25 @@ func TestUnjournaledRepliesAcknowledgeAfterPUBACK(t *testing.T) {
 			t.Errorf("with the broker away: %d replies published, acknowledged %v; want none, left for redelivery", len(c.sent()), msg.isAcked())
 		}
 	})
+}
+
+// sneakgate_request_transit_seconds counts a request's first delivery only: a
+// redelivery keeps its sent_at, and its transit would count the outage (a
+// review's finding).
+func TestTransitCountsFirstDeliveriesOnly(t *testing.T) {
+	input := make([]float32, 784)
+	g := handlerGateway(t, &fakeClient{tokens: []*fakeToken{{done: make(chan struct{})}, {done: make(chan struct{})}}}, true)
+	for i, dup := range []bool{false, true} {
+		p := protocol.Payload{ID: fmt.Sprint("t", i), DeadlineMS: 60000, SentAt: time.Now().Add(-time.Minute / 2), Input: input, B64: true}
+		msg := newFakeMessage("sneakgate/req/fashion/cam-1", p.Marshal())
+		msg.dup = dup
+		g.handle(arrival{msg: msg, at: time.Now()})
+	}
+	var h dto.Metric
+	if err := g.m.transit.WithLabelValues("fashion").(prometheus.Metric).Write(&h); err != nil {
+		t.Fatal(err)
+	}
+	if n, sum := h.GetHistogram().GetSampleCount(), h.GetHistogram().GetSampleSum(); n != 1 || sum < 29 {
+		t.Errorf("transit histogram: %d observations summing %.1f s; want 1 of about 30 s (the redelivery not counted)", n, sum)
+	}
 }
