@@ -332,7 +332,7 @@ func (s *engineSim) run() (*simRun, error) {
 				plan = busyUntil.Sub(at)
 			}
 			freeAt = at.Add(plan)
-			aheadAt = freeAt.Add(-(2*lead + 250*time.Microsecond))
+			aheadAt = freeAt.Add(-scheduler.AheadLead(lead))
 		}
 	}
 

@@ -317,27 +317,9 @@ func TestEmbeddedBrokerHoldWakesInOrder(t *testing.T) {
 	const devices = 50
 	var wakes atomic.Int64
 	b, held := holdBrokerWake(t, 8, filter, func() { wakes.Add(1) }, "sneakgate")
-	limit := b.hold.limit
 	_, gwGot := holdClient(t, b, "sneakgate", filter)
-	filler, _ := holdClient(t, b, "filler", "")
-	for i := range limit {
-		filler.Publish("sg/req/fashion/filler", 1, false, "f"+strconv.Itoa(i))
-	}
-	var unacked []mqtt.Message
-	for range limit {
-		unacked = append(unacked, receive(t, gwGot, "request up to the limit"))
-	}
-	toks := make([]mqtt.Token, devices)
-	for i := range devices {
-		id := fmt.Sprintf("cam-%02d", i)
-		dev, _ := holdClient(t, b, id, "")
-		toks[i] = dev.Publish("sg/req/fashion/"+id, 1, false, id)
-		select {
-		case <-held:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s's publish not held", id)
-		}
-	}
+	unacked := fillToLimit(t, b, gwGot)
+	toks := holdDevices(t, b, held, devices)
 	if w := wakes.Load(); w != 0 {
 		t.Fatalf("%d held publishes woken while the gateway acknowledged nothing", w)
 	}
@@ -403,25 +385,9 @@ func TestEmbeddedBrokerHoldsThroughTakeover(t *testing.T) {
 	const devices = 4
 	var wakes atomic.Int64
 	b, held := holdBrokerWake(t, 8, filter, func() { wakes.Add(1) }, "sneakgate")
-	limit := b.hold.limit
 	_, gwGot := holdClient(t, b, "sneakgate", filter)
-	filler, _ := holdClient(t, b, "filler", "")
-	for i := range limit {
-		filler.Publish("sg/req/fashion/filler", 1, false, "f"+strconv.Itoa(i))
-	}
-	for range limit {
-		receive(t, gwGot, "request up to the limit")
-	}
-	for i := range devices {
-		id := fmt.Sprintf("cam-%02d", i)
-		dev, _ := holdClient(t, b, id, "")
-		dev.Publish("sg/req/fashion/"+id, 1, false, id)
-		select {
-		case <-held:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s's publish not held", id)
-		}
-	}
+	fillToLimit(t, b, gwGot)
+	holdDevices(t, b, held, devices)
 	// The gateway reconnects: the same client id, its session (subscription
 	// and unacknowledged requests) kept; it acknowledges nothing by itself.
 	gw2 := make(chan mqtt.Message, 64)
@@ -449,4 +415,39 @@ func TestEmbeddedBrokerHoldsThroughTakeover(t *testing.T) {
 	if d := b.Dropped(); d != 0 {
 		t.Errorf("Dropped() = %d, want 0", d)
 	}
+}
+
+// fillToLimit has a client publish as many requests as b lets the gateway hold
+// unacknowledged and returns them as the gateway (gwGot, acknowledging
+// nothing) received them.
+func fillToLimit(t *testing.T, b *Broker, gwGot <-chan mqtt.Message) []mqtt.Message {
+	t.Helper()
+	filler, _ := holdClient(t, b, "filler", "")
+	for i := range b.hold.limit {
+		filler.Publish("sg/req/fashion/filler", 1, false, "f"+strconv.Itoa(i))
+	}
+	got := make([]mqtt.Message, 0, b.hold.limit)
+	for range b.hold.limit {
+		got = append(got, receive(t, gwGot, "request up to the limit"))
+	}
+	return got
+}
+
+// holdDevices connects n devices cam-00, cam-01, ... one after the other, each
+// publishing its id as a request, and waits until b holds each publish (held:
+// holdBroker's channel); it returns the publishes' tokens.
+func holdDevices(t *testing.T, b *Broker, held <-chan struct{}, n int) []mqtt.Token {
+	t.Helper()
+	toks := make([]mqtt.Token, n)
+	for i := range n {
+		id := fmt.Sprintf("cam-%02d", i)
+		dev, _ := holdClient(t, b, id, "")
+		toks[i] = dev.Publish("sg/req/fashion/"+id, 1, false, id)
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s's publish not held", id)
+		}
+	}
+	return toks
 }

@@ -476,16 +476,8 @@ func (l *loop) plannedTime(b *scheduler.Batch) time.Duration {
 }
 
 // aheadLead is how long before the running batch's planned end the next one
-// is decided: twice the decisions' smoothed wall time and a margin, so that the
-// decision is ready when the engine is free, while requests that arrive until
-// then are still in it.
-func (l *loop) aheadLead() time.Duration {
-	return 2*l.decideCost + aheadMargin
-}
-
-// aheadMargin is aheadLead's part for the hand-over to the engine worker and
-// the noise in the decisions' time.
-const aheadMargin = 250 * time.Microsecond
+// is decided (scheduler.AheadLead of the decisions' smoothed wall time).
+func (l *loop) aheadLead() time.Duration { return scheduler.AheadLead(l.decideCost) }
 
 // unplan puts the requests of b, decided but not run, back in the queue, and
 // the residency back to the engine's own.

@@ -326,3 +326,15 @@ func (x *Executor) checkSwap(b *Batch) error {
 	}
 	return nil
 }
+
+// AheadLead is how long before the running batch's planned end a caller that
+// decides the next batch while the engine runs (the gateway's
+// scheduler.pipeline, and the simulator's model of it) decides it, given its
+// decisions' smoothed cost: twice that cost and a margin for the hand-over to
+// the engine and the noise in the decisions' time, so that the decision is
+// ready when the engine is free while requests that arrive until then are
+// still in it.
+func AheadLead(decisionCost time.Duration) time.Duration { return 2*decisionCost + aheadMargin }
+
+// aheadMargin is AheadLead's part for the hand-over and the noise.
+const aheadMargin = 250 * time.Microsecond
