@@ -1,0 +1,155 @@
+// Command pairs measures how much of the per-sample oracle a two-variant cascade
+// can reach on a bundled application: how far a label-free signal (the first
+// variant's own top-class confidence) goes towards knowing, per sample, which of
+// two variants is right.
+//
+// It runs the two variants over the validation split (data/validation.sgs) and
+// the test samples the evaluation replays (samples.sgs) through ONNX Runtime
+// (package engine) and prints, per split, the mean utility (the manifest's
+// utility matrix, true class by answer) of
+//
+//   - each variant alone, and their average (the mean of the two class
+//     distributions, answered by its top class);
+//   - the pair's oracle: each sample answered by whichever of the two is worth
+//     more on it (what knowing the labels would give; no policy without them
+//     reaches it);
+//   - the cascade at escalated shares E: the first variant answers, and the E of
+//     the samples it is least sure of (lowest top-class probability) get the
+//     second variant's answer ("replace") or the average's ("average").
+//
+// docs/evaluation.md ("Headroom captured") reads its output for fashion's cnn and
+// resnet-s.
+//
+// Usage: go run ./models/tools/pairs [-first cnn] [-second resnet-s] models/fashion
+// The ONNX Runtime library is $SNEAKGATE_ORT_LIB.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
+)
+
+func main() {
+	first := flag.String("first", "cnn", "the variant that answers first")
+	second := flag.String("second", "resnet-s", "the variant asked for a second opinion")
+	flag.Parse()
+	if flag.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: pairs [-first V] [-second V] models/APP")
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0), *first, *second); err != nil {
+		fmt.Fprintf(os.Stderr, "pairs: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(dir, first, second string) error {
+	m, err := manifest.Load(filepath.Join(dir, "manifest.yaml"))
+	if err != nil {
+		return err
+	}
+	e, err := engine.New(engine.Options{IntraOpThreads: 1, InterOpThreads: 1, MemoryBudgetBytes: 1 << 30})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	if err := e.Register(m); err != nil {
+		return err
+	}
+	splits := []string{filepath.Join(dir, "samples.sgs")}
+	if m.Validation != nil {
+		splits = append([]string{m.Path(m.Validation.File)}, splits...)
+	}
+	for _, path := range splits {
+		set, err := dataset.Read(path)
+		if err != nil {
+			return err
+		}
+		rows := make([][]float32, set.N)
+		for i := range rows {
+			rows[i] = set.Row(i)
+		}
+		var out [2][][]float64
+		for k, v := range []string{first, second} {
+			if out[k], err = e.RunAll(context.Background(), engine.VariantID{App: m.Name, Variant: v}, rows, 32); err != nil {
+				return fmt.Errorf("run %s: %w", v, err)
+			}
+		}
+		report(m, set, path, first, second, out[0], out[1])
+	}
+	return nil
+}
+
+func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b [][]float64) {
+	n := set.N
+	u := func(i int, p []float64) float64 { return m.Utility[set.Labels[i]][top(p)] }
+	avg := make([][]float64, n)
+	for i := range avg {
+		avg[i] = make([]float64, len(a[i]))
+		for j := range avg[i] {
+			avg[i][j] = (a[i][j] + b[i][j]) / 2
+		}
+	}
+	mean := func(f func(i int) float64) float64 {
+		s := 0.0
+		for i := 0; i < n; i++ {
+			s += f(i)
+		}
+		return s / float64(n)
+	}
+	fmt.Printf("%s (%d samples)\n", path, n)
+	fmt.Printf("  %-22s %.4f\n", first+" alone", mean(func(i int) float64 { return u(i, a[i]) }))
+	fmt.Printf("  %-22s %.4f\n", second+" alone", mean(func(i int) float64 { return u(i, b[i]) }))
+	fmt.Printf("  %-22s %.4f\n", "average of the two", mean(func(i int) float64 { return u(i, avg[i]) }))
+	fmt.Printf("  %-22s %.4f\n", "the pair's oracle", mean(func(i int) float64 { return max(u(i, a[i]), u(i, b[i])) }))
+
+	// The first variant's least sure samples first.
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	conf := func(i int) float64 { return a[i][top(a[i])] }
+	sort.SliceStable(order, func(x, y int) bool { return conf(order[x]) < conf(order[y]) })
+	fmt.Printf("  %8s %10s %9s %9s\n", "escalated", "threshold", "replace", "average")
+	for _, share := range []float64{0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1} {
+		k := int(share * float64(n))
+		escalated := make([]bool, n)
+		for _, i := range order[:k] {
+			escalated[i] = true
+		}
+		var rep, av float64
+		for i := 0; i < n; i++ {
+			if !escalated[i] {
+				rep += u(i, a[i])
+				av += u(i, a[i])
+				continue
+			}
+			rep += u(i, b[i])
+			av += u(i, avg[i])
+		}
+		threshold := "-"
+		if k > 0 {
+			threshold = fmt.Sprintf("%.3f", conf(order[k-1]))
+		}
+		fmt.Printf("  %8.0f%% %10s %9.4f %9.4f\n", 100*share, threshold, rep/float64(n), av/float64(n))
+	}
+}
+
+// top is the index of the largest value (the first of equals).
+func top(p []float64) int {
+	best := 0
+	for i := range p {
+		if p[i] > p[best] {
+			best = i
+		}
+	}
+	return best
+}
