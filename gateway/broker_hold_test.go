@@ -263,6 +263,14 @@ func TestEmbeddedBrokerHoldsOnlyForTheGateway(t *testing.T) {
 // read loop goes round) neither closes the device's connection nor fails the
 // replies written to it meanwhile; the held request is delivered once the
 // gateway acknowledges.
+//
+// The device's keepalive is 2 s: mochi computes the deadline in whole seconds
+// (keepalive + keepalive/2), 3 s for 2 s but 1 s for 1 s, the very moment paho
+// pings an idle connection at the earliest. With 1 s, a device that the test
+// goroutine left idle for a second under CPU load was dropped before its last
+// publish reached the hold, and the wait for the hold, which had no deadline,
+// hung the test until go test's 10-minute timeout. Every wait here has one, and
+// a lost connection ends it at once.
 func TestEmbeddedBrokerHoldKeepsTheConnection(t *testing.T) {
 	const filter = "sg/req/+/+"
 	b, held := holdBroker(t, 8, filter, "sneakgate")
@@ -271,7 +279,7 @@ func TestEmbeddedBrokerHoldKeepsTheConnection(t *testing.T) {
 	lost := make(chan error, 1)
 	replies := make(chan mqtt.Message, 16)
 	o := mqtt.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID("cam-1").SetAutoReconnect(false).
-		SetCleanSession(true).SetKeepAlive(time.Second).SetPingTimeout(time.Minute).
+		SetCleanSession(true).SetKeepAlive(2 * time.Second).SetPingTimeout(time.Minute).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
 	dev := mqtt.NewClient(o)
 	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -285,13 +293,26 @@ func TestEmbeddedBrokerHoldKeepsTheConnection(t *testing.T) {
 		dev.Publish("sg/req/fashion/cam-1", 1, false, strconv.Itoa(i))
 	}
 	var first []mqtt.Message
-	for range limit {
-		first = append(first, receive(t, gwGot, "request"))
+	for len(first) < limit {
+		select {
+		case m := <-gwGot:
+			first = append(first, m)
+		case err := <-lost:
+			t.Fatalf("the device's connection was lost before the hold (%d of %d requests arrived): %v", len(first), limit, err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d requests arrived within 30 s", len(first), limit)
+		}
 	}
-	<-held
-	// Past mochi's 1.5 s deadline for a 1 s keepalive: the hold must outlast it
+	select {
+	case <-held:
+	case err := <-lost:
+		t.Fatalf("the device's connection was lost before its last publish was held: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the device's last publish not held within 30 s")
+	}
+	// Past mochi's 3 s deadline for a 2 s keepalive: the hold must outlast it
 	// (this wait is the condition under test, not a synchronisation).
-	time.Sleep(3 * time.Second)
+	time.Sleep(4 * time.Second)
 	if tok := gw.Publish("sg/res/cam-1", 1, false, "reply"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
