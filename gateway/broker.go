@@ -128,20 +128,126 @@ func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 type Guard struct{ Client, Filter string }
 
 // brokerTuning is what tests change: mochi's in-flight limit (0: its default,
-// 8,192), a function called each time the broker holds a publish, and one
-// called each time it lets a held publish through.
+// 8,192), a function called each time the broker holds a publish, one called
+// each time it lets a held publish through, and one called each time its
+// listener has accepted a connection (before the connection's first read).
 type brokerTuning struct {
 	maxInflight    uint16
 	onHold, onWake func()
+	onAccept       func()
+}
+
+// brokerListener is the embedded broker's listener (mochi's listeners.Listener)
+// in place of mochi's TCP listener, which Close can leave waiting for good:
+// mochi closes the clients it has registered and then waits for every
+// connection's goroutine, including one that has not sent its CONNECT yet (no
+// deadline: a client mid-connect, a TLS handshake not finished) or that
+// registers just after; and that goroutine counts itself in (mochi's
+// ClientsWg.Add) only once it runs, so the wait can also miss it. This one
+// remembers every connection it accepted until its goroutine ends, closes
+// those that are left once mochi has closed its clients, and waits for their
+// goroutines itself.
+type brokerListener struct {
+	id       string
+	ln       net.Listener // TCP; connections are closed as TCP, not TLS
+	tc       *tls.Config  // nil: plain MQTT
+	log      *slog.Logger
+	onAccept func()
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{} // accepted, their goroutine not ended
+	wg     sync.WaitGroup        // the connections' goroutines
+}
+
+func newBrokerListener(id string, ln net.Listener, tc *tls.Config) *brokerListener {
+	return &brokerListener{id: id, ln: ln, tc: tc, conns: map[net.Conn]struct{}{}}
+}
+
+func (l *brokerListener) ID() string       { return l.id }
+func (l *brokerListener) Address() string  { return l.ln.Addr().String() }
+func (l *brokerListener) Protocol() string { return l.ln.Addr().Network() }
+
+// Init takes mochi's logger; the listener is already listening.
+func (l *brokerListener) Init(log *slog.Logger) error {
+	l.log = log
+	return nil
+}
+
+// Serve accepts connections until Close and hands each to mochi (establish)
+// on its own goroutine, over TLS with tc.
+func (l *brokerListener) Serve(establish listeners.EstablishFn) {
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			return // closed (mochi's TCP listener also stops at any error)
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			raw.Close()
+			return
+		}
+		l.conns[raw] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		if l.onAccept != nil {
+			l.onAccept()
+		}
+		go func() {
+			defer l.wg.Done()
+			c := raw
+			if l.tc != nil {
+				c = tls.Server(raw, l.tc)
+			}
+			if err := establish(l.id, c); err != nil {
+				l.log.Warn("", "error", err) // as mochi's TCP listener logs it
+			}
+			raw.Close()
+			l.mu.Lock()
+			delete(l.conns, raw)
+			l.mu.Unlock()
+		}()
+	}
+}
+
+// Close stops accepting, lets mochi close its clients (closeClients sends an
+// MQTT 5 client its DISCONNECT), closes every connection still open and waits
+// until each connection's goroutine has ended.
+func (l *brokerListener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	l.mu.Unlock()
+	closeClients(l.id)
+	l.ln.Close()
+	l.mu.Lock()
+	for c := range l.conns {
+		c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
 }
 
 func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded []Guard, tune brokerTuning) (*Broker, error) {
-	// Fail early, with the address in the error, when the port is taken.
+	// Fail early, with the address in the error, when the port is taken. The
+	// broker serves on this listener (brokerListener): nothing can take the
+	// port between this check and mochi's start.
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	ln.Close()
+	bl := newBrokerListener("tcp", ln, tc)
+	bl.onAccept = tune.onAccept
+	started := false
+	defer func() {
+		if !started {
+			ln.Close()
+		}
+	}()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = MaxPacketSize(maxPayloadBytes)
 	if tune.maxInflight > 0 {
@@ -177,12 +283,13 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 	if err := srv.AddHook(hold, nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr, TLSConfig: tc})); err != nil {
+	if err := srv.AddListener(bl); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
+	started = true
 	var guardedNames []string
 	for _, g := range guarded {
 		guardedNames = append(guardedNames, g.Client+" "+g.Filter)
@@ -211,8 +318,9 @@ func (b *Broker) Held() int64 { return b.hold.held.Load() }
 // Addr is the address the broker listens on.
 func (b *Broker) Addr() string { return b.addr }
 
-// Close stops the broker and disconnects its clients; held publishes are
-// neither acknowledged nor delivered.
+// Close stops the broker and disconnects its clients, closing every connection,
+// one that has not finished connecting included (brokerListener); held
+// publishes are neither acknowledged nor delivered.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.hold.stop()
