@@ -135,7 +135,18 @@ type brokerTuning struct {
 	maxInflight    uint16
 	onHold, onWake func()
 	onAccept       func()
+	connectTimeout time.Duration // 0: brokerConnectTimeout
 }
+
+// brokerConnectTimeout is how long the embedded broker waits for a new
+// connection's CONNECT (and, over TLS, its handshake) before closing it. mochi
+// reads the CONNECT without a deadline, so a client that opens a connection
+// and sends nothing held a socket and two goroutines for as long as it stayed:
+// anyone who can reach the port could pile them up. Once the CONNECT is read,
+// mochi sets the connection's deadline from the client's keepalive (none for a
+// keepalive of 0), replacing this one. 10 s as HiveMQ's default for a
+// connection that has not sent its CONNECT.
+const brokerConnectTimeout = 10 * time.Second
 
 // brokerListener is the embedded broker's listener (mochi's listeners.Listener)
 // in place of mochi's TCP listener, which Close can leave waiting for good:
@@ -153,6 +164,7 @@ type brokerListener struct {
 	tc       *tls.Config  // nil: plain MQTT
 	log      *slog.Logger
 	onAccept func()
+	connect  time.Duration // the CONNECT's deadline (brokerConnectTimeout)
 
 	mu     sync.Mutex
 	closed bool
@@ -161,7 +173,7 @@ type brokerListener struct {
 }
 
 func newBrokerListener(id string, ln net.Listener, tc *tls.Config) *brokerListener {
-	return &brokerListener{id: id, ln: ln, tc: tc, conns: map[net.Conn]struct{}{}}
+	return &brokerListener{id: id, ln: ln, tc: tc, connect: brokerConnectTimeout, conns: map[net.Conn]struct{}{}}
 }
 
 func (l *brokerListener) ID() string       { return l.id }
@@ -175,7 +187,7 @@ func (l *brokerListener) Init(log *slog.Logger) error {
 }
 
 // Serve accepts connections until Close and hands each to mochi (establish)
-// on its own goroutine, over TLS with tc.
+// on its own goroutine, over TLS with tc, with l.connect to send its CONNECT.
 func (l *brokerListener) Serve(establish listeners.EstablishFn) {
 	for {
 		raw, err := l.ln.Accept()
@@ -196,6 +208,8 @@ func (l *brokerListener) Serve(establish listeners.EstablishFn) {
 		}
 		go func() {
 			defer l.wg.Done()
+			// mochi replaces the deadline once it has read the CONNECT.
+			_ = raw.SetDeadline(time.Now().Add(l.connect))
 			c := raw
 			if l.tc != nil {
 				c = tls.Server(raw, l.tc)
@@ -242,6 +256,9 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 	}
 	bl := newBrokerListener("tcp", ln, tc)
 	bl.onAccept = tune.onAccept
+	if tune.connectTimeout > 0 {
+		bl.connect = tune.connectTimeout
+	}
 	started := false
 	defer func() {
 		if !started {

@@ -3,10 +3,12 @@ package gateway
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
@@ -66,6 +68,79 @@ func TestEmbeddedBrokerCloseEndsUnfinishedConnections(t *testing.T) {
 			var ne net.Error
 			if err == nil || errors.As(err, &ne) && ne.Timeout() {
 				t.Fatalf("the connection is still open after Close (read: %v)", err)
+			}
+		})
+	}
+}
+
+// TestEmbeddedBrokerClosesSilentConnections: a connection that sends no
+// CONNECT (over TLS, does not finish its handshake) is closed once the connect
+// timeout has passed, and a client that did connect keeps its connection past
+// it, with a keepalive of 0 (no deadline at all) as with one. mochi reads the
+// CONNECT without a deadline: before, a silent connection stayed open for as
+// long as its client kept it.
+func TestEmbeddedBrokerClosesSilentConnections(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	for _, withTLS := range []bool{false, true} {
+		name := "tcp"
+		if withTLS {
+			name = "tls"
+		}
+		t.Run(name, func(t *testing.T) {
+			var tc *tls.Config
+			if withTLS {
+				pki := mqtttest.NewPKI(t, t.TempDir(), "sneakgate-test")
+				var err error
+				if tc, err = (EmbeddedTLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey}).tlsConfig(); err != nil {
+					t.Fatal(err)
+				}
+				tc = tc.Clone()
+			}
+			b, err := startBroker(freeAddr(t), 1<<20, nil, tc, zerolog.Nop(), nil, brokerTuning{connectTimeout: timeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+
+			silent, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer silent.Close()
+			if err := silent.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			_, err = silent.Read(make([]byte, 64))
+			var ne net.Error
+			if err == nil || errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("a connection that sent nothing was not closed within 30 s (read: %v)", err)
+			}
+
+			scheme := "tcp://"
+			if withTLS {
+				scheme = "ssl://"
+			}
+			for _, keepalive := range []time.Duration{0, time.Minute} {
+				lost := make(chan error, 1)
+				o := mqtt.NewClientOptions().AddBroker(scheme + b.Addr()).SetClientID(fmt.Sprintf("cam-%v", keepalive)).
+					SetAutoReconnect(false).SetKeepAlive(keepalive).
+					SetTLSConfig(&tls.Config{InsecureSkipVerify: true}).
+					SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
+				c := mqtt.NewClient(o)
+				if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Fatalf("keepalive %v: connect: %v", keepalive, tok.Error())
+				}
+				// Past the connect timeout (this wait is the condition under test).
+				time.Sleep(3 * timeout)
+				select {
+				case err := <-lost:
+					t.Fatalf("keepalive %v: the connected client lost its connection after the connect timeout: %v", keepalive, err)
+				default:
+				}
+				if tok := c.Publish("sg/req/fashion/cam", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Fatalf("keepalive %v: publish after the connect timeout: %v", keepalive, tok.Error())
+				}
+				c.Disconnect(100)
 			}
 		})
 	}
