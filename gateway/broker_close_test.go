@@ -22,55 +22,60 @@ import (
 // waited as long as the client stayed silent (found reading the listener's
 // Close ordering while looking for a test hang under CPU load).
 func TestEmbeddedBrokerCloseEndsUnfinishedConnections(t *testing.T) {
-	for _, withTLS := range []bool{false, true} {
-		name := "tcp"
-		if withTLS {
-			name = "tls"
+	overTCPAndTLS(t, true, func(t *testing.T, tc *tls.Config) {
+		accepted := make(chan struct{}, 16)
+		b, err := startBroker(freeAddr(t), 1<<20, nil, tc, zerolog.Nop(), nil,
+			brokerTuning{onAccept: func() { accepted <- struct{}{} }})
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Run(name, func(t *testing.T) {
-			var tc *tls.Config
-			if withTLS {
-				pki := mqtttest.NewPKI(t, t.TempDir(), "sneakgate-test")
-				var err error
-				if tc, err = (EmbeddedTLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, ClientCAFile: pki.CA}).tlsConfig(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			accepted := make(chan struct{}, 16)
-			b, err := startBroker(freeAddr(t), 1<<20, nil, tc, zerolog.Nop(), nil,
-				brokerTuning{onAccept: func() { accepted <- struct{}{} }})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { b.Close() })
-			c, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			select {
-			case <-accepted:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the broker did not accept the connection within 10 s")
-			}
+		t.Cleanup(func() { b.Close() })
+		c, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		select {
+		case <-accepted:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the broker did not accept the connection within 10 s")
+		}
 
-			closed := make(chan error, 1)
-			go func() { closed <- b.Close() }()
-			select {
-			case <-closed:
-			case <-time.After(10 * time.Second):
-				t.Fatal("Close did not return while a connection had sent no CONNECT")
-			}
-			if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
-				t.Fatal(err)
-			}
-			_, err = c.Read(make([]byte, 64))
-			var ne net.Error
-			if err == nil || errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("the connection is still open after Close (read: %v)", err)
-			}
-		})
-	}
+		closed := make(chan error, 1)
+		go func() { closed <- b.Close() }()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close did not return while a connection had sent no CONNECT")
+		}
+		if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Read(make([]byte, 64))
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the connection is still open after Close (read: %v)", err)
+		}
+	})
+}
+
+// overTCPAndTLS runs test as two subtests, "tcp" with no TLS configuration and
+// "tls" with the embedded broker's TLS configuration for a fresh test PKI
+// (clients must present a certificate when clientCerts).
+func overTCPAndTLS(t *testing.T, clientCerts bool, test func(t *testing.T, tc *tls.Config)) {
+	t.Run("tcp", func(t *testing.T) { test(t, nil) })
+	t.Run("tls", func(t *testing.T) {
+		pki := mqtttest.NewPKI(t, t.TempDir(), "sneakgate-test")
+		e := EmbeddedTLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey}
+		if clientCerts {
+			e.ClientCAFile = pki.CA
+		}
+		tc, err := e.tlsConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		test(t, tc)
+	})
 }
 
 // TestEmbeddedBrokerClosesSilentConnections: a connection that sends no
@@ -81,67 +86,52 @@ func TestEmbeddedBrokerCloseEndsUnfinishedConnections(t *testing.T) {
 // long as its client kept it.
 func TestEmbeddedBrokerClosesSilentConnections(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	for _, withTLS := range []bool{false, true} {
-		name := "tcp"
-		if withTLS {
-			name = "tls"
+	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
+		b, err := startBroker(freeAddr(t), 1<<20, nil, tc, zerolog.Nop(), nil, brokerTuning{connectTimeout: timeout})
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Run(name, func(t *testing.T) {
-			var tc *tls.Config
-			if withTLS {
-				pki := mqtttest.NewPKI(t, t.TempDir(), "sneakgate-test")
-				var err error
-				if tc, err = (EmbeddedTLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey}).tlsConfig(); err != nil {
-					t.Fatal(err)
-				}
-				tc = tc.Clone()
-			}
-			b, err := startBroker(freeAddr(t), 1<<20, nil, tc, zerolog.Nop(), nil, brokerTuning{connectTimeout: timeout})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { b.Close() })
+		t.Cleanup(func() { b.Close() })
 
-			silent, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer silent.Close()
-			if err := silent.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
-				t.Fatal(err)
-			}
-			_, err = silent.Read(make([]byte, 64))
-			var ne net.Error
-			if err == nil || errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("a connection that sent nothing was not closed within 30 s (read: %v)", err)
-			}
+		silent, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer silent.Close()
+		if err := silent.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = silent.Read(make([]byte, 64))
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("a connection that sent nothing was not closed within 30 s (read: %v)", err)
+		}
 
-			scheme := "tcp://"
-			if withTLS {
-				scheme = "ssl://"
+		scheme := "tcp://"
+		if tc != nil {
+			scheme = "ssl://"
+		}
+		for _, keepalive := range []time.Duration{0, time.Minute} {
+			lost := make(chan error, 1)
+			o := mqtt.NewClientOptions().AddBroker(scheme + b.Addr()).SetClientID(fmt.Sprintf("cam-%v", keepalive)).
+				SetAutoReconnect(false).SetKeepAlive(keepalive).
+				SetTLSConfig(&tls.Config{InsecureSkipVerify: true}).
+				SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
+			c := mqtt.NewClient(o)
+			if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("keepalive %v: connect: %v", keepalive, tok.Error())
 			}
-			for _, keepalive := range []time.Duration{0, time.Minute} {
-				lost := make(chan error, 1)
-				o := mqtt.NewClientOptions().AddBroker(scheme + b.Addr()).SetClientID(fmt.Sprintf("cam-%v", keepalive)).
-					SetAutoReconnect(false).SetKeepAlive(keepalive).
-					SetTLSConfig(&tls.Config{InsecureSkipVerify: true}).
-					SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
-				c := mqtt.NewClient(o)
-				if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-					t.Fatalf("keepalive %v: connect: %v", keepalive, tok.Error())
-				}
-				// Past the connect timeout (this wait is the condition under test).
-				time.Sleep(3 * timeout)
-				select {
-				case err := <-lost:
-					t.Fatalf("keepalive %v: the connected client lost its connection after the connect timeout: %v", keepalive, err)
-				default:
-				}
-				if tok := c.Publish("sg/req/fashion/cam", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-					t.Fatalf("keepalive %v: publish after the connect timeout: %v", keepalive, tok.Error())
-				}
-				c.Disconnect(100)
+			// Past the connect timeout (this wait is the condition under test).
+			time.Sleep(3 * timeout)
+			select {
+			case err := <-lost:
+				t.Fatalf("keepalive %v: the connected client lost its connection after the connect timeout: %v", keepalive, err)
+			default:
 			}
-		})
-	}
+			if tok := c.Publish("sg/req/fashion/cam", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("keepalive %v: publish after the connect timeout: %v", keepalive, tok.Error())
+			}
+			c.Disconnect(100)
+		}
+	})
 }
