@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -471,4 +474,129 @@ func holdDevices(t *testing.T, b *Broker, held <-chan struct{}, n int) []mqtt.To
 		}
 	}
 	return toks
+}
+
+// TestEmbeddedBrokerHeldDeviceReconnects: when a device's connection is lost
+// while the broker holds its request (a network failure; a device that gives up
+// on its ping) and the device reconnects before the gateway has room, the held
+// copy is not delivered, and the copy the device sends again (its persistent
+// session, DUP set) is held in turn and delivered once the gateway has room:
+// the gateway gets the request exactly once, and nothing is dropped. Two things
+// keep the old copy back: the hook gives it up once its connection is closed
+// (the session takeover closes it), and mochi delivers a QoS 1 publish only
+// after writing its PUBACK, which fails on a closed connection. (Where the
+// gateway gets room before the broker sees the connection gone, the old copy
+// can be delivered too, as QoS 1 allows; the journal answers the second as a
+// duplicate.) paho completes the first publish's token when it resends, so the
+// device's token says nothing here.
+func TestEmbeddedBrokerHeldDeviceReconnects(t *testing.T) {
+	const filter = "sg/req/+/+"
+	b, held := holdBroker(t, 8, filter, "sneakgate")
+	_, gwGot := holdClient(t, b, "sneakgate", filter)
+	filled := fillToLimit(t, b, gwGot)
+
+	// The device reaches the broker through a proxy whose connections the test
+	// can cut, as a network failure would: both ends see the connection end.
+	proxy := cutProxy(t, b.Addr())
+	connected := make(chan struct{}, 4)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + proxy.addr).SetClientID("cam-1").
+		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetryInterval(100 * time.Millisecond).
+		SetMaxReconnectInterval(200 * time.Millisecond).SetKeepAlive(30 * time.Second).
+		SetOnConnectHandler(func(mqtt.Client) { connected <- struct{}{} })
+	dev := mqtt.NewClient(o)
+	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { dev.Disconnect(50) })
+	<-connected
+	dev.Publish("sg/req/fashion/cam-1", 1, false, "r1")
+	waitHeld := func(what string) {
+		t.Helper()
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s not held within 30 s", what)
+		}
+	}
+	waitHeld("the request")
+	proxy.cut() // the network fails under the held request
+
+	// The device reconnects and sends its request again; the broker holds that
+	// copy too (the gateway is still at its limit).
+	select {
+	case <-connected:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the device did not reconnect within 30 s")
+	}
+	waitHeld("the request sent again after reconnecting")
+	select {
+	case m := <-gwGot:
+		t.Fatalf("the gateway got %q while at its limit", m.Payload())
+	default:
+	}
+	for _, m := range filled {
+		m.Ack()
+	}
+	m := receive(t, gwGot, "the held request")
+	if string(m.Payload()) != "r1" {
+		t.Fatalf("the gateway got %q, want r1", m.Payload())
+	}
+	m.Ack()
+	// A later request from the same device arrives after anything the broker
+	// still had of r1: the gateway must get r2 next, not a second r1.
+	dev.Publish("sg/req/fashion/cam-1", 1, false, "r2")
+	if m := receive(t, gwGot, "the next request"); string(m.Payload()) != "r2" {
+		t.Fatalf("after r1 the gateway got %q, want r2 (a second copy of the held request?)", m.Payload())
+	}
+	if d := b.Dropped(); d != 0 {
+		t.Errorf("Dropped() = %d, want 0", d)
+	}
+}
+
+// tcpProxy forwards connections to a broker; cut ends every connection it
+// carries, on both sides.
+type tcpProxy struct {
+	addr  string
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// cutProxy starts a tcpProxy to target on a free loopback port, closed with the
+// test.
+func cutProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{addr: ln.Addr().String()}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.DialTimeout("tcp", target, 5*time.Second)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, in, out)
+			p.mu.Unlock()
+			go func() { io.Copy(out, in); out.Close() }()
+			go func() { io.Copy(in, out); in.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *tcpProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
 }
