@@ -374,6 +374,11 @@ func (g *Gateway) subscribeRequests(ctx context.Context, cl mqtt.Client, filter 
 	case <-ctx.Done():
 		return
 	}
+	// On a later connection, not before paho has listed what it resends
+	// (pubGate.resuming): the status published once subscribed would be in it.
+	if !g.egress.gate.awaitResume(ctx) {
+		return
+	}
 	broker := g.cfg.MQTT.Broker
 	var granted byte
 	ok := retrySubscribe(ctx, func() error {

@@ -47,6 +47,16 @@ const (
 // line 830, "publish was broken by timeout") keeps its id and stored packet
 // until a later connection resends it. The gate keeps those apart (strand), so
 // that the egress can have the connection renewed (stranded.go).
+//
+// After a lost connection the gate has no place until paho, on the next
+// connection, has listed what its store holds to resend it (resume calls All
+// once the connection is up: client.go reconnect and resume). paho 1.5.1 lets
+// Publish through as soon as the connection is up, before that list is taken:
+// a publish in between was in the list, so resume sent it a second time (DUP,
+// the same packet id), claimed its id again for a token of its own (completing
+// the publisher's token before any PUBACK) and set its DUP flag while the
+// writer was writing it (a data race; paho issue 703). On the first connection
+// the gateway waits for Connect's token instead (brokerLink.resumed).
 type pubGate struct {
 	inner mqtt.Store
 	limit int
@@ -64,6 +74,13 @@ type pubGate struct {
 	entering int               // acquired, Publish not returned yet
 	closed   bool
 	lost     uint64 // interrupts so far
+	// resuming is set when the connection is lost (interrupt) and cleared once
+	// paho has listed the store for its resends on the next connection (All):
+	// meanwhile the gate is full. resumed is closed when resuming is cleared.
+	resuming bool
+	resumed  chan struct{}
+	// listing, if set, is called at the start of each All (tests).
+	listing func()
 	// stranded are the stored packets whose publish failed on the connection
 	// that is still up, with when the gate was told (strand); freed is when a
 	// PUBACK last freed a place (the broker's progress).
@@ -73,7 +90,9 @@ type pubGate struct {
 
 func newPubGate(limit int) *pubGate {
 	g := &pubGate{inner: mqtt.NewMemoryStore(), limit: max(limit, 1), keys: map[string]uint64{},
-		now: time.Now, strandKick: make(chan struct{}, 1), stranded: map[string]time.Time{}}
+		now: time.Now, strandKick: make(chan struct{}, 1), stranded: map[string]time.Time{},
+		resumed: make(chan struct{})}
+	close(g.resumed)
 	g.room.L = &g.mu
 	return g
 }
@@ -86,7 +105,21 @@ func (g *pubGate) inFlight() int {
 	return len(g.keys) + g.entering
 }
 
-func (g *pubGate) full() bool { return len(g.keys)+g.entering >= g.limit }
+func (g *pubGate) full() bool { return g.resuming || len(g.keys)+g.entering >= g.limit }
+
+// awaitResume waits until no resend list is awaited (see resuming), or ctx ends
+// (false).
+func (g *pubGate) awaitResume(ctx context.Context) bool {
+	g.mu.Lock()
+	ch := g.resumed
+	g.mu.Unlock()
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
 
 // generation numbers the connections lost so far (interrupt). A publisher
 // reads it before it checks that the client is connected and passes it to
@@ -143,11 +176,15 @@ func (g *pubGate) wait(ctx context.Context, count bool, gen uint64) error {
 // interrupt ends the waits in progress (errNotConnected): the connection was
 // lost, and the places they wait for free only once a later connection has
 // resent what the client holds and the broker has acknowledged it.
-// What was stranded is not any more: the next connection resends it.
+// What was stranded is not any more: the next connection resends it. Until
+// that connection has listed what it resends (All), the gate is full.
 func (g *pubGate) interrupt() {
 	g.mu.Lock()
 	g.lost++
 	clear(g.stranded)
+	if !g.resuming {
+		g.resuming, g.resumed = true, make(chan struct{})
+	}
 	g.mu.Unlock()
 	g.room.Broadcast()
 }
@@ -214,6 +251,9 @@ func (g *pubGate) tryAcquire(n int) int {
 	if g.closed {
 		return 0
 	}
+	if g.resuming {
+		return 0
+	}
 	took := max(min(n, g.limit-len(g.keys)-g.entering), 0)
 	g.entering += took
 	return took
@@ -258,7 +298,26 @@ func (g *pubGate) Put(key string, p packets.ControlPacket) {
 }
 
 func (g *pubGate) Get(key string) packets.ControlPacket { return g.inner.Get(key) }
-func (g *pubGate) All() []string                        { return g.inner.All() }
+
+// All is paho's list of what it resends on a new connection (resume; also
+// Connect, before the first): once taken, publishing is safe again.
+func (g *pubGate) All() []string {
+	if g.listing != nil {
+		g.listing()
+	}
+	keys := g.inner.All()
+	g.mu.Lock()
+	wake := g.resuming
+	if wake {
+		g.resuming = false
+		close(g.resumed)
+	}
+	g.mu.Unlock()
+	if wake {
+		g.room.Broadcast()
+	}
+	return keys
+}
 
 func (g *pubGate) Del(key string) {
 	g.inner.Del(key)
