@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -30,33 +31,39 @@ func TestEmbeddedBrokerCloseEndsUnfinishedConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { b.Close() })
-		c, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		select {
-		case <-accepted:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the broker did not accept the connection within 10 s")
-		}
+		c := dialRaw(t, b.Addr())
+		within(t, accepted, "the broker did not accept the connection")
 
 		closed := make(chan error, 1)
 		go func() { closed <- b.Close() }()
-		select {
-		case <-closed:
-		case <-time.After(10 * time.Second):
-			t.Fatal("Close did not return while a connection had sent no CONNECT")
-		}
-		if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		_, err = c.Read(make([]byte, 64))
-		var ne net.Error
-		if err == nil || errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("the connection is still open after Close (read: %v)", err)
-		}
+		within(t, closed, "Close did not return while a connection had sent no CONNECT")
+		closedByPeer(t, c, "the connection closed by Close")
 	})
+}
+
+// dialRaw opens a TCP connection to addr, closed with the test.
+func dialRaw(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedByPeer fails the test unless the other end closes c within 30 s
+// (reading whatever it sends first).
+func closedByPeer(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	if err := c.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("%s: still open after 30 s", what)
+	}
 }
 
 // overTCPAndTLS runs test as two subtests, "tcp" with no TLS configuration and
@@ -95,45 +102,38 @@ func TestEmbeddedBrokerClosesSilentConnections(t *testing.T) {
 		}
 		t.Cleanup(func() { b.Close() })
 
-		silent, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer silent.Close()
-		if err := silent.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		_, err = silent.Read(make([]byte, 64))
-		var ne net.Error
-		if err == nil || errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("a connection that sent nothing was not closed within 30 s (read: %v)", err)
-		}
+		closedByPeer(t, dialRaw(t, b.Addr()), "a connection that sent nothing")
 
 		scheme := "tcp://"
 		if tc != nil {
 			scheme = "ssl://"
 		}
-		for _, keepalive := range []time.Duration{0, time.Minute} {
-			lost := make(chan error, 1)
+		keepalives := []time.Duration{0, time.Minute}
+		lost := make(chan error, len(keepalives))
+		var clients []mqtt.Client
+		for _, keepalive := range keepalives {
 			o := mqtt.NewClientOptions().AddBroker(scheme + b.Addr()).SetClientID(fmt.Sprintf("cam-%v", keepalive)).
 				SetAutoReconnect(false).SetKeepAlive(keepalive).
 				SetTLSConfig(&tls.Config{InsecureSkipVerify: true}).
-				SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
+				SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- fmt.Errorf("keepalive %v: %w", keepalive, err) })
 			c := mqtt.NewClient(o)
 			if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 				t.Fatalf("keepalive %v: connect: %v", keepalive, tok.Error())
 			}
-			// Past the connect timeout (this wait is the condition under test).
-			time.Sleep(timeout + timeout/2)
-			select {
-			case err := <-lost:
-				t.Fatalf("keepalive %v: the connected client lost its connection after the connect timeout: %v", keepalive, err)
-			default:
-			}
+			t.Cleanup(func() { c.Disconnect(100) })
+			clients = append(clients, c)
+		}
+		// Past the connect timeout (this wait is the condition under test).
+		time.Sleep(timeout + timeout/2)
+		select {
+		case err := <-lost:
+			t.Fatalf("a connected client lost its connection after the connect timeout: %v", err)
+		default:
+		}
+		for i, c := range clients {
 			if tok := c.Publish("sg/req/fashion/cam", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-				t.Fatalf("keepalive %v: publish after the connect timeout: %v", keepalive, tok.Error())
+				t.Fatalf("keepalive %v: publish after the connect timeout: %v", keepalives[i], tok.Error())
 			}
-			c.Disconnect(100)
 		}
 	})
 }

@@ -69,13 +69,27 @@ func holdClient(t *testing.T, b *Broker, id string, filter string) (mqtt.Client,
 // receive returns the next message on got, failing the test after 30 s.
 func receive(t *testing.T, got <-chan mqtt.Message, what string) mqtt.Message {
 	t.Helper()
+	return within(t, got, "no "+what)
+}
+
+// waitHeld waits for the broker to hold a publish (held: holdBroker's channel),
+// failing the test after 30 s.
+func waitHeld(t *testing.T, held <-chan struct{}, what string) {
+	t.Helper()
+	within(t, held, what+" not held")
+}
+
+// within returns the next value on ch, failing the test with failure after 30 s.
+func within[T any](t *testing.T, ch <-chan T, failure string) T {
+	t.Helper()
 	select {
-	case m := <-got:
-		return m
+	case v := <-ch:
+		return v
 	case <-time.After(30 * time.Second):
-		t.Fatalf("no %s within 30 s", what)
+		t.Fatalf("%s within 30 s", failure)
 	}
-	return nil
+	var zero T
+	return zero
 }
 
 // TestEmbeddedBrokerHoldsInsteadOfDropping reproduces the loss of acknowledged
@@ -211,11 +225,7 @@ func TestEmbeddedBrokerCloseReleasesHeld(t *testing.T) {
 	for range limit {
 		receive(t, gwGot, "request up to the limit")
 	}
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("no publish held")
-	}
+	waitHeld(t, held, "the publish beyond the limit")
 	closed := make(chan error, 1)
 	go func() { closed <- b.Close() }()
 	select {
@@ -467,11 +477,7 @@ func holdDevices(t *testing.T, b *Broker, held <-chan struct{}, n int) []mqtt.To
 		id := fmt.Sprintf("cam-%02d", i)
 		dev, _ := holdClient(t, b, id, "")
 		toks[i] = dev.Publish("sg/req/fashion/"+id, 1, false, id)
-		select {
-		case <-held:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s's publish not held", id)
-		}
+		waitHeld(t, held, id+"'s publish")
 	}
 	return toks
 }
@@ -510,25 +516,13 @@ func TestEmbeddedBrokerHeldDeviceReconnects(t *testing.T) {
 	t.Cleanup(func() { dev.Disconnect(50) })
 	<-connected
 	dev.Publish("sg/req/fashion/cam-1", 1, false, "r1")
-	waitHeld := func(what string) {
-		t.Helper()
-		select {
-		case <-held:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s not held within 30 s", what)
-		}
-	}
-	waitHeld("the request")
+	waitHeld(t, held, "the request")
 	proxy.cut() // the network fails under the held request
 
 	// The device reconnects and sends its request again; the broker holds that
 	// copy too (the gateway is still at its limit).
-	select {
-	case <-connected:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the device did not reconnect within 30 s")
-	}
-	waitHeld("the request sent again after reconnecting")
+	within(t, connected, "the device did not reconnect")
+	waitHeld(t, held, "the request sent again after reconnecting")
 	select {
 	case m := <-gwGot:
 		t.Fatalf("the gateway got %q while at its limit", m.Payload())

@@ -139,11 +139,7 @@ func TestEmbeddedBrokerPacketLimit(t *testing.T) {
 // has sent none of the payload.
 func TestEmbeddedBrokerRefusesBeforeReading(t *testing.T) {
 	b := startTestBroker(t, DefaultConfig().Admission.MaxPayloadBytes)
-	c, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialRaw(t, b.Addr())
 	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
