@@ -35,6 +35,7 @@ import (
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 func main() {
@@ -90,7 +91,7 @@ func run(dir, first, second string) error {
 
 func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b [][]float64) {
 	n := set.N
-	u := func(i int, p []float64) float64 { return m.Utility[set.Labels[i]][top(p)] }
+	u := func(i int, p []float64) float64 { return m.Utility[set.Labels[i]][sneakpeek.Argmax(p)] }
 	avg := make([][]float64, n)
 	for i := range avg {
 		avg[i] = make([]float64, len(a[i]))
@@ -116,7 +117,7 @@ func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b 
 	for i := range order {
 		order[i] = i
 	}
-	conf := func(i int) float64 { return a[i][top(a[i])] }
+	conf := func(i int) float64 { return a[i][sneakpeek.Argmax(a[i])] }
 	sort.SliceStable(order, func(x, y int) bool { return conf(order[x]) < conf(order[y]) })
 	fmt.Printf("  %8s %10s %9s %9s\n", "escalated", "threshold", "replace", "average")
 	for _, share := range []float64{0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1} {
@@ -141,15 +142,4 @@ func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b 
 		}
 		fmt.Printf("  %8.0f%% %10s %9.4f %9.4f\n", 100*share, threshold, rep/float64(n), av/float64(n))
 	}
-}
-
-// top is the index of the largest value (the first of equals).
-func top(p []float64) int {
-	best := 0
-	for i := range p {
-		if p[i] > p[best] {
-			best = i
-		}
-	}
-	return best
 }
