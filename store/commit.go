@@ -329,7 +329,9 @@ func (s *Store) fill(group []*op, wait bool) []*op {
 
 // commit applies a group in one transaction. A member whose apply fails is taken
 // out with its error and the rest are retried, as bbolt's DB.Batch does; a failed
-// commit fails every member. The writes take their keys and values from mem.
+// commit fails every member, except that a commit that failed for want of space
+// fails its Puts of new keys and retries the rest (ErrNoSpace). The writes take
+// their keys and values from mem.
 func (s *Store) commit(group []*op, mem *arena) {
 	for len(group) > 0 {
 		tx, err := s.db.Begin(true)
@@ -359,8 +361,28 @@ func (s *Store) commit(group []*op, mem *arena) {
 			continue
 		}
 		if err := s.finishTx(tx, b, delta, bytes, group); err != nil {
+			if isNoSpace(err) {
+				// The file could not grow (bbolt rolled the commit back). The new
+				// keys fail; the rest is committed again without them: completions
+				// and replies usually fit in the file's free pages, and they are what
+				// lets the journal drain.
+				cause := err
+				err = fmt.Errorf("%w: %w", ErrNoSpace, cause)
+				s.noSpaceFailed(cause)
+				if newPuts, rest := splitNewPuts(group); len(newPuts) > 0 && len(rest) > 0 {
+					s.fail(newPuts, err)
+					group = rest
+					continue
+				}
+			}
 			s.fail(group, err)
 			return
+		}
+		for _, o := range group {
+			if o.Kind == OpPut && o.res.Dup == New {
+				s.roomAgain() // a new key fitted: the disk has room again
+				break
+			}
 		}
 		for _, o := range group {
 			o.finish()

@@ -47,6 +47,20 @@ var (
 	// refuse the request (for example with an overload reply) and acknowledge it.
 	ErrFull = errors.New("journal full")
 
+	// ErrNoSpace is wrapped, with the file system's error, by the error of a
+	// write whose commit failed because the journal file could not grow: the
+	// disk is full (ENOSPC), a quota is reached (EDQUOT) or a file size limit
+	// (EFBIG: RLIMIT_FSIZE, the file system's largest file). Nothing of that
+	// commit was stored, and the file stays usable: bbolt rolled it back. A
+	// failed commit's Puts of new keys fail with it and its other writes
+	// (duplicates, Outbox, Complete, GC) are committed again without them, into
+	// the file's free pages; after that, Put of a new key fails with it at once,
+	// without trying, for a second after each failure, and the first Put after
+	// that tries again. Duplicates are still answered. Refuse the request (for
+	// example with an overload reply) and acknowledge it; free disk space, and
+	// the journal takes new keys again by itself.
+	ErrNoSpace = errors.New("no space for the journal file to grow")
+
 	// ErrNotPending is returned by Outbox when the key is neither pending nor in
 	// the outbox (it was never put, or it was completed).
 	ErrNotPending = errors.New("key is not pending")

@@ -25,8 +25,9 @@ const gcChunk = 1024
 //
 // Put returns ErrInvalid for a nil entry or a bad key, ErrTooLarge for an entry
 // that encodes to more than MaxRecordSize bytes, ErrFull for a new key while the
-// journal holds more than Options.MaxBytes, ErrClosed after Close, and the
-// commit's error (wrapping Options.BeforeCommit's, if that failed it).
+// journal holds more than Options.MaxBytes, ErrNoSpace (wrapped) for a new key
+// when the file cannot grow, ErrClosed after Close, and the commit's error
+// (wrapping Options.BeforeCommit's, if that failed it).
 func (s *Store) Put(e *Entry) (PutResult, error) {
 	if e == nil {
 		return PutResult{}, fmt.Errorf("store: put: %w: nil entry", ErrInvalid)
@@ -68,6 +69,9 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 			stale = true // completed longer ago than Retention: forgotten
 		}
 		if err := s.checkRoom(); err != nil { // Options.MaxBytes: refuse new keys only
+			return err
+		}
+		if err := s.checkSpace(); err != nil { // the disk was full a moment ago
 			return err
 		}
 		seq, err := b.pending.NextSequence()

@@ -174,6 +174,9 @@ type Store struct {
 	// unknown, every later operation fails with it, and Close closes the file
 	// without bbolt (see commit).
 	broken atomic.Pointer[error]
+	// noSpace is set while commits fail for want of space (nospace.go); only
+	// the committer writes it.
+	noSpace atomic.Pointer[noSpaceState]
 
 	// mu guards closed. Writers hold it shared while they queue, readers for
 	// their whole transaction; Close takes it exclusively.
@@ -223,6 +226,13 @@ type Stats struct {
 	// Corrupt counts corrupt records skipped by Pending and OutboxEntries (a
 	// record is counted each time it is read).
 	Corrupt uint64
+	// NoSpaceErrors counts commits that failed because the file could not grow
+	// (ErrNoSpace; they are counted in CommitErrors too).
+	NoSpaceErrors uint64
+	// NoSpaceSince is when commits began failing for want of space, zero while
+	// they do not: from then until a Put of a new key succeeds, new keys are
+	// refused (ErrNoSpace).
+	NoSpaceSince time.Time
 }
 
 // Open opens (creating if needed) the journal at path and starts its committer.
