@@ -136,6 +136,7 @@ type brokerTuning struct {
 	onHold, onWake func()
 	onAccept       func()
 	connectTimeout time.Duration // 0: brokerConnectTimeout
+	writeTimeout   time.Duration // 0: brokerWriteTimeout
 }
 
 // brokerConnectTimeout is how long the embedded broker waits for a new
@@ -157,7 +158,8 @@ const brokerConnectTimeout = 10 * time.Second
 // ClientsWg.Add) only once it runs, so the wait can also miss it. This one
 // remembers every connection it accepted until its goroutine ends, closes
 // those that are left once mochi has closed its clients, and waits for their
-// goroutines itself.
+// goroutines itself. It hands mochi each connection as a brokerConn, which
+// bounds writes (brokerWriteTimeout; at Close, brokerCloseWriteTimeout).
 type brokerListener struct {
 	id       string
 	ln       net.Listener // TCP; connections are closed as TCP, not TLS
@@ -165,15 +167,17 @@ type brokerListener struct {
 	log      *slog.Logger
 	onAccept func()
 	connect  time.Duration // the CONNECT's deadline (brokerConnectTimeout)
+	write    time.Duration // brokerConn's timeout (brokerWriteTimeout)
 
 	mu     sync.Mutex
 	closed bool
-	conns  map[net.Conn]struct{} // accepted, their goroutine not ended
-	wg     sync.WaitGroup        // the connections' goroutines
+	conns  map[*brokerConn]struct{} // accepted, their goroutine not ended
+	wg     sync.WaitGroup           // the connections' goroutines
 }
 
 func newBrokerListener(id string, ln net.Listener, tc *tls.Config) *brokerListener {
-	return &brokerListener{id: id, ln: ln, tc: tc, connect: brokerConnectTimeout, conns: map[net.Conn]struct{}{}}
+	return &brokerListener{id: id, ln: ln, tc: tc, connect: brokerConnectTimeout, write: brokerWriteTimeout,
+		conns: map[*brokerConn]struct{}{}}
 }
 
 func (l *brokerListener) ID() string       { return l.id }
@@ -200,7 +204,8 @@ func (l *brokerListener) Serve(establish listeners.EstablishFn) {
 			raw.Close()
 			return
 		}
-		l.conns[raw] = struct{}{}
+		bc := &brokerConn{Conn: raw, l: l, timeout: l.write}
+		l.conns[bc] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
 		if l.onAccept != nil {
@@ -209,25 +214,25 @@ func (l *brokerListener) Serve(establish listeners.EstablishFn) {
 		go func() {
 			defer l.wg.Done()
 			// mochi replaces the deadline once it has read the CONNECT.
-			_ = raw.SetDeadline(time.Now().Add(l.connect))
-			c := raw
+			_ = bc.SetDeadline(time.Now().Add(l.connect))
+			var c net.Conn = bc
 			if l.tc != nil {
-				c = tls.Server(raw, l.tc)
+				c = tls.Server(bc, l.tc)
 			}
 			if err := establish(l.id, c); err != nil {
 				l.log.Warn("", "error", err) // as mochi's TCP listener logs it
 			}
 			raw.Close()
 			l.mu.Lock()
-			delete(l.conns, raw)
+			delete(l.conns, bc)
 			l.mu.Unlock()
 		}()
 	}
 }
 
-// Close stops accepting, lets mochi close its clients (closeClients sends an
-// MQTT 5 client its DISCONNECT), closes every connection still open and waits
-// until each connection's goroutine has ended.
+// Close stops accepting, gives every write brokerCloseWriteTimeout, lets mochi
+// close its clients (closeClients writes each a DISCONNECT), closes every
+// connection still open and waits until each connection's goroutine has ended.
 func (l *brokerListener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
@@ -235,6 +240,10 @@ func (l *brokerListener) Close(closeClients listeners.CloseFn) {
 		return
 	}
 	l.closed = true
+	by := time.Now().Add(brokerCloseWriteTimeout)
+	for c := range l.conns {
+		c.closing(by)
+	}
 	l.mu.Unlock()
 	closeClients(l.id)
 	l.ln.Close()
@@ -258,6 +267,9 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 	bl.onAccept = tune.onAccept
 	if tune.connectTimeout > 0 {
 		bl.connect = tune.connectTimeout
+	}
+	if tune.writeTimeout > 0 {
+		bl.write = tune.writeTimeout
 	}
 	started := false
 	defer func() {
@@ -294,6 +306,13 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 		if err := srv.AddHook(new(auth.Hook), &auth.Options{Ledger: ledger}); err != nil {
 			return nil, fmt.Errorf("embedded broker: %w", err)
 		}
+	}
+	wt := &writeTimeoutHook{exempt: map[string]bool{}}
+	for _, g := range guarded {
+		wt.exempt[g.Client] = true
+	}
+	if err := srv.AddHook(wt, nil); err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	hold := newHoldHook(srv, guarded, holdLimit(caps.MaximumInflight), log)
 	hold.onHold, hold.onWake = tune.onHold, tune.onWake

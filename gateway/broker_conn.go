@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// brokerWriteTimeout is how long the embedded broker lets a write to a client
+// make no progress (take no brokerWriteChunk) before it closes the client's
+// connection. mochi writes to a client without a deadline of its own (only the
+// keepalive's, 1.5 x the keepalive, renewed whenever the client sends a packet;
+// none for a keepalive of 0), and it writes under the client's lock, which a
+// QoS 1 or 2 message to that client also takes (for its packet id) in the read
+// loop of whoever published it: a client that stopped reading (a stuck device,
+// one behind a dead NAT) with its socket buffers full stopped that loop, for
+// good with a keepalive of 0. The publisher of replies is the gateway, so one
+// such device stopped every reply, and every acknowledgement of a request the
+// gateway sent, while it stayed. A write blocks only once the socket buffers
+// (hundreds of KiB to MiB) are full, so a client this cuts has left that much
+// unread and then read nothing for this long. The gateway's own client (the
+// guarded subscribers') is exempt (writeTimeoutHook): it stops reading while
+// its handlers are busy, and while it does nothing should reach it anyway.
+const brokerWriteTimeout = 10 * time.Second
+
+// brokerWriteChunk is the most of one write the broker hands the socket under
+// one brokerWriteTimeout: a large message to a slow client that does read
+// gets the timeout for each chunk, not for the whole message.
+const brokerWriteChunk = 16 << 10
+
+// brokerCloseWriteTimeout is how long, at Close, writes to a client may still
+// take: mochi writes each client a DISCONNECT at Close, under the client's
+// lock, so a client that stopped reading (keepalive 0: no deadline at all)
+// kept Close, and the gateway's stop with it, waiting until systemd killed
+// the gateway. Every connection gets this deadline at once (not one after
+// another), so Close waits for it once however many clients are stuck.
+const brokerCloseWriteTimeout = 2 * time.Second
+
+// brokerConn is a connection of the embedded broker's (brokerListener; under
+// TLS when the listener has it): each write, in chunks of brokerWriteChunk,
+// must make progress within its timeout (brokerWriteTimeout, 0 for none), and
+// after closing(by) no write goes on past by. A write that times out closes
+// the connection: mochi goes on writing a client's next packets after a failed
+// write, and the next would follow a partly written packet. The deadlines mochi
+// sets (the CONNECT's, the keepalive's) apply as they would on the bare
+// connection; the earliest of them and these is the one in force.
+type brokerConn struct {
+	net.Conn // TCP
+	l        *brokerListener
+
+	mu       sync.Mutex
+	timeout  time.Duration // for each chunk; 0: none
+	deadline time.Time     // the write deadline set (SetDeadline, SetWriteDeadline)
+	chunk    time.Time     // the chunk under way's: now + timeout
+	closeBy  time.Time     // Close's
+	applied  time.Time     // the write deadline in force on Conn
+}
+
+// applyLocked puts the earliest of the write deadlines in force. c.mu held.
+func (c *brokerConn) applyLocked() error {
+	var d time.Time
+	for _, t := range []time.Time{c.deadline, c.chunk, c.closeBy} {
+		if !t.IsZero() && (d.IsZero() || t.Before(d)) {
+			d = t
+		}
+	}
+	if d.Equal(c.applied) {
+		return nil
+	}
+	c.applied = d
+	return c.Conn.SetWriteDeadline(d)
+}
+
+func (c *brokerConn) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), brokerWriteChunk)
+		c.mu.Lock()
+		if c.timeout > 0 {
+			c.chunk = time.Now().Add(c.timeout)
+		}
+		_ = c.applyLocked()
+		c.mu.Unlock()
+		m, err := c.Conn.Write(p[:n])
+		written += m
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				c.stalled()
+			}
+			return written, err
+		}
+		p = p[n:]
+	}
+	c.mu.Lock()
+	c.chunk = time.Time{}
+	c.mu.Unlock()
+	return written, nil
+}
+
+// stalled closes the connection after a write timed out (logged unless the
+// broker is closing).
+func (c *brokerConn) stalled() {
+	c.mu.Lock()
+	closing, timeout := !c.closeBy.IsZero(), c.timeout
+	c.mu.Unlock()
+	if !closing && c.l.log != nil {
+		c.l.log.Warn("embedded broker: a client took no data for the write timeout or its keepalive's deadline: connection closed",
+			"remote", c.RemoteAddr().String(), "write_timeout", timeout.String())
+	}
+	c.Conn.Close()
+}
+
+func (c *brokerConn) SetDeadline(t time.Time) error {
+	if err := c.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *brokerConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadline = t
+	return c.applyLocked()
+}
+
+// closing bounds every write, the one under way included, by by.
+func (c *brokerConn) closing(by time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeBy.IsZero() || by.Before(c.closeBy) {
+		c.closeBy = by
+	}
+	_ = c.applyLocked()
+}
+
+// exempt lifts the write timeout (not Close's).
+func (c *brokerConn) exempt() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timeout = 0
+	c.chunk = time.Time{}
+	_ = c.applyLocked()
+}
+
+// brokerConnOf is the brokerConn under a client's connection (nil if none).
+func brokerConnOf(c net.Conn) *brokerConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	bc, _ := c.(*brokerConn)
+	return bc
+}
+
+// writeTimeoutHook exempts the guarded subscribers' clients (the gateway's)
+// from brokerWriteTimeout once they have authenticated, before their CONNACK
+// and any resent message: while the gateway does not read, its messages wait
+// (and devices' publishes to it wait too, as mochi takes the gateway's lock
+// for their packet ids: back-pressure, as holdHook's).
+type writeTimeoutHook struct {
+	mqtt.HookBase
+	exempt map[string]bool
+}
+
+func (h *writeTimeoutHook) ID() string { return "sneakgate-write-timeout" }
+
+func (h *writeTimeoutHook) Provides(b byte) bool { return b == mqtt.OnSessionEstablish }
+
+func (h *writeTimeoutHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if h.exempt[cl.ID] {
+		if c := brokerConnOf(cl.Net.Conn); c != nil {
+			c.exempt()
+		}
+	}
+}
