@@ -256,3 +256,31 @@ func remainingLength(r *bufio.Reader) (int, error) {
 		shift += 7
 	}
 }
+
+// TestEmbeddedBrokerStuckClientReconnects: a device whose old connection has
+// stopped reading (a dead NAT, keepalive 0) connects again under its client
+// id, and gets its messages on the new connection. mochi takes a session over
+// by writing the old connection a DISCONNECT, under the lock the stuck write
+// holds, in the new connection's goroutine: the device could not connect again
+// for as long as the old connection stayed.
+func TestEmbeddedBrokerStuckClientReconnects(t *testing.T) {
+	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
+		n := stuckPayload(t)
+		b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), nil, brokerTuning{writeTimeout: stuckWriteTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		stuck := stuckClient(t, b, tc, "cam-1", "sg/resp/cam-1")
+		pub, _ := pahoClient(t, b, tc, "sneakgate", "")
+		published(t, pub, "sg/resp/cam-1", make([]byte, n))
+		stopReadingMidPublish(t, stuck)
+
+		_, got := pahoClient(t, b, tc, "cam-1", "sg/resp/cam-1")
+		published(t, pub, "sg/resp/cam-1", []byte("again"))
+		if m := receive(t, got, "message on the new connection"); string(m.Payload()) != "again" {
+			t.Fatalf("cam-1 got %q", m.Payload())
+		}
+		closedByPeer(t, stuck, "the old connection")
+	})
+}
