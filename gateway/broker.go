@@ -355,8 +355,9 @@ func (b *Broker) Held() int64 { return b.hold.held.Load() }
 func (b *Broker) Addr() string { return b.addr }
 
 // Close stops the broker and disconnects its clients, closing every connection,
-// one that has not finished connecting included (brokerListener); held
-// publishes are neither acknowledged nor delivered.
+// one that has not finished connecting included (brokerListener); a client that
+// does not read holds it up for at most brokerCloseWriteTimeout. Held publishes
+// are neither acknowledged nor delivered.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.hold.stop()
