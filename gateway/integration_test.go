@@ -179,6 +179,27 @@ func (d *device) await(ids []string, within time.Duration) map[string]*protocol.
 	}
 }
 
+// awaitFirst waits (bounded) until one of ids has a reply and returns it.
+func (d *device) awaitFirst(ids []string, within time.Duration) (string, *protocol.Reply) {
+	d.t.Helper()
+	deadline := time.After(within)
+	for {
+		d.mu.Lock()
+		for _, id := range ids {
+			if rs := d.replies[id]; len(rs) > 0 {
+				d.mu.Unlock()
+				return id, rs[0]
+			}
+		}
+		d.mu.Unlock()
+		select {
+		case <-d.arrived:
+		case <-deadline:
+			d.t.Fatalf("no reply to any of %v within %v", ids, within)
+		}
+	}
+}
+
 // awaitIdenticalRepeats waits (bounded) until each id has a second reply and
 // checks that it is byte for byte the first.
 func (d *device) awaitIdenticalRepeats(ids []string, within time.Duration) {
@@ -676,27 +697,98 @@ func TestStatusAndStats(t *testing.T) {
 }
 
 // queueOfOne starts a broker and returns a configuration whose queue holds one
-// request, held there for max_queue_delay by fixed-batch: a second request finds
-// the queue full.
-func queueOfOne(t *testing.T) (*mqtttest.Broker, *Config) {
+// request, held there for max_queue_delay by fixed-batch, and the clock for the
+// gateway (Options.Now): while the test has it stopped, the hold does not run
+// out, so a second request finds the queue full however long a loaded machine
+// takes to deliver it (with the wall clock, a second request handled more than
+// the 500 ms after the first was queued found it empty).
+func queueOfOne(t *testing.T) (*mqtttest.Broker, *Config, *testClock) {
 	t.Helper()
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	cfg.Admission.MaxQueue = 1
 	cfg.Scheduler.Policy = "fixed-batch"
 	cfg.Scheduler.MaxQueueDelay = 500 * time.Millisecond
-	return b, cfg
+	return b, cfg, &testClock{}
+}
+
+// testClock is a gateway clock (Options.Now) that a test can stop and move
+// forward. Stopped, it reads the instant it stopped at: what the gateway times
+// by it (fixed-batch's hold, counted from the request's Queued; readiness's
+// second after a refusal) lasts until the test moves on, however slowly the
+// machine runs the steps in between. Running, it reads the wall clock plus the
+// time skipped. (The scheduling loop's timers still run on the wall clock: a
+// stopped clock makes the loop wake, find the hold not over and sleep again.)
+type testClock struct {
+	mu      sync.Mutex
+	skipped time.Duration
+	stopped bool
+	at      time.Time // the reading while stopped
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return c.at
+	}
+	return time.Now().Add(c.skipped)
+}
+
+// Stop stops the clock at its present reading.
+func (c *testClock) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopped {
+		c.at, c.stopped = time.Now().Add(c.skipped), true
+	}
+}
+
+// Start runs the clock again: it jumps forward by the wall time it was stopped.
+func (c *testClock) Start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopped = false
+}
+
+// Skip moves the clock forward by d, stopped or running.
+func (c *testClock) Skip(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.skipped += d
+	c.at = c.at.Add(d)
+}
+
+// waitUntil waits until cond holds, failing the test after 30 s. It polls: it
+// is for the gateway's state that no message announces, such as a copy of a
+// request it ignores as a duplicate (no reply).
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30 s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // TestDuplicateWhileQueueFull: a re-sent request whose original still waits in a
 // full queue is a duplicate, not an overload.
 func TestDuplicateWhileQueueFull(t *testing.T) {
-	b, cfg := queueOfOne(t)
-	gw := startGateway(t, cfg, Options{})
+	b, cfg, clock := queueOfOne(t)
+	gw := startGateway(t, cfg, Options{Now: clock.Now})
 	_, samples := fashionSamples(t)
 	dev := newDevice(t, b.URL(), "cam-full")
+	clock.Stop() // the first copy stays queued until the second is handled
 	dev.request("fashion", "cam-full", "a", samples.Row(1), 60000)
 	dev.request("fashion", "cam-full", "a", samples.Row(1), 60000)
+	// The second copy gets no reply of its own (unless refused): wait until the
+	// gateway has counted it, as a duplicate or refused for overload.
+	waitUntil(t, "the second copy of a handled", func() bool {
+		return testutil.ToFloat64(gw.g.m.duplicates.WithLabelValues("pending")) > 0 || gw.g.loop.refused.Load() > 0
+	})
+	clock.Start()
 	if r := dev.await([]string{"a"}, 30*time.Second)["a"]; r.Status != protocol.StatusOK {
 		t.Fatalf("a: %+v", r)
 	}
@@ -766,10 +858,9 @@ func TestRepeatsAfterCrashNeverContradict(t *testing.T) {
 // TestReadiness: /readyz says ready only while the gateway is subscribed and not
 // refusing work; an overload refusal makes it 503 with the reason for a second.
 func TestReadiness(t *testing.T) {
-	b, cfg := queueOfOne(t)
+	b, cfg, clock := queueOfOne(t)
 	cfg.Admission.DegradeRefused = false // a bare refusal, with its retry hint
-	var skew atomic.Int64                // the test moves the gateway's clock forward
-	gw := startGateway(t, cfg, Options{Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+	gw := startGateway(t, cfg, Options{Now: clock.Now})
 	probe := func() (int, string) {
 		w := httptest.NewRecorder()
 		gw.g.readyz(w, httptest.NewRequest("GET", "/readyz", nil))
@@ -777,8 +868,23 @@ func TestReadiness(t *testing.T) {
 	}
 	_, samples := fashionSamples(t)
 	dev := newDevice(t, b.URL(), "cam-ready")
+	// Stopped, the clock keeps the admitted request queued, and the probes see
+	// the refusal's second as it is when they read it, not cut short by
+	// however long the machine takes to get to them.
+	clock.Stop()
 	dev.request("fashion", "cam-ready", "a", samples.Row(1), 60000)
 	dev.request("fashion", "cam-ready", "b", samples.Row(2), 60000)
+	if id, r := dev.awaitFirst([]string{"a", "b"}, 30*time.Second); r.Reason != protocol.ReasonOverload {
+		t.Errorf("%s answered while the other was queued: %+v, want a refusal", id, r)
+	}
+	if code, body := probe(); code != http.StatusServiceUnavailable || !strings.Contains(body, "overloaded") {
+		t.Errorf("readyz after a refusal: %d %q", code, body)
+	}
+	clock.Skip(2 * time.Second)
+	if code, body := probe(); code != http.StatusOK {
+		t.Errorf("readyz a while after the last refusal: %d %q", code, body)
+	}
+	clock.Start()
 	got := dev.await([]string{"a", "b"}, 30*time.Second)
 	refused := 0
 	for id, r := range got {
@@ -794,13 +900,6 @@ func TestReadiness(t *testing.T) {
 	if refused != 1 {
 		t.Fatalf("%d of 2 requests refused with max_queue 1, want 1: %+v", refused, got)
 	}
-	if code, body := probe(); code != http.StatusServiceUnavailable || !strings.Contains(body, "overloaded") {
-		t.Errorf("readyz after a refusal: %d %q", code, body)
-	}
-	skew.Store(int64(2 * time.Second))
-	if code, body := probe(); code != http.StatusOK {
-		t.Errorf("readyz a while after the last refusal: %d %q", code, body)
-	}
 	gw.stop(t)
 	if code, _ := probe(); code != http.StatusServiceUnavailable {
 		t.Errorf("readyz after shutdown: %d", code)
@@ -811,12 +910,15 @@ func TestReadiness(t *testing.T) {
 // request refused for overload is answered from the application's SneakPeek
 // estimate, like one the scheduler sheds, instead of getting a bare rejection.
 func TestRefusedAnsweredFromEstimate(t *testing.T) {
-	b, cfg := queueOfOne(t)
-	gw := startGateway(t, cfg, Options{})
+	b, cfg, clock := queueOfOne(t)
+	gw := startGateway(t, cfg, Options{Now: clock.Now})
 	_, samples := fashionSamples(t)
 	dev := newDevice(t, b.URL(), "cam-deg")
+	clock.Stop() // the admitted request stays queued until the other is answered
 	dev.request("fashion", "cam-deg", "a", samples.Row(1), 60000)
 	dev.request("fashion", "cam-deg", "b", samples.Row(2), 60000)
+	dev.awaitFirst([]string{"a", "b"}, 30*time.Second)
+	clock.Start()
 	got := dev.await([]string{"a", "b"}, 30*time.Second)
 	var ok, degraded int
 	for id, r := range got {
