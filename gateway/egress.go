@@ -119,6 +119,7 @@ type egress struct {
 	rate         float64
 	now          func() time.Time
 	log          zerolog.Logger
+	noSpaceLog   zerolog.Logger // log, sampled (storeLog)
 	m            *metrics
 	opts         egressOptions
 
@@ -211,6 +212,7 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 	if e.gate == nil {
 		e.gate = newPubGate(defaultMaxInflightPublishes)
 	}
+	e.noSpaceLog = log.Sample(rejectSampler())
 	e.room.L = &e.answersMu
 	e.late.Add(3)
 	go e.owedWaiter()
@@ -627,7 +629,7 @@ func (e *egress) sendPart(part []*answerMsg, held bool) {
 		for i, err := range outboxAll(true) {
 			if err != nil {
 				e.storeError("outbox", err)
-				e.log.Error().Err(err).Stringer("key", out[i].a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+				e.storeLog(err).Err(err).Stringer("key", out[i].a.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
 			}
 		}
 		return
@@ -647,7 +649,7 @@ func (e *egress) sendPart(part []*answerMsg, held bool) {
 				// Publish anyway: the device is waiting. The request stays pending in
 				// the journal, so a restart may answer it a second time.
 				e.storeError("outbox", err)
-				e.log.Error().Err(err).Stringer("key", b.a.key).Msg("outbox write failed; publishing without it")
+				e.storeLog(err).Err(err).Stringer("key", b.a.key).Msg("outbox write failed; publishing without it")
 			} else {
 				written = true
 			}
@@ -735,7 +737,7 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 		}
 		if werr := keep(h.key, h.payload, h.flushBy); werr != nil {
 			e.storeError("outbox", werr)
-			e.log.Error().Err(werr).Stringer("key", h.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
+			e.storeLog(werr).Err(werr).Stringer("key", h.key).Msg("outbox write failed; the request stays pending and is answered after a restart")
 		}
 	}
 	if errors.Is(err, errPublishTimeout) {
@@ -825,6 +827,16 @@ func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protoco
 	}()
 }
 
+// storeLog is the error event for a failed journal write: sampled when the
+// journal's disk is full (store.ErrNoSpace), when every answer's write may fail
+// for a while and the store has logged why.
+func (e *egress) storeLog(err error) *zerolog.Event {
+	if errors.Is(err, store.ErrNoSpace) {
+		return e.noSpaceLog.Error()
+	}
+	return e.log.Error()
+}
+
 // storeError counts a failed journal operation and passes the error on.
 func (e *egress) storeError(op string, err error) {
 	e.m.storeErrors.WithLabelValues(op).Inc()
@@ -841,7 +853,7 @@ func (e *egress) complete(k store.Key, payload []byte) {
 
 func (e *egress) completeFailed(k store.Key, err error) {
 	e.storeError("complete", err)
-	e.log.Error().Err(err).Stringer("key", k).Msg("journal complete failed; the same reply may be published again after a restart")
+	e.storeLog(err).Err(err).Stringer("key", k).Msg("journal complete failed; the same reply may be published again after a restart")
 }
 
 // Stop stops taking replies and waits, at most until ctx ends, for the queued ones
@@ -1083,7 +1095,7 @@ func (e *egress) flush(ctx context.Context) {
 					// Publishing bytes the journal does not hold would let a repeat
 					// differ from them: leave it unsent for the next flush.
 					e.storeError("outbox", err)
-					e.log.Error().Err(err).Stringer("key", oe.Key).Msg("outbox write failed; flush stopped")
+					e.storeLog(err).Err(err).Stringer("key", oe.Key).Msg("outbox write failed; flush stopped")
 					e.gate.entered()
 					e.release(oe.Key)
 					return

@@ -571,7 +571,8 @@ func (g *Gateway) fail(err error) {
 }
 
 // readiness says whether the gateway is serving: connected and subscribed to
-// requests, not stopping, and not overloaded (in the last second, refusing
+// requests, not stopping, its journal able to store new requests (not out of
+// disk space), and not overloaded (in the last second, refusing
 // requests, answering them from their estimate instead of queueing them, or
 // leaving the MQTT client waiting for a request handler). It returns "" when
 // ready, else the reason: what the gateway did of these.
@@ -581,6 +582,10 @@ func (g *Gateway) readiness() string {
 		return "shutting down"
 	case !g.subscribed.Load():
 		return g.link.notServing(g.client.IsConnectionOpen())
+	}
+	if since := g.journal.Stats().NoSpaceSince; !since.IsZero() {
+		return fmt.Sprintf("journal disk full since %s: refusing new requests (store.path %s; free space there)",
+			since.UTC().Format(time.RFC3339), g.journal.Path())
 	}
 	now := g.now().UnixNano()
 	var doing []string

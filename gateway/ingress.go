@@ -193,6 +193,11 @@ func (g *Gateway) handle(a arrival) {
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal write failed while stopping; request left for redelivery")
 		case errors.Is(err, store.ErrFull):
 			g.refuse(msg, req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
+		case errors.Is(err, store.ErrNoSpace):
+			// The journal's disk is full (or the file may not grow): refused like
+			// overload, without a log line of its own (the store logs when it
+			// starts and stops, sneakgate_journal_no_space says so, and /readyz).
+			g.refuse(msg, req, protocol.ReasonOverload, "the gateway's journal has no disk space; retry later", max(g.estimatedWait(), noSpaceRetryAfter))
 		default:
 			// Running: an unacknowledged message would wait for a reconnect that may
 			// never come and hold one of the broker's in-flight slots, so tell the
@@ -364,6 +369,11 @@ func (g *Gateway) claim(key store.Key) func() {
 
 // minRetryAfter is the shortest retry_after_ms the gateway suggests.
 const minRetryAfter = 100 * time.Millisecond
+
+// noSpaceRetryAfter is the retry_after_ms of a request refused because the
+// journal's disk is full: freeing disk space takes an operator minutes, and a
+// retry costs the gateway a parse and a lookup.
+const noSpaceRetryAfter = 5 * time.Second
 
 // estimatedWait is how long a request admitted now would wait for its answer
 // to reach the broker: the requests queued ahead of it drained at the rate the

@@ -12,8 +12,8 @@ import (
 // damaged journals recovered at start-up (1 when recovered is set: this start
 // moved the damaged file aside and salvaged it; the error log says what was
 // lost), and gauges read from s at each scrape: the file's size on disk, the
-// live data that store.max_bytes caps, and the pending, outbox and remembered
-// answered entries.
+// live data that store.max_bytes caps, the pending, outbox and remembered
+// answered entries, and whether the file can grow (no space).
 func registerJournalMetrics(reg prometheus.Registerer, s *store.Store, recovered bool) {
 	recoveries := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sneakgate_journal_recoveries_total",
@@ -43,6 +43,16 @@ func registerJournalMetrics(reg prometheus.Registerer, s *store.Store, recovered
 		// The same count under its older name, which the stats topic reports.
 		gauge("sneakgate_outbox_length", "Replies waiting durably for the broker's acknowledgement (the journal's outbox, answers in flight included).",
 			func(st store.Stats) float64 { return float64(st.Outbox) }),
+		gauge("sneakgate_journal_no_space", "1 while the journal file cannot grow (disk full, quota or file size limit): new requests are refused (overload) until a write succeeds again; 0 otherwise.",
+			func(st store.Stats) float64 {
+				if st.NoSpaceSince.IsZero() {
+					return 0
+				}
+				return 1
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sneakgate_journal_no_space_errors_total",
+			Help: "Journal commits that failed because the file could not grow (disk full, quota or file size limit); at most about one a second while the disk stays full."},
+			func() float64 { return float64(s.Stats().NoSpaceErrors) }),
 		gauge("sneakgate_journal_done", "Answered request keys remembered to answer redelivered duplicates (for store.retention).",
 			func(st store.Stats) float64 { return float64(st.Done) }),
 	)

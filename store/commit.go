@@ -360,6 +360,7 @@ func (s *Store) commit(group []*op, mem *arena) {
 			group = append(group[:failed], group[failed+1:]...)
 			continue
 		}
+		sizeBefore := tx.Size() // the pages before this commit's (allocated as it commits)
 		if err := s.finishTx(tx, b, delta, bytes, group); err != nil {
 			if isNoSpace(err) {
 				// The file could not grow (bbolt rolled the commit back). The new
@@ -380,7 +381,7 @@ func (s *Store) commit(group []*op, mem *arena) {
 		}
 		for _, o := range group {
 			if o.Kind == OpPut && o.res.Dup == New {
-				s.roomAgain() // a new key fitted: the disk has room again
+				s.newKeysFitted(sizeBefore)
 				break
 			}
 		}

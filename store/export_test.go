@@ -6,3 +6,11 @@ func PagesWritten(s *Store) int64 {
 	st := s.db.Stats()
 	return st.TxStats.GetWrite()
 }
+
+// SetDiskRoom replaces the statfs check of the no-space state (diskRoom) until
+// the test ends.
+func SetDiskRoom(t interface{ Cleanup(func()) }, f func(path string, n int64) bool) {
+	old := diskHasRoom
+	diskHasRoom = f
+	t.Cleanup(func() { diskHasRoom = old })
+}

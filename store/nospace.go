@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // noSpaceRetry is how long, after a commit failed for want of space, Put of a
@@ -16,8 +18,8 @@ const noSpaceRetry = time.Second
 // noSpaceState is the journal's state after a commit failed for want of space
 // (Store.noSpace; nil while commits succeed).
 type noSpaceState struct {
-	since time.Time // the first failure since the last successful new Put
-	last  time.Time // the latest failure
+	since time.Time // the first failure of the series
+	last  time.Time // the latest failure, or probe that fitted (newKeysFitted)
 	cause error     // the file system's error, as bbolt returned it
 }
 
@@ -45,8 +47,9 @@ func isNoSpace(err error) bool {
 }
 
 // checkSpace fails with ErrNoSpace, without trying, while a commit failed for
-// want of space less than noSpaceRetry ago. Put calls it before storing a new
-// key, after the duplicate check.
+// want of space (or new keys were let in while it lasted) less than
+// noSpaceRetry ago. Put calls it before storing a new key, after the duplicate
+// check.
 func (s *Store) checkSpace() error {
 	p := s.noSpace.Load()
 	if p == nil || s.opts.Now().Sub(p.last) >= noSpaceRetry {
@@ -62,7 +65,8 @@ func (s *Store) noSpaceFailed(cause error) {
 	st := &noSpaceState{since: now, last: now, cause: cause}
 	if p := s.noSpace.Load(); p != nil {
 		st.since = p.since
-	} else {
+	} else if last := s.noSpaceLogged; last.IsZero() || now.Sub(last) >= noSpaceLogEvery {
+		s.noSpaceLogged = now
 		s.log.Error().Err(cause).Str("path", s.path).
 			Msg("journal: no space to grow the file (disk full, quota or file size limit); new requests are refused until a write succeeds, retried every second; replies and completions go on")
 	}
@@ -73,11 +77,40 @@ func (s *Store) noSpaceFailed(cause error) {
 	s.statsMu.Unlock()
 }
 
-// roomAgain ends the no-space state once a commit that stored a new key
-// succeeded; the committer calls it.
-func (s *Store) roomAgain() {
+// diskHasRoom is diskRoom; tests replace it.
+var diskHasRoom = diskRoom
+
+// noSpaceLogEvery is the least time between two log lines about the journal
+// running out of space: a limit statfs cannot see (quota, RLIMIT_FSIZE) can end
+// and start the state every second.
+const noSpaceLogEvery = time.Minute
+
+// noSpaceReserve is how much free space in the file (in pages) ends the
+// no-space state without the file growing (newKeysFitted).
+const noSpaceReserve = 64
+
+// newKeysFitted is told of a commit that stored new keys, the file's pages
+// having taken sizeBefore bytes before it; the committer calls it. In the
+// no-space state, such a commit is a probe: if the file grew, or holds at least
+// noSpaceReserve free pages, or its file system has that much room (Linux:
+// statfs; a quota or a file size limit it cannot see ends the state, and the
+// next commit that cannot grow the file starts it again), the state ends.
+// Otherwise the new keys took free pages that completions need, so new keys
+// stay refused, and the next probe waits another noSpaceRetry.
+func (s *Store) newKeysFitted(sizeBefore int64) {
 	p := s.noSpace.Load()
 	if p == nil {
+		return
+	}
+	var size int64
+	if err := s.view(func(tx *bolt.Tx) error { size = tx.Size(); return nil }); err != nil {
+		return
+	}
+	reserve := noSpaceReserve * s.pageSize
+	if size <= sizeBefore && size-s.usedBytes(size) < reserve && !diskHasRoom(s.path, reserve) {
+		q := *p
+		q.last = s.opts.Now()
+		s.noSpace.Store(&q)
 		return
 	}
 	s.noSpace.Store(nil)

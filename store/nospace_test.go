@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -42,6 +43,9 @@ const noSpaceChild = "SNEAKGATE_STORE_TEST_FSIZE_CHILD"
 //   - the file stays consistent (store.Check, bbolt's included), and a copy of
 //     it taken while full, as a kill -9 would leave it, opens cleanly with
 //     every acknowledged request;
+//   - a Put that fits in the file's free pages is stored, but while the disk
+//     is full new keys stay refused until one makes the file grow (or the file
+//     has 64 free pages);
 //   - once the file may grow again, the first Put a second after the last
 //     failure is stored and the journal leaves the no-space state.
 func TestFileCannotGrow(t *testing.T) {
@@ -88,6 +92,9 @@ func fileCannotGrow(t *testing.T, at string) {
 	e := func(i, size int) *store.Entry {
 		x := entry(i)
 		x.Input = make([]float32, size)
+		for j := range x.Input {
+			x.Input[j] = float32(i) + float32(j)/7 // not all zeros, whatever the encoding
+		}
 		return x
 	}
 	acked := map[int]bool{}
@@ -188,6 +195,28 @@ func fileCannotGrow(t *testing.T, at string) {
 	if err := s.Check(); err != nil {
 		t.Fatalf("journal while full: %v", err)
 	}
+
+	// A second later a small Put fits in the pages the completions freed: it is
+	// stored, but the file did not grow and the disk is full (statfs; the
+	// kernel's file size limit is not a full disk, so the test says so), so new
+	// keys stay refused for another second (the free pages are the completions'
+	// room).
+	var diskFull atomic.Bool
+	diskFull.Store(true)
+	store.SetDiskRoom(t, func(string, int64) bool { return !diskFull.Load() })
+	clk.Advance(time.Second)
+	next++
+	mustPut(t, s, e(next, 10), store.New)
+	acked[next] = true
+	next++
+	if _, err := s.Put(e(next, 10)); !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("Put just after a Put that fitted without growing the file: %v, want ErrNoSpace", err)
+	}
+	if st := s.Stats(); st.NoSpaceSince.IsZero() || st.NoSpaceErrors != 2 {
+		t.Fatalf("after a Put that fitted without growing the file: %+v, want still in the no-space state", st)
+	}
+
+	diskFull.Store(false)
 
 	// Space again. What a kill -9 would leave now opens cleanly, with every
 	// acknowledged request.

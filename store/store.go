@@ -177,6 +177,8 @@ type Store struct {
 	// noSpace is set while commits fail for want of space (nospace.go); only
 	// the committer writes it.
 	noSpace atomic.Pointer[noSpaceState]
+	// noSpaceLogged is when the committer last logged the start of the state.
+	noSpaceLogged time.Time
 
 	// mu guards closed. Writers hold it shared while they queue, readers for
 	// their whole transaction; Close takes it exclusively.
