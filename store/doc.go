@@ -79,6 +79,13 @@ of a new key fails with ErrFull, while duplicates, Outbox, Complete and GC go on
 so the journal drains. Stats.FileSize is bbolt's high-water mark; the file on disk
 only grows until OpenOrRecover compacts it.
 
+When the file cannot grow (the disk is full, a quota or a file size limit), the
+commit fails and bbolt rolls it back; the file stays usable. Its Puts of new keys
+fail with ErrNoSpace, and its other writes are committed again without them, so
+completions go on; new keys are then refused without a commit for a second after
+each failure, and accepted again once a write makes the file grow or the file
+system has room (Stats.NoSpaceSince, NoSpaceErrors).
+
 Package storetest opens journals for tests, with a consistency check at cleanup;
 Options.BeforeCommit injects commit failures.
 
