@@ -24,7 +24,8 @@ func TestJournalOutOfSpace(t *testing.T) {
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	var full atomic.Bool
 	full.Store(true)
-	gw := startGateway(t, cfg, Options{BeforeCommit: func(ops []store.Op) error {
+	clk := &testClock{} // the journal's second of refusal passes when the test says
+	gw := startGateway(t, cfg, Options{Now: clk.Now, BeforeCommit: func(ops []store.Op) error {
 		for _, op := range ops {
 			if op.Kind == store.OpPut && full.Load() {
 				return fmt.Errorf("write journal.db: %w", syscall.ENOSPC)
@@ -46,7 +47,7 @@ func TestJournalOutOfSpace(t *testing.T) {
 		t.Errorf("sneakgate_journal_no_space = %v while the disk is full", v)
 	}
 	full.Store(false)
-	time.Sleep(time.Second) // the journal tries again a second after the failure
+	clk.Skip(time.Second) // the journal tries again a second after the failure
 	dev.request("fashion", "cam-full", "r2", samples.Row(2), 60000)
 	if r := dev.await([]string{"r2"}, 30*time.Second)["r2"]; r.Status != protocol.StatusOK {
 		t.Fatalf("request once the disk has room: %+v", r)
