@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync"
@@ -362,6 +363,17 @@ func (s *Store) commit(group []*op, mem *arena) {
 		}
 		sizeBefore := tx.Size() // the pages before this commit's (allocated as it commits)
 		if err := s.finishTx(tx, b, delta, bytes, group); err != nil {
+			if errors.Is(err, errMetaWritten) {
+				// Not rolled back: what the group wrote is what the file now
+				// shows, durable or not. Neither a failure (a new Put would be
+				// refused, yet journaled) nor a retry (on top of it, with counts
+				// that miss it) is true: stop, and let a restart verify the file.
+				err = fmt.Errorf("%w: %w", ErrDamaged, err)
+				s.broken.Store(&err)
+				s.log.Error().Err(err).Str("path", s.path).Msg("journal broken: a commit failed after writing its meta page; every later write fails; restart the gateway")
+				s.fail(group, err)
+				return
+			}
 			if isNoSpace(err) {
 				// The file could not grow (bbolt rolled the commit back). The new
 				// keys fail; the rest is committed again without them: completions
@@ -413,7 +425,11 @@ func (s *Store) finishTx(tx *bolt.Tx, b buckets, delta counts, bytes int, group 
 		}
 	}
 	size := tx.Size()
-	if err := tx.Commit(); err != nil {
+	txid := tx.ID()
+	if err := commitTx(tx); err != nil {
+		if s.metaWritten(txid) {
+			return fmt.Errorf("commit: %w: %w", errMetaWritten, err)
+		}
 		return fmt.Errorf("commit: %w", err)
 	}
 	used := s.usedBytes(size)
@@ -442,6 +458,28 @@ func (s *Store) finishTx(tx *bolt.Tx, b buckets, delta counts, bytes int, group 
 		}
 	}
 	return nil
+}
+
+// commitTx is bbolt's Tx.Commit; tests replace it (SetCommitTx).
+var commitTx = (*bolt.Tx).Commit
+
+// errMetaWritten marks a commit error that came after bbolt wrote the
+// transaction's meta page (its fdatasync failed: ENOSPC from a thin-provisioned
+// device or a network file system, EIO): bbolt "rolls back" its own state, but
+// it reads the meta page from the file, so the commit is what later
+// transactions see, while its durability is unknown.
+var errMetaWritten = errors.New("the meta page was written")
+
+// metaWritten reports whether the write transaction txid, whose Commit failed,
+// is nevertheless the file's latest (its meta page was written); true when it
+// cannot tell.
+func (s *Store) metaWritten(txid int) bool {
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		return true
+	}
+	defer tx.Rollback()
+	return tx.ID() >= txid
 }
 
 func (s *Store) fail(group []*op, err error) {

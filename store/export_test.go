@@ -1,5 +1,7 @@
 package store
 
+import bolt "go.etcd.io/bbolt"
+
 // PagesWritten is bbolt's count of pages written since s was opened (one per
 // node written, whatever its size): the journal's write cost in benchmarks.
 func PagesWritten(s *Store) int64 {
@@ -13,4 +15,12 @@ func SetDiskRoom(t interface{ Cleanup(func()) }, f func(path string, n int64) bo
 	old := diskHasRoom
 	diskHasRoom = f
 	t.Cleanup(func() { diskHasRoom = old })
+}
+
+// SetCommitTx replaces bbolt's Tx.Commit in the group commit (commitTx) until
+// the test ends.
+func SetCommitTx(t interface{ Cleanup(func()) }, f func(tx *bolt.Tx) error) {
+	old := commitTx
+	commitTx = f
+	t.Cleanup(func() { commitTx = old })
 }
