@@ -24,3 +24,13 @@ func SetCommitTx(t interface{ Cleanup(func()) }, f func(tx *bolt.Tx) error) {
 	commitTx = f
 	t.Cleanup(func() { commitTx = old })
 }
+
+// CloseWaiting reports whether s's lock is taken or wanted exclusively (Close
+// waits for it): a reader would now block.
+func CloseWaiting(s *Store) bool {
+	if s.mu.TryRLock() {
+		s.mu.RUnlock()
+		return false
+	}
+	return true
+}

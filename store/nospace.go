@@ -6,8 +6,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // noSpaceRetry is how long, after a commit failed for want of space, Put of a
@@ -102,8 +100,14 @@ func (s *Store) newKeysFitted(sizeBefore int64) {
 	if p == nil {
 		return
 	}
-	var size int64
-	if err := s.view(func(tx *bolt.Tx) error { size = tx.Size(); return nil }); err != nil {
+	// Not s.view: writers waiting to queue hold s.mu shared, and a Close
+	// waiting for it would keep the committer from reading, and them waiting.
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		return
+	}
+	size := tx.Size()
+	if err := tx.Rollback(); err != nil {
 		return
 	}
 	reserve := noSpaceReserve * s.pageSize
