@@ -104,10 +104,32 @@ func TestClientDoRejected(t *testing.T) {
 func TestClientPipelineAndErrors(t *testing.T) {
 	url := "tcp://" + mqtttest.StartMosquitto(t)
 	resp := startResponder(t, url, tinyApps, firstValue)
-	resp.drop = func(id string) bool { return id == "never" || id == "dup" }
+	// dropped says which requests the responder ignored: one reaches it only
+	// after its Do has registered to wait for the reply.
+	dropped := make(chan string, 10)
+	resp.drop = func(id string) bool {
+		if id == "never" || id == "dup" || id == "closing" {
+			dropped <- id
+			return true
+		}
+		return false
+	}
 	c := dial(t, url, "pipe", ClientOptions{Pipeline: 100})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	waitDropped := func(id string) {
+		t.Helper()
+		for {
+			select {
+			case got := <-dropped:
+				if got == id {
+					return
+				}
+			case <-ctx.Done():
+				t.Fatalf("%s never reached the responder", id)
+			}
+		}
+	}
 	for i := range 50 {
 		if err := c.Publish(ctx, "tiny", fmt.Sprint(i), []float32{float32(i), 0, 0}, time.Second); err != nil {
 			t.Fatal(err)
@@ -137,7 +159,7 @@ func TestClientPipelineAndErrors(t *testing.T) {
 	slow, cancelSlow := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { _, err := c.Do(slow, "tiny", "dup", []float32{1, 2, 3}, 0); errc <- err }()
-	time.Sleep(50 * time.Millisecond)
+	waitDropped("dup") // the first Do waits for its reply
 	if _, err := c.Do(ctx, "tiny", "dup", []float32{1, 2, 3}, 0); !errors.Is(err, ErrIDInFlight) {
 		t.Errorf("second Do with same id: %v", err)
 	}
@@ -145,8 +167,8 @@ func TestClientPipelineAndErrors(t *testing.T) {
 	<-errc
 
 	// Close wakes a waiting Do.
-	go func() { _, err := c.Do(ctx, "tiny", "never", []float32{1, 2, 3}, 0); errc <- err }()
-	time.Sleep(50 * time.Millisecond)
+	go func() { _, err := c.Do(ctx, "tiny", "closing", []float32{1, 2, 3}, 0); errc <- err }()
+	waitDropped("closing") // Do waits for its reply (else it would find the client closed)
 	c.Close()
 	if err := <-errc; !errors.Is(err, ErrClosed) {
 		t.Errorf("Do after Close: %v", err)
