@@ -191,6 +191,14 @@ func (g *Gateway) handle(a arrival) {
 			// Stopping: leave it unacknowledged; the broker redelivers it to the
 			// next session, which journals it.
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal write failed while stopping; request left for redelivery")
+		case errors.Is(err, store.ErrDamaged):
+			// The journal broke (journalError stops the gateway). The request may
+			// be in it even so: a commit whose last sync failed after bbolt wrote
+			// its meta page is in the file. A refusal now and an answer from the
+			// next session, which finds it pending, would be two answers to one
+			// journaled request; left unacknowledged, the broker redelivers it to
+			// the next session, which answers it once (its own or a duplicate).
+			g.log.Warn().Err(err).Stringer("key", key).Msg("journal broken; request left for redelivery to the next session")
 		case errors.Is(err, store.ErrFull):
 			g.refuse(msg, req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
 		case errors.Is(err, store.ErrNoSpace):

@@ -1088,4 +1088,10 @@ func TestJournalDamagedWhileRunningStops(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the gateway kept running on a damaged journal")
 	}
+	// The request is left for redelivery, not refused: a Put that failed on a
+	// broken journal may be in the file (a commit whose sync failed after its
+	// meta page was written), and the next session would answer it again.
+	if v := metricValue(t, gw.g.reg, "sneakgate_rejected_total", "reason", string(protocol.ReasonInternal)); v != 0 {
+		t.Errorf("%v requests refused on a broken journal, want none (left for redelivery)", v)
+	}
 }

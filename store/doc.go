@@ -83,8 +83,9 @@ When the file cannot grow (the disk is full, a quota or a file size limit), the
 commit fails and bbolt rolls it back; the file stays usable. Its Puts of new keys
 fail with ErrNoSpace, and its other writes are committed again without them, so
 completions go on; new keys are then refused without a commit for a second after
-each failure, and accepted again once a write makes the file grow or the file
-system has room (Stats.NoSpaceSince, NoSpaceErrors).
+each failure, and accepted again once a commit of new keys makes the file grow,
+leaves it with free pages to spare, or finds the file system with room
+(Stats.NoSpaceSince, NoSpaceErrors).
 
 Package storetest opens journals for tests, with a consistency check at cleanup;
 Options.BeforeCommit injects commit failures.

@@ -232,8 +232,9 @@ type Stats struct {
 	// (ErrNoSpace; they are counted in CommitErrors too).
 	NoSpaceErrors uint64
 	// NoSpaceSince is when commits began failing for want of space, zero while
-	// they do not: from then until a Put of a new key succeeds, new keys are
-	// refused (ErrNoSpace).
+	// they do not: from then, new keys are refused (ErrNoSpace) until a commit
+	// of new keys makes the file grow, leaves it with free pages to spare, or
+	// finds the file system with room (newKeysFitted).
 	NoSpaceSince time.Time
 }
 
