@@ -1,9 +1,11 @@
 package scheduler
 
 import (
-	"github.com/sneakgate/sneakgate/sneakpeek"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // t0 is the fake clock's origin; tests pass explicit times, never sleep.
@@ -68,4 +70,19 @@ func mustPolicy(t *testing.T, name string, o Options) Policy {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// trials is how many of a test's full independent random cases to run: all of
+// them without the race detector or with SNEAKGATE_TEST_FULL=1, a fifth under
+// it (make test runs every package with -race). The scheduler runs on one
+// goroutine, the gateway's loop or the simulator's, so the race detector has
+// nothing to find in these cases; it only makes them several times slower. The
+// fifth are the first of the same seeded sequence. Full size under -race:
+//
+//	SNEAKGATE_TEST_FULL=1 go test -race -run TestBruteForceCutsChangeNothing ./scheduler/
+func trials(full int) int {
+	if !raceDetector || os.Getenv("SNEAKGATE_TEST_FULL") == "1" {
+		return full
+	}
+	return max(1, full/5)
 }

@@ -396,7 +396,7 @@ func TestBruteForceCutsChangeNothing(t *testing.T) {
 	apps := map[string]*App{a.Name: a, b.Name: b}
 	defer func() { bruteNoCut = false }()
 	cut := 0
-	for trial := range 300 {
+	for trial := range trials(300) { // 60 under -race: see trials
 		now := t0.Add(time.Second)
 		var q []*Request
 		for i := range 8 {
