@@ -18,6 +18,7 @@ import (
 // where it can be served in time and bursts that overload it (shedding), with
 // two applications of different worth sharing the engine.
 func TestBoundedDecisionEqualsFull(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in harness_test.go
 	for _, c := range []struct {
 		name string
 		o    Options
@@ -30,6 +31,7 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 		name, o := c.name, c.o
 		o.MaxQueueDelay = time.Nanosecond
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			rng := rand.New(rand.NewPCG(3, 11))
 			a := benchApp(rng)
 			// A second application whose requests are worth a quarter as much:
@@ -94,6 +96,7 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 // requests' priorities: the window's bound then matters (without it, a
 // decision differs).
 func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in harness_test.go
 	// spreadStakes makes b's stakes differ within a class: a wrong answer
 	// costs as much as a right one gains, and a missing answer of class 0
 	// costs much.
@@ -155,6 +158,7 @@ func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
 		{label: "sneakpeek-pref", name: "sneakpeek-pref", o: Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond}, spread: true},
 	} {
 		t.Run(c.label, func(t *testing.T) {
+			t.Parallel()
 			rng := rand.New(rand.NewPCG(5, 17))
 			a := benchApp(rng)
 			b := otherApp(rng)
@@ -387,11 +391,13 @@ func TestRestPriorityBounds(t *testing.T) {
 // estimates of a class whose missing answer costs much) is served; two
 // replacements later the largest stake of its class must have come down.
 func TestWorkHistBuiltInParts(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in harness_test.go
 	for _, c := range []struct {
 		name  string
 		drops bool
 	}{{"sneakpeek", false}, {"sneakpeek", true}, {"oblivious", false}, {"oblivious-switch", true}} {
 		t.Run(fmt.Sprintf("%s/drops=%v", c.name, c.drops), func(t *testing.T) {
+			t.Parallel()
 			rng := rand.New(rand.NewPCG(13, 3))
 			a, b := benchApp(rng), otherApp(rng)
 			a.NoAnswer = make([]float64, a.K)

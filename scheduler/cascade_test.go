@@ -114,6 +114,7 @@ func TestCascadeTwoPasses(t *testing.T) {
 // within milliseconds, and a burst that sheds a third of the queue (the next
 // decision is made over the whole queue, and the index rebuilt after it).
 func TestCascadeBoundedEqualsFull(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in harness_test.go
 	rng := rand.New(rand.NewPCG(5, 13))
 	a := benchApp(rng)
 	b := benchApp(rng)

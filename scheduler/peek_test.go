@@ -261,6 +261,7 @@ func TestCascadeClassGains(t *testing.T) {
 // come back (a share of each first-pass batch's requests, put back in the
 // queue at their arrival place, as the Executor does) and get second passes.
 func TestPeekBoundedEqualsFull(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in harness_test.go
 	rng := rand.New(rand.NewPCG(5, 13))
 	a := benchApp(rng)
 	apps := map[string]*App{a.Name: a}
