@@ -13,7 +13,8 @@ import (
 )
 
 // brokerWriteTimeout is how long the embedded broker lets a write to a client
-// make no progress (take no brokerWriteChunk) before it closes the client's
+// make no progress (hands the socket less than brokerWriteChunk, and the
+// client's TCP acknowledges less than that) before it closes the client's
 // connection. mochi writes to a client without a deadline of its own (only the
 // keepalive's, 1.5 x the keepalive, renewed whenever the client sends a packet;
 // none for a keepalive of 0), and it writes under the client's lock, which a
@@ -31,7 +32,14 @@ const brokerWriteTimeout = 10 * time.Second
 
 // brokerWriteChunk is the most of one write the broker hands the socket under
 // one brokerWriteTimeout: a large message to a slow client that does read
-// gets the timeout for each chunk, not for the whole message.
+// gets the timeout for each chunk, not for the whole message. A chunk that has
+// not gone when the timeout passes still may, for another timeout, if the
+// client acknowledged this much (or its socket's whole send queue) meanwhile:
+// a socket whose send buffer is full does not take more until a third of it is
+// acknowledged (Linux: up to about 1.3 MiB with tcp_wmem's default 4 MiB), so
+// a client that reads a steady 100 KiB/s would otherwise be cut as if it had
+// stopped. Where the send queue cannot be read (not Linux), each chunk must go
+// within the timeout.
 const brokerWriteChunk = 16 << 10
 
 // brokerCloseWriteTimeout is how long, at Close, writes to a client may still
@@ -44,7 +52,8 @@ const brokerCloseWriteTimeout = 2 * time.Second
 
 // brokerConn is a connection of the embedded broker's (brokerListener; under
 // TLS when the listener has it): each write, in chunks of brokerWriteChunk,
-// must make progress within its timeout (brokerWriteTimeout, 0 for none), and
+// must make progress within its timeout (brokerWriteTimeout, 0 for none: the
+// chunk goes, or the client acknowledges a chunk's worth), and
 // after closing(by) no write goes on past by. A write that times out closes
 // the connection: mochi goes on writing a client's next packets after a failed
 // write, and the next would follow a partly written packet. The deadlines mochi
@@ -87,20 +96,37 @@ func (c *brokerConn) Write(p []byte) (int, error) {
 		}
 		_ = c.applyLocked()
 		c.mu.Unlock()
+		q0, known := sendQueue(c.Conn)
 		m, err := c.Conn.Write(p[:n])
 		written += m
+		p = p[m:]
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if known && c.chunkOnlyPassed() {
+					// The peer acknowledged q0 + m - q1 in the meantime.
+					if q1, ok := sendQueue(c.Conn); ok && q0+m-q1 >= min(brokerWriteChunk, q0+m) {
+						continue
+					}
+				}
 				c.stalled()
 			}
 			return written, err
 		}
-		p = p[n:]
 	}
 	c.mu.Lock()
 	c.chunk = time.Time{}
 	c.mu.Unlock()
 	return written, nil
+}
+
+// chunkOnlyPassed reports whether, of the write deadlines, only the chunk's
+// has passed (a write may then go on if its peer took a chunk meanwhile).
+func (c *brokerConn) chunkOnlyPassed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	return !c.chunk.IsZero() && !now.Before(c.chunk) &&
+		(c.deadline.IsZero() || now.Before(c.deadline)) && c.closeBy.IsZero()
 }
 
 // stalled closes the connection after a write timed out (logged unless the

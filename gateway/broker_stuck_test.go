@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -282,5 +283,68 @@ func TestEmbeddedBrokerStuckClientReconnects(t *testing.T) {
 			t.Fatalf("cam-1 got %q", m.Payload())
 		}
 		closedByPeer(t, stuck, "the old connection")
+	})
+}
+
+// TestEmbeddedBrokerKeepsSlowReader: a client that reads a large message
+// slowly but steadily (16 KiB every 100 ms: 20 times a chunk per write
+// timeout) keeps its connection and gets the whole message. Once the broker's
+// send buffer is full, its socket takes nothing more until about a third of
+// that buffer is acknowledged (MiBs on loopback), so a chunk that must be
+// taken within the timeout cut this client as if it had stopped reading.
+func TestEmbeddedBrokerKeepsSlowReader(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the send queue is read on Linux only")
+	}
+	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
+		n := stuckPayload(t)
+		b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), nil, brokerTuning{writeTimeout: stuckWriteTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		var c net.Conn = dialRaw(t, b.Addr()) // the system's buffers
+		if tc != nil {
+			c = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		}
+		str := func(s string) []byte { return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...) }
+		connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 0}, str("slow")...)
+		subscribe := append(append([]byte{0, 1}, str("sg/resp/slow")...), 1)
+		var out []byte
+		out = append(append(out, 0x10, byte(len(connect))), connect...)
+		out = append(append(out, 0x82, byte(len(subscribe))), subscribe...)
+		if _, err := c.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		r := bufio.NewReaderSize(c, 16<<10)
+		want := []byte{0x20, 2, 0, 0, 0x90, 3, 0, 1, 1} // CONNACK accepted, SUBACK QoS 1
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("connect and subscribe: got % x, %v; want % x", got, err, want)
+		}
+		pub, _ := pahoClient(t, b, tc, "pub", "")
+		published(t, pub, "sg/resp/slow", make([]byte, n))
+
+		if h, err := r.ReadByte(); err != nil || h>>4 != 3 {
+			t.Fatalf("want a PUBLISH, got %x, %v", h, err)
+		}
+		size, err := remainingLength(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Slowly for three write timeouts (the pace is the condition under
+		// test), then the rest at once.
+		left := int64(size)
+		for start := time.Now(); time.Since(start) < 3*stuckWriteTimeout; time.Sleep(100 * time.Millisecond) {
+			m, err := io.CopyN(io.Discard, r, 16<<10)
+			left -= m
+			if err != nil {
+				t.Fatalf("reading slowly, %d bytes left: %v (the broker closed the connection?)", left, err)
+			}
+		}
+		if m, err := io.CopyN(io.Discard, r, left); err != nil {
+			t.Fatalf("%d of the message's last %d bytes: %v (the broker closed the connection while the client read?)", m, left, err)
+		}
 	})
 }
