@@ -17,6 +17,9 @@
 //     /usr/local/sbin (Find); New returns ErrNotFound without one.
 //   - The free port is found by binding :0 and closing it, so another process can
 //     take it in between; Start retries on "address in use" for a few seconds.
+//   - On Linux a broker dies with the process that started it, if that process
+//     dies without stopping it (killed, or a test binary's timeout); elsewhere it
+//     runs on.
 package mosquitto
 
 import (
@@ -246,6 +249,7 @@ func (b *Broker) startOnce(deadline time.Time) error {
 	fmt.Fprintf(logf, "--- mosquitto: starting %s -c %s\n", b.bin, b.conf)
 	cmd := exec.Command(b.bin, "-c", b.conf)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err
