@@ -66,10 +66,30 @@ type brokerConn struct {
 	mu       sync.Mutex
 	timeout  time.Duration // for each chunk; 0: none
 	deadline time.Time     // the write deadline set (SetDeadline, SetWriteDeadline)
-	chunk    time.Time     // the chunk under way's: now + timeout
+	chunk    time.Time     // the chunk under way's: about now + timeout (chunkSlack)
 	closeBy  time.Time     // Close's
 	applied  time.Time     // the write deadline in force on Conn
+
+	// Write's own (mochi writes to a connection from one goroutine at a time):
+	// the socket's send queue as last read (queued, at queuedAt) and the bytes
+	// the socket took since (sent), so that what the peer acknowledged since is
+	// queued + sent - (the queue now).
+	queued, sent int
+	queuedAt     time.Time
 }
+
+// chunkSlack is how stale a chunk's deadline may be before a write renews it:
+// a chunk gets between brokerWriteTimeout - chunkSlack and brokerWriteTimeout.
+// Renewing it at every write would move the connection's timer at every reply
+// and PUBACK.
+const chunkSlack = time.Second
+
+// sendQueueEvery is how often a write reads the socket's send queue (an ioctl,
+// a few microseconds on a kernel with page-table isolation) to know later what
+// the peer acknowledged: not at every write. A reading up to this old counts
+// acknowledgements from up to this long before a chunk began as the chunk's
+// progress, so a client that stopped reading may get one more timeout.
+const sendQueueEvery = time.Second
 
 // applyLocked puts the earliest of the write deadlines in force. c.mu held.
 func (c *brokerConn) applyLocked() error {
@@ -91,21 +111,38 @@ func (c *brokerConn) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		n := min(len(p), brokerWriteChunk)
 		c.mu.Lock()
-		if c.timeout > 0 {
-			c.chunk = time.Now().Add(c.timeout)
+		timeout := c.timeout
+		if timeout > 0 {
+			// The chunk's deadline stays set between writes (a deadline that
+			// passes with no write under way does nothing) and is renewed once
+			// it is more than chunkSlack stale.
+			if now := time.Now(); c.chunk.Before(now.Add(timeout - chunkSlack)) {
+				c.chunk = now.Add(timeout)
+				_ = c.applyLocked()
+			}
 		}
-		_ = c.applyLocked()
 		c.mu.Unlock()
-		q0, known := sendQueue(c.Conn)
+		if timeout > 0 && time.Since(c.queuedAt) >= sendQueueEvery {
+			if q, ok := sendQueue(c.Conn); ok {
+				c.queued, c.queuedAt, c.sent = q, time.Now(), 0
+			}
+		}
 		m, err := c.Conn.Write(p[:n])
 		written += m
+		c.sent += m
 		p = p[m:]
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if known && c.chunkOnlyPassed() {
-					// The peer acknowledged q0 + m - q1 in the meantime.
-					if q1, ok := sendQueue(c.Conn); ok && q0+m-q1 >= min(brokerWriteChunk, q0+m) {
-						continue
+				if !c.queuedAt.IsZero() && c.chunkOnlyPassed() {
+					// The peer acknowledged queued + sent - q1 since the last
+					// reading; that reading becomes q1.
+					if q1, ok := sendQueue(c.Conn); ok {
+						acked := c.queued + c.sent - q1
+						enough := min(brokerWriteChunk, c.queued+c.sent)
+						c.queued, c.queuedAt, c.sent = q1, time.Now(), 0
+						if acked >= enough {
+							continue // a new chunk, with a new deadline
+						}
 					}
 				}
 				c.stalled()
@@ -113,9 +150,6 @@ func (c *brokerConn) Write(p []byte) (int, error) {
 			return written, err
 		}
 	}
-	c.mu.Lock()
-	c.chunk = time.Time{}
-	c.mu.Unlock()
 	return written, nil
 }
 
