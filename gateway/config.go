@@ -226,14 +226,16 @@ type AdmissionConfig struct {
 	// MaxQueue is the most requests waiting for a model; beyond it requests are
 	// rejected with reason overload and a retry-after hint.
 	MaxQueue int `yaml:"max_queue"`
-	// MaxWait refuses a request (overload, with retry_after_ms) that no choice
-	// of variants could answer in time: the queue ahead of it would take longer
-	// than this fraction of its deadline budget to drain even at the fastest rate
-	// the gateway could drain it (every queued request on its application's
-	// cheapest variant, plus the loop's own measured time per request), or that
-	// drain plus the delay of replies to the broker exceeds the whole budget, or
-	// at the rate the gateway has actually been draining it would wait longer
-	// than the whole budget (the gateway is short of CPU). See scheduler.Backlog.Refuses.
+	// MaxWait refuses a request (overload, with retry_after_ms) of an
+	// application without an estimator that no choice of variants could answer
+	// in time: the queue ahead of it would take longer than this fraction of its
+	// deadline budget to drain even at the fastest rate the gateway could drain
+	// it (every queued request on its application's cheapest variant, plus the
+	// loop's own measured time per request), or that drain plus the delay of
+	// replies to the broker exceeds the whole budget. Every request, with an
+	// estimator or not, is refused when at the rate the gateway has actually
+	// been draining it would wait longer than the whole budget (the gateway is
+	// short of CPU). See scheduler.Backlog.Refuses.
 	// 0 turns the check off, so that only max_queue refuses. The default 0.5
 	// leaves half the budget for the batch, the journal and the broker.
 	MaxWait float64 `yaml:"max_wait"`
@@ -412,8 +414,11 @@ func (c *Config) Validate() error {
 	if c.MQTT.ClientID == "" {
 		return configErr("mqtt.client_id", "required")
 	}
-	if c.MQTT.TopicPrefix == "" || strings.ContainsAny(c.MQTT.TopicPrefix, "+#") {
-		return configErr("mqtt.topic_prefix", "%q: must be non-empty without wildcards", c.MQTT.TopicPrefix)
+	// The rule devices and `sneakgate tail` check too: a prefix they refuse
+	// (starting with $, with an empty level) would be one the gateway serves
+	// alone.
+	if err := protocol.CheckPrefix(c.MQTT.TopicPrefix); err != nil {
+		return configErr("mqtt.topic_prefix", "%v", err)
 	}
 	if g := c.MQTT.SharedGroup; g != "" {
 		if !validTopicLevel(g) {

@@ -152,7 +152,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_reload_moved_requests_total", Help: "Queued requests moved to the new version of an application changed by a reload."}),
 		latencyFactor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); the scheduler plans with profile x this."}, []string{"app", "variant"}),
+			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); with scheduler.latency_correction on (the default) the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.refusedDeg, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,

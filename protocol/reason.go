@@ -42,10 +42,13 @@ const (
 	ReasonDeadlineTooSoon Reason = "deadline_too_soon"
 	// ReasonDeadlineTooFar: the budget exceeds the configured maximum.
 	ReasonDeadlineTooFar Reason = "deadline_too_far"
-	// ReasonInputConflict: both "input" and "input_b64" are given.
+	// ReasonInputConflict: more than one of "input", "input_b64" and
+	// "input_u8_b64" is given.
 	ReasonInputConflict Reason = "input_conflict"
-	// ReasonBadInput: no input is given, "input" is not a flat array of numbers, or
-	// "input_b64" is not standard padded base64 of a whole number of float32 values.
+	// ReasonBadInput: no input is given, "input" is not a flat array of numbers,
+	// "input_b64" is not standard padded base64 of a whole number of float32
+	// values, or "input_u8_b64" is not standard padded base64 or is sent to an
+	// application without a finite input_range.
 	ReasonBadInput Reason = "bad_input"
 	// ReasonBadInputSize: the input does not have exactly the application's size.
 	ReasonBadInputSize Reason = "bad_input_size"

@@ -123,7 +123,7 @@ const peekLimit = 4096
 // returns exactly one of a *Request (every check passed) or a *Rejection. Checks
 // run in this order, and the first failure decides the reason: topic shape,
 // device name, application, payload size (before parsing), JSON object, id, unknown
-// fields, v, reply_to, deadline, input. From the id on, a rejection echoes the id;
+// fields, v, reply_to, sent_at, deadline, input. From the id on, a rejection echoes the id;
 // from reply_to on, it goes to the allowed reply_to.
 func ParseRequest(topic string, payload []byte, now time.Time, env Env) (*Request, *Rejection) {
 	return parseRequest(topic, payload, now, env, false)
