@@ -135,6 +135,7 @@ type brokerTuning struct {
 	maxInflight    uint16
 	onHold, onWake func()
 	onAccept       func()
+	onTakeoverWait func()        // takeoverHook.onWait
 	connectTimeout time.Duration // 0: brokerConnectTimeout
 	writeTimeout   time.Duration // 0: brokerWriteTimeout
 }
@@ -204,7 +205,7 @@ func (l *brokerListener) Serve(establish listeners.EstablishFn) {
 			raw.Close()
 			return
 		}
-		bc := &brokerConn{Conn: raw, l: l, timeout: l.write}
+		bc := newBrokerConn(raw, l)
 		l.conns[bc] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
@@ -226,6 +227,8 @@ func (l *brokerListener) Serve(establish listeners.EstablishFn) {
 			l.mu.Lock()
 			delete(l.conns, bc)
 			l.mu.Unlock()
+			bc.settle()
+			close(bc.done)
 		}()
 	}
 }
@@ -312,6 +315,9 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 		wt.exempt[g.Client] = true
 	}
 	if err := srv.AddHook(wt, nil); err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	if err := srv.AddHook(&takeoverHook{srv: srv, onWait: tune.onTakeoverWait}, nil); err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	hold := newHoldHook(srv, guarded, holdLimit(caps.MaximumInflight), log)

@@ -76,7 +76,24 @@ type brokerConn struct {
 	// queued + sent - (the queue now).
 	queued, sent int
 	queuedAt     time.Time
+
+	// takeoverHook's: done is closed once the connection's goroutine has
+	// ended (brokerListener.Serve), settled once its session is established
+	// or its goroutine has ended; disconnected (mochi's OnDisconnect ran) and
+	// takers (connections taking its session over) are under takeoverHook.mu.
+	done, settled chan struct{}
+	settleOnce    sync.Once
+	disconnected  bool
+	takers        []*brokerConn
 }
+
+// newBrokerConn is a connection of l's over raw.
+func newBrokerConn(raw net.Conn, l *brokerListener) *brokerConn {
+	return &brokerConn{Conn: raw, l: l, timeout: l.write, done: make(chan struct{}), settled: make(chan struct{})}
+}
+
+// settle closes settled (once).
+func (c *brokerConn) settle() { c.settleOnce.Do(func() { close(c.settled) }) }
 
 // chunkSlack is how stale a chunk's deadline may be before a write renews it:
 // a chunk gets between brokerWriteTimeout - chunkSlack and brokerWriteTimeout.
