@@ -96,7 +96,8 @@ func newBrokerConn(raw net.Conn, l *brokerListener) *brokerConn {
 func (c *brokerConn) settle() { c.settleOnce.Do(func() { close(c.settled) }) }
 
 // chunkSlack is how stale a chunk's deadline may be before a write renews it:
-// a chunk gets between brokerWriteTimeout - chunkSlack and brokerWriteTimeout.
+// a chunk gets between brokerWriteTimeout - chunkSlack and brokerWriteTimeout
+// (a tenth of the timeout at most, for the tests' short timeouts).
 // Renewing it at every write would move the connection's timer at every reply
 // and PUBACK.
 const chunkSlack = time.Second
@@ -133,7 +134,7 @@ func (c *brokerConn) Write(p []byte) (int, error) {
 			// The chunk's deadline stays set between writes (a deadline that
 			// passes with no write under way does nothing) and is renewed once
 			// it is more than chunkSlack stale.
-			if now := time.Now(); c.chunk.Before(now.Add(timeout - chunkSlack)) {
+			if now := time.Now(); c.chunk.Before(now.Add(timeout - min(chunkSlack, timeout/10))) {
 				c.chunk = now.Add(timeout)
 				_ = c.applyLocked()
 			}
