@@ -305,7 +305,7 @@ func (c *Client) DoReceived(ctx context.Context, app, id string, input []float32
 
 // Publish publishes a request at QoS 1 and returns when the broker acknowledged it
 // (PUBACK; at QoS 0, with ClientOptions.QoS0, once it is written), or with the
-// publish error or ctx's error. The reply arrives on Replies (if enabled).
+// publish error, ctx's error or ErrClosed (Close while it waited). The reply arrives on Replies (if enabled).
 // deadline is as for Do. Payloads are built with protocol.Payload, "id" first.
 func (c *Client) Publish(ctx context.Context, app, id string, input []float32, deadline time.Duration) error {
 	p := protocol.Payload{ID: id, DeadlineMS: protocol.DeadlineMS(deadline), Input: input, B64: c.b64}
@@ -335,6 +335,14 @@ func (c *Client) PublishRaw(ctx context.Context, app string, payload []byte) err
 	}
 	tok := c.pc.Publish(protocol.RequestTopic(c.prefix, app, c.device), c.qos, false, payload)
 	if err := wait(ctx, tok); err != nil {
+		// Close fails a publish still waiting for its PUBACK (paho's
+		// "connection lost before Publish completed"): that is ErrClosed.
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed && ctx.Err() == nil {
+			return ErrClosed
+		}
 		return fmt.Errorf("devices: publish: %w", err)
 	}
 	return nil
