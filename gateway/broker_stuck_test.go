@@ -40,6 +40,20 @@ func stuckPayload(t *testing.T) int {
 	return n
 }
 
+// stuckBroker starts an embedded broker (over TLS with tc) that takes messages
+// of stuckPayload's size, with tune and guards, closed at the test's end; it
+// returns the broker and that size.
+func stuckBroker(t *testing.T, tc *tls.Config, tune brokerTuning, guards ...Guard) (*Broker, int) {
+	t.Helper()
+	n := stuckPayload(t)
+	b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), guards, tune)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, n
+}
+
 // stuckClient connects a raw MQTT 3.1.1 client (over TLS with tc: the broker's) with keepalive 0 (no deadline
 // at all at the broker) and a small receive buffer, subscribed at QoS 1 to
 // topic; it reads the CONNACK and SUBACK and then only what the test reads.
@@ -62,6 +76,16 @@ func stuckClient(t *testing.T, b *Broker, tc *tls.Config, id, topic string) net.
 	if tc != nil {
 		c = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
 	}
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	connectSubscribe(t, c, c, id, topic)
+	return c
+}
+
+// connectSubscribe writes c an MQTT 3.1.1 CONNECT (client id, clean session,
+// keepalive 0) and a SUBSCRIBE to topic at QoS 1, and reads the CONNACK and the
+// SUBACK from r (c, or a reader over it).
+func connectSubscribe(t *testing.T, c net.Conn, r io.Reader, id, topic string) {
+	t.Helper()
 	str := func(s string) []byte { return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...) }
 	connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 0}, str(id)...)
 	subscribe := append(append([]byte{0, 1}, str(topic)...), 1)
@@ -71,13 +95,11 @@ func stuckClient(t *testing.T, b *Broker, tc *tls.Config, id, topic string) net.
 	if _, err := c.Write(out); err != nil {
 		t.Fatal(err)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	want := []byte{0x20, 2, 0, 0, 0x90, 3, 0, 1, 1} // CONNACK accepted, SUBACK QoS 1
 	got := make([]byte, len(want))
-	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+	if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("%s: connect and subscribe: got % x, %v; want % x", id, got, err, want)
 	}
-	return c
 }
 
 // stopReadingMidPublish reads from c (stuckClient) the first byte of the
@@ -97,24 +119,11 @@ func stopReadingMidPublish(t *testing.T, c net.Conn) {
 // topic, subscribed to it at QoS 1, each message going to the channel.
 func pahoClient(t *testing.T, b *Broker, tc *tls.Config, id, topic string) (mqtt.Client, <-chan mqtt.Message) {
 	t.Helper()
-	got := make(chan mqtt.Message, 16)
-	scheme := "tcp://"
-	if tc != nil {
-		scheme = "ssl://"
-	}
-	o := mqtt.NewClientOptions().AddBroker(scheme + b.Addr()).SetClientID(id).SetAutoReconnect(false).
-		SetKeepAlive(0).SetConnectTimeout(5 * time.Second).SetWriteTimeout(time.Minute).
-		SetTLSConfig(&tls.Config{InsecureSkipVerify: true})
-	c := mqtt.NewClient(o)
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", id, tok.Error())
+	c, got, err := connectPaho(b, tc, id, topic)
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Disconnect(50) })
-	if topic != "" {
-		if tok := c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) { got <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("subscribe %s: %v", id, tok.Error())
-		}
-	}
 	return c, got
 }
 
@@ -135,13 +144,8 @@ func published(t *testing.T, c mqtt.Client, topic string, payload []byte) {
 // behind the stuck write (and a stop with it, until systemd killed the gateway).
 func TestEmbeddedBrokerCloseWithStuckClient(t *testing.T) {
 	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
-		n := stuckPayload(t)
 		// No write timeout to speak of: Close's own deadline is under test.
-		b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), nil, brokerTuning{writeTimeout: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
+		b, n := stuckBroker(t, tc, brokerTuning{writeTimeout: time.Hour})
 		stuck := stuckClient(t, b, tc, "stuck", "sg/resp/stuck")
 		pub, _ := pahoClient(t, b, tc, "pub", "")
 		_, got := pahoClient(t, b, tc, "cam-2", "sg/resp/cam-2")
@@ -172,13 +176,7 @@ func TestEmbeddedBrokerCloseWithStuckClient(t *testing.T) {
 // reading stopped every reply of the gateway's.
 func TestEmbeddedBrokerStuckClientHoldsNoOne(t *testing.T) {
 	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
-		n := stuckPayload(t)
-		b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), []Guard{{Client: "sneakgate", Filter: "sg/req/+/+"}},
-			brokerTuning{writeTimeout: stuckWriteTimeout})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
+		b, n := stuckBroker(t, tc, brokerTuning{writeTimeout: stuckWriteTimeout}, Guard{Client: "sneakgate", Filter: "sg/req/+/+"})
 		stuck := stuckClient(t, b, tc, "stuck", "sg/resp/stuck")
 		gw, _ := pahoClient(t, b, tc, "sneakgate", "sg/req/+/+")
 		_, got := pahoClient(t, b, tc, "cam-2", "sg/resp/cam-2")
@@ -202,14 +200,8 @@ func TestEmbeddedBrokerStuckClientHoldsNoOne(t *testing.T) {
 // once it reads again, on the same connection.
 func TestEmbeddedBrokerWaitsForTheGateway(t *testing.T) {
 	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
-		n := stuckPayload(t)
 		const filter = "sg/req/+/+"
-		b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), []Guard{{Client: "sneakgate", Filter: filter}},
-			brokerTuning{writeTimeout: stuckWriteTimeout})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
+		b, n := stuckBroker(t, tc, brokerTuning{writeTimeout: stuckWriteTimeout}, Guard{Client: "sneakgate", Filter: filter})
 		gw := stuckClient(t, b, tc, "sneakgate", filter)
 		dev, _ := pahoClient(t, b, tc, "cam-1", "")
 
@@ -266,12 +258,7 @@ func remainingLength(r *bufio.Reader) (int, error) {
 // for as long as the old connection stayed.
 func TestEmbeddedBrokerStuckClientReconnects(t *testing.T) {
 	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
-		n := stuckPayload(t)
-		b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), nil, brokerTuning{writeTimeout: stuckWriteTimeout})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
+		b, n := stuckBroker(t, tc, brokerTuning{writeTimeout: stuckWriteTimeout})
 		stuck := stuckClient(t, b, tc, "cam-1", "sg/resp/cam-1")
 		pub, _ := pahoClient(t, b, tc, "sneakgate", "")
 		published(t, pub, "sg/resp/cam-1", make([]byte, n))
@@ -297,32 +284,14 @@ func TestEmbeddedBrokerKeepsSlowReader(t *testing.T) {
 		t.Skip("the send queue is read on Linux only")
 	}
 	overTCPAndTLS(t, false, func(t *testing.T, tc *tls.Config) {
-		n := stuckPayload(t)
-		b, err := startBroker(freeAddr(t), n, nil, tc, zerolog.Nop(), nil, brokerTuning{writeTimeout: stuckWriteTimeout})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
+		b, n := stuckBroker(t, tc, brokerTuning{writeTimeout: stuckWriteTimeout})
 		var c net.Conn = dialRaw(t, b.Addr()) // the system's buffers
 		if tc != nil {
 			c = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
 		}
-		str := func(s string) []byte { return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...) }
-		connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 0}, str("slow")...)
-		subscribe := append(append([]byte{0, 1}, str("sg/resp/slow")...), 1)
-		var out []byte
-		out = append(append(out, 0x10, byte(len(connect))), connect...)
-		out = append(append(out, 0x82, byte(len(subscribe))), subscribe...)
-		if _, err := c.Write(out); err != nil {
-			t.Fatal(err)
-		}
 		_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
 		r := bufio.NewReaderSize(c, 16<<10)
-		want := []byte{0x20, 2, 0, 0, 0x90, 3, 0, 1, 1} // CONNACK accepted, SUBACK QoS 1
-		got := make([]byte, len(want))
-		if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("connect and subscribe: got % x, %v; want % x", got, err, want)
-		}
+		connectSubscribe(t, c, r, "slow", "sg/resp/slow")
 		pub, _ := pahoClient(t, b, tc, "pub", "")
 		published(t, pub, "sg/resp/slow", make([]byte, n))
 

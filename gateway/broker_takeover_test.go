@@ -135,8 +135,9 @@ type pahoConn struct {
 	got <-chan paho.Message
 }
 
-// connectPaho is pahoClient for another goroutine than the test's: it returns
-// the error instead of failing the test, and the caller disconnects.
+// connectPaho is pahoClient for another goroutine than the test's (and under
+// it): it returns the error instead of failing the test, and the caller
+// disconnects. With topic "" it subscribes to nothing.
 func connectPaho(b *Broker, tc *tls.Config, id, topic string) (paho.Client, <-chan paho.Message, error) {
 	got := make(chan paho.Message, 16)
 	scheme := "tcp://"
@@ -149,6 +150,9 @@ func connectPaho(b *Broker, tc *tls.Config, id, topic string) (paho.Client, <-ch
 	c := paho.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		return nil, nil, fmt.Errorf("connect %s: %v", id, tok.Error())
+	}
+	if topic == "" {
+		return c, got, nil
 	}
 	if tok := c.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) { got <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		c.Disconnect(50)
