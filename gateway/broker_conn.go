@@ -128,21 +128,23 @@ func (c *brokerConn) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		n := min(len(p), brokerWriteChunk)
+		var now time.Time // read once per chunk, and only with a timeout
 		c.mu.Lock()
 		timeout := c.timeout
 		if timeout > 0 {
+			now = time.Now()
 			// The chunk's deadline stays set between writes (a deadline that
 			// passes with no write under way does nothing) and is renewed once
 			// it is more than chunkSlack stale.
-			if now := time.Now(); c.chunk.Before(now.Add(timeout - min(chunkSlack, timeout/10))) {
+			if c.chunk.Before(now.Add(timeout - min(chunkSlack, timeout/10))) {
 				c.chunk = now.Add(timeout)
 				_ = c.applyLocked()
 			}
 		}
 		c.mu.Unlock()
-		if timeout > 0 && time.Since(c.queuedAt) >= sendQueueEvery {
+		if timeout > 0 && now.Sub(c.queuedAt) >= sendQueueEvery {
 			if q, ok := sendQueue(c.Conn); ok {
-				c.queued, c.queuedAt, c.sent = q, time.Now(), 0
+				c.queued, c.queuedAt, c.sent = q, now, 0
 			}
 		}
 		m, err := c.Conn.Write(p[:n])
