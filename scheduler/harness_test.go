@@ -74,7 +74,8 @@ func mustPolicy(t *testing.T, name string, o Options) Policy {
 
 // trials is how many of a test's full independent random cases to run: all of
 // them without the race detector or with SNEAKGATE_TEST_FULL=1, a fifth under
-// it (make test runs every package with -race). The scheduler runs on one
+// it (make test runs every package with -race, then
+// TestBruteForceCutsChangeNothing once more without it, full size). The scheduler runs on one
 // goroutine, the gateway's loop or the simulator's, so the race detector has
 // nothing to find in these cases; it only makes them several times slower. The
 // fifth are the first of the same seeded sequence. Full size under -race:
@@ -94,5 +95,5 @@ func trials(full int) int {
 // own applications, queue and policies, and the package's one variable
 // (bruteNoCut) is set only by TestBruteForceCutsChangeNothing, which is not
 // parallel and has therefore finished before any parallel test runs. Under
-// -race on two cores this cut go test ./scheduler/ from 361 s to 187 s
-// together with trials.
+// -race on two cores this cut go test -race -count=1 ./scheduler/ from 361 s
+// to 187 s together with trials (2026-12-01, one run each, idle machine).
