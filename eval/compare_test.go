@@ -20,10 +20,11 @@ import (
 //
 // It asserts nothing where sneakpeek does not win, and says so in the log: below
 // capacity on vad the cascade (silero-half for everything) is better by 0.005 to
-// 0.04, on satellite the mixing oblivious by 0.003 to 0.005, and on fashion the
-// cascade and edf are 0.001-0.003 better at loads up to 1 (docs/evaluation.md,
-// "The heavy tier"). On fashion's tops-heavy mix at load 3 sneakpeek is asserted
-// above the cascade only: the mixing oblivious is within the intervals there.
+// 0.04, on satellite the mixing oblivious by 0.003 to 0.005, and on fashion
+// (resnet-m on top) the mixing oblivious is 0.001-0.0055 better at most loads and
+// the cascade and edf 0.001-0.004 at loads up to 1 (docs/evaluation.md, "resnet-m
+// on top"). On fashion's tops-heavy mix at load 3 sneakpeek is asserted above the
+// cascade only.
 func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	pols := []string{"sneakpeek", PolicyCascade, "oblivious", "edf", "fixed-batch"}
 	run := func(a *App, wl string, dlScale, load, deadlines float64) []float64 {
@@ -71,25 +72,25 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	// before, the loop's verdicts left sneakpeek 0.002-0.003 below edf and
 	// fixed-batch.
 	check("satellite damp-soils 10 ms load 5", run(sat, "damp-soils", 0.1, 5, 5))
-	// Fashion with its heavy tier: only the cascade is below sneakpeek beyond
-	// the intervals (loads 3 and 5); the mixing oblivious is within them.
+	// Fashion with resnet-m on top (docs/evaluation.md, "resnet-m on top"): the
+	// default (logreg-first) cascade is 0.006-0.033 below sneakpeek at loads 2-5
+	// beyond the intervals; the mixing oblivious is 0.001-0.0055 above it, so it
+	// is not compared (the fault is documented there, not hidden here).
 	fashion := loadReal(t, "fashion")
 	if u := run(fashion, "tops-heavy", 1, 3, 4); u[0] < u[1] {
 		t.Errorf("fashion tops-heavy load 3: sneakpeek %.3f below cascade %.3f", u[0], u[1])
 	}
 }
 
-// TestComparisonPeekOnFashion is the small deterministic version of "The peek"
-// in docs/evaluation.md: fashion's heavy tier beyond resnet-s's capacity, with
-// the cnn as sneakpeek's peek and as the cascade's first variant, the options of
-// TestComparisonSneakPeekVsBaselines. The full comparison (seeds 1-5) finds
-// sneakpeek-peek above sneakpeek and the mixing oblivious beyond the intervals
-// at loads 1.5-5, and within about 0.001 of the cnn-first cascade at every load
-// (the cascade is the peek with time always free; on the natural mix at loads
-// 2-5 it is 0.0005-0.0013 above, at the edge of the intervals): it fails if the
-// peek falls below sneakpeek or oblivious, or, on tops-heavy, more than 0.002
-// below that cascade (this one-seed run of 2,000 requests puts the natural mix
-// at load 3 0.003 below it, within its noise, so that point is not compared).
+// TestComparisonPeekOnFashion is the small deterministic version of the peek's
+// comparison in docs/evaluation.md ("resnet-m on top"): fashion beyond resnet-m's
+// capacity, with the cnn as sneakpeek's peek and as the cascade's first variant,
+// the options of TestComparisonSneakPeekVsBaselines. The full comparison (seeds
+// 1-5) finds sneakpeek-peek above plain sneakpeek beyond the intervals at loads
+// 1.5-3 on both mixes, above the mixing oblivious on the natural mix at loads 2-5
+// (on tops-heavy they are within the intervals), and 0.001-0.003 below the
+// cnn-first cascade: it fails if the peek falls below sneakpeek, below oblivious on
+// the natural mix, or more than 0.004 below that cascade.
 func TestComparisonPeekOnFashion(t *testing.T) {
 	fashion := loadRealWith(t, "fashion", LoadOptions{CascadeFirst: map[string]string{"fashion": "cnn"}})
 	if fashion.Peek == nil || fashion.Sched.Variants[fashion.Peek.Cheap].ID.Variant != "cnn" {
@@ -97,10 +98,10 @@ func TestComparisonPeekOnFashion(t *testing.T) {
 	}
 	pols := []string{PolicyPeek, "sneakpeek", "oblivious", PolicyCascade}
 	for _, c := range []struct {
-		wl        string
-		load      float64
-		vsCascade bool
-	}{{"tops-heavy", 2, true}, {"tops-heavy", 3, true}, {"natural", 3, false}} {
+		wl          string
+		load        float64
+		vsOblivious bool
+	}{{"tops-heavy", 2, false}, {"natural", 2, true}, {"natural", 3, true}} {
 		w, err := fashion.Workload(c.wl)
 		if err != nil {
 			t.Fatal(err)
@@ -123,11 +124,14 @@ func TestComparisonPeekOnFashion(t *testing.T) {
 		}
 		t.Logf("fashion %s load %.1f (%d requests): sneakpeek-peek %.4f sneakpeek %.4f oblivious %.4f cascade (cnn first) %.4f",
 			c.wl, c.load, pt.Requests, u[0], u[1], u[2], u[3])
-		if u[0] < u[1] || u[0] < u[2] {
-			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f below sneakpeek %.4f or oblivious %.4f", c.wl, c.load, u[0], u[1], u[2])
+		if u[0] < u[1] {
+			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f below sneakpeek %.4f", c.wl, c.load, u[0], u[1])
 		}
-		if c.vsCascade && u[0] < u[3]-0.002 {
-			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f more than 0.002 below the cnn-first cascade %.4f", c.wl, c.load, u[0], u[3])
+		if c.vsOblivious && u[0] < u[2] {
+			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f below oblivious %.4f", c.wl, c.load, u[0], u[2])
+		}
+		if u[0] < u[3]-0.004 {
+			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f more than 0.004 below the cnn-first cascade %.4f", c.wl, c.load, u[0], u[3])
 		}
 	}
 }
