@@ -3,7 +3,8 @@ package gateway
 import (
 	"net"
 	"syscall"
-	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // sendQueue is how many bytes c's socket holds that its peer has not
@@ -17,12 +18,10 @@ func sendQueue(c net.Conn) (int, bool) {
 	if err != nil {
 		return 0, false
 	}
-	var n int32
-	var errno syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
-		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCOUTQ, uintptr(unsafe.Pointer(&n)))
-	}); err != nil || errno != 0 {
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil || ierr != nil {
 		return 0, false
 	}
-	return int(n), true
+	return n, true
 }
