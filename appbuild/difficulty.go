@@ -26,6 +26,9 @@ type difficultyResult struct {
 	AUC, ClassAUC []float64
 	CostUS        float64
 	Rows          int
+	// Form is the model's form (sneakpeek.FormShared or FormPerVariant), and
+	// FormWhy the check that chose it.
+	Form, FormWhy string
 	// Kept says whether the manifest declares it, and Why.
 	Kept bool
 	Why  string
@@ -109,31 +112,59 @@ func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, 
 			rows[j].Correct[v] = sneakpeek.Argmax(p) == int(train.labels[idx[j]])
 		}
 	}
-	params, err := sneakpeek.TrainDifficulty(def.Features, app.InputSize, k, names, rows, difficultyLambda)
-	if err != nil {
-		return nil, err
-	}
-	model, err := sneakpeek.NewDifficulty(params, app.InputSize)
-	if err != nil {
-		return nil, err
-	}
-	// AUC on the validation split.
-	res := &difficultyResult{Rows: len(idx)}
-	scores := make([][]float64, nv)
-	cls := make([][]float64, nv)
+	// Per-variant first; the shared form where, on the validation split, choosing
+	// on the per-variant estimates with engine time free is less accurate than
+	// the most accurate variant alone beyond chance (sneakpeek.CheckRanking).
 	correct := make([][]bool, nv)
-	for v := range scores {
-		scores[v], cls[v], correct[v] = make([]float64, val.n), make([]float64, val.n), make([]bool, val.n)
+	cls := make([][]float64, nv)
+	for v := range nv {
+		correct[v], cls[v] = make([]bool, val.n), make([]float64, val.n)
 	}
-	p, c := make([]float64, k), make([]float64, nv)
-	for i := 0; i < val.n; i++ {
-		est.Estimate(val.row(i), p)
-		model.Correctness(val.row(i), p, c)
+	pv := make([][]float64, val.n) // the estimator's output per validation row
+	for i := range val.n {
+		pv[i] = make([]float64, k)
+		est.Estimate(val.row(i), pv[i])
 		for v := range nv {
-			scores[v][i] = c[v]
-			cls[v][i] = sneakpeek.ExpectedAccuracy(p, app.Variants[v].Recall)
+			cls[v][i] = sneakpeek.ExpectedAccuracy(pv[i], app.Variants[v].Recall)
 			correct[v][i] = preds[v][i] == int(val.labels[i])
 		}
+	}
+	train1 := func(form string) (*sneakpeek.DifficultyParams, *sneakpeek.Difficulty, [][]float64, error) {
+		params, err := sneakpeek.TrainDifficulty(form, def.Features, app.InputSize, k, names, rows, difficultyLambda)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		model, err := sneakpeek.NewDifficulty(params, app.InputSize)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		scores := make([][]float64, nv)
+		for v := range scores {
+			scores[v] = make([]float64, val.n)
+		}
+		c := make([]float64, nv)
+		for i := range val.n {
+			model.Correctness(val.row(i), pv[i], c)
+			for v := range nv {
+				scores[v][i] = c[v]
+			}
+		}
+		return params, model, scores, nil
+	}
+	params, model, scores, err := train1(sneakpeek.FormPerVariant)
+	if err != nil {
+		return nil, err
+	}
+	res := &difficultyResult{Rows: len(idx), Form: sneakpeek.FormPerVariant}
+	check := sneakpeek.CheckRanking(scores, correct)
+	res.FormWhy = fmt.Sprintf("with engine time free, choosing on the per-variant estimates is %.4f accurate on validation, %s alone %.4f (z %.2f)",
+		check.Accuracy, names[check.Top], check.TopAccuracy, check.Z)
+	if check.Noisy() {
+		if params, model, scores, err = train1(sneakpeek.FormShared); err != nil {
+			return nil, err
+		}
+		res.Form = sneakpeek.FormShared
+		res.FormWhy += ": less accurate beyond chance, so the shared form"
 	}
 	var sum, sumClass float64
 	for v := range nv {
@@ -165,8 +196,8 @@ func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, 
 	if len(exclude) > 0 {
 		trained += ", outside the kNN reference set"
 	}
-	app.Difficulty = &manifest.Difficulty{File: file, Estimator: def.Name, AUC: res.AUC, ClassAUC: res.ClassAUC,
-		TrainedOn: trained + fmt.Sprintf("); AUC on the validation split (%d rows)", val.n), CostUS: round(cost, 3)}
+	app.Difficulty = &manifest.Difficulty{File: file, Estimator: def.Name, Form: res.Form, AUC: res.AUC, ClassAUC: res.ClassAUC,
+		TrainedOn: trained + fmt.Sprintf("); AUC on the validation split (%d rows); %s form: %s", val.n, res.Form, res.FormWhy), CostUS: round(cost, 3)}
 	return res, nil
 }
 

@@ -120,6 +120,9 @@ func printBuild(w io.Writer, r *Result) {
 	}
 	if d := r.Difficulty; d != nil {
 		fmt.Fprintf(w, "  per-sample difficulty model (reads %s; trained on %d training rows): %s\n", r.Estimators[0].Name, d.Rows, d.Why)
+		if d.Form != "" {
+			fmt.Fprintf(w, "    %s form: %s\n", d.Form, d.FormWhy)
+		}
 		for v, name := range r.Variants {
 			if v < len(d.AUC) {
 				fmt.Fprintf(w, "    %s: AUC of its correctness %.3f, class-based %.3f\n", name.Name, d.AUC[v], d.ClassAUC[v])

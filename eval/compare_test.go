@@ -18,13 +18,15 @@ import (
 // answer admission's refusals from the estimate, but keep what they run on the
 // most accurate variant, often late).
 //
+// On fashion (resnet-m on top, the shared difficulty form) sneakpeek is asserted
+// above every baseline at the natural mix's load 2 and the tops-heavy mix's load
+// 5, where the full comparison finds it above all of them beyond the intervals
+// (docs/evaluation.md, "The shared difficulty form"), and above the cascade at
+// tops-heavy load 3, where it ties the mixing oblivious.
+//
 // It asserts nothing where sneakpeek does not win, and says so in the log: below
 // capacity on vad the cascade (silero-half for everything) is better by 0.005 to
-// 0.04, on satellite the mixing oblivious by 0.003 to 0.005, and on fashion
-// (resnet-m on top) the mixing oblivious is 0.001-0.0055 better at most loads and
-// the cascade and edf 0.001-0.004 at loads up to 1 (docs/evaluation.md, "resnet-m
-// on top"). On fashion's tops-heavy mix at load 3 sneakpeek is asserted above the
-// cascade only.
+// 0.04, on satellite the mixing oblivious by 0.003 to 0.005.
 func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	pols := []string{"sneakpeek", PolicyCascade, "oblivious", "edf", "fixed-batch"}
 	run := func(a *App, wl string, dlScale, load, deadlines float64) []float64 {
@@ -72,25 +74,24 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	// before, the loop's verdicts left sneakpeek 0.002-0.003 below edf and
 	// fixed-batch.
 	check("satellite damp-soils 10 ms load 5", run(sat, "damp-soils", 0.1, 5, 5))
-	// Fashion with resnet-m on top (docs/evaluation.md, "resnet-m on top"): the
-	// default (logreg-first) cascade is 0.006-0.033 below sneakpeek at loads 2-5
-	// beyond the intervals; the mixing oblivious is 0.001-0.0055 above it, so it
-	// is not compared (the fault is documented there, not hidden here).
 	fashion := loadReal(t, "fashion")
+	check("fashion natural load 2", run(fashion, "natural", 1, 2, 4))
+	check("fashion tops-heavy load 5", run(fashion, "tops-heavy", 1, 5, 4))
 	if u := run(fashion, "tops-heavy", 1, 3, 4); u[0] < u[1] {
 		t.Errorf("fashion tops-heavy load 3: sneakpeek %.3f below cascade %.3f", u[0], u[1])
 	}
 }
 
 // TestComparisonPeekOnFashion is the small deterministic version of the peek's
-// comparison in docs/evaluation.md ("resnet-m on top"): fashion beyond resnet-m's
-// capacity, with the cnn as sneakpeek's peek and as the cascade's first variant,
-// the options of TestComparisonSneakPeekVsBaselines. The full comparison (seeds
-// 1-5) finds sneakpeek-peek above plain sneakpeek beyond the intervals at loads
-// 1.5-3 on both mixes, above the mixing oblivious on the natural mix at loads 2-5
-// (on tops-heavy they are within the intervals), and 0.001-0.003 below the
-// cnn-first cascade: it fails if the peek falls below sneakpeek, below oblivious on
-// the natural mix, or more than 0.004 below that cascade.
+// comparison in docs/evaluation.md ("The shared difficulty form"): fashion beyond
+// resnet-m's capacity, with the cnn as sneakpeek's peek and as the cascade's
+// first variant, the options of TestComparisonSneakPeekVsBaselines. Since the
+// shared form, plain sneakpeek is level with the peek at most loads; the full
+// comparison (seeds 1-5) finds the peek above it and above the mixing oblivious
+// beyond the intervals on the natural mix at loads 3 and 5, and 0.000-0.003 below
+// the cnn-first cascade at loads 1.5-3: it fails if the peek falls below
+// sneakpeek or oblivious on the natural mix at load 3, or more than 0.004 below
+// that cascade at any point checked.
 func TestComparisonPeekOnFashion(t *testing.T) {
 	fashion := loadRealWith(t, "fashion", LoadOptions{CascadeFirst: map[string]string{"fashion": "cnn"}})
 	if fashion.Peek == nil || fashion.Sched.Variants[fashion.Peek.Cheap].ID.Variant != "cnn" {
@@ -98,10 +99,10 @@ func TestComparisonPeekOnFashion(t *testing.T) {
 	}
 	pols := []string{PolicyPeek, "sneakpeek", "oblivious", PolicyCascade}
 	for _, c := range []struct {
-		wl          string
-		load        float64
-		vsOblivious bool
-	}{{"tops-heavy", 2, false}, {"natural", 2, true}, {"natural", 3, true}} {
+		wl     string
+		load   float64
+		vsPlan bool // against sneakpeek and oblivious
+	}{{"tops-heavy", 2, false}, {"natural", 2, false}, {"natural", 3, true}} {
 		w, err := fashion.Workload(c.wl)
 		if err != nil {
 			t.Fatal(err)
@@ -124,10 +125,10 @@ func TestComparisonPeekOnFashion(t *testing.T) {
 		}
 		t.Logf("fashion %s load %.1f (%d requests): sneakpeek-peek %.4f sneakpeek %.4f oblivious %.4f cascade (cnn first) %.4f",
 			c.wl, c.load, pt.Requests, u[0], u[1], u[2], u[3])
-		if u[0] < u[1] {
+		if c.vsPlan && u[0] < u[1] {
 			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f below sneakpeek %.4f", c.wl, c.load, u[0], u[1])
 		}
-		if c.vsOblivious && u[0] < u[2] {
+		if c.vsPlan && u[0] < u[2] {
 			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f below oblivious %.4f", c.wl, c.load, u[0], u[2])
 		}
 		if u[0] < u[3]-0.004 {

@@ -148,6 +148,9 @@ type Difficulty struct {
 	File string `yaml:"file" json:"file"`
 	// Estimator names the estimator whose class estimate the model reads.
 	Estimator string `yaml:"estimator" json:"estimator"`
+	// Form is the model's form, "shared" or "per-variant" (sneakpeek.FormShared,
+	// FormPerVariant); the parameter file says it too. Informational.
+	Form string `yaml:"form,omitempty" json:"form,omitempty"`
 	// AUC is, per variant (manifest order), the area under the ROC curve of its
 	// correctness predictions on held-out rows; ClassAUC is the same for the
 	// class-based expected accuracy sum_y p(y) recall(y), for comparison.
@@ -372,6 +375,9 @@ func (a *App) Validate() error {
 		}
 		if !found {
 			return invalid("difficulty.estimator %q: not one of the estimators", d.Estimator)
+		}
+		if d.Form != "" && d.Form != "shared" && d.Form != "per-variant" {
+			return invalid("difficulty.form %q: want shared or per-variant", d.Form)
 		}
 		for _, f := range []struct {
 			name string

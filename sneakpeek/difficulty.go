@@ -32,8 +32,9 @@ type Difficulty struct {
 	k, d     int // classes; the full standardised vector's length
 	mean     []float32
 	inv      []float32
-	w        []float32 // len(variants) x d
+	w        []float32 // len(variants) x d; the shared form: one row, the score
 	b        []float64
+	slope    []float64 // the shared form's per-variant slopes; nil: per-variant form
 	buf      *scratch
 }
 
@@ -48,10 +49,32 @@ type DifficultyParams struct {
 	// Mean and Scale standardise [features, p, log p] (features' Dim + 2K values).
 	Mean  []float64 `json:"mean"`
 	Scale []float64 `json:"scale"`
-	// Weights[m] and Bias[m] are variant m's logistic regression.
+	// Weights[m] and Bias[m] are variant m's logistic regression (the
+	// per-variant form, Slope empty). In the shared form Weights holds one row,
+	// the shared difficulty score s = Weights[0] . z, and variant m's
+	// correctness is sigmoid(Bias[m] + Slope[m] s).
 	Weights [][]float64 `json:"weights"`
 	Bias    []float64   `json:"bias"`
+	Slope   []float64   `json:"slope,omitempty"`
 }
+
+// Difficulty model forms (TrainDifficulty).
+const (
+	// FormPerVariant fits one logistic regression per variant. Each variant's
+	// correctness is ranked well (AUC), but the difference between two
+	// variants on one input is the difference of two noisy estimates: a
+	// variant that is worse on average can come out on top for inputs where it
+	// is not, and a scheduler with time to spare then serves them with it.
+	FormPerVariant = "per-variant"
+	// FormShared fits one difficulty score s(x) for all variants (a pooled
+	// logistic regression with an intercept per variant), then per variant a
+	// curve sigmoid(a_m + b_m s). Variants keep their order on every input
+	// except where their curves cross, which a steeper curve does only at the
+	// extremes of s, so no input is moved to a worse variant by noise; the
+	// gap between two variants still grows and shrinks with the input's
+	// difficulty, which is what the price of engine time trades against.
+	FormShared = "shared"
+)
 
 // logFloor bounds log p below, so a zero probability is a finite feature.
 const logFloor = 1e-6
@@ -97,16 +120,38 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 	}
 	k, nm := p.Classes, len(p.Variants)
 	d := f.Dim() + 2*k
-	if k < 2 || nm < 1 || len(p.Mean) != d || len(p.Scale) != d || len(p.Weights) != nm || len(p.Bias) != nm {
-		return nil, fmt.Errorf("%w: difficulty shapes: classes %d variants %d dim %d mean %d scale %d weights %d bias %d",
-			ErrParams, k, nm, d, len(p.Mean), len(p.Scale), len(p.Weights), len(p.Bias))
+	rows := nm
+	if len(p.Slope) > 0 {
+		rows = 1
+	}
+	if k < 2 || nm < 1 || len(p.Mean) != d || len(p.Scale) != d || len(p.Weights) != rows || len(p.Bias) != nm ||
+		(len(p.Slope) > 0 && len(p.Slope) != nm) {
+		return nil, fmt.Errorf("%w: difficulty shapes: classes %d variants %d dim %d mean %d scale %d weights %d bias %d slope %d",
+			ErrParams, k, nm, d, len(p.Mean), len(p.Scale), len(p.Weights), len(p.Bias), len(p.Slope))
+	}
+	for m, v := range p.Slope {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, fmt.Errorf("%w: difficulty slope[%d] = %v", ErrParams, m, v)
+		}
 	}
 	mean, inv, w, err := standardisedLinear("difficulty ", p.Mean, p.Scale, p.Weights, d)
 	if err != nil {
 		return nil, err
 	}
+	var slope []float64
+	if len(p.Slope) > 0 {
+		slope = slices.Clone(p.Slope)
+	}
 	return &Difficulty{feat: f, variants: slices.Clone(p.Variants), k: k, d: d, mean: mean,
-		inv: inv, w: w, b: slices.Clone(p.Bias), buf: newScratch(d)}, nil
+		inv: inv, w: w, b: slices.Clone(p.Bias), slope: slope, buf: newScratch(d)}, nil
+}
+
+// Form is the model's form: FormShared or FormPerVariant.
+func (m *Difficulty) Form() string {
+	if m.slope != nil {
+		return FormShared
+	}
+	return FormPerVariant
 }
 
 // Variants returns the variant names, in the order of Correctness's output.
@@ -132,6 +177,18 @@ func (m *Difficulty) Correctness(input []float32, p []float64, dst []float64) {
 	b := m.buf.get()
 	z := *b
 	m.vector(input, p, z)
+	if m.slope != nil {
+		w := m.w[:len(z)]
+		var s float32
+		for i, x := range z {
+			s += w[i] * x
+		}
+		for v := range m.variants {
+			dst[v] = sigmoid(m.b[v] + m.slope[v]*float64(s))
+		}
+		m.buf.put(b)
+		return
+	}
 	for v := range m.variants {
 		w := m.w[v*m.d : (v+1)*m.d]
 		w = w[:len(z)]
@@ -161,11 +218,15 @@ type DifficultyRow struct {
 	Correct  []bool
 }
 
-// TrainDifficulty fits the difficulty model of variants over features (a
-// transform spec for inputs of inputSize values) on rows, by Newton's method
-// on the L2-regularised log-likelihood of each variant's correctness (lambda is
-// the penalty per row; 1e-3 is a good default). Deterministic.
-func TrainDifficulty(features string, inputSize, k int, variants []string, rows []DifficultyRow, lambda float64) (*DifficultyParams, error) {
+// TrainDifficulty fits the difficulty model of variants, in form (FormShared or
+// FormPerVariant), over features (a transform spec for inputs of inputSize
+// values) on rows, by Newton's method on the L2-regularised log-likelihood of
+// the variants' correctness (lambda is the penalty per row; 1e-3 is a good
+// default). Deterministic.
+func TrainDifficulty(form, features string, inputSize, k int, variants []string, rows []DifficultyRow, lambda float64) (*DifficultyParams, error) {
+	if form != FormShared && form != FormPerVariant {
+		return nil, fmt.Errorf("%w: difficulty form %q: want %q or %q", ErrParams, form, FormShared, FormPerVariant)
+	}
 	f, err := ParseFeatures(features, inputSize)
 	if err != nil {
 		return nil, err
@@ -210,6 +271,10 @@ func TrainDifficulty(features string, inputSize, k int, variants []string, rows 
 			raw[i*d+j] = (raw[i*d+j] - mu) / p.Scale[j]
 		}
 	}
+	if form == FormShared {
+		fitShared(p, raw, n, d, rows, lambda)
+		return p, nil
+	}
 	for v := range variants {
 		y := make([]float64, n)
 		for i, r := range rows {
@@ -222,6 +287,50 @@ func TrainDifficulty(features string, inputSize, k int, variants []string, rows 
 		p.Bias = append(p.Bias, b)
 	}
 	return p, nil
+}
+
+// fitShared fits the shared form on the standardised rows raw (n x d): first a
+// pooled logistic regression of every (row, variant) pair's correctness on the
+// row's vector and an intercept per variant, whose weights are the shared
+// score s; then, per variant, a logistic regression of its correctness on s
+// alone (its intercept and slope).
+func fitShared(p *DifficultyParams, raw []float64, n, d int, rows []DifficultyRow, lambda float64) {
+	nv := len(p.Variants)
+	// Pooled: the vector, then nv-1 indicators (variant 0's intercept is the bias).
+	pd := d + nv - 1
+	x := make([]float64, n*nv*pd)
+	y := make([]float64, n*nv)
+	for v := range nv {
+		for i, r := range rows {
+			j := v*n + i
+			copy(x[j*pd:j*pd+d], raw[i*d:(i+1)*d])
+			if v > 0 {
+				x[j*pd+d+v-1] = 1
+			}
+			if r.Correct[v] {
+				y[j] = 1
+			}
+		}
+	}
+	w, _ := fitBinaryLogistic(x, n*nv, pd, y, lambda)
+	p.Weights = [][]float64{w[:d:d]}
+	s := make([]float64, n)
+	for i := range n {
+		for j, wj := range p.Weights[0] {
+			s[i] += wj * raw[i*d+j]
+		}
+	}
+	for v := range nv {
+		for i, r := range rows {
+			y[i] = 0
+			if r.Correct[v] {
+				y[i] = 1
+			}
+		}
+		a, b := fitBinaryLogistic(s, n, 1, y[:n], lambda)
+		p.Slope = append(p.Slope, a[0])
+		p.Bias = append(p.Bias, b)
+	}
 }
 
 // fitBinaryLogistic fits sigmoid(w.x + b) to y by Newton's method with an L2
@@ -355,4 +464,85 @@ func AUC(scores []float64, labels []bool) float64 {
 		return math.NaN()
 	}
 	return (rankSum - pos*(pos+1)/2) / (pos * neg)
+}
+
+// RankingCheck is what choosing a variant per row on estimated correctness
+// gives when engine time is free, against serving every row with the most
+// accurate variant: the check that chooses the difficulty model's form
+// (CheckRanking).
+type RankingCheck struct {
+	// Top is the most accurate variant on the rows; Accuracy and TopAccuracy
+	// are the accuracy of the choice on the estimates and of Top alone.
+	Top                   int
+	Accuracy, TopAccuracy float64
+	// Moved counts the rows whose estimated best variant is not Top.
+	Moved int
+	// Better counts the rows the choice gets right and Top wrong; Worse the
+	// reverse. Z is McNemar's statistic (Better - Worse) / sqrt(Better + Worse)
+	// (0 when both are 0).
+	Better, Worse int
+	Z             float64
+}
+
+// NoisyZ is the level below which RankingCheck.Z says, beyond chance (two-sided
+// 5%), that the estimates rank the variants worse than their accuracy does.
+const NoisyZ = -1.96
+
+// Noisy reports whether choosing on the estimates is worse than Top alone
+// beyond chance: the per-variant form's estimates then move inputs to worse
+// variants by noise, and the shared form should be used instead.
+func (c RankingCheck) Noisy() bool { return c.Z < NoisyZ }
+
+// CheckRanking compares, on held-out rows, choosing per row the variant of the
+// highest estimated correctness (scores[v][i]; ties to the more accurate) with
+// serving every row with the most accurate variant (correct[v][i] says whether
+// variant v answered row i correctly).
+func CheckRanking(scores [][]float64, correct [][]bool) RankingCheck {
+	nv := len(correct)
+	if nv == 0 || len(scores) != nv {
+		return RankingCheck{}
+	}
+	n := len(correct[0])
+	acc := make([]int, nv)
+	for v := range nv {
+		for _, ok := range correct[v] {
+			if ok {
+				acc[v]++
+			}
+		}
+	}
+	c := RankingCheck{}
+	for v := range nv {
+		if acc[v] > acc[c.Top] {
+			c.Top = v
+		}
+	}
+	right := 0
+	for i := range n {
+		best := c.Top
+		for v := range nv {
+			if scores[v][i] > scores[best][i] {
+				best = v
+			}
+		}
+		if best != c.Top {
+			c.Moved++
+		}
+		if correct[best][i] {
+			right++
+		}
+		switch {
+		case correct[best][i] && !correct[c.Top][i]:
+			c.Better++
+		case !correct[best][i] && correct[c.Top][i]:
+			c.Worse++
+		}
+	}
+	if n > 0 {
+		c.Accuracy, c.TopAccuracy = float64(right)/float64(n), float64(acc[c.Top])/float64(n)
+	}
+	if d := c.Better + c.Worse; d > 0 {
+		c.Z = float64(c.Better-c.Worse) / math.Sqrt(float64(d))
+	}
+	return c
 }

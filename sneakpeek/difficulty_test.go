@@ -1,8 +1,10 @@
 package sneakpeek
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -50,7 +52,7 @@ func TestTrainDifficultyRecoversAModel(t *testing.T) {
 	for i := range train {
 		train[i] = row()
 	}
-	p, err := TrainDifficulty("identity", d, k, []string{"sharp", "coin"}, train, 1e-3)
+	p, err := TrainDifficulty(FormPerVariant, "identity", d, k, []string{"sharp", "coin"}, train, 1e-3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,5 +177,142 @@ func TestBundledDifficultyLoads(t *testing.T) {
 		if err != nil || d == nil {
 			t.Errorf("%s: %v", a.Name, err)
 		}
+	}
+}
+
+// Two variants whose correctness follows one latent difficulty, the second
+// always a little worse, with features that carry nothing besides: fitted per
+// variant on a few hundred rows, the noise in the two regressions ranks the
+// worse variant first on many held-out rows, and a scheduler with engine time
+// to spare would serve them with it. The shared form's curves cross only where
+// both variants are nearly always right, so what choosing by its estimates
+// loses against always choosing the better variant stays small, while each
+// variant's rows are ranked as well.
+func TestSharedFormKeepsVariantsInOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	const d, k = 24, 2
+	truth := func(x []float32) (float64, float64) {
+		h := float64(x[0])
+		return sigmoid(2 + 2*h), sigmoid(1.4 + 2*h)
+	}
+	row := func() DifficultyRow {
+		x := make([]float32, d)
+		for i := range x {
+			x[i] = float32(rng.NormFloat64())
+		}
+		c0, c1 := truth(x)
+		return DifficultyRow{Input: x, Estimate: []float64{0.5, 0.5},
+			Correct: []bool{rng.Float64() < c0, rng.Float64() < c1}}
+	}
+	train := make([]DifficultyRow, 600)
+	for i := range train {
+		train[i] = row()
+	}
+	test := make([]DifficultyRow, 4000)
+	for i := range test {
+		test[i] = row()
+	}
+	for _, c := range []struct {
+		form             string
+		minLoss, maxLoss float64 // expected accuracy lost by choosing on the estimates
+	}{
+		{FormPerVariant, 0.015, 1},
+		{FormShared, 0, 0.006},
+	} {
+		p, err := TrainDifficulty(c.form, "identity", d, k, []string{"better", "worse"}, train, 1e-3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := NewDifficulty(p, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Form() != c.form {
+			t.Errorf("%s: Form() = %s", c.form, m.Form())
+		}
+		moved, loss := 0, 0.0
+		est := make([]float64, 2)
+		var s0 []float64
+		var l0 []bool
+		for _, r := range test {
+			m.Correctness(r.Input, r.Estimate, est)
+			if est[1] > est[0] {
+				moved++
+				c0, c1 := truth(r.Input)
+				loss += c0 - c1
+			}
+			s0, l0 = append(s0, est[0]), append(l0, r.Correct[0])
+		}
+		loss /= float64(len(test))
+		t.Logf("%s: worse ranked first on %.1f%% of held-out rows, expected accuracy lost %.4f; AUC of the better variant %.3f",
+			c.form, 100*float64(moved)/float64(len(test)), loss, AUC(s0, l0))
+		if loss < c.minLoss || loss > c.maxLoss {
+			t.Errorf("%s: choosing on the estimates loses %.4f of accuracy, want %.3f-%.3f", c.form, loss, c.minLoss, c.maxLoss)
+		}
+		if a := AUC(s0, l0); a < 0.8 {
+			t.Errorf("%s: AUC %.3f, want at least 0.8", c.form, a)
+		}
+	}
+}
+
+// The shared form's parameters are checked like the per-variant form's.
+func TestSharedFormShapes(t *testing.T) {
+	p := &DifficultyParams{Features: "identity", Classes: 2, Variants: []string{"a", "b"},
+		Mean: make([]float64, 6), Scale: []float64{1, 1, 1, 1, 1, 1},
+		Weights: [][]float64{{1, 0, 0, 0, 0, 0}}, Bias: []float64{0, -1}, Slope: []float64{1, 2}}
+	m, err := NewDifficulty(p, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := make([]float64, 2)
+	m.Correctness([]float32{0.5, 0}, []float64{0.5, 0.5}, c)
+	if want := []float64{sigmoid(0.5), sigmoid(-1 + 2*0.5)}; math.Abs(c[0]-want[0]) > 1e-6 || math.Abs(c[1]-want[1]) > 1e-6 {
+		t.Errorf("Correctness = %v, want %v", c, want)
+	}
+	for name, mut := range map[string]func(*DifficultyParams){
+		"slope per variant": func(p *DifficultyParams) { p.Slope = []float64{1} },
+		"one score row":     func(p *DifficultyParams) { p.Weights = append(p.Weights, p.Weights[0]) },
+		"finite slope":      func(p *DifficultyParams) { p.Slope = []float64{1, math.NaN()} },
+	} {
+		q := *p
+		q.Weights, q.Slope = slices.Clone(p.Weights), slices.Clone(p.Slope)
+		mut(&q)
+		if _, err := NewDifficulty(&q, 2); !errors.Is(err, ErrParams) {
+			t.Errorf("%s: err %v, want ErrParams", name, err)
+		}
+	}
+	if _, err := TrainDifficulty("both", "identity", 2, 2, []string{"a"}, nil, 1e-3); !errors.Is(err, ErrParams) {
+		t.Errorf("unknown form: err %v, want ErrParams", err)
+	}
+}
+
+// CheckRanking counts what choosing on estimates gains and loses against the
+// most accurate variant alone.
+func TestCheckRanking(t *testing.T) {
+	correct := [][]bool{
+		{true, false, true, false, true},  // 3 of 5
+		{true, true, false, false, false}, // 2 of 5
+	}
+	scores := [][]float64{
+		{0.9, 0.1, 0.2, 0.5, 0.9},
+		{0.1, 0.8, 0.7, 0.5, 0.1}, // moves rows 1 (gains) and 2 (loses); row 3 ties to the top
+	}
+	c := CheckRanking(scores, correct)
+	if c.Top != 0 || c.Moved != 2 || c.Better != 1 || c.Worse != 1 || c.Z != 0 || c.Accuracy != 0.6 || c.TopAccuracy != 0.6 {
+		t.Errorf("CheckRanking = %+v", c)
+	}
+	scores[1][4] = 0.95 // row 4 moves too, and loses
+	if c := CheckRanking(scores, correct); c.Worse != 2 || !(c.Z < 0) || c.Noisy() {
+		t.Errorf("CheckRanking = %+v; want 2 worse, z < 0, not beyond chance", c)
+	}
+	// 30 rows that the estimates all move to a variant wrong on them.
+	var big [2][]bool
+	var bs [2][]float64
+	for range 30 {
+		big[0], big[1] = append(big[0], true), append(big[1], false)
+		bs[0], bs[1] = append(bs[0], 0.5), append(bs[1], 0.6)
+	}
+	if c := CheckRanking(bs[:], big[:]); !c.Noisy() || c.Worse != 30 {
+		t.Errorf("CheckRanking = %+v; want noisy", c)
 	}
 }

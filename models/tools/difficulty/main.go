@@ -15,7 +15,13 @@
 // applications; the test split (samples.sgs), which the evaluation replays, is
 // never used. `sneakgate app build` trains the same model on a training split.
 //
-// Usage: go run ./models/tools/difficulty models/fashion models/satellite ...
+// The form (sneakpeek.FormShared or FormPerVariant) is chosen on the same
+// cross-fitted estimates: the per-variant form unless choosing a variant per
+// row on its estimates, with engine time free, is less accurate than serving
+// every row with the most accurate variant beyond chance
+// (sneakpeek.CheckRanking: McNemar's z below -1.96); then the shared form.
+//
+// Usage: go run ./models/tools/difficulty [-form auto|shared|per-variant] [-n] models/fashion models/satellite ...
 // The ONNX Runtime library is $SNEAKGATE_ORT_LIB.
 package main
 
@@ -36,6 +42,11 @@ import (
 )
 
 const lambda = 1e-3
+
+var (
+	form = flag.String("form", "auto", "the model's form: shared, per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared)")
+	dry  = flag.Bool("n", false, "print the cross-fitted measures only; write nothing")
+)
 
 func main() {
 	flag.Parse()
@@ -96,35 +107,42 @@ func run(dir string) error {
 			rows[i].Correct[v] = sneakpeek.Argmax(p) == int(val.Labels[i])
 		}
 	}
-	// Two-fold cross-fitting, folds by row parity (the split is shuffled).
-	scores := make([][]float64, nv)
-	for v := range scores {
-		scores[v] = make([]float64, val.N)
-	}
-	for fold := range 2 {
-		var train []sneakpeek.DifficultyRow
+	correct := make([][]bool, nv)
+	for v := range correct {
+		correct[v] = make([]bool, val.N)
 		for i, r := range rows {
-			if i%2 != fold {
-				train = append(train, r)
-			}
-		}
-		_, d, err := fit(features, m.InputSize, k, names, train)
-		if err != nil {
-			return err
-		}
-		c := make([]float64, nv)
-		for i, r := range rows {
-			if i%2 == fold {
-				d.Correctness(r.Input, r.Estimate, c)
-				for v := range c {
-					scores[v][i] = c[v]
-				}
-			}
+			correct[v][i] = r.Correct[v]
 		}
 	}
-	mt := manifest.Difficulty{File: "est/difficulty.json", Estimator: m.Estimators[0].Name,
-		TrainedOn: fmt.Sprintf("validation split (%d rows); AUC by two-fold cross-fitting", val.N)}
-	fmt.Printf("%s: per-sample difficulty, AUC of correctness predictions (validation, cross-fitted)\n", m.Name)
+	chosen := *form
+	if chosen == "auto" {
+		chosen = sneakpeek.FormPerVariant
+	}
+	scores, err := crossFit(chosen, features, m.InputSize, k, names, rows)
+	if err != nil {
+		return err
+	}
+	check := sneakpeek.CheckRanking(scores, correct)
+	how := fmt.Sprintf("validation split (%d rows); AUC by two-fold cross-fitting", val.N)
+	fmt.Printf("%s: with engine time free, choosing on the %s form's estimates: accuracy %.4f, %s alone %.4f (%d rows moved; right where %s is wrong on %d, the reverse on %d: z %.2f)\n",
+		m.Name, chosen, check.Accuracy, names[check.Top], check.TopAccuracy, check.Moved, names[check.Top], check.Better, check.Worse, check.Z)
+	if *form == "auto" {
+		if check.Noisy() {
+			chosen = sneakpeek.FormShared
+			how += fmt.Sprintf("; shared form: choosing on per-variant estimates with time free was less accurate than %s alone beyond chance (%.4f against %.4f, z %.2f)",
+				names[check.Top], check.Accuracy, check.TopAccuracy, check.Z)
+			if scores, err = crossFit(chosen, features, m.InputSize, k, names, rows); err != nil {
+				return err
+			}
+			c := sneakpeek.CheckRanking(scores, correct)
+			fmt.Printf("%s: the shared form instead: accuracy %.4f (%d rows moved, z %.2f)\n", m.Name, c.Accuracy, c.Moved, c.Z)
+		} else {
+			how += fmt.Sprintf("; per-variant form: choosing on its estimates with time free was not less accurate than %s alone beyond chance (%.4f against %.4f, z %.2f)",
+				names[check.Top], check.Accuracy, check.TopAccuracy, check.Z)
+		}
+	}
+	mt := manifest.Difficulty{File: "est/difficulty.json", Estimator: m.Estimators[0].Name, Form: chosen, TrainedOn: how}
+	fmt.Printf("%s: per-sample difficulty (%s form), AUC of correctness predictions (validation, cross-fitted)\n", m.Name, chosen)
 	fmt.Printf("  %-14s %9s %10s %10s\n", "variant", "accuracy", "class AUC", "sample AUC")
 	for v := range names {
 		labels := make([]bool, val.N)
@@ -144,7 +162,10 @@ func run(dir string) error {
 		mt.ClassAUC = append(mt.ClassAUC, round(ca))
 		fmt.Printf("  %-14s %9.4f %10.3f %10.3f\n", names[v], float64(right)/float64(val.N), ca, a)
 	}
-	p, d, err := fit(features, m.InputSize, k, names, rows)
+	if *dry {
+		return nil
+	}
+	p, d, err := fit(chosen, features, m.InputSize, k, names, rows)
 	if err != nil {
 		return err
 	}
@@ -167,14 +188,46 @@ func run(dir string) error {
 	return writeJSON(filepath.Join(dir, "difficulty.json"), mt)
 }
 
-// fit trains the difficulty model on rows and builds it.
-func fit(features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow) (*sneakpeek.DifficultyParams, *sneakpeek.Difficulty, error) {
-	p, err := sneakpeek.TrainDifficulty(features, inputSize, k, names, rows, lambda)
+// fit trains the difficulty model of form on rows and builds it.
+func fit(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow) (*sneakpeek.DifficultyParams, *sneakpeek.Difficulty, error) {
+	p, err := sneakpeek.TrainDifficulty(form, features, inputSize, k, names, rows, lambda)
 	if err != nil {
 		return nil, nil, err
 	}
 	d, err := sneakpeek.NewDifficulty(p, inputSize)
 	return p, d, err
+}
+
+// crossFit returns scores[v][i], variant v's estimated correctness on row i
+// from the model of form trained on the other half of rows (two folds by row
+// parity; the split is shuffled).
+func crossFit(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow) ([][]float64, error) {
+	scores := make([][]float64, len(names))
+	for v := range scores {
+		scores[v] = make([]float64, len(rows))
+	}
+	c := make([]float64, len(names))
+	for fold := range 2 {
+		var train []sneakpeek.DifficultyRow
+		for i, r := range rows {
+			if i%2 != fold {
+				train = append(train, r)
+			}
+		}
+		_, d, err := fit(form, features, inputSize, k, names, train)
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range rows {
+			if i%2 == fold {
+				d.Correctness(r.Input, r.Estimate, c)
+				for v := range c {
+					scores[v][i] = c[v]
+				}
+			}
+		}
+	}
+	return scores, nil
 }
 
 func round(x float64) float64 { return math.Round(x*1e4) / 1e4 }
