@@ -122,6 +122,8 @@ type LiveResult struct {
 	Workload string  `json:"workload"`
 	Policy   string  `json:"policy"`
 	Rate     float64 `json:"rate_per_s"`
+	// Seed drove the run's arrivals and samples (live and simulated alike).
+	Seed uint64 `json:"seed"`
 	// Load is Rate as a fraction of the simulator's capacity for the app.
 	Load       float64        `json:"load"`
 	DeadlineMS float64        `json:"deadline_ms"`
@@ -169,7 +171,7 @@ type LiveCheck struct {
 // different draws from the same workload, so shares are compared with a tolerance
 // of max(abs, 3 standard errors) (see compare).
 func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, error) {
-	res := LiveResult{Workload: c.Workload, Policy: c.Policy, Rate: c.Rate, DeadlineMS: float64(c.Deadline) / 1e6}
+	res := LiveResult{Workload: c.Workload, Policy: c.Policy, Rate: c.Rate, Seed: c.Seed, DeadlineMS: float64(c.Deadline) / 1e6}
 	cfg := gateway.DefaultConfig()
 	cfg.Log.Level = "warn"
 	cfg.MQTT.ClientID = "sneakgate-eval-live"
@@ -537,6 +539,90 @@ func compare(r devices.Report, m Metrics) ([]LiveCheck, bool) {
 		all = all && c.Holds
 	}
 	return cs, all
+}
+
+// LiveSummary is one live point (app, workload, deadline, rate, policy) over
+// its seeds: live and simulated utility, their paired difference, and the
+// paired difference of live utility from the reference policy's run of the
+// same seed.
+type LiveSummary struct {
+	App, Workload, Policy string
+	Rate, Load            float64 // Load: the mean over the runs
+	DeadlineMS            float64
+	Runs                  int
+	Live, LiveCI          float64
+	Sim                   float64
+	LiveSim, LiveSimCI    float64 // live - sim
+	// VsRef and VsRefCI: live utility - the reference policy's, paired by seed
+	// (Pairs pairs; none for the reference itself or without its runs).
+	VsRef, VsRefCI float64
+	Pairs          int
+}
+
+// SummarizeLive groups live results by point and summarises them against ref.
+func SummarizeLive(rs []LiveResult, ref string) []LiveSummary {
+	type key struct {
+		app, wl, pol string
+		rate, dl     float64
+	}
+	var order []key
+	groups := map[key][]LiveResult{}
+	for _, r := range rs {
+		k := key{r.App, r.Workload, r.Policy, r.Rate, r.DeadlineMS}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	var out []LiveSummary
+	for _, k := range order {
+		g := groups[k]
+		s := LiveSummary{App: k.app, Workload: k.wl, Policy: k.pol, Rate: k.rate, DeadlineMS: k.dl, Runs: len(g)}
+		var live, sim, diff []float64
+		for _, r := range g {
+			live, sim = append(live, r.Live.Utility), append(sim, r.Sim.Utility)
+			diff = append(diff, r.Live.Utility-r.Sim.Utility)
+			s.Load += r.Load / float64(len(g))
+		}
+		s.Live, s.LiveCI = MeanCI(live)
+		s.Sim, _ = MeanCI(sim)
+		s.LiveSim, s.LiveSimCI = MeanCI(diff)
+		if k.pol != ref {
+			refBySeed := map[uint64]float64{}
+			for _, r := range groups[key{k.app, k.wl, ref, k.rate, k.dl}] {
+				refBySeed[r.Seed] = r.Live.Utility
+			}
+			var d []float64
+			for _, r := range g {
+				if u, ok := refBySeed[r.Seed]; ok {
+					d = append(d, r.Live.Utility-u)
+				}
+			}
+			s.Pairs = len(d)
+			s.VsRef, s.VsRefCI = MeanCI(d)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// WriteLiveSummary prints SummarizeLive's table.
+func WriteLiveSummary(w io.Writer, ss []LiveSummary) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "app\tworkload\tpolicy\trate/s\tload\tdl_ms\truns\tlive\t±95%\tsim\tlive-sim\t±95%\tvs ref\t±95%\t")
+	for _, s := range ss {
+		vs := "\t"
+		if s.Pairs > 0 {
+			star := ""
+			if s.Pairs > 1 && math.Abs(s.VsRef) > s.VsRefCI {
+				star = "*"
+			}
+			vs = fmt.Sprintf("%+.4f%s\t%.4f", s.VsRef, star, s.VsRefCI)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.3f\t%g\t%d\t%.4f\t%.4f\t%.4f\t%+.4f\t%.4f\t%s\t\n", s.App, s.Workload, s.Policy,
+			s.Rate, s.Load, s.DeadlineMS, s.Runs, s.Live, s.LiveCI, s.Sim, s.LiveSim, s.LiveSimCI, vs)
+	}
+	return tw.Flush()
 }
 
 // WriteLive prints live results.

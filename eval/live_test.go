@@ -1,6 +1,8 @@
 package eval
 
 import (
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,5 +24,41 @@ func TestHistogramQuantiles(t *testing.T) {
 		if d := q[i] - want[i]; d < -time.Microsecond || d > time.Microsecond {
 			t.Errorf("quantile %d: %v, want %v", i, q[i], want[i])
 		}
+	}
+}
+
+// SummarizeLive pairs live with simulated utility per run, and each policy with
+// the reference policy's run of the same seed.
+func TestSummarizeLive(t *testing.T) {
+	run := func(pol string, seed uint64, live, sim float64) LiveResult {
+		r := LiveResult{App: "a", Workload: "w", Policy: pol, Rate: 100, Load: 1, DeadlineMS: 50, Seed: seed}
+		r.Live.Utility, r.Sim.Utility = live, sim
+		return r
+	}
+	rs := []LiveResult{
+		run("sneakpeek", 1, 0.90, 0.92), run("oblivious", 1, 0.88, 0.91),
+		run("sneakpeek", 2, 0.80, 0.83), run("oblivious", 2, 0.775, 0.82),
+		run("sneakpeek", 3, 0.85, 0.86), run("oblivious", 3, 0.835, 0.86),
+		run("cascade", 9, 0.5, 0.5), // no reference run of seed 9: not paired
+	}
+	ss := SummarizeLive(rs, "sneakpeek")
+	if len(ss) != 3 {
+		t.Fatalf("%d summaries, want 3: %+v", len(ss), ss)
+	}
+	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
+	sp, ob, ca := ss[0], ss[1], ss[2]
+	if sp.Policy != "sneakpeek" || sp.Runs != 3 || !near(sp.Live, 0.85) || !near(sp.LiveSim, -0.02) || sp.Pairs != 0 {
+		t.Errorf("sneakpeek: %+v", sp)
+	}
+	// oblivious - sneakpeek by seed: -0.02, -0.025, -0.015.
+	if ob.Pairs != 3 || !near(ob.VsRef, -0.02) || !(ob.VsRefCI > 0) || !near(ob.LiveSim, (-0.03-0.045-0.025)/3) {
+		t.Errorf("oblivious: %+v", ob)
+	}
+	if ca.Pairs != 0 || ca.Runs != 1 {
+		t.Errorf("cascade: %+v", ca)
+	}
+	var b strings.Builder
+	if err := WriteLiveSummary(&b, ss); err != nil || !strings.Contains(b.String(), "-0.0200*") {
+		t.Errorf("WriteLiveSummary: %v\n%s", err, b.String())
 	}
 }

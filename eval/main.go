@@ -67,7 +67,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		minDl     = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
 		maxN      = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
 		seed      = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
-		seeds     = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals")
+		seeds     = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals; with -live, run each live point once per seed (the policies of a seed back to back) and summarise live against simulated and each policy against -ref, paired by seed")
 		ref       = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
 		gatewayUS = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
 		verdictUS = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
@@ -185,7 +185,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runLive(ctx, liveRun{models: *models, apps: split(*apps), workloads: split(*workloads), policies: pols,
 			rates: rates, deadlines: ds, dur: *liveDur, devices: *liveDevices, broker: *liveBroker, devicesExe: devicesExe, lib: lib, diag: *liveDiag,
-			opts: opts, gm: flagGatewayModel(fs), seed: *seed, out: *out, noLatency: !*liveLatency, noSentAt: !*liveSentAt}, stdout, stderr)
+			opts: opts, gm: flagGatewayModel(fs), seed: *seed, seeds: max(*seeds, 1), ref: *ref, out: *out, noLatency: !*liveLatency, noSentAt: !*liveSentAt}, stdout, stderr)
 	}
 
 	var as []*App
@@ -468,8 +468,12 @@ type liveRun struct {
 	// gm holds the gateway's admission settings and the simulator's jitter
 	// (the -max-queue, -max-wait, -degrade-refused, -price-admission and
 	// -jitter flags).
-	gm         GatewayModel
+	gm GatewayModel
+	// seed is the first seed; seeds how many runs of each point (seed,
+	// seed+1, ...); ref the policy the summary pairs the others with.
 	seed       uint64
+	seeds      int
+	ref        string
 	noLatency  bool
 	noSentAt   bool
 	devicesExe string
@@ -503,16 +507,20 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 		for _, wl := range l.workloads {
 			for _, ds := range l.deadlines {
 				dl := time.Duration(float64(m.DefaultDeadlineMS) * ds * float64(time.Millisecond))
+				// The policies of one seed run back to back, so that each pair the
+				// summary compares ran under the same conditions of the box.
 				for _, rate := range l.rates {
-					for _, pol := range l.policies {
-						r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
-							Duration: l.dur, Devices: l.devices, Seed: l.seed, Broker: l.broker, DevicesExe: l.devicesExe, Library: l.lib, Dir: dir,
-							Options: l.opts, MaxQueue: l.gm.MaxQueue, Jitter: l.gm.Jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt,
-							MaxWait: l.gm.MaxWait, DegradeRefused: l.gm.DegradeRefused, PriceShed: l.gm.PriceAdmission, Pipeline: l.gm.Pipeline, Diag: l.diag}, stderr)
-						if err != nil {
-							return err
+					for i := range max(l.seeds, 1) {
+						for _, pol := range l.policies {
+							r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
+								Duration: l.dur, Devices: l.devices, Seed: l.seed + uint64(i), Broker: l.broker, DevicesExe: l.devicesExe, Library: l.lib, Dir: dir,
+								Options: l.opts, MaxQueue: l.gm.MaxQueue, Jitter: l.gm.Jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt,
+								MaxWait: l.gm.MaxWait, DegradeRefused: l.gm.DegradeRefused, PriceShed: l.gm.PriceAdmission, Pipeline: l.gm.Pipeline, Diag: l.diag}, stderr)
+							if err != nil {
+								return err
+							}
+							rs = append(rs, r)
 						}
-						rs = append(rs, r)
 					}
 				}
 			}
@@ -520,6 +528,12 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 	}
 	if err := WriteLive(stdout, rs); err != nil {
 		return err
+	}
+	if l.seeds > 1 {
+		fmt.Fprintf(stdout, "\nMeans over %d seeds with 95%% intervals; live - sim is paired by run, \"vs ref\" is the paired difference of live utility from %s's (by seed; * when its interval excludes 0):\n", l.seeds, l.ref)
+		if err := WriteLiveSummary(stdout, SummarizeLive(rs, l.ref)); err != nil {
+			return err
+		}
 	}
 	b, err := json.MarshalIndent(rs, "", " ")
 	if err != nil {
