@@ -167,8 +167,10 @@ type brokerListener struct {
 	tc       *tls.Config  // nil: plain MQTT
 	log      *slog.Logger
 	onAccept func()
-	connect  time.Duration // the CONNECT's deadline (brokerConnectTimeout)
-	write    time.Duration // brokerConn's timeout (brokerWriteTimeout)
+	// disconnect, if set, replaces mochi's closeClients (disconnectAll).
+	disconnect func(listener string)
+	connect    time.Duration // the CONNECT's deadline (brokerConnectTimeout)
+	write      time.Duration // brokerConn's timeout (brokerWriteTimeout)
 
 	mu     sync.Mutex
 	closed bool
@@ -248,6 +250,9 @@ func (l *brokerListener) Close(closeClients listeners.CloseFn) {
 		c.closing(by)
 	}
 	l.mu.Unlock()
+	if l.disconnect != nil {
+		closeClients = l.disconnect
+	}
 	closeClients(l.id)
 	l.ln.Close()
 	l.mu.Lock()
@@ -294,6 +299,7 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 		InlineClient: false,
 		Logger:       slog.New(zerologHandler{log}),
 	})
+	bl.disconnect = func(listener string) { disconnectAll(srv, listener) }
 	if len(users) == 0 {
 		if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 			return nil, fmt.Errorf("embedded broker: %w", err)
@@ -341,6 +347,23 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 		Uint32("max_packet_bytes", caps.MaximumPacketSize).Strs("guarded", guardedNames).Int("hold_limit", hold.limit).
 		Msg("embedded MQTT broker started")
 	return &Broker{srv: srv, addr: addr, hold: hold}, nil
+}
+
+// disconnectAll does what mochi's closeListenerClients does at Close (a
+// DISCONNECT to every client of the listener, and its connection stopped)
+// without its deadlock: that lists the clients under a read lock of the
+// clients' map and, inside it, takes the read lock again (Clients.Len in
+// Clients.GetByListener), so a connection ending at that moment, which waits
+// for the write lock to remove its client, blocked the second read lock and
+// itself behind the first: Close never returned (seen once under -race, in
+// TestEmbeddedBrokerStuckClientReconnects, whose old connection ends while
+// the broker closes).
+func disconnectAll(srv *mqtt.Server, listener string) {
+	for _, cl := range srv.Clients.GetAll() {
+		if cl.Net.Listener == listener && !cl.Closed() {
+			_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // Dropped is how many messages the broker has dropped instead of delivering
