@@ -111,10 +111,12 @@ func LoadUsersFile(path string) (map[string]string, error) {
 // (EmbeddedTLS), the listener speaks TLS only, and with tc.ClientAuth set
 // refuses a client without a certificate it verifies.
 //
-// Messages to a guarded subscription (the gateway's own client and request
-// filter, as it subscribes) are never dropped after their publisher has been
-// acknowledged: while that subscriber holds holdLimit unacknowledged, a QoS 1
-// or 2 publisher waits for it, unacknowledged (holdHook).
+// A QoS 1 or 2 publish to a guarded subscription (the gateway's own client
+// and request filter, as it subscribes) is acknowledged to its publisher only
+// once that subscriber has acknowledged it (its journal holds it: a kill -9
+// loses no request a device was told had arrived; broker_ack.go), and is never
+// dropped: while that subscriber holds holdLimit unacknowledged, or has not
+// subscribed yet, the publisher waits for it, unacknowledged (holdHook).
 func StartBroker(addr string, maxPayloadBytes int, users map[string]string, tc *tls.Config, log zerolog.Logger, guarded ...Guard) (*Broker, error) {
 	return startBroker(addr, maxPayloadBytes, users, tc, log, guarded, brokerTuning{})
 }
@@ -391,6 +393,8 @@ func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.hold.stop()
 		b.closeErr = b.srv.Close()
+		b.hold.writers.Wait()
+		b.hold.logAcks()
 	})
 	return b.closeErr
 }
@@ -417,12 +421,20 @@ func (b *Broker) Close() error {
 // room without the lock (reserved is counted before the in-flight store is read,
 // so two publishes that check at once cannot both take the last place).
 //
-// A client that itself holds a guarded subscription (a gateway) is never held,
-// so no two clients can wait for each other: the gateway's replies, and its
-// acknowledgements of requests, never wait for a device. A held publish gives up,
-// unacknowledged and undelivered, when its publisher's connection is closed (a
-// device that reconnects sends it again, as MQTT requires of an unacknowledged
-// QoS 1 publish) or when the broker closes.
+// A guarded subscriber with no session yet, or not subscribed (the gateway's
+// client just after a start, before its SUBSCRIBE), has no room either: mochi
+// would acknowledge the request and find no subscriber for it.
+//
+// A guarded client (a gateway) is never held, so no two clients can wait for
+// each other: the gateway's replies, and its acknowledgements of requests,
+// never wait for a device. A held publish gives up, unacknowledged and
+// undelivered, when its publisher's connection is closed (a device that
+// reconnects sends it again, as MQTT requires of an unacknowledged QoS 1
+// publish) or when the broker closes.
+//
+// A publish let through is not acknowledged then either: the hook hands it to
+// the subscribers itself and acknowledges it to its publisher once the guarded
+// subscribers have (relay, broker_ack.go).
 type holdHook struct {
 	mqtt.HookBase
 	srv *mqtt.Server
@@ -432,12 +444,11 @@ type holdHook struct {
 	guard   map[string]string
 	filters []guardFilter
 	// owners are the guarded clients: only their subscriptions to a guarded
-	// filter hold publishers, and they are never held themselves. ownerIDs
-	// lists them; reserved counts, per owner, the publishes let through and not
-	// yet processed (their messages may not be in its in-flight store yet).
-	// All three are fixed at construction.
+	// filter hold publishers, and they are never held themselves; reserved
+	// counts, per owner, the publishes let through and not yet handed over
+	// (their messages may not be in its in-flight store yet). Both are fixed
+	// at construction.
 	owners   map[string]bool
-	ownerIDs []string
 	reserved map[string]*atomic.Int64
 	limit    int
 	log      zerolog.Logger
@@ -450,34 +461,27 @@ type holdHook struct {
 	holding atomic.Int64 // publishes waiting now
 	logged  atomic.Int64 // when a hold was last logged (Unix ns)
 
-	// pending is what each publisher's publish in progress reserved
-	// (*mqtt.Client to *passage); chosen the member of each guarded shared
-	// group it was given (passageKey to map[string]string).
-	pending sync.Map
-	chosen  sync.Map
-
 	mu      sync.Mutex
 	stopped bool
 	queues  map[string]*waitQueue    // by targetKey, each first come first
 	waiters map[*mqtt.Client]*waiter // the same waiters, by publisher
+
+	acks // the devices' acknowledgements (broker_ack.go)
 }
 
 // guardFilter is a guarded filter: as subscribed (full), without its
-// "$share/{group}/" prefix (filter), and that split at '/' (levels).
+// "$share/{group}/" prefix (filter), and that split at '/' (levels); owners are
+// the clients it is guarded for (the members a shared one's group may have).
 type guardFilter struct {
 	full, filter string
 	levels       []string
 	shared       bool
+	owners       []string
 }
 
 type passage struct {
 	subs   []string          // the owners room was reserved at
 	chosen map[string]string // shared group filter to member, or nil
-}
-
-type passageKey struct {
-	origin string
-	id     uint16
 }
 
 // waiter is a held publish. ready is closed when it is let through (p set) or
@@ -501,15 +505,21 @@ func holdLimit(maxInflight uint16) int { return max(1, int(maxInflight)-int(maxI
 func newHoldHook(srv *mqtt.Server, guard []Guard, limit int, log zerolog.Logger) *holdHook {
 	h := &holdHook{srv: srv, guard: map[string]string{}, owners: map[string]bool{}, reserved: map[string]*atomic.Int64{},
 		limit: limit, log: log, queues: map[string]*waitQueue{}, waiters: map[*mqtt.Client]*waiter{}}
+	h.acks.setup(srv)
 	for _, g := range guard {
 		if _, ok := h.guard[g.Filter]; !ok {
 			f := unshared(g.Filter)
 			h.guard[g.Filter] = f
 			h.filters = append(h.filters, guardFilter{full: g.Filter, filter: f, levels: strings.Split(f, "/"), shared: f != g.Filter})
 		}
+		for i := range h.filters {
+			if f := &h.filters[i]; f.full == g.Filter && !slices.Contains(f.owners, g.Client) {
+				f.owners = append(f.owners, g.Client)
+			}
+		}
 		if !h.owners[g.Client] {
 			h.owners[g.Client] = true
-			h.ownerIDs = append(h.ownerIDs, g.Client)
+			h.acks.lastDelivery[g.Client] = new(atomic.Uint32)
 			h.reserved[g.Client] = new(atomic.Int64)
 		}
 	}
@@ -549,92 +559,87 @@ func (h *holdHook) ID() string { return "sneakgate-hold" }
 
 func (h *holdHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnPacketProcessed, mqtt.OnSelectSubscribers, mqtt.OnQosComplete,
-		mqtt.OnQosDropped, mqtt.OnDisconnect, mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed:
+	case mqtt.OnPublish, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnPacketProcessed, mqtt.OnSelectSubscribers, mqtt.OnQosPublish,
+		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnPublishDropped, mqtt.OnDisconnect, mqtt.OnSessionEstablished,
+		mqtt.OnSubscribed, mqtt.OnUnsubscribed:
 		return true
 	}
 	return false
 }
 
-// guarded reports whether filter (as subscribed) is a guarded one.
-func (h *holdHook) guarded(filter string) bool {
-	u := unshared(filter)
-	for _, f := range h.filters {
-		if f.filter == u {
-			return true
-		}
-	}
-	return false
-}
-
 // subscribesGuarded reports whether cl is a guarded client with a guarded
-// subscription.
+// subscription at QoS 1 or 2.
 func (h *holdHook) subscribesGuarded(cl *mqtt.Client) bool {
 	if !h.owners[cl.ID] {
 		return false
 	}
 	for _, f := range h.filters {
-		if _, ok := cl.State.Subscriptions.Get(f.full); ok {
+		if sub, ok := cl.State.Subscriptions.Get(f.full); ok && sub.Qos > 0 {
 			return true
 		}
 	}
 	return false
 }
 
-// targets are the guarded subscriptions a publish to topic goes to: owners
-// subscribed (plainly, at QoS 1 or 2) to a guarded filter that matches, and
-// each guarded shared group's members. Only a shared guard walks mochi's topic
-// tree (a group with members from elsewhere is left to mochi).
+// targets are the guarded subscribers a publish to topic goes to: the owners of
+// each plain guarded filter that matches (subscribed to it, or not yet: the
+// gateway's client before it has subscribed, or while a reconnection takes its
+// session over, has no room, so a request waits for it instead of finding no
+// subscriber; an owner subscribed at QoS 0 is no target), and each guarded
+// shared group's owners. Only a shared guard walks mochi's topic tree (a group
+// with members from elsewhere is left to mochi).
 func (h *holdHook) targets(topic, self string) (plain []string, groups map[string][]string) {
-	shared := false
+	var tree *mqtt.Subscribers
 	for i := range h.filters {
 		f := &h.filters[i]
 		if !levelsMatch(f.levels, topic) {
 			continue
 		}
-		shared = shared || f.shared
-		for _, id := range h.ownerIDs {
+		if f.shared {
+			if tree == nil {
+				tree = h.srv.Topics.Subscribers(topic)
+			}
+			if ids := h.groupOwners(f, tree, self); len(ids) > 0 {
+				if groups == nil {
+					groups = map[string][]string{}
+				}
+				groups[f.full] = ids
+			}
+			continue
+		}
+		for _, id := range f.owners {
 			if id == self || slices.Contains(plain, id) {
 				continue
 			}
-			if cl, ok := h.srv.Clients.Get(id); ok {
-				// An owner being taken over has lost its subscriptions to
-				// the new connection, not yet registered: still a target
-				// (reserve holds the publish until the new one is).
-				if sub, ok := cl.State.Subscriptions.Get(f.filter); ok && sub.Qos > 0 || cl.IsTakenOver() {
-					plain = append(plain, id)
+			if cl, ok := h.srv.Clients.Get(id); ok && !cl.IsTakenOver() {
+				if sub, ok := cl.State.Subscriptions.Get(f.full); ok && sub.Qos == 0 {
+					continue
 				}
 			}
-		}
-	}
-	if !shared {
-		return plain, nil
-	}
-	for filter, members := range h.srv.Topics.Subscribers(topic).Shared {
-		if !h.guarded(filter) {
-			continue
-		}
-		var ids []string
-		for id, sub := range members {
-			if !h.owners[id] {
-				// A member from elsewhere: the group is left to mochi
-				// (holding for some members only would send it nothing).
-				ids = nil
-				break
-			}
-			if id != self && sub.Qos > 0 {
-				ids = append(ids, id)
-			}
-		}
-		if len(ids) > 0 {
-			if groups == nil {
-				groups = map[string][]string{}
-			}
-			slices.Sort(ids)
-			groups[filter] = ids
+			plain = append(plain, id)
 		}
 	}
 	return plain, groups
+}
+
+// groupOwners are the members a message to guarded shared filter f may go to
+// (its owners but self, sorted), or nil when the group has a member from
+// elsewhere: that group is left to mochi (holding for some members only would
+// send it nothing).
+func (h *holdHook) groupOwners(f *guardFilter, tree *mqtt.Subscribers, self string) []string {
+	for id := range tree.Shared[f.full] {
+		if !slices.Contains(f.owners, id) {
+			return nil
+		}
+	}
+	ids := make([]string, 0, len(f.owners))
+	for _, id := range f.owners {
+		if id != self {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // targetKey names a set of targets: held publishes with the same key wait in
@@ -656,17 +661,18 @@ func targetKey(plain []string, groups map[string][]string) string {
 	return b.String()
 }
 
-// load is how many messages owner id holds or is about to.
-// An owner whose session is being taken over (a gateway that reconnects with
-// its persistent session) counts as full: its in-flight store is moving to the
-// new connection, which the hook waits for (OnSessionEstablished releases).
-func (h *holdHook) load(id string) (n int, connected, ok bool) {
+// member reports how many messages owner id holds or is about to as a member
+// of shared filter, and whether its connection is up; ok is false when it is
+// no member with room to take one (not subscribed to filter at QoS 1 or 2, or
+// being taken over: its in-flight store is moving to the new connection,
+// which the hook waits for, OnSessionEstablished releases).
+func (h *holdHook) member(id, filter string) (n int, connected, ok bool) {
 	cl, ok := h.srv.Clients.Get(id)
-	if !ok {
+	if !ok || cl.IsTakenOver() {
 		return 0, false, false
 	}
-	if cl.IsTakenOver() {
-		return h.limit, false, true
+	if sub, ok := cl.State.Subscriptions.Get(filter); !ok || sub.Qos == 0 {
+		return 0, false, false
 	}
 	return cl.State.Inflight.Len() + int(h.reserved[id].Load()), !cl.Closed(), true
 }
@@ -675,19 +681,22 @@ func (h *holdHook) load(id string) (n int, connected, ok bool) {
 // is counted before the in-flight store is read: of two publishes that check
 // at once for the last place, at most one gets it (both may fail; each that
 // fails then checks again under h.mu, after giving its place back). An owner
-// that is not connected has room.
+// whose connection is closed and whose session is kept (the gateway's,
+// reconnecting) has room: its messages wait in its session.
 //
-// An owner being taken over has none (see load): mochi clears the old
-// connection's in-flight store (OnQosDropped for each message) after copying it
-// to the new one and before registering the new one, so that store shrinking is
-// no room.
+// An owner without a session or without a guarded subscription has none: a
+// request waits (unacknowledged) until the gateway's client has subscribed,
+// where mochi would acknowledge it and find no subscriber. An owner being
+// taken over has none either: mochi clears the old connection's in-flight
+// store (OnQosDropped for each message) after copying it to the new one and
+// before registering the new one, so that store shrinking is no room.
 func (h *holdHook) reserve(id string) bool {
 	cl, ok := h.srv.Clients.Get(id)
-	if ok && cl.IsTakenOver() {
+	if !ok || cl.IsTakenOver() || !h.subscribesGuarded(cl) {
 		return false
 	}
 	r := h.reserved[id].Add(1)
-	if !ok || cl.State.Inflight.Len()+int(r) <= h.limit {
+	if cl.State.Inflight.Len()+int(r) <= h.limit {
 		return true
 	}
 	h.reserved[id].Add(-1)
@@ -713,7 +722,7 @@ func (h *holdHook) admit(plain []string, groups map[string][]string) (*passage, 
 		p.subs = append(p.subs, id)
 	}
 	for filter, ids := range groups {
-		id := h.reserveMember(ids)
+		id := h.reserveMember(filter, ids)
 		if id == "" {
 			h.unreserve(p.subs)
 			return nil, false
@@ -727,9 +736,9 @@ func (h *holdHook) admit(plain []string, groups map[string][]string) (*passage, 
 	return p, true
 }
 
-// reserveMember reserves room at the member of ids admit prefers that has
-// some, and returns it ("" if none has).
-func (h *holdHook) reserveMember(ids []string) string {
+// reserveMember reserves room at the member of ids (subscribed to the shared
+// filter) admit prefers that has some, and returns it ("" if none has).
+func (h *holdHook) reserveMember(filter string, ids []string) string {
 	var tried []string
 	for {
 		best, bestN, bestUp := "", 0, false
@@ -737,7 +746,7 @@ func (h *holdHook) reserveMember(ids []string) string {
 			if slices.Contains(tried, id) {
 				continue
 			}
-			n, up, ok := h.load(id)
+			n, up, ok := h.member(id, filter)
 			if !ok || n >= h.limit {
 				continue
 			}
@@ -752,31 +761,32 @@ func (h *holdHook) reserveMember(ids []string) string {
 	}
 }
 
-// pass records what a publish let through reserved, for OnPacketProcessed and
-// OnSelectSubscribers.
-func (h *holdHook) pass(cl *mqtt.Client, pk packets.Packet, p *passage) {
-	h.pending.Store(cl, p)
-	if p.chosen != nil {
-		h.chosen.Store(passageKey{cl.ID, pk.PacketID}, p.chosen)
-	}
-}
-
 // OnPublish holds a QoS 1 or 2 publish to a guarded subscription whose
-// subscriber has no room, before mochi acknowledges it.
+// subscriber has no room, before mochi acknowledges it, and then hands it to
+// the subscribers itself and acknowledges it to its publisher only once every
+// guarded subscriber has (relay, broker_ack.go). A publish the broker relays
+// passes here again from the relay's inline client: its origin is put back.
 func (h *holdHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Qos == 0 || cl.Net.Inline || h.subscribesGuarded(cl) {
+	if cl.Net.Inline {
+		return h.relayed(pk), nil
+	}
+	if pk.FixedHeader.Qos == 0 || h.owners[cl.ID] {
 		return pk, nil
 	}
 	plain, groups := h.targets(pk.TopicName, cl.ID)
 	if len(plain) == 0 && len(groups) == 0 {
+		if h.acksPending(cl) {
+			// Not a request, but after one that is not acknowledged yet:
+			// acknowledged in its turn.
+			return h.relay(cl, pk, nil, false)
+		}
 		return pk, nil
 	}
 	// Without held publishes, one that finds room passes without the lock
 	// (one that arrives as the first is queued may pass it: they came at once).
 	if h.queued.Load() == 0 {
 		if p, ok := h.admit(plain, groups); ok {
-			h.pass(cl, pk, p)
-			return pk, nil
+			return h.relay(cl, pk, p, true)
 		}
 	}
 	w := &waiter{cl: cl, plain: plain, groups: groups, key: targetKey(plain, groups), ready: make(chan struct{})}
@@ -836,8 +846,7 @@ func (h *holdHook) passed(cl *mqtt.Client, pk packets.Packet, w *waiter) (packet
 	if w.p == nil {
 		return pk, packets.ErrRejectPacket // neither acknowledged nor delivered
 	}
-	h.pass(cl, pk, w.p)
-	return pk, nil
+	return h.relay(cl, pk, w.p, true)
 }
 
 // drainLocked lets each queue's held publishes through, first come first, while
@@ -920,38 +929,19 @@ func (h *holdHook) logHold(client, topic string) {
 		return
 	}
 	h.log.Warn().Str("client", client).Str("topic", topic).Int("limit", h.limit).Int64("holding", h.holding.Load()).
-		Msg("a subscriber to requests holds its limit of unacknowledged messages: publishers wait, unacknowledged, until it acknowledges some (held, not dropped)")
-}
-
-// OnPacketProcessed releases what the publish reserved, once mochi has handed
-// its message to the subscribers (or given up on it).
-func (h *holdHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
-	if pk.FixedHeader.Type != packets.Publish {
-		return
-	}
-	v, ok := h.pending.LoadAndDelete(cl)
-	if !ok {
-		return
-	}
-	p := v.(*passage)
-	h.unreserve(p.subs)
-	if p.chosen != nil {
-		h.chosen.Delete(passageKey{cl.ID, pk.PacketID})
-	}
-	h.release()
+		Msg("the gateway's client has no room for requests (it holds its limit of unacknowledged messages, or has not subscribed yet): publishers wait, unacknowledged, until it has (held, not dropped)")
 }
 
 // OnSelectSubscribers gives each guarded shared group's message to the member
 // admit reserved room at; the other groups get mochi's choice.
 func (h *holdHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
-	v, ok := h.chosen.Load(passageKey{pk.Origin, pk.PacketID})
-	if !ok {
+	r := h.relayOf(pk.Connect.ClientIdentifier)
+	if r == nil || r.chosen == nil {
 		return subs
 	}
-	chosen := v.(map[string]string)
 	subs.SharedSelected = map[string]packets.Subscription{}
 	for filter, members := range subs.Shared {
-		id, sub, ok := chosen[filter], packets.Subscription{}, false
+		id, sub, ok := r.chosen[filter], packets.Subscription{}, false
 		if id != "" {
 			sub, ok = members[id]
 		}
@@ -970,22 +960,29 @@ func (h *holdHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet
 
 // OnQosComplete and OnQosDropped: an owner's in-flight store shrank (mochi
 // calls them after the delete), unless it shrank because the owner's session
-// is being taken over (its messages went to the new connection).
+// is being taken over (its messages went to the new connection). A message
+// dropped from an owner's store (its session ended; not a takeover) will not
+// be acknowledged: its publisher is not either (broker_ack.go).
 func (h *holdHook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
 	if h.owners[cl.ID] && !cl.IsTakenOver() {
 		h.release()
 	}
 }
 
-func (h *holdHook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
+func (h *holdHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	if h.owners[cl.ID] && !cl.IsTakenOver() {
+		if pk.FixedHeader.Type != packets.Pubrel { // not the owner's own QoS 2 publish
+			h.ownerAcked(cl.ID, pk.PacketID, false)
+		}
 		h.release()
 	}
 }
 
 // OnDisconnect: a held publisher gives up at once; an owner's going may make
-// room (a session that is not kept).
+// room (a session that is not kept); the connection's acknowledgements still
+// owed are not written (its client sends those publishes again).
 func (h *holdHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.connectionEnded(cl)
 	if h.queued.Load() == 0 {
 		return
 	}
@@ -997,12 +994,19 @@ func (h *holdHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.mu.Unlock()
 }
 
-func (h *holdHook) OnSessionEstablished(*mqtt.Client, packets.Packet) { h.release() }
+func (h *holdHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if h.owners[cl.ID] {
+		h.reconcile(cl)
+	}
+	h.release()
+}
+
 func (h *holdHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.release() }
 func (h *holdHook) OnUnsubscribed(*mqtt.Client, packets.Packet)       { h.release() }
 
-// stop releases every held publish, unacknowledged and undelivered (Broker.Close
-// calls it before mochi's Close, which waits for every client's read loop).
+// stop releases every held publish, unacknowledged and undelivered, and writes
+// no acknowledgement from then on (Broker.Close calls it before mochi's Close,
+// which waits for every client's read loop).
 func (h *holdHook) stop() {
 	h.mu.Lock()
 	h.stopped = true
@@ -1010,4 +1014,5 @@ func (h *holdHook) stop() {
 		h.cancelLocked(w)
 	}
 	h.mu.Unlock()
+	h.stopWriters()
 }

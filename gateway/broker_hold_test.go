@@ -369,6 +369,10 @@ func TestEmbeddedBrokerHoldWakesInOrder(t *testing.T) {
 		}
 		unacked = append(unacked, m)
 	}
+	// A device's request is acknowledged once the gateway has (broker_ack.go).
+	for _, m := range unacked {
+		m.Ack()
+	}
 	for i, tok := range toks {
 		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
 			t.Fatalf("publish %d: %v", i, tok.Error())

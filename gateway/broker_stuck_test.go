@@ -205,11 +205,13 @@ func TestEmbeddedBrokerWaitsForTheGateway(t *testing.T) {
 		gw := stuckClient(t, b, tc, "sneakgate", filter)
 		dev, _ := pahoClient(t, b, tc, "cam-1", "")
 
-		published(t, dev, "sg/req/fashion/cam-1", make([]byte, n))
+		// The device's requests are acknowledged only once the gateway has
+		// (broker_ack.go), which this raw gateway never does: not waited for.
+		dev.Publish("sg/req/fashion/cam-1", 1, false, make([]byte, n))
 		stopReadingMidPublish(t, gw)
 		// Past the write timeout (this wait is the condition under test).
 		time.Sleep(2 * stuckWriteTimeout)
-		published(t, dev, "sg/req/fashion/cam-1", []byte("second"))
+		dev.Publish("sg/req/fashion/cam-1", 1, false, []byte("second"))
 
 		_ = gw.SetReadDeadline(time.Now().Add(30 * time.Second))
 		r := bufio.NewReader(gw)

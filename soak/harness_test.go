@@ -235,6 +235,9 @@ type gwOptions struct {
 	ClientID string
 	// SharedGroup, if set, is mqtt.shared_group: the gateway is one member of it.
 	SharedGroup string
+	// Embedded, if set, is mqtt.embedded.listen: the gateway runs its embedded
+	// broker there (brokerURL must name it), which a kill takes down with it.
+	Embedded string
 }
 
 // gatewayProc is one sneakgate serve process at a time, restartable with the same
@@ -341,9 +344,12 @@ mqtt:
 	if o.SharedGroup != "" {
 		fmt.Fprintf(&cfg, "  shared_group: %q\n", o.SharedGroup)
 	}
-	fmt.Fprintf(&cfg, `  embedded:
-    enabled: false
-store:
+	if o.Embedded != "" {
+		fmt.Fprintf(&cfg, "  embedded:\n    enabled: true\n    listen: %q\n", o.Embedded)
+	} else {
+		cfg.WriteString("  embedded:\n    enabled: false\n")
+	}
+	fmt.Fprintf(&cfg, `store:
   path: %q
 engine:
   library: %q
