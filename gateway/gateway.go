@@ -208,7 +208,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 			Help: "Messages the embedded broker acknowledged to their publisher and then dropped instead of delivering them: a device held 8,192 unacknowledged replies, or QoS 0 messages overflowed a client's pending writes; requests to the gateway are held instead (sneakgate_embedded_broker_held_total); docs/deployment.md, \"The embedded broker\"."},
 			func() float64 { return float64(b.Dropped()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sneakgate_embedded_broker_held_total",
-				Help: "QoS 1 requests the embedded broker held, unacknowledged, because the gateway already held 7,680 unacknowledged: the device's connection waits instead of the request being dropped; docs/deployment.md, \"The embedded broker\"."},
+				Help: "QoS 1 and 2 requests the embedded broker held, unacknowledged, because the gateway already held 7,680 unacknowledged or had not subscribed yet: the device's connection waits instead of the request being dropped; docs/deployment.md, \"The embedded broker\"."},
 				func() float64 { return float64(b.Held()) }))
 	}
 	if err := g.newClient(); err != nil {
