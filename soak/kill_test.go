@@ -40,32 +40,10 @@ func TestKill9Soak(t *testing.T) {
 	mon := startMonitor(t, f, gw)
 	mon.setPhase("load")
 
-	type killEvent struct {
-		AtS      float64 `json:"at_s"`
-		OutageMS int64   `json:"outage_ms"`
-		ReadyMS  int64   `json:"restart_to_ready_ms"`
-	}
-	var events []killEvent
 	stop := make(chan struct{})
 	t0 := time.Now()
 	wg := f.load(rate, deadline, stop)
-	interval := dur / time.Duration(kills+1)
-	for i := range kills {
-		// Spread the kills evenly, each jittered by up to ±40% of the interval.
-		at := t0.Add(interval*time.Duration(i+1) + time.Duration((rng.Float64()-0.5)*0.8*float64(interval)))
-		time.Sleep(time.Until(at))
-		outage := 200*time.Millisecond + time.Duration(rng.Float64()*float64(1800*time.Millisecond))
-		mon.setPhase("killed")
-		killedAt := time.Now()
-		gw.kill()
-		time.Sleep(outage)
-		mon.setPhase("starting")
-		ready := gw.start()
-		mon.setPhase("load")
-		events = append(events, killEvent{AtS: killedAt.Sub(t0).Seconds(), OutageMS: outage.Milliseconds(), ReadyMS: ready.Milliseconds()})
-		t.Logf("kill %d/%d at t=%.1fs: down %s, then ready %s after restart", i+1, kills,
-			killedAt.Sub(t0).Seconds(), outage.Round(time.Millisecond), ready.Round(time.Millisecond))
-	}
+	events := killRestart(t, gw, mon, rng, t0, dur, kills)
 	time.Sleep(time.Until(t0.Add(dur)))
 	close(stop)
 	wg.Wait()
@@ -103,4 +81,36 @@ func TestKill9Soak(t *testing.T) {
 	if tl.Acknowledged == 0 {
 		t.Errorf("no request was acknowledged: the harness did not run")
 	}
+}
+
+// killEvent is one kill of killRestart, as the soak summaries record it.
+type killEvent struct {
+	AtS      float64 `json:"at_s"`
+	OutageMS int64   `json:"outage_ms"`
+	ReadyMS  int64   `json:"restart_to_ready_ms"`
+}
+
+// killRestart SIGKILLs gw kills times over dur from t0 (spread evenly, each
+// jittered by up to ±40% of the interval), restarting it after a random 0.2-2 s
+// outage, and moves mon's phase along.
+func killRestart(t *testing.T, gw *gatewayProc, mon *monitor, rng *mrand.Rand, t0 time.Time, dur time.Duration, kills int) []killEvent {
+	t.Helper()
+	var events []killEvent
+	interval := dur / time.Duration(kills+1)
+	for i := range kills {
+		at := t0.Add(interval*time.Duration(i+1) + time.Duration((rng.Float64()-0.5)*0.8*float64(interval)))
+		time.Sleep(time.Until(at))
+		outage := 200*time.Millisecond + time.Duration(rng.Float64()*float64(1800*time.Millisecond))
+		mon.setPhase("killed")
+		killedAt := time.Now()
+		gw.kill()
+		time.Sleep(outage)
+		mon.setPhase("starting")
+		ready := gw.start()
+		mon.setPhase("load")
+		events = append(events, killEvent{AtS: killedAt.Sub(t0).Seconds(), OutageMS: outage.Milliseconds(), ReadyMS: ready.Milliseconds()})
+		t.Logf("kill %d/%d at t=%.1fs: down %s, then ready %s after restart", i+1, kills,
+			killedAt.Sub(t0).Seconds(), outage.Round(time.Millisecond), ready.Round(time.Millisecond))
+	}
+	return events
 }
