@@ -142,17 +142,7 @@ func TestEmbeddedBrokerAckAfterTheDeviceLeft(t *testing.T) {
 	b, _ := holdBroker(t, 0, filter, "sneakgate")
 	_, gwGot := holdClient(t, b, "sneakgate", filter)
 	proxy := cutProxy(t, b.Addr())
-	connected := make(chan struct{}, 4)
-	o := mqtt.NewClientOptions().AddBroker("tcp://" + proxy.addr).SetClientID("cam-1").
-		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetryInterval(100 * time.Millisecond).
-		SetMaxReconnectInterval(200 * time.Millisecond).SetKeepAlive(30 * time.Second).
-		SetOnConnectHandler(func(mqtt.Client) { connected <- struct{}{} })
-	dev := mqtt.NewClient(o)
-	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect: %v", tok.Error())
-	}
-	t.Cleanup(func() { dev.Disconnect(50) })
-	<-connected
+	dev, connected := reconnectingDevice(t, proxy, "cam-1")
 
 	dev.Publish("sg/req/fashion/cam-1", 1, false, "r1")
 	first := receive(t, gwGot, "r1 at the gateway")

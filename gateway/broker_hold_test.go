@@ -508,17 +508,7 @@ func TestEmbeddedBrokerHeldDeviceReconnects(t *testing.T) {
 	// The device reaches the broker through a proxy whose connections the test
 	// can cut, as a network failure would: both ends see the connection end.
 	proxy := cutProxy(t, b.Addr())
-	connected := make(chan struct{}, 4)
-	o := mqtt.NewClientOptions().AddBroker("tcp://" + proxy.addr).SetClientID("cam-1").
-		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetryInterval(100 * time.Millisecond).
-		SetMaxReconnectInterval(200 * time.Millisecond).SetKeepAlive(30 * time.Second).
-		SetOnConnectHandler(func(mqtt.Client) { connected <- struct{}{} })
-	dev := mqtt.NewClient(o)
-	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect: %v", tok.Error())
-	}
-	t.Cleanup(func() { dev.Disconnect(50) })
-	<-connected
+	dev, connected := reconnectingDevice(t, proxy, "cam-1")
 	dev.Publish("sg/req/fashion/cam-1", 1, false, "r1")
 	waitHeld(t, held, "the request")
 	proxy.cut() // the network fails under the held request
@@ -557,6 +547,25 @@ type tcpProxy struct {
 	addr  string
 	mu    sync.Mutex
 	conns []net.Conn
+}
+
+// reconnectingDevice connects a device with a persistent session as id through
+// proxy, reconnecting every 100-200 ms after a cut; connected receives once per
+// connection (the first already taken).
+func reconnectingDevice(t *testing.T, proxy *tcpProxy, id string) (mqtt.Client, <-chan struct{}) {
+	t.Helper()
+	connected := make(chan struct{}, 4)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + proxy.addr).SetClientID(id).
+		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetryInterval(100 * time.Millisecond).
+		SetMaxReconnectInterval(200 * time.Millisecond).SetKeepAlive(30 * time.Second).
+		SetOnConnectHandler(func(mqtt.Client) { connected <- struct{}{} })
+	dev := mqtt.NewClient(o)
+	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { dev.Disconnect(50) })
+	<-connected
+	return dev, connected
 }
 
 // cutProxy starts a tcpProxy to target on a free loopback port, closed with the
