@@ -149,7 +149,8 @@ type Difficulty struct {
 	// Estimator names the estimator whose class estimate the model reads.
 	Estimator string `yaml:"estimator" json:"estimator"`
 	// Form is the model's form, "shared" or "per-variant" (sneakpeek.FormShared,
-	// FormPerVariant); the parameter file says it too. Informational.
+	// FormPerVariant); the parameter file says it too, and LoadDifficulty refuses
+	// a file of the other form.
 	Form string `yaml:"form,omitempty" json:"form,omitempty"`
 	// AUC is, per variant (manifest order), the area under the ROC curve of its
 	// correctness predictions on held-out rows; ClassAUC is the same for the

@@ -107,6 +107,9 @@ func LoadDifficulty(app *manifest.App) (*Difficulty, error) {
 	if !slices.Equal(names, d.variants) {
 		return nil, fmt.Errorf("%w: %s: variants %v, the manifest has %v", ErrParams, app.Difficulty.File, d.variants, names)
 	}
+	if f := app.Difficulty.Form; f != "" && f != d.Form() {
+		return nil, fmt.Errorf("%w: %s: a %s model, the manifest says %s", ErrParams, app.Difficulty.File, d.Form(), f)
+	}
 	return d, nil
 }
 

@@ -176,6 +176,18 @@ func TestBundledDifficultyLoads(t *testing.T) {
 		d, err := LoadDifficulty(a)
 		if err != nil || d == nil {
 			t.Errorf("%s: %v", a.Name, err)
+			continue
+		}
+		// The manifest's form must be the parameter file's.
+		if a.Difficulty.Form != d.Form() {
+			t.Errorf("%s: manifest form %q, model %q", a.Name, a.Difficulty.Form, d.Form())
+		}
+		b := *a
+		dd := *a.Difficulty
+		dd.Form = map[string]string{FormShared: FormPerVariant, FormPerVariant: FormShared}[d.Form()]
+		b.Difficulty = &dd
+		if _, err := LoadDifficulty(&b); !errors.Is(err, ErrParams) {
+			t.Errorf("%s: a manifest naming the other form loads: %v", a.Name, err)
 		}
 	}
 }
