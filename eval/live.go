@@ -613,11 +613,7 @@ func WriteLiveSummary(w io.Writer, ss []LiveSummary) error {
 	for _, s := range ss {
 		vs := "\t"
 		if s.Pairs > 0 {
-			star := ""
-			if s.Pairs > 1 && math.Abs(s.VsRef) > s.VsRefCI {
-				star = "*"
-			}
-			vs = fmt.Sprintf("%+.4f%s\t%.4f", s.VsRef, star, s.VsRefCI)
+			vs = markedDiff(s.VsRef, s.VsRefCI, s.Pairs) + fmt.Sprintf("\t%.4f", s.VsRefCI)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.3f\t%g\t%d\t%.4f\t%.4f\t%.4f\t%+.4f\t%.4f\t%s\t\n", s.App, s.Workload, s.Policy,
 			s.Rate, s.Load, s.DeadlineMS, s.Runs, s.Live, s.LiveCI, s.Sim, s.LiveSim, s.LiveSimCI, vs)

@@ -200,11 +200,7 @@ func WriteSummary(w io.Writer, ss []Summary) error {
 		}
 		diff, dci, ratio := "", "", ""
 		if s.Reference != "" {
-			mark := ""
-			if math.Abs(s.Diff) > s.DiffCI && s.Seeds > 1 {
-				mark = "*"
-			}
-			diff, dci = fmt.Sprintf("%+.4f%s", s.Diff, mark), fmt.Sprintf("%.4f", s.DiffCI)
+			diff, dci = markedDiff(s.Diff, s.DiffCI, s.Seeds), fmt.Sprintf("%.4f", s.DiffCI)
 			if s.Ratio > 0 {
 				ratio = fmt.Sprintf("%.3f", s.Ratio)
 			}
@@ -214,6 +210,16 @@ func WriteSummary(w io.Writer, ss []Summary) error {
 			s.Degraded, s.NoAnswer)
 	}
 	return tw.Flush()
+}
+
+// markedDiff formats a paired difference d with the half-width ci of its 95%
+// interval over n pairs, marked * when the interval excludes 0.
+func markedDiff(d, ci float64, n int) string {
+	mark := ""
+	if math.Abs(d) > ci && n > 1 {
+		mark = "*"
+	}
+	return fmt.Sprintf("%+.4f%s", d, mark)
 }
 
 // WritePerClass prints, per point and policy, each class's recall and mean
