@@ -459,7 +459,7 @@ type holdHook struct {
 	queued  atomic.Int64 // publishes in a queue (counted before their first check)
 	held    atomic.Int64 // publishes that had to wait (total)
 	holding atomic.Int64 // publishes waiting now
-	logged  atomic.Int64 // when a hold was last logged (Unix ns)
+	logged  atomic.Int64 // when a hold was last logged (since stampBase, monotonic; 0: never)
 
 	mu      sync.Mutex
 	stopped bool
@@ -923,9 +923,9 @@ func keepAlive(cl *mqtt.Client) {
 
 // logHold logs that publishers are held, at most once every 10 s.
 func (h *holdHook) logHold(client, topic string) {
-	now := time.Now().UnixNano()
+	now := int64(time.Since(stampBase))
 	last := h.logged.Load()
-	if now-last < int64(10*time.Second) || !h.logged.CompareAndSwap(last, now) {
+	if last != 0 && now-last < int64(10*time.Second) || !h.logged.CompareAndSwap(last, now) {
 		return
 	}
 	h.log.Warn().Str("client", client).Str("topic", topic).Int("limit", h.limit).Int64("holding", h.holding.Load()).

@@ -80,8 +80,8 @@ type Gateway struct {
 	// When, under overload, a request was last refused (lastRefused), answered
 	// from its estimate at admission instead of queued (lastDegraded), and found
 	// every request handler busy, the MQTT client waiting for one (lastIngressWait);
-	// Unix ns, for /readyz.
-	lastRefused, lastDegraded, lastIngressWait atomic.Int64
+	// for /readyz.
+	lastRefused, lastDegraded, lastIngressWait stamp
 	// rejectLog logs rejected requests, sampled (rejectSampler): a device
 	// sending bad requests at a high rate must not flood the journal; every
 	// rejection is counted in sneakgate_rejected_total.
@@ -105,6 +105,35 @@ type Gateway struct {
 	perRequest time.Duration
 	// Requests read back from the journal at start-up, answered once connected.
 	recovered, expired, orphans []*job
+}
+
+// stamp is when something last happened, stored on some goroutines and
+// compared with the clock's later readings (Sub) on others. It holds the time
+// since stampBase, not Unix nanoseconds: a time.Time from time.Now carries a
+// reading of the monotonic clock, which Sub uses and UnixNano drops, so a
+// Unix-ns stamp moved with every step of the wall clock (NTP setting the clock
+// of a device without a real-time clock forward by years, or back) and this one
+// does not. The zero stamp has never been stored (Load returns the zero Time).
+type stamp struct{ since atomic.Int64 } // since stampBase; 0: never (or stampBase itself)
+
+// stampBase is the reading stamps count from: one for the process, so that a
+// Gateway or loop needs no set-up for its stamps. An injected clock
+// (Options.Now) works as well: Store and Load are exact differences from the
+// same base, by the monotonic readings when the clock's times carry one, else
+// by the wall times (within 292 years of stampBase).
+var stampBase = time.Now()
+
+// Store records t, a reading of the clock the stamp is compared with.
+func (s *stamp) Store(t time.Time) { s.since.Store(int64(t.Sub(stampBase))) }
+
+// Load returns the time stored last, with its monotonic reading if it had one,
+// or the zero Time if none was.
+func (s *stamp) Load() time.Time {
+	d := s.since.Load()
+	if d == 0 {
+		return time.Time{}
+	}
+	return stampBase.Add(time.Duration(d))
 }
 
 // journalBusyGroup is the smallest group commit after which the journal waits
@@ -471,7 +500,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	wdCtx, stopWatchdog := context.WithCancel(context.Background())
 	wdDone := make(chan struct{})
 	go func() {
-		g.notify.Watchdog(wdCtx, func() time.Time { return time.Unix(0, g.loop.heartbeat.Load()) })
+		g.notify.Watchdog(wdCtx, g.loop.heartbeat.Load)
 		close(wdDone)
 	}()
 	select {
@@ -587,17 +616,17 @@ func (g *Gateway) readiness() string {
 		return fmt.Sprintf("journal disk full since %s: refusing new requests (store.path %s; free space there)",
 			since.UTC().Format(time.RFC3339), g.journal.Path())
 	}
-	now := g.now().UnixNano()
+	now := g.now()
 	var doing []string
 	for _, c := range []struct {
-		at   *atomic.Int64
+		at   *stamp
 		what string
 	}{
 		{&g.lastRefused, "refusing requests"},
 		{&g.lastDegraded, "answering requests from their estimate instead of queueing them"},
 		{&g.lastIngressWait, "the request handlers are behind: the MQTT client waits for one, and the broker holds the requests it has not sent"},
 	} {
-		if at := c.at.Load(); at != 0 && now-at < int64(time.Second) {
+		if at := c.at.Load(); !at.IsZero() && now.Sub(at) < time.Second {
 			doing = append(doing, c.what)
 		}
 	}

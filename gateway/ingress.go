@@ -59,7 +59,7 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	// request's deadline). Meanwhile the broker holds the messages it has not
 	// sent, and the readiness probe says overloaded.
 	g.m.ingressWaits.Inc()
-	g.lastIngressWait.Store(a.at.UnixNano())
+	g.lastIngressWait.Store(a.at)
 	select {
 	case g.in <- a:
 	case <-g.stopIngress:
@@ -269,7 +269,7 @@ func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, ap
 	now := g.now()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, Received: req.Received, Deadline: req.Deadline}
 	rep := buildReply(j, degraded(est, string(protocol.ReasonOverloadShed), now), app.m.Labels, app.estName, now)
-	g.lastDegraded.Store(now.UnixNano())
+	g.lastDegraded.Store(now)
 	g.owe(msg, req.ReplyTo, rep)
 }
 
@@ -447,7 +447,7 @@ func rejectSampler() zerolog.Sampler {
 func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
 	g.m.rejected.WithLabelValues(string(reason)).Inc()
 	if reason == protocol.ReasonOverload {
-		g.lastRefused.Store(g.now().UnixNano())
+		g.lastRefused.Store(g.now())
 	}
 	g.log.Debug().Str("reason", string(reason)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
 	g.owe(m, req.ReplyTo, req.Reject(reason, msg, retry))

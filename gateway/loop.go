@@ -162,9 +162,9 @@ type loop struct {
 	refused atomic.Int64
 	offered offeredMeter
 	// heartbeat is when Run last went round while no batch was running, or saw
-	// a batch end (unix nanoseconds of now): the systemd watchdog pings only
-	// while it is fresh, so a batch that never ends stops the pings.
-	heartbeat atomic.Int64
+	// a batch end (a reading of now): the systemd watchdog pings only while it
+	// is fresh, so a batch that never ends stops the pings.
+	heartbeat stamp
 	// pipeline decides the next batch while the engine runs the current one
 	// (scheduler.pipeline; see Run). decideCost is the decisions' smoothed wall
 	// time, from which Run sets how long before the running batch's planned end
@@ -349,7 +349,7 @@ func (l *loop) Run(ctx context.Context) {
 	defer beat.Stop()
 	for {
 		if !busy {
-			l.heartbeat.Store(l.now().UnixNano())
+			l.heartbeat.Store(l.now())
 		}
 		r := l.drain.Observe(l.now(), busy || l.exec.Len() > 0 || next != nil)
 		l.rate.Store(math.Float64bits(r.Now))
@@ -419,7 +419,7 @@ func (l *loop) Run(ctx context.Context) {
 			dirty = true
 		case d := <-done:
 			busy = false
-			l.heartbeat.Store(l.now().UnixNano())
+			l.heartbeat.Store(l.now())
 			if next != nil || l.exec.Len() > 0 {
 				waitFrom = d.done
 			}

@@ -145,7 +145,7 @@ func TestLoopHeartbeat(t *testing.T) {
 		f := &fakeRunner{lat: func(int) time.Duration { return time.Minute }, resident: map[scheduler.VariantID]bool{}}
 		l, ans, cancel := startLoop(t, f, "edf")
 		defer cancel()
-		age := func() time.Duration { return time.Since(time.Unix(0, l.heartbeat.Load())) }
+		age := func() time.Duration { return time.Since(l.heartbeat.Load()) }
 		time.Sleep(10*time.Second + time.Millisecond)
 		synctest.Wait()
 		if a := age(); a > heartbeatEvery {
