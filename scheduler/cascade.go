@@ -52,6 +52,12 @@ type CascadeConfig struct {
 	// of true class y (0 at the first point): the peek's bonus under a
 	// request's class estimate (peek.go).
 	ClassGain [][]float64 `json:",omitempty"`
+	// ClassEscalated[k][y], when set (CascadeFromOutputs), is the share of
+	// the validation samples of true class y that escalating at Curve[k]'s
+	// threshold escalates (0 at the first point): the peek prices its second
+	// opinions at the share the recent arrivals' class mix escalates, not the
+	// validation split's (peek.go, escalatedShare).
+	ClassEscalated [][]float64 `json:",omitempty"`
 }
 
 // BuildCascadeCurve computes the cascade's Pareto curve from validation samples:
@@ -463,36 +469,39 @@ func CascadeFromOutputs(a *App, cheap, better int, labels []int32, pc, pb [][]fl
 	if c.Curve, err = BuildCascadeCurve(conf, uc, ub); err != nil {
 		return c, err
 	}
-	c.ClassGain = classGains(c.Curve, a.K, labels, conf, uc, ub)
+	c.ClassGain, c.ClassEscalated = classGains(c.Curve, a.K, labels, conf, uc, ub)
 	return c, nil
 }
 
-// classGains is CascadeConfig.ClassGain: per point of curve and true class,
-// the mean utility escalating the samples below the point's threshold adds to
-// the class's samples.
-func classGains(curve []CascadePoint, k int, labels []int32, conf, uc, ub []float64) [][]float64 {
+// classGains is CascadeConfig.ClassGain and ClassEscalated: per point of
+// curve and true class, the mean utility escalating the samples below the
+// point's threshold adds to the class's samples, and the share of them it
+// escalates.
+func classGains(curve []CascadePoint, k int, labels []int32, conf, uc, ub []float64) (gain, escalated [][]float64) {
 	n := make([]float64, k)
 	for _, y := range labels {
 		if int(y) < k {
 			n[y]++
 		}
 	}
-	out := make([][]float64, len(curve))
+	gain, escalated = make([][]float64, len(curve)), make([][]float64, len(curve))
 	for j, p := range curve {
-		g := make([]float64, k)
+		g, e := make([]float64, k), make([]float64, k)
 		for i, y := range labels {
 			if int(y) < k && conf[i] < p.Threshold && j > 0 {
 				g[y] += ub[i] - uc[i]
+				e[y]++
 			}
 		}
 		for y := range g {
 			if n[y] > 0 {
 				g[y] /= n[y]
+				e[y] /= n[y]
 			}
 		}
-		out[j] = g
+		gain[j], escalated[j] = g, e
 	}
-	return out
+	return gain, escalated
 }
 
 // Configure sets (or replaces) one application's cascade configuration: a

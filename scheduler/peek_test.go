@@ -236,7 +236,7 @@ func TestCascadeClassGains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := classGains(curve, 2, labels, conf, uc, ub)
+	g, e := classGains(curve, 2, labels, conf, uc, ub)
 	// Points: escalate nothing (th 0.4), below 0.6 (the 0.4 sample), below 0.9
 	// (0.4 and 0.6).
 	want := [][]float64{{0, 0}, {0.5, 0}, {0.5, 0.5}}
@@ -248,6 +248,85 @@ func TestCascadeClassGains(t *testing.T) {
 			if math.Abs(g[k][y]-want[k][y]) > 1e-12 {
 				t.Errorf("point %d class %d: %v, want %v", k, y, g[k][y], want[k][y])
 			}
+		}
+	}
+	// Escalated shares: nothing; class 0's 0.4 sample (one of its two);
+	// that and class 1's 0.6 sample (one of its two).
+	wantE := [][]float64{{0, 0}, {0.5, 0}, {0.5, 0.5}}
+	for k := range wantE {
+		for y := range wantE[k] {
+			if math.Abs(e[k][y]-wantE[k][y]) > 1e-12 {
+				t.Errorf("point %d class %d: escalated %v, want %v", k, y, e[k][y], wantE[k][y])
+			}
+		}
+	}
+}
+
+// TestPeekTimeFreeRunsStraightOnBetter: with engine time free, a request whose
+// peek bonus would cover the whole gap to the better variant runs on the better
+// variant directly, not as a first pass (a tie, which went to the peek variant).
+func TestPeekTimeFreeRunsStraightOnBetter(t *testing.T) {
+	a := testApp()
+	curve := []CascadePoint{{0.5, 0, 0.90}, {0.8, 0.3, 0.96}}
+	p := mustPolicy(t, "sneakpeek", Options{Peek: map[string]string{a.Name: "cheap"}})
+	// Escalating at the curve's last point adds 0.9 to class 1's samples, more
+	// than big's value over cheap's on a class-1 request (0.97 - 0.5).
+	p.(PeekConfigurer).ConfigurePeek(a.Name, CascadeConfig{Cheap: 0, Better: 1, Curve: curve,
+		ClassGain: [][]float64{{0, 0}, {0, 0.9}}})
+	d := p.Decide(snap(t0, a, req(a, 1, t0, ms(50), []float64{0, 1})))
+	if d.Batch == nil || d.Batch.Variant != a.Variants[1] || d.Batch.EscalateBelow != 0 {
+		t.Fatalf("time free, a class-1 request: %+v, want it straight on big", d.Batch)
+	}
+}
+
+// TestPeekPricesTheMixsEscalations: the peek variant's amortised time carries
+// the better variant's time at the share of first passes the recent arrivals'
+// class mix escalates (ClassEscalated under the mean class estimate), not the
+// validation split's share; without recent arrivals of the application, or
+// without per-class shares, the split's.
+func TestPeekPricesTheMixsEscalations(t *testing.T) {
+	a := testApp()
+	// One point beyond "escalate nothing": 30% of the split, 10% of class 0
+	// and 90% of class 1.
+	cfg := CascadeConfig{Cheap: 0, Better: 1,
+		Curve:          []CascadePoint{{0.5, 0, 0.90}, {0.8, 0.3, 0.96}},
+		ClassEscalated: [][]float64{{0, 0}, {0.1, 0.9}}}
+	other := testApp()
+	other.Name = "other"
+	amort := func(recent []*Request, c CascadeConfig) float64 {
+		d := newDecisionState(snap(t0, a), view{dataAware: true}, 32)
+		d.peek = map[string]*peekInfo{a.Name: newPeekInfo(c)}
+		d.recent = recent
+		ai := d.info(a)
+		if ai.peekVar != 0 || ai.peekBetter != 1 {
+			t.Fatalf("time is free and the peek does not escalate: %+v", ai)
+		}
+		return ai.amort[0]
+	}
+	cheap := Amortised(a.Variants[0], 32).Seconds()
+	big := Amortised(a.Variants[1], 32).Seconds()
+	ones := func(p []float64, n int, app *App) []*Request {
+		var out []*Request
+		for i := range n {
+			out = append(out, req(app, uint64(i+1), t0, ms(50), p))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name   string
+		recent []*Request
+		cfg    CascadeConfig
+		share  float64
+	}{
+		{"no recent arrivals: the split's share", nil, cfg, 0.3},
+		{"only another application's", ones([]float64{0, 1}, 4, other), cfg, 0.3},
+		{"all class 1", ones([]float64{0, 1}, 4, a), cfg, 0.9},
+		{"all class 0", ones([]float64{1, 0}, 4, a), cfg, 0.1},
+		{"half each, unsure", ones([]float64{0.5, 0.5}, 4, a), cfg, 0.5},
+		{"no per-class shares", ones([]float64{0, 1}, 4, a), CascadeConfig{Cheap: 0, Better: 1, Curve: cfg.Curve}, 0.3},
+	} {
+		if got, want := amort(c.recent, c.cfg), cheap+c.share*big; math.Abs(got-want) > 1e-12 {
+			t.Errorf("%s: the peek variant's amortised time %v, want %v (share %v)", c.name, got, want, c.share)
 		}
 	}
 }

@@ -170,6 +170,9 @@ type decisionState struct {
 	// peekPrice the price a second pass must pay (the last decision's).
 	peek      map[string]*peekInfo
 	peekPrice float64
+	// recent are the policy's recent arrivals (searching.recent), whose class
+	// mix prices a peek's second opinions (escalatedShare).
+	recent []*Request
 	// fluid is solvePrice's scratch (flatten), kept by the policy between
 	// decisions when it sets it.
 	fluid *fluidSet

@@ -257,7 +257,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 	d.members = p.buf[:0]
 	d.shrink, d.ubuf = p.o.Shrink, p.ubuf[:0]
 	d.shedBuf, d.fluid = &p.shed, &p.fluid
-	d.peek, d.peekPrice = p.peek, p.lastPrice
+	d.peek, d.peekPrice, d.recent = p.peek, p.lastPrice, p.recent
 	defer func() {
 		// Drop references to requests: the members never outnumber this
 		// snapshot's queue, and earlier decisions cleared what they used.
