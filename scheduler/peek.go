@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"time"
 )
 
 // The peek: sneakpeek with a forward pass as its per-sample signal.
@@ -423,9 +424,15 @@ func (p *searching) decideSecond(s *Snapshot) (dec Decision, fresh *Snapshot, do
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
 	d.peek, d.peekPrice, d.shrink = p.peek, p.lastPrice, p.o.Shrink
 	d.members = make([]member, 0, n)
+	// slack is the least time any fresh request that can still be served in
+	// time can wait before its fastest variant must start (-1: none can).
+	slack := time.Duration(-1)
 	for _, r := range s.Queue {
 		if r.First == nil {
 			q = append(q, r)
+			if sl := r.Deadline.Sub(s.Now) - d.info(r.App).fastest; sl > 0 && (slack < 0 || sl < slack) {
+				slack = sl
+			}
 			continue
 		}
 		d.members = append(d.members, member{})
@@ -455,6 +462,19 @@ func (p *searching) decideSecond(s *Snapshot) (dec Decision, fresh *Snapshot, do
 		}
 		slices.SortStableFunc(ms, func(x, y *member) int { return cmp.Compare(x.dl, y.dl) })
 		ms = ms[:min(len(ms), d.capOf(v))]
+		// No longer than the most urgent fresh request can wait (at least
+		// one second pass): a full batch on the better variant held the
+		// engine past the deadlines of the fresh requests queued behind it
+		// (fashion tops-heavy at load 5, resnet-m: 16 second passes, 33 ms
+		// of a 50 ms budget), and the decisions after it shed them.
+		if slack >= 0 {
+			c := d.info(a).cost0[v.Index]
+			k := len(ms)
+			for k > 1 && c+v.LatencyAt(k) > slack {
+				k--
+			}
+			ms = ms[:k]
+		}
 		if b = d.assemble(run{ms: ms, vi: v.Index, v: v}); b != nil {
 			d.answerUnserved(b)
 		}

@@ -279,6 +279,47 @@ func TestPeekTimeFreeRunsStraightOnBetter(t *testing.T) {
 	}
 }
 
+// TestPeekSecondPassesLeaveFreshRoom: a batch of second passes is no longer
+// than the most urgent fresh request can wait (its deadline less its fastest
+// variant's batch-1 time), and at least one second pass; without a fresh
+// request that can still be served in time it is a full batch.
+func TestPeekSecondPassesLeaveFreshRoom(t *testing.T) {
+	a := testApp()
+	curve := []CascadePoint{{0.5, 0, 0.90}, {0.8, 0.3, 0.96}}
+	now := t0.Add(ms(2))
+	second := func() []*Request {
+		var q []*Request
+		for i := range 4 {
+			r := req(a, uint64(i+1), t0, ms(50), []float64{0.5, 0.5})
+			r.First = &FirstPass{Variant: a.Variants[0], Class: 0, Confidence: 0.6, Done: now}
+			q = append(q, r)
+		}
+		return q
+	}
+	// big takes 5 ms + 1 ms per request; cheap's batch of one 1.1 ms.
+	for _, c := range []struct {
+		name  string
+		fresh time.Duration // the fresh request's time left at now; 0: none
+		want  int
+	}{
+		{"no fresh request", 0, 4},
+		{"a fresh request with 20 ms left", ms(20), 4},
+		{"8 ms of slack: big's batch of 3 takes 8 ms", ms(9.1), 3},
+		{"2 ms of slack: one second pass all the same", ms(3.1), 1},
+		{"a fresh request past saving does not count", ms(1), 4},
+	} {
+		p := peekPolicy(t, a, curve)
+		q := second()
+		if c.fresh > 0 {
+			q = append(q, req(a, 9, now, c.fresh, []float64{1, 0}))
+		}
+		d := p.Decide(snap(now, a, q...))
+		if d.Batch == nil || d.Batch.Variant != a.Variants[1] || len(d.Batch.Requests) != c.want {
+			t.Errorf("%s: batch %+v, want %d second passes on big", c.name, d.Batch, c.want)
+		}
+	}
+}
+
 // TestPeekPricesTheMixsEscalations: the peek variant's amortised time carries
 // the better variant's time at the share of first passes the recent arrivals'
 // class mix escalates (ClassEscalated under the mean class estimate), not the
