@@ -10,7 +10,8 @@ import (
 )
 
 // cascadeRows bounds the validation rows a cascade curve is measured on (every
-// k-th row of the split), so that start-up stays quick with expensive variants.
+// k-th row of the split), so that start-up stays quick with expensive variants;
+// the curve cache (curvecache.go) spares the runs on later starts.
 const cascadeRows = 2000
 
 // newPolicy makes the configured policy. For the cascade it first measures
@@ -96,12 +97,38 @@ func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (scheduler.
 	return g.measureCurve(ctx, a, cheap, better, "cascade")
 }
 
+// runAllFunc runs inputs through a variant: engine.Engine.RunAll (tests count
+// the runs).
+type runAllFunc func(ctx context.Context, id engine.VariantID, inputs [][]float32, batch int) ([][]float64, error)
+
 // measureCurve runs a's variants cheap and better over (up to cascadeRows of)
 // its validation split and builds their curve (the cascade's, or the peek's:
-// what names it in errors and the log).
+// what names it in errors and the log). With engine.profile_cache set it reads
+// a curve measured under the same key instead, and stores a new one
+// (curvecache.go).
 func (g *Gateway) measureCurve(ctx context.Context, a *appRuntime, cheap, better int, what string) (scheduler.CascadeConfig, error) {
+	return g.measureCurveWith(ctx, a, cheap, better, what, g.eng.RunAll)
+}
+
+// measureCurveWith is measureCurve running the variants with run.
+func (g *Gateway) measureCurveWith(ctx context.Context, a *appRuntime, cheap, better int, what string, run runAllFunc) (scheduler.CascadeConfig, error) {
 	if cheap == better {
 		return scheduler.CascadeConfig{Cheap: cheap, Better: better}, nil
+	}
+	// The files are hashed before the split is read and again after the runs
+	// (below): a curve measured while a model or the split was replaced is not
+	// stored. A hit only hashes them: it neither decodes the split nor runs the
+	// models.
+	key := g.curveKey(a, cheap, better)
+	var file string
+	if key != nil {
+		file = g.curveFile(key)
+	}
+	if c, ok := g.readCurve(a, key, file); ok {
+		g.log.Info().Str("app", a.m.Name).Str("cheap", a.sched.Variants[cheap].ID.Variant).
+			Str("better", a.sched.Variants[better].ID.Variant).Int("points", len(c.Curve)).Str("cache", file).
+			Msg(what + " curve from cache")
+		return c, nil
 	}
 	set, err := dataset.Read(a.m.Path(a.m.Validation.File))
 	if err != nil {
@@ -117,7 +144,7 @@ func (g *Gateway) measureCurve(ctx context.Context, a *appRuntime, cheap, better
 	out := make([][][]float64, 2)
 	for k, vi := range []int{cheap, better} {
 		id := engine.VariantID{App: a.key, Variant: a.sched.Variants[vi].ID.Variant}
-		if out[k], err = g.eng.RunAll(ctx, id, rows, g.cfg.Scheduler.MaxBatch); err != nil {
+		if out[k], err = run(ctx, id, rows, g.cfg.Scheduler.MaxBatch); err != nil {
 			return scheduler.CascadeConfig{}, fmt.Errorf("gateway: %s for %s: %w", what, a.m.Name, err)
 		}
 	}
@@ -128,5 +155,13 @@ func (g *Gateway) measureCurve(ctx context.Context, a *appRuntime, cheap, better
 	g.log.Info().Str("app", a.m.Name).Str("cheap", a.sched.Variants[cheap].ID.Variant).
 		Str("better", a.sched.Variants[better].ID.Variant).Int("rows", len(rows)).Int("points", len(c.Curve)).
 		Msg(what + " curve measured on the validation split")
+	if key != nil {
+		if sameCurveKey(key, g.curveKey(a, cheap, better)) {
+			g.writeCurve(a, key, file, c, set.N, len(rows))
+		} else {
+			g.log.Warn().Str("app", a.m.Name).Str("cache", file).
+				Msg("curve cache: a model or the validation split changed while the curve was measured; not stored")
+		}
+	}
 	return c, nil
 }
