@@ -92,7 +92,10 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 // above both beyond the intervals at load 3 on both mixes, and within 0.0013 of
 // the cnn-first cascade wherever it is below it: the test fails if the peek
 // falls below sneakpeek or oblivious at tops-heavy 0.5 and 3 or natural 3, or
-// more than 0.004 below that cascade at any point checked.
+// more than 0.004 below that cascade at any point checked up to load 3; and,
+// since the peek is priced at the decisions' prices smoothed (peekSmoothing),
+// if it falls more than 0.004 below sneakpeek at tops-heavy load 12 (it was
+// 0.020 below over seeds 1-3 when priced at the last decision's price).
 func TestComparisonPeekOnFashion(t *testing.T) {
 	fashion := loadRealWith(t, "fashion", LoadOptions{CascadeFirst: map[string]string{"fashion": "cnn"}})
 	if fashion.Peek == nil || fashion.Sched.Variants[fashion.Peek.Cheap].ID.Variant != "cnn" {
@@ -103,7 +106,9 @@ func TestComparisonPeekOnFashion(t *testing.T) {
 		wl     string
 		load   float64
 		vsPlan bool // against sneakpeek and oblivious
-	}{{"tops-heavy", 0.5, true}, {"tops-heavy", 2, false}, {"tops-heavy", 3, true}, {"natural", 2, false}, {"natural", 3, true}} {
+		heavy  bool // far beyond capacity: within 0.004 of sneakpeek, the cascade not checked
+	}{{"tops-heavy", 0.5, true, false}, {"tops-heavy", 2, false, false}, {"tops-heavy", 3, true, false},
+		{"natural", 2, false, false}, {"natural", 3, true, false}, {"tops-heavy", 12, false, true}} {
 		w, err := fashion.Workload(c.wl)
 		if err != nil {
 			t.Fatal(err)
@@ -132,7 +137,10 @@ func TestComparisonPeekOnFashion(t *testing.T) {
 		if c.vsPlan && u[0] < u[2] {
 			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f below oblivious %.4f", c.wl, c.load, u[0], u[2])
 		}
-		if u[0] < u[3]-0.004 {
+		if c.heavy && u[0] < u[1]-0.004 {
+			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f more than 0.004 below sneakpeek %.4f", c.wl, c.load, u[0], u[1])
+		}
+		if !c.heavy && u[0] < u[3]-0.004 {
 			t.Errorf("fashion %s load %v: sneakpeek-peek %.4f more than 0.004 below the cnn-first cascade %.4f", c.wl, c.load, u[0], u[3])
 		}
 	}

@@ -147,7 +147,7 @@ func (pk *peekInfo) gain(conf float64) float64 {
 
 // peekOption prices a's peek for this decision into ai: a request run on the
 // peek variant also gets, on average, the second opinions its first pass
-// escalates at the last price (the hull's point), which add their mean gain to
+// escalates at the peek price (the hull's point; peekSmoothing), which add their mean gain to
 // its value (peekBonus) and their share of the better variant's time to the
 // peek variant's amortised time, so that the price and the search see what a
 // first pass costs and buys.
@@ -241,6 +241,19 @@ func (d *decisionState) withPeek(u []float64, ai *appInfo, r *Request) []float64
 	out[ai.peekVar] += bonus
 	return out
 }
+
+// peekSmoothing is the weight of a decision's price in the price the peek is
+// priced at (searching.peekPrice, an exponentially weighted mean over
+// decisions). The peek's hull point is chosen at that price before the
+// decision solves its own, and the point feeds the price: a low price puts
+// many second opinions into the peek variant's time, which raises the next
+// price, which puts few in, which lowers the one after. Taken straight from
+// the last decision, the price alternated between two values from one
+// decision to the next (fashion at 12x: 45.8, 6.9, 36.1, 7.2 per engine
+// second), the search charged the cnn for second opinions the decision then
+// did not escalate and moved requests to mlp-large, and the peek fell 0.020
+// below plain sneakpeek (docs/evaluation.md, "The peek's time").
+const peekSmoothing = 0.2
 
 // peekTieMargin keeps the peek variant's value with its bonus strictly below
 // the better variant's (withPeek).
@@ -396,7 +409,7 @@ func (d *decisionState) escalate(b *Batch) {
 // decideSecond is the decision's first stage when the policy peeks: the
 // requests back from a first pass (First set) are decided before the others,
 // as the cascade's second passes are. Each is answered with its first pass
-// when a second opinion no longer pays at the last price or cannot be on time
+// when a second opinion no longer pays at the peek price or cannot be on time
 // (admitSecond); of the rest, those of the application whose earliest is due
 // first run now on its better variant, earliest deadline first, up to a
 // batch, and any other that could no longer be on time after that batch is
@@ -422,7 +435,7 @@ func (p *searching) decideSecond(s *Snapshot) (dec Decision, fresh *Snapshot, do
 	clear(p.freshBuf)
 	q := p.freshBuf[:0]
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
-	d.peek, d.peekPrice, d.shrink = p.peek, p.lastPrice, p.o.Shrink
+	d.peek, d.peekPrice, d.shrink = p.peek, p.peekPrice, p.o.Shrink
 	d.members = make([]member, 0, n)
 	// slack is the least time any fresh request that can still be served in
 	// time can wait before its fastest variant must start (-1: none can).

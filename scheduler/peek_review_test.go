@@ -31,7 +31,7 @@ func TestPeekGateRanksAsTheWalk(t *testing.T) {
 			pr := rng.Float64()
 			q = append(q, req(a, uint64(trial*1000+i+1), now, ms(2+rng.Float64()*20), []float64{pr, 1 - pr}))
 		}
-		price := p.lastPrice
+		price := p.peekPrice
 		d := p.Decide(snap(now, a, q...))
 		g := d.Gate
 		if g == nil || !g.Active {

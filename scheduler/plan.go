@@ -119,7 +119,7 @@ type appInfo struct {
 	na float64
 	// peekBonus is what a peek (peek.go) adds to a fresh request's value on
 	// the peek variant peekVar: the mean gain of the second opinions on
-	// peekBetter it would pay for at the last price (their engine time is in
+	// peekBetter it would pay for at the peek price (their engine time is in
 	// amort[peekVar]).
 	peekBonus           float64
 	peekVar, peekBetter int
@@ -167,7 +167,7 @@ type decisionState struct {
 	shedN   int
 	shedMax float64
 	// peek holds the peeked applications' curves by name (peek.go), and
-	// peekPrice the price a second pass must pay (the last decision's).
+	// peekPrice the price a second pass must pay (searching.peekPrice: the decisions' prices, smoothed).
 	peek      map[string]*peekInfo
 	peekPrice float64
 	// recent are the policy's recent arrivals (searching.recent), whose class

@@ -93,10 +93,11 @@ type searching struct {
 	// of them whose fill took a request from beyond the prefix (pullFill).
 	wholeQueue              bool
 	boundedHits, beyondHits int
-	// peek holds the applications' peeks (peek.go; ConfigurePeek), lastPrice
-	// the last decision's price of engine time.
+	// peek holds the applications' peeks (peek.go; ConfigurePeek), peekPrice
+	// the price of engine time the peek is priced at: the decisions' prices,
+	// smoothed (peekSmoothing).
 	peek      map[string]*peekInfo
-	lastPrice float64
+	peekPrice float64
 	// freshBuf holds the queue without the requests back from a first pass
 	// (decideSecond), kept between decisions.
 	freshBuf []*Request
@@ -257,7 +258,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 	d.members = p.buf[:0]
 	d.shrink, d.ubuf = p.o.Shrink, p.ubuf[:0]
 	d.shedBuf, d.fluid = &p.shed, &p.fluid
-	d.peek, d.peekPrice, d.recent = p.peek, p.lastPrice, p.recent
+	d.peek, d.peekPrice, d.recent = p.peek, p.peekPrice, p.recent
 	defer func() {
 		// Drop references to requests: the members never outnumber this
 		// snapshot's queue, and earlier decisions cleared what they used.
@@ -290,7 +291,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 		win := d.window(p.o.Window)
 		d.stream = p.streamMembers(d, s, win)
 		d.setPrice(win, arrivals)
-		p.lastPrice = d.price
+		p.peekPrice += peekSmoothing * (d.price - p.peekPrice)
 		runs := p.plan(d, win)
 		if len(runs) == 0 {
 			break
