@@ -167,7 +167,8 @@ type decisionState struct {
 	shedN   int
 	shedMax float64
 	// peek holds the peeked applications' curves by name (peek.go), and
-	// peekPrice the price a second pass must pay (searching.peekPrice: the decisions' prices, smoothed).
+	// peekPrice the price a second pass must pay (searching.peekPrice: the
+	// decisions' prices, smoothed).
 	peek      map[string]*peekInfo
 	peekPrice float64
 	// recent are the policy's recent arrivals (searching.recent), whose class
