@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"time"
 
+	"github.com/sneakgate/sneakgate/internal/cachefile"
 	"github.com/sneakgate/sneakgate/manifest"
 )
 
@@ -53,7 +53,7 @@ func (e *Engine) cacheKey(v *variant) (*cacheKey, string) {
 	if dir == "" {
 		return nil, ""
 	}
-	sum, err := fileSHA256(v.path)
+	sum, err := cachefile.SHA256(v.path)
 	if err != nil {
 		e.log.Warn().Err(err).Str("variant", v.id.String()).Msg("profile cache: cannot hash model; measuring")
 		return nil, ""
@@ -103,54 +103,8 @@ func (e *Engine) readCache(v *variant, key *cacheKey, file string) (Profile, boo
 // writeCache stores p under key, atomically, and removes v's entries stored
 // under other keys. Failures are logged: the cache only saves start-up time.
 func (e *Engine) writeCache(v *variant, key *cacheKey, file string, p Profile) {
-	err := func() error {
-		b, err := json.MarshalIndent(cacheEntry{Key: *key, Measured: e.opts.Now().UTC(), Profile: p}, "", "  ")
-		if err != nil {
-			return err
-		}
-		dir := filepath.Dir(file)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		f, err := os.CreateTemp(dir, ".profile-*")
-		if err != nil {
-			return err
-		}
-		_, err = f.Write(append(b, '\n'))
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(f.Name(), file)
-		}
-		if err != nil {
-			os.Remove(f.Name())
-			return err
-		}
-		old, _ := filepath.Glob(filepath.Join(dir, v.app.Name+"."+v.id.Variant+".*.json"))
-		for _, o := range old {
-			if o != file {
-				if err := os.Remove(o); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}()
-	if err != nil {
+	entry := cacheEntry{Key: *key, Measured: e.opts.Now().UTC(), Profile: p}
+	if err := cachefile.Store(file, entry, "profile", v.app.Name+"."+v.id.Variant+".*.json"); err != nil {
 		e.log.Warn().Err(err).Str("variant", v.id.String()).Str("file", file).Msg("profile cache: cannot store")
 	}
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

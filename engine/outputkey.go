@@ -4,6 +4,7 @@ import (
 	"maps"
 	"runtime"
 
+	"github.com/sneakgate/sneakgate/internal/cachefile"
 	"github.com/sneakgate/sneakgate/manifest"
 )
 
@@ -38,7 +39,7 @@ func (e *Engine) OutputKey(id VariantID) (OutputKey, error) {
 	if err != nil {
 		return OutputKey{}, err
 	}
-	sum, err := fileSHA256(v.path)
+	sum, err := cachefile.SHA256(v.path)
 	if err != nil {
 		return OutputKey{}, err
 	}

@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/internal/cachefile"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
@@ -98,7 +98,7 @@ func (g *Gateway) curveKey(a *appRuntime, cheap, better int) *curveKey {
 		*p.v = curveVariant{Name: name, Index: p.i, Engine: ok}
 	}
 	var err error
-	if k.ValidationSHA256, err = fileSHA256(a.m.Path(a.m.Validation.File)); err != nil {
+	if k.ValidationSHA256, err = cachefile.SHA256(a.m.Path(a.m.Validation.File)); err != nil {
 		if os.IsNotExist(err) {
 			return nil // measuring fails, naming the file
 		}
@@ -180,55 +180,8 @@ func curveFits(c scheduler.CascadeConfig, key *curveKey) bool {
 // file, atomically, and removes the entries of the same application and pair
 // stored under other keys. Failures are logged.
 func (g *Gateway) writeCurve(a *appRuntime, key *curveKey, file string, c scheduler.CascadeConfig, samples, rows int) {
-	err := func() error {
-		e := curveEntry{Key: *key, Measured: g.now().UTC(), Samples: samples, Rows: rows, Curve: c}
-		b, err := json.MarshalIndent(e, "", "  ")
-		if err != nil {
-			return err
-		}
-		dir := filepath.Dir(file)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		f, err := os.CreateTemp(dir, ".curve-*")
-		if err != nil {
-			return err
-		}
-		_, err = f.Write(append(b, '\n'))
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(f.Name(), file)
-		}
-		if err != nil {
-			os.Remove(f.Name())
-			return err
-		}
-		old, _ := filepath.Glob(filepath.Join(dir, a.m.Name+"."+key.Cheap.Name+"."+key.Better.Name+".*.json"))
-		for _, o := range old {
-			if o != file {
-				if err := os.Remove(o); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}()
-	if err != nil {
+	e := curveEntry{Key: *key, Measured: g.now().UTC(), Samples: samples, Rows: rows, Curve: c}
+	if err := cachefile.Store(file, e, "curve", a.m.Name+"."+key.Cheap.Name+"."+key.Better.Name+".*.json"); err != nil {
 		g.log.Warn().Err(err).Str("app", a.m.Name).Str("cache", file).Msg("curve cache: cannot store")
 	}
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
