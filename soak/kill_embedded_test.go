@@ -39,12 +39,7 @@ import (
 // 800), SOAK_KILL_DURATION (8 s per kill), SOAK_KILL_DEADLINE (30s),
 // SOAK_DEVICES (16), SOAK_SEED.
 func TestKill9EmbeddedSoak(t *testing.T) {
-	kills := envInt(t, "SOAK_KILLS", 5, 20)
-	rate := envFloat(t, "SOAK_KILL_RATE", 300, 800)
-	dur := envDur(t, "SOAK_KILL_DURATION", time.Duration(kills)*8*time.Second, time.Duration(kills)*8*time.Second)
-	deadline := envDur(t, "SOAK_KILL_DEADLINE", 30*time.Second, 30*time.Second)
-	ndev := envInt(t, "SOAK_DEVICES", 16, 16)
-	seed := uint64(envInt(t, "SOAK_SEED", int(time.Now().UnixNano()%1e9), int(time.Now().UnixNano()%1e9)))
+	kills, rate, dur, deadline, ndev, seed := killKnobs(t, 30*time.Second)
 	t.Logf("kill -9 soak, embedded broker: %d kills over %s at %.0f requests/s from %d devices, deadline_ms %d with sent_at, seed %d",
 		kills, dur, rate, ndev, deadline.Milliseconds(), seed)
 	rng := mrand.New(mrand.NewPCG(seed, 9))

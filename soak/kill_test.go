@@ -21,12 +21,7 @@ import (
 // sent_at), SOAK_DEVICES (16), SOAK_SEED, SOAK_STRICT_REPEATS=1 also asserts that
 // repeats are byte-identical (but for those answered anew).
 func TestKill9Soak(t *testing.T) {
-	kills := envInt(t, "SOAK_KILLS", 5, 20)
-	rate := envFloat(t, "SOAK_KILL_RATE", 300, 800)
-	dur := envDur(t, "SOAK_KILL_DURATION", time.Duration(kills)*8*time.Second, time.Duration(kills)*8*time.Second)
-	deadline := envDur(t, "SOAK_KILL_DEADLINE", time.Second, time.Second)
-	ndev := envInt(t, "SOAK_DEVICES", 16, 16)
-	seed := uint64(envInt(t, "SOAK_SEED", int(time.Now().UnixNano()%1e9), int(time.Now().UnixNano()%1e9)))
+	kills, rate, dur, deadline, ndev, seed := killKnobs(t, time.Second)
 	strict := envBool("SOAK_STRICT_REPEATS")
 	t.Logf("kill -9 soak: %d kills over %s at %.0f requests/s from %d devices, deadline_ms %d with sent_at, seed %d",
 		kills, dur, rate, ndev, deadline.Milliseconds(), seed)
@@ -113,4 +108,17 @@ func killRestart(t *testing.T, gw *gatewayProc, mon *monitor, rng *mrand.Rand, t
 			killedAt.Sub(t0).Seconds(), outage.Round(time.Millisecond), ready.Round(time.Millisecond))
 	}
 	return events
+}
+
+// killKnobs reads the kill soaks' knobs (SOAK_KILLS, SOAK_KILL_RATE,
+// SOAK_KILL_DURATION, SOAK_KILL_DEADLINE with the given default, SOAK_DEVICES,
+// SOAK_SEED), as TestKill9Soak and TestKill9EmbeddedSoak document them.
+func killKnobs(t *testing.T, deadline time.Duration) (kills int, rate float64, dur, dl time.Duration, ndev int, seed uint64) {
+	kills = envInt(t, "SOAK_KILLS", 5, 20)
+	rate = envFloat(t, "SOAK_KILL_RATE", 300, 800)
+	dur = envDur(t, "SOAK_KILL_DURATION", time.Duration(kills)*8*time.Second, time.Duration(kills)*8*time.Second)
+	dl = envDur(t, "SOAK_KILL_DEADLINE", deadline, deadline)
+	ndev = envInt(t, "SOAK_DEVICES", 16, 16)
+	seed = uint64(envInt(t, "SOAK_SEED", int(time.Now().UnixNano()%1e9), int(time.Now().UnixNano()%1e9)))
+	return kills, rate, dur, dl, ndev, seed
 }
