@@ -111,9 +111,8 @@ func (g *Gateway) handle(a arrival) {
 	// overload costs little more than reading its header.
 	req, rej := protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
-		if (rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon) && g.answeredBefore(rej) {
-			msg.Ack()
-			return // a redelivered copy of a request answered in time
+		if (rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon) && g.answeredBefore(msg, rej) {
+			return // a redelivered copy of a request the journal knows, or a failed lookup
 		}
 		g.reject(msg, rej)
 		return
@@ -144,7 +143,11 @@ func (g *Gateway) handle(a arrival) {
 	if !reserved {
 		// Refused, unless it is a duplicate: that is answered as a duplicate
 		// below (Put does not add it to the queue).
-		if res, err := g.journal.Lookup(key); err != nil || res.Dup == store.New {
+		res, ok := g.lookup(key)
+		if !ok {
+			return // left unacknowledged (lookup)
+		}
+		if res.Dup == store.New {
 			g.loop.refused.Add(1)
 			if g.degradeRefused(msg, req, app) {
 				return
@@ -172,7 +175,14 @@ func (g *Gateway) handle(a arrival) {
 		if pre, shed = g.shedsAtAdmission(req, app, est, correct); shed {
 			// Not journaled: answered like a request admission refuses, unless the
 			// journal knows it (a redelivered copy), which takes the normal path.
-			if res, err := g.journal.Lookup(key); err == nil && res.Dup == store.New {
+			// So does a request whose lookup failed: Put, below, is the authority
+			// (it stores it, finds it known, or fails and says what to do).
+			res, err := g.journal.Lookup(key)
+			if err != nil {
+				g.m.storeErrors.WithLabelValues("lookup").Inc()
+				g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; the request is not shed but journaled")
+			}
+			if err == nil && res.Dup == store.New {
 				release()
 				g.m.admissionShed.WithLabelValues(req.App).Inc()
 				g.answerFromEstimate(msg, req, app, est)
@@ -298,16 +308,16 @@ func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, 
 // requests come by the thousand, and their answer is fixed. A copy of a request
 // the journal knows (answered in time, or pending) is a duplicate; anything else
 // gets an expired reply whose bytes depend only on the request (no publication
-// stamps), so any copy of it, before or after a crash, gets the same bytes. The
-// request is acknowledged only once the broker has the reply (owe): if the
-// gateway dies first, the broker delivers the request again and it is answered
-// again.
+// stamps), so any copy of it, before or after a crash, gets the same bytes; one
+// the journal cannot look up is left unacknowledged (lookup). The request is
+// acknowledged only once the broker has the reply (owe): if the gateway dies
+// first, the broker delivers the request again and it is answered again.
 func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key store.Key) {
-	res, err := g.journal.Lookup(key)
-	if err != nil {
-		g.journalError(err)
-		g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; answering the expired request anyway")
-	} else if res.Dup != store.New {
+	res, ok := g.lookup(key)
+	if !ok {
+		return // left unacknowledged (lookup)
+	}
+	if res.Dup != store.New {
 		msg.Ack()
 		g.duplicate(req, key, res)
 		return
@@ -339,18 +349,46 @@ func (g *Gateway) duplicate(req *protocol.Request, key store.Key, res store.PutR
 
 // answeredBefore handles a request rejected for a reason that depends on the time
 // of receipt (an absolute deadline now past): if it is a copy of a request the
-// journal knows, the copy is handled as a duplicate (never contradicting the
-// first answer) and answeredBefore reports true.
-func (g *Gateway) answeredBefore(rej *protocol.Rejection) bool {
+// journal knows, the copy is acknowledged and handled as a duplicate (never
+// contradicting the first answer) and answeredBefore reports true. It reports
+// true too when the journal could not say (lookup): msg is then left
+// unacknowledged.
+func (g *Gateway) answeredBefore(msg mqtt.Message, rej *protocol.Rejection) bool {
 	if rej.ID == "" || rej.ReplyTo == "" {
 		return false
 	}
 	key := store.Key{App: rej.App, Device: rej.Device, ID: rej.ID}
-	res, err := g.journal.Lookup(key)
-	if err != nil || res.Dup == store.New {
+	res, ok := g.lookup(key)
+	if !ok {
+		return true
+	}
+	if res.Dup == store.New {
 		return false
 	}
+	msg.Ack()
 	return g.duplicate(&protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: rej.ReplyTo}, key, res)
+}
+
+// lookup asks the journal whether key is a request it knows (store.Lookup), for
+// a handler about to answer the request without journaling it (refused,
+// rejected, expired on arrival). When the journal cannot say (closed, damaged:
+// store.ErrClosed, store.ErrDamaged) the request may have been answered before,
+// and an answer now could contradict that reply (docs/reliability.md, "A repeat
+// never contradicts the first answer to a journaled request"): lookup counts
+// and logs the failure, stops the gateway if the journal is damaged
+// (journalError), and reports false; the caller then leaves the message
+// unacknowledged, like a request whose journal write failed while stopping or
+// on a broken journal (handle), and the broker delivers it again to the next
+// session.
+func (g *Gateway) lookup(key store.Key) (store.PutResult, bool) {
+	res, err := g.journal.Lookup(key)
+	if err != nil {
+		g.m.storeErrors.WithLabelValues("lookup").Inc()
+		g.journalError(err)
+		g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; request left unacknowledged for redelivery")
+		return store.PutResult{}, false
+	}
+	return res, true
 }
 
 // claim makes the caller the only worker handling key until it calls the returned

@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -186,6 +188,83 @@ func TestUnjournaledRepliesAcknowledgeAfterPUBACK(t *testing.T) {
 			t.Errorf("with the broker away: %d replies published, acknowledged %v; want none, left for redelivery", len(c.sent()), msg.isAcked())
 		}
 	})
+}
+
+// A request the gateway would answer without journaling it (expired on arrival,
+// refused for overload, rejected for a deadline already past) is first looked up
+// in the journal, since it may be a copy of a request answered before. When the
+// journal cannot say (closed; damaged: a commit panicked, store/commit.go
+// safeCommit), the request is neither answered nor acknowledged: an answer now
+// could contradict the stored reply of a journaled request, and the broker
+// delivers it again to the next session, which can look it up. The failure is
+// counted, and a damaged journal stops the gateway.
+func TestLookupFailureLeavesRequestUnanswered(t *testing.T) {
+	input := make([]float32, 784)
+	const topic = "sneakgate/req/fashion/cam-1"
+	requests := []struct {
+		name           string
+		payload        protocol.Payload
+		degradeRefused bool
+	}{
+		{"expired on arrival", protocol.Payload{ID: "a", DeadlineMS: 1000, SentAt: time.Now().Add(-time.Minute), Input: input, B64: true}, false},
+		{"refused for overload", protocol.Payload{ID: "b", DeadlineMS: 60000, Input: input, B64: true}, false},
+		{"refused and answered from the estimate", protocol.Payload{ID: "c", DeadlineMS: 60000, Input: input, B64: true}, true},
+		{"deadline past", protocol.Payload{ID: "d", Deadline: time.Now().Add(-time.Second), Input: input, B64: true}, false},
+	}
+	journals := []struct {
+		name         string
+		breakJournal func(t *testing.T, g *Gateway)
+		want         error
+	}{
+		{"closed", func(t *testing.T, g *Gateway) {
+			if err := g.journal.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}, store.ErrClosed},
+		{"damaged", func(t *testing.T, g *Gateway) {
+			// A journal broken by a panic in a commit (store/doc.go): every later
+			// call, Lookup included, fails with store.ErrDamaged.
+			o := storetest.Options(t)
+			o.BeforeCommit = func([]store.Op) error { panic("injected: bbolt panicked in a commit") }
+			j, err := store.Open(filepath.Join(t.TempDir(), "journal.db"), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = j.Close() }) // an error wrapping ErrDamaged
+			if _, err := j.Put(&store.Entry{Key: store.Key{App: "fashion", Device: "cam-0", ID: "x"}, Received: time.Now(),
+				Deadline: time.Now().Add(time.Minute), ReplyTo: "r"}); !errors.Is(err, store.ErrDamaged) {
+				t.Fatalf("Put on the hook that panics: %v, want store.ErrDamaged", err)
+			}
+			g.journal = j
+		}, store.ErrDamaged},
+	}
+	for _, jc := range journals {
+		for _, rc := range requests {
+			t.Run(jc.name+"/"+rc.name, func(t *testing.T) {
+				c := &fakeClient{}
+				g := handlerGateway(t, c, rc.degradeRefused)
+				g.fatal = make(chan struct{})
+				jc.breakJournal(t, g)
+				if _, err := g.journal.Lookup(store.Key{App: "fashion", Device: "cam-1", ID: rc.payload.ID}); !errors.Is(err, jc.want) {
+					t.Fatalf("Lookup on the %s journal: %v, want %v", jc.name, err, jc.want)
+				}
+				msg := newFakeMessage(topic, rc.payload.Marshal())
+				g.handle(arrival{msg: msg, at: time.Now()})
+				if sent := c.sent(); len(sent) != 0 {
+					t.Errorf("%d replies published (%s), want none: the request may have been answered before", len(sent), sent[0])
+				}
+				if msg.isAcked() {
+					t.Error("request acknowledged, want it left for redelivery")
+				}
+				if got := testutil.ToFloat64(g.m.storeErrors.WithLabelValues("lookup")); got != 1 {
+					t.Errorf("store_errors_total{op=lookup} = %v, want 1", got)
+				}
+				if stopping := g.fatalError(); errors.Is(jc.want, store.ErrDamaged) != errors.Is(stopping, store.ErrDamaged) {
+					t.Errorf("fatal error %v with a %s journal", stopping, jc.name)
+				}
+			})
+		}
+	}
 }
 
 // sneakgate_request_transit_seconds counts a request's first delivery only: a

@@ -278,7 +278,7 @@ func (m *metrics) initLabels(apps []string) {
 		m.swaps.WithLabelValues(k)
 		m.swapTime.WithLabelValues(k)
 	}
-	for _, op := range []string{"put", "gc", "outbox", "outbox_read", "complete"} {
+	for _, op := range []string{"put", "lookup", "gc", "outbox", "outbox_read", "complete"} {
 		m.storeErrors.WithLabelValues(op)
 	}
 	for _, why := range []string{"retained"} {
