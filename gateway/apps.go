@@ -53,7 +53,8 @@ type appRuntime struct {
 	// name for the version loaded at start-up, name#N for reloaded ones.
 	key string
 	// conf is the configuration entry it was built from; fingerprint hashes it
-	// with the manifest and every file the manifest names (reload compares them).
+	// with the manifest and the files it names that the gateway reads (reload
+	// compares them).
 	conf        AppConfig
 	fingerprint string
 	// collectors are its metrics (the monitor's gauges), unregistered when the
@@ -184,8 +185,13 @@ func (g *Gateway) unregisterAppMetrics(a *appRuntime) {
 }
 
 // fingerprint hashes an application's configuration entry, its manifest and
-// every file the manifest names: equal fingerprints mean a reload has nothing to
-// do for the application.
+// every file the manifest names that the gateway reads: its variants', its
+// estimators', and its difficulty model's and validation split's (read only in
+// some configurations: buildApp, shift.go, cascade.go); equal fingerprints mean
+// a reload has nothing to do for the application. A difficulty model or
+// validation split that cannot be opened is hashed as such, not an error: the
+// gateway fails for it only where it reads it. The samples file is read by the
+// simulator and the evaluation tools (devices/sim.go), not by the gateway.
 func fingerprint(m *manifest.App, ac AppConfig) (string, error) {
 	h := sha256.New()
 	conf, _ := json.Marshal(ac) // plain fields: cannot fail
@@ -197,8 +203,19 @@ func fingerprint(m *manifest.App, ac AppConfig) (string, error) {
 	for _, e := range m.Estimators {
 		files = append(files, m.Path(e.File))
 	}
-	for _, p := range files {
+	var optional []string
+	if m.Difficulty != nil {
+		optional = append(optional, m.Path(m.Difficulty.File))
+	}
+	if m.Validation != nil {
+		optional = append(optional, m.Path(m.Validation.File))
+	}
+	for i, p := range append(files, optional...) {
 		f, err := os.Open(p)
+		if err != nil && i >= len(files) {
+			fmt.Fprintf(h, "\x00%s\x01unreadable", p)
+			continue
+		}
 		if err != nil {
 			return "", err
 		}

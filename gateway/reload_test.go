@@ -242,7 +242,11 @@ func TestReloadUnderLoad(t *testing.T) {
 }
 
 // A reload with nothing changed does nothing; an edit to any file of an
-// application's manifest directory makes it a new version.
+// application's manifest directory the gateway reads makes it a new version:
+// the manifest, and the difficulty model and the validation split, which the
+// manifest names (the gateway reads the split to measure the cascade and peek
+// curves and the label-shift prior). A split that is gone is no error for a
+// configuration that does not read it.
 func TestReloadDetectsChangedFiles(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.CopyFS(dir, os.DirFS("../models/satellite")); err != nil {
@@ -256,25 +260,57 @@ func TestReloadDetectsChangedFiles(t *testing.T) {
 	if err != nil || !slices.Equal(res.Unchanged, []string{"satellite"}) || len(res.Changed)+len(res.Added)+len(res.Removed) > 0 {
 		t.Fatalf("reload of the same configuration: %+v, %v", res, err)
 	}
-	before, _ := r.g.app("satellite")
-	m, err := os.ReadFile(filepath.Join(dir, "manifest.yaml"))
-	if err != nil {
-		t.Fatal(err)
+	appendTo := func(file, text string) func() {
+		return func() {
+			f, err := os.OpenFile(filepath.Join(dir, file), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString(text); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	m = append(m, []byte("# edited\n")...)
-	if err := os.WriteFile(filepath.Join(dir, "manifest.yaml"), m, 0o644); err != nil {
-		t.Fatal(err)
+	edits := []struct {
+		what string
+		edit func()
+	}{
+		{"the difficulty model replaced", appendTo("est/difficulty.json", "\n")},
+		{"the validation split replaced", func() {
+			// Another split of the same shape: the samples file's rows.
+			rows, err := os.ReadFile(filepath.Join(dir, "samples.sgs"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "data/validation.sgs"), rows, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"the validation split removed", func() {
+			if err := os.Remove(filepath.Join(dir, "data/validation.sgs")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"the manifest edited", appendTo("manifest.yaml", "# edited\n")},
 	}
-	res, err = r.g.Reload(context.Background(), cfg)
-	if err != nil || !slices.Equal(res.Changed, []string{"satellite"}) {
-		t.Fatalf("reload after an edit: %+v, %v", res, err)
-	}
-	after, _ := r.g.app("satellite")
-	if after == before || after.key == before.key {
-		t.Fatalf("the edited application was not swapped: key %s -> %s", before.key, after.key)
-	}
-	if got := r.g.eng.Variants(before.key); len(got) != 0 {
-		t.Errorf("the old version's variants are still registered: %v", got)
+	var before *appRuntime
+	for _, e := range edits {
+		before, _ = r.g.app("satellite")
+		e.edit()
+		res, err = r.g.Reload(context.Background(), cfg)
+		if err != nil || !slices.Equal(res.Changed, []string{"satellite"}) {
+			t.Fatalf("reload after %s: %+v, %v", e.what, res, err)
+		}
+		after, _ := r.g.app("satellite")
+		if after == before || after.key == before.key {
+			t.Fatalf("after %s the application was not swapped: key %s -> %s", e.what, before.key, after.key)
+		}
+		if got := r.g.eng.Variants(before.key); len(got) != 0 {
+			t.Errorf("after %s the old version's variants are still registered: %v", e.what, got)
+		}
 	}
 	// It answers.
 	dev := newDevice(t, b.URL(), "sensor-1")
@@ -283,7 +319,7 @@ func TestReloadDetectsChangedFiles(t *testing.T) {
 	if rep := dev.await([]string{"x"}, 30*time.Second)["x"]; rep.Status != protocol.StatusOK {
 		t.Fatalf("after the reload: %s %s", rep.Status, rep.Error)
 	}
-	if got := testutil.ToFloat64(r.g.m.reloads.WithLabelValues("ok")); got != 2 {
-		t.Errorf("sneakgate_reloads_total{result=ok} = %v, want 2", got)
+	if got := testutil.ToFloat64(r.g.m.reloads.WithLabelValues("ok")); got != float64(1+len(edits)) {
+		t.Errorf("sneakgate_reloads_total{result=ok} = %v, want %d", got, 1+len(edits))
 	}
 }
