@@ -390,12 +390,13 @@ func (g *Gateway) newClient() error {
 	opts.SetConnectionNotificationHandler(g.onConnectionNotification(log))
 	opts.SetOnConnectHandler(g.onConnect(log))
 	// Called before each reconnection attempt, so before the new connection
-	// delivers anything (the connection-lost handler runs in a goroutine of its
-	// own, possibly after the reconnection).
-	opts.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { g.egress.connectionLost() })
+	// delivers anything or begins (the connection-lost handler runs in a
+	// goroutine of its own, possibly after the reconnection; brokerLink.lost).
+	opts.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
+		g.link.reconnecting()
+		g.egress.connectionLost()
+	})
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-		g.link.end()
-		g.subscribed.Store(false)
 		if conflict, n := g.link.lost(); conflict {
 			log.Error().Err(err).Str("client_id", c.ClientID).Int("short_connections", n).
 				Msg("the broker keeps closing the connection soon after it opens: another client is probably using this client id (each connection takes the other's session over); give every gateway its own mqtt.client_id")

@@ -93,6 +93,19 @@ type brokerLink struct {
 	since     time.Time
 	shorts    []time.Time
 	takeovers prometheus.Counter
+	// up is set from begin until the connection's loss is recorded (ended).
+	// owed counts losses reconnecting recorded whose connection-lost handler
+	// has not run yet (negative: handlers that ran before their connection's
+	// begin); lastLoss is what the latest recorded loss said (lost).
+	up       bool
+	owed     int
+	lastLoss struct {
+		conflict bool
+		shorts   int
+	}
+	// subscribed is the gateway's flag (register), cleared when a loss is
+	// recorded.
+	subscribed *atomic.Bool
 
 	connectFailures prometheus.Counter
 	subscribeFails  *prometheus.CounterVec // reason: refused, error
@@ -115,6 +128,9 @@ func newBrokerLink(now func() time.Time) *brokerLink {
 // register exports the connection's metrics on reg:
 // connected and subscribed gauges read c and subscribed when scraped.
 func (l *brokerLink) register(reg prometheus.Registerer, c mqtt.Client, subscribed *atomic.Bool) {
+	l.mu.Lock()
+	l.subscribed = subscribed
+	l.mu.Unlock()
 	for _, r := range []string{"refused", "error"} {
 		l.subscribeFails.WithLabelValues(r)
 	}
@@ -201,16 +217,62 @@ func (l *brokerLink) begin() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel, l.subProblem = cancel, ""
 	l.since = l.now()
+	l.up = true
 	return ctx
 }
 
-// lost records a lost connection and reports whether the connection keeps
-// being taken over: takeoverShort connections lost within shortConnection of
-// being made, within takeoverWindow. Any other loss, or a connection that
-// lasted, clears the suspicion.
+// lost is the connection-lost handler's: it records the loss of the current
+// connection (ended) and reports whether the connection keeps being taken over.
+// paho runs that handler on a goroutine of its own, which may run only after
+// paho has made the next connection and begun it (paho reconnects at once
+// after a first loss): ending the current connection then would end the new
+// one (its subscription attempts, the subscribed flag) and miscount the next
+// loss. reconnecting, which paho calls before each reconnection attempt, so
+// always before the next begin, has then recorded the loss already, and lost
+// only reports what it recorded. A handler that runs before its connection's
+// begin (the OnConnect handler is a goroutine too) finds nothing to record:
+// reconnecting records that connection's loss later, without a handler to
+// wait for.
 func (l *brokerLink) lost() (conflict bool, shorts int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	switch {
+	case l.owed > 0:
+		l.owed--
+		return l.lastLoss.conflict, l.lastLoss.shorts
+	case l.up:
+		return l.ended()
+	}
+	l.owed--
+	return false, l.recentShorts(l.now())
+}
+
+// reconnecting is the reconnecting handler's (called before each reconnection
+// attempt): it records the loss of the current connection if lost has not
+// (a connection-lost handler scheduled late).
+func (l *brokerLink) reconnecting() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.up {
+		l.ended()
+		l.owed++
+	}
+}
+
+// ended records the loss of the current connection: its subscription attempts
+// end, the gateway is not subscribed, and it reports whether the connection
+// keeps being taken over: takeoverShort connections lost within
+// shortConnection of being made, within takeoverWindow. Any other loss, or a
+// connection that lasted, clears the suspicion. l.mu must be held.
+func (l *brokerLink) ended() (conflict bool, shorts int) {
+	if l.cancel != nil {
+		l.cancel()
+		l.cancel = nil
+	}
+	if l.subscribed != nil {
+		l.subscribed.Store(false)
+	}
+	l.up = false
 	now := l.now()
 	if !l.since.IsZero() && now.Sub(l.since) < shortConnection {
 		l.takeovers.Inc()
@@ -220,6 +282,7 @@ func (l *brokerLink) lost() (conflict bool, shorts int) {
 	}
 	l.since = time.Time{}
 	n := l.recentShorts(now)
+	l.lastLoss.conflict, l.lastLoss.shorts = n >= takeoverShort, n
 	return n >= takeoverShort, n
 }
 

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,6 +53,72 @@ func TestBrokerLinkDetectsTakeovers(t *testing.T) {
 		if c, _ := connectFor(time.Second); c {
 			t.Fatal("short connections 40 s apart reported as a conflict")
 		}
+	}
+}
+
+// paho runs the connection-lost handler on a goroutine of its own, which can run
+// after the next connection is made and begun (paho reconnects at once after a
+// first loss). The reconnecting handler, which paho calls before each
+// reconnection attempt, records the loss then: the late handler neither ends
+// the new connection (its subscription attempts, the subscribed flag) nor
+// miscounts the next loss. A handler that runs before its connection's begin
+// leaves the loss to the reconnecting handler.
+func TestBrokerLinkLostHandlerAfterReconnect(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	l := newBrokerLink(func() time.Time { return now })
+	var subscribed atomic.Bool
+	l.subscribed = &subscribed
+	shorts := func() float64 { return testutil.ToFloat64(l.takeovers) }
+	connect := func() context.Context {
+		ctx := l.begin()
+		subscribed.Store(true)
+		return ctx
+	}
+
+	first := connect()
+	now = now.Add(2 * time.Second)
+	l.reconnecting() // the first connection was lost; its handler has not run yet
+	if first.Err() == nil || subscribed.Load() || shorts() != 1 {
+		t.Fatalf("reconnecting after a loss: subscription attempts ended %v, subscribed %v, %v short connections; want true, false, 1",
+			first.Err() != nil, subscribed.Load(), shorts())
+	}
+	second := connect()
+	now = now.Add(100 * time.Millisecond)
+	if c, n := l.lost(); c || n != 1 { // the first connection's handler, late
+		t.Errorf("late handler: conflict %v with %d short, want none yet with 1", c, n)
+	}
+	if second.Err() != nil || !subscribed.Load() || shorts() != 1 {
+		t.Fatalf("a late connection-lost handler ended the next connection: subscription attempts ended %v, subscribed %v, %v short connections; want false, true, 1",
+			second.Err() != nil, subscribed.Load(), shorts())
+	}
+	now = now.Add(2 * time.Second)
+	if c, n := l.lost(); c || n != 2 { // the second connection's handler, in time
+		t.Errorf("second loss: conflict %v with %d short, want none yet with 2", c, n)
+	}
+	l.reconnecting() // recorded already: nothing to do
+	if second.Err() == nil || subscribed.Load() || shorts() != 2 {
+		t.Fatalf("second loss: subscription attempts ended %v, subscribed %v, %v short connections; want true, false, 2",
+			second.Err() != nil, subscribed.Load(), shorts())
+	}
+
+	// The third connection's handler runs before its begin: the loss is
+	// recorded by the reconnecting handler, and the fourth connection's handler
+	// records its own.
+	now = now.Add(time.Second)
+	if c, _ := l.lost(); c {
+		t.Error("a handler that ran before its connection began reported a conflict")
+	}
+	third := connect()
+	l.reconnecting()
+	if third.Err() == nil || subscribed.Load() || shorts() != 3 || !l.inConflict() {
+		t.Fatalf("third loss: subscription attempts ended %v, subscribed %v, %v short connections, conflict %v; want true, false, 3, true",
+			third.Err() != nil, subscribed.Load(), shorts(), l.inConflict())
+	}
+	fourth := connect()
+	now = now.Add(time.Second)
+	if c, n := l.lost(); !c || n != 4 || fourth.Err() == nil || shorts() != 4 {
+		t.Errorf("fourth loss: conflict %v with %d short, subscription attempts ended %v, %v short connections; want a conflict with 4, true, 4",
+			c, n, fourth.Err() != nil, shorts())
 	}
 }
 
