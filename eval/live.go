@@ -73,6 +73,9 @@ type LiveConfig struct {
 	DegradeRefused, PriceShed bool
 	// Pipeline is the gateway's scheduler.pipeline, simulated alike.
 	Pipeline bool
+	// LabelShift is the gateway's apps[].label_shift, simulated alike
+	// (GatewayModel.LabelShift).
+	LabelShift bool
 	// Options are the scheduler options of both; MaxQueue the admission bound.
 	Options  scheduler.Options
 	MaxQueue int
@@ -241,7 +244,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	}
 	cfg.Admission.MaxWait, cfg.Admission.DegradeRefused, cfg.Admission.PriceShed = c.MaxWait, c.DegradeRefused, c.PriceShed
 	cfg.Metrics.Listen = ""
-	cfg.Apps = []gateway.AppConfig{{Manifest: c.Manifest}}
+	cfg.Apps = []gateway.AppConfig{{Manifest: c.Manifest, LabelShift: &c.LabelShift}}
 	if err := cfg.Validate(); err != nil {
 		return res, fmt.Errorf("eval: live config: %w", err)
 	}
@@ -310,7 +313,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	pt := Point{App: a, Workload: w, Policy: c.Policy, Options: o, Load: res.Load, Deadline: c.Deadline,
 		Requests: max(rep.Sent, 1), Seed: c.Seed, GatewayModel: GatewayModel{Jitter: c.Jitter,
 			MaxQueue: cfg.Admission.MaxQueue, MaxWait: cfg.Admission.MaxWait, MeasuredWait: true,
-			DegradeRefused: cfg.Admission.DegradeRefused, PriceAdmission: cfg.Admission.PriceShed, Pipeline: c.Pipeline,
+			DegradeRefused: cfg.Admission.DegradeRefused, PriceAdmission: cfg.Admission.PriceShed, Pipeline: c.Pipeline, LabelShift: c.LabelShift,
 			// The gateway's own time as the sweep models it; its policies plan with
 			// the engine's (corrected) profile alone.
 			GatewayCost: DefaultGatewayCostUS * time.Microsecond, VerdictCost: DefaultVerdictCostUS * time.Microsecond,

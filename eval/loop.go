@@ -71,6 +71,9 @@ type simReq struct {
 	arr               time.Time
 	delay             time.Duration
 	r                 *scheduler.Request
+	// answerEst, when set, is the corrected estimate the request's answer
+	// without a model is taken from (scheduler.Reweigh; PolicyShiftAnswer).
+	answerEst []float64
 }
 
 // seen is when the scheduler sees q.
@@ -404,6 +407,9 @@ func (s *engineSim) run() (*simRun, error) {
 				s.MaxWait > 0 && s.MeasuredWait && b.TooSlow(budget) ||
 				s.MaxWait > 0 && len(est) == 0 && b.Hopeless(budget, s.MaxWait) {
 				if s.DegradeRefused && len(est) > 0 {
+					if q.answerEst != nil {
+						est = q.answerEst
+					}
 					answer(q, scheduler.Argmax(est), now, "degraded")
 				} else {
 					answer(q, -1, now, "rejected")
@@ -420,6 +426,7 @@ func (s *engineSim) run() (*simRun, error) {
 					// (before any label-shift correction), applied to the request.
 					scheduler.Sharpen(q.r, correct)
 				}
+				scheduler.Reweigh(q.r, q.answerEst)
 				if s.PriceAdmission && gate.Sheds(q.r, now) {
 					// The gateway's admission.price_shed: answered from the
 					// estimate on the ingress worker, neither queued nor journaled.

@@ -81,6 +81,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		horizon     = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
 		_           = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
 		_           = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
+		_           = fs.Bool("label-shift", true, "the gateway's apps[].label_shift, simulated and live, for every policy: correct each estimate for the live class mix (online EM from the estimator's mean output) and answer without a model (degraded, shed) from the corrected one; the variants' values keep the raw estimate (scheduler.Reweigh). false: the figures of docs/evaluation.md computed before 2026-12-02's label-shift default")
 		_           = fs.Bool("price-admission", true, "the gateway's admission.price_shed, simulated and live: while a data-aware searching policy sheds under overload, answer at admission, from its estimate, an arrival worth less per second of engine time than what its latest shedding decision gave up (scheduler.PriceGate); false: the figures of docs/evaluation.md computed before 2026-11-30's last night")
 		_           = fs.Bool("pipeline", false, "the gateway's scheduler.pipeline, simulated and live: decide the next batch while the engine runs the current one, so the loop's time overlaps the engine's")
 		_           = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
@@ -515,7 +516,7 @@ func runLive(ctx context.Context, l liveRun, stdout, stderr io.Writer) error {
 							r, err := Live(ctx, LiveConfig{Manifest: mf, Workload: wl, Policy: pol, Rate: rate, Deadline: dl,
 								Duration: l.dur, Devices: l.devices, Seed: l.seed + uint64(i), Broker: l.broker, DevicesExe: l.devicesExe, Library: l.lib, Dir: dir,
 								Options: l.opts, MaxQueue: l.gm.MaxQueue, Jitter: l.gm.Jitter, NoLatencyCorrection: l.noLatency, NoSentAt: l.noSentAt,
-								MaxWait: l.gm.MaxWait, DegradeRefused: l.gm.DegradeRefused, PriceShed: l.gm.PriceAdmission, Pipeline: l.gm.Pipeline, Diag: l.diag}, stderr)
+								MaxWait: l.gm.MaxWait, DegradeRefused: l.gm.DegradeRefused, PriceShed: l.gm.PriceAdmission, Pipeline: l.gm.Pipeline, LabelShift: l.gm.LabelShift, Diag: l.diag}, stderr)
 							if err != nil {
 								return err
 							}
@@ -561,7 +562,7 @@ func flagGatewayModel(fs *flag.FlagSet) GatewayModel {
 	us := func(name string) time.Duration { return time.Duration(f64(name) * float64(time.Microsecond)) }
 	return GatewayModel{Jitter: f64("jitter"), MaxQueue: get("max-queue").(int), MaxWait: f64("max-wait"),
 		MeasuredWait: get("measured-wait").(bool), DegradeRefused: get("degrade-refused").(bool),
-		PriceAdmission: get("price-admission").(bool), Pipeline: get("pipeline").(bool),
+		PriceAdmission: get("price-admission").(bool), Pipeline: get("pipeline").(bool), LabelShift: get("label-shift").(bool),
 		MemBudget: get("mem-budget-mb").(int64) << 20, CountBudget: get("max-resident").(int),
 		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), GatewayKnown: get("gateway-known").(bool),
 		IngressDelay: time.Duration(f64("ingress-ms") * float64(time.Millisecond))}

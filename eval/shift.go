@@ -44,6 +44,7 @@ const (
 	shiftOnline
 	shiftTrue
 	shiftCal
+	shiftAnswer
 )
 
 func shiftOf(name string) shiftMode {
@@ -73,6 +74,12 @@ type shifter struct {
 
 func newShifter(a *App, pt Point) *shifter {
 	m := shiftOf(pt.Policy)
+	if m == shiftOff && pt.LabelShift && a.Est != nil {
+		// The gateway's apps[].label_shift (its default), for every policy:
+		// the corrected estimate gives the answer without a model only
+		// (scheduler.Reweigh).
+		m = shiftAnswer
+	}
 	if m == shiftOff {
 		return nil
 	}
@@ -80,7 +87,7 @@ func newShifter(a *App, pt Point) *shifter {
 	switch m {
 	case shiftOnline:
 		s.ps = sneakpeek.NewPriorShift(a.Sched.Prior, pt.Shift)
-	case shiftCal:
+	case shiftCal, shiftAnswer:
 		s.ps = sneakpeek.NewPriorShift(a.EstimateMarginal(), pt.Shift)
 	default:
 		s.prior = sneakpeek.NewPriorShift(a.Sched.Prior, sneakpeek.ShiftOptions{}).TrainPrior()
@@ -94,7 +101,7 @@ func (s *shifter) correct(a *App, pt *Point, i int, prog float64) []float64 {
 	p := a.Est[i]
 	dst := make([]float64, len(p))
 	switch s.mode {
-	case shiftOnline, shiftCal:
+	case shiftOnline, shiftCal, shiftAnswer:
 		s.ps.Correct(p, dst)
 	case shiftTrue:
 		w := pt.Workload

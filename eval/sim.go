@@ -64,6 +64,12 @@ type GatewayModel struct {
 	// policy sheds under overload, an arrival it would shed anyway is answered
 	// from its estimate at once, neither queued nor charged to the loop.
 	PriceAdmission bool
+	// LabelShift is the gateway's apps[].label_shift: every estimate is
+	// corrected for the live class mix in arrival order (sneakpeek.PriorShift
+	// from the estimator's mean output, Point.Shift's window), and the corrected
+	// estimate gives the request's answer without a model (scheduler.Reweigh).
+	// The label-shift policies (PolicyShift...) keep their own correction.
+	LabelShift bool
 	// EgressDelay is the delay from the loop to the broker that the gateway's
 	// admission adds to the wait it weighs a budget against (its average,
 	// scheduler.Backlog.Egress; a live run's sneakgate_reply_egress_seconds).
@@ -330,18 +336,24 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		if pt.Policy == PolicyOracle {
 			correct = oracleCorrect(a, q.sample)
 		}
+		from := q.sample // the sample whose estimate the request gets
 		if placebo != nil {
 			// The estimate (and difficulty) of another request of the same workload.
 			prog := float64(q.seq-1) / float64(max(1, pt.Requests-1))
-			other := a.draw(placebo, &pt.Workload, prog)
-			est = a.Est[other]
+			from = a.draw(placebo, &pt.Workload, prog)
+			est = a.Est[from]
 			if correct != nil {
-				correct = a.Correct[other]
+				correct = a.Correct[from]
 			}
 		}
 		if shift != nil {
 			// The gateway corrects every estimate on arrival, in arrival order.
-			est = shift.correct(a, &pt, q.sample, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
+			c := shift.correct(a, &pt, from, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
+			if shift.mode == shiftAnswer {
+				q.answerEst = c // Reweigh, after Prepare and Sharpen on the raw estimate
+			} else {
+				est = c
+			}
 		}
 		return est, correct
 	}

@@ -131,7 +131,7 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 		return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err)
 	}
 	if len(m.Estimators) == 0 {
-		if ac.LabelShift {
+		if ac.LabelShift != nil && *ac.LabelShift {
 			return nil, fmt.Errorf("gateway: %w: apps[%d].label_shift: %s has no estimator", ErrConfig, i, m.Name)
 		}
 		return a, nil
@@ -160,12 +160,18 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 			return nil, fmt.Errorf("gateway: apps[%d]: difficulty: %w", i, err)
 		}
 	}
-	if ac.LabelShift {
+	if ac.LabelShift == nil || *ac.LabelShift {
 		marginal, err := estimatorMarginal(m, a.est)
-		if err != nil {
+		switch {
+		case err == nil:
+			a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{})
+		case ac.LabelShift != nil:
 			return nil, fmt.Errorf("gateway: apps[%d].label_shift: %w", i, err)
+		default:
+			// On by default: an application packaged without its validation
+			// split (THIRD_PARTY.md) serves without the correction.
+			g.log.Warn().Err(err).Str("app", m.Name).Msg("label-shift correction off: its starting prior, the estimator's mean output on the validation split, cannot be computed (set apps[].label_shift: false to silence this)")
 		}
-		a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{})
 	}
 	return a, nil
 }
@@ -419,6 +425,7 @@ func (g *Gateway) reprepare(j *job) bool {
 	}
 	j.rt = a
 	j.Estimate, j.Correct = g.estimate(a, j.Input)
+	j.Answer = g.answerEstimate(a, j.Estimate)
 	return true
 }
 

@@ -289,10 +289,15 @@ type AppConfig struct {
 	Estimator string `yaml:"estimator"`
 	// DefaultDeadline overrides the manifest's default deadline.
 	DefaultDeadline time.Duration `yaml:"default_deadline"`
-	// LabelShift corrects the estimates for the live label mix (online EM,
-	// sneakpeek.PriorShift). Off by default: docs/evaluation.md shows it gains
-	// under overload on shifted mixes and costs a little at low load.
-	LabelShift bool `yaml:"label_shift"`
+	// LabelShift corrects each estimate for the live label mix (online EM from
+	// the estimator's mean output on the validation split, sneakpeek.PriorShift)
+	// and answers a request without a model (degraded, shed) from the corrected
+	// estimate; the variants' values keep the raw one (scheduler.Reweigh). On by
+	// default for an application with an estimator (nil: on, and off with a log
+	// line when the validation split cannot be read); false turns it off, true
+	// makes a missing estimator or validation split an error. docs/evaluation.md,
+	// "Label-shift correction", has what it gains and costs.
+	LabelShift *bool `yaml:"label_shift"`
 	// ClassBased ignores the manifest's per-sample difficulty model: expected
 	// accuracy is then sum_y p(y) recall(y), the published method's form (for
 	// comparison). The difficulty model is used only with the estimator it was

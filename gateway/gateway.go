@@ -335,6 +335,7 @@ func (g *Gateway) recover() error {
 			g.expired = append(g.expired, j)
 		default:
 			j.Estimate, j.Correct = g.estimate(a, j.Input)
+			j.Answer = g.answerEstimate(a, j.Estimate)
 			g.recovered = append(g.recovered, j)
 		}
 	}

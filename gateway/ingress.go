@@ -169,10 +169,11 @@ func (g *Gateway) handle(a arrival) {
 		return
 	}
 	est, correct := g.estimate(app, req.Input)
+	answer := g.answerEstimate(app, est)
 	var pre *scheduler.Request // prepared for the price gate; the loop takes it over
 	if reserved {
 		var shed bool
-		if pre, shed = g.shedsAtAdmission(req, app, est, correct); shed {
+		if pre, shed = g.shedsAtAdmission(req, app, est, correct, answer); shed {
 			// Not journaled: answered like a request admission refuses, unless the
 			// journal knows it (a redelivered copy), which takes the normal path.
 			// So does a request whose lookup failed: Put, below, is the authority
@@ -185,7 +186,7 @@ func (g *Gateway) handle(a arrival) {
 			if err == nil && res.Dup == store.New {
 				release()
 				g.m.admissionShed.WithLabelValues(req.App).Inc()
-				g.answerFromEstimate(msg, req, app, est)
+				g.answerFromEstimate(msg, req, app, orRaw(answer, est))
 				return
 			}
 		}
@@ -232,7 +233,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
-		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, rt: app, pre: pre}
+		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, Answer: answer, rt: app, pre: pre}
 	submitted := false
 	if reserved {
 		submitted = g.loop.Submit(j)
@@ -268,7 +269,7 @@ func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *a
 		return false
 	}
 	g.m.refusedDeg.WithLabelValues(req.App).Inc()
-	g.answerFromEstimate(msg, req, app, est)
+	g.answerFromEstimate(msg, req, app, orRaw(g.answerEstimate(app, est), est))
 	return true
 }
 
@@ -286,9 +287,10 @@ func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, ap
 // shedsAtAdmission reports whether admission.price_shed answers this request
 // from its estimate: the scheduler's latest gate (scheduler.PriceGate) sheds it
 // as the request prepared for the scheduler (est and, with a difficulty model,
-// correct, as the loop prepares it). It returns that prepared request (nil when
-// no gate sheds now), which the loop takes over if the request is queued.
-func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct []float64) (*scheduler.Request, bool) {
+// correct, and the answer estimate, as the loop prepares it). It returns that
+// prepared request (nil when no gate sheds now), which the loop takes over if
+// the request is queued.
+func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct, answer []float64) (*scheduler.Request, bool) {
 	if !g.cfg.Admission.PriceShed || app == nil || est == nil {
 		return nil, false
 	}
@@ -300,6 +302,7 @@ func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, 
 	if correct != nil {
 		scheduler.Sharpen(r, correct)
 	}
+	scheduler.Reweigh(r, answer)
 	return r, gate.Sheds(r, g.now())
 }
 
@@ -514,8 +517,26 @@ func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct []float64
 			}
 		}
 	}
-	if a.shift != nil {
-		a.shift.Correct(p, p)
-	}
 	return p, correct
+}
+
+// answerEstimate is p corrected for a's live label mix (apps[].label_shift):
+// the estimate a request's answer without a model comes from (degraded, shed;
+// scheduler.Reweigh). It updates the live mix's estimate, so it is called once
+// per request, in arrival order. nil when a has no correction or p is nil.
+func (g *Gateway) answerEstimate(a *appRuntime, p []float64) []float64 {
+	if a == nil || a.shift == nil || p == nil {
+		return nil
+	}
+	q := make([]float64, len(p))
+	a.shift.Correct(p, q)
+	return q
+}
+
+// orRaw is the answer estimate q, or the raw estimate p without one.
+func orRaw(q, p []float64) []float64 {
+	if q != nil {
+		return q
+	}
+	return p
 }

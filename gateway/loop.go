@@ -36,6 +36,10 @@ type job struct {
 	// Correct is, per variant, the probability that it answers this request
 	// correctly (the app's difficulty model; nil without one).
 	Correct []float64
+	// Answer is Estimate corrected for the live label mix (apps[].label_shift;
+	// nil without the correction): a degraded answer comes from it
+	// (scheduler.Reweigh).
+	Answer []float64
 
 	// first is the answer of the cascade's first pass while the request waits
 	// for a second one (the loop replies with it on a FirstAnswer verdict).
@@ -72,6 +76,7 @@ func (j *job) prepare(apps map[string]*scheduler.App, seq uint64) {
 	if j.Correct != nil {
 		scheduler.Sharpen(j.req, j.Correct)
 	}
+	scheduler.Reweigh(j.req, j.Answer)
 }
 
 // appSwap replaces the loop's applications (a reload, Gateway.Reload). The loop
@@ -650,7 +655,7 @@ func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
 			}
 			l.reply(j, r)
 		case scheduler.Degraded:
-			l.reply(j, degraded(j.Estimate, v.Reason, now))
+			l.reply(j, degraded(orRaw(j.Answer, j.Estimate), v.Reason, now))
 		default:
 			l.reply(j, result{Status: protocol.StatusExpired, Reason: v.Reason, Start: now, Done: now})
 		}

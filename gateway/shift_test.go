@@ -1,6 +1,10 @@
 package gateway
 
 import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +17,8 @@ import (
 // correction starts from the estimator's mean output on the validation split.
 func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.Apps = []AppConfig{{Manifest: fashionManifest, LabelShift: true}}
+	on := true
+	cfg.Apps = []AppConfig{{Manifest: fashionManifest, LabelShift: &on}}
 	g := &Gateway{cfg: &cfg, log: zerolog.Nop(), m: newMetrics(nil),
 		now: time.Now, reg: prometheus.NewRegistry()}
 	if err := g.loadApps(); err != nil {
@@ -36,7 +41,7 @@ func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 		a.est.Estimate(samples.Row(i), p)
 		uncorrected += p[cls]
 		est, _ := g.estimate(a, samples.Row(i))
-		corrected += est[cls]
+		corrected += g.answerEstimate(a, est)[cls]
 		n++
 	}
 	if got := a.shift.Prior()[cls]; !(got > start+0.3) {
@@ -47,5 +52,72 @@ func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 	}
 	if s := g.stats().Apps["fashion"]; len(s.LivePrior) != 10 {
 		t.Errorf("stats live prior %v", s.LivePrior)
+	}
+}
+
+// label_shift is on by default for an application with an estimator, off when
+// set false; by default an application whose validation split cannot be read
+// serves without it (a package without the split, THIRD_PARTY.md), while an
+// explicit true makes that an error.
+func TestLabelShiftDefault(t *testing.T) {
+	// fashion's manifest directory with every file linked but the validation split.
+	dir := t.TempDir()
+	src, err := filepath.Abs(filepath.Dir(fashionManifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if rel == filepath.Join("data", "validation.sgs") {
+			return nil
+		}
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(rel)), 0o755); err != nil {
+			return err
+		}
+		return os.Symlink(p, filepath.Join(dir, rel))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	noVal := filepath.Join(dir, "manifest.yaml")
+	on, off := true, false
+	for _, c := range []struct {
+		name     string
+		manifest string
+		set      *bool
+		want     bool // correction on
+		fails    bool
+	}{
+		{"default", fashionManifest, nil, true, false},
+		{"false", fashionManifest, &off, false, false},
+		{"true", fashionManifest, &on, true, false},
+		{"default without the validation split", noVal, nil, false, false},
+		{"true without the validation split", noVal, &on, false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Apps = []AppConfig{{Manifest: c.manifest, LabelShift: c.set}}
+			g := &Gateway{cfg: &cfg, log: zerolog.Nop(), m: newMetrics(nil),
+				now: time.Now, reg: prometheus.NewRegistry()}
+			err := g.loadApps()
+			if c.fails {
+				if err == nil {
+					t.Fatal("loaded; want an error naming label_shift")
+				}
+				if !strings.Contains(err.Error(), "label_shift") {
+					t.Errorf("error %q does not name label_shift", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, _ := g.app("fashion")
+			if got := a.shift != nil; got != c.want {
+				t.Errorf("correction on: %v, want %v", got, c.want)
+			}
+		})
 	}
 }

@@ -86,9 +86,12 @@ type Request struct {
 	// counts from it, as a dynamic batcher's counts from when a request reaches
 	// the batcher (QueuedAt).
 	Queued time.Time
-	// P is the SneakPeek estimate (a class distribution), or nil when there is none.
+	// P is the SneakPeek estimate (a class distribution), or nil when there is
+	// none; a degraded answer is argmax P. With a label-shift correction it is
+	// the corrected estimate (Reweigh).
 	P []float64
-	// Class is argmax P (-1 without an estimate): the grouping key.
+	// Class is the argmax of the estimate the variants are valued under
+	// (Prepare's; -1 without an estimate): the grouping key.
 	Class int
 	// ExpUtility[m] is the data-aware expected utility of variant m under P (the
 	// profiled utility when P is nil).

@@ -131,6 +131,31 @@ func Prepare(app *App, seq uint64, arrival, deadline time.Time, p []float64, ref
 	return r
 }
 
+// Reweigh makes q, a corrected estimate of r's class (the label-shift
+// correction for the live class mix, sneakpeek.PriorShift), what r's answer
+// without a model is taken from and judged by: r.P (a degraded answer is
+// argmax q), DegradedUtility and NoAnswerUtility, so the shedding walk, the
+// admission gate and the answers it gives use it. r's variant values
+// (ExpUtility, ExpAccuracy) and its grouping class (Class) stay those of the
+// estimate Prepare (and Sharpen) had: the correction sharpens estimates toward
+// the classes the live mix is heavy in, and with it choosing variants (and
+// grouping by the corrected class) lost at low load, where no answer comes
+// from the estimate (vad quiet-room at load 1: 0.015 below the uncorrected
+// estimate; docs/evaluation.md, "Label-shift correction"). q is kept, not
+// copied; nil (no correction) leaves r as it is.
+func Reweigh(r *Request, q []float64) {
+	if q == nil || len(q) != r.App.K {
+		return
+	}
+	r.P = q
+	c := Argmax(q)
+	r.DegradedUtility = 0
+	for y, py := range q {
+		r.DegradedUtility += py * r.App.Utility[y][c]
+	}
+	r.NoAnswerUtility = r.App.ExpectedNoAnswer(q)
+}
+
 // ExpectedNoAnswer is the expected value of no answer, sum_y p(y) NoAnswer[y],
 // under p or under the prior when p is nil; 0 when the application sets none.
 func (a *App) ExpectedNoAnswer(p []float64) float64 {

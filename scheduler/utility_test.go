@@ -3,6 +3,7 @@ package scheduler
 import (
 	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -91,6 +92,42 @@ func TestPrepare(t *testing.T) {
 	o := req(a, 8, t0, ms(50), nil)
 	if o.Class != -1 || o.ExpUtility[1] != a.Variants[1].ProfiledUtility {
 		t.Errorf("oblivious request: class %d, utilities %v", o.Class, o.ExpUtility)
+	}
+}
+
+// Reweigh takes the answer without a model, its value and the value of no
+// answer from the corrected estimate, and keeps the variants' values and the
+// grouping class of the raw one.
+func TestReweighKeepsVariantValues(t *testing.T) {
+	a := testApp()
+	a.NoAnswer = []float64{0, -1}
+	r := req(a, 7, t0, ms(50), []float64{0.4, 0.6})
+	exp := slices.Clone(r.ExpUtility)
+	acc := slices.Clone(r.ExpAccuracy)
+	q := []float64{0.9, 0.1}
+	Reweigh(r, q)
+	if &r.P[0] != &q[0] {
+		t.Error("P is not the corrected estimate")
+	}
+	if r.Class != 1 {
+		t.Errorf("Class = %d, want the raw estimate's 1", r.Class)
+	}
+	if !slices.Equal(r.ExpUtility, exp) || !slices.Equal(r.ExpAccuracy, acc) {
+		t.Errorf("variant values changed: %v %v, were %v %v", r.ExpUtility, r.ExpAccuracy, exp, acc)
+	}
+	// The degraded answer is class 0 (argmax q), right with probability 0.9.
+	if !near(r.DegradedUtility, 0.9) {
+		t.Errorf("DegradedUtility = %v, want 0.9", r.DegradedUtility)
+	}
+	if !near(r.NoAnswerUtility, -0.1) {
+		t.Errorf("NoAnswerUtility = %v, want -0.1", r.NoAnswerUtility)
+	}
+	// No correction (or one of the wrong size) leaves the request as it was.
+	o := req(a, 8, t0, ms(50), []float64{0.4, 0.6})
+	Reweigh(o, nil)
+	Reweigh(o, []float64{1})
+	if o.P[1] != 0.6 || !near(o.DegradedUtility, 0.6) || !near(o.NoAnswerUtility, -0.6) {
+		t.Errorf("uncorrected request changed: P %v, degraded %v, no answer %v", o.P, o.DegradedUtility, o.NoAnswerUtility)
 	}
 }
 
