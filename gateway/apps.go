@@ -294,6 +294,7 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 		} else {
 			g.m.reloads.WithLabelValues("ok").Inc()
 		}
+		releaseMemory() // what loading the new configuration read
 	}()
 	if err := cfg.Validate(); err != nil {
 		return res, err
