@@ -296,7 +296,7 @@ type AppConfig struct {
 	// default for an application with an estimator (nil: on, and off with a log
 	// line when the validation split cannot be read); false turns it off, true
 	// makes a missing estimator or validation split an error. docs/evaluation.md,
-	// "Label-shift correction", has what it gains and costs.
+	// "Label-shift correction on by default", has what it gains and costs.
 	LabelShift *bool `yaml:"label_shift"`
 	// ClassBased ignores the manifest's per-sample difficulty model: expected
 	// accuracy is then sum_y p(y) recall(y), the published method's form (for
