@@ -13,8 +13,9 @@ import (
 // Runtime runs it (its version, the provider and its options, the session
 // settings and thread counts, which fix the order of floating-point
 // reductions). A result computed from Run or RunAll outputs and kept across
-// restarts (the gateway's cascade and peek curves, gateway/curvecache.go) is
-// keyed with it. It is a struct of plain fields, so it marshals to JSON.
+// restarts (the gateway's cascade and peek curves, gateway/curvecache.go; the
+// engine's profiles, cache.go) is keyed with it. It is a struct of plain
+// fields, so it marshals to JSON.
 type OutputKey struct {
 	ModelSHA256     string            `json:"model_sha256"`
 	Runtime         string            `json:"onnxruntime"`
@@ -39,6 +40,12 @@ func (e *Engine) OutputKey(id VariantID) (OutputKey, error) {
 	if err != nil {
 		return OutputKey{}, err
 	}
+	return e.outputKey(v)
+}
+
+// outputKey is OutputKey of v (also the first part of its profile's cache key,
+// cache.go).
+func (e *Engine) outputKey(v *variant) (OutputKey, error) {
 	sum, err := cachefile.SHA256(v.path)
 	if err != nil {
 		return OutputKey{}, err

@@ -1,9 +1,6 @@
 package gateway
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -112,24 +109,17 @@ func (g *Gateway) curveKey(a *appRuntime, cheap, better int) *curveKey {
 	return k
 }
 
-// curveFile is the cache file of key.
+// curveFile is the cache file of key (which curveKey marshalled).
 func (g *Gateway) curveFile(key *curveKey) string {
-	b, _ := json.Marshal(key) // curveKey marshalled it: cannot fail
-	h := sha256.Sum256(b)
 	// Application and variant names cannot contain '.' (manifest.nameRE), so
 	// the prefix is unambiguous.
-	name := fmt.Sprintf("%s.%s.%s.%s.json", key.App, key.Cheap.Name, key.Better.Name, hex.EncodeToString(h[:8]))
+	name := cachefile.Name(key.App+"."+key.Cheap.Name+"."+key.Better.Name, key)
 	return filepath.Join(g.cfg.Engine.ProfileCache, curveDir, name)
 }
 
 // sameCurveKey reports whether a and b are the same key (both not nil).
 func sameCurveKey(a, b *curveKey) bool {
-	if a == nil || b == nil {
-		return false
-	}
-	x, _ := json.Marshal(a) // curveKey marshalled them: cannot fail
-	y, _ := json.Marshal(b)
-	return bytes.Equal(x, y)
+	return a != nil && b != nil && cachefile.SameKey(a, b)
 }
 
 // readCurve returns the curve file holds under key, when it does.

@@ -1,10 +1,11 @@
 // Package cachefile holds what the engine's profile cache (engine/cache.go)
 // and the gateway's curve cache (gateway/curvecache.go) share: a file's
-// SHA-256 for their keys, and the atomic store of one JSON entry that replaces
-// the entries it supersedes.
+// SHA-256 for their keys, a file name and a comparison from a key's JSON, and
+// the atomic store of one JSON entry that replaces the entries it supersedes.
 package cachefile
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,6 +13,23 @@ import (
 	"os"
 	"path/filepath"
 )
+
+// Name is the file name {prefix}.{hash}.json of an entry stored under key,
+// hash being the first 16 hex digits of the SHA-256 of key's JSON. key must
+// marshal (a struct of plain fields).
+func Name(prefix string, key any) string {
+	b, _ := json.Marshal(key)
+	h := sha256.Sum256(b)
+	return prefix + "." + hex.EncodeToString(h[:8]) + ".json"
+}
+
+// SameKey reports whether a and b marshal to the same JSON: whether an entry
+// read back was stored under the key the caller wants.
+func SameKey(a, b any) bool {
+	x, errX := json.Marshal(a)
+	y, errY := json.Marshal(b)
+	return errX == nil && errY == nil && bytes.Equal(x, y)
+}
 
 // SHA256 is the hex SHA-256 of the file's content.
 func SHA256(path string) (string, error) {
