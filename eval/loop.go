@@ -72,7 +72,7 @@ type simReq struct {
 	delay             time.Duration
 	r                 *scheduler.Request
 	// answerEst, when set, is the corrected estimate the request's answer
-	// without a model is taken from (scheduler.Reweigh; PolicyShiftAnswer).
+	// without a model is taken from (scheduler.Reweigh; GatewayModel.LabelShift).
 	answerEst []float64
 }
 

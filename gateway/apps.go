@@ -425,8 +425,7 @@ func (g *Gateway) reprepare(j *job) bool {
 		return false
 	}
 	j.rt = a
-	j.Estimate, j.Correct = g.estimate(a, j.Input)
-	j.Answer = g.answerEstimate(a, j.Estimate)
+	j.Estimate, j.Correct, j.Answer = g.estimate(a, j.Input)
 	return true
 }
 

@@ -336,8 +336,7 @@ func (g *Gateway) recover() error {
 		case now.After(e.Deadline):
 			g.expired = append(g.expired, j)
 		default:
-			j.Estimate, j.Correct = g.estimate(a, j.Input)
-			j.Answer = g.answerEstimate(a, j.Estimate)
+			j.Estimate, j.Correct, j.Answer = g.estimate(a, j.Input)
 			g.recovered = append(g.recovered, j)
 		}
 	}

@@ -168,8 +168,7 @@ func (g *Gateway) handle(a arrival) {
 		g.reject(msg, rej)
 		return
 	}
-	est, correct := g.estimate(app, req.Input)
-	answer := g.answerEstimate(app, est)
+	est, correct, answer := g.estimate(app, req.Input)
 	var pre *scheduler.Request // prepared for the price gate; the loop takes it over
 	if reserved {
 		var shed bool
@@ -264,12 +263,12 @@ func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *a
 		g.reject(msg, rej)
 		return true
 	}
-	est, _ := g.estimate(app, req.Input)
+	est, _, answer := g.estimate(app, req.Input)
 	if est == nil {
 		return false
 	}
 	g.m.refusedDeg.WithLabelValues(req.App).Inc()
-	g.answerFromEstimate(msg, req, app, orRaw(g.answerEstimate(app, est), est))
+	g.answerFromEstimate(msg, req, app, orRaw(answer, est))
 	return true
 }
 
@@ -494,17 +493,24 @@ func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.
 	g.owe(m, req.ReplyTo, req.Reject(reason, msg, retry))
 }
 
-// estimate runs the application's SneakPeek estimator; nil when there is none or
-// it returned no valid distribution (the scheduler then uses profiled accuracy).
-func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct []float64) {
-	if a.est == nil {
-		return nil, nil
+// estimate runs the application's SneakPeek estimator: its class estimate p
+// (nil when there is none or it returned no valid distribution: the scheduler
+// then uses profiled accuracy), the difficulty model's per-variant correctness
+// (nil without one), and answer, p corrected for the live label mix
+// (apps[].label_shift; nil without the correction): the estimate a request's
+// answer without a model comes from (degraded, shed; scheduler.Reweigh). The
+// correction updates the live mix's estimate, so estimate is called once per
+// request, in arrival order. a is nil when a reload removed the application
+// since the request's header was parsed: no estimate then.
+func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct, answer []float64) {
+	if a == nil || a.est == nil {
+		return nil, nil, nil
 	}
 	p = make([]float64, a.m.K())
 	a.est.Estimate(input, p)
 	if !validDistribution(p) {
 		g.log.Warn().Str("app", a.m.Name).Msg("estimator returned no valid distribution; profiled accuracy used")
-		return nil, nil
+		return nil, nil, nil
 	}
 	if a.diff != nil {
 		// The difficulty model was trained on the estimator's own output.
@@ -517,20 +523,11 @@ func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct []float64
 			}
 		}
 	}
-	return p, correct
-}
-
-// answerEstimate is p corrected for a's live label mix (apps[].label_shift):
-// the estimate a request's answer without a model comes from (degraded, shed;
-// scheduler.Reweigh). It updates the live mix's estimate, so it is called once
-// per request, in arrival order. nil when a has no correction or p is nil.
-func (g *Gateway) answerEstimate(a *appRuntime, p []float64) []float64 {
-	if a == nil || a.shift == nil || p == nil {
-		return nil
+	if a.shift != nil {
+		answer = make([]float64, len(p))
+		a.shift.Correct(p, answer)
 	}
-	q := make([]float64, len(p))
-	a.shift.Correct(p, q)
-	return q
+	return p, correct, answer
 }
 
 // orRaw is the answer estimate q, or the raw estimate p without one.

@@ -265,10 +265,7 @@ func (l *brokerLink) reconnecting() {
 // shortConnection of being made, within takeoverWindow. Any other loss, or a
 // connection that lasted, clears the suspicion. l.mu must be held.
 func (l *brokerLink) ended() (conflict bool, shorts int) {
-	if l.cancel != nil {
-		l.cancel()
-		l.cancel = nil
-	}
+	l.endAttempts()
 	if l.subscribed != nil {
 		l.subscribed.Store(false)
 	}
@@ -306,10 +303,9 @@ func (l *brokerLink) inConflict() bool {
 	return l.recentShorts(now) >= takeoverShort
 }
 
-// end ends the current connection's subscription attempts (connection lost).
-func (l *brokerLink) end() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// endAttempts ends the current connection's subscription attempts. l.mu must
+// be held.
+func (l *brokerLink) endAttempts() {
 	if l.cancel != nil {
 		l.cancel()
 		l.cancel = nil
@@ -323,8 +319,8 @@ func (l *brokerLink) stop() {
 	defer l.statusMu.Unlock()
 	l.mu.Lock()
 	l.stopped = true
+	l.endAttempts()
 	l.mu.Unlock()
-	l.end()
 }
 
 // outcome marks the first subscription attempt's outcome.
