@@ -49,6 +49,11 @@ type App struct {
 	// estimator produced Est.
 	ProfileSource, EstimatorSource string
 
+	// Answers values the corrected estimate's answers in a live class mix,
+	// from the validation split's labelled estimates (as the gateway's
+	// shiftStart; nil without a validation split or the manifest's estimator).
+	Answers *sneakpeek.AnswerValue
+
 	byClass [][]int
 	// guardOnce computes guardBase, the drift guard's baseline (GuardBaseline).
 	guardOnce  sync.Once

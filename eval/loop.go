@@ -74,6 +74,8 @@ type simReq struct {
 	// answerEst, when set, is the corrected estimate the request's answer
 	// without a model is taken from (scheduler.Reweigh; GatewayModel.LabelShift).
 	answerEst []float64
+	// mix is the live class mix answerEst was corrected for.
+	mix *sneakpeek.Mix
 }
 
 // seen is when the scheduler sees q.
@@ -426,7 +428,7 @@ func (s *engineSim) run() (*simRun, error) {
 					// (before any label-shift correction), applied to the request.
 					scheduler.Sharpen(q.r, correct)
 				}
-				scheduler.Reweigh(q.r, q.answerEst)
+				scheduler.Reweigh(q.r, q.answerEst, q.mix)
 				if s.PriceAdmission && gate.Sheds(q.r, now) {
 					// The gateway's admission.price_shed: answered from the
 					// estimate on the ingress worker, neither queued nor journaled.

@@ -78,6 +78,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		maxBatch    = fs.Int("max-batch", 32, "largest batch")
 		window      = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
 		shrink      = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
+		estAnswers  = fs.Bool("estimate-answers", true, "data-aware policies, with -label-shift: answer a request from its corrected estimate when that is worth at least as much as any model's answer in the live class mix (scheduler.Options.EstimateAnswers, the gateway's scheduler.estimate_answers, simulated and live); false: the figures of docs/evaluation.md computed before 2026-12-02's third session")
 		horizon     = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
 		_           = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
 		_           = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
@@ -145,7 +146,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	opts := scheduler.Options{MaxBatch: *maxBatch, Window: *window, Shrink: *shrink, PriceHorizon: *horizon}
+	opts := scheduler.Options{MaxBatch: *maxBatch, Window: *window, Shrink: *shrink, PriceHorizon: *horizon, EstimateAnswers: *estAnswers}
 	if opts.CascadeFirst, err = parsePairs(*cascFirst); err != nil {
 		return fmt.Errorf("eval: -cascade-first: %w", err)
 	}

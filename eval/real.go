@@ -236,6 +236,11 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 			return nil, err
 		}
 		a.Est, a.EstimatorSource = est, desc
+		if m.Validation != nil {
+			if a.Answers, err = validationAnswers(m, a.Sched, f); err != nil {
+				return nil, err
+			}
+		}
 		if o.Estimate == nil && m.Difficulty != nil {
 			name := o.Estimator
 			if name == "" && len(m.Estimators) > 0 {
@@ -263,6 +268,26 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// validationAnswers estimates every row of m's validation split with est, the
+// function that estimated the samples, and keeps them with their labels to
+// value the corrected estimate's answers in a live class mix (the gateway's
+// shiftStart does the same).
+func validationAnswers(m *manifest.App, sa *scheduler.App, est func(*manifest.App, *dataset.Set) ([][]float64, string, error)) (*sneakpeek.AnswerValue, error) {
+	set, err := dataset.Read(m.Path(m.Validation.File))
+	if err != nil {
+		return nil, fmt.Errorf("eval: %s: validation split: %w", m.Name, err)
+	}
+	p, _, err := est(m, set)
+	if err != nil {
+		return nil, fmt.Errorf("eval: %s: validation split: %w", m.Name, err)
+	}
+	labels := make([]int, set.N)
+	for i, y := range set.Labels {
+		labels[i] = int(y)
+	}
+	return sneakpeek.NewAnswerValue(labels, p, sa.Utility)
 }
 
 // difficultyOf runs the manifest's difficulty model on every sample, from the

@@ -87,8 +87,12 @@ func newShifter(a *App, pt Point) *shifter {
 	switch m {
 	case shiftOnline:
 		s.ps = sneakpeek.NewPriorShift(a.Sched.Prior, pt.Shift)
-	case shiftCal, shiftAnswer:
+	case shiftCal:
 		s.ps = sneakpeek.NewPriorShift(a.EstimateMarginal(), pt.Shift)
+	case shiftAnswer:
+		o := pt.Shift
+		o.Answers = a.Answers // the Mix of scheduler.Options.EstimateAnswers
+		s.ps = sneakpeek.NewPriorShift(a.EstimateMarginal(), o)
 	default:
 		s.prior = sneakpeek.NewPriorShift(a.Sched.Prior, sneakpeek.ShiftOptions{}).TrainPrior()
 	}

@@ -351,6 +351,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 			c := shift.correct(a, &pt, from, float64(q.seq-1)/float64(max(1, pt.Requests-1)))
 			if shift.mode == shiftAnswer {
 				q.answerEst = c // Reweigh, after Prepare and Sharpen on the raw estimate
+				q.mix = shift.ps.Mix()
 			} else {
 				est = c
 			}

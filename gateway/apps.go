@@ -161,10 +161,10 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 		}
 	}
 	if ac.LabelShift == nil || *ac.LabelShift {
-		marginal, err := estimatorMarginal(m, a.est)
+		marginal, answers, err := shiftStart(m, a.est, a.sched.Utility)
 		switch {
 		case err == nil:
-			a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{})
+			a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{Answers: answers})
 		case ac.LabelShift != nil:
 			return nil, fmt.Errorf("gateway: apps[%d].label_shift: %w", i, err)
 		default:
@@ -425,7 +425,7 @@ func (g *Gateway) reprepare(j *job) bool {
 		return false
 	}
 	j.rt = a
-	j.Estimate, j.Correct, j.Answer = g.estimate(a, j.Input)
+	j.Estimate, j.Correct, j.Answer, j.Mix = g.estimate(a, j.Input)
 	return true
 }
 

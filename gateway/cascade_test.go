@@ -160,6 +160,9 @@ func TestPeekEndToEnd(t *testing.T) {
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	cfg.Scheduler.Policy = "sneakpeek"
 	cfg.Scheduler.Peek = map[string]string{"fashion": "cnn"}
+	// Every request must get a model answer (a few would otherwise be answered
+	// from the estimate: scheduler.estimate_answers).
+	cfg.Scheduler.EstimateAnswers = false
 	cfg.Apps = []AppConfig{{Manifest: fashionManifest}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

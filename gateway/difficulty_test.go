@@ -29,7 +29,7 @@ func TestDifficultyUsedUnlessClassBased(t *testing.T) {
 		}
 		differ := 0
 		for i := range 50 {
-			p, c, _ := g.estimate(a, rows.Row(i))
+			p, c, _, _ := g.estimate(a, rows.Row(i))
 			if (c == nil) != classBased {
 				t.Fatalf("class_based %v: correctness %v", classBased, c)
 			}

@@ -336,7 +336,7 @@ func (g *Gateway) recover() error {
 		case now.After(e.Deadline):
 			g.expired = append(g.expired, j)
 		default:
-			j.Estimate, j.Correct, j.Answer = g.estimate(a, j.Input)
+			j.Estimate, j.Correct, j.Answer, j.Mix = g.estimate(a, j.Input)
 			g.recovered = append(g.recovered, j)
 		}
 	}

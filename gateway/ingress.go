@@ -11,6 +11,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -168,11 +169,11 @@ func (g *Gateway) handle(a arrival) {
 		g.reject(msg, rej)
 		return
 	}
-	est, correct, answer := g.estimate(app, req.Input)
+	est, correct, answer, mix := g.estimate(app, req.Input)
 	var pre *scheduler.Request // prepared for the price gate; the loop takes it over
 	if reserved {
 		var shed bool
-		if pre, shed = g.shedsAtAdmission(req, app, est, correct, answer); shed {
+		if pre, shed = g.shedsAtAdmission(req, app, est, correct, answer, mix); shed {
 			// Not journaled: answered like a request admission refuses, unless the
 			// journal knows it (a redelivered copy), which takes the normal path.
 			// So does a request whose lookup failed: Put, below, is the authority
@@ -232,7 +233,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
-		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, Answer: answer, rt: app, pre: pre}
+		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, Answer: answer, Mix: mix, rt: app, pre: pre}
 	submitted := false
 	if reserved {
 		submitted = g.loop.Submit(j)
@@ -263,7 +264,7 @@ func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *a
 		g.reject(msg, rej)
 		return true
 	}
-	est, _, answer := g.estimate(app, req.Input)
+	est, _, answer, _ := g.estimate(app, req.Input)
 	if est == nil {
 		return false
 	}
@@ -289,7 +290,7 @@ func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, ap
 // correct, and the answer estimate, as the loop prepares it). It returns that
 // prepared request (nil when no gate sheds now), which the loop takes over if
 // the request is queued.
-func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct, answer []float64) (*scheduler.Request, bool) {
+func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct, answer []float64, mix *sneakpeek.Mix) (*scheduler.Request, bool) {
 	if !g.cfg.Admission.PriceShed || app == nil || est == nil {
 		return nil, false
 	}
@@ -301,7 +302,7 @@ func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, 
 	if correct != nil {
 		scheduler.Sharpen(r, correct)
 	}
-	scheduler.Reweigh(r, answer)
+	scheduler.Reweigh(r, answer, mix)
 	return r, gate.Sheds(r, g.now())
 }
 
@@ -498,19 +499,20 @@ func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.
 // then uses profiled accuracy), the difficulty model's per-variant correctness
 // (nil without one), and answer, p corrected for the live label mix
 // (apps[].label_shift; nil without the correction): the estimate a request's
-// answer without a model comes from (degraded, shed; scheduler.Reweigh). The
-// correction updates the live mix's estimate, so estimate is called once per
-// request, in arrival order. a is nil when a reload removed the application
-// since the request's header was parsed: no estimate then.
-func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct, answer []float64) {
+// answer without a model comes from (degraded, shed; scheduler.Reweigh), with
+// mix, the live class mix it was corrected for (nil without the correction).
+// The correction updates the live mix's estimate, so estimate is called once
+// per request, in arrival order. a is nil when a reload removed the
+// application since the request's header was parsed: no estimate then.
+func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct, answer []float64, mix *sneakpeek.Mix) {
 	if a == nil || a.est == nil {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	p = make([]float64, a.m.K())
 	a.est.Estimate(input, p)
 	if !validDistribution(p) {
 		g.log.Warn().Str("app", a.m.Name).Msg("estimator returned no valid distribution; profiled accuracy used")
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	if a.diff != nil {
 		// The difficulty model was trained on the estimator's own output.
@@ -526,8 +528,9 @@ func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct, answer [
 	if a.shift != nil {
 		answer = make([]float64, len(p))
 		a.shift.Correct(p, answer)
+		mix = a.shift.Mix()
 	}
-	return p, correct, answer
+	return p, correct, answer, mix
 }
 
 // orRaw is the answer estimate q, or the raw estimate p without one.

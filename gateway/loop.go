@@ -12,6 +12,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // runner is what the scheduling loop needs of the engine. The engine adapter
@@ -40,6 +41,9 @@ type job struct {
 	// nil without the correction): a degraded answer comes from it
 	// (scheduler.Reweigh).
 	Answer []float64
+	// Mix is the live class mix Answer was corrected for (nil without the
+	// correction; scheduler.Request.Mix).
+	Mix *sneakpeek.Mix
 
 	// first is the answer of the cascade's first pass while the request waits
 	// for a second one (the loop replies with it on a FirstAnswer verdict).
@@ -76,7 +80,7 @@ func (j *job) prepare(apps map[string]*scheduler.App, seq uint64) {
 	if j.Correct != nil {
 		scheduler.Sharpen(j.req, j.Correct)
 	}
-	scheduler.Reweigh(j.req, j.Answer)
+	scheduler.Reweigh(j.req, j.Answer, j.Mix)
 }
 
 // appSwap replaces the loop's applications (a reload, Gateway.Reload). The loop

@@ -5,33 +5,46 @@ import (
 
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/manifest"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
-// estimatorMarginal is the estimator's mean output on the application's
-// validation split: the prior the label-shift correction starts from, so that on
-// the validation mix it corrects nothing (an estimator's mean output need not equal
-// the split's label mix). Without a validation split it is the manifest's prior.
-func estimatorMarginal(m *manifest.App, est estimator) ([]float64, error) {
+// shiftStart reads what the label-shift correction starts from, on the
+// application's validation split: the estimator's mean output (the prior the
+// correction starts from, so that on the validation mix it corrects nothing: an
+// estimator's mean output need not equal the split's label mix), and the
+// split's labelled estimates, which value the corrected estimate's answers in
+// the live mix (sneakpeek.AnswerValue under the utility matrix w;
+// scheduler.Options.EstimateAnswers). Without a validation split the start is
+// the manifest's prior and answers is nil.
+func shiftStart(m *manifest.App, est estimator, w [][]float64) (marginal []float64, answers *sneakpeek.AnswerValue, err error) {
 	if m.Validation == nil {
-		return append([]float64(nil), m.Prior...), nil
+		return append([]float64(nil), m.Prior...), nil, nil
 	}
 	val, err := dataset.Read(m.Path(m.Validation.File))
 	if err != nil {
-		return nil, fmt.Errorf("validation split: %w", err)
+		return nil, nil, fmt.Errorf("validation split: %w", err)
 	}
 	if val.D != m.InputSize || val.N == 0 {
-		return nil, fmt.Errorf("validation split %s: %d rows of %d values, want rows of %d", m.Validation.File, val.N, val.D, m.InputSize)
+		return nil, nil, fmt.Errorf("validation split %s: %d rows of %d values, want rows of %d", m.Validation.File, val.N, val.D, m.InputSize)
 	}
-	sum := make([]float64, m.K())
-	p := make([]float64, m.K())
+	k := m.K()
+	sum := make([]float64, k)
+	ests := make([][]float64, val.N)
+	labels := make([]int, val.N)
+	flat := make([]float64, val.N*k)
 	for i := range val.N {
+		p := flat[i*k : (i+1)*k : (i+1)*k]
 		est.Estimate(val.Row(i), p)
 		for y, x := range p {
 			sum[y] += x
 		}
+		ests[i], labels[i] = p, int(val.Labels[i])
 	}
 	for y := range sum {
 		sum[y] /= float64(val.N)
 	}
-	return sum, nil
+	if answers, err = sneakpeek.NewAnswerValue(labels, ests, w); err != nil {
+		return nil, nil, fmt.Errorf("validation split %s: %w", m.Validation.File, err)
+	}
+	return sum, answers, nil
 }

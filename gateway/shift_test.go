@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // With label_shift on, a stream of one class moves the gateway's estimate of the
@@ -31,6 +33,7 @@ func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 	const cls = 8 // bag
 	start := a.shift.Prior()[cls]
 	var uncorrected, corrected float64
+	var mix *sneakpeek.Mix
 	n := 0
 	for i := 0; i < samples.N && n < 400; i++ {
 		if samples.Labels[i] != cls {
@@ -39,7 +42,8 @@ func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 		p := make([]float64, a.m.K())
 		a.est.Estimate(samples.Row(i), p)
 		uncorrected += p[cls]
-		_, _, answer := g.estimate(a, samples.Row(i))
+		var answer []float64
+		_, _, answer, mix = g.estimate(a, samples.Row(i))
 		corrected += answer[cls]
 		n++
 	}
@@ -48,6 +52,12 @@ func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 	}
 	if !(corrected > uncorrected) {
 		t.Errorf("corrected mean p(bag) %.3f not above uncorrected %.3f", corrected/float64(n), uncorrected/float64(n))
+	}
+	// The live mix the estimate comes with (scheduler.Options.EstimateAnswers)
+	// follows, and values the corrected estimate's answers on the validation
+	// split.
+	if mix == nil || !(mix.Prior[cls] > start+0.3) || !(mix.Answer > 0 && mix.Answer <= 1) {
+		t.Errorf("the estimate's Mix %+v: want bags above %.3f and an answer value in (0, 1]", mix, start+0.3)
 	}
 	if s := g.stats().Apps["fashion"]; len(s.LivePrior) != 10 {
 		t.Errorf("stats live prior %v", s.LivePrior)
@@ -101,5 +111,30 @@ func TestLabelShiftDefault(t *testing.T) {
 				t.Errorf("correction on: %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// scheduler.estimate_answers is on by default and reaches the policy's options;
+// false in the file turns it off.
+func TestEstimateAnswersDefault(t *testing.T) {
+	cfg := DefaultConfig()
+	if !cfg.SchedulerOptions().EstimateAnswers {
+		t.Error("default: EstimateAnswers off")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	man, err := filepath.Abs(fashionManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("apps:\n  - manifest: "+man+"\nscheduler:\n  estimate_answers: false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SchedulerOptions().EstimateAnswers {
+		t.Error("estimate_answers: false left it on")
 	}
 }

@@ -85,6 +85,10 @@ const (
 	ReasonPastHardStop Reason = "past_hard_stop"
 	// ReasonNotWorth: running a model was predicted to be worth nothing.
 	ReasonNotWorth Reason = "not_worth_running"
+	// ReasonEstimateWorthMore: the request's estimate (corrected for the live
+	// class mix) was predicted to be worth at least as much as any model's
+	// answer, so the gateway answered from it without running a model.
+	ReasonEstimateWorthMore Reason = "estimate_worth_more"
 	// ReasonNoVariantFits: no variant of the application fits the memory budget.
 	ReasonNoVariantFits Reason = "no_variant_fits_budget"
 	// ReasonExpiredWhileDown: the deadline passed while the gateway was down; found
@@ -112,7 +116,7 @@ var reasons = map[Reason]bool{
 var answerReasons = map[Reason]bool{
 	ReasonNoVariantInTime: true, ReasonOverloadShed: true, ReasonPastHardStop: true,
 	ReasonNotWorth: true, ReasonNoVariantFits: true, ReasonExpiredWhileDown: true,
-	ReasonExpiredBeforeReceipt: true, ReasonBrokerUnavailable: true,
+	ReasonExpiredBeforeReceipt: true, ReasonBrokerUnavailable: true, ReasonEstimateWorthMore: true,
 }
 
 // AnswerReasons returns the reasons degraded and expired replies carry.

@@ -1,5 +1,7 @@
 package scheduler
 
+import "github.com/sneakgate/sneakgate/sneakpeek"
+
 // Sharpen refines a prepared request's expected accuracy and utility with
 // per-sample correctness: c[m] is the probability that variant m answers this
 // request correctly (sneakpeek.Difficulty), where Prepare could only say how
@@ -23,10 +25,7 @@ func Sharpen(r *Request, c []float64) {
 	}
 	w := r.App.Utility
 	for m, v := range r.App.Variants {
-		base := 0.0
-		for y, py := range p {
-			base += py * v.Recall[y]
-		}
+		base := sneakpeek.ExpectedAccuracy(p, v.Recall)
 		if !(base > 0) || !(c[m] >= 0) {
 			continue
 		}
@@ -36,25 +35,41 @@ func Sharpen(r *Request, c []float64) {
 			if py == 0 {
 				continue
 			}
-			ry := v.Recall[y]
-			switch {
-			case cm < base:
-				ry *= cm / base
-			case base < 1:
-				ry = 1 - (1-ry)*(1-cm)/(1-base)
-			}
-			wrong, miss := 0.0, 1-v.Cond[y][y]
-			if miss > 1e-12 {
-				for yh, q := range v.Cond[y] {
-					if yh != y {
-						wrong += q * w[y][yh]
-					}
-				}
-				wrong /= miss
-			}
-			u += py * (ry*w[y][y] + (1-ry)*wrong)
+			ry := sharpRecall(v.Recall[y], cm, base)
+			u += py * (ry*w[y][y] + (1-ry)*wrongValue(v, w, y))
 			acc += py * ry
 		}
 		r.ExpUtility[m], r.ExpAccuracy[m] = u, acc
 	}
+}
+
+// sharpRecall moves a class recall ry so that a variant whose expected
+// accuracy is base under an estimate has accuracy c instead, keeping the
+// recalls' proportions (Sharpen): below base the recalls shrink by c/base,
+// above it the error rates 1 - ry shrink by (1-c)/(1-base). c == base gives ry.
+func sharpRecall(ry, c, base float64) float64 {
+	switch {
+	case c < base:
+		return ry * c / base
+	case base < 1:
+		return 1 - (1-ry)*(1-c)/(1-base)
+	}
+	return ry
+}
+
+// wrongValue is the value of v's wrong answers to class y as its confusion
+// matrix distributes them: sum_{yhat != y} Cond[y][yhat] W[y][yhat] / (1 - Cond[y][y])
+// (0 when v is never wrong on y).
+func wrongValue(v *Variant, w [][]float64, y int) float64 {
+	miss := 1 - v.Cond[y][y]
+	if miss <= 1e-12 {
+		return 0
+	}
+	wrong := 0.0
+	for yh, q := range v.Cond[y] {
+		if yh != y {
+			wrong += q * w[y][yh]
+		}
+	}
+	return wrong / miss
 }

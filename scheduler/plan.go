@@ -5,6 +5,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // This file holds what the searching policies (sneakpeek, oblivious, bruteforce)
@@ -34,6 +36,9 @@ type view struct {
 	// (assignMix), so that load can be spread over variants instead of moving
 	// all traffic from one variant to another at once.
 	mix bool
+	// estimateAnswers (data-aware) answers a request from its estimate when
+	// that is worth more than any model answer (Options.EstimateAnswers).
+	estimateAnswers bool
 }
 
 // degrade reports whether r may be answered with its estimate.
@@ -126,6 +131,12 @@ type appInfo struct {
 	// peekClass[y] is the per-class gain at that point (ClassGain), nil
 	// when the curve has none.
 	peekClass []float64
+	// mixProf[m] is variant m's profiled utility in the live mix mix.Prior
+	// (estimateWorthMore), for the last Mix seen; mixOK says whether the
+	// estimate's answers are worth at least every resident-able variant's there.
+	mix     *sneakpeek.Mix
+	mixProf []float64
+	mixOK   bool
 }
 
 // decisionState is one decision's working set.
@@ -567,6 +578,8 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 	switch {
 	case feasible == 0:
 		return Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits}, true
+	case d.w.estimateAnswers && d.w.degrade(r) && r.DegradedUtility >= m.na && d.estimateWorthMore(r, ai):
+		return Verdict{Request: r, Outcome: Degraded, Reason: ReasonEstimateWorthMore}, true
 	case !onTime && d.w.degrade(r) && r.DegradedUtility >= bestLate && r.DegradedUtility >= m.na:
 		return Verdict{Request: r, Outcome: Degraded, Reason: ReasonNoVariantInTime}, true
 	case !onTime && bestLate <= m.na:
@@ -582,6 +595,60 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 		m.u = d.withPeek(m.u, ai, r)
 	}
 	return Verdict{}, false
+}
+
+// estimateWorthMore reports whether r's answer from its corrected estimate is
+// worth at least as much as every model answer that can be made resident
+// (Options.EstimateAnswers). Both sides are valued in the live class mix, in
+// two steps:
+//
+//   - in the mix: the corrected estimate's answers, measured on the validation
+//     split (sneakpeek.Mix.Answer), must be worth at least each variant's
+//     profiled utility in the mix Mix.Prior. Where the models are worth more
+//     on average (every bundled workload that is not shifted toward what the
+//     models miss), the estimate never answers for them.
+//
+//   - per request: its degraded value and each variant's value under the
+//     corrected estimate (ShiftedUtility), both shrunk by Options.Shrink
+//     toward those mix values, as the planner shrinks a variant's value
+//     toward its profiled one:
+//
+//     (1-s) DegradedUtility + s Mix.Answer  >=  (1-s) ShiftedUtility[m] + s U_profiled(m | Mix.Prior)
+//
+// Per-request values alone trust the estimate where it is confidently wrong
+// on inputs unlike the validation split's; each step alone lost 0.002-0.007
+// on unshifted workloads in the simulator (docs/evaluation.md, "Answers from
+// the estimate"). Without the label-shift correction's values (Request.Mix,
+// Request.ShiftedUtility) it says false.
+func (d *decisionState) estimateWorthMore(r *Request, ai *appInfo) bool {
+	mx := r.Mix
+	if mx == nil || r.ShiftedUtility == nil || math.IsNaN(mx.Answer) || len(mx.Prior) != r.App.K {
+		return false
+	}
+	if ai.mix != mx {
+		ai.mix = mx
+		if ai.mixProf == nil {
+			ai.mixProf = make([]float64, len(r.App.Variants))
+		}
+		ai.mixOK = true
+		for i, v := range r.App.Variants {
+			ai.mixProf[i] = ExpectedUtility(mx.Prior, v.Cond, r.App.Utility)
+			if ai.ok0[i] && ai.mixProf[i] > mx.Answer {
+				ai.mixOK = false
+			}
+		}
+	}
+	if !ai.mixOK {
+		return false
+	}
+	s := d.shrink
+	du := shrinkTo(r.DegradedUtility, mx.Answer, s)
+	for i, u := range r.ShiftedUtility {
+		if ai.ok0[i] && shrinkTo(u, ai.mixProf[i], s) > du {
+			return false
+		}
+	}
+	return true
 }
 
 // setAlt sets m.alt from m.u and m.na: no answer, or for a view that degrades,

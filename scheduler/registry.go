@@ -43,6 +43,15 @@ type Options struct {
 	// allows, where pricing the recent stream sends the requests that gain most
 	// from an expensive variant to it (docs/method.md, "Price of engine time").
 	PriceHorizon time.Duration
+	// EstimateAnswers lets a data-aware policy answer a request from its
+	// label-shift-corrected estimate (degraded, ReasonEstimateWorthMore) when
+	// that answer is worth at least as much as every model answer, even with
+	// engine time to spare: where the live class mix makes the models' answers
+	// worth less than the estimate's (a VAD in a meeting, whose models miss
+	// speech the application values most), running them loses utility and
+	// engine time. It needs the label-shift correction (Request.Mix and
+	// Request.ShiftedUtility, set by Reweigh); see decisionState.estimateWorthMore.
+	EstimateAnswers bool
 }
 
 // DefaultOptions returns the options used for fields left zero.

@@ -8,12 +8,12 @@ import (
 
 func init() {
 	Register("sneakpeek", func(o Options) (Policy, error) {
-		return &searching{name: "sneakpeek", o: o, w: view{dataAware: true, byClass: true}}, nil
+		return &searching{name: "sneakpeek", o: o, w: view{dataAware: true, byClass: true, estimateAnswers: o.EstimateAnswers}}, nil
 	})
 	// sneakpeek grouping requests by the variant each prefers at the price of
 	// engine time rather than by estimated class (for the evaluation).
 	Register("sneakpeek-pref", func(o Options) (Policy, error) {
-		return &searching{name: "sneakpeek-pref", o: o, w: view{dataAware: true, byPref: true}}, nil
+		return &searching{name: "sneakpeek-pref", o: o, w: view{dataAware: true, byPref: true, estimateAnswers: o.EstimateAnswers}}, nil
 	})
 	Register("oblivious", func(o Options) (Policy, error) {
 		return &searching{name: "oblivious", o: o, w: view{mix: true}}, nil
@@ -24,14 +24,14 @@ func init() {
 	// Ablations of sneakpeek, for the evaluation: without overload shedding, and
 	// without the degraded answer (what cannot be served in time expires).
 	Register("sneakpeek-noshed", func(o Options) (Policy, error) {
-		return &searching{name: "sneakpeek-noshed", o: o, w: view{dataAware: true, byClass: true, noShed: true}}, nil
+		return &searching{name: "sneakpeek-noshed", o: o, w: view{dataAware: true, byClass: true, noShed: true, estimateAnswers: o.EstimateAnswers}}, nil
 	})
 	Register("sneakpeek-nodegrade", func(o Options) (Policy, error) {
 		return &searching{name: "sneakpeek-nodegrade", o: o, w: view{dataAware: true, byClass: true, noDegrade: true}}, nil
 	})
 	Register("bruteforce", func(o Options) (Policy, error) {
 		o.Window = min(o.Window, MaxBruteWindow)
-		return &searching{name: "bruteforce", o: o, w: view{dataAware: true}, brute: true}, nil
+		return &searching{name: "bruteforce", o: o, w: view{dataAware: true, estimateAnswers: o.EstimateAnswers}, brute: true}, nil
 	})
 }
 

@@ -15,6 +15,9 @@ const (
 	// nothing, with a utility matrix that charges for wrong answers), and there is
 	// no estimate to answer with.
 	ReasonNotWorth = "not_worth_running"
+	// ReasonEstimateWorthMore: the estimate's own answer is worth at least as
+	// much as any model's, in the live class mix (Options.EstimateAnswers).
+	ReasonEstimateWorthMore = "estimate_worth_more"
 )
 
 // fastest returns the smallest batch-1 latency among the application's variants.

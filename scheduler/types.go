@@ -3,6 +3,8 @@ package scheduler
 import (
 	"fmt"
 	"time"
+
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // VariantID names one model variant of one application.
@@ -105,6 +107,12 @@ type Request struct {
 	// (App.NoAnswer under P, or under the prior when P is nil): what an expired or
 	// shed request is worth, and the floor a late result decays to.
 	NoAnswerUtility float64
+	// ShiftedUtility[m] is variant m's expected utility under the corrected
+	// estimate (Reweigh), and Mix the live class mix it was corrected for: what
+	// Options.EstimateAnswers compares DegradedUtility with. Both nil without a
+	// label-shift correction.
+	ShiftedUtility []float64
+	Mix            *sneakpeek.Mix
 	// First is the result of a first, cheap pass when the request came back to
 	// the queue for a second one (a Batch with EscalateBelow); nil otherwise.
 	First *FirstPass

@@ -141,13 +141,41 @@ func Prepare(app *App, seq uint64, arrival, deadline time.Time, p []float64, ref
 // the classes the live mix is heavy in, and with it choosing variants (and
 // grouping by the corrected class) lost at low load, where no answer comes
 // from the estimate (vad quiet-room at load 1: 0.015 below the uncorrected
-// estimate; docs/evaluation.md, "Label-shift correction"). q is kept, not
-// copied; nil (no correction) leaves r as it is.
-func Reweigh(r *Request, q []float64) {
+// estimate; docs/evaluation.md, "Label-shift correction").
+//
+// What a model answer is worth under q is kept apart, in ShiftedUtility, for
+// the one comparison that needs both sides in the live mix: answering from
+// the estimate instead of a model (Options.EstimateAnswers). Each variant's
+// per-class recalls are those Sharpen left (its correctness on this input,
+// spread over the classes in proportion to the variant's recalls, which under
+// label shift do not change with the mix) and q weighs them:
+//
+//	ShiftedUtility[m] = sum_y q(y) [ r'_m(y) W[y][y] + (1 - r'_m(y)) wrong_m(y) ]
+//
+// mix (the Mix q was corrected with) is kept in r.Mix. q and mix are kept,
+// not copied; q nil (no correction) leaves r as it is.
+func Reweigh(r *Request, q []float64, mix *sneakpeek.Mix) {
 	if q == nil || len(q) != r.App.K {
 		return
 	}
+	if p := r.P; p != nil {
+		w := r.App.Utility
+		r.ShiftedUtility = make([]float64, len(r.App.Variants))
+		for m, v := range r.App.Variants {
+			base := sneakpeek.ExpectedAccuracy(p, v.Recall)
+			u := 0.0
+			for y, qy := range q {
+				if qy == 0 {
+					continue
+				}
+				ry := sharpRecall(v.Recall[y], r.ExpAccuracy[m], base)
+				u += qy * (ry*w[y][y] + (1-ry)*wrongValue(v, w, y))
+			}
+			r.ShiftedUtility[m] = u
+		}
+	}
 	r.P = q
+	r.Mix = mix
 	c := Argmax(q)
 	r.DegradedUtility = 0
 	for y, py := range q {

@@ -105,7 +105,7 @@ func TestReweighKeepsVariantValues(t *testing.T) {
 	exp := slices.Clone(r.ExpUtility)
 	acc := slices.Clone(r.ExpAccuracy)
 	q := []float64{0.9, 0.1}
-	Reweigh(r, q)
+	Reweigh(r, q, nil)
 	if &r.P[0] != &q[0] {
 		t.Error("P is not the corrected estimate")
 	}
@@ -124,8 +124,8 @@ func TestReweighKeepsVariantValues(t *testing.T) {
 	}
 	// No correction (or one of the wrong size) leaves the request as it was.
 	o := req(a, 8, t0, ms(50), []float64{0.4, 0.6})
-	Reweigh(o, nil)
-	Reweigh(o, []float64{1})
+	Reweigh(o, nil, nil)
+	Reweigh(o, []float64{1}, nil)
 	if o.P[1] != 0.6 || !near(o.DegradedUtility, 0.6) || !near(o.NoAnswerUtility, -0.6) {
 		t.Errorf("uncorrected request changed: P %v, degraded %v, no answer %v", o.P, o.DegradedUtility, o.NoAnswerUtility)
 	}

@@ -3,6 +3,7 @@ package sneakpeek
 import (
 	"math"
 	"sync"
+	"sync/atomic"
 )
 
 // Defaults of ShiftOptions.
@@ -24,6 +25,9 @@ type ShiftOptions struct {
 	// Floor is the minimum of each class's live prior estimate (DefaultShiftFloor);
 	// the estimate is renormalised after flooring.
 	Floor float64
+	// Answers, if not nil, values the corrected estimate's answers in the
+	// live mix (Mix.Answer); nil leaves Mix.Answer NaN.
+	Answers *AnswerValue
 }
 
 // PriorShift corrects SneakPeek estimates for label shift: the estimators are
@@ -48,7 +52,8 @@ type ShiftOptions struct {
 //
 // Keep one per application and call Correct once per request, in arrival order,
 // before the estimate is used. It is safe for concurrent use (a mutex around
-// O(K) work), does not allocate, and is deterministic for a given call order.
+// O(K) work), does not allocate except for a Mix every MixRefresh corrections
+// (ShiftOptions.Answers), and is deterministic for a given call order.
 type PriorShift struct {
 	k      int
 	a      float64
@@ -59,6 +64,10 @@ type PriorShift struct {
 	ratio  []float64 // pi_hat / pi_train
 	n      int64
 	frozen bool
+	// answers values Mixes; mix is the latest published (never nil).
+	answers *AnswerValue
+	mix     atomic.Pointer[Mix]
+	mixes   int64 // snapshots taken (newMix)
 }
 
 // NewPriorShift returns a PriorShift for estimates over len(trainPrior) classes,
@@ -95,8 +104,46 @@ func NewPriorShift(trainPrior []float64, o ShiftOptions) *PriorShift {
 	for i := range s.ratio {
 		s.ratio[i] = 1
 	}
+	s.answers = o.Answers
+	s.publish(s.newMix())
 	return s
 }
+
+// newMix snapshots the live prior and ratio (s.mu held, or s not yet shared)
+// into a Mix whose Answer is still to be computed.
+func (s *PriorShift) newMix() *mixAt {
+	s.mixes++
+	return &mixAt{n: s.mixes, prior: append([]float64(nil), s.prior...), ratio: append([]float64(nil), s.ratio...)}
+}
+
+// mixAt is a Mix in the making: the n-th snapshot.
+type mixAt struct {
+	n            int64
+	prior, ratio []float64
+}
+
+// publish computes m's Answer and makes it the latest Mix unless a later
+// snapshot was published meanwhile (concurrent Corrects).
+func (s *PriorShift) publish(m *mixAt) {
+	mx := &Mix{Prior: m.prior, Answer: math.NaN(), n: m.n}
+	if s.answers != nil {
+		mx.Answer = s.answers.Value(m.prior, m.ratio)
+	}
+	for {
+		old := s.mix.Load()
+		if old != nil && old.n > mx.n {
+			return
+		}
+		if s.mix.CompareAndSwap(old, mx) {
+			return
+		}
+	}
+}
+
+// Mix returns the latest published Mix: the live prior as of the last
+// multiple of MixRefresh corrections (or the last Reset), and, with
+// ShiftOptions.Answers, the corrected estimate's value in it.
+func (s *PriorShift) Mix() *Mix { return s.mix.Load() }
 
 // Correct writes the label-shift corrected estimate of p into dst (len(dst) >=
 // len(p); dst may be p itself) and updates the live prior estimate with it. If p
@@ -138,7 +185,14 @@ func (s *PriorShift) Correct(p, dst []float64) {
 		}
 	}
 	s.n++
+	var m *mixAt
+	if s.n%MixRefresh == 0 && !s.frozen {
+		m = s.newMix()
+	}
 	s.mu.Unlock()
+	if m != nil {
+		s.publish(m)
+	}
 }
 
 // Prior returns a copy of the current live prior estimate pi_hat.
@@ -176,7 +230,9 @@ func (s *PriorShift) Reset() {
 		s.ratio[i] = 1
 	}
 	s.n = 0
+	m := s.newMix()
 	s.mu.Unlock()
+	s.publish(m)
 }
 
 // shiftNormalise scales v to sum 1; a vector without mass becomes uniform.
