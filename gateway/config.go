@@ -346,7 +346,7 @@ func DefaultConfig() Config {
 			// simulator, even with the window's price live.
 			PriceHorizon: time.Second,
 			// docs/evaluation.md, "Answers from the estimate": vad meeting
-			// +0.05..+0.12 over every baseline at every load.
+			// 0.05-0.26 above every baseline at every load.
 			EstimateAnswers:   true,
 			LatencyCorrection: true},
 		Admission: AdmissionConfig{
