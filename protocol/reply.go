@@ -23,7 +23,9 @@ const (
 	// StatusLate: a model answered after the deadline, while the answer was still
 	// worth computing.
 	StatusLate Status = "late"
-	// StatusDegraded: no model could make the deadline; the cheap estimate answered.
+	// StatusDegraded: the cheap estimate answered instead of a model: no model
+	// could make the deadline, the request was shed under overload, or the
+	// estimate was worth more than any model's answer ("reason" says which).
 	StatusDegraded Status = "degraded"
 	// StatusExpired: the deadline passed before the request could run; no answer.
 	StatusExpired Status = "expired"
