@@ -104,21 +104,32 @@ func TestBringYourOwnModelServedAfterReload(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	right, expected := 0, 0.0
+	// On digits the estimator app build trains (logistic, 0.969 on the
+	// validation split) is more accurate than either model (mlp 0.958, linear
+	// 0.936), so the gateway answers some requests from it
+	// (scheduler.estimate_answers; docs/evaluation.md, "Answers from the
+	// estimate"): those are degraded, estimate_worth_more, and count at the
+	// estimator's accuracy.
+	right, expected, fromEstimate := 0, 0.0, 0
 	for i := range n {
 		r := got[fmt.Sprint(i)]
-		if r.Status != protocol.StatusOK || r.Class == nil {
-			t.Fatalf("request %d: %s %s", i, r.Status, r.Error)
+		estimated := r.Status == protocol.StatusDegraded && r.Reason == protocol.ReasonEstimateWorthMore
+		if r.Status != protocol.StatusOK && !estimated || r.Class == nil {
+			t.Fatalf("request %d: %s %s %s", i, r.Status, r.Reason, r.Error)
 		}
 		if int64(*r.Class) == ys[i] {
 			right++
 		}
-		if v := m.Variant(r.Model); v != nil {
+		switch v := m.Variant(r.Model); {
+		case v != nil:
 			expected += v.Accuracy
+		case estimated:
+			fromEstimate++
+			expected += m.Estimators[0].Accuracy
 		}
 	}
 	acc, want := float64(right)/float64(n), expected/float64(n)
-	t.Logf("digits: %d test images, accuracy %.3f (validation accuracy of the variants used %.3f)", n, acc, want)
+	t.Logf("digits: %d test images, accuracy %.3f (validation accuracy of the variants and estimator used %.3f); %d answered from the estimate", n, acc, want, fromEstimate)
 	if acc < want-0.06 {
 		t.Errorf("accuracy %.3f, the variants used promise %.3f", acc, want)
 	}
