@@ -9,9 +9,11 @@ import (
 	"github.com/sneakgate/sneakgate/internal/cachefile"
 )
 
-// cacheFormat changes whenever the meaning of a cached profile changes: 2 since
-// measured runs follow a pause (Options.ProfileGap); 1 measured them back to back.
-const cacheFormat = 2
+// cacheFormat changes whenever the meaning of a cached profile changes: 3 since
+// the measured runs go in rounds over the batch sizes, each on inputs of its own;
+// 2 measured each size's runs together, on the same inputs, each after a pause
+// (Options.ProfileGap); 1 measured them back to back.
+const cacheFormat = 3
 
 // cacheKey is everything a measured profile depends on: what the variant's
 // outputs depend on (OutputKey) and how the profile is measured.

@@ -25,6 +25,7 @@ type Engine struct {
 	so         *ort.SessionOptions // every session's options
 	checkSO    *ort.SessionOptions // the I/O checks' temporary sessions: one thread, no optimisation
 	sleep      func(time.Duration) // the profiler's pause before a measured run (tests replace it)
+	measured   func([][]float32)   // if set, sees the inputs of every measured profile run first (tests)
 
 	mu        sync.RWMutex
 	closed    bool

@@ -64,8 +64,9 @@ func (p Profile) clone() Profile {
 // empty), one after the other: it loads the variant (timing the load), runs
 // WarmupRuns unmeasured forward passes per batch size back to back, then
 // ProfileRuns measured ones, each after the engine has been idle for
-// Options.ProfileGap, as a serving engine's passes are, and keeps each size's
-// median, and unloads the variant again (timing the unload) unless it was
+// Options.ProfileGap and on inputs no run before it has just read, as a serving
+// engine's passes are (in rounds over the batch sizes; see measure), and keeps
+// each size's median, and unloads the variant again (timing the unload) unless it was
 // resident before. Inputs are random values within the
 // application's input_range ([0, 1] when it has none), the same on every start.
 // Latencies are made non-decreasing in the batch size (each is at least the one
@@ -160,23 +161,40 @@ func (e *Engine) profile(ctx context.Context, v *variant, budgeted bool) error {
 }
 
 // measure returns the non-decreasing median latencies of v at each batch size.
+// The warm-up runs go first, back to back, size by size. The measured runs then
+// go in rounds, each round one run of every batch size, so that a stretch of
+// noise (another process's burst on the same cores) falls on every size alike
+// instead of on the sizes measured while it lasted (and, through the
+// non-decreasing clamp, on every size above them). Each measured run takes the
+// next inputs of a pool (profilePool), as a serving pass takes requests it has
+// not run before, instead of the inputs the run before it has just read.
 func (e *Engine) measure(ctx context.Context, v *variant) ([]time.Duration, error) {
-	inputs := sampleInputs(v, e.opts.maxBatch())
-	lat := make([]time.Duration, len(e.opts.BatchSizes))
-	runs := make([]time.Duration, e.opts.ProfileRuns)
-	for i, b := range e.opts.BatchSizes {
-		batch := inputs[:b]
+	sizes := e.opts.BatchSizes
+	pool := sampleInputs(v, profilePool(v.app.InputSize, sizes, e.opts.ProfileRuns))
+	for _, b := range sizes {
 		for range e.opts.WarmupRuns {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			if _, err := e.Run(v.id, batch); err != nil {
+			if _, err := e.Run(v.id, pool[:b]); err != nil {
 				return nil, err
 			}
 		}
-		for r := range runs {
+	}
+	runs := make([][]time.Duration, len(sizes))
+	off := 0
+	for range e.opts.ProfileRuns {
+		for i, b := range sizes {
 			if err := ctx.Err(); err != nil {
 				return nil, err
+			}
+			if off+b > len(pool) {
+				off = 0
+			}
+			batch := pool[off : off+b]
+			off += b
+			if e.measured != nil {
+				e.measured(batch)
 			}
 			if e.opts.ProfileGap > 0 {
 				e.sleep(e.opts.ProfileGap)
@@ -185,14 +203,35 @@ func (e *Engine) measure(ctx context.Context, v *variant) ([]time.Duration, erro
 			if _, err := e.Run(v.id, batch); err != nil {
 				return nil, err
 			}
-			runs[r] = e.opts.Now().Sub(t0)
+			runs[i] = append(runs[i], e.opts.Now().Sub(t0))
 		}
-		lat[i] = median(runs)
+	}
+	lat := make([]time.Duration, len(sizes))
+	for i := range sizes {
+		lat[i] = median(runs[i])
 		if i > 0 {
 			lat[i] = max(lat[i], lat[i-1])
 		}
 	}
 	return lat, nil
+}
+
+// profilePoolBytes bounds the inputs Profile generates for one variant.
+const profilePoolBytes = 4 << 20
+
+// profilePool is how many inputs of size values Profile generates: enough for
+// every measured run to take inputs of its own (runs x the sum of the sizes),
+// within profilePoolBytes, and never fewer than two of the largest batches,
+// so that two consecutive runs never share an input.
+func profilePool(size int, sizes []int, runs int) int {
+	need := 0
+	for _, b := range sizes {
+		need += b * runs
+	}
+	if size > 0 {
+		need = min(need, profilePoolBytes/(4*size))
+	}
+	return max(need, 2*sizes[len(sizes)-1])
 }
 
 // sampleInputs returns n random inputs for v's application, seeded by the

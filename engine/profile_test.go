@@ -294,3 +294,51 @@ func TestProfileCacheKeyHasTheGap(t *testing.T) {
 		}
 	}
 }
+
+// TestProfileMeasuresInRoundsOnFreshInputs checks the order and the inputs of
+// the measured runs: one run of every batch size per round, each on inputs
+// that the run before it did not read, and, with a pool large enough, no input
+// read twice by the measured runs.
+func TestProfileMeasuresInRoundsOnFreshInputs(t *testing.T) {
+	e := newEngine(t, Options{BatchSizes: []int{1, 2, 4}, WarmupRuns: 2, ProfileRuns: 3, ProfileGap: -1})
+	var sizes []int
+	var batches [][][]float32
+	e.measured = func(in [][]float32) {
+		sizes = append(sizes, len(in))
+		batches = append(batches, in)
+	}
+	registerAll(t, e)
+	if err := e.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{1, 2, 4, 1, 2, 4, 1, 2, 4}; !slices.Equal(sizes, want) {
+		t.Fatalf("measured runs of sizes %v, want %v (rounds over the sizes)", sizes, want)
+	}
+	seen := map[*float32]int{}
+	for i, in := range batches {
+		for _, x := range in {
+			if j, ok := seen[&x[0]]; ok {
+				t.Errorf("measured run %d reads an input of run %d again", i, j)
+			}
+			seen[&x[0]] = i
+		}
+	}
+}
+
+func TestProfilePool(t *testing.T) {
+	for _, tc := range []struct {
+		size, runs int
+		sizes      []int
+		want       int
+	}{
+		{784, 7, []int{1, 2, 4, 8, 16, 32}, 7 * 63},       // every run its own inputs
+		{3 * 224 * 224, 7, []int{1, 2, 4, 8, 16, 32}, 64}, // bounded: two of the largest batch
+		{100_000, 3, []int{1, 2, 4}, 10},                  // 4 MiB of 400 kB inputs, more than 2 x 4
+		{36, 1, []int{1}, 2},                              // two single-input runs
+		{0, 2, []int{1, 8}, 18},                           // no size: unbounded
+	} {
+		if got := profilePool(tc.size, tc.sizes, tc.runs); got != tc.want {
+			t.Errorf("profilePool(%d, %v, %d) = %d, want %d", tc.size, tc.sizes, tc.runs, got, tc.want)
+		}
+	}
+}
