@@ -259,6 +259,25 @@ type Phase struct {
 	// sneakgate_infer_profiled_seconds_total). Issue 10 asks for at most
 	// InferenceTarget.
 	Inference map[string]float64 `json:"inference_ratio,omitempty"`
+	// InferencePasses splits the same passes per variant: how many, and each's
+	// wall time, the CPU time of the engine worker's thread in it and the
+	// profile's time, on average.
+	InferencePasses map[string]InferencePasses `json:"inference_passes,omitempty"`
+}
+
+// InferencePasses are a variant's forward passes through the gateway over a
+// phase, with the mean per pass in microseconds of: their wall time (the
+// gateway's sneakgate_infer_duration_seconds), the CPU time of the engine
+// worker's thread in them (sneakgate_infer_cpu_seconds_total; 0 from a gateway
+// without it), and the start-up profile's time of a pass of the same batch size
+// (sneakgate_infer_profiled_seconds_total). WallUS / ProfiledUS is
+// Phase.Inference; WallUS - CPUUS is how long a pass waited (for a core, or for
+// the Go scheduler after the call into ONNX Runtime) instead of running.
+type InferencePasses struct {
+	Passes     int     `json:"passes"`
+	WallUS     float64 `json:"wall_us"`
+	CPUUS      float64 `json:"cpu_us"`
+	ProfiledUS float64 `json:"profiled_us"`
 }
 
 // Usage is one process's CPU time over a phase.
@@ -337,6 +356,7 @@ func (c *Config) measure(ctx context.Context, l *loader, ps pids) (Phase, error)
 			return Phase{}, err
 		}
 		p.Inference = inferenceRatios(inf0, inf1)
+		p.InferencePasses = inferencePasses(inf0, inf1)
 	}
 	p.Broker = usage(b1.Sub(b0), p.Completed, p.Elapsed)
 	p.Client = usage(s1.Sub(s0), p.Completed, p.Elapsed)

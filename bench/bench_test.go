@@ -261,3 +261,47 @@ sneakgate_infer_profiled_seconds_total{app="fashion",variant="cnn"} 1.5
 		t.Errorf("no variant: %v", got)
 	}
 }
+
+// The passes of a phase: how many, and per pass the wall time, the engine
+// thread's CPU time and the profile's time, from the increases of the four
+// series; a gateway without the CPU series gives CPU 0.
+func TestInferencePasses(t *testing.T) {
+	text := `sneakgate_infer_duration_seconds_sum{app="fashion",variant="logreg"} 0.5
+sneakgate_infer_duration_seconds_count{app="fashion",variant="logreg"} 1000
+sneakgate_infer_profiled_seconds_total{app="fashion",variant="logreg"} 0.25
+sneakgate_infer_cpu_seconds_total{app="fashion",variant="logreg"} 0.3
+sneakgate_infer_duration_seconds_sum{app="fashion",variant="cnn"} 2
+sneakgate_infer_duration_seconds_count{app="fashion",variant="cnn"} 10
+sneakgate_infer_profiled_seconds_total{app="fashion",variant="cnn"} 1.5
+`
+	before, err := parseInferTotals(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (inferTotals{Infer: 0.5, Profiled: 0.25, CPU: 0.3, Passes: 1000}); before["fashion/logreg"] != want {
+		t.Errorf("logreg totals %+v, want %+v", before["fashion/logreg"], want)
+	}
+	if want := (inferTotals{Infer: 2, Profiled: 1.5, Passes: 10}); before["fashion/cnn"] != want {
+		t.Errorf("cnn totals (no CPU series) %+v, want %+v", before["fashion/cnn"], want)
+	}
+	after := map[string]inferTotals{
+		// 500 more passes: 0.1 s of wall time, 0.04 s of CPU, 0.02 s profiled.
+		"fashion/logreg": {Infer: 0.6, Profiled: 0.27, CPU: 0.34, Passes: 1500},
+		"fashion/cnn":    {Infer: 2, Profiled: 1.5, Passes: 10}, // did not run
+	}
+	got := inferencePasses(before, after)
+	p, ok := got["fashion/logreg"]
+	if len(got) != 1 || !ok || p.Passes != 500 || math.Abs(p.WallUS-200) > 1e-6 || math.Abs(p.CPUUS-80) > 1e-6 ||
+		math.Abs(p.ProfiledUS-40) > 1e-6 {
+		t.Errorf("passes %+v, want logreg only: 500 passes of 200 µs wall, 80 µs CPU, 40 µs profiled", got)
+	}
+	if got := inferencePasses(before, before); got != nil {
+		t.Errorf("no pass in between: %v", got)
+	}
+	var buf bytes.Buffer
+	r := Result{Gateway: Phase{Inference: map[string]float64{"fashion/logreg": 5}, InferencePasses: got}}
+	r.Print(&buf)
+	if !strings.Contains(buf.String(), "500 passes, each 200 µs: 80 µs CPU (2.00x the profile), 120 µs waiting; the profile 40 µs") {
+		t.Errorf("report does not give the passes' split:\n%s", buf.String())
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -201,7 +202,9 @@ func tail(path string, n int) string {
 const (
 	correctionMetric = "sneakgate_latency_correction_ratio"
 	inferMetric      = "sneakgate_infer_duration_seconds_sum"
+	passesMetric     = "sneakgate_infer_duration_seconds_count"
 	profiledMetric   = "sneakgate_infer_profiled_seconds_total"
+	inferCPUMetric   = "sneakgate_infer_cpu_seconds_total"
 )
 
 // metricsText fetches the gateway's /metrics.
@@ -236,9 +239,11 @@ func (g *gatewayProc) correction(ctx context.Context) (map[string]float64, error
 	return parseVariantSeries(strings.NewReader(text), correctionMetric)
 }
 
-// inferTotals are a variant's forward-pass seconds so far and what its
-// start-up profile gives for the same passes.
-type inferTotals struct{ Infer, Profiled float64 }
+// inferTotals are a variant's forward-pass seconds so far, what its start-up
+// profile gives for the same passes, the CPU seconds of the engine worker's
+// thread in them (0 from a gateway that does not export them) and how many
+// passes there were.
+type inferTotals struct{ Infer, Profiled, CPU, Passes float64 }
 
 // inference reads every variant's inferTotals from the gateway's /metrics.
 func (g *gatewayProc) inference(ctx context.Context) (map[string]inferTotals, error) {
@@ -261,11 +266,39 @@ func parseInferTotals(text string) (map[string]inferTotals, error) {
 	if err != nil {
 		return nil, err
 	}
+	cpu, err := parseVariantSeries(strings.NewReader(text), inferCPUMetric)
+	if err != nil {
+		return nil, err
+	}
+	passes, err := parseVariantSeries(strings.NewReader(text), passesMetric)
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]inferTotals{}
 	for k, p := range prof {
-		out[k] = inferTotals{Infer: infer[k], Profiled: p}
+		out[k] = inferTotals{Infer: infer[k], Profiled: p, CPU: cpu[k], Passes: passes[k]}
 	}
 	return out, nil
+}
+
+// inferencePasses is, per variant that ran between the readings before and
+// after, its forward passes in between (InferencePasses).
+func inferencePasses(before, after map[string]inferTotals) map[string]InferencePasses {
+	out := map[string]InferencePasses{}
+	for k, a := range after {
+		b := before[k]
+		n := a.Passes - b.Passes
+		if n <= 0 || a.Profiled-b.Profiled <= 0 {
+			continue
+		}
+		us := func(x, y float64) float64 { return (x - y) / n * 1e6 }
+		out[k] = InferencePasses{Passes: int(math.Round(n)), WallUS: us(a.Infer, b.Infer),
+			CPUUS: us(a.CPU, b.CPU), ProfiledUS: us(a.Profiled, b.Profiled)}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // inferenceRatios is, per variant that ran between the readings before and

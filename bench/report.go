@@ -83,6 +83,14 @@ func (r *Result) Print(w io.Writer) {
 	for _, k := range slices.Sorted(maps.Keys(g.Inference)) {
 		fmt.Fprintf(w, "%-29s %.2fx its start-up profile at the batch sizes run, over the measured requests (issue 10: <= %.1fx)\n",
 			"inference, "+k, g.Inference[k], InferenceTarget)
+		if p, ok := g.InferencePasses[k]; ok {
+			cpu := "CPU not measured"
+			if p.CPUUS > 0 {
+				cpu = fmt.Sprintf("%.0f µs CPU (%.2fx the profile), %.0f µs waiting", p.CPUUS, p.CPUUS/p.ProfiledUS, p.WallUS-p.CPUUS)
+			}
+			fmt.Fprintf(w, "%-29s %d passes, each %.0f µs: %s; the profile %.0f µs at the same batch sizes\n",
+				"", p.Passes, p.WallUS, cpu, p.ProfiledUS)
+		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(r.Inference)) {
 		fmt.Fprintf(w, "%-29s %.2fx at the end (the gateway's latency correction: about the last 20 batches)\n",

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -208,10 +209,13 @@ func (m *offeredMeter) rate(now time.Time, refused int64) float64 {
 }
 
 type batchDone struct {
-	b       *scheduler.Batch
-	probs   [][]float64
-	start   time.Time
-	infer   time.Duration
+	b     *scheduler.Batch
+	probs [][]float64
+	start time.Time
+	infer time.Duration
+	// cpu is the CPU time the worker's thread spent in the forward pass (0
+	// where threadCPU cannot read it).
+	cpu     time.Duration
 	done    time.Time
 	loads   []time.Duration
 	unloads []time.Duration
@@ -750,12 +754,28 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 		inputs[i] = r.Ref.(*job).Input
 	}
 	d.start = l.now()
-	d.probs, d.err = l.run.Run(b.Variant.ID, inputs)
+	d.probs, d.cpu, d.err = l.timedRun(b.Variant.ID, inputs)
 	d.infer = l.now().Sub(d.start)
 	if d.err == nil && len(d.probs) != len(inputs) {
 		d.err = fmt.Errorf("engine returned %d results for %d inputs", len(d.probs), len(inputs))
 	}
 	return d
+}
+
+// timedRun is l.run.Run, and the CPU time the calling thread spent in it: the
+// goroutine stays on its thread from one reading of the thread's CPU clock to
+// the other (0 where the clock cannot be read). Against the pass's wall time
+// (batchDone.infer) it tells the pass's own cost from its waits for a core.
+func (l *loop) timedRun(id scheduler.VariantID, inputs [][]float32) ([][]float64, time.Duration, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c0, ok := threadCPU()
+	probs, err := l.run.Run(id, inputs)
+	var cpu time.Duration
+	if c1, ok1 := threadCPU(); ok && ok1 && c1 > c0 {
+		cpu = c1 - c0
+	}
+	return probs, cpu, err
 }
 
 // errBatch is wrapped by the error of every request in a failed batch.
@@ -785,6 +805,7 @@ func (l *loop) finish(d batchDone) {
 	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
 	f, profiled := l.latency.observe(b.Variant, len(b.Requests), d.infer)
 	l.m.inferProfiled.WithLabelValues(app, variant).Add(profiled.Seconds())
+	l.m.inferCPU.WithLabelValues(app, variant).Add(d.cpu.Seconds())
 	l.drain.Engine += d.infer
 	clear(l.cheapest)
 	l.m.latencyFactor.WithLabelValues(app, variant).Set(f)

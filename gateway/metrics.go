@@ -35,12 +35,18 @@ type metrics struct {
 	// inferProfiled sums, per forward pass, the start-up profile's duration
 	// of a pass of its batch size: inferTime's sum over it is how much longer
 	// passes took than profiled over any period, weighted by time.
-	inferProfiled *prometheus.CounterVec   // app, variant
-	batchSize     *prometheus.HistogramVec // app, variant
-	answers       *answerCounts            // app: answers given by models, deadline met or not, their est_accuracy summed
-	swaps         *prometheus.CounterVec   // kind: load, unload
-	swapTime      *prometheus.CounterVec   // kind
-	decisionTime  prometheus.Histogram
+	inferProfiled *prometheus.CounterVec // app, variant
+	// inferCPU sums the CPU time of the engine worker's thread in each forward
+	// pass (Linux): over inferTime's sum, the share of the passes' wall time
+	// they ran instead of waiting (for a core, or for a Go processor after the
+	// call); over inferProfiled, how much more CPU a pass took than its
+	// profile's wall time.
+	inferCPU     *prometheus.CounterVec   // app, variant
+	batchSize    *prometheus.HistogramVec // app, variant
+	answers      *answerCounts            // app: answers given by models, deadline met or not, their est_accuracy summed
+	swaps        *prometheus.CounterVec   // kind: load, unload
+	swapTime     *prometheus.CounterVec   // kind
+	decisionTime prometheus.Histogram
 	// decidedAhead counts the batches decided while the engine ran the one
 	// before (scheduler.pipeline); engineWait sums the time the engine sat
 	// idle between batches while requests were waiting.
@@ -111,6 +117,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_infer_duration_seconds", Help: "Duration of one batched forward pass.", Buckets: lat}, []string{"app", "variant"}),
 		inferProfiled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_infer_profiled_seconds_total", Help: "The start-up profile's duration of each forward pass at its batch size, summed: sneakgate_infer_duration_seconds_sum over its increase is how much longer passes took than profiled over a period."}, []string{"app", "variant"}),
+		inferCPU: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_infer_cpu_seconds_total", Help: "CPU time of the engine worker's thread in the forward passes, summed (Linux; 0 elsewhere): over sneakgate_infer_duration_seconds_sum, the share of the passes' wall time they spent running rather than waiting (for a core, or for the Go scheduler after the call)."}, []string{"app", "variant"}),
 		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_batch_size", Help: "Requests per forward pass.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, []string{"app", "variant"}),
 		answers: newAnswerCounts(),
@@ -155,7 +163,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); with scheduler.latency_correction on (the default) the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.refusedDeg, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
-		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.batchSize, m.answers, m.swaps,
+		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
