@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 	"github.com/sneakgate/sneakgate/protocol"
 )
@@ -28,7 +30,7 @@ func TestEstimateAnswersEndToEnd(t *testing.T) {
 	if !cfg.Scheduler.EstimateAnswers {
 		t.Fatal("scheduler.estimate_answers is not on by default")
 	}
-	startGateway(t, cfg, Options{})
+	r := startGateway(t, cfg, Options{})
 	dev := newDevice(t, b.URL(), "sensor-1")
 	_, rows := appSamples(t, vad)
 
@@ -55,26 +57,30 @@ func TestEstimateAnswersEndToEnd(t *testing.T) {
 		ids = append(ids, id)
 	}
 	replies := dev.await(ids, 120*time.Second)
-	fromEstimate := 0
+	fromEstimate, all := 0, 0
 	for k, id := range ids {
 		if c := dev.count(id); c != 1 {
 			t.Errorf("%s answered %d times", id, c)
 		}
-		r := replies[id]
+		rep := replies[id]
 		switch {
-		case r.Status == protocol.StatusDegraded && r.Reason == protocol.ReasonEstimateWorthMore:
-			if r.Class == nil || *r.Class < 0 || *r.Class > 1 || r.Label == "" || r.Confidence == nil || !(*r.Confidence >= 0.5 && *r.Confidence <= 1) {
-				t.Errorf("%s: estimate_worth_more without a class, label and confidence: %+v", id, r)
+		case rep.Status == protocol.StatusDegraded && rep.Reason == protocol.ReasonEstimateWorthMore:
+			if rep.Class == nil || *rep.Class < 0 || *rep.Class > 1 || rep.Label == "" || rep.Confidence == nil || !(*rep.Confidence >= 0.5 && *rep.Confidence <= 1) {
+				t.Errorf("%s: estimate_worth_more without a class, label and confidence: %+v", id, rep)
 			}
+			all++
 			if k >= n-n/4 {
 				fromEstimate++
 			}
-		case r.Status == protocol.StatusOK || r.Status == protocol.StatusDegraded:
+		case rep.Status == protocol.StatusOK || rep.Status == protocol.StatusDegraded:
 		default:
-			t.Errorf("%s: %s %s %s", id, r.Status, r.Reason, r.Error)
+			t.Errorf("%s: %s %s %s", id, rep.Status, rep.Reason, rep.Error)
 		}
 	}
 	t.Logf("answered from the estimate: %d of the last %d", fromEstimate, n/4)
+	if got := testutil.ToFloat64(r.g.m.verdicts.WithLabelValues("vad", "degraded", "estimate_worth_more")); int(got) != all {
+		t.Errorf("sneakgate_scheduler_verdicts_total{degraded, estimate_worth_more} = %v, %d replies say so", got, all)
+	}
 	if fromEstimate < n/16 {
 		t.Errorf("answered from the estimate: %d of the last %d windows of the meeting mix, want at least %d", fromEstimate, n/4, n/16)
 	}

@@ -654,6 +654,7 @@ func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
 	now := l.now()
 	for _, v := range d.Verdicts {
 		j := v.Request.Ref.(*job)
+		l.m.verdicts.WithLabelValues(j.App, v.Outcome.String(), v.Reason).Inc()
 		switch v.Outcome {
 		case scheduler.FirstAnswer:
 			r := *j.first

@@ -18,6 +18,7 @@ type metrics struct {
 	replies       *prometheus.CounterVec   // app, status
 	rejected      *prometheus.CounterVec   // reason
 	refusedDeg    *prometheus.CounterVec   // app
+	verdicts      *prometheus.CounterVec   // app, outcome, reason
 	admissionShed *prometheus.CounterVec   // app
 	requeued      *prometheus.CounterVec   // app: first passes sent back for a second
 	unroutable    prometheus.Counter       // broken beyond any reply topic
@@ -95,6 +96,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_replies_total", Help: "Replies handed to the broker, counted when it acknowledges them (PUBACK), so possibly just after their device has them, by application and status."}, []string{"app", "status"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_rejected_total", Help: "Requests rejected, by reason code."}, []string{"reason"}),
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_scheduler_verdicts_total", Help: "Requests the scheduler answered without running a model, by application, outcome (degraded, expired, first_pass) and reason (e.g. estimate_worth_more, overload_shed, no_variant_meets_deadline)."}, []string{"app", "outcome", "reason"}),
 		refusedDeg: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_degraded_total", Help: "Requests refused for overload and answered from the SneakPeek estimate instead (admission.degrade_refused), by application."}, []string{"app"}),
 		admissionShed: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -162,7 +165,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		latencyFactor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); with scheduler.latency_correction on (the default) the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
-	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.refusedDeg, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
