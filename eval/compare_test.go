@@ -128,8 +128,9 @@ func TestComparisonPeekOnFashion(t *testing.T) {
 		pt := Point{App: fashion, Workload: w, Load: c.load, Deadline: fashion.Deadline, Seed: 1,
 			GatewayModel: GatewayModel{Jitter: 0.05, MaxQueue: 10000, GatewayCost: 5 * time.Microsecond,
 				VerdictCost: time.Microsecond, GatewayKnown: true, IngressDelay: time.Millisecond,
-				MaxWait: 0.5, MeasuredWait: true, DegradeRefused: true, PriceAdmission: true}}
-		pt.Options.Shrink, pt.Options.PriceHorizon = 0.5, time.Second
+				MaxWait: 0.5, MeasuredWait: true, DegradeRefused: true, PriceAdmission: true,
+				LabelShift: true}} // the gateway's defaults, as TestComparisonSneakPeekVsBaselines
+		pt.Options.Shrink, pt.Options.PriceHorizon, pt.Options.EstimateAnswers = 0.5, time.Second, true
 		rate := c.load * CapacityWith(fashion.Sched, withMaxBatch(pt.Options), pt.GatewayCost)
 		pt.Requests = max(2000, int(4*rate*pt.Deadline.Seconds()))
 		u := make([]float64, len(pols))
