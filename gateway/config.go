@@ -285,7 +285,9 @@ type MetricsConfig struct {
 	// disables it.
 	Listen string `yaml:"listen"`
 	// Pprof also serves Go's profiler under /debug/pprof/ on that listener (for
-	// measuring; keep the listener on loopback).
+	// measuring; keep the listener on loopback), and has the engine worker read
+	// its thread's CPU clock around each forward pass
+	// (sneakgate_infer_cpu_seconds_total), which costs a pass two system calls.
 	Pprof bool `yaml:"pprof"`
 }
 

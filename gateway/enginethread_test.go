@@ -55,6 +55,7 @@ func TestLoopMeasuresTheForwardPassCPU(t *testing.T) {
 	ans := &answers{got: map[string]result{}}
 	l := newLoop(edfPolicy(t), map[string]*scheduler.App{"app": loopApp()}, f, scheduler.Engine{}, 10,
 		time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+	l.timeCPU = true // metrics.pprof
 	var sum float64
 	for i := range 3 {
 		d := l.execute(cpuTestBatch(l, 1+i))
@@ -70,6 +71,11 @@ func TestLoopMeasuresTheForwardPassCPU(t *testing.T) {
 	if got := testutil.ToFloat64(l.m.inferCPU.WithLabelValues("app", "m")); got != sum {
 		t.Errorf("sneakgate_infer_cpu_seconds_total = %v, want the passes' %v", got, sum)
 	}
+	// Off (metrics.pprof false, the default), a pass is not timed.
+	l.timeCPU = false
+	if d := l.execute(cpuTestBatch(l, 1)); d.err != nil || d.cpu != 0 {
+		t.Errorf("untimed pass: cpu %v, err %v; want 0 and no error", d.cpu, d.err)
+	}
 }
 
 // A pass that waits instead of running (the fake runner sleeps, on a fake
@@ -83,6 +89,7 @@ func TestLoopForwardPassCPUExcludesWaiting(t *testing.T) {
 		ans := &answers{got: map[string]result{}}
 		l := newLoop(edfPolicy(t), map[string]*scheduler.App{"app": loopApp()}, f, scheduler.Engine{}, 10,
 			time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+		l.timeCPU = true
 		d := l.execute(cpuTestBatch(l, 2))
 		if d.err != nil {
 			t.Fatal(d.err)

@@ -220,6 +220,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		g.log.With().Str("component", "scheduler").Logger(), g.m)
 	g.loop.latency.frozen = !cfg.Scheduler.LatencyCorrection
 	g.loop.pipeline = cfg.Scheduler.Pipeline
+	g.loop.timeCPU = cfg.Metrics.Pprof
 	g.loop.fallbackOpts = cfg.SchedulerOptions()
 	if cfg.MQTT.Embedded.Enabled {
 		users, err := cfg.embeddedUsers() // as Validate read it

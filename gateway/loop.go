@@ -137,9 +137,12 @@ type loop struct {
 	fallbackOpts scheduler.Options
 	apps         map[string]*scheduler.App
 	run          runner
-	now          func() time.Time
-	answer       func(*job, result)
-	log          zerolog.Logger
+	// timeCPU reads the worker thread's CPU clock around each forward pass
+	// (timedRun, sneakgate_infer_cpu_seconds_total): metrics.pprof.
+	timeCPU bool
+	now     func() time.Time
+	answer  func(*job, result)
+	log     zerolog.Logger
 	// invalidLog logs invalid decisions, sampled as rejections are
 	// (rejectSampler); sneakgate_invalid_decisions_total counts them all.
 	invalidLog zerolog.Logger
@@ -755,7 +758,11 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 		inputs[i] = r.Ref.(*job).Input
 	}
 	d.start = l.now()
-	d.probs, d.cpu, d.err = l.timedRun(b.Variant.ID, inputs)
+	if l.timeCPU {
+		d.probs, d.cpu, d.err = l.timedRun(b.Variant.ID, inputs)
+	} else {
+		d.probs, d.err = l.run.Run(b.Variant.ID, inputs)
+	}
 	d.infer = l.now().Sub(d.start)
 	if d.err == nil && len(d.probs) != len(inputs) {
 		d.err = fmt.Errorf("engine returned %d results for %d inputs", len(d.probs), len(inputs))
@@ -767,6 +774,10 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 // goroutine stays on its thread from one reading of the thread's CPU clock to
 // the other (0 where the clock cannot be read). Against the pass's wall time
 // (batchDone.infer) it tells the pass's own cost from its waits for a core.
+// The two readings are system calls, and with the thread locked they made a
+// logreg pass about 25 us slower on the 2-core development box
+// (docs/benchmarks.md, "Where a pass's time goes inside the gateway"), so the
+// loop times passes only when asked (loop.timeCPU: metrics.pprof).
 func (l *loop) timedRun(id scheduler.VariantID, inputs [][]float32) ([][]float64, time.Duration, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

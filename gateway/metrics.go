@@ -38,7 +38,7 @@ type metrics struct {
 	// passes took than profiled over any period, weighted by time.
 	inferProfiled *prometheus.CounterVec // app, variant
 	// inferCPU sums the CPU time of the engine worker's thread in each forward
-	// pass (Linux): over inferTime's sum, the share of the passes' wall time
+	// pass (Linux, with metrics.pprof: loop.timeCPU): over inferTime's sum, the share of the passes' wall time
 	// they ran instead of waiting (for a core, or for a Go processor after the
 	// call); over inferProfiled, how much more CPU a pass took than its
 	// profile's wall time.
@@ -121,7 +121,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		inferProfiled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_infer_profiled_seconds_total", Help: "The start-up profile's duration of each forward pass at its batch size, summed: sneakgate_infer_duration_seconds_sum over its increase is how much longer passes took than profiled over a period."}, []string{"app", "variant"}),
 		inferCPU: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_infer_cpu_seconds_total", Help: "CPU time of the engine worker's thread in the forward passes, summed (Linux; 0 elsewhere): over sneakgate_infer_duration_seconds_sum, the share of the passes' wall time they spent running rather than waiting (for a core, or for the Go scheduler after the call)."}, []string{"app", "variant"}),
+			Name: "sneakgate_infer_cpu_seconds_total", Help: "CPU time of the engine worker's thread in the forward passes, summed (Linux, with metrics.pprof on; 0 otherwise): over sneakgate_infer_duration_seconds_sum, the share of the passes' wall time they spent running rather than waiting (for a core, or for the Go scheduler after the call)."}, []string{"app", "variant"}),
 		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sneakgate_batch_size", Help: "Requests per forward pass.", Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}, []string{"app", "variant"}),
 		answers: newAnswerCounts(),
