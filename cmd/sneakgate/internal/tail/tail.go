@@ -284,6 +284,9 @@ func (p *Printer) appendSummary(b []byte, now time.Time, what string, since time
 		for _, s := range statuses {
 			if n := w.status[s]; n > 0 {
 				b = fmt.Appendf(b, " %s %d (%s)", s, n, percent(n, w.n))
+				if s == protocol.StatusDegraded {
+					b = w.appendDegraded(b)
+				}
 			}
 		}
 	}
@@ -343,6 +346,7 @@ const reservoir = 1 << 16
 type window struct {
 	n, malformed  int
 	status        map[protocol.Status]int
+	degraded      map[protocol.Reason]int // degraded replies by reason
 	metKnown, met int
 	ms            []float64
 	seen          int // total_ms values offered to ms
@@ -351,12 +355,15 @@ type window struct {
 }
 
 func newWindow(seed uint64) window {
-	return window{status: map[protocol.Status]int{}, rng: rand.New(rand.NewPCG(seed, 0))}
+	return window{status: map[protocol.Status]int{}, degraded: map[protocol.Reason]int{}, rng: rand.New(rand.NewPCG(seed, 0))}
 }
 
 func (w *window) add(r *protocol.Reply) {
 	w.n++
 	w.status[r.Status]++
+	if r.Status == protocol.StatusDegraded {
+		w.degraded[r.Reason]++
+	}
 	if r.DeadlineMet != nil {
 		w.metKnown++
 		if *r.DeadlineMet {
@@ -385,8 +392,37 @@ func (w *window) quantile(q float64) float64 {
 	return w.ms[max(0, min(i, len(w.ms)-1))]
 }
 
+// appendDegraded appends the degraded replies' reasons, most frequent first:
+// answers from the estimate because it was worth more (estimate_worth_more)
+// read differently from overload (overload_shed) or late ones.
+func (w *window) appendDegraded(b []byte) []byte {
+	reasons := make([]protocol.Reason, 0, len(w.degraded))
+	for r := range w.degraded {
+		reasons = append(reasons, r)
+	}
+	slices.SortFunc(reasons, func(x, y protocol.Reason) int {
+		if c := cmp.Compare(w.degraded[y], w.degraded[x]); c != 0 {
+			return c
+		}
+		return cmp.Compare(x, y)
+	})
+	b = append(b, " ["...)
+	for i, r := range reasons {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		name := string(r)
+		if name == "" {
+			name = "no reason"
+		}
+		b = fmt.Appendf(b, "%s %d", name, w.degraded[r])
+	}
+	return append(b, ']')
+}
+
 func (w *window) reset() {
 	clear(w.status)
+	clear(w.degraded)
 	w.n, w.malformed, w.metKnown, w.met, w.seen = 0, 0, 0, 0, 0
 	w.ms = w.ms[:0]
 }

@@ -2,6 +2,7 @@ package tail
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -111,6 +112,38 @@ func TestSummary(t *testing.T) {
 	}
 	if got.String() != want {
 		t.Errorf("summary:\n%s\nwant:\n%s", got.String(), want)
+	}
+}
+
+// The summary says why replies were degraded, most frequent reason first: an
+// answer from the estimate because it was worth more is not overload.
+func TestSummaryDegradedReasons(t *testing.T) {
+	var out strings.Builder
+	p := NewPrinter(&out, Options{Location: time.UTC}, t0)
+	deg := func(id string, why protocol.Reason) protocol.Reply {
+		return protocol.Reply{ID: id, App: "vad", Device: "mic-1", Status: protocol.StatusDegraded, Reason: why,
+			Class: protocol.Ptr(1), Label: "speech", Confidence: protocol.Ptr(0.9), Model: "sneakpeek-logistic",
+			TotalMS: protocol.Ptr(0.4), SlackMS: protocol.Ptr(31.0), DeadlineMet: protocol.Ptr(true)}
+	}
+	for i, r := range []protocol.Reply{deg("a", protocol.ReasonEstimateWorthMore), deg("b", protocol.ReasonOverloadShed),
+		deg("c", protocol.ReasonEstimateWorthMore), okReply("d", "vad", "mic-1", 1, 30), deg("e", protocol.ReasonNoVariantInTime)} {
+		p.Message(Message{Payload: reply(t, r), At: at(100 * (i + 1))})
+	}
+	p.Summary(at(5000))
+	p.Message(Message{Payload: reply(t, deg("f", protocol.ReasonOverloadShed)), At: at(6000)})
+	p.Summary(at(10000))
+	var got []string
+	for _, l := range strings.SplitAfter(out.String(), "\n") {
+		if strings.Contains(l, "  -- ") {
+			got = append(got, l[strings.Index(l, "|")+2:strings.Index(l, " | deadline")])
+		}
+	}
+	want := []string{
+		"ok 1 (20.0%) degraded 4 (80.0%) [estimate_worth_more 2, no_variant_meets_deadline 1, overload_shed 1]",
+		"degraded 1 (100.0%) [overload_shed 1]",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("summaries:\n%q\nwant:\n%q", got, want)
 	}
 }
 
