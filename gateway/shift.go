@@ -15,17 +15,19 @@ import (
 // split's labelled estimates, which value the corrected estimate's answers in
 // the live mix (sneakpeek.AnswerValue under the utility matrix w;
 // scheduler.Options.EstimateAnswers). Without a validation split the start is
-// the manifest's prior and answers is nil.
-func shiftStart(m *manifest.App, est estimator, w [][]float64) (marginal []float64, answers *sneakpeek.AnswerValue, err error) {
+// the manifest's prior and answers is nil. When the rows cannot value answers
+// (a label outside the classes: dataset.Read does not check them) answers is
+// nil and answersErr says why; the correction itself still starts.
+func shiftStart(m *manifest.App, est estimator, w [][]float64) (marginal []float64, answers *sneakpeek.AnswerValue, answersErr, err error) {
 	if m.Validation == nil {
-		return append([]float64(nil), m.Prior...), nil, nil
+		return append([]float64(nil), m.Prior...), nil, nil, nil
 	}
 	val, err := dataset.Read(m.Path(m.Validation.File))
 	if err != nil {
-		return nil, nil, fmt.Errorf("validation split: %w", err)
+		return nil, nil, nil, fmt.Errorf("validation split: %w", err)
 	}
 	if val.D != m.InputSize || val.N == 0 {
-		return nil, nil, fmt.Errorf("validation split %s: %d rows of %d values, want rows of %d", m.Validation.File, val.N, val.D, m.InputSize)
+		return nil, nil, nil, fmt.Errorf("validation split %s: %d rows of %d values, want rows of %d", m.Validation.File, val.N, val.D, m.InputSize)
 	}
 	k := m.K()
 	sum := make([]float64, k)
@@ -43,8 +45,8 @@ func shiftStart(m *manifest.App, est estimator, w [][]float64) (marginal []float
 	for y := range sum {
 		sum[y] /= float64(val.N)
 	}
-	if answers, err = sneakpeek.NewAnswerValue(labels, ests, w); err != nil {
-		return nil, nil, fmt.Errorf("validation split %s: %w", m.Validation.File, err)
+	if answers, answersErr = sneakpeek.NewAnswerValue(labels, ests, w); answersErr != nil {
+		return sum, nil, fmt.Errorf("validation split %s: %w", m.Validation.File, answersErr), nil
 	}
-	return sum, answers, nil
+	return sum, answers, nil, nil
 }

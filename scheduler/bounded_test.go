@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"github.com/sneakgate/sneakgate/sneakpeek"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -530,5 +531,64 @@ func checkHistCovers(t *testing.T, step int, h *workHist, q []*Request, exact bo
 	}
 	if h.total < total || exact && h.total != total {
 		t.Fatalf("step %d: the summary's total work %v, the queue's %v", step, h.total, total)
+	}
+}
+
+// TestBoundedDecisionEqualsFullWithEstimateAnswers is TestBoundedDecisionEqualsFull
+// with Options.EstimateAnswers and a share of requests whose corrected estimate
+// is worth more than any model (estimate_worth_more): such a request gets a
+// verdict whatever its deadline, which the prefix's verdict bound does not
+// foresee, so a decision must not be made over a prefix while one is queued
+// beyond it (found by review: the prefix gave 514 verdicts where the whole
+// queue gave 3,048).
+func TestBoundedDecisionEqualsFullWithEstimateAnswers(t *testing.T) {
+	t.Parallel() // see "Parallel tests" in harness_test.go
+	o := Options{Shrink: 0.5, EstimateAnswers: true, MaxQueueDelay: time.Nanosecond}
+	rng := rand.New(rand.NewPCG(5, 13))
+	a := benchApp(rng)
+	apps := map[string]*App{a.Name: a}
+	uniform := make([]float64, a.K)
+	for y := range uniform {
+		uniform[y] = 1 / float64(a.K)
+	}
+	mix := &sneakpeek.Mix{Prior: uniform, Answer: 0.999}
+	bounded, whole := boundedPair(t, "sneakpeek", o)
+	now := t0.Add(time.Second)
+	const n = boundedMin + 2000
+	var q []*Request
+	seq := uint64(0)
+	estimated := 0
+	arrive := func(k int, share int) {
+		for range k {
+			r := benchRequest(rng, a, seq, now, n, false)
+			if share > 0 && rng.IntN(share) == 0 {
+				c := rng.IntN(a.K)
+				qc := make([]float64, a.K)
+				for y := range qc {
+					qc[y] = 0.0001 / float64(a.K-1)
+				}
+				qc[c] = 0.9999
+				Reweigh(r, qc, mix)
+				estimated++
+			}
+			q = append(q, r)
+			seq++
+		}
+	}
+	arrive(n, 2)
+	resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
+	for step := range 60 {
+		s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
+		q = decideBoth(t, step, bounded, whole, s)
+		now = now.Add(200 * time.Microsecond)
+		share := 0 // most steps: no new request the estimate answers
+		if step%10 == 9 {
+			share = 4
+		}
+		arrive(n-len(q), share)
+	}
+	t.Logf("%d requests the estimate can answer; %d decisions over a prefix", estimated, bounded.boundedHits)
+	if bounded.boundedHits == 0 {
+		t.Error("no decision was made over a prefix: the test does not test the bound")
 	}
 }

@@ -50,7 +50,7 @@ func Sharpen(r *Request, c []float64) {
 func sharpRecall(ry, c, base float64) float64 {
 	switch {
 	case c < base:
-		return ry * c / base
+		return ry * (c / base)
 	case base < 1:
 		return 1 - (1-ry)*(1-c)/(1-base)
 	}
@@ -62,7 +62,7 @@ func sharpRecall(ry, c, base float64) float64 {
 // (0 when v is never wrong on y).
 func wrongValue(v *Variant, w [][]float64, y int) float64 {
 	miss := 1 - v.Cond[y][y]
-	if miss <= 1e-12 {
+	if !(miss > 1e-12) {
 		return 0
 	}
 	wrong := 0.0

@@ -633,7 +633,7 @@ func (d *decisionState) estimateWorthMore(r *Request, ai *appInfo) bool {
 		ai.mixOK = true
 		for i, v := range r.App.Variants {
 			ai.mixProf[i] = ExpectedUtility(mx.Prior, v.Cond, r.App.Utility)
-			if ai.ok0[i] && ai.mixProf[i] > mx.Answer {
+			if ai.ok0[i] && !(ai.mixProf[i] <= mx.Answer) { // NaN: not worth more
 				ai.mixOK = false
 			}
 		}
@@ -644,7 +644,7 @@ func (d *decisionState) estimateWorthMore(r *Request, ai *appInfo) bool {
 	s := d.shrink
 	du := shrinkTo(r.DegradedUtility, mx.Answer, s)
 	for i, u := range r.ShiftedUtility {
-		if ai.ok0[i] && shrinkTo(u, ai.mixProf[i], s) > du {
+		if ai.ok0[i] && !(shrinkTo(u, ai.mixProf[i], s) <= du) {
 			return false
 		}
 	}

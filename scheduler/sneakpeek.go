@@ -74,6 +74,8 @@ type searching struct {
 	ubuf []float64
 	// arrivals measures the arrival rate from the snapshots' new requests.
 	arrivals rateMeter
+	// estSeen is the newest Seq newEstimateAnswer has read.
+	estSeen uint64
 	// recent are the requests that arrived within Options.PriceHorizon (at most
 	// maxStream), oldest first; seen is the newest Seq added.
 	recent []*Request
@@ -205,6 +207,26 @@ func (m *rateMeter) observe(now time.Time, q []*Request) float64 {
 	return m.w.Add(now, float64(added))
 }
 
+// newEstimateAnswer reports whether a request queued since the last call
+// (Seq above estSeen; the queue is in arrival order, so only its new tail is
+// read) is one the prepass answers from its estimate (admit,
+// estimateWorthMore). That test reads only the request, its Mix and which
+// variants can be made resident, not the time, so a request it passes over on
+// arrival it passes over for good (until a reload changes the variants).
+func (p *searching) newEstimateAnswer(d *decisionState, q []*Request) bool {
+	found, newest := false, p.estSeen
+	for i := len(q) - 1; i >= 0 && q[i].Seq > p.estSeen; i-- {
+		r := q[i]
+		newest = max(newest, r.Seq)
+		if !found && r.First == nil && d.w.degrade(r) && r.DegradedUtility >= r.NoAnswerUtility &&
+			d.estimateWorthMore(r, d.info(r.App)) {
+			found = true
+		}
+	}
+	p.estSeen = newest
+	return found
+}
+
 // MaxBruteWindow is the largest window the bruteforce policy searches.
 const MaxBruteWindow = 5
 
@@ -228,6 +250,14 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	}
 	probe := newDecisionState(s, p.w, p.o.MaxBatch)
 	probe.shrink = p.o.Shrink
+	if p.w.estimateAnswers && p.newEstimateAnswer(probe, s.Queue) {
+		// bounded's verdict bound assumes a request far from its deadline
+		// gets no verdict; one its estimate answers (estimate_worth_more)
+		// does, whatever its deadline: decide over the whole queue, whose
+		// prepass answers it now.
+		p.hist.valid = false
+		return p.decideOn(s, arrivals, 0)
+	}
 	ctx := newHistCtx(probe, s.Apps)
 	if byClass := p.w.dataAware || p.w.byClass; p.hist.byClass != byClass {
 		// A data-aware policy, whose stakes differ by class, keeps the

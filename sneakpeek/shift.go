@@ -53,7 +53,9 @@ type ShiftOptions struct {
 // Keep one per application and call Correct once per request, in arrival order,
 // before the estimate is used. It is safe for concurrent use (a mutex around
 // O(K) work), does not allocate except for a Mix every MixRefresh corrections
-// (ShiftOptions.Answers), and is deterministic for a given call order.
+// (whose answer value, with ShiftOptions.Answers, is a pass over the labelled
+// rows on the goroutine of that correction), and is deterministic for a given
+// call order.
 type PriorShift struct {
 	k      int
 	a      float64
