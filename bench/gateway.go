@@ -258,22 +258,14 @@ func (g *gatewayProc) inference(ctx context.Context) (map[string]inferTotals, er
 // exposition (none from a gateway without
 // sneakgate_infer_profiled_seconds_total).
 func parseInferTotals(text string) (map[string]inferTotals, error) {
-	infer, err := parseVariantSeries(strings.NewReader(text), inferMetric)
-	if err != nil {
-		return nil, err
+	var series [4]map[string]float64 // infer, profiled, CPU, passes
+	for i, name := range []string{inferMetric, profiledMetric, inferCPUMetric, passesMetric} {
+		var err error
+		if series[i], err = parseVariantSeries(strings.NewReader(text), name); err != nil {
+			return nil, err
+		}
 	}
-	prof, err := parseVariantSeries(strings.NewReader(text), profiledMetric)
-	if err != nil {
-		return nil, err
-	}
-	cpu, err := parseVariantSeries(strings.NewReader(text), inferCPUMetric)
-	if err != nil {
-		return nil, err
-	}
-	passes, err := parseVariantSeries(strings.NewReader(text), passesMetric)
-	if err != nil {
-		return nil, err
-	}
+	infer, prof, cpu, passes := series[0], series[1], series[2], series[3]
 	out := map[string]inferTotals{}
 	for k, p := range prof {
 		out[k] = inferTotals{Infer: infer[k], Profiled: p, CPU: cpu[k], Passes: passes[k]}

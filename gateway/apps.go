@@ -161,12 +161,9 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 		}
 	}
 	if ac.LabelShift == nil || *ac.LabelShift {
-		marginal, answers, answersErr, err := shiftStart(m, a.est, a.sched.Utility)
+		marginal, answers, err := g.shiftStart(m, a.est, a.sched.Utility)
 		switch {
 		case err == nil:
-			if answersErr != nil {
-				g.log.Warn().Err(answersErr).Str("app", m.Name).Msg("answers from the estimate off for this application (scheduler.estimate_answers): its validation split cannot value them")
-			}
 			a.shift = sneakpeek.NewPriorShift(marginal, sneakpeek.ShiftOptions{Answers: answers})
 		case ac.LabelShift != nil:
 			return nil, fmt.Errorf("gateway: apps[%d].label_shift: %w", i, err)

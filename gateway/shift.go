@@ -17,17 +17,17 @@ import (
 // scheduler.Options.EstimateAnswers). Without a validation split the start is
 // the manifest's prior and answers is nil. When the rows cannot value answers
 // (a label outside the classes: dataset.Read does not check them) answers is
-// nil and answersErr says why; the correction itself still starts.
-func shiftStart(m *manifest.App, est estimator, w [][]float64) (marginal []float64, answers *sneakpeek.AnswerValue, answersErr, err error) {
+// nil and a warning says so; the correction itself still starts.
+func (g *Gateway) shiftStart(m *manifest.App, est estimator, w [][]float64) (marginal []float64, answers *sneakpeek.AnswerValue, err error) {
 	if m.Validation == nil {
-		return append([]float64(nil), m.Prior...), nil, nil, nil
+		return append([]float64(nil), m.Prior...), nil, nil
 	}
 	val, err := dataset.Read(m.Path(m.Validation.File))
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("validation split: %w", err)
+		return nil, nil, fmt.Errorf("validation split: %w", err)
 	}
 	if val.D != m.InputSize || val.N == 0 {
-		return nil, nil, nil, fmt.Errorf("validation split %s: %d rows of %d values, want rows of %d", m.Validation.File, val.N, val.D, m.InputSize)
+		return nil, nil, fmt.Errorf("validation split %s: %d rows of %d values, want rows of %d", m.Validation.File, val.N, val.D, m.InputSize)
 	}
 	k := m.K()
 	sum := make([]float64, k)
@@ -45,8 +45,10 @@ func shiftStart(m *manifest.App, est estimator, w [][]float64) (marginal []float
 	for y := range sum {
 		sum[y] /= float64(val.N)
 	}
-	if answers, answersErr = sneakpeek.NewAnswerValue(labels, ests, w); answersErr != nil {
-		return sum, nil, fmt.Errorf("validation split %s: %w", m.Validation.File, answersErr), nil
+	answers, aerr := sneakpeek.NewAnswerValue(labels, ests, w) // keeps ests, one allocation
+	if aerr != nil {
+		g.log.Warn().Err(aerr).Str("app", m.Name).Str("split", m.Validation.File).
+			Msg("answers from the estimate off for this application (scheduler.estimate_answers): its validation split cannot value them")
 	}
-	return sum, answers, nil, nil
+	return sum, answers, nil
 }

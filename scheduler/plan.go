@@ -578,7 +578,7 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 	switch {
 	case feasible == 0:
 		return Verdict{Request: r, Outcome: Expired, Reason: ReasonNoVariantFits}, true
-	case d.w.estimateAnswers && d.w.degrade(r) && r.DegradedUtility >= m.na && d.estimateWorthMore(r, ai):
+	case d.answersFromEstimate(r, ai):
 		return Verdict{Request: r, Outcome: Degraded, Reason: ReasonEstimateWorthMore}, true
 	case !onTime && d.w.degrade(r) && r.DegradedUtility >= bestLate && r.DegradedUtility >= m.na:
 		return Verdict{Request: r, Outcome: Degraded, Reason: ReasonNoVariantInTime}, true
@@ -595,6 +595,16 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 		m.u = d.withPeek(m.u, ai, r)
 	}
 	return Verdict{}, false
+}
+
+// answersFromEstimate reports whether the prepass answers r from its estimate
+// because that is worth more than any model (ReasonEstimateWorthMore): the
+// view does so (Options.EstimateAnswers), r may be degraded, its estimate is
+// worth no less than no answer, and estimateWorthMore. It reads no time, so
+// searching.newEstimateAnswer can ask it of an arrival once.
+func (d *decisionState) answersFromEstimate(r *Request, ai *appInfo) bool {
+	return d.w.estimateAnswers && r.First == nil && d.w.degrade(r) && r.DegradedUtility >= r.NoAnswerUtility &&
+		d.estimateWorthMore(r, ai)
 }
 
 // estimateWorthMore reports whether r's answer from its corrected estimate is

@@ -210,16 +210,18 @@ func (m *rateMeter) observe(now time.Time, q []*Request) float64 {
 // newEstimateAnswer reports whether a request queued since the last call
 // (Seq above estSeen; the queue is in arrival order, so only its new tail is
 // read) is one the prepass answers from its estimate (admit,
-// estimateWorthMore). That test reads only the request, its Mix and which
+// answersFromEstimate). That test reads only the request, its Mix and which
 // variants can be made resident, not the time, so a request it passes over on
 // arrival it passes over for good (until a reload changes the variants).
 func (p *searching) newEstimateAnswer(d *decisionState, q []*Request) bool {
+	if !p.w.estimateAnswers {
+		return false
+	}
 	found, newest := false, p.estSeen
 	for i := len(q) - 1; i >= 0 && q[i].Seq > p.estSeen; i-- {
 		r := q[i]
 		newest = max(newest, r.Seq)
-		if !found && r.First == nil && d.w.degrade(r) && r.DegradedUtility >= r.NoAnswerUtility &&
-			d.estimateWorthMore(r, d.info(r.App)) {
+		if !found && d.answersFromEstimate(r, d.info(r.App)) {
 			found = true
 		}
 	}
@@ -250,7 +252,7 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	}
 	probe := newDecisionState(s, p.w, p.o.MaxBatch)
 	probe.shrink = p.o.Shrink
-	if p.w.estimateAnswers && p.newEstimateAnswer(probe, s.Queue) {
+	if p.newEstimateAnswer(probe, s.Queue) {
 		// bounded's verdict bound assumes a request far from its deadline
 		// gets no verdict; one its estimate answers (estimate_worth_more)
 		// does, whatever its deadline: decide over the whole queue, whose

@@ -25,8 +25,8 @@ type Mix struct {
 // MixRefresh is how many corrections a PriorShift makes between two Mixes. The
 // live prior moves by at most 1/Window of the way per correction, so with the
 // default window of 300 a Mix is at most a fifth of a window old; computing one
-// costs one pass over the labelled rows (fashion's 10,000 validation rows of 10
-// classes: about 0.1 ms), a fraction of a microsecond per request.
+// costs one pass over the labelled rows (fashion: 10,000 validation rows of 10
+// classes), shared by the 64 requests.
 const MixRefresh = 64
 
 // AnswerValue measures, on labelled rows (an application's validation split),
@@ -43,23 +43,22 @@ const MixRefresh = 64
 // per-request values alone (noisy, and less reliable for the estimate on
 // inputs unlike the validation split's) cannot safely be.
 type AnswerValue struct {
-	k      int
 	labels []int32
-	est    []float64 // len(labels) x k
+	est    [][]float64 // per row, len K
 	w      [][]float64
 	n      []int // rows per class
 }
 
 // NewAnswerValue keeps labelled rows for V: labels[i] is row i's class, est[i]
 // its estimate (len K), w the application's utility matrix (K x K, w[y][c]:
-// the value of answering c when the class is y). est is copied.
+// the value of answering c when the class is y). est and w are kept, not
+// copied: the caller must not change them.
 func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue, error) {
 	k := len(w)
 	if k < 2 || len(labels) != len(est) || len(labels) == 0 {
 		return nil, fmt.Errorf("%w: answer value: %d labels, %d estimates, %d classes", ErrParams, len(labels), len(est), k)
 	}
-	a := &AnswerValue{k: k, labels: make([]int32, len(labels)), est: make([]float64, 0, len(labels)*k),
-		w: w, n: make([]int, k)}
+	a := &AnswerValue{labels: make([]int32, len(labels)), est: est, w: w, n: make([]int, k)}
 	for y, row := range w {
 		if len(row) != k {
 			return nil, fmt.Errorf("%w: answer value: utility row %d has %d values, want %d", ErrParams, y, len(row), k)
@@ -71,7 +70,6 @@ func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue,
 		}
 		a.labels[i] = int32(y)
 		a.n[y]++
-		a.est = append(a.est, est[i]...)
 	}
 	return a, nil
 }
@@ -79,9 +77,9 @@ func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue,
 // Value is V(prior) with the correction ratio (len K each); classes without a
 // row contribute nothing. It does not allocate beyond a K-sized scratch.
 func (a *AnswerValue) Value(prior, ratio []float64) float64 {
-	sum := make([]float64, a.k)
+	sum := make([]float64, len(a.n))
 	for i, y := range a.labels {
-		p := a.est[i*a.k : (i+1)*a.k]
+		p := a.est[i]
 		best, bc := math.Inf(-1), 0
 		for c, v := range p {
 			if x := v * ratio[c]; x > best {

@@ -10,16 +10,22 @@ import (
 // costs 1, a false alarm 0.1.
 var vadUtility = [][]float64{{1, -0.1}, {-1, 1}}
 
+// fourRows is an AnswerValue over two silence and two speech rows, one of each
+// estimated wrong.
+func fourRows(t *testing.T) *AnswerValue {
+	t.Helper()
+	a, err := NewAnswerValue([]int{0, 0, 1, 1}, [][]float64{{0.9, 0.1}, {0.4, 0.6}, {0.3, 0.7}, {0.6, 0.4}}, vadUtility)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 func TestAnswerValueByHand(t *testing.T) {
 	// Two silence rows, two speech rows. Uncorrected, the estimate is right on
 	// three of four: silence [0.9 0.1] right, silence [0.4 0.6] wrong (a false
 	// alarm, -0.1), speech [0.3 0.7] right, speech [0.6 0.4] wrong (missed, -1).
-	labels := []int{0, 0, 1, 1}
-	est := [][]float64{{0.9, 0.1}, {0.4, 0.6}, {0.3, 0.7}, {0.6, 0.4}}
-	a, err := NewAnswerValue(labels, est, vadUtility)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := fourRows(t)
 	one := []float64{1, 1}
 	// Class means: silence (1 - 0.1)/2 = 0.45, speech (1 - 1)/2 = 0.
 	if got, want := a.Value([]float64{0.5, 0.5}, one), 0.5*0.45+0.5*0; math.Abs(got-want) > 1e-12 {
@@ -59,12 +65,7 @@ func TestAnswerValueRefusesBadRows(t *testing.T) {
 // (not between), valued by its AnswerValue, and the training prior again after
 // Reset, although the Mix before it was taken at a later correction count.
 func TestPriorShiftPublishesMixes(t *testing.T) {
-	labels := []int{0, 0, 1, 1}
-	est := [][]float64{{0.9, 0.1}, {0.4, 0.6}, {0.3, 0.7}, {0.6, 0.4}}
-	av, err := NewAnswerValue(labels, est, vadUtility)
-	if err != nil {
-		t.Fatal(err)
-	}
+	av := fourRows(t)
 	s := NewPriorShift([]float64{0.5, 0.5}, ShiftOptions{Window: 10, Answers: av})
 	m0 := s.Mix()
 	if m0 == nil || m0.Prior[0] != 0.5 || math.Abs(m0.Answer-av.Value([]float64{0.5, 0.5}, []float64{1, 1})) > 1e-12 {
@@ -95,5 +96,20 @@ func TestPriorShiftPublishesMixes(t *testing.T) {
 	plain := NewPriorShift([]float64{0.5, 0.5}, ShiftOptions{})
 	if m := plain.Mix(); m == nil || !math.IsNaN(m.Answer) {
 		t.Errorf("without an AnswerValue: Mix %+v, want its Answer NaN", m)
+	}
+}
+
+// Two snapshots published out of order (two Corrects racing): the later one
+// stays the latest Mix.
+func TestPriorShiftKeepsTheLaterMix(t *testing.T) {
+	s := NewPriorShift([]float64{0.5, 0.5}, ShiftOptions{})
+	s.mu.Lock()
+	older, newer := s.newMix(), s.newMix()
+	s.mu.Unlock()
+	newer.prior[0] = 0.9
+	s.publish(newer)
+	s.publish(older)
+	if got := s.Mix(); got.Prior[0] != 0.9 {
+		t.Errorf("after publishing the older snapshot last: Mix prior %v, want the newer one's", got.Prior)
 	}
 }
