@@ -626,9 +626,10 @@ func (d *decisionState) answersFromEstimate(r *Request, ai *appInfo) bool {
 //     (1-s) DegradedUtility + s Mix.Answer  >=  (1-s) ShiftedUtility[m] + s U_profiled(m | Mix.Prior)
 //
 // Per-request values alone trust the estimate where it is confidently wrong
-// on inputs unlike the validation split's; each step alone lost 0.002-0.007
-// on unshifted workloads in the simulator (docs/evaluation.md, "Answers from
-// the estimate"). Without the label-shift correction's values (Request.Mix,
+// on inputs unlike the validation split's: unshrunk they lost 0.013 on vad's
+// natural mix, shrunk but without the mix test 0.002-0.007 on satellite's
+// natural and red-soil mixes (docs/evaluation.md, "Answers from the
+// estimate"). Without the label-shift correction's values (Request.Mix,
 // Request.ShiftedUtility) it says false.
 func (d *decisionState) estimateWorthMore(r *Request, ai *appInfo) bool {
 	mx := r.Mix
