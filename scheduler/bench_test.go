@@ -123,6 +123,49 @@ func BenchmarkDecide(b *testing.B) {
 	}
 }
 
+// BenchmarkDecideEstimateAnswers is BenchmarkDecide for sneakpeek with
+// Options.EstimateAnswers and a stream of arrivals a quarter of which the
+// estimate answers (estimate_worth_more: corrected estimates all but certain
+// of one class, in a mix where the estimate's answers are worth more than
+// every variant's). "queued": every arrival reaches the queue, as without
+// admission's test (and before it, for every arrival); "admitted": each
+// arrival first meets the latest decision's Decision.Answers, as at the
+// gateway's admission, and one it passes is answered there (timed, and
+// counted as scheduled, as a verdict would be). The initial queue holds
+// none the estimate answers.
+func BenchmarkDecideEstimateAnswers(b *testing.B) {
+	for _, mode := range []string{"queued", "admitted"} {
+		for _, load := range []string{"over", "under"} {
+			for _, n := range []int{1000, 10000, 100000} {
+				b.Run(fmt.Sprintf("%s/%sload/queued=%d", mode, load, n), func(b *testing.B) {
+					if mode == "admitted" && benchAdmit == nil {
+						b.Skip("no admission test in this tree")
+					}
+					l := newBenchLoop(b, "sneakpeek", n, load == "over")
+					l.p = benchPolicyOpts(b, "sneakpeek", Options{MaxQueueDelay: time.Nanosecond, Shrink: 0.5, EstimateAnswers: true})
+					uniform := make([]float64, l.a.K)
+					for y := range uniform {
+						uniform[y] = 1 / float64(l.a.K)
+					}
+					l.estMix = &sneakpeek.Mix{Prior: uniform, Answer: 0.999}
+					l.estEvery, l.admit = 4, mode == "admitted"
+					l.apply(l.p.Decide(l.snapshot()))
+					l.time(b)
+				})
+			}
+		}
+	}
+}
+
+// benchPolicyOpts is the searching policy name with options o.
+func benchPolicyOpts(tb testing.TB, name string, o Options) Policy {
+	p, err := New(name, o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
 // BenchmarkDecideSteady is BenchmarkDecide after the queue has turned over, as
 // in a long spell of load: before the clock starts the same loop runs (untimed)
 // until every request of the initial queue has left it, or until 20 x n
@@ -204,6 +247,17 @@ type benchLoop struct {
 	// gone is apply's scratch.
 	warm int
 	gone []uint64
+	// estEvery, when positive, makes every estEvery-th arrival one the
+	// estimate answers in estMix (BenchmarkDecideEstimateAnswers); with
+	// admit, the latest decision (last) meets each arrival first
+	// (benchAdmit), admitted counts those it answered and admitNs the
+	// time its tests took.
+	estEvery int
+	estMix   *sneakpeek.Mix
+	admit    bool
+	last     Decision
+	admitted int
+	admitNs  int64
 }
 
 func newBenchLoop(tb testing.TB, name string, n int, overloaded bool) *benchLoop {
@@ -257,9 +311,29 @@ func (l *benchLoop) apply(d Decision) int {
 	clear(l.q[w:])
 	l.q = l.q[:w]
 	l.now = l.now.Add(10 * time.Microsecond)
+	l.last = d
 	for len(l.q) < l.n {
-		l.q = append(l.q, benchRequest(l.rng, l.a, l.seq, l.now, l.n, l.overloaded))
+		r := benchRequest(l.rng, l.a, l.seq, l.now, l.n, l.overloaded)
 		l.seq++
+		if l.estEvery > 0 && l.seq%uint64(l.estEvery) == 0 {
+			c := l.rng.IntN(l.a.K)
+			q := make([]float64, l.a.K)
+			for y := range q {
+				q[y] = 0.0001 / float64(l.a.K-1)
+			}
+			q[c] = 0.9999
+			Reweigh(r, q, l.estMix)
+		}
+		if l.admit {
+			t := time.Now()
+			ok := benchAdmit(l.last, r)
+			l.admitNs += time.Since(t).Nanoseconds()
+			if ok {
+				l.admitted++
+				continue
+			}
+		}
+		l.q = append(l.q, r)
 	}
 	return len(l.gone)
 }
@@ -290,13 +364,16 @@ func (l *benchLoop) time(b *testing.B) {
 		d := l.p.Decide(s)
 		longest = max(longest, time.Since(start))
 		b.StopTimer()
-		scheduled += l.apply(d)
+		a0 := l.admitted
+		scheduled += l.apply(d) + l.admitted - a0
 		b.StartTimer()
 	}
 	if scheduled == 0 {
 		b.Fatal("nothing scheduled")
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(scheduled)/1e3, "µs/sched")
+	// With admission's test (BenchmarkDecideEstimateAnswers), its time
+	// (admitNs, timed apart in the untimed refill) counts too.
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds()+l.admitNs)/float64(scheduled)/1e3, "µs/sched")
 	b.ReportMetric(float64(scheduled)/float64(b.N), "sched/op")
 	b.ReportMetric(float64(longest.Nanoseconds())/1e3, "max-µs")
 	if ix != nil {

@@ -23,7 +23,11 @@ import (
 //   - verdicts: every request after V has at least dl_next (the earliest
 //     deadline after V) left, and dl_next is past every variant's swap plus
 //     batch-1 latency, so every variant would be on time for it: the prepass
-//     gives it no verdict;
+//     gives it no verdict, unless its estimate is worth more than any model
+//     (answersFromEstimate, whatever its deadline). Admission answers those
+//     (Decision.Answers, EstimateRule), and the few queued that it did not
+//     test (noteEstimateAnswers reads each arrival once) are answered with
+//     the prefix's verdicts, in Seq order (pendingBeyond);
 //   - shedding: workHist, a conservative summary of the whole queue's engine
 //     work by deadline, shows that the shedding walk over the whole queue would
 //     shed nothing (then the walk over V, whose constraints are a prefix of the
@@ -146,7 +150,11 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 				p.pull.reset(&p.ix, &p.hist)
 				p.bound.pull = &p.pull
 			}
-			d := p.decideOn(&sub, arrivals, len(s.Queue)-len(v))
+			// Queued requests beyond the prefix that the estimate answers
+			// (noteEstimateAnswers) get their verdicts here, as over the
+			// whole queue, and are not backlog.
+			beyond := p.pendingBeyond(s.Queue, v)
+			d := p.decideOn(&sub, arrivals, len(s.Queue)-len(v)-len(beyond), beyond...)
 			b := p.bound
 			p.bound = boundInfo{}
 			if !b.short && !(restPri < b.low) {

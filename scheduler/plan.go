@@ -5,8 +5,6 @@ import (
 	"math"
 	"slices"
 	"time"
-
-	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // This file holds what the searching policies (sneakpeek, oblivious, bruteforce)
@@ -131,12 +129,8 @@ type appInfo struct {
 	// peekClass[y] is the per-class gain at that point (ClassGain), nil
 	// when the curve has none.
 	peekClass []float64
-	// mixProf[m] is variant m's profiled utility in the live mix mix.Prior
-	// (estimateWorthMore), for the last Mix seen; mixOK says whether the
-	// estimate's answers are worth at least every resident-able variant's there.
-	mix     *sneakpeek.Mix
-	mixProf []float64
-	mixOK   bool
+	// mix is the mix test's values (estimateWorthMore) for the last Mix seen.
+	mix *mixValues
 }
 
 // decisionState is one decision's working set.
@@ -173,6 +167,11 @@ type decisionState struct {
 	bound        *boundInfo
 	// skip is the prepass's (the requests earlier rounds answered).
 	skip map[*Request]bool
+	// beyond are queued requests after a prefix's (extraBacklog) that the
+	// estimate answers, for the prepass to answer (searching.decideOn);
+	// admits counts the requests the prepasses read.
+	beyond []*Request
+	admits int
 	// shedN counts the members the shedding walk answered (shed.go), and
 	// shedMax is the largest worth per engine second among them.
 	shedN   int
@@ -519,15 +518,50 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 	d.members = d.members[:0]
 	d.ubuf = d.ubuf[:0]
 	d.skip = skip
-	for _, r := range q {
-		if skip != nil && skip[r] {
+	if len(d.beyond) == 0 {
+		// prepassOne's body, inlined in the common case (the compiler does not).
+		for _, r := range q {
+			if skip != nil && skip[r] {
+				continue
+			}
+			d.admits++
+			d.members = append(d.members, member{})
+			if v, answered := d.admit(r, &d.members[len(d.members)-1]); answered {
+				d.members = d.members[:len(d.members)-1]
+				d.verdicts = append(d.verdicts, v)
+			}
+		}
+		return
+	}
+	// A decision over a prefix with requests beyond it that the estimate
+	// answers (searching.pendingBeyond): in Seq order, as the whole queue's.
+	b := d.beyond
+	for i := 0; i < len(q) || len(b) > 0; {
+		if len(b) > 0 && (i == len(q) || b[0].Seq < q[i].Seq) {
+			d.prepassOne(b[0], skip, true)
+			b = b[1:]
 			continue
 		}
-		d.members = append(d.members, member{})
-		if v, answered := d.admit(r, &d.members[len(d.members)-1]); answered {
-			d.members = d.members[:len(d.members)-1]
-			d.verdicts = append(d.verdicts, v)
-		}
+		d.prepassOne(q[i], skip, false)
+		i++
+	}
+}
+
+// prepassOne is the prepass for r: a verdict, or a member. A request beyond
+// the prefix that gets no verdict is left out (it cannot happen: bounded
+// passes only requests the estimate answers, whose deadlines are past every
+// variant's batch-1 latency and swap).
+func (d *decisionState) prepassOne(r *Request, skip map[*Request]bool, beyond bool) {
+	if skip != nil && skip[r] {
+		return
+	}
+	d.admits++
+	d.members = append(d.members, member{})
+	if v, answered := d.admit(r, &d.members[len(d.members)-1]); answered {
+		d.members = d.members[:len(d.members)-1]
+		d.verdicts = append(d.verdicts, v)
+	} else if beyond {
+		d.members = d.members[:len(d.members)-1]
 	}
 }
 
@@ -599,67 +633,19 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 
 // answersFromEstimate reports whether the prepass answers r from its estimate
 // because that is worth more than any model (ReasonEstimateWorthMore): the
-// view does so (Options.EstimateAnswers), r may be degraded, its estimate is
-// worth no less than no answer, and estimateWorthMore. It reads no time, so
-// searching.newEstimateAnswer can ask it of an arrival once.
+// view does so (Options.EstimateAnswers) and may degrade r, and
+// estimateAnswers, the test admission makes with the policy's EstimateRule
+// (estimaterule.go), says so with this decision's resident-able variants. It
+// reads no time: a request it passes over at admission it passes over here
+// (for the same variants).
 func (d *decisionState) answersFromEstimate(r *Request, ai *appInfo) bool {
-	return d.w.estimateAnswers && r.First == nil && d.w.degrade(r) && r.DegradedUtility >= r.NoAnswerUtility &&
-		d.estimateWorthMore(r, ai)
-}
-
-// estimateWorthMore reports whether r's answer from its corrected estimate is
-// worth at least as much as every model answer that can be made resident
-// (Options.EstimateAnswers). Both sides are valued in the live class mix, in
-// two steps:
-//
-//   - in the mix: the corrected estimate's answers, measured on the validation
-//     split (sneakpeek.Mix.Answer), must be worth at least each variant's
-//     profiled utility in the mix Mix.Prior. Where the models are worth more
-//     on average (every bundled workload that is not shifted toward what the
-//     models miss), the estimate never answers for them.
-//
-//   - per request: its degraded value and each variant's value under the
-//     corrected estimate (ShiftedUtility), both shrunk by Options.Shrink
-//     toward those mix values, as the planner shrinks a variant's value
-//     toward its profiled one:
-//
-//     (1-s) DegradedUtility + s Mix.Answer  >=  (1-s) ShiftedUtility[m] + s U_profiled(m | Mix.Prior)
-//
-// Per-request values alone trust the estimate where it is confidently wrong
-// on inputs unlike the validation split's: unshrunk they lost 0.013 on vad's
-// natural mix, shrunk but without the mix test 0.002-0.007 on satellite's
-// natural and red-soil mixes (docs/evaluation.md, "Answers from the
-// estimate"). Without the label-shift correction's values (Request.Mix,
-// Request.ShiftedUtility) it says false.
-func (d *decisionState) estimateWorthMore(r *Request, ai *appInfo) bool {
-	mx := r.Mix
-	if mx == nil || r.ShiftedUtility == nil || math.IsNaN(mx.Answer) || len(mx.Prior) != r.App.K {
+	if !d.w.estimateAnswers || !d.w.degrade(r) || !estimateCandidate(r) {
 		return false
 	}
-	if ai.mix != mx {
-		ai.mix = mx
-		if ai.mixProf == nil {
-			ai.mixProf = make([]float64, len(r.App.Variants))
-		}
-		ai.mixOK = true
-		for i, v := range r.App.Variants {
-			ai.mixProf[i] = ExpectedUtility(mx.Prior, v.Cond, r.App.Utility)
-			if ai.ok0[i] && !(ai.mixProf[i] <= mx.Answer) { // NaN: not worth more
-				ai.mixOK = false
-			}
-		}
+	if ai.mix == nil || ai.mix.mix != r.Mix {
+		ai.mix = newMixValues(r.App, r.Mix, ai.ok0)
 	}
-	if !ai.mixOK {
-		return false
-	}
-	s := d.shrink
-	du := shrinkTo(r.DegradedUtility, mx.Answer, s)
-	for i, u := range r.ShiftedUtility {
-		if ai.ok0[i] && !(shrinkTo(u, ai.mixProf[i], s) <= du) {
-			return false
-		}
-	}
-	return true
+	return estimateWorthMore(r, ai.ok0, ai.mix, d.shrink)
 }
 
 // setAlt sets m.alt from m.u and m.na: no answer, or for a view that degrades,

@@ -58,7 +58,7 @@ func (rs *resSet) cost(v *Variant) (c time.Duration, evict int, ok bool) {
 	if rs.has(v) {
 		return 0, 0, true
 	}
-	if rs.memBudget > 0 && v.MemBytes > rs.memBudget {
+	if !fitsAlone(v, rs.memBudget) {
 		return 0, 0, false
 	}
 	mem, n := rs.mem, len(rs.ents)

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -74,8 +75,19 @@ type searching struct {
 	ubuf []float64
 	// arrivals measures the arrival rate from the snapshots' new requests.
 	arrivals rateMeter
-	// estSeen is the newest Seq newEstimateAnswer has read.
-	estSeen uint64
+	// rule is the test of Options.EstimateAnswers the decisions publish for
+	// admission (Decision.Answers, estimaterule.go).
+	rule *EstimateRule
+	// estNext is the lowest Seq noteEstimateAnswers has not read, and estPending
+	// the requests it found queued that the estimate answers (in Seq order):
+	// those admission did not test (before the first rule, a request
+	// recovered or prepared again after a reload), for a decision over a
+	// prefix to answer beyond it.
+	estNext    uint64
+	estPending []*Request
+	// admits counts the requests the prepasses read (admit): the work of the
+	// decisions, for the tests.
+	admits int
 	// recent are the requests that arrived within Options.PriceHorizon (at most
 	// maxStream), oldest first; seen is the newest Seq added.
 	recent []*Request
@@ -207,26 +219,78 @@ func (m *rateMeter) observe(now time.Time, q []*Request) float64 {
 	return m.w.Add(now, float64(added))
 }
 
-// newEstimateAnswer reports whether a request queued since the last call
-// (Seq above estSeen; the queue is in arrival order, so only its new tail is
-// read) is one the prepass answers from its estimate (admit,
-// answersFromEstimate). That test reads only the request, its Mix and which
-// variants can be made resident, not the time, so a request it passes over on
-// arrival it passes over for good (until a reload changes the variants).
-func (p *searching) newEstimateAnswer(d *decisionState, q []*Request) bool {
+// noteEstimateAnswers adds to estPending the requests queued since the last
+// call (Seq from estNext; the queue is in arrival order, so only its new
+// tail is read) that the prepass answers from their estimate (admit,
+// answersFromEstimate): an arrival admission answered with the policy's
+// EstimateRule never gets here, so these are the few it did not test. The
+// test reads only the request, its Mix and which variants can be made
+// resident, not the time, so a request it passes over on arrival it passes
+// over for good while the rule stays the same (Decide reads the whole queue
+// again when it changes).
+func (p *searching) noteEstimateAnswers(d *decisionState, q []*Request) {
 	if !p.w.estimateAnswers {
-		return false
+		return
 	}
-	found, newest := false, p.estSeen
-	for i := len(q) - 1; i >= 0 && q[i].Seq > p.estSeen; i-- {
-		r := q[i]
-		newest = max(newest, r.Seq)
-		if !found && d.answersFromEstimate(r, d.info(r.App)) {
-			found = true
+	start := len(q)
+	for start > 0 && q[start-1].Seq >= p.estNext {
+		start--
+	}
+	for _, r := range q[start:] {
+		if d.answersFromEstimate(r, d.info(r.App)) {
+			p.estPending = append(p.estPending, r)
 		}
 	}
-	p.estSeen = newest
-	return found
+	if len(q) > 0 {
+		p.estNext = max(p.estNext, q[len(q)-1].Seq+1)
+	}
+}
+
+// clearPending forgets estPending: a decision over the whole queue (or over a
+// prefix with the requests beyond it, bounded) answered every one still
+// queued; next is the Seq after the newest that decision saw.
+func (p *searching) clearPending(next uint64) {
+	clear(p.estPending)
+	p.estPending = p.estPending[:0]
+	p.estNext = max(p.estNext, next)
+}
+
+// pendingBeyond returns the requests of estPending still queued in q (a
+// search by Seq) and not in the prefix v, in Seq order, and drops from
+// estPending those no longer queued. Its cost is what estPending holds times
+// log len(q), plus len(v) when estPending is not empty.
+func (p *searching) pendingBeyond(q, v []*Request) []*Request {
+	if len(p.estPending) == 0 {
+		return nil
+	}
+	live := p.estPending[:0]
+	for _, r := range p.estPending {
+		i, found := slices.BinarySearchFunc(q, r.Seq, func(x *Request, seq uint64) int { return cmp.Compare(x.Seq, seq) })
+		if found && q[i] == r {
+			live = append(live, r)
+		}
+	}
+	clear(p.estPending[len(live):])
+	p.estPending = live
+	if len(live) == 0 {
+		return nil
+	}
+	in := make(map[*Request]bool, len(live))
+	for _, r := range live {
+		in[r] = true
+	}
+	for _, r := range v {
+		if in[r] {
+			in[r] = false
+		}
+	}
+	var out []*Request
+	for _, r := range live {
+		if in[r] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // MaxBruteWindow is the largest window the bruteforce policy searches.
@@ -235,6 +299,19 @@ const MaxBruteWindow = 5
 func (p *searching) Name() string { return p.name }
 
 func (p *searching) Decide(s *Snapshot) Decision {
+	if rule := p.estimateRule(s); rule != p.rule {
+		// A new rule (the first, or after the applications or their
+		// resident-able variants changed): read the whole queue again.
+		p.rule = rule
+		p.clearPending(0)
+		p.estNext = 0
+	}
+	d := p.decide(s)
+	d.Answers = p.rule
+	return d
+}
+
+func (p *searching) decide(s *Snapshot) Decision {
 	arrivals := max(p.arrivals.observe(s.Now, s.Queue), s.Offered)
 	p.noteStream(s)
 	if len(p.peek) > 0 {
@@ -246,20 +323,22 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		}
 		s = fresh
 	}
+	next := uint64(0) // the Seq after the newest queued
+	if len(s.Queue) > 0 {
+		next = s.Queue[len(s.Queue)-1].Seq + 1
+	}
 	if p.wholeQueue || len(s.Queue) < boundedMin {
 		p.hist.valid = false
+		p.clearPending(next) // the prepass answers them all
 		return p.decideOn(s, arrivals, 0)
 	}
 	probe := newDecisionState(s, p.w, p.o.MaxBatch)
 	probe.shrink = p.o.Shrink
-	if p.newEstimateAnswer(probe, s.Queue) {
-		// bounded's verdict bound assumes a request far from its deadline
-		// gets no verdict; one its estimate answers (estimate_worth_more)
-		// does, whatever its deadline: decide over the whole queue, whose
-		// prepass answers it now.
-		p.hist.valid = false
-		return p.decideOn(s, arrivals, 0)
-	}
+	// Requests the estimate answers get a verdict whatever their deadline,
+	// which bounded's verdict bound does not foresee: admission answers them
+	// (Decision.Answers), and the few it did not test are kept apart for
+	// bounded to answer beyond its prefix (pendingBeyond).
+	p.noteEstimateAnswers(probe, s.Queue)
 	ctx := newHistCtx(probe, s.Apps)
 	if byClass := p.w.dataAware || p.w.byClass; p.hist.byClass != byClass {
 		// A data-aware policy, whose stakes differ by class, keeps the
@@ -271,19 +350,26 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	}
 	if d, ok := p.bounded(s, probe, arrivals); ok {
 		p.hist.note(d)
+		p.clearPending(next)
 		return d
 	}
 	d := p.decideOn(s, arrivals, 0)
 	p.hist.note(d)
+	p.clearPending(next)
 	return d
 }
 
 // decideOn makes the decision over s.Queue; arrivals is the measured arrival
 // rate, and extra counts queued requests left out of s.Queue (a decision over a
 // prefix, bounded.go), for the price's backlog.
-func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision {
+//
+// beyond (bounded) are queued requests after the prefix that the estimate
+// answers: the prepass answers them in Seq order among the prefix's, as a
+// decision over the whole queue would; they are not in extra.
+func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int, beyond ...*Request) Decision {
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
 	d.extraBacklog = extra
+	d.beyond = beyond
 	if p.bound.on {
 		d.bound = &p.bound
 	}
@@ -297,6 +383,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int) Decision 
 		clear(d.members[:min(cap(d.members), len(s.Queue))])
 		p.buf = d.members[:0]
 		p.ubuf = d.ubuf[:0]
+		p.admits += d.admits
 	}()
 	var skip map[*Request]bool
 	// Each round either returns a batch or answers at least one request without

@@ -271,6 +271,12 @@ type Decision struct {
 	// it or it expires (GateTTL). Only a searching, data-aware policy that
 	// answers from the estimate sets it.
 	Gate *PriceGate
+	// Answers, if not nil, is the policy's test of Options.EstimateAnswers
+	// (EstimateRule): a caller that admits requests answers an arrival it
+	// passes from its estimate (degraded, ReasonEstimateWorthMore) instead of
+	// queueing it, as the policy would at its next decision. A searching,
+	// data-aware policy with Options.EstimateAnswers sets it on every decision.
+	Answers *EstimateRule
 }
 
 // Policy decides. Implementations are registered by name with Register.
