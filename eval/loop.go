@@ -157,8 +157,10 @@ func (s *engineSim) run() (*simRun, error) {
 		next      int
 		drain     scheduler.DrainMeter
 		drainRate float64
-		// gate is the latest decision's price gate (PriceAdmission).
-		gate *scheduler.PriceGate
+		// gate is the latest decision's price gate (PriceAdmission), answers
+		// its test of answers from the estimate (Decision.Answers).
+		gate    *scheduler.PriceGate
+		answers *scheduler.EstimateRule
 		// The pipeline (Pipeline): ahead is the batch decided while inflight
 		// runs, ready when the loop has decided it (aheadReady); freeAt is
 		// inflight's planned end, aheadAt when the next batch may be decided;
@@ -299,6 +301,7 @@ func (s *engineSim) run() (*simRun, error) {
 		if d.Gate != nil {
 			gate = d.Gate
 		}
+		answers = d.Answers
 		loopCost := time.Duration(len(d.Verdicts)) * s.VerdictCost
 		if d.Batch != nil {
 			loopCost += time.Duration(len(d.Batch.Requests)) * s.GatewayCost
@@ -418,7 +421,8 @@ func (s *engineSim) run() (*simRun, error) {
 				}
 				continue
 			}
-			if a.Guard != nil && !a.Guard.Trusted() {
+			guarded := a.Guard != nil && !a.Guard.Trusted()
+			if guarded {
 				out.Tallies[q.app].distrusted++
 				q.r = prepareGuarded(a.View, a.GMode, q.seq, received, q.arr.Add(a.Deadline), est, q)
 			} else {
@@ -429,13 +433,22 @@ func (s *engineSim) run() (*simRun, error) {
 					scheduler.Sharpen(q.r, correct)
 				}
 				scheduler.Reweigh(q.r, q.answerEst, q.mix)
-				if s.PriceAdmission && gate.Sheds(q.r, now) {
-					// The gateway's admission.price_shed: answered from the
-					// estimate on the ingress worker, neither queued nor journaled.
-					answer(q, scheduler.Argmax(q.r.P), now, "degraded")
-					out.Tallies[q.app].m.PriceShed++
-					continue
-				}
+			}
+			if answers.Answers(q.r) {
+				// The gateway's admission answer from the estimate
+				// (Decision.Answers): what the policy's prepass would answer
+				// estimate_worth_more, on the ingress worker, neither queued
+				// nor journaled.
+				answer(q, scheduler.Argmax(q.r.P), now, "degraded")
+				out.Tallies[q.app].m.EstimateAdmitted++
+				continue
+			}
+			if !guarded && s.PriceAdmission && gate.Sheds(q.r, now) {
+				// The gateway's admission.price_shed: answered from the
+				// estimate on the ingress worker, neither queued nor journaled.
+				answer(q, scheduler.Argmax(q.r.P), now, "degraded")
+				out.Tallies[q.app].m.PriceShed++
+				continue
 			}
 			byReq[q.r] = q
 			q.r.Queued = now

@@ -147,6 +147,11 @@ type Metrics struct {
 	// PriceShed counts the degraded answers given at admission by the price
 	// gate (GatewayModel.PriceAdmission); they are in Degraded too.
 	PriceShed int `json:"price_shed,omitempty"`
+	// EstimateAdmitted counts the degraded answers given at admission because
+	// the estimate is worth more than any model (Decision.Answers,
+	// scheduler.EstimateRule; the gateway does the same); they are in
+	// Degraded too.
+	EstimateAdmitted int `json:"estimate_admitted,omitempty"`
 	// Swaps counts variant loads; SwapTime is their summed simulated cost.
 	Swaps    int     `json:"swaps"`
 	SwapTime float64 `json:"swap_time_s"`
