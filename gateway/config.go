@@ -218,7 +218,12 @@ type SchedulerConfig struct {
 	// as any model's in the live class mix, shrunk as the variants' values are
 	// (docs/evaluation.md, "Answers from the estimate"). It acts only for
 	// applications with the label-shift correction (apps[].label_shift) and a
-	// validation split. On by default.
+	// validation split. On by default. The test reads only the request, so
+	// admission makes it (the policy's scheduler.EstimateRule, published with
+	// each decision) and answers such a request before the journal write,
+	// neither journaled nor queued, its reply handled like price_shed's; the
+	// scheduler answers the few queued without the test (before its first
+	// decision, recovered from the journal, prepared again by a reload).
 	EstimateAnswers bool `yaml:"estimate_answers"`
 	// LatencyCorrection corrects the variants' latency tables from the observed
 	// forward passes (gateway/latency.go); false keeps the start-up profiles.

@@ -22,6 +22,9 @@ import (
 // answers 82-95% of the windows from the estimate. The correction follows the
 // mix over a few hundred requests (a window of 300; none of the first 600 here
 // were answered so), so the test counts the last 500 of 2,000 (472 here).
+// Once the policy has published its test (Decision.Answers), admission
+// answers such a window before the journal write, as admission.price_shed
+// does: the reply is the same, and the journal and the queue never hold it.
 func TestEstimateAnswersEndToEnd(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
@@ -80,6 +83,15 @@ func TestEstimateAnswersEndToEnd(t *testing.T) {
 	t.Logf("answered from the estimate: %d of the last %d", fromEstimate, n/4)
 	if got := testutil.ToFloat64(r.g.m.verdicts.WithLabelValues("vad", "degraded", "estimate_worth_more")); int(got) != all {
 		t.Errorf("sneakgate_scheduler_verdicts_total{degraded, estimate_worth_more} = %v, %d replies say so", got, all)
+	}
+	// Once the scheduler has published its test (scheduler.EstimateRule),
+	// admission answers them: neither journaled nor queued.
+	journaled := int(testutil.ToFloat64(r.g.m.received.WithLabelValues("vad")))
+	shed := int(testutil.ToFloat64(r.g.m.admissionShed.WithLabelValues("vad")))
+	atAdmission := n - journaled - shed
+	t.Logf("%d journaled, %d answered from the estimate at admission (%d shed there)", journaled, atAdmission, shed)
+	if atAdmission <= 0 || atAdmission > all {
+		t.Errorf("%d answered at admission without being journaled (%d journaled, %d shed), want 1-%d", atAdmission, journaled, shed, all)
 	}
 	if fromEstimate < n/16 {
 		t.Errorf("answered from the estimate: %d of the last %d windows of the meeting mix, want at least %d", fromEstimate, n/4, n/16)

@@ -170,10 +170,10 @@ func (g *Gateway) handle(a arrival) {
 		return
 	}
 	est, correct, answer, mix := g.estimate(app, req.Input)
-	var pre *scheduler.Request // prepared for the price gate; the loop takes it over
+	var pre *scheduler.Request // prepared for admission's tests; the loop takes it over
 	if reserved {
-		var shed bool
-		if pre, shed = g.shedsAtAdmission(req, app, est, correct, answer, mix); shed {
+		var reason protocol.Reason
+		if pre, reason = g.answersAtAdmission(req, app, est, correct, answer, mix); reason != "" {
 			// Not journaled: answered like a request admission refuses, unless the
 			// journal knows it (a redelivered copy), which takes the normal path.
 			// So does a request whose lookup failed: Put, below, is the authority
@@ -181,12 +181,17 @@ func (g *Gateway) handle(a arrival) {
 			res, err := g.journal.Lookup(key)
 			if err != nil {
 				g.m.storeErrors.WithLabelValues("lookup").Inc()
-				g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; the request is not shed but journaled")
+				g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; the request is not answered at admission but journaled")
 			}
 			if err == nil && res.Dup == store.New {
 				release()
-				g.m.admissionShed.WithLabelValues(req.App).Inc()
-				g.answerFromEstimate(msg, req, app, orRaw(answer, est))
+				if reason == protocol.ReasonEstimateWorthMore {
+					// The scheduler's verdict, given at admission.
+					g.m.verdicts.WithLabelValues(req.App, scheduler.Degraded.String(), string(reason)).Inc()
+				} else {
+					g.m.admissionShed.WithLabelValues(req.App).Inc()
+				}
+				g.answerFromEstimate(msg, req, app, orRaw(answer, est), reason)
 				return
 			}
 		}
@@ -269,41 +274,58 @@ func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *a
 		return false
 	}
 	g.m.refusedDeg.WithLabelValues(req.App).Inc()
-	g.answerFromEstimate(msg, req, app, orRaw(answer, est))
+	g.answerFromEstimate(msg, req, app, orRaw(answer, est), protocol.ReasonOverloadShed)
 	return true
 }
 
 // answerFromEstimate answers a request that is not journaled with its estimate
-// (status degraded, reason overload_shed) and acknowledges msg once the broker
-// has the reply, like a refusal's.
-func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, app *appRuntime, est []float64) {
+// (status degraded, for reason: overload_shed, or estimate_worth_more) and
+// acknowledges msg once the broker has the reply, like a refusal's.
+func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, app *appRuntime, est []float64, reason protocol.Reason) {
 	now := g.now()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, Received: req.Received, Deadline: req.Deadline}
-	rep := buildReply(j, degraded(est, string(protocol.ReasonOverloadShed), now), app.m.Labels, app.estName, now)
+	rep := buildReply(j, degraded(est, string(reason), now), app.m.Labels, app.estName, now)
 	g.lastDegraded.Store(now)
 	g.owe(msg, req.ReplyTo, rep)
 }
 
-// shedsAtAdmission reports whether admission.price_shed answers this request
-// from its estimate: the scheduler's latest gate (scheduler.PriceGate) sheds it
-// as the request prepared for the scheduler (est and, with a difficulty model,
+// answersAtAdmission reports whether admission answers this request from its
+// estimate, and why (reason; "" when it does not): the policy's test of
+// answers from the estimate (scheduler.EstimateRule, the latest decision's
+// Decision.Answers; scheduler.estimate_answers) finds its corrected estimate
+// worth more than any model (estimate_worth_more), as the policy's next
+// decision would; otherwise admission.price_shed's gate, the scheduler's
+// latest (scheduler.PriceGate), sheds it (overload_shed). Both read the
+// request prepared for the scheduler (est and, with a difficulty model,
 // correct, and the answer estimate, as the loop prepares it). It returns that
-// prepared request (nil when no gate sheds now), which the loop takes over if
-// the request is queued.
-func (g *Gateway) shedsAtAdmission(req *protocol.Request, app *appRuntime, est, correct, answer []float64, mix *sneakpeek.Mix) (*scheduler.Request, bool) {
-	if !g.cfg.Admission.PriceShed || app == nil || est == nil {
-		return nil, false
+// prepared request (nil when neither test applies now), which the loop takes
+// over if the request is queued.
+func (g *Gateway) answersAtAdmission(req *protocol.Request, app *appRuntime, est, correct, answer []float64, mix *sneakpeek.Mix) (*scheduler.Request, protocol.Reason) {
+	if app == nil || est == nil {
+		return nil, ""
 	}
-	gate := g.loop.gate.Load()
-	if gate == nil || !gate.Active {
-		return nil, false
+	rule := g.loop.answers.Load()
+	var gate *scheduler.PriceGate
+	if g.cfg.Admission.PriceShed {
+		if gate = g.loop.gate.Load(); gate != nil && !gate.Active {
+			gate = nil
+		}
+	}
+	if rule == nil && gate == nil {
+		return nil, ""
 	}
 	r := scheduler.Prepare(app.sched, 0, req.Received, req.Deadline, est, nil)
 	if correct != nil {
 		scheduler.Sharpen(r, correct)
 	}
 	scheduler.Reweigh(r, answer, mix)
-	return r, gate.Sheds(r, g.now())
+	switch {
+	case rule.Answers(r):
+		return r, protocol.ReasonEstimateWorthMore
+	case gate.Sheds(r, g.now()):
+		return r, protocol.ReasonOverloadShed
+	}
+	return r, ""
 }
 
 // expiredOnArrival answers a request whose end-to-end deadline passed before it

@@ -132,6 +132,10 @@ type loop struct {
 	// gate is the latest admission gate a decision set (scheduler.PriceGate,
 	// admission.price_shed); ingress workers read it.
 	gate atomic.Pointer[scheduler.PriceGate]
+	// answers is the latest decision's test of answers from the estimate
+	// (scheduler.EstimateRule, Decision.Answers; nil for a policy without
+	// one); ingress workers answer the arrivals it passes at admission.
+	answers atomic.Pointer[scheduler.EstimateRule]
 	// fallbackOpts are the options of the edf policy that decides instead of
 	// policy when policy's decision is invalid (fallback).
 	fallbackOpts scheduler.Options
@@ -647,6 +651,9 @@ func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
 	}
 	if err == nil && d.Gate != nil {
 		l.gate.Store(d.Gate)
+	}
+	if err == nil {
+		l.answers.Store(d.Answers)
 	}
 	if err != nil {
 		l.m.invalidDecisions.Inc()

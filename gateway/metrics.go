@@ -97,7 +97,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_rejected_total", Help: "Requests rejected, by reason code."}, []string{"reason"}),
 		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_scheduler_verdicts_total", Help: "Requests the scheduler answered without running a model, by application, outcome (degraded, expired, first_pass) and reason (e.g. estimate_worth_more, overload_shed, no_variant_meets_deadline)."}, []string{"app", "outcome", "reason"}),
+			Name: "sneakgate_scheduler_verdicts_total", Help: "Requests the scheduler answered without running a model, by application, outcome (degraded, expired, first_pass) and reason (e.g. estimate_worth_more, overload_shed, no_variant_meets_deadline); estimate_worth_more counts the answers admission gives by the scheduler's test too."}, []string{"app", "outcome", "reason"}),
 		refusedDeg: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_degraded_total", Help: "Requests refused for overload and answered from the SneakPeek estimate instead (admission.degrade_refused), by application."}, []string{"app"}),
 		admissionShed: prometheus.NewCounterVec(prometheus.CounterOpts{
