@@ -95,6 +95,30 @@ func (a *App) Workload(name string) (manifest.Workload, error) {
 // draw picks a sample for the workload at progress in [0,1] (a drifting mix moves
 // linearly from Mix to MixEnd): a class from the mix, then a sample of that class.
 func (a *App) draw(rng *rand.Rand, w *manifest.Workload, progress float64) int {
+	return drawFrom(a.byClass, rng, w, progress)
+}
+
+// Resampled returns the samples grouped by class as one bootstrap replicate of
+// the test set: each class's samples drawn with replacement, as many as it has,
+// by a generator of seed alone. Runs with the same seed replay the same
+// replicate whatever the policy, so comparisons stay paired; runs with
+// different seeds replay different ones, so the spread over seeds includes how
+// much the result owes to which test samples there happen to be (Point.Resample).
+func (a *App) Resampled(seed uint64) [][]int {
+	rng := rand.New(rand.NewPCG(seed, 6))
+	out := make([][]int, len(a.byClass))
+	for y, s := range a.byClass {
+		out[y] = make([]int, len(s))
+		for i := range out[y] {
+			out[y][i] = s[rng.IntN(len(s))]
+		}
+	}
+	return out
+}
+
+// drawFrom is draw over byClass, the samples grouped by class (App.byClass or
+// a replicate of it, App.Resampled).
+func drawFrom(byClass [][]int, rng *rand.Rand, w *manifest.Workload, progress float64) int {
 	u := rng.Float64()
 	y := len(w.Mix) - 1
 	acc := 0.0
@@ -103,15 +127,15 @@ func (a *App) draw(rng *rand.Rand, w *manifest.Workload, progress float64) int {
 			p = (1-progress)*p + progress*w.MixEnd[c]
 		}
 		acc += p
-		if u < acc && len(a.byClass[c]) > 0 {
+		if u < acc && len(byClass[c]) > 0 {
 			y = c
 			break
 		}
 	}
-	for len(a.byClass[y]) == 0 {
-		y = (y + 1) % len(a.byClass)
+	for len(byClass[y]) == 0 {
+		y = (y + 1) % len(byClass)
 	}
-	s := a.byClass[y]
+	s := byClass[y]
 	return s[rng.IntN(len(s))]
 }
 

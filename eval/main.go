@@ -78,6 +78,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		maxBatch    = fs.Int("max-batch", 32, "largest batch")
 		window      = fs.Int("window", 0, "requests a searching policy considers per decision (0 = default)")
 		shrink      = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
+		resample    = fs.Bool("resample", true, "each seed draws its requests from its own bootstrap replicate of the test samples (each class's samples drawn with replacement; all policies of a seed see the same one), so the intervals cover which test samples there are, not only the arrivals (Point.Resample; not with -live, which replays the samples themselves); false: every seed replays the test samples themselves, as every figure of docs/evaluation.md computed before 2026-12-02's fourth session")
 		estAnswers  = fs.Bool("estimate-answers", true, "data-aware policies, with -label-shift: answer a request from its corrected estimate when that is worth at least as much as any model's answer in the live class mix (scheduler.Options.EstimateAnswers, the gateway's scheduler.estimate_answers, simulated and live); false: the figures of docs/evaluation.md computed before 2026-12-02's third session")
 		horizon     = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
 		_           = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
@@ -253,7 +254,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout)
 	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
 		MinDeadlines: *minDl, MaxRequests: *maxN, Seeds: *seeds,
-		Base: Point{Options: opts, Requests: *n, Seed: *seed, GatewayModel: flagGatewayModel(fs),
+		Base: Point{Options: opts, Requests: *n, Seed: *seed, Resample: *resample, GatewayModel: flagGatewayModel(fs),
 			Guard: sneakpeek.GuardOptions{Window: *guardWin, Distrust: *guardDis, Retrust: *guardRet},
 			Shift: sneakpeek.ShiftOptions{Window: *shiftWin}}}
 	pts, err := sw.Points()

@@ -98,6 +98,11 @@ type Point struct {
 	// Seed fixes arrivals, samples, latency jitter and confusion draws; runs with
 	// the same seed see the same requests whatever the policy.
 	Seed uint64
+	// Resample draws the requests from a bootstrap replicate of the test
+	// samples that Seed picks (App.Resampled) instead of from the samples
+	// themselves, so that the spread over seeds covers the test set's sampling
+	// too, not only the arrivals' (docs/evaluation.md, "How sure").
+	Resample bool
 	// GatewayModel is the gateway around the engine: admission, residency
 	// budgets, its own time per request, the latency jitter.
 	GatewayModel
@@ -312,12 +317,16 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	rng := rand.New(rand.NewPCG(pt.Seed, 1))
 	origin := time.Unix(1_700_000_000, 0).UTC()
 	// Arrivals: Poisson at rate, samples from the workload's mix.
+	pool := a.byClass
+	if pt.Resample {
+		pool = a.Resampled(pt.Seed)
+	}
 	reqs := make([]simReq, pt.Requests)
 	t := origin
 	for i := range reqs {
 		t = t.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
 		prog := float64(i) / float64(max(1, pt.Requests-1))
-		reqs[i] = simReq{sample: a.draw(rng, &pt.Workload, prog), seq: uint64(i + 1), arr: t}
+		reqs[i] = simReq{sample: drawFrom(pool, rng, &pt.Workload, prog), seq: uint64(i + 1), arr: t}
 	}
 	if len(pt.Transit) > 0 {
 		tr := rand.New(rand.NewPCG(pt.Seed, 5))
@@ -345,7 +354,7 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		if placebo != nil {
 			// The estimate (and difficulty) of another request of the same workload.
 			prog := float64(q.seq-1) / float64(max(1, pt.Requests-1))
-			from = a.draw(placebo, &pt.Workload, prog)
+			from = drawFrom(pool, placebo, &pt.Workload, prog)
 			est = a.Est[from]
 			if correct != nil {
 				correct = a.Correct[from]

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -334,5 +335,67 @@ func TestSimulateTransit(t *testing.T) {
 		base.Utility, base.OK, base.Expired, late.Utility, late.OK, late.Expired)
 	if late.Expired < 900/4 || late.Expired > 900/2 || late.OK >= base.OK-900/4 {
 		t.Errorf("with a third received after the deadline: ok %d, expired %d; without transit: ok %d", late.OK, late.Expired, base.OK)
+	}
+}
+
+// TestResampledIsABootstrapReplicate: a seed's replicate holds, per class, as
+// many samples as the class has, all of that class, drawn with replacement
+// (some repeated, some left out); the same seed gives the same replicate and
+// another seed another one.
+func TestResampledIsABootstrapReplicate(t *testing.T) {
+	a := Synthetic(1)
+	r1, r1again, r2 := a.Resampled(1), a.Resampled(1), a.Resampled(2)
+	repeated := false
+	for y, s := range a.byClass {
+		if len(r1[y]) != len(s) {
+			t.Fatalf("class %d: %d samples in the replicate, %d in the test set", y, len(r1[y]), len(s))
+		}
+		seen := map[int]bool{}
+		for _, i := range r1[y] {
+			if a.Labels[i] != y {
+				t.Fatalf("class %d: sample %d of class %d in its replicate", y, i, a.Labels[i])
+			}
+			repeated = repeated || seen[i]
+			seen[i] = true
+		}
+		if !slices.Equal(r1[y], r1again[y]) {
+			t.Errorf("class %d: the same seed gave different replicates", y)
+		}
+		if slices.Equal(r1[y], r2[y]) {
+			t.Errorf("class %d: seeds 1 and 2 gave the same replicate", y)
+		}
+	}
+	if !repeated {
+		t.Error("no sample drawn twice: not drawn with replacement")
+	}
+}
+
+// TestSimulateResample: with Point.Resample a seed's run replays its
+// replicate, deterministically, and differs from the run over the test samples
+// themselves (a data-aware policy at load 2: the synthetic app's answers come
+// from confusion draws, so only the estimates, which the policy reads, depend on
+// the sample).
+func TestSimulateResample(t *testing.T) {
+	a := Synthetic(2)
+	pt := Point{App: a, Workload: a.Workloads[0], Policy: "sneakpeek", Load: 2, Deadline: a.Deadline, Requests: 2000, Seed: 4}
+	plain, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt.Resample = true
+	m1, _ := Simulate(pt, nil)
+	m2, _ := Simulate(pt, nil)
+	if m1.Utility != m2.Utility || m1.Accuracy != m2.Accuracy {
+		t.Errorf("not deterministic: %v then %v", m1.Utility, m2.Utility)
+	}
+	if m1.Utility == plain.Utility && m1.Accuracy == plain.Accuracy {
+		t.Errorf("the replicate replayed the same requests as the test samples (utility %v)", m1.Utility)
+	}
+	// The arrivals and classes are the seed's whatever the samples: per class
+	// the request counts match the plain run's.
+	for y := range m1.PerClass {
+		if m1.PerClass[y].N != plain.PerClass[y].N {
+			t.Errorf("class %d: %d requests resampled, %d plain", y, m1.PerClass[y].N, plain.PerClass[y].N)
+		}
 	}
 }
