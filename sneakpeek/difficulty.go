@@ -35,6 +35,7 @@ type Difficulty struct {
 	w        []float32 // len(variants) x d; the shared form: one row, the score
 	b        []float64
 	slope    []float64 // the shared form's per-variant slopes; nil: per-variant form
+	cb, cs   []float64 // the shared form's class terms, len(variants) x k; nil: none
 	buf      *scratch
 }
 
@@ -56,6 +57,13 @@ type DifficultyParams struct {
 	Weights [][]float64 `json:"weights"`
 	Bias    []float64   `json:"bias"`
 	Slope   []float64   `json:"slope,omitempty"`
+	// ClassBias[m] and ClassSlope[m] (K values each, or both absent) are the
+	// shared form's class terms (FormSharedClass): variant m's correctness is
+	// sigmoid(Bias[m] + Slope[m] s + sum_y p(y) (ClassBias[m][y] +
+	// ClassSlope[m][y] s)), so the gap between two variants may depend on the
+	// estimated class as well as on s.
+	ClassBias  [][]float64 `json:"class_bias,omitempty"`
+	ClassSlope [][]float64 `json:"class_slope,omitempty"`
 }
 
 // Difficulty model forms (TrainDifficulty).
@@ -74,6 +82,21 @@ const (
 	// gap between two variants still grows and shrinks with the input's
 	// difficulty, which is what the price of engine time trades against.
 	FormShared = "shared"
+	// FormSharedClass trains the shared form with class terms (what
+	// TrainDifficulty accepts; the model's Form is FormShared, and its
+	// ClassTerms says it has them): variant m's curve is
+	//
+	//	c_m(x) = sigmoid(a_m + b_m s(x) + sum_y p(y) (g_my + h_my s(x)))
+	//
+	// over the class estimate p. In the shared form the gap between two
+	// variants depends on s alone, so where the hardest inputs of one class
+	// gain nothing from the better variant while those of the others do
+	// (fashion's shirts on resnet-m against resnet-s), its estimates say they
+	// all gain alike; the class terms let the gap differ by class. They are
+	// fitted after s and the curves, with a ridge penalty chosen by
+	// cross-validation on the training rows, so with too few rows of a class
+	// its terms stay near 0.
+	FormSharedClass = "shared-class"
 )
 
 // logFloor bounds log p below, so a zero probability is a finite feature.
@@ -137,6 +160,26 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 			return nil, fmt.Errorf("%w: difficulty slope[%d] = %v", ErrParams, m, v)
 		}
 	}
+	var cb, cs []float64
+	if len(p.ClassBias) > 0 || len(p.ClassSlope) > 0 {
+		if len(p.Slope) == 0 || len(p.ClassBias) != nm || len(p.ClassSlope) != nm {
+			return nil, fmt.Errorf("%w: difficulty class terms: %d and %d rows, want %d, in the shared form",
+				ErrParams, len(p.ClassBias), len(p.ClassSlope), nm)
+		}
+		for m := range nm {
+			if len(p.ClassBias[m]) != k || len(p.ClassSlope[m]) != k {
+				return nil, fmt.Errorf("%w: difficulty class terms of variant %d: %d and %d values, want %d",
+					ErrParams, m, len(p.ClassBias[m]), len(p.ClassSlope[m]), k)
+			}
+			for y := range k {
+				g, h := p.ClassBias[m][y], p.ClassSlope[m][y]
+				if math.IsNaN(g) || math.IsInf(g, 0) || math.IsNaN(h) || math.IsInf(h, 0) {
+					return nil, fmt.Errorf("%w: difficulty class terms [%d][%d] = %v, %v", ErrParams, m, y, g, h)
+				}
+			}
+			cb, cs = append(cb, p.ClassBias[m]...), append(cs, p.ClassSlope[m]...)
+		}
+	}
 	mean, inv, w, err := standardisedLinear("difficulty ", p.Mean, p.Scale, p.Weights, d)
 	if err != nil {
 		return nil, err
@@ -146,8 +189,12 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 		slope = slices.Clone(p.Slope)
 	}
 	return &Difficulty{feat: f, variants: slices.Clone(p.Variants), k: k, d: d, mean: mean,
-		inv: inv, w: w, b: slices.Clone(p.Bias), slope: slope, buf: newScratch(d)}, nil
+		inv: inv, w: w, b: slices.Clone(p.Bias), slope: slope, cb: cb, cs: cs, buf: newScratch(d)}, nil
 }
+
+// ClassTerms reports whether the model is the shared form with class terms
+// (FormSharedClass).
+func (m *Difficulty) ClassTerms() bool { return m.cb != nil }
 
 // Form is the model's form: FormShared or FormPerVariant.
 func (m *Difficulty) Form() string {
@@ -186,10 +233,18 @@ func (m *Difficulty) Correctness(input []float32, p []float64, dst []float64) {
 		for i, x := range z {
 			s += w[i] * x
 		}
-		for v := range m.variants {
-			dst[v] = sigmoid(m.b[v] + m.slope[v]*float64(s))
-		}
 		m.buf.put(b)
+		sf := float64(s)
+		for v := range m.variants {
+			t := m.b[v] + m.slope[v]*sf
+			if m.cb != nil {
+				cb, cs := m.cb[v*m.k:(v+1)*m.k], m.cs[v*m.k:(v+1)*m.k]
+				for y, py := range p[:m.k] {
+					t += py * (cb[y] + cs[y]*sf)
+				}
+			}
+			dst[v] = sigmoid(t)
+		}
 		return
 	}
 	for v := range m.variants {
@@ -221,14 +276,14 @@ type DifficultyRow struct {
 	Correct  []bool
 }
 
-// TrainDifficulty fits the difficulty model of variants, in form (FormShared or
-// FormPerVariant), over features (a transform spec for inputs of inputSize
+// TrainDifficulty fits the difficulty model of variants, in form (FormShared,
+// FormSharedClass or FormPerVariant), over features (a transform spec for inputs of inputSize
 // values) on rows, by Newton's method on the L2-regularised log-likelihood of
 // the variants' correctness (lambda is the penalty per row; 1e-3 is a good
 // default). Deterministic.
 func TrainDifficulty(form, features string, inputSize, k int, variants []string, rows []DifficultyRow, lambda float64) (*DifficultyParams, error) {
-	if form != FormShared && form != FormPerVariant {
-		return nil, fmt.Errorf("%w: difficulty form %q: want %q or %q", ErrParams, form, FormShared, FormPerVariant)
+	if form != FormShared && form != FormSharedClass && form != FormPerVariant {
+		return nil, fmt.Errorf("%w: difficulty form %q: want %q, %q or %q", ErrParams, form, FormShared, FormSharedClass, FormPerVariant)
 	}
 	f, err := ParseFeatures(features, inputSize)
 	if err != nil {
@@ -274,8 +329,11 @@ func TrainDifficulty(form, features string, inputSize, k int, variants []string,
 			raw[i*d+j] = (raw[i*d+j] - mu) / p.Scale[j]
 		}
 	}
-	if form == FormShared {
-		fitShared(p, raw, n, d, rows, lambda)
+	if form == FormShared || form == FormSharedClass {
+		s := fitShared(p, raw, n, d, rows, lambda)
+		if form == FormSharedClass {
+			fitClassTerms(p, s, rows, lambda)
+		}
 		return p, nil
 	}
 	for v := range variants {
@@ -296,8 +354,8 @@ func TrainDifficulty(form, features string, inputSize, k int, variants []string,
 // pooled logistic regression of every (row, variant) pair's correctness on the
 // row's vector and an intercept per variant, whose weights are the shared
 // score s; then, per variant, a logistic regression of its correctness on s
-// alone (its intercept and slope).
-func fitShared(p *DifficultyParams, raw []float64, n, d int, rows []DifficultyRow, lambda float64) {
+// alone (its intercept and slope). It returns the rows' scores s.
+func fitShared(p *DifficultyParams, raw []float64, n, d int, rows []DifficultyRow, lambda float64) []float64 {
 	nv := len(p.Variants)
 	// Pooled: the vector, then nv-1 indicators (variant 0's intercept is the bias).
 	pd := d + nv - 1
@@ -334,11 +392,118 @@ func fitShared(p *DifficultyParams, raw []float64, n, d int, rows []DifficultyRo
 		p.Slope = append(p.Slope, a[0])
 		p.Bias = append(p.Bias, b)
 	}
+	return s
+}
+
+// classRidges are the ridge penalties per row that fitClassTerms chooses
+// among by cross-validation.
+var classRidges = []float64{1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1}
+
+// classFolds is the number of folds of fitClassTerms's cross-validation.
+const classFolds = 3
+
+// fitClassTerms refits each variant's curve of the shared form with class
+// terms: a logistic regression of its correctness on [s, p, p s] (p the rows'
+// class estimates, s their scores), whose intercept and first weight replace
+// p.Bias[m] and p.Slope[m] and whose other weights are p.ClassBias[m] and
+// p.ClassSlope[m]. The weight of s is penalised by lambda, the class terms by
+// the ridge of classRidges with the smallest log loss summed over the variants
+// in a cross-validation over rows (folds by row index, deterministic), so
+// that they stay small where the rows do not support them.
+func fitClassTerms(p *DifficultyParams, s []float64, rows []DifficultyRow, lambda float64) {
+	n, k, nv := len(rows), p.Classes, len(p.Variants)
+	cd := 1 + 2*k
+	x := make([]float64, n*cd)
+	for i, r := range rows {
+		xi := x[i*cd : (i+1)*cd]
+		xi[0] = s[i]
+		for y, py := range r.Estimate {
+			xi[1+y], xi[1+k+y] = py, py*s[i]
+		}
+	}
+	labels := make([][]float64, nv)
+	for v := range nv {
+		labels[v] = make([]float64, n)
+		for i, r := range rows {
+			if r.Correct[v] {
+				labels[v][i] = 1
+			}
+		}
+	}
+	pen := func(ridge float64) []float64 {
+		q := make([]float64, cd)
+		q[0] = lambda
+		for j := 1; j < cd; j++ {
+			q[j] = ridge
+		}
+		return q
+	}
+	ridge := classRidges[len(classRidges)-1]
+	if n >= 2*classFolds {
+		best := math.Inf(1)
+		for _, rg := range classRidges {
+			loss := 0.0
+			for fold := range classFolds {
+				var tx, ty []float64
+				var hx [][]float64
+				var hy []int
+				for i := range n {
+					if i%classFolds == fold {
+						hx, hy = append(hx, x[i*cd:(i+1)*cd]), append(hy, i)
+					} else {
+						tx = append(tx, x[i*cd:(i+1)*cd]...)
+					}
+				}
+				ty = make([]float64, len(tx)/cd)
+				for v := range nv {
+					j := 0
+					for i := range n {
+						if i%classFolds != fold {
+							ty[j] = labels[v][i]
+							j++
+						}
+					}
+					w, b := fitBinaryLogisticPen(tx, len(ty), cd, ty, pen(rg))
+					for h, xi := range hx {
+						t := b
+						for a, wa := range w {
+							t += wa * xi[a]
+						}
+						c := min(max(sigmoid(t), 1e-12), 1-1e-12)
+						if labels[v][hy[h]] == 1 {
+							loss -= math.Log(c)
+						} else {
+							loss -= math.Log(1 - c)
+						}
+					}
+				}
+			}
+			if loss < best {
+				best, ridge = loss, rg
+			}
+		}
+	}
+	p.ClassBias, p.ClassSlope = make([][]float64, nv), make([][]float64, nv)
+	for v := range nv {
+		w, b := fitBinaryLogisticPen(x, n, cd, labels[v], pen(ridge))
+		p.Bias[v], p.Slope[v] = b, w[0]
+		p.ClassBias[v], p.ClassSlope[v] = slices.Clone(w[1:1+k]), slices.Clone(w[1+k:])
+	}
 }
 
 // fitBinaryLogistic fits sigmoid(w.x + b) to y by Newton's method with an L2
 // penalty lambda*n/2*|w|^2 (the bias is not penalised). x is n x d, row-major.
 func fitBinaryLogistic(x []float64, n, d int, y []float64, lambda float64) ([]float64, float64) {
+	pen := make([]float64, d)
+	for a := range pen {
+		pen[a] = lambda
+	}
+	return fitBinaryLogisticPen(x, n, d, y, pen)
+}
+
+// fitBinaryLogisticPen is fitBinaryLogistic with a penalty per weight:
+// sum_a pen[a]*n/2*w_a^2.
+func fitBinaryLogisticPen(x []float64, n, d int, y []float64, pen []float64) ([]float64, float64) {
 	dim := d + 1 // the bias is the last coordinate
 	theta := make([]float64, dim)
 	g := make([]float64, dim)
@@ -365,8 +530,8 @@ func fitBinaryLogistic(x []float64, n, d int, y []float64, lambda float64) ([]fl
 				}
 			}
 		}
-		reg := lambda * float64(n)
 		for a := range d {
+			reg := pen[a] * float64(n)
 			g[a] += reg * theta[a]
 			h[a*dim+a] += reg
 		}
@@ -548,4 +713,93 @@ func CheckRanking(scores [][]float64, correct [][]bool) RankingCheck {
 		c.Z = float64(c.Better-c.Worse) / math.Sqrt(float64(d))
 	}
 	return c
+}
+
+// ClassGap is, for the rows of one true class, the gap in correctness between
+// two variants that the estimates predict and the one the rows realise
+// (CheckGaps).
+type ClassGap struct {
+	Class int
+	// N counts the rows: those of the class whose predicted gap is among the
+	// largest fraction asked for.
+	N int
+	// Pred is the mean predicted gap c_hi - c_lo over the rows, Real the mean
+	// realised one (correct_hi - correct_lo), SE the standard error of Real.
+	Pred, Real, SE float64
+}
+
+// CheckGaps compares predicted with realised gaps between variants hi and lo
+// by true class, on held-out rows: for each class y of k (labels[i] is row i's
+// true class), among its rows the fraction frac (0-1] with the largest
+// predicted gap scores[hi][i] - scores[lo][i] (the rows a scheduler sends to
+// hi first), the mean predicted gap against the mean of correct[hi][i] -
+// correct[lo][i]. A model whose gap depends on the difficulty alone predicts
+// alike for the hardest rows of every class, where one class may realise none
+// of it.
+func CheckGaps(scores [][]float64, correct [][]bool, labels []int, k, hi, lo int, frac float64) []ClassGap {
+	byClass := make([][]int, k)
+	for i, y := range labels {
+		if y >= 0 && y < k {
+			byClass[y] = append(byClass[y], i)
+		}
+	}
+	gap := func(i int) float64 { return scores[hi][i] - scores[lo][i] }
+	var out []ClassGap
+	for y, idx := range byClass {
+		if len(idx) == 0 {
+			continue
+		}
+		slices.SortStableFunc(idx, func(a, b int) int {
+			switch ga, gb := gap(a), gap(b); {
+			case ga > gb:
+				return -1
+			case ga < gb:
+				return 1
+			}
+			return 0
+		})
+		n := max(1, int(math.Ceil(frac*float64(len(idx)))))
+		idx = idx[:min(n, len(idx))]
+		c := ClassGap{Class: y, N: len(idx)}
+		var ss float64
+		for _, i := range idx {
+			r := 0.0
+			if correct[hi][i] {
+				r++
+			}
+			if correct[lo][i] {
+				r--
+			}
+			c.Pred += gap(i)
+			c.Real += r
+			ss += r * r
+		}
+		nf := float64(c.N)
+		c.Pred /= nf
+		c.Real /= nf
+		if c.N > 1 {
+			c.SE = math.Sqrt(max(ss/nf-c.Real*c.Real, 0) / (nf - 1))
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// GapMiss summarises CheckGaps: the row-weighted mean absolute difference
+// between predicted and realised gaps, and the sum over classes of the squared
+// difference in standard errors (each floored at what one disagreement among
+// the class's rows would give, so a class realising no disagreement counts).
+func GapMiss(gaps []ClassGap) (mae, chi2 float64) {
+	n := 0
+	for _, g := range gaps {
+		d := g.Pred - g.Real
+		mae += float64(g.N) * math.Abs(d)
+		n += g.N
+		se := max(g.SE, 1/float64(g.N))
+		chi2 += d * d / (se * se)
+	}
+	if n > 0 {
+		mae /= float64(n)
+	}
+	return mae, chi2
 }

@@ -20,12 +20,22 @@
 // row on its estimates, with engine time free, is less accurate than serving
 // every row with the most accurate variant beyond chance
 // (sneakpeek.CheckRanking: McNemar's z below -1.96); then the shared form.
+// -form shared-class trains the shared form with class terms
+// (sneakpeek.FormSharedClass); auto never picks it.
 //
-// Usage: go run ./models/tools/difficulty [-form auto|shared|per-variant] [-n] models/fashion models/satellite ...
+// On the same cross-fitted estimates it also prints each variant's log loss,
+// the gap between the most accurate variant and the runner-up by true class
+// (sneakpeek.CheckGaps: predicted against realised, over the quarter of each
+// class's rows of the largest predicted gap and over all of them), and what
+// serving the rows of the largest predicted gaps with the most accurate
+// variant instead of the runner-up realises.
+//
+// Usage: go run ./models/tools/difficulty [-form auto|shared|shared-class|per-variant] [-n] models/fashion models/satellite ...
 // The ONNX Runtime library is $SNEAKGATE_ORT_LIB.
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -33,6 +43,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -44,7 +55,7 @@ import (
 const lambda = 1e-3
 
 var (
-	form = flag.String("form", "auto", "the model's form: shared, per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared)")
+	form = flag.String("form", "auto", "the model's form: shared, shared-class (shared with class terms), per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared)")
 	dry  = flag.Bool("n", false, "print the cross-fitted measures only; write nothing")
 )
 
@@ -141,7 +152,16 @@ func run(dir string) error {
 				names[check.Top], check.Accuracy, check.TopAccuracy, check.Z)
 		}
 	}
-	mt := manifest.Difficulty{File: "est/difficulty.json", Estimator: m.Estimators[0].Name, Form: chosen, TrainedOn: how}
+	if chosen == sneakpeek.FormSharedClass {
+		c := sneakpeek.CheckRanking(scores, correct)
+		how += fmt.Sprintf("; shared form with class terms (with engine time free: accuracy %.4f, %d rows moved, z %.2f)", c.Accuracy, c.Moved, c.Z)
+	}
+	heldOut(m, names, scores, correct, val.Labels)
+	mform := chosen
+	if mform == sneakpeek.FormSharedClass {
+		mform = sneakpeek.FormShared // the manifest's form; the parameter file has the class terms
+	}
+	mt := manifest.Difficulty{File: "est/difficulty.json", Estimator: m.Estimators[0].Name, Form: mform, TrainedOn: how}
 	fmt.Printf("%s: per-sample difficulty (%s form), AUC of correctness predictions (validation, cross-fitted)\n", m.Name, chosen)
 	fmt.Printf("  %-14s %9s %10s %10s\n", "variant", "accuracy", "class AUC", "sample AUC")
 	for v := range names {
@@ -186,6 +206,82 @@ func run(dir string) error {
 		return err
 	}
 	return writeJSON(filepath.Join(dir, "difficulty.json"), mt)
+}
+
+// heldOut prints what the cross-fitted estimates scores say on held-out rows
+// besides the AUCs: each variant's log loss; by true class, the gap between
+// the most accurate variant and the runner-up that the estimates predict
+// against the one realised, over the quarter of each class's rows with the
+// largest predicted gap and over all of them (sneakpeek.CheckGaps); and what
+// serving with the most accurate variant instead of the runner-up the rows of
+// the largest predicted gaps realises, for budgets of 10-50% of the rows.
+func heldOut(m *manifest.App, names []string, scores [][]float64, correct [][]bool, labels []int32) {
+	nv, n := len(names), len(labels)
+	acc := make([]int, nv)
+	for v := range nv {
+		for _, ok := range correct[v] {
+			if ok {
+				acc[v]++
+			}
+		}
+	}
+	order := make([]int, nv)
+	for v := range order {
+		order[v] = v
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return acc[b] - acc[a] })
+	hi, lo := order[0], order[min(1, nv-1)]
+	fmt.Printf("  held-out log loss:")
+	total := 0.0
+	for v := range nv {
+		l := 0.0
+		for i, c := range scores[v] {
+			c = min(max(c, 1e-12), 1-1e-12)
+			if correct[v][i] {
+				l -= math.Log(c)
+			} else {
+				l -= math.Log(1 - c)
+			}
+		}
+		total += l / float64(n)
+		fmt.Printf(" %s %.4f", names[v], l/float64(n))
+	}
+	fmt.Printf("; sum %.4f\n", total)
+	y := make([]int, n)
+	for i, l := range labels {
+		y[i] = int(l)
+	}
+	for _, frac := range []float64{0.25, 1} {
+		gaps := sneakpeek.CheckGaps(scores, correct, y, m.K(), hi, lo, frac)
+		mae, chi2 := sneakpeek.GapMiss(gaps)
+		fmt.Printf("  gap %s - %s by true class, the %.0f%% of each class's rows with the largest predicted gap: |predicted - realised| %.4f (row-weighted), chi2 %.1f over %d classes\n",
+			names[hi], names[lo], 100*frac, mae, chi2, len(gaps))
+		fmt.Printf("    %-12s %5s %9s %9s %7s\n", "class", "rows", "predicted", "realised", "se")
+		for _, g := range gaps {
+			fmt.Printf("    %-12s %5d %+9.4f %+9.4f %7.4f\n", m.Labels[g.Class], g.N, g.Pred, g.Real, g.SE)
+		}
+	}
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	gap := func(i int) float64 { return scores[hi][i] - scores[lo][i] }
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(gap(b), gap(a)) })
+	fmt.Printf("  %s instead of %s on the rows of the largest predicted gap, accuracy gained (realised / predicted):", names[hi], names[lo])
+	for _, budget := range []float64{0.1, 0.2, 0.3, 0.5} {
+		r, p := 0, 0.0
+		for _, i := range idx[:int(budget*float64(n))] {
+			if correct[hi][i] {
+				r++
+			}
+			if correct[lo][i] {
+				r--
+			}
+			p += gap(i)
+		}
+		fmt.Printf(" %.0f%%: %+.4f / %+.4f", 100*budget, float64(r)/float64(n), p/float64(n))
+	}
+	fmt.Println()
 }
 
 // fit trains the difficulty model of form on rows and builds it.
