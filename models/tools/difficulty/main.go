@@ -20,8 +20,10 @@
 // row on its estimates, with engine time free, is less accurate than serving
 // every row with the most accurate variant beyond chance
 // (sneakpeek.CheckRanking: McNemar's z below -1.96); then the shared form.
-// -form shared-class trains the shared form with class terms
-// (sneakpeek.FormSharedClass); auto never picks it.
+// Where it picks the shared form, auto also cross-fits it with class terms
+// (sneakpeek.FormSharedClass) and keeps them when they lower the held-out log
+// loss of the variants' correctness, summed over the variants; -form
+// shared-class trains them in any case.
 //
 // On the same cross-fitted estimates it also prints each variant's log loss,
 // the gap between the most accurate variant and the runner-up by true class
@@ -55,7 +57,7 @@ import (
 const lambda = 1e-3
 
 var (
-	form = flag.String("form", "auto", "the model's form: shared, shared-class (shared with class terms), per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared)")
+	form = flag.String("form", "auto", "the model's form: shared, shared-class (shared with class terms), per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared, with class terms where they lower the held-out log loss)")
 	dry  = flag.Bool("n", false, "print the cross-fitted measures only; write nothing")
 )
 
@@ -147,6 +149,18 @@ func run(dir string) error {
 			}
 			c := sneakpeek.CheckRanking(scores, correct)
 			fmt.Printf("%s: the shared form instead: accuracy %.4f (%d rows moved, z %.2f)\n", m.Name, c.Accuracy, c.Moved, c.Z)
+			// Class terms are kept where they predict the variants'
+			// correctness better on held-out rows (the summed log loss).
+			classScores, err := crossFit(sneakpeek.FormSharedClass, features, m.InputSize, k, names, rows)
+			if err != nil {
+				return err
+			}
+			plain, withClass := logLoss(scores, correct), logLoss(classScores, correct)
+			fmt.Printf("%s: held-out log loss summed over the variants: shared %.4f, with class terms %.4f\n", m.Name, plain, withClass)
+			if withClass < plain {
+				chosen, scores = sneakpeek.FormSharedClass, classScores
+				how += fmt.Sprintf("; class terms kept: held-out log loss summed over the variants %.4f against %.4f without", withClass, plain)
+			}
 		} else {
 			how += fmt.Sprintf("; per-variant form: choosing on its estimates with time free was not less accurate than %s alone beyond chance (%.4f against %.4f, z %.2f)",
 				names[check.Top], check.Accuracy, check.TopAccuracy, check.Z)
@@ -232,21 +246,10 @@ func heldOut(m *manifest.App, names []string, scores [][]float64, correct [][]bo
 	slices.SortStableFunc(order, func(a, b int) int { return acc[b] - acc[a] })
 	hi, lo := order[0], order[min(1, nv-1)]
 	fmt.Printf("  held-out log loss:")
-	total := 0.0
 	for v := range nv {
-		l := 0.0
-		for i, c := range scores[v] {
-			c = min(max(c, 1e-12), 1-1e-12)
-			if correct[v][i] {
-				l -= math.Log(c)
-			} else {
-				l -= math.Log(1 - c)
-			}
-		}
-		total += l / float64(n)
-		fmt.Printf(" %s %.4f", names[v], l/float64(n))
+		fmt.Printf(" %s %.4f", names[v], logLoss(scores[v:v+1], correct[v:v+1]))
 	}
-	fmt.Printf("; sum %.4f\n", total)
+	fmt.Printf("; sum %.4f\n", logLoss(scores, correct))
 	y := make([]int, n)
 	for i, l := range labels {
 		y[i] = int(l)
@@ -282,6 +285,27 @@ func heldOut(m *manifest.App, names []string, scores [][]float64, correct [][]bo
 		fmt.Printf(" %.0f%%: %+.4f / %+.4f", 100*budget, float64(r)/float64(n), p/float64(n))
 	}
 	fmt.Println()
+}
+
+// logLoss is the mean log loss per row of the estimates scores[v] of whether
+// variant v is right (correct[v]), summed over the variants.
+func logLoss(scores [][]float64, correct [][]bool) float64 {
+	total := 0.0
+	for v, sv := range scores {
+		l := 0.0
+		for i, c := range sv {
+			c = min(max(c, 1e-12), 1-1e-12)
+			if correct[v][i] {
+				l -= math.Log(c)
+			} else {
+				l -= math.Log(1 - c)
+			}
+		}
+		if len(sv) > 0 {
+			total += l / float64(len(sv))
+		}
+	}
+	return total
 }
 
 // fit trains the difficulty model of form on rows and builds it.
