@@ -165,6 +165,18 @@ func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, 
 		}
 		res.Form = sneakpeek.FormShared
 		res.FormWhy += ": less accurate beyond chance, so the shared form"
+		// Class terms where they predict the variants' correctness better on
+		// the validation split (models/tools/difficulty's rule).
+		cp, cm, cscores, err := train1(sneakpeek.FormSharedClass)
+		if err != nil {
+			return nil, err
+		}
+		if plain, withClass := sneakpeek.LogLoss(scores, correct), sneakpeek.LogLoss(cscores, correct); withClass < plain {
+			params, model, scores = cp, cm, cscores
+			res.FormWhy += fmt.Sprintf(", with class terms (validation log loss summed over the variants %.4f against %.4f)", withClass, plain)
+		} else {
+			res.FormWhy += fmt.Sprintf(", without class terms (validation log loss summed over the variants %.4f with them, %.4f without)", withClass, plain)
+		}
 	}
 	var sum, sumClass float64
 	for v := range nv {

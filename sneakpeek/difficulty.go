@@ -634,6 +634,29 @@ func AUC(scores []float64, labels []bool) float64 {
 	return (rankSum - pos*(pos+1)/2) / (pos * neg)
 }
 
+// LogLoss is the mean log loss per row of the estimates scores[v][i] of
+// whether variant v answers row i correctly (correct[v][i]), summed over the
+// variants: the held-out measure that decides whether the shared form keeps
+// its class terms (FormSharedClass). Estimates are clamped to [1e-12, 1-1e-12].
+func LogLoss(scores [][]float64, correct [][]bool) float64 {
+	total := 0.0
+	for v, sv := range scores {
+		l := 0.0
+		for i, c := range sv {
+			c = min(max(c, 1e-12), 1-1e-12)
+			if correct[v][i] {
+				l -= math.Log(c)
+			} else {
+				l -= math.Log(1 - c)
+			}
+		}
+		if len(sv) > 0 {
+			total += l / float64(len(sv))
+		}
+	}
+	return total
+}
+
 // RankingCheck is what choosing a variant per row on estimated correctness
 // gives when engine time is free, against serving every row with the most
 // accurate variant: the check that chooses the difficulty model's form

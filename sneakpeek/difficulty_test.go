@@ -328,3 +328,18 @@ func TestCheckRanking(t *testing.T) {
 		t.Errorf("CheckRanking = %+v; want noisy", c)
 	}
 }
+
+// TestLogLossByHand: two variants, two rows each; the mean log loss per row,
+// summed over the variants, with estimates clamped away from 0 and 1.
+func TestLogLossByHand(t *testing.T) {
+	scores := [][]float64{{0.8, 0.4}, {1, 0.5}}
+	correct := [][]bool{{true, false}, {false, true}}
+	hi := 1 - 1e-12 // the estimate 1, clamped
+	want := -(math.Log(0.8)+math.Log(0.6))/2 - (math.Log(1-hi)+math.Log(0.5))/2
+	if got := LogLoss(scores, correct); math.Abs(got-want) > 1e-9 {
+		t.Errorf("LogLoss = %v, want %v", got, want)
+	}
+	if got := LogLoss(nil, nil); got != 0 {
+		t.Errorf("LogLoss of nothing = %v, want 0", got)
+	}
+}

@@ -155,7 +155,7 @@ func run(dir string) error {
 			if err != nil {
 				return err
 			}
-			plain, withClass := logLoss(scores, correct), logLoss(classScores, correct)
+			plain, withClass := sneakpeek.LogLoss(scores, correct), sneakpeek.LogLoss(classScores, correct)
 			fmt.Printf("%s: held-out log loss summed over the variants: shared %.4f, with class terms %.4f\n", m.Name, plain, withClass)
 			if withClass < plain {
 				chosen, scores = sneakpeek.FormSharedClass, classScores
@@ -247,9 +247,9 @@ func heldOut(m *manifest.App, names []string, scores [][]float64, correct [][]bo
 	hi, lo := order[0], order[min(1, nv-1)]
 	fmt.Printf("  held-out log loss:")
 	for v := range nv {
-		fmt.Printf(" %s %.4f", names[v], logLoss(scores[v:v+1], correct[v:v+1]))
+		fmt.Printf(" %s %.4f", names[v], sneakpeek.LogLoss(scores[v:v+1], correct[v:v+1]))
 	}
-	fmt.Printf("; sum %.4f\n", logLoss(scores, correct))
+	fmt.Printf("; sum %.4f\n", sneakpeek.LogLoss(scores, correct))
 	y := make([]int, n)
 	for i, l := range labels {
 		y[i] = int(l)
@@ -285,27 +285,6 @@ func heldOut(m *manifest.App, names []string, scores [][]float64, correct [][]bo
 		fmt.Printf(" %.0f%%: %+.4f / %+.4f", 100*budget, float64(r)/float64(n), p/float64(n))
 	}
 	fmt.Println()
-}
-
-// logLoss is the mean log loss per row of the estimates scores[v] of whether
-// variant v is right (correct[v]), summed over the variants.
-func logLoss(scores [][]float64, correct [][]bool) float64 {
-	total := 0.0
-	for v, sv := range scores {
-		l := 0.0
-		for i, c := range sv {
-			c = min(max(c, 1e-12), 1-1e-12)
-			if correct[v][i] {
-				l -= math.Log(c)
-			} else {
-				l -= math.Log(1 - c)
-			}
-		}
-		if len(sv) > 0 {
-			total += l / float64(len(sv))
-		}
-	}
-	return total
 }
 
 // fit trains the difficulty model of form on rows and builds it.
