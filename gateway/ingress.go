@@ -280,12 +280,17 @@ func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *a
 
 // answerFromEstimate answers a request that is not journaled with its estimate
 // (status degraded, for reason: overload_shed, or estimate_worth_more) and
-// acknowledges msg once the broker has the reply, like a refusal's.
+// acknowledges msg once the broker has the reply, like a refusal's. Only
+// overload_shed marks the gateway as shedding (lastDegraded, which readiness
+// reports): estimate_worth_more is the policy's choice with engine time to
+// spare, not a sign of overload.
 func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, app *appRuntime, est []float64, reason protocol.Reason) {
 	now := g.now()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, Received: req.Received, Deadline: req.Deadline}
 	rep := buildReply(j, degraded(est, string(reason), now), app.m.Labels, app.estName, now)
-	g.lastDegraded.Store(now)
+	if reason == protocol.ReasonOverloadShed {
+		g.lastDegraded.Store(now)
+	}
 	g.owe(msg, req.ReplyTo, rep)
 }
 

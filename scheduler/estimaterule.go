@@ -129,10 +129,18 @@ type mixValues struct {
 }
 
 // newMixValues values mx for a's variants; ok says which can be made resident.
+// With none that can, the test says no (the prepass answers such a request
+// expired, no_variant_fits_budget, before it asks), so that admission's rule
+// and the prepass agree.
 func newMixValues(a *App, mx *sneakpeek.Mix, ok []bool) *mixValues {
-	mv := &mixValues{mix: mx, prof: make([]float64, len(a.Variants)), ok: true}
+	mv := &mixValues{mix: mx, prof: make([]float64, len(a.Variants))}
 	for i, v := range a.Variants {
 		mv.prof[i] = ExpectedUtility(mx.Prior, v.Cond, a.Utility)
+		if ok[i] {
+			mv.ok = true
+		}
+	}
+	for i := range a.Variants {
 		if ok[i] && !(mv.prof[i] <= mx.Answer) { // NaN: not worth more
 			mv.ok = false
 		}

@@ -235,3 +235,34 @@ func slicesDeleteGone(q []*Request, gone map[*Request]bool) []*Request {
 // benchAdmit is the gateway's admission test for BenchmarkDecideEstimateAnswers:
 // the latest decision's rule answers r.
 var benchAdmit = func(d Decision, r *Request) bool { return d.Answers.Answers(r) }
+
+// TestEstimateRuleNoVariantFits: with no variant that can be made resident the
+// prepass answers a request expired (no_variant_fits_budget) before it asks
+// whether the estimate is worth more; admission's rule says no as well, so
+// the two agree (a review found the rule answering such requests).
+func TestEstimateRuleNoVariantFits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 17))
+	a := benchApp(rng)
+	for _, v := range a.Variants {
+		v.MemBytes = 100
+	}
+	uniform := make([]float64, a.K)
+	for y := range uniform {
+		uniform[y] = 1 / float64(a.K)
+	}
+	now := t0.Add(time.Second)
+	p, err := New("sneakpeek", Options{Shrink: 0.5, EstimateAnswers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := estimateArrival(rng, a, 1, now, 1, &sneakpeek.Mix{Prior: uniform, Answer: 0.999})
+	r.Deadline = now.Add(time.Hour)
+	d := p.Decide(&Snapshot{Now: now, Queue: []*Request{r}, Apps: map[string]*App{a.Name: a},
+		Engine: Engine{MemBudget: 10, Resident: map[VariantID]time.Time{}}})
+	if len(d.Verdicts) != 1 || d.Verdicts[0].Reason == ReasonEstimateWorthMore {
+		t.Fatalf("prepass verdicts %+v, want one that is not estimate_worth_more", d.Verdicts)
+	}
+	if d.Answers != nil && d.Answers.Answers(r) {
+		t.Errorf("the rule answers from the estimate a request the prepass answers %s %s", d.Verdicts[0].Outcome, d.Verdicts[0].Reason)
+	}
+}
