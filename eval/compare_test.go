@@ -38,6 +38,7 @@ import (
 // 0.005.
 func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	pols := []string{"sneakpeek", PolicyCascade, "oblivious", "edf", "fixed-batch"}
+	var admitted, degraded int // sneakpeek's, in the last run
 	run := func(a *App, wl string, dlScale, load, deadlines float64) []float64 {
 		t.Helper()
 		w, err := a.Workload(wl)
@@ -62,6 +63,9 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 				t.Fatalf("%s %s load %v %s: %v", a.Sched.Name, wl, load, p, err)
 			}
 			u[i] = m.Utility
+			if p == "sneakpeek" {
+				admitted, degraded = m.EstimateAdmitted, m.Degraded
+			}
 		}
 		t.Logf("%s %s load %.1f (%d requests): sneakpeek %.3f cascade %.3f oblivious %.3f edf %.3f fixed-batch %.3f",
 			a.Sched.Name, wl, load, pt.Requests, u[0], u[1], u[2], u[3], u[4])
@@ -80,6 +84,11 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 	check("vad natural load 1.5", run(vad, "natural", 1, 1.5, 6))
 	check("vad meeting load 2", run(vad, "meeting", 1, 2, 6))
 	check("vad meeting load 0.5", run(vad, "meeting", 1, 0.5, 6))
+	// Below capacity the answers from the estimate come at admission
+	// (Decision.Answers), as in the gateway, not from the scheduling loop.
+	if degraded == 0 || admitted < degraded/2 {
+		t.Errorf("vad meeting load 0.5: %d of sneakpeek's %d degraded answers given at admission, want most", admitted, degraded)
+	}
 	sat := loadReal(t, "satellite")
 	check("satellite damp-soils 10 ms load 2", run(sat, "damp-soils", 0.1, 2, 5))
 	// At load 5 only since shedding moved to admission (admission.price_shed):
