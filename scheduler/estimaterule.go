@@ -134,17 +134,15 @@ type mixValues struct {
 // and the prepass agree.
 func newMixValues(a *App, mx *sneakpeek.Mix, ok []bool) *mixValues {
 	mv := &mixValues{mix: mx, prof: make([]float64, len(a.Variants))}
+	some, worth := false, true
 	for i, v := range a.Variants {
 		mv.prof[i] = ExpectedUtility(mx.Prior, v.Cond, a.Utility)
 		if ok[i] {
-			mv.ok = true
+			some = true
+			worth = worth && mv.prof[i] <= mx.Answer // NaN: not worth more
 		}
 	}
-	for i := range a.Variants {
-		if ok[i] && !(mv.prof[i] <= mx.Answer) { // NaN: not worth more
-			mv.ok = false
-		}
-	}
+	mv.ok = some && worth
 	return mv
 }
 

@@ -518,23 +518,8 @@ func (d *decisionState) prepass(skip map[*Request]bool) {
 	d.members = d.members[:0]
 	d.ubuf = d.ubuf[:0]
 	d.skip = skip
-	if len(d.beyond) == 0 {
-		// prepassOne's body, inlined in the common case (the compiler does not).
-		for _, r := range q {
-			if skip != nil && skip[r] {
-				continue
-			}
-			d.admits++
-			d.members = append(d.members, member{})
-			if v, answered := d.admit(r, &d.members[len(d.members)-1]); answered {
-				d.members = d.members[:len(d.members)-1]
-				d.verdicts = append(d.verdicts, v)
-			}
-		}
-		return
-	}
-	// A decision over a prefix with requests beyond it that the estimate
-	// answers (searching.pendingBeyond): in Seq order, as the whole queue's.
+	// With requests beyond a prefix that the estimate answers
+	// (searching.pendingBeyond), merged in Seq order, as the whole queue's.
 	b := d.beyond
 	for i := 0; i < len(q) || len(b) > 0; {
 		if len(b) > 0 && (i == len(q) || b[0].Seq < q[i].Seq) {

@@ -280,9 +280,7 @@ func (p *searching) pendingBeyond(q, v []*Request) []*Request {
 		in[r] = true
 	}
 	for _, r := range v {
-		if in[r] {
-			in[r] = false
-		}
+		delete(in, r)
 	}
 	var out []*Request
 	for _, r := range live {
@@ -327,9 +325,11 @@ func (p *searching) decide(s *Snapshot) Decision {
 	if len(s.Queue) > 0 {
 		next = s.Queue[len(s.Queue)-1].Seq + 1
 	}
+	// Every decision answers what estPending holds still queued: over the
+	// whole queue the prepass does, over a prefix pendingBeyond passes it on.
+	defer p.clearPending(next)
 	if p.wholeQueue || len(s.Queue) < boundedMin {
 		p.hist.valid = false
-		p.clearPending(next) // the prepass answers them all
 		return p.decideOn(s, arrivals, 0)
 	}
 	probe := newDecisionState(s, p.w, p.o.MaxBatch)
@@ -350,12 +350,10 @@ func (p *searching) decide(s *Snapshot) Decision {
 	}
 	if d, ok := p.bounded(s, probe, arrivals); ok {
 		p.hist.note(d)
-		p.clearPending(next)
 		return d
 	}
 	d := p.decideOn(s, arrivals, 0)
 	p.hist.note(d)
-	p.clearPending(next)
 	return d
 }
 
