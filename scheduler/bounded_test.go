@@ -275,22 +275,38 @@ func decideBoth(t *testing.T, step int, bounded, whole *searching, s *Snapshot) 
 	if diff := decisionDiff(db, dw); diff != "" {
 		t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(s.Queue), diff)
 	}
+	return applyDecision(db, s.Queue, s.Engine.Resident, s.Now)
+}
+
+// applyDecision applies d at now as the gateway's loop does: it returns q
+// without what d answered or batched, and updates resident.
+func applyDecision(d Decision, q []*Request, resident map[VariantID]time.Time, now time.Time) []*Request {
 	gone := map[*Request]bool{}
-	for _, v := range db.Verdicts {
+	for _, v := range d.Verdicts {
 		gone[v.Request] = true
 	}
-	if db.Batch != nil {
-		for _, r := range db.Batch.Requests {
+	if d.Batch != nil {
+		for _, r := range d.Batch.Requests {
 			gone[r] = true
 		}
-		for _, id := range db.Batch.Evict {
-			delete(s.Engine.Resident, id)
+		for _, id := range d.Batch.Evict {
+			delete(resident, id)
 		}
-		for _, id := range db.Batch.Load {
-			s.Engine.Resident[id] = s.Now
+		for _, id := range d.Batch.Load {
+			resident[id] = now
 		}
 	}
-	return slices.DeleteFunc(s.Queue, func(r *Request) bool { return gone[r] })
+	return slices.DeleteFunc(q, func(r *Request) bool { return gone[r] })
+}
+
+// uniformMix is a live mix with every class alike, whose estimate answers
+// are worth answer.
+func uniformMix(a *App, answer float64) *sneakpeek.Mix {
+	prior := make([]float64, a.K)
+	for y := range prior {
+		prior[y] = 1 / float64(a.K)
+	}
+	return &sneakpeek.Mix{Prior: prior, Answer: answer}
 }
 
 // decisionDiff describes how two decisions differ ("" when they do not).
@@ -543,7 +559,7 @@ func checkHistCovers(t *testing.T, step int, h *workHist, q []*Request, exact bo
 // decision over a prefix answers those beyond it that it found on arrival
 // (searching.pendingBeyond; without them the first step's decision over a
 // prefix gives 263 verdicts where the whole queue gives 3,036). Every decision
-// must be made over a prefix: until 2026-12-03 one with such a new arrival was
+// must be made over a prefix: before c48f4d2 one with such a new arrival was
 // made over the whole queue (54 of the 60 over a prefix).
 func TestBoundedDecisionEqualsFullWithEstimateAnswers(t *testing.T) {
 	t.Parallel() // see "Parallel tests" in harness_test.go
@@ -551,11 +567,7 @@ func TestBoundedDecisionEqualsFullWithEstimateAnswers(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 13))
 	a := benchApp(rng)
 	apps := map[string]*App{a.Name: a}
-	uniform := make([]float64, a.K)
-	for y := range uniform {
-		uniform[y] = 1 / float64(a.K)
-	}
-	mix := &sneakpeek.Mix{Prior: uniform, Answer: 0.999}
+	mix := uniformMix(a, 0.999)
 	bounded, whole := boundedPair(t, "sneakpeek", o)
 	now := t0.Add(time.Second)
 	const n = boundedMin + 2000

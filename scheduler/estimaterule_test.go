@@ -34,15 +34,10 @@ func TestEstimateRuleIsThePrepass(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 17))
 	a := benchApp(rng)
 	apps := map[string]*App{a.Name: a}
-	uniform := make([]float64, a.K)
-	for y := range uniform {
-		uniform[y] = 1 / float64(a.K)
-	}
-	worth := &sneakpeek.Mix{Prior: uniform, Answer: 0.999}
-	worthLess := &sneakpeek.Mix{Prior: uniform, Answer: 0.1}
+	worth, worthLess := uniformMix(a, 0.999), uniformMix(a, 0.1)
 	// Worth more than every variant but the largest, v4, which a budget of
 	// 4 bytes rules out (5 bytes).
-	between := &sneakpeek.Mix{Prior: uniform, Answer: (a.Variants[3].ProfiledUtility + a.Variants[4].ProfiledUtility) / 2}
+	between := uniformMix(a, (a.Variants[3].ProfiledUtility+a.Variants[4].ProfiledUtility)/2)
 	now := t0.Add(time.Second)
 	for _, budget := range []int64{0, 4} { // 4: v4 (5 bytes) cannot be made resident
 		p, err := New("sneakpeek", Options{Shrink: 0.5, EstimateAnswers: true})
@@ -135,11 +130,7 @@ func TestEstimateAnswersKeepDecisionsBounded(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 13))
 	a := benchApp(rng)
 	apps := map[string]*App{a.Name: a}
-	uniform := make([]float64, a.K)
-	for y := range uniform {
-		uniform[y] = 1 / float64(a.K)
-	}
-	mix := &sneakpeek.Mix{Prior: uniform, Answer: 0.999}
+	mix := uniformMix(a, 0.999)
 	pol, err := New("sneakpeek", o)
 	if err != nil {
 		t.Fatal(err)
@@ -165,24 +156,7 @@ func TestEstimateAnswersKeepDecisionsBounded(t *testing.T) {
 	}
 	arrive(n)
 	resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
-	apply := func(d Decision) {
-		gone := map[*Request]bool{}
-		for _, v := range d.Verdicts {
-			gone[v.Request] = true
-		}
-		if d.Batch != nil {
-			for _, r := range d.Batch.Requests {
-				gone[r] = true
-			}
-			for _, id := range d.Batch.Evict {
-				delete(resident, id)
-			}
-			for _, id := range d.Batch.Load {
-				resident[id] = now
-			}
-		}
-		q = slicesDeleteGone(q, gone)
-	}
+	apply := func(d Decision) { q = applyDecision(d, q, resident, now) }
 	// The first decision reads the whole queue (its first rule); the
 	// stream follows.
 	apply(p.Decide(&Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}))
@@ -221,17 +195,6 @@ func TestEstimateAnswersKeepDecisionsBounded(t *testing.T) {
 	}
 }
 
-func slicesDeleteGone(q []*Request, gone map[*Request]bool) []*Request {
-	out := q[:0]
-	for _, r := range q {
-		if !gone[r] {
-			out = append(out, r)
-		}
-	}
-	clear(q[len(out):])
-	return out
-}
-
 // benchAdmit is the gateway's admission test for BenchmarkDecideEstimateAnswers:
 // the latest decision's rule answers r.
 var benchAdmit = func(d Decision, r *Request) bool { return d.Answers.Answers(r) }
@@ -246,16 +209,12 @@ func TestEstimateRuleNoVariantFits(t *testing.T) {
 	for _, v := range a.Variants {
 		v.MemBytes = 100
 	}
-	uniform := make([]float64, a.K)
-	for y := range uniform {
-		uniform[y] = 1 / float64(a.K)
-	}
 	now := t0.Add(time.Second)
 	p, err := New("sneakpeek", Options{Shrink: 0.5, EstimateAnswers: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := estimateArrival(rng, a, 1, now, 1, &sneakpeek.Mix{Prior: uniform, Answer: 0.999})
+	r := estimateArrival(rng, a, 1, now, 1, uniformMix(a, 0.999))
 	r.Deadline = now.Add(time.Hour)
 	d := p.Decide(&Snapshot{Now: now, Queue: []*Request{r}, Apps: map[string]*App{a.Name: a},
 		Engine: Engine{MemBudget: 10, Resident: map[VariantID]time.Time{}}})
