@@ -1,6 +1,7 @@
 package sneakpeek
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -422,11 +423,12 @@ func fitClassTerms(p *DifficultyParams, s []float64, rows []DifficultyRow, lambd
 		}
 	}
 	labels := make([][]float64, nv)
+	correct := make([][]bool, nv)
 	for v := range nv {
-		labels[v] = make([]float64, n)
+		labels[v], correct[v] = make([]float64, n), make([]bool, n)
 		for i, r := range rows {
 			if r.Correct[v] {
-				labels[v][i] = 1
+				labels[v][i], correct[v][i] = 1, true
 			}
 		}
 	}
@@ -440,45 +442,49 @@ func fitClassTerms(p *DifficultyParams, s []float64, rows []DifficultyRow, lambd
 	}
 	ridge := classRidges[len(classRidges)-1]
 	if n >= 2*classFolds {
+		// The folds (rows by index modulo classFolds), laid out once: each
+		// fold's training rows and, per variant, their labels.
+		type fold struct {
+			tx   []float64
+			ty   [][]float64
+			held []int
+		}
+		folds := make([]fold, classFolds)
+		for f := range folds {
+			fd := &folds[f]
+			fd.ty = make([][]float64, nv)
+			for i := range n {
+				if i%classFolds == f {
+					fd.held = append(fd.held, i)
+					continue
+				}
+				fd.tx = append(fd.tx, x[i*cd:(i+1)*cd]...)
+				for v := range nv {
+					fd.ty[v] = append(fd.ty[v], labels[v][i])
+				}
+			}
+		}
+		// Per ridge, every row scored by the fit on the other folds; the
+		// ridge of the smallest held-out log loss (LogLoss) is kept.
+		scores := make([][]float64, nv)
+		for v := range scores {
+			scores[v] = make([]float64, n)
+		}
 		best := math.Inf(1)
 		for _, rg := range classRidges {
-			loss := 0.0
-			for fold := range classFolds {
-				var tx, ty []float64
-				var hx [][]float64
-				var hy []int
-				for i := range n {
-					if i%classFolds == fold {
-						hx, hy = append(hx, x[i*cd:(i+1)*cd]), append(hy, i)
-					} else {
-						tx = append(tx, x[i*cd:(i+1)*cd]...)
-					}
-				}
-				ty = make([]float64, len(tx)/cd)
+			for _, fd := range folds {
 				for v := range nv {
-					j := 0
-					for i := range n {
-						if i%classFolds != fold {
-							ty[j] = labels[v][i]
-							j++
-						}
-					}
-					w, b := fitBinaryLogisticPen(tx, len(ty), cd, ty, pen(rg))
-					for h, xi := range hx {
+					w, b := fitBinaryLogisticPen(fd.tx, len(fd.ty[v]), cd, fd.ty[v], pen(rg))
+					for _, i := range fd.held {
 						t := b
 						for a, wa := range w {
-							t += wa * xi[a]
+							t += wa * x[i*cd+a]
 						}
-						c := min(max(sigmoid(t), 1e-12), 1-1e-12)
-						if labels[v][hy[h]] == 1 {
-							loss -= math.Log(c)
-						} else {
-							loss -= math.Log(1 - c)
-						}
+						scores[v][i] = sigmoid(t)
 					}
 				}
 			}
-			if loss < best {
+			if loss := LogLoss(scores, correct); loss < best {
 				best, ridge = loss, rg
 			}
 		}
@@ -772,15 +778,7 @@ func CheckGaps(scores [][]float64, correct [][]bool, labels []int, k, hi, lo int
 		if len(idx) == 0 {
 			continue
 		}
-		slices.SortStableFunc(idx, func(a, b int) int {
-			switch ga, gb := gap(a), gap(b); {
-			case ga > gb:
-				return -1
-			case ga < gb:
-				return 1
-			}
-			return 0
-		})
+		slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(gap(b), gap(a)) }) // largest first
 		n := max(1, int(math.Ceil(frac*float64(len(idx)))))
 		idx = idx[:min(n, len(idx))]
 		c := ClassGap{Class: y, N: len(idx)}
