@@ -659,6 +659,9 @@ func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
 		l.m.invalidDecisions.Inc()
 		l.invalidLog.Error().Err(err).Str("policy", l.policy.Name()).Int("queued", l.exec.Len()).
 			Msg("invalid decision: not applied, every request stays queued; edf decides instead")
+		if r, ok := l.policy.(scheduler.Resyncer); ok {
+			r.Resync() // what it thought answered is still queued
+		}
 		d = l.fallback(s)
 	}
 	now := l.now()

@@ -334,13 +334,15 @@ func TestLoopFastestDrainRate(t *testing.T) {
 	})
 }
 
-// badPolicy returns an invalid decision every time.
+// badPolicy returns an invalid decision every time, and counts the loop's
+// calls to Resync (scheduler.Resyncer).
 type badPolicy struct {
-	decide func(s *scheduler.Snapshot) scheduler.Decision
-	calls  int
+	decide         func(s *scheduler.Snapshot) scheduler.Decision
+	calls, resyncs int
 }
 
 func (p *badPolicy) Name() string { return "bad" }
+func (p *badPolicy) Resync()      { p.resyncs++ }
 func (p *badPolicy) Decide(s *scheduler.Snapshot) scheduler.Decision {
 	p.calls++
 	return p.decide(s)
@@ -407,6 +409,9 @@ func TestLoopFallsBackOnInvalidDecisions(t *testing.T) {
 				got := testutil.ToFloat64(l.m.invalidDecisions)
 				if got < 1 || got != float64(p.calls) {
 					t.Errorf("invalid decisions counted %v, the policy decided %d times", got, p.calls)
+				}
+				if p.resyncs != p.calls {
+					t.Errorf("the policy was told to resync %d times after %d unapplied decisions", p.resyncs, p.calls)
 				}
 			})
 		})

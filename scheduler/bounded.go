@@ -81,9 +81,10 @@ type boundInfo struct {
 	low   float64
 	// pull, when not nil, gives the fill the requests of a class beyond the
 	// prefix (a policy that groups by class); filledBeyond records that the
-	// fill took one.
-	pull         *classPull
-	filledBeyond bool
+	// fill took one; fillAnswered that it met one the prepass answers
+	// (pullFill), which makes the decision short.
+	pull                       *classPull
+	filledBeyond, fillAnswered bool
 }
 
 func (b *boundInfo) took(pri float64) {
@@ -157,6 +158,9 @@ func (p *searching) bounded(s *Snapshot, probe *decisionState, arrivals float64)
 			d := p.decideOn(&sub, arrivals, len(s.Queue)-len(v)-len(beyond), beyond...)
 			b := p.bound
 			p.bound = boundInfo{}
+			if b.fillAnswered {
+				p.fillAnswered++
+			}
 			if !b.short && !(restPri < b.low) {
 				// The bound by deadline bucket may be the tighter.
 				restPri = min(restPri, p.hist.restPriority(s.Now, next.Deadline))

@@ -563,6 +563,27 @@ func checkHistCovers(t *testing.T, step int, h *workHist, q []*Request, exact bo
 // made over the whole queue (54 of the 60 over a prefix).
 func TestBoundedDecisionEqualsFullWithEstimateAnswers(t *testing.T) {
 	t.Parallel() // see "Parallel tests" in harness_test.go
+	// sparse: a few arrivals the estimate answers every tenth step; dense:
+	// one in three arrivals at every step, so that the fill over a prefix
+	// meets them beyond it (pullFill must pass over them: they have their
+	// verdicts from the prepass; taking one made the decision short and
+	// doubled the prefix); unapplied: as dense, and every fifth decision is
+	// not applied, as the gateway's loop does not apply an invalid one: after
+	// Resync the policies read the queue again for the requests the estimate
+	// answers (without it, the bounded decision forgot those its unapplied
+	// decision answered, and left them queued beyond its prefix).
+	for _, tc := range []struct {
+		name                string
+		every, share, unapp int
+	}{{"sparse", 10, 4, 0}, {"dense", 1, 3, 0}, {"unapplied", 1, 3, 5}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			boundedWithEstimateAnswers(t, tc.every, tc.share, tc.unapp)
+		})
+	}
+}
+
+func boundedWithEstimateAnswers(t *testing.T, every, share, unapplied int) {
 	o := Options{Shrink: 0.5, EstimateAnswers: true, MaxQueueDelay: time.Nanosecond}
 	rng := rand.New(rand.NewPCG(5, 13))
 	a := benchApp(rng)
@@ -595,16 +616,29 @@ func TestBoundedDecisionEqualsFullWithEstimateAnswers(t *testing.T) {
 	resident := map[VariantID]time.Time{a.Variants[0].ID: now, a.Variants[4].ID: now}
 	for step := range 60 {
 		s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
-		q = decideBoth(t, step, bounded, whole, s)
-		now = now.Add(200 * time.Microsecond)
-		share := 0 // most steps: no new request the estimate answers
-		if step%10 == 9 {
-			share = 4
+		if unapplied > 0 && step%unapplied == unapplied-1 {
+			db, s2 := bounded.Decide(s), *s // neither applied
+			if diff := decisionDiff(db, whole.Decide(&s2)); diff != "" {
+				t.Fatalf("step %d: bounded and whole-queue decisions differ: %s", step, diff)
+			}
+			bounded.Resync()
+			whole.Resync()
+		} else {
+			q = decideBoth(t, step, bounded, whole, s)
 		}
-		arrive(n-len(q), share)
+		now = now.Add(200 * time.Microsecond)
+		sh := 0 // no new request the estimate answers
+		if step%every == every-1 {
+			sh = share
+		}
+		arrive(n-len(q), sh)
 	}
-	t.Logf("%d requests the estimate can answer; %d decisions over a prefix", estimated, bounded.boundedHits)
+	t.Logf("%d requests the estimate can answer; %d decisions over a prefix, %d of them filled from beyond it; %d fills met an answered request",
+		estimated, bounded.boundedHits, bounded.beyondHits, bounded.fillAnswered)
 	if bounded.boundedHits != 60 {
 		t.Errorf("%d of 60 decisions made over a prefix", bounded.boundedHits)
+	}
+	if bounded.fillAnswered != 0 {
+		t.Errorf("%d fills over a prefix met a request the estimate answers beyond it (each doubles the prefix)", bounded.fillAnswered)
 	}
 }

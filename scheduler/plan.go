@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"container/heap"
 	"math"
 	"slices"
@@ -745,4 +746,11 @@ func (d *decisionState) runValue(ms []*member, vi int, v *Variant, t time.Durati
 		val -= d.price * float64(len(ms)) * d.info(ms[0].r.App).amort[vi]
 	}
 	return val, t
+}
+
+// answeredBeyond reports whether r is one of the requests beyond a prefix that
+// the prepass answers from the estimate (d.beyond, in Seq order).
+func (d *decisionState) answeredBeyond(r *Request) bool {
+	i, found := slices.BinarySearchFunc(d.beyond, r.Seq, func(x *Request, seq uint64) int { return cmp.Compare(x.Seq, seq) })
+	return found && d.beyond[i] == r
 }

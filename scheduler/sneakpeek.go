@@ -107,6 +107,10 @@ type searching struct {
 	// of them whose fill took a request from beyond the prefix (pullFill).
 	wholeQueue              bool
 	boundedHits, beyondHits int
+	// fillAnswered counts fills over a prefix that met a request beyond it
+	// the prepass answers (pullFill), each of which sent the decision to a
+	// longer prefix.
+	fillAnswered int
 	// peek holds the applications' peeks (peek.go; ConfigurePeek), peekPrice
 	// the price of engine time the peek is priced at: the decisions' prices,
 	// smoothed (peekSmoothing).
@@ -295,6 +299,10 @@ func (p *searching) pendingBeyond(q, v []*Request) []*Request {
 const MaxBruteWindow = 5
 
 func (p *searching) Name() string { return p.name }
+
+// Resync forgets the estimate rule, so that the next decision reads the whole
+// queue again for the requests the estimate answers (Resyncer).
+func (p *searching) Resync() { p.rule = nil }
 
 func (p *searching) Decide(s *Snapshot) Decision {
 	if rule := p.estimateRule(s); rule != p.rule {
@@ -541,8 +549,10 @@ func (d *decisionState) fill(runs []run, win []int) []run {
 // (workHist.classPriority) is below the need-th highest among the candidates.
 // A request beyond the prefix is a member as in the whole queue's decision:
 // its deadline is past every variant's swap and batch-1 latency (no verdict),
-// nothing is shed, and it is outside the window (bounded). Should the index
-// break, or a request get a verdict, the decision is marked short.
+// nothing is shed, and it is outside the window (bounded). A request the
+// estimate answers (d.beyond) already has its verdict from the prepass and is
+// passed over. Should the index break, or another request get a verdict, the
+// decision is marked short.
 func (d *decisionState) pullFill(cands []*member, app *App, classes []int, need int) []*member {
 	pl := d.bound.pull
 	if app == nil || need <= 0 {
@@ -573,7 +583,7 @@ func (d *decisionState) pullFill(cands []*member, app *App, classes []int, need 
 			if top.len() == need && pl.hist.classPriority(app, class, d.s.Now, r.Deadline, fastest) < top.top().pri {
 				break // neither r nor any after it could be among the need highest
 			}
-			if d.skip[r] {
+			if d.skip[r] || d.answeredBeyond(r) {
 				continue
 			}
 			if len(slab) == cap(slab) {
@@ -583,6 +593,7 @@ func (d *decisionState) pullFill(cands []*member, app *App, classes []int, need 
 			m := &slab[len(slab)-1]
 			if _, answered := d.admit(r, m); answered {
 				d.bound.lacked() // not as the bounds have it: decide over the whole queue
+				d.bound.fillAnswered = true
 				return cands
 			}
 			m.beyond = true

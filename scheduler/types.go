@@ -284,3 +284,13 @@ type Policy interface {
 	Name() string
 	Decide(s *Snapshot) Decision
 }
+
+// Resyncer is a Policy that keeps, between decisions, state that assumes its
+// last decision was applied. A caller that does not apply a decision (it
+// failed Executor.Apply) calls Resync before the next Decide, so that the
+// policy reads the queue as it is. The searching policies are Resyncers: they
+// keep the requests the estimate answers that their last decision answered
+// (noteEstimateAnswers), which an unapplied decision left queued.
+type Resyncer interface {
+	Resync()
+}
