@@ -14,9 +14,10 @@ import (
 	"github.com/sneakgate/sneakgate/store/storetest"
 )
 
-// corruptKeyJournal returns a journal that knows key (answered) but whose key
-// record for it no longer decodes, as after a flipped bit on disk.
-func corruptKeyJournal(t *testing.T, key store.Key) *store.Store {
+// corruptKeyJournal returns a journal at a new path that knows key, answered
+// or pending, but whose key record for it no longer decodes, as after a
+// flipped bit on disk, and the options it was opened with.
+func corruptKeyJournal(t *testing.T, key store.Key, answered bool) (*store.Store, string, store.Options) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "journal.db")
 	o := storetest.Options(t)
@@ -28,8 +29,10 @@ func corruptKeyJournal(t *testing.T, key store.Key) *store.Store {
 	if _, err := j.Put(&store.Entry{Key: key, Received: time.Now(), Deadline: time.Now().Add(time.Minute), ReplyTo: "r"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := j.Complete(key, []byte(`{"v":1,"status":"ok"}`)); err != nil {
-		t.Fatal(err)
+	if answered {
+		if err := j.Complete(key, []byte(`{"v":1,"status":"ok"}`)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
@@ -58,17 +61,20 @@ func corruptKeyJournal(t *testing.T, key store.Key) *store.Store {
 	if _, err := j.Lookup(key); !errors.Is(err, store.ErrCorrupt) {
 		t.Fatalf("Lookup of the damaged key record: %v, want store.ErrCorrupt", err)
 	}
-	return j
+	return j, path, o
 }
 
 // A request whose key record in the journal is unreadable (store.ErrCorrupt)
-// cannot be looked up on this delivery or any later one. Left unacknowledged
-// (as for a closed or damaged journal, TestLookupFailureLeavesRequestUnanswered)
-// it would come back on every reconnect and hold one of the broker's in-flight
-// slots for good; every path answers it instead, as Put's does: rejected,
-// internal, saying the id cannot be used again, and acknowledged once the
-// broker has the reply. The failure is counted; the gateway keeps running.
-func TestCorruptKeyRecordAnsweredInternal(t *testing.T) {
+// may be pending or answered, so any answer to it could contradict its first;
+// and no later delivery in this session could read the record either (left
+// unacknowledged, it would come back on every reconnect and hold one of the
+// broker's in-flight slots). On every path the gateway treats it as damage
+// found while running: no reply, the request left unacknowledged, the failure
+// counted, and the gateway stops. The next start's verification
+// (store.OpenOrRecover, as `sneakgate serve` opens the journal) salvages the
+// journal and indexes the key again, so the redelivered copy is answered once:
+// a pending request is a duplicate of the one the new session runs.
+func TestCorruptKeyRecordStopsTheGateway(t *testing.T) {
 	input := make([]float32, 784)
 	const topic = "sneakgate/req/fashion/cam-1"
 	for _, tc := range []struct {
@@ -77,44 +83,56 @@ func TestCorruptKeyRecordAnsweredInternal(t *testing.T) {
 		degradeRefused bool
 		maxQueue       int
 		op             string
+		answered       bool
 	}{
-		{"expired on arrival", protocol.Payload{ID: "a", DeadlineMS: 1000, SentAt: time.Now().Add(-time.Minute), Input: input, B64: true}, false, 0, "lookup"},
-		{"refused for overload", protocol.Payload{ID: "b", DeadlineMS: 60000, Input: input, B64: true}, false, 0, "lookup"},
-		{"refused and answered from the estimate", protocol.Payload{ID: "c", DeadlineMS: 60000, Input: input, B64: true}, true, 0, "lookup"},
-		{"deadline past", protocol.Payload{ID: "d", Deadline: time.Now().Add(-time.Second), Input: input, B64: true}, false, 0, "lookup"},
-		{"admitted", protocol.Payload{ID: "e", DeadlineMS: 60000, Input: input, B64: true}, false, 10, "put"},
+		{"expired on arrival", protocol.Payload{ID: "a", DeadlineMS: 1000, SentAt: time.Now().Add(-time.Minute), Input: input, B64: true}, false, 0, "lookup", true},
+		{"refused for overload", protocol.Payload{ID: "b", DeadlineMS: 60000, Input: input, B64: true}, false, 0, "lookup", false},
+		{"refused and answered from the estimate", protocol.Payload{ID: "c", DeadlineMS: 60000, Input: input, B64: true}, true, 0, "lookup", true},
+		{"deadline past", protocol.Payload{ID: "d", Deadline: time.Now().Add(-time.Second), Input: input, B64: true}, false, 0, "lookup", false},
+		{"admitted", protocol.Payload{ID: "e", DeadlineMS: 60000, Input: input, B64: true}, false, 10, "put", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tok := &fakeToken{done: make(chan struct{})}
-			c := &fakeClient{tokens: []*fakeToken{tok}}
+			c := &fakeClient{}
 			g := handlerGateway(t, c, tc.degradeRefused)
 			g.cfg.Admission.MaxQueue = tc.maxQueue
 			g.fatal = make(chan struct{})
-			g.journal = corruptKeyJournal(t, store.Key{App: "fashion", Device: "cam-1", ID: tc.payload.ID})
+			key := store.Key{App: "fashion", Device: "cam-1", ID: tc.payload.ID}
+			j, path, o := corruptKeyJournal(t, key, tc.answered)
+			g.journal = j
 			msg := newFakeMessage(topic, tc.payload.Marshal())
 			g.handle(arrival{msg: msg, at: time.Now()})
-			sent := c.sent()
-			if len(sent) != 1 {
-				t.Fatalf("%d replies published, want 1", len(sent))
+			if sent := c.sent(); len(sent) != 0 {
+				t.Errorf("%d replies published (%s), want none: the request may be pending or answered", len(sent), sent[0])
 			}
-			rep, err := protocol.ParseReply([]byte(sent[0]))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.Status != protocol.StatusRejected || rep.Reason != protocol.ReasonInternal || rep.Error != msgCorruptKey || rep.ID != tc.payload.ID {
-				t.Errorf("reply %s/%s %q for %q, want rejected/internal %q", rep.Status, rep.Reason, rep.Error, rep.ID, msgCorruptKey)
-			}
-			close(tok.done) // the PUBACK
-			select {
-			case <-msg.acked:
-			case <-time.After(10 * time.Second):
-				t.Fatal("request not acknowledged after the broker acknowledged its reply")
+			if msg.isAcked() {
+				t.Error("request acknowledged, want it left for redelivery")
 			}
 			if got := testutil.ToFloat64(g.m.storeErrors.WithLabelValues(tc.op)); got != 1 {
 				t.Errorf("store_errors_total{op=%s} = %v, want 1", tc.op, got)
 			}
-			if err := g.fatalError(); err != nil {
-				t.Errorf("the gateway stops: %v", err)
+			if err := g.fatalError(); !errors.Is(err, store.ErrCorrupt) {
+				t.Errorf("the gateway's fatal error: %v, want one wrapping store.ErrCorrupt", err)
+			}
+
+			// The next start.
+			if err := j.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s, rec, err := store.OpenOrRecover(path, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if rec == nil {
+				t.Error("the next start's verification found nothing wrong")
+			}
+			res, err := s.Lookup(key)
+			want := store.DupPending
+			if tc.answered {
+				want = store.New // the answered key's record was the only record of it
+			}
+			if err != nil || res.Dup != want {
+				t.Errorf("after the next start's verification: Lookup %+v, %v; want %v", res, err, want)
 			}
 		})
 	}

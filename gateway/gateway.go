@@ -593,6 +593,21 @@ func (g *Gateway) journalError(err error) {
 	}
 }
 
+// journalDamage is journalError for the request handlers' lookups and writes
+// of a request's key, where a record the journal cannot read
+// (store.ErrCorrupt) is damage too: no later delivery in this session could
+// read it, and any answer could contradict the request's first (it may be
+// pending or answered). The gateway stops, the request unacknowledged, and
+// the next start verifies the journal (store.OpenOrRecover), which salvages
+// what is readable and indexes the key again.
+func (g *Gateway) journalDamage(err error) {
+	if errors.Is(err, store.ErrCorrupt) {
+		g.fail(fmt.Errorf("gateway: journal: %w", err))
+		return
+	}
+	g.journalError(err)
+}
+
 // fail makes Run stop and return err (the first one given).
 func (g *Gateway) fail(err error) {
 	g.fatalOnce.Do(func() {

@@ -144,9 +144,9 @@ func (g *Gateway) handle(a arrival) {
 	if !reserved {
 		// Refused, unless it is a duplicate: that is answered as a duplicate
 		// below (Put does not add it to the queue).
-		res, ok := g.lookup(msg, req, key)
+		res, ok := g.lookup(key)
 		if !ok {
-			return // left unacknowledged, or answered (lookup)
+			return // left unacknowledged (lookup)
 		}
 		if res.Dup == store.New {
 			g.loop.refused.Add(1)
@@ -181,7 +181,7 @@ func (g *Gateway) handle(a arrival) {
 			res, err := g.journal.Lookup(key)
 			if err != nil {
 				g.m.storeErrors.WithLabelValues("lookup").Inc()
-				g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; the request is not answered at admission but journaled")
+				g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; the request is not answered at admission: Put decides")
 			}
 			if err == nil && res.Dup == store.New {
 				release()
@@ -201,7 +201,7 @@ func (g *Gateway) handle(a arrival) {
 	if err != nil {
 		release()
 		g.m.storeErrors.WithLabelValues("put").Inc()
-		g.journalError(err)
+		g.journalDamage(err)
 		switch {
 		case g.draining.Load():
 			// Stopping: leave it unacknowledged; the broker redelivers it to the
@@ -218,10 +218,12 @@ func (g *Gateway) handle(a arrival) {
 		case errors.Is(err, store.ErrFull):
 			g.refuse(msg, req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
 		case errors.Is(err, store.ErrCorrupt):
-			// The key's record is unreadable: every copy with this id fails
-			// alike (lookup).
-			g.log.Error().Err(err).Stringer("key", key).Msg("journal key record unreadable; request rejected as internal")
-			g.refuse(msg, req, protocol.ReasonInternal, msgCorruptKey, 0)
+			// A record of this key the journal cannot read (journalDamage stops
+			// the gateway): the request may be pending or answered, and every
+			// later copy would fail alike until the next start salvages the
+			// journal; left unacknowledged, the broker redelivers it to the next
+			// session, which answers it once.
+			g.log.Warn().Err(err).Stringer("key", key).Msg("journal record unreadable; request left for redelivery to the next session")
 		case errors.Is(err, store.ErrNoSpace):
 			// The journal's disk is full (or the file may not grow): refused like
 			// overload, without a log line of its own (the store logs when it
@@ -348,9 +350,9 @@ func (g *Gateway) answersAtAdmission(req *protocol.Request, app *appRuntime, est
 // acknowledged only once the broker has the reply (owe): if the gateway dies
 // first, the broker delivers the request again and it is answered again.
 func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key store.Key) {
-	res, ok := g.lookup(msg, req, key)
+	res, ok := g.lookup(key)
 	if !ok {
-		return // left unacknowledged, or answered (lookup)
+		return // left unacknowledged (lookup)
 	}
 	if res.Dup != store.New {
 		msg.Ack()
@@ -387,13 +389,13 @@ func (g *Gateway) duplicate(req *protocol.Request, key store.Key, res store.PutR
 // journal knows, the copy is acknowledged and handled as a duplicate (never
 // contradicting the first answer) and answeredBefore reports true. It reports
 // true too when the journal could not say (lookup): msg is then left
-// unacknowledged, or answered internal for an unreadable key record.
+// unacknowledged.
 func (g *Gateway) answeredBefore(msg mqtt.Message, rej *protocol.Rejection) bool {
 	if rej.ID == "" || rej.ReplyTo == "" {
 		return false
 	}
 	key := store.Key{App: rej.App, Device: rej.Device, ID: rej.ID}
-	res, ok := g.lookup(msg, &protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: rej.ReplyTo}, key)
+	res, ok := g.lookup(key)
 	if !ok {
 		return true
 	}
@@ -406,39 +408,26 @@ func (g *Gateway) answeredBefore(msg mqtt.Message, rej *protocol.Rejection) bool
 
 // lookup asks the journal whether key is a request it knows (store.Lookup), for
 // a handler about to answer the request without journaling it (refused,
-// rejected, expired on arrival). When the journal cannot say (closed, damaged:
-// store.ErrClosed, store.ErrDamaged) the request may have been answered before,
+// rejected, expired on arrival). When the journal cannot say (closed, damaged,
+// or the key's record unreadable: store.ErrClosed, store.ErrDamaged,
+// store.ErrCorrupt) the request may have been answered before, or be pending,
 // and an answer now could contradict that reply (docs/reliability.md, "A repeat
 // never contradicts the first answer to a journaled request"): lookup counts
-// and logs the failure, stops the gateway if the journal is damaged
-// (journalError), and reports false; the caller then leaves the message
-// unacknowledged, like a request whose journal write failed while stopping or
-// on a broken journal (handle), and the broker delivers it again to the next
-// session. A key record that cannot be read (store.ErrCorrupt) will not read
-// on any later delivery either: left unacknowledged it would come back on
-// every reconnect and hold one of the broker's in-flight slots for good. Such
-// a request is answered as Put answers it (rejected, internal, saying the id
-// cannot be used again) and acknowledged once the broker has the reply;
-// lookup reports false then too, and the caller returns.
-func (g *Gateway) lookup(msg mqtt.Message, req *protocol.Request, key store.Key) (store.PutResult, bool) {
+// and logs the failure, stops the gateway if the journal is damaged or the
+// record unreadable (journalDamage), and reports false; the caller then leaves
+// the message unacknowledged, like a request whose journal write failed while
+// stopping or on a broken journal (handle), and the broker delivers it again
+// to the next session.
+func (g *Gateway) lookup(key store.Key) (store.PutResult, bool) {
 	res, err := g.journal.Lookup(key)
 	if err != nil {
 		g.m.storeErrors.WithLabelValues("lookup").Inc()
-		g.journalError(err)
-		if errors.Is(err, store.ErrCorrupt) && !g.draining.Load() {
-			g.log.Error().Err(err).Stringer("key", key).Msg("journal key record unreadable; request rejected as internal")
-			g.refuse(msg, req, protocol.ReasonInternal, msgCorruptKey, 0)
-			return store.PutResult{}, false
-		}
+		g.journalDamage(err)
 		g.log.Warn().Err(err).Stringer("key", key).Msg("journal lookup failed; request left unacknowledged for redelivery")
 		return store.PutResult{}, false
 	}
 	return res, true
 }
-
-// msgCorruptKey is the error of a request whose key record in the journal is
-// unreadable (store.ErrCorrupt): every copy with the same id gets it.
-const msgCorruptKey = "the gateway's journal record of this request id is unreadable; send the request again with a new id"
 
 // claim makes the caller the only worker handling key until it calls the returned
 // function; a second caller waits for the first.

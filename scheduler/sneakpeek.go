@@ -301,8 +301,14 @@ const MaxBruteWindow = 5
 func (p *searching) Name() string { return p.name }
 
 // Resync forgets the estimate rule, so that the next decision reads the whole
-// queue again for the requests the estimate answers (Resyncer).
-func (p *searching) Resync() { p.rule = nil }
+// queue again for the requests the estimate answers (Resyncer), and the
+// bounds of a decision over a prefix, which a decision that panicked midway
+// (the gateway's loop recovers it as an invalid decision) may have left on.
+func (p *searching) Resync() {
+	p.rule = nil
+	p.bound = boundInfo{}
+	p.pull.reset(nil, nil)
+}
 
 func (p *searching) Decide(s *Snapshot) Decision {
 	if rule := p.estimateRule(s); rule != p.rule {
