@@ -27,8 +27,9 @@ type difficultyResult struct {
 	CostUS        float64
 	Rows          int
 	// Form is the model's form (sneakpeek.FormShared or FormPerVariant), and
-	// FormWhy the check that chose it.
-	Form, FormWhy string
+	// FormWhy the check that chose it; GapWhy says which gap scale the
+	// per-variant form got (sneakpeek.ChooseGapScale) and why.
+	Form, FormWhy, GapWhy string
 	// Kept says whether the manifest declares it, and Why.
 	Kept bool
 	Why  string
@@ -178,6 +179,26 @@ func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, 
 			res.FormWhy += fmt.Sprintf(", without class terms (validation log loss summed over the variants %.4f with them, %.4f without)", withClass, plain)
 		}
 	}
+	if res.Form == sneakpeek.FormPerVariant {
+		// The gaps between the variants' estimates, scaled by how far they
+		// hold on the validation split (models/tools/difficulty's rule; the
+		// model's validation estimates are out of sample): the kind of the
+		// smallest held-out gap error, fitted on all of the split.
+		pred := make([]int, val.n)
+		for i := range val.n {
+			pred[i] = sneakpeek.Argmax(pv[i])
+		}
+		ch := sneakpeek.ChooseGapScale(scores, correct, pred, k)
+		res.GapWhy = fmt.Sprintf("gap scale %s (validation gap error: none %.5f, per variant %.5f, per class %.5f)",
+			ch.Kind, ch.Error[sneakpeek.GapNone], ch.Error[sneakpeek.GapPerVariant], ch.Error[sneakpeek.GapPerClass])
+		if ch.Kind != sneakpeek.GapNone {
+			g := sneakpeek.FitGapScale(ch.Kind, scores, correct, pred, k, -1)
+			params.GapRef, params.GapScale, params.GapCenter = names[g.Ref], g.Scale, g.Center
+			if model, err = sneakpeek.NewDifficulty(params, app.InputSize); err != nil {
+				return nil, err
+			}
+		}
+	}
 	var sum, sumClass float64
 	for v := range nv {
 		a, ca := sneakpeek.AUC(scores[v], correct[v]), sneakpeek.AUC(cls[v], correct[v])
@@ -210,6 +231,9 @@ func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, 
 	}
 	app.Difficulty = &manifest.Difficulty{File: file, Estimator: def.Name, Form: res.Form, AUC: res.AUC, ClassAUC: res.ClassAUC,
 		TrainedOn: trained + fmt.Sprintf("); AUC on the validation split (%d rows); %s form: %s", val.n, res.Form, res.FormWhy), CostUS: round(cost, 3)}
+	if res.GapWhy != "" {
+		app.Difficulty.TrainedOn += "; " + res.GapWhy
+	}
 	return res, nil
 }
 

@@ -37,7 +37,9 @@
 //     the variants' correctness on the training rows (at most 20,000; not the
 //     rows of a kNN default estimator's reference set) and declares it when its
 //     mean AUC on the validation split beats the class-based expected
-//     accuracy's (Options.NoDifficulty skips it);
+//     accuracy's (Options.NoDifficulty skips it); in the per-variant form
+//     the gaps between the variants' estimates are scaled by how far they
+//     hold on the validation split (sneakpeek.ChooseGapScale, FitGapScale);
 //   - writes manifest.yaml, the variants (NAME.onnx), est/,
 //     data/validation.sgs, samples.sgs (the test split, at most 2,000
 //     stratified rows of it; without one, a stratified half of validation,

@@ -122,6 +122,9 @@ func printBuild(w io.Writer, r *Result) {
 		fmt.Fprintf(w, "  per-sample difficulty model (reads %s; trained on %d training rows): %s\n", r.Estimators[0].Name, d.Rows, d.Why)
 		if d.Form != "" {
 			fmt.Fprintf(w, "    %s form: %s\n", d.Form, d.FormWhy)
+			if d.GapWhy != "" {
+				fmt.Fprintf(w, "    %s\n", d.GapWhy)
+			}
 		}
 		for v, name := range r.Variants {
 			if v < len(d.AUC) {

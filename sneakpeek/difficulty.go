@@ -37,6 +37,9 @@ type Difficulty struct {
 	b        []float64
 	slope    []float64 // the shared form's per-variant slopes; nil: per-variant form
 	cb, cs   []float64 // the shared form's class terms, len(variants) x k; nil: none
+	gref     int       // the gap scale's reference variant (GapScale)
+	gscale   []float64 // the gap scale, len(variants) x k; nil: none
+	gcenter  []float64 // its centres, len(variants) x k
 	buf      *scratch
 }
 
@@ -65,6 +68,15 @@ type DifficultyParams struct {
 	// estimated class as well as on s.
 	ClassBias  [][]float64 `json:"class_bias,omitempty"`
 	ClassSlope [][]float64 `json:"class_slope,omitempty"`
+	// GapRef, GapScale and GapCenter (all or none) scale the gaps between
+	// the variants' estimates (difficulty_gap.go, GapNone): variant m's
+	// estimate c_m becomes c_ref + g + kappa (c_m - c_ref - g), ref the
+	// variant GapRef names, kappa GapScale[m] in [0, 1] and g GapCenter[m]
+	// (each one value, or one per class: that of the class the estimate
+	// finds most likely).
+	GapRef    string      `json:"gap_ref,omitempty"`
+	GapScale  [][]float64 `json:"gap_scale,omitempty"`
+	GapCenter [][]float64 `json:"gap_center,omitempty"`
 }
 
 // Difficulty model forms (TrainDifficulty).
@@ -181,6 +193,10 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 			cb, cs = append(cb, p.ClassBias[m]...), append(cs, p.ClassSlope[m]...)
 		}
 	}
+	gref, gscale, gcenter, err := gapScales(p, k)
+	if err != nil {
+		return nil, err
+	}
 	mean, inv, w, err := standardisedLinear("difficulty ", p.Mean, p.Scale, p.Weights, d)
 	if err != nil {
 		return nil, err
@@ -190,7 +206,8 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 		slope = slices.Clone(p.Slope)
 	}
 	return &Difficulty{feat: f, variants: slices.Clone(p.Variants), k: k, d: d, mean: mean,
-		inv: inv, w: w, b: slices.Clone(p.Bias), slope: slope, cb: cb, cs: cs, buf: newScratch(d)}, nil
+		inv: inv, w: w, b: slices.Clone(p.Bias), slope: slope, cb: cb, cs: cs, gref: gref, gscale: gscale, gcenter: gcenter,
+		buf: newScratch(d)}, nil
 }
 
 // ClassTerms reports whether the model is the shared form with class terms
@@ -223,8 +240,20 @@ func (m *Difficulty) vector(input []float32, p []float64, z []float32) {
 
 // Correctness writes into dst (one value per variant) the probability that each
 // variant answers the request input correctly, given the class estimate p of
-// the application's estimator (len K).
+// the application's estimator (len K), with the gap scale applied where the
+// model has one.
 func (m *Difficulty) Correctness(input []float32, p []float64, dst []float64) {
+	m.correctness(input, p, dst)
+	if m.gscale != nil {
+		m.scaleGaps(p, dst)
+	}
+}
+
+// GapScaled reports whether the model scales the gaps between its variants'
+// estimates (DifficultyParams.GapScale).
+func (m *Difficulty) GapScaled() bool { return m.gscale != nil }
+
+func (m *Difficulty) correctness(input []float32, p []float64, dst []float64) {
 	b := m.buf.get()
 	z := *b
 	m.vector(input, p, z)

@@ -25,6 +25,21 @@
 // loss of the variants' correctness, summed over the variants; -form
 // shared-class trains them in any case.
 //
+// Where it keeps the per-variant form, it scales the gaps between the
+// variants' estimates by how far they hold out of sample (sneakpeek.GapScale,
+// difficulty_gap.go): the model is cross-fitted again over -gap-folds
+// contiguous blocks of rows; with -gaps auto the kind (none, one scale per
+// variant, or per variant and estimated class) is the one of the smallest
+// held-out gap error (sneakpeek.ChooseGapScale), and the scales and centres
+// fitted on all the cross-fitted rows (sneakpeek.FitGapScale) are written with
+// the parameters. The shared form keeps its variants in order by construction
+// and gets none. Contiguous blocks keep neighbouring rows together where a
+// split keeps its source's order: satellite's (models/train/common.py's
+// stratified split sorts the rows it keeps) has neighbouring rows alike
+// (adjacent rows share their label 58% of the time, random pairs 21%); vad's
+// windows are shuffled (models/train/vad.py), so there the blocks are folds
+// of mixed speakers, as the row-parity folds are.
+//
 // On the same cross-fitted estimates it also prints each variant's log loss,
 // the gap between the most accurate variant and the runner-up by true class
 // (sneakpeek.CheckGaps: predicted against realised, over the quarter of each
@@ -32,7 +47,7 @@
 // serving the rows of the largest predicted gaps with the most accurate
 // variant instead of the runner-up realises.
 //
-// Usage: go run ./models/tools/difficulty [-form auto|shared|shared-class|per-variant] [-n] models/fashion models/satellite ...
+// Usage: go run ./models/tools/difficulty [-form auto|shared|shared-class|per-variant] [-gaps auto|none|variant|class] [-gap-folds 5] [-n] models/fashion models/satellite ...
 // The ONNX Runtime library is $SNEAKGATE_ORT_LIB.
 package main
 
@@ -46,6 +61,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -57,8 +73,10 @@ import (
 const lambda = 1e-3
 
 var (
-	form = flag.String("form", "auto", "the model's form: shared, shared-class (shared with class terms), per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared, with class terms where they lower the held-out log loss)")
-	dry  = flag.Bool("n", false, "print the cross-fitted measures only; write nothing")
+	gaps     = flag.String("gaps", "auto", "the gap scale of the per-variant form: none, variant (one per variant), class (one per variant and estimated class), or auto (the one of the smallest held-out gap error, sneakpeek.ChooseGapScale)")
+	gapFolds = flag.Int("gap-folds", 5, "folds (contiguous blocks of rows) of the cross-fitting that fits the gap scale")
+	form     = flag.String("form", "auto", "the model's form: shared, shared-class (shared with class terms), per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared, with class terms where they lower the held-out log loss)")
+	dry      = flag.Bool("n", false, "print the cross-fitted measures only; write nothing")
 )
 
 func main() {
@@ -196,12 +214,27 @@ func run(dir string) error {
 		mt.ClassAUC = append(mt.ClassAUC, round(ca))
 		fmt.Printf("  %-14s %9.4f %10.3f %10.3f\n", names[v], float64(right)/float64(val.N), ca, a)
 	}
+	var gs *sneakpeek.GapScale
+	if chosen == sneakpeek.FormPerVariant {
+		g, why, err := gapScale(m, features, names, rows, correct)
+		if err != nil {
+			return err
+		}
+		how += why
+		mt.TrainedOn, gs = how, g
+	}
 	if *dry {
 		return nil
 	}
 	p, d, err := fit(chosen, features, m.InputSize, k, names, rows)
 	if err != nil {
 		return err
+	}
+	if gs != nil {
+		p.GapRef, p.GapScale, p.GapCenter = names[gs.Ref], gs.Scale, gs.Center
+		if d, err = sneakpeek.NewDifficulty(p, m.InputSize); err != nil {
+			return err
+		}
 	}
 	c := make([]float64, nv)
 	best := math.Inf(1)
@@ -285,6 +318,79 @@ func heldOut(m *manifest.App, names []string, scores [][]float64, correct [][]bo
 		fmt.Printf(" %.0f%%: %+.4f / %+.4f", 100*budget, float64(r)/float64(n), p/float64(n))
 	}
 	fmt.Println()
+}
+
+// gapScale fits the per-variant form's gap scale (sneakpeek.FitGapScale) on
+// estimates cross-fitted over -gap-folds contiguous blocks of rows, of the
+// kind -gaps asks for or, with auto, the one ChooseGapScale picks on them. It
+// returns nil for none, and what it did in words for the manifest.
+func gapScale(m *manifest.App, features string, names []string, rows []sneakpeek.DifficultyRow, correct [][]bool) (*sneakpeek.GapScale, string, error) {
+	k := m.K()
+	scores, err := crossFitBlocks(sneakpeek.FormPerVariant, features, m.InputSize, k, names, rows, *gapFolds)
+	if err != nil {
+		return nil, "", err
+	}
+	pred := make([]int, len(rows))
+	for i, r := range rows {
+		pred[i] = sneakpeek.Argmax(r.Estimate)
+	}
+	kind := *gaps
+	why := ""
+	if kind == "auto" {
+		ch := sneakpeek.ChooseGapScale(scores, correct, pred, k)
+		kind = ch.Kind
+		fmt.Printf("%s: held-out gap error (fitted on one half of the %d-fold cross-fitted rows, measured on the other): none %.5f, per variant %.5f, per class %.5f\n",
+			m.Name, *gapFolds, ch.Error[sneakpeek.GapNone], ch.Error[sneakpeek.GapPerVariant], ch.Error[sneakpeek.GapPerClass])
+		why = fmt.Sprintf(" (held-out gap error: none %.5f, per variant %.5f, per class %.5f)",
+			ch.Error[sneakpeek.GapNone], ch.Error[sneakpeek.GapPerVariant], ch.Error[sneakpeek.GapPerClass])
+	}
+	if kind == sneakpeek.GapNone {
+		fmt.Printf("%s: no gap scale\n", m.Name)
+		return nil, "; no gap scale" + why, nil
+	}
+	if kind != sneakpeek.GapPerVariant && kind != sneakpeek.GapPerClass {
+		return nil, "", fmt.Errorf("-gaps %q: want auto, none, variant or class", kind)
+	}
+	g := sneakpeek.FitGapScale(kind, scores, correct, pred, k, -1)
+	var b strings.Builder
+	for v, s := range g.Scale {
+		if v == g.Ref {
+			continue
+		}
+		fmt.Fprintf(&b, " %s", names[v])
+		for _, x := range s {
+			fmt.Fprintf(&b, " %.2f", x)
+		}
+		b.WriteString(";")
+	}
+	scales := strings.TrimSuffix(b.String(), ";")
+	fmt.Printf("%s: gap scale (%s) against %s:%s\n", m.Name, kind, names[g.Ref], scales)
+	return &g, fmt.Sprintf("; gaps to %s scaled per %s by %d-fold cross-fitting over contiguous blocks%s:%s", names[g.Ref], kind, *gapFolds, why, scales), nil
+}
+
+// crossFitBlocks is crossFit over folds contiguous blocks of rows.
+func crossFitBlocks(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow, folds int) ([][]float64, error) {
+	n := len(rows)
+	scores := make([][]float64, len(names))
+	for v := range scores {
+		scores[v] = make([]float64, n)
+	}
+	c := make([]float64, len(names))
+	for f := range folds {
+		lo, hi := f*n/folds, (f+1)*n/folds
+		train := append(slices.Clip(rows[:lo]), rows[hi:]...)
+		_, d, err := fit(form, features, inputSize, k, names, train)
+		if err != nil {
+			return nil, err
+		}
+		for i := lo; i < hi; i++ {
+			d.Correctness(rows[i].Input, rows[i].Estimate, c)
+			for v := range c {
+				scores[v][i] = c[v]
+			}
+		}
+	}
+	return scores, nil
 }
 
 // fit trains the difficulty model of form on rows and builds it.
