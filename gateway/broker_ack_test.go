@@ -115,6 +115,13 @@ func TestEmbeddedBrokerAcksQoS2AfterTheGateway(t *testing.T) {
 	b, _ := holdBroker(t, 0, filter, "sneakgate")
 	_, gwGot := holdClient(t, b, "sneakgate", filter)
 	dev, _ := holdClient(t, b, "cam-1", "")
+	// mochi writes the PUBCOMP before it deletes the flow from the client's
+	// in-flight store (server.go, processPubrel), then calls OnQosComplete: the
+	// device's token may complete before the store is cleared.
+	done := &qosCompleteHook{client: "cam-1", done: make(chan struct{}, 1)}
+	if err := b.srv.AddHook(done, nil); err != nil {
+		t.Fatal(err)
+	}
 
 	tok := dev.Publish("sg/req/fashion/cam-1", 2, false, "r1")
 	m := receive(t, gwGot, "the request at the gateway")
@@ -122,6 +129,11 @@ func TestEmbeddedBrokerAcksQoS2AfterTheGateway(t *testing.T) {
 	notAcked(t, tok, "the QoS 2 request")
 	m.Ack()
 	acked(t, tok, "the QoS 2 request the gateway acknowledged")
+	select {
+	case <-done.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the broker did not complete the QoS 2 flow")
+	}
 	// The PUBREC was kept until the PUBREL, and the PUBCOMP cleared it.
 	cl, ok := b.srv.Clients.Get("cam-1")
 	if !ok {
@@ -471,5 +483,28 @@ func TestEmbeddedBrokerGatewayPublishesApart(t *testing.T) {
 					a, dist, d, w.sent, w.acks)
 			}
 		}
+	}
+}
+
+// qosCompleteHook signals each QoS 2 flow of client's publishes that the
+// broker completes (OnQosComplete on the PUBREL, called once the flow has left
+// the client's in-flight store).
+type qosCompleteHook struct {
+	mochi.HookBase
+	client string
+	done   chan struct{}
+}
+
+func (h *qosCompleteHook) ID() string { return "qos-complete" }
+func (h *qosCompleteHook) Provides(b byte) bool {
+	return b == mochi.OnQosComplete
+}
+func (h *qosCompleteHook) OnQosComplete(cl *mochi.Client, pk packets.Packet) {
+	if cl.ID != h.client || pk.FixedHeader.Type != packets.Pubrel {
+		return
+	}
+	select {
+	case h.done <- struct{}{}:
+	default:
 	}
 }
