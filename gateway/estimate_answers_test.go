@@ -93,6 +93,9 @@ func TestEstimateAnswersEndToEnd(t *testing.T) {
 	refused := int(testutil.ToFloat64(r.g.m.refusedDeg.WithLabelValues("vad")))
 	atAdmission := n - journaled - shed - refused
 	t.Logf("%d journaled, %d answered from the estimate at admission (%d shed there, %d refused)", journaled, atAdmission, shed, refused)
+	if got := int(testutil.ToFloat64(r.g.m.admissionEst.WithLabelValues("vad"))); got != atAdmission {
+		t.Errorf("sneakgate_admission_estimate_answers_total = %d, %d requests answered at admission without being journaled, shed or refused", got, atAdmission)
+	}
 	if atAdmission < all/2 || atAdmission > all {
 		t.Errorf("%d answered at admission without being journaled (%d journaled, %d shed, %d refused), want most of the %d answered from the estimate",
 			atAdmission, journaled, shed, refused, all)

@@ -188,6 +188,7 @@ func (g *Gateway) handle(a arrival) {
 				if reason == protocol.ReasonEstimateWorthMore {
 					// The scheduler's verdict, given at admission.
 					g.m.verdicts.WithLabelValues(req.App, scheduler.Degraded.String(), string(reason)).Inc()
+					g.m.admissionEst.WithLabelValues(req.App).Inc()
 				} else {
 					g.m.admissionShed.WithLabelValues(req.App).Inc()
 				}

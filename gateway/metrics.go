@@ -20,6 +20,7 @@ type metrics struct {
 	refusedDeg    *prometheus.CounterVec   // app
 	verdicts      *prometheus.CounterVec   // app, outcome, reason
 	admissionShed *prometheus.CounterVec   // app
+	admissionEst  *prometheus.CounterVec   // app
 	requeued      *prometheus.CounterVec   // app: first passes sent back for a second
 	unroutable    prometheus.Counter       // broken beyond any reply topic
 	duplicates    *prometheus.CounterVec   // state: pending, done
@@ -102,6 +103,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_admission_degraded_total", Help: "Requests refused for overload and answered from the SneakPeek estimate instead (admission.degrade_refused), by application."}, []string{"app"}),
 		admissionShed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_shed_total", Help: "Requests answered from the SneakPeek estimate at admission because the scheduler was shedding requests worth more per second of engine time (admission.price_shed), by application."}, []string{"app"}),
+		admissionEst: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_admission_estimate_answers_total", Help: "Requests answered from the SneakPeek estimate at admission, without being journaled, because the scheduler's test (scheduler.estimate_answers) found the estimate worth more than any model's answer, by application; also counted in sneakgate_scheduler_verdicts_total{outcome=\"degraded\",reason=\"estimate_worth_more\"}."}, []string{"app"}),
 		requeued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_first_passes_requeued_total", Help: "Answers of a first pass (the cascade policy's, or sneakpeek's peek: scheduler.peek) below the confidence threshold, sent back to the queue for a second pass or to be answered with the first, by application."}, []string{"app"}),
 		unroutable: prometheus.NewCounter(prometheus.CounterOpts{
@@ -165,7 +168,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		latencyFactor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); with scheduler.latency_correction on (the default) the scheduler plans with profile x this."}, []string{"app", "variant"}),
 	}
-	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.requeued, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
@@ -276,6 +279,7 @@ func (m *metrics) initLabels(apps []string) {
 		m.received.WithLabelValues(app)
 		m.refusedDeg.WithLabelValues(app)
 		m.admissionShed.WithLabelValues(app)
+		m.admissionEst.WithLabelValues(app)
 		m.requeued.WithLabelValues(app)
 		m.answers.init(app)
 		for _, st := range statuses {
