@@ -189,11 +189,9 @@ func trainDifficulty(ctx context.Context, o *Options, app *manifest.App, train, 
 			pred[i] = sneakpeek.Argmax(pv[i])
 		}
 		ch := sneakpeek.ChooseGapScale(scores, correct, pred, k)
-		res.GapWhy = fmt.Sprintf("gap scale %s (validation gap error: none %.5f, per variant %.5f, per class %.5f)",
-			ch.Kind, ch.Error[sneakpeek.GapNone], ch.Error[sneakpeek.GapPerVariant], ch.Error[sneakpeek.GapPerClass])
+		res.GapWhy = fmt.Sprintf("gap scale %s (validation gap error: %s)", ch.Kind, ch.Errors())
 		if ch.Kind != sneakpeek.GapNone {
-			g := sneakpeek.FitGapScale(ch.Kind, scores, correct, pred, k, -1)
-			params.GapRef, params.GapScale, params.GapCenter = names[g.Ref], g.Scale, g.Center
+			sneakpeek.FitGapScale(ch.Kind, scores, correct, pred, k, -1).SetOn(params)
 			if model, err = sneakpeek.NewDifficulty(params, app.InputSize); err != nil {
 				return nil, err
 			}

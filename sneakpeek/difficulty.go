@@ -729,20 +729,9 @@ func CheckRanking(scores [][]float64, correct [][]bool) RankingCheck {
 		return RankingCheck{}
 	}
 	n := len(correct[0])
-	acc := make([]int, nv)
-	for v := range nv {
-		for _, ok := range correct[v] {
-			if ok {
-				acc[v]++
-			}
-		}
-	}
 	c := RankingCheck{}
-	for v := range nv {
-		if acc[v] > acc[c.Top] {
-			c.Top = v
-		}
-	}
+	var topRight int
+	c.Top, topRight = mostAccurate(correct)
 	right := 0
 	for i := range n {
 		best := c.Top
@@ -765,12 +754,37 @@ func CheckRanking(scores [][]float64, correct [][]bool) RankingCheck {
 		}
 	}
 	if n > 0 {
-		c.Accuracy, c.TopAccuracy = float64(right)/float64(n), float64(acc[c.Top])/float64(n)
+		c.Accuracy, c.TopAccuracy = float64(right)/float64(n), float64(topRight)/float64(n)
 	}
-	if d := c.Better + c.Worse; d > 0 {
-		c.Z = float64(c.Better-c.Worse) / math.Sqrt(float64(d))
-	}
+	c.Z = mcnemarZ(c.Better, c.Worse)
 	return c
+}
+
+// mostAccurate returns the variant that answered the most rows correctly
+// (correct[v][i]; the first on ties) and how many it answered so.
+func mostAccurate(correct [][]bool) (top, right int) {
+	for v, cv := range correct {
+		n := 0
+		for _, ok := range cv {
+			if ok {
+				n++
+			}
+		}
+		if v == 0 || n > right {
+			top, right = v, n
+		}
+	}
+	return top, right
+}
+
+// mcnemarZ is McNemar's statistic for two variants on the same rows: (ab -
+// ba) / sqrt(ab + ba), ab the rows only the first answered correctly, ba those
+// only the second; 0 when both are 0.
+func mcnemarZ(ab, ba int) float64 {
+	if ab+ba == 0 {
+		return 0
+	}
+	return float64(ab-ba) / math.Sqrt(float64(ab+ba))
 }
 
 // ClassGap is, for the rows of one true class, the gap in correctness between

@@ -72,18 +72,18 @@ func gapScales(p *DifficultyParams, k int) (int, []float64, []float64, error) {
 // scaleGaps applies the gap scale to the estimates dst of a request whose
 // class estimate is p (Correctness).
 func (m *Difficulty) scaleGaps(p []float64, dst []float64) {
-	y := 0
-	for i, v := range p[:m.k] {
-		if v > p[y] {
-			y = i
-		}
-	}
+	y := max(Argmax(p[:m.k]), 0)
 	cr := dst[m.gref]
 	for v := range m.variants {
 		i := v*m.k + y
-		g := m.gcenter[i]
-		dst[v] = min(max(cr+g+m.gscale[i]*(dst[v]-cr-g), 0), 1)
+		dst[v] = scaleGap(dst[v], cr, m.gscale[i], m.gcenter[i])
 	}
+}
+
+// scaleGap is the gap scale's c'_m (the comment on GapNone) for an estimate c
+// whose reference variant's is cr, at scale kappa and centre g.
+func scaleGap(c, cr, kappa, g float64) float64 {
+	return min(max(cr+g+kappa*(c-cr-g), 0), 1)
 }
 
 // GapScale is what FitGapScale fitted.
@@ -94,6 +94,11 @@ type GapScale struct {
 	// class of the estimate (GapPerClass); Center[m] its centres, one per
 	// class of the estimate. Scale[Ref] is 1 and Center[Ref] 0.
 	Scale, Center [][]float64
+}
+
+// SetOn writes the gap scale into p, whose variants are those it was fitted on.
+func (g GapScale) SetOn(p *DifficultyParams) {
+	p.GapRef, p.GapScale, p.GapCenter = p.Variants[g.Ref], g.Scale, g.Center
 }
 
 // FitGapScale fits the gap scale of kind (GapPerVariant or GapPerClass) on
@@ -118,22 +123,10 @@ type GapScale struct {
 // average share of the evidence weighs half).
 func FitGapScale(kind string, scores [][]float64, correct [][]bool, pred []int, k, ref int) GapScale {
 	nv := len(correct)
-	g := GapScale{Scale: make([][]float64, nv), Center: make([][]float64, nv)}
-	acc := make([]int, nv)
-	for v := range nv {
-		for _, ok := range correct[v] {
-			if ok {
-				acc[v]++
-			}
-		}
-		if acc[v] > acc[g.Ref] {
-			g.Ref = v
-		}
+	if ref < 0 {
+		ref, _ = mostAccurate(correct)
 	}
-	if ref >= 0 {
-		g.Ref = ref
-	}
-	ref = g.Ref
+	g := GapScale{Ref: ref, Scale: make([][]float64, nv), Center: make([][]float64, nv)}
 	for v := range nv {
 		if v == ref || !NearEqual(correct[v], correct[ref]) {
 			g.Scale[v], g.Center[v] = []float64{1}, make([]float64, k)
@@ -239,7 +232,7 @@ func b01(b bool) float64 {
 // McNemar's |z| = |right only by a - right only by b| / sqrt(their sum) below
 // 1.96 (two-sided 5%).
 func NearEqual(a, b []bool) bool {
-	var ab, ba float64
+	var ab, ba int
 	for i, x := range a {
 		switch {
 		case x && !b[i]:
@@ -248,7 +241,7 @@ func NearEqual(a, b []bool) bool {
 			ba++
 		}
 	}
-	return ab+ba == 0 || math.Abs(ab-ba)/math.Sqrt(ab+ba) < -NoisyZ
+	return math.Abs(mcnemarZ(ab, ba)) < -NoisyZ
 }
 
 // Apply returns the estimates scores with the gap scale applied (the c'_m
@@ -258,9 +251,8 @@ func (g GapScale) Apply(scores [][]float64, pred []int) [][]float64 {
 	for v := range scores {
 		out[v] = make([]float64, len(scores[v]))
 		for i, c := range scores[v] {
-			cr, y := scores[g.Ref][i], pred[i]
-			s, ctr := g.Scale[v][min(y, len(g.Scale[v])-1)], g.Center[v][min(y, len(g.Center[v])-1)]
-			out[v][i] = min(max(cr+ctr+s*(c-cr-ctr), 0), 1)
+			y := pred[i]
+			out[v][i] = scaleGap(c, scores[g.Ref][i], g.Scale[v][min(y, len(g.Scale[v])-1)], g.Center[v][min(y, len(g.Center[v])-1)])
 		}
 	}
 	return out
@@ -295,6 +287,11 @@ type GapChoice struct {
 	Error map[string]float64
 }
 
+// Errors says each kind's held-out gap error, as the training tools report it.
+func (c GapChoice) Errors() string {
+	return fmt.Sprintf("none %.5f, per variant %.5f, per class %.5f", c.Error[GapNone], c.Error[GapPerVariant], c.Error[GapPerClass])
+}
+
 // ChooseGapScale chooses the gap scale's kind (GapNone, GapPerVariant or
 // GapPerClass) on cross-fitted estimates (FitGapScale's arguments): the rows
 // are cut into two contiguous halves; each kind is fitted on one half and its
@@ -310,7 +307,7 @@ func ChooseGapScale(scores [][]float64, correct [][]bool, pred []int, k int) Gap
 		return s, c, pred[lo:hi]
 	}
 	ch := GapChoice{Kind: GapNone, Error: map[string]float64{}}
-	ref := FitGapScale(GapPerVariant, scores, correct, pred, k, -1).Ref
+	ref, _ := mostAccurate(correct)
 	for _, kind := range []string{GapNone, GapPerVariant, GapPerClass} {
 		e := 0.0
 		for _, h := range [][4]int{{0, n / 2, n / 2, n}, {n / 2, n, 0, n / 2}} {

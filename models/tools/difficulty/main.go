@@ -231,7 +231,7 @@ func run(dir string) error {
 		return err
 	}
 	if gs != nil {
-		p.GapRef, p.GapScale, p.GapCenter = names[gs.Ref], gs.Scale, gs.Center
+		gs.SetOn(p)
 		if d, err = sneakpeek.NewDifficulty(p, m.InputSize); err != nil {
 			return err
 		}
@@ -339,10 +339,9 @@ func gapScale(m *manifest.App, features string, names []string, rows []sneakpeek
 	if kind == "auto" {
 		ch := sneakpeek.ChooseGapScale(scores, correct, pred, k)
 		kind = ch.Kind
-		fmt.Printf("%s: held-out gap error (fitted on one half of the %d-fold cross-fitted rows, measured on the other): none %.5f, per variant %.5f, per class %.5f\n",
-			m.Name, *gapFolds, ch.Error[sneakpeek.GapNone], ch.Error[sneakpeek.GapPerVariant], ch.Error[sneakpeek.GapPerClass])
-		why = fmt.Sprintf(" (held-out gap error: none %.5f, per variant %.5f, per class %.5f)",
-			ch.Error[sneakpeek.GapNone], ch.Error[sneakpeek.GapPerVariant], ch.Error[sneakpeek.GapPerClass])
+		fmt.Printf("%s: held-out gap error (fitted on one half of the %d-fold cross-fitted rows, measured on the other): %s\n",
+			m.Name, *gapFolds, ch.Errors())
+		why = fmt.Sprintf(" (held-out gap error: %s)", ch.Errors())
 	}
 	if kind == sneakpeek.GapNone {
 		fmt.Printf("%s: no gap scale\n", m.Name)
@@ -368,31 +367,6 @@ func gapScale(m *manifest.App, features string, names []string, rows []sneakpeek
 	return &g, fmt.Sprintf("; gaps to %s scaled per %s by %d-fold cross-fitting over contiguous blocks%s:%s", names[g.Ref], kind, *gapFolds, why, scales), nil
 }
 
-// crossFitBlocks is crossFit over folds contiguous blocks of rows.
-func crossFitBlocks(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow, folds int) ([][]float64, error) {
-	n := len(rows)
-	scores := make([][]float64, len(names))
-	for v := range scores {
-		scores[v] = make([]float64, n)
-	}
-	c := make([]float64, len(names))
-	for f := range folds {
-		lo, hi := f*n/folds, (f+1)*n/folds
-		train := append(slices.Clip(rows[:lo]), rows[hi:]...)
-		_, d, err := fit(form, features, inputSize, k, names, train)
-		if err != nil {
-			return nil, err
-		}
-		for i := lo; i < hi; i++ {
-			d.Correctness(rows[i].Input, rows[i].Estimate, c)
-			for v := range c {
-				scores[v][i] = c[v]
-			}
-		}
-	}
-	return scores, nil
-}
-
 // fit trains the difficulty model of form on rows and builds it.
 func fit(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow) (*sneakpeek.DifficultyParams, *sneakpeek.Difficulty, error) {
 	p, err := sneakpeek.TrainDifficulty(form, features, inputSize, k, names, rows, lambda)
@@ -407,15 +381,29 @@ func fit(form, features string, inputSize, k int, names []string, rows []sneakpe
 // from the model of form trained on the other half of rows (two folds by row
 // parity; the split is shuffled).
 func crossFit(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow) ([][]float64, error) {
+	return crossFitFolds(form, features, inputSize, k, names, rows, 2, func(i int) int { return i % 2 })
+}
+
+// crossFitBlocks is crossFit over folds contiguous blocks of rows.
+func crossFitBlocks(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow, folds int) ([][]float64, error) {
+	n := len(rows)
+	// Fold f holds rows f*n/folds to (f+1)*n/folds - 1.
+	return crossFitFolds(form, features, inputSize, k, names, rows, folds, func(i int) int { return ((i+1)*folds - 1) / n })
+}
+
+// crossFitFolds returns scores[v][i], variant v's estimated correctness on row
+// i from the model of form trained on the rows of the other folds (foldOf(i)
+// is row i's, 0 to folds-1).
+func crossFitFolds(form, features string, inputSize, k int, names []string, rows []sneakpeek.DifficultyRow, folds int, foldOf func(int) int) ([][]float64, error) {
 	scores := make([][]float64, len(names))
 	for v := range scores {
 		scores[v] = make([]float64, len(rows))
 	}
 	c := make([]float64, len(names))
-	for fold := range 2 {
+	for fold := range folds {
 		var train []sneakpeek.DifficultyRow
 		for i, r := range rows {
-			if i%2 != fold {
+			if foldOf(i) != fold {
 				train = append(train, r)
 			}
 		}
@@ -424,7 +412,7 @@ func crossFit(form, features string, inputSize, k int, names []string, rows []sn
 			return nil, err
 		}
 		for i, r := range rows {
-			if i%2 == fold {
+			if foldOf(i) == fold {
 				d.Correctness(r.Input, r.Estimate, c)
 				for v := range c {
 					scores[v][i] = c[v]
