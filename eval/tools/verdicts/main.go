@@ -1,0 +1,194 @@
+// Command verdicts counts issue 9's verdicts from the per-seed utilities of
+// `sneakgate eval` runs: per application and workload, at loads 1.5-5 the
+// points where the candidate policy (-ref) is above every baseline beyond the
+// paired 95% interval, and at loads <= 1 the points where no baseline is above
+// it beyond the interval (eval.Summarize, paired by seed). With -show it also
+// prints, per point, each named policy minus the candidate with its interval
+// (a * when beyond it).
+//
+// A file is an eval results.json ("results") or a summary committed under
+// eval/plots with every seed's utility ("per_seed_utility"); a summary
+// without them (eval/plots/rs-*.json) is counted from its summaries, whose
+// reference must be -ref, and alone. FILE:SUFFIX
+// renames the file's policies to POLICY+SUFFIX, so that two runs of the same
+// policies (two binaries, two models) compare paired by seed:
+//
+//	go run ./eval/tools/verdicts -ref sneakpeek-peek eval/plots/s10-fashion.json
+//	go run ./eval/tools/verdicts -show sneakpeek-nogap eval/plots/s10-satellite.json eval/plots/s10-satellite-nogap.json:-nogap
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/sneakgate/sneakgate/eval"
+)
+
+var (
+	ref       = flag.String("ref", "sneakpeek", "the candidate policy")
+	baselines = flag.String("baselines", "oblivious,placebo,cascade,edf,fixed-batch", "the baselines of issue 9's bar")
+	show      = flag.String("show", "", "comma-separated policies whose difference from -ref to print per point")
+)
+
+func main() {
+	flag.Parse()
+	if flag.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: verdicts [-ref P] [-baselines P,...] [-show P,...] FILE[:SUFFIX] ...")
+		os.Exit(2)
+	}
+	var rs []eval.Result
+	var sums []eval.Summary
+	for _, arg := range flag.Args() {
+		path, suffix, _ := strings.Cut(arg, ":")
+		got, ss, err := read(path)
+		if err != nil {
+			fail(err)
+		}
+		for i := range got {
+			got[i].Policy += suffix
+		}
+		rs = append(rs, got...)
+		sums = append(sums, ss...)
+	}
+	if len(rs) == 0 {
+		// Summaries alone: their differences are from their own reference.
+		if flag.NArg() > 1 || len(sums) == 0 || (sums[0].Reference != "" && sums[0].Reference != *ref) {
+			fail(fmt.Errorf("a file without per-seed results is counted alone, with -ref its summaries' reference"))
+		}
+		print(sums, strings.Split(*baselines, ","), *show)
+		return
+	}
+	print(eval.Summarize(rs, *ref), strings.Split(*baselines, ","), *show)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "verdicts:", err)
+	os.Exit(1)
+}
+
+// read returns a file's per-seed results, or its summaries when it has none.
+func read(path string) ([]eval.Result, []eval.Summary, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	var f struct {
+		Results   []eval.Result  `json:"results"`
+		PerSeed   []eval.Result  `json:"per_seed_utility"`
+		Summaries []eval.Summary `json:"summaries"`
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if rs := append(f.Results, f.PerSeed...); len(rs) > 0 {
+		return rs, nil, nil
+	}
+	if len(f.Summaries) == 0 {
+		return nil, nil, fmt.Errorf("%s: neither per-seed results nor summaries", path)
+	}
+	return nil, f.Summaries, nil
+}
+
+// beyond reports whether s's difference from the reference is beyond its
+// interval, and its sign.
+func beyond(s eval.Summary) (bool, float64) {
+	return s.Seeds > 1 && s.Reference != "" && math.Abs(s.Diff) > s.DiffCI, math.Copysign(1, s.Diff)
+}
+
+func print(ss []eval.Summary, base []string, show string) {
+	type key struct{ app, wl string }
+	type count struct{ hi, hiN, lo, loN int }
+	var order []key
+	counts := map[key]*count{}
+	notes := map[key][]string{}
+	byPoint := map[string]map[string]eval.Summary{}
+	var points []string
+	for _, s := range ss {
+		pk := fmt.Sprintf("%s %s %gms load %g", s.App, s.Workload, s.DeadlineMS, s.Load)
+		if byPoint[pk] == nil {
+			byPoint[pk] = map[string]eval.Summary{}
+			points = append(points, pk)
+		}
+		byPoint[pk][s.Policy] = s
+		k := key{s.App, s.Workload}
+		if counts[k] == nil {
+			counts[k] = &count{}
+			order = append(order, k)
+		}
+	}
+	for _, pk := range points {
+		cell := byPoint[pk]
+		c0, ok := cell[*ref]
+		if !ok {
+			continue
+		}
+		k := key{c0.App, c0.Workload}
+		c := counts[k]
+		aboveAll, noneAbove := true, true
+		for _, b := range base {
+			s, ok := cell[b]
+			if !ok {
+				continue
+			}
+			out, sign := beyond(s)
+			if !(out && sign < 0) {
+				aboveAll = false
+				if c0.Load >= 1.5 {
+					notes[k] = append(notes[k], fmt.Sprintf("%s %s at %g (%+.4f)", b, map[bool]string{true: "above", false: "level"}[out], c0.Load, s.Diff))
+				}
+			}
+			if out && sign > 0 {
+				noneAbove = false
+				if c0.Load <= 1 {
+					notes[k] = append(notes[k], fmt.Sprintf("%s above at %g (%+.4f)", b, c0.Load, s.Diff))
+				}
+			}
+		}
+		switch {
+		case c0.Load >= 1.5:
+			c.hiN++
+			if aboveAll {
+				c.hi++
+			}
+		case c0.Load <= 1:
+			c.loN++
+			if noneAbove {
+				c.lo++
+			}
+		}
+	}
+	fmt.Printf("candidate %s against %s (beyond the paired 95%% interval)\n\n", *ref, strings.Join(base, ", "))
+	fmt.Println("| app | workload | loads 1.5-5 | loads <= 1 | baselines above or level |")
+	fmt.Println("|---|---|---:|---:|---|")
+	for _, k := range order {
+		c := counts[k]
+		fmt.Printf("| %s | %s | %d of %d | %d of %d | %s |\n", k.app, k.wl, c.hi, c.hiN, c.lo, c.loN, strings.Join(notes[k], "; "))
+	}
+	if show == "" {
+		return
+	}
+	pols := strings.Split(show, ",")
+	fmt.Printf("\n%-44s %s\n", "point", strings.Join(slices.Clone(pols), "  "))
+	for _, pk := range points {
+		cell := byPoint[pk]
+		line := fmt.Sprintf("%-44s", pk)
+		for _, p := range pols {
+			s, ok := cell[p]
+			if !ok {
+				line += "  -"
+				continue
+			}
+			mark := ""
+			if out, _ := beyond(s); out {
+				mark = "*"
+			}
+			line += fmt.Sprintf("  %+.4f ± %.4f%s", s.Diff, s.DiffCI, mark)
+		}
+		fmt.Println(line)
+	}
+}
