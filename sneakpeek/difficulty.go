@@ -756,7 +756,7 @@ func CheckRanking(scores [][]float64, correct [][]bool) RankingCheck {
 	if n > 0 {
 		c.Accuracy, c.TopAccuracy = float64(right)/float64(n), float64(topRight)/float64(n)
 	}
-	c.Z = mcnemarZ(c.Better, c.Worse)
+	c.Z = McNemarZ(c.Better, c.Worse)
 	return c
 }
 
@@ -777,10 +777,10 @@ func mostAccurate(correct [][]bool) (top, right int) {
 	return top, right
 }
 
-// mcnemarZ is McNemar's statistic for two variants on the same rows: (ab -
+// McNemarZ is McNemar's statistic for two variants on the same rows: (ab -
 // ba) / sqrt(ab + ba), ab the rows only the first answered correctly, ba those
 // only the second; 0 when both are 0.
-func mcnemarZ(ab, ba int) float64 {
+func McNemarZ(ab, ba int) float64 {
 	if ab+ba == 0 {
 		return 0
 	}

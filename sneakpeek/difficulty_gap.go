@@ -241,7 +241,7 @@ func NearEqual(a, b []bool) bool {
 			ba++
 		}
 	}
-	return math.Abs(mcnemarZ(ab, ba)) < -NoisyZ
+	return math.Abs(McNemarZ(ab, ba)) < -NoisyZ
 }
 
 // Apply returns the estimates scores with the gap scale applied (the c'_m

@@ -13,6 +13,8 @@
 //   - the pair's oracle: each sample answered by whichever of the two is worth
 //     more on it (what knowing the labels would give; no policy without them
 //     reaches it);
+//   - per true class, the samples only one of the two answers correctly and
+//     McNemar's z of the first against the second (sneakpeek.McNemarZ);
 //   - the cascade at escalated shares E: the first variant answers, and the E of
 //     the samples it is least sure of (lowest top-class probability) get the
 //     second variant's answer ("replace") or the average's ("average").
@@ -111,6 +113,25 @@ func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b 
 	fmt.Printf("  %-22s %.4f\n", second+" alone", mean(func(i int) float64 { return u(i, b[i]) }))
 	fmt.Printf("  %-22s %.4f\n", "average of the two", mean(func(i int) float64 { return u(i, avg[i]) }))
 	fmt.Printf("  %-22s %.4f\n", "the pair's oracle", mean(func(i int) float64 { return max(u(i, a[i]), u(i, b[i])) }))
+
+	// Per true class, the samples only one of the two gets right, and
+	// McNemar's z of the first against the second.
+	k := len(m.Labels)
+	only := make([][2]int, k)
+	for i := 0; i < n; i++ {
+		y := int(set.Labels[i])
+		ra, rb := sneakpeek.Argmax(a[i]) == y, sneakpeek.Argmax(b[i]) == y
+		switch {
+		case ra && !rb:
+			only[y][0]++
+		case rb && !ra:
+			only[y][1]++
+		}
+	}
+	fmt.Printf("  %-22s %9s %9s %7s\n", "true class", "only "+first, "only "+second, "z")
+	for y, c := range only {
+		fmt.Printf("  %-22s %9d %9d %+7.2f\n", m.Labels[y], c[0], c[1], sneakpeek.McNemarZ(c[0], c[1]))
+	}
 
 	// The first variant's least sure samples first.
 	order := make([]int, n)
