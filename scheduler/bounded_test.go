@@ -269,13 +269,19 @@ func boundedPair(t *testing.T, name string, o Options) (bounded, whole *searchin
 // answered or batched, and updates s's resident variants.
 func decideBoth(t *testing.T, step int, bounded, whole *searching, s *Snapshot) []*Request {
 	t.Helper()
+	return applyDecision(decideSame(t, step, bounded, whole, s), s.Queue, s.Engine.Resident, s.Now)
+}
+
+// decideSame has bounded and whole decide on s, fails the test unless the
+// decisions are identical, and returns bounded's, not applied.
+func decideSame(t *testing.T, step int, bounded, whole *searching, s *Snapshot) Decision {
+	t.Helper()
 	db := bounded.Decide(s)
 	s2 := *s
-	dw := whole.Decide(&s2)
-	if diff := decisionDiff(db, dw); diff != "" {
+	if diff := decisionDiff(db, whole.Decide(&s2)); diff != "" {
 		t.Fatalf("step %d (%d queued): bounded and whole-queue decisions differ: %s", step, len(s.Queue), diff)
 	}
-	return applyDecision(db, s.Queue, s.Engine.Resident, s.Now)
+	return db
 }
 
 // applyDecision applies d at now as the gateway's loop does: it returns q
@@ -617,10 +623,7 @@ func boundedWithEstimateAnswers(t *testing.T, every, share, unapplied int) {
 	for step := range 60 {
 		s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
 		if unapplied > 0 && step%unapplied == unapplied-1 {
-			db, s2 := bounded.Decide(s), *s // neither applied
-			if diff := decisionDiff(db, whole.Decide(&s2)); diff != "" {
-				t.Fatalf("step %d: bounded and whole-queue decisions differ: %s", step, diff)
-			}
+			decideSame(t, step, bounded, whole, s) // neither applied
 			bounded.Resync()
 			whole.Resync()
 		} else {
