@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -99,17 +98,7 @@ func TestCorruptKeyRecordStopsTheGateway(t *testing.T) {
 			key := store.Key{App: "fashion", Device: "cam-1", ID: tc.payload.ID}
 			j, path, o := corruptKeyJournal(t, key, tc.answered)
 			g.journal = j
-			msg := newFakeMessage(topic, tc.payload.Marshal())
-			g.handle(arrival{msg: msg, at: time.Now()})
-			if sent := c.sent(); len(sent) != 0 {
-				t.Errorf("%d replies published (%s), want none: the request may be pending or answered", len(sent), sent[0])
-			}
-			if msg.isAcked() {
-				t.Error("request acknowledged, want it left for redelivery")
-			}
-			if got := testutil.ToFloat64(g.m.storeErrors.WithLabelValues(tc.op)); got != 1 {
-				t.Errorf("store_errors_total{op=%s} = %v, want 1", tc.op, got)
-			}
+			leftForRedelivery(t, g, c, topic, tc.payload, tc.op)
 			if err := g.fatalError(); !errors.Is(err, store.ErrCorrupt) {
 				t.Errorf("the gateway's fatal error: %v, want one wrapping store.ErrCorrupt", err)
 			}

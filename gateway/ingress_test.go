@@ -248,22 +248,30 @@ func TestLookupFailureLeavesRequestUnanswered(t *testing.T) {
 				if _, err := g.journal.Lookup(store.Key{App: "fashion", Device: "cam-1", ID: rc.payload.ID}); !errors.Is(err, jc.want) {
 					t.Fatalf("Lookup on the %s journal: %v, want %v", jc.name, err, jc.want)
 				}
-				msg := newFakeMessage(topic, rc.payload.Marshal())
-				g.handle(arrival{msg: msg, at: time.Now()})
-				if sent := c.sent(); len(sent) != 0 {
-					t.Errorf("%d replies published (%s), want none: the request may have been answered before", len(sent), sent[0])
-				}
-				if msg.isAcked() {
-					t.Error("request acknowledged, want it left for redelivery")
-				}
-				if got := testutil.ToFloat64(g.m.storeErrors.WithLabelValues("lookup")); got != 1 {
-					t.Errorf("store_errors_total{op=lookup} = %v, want 1", got)
-				}
+				leftForRedelivery(t, g, c, topic, rc.payload, "lookup")
 				if stopping := g.fatalError(); errors.Is(jc.want, store.ErrDamaged) != errors.Is(stopping, store.ErrDamaged) {
 					t.Errorf("fatal error %v with a %s journal", stopping, jc.name)
 				}
 			})
 		}
+	}
+}
+
+// leftForRedelivery has g handle payload on topic and fails the test unless
+// the request got no reply (it may have been answered before, or be pending)
+// and was not acknowledged, and the journal failure was counted once for op.
+func leftForRedelivery(t *testing.T, g *Gateway, c *fakeClient, topic string, payload protocol.Payload, op string) {
+	t.Helper()
+	msg := newFakeMessage(topic, payload.Marshal())
+	g.handle(arrival{msg: msg, at: time.Now()})
+	if sent := c.sent(); len(sent) != 0 {
+		t.Errorf("%d replies published (%s), want none: the request may have been answered before, or be pending", len(sent), sent[0])
+	}
+	if msg.isAcked() {
+		t.Error("request acknowledged, want it left for redelivery")
+	}
+	if got := testutil.ToFloat64(g.m.storeErrors.WithLabelValues(op)); got != 1 {
+		t.Errorf("store_errors_total{op=%s} = %v, want 1", op, got)
 	}
 }
 
