@@ -6,6 +6,16 @@
 // prints, per point, each named policy minus the candidate with its interval
 // (a * when beyond it).
 //
+// Where the runs have the per-sample oracle (-oracle), it also prints, per
+// point at loads 1.5-5, the share of the oracle's headroom over -headroom-base
+// (the mixing oblivious) that the candidate captures, issue 9's bar (60% of
+// it), and the no-pressure best: the highest mean utility of any policy but the
+// oracle at the workload's lowest load (at most 1), what the policies reach
+// with engine time to spare. Where the bar lies above it, no policy of the run
+// reaches the bar even without pressure (the oracle knows, per sample, which
+// variant is right; nothing without the label does), and the share of the
+// attainable headroom (up to the no-pressure best) is printed besides.
+//
 // A file is an eval results.json ("results") or a summary committed under
 // eval/plots with every seed's utility ("per_seed_utility"); a summary
 // without them (eval/plots/rs-*.json) is counted from its summaries, whose
@@ -33,7 +43,17 @@ var (
 	ref       = flag.String("ref", "sneakpeek", "the candidate policy")
 	baselines = flag.String("baselines", "oblivious,placebo,cascade,edf,fixed-batch", "the baselines of issue 9's bar")
 	show      = flag.String("show", "", "comma-separated policies whose difference from -ref to print per point")
+	oracle    = flag.String("oracle", "sneakpeek-oracle", "the per-sample oracle whose headroom over -headroom-base is measured (when the runs have it)")
+	hbase     = flag.String("headroom-base", "oblivious", "the policy the headroom is measured from")
 )
+
+// headroomBar is issue 9's bar: the share of the oracle's headroom the
+// candidate captures at loads 1.5-5.
+const headroomBar = 0.6
+
+// attainableMin is the least headroom up to the no-pressure best whose share
+// is printed: below it the baseline is at the no-pressure best already.
+const attainableMin = 0.001
 
 func main() {
 	flag.Parse()
@@ -162,6 +182,7 @@ func print(ss []eval.Summary, base []string, show string) {
 			}
 		}
 	}
+	defer headroom(ss)
 	fmt.Printf("candidate %s against %s (beyond the paired 95%% interval)\n\n", *ref, strings.Join(base, ", "))
 	fmt.Println("| app | workload | loads 1.5-5 | loads <= 1 | baselines above or level |")
 	fmt.Println("|---|---|---:|---:|---|")
@@ -191,4 +212,84 @@ func print(ss []eval.Summary, base []string, show string) {
 		}
 		fmt.Println(line)
 	}
+}
+
+// headroom prints, per point at loads 1.5-5 of the runs that have the oracle,
+// the candidate's share of the oracle's headroom over -headroom-base, the
+// bar, and the no-pressure best (the comment on the package).
+func headroom(ss []eval.Summary) {
+	type wkey struct {
+		app, wl string
+		dl      float64
+	}
+	type cell struct {
+		load float64
+		util map[string]float64
+	}
+	var order []wkey
+	cells := map[wkey][]*cell{}
+	for _, s := range ss {
+		k := wkey{s.App, s.Workload, s.DeadlineMS}
+		if cells[k] == nil {
+			order = append(order, k)
+		}
+		i := slices.IndexFunc(cells[k], func(c *cell) bool { return c.load == s.Load })
+		if i < 0 {
+			cells[k] = append(cells[k], &cell{load: s.Load, util: map[string]float64{}})
+			i = len(cells[k]) - 1
+		}
+		cells[k][i].util[s.Policy] = s.Utility
+	}
+	header := false
+	for _, k := range order {
+		cs := cells[k]
+		slices.SortFunc(cs, func(a, b *cell) int { return cmpFloat(a.load, b.load) })
+		if cs[0].load > 1 {
+			continue
+		}
+		best, bestPol := math.Inf(-1), ""
+		for p, u := range cs[0].util {
+			if p != *oracle && (u > best || (u == best && p < bestPol)) {
+				best, bestPol = u, p
+			}
+		}
+		for _, c := range cs {
+			o, okO := c.util[*oracle]
+			b, okB := c.util[*hbase]
+			r, okR := c.util[*ref]
+			if c.load < 1.5 || !okO || !okB || !okR {
+				continue
+			}
+			if !header {
+				fmt.Printf("\nheadroom: the oracle (%s) over %s at loads 1.5-5; no-pressure best: the best policy but the oracle at the lowest load\n\n", *oracle, *hbase)
+				fmt.Printf("| point | headroom | %s captures | bar (%.0f%%) | no-pressure best | bar above it | of the attainable |\n", *ref, 100*headroomBar)
+				fmt.Println("|---|---:|---:|---:|---|---|---:|")
+				header = true
+			}
+			h := o - b
+			bar := b + headroomBar*h
+			share, att := "-", "-"
+			if h > 0 {
+				share = fmt.Sprintf("%.0f%%", 100*(r-b)/h)
+			}
+			switch {
+			case best-b >= attainableMin:
+				att = fmt.Sprintf("%.0f%%", 100*(r-b)/(best-b))
+			default:
+				att = fmt.Sprintf("(%s at it; %+.4f)", *hbase, r-b)
+			}
+			fmt.Printf("| %s %s %gms load %g | %+.4f | %s | %.4f | %.4f (%s at %g) | %s | %s |\n",
+				k.app, k.wl, k.dl, c.load, h, share, bar, best, bestPol, cs[0].load, map[bool]string{true: "yes", false: "no"}[bar > best], att)
+		}
+	}
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
