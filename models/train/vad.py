@@ -113,8 +113,12 @@ def synth_noise(kind, n, rng):
 
 
 def sources(split, rng):
-    """The split's speech recordings and non-speech clips (unscaled float32)."""
+    """The split's speech recordings and non-speech clips (unscaled float32),
+    each with its group: "klettres/LANG" (one speaker set per language),
+    "pocketsphinx" (its few recordings of the split), "sonic-pi" (music and
+    ambience) or "noise/KIND" (synthetic)."""
     speech = [decode(os.path.join(PS, p)) for p in PS_SPLIT[split]]
+    speech_groups = ["pocketsphinx"] * len(PS_SPLIT[split])
     for lang in sorted(os.listdir(KL)):
         files = sorted(glob.glob(os.path.join(KL, lang, "**", "*.ogg"), recursive=True))
         if not files:
@@ -124,25 +128,29 @@ def sources(split, rng):
             continue
         pick = np.random.RandomState(SEED + len(lang) * 7 + ord(lang[0])).permutation(len(files))[:KL_PER_LANG]
         speech += [decode(files[i]) for i in sorted(pick)]
+        speech_groups += ["klettres/" + lang] * len(pick)
     sp = sorted(f for f in glob.glob(os.path.join(SP, "*.flac"))
                 if not any(v in os.path.basename(f) for v in VOICED))
     order = np.random.RandomState(SEED).permutation(len(sp))
     n = len(sp)
     cut = {"train": order[:int(0.6 * n)], "val": order[int(0.6 * n):int(0.8 * n)], "test": order[int(0.8 * n):]}
     nonspeech = [decode(sp[i]) for i in sorted(cut[split])]
+    nonspeech_groups = ["sonic-pi"] * len(cut[split])
     for kind in ["white", "pink", "brown", "hum"]:
         for _ in range(6):
             nonspeech.append(synth_noise(kind, SR * 3, rng))
-    return speech, nonspeech
+            nonspeech_groups.append("noise/" + kind)
+    return speech, speech_groups, nonspeech, nonspeech_groups
 
 
 def windows(split):
-    """Labelled windows of one split: (X [n, 576] float32 in [-1, 1], y)."""
+    """Labelled windows of one split: (X [n, 576] float32 in [-1, 1], y, group
+    of each window: the source it was cut from, as sources() names it)."""
     rng = np.random.RandomState(SEED + {"train": 0, "val": 1, "test": 2}[split])
-    speech, nonspeech = sources(split, rng)
+    speech, speech_groups, nonspeech, nonspeech_groups = sources(split, rng)
     background = [c for c in nonspeech if len(c) >= WIN]
-    sp_w, si_w = [], []
-    for clip in speech:
+    sp_w, si_w, sp_g, si_g = [], [], [], []
+    for clip, group in zip(speech, speech_groups):
         if len(clip) < WIN:
             continue
         starts = range(0, len(clip) - WIN + 1, NEW)
@@ -169,7 +177,8 @@ def windows(split):
                 target = 10 ** ((ref + 20 * np.log10(gain) - snr) / 20)
                 w = w + (seg / seg_rms * target).astype(np.float32)
             (sp_w if lab == 1 else si_w).append(np.clip(w, -1, 1))
-    for clip in nonspeech:
+            (sp_g if lab == 1 else si_g).append(group)
+    for clip, group in zip(nonspeech, nonspeech_groups):
         if len(clip) < WIN:
             continue
         g = 10 ** ((rng.uniform(-50, -10) - rms_db(clip[:len(clip)])) / 20)
@@ -177,6 +186,7 @@ def windows(split):
         rng.shuffle(starts)
         for s in starts[:40]:
             si_w.append(np.clip(clip[s:s + WIN] * g, -1, 1))
+            si_g.append(group)
     n = SIZES[split]
     ns = min(int(round(n * SPEECH_SHARE)), len(sp_w))
     nn = min(n - ns, len(si_w))
@@ -184,9 +194,10 @@ def windows(split):
     pick_n = rng.permutation(len(si_w))[:nn]
     X = np.stack([sp_w[i] for i in pick_s] + [si_w[i] for i in pick_n]).astype(np.float32)
     y = np.array([1] * ns + [0] * nn, dtype=np.int64)
+    groups = [sp_g[i] for i in pick_s] + [si_g[i] for i in pick_n]
     perm = rng.permutation(len(y))
     print(f"  {split}: {len(sp_w)} speech and {len(si_w)} non-speech candidates; kept {ns} + {nn}", flush=True)
-    return X[perm], y[perm]
+    return X[perm], y[perm], [groups[i] for i in perm]
 
 
 def inputs_for(kind):
@@ -205,6 +216,20 @@ def inputs_for(kind):
 CACHE = os.path.join(os.path.dirname(C.ROOT), ".cache", "models", "vad")
 
 
+def write_groups(path, by_file):
+    """Write each sample file's window groups (the source each window was cut
+    from; sources()), for models/tools/pairs: {"names": [...], FILE: [index of
+    each row's group in names]}, FILE relative to the application directory."""
+    names = sorted({g for gs in by_file.values() for g in gs})
+    index = {g: i for i, g in enumerate(names)}
+    doc = {"names": names}
+    doc.update({f: [index[g] for g in gs] for f, gs in by_file.items()})
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
 def stage_data():
     """Stage 1: labelled windows (validation and test under models/vad, training
     windows in .cache), raw Silero models copied (SHA-256 checked) into .cache."""
@@ -213,12 +238,13 @@ def stage_data():
     out = C.app_dir("vad")
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
     os.makedirs(os.path.join(CACHE, "raw"), exist_ok=True)
-    Xtr, ytr = windows("train")
-    Xva, yva = windows("val")
-    Xte, yte = windows("test")
+    Xtr, ytr, _ = windows("train")
+    Xva, yva, gva = windows("val")
+    Xte, yte, gte = windows("test")
     C.write_samples(os.path.join(CACHE, "train.sgs"), Xtr, ytr)
     C.write_samples(os.path.join(out, "data", "validation.sgs"), Xva, yva)
     C.write_samples(os.path.join(out, "samples.sgs"), Xte, yte)
+    write_groups(os.path.join(out, "data", "groups.json"), {"data/validation.sgs": gva, "samples.sgs": gte})
     with open(os.path.join(CACHE, "variants.txt"), "w") as lst:
         for name, src, family, kind, sha in VARIANTS:
             with open(os.path.join(NPM, src), "rb") as f:

@@ -14,7 +14,11 @@
 //     more on it (what knowing the labels would give; no policy without them
 //     reaches it);
 //   - per true class, the samples only one of the two answers correctly and
-//     McNemar's z of the first against the second (sneakpeek.McNemarZ);
+//     McNemar's z of the first against the second (sneakpeek.McNemarZ); where
+//     the application has data/groups.json (the source each sample was cut
+//     from, per sample file: vad's recordings, languages and clips, written by
+//     models/train/vad.py), the same per true class and group, so that a
+//     difference between the splits can be told from one between sources;
 //   - the cascade at escalated shares E: the first variant answers, and the E of
 //     the samples it is least sure of (lowest top-class probability) get the
 //     second variant's answer ("replace") or the average's ("average").
@@ -28,8 +32,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -86,12 +93,59 @@ func run(dir, first, second string) error {
 				return fmt.Errorf("run %s: %w", v, err)
 			}
 		}
-		report(m, set, path, first, second, out[0], out[1])
+		groups, err := readGroups(dir, path, set.N)
+		if err != nil {
+			return err
+		}
+		report(m, set, path, first, second, out[0], out[1], groups)
 	}
 	return nil
 }
 
-func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b [][]float64) {
+// readGroups returns the group of each of the n samples of the sample file
+// path from dir's data/groups.json, or nil when there is none for it.
+func readGroups(dir, path string, n int) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "data", "groups.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("groups.json: %w", err)
+	}
+	rel, err := filepath.Rel(dir, path)
+	if err != nil {
+		return nil, err
+	}
+	raw, ok := doc[filepath.ToSlash(rel)]
+	if !ok {
+		return nil, nil
+	}
+	var names []string
+	var idx []int
+	if err := json.Unmarshal(doc["names"], &names); err != nil {
+		return nil, fmt.Errorf("groups.json names: %w", err)
+	}
+	if err := json.Unmarshal(raw, &idx); err != nil {
+		return nil, fmt.Errorf("groups.json %s: %w", rel, err)
+	}
+	if len(idx) != n {
+		return nil, fmt.Errorf("groups.json %s: %d groups for %d samples", rel, len(idx), n)
+	}
+	out := make([]string, n)
+	for i, g := range idx {
+		if g < 0 || g >= len(names) {
+			return nil, fmt.Errorf("groups.json %s: group %d of sample %d out of range", rel, g, i)
+		}
+		out[i] = names[g]
+	}
+	return out, nil
+}
+
+func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b [][]float64, groups []string) {
 	n := set.N
 	u := func(i int, p []float64) float64 { return m.Utility[set.Labels[i]][sneakpeek.Argmax(p)] }
 	avg := make([][]float64, n)
@@ -132,6 +186,9 @@ func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b 
 	for y, c := range only {
 		fmt.Printf("  %-22s %9d %9d %+7.2f\n", m.Labels[y], c[0], c[1], sneakpeek.McNemarZ(c[0], c[1]))
 	}
+	if groups != nil {
+		byGroup(m, set, a, b, groups, first, second)
+	}
 
 	// The first variant's least sure samples first.
 	order := make([]int, n)
@@ -162,5 +219,45 @@ func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b 
 			threshold = fmt.Sprintf("%.3f", conf(order[k-1]))
 		}
 		fmt.Printf("  %8.0f%% %10s %9.4f %9.4f\n", 100*share, threshold, rep/float64(n), av/float64(n))
+	}
+}
+
+// byGroup prints, per true class and group of source (groups.json), the
+// samples and those only one of the two variants answers correctly, with
+// McNemar's z.
+func byGroup(m *manifest.App, set *dataset.Set, a, b [][]float64, groups []string, first, second string) {
+	type key struct {
+		y int
+		g string
+	}
+	type tally struct{ n, a, b int }
+	t := map[key]*tally{}
+	var keys []key
+	for i, g := range groups {
+		y := int(set.Labels[i])
+		k := key{y, g}
+		if t[k] == nil {
+			t[k] = &tally{}
+			keys = append(keys, k)
+		}
+		ra, rb := sneakpeek.Argmax(a[i]) == y, sneakpeek.Argmax(b[i]) == y
+		t[k].n++
+		if ra && !rb {
+			t[k].a++
+		}
+		if rb && !ra {
+			t[k].b++
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].y != keys[j].y {
+			return keys[i].y < keys[j].y
+		}
+		return keys[i].g < keys[j].g
+	})
+	fmt.Printf("  %-10s %-14s %7s %9s %9s %7s\n", "true class", "group", "samples", "only "+first, "only "+second, "z")
+	for _, k := range keys {
+		c := t[k]
+		fmt.Printf("  %-10s %-14s %7d %9d %9d %+7.2f\n", m.Labels[k.y], k.g, c.n, c.a, c.b, sneakpeek.McNemarZ(c.a, c.b))
 	}
 }
