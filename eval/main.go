@@ -336,7 +336,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := rep.WriteJSON(jp); err != nil {
 		return err
 	}
-	files, err := WritePlots(*out, rep.Results)
+	files, err := WritePlots(*out, rep.Summaries)
 	if err != nil {
 		return err
 	}

@@ -3,9 +3,11 @@ package eval
 import (
 	"cmp"
 	"fmt"
+	"image/color"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -15,21 +17,26 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 )
 
-// WritePlots writes two PNGs per (application, workload, deadline) into dir:
+// WritePlots writes two PNGs per (application, workload, deadline) into dir
+// from the runs' summaries (Summarize's, or those a results file keeps):
 // APP-WORKLOAD-Dms.png, three panels (mean utility with its 95% interval over
-// seeds, accuracy, deadline-met ratio) against load, one line per policy; and
-// APP-WORKLOAD-Dms-classes.png, the recall of every true class against load
-// (the requests of that class answered with it, by a model or the estimate),
-// one panel per class, so that what overload costs each class is visible. It
-// returns the files written.
-func WritePlots(dir string, rs []Result) ([]string, error) {
+// seeds, accuracy, deadline-met ratio) against load, one line per policy, and
+// where the summaries are paired with a reference policy a fourth, each other
+// policy's utility minus the reference's with the paired 95% interval (the
+// differences the tables print, on a scale where they show: a policy more
+// than diffFloor below the reference anywhere is left off it and named in its
+// title); and APP-WORKLOAD-Dms-classes.png, the recall of every true class
+// against load (the requests of that class answered with it, by a model or
+// the estimate), one panel per class, so that what overload costs each class
+// is visible. It returns the files written.
+func WritePlots(dir string, ss []Summary) ([]string, error) {
 	type figKey struct {
 		app, wl string
 		dl      float64
 	}
 	figs := map[figKey][]Summary{}
 	var order []figKey
-	for _, r := range Summarize(rs, "") {
+	for _, r := range ss {
 		if r.Err != "" {
 			continue
 		}
@@ -70,10 +77,13 @@ func policiesOf(rs []Summary) []string {
 }
 
 // addPolicyLines draws, for every policy, get(summary) against load (summaries
-// where get reports false are left out); with ci, the utility's 95% interval as
-// error bars; with legend, the policy names in p's legend.
-func addPolicyLines(p *plot.Plot, policies []string, rs []Summary, get func(Summary) (float64, bool), ci, legend bool) error {
-	for i, pol := range policies {
+// where get reports false are left out); with ci, error bars of ci(summary)
+// either side; with legend, the policy names in p's legend. Each policy keeps
+// the colour, dashes and shape of its place in all (every panel of a figure
+// draws one policy alike).
+func addPolicyLines(p *plot.Plot, all, policies []string, rs []Summary, get func(Summary) (float64, bool), ci func(Summary) float64, legend bool) error {
+	for _, pol := range policies {
+		i := slices.Index(all, pol)
 		var sel []Summary
 		for _, r := range rs {
 			if r.Policy == pol {
@@ -89,7 +99,9 @@ func addPolicyLines(p *plot.Plot, policies []string, rs []Summary, get func(Summ
 				continue
 			}
 			xy = append(xy, plotter.XY{X: r.Load, Y: y})
-			errs = append(errs, struct{ Low, High float64 }{r.UtilityCI, r.UtilityCI})
+			if ci != nil {
+				errs = append(errs, struct{ Low, High float64 }{ci(r), ci(r)})
+			}
 		}
 		if len(xy) == 0 {
 			continue
@@ -104,7 +116,7 @@ func addPolicyLines(p *plot.Plot, policies []string, rs []Summary, get func(Summ
 		pts.Color = plotutil.Color(i)
 		pts.Shape = plotutil.Shape(i)
 		p.Add(l, pts)
-		if ci {
+		if ci != nil {
 			eb, err := plotter.NewYErrorBars(struct {
 				plotter.XYer
 				plotter.YErrorer
@@ -124,17 +136,23 @@ func addPolicyLines(p *plot.Plot, policies []string, rs []Summary, get func(Summ
 	return nil
 }
 
+// diffFloor is how far below the reference a policy may fall and still be drawn
+// on the difference panel.
+const diffFloor = 0.05
+
 func writeFigure(path, title string, rs []Summary) error {
 	policies := policiesOf(rs)
+	utilityCI := func(r Summary) float64 { return r.UtilityCI }
 	metrics := []struct {
 		name string
 		get  func(Summary) (float64, bool)
+		ci   func(Summary) float64
 	}{
-		{"mean utility", func(r Summary) (float64, bool) { return r.Utility, true }},
-		{"accuracy", func(r Summary) (float64, bool) { return r.Accuracy, true }},
-		{"deadline met", func(r Summary) (float64, bool) { return r.Met, true }},
+		{"mean utility", func(r Summary) (float64, bool) { return r.Utility, true }, utilityCI},
+		{"accuracy", func(r Summary) (float64, bool) { return r.Accuracy, true }, nil},
+		{"deadline met", func(r Summary) (float64, bool) { return r.Met, true }, nil},
 	}
-	row := make([]*plot.Plot, len(metrics))
+	var row []*plot.Plot
 	for j, m := range metrics {
 		p := plot.New()
 		p.Title.Text = m.name
@@ -144,12 +162,62 @@ func writeFigure(path, title string, rs []Summary) error {
 		p.X.Label.Text = "load (fraction of capacity)"
 		p.Y.Label.Text = m.name
 		p.Add(plotter.NewGrid())
-		if err := addPolicyLines(p, policies, rs, m.get, j == 0, j == 0); err != nil {
+		if err := addPolicyLines(p, policies, policies, rs, m.get, m.ci, j == 0); err != nil {
 			return err
 		}
-		row[j] = p
+		row = append(row, p)
 	}
-	return savePNG(path, [][]*plot.Plot{row}, 1200, 380)
+	if p, err := diffPanel(policies, rs); err != nil {
+		return err
+	} else if p != nil {
+		row = append(row, p)
+	}
+	return savePNG(path, [][]*plot.Plot{row}, vg.Length(400*len(row)), 380)
+}
+
+// diffPanel draws each policy's utility minus the reference's with the paired
+// 95% interval (nil when the summaries have no reference).
+func diffPanel(policies []string, rs []Summary) (*plot.Plot, error) {
+	ref := ""
+	low := map[string]bool{}
+	for _, r := range rs {
+		if r.Reference != "" {
+			ref = r.Reference
+			if r.Diff < -diffFloor {
+				low[r.Policy] = true
+			}
+		}
+	}
+	if ref == "" {
+		return nil, nil
+	}
+	var shown, off []string
+	for _, pol := range policies {
+		switch {
+		case pol == ref:
+		case low[pol]:
+			off = append(off, pol)
+		default:
+			shown = append(shown, pol)
+		}
+	}
+	p := plot.New()
+	p.Title.Text = "utility minus " + ref + " (paired 95% interval)"
+	if len(off) > 0 {
+		p.Title.Text += fmt.Sprintf("\noff the scale (> %g below): %s", diffFloor, strings.Join(off, ", "))
+	}
+	p.X.Label.Text = "load (fraction of capacity)"
+	p.Y.Label.Text = "difference in mean utility"
+	p.Add(plotter.NewGrid())
+	zero := plotter.NewFunction(func(float64) float64 { return 0 })
+	zero.Color = color.Gray{Y: 80}
+	zero.Width = vg.Points(1)
+	p.Add(zero)
+	get := func(r Summary) (float64, bool) { return r.Diff, r.Reference != "" }
+	if err := addPolicyLines(p, policies, shown, rs, get, func(r Summary) float64 { return r.DiffCI }, false); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // writeClassFigure writes the per-class recall figure; it writes nothing and
@@ -190,7 +258,7 @@ func writeClassFigure(path, title string, rs []Summary) (bool, error) {
 			}
 			return 0, false
 		}
-		if err := addPolicyLines(p, policies, rs, get, false, j == 0); err != nil {
+		if err := addPolicyLines(p, policies, policies, rs, get, nil, j == 0); err != nil {
 			return false, err
 		}
 		grid[j/cols][j%cols] = p

@@ -470,7 +470,7 @@ func WriteScenario(stdout io.Writer, rep *ScenarioReport, c *CompiledScenario, m
 	if err := os.WriteFile(jp, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("eval: %w", err)
 	}
-	files, err := WritePlots(out, rep.Results)
+	files, err := WritePlots(out, rep.Summaries)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,9 @@
 // variant is right; nothing without the label does), and the share of the
 // attainable headroom (up to the no-pressure best) is printed besides.
 //
+// With -plots DIR it draws eval's figures (eval.WritePlots) again from the
+// first file's summaries.
+//
 // A file is an eval results.json ("results") or a summary committed under
 // eval/plots with every seed's utility ("per_seed_utility"); a summary
 // without them (eval/plots/rs-*.json) is counted from its summaries, whose
@@ -45,6 +48,7 @@ var (
 	show      = flag.String("show", "", "comma-separated policies whose difference from -ref to print per point")
 	oracle    = flag.String("oracle", "sneakpeek-oracle", "the per-sample oracle whose headroom over -headroom-base is measured (when the runs have it)")
 	hbase     = flag.String("headroom-base", "oblivious", "the policy the headroom is measured from")
+	plots     = flag.String("plots", "", "also draw eval's figures (utility, accuracy and deadline met against load with the 95% intervals; every class's recall) from the first file's summaries into this directory")
 )
 
 // headroomBar is issue 9's bar: the share of the oracle's headroom the
@@ -63,6 +67,11 @@ func main() {
 	}
 	var rs []eval.Result
 	var sums []eval.Summary
+	if *plots != "" {
+		if err := drawPlots(*plots, strings.SplitN(flag.Arg(0), ":", 2)[0]); err != nil {
+			fail(err)
+		}
+	}
 	for _, arg := range flag.Args() {
 		path, suffix, _ := strings.Cut(arg, ":")
 		got, ss, err := read(path)
@@ -112,6 +121,31 @@ func read(path string) ([]eval.Result, []eval.Summary, error) {
 		return nil, nil, fmt.Errorf("%s: neither per-seed results nor summaries", path)
 	}
 	return nil, f.Summaries, nil
+}
+
+// drawPlots draws eval's figures from the summaries of the file at path.
+func drawPlots(dir, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var f struct {
+		Summaries []eval.Summary `json:"summaries"`
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if len(f.Summaries) == 0 {
+		return fmt.Errorf("%s: no summaries to draw", path)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	files, err := eval.WritePlots(dir, f.Summaries)
+	for _, file := range files {
+		fmt.Fprintln(os.Stderr, "wrote", file)
+	}
+	return err
 }
 
 // beyond reports whether s's difference from the reference is beyond its
