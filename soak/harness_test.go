@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"math"
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
@@ -33,6 +34,7 @@ import (
 	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/scheduler"
 )
 
 // The harness: the real binary (built once in TestMain), a gateway process the
@@ -791,6 +793,7 @@ type reqRec struct {
 	ID       string
 	SentAt   time.Time
 	Deadline time.Duration
+	In       int          // the index of its input in fleet.inputs
 	state    atomic.Int32 // pubPending, pubAcked, pubFailed
 	replies  []replyRec   // guarded by fleet.mu
 }
@@ -826,8 +829,11 @@ type fleet struct {
 	broker string
 	run    string
 	inputs [][]float32
-	b64    bool
-	devs   []*device
+	// samples are the inputs' labels and the application's utility matrix and
+	// no-answer values, which value the replies (analyse's Utility).
+	samples sampleSet
+	b64     bool
+	devs    []*device
 
 	// per-second counters, read and reset by the monitor
 	attempts, skipped, acked, failed atomic.Int64
@@ -841,9 +847,24 @@ type fleet struct {
 	probes    map[string]chan replyRec
 }
 
+// sampleSet is the labels of a fleet's inputs and what the application values
+// answers by: its utility matrix (true class by answer) and the value of a
+// request of each true class that gets no answer (manifest.App.NoAnswer).
+type sampleSet struct {
+	labels   []int
+	utility  [][]float64
+	noAnswer func(y int) float64
+}
+
 // loadInputs returns up to n real Fashion-MNIST test images from the bundled
 // sample file (784 values in [0, 1]).
 func loadInputs(t testing.TB, n int) [][]float32 {
+	in, _ := loadSamples(t, n)
+	return in
+}
+
+// loadSamples is loadInputs with the images' labels and fashion's valuation.
+func loadSamples(t testing.TB, n int) ([][]float32, sampleSet) {
 	t.Helper()
 	app, err := manifest.Load(filepath.Join(repoRoot, "models/fashion/manifest.yaml"))
 	if err != nil {
@@ -860,10 +881,12 @@ func loadInputs(t testing.TB, n int) [][]float32 {
 		t.Fatalf("sample file has %d values per sample, want 784", set.D)
 	}
 	var in [][]float32
+	ss := sampleSet{utility: app.Utility, noAnswer: app.NoAnswer}
 	for i := 0; i < set.N && i < n; i++ {
 		in = append(in, set.Row(i))
+		ss.labels = append(ss.labels, int(set.Labels[i]))
 	}
-	return in
+	return in, ss
 }
 
 func randomHex(n int) string {
@@ -876,7 +899,8 @@ func randomHex(n int) string {
 // reply topic on a persistent session and reconnects by itself.
 func newFleet(t *testing.T, brokerURL, prefix string, n int) *fleet {
 	t.Helper()
-	f := &fleet{t: t, broker: brokerURL, run: randomHex(3), inputs: loadInputs(t, 512),
+	inputs, samples := loadSamples(t, 512)
+	f := &fleet{t: t, broker: brokerURL, run: randomHex(3), inputs: inputs, samples: samples,
 		b64: os.Getenv("SOAK_B64") != "0", reqs: map[string]*reqRec{},
 		byStatus: map[protocol.Status]int64{}, probes: map[string]chan replyRec{}}
 	for i := range n {
@@ -963,7 +987,7 @@ func (f *fleet) send(d *device, deadline time.Duration) *reqRec {
 	}
 	id, in := d.next(f.run, len(f.inputs))
 	now := time.Now()
-	rec := &reqRec{ID: id, SentAt: now, Deadline: deadline}
+	rec := &reqRec{ID: id, SentAt: now, Deadline: deadline, In: in}
 	p := protocol.Payload{ID: rec.ID, DeadlineMS: protocol.DeadlineMS(deadline), SentAt: now,
 		Input: f.inputs[in], B64: f.b64}
 	f.mu.Lock()
@@ -1106,7 +1130,7 @@ func (f *fleet) snapshot() []reqSnap {
 	defer f.mu.Unlock()
 	out := make([]reqSnap, 0, len(f.reqs))
 	for _, r := range f.reqs {
-		out = append(out, reqSnap{ID: r.ID, SentAt: r.SentAt, Deadline: r.Deadline, State: r.state.Load(),
+		out = append(out, reqSnap{ID: r.ID, SentAt: r.SentAt, Deadline: r.Deadline, In: r.In, State: r.state.Load(),
 			Replies: append([]replyRec(nil), r.replies...)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].SentAt.Before(out[j].SentAt) })
@@ -1117,6 +1141,7 @@ type reqSnap struct {
 	ID       string
 	SentAt   time.Time
 	Deadline time.Duration
+	In       int
 	State    int32
 	Replies  []replyRec
 }
@@ -1173,6 +1198,30 @@ type tally struct {
 	Orphans        int64            `json:"orphan_replies"`
 	Malformed      int64            `json:"malformed_replies"`
 	ReplyLatencyMS map[string]int64 `json:"first_reply_latency_ms"` // p50, p99, max of sent_at to first reply
+	// Utility is the mean, over the acknowledged requests, of what their
+	// first replies are worth as the devices received them (replyUtility);
+	// UtilityN the requests it is over (0 without labels).
+	Utility  float64 `json:"utility"`
+	UtilityN int     `json:"utility_requests"`
+}
+
+// replyUtility is what the first reply r (nil: none) to a request of true class y
+// sent at sentAt with this budget is worth to its device: the utility matrix's
+// value of its class for an answer (ok, late, degraded), discounted for
+// lateness at the device's receipt as the scheduler values a late result
+// (scheduler.Penalty and Discount: whole up to the deadline, down to the no-answer
+// value at twice the budget); the no-answer value for no reply, a refusal or an
+// expired request.
+func replyUtility(ss sampleSet, y int, r *replyRec, sentAt time.Time, budget time.Duration) float64 {
+	none := ss.noAnswer(y)
+	if r == nil || r.Class < 0 || r.Class >= len(ss.utility[y]) {
+		return none
+	}
+	switch r.Status {
+	case protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded:
+		return scheduler.Discount(ss.utility[y][r.Class], none, scheduler.Penalty(r.At, sentAt.Add(budget), budget))
+	}
+	return none
 }
 
 // heldWindow is how long after the broker stops a reply may still be handed to
@@ -1204,6 +1253,14 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 			tl.Unresolved++
 		}
 		tl.Replies += len(s.Replies)
+		if s.State == pubAcked && f.samples.labels != nil && s.In < len(f.samples.labels) {
+			var first *replyRec
+			if len(s.Replies) > 0 {
+				first = &s.Replies[0]
+			}
+			tl.Utility += replyUtility(f.samples, f.samples.labels[s.In], first, s.SentAt, s.Deadline)
+			tl.UtilityN++
+		}
 		if s.State == pubAcked {
 			if len(s.Replies) == 0 {
 				tl.Lost++
@@ -1286,6 +1343,9 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 	f.mu.Lock()
 	tl.Orphans, tl.Malformed = f.orphans, f.malformed
 	f.mu.Unlock()
+	if tl.UtilityN > 0 {
+		tl.Utility /= float64(tl.UtilityN)
+	}
 	if len(lat) > 0 {
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 		tl.ReplyLatencyMS["p50"] = lat[len(lat)/2].Milliseconds()
@@ -1308,6 +1368,10 @@ func (tl tally) log(t *testing.T) {
 		tl.Published, tl.Acknowledged, tl.PublishFailed, tl.Unresolved, tl.Skipped, tl.Missed)
 	t.Logf("replies: %d in all; acknowledged with a reply %d, WITHOUT a reply %d; first reply by status %v; by reason %v",
 		tl.Replies, tl.Answered, tl.Lost, tl.FirstByStatus, tl.FirstByReason)
+	if tl.UtilityN > 0 {
+		t.Logf("UTILITY: %.4f, mean over %d acknowledged requests of their first reply's worth at the device (fashion's utility matrix, discounted for lateness from sent_at as the scheduler does, the no-answer value for none)",
+			tl.Utility, tl.UtilityN)
+	}
 	t.Logf("repeats: %d ids got more than one reply (%d extra replies); byte-identical %d; answered anew after a reply that was not journaled %d; disagreeing on status/class/model %d",
 		tl.RepeatedIDs, tl.RepeatReplies, tl.RepeatsIdentical, tl.Reanswered, tl.RepeatsDisagree)
 	t.Logf("stale deadline_met=true (received > deadline + %s after sent_at): %d replies (%d of them first replies), and %d more handed to the broker in time before it stopped (held across the outage by the broker or the MQTT session); orphan replies %d, malformed %d; first-reply latency ms %v",
@@ -1497,6 +1561,43 @@ func TestAnalyseRepeatsAndBrokerLog(t *testing.T) {
 	if len(tl.Disagreements) != 1 || !strings.HasPrefix(tl.Disagreements[0], "3: ok/ class=1") ||
 		len(tl.ReansweredExamples) != 2 || !strings.HasPrefix(tl.ReansweredExamples[0], "1: degraded/overload_shed class=2") {
 		t.Errorf("examples: disagreements %q, answered anew %q", tl.Disagreements, tl.ReansweredExamples)
+	}
+	if tl.UtilityN != 0 {
+		t.Errorf("utility over %d requests without labels", tl.UtilityN)
+	}
+
+	// Utility: true class 1 for every request (utility 1 right, 0.2 wrong, -0.5
+	// with no answer); the replies arrive at sent_at + At.
+	ss := sampleSet{labels: []int{0, 1}, utility: [][]float64{{1, 0.2, 0.2, 0.2}, {0.2, 1, 0.2, 0.2}},
+		noAnswer: func(int) float64 { return -0.5 }}
+	at := func(r replyRec, d time.Duration) replyRec { r.At = t0.Add(d); return r }
+	f = &fleet{reqs: map[string]*reqRec{}, samples: ss}
+	for i, c := range []struct {
+		replies []replyRec
+		want    float64
+	}{
+		{[]replyRec{at(ok, time.Second)}, 1},                        // right, at the deadline
+		{[]replyRec{at(other, 100*time.Millisecond)}, 0.2},          // wrong, in time
+		{[]replyRec{at(ok, 1500*time.Millisecond)}, -0.5 + 1.5*0.5}, // half the budget late: Penalty 1/2
+		{[]replyRec{at(ok, 2*time.Second)}, -0.5},                   // at the hard stop
+		{[]replyRec{at(refused, 0)}, -0.5},                          // refused
+		{[]replyRec{at(expired, 0)}, -0.5},                          // expired
+		{nil, -0.5},                                                 // no reply
+	} {
+		r := &reqRec{ID: fmt.Sprint(i), SentAt: t0, Deadline: time.Second, In: 1, replies: c.replies}
+		r.state.Store(pubAcked)
+		f.reqs[r.ID] = r
+		if got := replyUtility(ss, 1, func() *replyRec {
+			if len(c.replies) == 0 {
+				return nil
+			}
+			return &c.replies[0]
+		}(), t0, time.Second); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("reply %d: utility %v, want %v", i, got, c.want)
+		}
+	}
+	if tl := analyse(f); tl.UtilityN != 7 || math.Abs(tl.Utility-(1+0.2+0.25-0.5*4)/7) > 1e-9 {
+		t.Errorf("utility %v over %d requests, want %v over 7", tl.Utility, tl.UtilityN, (1+0.2+0.25-0.5*4)/7)
 	}
 
 	log := "1700000000: New client connected from 127.0.0.1:5 as sneakgate (p2, c0, k30).\n" +
