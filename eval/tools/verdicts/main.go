@@ -31,6 +31,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -67,32 +68,35 @@ func main() {
 	}
 	var rs []eval.Result
 	var sums []eval.Summary
-	if *plots != "" {
-		if err := drawPlots(*plots, strings.SplitN(flag.Arg(0), ":", 2)[0]); err != nil {
-			fail(err)
-		}
-	}
-	for _, arg := range flag.Args() {
+	for i, arg := range flag.Args() {
 		path, suffix, _ := strings.Cut(arg, ":")
 		got, ss, err := read(path)
 		if err != nil {
 			fail(err)
 		}
+		if i == 0 && *plots != "" {
+			if err := drawPlots(*plots, path, ss); err != nil {
+				fail(err)
+			}
+		}
 		for i := range got {
 			got[i].Policy += suffix
 		}
 		rs = append(rs, got...)
-		sums = append(sums, ss...)
+		if len(got) == 0 {
+			sums = append(sums, ss...)
+		}
 	}
 	if len(rs) == 0 {
 		// Summaries alone: their differences are from their own reference.
 		if flag.NArg() > 1 || len(sums) == 0 || (sums[0].Reference != "" && sums[0].Reference != *ref) {
 			fail(fmt.Errorf("a file without per-seed results is counted alone, with -ref its summaries' reference"))
 		}
-		print(sums, strings.Split(*baselines, ","), *show)
-		return
+	} else {
+		sums = eval.Summarize(rs, *ref)
 	}
-	print(eval.Summarize(rs, *ref), strings.Split(*baselines, ","), *show)
+	report(sums, strings.Split(*baselines, ","), *show)
+	headroom(sums)
 }
 
 func fail(err error) {
@@ -100,7 +104,8 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-// read returns a file's per-seed results, or its summaries when it has none.
+// read returns a file's per-seed results (none when it has only summaries) and
+// its summaries.
 func read(path string) ([]eval.Result, []eval.Summary, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -114,34 +119,22 @@ func read(path string) ([]eval.Result, []eval.Summary, error) {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if rs := append(f.Results, f.PerSeed...); len(rs) > 0 {
-		return rs, nil, nil
-	}
-	if len(f.Summaries) == 0 {
+	rs := append(f.Results, f.PerSeed...)
+	if len(rs) == 0 && len(f.Summaries) == 0 {
 		return nil, nil, fmt.Errorf("%s: neither per-seed results nor summaries", path)
 	}
-	return nil, f.Summaries, nil
+	return rs, f.Summaries, nil
 }
 
-// drawPlots draws eval's figures from the summaries of the file at path.
-func drawPlots(dir, path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	var f struct {
-		Summaries []eval.Summary `json:"summaries"`
-	}
-	if err := json.Unmarshal(b, &f); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if len(f.Summaries) == 0 {
+// drawPlots draws eval's figures from ss, the summaries of the file at path.
+func drawPlots(dir, path string, ss []eval.Summary) error {
+	if len(ss) == 0 {
 		return fmt.Errorf("%s: no summaries to draw", path)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	files, err := eval.WritePlots(dir, f.Summaries)
+	files, err := eval.WritePlots(dir, ss)
 	for _, file := range files {
 		fmt.Fprintln(os.Stderr, "wrote", file)
 	}
@@ -154,7 +147,9 @@ func beyond(s eval.Summary) (bool, float64) {
 	return s.Seeds > 1 && s.Reference != "" && math.Abs(s.Diff) > s.DiffCI, math.Copysign(1, s.Diff)
 }
 
-func print(ss []eval.Summary, base []string, show string) {
+// report prints the verdicts of ss (the package comment) and, with show, the
+// differences per point.
+func report(ss []eval.Summary, base []string, show string) {
 	type key struct{ app, wl string }
 	type count struct{ hi, hiN, lo, loN int }
 	var order []key
@@ -216,7 +211,6 @@ func print(ss []eval.Summary, base []string, show string) {
 			}
 		}
 	}
-	defer headroom(ss)
 	fmt.Printf("candidate %s against %s (beyond the paired 95%% interval)\n\n", *ref, strings.Join(base, ", "))
 	fmt.Println("| app | workload | loads 1.5-5 | loads <= 1 | baselines above or level |")
 	fmt.Println("|---|---|---:|---:|---|")
@@ -277,7 +271,7 @@ func headroom(ss []eval.Summary) {
 	header := false
 	for _, k := range order {
 		cs := cells[k]
-		slices.SortFunc(cs, func(a, b *cell) int { return cmpFloat(a.load, b.load) })
+		slices.SortFunc(cs, func(a, b *cell) int { return cmp.Compare(a.load, b.load) })
 		if cs[0].load > 1 {
 			continue
 		}
@@ -302,28 +296,16 @@ func headroom(ss []eval.Summary) {
 			}
 			h := o - b
 			bar := b + headroomBar*h
-			share, att := "-", "-"
+			share := "-"
 			if h > 0 {
 				share = fmt.Sprintf("%.0f%%", 100*(r-b)/h)
 			}
-			switch {
-			case best-b >= attainableMin:
+			att := fmt.Sprintf("(%s at it; %+.4f)", *hbase, r-b)
+			if best-b >= attainableMin {
 				att = fmt.Sprintf("%.0f%%", 100*(r-b)/(best-b))
-			default:
-				att = fmt.Sprintf("(%s at it; %+.4f)", *hbase, r-b)
 			}
 			fmt.Printf("| %s %s %gms load %g | %+.4f | %s | %.4f | %.4f (%s at %g) | %s | %s |\n",
 				k.app, k.wl, k.dl, c.load, h, share, bar, best, bestPol, cs[0].load, map[bool]string{true: "yes", false: "no"}[bar > best], att)
 		}
 	}
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
