@@ -31,15 +31,19 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/engine"
@@ -168,26 +172,25 @@ func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b 
 	fmt.Printf("  %-22s %.4f\n", "average of the two", mean(func(i int) float64 { return u(i, avg[i]) }))
 	fmt.Printf("  %-22s %.4f\n", "the pair's oracle", mean(func(i int) float64 { return max(u(i, a[i]), u(i, b[i])) }))
 
-	// Per true class, the samples only one of the two gets right, and
-	// McNemar's z of the first against the second.
-	k := len(m.Labels)
-	only := make([][2]int, k)
-	for i := 0; i < n; i++ {
-		y := int(set.Labels[i])
-		ra, rb := sneakpeek.Argmax(a[i]) == y, sneakpeek.Argmax(b[i]) == y
-		switch {
-		case ra && !rb:
-			only[y][0]++
-		case rb && !ra:
-			only[y][1]++
-		}
-	}
+	// Per true class (and group of source, where the samples have one), the
+	// samples only one of the two gets right, and McNemar's z of the first
+	// against the second.
+	only := disagreements(set, a, b, func(int) string { return "" })
 	fmt.Printf("  %-22s %9s %9s %7s\n", "true class", "only "+first, "only "+second, "z")
-	for y, c := range only {
-		fmt.Printf("  %-22s %9d %9d %+7.2f\n", m.Labels[y], c[0], c[1], sneakpeek.McNemarZ(c[0], c[1]))
+	for y, label := range m.Labels {
+		c := only[source{y, ""}]
+		fmt.Printf("  %-22s %9d %9d %+7.2f\n", label, c.a, c.b, sneakpeek.McNemarZ(c.a, c.b))
 	}
 	if groups != nil {
-		byGroup(m, set, a, b, groups, first, second)
+		byGroup := disagreements(set, a, b, func(i int) string { return groups[i] })
+		keys := slices.SortedFunc(maps.Keys(byGroup), func(p, q source) int {
+			return cmp.Or(cmp.Compare(p.y, q.y), strings.Compare(p.g, q.g))
+		})
+		fmt.Printf("  %-10s %-14s %7s %9s %9s %7s\n", "true class", "group", "samples", "only "+first, "only "+second, "z")
+		for _, k := range keys {
+			c := byGroup[k]
+			fmt.Printf("  %-10s %-14s %7d %9d %9d %+7.2f\n", m.Labels[k.y], k.g, c.n, c.a, c.b, sneakpeek.McNemarZ(c.a, c.b))
+		}
 	}
 
 	// The first variant's least sure samples first.
@@ -222,42 +225,33 @@ func report(m *manifest.App, set *dataset.Set, path, first, second string, a, b 
 	}
 }
 
-// byGroup prints, per true class and group of source (groups.json), the
-// samples and those only one of the two variants answers correctly, with
-// McNemar's z.
-func byGroup(m *manifest.App, set *dataset.Set, a, b [][]float64, groups []string, first, second string) {
-	type key struct {
-		y int
-		g string
-	}
-	type tally struct{ n, a, b int }
-	t := map[key]*tally{}
-	var keys []key
-	for i, g := range groups {
+// source is a true class and a group of source samples are tallied by.
+type source struct {
+	y int
+	g string
+}
+
+// tally counts samples and those only the first (a) or only the second (b)
+// of two variants answers correctly.
+type tally struct{ n, a, b int }
+
+// disagreements tallies the samples of set by true class and group(i), from
+// the two variants' outputs a and b.
+func disagreements(set *dataset.Set, a, b [][]float64, group func(i int) string) map[source]tally {
+	t := map[source]tally{}
+	for i := range set.N {
 		y := int(set.Labels[i])
-		k := key{y, g}
-		if t[k] == nil {
-			t[k] = &tally{}
-			keys = append(keys, k)
-		}
+		k := source{y, group(i)}
 		ra, rb := sneakpeek.Argmax(a[i]) == y, sneakpeek.Argmax(b[i]) == y
-		t[k].n++
+		c := t[k]
+		c.n++
 		if ra && !rb {
-			t[k].a++
+			c.a++
 		}
 		if rb && !ra {
-			t[k].b++
+			c.b++
 		}
+		t[k] = c
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].y != keys[j].y {
-			return keys[i].y < keys[j].y
-		}
-		return keys[i].g < keys[j].g
-	})
-	fmt.Printf("  %-10s %-14s %7s %9s %9s %7s\n", "true class", "group", "samples", "only "+first, "only "+second, "z")
-	for _, k := range keys {
-		c := t[k]
-		fmt.Printf("  %-10s %-14s %7d %9d %9d %+7.2f\n", m.Labels[k.y], k.g, c.n, c.a, c.b, sneakpeek.McNemarZ(c.a, c.b))
-	}
+	return t
 }
