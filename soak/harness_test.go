@@ -847,23 +847,15 @@ type fleet struct {
 	probes    map[string]chan replyRec
 }
 
-// sampleSet is the labels of a fleet's inputs and what the application values
-// answers by: its utility matrix (true class by answer) and the value of a
-// request of each true class that gets no answer (manifest.App.NoAnswer).
+// sampleSet is the labels of a fleet's inputs and the application that values
+// answers to them (its utility matrix and no-answer values).
 type sampleSet struct {
-	labels   []int
-	utility  [][]float64
-	noAnswer func(y int) float64
+	labels []int
+	app    *manifest.App
 }
 
-// loadInputs returns up to n real Fashion-MNIST test images from the bundled
-// sample file (784 values in [0, 1]).
-func loadInputs(t testing.TB, n int) [][]float32 {
-	in, _ := loadSamples(t, n)
-	return in
-}
-
-// loadSamples is loadInputs with the images' labels and fashion's valuation.
+// loadSamples returns up to n real Fashion-MNIST test images from the bundled
+// sample file (784 values in [0, 1]), with their labels and fashion's manifest.
 func loadSamples(t testing.TB, n int) ([][]float32, sampleSet) {
 	t.Helper()
 	app, err := manifest.Load(filepath.Join(repoRoot, "models/fashion/manifest.yaml"))
@@ -881,7 +873,7 @@ func loadSamples(t testing.TB, n int) ([][]float32, sampleSet) {
 		t.Fatalf("sample file has %d values per sample, want 784", set.D)
 	}
 	var in [][]float32
-	ss := sampleSet{utility: app.Utility, noAnswer: app.NoAnswer}
+	ss := sampleSet{app: app}
 	for i := 0; i < set.N && i < n; i++ {
 		in = append(in, set.Row(i))
 		ss.labels = append(ss.labels, int(set.Labels[i]))
@@ -1213,13 +1205,13 @@ type tally struct {
 // value at twice the budget); the no-answer value for no reply, a refusal or an
 // expired request.
 func replyUtility(ss sampleSet, y int, r *replyRec, sentAt time.Time, budget time.Duration) float64 {
-	none := ss.noAnswer(y)
-	if r == nil || r.Class < 0 || r.Class >= len(ss.utility[y]) {
+	none := ss.app.NoAnswer(y)
+	if r == nil || r.Class < 0 || r.Class >= len(ss.app.Utility[y]) {
 		return none
 	}
 	switch r.Status {
 	case protocol.StatusOK, protocol.StatusLate, protocol.StatusDegraded:
-		return scheduler.Discount(ss.utility[y][r.Class], none, scheduler.Penalty(r.At, sentAt.Add(budget), budget))
+		return scheduler.Discount(ss.app.Utility[y][r.Class], none, scheduler.Penalty(r.At, sentAt.Add(budget), budget))
 	}
 	return none
 }
@@ -1568,8 +1560,8 @@ func TestAnalyseRepeatsAndBrokerLog(t *testing.T) {
 
 	// Utility: true class 1 for every request (utility 1 right, 0.2 wrong, -0.5
 	// with no answer); the replies arrive at sent_at + At.
-	ss := sampleSet{labels: []int{0, 1}, utility: [][]float64{{1, 0.2, 0.2, 0.2}, {0.2, 1, 0.2, 0.2}},
-		noAnswer: func(int) float64 { return -0.5 }}
+	ss := sampleSet{labels: []int{0, 1}, app: &manifest.App{Utility: [][]float64{{1, 0.2, 0.2, 0.2}, {0.2, 1, 0.2, 0.2}},
+		NoAnswerUtility: []float64{-0.5, -0.5}}}
 	at := func(r replyRec, d time.Duration) replyRec { r.At = t0.Add(d); return r }
 	f = &fleet{reqs: map[string]*reqRec{}, samples: ss}
 	for i, c := range []struct {
