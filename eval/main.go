@@ -97,6 +97,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		out         = fs.String("out", "eval-out", "output directory for results.json and the plots")
 		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
 		quiet       = fs.Bool("quiet", false, "no progress bar")
+		ceilOnly    = fs.Bool("ceilings", false, "print the fluid ceilings at each load (what choosing a variant per request by profiled utility, by the estimate's values, and by the true answers realises with no deadlines; eval.Ceilings), write them to results.json and stop without simulating")
 		cascFirst   = fs.String("cascade-first", "", "the cascade's first variant per application, app=variant[,app=variant] (default: each application's cheapest)")
 		peek        = fs.String("peek", "", "the peek variant of sneakpeek-peek per application, app=variant[,app=variant] (default: -cascade-first's, else the cheapest)")
 		estimator   = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
@@ -252,6 +253,32 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout)
+	for _, a := range as {
+		for _, w := range a.Workloads {
+			if ws := split(*workloads); len(ws) > 0 && !slices.Contains(ws, w.Name) {
+				continue
+			}
+			rep.Ceilings = append(rep.Ceilings, Ceilings(a, w, ls, ceilingRequests, *seed, *seeds, *resample, opts)...)
+		}
+	}
+	fmt.Fprintf(stdout, "Fluid ceilings over %d seed(s) (no deadlines, batches or swaps; each variant at its best amortised time): the realised utility\n", *seeds)
+	fmt.Fprintln(stdout, "of choosing per request, within the load's engine time, by profiled utility, by the estimate's values (what sneakpeek plans with),")
+	fmt.Fprintln(stdout, "or by the true answers (oracle); the estimate's share is its gain over profiled as a share of the oracle's:")
+	if err := WriteCeilings(stdout, rep.Ceilings); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	if *ceilOnly {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+		jp := filepath.Join(*out, "results.json")
+		if err := rep.WriteJSON(jp); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", jp)
+		return nil
+	}
 	sw := &Sweep{Apps: as, Workloads: split(*workloads), Policies: pols, Loads: ls, DeadlineScales: ds, Workers: *workers,
 		MinDeadlines: *minDl, MaxRequests: *maxN, Seeds: *seeds,
 		Base: Point{Options: opts, Requests: *n, Seed: *seed, Resample: *resample, GatewayModel: flagGatewayModel(fs),
@@ -359,6 +386,10 @@ const (
 	DefaultVerdictCostUS = 1
 	DefaultIngressMS     = 1
 )
+
+// ceilingRequests is how many requests each seed's fluid ceilings are computed
+// over.
+const ceilingRequests = 20000
 
 func loadApps(ctx context.Context, dir string, names []string, profPath, savePath, lib, estimator string, noEngine bool,
 	maxBatch int, cascadeFirst, peek map[string]string, stderr io.Writer) ([]*App, error) {

@@ -18,8 +18,10 @@ type Report struct {
 	Estimators  map[string]string  `json:"estimators"`
 	Capacity    map[string]float64 `json:"capacity_per_s"`
 	Diagnoses   []Diagnosis        `json:"diagnoses"`
-	Results     []Result           `json:"results"`
-	Gains       []Gain             `json:"gains"`
+	// Ceilings are the fluid bounds at each load (Ceilings).
+	Ceilings []Ceiling `json:"ceilings,omitempty"`
+	Results  []Result  `json:"results"`
+	Gains    []Gain    `json:"gains"`
 	// GuardedGains compares the guarded policies with oblivious (Gain.Policy
 	// names which).
 	GuardedGains []Gain `json:"guarded_gains,omitempty"`
