@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"text/tabwriter"
+	"time"
 
 	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/scheduler"
@@ -21,10 +22,11 @@ import (
 // scheduler.Options.Shrink), or by the true utility of each variant's real
 // answer (the per-sample oracle).
 //
-// Each is the fluid optimum: the engine's time per request is the load's share
-// of the most accurate variant's best amortised time (the load as in the
-// simulator: 1 is the rate that variant sustains at its best batch), every
-// variant costs its own best amortised time, and the requests' choices
+// Each is the fluid optimum: the time per request is the load's share of the
+// most accurate variant's best amortised time plus the gateway's own time per
+// request run on a model (the load as in the simulator, CapacityWith: 1 is the
+// rate that variant sustains at its best batch), every variant costs its own
+// best amortised time plus the gateway's, and the requests' choices
 // maximise the total value within that time (one price of engine time for all,
 // the requests at the margin split between their two choices). There are no
 // deadlines, batches, swaps or arrival order, and every request is served by a
@@ -53,7 +55,7 @@ type Ceiling struct {
 	// Profiled, Estimate and Oracle are the realised mean utilities of the
 	// three fluid optima, means over the seeds, with the half-widths of their
 	// 95% intervals; EstimateShare is (Estimate - Profiled) / (Oracle -
-	// Profiled) of the means.
+	// Profiled) of the means, 0 where Oracle - Profiled is below minHeadroom.
 	Profiled      float64 `json:"profiled"`
 	ProfiledCI    float64 `json:"profiled_ci95"`
 	Estimate      float64 `json:"estimate"`
@@ -71,13 +73,13 @@ type Ceiling struct {
 // mix (from the seed's bootstrap replicate of the test samples when resample,
 // as the simulator's Point.Resample). o's MaxBatch bounds the batch sizes the
 // amortised times are taken over; its Shrink is applied to the estimate's
-// values as sneakpeek applies it.
-func Ceilings(a *App, w manifest.Workload, loads []float64, n int, seed uint64, seeds int, resample bool, o scheduler.Options) []Ceiling {
+// values as sneakpeek applies it. gatewayCost is Point.GatewayCost.
+func Ceilings(a *App, w manifest.Workload, loads []float64, n int, seed uint64, seeds int, resample bool, o scheduler.Options, gatewayCost time.Duration) []Ceiling {
 	sa := a.Sched
 	nv := len(sa.Variants)
 	cost := make([]float64, nv)
 	for m, v := range sa.Variants {
-		cost[m] = scheduler.Amortised(v, min(o.MaxBatch, v.MaxBatch())).Seconds()
+		cost[m] = (scheduler.Amortised(v, min(o.MaxBatch, v.MaxBatch())) + gatewayCost).Seconds()
 	}
 	best, cheapest := cost[sa.DefaultVariant], slices.Min(cost)
 	per := make([][3][]float64, len(loads)) // per load, valuation: one result per seed
@@ -109,13 +111,17 @@ func Ceilings(a *App, w manifest.Workload, loads []float64, n int, seed uint64, 
 			gain[k] = per[l][1][k] - per[l][0][k]
 		}
 		_, c.EstimateGainCI = MeanCI(gain)
-		if h := c.Oracle - c.Profiled; h > 0 {
+		if h := c.Oracle - c.Profiled; h > minHeadroom {
 			c.EstimateShare = (c.Estimate - c.Profiled) / h
 		}
 		out[l] = c
 	}
 	return out
 }
+
+// minHeadroom is the oracle's smallest gain over profiled that a share is
+// taken of (below it, as where only one variant fits, the share is noise).
+const minHeadroom = 1e-4
 
 // ceilingValues draws n requests of workload w and returns, per request and
 // variant, the values of the three valuations: prof (the profiled utilities),
@@ -217,8 +223,12 @@ func WriteCeilings(w io.Writer, cs []Ceiling) error {
 			fmt.Fprintf(tw, "%s\t%s\t%.2f\t-\t-\t-\t-\t-\t-\t\n", c.App, c.Workload, c.Load)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.4f\t%.4f\t%.4f\t%+.4f\t%.4f\t%.0f%%\t\n", c.App, c.Workload, c.Load,
-			c.Profiled, c.Estimate, c.Oracle, c.Estimate-c.Profiled, c.EstimateGainCI, 100*c.EstimateShare)
+		share := "-" // no headroom to share
+		if c.Oracle-c.Profiled > minHeadroom {
+			share = fmt.Sprintf("%.0f%%", 100*c.EstimateShare)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.4f\t%.4f\t%.4f\t%+.4f\t%.4f\t%s\t\n", c.App, c.Workload, c.Load,
+			c.Profiled, c.Estimate, c.Oracle, c.Estimate-c.Profiled, c.EstimateGainCI, share)
 	}
 	return tw.Flush()
 }

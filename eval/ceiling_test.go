@@ -40,7 +40,7 @@ func TestCeilingsOrder(t *testing.T) {
 	a := Synthetic(1)
 	w := a.Workloads[0]
 	loads := []float64{0.5, 1, 1.5, 3, 5, 1000}
-	cs := Ceilings(a, w, loads, 3000, 1, 3, true, scheduler.Options{MaxBatch: 32})
+	cs := Ceilings(a, w, loads, 3000, 1, 3, true, scheduler.Options{MaxBatch: 32}, 0)
 	if len(cs) != len(loads) {
 		t.Fatalf("%d ceilings for %d loads", len(cs), len(loads))
 	}
@@ -68,7 +68,7 @@ func TestCeilingsOrder(t *testing.T) {
 	for _, r := range real {
 		u += r[best]
 	}
-	one := Ceilings(a, w, []float64{0.5}, 3000, 1, 1, true, scheduler.Options{MaxBatch: 32})[0]
+	one := Ceilings(a, w, []float64{0.5}, 3000, 1, 1, true, scheduler.Options{MaxBatch: 32}, 0)[0]
 	if got := u / float64(len(real)); math.Abs(one.Profiled-got) > 1e-9 {
 		t.Errorf("profiled at load 0.5: %.6f, want the profiled-best variant's %.6f", one.Profiled, got)
 	}

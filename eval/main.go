@@ -258,10 +258,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if ws := split(*workloads); len(ws) > 0 && !slices.Contains(ws, w.Name) {
 				continue
 			}
-			rep.Ceilings = append(rep.Ceilings, Ceilings(a, w, ls, ceilingRequests, *seed, *seeds, *resample, opts)...)
+			rep.Ceilings = append(rep.Ceilings, Ceilings(a, w, ls, ceilingRequests, *seed, *seeds, *resample, opts, gwCost)...)
 		}
 	}
-	fmt.Fprintf(stdout, "Fluid ceilings over %d seed(s) (no deadlines, batches or swaps; each variant at its best amortised time): the realised utility\n", *seeds)
+	fmt.Fprintf(stdout, "Fluid ceilings over %d seed(s) (no deadlines, batches or swaps; each variant at its best amortised time and -gateway-us): the realised utility\n", *seeds)
 	fmt.Fprintln(stdout, "of choosing per request, within the load's engine time, by profiled utility, by the estimate's values (what sneakpeek plans with),")
 	fmt.Fprintln(stdout, "or by the true answers (oracle); the estimate's share is its gain over profiled as a share of the oracle's:")
 	if err := WriteCeilings(stdout, rep.Ceilings); err != nil {
