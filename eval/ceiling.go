@@ -77,6 +77,7 @@ type Ceiling struct {
 func Ceilings(a *App, w manifest.Workload, loads []float64, n int, seed uint64, seeds int, resample bool, o scheduler.Options, gatewayCost time.Duration) []Ceiling {
 	sa := a.Sched
 	nv := len(sa.Variants)
+	o = withMaxBatch(o) // as the simulator's load: CapacityWith
 	cost := make([]float64, nv)
 	for m, v := range sa.Variants {
 		cost[m] = (scheduler.Amortised(v, min(o.MaxBatch, v.MaxBatch())) + gatewayCost).Seconds()
@@ -158,7 +159,7 @@ func ceilingValues(a *App, w manifest.Workload, n int, seed uint64, resample boo
 }
 
 // fluidRealised solves the fluid problem of choosing, per request, the variant
-// of the highest value less price x cost (values of magnitude at most 2), at the price where the mean cost just
+// of the highest value less price x cost, at the price where the mean cost just
 // fits budget, and returns the mean realised utility (real) of those choices,
 // interpolated between the two prices that bracket the budget (the fluid
 // optimum splits the requests at the margin between their two choices).
@@ -195,9 +196,16 @@ func fluidRealised(vals, real [][]float64, cost []float64, budget float64) float
 	if math.IsInf(gap, 1) {
 		return u0
 	}
+	// Utilities within [-1, 1] differ by at most 2; the manifest allows any
+	// finite ones, so the bracket grows until the cost fits.
 	lo, hi := 0.0, 4/gap
 	cl, ul := c0, u0
 	ch, uh := at(hi)
+	for k := 0; ch > budget && k < 200; k++ {
+		lo, cl, ul = hi, ch, uh
+		hi *= 2
+		ch, uh = at(hi)
+	}
 	for range 100 {
 		mid := (lo + hi) / 2
 		c, u := at(mid)

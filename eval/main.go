@@ -97,7 +97,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		out         = fs.String("out", "eval-out", "output directory for results.json and the plots")
 		workers     = fs.Int("workers", runtime.NumCPU(), "points simulated in parallel")
 		quiet       = fs.Bool("quiet", false, "no progress bar")
-		ceilOnly    = fs.Bool("ceilings", false, "print the fluid ceilings at each load (what choosing a variant per request by profiled utility, by the estimate's values, and by the true answers realises with no deadlines; eval.Ceilings), write them to results.json and stop without simulating")
+		ceilOnly    = fs.Bool("ceilings", false, "print the fluid ceilings at each load (what choosing a variant per request by profiled utility, by the estimate's values, and by the true answers realises with no deadlines; eval.Ceilings), write them to results.json and stop without simulating; they use the raw estimate, as the variants' values do, whatever -label-shift, and the profiles as they are)")
 		cascFirst   = fs.String("cascade-first", "", "the cascade's first variant per application, app=variant[,app=variant] (default: each application's cheapest)")
 		peek        = fs.String("peek", "", "the peek variant of sneakpeek-peek per application, app=variant[,app=variant] (default: -cascade-first's, else the cheapest)")
 		estimator   = fs.String("estimator", "", "SneakPeek estimator of each manifest (default: its first, as the gateway); \""+StandIn+"\" = the cheapest variant's softmax")
