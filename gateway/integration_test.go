@@ -267,6 +267,14 @@ func TestEndToEndEveryApp(t *testing.T) {
 	// of 200 was degraded so in a make test run, with resnet-m, 2 ms per image,
 	// on top). The policies' own choices are tested elsewhere.
 	cfg.Scheduler.Policy = "edf"
+	// Nor is admission tested here: its measured drain rate starts from the
+	// first passes, and when other packages' tests hold the CPU the first
+	// resnet-m pass reads as a few answers a second, a 200-request burst as
+	// longer than its 5 s budget, and requests were answered from the estimate
+	// at admission (fashion-43 degraded in a make test run). That is the
+	// test's job when the gateway really is short of CPU (TestOverload5x in
+	// soak/, and the admission tests of this package), not this one's.
+	cfg.Admission.MaxWait = 0
 	startGateway(t, cfg, Options{})
 	dev := newDevice(t, b.URL(), "sensor-1")
 	for _, app := range []string{"fashion", "satellite", "vad"} {
