@@ -73,7 +73,18 @@ type peekInfo struct {
 	hull  []CascadePoint
 	slope []float64
 	at    []int
+	// sent is a running mean (weight peekSentWeight per request) of the share
+	// of the first passes run that their own class estimates say escalating
+	// sends back, at the point each batch escalated at (escalate); sentN
+	// counts them. Once there are any it is the share the second opinions are
+	// priced at (peekOption).
+	sent  float64
+	sentN int
 }
+
+// peekSentWeight is the weight of one first pass in peekInfo.sent: about the
+// last 50 count.
+const peekSentWeight = 0.02
 
 func newPeekInfo(c CascadeConfig) *peekInfo {
 	pk := &peekInfo{cfg: c}
@@ -167,10 +178,15 @@ func (d *decisionState) peekOption(a *App, ai *appInfo) {
 	if j := pk.at[k]; j < len(pk.cfg.ClassGain) && len(pk.cfg.ClassGain[j]) == a.K {
 		ai.peekClass = pk.cfg.ClassGain[j]
 	}
-	ai.amort[pk.cfg.Cheap] += d.escalatedShare(a, pk, k) * ai.amort[pk.cfg.Better]
+	share := d.escalatedShare(a, pk, k)
+	if pk.sentN > 0 {
+		share = pk.sent
+	}
+	ai.amort[pk.cfg.Cheap] += share * ai.amort[pk.cfg.Better]
 }
 
-// escalatedShare is the share of a's first passes that escalating at pk's
+// escalatedShare is, until first passes have run (peekInfo.sent), the share of
+// a's first passes that escalating at pk's
 // hull point k sends back: under the class mix of a's recent arrivals (the mean
 // of their class estimates, d.recent), sum_y mix(y) ClassEscalated[y], or the
 // validation split's share (the point's Escalated) without per-class shares or
@@ -400,9 +416,46 @@ func (d *decisionState) escalate(b *Batch) {
 	if !pk.on() || b.Variant.Index != pk.cfg.Cheap || pk.cfg.Better >= len(a.Variants) {
 		return
 	}
-	th := pk.threshold(d.price, d.info(a).amort[pk.cfg.Better])
+	better := d.info(a).amort[pk.cfg.Better]
+	th := pk.threshold(d.price, better)
 	if th > 0 && !math.IsInf(th, 0) && !math.IsNaN(th) {
 		b.EscalateBelow = th
+		pk.noteSent(a, pk.point(d.price, better), b.Requests)
+	}
+}
+
+// noteSent accounts first passes rs escalating at hull point k in pk.sent:
+// each request's own share, sum_y p(y) ClassEscalated[y] under its class
+// estimate (requests without one, or a curve without per-class shares, are
+// not counted). The price's share under the recent arrivals' mix
+// (escalatedShare) is right when every request takes the peek, as with
+// fashion's cnn; the search gives first passes to the requests the peek's
+// bonus favours, the unsure ones, which escalate more: with lenet as
+// fashion's peek, 0.35 priced and 0.55 sent back at load 5, and the second
+// passes crowded the fresh requests out (docs/evaluation.md, "A cheaper peek
+// variant collapses").
+func (pk *peekInfo) noteSent(a *App, k int, rs []*Request) {
+	if k <= 0 {
+		return
+	}
+	j := pk.at[k]
+	if j >= len(pk.cfg.ClassEscalated) || len(pk.cfg.ClassEscalated[j]) != a.K {
+		return
+	}
+	esc := pk.cfg.ClassEscalated[j]
+	for _, r := range rs {
+		if len(r.P) != a.K {
+			continue
+		}
+		e := 0.0
+		for y, py := range r.P {
+			e += py * esc[y]
+		}
+		if pk.sentN == 0 {
+			pk.sent = e
+		}
+		pk.sentN++
+		pk.sent += peekSentWeight * (e - pk.sent)
 	}
 }
 

@@ -372,6 +372,61 @@ func TestPeekPricesTheMixsEscalations(t *testing.T) {
 	}
 }
 
+// TestPeekPricesWhatFirstPassesSendBack: once first passes have run, the
+// second opinions are priced at the share the requests that took the peek
+// would send back by their own class estimates, not at the recent arrivals'
+// share: the search gives first passes to the requests the peek's bonus
+// favours, which need not be the arrivals' mix.
+func TestPeekPricesWhatFirstPassesSendBack(t *testing.T) {
+	a := testApp()
+	// 10% of class 0 escalates, 90% of class 1.
+	cfg := CascadeConfig{Cheap: 0, Better: 1,
+		Curve:          []CascadePoint{{0.5, 0, 0.90}, {0.8, 0.3, 0.96}},
+		ClassEscalated: [][]float64{{0, 0}, {0.1, 0.9}}}
+	pk := newPeekInfo(cfg)
+	ones := func(p []float64, n int) []*Request {
+		var out []*Request
+		for i := range n {
+			out = append(out, req(a, uint64(i+1), t0, ms(50), p))
+		}
+		return out
+	}
+	cheap := Amortised(a.Variants[0], 32).Seconds()
+	big := Amortised(a.Variants[1], 32).Seconds()
+	// The arrivals are mostly class 0.
+	arrivals := append(ones([]float64{1, 0}, 9), ones([]float64{0, 1}, 1)...)
+	share := func() float64 {
+		d := newDecisionState(snap(t0, a), view{dataAware: true}, 32)
+		d.peek = map[string]*peekInfo{a.Name: pk}
+		d.recent = arrivals
+		return (d.info(a).amort[0] - cheap) / big
+	}
+	if got := share(); math.Abs(got-0.18) > 1e-9 {
+		t.Fatalf("before any first pass: share %v, want the arrivals' 0.18", got)
+	}
+	// First passes of class 1 only, escalated at the hull's point (time free).
+	d := newDecisionState(snap(t0, a), view{dataAware: true}, 32)
+	d.peek = map[string]*peekInfo{a.Name: pk}
+	b := &Batch{Variant: a.Variants[0], Requests: ones([]float64{0, 1}, 8)}
+	d.escalate(b)
+	if b.EscalateBelow <= 0 {
+		t.Fatalf("the first passes do not escalate: %v", b.EscalateBelow)
+	}
+	if got := share(); math.Abs(got-0.9) > 1e-9 {
+		t.Errorf("after class-1 first passes: share %v, want their 0.9", got)
+	}
+	// First passes of class 0 move it toward 0.1, a request at a time.
+	d.escalate(&Batch{Variant: a.Variants[0], Requests: ones([]float64{1, 0}, 1)})
+	if got, want := share(), 0.9+peekSentWeight*(0.1-0.9); math.Abs(got-want) > 1e-9 {
+		t.Errorf("after one class-0 first pass: share %v, want %v", got, want)
+	}
+	// A batch on another variant is no first pass.
+	d.escalate(&Batch{Variant: a.Variants[1], Requests: ones([]float64{1, 0}, 50)})
+	if got, want := share(), 0.9+peekSentWeight*(0.1-0.9); math.Abs(got-want) > 1e-9 {
+		t.Errorf("after a batch on the better variant: share %v, want %v", got, want)
+	}
+}
+
 // TestPeekBoundedEqualsFull: a peeking sneakpeek decides over a long queue
 // (above boundedMin) from a prefix where the bounds allow it, as it does
 // without a peek: the requests back from a first pass are decided first
