@@ -268,12 +268,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout)
-	if *ceilOnly {
+	// writeReport writes results.json into -out and returns its path.
+	writeReport := func() (string, error) {
 		if err := os.MkdirAll(*out, 0o755); err != nil {
-			return fmt.Errorf("eval: %w", err)
+			return "", fmt.Errorf("eval: %w", err)
 		}
 		jp := filepath.Join(*out, "results.json")
-		if err := rep.WriteJSON(jp); err != nil {
+		return jp, rep.WriteJSON(jp)
+	}
+	if *ceilOnly {
+		jp, err := writeReport()
+		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s\n", jp)
@@ -356,11 +361,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if err := os.MkdirAll(*out, 0o755); err != nil {
-		return fmt.Errorf("eval: %w", err)
-	}
-	jp := filepath.Join(*out, "results.json")
-	if err := rep.WriteJSON(jp); err != nil {
+	jp, err := writeReport()
+	if err != nil {
 		return err
 	}
 	files, err := WritePlots(*out, rep.Summaries)

@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
 // The peek: sneakpeek with a forward pass as its per-sample signal.
@@ -174,46 +176,49 @@ func (d *decisionState) peekOption(a *App, ai *appInfo) {
 	h := pk.hull[k]
 	ai.peekVar, ai.peekBetter = pk.cfg.Cheap, pk.cfg.Better
 	ai.peekBonus = h.Utility - pk.hull[0].Utility
-	ai.peekClass = nil
-	if j := pk.at[k]; j < len(pk.cfg.ClassGain) && len(pk.cfg.ClassGain[j]) == a.K {
-		ai.peekClass = pk.cfg.ClassGain[j]
-	}
-	share := d.escalatedShare(a, pk, k)
-	if pk.sentN > 0 {
-		share = pk.sent
+	ai.peekClass = classRow(pk.cfg.ClassGain, pk.at[k], a.K)
+	share := pk.sent
+	if pk.sentN == 0 {
+		share = d.escalatedShare(a, pk, k)
 	}
 	ai.amort[pk.cfg.Cheap] += share * ai.amort[pk.cfg.Better]
 }
 
+// classRow is rows[j] when it holds one value per class (k of them), nil
+// otherwise: a cascade curve's per-class gains or escalated shares at its
+// point j (CascadeConfig.ClassGain, ClassEscalated).
+func classRow(rows [][]float64, j, k int) []float64 {
+	if j < len(rows) && len(rows[j]) == k {
+		return rows[j]
+	}
+	return nil
+}
+
 // escalatedShare is, until first passes have run (peekInfo.sent), the share of
-// a's first passes that escalating at pk's
-// hull point k sends back: under the class mix of a's recent arrivals (the mean
-// of their class estimates, d.recent), sum_y mix(y) ClassEscalated[y], or the
-// validation split's share (the point's Escalated) without per-class shares or
-// recent arrivals. A workload heavy in the classes the peek variant is unsure
+// a's first passes that escalating at pk's hull point k sends back: under the
+// class mix of a's recent arrivals (the mean of their class estimates,
+// d.recent), sum_y mix(y) ClassEscalated[y], or the validation split's share
+// (the point's Escalated) without per-class shares or recent arrivals. A workload heavy in the classes the peek variant is unsure
 // of (fashion's tops) escalates more than the validation split (tops-heavy:
 // 18% against 12% at one threshold), and the second opinions' time priced at
 // the split's share let the peek take more first passes than the engine could
 // follow up: late answers and requests refused at admission
 // (docs/evaluation.md, "The peek's time").
 func (d *decisionState) escalatedShare(a *App, pk *peekInfo, k int) float64 {
-	h := pk.hull[k]
-	j := pk.at[k]
-	if j >= len(pk.cfg.ClassEscalated) || len(pk.cfg.ClassEscalated[j]) != a.K {
-		return h.Escalated
+	esc := classRow(pk.cfg.ClassEscalated, pk.at[k], a.K)
+	if esc == nil {
+		return pk.hull[k].Escalated
 	}
 	e, n := 0.0, 0
 	for _, r := range d.recent {
 		if r.App != a || len(r.P) != a.K {
 			continue
 		}
-		for y, py := range r.P {
-			e += py * pk.cfg.ClassEscalated[j][y]
-		}
+		e += sneakpeek.ExpectedAccuracy(r.P, esc) // sum_y p(y) esc[y]
 		n++
 	}
 	if n == 0 {
-		return h.Escalated
+		return pk.hull[k].Escalated
 	}
 	return e / float64(n)
 }
@@ -433,24 +438,20 @@ func (d *decisionState) escalate(b *Batch) {
 // bonus favours, the unsure ones, which escalate more: with lenet as
 // fashion's peek, 0.35 priced and 0.55 sent back at load 5, and the second
 // passes crowded the fresh requests out (docs/evaluation.md, "A cheaper peek
-// variant collapses").
+// variant collapsed").
 func (pk *peekInfo) noteSent(a *App, k int, rs []*Request) {
 	if k <= 0 {
 		return
 	}
-	j := pk.at[k]
-	if j >= len(pk.cfg.ClassEscalated) || len(pk.cfg.ClassEscalated[j]) != a.K {
+	esc := classRow(pk.cfg.ClassEscalated, pk.at[k], a.K)
+	if esc == nil {
 		return
 	}
-	esc := pk.cfg.ClassEscalated[j]
 	for _, r := range rs {
 		if len(r.P) != a.K {
 			continue
 		}
-		e := 0.0
-		for y, py := range r.P {
-			e += py * esc[y]
-		}
+		e := sneakpeek.ExpectedAccuracy(r.P, esc) // sum_y p(y) esc[y]
 		if pk.sentN == 0 {
 			pk.sent = e
 		}
