@@ -6,7 +6,7 @@ import (
 )
 
 // TestComparisonSneakPeekVsBaselines is the small deterministic version of the
-// comparison in docs/evaluation.md ("Honest baselines", "Every application and
+// comparison in docs/evaluation-log.md ("Honest baselines", "Every application and
 // workload"): the same options (the gateway's shrink 0.5 and 1 s price horizon,
 // its admission and label-shift correction, its warm residency, 5 us of loop time per request run on
 // a model and 1 us per request answered without one, known to the policies, 1 ms
@@ -22,7 +22,7 @@ import (
 // On fashion (resnet-m on top, the shared difficulty form) sneakpeek is asserted
 // above every baseline at the natural mix's load 2 and the tops-heavy mix's load
 // 5, where the full comparison finds it above all of them beyond the intervals
-// (docs/evaluation.md, "The shared difficulty form"), and above the cascade at
+// (docs/evaluation-log.md, "The shared difficulty form"), and above the cascade at
 // tops-heavy load 3, where it ties the mixing oblivious.
 //
 // On vad's speech-heavy meeting mix it is asserted above every baseline at
@@ -30,7 +30,7 @@ import (
 // (scheduler.Options.EstimateAnswers, on here as by default) answer from the
 // corrected estimate the windows whose model answers are worth less in that
 // mix; without them edf and fixed-batch were above sneakpeek at load 2 and
-// the cascade at load 0.5 (docs/evaluation.md, "Answers from the estimate").
+// the cascade at load 0.5 (docs/evaluation-log.md, "Answers from the estimate").
 //
 // It asserts nothing where sneakpeek does not win, and says so in the log: below
 // capacity on vad's natural mix the cascade (silero-half for everything) is
@@ -104,7 +104,7 @@ func TestComparisonSneakPeekVsBaselines(t *testing.T) {
 }
 
 // TestComparisonPeekOnFashion is the small deterministic version of the peek's
-// comparison in docs/evaluation.md ("The peek's time"): fashion with the cnn as
+// comparison in docs/evaluation-log.md ("The peek's time"): fashion with the cnn as
 // sneakpeek's peek and as the cascade's first variant, the options of
 // TestComparisonSneakPeekVsBaselines. Since the peek prices its second opinions
 // at the share the arrivals' class mix escalates and leaves a tie with time free

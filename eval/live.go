@@ -52,7 +52,7 @@ type LiveConfig struct {
 	// is installed); "embedded" is the gateway's embedded broker on a free
 	// local port. The embedded broker runs in this process, beside the
 	// gateway, and at a few thousand requests per second takes the CPU the
-	// gateway needs (docs/evaluation.md, "Live at loads 3 and 5").
+	// gateway needs (docs/evaluation-log.md, "Live at loads 0.5-5").
 	Broker string
 	// DevicesExe, if not empty, is a sneakgate binary: the devices then run
 	// in a child process (DevicesExe devsim ... -json FILE) rather than in

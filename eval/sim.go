@@ -101,7 +101,7 @@ type Point struct {
 	// Resample draws the requests from a bootstrap replicate of the test
 	// samples that Seed picks (App.Resampled) instead of from the samples
 	// themselves, so that the spread over seeds covers the test set's sampling
-	// too, not only the arrivals' (docs/evaluation.md, "Where we stand").
+	// too, not only the arrivals' (docs/evaluation.md, "Method").
 	Resample bool
 	// GatewayModel is the gateway around the engine: admission, residency
 	// budgets, its own time per request, the latency jitter.

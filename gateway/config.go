@@ -197,7 +197,7 @@ type SchedulerConfig struct {
 	MaxQueueDelay time.Duration     `yaml:"max_queue_delay"`
 	FixedVariant  map[string]string `yaml:"fixed_variant"`
 	// CascadeFirst names, per application, the variant the cascade policy runs
-	// first (default: the cheapest). docs/evaluation.md ("The cascade's first
+	// first (default: the cheapest). docs/evaluation-log.md ("The cascade's first
 	// variant") shows that a mid-sized first variant can beat the cheapest.
 	CascadeFirst map[string]string `yaml:"cascade_first"`
 	// Peek names, per application, the variant whose output the sneakpeek
@@ -206,7 +206,7 @@ type SchedulerConfig struct {
 	// opinion from the most accurate variant when that pays at the price of
 	// engine time. The gateway measures each peeked application's curve on
 	// its validation split at start-up and on reload, as for the cascade.
-	// docs/evaluation.md ("The peek") says where it pays.
+	// docs/evaluation-log.md ("The peek") says where it pays.
 	Peek map[string]string `yaml:"peek"`
 	// Shrink is scheduler.Options.Shrink for the data-aware policies.
 	Shrink float64 `yaml:"shrink"`
@@ -216,7 +216,7 @@ type SchedulerConfig struct {
 	// answers a request from its label-shift-corrected estimate (degraded,
 	// reason estimate_worth_more) when that answer is worth at least as much
 	// as any model's in the live class mix, shrunk as the variants' values are
-	// (docs/evaluation.md, "Answers from the estimate"). It acts only for
+	// (docs/evaluation-log.md, "Answers from the estimate"). It acts only for
 	// applications with the label-shift correction (apps[].label_shift) and a
 	// validation split. On by default. The test reads only the request, so
 	// admission makes it (the policy's scheduler.EstimateRule, published with
@@ -261,7 +261,7 @@ type AdmissionConfig struct {
 	// (a crash in between makes the broker deliver it again, answered anew).
 	// Beyond the cheapest variant's
 	// capacity this is most of what data-aware scheduling is worth
-	// (docs/evaluation.md, "Admission").
+	// (docs/evaluation-log.md, "Admission").
 	DegradeRefused bool `yaml:"degrade_refused"`
 	// PriceShed answers at admission, from its SneakPeek estimate (status
 	// degraded, reason overload_shed), a request that the scheduler's shedding
@@ -310,7 +310,7 @@ type AppConfig struct {
 	// estimate; the variants' values keep the raw one (scheduler.Reweigh). On by
 	// default for an application with an estimator (nil: on, and off with a log
 	// line when the validation split cannot be read); false turns it off, true
-	// makes a missing estimator or validation split an error. docs/evaluation.md,
+	// makes a missing estimator or validation split an error. docs/evaluation-log.md,
 	// "Label-shift correction on by default", has what it gains and costs.
 	LabelShift *bool `yaml:"label_shift"`
 	// ClassBased ignores the manifest's per-sample difficulty model: expected
@@ -348,11 +348,11 @@ func DefaultConfig() Config {
 			BatchSizes: []int{1, 2, 4, 8, 16, 32}, WarmupRuns: 3, ProfileRuns: 7,
 		},
 		Scheduler: SchedulerConfig{Policy: "sneakpeek", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay,
-			Shrink: 0.5, // docs/evaluation.md, "Shrinking"
-			// docs/evaluation.md, "Price horizon": +0.004-0.007 on fashion in the
+			Shrink: 0.5, // docs/evaluation-log.md, "Shrinking"
+			// docs/evaluation-log.md, "Price horizon": +0.004-0.007 on fashion in the
 			// simulator, even with the window's price live.
 			PriceHorizon: time.Second,
-			// docs/evaluation.md, "Answers from the estimate": vad meeting
+			// docs/evaluation-log.md, "Answers from the estimate": vad meeting
 			// 0.05-0.26 above every baseline at every load.
 			EstimateAnswers:   true,
 			LatencyCorrection: true},

@@ -18,7 +18,7 @@ import (
 // corrected estimate (degraded, estimate_worth_more; scheduler.estimate_answers,
 // on by default), with a class, its label and the estimate's confidence, and
 // every request exactly once. On this mix silero's answers are worth less than the corrected
-// estimate's (docs/evaluation.md, "Answers from the estimate"): the simulator
+// estimate's (docs/evaluation-log.md, "Answers from the estimate"): the simulator
 // answers 82-95% of the windows from the estimate. The correction follows the
 // mix over a few hundred requests (a window of 300; none of the first 600 here
 // were answered so), so the test counts the last 500 of 2,000 (472 here).

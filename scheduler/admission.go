@@ -61,7 +61,7 @@ func (b Backlog) Hopeless(budget time.Duration, maxWait float64) bool {
 // estimate, so Hopeless is not applied: it would take the choice of which
 // requests to degrade from the policy (first come, first refused), and that
 // choice is what data-aware shedding is worth under overload
-// (docs/evaluation.md, "Admission").
+// (docs/evaluation-log.md, "Admission").
 //
 // Refusing by the rate the current choice of variants drains at, against
 // maxWait of the budget, refused up to 18% of the requests at half the heavy

@@ -167,7 +167,7 @@ func newMixValues(a *App, mx *sneakpeek.Mix, ok []bool) *mixValues {
 // Per-request values alone trust the estimate where it is confidently wrong
 // on inputs unlike the validation split's: unshrunk they lost 0.013 on vad's
 // natural mix, shrunk but without the mix test 0.002-0.007 on satellite's
-// natural and red-soil mixes (docs/evaluation.md, "Answers from the
+// natural and red-soil mixes (docs/evaluation-log.md, "Answers from the
 // estimate").
 func estimateWorthMore(r *Request, ok []bool, mv *mixValues, shrink float64) bool {
 	if !mv.ok {

@@ -16,7 +16,7 @@ import (
 // request at admission, but on an application whose strong variants are close
 // (fashion's cnn and resnet-s) they cannot tell which few inputs a stronger
 // variant would answer differently; the mid-sized variant's own output can (the
-// cascade's first pass, docs/evaluation.md "The cascade's first variant"). With
+// cascade's first pass, docs/evaluation-log.md "The cascade's first variant"). With
 // a peek configured for an application (Options.Peek, the gateway's
 // scheduler.peek), sneakpeek keeps its search, price of engine time, shedding
 // and degraded answers, and adds one decision: a batch it runs on the peek
@@ -203,7 +203,7 @@ func classRow(rows [][]float64, j, k int) []float64 {
 // 18% against 12% at one threshold), and the second opinions' time priced at
 // the split's share let the peek take more first passes than the engine could
 // follow up: late answers and requests refused at admission
-// (docs/evaluation.md, "The peek's time").
+// (docs/evaluation-log.md, "The peek's time").
 func (d *decisionState) escalatedShare(a *App, pk *peekInfo, k int) float64 {
 	esc := classRow(pk.cfg.ClassEscalated, pk.at[k], a.K)
 	if esc == nil {
@@ -232,14 +232,14 @@ func (d *decisionState) escalatedShare(a *App, pk *peekInfo, k int) float64 {
 // estimate or per-class gains. (A bonus spread by the difficulty model's
 // probability that the peek variant is wrong was measured: it sent the hard
 // requests to the peek variant without the second opinions to match;
-// docs/evaluation.md, "The peek".) It never lifts the peek variant to the
+// docs/evaluation-log.md, "The peek".) It never lifts the peek variant to the
 // better one's value, so the request's best value, which the shedding walk and
 // the admission gate (PriceGate) rank it by, is unchanged, and with engine time
 // free (price 0) a request whose bonus would cover the whole gap runs straight
 // on the better variant: a tie went to the peek variant (the first on ties),
 // which then gave up the answers the first pass was sure of and wrong about
 // (fashion at loads 0.5-1: 0.0006-0.0010 below sneakpeek, beyond the interval;
-// docs/evaluation.md, "The peek's time").
+// docs/evaluation-log.md, "The peek's time").
 func (d *decisionState) withPeek(u []float64, ai *appInfo, r *Request) []float64 {
 	if ai.peekBonus <= 0 || ai.peekVar >= len(u) || ai.peekBetter >= len(u) {
 		return u
@@ -273,7 +273,7 @@ func (d *decisionState) withPeek(u []float64, ai *appInfo, r *Request) []float64
 // decision to the next (fashion at 12x: 45.8, 6.9, 36.1, 7.2 per engine
 // second), the search charged the cnn for second opinions the decision then
 // did not escalate and moved requests to mlp-large, and the peek fell 0.020
-// below plain sneakpeek (docs/evaluation.md, "The peek's time").
+// below plain sneakpeek (docs/evaluation-log.md, "The peek's time").
 const peekSmoothing = 0.2
 
 // peekTieMargin keeps the peek variant's value with its bonus strictly below
@@ -437,7 +437,7 @@ func (d *decisionState) escalate(b *Batch) {
 // fashion's cnn; the search gives first passes to the requests the peek's
 // bonus favours, the unsure ones, which escalate more: with lenet as
 // fashion's peek, 0.35 priced and 0.55 sent back at load 5, and the second
-// passes crowded the fresh requests out (docs/evaluation.md, "A cheaper peek
+// passes crowded the fresh requests out (docs/evaluation-log.md, "A cheaper peek
 // variant collapsed").
 func (pk *peekInfo) noteSent(a *App, k int, rs []*Request) {
 	if k <= 0 {

@@ -33,7 +33,7 @@ type Options struct {
 	ExhaustiveGroups int
 	// Shrink (0..1) is the weight a data-aware policy gives the profiled utility
 	// when valuing a request: (1-Shrink)*U(m|p) + Shrink*U_profiled(m). 0 is the
-	// method as published; docs/evaluation.md ("Shrinking") measures 0.5. It
+	// method as published; docs/evaluation-log.md ("Shrinking") measures 0.5. It
 	// does not touch the degraded answer's value.
 	Shrink float64
 	// PriceHorizon, if positive, prices engine time over the requests that

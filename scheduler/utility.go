@@ -141,7 +141,7 @@ func Prepare(app *App, seq uint64, arrival, deadline time.Time, p []float64, ref
 // the classes the live mix is heavy in, and with it choosing variants (and
 // grouping by the corrected class) lost at low load, where no answer comes
 // from the estimate (vad quiet-room at load 1: 0.015 below the uncorrected
-// estimate; docs/evaluation.md, "Label-shift correction").
+// estimate; docs/evaluation-log.md, "Label-shift correction").
 //
 // What a model answer is worth under q is kept apart, in ShiftedUtility, for
 // the one comparison that needs both sides in the live mix: answering from

@@ -13,7 +13,7 @@ import (
 // c_m(x) by its own regression, so the gap c_m(x) - c_ref(x) to the most
 // accurate variant is the difference of two noisy estimates, and where two
 // variants are near equal much of its variation from input to input is
-// noise that does not hold out of sample (docs/evaluation.md, "2026-12-02,
+// noise that does not hold out of sample (docs/evaluation-log.md, "2026-12-02,
 // fifth session"). The gap scale replaces what the model says a variant gains
 // or loses on inputs of each estimated class by the centre g_my (the mean
 // realised gap over them, shrunk toward the variant's mean gap as far as the

@@ -107,7 +107,7 @@ func TestBringYourOwnModelServedAfterReload(t *testing.T) {
 	// On digits the estimator app build trains (logistic, 0.969 on the
 	// validation split) is more accurate than either model (mlp 0.958, linear
 	// 0.936), so the gateway answers some requests from it
-	// (scheduler.estimate_answers; docs/evaluation.md, "Answers from the
+	// (scheduler.estimate_answers; docs/evaluation-log.md, "Answers from the
 	// estimate"): those are degraded, estimate_worth_more, and count at the
 	// estimator's accuracy.
 	right, expected, fromEstimate := 0, 0.0, 0

@@ -23,7 +23,7 @@
 //     the samples it is least sure of (lowest top-class probability) get the
 //     second variant's answer ("replace") or the average's ("average").
 //
-// docs/evaluation.md ("Headroom captured") reads its output for fashion's cnn and
+// docs/evaluation-log.md ("Headroom captured") reads its output for fashion's cnn and
 // resnet-s.
 //
 // Usage: go run ./models/tools/pairs [-first cnn] [-second resnet-s] models/fashion
