@@ -240,23 +240,10 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 	target := targetUtilisation * float64(n) / rate
 	d.target = target
 	fl := d.flatten(win)
-	use := fl.use
-	if use(0) <= target {
+	if fl.use(0) <= target {
 		return 0, 0
 	}
-	lo, hi := 0.0, 1.0
-	for k := 0; use(hi) > target && k < 60; k++ {
-		lo, hi = hi, hi*2
-	}
-	for range 40 {
-		mid := (lo + hi) / 2
-		if use(mid) > target {
-			lo = mid
-		} else {
-			hi = mid
-		}
-	}
-	return lo, hi
+	return fl.bisect(target)
 }
 
 // fluidSet is the price's fluid problem laid out flat: for each member in
@@ -270,6 +257,16 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 type fluidSet struct {
 	u, a, alt []float64
 	off       []int32
+	// ev, contrib and live are bisect's scratch: the members' envelope
+	// vertices, and the zone's times and members (fluidsolve.go).
+	ev                        []fluidEvent
+	contrib, at               []float64
+	live                      []int32
+	zoneLo, zoneHi, zoneFixed float64
+	// evals and zoneEvals count the evaluations of use and zoneOver that
+	// bisect made, zoneSums the times zoneOver added up all the members'
+	// times (for the tests and benchmarks).
+	evals, zoneEvals, zoneSums int
 }
 
 // flatten lays out the window's members and the stream for use, in d's scratch.
