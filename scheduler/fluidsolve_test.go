@@ -38,27 +38,12 @@ func solveFluid(fl *fluidSet, target float64) (float64, float64) {
 	return fl.bisect(target)
 }
 
-// solvePriceRef is solvePrice before fluidSet.bisect, verbatim but for the
-// bisection (bisectRef).
+// solvePriceRef is solvePrice with the plain bisection (bisectRef).
 func (d *decisionState) solvePriceRef(win []int, arrivals float64) (float64, float64) {
-	if len(win) == 0 {
+	target, ok := d.priceTarget(win, arrivals)
+	if !ok {
 		return 0, 0
 	}
-	var budget time.Duration
-	for _, i := range win {
-		budget += d.members[i].budget
-	}
-	mean := (budget / time.Duration(len(win))).Seconds()
-	n := len(win) + len(d.stream)
-	rate := arrivals
-	if back := len(d.members) - len(win) + d.extraBacklog; back > 0 && mean > 0 {
-		rate += float64(back) / mean
-	}
-	if rate <= 0 {
-		return 0, 0
-	}
-	target := targetUtilisation * float64(n) / rate
-	d.target = target
 	return bisectRef(d.flatten(win), target)
 }
 
@@ -238,18 +223,9 @@ func TestBisectIsTheBisection(t *testing.T) {
 // to the bit at arrival rates from free time to the cheapest variant's limit.
 func TestSolvePriceIsTheBisection(t *testing.T) {
 	a := testApp()
-	rng := rand.New(rand.NewPCG(7, 8))
-	var q []*Request
-	for i := range 300 {
-		p0 := rng.Float64()
-		q = append(q, req(a, uint64(i+1), t0, time.Duration(5+rng.IntN(200))*time.Millisecond, []float64{p0, 1 - p0}))
-	}
+	q := randomEstimates(a, rand.New(rand.NewPCG(7, 8)))
 	for _, resident := range []bool{true, false} {
-		s := snap(t0, a, q...)
-		if !resident {
-			delete(s.Engine.Resident, a.Variants[1].ID)
-			s.Engine.MemBudget = 300
-		}
+		s := fluidSnap(a, q, resident)
 		for _, w := range []view{{dataAware: true, byClass: true}, {mix: true}} {
 			d := newDecisionState(s, w, 32)
 			d.prepass(nil)

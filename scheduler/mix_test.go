@@ -116,6 +116,28 @@ func TestNoAnswerUtility(t *testing.T) {
 
 // fluidUse is what fluidSet.use computes per member, through choice as
 // solvePrice did before it was flattened (91ddbe4): the reference of
+// randomEstimates is 300 requests of testApp a with random class estimates
+// and budgets of 5-204 ms.
+func randomEstimates(a *App, rng *rand.Rand) []*Request {
+	var q []*Request
+	for i := range 300 {
+		p0 := rng.Float64()
+		q = append(q, req(a, uint64(i+1), t0, time.Duration(5+rng.IntN(200))*time.Millisecond, []float64{p0, 1 - p0}))
+	}
+	return q
+}
+
+// fluidSnap is the snapshot of q, with testApp's big variant resident or
+// unable to be made resident.
+func fluidSnap(a *App, q []*Request, resident bool) *Snapshot {
+	s := snap(t0, a, q...)
+	if !resident {
+		delete(s.Engine.Resident, a.Variants[1].ID)
+		s.Engine.MemBudget = 300 // big (400 bytes) cannot be made resident
+	}
+	return s
+}
+
 // TestFluidSetIsFluidUse.
 func (d *decisionState) fluidUse(m *member, p float64) float64 {
 	v, c := d.choice(m, p)
@@ -132,18 +154,9 @@ func (d *decisionState) fluidUse(m *member, p float64) float64 {
 // bisection finds the same price as before it was flattened.
 func TestFluidSetIsFluidUse(t *testing.T) {
 	a := testApp()
-	rng := rand.New(rand.NewPCG(5, 6))
-	var q []*Request
-	for i := range 300 {
-		p0 := rng.Float64()
-		q = append(q, req(a, uint64(i+1), t0, time.Duration(5+rng.IntN(200))*time.Millisecond, []float64{p0, 1 - p0}))
-	}
+	q := randomEstimates(a, rand.New(rand.NewPCG(5, 6)))
 	for _, resident := range []bool{true, false} {
-		s := snap(t0, a, q...)
-		if !resident {
-			delete(s.Engine.Resident, a.Variants[1].ID)
-			s.Engine.MemBudget = 300 // big (400 bytes) cannot be made resident
-		}
+		s := fluidSnap(a, q, resident)
 		d := newDecisionState(s, view{dataAware: true, byClass: true}, 32)
 		d.prepass(nil)
 		if ok := d.info(a).ok0[1]; ok != resident {

@@ -221,8 +221,24 @@ func (d *decisionState) setPrice(win []int, arrivals float64) {
 // window's choices use more than the target time at lo and fit it at hi (0, 0
 // when time is free).
 func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float64) {
-	if len(win) == 0 {
+	target, ok := d.priceTarget(win, arrivals)
+	if !ok {
 		return 0, 0
+	}
+	fl := d.flatten(win)
+	if fl.use(0) <= target {
+		return 0, 0
+	}
+	return fl.bisect(target)
+}
+
+// priceTarget sets and returns d.target, the engine time the window and the
+// stream may use at the rate the requests come in (the measured arrivals plus
+// the backlog outside the window spread over the window's mean budget); false
+// when there is no window or no rate, and time is free.
+func (d *decisionState) priceTarget(win []int, arrivals float64) (float64, bool) {
+	if len(win) == 0 {
+		return 0, false
 	}
 	var budget time.Duration
 	for _, i := range win {
@@ -235,15 +251,10 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 		rate += float64(back) / mean
 	}
 	if rate <= 0 {
-		return 0, 0
+		return 0, false
 	}
-	target := targetUtilisation * float64(n) / rate
-	d.target = target
-	fl := d.flatten(win)
-	if fl.use(0) <= target {
-		return 0, 0
-	}
-	return fl.bisect(target)
+	d.target = targetUtilisation * float64(n) / rate
+	return d.target, true
 }
 
 // fluidSet is the price's fluid problem laid out flat: for each member in
