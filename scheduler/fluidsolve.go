@@ -57,9 +57,12 @@ type fluidCert struct {
 	m1, m2 float64
 }
 
-// bisect is solvePrice's bisection on fl against target (for a problem whose
-// use(0) exceeds it): the same bracket [lo, hi], to the bit.
+// bisect is solvePrice's bisection on fl against target: the same bracket
+// [lo, hi], to the bit; 0, 0 when use(0) fits the target (time is free).
 func (fl *fluidSet) bisect(target float64) (float64, float64) {
+	if fl.use(0) <= target {
+		return 0, 0
+	}
 	c := fl.certify(target)
 	zoned, nearly := false, false
 	over := func(p, lo, hi float64) bool {
@@ -158,18 +161,9 @@ func (fl *fluidSet) zone(zl, zh float64, c *fluidCert) {
 func (fl *fluidSet) zoneOver(p, target float64) bool {
 	t := fl.zoneFixed
 	for _, k := range fl.live {
-		lo, hi := fl.off[k], fl.off[k+1]
-		best, bc := math.Inf(-1), 0.0
-		for j := lo; j < hi; j++ {
-			if x := fl.u[j] - p*fl.a[j]; x > best {
-				best, bc = x, fl.a[j]
-			}
-		}
-		if fl.alt[k] > best {
-			bc = 0
-		}
-		fl.contrib[k] = bc
-		t += bc
+		_, a := fl.pick(int(k), p)
+		fl.contrib[k] = a
+		t += a
 	}
 	// use's sum and this one (and zoneFixed) each within n 2^-53 of the
 	// exact sum; four times that.

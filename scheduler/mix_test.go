@@ -114,8 +114,6 @@ func TestNoAnswerUtility(t *testing.T) {
 	}
 }
 
-// fluidUse is what fluidSet.use computes per member, through choice as
-// solvePrice did before it was flattened (91ddbe4): the reference of
 // randomEstimates is 300 requests of testApp a with random class estimates
 // and budgets of 5-204 ms.
 func randomEstimates(a *App, rng *rand.Rand) []*Request {
@@ -138,6 +136,8 @@ func fluidSnap(a *App, q []*Request, resident bool) *Snapshot {
 	return s
 }
 
+// fluidUse is what fluidSet.use computes per member, through choice as
+// solvePrice did before it was flattened (91ddbe4): the reference of
 // TestFluidSetIsFluidUse.
 func (d *decisionState) fluidUse(m *member, p float64) float64 {
 	v, c := d.choice(m, p)

@@ -225,11 +225,7 @@ func (d *decisionState) solvePrice(win []int, arrivals float64) (float64, float6
 	if !ok {
 		return 0, 0
 	}
-	fl := d.flatten(win)
-	if fl.use(0) <= target {
-		return 0, 0
-	}
-	return fl.bisect(target)
+	return d.flatten(win).bisect(target)
 }
 
 // priceTarget sets and returns d.target, the engine time the window and the
@@ -319,23 +315,28 @@ func (d *decisionState) flatten(win []int) *fluidSet {
 // variant is worth over the alternative.
 func (fl *fluidSet) use(p float64) float64 {
 	t := 0.0
-	for k, alt := range fl.alt {
-		lo, hi := fl.off[k], fl.off[k+1]
-		if lo == hi {
-			continue // no variant can be made resident
-		}
-		best, bc := math.Inf(-1), 0.0
-		for j := lo; j < hi; j++ {
-			if x := fl.u[j] - p*fl.a[j]; x > best {
-				best, bc = x, fl.a[j]
-			}
-		}
-		if alt > best {
-			continue
-		}
-		t += bc
+	for k := range fl.alt {
+		_, a := fl.pick(k, p)
+		t += a
 	}
 	return t
+}
+
+// pick is member k's choice at price p as use makes it: the index of its
+// variant in u and a, and that variant's time; -1 and 0 when its alternative
+// is worth more or no variant can be made resident.
+func (fl *fluidSet) pick(k int, p float64) (int32, float64) {
+	lo, hi := fl.off[k], fl.off[k+1]
+	best, bj := math.Inf(-1), int32(-1)
+	for j := lo; j < hi; j++ {
+		if x := fl.u[j] - p*fl.a[j]; x > best {
+			best, bj = x, j
+		}
+	}
+	if bj < 0 || fl.alt[k] > best {
+		return -1, 0
+	}
+	return bj, fl.a[bj]
 }
 
 // choice is the variant m prefers at price p, argmax_v u_v - p*amort_v among
