@@ -48,13 +48,20 @@
 // serving the rows of the largest predicted gaps with the most accurate
 // variant instead of the runner-up realises.
 //
-// Usage: go run ./models/tools/difficulty [-form auto|shared|shared-class|per-variant] [-gaps auto|none|variant|class] [-gap-folds 5] [-n] models/fashion models/satellite ...
+// With -dump DIR it also writes, per application, the validation rows' labels,
+// class estimates, every variant's output and correctness and the chosen
+// form's cross-fitted estimates as .npy files into DIR/APP, which fluid.py
+// (beside this file; numpy) reads to compute the fluid optimum of choosing a
+// variant per request by each of several signals' values, offline.
+//
+// Usage: go run ./models/tools/difficulty [-form auto|shared|shared-class|per-variant] [-gaps auto|none|variant|class] [-gap-folds 5] [-n] [-dump DIR] models/fashion models/satellite ...
 // The ONNX Runtime library is $SNEAKGATE_ORT_LIB.
 package main
 
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -78,6 +85,7 @@ var (
 	gapFolds = flag.Int("gap-folds", 5, "folds (contiguous blocks of rows) of the cross-fitting that fits the gap scale")
 	form     = flag.String("form", "auto", "the model's form: shared, shared-class (shared with class terms), per-variant, or auto (per-variant unless its estimates, with engine time free, choose worse than the most accurate variant alone beyond chance; then shared, with class terms where they lower the held-out log loss)")
 	dry      = flag.Bool("n", false, "print the cross-fitted measures only; write nothing")
+	dumpDir  = flag.String("dump", "", "also write, per application, the validation rows' labels, class estimates, every variant's output and correctness and the chosen form's cross-fitted estimates as .npy files (with meta.json) into DIR/APP, for offline analysis (fluid.py)")
 )
 
 func main() {
@@ -129,12 +137,14 @@ func run(dir string) error {
 		rows[i] = sneakpeek.DifficultyRow{Input: val.Row(i), Estimate: p, Correct: make([]bool, nv)}
 	}
 	names := make([]string, nv)
+	outputs := make([][][]float64, nv) // for -dump
 	for v, mv := range m.Variants {
 		names[v] = mv.Name
 		out, err := eng.RunAll(context.Background(), engine.VariantID{App: m.Name, Variant: mv.Name}, inputs, 256)
 		if err != nil {
 			return err
 		}
+		outputs[v] = out
 		for i, p := range out {
 			rows[i].Correct[v] = sneakpeek.Argmax(p) == int(val.Labels[i])
 		}
@@ -190,6 +200,11 @@ func run(dir string) error {
 		how += fmt.Sprintf("; shared form with class terms (with engine time free: accuracy %.4f, %d rows moved, z %.2f)", c.Accuracy, c.Moved, c.Z)
 	}
 	heldOut(m, names, scores, correct, val.Labels)
+	if *dumpDir != "" {
+		if err := dump(filepath.Join(*dumpDir, m.Name), m, names, val, rows, outputs, correct, scores); err != nil {
+			return err
+		}
+	}
 	mform := chosen
 	if mform == sneakpeek.FormSharedClass {
 		mform = sneakpeek.FormShared // the manifest's form; the parameter file has the class terms
@@ -458,4 +473,70 @@ func writeJSON(path string, v any) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// dump writes what fluid.py reads into dir: labels.npy (n), est.npy (n x K, the
+// default estimator's class estimates), outputs.npy (variants x n x K, each
+// variant's class distribution), correct.npy and scores.npy (variants x n: 1
+// where the variant is right; the chosen form's cross-fitted estimates of
+// that) and meta.json (the variants, the labels and the utility matrix).
+func dump(dir string, m *manifest.App, names []string, val *dataset.Set, rows []sneakpeek.DifficultyRow, outputs [][][]float64, correct [][]bool, scores [][]float64) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	n, k, nv := val.N, m.K(), len(names)
+	lab, est, out := make([]float64, n), make([]float64, 0, n*k), make([]float64, 0, nv*n*k)
+	cor, sc := make([]float64, 0, nv*n), make([]float64, 0, nv*n)
+	for i, r := range rows {
+		lab[i] = float64(val.Labels[i])
+		est = append(est, r.Estimate...)
+	}
+	for v := range nv {
+		for i := range n {
+			out = append(out, outputs[v][i]...)
+			c := 0.0
+			if correct[v][i] {
+				c = 1
+			}
+			cor = append(cor, c)
+		}
+		sc = append(sc, scores[v]...)
+	}
+	for _, f := range []struct {
+		name  string
+		shape []int
+		data  []float64
+	}{
+		{"labels.npy", []int{n}, lab},
+		{"est.npy", []int{n, k}, est},
+		{"outputs.npy", []int{nv, n, k}, out},
+		{"correct.npy", []int{nv, n}, cor},
+		{"scores.npy", []int{nv, n}, sc},
+	} {
+		if err := writeNpy(filepath.Join(dir, f.name), f.shape, f.data); err != nil {
+			return err
+		}
+	}
+	return writeJSON(filepath.Join(dir, "meta.json"), map[string]any{
+		"app": m.Name, "variants": names, "labels": m.Labels, "utility": m.Utility})
+}
+
+// writeNpy writes data (row-major, shape) as a NumPy .npy file of
+// little-endian float64.
+func writeNpy(path string, shape []int, data []float64) error {
+	dims := make([]string, len(shape))
+	for i, d := range shape {
+		dims[i] = fmt.Sprint(d)
+	}
+	sh := strings.Join(dims, ", ")
+	if len(shape) == 1 {
+		sh += ","
+	}
+	h := fmt.Sprintf("{'descr': '<f8', 'fortran_order': False, 'shape': (%s), }", sh)
+	h += strings.Repeat(" ", 63-(10+len(h))%64) + "\n" // the header ends on a 64-byte boundary
+	b := append([]byte{0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, byte(len(h)), byte(len(h) >> 8)}, h...)
+	for _, v := range data {
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
+	}
+	return os.WriteFile(path, b, 0o644)
 }
