@@ -76,6 +76,17 @@ type simReq struct {
 	answerEst []float64
 	// mix is the live class mix answerEst was corrected for.
 	mix *sneakpeek.Mix
+	// deadline is the request's deadline; its scheduler request is planned
+	// with EgressDelay taken off it (scheduler.PlanDeadline), and its answer,
+	// handed to the broker EgressDelay after the loop gives it, is judged
+	// against it.
+	deadline time.Time
+}
+
+// late reports whether q's model answer, given by the loop at at, reaches the
+// broker after q's deadline (EgressDelay later).
+func (s *engineSim) late(q *simReq, at time.Time) bool {
+	return at.Add(s.EgressDelay).After(q.deadline)
 }
 
 // seen is when the scheduler sees q.
@@ -186,7 +197,7 @@ func (s *engineSim) run() (*simRun, error) {
 			u = a.Utility[y][yhat]
 			if status == "late" {
 				// Realised: decays to the true class's no-answer value.
-				u = scheduler.Discount(u, no, scheduler.Penalty(at, q.r.Deadline, q.r.Budget()))
+				u = scheduler.Discount(u, no, scheduler.Penalty(at.Add(s.EgressDelay), q.deadline, q.deadline.Sub(q.r.Arrival)))
 			}
 			if yhat == y {
 				t.correct++
@@ -241,7 +252,7 @@ func (s *engineSim) run() (*simRun, error) {
 			}
 			delete(byReq, r)
 			status := "ok"
-			if at.After(r.Deadline) {
+			if s.late(q, at) {
 				status = "late"
 			}
 			answer(q, yhat, at, status)
@@ -285,7 +296,7 @@ func (s *engineSim) run() (*simRun, error) {
 			case scheduler.FirstAnswer:
 				f := v.Request.First
 				status := "ok"
-				if at.After(v.Request.Deadline) {
+				if s.late(q, at) {
 					status = "late"
 				}
 				answer(q, f.Class, at, status)
@@ -421,12 +432,14 @@ func (s *engineSim) run() (*simRun, error) {
 				}
 				continue
 			}
+			q.deadline = q.arr.Add(a.Deadline)
+			plan := scheduler.PlanDeadline(received, q.deadline, s.EgressDelay)
 			guarded := a.Guard != nil && !a.Guard.Trusted()
 			if guarded {
 				out.Tallies[q.app].distrusted++
-				q.r = prepareGuarded(a.View, a.GMode, q.seq, received, q.arr.Add(a.Deadline), est, q)
+				q.r = prepareGuarded(a.View, a.GMode, q.seq, received, plan, est, q)
 			} else {
-				q.r = scheduler.Prepare(a.View, q.seq, received, q.arr.Add(a.Deadline), est, q)
+				q.r = scheduler.Prepare(a.View, q.seq, received, plan, est, q)
 				if correct != nil {
 					// As the gateway: computed from the estimator's own output
 					// (before any label-shift correction), applied to the request.

@@ -70,10 +70,12 @@ type GatewayModel struct {
 	// estimate gives the request's answer without a model (scheduler.Reweigh).
 	// The label-shift policies (PolicyShift...) keep their own correction.
 	LabelShift bool
-	// EgressDelay is the delay from the loop to the broker that the gateway's
-	// admission adds to the wait it weighs a budget against (its average,
-	// scheduler.Backlog.Egress; a live run's sneakgate_reply_egress_seconds).
-	// The simulated answers themselves are not delayed by it. 0: none.
+	// EgressDelay is the delay from the loop to the broker (its average, a
+	// live run's sneakgate_reply_egress_seconds), as the gateway uses it:
+	// admission adds it to the wait it weighs a budget against
+	// (scheduler.Backlog.Egress), and requests are planned to leave it free
+	// before their deadlines (scheduler.PlanDeadline). Answers are judged at
+	// their hand-over, this long after the loop gives them. 0: none.
 	EgressDelay time.Duration
 	// Pipeline is the gateway's scheduler.pipeline: while a batch runs, the
 	// next one is decided from twice the loop's smoothed cost per decision

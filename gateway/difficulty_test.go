@@ -35,7 +35,7 @@ func TestDifficultyUsedUnlessClassBased(t *testing.T) {
 			}
 			j := &job{App: "satellite", Received: time.Now(), Deadline: time.Now().Add(time.Second),
 				Input: rows.Row(i), Estimate: p, Correct: c, rt: a}
-			j.prepare(map[string]*scheduler.App{}, uint64(i))
+			j.prepare(map[string]*scheduler.App{}, uint64(i), 0)
 			base := scheduler.Prepare(a.sched, 0, j.Received, j.Deadline, p, nil)
 			for m := range a.sched.Variants {
 				if classBased {

@@ -37,7 +37,7 @@ func cpuTestBatch(l *loop, n int) *scheduler.Batch {
 	now := time.Now()
 	for i := range n {
 		j := &job{App: "app", ID: string(rune('a' + i)), Received: now, Deadline: now.Add(time.Second), Input: []float32{1}}
-		j.prepare(l.apps, uint64(i+1))
+		j.prepare(l.apps, uint64(i+1), 0)
 		b.Requests = append(b.Requests, j.req)
 	}
 	return b

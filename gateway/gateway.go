@@ -419,6 +419,7 @@ func (g *Gateway) newClient() error {
 	g.egress.served = func(app string) bool { _, ok := g.app(app); return ok }
 	g.egress.journalError = g.journalError
 	g.egress.reconnect = g.conns.fail
+	g.loop.egressDelay = g.egress.Delay
 	return nil
 }
 

@@ -327,7 +327,7 @@ func (g *Gateway) answersAtAdmission(req *protocol.Request, app *appRuntime, est
 	if rule == nil && gate == nil {
 		return nil, ""
 	}
-	r := scheduler.Prepare(app.sched, 0, req.Received, req.Deadline, est, nil)
+	r := scheduler.Prepare(app.sched, 0, req.Received, scheduler.PlanDeadline(req.Received, req.Deadline, g.egress.Delay()), est, nil)
 	if correct != nil {
 		scheduler.Sharpen(r, correct)
 	}
@@ -483,7 +483,7 @@ func (g *Gateway) registerAdmission() {
 			Help: "Requests the scheduling loop has answered per second of the time it had work, over the last 2 s (0 until measured): admission's measure of how fast the queue drains."},
 			g.loop.DrainRate),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_admission_egress_delay_seconds",
-			Help: "Recent time from an answer to its hand-over to the broker (a time-weighted average; 0 after a second without answers), which admission adds to the queue's drain."},
+			Help: "Recent time from an answer to its hand-over to the broker (a time-weighted average; 0 after a second without answers), which admission adds to the queue's drain and the scheduler plans to leave free before each request's deadline (scheduler.PlanDeadline)."},
 			func() float64 { return g.egress.Delay().Seconds() }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_admission_estimated_wait_seconds",
 			Help: "How long a request admitted now would wait before its reply reaches the broker: the queue's drain at the measured rate plus the egress delay. Admission refuses a request whose budget is shorter (admission.max_wait > 0)."},

@@ -67,8 +67,9 @@ func (j *job) sched(apps map[string]*scheduler.App) *scheduler.App {
 	return apps[j.App]
 }
 
-// prepare builds the job's scheduler request (seq is its arrival order).
-func (j *job) prepare(apps map[string]*scheduler.App, seq uint64) {
+// prepare builds the job's scheduler request (seq is its arrival order), planned
+// with reserve taken off its deadline (scheduler.PlanDeadline).
+func (j *job) prepare(apps map[string]*scheduler.App, seq uint64, reserve time.Duration) {
 	if r := j.pre; r != nil {
 		j.pre = nil
 		if r.App == j.sched(apps) {
@@ -77,7 +78,7 @@ func (j *job) prepare(apps map[string]*scheduler.App, seq uint64) {
 			return
 		}
 	}
-	j.req = scheduler.Prepare(j.sched(apps), seq, j.Received, j.Deadline, j.Estimate, j)
+	j.req = scheduler.Prepare(j.sched(apps), seq, j.Received, scheduler.PlanDeadline(j.Received, j.Deadline, reserve), j.Estimate, j)
 	if j.Correct != nil {
 		scheduler.Sharpen(j.req, j.Correct)
 	}
@@ -156,6 +157,10 @@ type loop struct {
 	drain      scheduler.DrainMeter // owned by the loop goroutine
 	rate       atomic.Uint64        // DrainRates.Now (float64 bits)
 	fastRate   atomic.Uint64        // DrainRates.Fastest (float64 bits)
+	// egressDelay, when set, is the recent time from an answer to its
+	// hand-over to the broker (egress.Delay), which requests are planned to
+	// leave free before their deadlines (scheduler.PlanDeadline).
+	egressDelay func() time.Duration
 	// cheapest caches, per application, the per-request engine time of its
 	// cheapest variant at its best batch size; cleared after every batch (the
 	// latency correction changes the tables).
@@ -296,6 +301,15 @@ func (l *loop) Submit(j *job) bool {
 func (l *loop) SubmitRecovered(j *job) bool {
 	l.queued.Add(1)
 	return l.Submit(j)
+}
+
+// reserve is the time requests prepared now are planned to leave free before
+// their deadlines: the egress delay (0 without one).
+func (l *loop) reserve() time.Duration {
+	if l.egressDelay == nil {
+		return 0
+	}
+	return l.egressDelay()
 }
 
 // Queued is the number of admitted (or reserved) jobs not yet answered.
@@ -517,7 +531,7 @@ func (l *loop) unplan(b *scheduler.Batch) {
 func (l *loop) enqueue(j *job) {
 	l.seq++
 	l.offered.admitted++
-	j.prepare(l.apps, l.seq)
+	j.prepare(l.apps, l.seq, l.reserve())
 	j.req.Queued = l.now()
 	if err := l.exec.Add(j.req); err != nil {
 		// Not possible (every job gets a new seq); answered rather than lost.
@@ -580,7 +594,7 @@ func (l *loop) applySwap(s *appSwap) {
 			return nil
 		}
 		moved++
-		j.prepare(l.apps, r.Seq) // the same place in the queue
+		j.prepare(l.apps, r.Seq, l.reserve()) // the same place in the queue
 		j.req.Queued = r.Queued
 		j.req.First = r.First // a first pass's answer stays (j.first)
 		return j.req

@@ -107,16 +107,33 @@ func (a *answers) record(j *job, r result) {
 
 func startLoop(t *testing.T, f *fakeRunner, policy string) (*loop, *answers, context.CancelFunc) {
 	t.Helper()
+	l, ans := newTestLoop(t, loopApp(), f, policy)
+	ctx, cancel := context.WithCancel(context.Background())
+	go l.Run(ctx)
+	return l, ans, cancel
+}
+
+// newTestLoop is a loop serving a alone with the policy named, not yet running.
+func newTestLoop(t *testing.T, a *scheduler.App, f *fakeRunner, policy string) (*loop, *answers) {
+	t.Helper()
 	p, err := scheduler.New(policy, scheduler.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ans := &answers{got: map[string]result{}}
-	apps := map[string]*scheduler.App{"app": loopApp()}
-	l := newLoop(p, apps, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	go l.Run(ctx)
-	return l, ans, cancel
+	l := newLoop(p, map[string]*scheduler.App{a.Name: a}, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+	return l, ans
+}
+
+// cheapVariant is loopApp's second variant: 0.6 accurate, lat(b) per batch of b.
+func cheapVariant(lat func(b int) time.Duration) *scheduler.Variant {
+	v := &scheduler.Variant{ID: scheduler.VariantID{App: "app", Variant: "cheap"}, Index: 1, Accuracy: 0.6,
+		Recall: []float64{0.6, 0.6}, Cond: [][]float64{{0.6, 0.4}, {0.4, 0.6}}, ProfiledUtility: 0.6,
+		Latency: make([]time.Duration, 33)}
+	for b := 1; b <= 32; b++ {
+		v.Latency[b] = lat(b)
+	}
+	return v
 }
 
 func submit(t *testing.T, l *loop, id string, budget time.Duration, est []float64) {
@@ -282,24 +299,12 @@ func TestLoopReserve(t *testing.T) {
 func TestLoopFastestDrainRate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a := loopApp() // variant "m": 2 ms + 0.1 ms per sample
-		cheap := &scheduler.Variant{ID: scheduler.VariantID{App: "app", Variant: "cheap"}, Index: 1, Accuracy: 0.6,
-			Recall: []float64{0.6, 0.6}, Cond: [][]float64{{0.6, 0.4}, {0.4, 0.6}}, ProfiledUtility: 0.6,
-			Latency: make([]time.Duration, 33)}
-		for b := 1; b <= 32; b++ {
-			cheap.Latency[b] = time.Duration(b) * 10 * time.Microsecond
-		}
-		a.Variants = append(a.Variants, cheap)
+		a.Variants = append(a.Variants, cheapVariant(func(b int) time.Duration { return time.Duration(b) * 10 * time.Microsecond }))
 		// The engine takes 5 ms per sample whatever the variant: edf keeps the
 		// default (heavy) variant with this much slack.
 		f := &fakeRunner{lat: func(b int) time.Duration { return time.Duration(b) * 5 * time.Millisecond },
 			resident: map[scheduler.VariantID]bool{}}
-		p, err := scheduler.New("edf", scheduler.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ans := &answers{got: map[string]result{}}
-		l := newLoop(p, map[string]*scheduler.App{"app": a}, f, scheduler.Engine{}, 100, time.Now, ans.record,
-			zerolog.Nop(), newMetrics(nil))
+		l, ans := newTestLoop(t, a, f, "edf")
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go l.Run(ctx)
@@ -429,7 +434,7 @@ func TestPrepareTakesOverAdmissionsRequest(t *testing.T) {
 	j := &job{App: "app", Received: now, Deadline: now.Add(time.Second), Estimate: est}
 	j.pre = scheduler.Prepare(a, 0, j.Received, j.Deadline, est, nil)
 	pre := j.pre
-	j.prepare(apps, 7)
+	j.prepare(apps, 7, 0)
 	want := scheduler.Prepare(a, 7, j.Received, j.Deadline, est, j)
 	if j.req != pre || j.pre != nil {
 		t.Fatalf("the prepared request was not taken over: %p, want %p", j.req, pre)
@@ -439,7 +444,7 @@ func TestPrepareTakesOverAdmissionsRequest(t *testing.T) {
 	}
 
 	j.pre = scheduler.Prepare(loopApp(), 0, j.Received, j.Deadline, est, nil) // another version
-	j.prepare(apps, 8)
+	j.prepare(apps, 8, 0)
 	if !reflect.DeepEqual(j.req, scheduler.Prepare(a, 8, j.Received, j.Deadline, est, j)) || j.req.App != a {
 		t.Errorf("a request prepared for another version was taken over: %+v", j.req)
 	}
@@ -619,4 +624,47 @@ func TestLoopPipelineDecidesForNowAfterAnOverrun(t *testing.T) {
 			t.Errorf("%v batches decided ahead, want 1 (y)", got)
 		}
 	})
+}
+
+// Requests are planned to leave the egress delay free before their deadlines
+// (scheduler.PlanDeadline): with 6 ms of egress and a 10 ms budget, edf runs a
+// request on the cheap variant, whose answer reaches the broker in time, rather
+// than on the accurate one, whose 7 ms pass ends within the deadline but whose
+// answer would reach the broker after it. The reply is still judged by the
+// request's own deadline.
+func TestLoopPlansForTheEgressDelay(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		egress  time.Duration
+		variant string
+	}{
+		{"no egress delay", 0, "m"},
+		{"6 ms of egress", 6 * time.Millisecond, "cheap"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				a := loopApp()
+				for b := 1; b <= 32; b++ {
+					a.Variants[0].Latency[b] = 7 * time.Millisecond
+				}
+				a.Variants = append(a.Variants, cheapVariant(func(int) time.Duration { return time.Millisecond }))
+				f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond }, resident: map[scheduler.VariantID]bool{}}
+				l, ans := newTestLoop(t, a, f, "edf")
+				l.egressDelay = func() time.Duration { return c.egress }
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go l.Run(ctx)
+				submit(t, l, "r", 10*time.Millisecond, nil)
+				time.Sleep(50 * time.Millisecond)
+				synctest.Wait()
+				r, ok := ans.got["r"]
+				if !ok {
+					t.Fatal("not answered")
+				}
+				if r.Variant != c.variant || r.Status != protocol.StatusOK {
+					t.Errorf("answered %s on %q, want ok on %q", r.Status, r.Variant, c.variant)
+				}
+			})
+		})
+	}
 }

@@ -40,3 +40,21 @@ func TestBacklogRefuses(t *testing.T) {
 		}
 	}
 }
+
+func TestPlanDeadline(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	dl := t0.Add(50 * time.Millisecond)
+	for _, c := range []struct {
+		reserve time.Duration
+		want    time.Time
+	}{
+		{0, dl},
+		{-time.Millisecond, dl},
+		{8 * time.Millisecond, dl.Add(-8 * time.Millisecond)},
+		{time.Second, t0.Add(25 * time.Millisecond)}, // at most half the budget
+	} {
+		if got := PlanDeadline(t0, dl, c.reserve); !got.Equal(c.want) {
+			t.Errorf("reserve %v: %v, want %v", c.reserve, got.Sub(t0), c.want.Sub(t0))
+		}
+	}
+}

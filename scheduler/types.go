@@ -294,3 +294,16 @@ type Policy interface {
 type Resyncer interface {
 	Resync()
 }
+
+// PlanDeadline is the deadline the scheduler plans a request with: its deadline
+// less reserve, the time an answer then takes to reach the device's broker (the
+// gateway's egress delay), so that a batch planned to end at the deadline is
+// handed over in time rather than a reserve late; at most half the budget is
+// reserved, so that a broker slow for a moment does not make every request look
+// hopeless.
+func PlanDeadline(arrival, deadline time.Time, reserve time.Duration) time.Time {
+	if reserve <= 0 {
+		return deadline
+	}
+	return deadline.Add(-min(reserve, deadline.Sub(arrival)/2))
+}
