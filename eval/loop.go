@@ -83,11 +83,13 @@ type simReq struct {
 	deadline time.Time
 }
 
+// handover is when an answer the loop gives at at reaches the broker, which
+// judges it (EgressDelay later).
+func (s *engineSim) handover(at time.Time) time.Time { return at.Add(s.EgressDelay) }
+
 // late reports whether q's model answer, given by the loop at at, reaches the
-// broker after q's deadline (EgressDelay later).
-func (s *engineSim) late(q *simReq, at time.Time) bool {
-	return at.Add(s.EgressDelay).After(q.deadline)
-}
+// broker after q's deadline.
+func (s *engineSim) late(q *simReq, at time.Time) bool { return s.handover(at).After(q.deadline) }
 
 // seen is when the scheduler sees q.
 func (s *engineSim) seen(q *simReq) time.Time { return q.arr.Add(s.IngressDelay + q.delay) }
@@ -197,7 +199,7 @@ func (s *engineSim) run() (*simRun, error) {
 			u = a.Utility[y][yhat]
 			if status == "late" {
 				// Realised: decays to the true class's no-answer value.
-				u = scheduler.Discount(u, no, scheduler.Penalty(at.Add(s.EgressDelay), q.deadline, q.deadline.Sub(q.r.Arrival)))
+				u = scheduler.Discount(u, no, scheduler.Penalty(s.handover(at), q.deadline, q.deadline.Sub(q.r.Arrival)))
 			}
 			if yhat == y {
 				t.correct++
