@@ -353,6 +353,42 @@ func (e *Engine) Run(id VariantID, inputs [][]float32) ([][]float64, error) {
 	return runOn(v, s, inputs, 0)
 }
 
+// Warm runs unmeasured forward passes of a resident variant, at batch (at most
+// the largest profiled batch size) and at 1, on inputs at the low end of the
+// application's input_range (zeros without one), and discards their answers. A
+// session's first passes are slower than its steady ones (ONNX Runtime sizes
+// its memory arena and plans each new input shape on first use, and the engine
+// creates each batch size's tensors then): on the bundled models from a few
+// hundred microseconds to several milliseconds more per pass
+// (docs/benchmarks.md, "Warm sessions before the first request"). Passes at
+// other sizes after these two cost about what steady ones do, since the arena
+// then holds the largest. Warm returns the errors Run does.
+func (e *Engine) Warm(id VariantID, batch int) error {
+	e.mu.RLock()
+	v := e.variants[id]
+	e.mu.RUnlock()
+	if v == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownVariant, id)
+	}
+	batch = min(max(batch, 1), e.opts.maxBatch())
+	x := make([]float32, v.app.InputSize)
+	if r := v.app.InputRange; r != nil {
+		for i := range x {
+			x[i] = float32(r[0])
+		}
+	}
+	in := make([][]float32, batch)
+	for i := range in {
+		in[i] = x
+	}
+	for _, b := range []int{batch, 1} {
+		if _, err := e.Run(id, in[:b]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // runOn checks inputs (numbered from first in errors) and runs one forward pass
 // of v's session s over them.
 func runOn(v *variant, s *session, inputs [][]float32, first int) ([][]float64, error) {

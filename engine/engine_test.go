@@ -178,6 +178,55 @@ func TestLoadUnloadLifecycle(t *testing.T) {
 	checkConsistent(t, e)
 }
 
+// TestWarm checks that Warm runs a resident variant at the batch size it is
+// given (capped at the largest profiled one) and at 1, so that those sizes'
+// tensors exist before the first request, and that answers are unchanged by it.
+func TestWarm(t *testing.T) {
+	e := newEngine(t, Options{BatchSizes: []int{1, 4, 8}})
+	registerAll(t, e)
+	if err := e.Warm(VariantID{"img", "nope"}, 8); !errors.Is(err, ErrUnknownVariant) {
+		t.Fatalf("Warm unknown: %v, want ErrUnknownVariant", err)
+	}
+	if err := e.Warm(idMLP, 8); !errors.Is(err, ErrNotLoaded) {
+		t.Fatalf("Warm before Load: %v, want ErrNotLoaded", err)
+	}
+	x := randomInputs(1, 784, 0, 1, 5) // batch 1, which Warm runs too
+	for _, id := range []VariantID{idMLP, idStateful, idTrees} {
+		if _, err := e.Load(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := e.Run(idMLP, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		id    VariantID
+		batch int
+	}{{idMLP, 100}, {idStateful, 4}, {idTrees, 0}} {
+		if err := e.Warm(c.id, c.batch); err != nil {
+			t.Fatalf("Warm(%s, %d): %v", c.id, c.batch, err)
+		}
+		want := map[int]bool{1: true, min(max(c.batch, 1), 8): true}
+		s := e.variants[c.id].sess
+		if len(s.batches) != 8 {
+			t.Fatalf("%s: %d batch sizes kept, want 8", c.id, len(s.batches))
+		}
+		for b := 1; b <= 8; b++ {
+			if got := s.batches[b-1] != nil; got != want[b] {
+				t.Errorf("%s warmed at %d: batch %d's tensors exist = %v, want %v", c.id, c.batch, b, got, want[b])
+			}
+		}
+	}
+	after, err := e.Run(idMLP, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("answers changed by Warm:\n%v\n%v", before, after)
+	}
+}
+
 func TestClosedEngine(t *testing.T) {
 	e := newEngine(t, Options{})
 	registerAll(t, e)

@@ -304,7 +304,13 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 	for _, a := range g.appSet() {
 		g.perRequest = min(g.perRequest, scheduler.CheapestAmortised(a.sched))
 	}
-	// Warm start: load variants in manifest order while they fit the budget.
+	// Warm start: load variants in manifest order while they fit the budget,
+	// and run each once at the largest batch and at 1, so that the first
+	// requests' passes are not a session's slow first ones (engine.Warm): the
+	// drain rate admission measures on the first answers would read them as
+	// the gateway's pace and refuse the requests behind them.
+	t0 = time.Now()
+	warmed := 0
 	for _, id := range ids {
 		if _, err := g.eng.Load(id); err != nil {
 			if errors.Is(err, engine.ErrOverBudget) {
@@ -312,7 +318,14 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 			}
 			return fmt.Errorf("gateway: engine: load %s: %w", id, err)
 		}
+		if err := g.eng.Warm(id, g.cfg.Scheduler.MaxBatch); err != nil {
+			g.log.Warn().Err(err).Str("variant", id.String()).Msg("engine: warm-up pass failed; the variant's first pass will be a slow one")
+			continue
+		}
+		warmed++
 	}
+	g.log.Info().Int("variants", warmed).Int("batch", g.cfg.Scheduler.MaxBatch).
+		Str("took", time.Since(t0).Round(time.Millisecond).String()).Msg("engine variants loaded and warmed")
 	return nil
 }
 
