@@ -19,8 +19,9 @@
 //	probs, err := e.Run(id, [][]float32{x1, x2}) // probs[i] has K values
 //
 // A session's first passes are slower than its steady ones; Warm runs the
-// unmeasured passes (at the largest batch and at 1) that make the next ones
-// steady, as the gateway does for every variant it loads at start.
+// unmeasured passes (at the batch size it is given and at 1) that make the next
+// ones steady, as the gateway does at scheduler.max_batch for every variant it
+// loads at start.
 //
 // Inputs are fed as the manifest says: the data input takes the request's
 // offset/length slice, a zeros input (a recurrent state, whose batch axis may be

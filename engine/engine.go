@@ -354,39 +354,51 @@ func (e *Engine) Run(id VariantID, inputs [][]float32) ([][]float64, error) {
 }
 
 // Warm runs unmeasured forward passes of a resident variant, at batch (at most
-// the largest profiled batch size) and at 1, on inputs at the low end of the
-// application's input_range (zeros without one), and discards their answers. A
+// the largest profiled batch size) and at 1, and discards their answers. A
 // session's first passes are slower than its steady ones (ONNX Runtime sizes
 // its memory arena and plans each new input shape on first use, and the engine
 // creates each batch size's tensors then): on the bundled models from a few
 // hundred microseconds to several milliseconds more per pass
 // (docs/benchmarks.md, "Warm sessions before the first request"). Passes at
 // other sizes after these two cost about what steady ones do, since the arena
-// then holds the largest. Warm returns the errors Run does.
+// then holds the largest. Every input value is 0, or the end of the
+// application's input_range nearest to 0. The two passes hold the variant
+// against Load and Unload, like RunAll; both run even when the first fails, and
+// Warm returns their errors joined: those Run returns (ErrUnknownVariant,
+// ErrNotLoaded, ErrModelMismatch, ErrClosed, or ONNX Runtime's), each saying
+// which batch size failed.
 func (e *Engine) Warm(id VariantID, batch int) error {
+	v, err := e.lookup(id)
+	if err != nil {
+		return err
+	}
+	v.life.Lock()
+	defer v.life.Unlock()
 	e.mu.RLock()
-	v := e.variants[id]
+	s := v.sess
 	e.mu.RUnlock()
-	if v == nil {
-		return fmt.Errorf("%w: %s", ErrUnknownVariant, id)
+	if s == nil {
+		return fmt.Errorf("%w: %s", ErrNotLoaded, id)
 	}
 	batch = min(max(batch, 1), e.opts.maxBatch())
 	x := make([]float32, v.app.InputSize)
 	if r := v.app.InputRange; r != nil {
+		fill := float32(min(max(0, r[0]), r[1]))
 		for i := range x {
-			x[i] = float32(r[0])
+			x[i] = fill
 		}
 	}
 	in := make([][]float32, batch)
 	for i := range in {
 		in[i] = x
 	}
+	var errs []error
 	for _, b := range []int{batch, 1} {
-		if _, err := e.Run(id, in[:b]); err != nil {
-			return err
+		if _, err := runOn(v, s, in[:b], 0); err != nil {
+			errs = append(errs, fmt.Errorf("warm-up pass at batch %d: %w", b, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // runOn checks inputs (numbered from first in errors) and runs one forward pass

@@ -242,6 +242,9 @@ func TestClosedEngine(t *testing.T) {
 	if _, err := e.Load(idLogits); !errors.Is(err, ErrClosed) {
 		t.Errorf("Load: %v", err)
 	}
+	if err := e.Warm(idLogits, 4); !errors.Is(err, ErrClosed) {
+		t.Errorf("Warm: %v", err)
+	}
 	if err := e.Register(imgApp(t)); !errors.Is(err, ErrClosed) {
 		t.Errorf("Register: %v", err)
 	}

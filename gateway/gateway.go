@@ -310,21 +310,28 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 	// drain rate admission measures on the first answers would read them as
 	// the gateway's pace and refuse the requests behind them.
 	t0 = time.Now()
-	warmed := 0
+	loaded, warmed := 0, 0
 	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("gateway: engine: %w", err)
+		}
 		if _, err := g.eng.Load(id); err != nil {
 			if errors.Is(err, engine.ErrOverBudget) {
 				continue
 			}
 			return fmt.Errorf("gateway: engine: load %s: %w", id, err)
 		}
+		loaded++
 		if err := g.eng.Warm(id, g.cfg.Scheduler.MaxBatch); err != nil {
-			g.log.Warn().Err(err).Str("variant", id.String()).Msg("engine: warm-up pass failed; the variant's first pass will be a slow one")
+			if errors.Is(err, engine.ErrModelMismatch) {
+				return fmt.Errorf("gateway: engine: warm %s: %w", id, err)
+			}
+			g.log.Warn().Err(err).Str("variant", id.String()).Msg("engine: a warm-up pass failed; requests on this variant may fail the same way")
 			continue
 		}
 		warmed++
 	}
-	g.log.Info().Int("variants", warmed).Int("batch", g.cfg.Scheduler.MaxBatch).
+	g.log.Info().Int("loaded", loaded).Int("warmed", warmed).Int("batch", g.cfg.Scheduler.MaxBatch).
 		Str("took", time.Since(t0).Round(time.Millisecond).String()).Msg("engine variants loaded and warmed")
 	return nil
 }
