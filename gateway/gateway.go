@@ -322,6 +322,9 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 			return fmt.Errorf("gateway: engine: load %s: %w", id, err)
 		}
 		loaded++
+		if !ec.WarmAtStart {
+			continue
+		}
 		if err := g.eng.Warm(id, g.cfg.Scheduler.MaxBatch); err != nil {
 			if errors.Is(err, engine.ErrModelMismatch) {
 				return fmt.Errorf("gateway: engine: warm %s: %w", id, err)
