@@ -174,11 +174,11 @@ type EngineConfig struct {
 	BatchSizes  []int `yaml:"batch_sizes"`
 	WarmupRuns  int   `yaml:"warmup_runs"`
 	ProfileRuns int   `yaml:"profile_runs"`
-	// WarmAtStart runs every variant loaded at start once at
-	// scheduler.max_batch and once at 1 before the gateway takes requests
+	// WarmUp runs every variant the gateway loads before it serves (at start,
+	// and a reload's new versions) once at scheduler.max_batch and once at 1
 	// (engine.Engine.Warm): the first requests then meet steady passes, for
 	// about 40 MiB more memory at idle with the bundled models.
-	WarmAtStart bool `yaml:"warm_at_start"`
+	WarmUp bool `yaml:"warm_up"`
 	// ProfileCache is a directory where measured profiles are kept across restarts.
 	ProfileCache string `yaml:"profile_cache"`
 }
@@ -351,7 +351,7 @@ func DefaultConfig() Config {
 		Engine: EngineConfig{
 			Provider: "cpu", IntraOpThreads: 1, InterOpThreads: 1,
 			BatchSizes: []int{1, 2, 4, 8, 16, 32}, WarmupRuns: 3, ProfileRuns: 7,
-			WarmAtStart: true, // docs/benchmarks.md, "Warm sessions before the first request"
+			WarmUp: true, // docs/benchmarks.md, "Warm sessions before the first request"
 		},
 		Scheduler: SchedulerConfig{Policy: "sneakpeek", MaxBatch: so.MaxBatch, Window: so.Window, MaxQueueDelay: so.MaxQueueDelay,
 			Shrink: 0.5, // docs/evaluation-log.md, "Shrinking"

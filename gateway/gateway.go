@@ -304,12 +304,21 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 	for _, a := range g.appSet() {
 		g.perRequest = min(g.perRequest, scheduler.CheapestAmortised(a.sched))
 	}
-	// Warm start: load variants in manifest order while they fit the budget,
-	// and run each once at the largest batch and at 1, so that the first
-	// requests' passes are not a session's slow first ones (engine.Warm): the
-	// drain rate admission measures on the first answers would read them as
-	// the gateway's pace and refuse the requests behind them.
-	t0 = time.Now()
+	// Warm start: load variants in manifest order while they fit the budget.
+	return g.loadAndWarm(ctx, ids)
+}
+
+// loadAndWarm makes ids resident in order while they fit the residency budget
+// (a variant that does not is loaded when the loop first runs it) and, with
+// engine.warm_up, runs each once at scheduler.max_batch and at 1 (engine.Warm),
+// so that the first requests' passes are not a session's slow first ones: the
+// drain rate admission measures on the first answers would read them as the
+// gateway's pace and refuse the requests behind them. The gateway does this at
+// start and for the new versions of a reload before they serve. A model
+// mismatch found while warming is an error; another failed warm-up pass is
+// logged, since requests on that variant may fail the same way.
+func (g *Gateway) loadAndWarm(ctx context.Context, ids []engine.VariantID) error {
+	t0 := time.Now()
 	loaded, warmed := 0, 0
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
@@ -322,7 +331,7 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 			return fmt.Errorf("gateway: engine: load %s: %w", id, err)
 		}
 		loaded++
-		if !ec.WarmAtStart {
+		if !g.cfg.Engine.WarmUp {
 			continue
 		}
 		if err := g.eng.Warm(id, g.cfg.Scheduler.MaxBatch); err != nil {
@@ -334,7 +343,7 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 		}
 		warmed++
 	}
-	g.log.Info().Int("loaded", loaded).Int("warmed", warmed).Int("batch", g.cfg.Scheduler.MaxBatch).
+	g.log.Info().Int("variants", len(ids)).Int("loaded", loaded).Int("warmed", warmed).Int("batch", g.cfg.Scheduler.MaxBatch).
 		Str("took", time.Since(t0).Round(time.Millisecond).String()).Msg("engine variants loaded and warmed")
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
@@ -201,6 +202,20 @@ func TestReloadUnderLoad(t *testing.T) {
 	if !slices.Equal(res.Added, []string{"fashion"}) || !slices.Equal(res.Changed, []string{"satellite"}) ||
 		!slices.Equal(res.Removed, []string{"vad"}) || !slices.Equal(res.Ignored, []string{"log"}) {
 		t.Fatalf("reload result %+v", res)
+	}
+	// The new versions' variants were made resident before they served (the
+	// test's budget is unlimited), not loaded on their first requests.
+	resident := map[engine.VariantID]bool{}
+	for _, id := range r.g.eng.Resident() {
+		resident[id] = true
+	}
+	for _, name := range []string{"fashion", "satellite"} {
+		a := r.g.appSet()[name]
+		for _, id := range r.g.eng.Variants(a.key) {
+			if !resident[id] {
+				t.Errorf("%s (%s) is not resident after the reload", id, name)
+			}
+		}
 	}
 	// From here on vad is not served and fashion is.
 	var after []string

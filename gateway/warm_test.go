@@ -10,17 +10,17 @@ import (
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 )
 
-// TestWarmAtStart: with engine.warm_at_start (the default) every variant the
+// TestWarmAtStart: with engine.warm_up (the default) every variant the
 // warm start loads is warmed before the gateway takes requests, and the log
 // says how many; with it off none is.
 func TestWarmAtStart(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{})
 	for _, warm := range []bool{true, false} {
 		cfg := testConfig(t, b.URL(), t.TempDir())
-		if !cfg.Engine.WarmAtStart {
-			t.Fatal("engine.warm_at_start is off by default")
+		if !cfg.Engine.WarmUp {
+			t.Fatal("engine.warm_up is off by default")
 		}
-		cfg.Engine.WarmAtStart = warm
+		cfg.Engine.WarmUp = warm
 		var logs lockedBuffer
 		gw := runGateway(t, cfg, Options{Logger: zerolog.New(&logs).Level(zerolog.InfoLevel)})
 		var line struct {
@@ -39,7 +39,7 @@ func TestWarmAtStart(t *testing.T) {
 			want = line.Loaded
 		}
 		if line.Loaded == 0 || line.Warmed != want || line.Batch != cfg.Scheduler.MaxBatch {
-			t.Errorf("warm_at_start %v: logged %+v, want %d of the loaded variants warmed at batch %d:\n%s",
+			t.Errorf("warm_up %v: logged %+v, want %d of the loaded variants warmed at batch %d:\n%s",
 				warm, line, want, cfg.Scheduler.MaxBatch, logs.String())
 		}
 		gw.stop(t)
