@@ -368,15 +368,20 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 	for _, s := range [][]string{res.Added, res.Changed, res.Removed, res.Unchanged} {
 		slices.Sort(s)
 	}
-	// The new versions' variants are made resident (while they fit the budget
-	// beside the serving versions) and warmed before the swap, as at start:
-	// otherwise the first requests after it wait for the loads (resnet-m's
-	// takes about 50 ms, a fashion request's whole default budget) and for
-	// sessions' slow first passes.
-	for _, a := range built {
-		if err := g.loadAndWarm(ctx, g.eng.Variants(a.key)); err != nil {
-			undo()
-			return res, err
+	// Without residency limits the new versions' variants are made resident
+	// and warmed before the swap, as at start: otherwise the first requests
+	// after it wait for the loads (resnet-m's takes about 50 ms, a fashion
+	// request's whole default budget) and for sessions' slow first passes.
+	// Under engine.memory_budget_mb or max_resident they are loaded when the
+	// loop first runs them, as the scheduler plans: loads here would take
+	// budget from the swaps it has planned for the serving versions, and a
+	// load refused for the budget fails its batch.
+	if bytes, count := g.eng.Budget(); bytes == 0 && count == 0 {
+		for _, a := range built {
+			if err := g.loadAndWarm(ctx, g.eng.Variants(a.key)); err != nil {
+				undo()
+				return res, err
+			}
 		}
 	}
 	if len(built) == 0 && len(res.Removed) == 0 {
