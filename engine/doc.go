@@ -21,7 +21,7 @@
 // A session's first passes are slower than its steady ones; Warm runs the
 // unmeasured passes (at the batch size it is given and at 1) that make the next
 // ones steady, as the gateway does at scheduler.max_batch for every variant it
-// loads at start.
+// loads at start (and for a reload's new versions).
 //
 // Inputs are fed as the manifest says: the data input takes the request's
 // offset/length slice, a zeros input (a recurrent state, whose batch axis may be

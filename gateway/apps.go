@@ -279,7 +279,8 @@ type ReloadResult struct {
 // Reload applies cfg's application list while the gateway serves (SIGHUP): a
 // new application starts serving; a changed one (its configuration entry, its
 // manifest or any file it names) is swapped in once its variants are registered
-// and profiled, and its queued requests move to the new version; a removed one
+// and profiled (and, with engine.warm_up and no residency limits, loaded and
+// warmed), and its queued requests move to the new version; a removed one
 // answers rejected (unknown_app) to new requests while its queued requests
 // finish. Nothing queued is lost. A configuration or application that fails to
 // load leaves everything as it was and returns the error, which names the
@@ -376,11 +377,13 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 	// loop first runs them, as the scheduler plans: loads here would take
 	// budget from the swaps it has planned for the serving versions, and a
 	// load refused for the budget fails its batch.
-	if bytes, count := g.eng.Budget(); bytes == 0 && count == 0 {
+	// With engine.warm_up off they are loaded when first run too: an operator
+	// short of memory does not want both versions resident at once.
+	if bytes, count := g.eng.Budget(); bytes == 0 && count == 0 && g.cfg.Engine.WarmUp {
 		for _, a := range built {
 			if err := g.loadAndWarm(ctx, g.eng.Variants(a.key)); err != nil {
 				undo()
-				return res, err
+				return res, fmt.Errorf("gateway: %s: %w", a.m.Name, err)
 			}
 		}
 	}

@@ -174,10 +174,12 @@ type EngineConfig struct {
 	BatchSizes  []int `yaml:"batch_sizes"`
 	WarmupRuns  int   `yaml:"warmup_runs"`
 	ProfileRuns int   `yaml:"profile_runs"`
-	// WarmUp runs every variant the gateway loads before it serves (at start,
-	// and a reload's new versions) once at scheduler.max_batch and once at 1
-	// (engine.Engine.Warm): the first requests then meet steady passes, for
-	// about 40 MiB more memory at idle with the bundled models.
+	// WarmUp runs every variant the gateway loads before it serves once at
+	// scheduler.max_batch and once at 1 (engine.Engine.Warm): at start, and,
+	// without residency limits, a reload's new versions, which are then loaded
+	// before the swap rather than when first run. The first requests then meet
+	// steady passes, for about 40 MiB more memory at idle with the bundled
+	// models (and both versions resident for a moment during a reload).
 	WarmUp bool `yaml:"warm_up"`
 	// ProfileCache is a directory where measured profiles are kept across restarts.
 	ProfileCache string `yaml:"profile_cache"`

@@ -320,7 +320,11 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 func (g *Gateway) loadAndWarm(ctx context.Context, ids []engine.VariantID) error {
 	t0 := time.Now()
 	loaded, warmed := 0, 0
+	var keys []string // the applications' engine keys, for the log
 	for _, id := range ids {
+		if !slices.Contains(keys, id.App) {
+			keys = append(keys, id.App)
+		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("gateway: engine: %w", err)
 		}
@@ -343,7 +347,7 @@ func (g *Gateway) loadAndWarm(ctx context.Context, ids []engine.VariantID) error
 		}
 		warmed++
 	}
-	g.log.Info().Int("variants", len(ids)).Int("loaded", loaded).Int("warmed", warmed).Int("batch", g.cfg.Scheduler.MaxBatch).
+	g.log.Info().Strs("apps", keys).Int("variants", len(ids)).Int("loaded", loaded).Int("warmed", warmed).Int("batch", g.cfg.Scheduler.MaxBatch).
 		Str("took", time.Since(t0).Round(time.Millisecond).String()).Msg("engine variants loaded and warmed")
 	return nil
 }

@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -43,5 +46,38 @@ func TestWarmAtStart(t *testing.T) {
 				warm, line, want, cfg.Scheduler.MaxBatch, logs.String())
 		}
 		gw.stop(t)
+	}
+}
+
+// TestReloadPreloadsOnlyWhenUnlimited: a reload loads (and warms) its new
+// versions before the swap only with engine.warm_up on and no residency limit
+// (TestReloadUnderLoad checks that case); under engine.max_resident, or with
+// warm_up off, the new version's variants are left for the loop to load when
+// it first runs them, as before.
+func TestReloadPreloadsOnlyWhenUnlimited(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	for _, c := range []struct {
+		name        string
+		maxResident int
+		warm        bool
+	}{{"max_resident", 100, true}, {"warm_up off", 0, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(t, b.URL(), t.TempDir())
+			cfg.Apps = []AppConfig{{Manifest: fashionManifest}}
+			cfg.Engine.MaxResident, cfg.Engine.WarmUp = c.maxResident, c.warm
+			r := startGateway(t, cfg, Options{})
+			next := *cfg
+			next.Apps = []AppConfig{{Manifest: fashionManifest, DefaultDeadline: 2 * time.Second}}
+			res, err := r.g.Reload(context.Background(), &next)
+			if err != nil || !slices.Equal(res.Changed, []string{"fashion"}) {
+				t.Fatalf("reload: %+v, %v", res, err)
+			}
+			key := r.g.appSet()["fashion"].key
+			for _, id := range r.g.eng.Resident() {
+				if id.App == key {
+					t.Errorf("%s resident right after the reload, before any request", id)
+				}
+			}
+		})
 	}
 }
