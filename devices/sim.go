@@ -4,12 +4,14 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -73,6 +75,35 @@ type SimConfig struct {
 	Quiet    bool
 	Progress io.Writer
 	Out      io.Writer
+	// Trace, if set, receives one JSON line per request sent (TraceRecord):
+	// when its reply arrives, and at the end of the run for each request never
+	// answered. Simulate serialises the writes; the caller closes Trace.
+	Trace io.Writer
+}
+
+// TraceRecord is one request's line in SimConfig.Trace (devsim -trace): what
+// was sent, when, and what came back, so that a run's timeline (a reload, a
+// restart, the first second) can be read request by request.
+type TraceRecord struct {
+	ID     string `json:"id"`
+	Seq    int    `json:"seq"` // the request's number in the run, from 0
+	Device string `json:"device"`
+	Label  int    `json:"label"` // the sample's true class
+	// SentMS is when the request was handed to its client, in milliseconds
+	// since the run's first planned send.
+	SentMS float64 `json:"sent_ms"`
+	// RTTMS is the time from that hand-over to the reply's receipt; absent,
+	// with Status, when the request was never answered.
+	RTTMS       *float64        `json:"rtt_ms,omitempty"`
+	Status      protocol.Status `json:"status,omitempty"`
+	Reason      protocol.Reason `json:"reason,omitempty"`
+	Model       string          `json:"model,omitempty"`
+	Class       *int            `json:"class,omitempty"`
+	TotalMS     *float64        `json:"total_ms,omitempty"`
+	DeadlineMet *bool           `json:"deadline_met,omitempty"`
+	// Utility is what the request adds to the report's utility (before the
+	// mean over the requests sent).
+	Utility float64 `json:"utility"`
 }
 
 // ErrSimConfig is wrapped by configuration errors from Simulate.
@@ -187,8 +218,10 @@ func (c *SimConfig) loadApp() (*manifest.App, *sampler, error) {
 
 // outstanding is a request awaiting its reply.
 type outstanding struct {
-	label int
-	sent  time.Time
+	label  int
+	sent   time.Time
+	seq    int
+	device string
 }
 
 // sim is one run's shared state.
@@ -202,14 +235,17 @@ type sim struct {
 	utility float64       // sum of penalised utility of the answers so far
 	u8      *[2]float64   // the input_range, with SimConfig.U8
 
-	mu      sync.Mutex
-	pending map[string]outstanding // by id
-	done    map[string]bool        // answered ids, to count duplicates
-	rep     Report
-	rtt     []time.Duration
-	gwTotal []time.Duration
-	ontime  int
-	idle    chan struct{} // signalled (size 1) when pending becomes empty
+	mu       sync.Mutex
+	pending  map[string]outstanding // by id
+	done     map[string]bool        // answered ids, to count duplicates
+	rep      Report
+	rtt      []time.Duration
+	gwTotal  []time.Duration
+	ontime   int
+	idle     chan struct{} // signalled (size 1) when pending becomes empty
+	start    time.Time     // the first planned send, for TraceRecord.SentMS
+	trace    *json.Encoder // SimConfig.Trace; nil without one
+	traceErr error         // the first failed trace write
 }
 
 // Simulate runs a simulation and returns its report; unless cfg.Quiet it shows
@@ -232,6 +268,9 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 		w: app.Utility, na: app.NoAnswer}
 	if cfg.U8 {
 		s.u8 = app.InputRange
+	}
+	if cfg.Trace != nil {
+		s.trace = json.NewEncoder(cfg.Trace)
 	}
 	s.budget = cfg.Deadline
 	if s.budget == 0 {
@@ -293,8 +332,18 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 	s.mu.Lock()
 	rep := s.rep
 	rep.Unanswered = len(s.pending)
-	for _, o := range s.pending {
+	left := make([]string, 0, len(s.pending))
+	for id, o := range s.pending {
 		s.utility += s.na(o.label) // never answered: the default action
+		left = append(left, id)
+	}
+	slices.SortFunc(left, func(a, b string) int { return s.pending[a].seq - s.pending[b].seq })
+	for _, id := range left {
+		o := s.pending[id]
+		s.traceLine(id, o, TraceRecord{Utility: s.na(o.label)})
+	}
+	if s.traceErr != nil && runErr == nil {
+		runErr = fmt.Errorf("devices: trace: %w", s.traceErr)
 	}
 	rep.Latency = LatencyPercentiles(s.rtt)
 	rep.GatewayTotal = LatencyPercentiles(s.gwTotal)
@@ -332,6 +381,9 @@ func (s *sim) dispatch(ctx context.Context, app string, clients []*Client, smp *
 	defer timer.Stop()
 	<-timer.C
 	start := time.Now()
+	s.mu.Lock()
+	s.start = start
+	s.mu.Unlock()
 	var offset time.Duration // planned send time of the next request, from start
 	for n := 0; ; n++ {
 		if cfg.Count > 0 && n >= cfg.Count || cfg.Duration > 0 && offset >= cfg.Duration {
@@ -361,7 +413,7 @@ func (s *sim) dispatch(ctx context.Context, app string, clients []*Client, smp *
 		offset += gap()
 
 		s.mu.Lock()
-		s.pending[id] = outstanding{label: label, sent: time.Now()}
+		s.pending[id] = outstanding{label: label, sent: time.Now(), seq: n, device: c.Device()}
 		s.rep.Sent++
 		s.mu.Unlock()
 		publishers.Add(1)
@@ -417,6 +469,12 @@ func (s *sim) record(rc Received) {
 	}
 	rtt := rc.At.Sub(o.sent)
 	s.rtt = append(s.rtt, rtt)
+	before := s.utility
+	defer func() {
+		ms := float64(rtt) / float64(time.Millisecond)
+		s.traceLine(r.ID, o, TraceRecord{RTTMS: &ms, Status: r.Status, Reason: r.Reason, Model: r.Model,
+			Class: r.Class, TotalMS: r.TotalMS, DeadlineMet: r.DeadlineMet, Utility: s.utility - before})
+	}()
 	if r.TotalMS != nil {
 		s.gwTotal = append(s.gwTotal, time.Duration(*r.TotalMS*float64(time.Millisecond)))
 	}
@@ -446,6 +504,17 @@ func (s *sim) record(rc Received) {
 		default:
 		}
 	}
+}
+
+// traceLine writes request id's TraceRecord (t with what o knows filled in)
+// to the trace, if any. s.mu is held.
+func (s *sim) traceLine(id string, o outstanding, t TraceRecord) {
+	if s.trace == nil || s.traceErr != nil {
+		return
+	}
+	t.ID, t.Seq, t.Device, t.Label = id, o.seq, o.device, o.label
+	t.SentMS = float64(o.sent.Sub(s.start)) / float64(time.Millisecond)
+	s.traceErr = s.trace.Encode(t)
 }
 
 // answerUtility is the application's utility W[label][class] of an answer,

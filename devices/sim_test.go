@@ -3,8 +3,10 @@ package devices
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -97,11 +99,11 @@ func TestSimulate(t *testing.T) {
 		return statusOf[id]
 	}
 
-	var out bytes.Buffer
+	var out, trace bytes.Buffer
 	rep, err := Simulate(context.Background(), SimConfig{
 		Broker: url, AppManifest: testApp(t), Devices: 3, Rate: 400, Arrivals: "uniform",
 		Count: 140, Deadline: 300 * time.Millisecond, Drain: time.Second, Seed: 7,
-		Out: &out, Progress: &out,
+		Out: &out, Progress: &out, Trace: &trace,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -149,6 +151,58 @@ func TestSimulate(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+	checkTrace(t, &trace, rep, statusOf)
+}
+
+// checkTrace checks a run's trace against its report and the fake gateway's
+// statuses by id: one line per request sent, numbered 0..Sent-1, in send
+// order for the sent times; the unanswered ones last, without a status; the
+// statuses as sent; the utilities adding up to the report's.
+func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[string]protocol.Status) {
+	t.Helper()
+	var recs []TraceRecord
+	dec := json.NewDecoder(trace)
+	for dec.More() {
+		var r TraceRecord
+		if err := dec.Decode(&r); err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) != rep.Sent {
+		t.Fatalf("%d trace lines for %d requests sent", len(recs), rep.Sent)
+	}
+	seen := map[int]TraceRecord{}
+	var utility float64
+	unanswered := 0
+	for i, r := range recs {
+		seen[r.Seq] = r
+		utility += r.Utility
+		if !strings.HasSuffix(r.ID, fmt.Sprintf("-%d", r.Seq)) || !strings.HasPrefix(r.Device, "sim-") {
+			t.Errorf("line %d: id %q, seq %d, device %q", i, r.ID, r.Seq, r.Device)
+		}
+		if r.Status == "" {
+			unanswered++
+			if r.RTTMS != nil || i < len(recs)-rep.Unanswered {
+				t.Errorf("line %d: unanswered %q with rtt %v, not among the last %d", i, r.ID, r.RTTMS, rep.Unanswered)
+			}
+			continue
+		}
+		if r.Status != statusOf[r.ID] || r.RTTMS == nil || *r.RTTMS <= 0 {
+			t.Errorf("line %d: %q status %q rtt %v, the fake gateway sent %q", i, r.ID, r.Status, r.RTTMS, statusOf[r.ID])
+		}
+	}
+	if len(seen) != rep.Sent || unanswered != rep.Unanswered {
+		t.Errorf("%d distinct seqs, %d unanswered; want %d and %d", len(seen), unanswered, rep.Sent, rep.Unanswered)
+	}
+	for n := 1; n < rep.Sent; n++ {
+		if seen[n].SentMS < seen[n-1].SentMS {
+			t.Errorf("request %d sent at %.3f ms, before request %d at %.3f", n, seen[n].SentMS, n-1, seen[n-1].SentMS)
+		}
+	}
+	if math.Abs(utility/float64(rep.Sent)-rep.Utility) > 1e-9 {
+		t.Errorf("trace utilities average %v, report %v", utility/float64(rep.Sent), rep.Utility)
 	}
 }
 

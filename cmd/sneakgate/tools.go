@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +26,7 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		models.DefValue = d
 	}
 	jsonOut := fs.String("json", "", "also write the report as JSON to this `file`")
+	traceOut := fs.String("trace", "", "write one JSON line per request to this `file`: id, seq, device, label, sent_ms, rtt_ms, status, reason, model, class, total_ms, deadline_met, utility (unanswered requests last, without rtt_ms and status)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "%susage: sneakgate devsim [flags]\n\n%s\n\n", about("devsim"), devices.SimUsage)
 		fs.PrintDefaults()
@@ -36,7 +38,22 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return usageError(fs, fmt.Errorf("devsim: unexpected arguments %q", fs.Args()))
 	}
 	cfg.Out, cfg.Progress = stdout, stderr
+	var trace *bufio.Writer
+	var traceFile *os.File
+	if *traceOut != "" {
+		f, err := os.Create(*traceOut)
+		if err != nil {
+			return fmt.Errorf("devsim: -trace: %w", err)
+		}
+		trace, traceFile = bufio.NewWriter(f), f
+		cfg.Trace = trace
+	}
 	rep, err := devices.Simulate(ctx, *cfg)
+	if trace != nil {
+		if terr := errors.Join(trace.Flush(), traceFile.Close()); terr != nil {
+			err = errors.Join(err, fmt.Errorf("devsim: -trace: %w", terr))
+		}
+	}
 	if *jsonOut != "" && rep.Sent > 0 {
 		b, jerr := json.MarshalIndent(rep, "", "  ")
 		if jerr == nil {
