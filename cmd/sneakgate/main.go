@@ -177,7 +177,11 @@ func reload(ctx context.Context, g *gateway.Gateway, path, level string, log zer
 		res, err = g.Reload(ctx, cfg)
 	}
 	if err != nil {
-		log.Error().Err(err).Msg("reload refused; the previous configuration and applications keep serving")
+		if abandoned(ctx, err) {
+			log.Info().Err(err).Msg("reload abandoned: the gateway is stopping")
+		} else {
+			log.Error().Err(err).Msg("reload refused; the previous configuration and applications keep serving")
+		}
 		return
 	}
 	ev := log.Info().Strs("added", res.Added).Strs("changed", res.Changed).Strs("removed", res.Removed).
@@ -186,6 +190,13 @@ func reload(ctx context.Context, g *gateway.Gateway, path, level string, log zer
 		ev = ev.Strs("not_applied_needs_restart", res.Ignored)
 	}
 	ev.Msg("reloaded")
+}
+
+// abandoned reports whether a reload failed because the gateway began to stop
+// (ctx ended) while it ran, rather than because the configuration or an
+// application could not be loaded: the log then says so, not "reload refused".
+func abandoned(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, ctx.Err())
 }
 
 func newLogger(c gateway.LogConfig, w io.Writer) zerolog.Logger {

@@ -280,3 +280,21 @@ func TestServeReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
 		t.Fatal("no exit within a minute of SIGTERM")
 	}
 }
+
+// A reload cut short by the shutdown is logged as abandoned, not refused; one
+// that failed on its own is refused, whether or not the gateway is stopping.
+func TestReloadAbandoned(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	load := errors.New("apps[1]: missing.yaml: no such file")
+	stopped := fmt.Errorf("gateway: engine: %w", context.Canceled)
+	if abandoned(ctx, stopped) || abandoned(ctx, load) {
+		t.Error("abandoned while the gateway runs")
+	}
+	cancel()
+	if !abandoned(ctx, stopped) {
+		t.Error("a reload ended by the shutdown's cancellation is not abandoned")
+	}
+	if abandoned(ctx, load) {
+		t.Error("a configuration error during the shutdown reads as abandoned")
+	}
+}
