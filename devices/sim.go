@@ -94,13 +94,18 @@ type TraceRecord struct {
 	SentMS float64 `json:"sent_ms"`
 	// RTTMS is the time from that hand-over to the reply's receipt; absent,
 	// with Status, when the request was never answered.
-	RTTMS       *float64        `json:"rtt_ms,omitempty"`
-	Status      protocol.Status `json:"status,omitempty"`
-	Reason      protocol.Reason `json:"reason,omitempty"`
-	Model       string          `json:"model,omitempty"`
-	Class       *int            `json:"class,omitempty"`
-	TotalMS     *float64        `json:"total_ms,omitempty"`
-	DeadlineMet *bool           `json:"deadline_met,omitempty"`
+	RTTMS  *float64        `json:"rtt_ms,omitempty"`
+	Status protocol.Status `json:"status,omitempty"`
+	Reason protocol.Reason `json:"reason,omitempty"`
+	Model  string          `json:"model,omitempty"`
+	Class  *int            `json:"class,omitempty"`
+	// Batch, QueueMS, InferMS and TotalMS are the reply's: the batch it ran in,
+	// receipt to the pass's start, the pass, receipt to the answer.
+	Batch       int      `json:"batch,omitempty"`
+	QueueMS     *float64 `json:"queue_ms,omitempty"`
+	InferMS     *float64 `json:"infer_ms,omitempty"`
+	TotalMS     *float64 `json:"total_ms,omitempty"`
+	DeadlineMet *bool    `json:"deadline_met,omitempty"`
 	// Utility is what the request adds to the report's utility (before the
 	// mean over the requests sent).
 	Utility float64 `json:"utility"`
@@ -473,7 +478,8 @@ func (s *sim) record(rc Received) {
 	defer func() {
 		ms := float64(rtt) / float64(time.Millisecond)
 		s.traceLine(r.ID, o, TraceRecord{RTTMS: &ms, Status: r.Status, Reason: r.Reason, Model: r.Model,
-			Class: r.Class, TotalMS: r.TotalMS, DeadlineMet: r.DeadlineMet, Utility: s.utility - before})
+			Class: r.Class, Batch: r.Batch, QueueMS: r.QueueMS, InferMS: r.InferMS, TotalMS: r.TotalMS,
+			DeadlineMet: r.DeadlineMet, Utility: s.utility - before})
 	}()
 	if r.TotalMS != nil {
 		s.gwTotal = append(s.gwTotal, time.Duration(*r.TotalMS*float64(time.Millisecond)))

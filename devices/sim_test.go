@@ -189,8 +189,11 @@ func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[stri
 			}
 			continue
 		}
-		if r.Status != statusOf[r.ID] || r.RTTMS == nil || *r.RTTMS <= 0 {
-			t.Errorf("line %d: %q status %q rtt %v, the fake gateway sent %q", i, r.ID, r.Status, r.RTTMS, statusOf[r.ID])
+		if r.Status != statusOf[r.ID] || r.RTTMS == nil || *r.RTTMS <= 0 || r.TotalMS == nil {
+			t.Errorf("line %d: %q status %q rtt %v total %v, the fake gateway sent %q", i, r.ID, r.Status, r.RTTMS, r.TotalMS, statusOf[r.ID])
+		}
+		if r.Status == protocol.StatusOK && (r.Model != "fake" || r.Batch != 1 || r.Class == nil) {
+			t.Errorf("line %d: %q answered by %q in a batch of %d, class %v; the fake gateway answers alone, as \"fake\"", i, r.ID, r.Model, r.Batch, r.Class)
 		}
 	}
 	if len(seen) != rep.Sent || unanswered != rep.Unanswered {
