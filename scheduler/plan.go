@@ -236,11 +236,11 @@ func (d *decisionState) priceTarget(win []int, arrivals float64) (float64, bool)
 	if len(win) == 0 {
 		return 0, false
 	}
-	var budget time.Duration
+	budget := 0.0 // seconds: a Duration sum wraps with budgets of a few years
 	for _, i := range win {
-		budget += d.members[i].budget
+		budget += d.members[i].budget.Seconds()
 	}
-	mean := (budget / time.Duration(len(win))).Seconds()
+	mean := budget / float64(len(win))
 	n := len(win) + len(d.stream)
 	rate := arrivals
 	if back := len(d.members) - len(win) + d.extraBacklog; back > 0 && mean > 0 {
@@ -572,7 +572,9 @@ func (d *decisionState) admit(r *Request, m *member) (v Verdict, answered bool) 
 	ai := d.info(r.App)
 	dl := r.Deadline.Sub(d.s.Now)
 	budget := r.Budget()
-	if ai.fastest >= dl+budget {
+	// As Hopeless, in time.Time: dl+budget in a Duration wraps negative for a
+	// deadline more than about 146 years away, which read as past its hard stop.
+	if !d.s.Now.Add(ai.fastest).Before(r.HardStop()) {
 		return Verdict{Request: r, Outcome: Expired, Reason: ReasonPastHardStop}, true
 	}
 	*m = member{r: r, dl: dl, budget: budget, class: -1, na: ai.na}
