@@ -74,6 +74,9 @@ type Gateway struct {
 	// claimed holds the request keys a worker is handling (Gateway.claim).
 	claimMu sync.Mutex
 	claimed map[store.Key]chan struct{}
+	// claimWaits, when set (tests only), is called by a worker about to wait
+	// for another's claim on the same key.
+	claimWaits func(store.Key)
 
 	started time.Time
 	// subscribed is true while the gateway is connected and subscribed to requests.

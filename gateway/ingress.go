@@ -112,8 +112,18 @@ func (g *Gateway) handle(a arrival) {
 	// overload costs little more than reading its header.
 	req, rej := protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
-		if (rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon) && g.answeredBefore(msg, rej) {
-			return // a redelivered copy of a request the journal knows, or a failed lookup
+		if rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon {
+			if rej.ID != "" {
+				// A copy whose first delivery another worker is journaling
+				// waits for it, as the paths below do: otherwise the lookup,
+				// which sees only committed records, misses the first copy,
+				// and the id gets this rejection and then the first copy's
+				// answer.
+				defer g.claim(store.Key{App: rej.App, Device: rej.Device, ID: rej.ID})()
+			}
+			if g.answeredBefore(msg, rej) {
+				return // a redelivered copy of a request the journal knows, or a failed lookup
+			}
 		}
 		g.reject(msg, rej)
 		return
@@ -448,6 +458,9 @@ func (g *Gateway) claim(key store.Key) func() {
 			}
 		}
 		g.claimMu.Unlock()
+		if g.claimWaits != nil {
+			g.claimWaits(key)
+		}
 		<-busy
 	}
 }

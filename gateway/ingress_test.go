@@ -295,3 +295,76 @@ func TestTransitCountsFirstDeliveriesOnly(t *testing.T) {
 		t.Errorf("transit histogram: %d observations summing %.1f s; want 1 of about 30 s (the redelivery not counted)", n, sum)
 	}
 }
+
+// A copy of a request that arrives just past its absolute deadline while a
+// worker is still journaling the first copy waits for that worker (claim) and
+// is then answered as the first copy's duplicate: it is never rejected
+// deadline_past while the first copy is journaled and will be answered (the
+// id would get two different answers; docs/reliability.md, "A repeat never
+// contradicts the first answer to a journaled request"). Before the claim, its
+// journal lookup saw no committed record and the copy was rejected.
+func TestPastDeadlineCopyWaitsForFirstCopy(t *testing.T) {
+	c := &fakeClient{}
+	g := handlerGateway(t, c, false)
+	g.cfg.Admission.MaxQueue = 100 // admit the first copy
+	g.cfg.Admission.MaxWait = 0
+
+	// Hold the first group commit (the first copy's Put) until released.
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	g.journal = storetest.New(t, func(o *store.Options) {
+		o.Now = time.Now
+		o.BeforeCommit = func([]store.Op) error {
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+			return nil
+		}
+	})
+	waiting := make(chan store.Key, 1)
+	g.claimWaits = func(k store.Key) { waiting <- k }
+
+	deadline := time.Now().Add(time.Minute).Truncate(time.Millisecond)
+	p := protocol.Payload{ID: "r1", Deadline: deadline, Input: make([]float32, 784), B64: true}
+	const topic = "sneakgate/req/fashion/cam-1"
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		g.handle(arrival{msg: newFakeMessage(topic, p.Marshal()), at: deadline.Add(-10 * time.Second)})
+	}()
+	<-entered // the first copy is being journaled
+
+	second := newFakeMessage(topic, p.Marshal())
+	second.dup = true
+	handled := make(chan struct{})
+	go func() {
+		defer close(handled)
+		g.handle(arrival{msg: second, at: deadline.Add(time.Millisecond)}) // just past the deadline
+	}()
+	select {
+	case <-handled:
+		t.Error("the copy was handled while the first copy was being journaled")
+	case k := <-waiting:
+		if k.ID != "r1" {
+			t.Errorf("waited for %v", k)
+		}
+	}
+	close(release)
+	<-done
+	<-handled
+
+	res, err := g.journal.Lookup(store.Key{App: "fashion", Device: "cam-1", ID: "r1"})
+	if err != nil || res.Dup != store.DupPending {
+		t.Fatalf("first copy: journal says %v, %v; want pending", res.Dup, err)
+	}
+	for _, s := range c.sent() {
+		rep, err := protocol.ParseReply([]byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ID == "r1" && rep.Status == protocol.StatusRejected {
+			t.Errorf("the copy was answered %s/%s (%q) while the first copy is journaled and pending", rep.Status, rep.Reason, rep.Error)
+		}
+	}
+}
