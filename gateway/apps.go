@@ -123,6 +123,12 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 	if ac.DefaultDeadline > 0 {
 		m.DefaultDeadlineMS = ac.DefaultDeadline.Milliseconds()
 	}
+	// A request that names no deadline gets this budget, which must lie within
+	// the limits every other budget is held to (docs/protocol.md).
+	if d, lim := time.Duration(m.DefaultDeadlineMS)*time.Millisecond, g.cfg.Admission; d < lim.MinDeadline || d > lim.MaxDeadline {
+		return nil, fmt.Errorf("gateway: %w: apps[%d] (%s): default deadline %s is outside admission.min_deadline..max_deadline (%s..%s)",
+			ErrConfig, i, m.Name, d, lim.MinDeadline, lim.MaxDeadline)
+	}
 	a := &appRuntime{m: m, conf: ac}
 	if a.fingerprint, err = fingerprint(m, ac); err != nil {
 		return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err)

@@ -566,8 +566,16 @@ func (c *Config) Validate() error {
 		if a.Manifest == "" {
 			return configErr(fmt.Sprintf("apps[%d].manifest", i), "required")
 		}
-		if a.DefaultDeadline < 0 {
+		switch d := a.DefaultDeadline; {
+		case d < 0:
 			return configErr(fmt.Sprintf("apps[%d].default_deadline", i), "must not be negative")
+		case d%time.Millisecond != 0:
+			// Budgets are whole milliseconds on the wire and in manifests: 500us
+			// would have become 0 ms, and every request without a deadline expired.
+			return configErr(fmt.Sprintf("apps[%d].default_deadline", i), "%s is not a whole number of milliseconds", d)
+		case d > 0 && (d < c.Admission.MinDeadline || d > c.Admission.MaxDeadline):
+			return configErr(fmt.Sprintf("apps[%d].default_deadline", i), "%s is outside admission.min_deadline..max_deadline (%s..%s)",
+				d, c.Admission.MinDeadline, c.Admission.MaxDeadline)
 		}
 	}
 	return nil

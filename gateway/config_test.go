@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -49,8 +50,12 @@ func TestLoadConfigErrorsNameTheField(t *testing.T) {
 		"apps:\n  - manifest: a\nmqtt:\n  embedded: {enabled: true, listen: ''}\n": "mqtt.embedded.listen",
 		"apps: []\n":                "apps",
 		"apps:\n  - estimator: x\n": "apps[0].manifest",
-		"store:\n  retention: -1s\napps:\n  - manifest: a\n":      "store.retention",
-		"mqtt:\n  shutdown_timeout: 0s\napps:\n  - manifest: a\n": "mqtt.shutdown_timeout",
+		"store:\n  retention: -1s\napps:\n  - manifest: a\n":                                     "store.retention",
+		"mqtt:\n  shutdown_timeout: 0s\napps:\n  - manifest: a\n":                                "mqtt.shutdown_timeout",
+		"apps:\n  - manifest: a\n    default_deadline: 500us\n":                                  "apps[0].default_deadline",
+		"apps:\n  - manifest: a\n    default_deadline: 1500us\n":                                 "apps[0].default_deadline",
+		"apps:\n  - manifest: a\n    default_deadline: 11m\n":                                    "apps[0].default_deadline",
+		"admission:\n  min_deadline: 20ms\napps:\n  - manifest: a\n    default_deadline: 10ms\n": "apps[0].default_deadline",
 	}
 	for body, field := range cases {
 		_, err := LoadConfig(writeConfig(t, body))
@@ -65,5 +70,17 @@ func TestShippedConfigsLoad(t *testing.T) {
 		if _, err := LoadConfig(p); err != nil {
 			t.Errorf("%s: %v", p, err)
 		}
+	}
+}
+
+// A manifest's default deadline outside admission's limits is refused at
+// start, naming the application: every other budget is held to those limits
+// (docs/protocol.md), and the default is the budget of requests that name none.
+func TestManifestDefaultDeadlineWithinLimits(t *testing.T) {
+	cfg := testConfig(t, "tcp://127.0.0.1:1", t.TempDir())
+	cfg.Admission.MaxDeadline = 40 * time.Millisecond // fashion's default is 50 ms
+	_, err := New(context.Background(), Options{Config: cfg})
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "fashion") || !strings.Contains(err.Error(), "default deadline 50ms") {
+		t.Fatalf("New: %v; want a configuration error naming fashion's 50ms default deadline", err)
 	}
 }
