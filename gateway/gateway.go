@@ -485,6 +485,13 @@ func (g *Gateway) answer(j *job, r result) {
 	if a != nil {
 		labels, est = a.m.Labels, a.estName
 	}
+	if r.Status == protocol.StatusRejected {
+		// A journaled request answered rejected (its application gone after a
+		// reload or restart, or the loop's queue full): counted and logged as
+		// the rejections at ingress are (docs/protocol.md).
+		g.m.rejected.WithLabelValues(r.Reason).Inc()
+		g.rejectLog.Warn().Str("reason", r.Reason).Str("app", j.App).Str("device", j.Device).Str("id", j.ID).Msg("request rejected")
+	}
 	if r.Status == protocol.StatusOK || r.Status == protocol.StatusLate {
 		g.m.countAnswer(j.App, !g.now().After(j.Deadline), r.EstAccuracy)
 		if !r.Start.IsZero() {

@@ -368,3 +368,39 @@ func TestPastDeadlineCopyWaitsForFirstCopy(t *testing.T) {
 		}
 	}
 }
+
+// A journaled request the loop's full channel cannot take is answered rejected
+// overload with retry_after_ms, and counted and logged as every rejection is
+// (sneakgate_rejected_total{reason}; docs/protocol.md).
+func TestJournaledRejectionIsCounted(t *testing.T) {
+	c := &fakeClient{}
+	g := handlerGateway(t, c, false)
+	g.cfg.Admission.MaxQueue = 100 // the queue has room; the loop (not running) takes none
+	g.cfg.Admission.MaxWait = 0
+	const topic = "sneakgate/req/fashion/cam-1"
+	for i := range 10 {
+		p := protocol.Payload{ID: fmt.Sprint(i), DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+		g.handle(arrival{msg: newFakeMessage(topic, p.Marshal()), at: time.Now()})
+	}
+	g.egress.Stop(t.Context()) // published what it was given
+	rejected := 0
+	for _, s := range c.sent() {
+		rep, err := protocol.ParseReply([]byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Status != protocol.StatusRejected {
+			continue
+		}
+		rejected++
+		if rep.Reason != protocol.ReasonOverload || rep.RetryAfterMS == nil || *rep.RetryAfterMS <= 0 {
+			t.Errorf("%s: %s %s, retry_after_ms %v; want overload with retry_after_ms", rep.ID, rep.Status, rep.Reason, rep.RetryAfterMS)
+		}
+	}
+	if rejected == 0 {
+		t.Fatal("no request rejected: the loop's channel took all ten")
+	}
+	if n := testutil.ToFloat64(g.m.rejected.WithLabelValues(string(protocol.ReasonOverload))); int(n) != rejected {
+		t.Errorf("rejected_total{overload} = %v, want %d (the rejected replies)", n, rejected)
+	}
+}

@@ -56,6 +56,11 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 	case protocol.StatusRejected:
 		rep.Reason = protocol.Reason(r.Reason)
 		rep.Error = "not admitted: " + r.Reason
+		if rep.Reason == protocol.ReasonOverload {
+			// The loop's queue was full: a retry is worth it once it drains.
+			ms := minRetryAfter.Milliseconds()
+			rep.RetryAfterMS = &ms
+		}
 	case protocol.StatusError:
 		rep.Reason = protocol.ReasonInternal
 		rep.Error = msgError
