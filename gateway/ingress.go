@@ -112,7 +112,7 @@ func (g *Gateway) handle(a arrival) {
 	// overload costs little more than reading its header.
 	req, rej := protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
-		if rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon {
+		if rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon || rej.Reason == protocol.ReasonUnknownApp {
 			if rej.ID != "" {
 				// A copy whose first delivery another worker is journaling
 				// waits for it, as the paths below do: otherwise the lookup,
@@ -396,8 +396,9 @@ func (g *Gateway) duplicate(req *protocol.Request, key store.Key, res store.PutR
 }
 
 // answeredBefore handles a request rejected for a reason that depends on the time
-// of receipt (an absolute deadline now past): if it is a copy of a request the
-// journal knows, the copy is acknowledged and handled as a duplicate (never
+// of receipt (an absolute deadline now past, an application removed by a
+// reload since the first copy): if it is a copy of a request the journal
+// knows, the copy is acknowledged and handled as a duplicate (never
 // contradicting the first answer) and answeredBefore reports true. It reports
 // true too when the journal could not say (lookup): msg is then left
 // unacknowledged.

@@ -404,3 +404,29 @@ func TestJournaledRejectionIsCounted(t *testing.T) {
 		t.Errorf("rejected_total{overload} = %v, want %d (the rejected replies)", n, rejected)
 	}
 }
+
+// A copy of a request answered before its application was removed (by a
+// reload) gets the stored reply again, not rejected unknown_app: a repeat never
+// contradicts the first answer to a journaled request.
+func TestCopyAfterAppRemovedGetsStoredReply(t *testing.T) {
+	c := &fakeClient{}
+	g := handlerGateway(t, c, false)
+	key := store.Key{App: "gone", Device: "cam-1", ID: "r1"}
+	if _, err := g.journal.Put(&store.Entry{Key: key, ReplyTo: "sneakgate/reply/gone/cam-1", Input: []float32{1}}); err != nil {
+		t.Fatal(err)
+	}
+	stored := `{"v":1,"id":"r1","app":"gone","device":"cam-1","status":"ok","class":1}`
+	if err := g.journal.Complete(key, []byte(stored)); err != nil {
+		t.Fatal(err)
+	}
+	msg := newFakeMessage("sneakgate/req/gone/cam-1", []byte(`{"id":"r1","input":[1]}`))
+	g.handle(arrival{msg: msg, at: time.Now()})
+	g.egress.Stop(t.Context())
+	sent := c.sent()
+	if len(sent) != 1 || sent[0] != stored {
+		t.Fatalf("sent %q, want the stored reply %q", sent, stored)
+	}
+	if n := testutil.ToFloat64(g.m.rejected.WithLabelValues(string(protocol.ReasonUnknownApp))); n != 0 {
+		t.Errorf("rejected_total{unknown_app} = %v, want 0", n)
+	}
+}
