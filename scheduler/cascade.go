@@ -199,6 +199,14 @@ func (p *cascade) thresholds(now time.Time, s *Snapshot) map[*App]float64 {
 	if p.wholeQueue || p.apps == nil || !sameApps(p.apps, s.Apps) {
 		start = 0
 		p.apps = maps.Clone(s.Apps)
+		for a := range p.rates {
+			if s.Apps[a.Name] != a {
+				// A version a reload retired: its window would keep adding
+				// to the load until it emptied, and its threshold would
+				// stand in p.last for the serving version's, by name.
+				delete(p.rates, a)
+			}
+		}
 	}
 	for _, r := range q[start:] {
 		if _, ok := p.rates[r.App]; !ok {

@@ -317,3 +317,22 @@ func TestCascadePairFirst(t *testing.T) {
 		t.Error("CascadePair with an unknown first variant: no error")
 	}
 }
+
+// A reload's new version of an application replaces the old one in the
+// cascade's arrival rates: the old version's window is dropped, not kept
+// adding to the load (and standing in for the new one's threshold by name).
+func TestCascadeDropsRetiredVersions(t *testing.T) {
+	cfg := map[string]CascadeConfig{"app": {Cheap: 0, Better: 1,
+		Curve: []CascadePoint{{0.5, 0, 0.9}, {0.8, 0.3, 0.95}}}}
+	p, err := NewCascade(Options{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, next := testApp(), testApp()
+	p.Decide(snap(t0, old, req(old, 1, t0, ms(50), nil)))
+	p.Decide(snap(t0.Add(ms(1)), next, req(next, 2, t0.Add(ms(1)), ms(50), nil)))
+	c := p.(*cascade)
+	if _, ok := c.rates[old]; ok || len(c.rates) != 1 {
+		t.Errorf("rates after the reload: %d windows, the old version's kept %v; want only the new version's", len(c.rates), ok)
+	}
+}
