@@ -260,6 +260,7 @@ func (g *Gateway) handle(a arrival) {
 	submitted := false
 	if reserved {
 		submitted = g.loop.Submit(j)
+		reserved = false // the loop holds the place now, or Submit gave it back
 	} else {
 		// A duplicate raced with its first copy's completion and was stored new
 		// while the queue was full: it is journaled, so run it anyway.
