@@ -57,10 +57,12 @@ OpenOrRecover verifies the file before bbolt reads it, with bounds-checked reads
 of its own (bbolt panics on some corrupt pages, some of them in goroutines no
 caller can recover): the meta pages, every page reachable from the root, every
 record, the key index against the records, and the stored counts. A damaged file
-is renamed to path.corrupt-<UTC time> and everything readable in it (pending
+is moved aside to path.corrupt-<UTC time> and everything readable in it (pending
 entries, outbox replies and completed keys whose records pass their checksum) is
 copied into a new journal at path; the keys of what could not be read are
-released, so a redelivery runs as new. A healthy file of at least
+released, so a redelivery runs as new. The new journal is written beside the old
+one (path.salvage), synced, and renamed over path only once complete, so a crash
+during the salvage leaves the damaged journal at path to be salvaged again. A healthy file of at least
 Options.CompactMinBytes that is more than half free space is compacted first.
 
 Inspect runs the same verification read-only and returns a Report; Salvage copies

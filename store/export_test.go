@@ -34,3 +34,27 @@ func CloseWaiting(s *Store) bool {
 	}
 	return true
 }
+
+// SetCrashPoint makes f run at each step of OpenOrRecover's salvage (crashPoint)
+// until the test ends.
+func SetCrashPoint(t interface{ Cleanup(func()) }, f func(step string)) {
+	old := crashPoint
+	crashPoint = f
+	t.Cleanup(func() { crashPoint = old })
+}
+
+// SetLinkFile replaces os.Link in OpenOrRecover's salvage (linkFile) until the
+// test ends.
+func SetLinkFile(t interface{ Cleanup(func()) }, f func(oldname, newname string) error) {
+	old := linkFile
+	linkFile = f
+	t.Cleanup(func() { linkFile = old })
+}
+
+// SetSalvageTxBytes sets the size of a salvage's transactions (salvageTxBytes)
+// until the test ends.
+func SetSalvageTxBytes(t interface{ Cleanup(func()) }, n int) {
+	old := salvageTxBytes
+	salvageTxBytes = n
+	t.Cleanup(func() { salvageTxBytes = old })
+}

@@ -571,8 +571,9 @@ func readCountsValue(v []byte) (counts, error) {
 }
 
 // salvageTxBytes is how many bytes a salvage writes per bbolt transaction, so
-// that salvaging a large journal does not hold it all in memory.
-const salvageTxBytes = 32 << 20
+// that salvaging a large journal does not hold it all in memory (a variable for
+// tests).
+var salvageTxBytes = 32 << 20
 
 // salvageWriter writes salvaged records into a new database in transactions of
 // about salvageTxBytes. The first error sticks; later writes are skipped.
@@ -623,6 +624,7 @@ func (w *salvageWriter) put(bucket, k, v []byte) {
 			w.tx, w.err = nil, fmt.Errorf("salvage: commit: %w", err)
 			return
 		}
+		crashPoint("salvage-commit")
 		w.err = w.begin()
 	}
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -42,18 +43,27 @@ type Recovery struct {
 // Recovery.
 //
 // A damaged file (or an empty one, or one bbolt refuses or panics on) is moved
-// aside, a new journal is created at path, every readable pending entry,
-// outbox reply and completed key is copied into it (as Salvage does), and the
-// returned Recovery says what was found, kept and lost. The caller should report
-// it loudly: requests may be lost, and the damaged file stays on disk for
+// aside and replaced by a new journal holding every readable pending entry,
+// outbox reply and completed key (as Salvage copies them), and the returned
+// Recovery says what was found, kept and lost. The caller should report it
+// loudly: requests may be lost, and the damaged file stays on disk for
 // inspection until someone deletes it.
+//
+// The salvage is crash-safe: it writes the new journal into path.salvage and
+// fsyncs it, gives the damaged file its second name path.corrupt-<UTC time> (a
+// hard link, or a copy), and only then renames path.salvage over path and
+// fsyncs the directory (Options.NoSync skips these fsyncs). Killed at any
+// instant, it leaves at path either the damaged journal, which the next start
+// salvages again (removing the leftover path.salvage), or the complete salvaged
+// journal; a kill between the link and the rename leaves the damaged file under
+// one more .corrupt- name.
 //
 // OpenOrRecover fails with ErrLocked when another process holds the file for
 // longer than Options.LockTimeout, with ErrSchema when a newer version wrote it,
 // and with an error when the file cannot be created, read, renamed, or the new
-// journal cannot be written (a failed salvage puts the damaged file back, so the
-// next attempt starts over). Damage does not make it panic: bbolt reads only a
-// file that passed the verification, and the panics bbolt raises in the
+// journal cannot be written (a failed salvage leaves the damaged file at path,
+// so the next attempt starts over). Damage does not make it panic: bbolt reads
+// only a file that passed the verification, and the panics bbolt raises in the
 // caller's goroutine are caught as well.
 func OpenOrRecover(path string, opts Options) (*Store, *Recovery, error) {
 	opts, err := opts.withDefaults()
@@ -125,54 +135,166 @@ func openLocked(path string, f *os.File, opts Options) (*Store, error) {
 	return newStore(db, file, path, opts)
 }
 
-// recoverDamaged moves the damaged journal in f (locked, at path) aside,
-// creates a new one at path, salvages f into it and opens it.
+// recoverDamaged salvages the damaged journal in f (locked, at path) into a new
+// journal, puts that at path, keeps the damaged file as path.corrupt-<UTC time>,
+// and opens the new journal.
+//
+// A crash at any instant leaves at path either the damaged journal, which the
+// next start verifies and salvages again, or the complete salvaged journal,
+// synced before it takes the name:
+//
+//  1. the salvage is written into path.salvage (a leftover of an interrupted
+//     salvage is removed first) and fsynced;
+//  2. the damaged file gets a second name, path.corrupt-<UTC time>: a hard link
+//     (a copy, fsynced, where the file system refuses hard links); the
+//     directory is fsynced;
+//  3. path.salvage is renamed over path, and the directory fsynced.
+//
+// A crash between 2 and 3 leaves an extra .corrupt- name for the damaged file
+// (the next salvage adds another). When the salvage fails, the damaged journal
+// stays at path and path.salvage is removed: the next start tries again.
 func recoverDamaged(path string, f *os.File, opts Options) (*Store, *Recovery, error) {
 	defer f.Close()
-	aside, err := asideName(path, opts)
-	if err == nil {
-		err = os.Rename(path, aside)
+	fail := func(err error) error {
+		return fmt.Errorf("store: open %s: the journal is damaged and could not be salvaged (it is left as it is): %w", path, err)
 	}
+	aside, err := asideName(path, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("store: open %s: the journal is damaged and could not be moved aside: %w", path, err)
+		return nil, nil, fail(err)
+	}
+	tmp := path + ".salvage"
+	next, rep, err := salvageTo(tmp, f, aside, opts)
+	if err != nil {
+		os.Remove(tmp)
+		return nil, nil, fail(err)
+	}
+	crashPoint("salvaged")
+	undo := func(err error) (*Store, *Recovery, error) {
+		next.Close()
+		os.Remove(tmp)
+		return nil, nil, fail(err)
+	}
+	// The damaged file must still be the one at path: another process may have
+	// replaced it while this one waited for its lock.
+	if err := samePath(f, path); err != nil {
+		return undo(err)
+	}
+	if err := keepAside(path, f, aside, opts); err != nil {
+		return undo(fmt.Errorf("keeping it as %s: %w", aside, err))
 	}
 	dir := filepath.Dir(path)
 	if err := syncDir(dir); err != nil {
 		opts.Logger.Warn().Err(err).Str("dir", dir).Msg("journal recovery: fsync of the directory failed")
 	}
-	created := false // whether path is now our new journal (not another process's)
-	putBack := func(cause error) error {
-		if created {
-			os.Remove(path)
-		}
-		// Put the damaged file back, unless another process has created a
-		// journal at path meanwhile (os.Rename would replace it).
-		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
-			cause = errors.Join(cause, fmt.Errorf("the damaged journal stays at %s", aside))
-		} else if err := os.Rename(aside, path); err != nil {
-			cause = errors.Join(cause, fmt.Errorf("the damaged journal stays at %s: %w", aside, err))
-		}
-		return fmt.Errorf("store: open %s: the journal is damaged and could not be salvaged: %w", path, cause)
+	crashPoint("linked")
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(aside)
+		return undo(err)
 	}
-	nf, err := lockPath(path, os.O_CREATE|os.O_EXCL, opts)
-	if err != nil {
-		return nil, nil, putBack(err)
+	crashPoint("renamed")
+	if err := syncDir(dir); err != nil {
+		opts.Logger.Warn().Err(err).Str("dir", dir).Msg("journal recovery: fsync of the directory failed")
 	}
-	created = true
-	db, file, err := openDB(path, nf, opts)
+	s, err := openLocked(path, next, opts)
 	if err != nil {
-		return nil, nil, putBack(err)
-	}
-	rep, err := salvageInto(db, f, aside)
-	if err != nil {
-		db.Close()
-		return nil, nil, putBack(err)
-	}
-	s, err := newStore(db, file, path, opts)
-	if err != nil {
-		return nil, nil, putBack(err)
+		return nil, nil, fmt.Errorf("%w (the journal was salvaged; the damaged one is at %s)", err, aside)
 	}
 	return s, &Recovery{MovedTo: aside, Report: *rep}, nil
+}
+
+// crashPoint is called at each step of recoverDamaged, and after each commit
+// but the last of a salvage (tests make the process die there).
+var crashPoint = func(step string) {}
+
+// salvageTo salvages the damaged journal in f into a new file tmp, as path (the
+// report's Path). It returns tmp locked and, unless Options.NoSync, fsynced. The
+// caller removes tmp on error.
+func salvageTo(tmp string, f *os.File, path string, opts Options) (*os.File, *Report, error) {
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, err
+	}
+	tf, err := lockPath(tmp, os.O_CREATE|os.O_EXCL, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	// One fsync at the end instead of one per transaction: until it takes the
+	// journal's name, the file is worth nothing.
+	fast := opts
+	fast.NoSync = true
+	db, _, err := openDB(tmp, tf, fast)
+	if err != nil {
+		return nil, nil, err
+	}
+	rep, err := salvageInto(db, f, path)
+	if err = errors.Join(err, db.Close()); err != nil {
+		return nil, nil, err
+	}
+	next, err := lockPath(tmp, 0, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !opts.NoSync {
+		if err := next.Sync(); err != nil {
+			next.Close()
+			return nil, nil, err
+		}
+	}
+	return next, rep, nil
+}
+
+// samePath fails unless f is the file at path.
+func samePath(f *os.File, path string) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	pi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !os.SameFile(fi, pi) {
+		return fmt.Errorf("%s was replaced by another process meanwhile", path)
+	}
+	return nil
+}
+
+// linkFile is os.Link (tests replace it).
+var linkFile = os.Link
+
+// keepAside gives the damaged journal f, at path, the name aside as well: a hard
+// link, or where the file system refuses one, a copy (fsynced unless
+// Options.NoSync).
+func keepAside(path string, f *os.File, aside string, opts Options) error {
+	lerr := linkFile(path, aside)
+	if lerr == nil || errors.Is(lerr, fs.ErrExist) {
+		return lerr
+	}
+	if err := copyFile(f, aside, !opts.NoSync); err != nil {
+		return errors.Join(lerr, err)
+	}
+	opts.Logger.Warn().Err(lerr).Str("path", path).Str("copy", aside).Msg("journal recovery: the damaged journal could not be hard-linked; copied it")
+	return nil
+}
+
+// copyFile copies f's contents into a new file dst, and fsyncs it when sync is
+// set. It removes dst on error.
+func copyFile(f *os.File, dst string, sync bool) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, io.NewSectionReader(f, 0, st.Size()))
+	if err == nil && sync {
+		err = out.Sync()
+	}
+	if err = errors.Join(err, out.Close()); err != nil {
+		os.Remove(dst)
+	}
+	return err
 }
 
 // asideName is where a damaged journal at path goes: path.corrupt-<UTC time>,
