@@ -725,3 +725,63 @@ func TestOpenOrRecoverNeverPanics(t *testing.T) {
 	}
 	t.Logf("%d of %d damaged files needed a recovery", recovered, seeds)
 }
+
+// The start-up verification and salvage (inspect.go) once identified completed
+// keys by a 64-bit FNV-1a hash of the key. Two request ids whose keys share that
+// hash (found in about a minute on two cores: FNV is not collision resistant,
+// and a device chooses its ids) made a healthy journal look damaged at every
+// start, and the salvage dropped the second key: an acknowledged pending request
+// was lost, or a completed one forgotten and its redelivery run again.
+func TestKeyHashCollision(t *testing.T) {
+	// The 64-bit FNV-1a hashes of their encoded keys are both 0xbbdd742c1750443c.
+	a := store.Key{App: "cls", Device: "dev-1", ID: "076468e94297ab57"}
+	b := store.Key{App: "cls", Device: "dev-1", ID: "d77913c32ea301d9"}
+	for _, bDone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("second key done=%v", bDone), func(t *testing.T) {
+			o := storetest.Options(t)
+			path := filepath.Join(t.TempDir(), "journal.db")
+			s, err := store.Open(path, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Complete(a, []byte("reply-a")); err != nil {
+				t.Fatal(err)
+			}
+			mustPut(t, s, &store.Entry{Key: b, ReplyTo: "sg/reply", Input: []float32{1, 2}}, store.New)
+			if bDone {
+				if err := s.Complete(b, []byte("reply-b")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Check(); err != nil {
+				t.Fatalf("the journal is sound before the restart: %v", err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			s, rec, err := store.OpenOrRecover(path, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if rec != nil {
+				t.Errorf("a healthy journal was moved aside as damaged: %s", rec.Summary())
+			}
+			res, err := s.Lookup(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := store.DupPending
+			if bDone {
+				want = store.DupDone
+			}
+			if res.Dup != want {
+				t.Errorf("after the restart, %s is %s, want %s", b, res.Dup, want)
+			}
+			if res, err := s.Lookup(a); err != nil || res.Dup != store.DupDone {
+				t.Errorf("after the restart, %s is %v, %v; want dup-done", a, res.Dup, err)
+			}
+		})
+	}
+}
