@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"path/filepath"
@@ -104,4 +105,73 @@ func TestNewerSchemaIsRefused(t *testing.T) {
 	rawUpdate(t, path, func(tx *bolt.Tx) error { // so the cleanup check can open it
 		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{1})
 	})
+}
+
+// GC drops a completed key whose key record does not decode together with its
+// expiry record, and counts it as corrupt. Before, it dropped only the expiry
+// record and kept the key record for good: nothing pointed at it any more,
+// Stats.Done kept counting it, and every Put and Lookup of its key failed with
+// ErrCorrupt.
+func TestGCCorruptKeyRecord(t *testing.T) {
+	clk := storetest.NewClock()
+	o := storetest.Options(t)
+	o.Now, o.Retention = clk.Now, time.Minute
+	path := filepath.Join(t.TempDir(), "journal.db")
+	s, err := store.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := s.Complete(key(i), []byte("reply")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bad := store.EncodeKey(key(1))
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		kb := tx.Bucket([]byte("keys"))
+		v := bytes.Clone(kb.Get(bad))
+		v[len(v)-1] ^= 0x01 // the reply's last byte: the checksum fails
+		return kb.Put(bad, v)
+	})
+	s, err = store.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Lookup(key(1)); !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("Lookup of the damaged key before GC: %v, want ErrCorrupt", err)
+	}
+	clk.Advance(2 * time.Minute)
+	if n, err := s.GC(clk.Now()); n != 3 || err != nil {
+		t.Errorf("GC = %d, %v; want 3 keys dropped, the undecodable one among them", n, err)
+	}
+	if st := s.Stats(); st.Done != 0 || st.Corrupt != 1 {
+		t.Errorf("after GC: Stats.Done %d, Stats.Corrupt %d; want 0 and 1", st.Done, st.Corrupt)
+	}
+	if res, err := s.Lookup(key(1)); err != nil || res.Dup != store.New {
+		t.Errorf("Lookup of the damaged key after GC: %v, %v; want new (forgotten)", res.Dup, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys, expiries int
+	db.View(func(tx *bolt.Tx) error {
+		keys = tx.Bucket([]byte("keys")).Stats().KeyN
+		expiries = tx.Bucket([]byte("expiry")).Stats().KeyN
+		return nil
+	})
+	db.Close()
+	if keys != 0 || expiries != 0 {
+		t.Errorf("after GC: %d key records, %d expiry records; want none", keys, expiries)
+	}
+	if rep, err := store.Inspect(path); err != nil || rep.Damaged() {
+		t.Errorf("Inspect after GC: %v, %v; want a healthy journal", rep, err)
+	}
 }

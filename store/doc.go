@@ -39,7 +39,9 @@ others are retried, as in bbolt's DB.Batch.
 
 Records are versioned binary with a CRC-32C; keys are length-prefixed, so any
 bytes are safe in a Key. A corrupt record is logged, counted in Stats.Corrupt and
-skipped by Pending and OutboxEntries; it never stops recovery of the others.
+skipped by Pending and OutboxEntries; it never stops recovery of the others. GC
+drops a corrupt key record once its expiry record is past the retention, and
+counts it the same way.
 
 # Damage
 

@@ -58,3 +58,6 @@ func SetSalvageTxBytes(t interface{ Cleanup(func()) }, n int) {
 	salvageTxBytes = n
 	t.Cleanup(func() { salvageTxBytes = old })
 }
+
+// EncodeKey is k as the key index stores it (encodeKey).
+func EncodeKey(k Key) []byte { return encodeKey(k) }

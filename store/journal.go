@@ -398,6 +398,8 @@ func (s *Store) OutboxEntries() ([]OutboxEntry, error) {
 // now - Options.Retention, and returns how many it dropped. It commits in chunks
 // through the group commit, so it delays Puts by at most one chunk. Call it
 // periodically; Put already ignores expired keys, so GC only reclaims space.
+// A key record that fails to decode, named by an expiry record GC drops, is
+// dropped too (counted in Stats.Corrupt and logged, and among the keys dropped).
 // It returns ErrClosed after Close.
 func (s *Store) GC(now time.Time) (int, error) {
 	cutoff := nanos(now.Add(-s.opts.Retention))
@@ -405,9 +407,14 @@ func (s *Store) GC(now time.Time) (int, error) {
 	for {
 		var dropped int
 		var more bool
+		type corruptKey struct {
+			kb  []byte
+			err error
+		}
+		var corrupt []corruptKey
 		o := &op{Op: Op{Kind: OpGC}}
 		o.apply = func(b buckets, o *op) error {
-			dropped, more = 0, false
+			dropped, more, corrupt = 0, false, nil
 			var dead [][]byte
 			c := b.expiry.Cursor()
 			for k, kb := c.First(); k != nil; k, kb = c.Next() {
@@ -430,7 +437,17 @@ func (s *Store) GC(now time.Time) (int, error) {
 				// The key may have been put and completed again since: drop it only
 				// if this expiry record is its current one.
 				st, err := decodeState(v)
-				if err != nil || st.state != stateDone || nanos(st.doneAt) != doneAt || st.n != binary.BigEndian.Uint64(k[8:]) {
+				switch {
+				case err != nil:
+					// Which state it held cannot be told, but its expiry record says
+					// it was completed past the retention: drop it as expired. Kept,
+					// it could never be read (a Put or Lookup of the key fails with
+					// ErrCorrupt) nor forgotten, once its expiry record is gone. (Were
+					// it a newer, pending state, put after this expiry, the next
+					// start's verification finds the pending count off and
+					// re-indexes the request.)
+					corrupt = append(corrupt, corruptKey{bytes.Clone(kb), err})
+				case st.state != stateDone || nanos(st.doneAt) != doneAt || st.n != binary.BigEndian.Uint64(k[8:]):
 					continue
 				}
 				if err := b.keys.Delete(bytes.Clone(kb)); err != nil {
@@ -448,6 +465,9 @@ func (s *Store) GC(now time.Time) (int, error) {
 		}
 		if err := s.submit(o); err != nil {
 			return total, fmt.Errorf("store: gc: %w", err)
+		}
+		for _, c := range corrupt {
+			s.countCorrupt(fmt.Errorf("%w (dropped by GC: its expiry record is past the retention)", c.err), "keys", c.kb)
 		}
 		total += dropped
 		if !more {
