@@ -22,7 +22,11 @@ type cacheKey struct {
 	OutputKey
 	BatchSizes []int         `json:"batch_sizes"`
 	ProfileGap time.Duration `json:"profile_gap_ns"`
-	InputRange *[2]float64   `json:"input_range,omitempty"`
+	// WarmupRuns and ProfileRuns: an operator who raises them for a steadier
+	// profile gets one measured with them, not the cached one.
+	WarmupRuns  int         `json:"warmup_runs"`
+	ProfileRuns int         `json:"profile_runs"`
+	InputRange  *[2]float64 `json:"input_range,omitempty"`
 }
 
 // cacheEntry is one cache file.
@@ -45,7 +49,7 @@ func (e *Engine) cacheKey(v *variant) (*cacheKey, string) {
 		return nil, ""
 	}
 	k := &cacheKey{Format: cacheFormat, OutputKey: ok, BatchSizes: e.opts.BatchSizes, ProfileGap: e.opts.ProfileGap,
-		InputRange: v.app.InputRange}
+		WarmupRuns: e.opts.WarmupRuns, ProfileRuns: e.opts.ProfileRuns, InputRange: v.app.InputRange}
 	// App and variant names cannot contain '.', so the prefix is unambiguous.
 	name := cachefile.Name(v.app.Name+"."+v.id.Variant, k)
 	return k, filepath.Join(dir, name)

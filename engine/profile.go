@@ -73,10 +73,11 @@ func (p Profile) clone() Profile {
 // before it), so noise never makes a bigger batch look cheaper.
 //
 // A resident variant stays resident; its Load and Unload come from the last
-// measured Load and Unload of the variant (0 when there was none). With
-// Options.ProfileCache set, a profile stored under the same key (model file
-// hash, runtime version, provider and its options, thread counts, batch sizes,
-// input layout) is used instead of measuring, and a new measurement is stored.
+// measured Load and Unload of the variant (0 when there was none, and the
+// profile is then not cached). With Options.ProfileCache set, a profile stored
+// under the same key (model file hash, runtime version, provider and its
+// options, thread counts, batch sizes, warm-up and measured runs, input
+// layout) is used instead of measuring, and a new measurement is stored.
 //
 // Profile loads variants under the residency budget like Load does, so a
 // variant that does not fit next to the resident ones fails with ErrOverBudget.
@@ -127,6 +128,10 @@ func (e *Engine) profile(ctx context.Context, v *variant, budgeted bool) error {
 	e.mu.RLock()
 	wasResident := v.sess != nil
 	p := Profile{MemBytes: v.mem, Batch: slices.Clone(e.opts.BatchSizes), Load: v.lastLoad, Unload: v.lastUnload}
+	// A resident variant's swap costs are its last measured ones, or 0 where
+	// none was measured: such a profile is not cached, so that a later start
+	// measures them rather than reading the 0 as free.
+	swapsMeasured := !wasResident || (v.loaded && v.unloaded)
 	e.mu.RUnlock()
 	if !wasResident {
 		d, err := e.load(v, budgeted)
@@ -154,7 +159,7 @@ func (e *Engine) profile(ctx context.Context, v *variant, budgeted bool) error {
 	}
 	e.log.Info().Str("variant", v.id.String()).Float64("load_ms", ms(p.Load)).Float64("unload_ms", ms(p.Unload)).
 		Int64("mem_bytes", p.MemBytes).Ints("batch", p.Batch).Floats64("latency_us", us).Msg("profiled")
-	if key != nil {
+	if key != nil && swapsMeasured {
 		e.writeCache(v, key, file, p)
 	}
 	return nil

@@ -342,3 +342,63 @@ func TestProfilePool(t *testing.T) {
 		}
 	}
 }
+
+// A profile measured with one run and no warm-up is not reused by an engine
+// that asks for more (engine.warmup_runs, engine.profile_runs): the cache key
+// names how the profile was measured.
+func TestProfileCacheKeyHasTheRunCounts(t *testing.T) {
+	dir := t.TempDir()
+	cheap := Options{IntraOpThreads: 1, BatchSizes: []int{1, 2}, WarmupRuns: 0, ProfileRuns: 1, ProfileCache: dir}
+	e1 := newEngine(t, cheap)
+	registerAll(t, e1)
+	if err := e1.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	// A clock that makes every measured step 1h: a measured profile says 1h.
+	clk := &fakeClock{now: time.Unix(1e9, 0), step: time.Hour}
+	careful := cheap
+	careful.WarmupRuns, careful.ProfileRuns, careful.Now = 3, 9, clk.Now
+	e2 := newEngine(t, careful)
+	registerAll(t, e2)
+	if err := e2.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := e2.ProfileOf(idLogits); p.Load != time.Hour {
+		t.Errorf("warmup_runs 0->3, profile_runs 1->9: the 1-run profile came from the cache: %+v", p)
+	}
+}
+
+// Profile of a resident variant takes Load and Unload from the last measured
+// ones, 0 when there was none; such a profile is not cached, so that a later
+// engine (where the variant is not resident) measures its swap costs instead
+// of reading the 0 and planning evictions as free on every start.
+func TestProfileCacheKeepsOnlyMeasuredSwapCosts(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{IntraOpThreads: 1, BatchSizes: []int{1, 2}, ProfileRuns: 1, ProfileCache: dir}
+	e1 := newEngine(t, opts)
+	registerAll(t, e1)
+	if _, err := e1.Load(idLogits); err != nil { // resident, never unloaded
+		t.Fatal(err)
+	}
+	if err := e1.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := e1.ProfileOf(idLogits); p.Unload != 0 {
+		t.Fatalf("precondition: resident never-unloaded variant has Unload %v, the doc says 0", p.Unload)
+	}
+
+	// A fresh engine: idLogits is not resident, so Profile would measure both.
+	clk := &fakeClock{now: time.Unix(1e9, 0), step: time.Hour}
+	opts2 := opts
+	opts2.Now = clk.Now
+	e2 := newEngine(t, opts2)
+	registerAll(t, e2)
+	if err := e2.Profile(context.Background(), idLogits); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := e2.ProfileOf(idLogits)
+	if p.Unload == 0 {
+		t.Errorf("a fresh engine's profile has Unload 0 (the unmeasured value another engine cached), "+
+			"measuring would give %v: %+v", time.Hour, p)
+	}
+}
