@@ -73,16 +73,21 @@ func NewLogistic(name string, f Features, p *LogisticParams) (*Logistic, error) 
 func standardisedLinear(what string, mean, scale []float64, weights [][]float64, d int) (m, inv, w []float32, err error) {
 	m, inv, w = make([]float32, d), make([]float32, d), make([]float32, 0, len(weights)*d)
 	for i := range d {
-		if !(scale[i] > 0) || math.IsInf(scale[i], 0) || math.IsNaN(mean[i]) {
-			return nil, nil, nil, fmt.Errorf("%w: %smean/scale[%d] = %v/%v", ErrParams, what, i, mean[i], scale[i])
-		}
 		m[i], inv[i] = float32(mean[i]), float32(1/scale[i])
+		// Checked in float32, the form evaluated: a scale of 1e-39 is positive
+		// and finite, but its inverse is not, and every estimate was NaN.
+		if !(scale[i] > 0) || !finite32(m[i]) || !finite32(inv[i]) || inv[i] == 0 {
+			return nil, nil, nil, fmt.Errorf("%w: %smean/scale[%d] = %v/%v (not finite or not positive in float32)", ErrParams, what, i, mean[i], scale[i])
+		}
 	}
 	for y, row := range weights {
 		if len(row) != d {
 			return nil, nil, nil, fmt.Errorf("%w: %sweights[%d] has %d values, want %d", ErrParams, what, y, len(row), d)
 		}
-		for _, v := range row {
+		for i, v := range row {
+			if !finite32(float32(v)) {
+				return nil, nil, nil, fmt.Errorf("%w: %sweights[%d][%d] = %v is not finite in float32", ErrParams, what, y, i, v)
+			}
 			w = append(w, float32(v))
 		}
 	}
@@ -112,12 +117,35 @@ func (m *Logistic) Estimate(input []float32, dst []float64) {
 		top = max(top, dst[y])
 	}
 	m.buf.put(b)
+	softmaxFrom(dst, top)
+}
+
+// softmaxFrom turns the logits in dst, whose largest is top, into their
+// softmax. Logits that overflowed to +Inf (an input far outside the range the
+// model was fitted on, in an application without input_range) share the mass
+// rather than giving Inf-Inf = NaN; a NaN logit leaves a NaN distribution,
+// which the gateway refuses (validDistribution).
+func softmaxFrom(dst []float64, top float64) {
+	if math.IsInf(top, 1) {
+		for y, v := range dst {
+			dst[y] = 0
+			if math.IsInf(v, 1) {
+				dst[y] = 1
+			}
+		}
+	} else {
+		for y := range dst {
+			dst[y] = math.Exp(dst[y] - top)
+		}
+	}
 	sum := 0.0
-	for y := range dst {
-		dst[y] = math.Exp(dst[y] - top)
-		sum += dst[y]
+	for _, v := range dst {
+		sum += v
 	}
 	for y := range dst {
 		dst[y] /= sum
 	}
 }
+
+// finite32 reports whether v is neither NaN nor infinite.
+func finite32(v float32) bool { return !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0) }

@@ -160,21 +160,17 @@ func (s *PriorShift) Correct(p, dst []float64) {
 	s.mu.Lock()
 	sum := 0.0
 	for i, v := range p {
-		q := v * s.ratio[i]
-		if !(q >= 0) { // negative or NaN
-			q = 0
-		}
-		dst[i] = q
-		sum += q
+		sum += reweighted(v, s.ratio[i])
 	}
 	if !(sum > 0) || math.IsInf(sum, 0) {
+		// Checked before dst is written: dst may be p itself.
 		s.mu.Unlock()
 		copy(dst, p)
 		return
 	}
 	inv := 1 / sum
-	for i := range dst {
-		dst[i] *= inv
+	for i, v := range p {
+		dst[i] = reweighted(v, s.ratio[i]) * inv
 	}
 	if !s.frozen {
 		b := 1 - s.a
@@ -217,11 +213,20 @@ func (s *PriorShift) Observed() int64 {
 }
 
 // SetFrozen stops (true) or resumes (false) the updates of the live prior;
-// while frozen, Correct still corrects with the current estimate.
+// while frozen, Correct still corrects with the current estimate. Freezing
+// publishes a Mix of the prior it freezes, so that Mix is the prior Correct
+// uses while frozen.
 func (s *PriorShift) SetFrozen(frozen bool) {
 	s.mu.Lock()
+	var m *mixAt
+	if frozen && !s.frozen {
+		m = s.newMix()
+	}
 	s.frozen = frozen
 	s.mu.Unlock()
+	if m != nil {
+		s.publish(m)
+	}
 }
 
 // Reset sets the live prior estimate back to the training prior.
@@ -301,4 +306,14 @@ func shiftFloorNormalise(v []float64, floor float64) {
 			return
 		}
 	}
+}
+
+// reweighted is p's mass v of a class under the prior ratio r, 0 for a
+// negative or NaN product.
+func reweighted(v, r float64) float64 {
+	q := v * r
+	if !(q >= 0) { // negative or NaN
+		return 0
+	}
+	return q
 }
