@@ -1,15 +1,18 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -347,12 +350,14 @@ func (e *egress) SendRaw(topic, app string, status protocol.Status, payload []by
 }
 
 // owedReply is an owed reply handed to the MQTT client: ack acknowledges its
-// request once tok completes without error.
+// request once the broker has acknowledged payload (tok completed without
+// error, and the client no longer stores it: awaitAcked).
 type owedReply struct {
-	tok    mqtt.Token
-	ack    func()
-	app    string
-	status protocol.Status
+	tok     mqtt.Token
+	payload []byte
+	ack     func()
+	app     string
+	status  protocol.Status
 }
 
 // owedMsg is an owed reply waiting for a place at the gate.
@@ -420,7 +425,7 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 	e.owedMu.Unlock()
 	tok := e.client.Publish(topic, 1, false, payload)
 	e.gate.entered()
-	return e.handedOwed(owedReply{tok: tok, ack: ack, app: rep.App, status: rep.Status})
+	return e.handedOwed(owedReply{tok: tok, payload: payload, ack: ack, app: rep.App, status: rep.Status})
 }
 
 // handedOwed gives an owed reply handed to the client to the owed waiter.
@@ -491,7 +496,7 @@ func (e *egress) owedSender() {
 			}
 			tok := e.client.Publish(w.topic, 1, false, w.payload)
 			e.gate.entered()
-			if e.handedOwed(owedReply{tok: tok, ack: w.ack, app: w.app, status: w.status}) != nil {
+			if e.handedOwed(owedReply{tok: tok, payload: w.payload, ack: w.ack, app: w.app, status: w.status}) != nil {
 				return
 			}
 		}
@@ -541,6 +546,9 @@ func (e *egress) owedWaiter() {
 				case <-o.tok.Done():
 				case <-e.stop:
 					return // Close stopped counting them
+				}
+				if o.tok.Error() == nil && !e.awaitAcked(o.tok, o.payload, e.stop, nil) {
+					return // resent, not acknowledged yet, and Close stopped counting them
 				}
 				e.owedMu.Lock()
 				if !e.owedClosed {
@@ -710,7 +718,7 @@ func (e *egress) publishAnswer(ctx context.Context, held bool, topic string, key
 func (e *egress) finishAnswer(h *handedOver) bool {
 	err := h.err
 	if err == nil {
-		if err = e.waitPublish(h.tok, h.at); err != nil && !errors.Is(err, errPublishTimeout) {
+		if err = e.waitPublish(h.tok, h.payload, h.at); err != nil && !errors.Is(err, errPublishTimeout) {
 			e.gate.strand(h.tok) // failed, perhaps unsent: stranded.go
 		}
 	}
@@ -792,10 +800,11 @@ func (e *egress) isBusy(k store.Key) bool {
 }
 
 // awaitLate keeps waiting for a publish that timed out and whose reply is in the
-// outbox, keeping its key busy: if the broker acknowledges it after all, the
-// request is completed (and leaves the outbox); if it fails, the flusher takes
-// over. At most MaxLate are awaited; beyond that the key is released at once and
-// the flusher may publish a second, identical copy.
+// outbox, keeping its key busy: if the broker acknowledges it after all (it, or
+// the MQTT client's resend of it: awaitAcked), the request is completed (and
+// leaves the outbox); if it fails, the flusher takes over. At most MaxLate are
+// awaited; beyond that the key is released at once and the flusher may publish
+// a second, identical copy.
 func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protocol.Status, payload []byte) {
 	e.busyMu.Lock()
 	if e.nLate >= e.opts.MaxLate || e.lateClosed {
@@ -816,13 +825,16 @@ func (e *egress) awaitLate(k store.Key, t mqtt.Token, app string, status protoco
 		}()
 		select {
 		case <-t.Done():
-			if t.Error() == nil {
-				e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
-				e.complete(k, payload)
-			} else {
-				e.gate.strand(t)
-			}
 		case <-e.stop:
+			return
+		}
+		if t.Error() != nil {
+			e.gate.strand(t)
+			return
+		}
+		if e.awaitAcked(t, payload, e.stop, nil) {
+			e.m.replies.WithLabelValues(e.appLabel(app), string(status)).Inc()
+			e.complete(k, payload)
 		}
 	}()
 }
@@ -964,17 +976,21 @@ func (e *egress) publishHeld(topic string, payload []byte) (mqtt.Token, error) {
 	return e.client.Publish(topic, 1, false, payload), nil
 }
 
-// waitPublish waits for the PUBACK of a publish started at start, up to the
-// publish timeout counted from then, or until giveUp.
-func (e *egress) waitPublish(t mqtt.Token, start time.Time) error {
+// waitPublish waits until the broker has acknowledged a publish of payload
+// started at start (its token t completed without an error and, if the MQTT
+// client resent it on a new connection, the resend acknowledged: awaitAcked),
+// at most the publish timeout counted from start, or until giveUp.
+func (e *egress) waitPublish(t mqtt.Token, payload []byte, start time.Time) error {
+	var timeout <-chan time.Time
 	select {
 	case <-t.Done():
 	default:
 		wait := time.NewTimer(max(e.timeout-e.now().Sub(start), time.Millisecond))
 		defer wait.Stop()
+		timeout = wait.C
 		select {
 		case <-t.Done():
-		case <-wait.C:
+		case <-timeout:
 			return errPublishTimeout
 		case <-e.gaveUp:
 			return errPublishTimeout
@@ -985,8 +1001,101 @@ func (e *egress) waitPublish(t mqtt.Token, start time.Time) error {
 	} else if err != nil {
 		return err
 	}
+	if !e.gate.stores(t, payload) {
+		return nil
+	}
+	if timeout == nil { // t was done at once: the timer was not started
+		wait := time.NewTimer(max(e.timeout-e.now().Sub(start), time.Millisecond))
+		defer wait.Stop()
+		timeout = wait.C
+	}
+	if !e.awaitAcked(t, payload, e.gaveUp, timeout) {
+		return errPublishTimeout
+	}
 	return nil
 }
+
+// Resent publishes. With the gateway's persistent session paho (1.5.1) resends
+// what it stores on each new connection (client.go resume, line 1118): it gives
+// each stored publish a token of its own and, taking its packet id for it
+// (messageids.go claimID, line 97), completes the publisher's token WITHOUT an
+// error, before the broker has acknowledged either copy. The broker's PUBACK,
+// by contrast, deletes the stored packet before it completes the token
+// (net.go line 197, persistInbound, before line 227). So a token completed
+// without an error whose packet the client still stores (pubGate.stores) was
+// resent, not acknowledged: taking it for a PUBACK would complete its request
+// in the journal (the outbox no longer holds the reply) or acknowledge it (a
+// request not journaled) while only the client's memory holds the reply, lost
+// with the process or with a stop that gives up on the broker. awaitAcked
+// waits, after such a token completed, until the stored packet goes: the
+// resend's PUBACK (the gate's Del; paho tells nothing else). The gate has no
+// signal for it, so the wait looks at the gate, from resendPollMin apart up to
+// resendPollMax: it happens only after a lost connection, for the publishes it
+// held.
+const (
+	resendPollMin = 5 * time.Millisecond
+	resendPollMax = 200 * time.Millisecond
+)
+
+// awaitAcked waits, t having completed without an error, until the broker has
+// acknowledged the packet of t (payload): at once unless the client still
+// stores it (resent, above). It reports false when stop is closed or timeout
+// fires first (either may be nil).
+func (e *egress) awaitAcked(t mqtt.Token, payload []byte, stop <-chan struct{}, timeout <-chan time.Time) bool {
+	if !e.gate.stores(t, payload) {
+		return true
+	}
+	d := resendPollMin
+	poll := time.NewTimer(d)
+	defer poll.Stop()
+	for {
+		select {
+		case <-poll.C:
+		case <-stop:
+			return false
+		case <-timeout:
+			return false
+		}
+		if !e.gate.stores(t, payload) {
+			return true
+		}
+		d = min(2*d, resendPollMax)
+		poll.Reset(d)
+	}
+}
+
+// stores reports whether the MQTT client still stores the packet of t, a
+// QoS 1 publish of payload: its packet id is stored (as the gate counts it,
+// which a store closed by a disconnection keeps) with that payload. Once the
+// broker has acknowledged the packet its id may be taken again: another
+// packet stored under it (not a publish of the same bytes) is not t's.
+func (g *pubGate) stores(t mqtt.Token, payload []byte) bool {
+	pt, ok := t.(interface{ MessageID() uint16 })
+	if !ok || pt.MessageID() == 0 {
+		return false
+	}
+	k := outboundKey(pt.MessageID())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, stored := g.keys[k]; !stored {
+		return false
+	}
+	if !g.opened {
+		return true // closed (Disconnect): what the gate counts stays stored
+	}
+	switch p := g.inner.Get(k).(type) {
+	case nil:
+		return true // deleted just now (Del updates the gate after the store): look again
+	case *packets.PublishPacket:
+		return bytes.Equal(p.Payload, payload)
+	default:
+		return false
+	}
+}
+
+// outboundKey is the key paho stores an outbound packet under (store.go
+// outboundKeyFromMID).
+func outboundKey(id uint16) string { return "o." + strconv.Itoa(int(id)) }
 
 // Errors of publish.
 var (
@@ -1005,7 +1114,7 @@ func (e *egress) publish(ctx context.Context, topic string, payload []byte) (mqt
 	if err != nil {
 		return nil, err
 	}
-	return t, e.waitPublish(t, e.now())
+	return t, e.waitPublish(t, payload, e.now())
 }
 
 // Kick asks the flusher to flush the outbox (on reconnect).
