@@ -86,6 +86,11 @@ type Gateway struct {
 	// every request handler busy, the MQTT client waiting for one (lastIngressWait);
 	// for /readyz.
 	lastRefused, lastDegraded, lastIngressWait stamp
+	// ingressWaiting is 1 while the MQTT client is waiting for a request
+	// handler now: a stall (handlers stuck on a slow disk's commit) stamps
+	// lastIngressWait once, and /readyz must say overloaded for as long as it
+	// lasts, not only for the second after it began.
+	ingressWaiting atomic.Int32
 	// rejectLog logs rejected requests, sampled (rejectSampler): a device
 	// sending bad requests at a high rate must not flood the journal; every
 	// rejection is counted in sneakgate_rejected_total.
@@ -692,7 +697,8 @@ func (g *Gateway) readiness() string {
 		{&g.lastDegraded, "answering requests from their estimate instead of queueing them"},
 		{&g.lastIngressWait, "the request handlers are behind: the MQTT client waits for one, and the broker holds the requests it has not sent"},
 	} {
-		if at := c.at.Load(); !at.IsZero() && now.Sub(at) < time.Second {
+		at := c.at.Load()
+		if (!at.IsZero() && now.Sub(at) < time.Second) || (c.at == &g.lastIngressWait && g.ingressWaiting.Load() > 0) {
 			doing = append(doing, c.what)
 		}
 	}

@@ -61,6 +61,8 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	// sent, and the readiness probe says overloaded.
 	g.m.ingressWaits.Inc()
 	g.lastIngressWait.Store(a.at)
+	g.ingressWaiting.Add(1) // paho's router is one goroutine: 0 or 1
+	defer g.ingressWaiting.Add(-1)
 	select {
 	case g.in <- a:
 	case <-g.stopIngress:

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -428,5 +431,41 @@ func TestCopyAfterAppRemovedGetsStoredReply(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(g.m.rejected.WithLabelValues(string(protocol.ReasonUnknownApp))); n != 0 {
 		t.Errorf("rejected_total{unknown_app} = %v, want 0", n)
+	}
+}
+
+// While the MQTT client is still waiting for a request handler (the hand-off
+// full, every handler stuck, e.g. on a slow disk's journal commit), /readyz
+// says overloaded for as long as the wait lasts: the gateway takes no request.
+// The wait's stamp is stored once, when it begins, and readiness once said
+// ready a second into a wait that went on.
+func TestReadinessDuringAnOngoingIngressWait(t *testing.T) {
+	g := handlerGateway(t, &fakeClient{}, false)
+	base := time.Now()
+	var offset atomic.Int64
+	g.now = func() time.Time { return base.Add(time.Duration(offset.Load())) }
+	g.in, g.stopIngress = make(chan arrival, 1), make(chan struct{})
+	g.subscribed.Store(true)
+	g.in <- arrival{} // the hand-off is full; no handler takes from it
+	waiting := make(chan struct{})
+	go func() {
+		defer close(waiting)
+		p := (&protocol.Payload{ID: "c", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}).Marshal()
+		g.onMessage(nil, newFakeMessage("sneakgate/req/fashion/cam-1", p)) // waits for room
+	}()
+	for g.ingressWaiting.Load() == 0 {
+		runtime.Gosched()
+	}
+	if why := g.readiness(); !strings.Contains(why, "request handlers are behind") {
+		t.Fatalf("as the wait begins: readiness %q", why)
+	}
+	offset.Store(int64(2 * time.Second)) // two seconds on, still waiting
+	if why := g.readiness(); !strings.Contains(why, "request handlers are behind") {
+		t.Errorf("2 s into the wait: readiness %q, want overloaded", why)
+	}
+	close(g.stopIngress)
+	<-waiting
+	if why := g.readiness(); why != "" {
+		t.Errorf("2 s after the wait began and it ended: readiness %q, want ready", why)
 	}
 }
