@@ -217,3 +217,40 @@ func TestParsePairs(t *testing.T) {
 		}
 	}
 }
+
+// TestDecisionCost: a policy's decision cost (-decision-us) slows its own
+// loop, at the same arrivals (the load's capacity does not count it), and
+// another policy's cost leaves it alone.
+func TestDecisionCost(t *testing.T) {
+	a := Synthetic(1)
+	pt := Point{App: a, Workload: a.Workloads[0], Policy: "sneakpeek", Load: 0.8, Deadline: a.Deadline,
+		Requests: 2000, Seed: 1, GatewayModel: GatewayModel{GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond}}
+	free, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt.DecisionCost = map[string]time.Duration{"edf": time.Millisecond}
+	other, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.Utility != free.Utility {
+		t.Errorf("edf's decision cost changed sneakpeek's utility: %.4f vs %.4f", other.Utility, free.Utility)
+	}
+	pt.DecisionCost = map[string]time.Duration{"sneakpeek": 100 * time.Microsecond}
+	slow, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slow.Utility >= free.Utility {
+		t.Errorf("a decision cost of 100µs per request did not cost utility: %.4f vs %.4f", slow.Utility, free.Utility)
+	}
+	for _, bad := range []string{"sneakpeek", "edf=x", "=3", "edf=-1"} {
+		if _, err := parseDecisionCosts(bad); err == nil {
+			t.Errorf("-decision-us %q accepted", bad)
+		}
+	}
+	if m, err := parseDecisionCosts("sneakpeek=9, edf=0.5"); err != nil || m["sneakpeek"] != 9*time.Microsecond || m["edf"] != 500*time.Nanosecond {
+		t.Errorf("-decision-us parsed as %v, %v", m, err)
+	}
+}

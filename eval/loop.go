@@ -315,9 +315,9 @@ func (s *engineSim) run() (*simRun, error) {
 			gate = d.Gate
 		}
 		answers = d.Answers
-		loopCost := time.Duration(len(d.Verdicts)) * s.VerdictCost
+		loopCost := time.Duration(len(d.Verdicts)) * (s.VerdictCost + s.DecisionCost[s.Policy])
 		if d.Batch != nil {
-			loopCost += time.Duration(len(d.Batch.Requests)) * s.GatewayCost
+			loopCost += time.Duration(len(d.Batch.Requests)) * (s.GatewayCost + s.DecisionCost[s.Policy])
 			out.Scheduled += len(d.Batch.Requests)
 		}
 		lead += (loopCost - lead) / 16

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -71,6 +72,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ref       = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
 		gatewayUS = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
 		verdictUS = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
+		_         = fs.String("decision-us", "", "per policy, the scheduling loop's time per scheduled request for the decision itself, on top of -gateway-us and -verdict-us, in microseconds: policy=us pairs, comma-separated (e.g. sneakpeek=9,placebo=9,edf=1,fixed-batch=0.3); the decision times the report prints (decide_us) are this machine's measurement")
 		gwKnown   = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
 		ingressMS = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
 		// The flags named _ are the gateway model, read by flagGatewayModel.
@@ -155,6 +157,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if opts.Peek, err = parsePairs(*peek); err != nil {
 		return fmt.Errorf("eval: -peek: %w", err)
 	}
+	decisionUS, err := parseDecisionCosts(fs.Lookup("decision-us").Value.String())
+	if err != nil {
+		return err
+	}
+	if len(decisionUS) > 0 && *live {
+		return errors.New("eval: -decision-us models the simulator's loop; -live runs the gateway, which pays its own")
+	}
 	if *scenario != "" {
 		return mainScenario(ctx, fs, *scenario, "sneakgate eval "+strings.Join(args, " "), stdout, stderr)
 	}
@@ -206,6 +215,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	gwCost := time.Duration(*gatewayUS * float64(time.Microsecond))
 	rep.GatewayCostUS, rep.VerdictCostUS, rep.IngressMS, rep.Seeds = *gatewayUS, *verdictUS, *ingressMS, *seeds
 	rep.GatewayKnown = *gwKnown
+	for p, d := range decisionUS {
+		if rep.DecisionCostUS == nil {
+			rep.DecisionCostUS = map[string]float64{}
+		}
+		rep.DecisionCostUS[p] = float64(d) / float64(time.Microsecond)
+	}
 	for _, a := range as {
 		if slices.Contains(pols, PolicyCascade) && a.Cascade == nil {
 			return fmt.Errorf("eval: %s: the cascade policy needs the engine and a validation split (drop it from -policies)", a.Sched.Name)
@@ -599,6 +614,30 @@ func flagGatewayModel(fs *flag.FlagSet) GatewayModel {
 		MeasuredWait: get("measured-wait").(bool), DegradeRefused: get("degrade-refused").(bool),
 		PriceAdmission: get("price-admission").(bool), Pipeline: get("pipeline").(bool), LabelShift: get("label-shift").(bool),
 		MemBudget: get("mem-budget-mb").(int64) << 20, CountBudget: get("max-resident").(int),
-		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), GatewayKnown: get("gateway-known").(bool),
+		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), DecisionCost: decisionCosts(get("decision-us").(string)),
+		GatewayKnown: get("gateway-known").(bool),
 		IngressDelay: time.Duration(f64("ingress-ms") * float64(time.Millisecond))}
+}
+
+// decisionCosts parses -decision-us (validated by parseDecisionCosts first).
+func decisionCosts(v string) map[string]time.Duration {
+	m, _ := parseDecisionCosts(v)
+	return m
+}
+
+// parseDecisionCosts parses policy=us pairs, comma-separated; "" is nil.
+func parseDecisionCosts(v string) (map[string]time.Duration, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	m := map[string]time.Duration{}
+	for _, kv := range strings.Split(v, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		us, err := strconv.ParseFloat(val, 64)
+		if !ok || name == "" || err != nil || !(us >= 0) || math.IsInf(us, 0) {
+			return nil, fmt.Errorf("eval: -decision-us: %q is not policy=microseconds (a number >= 0)", kv)
+		}
+		m[name] = time.Duration(us * float64(time.Microsecond))
+	}
+	return m, nil
 }

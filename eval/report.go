@@ -30,12 +30,14 @@ type Report struct {
 	// Seeds, GatewayCostUS, VerdictCostUS, GatewayKnown and IngressMS are the
 	// run's -seeds, -gateway-us, -verdict-us, -gateway-known and -ingress-ms;
 	// Summaries the means over seeds (Summarize).
-	Seeds         int       `json:"seeds"`
-	GatewayCostUS float64   `json:"gateway_cost_us"`
-	VerdictCostUS float64   `json:"verdict_cost_us"`
-	GatewayKnown  bool      `json:"gateway_known"`
-	IngressMS     float64   `json:"ingress_ms"`
-	Summaries     []Summary `json:"summaries"`
+	Seeds         int     `json:"seeds"`
+	GatewayCostUS float64 `json:"gateway_cost_us"`
+	VerdictCostUS float64 `json:"verdict_cost_us"`
+	GatewayKnown  bool    `json:"gateway_known"`
+	// DecisionCostUS is -decision-us (GatewayModel.DecisionCost) per policy.
+	DecisionCostUS map[string]float64 `json:"decision_cost_us,omitempty"`
+	IngressMS      float64            `json:"ingress_ms"`
+	Summaries      []Summary          `json:"summaries"`
 	// Cascades are the cascade policy's validation-split curves per app.
 	Cascades map[string]*scheduler.CascadeConfig `json:"cascades,omitempty"`
 }

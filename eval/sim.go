@@ -50,6 +50,15 @@ type GatewayModel struct {
 	// VerdictCost is the same for a request answered without a model (degraded,
 	// expired, shed, a cascade's first answer). 0 models the engine alone.
 	GatewayCost, VerdictCost time.Duration
+	// DecisionCost is, per policy (by its -policies name), the scheduling
+	// loop's time per scheduled request (answered or batched) for the decision
+	// itself, on top of GatewayCost and VerdictCost, which charge every policy
+	// alike: a searching policy's decision costs the gateway several times an
+	// edf or fixed-batch one (docs/benchmarks.md), which decides applications
+	// whose models take microseconds (satellite; docs/evaluation.md). It is not
+	// in the capacity the loads are fractions of, so every policy still sees
+	// the same arrivals; nil charges nothing.
+	DecisionCost map[string]time.Duration
 	// GatewayKnown makes the policies plan with GatewayCost: the latency tables
 	// they see include it per request (what a gateway that measures its own
 	// non-engine time per request would plan with). Without it they plan with the
