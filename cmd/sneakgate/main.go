@@ -149,6 +149,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer signal.Stop(hup)
 	g, err := gateway.New(ctx, gateway.Options{Config: cfg, Logger: log})
 	if err != nil {
+		if abandoned(ctx, err) {
+			// SIGTERM or SIGINT during start-up (systemctl stop while it
+			// profiles or warms): a requested, clean stop, as one a moment
+			// later would be, not a failure of the unit.
+			log.Info().Err(err).Msg("start-up abandoned: asked to stop before the gateway was ready")
+			return nil
+		}
 		return err
 	}
 	go func() {

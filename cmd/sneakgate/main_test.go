@@ -298,3 +298,41 @@ func TestReloadAbandoned(t *testing.T) {
 		t.Error("a configuration error during the shutdown reads as abandoned")
 	}
 }
+
+// SIGTERM during start-up (here while the engine profiles the variants) is a
+// requested, clean stop: logged as abandoned, exit status 0, as a SIGTERM a
+// moment later would be. It exited 1, and systemd marked the unit failed.
+func TestSIGTERMDuringStartup(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
+	dir := t.TempDir()
+	lib := testenv.ORTLib(t)
+	abs, _ := filepath.Abs("../../models/fashion/manifest.yaml")
+	cfg := fmt.Sprintf(`log: {level: info, format: json}
+mqtt: {broker: %q, client_id: startup-stop}
+store: {path: %q}
+engine: {library: %q, warmup_runs: 1, profile_runs: 2, profile_cache: %q}
+apps:
+  - manifest: %q
+`, b.URL(), filepath.Join(dir, "j.db"), lib, filepath.Join(dir, "profiles"), abs)
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := &served{t: t, path: path, config: cfg}
+	s.cmd = exec.Command(binary, "serve", "-config", path)
+	_, s.lines = startBinary(t, s.cmd)
+	s.waitFor(`"profiled"`) // the first of fashion's seven variants
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for l := range s.lines {
+		s.logs.WriteString(l + "\n")
+	}
+	err := s.cmd.Wait()
+	if !strings.Contains(s.logs.String(), "start-up abandoned") {
+		t.Fatalf("no 'start-up abandoned' line (the SIGTERM did not land during start-up?):\n%s", s.logs.String())
+	}
+	if err != nil {
+		t.Errorf("exit after a SIGTERM during start-up: %v, want status 0\n%s", err, s.logs.String())
+	}
+}
