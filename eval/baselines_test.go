@@ -2,6 +2,7 @@ package eval
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -166,6 +167,29 @@ func TestSummarize(t *testing.T) {
 	}
 	if m, ci := MeanCI([]float64{1}); m != 1 || ci != 0 {
 		t.Errorf("one seed: %v ± %v", m, ci)
+	}
+	if o.Pairs != 3 || o.Paired() != 3 {
+		t.Errorf("pairs %d, paired %d, want 3", o.Pairs, o.Paired())
+	}
+	// The reference failed on two seeds: one pair, no interval, never beyond.
+	for i := range rs {
+		if rs[i].Policy == "sneakpeek" && rs[i].Seed != 1 {
+			rs[i].Err = "failed"
+		}
+	}
+	for _, s := range Summarize(rs, "sneakpeek") {
+		if s.Policy != "other" {
+			continue
+		}
+		if s.Seeds != 3 || s.Paired() != 1 || s.DiffCI != 0 {
+			t.Errorf("one pair: seeds %d, paired %d, ±%v", s.Seeds, s.Paired(), s.DiffCI)
+		}
+		if d := markedDiff(s.Diff, s.DiffCI, s.Paired()); strings.HasSuffix(d, "*") {
+			t.Errorf("a difference over one pair is marked beyond its interval: %s", d)
+		}
+	}
+	if (Summary{Seeds: 10}).Paired() != 10 {
+		t.Error("a summary without pairs (an older file) is not read as paired over its seeds")
 	}
 }
 

@@ -38,7 +38,11 @@ type Summary struct {
 	Reference string  `json:"reference,omitempty"`
 	Diff      float64 `json:"diff,omitempty"`
 	DiffCI    float64 `json:"diff_ci95,omitempty"`
-	Ratio     float64 `json:"ratio,omitempty"`
+	// Pairs is how many seeds the difference is paired over: fewer than Seeds
+	// where the reference lacks a seed or failed on it. Files written before
+	// it have none (Paired then reads Seeds).
+	Pairs int     `json:"pairs,omitempty"`
+	Ratio float64 `json:"ratio,omitempty"`
 	// PerClass are the per-class means over seeds.
 	PerClass []ClassMetrics `json:"per_class,omitempty"`
 	Err      string         `json:"error,omitempty"`
@@ -152,6 +156,7 @@ func Summarize(rs []Result, ref string) []Summary {
 			if len(diffs) > 0 {
 				s.Reference = ref
 				s.Diff, s.DiffCI = MeanCI(diffs)
+				s.Pairs = len(diffs)
 				if mr, _ := MeanCI(refU); mr > 0 {
 					mu, _ := MeanCI(pairU)
 					s.Ratio = mu / mr
@@ -200,7 +205,7 @@ func WriteSummary(w io.Writer, ss []Summary) error {
 		}
 		diff, dci, ratio := "", "", ""
 		if s.Reference != "" {
-			diff, dci = markedDiff(s.Diff, s.DiffCI, s.Seeds), fmt.Sprintf("%.4f", s.DiffCI)
+			diff, dci = markedDiff(s.Diff, s.DiffCI, s.Paired()), fmt.Sprintf("%.4f", s.DiffCI)
 			if s.Ratio > 0 {
 				ratio = fmt.Sprintf("%.3f", s.Ratio)
 			}
@@ -214,6 +219,17 @@ func WriteSummary(w io.Writer, ss []Summary) error {
 
 // markedDiff formats a paired difference d with the half-width ci of its 95%
 // interval over n pairs, marked * when the interval excludes 0.
+// Paired is how many seeds s's difference from its reference is paired over:
+// Pairs, or Seeds in a file written before Pairs was.
+func (s Summary) Paired() int {
+	if s.Pairs > 0 {
+		return s.Pairs
+	}
+	return s.Seeds
+}
+
+// markedDiff is d with a star when it is beyond its interval ci over n pairs
+// (one pair has no interval: never beyond).
 func markedDiff(d, ci float64, n int) string {
 	mark := ""
 	if math.Abs(d) > ci && n > 1 {

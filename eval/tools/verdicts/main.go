@@ -144,7 +144,7 @@ func drawPlots(dir, path string, ss []eval.Summary) error {
 // beyond reports whether s's difference from the reference is beyond its
 // interval, and its sign.
 func beyond(s eval.Summary) (bool, float64) {
-	return s.Seeds > 1 && s.Reference != "" && math.Abs(s.Diff) > s.DiffCI, math.Copysign(1, s.Diff)
+	return s.Paired() > 1 && s.Reference != "" && math.Abs(s.Diff) > s.DiffCI, math.Copysign(1, s.Diff)
 }
 
 // report prints the verdicts of ss (the package comment) and, with show, the
@@ -182,6 +182,9 @@ func report(ss []eval.Summary, base []string, show string) {
 		for _, b := range base {
 			s, ok := cell[b]
 			if !ok {
+				// Not run (or not written) at this point: not beaten.
+				aboveAll = false
+				notes[k] = append(notes[k], fmt.Sprintf("%s missing at %g", b, c0.Load))
 				continue
 			}
 			out, sign := beyond(s)
