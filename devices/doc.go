@@ -13,7 +13,10 @@
 // arrivals, seeded), draws each request's true label from a workload's label mix
 // (optionally drifting) and a sample of that label from the application's sample
 // file, and reports statuses, accuracy, deadline-met ratio, latency percentiles and
-// per-model counts. SimFlags registers its command-line flags.
+// per-model counts. SimFlags registers its command-line flags. Each reply is judged
+// (the device's deadline, the utility's lateness discount) against the request's
+// budget: SimConfig.Deadline, or, when the requests name none, the budget the
+// gateway applied, the reply's total_ms + slack_ms.
 //
 // # Caveats
 //

@@ -25,14 +25,14 @@ func SimFlags(fs *flag.FlagSet) *SimConfig {
 	fs.Float64Var(&c.Rate, "rate", 50, "total requests per second over all devices")
 	fs.StringVar(&c.Arrivals, "arrivals", "poisson", "arrival process: poisson or uniform (evenly spaced)")
 	fs.Uint64Var(&c.Seed, "seed", 1, "random seed for arrivals, devices, labels and samples")
-	fs.DurationVar(&c.Deadline, "deadline", 0, "request deadline (budget from receipt); 0 uses the application's default")
+	fs.DurationVar(&c.Deadline, "deadline", 0, "request deadline (budget from receipt), which replies are judged against; 0 sends none (the gateway's default applies), and each reply is judged against the budget the gateway applied, total_ms + slack_ms")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop sending after this long (with neither -duration nor -count: 10s)")
 	fs.IntVar(&c.Count, "count", 0, "stop sending after this many requests")
 	fs.StringVar(&c.Workload, "workload", "", "named label mix from the manifest's workloads; empty draws samples uniformly")
 	fs.BoolVar(&c.B64, "b64", false, "send inputs as input_b64 instead of JSON arrays")
 	fs.BoolVar(&c.SentAt, "sent-at", false, "stamp requests with sent_at, so deadlines run from the send (time queued in the broker counts; needs clocks in step)")
 	fs.BoolVar(&c.U8, "u8", false, "send inputs as input_u8_b64: one byte per value in the manifest's input_range (a quarter of -b64's size)")
-	fs.DurationVar(&c.Drain, "drain", 0, "wait this long for outstanding replies after the last request (0: deadline + 5s)")
+	fs.DurationVar(&c.Drain, "drain", 0, "wait this long for outstanding replies after the last request (0: deadline + 5s; without -deadline, the longest budget seen in a reply or the manifest's default + 5s)")
 	fs.StringVar(&c.RunID, "run-id", "", "request id prefix (default random)")
 	fs.BoolVar(&c.Quiet, "quiet", false, "no progress display and no printed report")
 	return c
@@ -42,4 +42,7 @@ func SimFlags(fs *flag.FlagSet) *SimConfig {
 const SimUsage = `Replays the application's labelled samples from N simulated devices at a given
 rate and deadline, and prints counts per status and reason, accuracy against the
 true labels, the deadline-met ratio, round-trip latency percentiles and per-model
-counts. A progress bar is shown on stderr when it is a terminal.`
+counts. A progress bar is shown on stderr when it is a terminal. Without -deadline
+the requests name none, and each reply is judged (device deadline met, utility)
+against the budget the gateway applied to it, total_ms + slack_ms, which the
+gateway's apps[].default_deadline may set apart from the manifest's.`

@@ -19,6 +19,13 @@ type Report struct {
 	Rate     float64       `json:"rate"`
 	Arrivals string        `json:"arrivals"`
 	Deadline time.Duration `json:"deadline_ns"`
+	// BudgetMin and BudgetMax are the smallest and largest budgets the replies
+	// were judged against (DeviceDeadlineMet, Utility): Deadline, or without it
+	// each reply's total_ms + slack_ms, the budget the gateway applied (the
+	// manifest's default_deadline_ms for a reply without them; see
+	// SimConfig.Deadline). 0 without replies.
+	BudgetMin time.Duration `json:"budget_min_ns"`
+	BudgetMax time.Duration `json:"budget_max_ns"`
 	// Sending is the time spent sending; Elapsed includes the wait for replies.
 	Sending time.Duration `json:"sending_ns"`
 	Elapsed time.Duration `json:"elapsed_ns"`
@@ -45,7 +52,8 @@ type Report struct {
 	AccuracyAnswered float64 `json:"accuracy_answered"`
 	AccuracyAll      float64 `json:"accuracy_all"`
 	// DeadlineMet counts replies with deadline_met true (the gateway's view);
-	// DeviceDeadlineMet answered replies that reached the device within the budget.
+	// DeviceDeadlineMet answered replies that reached the device within the budget
+	// (its round trip within the budget it was judged against; see BudgetMin).
 	// Both ratios are of Sent.
 	DeadlineMet            int     `json:"deadline_met"`
 	DeadlineMetRatio       float64 `json:"deadline_met_ratio"`
@@ -56,7 +64,8 @@ type Report struct {
 	Goodput float64 `json:"goodput"`
 	// Utility is the mean, over Sent, of the application's utility W[true][class]
 	// of each answer, discounted for lateness as the scheduler discounts it (from
-	// the reply's total_ms against the budget, toward the value of no answer);
+	// the reply's total_ms against the budget it is judged against, toward the
+	// value of no answer);
 	// a request without a model answer (expired, rejected, error, or no reply at
 	// all) counts the application's no_answer_utility for its true class (0 when
 	// the manifest sets none), as in the simulator.
@@ -112,8 +121,13 @@ var statusOrder = protocol.Statuses()
 // Print writes the report for people.
 func (r *Report) Print(w io.Writer) {
 	dl := "app default"
-	if r.Deadline > 0 {
+	switch {
+	case r.Deadline > 0:
 		dl = r.Deadline.String()
+	case r.BudgetMax > 0 && r.BudgetMin == r.BudgetMax:
+		dl = fmt.Sprintf("app default (replies judged against %s)", r.BudgetMax)
+	case r.BudgetMax > 0:
+		dl = fmt.Sprintf("app default (replies judged against %s to %s)", r.BudgetMin, r.BudgetMax)
 	}
 	fmt.Fprintf(w, "app %s", r.App)
 	if r.Workload != "" {

@@ -27,6 +27,10 @@ type responder struct {
 	drop func(id string) bool
 	// status, if set, gives the status of an answered request.
 	status func(id string) protocol.Status
+	// delayOf, if set, gives the delay of each request instead of delay.
+	delayOf func(id string) time.Duration
+	// noSlack leaves slack_ms out of the replies, as an older gateway would.
+	noSlack bool
 
 	work     chan mqtt.Message
 	wg       sync.WaitGroup
@@ -87,7 +91,11 @@ func (r *responder) serve(m mqtt.Message) {
 		if r.drop != nil && r.drop(req.ID) {
 			return
 		}
-		time.Sleep(r.delay)
+		if r.delayOf != nil {
+			time.Sleep(r.delayOf(req.ID))
+		} else {
+			time.Sleep(r.delay)
+		}
 		topic = req.ReplyTo
 		status := protocol.StatusOK
 		if r.status != nil {
@@ -99,6 +107,9 @@ func (r *responder) serve(m mqtt.Message) {
 		}
 		now := time.Now()
 		reply.TotalMS = protocol.Millis(now.Sub(start))
+		if !r.noSlack {
+			reply.SlackMS = protocol.Millis(req.Deadline.Sub(now))
+		}
 		reply.DeadlineMet = protocol.Ptr(!now.After(req.Deadline))
 	}
 	b, err := json.Marshal(reply)

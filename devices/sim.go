@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -45,7 +46,16 @@ type SimConfig struct {
 	Rate     float64
 	Arrivals string
 	Seed     uint64
-	// Deadline is each request's budget; 0 sends none (the application default).
+	// Deadline is each request's budget, and the budget every reply is judged
+	// against (DeviceDeadlineMet, the utility's lateness discount). 0 sends none:
+	// the gateway applies its default for the application (the manifest's
+	// default_deadline_ms unless the gateway's apps[].default_deadline overrides
+	// it), and each reply is judged against the budget the gateway applied to it,
+	// total_ms + slack_ms (its deadline minus its receipt), or against the
+	// manifest's default_deadline_ms when the reply carries neither (a rejection
+	// of an unreadable request, an older gateway). With SentAt the gateway's budget
+	// runs from the send, and total_ms + slack_ms leaves out the request's way to
+	// the gateway, so give Deadline too for an exact device check.
 	Deadline time.Duration
 	// Duration and Count end the run, whichever comes first; with neither it lasts
 	// 10 seconds.
@@ -64,7 +74,9 @@ type SimConfig struct {
 	// samples that are 8-bit levels of that range (fashion's pixels).
 	U8 bool
 	// Drain is how long to wait for outstanding replies after the last request
-	// (default: the deadline plus 5 s).
+	// (default: the budget plus 5 s; without Deadline, the largest budget judged
+	// so far or the manifest's default_deadline_ms, whichever is longer, plus
+	// 5 s, lengthened while draining when a reply shows a longer budget).
 	Drain time.Duration
 	// RunID prefixes request ids ({RunID}-{n}); default random, so runs never
 	// collide with the gateway's duplicate suppression.
@@ -106,6 +118,10 @@ type TraceRecord struct {
 	InferMS     *float64 `json:"infer_ms,omitempty"`
 	TotalMS     *float64 `json:"total_ms,omitempty"`
 	DeadlineMet *bool    `json:"deadline_met,omitempty"`
+	// BudgetMS is the budget the reply was judged against (SimConfig.Deadline):
+	// the device's deadline check is RTTMS <= BudgetMS, and an answer's utility
+	// is discounted for TotalMS past it. Absent when never answered.
+	BudgetMS *float64 `json:"budget_ms,omitempty"`
 	// Utility is what the request adds to the report's utility (before the
 	// mean over the requests sent).
 	Utility float64 `json:"utility"`
@@ -234,11 +250,14 @@ type sim struct {
 	cfg SimConfig
 	// na is the application's value of a request of a true class that gets no
 	// model answer (manifest no_answer_utility; 0 when unset).
-	na      func(y int) float64
-	budget  time.Duration // the effective budget, for the device's deadline check
-	w       [][]float64   // the application's utility matrix W[y][yhat]
-	utility float64       // sum of penalised utility of the answers so far
-	u8      *[2]float64   // the input_range, with SimConfig.U8
+	na func(y int) float64
+	// budget is the budget every reply is judged against (SimConfig.Deadline),
+	// or, when the requests name none, that of a reply that does not say the
+	// gateway's (the manifest's default_deadline_ms): see replyBudget.
+	budget  time.Duration
+	w       [][]float64 // the application's utility matrix W[y][yhat]
+	utility float64     // sum of penalised utility of the answers so far
+	u8      *[2]float64 // the input_range, with SimConfig.U8
 
 	mu       sync.Mutex
 	pending  map[string]outstanding // by id
@@ -247,6 +266,7 @@ type sim struct {
 	rtt      []time.Duration
 	gwTotal  []time.Duration
 	ontime   int
+	longest  time.Duration // the largest budget a reply was judged against
 	idle     chan struct{} // signalled (size 1) when pending becomes empty
 	start    time.Time     // the first planned send, for TraceRecord.SentMS
 	trace    *json.Encoder // SimConfig.Trace; nil without one
@@ -316,9 +336,9 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 	s.mu.Unlock()
 	publishers.Wait()
 	if runErr == nil {
-		drain := cfg.Drain
-		if drain == 0 {
-			drain = s.budget + 5*time.Second
+		drain := func() time.Duration { return cfg.Drain }
+		if cfg.Drain == 0 {
+			drain = s.drainTime
 		}
 		runErr = s.drain(ctx, drain)
 	}
@@ -474,12 +494,18 @@ func (s *sim) record(rc Received) {
 	}
 	rtt := rc.At.Sub(o.sent)
 	s.rtt = append(s.rtt, rtt)
+	budget := s.replyBudget(r)
+	s.longest = max(s.longest, budget)
+	if rep.BudgetMin == 0 || budget < rep.BudgetMin {
+		rep.BudgetMin = budget
+	}
+	rep.BudgetMax = max(rep.BudgetMax, budget)
 	before := s.utility
 	defer func() {
 		ms := float64(rtt) / float64(time.Millisecond)
 		s.traceLine(r.ID, o, TraceRecord{RTTMS: &ms, Status: r.Status, Reason: r.Reason, Model: r.Model,
 			Class: r.Class, Batch: r.Batch, QueueMS: r.QueueMS, InferMS: r.InferMS, TotalMS: r.TotalMS,
-			DeadlineMet: r.DeadlineMet, Utility: s.utility - before})
+			DeadlineMet: r.DeadlineMet, BudgetMS: protocol.Millis(budget), Utility: s.utility - before})
 	}()
 	if r.TotalMS != nil {
 		s.gwTotal = append(s.gwTotal, time.Duration(*r.TotalMS*float64(time.Millisecond)))
@@ -492,9 +518,9 @@ func (s *sim) record(rc Received) {
 		s.utility += s.na(o.label) // expired, rejected, error: the default action
 	}
 	if r.Status.Answered() && r.Class != nil {
-		s.utility += s.answerUtility(o.label, *r.Class, r.TotalMS)
+		s.utility += s.answerUtility(o.label, *r.Class, r.TotalMS, budget)
 		rep.Answered++
-		if rtt <= s.budget {
+		if rtt <= budget {
 			rep.DeviceDeadlineMet++
 		}
 		if *r.Class == o.label {
@@ -523,10 +549,38 @@ func (s *sim) traceLine(id string, o outstanding, t TraceRecord) {
 	s.traceErr = s.trace.Encode(t)
 }
 
+// replyBudget is the budget reply r is judged against: SimConfig.Deadline when
+// the requests name one; else the budget the gateway applied, its deadline minus
+// its receipt, total_ms + slack_ms (both rounded to the microsecond on the wire);
+// else, for a reply without them, the manifest's default_deadline_ms.
+func (s *sim) replyBudget(r *protocol.Reply) time.Duration {
+	if s.cfg.Deadline > 0 || r.TotalMS == nil || r.SlackMS == nil {
+		return s.budget
+	}
+	b := time.Duration(math.Round((*r.TotalMS+*r.SlackMS)*1e3)) * time.Microsecond
+	if b <= 0 {
+		return s.budget // no budget at all: nothing to judge against but the default
+	}
+	return b
+}
+
+// drainTime is how long to wait for replies after the last request when
+// SimConfig.Drain is 0: the budget plus 5 s. Without SimConfig.Deadline the
+// budget is the largest one a reply has shown so far (the gateway's default may
+// be longer than the manifest's), but never less than the manifest's default,
+// which is all that is known before a reply comes: a run whose replies all come
+// after that default plus 5 s, with none before, still ends too early (give
+// -drain).
+func (s *sim) drainTime() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return max(s.budget, s.longest) + 5*time.Second
+}
+
 // answerUtility is the application's utility W[label][class] of an answer,
 // discounted as the scheduler discounts it for the gateway's lateness (total_ms
-// against the budget); 0 when the matrix does not cover the classes.
-func (s *sim) answerUtility(label, class int, totalMS *float64) float64 {
+// against budget); 0 when the matrix does not cover the classes.
+func (s *sim) answerUtility(label, class int, totalMS *float64, budget time.Duration) float64 {
 	if label < 0 || label >= len(s.w) || class < 0 || class >= len(s.w[label]) {
 		return 0
 	}
@@ -536,14 +590,18 @@ func (s *sim) answerUtility(label, class int, totalMS *float64) float64 {
 		// and the simulator value it.
 		var t0 time.Time
 		fin := t0.Add(time.Duration(*totalMS * float64(time.Millisecond)))
-		u = scheduler.Discount(u, s.na(label), scheduler.Penalty(fin, t0.Add(s.budget), s.budget))
+		u = scheduler.Discount(u, s.na(label), scheduler.Penalty(fin, t0.Add(budget), budget))
 	}
 	return u
 }
 
-// drain waits until every request is answered, the drain time passes, or ctx ends.
-func (s *sim) drain(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
+// drain waits until every request is answered, the drain time passes, or ctx
+// ends. The drain time, d(), is measured from the call; when it has passed, d is
+// asked again, and a longer answer (drainTime, after a reply with a longer
+// budget) makes drain wait on.
+func (s *sim) drain(ctx context.Context, d func() time.Duration) error {
+	start := time.Now()
+	t := time.NewTimer(d())
 	defer t.Stop()
 	for {
 		s.mu.Lock()
@@ -555,6 +613,10 @@ func (s *sim) drain(ctx context.Context, d time.Duration) error {
 		select {
 		case <-s.idle:
 		case <-t.C:
+			if rest := time.Until(start.Add(d())); rest > 0 {
+				t.Reset(rest)
+				continue
+			}
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()

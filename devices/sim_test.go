@@ -152,13 +152,18 @@ func TestSimulate(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
+	if rep.BudgetMin != 300*time.Millisecond || rep.BudgetMax != 300*time.Millisecond {
+		t.Errorf("replies judged against %v to %v, want -deadline's 300ms", rep.BudgetMin, rep.BudgetMax)
+	}
 	checkTrace(t, &trace, rep, statusOf)
 }
 
 // checkTrace checks a run's trace against its report and the fake gateway's
 // statuses by id: one line per request sent, numbered 0..Sent-1, in send
 // order for the sent times; the unanswered ones last, without a status; the
-// statuses as sent; the utilities adding up to the report's.
+// statuses as sent (all ok when statusOf is nil); the utilities adding up to
+// the report's; every reply's budget_ms within the report's budgets, and the
+// answers within their budget_ms counting the report's device deadline met.
 func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[string]protocol.Status) {
 	t.Helper()
 	var recs []TraceRecord
@@ -175,7 +180,8 @@ func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[stri
 	}
 	seen := map[int]TraceRecord{}
 	var utility float64
-	unanswered := 0
+	unanswered, deviceMet := 0, 0
+	var budgetMin, budgetMax float64
 	for i, r := range recs {
 		seen[r.Seq] = r
 		utility += r.Utility
@@ -189,8 +195,23 @@ func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[stri
 			}
 			continue
 		}
-		if r.Status != statusOf[r.ID] || r.RTTMS == nil || *r.RTTMS <= 0 || r.TotalMS == nil {
-			t.Errorf("line %d: %q status %q rtt %v total %v, the fake gateway sent %q", i, r.ID, r.Status, r.RTTMS, r.TotalMS, statusOf[r.ID])
+		want := protocol.StatusOK
+		if statusOf != nil {
+			want = statusOf[r.ID]
+		}
+		if r.BudgetMS == nil {
+			t.Errorf("line %d: %q answered %q without budget_ms", i, r.ID, r.Status)
+		} else {
+			if budgetMin == 0 || *r.BudgetMS < budgetMin {
+				budgetMin = *r.BudgetMS
+			}
+			budgetMax = max(budgetMax, *r.BudgetMS)
+			if r.Status.Answered() && r.Class != nil && r.RTTMS != nil && *r.RTTMS <= *r.BudgetMS {
+				deviceMet++
+			}
+		}
+		if r.Status != want || r.RTTMS == nil || *r.RTTMS <= 0 || r.TotalMS == nil {
+			t.Errorf("line %d: %q status %q rtt %v total %v, the fake gateway sent %q", i, r.ID, r.Status, r.RTTMS, r.TotalMS, want)
 		}
 		if r.Status == protocol.StatusOK && (r.Model != "fake" || r.Batch != 1 || r.Class == nil) {
 			t.Errorf("line %d: %q answered by %q in a batch of %d, class %v; the fake gateway answers alone, as \"fake\"", i, r.ID, r.Model, r.Batch, r.Class)
@@ -203,6 +224,12 @@ func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[stri
 		if seen[n].SentMS < seen[n-1].SentMS {
 			t.Errorf("request %d sent at %.3f ms, before request %d at %.3f", n, seen[n].SentMS, n-1, seen[n-1].SentMS)
 		}
+	}
+	if deviceMet != rep.DeviceDeadlineMet {
+		t.Errorf("%d answers in the trace within their budget_ms, report's device deadline met %d", deviceMet, rep.DeviceDeadlineMet)
+	}
+	if ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }; budgetMin != ms(rep.BudgetMin) || budgetMax != ms(rep.BudgetMax) {
+		t.Errorf("trace budgets %v to %v ms, report %v to %v", budgetMin, budgetMax, rep.BudgetMin, rep.BudgetMax)
 	}
 	if math.Abs(utility/float64(rep.Sent)-rep.Utility) > 1e-9 {
 		t.Errorf("trace utilities average %v, report %v", utility/float64(rep.Sent), rep.Utility)
@@ -405,19 +432,20 @@ func TestSimulateRealManifest(t *testing.T) {
 
 // A late answer decays toward the value of no answer, not toward 0.
 func TestAnswerUtilityDecaysToNoAnswer(t *testing.T) {
-	s := &sim{w: [][]float64{{1, -0.1}, {-1, 1}}, budget: 100 * time.Millisecond,
+	s := &sim{w: [][]float64{{1, -0.1}, {-1, 1}},
 		na: func(y int) float64 { return []float64{0, -1}[y] }}
+	budget := 100 * time.Millisecond
 	onTime, late, hard := 50.0, 150.0, 250.0
-	if u := s.answerUtility(1, 1, &onTime); u != 1 {
+	if u := s.answerUtility(1, 1, &onTime, budget); u != 1 {
 		t.Fatalf("on time: %v, want 1", u)
 	}
-	if u := s.answerUtility(1, 1, &late); !(u > -1 && u < 1) {
+	if u := s.answerUtility(1, 1, &late, budget); !(u > -1 && u < 1) {
 		t.Fatalf("half a budget late: %v, want between the no-answer value -1 and 1", u)
 	}
-	if u := s.answerUtility(1, 1, &hard); u != -1 {
+	if u := s.answerUtility(1, 1, &hard, budget); u != -1 {
 		t.Fatalf("past the hard stop: %v, want the no-answer value -1", u)
 	}
-	if u := s.answerUtility(0, 1, &hard); u != -0.1 {
+	if u := s.answerUtility(0, 1, &hard, budget); u != -0.1 {
 		t.Fatalf("a wrong answer worth less than no answer is not discounted up: %v", u)
 	}
 }
