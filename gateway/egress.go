@@ -1,18 +1,15 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -1028,14 +1025,8 @@ func (e *egress) waitPublish(t mqtt.Token, payload []byte, start time.Time) erro
 // request not journaled) while only the client's memory holds the reply, lost
 // with the process or with a stop that gives up on the broker. awaitAcked
 // waits, after such a token completed, until the stored packet goes: the
-// resend's PUBACK (the gate's Del; paho tells nothing else). The gate has no
-// signal for it, so the wait looks at the gate, from resendPollMin apart up to
-// resendPollMax: it happens only after a lost connection, for the publishes it
-// held.
-const (
-	resendPollMin = 5 * time.Millisecond
-	resendPollMax = 200 * time.Millisecond
-)
+// resend's PUBACK (the gate's Del, which wakes it: pubGate.deletion; paho
+// tells nothing else).
 
 // awaitAcked waits, t having completed without an error, until the broker has
 // acknowledged the packet of t (payload): at once unless the client still
@@ -1045,57 +1036,20 @@ func (e *egress) awaitAcked(t mqtt.Token, payload []byte, stop <-chan struct{}, 
 	if !e.gate.stores(t, payload) {
 		return true
 	}
-	d := resendPollMin
-	poll := time.NewTimer(d)
-	defer poll.Stop()
 	for {
+		deleted := e.gate.deletion() // before looking again: a Del in between closes it
+		if !e.gate.stores(t, payload) {
+			return true
+		}
 		select {
-		case <-poll.C:
+		case <-deleted:
 		case <-stop:
 			return false
 		case <-timeout:
 			return false
 		}
-		if !e.gate.stores(t, payload) {
-			return true
-		}
-		d = min(2*d, resendPollMax)
-		poll.Reset(d)
 	}
 }
-
-// stores reports whether the MQTT client still stores the packet of t, a
-// QoS 1 publish of payload: its packet id is stored (as the gate counts it,
-// which a store closed by a disconnection keeps) with that payload. Once the
-// broker has acknowledged the packet its id may be taken again: another
-// packet stored under it (not a publish of the same bytes) is not t's.
-func (g *pubGate) stores(t mqtt.Token, payload []byte) bool {
-	pt, ok := t.(interface{ MessageID() uint16 })
-	if !ok || pt.MessageID() == 0 {
-		return false
-	}
-	k := outboundKey(pt.MessageID())
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, stored := g.keys[k]; !stored {
-		return false
-	}
-	if !g.opened {
-		return true // closed (Disconnect): what the gate counts stays stored
-	}
-	switch p := g.inner.Get(k).(type) {
-	case nil:
-		return true // deleted just now (Del updates the gate after the store): look again
-	case *packets.PublishPacket:
-		return bytes.Equal(p.Payload, payload)
-	default:
-		return false
-	}
-}
-
-// outboundKey is the key paho stores an outbound packet under (store.go
-// outboundKeyFromMID).
-func outboundKey(id uint16) string { return "o." + strconv.Itoa(int(id)) }
 
 // Errors of publish.
 var (

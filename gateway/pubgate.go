@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -86,6 +88,10 @@ type pubGate struct {
 	// PUBACK last freed a place (the broker's progress).
 	stranded map[string]time.Time
 	freed    time.Time
+	// delNote, made by a waiter (deletion), is closed and dropped by the next
+	// Del that frees a place, or Reset: the resend's PUBACK an egress waits for
+	// (egress.awaitAcked). Nil without waiters, so a PUBACK costs nothing more.
+	delNote chan struct{}
 }
 
 func newPubGate(limit int) *pubGate {
@@ -328,10 +334,31 @@ func (g *pubGate) Del(key string) {
 		delete(g.keys, key)
 		delete(g.stranded, key)
 		g.freed = g.now()
+		g.noteDeletion()
 	}
 	g.mu.Unlock()
 	if freed {
 		g.room.Signal()
+	}
+}
+
+// deletion returns a channel closed when a stored outbound packet is next
+// deleted (a PUBACK) or the store reset. Take it before looking at the store,
+// so that a deletion in between is not missed.
+func (g *pubGate) deletion() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.delNote == nil {
+		g.delNote = make(chan struct{})
+	}
+	return g.delNote
+}
+
+// noteDeletion wakes the deletion waiters; g.mu is held.
+func (g *pubGate) noteDeletion() {
+	if g.delNote != nil {
+		close(g.delNote)
+		g.delNote = nil
 	}
 }
 
@@ -347,6 +374,40 @@ func (g *pubGate) Reset() {
 	g.mu.Lock()
 	clear(g.keys)
 	clear(g.stranded)
+	g.noteDeletion()
 	g.mu.Unlock()
 	g.room.Broadcast()
 }
+
+// stores reports whether the MQTT client still stores the packet of t, a
+// QoS 1 publish of payload: its packet id is stored (as the gate counts it,
+// which a store closed by a disconnection keeps) with that payload. Once the
+// broker has acknowledged the packet its id may be taken again: another
+// packet stored under it (not a publish of the same bytes) is not t's.
+func (g *pubGate) stores(t mqtt.Token, payload []byte) bool {
+	pt, ok := t.(interface{ MessageID() uint16 })
+	if !ok || pt.MessageID() == 0 {
+		return false
+	}
+	k := outboundKey(pt.MessageID())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, stored := g.keys[k]; !stored {
+		return false
+	}
+	if !g.opened {
+		return true // closed (Disconnect): what the gate counts stays stored
+	}
+	switch p := g.inner.Get(k).(type) {
+	case nil:
+		return true // deleted just now (Del updates the gate after the store): look again
+	case *packets.PublishPacket:
+		return bytes.Equal(p.Payload, payload)
+	default:
+		return false
+	}
+}
+
+// outboundKey is the key paho stores an outbound packet under (store.go
+// outboundKeyFromMID).
+func outboundKey(id uint16) string { return "o." + strconv.Itoa(int(id)) }
