@@ -56,6 +56,7 @@ func runBinary(t *testing.T, args ...string) (string, int) {
 
 func TestExitCodes(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	traceRefused := filepath.Join(t.TempDir(), "refused.trace")
 	os.WriteFile(bad, []byte("apps:\n  - manifest: x\nscheduler:\n  policy: magic\n"), 0o600)
 	cases := []struct {
 		args []string
@@ -80,6 +81,8 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"serve", "extra"}, 2, "unexpected arguments"},
 		{[]string{"devsim", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"devsim", "extra"}, 2, "unexpected arguments"},
+		{[]string{"devsim", "-devices", "0"}, 2, "-devices 0"},
+		{[]string{"devsim", "-trace", traceRefused, "-rate", "-1"}, 1, "rate"},
 		{[]string{"eval", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"eval", "extra"}, 2, "unexpected arguments"},
 		{[]string{"bench", "extra"}, 2, "unexpected arguments"},
@@ -96,6 +99,9 @@ func TestExitCodes(t *testing.T) {
 		if code != c.code || !strings.Contains(out, c.want) {
 			t.Errorf("%v: exit %d, output %q; want exit %d containing %q", c.args, code, out, c.code, c.want)
 		}
+	}
+	if _, err := os.Stat(traceRefused); !os.IsNotExist(err) {
+		t.Errorf("devsim -trace with a refused configuration left %s (%v)", traceRefused, err)
 	}
 }
 

@@ -37,6 +37,10 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if fs.NArg() > 0 {
 		return usageError(fs, fmt.Errorf("devsim: unexpected arguments %q", fs.Args()))
 	}
+	if cfg.Devices <= 0 {
+		// SimConfig reads 0 as "the default", 4; on the command line it is a mistake.
+		return usageError(fs, fmt.Errorf("devsim: -devices %d: want at least 1", cfg.Devices))
+	}
 	cfg.Out, cfg.Progress = stdout, stderr
 	var trace *bufio.Writer
 	var traceFile *os.File
@@ -52,6 +56,9 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if trace != nil {
 		if terr := errors.Join(trace.Flush(), traceFile.Close()); terr != nil {
 			err = errors.Join(err, fmt.Errorf("devsim: -trace: %w", terr))
+		}
+		if err != nil && rep.Sent == 0 {
+			os.Remove(*traceOut) // nothing was sent: no empty trace left to read as a run
 		}
 	}
 	if *jsonOut != "" && rep.Sent > 0 {
