@@ -44,6 +44,7 @@ type fakeClient struct {
 	mqtt.Client
 	mu        sync.Mutex
 	published []string
+	topics    []string // each publish's topic
 	tokens    []*fakeToken
 	down      bool
 	// gate, if set, is told that each publish holds a packet id (heldKey) until
@@ -77,6 +78,7 @@ func (c *fakeClient) Publish(topic string, _ byte, _ bool, payload any) mqtt.Tok
 		c.gate.Put(c.heldKey(len(c.published)), packets.NewControlPacket(packets.Publish))
 	}
 	c.published = append(c.published, string(payload.([]byte)))
+	c.topics = append(c.topics, topic)
 	if len(c.tokens) == 0 { // acknowledged at once
 		t := &fakeToken{done: make(chan struct{})}
 		close(t.done)
@@ -97,6 +99,13 @@ func (c *fakeClient) sent() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]string(nil), c.published...)
+}
+
+// sentTopics are the topics of sent, in order.
+func (c *fakeClient) sentTopics() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.topics...)
 }
 
 // startEgress starts an egress over c and j for a test (in a synctest bubble) and

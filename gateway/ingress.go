@@ -409,6 +409,16 @@ func (g *Gateway) answeredBefore(msg mqtt.Message, rej *protocol.Rejection) bool
 	if rej.ID == "" || rej.ReplyTo == "" {
 		return false
 	}
+	replyTo := rej.ReplyTo
+	if rej.Reason == protocol.ReasonUnknownApp {
+		// Rejected before its reply_to was read: a copy's stored reply goes
+		// where the first copy's went (a reply_to the allow-list admits).
+		rt, ok := g.env.ReplyTo(msg.Payload(), rej.App, rej.Device)
+		if !ok {
+			return false
+		}
+		replyTo = rt
+	}
 	key := store.Key{App: rej.App, Device: rej.Device, ID: rej.ID}
 	res, ok := g.lookup(key)
 	if !ok {
@@ -418,7 +428,7 @@ func (g *Gateway) answeredBefore(msg mqtt.Message, rej *protocol.Rejection) bool
 		return false
 	}
 	msg.Ack()
-	return g.duplicate(&protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: rej.ReplyTo}, key, res)
+	return g.duplicate(&protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: replyTo}, key, res)
 }
 
 // lookup asks the journal whether key is a request it knows (store.Lookup), for

@@ -410,27 +410,49 @@ func TestJournaledRejectionIsCounted(t *testing.T) {
 
 // A copy of a request answered before its application was removed (by a
 // reload) gets the stored reply again, not rejected unknown_app: a repeat never
-// contradicts the first answer to a journaled request.
+// contradicts the first answer to a journaled request. The reply goes where the
+// copy asks (its reply_to, when the allow-list admits it), as the first went;
+// a copy whose reply_to is not allowed is rejected unknown_app on its own
+// topic, as before.
 func TestCopyAfterAppRemovedGetsStoredReply(t *testing.T) {
-	c := &fakeClient{}
-	g := handlerGateway(t, c, false)
-	key := store.Key{App: "gone", Device: "cam-1", ID: "r1"}
-	if _, err := g.journal.Put(&store.Entry{Key: key, ReplyTo: "sneakgate/reply/gone/cam-1", Input: []float32{1}}); err != nil {
-		t.Fatal(err)
-	}
-	stored := `{"v":1,"id":"r1","app":"gone","device":"cam-1","status":"ok","class":1}`
-	if err := g.journal.Complete(key, []byte(stored)); err != nil {
-		t.Fatal(err)
-	}
-	msg := newFakeMessage("sneakgate/req/gone/cam-1", []byte(`{"id":"r1","input":[1]}`))
-	g.handle(arrival{msg: msg, at: time.Now()})
-	g.egress.Stop(t.Context())
-	sent := c.sent()
-	if len(sent) != 1 || sent[0] != stored {
-		t.Fatalf("sent %q, want the stored reply %q", sent, stored)
-	}
-	if n := testutil.ToFloat64(g.m.rejected.WithLabelValues(string(protocol.ReasonUnknownApp))); n != 0 {
-		t.Errorf("rejected_total{unknown_app} = %v, want 0", n)
+	for _, c := range []struct {
+		name, replyTo, want string
+		stored              bool
+	}{
+		{"own reply topic", "", "sneakgate/res/gone/cam-1", true},
+		{"reply_to", "custom/gone/cam-1", "custom/gone/cam-1", true},
+		{"reply_to not allowed", "elsewhere/x", "sneakgate/res/gone/cam-1", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fc := &fakeClient{}
+			g := handlerGateway(t, fc, false)
+			allow, err := protocol.NewAllowList([]string{"{prefix}/res/{app}/{device}", "custom/{app}/{device}"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.env.ReplyAllow = allow
+			key := store.Key{App: "gone", Device: "cam-1", ID: "r1"}
+			if _, err := g.journal.Put(&store.Entry{Key: key, ReplyTo: c.want, Input: []float32{1}}); err != nil {
+				t.Fatal(err)
+			}
+			stored := `{"v":1,"id":"r1","app":"gone","device":"cam-1","status":"ok","class":1}`
+			if err := g.journal.Complete(key, []byte(stored)); err != nil {
+				t.Fatal(err)
+			}
+			payload := `{"id":"r1","input":[1]}`
+			if c.replyTo != "" {
+				payload = fmt.Sprintf(`{"id":"r1","reply_to":%q,"input":[1]}`, c.replyTo)
+			}
+			g.handle(arrival{msg: newFakeMessage("sneakgate/req/gone/cam-1", []byte(payload)), at: time.Now()})
+			g.egress.Stop(t.Context())
+			sent, topics := fc.sent(), fc.sentTopics()
+			if len(sent) != 1 || len(topics) != 1 || topics[0] != c.want {
+				t.Fatalf("sent %q to %q, want one reply to %s", sent, topics, c.want)
+			}
+			if got := sent[0] == stored; got != c.stored {
+				t.Errorf("sent %q: the stored reply %v, want %v", sent[0], got, c.stored)
+			}
+		})
 	}
 }
 

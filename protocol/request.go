@@ -66,6 +66,36 @@ type Env struct {
 	App func(app string) (AppSpec, bool)
 }
 
+// ReplyTo is the topic a request payload for app and device asks its reply on,
+// as ParseRequest resolves it: its allowed reply_to, or the device's own reply
+// topic when it names none. ok is false when its reply_to is not a string or not
+// allowed, or the payload does not parse. It is for a request rejected before
+// its reply_to was read (unknown_app, whose rejection goes to the own reply
+// topic), whose copy of an answered request is given the stored reply where the
+// first copy's went.
+func (env Env) ReplyTo(payload []byte, app, device string) (string, bool) {
+	prefix := env.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	fields, ok := scanFields(payload)
+	if !ok {
+		var err error
+		if fields, err = decodeFields(payload); err != nil {
+			return "", false
+		}
+	}
+	raw, ok := present(fields.replyTo)
+	if !ok {
+		return ReplyTopic(prefix, app, device), true
+	}
+	rt, ok := jsonString(raw)
+	if !ok || !env.ReplyAllow.Allows(rt, prefix, app, device) {
+		return "", false
+	}
+	return rt, true
+}
+
 // Request is a valid, admitted-looking request.
 type Request struct {
 	ID     string

@@ -431,3 +431,27 @@ func slicesIndexBelow(b []byte) bool {
 	}
 	return false
 }
+
+// Env.ReplyTo resolves a payload's reply topic as ParseRequest does, for a
+// request rejected before its reply_to was read.
+func TestEnvReplyTo(t *testing.T) {
+	allow, err := NewAllowList([]string{"{prefix}/res/{app}/{device}", "custom/{app}/{device}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := Env{ReplyAllow: allow}
+	for _, c := range []struct {
+		payload, want string
+		ok            bool
+	}{
+		{`{"id":"a","input":[1]}`, "sneakgate/res/app/dev", true},
+		{`{"id":"a","reply_to":"custom/app/dev","input":[1]}`, "custom/app/dev", true},
+		{`{"id":"a","reply_to":"custom/other/dev"}`, "", false},
+		{`{"id":"a","reply_to":7}`, "", false},
+		{`{"id":"a",`, "", false},
+	} {
+		if got, ok := env.ReplyTo([]byte(c.payload), "app", "dev"); got != c.want || ok != c.ok {
+			t.Errorf("%s: %q, %v; want %q, %v", c.payload, got, ok, c.want, c.ok)
+		}
+	}
+}
