@@ -1,6 +1,7 @@
 package eval
 
 import (
+	"context"
 	"math"
 	"strings"
 	"testing"
@@ -276,5 +277,16 @@ func TestDecisionCost(t *testing.T) {
 	}
 	if m, err := parseDecisionCosts("sneakpeek=9, edf=0.5"); err != nil || m["sneakpeek"] != 9*time.Microsecond || m["edf"] != 500*time.Nanosecond {
 		t.Errorf("-decision-us parsed as %v, %v", m, err)
+	}
+}
+
+// A policy -decision-us names but -policies does not run (a misspelling) is
+// refused, not silently charged nothing.
+func TestDecisionCostNamesRunPolicies(t *testing.T) {
+	var out, errOut strings.Builder
+	err := Main(context.Background(), []string{"-synthetic", "-policies", "sneakpeek,edf", "-loads", "0.5", "-n", "100",
+		"-decision-us", "sneakpeak=9", "-quiet"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "sneakpeak") {
+		t.Fatalf("-decision-us sneakpeak=9 with -policies sneakpeek,edf: %v", err)
 	}
 }

@@ -164,6 +164,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(decisionUS) > 0 && *live {
 		return errors.New("eval: -decision-us models the simulator's loop; -live runs the gateway, which pays its own")
 	}
+	for p := range decisionUS {
+		if *scenario == "" && !slices.Contains(pols, p) {
+			return fmt.Errorf("eval: -decision-us names %q, which -policies does not run (%s)", p, strings.Join(pols, ","))
+		}
+	}
 	if *scenario != "" {
 		return mainScenario(ctx, fs, *scenario, "sneakgate eval "+strings.Join(args, " "), stdout, stderr)
 	}

@@ -217,8 +217,6 @@ func WriteSummary(w io.Writer, ss []Summary) error {
 	return tw.Flush()
 }
 
-// markedDiff formats a paired difference d with the half-width ci of its 95%
-// interval over n pairs, marked * when the interval excludes 0.
 // Paired is how many seeds s's difference from its reference is paired over:
 // Pairs, or Seeds in a file written before Pairs was.
 func (s Summary) Paired() int {
@@ -228,8 +226,9 @@ func (s Summary) Paired() int {
 	return s.Seeds
 }
 
-// markedDiff is d with a star when it is beyond its interval ci over n pairs
-// (one pair has no interval: never beyond).
+// markedDiff formats a paired difference d with the half-width ci of its 95%
+// interval over n pairs, marked * when the interval excludes 0 (one pair has no
+// interval: never marked).
 func markedDiff(d, ci float64, n int) string {
 	mark := ""
 	if math.Abs(d) > ci && n > 1 {
