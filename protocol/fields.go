@@ -43,6 +43,15 @@ func (f *rawFields) slot(k string) *[]byte {
 	return nil
 }
 
+// parseFields reads payload's fields: scanFields, or decodeFields where it
+// cannot decide.
+func parseFields(payload []byte) (rawFields, error) {
+	if f, ok := scanFields(payload); ok {
+		return f, nil
+	}
+	return decodeFields(payload)
+}
+
 // decodeFields is the reference decoder: encoding/json into a map. Duplicate keys:
 // the last one wins. It returns an error describing why payload is not a JSON
 // object.

@@ -74,26 +74,39 @@ type Env struct {
 // topic), whose copy of an answered request is given the stored reply where the
 // first copy's went.
 func (env Env) ReplyTo(payload []byte, app, device string) (string, bool) {
-	prefix := env.Prefix
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
-	fields, ok := scanFields(payload)
-	if !ok {
-		var err error
-		if fields, err = decodeFields(payload); err != nil {
-			return "", false
-		}
-	}
-	raw, ok := present(fields.replyTo)
-	if !ok {
-		return ReplyTopic(prefix, app, device), true
-	}
-	rt, ok := jsonString(raw)
-	if !ok || !env.ReplyAllow.Allows(rt, prefix, app, device) {
+	fields, err := parseFields(payload)
+	if err != nil {
 		return "", false
 	}
-	return rt, true
+	rt, bad := env.replyTopic(fields, app, device)
+	return rt, bad == ""
+}
+
+// prefix is the topic prefix, DefaultPrefix for "".
+func (env Env) prefix() string {
+	if env.Prefix == "" {
+		return DefaultPrefix
+	}
+	return env.Prefix
+}
+
+// replyTopic resolves the reply topic of a request of app and device whose
+// fields are fields: its reply_to, or the device's own reply topic when it
+// names none. bad, when not "", says why its reply_to is refused
+// (ReasonReplyToNotAllowed).
+func (env Env) replyTopic(fields rawFields, app, device string) (topic, bad string) {
+	raw, ok := present(fields.replyTo)
+	if !ok {
+		return ReplyTopic(env.prefix(), app, device), ""
+	}
+	rt, ok := jsonString(raw)
+	if !ok {
+		return "", "reply_to must be a string"
+	}
+	if !env.ReplyAllow.Allows(rt, env.prefix(), app, device) {
+		return "", fmt.Sprintf("reply_to %q is not allowed", truncate(rt, 128))
+	}
+	return rt, ""
 }
 
 // Request is a valid, admitted-looking request.
@@ -169,10 +182,7 @@ func ParseHeader(topic string, payload []byte, now time.Time, env Env) (*Request
 }
 
 func parseRequest(topic string, payload []byte, now time.Time, env Env, header bool) (*Request, *Rejection) {
-	prefix := env.Prefix
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
+	prefix := env.prefix()
 	lim := env.Limits.withDefaults()
 	app, device, err := ParseRequestTopic(prefix, topic)
 	if errors.Is(err, ErrNotRequestTopic) {
@@ -204,13 +214,10 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 		return reject(ReasonPayloadTooLarge, "payload is %d bytes, limit %d", len(payload), lim.MaxPayloadBytes)
 	}
 
-	fields, ok := scanFields(payload)
-	if !ok {
-		var err error
-		if fields, err = decodeFields(payload); err != nil {
-			rej.ID = peekID(payload, true)
-			return reject(ReasonBadJSON, "%s", err)
-		}
+	fields, err := parseFields(payload)
+	if err != nil {
+		rej.ID = peekID(payload, true)
+		return reject(ReasonBadJSON, "%s", err)
 	}
 
 	// id
@@ -252,17 +259,12 @@ func parseRequest(topic string, payload []byte, now time.Time, env Env, header b
 	}
 
 	// reply_to
-	replyTo := ReplyTopic(prefix, app, device)
-	if raw, ok := present(fields.replyTo); ok {
-		rt, ok := jsonString(raw)
-		if !ok {
-			return reject(ReasonReplyToNotAllowed, "reply_to must be a string")
-		}
-		if !env.ReplyAllow.Allows(rt, prefix, app, device) {
-			return reject(ReasonReplyToNotAllowed, "reply_to %q is not allowed", truncate(rt, 128))
-		}
-		replyTo = rt
-		rej.ReplyTo = rt
+	replyTo, bad := env.replyTopic(fields, app, device)
+	if bad != "" {
+		return reject(ReasonReplyToNotAllowed, "%s", bad)
+	}
+	if _, named := present(fields.replyTo); named {
+		rej.ReplyTo = replyTo
 	}
 
 	// sent_at: the device's clock when it published; deadline_ms then counts from
