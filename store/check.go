@@ -25,6 +25,8 @@ func (s *Store) Check() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
+	s.txMu.Lock() // no commit while bbolt checks the freelist
+	defer s.txMu.Unlock()
 	err := s.view(func(tx *bolt.Tx) error {
 		for err := range tx.Check() {
 			report("bbolt: %w", err)

@@ -334,6 +334,8 @@ func (s *Store) fill(group []*op, wait bool) []*op {
 // fails its Puts of new keys and retries the rest (ErrNoSpace). The writes take
 // their keys and values from mem.
 func (s *Store) commit(group []*op, mem *arena) {
+	s.txMu.Lock()
+	defer s.txMu.Unlock()
 	for len(group) > 0 {
 		tx, err := s.db.Begin(true)
 		if err != nil {

@@ -185,6 +185,12 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 
+	// txMu is held by the committer across each write transaction and by
+	// Check across its read: bbolt's Tx.Check reads the freelist, which a
+	// committing writer changes (a data race, not a lock, in bbolt), and the
+	// committer's group commits are the only writes while the store is open.
+	txMu sync.Mutex
+
 	ops     chan *op      // to the committer
 	stopped chan struct{} // closed when the committer exits
 	queued  atomic.Int64  // writes queued or being committed
