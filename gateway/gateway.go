@@ -494,8 +494,7 @@ func (g *Gateway) answer(j *job, r result) {
 		// A journaled request answered rejected (its application gone after a
 		// reload or restart, or the loop's queue full): counted and logged as
 		// the rejections at ingress are (docs/protocol.md).
-		g.m.rejected.WithLabelValues(r.Reason).Inc()
-		g.rejectLog.Warn().Str("reason", r.Reason).Str("app", j.App).Str("device", j.Device).Str("id", j.ID).Msg("request rejected")
+		g.rejected(r.Reason, j.App, j.Device, j.ID).Msg("request rejected")
 	}
 	if r.Status == protocol.StatusOK || r.Status == protocol.StatusLate {
 		g.m.countAnswer(j.App, !g.now().After(j.Deadline), r.EstAccuracy)
@@ -690,15 +689,15 @@ func (g *Gateway) readiness() string {
 	now := g.now()
 	var doing []string
 	for _, c := range []struct {
-		at   *stamp
-		what string
+		at    *stamp
+		going bool // still going on now, however long ago it began
+		what  string
 	}{
-		{&g.lastRefused, "refusing requests"},
-		{&g.lastDegraded, "answering requests from their estimate instead of queueing them"},
-		{&g.lastIngressWait, "the request handlers are behind: the MQTT client waits for one, and the broker holds the requests it has not sent"},
+		{&g.lastRefused, false, "refusing requests"},
+		{&g.lastDegraded, false, "answering requests from their estimate instead of queueing them"},
+		{&g.lastIngressWait, g.ingressWaiting.Load() > 0, "the request handlers are behind: the MQTT client waits for one, and the broker holds the requests it has not sent"},
 	} {
-		at := c.at.Load()
-		if (!at.IsZero() && now.Sub(at) < time.Second) || (c.at == &g.lastIngressWait && g.ingressWaiting.Load() > 0) {
+		if at := c.at.Load(); c.going || (!at.IsZero() && now.Sub(at) < time.Second) {
 			doing = append(doing, c.what)
 		}
 	}

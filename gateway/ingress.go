@@ -527,9 +527,7 @@ func (g *Gateway) backlog() scheduler.Backlog {
 // and acknowledges msg once the broker has the reply (at once when there is no
 // reply topic: nothing can be answered).
 func (g *Gateway) reject(msg mqtt.Message, rej *protocol.Rejection) {
-	g.m.rejected.WithLabelValues(string(rej.Reason)).Inc()
-	ev := g.rejectLog.Warn().Str("reason", string(rej.Reason)).Str("app", rej.App).Str("device", rej.Device).
-		Str("id", rej.ID).Str("error", rej.Message)
+	ev := g.rejected(string(rej.Reason), rej.App, rej.Device, rej.ID).Str("error", rej.Message)
 	if rej.ReplyTo == "" {
 		g.m.unroutable.Inc()
 		ev.Msg("request rejected; no reply topic can be derived")
@@ -538,6 +536,13 @@ func (g *Gateway) reject(msg mqtt.Message, rej *protocol.Rejection) {
 	}
 	ev.Msg("request rejected")
 	g.owe(msg, rej.ReplyTo, rej.Reply())
+}
+
+// rejected counts a rejection (sneakgate_rejected_total{reason}) and returns its
+// log line, sampled (rejectLog), for the caller to finish.
+func (g *Gateway) rejected(reason, app, device, id string) *zerolog.Event {
+	g.m.rejected.WithLabelValues(reason).Inc()
+	return g.rejectLog.Warn().Str("reason", reason).Str("app", app).Str("device", device).Str("id", id)
 }
 
 // rejectSampler keeps the first 10 rejection lines of every second and one in
