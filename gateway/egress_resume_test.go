@@ -44,9 +44,7 @@ func TestAnswerNotCompletedBeforeResendIsAcked(t *testing.T) {
 		if dials != 2 || got != 2 {
 			t.Fatalf("connections %d, publishes received %d; want 2, 2 (the answer resent on the second connection)", dials, got)
 		}
-		var completed []store.Key
-		var inOutbox bool
-		j.locked(func() { completed = append(completed, j.completed...); _, inOutbox = j.outbox[k] })
+		completed, inOutbox := j.state(k)
 		if len(completed) != 0 || !inOutbox {
 			t.Errorf("the broker acknowledged nothing (it holds %d publishes, paho stores %d), yet the request was completed in the journal: completed %v, still in outbox %v", held, gate.inFlight(), completed, inOutbox)
 		}
@@ -60,8 +58,7 @@ func TestAnswerNotCompletedBeforeResendIsAcked(t *testing.T) {
 		b.ack(-1) // the resend's PUBACK (within the publish timeout)
 		time.Sleep(time.Second)
 		synctest.Wait()
-		completed = nil
-		j.locked(func() { completed = append(completed, j.completed...); _, inOutbox = j.outbox[k] })
+		completed, inOutbox = j.state(k)
 		if len(completed) != 1 || inOutbox || e.isBusy(k) {
 			t.Errorf("after the resend's PUBACK: completed %v, in outbox %v, busy %v; want the request completed", completed, inOutbox, e.isBusy(k))
 		}
@@ -100,9 +97,7 @@ func TestLateAnswerNotCompletedOnResend(t *testing.T) {
 		}
 		e.giveUp()
 		e.Stop(context.Background()) // Close follows in the setup's cleanup
-		var completed []store.Key
-		var inOutbox bool
-		j.locked(func() { completed = append(completed, j.completed...); _, inOutbox = j.outbox[k] })
+		completed, inOutbox := j.state(k)
 		if !inOutbox {
 			t.Errorf("after the stop the outbox does not hold the answer (completed %v): the next start has nothing to publish, and the broker never acknowledged it", completed)
 		}
@@ -126,16 +121,14 @@ func TestLateAnswerCompletedOnResendAck(t *testing.T) {
 		b.drop()
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
-		var completed []store.Key
-		j.locked(func() { completed = append(completed, j.completed...) })
+		completed, _ := j.state(k)
 		if len(completed) != 0 || !e.isBusy(k) {
 			t.Fatalf("before any PUBACK: completed %v, busy %v; want none, true", completed, e.isBusy(k))
 		}
 		b.ack(-1)
 		time.Sleep(time.Second)
 		synctest.Wait()
-		var inOutbox bool
-		j.locked(func() { completed = append(completed, j.completed...); _, inOutbox = j.outbox[k] })
+		completed, inOutbox := j.state(k)
 		if len(completed) != 1 || inOutbox || e.isBusy(k) {
 			t.Errorf("after the resend's PUBACK: completed %v, in outbox %v, busy %v; want the request completed", completed, inOutbox, e.isBusy(k))
 		}

@@ -139,6 +139,13 @@ func (j *fakeJournal) locked(f func()) {
 	f()
 }
 
+// state is what j holds of k: every key completed so far, and whether k's
+// reply is in the outbox.
+func (j *fakeJournal) state(k store.Key) (completed []store.Key, inOutbox bool) {
+	j.locked(func() { completed = slices.Clone(j.completed); _, inOutbox = j.outbox[k] })
+	return completed, inOutbox
+}
+
 // fakeJournal records completions and keeps an outbox.
 type fakeJournal struct {
 	mu        sync.Mutex

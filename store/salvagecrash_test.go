@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,24 +55,24 @@ func TestRecoverChild(t *testing.T) {
 	s.Close()
 }
 
-// damagedJournal writes a closed journal of n completed keys with replies of
-// size bytes (key(1000) to key(1000+n-1)), and 50 pending requests (key(0) to
-// key(49)), the first of them damaged.
-func damagedJournal(t *testing.T, path string, n, size int) {
+// damagedJournal writes a closed journal of done completed keys with replies
+// of size bytes (key(1000) to key(1000+done-1)), and pending requests (key(0)
+// to key(pending-1)), the first of them damaged, and returns the file's bytes.
+func damagedJournal(t *testing.T, path string, done, size, pending int) []byte {
 	t.Helper()
 	s, err := store.Open(path, storetest.Options(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	big := bytes.Repeat([]byte("x"), size)
-	for i := range n {
+	for i := range done {
 		mustPut(t, s, entry(1000+i), store.New)
 		if err := s.Complete(key(1000+i), big); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var seqs []uint64
-	for i := range 50 {
+	for i := range pending {
 		e := entry(i)
 		mustPut(t, s, e, store.New)
 		seqs = append(seqs, e.Seq)
@@ -87,6 +86,11 @@ func damagedJournal(t *testing.T, path string, n, size int) {
 		rec[len(rec)-2] ^= 0x40
 		return p.Put(seqKey(seqs[0]), rec)
 	})
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // startRecoverChild starts TestRecoverChild on path, to die at step crash
@@ -165,7 +169,7 @@ func TestCrashDuringSalvage(t *testing.T) {
 	// so the kill nearly always lands in it.
 	const n = 400
 	path := filepath.Join(t.TempDir(), "journal.db")
-	damagedJournal(t, path, n, 64<<10)
+	damagedJournal(t, path, n, 64<<10, 50)
 
 	// The gateway starts and is killed as soon as it begins writing the salvage.
 	cmd, out := startRecoverChild(t, path, "", 0)
@@ -198,11 +202,11 @@ func TestCrashDuringSalvage(t *testing.T) {
 func TestCrashAtEachSalvageStep(t *testing.T) {
 	const n = 100
 	orig := filepath.Join(t.TempDir(), "journal.db")
-	damagedJournal(t, orig, n, 16<<10)
+	damagedJournal(t, orig, n, 16<<10, 50)
 	for _, step := range []string{"salvage-commit", "salvaged", "linked", "renamed"} {
 		t.Run(step, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "journal.db")
-			copyTestFile(t, orig, path)
+			copyFile(t, orig, path)
 			cmd, out := startRecoverChild(t, path, step, 256<<10)
 			if err := cmd.Wait(); !killedBySIGKILL(err) {
 				t.Fatalf("the child did not die at step %s (%v):\n%s", step, err, out.Bytes())
@@ -217,60 +221,11 @@ func TestCrashAtEachSalvageStep(t *testing.T) {
 	}
 }
 
-func copyTestFile(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// smallDamagedJournal writes a journal of three pending requests, the first one
-// damaged, and returns its bytes.
-func smallDamagedJournal(t *testing.T, path string) []byte {
-	t.Helper()
-	s, err := store.Open(path, storetest.Options(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var seqs []uint64
-	for i := range 3 {
-		e := entry(i)
-		mustPut(t, s, e, store.New)
-		seqs = append(seqs, e.Seq)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		p := tx.Bucket([]byte("pending"))
-		rec := bytes.Clone(p.Get(seqKey(seqs[0])))
-		rec[len(rec)-2] ^= 0x40
-		return p.Put(seqKey(seqs[0]), rec)
-	})
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // Where the file system refuses hard links, the damaged journal is copied to
 // its .corrupt- name.
 func TestSalvageCopiesWhenLinkFails(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "journal.db")
-	damaged := smallDamagedJournal(t, path)
+	damaged := damagedJournal(t, path, 0, 0, 3)
 	store.SetLinkFile(t, func(oldname, newname string) error {
 		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: syscall.EPERM}
 	})
@@ -298,7 +253,7 @@ func TestSalvageCopiesWhenLinkFails(t *testing.T) {
 func TestFailedSalvageLeavesTheJournal(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "journal.db")
-	damaged := smallDamagedJournal(t, path)
+	damaged := damagedJournal(t, path, 0, 0, 3)
 	store.SetLinkFile(t, func(oldname, newname string) error {
 		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: syscall.EEXIST}
 	})
