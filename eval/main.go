@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -57,24 +58,24 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	var (
-		models    = fs.String("models", "models", "directory holding {app}/manifest.yaml")
-		apps      = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
-		synthetic = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
-		workloads = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
-		policies  = fs.String("policies", "sneakpeek,oblivious,placebo,cascade,edf,fixed-batch", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+"); cascade needs the engine")
-		loads     = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
-		deadlines = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
-		n         = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
-		minDl     = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
-		maxN      = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
-		seed      = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
-		seeds     = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals; with -live, run each live point once per seed (the policies of a seed back to back) and summarise live against simulated and each policy against -ref, paired by seed")
-		ref       = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
-		gatewayUS = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
-		verdictUS = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
-		_         = fs.String("decision-us", "", "per policy, the scheduling loop's time per scheduled request for the decision itself, on top of -gateway-us and -verdict-us, in microseconds: policy=us pairs, comma-separated (e.g. sneakpeek=9,placebo=9,edf=1,fixed-batch=0.3); the decision times the report prints (decide_us) are this machine's measurement")
-		gwKnown   = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
-		ingressMS = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
+		models     = fs.String("models", "models", "directory holding {app}/manifest.yaml")
+		apps       = fs.String("apps", "", "comma-separated applications (default: every manifest under -models)")
+		synthetic  = fs.Bool("synthetic", false, "evaluate the built-in synthetic application instead (no engine, no files)")
+		workloads  = fs.String("workloads", "", "comma-separated workloads (default: every workload of each app)")
+		policies   = fs.String("policies", "sneakpeek,oblivious,placebo,cascade,edf,fixed-batch", "comma-separated policies ("+strings.Join(append(scheduler.Names(), evalPolicies...), ",")+"); cascade needs the engine")
+		loads      = fs.String("loads", "0.3,0.6,0.9,1.2,1.5", "loads as fractions of capacity")
+		deadlines  = fs.String("deadlines", "1", "deadline budgets as multiples of each app's default deadline")
+		n          = fs.Int("n", 5000, "requests per point (at least; see -min-deadlines)")
+		minDl      = fs.Float64("min-deadlines", 20, "lengthen each point to at least this many deadlines of arrivals (0 = off)")
+		maxN       = fs.Int("max-n", 200000, "cap on the requests of a lengthened point")
+		seed       = fs.Uint64("seed", 1, "seed for arrivals, samples, jitter and confusion draws")
+		seeds      = fs.Int("seeds", 1, "run every point with this many seeds (seed, seed+1, ...) and report means with 95% intervals; with -live, run each live point once per seed (the policies of a seed back to back) and summarise live against simulated and each policy against -ref, paired by seed")
+		ref        = fs.String("ref", "sneakpeek", "policy the summary compares every other with (paired by seed)")
+		gatewayUS  = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
+		verdictUS  = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
+		decisionUS = decisionCostFlag{}
+		gwKnown    = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
+		ingressMS  = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
 		// The flags named _ are the gateway model, read by flagGatewayModel.
 		_           = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")
 		maxBatch    = fs.Int("max-batch", 32, "largest batch")
@@ -118,6 +119,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		liveProc    = fs.Bool("live-devices-process", true, "with -live: run the simulated devices in a child process (sneakgate devsim), off the gateway's CPU threads; false runs them in this process")
 		scenario    = fs.String("scenario", "", "simulate a scenario file instead of the manifests: applications sharing one engine, periodic device streams, simulated estimators (eval/scenarios; docs/evaluation.md)")
 	)
+	fs.Var(decisionUS, "decision-us", "per policy, the scheduling loop's time per scheduled request for the decision itself, on top of -gateway-us and -verdict-us, in microseconds: policy=us pairs, comma-separated (e.g. sneakpeek=9,placebo=9,edf=1,fixed-batch=0.3); the decision times the report prints (decide_us) are this machine's measurement")
+
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -156,10 +159,6 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if opts.Peek, err = parsePairs(*peek); err != nil {
 		return fmt.Errorf("eval: -peek: %w", err)
-	}
-	decisionUS, err := parseDecisionCosts(fs.Lookup("decision-us").Value.String())
-	if err != nil {
-		return err
 	}
 	if len(decisionUS) > 0 && *live {
 		return errors.New("eval: -decision-us models the simulator's loop; -live runs the gateway, which pays its own")
@@ -619,15 +618,9 @@ func flagGatewayModel(fs *flag.FlagSet) GatewayModel {
 		MeasuredWait: get("measured-wait").(bool), DegradeRefused: get("degrade-refused").(bool),
 		PriceAdmission: get("price-admission").(bool), Pipeline: get("pipeline").(bool), LabelShift: get("label-shift").(bool),
 		MemBudget: get("mem-budget-mb").(int64) << 20, CountBudget: get("max-resident").(int),
-		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), DecisionCost: decisionCosts(get("decision-us").(string)),
+		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), DecisionCost: get("decision-us").(map[string]time.Duration),
 		GatewayKnown: get("gateway-known").(bool),
 		IngressDelay: time.Duration(f64("ingress-ms") * float64(time.Millisecond))}
-}
-
-// decisionCosts parses -decision-us (validated by parseDecisionCosts first).
-func decisionCosts(v string) map[string]time.Duration {
-	m, _ := parseDecisionCosts(v)
-	return m
 }
 
 // parseDecisionCosts parses policy=us pairs, comma-separated; "" is nil.
@@ -640,9 +633,33 @@ func parseDecisionCosts(v string) (map[string]time.Duration, error) {
 		name, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
 		us, err := strconv.ParseFloat(val, 64)
 		if !ok || name == "" || err != nil || !(us >= 0) || math.IsInf(us, 0) {
-			return nil, fmt.Errorf("eval: -decision-us: %q is not policy=microseconds (a number >= 0)", kv)
+			return nil, fmt.Errorf("%q is not policy=microseconds (a number >= 0)", kv)
 		}
 		m[name] = time.Duration(us * float64(time.Microsecond))
 	}
 	return m, nil
 }
+
+// decisionCostFlag is -decision-us: per policy, microseconds per scheduled
+// request (parseDecisionCosts), parsed once when the flag is set.
+type decisionCostFlag map[string]time.Duration
+
+func (f decisionCostFlag) String() string {
+	var parts []string
+	for _, p := range slices.Sorted(maps.Keys(f)) {
+		parts = append(parts, fmt.Sprintf("%s=%g", p, float64(f[p])/float64(time.Microsecond)))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f decisionCostFlag) Set(v string) error {
+	m, err := parseDecisionCosts(v)
+	if err != nil {
+		return err
+	}
+	clear(f)
+	maps.Copy(f, m)
+	return nil
+}
+
+func (f decisionCostFlag) Get() any { return map[string]time.Duration(f) }
