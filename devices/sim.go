@@ -266,7 +266,6 @@ type sim struct {
 	rtt      []time.Duration
 	gwTotal  []time.Duration
 	ontime   int
-	longest  time.Duration // the largest budget a reply was judged against
 	idle     chan struct{} // signalled (size 1) when pending becomes empty
 	start    time.Time     // the first planned send, for TraceRecord.SentMS
 	trace    *json.Encoder // SimConfig.Trace; nil without one
@@ -495,7 +494,6 @@ func (s *sim) record(rc Received) {
 	rtt := rc.At.Sub(o.sent)
 	s.rtt = append(s.rtt, rtt)
 	budget := s.replyBudget(r)
-	s.longest = max(s.longest, budget)
 	if rep.BudgetMin == 0 || budget < rep.BudgetMin {
 		rep.BudgetMin = budget
 	}
@@ -574,7 +572,7 @@ func (s *sim) replyBudget(r *protocol.Reply) time.Duration {
 func (s *sim) drainTime() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return max(s.budget, s.longest) + 5*time.Second
+	return max(s.budget, s.rep.BudgetMax) + 5*time.Second
 }
 
 // answerUtility is the application's utility W[label][class] of an answer,
