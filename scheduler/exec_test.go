@@ -271,15 +271,21 @@ func TestExecutorAppliesValidDecisions(t *testing.T) {
 // over a random stream with a tight residency budget, none is refused, and
 // every request is answered exactly once.
 func TestExecutorAcceptsPolicies(t *testing.T) {
-	for _, name := range []string{"edf", "fifo", "fixed-batch", "sneakpeek", "oblivious"} {
+	for _, name := range []string{"edf", "fifo", "fixed-batch", "sneakpeek", "oblivious", "sneakpeek/plan-ahead", "oblivious/plan-ahead"} {
 		t.Run(name, func(t *testing.T) {
+			policy, ahead, _ := strings.Cut(name, "/")
 			a, o := testApp(), testApp()
 			o.Name = "other"
 			for _, v := range o.Variants {
 				v.ID.App = "other"
 			}
 			apps := map[string]*App{"app": a, "other": o}
-			pol := mustPolicy(t, name, Options{})
+			opts := Options{}
+			if ahead != "" {
+				// Small batches and a burst of arrivals make plans of several.
+				opts = Options{MaxBatch: 4, PlanAhead: 3}
+			}
+			pol := mustPolicy(t, policy, opts)
 			x := NewExecutor(Engine{MemBudget: 500, CountBudget: 2, Resident: map[VariantID]time.Time{}}, lookupIn(apps))
 			rng := rand.New(rand.NewPCG(7, 1))
 			now, busy := t0, t0
@@ -291,7 +297,11 @@ func TestExecutorAcceptsPolicies(t *testing.T) {
 					t.Fatalf("%d still queued after %d steps", x.Len(), step)
 				}
 				now = now.Add(time.Duration(rng.ExpFloat64() * float64(ms(2))))
-				for k := rng.IntN(4); k > 0 && seq < n; k-- {
+				burst := rng.IntN(4)
+				if ahead != "" {
+					burst *= 4
+				}
+				for k := burst; k > 0 && seq < n; k-- {
 					seq++
 					app := a
 					if rng.IntN(3) == 0 {
@@ -326,6 +336,9 @@ func TestExecutorAcceptsPolicies(t *testing.T) {
 			}
 			if len(answered) != n {
 				t.Fatalf("answered %d of %d", len(answered), n)
+			}
+			if s, ok := pol.(*searching); ok && ahead != "" && s.aheadTaken == 0 {
+				t.Fatal("no decision ran a kept batch: the case tests nothing")
 			}
 			for s, c := range answered {
 				if c != 1 {

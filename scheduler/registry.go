@@ -52,6 +52,10 @@ type Options struct {
 	// engine time. It needs the label-shift correction (Request.Mix and
 	// Request.ShiftedUtility, set by Reweigh); see decisionState.estimateWorthMore.
 	EstimateAnswers bool
+	// PlanAhead is how many batches after the first a searching policy may
+	// take from one plan before it plans again (ahead.go); 0 plans at every
+	// decision.
+	PlanAhead int
 }
 
 // DefaultOptions returns the options used for fields left zero.

@@ -116,6 +116,15 @@ type searching struct {
 	// smoothed (peekSmoothing).
 	peek      map[string]*peekInfo
 	peekPrice float64
+	// ahead are the batches of the latest plan after the one it ran
+	// (Options.PlanAhead, ahead.go); aheadNext is the Seq after the newest
+	// request queued when it was made, aheadPlanned that the decision being
+	// made kept them. aheadTaken and aheadDropped count the kept batches the
+	// decisions ran and the plans they dropped (for the tests).
+	ahead                    []aheadBatch
+	aheadNext                uint64
+	aheadPlanned             bool
+	aheadTaken, aheadDropped int
 	// freshBuf holds the queue without the requests back from a first pass
 	// (decideSecond), kept between decisions.
 	freshBuf []*Request
@@ -306,6 +315,7 @@ func (p *searching) Name() string { return p.name }
 // (the gateway's loop recovers it as an invalid decision) may have left on.
 func (p *searching) Resync() {
 	p.rule = nil
+	p.dropAhead()
 	p.bound = boundInfo{}
 	p.pull.reset(nil, nil)
 }
@@ -317,8 +327,20 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		p.rule = rule
 		p.clearPending(0)
 		p.estNext = 0
+		p.dropAhead()
 	}
+	if b := p.takeAhead(s); b != nil {
+		p.arrivals.observe(s.Now, s.Queue)
+		d := Decision{Batch: b, Answers: p.rule}
+		p.hist.note(d) // (a no-op unless the long queue's summary is kept)
+		return d
+	}
+	p.dropAhead()
+	p.aheadPlanned = false
 	d := p.decide(s)
+	if p.aheadPlanned && len(s.Queue) > 0 {
+		p.aheadNext = s.Queue[len(s.Queue)-1].Seq + 1
+	}
 	d.Answers = p.rule
 	return d
 }
@@ -429,6 +451,7 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int, beyond ..
 		}
 		runs = d.fill(runs, win)
 		if b := d.assemble(runs[0]); b != nil {
+			p.keepAhead(d, runs)
 			d.escalate(b)
 			return Decision{Verdicts: d.verdicts, Batch: b, Gate: d.gate()}
 		}
