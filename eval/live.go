@@ -237,6 +237,7 @@ func Live(ctx context.Context, c LiveConfig, progress io.Writer) (LiveResult, er
 	cfg.Scheduler.Shrink = o.Shrink // the same valuation as the simulated point
 	cfg.Scheduler.PriceHorizon = o.PriceHorizon
 	cfg.Scheduler.EstimateAnswers = o.EstimateAnswers
+	cfg.Scheduler.PlanAhead = o.PlanAhead
 	cfg.Scheduler.CascadeFirst = o.CascadeFirst
 	cfg.Scheduler.LatencyCorrection = !c.NoLatencyCorrection
 	cfg.Scheduler.Pipeline = c.Pipeline

@@ -232,6 +232,11 @@ type SchedulerConfig struct {
 	// scheduler answers the few queued without the test (before its first
 	// decision, recovered from the journal, prepared again by a reload).
 	EstimateAnswers bool `yaml:"estimate_answers"`
+	// PlanAhead is scheduler.Options.PlanAhead: how many batches after the
+	// first a searching policy takes from one plan before it plans again, each
+	// only while it still holds (scheduler/ahead.go). Default 3: a window of
+	// 128 at the cap of 32 plans about four batches.
+	PlanAhead int `yaml:"plan_ahead"`
 	// LatencyCorrection corrects the variants' latency tables from the observed
 	// forward passes (gateway/latency.go); false keeps the start-up profiles.
 	LatencyCorrection bool `yaml:"latency_correction"`
@@ -362,7 +367,10 @@ func DefaultConfig() Config {
 			PriceHorizon: time.Second,
 			// docs/evaluation-log.md, "Answers from the estimate": vad meeting
 			// 0.05-0.26 above every baseline at every load.
-			EstimateAnswers:   true,
+			EstimateAnswers: true,
+			// docs/evaluation.md, "With each policy's decision time charged":
+			// a third of sneakpeek's decision time per request on satellite.
+			PlanAhead:         3,
 			LatencyCorrection: true},
 		Admission: AdmissionConfig{
 			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, PriceShed: true, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
@@ -527,6 +535,9 @@ func (c *Config) Validate() error {
 	if c.Engine.ProfileRuns < 1 {
 		return configErr("engine.profile_runs", "must be at least 1")
 	}
+	if c.Scheduler.PlanAhead < 0 || c.Scheduler.PlanAhead > maxPlanAhead {
+		return configErr("scheduler.plan_ahead", "%d: must be between 0 and %d", c.Scheduler.PlanAhead, maxPlanAhead)
+	}
 	if !(c.Scheduler.Shrink >= 0 && c.Scheduler.Shrink <= 1) {
 		return configErr("scheduler.shrink", "%v: must be between 0 and 1", c.Scheduler.Shrink)
 	}
@@ -588,9 +599,14 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 		MaxQueueDelay: c.Scheduler.MaxQueueDelay, FixedVariant: c.Scheduler.FixedVariant,
 		CascadeFirst: c.Scheduler.CascadeFirst, Peek: c.Scheduler.Peek,
 		Shrink: c.Scheduler.Shrink, PriceHorizon: c.Scheduler.PriceHorizon,
-		EstimateAnswers: c.Scheduler.EstimateAnswers,
+		EstimateAnswers: c.Scheduler.EstimateAnswers, PlanAhead: c.Scheduler.PlanAhead,
 	}
 }
+
+// maxPlanAhead bounds scheduler.plan_ahead: a plan covers scheduler.window
+// requests, so more kept batches than a window of single requests could never
+// be taken.
+const maxPlanAhead = 1024
 
 // hostnamePlaceholder in mqtt.client_id stands for the machine's host name, so
 // that one config file gives every gateway of a shared group its own client id.

@@ -29,7 +29,8 @@ func TestLoadConfigDefaultsAndPaths(t *testing.T) {
 	if c.Store.Path != filepath.Join(dir, "state/j.db") || c.Apps[0].Manifest != filepath.Join(dir, "m/manifest.yaml") {
 		t.Errorf("paths not resolved: %q %q", c.Store.Path, c.Apps[0].Manifest)
 	}
-	if c.Scheduler.Policy != "sneakpeek" || c.MQTT.TopicPrefix != "sneakgate" || c.Store.Retention != 10*time.Minute {
+	if c.Scheduler.Policy != "sneakpeek" || c.MQTT.TopicPrefix != "sneakgate" || c.Store.Retention != 10*time.Minute ||
+		c.SchedulerOptions().PlanAhead != 3 {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }
@@ -39,6 +40,7 @@ func TestLoadConfigErrorsNameTheField(t *testing.T) {
 		"apps:\n  - manifest: a\nunknown_key: 1\n":                                 "unknown_key",
 		"apps:\n  - manifest: a\nscheduler:\n  policy: magic\n":                    "scheduler.policy",
 		"apps:\n  - manifest: a\nscheduler:\n  max_batch: 64\n":                    "scheduler.max_batch",
+		"apps:\n  - manifest: a\nscheduler:\n  plan_ahead: -1\n":                   "scheduler.plan_ahead",
 		"apps:\n  - manifest: a\nengine:\n  provider: npu\n":                       "engine.provider",
 		"apps:\n  - manifest: a\nengine:\n  batch_sizes: [4, 2]\n":                 "engine.batch_sizes",
 		"apps:\n  - manifest: a\nmqtt:\n  topic_prefix: 'a/#'\n":                   "mqtt.topic_prefix",
