@@ -696,6 +696,9 @@ func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
 			l.reply(j, result{Status: protocol.StatusExpired, Reason: v.Reason, Start: now, Done: now})
 		}
 	}
+	if d.Batch != nil && d.Batch.Kept {
+		l.m.keptBatches.Inc()
+	}
 	l.m.queueLen.Set(float64(l.exec.Len()))
 	return d.Batch, d.WakeAt, len(d.Verdicts)
 }

@@ -668,3 +668,41 @@ func TestLoopPlansForTheEgressDelay(t *testing.T) {
 		})
 	}
 }
+
+// The loop runs the batches a decision kept from its plan
+// (scheduler.plan_ahead), counts them, and answers every request once.
+func TestLoopRunsKeptBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(b int) time.Duration { return 2*time.Millisecond + time.Duration(b)*100*time.Microsecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}}
+		p, err := scheduler.New("sneakpeek", scheduler.Options{MaxBatch: 8, PlanAhead: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans := &answers{got: map[string]result{}}
+		m := newMetrics(nil)
+		l := newLoop(p, map[string]*scheduler.App{"app": loopApp()}, f, scheduler.Engine{}, 200, time.Now, ans.record, zerolog.Nop(), m)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+		const n = 64
+		for i := range n {
+			submit(t, l, fmt.Sprint(i), time.Second, []float64{0.1, 0.9})
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if len(ans.got) != n {
+			t.Fatalf("answered %d of %d", len(ans.got), n)
+		}
+		for id, r := range ans.got {
+			if r.Status != protocol.StatusOK {
+				t.Errorf("%s: %+v", id, r)
+			}
+		}
+		kept := testutil.ToFloat64(m.keptBatches)
+		t.Logf("%d batches %v, %v of them kept", len(f.runs), f.runs, kept)
+		if kept < 1 || kept >= float64(len(f.runs)) {
+			t.Errorf("%v of %d batches from kept plans", kept, len(f.runs))
+		}
+	})
+}

@@ -53,7 +53,10 @@ type metrics struct {
 	// before (scheduler.pipeline); engineWait sums the time the engine sat
 	// idle between batches while requests were waiting.
 	decidedAhead prometheus.Counter
-	engineWait   prometheus.Counter
+	// keptBatches counts the batches taken from an earlier decision's plan
+	// (scheduler.plan_ahead).
+	keptBatches prometheus.Counter
+	engineWait  prometheus.Counter
 	// invalidDecisions counts the policy's decisions the loop refused (loop.decide).
 	invalidDecisions prometheus.Counter
 	storeErrors      *prometheus.CounterVec // op
@@ -137,6 +140,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1e-6, 2, 16)}),
 		decidedAhead: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_batches_decided_ahead_total", Help: "Batches decided while the engine ran the batch before (scheduler.pipeline)."}),
+		keptBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_batches_from_kept_plan_total", Help: "Batches run from an earlier decision's plan without planning again (scheduler.plan_ahead)."}),
 		engineWait: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_engine_wait_seconds_total", Help: "Time the engine sat idle between two batches while requests were waiting (the scheduling loop deciding and handing over)."}),
 		invalidDecisions: prometheus.NewCounter(prometheus.CounterOpts{
@@ -170,7 +175,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
-		m.swapTime, m.decisionTime, m.decidedAhead, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
+		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",

@@ -123,5 +123,5 @@ func (p *searching) takeAhead(s *Snapshot) *Batch {
 	p.ahead[0] = aheadBatch{}
 	p.ahead = p.ahead[1:]
 	p.aheadTaken++
-	return &Batch{Variant: ab.v, Requests: ab.reqs, Start: s.Now, Finish: fin, Utility: ab.utility}
+	return &Batch{Variant: ab.v, Requests: ab.reqs, Start: s.Now, Finish: fin, Utility: ab.utility, Kept: true}
 }

@@ -75,7 +75,7 @@ func TestPlanAheadTakesKeptBatches(t *testing.T) {
 			for i, want := range f.kept {
 				admits := f.p.admits
 				b := f.decide(t)
-				if b == nil || !slices.Equal(b.Requests, want) {
+				if b == nil || !slices.Equal(b.Requests, want) || !b.Kept {
 					t.Fatalf("decision %d ran %v, want the kept batch %v", i+2, b, want)
 				}
 				if f.p.admits != admits {
@@ -86,8 +86,8 @@ func TestPlanAheadTakesKeptBatches(t *testing.T) {
 				}
 			}
 			admits := f.p.admits
-			if b := f.decide(t); b == nil {
-				t.Fatal("no batch after the kept ones")
+			if b := f.decide(t); b == nil || b.Kept {
+				t.Fatalf("after the kept batches: %+v, want a batch of a new plan", b)
 			}
 			if f.p.admits == admits {
 				t.Fatal("the decision after the kept batches did not plan again")

@@ -232,6 +232,9 @@ type Batch struct {
 	Start, Finish time.Time
 	// Utility is the predicted total penalised utility of the batch.
 	Utility float64
+	// Kept marks a batch an earlier decision planned and kept for this one to
+	// run without planning again (Options.PlanAhead).
+	Kept bool
 	// EscalateBelow, when positive, makes the batch a first pass (the cascade
 	// policy): a request whose answer's top-class probability is below it is not
 	// answered; the caller sets its First and puts it back in the queue, in
