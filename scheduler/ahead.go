@@ -3,6 +3,7 @@ package scheduler
 import (
 	"cmp"
 	"slices"
+	"time"
 )
 
 // This file lets a searching policy run its plan's later batches without
@@ -19,13 +20,14 @@ import (
 // cut at the batch cap, in the plan's order), and the next decisions take them
 // one at a time, as long as each still holds at the decision's Now:
 //
-//   - its application is the version planned for and its variant is resident
-//     (a kept batch never swaps);
+//   - its application is the version planned for, and its variant is resident
+//     or can be made resident (the swap as the batch's decision would plan it:
+//     PlanSwap's rules, its time counted before the batch's);
 //   - every one of its requests is still queued (the same *Request, at its Seq:
 //     not answered, batched or prepared again since) and not back from a
 //     first pass, and is on time if the batch starts now (its deadline at or
-//     after Now plus the batch's latency), so that the batch's believed value
-//     is its members' on-time utility, as planned;
+//     after Now plus the swap and the batch's latency), so that the batch's
+//     believed value is its members' on-time utility, as planned;
 //   - no request that arrived since the plan has a deadline before the kept
 //     batches would all have ended, run back to back from Now: a newcomer the
 //     plan did not see and that is due within it makes the policy plan again.
@@ -93,9 +95,22 @@ func (p *searching) takeAhead(s *Snapshot) *Batch {
 		return nil
 	}
 	ab := p.ahead[0]
-	_, resident := s.Engine.Resident[ab.v.ID]
-	ok := resident && s.Apps[ab.app.Name] == ab.app
-	fin := s.Now.Add(ab.v.LatencyAt(len(ab.reqs)))
+	b := &Batch{Variant: ab.v, Requests: ab.reqs, Start: s.Now, Utility: ab.utility, Kept: true}
+	ok := s.Apps[ab.app.Name] == ab.app
+	var swap time.Duration
+	if _, resident := s.Engine.Resident[ab.v.ID]; ok && !resident {
+		// The swap as assemble plans it (PlanSwap's rules).
+		rs := newResSet(s)
+		var evict int
+		if swap, evict, ok = rs.cost(ab.v); ok {
+			for _, e := range rs.ents[:evict] {
+				b.Evict = append(b.Evict, e.ID)
+			}
+			b.Load = []VariantID{ab.v.ID}
+		}
+	}
+	fin := s.Now.Add(swap + ab.v.LatencyAt(len(ab.reqs)))
+	b.Finish = fin
 	for _, r := range ab.reqs {
 		if !ok {
 			break
@@ -123,5 +138,5 @@ func (p *searching) takeAhead(s *Snapshot) *Batch {
 	p.ahead[0] = aheadBatch{}
 	p.ahead = p.ahead[1:]
 	p.aheadTaken++
-	return &Batch{Variant: ab.v, Requests: ab.reqs, Start: s.Now, Finish: fin, Utility: ab.utility, Kept: true}
+	return b
 }

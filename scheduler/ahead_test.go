@@ -128,15 +128,6 @@ func TestPlanAheadDropsStalePlans(t *testing.T) {
 		{"request would be late", func(t *testing.T, f *aheadFixture) {
 			f.now = t0.Add(time.Second - time.Millisecond)
 		}, false},
-		{"variant evicted", func(t *testing.T, f *aheadFixture) {
-			var keep []VariantID
-			for id := range f.x.Resident() {
-				if id != f.p.ahead[0].v.ID {
-					keep = append(keep, id)
-				}
-			}
-			f.x.SetResident(keep, f.now)
-		}, false},
 		{"new application version", func(t *testing.T, f *aheadFixture) {
 			n := *f.a
 			f.apps[f.a.Name] = &n
@@ -180,5 +171,30 @@ func TestPlanAheadKeepsPlanForLaterArrivals(t *testing.T) {
 	}
 	if b := f.decide(t); b == nil || !slices.Equal(b.Requests, f.kept[0]) || f.p.aheadTaken != 1 {
 		t.Fatalf("ran %v (taken %d), want the first kept batch", b, f.p.aheadTaken)
+	}
+}
+
+// A kept batch whose variant was evicted since the plan loads it again first,
+// as its decision would have planned the swap, and counts the load's time.
+func TestPlanAheadSwapsBackAnEvictedVariant(t *testing.T) {
+	f := newAheadFixture(t, "sneakpeek")
+	v := f.p.ahead[0].v
+	var keep []VariantID
+	for id := range f.x.Resident() {
+		if id != v.ID {
+			keep = append(keep, id)
+		}
+	}
+	f.x.SetResident(keep, f.now)
+	at := f.now
+	b := f.decide(t)
+	if b == nil || !b.Kept || !slices.Equal(b.Requests, f.kept[0]) {
+		t.Fatalf("ran %+v, want the first kept batch", b)
+	}
+	if !slices.Equal(b.Load, []VariantID{v.ID}) || len(b.Evict) != 0 {
+		t.Fatalf("load %v, evict %v; want %v loaded, nothing evicted", b.Load, b.Evict, v.ID)
+	}
+	if want := at.Add(v.Load + v.LatencyAt(len(b.Requests))); !b.Finish.Equal(want) {
+		t.Fatalf("finish %v, want %v (the load, then the batch)", b.Finish.Sub(at), want.Sub(at))
 	}
 }

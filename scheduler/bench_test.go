@@ -123,6 +123,30 @@ func BenchmarkDecide(b *testing.B) {
 	}
 }
 
+// BenchmarkDecidePlanAhead is BenchmarkDecide for the searching policies with
+// Options.PlanAhead 0 (every decision plans) and 3 (the gateway's default),
+// side by side; it also reports the share of decisions that ran a kept batch
+// (kept).
+func BenchmarkDecidePlanAhead(b *testing.B) {
+	for _, name := range []string{"sneakpeek", "oblivious"} {
+		for _, ahead := range []int{0, 3} {
+			for _, load := range []string{"over", "under"} {
+				for _, n := range []int{1000, 10000} {
+					b.Run(fmt.Sprintf("%s/ahead=%d/%sload/queued=%d", name, ahead, load, n), func(b *testing.B) {
+						l := newBenchLoop(b, name, n, load == "over")
+						l.p = benchPolicyOpts(b, name, Options{MaxQueueDelay: time.Nanosecond, PlanAhead: ahead})
+						l.apply(l.p.Decide(l.snapshot()))
+						sp := l.p.(*searching)
+						taken0 := sp.aheadTaken
+						l.time(b)
+						b.ReportMetric(float64(sp.aheadTaken-taken0)/float64(b.N), "kept")
+					})
+				}
+			}
+		}
+	}
+}
+
 // BenchmarkDecideEstimateAnswers is BenchmarkDecide for sneakpeek with
 // Options.EstimateAnswers and a stream of arrivals a quarter of which the
 // estimate answers (estimate_worth_more: corrected estimates all but certain
