@@ -43,7 +43,11 @@ func newAheadFixture(t *testing.T, name string) *aheadFixture {
 		t.Fatal("the first decision kept no batch of its plan")
 	}
 	for _, ab := range f.p.ahead {
-		f.kept = append(f.kept, slices.Clone(ab.reqs))
+		var rs []*Request
+		for _, m := range ab.ms {
+			rs = append(rs, m.r)
+		}
+		f.kept = append(f.kept, rs)
 	}
 	return f
 }
@@ -125,8 +129,10 @@ func TestPlanAheadDropsStalePlans(t *testing.T) {
 				return r
 			})
 		}, false},
-		{"request would be late", func(t *testing.T, f *aheadFixture) {
-			f.now = t0.Add(time.Second - time.Millisecond)
+		{"requests long past their deadlines", func(t *testing.T, f *aheadFixture) {
+			// Late by nine tenths of their budget: each is worth more
+			// answered from its estimate, which leaves the batch empty.
+			f.now = t0.Add(1900 * time.Millisecond)
 		}, false},
 		{"new application version", func(t *testing.T, f *aheadFixture) {
 			n := *f.a
@@ -196,5 +202,132 @@ func TestPlanAheadSwapsBackAnEvictedVariant(t *testing.T) {
 	}
 	if want := at.Add(v.Load + v.LatencyAt(len(b.Requests))); !b.Finish.Equal(want) {
 		t.Fatalf("finish %v, want %v (the load, then the batch)", b.Finish.Sub(at), want.Sub(at))
+	}
+}
+
+// A batch the caller did not run after all and put back (the gateway's
+// pipeline does when the running batch fails) was planned before the kept
+// batches: they must not run ahead of it. Without the check every one of its
+// eight urgent requests expired behind three kept batches.
+func TestPlanAheadYieldsToABatchPutBack(t *testing.T) {
+	for _, ahead := range []int{0, 3} {
+		a := testApp()
+		apps := map[string]*App{a.Name: a}
+		p := mustPolicy(t, "sneakpeek", Options{MaxBatch: 8, Window: 32, PlanAhead: ahead}).(*searching)
+		x := NewExecutor(Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: t0, a.Variants[1].ID: t0}}, lookupIn(apps))
+		for i := range 40 {
+			budget := time.Second
+			if i < 8 {
+				budget = ms(30) // the urgent ones the plan runs first
+			}
+			if err := x.Add(req(a, uint64(i+1), t0, budget, []float64{0.1, 0.9})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		now := t0
+		decide := func() Decision {
+			d := p.Decide(&Snapshot{Now: now, Queue: x.Queue(), Apps: apps, Engine: x.Engine()})
+			if err := x.Apply(d, now); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		first := decide().Batch
+		if first == nil {
+			t.Fatal("no batch")
+		}
+		// The batch is not run: its requests come back to the queue (unplan).
+		for _, r := range first.Requests {
+			if err := x.Add(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		back := map[*Request]bool{}
+		for _, r := range first.Requests {
+			back[r] = true
+		}
+		late, expired := 0, 0
+		for step := 0; x.Len() > 0 && step < 100; step++ {
+			d := decide()
+			for _, v := range d.Verdicts {
+				if back[v.Request] {
+					expired++
+				}
+			}
+			if b := d.Batch; b != nil {
+				for _, r := range b.Requests {
+					if back[r] && b.Finish.After(r.Deadline) {
+						late++
+					}
+				}
+				now = b.Finish
+			} else if !d.WakeAt.IsZero() && d.WakeAt.After(now) {
+				now = d.WakeAt
+			}
+		}
+		t.Logf("PlanAhead %d: of the %d requests put back, %d expired, %d late (kept batches taken %d)", ahead, len(first.Requests), expired, late, p.aheadTaken)
+		if expired+late > 0 {
+			t.Errorf("PlanAhead %d: %d of the requests put back expired and %d ran late", ahead, expired, late)
+		}
+	}
+}
+
+// A peek configured after a plan was kept drops it: a kept batch on the peek's
+// variant would run as a plain batch where a fresh decision makes it a first
+// pass.
+func TestPlanAheadDroppedByConfigurePeek(t *testing.T) {
+	a := testApp()
+	apps := map[string]*App{a.Name: a}
+	p := mustPolicy(t, "sneakpeek", Options{MaxBatch: 8, Window: 32, PlanAhead: 3}).(*searching)
+	x := NewExecutor(Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: t0, a.Variants[1].ID: t0}}, lookupIn(apps))
+	for i := range 40 {
+		if err := x.Add(req(a, uint64(i+1), t0, time.Second, []float64{0.99, 0.01})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := t0
+	d := p.Decide(&Snapshot{Now: now, Queue: x.Queue(), Apps: apps, Engine: x.Engine()})
+	if err := x.Apply(d, now); err != nil || d.Batch == nil || len(p.ahead) == 0 {
+		t.Fatalf("first decision: %v, batch %v, kept %d", err, d.Batch, len(p.ahead))
+	}
+	now = d.Batch.Finish
+	curve := []CascadePoint{{0.5, 0, 0.90}, {0.8, 0.3, 0.96}}
+	cfg := CascadeConfig{Cheap: 0, Better: 1, Curve: curve}
+	p.ConfigurePeek(a.Name, cfg)
+	// The same decision by a policy that had the peek all along.
+	fresh := mustPolicy(t, "sneakpeek", Options{MaxBatch: 8, Window: 32, PlanAhead: 3}).(*searching)
+	fresh.ConfigurePeek(a.Name, cfg)
+	s := &Snapshot{Now: now, Queue: x.Queue(), Apps: apps, Engine: x.Engine()}
+	want := fresh.Decide(s)
+	got := p.Decide(s)
+	t.Logf("kept-plan policy: %v x%d EscalateBelow %v (kept taken %d); policy with the peek: %v x%d EscalateBelow %v",
+		got.Batch.Variant.ID, len(got.Batch.Requests), got.Batch.EscalateBelow, p.aheadTaken,
+		want.Batch.Variant.ID, len(want.Batch.Requests), want.Batch.EscalateBelow)
+	if p.aheadTaken > 0 || got.Batch.EscalateBelow != want.Batch.EscalateBelow {
+		t.Fatalf("after ConfigurePeek the decision ran a kept batch planned without the peek (EscalateBelow %v, want %v)", got.Batch.EscalateBelow, want.Batch.EscalateBelow)
+	}
+}
+
+// A kept batch that would now end a little after its members' deadlines runs
+// them at their penalised value, as the decision's own batch would (assemble):
+// the plan's lateness is the plan's choice.
+func TestPlanAheadRunsSlightlyLateMembers(t *testing.T) {
+	f := newAheadFixture(t, "sneakpeek")
+	f.now = t0.Add(time.Second - time.Millisecond)
+	planned := 0.0
+	for _, m := range f.p.ahead[0].ms {
+		planned += m.u
+	}
+	d := f.p.Decide(f.snap())
+	if err := f.x.Apply(d, f.now); err != nil {
+		t.Fatal(err)
+	}
+	b := d.Batch
+	if b == nil || !b.Kept || !slices.Equal(b.Requests, f.kept[0]) || len(d.Verdicts) != 0 {
+		t.Fatalf("ran %+v with %d verdicts, want the whole first kept batch", b, len(d.Verdicts))
+	}
+	if !b.Finish.After(f.kept[0][0].Deadline) || !(b.Utility < planned && b.Utility > 0.9*planned) {
+		t.Fatalf("finish %v after the deadline, utility %v against %v on time; want late and a little less",
+			b.Finish.Sub(f.kept[0][0].Deadline), b.Utility, planned)
 	}
 }

@@ -125,6 +125,9 @@ type searching struct {
 	aheadNext                uint64
 	aheadPlanned             bool
 	aheadTaken, aheadDropped int
+	// aheadLast are the requests of the batch the last decision made, while
+	// a plan is kept.
+	aheadLast []*Request
 	// freshBuf holds the queue without the requests back from a first pass
 	// (decideSecond), kept between decisions.
 	freshBuf []*Request
@@ -137,6 +140,7 @@ func (p *searching) ConfigurePeek(app string, c CascadeConfig) {
 	if !p.w.dataAware || p.brute {
 		return
 	}
+	p.dropAhead() // made without this peek (or with the one it replaces)
 	pk := newPeekInfo(c)
 	if !pk.on() {
 		delete(p.peek, app) // (nil map: a no-op) not peeked, or no longer
@@ -329,9 +333,9 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		p.estNext = 0
 		p.dropAhead()
 	}
-	if b := p.takeAhead(s); b != nil {
+	if b, vs := p.takeAhead(s); b != nil {
 		p.arrivals.observe(s.Now, s.Queue)
-		d := Decision{Batch: b, Answers: p.rule}
+		d := Decision{Verdicts: vs, Batch: b, Answers: p.rule}
 		p.hist.note(d) // (a no-op unless the long queue's summary is kept)
 		return d
 	}
@@ -340,6 +344,9 @@ func (p *searching) Decide(s *Snapshot) Decision {
 	d := p.decide(s)
 	if p.aheadPlanned && len(s.Queue) > 0 {
 		p.aheadNext = s.Queue[len(s.Queue)-1].Seq + 1
+		if d.Batch != nil {
+			p.aheadLast = d.Batch.Requests
+		}
 	}
 	d.Answers = p.rule
 	return d
