@@ -83,7 +83,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		shrink      = fs.Float64("shrink", 0, "data-aware policies: weight of the profiled utility in a request's value, 0..1 (scheduler.Options.Shrink)")
 		resample    = fs.Bool("resample", true, "each seed draws its requests from its own bootstrap replicate of the test samples (each class's samples drawn with replacement; all policies of a seed see the same one), so the intervals cover which test samples there are, not only the arrivals (Point.Resample; not with -live, which replays the samples themselves); false: every seed replays the test samples themselves, as every figure of docs/evaluation-log.md computed before 2026-12-02's fourth session")
 		estAnswers  = fs.Bool("estimate-answers", true, "data-aware policies, with -label-shift: answer a request from its corrected estimate when that is worth at least as much as any model's answer in the live class mix (scheduler.Options.EstimateAnswers, the gateway's scheduler.estimate_answers, simulated and live); false: the figures of docs/evaluation-log.md computed before 2026-12-02's third session")
-		planAhead   = fs.Int("plan-ahead", 3, "searching policies: batches after the first that a decision keeps from its plan for the next decisions to run without planning again, each while it still holds (scheduler.Options.PlanAhead; 3 is the gateway's default scheduler.plan_ahead, simulated and live; 0: plan at every decision, as the figures computed before 2026-12-03)")
+		planAhead   = fs.Int("plan-ahead", 3, "searching policies: batches after the first that a decision keeps from its plan for the next decisions to run without planning again, each while it still holds (scheduler.Options.PlanAhead; 3 is the gateway's default scheduler.plan_ahead, simulated and live; 0: plan at every decision, as every figure computed before b901455 did)")
 		horizon     = fs.Duration("price-horizon", time.Second, "searching policies: price engine time over the requests that arrived within this horizon, not the window alone (scheduler.Options.PriceHorizon; 1s is the gateway's default; 0: the window alone)")
 		_           = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
 		_           = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
@@ -219,7 +219,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	gwCost := time.Duration(*gatewayUS * float64(time.Microsecond))
 	rep.GatewayCostUS, rep.VerdictCostUS, rep.IngressMS, rep.Seeds = *gatewayUS, *verdictUS, *ingressMS, *seeds
-	rep.GatewayKnown = *gwKnown
+	rep.GatewayKnown, rep.PlanAhead = *gwKnown, *planAhead
 	for p, d := range decisionUS {
 		if rep.DecisionCostUS == nil {
 			rep.DecisionCostUS = map[string]float64{}

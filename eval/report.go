@@ -36,8 +36,12 @@ type Report struct {
 	GatewayKnown  bool    `json:"gateway_known"`
 	// DecisionCostUS is -decision-us (GatewayModel.DecisionCost) per policy.
 	DecisionCostUS map[string]float64 `json:"decision_cost_us,omitempty"`
-	IngressMS      float64            `json:"ingress_ms"`
-	Summaries      []Summary          `json:"summaries"`
+	// PlanAhead is -plan-ahead (scheduler.Options.PlanAhead): the files
+	// written before it was recorded (2026-12-03) lack it, and those before
+	// the option (b901455) planned at every decision.
+	PlanAhead int       `json:"plan_ahead"`
+	IngressMS float64   `json:"ingress_ms"`
+	Summaries []Summary `json:"summaries"`
 	// Cascades are the cascade policy's validation-split curves per app.
 	Cascades map[string]*scheduler.CascadeConfig `json:"cascades,omitempty"`
 }

@@ -603,9 +603,9 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 	}
 }
 
-// maxPlanAhead bounds scheduler.plan_ahead: a plan covers scheduler.window
-// requests, so more kept batches than a window of single requests could never
-// be taken.
+// maxPlanAhead bounds scheduler.plan_ahead, generously: a plan covers
+// scheduler.window requests (128 by default), so a few batches are all a
+// plan holds at the usual batch caps.
 const maxPlanAhead = 1024
 
 // hostnamePlaceholder in mqtt.client_id stands for the machine's host name, so

@@ -141,7 +141,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		decidedAhead: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_batches_decided_ahead_total", Help: "Batches decided while the engine ran the batch before (scheduler.pipeline)."}),
 		keptBatches: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sneakgate_batches_from_kept_plan_total", Help: "Batches run from an earlier decision's plan without planning again (scheduler.plan_ahead)."}),
+			Name: "sneakgate_batches_from_kept_plan_total", Help: "Batches the scheduling loop took from an earlier decision's plan without planning again (scheduler.plan_ahead); one later put back, its running batch having failed, counts too."}),
 		engineWait: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_engine_wait_seconds_total", Help: "Time the engine sat idle between two batches while requests were waiting (the scheduling loop deciding and handing over)."}),
 		invalidDecisions: prometheus.NewCounter(prometheus.CounterOpts{

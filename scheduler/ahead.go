@@ -39,12 +39,14 @@ import (
 //
 // The first kept batch that fails these drops the whole plan, and that
 // decision plans afresh. A decision that takes a kept batch answers nothing
-// but the batch's own late members (the queue's other verdicts, expiries and
-// degraded answers wait for the next full decision, at most n batches later)
-// and sets no new price gate (the last one holds). Resync, a new estimate rule (applications or resident-able variants
-// changed), a peek configured (ConfigurePeek) and every full decision forget
-// what was kept. A policy with a peek (first passes come back to the queue)
-// or the bruteforce reference keeps nothing.
+// but the batch's own members that are now late and worth more answered, or
+// past their hard stop (the queue's other verdicts, expiries and degraded
+// answers wait for the next full decision, at most n batches later), and sets
+// no new price gate (the last one holds). Resync, a new estimate rule
+// (applications or resident-able variants changed), a peek configured
+// (ConfigurePeek) and every full decision forget what was kept. A policy with
+// a peek (first passes come back to the queue) or the bruteforce reference
+// keeps nothing.
 
 // aheadBatch is a batch of the latest plan that a following decision may run
 // without planning again: its requests, in order, on v of app, and their
@@ -154,6 +156,12 @@ func (p *searching) takeAhead(s *Snapshot) (*Batch, []Verdict) {
 		m := &ab.ms[i]
 		if ok = queued(s.Queue, m.r) && m.r.First == nil; !ok {
 			break
+		}
+		if !fin.Before(m.r.HardStop()) {
+			// Worth nothing from its hard stop, whatever else it is worth
+			// (the prepass expires it from there too).
+			verdicts = append(verdicts, Verdict{Request: m.r, Outcome: Expired, Reason: ReasonPastHardStop})
+			continue
 		}
 		lv := m.late(fin)
 		if fin.After(m.r.Deadline) && m.alt > lv {

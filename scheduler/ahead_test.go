@@ -331,3 +331,43 @@ func TestPlanAheadRunsSlightlyLateMembers(t *testing.T) {
 			b.Finish.Sub(f.kept[0][0].Deadline), b.Utility, planned)
 	}
 }
+
+// A kept batch's member past its hard stop by the batch's end is expired
+// (past_hard_stop), as the prepass would, even when no alternative is worth
+// more than its late result (here: no estimate, so none is).
+func TestPlanAheadExpiresPastHardStop(t *testing.T) {
+	a := testApp()
+	apps := map[string]*App{a.Name: a}
+	p := mustPolicy(t, "sneakpeek", Options{MaxBatch: 8, Window: 32, PlanAhead: 3}).(*searching)
+	x := NewExecutor(Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: t0, a.Variants[1].ID: t0}}, lookupIn(apps))
+	for i := range 40 {
+		if err := x.Add(req(a, uint64(i+1), t0, time.Second, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := p.Decide(&Snapshot{Now: t0, Queue: x.Queue(), Apps: apps, Engine: x.Engine()})
+	if err := x.Apply(d, t0); err != nil || d.Batch == nil || len(p.ahead) == 0 {
+		t.Fatalf("first decision: %v, batch %v, kept %d", err, d.Batch, len(p.ahead))
+	}
+	kept := p.ahead[0]
+	// Just before the hard stop (deadline + budget): the batch ends past it.
+	now := t0.Add(2*time.Second - time.Microsecond)
+	d = p.Decide(&Snapshot{Now: now, Queue: x.Queue(), Apps: apps, Engine: x.Engine()})
+	if err := x.Apply(d, now); err != nil {
+		t.Fatal(err)
+	}
+	if p.aheadTaken != 0 && d.Batch != nil && d.Batch.Kept {
+		t.Fatalf("ran a kept batch of %d past their hard stop", len(d.Batch.Requests))
+	}
+	expired := map[*Request]bool{}
+	for _, v := range d.Verdicts {
+		if v.Outcome == Expired && v.Reason == ReasonPastHardStop {
+			expired[v.Request] = true
+		}
+	}
+	for _, m := range kept.ms {
+		if !expired[m.r] {
+			t.Fatalf("request %d of the kept batch not expired past its hard stop (verdicts %v)", m.r.Seq, d.Verdicts)
+		}
+	}
+}

@@ -62,8 +62,10 @@ func init() {
 // nothing worth running) and computes each request's priority; the Window
 // highest-priority requests are grouped and searched; the first run of the best
 // plan becomes the batch, filled up with lower-priority requests of the same groups
-// while that raises the plan's value. Cost: O(n * variants + n log Window) for the
-// queue, plus a search bounded by Window and ExhaustiveGroups.
+// while that raises the plan's value; with Options.PlanAhead the plan's next
+// batches are kept for the next decisions to run while they hold (ahead.go).
+// Cost: O(n * variants + n log Window) for the queue, plus a search bounded by
+// Window and ExhaustiveGroups.
 type searching struct {
 	name  string
 	o     Options
@@ -408,6 +410,10 @@ func (p *searching) decide(s *Snapshot) Decision {
 // answers: the prepass answers them in Seq order among the prefix's, as a
 // decision over the whole queue would; they are not in extra.
 func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int, beyond ...*Request) Decision {
+	// The decision is the last decideOn's (bounded tries longer prefixes, then
+	// the whole queue): a plan kept by an attempt it rejected is not this one's.
+	p.dropAhead()
+	p.aheadPlanned = false
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
 	d.extraBacklog = extra
 	d.beyond = beyond
