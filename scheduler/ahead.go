@@ -1,8 +1,6 @@
 package scheduler
 
 import (
-	"cmp"
-	"slices"
 	"time"
 )
 
@@ -102,7 +100,6 @@ func (p *searching) keepAhead(d *decisionState, runs []run) {
 	for _, r := range runs[1:] {
 		add(r, r.ms)
 	}
-	p.aheadPlanned = len(p.ahead) > 0
 }
 
 // dropAhead forgets the kept batches.
@@ -199,10 +196,4 @@ func (p *searching) takeAhead(s *Snapshot) (*Batch, []Verdict) {
 	p.aheadTaken++
 	p.aheadLast = b.Requests
 	return b, verdicts
-}
-
-// queued reports whether r itself is in q (in Seq order).
-func queued(q []*Request, r *Request) bool {
-	i, found := slices.BinarySearchFunc(q, r.Seq, func(x *Request, seq uint64) int { return cmp.Compare(x.Seq, seq) })
-	return found && q[i] == r
 }

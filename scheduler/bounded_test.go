@@ -17,21 +17,26 @@ import (
 // predicted utility, verdicts), and most of them must have been made over a
 // prefix (or the test would not test it). The queue alternates between spells
 // where it can be served in time and bursts that overload it (shedding), with
-// two applications of different worth sharing the engine.
+// two applications of different worth sharing the engine. With kept plans
+// (Options.PlanAhead) the decisions that run a kept batch are not made over a
+// prefix: some must run one, and every decision must be valid.
 func TestBoundedDecisionEqualsFull(t *testing.T) {
 	t.Parallel() // see "Parallel tests" in harness_test.go
+	ahead := Options{PlanAhead: 3}
 	for _, c := range []struct {
-		name string
-		o    Options
+		label, name string
+		o           Options
 	}{
-		{"sneakpeek", Options{}}, {"oblivious", Options{}}, {"bruteforce", Options{}},
+		{"sneakpeek", "sneakpeek", Options{}}, {"oblivious", "oblivious", Options{}}, {"bruteforce", "bruteforce", Options{}},
 		// The shrunk valuation (stakeOf's shrink branch) and the price over the
 		// recent stream, with the grouping by preferred variant.
-		{"sneakpeek-pref", Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond}},
+		{"sneakpeek-pref", "sneakpeek-pref", Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond}},
+		{"sneakpeek/plan-ahead", "sneakpeek", ahead}, {"oblivious/plan-ahead", "oblivious", ahead},
+		{"sneakpeek-pref/plan-ahead", "sneakpeek-pref", Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond, PlanAhead: 3}},
 	} {
 		name, o := c.name, c.o
 		o.MaxQueueDelay = time.Nanosecond
-		t.Run(name, func(t *testing.T) {
+		t.Run(c.label, func(t *testing.T) {
 			t.Parallel()
 			rng := rand.New(rand.NewPCG(3, 11))
 			a := benchApp(rng)
@@ -60,7 +65,7 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 			decisions := 0
 			for step := range 120 {
 				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
-				q = decideBoth(t, step, bounded, whole, s)
+				q = decideBoth(t, step, bounded, whole, s, o.PlanAhead > 0)
 				decisions++
 				now = now.Add(200 * time.Microsecond)
 				// Bursts of short-budget arrivals overload the queue for a while.
@@ -71,9 +76,12 @@ func TestBoundedDecisionEqualsFull(t *testing.T) {
 				}
 				arrive(k, overloaded)
 			}
-			t.Logf("%d decisions, %d over a prefix", decisions, bounded.boundedHits)
-			if bounded.boundedHits < decisions/5 {
+			t.Logf("%d decisions, %d over a prefix, %d kept batches run", decisions, bounded.boundedHits, bounded.aheadTaken)
+			switch {
+			case o.PlanAhead == 0 && bounded.boundedHits < decisions/5:
 				t.Fatalf("only %d of %d decisions were made over a prefix", bounded.boundedHits, decisions)
+			case o.PlanAhead > 0 && (bounded.boundedHits == 0 || bounded.aheadTaken == 0):
+				t.Fatalf("%d decisions over a prefix, %d kept batches run: the case tests nothing", bounded.boundedHits, bounded.aheadTaken)
 			}
 		})
 	}
@@ -157,6 +165,11 @@ func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
 		{label: "bruteforce", name: "bruteforce", spread: true, noEstimate: 0.2},
 		{label: "oblivious-switch", name: "oblivious-switch", apps: func(_, b *App) { spreadStakes(b) }},
 		{label: "sneakpeek-pref", name: "sneakpeek-pref", o: Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond}, spread: true},
+		// Kept plans: the decisions that run a kept batch are not made over
+		// a prefix; some must run one, and every decision must be valid.
+		{label: "sneakpeek/plan-ahead", name: "sneakpeek", o: Options{PlanAhead: 3}},
+		{label: "oblivious/plan-ahead", name: "oblivious", o: Options{PlanAhead: 3}},
+		{label: "sneakpeek-pref/plan-ahead", name: "sneakpeek-pref", o: Options{Shrink: 0.3, PriceHorizon: 20 * time.Millisecond, PlanAhead: 3}, spread: true},
 	} {
 		t.Run(c.label, func(t *testing.T) {
 			t.Parallel()
@@ -202,7 +215,7 @@ func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
 			const steps = 360
 			for step := range steps {
 				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
-				q = decideBoth(t, step, bounded, whole, s)
+				q = decideBoth(t, step, bounded, whole, s, o.PlanAhead > 0)
 				now = now.Add(10 * time.Microsecond)
 				if step == 250 {
 					arrive(300, true) // a burst of short budgets
@@ -217,8 +230,14 @@ func TestBoundedDecisionEqualsFullTurnedOver(t *testing.T) {
 			}
 			t.Logf("%d decisions, %d over a prefix, %d of them filled from beyond it; %d of the initial %d left", steps, bounded.boundedHits, bounded.beyondHits, left, n)
 			want := steps * 3 / 4
-			if c.few {
+			switch {
+			case c.few:
 				want = 0
+			case o.PlanAhead > 0:
+				want = 1
+				if bounded.aheadTaken == 0 {
+					t.Fatal("no decision ran a kept batch: the case tests nothing")
+				}
 			}
 			if bounded.boundedHits < want {
 				t.Fatalf("only %d of %d decisions were made over a prefix", bounded.boundedHits, steps)
@@ -267,9 +286,40 @@ func boundedPair(t *testing.T, name string, o Options) (bounded, whole *searchin
 // test unless the decisions are identical, and applies the decision as the
 // gateway's loop does: it returns the queue without what the decision
 // answered or batched, and updates s's resident variants.
-func decideBoth(t *testing.T, step int, bounded, whole *searching, s *Snapshot) []*Request {
+//
+// With check it also fails the test unless the decision is valid on s's queue
+// (validFor), as kept batches are not made from the queue at hand.
+func decideBoth(t *testing.T, step int, bounded, whole *searching, s *Snapshot, check bool) []*Request {
 	t.Helper()
-	return applyDecision(decideSame(t, step, bounded, whole, s), s.Queue, s.Engine.Resident, s.Now)
+	d := decideSame(t, step, bounded, whole, s)
+	if check {
+		validFor(t, step, d, s.Queue)
+	}
+	return applyDecision(d, s.Queue, s.Engine.Resident, s.Now)
+}
+
+// validFor checks d against q as Executor.validate does (queued, distinct).
+func validFor(t *testing.T, step int, d Decision, q []*Request) {
+	t.Helper()
+	in := map[*Request]bool{}
+	for _, r := range q {
+		in[r] = true
+	}
+	gone := map[*Request]bool{}
+	for _, v := range d.Verdicts {
+		if !in[v.Request] || gone[v.Request] {
+			t.Fatalf("step %d: verdict on %d not queued or twice", step, v.Request.Seq)
+		}
+		gone[v.Request] = true
+	}
+	if d.Batch != nil {
+		for _, r := range d.Batch.Requests {
+			if !in[r] || gone[r] {
+				t.Fatalf("step %d: batch request %d not queued or twice", step, r.Seq)
+			}
+			gone[r] = true
+		}
+	}
 }
 
 // decideSame has bounded and whole decide on s, fails the test unless the
@@ -462,7 +512,7 @@ func TestWorkHistBuiltInParts(t *testing.T) {
 				s := &Snapshot{Now: now, Queue: q, Apps: apps, Engine: Engine{Resident: resident, CountBudget: 3}}
 				swaps, upto := h.swaps, h.upto
 				cur := slices.Clone(q) // decideBoth removes what it decided from q
-				next := decideBoth(t, step, bounded, whole, s)
+				next := decideBoth(t, step, bounded, whole, s, false)
 				if h.upto != upto {
 					clean = true // one began
 				}
@@ -584,13 +634,16 @@ func TestBoundedDecisionEqualsFullWithEstimateAnswers(t *testing.T) {
 	}{{"sparse", 10, 4, 0}, {"dense", 1, 3, 0}, {"unapplied", 1, 3, 5}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			boundedWithEstimateAnswers(t, tc.every, tc.share, tc.unapp)
+			boundedWithEstimateAnswers(t, tc.every, tc.share, tc.unapp, 0)
 		})
 	}
 }
 
-func boundedWithEstimateAnswers(t *testing.T, every, share, unapplied int) {
-	o := Options{Shrink: 0.5, EstimateAnswers: true, MaxQueueDelay: time.Nanosecond}
+// boundedWithEstimateAnswers runs TestBoundedDecisionEqualsFullWithEstimateAnswers'
+// case with Options.PlanAhead planAhead: with it, the decisions that run a
+// kept batch are not made over a prefix, and some must run one.
+func boundedWithEstimateAnswers(t *testing.T, every, share, unapplied, planAhead int) {
+	o := Options{Shrink: 0.5, EstimateAnswers: true, MaxQueueDelay: time.Nanosecond, PlanAhead: planAhead}
 	rng := rand.New(rand.NewPCG(5, 13))
 	a := benchApp(rng)
 	apps := map[string]*App{a.Name: a}
@@ -627,7 +680,7 @@ func boundedWithEstimateAnswers(t *testing.T, every, share, unapplied int) {
 			bounded.Resync()
 			whole.Resync()
 		} else {
-			q = decideBoth(t, step, bounded, whole, s)
+			q = decideBoth(t, step, bounded, whole, s, false)
 		}
 		now = now.Add(200 * time.Microsecond)
 		sh := 0 // no new request the estimate answers
@@ -638,8 +691,11 @@ func boundedWithEstimateAnswers(t *testing.T, every, share, unapplied int) {
 	}
 	t.Logf("%d requests the estimate can answer; %d decisions over a prefix, %d of them filled from beyond it; %d fills met an answered request",
 		estimated, bounded.boundedHits, bounded.beyondHits, bounded.fillAnswered)
-	if bounded.boundedHits != 60 {
+	switch {
+	case planAhead == 0 && bounded.boundedHits != 60:
 		t.Errorf("%d of 60 decisions made over a prefix", bounded.boundedHits)
+	case planAhead > 0 && bounded.aheadTaken == 0:
+		t.Error("no decision ran a kept batch: the case tests nothing")
 	}
 	if bounded.fillAnswered != 0 {
 		t.Errorf("%d fills over a prefix met a request the estimate answers beyond it (each doubles the prefix)", bounded.fillAnswered)

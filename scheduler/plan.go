@@ -1,7 +1,6 @@
 package scheduler
 
 import (
-	"cmp"
 	"container/heap"
 	"math"
 	"slices"
@@ -762,6 +761,5 @@ func (d *decisionState) runValue(ms []*member, vi int, v *Variant, t time.Durati
 // answeredBeyond reports whether r is one of the requests beyond a prefix that
 // the prepass answers from the estimate (d.beyond, in Seq order).
 func (d *decisionState) answeredBeyond(r *Request) bool {
-	i, found := slices.BinarySearchFunc(d.beyond, r.Seq, func(x *Request, seq uint64) int { return cmp.Compare(x.Seq, seq) })
-	return found && d.beyond[i] == r
+	return queued(d.beyond, r)
 }

@@ -314,3 +314,9 @@ func (s *seqSearch) update(m int, y uint64) {
 		s.hit, s.done = false, true
 	}
 }
+
+// queued reports whether r itself is in q (in Seq order).
+func queued(q []*Request, r *Request) bool {
+	i, found := slices.BinarySearchFunc(q, r.Seq, func(x *Request, seq uint64) int { return cmp.Compare(x.Seq, seq) })
+	return found && q[i] == r
+}

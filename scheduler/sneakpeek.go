@@ -1,7 +1,6 @@
 package scheduler
 
 import (
-	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -120,12 +119,10 @@ type searching struct {
 	peekPrice float64
 	// ahead are the batches of the latest plan after the one it ran
 	// (Options.PlanAhead, ahead.go); aheadNext is the Seq after the newest
-	// request queued when it was made, aheadPlanned that the decision being
-	// made kept them. aheadTaken and aheadDropped count the kept batches the
+	// request queued when it was made. aheadTaken and aheadDropped count the kept batches the
 	// decisions ran and the plans they dropped (for the tests).
 	ahead                    []aheadBatch
 	aheadNext                uint64
-	aheadPlanned             bool
 	aheadTaken, aheadDropped int
 	// aheadLast are the requests of the batch the last decision made, while
 	// a plan is kept.
@@ -284,8 +281,7 @@ func (p *searching) pendingBeyond(q, v []*Request) []*Request {
 	}
 	live := p.estPending[:0]
 	for _, r := range p.estPending {
-		i, found := slices.BinarySearchFunc(q, r.Seq, func(x *Request, seq uint64) int { return cmp.Compare(x.Seq, seq) })
-		if found && q[i] == r {
+		if queued(q, r) {
 			live = append(live, r)
 		}
 	}
@@ -341,10 +337,10 @@ func (p *searching) Decide(s *Snapshot) Decision {
 		p.hist.note(d) // (a no-op unless the long queue's summary is kept)
 		return d
 	}
-	p.dropAhead()
-	p.aheadPlanned = false
+	// (takeAhead forgot any kept plan.) What the decision keeps is its last
+	// decideOn's.
 	d := p.decide(s)
-	if p.aheadPlanned && len(s.Queue) > 0 {
+	if len(p.ahead) > 0 && len(s.Queue) > 0 {
 		p.aheadNext = s.Queue[len(s.Queue)-1].Seq + 1
 		if d.Batch != nil {
 			p.aheadLast = d.Batch.Requests
@@ -413,7 +409,6 @@ func (p *searching) decideOn(s *Snapshot, arrivals float64, extra int, beyond ..
 	// The decision is the last decideOn's (bounded tries longer prefixes, then
 	// the whole queue): a plan kept by an attempt it rejected is not this one's.
 	p.dropAhead()
-	p.aheadPlanned = false
 	d := newDecisionState(s, p.w, p.o.MaxBatch)
 	d.extraBacklog = extra
 	d.beyond = beyond
