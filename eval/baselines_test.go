@@ -270,12 +270,23 @@ func TestDecisionCost(t *testing.T) {
 	if slow.Utility >= free.Utility {
 		t.Errorf("a decision cost of 100µs per request did not cost utility: %.4f vs %.4f", slow.Utility, free.Utility)
 	}
-	for _, bad := range []string{"sneakpeek", "edf=x", "=3", "edf=-1"} {
+	// A cost at this point's load replaces the policy's; one at another load
+	// leaves it.
+	pt.DecisionCost = map[string]time.Duration{"sneakpeek": 100 * time.Microsecond, "sneakpeek@0.8": 0}
+	if atLoad, err := Simulate(pt, nil); err != nil || atLoad.Utility != free.Utility {
+		t.Errorf("sneakpeek@0.8=0 at load 0.8: utility %.4f, want the free %.4f (%v)", atLoad.Utility, free.Utility, err)
+	}
+	pt.DecisionCost = map[string]time.Duration{"sneakpeek": 100 * time.Microsecond, "sneakpeek@1.5": 0}
+	if atOther, err := Simulate(pt, nil); err != nil || atOther.Utility != slow.Utility {
+		t.Errorf("sneakpeek@1.5=0 at load 0.8: utility %.4f, want the charged %.4f (%v)", atOther.Utility, slow.Utility, err)
+	}
+	for _, bad := range []string{"sneakpeek", "edf=x", "=3", "edf=-1", "edf@=1", "@1=1", "edf@0=1", "edf@x=1"} {
 		if _, err := parseDecisionCosts(bad); err == nil {
 			t.Errorf("-decision-us %q accepted", bad)
 		}
 	}
-	if m, err := parseDecisionCosts("sneakpeek=9, edf=0.5"); err != nil || m["sneakpeek"] != 9*time.Microsecond || m["edf"] != 500*time.Nanosecond {
+	if m, err := parseDecisionCosts("sneakpeek=9, edf=0.5, sneakpeek@1.0=2"); err != nil || m["sneakpeek"] != 9*time.Microsecond ||
+		m["edf"] != 500*time.Nanosecond || m["sneakpeek@1"] != 2*time.Microsecond {
 		t.Errorf("-decision-us parsed as %v, %v", m, err)
 	}
 }
@@ -288,5 +299,11 @@ func TestDecisionCostNamesRunPolicies(t *testing.T) {
 		"-decision-us", "sneakpeak=9", "-quiet"}, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "sneakpeak") {
 		t.Fatalf("-decision-us sneakpeak=9 with -policies sneakpeek,edf: %v", err)
+	}
+	// Likewise a load -loads does not run.
+	err = Main(context.Background(), []string{"-synthetic", "-policies", "sneakpeek,edf", "-loads", "0.5", "-n", "100",
+		"-decision-us", "sneakpeek@5=9", "-quiet"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "load 5") {
+		t.Fatalf("-decision-us sneakpeek@5=9 with -loads 0.5: %v", err)
 	}
 }

@@ -120,7 +120,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		liveProc    = fs.Bool("live-devices-process", true, "with -live: run the simulated devices in a child process (sneakgate devsim), off the gateway's CPU threads; false runs them in this process")
 		scenario    = fs.String("scenario", "", "simulate a scenario file instead of the manifests: applications sharing one engine, periodic device streams, simulated estimators (eval/scenarios; docs/evaluation.md)")
 	)
-	fs.Var(decisionUS, "decision-us", "per policy, the scheduling loop's time per scheduled request for the decision itself, on top of -gateway-us and -verdict-us, in microseconds: policy=us pairs, comma-separated (e.g. sneakpeek=9,placebo=9,edf=1,fixed-batch=0.3); the decision times the report prints (decide_us) are this machine's measurement")
+	fs.Var(decisionUS, "decision-us", "per policy, the scheduling loop's time per scheduled request for the decision itself, on top of -gateway-us and -verdict-us, in microseconds: policy=us pairs, comma-separated (e.g. sneakpeek=9,placebo=9,edf=1,fixed-batch=0.3), and policy@load=us for a cost at one of -loads in place of the policy's (e.g. sneakpeek@1=2); the decision times the report prints (decide_us) are this machine's measurement")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -164,9 +164,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(decisionUS) > 0 && *live {
 		return errors.New("eval: -decision-us models the simulator's loop; -live runs the gateway, which pays its own")
 	}
-	for p := range decisionUS {
+	for key := range decisionUS {
+		p, at, perLoad := strings.Cut(key, "@")
 		if *scenario == "" && !slices.Contains(pols, p) {
 			return fmt.Errorf("eval: -decision-us names %q, which -policies does not run (%s)", p, strings.Join(pols, ","))
+		}
+		if perLoad && (*scenario != "" || !slices.ContainsFunc(ls, func(l float64) bool { return costKey(p, l) == key })) {
+			return fmt.Errorf("eval: -decision-us names %s at load %s, which -loads does not run (%s)", p, at, *loads)
 		}
 	}
 	if *scenario != "" {
@@ -634,11 +638,34 @@ func parseDecisionCosts(v string) (map[string]time.Duration, error) {
 		name, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
 		us, err := strconv.ParseFloat(val, 64)
 		if !ok || name == "" || err != nil || !(us >= 0) || math.IsInf(us, 0) {
-			return nil, fmt.Errorf("%q is not policy=microseconds (a number >= 0)", kv)
+			return nil, fmt.Errorf("%q is not policy=microseconds or policy@load=microseconds (a number >= 0)", kv)
+		}
+		if pol, at, ok := strings.Cut(name, "@"); ok {
+			load, err := strconv.ParseFloat(at, 64)
+			if pol == "" || err != nil || !(load > 0) || math.IsInf(load, 0) {
+				return nil, fmt.Errorf("%q: %q is not policy@load (a load > 0)", kv, name)
+			}
+			name = costKey(pol, load)
 		}
 		m[name] = time.Duration(us * float64(time.Microsecond))
 	}
 	return m, nil
+}
+
+// costKey is -decision-us's key for policy at load ("sneakpeek@1.5"), the
+// load written as strconv's shortest form so that 1 and 1.0 are one key.
+func costKey(policy string, load float64) string {
+	return policy + "@" + strconv.FormatFloat(load, 'g', -1, 64)
+}
+
+// decisionCostAt is policy's decision charge at load from -decision-us's
+// costs: its policy@load entry when there is one, else its policy entry
+// (0 without either).
+func decisionCostAt(costs map[string]time.Duration, policy string, load float64) time.Duration {
+	if c, ok := costs[costKey(policy, load)]; ok {
+		return c
+	}
+	return costs[policy]
 }
 
 // decisionCostFlag is -decision-us: per policy, microseconds per scheduled

@@ -57,7 +57,9 @@ type GatewayModel struct {
 	// edf or fixed-batch one (docs/benchmarks.md), which decides applications
 	// whose models take microseconds (satellite; docs/evaluation.md). It is not
 	// in the capacity the loads are fractions of, so every policy still sees
-	// the same arrivals; nil charges nothing.
+	// the same arrivals; nil charges nothing. A "policy@load" entry
+	// (-decision-us sneakpeek@1=1.8) is the policy's cost at that load
+	// (Point.Load), in place of its "policy" entry (decisionCostAt).
 	DecisionCost map[string]time.Duration
 	// GatewayKnown makes the policies plan with GatewayCost: the latency tables
 	// they see include it per request (what a gateway that measures its own
@@ -383,7 +385,12 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		}
 		return est, correct
 	}
-	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, GatewayModel: pt.GatewayModel,
+	gm := pt.GatewayModel
+	if gm.DecisionCost != nil {
+		// The loop charges the policy its cost at this point's load.
+		gm.DecisionCost = map[string]time.Duration{pt.Policy: decisionCostAt(gm.DecisionCost, pt.Policy, pt.Load)}
+	}
+	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, GatewayModel: gm,
 		Apps: []simApp{{App: a, Exec: sa, View: pa, Deadline: pt.Deadline,
 			Fastest: scheduler.CheapestAmortised(sa) + pt.GatewayCost, Guard: guard, GMode: gmode}},
 		Now: now, Estimate: estimate}
