@@ -83,7 +83,10 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 
 // handle admits one request. It acknowledges a request only after the journal has
 // committed it; a request it cannot journal while stopping is left
-// unacknowledged, so the broker delivers it again when the session resumes.
+// unacknowledged, so the broker delivers it again when the session resumes. A
+// panic is recovered: a request whose header parsed and that is neither
+// answered nor handed to the journal yet is rejected internal (panicked); any
+// other is acknowledged and dropped (a journaled one stays in the journal).
 func (g *Gateway) handle(a arrival) {
 	msg := a.msg
 	// Shutdown sets draining, then takes the write lock: from then on workers
@@ -96,13 +99,19 @@ func (g *Gateway) handle(a arrival) {
 	// (Reload waits for handlers in flight before it swaps applications).
 	g.swapping.RLock()
 	defer g.swapping.RUnlock()
-	reserved := false // a queue place this handler holds
+	reserved := false                // a queue place this handler holds
+	var unanswered *protocol.Request // parsed, and neither answered nor handed to the journal yet
 	defer func() {
 		if p := recover(); p != nil {
 			if reserved {
 				g.loop.Release()
 			}
 			g.m.rejected.WithLabelValues(string(protocol.ReasonInternal)).Inc()
+			if unanswered != nil {
+				g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked before journaling the request; rejected as internal")
+				g.panicked(msg, unanswered)
+				return
+			}
 			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked; message acknowledged and dropped")
 			msg.Ack()
 		}
@@ -130,6 +139,7 @@ func (g *Gateway) handle(a arrival) {
 		g.reject(msg, rej)
 		return
 	}
+	unanswered = req
 	app, _ := g.app(req.App) // ParseHeader found it
 	if !req.SentAt.IsZero() && !msg.Duplicate() {
 		// First deliveries only: a redelivery (DUP set, by the broker or the
@@ -142,6 +152,7 @@ func (g *Gateway) handle(a arrival) {
 	// it, and then finds it in the journal.
 	defer g.claim(key)()
 	if req.ExpiredOnArrival() {
+		unanswered = nil
 		g.expiredOnArrival(msg, req, key)
 		return
 	}
@@ -161,6 +172,7 @@ func (g *Gateway) handle(a arrival) {
 			return // left unacknowledged (lookup)
 		}
 		if res.Dup == store.New {
+			unanswered = nil
 			g.loop.refused.Add(1)
 			if g.degradeRefused(msg, req, app) {
 				return
@@ -178,6 +190,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	if rej := req.DecodeInput(); rej != nil {
 		release()
+		unanswered = nil
 		g.reject(msg, rej)
 		return
 	}
@@ -204,11 +217,13 @@ func (g *Gateway) handle(a arrival) {
 				} else {
 					g.m.admissionShed.WithLabelValues(req.App).Inc()
 				}
+				unanswered = nil
 				g.answerFromEstimate(msg, req, app, orRaw(answer, est), reason)
 				return
 			}
 		}
 	}
+	unanswered = nil // Put may store it even if it panics
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {
@@ -273,6 +288,31 @@ func (g *Gateway) handle(a arrival) {
 		// properly (and complete it).
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonOverload)})
 	}
+}
+
+// panicked answers a request whose handler panicked before answering it or
+// handing it to the journal: rejected internal with a retry_after_ms, like a
+// request whose journal write failed (nothing was stored, so a retry is a new
+// request), and acknowledged once the broker has the reply. A copy of a request
+// the journal knows is handled as a duplicate instead (the panic may not
+// repeat, and a repeat never contradicts the first answer to a journaled
+// request), and one the journal cannot look up is left unacknowledged (lookup).
+// The handler's claim on the key was released before its recover ran: panicked
+// claims it again, so that a copy being journaled meanwhile is found.
+func (g *Gateway) panicked(msg mqtt.Message, req *protocol.Request) {
+	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
+	defer g.claim(key)()
+	res, ok := g.lookup(key)
+	if !ok {
+		return // left unacknowledged (lookup)
+	}
+	if res.Dup != store.New {
+		msg.Ack()
+		g.duplicate(req, key, res)
+		return
+	}
+	// Counted by the caller, as every panic is (rejected_total{internal}).
+	g.owe(msg, req.ReplyTo, req.Reject(protocol.ReasonInternal, "the gateway failed while admitting the request; retry", time.Second))
 }
 
 // degradeRefused answers a request refused for overload from its application's

@@ -491,3 +491,122 @@ func TestReadinessDuringAnOngoingIngressWait(t *testing.T) {
 		t.Errorf("2 s after the wait began and it ended: readiness %q, want ready", why)
 	}
 }
+
+// panickingEstimator stands in for an estimator (or any code the handler runs
+// before it journals a request) that panics.
+type panickingEstimator struct{}
+
+func (panickingEstimator) Estimate([]float32, []float64) { panic("injected: the estimator panicked") }
+
+// A request whose handler panics before journaling it is answered rejected
+// internal, with retry_after_ms (nothing was stored: a retry is a new request),
+// and acknowledged once the broker has the reply; its queue place is given
+// back. Before, the recover acknowledged it and dropped it, and the device got
+// no answer. A copy of a request the journal knows is answered as a duplicate
+// instead (a repeat never contradicts the first answer to a journaled request),
+// and a panic once the request is journaled sends nothing: the journaled
+// request is answered by the loop or the next session's recovery, never twice.
+func TestPanicBeforeJournalIsRejectedInternal(t *testing.T) {
+	const topic = "sneakgate/req/fashion/cam-1"
+	stored := `{"v":1,"id":"done","app":"fashion","device":"cam-1","status":"ok","class":1}`
+	for _, tc := range []struct {
+		name    string
+		id      string
+		journal func(t *testing.T, g *Gateway, key store.Key) // what the journal knows of the id first
+		want    string                                        // the reply: rejected (internal), the stored one, or none
+	}{
+		{"new request", "new", nil, "rejected"},
+		{"copy of a pending request", "pending", func(t *testing.T, g *Gateway, key store.Key) {
+			if _, err := g.journal.Put(&store.Entry{Key: key, ReplyTo: "sneakgate/res/fashion/cam-1", Input: []float32{1},
+				Received: time.Now(), Deadline: time.Now().Add(time.Minute)}); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"copy of an answered request", "done", func(t *testing.T, g *Gateway, key store.Key) {
+			if _, err := g.journal.Put(&store.Entry{Key: key, ReplyTo: "sneakgate/res/fashion/cam-1", Input: []float32{1},
+				Received: time.Now(), Deadline: time.Now().Add(time.Minute)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.journal.Complete(key, []byte(stored)); err != nil {
+				t.Fatal(err)
+			}
+		}, stored},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := &fakeToken{done: make(chan struct{})}
+			c := &fakeClient{tokens: []*fakeToken{tok}}
+			g := handlerGateway(t, c, false)
+			g.cfg.Admission.MaxQueue = 100 // admitted: the estimate runs
+			g.cfg.Admission.MaxWait = 0
+			key := store.Key{App: "fashion", Device: "cam-1", ID: tc.id}
+			if tc.journal != nil {
+				tc.journal(t, g, key)
+			}
+			a, _ := g.app("fashion")
+			a.est = panickingEstimator{}
+			p := protocol.Payload{ID: tc.id, DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+			msg := newFakeMessage(topic, p.Marshal())
+			msg.dup = tc.journal != nil
+			g.handle(arrival{msg: msg, at: time.Now()})
+			if q := g.loop.Queued(); q != 0 {
+				t.Errorf("%d queue places held after the panic, want 0", q)
+			}
+			close(tok.done) // the PUBACK of the reply, if any
+			g.egress.Stop(t.Context())
+			sent := c.sent()
+			switch {
+			case tc.want == "" && len(sent) != 0:
+				t.Fatalf("sent %q, want no reply (the journaled request is pending)", sent)
+			case tc.want == stored && (len(sent) != 1 || sent[0] != stored):
+				t.Fatalf("sent %q, want the stored reply %s", sent, stored)
+			case tc.want == "rejected":
+				if len(sent) != 1 {
+					t.Fatalf("%d replies published, want 1 (rejected internal)", len(sent))
+				}
+				rep, err := protocol.ParseReply([]byte(sent[0]))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rep.ID != tc.id || rep.Status != protocol.StatusRejected || rep.Reason != protocol.ReasonInternal ||
+					rep.RetryAfterMS == nil || *rep.RetryAfterMS <= 0 {
+					t.Errorf("reply %s %s/%s retry_after_ms %v, want %s rejected/internal with retry_after_ms", rep.ID, rep.Status, rep.Reason, rep.RetryAfterMS, tc.id)
+				}
+				if res, err := g.journal.Lookup(key); err != nil || res.Dup != store.New {
+					t.Errorf("journal says %v, %v; want the rejected request not stored", res.Dup, err)
+				}
+			}
+			select {
+			case <-msg.acked:
+			case <-time.After(10 * time.Second):
+				t.Fatal("request not acknowledged")
+			}
+			if n := testutil.ToFloat64(g.m.rejected.WithLabelValues(string(protocol.ReasonInternal))); n != 1 {
+				t.Errorf("rejected_total{internal} = %v, want 1", n)
+			}
+		})
+	}
+	t.Run("after the journal write", func(t *testing.T) {
+		c := &fakeClient{}
+		g := handlerGateway(t, c, false)
+		g.cfg.Admission.MaxQueue = 100
+		g.cfg.Admission.MaxWait = 0
+		// Counting the request, just after its Put, panics (a label too few).
+		g.m.received = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"app", "extra"})
+		p := protocol.Payload{ID: "j", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+		msg := newFakeMessage(topic, p.Marshal())
+		g.handle(arrival{msg: msg, at: time.Now()})
+		g.egress.Stop(t.Context())
+		if sent := c.sent(); len(sent) != 0 {
+			t.Errorf("sent %q, want no reply: the request is journaled, and answered by the loop or recovery", sent)
+		}
+		if !msg.isAcked() {
+			t.Error("journaled request not acknowledged")
+		}
+		if res, err := g.journal.Lookup(store.Key{App: "fashion", Device: "cam-1", ID: "j"}); err != nil || res.Dup != store.DupPending {
+			t.Errorf("journal says %v, %v; want the request pending", res.Dup, err)
+		}
+		if q := g.loop.Queued(); q != 0 {
+			t.Errorf("%d queue places held after the panic, want 0", q)
+		}
+	})
+}
