@@ -22,7 +22,8 @@ var (
 	// file first, moves a damaged one aside and reports a Recovery (Inspect
 	// reports damage in its Report). After a panic inside a commit every later
 	// method returns it: restart, and let OpenOrRecover verify the file. ErrLocked
-	// and ErrSchema are not damage.
+	// and ErrSchema are not damage. Salvage returns it for a file in which no meta
+	// page can be read (nothing to salvage).
 	ErrDamaged = errors.New("journal file damaged")
 )
 

@@ -144,8 +144,10 @@ func Inspect(path string) (*Report, error) {
 // a healthy file it amounts to a compaction. It never panics.
 //
 // dst must not exist. Salvage takes a shared lock on src (ErrLocked while a
-// gateway uses it) and returns ErrSchema for a journal of a newer format. On
-// error it removes dst.
+// gateway uses it), returns ErrSchema for a journal of a newer format, and
+// ErrDamaged when no meta page of src can be read (an empty file, not a bbolt
+// file, or its header destroyed): nothing in it can be salvaged. On error it
+// removes dst.
 func Salvage(src, dst string) (*Report, error) {
 	f, err := os.Open(src)
 	if err != nil {
@@ -168,6 +170,12 @@ func Salvage(src, dst string) (*Report, error) {
 		return nil, fmt.Errorf("store: salvage: %w", err)
 	}
 	rep, err := salvageInto(db, f, src)
+	if err == nil && rep.PageSize == 0 {
+		// No meta page (verifyFile reports why): an empty journal at dst would
+		// pass for a salvage that lost nothing. (OpenOrRecover starts afresh from
+		// such a file, keeping it aside.)
+		err = fmt.Errorf("%w: %s: nothing to salvage", ErrDamaged, rep.Problems[0])
+	}
 	err = errors.Join(err, db.Close())
 	if err != nil {
 		os.Remove(dst)

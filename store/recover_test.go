@@ -473,6 +473,37 @@ func TestSalvage(t *testing.T) {
 	}
 }
 
+// Salvage of a file in which no meta page can be read (a text file, an empty
+// file: not a journal, or one whose header is destroyed) fails with ErrDamaged
+// and leaves no dst: nothing in it can be salvaged, and an empty journal at dst
+// would pass for a salvage that found nothing lost. Before, it returned an empty
+// journal and no error. Inspect reports such a file damaged.
+func TestSalvageNotAJournal(t *testing.T) {
+	for _, c := range []struct{ name, content string }{
+		{"text", "this is not a journal\n"},
+		{"empty", ""},
+		{"text of many pages", strings.Repeat("not a journal either\n", 2000)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			src, dst := filepath.Join(dir, "journal.db"), filepath.Join(dir, "salvaged.db")
+			if err := os.WriteFile(src, []byte(c.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := store.Salvage(src, dst)
+			if !errors.Is(err, store.ErrDamaged) {
+				t.Errorf("Salvage: %v, %+v; want an error wrapping ErrDamaged", err, rep)
+			}
+			if _, err := os.Lstat(dst); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("Salvage left %s (%v), want no file", dst, err)
+			}
+			if rep, err := store.Inspect(src); err != nil || !rep.Damaged() {
+				t.Errorf("Inspect: %v, %+v; want a damaged report", err, rep)
+			}
+		})
+	}
+}
+
 // Compaction at start-up gives a mostly free file's space back.
 func TestOpenOrRecoverCompacts(t *testing.T) {
 	clk := storetest.NewClock()

@@ -23,7 +23,8 @@ const journalUsage = `usage:
       kept and lost. The keys of lost requests are not copied, so a device's
       resend of one runs as new. To use the result, stop the gateway and move
       NEWFILE to store.path. (The gateway does this by itself at start-up when it
-      finds its journal damaged.)
+      finds its journal damaged.) Fails, writing nothing, when FILE has no
+      readable meta page (empty, not a journal, or its header destroyed).
 `
 
 // errJournalDamaged is journal check's error for a damaged journal (exit 1).
@@ -88,6 +89,10 @@ func journalCheck(args []string, stdout, stderr io.Writer) error {
 		return lockedHint(file, err)
 	}
 	printReport(stdout, rep)
+	if rep.Damaged() && rep.PageSize == 0 {
+		// No meta page: salvage would find nothing to copy.
+		return fmt.Errorf("%s: %w: it cannot be read as a journal at all (%s)", file, errJournalDamaged, rep.Problems[0])
+	}
 	if rep.Damaged() {
 		return fmt.Errorf("%s: %w; sneakgate journal salvage %s -out NEWFILE copies what is readable (the gateway does this itself at start-up)",
 			file, errJournalDamaged, file)

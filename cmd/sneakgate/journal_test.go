@@ -95,3 +95,27 @@ func TestJournalCheckAndSalvage(t *testing.T) {
 		t.Errorf("check of a missing file: exit %d, want 1; output:\n%s", code, out)
 	}
 }
+
+// journal salvage of a file that is not a journal (a text file) fails, exit 1,
+// with an error that says so, and writes no NEWFILE; before, it exited 0 and
+// left an empty journal as if the file had been salvaged with nothing lost.
+// journal check of such a file exits 1 and does not send the operator to
+// salvage.
+func TestJournalSalvageNotAJournal(t *testing.T) {
+	dir := t.TempDir()
+	text, out := filepath.Join(dir, "notes.txt"), filepath.Join(dir, "new.db")
+	if err := os.WriteFile(text, []byte("this is not a journal\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, code := runBinary(t, "journal", "salvage", text, "-out", out)
+	if code != 1 || !strings.Contains(got, "not a bbolt file") || strings.Contains(got, "salvaged "+text) {
+		t.Errorf("salvage of a text file: exit %d, want 1 and an error; output:\n%s", code, got)
+	}
+	if _, err := os.Lstat(out); !os.IsNotExist(err) {
+		t.Errorf("salvage of a text file left %s (%v)", out, err)
+	}
+	got, code = runBinary(t, "journal", "check", text)
+	if code != 1 || !strings.Contains(got, "not a bbolt file") || strings.Contains(got, "journal salvage") {
+		t.Errorf("check of a text file: exit %d, want 1, saying it is no journal; output:\n%s", code, got)
+	}
+}
