@@ -451,6 +451,7 @@ func (g *Gateway) reprepare(j *job) bool {
 	}
 	j.rt = a
 	j.Estimate, j.Correct, j.Answer, j.Mix = g.estimate(a, j.Input)
+	g.observe(a, j.Answer) // in the new version's live mix
 	return true
 }
 

@@ -382,6 +382,7 @@ func (g *Gateway) recover() error {
 			g.expired = append(g.expired, j)
 		default:
 			j.Estimate, j.Correct, j.Answer, j.Mix = g.estimate(a, j.Input)
+			g.observe(a, j.Answer)
 			g.recovered = append(g.recovered, j)
 		}
 	}

@@ -218,6 +218,7 @@ func (g *Gateway) handle(a arrival) {
 					g.m.admissionShed.WithLabelValues(req.App).Inc()
 				}
 				unanswered = nil
+				g.observe(app, answer)
 				g.answerFromEstimate(msg, req, app, orRaw(answer, est), reason)
 				return
 			}
@@ -271,6 +272,7 @@ func (g *Gateway) handle(a arrival) {
 		release()
 		return
 	}
+	g.observe(app, answer)
 	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
 		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, Answer: answer, Mix: mix, rt: app, pre: pre}
@@ -334,6 +336,7 @@ func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *a
 	if est == nil {
 		return false
 	}
+	g.observe(app, answer)
 	g.m.refusedDeg.WithLabelValues(req.App).Inc()
 	g.answerFromEstimate(msg, req, app, orRaw(answer, est), protocol.ReasonOverloadShed)
 	return true
@@ -609,8 +612,11 @@ func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.
 // (apps[].label_shift; nil without the correction): the estimate a request's
 // answer without a model comes from (degraded, shed; scheduler.Reweigh), with
 // mix, the live class mix it was corrected for (nil without the correction).
-// The correction updates the live mix's estimate, so estimate is called once
-// per request, in arrival order. a is nil when a reload removed the
+// The correction does not update the live mix's estimate: observe does, once
+// per request, when the gateway takes it (journaled as new, or answered from
+// its estimate without being journaled), so that a copy of a request the
+// journal knows (a QoS 1 redelivery, the id sent again), estimated before Put
+// finds it known, is not counted again. a is nil when a reload removed the
 // application since the request's header was parsed: no estimate then.
 func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct, answer []float64, mix *sneakpeek.Mix) {
 	if a == nil || a.est == nil {
@@ -635,10 +641,19 @@ func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct, answer [
 	}
 	if a.shift != nil {
 		answer = make([]float64, len(p))
-		a.shift.Correct(p, answer)
+		a.shift.CorrectOnly(p, answer) // p is a valid distribution: corrected
 		mix = a.shift.Mix()
 	}
 	return p, correct, answer, mix
+}
+
+// observe counts a request's corrected estimate (estimate's answer; nil
+// without the correction) in its application's live label mix, in the order
+// the gateway takes requests: call it once per request.
+func (g *Gateway) observe(a *appRuntime, answer []float64) {
+	if a != nil && a.shift != nil && answer != nil {
+		a.shift.Observe(answer)
+	}
 }
 
 // orRaw is the answer estimate q, or the raw estimate p without one.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/sneakpeek"
+	"github.com/sneakgate/sneakgate/store"
 )
 
 // With label_shift on, a stream of one class moves the gateway's estimate of the
@@ -44,6 +47,7 @@ func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 		uncorrected += p[cls]
 		var answer []float64
 		_, _, answer, mix = g.estimate(a, samples.Row(i))
+		g.observe(a, answer) // as the gateway does once it takes the request
 		corrected += answer[cls]
 		n++
 	}
@@ -137,4 +141,59 @@ func TestEstimateAnswersDefault(t *testing.T) {
 	if c.SchedulerOptions().EstimateAnswers {
 		t.Error("estimate_answers: false left it on")
 	}
+}
+
+// The live label mix counts each request once: a copy of a request the journal
+// knows (a QoS 1 redelivery, or the same id sent again, pending or answered)
+// is answered as a duplicate and does not move the mix again, whether
+// admission had a queue place for it or not. Before, every copy's estimate
+// updated the mix (its correction observed the estimate before the journal
+// said it was a duplicate), so a redelivery storm skewed the mix towards the
+// redelivered requests' classes.
+func TestDuplicatesDoNotMoveTheLiveMix(t *testing.T) {
+	g := handlerGateway(t, &fakeClient{}, false)
+	g.cfg.Admission.MaxQueue = 100 // admitted, with a queue place
+	g.cfg.Admission.MaxWait = 0
+	a, _ := g.app("fashion")
+	if a.shift == nil {
+		t.Fatal("label shift not enabled")
+	}
+	_, samples := fashionSamples(t)
+	const topic = "sneakgate/req/fashion/cam-1"
+	send := func(id string, row int, dup bool) {
+		t.Helper()
+		p := protocol.Payload{ID: id, DeadlineMS: 60000, Input: samples.Row(row), B64: true}
+		msg := newFakeMessage(topic, p.Marshal())
+		msg.dup = dup
+		g.handle(arrival{msg: msg, at: time.Now()})
+		if !msg.isAcked() {
+			t.Fatalf("%s not acknowledged", id)
+		}
+	}
+	counted := func(what string, want int64) {
+		t.Helper()
+		if n := a.shift.Observed(); n != want {
+			t.Errorf("%s: the live mix counted %d requests, want %d", what, n, want)
+		}
+	}
+	send("r1", 0, false)
+	counted("the first copy", 1)
+	prior := a.shift.Prior()
+	send("r1", 0, true) // redelivered while pending
+	counted("a redelivery of a pending request", 1)
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "r1"}
+	if err := g.journal.Complete(key, []byte(`{"v":1,"id":"r1","app":"fashion","device":"cam-1","status":"ok","class":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	send("r1", 0, false) // the same id sent again, answered
+	counted("the id sent again once answered", 1)
+	g.cfg.Admission.MaxQueue = 0 // no queue place: looked up, then answered as a duplicate
+	send("r1", 0, true)
+	counted("a copy without a queue place", 1)
+	if got := a.shift.Prior(); !slices.Equal(got, prior) {
+		t.Errorf("live mix moved by the copies: %v, was %v", got, prior)
+	}
+	g.cfg.Admission.MaxQueue = 100
+	send("r2", 1, false)
+	counted("a new request", 2)
 }

@@ -51,7 +51,9 @@ type ShiftOptions struct {
 // noise, of order sqrt(a)) and the estimates are nearly unchanged.
 //
 // Keep one per application and call Correct once per request, in arrival order,
-// before the estimate is used. It is safe for concurrent use (a mutex around
+// before the estimate is used; a caller that may see a request more than once
+// (a redelivered copy) corrects every copy with CorrectOnly and counts the
+// request once, with Observe. It is safe for concurrent use (a mutex around
 // O(K) work), does not allocate except for a Mix every MixRefresh corrections
 // (whose answer value, with ShiftOptions.Answers, is a pass over the labelled
 // rows on the goroutine of that correction), and is deterministic for a given
@@ -151,10 +153,45 @@ func (s *PriorShift) Mix() *Mix { return s.mix.Load() }
 // len(p); dst may be p itself) and updates the live prior estimate with it. If p
 // does not have the expected number of classes or carries no mass (all zero or
 // not finite), p is copied to dst unchanged and the prior is not updated.
-func (s *PriorShift) Correct(p, dst []float64) {
+func (s *PriorShift) Correct(p, dst []float64) { s.correct(p, dst, true) }
+
+// CorrectOnly writes the corrected estimate of p into dst, as Correct does,
+// without updating the live prior, and reports whether Correct would have
+// updated it (false: p copied unchanged): Observe(dst) does that, once per
+// request.
+func (s *PriorShift) CorrectOnly(p, dst []float64) bool { return s.correct(p, dst, false) }
+
+// Observe updates the live prior estimate with q, a request's estimate as
+// CorrectOnly corrected it: the update Correct makes. A q without the expected
+// number of classes, with an entry negative or not finite, or without mass is
+// ignored.
+func (s *PriorShift) Observe(q []float64) {
+	if len(q) != s.k {
+		return
+	}
+	sum := 0.0
+	for _, v := range q {
+		if !(v >= 0) || math.IsInf(v, 0) {
+			return
+		}
+		sum += v
+	}
+	if !(sum > 0) || math.IsInf(sum, 0) {
+		return
+	}
+	s.mu.Lock()
+	m := s.observe(q)
+	s.mu.Unlock()
+	if m != nil {
+		s.publish(m)
+	}
+}
+
+// correct is Correct, and with observe false CorrectOnly.
+func (s *PriorShift) correct(p, dst []float64, observe bool) bool {
 	if len(p) != s.k {
 		copy(dst, p)
-		return
+		return false
 	}
 	dst = dst[:s.k]
 	s.mu.Lock()
@@ -166,16 +203,30 @@ func (s *PriorShift) Correct(p, dst []float64) {
 		// Checked before dst is written: dst may be p itself.
 		s.mu.Unlock()
 		copy(dst, p)
-		return
+		return false
 	}
 	inv := 1 / sum
 	for i, v := range p {
 		dst[i] = reweighted(v, s.ratio[i]) * inv
 	}
+	var m *mixAt
+	if observe {
+		m = s.observe(dst)
+	}
+	s.mu.Unlock()
+	if m != nil {
+		s.publish(m)
+	}
+	return true
+}
+
+// observe updates the live prior with the corrected estimate q (s.mu held) and
+// returns the Mix to publish, if it is time for one (nil otherwise).
+func (s *PriorShift) observe(q []float64) *mixAt {
 	if !s.frozen {
 		b := 1 - s.a
-		for i, q := range dst {
-			s.prior[i] = b*s.prior[i] + s.a*q
+		for i, x := range q {
+			s.prior[i] = b*s.prior[i] + s.a*x
 		}
 		shiftFloorNormalise(s.prior, s.floor)
 		for i := range s.ratio {
@@ -183,14 +234,10 @@ func (s *PriorShift) Correct(p, dst []float64) {
 		}
 	}
 	s.n++
-	var m *mixAt
 	if s.n%MixRefresh == 0 && !s.frozen {
-		m = s.newMix()
+		return s.newMix()
 	}
-	s.mu.Unlock()
-	if m != nil {
-		s.publish(m)
-	}
+	return nil
 }
 
 // Prior returns a copy of the current live prior estimate pi_hat.
@@ -205,7 +252,8 @@ func (s *PriorShift) TrainPrior() []float64 {
 	return append([]float64(nil), s.train...)
 }
 
-// Observed returns how many estimates Correct has corrected.
+// Observed returns how many estimates Correct and Observe have counted
+// (frozen or not).
 func (s *PriorShift) Observed() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -3,6 +3,7 @@ package sneakpeek
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -209,6 +210,48 @@ func TestPriorShiftDegenerateInputs(t *testing.T) {
 	s.Correct(p, p)
 	if math.Abs(p[0]+p[1]+p[2]-1) > 1e-12 {
 		t.Errorf("in place: %v", p)
+	}
+}
+
+// CorrectOnly then, when it says Correct would have counted the estimate,
+// Observe of what it wrote is Correct, degenerate estimates included;
+// CorrectOnly alone leaves the prior as it was, so a caller can correct every
+// copy of a request and count it once.
+func TestPriorShiftCorrectOnlyThenObserveIsCorrect(t *testing.T) {
+	g := &gaussStream{mu: []float64{0, 2, 4}, train: []float64{0.5, 0.3, 0.2}, rng: rand.New(rand.NewPCG(3, 4))}
+	one := NewPriorShift(g.train, ShiftOptions{Window: 50})
+	two := NewPriorShift(g.train, ShiftOptions{Window: 50})
+	p, q1, q2 := make([]float64, 3), make([]float64, 3), make([]float64, 3)
+	degenerate := [][]float64{{0, 0, 0}, {math.NaN(), 1, 0}, {math.Inf(1), 1, 0}, {0.5, 0.5}}
+	for i := range 1000 {
+		_, x := g.draw([]float64{0.1, 0.2, 0.7})
+		g.posterior(x, g.train, p)
+		if i%100 == 0 {
+			p = degenerate[i/100%len(degenerate)]
+		}
+		one.Correct(p, q1)
+		before := two.Prior()
+		counts := two.CorrectOnly(p, q2)
+		if after := two.Prior(); !slices.Equal(before, after) {
+			t.Fatalf("step %d: CorrectOnly moved the prior from %v to %v", i, before, after)
+		}
+		if counts {
+			two.Observe(q2)
+		}
+		if !slices.Equal(q1, q2) || !slices.Equal(one.Prior(), two.Prior()) {
+			t.Fatalf("step %d (p %v): Correct gave %v, prior %v; CorrectOnly and Observe %v, prior %v", i, p, q1, one.Prior(), q2, two.Prior())
+		}
+		p = make([]float64, 3)
+	}
+	if one.Observed() != two.Observed() || one.Mix().Prior[0] != two.Mix().Prior[0] {
+		t.Errorf("counted %d vs %d, mix %v vs %v", one.Observed(), two.Observed(), one.Mix().Prior, two.Mix().Prior)
+	}
+	n, prior := two.Observed(), two.Prior()
+	for _, q := range [][]float64{{0.5, 0.5}, {0, 0, 0}, {math.NaN(), 0.5, 0.5}, {math.Inf(1), 0, 0}, {-0.5, 1, 0.5}} {
+		two.Observe(q)
+	}
+	if two.Observed() != n || !slices.Equal(two.Prior(), prior) {
+		t.Errorf("Observe of estimates that are no distribution counted them: %d, prior %v; was %d, %v", two.Observed(), two.Prior(), n, prior)
 	}
 }
 
