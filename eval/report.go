@@ -34,7 +34,7 @@ type Report struct {
 	GatewayCostUS float64 `json:"gateway_cost_us"`
 	VerdictCostUS float64 `json:"verdict_cost_us"`
 	GatewayKnown  bool    `json:"gateway_known"`
-	// DecisionCostUS is -decision-us (GatewayModel.DecisionCost) per policy.
+	// DecisionCostUS is -decision-us (GatewayModel.DecisionCost) per policy, and per policy@load where given.
 	DecisionCostUS map[string]float64 `json:"decision_cost_us,omitempty"`
 	// PlanAhead is -plan-ahead (scheduler.Options.PlanAhead): the files
 	// written before it was recorded (2026-12-03) lack it, and those before
