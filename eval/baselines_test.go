@@ -291,6 +291,41 @@ func TestDecisionCost(t *testing.T) {
 	}
 }
 
+// TestDecisionWall: with -decision-wall each decision costs the loop the time
+// its Decide took by the run's clock: a clock that moves 200 µs across each
+// decision costs utility, one that does not move costs nothing, and the
+// decision cost table is not charged beside it.
+func TestDecisionWall(t *testing.T) {
+	a := Synthetic(1)
+	pt := Point{App: a, Workload: a.Workloads[0], Policy: "sneakpeek", Load: 0.8, Deadline: a.Deadline,
+		Requests: 2000, Seed: 1, GatewayModel: GatewayModel{GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond}}
+	free, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A clock that moves only inside Decide: each call returns the time
+	// after the one before, tick apart.
+	clock := func(tick time.Duration) func() time.Time {
+		at := time.Unix(0, 0)
+		return func() time.Time { at = at.Add(tick); return at }
+	}
+	pt.DecisionWall = true
+	still, err := Simulate(pt, clock(0))
+	if err != nil || still.Utility != free.Utility {
+		t.Errorf("decisions that took no time cost utility: %.4f vs %.4f (%v)", still.Utility, free.Utility, err)
+	}
+	slow, err := Simulate(pt, clock(200*time.Microsecond))
+	if err != nil || slow.Utility >= free.Utility {
+		t.Errorf("decisions of 200 µs each did not cost utility: %.4f vs %.4f (%v)", slow.Utility, free.Utility, err)
+	}
+	var out, errOut strings.Builder
+	err = Main(context.Background(), []string{"-synthetic", "-policies", "sneakpeek", "-loads", "0.5", "-n", "100",
+		"-decision-wall", "-decision-us", "sneakpeek=9", "-quiet"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "-decision-wall") {
+		t.Errorf("-decision-wall with -decision-us: %v", err)
+	}
+}
+
 // A policy -decision-us names but -policies does not run (a misspelling) is
 // refused, not silently charged nothing.
 func TestDecisionCostNamesRunPolicies(t *testing.T) {

@@ -282,7 +282,8 @@ func (s *engineSim) run() (*simRun, error) {
 		snap := &scheduler.Snapshot{Now: plan, Queue: ex.Queue(), Apps: views, Engine: ex.Engine()}
 		w0 := s.Now()
 		d := s.Pol.Decide(snap)
-		out.DecideWall += s.Now().Sub(w0)
+		wall := s.Now().Sub(w0)
+		out.DecideWall += wall
 		all.Decisions++
 		// Apply checks every invariant before it changes anything, and takes the
 		// answered and batched requests out of the queue.
@@ -319,6 +320,9 @@ func (s *engineSim) run() (*simRun, error) {
 		if d.Batch != nil {
 			loopCost += time.Duration(len(d.Batch.Requests)) * (s.GatewayCost + s.DecisionCost[s.Policy])
 			out.Scheduled += len(d.Batch.Requests)
+		}
+		if s.DecisionWall {
+			loopCost += wall
 		}
 		lead += (loopCost - lead) / 16
 		return d.Batch, loopCost, nil

@@ -74,6 +74,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		gatewayUS  = fs.Float64("gateway-us", DefaultGatewayCostUS, "the gateway's own time per request run on a model, on the scheduling loop while the engine waits, in microseconds (0 = engine time only)")
 		verdictUS  = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
 		decisionUS = decisionCostFlag{}
+		decWall    = fs.Bool("decision-wall", false, "charge each decision, on the simulated loop, the wall-clock time it took on this machine (in place of -decision-us): every policy pays its own decisions as measured, at whatever queue and batch the run reaches; not deterministic, so run it with -workers 1 on an otherwise idle machine")
 		gwKnown    = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
 		ingressMS  = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
 		// The flags named _ are the gateway model, read by flagGatewayModel.
@@ -161,6 +162,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if opts.Peek, err = parsePairs(*peek); err != nil {
 		return fmt.Errorf("eval: -peek: %w", err)
 	}
+	if *decWall && (len(decisionUS) > 0 || *live) {
+		return errors.New("eval: -decision-wall charges the measured decisions in place of -decision-us, in the simulator (-live pays its own)")
+	}
 	if len(decisionUS) > 0 && *live {
 		return errors.New("eval: -decision-us models the simulator's loop; -live runs the gateway, which pays its own")
 	}
@@ -223,7 +227,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	gwCost := time.Duration(*gatewayUS * float64(time.Microsecond))
 	rep.GatewayCostUS, rep.VerdictCostUS, rep.IngressMS, rep.Seeds = *gatewayUS, *verdictUS, *ingressMS, *seeds
-	rep.GatewayKnown, rep.PlanAhead = *gwKnown, *planAhead
+	rep.GatewayKnown, rep.PlanAhead, rep.DecisionWall = *gwKnown, *planAhead, *decWall
 	for p, d := range decisionUS {
 		if rep.DecisionCostUS == nil {
 			rep.DecisionCostUS = map[string]float64{}
@@ -624,7 +628,7 @@ func flagGatewayModel(fs *flag.FlagSet) GatewayModel {
 		PriceAdmission: get("price-admission").(bool), Pipeline: get("pipeline").(bool), LabelShift: get("label-shift").(bool),
 		MemBudget: get("mem-budget-mb").(int64) << 20, CountBudget: get("max-resident").(int),
 		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), DecisionCost: get("decision-us").(map[string]time.Duration),
-		GatewayKnown: get("gateway-known").(bool),
+		GatewayKnown: get("gateway-known").(bool), DecisionWall: get("decision-wall").(bool),
 		IngressDelay: time.Duration(f64("ingress-ms") * float64(time.Millisecond))}
 }
 

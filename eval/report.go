@@ -36,6 +36,8 @@ type Report struct {
 	GatewayKnown  bool    `json:"gateway_known"`
 	// DecisionCostUS is -decision-us (GatewayModel.DecisionCost) per policy, and per policy@load where given.
 	DecisionCostUS map[string]float64 `json:"decision_cost_us,omitempty"`
+	// DecisionWall is -decision-wall (GatewayModel.DecisionWall).
+	DecisionWall bool `json:"decision_wall,omitempty"`
 	// PlanAhead is -plan-ahead (scheduler.Options.PlanAhead): the files
 	// written before it was recorded (2026-12-03) lack it, and those before
 	// the option (b901455) planned at every decision.

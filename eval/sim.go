@@ -61,6 +61,11 @@ type GatewayModel struct {
 	// (-decision-us sneakpeek@1=1.8) is the policy's cost at that load
 	// (Point.Load), in place of its "policy" entry (decisionCostAt).
 	DecisionCost map[string]time.Duration
+	// DecisionWall charges each decision, on the loop, the wall-clock time its
+	// Decide took (engineSim.Now), in place of DecisionCost: what the policy
+	// costs at the queue and the batch the run reaches, on this machine. It
+	// makes the run depend on the machine and on what else runs on it.
+	DecisionWall bool
 	// GatewayKnown makes the policies plan with GatewayCost: the latency tables
 	// they see include it per request (what a gateway that measures its own
 	// non-engine time per request would plan with). Without it they plan with the
