@@ -84,9 +84,11 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 // handle admits one request. It acknowledges a request only after the journal has
 // committed it; a request it cannot journal while stopping is left
 // unacknowledged, so the broker delivers it again when the session resumes. A
-// panic is recovered: a request whose header parsed and that is neither
-// answered nor handed to the journal yet is rejected internal (panicked); any
-// other is acknowledged and dropped (a journaled one stays in the journal).
+// panic is recovered: a request whose header parsed and whose reply is not yet
+// handed over nor the request handed to the journal is rejected internal
+// (panicked), one the journal failed to store because it broke or is stopping
+// is left unacknowledged, and any other (its reply being handed over, or
+// journaled: the loop answers it) is acknowledged and dropped.
 func (g *Gateway) handle(a arrival) {
 	msg := a.msg
 	// Shutdown sets draining, then takes the write lock: from then on workers
@@ -99,19 +101,32 @@ func (g *Gateway) handle(a arrival) {
 	// (Reload waits for handlers in flight before it swaps applications).
 	g.swapping.RLock()
 	defer g.swapping.RUnlock()
-	reserved := false                // a queue place this handler holds
-	var unanswered *protocol.Request // parsed, and neither answered nor handed to the journal yet
+	reserved := false // a queue place this handler holds
+	// unanswered is the request from when its header parsed until its reply is
+	// handed over or it is handed to the journal: a panic in between answers it
+	// (panicked). leave marks a request the journal failed to store because it
+	// broke or is stopping: a panic leaves its message for redelivery, as the
+	// handler does.
+	var unanswered *protocol.Request
+	leave := false
 	defer func() {
-		if p := recover(); p != nil {
-			if reserved {
-				g.loop.Release()
-			}
+		p := recover()
+		if p == nil {
+			return
+		}
+		if reserved {
+			g.loop.Release()
+		}
+		switch {
+		case unanswered != nil:
+			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked before answering or journaling the request; answered rejected internal (or as a repeat)")
+			g.panicked(msg, unanswered)
+		case leave:
+			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked after a failed journal write; message left for redelivery")
+		default:
+			// Its reply was being handed over, or it is journaled (the loop
+			// or the next session answers it).
 			g.m.rejected.WithLabelValues(string(protocol.ReasonInternal)).Inc()
-			if unanswered != nil {
-				g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked before journaling the request; rejected as internal")
-				g.panicked(msg, unanswered)
-				return
-			}
 			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked; message acknowledged and dropped")
 			msg.Ack()
 		}
@@ -172,11 +187,11 @@ func (g *Gateway) handle(a arrival) {
 			return // left unacknowledged (lookup)
 		}
 		if res.Dup == store.New {
-			unanswered = nil
 			g.loop.refused.Add(1)
-			if g.degradeRefused(msg, req, app) {
+			if g.degradeRefused(msg, req, app, func() { unanswered = nil }) {
 				return
 			}
+			unanswered = nil
 			q, wait := g.loop.Queued(), g.estimatedWait()
 			g.refuse(msg, req, protocol.ReasonOverload, fmt.Sprintf("%d requests queued, about %s to drain; the deadline budget is %s",
 				q, wait.Round(time.Millisecond), req.Budget()), max(wait, minRetryAfter))
@@ -186,6 +201,7 @@ func (g *Gateway) handle(a arrival) {
 	release := func() {
 		if reserved {
 			g.loop.Release()
+			reserved = false // not again, by the recover
 		}
 	}
 	if rej := req.DecodeInput(); rej != nil {
@@ -217,8 +233,8 @@ func (g *Gateway) handle(a arrival) {
 				} else {
 					g.m.admissionShed.WithLabelValues(req.App).Inc()
 				}
-				unanswered = nil
 				g.observe(app, answer)
+				unanswered = nil
 				g.answerFromEstimate(msg, req, app, orRaw(answer, est), reason)
 				return
 			}
@@ -229,10 +245,18 @@ func (g *Gateway) handle(a arrival) {
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {
 		release()
+		// Nothing was stored unless the journal broke (below); a panic from here
+		// on answers the request as its switch case would leave it.
+		stopping := g.draining.Load()
+		if stopping || errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrCorrupt) {
+			leave = true
+		} else {
+			unanswered = req
+		}
 		g.m.storeErrors.WithLabelValues("put").Inc()
 		g.journalDamage(err)
 		switch {
-		case g.draining.Load():
+		case stopping:
 			// Stopping: leave it unacknowledged; the broker redelivers it to the
 			// next session, which journals it.
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal write failed while stopping; request left for redelivery")
@@ -245,6 +269,7 @@ func (g *Gateway) handle(a arrival) {
 			// the next session, which answers it once (its own or a duplicate).
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal broken; request left for redelivery to the next session")
 		case errors.Is(err, store.ErrFull):
+			unanswered = nil
 			g.refuse(msg, req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
 		case errors.Is(err, store.ErrCorrupt):
 			// A record of this key the journal cannot read (journalDamage stops
@@ -257,12 +282,14 @@ func (g *Gateway) handle(a arrival) {
 			// The journal's disk is full (or the file may not grow): refused like
 			// overload, without a log line of its own (the store logs when it
 			// starts and stops, sneakgate_journal_no_space says so, and /readyz).
+			unanswered = nil
 			g.refuse(msg, req, protocol.ReasonOverload, "the gateway's journal has no disk space; retry later", max(g.estimatedWait(), noSpaceRetryAfter))
 		default:
 			// Running: an unacknowledged message would wait for a reconnect that may
 			// never come and hold one of the broker's in-flight slots, so tell the
 			// device instead; nothing was journaled, so a retry is a new request.
 			g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; request rejected as internal")
+			unanswered = nil
 			g.refuse(msg, req, protocol.ReasonInternal, "the gateway could not store the request; retry", time.Second)
 		}
 		return
@@ -303,6 +330,13 @@ func (g *Gateway) handle(a arrival) {
 // claims it again, so that a copy being journaled meanwhile is found.
 func (g *Gateway) panicked(msg mqtt.Message, req *protocol.Request) {
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
+	defer func() {
+		// The fault may strike again here (the same metric, the same store):
+		// then the message is left for redelivery, not the process ended.
+		if p := recover(); p != nil {
+			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("answering a request whose handler panicked panicked too; message left for redelivery")
+		}
+	}()
 	defer g.claim(key)()
 	res, ok := g.lookup(key)
 	if !ok {
@@ -313,7 +347,7 @@ func (g *Gateway) panicked(msg mqtt.Message, req *protocol.Request) {
 		g.duplicate(req, key, res)
 		return
 	}
-	// Counted by the caller, as every panic is (rejected_total{internal}).
+	g.m.rejected.WithLabelValues(string(protocol.ReasonInternal)).Inc()
 	g.owe(msg, req.ReplyTo, req.Reject(protocol.ReasonInternal, "the gateway failed while admitting the request; retry", time.Second))
 }
 
@@ -323,12 +357,14 @@ func (g *Gateway) panicked(msg mqtt.Message, req *protocol.Request) {
 // application has no estimator or the estimator gave no distribution (the
 // caller refuses it). A request whose input does not decode is rejected for
 // that. Nothing is journaled: msg is acknowledged once the broker has the reply,
-// like a refusal's.
-func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *appRuntime) bool {
+// like a refusal's. answering is called just before the reply is handed over
+// (from then on a panic does not answer the request again: handle).
+func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *appRuntime, answering func()) bool {
 	if !g.cfg.Admission.DegradeRefused || app == nil || app.est == nil {
 		return false
 	}
 	if rej := req.DecodeInput(); rej != nil {
+		answering()
 		g.reject(msg, rej)
 		return true
 	}
@@ -338,6 +374,7 @@ func (g *Gateway) degradeRefused(msg mqtt.Message, req *protocol.Request, app *a
 	}
 	g.observe(app, answer)
 	g.m.refusedDeg.WithLabelValues(req.App).Inc()
+	answering()
 	g.answerFromEstimate(msg, req, app, orRaw(answer, est), protocol.ReasonOverloadShed)
 	return true
 }
