@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sneakgate/sneakgate/protocol"
@@ -124,5 +125,33 @@ func TestCorruptKeyRecordStopsTheGateway(t *testing.T) {
 				t.Errorf("after the next start's verification: Lookup %+v, %v; want %v", res, err, want)
 			}
 		})
+	}
+}
+
+// TestPanicAfterABrokenJournalWriteLeavesIt: a request the journal could not
+// store because its key record is unreadable is left for redelivery (above);
+// a panic after that write (here the store-error counter's) leaves it so too:
+// not acknowledged, no reply, and its queue place given back once.
+func TestPanicAfterABrokenJournalWriteLeavesIt(t *testing.T) {
+	const topic = "sneakgate/req/fashion/cam-1"
+	c := &fakeClient{}
+	g := handlerGateway(t, c, false)
+	g.cfg.Admission.MaxQueue = 10
+	g.fatal = make(chan struct{})
+	p := protocol.Payload{ID: "e", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+	key := store.Key{App: "fashion", Device: "cam-1", ID: p.ID}
+	g.journal, _, _ = corruptKeyJournal(t, key, false)
+	// A counter of the wrong arity panics when the failed write is counted.
+	g.m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"op", "extra"})
+	msg := newFakeMessage(topic, p.Marshal())
+	g.handle(arrival{msg: msg, at: time.Now()})
+	if sent := c.sent(); len(sent) != 0 {
+		t.Errorf("%d replies published (%s), want none: the request may be in the journal", len(sent), sent[0])
+	}
+	if msg.isAcked() {
+		t.Error("request acknowledged, want it left for redelivery")
+	}
+	if q := g.loop.Queued(); q != 0 {
+		t.Errorf("loop.Queued() = %d after the panic, want 0", q)
 	}
 }
