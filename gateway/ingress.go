@@ -114,6 +114,7 @@ func (g *Gateway) handle(a arrival) {
 		if p == nil {
 			return
 		}
+		g.m.handlerPanics.Inc()
 		if reserved {
 			g.loop.Release()
 		}
@@ -126,7 +127,6 @@ func (g *Gateway) handle(a arrival) {
 		default:
 			// Its reply was being handed over, or it is journaled (the loop
 			// or the next session answers it).
-			g.m.rejected.WithLabelValues(string(protocol.ReasonInternal)).Inc()
 			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked; message acknowledged and dropped")
 			msg.Ack()
 		}

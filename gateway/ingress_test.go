@@ -588,6 +588,9 @@ func TestPanicBeforeJournalIsRejectedInternal(t *testing.T) {
 			if n := testutil.ToFloat64(g.m.rejected.WithLabelValues(string(protocol.ReasonInternal))); n != want {
 				t.Errorf("rejected_total{internal} = %v, want %v", n, want)
 			}
+			if n := testutil.ToFloat64(g.m.handlerPanics); n != 1 {
+				t.Errorf("handler_panics_total = %v, want 1", n)
+			}
 		})
 	}
 	t.Run("after the journal write", func(t *testing.T) {

@@ -59,13 +59,15 @@ type metrics struct {
 	engineWait  prometheus.Counter
 	// invalidDecisions counts the policy's decisions the loop refused (loop.decide).
 	invalidDecisions prometheus.Counter
-	storeErrors      *prometheus.CounterVec // op
-	publishFails     prometheus.Counter
-	resident         prometheus.Gauge
-	dropped          *prometheus.CounterVec // status: replies republished to duplicates dropped (queue full, not connected)
-	ignored          *prometheus.CounterVec // why: retained
-	reloads          *prometheus.CounterVec // result: ok, refused
-	moved            prometheus.Counter     // queued requests moved to a reloaded version
+	// handlerPanics counts the request handlers' recovered panics (handle).
+	handlerPanics prometheus.Counter
+	storeErrors   *prometheus.CounterVec // op
+	publishFails  prometheus.Counter
+	resident      prometheus.Gauge
+	dropped       *prometheus.CounterVec // status: replies republished to duplicates dropped (queue full, not connected)
+	ignored       *prometheus.CounterVec // why: retained
+	reloads       *prometheus.CounterVec // result: ok, refused
+	moved         prometheus.Counter     // queued requests moved to a reloaded version
 	// latencyFactor is each variant's latency correction (observed/profiled).
 	latencyFactor *prometheus.GaugeVec // app, variant
 	// ingressWaits counts request messages that found every request handler
@@ -146,6 +148,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_engine_wait_seconds_total", Help: "Time the engine sat idle between two batches while requests were waiting (the scheduling loop deciding and handing over)."}),
 		invalidDecisions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_invalid_decisions_total", Help: "Scheduling decisions refused as invalid (a request answered twice or not queued, a batch the engine cannot run, a swap over the residency budget, a policy panic): not applied, every request kept queued, edf decided instead."}),
+		handlerPanics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sneakgate_handler_panics_total", Help: "Request handlers that panicked and were recovered (logged at error level with the panic); each request is rejected internal, left for redelivery or acknowledged without a reply, as docs/protocol.md says. Anything above 0 is a gateway bug."}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_store_errors_total", Help: "Journal operations that failed, by operation."}, []string{"op"}),
 		publishFails: prometheus.NewCounter(prometheus.CounterOpts{
@@ -175,7 +179,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
-		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
+		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
