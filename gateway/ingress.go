@@ -102,13 +102,12 @@ func (g *Gateway) handle(a arrival) {
 	g.swapping.RLock()
 	defer g.swapping.RUnlock()
 	reserved := false // a queue place this handler holds
-	// unanswered is the request from when its header parsed until its reply is
-	// handed over or it is handed to the journal: a panic in between answers it
-	// (panicked). leave marks a request the journal failed to store because it
-	// broke or is stopping: a panic leaves its message for redelivery, as the
-	// handler does.
-	var unanswered *protocol.Request
-	leave := false
+	var req *protocol.Request
+	// onPanic is what the recover below does with the request, by how far its
+	// handling got: panicAnswer from when its header parsed until the handler
+	// starts answering it or hands it to the journal, panicLeave after a
+	// journal write that failed because the journal broke or is stopping.
+	onPanic := panicAck
 	defer func() {
 		p := recover()
 		if p == nil {
@@ -118,11 +117,11 @@ func (g *Gateway) handle(a arrival) {
 		if reserved {
 			g.loop.Release()
 		}
-		switch {
-		case unanswered != nil:
+		switch onPanic {
+		case panicAnswer:
 			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked before answering or journaling the request; answered rejected internal (or as a repeat)")
-			g.panicked(msg, unanswered)
-		case leave:
+			g.panicked(msg, req)
+		case panicLeave:
 			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked after a failed journal write; message left for redelivery")
 		default:
 			// Its reply was being handed over, or it is journaled (the loop
@@ -136,7 +135,8 @@ func (g *Gateway) handle(a arrival) {
 	now := a.at
 	// The input is decoded only once the request is admitted: refusing one under
 	// overload costs little more than reading its header.
-	req, rej := protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
+	var rej *protocol.Rejection
+	req, rej = protocol.ParseHeader(msg.Topic(), msg.Payload(), now, g.env)
 	if rej != nil {
 		if rej.Reason == protocol.ReasonDeadlinePast || rej.Reason == protocol.ReasonDeadlineTooSoon || rej.Reason == protocol.ReasonUnknownApp {
 			if rej.ID != "" {
@@ -154,7 +154,7 @@ func (g *Gateway) handle(a arrival) {
 		g.reject(msg, rej)
 		return
 	}
-	unanswered = req
+	onPanic = panicAnswer
 	app, _ := g.app(req.App) // ParseHeader found it
 	if !req.SentAt.IsZero() && !msg.Duplicate() {
 		// First deliveries only: a redelivery (DUP set, by the broker or the
@@ -167,7 +167,7 @@ func (g *Gateway) handle(a arrival) {
 	// it, and then finds it in the journal.
 	defer g.claim(key)()
 	if req.ExpiredOnArrival() {
-		unanswered = nil
+		onPanic = panicAck
 		g.expiredOnArrival(msg, req, key)
 		return
 	}
@@ -188,10 +188,10 @@ func (g *Gateway) handle(a arrival) {
 		}
 		if res.Dup == store.New {
 			g.loop.refused.Add(1)
-			if g.degradeRefused(msg, req, app, func() { unanswered = nil }) {
+			if g.degradeRefused(msg, req, app, func() { onPanic = panicAck }) {
 				return
 			}
-			unanswered = nil
+			onPanic = panicAck
 			q, wait := g.loop.Queued(), g.estimatedWait()
 			g.refuse(msg, req, protocol.ReasonOverload, fmt.Sprintf("%d requests queued, about %s to drain; the deadline budget is %s",
 				q, wait.Round(time.Millisecond), req.Budget()), max(wait, minRetryAfter))
@@ -206,7 +206,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	if rej := req.DecodeInput(); rej != nil {
 		release()
-		unanswered = nil
+		onPanic = panicAck
 		g.reject(msg, rej)
 		return
 	}
@@ -234,13 +234,13 @@ func (g *Gateway) handle(a arrival) {
 					g.m.admissionShed.WithLabelValues(req.App).Inc()
 				}
 				g.observe(app, answer)
-				unanswered = nil
+				onPanic = panicAck
 				g.answerFromEstimate(msg, req, app, orRaw(answer, est), reason)
 				return
 			}
 		}
 	}
-	unanswered = nil // Put may store it even if it panics
+	onPanic = panicAck // Put may store it even if it panics
 	res, err := g.journal.Put(&store.Entry{Key: key, Received: req.Received, Deadline: req.Deadline,
 		ReplyTo: req.ReplyTo, Input: req.Input})
 	if err != nil {
@@ -249,9 +249,9 @@ func (g *Gateway) handle(a arrival) {
 		// on answers the request as its switch case would leave it.
 		stopping := g.draining.Load()
 		if stopping || errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrCorrupt) {
-			leave = true
+			onPanic = panicLeave
 		} else {
-			unanswered = req
+			onPanic = panicAnswer
 		}
 		g.m.storeErrors.WithLabelValues("put").Inc()
 		g.journalDamage(err)
@@ -269,7 +269,7 @@ func (g *Gateway) handle(a arrival) {
 			// the next session, which answers it once (its own or a duplicate).
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal broken; request left for redelivery to the next session")
 		case errors.Is(err, store.ErrFull):
-			unanswered = nil
+			onPanic = panicAck
 			g.refuse(msg, req, protocol.ReasonOverload, "the journal is full (store.max_bytes)", max(g.estimatedWait(), time.Second))
 		case errors.Is(err, store.ErrCorrupt):
 			// A record of this key the journal cannot read (journalDamage stops
@@ -282,14 +282,14 @@ func (g *Gateway) handle(a arrival) {
 			// The journal's disk is full (or the file may not grow): refused like
 			// overload, without a log line of its own (the store logs when it
 			// starts and stops, sneakgate_journal_no_space says so, and /readyz).
-			unanswered = nil
+			onPanic = panicAck
 			g.refuse(msg, req, protocol.ReasonOverload, "the gateway's journal has no disk space; retry later", max(g.estimatedWait(), noSpaceRetryAfter))
 		default:
 			// Running: an unacknowledged message would wait for a reconnect that may
 			// never come and hold one of the broker's in-flight slots, so tell the
 			// device instead; nothing was journaled, so a retry is a new request.
 			g.log.Error().Err(err).Stringer("key", key).Msg("journal write failed; request rejected as internal")
-			unanswered = nil
+			onPanic = panicAck
 			g.refuse(msg, req, protocol.ReasonInternal, "the gateway could not store the request; retry", time.Second)
 		}
 		return
@@ -319,6 +319,24 @@ func (g *Gateway) handle(a arrival) {
 	}
 }
 
+// panicAction is what handle's recover does with the request whose handler
+// panicked, by how far its handling got.
+type panicAction int
+
+const (
+	// panicAck acknowledges the message without a reply: no request was read,
+	// its answer is under way (its reply may have gone), or it is journaled
+	// (the loop, or the next session, answers it).
+	panicAck panicAction = iota
+	// panicAnswer answers it (panicked): read, and neither being answered yet
+	// nor handed to the journal.
+	panicAnswer
+	// panicLeave leaves the message unacknowledged for redelivery: a journal
+	// write failed because the journal broke or the gateway is stopping, as
+	// the handler itself leaves it.
+	panicLeave
+)
+
 // panicked answers a request whose handler panicked before answering it or
 // handing it to the journal: rejected internal with a retry_after_ms, like a
 // request whose journal write failed (nothing was stored, so a retry is a new
@@ -338,13 +356,7 @@ func (g *Gateway) panicked(msg mqtt.Message, req *protocol.Request) {
 		}
 	}()
 	defer g.claim(key)()
-	res, ok := g.lookup(key)
-	if !ok {
-		return // left unacknowledged (lookup)
-	}
-	if res.Dup != store.New {
-		msg.Ack()
-		g.duplicate(req, key, res)
+	if !g.firstCopy(msg, req, key) {
 		return
 	}
 	g.m.rejected.WithLabelValues(string(protocol.ReasonInternal)).Inc()
@@ -444,13 +456,7 @@ func (g *Gateway) answersAtAdmission(req *protocol.Request, app *appRuntime, est
 // acknowledged only once the broker has the reply (owe): if the gateway dies
 // first, the broker delivers the request again and it is answered again.
 func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key store.Key) {
-	res, ok := g.lookup(key)
-	if !ok {
-		return // left unacknowledged (lookup)
-	}
-	if res.Dup != store.New {
-		msg.Ack()
-		g.duplicate(req, key, res)
+	if !g.firstCopy(msg, req, key) {
 		return
 	}
 	rep := req.NewReply(protocol.StatusExpired)
@@ -509,6 +515,23 @@ func (g *Gateway) answeredBefore(msg mqtt.Message, rej *protocol.Rejection) bool
 	}
 	msg.Ack()
 	return g.duplicate(&protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: replyTo}, key, res)
+}
+
+// firstCopy reports whether the journal does not know key, so that the caller
+// answers req, which it does not journal, itself. A copy of a request the
+// journal knows is answered as a duplicate (msg acknowledged), and one it
+// cannot look up is left unacknowledged (lookup): both report false.
+func (g *Gateway) firstCopy(msg mqtt.Message, req *protocol.Request, key store.Key) bool {
+	res, ok := g.lookup(key)
+	if !ok {
+		return false // left unacknowledged (lookup)
+	}
+	if res.Dup != store.New {
+		msg.Ack()
+		g.duplicate(req, key, res)
+		return false
+	}
+	return true
 }
 
 // lookup asks the journal whether key is a request it knows (store.Lookup), for
