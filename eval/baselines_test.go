@@ -243,10 +243,11 @@ func TestParsePairs(t *testing.T) {
 	}
 }
 
-// TestDecisionCost: a policy's decision cost (-decision-us) slows its own
-// loop, at the same arrivals (the load's capacity does not count it), and
-// another policy's cost leaves it alone.
-func TestDecisionCost(t *testing.T) {
+// decisionCostPoint is the point TestDecisionCost and TestDecisionWall charge
+// decisions at (sneakpeek on the synthetic app at load 0.8), and its metrics
+// with no decision charged.
+func decisionCostPoint(t *testing.T) (Point, Metrics) {
+	t.Helper()
 	a := Synthetic(1)
 	pt := Point{App: a, Workload: a.Workloads[0], Policy: "sneakpeek", Load: 0.8, Deadline: a.Deadline,
 		Requests: 2000, Seed: 1, GatewayModel: GatewayModel{GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond}}
@@ -254,6 +255,14 @@ func TestDecisionCost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pt, free
+}
+
+// TestDecisionCost: a policy's decision cost (-decision-us) slows its own
+// loop, at the same arrivals (the load's capacity does not count it), and
+// another policy's cost leaves it alone.
+func TestDecisionCost(t *testing.T) {
+	pt, free := decisionCostPoint(t)
 	pt.DecisionCost = map[string]time.Duration{"edf": time.Millisecond}
 	other, err := Simulate(pt, nil)
 	if err != nil {
@@ -293,16 +302,10 @@ func TestDecisionCost(t *testing.T) {
 
 // TestDecisionWall: with -decision-wall each decision costs the loop the time
 // its Decide took by the run's clock: a clock that moves 200 µs across each
-// decision costs utility, one that does not move costs nothing, and the
-// decision cost table is not charged beside it.
+// decision costs utility, one that does not move costs nothing, and the flag
+// is refused beside -decision-us (one charge or the other).
 func TestDecisionWall(t *testing.T) {
-	a := Synthetic(1)
-	pt := Point{App: a, Workload: a.Workloads[0], Policy: "sneakpeek", Load: 0.8, Deadline: a.Deadline,
-		Requests: 2000, Seed: 1, GatewayModel: GatewayModel{GatewayCost: 5 * time.Microsecond, VerdictCost: time.Microsecond}}
-	free, err := Simulate(pt, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pt, free := decisionCostPoint(t)
 	// A clock that moves only inside Decide: each call returns the time
 	// after the one before, tick apart.
 	clock := func(tick time.Duration) func() time.Time {

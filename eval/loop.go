@@ -36,6 +36,10 @@ type engineSim struct {
 	GatewayModel
 	// Now is the wall clock that times decisions.
 	Now func() time.Time
+	// Charge is the loop's time per request a decision answers or batches for
+	// the decision itself (GatewayModel.DecisionCost, the policy's at the
+	// point's load: decisionCostAt).
+	Charge time.Duration
 	// Estimate returns an arrival's estimate and, when the policy sharpens it,
 	// each variant's correctness on it (nil: none). It is called once per
 	// arrival, in arrival order, before admission.
@@ -316,9 +320,9 @@ func (s *engineSim) run() (*simRun, error) {
 			gate = d.Gate
 		}
 		answers = d.Answers
-		loopCost := time.Duration(len(d.Verdicts)) * (s.VerdictCost + s.DecisionCost[s.Policy])
+		loopCost := time.Duration(len(d.Verdicts)) * (s.VerdictCost + s.Charge)
 		if d.Batch != nil {
-			loopCost += time.Duration(len(d.Batch.Requests)) * (s.GatewayCost + s.DecisionCost[s.Policy])
+			loopCost += time.Duration(len(d.Batch.Requests)) * (s.GatewayCost + s.Charge)
 			out.Scheduled += len(d.Batch.Requests)
 		}
 		if s.DecisionWall {

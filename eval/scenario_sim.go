@@ -146,7 +146,7 @@ func SimulateScenario(pt ScenarioPoint) (ScenarioRun, error) {
 		return c.Est[pt.Estimator][q.app][f], nil
 	}
 	sim := engineSim{Policy: pt.Policy, Pol: pol, Apps: apps, Reqs: reqs, Origin: origin, Seed: pt.Seed,
-		GatewayModel: pt.GatewayModel, Now: time.Now, Estimate: estimate}
+		GatewayModel: pt.GatewayModel, Charge: pt.DecisionCost[pt.Policy], Now: time.Now, Estimate: estimate}
 	out, err := sim.run()
 
 	// Per application, then every request together.

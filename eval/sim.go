@@ -390,12 +390,8 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 		}
 		return est, correct
 	}
-	gm := pt.GatewayModel
-	if gm.DecisionCost != nil {
-		// The loop charges the policy its cost at this point's load.
-		gm.DecisionCost = map[string]time.Duration{pt.Policy: decisionCostAt(gm.DecisionCost, pt.Policy, pt.Load)}
-	}
-	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, GatewayModel: gm,
+	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, GatewayModel: pt.GatewayModel,
+		Charge: decisionCostAt(pt.DecisionCost, pt.Policy, pt.Load),
 		Apps: []simApp{{App: a, Exec: sa, View: pa, Deadline: pt.Deadline,
 			Fastest: scheduler.CheapestAmortised(sa) + pt.GatewayCost, Guard: guard, GMode: gmode}},
 		Now: now, Estimate: estimate}
