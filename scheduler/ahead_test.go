@@ -7,9 +7,10 @@ import (
 )
 
 // aheadFixture is a searching policy with Options.PlanAhead after its first
-// decision over a queue of 60 requests of testApp (both variants resident,
-// budgets of a second, estimates of both classes), applied through an
-// Executor: the decision ran a batch and kept the plan's next ones.
+// decision over a queue of requests of testApp (both variants resident,
+// budgets of a second; newAheadFixture: 60, with estimates of both classes),
+// applied through an Executor: the decision ran a batch and kept the plan's
+// next ones.
 type aheadFixture struct {
 	p    *searching
 	a    *App
@@ -21,17 +22,25 @@ type aheadFixture struct {
 
 func newAheadFixture(t *testing.T, name string) *aheadFixture {
 	t.Helper()
+	return newAheadFixtureOf(t, name, 60, func(i int) []float64 {
+		if i%3 == 0 {
+			return []float64{0.1, 0.9}
+		}
+		return []float64{0.95, 0.05}
+	})
+}
+
+// newAheadFixtureOf is the fixture over n requests, request i with estimate
+// est(i) (nil: none).
+func newAheadFixtureOf(t *testing.T, name string, n int, est func(i int) []float64) *aheadFixture {
+	t.Helper()
 	a := testApp()
 	apps := map[string]*App{a.Name: a}
 	f := &aheadFixture{a: a, apps: apps, now: t0,
 		p: mustPolicy(t, name, Options{MaxBatch: 8, Window: 32, PlanAhead: 3}).(*searching),
 		x: NewExecutor(Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: t0, a.Variants[1].ID: t0}}, lookupIn(apps))}
-	for i := range 60 {
-		p := []float64{0.95, 0.05}
-		if i%3 == 0 {
-			p = []float64{0.1, 0.9}
-		}
-		if err := f.x.Add(req(a, uint64(i+1), t0, time.Second, p)); err != nil {
+	for i := range n {
+		if err := f.x.Add(req(a, uint64(i+1), t0, time.Second, est(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -276,28 +285,15 @@ func TestPlanAheadYieldsToABatchPutBack(t *testing.T) {
 // variant would run as a plain batch where a fresh decision makes it a first
 // pass.
 func TestPlanAheadDroppedByConfigurePeek(t *testing.T) {
-	a := testApp()
-	apps := map[string]*App{a.Name: a}
-	p := mustPolicy(t, "sneakpeek", Options{MaxBatch: 8, Window: 32, PlanAhead: 3}).(*searching)
-	x := NewExecutor(Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: t0, a.Variants[1].ID: t0}}, lookupIn(apps))
-	for i := range 40 {
-		if err := x.Add(req(a, uint64(i+1), t0, time.Second, []float64{0.99, 0.01})); err != nil {
-			t.Fatal(err)
-		}
-	}
-	now := t0
-	d := p.Decide(&Snapshot{Now: now, Queue: x.Queue(), Apps: apps, Engine: x.Engine()})
-	if err := x.Apply(d, now); err != nil || d.Batch == nil || len(p.ahead) == 0 {
-		t.Fatalf("first decision: %v, batch %v, kept %d", err, d.Batch, len(p.ahead))
-	}
-	now = d.Batch.Finish
+	f := newAheadFixtureOf(t, "sneakpeek", 40, func(int) []float64 { return []float64{0.99, 0.01} })
+	p := f.p
 	curve := []CascadePoint{{0.5, 0, 0.90}, {0.8, 0.3, 0.96}}
 	cfg := CascadeConfig{Cheap: 0, Better: 1, Curve: curve}
-	p.ConfigurePeek(a.Name, cfg)
+	p.ConfigurePeek(f.a.Name, cfg)
 	// The same decision by a policy that had the peek all along.
 	fresh := mustPolicy(t, "sneakpeek", Options{MaxBatch: 8, Window: 32, PlanAhead: 3}).(*searching)
-	fresh.ConfigurePeek(a.Name, cfg)
-	s := &Snapshot{Now: now, Queue: x.Queue(), Apps: apps, Engine: x.Engine()}
+	fresh.ConfigurePeek(f.a.Name, cfg)
+	s := f.snap()
 	want := fresh.Decide(s)
 	got := p.Decide(s)
 	t.Logf("kept-plan policy: %v x%d EscalateBelow %v (kept taken %d); policy with the peek: %v x%d EscalateBelow %v",
@@ -336,24 +332,13 @@ func TestPlanAheadRunsSlightlyLateMembers(t *testing.T) {
 // (past_hard_stop), as the prepass would, even when no alternative is worth
 // more than its late result (here: no estimate, so none is).
 func TestPlanAheadExpiresPastHardStop(t *testing.T) {
-	a := testApp()
-	apps := map[string]*App{a.Name: a}
-	p := mustPolicy(t, "sneakpeek", Options{MaxBatch: 8, Window: 32, PlanAhead: 3}).(*searching)
-	x := NewExecutor(Engine{Resident: map[VariantID]time.Time{a.Variants[0].ID: t0, a.Variants[1].ID: t0}}, lookupIn(apps))
-	for i := range 40 {
-		if err := x.Add(req(a, uint64(i+1), t0, time.Second, nil)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	d := p.Decide(&Snapshot{Now: t0, Queue: x.Queue(), Apps: apps, Engine: x.Engine()})
-	if err := x.Apply(d, t0); err != nil || d.Batch == nil || len(p.ahead) == 0 {
-		t.Fatalf("first decision: %v, batch %v, kept %d", err, d.Batch, len(p.ahead))
-	}
+	f := newAheadFixtureOf(t, "sneakpeek", 40, func(int) []float64 { return nil })
+	p := f.p
 	kept := p.ahead[0]
 	// Just before the hard stop (deadline + budget): the batch ends past it.
-	now := t0.Add(2*time.Second - time.Microsecond)
-	d = p.Decide(&Snapshot{Now: now, Queue: x.Queue(), Apps: apps, Engine: x.Engine()})
-	if err := x.Apply(d, now); err != nil {
+	f.now = t0.Add(2*time.Second - time.Microsecond)
+	d := p.Decide(f.snap())
+	if err := f.x.Apply(d, f.now); err != nil {
 		t.Fatal(err)
 	}
 	if p.aheadTaken != 0 && d.Batch != nil && d.Batch.Kept {

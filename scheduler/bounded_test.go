@@ -293,13 +293,14 @@ func decideBoth(t *testing.T, step int, bounded, whole *searching, s *Snapshot, 
 	t.Helper()
 	d := decideSame(t, step, bounded, whole, s)
 	if check {
-		validFor(t, step, d, s.Queue)
+		validFor(t, fmt.Sprintf("step %d", step), d, s.Queue)
 	}
 	return applyDecision(d, s.Queue, s.Engine.Resident, s.Now)
 }
 
-// validFor checks d against q as Executor.validate does (queued, distinct).
-func validFor(t *testing.T, step int, d Decision, q []*Request) {
+// validFor checks d against q as Executor.validate does (queued, distinct);
+// what names the decision in a failure.
+func validFor(t *testing.T, what string, d Decision, q []*Request) {
 	t.Helper()
 	in := map[*Request]bool{}
 	for _, r := range q {
@@ -308,14 +309,14 @@ func validFor(t *testing.T, step int, d Decision, q []*Request) {
 	gone := map[*Request]bool{}
 	for _, v := range d.Verdicts {
 		if !in[v.Request] || gone[v.Request] {
-			t.Fatalf("step %d: verdict on %d not queued or twice", step, v.Request.Seq)
+			t.Fatalf("%s: verdict on %d not queued or twice", what, v.Request.Seq)
 		}
 		gone[v.Request] = true
 	}
 	if d.Batch != nil {
 		for _, r := range d.Batch.Requests {
 			if !in[r] || gone[r] {
-				t.Fatalf("step %d: batch request %d not queued or twice", step, r.Seq)
+				t.Fatalf("%s: batch request %d not queued or twice", what, r.Seq)
 			}
 			gone[r] = true
 		}
