@@ -87,8 +87,9 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 // panic is recovered: a request whose header parsed and whose reply is not yet
 // handed over nor the request handed to the journal is rejected internal
 // (panicked), one the journal failed to store because it broke or is stopping
-// is left unacknowledged, and any other (its reply being handed over, or
-// journaled: the loop answers it) is acknowledged and dropped.
+// is left unacknowledged, one journaled as new and not yet handed to the loop
+// is handed to it all the same (submitAfterPanic), and any other (its reply
+// being handed over, or the loop has it) is acknowledged and dropped.
 func (g *Gateway) handle(a arrival) {
 	msg := a.msg
 	// Shutdown sets draining, then takes the write lock: from then on workers
@@ -108,6 +109,7 @@ func (g *Gateway) handle(a arrival) {
 	// starts answering it or hands it to the journal, panicLeave after a
 	// journal write that failed because the journal broke or is stopping.
 	onPanic := panicAck
+	var journaled *job // the request, once journaled as new (panicSubmit)
 	defer func() {
 		p := recover()
 		if p == nil {
@@ -123,6 +125,9 @@ func (g *Gateway) handle(a arrival) {
 			g.panicked(msg, req)
 		case panicLeave:
 			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked after a failed journal write; message left for redelivery")
+		case panicSubmit:
+			g.log.Error().Interface("panic", p).Str("topic", msg.Topic()).Msg("request handler panicked after journaling the request; handed to the loop all the same")
+			g.submitAfterPanic(journaled)
 		default:
 			// Its reply was being handed over, or it is journaled (the loop
 			// or the next session answers it).
@@ -299,22 +304,29 @@ func (g *Gateway) handle(a arrival) {
 		release()
 		return
 	}
-	g.observe(app, answer)
-	g.m.received.WithLabelValues(req.App).Inc()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
 		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, Answer: answer, Mix: mix, rt: app, pre: pre}
-	submitted := false
+	// Journaled as new and acknowledged: from here a panic hands j to the loop
+	// all the same (the recover has released the place).
+	onPanic, journaled = panicSubmit, j
+	g.observe(app, answer)
+	g.m.received.WithLabelValues(req.App).Inc()
+	onPanic = panicAck // Submit hands it over or answers it
 	if reserved {
-		submitted = g.loop.Submit(j)
-		reserved = false // the loop holds the place now, or Submit gave it back
+		reserved = false // the loop holds the place now, or Submit gives it back
+		g.submit(j, g.loop.Submit)
 	} else {
 		// A duplicate raced with its first copy's completion and was stored new
 		// while the queue was full: it is journaled, so run it anyway.
-		submitted = g.loop.SubmitRecovered(j)
+		g.submit(j, g.loop.SubmitRecovered)
 	}
-	if !submitted {
-		// The queue's channel is full: the request is journaled, so answer it
-		// properly (and complete it).
+}
+
+// submit hands a journaled request to the loop with hand (Submit, or
+// SubmitRecovered outside the admission limit), or, when the loop's channel is
+// full, answers it rejected (overload), which completes it in the journal.
+func (g *Gateway) submit(j *job, hand func(*job) bool) {
+	if !hand(j) {
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonOverload)})
 	}
 }
@@ -335,7 +347,26 @@ const (
 	// write failed because the journal broke or the gateway is stopping, as
 	// the handler itself leaves it.
 	panicLeave
+	// panicSubmit hands the request to the loop (submitAfterPanic): journaled
+	// as new and acknowledged, and not yet handed over.
+	panicSubmit
 )
+
+// submitAfterPanic hands to the loop a request journaled as new whose handler
+// panicked before it did (outside the admission limit: the handler's queue
+// place, if it held one, was released), or answers it rejected (overload) when
+// the loop's channel is full: otherwise the journaled request would wait,
+// unanswered, for the next session's recovery. A panic here too leaves it
+// pending for that recovery, as before.
+func (g *Gateway) submitAfterPanic(j *job) {
+	defer func() {
+		if p := recover(); p != nil {
+			g.log.Error().Interface("panic", p).Str("app", j.App).Str("device", j.Device).Str("id", j.ID).
+				Msg("handing a journaled request to the loop after its handler panicked panicked too; it is answered by the next session's recovery")
+		}
+	}()
+	g.submit(j, g.loop.SubmitRecovered)
+}
 
 // panicked answers a request whose handler panicked before answering it or
 // handing it to the journal: rejected internal with a retry_after_ms, like a

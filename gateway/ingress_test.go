@@ -593,30 +593,66 @@ func TestPanicBeforeJournalIsRejectedInternal(t *testing.T) {
 			}
 		})
 	}
-	t.Run("after the journal write", func(t *testing.T) {
-		c := &fakeClient{}
-		g := handlerGateway(t, c, false)
-		g.cfg.Admission.MaxQueue = 100
-		g.cfg.Admission.MaxWait = 0
-		// Counting the request, just after its Put, panics (a label too few).
-		g.m.received = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"app", "extra"})
-		p := protocol.Payload{ID: "j", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
-		msg := newFakeMessage(topic, p.Marshal())
-		g.handle(arrival{msg: msg, at: time.Now()})
-		g.egress.Stop(t.Context())
-		if sent := c.sent(); len(sent) != 0 {
-			t.Errorf("sent %q, want no reply: the request is journaled, and answered by the loop or recovery", sent)
-		}
-		if !msg.isAcked() {
-			t.Error("journaled request not acknowledged")
-		}
-		if res, err := g.journal.Lookup(store.Key{App: "fashion", Device: "cam-1", ID: "j"}); err != nil || res.Dup != store.DupPending {
-			t.Errorf("journal says %v, %v; want the request pending", res.Dup, err)
-		}
-		if q := g.loop.Queued(); q != 0 {
-			t.Errorf("%d queue places held after the panic, want 0", q)
-		}
-	})
+	// A panic once the request is journaled and acknowledged, before the loop
+	// has it, hands it to the loop all the same: before, it stayed pending,
+	// unanswered, until the next session's recovery (days, for a gateway that
+	// is not restarted). With the loop's channel full it is answered rejected
+	// (overload), as a request the handler itself cannot submit.
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("after the journal write, loop full %v", full), func(t *testing.T) {
+			c := &fakeClient{}
+			g := handlerGateway(t, c, false)
+			g.cfg.Admission.MaxQueue = 100
+			g.cfg.Admission.MaxWait = 0
+			if full {
+				for range cap(g.loop.admit) {
+					g.loop.admit <- &job{}
+				}
+			}
+			// Counting the request, just after its Put, panics (a label too few).
+			g.m.received = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"app", "extra"})
+			p := protocol.Payload{ID: "j", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+			msg := newFakeMessage(topic, p.Marshal())
+			g.handle(arrival{msg: msg, at: time.Now()})
+			if !msg.isAcked() {
+				t.Error("journaled request not acknowledged")
+			}
+			if n := testutil.ToFloat64(g.m.handlerPanics); n != 1 {
+				t.Errorf("handler_panics_total = %v, want 1", n)
+			}
+			g.egress.Stop(t.Context())
+			sent := c.sent()
+			if full {
+				if len(sent) != 1 {
+					t.Fatalf("sent %q, want one reply (rejected overload): the loop's channel is full", sent)
+				}
+				if rep, err := protocol.ParseReply([]byte(sent[0])); err != nil || rep.Status != protocol.StatusRejected || rep.Reason != protocol.ReasonOverload {
+					t.Errorf("reply %s (%v), want rejected overload", sent[0], err)
+				}
+				if q := g.loop.Queued(); q != 0 {
+					t.Errorf("%d queue places held after the panic, want 0", q)
+				}
+				return
+			}
+			if len(sent) != 0 {
+				t.Errorf("sent %q, want nothing yet: the loop serves it", sent)
+			}
+			if q := g.loop.Queued(); q != 1 {
+				t.Errorf("%d queue places held after the panic, want 1 (the request, handed to the loop)", q)
+			}
+			if res, err := g.journal.Lookup(store.Key{App: "fashion", Device: "cam-1", ID: "j"}); err != nil || res.Dup != store.DupPending {
+				t.Errorf("journal says %v, %v; want the request pending", res.Dup, err)
+			}
+			select {
+			case j := <-g.loop.admit:
+				if j.ID != "j" || j.Estimate == nil || len(j.Input) != 784 {
+					t.Errorf("the loop got %s (estimate %v, %d inputs), want j with its estimate and input", j.ID, j.Estimate != nil, len(j.Input))
+				}
+			default:
+				t.Error("the journaled request never reached the loop: it would stay pending until the next session")
+			}
+		})
+	}
 }
 
 // TestPanicInDegradeRefusedIsAnswered: a request refused for overload with

@@ -149,7 +149,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		invalidDecisions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_invalid_decisions_total", Help: "Scheduling decisions refused as invalid (a request answered twice or not queued, a batch the engine cannot run, a swap over the residency budget, a policy panic): not applied, every request kept queued, edf decided instead."}),
 		handlerPanics: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sneakgate_handler_panics_total", Help: "Request handlers that panicked and were recovered (logged at error level with the panic); each request is rejected internal, left for redelivery or acknowledged without a reply, as docs/protocol.md says. Anything above 0 is a gateway bug."}),
+			Name: "sneakgate_handler_panics_total", Help: "Request handlers that panicked and were recovered (logged at error level with the panic); each request is rejected internal, left for redelivery, handed to the scheduler (journaled already) or acknowledged without a reply (its answer under way), as docs/protocol.md says. Anything above 0 is a gateway bug."}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_store_errors_total", Help: "Journal operations that failed, by operation."}, []string{"op"}),
 		publishFails: prometheus.NewCounter(prometheus.CounterOpts{
