@@ -26,6 +26,13 @@ type Engine struct {
 	checkSO    *ort.SessionOptions // the I/O checks' temporary sessions: one thread, no optimisation
 	sleep      func(time.Duration) // the profiler's pause before a measured run (tests replace it)
 	measured   func([][]float32)   // if set, sees the inputs of every measured profile run first (tests)
+	// Test hooks, nil outside tests: lookedUp is called by Load between finding
+	// its variant and locking it, creating by load with the variant counted and
+	// its session about to be created, closeWaits by Close about to wait for the
+	// Unregister calls in progress.
+	lookedUp   func(VariantID)
+	creating   func(VariantID)
+	closeWaits func()
 
 	mu        sync.RWMutex
 	closed    bool
@@ -34,6 +41,7 @@ type Engine struct {
 	order     []VariantID // registration order
 	usedBytes int64       // MemBytes of resident and loading variants
 	usedCount int
+	leaving   sync.WaitGroup // Unregister calls unloading the variants they took away
 }
 
 // New creates an engine. The first engine of a process initialises ONNX Runtime
@@ -143,6 +151,8 @@ func (e *Engine) Unregister(key string) error {
 		return nil
 	}
 	delete(e.apps, key)
+	e.leaving.Add(1)
+	defer e.leaving.Done()
 	var vs []*variant
 	e.order = slices.DeleteFunc(e.order, func(id VariantID) bool {
 		if id.App != key {
@@ -188,13 +198,17 @@ func (e *Engine) lookup(id VariantID) (*variant, error) {
 // how long that took. Loading a resident variant does nothing and returns 0.
 // The first Load of a variant also checks the model's real inputs and output
 // against the manifest (a temporary session, not included in the returned
-// duration). Load returns an error wrapping ErrUnknownVariant, ErrOverBudget
-// (nothing is evicted: the caller unloads first), ErrModelMismatch or ErrClosed,
-// or ONNX Runtime's error.
+// duration). Load returns an error wrapping ErrUnknownVariant (also when the
+// variant is unregistered while Load waits for it), ErrOverBudget (nothing is
+// evicted: the caller unloads first), ErrModelMismatch or ErrClosed, or ONNX
+// Runtime's error.
 func (e *Engine) Load(id VariantID) (time.Duration, error) {
 	v, err := e.lookup(id)
 	if err != nil {
 		return 0, err
+	}
+	if e.lookedUp != nil {
+		e.lookedUp(id)
 	}
 	v.life.Lock()
 	defer v.life.Unlock()
@@ -210,6 +224,12 @@ func (e *Engine) load(v *variant, budgeted bool) (time.Duration, error) {
 		e.mu.Unlock()
 		return 0, ErrClosed
 	}
+	if e.variants[v.id] != v {
+		// Unregistered since it was looked up: its Unregister may have
+		// unloaded it already and would never see a session made now.
+		e.mu.Unlock()
+		return 0, fmt.Errorf("%w: %s", ErrUnknownVariant, v.id)
+	}
 	if v.sess != nil {
 		e.mu.Unlock()
 		return 0, nil
@@ -221,6 +241,9 @@ func (e *Engine) load(v *variant, budgeted bool) (time.Duration, error) {
 		}
 	}
 	e.mu.Unlock()
+	if e.creating != nil {
+		e.creating(v.id)
+	}
 	release := func() {
 		if budgeted {
 			e.release(v)
@@ -473,10 +496,11 @@ func (e *Engine) Variants(app string) []VariantID {
 	return ids
 }
 
-// Close unloads every variant, waiting for running batches, and releases the
-// engine's session options. Every later call returns ErrClosed; Close itself
-// may be called again and then returns nil. The ONNX Runtime environment stays
-// initialised for other engines of the process.
+// Close unloads every variant, waiting for running batches and for Unregister
+// calls in progress, and releases the engine's session options. Every later
+// call returns ErrClosed; Close itself may be called again and then returns
+// nil. The ONNX Runtime environment stays initialised for other engines of the
+// process.
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -489,7 +513,14 @@ func (e *Engine) Close() error {
 		vs = append(vs, e.variants[id])
 	}
 	e.mu.Unlock()
-	errs := append(e.unloadAll(vs), e.so.Destroy(), e.checkSO.Destroy())
+	errs := e.unloadAll(vs)
+	// Variants unregistered before Close are not in vs; a Load of one may still
+	// be creating its session with e.so, which its Unregister waits for.
+	if e.closeWaits != nil {
+		e.closeWaits()
+	}
+	e.leaving.Wait()
+	errs = append(errs, e.so.Destroy(), e.checkSO.Destroy())
 	return errors.Join(errs...)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"testing"
 )
 
@@ -81,5 +82,67 @@ func TestRegisterAsSideBySide(t *testing.T) {
 	// The key is free again.
 	if err := e.Register(linApp(t)); err != nil {
 		t.Fatalf("Register after Unregister: %v", err)
+	}
+}
+
+// A Load that found its variant just before Unregister took it away (here
+// Unregister runs to its end between Load's lookup and its locking the variant)
+// fails with ErrUnknownVariant: it creates no session that nothing would ever
+// unload and that would count against the budget for good.
+func TestLoadRacingUnregister(t *testing.T) {
+	e := newEngine(t, Options{BatchSizes: []int{1}})
+	if err := e.Register(linApp(t)); err != nil {
+		t.Fatal(err)
+	}
+	e.lookedUp = func(VariantID) {
+		e.lookedUp = nil
+		if err := e.Unregister("lin"); err != nil {
+			t.Errorf("Unregister: %v", err)
+		}
+	}
+	if _, err := e.Load(idLogits); !errors.Is(err, ErrUnknownVariant) {
+		t.Errorf("Load of a variant unregistered meanwhile: %v, want ErrUnknownVariant", err)
+	}
+	if bytes, count := e.Usage(); bytes != 0 || count != 0 {
+		t.Errorf("usage after Unregister: %d bytes / %d variants, want none", bytes, count)
+	}
+}
+
+// Close neither returns nor releases the session options while a Load of a
+// variant that Unregister is taking away still creates its session: Unregister
+// waits for that Load, and Close for Unregister.
+func TestCloseWaitsForUnregister(t *testing.T) {
+	e := newEngine(t, Options{BatchSizes: []int{1}})
+	if err := e.Register(linApp(t)); err != nil {
+		t.Fatal(err)
+	}
+	unregistered, closed := make(chan error, 1), make(chan error, 1)
+	waiting := make(chan struct{})
+	e.closeWaits = func() { close(waiting) }
+	e.creating = func(VariantID) {
+		e.creating = nil
+		go func() { unregistered <- e.Unregister("lin") }()
+		for len(e.Variants("lin")) > 0 { // Unregister then waits for this Load
+			runtime.Gosched()
+		}
+		go func() { closed <- e.Close() }()
+		select {
+		case err := <-closed:
+			t.Errorf("Close returned (%v) while a Load was creating its session", err)
+			closed <- err
+		case <-waiting:
+		}
+	}
+	if _, err := e.Load(idLogits); err != nil {
+		t.Errorf("Load: %v", err)
+	}
+	if err := <-unregistered; err != nil {
+		t.Errorf("Unregister: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if bytes, count := e.Usage(); bytes != 0 || count != 0 {
+		t.Errorf("usage after Close: %d bytes / %d variants, want none", bytes, count)
 	}
 }
