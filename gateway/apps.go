@@ -293,6 +293,24 @@ type ReloadResult struct {
 // problem. Other sections of cfg that differ from the running configuration
 // are not applied (they need a restart) and are listed in the result.
 func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, err error) {
+	return g.reload(ctx, func() (*Config, error) { return cfg, nil })
+}
+
+// ReloadFile is Reload of the configuration file at path (SIGHUP), with adjust
+// (if not nil) applied to it first (the command line's overrides). A file that
+// does not load (unreadable, not YAML, an unknown key) is refused like a
+// configuration Reload refuses, and counted alike in sneakgate_reloads_total.
+func (g *Gateway) ReloadFile(ctx context.Context, path string, adjust func(*Config)) (ReloadResult, error) {
+	return g.reload(ctx, func() (*Config, error) {
+		cfg, err := LoadConfig(path)
+		if err == nil && adjust != nil {
+			adjust(cfg)
+		}
+		return cfg, err
+	})
+}
+
+func (g *Gateway) reload(ctx context.Context, load func() (*Config, error)) (res ReloadResult, err error) {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
 	defer func() {
@@ -303,6 +321,10 @@ func (g *Gateway) Reload(ctx context.Context, cfg *Config) (res ReloadResult, er
 		}
 		releaseMemory() // what loading the new configuration read
 	}()
+	cfg, err := load()
+	if err != nil {
+		return res, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return res, err
 	}

@@ -341,4 +341,16 @@ func TestReloadDetectsChangedFiles(t *testing.T) {
 	if got := testutil.ToFloat64(r.g.m.reloads.WithLabelValues("ok")); got != float64(1+len(edits)) {
 		t.Errorf("sneakgate_reloads_total{result=ok} = %v, want %d", got, 1+len(edits))
 	}
+	// A configuration file that does not load is refused and counted as
+	// refused, as one Reload refuses (before, SIGHUP's path never counted it).
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("bogus_key: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.g.ReloadFile(context.Background(), bad, nil); err == nil || !strings.Contains(err.Error(), "bogus_key") {
+		t.Errorf("reload of a file with an unknown key: %v, want an error naming it", err)
+	}
+	if got := testutil.ToFloat64(r.g.m.reloads.WithLabelValues("refused")); got != 1 {
+		t.Errorf("sneakgate_reloads_total{result=refused} = %v after a file that does not load, want 1", got)
+	}
 }

@@ -96,6 +96,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "journal":
 		return journal(args, stdout, stderr)
 	case "version":
+		if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+			fmt.Fprintf(stderr, "%susage: sneakgate version\n", about("version"))
+			return flag.ErrHelp
+		}
 		if len(args) > 0 {
 			return fmt.Errorf("%w (version takes no arguments)", errUsage)
 		}
@@ -175,14 +179,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 // what changed; on error the gateway keeps serving what it served.
 func reload(ctx context.Context, g *gateway.Gateway, path, level string, log zerolog.Logger) {
 	log.Info().Str("config", path).Msg("SIGHUP: reloading the configuration")
-	cfg, err := gateway.LoadConfig(path)
-	if err == nil && level != "" {
-		cfg.Log.Level = level
-	}
-	var res gateway.ReloadResult
-	if err == nil {
-		res, err = g.Reload(ctx, cfg)
-	}
+	res, err := g.ReloadFile(ctx, path, func(cfg *gateway.Config) {
+		if level != "" {
+			cfg.Log.Level = level
+		}
+	})
 	if err != nil {
 		if abandoned(ctx, err) {
 			log.Info().Err(err).Msg("reload abandoned: the gateway is stopping")
