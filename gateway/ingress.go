@@ -686,7 +686,9 @@ func rejectSampler() zerolog.Sampler {
 }
 
 // refuse answers a valid request the gateway will not admit now (not journaled)
-// and acknowledges m once the broker has the reply.
+// and acknowledges m once the broker has the reply. It logs at debug, not
+// through the sampled warning of rejected: an overloaded gateway refuses by the
+// thousand a second, as designed, and the counter and readiness say so.
 func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
 	g.m.rejected.WithLabelValues(string(reason)).Inc()
 	if reason == protocol.ReasonOverload {
