@@ -159,20 +159,49 @@ func usageError(fs *flag.FlagSet, err error) error {
 	return flagError{err}
 }
 
-// ortLibraries are where `make ort` (from the repository root) and `make install`
-// put the ONNX Runtime library.
-var ortLibraries = []string{".cache/onnxruntime/libonnxruntime.so.1.30.0", "/usr/local/lib/sneakgate/libonnxruntime.so.1.30.0"}
+// ortLibName is the ONNX Runtime library `make ort` and `make install` install.
+const ortLibName = "libonnxruntime.so.1.30.0"
+
+// ortLibraries are where `make ort` and `make install` put the ONNX Runtime
+// library, in the order they are tried: a checkout's .cache/onnxruntime from
+// the working directory, then beside this binary's checkout (bin/sneakgate ->
+// .cache/onnxruntime), then this binary's PREFIX (PREFIX/bin/sneakgate ->
+// PREFIX/lib/sneakgate), then the default PREFIX /usr/local. exe is this
+// binary's path, symbolic links resolved ("" when unknown).
+func ortLibraries(exe string) []string {
+	ps := []string{filepath.Join(".cache/onnxruntime", ortLibName)}
+	if exe != "" {
+		up := filepath.Dir(filepath.Dir(exe))
+		ps = append(ps, filepath.Join(up, ".cache/onnxruntime", ortLibName), filepath.Join(up, "lib/sneakgate", ortLibName))
+	}
+	return append(ps, filepath.Join("/usr/local/lib/sneakgate", ortLibName))
+}
+
+// executable is this binary's path with symbolic links resolved, or "".
+func executable() string {
+	exe, err := os.Executable()
+	if err == nil {
+		exe, err = filepath.EvalSymlinks(exe)
+	}
+	if err != nil {
+		return ""
+	}
+	return exe
+}
 
 // ortLibrary is flag, else $SNEAKGATE_ORT_LIB, else the first of ortLibraries
 // that exists (else "", and the engine says what is missing).
-func ortLibrary(flag string) string {
+func ortLibrary(flag string) string { return ortLibraryFor(flag, executable()) }
+
+// ortLibraryFor is ortLibrary for the binary at exe.
+func ortLibraryFor(flag, exe string) string {
 	if flag != "" {
 		return flag
 	}
 	if env := os.Getenv(engine.LibraryEnv); env != "" {
 		return env
 	}
-	for _, p := range ortLibraries {
+	for _, p := range ortLibraries(exe) {
 		if _, err := os.Stat(p); err == nil {
 			if abs, err := filepath.Abs(p); err == nil {
 				return abs
@@ -180,4 +209,17 @@ func ortLibrary(flag string) string {
 		}
 	}
 	return ""
+}
+
+// defaultORTLibrary sets $SNEAKGATE_ORT_LIB, when it is not set, to the first
+// of ortLibraries that exists, so that every command (serve without
+// engine.library, eval, bench and the gateway it starts, app) finds the library
+// make ort or make install put there, from any directory.
+func defaultORTLibrary() {
+	if os.Getenv(engine.LibraryEnv) != "" {
+		return
+	}
+	if lib := ortLibrary(""); lib != "" {
+		os.Setenv(engine.LibraryEnv, lib)
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sneakgate/sneakgate/engine"
 )
 
 // `sneakgate app` exit statuses and messages: usage errors exit 2, bad input
@@ -54,5 +56,31 @@ func TestAppCommandErrors(t *testing.T) {
 				t.Errorf("%s left behind", filepath.Dir(out))
 			}
 		})
+	}
+}
+
+// Without $SNEAKGATE_ORT_LIB the commands find the library that make ort put
+// in the binary's checkout (bin/sneakgate -> .cache/onnxruntime) or that make
+// install put under the binary's PREFIX, from any working directory: before,
+// only a checkout's root and /usr/local were searched, so `app build` run
+// from models/examples/digits, as models/README.md says, found no library.
+func TestORTLibraryFoundBesideTheBinary(t *testing.T) {
+	t.Setenv(engine.LibraryEnv, "")
+	t.Chdir(t.TempDir()) // no .cache here
+	for _, where := range []string{".cache/onnxruntime", "lib/sneakgate"} {
+		root := t.TempDir()
+		lib := filepath.Join(root, where, ortLibName)
+		if err := os.MkdirAll(filepath.Dir(lib), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(lib, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := ortLibraryFor("", filepath.Join(root, "bin", "sneakgate")); got != lib {
+			t.Errorf("library in %s: found %q, want %q", where, got, lib)
+		}
+		if got := ortLibraryFor("/x.so", filepath.Join(root, "bin", "sneakgate")); got != "/x.so" {
+			t.Errorf("-ort-lib /x.so: %q", got)
+		}
 	}
 }

@@ -80,6 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
+	defaultORTLibrary()
 	switch cmd {
 	case "serve":
 		return serve(ctx, args, stderr)
