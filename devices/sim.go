@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -190,6 +191,9 @@ func (c *SimConfig) LoadSamples() (*manifest.App, *dataset.Set, error) {
 		path := c.Manifest
 		if path == "" {
 			path = filepath.Join(c.Models, c.App, "manifest.yaml")
+			if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+				return nil, nil, fmt.Errorf("%w: no application %s under %s (%s does not exist); for an application elsewhere, one of your own, give -manifest DIR/manifest.yaml", ErrSimConfig, c.App, c.Models, path)
+			}
 		}
 		var err error
 		if app, err = manifest.Load(path); err != nil {

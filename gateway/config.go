@@ -396,7 +396,7 @@ func LoadConfig(path string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrConfig, path, explainYAML(err))
 	}
 	c.resolve(filepath.Dir(path))
 	if err := c.Validate(); err != nil {

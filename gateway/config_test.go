@@ -86,3 +86,25 @@ func TestManifestDefaultDeadlineWithinLimits(t *testing.T) {
 		t.Fatalf("New: %v; want a configuration error naming fashion's 50ms default deadline", err)
 	}
 }
+
+// A configuration the YAML decoder refuses is explained in the file's terms: an
+// unknown key names its section (not a Go type) and a duration without a unit
+// says how to write one; before, "field manifests not found in type
+// gateway.AppConfig" and "cannot unmarshal !!int `100` into time.Duration".
+func TestLoadConfigExplainsTypeErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, want, not string }{
+		{"apps:\n  - manifests: x.yaml\n", `unknown key "manifests" under apps[]`, "gateway.AppConfig"},
+		{"mqtt:\n  embedded:\n    tls:\n      cert: x\n", `unknown key "cert" under mqtt.embedded.tls`, "gateway."},
+		{"bogus_key: 1\n", `unknown key "bogus_key" at the top level`, "gateway.Config"},
+		{"apps:\n  - manifest: x.yaml\n    default_deadline: 100\n", `"100" is not a duration: write it with a unit (100ms`, "time.Duration"},
+	} {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadConfig(path)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), tc.not) || !strings.Contains(err.Error(), "line ") {
+			t.Errorf("%q: %v; want an error with its line, %q and without %q", tc.yaml, err, tc.want, tc.not)
+		}
+	}
+}

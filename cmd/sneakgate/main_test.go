@@ -82,6 +82,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"devsim", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"devsim", "extra"}, 2, "unexpected arguments"},
 		{[]string{"devsim", "-devices", "0"}, 2, "-devices 0"},
+		{[]string{"devsim", "-app", "nosuch", "-models", "../../models"}, 1, "give -manifest DIR/manifest.yaml"},
 		{[]string{"devsim", "-trace", traceRefused, "-rate", "-1"}, 1, "rate"},
 		{[]string{"eval", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"eval", "extra"}, 2, "unexpected arguments"},
