@@ -98,8 +98,12 @@ func mixString(labels []string, mix []float64) string {
 
 func printBuild(w io.Writer, r *Result) {
 	a := r.App
-	fmt.Fprintf(w, "app %s: %d classes, %d values per request, %d variants; measured on %d validation rows\n\n",
-		a.Name, a.K(), a.InputSize, len(a.Variants), a.Validation.Count)
+	vs := "variants"
+	if len(a.Variants) == 1 {
+		vs = "variant"
+	}
+	fmt.Fprintf(w, "app %s: %d classes, %d values per request, %d %s; measured on %d validation rows\n\n",
+		a.Name, a.K(), a.InputSize, len(a.Variants), vs, a.Validation.Count)
 	printVariants(w, a.Labels, r.Variants, true)
 	fmt.Fprintln(w)
 	for _, v := range r.Variants {

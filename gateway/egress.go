@@ -1115,7 +1115,7 @@ func (e *egress) flush(ctx context.Context) {
 	if e.rate > 0 {
 		gap = time.Duration(float64(time.Second) / e.rate)
 	}
-	e.log.Info().Int("replies", len(entries)).Msg("flushing the outbox")
+	logged := false // the log line comes with the first reply really flushed
 	for i, oe := range entries {
 		if ctx.Err() != nil {
 			return
@@ -1143,6 +1143,12 @@ func (e *egress) flush(ctx context.Context) {
 			continue
 		}
 		oe = *cur
+		if !logged {
+			// Not before: most of a serving gateway's outbox is replies whose
+			// publish is under way, which this flush skips.
+			e.log.Info().Int("replies", len(entries)-i).Msg("flushing the outbox")
+			logged = true
+		}
 		payload, status := oe.Reply, protocol.Status("")
 		if oe.Unsent {
 			rep, err := protocol.ParseReply(oe.Reply)

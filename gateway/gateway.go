@@ -617,7 +617,7 @@ func (g *Gateway) logStopped(took time.Duration, unacked int) {
 		ev = g.log.Warn()
 	}
 	ev.Int("pending", st.Pending).Int("outbox", st.Outbox).Int("unacknowledged", unacked).
-		Bool("gave_up_on_broker", gaveUp).Dur("took", took).
+		Bool("gave_up_on_broker", gaveUp).Str("took", took.Round(time.Millisecond).String()).
 		Msg("stopped: pending requests are answered and outbox replies published after the next start; unacknowledged requests the broker delivers again")
 }
 
