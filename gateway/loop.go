@@ -335,8 +335,8 @@ func (l *loop) FastestDrainRate() float64 { return math.Float64frombits(l.fastRa
 // planned end (Snapshot.Now), so that the engine starts the next batch as soon
 // as it is free instead of waiting for the decision. A request that arrives
 // after that decision waits for the batch after. The decided batch waits in
-// next: its requests have left the queue; a reload or a failed batch puts them
-// back (unplan).
+// next: its requests have left the queue; a reload, a failed batch or a
+// retirement puts them back (unplan).
 func (l *loop) Run(ctx context.Context) {
 	defer close(l.stopped)
 	work := make(chan *scheduler.Batch, 1)
@@ -404,8 +404,11 @@ func (l *loop) Run(ctx context.Context) {
 			l.applySwap(swap)
 			swap, dirty = nil, true
 		}
-		if !busy && len(l.retiring) > 0 {
-			l.retireDrained(next)
+		if !busy && len(l.retiring) > 0 && l.retireDrained(next) && next != nil {
+			// Decided on a residency that held the retired versions' variants,
+			// which have left the engine (it may evict one of them).
+			l.unplan(next)
+			next = nil
 		}
 		if !busy && next != nil {
 			// Decided while the batch before ran: its swap is not in the
@@ -609,8 +612,9 @@ func (l *loop) applySwap(s *appSwap) {
 }
 
 // retireDrained retires the removed applications with no job left queued or
-// in next (a batch decided, not yet run; nil if none).
-func (l *loop) retireDrained(next *scheduler.Batch) {
+// in next (a batch decided, not yet run; nil if none), and reports whether it
+// retired any.
+func (l *loop) retireDrained(next *scheduler.Batch) (retired bool) {
 	left := map[string]bool{}
 	for _, r := range l.exec.Queue() {
 		left[r.Ref.(*job).App] = true
@@ -627,8 +631,10 @@ func (l *loop) retireDrained(next *scheduler.Batch) {
 			delete(l.apps, name)
 			retire(name)
 			l.refreshResident(l.now())
+			retired = true
 		}
 	}
+	return retired
 }
 
 // refreshResident takes the resident set from the engine (the truth, also

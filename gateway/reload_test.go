@@ -143,6 +143,128 @@ func testLoopSwapMovesQueuedJobs(t *testing.T, pipeline bool) {
 	})
 }
 
+// retiringRunner is a fakeRunner whose applications can be unregistered, as a
+// retired version's are from the engine (Gateway.retire): their variants leave
+// the residency, and every later Load, Unload or Run of one fails as the
+// engine's do (engine.ErrUnknownVariant).
+type retiringRunner struct {
+	*fakeRunner
+	gone map[string]bool // under fakeRunner.mu
+}
+
+func (r *retiringRunner) unregister(app string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gone[app] = true
+	for id := range r.resident {
+		if id.App == app {
+			delete(r.resident, id)
+		}
+	}
+}
+
+func (r *retiringRunner) known(id scheduler.VariantID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gone[id.App] {
+		return fmt.Errorf("%w: %s", engine.ErrUnknownVariant, id)
+	}
+	return nil
+}
+
+func (r *retiringRunner) Load(id scheduler.VariantID) (time.Duration, error) {
+	if err := r.known(id); err != nil {
+		return 0, err
+	}
+	return r.fakeRunner.Load(id)
+}
+
+func (r *retiringRunner) Unload(id scheduler.VariantID) (time.Duration, error) {
+	if err := r.known(id); err != nil {
+		return 0, err
+	}
+	return r.fakeRunner.Unload(id)
+}
+
+func (r *retiringRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, error) {
+	if err := r.known(id); err != nil {
+		return nil, err
+	}
+	return r.fakeRunner.Run(id, in)
+}
+
+// With the pipeline on, a batch decided while a removed application's last
+// batch runs may evict that application's variant (one variant resident at
+// most). When that batch ends the application retires, and its variants leave
+// the engine: the decided batch, whose eviction would fail on the unregistered
+// variant and take its requests with it, is put back and decided again on the
+// residency the retirement left.
+func TestLoopPipelineUnplansAfterARetirement(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		xm := scheduler.VariantID{App: "x", Variant: "m"}
+		f := &retiringRunner{fakeRunner: &fakeRunner{lat: func(int) time.Duration { return 10 * time.Millisecond },
+			resident: map[scheduler.VariantID]bool{xm: true}}, gone: map[string]bool{}}
+		p, err := scheduler.New("edf", scheduler.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans := &answers{got: map[string]result{}}
+		y := namedLoopApp("y", "m")
+		m := newMetrics(nil)
+		l := newLoop(p, map[string]*scheduler.App{"x": namedLoopApp("x", "m"), "y": y}, f,
+			scheduler.Engine{CountBudget: 1}, 100, time.Now, ans.record, zerolog.Nop(), m)
+		l.pipeline = true
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+
+		put := func(app, id string) {
+			now := time.Now()
+			if !l.Reserve(100) || !l.Submit(&job{App: app, Device: "d", ID: id, Received: now,
+				Deadline: now.Add(10 * time.Second), Input: []float32{1}}) {
+				t.Fatalf("submit %s refused", id)
+			}
+		}
+		put("x", "x1") // runs at once on x/m
+		synctest.Wait()
+		put("x", "x2") // queued when x is removed: it keeps x serving
+		var mu sync.Mutex
+		var retired []string
+		sw := &appSwap{apps: map[string]*scheduler.App{"y": y}, apply: func() {},
+			reprepare: func(*job) bool { return true },
+			retire: func(name string) {
+				mu.Lock()
+				defer mu.Unlock()
+				retired = append(retired, name)
+				f.unregister(name)
+			},
+			done: make(chan struct{})}
+		l.swaps <- sw
+		<-sw.done // after x1; x2 runs next, planned 2.1 ms, running 10
+		put("y", "y1")
+		time.Sleep(5 * time.Millisecond)
+		synctest.Wait()
+		if got := testutil.ToFloat64(m.decidedAhead); got != 1 {
+			t.Fatalf("%v batches decided ahead while x2 ran, want 1 (y1, evicting x/m)", got)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		for _, id := range []string{"x1", "x2", "y1"} {
+			if r, ok := ans.get(id); !ok || r.Status != protocol.StatusOK {
+				t.Errorf("%s: %+v (answered %v), want ok", id, r, ok)
+			}
+		}
+		mu.Lock()
+		if !slices.Equal(retired, []string{"x"}) {
+			t.Errorf("retired: %v, want [x]", retired)
+		}
+		mu.Unlock()
+		if q := l.Queued(); q != 0 {
+			t.Errorf("queued = %d after everything was answered", q)
+		}
+	})
+}
+
 // TestReloadUnderLoad reloads a serving gateway (real Mosquitto, ONNX Runtime,
 // journal and models) while a device keeps sending: the changed application's
 // requests all get answers, the removed one's requests admitted before the swap
