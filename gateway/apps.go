@@ -452,8 +452,8 @@ func (g *Gateway) reload(ctx context.Context, load func() (*Config, error)) (res
 	case <-g.loop.stopped:
 		return res, errors.New("gateway: stopped during the reload")
 	}
+	// The versions they replace have retired, their metrics with them.
 	for _, name := range res.Changed {
-		g.unregisterAppMetrics(old[name])
 		g.registerAppMetrics(next[name])
 	}
 	for _, name := range res.Added {
@@ -478,8 +478,11 @@ func (g *Gateway) reprepare(j *job) bool {
 }
 
 // retire forgets a version that serves no more (its queued requests are all
-// answered): its variants leave the engine, its metrics the registry. The loop
-// calls it with no batch in flight.
+// answered, or moved to a newer version): its variants leave the engine, its
+// metrics the registry (before the reload that swapped it out registers the
+// newer version's, which have the same names: an application changed, or
+// removed and added back while it still served). The loop calls it with no
+// batch in flight.
 func (g *Gateway) retire(a *appRuntime) {
 	if a == nil {
 		return
@@ -487,9 +490,9 @@ func (g *Gateway) retire(a *appRuntime) {
 	if err := g.eng.Unregister(a.key); err != nil {
 		g.log.Warn().Err(err).Str("app", a.m.Name).Msg("unregistering a retired application version")
 	}
+	g.unregisterAppMetrics(a)
 	if _, ok := g.app(a.m.Name); !ok {
 		g.runner.dropKey(a.m.Name)
-		g.unregisterAppMetrics(a)
 	}
 	g.log.Info().Str("app", a.m.Name).Str("key", a.key).Msg("application version retired")
 }

@@ -12,6 +12,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
@@ -474,5 +475,85 @@ func TestReloadDetectsChangedFiles(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(r.g.m.reloads.WithLabelValues("refused")); got != 1 {
 		t.Errorf("sneakgate_reloads_total{result=refused} = %v after a file that does not load, want 1", got)
+	}
+}
+
+// stillPolicy runs nothing and answers nothing: what is queued stays queued.
+type stillPolicy struct{}
+
+func (stillPolicy) Name() string                                  { return "still" }
+func (stillPolicy) Decide(*scheduler.Snapshot) scheduler.Decision { return scheduler.Decision{} }
+
+// An application removed while requests of it are queued, and added back by
+// the next reload before they are answered, serves from its new version; the
+// removed version retires at that reload's swap and takes its metrics with it,
+// so that the new version's are registered in their place instead of the
+// registration panicking on the old ones (which no reload would ever remove).
+func TestReloadReaddsARetiringApplication(t *testing.T) {
+	const vad = "../models/vad/manifest.yaml"
+	cfg := testConfig(t, "tcp://127.0.0.1:1", t.TempDir())
+	cfg.Apps = []AppConfig{{Manifest: fashionManifest}, {Manifest: vad}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	g := &Gateway{cfg: cfg, log: zerolog.Nop(), rejectLog: zerolog.Nop(), m: m, reg: reg, now: time.Now,
+		client: &fakeClient{}}
+	if err := g.loadApps(); err != nil {
+		t.Fatal(err)
+	}
+	eng, err := engine.New(engine.Options{LibraryPath: cfg.Engine.Library, WarmupRuns: cfg.Engine.WarmupRuns,
+		ProfileRuns: cfg.Engine.ProfileRuns, ProfileCache: cfg.Engine.ProfileCache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	g.eng, g.runner = eng, newEngineRunner(eng, g.appSet())
+	sapps := map[string]*scheduler.App{}
+	for n, a := range g.appSet() {
+		sapps[n] = a.sched
+	}
+	ans := &answers{got: map[string]result{}}
+	g.loop = newLoop(stillPolicy{}, sapps, &fakeRunner{resident: map[scheduler.VariantID]bool{}}, scheduler.Engine{}, 8,
+		time.Now, ans.record, zerolog.Nop(), m)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { g.loop.Run(ctx); close(stopped) }()
+	defer func() { cancel(); <-stopped }()
+
+	v1 := g.appSet()["fashion"]
+	now := time.Now()
+	if !g.loop.Reserve(8) || !g.loop.Submit(&job{App: "fashion", Device: "d", ID: "f1", Received: now,
+		Deadline: now.Add(time.Hour), Input: make([]float32, v1.m.InputSize), rt: v1}) {
+		t.Fatal("f1 not submitted")
+	}
+	less := *cfg
+	less.Apps = []AppConfig{{Manifest: vad}}
+	res, err := g.Reload(ctx, &less)
+	if err != nil || !slices.Equal(res.Removed, []string{"fashion"}) {
+		t.Fatalf("removing fashion: %+v, %v", res, err)
+	}
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				t.Fatalf("adding fashion back while its removed version serves f1 panicked: %v", p)
+			}
+		}()
+		res, err = g.Reload(ctx, cfg)
+	}()
+	if err != nil || !slices.Equal(res.Added, []string{"fashion"}) {
+		t.Fatalf("adding fashion back: %+v, %v", res, err)
+	}
+	v2 := g.appSet()["fashion"]
+	if v2 == v1 || len(v2.collectors) == 0 || len(v1.collectors) != 0 {
+		t.Errorf("metrics: the new version's %d collectors, the retired one's %d; want the new one's only",
+			len(v2.collectors), len(v1.collectors))
+	}
+	if n := testutil.CollectAndCount(reg, "sneakgate_estimate_observations"); n != 2 {
+		t.Errorf("%d sneakgate_estimate_observations series, want 2 (fashion's new version and vad)", n)
+	}
+	if _, ok := ans.get("f1"); ok || g.loop.Queued() != 1 {
+		t.Errorf("f1 answered (%v) or queued %d: want it queued, moved to the new version", ok, g.loop.Queued())
 	}
 }
