@@ -238,7 +238,8 @@ type SchedulerConfig struct {
 	// 128 at the cap of 32 plans about four batches.
 	PlanAhead int `yaml:"plan_ahead"`
 	// LatencyCorrection corrects the variants' latency tables from the observed
-	// forward passes (gateway/latency.go); false keeps the start-up profiles.
+	// forward passes and adds the loop's own measured time per request
+	// (gateway/latency.go); false keeps the start-up profiles.
 	LatencyCorrection bool `yaml:"latency_correction"`
 	// Pipeline decides the next batch while the engine runs the current one,
 	// for the current one's planned end (gateway/loop.go Run), instead of

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"fmt"
 	"math"
 	"slices"
 	"testing"
@@ -119,5 +121,62 @@ func TestOfferedMeterCountsRefusals(t *testing.T) {
 	m.admitted = 100
 	if r := m.rate(t0.Add(500*time.Millisecond), 300); math.Abs(r-800) > 1e-9 {
 		t.Fatalf("offered rate %v, want 800", r)
+	}
+}
+
+// The loop's own time per request (here 200 µs of fake time per reply, spent
+// in the loop while the engine waits) enters the tables the policy plans with,
+// b times over for a batch of b, and the metric shows it; frozen tables
+// (scheduler.latency_correction: false) keep the profile but the metric still
+// measures it. Before, a plan saw only the engine's time and ran late by the
+// loop's.
+func TestLoopPlansWithItsOwnTime(t *testing.T) {
+	const perReply = 200 * time.Microsecond
+	for _, frozen := range []bool{false, true} {
+		synctest.Test(t, func(t *testing.T) {
+			prof := slices.Clone(loopApp().Variants[0].Latency)
+			f := &fakeRunner{lat: func(b int) time.Duration { return prof[min(b, 32)] }, resident: map[scheduler.VariantID]bool{}}
+			l, ans := newTestLoop(t, loopApp(), f, "edf")
+			l.latency.frozen = frozen
+			record := l.answer
+			l.answer = func(j *job, r result) {
+				time.Sleep(perReply) // the loop's work on this reply
+				record(j, r)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go l.Run(ctx)
+			// 8 every 2 ms, faster than the engine serves them (2.8 ms a batch
+			// of 8): every batch's end finds requests queued, and the engine
+			// waits while the loop answers the batch and decides the next.
+			for i := range 30 {
+				for k := range 8 {
+					submit(t, l, fmt.Sprintf("r%d-%d", i, k), time.Second, nil)
+				}
+				time.Sleep(2 * time.Millisecond)
+				synctest.Wait()
+			}
+			time.Sleep(time.Second)
+			synctest.Wait()
+			if len(ans.got) != 240 {
+				t.Fatalf("answered %d of 240", len(ans.got))
+			}
+			own := time.Duration(testutil.ToFloat64(l.m.loopTime) * float64(time.Second))
+			if own < perReply/4 || own > 2*perReply {
+				t.Fatalf("sneakgate_loop_seconds_per_request %v, want about %v", own, perReply)
+			}
+			v := l.apps["app"].Variants[0]
+			if frozen {
+				if !slices.Equal(v.Latency, prof) {
+					t.Fatalf("frozen: tables changed to %v (profile %v)", v.Latency, prof)
+				}
+				return
+			}
+			for _, b := range []int{1, 8, 32} {
+				if got, want := v.Latency[b]-prof[b], time.Duration(b)*own; got != want {
+					t.Errorf("Latency[%d] is the profile + %v, want + %d x %v", b, got, b, own)
+				}
+			}
+		})
 	}
 }

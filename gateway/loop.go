@@ -356,13 +356,25 @@ func (l *loop) Run(ctx context.Context) {
 	defer ahead.Stop()
 	aheadDue := false
 	var freeAt, waitFrom time.Time
+	// While the engine waits with requests queued (waitFrom set), loopWork sums the
+	// loop's own time (from woke, when a wait of the select ended, to the next
+	// wait or dispatch) and handled the requests it answered; the batch that
+	// ends the wait adds its own and gives the latency model one sample of the
+	// loop's time per request (latencyModel.loopTime).
+	woke := l.now()
+	var loopWork time.Duration
+	handled := 0
 	var next *scheduler.Batch
 	dispatch := func(b *scheduler.Batch) {
 		now := l.now()
 		if !waitFrom.IsZero() {
 			l.m.engineWait.Add(now.Sub(waitFrom).Seconds())
 			waitFrom = time.Time{}
+			loopWork += now.Sub(woke)
+			own := l.latency.loopTime(l.apps, loopWork, handled+len(b.Requests))
+			l.m.loopTime.Set(own.Seconds())
 		}
+		loopWork, handled = 0, 0
 		busy = true
 		work <- b
 		freeAt = now.Add(l.plannedTime(b))
@@ -420,7 +432,11 @@ func (l *loop) Run(ctx context.Context) {
 		}
 		if !busy && swap == nil && dirty && l.exec.Len() > 0 {
 			dirty = false
-			if b, wake, answered := l.decide(l.now()); b != nil {
+			b, wake, answered := l.decide(l.now())
+			if !waitFrom.IsZero() {
+				handled += answered
+			}
+			if b != nil {
 				dispatch(b)
 			} else if answered > 0 && l.exec.Len() > 0 {
 				timer.Reset(0) // verdicts changed the queue: decide again at once
@@ -448,13 +464,19 @@ func (l *loop) Run(ctx context.Context) {
 			// without a batch: the engine waits for nothing from here.
 			l.m.engineWait.Add(l.now().Sub(waitFrom).Seconds())
 			waitFrom = time.Time{}
+			loopWork, handled = 0, 0
+		}
+		if !waitFrom.IsZero() {
+			loopWork += l.now().Sub(woke)
 		}
 		select {
 		case j := <-l.admit:
+			woke = l.now()
 			l.enqueue(j)
 			l.enqueueWaiting()
 			dirty = true
 		case d := <-done:
+			woke = l.now()
 			busy = false
 			l.heartbeat.Store(l.now())
 			if next != nil || l.exec.Len() > 0 {
@@ -477,11 +499,15 @@ func (l *loop) Run(ctx context.Context) {
 			}
 			dirty = true
 		case <-timer.C:
+			woke = l.now()
 			dirty = true
 		case <-ahead.C:
+			woke = l.now()
 			aheadDue = true
 		case <-beat.C:
+			woke = l.now()
 		case s := <-l.swaps:
+			woke = l.now()
 			swap = s
 		case <-ctx.Done():
 			if busy {
