@@ -300,6 +300,33 @@ func TestDecisionCost(t *testing.T) {
 	}
 }
 
+// TestDecisionCostPlanned: charged 100 µs a request for its decisions, a
+// policy that plans with the loop's time as charged (a weighted mean over
+// recent batches, as the gateway measures its own: gateway/latency.go) keeps
+// more requests in time and more utility than one that plans with the
+// constant -gateway-us alone, which its plans overrun.
+func TestDecisionCostPlanned(t *testing.T) {
+	pt, _ := decisionCostPoint(t)
+	pt.Load, pt.Requests, pt.GatewayKnown = 1, 4000, true
+	pt.DecisionCost = map[string]time.Duration{"sneakpeek": 100 * time.Microsecond}
+	planned, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blindToCharge = true
+	defer func() { blindToCharge = false }()
+	blind, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("planning with the charged loop time: utility %.4f, in time %.4f; with -gateway-us alone: %.4f, %.4f",
+		planned.Utility, planned.InTime, blind.Utility, blind.InTime)
+	if planned.Utility <= blind.Utility || planned.InTime <= blind.InTime {
+		t.Errorf("planning with the charged loop time: utility %.4f, in time %.4f; not above planning blind to it: %.4f, %.4f",
+			planned.Utility, planned.InTime, blind.Utility, blind.InTime)
+	}
+}
+
 // TestDecisionWall: with -decision-wall each decision costs the loop the time
 // its Decide took by the run's clock: a clock that moves 200 µs across each
 // decision costs utility, one that does not move costs nothing, and the flag

@@ -46,6 +46,14 @@ type engineSim struct {
 	Estimate func(q *simReq) (est, correct []float64)
 }
 
+// ownAlpha is the weight of one batch's sample of the loop's own time per
+// request, as the gateway's latencyAlpha (gateway/latency.go).
+const ownAlpha = 0.1
+
+// blindToCharge makes the policies plan with GatewayCost alone whatever the
+// loop is charged (tests: what planning with the charged time changes).
+var blindToCharge = false
+
 // simApp is one application on the simulated engine.
 type simApp struct {
 	// App gives the requests' true classes, the variants' answers (Predict) and,
@@ -273,6 +281,23 @@ func (s *engineSim) run() (*simRun, error) {
 		ex.Used(v.ID, at)
 		return nil
 	}
+	// With decisions charged to the loop (DecisionWall, or a Charge), the
+	// policies plan, as the gateway's do (gateway/latency.go), with the loop's
+	// own time per request as measured: a weighted mean (ownAlpha per batch) of
+	// the loop's time for the decisions since the last batch over the requests
+	// they handled, from GatewayCost (what they plan with otherwise), added b
+	// times to each view's table for a batch of b. Only where the views have
+	// tables of their own (GatewayKnown) and the loop's time delays the engine
+	// (no Pipeline); otherwise the views stay as built.
+	learnOwn := (s.DecisionWall || s.Charge > 0) && !s.Pipeline && !blindToCharge
+	for _, a := range s.Apps {
+		if len(a.View.Variants) > 0 && len(a.View.Variants[0].Latency) > 1 && &a.View.Variants[0].Latency[1] == &a.Exec.Variants[0].Latency[1] {
+			learnOwn = false // the view shares the engine's tables
+		}
+	}
+	own := s.GatewayCost
+	var ownWork time.Duration
+	ownN := 0
 	// decide asks the policy for a batch that starts at plan (at, or the
 	// running batch's planned end when the pipeline decides ahead), applies the
 	// decision and answers its verdicts at at. It returns the batch and the
@@ -329,6 +354,23 @@ func (s *engineSim) run() (*simRun, error) {
 			loopCost += wall
 		}
 		lead += (loopCost - lead) / 16
+		if learnOwn {
+			ownWork += loopCost
+			ownN += len(d.Verdicts)
+			if d.Batch != nil {
+				ownN += len(d.Batch.Requests)
+				own += time.Duration(ownAlpha * float64(ownWork/time.Duration(ownN)-own))
+				ownWork, ownN = 0, 0
+				for _, a := range s.Apps {
+					for i, v := range a.View.Variants {
+						e := a.Exec.Variants[i].Latency
+						for b := 1; b < len(v.Latency); b++ {
+							v.Latency[b] = e[b] + time.Duration(b)*own
+						}
+					}
+				}
+			}
+		}
 		return d.Batch, loopCost, nil
 	}
 	// start runs b on the engine from at: its swap, then its forward pass, for

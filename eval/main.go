@@ -75,7 +75,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		verdictUS  = fs.Float64("verdict-us", DefaultVerdictCostUS, "the same for a request answered without a model (degraded, expired, shed), in microseconds")
 		decisionUS = decisionCostFlag{}
 		decWall    = fs.Bool("decision-wall", false, "charge each decision, on the simulated loop, the wall-clock time it took on this machine (in place of -decision-us): every policy pays its own decisions as measured, at whatever queue and batch the run reaches; not deterministic, so run it with -workers 1 on an otherwise idle machine")
-		gwKnown    = fs.Bool("gateway-known", true, "policies plan with -gateway-us included in the variants' latency (false: they plan with the engine's profile alone, as the gateway does today)")
+		gwKnown    = fs.Bool("gateway-known", true, "policies plan with the loop's time per request included in the variants' latency, as the gateway does (scheduler.latency_correction): -gateway-us, or with -decision-wall or -decision-us the loop's time as charged, a weighted mean over recent batches (false: they plan with the engine's profile alone, as the gateway with latency_correction false)")
 		ingressMS  = fs.Float64("ingress-ms", DefaultIngressMS, "time from a request's receipt until the scheduler sees it, in milliseconds (journal write, parse, estimate)")
 		// The flags named _ are the gateway model, read by flagGatewayModel.
 		_           = fs.Float64("jitter", 0.05, "relative spread of actual latencies around the profile")

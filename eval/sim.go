@@ -66,10 +66,13 @@ type GatewayModel struct {
 	// costs at the queue and the batch the run reaches, on this machine. It
 	// makes the run depend on the machine and on what else runs on it.
 	DecisionWall bool
-	// GatewayKnown makes the policies plan with GatewayCost: the latency tables
-	// they see include it per request (what a gateway that measures its own
-	// non-engine time per request would plan with). Without it they plan with the
-	// engine's profile alone and the loop's time surprises them.
+	// GatewayKnown makes the policies plan with the loop's time: the latency
+	// tables they see include GatewayCost per request or, with decisions charged
+	// (DecisionWall, DecisionCost) and no Pipeline, the loop's time per request
+	// as charged, a weighted mean over recent batches (engineSim.run), as the
+	// gateway measures and plans with its own (gateway/latency.go). Without it
+	// they plan with the engine's profile alone and the loop's time surprises
+	// them.
 	GatewayKnown bool
 	// IngressDelay is the time from a request's receipt (its arrival, from which
 	// its deadline counts) until the scheduler sees it: parsing, the journal's
