@@ -283,12 +283,14 @@ func (s *engineSim) run() (*simRun, error) {
 	}
 	// With decisions charged to the loop (DecisionWall, or a Charge), the
 	// policies plan, as the gateway's do (gateway/latency.go), with the loop's
-	// own time per request as measured: a weighted mean (ownAlpha per batch) of
-	// the loop's time for the decisions since the last batch over the requests
-	// they handled, from GatewayCost (what they plan with otherwise), added b
-	// times to each view's table for a batch of b. Only where the views have
-	// tables of their own (GatewayKnown) and the loop's time delays the engine
-	// (no Pipeline); otherwise the views stay as built.
+	// own time as charged: weighted means (ownAlpha per batch) of the measured
+	// decisions' time since the last batch (DecisionWall), a cost per batch,
+	// and of the rest of the loop's time for them over the requests they
+	// handled (GatewayCost, VerdictCost, the Charge), a cost per request, from 0
+	// and GatewayCost (what they plan with otherwise); a view's table for a
+	// batch of b adds the first once and the second b times. Only where the
+	// views have tables of their own (GatewayKnown) and the loop's time delays
+	// the engine (no Pipeline); otherwise the views stay as built.
 	learnOwn := (s.DecisionWall || s.Charge > 0) && !s.Pipeline && !blindToCharge
 	for _, a := range s.Apps {
 		if len(a.View.Variants) > 0 && len(a.View.Variants[0].Latency) > 1 && &a.View.Variants[0].Latency[1] == &a.Exec.Variants[0].Latency[1] {
@@ -296,7 +298,7 @@ func (s *engineSim) run() (*simRun, error) {
 		}
 	}
 	own := s.GatewayCost
-	var ownWork time.Duration
+	var ownBatch, ownWork, ownWall time.Duration
 	ownN := 0
 	// decide asks the policy for a batch that starts at plan (at, or the
 	// running batch's planned end when the pipeline decides ahead), applies the
@@ -356,16 +358,20 @@ func (s *engineSim) run() (*simRun, error) {
 		lead += (loopCost - lead) / 16
 		if learnOwn {
 			ownWork += loopCost
+			if s.DecisionWall {
+				ownWall += wall
+			}
 			ownN += len(d.Verdicts)
 			if d.Batch != nil {
 				ownN += len(d.Batch.Requests)
-				own += time.Duration(ownAlpha * float64(ownWork/time.Duration(ownN)-own))
-				ownWork, ownN = 0, 0
+				own += time.Duration(ownAlpha * float64((ownWork-ownWall)/time.Duration(ownN)-own))
+				ownBatch += time.Duration(ownAlpha * float64(ownWall-ownBatch))
+				ownWork, ownWall, ownN = 0, 0, 0
 				for _, a := range s.Apps {
 					for i, v := range a.View.Variants {
 						e := a.Exec.Variants[i].Latency
 						for b := 1; b < len(v.Latency); b++ {
-							v.Latency[b] = e[b] + time.Duration(b)*own
+							v.Latency[b] = e[b] + ownBatch + time.Duration(b)*own
 						}
 					}
 				}

@@ -18,19 +18,24 @@ import (
 // and the variant's whole table becomes profile x factor. The loop goroutine owns
 // it, like the tables it corrects.
 //
-// It also keeps the loop's own time per request: the scheduling loop's work
-// (answering the last batch, deciding the next, queueing what arrived) while
-// the engine waits for it with requests queued, per request the loop handled
-// then (loopTime). Every batch of b waits that long b times over, so the
-// tables the policies plan with include it (profile x factor + b x own), as the
-// simulator's policies plan with its loop cost (eval's -gateway-known): a plan
-// made from the engine's time alone runs late by it, and prices engine time
-// too low, where the models take microseconds a request.
+// It also keeps the loop's own time: the scheduling loop's work while the
+// engine waits for it with requests queued (loopTime), split into the
+// decisions made then, a cost per batch, and the rest (answering the batch
+// that ended, queueing what arrived), a cost per request the loop handled.
+// Every batch of b waits for both, so the tables the policies plan with include
+// them (profile x factor + per batch + b x per request), as the simulator's
+// policies plan with its loop cost (eval's -gateway-known): a plan made from the
+// engine's time alone runs late by the loop's, and prices engine time too low,
+// where the models take microseconds a request. The decisions are a cost per
+// batch, not per request: counted per request, a decision's cost grows as the
+// batches it makes shrink, which makes the plans prefer smaller batches still
+// (the simulator's batches fell from about 30 to 3-4 that way overloaded).
 type latencyModel struct {
 	vs map[*scheduler.Variant]*latencyCorrection
-	// own is the loop's own time per request (an exponentially weighted mean
-	// over the engine's waits, latencyAlpha per wait).
-	own time.Duration
+	// own is the loop's own time per request and ownBatch its decisions' time
+	// per batch (exponentially weighted means over the engine's waits,
+	// latencyAlpha per wait).
+	own, ownBatch time.Duration
 	// frozen measures the factor and the loop's time (for the metrics) but
 	// leaves the tables as profiled (scheduler.latency_correction: false).
 	frozen bool
@@ -84,39 +89,45 @@ func (m *latencyModel) correction(v *scheduler.Variant) *latencyCorrection {
 	return c
 }
 
-// rewrite sets v's table to its profile x its factor + b x the loop's own time
-// (unless frozen).
+// rewrite sets v's table to its profile x its factor + the loop's time per
+// batch + b x its time per request (unless frozen).
 func (m *latencyModel) rewrite(v *scheduler.Variant, c *latencyCorrection) {
 	if m.frozen || len(c.profile) < 2 {
 		return
 	}
 	f := math.Exp(c.logF)
 	for i := 1; i < len(c.profile); i++ {
-		v.Latency[i] = time.Duration(float64(c.profile[i])*f) + time.Duration(i)*m.own
+		v.Latency[i] = time.Duration(float64(c.profile[i])*f) + m.ownBatch + time.Duration(i)*m.own
 	}
 }
 
-// maxOwn bounds the loop's own time per request the tables take in: a stall of
-// the whole process (a swap to disk, a paused VM) is not the loop's cost.
-const maxOwn = 10 * time.Millisecond
+// maxOwn and maxOwnBatch bound the loop's own time per request and per batch
+// the tables take in: a stall of the whole process (a swap to disk, a paused
+// VM) is not the loop's cost.
+const (
+	maxOwn      = 10 * time.Millisecond
+	maxOwnBatch = 100 * time.Millisecond
+)
 
 // loopTime accounts work, the loop's time while the engine waited for it with
-// requests queued, over the n requests it handled meanwhile (the batch it
-// then started and the requests it answered without one), updates the loop's
-// own time per request, rewrites the tables of apps' variants and returns the
-// new per-request time.
-func (m *latencyModel) loopTime(apps map[string]*scheduler.App, work time.Duration, n int) time.Duration {
+// requests queued, of which decisions in its decisions, over the n requests it
+// handled meanwhile (the batch it then started and the requests it answered
+// without one), updates the loop's own time per batch (the decisions) and per
+// request (the rest), rewrites the tables of apps' variants and returns both.
+func (m *latencyModel) loopTime(apps map[string]*scheduler.App, work, decisions time.Duration, n int) (perRequest, perBatch time.Duration) {
 	if n < 1 || work < 0 {
-		return m.own
+		return m.own, m.ownBatch
 	}
-	x := min(work/time.Duration(n), maxOwn)
+	decisions = min(max(decisions, 0), work)
+	x := min((work-decisions)/time.Duration(n), maxOwn)
 	m.own += time.Duration(latencyAlpha * float64(x-m.own))
+	m.ownBatch += time.Duration(latencyAlpha * float64(min(decisions, maxOwnBatch)-m.ownBatch))
 	for _, a := range apps {
 		for _, v := range a.Variants {
 			m.rewrite(v, m.correction(v))
 		}
 	}
-	return m.own
+	return m.own, m.ownBatch
 }
 
 // forget drops the corrections of an application's variants (a retired version).

@@ -172,11 +172,44 @@ func TestLoopPlansWithItsOwnTime(t *testing.T) {
 				}
 				return
 			}
+			perBatch := time.Duration(testutil.ToFloat64(l.m.loopBatchTime) * float64(time.Second))
 			for _, b := range []int{1, 8, 32} {
-				if got, want := v.Latency[b]-prof[b], time.Duration(b)*own; got != want {
-					t.Errorf("Latency[%d] is the profile + %v, want + %d x %v", b, got, b, own)
+				if got, want := v.Latency[b]-prof[b], perBatch+time.Duration(b)*own; got != want {
+					t.Errorf("Latency[%d] is the profile + %v, want + %v + %d x %v", b, got, perBatch, b, own)
 				}
 			}
 		})
+	}
+}
+
+// The loop's decisions are a cost per batch, the rest of its time a cost per
+// request: a wait of 1 ms, 600 µs of it deciding, before a batch of 8 plans
+// every batch 600 µs + b x 50 µs longer. (Counted per request, a decision's
+// cost grew as the batches shrank, and the plans then made smaller batches
+// still: in the simulator's overloaded satellite runs, 30 -> 3-4 requests.)
+func TestLoopTimeSplitsDecisionsPerBatch(t *testing.T) {
+	a := loopApp()
+	prof := slices.Clone(a.Variants[0].Latency)
+	m := newLatencyModel()
+	var per, batch time.Duration
+	for range 300 {
+		per, batch = m.loopTime(map[string]*scheduler.App{"app": a}, time.Millisecond, 600*time.Microsecond, 8)
+	}
+	near := func(got, want time.Duration) bool { return math.Abs(float64(got-want)) <= 0.01*float64(want) }
+	if !near(per, 50*time.Microsecond) || !near(batch, 600*time.Microsecond) {
+		t.Fatalf("per request %v, per batch %v; want 50µs and 600µs", per, batch)
+	}
+	for _, b := range []int{1, 8, 32} {
+		if got, want := a.Variants[0].Latency[b], prof[b]+batch+time.Duration(b)*per; got != want {
+			t.Errorf("Latency[%d] = %v, want %v", b, got, want)
+		}
+	}
+	// Decisions never count for more than the wait they were part of.
+	m = newLatencyModel()
+	for range 300 {
+		per, batch = m.loopTime(map[string]*scheduler.App{"app": a}, time.Millisecond, 5*time.Millisecond, 8)
+	}
+	if per != 0 || !near(batch, time.Millisecond) {
+		t.Errorf("decisions of 5 ms in a wait of 1 ms: per request %v, per batch %v; want 0 and 1ms", per, batch)
 	}
 }

@@ -195,6 +195,8 @@ type loop struct {
 	pipeline   bool
 	decideCost time.Duration
 	planned    time.Time
+	// lastDecision is how long the latest decision took (Run's loop time).
+	lastDecision time.Duration
 }
 
 // heartbeatEvery is how often an idle loop goes round to refresh its heartbeat.
@@ -358,11 +360,12 @@ func (l *loop) Run(ctx context.Context) {
 	var freeAt, waitFrom time.Time
 	// While the engine waits with requests queued (waitFrom set), loopWork sums the
 	// loop's own time (from woke, when a wait of the select ended, to the next
-	// wait or dispatch) and handled the requests it answered; the batch that
-	// ends the wait adds its own and gives the latency model one sample of the
-	// loop's time per request (latencyModel.loopTime).
+	// wait or dispatch), loopDecisions the decisions' part of it and handled the
+	// requests it answered; the batch that ends the wait adds its own and gives
+	// the latency model one sample of the loop's time per batch and per request
+	// (latencyModel.loopTime).
 	woke := l.now()
-	var loopWork time.Duration
+	var loopWork, loopDecisions time.Duration
 	handled := 0
 	var next *scheduler.Batch
 	dispatch := func(b *scheduler.Batch) {
@@ -371,10 +374,11 @@ func (l *loop) Run(ctx context.Context) {
 			l.m.engineWait.Add(now.Sub(waitFrom).Seconds())
 			waitFrom = time.Time{}
 			loopWork += now.Sub(woke)
-			own := l.latency.loopTime(l.apps, loopWork, handled+len(b.Requests))
-			l.m.loopTime.Set(own.Seconds())
+			perRequest, perBatch := l.latency.loopTime(l.apps, loopWork, loopDecisions, handled+len(b.Requests))
+			l.m.loopTime.Set(perRequest.Seconds())
+			l.m.loopBatchTime.Set(perBatch.Seconds())
 		}
-		loopWork, handled = 0, 0
+		loopWork, loopDecisions, handled = 0, 0, 0
 		busy = true
 		work <- b
 		freeAt = now.Add(l.plannedTime(b))
@@ -435,6 +439,7 @@ func (l *loop) Run(ctx context.Context) {
 			b, wake, answered := l.decide(l.now())
 			if !waitFrom.IsZero() {
 				handled += answered
+				loopDecisions += l.lastDecision
 			}
 			if b != nil {
 				dispatch(b)
@@ -464,7 +469,7 @@ func (l *loop) Run(ctx context.Context) {
 			// without a batch: the engine waits for nothing from here.
 			l.m.engineWait.Add(l.now().Sub(waitFrom).Seconds())
 			waitFrom = time.Time{}
-			loopWork, handled = 0, 0
+			loopWork, loopDecisions, handled = 0, 0, 0
 		}
 		if !waitFrom.IsZero() {
 			loopWork += l.now().Sub(woke)
@@ -690,6 +695,7 @@ func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
 	t0 := time.Now()
 	d, err := ask(l.policy, s)
 	took := time.Since(t0)
+	l.lastDecision = took
 	l.m.decisionTime.Observe(took.Seconds())
 	l.decideCost += (took - l.decideCost) / 16
 	if err == nil {

@@ -70,8 +70,9 @@ type metrics struct {
 	moved         prometheus.Counter     // queued requests moved to a reloaded version
 	// latencyFactor is each variant's latency correction (observed/profiled).
 	latencyFactor *prometheus.GaugeVec // app, variant
-	// loopTime is the loop's own time per request the latency tables include.
-	loopTime prometheus.Gauge
+	// loopTime and loopBatchTime are the loop's own time per request and its
+	// decisions' per batch, which the latency tables include.
+	loopTime, loopBatchTime prometheus.Gauge
 	// ingressWaits counts request messages that found every request handler
 	// busy and the hand-off queue full (the MQTT client waited for room).
 	ingressWaits prometheus.Counter
@@ -179,9 +180,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		latencyFactor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sneakgate_latency_correction_ratio", Help: "How much longer forward passes take now than their start-up profile (a weighted mean over recent batches); with scheduler.latency_correction on (the default) the scheduler plans with profile x this."}, []string{"app", "variant"}),
 		loopTime: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sneakgate_loop_seconds_per_request", Help: "The scheduling loop's own time per request while the engine waits for it with requests queued (answering the last batch, deciding the next; a weighted mean over recent waits); with scheduler.latency_correction on (the default) every batch of b is planned b times this longer than the engine takes."}),
+			Name: "sneakgate_loop_seconds_per_request", Help: "The scheduling loop's own time per request, its decisions aside, while the engine waits for it with requests queued (answering the last batch, queueing arrivals; a weighted mean over recent waits); with scheduler.latency_correction on (the default) every batch of b is planned b times this longer than the engine takes, and sneakgate_loop_seconds_per_batch longer again."}),
+		loopBatchTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_loop_seconds_per_batch", Help: "The scheduling loop's decisions' time per batch while the engine waits for it with requests queued (a weighted mean over recent waits); with scheduler.latency_correction on (the default) every batch is planned this much longer than the engine takes, and b times sneakgate_loop_seconds_per_request."}),
 	}
-	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
