@@ -325,6 +325,22 @@ func TestDecisionCostPlanned(t *testing.T) {
 		t.Errorf("planning with the charged loop time: utility %.4f, in time %.4f; not above planning blind to it: %.4f, %.4f",
 			planned.Utility, planned.InTime, blind.Utility, blind.InTime)
 	}
+	// Likewise with no -gateway-us at all (the views used to share the
+	// engine's tables then, and nothing was learnt).
+	blindToCharge = false
+	pt.GatewayCost = 0
+	planned0, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blindToCharge = true
+	blind0, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if planned0.Utility <= blind0.Utility {
+		t.Errorf("-gateway-us 0: planning with the charged loop time: utility %.4f, not above planning blind to it: %.4f", planned0.Utility, blind0.Utility)
+	}
 }
 
 // TestDecisionWall: with -decision-wall each decision costs the loop the time

@@ -93,7 +93,7 @@ func SimulateScenario(pt ScenarioPoint) (ScenarioRun, error) {
 	apps := make([]simApp, len(c.Sched))
 	for i, a := range c.Sched {
 		view := a
-		if pt.GatewayKnown && pt.GatewayCost > 0 {
+		if pt.GatewayKnown && (pt.GatewayCost > 0 || pt.chargesDecisions()) {
 			view = withLoopCost(a, pt.GatewayCost)
 		}
 		apps[i] = simApp{App: c.Eval[i], Exec: a, View: view, Deadline: c.Deadline[i],

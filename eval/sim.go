@@ -329,7 +329,8 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	}
 	// pa is the application as the policy sees it.
 	pa := sa
-	if pt.GatewayKnown && pt.GatewayCost > 0 {
+	if pt.GatewayKnown && (pt.GatewayCost > 0 || pt.chargesDecisions()) {
+		// Tables of its own: engineSim.run may add the loop's time as charged.
 		pa = withLoopCost(sa, pt.GatewayCost)
 	}
 	if rate <= 0 || pt.Requests <= 0 {
@@ -432,6 +433,10 @@ func oracleCorrect(a *App, s int) []float64 {
 	}
 	return c
 }
+
+// chargesDecisions reports whether the loop is charged for decisions, so that
+// the policies plan with the loop's time as charged (GatewayKnown).
+func (m *GatewayModel) chargesDecisions() bool { return m.DecisionWall || len(m.DecisionCost) > 0 }
 
 // withLoopCost returns a copy of a whose variants' latency tables include c per
 // request (Latency[b] + b*c); everything else is shared.

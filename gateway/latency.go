@@ -26,7 +26,11 @@ import (
 // them (profile x factor + per batch + b x per request), as the simulator's
 // policies plan with its loop cost (eval's -gateway-known): a plan made from the
 // engine's time alone runs late by the loop's, and prices engine time too low,
-// where the models take microseconds a request. The decisions are a cost per
+// where the models take microseconds a request. A batch's planned time so runs
+// from its decision's start (the decision delays it) to its answers' hand-over
+// (the loop answers its requests after the pass, and a reply is judged when it
+// is handed over): the per-request part counts the answering of the batch
+// itself, not of the batch before it, which is done when it is decided. The decisions are a cost per
 // batch, not per request: counted per request, a decision's cost grows as the
 // batches it makes shrink, which makes the plans prefer smaller batches still
 // (the simulator's batches fell from about 30 to 3-4 that way overloaded).
@@ -105,9 +109,29 @@ func (m *latencyModel) rewrite(v *scheduler.Variant, c *latencyCorrection) {
 // the tables take in: a stall of the whole process (a swap to disk, a paused
 // VM) is not the loop's cost.
 const (
-	maxOwn      = 10 * time.Millisecond
-	maxOwnBatch = 100 * time.Millisecond
+	maxOwn      = 2 * time.Millisecond
+	maxOwnBatch = 20 * time.Millisecond
 )
+
+// engineCheapest is the per-request engine time of a's cheapest variant at its
+// best batch size (scheduler.CheapestAmortised) from the tables without the
+// loop's time: the fastest drain (scheduler.DrainMeter) counts the loop's time
+// apart, as the busy time outside forward passes.
+func (m *latencyModel) engineCheapest(a *scheduler.App) time.Duration {
+	best := time.Duration(math.MaxInt64)
+	for _, v := range a.Variants {
+		_, rewritten := m.vs[v]
+		rewritten = rewritten && !m.frozen
+		for b := 1; b < len(v.Latency); b++ {
+			t := v.Latency[b]
+			if rewritten {
+				t -= m.ownBatch + time.Duration(b)*m.own
+			}
+			best = min(best, t/time.Duration(b))
+		}
+	}
+	return best
+}
 
 // loopTime accounts work, the loop's time while the engine waited for it with
 // requests queued, of which decisions in its decisions, over the n requests it

@@ -128,8 +128,7 @@ func TestOfferedMeterCountsRefusals(t *testing.T) {
 // in the loop while the engine waits) enters the tables the policy plans with,
 // b times over for a batch of b, and the metric shows it; frozen tables
 // (scheduler.latency_correction: false) keep the profile but the metric still
-// measures it. Before, a plan saw only the engine's time and ran late by the
-// loop's.
+// measures it. Before, a plan counted only the engine's time.
 func TestLoopPlansWithItsOwnTime(t *testing.T) {
 	const perReply = 200 * time.Microsecond
 	for _, frozen := range []bool{false, true} {
@@ -211,5 +210,30 @@ func TestLoopTimeSplitsDecisionsPerBatch(t *testing.T) {
 	}
 	if per != 0 || !near(batch, time.Millisecond) {
 		t.Errorf("decisions of 5 ms in a wait of 1 ms: per request %v, per batch %v; want 0 and 1ms", per, batch)
+	}
+}
+
+// The fastest drain admission compares deadlines with counts the loop's time
+// apart (the busy time outside forward passes): the cheapest variant's time it
+// adds per request is the engine's alone, not the tables' that include the
+// loop's time (a review found it counted twice: 284 µs a request at the
+// fastest rate against 213).
+func TestEngineCheapestLeavesTheLoopOut(t *testing.T) {
+	a := loopApp()
+	want := scheduler.CheapestAmortised(a)
+	m := newLatencyModel()
+	for range 100 {
+		m.loopTime(map[string]*scheduler.App{"app": a}, time.Millisecond, 600*time.Microsecond, 8)
+	}
+	if got := scheduler.CheapestAmortised(a); got <= want {
+		t.Fatalf("the tables do not include the loop's time: cheapest %v, profile's %v", got, want)
+	}
+	if got := m.engineCheapest(a); got != want {
+		t.Errorf("engineCheapest %v, want the profile's %v", got, want)
+	}
+	m.frozen = true // tables as profiled
+	b := loopApp()
+	if got := m.engineCheapest(b); got != want {
+		t.Errorf("frozen: engineCheapest %v, want %v", got, want)
 	}
 }

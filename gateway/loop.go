@@ -419,12 +419,16 @@ func (l *loop) Run(ctx context.Context) {
 			}
 			l.applySwap(swap)
 			swap, dirty = nil, true
+			woke = l.now() // a reload's one-off work is not the loop's time per request
 		}
-		if !busy && len(l.retiring) > 0 && l.retireDrained(next) && next != nil {
-			// Decided on a residency that held the retired versions' variants,
-			// which have left the engine (it may evict one of them).
-			l.unplan(next)
-			next = nil
+		if !busy && len(l.retiring) > 0 {
+			if l.retireDrained(next) && next != nil {
+				// Decided on a residency that held the retired versions' variants,
+				// which have left the engine (it may evict one of them).
+				l.unplan(next)
+				next = nil
+			}
+			woke = l.now() // nor is a retirement's
 		}
 		if !busy && next != nil {
 			// Decided while the batch before ran: its swap is not in the
@@ -940,12 +944,12 @@ func (l *loop) reply(j *job, r result) {
 }
 
 // cheapestOf is the per-request engine time of a's cheapest variant at its best
-// batch size (cached until the next batch).
+// batch size, the loop's own time left out (cached until the next batch).
 func (l *loop) cheapestOf(a *scheduler.App) time.Duration {
 	if c, ok := l.cheapest[a]; ok {
 		return c
 	}
-	c := scheduler.CheapestAmortised(a)
+	c := l.latency.engineCheapest(a)
 	l.cheapest[a] = c
 	return c
 }
