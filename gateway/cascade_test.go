@@ -272,3 +272,52 @@ func scaleCachedProfile(t *testing.T, dir, app, variant string, k float64) {
 		t.Fatal(err)
 	}
 }
+
+// A cascade's second pass whose batch fails answers with the first pass's
+// answer, which it has, not error internal (found in review: the request got
+// an error although a model had answered it).
+func TestFailedSecondPassAnswersTheFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := loopApp()
+		cheap := a.Variants[0]
+		cheap.ID.Variant = "cheap"
+		better := *cheap
+		better.ID.Variant, better.Index = "better", 1
+		better.Latency = make([]time.Duration, 33)
+		for b := 1; b <= 32; b++ {
+			better.Latency[b] = 20*time.Millisecond + time.Duration(b)*time.Millisecond
+		}
+		a.Variants = []*scheduler.Variant{cheap, &better}
+		a.DefaultVariant = 1
+		f := &fakeRunner{resident: map[scheduler.VariantID]bool{cheap.ID: true, better.ID: true},
+			lat: func(b int) time.Duration { return time.Millisecond }}
+		p, err := scheduler.NewCascade(scheduler.Options{}, map[string]scheduler.CascadeConfig{"app": {
+			Cheap: 0, Better: 1, Curve: []scheduler.CascadePoint{
+				{Threshold: 0.5, Escalated: 0, Utility: 0.8}, {Threshold: 0.95, Escalated: 1, Utility: 0.9}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans := &answers{got: map[string]result{}}
+		l := newLoop(p, map[string]*scheduler.App{"app": a}, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+		submit(t, l, "x", time.Second, []float64{0.1, 0.9})
+		// The first pass ends at 1 ms and the second starts; it fails.
+		time.Sleep(1500 * time.Microsecond)
+		f.mu.Lock()
+		f.failRun = fmt.Errorf("injected: the better variant failed")
+		f.mu.Unlock()
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		r, ok := ans.get("x")
+		if !ok || r.Status != protocol.StatusOK || r.Variant != "cheap" {
+			t.Fatalf("answered %v: %+v, want ok by cheap (the first pass)", ok, r)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(f.runs) != 2 {
+			t.Fatalf("%d forward passes, want 2 (the first, and the failed second)", len(f.runs))
+		}
+	})
+}

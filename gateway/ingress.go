@@ -178,7 +178,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	reserved = g.loop.Reserve(g.cfg.Admission.MaxQueue)
 	if reserved {
-		// app is nil when a reload removed the application since ParseHeader.
+		// (app is not nil: the swapping lock keeps the applications ParseHeader saw.)
 		if g.cfg.Admission.MaxWait > 0 && g.cannotServe(req.Budget(), app != nil && app.est != nil) {
 			g.loop.Release()
 			reserved = false

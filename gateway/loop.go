@@ -679,6 +679,18 @@ func (l *loop) refreshResident(now time.Time) {
 	l.m.resident.Set(float64(len(l.exec.Resident())))
 }
 
+// replyFirst answers j, back from a first pass (the cascade's, or the peek's),
+// with that pass's answer: ok, or late when it is past its deadline at now.
+// The policy's FirstAnswer verdict does, and so does a second pass that fails.
+func (l *loop) replyFirst(j *job, now time.Time) {
+	r := *j.first
+	r.Status = protocol.StatusOK
+	if now.After(j.Deadline) {
+		r.Status = protocol.StatusLate
+	}
+	l.reply(j, r)
+}
+
 // minIdleWake is the shortest wait before deciding again after a decision that
 // neither ran nor answered anything.
 const minIdleWake = time.Millisecond
@@ -726,12 +738,7 @@ func (l *loop) decide(at time.Time) (*scheduler.Batch, time.Time, int) {
 		l.m.verdicts.WithLabelValues(j.App, v.Outcome.String(), v.Reason).Inc()
 		switch v.Outcome {
 		case scheduler.FirstAnswer:
-			r := *j.first
-			r.Status = protocol.StatusOK
-			if now.After(j.Deadline) {
-				r.Status = protocol.StatusLate
-			}
-			l.reply(j, r)
+			l.replyFirst(j, now)
 		case scheduler.Degraded:
 			l.reply(j, degraded(orRaw(j.Answer, j.Estimate), v.Reason, now))
 		default:
@@ -876,6 +883,11 @@ func (l *loop) finish(d batchDone) {
 	if d.err != nil {
 		l.log.Error().Err(d.err).Str("variant", b.Variant.ID.String()).Int("batch", len(b.Requests)).Msg("batch failed")
 		for _, r := range b.Requests {
+			if j := r.Ref.(*job); j.first != nil {
+				// A second pass: its first pass's answer stands.
+				l.replyFirst(j, d.done)
+				continue
+			}
 			l.reply(r.Ref.(*job), result{Status: protocol.StatusError, Reason: "internal",
 				Err: fmt.Errorf("%w: %v", errBatch, d.err), Start: d.start, Done: d.done})
 		}
@@ -895,6 +907,10 @@ func (l *loop) finish(d batchDone) {
 		j := r.Ref.(*job)
 		if !validDistribution(d.probs[i]) {
 			l.log.Error().Str("variant", b.Variant.ID.String()).Msg("model returned no valid class distribution (NaN or Inf)")
+			if j.first != nil {
+				l.replyFirst(j, d.done) // a second pass: its first pass's answer stands
+				continue
+			}
 			l.reply(j, result{Status: protocol.StatusError, Reason: string(protocol.ReasonInternal),
 				Err: fmt.Errorf("%w: %s returned an invalid distribution", errBatch, b.Variant.ID), Start: d.start, Done: d.done})
 			continue
