@@ -32,28 +32,8 @@ func TestLoopRunsCascadeSecondPasses(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				a := loopApp()
-				cheap := a.Variants[0]
-				cheap.ID.Variant = "cheap"
-				better := *cheap
-				better.ID.Variant, better.Index = "better", 1
-				better.Latency = make([]time.Duration, 33)
-				for b := 1; b <= 32; b++ {
-					better.Latency[b] = 20*time.Millisecond + time.Duration(b)*time.Millisecond
-				}
-				a.Variants = []*scheduler.Variant{cheap, &better}
-				a.DefaultVariant = 1
-				f := &fakeRunner{resident: map[scheduler.VariantID]bool{cheap.ID: true, better.ID: true},
-					lat: func(b int) time.Duration { return time.Millisecond }}
 				// The fake answers class 1 with probability 0.9: under the threshold.
-				p, err := scheduler.NewCascade(scheduler.Options{}, map[string]scheduler.CascadeConfig{"app": {
-					Cheap: 0, Better: 1, Curve: []scheduler.CascadePoint{
-						{Threshold: 0.5, Escalated: 0, Utility: 0.8}, {Threshold: 0.95, Escalated: 1, Utility: 0.9}}}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				ans := &answers{got: map[string]result{}}
-				l := newLoop(p, map[string]*scheduler.App{"app": a}, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+				l, ans, f := cascadeLoop(t)
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
 				go l.Run(ctx)
@@ -278,27 +258,7 @@ func scaleCachedProfile(t *testing.T, dir, app, variant string, k float64) {
 // an error although a model had answered it).
 func TestFailedSecondPassAnswersTheFirst(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a := loopApp()
-		cheap := a.Variants[0]
-		cheap.ID.Variant = "cheap"
-		better := *cheap
-		better.ID.Variant, better.Index = "better", 1
-		better.Latency = make([]time.Duration, 33)
-		for b := 1; b <= 32; b++ {
-			better.Latency[b] = 20*time.Millisecond + time.Duration(b)*time.Millisecond
-		}
-		a.Variants = []*scheduler.Variant{cheap, &better}
-		a.DefaultVariant = 1
-		f := &fakeRunner{resident: map[scheduler.VariantID]bool{cheap.ID: true, better.ID: true},
-			lat: func(b int) time.Duration { return time.Millisecond }}
-		p, err := scheduler.NewCascade(scheduler.Options{}, map[string]scheduler.CascadeConfig{"app": {
-			Cheap: 0, Better: 1, Curve: []scheduler.CascadePoint{
-				{Threshold: 0.5, Escalated: 0, Utility: 0.8}, {Threshold: 0.95, Escalated: 1, Utility: 0.9}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ans := &answers{got: map[string]result{}}
-		l := newLoop(p, map[string]*scheduler.App{"app": a}, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil))
+		l, ans, f := cascadeLoop(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go l.Run(ctx)
@@ -320,4 +280,33 @@ func TestFailedSecondPassAnswersTheFirst(t *testing.T) {
 			t.Fatalf("%d forward passes, want 2 (the first, and the failed second)", len(f.runs))
 		}
 	})
+}
+
+// cascadeLoop is a loop, not yet running, serving loopApp with a cheap variant
+// (1 ms a pass on the fake engine, which answers class 1 with probability 0.9)
+// and a better one (planned at 20 ms + 1 ms a request) under the cascade, whose
+// curve escalates a first answer under a confidence of 0.95.
+func cascadeLoop(t *testing.T) (*loop, *answers, *fakeRunner) {
+	t.Helper()
+	a := loopApp()
+	cheap := a.Variants[0]
+	cheap.ID.Variant = "cheap"
+	better := *cheap
+	better.ID.Variant, better.Index = "better", 1
+	better.Latency = make([]time.Duration, 33)
+	for b := 1; b <= 32; b++ {
+		better.Latency[b] = 20*time.Millisecond + time.Duration(b)*time.Millisecond
+	}
+	a.Variants = []*scheduler.Variant{cheap, &better}
+	a.DefaultVariant = 1
+	f := &fakeRunner{resident: map[scheduler.VariantID]bool{cheap.ID: true, better.ID: true},
+		lat: func(b int) time.Duration { return time.Millisecond }}
+	p, err := scheduler.NewCascade(scheduler.Options{}, map[string]scheduler.CascadeConfig{"app": {
+		Cheap: 0, Better: 1, Curve: []scheduler.CascadePoint{
+			{Threshold: 0.5, Escalated: 0, Utility: 0.8}, {Threshold: 0.95, Escalated: 1, Utility: 0.9}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans := &answers{got: map[string]result{}}
+	return newLoop(p, map[string]*scheduler.App{"app": a}, f, scheduler.Engine{}, 100, time.Now, ans.record, zerolog.Nop(), newMetrics(nil)), ans, f
 }

@@ -67,13 +67,7 @@ func testLoopSwapMovesQueuedJobs(t *testing.T, pipeline bool) {
 		defer cancel()
 		go l.Run(ctx)
 
-		put := func(app, id string) {
-			now := time.Now()
-			if !l.Reserve(100) || !l.Submit(&job{App: app, Device: "d", ID: id, Received: now,
-				Deadline: now.Add(10 * time.Second), Input: []float32{1}}) {
-				t.Fatalf("submit %s refused", id)
-			}
-		}
+		put := func(app, id string) { submitTo(t, l, app, id) }
 		put("app", "a1") // runs at once on the old version
 		synctest.Wait()
 		for _, id := range []string{"a2", "a3", "a4"} {
@@ -219,13 +213,7 @@ func TestLoopPipelineUnplansAfterARetirement(t *testing.T) {
 		defer cancel()
 		go l.Run(ctx)
 
-		put := func(app, id string) {
-			now := time.Now()
-			if !l.Reserve(100) || !l.Submit(&job{App: app, Device: "d", ID: id, Received: now,
-				Deadline: now.Add(10 * time.Second), Input: []float32{1}}) {
-				t.Fatalf("submit %s refused", id)
-			}
-		}
+		put := func(app, id string) { submitTo(t, l, app, id) }
 		put("x", "x1") // runs at once on x/m
 		synctest.Wait()
 		put("x", "x2") // queued when x is removed: it keeps x serving
@@ -555,5 +543,15 @@ func TestReloadReaddsARetiringApplication(t *testing.T) {
 	}
 	if _, ok := ans.get("f1"); ok || g.loop.Queued() != 1 {
 		t.Errorf("f1 answered (%v) or queued %d: want it queued, moved to the new version", ok, g.loop.Queued())
+	}
+}
+
+// submitTo submits request id of app to l with a 10 s budget.
+func submitTo(t *testing.T, l *loop, app, id string) {
+	t.Helper()
+	now := time.Now()
+	if !l.Reserve(100) || !l.Submit(&job{App: app, Device: "d", ID: id, Received: now,
+		Deadline: now.Add(10 * time.Second), Input: []float32{1}}) {
+		t.Fatalf("submit %s refused", id)
 	}
 }
