@@ -445,7 +445,14 @@ func (g *Gateway) reload(ctx context.Context, load func() (*Config, error)) (res
 		retire: func(name string) { g.retire(old[name]) }, done: make(chan struct{})}
 	g.swapping.Lock()
 	g.apps.Store(&next)
-	g.loop.swaps <- sw // reloads are serialised and wait for done: there is room
+	select {
+	case g.loop.swaps <- sw: // reloads are serialised and wait for done: there is room
+	case <-g.loop.stopped:
+		// Unless the loop stopped with an earlier reload's swap still in the
+		// channel: waiting for room would hold the lock for good.
+		g.swapping.Unlock()
+		return res, errors.New("gateway: stopped during the reload")
+	}
 	g.swapping.Unlock()
 	select {
 	case <-sw.done:

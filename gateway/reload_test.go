@@ -555,3 +555,37 @@ func submitTo(t *testing.T, l *loop, app, id string) {
 		t.Fatalf("submit %s refused", id)
 	}
 }
+
+// A reload after the loop has stopped returns an error: before, with the swap
+// channel's one place taken by a reload the stopped loop never took, it blocked
+// for good on the send, holding the swapping lock that every request handler
+// takes.
+func TestReloadAfterTheLoopStopped(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	sat, _ := filepath.Abs("../models/satellite/manifest.yaml")
+	vad, _ := filepath.Abs("../models/vad/manifest.yaml")
+	cfg.Apps = []AppConfig{{Manifest: sat}, {Manifest: vad}}
+	r := startGateway(t, cfg, Options{})
+	r.stop(t)
+	r.g.loop.swaps <- &appSwap{done: make(chan struct{})} // a reload the loop never took
+	less := *cfg
+	less.Apps = cfg.Apps[:1] // vad removed: the reload reaches the swap
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.g.Reload(context.Background(), &less)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("reload after the loop stopped: no error")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("reload after the loop stopped blocked on the swap channel")
+	}
+	if !r.g.swapping.TryLock() {
+		t.Fatal("the swapping lock is still held")
+	}
+	r.g.swapping.Unlock()
+}
