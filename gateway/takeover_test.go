@@ -125,7 +125,17 @@ func TestBrokerLinkLostHandlerAfterReconnect(t *testing.T) {
 // With a real Mosquitto: another client connecting with the gateway's client id
 // takes its session over; after a few such takeovers within a minute the
 // gateway reports the conflict (metric and gauge), and the log says why.
+//
+// Not under the race detector (make test runs it once more without): each
+// takeover drops the gateway's connection a few milliseconds after it opened,
+// and paho 1.5.1 then sometimes writes a publish queued before the drop on the
+// new connection while its resume of the stored packets sets the same
+// packet's DUP flag, a data race inside paho (eclipse-paho/paho.mqtt.golang
+// issue 703) that the race detector reported in about one run in 25 here.
 func TestClientIDConflictReported(t *testing.T) {
+	if raceDetector {
+		t.Skip("paho 1.5.1 races on a publish queued as the connection drops (paho issue 703); run without -race")
+	}
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	gw := startGateway(t, cfg, Options{})
