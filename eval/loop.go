@@ -293,8 +293,8 @@ func (s *engineSim) run() (*simRun, error) {
 	// the engine (no Pipeline); otherwise the views stay as built.
 	learnOwn := (s.DecisionWall || s.Charge > 0) && !s.Pipeline && !blindToCharge
 	for _, a := range s.Apps {
-		if len(a.View.Variants) > 0 && len(a.View.Variants[0].Latency) > 1 && &a.View.Variants[0].Latency[1] == &a.Exec.Variants[0].Latency[1] {
-			learnOwn = false // the view shares the engine's tables
+		if a.View == a.Exec {
+			learnOwn = false // the view is the engine's application, tables and all (withLoopCost makes a copy)
 		}
 	}
 	own := s.GatewayCost

@@ -40,6 +40,8 @@ type latencyModel struct {
 	// per batch (exponentially weighted means over the engine's waits,
 	// latencyAlpha per wait).
 	own, ownBatch time.Duration
+	// engine is engineCheapest's scratch: a table without the loop's time.
+	engine scheduler.Variant
 	// frozen measures the factor and the loop's time (for the metrics) but
 	// leaves the tables as profiled (scheduler.latency_correction: false).
 	frozen bool
@@ -120,15 +122,15 @@ const (
 func (m *latencyModel) engineCheapest(a *scheduler.App) time.Duration {
 	best := time.Duration(math.MaxInt64)
 	for _, v := range a.Variants {
-		_, rewritten := m.vs[v]
-		rewritten = rewritten && !m.frozen
-		for b := 1; b < len(v.Latency); b++ {
-			t := v.Latency[b]
-			if rewritten {
-				t -= m.ownBatch + time.Duration(b)*m.own
+		if _, rewritten := m.vs[v]; rewritten && !m.frozen {
+			e := &m.engine
+			e.Latency = append(e.Latency[:0], v.Latency...)
+			for b := 1; b < len(e.Latency); b++ {
+				e.Latency[b] -= m.ownBatch + time.Duration(b)*m.own
 			}
-			best = min(best, t/time.Duration(b))
+			v = e
 		}
+		best = min(best, scheduler.Amortised(v, v.MaxBatch()))
 	}
 	return best
 }
