@@ -45,13 +45,10 @@ vet:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "not gofmt-ed: $$fmt"; exit 1; fi
 
 # The race run cuts the scheduler's long random-case tests to a fifth (trials in
-# scheduler/harness_test.go); their full sizes run once more without it. The
-# gateway's client-id takeover test runs only without it (paho's own data race on
-# fast reconnects; gateway/takeover_test.go).
+# scheduler/harness_test.go); their full sizes run once more without it.
 test: deps vet
 	$(GO) test $(TEST_FLAGS) ./...
 	$(GO) test -count=1 -run '^TestBruteForceCutsChangeNothing$$' ./scheduler/
-	$(GO) test -count=1 -run '^TestClientIDConflictReported$$' ./gateway/
 
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...

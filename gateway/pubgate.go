@@ -303,7 +303,24 @@ func (g *pubGate) Put(key string, p packets.ControlPacket) {
 	g.mu.Unlock()
 }
 
-func (g *pubGate) Get(key string) packets.ControlPacket { return g.inner.Get(key) }
+// Get gives paho a stored publish as a copy of its own: paho's resume sets
+// the DUP flag on what Get returns (client.go line 1114) while a writer may
+// still be writing the stored packet, one queued to the outgoing channel
+// before the connection dropped and taken by the next connection's writer (a
+// data race; paho issue 703). The copy reads only the fields a writer does not
+// write (PublishPacket.Write sets RemainingLength) and shares the payload, so a
+// resend costs one small allocation. Other packets are returned as stored.
+func (g *pubGate) Get(key string) packets.ControlPacket {
+	p := g.inner.Get(key)
+	pub, ok := p.(*packets.PublishPacket)
+	if !ok {
+		return p
+	}
+	c := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	c.Dup, c.Qos, c.Retain = pub.Dup, pub.Qos, pub.Retain
+	c.TopicName, c.MessageID, c.Payload = pub.TopicName, pub.MessageID, pub.Payload
+	return c
+}
 
 // All is paho's list of what it resends on a new connection (resume; also
 // Connect, before the first): once taken, publishing is safe again.
