@@ -3,6 +3,8 @@ package sneakpeek
 import (
 	"errors"
 	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -111,5 +113,135 @@ func TestPriorShiftKeepsTheLaterMix(t *testing.T) {
 	s.publish(older)
 	if got := s.Mix(); got.Prior[0] != 0.9 {
 		t.Errorf("after publishing the older snapshot last: Mix prior %v, want the newer one's", got.Prior)
+	}
+}
+
+// valueByScan is AnswerValue.Value as it was before its fast path: every row's
+// argmax of p(c) r(c) by a full scan.
+func valueByScan(a *AnswerValue, prior, ratio []float64) float64 {
+	sum := make([]float64, len(a.n))
+	for i, y := range a.labels {
+		best, bc := math.Inf(-1), 0
+		for c, v := range a.est[i] {
+			if x := v * ratio[c]; x > best {
+				best, bc = x, c
+			}
+		}
+		sum[y] += a.w[y][bc]
+	}
+	v := 0.0
+	for y, s := range sum {
+		if a.n[y] > 0 {
+			v += prior[y] * s / float64(a.n[y])
+		}
+	}
+	return v
+}
+
+// Value's shortcut (a row's top class when its margin exceeds the ratio's
+// spread) gives exactly the full scan's value: rows with ties, zeros, values
+// a rounding apart and values that are not finite; ratios near 1, far apart,
+// equal, and not positive or not finite.
+func TestAnswerValueFastPathIsExact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	for trial := range 300 {
+		k := 2 + rng.IntN(9)
+		rows := 1 + rng.IntN(200)
+		labels, est := make([]int, rows), make([][]float64, rows)
+		w := make([][]float64, k)
+		for y := range w {
+			w[y] = make([]float64, k)
+			for c := range w[y] {
+				w[y][c] = rng.Float64()*2 - 1
+			}
+		}
+		for i := range est {
+			labels[i] = rng.IntN(k)
+			p := make([]float64, k)
+			for c := range p {
+				p[c] = rng.Float64() * rng.Float64()
+			}
+			switch rng.IntN(8) {
+			case 0: // a tie at the top
+				p[rng.IntN(k)] = slices.Max(p)
+			case 1: // one class nearly certain
+				clear(p)
+				p[rng.IntN(k)] = 1
+			case 2: // two values a rounding apart
+				top := slices.Index(p, slices.Max(p))
+				p[(top+1)%k] = math.Nextafter(p[top], 0)
+			case 3: // not finite, or negative
+				p[rng.IntN(k)] = []float64{math.NaN(), math.Inf(1), -0.25}[rng.IntN(3)]
+			}
+			est[i] = p
+		}
+		a, err := NewAnswerValue(labels, est, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prior, ratio := make([]float64, k), make([]float64, k)
+		for c := range ratio {
+			prior[c] = rng.Float64()
+			switch trial % 5 {
+			case 0: // the validation mix
+				ratio[c] = 1
+			case 1: // near it
+				ratio[c] = 1 + (rng.Float64()-0.5)*0.05
+			case 2: // far from it
+				ratio[c] = math.Exp((rng.Float64() - 0.5) * 12)
+			case 3: // steps a rounding apart
+				ratio[c] = math.Nextafter(1, float64(c%2)*2)
+			case 4: // not all usable
+				ratio[c] = []float64{0.7, 1.3, 0, math.NaN(), math.Inf(1), -1}[rng.IntN(6)]
+			}
+		}
+		got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio)
+		if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
+			t.Fatalf("trial %d (K %d, %d rows, ratio %v): Value %v, the full scan %v", trial, k, rows, ratio, got, want)
+		}
+	}
+}
+
+// A Mix's cost: fashion-sized rows (10,000 of 10 classes, peaked estimates)
+// at a ratio near 1 (an unshifted stream) and far from it.
+func BenchmarkAnswerValue(b *testing.B) {
+	const rows, k = 10000, 10
+	rng := rand.New(rand.NewPCG(1, 2))
+	labels, est := make([]int, rows), make([][]float64, rows)
+	for i := range est {
+		labels[i] = rng.IntN(k)
+		p := make([]float64, k)
+		for c := range p {
+			p[c] = 0.02 * rng.Float64()
+		}
+		p[labels[i]] += 0.5 + 0.5*rng.Float64()
+		est[i] = p
+	}
+	w := make([][]float64, k)
+	for y := range w {
+		w[y] = make([]float64, k)
+		w[y][y] = 1
+	}
+	a, err := NewAnswerValue(labels, est, w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	prior := make([]float64, k)
+	for name, spread := range map[string]float64{"near": 0.1, "far": 8} {
+		ratio := make([]float64, k)
+		for c := range ratio {
+			prior[c] = 1.0 / k
+			ratio[c] = math.Exp((rng.Float64() - 0.5) * spread)
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				sink += a.Value(prior, ratio)
+			}
+		})
+		b.Run(name+"/scan", func(b *testing.B) {
+			for b.Loop() {
+				sink += valueByScan(a, prior, ratio)
+			}
+		})
 	}
 }
