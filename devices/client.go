@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -23,6 +24,12 @@ var (
 	ErrClosed = errors.New("devices: client closed")
 	// ErrOptions is wrapped by Dial's validation errors.
 	ErrOptions = errors.New("devices: invalid options")
+	// ErrDropped is Undelivered.Err of a reply that found the Replies channel
+	// full (Stats.Dropped).
+	ErrDropped = errors.New("devices: reply dropped: Replies channel full")
+	// ErrUnmatched is Undelivered.Err of a reply that no Do waited for, without
+	// a Replies channel (Stats.Unmatched).
+	ErrUnmatched = errors.New("devices: reply unmatched: no Do waiting and no Replies channel")
 )
 
 // ClientOptions configure a Client. Broker and Device are required.
@@ -62,6 +69,11 @@ type ClientOptions struct {
 	Pipeline int
 	// ConnectTimeout bounds Dial's connect and subscribe (default 10 s).
 	ConnectTimeout time.Duration
+	// OnUndelivered, if set, is called for each message on the reply topics
+	// that the client counts in Stats instead of delivering it, after counting
+	// it. It runs on the network loop: it must return quickly and must not call
+	// the client's methods.
+	OnUndelivered func(Undelivered)
 }
 
 // Received is a reply as it arrived.
@@ -71,6 +83,20 @@ type Received struct {
 	Topic string
 	// At is when the client's network loop received it.
 	At time.Time
+}
+
+// Undelivered is a message on the reply topics that the client received but
+// could not deliver (ClientOptions.OnUndelivered).
+type Undelivered struct {
+	// ID is the reply's id, also for a malformed one whose JSON gives it; ""
+	// when the message has no readable id.
+	ID    string
+	Topic string
+	// At is when the client's network loop received it.
+	At time.Time
+	// Err says why: the protocol.ParseReply error of a malformed message
+	// (wrapping protocol.ErrBadReply), ErrDropped or ErrUnmatched.
+	Err error
 }
 
 // Stats counts replies the client could not deliver.
@@ -93,6 +119,7 @@ type Client struct {
 	u8      *[2]float64
 	qos     byte
 	replies chan Received
+	lost    func(Undelivered) // ClientOptions.OnUndelivered; nil without one
 
 	mu      sync.Mutex
 	waiters map[string]chan Received
@@ -133,7 +160,7 @@ func Dial(ctx context.Context, o ClientOptions) (*Client, error) {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 10 * time.Second
 	}
-	c := &Client{prefix: o.Prefix, device: o.Device, b64: o.B64, sentAt: o.SentAt, u8: o.U8Range, qos: 1, waiters: map[string]chan Received{}, done: make(chan struct{})}
+	c := &Client{prefix: o.Prefix, device: o.Device, b64: o.B64, sentAt: o.SentAt, u8: o.U8Range, qos: 1, lost: o.OnUndelivered, waiters: map[string]chan Received{}, done: make(chan struct{})}
 	if o.QoS0 {
 		c.qos = 0
 	}
@@ -220,6 +247,14 @@ func (c *Client) handle(_ mqtt.Client, m mqtt.Message) {
 	r, err := protocol.ParseReply(m.Payload())
 	if err != nil {
 		c.malformed.Add(1)
+		if c.lost != nil {
+			// A reply this build cannot use may still say whose it is.
+			var id struct {
+				ID string `json:"id"`
+			}
+			_ = json.Unmarshal(m.Payload(), &id) // id.ID stays "" if it cannot
+			c.lost(Undelivered{ID: id.ID, Topic: m.Topic(), At: at, Err: err})
+		}
 		return
 	}
 	rc := Received{Reply: r, Topic: m.Topic(), At: at}
@@ -235,12 +270,18 @@ func (c *Client) handle(_ mqtt.Client, m mqtt.Message) {
 	}
 	if c.replies == nil {
 		c.unmatched.Add(1)
+		if c.lost != nil {
+			c.lost(Undelivered{ID: r.ID, Topic: rc.Topic, At: at, Err: ErrUnmatched})
+		}
 		return
 	}
 	select {
 	case c.replies <- rc:
 	default:
 		c.dropped.Add(1)
+		if c.lost != nil {
+			c.lost(Undelivered{ID: r.ID, Topic: rc.Topic, At: at, Err: ErrDropped})
+		}
 	}
 }
 

@@ -290,3 +290,67 @@ func TestClientSentAt(t *testing.T) {
 		}
 	}
 }
+
+// Replies the client cannot deliver are counted in Stats and handed to
+// OnUndelivered with their id where one can be read: a malformed reply (an
+// unknown status, an unknown version, not JSON), a reply that finds the Replies
+// buffer full, and one with nowhere to go (no Replies channel).
+func TestClientReportsUndelivered(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("replier"))
+	if tok := pub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer pub.Disconnect(100)
+	send := func(device, payload string) {
+		t.Helper()
+		if tok := pub.Publish(protocol.ReplyTopic(protocol.DefaultPrefix, "tiny", device), 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	lost := make(chan Undelivered, 10)
+	next := func() Undelivered {
+		t.Helper()
+		select {
+		case u := <-lost:
+			return u
+		case <-time.After(10 * time.Second):
+			t.Fatal("no OnUndelivered call")
+			return Undelivered{}
+		}
+	}
+	ok := func(id string) string {
+		return fmt.Sprintf(`{"v":1,"id":%q,"app":"tiny","device":"d","status":"ok","class":1}`, id)
+	}
+
+	c := dial(t, url, "buffered", ClientOptions{Pipeline: 1, OnUndelivered: func(u Undelivered) { lost <- u }})
+	send("buffered", ok("r1")) // fills the buffer: nobody reads Replies
+	send("buffered", ok("r2"))
+	send("buffered", `{"v":1,"id":"r3","app":"tiny","device":"d","status":"shed"}`)
+	send("buffered", `{"v":2,"id":"r4","app":"tiny","device":"d","status":"ok"}`)
+	send("buffered", `not json`)
+	for _, want := range []struct {
+		id  string
+		err error
+	}{{"r2", ErrDropped}, {"r3", protocol.ErrBadReply}, {"r4", protocol.ErrBadReply}, {"", protocol.ErrBadReply}} {
+		u := next()
+		if u.ID != want.id || !errors.Is(u.Err, want.err) || u.Topic != "sneakgate/res/tiny/buffered" || u.At.IsZero() {
+			t.Errorf("undelivered %+v, want id %q, error %v", u, want.id, want.err)
+		}
+	}
+	if st := c.Stats(); st != (Stats{Dropped: 1, Malformed: 3}) {
+		t.Errorf("stats %+v, want 1 dropped and 3 malformed", st)
+	}
+	if rc := <-c.Replies(); rc.Reply.ID != "r1" {
+		t.Errorf("buffered reply %q, want r1", rc.Reply.ID)
+	}
+
+	c = dial(t, url, "unbuffered", ClientOptions{OnUndelivered: func(u Undelivered) { lost <- u }})
+	send("unbuffered", ok("r5"))
+	if u := next(); u.ID != "r5" || !errors.Is(u.Err, ErrUnmatched) {
+		t.Errorf("undelivered %+v, want r5 unmatched", u)
+	}
+	if st := c.Stats(); st != (Stats{Unmatched: 1}) {
+		t.Errorf("stats %+v, want 1 unmatched", st)
+	}
+}

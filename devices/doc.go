@@ -29,5 +29,6 @@
 //     receives, but a request lost before it reached the gateway (broker down) is
 //     never answered, so always pass a ctx with a timeout.
 //   - The MQTT network loop is never blocked: a reply for which no Do waits and
-//     that does not fit in the Replies buffer is dropped and counted (Stats).
+//     that does not fit in the Replies buffer is dropped and counted (Stats), and
+//     handed with its id to ClientOptions.OnUndelivered, as a malformed one is.
 package devices

@@ -45,4 +45,8 @@ true labels, the deadline-met ratio, round-trip latency percentiles and per-mode
 counts. A progress bar is shown on stderr when it is a terminal. Without -deadline
 the requests name none, and each reply is judged (device deadline met, utility)
 against the budget the gateway applied to it, total_ms + slack_ms, which the
-gateway's apps[].default_deadline may set apart from the manifest's.`
+gateway's apps[].default_deadline may set apart from the manifest's. A request
+whose reply came but could not be used (malformed: a status or version this
+build does not know; or dropped, the device's reply buffer full) is counted
+unusable, not unanswered, and not waited for; the replies line also gives the
+devices' counts of malformed and dropped messages.`

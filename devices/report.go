@@ -31,13 +31,27 @@ type Report struct {
 	Elapsed time.Duration `json:"elapsed_ns"`
 
 	// Sent counts requests published (attempted); PublishErrors those whose publish
-	// failed; Replies the distinct requests answered; Unanswered those without a
-	// reply when the run ended; Duplicates extra replies to an already answered id.
+	// failed; Replies the distinct requests answered (a reply the client could
+	// use, whatever its status); Unusable those whose reply came but could not
+	// be used, with none usable (malformed, or dropped by the client); Unanswered
+	// those nothing came back for by the end of the run; Duplicates extra
+	// replies to an already answered id. Sent = Replies + Unusable + Unanswered.
 	Sent          int `json:"sent"`
 	PublishErrors int `json:"publish_errors"`
 	Replies       int `json:"replies"`
+	Unusable      int `json:"unusable"`
 	Unanswered    int `json:"unanswered"`
 	Duplicates    int `json:"duplicates"`
+	// Malformed, Dropped and Unmatched are the devices' clients' counts
+	// (Client.Stats) at the end of the run: messages on their reply topics
+	// that were not valid v1 replies (a status or version this build does not
+	// know, bad JSON), replies dropped because a client's Replies buffer was
+	// full, and replies with nowhere to go (never, in Simulate: its clients
+	// have a buffer). They count messages, not requests: copies of one reply
+	// and messages of other runs count too.
+	Malformed int `json:"malformed"`
+	Dropped   int `json:"dropped"`
+	Unmatched int `json:"unmatched"`
 
 	ByStatus map[protocol.Status]int `json:"by_status"`
 	ByReason map[protocol.Reason]int `json:"by_reason,omitempty"`
@@ -135,7 +149,12 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, ", %d devices, %.1f req/s %s, deadline %s, ran %s\n", r.Devices, r.Rate, r.Arrivals, dl, r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "  sent          %d (%.1f req/s achieved), publish errors %d\n", r.Sent, float64(r.Sent)/max(r.Sending.Seconds(), 1e-9), r.PublishErrors)
-	fmt.Fprintf(w, "  replies       %d, unanswered %d, duplicate replies %d\n", r.Replies, r.Unanswered, r.Duplicates)
+	fmt.Fprintf(w, "  replies       %d, unusable %d, unanswered %d, duplicate replies %d; malformed %d, dropped %d",
+		r.Replies, r.Unusable, r.Unanswered, r.Duplicates, r.Malformed, r.Dropped)
+	if r.Unmatched > 0 {
+		fmt.Fprintf(w, ", unmatched %d", r.Unmatched)
+	}
+	fmt.Fprintln(w)
 	var parts []string
 	for _, s := range statusOrder {
 		parts = append(parts, fmt.Sprintf("%s %d", s, r.ByStatus[s]))

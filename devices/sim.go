@@ -106,7 +106,8 @@ type TraceRecord struct {
 	// since the run's first planned send.
 	SentMS float64 `json:"sent_ms"`
 	// RTTMS is the time from that hand-over to the reply's receipt; absent,
-	// with Status, when the request was never answered.
+	// with Status, when nothing came back. A request whose reply came but
+	// could not be used has RTTMS and Unusable, no Status.
 	RTTMS  *float64        `json:"rtt_ms,omitempty"`
 	Status protocol.Status `json:"status,omitempty"`
 	Reason protocol.Reason `json:"reason,omitempty"`
@@ -123,6 +124,11 @@ type TraceRecord struct {
 	// the device's deadline check is RTTMS <= BudgetMS, and an answer's utility
 	// is discounted for TotalMS past it. Absent when never answered.
 	BudgetMS *float64 `json:"budget_ms,omitempty"`
+	// Unusable says why the reply that came could not be used: "dropped" (the
+	// client's Replies buffer was full) or the parse error of a malformed reply
+	// (e.g. `bad reply: status "shed"`). Absent when a usable reply came or
+	// nothing did.
+	Unusable string `json:"unusable,omitempty"`
 	// Utility is what the request adds to the report's utility (before the
 	// mean over the requests sent).
 	Utility float64 `json:"utility"`
@@ -247,6 +253,11 @@ type outstanding struct {
 	sent   time.Time
 	seq    int
 	device string
+	// unusable, if not "", is why the reply that came could not be used
+	// (TraceRecord.Unusable), and came when it came: the request stays pending
+	// in case a usable copy follows, but the drain no longer waits for it.
+	unusable string
+	came     time.Time
 }
 
 // sim is one run's shared state.
@@ -263,14 +274,17 @@ type sim struct {
 	utility float64     // sum of penalised utility of the answers so far
 	u8      *[2]float64 // the input_range, with SimConfig.U8
 
-	mu       sync.Mutex
-	pending  map[string]outstanding // by id
-	done     map[string]bool        // answered ids, to count duplicates
+	mu      sync.Mutex
+	pending map[string]outstanding // by id
+	// silent counts the pending requests nothing came back for: those the
+	// drain waits for.
+	silent   int
+	done     map[string]bool // answered ids, to count duplicates
 	rep      Report
 	rtt      []time.Duration
 	gwTotal  []time.Duration
 	ontime   int
-	idle     chan struct{} // signalled (size 1) when pending becomes empty
+	idle     chan struct{} // signalled (size 1) when silent becomes 0
 	start    time.Time     // the first planned send, for TraceRecord.SentMS
 	trace    *json.Encoder // SimConfig.Trace; nil without one
 	traceErr error         // the first failed trace write
@@ -359,16 +373,28 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 
 	s.mu.Lock()
 	rep := s.rep
-	rep.Unanswered = len(s.pending)
+	for _, c := range clients {
+		st := c.Stats()
+		rep.Malformed += int(st.Malformed)
+		rep.Dropped += int(st.Dropped)
+		rep.Unmatched += int(st.Unmatched)
+	}
+	rep.Unanswered = s.silent
+	rep.Unusable = len(s.pending) - s.silent
 	left := make([]string, 0, len(s.pending))
 	for id, o := range s.pending {
-		s.utility += s.na(o.label) // never answered: the default action
+		s.utility += s.na(o.label) // no usable answer: the default action
 		left = append(left, id)
 	}
 	slices.SortFunc(left, func(a, b string) int { return s.pending[a].seq - s.pending[b].seq })
 	for _, id := range left {
 		o := s.pending[id]
-		s.traceLine(id, o, TraceRecord{Utility: s.na(o.label)})
+		t := TraceRecord{Utility: s.na(o.label)}
+		if o.unusable != "" {
+			ms := float64(o.came.Sub(o.sent)) / float64(time.Millisecond)
+			t.RTTMS, t.Unusable = &ms, o.unusable
+		}
+		s.traceLine(id, o, t)
 	}
 	if s.traceErr != nil && runErr == nil {
 		runErr = fmt.Errorf("devices: trace: %w", s.traceErr)
@@ -390,7 +416,8 @@ func Simulate(ctx context.Context, cfg SimConfig) (Report, error) {
 func (s *sim) dial(ctx context.Context) ([]*Client, error) {
 	return DialAll(ctx, s.cfg.Devices, func(i int) ClientOptions {
 		return ClientOptions{Broker: s.cfg.Broker, Prefix: s.cfg.Prefix,
-			Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i), B64: s.cfg.B64, SentAt: s.cfg.SentAt, U8Range: s.u8, Pipeline: 4096}
+			Device: fmt.Sprintf("%s-%04d", s.cfg.DevicePrefix, i), B64: s.cfg.B64, SentAt: s.cfg.SentAt, U8Range: s.u8, Pipeline: 4096,
+			OnUndelivered: s.undelivered}
 	})
 }
 
@@ -442,6 +469,7 @@ func (s *sim) dispatch(ctx context.Context, app string, clients []*Client, smp *
 
 		s.mu.Lock()
 		s.pending[id] = outstanding{label: label, sent: time.Now(), seq: n, device: c.Device()}
+		s.silent++
 		s.rep.Sent++
 		s.mu.Unlock()
 		publishers.Add(1)
@@ -485,6 +513,9 @@ func (s *sim) record(rc Received) {
 		return // not ours (another run, or an id-less rejection)
 	}
 	delete(s.pending, r.ID)
+	if o.unusable == "" {
+		s.silent--
+	}
 	s.done[r.ID] = true
 	rep := &s.rep
 	rep.Replies++
@@ -532,12 +563,44 @@ func (s *sim) record(rc Received) {
 			}
 		}
 	}
-	if len(s.pending) == 0 {
+	s.checkIdle()
+}
+
+// checkIdle signals idle when no pending request waits for a reply. s.mu is
+// held.
+func (s *sim) checkIdle() {
+	if s.silent == 0 {
 		select {
 		case s.idle <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// undelivered is the clients' ClientOptions.OnUndelivered: a reply came for a
+// pending request, but the client could not use it (malformed) or had to drop
+// it (its Replies buffer full). The request is no longer waited for: its reply
+// came, and nothing more will unless the gateway sends another copy, which
+// record still takes. It runs on a client's network loop, holding s.mu only
+// briefly.
+func (s *sim) undelivered(u Undelivered) {
+	why := u.Err.Error()
+	switch {
+	case errors.Is(u.Err, ErrDropped):
+		why = "dropped"
+	case errors.Is(u.Err, ErrUnmatched):
+		why = "unmatched"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.pending[u.ID]
+	if !ok || o.unusable != "" {
+		return // not ours, answered already, or already known unusable
+	}
+	o.unusable, o.came = why, u.At
+	s.pending[u.ID] = o
+	s.silent--
+	s.checkIdle()
 }
 
 // traceLine writes request id's TraceRecord (t with what o knows filled in)
@@ -597,17 +660,17 @@ func (s *sim) answerUtility(label, class int, totalMS *float64, budget time.Dura
 	return u
 }
 
-// drain waits until every request is answered, the drain time passes, or ctx
-// ends. The drain time, d(), is measured from the call; when it has passed, d is
-// asked again, and a longer answer (drainTime, after a reply with a longer
-// budget) makes drain wait on.
+// drain waits until a reply has come for every request (usable or not), the
+// drain time passes, or ctx ends. The drain time, d(), is measured from the
+// call; when it has passed, d is asked again, and a longer answer (drainTime,
+// after a reply with a longer budget) makes drain wait on.
 func (s *sim) drain(ctx context.Context, d func() time.Duration) error {
 	start := time.Now()
 	t := time.NewTimer(d())
 	defer t.Stop()
 	for {
 		s.mu.Lock()
-		n := len(s.pending)
+		n := s.silent
 		s.mu.Unlock()
 		if n == 0 {
 			return nil
@@ -661,7 +724,7 @@ func (s *sim) describe(bar *progressbar.ProgressBar, stop <-chan struct{}) {
 		st := s.rep.ByStatus
 		d := fmt.Sprintf("ok %d late %d degr %d exp %d rej %d err %d wait %d",
 			st[protocol.StatusOK], st[protocol.StatusLate], st[protocol.StatusDegraded], st[protocol.StatusExpired],
-			st[protocol.StatusRejected], st[protocol.StatusError], len(s.pending))
+			st[protocol.StatusRejected], st[protocol.StatusError], s.silent)
 		s.mu.Unlock()
 		bar.Describe(d)
 	}

@@ -160,7 +160,8 @@ func TestSimulate(t *testing.T) {
 
 // checkTrace checks a run's trace against its report and the fake gateway's
 // statuses by id: one line per request sent, numbered 0..Sent-1, in send
-// order for the sent times; the unanswered ones last, without a status; the
+// order for the sent times; the unanswered and unusable ones last, without a
+// status (the unusable ones with the reply's rtt and why it was unusable); the
 // statuses as sent (all ok when statusOf is nil); the utilities adding up to
 // the report's; every reply's budget_ms within the report's budgets, and the
 // answers within their budget_ms counting the report's device deadline met.
@@ -180,7 +181,7 @@ func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[stri
 	}
 	seen := map[int]TraceRecord{}
 	var utility float64
-	unanswered, deviceMet := 0, 0
+	unanswered, unusable, deviceMet := 0, 0, 0
 	var budgetMin, budgetMax float64
 	for i, r := range recs {
 		seen[r.Seq] = r
@@ -189,9 +190,14 @@ func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[stri
 			t.Errorf("line %d: id %q, seq %d, device %q", i, r.ID, r.Seq, r.Device)
 		}
 		if r.Status == "" {
-			unanswered++
-			if r.RTTMS != nil || i < len(recs)-rep.Unanswered {
-				t.Errorf("line %d: unanswered %q with rtt %v, not among the last %d", i, r.ID, r.RTTMS, rep.Unanswered)
+			last := rep.Unanswered + rep.Unusable
+			if r.Unusable != "" {
+				unusable++
+				if r.RTTMS == nil || *r.RTTMS <= 0 || i < len(recs)-last {
+					t.Errorf("line %d: unusable (%s) %q with rtt %v, not among the last %d", i, r.Unusable, r.ID, r.RTTMS, last)
+				}
+			} else if unanswered++; r.RTTMS != nil || i < len(recs)-last {
+				t.Errorf("line %d: unanswered %q with rtt %v, not among the last %d", i, r.ID, r.RTTMS, last)
 			}
 			continue
 		}
@@ -217,8 +223,8 @@ func checkTrace(t *testing.T, trace *bytes.Buffer, rep Report, statusOf map[stri
 			t.Errorf("line %d: %q answered by %q in a batch of %d, class %v; the fake gateway answers alone, as \"fake\"", i, r.ID, r.Model, r.Batch, r.Class)
 		}
 	}
-	if len(seen) != rep.Sent || unanswered != rep.Unanswered {
-		t.Errorf("%d distinct seqs, %d unanswered; want %d and %d", len(seen), unanswered, rep.Sent, rep.Unanswered)
+	if len(seen) != rep.Sent || unanswered != rep.Unanswered || unusable != rep.Unusable {
+		t.Errorf("%d distinct seqs, %d unanswered, %d unusable; want %d, %d and %d", len(seen), unanswered, unusable, rep.Sent, rep.Unanswered, rep.Unusable)
 	}
 	for n := 1; n < rep.Sent; n++ {
 		if seen[n].SentMS < seen[n-1].SentMS {
@@ -447,5 +453,96 @@ func TestAnswerUtilityDecaysToNoAnswer(t *testing.T) {
 	}
 	if u := s.answerUtility(0, 1, &hard, budget); u != -0.1 {
 		t.Fatalf("a wrong answer worth less than no answer is not discounted up: %v", u)
+	}
+}
+
+// A reply the client cannot parse (here a status this build does not know)
+// still came back: the report counts its request unusable, not unanswered,
+// and the message malformed, and the drain stops waiting for it. (Every
+// request was reported unanswered, the malformed replies nowhere, and the run
+// waited out the whole drain time.)
+func TestSimulateMalformedRepliesAreNotUnanswered(t *testing.T) {
+	url := "tcp://" + mqtttest.StartMosquitto(t)
+	resp := startResponder(t, url, toyApps, fakeModel)
+	resp.status = func(id string) protocol.Status {
+		if strings.HasSuffix(id, "-3") || strings.HasSuffix(id, "-11") {
+			return protocol.Status("shed")
+		}
+		return protocol.StatusOK
+	}
+	const drain = time.Minute
+	var out, trace bytes.Buffer
+	rep, err := Simulate(context.Background(), SimConfig{Broker: url, AppManifest: testApp(t), Devices: 2,
+		Rate: 1000, Arrivals: "uniform", Count: 20, Drain: drain, Out: &out, Trace: &trace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("report:\n%s", out.String())
+	if rep.Sent != 20 || rep.Replies != 18 || rep.Unusable != 2 || rep.Unanswered != 0 {
+		t.Errorf("sent %d: replies %d, unusable %d, unanswered %d; want 20: 18, 2 and 0",
+			rep.Sent, rep.Replies, rep.Unusable, rep.Unanswered)
+	}
+	if rep.Malformed != 2 || rep.Dropped != 0 || rep.Unmatched != 0 {
+		t.Errorf("malformed %d, dropped %d, unmatched %d; want 2, 0 and 0", rep.Malformed, rep.Dropped, rep.Unmatched)
+	}
+	// Unusable replies count as no answer, as an unanswered request does.
+	if rep.AccuracyAll != float64(rep.Correct)/20 || rep.Answered != 18 {
+		t.Errorf("answered %d, accuracy of all %v, want 18 and %v", rep.Answered, rep.AccuracyAll, float64(rep.Correct)/20)
+	}
+	if want := "replies       18, unusable 2, unanswered 0, duplicate replies 0; malformed 2, dropped 0\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("report lacks %q", want)
+	}
+	var js map[string]any
+	if b, err := json.Marshal(rep); err != nil {
+		t.Fatal(err)
+	} else if err := json.Unmarshal(b, &js); err != nil {
+		t.Fatal(err)
+	}
+	if js["unusable"] != 2.0 || js["malformed"] != 2.0 || js["dropped"] != 0.0 || js["unanswered"] != 0.0 {
+		t.Errorf("JSON report: unusable %v, malformed %v, dropped %v, unanswered %v", js["unusable"], js["malformed"], js["dropped"], js["unanswered"])
+	}
+	// Something came back for every request: the drain ended then.
+	if rep.Elapsed >= drain {
+		t.Errorf("ran %v, the whole drain time: it waited on for the malformed replies' requests", rep.Elapsed)
+	}
+	if want := `"unusable":"bad reply: status \"shed\""`; strings.Count(trace.String(), want) != 2 {
+		t.Errorf("trace has %d lines with %s, want 2:\n%s", strings.Count(trace.String(), want), want, trace.String())
+	}
+	checkTrace(t, &trace, rep, nil)
+}
+
+// A reply the client dropped (its Replies buffer full) stops the drain's wait
+// for its request, which stays pending: a usable copy that comes later is
+// still recorded as the answer; a dropped copy after an answer changes nothing.
+func TestSimDroppedReplyEndsTheWait(t *testing.T) {
+	s := &sim{pending: map[string]outstanding{}, done: map[string]bool{}, idle: make(chan struct{}, 1),
+		w: [][]float64{{1, 0}, {0, 1}}, na: func(int) float64 { return 0 }, budget: time.Second,
+		rep: Report{ByStatus: map[protocol.Status]int{}, ByReason: map[protocol.Reason]int{}, ByModel: map[string]int{}}}
+	sent := time.Now()
+	for _, id := range []string{"a", "b"} {
+		s.pending[id] = outstanding{label: 1, sent: sent}
+		s.silent++
+	}
+	s.undelivered(Undelivered{ID: "a", At: sent.Add(time.Millisecond), Err: ErrDropped})
+	s.undelivered(Undelivered{ID: "a", At: sent.Add(2 * time.Millisecond), Err: ErrDropped}) // a second copy
+	s.undelivered(Undelivered{ID: "other", Err: ErrDropped})                                 // not this run's
+	if o := s.pending["a"]; s.silent != 1 || o.unusable != "dropped" || o.came != sent.Add(time.Millisecond) {
+		t.Fatalf("after a's reply was dropped: %d silent, a %+v; want 1, dropped at 1ms", s.silent, o)
+	}
+	select {
+	case <-s.idle:
+		t.Fatal("idle while b waits")
+	default:
+	}
+	s.record(Received{Reply: &protocol.Reply{ID: "b", Status: protocol.StatusOK, Class: protocol.Ptr(1)}, At: sent.Add(time.Millisecond)})
+	select {
+	case <-s.idle:
+	default:
+		t.Fatal("not idle with a reply come for every request")
+	}
+	s.record(Received{Reply: &protocol.Reply{ID: "a", Status: protocol.StatusOK, Class: protocol.Ptr(1)}, At: sent.Add(3 * time.Millisecond)})
+	s.undelivered(Undelivered{ID: "a", Err: ErrDropped})
+	if s.silent != 0 || len(s.pending) != 0 || s.rep.Replies != 2 || s.rep.Answered != 2 {
+		t.Errorf("%d silent, %d pending, %d replies, %d answered; want 0, 0, 2 and 2", s.silent, len(s.pending), s.rep.Replies, s.rep.Answered)
 	}
 }

@@ -531,8 +531,9 @@ func compare(r devices.Report, m Metrics) ([]LiveCheck, bool) {
 		{Name: "late", Live: share(protocol.StatusLate), Sim: float64(m.Late) / sm, Tolerance: 0.05},
 		{Name: "degraded", Live: share(protocol.StatusDegraded), Sim: float64(m.Degraded) / sm, Tolerance: 0.05},
 		{Name: "expired", Live: share(protocol.StatusExpired), Sim: float64(m.Expired) / sm, Tolerance: 0.05},
+		// Unanswered includes the requests whose reply came but was unusable.
 		{Name: "rejected+error+unanswered", Live: (share(protocol.StatusRejected) + share(protocol.StatusError) +
-			float64(r.Unanswered)/n), Sim: float64(m.Rejected) / sm, Tolerance: 0.05},
+			float64(r.Unanswered+r.Unusable)/n), Sim: float64(m.Rejected) / sm, Tolerance: 0.05},
 	}
 	all := true
 	for i := range cs {

@@ -26,7 +26,7 @@ func devsim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		models.DefValue = d
 	}
 	jsonOut := fs.String("json", "", "also write the report as JSON to this `file`")
-	traceOut := fs.String("trace", "", "write one JSON line per request to this `file`: id, seq, device, label, sent_ms, rtt_ms, status, reason, model, class, batch, queue_ms, infer_ms, total_ms, deadline_met, budget_ms, utility (unanswered requests last, without rtt_ms, status and budget_ms)")
+	traceOut := fs.String("trace", "", "write one JSON line per request to this `file`: id, seq, device, label, sent_ms, rtt_ms, status, reason, model, class, batch, queue_ms, infer_ms, total_ms, deadline_met, budget_ms, unusable, utility (requests without a usable reply last, without status and budget_ms: unanswered ones without rtt_ms, those whose reply was unusable with rtt_ms and unusable, why)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "%susage: sneakgate devsim [flags]\n\n%s\n\n", about("devsim"), devices.SimUsage)
 		fs.PrintDefaults()
