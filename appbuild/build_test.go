@@ -590,6 +590,98 @@ func TestCheckFindsProblems(t *testing.T) {
 	}
 }
 
+// The gateway serves an application whose validation split or samples are
+// missing (make install leaves out vad's: README, "Running as a service"), so
+// Check passes it too, with a warning saying what serving loses without the
+// split, and runs the variants on what rows there are: the samples, else
+// random rows in the input range (as the gateway's profile runs them). A
+// split that is there but does not fit is still an error.
+func TestCheckWithoutValidationSplit(t *testing.T) {
+	lib := testenv.ORTLib(t)
+	src := "../models/satellite"
+	if _, err := os.Stat(filepath.Join(src, "manifest.yaml")); err != nil {
+		t.Skip(err)
+	}
+	cp := func(t *testing.T) string {
+		dst := filepath.Join(t.TempDir(), "satellite")
+		if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+			t.Fatal(err)
+		}
+		return dst
+	}
+	edit := func(t *testing.T, dir, from, to string) {
+		p := filepath.Join(dir, "manifest.yaml")
+		b, _ := os.ReadFile(p)
+		if !bytes.Contains(b, []byte(from)) {
+			t.Fatalf("manifest has no %q", from)
+		}
+		os.WriteFile(p, bytes.Replace(b, []byte(from), []byte(to), 1), 0o644)
+	}
+	const (
+		valEntry     = "validation:\n  file: \"data/validation.sgs\"\n  count: 1285\n"
+		samplesEntry = "samples:\n  file: \"samples.sgs\"\n  count: 1288\n"
+	)
+	rm := func(t *testing.T, dir, file string) {
+		if err := os.Remove(filepath.Join(dir, file)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What a warning about the validation split must name (lost in serving).
+	lost := []string{"label-shift", "scheduler.estimate_answers", "cascade", "scheduler.peek", "not compared"}
+	for _, c := range []struct {
+		name     string
+		hurt     func(t *testing.T, dir string)
+		rowsFrom string
+		rows     int
+		warn     []string
+	}{
+		{"validation file missing", func(t *testing.T, dir string) { rm(t, dir, "data/validation.sgs") },
+			"samples", 1288, append([]string{"data/validation.sgs", "no such file", "label_shift: true refuses"}, lost...)},
+		{"validation and samples files missing", func(t *testing.T, dir string) {
+			rm(t, dir, "data/validation.sgs")
+			rm(t, dir, "samples.sgs")
+		}, "random", checkRandomRows, append([]string{"data/validation.sgs", "samples.sgs", "devsim"}, lost...)},
+		{"no validation split in the manifest", func(t *testing.T, dir string) { edit(t, dir, valEntry, "") },
+			"samples", 1288, append([]string{"names no validation split", "manifest's prior"}, lost...)},
+		{"neither split in the manifest", func(t *testing.T, dir string) {
+			edit(t, dir, valEntry, "")
+			edit(t, dir, samplesEntry, "")
+		}, "random", checkRandomRows, append([]string{"names no validation split"}, lost...)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := cp(t)
+			c.hurt(t, dir)
+			var out bytes.Buffer
+			rep, err := Check(context.Background(), dir, CheckOptions{Library: lib, NoLatency: true, Stdout: &out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.RowsFrom != c.rowsFrom || rep.Rows != c.rows || len(rep.Variants) != 5 {
+				t.Errorf("ran %d variants on %d %s rows, want 5 on %d %s rows", len(rep.Variants), rep.Rows, rep.RowsFrom, c.rows, c.rowsFrom)
+			}
+			all := strings.Join(rep.Warnings, "\n")
+			for _, w := range c.warn {
+				if !strings.Contains(all, w) {
+					t.Errorf("warnings do not say %q:\n%s", w, all)
+				}
+			}
+			if len(rep.Warnings) == 0 || !strings.Contains(out.String(), "warning: "+rep.Warnings[0]) {
+				t.Errorf("the report does not print the warnings:\n%s", out.String())
+			}
+		})
+	}
+	t.Run("validation file damaged", func(t *testing.T) {
+		dir := cp(t)
+		if err := os.WriteFile(filepath.Join(dir, "data/validation.sgs"), []byte("not a sample file"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Check(context.Background(), dir, CheckOptions{Library: lib, NoLatency: true})
+		if !errors.Is(err, ErrCheck) || !strings.Contains(err.Error(), "validation.sgs") {
+			t.Errorf("error %v, want one naming validation.sgs", err)
+		}
+	})
+}
+
 func TestCountParamsBundled(t *testing.T) {
 	paths, _ := filepath.Glob("../models/*/manifest.yaml")
 	if len(paths) == 0 {

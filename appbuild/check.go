@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -28,6 +30,10 @@ const (
 	checkVariantTol   = 0.002
 	checkEstimatorTol = 0.005
 )
+
+// checkRandomRows is how many random rows Check runs the variants on when
+// there are neither validation nor samples rows.
+const checkRandomRows = 64
 
 // CheckOptions configures Check.
 type CheckOptions struct {
@@ -53,6 +59,9 @@ type CheckReport struct {
 	// Variants and Estimators are measured on those rows, in manifest order.
 	Variants   []variantResult
 	Estimators []estimatorResult
+	// Warnings say what the gateway serves without: a validation split or a
+	// samples file the manifest does not name or that is missing.
+	Warnings []string
 }
 
 // Check validates an application directory (or its manifest.yaml) as the
@@ -62,6 +71,12 @@ type CheckReport struct {
 // run on the validation rows (batched, and at batch 1 on the first rows), its
 // accuracy compared with the manifest's, and timed at batch 1 and 32. It
 // prints the table to o.Stdout. Errors wrap ErrCheck and say what is wrong.
+//
+// The gateway serves an application without a validation split or samples
+// file, and so does Check: one the manifest does not name, or names but is
+// missing, is a warning (CheckReport.Warnings, printed) that says what serving
+// loses, and the variants run on the samples instead, else on random rows in
+// the input range, where no accuracy is measured.
 func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -98,14 +113,22 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 	if _, err := sneakpeek.LoadDifficulty(app); err != nil {
 		return nil, fmt.Errorf("%w: %s: difficulty model: %w", ErrCheck, path, err)
 	}
+	// The gateway serves without a validation split or samples file (it never
+	// reads the samples; buildApp and shift.go serve without the split), so
+	// neither is an error here when it is absent: a warning says what serving
+	// loses. A file that is there but does not fit is an error.
 	var val, samples *dataset.Set
-	if app.Validation != nil {
-		if val, err = readFitting(app, "validation", app.Validation); err != nil {
-			return nil, err
-		}
+	if app.Validation == nil {
+		rep.Warnings = append(rep.Warnings, "the manifest names no validation split; "+noValidationSplit)
+	} else if val, err = readFitting(app, "validation", app.Validation); errors.Is(err, fs.ErrNotExist) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("validation split %s: no such file; %s", app.Path(app.Validation.File), missingValidationSplit))
+	} else if err != nil {
+		return nil, err
 	}
 	if app.Samples != nil {
-		if samples, err = readFitting(app, "samples", app.Samples); err != nil {
+		if samples, err = readFitting(app, "samples", app.Samples); errors.Is(err, fs.ErrNotExist) {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("samples %s: no such file; the gateway does not read it, but sneakgate devsim, eval and bench replay it and fail without it", app.Path(app.Samples.File)))
+		} else if err != nil {
 			return nil, err
 		}
 	}
@@ -115,10 +138,11 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 		rows, rep.RowsFrom = samples, "samples"
 	}
 	if rows == nil || rows.N == 0 {
-		return nil, fmt.Errorf("%w: %s: neither validation nor samples rows to run the variants on", ErrCheck, path)
+		rows, rep.RowsFrom = randomRows(app, checkRandomRows), "random"
 	}
-	if o.Rows > 0 && o.Rows < rows.N {
-		rows = &dataset.Set{N: o.Rows, D: rows.D, Values: rows.Values[:o.Rows*rows.D], Labels: rows.Labels[:o.Rows]}
+	cut := o.Rows > 0 && o.Rows < rows.N
+	if cut {
+		rows = &dataset.Set{N: o.Rows, D: rows.D, Values: rows.Values[:o.Rows*rows.D], Labels: rows.Labels[:min(o.Rows, len(rows.Labels))]}
 		full = false
 	}
 	rep.Rows = rows.N
@@ -153,6 +177,9 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 		rep.Variants = append(rep.Variants, r)
 	}
 	for i, e := range app.Estimators {
+		if s.labels == nil {
+			break // random rows: nothing to measure the estimators against
+		}
 		probs := make([][]float64, s.n)
 		for r := range probs {
 			probs[r] = make([]float64, k)
@@ -166,11 +193,40 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 				e.Name, acc, rows.N, e.Accuracy))
 		}
 	}
-	printCheck(o.Stdout, rep, full)
+	printCheck(o.Stdout, rep, full, cut)
 	if len(bad) > 0 {
 		return rep, fmt.Errorf("%w: %s: %s", ErrCheck, path, strings.Join(bad, "; "))
 	}
 	return rep, nil
+}
+
+// What the gateway serves without when an application has no validation split
+// (gateway: buildApp and shiftStart, measureCascade, measurePeek): the manifest
+// names none, or it names a file that is missing.
+const (
+	noValidationSplit = "the gateway serves it, but the label-shift correction (apps[].label_shift) starts from the manifest's prior " +
+		"instead of the estimator's mean output on the split, answers from the estimate (scheduler.estimate_answers) are off, " +
+		"scheduler.policy cascade runs every request on the most accurate variant (no curve to escalate by), " +
+		"scheduler.peek does not peek the application, and the accuracies here are not compared with the manifest's"
+	missingValidationSplit = "the gateway serves it, but the label-shift correction is off with a warning (apps[].label_shift: true refuses to start), " +
+		"and with it answers from the estimate (scheduler.estimate_answers); scheduler.policy cascade and scheduler.peek " +
+		"on this application refuse to start (their curves are measured on the split); the accuracies here are not compared with the manifest's"
+)
+
+// randomRows returns n unlabelled rows of values drawn uniformly from app's
+// input_range ([0, 1] without one), as the engine's profile draws them: what
+// Check runs the variants on when the application has no rows of its own.
+func randomRows(app *manifest.App, n int) *dataset.Set {
+	lo, hi := 0.0, 1.0
+	if r := app.InputRange; r != nil {
+		lo, hi = r[0], r[1]
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	x := make([]float32, n*app.InputSize)
+	for i := range x {
+		x[i] = float32(lo + (hi-lo)*rng.Float64())
+	}
+	return &dataset.Set{N: n, D: app.InputSize, Values: x}
 }
 
 // readFitting reads a sample file of app and checks it fits the manifest.
@@ -238,14 +294,19 @@ func checkVariant(eng *engine.Engine, id engine.VariantID, s *split, k int, o Ch
 		if math.Abs(sum-1) > 1e-3 {
 			return r, fmt.Errorf("row %d: the class distribution sums to %v (is output kind %q right?)", i, sum, "probabilities")
 		}
+		if s.labels == nil {
+			continue // random rows
+		}
 		yhat, y := sneakpeek.Argmax(p), int(s.labels[i])
 		r.Confusion[y][yhat]++
 		if yhat == y {
 			correct++
 		}
 	}
-	r.Accuracy = float64(correct) / float64(s.n)
-	r.Recall = recall(r.Confusion)
+	if s.labels != nil {
+		r.Accuracy = float64(correct) / float64(s.n)
+		r.Recall = recall(r.Confusion)
+	}
 	if !o.NoLatency {
 		r.USBatch1 = timeRuns(eng, id, s, 1, o.LatencyBudget)
 		r.USPerSample32 = timeRuns(eng, id, s, 32, o.LatencyBudget) / 32

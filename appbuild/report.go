@@ -141,15 +141,33 @@ func printBuild(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "wrote %s in %.1fs (sneakgate app check %s re-checks it)\n", r.Dir, r.Took.Seconds(), r.Dir)
 }
 
-func printCheck(w io.Writer, rep *CheckReport, full bool) {
+// printCheck writes Check's report; full: the accuracies were compared with
+// the manifest's; cut: -rows ran only the first rows.
+func printCheck(w io.Writer, rep *CheckReport, full, cut bool) {
 	a := rep.App
 	fmt.Fprintf(w, "app %s (%s): manifest valid, %d estimators load, sample files fit\n", a.Name, a.Dir, len(a.Estimators))
+	for _, s := range rep.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", s)
+	}
 	what := fmt.Sprintf("all %d %s rows", rep.Rows, rep.RowsFrom)
-	if !full {
+	if cut {
 		what = fmt.Sprintf("the first %d %s rows", rep.Rows, rep.RowsFrom)
 	}
-	fmt.Fprintf(w, "ran every variant through ONNX Runtime on %s:\n\n", what)
 	latency := len(rep.Variants) > 0 && rep.Variants[0].USBatch1 > 0
+	if rep.RowsFrom == "random" {
+		// No labelled rows: the outputs are checked, nothing is measured
+		// against labels.
+		fmt.Fprintf(w, "ran every variant through ONNX Runtime on %s in the input range (no validation or samples rows: no accuracies):\n\n", what)
+		for _, v := range rep.Variants {
+			fmt.Fprintf(w, "  %s: output %s: valid class distributions", v.Name, v.Kind)
+			if latency {
+				fmt.Fprintf(w, "; %.1f us at batch 1, %.2f us/sample at batch 32", v.USBatch1, v.USPerSample32)
+			}
+			fmt.Fprintln(w)
+		}
+		return
+	}
+	fmt.Fprintf(w, "ran every variant through ONNX Runtime on %s:\n\n", what)
 	printVariants(w, a.Labels, rep.Variants, latency)
 	fmt.Fprintln(w)
 	printEstimators(w, rep.Estimators, true)
