@@ -104,14 +104,14 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 	ests := make([]sneakpeek.Estimator, len(app.Estimators))
 	for i, e := range app.Estimators {
 		if ests[i], err = sneakpeek.Load(app, e); err != nil {
-			return nil, fmt.Errorf("%w: %s: estimator %s: %w", ErrCheck, path, e.Name, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrCheck, path, err) // names the estimator, the app and the file
 		}
 	}
 	if len(app.Estimators) == 0 {
 		return nil, fmt.Errorf("%w: %s: no estimators (the gateway needs one to score requests)", ErrCheck, path)
 	}
 	if _, err := sneakpeek.LoadDifficulty(app); err != nil {
-		return nil, fmt.Errorf("%w: %s: difficulty model: %w", ErrCheck, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrCheck, path, err) // names the difficulty model, the app and the file
 	}
 	// The gateway serves without a validation split or samples file (it never
 	// reads the samples; buildApp and shift.go serve without the split), so

@@ -18,8 +18,9 @@ const dynamic = -1
 // model and every other declared dimension equals the model's unless the model
 // leaves it dynamic; the output exists, is a float32 tensor with a dynamic first
 // (batch) axis and, when its other dimensions are known, holds row values per
-// sample. It returns an error wrapping ErrModelMismatch that lists every mismatch.
-func checkIO(id VariantID, v *manifest.Variant, row int, ins, outs []ort.InputOutputInfo) error {
+// sample. It returns an error wrapping ErrModelMismatch that names the variant
+// and its model file (path) and lists every mismatch.
+func checkIO(id VariantID, v *manifest.Variant, path string, row int, ins, outs []ort.InputOutputInfo) error {
 	var bad []string
 	add := func(format string, args ...any) { bad = append(bad, fmt.Sprintf(format, args...)) }
 
@@ -77,7 +78,7 @@ func checkIO(id VariantID, v *manifest.Variant, row int, ins, outs []ort.InputOu
 	if len(bad) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%w: %s (%s): %s", ErrModelMismatch, id, v.File, strings.Join(bad, "; "))
+	return fmt.Errorf("%w: %s (%s): %s", ErrModelMismatch, id, path, strings.Join(bad, "; "))
 }
 
 // shapeFits reports whether the manifest shape m fits the model shape d.

@@ -298,7 +298,7 @@ func (e *Engine) check(v *variant) error {
 	if err != nil {
 		return fmt.Errorf("engine: load %s: reading %s: %w", v.id, v.path, err)
 	}
-	if err := checkIO(v.id, &v.spec, v.row, ins, outs); err != nil {
+	if err := checkIO(v.id, &v.spec, v.path, v.row, ins, outs); err != nil {
 		return err
 	}
 	for _, o := range outs {

@@ -473,6 +473,9 @@ func TestModelMismatch(t *testing.T) {
 		if !strings.Contains(err.Error(), id.String()) {
 			t.Errorf("%s: error does not name the variant: %v", name, err)
 		}
+		if file := app.Path(app.Variant(name).File); !strings.Contains(err.Error(), file) {
+			t.Errorf("%s: error does not name the model file %s: %v", name, file, err)
+		}
 		for _, w := range want {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("%s: error lacks %q:\n%v", name, w, err)

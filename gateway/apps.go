@@ -155,7 +155,7 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 		}
 	}
 	if a.est, err = loadEstimator(m, est); err != nil {
-		return nil, fmt.Errorf("gateway: apps[%d]: estimator %s: %w", i, est.Name, err)
+		return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err) // names the estimator, the app and the file
 	}
 	a.estName = "sneakpeek-" + est.Name
 	var ref int
@@ -163,7 +163,7 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
 	a.monitorRef = m.Variants[ref].Name
 	if m.Difficulty != nil && !ac.ClassBased && m.Difficulty.Estimator == est.Name {
 		if a.diff, err = sneakpeek.LoadDifficulty(m); err != nil {
-			return nil, fmt.Errorf("gateway: apps[%d]: difficulty: %w", i, err)
+			return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err) // names the difficulty model, the app and the file
 		}
 	}
 	if ac.LabelShift == nil || *ac.LabelShift {

@@ -131,6 +131,9 @@ func (g *Gateway) measureCurveWith(ctx context.Context, a *appRuntime, cheap, be
 		return c, nil
 	}
 	set, err := dataset.Read(a.m.Path(a.m.Validation.File))
+	if err == nil {
+		err = fitsInput(a.m, set)
+	}
 	if err != nil {
 		return scheduler.CascadeConfig{}, fmt.Errorf("gateway: %s for %s: %w", what, a.m.Name, err)
 	}

@@ -24,10 +24,10 @@ func (g *Gateway) shiftStart(m *manifest.App, est estimator, w [][]float64) (mar
 	}
 	val, err := dataset.Read(m.Path(m.Validation.File))
 	if err != nil {
-		return nil, nil, fmt.Errorf("validation split: %w", err)
+		return nil, nil, fmt.Errorf("validation split of %s: %w", m.Name, err)
 	}
-	if val.D != m.InputSize || val.N == 0 {
-		return nil, nil, fmt.Errorf("validation split %s: %d rows of %d values, want rows of %d", m.Validation.File, val.N, val.D, m.InputSize)
+	if err := fitsInput(m, val); err != nil {
+		return nil, nil, err
 	}
 	k := m.K()
 	sum := make([]float64, k)
@@ -51,4 +51,16 @@ func (g *Gateway) shiftStart(m *manifest.App, est estimator, w [][]float64) (mar
 			Msg("answers from the estimate off for this application (scheduler.estimate_answers): its validation split cannot value them")
 	}
 	return sum, answers, nil
+}
+
+// fitsInput says, naming the application and the file, when the rows of its
+// validation split val are not requests of its input size, or there are none.
+func fitsInput(m *manifest.App, val *dataset.Set) error {
+	switch {
+	case val.D != m.InputSize:
+		return fmt.Errorf("validation split of %s (%s): rows of %d values, want %d (input_size)", m.Name, m.Path(m.Validation.File), val.D, m.InputSize)
+	case val.N == 0:
+		return fmt.Errorf("validation split of %s (%s): no rows", m.Name, m.Path(m.Validation.File))
+	}
+	return nil
 }

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sneakgate/sneakgate/dataset"
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/sneakpeek"
 	"github.com/sneakgate/sneakgate/store"
@@ -115,6 +118,79 @@ func TestLabelShiftDefault(t *testing.T) {
 				t.Errorf("correction on: %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// Loading an application whose estimator file or validation split does not
+// fit its input size fails with an error naming the application, the
+// estimator, the file and both sizes: the estimator's (from sneakpeek.Load,
+// named once), the label-shift correction's (label_shift: true) and the
+// cascade's or the peek's curve, which reads the split before running a model
+// on it (before, the engine's 'input 0 has 5 values, want 784' named neither
+// the split nor its file).
+func TestSizeMismatchMessages(t *testing.T) {
+	load := func(path string, ac AppConfig) error {
+		cfg := DefaultConfig()
+		ac.Manifest = path
+		cfg.Apps = []AppConfig{ac}
+		g := &Gateway{cfg: &cfg, log: zerolog.Nop(), m: newMetrics(nil), now: time.Now, reg: prometheus.NewRegistry()}
+		return g.loadApps()
+	}
+	says := func(what string, err error, want ...string) {
+		t.Helper()
+		if err == nil {
+			t.Errorf("%s: no error", what)
+			return
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error does not say %q:\n%v", what, w, err)
+			}
+		}
+	}
+
+	// fashion's logistic estimator with one feature too few.
+	app := copyFashion(t)
+	estFile := filepath.Join(filepath.Dir(app), "est", "logistic.json")
+	b, err := os.ReadFile(estFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p map[string]any
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.Fatal(err)
+	}
+	p["dim"] = 48
+	p["mean"], p["scale"] = p["mean"].([]any)[:48], p["scale"].([]any)[:48]
+	for i, row := range p["weights"].([]any) {
+		p["weights"].([]any)[i] = row.([]any)[:48]
+	}
+	if b, err = json.Marshal(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(estFile, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = load(app, AppConfig{})
+	says("estimator", err, "estimator logistic of fashion", estFile, "dim 48, want 49")
+	if err != nil && strings.Count(err.Error(), "estimator logistic") != 1 {
+		t.Errorf("estimator: named more than once: %v", err)
+	}
+
+	// fashion's validation split with rows of 5 values.
+	app = copyFashion(t)
+	valFile := filepath.Join(filepath.Dir(app), "data", "validation.sgs")
+	rows := &dataset.Set{N: 10, D: 5, Values: make([]float32, 50), Labels: make([]int32, 10)}
+	if err := dataset.Write(valFile, rows, false); err != nil {
+		t.Fatal(err)
+	}
+	on := true
+	says("label_shift: true", load(app, AppConfig{LabelShift: &on}), "label_shift", "fashion", valFile, "rows of 5 values, want 784")
+	r := newCurveRig(t, app, "", nil)
+	_, err = r.g.measureCurveWith(context.Background(), r.a, 0, 1, "peek", r.run)
+	says("peek curve", err, "peek for fashion", valFile, "rows of 5 values, want 784")
+	if r.runs != 0 {
+		t.Errorf("peek curve: %d model runs on rows that do not fit", r.runs)
 	}
 }
 

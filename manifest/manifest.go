@@ -320,7 +320,7 @@ func (a *App) Validate() error {
 		if v.File == "" {
 			return invalid("%s.file: required", f)
 		}
-		if err := a.checkInputs(f, v.Inputs); err != nil {
+		if err := a.checkInputs(f, v.Name, v.Inputs); err != nil {
 			return err
 		}
 		switch v.Output.Kind {
@@ -406,7 +406,9 @@ func (a *App) Validate() error {
 	return nil
 }
 
-func (a *App) checkInputs(f string, ins []Input) error {
+// checkInputs checks the inputs of variant name (field f); errors about the
+// data input's size name the variant and the application.
+func (a *App) checkInputs(f, name string, ins []Input) error {
 	data := 0
 	for j, in := range ins {
 		g := fmt.Sprintf("%s.inputs[%d]", f, j)
@@ -440,10 +442,12 @@ func (a *App) checkInputs(f string, ins []Input) error {
 				n = a.InputSize - in.Offset
 			}
 			if in.Offset < 0 || n <= 0 || in.Offset+n > a.InputSize {
-				return invalid("%s: offset %d length %d outside input_size %d", g, in.Offset, in.Length, a.InputSize)
+				return invalid("%s: variant %s of %s: offset %d and length %d need %d values, input_size is %d",
+					g, name, a.Name, in.Offset, in.Length, in.Offset+n, a.InputSize)
 			}
 			if prod != int64(n) {
-				return invalid("%s.shape %v: %d values per sample, but the slice has %d", g, in.Shape, prod, n)
+				return invalid("%s.shape %v: variant %s of %s: %d values per sample, want %d (offset %d, length %d of input_size %d)",
+					g, in.Shape, name, a.Name, prod, n, in.Offset, n, a.InputSize)
 			}
 		case "zeros":
 			if batchAxes != 1 {

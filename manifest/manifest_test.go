@@ -95,6 +95,27 @@ func TestValidationNamesTheField(t *testing.T) {
 	}
 }
 
+// A data input whose size does not fit the request input names the manifest
+// file, the application, the variant and both sizes, besides the field.
+func TestInputSizeMismatchMessage(t *testing.T) {
+	for _, c := range []struct{ to, field, sizes string }{
+		{"{name: x, kind: data, shape: [-1, 3]}", "variants[0].inputs[0].shape", "3 values per sample, want 4 (offset 0, length 4 of input_size 4)"},
+		{"{name: x, kind: data, shape: [-1, 2], offset: 1, length: 3}", "variants[0].inputs[0].shape", "2 values per sample, want 3 (offset 1, length 3 of input_size 4)"},
+		{"{name: x, kind: data, shape: [-1, 4], offset: 2, length: 4}", "variants[0].inputs[0]", "offset 2 and length 4 need 6 values, input_size is 4"},
+	} {
+		path := write(t, strings.Replace(good, "{name: x, kind: data, shape: [-1, 4]}", c.to, 1))
+		_, err := Load(path)
+		if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("%s: error %v, want ErrInvalid", c.to, err)
+		}
+		for _, w := range []string{path, c.field, "variant small of toy", c.sizes} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error does not say %q:\n%v", c.to, w, err)
+			}
+		}
+	}
+}
+
 func TestNoAnswerUtility(t *testing.T) {
 	a, err := Load(write(t, good))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -141,6 +142,56 @@ func BenchmarkBundledEstimators(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// An estimator or difficulty model made for another input size, or features
+// that cannot take the input, are refused with an error naming the
+// application, the estimator (or the difficulty model), its file and both
+// sizes: satellite's files (36 values, identity features) under an
+// input_size of 32, and avgpool:28:28:4 features (784 values) under 36.
+func TestLoadSizeMismatchMessages(t *testing.T) {
+	sat, err := manifest.Load("../models/satellite/manifest.yaml")
+	if err != nil {
+		t.Skip(err)
+	}
+	est := func(name string) manifest.Estimator {
+		for _, e := range sat.Estimators {
+			if e.Name == name {
+				return e
+			}
+		}
+		t.Fatalf("satellite has no estimator %s", name)
+		return manifest.Estimator{}
+	}
+	small := *sat
+	small.InputSize = 32
+	pooled := est("logistic")
+	pooled.Features = "avgpool:28:28:4"
+	for _, c := range []struct {
+		name string
+		load func() error
+		want []string
+	}{
+		{"logistic", func() error { _, err := Load(&small, est("logistic")); return err },
+			[]string{"estimator logistic of satellite", sat.Path(est("logistic").File), "dim 36, want 32", `features "identity" of an input of 32 values`}},
+		{"knn", func() error { _, err := Load(&small, est("knn")); return err },
+			[]string{"estimator knn of satellite", sat.Path(est("knn").File), "reference rows have 36 values, want 32", `features "identity" of an input of 32 values`}},
+		{"features", func() error { _, err := Load(sat, pooled); return err },
+			[]string{"estimator logistic of satellite", sat.Path(pooled.File), `"avgpool:28:28:4": H*W = 784, want the input size 36`}},
+		{"difficulty", func() error { _, err := LoadDifficulty(&small); return err },
+			[]string{"difficulty model of satellite", sat.Path(sat.Difficulty.File), "mean and scale have 48 and 48 values, want 44", `features "identity" of an input of 32 values give 32`}},
+	} {
+		err := c.load()
+		if err == nil {
+			t.Errorf("%s: loaded", c.name)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error does not say %q:\n%v", c.name, w, err)
+			}
 		}
 	}
 }

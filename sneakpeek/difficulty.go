@@ -117,34 +117,36 @@ const logFloor = 1e-6
 
 // LoadDifficulty reads the difficulty model the manifest declares (nil, nil when
 // it declares none). The model's variants must be the manifest's, in order.
+// Its errors name the application and the file.
 func LoadDifficulty(app *manifest.App) (*Difficulty, error) {
 	if app.Difficulty == nil {
 		return nil, nil
 	}
+	where := fmt.Sprintf("difficulty model of %s (%s)", app.Name, app.Path(app.Difficulty.File))
 	raw, err := os.ReadFile(app.Path(app.Difficulty.File))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	var p DifficultyParams
 	if err := json.Unmarshal(raw, &p); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrParams, app.Difficulty.File, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrParams, where, err)
 	}
 	d, err := NewDifficulty(&p, app.InputSize)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", app.Difficulty.File, err)
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	if d.k != app.K() {
-		return nil, fmt.Errorf("%w: %s: %d classes, the app has %d", ErrParams, app.Difficulty.File, d.k, app.K())
+		return nil, fmt.Errorf("%w: %s: %d classes, the app has %d", ErrParams, where, d.k, app.K())
 	}
 	names := make([]string, len(app.Variants))
 	for i, v := range app.Variants {
 		names[i] = v.Name
 	}
 	if !slices.Equal(names, d.variants) {
-		return nil, fmt.Errorf("%w: %s: variants %v, the manifest has %v", ErrParams, app.Difficulty.File, d.variants, names)
+		return nil, fmt.Errorf("%w: %s: variants %v, the manifest has %v", ErrParams, where, d.variants, names)
 	}
 	if f := app.Difficulty.Form; f != "" && f != d.Form() {
-		return nil, fmt.Errorf("%w: %s: a %s model, the manifest says %s", ErrParams, app.Difficulty.File, d.Form(), f)
+		return nil, fmt.Errorf("%w: %s: a %s model, the manifest says %s", ErrParams, where, d.Form(), f)
 	}
 	return d, nil
 }
@@ -162,6 +164,10 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 	rows := nm
 	if len(p.Slope) > 0 {
 		rows = 1
+	}
+	if k >= 2 && (len(p.Mean) != d || len(p.Scale) != d) {
+		return nil, fmt.Errorf("%w: difficulty mean and scale have %d and %d values, want %d: features %q of an input of %d values give %d, and 2 per class (%d classes)",
+			ErrParams, len(p.Mean), len(p.Scale), d, f.Spec(), f.InputSize(), f.Dim(), k)
 	}
 	if k < 2 || nm < 1 || len(p.Mean) != d || len(p.Scale) != d || len(p.Weights) != rows || len(p.Bias) != nm ||
 		(len(p.Slope) > 0 && len(p.Slope) != nm) {

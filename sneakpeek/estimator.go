@@ -50,21 +50,20 @@ func Kinds() []string {
 
 // Load builds the estimator e of app, reading its file relative to the manifest.
 // It returns an error wrapping ErrUnknownKind, ErrFeatures or ErrParams, or the
-// file's read error.
+// file's read error; each names the estimator, the application and the file.
 func Load(app *manifest.App, e manifest.Estimator) (Estimator, error) {
 	mk, ok := kinds[e.Kind]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q (estimator %s of %s)", ErrUnknownKind, e.Kind, e.Name, app.Name)
 	}
 	f, err := ParseFeatures(e.Features, app.InputSize)
-	if err != nil {
-		return nil, fmt.Errorf("estimator %s of %s: %w", e.Name, app.Name, err)
+	if err == nil {
+		var est Estimator
+		if est, err = mk(app, e, f); err == nil {
+			return est, nil
+		}
 	}
-	est, err := mk(app, e, f)
-	if err != nil {
-		return nil, fmt.Errorf("estimator %s of %s: %w", e.Name, app.Name, err)
-	}
-	return est, nil
+	return nil, fmt.Errorf("estimator %s of %s (%s): %w", e.Name, app.Name, app.Path(e.File), err)
 }
 
 // LoadDefault builds the app's first estimator. It returns ErrNoEstimator when the

@@ -50,8 +50,11 @@ func ParseFeatures(spec string, inputSize int) (Features, error) {
 			return nil, err
 		}
 		h, w, s := p[0], p[1], p[2]
-		if h*w != inputSize || h%s != 0 || w%s != 0 {
-			return nil, fmt.Errorf("%w: %q: need H*W = input size %d and S dividing H and W", ErrFeatures, spec, inputSize)
+		if h*w != inputSize {
+			return nil, fmt.Errorf("%w: %q: H*W = %d, want the input size %d", ErrFeatures, spec, h*w, inputSize)
+		}
+		if h%s != 0 || w%s != 0 {
+			return nil, fmt.Errorf("%w: %q: S = %d must divide H = %d and W = %d", ErrFeatures, spec, s, h, w)
 		}
 		return avgpool{spec: spec, h: h, w: w, s: s}, nil
 	case "audio-frames":
@@ -60,7 +63,7 @@ func ParseFeatures(spec string, inputSize int) (Features, error) {
 			return nil, err
 		}
 		if p[0] > inputSize/2 {
-			return nil, fmt.Errorf("%w: %q: frames of fewer than 2 samples", ErrFeatures, spec)
+			return nil, fmt.Errorf("%w: %q: frames of fewer than 2 samples (%d frames of an input of %d values)", ErrFeatures, spec, p[0], inputSize)
 		}
 		return audioFrames{spec: spec, n: inputSize, frames: p[0]}, nil
 	}

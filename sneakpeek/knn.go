@@ -41,7 +41,8 @@ func newKNN(app *manifest.App, e manifest.Estimator, f Features) (Estimator, err
 // [0, len(alpha)).
 func NewKNN(name string, f Features, ref *dataset.Set, k int, alpha []float64) (*KNN, error) {
 	if ref.D != f.Dim() {
-		return nil, fmt.Errorf("%w: reference rows have %d values, features %q give %d", ErrParams, ref.D, f.Spec(), f.Dim())
+		return nil, fmt.Errorf("%w: reference rows have %d values, want %d (features %q of an input of %d values)",
+			ErrParams, ref.D, f.Dim(), f.Spec(), f.InputSize())
 	}
 	if k <= 0 || k > maxK || k > ref.N {
 		return nil, fmt.Errorf("%w: k = %d with %d reference rows (max %d)", ErrParams, k, ref.N, maxK)

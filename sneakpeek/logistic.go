@@ -38,7 +38,7 @@ func newLogistic(app *manifest.App, e manifest.Estimator, f Features) (Estimator
 	}
 	var p LogisticParams
 	if err := json.Unmarshal(raw, &p); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrParams, e.File, err)
+		return nil, fmt.Errorf("%w: %v", ErrParams, err) // Load names the file
 	}
 	if p.Classes != app.K() {
 		return nil, fmt.Errorf("%w: %d classes, the app has %d", ErrParams, p.Classes, app.K())
@@ -52,7 +52,7 @@ func newLogistic(app *manifest.App, e manifest.Estimator, f Features) (Estimator
 func NewLogistic(name string, f Features, p *LogisticParams) (*Logistic, error) {
 	k, d := p.Classes, p.Dim
 	if d != f.Dim() {
-		return nil, fmt.Errorf("%w: dim %d, features %q give %d", ErrParams, d, f.Spec(), f.Dim())
+		return nil, fmt.Errorf("%w: dim %d, want %d (features %q of an input of %d values)", ErrParams, d, f.Dim(), f.Spec(), f.InputSize())
 	}
 	if k < 2 || len(p.Mean) != d || len(p.Scale) != d || len(p.Weights) != k || len(p.Bias) != k {
 		return nil, fmt.Errorf("%w: shapes: classes %d dim %d mean %d scale %d weights %d bias %d",
