@@ -19,7 +19,8 @@
 # The unit and configs/sneakgate.yaml name /usr/local/ (the default PREFIX): the
 # installed copies name PREFIX/ instead. Configuration is the operator's: a file under
 # /etc/sneakgate is written only when absent or equal to the new default; an existing,
-# different one is kept and the new default goes beside it as FILE.dist.
+# different one is kept and the new default goes beside it as FILE.dist. Directories
+# are made 0755 and files 0644 (the binary 0755) whatever the umask (make_dir below).
 #
 # GPL-derived data (THIRD_PARTY.md): sneakgate is Apache-2.0, and some bundled data
 # comes from GPL-2 Debian packages. By default none of it is installed:
@@ -109,11 +110,21 @@ install_config() {
   fi
 }
 
-# copy_tree SRC DEST: DEST becomes a world-readable copy of SRC (whatever the umask:
-# the service's dynamic user reads the models).
+# Modes are explicit, whatever the caller's umask (027 or 077 on hardened hosts and
+# under some sudo setups would make a plain mkdir's directories 0750 or 0700): the
+# service's dynamic user reads the configuration, the models and the library, and
+# Mosquitto (user mosquitto) reads /etc/sneakgate/mosquitto.acl. Files are installed
+# with -m; install -d and install -D create missing parents 0755 (GNU coreutils).
+# make_dir DIR...: each DIR exists with mode 0755, an existing one too (an earlier
+# install under such a umask left it 0750 or 0700); what is inside keeps its mode
+# (/etc/sneakgate/mqtt-password its 0600).
+make_dir() { install -d -m 0755 "$@"; }
+
+# copy_tree SRC DEST: DEST becomes a world-readable copy of SRC (the service's
+# dynamic user reads the models).
 copy_tree() {
   rm -rf "$2"
-  mkdir -p "$(dirname "$2")"
+  make_dir "$(dirname "$2")"
   cp -R "$1" "$2"
   chmod -R u=rwX,go=rX "$2"
 }
@@ -182,6 +193,7 @@ if edited sneakgate.yaml; then
 fi
 
 install -D -m 0755 "$BIN" "${DESTDIR}${PREFIX}/bin/sneakgate"
+make_dir "${DESTDIR}${PREFIX}/lib/sneakgate" "$share" "$share/models" "$doc"
 install -D -m 0644 "$ORT_LIB" "${DESTDIR}${PREFIX}/lib/sneakgate/libonnxruntime.so.${ORT_VERSION}"
 
 for app in "${apps[@]}"; do
@@ -206,7 +218,7 @@ done
 install -D -m 0644 models/README.md "$doc/models/README.md"
 copy_tree docs "$doc/docs"
 
-mkdir -p "$etc"
+make_dir "$etc"
 for f in sneakgate.yaml mosquitto.conf mosquitto.acl; do
   install_config "$f"
 done

@@ -34,6 +34,7 @@ type installer struct {
 	stubs   string // stubs of networkTools
 	bin     string // a stand-in for bin/sneakgate
 	ortLib  string // a stand-in for the ONNX Runtime library
+	umask   string // make install's umask; "": the test's own
 }
 
 func newInstaller(t *testing.T) *installer {
@@ -78,6 +79,9 @@ func (in *installer) make(vars ...string) (string, error) {
 	args := append([]string{"-C", in.root, "--no-print-directory", "install",
 		"DESTDIR=" + in.destdir, "PREFIX=/usr", "INSTALL_BIN=" + in.bin, "ORT_LIB=" + in.ortLib}, vars...)
 	cmd := exec.Command("make", args...)
+	if in.umask != "" {
+		cmd = exec.Command("sh", append([]string{"-c", `umask "$0" && exec make "$@"`, in.umask}, args...)...)
+	}
 	for _, kv := range os.Environ() {
 		switch strings.SplitN(kv, "=", 2)[0] {
 		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
@@ -289,6 +293,77 @@ func verifyUnit(t *testing.T, in *installer) {
 	// verify exits 0 on unknown keys and invalid values: any message is a failure.
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify sneakgate.service: %v\n%s", err, out)
+	}
+}
+
+// TestMakeInstallUmask: under a restrictive umask (027 and 077, common on hardened
+// hosts and for sudo), make install still makes every directory 0755 and every file
+// world-readable: the service's dynamic user reads the configuration, the models and
+// the library, and Mosquitto (user mosquitto) reads /etc/sneakgate/mosquitto.acl.
+// An /etc/sneakgate left 0700 by an earlier install under such a umask is made
+// 0755 again; the password file in it keeps its 0600 and its content.
+func TestMakeInstallUmask(t *testing.T) {
+	in := newInstaller(t)
+	in.umask = "027"
+	in.install()
+	checkInstalled(t, in, false)
+	checkModes(t, in, nil)
+
+	secret := "/etc/sneakgate/mqtt-password"
+	writeFile(t, in.path(secret), "s3cret\n", 0o600)
+	if err := os.Chmod(in.path("/etc/sneakgate"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	in.umask = "077"
+	in.install()
+	checkInstalled(t, in, false)
+	checkModes(t, in, map[string]fs.FileMode{secret: 0o600})
+	if got := in.read(secret); got != "s3cret\n" {
+		t.Errorf("make install changed %s: %q", secret, got)
+	}
+}
+
+// checkModes checks that every directory under DESTDIR is 0755 and every file
+// world-readable and writable by its owner alone (the binary 0755, the files under
+// /etc/sneakgate 0644), but the files in except, which must have their mode.
+func checkModes(t *testing.T, in *installer, except map[string]fs.FileMode) {
+	t.Helper()
+	want := map[string]fs.FileMode{
+		"/usr/bin/sneakgate":                          0o755,
+		"/etc/sneakgate/sneakgate.yaml":               0o644,
+		"/etc/sneakgate/mosquitto.conf":               0o644,
+		"/etc/sneakgate/mosquitto.acl":                0o644,
+		"/usr/lib/sneakgate/libonnxruntime.so.1.30.0": 0o644,
+		unit: 0o644,
+	}
+	err := filepath.WalkDir(in.destdir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, perm := strings.TrimPrefix(p, in.destdir), info.Mode().Perm()
+		if m, ok := except[rel]; ok {
+			if perm != m {
+				t.Errorf("%s is %#o, want %#o", rel, perm, m)
+			}
+			return nil
+		}
+		switch {
+		case d.IsDir() && perm != 0o755:
+			t.Errorf("directory %s is %#o, want 0755 (the service and the broker read below it)", rel, perm)
+		case d.IsDir():
+		case want[rel] != 0 && perm != want[rel]:
+			t.Errorf("%s is %#o, want %#o", rel, perm, want[rel])
+		case perm&0o044 != 0o044 || perm&0o022 != 0:
+			t.Errorf("%s is %#o, want it readable by everyone and writable by its owner alone", rel, perm)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
