@@ -28,9 +28,12 @@ fi
 echo "install-deps: installing ${missing[*]}" >&2
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The Debian package starts a system-wide broker on :1883, which would clash with
-# the gateway's embedded broker in `make run`; tests start their own brokers.
-if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+# Installing the mosquitto package starts its system-wide broker on :1883, which
+# would clash with the gateway's embedded broker in `make run` (tests start their
+# own brokers): stop and disable that service, only when this run installed the
+# package. A Mosquitto that was already installed may be a box's production broker:
+# it is left alone, as is any other mosquitto process.
+if [[ " ${missing[*]} " == *" mosquitto "* ]] &&
+  command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
   $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
-pkill -x mosquitto 2>/dev/null || true
