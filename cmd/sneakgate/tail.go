@@ -45,7 +45,9 @@ mqtt.shared_group): a line per status (member, online or offline and why,
 version, policy, applications, time online) and, every -every and at the end,
 the table of members with how many are online. The broker hands over the
 retained statuses on subscribing, so the first table is the group as it
-stands. With -json, each status as {"member":...,"status":{...}}, no tables.
+stands. With -json, each status as {"member":...,"status":{...}} and a
+member whose status was cleared as {"member":...,"cleared":true}, one per line,
+no tables; payloads that are not statuses then go to stderr.
 `
 
 // tailCmd runs `sneakgate tail`.
@@ -166,7 +168,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	var view tail.View = tail.NewPrinter(stdout, o, time.Now())
 	if *members {
-		view = tail.NewMembers(stdout, *prefix, *jsonOut)
+		view = tail.NewMembers(stdout, stderr, *prefix, *jsonOut)
 	}
 	tail.Run(ctx, view, msgs, ticks, *limit, time.Now)
 	return nil

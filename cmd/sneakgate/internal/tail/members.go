@@ -1,6 +1,7 @@
 package tail
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 // subscribing, so the first summary is the group as it stands.
 type Members struct {
 	w      io.Writer
+	d      io.Writer // payloads that are not statuses
 	prefix string
 	json   bool
 	seen   map[string]member
@@ -32,10 +34,17 @@ type member struct {
 	at time.Time
 }
 
-// NewMembers returns the view for topic prefix; with asJSON, each status is
-// printed as {"member":...,"status":{...}}, one per line.
-func NewMembers(w io.Writer, prefix string, asJSON bool) *Members {
-	return &Members{w: w, prefix: prefix, json: asJSON, seen: map[string]member{}}
+// NewMembers returns the view for topic prefix, writing to w. With asJSON, w
+// gets JSON lines only: each status as {"member":...,"status":{...}} and a
+// cleared member as {"member":...,"cleared":true}; a payload that is not a
+// status is reported on diag instead (nil: discarded). Without, everything goes
+// to w.
+func NewMembers(w, diag io.Writer, prefix string, asJSON bool) *Members {
+	d := w
+	if asJSON {
+		d = cmp.Or[io.Writer](diag, io.Discard)
+	}
+	return &Members{w: w, d: d, prefix: prefix, json: asJSON, seen: map[string]member{}}
 }
 
 // MembersFilters are the topic filters of the members' statuses:
@@ -58,13 +67,21 @@ func (v *Members) Message(m Message) bool {
 		if _, known := v.seen[name]; known {
 			delete(v.seen, name)
 			v.names = slices.DeleteFunc(v.names, func(n string) bool { return n == name })
-			fmt.Fprintf(v.w, "%s %s cleared\n", m.At.Format("15:04:05.000"), label(name))
+			if v.json {
+				b, _ := json.Marshal(struct {
+					Member  string `json:"member"`
+					Cleared bool   `json:"cleared"`
+				}{name, true})
+				v.w.Write(append(b, '\n'))
+			} else {
+				fmt.Fprintf(v.w, "%s %s cleared\n", m.At.Format("15:04:05.000"), label(name))
+			}
 		}
 		return false
 	}
 	var st protocol.GatewayStatus
 	if err := json.Unmarshal(m.Payload, &st); err != nil || st.State == "" {
-		fmt.Fprintf(v.w, "%s %s: not a gateway status: %.80q\n", m.At.Format("15:04:05.000"), label(name), m.Payload)
+		fmt.Fprintf(v.d, "%s %s: not a gateway status: %.80q\n", m.At.Format("15:04:05.000"), label(name), m.Payload)
 		return false
 	}
 	if _, known := v.seen[name]; !known {
