@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"golang.org/x/term"
 
 	"github.com/sneakgate/sneakgate/cmd/sneakgate/internal/tail"
@@ -34,6 +35,9 @@ payloads then go to stderr). Colours only when stdout is a terminal.
 With -config, tail connects as the gateway does: its broker, user name,
 password file, topic prefix and TLS settings (mqtt.tls: ca_file, cert_file and
 key_file, server_name, insecure_skip_verify), for -broker too when it is given.
+With the configuration's user name and no password file (the shipped unit's
+systemd credential mqtt-password), tail reads the file the unit loads it from,
+/etc/sneakgate/mqtt-password (root's: run tail as root, or pass -password-file).
 Without -config, a broker URL with TLS (mqtts://, ssl://, tls://, wss://) is
 verified with the system's roots and no client certificate is sent.
 A -topic of the form $share/{group}/... is a shared subscription: tail then
@@ -49,6 +53,10 @@ stands. With -json, each status as {"member":...,"status":{...}} and a
 member whose status was cleared as {"member":...,"cleared":true}, one per line,
 no tables; payloads that are not statuses then go to stderr.
 `
+
+// gatewayCredential is the file the shipped unit loads the gateway's broker
+// password from (LoadCredential=mqtt-password:..., systemd/sneakgate.service).
+var gatewayCredential = "/etc/sneakgate/mqtt-password"
 
 // tailCmd runs `sneakgate tail`.
 func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -143,18 +151,44 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if group, _, ok := strings.Cut(strings.TrimPrefix(so.Filter, "$share/"), "/"); ok && strings.HasPrefix(so.Filter, "$share/") {
 		fmt.Fprintf(stderr, "sneakgate tail: %s is a shared subscription: the broker hands each message to one subscriber of group %q, so tail sees only its share and takes those messages from the others\n", so.Filter, group)
 	}
-	if *passwordFile != "" {
+	// refusedHint explains a login the broker refuses.
+	var refusedHint string
+	switch {
+	case *passwordFile != "":
 		pw, err := os.ReadFile(*passwordFile)
 		if err != nil {
 			return fmt.Errorf("tail: -password-file: %w", err)
 		}
 		so.Password = strings.TrimSpace(string(pw))
+	case *configPath != "" && *username != "" && !isSet(fs, "username"):
+		// The configuration's user with no mqtt.password_file: under the shipped
+		// unit the gateway reads its password from the systemd credential
+		// mqtt-password, which an operator's shell has no $CREDENTIALS_DIRECTORY
+		// for. tail reads the file the unit loads the credential from instead.
+		pw, err := os.ReadFile(gatewayCredential)
+		switch {
+		case err == nil:
+			so.Password = strings.TrimSpace(string(pw))
+			fmt.Fprintf(stderr, "sneakgate tail: user %q's password from %s (the gateway's %s credential)\n", *username, gatewayCredential, gateway.CredentialName)
+			if !*members {
+				fmt.Fprintf(stderr, "sneakgate tail: configs/mosquitto.acl lets the gateway's user read the statuses (-members), not the replies: for those, -username operator -password-file FILE\n")
+			}
+		case errors.Is(err, os.ErrNotExist):
+			refusedHint = fmt.Sprintf("no password was sent for user %q (no mqtt.password_file, no %s): pass -password-file", *username, gatewayCredential)
+		default:
+			refusedHint = fmt.Sprintf("the gateway's password is in %s, which tail cannot read (%v): run tail as root (sudo) or pass -password-file", gatewayCredential, err)
+		}
+	case *username != "":
+		refusedHint = fmt.Sprintf("no password was sent for user %q: pass -password-file", *username)
 	}
 	o.Dropped = so.Dropped
 	msgs, stop, err := tail.Subscribe(ctx, so)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while connecting
+		}
+		if refusedHint != "" && (errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword)) {
+			return fmt.Errorf("%w; %s", err, refusedHint)
 		}
 		return err
 	}

@@ -263,3 +263,111 @@ func TestTailMembers(t *testing.T) {
 		t.Errorf("-members -app: %v", err)
 	}
 }
+
+// TestTailGatewayCredential: with -config naming a user and no password file, as
+// the documented systemd setup has it (the gateway reads its password from the
+// credential mqtt-password, which tail in an operator's shell has no
+// $CREDENTIALS_DIRECTORY for), tail reads the file the shipped unit loads the
+// credential from (gatewayCredential, here a temporary file) and connects as the
+// gateway does. Where that file cannot be read (here a directory: the test may run
+// as root), or does not exist, the broker's refusal comes with a hint; -username
+// (another user) or -password-file do not take the gateway's password.
+func TestTailGatewayCredential(t *testing.T) {
+	passwd, err := exec.LookPath("mosquitto_passwd")
+	if err != nil {
+		t.Skip("mosquitto_passwd not installed")
+	}
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "passwd")
+	for i, user := range []string{"sneakgate", "operator"} {
+		args := []string{"-b", pwFile, user, "pw-" + user}
+		if i == 0 {
+			args = append([]string{"-c"}, args...)
+		}
+		if out, err := exec.Command(passwd, args...).CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_passwd: %v: %s", err, out)
+		}
+	}
+	b := mqtttest.Start(t, mqtttest.Options{Config: "allow_anonymous false\npassword_file " + pwFile + "\n"})
+
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("tail-cred-pub").
+		SetUsername("operator").SetPassword("pw-operator"))
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer pub.Disconnect(0)
+	rep := protocol.Reply{V: protocol.Version, ID: "r1", App: "fashion", Device: "cam-1", Status: protocol.StatusOK}
+	payload, err := rep.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := pub.Publish(protocol.ReplyTopic("plant1", "fashion", "cam-1"), 1, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+
+	cfg := filepath.Join(dir, "sneakgate.yaml")
+	if err := os.WriteFile(cfg, []byte("mqtt: {broker: "+b.URL()+", topic_prefix: plant1, username: sneakgate}\napps:\n  - manifest: m.yaml\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "") // an operator's shell
+	cred := filepath.Join(dir, "mqtt-password")
+	defer func(old string) { gatewayCredential = old }(gatewayCredential)
+	gatewayCredential = cred
+	tailOnce := func(args ...string) (string, string, error) {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err := tailCmd(ctx, append(args, "-json", "-n", "1", "-every", "0"), &stdout, &stderr)
+		return stdout.String(), stderr.String(), err
+	}
+
+	// Readable: tail connects as the gateway, and says where the password came from.
+	if err := os.WriteFile(cred, []byte("pw-sneakgate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err := tailOnce("-config", cfg)
+	if err != nil || strings.TrimSpace(out) != string(payload) {
+		t.Fatalf("tail -config with the credential file readable: %v, stdout %q; stderr:\n%s", err, out, errOut)
+	}
+	if !strings.Contains(errOut, cred) {
+		t.Errorf("stderr does not name the password's file %s:\n%s", cred, errOut)
+	}
+	// Another user, or an explicit password file, is not given the gateway's password.
+	if _, _, err := tailOnce("-config", cfg, "-username", "operator"); err == nil || !strings.Contains(err.Error(), `no password was sent for user "operator"`) {
+		t.Errorf("tail -username operator: %v, want a refusal saying no password was sent (the gateway's is not operator's)", err)
+	}
+	other := filepath.Join(dir, "operator-password")
+	if err := os.WriteFile(other, []byte("pw-operator\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, err := tailOnce("-config", cfg, "-username", "operator", "-password-file", other); err != nil || strings.TrimSpace(out) != string(payload) {
+		t.Errorf("tail -username operator -password-file: %v, stdout %q; stderr:\n%s", err, out, errOut)
+	}
+	if _, _, err := tailOnce("-config", cfg, "-password-file", other); err == nil {
+		t.Error("tail -password-file with the wrong password connected: the credential file replaced it")
+	}
+
+	// Unreadable (a directory stands in for a root-only file): refused, with a hint.
+	if err := os.Remove(cred); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(cred, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = tailOnce("-config", cfg)
+	if err == nil || !strings.Contains(err.Error(), "not Authorized") || !strings.Contains(err.Error(), cred) ||
+		!strings.Contains(err.Error(), "as root") || !strings.Contains(err.Error(), "-password-file") {
+		t.Errorf("tail with the credential file unreadable: %v, want the refusal with a hint naming %s, root and -password-file", err, cred)
+	}
+
+	// Missing: no password, as the gateway has none then; the refusal says so.
+	if err := os.Remove(cred); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = tailOnce("-config", cfg)
+	if err == nil || !strings.Contains(err.Error(), "not Authorized") || !strings.Contains(err.Error(), "no password") ||
+		!strings.Contains(err.Error(), "-password-file") {
+		t.Errorf("tail with no credential file: %v, want the refusal saying no password was sent and naming -password-file", err)
+	}
+}
