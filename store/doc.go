@@ -96,8 +96,12 @@ Options.BeforeCommit injects commit failures.
 
 # Caveats
 
-Only one process may open the file: a second Open fails with ErrLocked after
-Options.LockTimeout. Within a process, open a path once and share the Store.
+Only one process may open the file: a second Open or OpenOrRecover fails with
+ErrLocked after Options.LockTimeout. That holds while the first replaces the
+file (OpenOrRecover's compaction or salvage renames a new file over the path and
+closes the old one, releasing its lock): having a file's lock, an opener checks
+that it is still the file at the path, and otherwise waits for the lock of the
+one that is. Within a process, open a path once and share the Store.
 
 A Put that returns an error must not be acknowledged, but it may still reach
 the disk (when the fsync itself fails) and appear in Pending after a restart.

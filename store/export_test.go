@@ -61,3 +61,12 @@ func SetSalvageTxBytes(t interface{ Cleanup(func()) }, n int) {
 
 // EncodeKey is k as the key index stores it (encodeKey).
 func EncodeKey(k Key) []byte { return encodeKey(k) }
+
+// SetLockOpened makes f run each time a journal file (or a compaction's or
+// salvage's new file) has been opened and its lock is about to be waited for
+// (lockOpened), until the test ends.
+func SetLockOpened(t interface{ Cleanup(func()) }, f func(path string)) {
+	old := lockOpened
+	lockOpened = f
+	t.Cleanup(func() { lockOpened = old })
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -112,18 +113,54 @@ func OpenOrRecover(path string, opts Options) (*Store, *Recovery, error) {
 }
 
 // lockPath opens path for reading and writing (flag adds to os.O_RDWR) and takes
-// the writer's lock on it.
+// the writer's lock on it, waiting up to Options.LockTimeout for another process
+// to release it (then ErrLocked).
+//
+// Having the lock, it checks that the file is still the one at path: the
+// process that held the lock may have renamed another file over path meanwhile
+// (a compaction or a salvage at start-up does) and then closed the old one,
+// which hands its lock to whoever waited for it. That file is no longer the
+// journal, and opening it would let a second gateway run beside the first. So
+// lockPath then opens path again and waits for the new file's lock, within the
+// same LockTimeout in all. It fails when path no longer exists.
 func lockPath(path string, flag int, opts Options) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|flag, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := lockFile(f, true, opts.LockTimeout); err != nil {
+	deadline := time.Now().Add(opts.LockTimeout)
+	for replaced := 0; ; replaced++ {
+		f, err := os.OpenFile(path, os.O_RDWR|flag, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		lockOpened(path)
+		if err := lockFile(f, true, time.Until(deadline)); err != nil {
+			f.Close()
+			if replaced > 0 && errors.Is(err, ErrLocked) {
+				err = lockedErr(opts.LockTimeout)
+			}
+			return nil, err
+		}
+		same, err := isFileAt(f, path)
+		if err == nil && same {
+			return f, nil
+		}
 		f.Close()
-		return nil, err
+		if err != nil {
+			return nil, err
+		}
+		if !time.Now().Before(deadline) {
+			return nil, lockedErr(opts.LockTimeout)
+		}
 	}
-	return f, nil
 }
+
+// lockedErr is lockPath's ErrLocked after the file at the path was replaced
+// while it waited.
+func lockedErr(timeout time.Duration) error {
+	return fmt.Errorf("%w (waited %s, in which another process replaced the file at the path; is a gateway using it?)", ErrLocked, timeout)
+}
+
+// lockOpened is called by lockPath between opening path and waiting for its
+// lock (tests make a second opener wait there).
+var lockOpened = func(path string) {}
 
 // openLocked opens the journal in f, a file at path the caller has locked.
 // bbolt takes f over: it is closed on error.
@@ -244,18 +281,25 @@ func salvageTo(tmp string, f *os.File, path string, opts Options) (*os.File, *Re
 
 // samePath fails unless f is the file at path.
 func samePath(f *os.File, path string) error {
+	same, err := isFileAt(f, path)
+	if err == nil && !same {
+		err = fmt.Errorf("%s was replaced by another process meanwhile", path)
+	}
+	return err
+}
+
+// isFileAt reports whether f is the file at path (an error when either cannot
+// be examined: path removed, for example).
+func isFileAt(f *os.File, path string) (bool, error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return err
+		return false, err
 	}
 	pi, err := os.Stat(path)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if !os.SameFile(fi, pi) {
-		return fmt.Errorf("%s was replaced by another process meanwhile", path)
-	}
-	return nil
+	return os.SameFile(fi, pi), nil
 }
 
 // linkFile is os.Link (tests replace it).

@@ -258,11 +258,11 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, file, err := openDB(path, nil, opts)
+	f, err := lockPath(path, os.O_CREATE, opts)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	return newStore(db, file, path, opts)
+	return openLocked(path, f, opts)
 }
 
 // openDB opens the bbolt file at path with the store's bbolt options, through f
