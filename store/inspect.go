@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"math"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -51,7 +52,10 @@ type Report struct {
 	Pending, Outbox, Done int
 	// Lost counts the pending requests and outbox replies known to have existed
 	// (from the key index or a record's page) that cannot be read. A salvage
-	// drops them and releases their keys, so a redelivery runs as new.
+	// drops them and releases their keys, so a redelivery runs as new. A request
+	// of which one readable record is kept is not lost (a stale copy of it
+	// dropped, or its record the key index names unreadable while another is
+	// readable: the problems say which).
 	Lost int
 	// LostKeys names up to 20 of the lost entries, when the key index still
 	// names them.
@@ -72,7 +76,8 @@ type BucketReport struct {
 	Name string
 	// Records is the number of key/value pairs read; Corrupt those among them
 	// that fail to decode or do not belong (a record under the wrong key, a
-	// nested bucket).
+	// nested bucket, a stale second record of a request: see keptRecord). A
+	// salvage drops them.
 	Records, Corrupt int
 	// Missing is set when the bucket itself is absent or unreadable.
 	Missing bool
@@ -242,9 +247,9 @@ func verifyFile(f *os.File, path string, w *salvageWriter) (rep *Report, err err
 	rep.PageSize, rep.TxID, rep.HighWaterBytes = bf.pageSize, bf.meta.txid, bf.highWater()
 	a := &analysis{
 		bf: bf, rep: rep, probs: &probs, w: w,
-		pendIdx: map[uint64]string{}, outIdx: map[uint64]string{},
+		pendIdx: map[uint64]indexed{}, outIdx: map[uint64]indexed{},
 		byKey: map[string]uint64{}, expiries: map[uint64]struct{}{},
-		lost: map[uint64]struct{}{}, reindexed: map[string]struct{}{},
+		lost: map[uint64]struct{}{}, kept: map[string]keptRecord{}, // sized once the key index is read
 	}
 	if err := a.run(); err != nil {
 		return nil, err
@@ -265,22 +270,90 @@ type analysis struct {
 	probs *problems
 	w     *salvageWriter
 
-	// From the key index: the key (encoded) of each pending and outbox seq, each
-	// pending or outbox key's seq, and the completed keys. An index entry leaves
-	// pendIdx or outIdx when its record is found.
-	pendIdx, outIdx map[uint64]string
+	// From the key index: the key (encoded) and record of each pending and
+	// outbox seq, each pending or outbox key's seq, and the completed keys. An
+	// index entry leaves pendIdx or outIdx when the record it names is found.
+	pendIdx, outIdx map[uint64]indexed
 	byKey           map[string]uint64
 	done            doneSet
 	expiries        map[uint64]struct{} // expiryHash of each readable expiry record
 	index           counts
-	// lost holds the seqs of the entries that cannot be kept; reindexed the keys
-	// of records kept without an index entry.
-	lost      map[uint64]struct{}
-	reindexed map[string]struct{}
-	maxSeq    uint64
+	// lost holds the seqs of the entries that cannot be kept; kept, by key
+	// (encoded), the pending or outbox record kept for it.
+	lost   map[uint64]struct{}
+	kept   map[string]keptRecord
+	maxSeq uint64
 	// From the meta bucket.
 	schema []byte
 	stored *counts
+}
+
+// indexed is what the key index says of a pending or outbox seq: the key
+// (encoded), and the key of the record in its bucket (seqKey, or outboxKey with
+// the flush time the index holds).
+type indexed struct{ kb, rec string }
+
+// keptRecord is the record a verification keeps for one key. A request has one
+// record (pending, or in the outbox) at a time, but a damaged branch can lead to
+// an old page and with it a record the request no longer has: its pending
+// record after Outbox moved it, or an outbox record a later Outbox replaced
+// (under another flush time). Of two readable records of one request (same key,
+// same seq) the one of higher rank is kept; between equals, the first one read
+// (the outbox is read in its order: the earlier flush time).
+type keptRecord struct {
+	seq     uint64
+	flush   uint64 // an outbox record's flush time as its key holds it (the first 8 bytes)
+	rank    recordRank
+	inIndex bool // the key index has an entry for the key (else a salvage re-indexes it)
+}
+
+// recordRank orders the records of one request by how surely they are its
+// current one.
+type recordRank int8
+
+const (
+	// rankPending: a pending record. Any outbox record of the request is newer:
+	// Outbox writes one only when it moves the request out of pending, and
+	// nothing moves a request back (so it outranks even a pending record the
+	// key index names: that index entry is as old as the record).
+	rankPending recordRank = iota + 1
+	// rankUnsent, rankSent: an outbox record the key index does not name. A
+	// reply marked sent may have reached the device, so every repeat must get
+	// it; an unsent one was never handed out (it is stamped anew when it goes
+	// out). Between two of a kind nothing says which is newer.
+	rankUnsent
+	rankSent
+	// rankIndexed: the outbox record the key index names (its flush time and
+	// seq), written in the same transaction as the index entry.
+	rankIndexed
+)
+
+// bucket is the bucket the record is in.
+func (r keptRecord) bucket() []byte {
+	if r.rank == rankPending {
+		return bucketPending
+	}
+	return bucketOutbox
+}
+
+// key is the record's key in its bucket.
+func (r keptRecord) key() []byte {
+	if r.rank == rankPending {
+		return seqKey(r.seq)
+	}
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), r.flush), r.seq)
+}
+
+func (r keptRecord) String() string {
+	if r.rank == rankPending {
+		return fmt.Sprintf("pending record %d", r.seq)
+	}
+	flush := "none"
+	if n := int64(r.flush ^ 1<<63); n != math.MaxInt64 {
+		flush = time.Unix(0, n).UTC().Format(time.RFC3339Nano)
+	}
+	how := map[recordRank]string{rankUnsent: "unsent", rankSent: "sent", rankIndexed: "the one the key index names"}[r.rank]
+	return fmt.Sprintf("outbox record %d (flush time %s; %s)", r.seq, flush, how)
 }
 
 // doneSet holds the completed keys (encoded), compared byte for byte: no two
@@ -391,15 +464,27 @@ func (a *analysis) run() error {
 				return err
 			}
 		}
+		if i == 1 { // one kept record per indexed request, usually
+			a.kept = make(map[string]keptRecord, a.index.pending+a.index.outbox)
+		}
 	}
 	for _, seq := range slices.Sorted(maps.Keys(a.pendIdx)) {
-		a.lose(seq, a.pendIdx[seq], "pending")
+		a.unfound(seq, a.pendIdx[seq], "pending")
 	}
 	for _, seq := range slices.Sorted(maps.Keys(a.outIdx)) {
-		a.lose(seq, a.outIdx[seq], "in the outbox")
+		a.unfound(seq, a.outIdx[seq], "in the outbox")
+	}
+	// A request of which a record is kept is not lost, whatever else of it
+	// could not be read.
+	n := 0
+	for _, r := range a.kept {
+		delete(a.lost, r.seq)
+		if !r.inIndex {
+			n++
+		}
 	}
 	a.rep.Lost = len(a.lost)
-	if n := len(a.reindexed); n > 0 {
+	if n > 0 {
 		a.probs.add("%d pending or outbox records have no (readable) entry in the key index: kept, and re-indexed by a salvage", n)
 	}
 	if a.stored != nil && *a.stored != a.index {
@@ -410,6 +495,21 @@ func (a *analysis) run() error {
 		a.w.pendSeq = max(seqs[2], a.maxSeq)
 	}
 	return nil
+}
+
+// unfound handles an index entry whose record was not found (missing, or
+// unreadable): the request is lost unless another of its records is kept.
+func (a *analysis) unfound(seq uint64, ix indexed, where string) {
+	if r, ok := a.kept[ix.kb]; ok && r.seq == seq {
+		k, _ := decodeKey([]byte(ix.kb))
+		then := ""
+		if r.rank == rankPending && where != "pending" {
+			then = ": the request runs again"
+		}
+		a.probs.add("keys: %s is %s at seq %d, but that record is missing or unreadable: its %s is kept instead%s", k, where, seq, r, then)
+		return
+	}
+	a.lose(seq, ix.kb, where)
 }
 
 // lose records that the entry at seq, named by the index as kb, cannot be kept.
@@ -486,11 +586,19 @@ func (a *analysis) key(e elem) {
 		} else {
 			a.index.pending++
 		}
-		if claimed := idx[st.seq] + other[st.seq]; claimed != "" {
-			a.corrupt(bucketKeys, "key %s: seq %d is also claimed by key %x", k, st.seq, claimed)
+		claimed, ok := idx[st.seq]
+		if !ok {
+			claimed, ok = other[st.seq]
+		}
+		if ok {
+			a.corrupt(bucketKeys, "key %s: seq %d is also claimed by key %x", k, st.seq, claimed.kb)
 			return
 		}
-		idx[st.seq] = kb
+		rec := seqKey(st.seq)
+		if st.state == stateOutbox {
+			rec = outboxKey(st.flushBy, st.seq)
+		}
+		idx[st.seq] = indexed{kb, string(rec)}
 		a.byKey[kb] = st.seq
 		a.maxSeq = max(a.maxSeq, st.seq)
 	case stateDone:
@@ -515,28 +623,64 @@ func (a *analysis) known(kb string, seq uint64) bool {
 	return a.done.has([]byte(kb))
 }
 
-// keep decides whether the readable record at seq, for key kb, is kept. idx is
-// the index it should be in (pendIdx or outIdx). The record's key is covered by
-// its checksum and the index's is not, so when they differ the record wins.
-func (a *analysis) keep(bucket []byte, idx map[uint64]string, seq uint64, kb string, k Key) bool {
+// keep decides whether the readable record rec of bucket (pendIdx or outIdx
+// is its index), at seq, for key kb, is kept, and returns true when it is: the
+// caller writes it. rank is what it is worth against another readable record of
+// the same request (keptRecord); an outbox record the key index names ranks
+// rankIndexed whatever the caller passes. The record's key is covered by its
+// checksum and the index's is not, so when they differ the record wins.
+//
+// A record that another of the same request outranks (or equals, read before
+// it) is a stale copy: dropped, counted corrupt in its bucket, and not lost.
+// When the record kept until now is the stale copy, keep takes it out of the
+// counts and of the salvage.
+func (a *analysis) keep(bucket []byte, idx map[uint64]indexed, rec []byte, seq uint64, kb string, k Key, rank recordRank) bool {
 	a.maxSeq = max(a.maxSeq, seq)
 	if ix, ok := idx[seq]; ok {
-		delete(idx, seq)
-		if ix == kb {
-			return true
+		switch {
+		case ix.kb != kb:
+			delete(idx, seq)
+			delete(a.byKey, ix.kb)
+			a.probs.add("%s: record %d is for %s, but the index gives seq %d to key %x", bucket, seq, k, seq, ix.kb)
+		case ix.rec == string(rec):
+			delete(idx, seq)
+			if bytes.Equal(bucket, bucketOutbox) {
+				rank = rankIndexed
+			}
 		}
-		delete(a.byKey, ix)
-		a.probs.add("%s: record %d is for %s, but the index gives seq %d to key %x", bucket, seq, k, seq, ix)
 	}
 	if a.known(kb, seq) {
 		a.corrupt(bucket, "record %d is for %s, which the index holds elsewhere: dropped", seq, k)
+		a.lost[seq] = struct{}{}
 		return false
 	}
-	if _, again := a.reindexed[kb]; again {
-		a.corrupt(bucket, "record %d is a second unindexed record for %s: dropped", seq, k)
-		return false
+	_, inIndex := a.byKey[kb]
+	r := keptRecord{seq: seq, rank: rank, inIndex: inIndex}
+	if len(rec) == 16 {
+		r.flush = binary.BigEndian.Uint64(rec)
 	}
-	a.reindexed[kb] = struct{}{}
+	old, again := a.kept[kb]
+	switch {
+	case !again:
+	case old.seq != seq:
+		a.corrupt(bucket, "record %d is a second unindexed record for %s (the first is at seq %d): dropped", seq, k, old.seq)
+		a.lost[seq] = struct{}{}
+		return false
+	case rank <= old.rank:
+		a.corrupt(bucket, "%s for %s is a stale copy of the request's %s, which is kept: dropped (the request is not lost)", r, k, old)
+		return false
+	default:
+		a.corrupt(old.bucket(), "%s for %s is a stale copy of the request's %s, which is kept: dropped (the request is not lost)", old, k, r)
+		if old.rank == rankPending {
+			a.rep.Pending--
+		} else {
+			a.rep.Outbox--
+		}
+		if a.w != nil {
+			a.w.delete(old.bucket(), old.key())
+		}
+	}
+	a.kept[kb] = r
 	return true
 }
 
@@ -555,8 +699,7 @@ func (a *analysis) pending(e elem) {
 		return
 	}
 	kb := encodeKey(ent.Key)
-	if !a.keep(bucketPending, a.pendIdx, seq, string(kb), ent.Key) {
-		a.lost[seq] = struct{}{}
+	if !a.keep(bucketPending, a.pendIdx, e.key, seq, string(kb), ent.Key, rankPending) {
 		return
 	}
 	a.rep.Pending++
@@ -584,8 +727,11 @@ func (a *analysis) outbox(e elem) {
 		return
 	}
 	kb := encodeKey(o.Key)
-	if !a.keep(bucketOutbox, a.outIdx, seq, string(kb), o.Key) {
-		a.lost[seq] = struct{}{}
+	rank := rankSent
+	if o.Unsent {
+		rank = rankUnsent
+	}
+	if !a.keep(bucketOutbox, a.outIdx, e.key, seq, string(kb), o.Key, rank) {
 		return
 	}
 	a.rep.Outbox++
@@ -681,6 +827,17 @@ func (w *salvageWriter) put(bucket, k, v []byte) {
 		}
 		crashPoint("salvage-commit")
 		w.err = w.begin()
+	}
+}
+
+// delete removes a record put earlier (a stale copy of a request, found to be
+// one after it was put).
+func (w *salvageWriter) delete(bucket, k []byte) {
+	if w.err != nil {
+		return
+	}
+	if err := w.tx.Bucket(bucket).Delete(k); err != nil {
+		w.err = fmt.Errorf("salvage: %s: %w", bucket, err)
 	}
 }
 

@@ -748,6 +748,11 @@ func TestOpenOrRecoverNeverPanics(t *testing.T) {
 			t.Errorf("seed %d (damage %d): Close: %v", seed, kind, err)
 		}
 		if rec != nil {
+			if s2, rec2, err := store.OpenOrRecover(path, o); err != nil || rec2 != nil {
+				t.Errorf("seed %d (damage %d): the next start: %v, salvages again: %v", seed, kind, err, rec2 != nil)
+			} else {
+				s2.Close()
+			}
 			recovered++
 			if rep, err := store.Inspect(rec.MovedTo); err != nil || !rep.Damaged() {
 				t.Errorf("seed %d (damage %d): Inspect of the damaged copy: %v, %+v", seed, kind, err, rep)
@@ -815,4 +820,238 @@ func TestKeyHashCollision(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rawRecords copies every record of a bucket of the closed journal at path.
+func rawRecords(t *testing.T, path, bucket string) map[string][]byte {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs := map[string][]byte{}
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte(bucket)).ForEach(func(k, v []byte) error {
+			recs[string(k)] = bytes.Clone(v)
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// A record left reachable beside the current one of the same request (same key,
+// same seq), as a damaged branch can leave an old page in the tree: a pending
+// record whose reply is in the outbox, or an outbox record a later Outbox
+// replaced. Exactly one record of the request is kept: the one the key index
+// names; else an outbox record before the pending one (an outbox record exists
+// only once the reply was written, and nothing moves a request back to
+// pending), a sent reply before an unsent one (it may have reached the device),
+// and between two alike the first in the outbox's order (the earlier flush
+// time). The stale copy is dropped, counted corrupt in its bucket and named in
+// the problems, and is not lost. Before, both were kept and re-indexed: the
+// salvaged journal held two copies of the request (two different replies to
+// publish, or a reply and a pending entry to run again), failed Check, and
+// every later start salvaged it again.
+func TestSalvageKeepsOneRecordPerRequest(t *testing.T) {
+	t1, t2 := storetest.Epoch.Add(time.Minute), storetest.Epoch.Add(2*time.Minute)
+	r1, r2 := []byte("reply-1"), []byte("reply-2")
+	// A step writes through the store, or edits the closed file; saved keeps
+	// the records read between steps.
+	type saved struct{ pending, outbox, keys map[string][]byte }
+	outbox := func(at time.Time, r []byte) func(*store.Store, store.Key) error {
+		return func(s *store.Store, k store.Key) error { return s.Outbox(k, r, at) }
+	}
+	unsent := func(at time.Time, r []byte) func(*store.Store, store.Key) error {
+		return func(s *store.Store, k store.Key) error { return s.OutboxUnsent(k, r, at) }
+	}
+	for _, c := range []struct {
+		name string
+		// writes are the store writes after Put, each in a session of its own.
+		writes []func(*store.Store, store.Key) error
+		// edit changes the file after the writes: first holds the records as
+		// they were after Put, prev those before the last write.
+		edit func(tx *bolt.Tx, kb []byte, first, prev saved) error
+		// want: the reply kept (nil: the request kept pending), and whether the
+		// reply is sent; dropped: how many stale copies are dropped.
+		want    []byte
+		sent    bool
+		dropped int
+	}{{
+		name:   "stale pending copy, the index names the reply",
+		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return putAll(tx.Bucket([]byte("pending")), first.pending)
+		},
+		want: r1, sent: true, dropped: 1,
+	}, {
+		name:   "replaced outbox record before the one the index names",
+		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1), outbox(t2, r2)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return putAll(tx.Bucket([]byte("outbox")), prev.outbox)
+		},
+		want: r2, sent: true, dropped: 1,
+	}, {
+		name:   "replaced outbox record after the one the index names",
+		writes: [](func(*store.Store, store.Key) error){outbox(t2, r1), outbox(t1, r2)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return putAll(tx.Bucket([]byte("outbox")), prev.outbox)
+		},
+		want: r2, sent: true, dropped: 1,
+	}, {
+		name:   "stale index entry and pending copy, the reply in the outbox",
+		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return errors.Join(putAll(tx.Bucket([]byte("pending")), first.pending), putAll(tx.Bucket([]byte("keys")), first.keys))
+		},
+		want: r1, sent: true, dropped: 1,
+	}, {
+		name:   "no index entry, pending copy and reply",
+		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return errors.Join(putAll(tx.Bucket([]byte("pending")), first.pending), tx.Bucket([]byte("keys")).Delete(kb))
+		},
+		want: r1, sent: true, dropped: 1,
+	}, {
+		name:   "no index entry, unsent reply then sent reply",
+		writes: [](func(*store.Store, store.Key) error){unsent(t1, r1), outbox(t2, r2)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), tx.Bucket([]byte("keys")).Delete(kb))
+		},
+		want: r2, sent: true, dropped: 1,
+	}, {
+		name:   "no index entry, sent reply then unsent reply",
+		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1), unsent(t2, r2)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), tx.Bucket([]byte("keys")).Delete(kb))
+		},
+		want: r1, sent: true, dropped: 1,
+	}, {
+		name:   "no index entry, two sent replies",
+		writes: [](func(*store.Store, store.Key) error){outbox(t2, r2), outbox(t1, r1)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), tx.Bucket([]byte("keys")).Delete(kb))
+		},
+		want: r1, sent: true, dropped: 1, // the earlier flush time
+	}, {
+		name:   "the reply the index names is missing, a replaced one is not",
+		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1), outbox(t2, r2)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			b := tx.Bucket([]byte("outbox"))
+			var cur []byte
+			b.ForEach(func(k, _ []byte) error { cur = bytes.Clone(k); return nil })
+			return errors.Join(b.Delete(cur), putAll(b, prev.outbox))
+		},
+		want: r1, sent: true,
+	}, {
+		name:   "the reply the index names is missing, the pending record is not",
+		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1)},
+		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
+			b := tx.Bucket([]byte("outbox"))
+			var cur []byte
+			b.ForEach(func(k, _ []byte) error { cur = bytes.Clone(k); return nil })
+			return errors.Join(b.Delete(cur), putAll(tx.Bucket([]byte("pending")), first.pending))
+		},
+		want: nil, // it runs again
+	}} {
+		t.Run(c.name, func(t *testing.T) {
+			o := storetest.Options(t)
+			path := filepath.Join(t.TempDir(), "journal.db")
+			read := func() saved {
+				return saved{rawRecords(t, path, "pending"), rawRecords(t, path, "outbox"), rawRecords(t, path, "keys")}
+			}
+			session := func(fn func(s *store.Store) error) {
+				t.Helper()
+				s, err := store.Open(path, o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := errors.Join(fn(s), s.Close()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e := entry(1)
+			session(func(s *store.Store) error { _, err := s.Put(e); return err })
+			first, prev := read(), saved{}
+			for _, w := range c.writes {
+				prev = read()
+				session(func(s *store.Store) error { return w(s, e.Key) })
+			}
+			rawUpdate(t, path, func(tx *bolt.Tx) error { return c.edit(tx, store.EncodeKey(e.Key), first, prev) })
+
+			s, rec, err := store.OpenOrRecover(path, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec == nil {
+				t.Fatal("OpenOrRecover found no damage")
+			}
+			t.Logf("salvage: %s", rec.Summary())
+			for _, p := range rec.Problems {
+				t.Logf("  %s", p)
+			}
+			dropped := 0
+			for _, b := range rec.Buckets {
+				dropped += b.Corrupt
+			}
+			if rec.Lost != 0 || len(rec.LostKeys) != 0 || dropped != c.dropped {
+				t.Errorf("salvage: %d lost %v, %d records dropped; want none lost, %d dropped", rec.Lost, rec.LostKeys, dropped, c.dropped)
+			}
+			pend, err := s.Pending()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := s.OutboxEntries()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range pend {
+				t.Logf("  pending: %s seq %d", p.Key, p.Seq)
+			}
+			for _, ob := range out {
+				t.Logf("  outbox:  %s seq %d reply %q unsent %v", ob.Key, ob.Seq, ob.Reply, ob.Unsent)
+			}
+			switch {
+			case len(pend)+len(out) != 1 || rec.Pending+rec.Outbox != 1:
+				t.Errorf("the salvaged journal holds %d pending and %d outbox records of %s (the report: %d and %d), want one in all",
+					len(pend), len(out), e.Key, rec.Pending, rec.Outbox)
+			case c.want == nil && len(pend) != 1:
+				t.Errorf("the request's reply is kept (%q), want it pending", out[0].Reply)
+			case c.want != nil && (len(out) != 1 || !bytes.Equal(out[0].Reply, c.want) || out[0].Unsent == c.sent):
+				t.Errorf("kept %d pending, %d outbox %+v; want the reply %q (sent %v)", len(pend), len(out), out, c.want, c.sent)
+			}
+			wantDup, wantReply := store.DupPending, []byte(nil)
+			if c.sent {
+				wantDup, wantReply = store.DupDone, c.want
+			}
+			if res, err := s.Lookup(e.Key); err != nil || res.Dup != wantDup || !bytes.Equal(res.Reply, wantReply) {
+				t.Errorf("Lookup %s: %s %q, %v; want %s %q", e.Key, res.Dup, res.Reply, err, wantDup, wantReply)
+			}
+			if err := s.Check(); err != nil {
+				t.Errorf("the salvaged journal fails Check: %v", err)
+			}
+			s.Close()
+			s, rec, err = store.OpenOrRecover(path, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec != nil {
+				t.Errorf("the next start salvages again: %s", rec.Summary())
+			}
+			s.Close()
+		})
+	}
+}
+
+// putAll puts every record of recs into b.
+func putAll(b *bolt.Bucket, recs map[string][]byte) error {
+	for k, v := range recs {
+		if err := b.Put([]byte(k), v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
