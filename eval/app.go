@@ -53,6 +53,12 @@ type App struct {
 	// from the validation split's labelled estimates (as the gateway's
 	// shiftStart; nil without a validation split or the manifest's estimator).
 	Answers *sneakpeek.AnswerValue
+	// ShiftStart is where the label-shift correction starts: the estimator's
+	// mean estimate over the validation split's rows, as the gateway's
+	// shiftStart computes it (nil without a validation split: the correction
+	// then starts from the manifest's prior, as the gateway's does). Never
+	// from the replayed test samples, whose labels the gateway does not have.
+	ShiftStart []float64
 
 	byClass [][]int
 	// guardOnce computes guardBase, the drift guard's baseline (GuardBaseline).
@@ -230,6 +236,9 @@ func Synthetic(seed uint64) *App {
 	if err := app.index(); err != nil {
 		panic(err) // built above: cannot be inconsistent
 	}
+	// A synthetic application has no validation split: its samples' own mean
+	// estimate in the prior mix stands in for one.
+	app.ShiftStart = app.EstimateMarginal()
 	return app
 }
 

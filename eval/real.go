@@ -237,7 +237,7 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 		}
 		a.Est, a.EstimatorSource = est, desc
 		if m.Validation != nil {
-			if a.Answers, err = validationAnswers(m, a.Sched, f); err != nil {
+			if a.Answers, a.ShiftStart, err = validationAnswers(m, a.Sched, f); err != nil {
 				return nil, err
 			}
 		}
@@ -272,22 +272,33 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 
 // validationAnswers estimates every row of m's validation split with est, the
 // function that estimated the samples, and keeps them with their labels to
-// value the corrected estimate's answers in a live class mix (the gateway's
-// shiftStart does the same).
-func validationAnswers(m *manifest.App, sa *scheduler.App, est func(*manifest.App, *dataset.Set) ([][]float64, string, error)) (*sneakpeek.AnswerValue, error) {
+// value the corrected estimate's answers in a live class mix; it also returns
+// their mean, where the label-shift correction starts (the gateway's
+// shiftStart does both the same way).
+func validationAnswers(m *manifest.App, sa *scheduler.App, est func(*manifest.App, *dataset.Set) ([][]float64, string, error)) (*sneakpeek.AnswerValue, []float64, error) {
 	set, err := dataset.Read(m.Path(m.Validation.File))
 	if err != nil {
-		return nil, fmt.Errorf("eval: %s: validation split: %w", m.Name, err)
+		return nil, nil, fmt.Errorf("eval: %s: validation split: %w", m.Name, err)
 	}
 	p, _, err := est(m, set)
 	if err != nil {
-		return nil, fmt.Errorf("eval: %s: validation split: %w", m.Name, err)
+		return nil, nil, fmt.Errorf("eval: %s: validation split: %w", m.Name, err)
 	}
 	labels := make([]int, set.N)
 	for i, y := range set.Labels {
 		labels[i] = int(y)
 	}
-	return sneakpeek.NewAnswerValue(labels, p, sa.Utility)
+	mean := make([]float64, sa.K)
+	for _, q := range p {
+		for c, v := range q[:sa.K] {
+			mean[c] += v
+		}
+	}
+	for c := range mean {
+		mean[c] /= float64(max(len(p), 1))
+	}
+	av, err := sneakpeek.NewAnswerValue(labels, p, sa.Utility)
+	return av, mean, err
 }
 
 // difficultyOf runs the manifest's difficulty model on every sample, from the

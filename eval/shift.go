@@ -20,9 +20,9 @@ import (
 //     estimate is used everywhere the estimate is (utilities, grouping,
 //     degraded answer).
 //   - "sneakpeek-shift-cal": the same with the trained prior replaced by the
-//     estimator's own marginal, the mean estimate over the replayed samples in
-//     the natural mix (App.EstimateMarginal; the gateway would compute it once on
-//     the validation split). The EM's fixed point is pi = E[q]: when the
+//     estimator's own marginal, its mean estimate over the validation split
+//     (App.ShiftStart, as the gateway computes it; a synthetic application's
+//     samples stand in for the split it does not have). The EM's fixed point is pi = E[q]: when the
 //     estimator's mean estimate on its training mix is not that mix (it is not
 //     calibrated in the large), the EM started at the manifest prior drifts away
 //     from it even on unshifted traffic; with the marginal it stays put.
@@ -88,11 +88,11 @@ func newShifter(a *App, pt Point) *shifter {
 	case shiftOnline:
 		s.ps = sneakpeek.NewPriorShift(a.Sched.Prior, pt.Shift)
 	case shiftCal:
-		s.ps = sneakpeek.NewPriorShift(a.EstimateMarginal(), pt.Shift)
+		s.ps = sneakpeek.NewPriorShift(a.shiftStart(), pt.Shift)
 	case shiftAnswer:
 		o := pt.Shift
 		o.Answers = a.Answers // the Mix of scheduler.Options.EstimateAnswers
-		s.ps = sneakpeek.NewPriorShift(a.EstimateMarginal(), o)
+		s.ps = sneakpeek.NewPriorShift(a.shiftStart(), o)
 	default:
 		s.prior = sneakpeek.NewPriorShift(a.Sched.Prior, sneakpeek.ShiftOptions{}).TrainPrior()
 	}
@@ -179,6 +179,16 @@ func WriteShift(w io.Writer, rs []Result, sp string) error {
 			g.Utility, util("sneakpeek"), util("oblivious"), g.EstAccuracy, g.EstAccuracyCorrected, pr)
 	}
 	return tw.Flush()
+}
+
+// shiftStart is where the label-shift correction starts: App.ShiftStart (the
+// validation split's mean estimate), else the manifest's prior, as the
+// gateway's shiftStart.
+func (a *App) shiftStart() []float64 {
+	if a.ShiftStart != nil {
+		return a.ShiftStart
+	}
+	return a.Sched.Prior
 }
 
 // EstimateMarginal is the estimator's mean estimate over the replayed samples in

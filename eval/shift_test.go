@@ -2,8 +2,11 @@ package eval
 
 import (
 	"math"
+	"path/filepath"
 	"testing"
 
+	"github.com/sneakgate/sneakgate/dataset"
+	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/sneakpeek"
 )
 
@@ -60,5 +63,58 @@ func TestShiftPolicies(t *testing.T) {
 		sp.Utility, sh.Utility, tp.Utility, sh.EstAccuracy, sh.EstAccuracyCorrected, tp.EstAccuracyCorrected, sh.ShiftPrior)
 	if sh.ShiftPrior[0] > marg[0]/2 {
 		t.Errorf("events prior estimate %v did not move toward the events mix (0.1 for class 0)", sh.ShiftPrior)
+	}
+}
+
+// The simulated label-shift correction starts where the gateway's does: the
+// estimator's mean estimate over the validation split (gateway shiftStart),
+// not over the replayed test samples, whose labels the gateway does not have.
+// On vad the two differ (speech 0.39 on the validation speakers, 0.41 on the
+// test speakers in the prior mix), and which one the correction starts from
+// moved edf's and fixed-batch's utility by up to 0.06 at load 3.
+func TestShiftStartsFromTheValidationSplit(t *testing.T) {
+	a := loadReal(t, "vad")
+	m, err := manifest.Load(filepath.Join("..", "models", "vad", "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	val, err := dataset.Read(m.Path(m.Validation.File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	est, _, err := ManifestEstimate(m, val, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]float64, a.Sched.K)
+	for _, p := range est {
+		for c, v := range p {
+			want[c] += v / float64(len(est))
+		}
+	}
+	for c := range want {
+		if math.Abs(a.ShiftStart[c]-want[c]) > 1e-12 {
+			t.Fatalf("ShiftStart %v, the validation split's mean estimate %v", a.ShiftStart, want)
+		}
+	}
+	test := a.EstimateMarginal()
+	if math.Abs(test[1]-want[1]) < 0.005 {
+		t.Fatalf("the test samples' marginal %v is the validation split's %v: this test no longer tells them apart", test, want)
+	}
+	w, err := a.Workload("natural")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := Point{App: a, Workload: w, Policy: "sneakpeek", Load: 1, Deadline: a.Deadline,
+		GatewayModel: GatewayModel{LabelShift: true}}
+	s := newShifter(a, pt)
+	if s == nil || s.ps == nil {
+		t.Fatal("no label-shift correction with LabelShift on")
+	}
+	got := s.ps.TrainPrior()
+	for c := range want {
+		if math.Abs(got[c]-want[c]) > 1e-9 {
+			t.Fatalf("the correction starts from %v, want the validation split's mean estimate %v", got, want)
+		}
 	}
 }
