@@ -48,19 +48,23 @@ type Summary struct {
 	Err      string         `json:"error,omitempty"`
 }
 
-// t975 is Student's t 0.975 quantile for df degrees of freedom.
+// t975 is Student's t 0.975 quantile for df degrees of freedom: a table to
+// 30, then the Cornish-Fisher expansion in 1/df about the normal quantile
+// (within 0.0002 of the exact value from 31 on).
 func t975(df int) float64 {
 	table := []float64{0, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-		2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086}
+		2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+		2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042}
 	switch {
 	case df <= 0:
 		return 0
 	case df < len(table):
 		return table[df]
-	case df < 30:
-		return 2.05
 	}
-	return 1.96
+	const z = 1.959964
+	n := float64(df)
+	z3, z5 := z*z*z, z*z*z*z*z
+	return z + (z3+z)/(4*n) + (5*z5+16*z3+3*z)/(96*n*n) + (3*z5*z*z+19*z5+17*z3-15*z)/(384*n*n*n)
 }
 
 // MeanCI returns the mean of xs and the half-width of its 95% interval.

@@ -2,7 +2,9 @@
 // `sneakgate eval` runs: per application and workload, at loads 1.5-5 the
 // points where the candidate policy (-ref) is above every baseline beyond the
 // paired 95% interval, and at loads <= 1 the points where no baseline is above
-// it beyond the interval (eval.Summarize, paired by seed). With -show it also
+// it beyond the interval (eval.Summarize, paired by seed). A point where a
+// baseline is missing or has fewer than two seeds paired with the candidate's
+// counts at neither (a note says which): it was not compared. With -show it also
 // prints, per point, each named policy minus the candidate with its interval
 // (a * when beyond it).
 //
@@ -35,6 +37,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"slices"
@@ -95,7 +98,7 @@ func main() {
 	} else {
 		sums = eval.Summarize(rs, *ref)
 	}
-	report(sums, strings.Split(*baselines, ","), *show)
+	report(os.Stdout, sums, strings.Split(*baselines, ","), *show)
 	headroom(sums)
 }
 
@@ -149,7 +152,7 @@ func beyond(s eval.Summary) (bool, float64) {
 
 // report prints the verdicts of ss (the package comment) and, with show, the
 // differences per point.
-func report(ss []eval.Summary, base []string, show string) {
+func report(w io.Writer, ss []eval.Summary, base []string, show string) {
 	type key struct{ app, wl string }
 	type count struct{ hi, hiN, lo, loN int }
 	var order []key
@@ -181,10 +184,16 @@ func report(ss []eval.Summary, base []string, show string) {
 		aboveAll, noneAbove := true, true
 		for _, b := range base {
 			s, ok := cell[b]
-			if !ok {
-				// Not run (or not written) at this point: not beaten.
-				aboveAll = false
-				notes[k] = append(notes[k], fmt.Sprintf("%s missing at %g", b, c0.Load))
+			if !ok || s.Paired() < 2 || s.Reference == "" {
+				// Not run (or not written) at this point, or without two seeds
+				// paired with the candidate's: not compared, so neither beaten
+				// nor shown not to be above.
+				aboveAll, noneAbove = false, false
+				why := "missing"
+				if ok {
+					why = fmt.Sprintf("%d paired seeds", s.Paired())
+				}
+				notes[k] = append(notes[k], fmt.Sprintf("%s not compared at %g (%s)", b, c0.Load, why))
 				continue
 			}
 			out, sign := beyond(s)
@@ -214,18 +223,18 @@ func report(ss []eval.Summary, base []string, show string) {
 			}
 		}
 	}
-	fmt.Printf("candidate %s against %s (beyond the paired 95%% interval)\n\n", *ref, strings.Join(base, ", "))
-	fmt.Println("| app | workload | loads 1.5-5 | loads <= 1 | baselines above or level |")
-	fmt.Println("|---|---|---:|---:|---|")
+	fmt.Fprintf(w, "candidate %s against %s (beyond the paired 95%% interval)\n\n", *ref, strings.Join(base, ", "))
+	fmt.Fprintln(w, "| app | workload | loads 1.5-5 | loads <= 1 | baselines above or level |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---|")
 	for _, k := range order {
 		c := counts[k]
-		fmt.Printf("| %s | %s | %d of %d | %d of %d | %s |\n", k.app, k.wl, c.hi, c.hiN, c.lo, c.loN, strings.Join(notes[k], "; "))
+		fmt.Fprintf(w, "| %s | %s | %d of %d | %d of %d | %s |\n", k.app, k.wl, c.hi, c.hiN, c.lo, c.loN, strings.Join(notes[k], "; "))
 	}
 	if show == "" {
 		return
 	}
 	pols := strings.Split(show, ",")
-	fmt.Printf("\n%-44s %s\n", "point", strings.Join(slices.Clone(pols), "  "))
+	fmt.Fprintf(w, "\n%-44s %s\n", "point", strings.Join(slices.Clone(pols), "  "))
 	for _, pk := range points {
 		cell := byPoint[pk]
 		line := fmt.Sprintf("%-44s", pk)
@@ -241,7 +250,7 @@ func report(ss []eval.Summary, base []string, show string) {
 			}
 			line += fmt.Sprintf("  %+.4f ± %.4f%s", s.Diff, s.DiffCI, mark)
 		}
-		fmt.Println(line)
+		fmt.Fprintln(w, line)
 	}
 }
 
