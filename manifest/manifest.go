@@ -5,7 +5,10 @@
 // Basics: Load reads and validates a manifest; every path in it is resolved relative
 // to the manifest's own directory. A manifest that is inconsistent (a matrix of the
 // wrong size, a prior that does not sum to 1, a variant input that does not fit the
-// request input) is refused with an error naming the field.
+// request input, a NaN, infinite or out-of-range number, sizes whose arithmetic
+// would overflow, two labels, estimators, workloads or inputs of one variant with
+// the same name) is refused with an error naming the file, the field, the
+// variant, estimator or input it belongs to, and the value.
 //
 // Caveats: Load does not open the ONNX files; the engine checks that the shapes
 // declared here match the model when it loads a variant.
@@ -15,10 +18,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -31,18 +37,22 @@ type App struct {
 	// InputSize is the number of float32 values in one request's input.
 	InputSize int `yaml:"input_size"`
 	// InputShape is how those values are laid out for display and documentation
-	// (e.g. [28, 28]); its product must equal InputSize.
+	// (e.g. [28, 28]); its dimensions are positive and their product equals InputSize.
 	InputShape []int `yaml:"input_shape"`
 	// InputRange, if set, is the closed interval every input value must lie in.
 	InputRange *[2]float64 `yaml:"input_range,omitempty"`
-	// Labels names the classes; len(Labels) is the number of classes K.
+	// Labels names the classes (distinct, non-empty: replies name the class by its
+	// label); len(Labels) is the number of classes K.
 	Labels []string `yaml:"labels"`
-	// DefaultDeadlineMS is the budget used when a request names no deadline.
+	// DefaultDeadlineMS is the budget used when a request names no deadline
+	// (positive, and at most what a time.Duration holds).
 	DefaultDeadlineMS int64 `yaml:"default_deadline_ms"`
 	// Prior is the class prior (sums to 1), the Dirichlet concentration's shape for the
 	// kNN estimator and the label mix of the validation split.
 	Prior []float64 `yaml:"prior"`
 	// PriorStrength is the Dirichlet prior's total mass (sum of alpha); 0 means K.
+	// It is finite and >= 0 (at most half the largest float64, so that the
+	// concentrations' sum stays finite).
 	PriorStrength float64 `yaml:"prior_strength"`
 	// Utility is the K x K matrix W[y][yhat]: the value of predicting yhat when the
 	// truth is y. The identity matrix values plain accuracy.
@@ -82,21 +92,23 @@ type Variant struct {
 	Inputs []Input `yaml:"inputs"`
 	// Output says which ONNX output holds the answer and how to read it.
 	Output Output `yaml:"output"`
-	// Params is the number of parameters (informational).
+	// Params is the number of parameters (informational, >= 0).
 	Params int64 `yaml:"params"`
-	// Accuracy is the accuracy measured on the held-out validation split.
+	// Accuracy is the accuracy measured on the held-out validation split, in [0,1].
 	Accuracy float64 `yaml:"accuracy"`
 	// Confusion is the K x K count matrix on the validation split, rows = true class.
 	Confusion [][]float64 `yaml:"confusion"`
 	// Recall is the per-class recall on the validation split (row-normalised diagonal).
 	Recall []float64 `yaml:"recall"`
 	// LatencyUS records per-sample latency measured offline at batch 1 and 32
-	// (informational; the gateway measures its own profile at start-up).
+	// (informational; the gateway measures its own profile at start-up), each
+	// finite and >= 0.
 	LatencyUS map[string]float64 `yaml:"latency_us,omitempty"`
 }
 
 // Input describes one ONNX input of a variant.
 type Input struct {
+	// Name is the ONNX input's name, unique among the variant's inputs.
 	Name string `yaml:"name"`
 	// Kind is "data" (taken from the request input), "zeros" (a zero tensor, e.g. an
 	// initial recurrent state) or "const" (a constant scalar or tensor).
@@ -104,14 +116,16 @@ type Input struct {
 	// DType is "float32" (default) or "int64".
 	DType string `yaml:"dtype"`
 	// Shape is the tensor shape with -1 marking the batch axis (exactly one -1 for
-	// data and zeros; none for const). For data, the product of the other
-	// dimensions must equal Length.
+	// data and zeros; none for const); the other dimensions are positive and their
+	// product fits an int. For data, that product must equal Length.
 	Shape []int64 `yaml:"shape"`
 	// Offset and Length select the slice of the request input fed to a data input;
-	// Length 0 means the whole request input from Offset.
+	// Length 0 means the whole request input from Offset. The slice lies within
+	// the request input.
 	Offset int `yaml:"offset"`
 	Length int `yaml:"length"`
-	// Value fills a const input.
+	// Value fills a const input: finite and within its dtype's range (rounded to
+	// the nearest integer for int64).
 	Value float64 `yaml:"value"`
 }
 
@@ -125,6 +139,7 @@ type Output struct {
 
 // Estimator describes one SneakPeek estimator.
 type Estimator struct {
+	// Name is unique among the manifest's estimators.
 	Name string `yaml:"name"`
 	// Kind is "knn" or "logistic" (more kinds may be added by package sneakpeek).
 	Kind string `yaml:"kind"`
@@ -135,8 +150,8 @@ type Estimator struct {
 	// Features names the feature transform applied to the request input before the
 	// estimator (see package sneakpeek), e.g. "pool4" or "identity".
 	Features string `yaml:"features"`
-	// Accuracy and ECE are measured on the validation split; CostUS is the
-	// measured cost per request in microseconds.
+	// Accuracy and ECE (both in [0,1]) are measured on the validation split;
+	// CostUS (finite, >= 0) is the measured cost per request in microseconds.
 	Accuracy float64 `yaml:"accuracy"`
 	ECE      float64 `yaml:"ece"`
 	CostUS   float64 `yaml:"cost_us"`
@@ -154,12 +169,13 @@ type Difficulty struct {
 	Form string `yaml:"form,omitempty" json:"form,omitempty"`
 	// AUC is, per variant (manifest order), the area under the ROC curve of its
 	// correctness predictions on held-out rows; ClassAUC is the same for the
-	// class-based expected accuracy sum_y p(y) recall(y), for comparison.
+	// class-based expected accuracy sum_y p(y) recall(y), for comparison. Both are
+	// in [0,1].
 	AUC      []float64 `yaml:"auc,omitempty" json:"auc"`
 	ClassAUC []float64 `yaml:"class_auc,omitempty" json:"class_auc"`
 	// TrainedOn says which rows it was trained on and how AUC was measured.
 	TrainedOn string `yaml:"trained_on,omitempty" json:"trained_on"`
-	// CostUS is the measured cost per request in microseconds.
+	// CostUS is the measured cost per request in microseconds (finite, >= 0).
 	CostUS float64 `yaml:"cost_us,omitempty" json:"cost_us"`
 }
 
@@ -167,12 +183,13 @@ type Difficulty struct {
 type Samples struct {
 	// File is a sample file relative to the manifest (format: package dataset).
 	File string `yaml:"file"`
-	// Count is the number of samples in it.
+	// Count is the number of samples in it (>= 0).
 	Count int `yaml:"count"`
 }
 
 // Workload is a named label mix.
 type Workload struct {
+	// Name is unique among the manifest's workloads.
 	Name        string `yaml:"name"`
 	Description string `yaml:"description"`
 	// Mix is the class mix (sums to 1). A drifting workload has Mix and MixEnd and
@@ -268,6 +285,13 @@ func (a *App) Validate() error {
 	if len(a.InputShape) > 0 {
 		n := 1
 		for _, d := range a.InputShape {
+			if d <= 0 {
+				return invalid("input_shape %v: dimension %d: dimensions must be positive", a.InputShape, d)
+			}
+			// n*d > input_size, tested without computing n*d (which may overflow).
+			if n > a.InputSize/d {
+				return invalid("input_shape %v: product exceeds input_size %d", a.InputShape, a.InputSize)
+			}
 			n *= d
 		}
 		if n != a.InputSize {
@@ -281,14 +305,27 @@ func (a *App) Validate() error {
 	if k < 2 {
 		return invalid("labels: need at least 2 classes, got %d", k)
 	}
-	if a.DefaultDeadlineMS <= 0 {
-		return invalid("default_deadline_ms: must be positive, got %d", a.DefaultDeadlineMS)
+	// Replies name the class by its label: each must be one class's.
+	labels := map[string]int{}
+	for y, l := range a.Labels {
+		if l == "" {
+			return invalid("labels[%d] %q: must not be empty", y, l)
+		}
+		if z, dup := labels[l]; dup {
+			return invalid("labels[%d] %q: duplicate of labels[%d]", y, l, z)
+		}
+		labels[l] = y
+	}
+	if a.DefaultDeadlineMS <= 0 || a.DefaultDeadlineMS > maxDeadlineMS {
+		return invalid("default_deadline_ms %d: must be in [1, %d] (a time.Duration)", a.DefaultDeadlineMS, maxDeadlineMS)
 	}
 	if err := checkDist("prior", a.Prior, k); err != nil {
 		return err
 	}
-	if a.PriorStrength < 0 {
-		return invalid("prior_strength: must not be negative")
+	// Alpha scales the prior (which sums to 1 within 1e-3) by prior_strength: half
+	// the largest float64 keeps the concentrations' sum finite.
+	if !(a.PriorStrength >= 0 && a.PriorStrength <= math.MaxFloat64/2) {
+		return invalid("prior_strength %v: must be a finite number in [0, %g]", a.PriorStrength, math.MaxFloat64/2)
 	}
 	if err := checkMatrix("utility", a.Utility, k); err != nil {
 		return err
@@ -299,7 +336,7 @@ func (a *App) Validate() error {
 		}
 		for y, x := range a.NoAnswerUtility {
 			if math.IsNaN(x) || math.IsInf(x, 0) {
-				return invalid("no_answer_utility[%d]: not a finite number", y)
+				return invalid("no_answer_utility[%d] %v: not a finite number", y, x)
 			}
 		}
 	}
@@ -317,53 +354,78 @@ func (a *App) Validate() error {
 			return invalid("%s.name %q: duplicate", f, v.Name)
 		}
 		seen[v.Name] = true
+		bad := within(fmt.Sprintf("variant %q", v.Name))
 		if v.File == "" {
-			return invalid("%s.file: required", f)
+			return bad("%s.file: required", f)
 		}
-		if err := a.checkInputs(f, v.Name, v.Inputs); err != nil {
+		if err := a.checkInputs(f, v); err != nil {
 			return err
 		}
 		switch v.Output.Kind {
 		case "logits", "probabilities":
 		case "score":
 			if k != 2 {
-				return invalid("%s.output.kind score needs exactly 2 labels, have %d", f, k)
+				return bad("%s.output.kind score needs exactly 2 labels, have %d", f, k)
 			}
 		default:
-			return invalid("%s.output.kind %q: want logits, probabilities or score", f, v.Output.Kind)
+			return bad("%s.output.kind %q: want logits, probabilities or score", f, v.Output.Kind)
 		}
 		if v.Output.Name == "" {
-			return invalid("%s.output.name: required", f)
+			return bad("%s.output.name: required", f)
 		}
-		if v.Accuracy < 0 || v.Accuracy > 1 {
-			return invalid("%s.accuracy %v: must be in [0,1]", f, v.Accuracy)
+		if v.Params < 0 {
+			return bad("%s.params %d: must not be negative", f, v.Params)
+		}
+		if !unit(v.Accuracy) {
+			return bad("%s.accuracy %v: must be in [0,1]", f, v.Accuracy)
 		}
 		if err := checkMatrix(f+".confusion", v.Confusion, k); err != nil {
-			return err
+			return fmt.Errorf("%w (variant %q)", err, v.Name)
 		}
 		for y, row := range v.Confusion {
 			for _, c := range row {
 				if c < 0 {
-					return invalid("%s.confusion[%d]: negative count", f, y)
+					return bad("%s.confusion[%d] %v: negative count", f, y, c)
 				}
 			}
 		}
 		if len(v.Recall) != k {
-			return invalid("%s.recall: want %d values, got %d", f, k, len(v.Recall))
+			return bad("%s.recall: want %d values, got %d", f, k, len(v.Recall))
 		}
 		for y, r := range v.Recall {
-			if r < 0 || r > 1 || math.IsNaN(r) {
-				return invalid("%s.recall[%d] %v: must be in [0,1]", f, y, r)
+			if !unit(r) {
+				return bad("%s.recall[%d] %v: must be in [0,1]", f, y, r)
+			}
+		}
+		for _, key := range slices.Sorted(maps.Keys(v.LatencyUS)) {
+			if us := v.LatencyUS[key]; !cost(us) {
+				return bad("%s.latency_us[%q] %v: must be a finite number >= 0", f, key, us)
 			}
 		}
 	}
+	estimators := map[string]int{}
 	for i, e := range a.Estimators {
 		f := fmt.Sprintf("estimators[%d]", i)
 		if e.Name == "" || e.Kind == "" || e.File == "" {
 			return invalid("%s: name, kind and file are required", f)
 		}
+		// Configurations and the difficulty model name estimators.
+		if j, dup := estimators[e.Name]; dup {
+			return invalid("%s.name %q: duplicate of estimators[%d]", f, e.Name, j)
+		}
+		estimators[e.Name] = i
+		bad := within(fmt.Sprintf("estimator %q", e.Name))
 		if e.Kind == "knn" && e.K <= 0 {
-			return invalid("%s.k: must be positive for knn", f)
+			return bad("%s.k %d: must be positive for knn", f, e.K)
+		}
+		if !unit(e.Accuracy) {
+			return bad("%s.accuracy %v: must be in [0,1]", f, e.Accuracy)
+		}
+		if !unit(e.ECE) {
+			return bad("%s.ece %v: must be in [0,1]", f, e.ECE)
+		}
+		if !cost(e.CostUS) {
+			return bad("%s.cost_us %v: must be a finite number >= 0", f, e.CostUS)
 		}
 	}
 	if d := a.Difficulty; d != nil {
@@ -387,38 +449,81 @@ func (a *App) Validate() error {
 			if f.v != nil && len(f.v) != len(a.Variants) {
 				return invalid("difficulty.%s: want %d values (one per variant), got %d", f.name, len(a.Variants), len(f.v))
 			}
+			for j, x := range f.v {
+				if !unit(x) {
+					return invalid("difficulty.%s[%d] %v: must be in [0,1] (variant %q)", f.name, j, x, a.Variants[j].Name)
+				}
+			}
+		}
+		if !cost(d.CostUS) {
+			return invalid("difficulty.cost_us %v: must be a finite number >= 0", d.CostUS)
 		}
 	}
+	for _, s := range []struct {
+		name string
+		s    *Samples
+	}{{"samples", a.Samples}, {"validation", a.Validation}} {
+		if s.s != nil && s.s.Count < 0 {
+			return invalid("%s.count %d: must not be negative", s.name, s.s.Count)
+		}
+	}
+	workloads := map[string]int{}
 	for i, w := range a.Workloads {
 		f := fmt.Sprintf("workloads[%d]", i)
 		if w.Name == "" {
 			return invalid("%s.name: required", f)
 		}
+		// The simulator and the evaluator look workloads up by name.
+		if j, dup := workloads[w.Name]; dup {
+			return invalid("%s.name %q: duplicate of workloads[%d]", f, w.Name, j)
+		}
+		workloads[w.Name] = i
 		if err := checkDist(f+".mix", w.Mix, k); err != nil {
-			return err
+			return fmt.Errorf("%w (workload %q)", err, w.Name)
 		}
 		if w.MixEnd != nil {
 			if err := checkDist(f+".mix_end", w.MixEnd, k); err != nil {
-				return err
+				return fmt.Errorf("%w (workload %q)", err, w.Name)
 			}
 		}
 	}
 	return nil
 }
 
-// checkInputs checks the inputs of variant name (field f); errors about the
-// data input's size name the variant and the application.
-func (a *App) checkInputs(f, name string, ins []Input) error {
+// maxDeadlineMS is the largest default_deadline_ms a time.Duration holds.
+const maxDeadlineMS = math.MaxInt64 / int64(time.Millisecond)
+
+// within returns invalid with the section's names (`variant "small"`) appended to
+// the message in parentheses.
+func within(section string) func(format string, args ...any) error {
+	return func(format string, args ...any) error {
+		return invalid(format+" (%s)", append(args, section)...)
+	}
+}
+
+// unit reports whether x is a number in [0, 1] (NaN is not).
+func unit(x float64) bool { return x >= 0 && x <= 1 }
+
+// cost reports whether x is a finite number >= 0 (a cost or a latency).
+func cost(x float64) bool { return x >= 0 && !math.IsInf(x, 1) }
+
+func (a *App) checkInputs(f string, v *Variant) error {
 	data := 0
-	for j, in := range ins {
+	names := map[string]int{}
+	for j, in := range v.Inputs {
 		g := fmt.Sprintf("%s.inputs[%d]", f, j)
 		if in.Name == "" {
-			return invalid("%s.name: required", g)
+			return invalid("%s.name: required (variant %q)", g, v.Name)
 		}
+		if i, dup := names[in.Name]; dup {
+			return invalid("%s.name %q: duplicate of %s.inputs[%d] (variant %q)", g, in.Name, f, i, v.Name)
+		}
+		names[in.Name] = j
+		bad := within(fmt.Sprintf("variant %q, input %q", v.Name, in.Name))
 		switch in.DType {
 		case "", "float32", "int64":
 		default:
-			return invalid("%s.dtype %q: want float32 or int64", g, in.DType)
+			return bad("%s.dtype %q: want float32 or int64", g, in.DType)
 		}
 		batchAxes, prod := 0, int64(1)
 		for _, d := range in.Shape {
@@ -426,43 +531,65 @@ func (a *App) checkInputs(f, name string, ins []Input) error {
 			case d == -1:
 				batchAxes++
 			case d > 0:
+				// The engine holds a sample's (or a constant's) element count in an int.
+				if prod > math.MaxInt/d {
+					return bad("%s.shape %v: dimension %d: the product of the dimensions exceeds %d", g, in.Shape, d, math.MaxInt)
+				}
 				prod *= d
 			default:
-				return invalid("%s.shape %v: dimensions must be positive or -1", g, in.Shape)
+				return bad("%s.shape %v: dimension %d: dimensions must be positive or -1", g, in.Shape, d)
 			}
 		}
 		switch in.Kind {
 		case "data":
 			data++
 			if batchAxes != 1 {
-				return invalid("%s.shape %v: data input needs exactly one -1 (batch) axis", g, in.Shape)
+				return bad("%s.shape %v: data input needs exactly one -1 (batch) axis", g, in.Shape)
+			}
+			// The slice [offset, offset+n) must lie in [0, input_size); no sum here may
+			// overflow (an end past MaxInt wraps negative and passes a plain end check).
+			// The messages name the variant and the application, and both sizes.
+			if in.Offset < 0 || in.Offset >= a.InputSize || in.Length < 0 || in.Length > a.InputSize-in.Offset {
+				if in.Offset < 0 || in.Length < 0 {
+					return invalid("%s: variant %s of %s, input %q: offset %d and length %d must not be negative", g, v.Name, a.Name, in.Name, in.Offset, in.Length)
+				}
+				need := fmt.Sprintf("more than %d", math.MaxInt)
+				if l := max(in.Length, 1); in.Offset <= math.MaxInt-l {
+					need = fmt.Sprint(in.Offset + l)
+				}
+				return invalid("%s: variant %s of %s, input %q: offset %d and length %d need %s values, input_size is %d",
+					g, v.Name, a.Name, in.Name, in.Offset, in.Length, need, a.InputSize)
 			}
 			n := in.Length
 			if n == 0 {
 				n = a.InputSize - in.Offset
 			}
-			if in.Offset < 0 || n <= 0 || in.Offset+n > a.InputSize {
-				return invalid("%s: variant %s of %s: offset %d and length %d need %d values, input_size is %d",
-					g, name, a.Name, in.Offset, in.Length, in.Offset+n, a.InputSize)
-			}
 			if prod != int64(n) {
-				return invalid("%s.shape %v: variant %s of %s: %d values per sample, want %d (offset %d, length %d of input_size %d)",
-					g, in.Shape, name, a.Name, prod, n, in.Offset, n, a.InputSize)
+				return invalid("%s.shape %v: variant %s of %s, input %q: %d values per sample, want %d (offset %d, length %d of input_size %d)",
+					g, in.Shape, v.Name, a.Name, in.Name, prod, n, in.Offset, n, a.InputSize)
 			}
 		case "zeros":
 			if batchAxes != 1 {
-				return invalid("%s.shape %v: zeros input needs exactly one -1 (batch) axis", g, in.Shape)
+				return bad("%s.shape %v: zeros input needs exactly one -1 (batch) axis", g, in.Shape)
 			}
 		case "const":
 			if batchAxes != 0 {
-				return invalid("%s.shape %v: const input has no batch axis", g, in.Shape)
+				return bad("%s.shape %v: const input has no batch axis", g, in.Shape)
+			}
+			// The engine fills the tensor with float32(value), or int64(round(value)).
+			if in.DType == "int64" {
+				if r := math.Round(in.Value); !(r >= math.MinInt64 && r < math.MaxInt64) {
+					return bad("%s.value %v: must be a finite number in int64's range", g, in.Value)
+				}
+			} else if !(math.Abs(in.Value) <= math.MaxFloat32) {
+				return bad("%s.value %v: must be a finite number in float32's range", g, in.Value)
 			}
 		default:
-			return invalid("%s.kind %q: want data, zeros or const", g, in.Kind)
+			return bad("%s.kind %q: want data, zeros or const", g, in.Kind)
 		}
 	}
 	if data != 1 {
-		return invalid("%s.inputs: need exactly one data input, got %d", f, data)
+		return invalid("%s.inputs: need exactly one data input, got %d (variant %q)", f, data, v.Name)
 	}
 	return nil
 }
@@ -504,7 +631,7 @@ func checkMatrix(field string, m [][]float64, k int) error {
 		}
 		for j, x := range row {
 			if math.IsNaN(x) || math.IsInf(x, 0) {
-				return invalid("%s[%d][%d]: not a finite number", field, i, j)
+				return invalid("%s[%d][%d] %v: not a finite number", field, i, j, x)
 			}
 		}
 	}
