@@ -34,6 +34,12 @@
 // a dynamic batch axis) are checked against the manifest; a mismatch is an
 // error wrapping ErrModelMismatch that names the variant and every difference.
 //
+// A panic while loading a variant or in a forward pass of it (a manifest that
+// slipped past validation, a bug) does not reach the caller's goroutine: the
+// call returns a *PanicError (wrapping ErrPanic) naming the application, the
+// variant and the panic's value, so that a variant the engine cannot run fails
+// its own load, profile, warm-up or batch and the engine serves the others.
+//
 // # Memory budget
 //
 // MemBytes, what a variant counts against Options.MemoryBudgetBytes, is the ONNX

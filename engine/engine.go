@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -200,8 +201,9 @@ func (e *Engine) lookup(id VariantID) (*variant, error) {
 // against the manifest (a temporary session, not included in the returned
 // duration). Load returns an error wrapping ErrUnknownVariant (also when the
 // variant is unregistered while Load waits for it), ErrOverBudget (nothing is
-// evicted: the caller unloads first), ErrModelMismatch or ErrClosed, or ONNX
-// Runtime's error.
+// evicted: the caller unloads first), ErrModelMismatch, ErrPanic (a
+// *PanicError: the check or the session's creation panicked; the budget is
+// released) or ErrClosed, or ONNX Runtime's error.
 func (e *Engine) Load(id VariantID) (time.Duration, error) {
 	v, err := e.lookup(id)
 	if err != nil {
@@ -241,23 +243,11 @@ func (e *Engine) load(v *variant, budgeted bool) (time.Duration, error) {
 		}
 	}
 	e.mu.Unlock()
-	if e.creating != nil {
-		e.creating(v.id)
-	}
-	release := func() {
+	s, d, err := e.create(v)
+	if err != nil {
 		if budgeted {
 			e.release(v)
 		}
-	}
-	if err := e.check(v); err != nil {
-		release()
-		return 0, err
-	}
-	t0 := e.opts.Now()
-	s, err := newSession(v, e.so, e.opts.maxBatch())
-	d := e.opts.Now().Sub(t0)
-	if err != nil {
-		release()
 		return 0, err
 	}
 	e.mu.Lock()
@@ -265,6 +255,35 @@ func (e *Engine) load(v *variant, budgeted bool) (time.Duration, error) {
 	e.mu.Unlock()
 	e.log.Debug().Str("variant", v.id.String()).Dur("took", d).Int64("mem_bytes", v.mem).Msg("loaded")
 	return d, nil
+}
+
+// create runs the I/O check of v and makes its session, and returns the
+// session and how long making it took. A panic in either is returned as a
+// *PanicError (what the session had allocated by then is not freed).
+func (e *Engine) create(v *variant) (_ *session, _ time.Duration, err error) {
+	defer recovered(v, "load", &err)
+	if e.creating != nil {
+		e.creating(v.id)
+	}
+	if err := e.check(v); err != nil {
+		return nil, 0, err
+	}
+	t0 := e.opts.Now()
+	s, err := newSession(v, e.so, e.opts.maxBatch())
+	d := e.opts.Now().Sub(t0)
+	if err != nil {
+		return nil, 0, err
+	}
+	return s, d, nil
+}
+
+// recovered, deferred by a function of v with the address of its error
+// result, returns a panic of the function as a *PanicError of op in that
+// result instead of letting it unwind further.
+func recovered(v *variant, op string, err *error) {
+	if p := recover(); p != nil {
+		*err = &PanicError{App: v.app.Name, Variant: v.id, Op: op, Value: p, Stack: debug.Stack()}
+	}
 }
 
 // reserveLocked counts v against the budgets, or returns ErrOverBudget.
@@ -352,7 +371,8 @@ func (e *Engine) unload(v *variant) (time.Duration, error) {
 // score output p is returned as [1-p, p]). Every input must hold the
 // application's input_size values; Run does not keep them. Run returns an error
 // wrapping ErrUnknownVariant, ErrNotLoaded, ErrBadInput, ErrModelMismatch (the
-// output's shape is wrong) or ErrClosed, or ONNX Runtime's error.
+// output's shape is wrong), ErrPanic (a *PanicError: the pass panicked) or
+// ErrClosed, or ONNX Runtime's error.
 func (e *Engine) Run(id VariantID, inputs [][]float32) ([][]float64, error) {
 	e.mu.RLock()
 	if e.closed {
@@ -388,8 +408,8 @@ func (e *Engine) Run(id VariantID, inputs [][]float32) ([][]float64, error) {
 // application's input_range nearest to 0. The two passes hold the variant
 // against Load and Unload, like RunAll; both run even when the first fails, and
 // Warm returns their errors joined: those Run returns (ErrUnknownVariant,
-// ErrNotLoaded, ErrModelMismatch, ErrClosed, or ONNX Runtime's), each saying
-// which batch size failed.
+// ErrNotLoaded, ErrModelMismatch, ErrPanic, ErrClosed, or ONNX Runtime's),
+// each saying which batch size failed.
 func (e *Engine) Warm(id VariantID, batch int) error {
 	v, err := e.lookup(id)
 	if err != nil {
@@ -425,8 +445,10 @@ func (e *Engine) Warm(id VariantID, batch int) error {
 }
 
 // runOn checks inputs (numbered from first in errors) and runs one forward pass
-// of v's session s over them.
-func runOn(v *variant, s *session, inputs [][]float32, first int) ([][]float64, error) {
+// of v's session s over them. A panic in the pass is returned as a *PanicError:
+// every forward pass of the engine (Run, Warm, RunAll, Profile) runs here.
+func runOn(v *variant, s *session, inputs [][]float32, first int) (_ [][]float64, err error) {
+	defer recovered(v, "run", &err)
 	for i, x := range inputs {
 		if len(x) != v.app.InputSize {
 			return nil, fmt.Errorf("%w: %s: input %d has %d values, want %d",
@@ -528,7 +550,8 @@ func (e *Engine) Close() error {
 // one class distribution per input: a measurement over a whole split (a cascade's
 // operating curve, a model's accuracy). A variant that is not resident is loaded
 // for the duration outside the residency budget, like ProfileBeside, and
-// unloaded again; a resident one stays.
+// unloaded again (also when a pass fails or panics: ErrPanic); a resident one
+// stays.
 func (e *Engine) RunAll(ctx context.Context, id VariantID, inputs [][]float32, batch int) ([][]float64, error) {
 	v, err := e.lookup(id)
 	if err != nil {

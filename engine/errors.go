@@ -1,6 +1,9 @@
 package engine
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Errors returned by New.
 var (
@@ -51,3 +54,46 @@ var (
 	// after Close.
 	ErrClosed = errors.New("engine: closed")
 )
+
+// ErrPanic is wrapped, as a *PanicError, by the error of a Load, Run, Warm,
+// RunAll, Profile or ProfileBeside that panicked while loading a variant or in
+// a forward pass of it.
+var ErrPanic = errors.New("engine: panic")
+
+// PanicError is a panic the engine recovered from while loading a variant (its
+// I/O check, its session and tensors) or in a forward pass of it, and returned
+// as an error instead: a variant the engine cannot run (a manifest that slipped
+// past validation, a bug) then fails its own load, profile, warm-up or batch,
+// not the process. The variant is left as after any failed call: a load or
+// profile releases what it reserved and unloads what it loaded; a resident
+// variant stays resident and may panic again on its next pass.
+type PanicError struct {
+	// App is the application's name; Variant the variant's id (its App is the
+	// key the application was registered under: RegisterAs).
+	App     string
+	Variant VariantID
+	// Op is "load" (Load, or the load of RunAll, Profile or ProfileBeside) or
+	// "run" (a forward pass of Run, Warm, RunAll, Profile or ProfileBeside).
+	Op string
+	// Value is what was passed to panic; Stack is the panicking goroutine's
+	// stack where the engine recovered.
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	what := "a forward pass"
+	if e.Op == "load" {
+		what = "loading it"
+	}
+	return fmt.Sprintf("engine: application %s, variant %s: %s panicked: %v", e.App, e.Variant.Variant, what, e.Value)
+}
+
+// Is reports whether target is ErrPanic.
+func (e *PanicError) Is(target error) bool { return target == ErrPanic }
+
+// Unwrap returns Value when it is an error (a runtime.Error, say), else nil.
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}

@@ -82,7 +82,9 @@ func (p Profile) clone() Profile {
 // Profile loads variants under the residency budget like Load does, so a
 // variant that does not fit next to the resident ones fails with ErrOverBudget.
 // Profile stops at the first error, which names the variant; profiles measured
-// before it are kept. It returns ctx's error when ctx is done.
+// before it are kept. A load or forward pass that panics is such an error
+// (ErrPanic, a *PanicError), and the variant is unloaded again as after any
+// failed measurement. It returns ctx's error when ctx is done.
 func (e *Engine) Profile(ctx context.Context, ids ...VariantID) error {
 	return e.profileAll(ctx, true, ids)
 }

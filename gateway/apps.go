@@ -114,8 +114,10 @@ func (g *Gateway) loadApps() error {
 
 // buildApp loads and validates the application of configuration entry i: its
 // manifest, estimator, scheduler view and monitor. It touches neither the engine
-// nor the metrics registry.
-func (g *Gateway) buildApp(i int, ac AppConfig) (*appRuntime, error) {
+// nor the metrics registry. A panic in it is returned as an error naming the
+// entry (recoverApp).
+func (g *Gateway) buildApp(i int, ac AppConfig) (_ *appRuntime, err error) {
+	defer recoverApp(&err, "", fmt.Sprintf("apps[%d] (%s)", i, ac.Manifest), "building the application")
 	m, err := manifest.Load(ac.Manifest)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: apps[%d]: %w", i, err)
@@ -243,8 +245,11 @@ func fingerprint(m *manifest.App, ac AppConfig) (string, error) {
 
 // prepareEngine registers a's variants under a.key, measures (or reads cached)
 // profiles and fills the scheduler's latency tables. beside profiles outside the
-// residency budget, next to variants that serve (a reload).
-func (g *Gateway) prepareEngine(ctx context.Context, a *appRuntime, beside bool) error {
+// residency budget, next to variants that serve (a reload). A panic in it is
+// returned as an error naming the application (recoverApp; the engine returns
+// a panic in a variant's load or forward pass as engine.PanicError itself).
+func (g *Gateway) prepareEngine(ctx context.Context, a *appRuntime, beside bool) (err error) {
+	defer recoverApp(&err, a.m.Name, "", "registering and profiling its variants")
 	if err := g.eng.RegisterAs(a.key, a.m); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -316,6 +321,7 @@ func (g *Gateway) reload(ctx context.Context, load func() (*Config, error)) (res
 	defer func() {
 		if err != nil {
 			g.m.reloads.WithLabelValues("refused").Inc()
+			g.logPanic(err, "reload refused: preparing an application panicked; the previous configuration and applications keep serving")
 		} else {
 			g.m.reloads.WithLabelValues("ok").Inc()
 		}

@@ -51,8 +51,10 @@ func (g *Gateway) newPolicy(ctx context.Context) (scheduler.Policy, error) {
 }
 
 // measurePeek measures a's peek curve (a.peek) when scheduler.peek names a
-// variant of it; otherwise it leaves a.peek nil.
-func (g *Gateway) measurePeek(ctx context.Context, a *appRuntime) error {
+// variant of it; otherwise it leaves a.peek nil. A panic in it is returned as
+// an error naming the application (recoverApp).
+func (g *Gateway) measurePeek(ctx context.Context, a *appRuntime) (err error) {
+	defer recoverApp(&err, a.m.Name, "", "measuring its peek curve")
 	a.peek = nil
 	if _, ok := g.cfg.Scheduler.Peek[a.m.Name]; !ok {
 		return nil
@@ -82,8 +84,10 @@ func (g *Gateway) measurePeek(ctx context.Context, a *appRuntime) error {
 // most accurate variants over (up to cascadeRows of) its validation split and
 // builds its cascade curve. An application without a validation split never
 // escalates (everything on its first variant would be wrong, so the
-// configuration is cheap = better = the most accurate).
-func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (scheduler.CascadeConfig, error) {
+// configuration is cheap = better = the most accurate). A panic in it is
+// returned as an error naming the application (recoverApp).
+func (g *Gateway) measureCascade(ctx context.Context, a *appRuntime) (_ scheduler.CascadeConfig, err error) {
+	defer recoverApp(&err, a.m.Name, "", "measuring its cascade curve")
 	cheap, better, err := scheduler.CascadePair(a.sched, g.cfg.SchedulerOptions())
 	if err != nil {
 		return scheduler.CascadeConfig{}, fmt.Errorf("gateway: %w: scheduler.cascade_first: %v", ErrConfig, err)

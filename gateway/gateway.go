@@ -179,6 +179,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	g.started = g.now()
 	defer func() {
 		if err != nil {
+			g.logPanic(err, "start-up failed: preparing an application panicked")
 			g.closeAll()
 		}
 	}()
@@ -323,8 +324,10 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 // drain rate admission measures on the first answers would read them as the
 // gateway's pace and refuse the requests behind them. The gateway does this at
 // start and for the new versions of a reload before they serve. A model
-// mismatch found while warming is an error; another failed warm-up pass is
-// logged, since requests on that variant may fail the same way.
+// mismatch found while warming is an error, and so is a warm-up pass that
+// panicked (engine.ErrPanic: every pass of the variant is likely to); another
+// failed warm-up pass is logged, since requests on that variant may fail the
+// same way.
 func (g *Gateway) loadAndWarm(ctx context.Context, ids []engine.VariantID) error {
 	t0 := time.Now()
 	loaded, warmed := 0, 0
@@ -347,7 +350,7 @@ func (g *Gateway) loadAndWarm(ctx context.Context, ids []engine.VariantID) error
 			continue
 		}
 		if err := g.eng.Warm(id, g.cfg.Scheduler.MaxBatch); err != nil {
-			if errors.Is(err, engine.ErrModelMismatch) {
+			if errors.Is(err, engine.ErrModelMismatch) || errors.Is(err, engine.ErrPanic) {
 				return fmt.Errorf("gateway: engine: warm %s: %w", id, err)
 			}
 			g.log.Warn().Err(err).Str("variant", id.String()).Msg("engine: a warm-up pass failed; requests on this variant may fail the same way")
