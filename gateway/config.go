@@ -322,9 +322,12 @@ type AppConfig struct {
 	// and answers a request without a model (degraded, shed) from the corrected
 	// estimate; the variants' values keep the raw one (scheduler.Reweigh). On by
 	// default for an application with an estimator (nil: on, and off with a log
-	// line when the validation split cannot be read); false turns it off, true
-	// makes a missing estimator or validation split an error. docs/evaluation-log.md,
-	// "Label-shift correction on by default", has what it gains and costs.
+	// line when the validation split the manifest names cannot be read); false
+	// turns it off, true makes a missing estimator, or a named validation split
+	// that cannot be read, an error. A manifest that names no validation split
+	// starts the correction from its prior, nil or true (shiftStart).
+	// docs/evaluation-log.md, "Label-shift correction on by default", has what it
+	// gains and costs.
 	LabelShift *bool `yaml:"label_shift"`
 	// ClassBased ignores the manifest's per-sample difficulty model: expected
 	// accuracy is then sum_y p(y) recall(y), the published method's form (for

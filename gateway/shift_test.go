@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -72,13 +73,28 @@ func TestLabelShiftFollowsTheLiveMix(t *testing.T) {
 }
 
 // label_shift is on by default for an application with an estimator, off when
-// set false; by default an application whose validation split cannot be read
-// serves without it (a package without the split, THIRD_PARTY.md), while an
-// explicit true makes that an error.
+// set false; by default an application whose manifest names a validation split
+// that cannot be read serves without it (a package without the split,
+// THIRD_PARTY.md), while an explicit true makes that an error. One whose
+// manifest names no split serves with it, from the manifest's prior, whether
+// label_shift is true or unset (README, apps[].label_shift).
 func TestLabelShiftDefault(t *testing.T) {
 	// A copy of fashion without its validation split.
 	noVal := copyFashion(t)
 	if err := os.Remove(filepath.Join(filepath.Dir(noVal), "data", "validation.sgs")); err != nil {
+		t.Fatal(err)
+	}
+	// A copy whose manifest names none.
+	unnamed := copyFashion(t)
+	text, err := os.ReadFile(unnamed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const block = "validation:\n  file: \"data/validation.sgs\"\n  count: 10000\n"
+	if !strings.Contains(string(text), block) {
+		t.Fatalf("%s has no validation block %q to remove", fashionManifest, block)
+	}
+	if err := os.WriteFile(unnamed, []byte(strings.Replace(string(text), block, "", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	on, off := true, false
@@ -94,6 +110,10 @@ func TestLabelShiftDefault(t *testing.T) {
 		{"true", fashionManifest, &on, true, false},
 		{"default without the validation split", noVal, nil, false, false},
 		{"true without the validation split", noVal, &on, false, true},
+		// No split named: on from the manifest's prior, true or not.
+		{"default with no split named", unnamed, nil, true, false},
+		{"true with no split named", unnamed, &on, true, false},
+		{"false with no split named", unnamed, &off, false, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := DefaultConfig()
@@ -116,6 +136,17 @@ func TestLabelShiftDefault(t *testing.T) {
 			a, _ := g.app("fashion")
 			if got := a.shift != nil; got != c.want {
 				t.Errorf("correction on: %v, want %v", got, c.want)
+			}
+			if c.manifest == unnamed && a.shift != nil {
+				// It starts from the manifest's prior (normalised: fashion's
+				// sums to 1, and none is below the floor), not from the
+				// estimator's mean output on a split (fashion's are up to 0.005 apart).
+				for y, p := range a.shift.TrainPrior() {
+					if math.Abs(p-a.m.Prior[y]) > 1e-9 {
+						t.Errorf("starting prior %v, want the manifest's %v", a.shift.TrainPrior(), a.m.Prior)
+						break
+					}
+				}
 			}
 		})
 	}
