@@ -682,6 +682,65 @@ func TestCheckWithoutValidationSplit(t *testing.T) {
 	})
 }
 
+// The gateway serves an application whose manifest names no estimator
+// (gateway buildApp), so Check passes it too, with a warning saying what
+// serving loses without one, and still runs and compares every variant.
+func TestCheckWithoutEstimator(t *testing.T) {
+	lib := testenv.ORTLib(t)
+	src := "../models/satellite"
+	if _, err := os.Stat(filepath.Join(src, "manifest.yaml")); err != nil {
+		t.Skip(err)
+	}
+	dir := filepath.Join(t.TempDir(), "satellite")
+	if err := os.CopyFS(dir, os.DirFS(src)); err != nil {
+		t.Fatal(err)
+	}
+	// Drop the estimators and the difficulty model (trained on one of them).
+	p := filepath.Join(dir, "manifest.yaml")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	drop := false
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if l != "" && l[0] != ' ' && l[0] != '#' && l[0] != '\n' {
+			drop = strings.HasPrefix(l, "estimators:") || strings.HasPrefix(l, "difficulty:")
+		}
+		if !drop {
+			kept = append(kept, l)
+		}
+	}
+	if len(kept) == len(strings.SplitAfter(string(b), "\n")) {
+		t.Fatal("the manifest has no estimators to drop")
+	}
+	if err := os.WriteFile(p, []byte(strings.Join(kept, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rep, err := Check(context.Background(), dir, CheckOptions{Library: lib, NoLatency: true, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.App.Estimators) != 0 || len(rep.Estimators) != 0 {
+		t.Fatalf("estimators %v measured %v, want none", rep.App.Estimators, rep.Estimators)
+	}
+	if rep.RowsFrom != "validation" || len(rep.Variants) != 5 || rep.Variants[0].Accuracy == 0 {
+		t.Errorf("ran %d variants on %d %s rows (first accuracy %v), want 5 on the validation rows, measured",
+			len(rep.Variants), rep.Rows, rep.RowsFrom, rep.Variants[0].Accuracy)
+	}
+	all := strings.Join(rep.Warnings, "\n")
+	for _, w := range []string{"names no estimator", "profiled utility", "degraded", "admission.degrade_refused",
+		"admission.max_wait", "label_shift: true refuses", "scheduler.estimate_answers", "difficulty", "sneakgate_estimate_"} {
+		if !strings.Contains(all, w) {
+			t.Errorf("warnings do not say %q:\n%s", w, all)
+		}
+	}
+	if len(rep.Warnings) != 1 || !strings.Contains(out.String(), "warning: "+rep.Warnings[0]) {
+		t.Errorf("want the one warning printed:\n%s", out.String())
+	}
+}
+
 func TestCountParamsBundled(t *testing.T) {
 	paths, _ := filepath.Glob("../models/*/manifest.yaml")
 	if len(paths) == 0 {

@@ -59,8 +59,9 @@ type CheckReport struct {
 	// Variants and Estimators are measured on those rows, in manifest order.
 	Variants   []variantResult
 	Estimators []estimatorResult
-	// Warnings say what the gateway serves without: a validation split or a
-	// samples file the manifest does not name or that is missing.
+	// Warnings say what the gateway serves without: an estimator, or a
+	// validation split or a samples file the manifest does not name or that is
+	// missing.
 	Warnings []string
 }
 
@@ -72,11 +73,12 @@ type CheckReport struct {
 // accuracy compared with the manifest's, and timed at batch 1 and 32. It
 // prints the table to o.Stdout. Errors wrap ErrCheck and say what is wrong.
 //
-// The gateway serves an application without a validation split or samples
-// file, and so does Check: one the manifest does not name, or names but is
-// missing, is a warning (CheckReport.Warnings, printed) that says what serving
-// loses, and the variants run on the samples instead, else on random rows in
-// the input range, where no accuracy is measured.
+// The gateway serves an application without an estimator, a validation split
+// or a samples file, and so does Check: an application with no estimator, or
+// whose manifest does not name a split or names one that is missing, gets a
+// warning (CheckReport.Warnings, printed) that says what serving loses; without
+// the split the variants run on the samples instead, else on random rows in the
+// input range, where no accuracy is measured.
 func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -108,7 +110,7 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 		}
 	}
 	if len(app.Estimators) == 0 {
-		return nil, fmt.Errorf("%w: %s: no estimators (the gateway needs one to score requests)", ErrCheck, path)
+		rep.Warnings = append(rep.Warnings, noEstimator)
 	}
 	if _, err := sneakpeek.LoadDifficulty(app); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrCheck, path, err) // names the difficulty model, the app and the file
@@ -199,6 +201,16 @@ func Check(ctx context.Context, dir string, o CheckOptions) (rep *CheckReport, e
 	}
 	return rep, nil
 }
+
+// What the gateway serves without when an application has no estimator
+// (gateway: buildApp leaves the estimate nil; ingress estimate, the
+// scheduler's Prepare and degrade, admission's Refuses, degradeRefused).
+const noEstimator = "the manifest names no estimator; the gateway serves it, but without a per-request estimate: " +
+	"the data-aware policies value every request of it alike, by the variants' profiled utility under the manifest's prior, " +
+	"and none is answered from an estimate (degraded): one that no variant can answer in time, or that is shed under overload, " +
+	"expires instead, admission.degrade_refused does not apply to it, and admission.max_wait refuses a request that no choice of variants " +
+	"could answer in time; the label-shift correction (apps[].label_shift: true refuses to start), answers from the estimate " +
+	"(scheduler.estimate_answers), the per-sample difficulty model and the estimate monitor (sneakgate_estimate_* metrics) are off"
 
 // What the gateway serves without when an application has no validation split
 // (gateway: buildApp and shiftStart, measureCascade, measurePeek): the manifest

@@ -29,11 +29,11 @@ const appUsage = `usage:
   sneakgate app check [-rows N] [-ort-lib FILE] DIR
       Validate an application directory as the gateway will load it (manifest,
       estimators, sample files), load and run every variant on the validation
-      rows through ONNX Runtime, and print the table. A validation split or
-      samples file that the manifest does not name or that is missing is a
-      warning saying what serving loses (the gateway serves without them), and
-      the variants run on the samples, else on random rows. Exits 1 with the
-      reason when something is wrong.
+      rows through ONNX Runtime, and print the table. No estimator, or a
+      validation split or samples file that the manifest does not name or that
+      is missing, is a warning saying what serving loses (the gateway serves
+      without them); without the split the variants run on the samples, else on
+      random rows. Exits 1 with the reason when something is wrong.
 See models/README.md, "Serving your own models".
 `
 
