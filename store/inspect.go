@@ -122,14 +122,11 @@ func (r *Report) bucket(name []byte) *BucketReport {
 // format, and an error when the file cannot be opened or read. Damage is not an
 // error: it is in the Report (Damaged).
 func Inspect(path string) (*Report, error) {
-	f, err := os.Open(path)
+	f, err := lockShared(path)
 	if err != nil {
-		return nil, fmt.Errorf("store: inspect: %w", err)
-	}
-	defer f.Close()
-	if err := lockFile(f, false, 0); err != nil {
 		return nil, fmt.Errorf("store: inspect %s: %w", path, err)
 	}
+	defer f.Close()
 	rep, err := verifyFile(f, path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("store: inspect %s: %w", path, err)
@@ -154,14 +151,11 @@ func Inspect(path string) (*Report, error) {
 // file, or its header destroyed): nothing in it can be salvaged. On error it
 // removes dst.
 func Salvage(src, dst string) (*Report, error) {
-	f, err := os.Open(src)
+	f, err := lockShared(src)
 	if err != nil {
-		return nil, fmt.Errorf("store: salvage: %w", err)
-	}
-	defer f.Close()
-	if err := lockFile(f, false, 0); err != nil {
 		return nil, fmt.Errorf("store: salvage %s: %w", src, err)
 	}
+	defer f.Close()
 	if _, err := os.Lstat(dst); err == nil {
 		return nil, fmt.Errorf("store: salvage: %s already exists", dst)
 	}

@@ -78,6 +78,18 @@ func OpenOrRecover(path string, opts Options) (*Store, *Recovery, error) {
 		return nil, nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	if fresh {
+		// Another opener may have created the file, written a journal into it
+		// and released it while this one waited for its lock: only a file still
+		// empty under the lock is new. (An empty file that was there before is
+		// damage: a journal that lost its contents.)
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("store: open %s: %w", path, err)
+		}
+		fresh = fi.Size() == 0
+	}
+	if fresh {
 		s, err := openLocked(path, f, opts)
 		return s, nil, err
 	}
@@ -124,17 +136,33 @@ func OpenOrRecover(path string, opts Options) (*Store, *Recovery, error) {
 // lockPath then opens path again and waits for the new file's lock, within the
 // same LockTimeout in all. It fails when path no longer exists.
 func lockPath(path string, flag int, opts Options) (*os.File, error) {
-	deadline := time.Now().Add(opts.LockTimeout)
+	return lockAt(path, os.O_RDWR|flag, true, opts.LockTimeout)
+}
+
+// lockShared opens path read-only and takes a reader's lock on it without
+// waiting (ErrLocked while a gateway has it open), checking as lockPath does
+// that the file it locked is still the one at path: Inspect and Salvage must not
+// read a journal that a gateway's start-up compaction or salvage has just
+// replaced, while that gateway runs on the new file.
+func lockShared(path string) (*os.File, error) {
+	return lockAt(path, os.O_RDONLY, false, 0)
+}
+
+// lockAt is lockPath and lockShared: open path with flag, lock it (exclusive or
+// shared) within timeout, and start over while the file locked is not the one
+// at path.
+func lockAt(path string, flag int, exclusive bool, timeout time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(timeout)
 	for replaced := 0; ; replaced++ {
-		f, err := os.OpenFile(path, os.O_RDWR|flag, 0o600)
+		f, err := os.OpenFile(path, flag, 0o600)
 		if err != nil {
 			return nil, err
 		}
 		lockOpened(path)
-		if err := lockFile(f, true, time.Until(deadline)); err != nil {
+		if err := lockFile(f, exclusive, time.Until(deadline)); err != nil {
 			f.Close()
 			if replaced > 0 && errors.Is(err, ErrLocked) {
-				err = lockedErr(opts.LockTimeout)
+				err = lockedErr(timeout)
 			}
 			return nil, err
 		}
@@ -146,8 +174,10 @@ func lockPath(path string, flag int, opts Options) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !time.Now().Before(deadline) {
-			return nil, lockedErr(opts.LockTimeout)
+		// Past the deadline, a few more tries (without waiting: lockFile's
+		// timeout is then <= 0), for a reader that never waits.
+		if replaced >= 2 && !time.Now().Before(deadline) {
+			return nil, lockedErr(timeout)
 		}
 	}
 }
