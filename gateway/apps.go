@@ -3,11 +3,13 @@ package gateway
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"slices"
@@ -130,6 +132,10 @@ func (g *Gateway) buildApp(i int, ac AppConfig) (_ *appRuntime, err error) {
 	if d, lim := time.Duration(m.DefaultDeadlineMS)*time.Millisecond, g.cfg.Admission; d < lim.MinDeadline || d > lim.MaxDeadline {
 		return nil, fmt.Errorf("gateway: %w: apps[%d] (%s): default deadline %s is outside admission.min_deadline..max_deadline (%s..%s)",
 			ErrConfig, i, m.Name, d, lim.MinDeadline, lim.MaxDeadline)
+	}
+	if need, enc := minPayload(m); need > g.cfg.Admission.MaxPayloadBytes {
+		return nil, fmt.Errorf("gateway: %w: apps[%d] (%s): input_size %d needs at least %d bytes of payload (%s), over admission.max_payload_bytes (%d): every request would be rejected",
+			ErrConfig, i, m.Name, m.InputSize, need, enc, g.cfg.Admission.MaxPayloadBytes)
 	}
 	a := &appRuntime{m: m, conf: ac}
 	if a.fingerprint, err = fingerprint(m, ac); err != nil {
@@ -527,4 +533,19 @@ func changedSections(a, b *Config) []string {
 		}
 	}
 	return out
+}
+
+// minPayload is the size of the smallest request payload that can carry m's
+// input, and its encoding: {"input_u8_b64":"..."} for an application with an
+// input_range (a byte per value), else {"input_b64":"..."} (four).
+func minPayload(m *manifest.App) (int, string) {
+	field, per := "input_b64", 4
+	if m.InputRange != nil {
+		field, per = "input_u8_b64", 1
+	}
+	n := m.InputSize
+	if n > (math.MaxInt/2)/per {
+		return math.MaxInt, field // no payload carries it
+	}
+	return len(`{"":""}`) + len(field) + base64.StdEncoding.EncodedLen(n*per), field
 }
