@@ -2,8 +2,10 @@ package engine
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/sneakgate/sneakgate/internal/cachefile"
@@ -73,12 +75,44 @@ func (e *Engine) readCache(v *variant, key *cacheKey, file string) (Profile, boo
 		return Profile{}, false
 	}
 	p := c.Profile
-	if !cachefile.SameKey(key, &c.Key) || len(p.Batch) != len(p.Latency) || len(p.Batch) == 0 {
+	if !cachefile.SameKey(key, &c.Key) {
 		e.log.Warn().Str("file", file).Msg("profile cache: entry does not match its key; measuring")
+		return Profile{}, false
+	}
+	if err := checkCached(p, key.BatchSizes); err != nil {
+		e.log.Warn().Err(err).Str("variant", v.id.String()).Str("file", file).Msg("profile cache: invalid profile in entry; measuring")
 		return Profile{}, false
 	}
 	p.MemBytes = v.mem // computed, not measured: always current
 	return p, true
+}
+
+// maxCachedDuration bounds every duration of a cached profile: a forward pass,
+// load or unload of a day is no measurement, and the scheduler's sums of such
+// durations over a window of requests stay far from overflowing.
+const maxCachedDuration = 24 * time.Hour
+
+// checkCached says why p, read from a cache entry stored under batch sizes
+// batch, is not a profile Profile could have measured: its batch sizes must be
+// the key's (LatencyAt interpolates between them: a size listed twice divided
+// by zero), its latencies one per size, non-decreasing (measure makes them
+// so), and every duration within [0, maxCachedDuration].
+func checkCached(p Profile, batch []int) error {
+	if !slices.Equal(p.Batch, batch) {
+		return fmt.Errorf("profile batch sizes %v, the key's are %v", p.Batch, batch)
+	}
+	if len(p.Latency) != len(p.Batch) {
+		return fmt.Errorf("profile has %d latencies for %d batch sizes", len(p.Latency), len(p.Batch))
+	}
+	for i, d := range p.Latency {
+		if d < 0 || d > maxCachedDuration || (i > 0 && d < p.Latency[i-1]) {
+			return fmt.Errorf("profile latency_ns %v: each must be in [0, %v] and at least the one before it", p.Latency, maxCachedDuration)
+		}
+	}
+	if p.Load < 0 || p.Load > maxCachedDuration || p.Unload < 0 || p.Unload > maxCachedDuration {
+		return fmt.Errorf("profile load_ns %d, unload_ns %d: each must be in [0, %v]", p.Load, p.Unload, maxCachedDuration)
+	}
+	return nil
 }
 
 // writeCache stores p under key, atomically, and removes v's entries stored

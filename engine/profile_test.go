@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -400,5 +402,75 @@ func TestProfileCacheKeepsOnlyMeasuredSwapCosts(t *testing.T) {
 	if p.Unload == 0 {
 		t.Errorf("a fresh engine's profile has Unload 0 (the unmeasured value another engine cached), "+
 			"measuring would give %v: %+v", time.Hour, p)
+	}
+}
+
+// A cache entry stored under the right key whose profile is not one Profile
+// could have measured (its batch sizes are not the key's, a latency is
+// negative or falls with the batch size, a swap cost is negative, a duration
+// is absurd) is measured again, not trusted: the gateway interpolates its
+// latency tables from it, and a batch size listed twice made LatencyAt divide
+// by zero (an infinite slope, converted to a negative duration).
+func TestProfileCacheRefusesBadProfiles(t *testing.T) {
+	ms := time.Millisecond
+	cases := []struct {
+		name string
+		edit func(p *Profile)
+	}{
+		{"batch sizes not the key's", func(p *Profile) { p.Batch = []int{1, 1} }},
+		{"huge batch size", func(p *Profile) { p.Batch = []int{1, 1 << 40} }},
+		{"zero batch size", func(p *Profile) { p.Batch = []int{0, 2} }},
+		{"unsorted batch sizes", func(p *Profile) { p.Batch = []int{2, 1} }},
+		{"negative latency", func(p *Profile) { p.Latency = []time.Duration{-ms, ms} }},
+		{"decreasing latency", func(p *Profile) { p.Latency = []time.Duration{2 * ms, ms} }},
+		{"huge latency", func(p *Profile) { p.Latency = []time.Duration{ms, math.MaxInt64} }},
+		{"negative load", func(p *Profile) { p.Load = -ms }},
+		{"negative unload", func(p *Profile) { p.Unload = -ms }},
+		{"fewer latencies", func(p *Profile) { p.Latency = p.Latency[:1] }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := Options{IntraOpThreads: 1, BatchSizes: []int{1, 2}, ProfileRuns: 1, ProfileCache: dir,
+				Now: (&fakeClock{now: time.Unix(1e9, 0), step: ms}).Now}
+			e1 := newEngine(t, opts)
+			registerAll(t, e1)
+			if err := e1.Profile(context.Background(), idLogits); err != nil {
+				t.Fatal(err)
+			}
+			files, _ := filepath.Glob(filepath.Join(dir, "lin.logits.*.json"))
+			if len(files) != 1 {
+				t.Fatalf("cache holds %v, want 1 file", files)
+			}
+			b, err := os.ReadFile(files[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var c cacheEntry
+			if err := json.Unmarshal(b, &c); err != nil {
+				t.Fatal(err)
+			}
+			tc.edit(&c.Profile)
+			if b, err = json.Marshal(c); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(files[0], b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+
+			opts2 := opts
+			opts2.Now = (&fakeClock{now: time.Unix(1e9, 0), step: time.Hour}).Now
+			e2 := newEngine(t, opts2)
+			registerAll(t, e2)
+			if err := e2.Profile(context.Background(), idLogits); err != nil {
+				t.Fatal(err)
+			}
+			p, _ := e2.ProfileOf(idLogits)
+			want := Profile{Load: time.Hour, Unload: time.Hour, MemBytes: p.MemBytes, Batch: []int{1, 2},
+				Latency: []time.Duration{time.Hour, time.Hour}}
+			if !reflect.DeepEqual(p, want) {
+				t.Errorf("profile %+v, want it measured again: %+v", p, want)
+			}
+		})
 	}
 }
