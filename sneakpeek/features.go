@@ -50,6 +50,11 @@ func ParseFeatures(spec string, inputSize int) (Features, error) {
 			return nil, err
 		}
 		h, w, s := p[0], p[1], p[2]
+		// H*W may overflow an int, to the input size itself (and Apply then
+		// read past the input).
+		if h > math.MaxInt/w {
+			return nil, fmt.Errorf("%w: %q: H*W overflows, want the input size %d", ErrFeatures, spec, inputSize)
+		}
 		if h*w != inputSize {
 			return nil, fmt.Errorf("%w: %q: H*W = %d, want the input size %d", ErrFeatures, spec, h*w, inputSize)
 		}

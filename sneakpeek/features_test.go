@@ -75,3 +75,27 @@ func TestParseFeaturesErrors(t *testing.T) {
 		}
 	}
 }
+
+// An avgpool whose H*W overflows an int to the input size is refused: H =
+// 2^62+49, W = 16 multiply to 2^66+784, which wraps to 784, and the transform
+// was accepted with Dim 784; its Apply then read past the input and panicked
+// on every request (the manifest's estimator, or the difficulty model's
+// features, build it).
+func TestParseFeaturesAvgpoolOverflow(t *testing.T) {
+	spec := "avgpool:4611686018427387953:16:1"
+	f, err := ParseFeatures(spec, 784)
+	if errors.Is(err, ErrFeatures) {
+		return
+	}
+	t.Errorf("%q/784: got %v, want ErrFeatures", spec, err)
+	if f != nil {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("%q: Apply panics: %v", spec, r)
+				}
+			}()
+			f.Apply(make([]float32, 784), make([]float32, f.Dim()))
+		}()
+	}
+}
