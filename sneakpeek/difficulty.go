@@ -160,6 +160,13 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 		return nil, err
 	}
 	k, nm := p.Classes, len(p.Variants)
+	// The means hold the features and 2 values per class: a class count beyond
+	// half of them is refused before 2*k, which may overflow (to a length the
+	// means have), is computed.
+	if k > len(p.Mean)/2 {
+		return nil, fmt.Errorf("%w: difficulty classes %d: mean has %d values, want the %d of features %q and 2 per class",
+			ErrParams, k, len(p.Mean), f.Dim(), f.Spec())
+	}
 	d := f.Dim() + 2*k
 	rows := nm
 	if len(p.Slope) > 0 {

@@ -1,10 +1,14 @@
 package sneakpeek
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -342,4 +346,38 @@ func TestLogLossByHand(t *testing.T) {
 	if got := LogLoss(nil, nil); got != 0 {
 		t.Errorf("LogLoss of nothing = %v, want 0", got)
 	}
+}
+
+// A difficulty file whose classes count is so large that the vector's length
+// (the features' Dim plus 2 per class) overflows is refused with ErrParams,
+// naming the file: classes 2^63-1 over 4 identity features made that length
+// 2, so a file with 2 means and scales passed the shape checks, and its gap
+// scale's make([]float64, 0, variants*classes) panicked.
+func TestLoadDifficultyHugeClasses(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "difficulty.json")
+	p := DifficultyParams{Features: "identity", Classes: math.MaxInt, Variants: []string{"a"},
+		Mean: []float64{0, 0}, Scale: []float64{1, 1}, Weights: [][]float64{{0, 0}}, Bias: []float64{0},
+		GapRef: "a", GapScale: [][]float64{{1}}, GapCenter: [][]float64{{0}}}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	app := &manifest.App{Name: "tiny", InputSize: 4, Labels: []string{"x", "y"}, Dir: dir,
+		Variants:   []manifest.Variant{{Name: "a"}},
+		Estimators: []manifest.Estimator{{Name: "e"}},
+		Difficulty: &manifest.Difficulty{File: "difficulty.json", Estimator: "e"}}
+	defer func() {
+		if r := recover(); r != nil {
+			t.Fatalf("LoadDifficulty panics: %v", r)
+		}
+	}()
+	_, err = LoadDifficulty(app)
+	if !errors.Is(err, ErrParams) || !strings.Contains(err.Error(), file) {
+		t.Fatalf("err %v, want ErrParams naming %s", err, file)
+	}
+	t.Log(err)
 }
