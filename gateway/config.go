@@ -535,6 +535,9 @@ func (c *Config) Validate() error {
 		if b < 1 || (i > 0 && b <= c.Engine.BatchSizes[i-1]) {
 			return configErr("engine.batch_sizes", "%v: must be positive and increasing", c.Engine.BatchSizes)
 		}
+		if b > maxBatchSize {
+			return configErr("engine.batch_sizes", "%v: %d exceeds %d", c.Engine.BatchSizes, b, maxBatchSize)
+		}
 	}
 	if c.Engine.ProfileRuns < 1 {
 		return configErr("engine.profile_runs", "must be at least 1")
@@ -606,6 +609,13 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 		EstimateAnswers: c.Scheduler.EstimateAnswers, PlanAhead: c.Scheduler.PlanAhead,
 	}
 }
+
+// maxBatchSize bounds engine.batch_sizes (and so scheduler.max_batch), 2048
+// times the default largest size: the engine profiles each variant on two of
+// the largest batch's inputs and the gateway keeps a latency table of
+// max_batch+1 entries per variant, so a size of 2^40 asked for terabytes at
+// start-up, a fatal out of memory rather than an error.
+const maxBatchSize = 1 << 16
 
 // maxPlanAhead bounds scheduler.plan_ahead, generously: a plan covers
 // scheduler.window requests (128 by default), so a few batches are all a

@@ -108,3 +108,23 @@ func TestLoadConfigExplainsTypeErrors(t *testing.T) {
 		}
 	}
 }
+
+// engine.batch_sizes is bounded: the engine profiles each variant on two of
+// the largest batch's inputs, and the gateway fills a latency table of
+// scheduler.max_batch+1 entries per variant, so [1, 1099511627776] with
+// max_batch 1099511627776 passed Validate and asked for terabytes at start-up
+// (a fatal out of memory, no error).
+func TestLoadConfigBoundsBatchSizes(t *testing.T) {
+	for _, body := range []string{
+		"apps:\n  - manifest: a\nengine:\n  batch_sizes: [1, 1099511627776]\nscheduler:\n  max_batch: 1099511627776\n",
+		"apps:\n  - manifest: a\nengine:\n  batch_sizes: [1, 65537]\n",
+	} {
+		_, err := LoadConfig(writeConfig(t, body))
+		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "engine.batch_sizes") {
+			t.Errorf("%q: error %v, want one naming engine.batch_sizes", body, err)
+		}
+	}
+	if _, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\nengine:\n  batch_sizes: [1, 65536]\nscheduler:\n  max_batch: 65536\n")); err != nil {
+		t.Errorf("batch sizes up to 65536: %v", err)
+	}
+}
