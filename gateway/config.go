@@ -475,6 +475,11 @@ func (c *Config) Validate() error {
 	if len(c.MQTT.ReplyAllow) == 0 {
 		return configErr("mqtt.reply_allow", "must list at least the device's own result topic")
 	}
+	// The client sends whole seconds in 16 bits (0: off); paho panics, in a
+	// goroutine of its own, on a negative one.
+	if ka := c.MQTT.Keepalive; ka < 0 || ka > maxKeepalive || (ka > 0 && ka < time.Second) {
+		return configErr("mqtt.keepalive", "%s: must be 0 (off) or between 1s and %s", ka, maxKeepalive)
+	}
 	if c.MQTT.PublishTimeout <= 0 {
 		return configErr("mqtt.publish_timeout", "must be positive")
 	}
@@ -609,6 +614,10 @@ func (c *Config) SchedulerOptions() scheduler.Options {
 		EstimateAnswers: c.Scheduler.EstimateAnswers, PlanAhead: c.Scheduler.PlanAhead,
 	}
 }
+
+// maxKeepalive is the longest MQTT keepalive: CONNECT holds it in 16 bits of
+// seconds.
+const maxKeepalive = 65535 * time.Second
 
 // maxBatchSize bounds engine.batch_sizes (and so scheduler.max_batch), 2048
 // times the default largest size: the engine profiles each variant on two of

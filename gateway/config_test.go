@@ -128,3 +128,24 @@ func TestLoadConfigBoundsBatchSizes(t *testing.T) {
 		t.Errorf("batch sizes up to 65536: %v", err)
 	}
 }
+
+// mqtt.keepalive is what the MQTT client can send: whole seconds in 16 bits.
+// A negative one passed Validate and, once connected, paho's keepalive
+// goroutine called time.NewTicker with a negative interval and panicked,
+// killing the process; one of 65536s or more wrapped in CONNECT's 16-bit
+// field (100000s went to the broker as 34464s), and one below a second was
+// truncated to 0, which turns keepalive off.
+func TestLoadConfigKeepalive(t *testing.T) {
+	for _, ka := range []string{"-1s", "-30s", "65536s", "100000s", "500ms"} {
+		body := "apps:\n  - manifest: a\nmqtt:\n  keepalive: " + ka + "\n"
+		_, err := LoadConfig(writeConfig(t, body))
+		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "mqtt.keepalive") {
+			t.Errorf("keepalive %s: error %v, want one naming mqtt.keepalive", ka, err)
+		}
+	}
+	for _, ka := range []string{"0s", "1s", "30s", "65535s"} {
+		if _, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\nmqtt:\n  keepalive: "+ka+"\n")); err != nil {
+			t.Errorf("keepalive %s: %v", ka, err)
+		}
+	}
+}
