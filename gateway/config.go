@@ -489,8 +489,8 @@ func (c *Config) Validate() error {
 	if c.MQTT.StatsInterval < 0 {
 		return configErr("mqtt.stats_interval", "must not be negative")
 	}
-	if c.MQTT.FlushRate < 0 {
-		return configErr("mqtt.flush_rate", "must not be negative")
+	if !(c.MQTT.FlushRate >= 0) { // NaN too
+		return configErr("mqtt.flush_rate", "%v: must be a number, not negative", c.MQTT.FlushRate)
 	}
 	if n := c.MQTT.MaxInflightPublishes; n < 1 || n > maxInflightPublishes {
 		return configErr("mqtt.max_inflight_publishes", "%d: must be between 1 and %d (the MQTT client has 65,535 packet ids, and needs a few for its status and subscription)", n, maxInflightPublishes)

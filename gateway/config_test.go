@@ -149,3 +149,13 @@ func TestLoadConfigKeepalive(t *testing.T) {
 		}
 	}
 }
+
+// mqtt.flush_rate .nan passed the "must not be negative" check (NaN < 0 is
+// false) and silently meant no cap: the outbox flush paces only when
+// rate > 0.
+func TestLoadConfigFlushRateNaN(t *testing.T) {
+	_, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\nmqtt:\n  flush_rate: .nan\n"))
+	if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "mqtt.flush_rate") {
+		t.Errorf("flush_rate .nan: error %v, want one naming mqtt.flush_rate", err)
+	}
+}
