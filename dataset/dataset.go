@@ -28,10 +28,11 @@ var (
 	// ErrTruncated is returned when a file ends before its header, values or labels.
 	ErrTruncated = errors.New("dataset: truncated sample file")
 	// ErrCorrupt is returned for a file whose header is inconsistent (reserved flag
-	// bits set, an absurd size) or that has bytes after its labels.
+	// bits set, an absurd size), that holds a NaN or infinite value, or that has
+	// bytes after its labels.
 	ErrCorrupt = errors.New("dataset: corrupt sample file")
-	// ErrInvalidSet is returned by Write for a Set whose fields disagree, or whose
-	// values cannot be stored as uint8.
+	// ErrInvalidSet is returned by Write for a Set whose fields disagree, that
+	// holds a NaN or infinite value, or whose values cannot be stored as uint8.
 	ErrInvalidSet = errors.New("dataset: invalid set")
 )
 
@@ -136,7 +137,12 @@ func decode(r io.Reader, size int64) (*Set, error) {
 		}
 	} else {
 		for i := range s.Values {
-			s.Values[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+			v := math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+			// No request carries one (package protocol refuses them).
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, fmt.Errorf("%w: row %d, value %d is %v", ErrCorrupt, i/int(d), i%int(d), v)
+			}
+			s.Values[i] = v
 		}
 	}
 	lab := make([]byte, 4*int(n))
@@ -175,6 +181,9 @@ func Write(path string, s *Set, asUint8 bool) error {
 			}
 			p[i] = byte(math.Round(float64(v) * 255))
 		} else {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return fmt.Errorf("%w: value %d = %v is not finite", ErrInvalidSet, i, v)
+			}
 			binary.LittleEndian.PutUint32(p[4*i:], math.Float32bits(v))
 		}
 	}

@@ -1,9 +1,12 @@
 package dataset
 
 import (
+	"encoding/binary"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -124,5 +127,36 @@ func TestEmptySet(t *testing.T) {
 	s, err := Read(p)
 	if err != nil || s.N != 0 || s.D != 4 || s.Classes() != 0 {
 		t.Fatalf("got %+v, %v", s, err)
+	}
+}
+
+// A sample file holding a NaN or infinite value is refused, naming the row
+// and the value: no request may carry one (protocol refuses them), and read
+// as a kNN reference set such a row was silently never a neighbour, and in a
+// validation split it made the label-shift correction's start (the mean
+// estimate over the rows) NaN in every class.
+func TestReadRefusesNonFiniteValues(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.sgs")
+	if err := Write(good, sample(), false); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(good)
+	for name, bits := range map[string]uint32{"nan": 0x7fc00000, "inf": 0x7f800000, "-inf": 0xff800000} {
+		c := append([]byte{}, b...)
+		binary.LittleEndian.PutUint32(c[headerSize+4*3:], bits) // row 1, value 1
+		p := filepath.Join(dir, name+".sgs")
+		if err := os.WriteFile(p, c, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Read(p)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "row 1, value 1") {
+			t.Errorf("%s: got %v, want ErrCorrupt naming %s and row 1, value 1", name, err, p)
+		}
+	}
+	bad := sample()
+	bad.Values[3] = float32(math.NaN())
+	if err := Write(filepath.Join(dir, "w.sgs"), bad, false); !errors.Is(err, ErrInvalidSet) {
+		t.Errorf("Write of a NaN: got %v, want ErrInvalidSet", err)
 	}
 }
