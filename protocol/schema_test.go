@@ -182,6 +182,8 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		`{"id":"caméra 1/x","input":[1e-3,-0,3.4028234e38,-3.4028234e38]}`,
 		`{"id":"a","input_b64":"AAAAAAAAAAAAAAAAAAAAAA=="}`, // 16 bytes: 4 float32 zeros
 		`{"id":"a","input_b64":"AAAAAAAAAAAAAAAAAAAAAA==","deadline_ms":86400000}`,
+		`{"id":"a","input":` + in + `,"reply_to":"a` + strings.Repeat("/x", 200) + `"}`,
+		`{"id":"a","input":` + in + `,"reply_to":"caméra/\ufffd/ /\u00a0"}`,
 		// refused by both
 		`{}`,
 		`{"input":` + in + `}`,
@@ -232,6 +234,12 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		`{"id":"a","input":` + in + `,"reply_to":"a/#"}`,
 		`{"id":"a","input":` + in + `,"reply_to":"a\u0000b"}`,
 		`{"id":"a","input":` + in + `,"reply_to":7}`,
+		`{"id":"a","input":` + in + `,"reply_to":"a\u0001b"}`,
+		`{"id":"a","input":` + in + `,"reply_to":"a\u007f"}`,
+		`{"id":"a","input":` + in + `,"reply_to":"a\u0085"}`,
+		`{"id":"a","input":` + in + `,"reply_to":"a\ufdd0"}`,
+		`{"id":"a","input":` + in + `,"reply_to":"a\uffff"}`,
+		`{"id":"a","input":` + in + `,"reply_to":"a` + strings.Repeat("/x", 201) + `"}`,
 		`[{"id":"a","input":` + in + `}]`,
 		`"a"`,
 		`null`,
@@ -291,6 +299,9 @@ func TestSchemaRequestAgreesWithParseRequest(t *testing.T) {
 		{`{"id":"a","input":` + in + `,"sent_at":1.7e12}`, true},
 		{`{"id":"a","input":` + in + `,"v":1.0}`, true},
 		{`{"id":"a","input_b64":"AAAAAAAAAAAAAAAA\nAAAAAA=="}`, false},
+		// A non-character above U+FFFF (U+1FFFE): Mosquitto refuses it, the
+		// schema's pattern (UTF-16 code units) cannot name it.
+		{`{"id":"a","input":` + in + `,"reply_to":"a\ud83f\udffe"}`, true},
 		// The application decides whether it has an input_range (app has none).
 		{`{"id":"a","input_u8_b64":"AAECAw=="}`, true},
 	}

@@ -47,14 +47,14 @@ func ValidDevice(s string) bool {
 }
 
 // CheckPrefix returns an error wrapping ErrBadPrefix unless p is a usable topic
-// prefix: non-empty, valid UTF-8, no NUL, no MQTT wildcards, no leading or trailing
+// prefix: non-empty, a valid topic name (validTopicName), no leading or trailing
 // '/', no empty level and not starting with '$'.
 func CheckPrefix(p string) error {
 	switch {
 	case p == "":
 		return fmt.Errorf("%w: empty", ErrBadPrefix)
 	case !validTopicName(p):
-		return fmt.Errorf("%w: %q is not a valid topic name (UTF-8, no NUL, no + or #)", ErrBadPrefix, p)
+		return fmt.Errorf("%w: %q is not a valid topic name (UTF-8, no + or #, no control characters, at most 200 '/')", ErrBadPrefix, p)
 	case p[0] == '$':
 		return fmt.Errorf("%w: %q starts with $ (reserved by brokers)", ErrBadPrefix, p)
 	case p[0] == '/' || p[len(p)-1] == '/' || strings.Contains(p, "//"):
@@ -104,13 +104,30 @@ func ParseRequestTopic(prefix, topic string) (app, device string, err error) {
 	return app, device, nil
 }
 
+// maxTopicSlashes is the most '/' a topic name may hold: Mosquitto refuses a
+// publish to a deeper topic (its TOPIC_HIERARCHY_LIMIT) by closing the
+// publisher's connection.
+const maxTopicSlashes = 200
+
 // validTopicName reports whether t may be published to: 1 to 65535 bytes of valid
-// UTF-8 without NUL and without the wildcards + and #.
+// UTF-8 without the wildcards + and #, without a character a broker refuses
+// (brokerRefuses) and with at most maxTopicSlashes '/'. A broker closes the
+// connection of a client that publishes to a topic it refuses, so a reply_to
+// that is not such a topic would cut the gateway off, again with every resend.
 func validTopicName(t string) bool {
 	if len(t) == 0 || len(t) > maxTopicLen || !utf8.ValidString(t) {
 		return false
 	}
-	return strings.IndexByte(t, 0) < 0 && strings.IndexAny(t, "+#") < 0
+	return strings.IndexAny(t, "+#") < 0 && strings.IndexFunc(t, brokerRefuses) < 0 &&
+		strings.Count(t, "/") <= maxTopicSlashes
+}
+
+// brokerRefuses reports whether Mosquitto refuses a topic holding r as malformed
+// UTF-8: NUL (MQTT forbids it), the other control characters U+0001-U+001F and
+// U+007F-U+009F (MQTT says a topic should not hold them) and the Unicode
+// non-characters U+FDD0-U+FDEF, U+xFFFE and U+xFFFF.
+func brokerRefuses(r rune) bool {
+	return r <= 0x1f || (r >= 0x7f && r <= 0x9f) || (r >= 0xfdd0 && r <= 0xfdef) || r&0xfffe == 0xfffe
 }
 
 // DefaultReplyAllow is the default reply_to allow-list: only the device's own

@@ -123,3 +123,47 @@ func TestAllowList(t *testing.T) {
 		t.Error("empty allow-list must allow nothing")
 	}
 }
+
+// A reply_to that a pattern's wildcard admits must still be a topic the broker
+// takes from the gateway: Mosquitto closes the connection of a client that
+// publishes to a topic with a control character (U+0001-U+001F,
+// U+007F-U+009F), a Unicode non-character (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF)
+// or more than 200 '/' (checked against Mosquitto 2.0.11). A device that named
+// one had the gateway disconnected each time it published that reply: for a
+// journaled answer, again after every reconnect.
+func TestAllowListRefusesTopicsTheBrokerRefuses(t *testing.T) {
+	al, err := NewAllowList([]string{"{prefix}/res/{app}/{device}/+", "alerts/{app}/#"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deep := func(slashes int) string { return "alerts/fashion" + strings.Repeat("/x", slashes-1) }
+	for _, tt := range []struct {
+		topic string
+		want  bool
+	}{
+		{"sg/res/fashion/cam1/inbox", true},
+		{"sg/res/fashion/cam1/caf\u00e9", true},
+		{"sg/res/fashion/cam1/\ufffd", true},
+		{"sg/res/fashion/cam1/\U0001F600", true},
+		{"sg/res/fashion/cam1/a b", true},
+		{deep(200), true},
+		{"sg/res/fashion/cam1/\x01", false},
+		{"sg/res/fashion/cam1/a\tb", false},
+		{"sg/res/fashion/cam1/\x1f", false},
+		{"sg/res/fashion/cam1/\x7f", false},
+		{"sg/res/fashion/cam1/\u0085", false},
+		{"sg/res/fashion/cam1/\u009f", false},
+		{"sg/res/fashion/cam1/\ufdd0", false},
+		{"sg/res/fashion/cam1/\ufdef", false},
+		{"sg/res/fashion/cam1/\ufffe", false},
+		{"sg/res/fashion/cam1/\uffff", false},
+		{"sg/res/fashion/cam1/\U0001FFFE", false},
+		{"sg/res/fashion/cam1/\U0010FFFF", false},
+		{deep(201), false},
+		{deep(1000), false},
+	} {
+		if got := al.Allows(tt.topic, "sg", "fashion", "cam1"); got != tt.want {
+			t.Errorf("Allows(%.40q, %d '/') = %v, want %v", tt.topic, strings.Count(tt.topic, "/"), got, tt.want)
+		}
+	}
+}

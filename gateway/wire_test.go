@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/protocol"
+)
+
+// What a misbehaving device can make the gateway do through MQTT.
+
+// A reply_to that a wildcard of mqtt.reply_allow admits but that names a topic
+// Mosquitto refuses (a control character, a Unicode non-character, more than
+// 200 '/') is rejected reply_to_not_allowed on the device's own reply topic,
+// and the gateway stays connected. Before, the request was answered to that
+// topic: Mosquitto closed the gateway's connection at the publish, and the
+// journaled answer, resent from the outbox after each reconnect, closed it
+// again, and again: one device's request cut every device off.
+func TestReplyToTheBrokerRefusesIsRejected(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	// docs/protocol.md's example allow-list.
+	cfg.MQTT.ReplyAllow = []string{"{prefix}/res/{app}/{device}", "{prefix}/res/{app}/{device}/+", "alerts/{app}/#"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-rt")
+	input, _ := json.Marshal(samples.Row(0))
+	poison := map[string]string{
+		"control":      "sneakgate/res/fashion/cam-rt/\x01",
+		"c1":           "sneakgate/res/fashion/cam-rt/\u0085",
+		"noncharacter": "sneakgate/res/fashion/cam-rt/\ufffe",
+		"deep":         "alerts/fashion" + strings.Repeat("/x", 201),
+	}
+	var ids []string
+	for id, rt := range poison {
+		p, _ := json.Marshal(map[string]any{"id": id, "reply_to": rt, "deadline_ms": 5000, "input": json.RawMessage(input)})
+		dev.publish(protocol.RequestTopic("sneakgate", "fashion", "cam-rt"), p)
+		ids = append(ids, id)
+	}
+	dev.request("fashion", "cam-rt", "good", samples.Row(0), 5000)
+	replies := dev.await(append(ids, "good"), 20*time.Second)
+	for _, id := range ids {
+		if r := replies[id]; r.Status != protocol.StatusRejected || r.Reason != protocol.ReasonReplyToNotAllowed {
+			t.Errorf("%s: %s/%s (%s), want rejected/reply_to_not_allowed", id, r.Status, r.Reason, r.Error)
+		}
+	}
+	if r := replies["good"]; r.Status != protocol.StatusOK {
+		t.Errorf("good: %s/%s (%s), want ok", r.Status, r.Reason, r.Error)
+	}
+	if n := testutil.ToFloat64(gw.g.link.takeovers); n != 0 {
+		t.Errorf("sneakgate_mqtt_short_connections_total = %v: the broker closed the gateway's connection", n)
+	}
+	if !gw.g.client.IsConnectionOpen() {
+		t.Error("the gateway is not connected")
+	}
+}
