@@ -62,3 +62,47 @@ func TestReplyToTheBrokerRefusesIsRejected(t *testing.T) {
 		t.Error("the gateway is not connected")
 	}
 }
+
+// However wide mqtt.reply_allow is, a device cannot have its reply published
+// on the gateway's request tree, where it came back to the gateway as a request
+// from the device the topic names: that device got a rejection (unknown_field,
+// under the id the first device chose) for a request it never sent. Nor on the
+// status topics devices read. Such a reply_to is rejected reply_to_not_allowed
+// on the device's own topic. (The shipped ACL does not let the gateway write
+// the request tree, but an embedded broker has no ACL; it does let it write the
+// status topic.)
+func TestReplyToOwnTopics(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.MQTT.ReplyAllow = []string{"{prefix}/#"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-a")
+	input, _ := json.Marshal(samples.Row(0))
+	var ids []string
+	for id, rt := range map[string]string{"to-req": "sneakgate/req/fashion/cam-b", "to-status": "sneakgate/status"} {
+		p, _ := json.Marshal(map[string]any{"id": id, "reply_to": rt, "deadline_ms": 5000, "input": json.RawMessage(input)})
+		dev.publish(protocol.RequestTopic("sneakgate", "fashion", "cam-a"), p)
+		ids = append(ids, id)
+	}
+	replies := dev.await(ids, 20*time.Second)
+	for _, id := range ids {
+		if r := replies[id]; r.Device != "cam-a" || r.Status != protocol.StatusRejected || r.Reason != protocol.ReasonReplyToNotAllowed {
+			t.Errorf("%s: %s/%s for %s (%s), want rejected/reply_to_not_allowed for cam-a", id, r.Status, r.Reason, r.Device, r.Error)
+		}
+	}
+	// The replies arrive in order: after a request of cam-b's own is answered,
+	// any reply the first two caused has arrived too.
+	dev.request("fashion", "cam-b", "b-own", samples.Row(0), 5000)
+	dev.await([]string{"b-own"}, 20*time.Second)
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	for _, id := range ids {
+		if n := len(dev.replies[id]); n != 1 {
+			t.Errorf("%s: %d replies, want 1 (to cam-a): %q", id, n, dev.raw[id])
+		}
+	}
+}

@@ -184,10 +184,11 @@ func (a *AllowList) Patterns() []string {
 }
 
 // Allows reports whether a request from device for app may name topic as its
-// reply_to. topic must be a valid topic name (no wildcards); the device's own reply
-// topic is allowed by a nil list.
+// reply_to. topic must be a valid topic name (no wildcards) and none of the
+// gateway's own topics or a broker's (ownTopic), whatever the patterns say; the
+// device's own reply topic is allowed by a nil list.
 func (a *AllowList) Allows(topic, prefix, app, device string) bool {
-	if !validTopicName(topic) {
+	if !validTopicName(topic) || ownTopic(topic, prefix) {
 		return false
 	}
 	if a == nil {
@@ -199,6 +200,24 @@ func (a *AllowList) Allows(topic, prefix, app, device string) bool {
 		}
 	}
 	return false
+}
+
+// ownTopic reports whether t is a topic no reply may go to: the gateway's
+// request tree {prefix}/req/... (the reply would come back to the gateway as
+// a request from whichever device t names), its status and stats topics
+// {prefix}/status[/...] and {prefix}/stats[/...] (which devices and operators
+// read, and the shipped ACL lets the gateway write), or a topic starting with
+// '$' (the broker's: $SYS, $share).
+func ownTopic(t, prefix string) bool {
+	if t[0] == '$' {
+		return true
+	}
+	rest, ok := strings.CutPrefix(t, prefix+"/")
+	if !ok {
+		return false
+	}
+	level, _, _ := strings.Cut(rest, "/")
+	return level == "req" || level == "status" || level == "stats"
 }
 
 func expand(p, prefix, app, device string) string {

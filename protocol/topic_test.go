@@ -167,3 +167,45 @@ func TestAllowListRefusesTopicsTheBrokerRefuses(t *testing.T) {
 		}
 	}
 }
+
+// However wide the allow-list, a reply_to never names one of the gateway's own
+// topics or a broker's: the request tree (the reply would come back to the
+// gateway as a request from whichever device the topic names: TestReplyToOwnTopics
+// in package gateway), the status and stats topics devices and operators read
+// (the shipped ACL lets the gateway write them), or a topic starting with '$'.
+func TestAllowListRefusesTheGatewaysOwnTopics(t *testing.T) {
+	al, err := NewAllowList([]string{"#", "{prefix}/#", "$SYS/#", "$share/#"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		topic string
+		want  bool
+	}{
+		{"sg/res/fashion/cam1", true},
+		{"sg/res/fashion/cam2", true}, // allowed by "{prefix}/#": the operator's choice
+		{"sg/results", true},
+		{"sg/requests/x", true},
+		{"sgx/req/fashion/cam1", true},
+		{"other/sg/req/fashion/cam1", true},
+		{"sg/req/fashion/cam1", false},
+		{"sg/req/fashion/cam2", false},
+		{"sg/req", false},
+		{"sg/req/x/y/z", false},
+		{"sg/status", false},
+		{"sg/status/gw-2", false},
+		{"sg/stats", false},
+		{"sg/stats/gw-2", false},
+		{"$SYS/broker/x", false},
+		{"$share/g/sg/res/fashion/cam1", false},
+		{"$x", false},
+	} {
+		if got := al.Allows(tt.topic, "sg", "fashion", "cam1"); got != tt.want {
+			t.Errorf("Allows(%q) = %v, want %v", tt.topic, got, tt.want)
+		}
+	}
+	// A prefix of several levels.
+	if al.Allows("site/3/req/fashion/cam1", "site/3", "fashion", "cam1") || !al.Allows("site/3/res/fashion/cam1", "site/3", "fashion", "cam1") {
+		t.Error("prefix site/3: the request tree allowed or the own reply topic refused")
+	}
+}
