@@ -576,9 +576,17 @@ func (g *Gateway) firstCopy(msg mqtt.Message, req *protocol.Request, key store.K
 // record unreadable (journalDamage), and reports false; the caller then leaves
 // the message unacknowledged, like a request whose journal write failed while
 // stopping or on a broken journal (handle), and the broker delivers it again
-// to the next session.
+// to the next session. A key the journal cannot hold (store.ErrInvalid) is new.
 func (g *Gateway) lookup(key store.Key) (store.PutResult, bool) {
 	res, err := g.journal.Lookup(key)
+	if errors.Is(err, store.ErrInvalid) {
+		// A key the journal cannot hold (a part longer than store.MaxKeyPart:
+		// an unknown application's name, taken from the topic, may be up to
+		// 65,535 bytes) was never journaled: the request is new. Left
+		// unacknowledged, each such message from a device held one of the
+		// broker's in-flight slots for the gateway for good.
+		return store.PutResult{Dup: store.New}, true
+	}
 	if err != nil {
 		g.m.storeErrors.WithLabelValues("lookup").Inc()
 		g.journalDamage(err)

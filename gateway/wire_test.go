@@ -106,3 +106,39 @@ func TestReplyToOwnTopics(t *testing.T) {
 		}
 	}
 }
+
+// A request to an application the gateway does not serve whose name is longer
+// than the journal's keys allow (store.MaxKeyPart, 1,024 bytes; a topic level
+// may hold 65,535) is rejected unknown_app and acknowledged like any other.
+// Before, the journal lookup that looks for an earlier copy of it failed
+// (store.ErrInvalid) and the message was left unacknowledged "for
+// redelivery", holding one of the broker's in-flight slots for the gateway
+// until it reconnected, and again after: max_inflight_messages such messages
+// from one device and the broker sent the gateway no other request.
+func TestLongUnknownAppIsRejected(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{MaxInflight: 4})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	gw := startGateway(t, cfg, Options{})
+	_, samples := fashionSamples(t)
+	dev := newDevice(t, b.URL(), "cam-l")
+	long := strings.Repeat("a", 2000)
+	var ids []string
+	for i := range 8 {
+		id := "long-" + string(rune('0'+i))
+		dev.publish(protocol.RequestTopic("sneakgate", long, "cam-l"), []byte(`{"id":"`+id+`","input":[1]}`))
+		ids = append(ids, id)
+	}
+	dev.request("fashion", "cam-l", "good", samples.Row(0), 5000)
+	replies := dev.await(append(ids, "good"), 20*time.Second)
+	for _, id := range ids {
+		if r := replies[id]; r.Status != protocol.StatusRejected || r.Reason != protocol.ReasonUnknownApp {
+			t.Errorf("%s: %s/%s (%s), want rejected/unknown_app", id, r.Status, r.Reason, r.Error)
+		}
+	}
+	if r := replies["good"]; r.Status != protocol.StatusOK {
+		t.Errorf("good: %s/%s (%s), want ok", r.Status, r.Reason, r.Error)
+	}
+	if n := testutil.ToFloat64(gw.g.m.storeErrors.WithLabelValues("lookup")); n != 0 {
+		t.Errorf("sneakgate_store_errors_total{op=\"lookup\"} = %v, want 0", n)
+	}
+}
