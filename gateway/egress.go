@@ -111,6 +111,9 @@ type egress struct {
 	// served reports whether an application is served; metrics label the others
 	// "_unknown" so that arbitrary topic names cannot grow the label set.
 	served func(app string) bool
+	// replyTo, if set, is where the outbox's reply to a key goes, given its
+	// journaled reply topic (Gateway.journaledReplyTo).
+	replyTo func(topic string, k store.Key) string
 	// journalError, if set, is told of every failed journal write.
 	journalError func(error)
 	client       mqtt.Client
@@ -1176,7 +1179,11 @@ func (e *egress) flush(ctx context.Context) {
 				status = rep.Status
 			}
 		}
-		if !e.publishAnswer(ctx, true, oe.ReplyTo, oe.Key, oe.FlushBy, oe.App, status, payload) { // releases the key
+		topic := oe.ReplyTo
+		if e.replyTo != nil {
+			topic = e.replyTo(topic, oe.Key)
+		}
+		if !e.publishAnswer(ctx, true, topic, oe.Key, oe.FlushBy, oe.App, status, payload) { // releases the key
 			e.log.Warn().Int("left", len(entries)-i).Msg("outbox flush interrupted")
 			return
 		}

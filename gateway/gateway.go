@@ -373,7 +373,7 @@ func (g *Gateway) recover() error {
 	now := g.now()
 	for _, e := range pending {
 		a, ok := g.app(e.App)
-		j := &job{App: e.App, Device: e.Device, ID: e.ID, ReplyTo: e.ReplyTo, Received: e.Received,
+		j := &job{App: e.App, Device: e.Device, ID: e.ID, ReplyTo: g.journaledReplyTo(e.ReplyTo, e.Key), Received: e.Received,
 			Deadline: e.Deadline, Input: e.Input, rt: a}
 		switch {
 		case !ok || len(e.Input) != a.m.InputSize:
@@ -390,6 +390,19 @@ func (g *Gateway) recover() error {
 		}
 	}
 	return nil
+}
+
+// journaledReplyTo is where the reply to the journaled request k goes, whose
+// journaled reply topic is topic (protocol.Env.JournaledReplyTo): a reply_to
+// an earlier version admitted that the broker would refuse, closing the
+// gateway's connection at every publish, goes to the device's own reply topic.
+func (g *Gateway) journaledReplyTo(topic string, k store.Key) string {
+	rt := g.env.JournaledReplyTo(topic, k.App, k.Device)
+	if rt != topic {
+		g.log.Warn().Stringer("key", k).Str("reply_to", topic).Str("topic", rt).
+			Msg("journaled reply_to is not a topic the gateway publishes to; the reply goes to the device's own reply topic")
+	}
+	return rt
 }
 
 // newClient makes the MQTT client (persistent session) and the egress that
@@ -465,6 +478,7 @@ func (g *Gateway) newClient() error {
 	eo.Gate = gate
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, eo, log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.app(app); return ok }
+	g.egress.replyTo = g.journaledReplyTo
 	g.egress.journalError = g.journalError
 	g.egress.reconnect = g.conns.fail
 	g.loop.egressDelay = g.egress.Delay

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/store"
 )
 
 // What a misbehaving device can make the gateway do through MQTT.
@@ -140,5 +141,44 @@ func TestLongUnknownAppIsRejected(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(gw.g.m.storeErrors.WithLabelValues("lookup")); n != 0 {
 		t.Errorf("sneakgate_store_errors_total{op=\"lookup\"} = %v, want 0", n)
+	}
+}
+
+// A journal written by a version that admitted a reply_to the broker refuses
+// (TestReplyToTheBrokerRefusesIsRejected) held, pending or in the outbox,
+// replies whose publish closed the gateway's connection, at every start and
+// reconnect: upgrading did not end the loop, only moving the journal aside
+// did. The next start sends them to the device's own reply topic instead
+// (protocol.Env.JournaledReplyTo), and stays connected.
+func TestJournaledReplyToTheBrokerRefusesGoesToOwnTopic(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	_, samples := fashionSamples(t)
+	j, err := store.Open(cfg.Store.Path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	poison := "sneakgate/res/fashion/cam-j/\x01"
+	key := func(id string) store.Key { return store.Key{App: "fashion", Device: "cam-j", ID: id} }
+	// Pending, to be run; pending past its deadline, to be answered expired; in the outbox.
+	if _, err := j.Put(&store.Entry{Key: key("pending"), Received: now, Deadline: now.Add(time.Minute), ReplyTo: poison, Input: samples.Row(0)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Put(&store.Entry{Key: key("expired"), Received: now.Add(-time.Minute), Deadline: now.Add(-time.Second), ReplyTo: poison, Input: samples.Row(1)}); err != nil {
+		t.Fatal(err)
+	}
+	leaveInOutbox(t, j, &store.Entry{Key: key("outbox"), Received: now, Deadline: now.Add(time.Minute), ReplyTo: poison, Input: samples.Row(2)},
+		&protocol.Reply{V: 1, ID: "outbox", App: "fashion", Device: "cam-j", Status: protocol.StatusOK,
+			Class: protocol.Ptr(3), Label: "dress", Model: "cnn"}, true)
+	j.Close()
+	dev := newDevice(t, b.URL(), "cam-j")
+	gw := startGateway(t, cfg, Options{})
+	got := dev.await([]string{"pending", "expired", "outbox"}, 20*time.Second)
+	if r := got["expired"]; r.Status != protocol.StatusExpired {
+		t.Errorf("expired: %s/%s, want expired", r.Status, r.Reason)
+	}
+	if n := testutil.ToFloat64(gw.g.link.takeovers); n != 0 {
+		t.Errorf("sneakgate_mqtt_short_connections_total = %v: the broker closed the gateway's connection", n)
 	}
 }

@@ -82,6 +82,18 @@ func (env Env) ReplyTo(payload []byte, app, device string) (string, bool) {
 	return rt, bad == ""
 }
 
+// JournaledReplyTo is where a reply to a journaled request of app and device
+// goes whose journaled reply topic is topic: topic itself, or the device's own
+// reply topic when topic is not Publishable. A journal written by a version
+// that allowed a reply_to a broker refuses (and closes the publisher's
+// connection for) would otherwise cut the gateway off at every start.
+func (env Env) JournaledReplyTo(topic, app, device string) string {
+	if Publishable(topic, env.prefix()) {
+		return topic
+	}
+	return ReplyTopic(env.prefix(), app, device)
+}
+
 // prefix is the topic prefix, DefaultPrefix for "".
 func (env Env) prefix() string {
 	if env.Prefix == "" {

@@ -188,7 +188,7 @@ func (a *AllowList) Patterns() []string {
 // gateway's own topics or a broker's (ownTopic), whatever the patterns say; the
 // device's own reply topic is allowed by a nil list.
 func (a *AllowList) Allows(topic, prefix, app, device string) bool {
-	if !validTopicName(topic) || ownTopic(topic, prefix) {
+	if !Publishable(topic, prefix) {
 		return false
 	}
 	if a == nil {
@@ -200,6 +200,15 @@ func (a *AllowList) Allows(topic, prefix, app, device string) bool {
 		}
 	}
 	return false
+}
+
+// Publishable reports whether a reply may be published to topic under prefix:
+// a valid topic name a broker takes (validTopicName) and none of the
+// gateway's own topics or a broker's (ownTopic). Every reply_to an AllowList
+// allows is; a reply topic journaled by a version that allowed more may not
+// be (Env.JournaledReplyTo).
+func Publishable(topic, prefix string) bool {
+	return validTopicName(topic) && !ownTopic(topic, prefix)
 }
 
 // ownTopic reports whether t is a topic no reply may go to: the gateway's

@@ -209,3 +209,28 @@ func TestAllowListRefusesTheGatewaysOwnTopics(t *testing.T) {
 		t.Error("prefix site/3: the request tree allowed or the own reply topic refused")
 	}
 }
+
+// A journaled reply topic that is not Publishable is replaced by the device's
+// own reply topic; any other is kept, even one the allow-list does not name.
+func TestJournaledReplyTo(t *testing.T) {
+	env := Env{Prefix: "sg"}
+	for topic, want := range map[string]string{
+		"sg/res/fashion/cam1":           "sg/res/fashion/cam1",
+		"sg/res/fashion/cam1/inbox":     "sg/res/fashion/cam1/inbox",
+		"elsewhere/x":                   "elsewhere/x",
+		"sg/res/fashion/cam1/\x01":      "sg/res/fashion/cam1",
+		"sg/res/fashion/cam1/\ufffe":    "sg/res/fashion/cam1",
+		"a" + strings.Repeat("/x", 201): "sg/res/fashion/cam1",
+		"sg/req/fashion/cam2":           "sg/res/fashion/cam1",
+		"sg/status":                     "sg/res/fashion/cam1",
+		"$SYS/x":                        "sg/res/fashion/cam1",
+		"":                              "sg/res/fashion/cam1",
+	} {
+		if got := env.JournaledReplyTo(topic, "fashion", "cam1"); got != want {
+			t.Errorf("JournaledReplyTo(%.30q) = %q, want %q", topic, got, want)
+		}
+	}
+	if got := (Env{}).JournaledReplyTo("sneakgate/req/a/d", "a", "d"); got != "sneakgate/res/a/d" {
+		t.Errorf("default prefix: %q", got)
+	}
+}
