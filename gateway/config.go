@@ -79,7 +79,8 @@ type MQTTConfig struct {
 	Keepalive time.Duration `yaml:"keepalive"`
 	// PublishTimeout bounds the wait for a reply's PUBACK before it goes to the outbox.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
-	// FlushRate caps replies per second when the outbox flushes after a reconnect.
+	// FlushRate caps replies per second when the outbox flushes after a reconnect
+	// (0: no cap; else at least minFlushRate).
 	FlushRate float64 `yaml:"flush_rate"`
 	// ShutdownTimeout bounds how long a stopping gateway waits for the broker to
 	// take its last replies (places for them at mqtt.max_inflight_publishes,
@@ -434,6 +435,10 @@ func (c *Config) resolve(dir string) {
 	}
 }
 
+// minFlushRate is the smallest mqtt.flush_rate other than 0: a reply every
+// 100 s.
+const minFlushRate = 0.01
+
 // Validate checks every field, naming the first bad one. It reads the files the
 // mqtt section names (TLS certificates and keys, the embedded broker's users)
 // and keeps what they hold for New, which does not read them again.
@@ -489,8 +494,10 @@ func (c *Config) Validate() error {
 	if c.MQTT.StatsInterval < 0 {
 		return configErr("mqtt.stats_interval", "must not be negative")
 	}
-	if !(c.MQTT.FlushRate >= 0) { // NaN too
-		return configErr("mqtt.flush_rate", "%v: must be a number, not negative", c.MQTT.FlushRate)
+	// 0 is no cap; below minFlushRate the pause between replies (a second over
+	// the rate) is hours, or overflows a time.Duration into no pause at all.
+	if r := c.MQTT.FlushRate; !(r >= minFlushRate || r == 0) { // NaN too
+		return configErr("mqtt.flush_rate", "%v: must be 0 (no cap) or at least %v replies a second", r, minFlushRate)
 	}
 	if n := c.MQTT.MaxInflightPublishes; n < 1 || n > maxInflightPublishes {
 		return configErr("mqtt.max_inflight_publishes", "%d: must be between 1 and %d (the MQTT client has 65,535 packet ids, and needs a few for its status and subscription)", n, maxInflightPublishes)

@@ -153,9 +153,20 @@ func TestLoadConfigKeepalive(t *testing.T) {
 // mqtt.flush_rate .nan passed the "must not be negative" check (NaN < 0 is
 // false) and silently meant no cap: the outbox flush paces only when
 // rate > 0.
+//
+// A rate below 1e-10 a second overflowed the pause between replies (a second
+// over the rate, in a time.Duration) into a negative one, no pause at all, and
+// one of 1e-9 paused 30 years: both are refused, 0 (no cap) is not.
 func TestLoadConfigFlushRateNaN(t *testing.T) {
-	_, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\nmqtt:\n  flush_rate: .nan\n"))
-	if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "mqtt.flush_rate") {
-		t.Errorf("flush_rate .nan: error %v, want one naming mqtt.flush_rate", err)
+	for _, r := range []string{".nan", "-1", "1e-11", "1e-9", "0.009"} {
+		_, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\nmqtt:\n  flush_rate: "+r+"\n"))
+		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "mqtt.flush_rate") {
+			t.Errorf("flush_rate %s: error %v, want one naming mqtt.flush_rate", r, err)
+		}
+	}
+	for _, r := range []string{"0", "0.01", "200"} {
+		if _, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\nmqtt:\n  flush_rate: "+r+"\n")); err != nil && strings.Contains(err.Error(), "flush_rate") {
+			t.Errorf("flush_rate %s: %v", r, err)
+		}
 	}
 }
