@@ -162,7 +162,15 @@ func NewAllowList(patterns []string) (*AllowList, error) {
 				return nil, fmt.Errorf("%w: [%d] %q: unclosed {", ErrBadPattern, i, p)
 			}
 			switch ph := rest[j : j+k+1]; ph {
-			case "{prefix}", "{app}", "{device}":
+			case "{device}":
+				// A whole level: in "{device}_x" device cam would reach device
+				// cam_x's topics (device names are [A-Za-z0-9_.-]).
+				at := len(p) - len(rest) + j // in p
+				end := at + len(ph)
+				if (at > 0 && p[at-1] != '/') || (end < len(p) && p[end] != '/') {
+					return nil, fmt.Errorf("%w: [%d] %q: {device} must fill a whole level (another device's name could extend it)", ErrBadPattern, i, p)
+				}
+			case "{prefix}", "{app}":
 			default:
 				return nil, fmt.Errorf("%w: [%d] %q: unknown placeholder %s (want {prefix}, {app} or {device})", ErrBadPattern, i, p, ph)
 			}

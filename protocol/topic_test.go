@@ -81,9 +81,16 @@ func TestMatchFilter(t *testing.T) {
 }
 
 func TestAllowList(t *testing.T) {
-	for _, bad := range [][]string{{""}, {"{prefix}/res/{user}"}, {"a/#/b"}, {"a/b+"}, {"{prefix"}, {"x/{app}#"}} {
+	for _, bad := range [][]string{{""}, {"{prefix}/res/{user}"}, {"a/#/b"}, {"a/b+"}, {"{prefix"}, {"x/{app}#"},
+		// {device} must fill a whole level: "{device}_x" lets cam reach cam_x's topic.
+		{"{prefix}/res/{app}/{device}_x"}, {"{prefix}/res/{app}/x{device}"}, {"{prefix}/{app}{device}/#"}, {"{device}-{app}"}} {
 		if _, err := NewAllowList(bad); !errors.Is(err, ErrBadPattern) {
 			t.Errorf("NewAllowList(%q) = %v, want ErrBadPattern", bad, err)
+		}
+	}
+	for _, good := range []string{"{device}", "{device}/x", "x/{device}", "{prefix}/{device}/{app}-alerts"} {
+		if _, err := NewAllowList([]string{good}); err != nil {
+			t.Errorf("NewAllowList(%q): %v", good, err)
 		}
 	}
 	al, err := NewAllowList([]string{"{prefix}/res/{app}/{device}", "{prefix}/dev/{device}/+", "alerts/{app}/#"})
