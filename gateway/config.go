@@ -253,6 +253,10 @@ type AdmissionConfig struct {
 	// MaxQueue is the most requests waiting for a model; beyond it requests are
 	// rejected with reason overload and a retry-after hint.
 	MaxQueue int `yaml:"max_queue"`
+	// MaxQueuePerDevice is the most of those one device may have (0: no such
+	// limit); beyond it that device's requests are rejected overload, with a
+	// retry-after hint, while other devices' are still admitted.
+	MaxQueuePerDevice int `yaml:"max_queue_per_device"`
 	// MaxWait refuses a request (overload, with retry_after_ms) of an
 	// application without an estimator that no choice of variants could answer
 	// in time: the queue ahead of it would take longer than this fraction of its
@@ -573,6 +577,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Admission.MaxQueue < 1 {
 		return configErr("admission.max_queue", "must be at least 1")
+	}
+	if c.Admission.MaxQueuePerDevice < 0 {
+		return configErr("admission.max_queue_per_device", "%d: must be 0 (no limit) or positive", c.Admission.MaxQueuePerDevice)
 	}
 	if !(c.Admission.MaxWait >= 0 && c.Admission.MaxWait <= 10) {
 		return configErr("admission.max_wait", "%v: must be between 0 (off) and 10", c.Admission.MaxWait)

@@ -117,7 +117,7 @@ func (g *Gateway) handle(a arrival) {
 		}
 		g.m.handlerPanics.Inc()
 		if reserved {
-			g.loop.Release()
+			g.loop.ReleaseFor(req.Device) // reserved: req parsed
 		}
 		switch onPanic {
 		case panicAnswer:
@@ -176,11 +176,11 @@ func (g *Gateway) handle(a arrival) {
 		g.expiredOnArrival(msg, req, key)
 		return
 	}
-	reserved = g.loop.Reserve(g.cfg.Admission.MaxQueue)
+	reserved, deviceFull := g.loop.ReserveFor(req.Device, g.cfg.Admission.MaxQueue, g.cfg.Admission.MaxQueuePerDevice)
 	if reserved {
 		// (app is not nil: the swapping lock keeps the applications ParseHeader saw.)
 		if g.cfg.Admission.MaxWait > 0 && g.cannotServe(req.Budget(), app != nil && app.est != nil) {
-			g.loop.Release()
+			g.loop.ReleaseFor(req.Device)
 			reserved = false
 		}
 	}
@@ -190,6 +190,11 @@ func (g *Gateway) handle(a arrival) {
 		res, ok := g.lookup(key)
 		if !ok {
 			return // left unacknowledged (lookup)
+		}
+		if res.Dup == store.New && deviceFull {
+			onPanic = panicAck
+			g.refuseDevice(msg, req)
+			return
 		}
 		if res.Dup == store.New {
 			g.loop.refused.Add(1)
@@ -205,7 +210,7 @@ func (g *Gateway) handle(a arrival) {
 	}
 	release := func() {
 		if reserved {
-			g.loop.Release()
+			g.loop.ReleaseFor(req.Device)
 			reserved = false // not again, by the recover
 		}
 	}
@@ -704,6 +709,22 @@ func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.
 	}
 	g.log.Debug().Str("reason", string(reason)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
 	g.owe(m, req.ReplyTo, req.Reject(reason, msg, retry))
+}
+
+// refuseDevice answers a request whose device has admission.max_queue_per_device
+// requests queued: rejected overload, with the time the queue ahead takes to
+// drain as the retry hint. Unlike a refusal of the whole queue it is not
+// answered from the estimate, not counted in the offered rate the policy prices
+// engine time by, and does not mark the gateway as refusing (readiness): one
+// device beyond its share is not an overload of the gateway.
+func (g *Gateway) refuseDevice(m mqtt.Message, req *protocol.Request) {
+	g.m.rejected.WithLabelValues(string(protocol.ReasonOverload)).Inc()
+	g.m.deviceRefused.WithLabelValues(req.App).Inc()
+	wait := g.estimatedWait()
+	msg := fmt.Sprintf("device %s has %d requests queued, admission.max_queue_per_device is %d; about %s to drain",
+		req.Device, g.loop.DeviceQueued(req.Device), g.cfg.Admission.MaxQueuePerDevice, wait.Round(time.Millisecond))
+	g.log.Debug().Str("reason", string(protocol.ReasonOverload)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
+	g.owe(m, req.ReplyTo, req.Reject(protocol.ReasonOverload, msg, max(wait, minRetryAfter)))
 }
 
 // estimate runs the application's SneakPeek estimator: its class estimate p

@@ -183,6 +183,8 @@ type loop struct {
 	// plus refused) for the policy (Snapshot.Offered).
 	refused atomic.Int64
 	offered offeredMeter
+	// devices counts each device's queued requests (ReserveFor).
+	devices deviceCounts
 	// heartbeat is when Run last went round while no batch was running, or saw
 	// a batch end (a reading of now): the systemd watchdog pings only while it
 	// is fresh, so a batch that never ends stops the pings.
@@ -285,6 +287,30 @@ func (l *loop) Reserve(limit int) bool {
 // Release gives back a place taken by Reserve that will not be used.
 func (l *loop) Release() { l.queued.Add(-1) }
 
+// ReserveFor is Reserve for a request of device, which also must have fewer than
+// perDevice requests queued (0: no such limit). deviceFull reports that the
+// device's limit refused it. Every successful ReserveFor is followed by exactly
+// one Submit or ReleaseFor.
+func (l *loop) ReserveFor(device string, limit, perDevice int) (ok, deviceFull bool) {
+	if !l.Reserve(limit) {
+		return false, false
+	}
+	if ok, _ := l.devices.take(device, perDevice); !ok {
+		l.Release()
+		return false, true
+	}
+	return true, false
+}
+
+// ReleaseFor gives back a place taken by ReserveFor that will not be used.
+func (l *loop) ReleaseFor(device string) {
+	l.devices.done(device)
+	l.Release()
+}
+
+// DeviceQueued is how many requests device has queued (or reserved).
+func (l *loop) DeviceQueued(device string) int { return l.devices.queued(device) }
+
 // Submit hands a job to the loop in the place Reserve took for it. It never
 // blocks: the admit channel has room for every place. It returns false if the
 // channel is full anyway (the caller answers overload; the place is given back).
@@ -293,6 +319,7 @@ func (l *loop) Submit(j *job) bool {
 	case l.admit <- j:
 		return true
 	default:
+		l.devices.done(j.Device)
 		l.queued.Add(-1)
 		return false
 	}
@@ -302,6 +329,7 @@ func (l *loop) Submit(j *job) bool {
 // the admission limit (New sizes the channel for them).
 func (l *loop) SubmitRecovered(j *job) bool {
 	l.queued.Add(1)
+	l.devices.add(j.Device)
 	return l.Submit(j)
 }
 
@@ -951,6 +979,7 @@ func (l *loop) requeue(r *scheduler.Request) {
 }
 
 func (l *loop) reply(j *job, r result) {
+	l.devices.done(j.Device)
 	l.queued.Add(-1)
 	l.drain.Answered++
 	if j.req != nil {

@@ -18,6 +18,7 @@ type metrics struct {
 	replies       *prometheus.CounterVec   // app, status
 	rejected      *prometheus.CounterVec   // reason
 	refusedDeg    *prometheus.CounterVec   // app
+	deviceRefused *prometheus.CounterVec   // app
 	verdicts      *prometheus.CounterVec   // app, outcome, reason
 	admissionShed *prometheus.CounterVec   // app
 	admissionEst  *prometheus.CounterVec   // app
@@ -109,6 +110,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_scheduler_verdicts_total", Help: "Requests the scheduler answered without running a model, by application, outcome (degraded, expired, first_pass) and reason (e.g. estimate_worth_more, overload_shed, no_variant_meets_deadline); estimate_worth_more counts the answers admission gives by the scheduler's test too."}, []string{"app", "outcome", "reason"}),
 		refusedDeg: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_degraded_total", Help: "Requests refused for overload and answered from the SneakPeek estimate instead (admission.degrade_refused), by application."}, []string{"app"}),
+		deviceRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_device_limit_refused_total", Help: "Requests rejected overload because their device had admission.max_queue_per_device requests queued, by application; also counted in sneakgate_rejected_total{reason=\"overload\"}."}, []string{"app"}),
 		admissionShed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_shed_total", Help: "Requests answered from the SneakPeek estimate at admission because the scheduler was shedding requests worth more per second of engine time (admission.price_shed), by application."}, []string{"app"}),
 		admissionEst: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -184,7 +187,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		loopBatchTime: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_loop_seconds_per_batch", Help: "The scheduling loop's decisions' time per batch while the engine waits for it with requests queued (a weighted mean over recent waits); with scheduler.latency_correction on (the default) every batch is planned this much longer than the engine takes, and b times sneakgate_loop_seconds_per_request."}),
 	}
-	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.deviceRefused, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
