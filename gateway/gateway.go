@@ -463,7 +463,7 @@ func (g *Gateway) newClient() error {
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		if conflict, n := g.link.lost(); conflict {
 			log.Error().Err(err).Str("client_id", c.ClientID).Int("short_connections", n).
-				Msg("the broker keeps closing the connection soon after it opens: another client is probably using this client id (each connection takes the other's session over); give every gateway its own mqtt.client_id")
+				Msg("the broker keeps closing the connection soon after it opens: another client is probably using this client id (each connection takes the other's session over; give every gateway its own mqtt.client_id), or the broker refuses something the gateway sends (its log says which: a publish to a topic it calls malformed, a packet over its max_packet_size)")
 			return
 		}
 		log.Warn().Err(err).Msg("connection to the broker lost; replies go to the outbox until it is back")
