@@ -95,6 +95,10 @@ type Gateway struct {
 	// sending bad requests at a high rate must not flood the journal; every
 	// rejection is counted in sneakgate_rejected_total.
 	rejectLog zerolog.Logger
+	// redirectLog logs replies whose journaled reply_to is redirected
+	// (journaledReplyTo), sampled (rejectSampler): it runs at every outbox
+	// flush of each such reply.
+	redirectLog zerolog.Logger
 	// fatal is closed by fail: Run stops and returns fatalErr.
 	fatal     chan struct{}
 	fatalOnce sync.Once
@@ -169,7 +173,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if g.now == nil {
 		g.now = time.Now
 	}
-	g.rejectLog = g.log.Sample(rejectSampler())
+	g.sampleLogs()
 	g.link = newBrokerLink(g.now)
 	if g.reg == nil {
 		g.reg = prometheus.NewRegistry()
@@ -399,10 +403,16 @@ func (g *Gateway) recover() error {
 func (g *Gateway) journaledReplyTo(topic string, k store.Key) string {
 	rt := g.env.JournaledReplyTo(topic, k.App, k.Device)
 	if rt != topic {
-		g.log.Warn().Stringer("key", k).Str("reply_to", topic).Str("topic", rt).
+		g.redirectLog.Warn().Stringer("key", k).Str("reply_to", topic).Str("topic", rt).
 			Msg("journaled reply_to is not a topic the gateway publishes to; the reply goes to the device's own reply topic")
 	}
 	return rt
+}
+
+// sampleLogs makes the sampled loggers (rejectSampler) from g.log.
+func (g *Gateway) sampleLogs() {
+	g.rejectLog = g.log.Sample(rejectSampler())
+	g.redirectLog = g.log.Sample(rejectSampler())
 }
 
 // newClient makes the MQTT client (persistent session) and the egress that

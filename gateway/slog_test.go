@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+	"github.com/sneakgate/sneakgate/store"
 )
 
 // A client's connection closed under the embedded broker's reader is a normal
@@ -39,5 +40,23 @@ func TestRejectLogSampled(t *testing.T) {
 	// second this loop takes, far below 1,000 however slow the machine.
 	if n := strings.Count(buf.String(), "\n"); n < 10 || n >= 200 {
 		t.Fatalf("%d of 1000 rejection lines logged, want the burst of 10 and about 1 in 100 after", n)
+	}
+}
+
+// A journaled reply_to the gateway does not publish to is redirected at every
+// outbox flush of its reply, and an upgraded journal may hold thousands: the
+// warning is sampled like rejections, not one line a reply a flush.
+func TestJournaledReplyToLogSampled(t *testing.T) {
+	var buf bytes.Buffer
+	g := &Gateway{log: zerolog.New(&buf)}
+	g.sampleLogs()
+	k := store.Key{App: "fashion", Device: "cam1", ID: "r1"}
+	for range 1000 {
+		if got := g.journaledReplyTo("sneakgate/res/fashion/cam1/\x01", k); got != "sneakgate/res/fashion/cam1" {
+			t.Fatalf("journaledReplyTo = %q, want the device's own reply topic", got)
+		}
+	}
+	if n := strings.Count(buf.String(), "\n"); n < 1 || n >= 200 {
+		t.Fatalf("%d of 1000 redirected replies logged, want the burst of 10 and about 1 in 100 after", n)
 	}
 }
