@@ -41,9 +41,10 @@ type arrival struct {
 func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	if msg.Retained() {
 		// A retained "request" would be replayed to the gateway on every
-		// reconnect; requests are never retained (docs/protocol.md).
+		// reconnect; requests are never retained (docs/protocol.md). Sampled
+		// (rejectLog): a device may leave one on any number of topics.
 		g.m.ignored.WithLabelValues("retained").Inc()
-		g.log.Warn().Str("topic", msg.Topic()).Msg("retained message on a request topic ignored; clear it with an empty retained publish")
+		g.rejectLog.Warn().Str("topic", msg.Topic()).Msg("retained message on a request topic ignored; clear it with an empty retained publish")
 		msg.Ack()
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/sneakgate/sneakgate/store"
 )
@@ -58,5 +59,32 @@ func TestJournaledReplyToLogSampled(t *testing.T) {
 	}
 	if n := strings.Count(buf.String(), "\n"); n < 1 || n >= 200 {
 		t.Fatalf("%d of 1000 redirected replies logged, want the burst of 10 and about 1 in 100 after", n)
+	}
+}
+
+// retainedMessage is a request message the broker replays as retained.
+type retainedMessage struct{ *fakeMessage }
+
+func (retainedMessage) Retained() bool { return true }
+
+// A device can leave a retained message on as many request topics as it likes,
+// and the broker replays every one at each (re)subscription: the warning is
+// sampled like rejections; sneakgate_requests_ignored_total counts them all.
+func TestRetainedRequestLogSampled(t *testing.T) {
+	var buf bytes.Buffer
+	g := &Gateway{log: zerolog.New(&buf), m: newMetrics(nil)}
+	g.sampleLogs()
+	for i := range 1000 {
+		m := retainedMessage{newFakeMessage(fmt.Sprintf("sneakgate/req/fashion/cam%d", i), []byte("{}"))}
+		g.onMessage(nil, m)
+		if !m.isAcked() {
+			t.Fatal("a retained message was not acknowledged")
+		}
+	}
+	if n := testutil.ToFloat64(g.m.ignored.WithLabelValues("retained")); n != 1000 {
+		t.Errorf("sneakgate_requests_ignored_total{why=\"retained\"} = %v, want 1000", n)
+	}
+	if n := strings.Count(buf.String(), "\n"); n < 1 || n >= 200 {
+		t.Fatalf("%d of 1000 retained messages logged, want the burst of 10 and about 1 in 100 after", n)
 	}
 }
