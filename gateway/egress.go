@@ -123,6 +123,7 @@ type egress struct {
 	now          func() time.Time
 	log          zerolog.Logger
 	noSpaceLog   zerolog.Logger // log, sampled (storeLog)
+	failLog      zerolog.Logger // log, sampled: a failing broker fails every reply
 	m            *metrics
 	opts         egressOptions
 
@@ -216,6 +217,7 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 		e.gate = newPubGate(defaultMaxInflightPublishes)
 	}
 	e.noSpaceLog = log.Sample(rejectSampler())
+	e.failLog = log.Sample(rejectSampler())
 	e.room.L = &e.answersMu
 	e.late.Add(3)
 	go e.owedWaiter()
@@ -562,7 +564,7 @@ func (e *egress) owedWaiter() {
 					// if paho still holds the reply: stranded.go).
 					e.gate.strand(o.tok)
 					e.m.publishFails.Inc()
-					e.log.Warn().Err(err).Str("app", o.app).Str("status", string(o.status)).
+					e.failLog.Warn().Err(err).Str("app", o.app).Str("status", string(o.status)).
 						Msg("reply to a request that is not journaled failed; the request is left unacknowledged for redelivery")
 					continue
 				}
@@ -753,7 +755,7 @@ func (e *egress) finishAnswer(h *handedOver) bool {
 	} else {
 		e.release(h.key)
 	}
-	e.log.Warn().Err(err).Stringer("key", h.key).Msg("reply kept in the outbox until the broker has it")
+	e.failLog.Warn().Err(err).Stringer("key", h.key).Msg("reply kept in the outbox until the broker has it")
 	return false
 }
 

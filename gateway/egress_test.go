@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -826,4 +827,48 @@ func TestEgressDelayForgetsAnOverload(t *testing.T) {
 	if d := e.Delay(); d < 2*time.Millisecond || d > 3100*time.Microsecond {
 		t.Errorf("egress delay %v after one 66 ms answer among 2 ms ones at 4,000 a second, want 3 ms", d)
 	}
+}
+
+// A broker that takes replies and fails them (or a connection lost under them)
+// fails every reply while it lasts: the warning for each, journaled or not, is
+// sampled like rejections; sneakgate_publish_failures_total counts them all.
+func TestFailedReplyLogSampled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 1000
+		c := &fakeClient{}
+		for range 2 * n {
+			t := &fakeToken{done: make(chan struct{}), err: errors.New("refused")}
+			close(t.done)
+			c.tokens = append(c.tokens, t)
+		}
+		var buf bytes.Buffer
+		m := newMetrics(nil)
+		e := newEgress(c, newFakeJournal(), time.Second, 0, nil, defaultEgressOptions(), zerolog.New(zerolog.SyncWriter(&buf)), m)
+		t.Cleanup(func() {
+			e.Stop(context.Background())
+			e.Close()
+		})
+		for i := range n {
+			e.Answer(okAnswer(store.Key{App: "a", Device: "d", ID: fmt.Sprint(i)}, time.Now().Add(time.Hour)))
+		}
+		synctest.Wait()
+		for i := range n {
+			rep := &protocol.Reply{V: 1, ID: fmt.Sprint(i), App: "a", Device: "d", Status: protocol.StatusRejected}
+			if err := e.Owe("t", rep, func() {}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		if got := testutil.ToFloat64(m.publishFails); got != 2*n {
+			t.Errorf("sneakgate_publish_failures_total = %v, want %d", got, 2*n)
+		}
+		if lines := strings.Count(buf.String(), "\n"); lines >= 400 {
+			t.Errorf("%d lines logged for %d failed replies, want them sampled", lines, 2*n)
+		}
+		for _, msg := range []string{"reply kept in the outbox", "reply to a request that is not journaled failed"} {
+			if !strings.Contains(buf.String(), msg) {
+				t.Errorf("no %q line logged", msg)
+			}
+		}
+	})
 }
