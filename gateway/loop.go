@@ -151,6 +151,9 @@ type loop struct {
 	// invalidLog logs invalid decisions, sampled as rejections are
 	// (rejectSampler); sneakgate_invalid_decisions_total counts them all.
 	invalidLog zerolog.Logger
+	// invalidOut logs invalid model outputs, sampled alike: an input a model
+	// answers NaN for, or a broken model, makes one for every request.
+	invalidOut zerolog.Logger
 	m          *metrics
 	admit      chan *job
 	queued     atomic.Int64         // reserved or admitted, and not yet answered (admission reads it)
@@ -243,6 +246,7 @@ func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budge
 	l := &loop{
 		policy: p, apps: apps, run: r, now: now, answer: answer, log: log, m: m,
 		invalidLog: log.Sample(rejectSampler()),
+		invalidOut: log.Sample(rejectSampler()),
 		admit:      make(chan *job, capacity),
 		swaps:      make(chan *appSwap, 1), stopped: make(chan struct{}),
 		retiring: map[string]func(string){}, latency: newLatencyModel(),
@@ -934,7 +938,7 @@ func (l *loop) finish(d batchDone) {
 	for i, r := range b.Requests {
 		j := r.Ref.(*job)
 		if !validDistribution(d.probs[i]) {
-			l.log.Error().Str("variant", b.Variant.ID.String()).Msg("model returned no valid class distribution (NaN or Inf)")
+			l.invalidOut.Error().Str("variant", b.Variant.ID.String()).Msg("model returned no valid class distribution (NaN or Inf)")
 			if j.first != nil {
 				l.replyFirst(j, d.done) // a second pass: its first pass's answer stands
 				continue

@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -703,6 +705,40 @@ func TestLoopRunsKeptBatches(t *testing.T) {
 		t.Logf("%d batches %v, %v of them kept", len(f.runs), f.runs, kept)
 		if kept < 1 || kept >= float64(len(f.runs)) {
 			t.Errorf("%v of %d batches from kept plans", kept, len(f.runs))
+		}
+	})
+}
+
+// A model that answers NaN for an input (one out of range of an application
+// without input_range, or a broken model) does so for every such request: the
+// error line is sampled like rejections, not one a request.
+func TestLoopInvalidModelOutputLogSampled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}, nan: true}
+		p, err := scheduler.New("edf", scheduler.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		a := loopApp()
+		ans := &answers{got: map[string]result{}}
+		l := newLoop(p, map[string]*scheduler.App{a.Name: a}, f, scheduler.Engine{}, 100, time.Now, ans.record,
+			zerolog.New(zerolog.SyncWriter(&buf)), newMetrics(nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+		const n = 100
+		for i := range n {
+			submit(t, l, fmt.Sprint(i), time.Minute, nil)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if len(ans.got) != n {
+			t.Fatalf("%d of %d requests answered", len(ans.got), n)
+		}
+		if lines := strings.Count(buf.String(), "no valid class distribution"); lines < 1 || lines >= n/2 {
+			t.Errorf("%d lines logged for %d invalid answers, want them sampled", lines, n)
 		}
 	})
 }
