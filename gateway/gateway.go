@@ -99,6 +99,10 @@ type Gateway struct {
 	// (journaledReplyTo), sampled (rejectSampler): it runs at every outbox
 	// flush of each such reply.
 	redirectLog zerolog.Logger
+	// estimateLog logs estimates that are no distribution (estimate), sampled
+	// (rejectSampler): an input the estimator answers NaN for makes one for
+	// every request that carries it.
+	estimateLog zerolog.Logger
 	// fatal is closed by fail: Run stops and returns fatalErr.
 	fatal     chan struct{}
 	fatalOnce sync.Once
@@ -413,6 +417,7 @@ func (g *Gateway) journaledReplyTo(topic string, k store.Key) string {
 func (g *Gateway) sampleLogs() {
 	g.rejectLog = g.log.Sample(rejectSampler())
 	g.redirectLog = g.log.Sample(rejectSampler())
+	g.estimateLog = g.log.Sample(rejectSampler())
 }
 
 // newClient makes the MQTT client (persistent session) and the egress that

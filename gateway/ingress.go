@@ -748,7 +748,7 @@ func (g *Gateway) estimate(a *appRuntime, input []float32) (p, correct, answer [
 	p = make([]float64, a.m.K())
 	a.est.Estimate(input, p)
 	if !validDistribution(p) {
-		g.log.Warn().Str("app", a.m.Name).Msg("estimator returned no valid distribution; profiled accuracy used")
+		g.estimateLog.Warn().Str("app", a.m.Name).Msg("estimator returned no valid distribution; profiled accuracy used")
 		return nil, nil, nil, nil
 	}
 	if a.diff != nil {

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/manifest"
 	"github.com/sneakgate/sneakgate/store"
 )
 
@@ -86,5 +89,32 @@ func TestRetainedRequestLogSampled(t *testing.T) {
 	}
 	if n := strings.Count(buf.String(), "\n"); n < 1 || n >= 200 {
 		t.Fatalf("%d of 1000 retained messages logged, want the burst of 10 and about 1 in 100 after", n)
+	}
+}
+
+// nanEstimator answers NaN, as an estimator may for an input out of range of
+// an application without input_range.
+type nanEstimator struct{}
+
+func (nanEstimator) Estimate(_ []float32, dst []float64) {
+	for i := range dst {
+		dst[i] = math.NaN()
+	}
+}
+
+// Such an input comes in every request a device sends: the warning is sampled
+// like rejections, not one a request.
+func TestInvalidEstimateLogSampled(t *testing.T) {
+	var buf bytes.Buffer
+	g := &Gateway{log: zerolog.New(&buf)}
+	g.sampleLogs()
+	a := &appRuntime{m: &manifest.App{Name: "app", Labels: []string{"a", "b"}}, est: nanEstimator{}}
+	for range 1000 {
+		if p, _, _, _ := g.estimate(a, []float32{1}); p != nil {
+			t.Fatalf("estimate = %v, want none", p)
+		}
+	}
+	if n := strings.Count(buf.String(), "\n"); n < 1 || n >= 200 {
+		t.Fatalf("%d of 1000 invalid estimates logged, want the burst of 10 and about 1 in 100 after", n)
 	}
 }
