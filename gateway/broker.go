@@ -299,7 +299,9 @@ func startBroker(addr string, maxPayloadBytes int, users map[string]string, tc *
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: false,
-		Logger:       slog.New(zerologHandler{log}),
+		// Sampled (rejectSampler): mochi warns once for every connection that
+		// fails before it is a client, and for every packet it refuses.
+		Logger: slog.New(zerologHandler{log.Sample(rejectSampler())}),
 	})
 	bl.disconnect = func(listener string) { disconnectAll(srv, listener) }
 	if len(users) == 0 {

@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -136,4 +138,38 @@ func TestEmbeddedBrokerClosesSilentConnections(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A device (or anything that reaches the port) can open connections that fail
+// before they are clients (not MQTT, a wrong password, a TLS handshake
+// failing) as fast as it likes, and mochi warns once for each: the embedded
+// broker's log is sampled like rejections.
+func TestEmbeddedBrokerFailedConnectionsLogSampled(t *testing.T) {
+	var buf bytes.Buffer
+	b, err := startBroker(freeAddr(t), 1<<20, nil, nil, zerolog.New(zerolog.SyncWriter(&buf)), nil, brokerTuning{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	const n = 300
+	start := time.Now()
+	for range n {
+		c, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		closedByPeer(t, c, "a connection that sent no CONNECT") // after establish logged its error
+		c.Close()
+	}
+	if err := b.Close(); err != nil { // waits for every connection's goroutine
+		t.Fatal(err)
+	}
+	// The burst of 10 in each second the loop took, and 1 in 100 beyond.
+	most := 10*(int(time.Since(start)/time.Second)+1) + n/100 + 1
+	if lines := strings.Count(buf.String(), `"level":"warn"`); lines < 1 || lines > most {
+		t.Errorf("%d warnings for %d failed connections, want them sampled: at most %d", lines, n, most)
+	}
 }
