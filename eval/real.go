@@ -288,17 +288,8 @@ func validationAnswers(m *manifest.App, sa *scheduler.App, est func(*manifest.Ap
 	for i, y := range set.Labels {
 		labels[i] = int(y)
 	}
-	mean := make([]float64, sa.K)
-	for _, q := range p {
-		for c, v := range q[:sa.K] {
-			mean[c] += v
-		}
-	}
-	for c := range mean {
-		mean[c] /= float64(max(len(p), 1))
-	}
 	av, err := sneakpeek.NewAnswerValue(labels, p, sa.Utility)
-	return av, mean, err
+	return av, sneakpeek.MeanEstimate(p, sa.K), err
 }
 
 // difficultyOf runs the manifest's difficulty model on every sample, from the

@@ -30,27 +30,20 @@ func (g *Gateway) shiftStart(m *manifest.App, est estimator, w [][]float64) (mar
 		return nil, nil, err
 	}
 	k := m.K()
-	sum := make([]float64, k)
 	ests := make([][]float64, val.N)
 	labels := make([]int, val.N)
 	flat := make([]float64, val.N*k)
 	for i := range val.N {
 		p := flat[i*k : (i+1)*k : (i+1)*k]
 		est.Estimate(val.Row(i), p)
-		for y, x := range p {
-			sum[y] += x
-		}
 		ests[i], labels[i] = p, int(val.Labels[i])
-	}
-	for y := range sum {
-		sum[y] /= float64(val.N)
 	}
 	answers, aerr := sneakpeek.NewAnswerValue(labels, ests, w) // keeps ests, one allocation
 	if aerr != nil {
 		g.log.Warn().Err(aerr).Str("app", m.Name).Str("split", m.Validation.File).
 			Msg("answers from the estimate off for this application (scheduler.estimate_answers): its validation split cannot value them")
 	}
-	return sum, answers, nil
+	return sneakpeek.MeanEstimate(ests, k), answers, nil
 }
 
 // fitsInput says, naming the application and the file, when the rows of its

@@ -58,6 +58,23 @@ type AnswerValue struct {
 	top1, top2 []float64
 }
 
+// MeanEstimate is the mean of the estimates est (each of at least k values;
+// the first k count), a zero vector for none: over an application's validation
+// split, where the label-shift correction starts (the gateway and the
+// simulator both start there).
+func MeanEstimate(est [][]float64, k int) []float64 {
+	mean := make([]float64, k)
+	for _, p := range est {
+		for c, v := range p[:k] {
+			mean[c] += v
+		}
+	}
+	for c := range mean {
+		mean[c] /= float64(max(len(est), 1))
+	}
+	return mean
+}
+
 // NewAnswerValue keeps labelled rows for V: labels[i] is row i's class, est[i]
 // its estimate (len K), w the application's utility matrix (K x K, w[y][c]:
 // the value of answering c when the class is y). est and w are kept, not
