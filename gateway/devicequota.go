@@ -13,20 +13,19 @@ type deviceCounts struct {
 }
 
 // take counts one more request of device unless it has limit queued already
-// (limit 0: no limit). It reports whether it counted it, and how many the
-// device has queued.
-func (d *deviceCounts) take(device string, limit int) (bool, int) {
+// (limit 0: no limit), and reports whether it counted it.
+func (d *deviceCounts) take(device string, limit int) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n := d.n[device]
 	if limit > 0 && n >= limit {
-		return false, n
+		return false
 	}
 	if d.n == nil {
 		d.n = map[string]int{}
 	}
 	d.n[device] = n + 1
-	return true, n + 1
+	return true
 }
 
 // add counts one more request of device, whatever its limit (a request read

@@ -704,10 +704,16 @@ func rejectSampler() zerolog.Sampler {
 // through the sampled warning of rejected: an overloaded gateway refuses by the
 // thousand a second, as designed, and the counter and readiness say so.
 func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
-	g.m.rejected.WithLabelValues(string(reason)).Inc()
 	if reason == protocol.ReasonOverload {
 		g.lastRefused.Store(g.now())
 	}
+	g.answerRefusal(m, req, reason, msg, retry)
+}
+
+// answerRefusal counts, logs (at debug) and answers a refusal: refuse without
+// marking the gateway as refusing.
+func (g *Gateway) answerRefusal(m mqtt.Message, req *protocol.Request, reason protocol.Reason, msg string, retry time.Duration) {
+	g.m.rejected.WithLabelValues(string(reason)).Inc()
 	g.log.Debug().Str("reason", string(reason)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
 	g.owe(m, req.ReplyTo, req.Reject(reason, msg, retry))
 }
@@ -719,13 +725,10 @@ func (g *Gateway) refuse(m mqtt.Message, req *protocol.Request, reason protocol.
 // engine time by, and does not mark the gateway as refusing (readiness): one
 // device beyond its share is not an overload of the gateway.
 func (g *Gateway) refuseDevice(m mqtt.Message, req *protocol.Request) {
-	g.m.rejected.WithLabelValues(string(protocol.ReasonOverload)).Inc()
 	g.m.deviceRefused.WithLabelValues(req.App).Inc()
 	wait := g.estimatedWait()
-	msg := fmt.Sprintf("device %s has %d requests queued, admission.max_queue_per_device is %d; about %s to drain",
-		req.Device, g.loop.DeviceQueued(req.Device), g.cfg.Admission.MaxQueuePerDevice, wait.Round(time.Millisecond))
-	g.log.Debug().Str("reason", string(protocol.ReasonOverload)).Str("app", req.App).Str("device", req.Device).Str("id", req.ID).Msg(msg)
-	g.owe(m, req.ReplyTo, req.Reject(protocol.ReasonOverload, msg, max(wait, minRetryAfter)))
+	g.answerRefusal(m, req, protocol.ReasonOverload, fmt.Sprintf("device %s has %d requests queued, admission.max_queue_per_device is %d; about %s to drain",
+		req.Device, g.loop.DeviceQueued(req.Device), g.cfg.Admission.MaxQueuePerDevice, wait.Round(time.Millisecond)), max(wait, minRetryAfter))
 }
 
 // estimate runs the application's SneakPeek estimator: its class estimate p

@@ -299,7 +299,7 @@ func (l *loop) ReserveFor(device string, limit, perDevice int) (ok, deviceFull b
 	if !l.Reserve(limit) {
 		return false, false
 	}
-	if ok, _ := l.devices.take(device, perDevice); !ok {
+	if !l.devices.take(device, perDevice) {
 		l.Release()
 		return false, true
 	}
