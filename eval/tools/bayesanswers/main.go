@@ -1,0 +1,118 @@
+// Command bayesanswers measures, offline, what an answer from the estimate is
+// worth when it takes the corrected estimate's top class against the class of
+// highest expected utility under the application's utility matrix (a Bayes
+// decision). For every workload of each application it weighs each class's
+// test samples by the workload's mix (a drift by its start) and corrects each
+// estimate to that mix from where the gateway starts the label-shift correction
+// (App.ShiftStart): q(c) ∝ p(c) mix(c) / start(c), the correction at its ideal
+// value. It prints the mean utility of one such answer, uncorrected and
+// corrected, both ways (docs/evaluation-log.md, "The label-shift correction
+// starts from the validation split").
+//
+//	go run ./eval/tools/bayesanswers                 # vad, satellite, fashion
+//	go run ./eval/tools/bayesanswers -apps vad
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/eval"
+	"github.com/sneakgate/sneakgate/scheduler"
+)
+
+func main() {
+	apps := flag.String("apps", "vad,satellite,fashion", "applications under -models, comma-separated")
+	models := flag.String("models", "models", "models directory")
+	profiles := flag.String("profiles", "eval/testdata/profiles.json", "variant profiles (so that nothing is measured)")
+	flag.Parse()
+	if err := run(strings.Split(*apps, ","), *models, *profiles); err != nil {
+		fmt.Fprintln(os.Stderr, "bayesanswers:", err)
+		os.Exit(1)
+	}
+}
+
+func run(apps []string, models, profiles string) error {
+	lib := os.Getenv(engine.LibraryEnv)
+	if lib == "" {
+		lib, _ = filepath.Abs(".cache/onnxruntime/libonnxruntime.so.1.30.0")
+	}
+	e, err := engine.New(engine.Options{LibraryPath: lib, IntraOpThreads: 1})
+	if err != nil {
+		return fmt.Errorf("ONNX Runtime (set %s or run make deps): %w", engine.LibraryEnv, err)
+	}
+	defer e.Close()
+	prof, err := eval.ReadProfiles(profiles)
+	if err != nil {
+		return err
+	}
+	fmt.Println("app        workload              uncorrected: top  Bayes  (diff)  | corrected: top  Bayes  (diff)")
+	for _, name := range apps {
+		a, err := eval.LoadApp(context.Background(), filepath.Join(models, name, "manifest.yaml"), eval.LoadOptions{Engine: e, Profiles: prof})
+		if err != nil {
+			return err
+		}
+		w, k := a.Sched.Utility, a.Sched.K
+		start := a.ShiftStart
+		if start == nil {
+			start = a.Sched.Prior
+		}
+		byClass := make([][]int, k)
+		for i, y := range a.Labels {
+			byClass[y] = append(byClass[y], i)
+		}
+		for _, wl := range a.Workloads {
+			mix := wl.Mix
+			if len(mix) == 0 {
+				mix = a.Sched.Prior
+			}
+			var top, bay, topC, bayC float64
+			q := make([]float64, k)
+			for y, idx := range byClass {
+				if len(idx) == 0 {
+					continue
+				}
+				var s [4]float64
+				for _, i := range idx {
+					p := a.Est[i]
+					z := 0.0
+					for c := range q {
+						q[c] = p[c] * mix[c] / start[c]
+						z += q[c]
+					}
+					for c := range q {
+						q[c] /= z
+					}
+					s[0] += w[y][scheduler.Argmax(p)]
+					s[1] += w[y][bayes(p, w)]
+					s[2] += w[y][scheduler.Argmax(q)]
+					s[3] += w[y][bayes(q, w)]
+				}
+				n := float64(len(idx))
+				top, bay, topC, bayC = top+mix[y]*s[0]/n, bay+mix[y]*s[1]/n, topC+mix[y]*s[2]/n, bayC+mix[y]*s[3]/n
+			}
+			fmt.Printf("%-10s %-20s %19.4f %6.4f (%+.4f) | %15.4f %6.4f (%+.4f)\n", name, wl.Name, top, bay, bay-top, topC, bayC, bayC-topC)
+		}
+	}
+	return nil
+}
+
+// bayes is the class c of highest expected utility sum_y q(y) w[y][c].
+func bayes(q []float64, w [][]float64) int {
+	best, bc := 0.0, -1
+	for c := range w[0] {
+		u := 0.0
+		for y, qy := range q {
+			u += qy * w[y][c]
+		}
+		if bc < 0 || u > best {
+			best, bc = u, c
+		}
+	}
+	return bc
+}
