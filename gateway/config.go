@@ -296,7 +296,14 @@ type AdmissionConfig struct {
 	// IngressQueue bounds the messages waiting for a handler; when it is full
 	// the MQTT client waits for room (it stops reading; the broker keeps the
 	// rest), so that no message is acknowledged unread.
-	IngressQueue    int           `yaml:"ingress_queue"`
+	IngressQueue int `yaml:"ingress_queue"`
+	// IngressBytes bounds the bytes of request payloads queued for the
+	// handlers and in their hands; when the next message would go beyond it
+	// the MQTT client waits, as for a full queue. With large payloads it, not
+	// IngressQueue, is what bounds the gateway's memory for requests the
+	// broker's in-flight window does not hold back (QoS 0). At least
+	// MaxPayloadBytes.
+	IngressBytes    int           `yaml:"ingress_bytes"`
 	MaxPayloadBytes int           `yaml:"max_payload_bytes"`
 	MinDeadline     time.Duration `yaml:"min_deadline"`
 	MaxDeadline     time.Duration `yaml:"max_deadline"`
@@ -382,7 +389,7 @@ func DefaultConfig() Config {
 			PlanAhead:         3,
 			LatencyCorrection: true},
 		Admission: AdmissionConfig{
-			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, PriceShed: true, Workers: 128, IngressQueue: 4096, MaxPayloadBytes: 256 << 10,
+			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, PriceShed: true, Workers: 128, IngressQueue: 4096, IngressBytes: 64 << 20, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,
 		},
 	}
@@ -592,6 +599,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Admission.MaxPayloadBytes < 64 {
 		return configErr("admission.max_payload_bytes", "must be at least 64")
+	}
+	if c.Admission.IngressBytes < c.Admission.MaxPayloadBytes {
+		return configErr("admission.ingress_bytes", "%d: must be at least admission.max_payload_bytes (%d), so that a request of the largest size admitted fits", c.Admission.IngressBytes, c.Admission.MaxPayloadBytes)
 	}
 	if c.Admission.MinDeadline <= 0 || c.Admission.MaxDeadline < c.Admission.MinDeadline {
 		return configErr("admission.max_deadline", "need 0 < min_deadline <= max_deadline")

@@ -49,6 +49,7 @@ func TestLoadConfigErrorsNameTheField(t *testing.T) {
 		"apps:\n  - manifest: a\nmqtt:\n  topic_prefix: '/a'\n":                    "mqtt.topic_prefix",
 		"apps:\n  - manifest: a\nlog:\n  level: loud\n":                            "log.level",
 		"apps:\n  - manifest: a\nadmission:\n  max_queue: 0\n":                     "admission.max_queue",
+		"apps:\n  - manifest: a\nadmission:\n  ingress_bytes: 1000\n":              "admission.ingress_bytes",
 		"apps:\n  - manifest: a\nmqtt:\n  embedded: {enabled: true, listen: ''}\n": "mqtt.embedded.listen",
 		"apps: []\n":                "apps",
 		"apps:\n  - estimator: x\n": "apps[0].manifest",

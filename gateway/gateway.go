@@ -69,6 +69,7 @@ type Gateway struct {
 	// in queues request messages from paho's router goroutine to the ingress
 	// workers (ingress.go); stopIngress ends the workers.
 	in          chan arrival
+	inBytes     *ingressBudget // admission.ingress_bytes; nil bounds nothing
 	stopIngress chan struct{}
 	ingressDone sync.WaitGroup
 	// claimed holds the request keys a worker is handling (Gateway.claim).
@@ -184,6 +185,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	g.m = newMetrics(g.reg)
+	g.inBytes = newIngressBudget(int64(cfg.Admission.IngressBytes), g.m.ingressBytes)
 	g.started = g.now()
 	defer func() {
 		if err != nil {
@@ -559,8 +561,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 			defer g.ingressDone.Done()
 			for {
 				select {
-				case msg := <-g.in:
-					g.handle(msg)
+				case a := <-g.in:
+					g.handleAndGive(a)
 				case <-g.stopIngress:
 					return
 				}

@@ -35,6 +35,9 @@ import (
 type arrival struct {
 	msg mqtt.Message
 	at  time.Time
+	// bytes is what the message took from the ingress budget (given back
+	// when its handler is done).
+	bytes int64
 }
 
 // onMessage is the MQTT handler for requests (paho's router goroutine).
@@ -51,24 +54,40 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	if g.draining.Load() {
 		return // not acknowledged: the broker redelivers it to the next session
 	}
-	a := arrival{msg: msg, at: g.now()}
-	select {
-	case g.in <- a:
-		return
-	default:
+	a := arrival{msg: msg, at: g.now(), bytes: g.inBytes.weight(len(msg.Payload()))}
+	taken := g.inBytes.tryTake(a.bytes)
+	if taken {
+		select {
+		case g.in <- a:
+			return
+		default:
+		}
 	}
-	// The workers are behind: wait for one (the time counts against the
+	// The workers are behind, or the messages they hold and those queued for
+	// them take admission.ingress_bytes: wait (the time counts against the
 	// request's deadline). Meanwhile the broker holds the messages it has not
 	// sent, and the readiness probe says overloaded.
 	g.m.ingressWaits.Inc()
 	g.lastIngressWait.Store(a.at)
 	g.ingressWaiting.Add(1) // paho's router is one goroutine: 0 or 1
 	defer g.ingressWaiting.Add(-1)
+	if !taken && !g.inBytes.take(a.bytes, g.stopIngress) {
+		return // stopping: not acknowledged, the broker redelivers it to the next session
+	}
 	select {
 	case g.in <- a:
 	case <-g.stopIngress:
 		// Stopping: not acknowledged, the broker redelivers it to the next session.
+		g.inBytes.give(a.bytes)
 	}
+}
+
+// handleAndGive handles a and then gives back the bytes it took from the
+// ingress budget (a handler's panic is recovered inside handle; the deferred
+// give covers one that is not).
+func (g *Gateway) handleAndGive(a arrival) {
+	defer g.inBytes.give(a.bytes)
+	g.handle(a)
 }
 
 // owe publishes rep, the reply to a request that is not journaled, and

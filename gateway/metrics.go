@@ -77,6 +77,9 @@ type metrics struct {
 	// ingressWaits counts request messages that found every request handler
 	// busy and the hand-off queue full (the MQTT client waited for room).
 	ingressWaits prometheus.Counter
+	// ingressBytes is the bytes of request payloads queued for the request
+	// handlers or in their hands (admission.ingress_bytes bounds it).
+	ingressBytes prometheus.Gauge
 	// owed is the replies to requests not journaled that were handed to the
 	// broker and whose PUBACK has not come yet (their requests are not
 	// acknowledged yet).
@@ -167,7 +170,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_requests_ignored_total", Help: "Request messages acknowledged and not run: retained messages (replayed by the broker, never requests)."}, []string{"why"}),
 		ingressWaits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sneakgate_ingress_waits_total", Help: "Request messages that found the hand-off to the request handlers full (admission.ingress_queue): the MQTT client waited for room, and the broker held the rest meanwhile."}),
+			Name: "sneakgate_ingress_waits_total", Help: "Request messages that found the hand-off to the request handlers full (admission.ingress_queue messages, or admission.ingress_bytes of payloads): the MQTT client waited for room, and the broker held the rest meanwhile."}),
+		ingressBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_ingress_bytes", Help: "Bytes of request payloads queued for the request handlers or in their hands; admission.ingress_bytes bounds it (a payload larger than that counts as that much)."}),
 		owed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_unjournaled_replies_in_flight", Help: "Replies to requests that are not journaled (refusals, rejections, answers from the estimate, expired requests) handed to the broker and not acknowledged by it yet; their requests are acknowledged when they are."}),
 		owedWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -190,7 +195,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.deviceRefused, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
-		m.ingressWaits, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
+		m.ingressWaits, m.ingressBytes, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
 			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},
