@@ -123,6 +123,10 @@ type Gateway struct {
 	perRequest time.Duration
 	// Requests read back from the journal at start-up, answered once connected.
 	recovered, expired, orphans []*job
+	// crashed are the recovered requests answered engine_crashed once
+	// connected; guard is the in-flight file (crashguard.go).
+	crashed []*job
+	guard   *crashGuard
 }
 
 // stamp is when something last happened, stored on some goroutines and
@@ -233,6 +237,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	if err := g.recover(); err != nil {
 		return nil, err
 	}
+	g.crashCheck(cfg.Scheduler.MaxBatch)
 	capacity := cfg.Admission.MaxQueue + len(g.recovered) + 1024
 	budget := scheduler.Engine{MemBudget: int64(cfg.Engine.MemoryBudgetMB) << 20, CountBudget: cfg.Engine.MaxResident}
 	g.loop = newLoop(policy, sapps, g.runner, budget, capacity, g.now, g.answer,
@@ -240,6 +245,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	g.loop.latency.frozen = !cfg.Scheduler.LatencyCorrection
 	g.loop.pipeline = cfg.Scheduler.Pipeline
 	g.loop.timeCPU = cfg.Metrics.Pprof
+	g.loop.guard = g.guard
 	g.loop.fallbackOpts = cfg.SchedulerOptions()
 	if cfg.MQTT.Embedded.Enabled {
 		users, err := cfg.embeddedUsers() // as Validate read it
@@ -273,6 +279,9 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	for _, j := range g.orphans {
 		g.answer(j, result{Status: protocol.StatusRejected, Reason: string(protocol.ReasonUnknownApp)})
 	}
+	for _, j := range g.crashed {
+		g.answer(j, result{Status: protocol.StatusError, Reason: string(protocol.ReasonEngineCrashed)})
+	}
 	for _, j := range g.recovered {
 		g.loop.SubmitRecovered(j)
 	}
@@ -281,7 +290,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 		Str("policy", cfg.Scheduler.Policy).Msg("gateway ready")
 	g.notify = newNotifier(g.now, g.log.With().Str("component", "systemd").Logger())
 	g.notify.Ready()
-	g.recovered, g.expired, g.orphans = nil, nil, nil
+	g.recovered, g.expired, g.orphans, g.crashed = nil, nil, nil, nil
 	return g, nil
 }
 
@@ -812,6 +821,9 @@ func (g *Gateway) closeAll() error {
 	}
 	if g.eng != nil {
 		errs = append(errs, g.eng.Close())
+	}
+	if g.guard != nil {
+		errs = append(errs, g.guard.close())
 	}
 	if g.journal != nil {
 		errs = append(errs, g.journal.Close())

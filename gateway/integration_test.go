@@ -473,25 +473,13 @@ func TestRecoveryAfterCrash(t *testing.T) {
 	cfg := testConfig(t, b.URL(), dir)
 	_, samples := fashionSamples(t)
 	// What a crashed gateway leaves behind: a journal with two pending requests.
-	j, err := store.Open(cfg.Store.Path, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	now := time.Now()
 	reply := protocol.ReplyTopic("sneakgate", "fashion", "cam-rec")
-	for _, e := range []*store.Entry{
-		{Key: store.Key{App: "fashion", Device: "cam-rec", ID: "stale"}, Received: now.Add(-time.Minute),
+	journalPending(t, cfg.Store.Path,
+		&store.Entry{Key: store.Key{App: "fashion", Device: "cam-rec", ID: "stale"}, Received: now.Add(-time.Minute),
 			Deadline: now.Add(-30 * time.Second), ReplyTo: reply, Input: samples.Row(2)},
-		{Key: store.Key{App: "fashion", Device: "cam-rec", ID: "fresh"}, Received: now,
-			Deadline: now.Add(time.Minute), ReplyTo: reply, Input: samples.Row(3)},
-	} {
-		if _, err := j.Put(e); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := j.Close(); err != nil {
-		t.Fatal(err)
-	}
+		&store.Entry{Key: store.Key{App: "fashion", Device: "cam-rec", ID: "fresh"}, Received: now,
+			Deadline: now.Add(time.Minute), ReplyTo: reply, Input: samples.Row(3)})
 	dev := newDevice(t, b.URL(), "cam-rec")
 	gw := startGateway(t, cfg, Options{})
 	got := dev.await([]string{"stale", "fresh"}, 30*time.Second)
@@ -503,13 +491,31 @@ func TestRecoveryAfterCrash(t *testing.T) {
 	}
 	// Both were completed in the journal once published: nothing is pending.
 	gw.stop(t)
-	j, err = store.Open(cfg.Store.Path, store.Options{})
+	j, err := store.Open(cfg.Store.Path, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer j.Close()
 	if p, err := j.Pending(); err != nil || len(p) != 0 {
 		t.Errorf("pending after answers: %d, %v", len(p), err)
+	}
+}
+
+// journalPending writes the journal at path holding entries, pending, as a
+// gateway that died before answering them leaves it.
+func journalPending(t *testing.T, path string, entries ...*store.Entry) {
+	t.Helper()
+	j, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if _, err := j.Put(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
 	"github.com/sneakgate/sneakgate/sneakpeek"
+	"github.com/sneakgate/sneakgate/store"
 )
 
 // runner is what the scheduling loop needs of the engine. The engine adapter
@@ -45,6 +46,11 @@ type job struct {
 	// Mix is the live class mix Answer was corrected for (nil without the
 	// correction; scheduler.Request.Mix).
 	Mix *sneakpeek.Mix
+
+	// suspect is set on a request recovered from the journal that was in a
+	// forward pass when the process died: it runs in a pass of its own
+	// (crashguard.go).
+	suspect bool
 
 	// first is the answer of the cascade's first pass while the request waits
 	// for a second one (the loop replies with it on a FirstAnswer verdict).
@@ -145,9 +151,13 @@ type loop struct {
 	// timeCPU reads the worker thread's CPU clock around each forward pass
 	// (timedRun, sneakgate_infer_cpu_seconds_total): metrics.pprof.
 	timeCPU bool
-	now     func() time.Time
-	answer  func(*job, result)
-	log     zerolog.Logger
+	// guard records the requests of each forward pass in the in-flight file,
+	// and runs suspects alone (crashguard.go); nil records nothing.
+	guard     *crashGuard
+	guardKeys []uint64 // the worker's buffer for guard.running
+	now       func() time.Time
+	answer    func(*job, result)
+	log       zerolog.Logger
 	// invalidLog logs invalid decisions, sampled as rejections are
 	// (rejectSampler); sneakgate_invalid_decisions_total counts them all.
 	invalidLog zerolog.Logger
@@ -238,7 +248,10 @@ type batchDone struct {
 	done    time.Time
 	loads   []time.Duration
 	unloads []time.Duration
-	err     error
+	// alone is how many of the batch's requests ran in a pass of their own
+	// (crash suspects, runGuarded) before the rest ran together.
+	alone int
+	err   error
 }
 
 func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budget scheduler.Engine,
@@ -866,16 +879,96 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 		inputs[i] = r.Ref.(*job).Input
 	}
 	d.start = l.now()
-	if l.timeCPU {
-		d.probs, d.cpu, d.err = l.timedRun(b.Variant.ID, inputs)
-	} else {
-		d.probs, d.err = l.run.Run(b.Variant.ID, inputs)
-	}
+	d.probs, d.cpu, d.alone, d.err = l.runGuarded(b.Variant.ID, b.Requests, inputs)
 	d.infer = l.now().Sub(d.start)
 	if d.err == nil && len(d.probs) != len(inputs) {
 		d.err = fmt.Errorf("engine returned %d results for %d inputs", len(d.probs), len(inputs))
 	}
 	return d
+}
+
+// runGuarded runs the forward pass of a batch with its requests recorded in
+// the crash guard's in-flight file for as long as it runs. A suspect (a request
+// that was in a pass when the process died before, crashguard.go) runs in a
+// pass of its own first, so that a second crash is blamed on it alone; then the
+// rest run together. The batch's time (batchDone.infer) is then that of every
+// pass, which the latency correction takes as one pass of the whole batch: a
+// slight overestimate, once per suspect.
+func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inputs [][]float32) (_ [][]float64, _ time.Duration, alone int, _ error) {
+	if l.guard == nil {
+		probs, cpu, err := l.pass(id, inputs)
+		return probs, cpu, 0, err
+	}
+	split := false
+	if len(reqs) > 1 {
+		for _, r := range reqs {
+			if r.Ref.(*job).suspect {
+				split = true
+				break
+			}
+		}
+	}
+	if !split {
+		probs, cpu, err := l.guardedPass(id, reqs, inputs)
+		return probs, cpu, 0, err
+	}
+	probs := make([][]float64, len(inputs))
+	var cpu time.Duration
+	var rest []*scheduler.Request
+	var restIn [][]float32
+	var restAt []int
+	for i, r := range reqs {
+		if !r.Ref.(*job).suspect {
+			rest, restIn, restAt = append(rest, r), append(restIn, inputs[i]), append(restAt, i)
+			continue
+		}
+		p, c, err := l.guardedPass(id, reqs[i:i+1], inputs[i:i+1])
+		cpu += c
+		if err == nil && len(p) != 1 {
+			err = fmt.Errorf("engine returned %d results for 1 input", len(p))
+		}
+		if err != nil {
+			return nil, cpu, alone, err
+		}
+		probs[i] = p[0]
+		alone++
+	}
+	if len(rest) > 0 {
+		p, c, err := l.guardedPass(id, rest, restIn)
+		cpu += c
+		if err == nil && len(p) != len(rest) {
+			err = fmt.Errorf("engine returned %d results for %d inputs", len(p), len(rest))
+		}
+		if err != nil {
+			return nil, cpu, alone, err
+		}
+		for k, i := range restAt {
+			probs[i] = p[k]
+		}
+	}
+	return probs, cpu, alone, nil
+}
+
+// guardedPass is one forward pass with its requests in the in-flight file.
+func (l *loop) guardedPass(id scheduler.VariantID, reqs []*scheduler.Request, inputs [][]float32) ([][]float64, time.Duration, error) {
+	keys := l.guardKeys[:0]
+	for _, r := range reqs {
+		j := r.Ref.(*job)
+		keys = append(keys, keyHash(store.Key{App: j.App, Device: j.Device, ID: j.ID}))
+	}
+	l.guardKeys = keys
+	l.guard.running(keys)
+	defer l.guard.done()
+	return l.pass(id, inputs)
+}
+
+// pass is one forward pass (timed on the thread's CPU clock with l.timeCPU).
+func (l *loop) pass(id scheduler.VariantID, inputs [][]float32) ([][]float64, time.Duration, error) {
+	if l.timeCPU {
+		return l.timedRun(id, inputs)
+	}
+	probs, err := l.run.Run(id, inputs)
+	return probs, 0, err
 }
 
 // timedRun is l.run.Run, and the CPU time the calling thread spent in it: the
@@ -951,7 +1044,14 @@ func (l *loop) finish(d batchDone) {
 		if d.done.After(j.Deadline) {
 			st = protocol.StatusLate
 		}
-		res := result{Status: st, Probs: d.probs[i], Variant: variant, Batch: len(b.Requests),
+		batch := len(b.Requests) // the pass it ran in
+		if d.alone > 0 {
+			batch -= d.alone
+			if j.suspect {
+				batch = 1
+			}
+		}
+		res := result{Status: st, Probs: d.probs[i], Variant: variant, Batch: batch,
 			EstAccuracy: r.ExpAccuracy[b.Variant.Index], Start: d.start, Infer: d.infer, Done: d.done}
 		if b.EscalateBelow > 0 && r.First == nil {
 			cls := scheduler.Argmax(d.probs[i])

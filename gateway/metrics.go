@@ -80,6 +80,9 @@ type metrics struct {
 	// ingressBytes is the bytes of request payloads queued for the request
 	// handlers or in their hands (admission.ingress_bytes bounds it).
 	ingressBytes prometheus.Gauge
+	// crashSuspects is the recovered requests found in a forward pass the last
+	// run died in, by what became of them (crashguard.go).
+	crashSuspects *prometheus.GaugeVec
 	// owed is the replies to requests not journaled that were handed to the
 	// broker and whose PUBACK has not come yet (their requests are not
 	// acknowledged yet).
@@ -171,6 +174,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_requests_ignored_total", Help: "Request messages acknowledged and not run: retained messages (replayed by the broker, never requests)."}, []string{"why"}),
 		ingressWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_ingress_waits_total", Help: "Request messages that found the hand-off to the request handlers full (admission.ingress_queue messages, or admission.ingress_bytes of payloads): the MQTT client waited for room, and the broker held the rest meanwhile."}),
+		crashSuspects: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sneakgate_crash_suspects", Help: "Requests recovered at start-up that were in a forward pass when an earlier run of the process died (a crash, a kill, the watchdog), as of this start: state alone, run in a pass of their own; state answered, answered error (engine_crashed) because they were in such a pass at two deaths, the last alone. Above 0: look for the cause in the journal of the previous run."}, []string{"state"}),
 		ingressBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_ingress_bytes", Help: "Bytes of request payloads queued for the request handlers or in their hands; admission.ingress_bytes bounds it (a payload larger than that counts as that much)."}),
 		owed: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -195,7 +200,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.deviceRefused, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
-		m.ingressWaits, m.ingressBytes, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
+		m.ingressWaits, m.ingressBytes, m.crashSuspects, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
 			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},

@@ -12,6 +12,7 @@ import (
 const (
 	msgExpired = "the deadline passed before the request could run"
 	msgError   = "internal error while running the request; it may be retried"
+	msgCrashed = "the gateway process died twice while a model ran on this request, the second time with it alone; it was not run again"
 	msgBroker  = "the answer was ready, but the broker could not take it before the deadline"
 	// msgExpiredInTransit is the error of a request whose deadline passed before it
 	// reached the gateway.
@@ -62,8 +63,10 @@ func buildReply(j *job, r result, labels []string, estimator string, now time.Ti
 			rep.RetryAfterMS = &ms
 		}
 	case protocol.StatusError:
-		rep.Reason = protocol.ReasonInternal
-		rep.Error = msgError
+		rep.Reason, rep.Error = protocol.ReasonInternal, msgError
+		if r.Reason == string(protocol.ReasonEngineCrashed) {
+			rep.Reason, rep.Error = protocol.ReasonEngineCrashed, msgCrashed
+		}
 	}
 	return rep
 }

@@ -69,6 +69,11 @@ const (
 	// ReasonInternal: the gateway failed to admit the request (for example a store
 	// write failed); retrying may help.
 	ReasonInternal Reason = "internal"
+	// ReasonEngineCrashed: the gateway process died twice while a model ran on
+	// this request, the second time with it alone in its batch; it is answered
+	// error instead of being run again. Sending the same input again will
+	// most likely crash it again.
+	ReasonEngineCrashed Reason = "engine_crashed"
 )
 
 // Reasons carried by degraded and expired replies: why the gateway answered without
@@ -111,6 +116,7 @@ var reasons = map[Reason]bool{
 	ReasonBadInput: false, ReasonBadInputSize: false, ReasonNonFiniteInput: false,
 	ReasonInputOutOfRange: false, ReasonBadSentAt: false,
 	ReasonOverload: true, ReasonShuttingDown: true, ReasonInternal: true,
+	ReasonEngineCrashed: false,
 }
 
 var answerReasons = map[Reason]bool{

@@ -77,7 +77,7 @@ func TestStatusAndReason(t *testing.T) {
 	if !ReasonOverload.Retryable() || ReasonBadJSON.Retryable() || !ReasonBadJSON.Known() || Reason("x").Known() {
 		t.Error("Reason methods")
 	}
-	if len(Reasons()) != 23 {
+	if len(Reasons()) != 24 {
 		t.Errorf("%d reasons", len(Reasons()))
 	}
 }

@@ -254,7 +254,7 @@ func TestParseRequestRejected(t *testing.T) {
 		})
 	}
 	for _, r := range Reasons() {
-		if !r.Retryable() && !seen[r] {
+		if !r.Retryable() && !seen[r] && r != ReasonEngineCrashed { // engine_crashed: decided at start-up, not by parsing
 			t.Errorf("no test case for reason %s", r)
 		}
 	}

@@ -396,6 +396,10 @@ func builtReplies(t *testing.T) map[string]*Reply {
 	e.Reason, e.Error = ReasonInternal, "internal error while running the request; it may be retried"
 	e.TotalMS, e.SlackMS = Millis(5*time.Millisecond), Millis(95*time.Millisecond)
 	out["error"] = e
+	c := req.NewReply(StatusError)
+	c.Reason, c.Error = ReasonEngineCrashed, "the gateway process died twice while a model ran on this request"
+	c.TotalMS, c.SlackMS = Millis(9*time.Second), Millis(51*time.Second)
+	out["error engine_crashed"] = c
 	return out
 }
 
@@ -419,7 +423,8 @@ func TestSchemaBuiltReplies(t *testing.T) {
 		}
 	}
 	for _, reason := range Reasons() {
-		if _, ok := replies["rejected "+string(reason)]; !ok && reason != ReasonBadTopic {
+		_, rejected := replies["rejected "+string(reason)]
+		if _, errored := replies["error "+string(reason)]; !rejected && !errored && reason != ReasonBadTopic {
 			t.Errorf("no rejection built for reason %s", reason)
 		}
 	}
