@@ -72,6 +72,9 @@ type crashGuard struct {
 	max int    // the most keys a record holds
 }
 
+// mapInflight maps the in-flight file (a test wraps it).
+var mapInflight = mapFile
+
 // inflightPath and suspectsPath are the guard's files beside the journal.
 func inflightPath(journal string) string { return journal + ".inflight" }
 func suspectsPath(journal string) string { return journal + ".suspects.json" }
@@ -106,24 +109,31 @@ func readInflight(path string) ([]uint64, error) {
 }
 
 // openCrashGuard creates (or truncates) the in-flight file at path, sized for
-// batches of up to max requests, and records no batch.
+// batches of up to max requests, and records no batch. The file is written
+// (magic, an empty record, zeros) before it is mapped, so that it has its
+// blocks: a store into a mapped hole that the file system cannot back (a full
+// disk or tmpfs) is a SIGBUS, which would kill the process at every start
+// while the disk is full; written, a full disk is an error here instead.
 func openCrashGuard(path string, max int) (*crashGuard, error) {
 	size := crashHeader + 8*max
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	if err := f.Truncate(int64(size)); err != nil {
+	init := make([]byte, size)
+	copy(init, crashMagic)
+	binary.LittleEndian.PutUint32(init[12:16], crc32.Checksum(init[8:12], crashCRC)) // no batch
+	if _, err := f.WriteAt(init, 0); err != nil {
 		f.Close()
 		return nil, err
 	}
-	mem, err := mapFile(f, size)
+	mem, err := mapInflight(f, size)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	g := &crashGuard{f: f, mem: mem, max: max}
-	copy(g.mem, crashMagic)
+	copy(g.mem, crashMagic) // (the buffer of crashguard_other.go starts empty)
 	g.record(nil)
 	return g, nil
 }
