@@ -310,7 +310,8 @@ func crashVerdicts(keys []store.Key, inflight []uint64, prev map[store.Key]int) 
 // to g.crashed (answered error once connected), writes the suspects back, and
 // opens the in-flight file for this run with room for batches of maxBatch. It
 // never fails the start: an unreadable file is logged and taken as empty, and
-// without an in-flight file the gateway runs unguarded (logged).
+// without an in-flight file, or when the suspects cannot be written, the
+// gateway runs unguarded (logged; suspects still run alone).
 func (g *Gateway) crashCheck(maxBatch int) {
 	path := g.cfg.Store.Path
 	log := g.log.With().Str("component", "crashguard").Logger()
@@ -351,7 +352,13 @@ func (g *Gateway) crashCheck(maxBatch int) {
 	g.m.crashSuspects.WithLabelValues("alone").Set(float64(alone))
 	g.m.crashSuspects.WithLabelValues("answered").Set(float64(len(g.crashed)))
 	if err := writeSuspects(suspectsPath(path), verdicts); err != nil {
-		log.Error().Err(err).Msg("the suspects file cannot be written: a request that crashes the process again may be run again")
+		// The in-flight file is left as it is, and this run does not record
+		// its passes: the next start that can write the suspects counts the
+		// last run's pass then, once. Truncated, that crash would be
+		// forgotten, and a request that crashed the process alone would run
+		// alone again at every start.
+		log.Error().Err(err).Msg("the suspects file cannot be written: running without the crash guard, the suspects found alone all the same; the next start counts this crash again (a request that crashes the process in this run is not counted)")
+		return
 	}
 	if g.guard, err = openCrashGuard(inflightPath(path), maxBatch); err != nil {
 		log.Error().Err(err).Msg("the in-flight file cannot be opened: running without the crash guard (a request that crashes the process will be run again at every start until its deadline)")

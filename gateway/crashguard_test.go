@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
 	"github.com/sneakgate/sneakgate/protocol"
@@ -248,5 +249,85 @@ func BenchmarkCrashGuardPass(b *testing.B) {
 		}
 		g.running(buf)
 		g.done()
+	}
+}
+
+// A start that cannot write the suspects file (a full disk) keeps the
+// in-flight file as the last run left it, so that the next start that can
+// write counts that crash (once): truncated, the crash was forgotten, and a
+// request that crashed the process alone was run alone again at every start.
+// Meanwhile the suspects still run alone, without the guard.
+func TestCrashCheckKeepsTheRecordWhenSuspectsCannotBeWritten(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Store.Path = filepath.Join(dir, "j.db")
+	key := func(id string) store.Key { return store.Key{App: "a", Device: "d", ID: id} }
+	pending := func() []*job {
+		return []*job{{App: "a", Device: "d", ID: "1"}, {App: "a", Device: "d", ID: "2"}, {App: "a", Device: "d", ID: "3"}}
+	}
+	dead, err := openCrashGuard(inflightPath(cfg.Store.Path), 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.running([]uint64{keyHash(key("1")), keyHash(key("2"))})
+	if err := unmapFile(dead.mem); err != nil { // the process is gone; its file stays
+		t.Fatal(err)
+	}
+	dead.f.Close()
+	start := func() *Gateway {
+		g := &Gateway{cfg: &cfg, log: zerolog.Nop(), m: newMetrics(nil), recovered: pending()}
+		g.crashCheck(32)
+		t.Cleanup(func() { g.guard.close() })
+		return g
+	}
+	suspects := func(g *Gateway) []string {
+		var ids []string
+		for _, j := range g.recovered {
+			if j.suspect {
+				ids = append(ids, j.ID)
+			}
+		}
+		return ids
+	}
+	// The suspects file cannot be written (its temporary file is a directory).
+	blocker := suspectsPath(cfg.Store.Path) + ".tmp"
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	g := start()
+	if got := suspects(g); !slices.Equal(got, []string{"1", "2"}) || len(g.crashed) != 0 {
+		t.Fatalf("suspects %v, crashed %d; want 1 and 2, none", got, len(g.crashed))
+	}
+	if g.guard != nil {
+		t.Error("the guard runs on a record it will truncate and a crash count it could not write")
+	}
+	if keys, err := readInflight(inflightPath(cfg.Store.Path)); err != nil || len(keys) != 2 {
+		t.Fatalf("the in-flight file holds %v (%v), want the crashed pass kept", keys, err)
+	}
+	// Without the guard the suspects still run alone.
+	l, _ := newTestLoop(t, loopApp(), &fakeRunner{lat: func(int) time.Duration { return 0 }, resident: map[scheduler.VariantID]bool{}}, "edf")
+	a := l.apps["app"]
+	var reqs []*scheduler.Request
+	for _, j := range g.recovered {
+		reqs = append(reqs, &scheduler.Request{App: a, Ref: j})
+	}
+	if d := l.execute(&scheduler.Batch{Variant: a.Variants[0], Requests: reqs}); d.err != nil || !slices.Equal(l.run.(*fakeRunner).runs, []int{1, 1, 1}) {
+		t.Errorf("passes %v (%v), want 1, 1 (the suspects) and 1", l.run.(*fakeRunner).runs, d.err)
+	}
+	// The next start, which can write, counts the crash once.
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	g = start()
+	if got := suspects(g); !slices.Equal(got, []string{"1", "2"}) || len(g.crashed) != 0 || g.guard == nil {
+		t.Fatalf("next start: suspects %v, crashed %d, guard %v; want 1 and 2, none, a guard", got, len(g.crashed), g.guard != nil)
+	}
+	if s, err := readSuspects(suspectsPath(cfg.Store.Path)); err != nil || len(s) != 2 || s[key("1")] != 1 || s[key("2")] != 1 {
+		t.Errorf("suspects file %v (%v), want 1 and 2 at one crash", s, err)
+	}
+	// And a start after that, with no pass recorded since, counts nothing more.
+	g = start()
+	if got := suspects(g); !slices.Equal(got, []string{"1", "2"}) || len(g.crashed) != 0 {
+		t.Errorf("third start: suspects %v, crashed %d; want 1 and 2, none", got, len(g.crashed))
 	}
 }

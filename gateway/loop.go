@@ -151,8 +151,8 @@ type loop struct {
 	// timeCPU reads the worker thread's CPU clock around each forward pass
 	// (timedRun, sneakgate_infer_cpu_seconds_total): metrics.pprof.
 	timeCPU bool
-	// guard records the requests of each forward pass in the in-flight file,
-	// and runs suspects alone (crashguard.go); nil records nothing.
+	// guard records the requests of each forward pass in the in-flight file
+	// (crashguard.go); nil records nothing (suspects still run alone).
 	guard     *crashGuard
 	guardKeys []uint64 // the worker's buffer for guard.running
 	now       func() time.Time
@@ -888,17 +888,14 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 }
 
 // runGuarded runs the forward pass of a batch with its requests recorded in
-// the crash guard's in-flight file for as long as it runs. A suspect (a request
+// the crash guard's in-flight file for as long as it runs (when there is
+// one). A suspect (a request
 // that was in a pass when the process died before, crashguard.go) runs in a
 // pass of its own first, so that a second crash is blamed on it alone; then the
 // rest run together. The batch's time (batchDone.infer) is then that of every
 // pass, which the latency correction takes as one pass of the whole batch: a
 // slight overestimate, once per suspect.
 func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inputs [][]float32) (_ [][]float64, _ time.Duration, alone int, _ error) {
-	if l.guard == nil {
-		probs, cpu, err := l.pass(id, inputs)
-		return probs, cpu, 0, err
-	}
 	split := false
 	if len(reqs) > 1 {
 		for _, r := range reqs {
@@ -949,8 +946,12 @@ func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inp
 	return probs, cpu, alone, nil
 }
 
-// guardedPass is one forward pass with its requests in the in-flight file.
+// guardedPass is one forward pass with its requests in the in-flight file
+// (when there is one).
 func (l *loop) guardedPass(id scheduler.VariantID, reqs []*scheduler.Request, inputs [][]float32) ([][]float64, time.Duration, error) {
+	if l.guard == nil {
+		return l.pass(id, inputs)
+	}
 	keys := l.guardKeys[:0]
 	for _, r := range reqs {
 		j := r.Ref.(*job)
