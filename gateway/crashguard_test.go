@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
@@ -330,4 +332,105 @@ func TestCrashCheckKeepsTheRecordWhenSuspectsCannotBeWritten(t *testing.T) {
 	if got := suspects(g); !slices.Equal(got, []string{"1", "2"}) || len(g.crashed) != 0 {
 		t.Errorf("third start: suspects %v, crashed %d; want 1 and 2, none", got, len(g.crashed))
 	}
+}
+
+// clockRunner takes exactly the profiled time of each pass (loopApp's table)
+// on the loop's clock.
+type clockRunner struct {
+	fakeRunner
+	now *time.Time
+	lat []time.Duration
+}
+
+func (r *clockRunner) Run(id scheduler.VariantID, in [][]float32) ([][]float64, error) {
+	*r.now = r.now.Add(r.lat[len(in)])
+	return r.fakeRunner.Run(id, in)
+}
+
+// A batch split for its suspects is accounted as the passes it ran as: the
+// latency correction, sneakgate_infer_duration_seconds and
+// sneakgate_batch_size see each pass at its own size, and each reply the
+// size and duration of its own pass. Taken as one pass of the whole batch,
+// passes that each took exactly their profile raised the variant's factor
+// (x1.15 after one batch of 4 suspects and 1 other; a whole crashed batch of 32 suspects
+// would be x1.3 in one batch), and the scheduler then took the variant for
+// slower than it is.
+func TestSplitBatchAccountedPerPass(t *testing.T) {
+	app := loopApp()
+	v := app.Variants[0]
+	profile := slices.Clone(v.Latency)
+	now := time.Unix(1000, 0)
+	r := &clockRunner{fakeRunner: fakeRunner{lat: func(int) time.Duration { return 0 }, resident: map[scheduler.VariantID]bool{}},
+		now: &now, lat: profile}
+	l, ans := newTestLoop(t, app, &r.fakeRunner, "edf")
+	l.run = r
+	l.now = func() time.Time { return now }
+	var reqs []*scheduler.Request
+	for _, id := range []string{"s1", "s2", "x", "s3", "s4"} {
+		j := &job{App: "app", Device: "dev", ID: id, Input: []float32{0}, Deadline: now.Add(time.Minute), suspect: id[0] == 's'}
+		reqs = append(reqs, &scheduler.Request{App: app, Ref: j, ExpAccuracy: []float64{0.9}})
+	}
+	d := l.execute(&scheduler.Batch{Variant: v, Requests: reqs})
+	if d.err != nil {
+		t.Fatal(d.err)
+	}
+	l.finish(d)
+	if got := r.runs; !slices.Equal(got, []int{1, 1, 1, 1, 1}) {
+		t.Fatalf("passes %v, want five of 1", got)
+	}
+	if f := testutil.ToFloat64(l.m.latencyFactor.WithLabelValues("app", "m")); f < 0.999 || f > 1.001 {
+		t.Errorf("latency factor %v after passes that each took their profile, want 1", f)
+	}
+	if !slices.Equal(v.Latency, profile) {
+		t.Errorf("the variant's table moved: %v, profiled %v", v.Latency, profile)
+	}
+	if n := testutil.CollectAndCount(l.m.batchSize); n != 1 {
+		t.Fatalf("%d batch size series", n)
+	}
+	if got := histCount(t, l.m.batchSize); got != 5 {
+		t.Errorf("sneakgate_batch_size has %d samples, want 5 (one per pass)", got)
+	}
+	if got := histCount(t, l.m.inferTime); got != 5 {
+		t.Errorf("sneakgate_infer_duration_seconds has %d samples, want 5 (one per pass)", got)
+	}
+	for id, res := range ans.got {
+		if res.Batch != 1 || res.Infer != profile[1] {
+			t.Errorf("%s: batch %d, infer %v; want its own pass: 1, %v", id, res.Batch, res.Infer, profile[1])
+		}
+	}
+	// Four suspects and two others: the others' pass is of 2.
+	r.runs = nil
+	reqs = append(reqs, &scheduler.Request{App: app, Ref: &job{App: "app", Device: "dev", ID: "y", Input: []float32{0}, Deadline: now.Add(time.Minute)},
+		ExpAccuracy: []float64{0.9}})
+	ans.got = map[string]result{}
+	l.finish(l.execute(&scheduler.Batch{Variant: v, Requests: reqs}))
+	for id, res := range ans.got {
+		want := 1
+		if id == "x" || id == "y" {
+			want = 2
+		}
+		if res.Batch != want || res.Infer != profile[want] {
+			t.Errorf("%s: batch %d, infer %v; want %d, %v", id, res.Batch, res.Infer, want, profile[want])
+		}
+	}
+	if f := testutil.ToFloat64(l.m.latencyFactor.WithLabelValues("app", "m")); f < 0.999 || f > 1.001 {
+		t.Errorf("latency factor %v, want 1", f)
+	}
+}
+
+// histCount is the number of observations in h's only series.
+func histCount(t *testing.T, h prometheus.Collector) uint64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 4)
+	h.Collect(ch)
+	close(ch)
+	var n uint64
+	for m := range ch {
+		var pb dto.Metric
+		if err := m.Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		n += pb.GetHistogram().GetSampleCount()
+	}
+	return n
 }

@@ -248,10 +248,20 @@ type batchDone struct {
 	done    time.Time
 	loads   []time.Duration
 	unloads []time.Duration
-	// alone is how many of the batch's requests ran in a pass of their own
-	// (crash suspects, runGuarded) before the rest ran together.
-	alone int
-	err   error
+	// passes are the forward passes of a batch split for its crash suspects
+	// (runGuarded), in the order they ran, and passOf the pass of each
+	// request; both nil for a batch run as one pass (start, infer).
+	passes []passTime
+	passOf []int
+	err    error
+}
+
+// passTime is one forward pass of a split batch: its size, when it started
+// and how long it took.
+type passTime struct {
+	n     int
+	start time.Time
+	took  time.Duration
 }
 
 func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budget scheduler.Engine,
@@ -879,7 +889,7 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 		inputs[i] = r.Ref.(*job).Input
 	}
 	d.start = l.now()
-	d.probs, d.cpu, d.alone, d.err = l.runGuarded(b.Variant.ID, b.Requests, inputs)
+	d.probs, d.cpu, d.passes, d.passOf, d.err = l.runGuarded(b.Variant.ID, b.Requests, inputs)
 	d.infer = l.now().Sub(d.start)
 	if d.err == nil && len(d.probs) != len(inputs) {
 		d.err = fmt.Errorf("engine returned %d results for %d inputs", len(d.probs), len(inputs))
@@ -893,9 +903,9 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 // that was in a pass when the process died before, crashguard.go) runs in a
 // pass of its own first, so that a second crash is blamed on it alone; then the
 // rest run together. The batch's time (batchDone.infer) is then that of every
-// pass, which the latency correction takes as one pass of the whole batch: a
-// slight overestimate, once per suspect.
-func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inputs [][]float32) (_ [][]float64, _ time.Duration, alone int, _ error) {
+// pass; passes and passOf say what each pass was (finish accounts them one by
+// one: the latency correction, the metrics, each reply's batch and times).
+func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inputs [][]float32) (_ [][]float64, _ time.Duration, passes []passTime, passOf []int, _ error) {
 	split := false
 	if len(reqs) > 1 {
 		for _, r := range reqs {
@@ -907,9 +917,10 @@ func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inp
 	}
 	if !split {
 		probs, cpu, err := l.guardedPass(id, reqs, inputs)
-		return probs, cpu, 0, err
+		return probs, cpu, nil, nil, err
 	}
 	probs := make([][]float64, len(inputs))
+	passOf = make([]int, len(inputs))
 	var cpu time.Duration
 	var rest []*scheduler.Request
 	var restIn [][]float32
@@ -919,31 +930,36 @@ func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inp
 			rest, restIn, restAt = append(rest, r), append(restIn, inputs[i]), append(restAt, i)
 			continue
 		}
+		start := l.now()
 		p, c, err := l.guardedPass(id, reqs[i:i+1], inputs[i:i+1])
 		cpu += c
 		if err == nil && len(p) != 1 {
 			err = fmt.Errorf("engine returned %d results for 1 input", len(p))
 		}
 		if err != nil {
-			return nil, cpu, alone, err
+			return nil, cpu, nil, nil, err
 		}
 		probs[i] = p[0]
-		alone++
+		passOf[i] = len(passes)
+		passes = append(passes, passTime{n: 1, start: start, took: l.now().Sub(start)})
 	}
 	if len(rest) > 0 {
+		start := l.now()
 		p, c, err := l.guardedPass(id, rest, restIn)
 		cpu += c
 		if err == nil && len(p) != len(rest) {
 			err = fmt.Errorf("engine returned %d results for %d inputs", len(p), len(rest))
 		}
 		if err != nil {
-			return nil, cpu, alone, err
+			return nil, cpu, nil, nil, err
 		}
 		for k, i := range restAt {
 			probs[i] = p[k]
+			passOf[i] = len(passes)
 		}
+		passes = append(passes, passTime{n: len(rest), start: start, took: l.now().Sub(start)})
 	}
-	return probs, cpu, alone, nil
+	return probs, cpu, passes, passOf, nil
 }
 
 // guardedPass is one forward pass with its requests in the in-flight file
@@ -1021,14 +1037,24 @@ func (l *loop) finish(d batchDone) {
 	}
 	l.exec.Used(b.Variant.ID, d.done)
 	app, variant := b.Variant.ID.App, b.Variant.ID.Variant
-	l.m.inferTime.WithLabelValues(app, variant).Observe(d.infer.Seconds())
-	f, profiled := l.latency.observe(b.Variant, len(b.Requests), d.infer)
-	l.m.inferProfiled.WithLabelValues(app, variant).Add(profiled.Seconds())
+	passes := d.passes
+	if passes == nil {
+		passes = []passTime{{n: len(b.Requests), start: d.start, took: d.infer}}
+	}
+	var f float64
+	for _, p := range passes {
+		// Each pass at its own size: a split batch's passes of one are not
+		// one slow pass of the whole batch.
+		l.m.inferTime.WithLabelValues(app, variant).Observe(p.took.Seconds())
+		var profiled time.Duration
+		f, profiled = l.latency.observe(b.Variant, p.n, p.took)
+		l.m.inferProfiled.WithLabelValues(app, variant).Add(profiled.Seconds())
+		l.m.batchSize.WithLabelValues(app, variant).Observe(float64(p.n))
+	}
 	l.m.inferCPU.WithLabelValues(app, variant).Add(d.cpu.Seconds())
 	l.drain.Engine += d.infer
 	clear(l.cheapest)
 	l.m.latencyFactor.WithLabelValues(app, variant).Set(f)
-	l.m.batchSize.WithLabelValues(app, variant).Observe(float64(len(b.Requests)))
 	for i, r := range b.Requests {
 		j := r.Ref.(*job)
 		if !validDistribution(d.probs[i]) {
@@ -1045,15 +1071,12 @@ func (l *loop) finish(d batchDone) {
 		if d.done.After(j.Deadline) {
 			st = protocol.StatusLate
 		}
-		batch := len(b.Requests) // the pass it ran in
-		if d.alone > 0 {
-			batch -= d.alone
-			if j.suspect {
-				batch = 1
-			}
+		p := passes[0] // the pass it ran in
+		if d.passOf != nil {
+			p = passes[d.passOf[i]]
 		}
-		res := result{Status: st, Probs: d.probs[i], Variant: variant, Batch: batch,
-			EstAccuracy: r.ExpAccuracy[b.Variant.Index], Start: d.start, Infer: d.infer, Done: d.done}
+		res := result{Status: st, Probs: d.probs[i], Variant: variant, Batch: p.n,
+			EstAccuracy: r.ExpAccuracy[b.Variant.Index], Start: p.start, Infer: p.took, Done: d.done}
 		if b.EscalateBelow > 0 && r.First == nil {
 			cls := scheduler.Argmax(d.probs[i])
 			if conf := d.probs[i][cls]; conf < b.EscalateBelow {
