@@ -375,6 +375,11 @@ type owedMsg struct {
 // errStopping: egress is closed; the request is left unacknowledged.
 var errStopping = errors.New("egress stopped")
 
+// owedQoS0Limit is the most replies that may wait for a packet id before a
+// reply to a QoS 0 request is dropped instead of queued (Owe): about 4 MiB of
+// replies.
+const owedQoS0Limit = 8192
+
 // Owe publishes rep, the only reply to a request the gateway does not journal,
 // and calls ack (the request's acknowledgement to the broker) once the broker has
 // the reply (its PUBACK). It never waits, neither for the broker nor for a
@@ -389,6 +394,13 @@ var errStopping = errors.New("egress stopped")
 // it again when the session resumes. A publish that fails after the hand-over,
 // and a reply still waiting when the connection is lost, leave their request
 // unacknowledged too (counted in sneakgate_publish_failures_total).
+//
+// A nil ack is a request sent at QoS 0: there is nothing to acknowledge and
+// nothing the broker would deliver again, so its reply is best effort, like the
+// request. It waits in line like the others while fewer than owedQoS0Limit
+// replies wait; beyond that it is dropped (sneakgate_replies_dropped_total), so
+// that a device flooding refused requests at QoS 0, which no in-flight window
+// holds back, cannot grow the line without bound.
 func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 	payload, err := rep.Marshal()
 	if err != nil { // a Reply always marshals
@@ -410,6 +422,11 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 	}
 	if len(e.waiting) > 0 || e.gate.tryAcquire(1) == 0 {
 		// Every packet id place is taken: wait in line, behind the others.
+		if ack == nil && len(e.waiting) >= owedQoS0Limit {
+			e.owedMu.Unlock()
+			e.m.dropped.WithLabelValues(string(rep.Status)).Inc()
+			return nil
+		}
 		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: rep.App,
 			status: rep.Status, conn: e.conn.Load()})
 		first := len(e.waiting) == 1
@@ -569,7 +586,9 @@ func (e *egress) owedWaiter() {
 					continue
 				}
 				e.m.replies.WithLabelValues(e.appLabel(o.app), string(o.status)).Inc()
-				o.ack()
+				if o.ack != nil { // nil: a QoS 0 request, nothing to acknowledge
+					o.ack()
+				}
 			}
 		}
 	}

@@ -872,3 +872,40 @@ func TestFailedReplyLogSampled(t *testing.T) {
 		}
 	})
 }
+
+// A reply to a QoS 0 request (no acknowledgement to give: a nil ack) waits in
+// line like the others, but once owedQoS0Limit replies wait it is dropped and
+// counted instead of queued; a QoS 1 request's reply is queued whatever the
+// line's length.
+func TestQoS0RepliesDroppedBeyondTheLine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gate, c, o := gatedOnePlace()
+		m := newMetrics(nil)
+		e := newEgress(c, newFakeJournal(), time.Second, 0, nil, o, zerolog.Nop(), m)
+		gate.Put("o.1", packets.NewControlPacket(packets.Publish)) // every place taken
+		rep := func(id string) *protocol.Reply {
+			return &protocol.Reply{V: 1, ID: id, App: "a", Device: "d", Status: protocol.StatusRejected, Reason: protocol.ReasonOverload}
+		}
+		for i := range owedQoS0Limit {
+			if err := e.Owe("t", rep(fmt.Sprint(i)), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.Owe("t", rep("qos0"), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Owe("t", rep("qos1"), func() {}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if w, d := testutil.ToFloat64(m.owedWaiting), testutil.ToFloat64(m.dropped.WithLabelValues("rejected")); w != owedQoS0Limit+1 || d != 1 {
+			t.Errorf("%v waiting, %v dropped; want %d (the QoS 1 one queued), 1 (the QoS 0 one beyond the line)", w, d, owedQoS0Limit+1)
+		}
+		e.connectionLost() // empties the line
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		e.Stop(ctx)
+		cancel()
+		e.Close()
+		synctest.Wait()
+	})
+}

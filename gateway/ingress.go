@@ -95,7 +95,14 @@ func (g *Gateway) handleAndGive(a arrival) {
 // take now (not connected, stopping) leaves the request unacknowledged: the
 // broker delivers it again when the session resumes.
 func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
-	if err := g.egress.Owe(topic, rep, msg.Ack); err != nil {
+	ack := msg.Ack
+	if msg.Qos() == 0 {
+		// Nothing to acknowledge: holding the message until the reply's PUBACK
+		// would keep its payload alive outside admission.ingress_bytes; and the
+		// reply is best effort (egress.Owe).
+		ack = nil
+	}
+	if err := g.egress.Owe(topic, rep, ack); err != nil {
 		g.rejectLog.Warn().Err(err).Str("app", rep.App).Str("device", rep.Device).Str("id", rep.ID).
 			Str("status", string(rep.Status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
 	}

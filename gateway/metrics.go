@@ -169,7 +169,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		resident: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_resident_variants", Help: "Model variants loaded in the engine."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_replies_dropped_total", Help: "Replies republished to duplicates of answered requests (whose first copy the broker acknowledged) dropped because their queue was full or the broker was away, by status. Refusals and other replies to requests that are not journaled are never dropped: their requests are acknowledged when the broker has the reply."}, []string{"status"}),
+			Name: "sneakgate_replies_dropped_total", Help: "Replies republished to duplicates of answered requests (whose first copy the broker acknowledged) dropped because their queue was full or the broker was away, and replies to requests sent at QoS 0 that are not journaled (refusals, rejections, answers from the estimate) dropped because 8,192 such replies already waited for a packet id, by status. Replies to QoS 1 requests that are not journaled are never dropped: their requests are acknowledged when the broker has the reply."}, []string{"status"}),
 		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_requests_ignored_total", Help: "Request messages acknowledged and not run: retained messages (replayed by the broker, never requests)."}, []string{"why"}),
 		ingressWaits: prometheus.NewCounter(prometheus.CounterOpts{
