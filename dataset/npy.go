@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -212,7 +213,7 @@ func ReadNPY(path string) (*Array, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("dataset: %s is not a regular file", path)
 	}
-	a, err := DecodeNPY(bufio.NewReaderSize(f, 1<<16), st.Size(), path)
+	a, err := decodeNPY(bufio.NewReaderSize(f, 1<<16), st.Size(), path, true)
 	if err != nil {
 		return nil, err
 	}
@@ -220,8 +221,21 @@ func ReadNPY(path string) (*Array, error) {
 }
 
 // DecodeNPY reads .npy data of size bytes from r; source names it in errors and
-// becomes the array's Source. Errors are as ReadNPY's.
+// becomes the array's Source. Errors are as ReadNPY's. size (negative if not
+// known) is taken as a claim, as a .npz member's uncompressed size is: the data
+// is allocated as it arrives, so a size and a shape that promise more bytes
+// than r holds cost no more memory than the bytes there are.
 func DecodeNPY(r io.Reader, size int64, source string) (*Array, error) {
+	return decodeNPY(r, size, source, false)
+}
+
+// npyChunk is how much of a data section decodeNPY allocates ahead of the
+// bytes read when the size is only a claim.
+const npyChunk = 16 << 20
+
+// decodeNPY is DecodeNPY; sized says that size is the true number of bytes in
+// r (a regular file's size), so the data section can be allocated at once.
+func decodeNPY(r io.Reader, size int64, source string, sized bool) (*Array, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s: "+format, append([]any{ErrNPY, source}, args...)...)
 	}
@@ -292,8 +306,7 @@ func DecodeNPY(r io.Reader, size int64, source string) (*Array, error) {
 	if nbytes > 1<<40 {
 		return nil, bad("shape %s is too large", shapeString(h.shape))
 	}
-	a.data = make([]byte, nbytes)
-	if _, err := io.ReadFull(r, a.data); err != nil {
+	if a.data, err = readData(r, nbytes, sized); err != nil {
 		return nil, bad("truncated: shape %s of %s needs %d data bytes: %v", shapeString(h.shape), dtypeName(h.dtype), nbytes, err)
 	}
 	if size < 0 {
@@ -306,6 +319,29 @@ func DecodeNPY(r io.Reader, size int64, source string) (*Array, error) {
 		swapBytes(a.data, a.itemSize())
 	}
 	return a, nil
+}
+
+// readData reads n bytes from r. With sized (the caller knows the bytes are
+// there) the buffer is allocated at once; otherwise it grows, at most doubling,
+// as the bytes arrive.
+func readData(r io.Reader, n uint64, sized bool) ([]byte, error) {
+	if sized || n <= npyChunk {
+		b := make([]byte, n)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	b := make([]byte, 0, npyChunk)
+	for uint64(len(b)) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, int(min(n-uint64(len(b)), uint64(len(b)))))
+		}
+		k, err := io.ReadFull(r, b[len(b):len(b)+int(min(n-uint64(len(b)), uint64(cap(b)-len(b))))])
+		b = b[:len(b)+k]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // errorKind is ErrUnsupported for header errors that say so, else ErrNPY.

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -341,5 +342,66 @@ func TestReadCSV(t *testing.T) {
 	}
 	if _, err := ReadArray("x.parquet"); !errors.Is(err, ErrArray) {
 		t.Errorf("unknown type: %v", err)
+	}
+}
+
+// TestNPZLyingSizeDoesNotAllocate: a .npz member's uncompressed size is a claim
+// in the zip directory, not a measure of the data that is there. A 300-byte
+// archive whose member claims 1 GiB (the header's shape agreeing) made the
+// decoder allocate the whole gigabyte before reading a byte of it (a claim of
+// 1 TiB took the process down with "fatal error: runtime: out of memory").
+// The data must be allocated as it arrives.
+func TestNPZLyingSizeDoesNotAllocate(t *testing.T) {
+	const n = 1 << 27 // float64 values: 1 GiB
+	b := npyBytes("{'descr': '<f8', 'fortran_order': False, 'shape': (134217728,), }", 64, make([]byte, 16))
+	hdrLen := len(b) - 16
+	for _, claim := range []uint64{uint64(hdrLen) + 8*n, math.MaxUint64} {
+		p := filepath.Join(t.TempDir(), "lie.npz")
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		w, err := zw.CreateRaw(&zip.FileHeader{Name: "X.npy", Method: zip.Store,
+			CompressedSize64: uint64(len(b)), UncompressedSize64: claim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(b)
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err = ReadArray(p + ":X")
+		runtime.ReadMemStats(&after)
+		if !errors.Is(err, ErrNPY) || !strings.Contains(err.Error(), p+":X") || !strings.Contains(err.Error(), "truncated") {
+			t.Errorf("claim %d: error %v, want a truncated member naming %s:X", claim, err, p)
+		}
+		if got := after.TotalAlloc - before.TotalAlloc; got > 64<<20 {
+			t.Errorf("claim %d: allocated %d MiB for a %d-byte member", claim, got>>20, len(b))
+		}
+	}
+}
+
+// TestNPZLargeMemberReads checks that a member larger than the decoder's
+// allocation chunk, read as it arrives, comes back whole.
+func TestNPZLargeMemberReads(t *testing.T) {
+	const n = 5<<20 + 3 // float32 values: 20 MiB and a bit
+	v := make([]float32, n)
+	for _, i := range []int{0, 1, npyChunk/4 - 1, npyChunk / 4, n - 1} {
+		v[i] = float32(i + 1)
+	}
+	x, err := NewArray([]int{n}, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := writeNPZ(t, zip.Deflate, map[string][]byte{"X.npy": x.EncodeNPY()}, []string{"X.npy"})
+	a, err := ReadArray(p + ":X")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(a.Float32s(), v) {
+		t.Error("values differ")
 	}
 }
