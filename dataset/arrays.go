@@ -2,6 +2,7 @@ package dataset
 
 import (
 	"archive/zip"
+	"bufio"
 	"encoding/binary"
 	"encoding/csv"
 	"errors"
@@ -85,9 +86,10 @@ func (z *NPZ) Close() error { return z.zr.Close() }
 
 // ReadCSV reads a numeric CSV file (comma-separated, or tab-separated when the
 // name ends in .tsv) as a 2-D float64 array of shape (rows, columns). A first
-// row that is not all numbers is taken as a header and skipped; blank lines and
-// lines starting with '#' are skipped; fields may be padded with spaces; "nan"
-// and "inf" parse as such. It returns an error wrapping ErrCSV that names the
+// row that is not all numbers is taken as a header and skipped; a UTF-8
+// byte-order mark at the start is ignored; blank lines and lines starting with
+// '#' are skipped; fields may be padded with spaces; "nan" and "inf" parse as
+// such. It returns an error wrapping ErrCSV that names the
 // line, or the I/O error.
 func ReadCSV(path string) (*Array, error) {
 	f, err := os.Open(path)
@@ -95,7 +97,13 @@ func ReadCSV(path string) (*Array, error) {
 		return nil, fmt.Errorf("dataset: %w", err)
 	}
 	defer f.Close()
-	r := csv.NewReader(f)
+	br := bufio.NewReader(f)
+	// A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the first
+	// field: left there, it made a first row of numbers look like a header.
+	if bom, _ := br.Peek(3); string(bom) == "\ufeff" {
+		br.Discard(3)
+	}
+	r := csv.NewReader(br)
 	if strings.EqualFold(filepath.Ext(path), ".tsv") {
 		r.Comma = '\t'
 	}

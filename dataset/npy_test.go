@@ -340,6 +340,28 @@ func TestReadCSV(t *testing.T) {
 			t.Errorf("%q: error %v, want %q", c.text, err, c.msg)
 		}
 	}
+	// A UTF-8 byte-order mark (Excel's "CSV UTF-8", PowerShell's Out-File)
+	// made the first field "\ufeff1" a non-number, so the first data row of a
+	// file without a header was taken for one and dropped, silently.
+	for _, c := range []struct {
+		text  string
+		shape []int
+		first float32
+	}{
+		{"\ufeff1,2\n3,4\n", []int{2, 2}, 1},
+		{"\ufeffa,b\n1,2\n3,4\n", []int{2, 2}, 1},
+		{"\ufeff7\r\n8\r\n", []int{2, 1}, 7},
+	} {
+		p := writeFile(t, "bom.csv", []byte(c.text))
+		a, err := ReadCSV(p)
+		if err != nil {
+			t.Errorf("%q: %v", c.text, err)
+			continue
+		}
+		if !slices.Equal(a.Shape, c.shape) || a.Float32s()[0] != c.first {
+			t.Errorf("%q: shape %v values %v, want shape %v starting %v", c.text, a.Shape, a.Float32s(), c.shape, c.first)
+		}
+	}
 	if _, err := ReadArray("x.parquet"); !errors.Is(err, ErrArray) {
 		t.Errorf("unknown type: %v", err)
 	}
