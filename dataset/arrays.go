@@ -127,6 +127,9 @@ func ReadCSV(path string) (*Array, error) {
 		bad := -1
 		for i, s := range rec {
 			v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+			if errors.Is(err, strconv.ErrRange) {
+				return nil, fmt.Errorf("%w: %s: line %d, field %d: %q is beyond float64's range", ErrCSV, path, line, i+1, rec[i])
+			}
 			if err != nil {
 				bad = i
 				break

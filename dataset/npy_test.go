@@ -333,6 +333,11 @@ func TestReadCSV(t *testing.T) {
 		{"a,b\n", "no rows"},
 		{"", "no rows"},
 		{"1,\"2\n", "quote"},
+		// A number beyond float64's range is a number, not a header: it was
+		// taken for one on the first line (the row dropped silently) and
+		// called "not a number" on the others.
+		{"1e400,2\n3,4\n", "line 1, field 1: \"1e400\" is beyond float64's range"},
+		{"1,2\n3,-1e999\n", "line 2, field 2: \"-1e999\" is beyond float64's range"},
 	} {
 		p := writeFile(t, "bad.csv", []byte(c.text))
 		_, err := ReadCSV(p)
