@@ -37,26 +37,40 @@ func newKNN(app *manifest.App, e manifest.Estimator, f Features) (Estimator, err
 
 // NewKNN returns a kNN estimator over ref (rows are features of f) with k
 // neighbours and Dirichlet concentration alpha (one value per class). It returns
-// an error wrapping ErrParams when the shapes disagree or a label is outside
-// [0, len(alpha)).
+// an error wrapping ErrParams when the shapes disagree (ref's Values and Labels
+// with its N and D included), an alpha is negative or not finite, a reference
+// value is NaN or infinite (as dataset.Read refuses in a file; the row could
+// never be a neighbour), or a label is outside [0, len(alpha)).
 func NewKNN(name string, f Features, ref *dataset.Set, k int, alpha []float64) (*KNN, error) {
 	if ref.D != f.Dim() {
 		return nil, fmt.Errorf("%w: reference rows have %d values, want %d (features %q of an input of %d values)",
 			ErrParams, ref.D, f.Dim(), f.Spec(), f.InputSize())
+	}
+	if ref.D <= 0 || ref.N < 0 || len(ref.Values)/ref.D != ref.N || len(ref.Values)%ref.D != 0 {
+		return nil, fmt.Errorf("%w: %d values for %d reference rows of %d", ErrParams, len(ref.Values), ref.N, ref.D)
+	}
+	if len(ref.Labels) != ref.N {
+		return nil, fmt.Errorf("%w: %d labels for %d reference rows", ErrParams, len(ref.Labels), ref.N)
 	}
 	if k <= 0 || k > maxK || k > ref.N {
 		return nil, fmt.Errorf("%w: k = %d with %d reference rows (max %d)", ErrParams, k, ref.N, maxK)
 	}
 	sum := 0.0
 	for _, a := range alpha {
-		if a < 0 || math.IsNaN(a) {
-			return nil, fmt.Errorf("%w: alpha %v", ErrParams, alpha)
+		if !(a >= 0) || math.IsInf(a, 1) {
+			return nil, fmt.Errorf("%w: alpha %v (want finite, non-negative values)", ErrParams, alpha)
 		}
 		sum += a
 	}
 	for i, y := range ref.Labels {
 		if y < 0 || int(y) >= len(alpha) {
 			return nil, fmt.Errorf("%w: reference row %d has label %d, want [0, %d)", ErrParams, i, y, len(alpha))
+		}
+	}
+	for i, v := range ref.Values {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("%w: reference row %d, value %d is %v; reference features must be finite",
+				ErrParams, i/ref.D, i%ref.D, v)
 		}
 	}
 	m := &KNN{name: name, feat: f, k: k, d: ref.D, labels: ref.Labels,

@@ -2,7 +2,9 @@ package sneakpeek
 
 import (
 	"errors"
+	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 
@@ -74,6 +76,57 @@ func TestNewKNNErrors(t *testing.T) {
 	f3, _ := ParseFeatures("identity", 3)
 	if _, err := NewKNN("x", f3, ref, 1, []float64{1, 1}); !errors.Is(err, ErrParams) {
 		t.Errorf("dimension mismatch: %v", err)
+	}
+}
+
+// TestNewKNNRefusesBadReference: NewKNN is also called with rows held in
+// memory (appbuild's reference sets), which no sample-file reader has checked.
+// A NaN or infinite value made its row's distance NaN or +Inf to every input,
+// so the row was never a neighbour and the estimator silently ran on fewer
+// rows than it was given (with every row so, it answered the prior); an
+// infinite alpha made every estimate NaN; a Set whose Values or Labels did not
+// match N panicked, in NewKNN or, worse, in Estimate, at request time.
+func TestNewKNNRefusesBadReference(t *testing.T) {
+	f, _ := ParseFeatures("identity", 2)
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	good := []float32{0, 0, 1, 1, 2, 2}
+	cases := []struct {
+		name  string
+		ref   *dataset.Set
+		alpha []float64
+		msg   string
+	}{
+		{"NaN", &dataset.Set{N: 3, D: 2, Values: []float32{0, 0, 1, nan, 2, 2}, Labels: []int32{0, 1, 1}}, nil, "reference row 1, value 1 is NaN"},
+		{"+Inf", &dataset.Set{N: 3, D: 2, Values: []float32{inf, 0, 1, 1, 2, 2}, Labels: []int32{0, 1, 1}}, nil, "reference row 0, value 0 is +Inf"},
+		{"-Inf", &dataset.Set{N: 3, D: 2, Values: []float32{0, 0, 1, 1, 2, -inf}, Labels: []int32{0, 1, 1}}, nil, "reference row 2, value 1 is -Inf"},
+		{"alpha +Inf", &dataset.Set{N: 3, D: 2, Values: good, Labels: []int32{0, 1, 1}}, []float64{1, math.Inf(1)}, "alpha"},
+		{"short labels", &dataset.Set{N: 3, D: 2, Values: good, Labels: []int32{0, 1}}, nil, "2 labels for 3 reference rows"},
+		{"long labels", &dataset.Set{N: 3, D: 2, Values: good, Labels: []int32{0, 1, 1, 0}}, nil, "4 labels for 3 reference rows"},
+		{"short values", &dataset.Set{N: 3, D: 2, Values: good[:5], Labels: []int32{0, 1, 1}}, nil, "5 values for 3 reference rows of 2"},
+		{"long values", &dataset.Set{N: 2, D: 2, Values: good, Labels: []int32{0, 1}}, nil, "6 values for 2 reference rows of 2"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			alpha := c.alpha
+			if alpha == nil {
+				alpha = []float64{1, 1}
+			}
+			m, err := func() (m *KNN, err error) {
+				defer func() {
+					if r := recover(); r != nil {
+						err = fmt.Errorf("panic: %v", r)
+					}
+				}()
+				m, err = NewKNN("x", f, c.ref, 1, alpha)
+				if err == nil {
+					m.Estimate([]float32{0.5, 0.5}, make([]float64, len(alpha)))
+				}
+				return m, err
+			}()
+			if !errors.Is(err, ErrParams) || !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("NewKNN = %v, %v; want an error wrapping ErrParams saying %q", m != nil, err, c.msg)
+			}
+		})
 	}
 }
 
