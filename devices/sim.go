@@ -209,12 +209,13 @@ func (c *SimConfig) LoadSamples() (*manifest.App, *dataset.Set, error) {
 	if app.Samples == nil || app.Samples.File == "" {
 		return nil, nil, fmt.Errorf("%w: application %s has no samples in its manifest", ErrSimConfig, app.Name)
 	}
-	set, err := dataset.Read(app.Path(app.Samples.File))
+	path := app.Path(app.Samples.File)
+	set, err := dataset.Read(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	if set.D != app.InputSize {
-		return nil, nil, fmt.Errorf("%w: sample file has %d values per sample, application %s wants %d", ErrSimConfig, set.D, app.Name, app.InputSize)
+		return nil, nil, fmt.Errorf("%w: sample file %s has %d values per sample, application %s wants %d", ErrSimConfig, path, set.D, app.Name, app.InputSize)
 	}
 	return app, set, nil
 }
@@ -240,7 +241,7 @@ func (c *SimConfig) loadApp() (*manifest.App, *sampler, error) {
 			return nil, nil, fmt.Errorf("%w: application %s has no workload %q (have %v)", ErrSimConfig, app.Name, c.Workload, names)
 		}
 	}
-	s, err := newSampler(set, app.K(), w)
+	s, err := newSampler(set, app.Path(app.Samples.File), app.K(), w)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -282,7 +282,7 @@ func TestSimulateConfigErrors(t *testing.T) {
 
 func TestSampler(t *testing.T) {
 	set := &dataset.Set{N: 4, D: 1, Values: []float32{0, 1, 2, 2}, Labels: []int32{0, 1, 2, 2}}
-	s, err := newSampler(set, 3, &manifest.Workload{Name: "drift", Mix: []float64{1, 0, 0}, MixEnd: []float64{0, 0, 1}})
+	s, err := newSampler(set, "s.sgs", 3, &manifest.Workload{Name: "drift", Mix: []float64{1, 0, 0}, MixEnd: []float64{0, 0, 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,15 +307,49 @@ func TestSampler(t *testing.T) {
 	if c := count(0.5); c[1] != 0 || c[0] < 4700 || c[0] > 5300 {
 		t.Errorf("middle of drift: %v", c)
 	}
-	if _, err := newSampler(set, 3, &manifest.Workload{Name: "x", Mix: []float64{0, 0.5, 0.5}}); err != nil {
+	if _, err := newSampler(set, "s.sgs", 3, &manifest.Workload{Name: "x", Mix: []float64{0, 0.5, 0.5}}); err != nil {
 		t.Error(err)
 	}
 	missing := &dataset.Set{N: 1, D: 1, Values: []float32{0}, Labels: []int32{0}}
-	if _, err := newSampler(missing, 3, &manifest.Workload{Name: "x", Mix: []float64{0.5, 0.5, 0}}); err == nil {
+	if _, err := newSampler(missing, "s.sgs", 3, &manifest.Workload{Name: "x", Mix: []float64{0.5, 0.5, 0}}); err == nil {
 		t.Error("a mix that needs a class without samples must fail")
 	}
-	if _, err := newSampler(&dataset.Set{N: 1, D: 1, Values: []float32{0}, Labels: []int32{5}}, 3, nil); err == nil {
+	if _, err := newSampler(&dataset.Set{N: 1, D: 1, Values: []float32{0}, Labels: []int32{5}}, "s.sgs", 3, nil); err == nil {
 		t.Error("a label beyond the classes must fail")
+	}
+}
+
+// TestSampleFileErrorsNameTheFile: an application's sample file that does not
+// fit it (wrong row width, a label beyond its classes, no rows, no row of a
+// class a workload draws) was reported without naming the file ("sample file
+// has 3 values per sample, application toy wants 4"; "devices: sample 0 has
+// label 5, but the application has 3 classes").
+func TestSampleFileErrorsNameTheFile(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		set      *dataset.Set
+		workload string
+		msg      string
+	}{
+		{"width", &dataset.Set{N: 1, D: 3, Values: []float32{0, 0, 0}, Labels: []int32{0}}, "", "3 values per sample, application toy wants 4"},
+		{"label", &dataset.Set{N: 1, D: 4, Values: []float32{0, 0, 0, 0}, Labels: []int32{5}}, "", "sample 0 has label 5, but the application has 3 classes"},
+		{"empty", &dataset.Set{N: 0, D: 4}, "", "no samples"},
+		{"class", &dataset.Set{N: 1, D: 4, Values: []float32{0, 0, 0, 0}, Labels: []int32{0}}, "only-b", "no sample of it"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			app := testApp(t)
+			path := app.Path(app.Samples.File)
+			if err := dataset.Write(path, c.set, false); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := (&SimConfig{AppManifest: app, Workload: c.workload}).loadApp()
+			if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("error %v: want one naming %s and saying %q", err, path, c.msg)
+			}
+			if c.name == "width" && !errors.Is(err, ErrSimConfig) {
+				t.Errorf("error %v: want ErrSimConfig", err)
+			}
+		})
 	}
 }
 

@@ -18,14 +18,15 @@ type sampler struct {
 	weights    []float64
 }
 
-func newSampler(set *dataset.Set, k int, w *manifest.Workload) (*sampler, error) {
+// newSampler draws from set, read from the sample file src (named in errors).
+func newSampler(set *dataset.Set, src string, k int, w *manifest.Workload) (*sampler, error) {
 	if set.N == 0 {
-		return nil, fmt.Errorf("devices: the sample file has no samples")
+		return nil, fmt.Errorf("devices: sample file %s has no samples", src)
 	}
 	s := &sampler{set: set, byLabel: make([][]int, k)}
 	for i, y := range set.Labels {
 		if y < 0 || int(y) >= k {
-			return nil, fmt.Errorf("devices: sample %d has label %d, but the application has %d classes", i, y, k)
+			return nil, fmt.Errorf("devices: %s: sample %d has label %d, but the application has %d classes", src, i, y, k)
 		}
 		s.byLabel[y] = append(s.byLabel[y], i)
 	}
@@ -41,7 +42,7 @@ func newSampler(set *dataset.Set, k int, w *manifest.Workload) (*sampler, error)
 	}
 	for y := range k {
 		if (s.start[y] > 0 || s.end[y] > 0) && len(s.byLabel[y]) == 0 {
-			return nil, fmt.Errorf("devices: workload %q gives class %d weight, but the sample file has no sample of it", w.Name, y)
+			return nil, fmt.Errorf("devices: workload %q gives class %d weight, but sample file %s has no sample of it", w.Name, y, src)
 		}
 	}
 	s.weights = make([]float64, k)
