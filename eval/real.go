@@ -132,12 +132,9 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 	if m.Samples == nil {
 		return nil, fmt.Errorf("%w: %s", ErrNoSamples, path)
 	}
-	set, err := dataset.Read(m.Path(m.Samples.File))
+	set, err := readSamples(m, m.Samples.File, "samples")
 	if err != nil {
 		return nil, err
-	}
-	if set.D != m.InputSize {
-		return nil, fmt.Errorf("eval: %s: samples have %d values, input_size is %d", path, set.D, m.InputSize)
 	}
 	sa, err := scheduler.NewApp(m)
 	if err != nil {
@@ -270,15 +267,36 @@ func LoadApp(ctx context.Context, path string, o LoadOptions) (*App, error) {
 	return a, nil
 }
 
+// readSamples reads m's sample file file (what names its role in errors:
+// "samples", "validation split") and checks that it fits m: rows of
+// m.InputSize values, labels in [0, K). Errors name the application, the role
+// and the file.
+func readSamples(m *manifest.App, file, what string) (*dataset.Set, error) {
+	path := m.Path(file)
+	set, err := dataset.Read(path)
+	if err != nil {
+		return nil, fmt.Errorf("eval: %s: %s: %w", m.Name, what, err)
+	}
+	if set.D != m.InputSize {
+		return nil, fmt.Errorf("eval: %s: %s: %s: %d values per sample, input_size is %d", m.Name, what, path, set.D, m.InputSize)
+	}
+	for i, y := range set.Labels {
+		if y < 0 || int(y) >= m.K() {
+			return nil, fmt.Errorf("eval: %s: %s: %s: sample %d has label %d, want 0..%d", m.Name, what, path, i, y, m.K()-1)
+		}
+	}
+	return set, nil
+}
+
 // validationAnswers estimates every row of m's validation split with est, the
 // function that estimated the samples, and keeps them with their labels to
 // value the corrected estimate's answers in a live class mix; it also returns
 // their mean, where the label-shift correction starts (the gateway's
 // shiftStart does both the same way).
 func validationAnswers(m *manifest.App, sa *scheduler.App, est func(*manifest.App, *dataset.Set) ([][]float64, string, error)) (*sneakpeek.AnswerValue, []float64, error) {
-	set, err := dataset.Read(m.Path(m.Validation.File))
+	set, err := readSamples(m, m.Validation.File, "validation split")
 	if err != nil {
-		return nil, nil, fmt.Errorf("eval: %s: validation split: %w", m.Name, err)
+		return nil, nil, err
 	}
 	p, _, err := est(m, set)
 	if err != nil {
@@ -313,7 +331,7 @@ func difficultyOf(m *manifest.App, set *dataset.Set, est [][]float64) ([][]float
 // curve is the utility of escalating the first answers below each confidence
 // threshold.
 func cascadeConfig(e *engine.Engine, m *manifest.App, sa *scheduler.App, o scheduler.Options) (*scheduler.CascadeConfig, error) {
-	set, err := dataset.Read(m.Path(m.Validation.File))
+	set, err := readSamples(m, m.Validation.File, "validation split")
 	if err != nil {
 		return nil, err
 	}
