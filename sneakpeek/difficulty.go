@@ -153,7 +153,7 @@ func LoadDifficulty(app *manifest.App) (*Difficulty, error) {
 
 // NewDifficulty builds the model p describes for request inputs of inputSize
 // values. It returns an error wrapping ErrParams or ErrFeatures when the shapes
-// disagree or a scale is not positive.
+// disagree, a scale is not positive or a parameter is not finite.
 func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 	f, err := ParseFeatures(p.Features, inputSize)
 	if err != nil {
@@ -212,6 +212,9 @@ func NewDifficulty(p *DifficultyParams, inputSize int) (*Difficulty, error) {
 	}
 	mean, inv, w, err := standardisedLinear("difficulty ", p.Mean, p.Scale, p.Weights, d)
 	if err != nil {
+		return nil, err
+	}
+	if err := finiteBias("difficulty ", p.Bias); err != nil {
 		return nil, err
 	}
 	var slope []float64
@@ -323,7 +326,8 @@ type DifficultyRow struct {
 // FormSharedClass or FormPerVariant), over features (a transform spec for inputs of inputSize
 // values) on rows, by Newton's method on the L2-regularised log-likelihood of
 // the variants' correctness (lambda is the penalty per row; 1e-3 is a good
-// default). Deterministic.
+// default). Deterministic. A row whose input or estimate holds a NaN or an
+// infinity is an error wrapping ErrParams that names it.
 func TrainDifficulty(form, features string, inputSize, k int, variants []string, rows []DifficultyRow, lambda float64) (*DifficultyParams, error) {
 	if form != FormShared && form != FormSharedClass && form != FormPerVariant {
 		return nil, fmt.Errorf("%w: difficulty form %q: want %q, %q or %q", ErrParams, form, FormShared, FormSharedClass, FormPerVariant)
@@ -349,6 +353,16 @@ func TrainDifficulty(form, features string, inputSize, k int, variants []string,
 		if len(r.Input) != inputSize || len(r.Estimate) != k || len(r.Correct) != len(variants) {
 			return nil, fmt.Errorf("%w: difficulty: row %d has %d inputs, %d estimates, %d labels; want %d, %d, %d",
 				ErrParams, i, len(r.Input), len(r.Estimate), len(r.Correct), inputSize, k, len(variants))
+		}
+		for j, v := range r.Input {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, fmt.Errorf("%w: difficulty: row %d, input %d is %v; training rows must be finite", ErrParams, i, j, v)
+			}
+		}
+		for j, v := range r.Estimate {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return nil, fmt.Errorf("%w: difficulty: row %d, estimate %d is %v; training rows must be finite", ErrParams, i, j, v)
+			}
 		}
 		id.vector(r.Input, r.Estimate, z)
 		for j, x := range z {

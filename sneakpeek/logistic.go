@@ -48,7 +48,8 @@ func newLogistic(app *manifest.App, e manifest.Estimator, f Features) (Estimator
 
 // NewLogistic returns a logistic estimator with parameters p over features f. It
 // returns an error wrapping ErrParams when the parameter shapes disagree with each
-// other or with f, a scale is not positive and finite, or a mean is NaN.
+// other or with f, a scale is not positive and finite, or a mean, weight or
+// bias is not finite.
 func NewLogistic(name string, f Features, p *LogisticParams) (*Logistic, error) {
 	k, d := p.Classes, p.Dim
 	if d != f.Dim() {
@@ -60,6 +61,9 @@ func NewLogistic(name string, f Features, p *LogisticParams) (*Logistic, error) 
 	}
 	mean, inv, w, err := standardisedLinear("", p.Mean, p.Scale, p.Weights, d)
 	if err != nil {
+		return nil, err
+	}
+	if err := finiteBias("", p.Bias); err != nil {
 		return nil, err
 	}
 	return &Logistic{name: name, feat: f, k: k, d: d, mean: mean, inv: inv, w: w,
@@ -145,6 +149,18 @@ func softmaxFrom(dst []float64, top float64) {
 	for y := range dst {
 		dst[y] /= sum
 	}
+}
+
+// finiteBias refuses a NaN or infinite bias (JSON cannot spell one, but
+// parameters built in memory can hold one), which would make every output NaN.
+// what prefixes the name in its error, which wraps ErrParams.
+func finiteBias(what string, bias []float64) error {
+	for i, v := range bias {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("%w: %sbias[%d] = %v is not finite", ErrParams, what, i, v)
+		}
+	}
+	return nil
 }
 
 // finite32 reports whether v is neither NaN nor infinite.
