@@ -170,11 +170,14 @@ func (s *split) fill(x, y *dataset.Array) error {
 	return s.checkFinite()
 }
 
-// checkFinite refuses NaN and infinite features, naming the first.
+// checkFinite refuses NaN and infinite features, naming the first (rows and
+// values counted from 0). The values are float32: a float64 feature beyond
+// float32's range has become an infinity, which the message says.
 func (s *split) checkFinite() error {
 	for i, v := range s.x {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return fmt.Errorf("%s (-%s features): row %d, value %d is %v; features must be finite (impute or drop such rows)",
+			return fmt.Errorf("%s (-%s features): row %d, value %d is %v in float32; features must be finite float32 values "+
+				"(a float64 beyond ±3.4e38 reads as an infinity; impute, rescale or drop such rows)",
 				s.xsrc, s.name, i/s.d, i%s.d, v)
 		}
 	}

@@ -88,3 +88,27 @@ func TestStratified(t *testing.T) {
 		t.Error("not deterministic")
 	}
 }
+
+// TestReadSplitNonFinite: non-finite features and labels are refused naming
+// the file and the row. A float64 feature beyond float32's range (1e39) becomes
+// an infinity when read as float32, and was reported as "+Inf" with no hint
+// that the file holds no infinity.
+func TestReadSplitNonFinite(t *testing.T) {
+	dir := t.TempDir()
+	p := func(n string) string { return filepath.Join(dir, n) }
+	x, _ := dataset.NewArray([]int{2, 2}, []float64{0, 1e39, 2, 3})
+	dataset.WriteNPY(p("big.npy"), x)
+	os.WriteFile(p("nan.csv"), []byte("a,b\n0,1\nnan,3\n"), 0o644)
+	os.WriteFile(p("y.csv"), []byte("1\n0\n"), 0o644)
+	os.WriteFile(p("ynan.csv"), []byte("1\nnan\n"), 0o644)
+	for _, c := range []struct{ spec, file, msg string }{
+		{p("big.npy") + "," + p("y.csv"), p("big.npy"), "row 0, value 1 is +Inf in float32; features must be finite float32 values"},
+		{p("nan.csv") + "," + p("y.csv"), p("nan.csv"), "row 1, value 0 is NaN"},
+		{p("nan.csv") + "," + p("ynan.csv"), p("ynan.csv"), "element 1 is NaN, not an integer"},
+	} {
+		_, err := readSplit("train", c.spec)
+		if !errors.Is(err, ErrData) || !strings.Contains(err.Error(), c.file) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: error %v, want one naming %s and saying %q", c.spec, err, c.file, c.msg)
+		}
+	}
+}
