@@ -38,10 +38,13 @@ fails on its own (for example Outbox of an unknown key) is taken out and the
 others are retried, as in bbolt's DB.Batch.
 
 Records are versioned binary with a CRC-32C; keys are length-prefixed, so any
-bytes are safe in a Key. A corrupt record is logged, counted in Stats.Corrupt and
-skipped by Pending and OutboxEntries; it never stops recovery of the others. GC
-drops a corrupt key record once its expiry record is past the retention, and
-counts it the same way.
+bytes are safe in a Key. A corrupt record is skipped by Pending and
+OutboxEntries; it never stops recovery of the others. It stays in the file, and
+the gateway reads the outbox every few seconds, so it is logged and counted in
+Stats.Corrupt once per open Store, the first time a read meets it, not at every
+read (up to 1024 records; past that, one line says that further ones go
+unreported, and Stats.Corrupt is a lower bound). GC drops a corrupt key record
+once its expiry record is past the retention, and counts it the same way.
 
 # Damage
 
@@ -115,8 +118,10 @@ completions per Retention; bbolt does not shrink the file when GC frees pages
 Entries are returned as copies; times come back in UTC with nanosecond precision
 and no monotonic clock reading. Empty Input and Attrs come back nil. With Open, a
 corrupt pending record stays in the file and its key stays known, so its
-redeliveries are DupPending: the request is lost, loudly. OpenOrRecover finds such
-a record, moves the file aside and releases the key.
+redeliveries are DupPending: the request is lost, loudly (one error line and one
+count in Stats.Corrupt per open Store). So is a corrupt outbox reply: it cannot
+be read, so it is never published, and its key's redeliveries are DupPending.
+OpenOrRecover finds such a record, moves the file aside and releases the key.
 
 OpenOrRecover's salvage reads the tree of the newest valid meta page: what is no
 longer reachable from it (a destroyed root page, the pages of a truncated file's

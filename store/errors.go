@@ -69,6 +69,7 @@ var (
 	// ErrCorrupt is wrapped by the error about a record that fails to decode
 	// (unknown format version, checksum mismatch, truncated or overlong field).
 	// Outbox returns it for a corrupt pending record; Pending and OutboxEntries
-	// do not return it: they log the record, count it in Stats.Corrupt and skip it.
+	// do not return it: they skip the record, and log it and count it in
+	// Stats.Corrupt the first time the open Store meets it.
 	ErrCorrupt = errors.New("corrupt record")
 )

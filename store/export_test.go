@@ -70,3 +70,11 @@ func SetLockOpened(t interface{ Cleanup(func()) }, f func(path string)) {
 	lockOpened = f
 	t.Cleanup(func() { lockOpened = old })
 }
+
+// SetCorruptReportLimit sets the most corrupt records a Store remembers having
+// reported (corruptReportLimit) until the test ends.
+func SetCorruptReportLimit(t interface{ Cleanup(func()) }, n int) {
+	old := corruptReportLimit
+	corruptReportLimit = n
+	t.Cleanup(func() { corruptReportLimit = old })
+}

@@ -339,8 +339,10 @@ func (s *Store) completeOp(k Key, reply []byte) (*op, error) {
 
 // Pending returns every entry without a reply, in Seq (arrival) order: the
 // requests to recover after a restart. It reads only the pending records, not the
-// completed keys. A corrupt record is logged, counted in Stats.Corrupt and
-// skipped; it does not stop the others. Pending returns ErrClosed after Close.
+// completed keys. A corrupt record is skipped, and logged and counted in
+// Stats.Corrupt the first time this Store meets it (not at every call: it stays
+// in the file); it does not stop the others. Pending returns ErrClosed after
+// Close.
 func (s *Store) Pending() ([]*Entry, error) {
 	var out []*Entry
 	err := s.view(func(tx *bolt.Tx) error {
@@ -348,12 +350,12 @@ func (s *Store) Pending() ([]*Entry, error) {
 		c := tx.Bucket(bucketPending).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if len(k) != 8 {
-				s.countCorrupt(fmt.Errorf("%w: %d-byte pending key", ErrCorrupt, len(k)), "pending", k)
+				s.skipCorrupt(fmt.Errorf("%w: %d-byte pending key", ErrCorrupt, len(k)), "pending", k)
 				continue
 			}
 			e, err := decodeEntry(v, binary.BigEndian.Uint64(k))
 			if err != nil {
-				s.countCorrupt(err, "pending", k)
+				s.skipCorrupt(err, "pending", k)
 				continue
 			}
 			out = append(out, e)
@@ -376,12 +378,12 @@ func (s *Store) OutboxEntries() ([]OutboxEntry, error) {
 		c := tx.Bucket(bucketOutbox).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if len(k) != 16 {
-				s.countCorrupt(fmt.Errorf("%w: %d-byte outbox key", ErrCorrupt, len(k)), "outbox", k)
+				s.skipCorrupt(fmt.Errorf("%w: %d-byte outbox key", ErrCorrupt, len(k)), "outbox", k)
 				continue
 			}
 			e, err := decodeOutbox(v, binary.BigEndian.Uint64(k[8:]))
 			if err != nil {
-				s.countCorrupt(err, "outbox", k)
+				s.skipCorrupt(err, "outbox", k)
 				continue
 			}
 			out = append(out, *e)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"runtime/debug"
 	"sync"
@@ -197,6 +198,11 @@ type Store struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+	// corruptSeen holds the corrupt records skipCorrupt has reported, by a hash
+	// of bucket and key; corruptFull is set once it could not remember one more.
+	// Guarded by statsMu.
+	corruptSeen map[uint64]struct{}
+	corruptFull bool
 }
 
 // Stats are the store's counters. Pending, Outbox and Done are current counts;
@@ -231,8 +237,9 @@ type Stats struct {
 	// UsedBytes is the live data after the last commit: FileSize less the free
 	// pages bbolt will reuse. Options.MaxBytes caps it.
 	UsedBytes int64
-	// Corrupt counts corrupt records skipped by Pending and OutboxEntries (a
-	// record is counted each time it is read).
+	// Corrupt counts corrupt records skipped by Pending and OutboxEntries, each
+	// once however often it is read, and those GC dropped. Past 1024 skipped
+	// records it stops counting new ones (a lower bound; see skipCorrupt).
 	Corrupt uint64
 	// NoSpaceErrors counts commits that failed because the file could not grow
 	// (ErrNoSpace; they are counted in CommitErrors too).
@@ -458,9 +465,52 @@ func (s *Store) view(fn func(*bolt.Tx) error) (err error) {
 	return s.db.View(fn)
 }
 
+// countCorrupt logs and counts a corrupt record that has just been dropped (GC):
+// it cannot be met again.
 func (s *Store) countCorrupt(err error, bucket string, key []byte) {
 	s.statsMu.Lock()
 	s.stats.Corrupt++
 	s.statsMu.Unlock()
 	s.log.Error().Err(err).Str("bucket", bucket).Hex("key", key).Msg("skipping corrupt journal record")
+}
+
+// corruptReportLimit is the most corrupt records a Store remembers having
+// reported (skipCorrupt); a variable for tests.
+var corruptReportLimit = 1024
+
+// skipCorrupt reports a corrupt record that a read skips and leaves in the file
+// (Pending, OutboxEntries): logged and counted the first time this Store meets
+// it, not at every read (the gateway reads the outbox at every flush, every
+// few seconds, and the record stays until the next start's verification
+// salvages the journal). It remembers up to corruptReportLimit records, by a
+// 64-bit FNV-1a hash of bucket and key (a collision would only leave a record
+// unreported); past that, further corrupt records are skipped without a line
+// or a count each, and one line says so: Stats.Corrupt is then a lower bound.
+func (s *Store) skipCorrupt(err error, bucket string, key []byte) {
+	h := fnv.New64a()
+	h.Write([]byte(bucket))
+	h.Write([]byte{0})
+	h.Write(key)
+	id := h.Sum64()
+	s.statsMu.Lock()
+	_, seen := s.corruptSeen[id]
+	report, full := !seen && len(s.corruptSeen) < corruptReportLimit, false
+	if report {
+		if s.corruptSeen == nil {
+			s.corruptSeen = make(map[uint64]struct{})
+		}
+		s.corruptSeen[id] = struct{}{}
+		s.stats.Corrupt++
+	} else if !seen && !s.corruptFull {
+		s.corruptFull, full = true, true
+	}
+	s.statsMu.Unlock()
+	if report {
+		s.log.Error().Err(err).Str("bucket", bucket).Hex("key", key).
+			Msg("skipping corrupt journal record")
+	}
+	if full {
+		s.log.Error().Int("reported", corruptReportLimit).Str("bucket", bucket).Hex("key", key).
+			Msg("too many corrupt journal records: the others are skipped without being logged or counted; restart, and the start-up check salvages the journal")
+	}
 }
