@@ -164,6 +164,7 @@ type loop struct {
 	// invalidOut logs invalid model outputs, sampled alike: an input a model
 	// answers NaN for, or a broken model, makes one for every request.
 	invalidOut zerolog.Logger
+	failLog    zerolog.Logger // failed batches, sampled alike (a broken model fails them all)
 	m          *metrics
 	admit      chan *job
 	queued     atomic.Int64         // reserved or admitted, and not yet answered (admission reads it)
@@ -270,6 +271,7 @@ func newLoop(p scheduler.Policy, apps map[string]*scheduler.App, r runner, budge
 		policy: p, apps: apps, run: r, now: now, answer: answer, log: log, m: m,
 		invalidLog: log.Sample(rejectSampler()),
 		invalidOut: log.Sample(rejectSampler()),
+		failLog:    log.Sample(rejectSampler()),
 		admit:      make(chan *job, capacity),
 		swaps:      make(chan *appSwap, 1), stopped: make(chan struct{}),
 		retiring: map[string]func(string){}, latency: newLatencyModel(),
@@ -1023,7 +1025,8 @@ func (l *loop) finish(d batchDone) {
 	l.refreshResident(d.done)
 	b := d.b
 	if d.err != nil {
-		l.log.Error().Err(d.err).Str("variant", b.Variant.ID.String()).Int("batch", len(b.Requests)).Msg("batch failed")
+		l.m.batchFailures.WithLabelValues(b.Variant.ID.App, b.Variant.ID.Variant).Inc()
+		l.failLog.Error().Err(d.err).Str("variant", b.Variant.ID.String()).Int("batch", len(b.Requests)).Msg("batch failed")
 		for _, r := range b.Requests {
 			if j := r.Ref.(*job); j.first != nil {
 				// A second pass: its first pass's answer stands.

@@ -742,3 +742,51 @@ func TestLoopInvalidModelOutputLogSampled(t *testing.T) {
 		}
 	})
 }
+
+// A broken model fails every batch: the "batch failed" line is sampled like
+// rejections, not one a batch, and sneakgate_batch_failures_total counts every
+// failed batch.
+func TestLoopBatchFailedLogSampled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond },
+			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}, failRun: errors.New("broken model")}
+		p, err := scheduler.New("fifo", scheduler.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		a := loopApp()
+		ans := &answers{got: map[string]result{}}
+		l := newLoop(p, map[string]*scheduler.App{a.Name: a}, f, scheduler.Engine{}, 100, time.Now, ans.record,
+			zerolog.New(zerolog.SyncWriter(&buf)), newMetrics(nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go l.Run(ctx)
+		const n = 200
+		for i := range n { // one batch each, within 0.6 s
+			submit(t, l, fmt.Sprint(i), time.Minute, nil)
+			time.Sleep(3 * time.Millisecond)
+		}
+		time.Sleep(10 * time.Millisecond)
+		synctest.Wait()
+		if len(ans.got) != n {
+			t.Fatalf("%d of %d requests answered", len(ans.got), n)
+		}
+		for id, r := range ans.got {
+			if r.Status != protocol.StatusError || !errors.Is(r.Err, errBatch) {
+				t.Fatalf("%s: %+v, want a batch error", id, r)
+			}
+		}
+		batches := len(f.runs)
+		if batches < n/2 {
+			t.Fatalf("%d batches for %d requests sent 3 ms apart, want about one each", batches, n)
+		}
+		if got := testutil.ToFloat64(l.m.batchFailures.WithLabelValues("app", "m")); got != float64(batches) {
+			t.Errorf("batch_failures_total = %v, want %d (every failed batch)", got, batches)
+		}
+		// Within one second: the burst of 10, then 1 in 100.
+		if lines := strings.Count(buf.String(), `"batch failed"`); lines < 1 || lines > 10+batches/100+1 {
+			t.Errorf("%d \"batch failed\" lines for %d failed batches, want them sampled (at most %d)", lines, batches, 10+batches/100+1)
+		}
+	})
+}

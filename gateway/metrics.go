@@ -60,6 +60,9 @@ type metrics struct {
 	engineWait  prometheus.Counter
 	// invalidDecisions counts the policy's decisions the loop refused (loop.decide).
 	invalidDecisions prometheus.Counter
+	// batchFailures counts the forward passes that failed (loop.finish), every
+	// one: their log line is sampled.
+	batchFailures *prometheus.CounterVec // app, variant
 	// handlerPanics counts the request handlers' recovered panics (handle).
 	handlerPanics prometheus.Counter
 	storeErrors   *prometheus.CounterVec // op
@@ -160,6 +163,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_engine_wait_seconds_total", Help: "Time the engine sat idle between two batches while requests were waiting (the scheduling loop deciding and handing over)."}),
 		invalidDecisions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_invalid_decisions_total", Help: "Scheduling decisions refused as invalid (a request answered twice or not queued, a batch the engine cannot run, a swap over the residency budget, a policy panic): not applied, every request kept queued, edf decided instead."}),
+		batchFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_batch_failures_total", Help: "Forward passes the engine failed (an error from the model's run), by application and variant; every request in one is answered error (internal). Their log line, batch failed, is sampled."}, []string{"app", "variant"}),
 		handlerPanics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_handler_panics_total", Help: "Request handlers that panicked and were recovered (logged at error level with the panic); each request is rejected internal, left for redelivery, handed to the scheduler (journaled already) or acknowledged without a reply (its answer under way), as docs/protocol.md says. Anything above 0 is a gateway bug."}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -199,7 +204,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.deviceRefused, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
-		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
+		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.batchFailures, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.ingressBytes, m.crashSuspects, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
