@@ -51,6 +51,15 @@
 // memory a previous Unload freed, so the same model measures anything from 0
 // to several megabytes depending on what ran before.
 //
+// Register refuses, with ErrBatchMemory, a variant whose batch buffers would
+// take more than BatchBytesLimit (1 GiB), or Options.MemoryBudgetBytes when
+// that is larger: the input and output buffers for the largest batch and the
+// inputs Profile measures it on (at least two of the largest batches), about
+// 12 bytes per input value per sample of the largest batch. They are allocated
+// without the budget's say when the budget is 0, so a large input_size at a
+// large batch size was a fatal out of memory at the first profile, not an
+// error. ONNX Runtime's own memory for a batch is not counted.
+//
 // MemBytes is a lower bound, not the whole footprint. With ONNX Runtime 1.30 on
 // the CPU (one intra-op thread), the RSS growth across a load and one batch of 32,
 // over repeated trials of the models under models/, was up to 2.5 times the file

@@ -119,6 +119,9 @@ func (e *Engine) RegisterAs(key string, app *manifest.App) error {
 		if err != nil {
 			return fmt.Errorf("engine: register: %w", err)
 		}
+		if err := e.checkBatchBytes(v); err != nil {
+			return fmt.Errorf("engine: register: %w", err)
+		}
 		vs[i] = v
 	}
 	e.mu.Lock()
@@ -136,6 +139,45 @@ func (e *Engine) RegisterAs(key string, app *manifest.App) error {
 	}
 	return nil
 }
+
+// BatchBytesLimit is the most bytes of batch buffers (batchBytes) Register
+// accepts for one variant, unless Options.MemoryBudgetBytes is larger: then
+// the budget is the limit. 1 GiB: two thirds of the memory the systemd unit
+// lets the gateway have (MemoryMax=1500M), and 17 times what the engine takes
+// for a 3x224x224 image model at the default largest batch of 32 (55 MiB).
+const BatchBytesLimit = 1 << 30
+
+// batchBytes is what the engine allocates for v's batches at the largest batch
+// size: kept, the input and output buffers a resident session keeps (counted
+// in MemBytes), and profile, the inputs Profile generates to measure it
+// (profilePool: at least two of the largest batches). Both scale with the
+// largest batch size times the input size, and they are allocated together
+// while the variant is profiled.
+func (e *Engine) batchBytes(v *variant) (kept, profile int64) {
+	size := v.app.InputSize
+	return v.mem - v.fileBytes, 4 * int64(size) * int64(profilePool(size, e.opts.BatchSizes, e.opts.ProfileRuns))
+}
+
+// checkBatchBytes refuses a variant whose batch buffers exceed
+// BatchBytesLimit (or the memory budget, when larger), before anything is
+// allocated: at a large batch size and a large input (a batch of 65536
+// 3x224x224 images is 39 GB, and the profile's inputs twice that) the first
+// profile was a fatal out of memory, not an error.
+func (e *Engine) checkBatchBytes(v *variant) error {
+	limit := max(int64(BatchBytesLimit), e.opts.MemoryBudgetBytes)
+	kept, profile := e.batchBytes(v)
+	if kept+profile <= limit {
+		return nil
+	}
+	return fmt.Errorf("%w: application %s, variant %s (%s): input size %d values (%d bytes a sample) at batch size %d "+
+		"needs %d bytes (%.1f GiB) of batch buffers (%d kept while resident, %d of profile inputs), "+
+		"over the limit of %d bytes (%.1f GiB: the larger of %d and the memory budget); "+
+		"lower the largest batch size or raise the memory budget",
+		ErrBatchMemory, v.app.Name, v.spec.Name, v.id, v.app.InputSize, 4*v.app.InputSize, e.opts.maxBatch(),
+		kept+profile, gib(kept+profile), kept, profile, limit, gib(limit), int64(BatchBytesLimit))
+}
+
+func gib(n int64) float64 { return float64(n) / (1 << 30) }
 
 // Unregister unloads the variants registered under key (waiting for a Load,
 // Unload or Profile of them in progress) and forgets them; later calls with

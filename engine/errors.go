@@ -30,6 +30,10 @@ var (
 	// ErrModelFile is returned by Register when a variant's ONNX file is missing or
 	// is not a regular file.
 	ErrModelFile = errors.New("engine: model file unusable")
+	// ErrBatchMemory is returned by Register when a variant's batch buffers at
+	// the largest batch size would take more than BatchBytesLimit, or
+	// Options.MemoryBudgetBytes when that is larger (see batchBytes).
+	ErrBatchMemory = errors.New("engine: batch buffers over the memory limit")
 )
 
 // Errors returned by Load, Unload, Run and Profile.

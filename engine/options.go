@@ -64,7 +64,10 @@ type Options struct {
 	// MaxResident bounds the number of resident variants; 0 = unlimited.
 	MaxResident int
 	// BatchSizes are the profiled batch sizes, increasing; empty = DefaultBatchSizes.
-	// The largest is also the largest batch whose buffers are kept between runs.
+	// The largest is also the largest batch whose buffers are kept between runs;
+	// Register refuses a variant whose buffers for it, with its profile inputs,
+	// exceed BatchBytesLimit or MemoryBudgetBytes, whichever is larger
+	// (ErrBatchMemory).
 	BatchSizes []int
 	// WarmupRuns are unmeasured runs per batch size before profiling; 0 = none.
 	WarmupRuns int

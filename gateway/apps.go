@@ -257,6 +257,10 @@ func fingerprint(m *manifest.App, ac AppConfig) (string, error) {
 func (g *Gateway) prepareEngine(ctx context.Context, a *appRuntime, beside bool) (err error) {
 	defer recoverApp(&err, a.m.Name, "", "registering and profiling its variants")
 	if err := g.eng.RegisterAs(a.key, a.m); err != nil {
+		if errors.Is(err, engine.ErrBatchMemory) {
+			// The engine's own words are "the largest batch size" and "the memory budget".
+			return fmt.Errorf("gateway: %w (engine.batch_sizes, engine.memory_budget_mb)", err)
+		}
 		return fmt.Errorf("gateway: %w", err)
 	}
 	ids := g.eng.Variants(a.key)
