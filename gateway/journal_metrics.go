@@ -53,6 +53,9 @@ func registerJournalMetrics(reg prometheus.Registerer, s *store.Store, recovered
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sneakgate_journal_no_space_errors_total",
 			Help: "Journal commits that failed because the file could not grow (disk full, quota or file size limit); at most about one a second while the disk stays full."},
 			func() float64 { return float64(s.Stats().NoSpaceErrors) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sneakgate_journal_corrupt_records_total",
+			Help: "Journal records found corrupt (failing their checksum or decoding) while serving, each counted once per start: a pending request or an outbox reply that cannot be read stays unanswered until the next start, whose verification salvages the journal (docs/reliability.md, \"Journal damage\"); GC's drops of corrupt records count too."},
+			func() float64 { return float64(s.Stats().Corrupt) }),
 		gauge("sneakgate_journal_done", "Answered request keys remembered to answer redelivered duplicates (for store.retention).",
 			func(st store.Stats) float64 { return float64(st.Done) }),
 	)

@@ -32,7 +32,7 @@ func TestJournalMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]float64{}
+	got := map[string]float64{"sneakgate_journal_corrupt_records_total": -1} // -1: not registered
 	for _, mf := range mfs {
 		m := mf.GetMetric()[0]
 		if c := m.GetCounter(); c != nil {
@@ -43,7 +43,7 @@ func TestJournalMetrics(t *testing.T) {
 	}
 	for name, want := range map[string]float64{
 		"sneakgate_journal_recoveries_total": 1, "sneakgate_journal_pending": 2,
-		"sneakgate_journal_outbox": 0, "sneakgate_journal_done": 1,
+		"sneakgate_journal_outbox": 0, "sneakgate_journal_done": 1, "sneakgate_journal_corrupt_records_total": 0,
 	} {
 		if got[name] != want {
 			t.Errorf("%s = %v, want %v", name, got[name], want)
