@@ -699,13 +699,17 @@ type metricSample struct {
 	// journaled, handed to the broker and not acknowledged yet.
 	IngressWaits float64 `json:"ingress_waits"`
 	Owed         float64 `json:"unjournaled_replies_in_flight"`
+	// Suspects is sneakgate_crash_suspects by state (alone, answered): the
+	// requests this start found in a forward pass an earlier run died in.
+	Suspects map[string]float64 `json:"crash_suspects,omitempty"`
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
 
 // scrape reads the Prometheus text format at addr; failures give OK false.
 func scrape(addr string) metricSample {
-	s := metricSample{At: time.Now(), Replies: map[string]float64{}, Rejected: map[string]float64{}, Dropped: map[string]float64{}}
+	s := metricSample{At: time.Now(), Replies: map[string]float64{}, Rejected: map[string]float64{}, Dropped: map[string]float64{},
+		Suspects: map[string]float64{}}
 	resp, err := httpClient.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return s
@@ -754,6 +758,8 @@ func scrape(addr string) metricSample {
 			s.IngressWaits = v
 		case "sneakgate_unjournaled_replies_in_flight":
 			s.Owed = v
+		case "sneakgate_crash_suspects":
+			s.Suspects[label(labels, "state")] = v
 		}
 	}
 	s.OK = sc.Err() == nil

@@ -83,6 +83,11 @@ type killEvent struct {
 	AtS      float64 `json:"at_s"`
 	OutageMS int64   `json:"outage_ms"`
 	ReadyMS  int64   `json:"restart_to_ready_ms"`
+	// SuspectsAlone and SuspectsAnswered are what the restart's crash guard
+	// found (sneakgate_crash_suspects): the pending requests of the forward
+	// pass the kill interrupted, if it interrupted one.
+	SuspectsAlone    float64 `json:"suspects_alone"`
+	SuspectsAnswered float64 `json:"suspects_answered"`
 }
 
 // killRestart SIGKILLs gw kills times over dur from t0 (spread evenly, each
@@ -103,9 +108,11 @@ func killRestart(t *testing.T, gw *gatewayProc, mon *monitor, rng *mrand.Rand, t
 		mon.setPhase("starting")
 		ready := gw.start()
 		mon.setPhase("load")
-		events = append(events, killEvent{AtS: killedAt.Sub(t0).Seconds(), OutageMS: outage.Milliseconds(), ReadyMS: ready.Milliseconds()})
-		t.Logf("kill %d/%d at t=%.1fs: down %s, then ready %s after restart", i+1, kills,
-			killedAt.Sub(t0).Seconds(), outage.Round(time.Millisecond), ready.Round(time.Millisecond))
+		sus := scrape(gw.metrics).Suspects
+		events = append(events, killEvent{AtS: killedAt.Sub(t0).Seconds(), OutageMS: outage.Milliseconds(), ReadyMS: ready.Milliseconds(),
+			SuspectsAlone: sus["alone"], SuspectsAnswered: sus["answered"]})
+		t.Logf("kill %d/%d at t=%.1fs: down %s, then ready %s after restart; crash guard: %.0f requests of an interrupted pass run alone, %.0f answered engine_crashed",
+			i+1, kills, killedAt.Sub(t0).Seconds(), outage.Round(time.Millisecond), ready.Round(time.Millisecond), sus["alone"], sus["answered"])
 	}
 	return events
 }
