@@ -60,7 +60,7 @@ func TestSharedGroupKill9(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	mon.setPhase("drain")
-	waited := f.waitReplies(60 * time.Second)
+	waited := f.waitReplies(drainWait(t))
 	mon.close()
 	aEnd, bEnd := received(ga.metrics), received(gb.metrics)
 
@@ -99,8 +99,8 @@ func TestSharedGroupKill9(t *testing.T) {
 	})
 
 	if tl.Lost > 0 {
-		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v); the broker dropped %d messages, the gateways at least %.0f replies (LOSS above)",
-			tl.Lost, tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
+		t.Errorf("%d acknowledged requests got no terminal reply within %s after the load stopped (first: %v); the broker dropped %d messages, the gateways at least %.0f replies (LOSS above)",
+			tl.Lost, drainWait(t), tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
 	}
 	if tl.Malformed > 0 {
 		t.Errorf("%d malformed replies", tl.Malformed)

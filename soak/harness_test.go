@@ -104,6 +104,11 @@ func testMain(m *testing.M) int {
 // full reports whether SOAK_FULL asks for the full sizes.
 func full() bool { return envBool("SOAK_FULL") }
 
+// drainWait is how long a test waits for the last replies after its load
+// stopped (SOAK_DRAIN, 60 s): a backlog of long deadlines can take longer to
+// drain than to build, and a longer wait tells a late reply from a lost one.
+func drainWait(t testing.TB) time.Duration { return envDur(t, "SOAK_DRAIN", time.Minute, time.Minute) }
+
 func envBool(name string) bool {
 	v := os.Getenv(name)
 	return v == "1" || strings.EqualFold(v, "true") || strings.EqualFold(v, "yes")

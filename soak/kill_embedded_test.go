@@ -61,7 +61,7 @@ func TestKill9EmbeddedSoak(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	mon.setPhase("drain")
-	waited := f.waitReplies(60 * time.Second)
+	waited := f.waitReplies(drainWait(t))
 	mon.close()
 	tl := analyse(f)
 	tl.log(t)

@@ -44,7 +44,7 @@ func TestKill9Soak(t *testing.T) {
 	wg.Wait()
 	loadTime := time.Since(t0)
 	mon.setPhase("drain")
-	waited := f.waitReplies(60 * time.Second)
+	waited := f.waitReplies(drainWait(t))
 	mon.close()
 	tl := analyse(f)
 	loss := explainLost(t, f, b, gw)
@@ -60,8 +60,8 @@ func TestKill9Soak(t *testing.T) {
 	})
 
 	if tl.Lost > 0 {
-		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v); the broker dropped %d messages, the gateway at least %.0f replies (LOSS above)",
-			tl.Lost, tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
+		t.Errorf("%d acknowledged requests got no terminal reply within %s after the load stopped (first: %v); the broker dropped %d messages, the gateway at least %.0f replies (LOSS above)",
+			tl.Lost, drainWait(t), tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
 	}
 	if tl.RepeatsDisagree > 0 {
 		t.Errorf("%d ids got repeated replies that disagree on status, class or model (first: %v)", tl.RepeatsDisagree, tl.Disagreements)

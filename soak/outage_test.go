@@ -68,7 +68,7 @@ func TestBrokerOutage(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	mon.setPhase("drain")
-	waited := f.waitReplies(60 * time.Second)
+	waited := f.waitReplies(drainWait(t))
 	mon.close()
 	tl := analyseOutage(f, stoppedAt)
 	loss := explainLost(t, f, b, gw)
@@ -83,8 +83,8 @@ func TestBrokerOutage(t *testing.T) {
 	})
 
 	if tl.Lost > 0 {
-		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v); the broker dropped %d messages since its restart, the gateway at least %.0f replies (LOSS above)",
-			tl.Lost, tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
+		t.Errorf("%d acknowledged requests got no terminal reply within %s after the load stopped (first: %v); the broker dropped %d messages since its restart, the gateway at least %.0f replies (LOSS above)",
+			tl.Lost, drainWait(t), tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
 	}
 	// Only first replies count: a repeat is, by the never-contradict guarantee,
 	// the same bytes as the first reply (the tally checks that they agree), so it

@@ -200,7 +200,7 @@ func TestOverload5x(t *testing.T) {
 	}
 
 	mon.setPhase("drain")
-	waited := f.waitReplies(60 * time.Second)
+	waited := f.waitReplies(drainWait(t))
 	mon.close()
 	tl := analyse(f)
 	loss := explainLost(t, f, b, gw)
@@ -320,8 +320,8 @@ func TestOverload5x(t *testing.T) {
 	t.Logf("REFUSALS: %d acknowledged requests without a reply; %.0f request messages waited for a handler (flow control); %.0f republished replies dropped by the gateway, %d messages by the broker",
 		tl.Lost, final.IngressWaits, loss.GatewayDropped, loss.BrokerDropped)
 	if tl.Lost > 0 {
-		t.Errorf("%d acknowledged requests got no terminal reply within 60 s after the load stopped (first: %v); the broker dropped %d messages, the gateway at least %.0f replies (LOSS above)",
-			tl.Lost, tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
+		t.Errorf("%d acknowledged requests got no terminal reply within %s after the load stopped (first: %v); the broker dropped %d messages, the gateway at least %.0f replies (LOSS above)",
+			tl.Lost, drainWait(t), tl.LostIDs, loss.BrokerDropped, loss.GatewayDropped)
 	}
 	if !drained {
 		t.Errorf("the queue did not drain within 2 minutes after the load stopped")
