@@ -340,14 +340,18 @@ func newGateway(t *testing.T, brokerURL string, o gwOptions) *gatewayProc {
 		logPath: filepath.Join(outDir, t.Name()+"-"+logName+".log"),
 		metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	var cfg strings.Builder
+	level := "info" // SOAK_LOG_LEVEL: debug names every refused request (the log grows fast)
+	if v := os.Getenv("SOAK_LOG_LEVEL"); v != "" {
+		level = v
+	}
 	fmt.Fprintf(&cfg, `# Written by the soak tests: configs/dev.yaml with the embedded broker off.
 log:
-  level: info
+  level: %s
   format: json
 mqtt:
   broker: %q
   client_id: %q
-`, brokerURL, o.ClientID)
+`, level, brokerURL, o.ClientID)
 	if o.SharedGroup != "" {
 		fmt.Fprintf(&cfg, "  shared_group: %q\n", o.SharedGroup)
 	}
