@@ -240,7 +240,7 @@ func writeSuspects(path string, s map[store.Key]int) error {
 		f.Requests = append(f.Requests, suspect{App: k.App, Device: k.Device, ID: k.ID, Crashes: n})
 	}
 	slices.SortFunc(f.Requests, func(a, b suspect) int {
-		return cmpKeys(store.Key{App: a.App, Device: a.Device, ID: a.ID}, store.Key{App: b.App, Device: b.Device, ID: b.ID})
+		return cmp.Or(strings.Compare(a.App, b.App), strings.Compare(a.Device, b.Device), strings.Compare(a.ID, b.ID))
 	})
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
@@ -275,10 +275,6 @@ func writeFileSync(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-func cmpKeys(a, b store.Key) int {
-	return cmp.Or(strings.Compare(a.App, b.App), strings.Compare(a.Device, b.Device), strings.Compare(a.ID, b.ID))
 }
 
 // crashVerdicts folds the batch the in-flight file recorded (inflight, key

@@ -376,7 +376,7 @@ type owedMsg struct {
 var errStopping = errors.New("egress stopped")
 
 // owedQoS0Limit is the most replies that may wait for a packet id before a
-// reply to a QoS 0 request is dropped instead of queued (Owe): about 4 MiB of
+// reply to a QoS 0 request is dropped instead of queued (Owe): a few MiB of
 // replies.
 const owedQoS0Limit = 8192
 

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
@@ -20,8 +19,7 @@ import (
 type ingressBudget struct {
 	sem   *semaphore.Weighted
 	limit int64
-	held  atomic.Int64
-	gauge prometheus.Gauge // sneakgate_ingress_bytes; nil for none
+	gauge prometheus.Gauge // sneakgate_ingress_bytes: the bytes taken
 }
 
 func newIngressBudget(limit int64, gauge prometheus.Gauge) *ingressBudget {
@@ -44,7 +42,7 @@ func (b *ingressBudget) tryTake(w int64) bool {
 	if !b.sem.TryAcquire(w) {
 		return false
 	}
-	b.count(w)
+	b.gauge.Add(float64(w))
 	return true
 }
 
@@ -66,7 +64,7 @@ func (b *ingressBudget) take(w int64, stop <-chan struct{}) bool {
 	if b.sem.Acquire(ctx, w) != nil {
 		return false
 	}
-	b.count(w)
+	b.gauge.Add(float64(w))
 	return true
 }
 
@@ -75,13 +73,6 @@ func (b *ingressBudget) give(w int64) {
 	if b == nil || w == 0 {
 		return
 	}
-	b.count(-w)
+	b.gauge.Add(-float64(w))
 	b.sem.Release(w)
-}
-
-func (b *ingressBudget) count(w int64) {
-	b.held.Add(w)
-	if b.gauge != nil {
-		b.gauge.Add(float64(w))
-	}
 }

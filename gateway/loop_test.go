@@ -709,6 +709,24 @@ func TestLoopRunsKeptBatches(t *testing.T) {
 	})
 }
 
+// startLoggedLoop runs a loop serving loopApp with the policy named, its log
+// written to the returned buffer.
+func startLoggedLoop(t *testing.T, f *fakeRunner, policy string) (*loop, *answers, *bytes.Buffer, context.CancelFunc) {
+	t.Helper()
+	p, err := scheduler.New(policy, scheduler.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := &bytes.Buffer{}
+	a := loopApp()
+	ans := &answers{got: map[string]result{}}
+	l := newLoop(p, map[string]*scheduler.App{a.Name: a}, f, scheduler.Engine{}, 100, time.Now, ans.record,
+		zerolog.New(zerolog.SyncWriter(buf)), newMetrics(nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	go l.Run(ctx)
+	return l, ans, buf, cancel
+}
+
 // A model that answers NaN for an input (one out of range of an application
 // without input_range, or a broken model) does so for every such request: the
 // error line is sampled like rejections, not one a request.
@@ -716,18 +734,8 @@ func TestLoopInvalidModelOutputLogSampled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond },
 			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}, nan: true}
-		p, err := scheduler.New("edf", scheduler.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var buf bytes.Buffer
-		a := loopApp()
-		ans := &answers{got: map[string]result{}}
-		l := newLoop(p, map[string]*scheduler.App{a.Name: a}, f, scheduler.Engine{}, 100, time.Now, ans.record,
-			zerolog.New(zerolog.SyncWriter(&buf)), newMetrics(nil))
-		ctx, cancel := context.WithCancel(context.Background())
+		l, ans, buf, cancel := startLoggedLoop(t, f, "edf")
 		defer cancel()
-		go l.Run(ctx)
 		const n = 100
 		for i := range n {
 			submit(t, l, fmt.Sprint(i), time.Minute, nil)
@@ -750,18 +758,8 @@ func TestLoopBatchFailedLogSampled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeRunner{lat: func(int) time.Duration { return time.Millisecond },
 			resident: map[scheduler.VariantID]bool{{App: "app", Variant: "m"}: true}, failRun: errors.New("broken model")}
-		p, err := scheduler.New("fifo", scheduler.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var buf bytes.Buffer
-		a := loopApp()
-		ans := &answers{got: map[string]result{}}
-		l := newLoop(p, map[string]*scheduler.App{a.Name: a}, f, scheduler.Engine{}, 100, time.Now, ans.record,
-			zerolog.New(zerolog.SyncWriter(&buf)), newMetrics(nil))
-		ctx, cancel := context.WithCancel(context.Background())
+		l, ans, buf, cancel := startLoggedLoop(t, f, "fifo")
 		defer cancel()
-		go l.Run(ctx)
 		const n = 200
 		for i := range n { // one batch each, within 0.6 s
 			submit(t, l, fmt.Sprint(i), time.Minute, nil)
