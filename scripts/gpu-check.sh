@@ -4,6 +4,7 @@
 #
 #   scripts/gpu-check.sh [--device N] [--batches "1 2 4 ... 256"] [--cpu-threads N]
 #   scripts/gpu-check.sh --cpu-only     rehearsal without a GPU (see below)
+#   scripts/gpu-check.sh --engine-test FILE   without Go on the GPU machine
 #
 # Steps, each stopping the script with a message when it fails:
 #   1. an NVIDIA GPU: `nvidia-smi -L` lists one (exit 2 when not);
@@ -19,6 +20,11 @@
 #      config) and on the CUDA provider, median batch latency at each batch size
 #      (default 1 2 4 8 16 32 64 128 256), per sample, and the CPU/GPU ratio;
 #      also written to .cache/gpu-check.txt (GPU_CHECK_OUT).
+#
+# Steps 3 and 4 run the engine package's tests: with `go test` by default, or,
+# on a GPU machine without Go, with a test binary built elsewhere (x86-64, same
+# repository revision): `go test -c -o engine.test ./engine`, copied over and
+# named with --engine-test FILE; it runs in engine/ as `go test` would.
 #
 # --cpu-only runs steps 2-4 with the CPU provider in place of CUDA, on a machine
 # without a GPU: it checks the script, the library install and the table, not
@@ -37,17 +43,47 @@ device=0
 batches="1 2 4 8 16 32 64 128 256"
 threads=1
 cpu_only=0
+engine_test=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) device="${2:?--device needs a number}"; shift 2 ;;
     --batches) batches="${2:?--batches needs a list}"; shift 2 ;;
     --cpu-threads) threads="${2:?--cpu-threads needs a number}"; shift 2 ;;
     --cpu-only) cpu_only=1; shift ;;
+    --engine-test) engine_test="${2:?--engine-test needs a file}"; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die 64 "unknown argument '$1' (see $0 --help)" ;;
   esac
 done
 [[ "$device" =~ ^[0-9]+$ ]] || die 64 "--device $device: want a GPU number"
+if [[ -n "$engine_test" ]]; then
+  [[ -f "$engine_test" && -x "$engine_test" ]] || die 64 "--engine-test $engine_test: not an executable file (build it with \`go test -c -o engine.test ./engine\`)"
+  engine_test="$(cd "$(dirname "$engine_test")" && pwd)/$(basename "$engine_test")"
+fi
+
+# engine_tests ARGS...: the engine package's tests, through `go test` or the
+# prebuilt binary (its flags are go test's with a "test." prefix), in engine/.
+engine_tests() {
+  local count=1 verbose=0 run="" timeout=10m
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -v) verbose=1; shift ;;
+      -run) run="$2"; shift 2 ;;
+      -timeout) timeout="$2"; shift 2 ;;
+      *) die 70 "engine_tests: unknown argument $1" ;;
+    esac
+  done
+  if [[ -n "$engine_test" ]]; then
+    local v=()
+    [[ $verbose -eq 0 ]] || v=(-test.v)
+    (cd "$root/engine" && "$engine_test" -test.count="$count" -test.timeout="$timeout" "${v[@]}" -test.run "$run")
+  else
+    command -v go >/dev/null || die 3 "go is not installed: install Go, or build the tests elsewhere with \`go test -c -o engine.test ./engine\` and pass --engine-test engine.test"
+    local v=()
+    [[ $verbose -eq 0 ]] || v=(-v)
+    (cd "$root" && go test -count="$count" -timeout "$timeout" "${v[@]}" -run "$run" ./engine)
+  fi
+}
 
 # 1. A GPU.
 smi="${NVIDIA_SMI:-nvidia-smi}"
@@ -96,11 +132,11 @@ cd "$root"
 # 3. The engine's GPU tests.
 if [[ $cpu_only -eq 0 ]]; then
   echo "gpu-check: engine tests on the CUDA provider (device $device)" >&2
-  SNEAKGATE_TEST_GPU=1 go test -count=1 -v -run '^(TestGPUProvider|TestLegacyCUDAPathReachesProvider|TestProbeModelOnCPU)$' ./engine >&2 ||
+  SNEAKGATE_TEST_GPU=1 engine_tests -v -run '^(TestGPUProvider|TestLegacyCUDAPathReachesProvider|TestProbeModelOnCPU)$' >&2 ||
     die 1 "engine GPU tests failed (output above)"
 else
   echo "gpu-check: engine tests of the GPU library without a GPU" >&2
-  go test -count=1 -v -run '^(TestGPUFallback|TestLegacyCUDAPathReachesProvider|TestProbeModelOnCPU)$' ./engine >&2 ||
+  engine_tests -v -run '^(TestGPUFallback|TestLegacyCUDAPathReachesProvider|TestProbeModelOnCPU)$' >&2 ||
     die 1 "engine tests failed (output above)"
 fi
 
@@ -111,7 +147,7 @@ provider=cuda
 [[ $cpu_only -eq 0 ]] || provider=cpu
 echo "gpu-check: profiling every variant under models/ on cpu and $provider at batch sizes $batches (a few minutes)" >&2
 SNEAKGATE_GPU_TABLE="$out" SNEAKGATE_GPU_TABLE_PROVIDER="$provider" SNEAKGATE_GPU_BATCHES="$batches" \
-  SNEAKGATE_GPU_CPU_THREADS="$threads" go test -count=1 -timeout 60m -run '^TestGPULatencyTable$' ./engine >&2 ||
+  SNEAKGATE_GPU_CPU_THREADS="$threads" engine_tests -timeout 60m -run '^TestGPULatencyTable$' >&2 ||
   die 1 "profiling failed (output above)"
 cat "$out"
 echo "gpu-check: ok; the table is in $out" >&2
