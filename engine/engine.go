@@ -23,7 +23,8 @@ type Engine struct {
 	prov       providerConfig // the provider sessions use (CPU after a fallback)
 	provStatus ProviderStatus
 	log        zerolog.Logger
-	so         *ort.SessionOptions // every session's options
+	so         *ort.SessionOptions // every session's options (but OnCPU applications')
+	cpuSO      *ort.SessionOptions // OnCPU applications' sessions when prov is not the CPU; nil until the first
 	checkSO    *ort.SessionOptions // the I/O checks' temporary sessions: one thread, no optimisation
 	sleep      func(time.Duration) // the profiler's pause before a measured run (tests replace it)
 	measured   func([][]float32)   // if set, sees the inputs of every measured profile run first (tests)
@@ -99,14 +100,35 @@ func New(opts Options) (*Engine, error) {
 // that every variant's file exists, but loads nothing. The engine keeps app;
 // the caller must not modify it afterwards. Register returns an error wrapping
 // manifest.ErrInvalid, ErrModelFile, ErrAlreadyRegistered or ErrClosed.
-func (e *Engine) Register(app *manifest.App) error { return e.RegisterAs(app.Name, app) }
+func (e *Engine) Register(app *manifest.App, opts ...RegisterOption) error {
+	return e.RegisterAs(app.Name, app, opts...)
+}
+
+// RegisterOption is an option of Register and RegisterAs.
+type RegisterOption func(*registerOptions)
+
+type registerOptions struct{ cpu bool }
+
+// OnCPU runs the application's variants on the CPU provider whatever provider
+// the engine's other sessions use: for a model the GPU provider cannot run (on
+// an H200, the CUDA provider of the ONNX Runtime scripts/install-ort-gpu.sh
+// installs kills the process creating a session for the vad models,
+// docs/deployment.md, "GPU"). The CPU sessions take the engine's thread and
+// session settings; their profiles and output keys name the CPU provider.
+// On an engine that runs on the CPU already it changes nothing.
+func OnCPU() RegisterOption { return func(o *registerOptions) { o.cpu = true } }
 
 // RegisterAs is Register under key instead of the application's name: the
 // variants' ids are VariantID{App: key, ...}. A gateway reloading a changed
 // application registers the new version under a new key while the old one still
 // serves, then unregisters the old key. Profile caches are named by the
 // application's name, so every version shares them.
-func (e *Engine) RegisterAs(key string, app *manifest.App) error {
+func (e *Engine) RegisterAs(key string, app *manifest.App, opts ...RegisterOption) error {
+	var ro registerOptions
+	for _, o := range opts {
+		o(&ro)
+	}
+	onCPU := ro.cpu && e.prov.Name != ProviderCPU
 	if err := app.Validate(); err != nil {
 		return fmt.Errorf("engine: register %s: %w", app.Name, err)
 	}
@@ -122,12 +144,20 @@ func (e *Engine) RegisterAs(key string, app *manifest.App) error {
 		if err := e.checkBatchBytes(v); err != nil {
 			return fmt.Errorf("engine: register: %w", err)
 		}
+		v.onCPU = onCPU
 		vs[i] = v
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
 		return ErrClosed
+	}
+	if onCPU && e.cpuSO == nil {
+		so, err := sessionOptions(&e.opts, providerConfig{Name: ProviderCPU})
+		if err != nil {
+			return fmt.Errorf("engine: register %s on the CPU: %w", app.Name, err)
+		}
+		e.cpuSO = so
 	}
 	if _, ok := e.apps[key]; ok {
 		return fmt.Errorf("%w: %s", ErrAlreadyRegistered, key)
@@ -311,7 +341,13 @@ func (e *Engine) create(v *variant) (_ *session, _ time.Duration, err error) {
 		return nil, 0, err
 	}
 	t0 := e.opts.Now()
-	s, err := newSession(v, e.so, e.opts.maxBatch())
+	so := e.so
+	if v.onCPU {
+		e.mu.RLock()
+		so = e.cpuSO // set before v was registered, destroyed only by Close after its loads
+		e.mu.RUnlock()
+	}
+	s, err := newSession(v, so, e.opts.maxBatch())
 	d := e.opts.Now().Sub(t0)
 	if err != nil {
 		return nil, 0, err
@@ -585,6 +621,9 @@ func (e *Engine) Close() error {
 	}
 	e.leaving.Wait()
 	errs = append(errs, e.so.Destroy(), e.checkSO.Destroy())
+	if e.cpuSO != nil {
+		errs = append(errs, e.cpuSO.Destroy())
+	}
 	return errors.Join(errs...)
 }
 

@@ -50,9 +50,10 @@ func (e *Engine) outputKey(v *variant) (OutputKey, error) {
 	if err != nil {
 		return OutputKey{}, err
 	}
+	prov := e.providerOf(v)
 	return OutputKey{
 		ModelSHA256: sum, Runtime: runtimeVersion(),
-		Provider: e.prov.Name, ProviderOptions: maps.Clone(e.prov.Options), SessionConfig: maps.Clone(e.opts.SessionConfig),
+		Provider: prov.Name, ProviderOptions: maps.Clone(prov.Options), SessionConfig: maps.Clone(e.opts.SessionConfig),
 		IntraOpThreads: e.opts.IntraOpThreads, InterOpThreads: e.opts.InterOpThreads,
 		CPUs: runtime.NumCPU(), Arch: runtime.GOARCH,
 		InputSize: v.app.InputSize, Classes: v.classes, Inputs: v.spec.Inputs, Output: v.spec.Output,

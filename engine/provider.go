@@ -27,6 +27,24 @@ func (s ProviderStatus) FellBack() bool { return s.Fallback != nil }
 // it is not the one asked for when New fell back to the CPU.
 func (e *Engine) Provider() ProviderStatus { return e.provStatus }
 
+// ProviderOf returns the execution provider variant id's sessions use: the
+// engine's, or the CPU for an application registered OnCPU. It returns an
+// error wrapping ErrUnknownVariant or ErrClosed.
+func (e *Engine) ProviderOf(id VariantID) (string, error) {
+	v, err := e.lookup(id)
+	if err != nil {
+		return "", err
+	}
+	return e.providerOf(v).Name, nil
+}
+
+func (e *Engine) providerOf(v *variant) providerConfig {
+	if v.onCPU {
+		return providerConfig{Name: ProviderCPU}
+	}
+	return e.prov
+}
+
 // decideProvider is New's choice of provider once req was probed: req when the
 // probe succeeded (probeErr nil); otherwise the CPU provider when fallback is
 // allowed, or an error wrapping ErrProvider. It is pure, so the decision is

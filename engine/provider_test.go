@@ -224,6 +224,25 @@ func TestGPUProvider(t *testing.T) {
 	if !strings.Contains(string(b), `"provider": "cuda"`) {
 		t.Errorf("profile cache entry does not name the cuda provider:\n%s", b)
 	}
+	// An application registered OnCPU runs on the CPU beside CUDA ones.
+	g3 := newEngine(t, Options{Provider: ProviderCUDA, ProviderOptions: map[string]string{"device_id": gpuDevice()}})
+	if err := g3.Register(linApp(t), OnCPU()); err != nil {
+		t.Fatal(err)
+	}
+	if err := g3.Register(imgApp(t)); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[VariantID]string{{App: "lin", Variant: "logits"}: ProviderCPU, {App: "img", Variant: "mlp"}: ProviderCUDA} {
+		if got, err := g3.ProviderOf(id); err != nil || got != want {
+			t.Errorf("ProviderOf(%s) = %q, %v; want %q", id, got, err, want)
+		}
+		if _, err := g3.Load(id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g3.Run(id, randomInputs(4, inputSizeOf(id), 0, 1, 3)); err != nil {
+			t.Errorf("%s on %s: %v", id, want, err)
+		}
+	}
 }
 
 func gpuDevice() string {
@@ -287,5 +306,53 @@ int main(void) {
 	want := strings.Join([]string{"24", "2", "93", "152", strconv.Itoa(64), "8", "16", "20", "40", "56"}, " ")
 	if strings.TrimSpace(string(got)) != want {
 		t.Errorf("onnxruntime_c_api.h gives %q, cudalegacy.go assumes %q: update its constants and struct", strings.TrimSpace(string(got)), want)
+	}
+}
+
+// TestOnCPU: an application registered OnCPU on an engine whose provider is
+// not the CPU gets sessions from separate CPU options, and its variants' output
+// keys and profile cache keys name the CPU; the other applications keep the
+// engine's provider. Without a GPU the engine's provider is set by hand (its
+// sessions still run on the CPU); on a GPU TestGPUProvider checks it for real.
+func TestOnCPU(t *testing.T) {
+	e := newEngine(t, Options{IntraOpThreads: 1, ProfileCache: t.TempDir(), BatchSizes: []int{1, 2}})
+	e.prov = providerConfig{Name: ProviderCUDA, Options: map[string]string{"device_id": "0"}}
+	if err := e.Register(linApp(t), OnCPU()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Register(imgApp(t)); err != nil {
+		t.Fatal(err)
+	}
+	if e.cpuSO == nil || e.cpuSO == e.so {
+		t.Fatal("no CPU session options of their own for the OnCPU application")
+	}
+	for id, want := range map[VariantID]string{{App: "lin", Variant: "logits"}: ProviderCPU, {App: "img", Variant: "mlp"}: ProviderCUDA} {
+		if got, err := e.ProviderOf(id); err != nil || got != want {
+			t.Errorf("ProviderOf(%s) = %q, %v; want %q", id, got, err, want)
+		}
+		k, err := e.OutputKey(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.Provider != want || (want == ProviderCPU) != (k.ProviderOptions == nil) {
+			t.Errorf("%s: output key names %s %v, want %s", id, k.Provider, k.ProviderOptions, want)
+		}
+		if _, err := e.Load(id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Run(id, randomInputs(2, inputSizeOf(id), 0, 1, 1)); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	if _, err := e.ProviderOf(VariantID{App: "nope", Variant: "x"}); !errors.Is(err, ErrUnknownVariant) {
+		t.Errorf("ProviderOf an unknown variant: %v", err)
+	}
+	// On an engine that runs on the CPU, OnCPU changes nothing.
+	c := newEngine(t, Options{IntraOpThreads: 1})
+	if err := c.Register(linApp(t), OnCPU()); err != nil {
+		t.Fatal(err)
+	}
+	if c.cpuSO != nil {
+		t.Error("a CPU engine made separate CPU options")
 	}
 }

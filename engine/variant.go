@@ -64,7 +64,8 @@ type variant struct {
 	dataLen        int
 	kind           outputKind
 	classes        int
-	row            int // output values per sample
+	row            int  // output values per sample
+	onCPU          bool // sessions on the CPU provider whatever the engine's (OnCPU)
 
 	// life serialises Load, Unload and Profile of this variant. Fields below it
 	// marked (life) are only touched with it held.

@@ -256,7 +256,15 @@ func fingerprint(m *manifest.App, ac AppConfig) (string, error) {
 // a panic in a variant's load or forward pass as engine.PanicError itself).
 func (g *Gateway) prepareEngine(ctx context.Context, a *appRuntime, beside bool) (err error) {
 	defer recoverApp(&err, a.m.Name, "", "registering and profiling its variants")
-	if err := g.eng.RegisterAs(a.key, a.m); err != nil {
+	var opts []engine.RegisterOption
+	if a.conf.Provider == engine.ProviderCPU {
+		opts = append(opts, engine.OnCPU())
+		if p := g.eng.Provider().Active; p != engine.ProviderCPU {
+			g.log.Info().Str("app", a.m.Name).Str("provider", engine.ProviderCPU).Str("engine_provider", p).
+				Msg("application runs on the CPU provider (apps[].provider)")
+		}
+	}
+	if err := g.eng.RegisterAs(a.key, a.m, opts...); err != nil {
 		if errors.Is(err, engine.ErrBatchMemory) {
 			// The engine's own words are "the largest batch size" and "the memory budget".
 			return fmt.Errorf("gateway: %w (engine.batch_sizes, engine.memory_budget_mb)", err)

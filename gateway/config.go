@@ -12,6 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
@@ -346,6 +347,12 @@ type AppConfig struct {
 	// comparison). The difficulty model is used only with the estimator it was
 	// trained on (the manifest's difficulty.estimator).
 	ClassBased bool `yaml:"class_based"`
+	// Provider "cpu" runs the application's variants on the CPU provider
+	// whatever engine.provider says, beside the other applications on the GPU:
+	// for models the GPU provider cannot run (docs/deployment.md, "GPU": the
+	// vad models kill the CUDA provider of the library `make ort-gpu`
+	// installs). Empty, the default: engine.provider.
+	Provider string `yaml:"provider"`
 }
 
 // defaultShutdownTimeout is mqtt.shutdown_timeout's default: with the default
@@ -623,6 +630,9 @@ func (c *Config) Validate() error {
 		case d > 0 && (d < c.Admission.MinDeadline || d > c.Admission.MaxDeadline):
 			return configErr(fmt.Sprintf("apps[%d].default_deadline", i), "%s is outside admission.min_deadline..max_deadline (%s..%s)",
 				d, c.Admission.MinDeadline, c.Admission.MaxDeadline)
+		}
+		if a.Provider != "" && a.Provider != engine.ProviderCPU {
+			return configErr(fmt.Sprintf("apps[%d].provider", i), "%q: only %q (or empty for engine.provider)", a.Provider, engine.ProviderCPU)
 		}
 	}
 	return nil

@@ -42,6 +42,7 @@ func TestLoadConfigErrorsNameTheField(t *testing.T) {
 		"apps:\n  - manifest: a\nscheduler:\n  max_batch: 64\n":                    "scheduler.max_batch",
 		"apps:\n  - manifest: a\nscheduler:\n  plan_ahead: -1\n":                   "scheduler.plan_ahead",
 		"apps:\n  - manifest: a\nengine:\n  provider: npu\n":                       "engine.provider",
+		"apps:\n  - manifest: a\n    provider: cuda\n":                             "apps[0].provider",
 		"apps:\n  - manifest: a\nengine:\n  batch_sizes: [4, 2]\n":                 "engine.batch_sizes",
 		"apps:\n  - manifest: a\nmqtt:\n  topic_prefix: 'a/#'\n":                   "mqtt.topic_prefix",
 		"apps:\n  - manifest: a\nmqtt:\n  topic_prefix: '$sys'\n":                  "mqtt.topic_prefix",
@@ -169,5 +170,17 @@ func TestLoadConfigFlushRateNaN(t *testing.T) {
 		if _, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\nmqtt:\n  flush_rate: "+r+"\n")); err != nil && strings.Contains(err.Error(), "flush_rate") {
 			t.Errorf("flush_rate %s: %v", r, err)
 		}
+	}
+}
+
+// TestAppProviderCPU: apps[].provider accepts cpu (the application runs on the
+// CPU beside a GPU engine, engine.OnCPU) and keeps it.
+func TestAppProviderCPU(t *testing.T) {
+	c, err := LoadConfig(writeConfig(t, "apps:\n  - manifest: a\n    provider: cpu\n  - manifest: b\nengine:\n  provider: cuda\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Apps[0].Provider != "cpu" || c.Apps[1].Provider != "" {
+		t.Errorf("apps[].provider: %q %q", c.Apps[0].Provider, c.Apps[1].Provider)
 	}
 }
