@@ -25,7 +25,10 @@ import (
 // only when that variable is set. SNEAKGATE_GPU_TABLE_PROVIDER (default cuda)
 // is the provider of the second column: the script's --cpu-only rehearsal sets
 // cpu to check itself without a GPU. SNEAKGATE_GPU_CPU_THREADS (default 1, the
-// gateway's default) sizes the intra-op pool of both.
+// gateway's default) sizes the intra-op pool of both. SNEAKGATE_GPU_TABLE_APPS
+// (names separated by spaces) limits the table to those applications, and
+// SNEAKGATE_GPU_PROVIDER_OPTIONS (key=value pairs separated by spaces) adds
+// options to the second provider's (engine/cudalegacy.go lists CUDA's).
 //
 // Each application is measured on each provider in a process of its own (this
 // test binary run again, one engine each), so that a model that kills the
@@ -60,7 +63,11 @@ func TestGPULatencyTable(t *testing.T) {
 	var rows []latencyRow
 	var failures []string
 	ortVersion := ""
+	only := strings.Fields(os.Getenv("SNEAKGATE_GPU_TABLE_APPS"))
 	for _, a := range realManifests(t) {
+		if len(only) > 0 && !slices.Contains(only, a.Name) {
+			continue
+		}
 		parts := [2]tablePart{}
 		for i, p := range [2]string{ProviderCPU, prov} {
 			tp, err := runTablePart(t, a, []string{"cpu", "second"}[i], p)
@@ -83,6 +90,9 @@ func TestGPULatencyTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	head := fmt.Sprintf("cpu: ONNX Runtime %s, CPU provider, %d intra-op thread(s); second column: %s provider; one process per application and provider", ortVersion, threads, prov)
+	if po := strings.TrimSpace(os.Getenv("SNEAKGATE_GPU_PROVIDER_OPTIONS")); po != "" && prov != ProviderCPU {
+		head += "; " + prov + " options: " + po
+	}
 	if prov != ProviderCUDA {
 		head += " (a rehearsal: no GPU was used)"
 	}
@@ -222,6 +232,13 @@ func measureTablePart(t *testing.T, part string, batches []int, threads int) {
 		}
 		if want != ProviderCPU {
 			o.ProviderOptions = map[string]string{"device_id": gpuDevice()}
+			for _, kv := range strings.Fields(os.Getenv("SNEAKGATE_GPU_PROVIDER_OPTIONS")) {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					t.Fatalf("SNEAKGATE_GPU_PROVIDER_OPTIONS: %q is not key=value", kv)
+				}
+				o.ProviderOptions[k] = v
+			}
 		}
 		o.Provider = want
 	default:

@@ -3,6 +3,7 @@
 # batch latencies, CPU against GPU (docs/deployment.md, "GPU").
 #
 #   scripts/gpu-check.sh [--device N] [--batches "1 2 4 ... 256"] [--cpu-threads N]
+#                        [--apps "fashion ..."] [--provider-option KEY=VALUE]...
 #   scripts/gpu-check.sh --cpu-only     rehearsal without a GPU (see below)
 #   scripts/gpu-check.sh --engine-test FILE   without Go on the GPU machine
 #
@@ -44,6 +45,8 @@ batches="1 2 4 8 16 32 64 128 256"
 threads=1
 cpu_only=0
 engine_test=""
+apps=""
+popts=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) device="${2:?--device needs a number}"; shift 2 ;;
@@ -51,6 +54,8 @@ while [[ $# -gt 0 ]]; do
     --cpu-threads) threads="${2:?--cpu-threads needs a number}"; shift 2 ;;
     --cpu-only) cpu_only=1; shift ;;
     --engine-test) engine_test="${2:?--engine-test needs a file}"; shift 2 ;;
+    --apps) apps="${2:?--apps needs names}"; shift 2 ;;
+    --provider-option) popts="$popts ${2:?--provider-option needs KEY=VALUE}"; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die 64 "unknown argument '$1' (see $0 --help)" ;;
   esac
@@ -148,6 +153,7 @@ provider=cuda
 echo "gpu-check: profiling every variant under models/ on cpu and $provider at batch sizes $batches (a few minutes)" >&2
 rm -f "$out"
 if ! SNEAKGATE_GPU_TABLE="$out" SNEAKGATE_GPU_TABLE_PROVIDER="$provider" SNEAKGATE_GPU_BATCHES="$batches" \
+  SNEAKGATE_GPU_TABLE_APPS="$apps" SNEAKGATE_GPU_PROVIDER_OPTIONS="$popts" \
   SNEAKGATE_GPU_CPU_THREADS="$threads" engine_tests -timeout 60m -run '^TestGPULatencyTable$' >&2; then
   # A model that kills the measuring process on one provider costs only its
   # own rows ("-"); the table, with what died at its end, is still printed.
