@@ -352,6 +352,9 @@ func (e *Engine) create(v *variant) (_ *session, _ time.Duration, err error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	if e.opts.PadBatches {
+		s.padTo = e.opts.BatchSizes
+	}
 	return s, d, nil
 }
 

@@ -69,6 +69,16 @@ type Options struct {
 	// exceed BatchBytesLimit or MemoryBudgetBytes, whichever is larger
 	// (ErrBatchMemory).
 	BatchSizes []int
+	// PadBatches runs every batch at the next size of BatchSizes, the rows
+	// beyond its own zeroed (a batch larger than the largest runs as it is), so
+	// that a session only ever sees those input shapes. On the CPU it only costs
+	// the padding; on CUDA a session whose input shape changes between passes
+	// pays cuDNN's per-shape set-up again at each change (on an H200, 4 to 68 ms
+	// against 0.65 ms for a pass of resnet-m at a steady batch of 32,
+	// docs/benchmarks.md, "GPU"): with one batch size and PadBatches, every
+	// pass has one shape. Models must treat the samples of a batch
+	// independently (every model here does).
+	PadBatches bool
 	// WarmupRuns are unmeasured runs per batch size before profiling; 0 = none.
 	WarmupRuns int
 	// ProfileRuns are measured runs per batch size (the median is kept); 0 =

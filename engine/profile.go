@@ -22,13 +22,17 @@ type Profile struct {
 	// Latency never decreases with the batch size (see Engine.Profile).
 	Batch   []int           `json:"batch"`
 	Latency []time.Duration `json:"latency_ns"`
+	// Padded: the engine pads every batch up to the next profiled size
+	// (Options.PadBatches), so a batch costs what that size costs.
+	Padded bool `json:"padded,omitempty"`
 }
 
 // LatencyAt returns the forward-pass duration at batch size b: Latency[0] at or
 // below the smallest profiled size, piecewise-linear interpolation between
-// profiled sizes, and linear extrapolation beyond the largest, along the last
-// segment's slope (or the per-sample mean of the largest point when that slope
-// is zero). It returns 0 for an empty profile.
+// profiled sizes (for a Padded profile, the next profiled size's latency), and
+// linear extrapolation beyond the largest, along the last segment's slope (or
+// the per-sample mean of the largest point when that slope is zero). It
+// returns 0 for an empty profile.
 func (p Profile) LatencyAt(b int) time.Duration {
 	n := len(p.Batch)
 	if n == 0 || len(p.Latency) != n {
@@ -38,6 +42,9 @@ func (p Profile) LatencyAt(b int) time.Duration {
 		return p.Latency[0]
 	}
 	for i := 1; i < n; i++ {
+		if b <= p.Batch[i] && p.Padded {
+			return p.Latency[i]
+		}
 		if b <= p.Batch[i] {
 			b0, b1 := p.Batch[i-1], p.Batch[i]
 			l0, l1 := p.Latency[i-1], p.Latency[i]
@@ -274,6 +281,7 @@ func median(d []time.Duration) time.Duration {
 }
 
 func (e *Engine) setProfile(v *variant, p Profile) {
+	p.Padded = e.opts.PadBatches // a cached profile is measured alike either way
 	e.mu.Lock()
 	v.prof = &p
 	e.mu.Unlock()

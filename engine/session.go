@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,7 +14,8 @@ import (
 // session is a resident variant: the ONNX Runtime session and the tensors reused
 // between runs. Buffers are sized for maxBatch samples; a batch of b <= maxBatch
 // samples uses tensors viewing the first b samples of them, created on first use
-// and kept until the session closes. Larger batches get temporary buffers.
+// and kept until the session closes. Larger batches get temporary buffers. With
+// padTo set, a batch runs at the size padTo gives (Options.PadBatches).
 type session struct {
 	// mu is held by run for the whole forward pass and by close, so a session is
 	// never destroyed under a running batch.
@@ -26,6 +28,7 @@ type session struct {
 	bufs     buffers
 	consts   []ort.Value // by input index; nil for non-const inputs
 	batches  []*batchIO  // batches[b-1] serves batch size b
+	padTo    []int       // the sizes batches are padded up to (increasing); nil: none
 }
 
 // buffers back the data, zeros and output tensors of a batch.
@@ -194,7 +197,11 @@ func (s *session) run(inputs [][]float32, dst [][]float64) error {
 	if s.closed {
 		return fmt.Errorf("%w: %s", ErrNotLoaded, s.v.id)
 	}
-	b := len(inputs)
+	n := len(inputs) // the samples; the pass runs b >= n rows
+	b := n
+	if i, _ := slices.BinarySearch(s.padTo, n); i < len(s.padTo) {
+		b = s.padTo[i]
+	}
 	bf := &s.bufs
 	var io *batchIO
 	if b <= s.maxBatch {
@@ -215,18 +222,20 @@ func (s *session) run(inputs [][]float32, dst [][]float64) error {
 		}
 	}
 
-	off, n := s.v.dataOffset, s.v.dataLen
+	off, w := s.v.dataOffset, s.v.dataLen
 	if bf.dataF != nil {
 		for i, x := range inputs {
-			copy(bf.dataF[i*n:(i+1)*n], x[off:off+n])
+			copy(bf.dataF[i*w:(i+1)*w], x[off:off+w])
 		}
+		clear(bf.dataF[n*w : b*w]) // padding: no earlier batch's samples
 	} else {
 		for i, x := range inputs {
-			row := bf.dataI[i*n : (i+1)*n]
-			for j, f := range x[off : off+n] {
+			row := bf.dataI[i*w : (i+1)*w]
+			for j, f := range x[off : off+w] {
 				row[j] = int64(math.Round(float64(f)))
 			}
 		}
+		clear(bf.dataI[n*w : b*w])
 	}
 
 	if err := s.sess.Run(io.inputs, io.outputs); err != nil {

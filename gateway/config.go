@@ -173,9 +173,15 @@ type EngineConfig struct {
 	MemoryBudgetMB int `yaml:"memory_budget_mb"`
 	MaxResident    int `yaml:"max_resident"`
 	// BatchSizes are the profiled batch sizes.
-	BatchSizes  []int `yaml:"batch_sizes"`
-	WarmupRuns  int   `yaml:"warmup_runs"`
-	ProfileRuns int   `yaml:"profile_runs"`
+	BatchSizes []int `yaml:"batch_sizes"`
+	// PadBatches runs every pass at the next of BatchSizes, the extra rows
+	// zeroed (engine.Options.PadBatches), and the scheduler plans with that
+	// size's latency. For CUDA: a session whose input shape changes pays
+	// cuDNN's set-up again (docs/deployment.md, "GPU"); with one batch size
+	// and this, it never changes.
+	PadBatches  bool `yaml:"pad_batches"`
+	WarmupRuns  int  `yaml:"warmup_runs"`
+	ProfileRuns int  `yaml:"profile_runs"`
 	// WarmUp runs every variant the gateway loads before it serves once at
 	// scheduler.max_batch and once at 1 (engine.Engine.Warm): at start, and,
 	// without residency limits, a reload's new versions, which are then loaded

@@ -308,7 +308,7 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 		LibraryPath: lib, IntraOpThreads: ec.IntraOpThreads, InterOpThreads: ec.InterOpThreads,
 		Provider: ec.Provider, ProviderOptions: ec.ProviderOptions, FallbackToCPU: !ec.RequireProvider,
 		MemoryBudgetBytes: int64(ec.MemoryBudgetMB) << 20, MaxResident: ec.MaxResident,
-		BatchSizes: ec.BatchSizes, WarmupRuns: ec.WarmupRuns, ProfileRuns: ec.ProfileRuns,
+		BatchSizes: ec.BatchSizes, PadBatches: ec.PadBatches, WarmupRuns: ec.WarmupRuns, ProfileRuns: ec.ProfileRuns,
 		ProfileCache: ec.ProfileCache, Logger: g.log.With().Str("component", "engine").Logger(),
 	})
 	if err != nil {
