@@ -112,3 +112,23 @@ func TestProviderMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestShapeHint: a GPU engine whose passes can change batch size is warned
+// about cuDNN's per-shape set-up; a CPU engine, or one padded to one size, is not.
+func TestShapeHint(t *testing.T) {
+	for _, c := range []struct {
+		active string
+		ec     EngineConfig
+		warn   bool
+	}{
+		{"cpu", EngineConfig{BatchSizes: []int{1, 32}}, false},
+		{"cuda", EngineConfig{BatchSizes: []int{32}, PadBatches: true}, false},
+		{"cuda", EngineConfig{BatchSizes: []int{1, 32}}, true},
+		{"cuda", EngineConfig{BatchSizes: []int{1, 32}, PadBatches: true}, true},
+		{"cuda", EngineConfig{BatchSizes: []int{32}}, true},
+	} {
+		if got := shapeHint(c.active, c.ec); (got != "") != c.warn {
+			t.Errorf("%s %+v: hint %q, want a warning: %v", c.active, c.ec, got, c.warn)
+		}
+	}
+}

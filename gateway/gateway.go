@@ -318,6 +318,9 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	registerProviderMetrics(g.reg, g.eng.Provider()) // engineprovider.go
+	if hint := shapeHint(g.eng.Provider().Active, ec); hint != "" {
+		g.log.Warn().Str("component", "engine").Ints("batch_sizes", ec.BatchSizes).Bool("pad_batches", ec.PadBatches).Msg(hint)
+	}
 	t0 := time.Now()
 	var ids []engine.VariantID
 	for _, a := range g.appSet() {
