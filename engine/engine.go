@@ -340,13 +340,14 @@ func (e *Engine) create(v *variant) (_ *session, _ time.Duration, err error) {
 	if err := e.check(v); err != nil {
 		return nil, 0, err
 	}
-	t0 := e.opts.Now()
 	so := e.so
 	if v.onCPU {
 		e.mu.RLock()
 		so = e.cpuSO // set before v was registered, destroyed only by Close after its loads
 		e.mu.RUnlock()
 	}
+	defer e.guard(v)() // released after a panic too: only a dead process leaves the marker
+	t0 := e.opts.Now()
 	s, err := newSession(v, so, e.opts.maxBatch())
 	d := e.opts.Now().Sub(t0)
 	if err != nil {

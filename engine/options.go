@@ -101,6 +101,14 @@ type Options struct {
 	Logger zerolog.Logger
 	// Now is the clock used for every measured duration; nil means time.Now.
 	Now func() time.Time
+	// Guard, when set, is called before ONNX Runtime creates a variant's
+	// session and before Profile's runs of it, with the provider they use; the
+	// function it returns is called when they are over (also when they fail).
+	// A process that dies in between (a crash inside a provider) never calls
+	// it: the gateway keeps a marker on disk from one to the other to learn, at
+	// its next start, which variant on which provider it died with
+	// (gateway/loadguard.go).
+	Guard func(id VariantID, provider string) (release func())
 }
 
 // withDefaults returns a copy of o with defaults applied, or an error wrapping

@@ -149,7 +149,10 @@ func (e *Engine) profile(ctx context.Context, v *variant, budgeted bool) error {
 		}
 		p.Load = d
 	}
-	lat, err := e.measure(ctx, v)
+	lat, err := func() ([]time.Duration, error) {
+		defer e.guard(v)()
+		return e.measure(ctx, v)
+	}()
 	if !wasResident {
 		d, uerr := e.unload(v)
 		if err == nil && uerr != nil {

@@ -38,6 +38,18 @@ func (e *Engine) ProviderOf(id VariantID) (string, error) {
 	return e.providerOf(v).Name, nil
 }
 
+// guard calls Options.Guard for v, if set, and returns its release (a no-op
+// otherwise).
+func (e *Engine) guard(v *variant) func() {
+	if e.opts.Guard == nil {
+		return func() {}
+	}
+	if r := e.opts.Guard(v.id, e.providerOf(v).Name); r != nil {
+		return r
+	}
+	return func() {}
+}
+
 func (e *Engine) providerOf(v *variant) providerConfig {
 	if v.onCPU {
 		return providerConfig{Name: ProviderCPU}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -354,5 +355,30 @@ func TestOnCPU(t *testing.T) {
 	}
 	if c.cpuSO != nil {
 		t.Error("a CPU engine made separate CPU options")
+	}
+}
+
+// TestGuard: Options.Guard is called around each session's creation and each
+// Profile's runs, with the provider they use, and released after each.
+func TestGuard(t *testing.T) {
+	var calls []string
+	open := 0
+	e := newEngine(t, Options{IntraOpThreads: 1, BatchSizes: []int{1, 2}, ProfileRuns: 1,
+		Guard: func(id VariantID, provider string) func() {
+			calls = append(calls, id.String()+" "+provider)
+			open++
+			return func() { open-- }
+		}})
+	registerAll(t, e)
+	id := VariantID{App: "img", Variant: "mlp"}
+	if err := e.Profile(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Load(id); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"img/mlp cpu", "img/mlp cpu", "img/mlp cpu"} // profile: create, runs; then Load's create
+	if !slices.Equal(calls, want) || open != 0 {
+		t.Errorf("guard calls %q (%d open), want %q", calls, open, want)
 	}
 }

@@ -257,13 +257,22 @@ func fingerprint(m *manifest.App, ac AppConfig) (string, error) {
 func (g *Gateway) prepareEngine(ctx context.Context, a *appRuntime, beside bool) (err error) {
 	defer recoverApp(&err, a.m.Name, "", "registering and profiling its variants")
 	var opts []engine.RegisterOption
-	if a.conf.Provider == engine.ProviderCPU {
+	pin, pinned := g.lguard.pinned(a.m.Name)
+	if a.conf.Provider == engine.ProviderCPU || pinned {
 		opts = append(opts, engine.OnCPU())
-		if p := g.eng.Provider().Active; p != engine.ProviderCPU {
+		switch p := g.eng.Provider().Active; {
+		case p == engine.ProviderCPU:
+		case pinned && a.conf.Provider != engine.ProviderCPU:
+			g.log.Error().Str("app", a.m.Name).Str("provider", engine.ProviderCPU).Str("engine_provider", p).
+				Str("died_with", pin.Variant).Time("since", pin.Since).
+				Msgf("application runs on the CPU provider: a run died creating or first running %s/%s on %s (%s; apps[].provider: cpu makes it permanent)",
+					a.m.Name, pin.Variant, pin.Provider, pinsPath(g.cfg.Store.Path))
+		default:
 			g.log.Info().Str("app", a.m.Name).Str("provider", engine.ProviderCPU).Str("engine_provider", p).
 				Msg("application runs on the CPU provider (apps[].provider)")
 		}
 	}
+	g.lguard.track(a.key, a.m.Name, a.fingerprint)
 	if err := g.eng.RegisterAs(a.key, a.m, opts...); err != nil {
 		if errors.Is(err, engine.ErrBatchMemory) {
 			// The engine's own words are "the largest batch size" and "the memory budget".

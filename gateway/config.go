@@ -644,6 +644,14 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// engineLibrary is engine.library, or $SNEAKGATE_ORT_LIB when it is empty.
+func (c *Config) engineLibrary() string {
+	if c.Engine.Library != "" {
+		return c.Engine.Library
+	}
+	return os.Getenv("SNEAKGATE_ORT_LIB")
+}
+
 // SchedulerOptions maps the scheduler section to the policy options.
 func (c *Config) SchedulerOptions() scheduler.Options {
 	return scheduler.Options{

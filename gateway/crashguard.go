@@ -246,8 +246,14 @@ func writeSuspects(path string, s map[store.Key]int) error {
 	if err != nil {
 		return err
 	}
+	return replaceFile(path, append(b, '\n'))
+}
+
+// replaceFile replaces path with b durably: a fsynced temporary file renamed
+// over it, then the directory fsynced.
+func replaceFile(path string, b []byte) error {
 	tmp := path + ".tmp"
-	if err := writeFileSync(tmp, append(b, '\n')); err != nil {
+	if err := writeFileSync(tmp, b); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {

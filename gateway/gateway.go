@@ -127,6 +127,7 @@ type Gateway struct {
 	// connected; guard is the in-flight file (crashguard.go).
 	crashed []*job
 	guard   *crashGuard
+	lguard  *loadGuard // the load guard (loadguard.go)
 }
 
 // stamp is when something last happened, stored on some goroutines and
@@ -220,6 +221,15 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 			Msg("journal damaged: moved aside and salvaged into a new journal; lost requests' keys are released, so a resend runs as new")
 	}
 	registerJournalMetrics(g.reg, g.journal, rec != nil)
+	fps := map[string]string{}
+	for n, a := range g.appSet() {
+		fps[n] = a.fingerprint
+	}
+	g.lguard, err = openLoadGuard(cfg.Store.Path, cfg.Engine.Provider, cfg.engineLibrary(), fps, g.now(), g.log.With().Str("component", "engine").Logger())
+	if err != nil {
+		return nil, err
+	}
+	registerPinMetric(g.reg, g.lguard)
 	if err := g.startEngine(ctx); err != nil {
 		return nil, err
 	}
@@ -299,10 +309,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 // variants as the residency budget allows.
 func (g *Gateway) startEngine(ctx context.Context) error {
 	ec := g.cfg.Engine
-	lib := ec.Library
-	if lib == "" {
-		lib = os.Getenv("SNEAKGATE_ORT_LIB")
-	}
+	lib := g.cfg.engineLibrary()
 	var err error
 	g.eng, err = engine.New(engine.Options{
 		LibraryPath: lib, IntraOpThreads: ec.IntraOpThreads, InterOpThreads: ec.InterOpThreads,
@@ -310,6 +317,7 @@ func (g *Gateway) startEngine(ctx context.Context) error {
 		MemoryBudgetBytes: int64(ec.MemoryBudgetMB) << 20, MaxResident: ec.MaxResident,
 		BatchSizes: ec.BatchSizes, PadBatches: ec.PadBatches, WarmupRuns: ec.WarmupRuns, ProfileRuns: ec.ProfileRuns,
 		ProfileCache: ec.ProfileCache, Logger: g.log.With().Str("component", "engine").Logger(),
+		Guard: g.lguard.hook,
 	})
 	if err != nil {
 		if errors.Is(err, engine.ErrProvider) && ec.RequireProvider {

@@ -1,0 +1,146 @@
+package gateway
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/manifest"
+)
+
+// died leaves what a process that died creating id's session on provider
+// leaves: the marker, never released.
+func died(t *testing.T, journal, library string, key, name, fingerprint string, id engine.VariantID, provider string) {
+	t.Helper()
+	g, err := openLoadGuard(journal, provider, library, map[string]string{name: fingerprint}, time.Now(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.track(key, name, fingerprint)
+	if g.hook(id, provider) == nil {
+		t.Fatal("no marker for a session on " + provider)
+	}
+}
+
+func TestLoadGuard(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "sneakgate.db")
+	const lib = "/lib/ort-gpu.so"
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	apps := map[string]string{"vad": "fp-vad", "fashion": "fp-fashion"}
+	open := func(provider, library string, apps map[string]string) *loadGuard {
+		t.Helper()
+		g, err := openLoadGuard(journal, provider, library, apps, now, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+
+	// A clean run: markers come and go, nothing is pinned; none for the CPU.
+	g := open("cuda", lib, apps)
+	g.track("fashion", "fashion", "fp-fashion")
+	release := g.hook(engine.VariantID{App: "fashion", Variant: "cnn"}, "cuda")
+	if m, _ := filepath.Glob(filepath.Join(loadingDir(journal), "*")); len(m) != 1 {
+		t.Fatalf("markers while creating: %v", m)
+	}
+	release()
+	if g.hook(engine.VariantID{App: "fashion", Variant: "cnn"}, engine.ProviderCPU) != nil {
+		t.Error("a marker for a session on the CPU")
+	}
+	if m, _ := filepath.Glob(filepath.Join(loadingDir(journal), "*")); len(m) != 0 {
+		t.Fatalf("markers after: %v", m)
+	}
+	if _, ok := open("cuda", lib, apps).pinned("fashion"); ok {
+		t.Fatal("pinned after a clean run")
+	}
+
+	// A run died creating vad/silero-legacy on cuda (after a reload: key vad#2).
+	died(t, journal, lib, "vad#2", "vad", "fp-vad", engine.VariantID{App: "vad#2", Variant: "silero-legacy"}, "cuda")
+	g = open("cuda", lib, apps)
+	pin, ok := g.pinned("vad")
+	if !ok || pin.Variant != "silero-legacy" || pin.Provider != "cuda" || !pin.Since.Equal(now) {
+		t.Fatalf("after the death: pin %+v %v", pin, ok)
+	}
+	if _, ok := g.pinned("fashion"); ok {
+		t.Error("fashion pinned too")
+	}
+	if m, _ := filepath.Glob(filepath.Join(loadingDir(journal), "*")); len(m) != 0 {
+		t.Errorf("markers left: %v", m)
+	}
+	// Kept across starts while nothing changes.
+	if _, ok := open("cuda", lib, apps).pinned("vad"); !ok {
+		t.Fatal("the pin did not survive a start")
+	}
+	// Lifted by a new library, a new model or configuration, another provider.
+	for name, c := range map[string]struct {
+		provider, library string
+		apps              map[string]string
+	}{
+		"library":  {"cuda", "/lib/ort-gpu-2.so", apps},
+		"model":    {"cuda", lib, map[string]string{"vad": "fp-vad-2"}},
+		"provider": {"tensorrt", lib, apps},
+		"removed":  {"cuda", lib, map[string]string{"fashion": "fp-fashion"}},
+	} {
+		if _, ok := open(c.provider, c.library, c.apps).pinned("vad"); ok {
+			t.Errorf("%s changed: still pinned", name)
+		}
+		if _, err := os.Stat(pinsPath(journal)); !os.IsNotExist(err) {
+			t.Errorf("%s changed: pins file %v", name, err)
+		}
+		died(t, journal, lib, "vad", "vad", "fp-vad", engine.VariantID{App: "vad", Variant: "silero-legacy"}, "cuda")
+		open("cuda", lib, apps)
+	}
+	// An unreadable pins file lifts every pin, with a warning, and is replaced.
+	if err := os.WriteFile(pinsPath(journal), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := open("cuda", lib, apps).pinned("vad"); ok {
+		t.Error("pinned from an unreadable file")
+	}
+}
+
+// TestLoadGuardPinsAtStart: a gateway started after a run that died creating
+// a session on the GPU provider pins the application (and says so in the log
+// and sneakgate_app_pinned_to_cpu). On this machine the engine falls back to
+// the CPU, so the pin changes no session; on a GPU TestOnCPU's engine check
+// holds.
+func TestLoadGuardPinsAtStart(t *testing.T) {
+	cfg := testConfig(t, "tcp://127.0.0.1:1", t.TempDir())
+	cfg.Engine.Provider = "cuda"
+	cfg.Engine.ProviderOptions = map[string]string{"device_id": "0"}
+	var fp string
+	for _, ac := range cfg.Apps {
+		m, err := manifest.Load(ac.Manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Name == "fashion" {
+			if fp, err = fingerprint(m, ac); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	died(t, cfg.Store.Path, cfg.engineLibrary(), "fashion", "fashion", fp, engine.VariantID{App: "fashion", Variant: "resnet-m"}, "cuda")
+
+	var logs lockedBuffer
+	g, err := New(context.Background(), Options{Config: cfg, Logger: zerolog.New(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.closeAll()
+	if v := metricValue(t, g.reg, "sneakgate_app_pinned_to_cpu", "app", "fashion"); v != 1 {
+		t.Errorf("sneakgate_app_pinned_to_cpu{app=fashion} = %v, want 1", v)
+	}
+	if l := logs.String(); !strings.Contains(l, "the last run died creating or first running fashion/resnet-m's session on cuda") {
+		t.Errorf("no error line about the death:\n%s", l)
+	}
+	if _, err := os.Stat(pinsPath(cfg.Store.Path)); err != nil {
+		t.Errorf("pins file: %v", err)
+	}
+}
