@@ -114,8 +114,9 @@ type registerOptions struct{ cpu bool }
 // an H200, the CUDA provider of the ONNX Runtime scripts/install-ort-gpu.sh
 // installs kills the process creating a session for the vad models,
 // docs/deployment.md, "GPU"). The CPU sessions take the engine's thread and
-// session settings; their profiles and output keys name the CPU provider.
-// On an engine that runs on the CPU already it changes nothing.
+// session settings, but not Options.PadBatches (on the CPU padding only costs);
+// their profiles and output keys name the CPU provider. On an engine that runs
+// on the CPU already it changes nothing.
 func OnCPU() RegisterOption { return func(o *registerOptions) { o.cpu = true } }
 
 // RegisterAs is Register under key instead of the application's name: the
@@ -353,7 +354,7 @@ func (e *Engine) create(v *variant) (_ *session, _ time.Duration, err error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	if e.opts.PadBatches {
+	if e.padded(v) {
 		s.padTo = e.opts.BatchSizes
 	}
 	return s, d, nil

@@ -84,3 +84,38 @@ func TestPaddedLatencyAt(t *testing.T) {
 		t.Errorf("plain LatencyAt(2) = %d, want 20", got)
 	}
 }
+
+// TestPadBatchesNotOnCPU: padding is for the shapes a GPU provider sees; an
+// application registered OnCPU beside a GPU engine runs its batches at their
+// own size (on the CPU a padded pass only costs more: vad/silero-legacy takes
+// 0.42 ms at 1 and 3.66 ms at 32, docs/benchmarks.md) and its profile is
+// interpolated, while the engine's other applications are padded. Without a
+// GPU the engine's provider is set by hand, as in TestOnCPU.
+func TestPadBatchesNotOnCPU(t *testing.T) {
+	e := newEngine(t, Options{IntraOpThreads: 1, BatchSizes: []int{1, 4}, PadBatches: true, ProfileRuns: 1})
+	e.prov = providerConfig{Name: ProviderCUDA, Options: map[string]string{"device_id": "0"}}
+	if err := e.Register(linApp(t), OnCPU()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Register(imgApp(t)); err != nil {
+		t.Fatal(err)
+	}
+	for id, padded := range map[VariantID]bool{{App: "lin", Variant: "logits"}: false, {App: "img", Variant: "mlp"}: true} {
+		if err := e.Profile(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := e.ProfileOf(id); p.Padded != padded {
+			t.Errorf("%s: profile Padded %v, want %v", id, p.Padded, padded)
+		}
+		if _, err := e.Load(id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Run(id, randomInputs(2, inputSizeOf(id), 0, 1, 1)); err != nil {
+			t.Fatal(err)
+		}
+		s := e.variants[id].sess
+		if got := s.batches[3] != nil; got != padded {
+			t.Errorf("%s: a batch of 2 ran at 4: %v, want %v", id, got, padded)
+		}
+	}
+}

@@ -284,7 +284,7 @@ func median(d []time.Duration) time.Duration {
 }
 
 func (e *Engine) setProfile(v *variant, p Profile) {
-	p.Padded = e.opts.PadBatches // a cached profile is measured alike either way
+	p.Padded = e.padded(v) // a cached profile is measured alike either way
 	e.mu.Lock()
 	v.prof = &p
 	e.mu.Unlock()

@@ -50,6 +50,10 @@ func (e *Engine) guard(v *variant) func() {
 	return func() {}
 }
 
+// padded reports whether v's batches are padded (Options.PadBatches): not
+// those of an application registered OnCPU beside a GPU provider.
+func (e *Engine) padded(v *variant) bool { return e.opts.PadBatches && !v.onCPU }
+
 func (e *Engine) providerOf(v *variant) providerConfig {
 	if v.onCPU {
 		return providerConfig{Name: ProviderCPU}

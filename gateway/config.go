@@ -178,7 +178,8 @@ type EngineConfig struct {
 	// zeroed (engine.Options.PadBatches), and the scheduler plans with that
 	// size's latency. For CUDA: a session whose input shape changes pays
 	// cuDNN's set-up again (docs/deployment.md, "GPU"); with one batch size
-	// and this, it never changes.
+	// and this, it never changes. Not for apps[].provider: cpu beside a GPU
+	// engine (engine.OnCPU).
 	PadBatches  bool `yaml:"pad_batches"`
 	WarmupRuns  int  `yaml:"warmup_runs"`
 	ProfileRuns int  `yaml:"profile_runs"`
