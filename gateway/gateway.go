@@ -225,10 +225,7 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 	for n, a := range g.appSet() {
 		fps[n] = a.fingerprint
 	}
-	g.lguard, err = openLoadGuard(cfg.Store.Path, cfg.Engine.Provider, cfg.engineLibrary(), fps, g.now(), g.log.With().Str("component", "engine").Logger())
-	if err != nil {
-		return nil, err
-	}
+	g.lguard = openLoadGuard(cfg.Store.Path, cfg.Engine.Provider, cfg.engineLibrary(), fps, g.now(), g.log.With().Str("component", "engine").Logger())
 	registerPinMetric(g.reg, g.lguard)
 	if err := g.startEngine(ctx); err != nil {
 		return nil, err

@@ -3,7 +3,6 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io/fs"
 	"net/url"
 	"os"
@@ -81,8 +80,12 @@ type trackedApp struct{ name, fingerprint string }
 // pins (and logs) the applications a marker names, lifts the pins of
 // applications whose fingerprint (apps: name to fingerprint), provider or
 // library changed, writes the pins back when they changed, and returns the
-// guard for this run. provider is engine.provider.
-func openLoadGuard(journal, provider, library string, apps map[string]string, now time.Time, log zerolog.Logger) (*loadGuard, error) {
+// guard for this run. provider is engine.provider. Like the crash guard it
+// never fails the start: a file it cannot read is logged and taken as empty;
+// when the pins cannot be written they hold for this run and the markers are
+// kept, so that the next start pins again; without the markers' directory the
+// run has no load guard (logged, and again at each marker it cannot write).
+func openLoadGuard(journal, provider, library string, apps map[string]string, now time.Time, log zerolog.Logger) *loadGuard {
 	g := &loadGuard{dir: loadingDir(journal), library: library, log: log, pins: map[string]cpuPin{}, tracked: map[string]trackedApp{}}
 	path := pinsPath(journal)
 	changed := false
@@ -90,16 +93,20 @@ func openLoadGuard(journal, provider, library string, apps map[string]string, no
 		if err := json.Unmarshal(b, &g.pins); err != nil {
 			log.Warn().Err(err).Str("path", path).Msg("load guard: unreadable pins file: every application is tried on its provider again")
 			g.pins, changed = map[string]cpuPin{}, true
+		} else if g.pins == nil { // "null"
+			g.pins = map[string]cpuPin{}
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("gateway: load guard: %w", err)
+		log.Error().Err(err).Str("path", path).Msg("load guard: the pins file cannot be read: every application is tried on its provider again")
 	}
 	entries, err := os.ReadDir(g.dir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("gateway: load guard: %w", err)
+		log.Error().Err(err).Str("path", g.dir).Msg("load guard: the markers cannot be read: a death of the last run creating a GPU session is not known")
 	}
+	var markers []string
 	for _, e := range entries {
 		p := filepath.Join(g.dir, e.Name())
+		markers = append(markers, p)
 		var m loadMarker
 		b, err := os.ReadFile(p)
 		if err == nil {
@@ -114,9 +121,6 @@ func openLoadGuard(journal, provider, library string, apps map[string]string, no
 		} else if err != nil {
 			log.Warn().Err(err).Str("path", p).Msg("load guard: unreadable marker, ignored")
 		}
-		if err := os.Remove(p); err != nil {
-			return nil, fmt.Errorf("gateway: load guard: %w", err)
-		}
 	}
 	for app, pin := range g.pins {
 		fp, ok := apps[app]
@@ -130,13 +134,20 @@ func openLoadGuard(journal, provider, library string, apps map[string]string, no
 	}
 	if changed {
 		if err := g.writePins(path); err != nil {
-			return nil, fmt.Errorf("gateway: load guard: %w", err)
+			log.Error().Err(err).Str("path", path).Strs("pinned", g.pinnedApps()).
+				Msg("load guard: the pins cannot be written: they hold for this run only, and the markers are kept for the next start")
+			markers = nil
+		}
+	}
+	for _, p := range markers {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn().Err(err).Str("path", p).Msg("load guard: cannot remove a marker; the next start reads it again")
 		}
 	}
 	if err := os.MkdirAll(g.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("gateway: load guard: %w", err)
+		log.Error().Err(err).Msg("load guard: cannot create the markers' directory: a model that crashes the GPU provider will crash every start")
 	}
-	return g, nil
+	return g
 }
 
 func (g *loadGuard) writePins(path string) error {

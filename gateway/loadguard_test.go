@@ -18,10 +18,7 @@ import (
 // leaves: the marker, never released.
 func died(t *testing.T, journal, library string, key, name, fingerprint string, id engine.VariantID, provider string) {
 	t.Helper()
-	g, err := openLoadGuard(journal, provider, library, map[string]string{name: fingerprint}, time.Now(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := openLoadGuard(journal, provider, library, map[string]string{name: fingerprint}, time.Now(), zerolog.Nop())
 	g.track(key, name, fingerprint)
 	if g.hook(id, provider) == nil {
 		t.Fatal("no marker for a session on " + provider)
@@ -35,11 +32,7 @@ func TestLoadGuard(t *testing.T) {
 	apps := map[string]string{"vad": "fp-vad", "fashion": "fp-fashion"}
 	open := func(provider, library string, apps map[string]string) *loadGuard {
 		t.Helper()
-		g, err := openLoadGuard(journal, provider, library, apps, now, zerolog.Nop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g
+		return openLoadGuard(journal, provider, library, apps, now, zerolog.Nop())
 	}
 
 	// A clean run: markers come and go, nothing is pinned; none for the CPU.
@@ -142,5 +135,65 @@ func TestLoadGuardPinsAtStart(t *testing.T) {
 	}
 	if _, err := os.Stat(pinsPath(cfg.Store.Path)); err != nil {
 		t.Errorf("pins file: %v", err)
+	}
+}
+
+// TestLoadGuardNeverFailsStart: like the crash guard, the load guard never
+// stops the gateway from starting. Files it cannot read are logged and taken
+// as empty; when the pins cannot be written the pins found hold for this run
+// and the markers stay for the next start, which pins again.
+func TestLoadGuardNeverFailsStart(t *testing.T) {
+	const lib = "/lib/ort-gpu.so"
+	apps := map[string]string{"vad": "fp-vad"}
+	id := engine.VariantID{App: "vad", Variant: "silero-legacy"}
+	markers := func(journal string) int {
+		m, _ := filepath.Glob(filepath.Join(loadingDir(journal), "*"))
+		return len(m)
+	}
+
+	// The pins file cannot be read or written (a directory in its place).
+	journal := filepath.Join(t.TempDir(), "sneakgate.db")
+	died(t, journal, lib, "vad", "vad", "fp-vad", id, "cuda")
+	if err := os.MkdirAll(filepath.Join(pinsPath(journal), "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	g := openLoadGuard(journal, "cuda", lib, apps, time.Now(), zerolog.Nop())
+	if _, ok := g.pinned("vad"); !ok {
+		t.Error("the marker does not pin vad for this run")
+	}
+	if markers(journal) != 1 {
+		t.Error("the marker was removed although the pin could not be written")
+	}
+	// Writable again: the next start pins from the marker kept.
+	if err := os.RemoveAll(pinsPath(journal)); err != nil {
+		t.Fatal(err)
+	}
+	g = openLoadGuard(journal, "cuda", lib, apps, time.Now(), zerolog.Nop())
+	if _, ok := g.pinned("vad"); !ok {
+		t.Error("the kept marker does not pin vad at the next start")
+	}
+	if _, err := os.Stat(pinsPath(journal)); err != nil || markers(journal) != 0 {
+		t.Errorf("pins file %v, %d markers left", err, markers(journal))
+	}
+
+	// A pins file holding JSON null.
+	journal = filepath.Join(t.TempDir(), "sneakgate.db")
+	died(t, journal, lib, "vad", "vad", "fp-vad", id, "cuda")
+	if err := os.WriteFile(pinsPath(journal), []byte("null\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g = openLoadGuard(journal, "cuda", lib, apps, time.Now(), zerolog.Nop())
+	if _, ok := g.pinned("vad"); !ok {
+		t.Error("a null pins file: vad not pinned")
+	}
+
+	// The markers' directory is a file.
+	journal = filepath.Join(t.TempDir(), "sneakgate.db")
+	if err := os.WriteFile(loadingDir(journal), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g = openLoadGuard(journal, "cuda", lib, apps, time.Now(), zerolog.Nop())
+	if g.hook(id, "cuda") != nil {
+		t.Error("a marker written where none can be")
 	}
 }
