@@ -170,6 +170,11 @@ func runTablePart(t *testing.T, a *manifest.App, part, prov string) (tablePart, 
 	if runErr != nil {
 		return tp, fmt.Errorf("%s on %s: the measuring process failed (%v)%s", a.Name, prov, runErr, childDeath(log.String()))
 	}
+	if len(tp.Rows) < len(a.Variants) {
+		// Exit 0 without the rows: it skipped (no library, no SNEAKGATE_GPU_TABLE
+		// in its environment) or ran no test.
+		return tp, fmt.Errorf("%s on %s: the measuring process ended measuring %d of %d variants%s", a.Name, prov, len(tp.Rows), len(a.Variants), childDeath(log.String()))
+	}
 	t.Logf("%s on %s: %d variants measured in %s", a.Name, prov, len(tp.Rows), time.Since(t0).Round(time.Millisecond))
 	return tp, nil
 }
@@ -388,5 +393,17 @@ github.com/yalue/onnxruntime_go._Cfunc_CreateSessionFromFile(0x7fbc60596150, 0x1
 	}
 	if got := childDeath("    gpucheck_test.go:241: the engine runs cpu, want cuda: no GPU\n--- FAIL: TestGPULatencyTable\n"); got != ": the engine runs cpu, want cuda: no GPU" {
 		t.Errorf("a plain failure: %q", got)
+	}
+}
+
+// TestTablePartIncomplete: a measuring process that exits 0 without measuring
+// every variant (here it skips: SNEAKGATE_GPU_TABLE is empty in its
+// environment) is a failure of the table, not rows of "-" under "ok".
+func TestTablePartIncomplete(t *testing.T) {
+	t.Setenv("SNEAKGATE_GPU_TABLE", "")
+	a := &manifest.App{Name: "lin", Dir: t.TempDir(), Variants: []manifest.Variant{{Name: "logits"}}}
+	tp, err := runTablePart(t, a, "cpu", ProviderCPU)
+	if err == nil || !strings.Contains(err.Error(), "0 of 1") {
+		t.Errorf("a child that measured nothing: %+v, %v", tp, err)
 	}
 }

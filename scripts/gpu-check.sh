@@ -61,6 +61,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ "$device" =~ ^[0-9]+$ ]] || die 64 "--device $device: want a GPU number"
+# The table's file, absolute: the tests run in engine/, this script from $root.
+out="${GPU_CHECK_OUT:-$root/.cache/gpu-check.txt}"
+[[ "$out" == /* ]] || out="$PWD/$out"
 if [[ -n "$engine_test" ]]; then
   [[ -f "$engine_test" && -x "$engine_test" ]] || die 64 "--engine-test $engine_test: not an executable file (build it with \`go test -c -o engine.test ./engine\`)"
   engine_test="$(cd "$(dirname "$engine_test")" && pwd)/$(basename "$engine_test")"
@@ -81,12 +84,12 @@ engine_tests() {
   if [[ -n "$engine_test" ]]; then
     local v=()
     [[ $verbose -eq 0 ]] || v=(-test.v)
-    (cd "$root/engine" && "$engine_test" -test.count="$count" -test.timeout="$timeout" "${v[@]}" -test.run "$run")
+    (cd "$root/engine" && "$engine_test" -test.count="$count" -test.timeout="$timeout" ${v[@]+"${v[@]}"} -test.run "$run")
   else
     command -v go >/dev/null || die 3 "go is not installed: install Go, or build the tests elsewhere with \`go test -c -o engine.test ./engine\` and pass --engine-test engine.test"
     local v=()
     [[ $verbose -eq 0 ]] || v=(-v)
-    (cd "$root" && go test -count="$count" -timeout "$timeout" "${v[@]}" -run "$run" ./engine)
+    (cd "$root" && go test -count="$count" -timeout "$timeout" ${v[@]+"${v[@]}"} -run "$run" ./engine)
   fi
 }
 
@@ -146,7 +149,6 @@ else
 fi
 
 # 4. The table.
-out="${GPU_CHECK_OUT:-$root/.cache/gpu-check.txt}"
 mkdir -p "$(dirname "$out")"
 provider=cuda
 [[ $cpu_only -eq 0 ]] || provider=cpu

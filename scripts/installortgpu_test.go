@@ -152,3 +152,37 @@ func TestGPUCheckWithoutGPU(t *testing.T) {
 		t.Errorf("without CUDA 13: exit %d, %q; want exit 3 naming libcudart.so.13", code, out)
 	}
 }
+
+// TestGPUCheckOutRelative: GPU_CHECK_OUT relative to where the script is run
+// from names the table's file there, although the tests run in engine/. A stub
+// engine test binary (--engine-test) writes the table; --cpu-only with stub
+// library files skips the GPU and CUDA checks.
+func TestGPUCheckOutRelative(t *testing.T) {
+	lib := t.TempDir()
+	for _, f := range []string{"libonnxruntime.so.1.29.0", "libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"} {
+		if err := os.WriteFile(filepath.Join(lib, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "engine.test")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n[ -z \"$SNEAKGATE_GPU_TABLE\" ] || echo 'the table' >\"$SNEAKGATE_GPU_TABLE\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs("gpu-check.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "gpu-check-relative-" + filepath.Base(t.TempDir()) + ".txt"
+	t.Cleanup(func() { os.Remove(filepath.Join("..", "engine", name)) }) // where it went before
+	cwd := t.TempDir()
+	cmd := exec.Command("bash", script, "--cpu-only", "--engine-test", bin)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), "ORT_GPU_DIR="+lib, "GPU_CHECK_OUT="+name)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(cwd, name)); err != nil || string(b) != "the table\n" {
+		t.Errorf("the table in the directory run from: %q, %v\n%s", b, err, out)
+	}
+}
