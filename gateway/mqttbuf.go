@@ -122,15 +122,18 @@ func (w *batchWriter) send() {
 	for range w.kick {
 		w.mu.Lock()
 		for len(w.queued) > 0 && w.err == nil {
+			// The spare becomes the queue: it is no longer spare (were it kept,
+			// the next batch would be written from the buffer new writes are
+			// appended to, overwriting bytes while they are sent).
 			b := w.queued
-			w.queued = w.spare[:0]
+			w.queued, w.spare = w.spare[:0], nil
 			w.mu.Unlock()
 			if w.timeout > 0 {
 				_ = w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
 			}
 			_, err := w.conn.Write(b)
 			w.mu.Lock()
-			if cap(b) <= maxQueued {
+			if cap(b) <= maxQueued { // a larger one is left to the collector
 				w.spare = b[:0]
 			}
 			if err != nil {

@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -124,4 +126,76 @@ func TestBatchWriter(t *testing.T) {
 		t.Error("Write after a failed write succeeded")
 	}
 	w.close(time.Second)
+}
+
+// gateConn is a net.Conn whose Write waits until the test lets it finish, and
+// records the bytes it was given as they are when it finishes (a buffer
+// changed during the write is sent changed).
+type gateConn struct {
+	net.Conn
+	entered chan int      // the length of each write, as it begins
+	release chan struct{} // one per write
+	mu      sync.Mutex
+	sent    []byte
+}
+
+func (c *gateConn) Write(p []byte) (int, error) {
+	c.entered <- len(p)
+	<-c.release
+	c.mu.Lock()
+	c.sent = append(c.sent, p...)
+	c.mu.Unlock()
+	return len(p), nil
+}
+
+func (c *gateConn) SetWriteDeadline(time.Time) error { return nil }
+
+// A batch whose buffer grew past maxQueued is not reused, and neither is the
+// buffer reused while it is written: new writes go to another buffer. The
+// writer used to keep its previous spare buffer after such a batch, which was
+// by then the buffer queuing new writes; the next batch was then written from
+// the same buffer new writes were appended to, from its start: the bytes on
+// the wire were overwritten while being sent (under a broker that read slowly,
+// Mosquitto disconnected the gateway for a protocol error, and PUBACKs could
+// be lost or sent for the wrong packet ids).
+func TestBatchWriterDoesNotReuseABufferBeingWritten(t *testing.T) {
+	c := &gateConn{entered: make(chan int), release: make(chan struct{})}
+	w := newBatchWriter(c, 0)
+	var want []byte
+	write := func(p []byte) {
+		t.Helper()
+		want = append(want, p...)
+		if _, err := w.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill := func(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
+
+	write(fill(64, 'a')) // batch 1, small: its buffer becomes the spare
+	<-c.entered
+	// While batch 1 is written, batch 2 grows by append past maxQueued in
+	// capacity (600 KiB, then 400 KiB: within maxQueued in length).
+	write(fill(600<<10, 'b'))
+	write(fill(400<<10, 'c'))
+	c.release <- struct{}{}
+	<-c.entered          // batch 2
+	write(fill(32, 'd')) // queued in the spare (batch 1's buffer)
+	c.release <- struct{}{}
+	<-c.entered          // batch 3: the 32 bytes of 'd'
+	write(fill(32, 'e')) // must not land in the buffer batch 3 is written from
+	c.release <- struct{}{}
+	<-c.entered // batch 4
+	c.release <- struct{}{}
+	w.close(time.Second)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !bytes.Equal(c.sent, want) {
+		i := 0
+		for i < len(c.sent) && i < len(want) && c.sent[i] == want[i] {
+			i++
+		}
+		t.Fatalf("sent %d bytes, want %d in order; first difference at byte %d: sent %q, want %q",
+			len(c.sent), len(want), i, c.sent[i:min(i+8, len(c.sent))], want[i:min(i+8, len(want))])
+	}
 }
