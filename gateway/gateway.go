@@ -521,7 +521,8 @@ func (g *Gateway) newClient() error {
 
 // connect starts connecting to the broker (retried in the background, every
 // failed attempt logged) and waits, at most firstConnectWait and no longer than
-// ctx, for the first subscription's outcome.
+// ctx, for the first subscription's outcome or the first request message
+// (brokerLink.awaitFirst).
 func (g *Gateway) connect(ctx context.Context) {
 	t := g.client.Connect() // with ConnectRetry, it ends only connected or disconnected
 	go func() { <-t.Done(); close(g.link.resumed) }()

@@ -84,6 +84,11 @@ type brokerLink struct {
 	// firstOutcome is closed once the first subscription attempt has an outcome.
 	firstOutcome chan struct{}
 	firstOnce    sync.Once
+	// delivering is closed when the first request message arrives: the
+	// session's subscription is in effect (resumed from an earlier run) before
+	// the first SUBACK, which may be behind a backlog (awaitFirst).
+	delivering     chan struct{}
+	deliveringOnce sync.Once
 
 	// lastRequest is when the last request message arrived (Unix ns; 0: none yet).
 	lastRequest atomic.Int64
@@ -112,7 +117,7 @@ type brokerLink struct {
 }
 
 func newBrokerLink(now func() time.Time) *brokerLink {
-	return &brokerLink{now: now, resumed: make(chan struct{}), firstOutcome: make(chan struct{}),
+	return &brokerLink{now: now, resumed: make(chan struct{}), firstOutcome: make(chan struct{}), delivering: make(chan struct{}),
 		connectFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_mqtt_connect_failures_total", Help: "Failed attempts to connect to the broker (at start and reconnecting)."}),
 		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
@@ -326,13 +331,24 @@ func (l *brokerLink) stop() {
 // outcome marks the first subscription attempt's outcome.
 func (l *brokerLink) outcome() { l.firstOnce.Do(func() { close(l.firstOutcome) }) }
 
-// awaitFirst waits for the first subscription attempt's outcome, ctx, or wait.
-// It reports whether the outcome came.
+// delivered marks the arrival of a request message.
+func (l *brokerLink) delivered() { l.deliveringOnce.Do(func() { close(l.delivering) }) }
+
+// awaitFirst waits for the first subscription attempt's outcome, the first
+// request message, ctx, or wait. It reports whether the outcome or a message
+// came. A persistent session that resumes with requests waiting for the
+// gateway gets them before the SUBACK of the subscription the gateway sends
+// after connecting; with more of them than the request handlers' queue
+// holds, the MQTT client stops reading (flow control, ingress.go) until Run
+// starts the handlers, and the SUBACK could not arrive before wait: the
+// gateway lost wait at every such start, while the backlog grew.
 func (l *brokerLink) awaitFirst(ctx context.Context, wait time.Duration) bool {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-l.firstOutcome:
+		return true
+	case <-l.delivering:
 		return true
 	case <-ctx.Done():
 	case <-t.C:
@@ -388,6 +404,7 @@ func subscribeOnce(c mqtt.Client, filter string, h mqtt.MessageHandler, wait tim
 // sneakgate_last_request_received_timestamp_seconds and hands the message on.
 func (g *Gateway) onRequest(c mqtt.Client, msg mqtt.Message) {
 	g.link.lastRequest.Store(g.now().UnixNano())
+	g.link.delivered()
 	g.onMessage(c, msg)
 }
 

@@ -344,3 +344,50 @@ func TestReadinessSaysWhy(t *testing.T) {
 		})
 	}
 }
+
+// TestStartWithBacklogDoesNotWaitForSUBACK: a gateway that restarts with
+// requests waiting in its persistent session gets them before the SUBACK of
+// the subscription it sends after connecting. With more of them than the
+// request handlers' queue holds, the MQTT client stops reading until Run
+// starts the handlers (flow control), so the SUBACK cannot arrive while New
+// waits for it: New used to wait its whole firstConnectWait (10 s) at every
+// such start, log "not connected and subscribed yet" and count a failed
+// subscription, while the backlog grew (TestKill9Soak at 2,000-3,000
+// requests/s: restarts 11-14 s long, one after another). The first request
+// message shows the subscription in effect: New returns then, and once Run
+// has started the handlers the SUBACK follows.
+func TestStartWithBacklogDoesNotWaitForSUBACK(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Options{Shipped: true})
+	cfg := testConfig(t, b.URL(), t.TempDir())
+	cfg.Metrics.Listen = freeAddr(t)
+	cfg.Admission.Workers, cfg.Admission.IngressQueue = 1, 1
+
+	// The gateway's session from an earlier run: subscribed, then gone.
+	prev := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID(cfg.MQTT.ClientID).SetCleanSession(false))
+	if tok := prev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	if tok := prev.Subscribe(cfg.MQTT.RequestFilter(), 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	prev.Disconnect(100)
+	dev := newDevice(t, b.URL(), "cam-backlog")
+	const backlog = 50 // far more than the handlers' queue of 1
+	var ids []string
+	for i := range backlog {
+		id := fmt.Sprintf("b%d", i)
+		ids = append(ids, id)
+		dev.request("fashion", "cam-backlog", id, make([]float32, 784), 60000)
+	}
+
+	tap := newLogTap(t)
+	gw := runGateway(t, cfg, Options{Logger: zerolog.New(tap).Level(zerolog.InfoLevel)})
+	if log := tap.String(); strings.Contains(log, "not connected and subscribed yet") || strings.Contains(log, "no SUBACK") {
+		t.Errorf("New waited for a SUBACK behind the backlog:\n%s", log)
+	}
+	dev.await(ids, 60*time.Second)
+	tap.wait("connected and subscribed", 30*time.Second)
+	if v := metricValue(t, gw.g.reg, "sneakgate_mqtt_subscribe_failures_total", "reason", "error"); v != 0 {
+		t.Errorf("subscribe_failures_total{error} = %v", v)
+	}
+}
