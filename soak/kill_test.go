@@ -48,6 +48,7 @@ func TestKill9Soak(t *testing.T) {
 	mon.close()
 	tl := analyse(f)
 	loss := explainLost(t, f, b, gw)
+	recheck := recheckLost(t, f, b, gw, "fashion")
 	t.Logf("load ran %s; all replies in %s after the load stopped", loadTime.Round(time.Millisecond), waited.Round(time.Millisecond))
 	tl.log(t)
 	t.Logf("REPEATS: %d of %d repeated ids were byte-identical, %d answered anew after a reply that was not journaled (strict check %v)",
@@ -56,7 +57,7 @@ func TestKill9Soak(t *testing.T) {
 	writeSummary(t, map[string]any{
 		"test": t.Name(), "kills": kills, "rate": rate, "duration_s": dur.Seconds(), "deadline_ms": deadline.Milliseconds(),
 		"devices": ndev, "seed": seed, "events": events, "tally": tl, "wait_after_load_s": waited.Seconds(),
-		"strict_repeats": strict, "loss": loss, "seconds": mon.seconds(),
+		"strict_repeats": strict, "loss": loss, "recheck": recheck, "seconds": mon.seconds(),
 	})
 
 	if tl.Lost > 0 {
