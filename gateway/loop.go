@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -908,58 +909,44 @@ func (l *loop) execute(b *scheduler.Batch) (d batchDone) {
 // pass; passes and passOf say what each pass was (finish accounts them one by
 // one: the latency correction, the metrics, each reply's batch and times).
 func (l *loop) runGuarded(id scheduler.VariantID, reqs []*scheduler.Request, inputs [][]float32) (_ [][]float64, _ time.Duration, passes []passTime, passOf []int, _ error) {
-	split := false
-	if len(reqs) > 1 {
-		for _, r := range reqs {
-			if r.Ref.(*job).suspect {
-				split = true
-				break
-			}
-		}
-	}
-	if !split {
+	if len(reqs) == 1 || !slices.ContainsFunc(reqs, func(r *scheduler.Request) bool { return r.Ref.(*job).suspect }) {
 		probs, cpu, err := l.guardedPass(id, reqs, inputs)
 		return probs, cpu, nil, nil, err
+	}
+	// The passes: each suspect alone, in order, then the rest together.
+	var groups [][]int
+	var rest []int
+	for i, r := range reqs {
+		if r.Ref.(*job).suspect {
+			groups = append(groups, []int{i})
+		} else {
+			rest = append(rest, i)
+		}
+	}
+	if len(rest) > 0 {
+		groups = append(groups, rest)
 	}
 	probs := make([][]float64, len(inputs))
 	passOf = make([]int, len(inputs))
 	var cpu time.Duration
-	var rest []*scheduler.Request
-	var restIn [][]float32
-	var restAt []int
-	for i, r := range reqs {
-		if !r.Ref.(*job).suspect {
-			rest, restIn, restAt = append(rest, r), append(restIn, inputs[i]), append(restAt, i)
-			continue
+	for _, g := range groups {
+		sub, in := make([]*scheduler.Request, len(g)), make([][]float32, len(g))
+		for k, i := range g {
+			sub[k], in[k] = reqs[i], inputs[i]
 		}
 		start := l.now()
-		p, c, err := l.guardedPass(id, reqs[i:i+1], inputs[i:i+1])
+		p, c, err := l.guardedPass(id, sub, in)
 		cpu += c
-		if err == nil && len(p) != 1 {
-			err = fmt.Errorf("engine returned %d results for 1 input", len(p))
+		if err == nil && len(p) != len(g) {
+			err = fmt.Errorf("engine returned %d results for %d inputs", len(p), len(g))
 		}
 		if err != nil {
 			return nil, cpu, nil, nil, err
 		}
-		probs[i] = p[0]
-		passOf[i] = len(passes)
-		passes = append(passes, passTime{n: 1, start: start, took: l.now().Sub(start)})
-	}
-	if len(rest) > 0 {
-		start := l.now()
-		p, c, err := l.guardedPass(id, rest, restIn)
-		cpu += c
-		if err == nil && len(p) != len(rest) {
-			err = fmt.Errorf("engine returned %d results for %d inputs", len(p), len(rest))
+		for k, i := range g {
+			probs[i], passOf[i] = p[k], len(passes)
 		}
-		if err != nil {
-			return nil, cpu, nil, nil, err
-		}
-		for k, i := range restAt {
-			probs[i] = p[k]
-			passOf[i] = len(passes)
-		}
-		passes = append(passes, passTime{n: len(rest), start: start, took: l.now().Sub(start)})
+		passes = append(passes, passTime{n: len(g), start: start, took: l.now().Sub(start)})
 	}
 	return probs, cpu, passes, passOf, nil
 }
