@@ -465,8 +465,8 @@ func (s *Store) view(fn func(*bolt.Tx) error) (err error) {
 	return s.db.View(fn)
 }
 
-// countCorrupt logs and counts a corrupt record that has just been dropped (GC):
-// it cannot be met again.
+// countCorrupt logs and counts a corrupt record: one GC has just dropped (it
+// cannot be met again), or one skipCorrupt reports for the first time.
 func (s *Store) countCorrupt(err error, bucket string, key []byte) {
 	s.statsMu.Lock()
 	s.stats.Corrupt++
@@ -500,14 +500,12 @@ func (s *Store) skipCorrupt(err error, bucket string, key []byte) {
 			s.corruptSeen = make(map[uint64]struct{})
 		}
 		s.corruptSeen[id] = struct{}{}
-		s.stats.Corrupt++
 	} else if !seen && !s.corruptFull {
 		s.corruptFull, full = true, true
 	}
 	s.statsMu.Unlock()
 	if report {
-		s.log.Error().Err(err).Str("bucket", bucket).Hex("key", key).
-			Msg("skipping corrupt journal record")
+		s.countCorrupt(err, bucket, key)
 	}
 	if full {
 		s.log.Error().Int("reported", corruptReportLimit).Str("bucket", bucket).Hex("key", key).
