@@ -335,7 +335,7 @@ func readData(r io.Reader, n uint64, sized bool) ([]byte, error) {
 		if len(b) == cap(b) {
 			b = slices.Grow(b, int(min(n-uint64(len(b)), uint64(len(b)))))
 		}
-		k, err := io.ReadFull(r, b[len(b):len(b)+int(min(n-uint64(len(b)), uint64(cap(b)-len(b))))])
+		k, err := io.ReadFull(r, b[len(b):min(cap(b), int(n))]) // n <= 1<<40 (decodeNPY)
 		b = b[:len(b)+k]
 		if err != nil {
 			return nil, err

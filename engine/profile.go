@@ -42,10 +42,10 @@ func (p Profile) LatencyAt(b int) time.Duration {
 		return p.Latency[0]
 	}
 	for i := 1; i < n; i++ {
-		if b <= p.Batch[i] && p.Padded {
-			return p.Latency[i]
-		}
 		if b <= p.Batch[i] {
+			if p.Padded {
+				return p.Latency[i]
+			}
 			b0, b1 := p.Batch[i-1], p.Batch[i]
 			l0, l1 := p.Latency[i-1], p.Latency[i]
 			return l0 + time.Duration(float64(l1-l0)*float64(b-b0)/float64(b1-b0))
