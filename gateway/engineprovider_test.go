@@ -1,13 +1,11 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,26 +14,9 @@ import (
 
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/protocol"
 )
-
-// lockedBuffer is a log sink the gateway's goroutines and the test share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestProviderFallbackServes: engine.provider: cuda with the CPU-only library
 // (what `make test` uses; the CUDA library on a machine without a GPU fails the
@@ -46,7 +27,7 @@ func TestProviderFallbackServes(t *testing.T) {
 	cfg := testConfig(t, b.URL(), t.TempDir())
 	cfg.Engine.Provider = "cuda"
 	cfg.Engine.ProviderOptions = map[string]string{"device_id": "0"}
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	gw := runGateway(t, cfg, Options{Logger: zerolog.New(&logs).Level(zerolog.WarnLevel)})
 	reg := gw.g.reg
 	if v := metricValue(t, reg, "sneakgate_engine_provider_info", "requested", "cuda", "active", "cpu"); v != 1 {

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/engine"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/manifest"
 )
 
@@ -121,7 +122,7 @@ func TestLoadGuardPinsAtStart(t *testing.T) {
 	}
 	died(t, cfg.Store.Path, cfg.engineLibrary(), "fashion", "fashion", fp, engine.VariantID{App: "fashion", Variant: "resnet-m"}, "cuda")
 
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	g, err := New(context.Background(), Options{Config: cfg, Logger: zerolog.New(&logs)})
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/protocol"
 )
 
@@ -45,7 +46,7 @@ func (c panicsOnce) Err() error {
 func TestReloadPanicRefused(t *testing.T) {
 	b := mqtttest.Start(t, mqtttest.Options{})
 	cfg := testConfig(t, b.URL(), t.TempDir())
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	r := runGateway(t, cfg, Options{Logger: zerolog.New(&logs).Level(zerolog.WarnLevel)})
 	old := r.g.appSet()["fashion"].key
 	next := *cfg
@@ -149,7 +150,7 @@ func TestLogPanic(t *testing.T) {
 		{ap, zerolog.InfoLevel, line{Level: "error", Entry: "apps[1] (x.yaml)", Panic: "7", Message: "m"}},
 		{fmt.Errorf("plain"), zerolog.DebugLevel, line{}},
 	} {
-		var logs lockedBuffer
+		var logs testenv.Buffer
 		g := &Gateway{log: zerolog.New(&logs).Level(c.level)}
 		g.logPanic(c.err, "m")
 		var got line

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/scheduler"
 	"github.com/sneakgate/sneakgate/store"
 	"github.com/sneakgate/sneakgate/store/storetest"
@@ -27,14 +28,14 @@ type stoppingGateway struct {
 	g    *Gateway
 	b    *heldBroker
 	j    *store.Store
-	log  *lockedBuffer
+	log  *testenv.Buffer
 	stop context.CancelFunc
 	done chan error
 }
 
 func startStoppingGateway(t *testing.T, limit time.Duration) *stoppingGateway {
 	t.Helper()
-	s := &stoppingGateway{b: newHeldBroker(), log: &lockedBuffer{}, done: make(chan error, 1)}
+	s := &stoppingGateway{b: newHeldBroker(), log: &testenv.Buffer{}, done: make(chan error, 1)}
 	cfg := DefaultConfig()
 	cfg.Admission.Workers = 1
 	cfg.MQTT.StatsInterval = 0

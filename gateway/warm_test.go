@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/internal/mqtttest"
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/protocol"
 )
 
@@ -27,7 +28,7 @@ func TestWarmAtStart(t *testing.T) {
 			t.Fatal("engine.warm_up is off by default")
 		}
 		cfg.Engine.WarmUp = warm
-		var logs lockedBuffer
+		var logs testenv.Buffer
 		gw := runGateway(t, cfg, Options{Logger: zerolog.New(&logs).Level(zerolog.InfoLevel)})
 		var line struct {
 			Loaded, Warmed int

@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -546,7 +545,7 @@ func TestInstalledGatewayServes(t *testing.T) {
 	cfgPath := filepath.Join(state, "sneakgate.yaml")
 	writeFile(t, cfgPath, string(b), 0o600)
 
-	var logs syncBuffer
+	var logs testenv.Buffer
 	serve := exec.Command(in.path("/usr/bin/sneakgate"), "serve", "-config", cfgPath)
 	serve.Stdout, serve.Stderr = &logs, &logs
 	if err := serve.Start(); err != nil {
@@ -607,22 +606,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-// syncBuffer collects a process's output for failure messages.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -3,35 +3,16 @@ package store_test
 import (
 	"bytes"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/sneakgate/sneakgate/internal/testenv"
 	"github.com/sneakgate/sneakgate/store"
 	"github.com/sneakgate/sneakgate/store/storetest"
 )
-
-// lockedBuffer collects log lines from any goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
 
 const corruptLine = "skipping corrupt journal record"
 
@@ -93,7 +74,7 @@ func corruptJournal(t *testing.T, o store.Options, clk *storetest.Clock, nBad, n
 // gateway ran, and Stats.Corrupt counted reads rather than records.
 func TestCorruptRecordReportedOncePerOpen(t *testing.T) {
 	clk := storetest.NewClock()
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	o := storetest.Options(t)
 	o.Now = clk.Now
 	o.Logger = zerolog.New(&logs)
@@ -112,7 +93,7 @@ func TestCorruptRecordReportedOncePerOpen(t *testing.T) {
 			t.Fatalf("Pending = %v, want only %v", got, key(0))
 		}
 	}
-	if n := logs.count(corruptLine); n != 2 {
+	if n := logs.Count(corruptLine); n != 2 {
 		t.Errorf("%d %q lines after 20 reads of each bucket, want 2 (one per corrupt record)", n, corruptLine)
 	}
 	if c := s.Stats().Corrupt; c != 2 {
@@ -135,7 +116,7 @@ func TestCorruptRecordReportedOncePerOpen(t *testing.T) {
 	if c := s.Stats().Corrupt; c != 1 {
 		t.Errorf("after reopening: Stats.Corrupt = %d, want 1", c)
 	}
-	if n := logs.count(corruptLine); n != 3 {
+	if n := logs.Count(corruptLine); n != 3 {
 		t.Errorf("after reopening: %d %q lines in all, want 3", n, corruptLine)
 	}
 }
@@ -145,7 +126,7 @@ func TestCorruptRecordReportedOncePerOpen(t *testing.T) {
 func TestCorruptRecordsReportedAreBounded(t *testing.T) {
 	store.SetCorruptReportLimit(t, 2)
 	clk := storetest.NewClock()
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	o := storetest.Options(t)
 	o.Now = clk.Now
 	o.Logger = zerolog.New(&logs)
@@ -163,10 +144,10 @@ func TestCorruptRecordsReportedAreBounded(t *testing.T) {
 		}
 		pendingKeys(t, s)
 	}
-	if n := logs.count(corruptLine); n != 2 {
+	if n := logs.Count(corruptLine); n != 2 {
 		t.Errorf("%d %q lines, want 2 (the limit)", n, corruptLine)
 	}
-	if n := logs.count("too many corrupt journal records"); n != 1 {
+	if n := logs.Count("too many corrupt journal records"); n != 1 {
 		t.Errorf("%d lines saying the limit is reached, want 1", n)
 	}
 	if c := s.Stats().Corrupt; c != 2 {
