@@ -645,12 +645,13 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// engineLibrary is engine.library, or $SNEAKGATE_ORT_LIB when it is empty.
+// engineLibrary is engine.library, or $SNEAKGATE_ORT_LIB when it is empty (as
+// the engine resolves it; the load guard needs it before the engine exists).
 func (c *Config) engineLibrary() string {
 	if c.Engine.Library != "" {
 		return c.Engine.Library
 	}
-	return os.Getenv("SNEAKGATE_ORT_LIB")
+	return os.Getenv(engine.LibraryEnv)
 }
 
 // SchedulerOptions maps the scheduler section to the policy options.
