@@ -375,7 +375,7 @@ func DefaultConfig() Config {
 		MQTT: MQTTConfig{
 			Broker: "tcp://127.0.0.1:1883", ClientID: "sneakgate", TopicPrefix: "sneakgate",
 			ReplyAllow: []string{"{prefix}/res/{app}/{device}"},
-			Keepalive:  30 * time.Second, PublishTimeout: 5 * time.Second, FlushRate: 200, StatsInterval: 10 * time.Second,
+			Keepalive:  30 * time.Second, PublishTimeout: 5 * time.Second, FlushRate: 2000, StatsInterval: 10 * time.Second,
 			ShutdownTimeout:      defaultShutdownTimeout,
 			DurableReplies:       true,
 			MaxInflightPublishes: defaultMaxInflightPublishes,

@@ -519,6 +519,66 @@ func TestFlushSkipsAnswersCompletedSinceTheSnapshot(t *testing.T) {
 	})
 }
 
+// The flusher hands a chunk of replies over before it waits for their PUBACKs,
+// and makes the chunk's unsent replies durable in one group commit: one reply
+// at a time, each its own commit and round trip, a busy gateway's outbox took
+// minutes to drain after an outage. With a rate cap it goes a tenth of a
+// second's worth at a time.
+func TestFlushPublishesAChunkBeforeItsAcks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 5
+		var held []*fakeToken
+		for range n {
+			held = append(held, &fakeToken{done: make(chan struct{})})
+		}
+		c := &fakeClient{tokens: append([]*fakeToken(nil), held...)}
+		j := newFakeJournal()
+		t0 := time.Now()
+		j.entry = store.Entry{Received: t0, Deadline: t0.Add(time.Hour)}
+		for i := range n {
+			k := store.Key{App: "a", Device: "d", ID: fmt.Sprint(i)}
+			if err := j.OutboxUnsent(k, []byte(`{"v":1,"id":"`+k.ID+`","app":"a","device":"d","status":"ok","class":1}`), t0.Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e := startEgress(t, c, j, time.Minute, 0, defaultEgressOptions(), newMetrics(nil))
+		done := make(chan struct{})
+		go func() { e.flush(t.Context()); close(done) }()
+		synctest.Wait() // every PUBACK is held
+		if got := len(c.sent()); got != n {
+			t.Fatalf("handed over %d replies before any PUBACK, want all %d", got, n)
+		}
+		j.locked(func() {
+			if !slices.Equal(j.outboxAlls, []int{n}) || len(j.unsent) != 0 {
+				t.Errorf("OutboxAll calls of %v items, %d still unsent; want one of %d, none unsent", j.outboxAlls, len(j.unsent), n)
+			}
+		})
+		for _, h := range held {
+			close(h.done)
+		}
+		<-done
+		j.locked(func() {
+			if len(j.completed) != n || len(j.outbox) != 0 {
+				t.Errorf("completed %d, outbox %d; want %d and 0", len(j.completed), len(j.outbox), n)
+			}
+		})
+
+		// Capped at 20 a second: two a tenth of a second.
+		c2 := &fakeClient{}
+		j2 := newFakeJournal()
+		for i := range n {
+			k := store.Key{App: "a", Device: "d", ID: fmt.Sprint(i)}
+			j2.outbox[k] = []byte(`{"v":1,"id":"` + k.ID + `","app":"a","device":"d","status":"ok"}`)
+		}
+		e2 := startEgress(t, c2, j2, time.Minute, 20, defaultEgressOptions(), newMetrics(nil))
+		start := time.Now()
+		e2.flush(t.Context())
+		if took := time.Since(start); len(c2.sent()) != n || took != 250*time.Millisecond {
+			t.Errorf("capped at 20/s: published %d in %v, want %d in 250ms (chunks of 2, 2 and 1, each followed by 50ms a reply)", len(c2.sent()), took, n)
+		}
+	})
+}
+
 // BenchmarkAnswersWhileBrokerAway keeps answers unsent in a real journal (with
 // fsync) while the broker is away, as the scheduling loop answers its queue
 // during an outage: the time per answer until the journal holds them all, and

@@ -352,6 +352,9 @@ mqtt:
   broker: %q
   client_id: %q
 `, level, brokerURL, o.ClientID)
+	if v := os.Getenv("SOAK_FLUSH_RATE"); v != "" { // mqtt.flush_rate, for experiments
+		fmt.Fprintf(&cfg, "  flush_rate: %s\n", v)
+	}
 	if o.SharedGroup != "" {
 		fmt.Fprintf(&cfg, "  shared_group: %q\n", o.SharedGroup)
 	}
