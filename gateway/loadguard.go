@@ -86,6 +86,15 @@ type trackedApp struct{ name, fingerprint string }
 // kept, so that the next start pins again; without the markers' directory the
 // run has no load guard (logged, and again at each marker it cannot write).
 func openLoadGuard(journal, provider, library string, apps map[string]string, now time.Time, log zerolog.Logger) *loadGuard {
+	// The library as an absolute path: a configuration named by a relative path
+	// resolves engine.library relative to the working directory, so the same
+	// file would otherwise read differently from another directory and lift the
+	// pin (one more crash).
+	if library != "" {
+		if abs, err := filepath.Abs(library); err == nil {
+			library = abs
+		}
+	}
 	g := &loadGuard{dir: loadingDir(journal), library: library, log: log, pins: map[string]cpuPin{}, tracked: map[string]trackedApp{}}
 	path := pinsPath(journal)
 	changed := false

@@ -104,6 +104,26 @@ func TestLoadGuard(t *testing.T) {
 // and sneakgate_app_pinned_to_cpu). On this machine the engine falls back to
 // the CPU, so the pin changes no session; on a GPU TestOnCPU's engine check
 // holds.
+// A pin holds whichever working directory names the library: a relative
+// engine.library (or a configuration named by a relative path) reads
+// differently from another directory, and the guard compares absolute paths.
+// Before, the pin was lifted at the very start that made it.
+func TestLoadGuardLibraryRelativeToTheWorkingDirectory(t *testing.T) {
+	root := t.TempDir()
+	journal := filepath.Join(root, "state", "sneakgate.db")
+	apps := map[string]string{"vad": "fp-vad"}
+	t.Chdir(root)
+	died(t, journal, "ort/libonnxruntime.so", "vad", "vad", "fp-vad", engine.VariantID{App: "vad", Variant: "silero-legacy"}, "cuda")
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(filepath.Join(root, "etc"))
+	g := openLoadGuard(journal, "cuda", "../ort/libonnxruntime.so", apps, time.Now(), zerolog.Nop())
+	if pin, ok := g.pinned("vad"); !ok || pin.Library != filepath.Join(root, "ort", "libonnxruntime.so") {
+		t.Fatalf("pinned %v (%+v), want pinned with the library's absolute path", ok, pin)
+	}
+}
+
 func TestLoadGuardPinsAtStart(t *testing.T) {
 	cfg := testConfig(t, "tcp://127.0.0.1:1", t.TempDir())
 	cfg.Engine.Provider = "cuda"
