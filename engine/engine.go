@@ -518,6 +518,9 @@ func (e *Engine) Warm(id VariantID, batch int) error {
 	for i := range in {
 		in[i] = x
 	}
+	// Guarded like Profile's runs: with the profile from the cache these are the
+	// session's first passes on its provider.
+	defer e.guard(v)()
 	var errs []error
 	for _, b := range []int{batch, 1} {
 		if _, err := runOn(v, s, in[:b], 0); err != nil {

@@ -105,7 +105,9 @@ type Options struct {
 	// Now is the clock used for every measured duration; nil means time.Now.
 	Now func() time.Time
 	// Guard, when set, is called before ONNX Runtime creates a variant's
-	// session and before Profile's runs of it, with the provider they use; the
+	// session, before Profile's runs of it and before Warm's passes (a
+	// session's first runs when the profile came from the cache), with the
+	// provider they use; the
 	// function it returns is called when they are over (also when they fail).
 	// A process that dies in between (a crash inside a provider) never calls
 	// it: the gateway keeps a marker on disk from one to the other to learn, at

@@ -358,8 +358,9 @@ func TestOnCPU(t *testing.T) {
 	}
 }
 
-// TestGuard: Options.Guard is called around each session's creation and each
-// Profile's runs, with the provider they use, and released after each.
+// TestGuard: Options.Guard is called around each session's creation, each
+// Profile's runs and each Warm's passes, with the provider they use, and
+// released after each.
 func TestGuard(t *testing.T) {
 	var calls []string
 	open := 0
@@ -377,7 +378,10 @@ func TestGuard(t *testing.T) {
 	if _, err := e.Load(id); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"img/mlp cpu", "img/mlp cpu", "img/mlp cpu"} // profile: create, runs; then Load's create
+	if err := e.Warm(id, 2); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"img/mlp cpu", "img/mlp cpu", "img/mlp cpu", "img/mlp cpu"} // profile: create, runs; Load's create; Warm's passes
 	if !slices.Equal(calls, want) || open != 0 {
 		t.Errorf("guard calls %q (%d open), want %q", calls, open, want)
 	}
