@@ -21,6 +21,21 @@ type fixedBatch struct {
 	// between decisions (index.go); hopeless is per-decision scratch.
 	ix       queueIndex
 	hopeless map[*Request]bool
+	// order and first are decideIndexed's scratch, kept from decision to
+	// decision so that a decision allocates nothing but the batch it makes:
+	// each application's first requests are a run of first, and the batch
+	// picked gets a copy of its run.
+	order []fixedApp
+	first []*Request
+}
+
+// fixedApp is an application's part of a decision of decideIndexed.
+type fixedApp struct {
+	ai     *appIndex
+	v      *Variant
+	cap    int
+	first  []*Request // up to cap, in arrival order
+	oldest time.Time
 }
 
 func newFixedBatch(o Options) (Policy, error) {
@@ -43,25 +58,26 @@ func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {
 	defer p.ix.restore()
 	clear(p.hopeless)
 	d := Decision{Verdicts: p.ix.hopeless(s.Now, nil, p.hopeless)}
-	type appQ struct {
-		ai     *appIndex
-		v      *Variant
-		cap    int
-		first  []*Request // up to cap, in arrival order
-		oldest time.Time
-	}
-	var order []appQ
+	order, first := p.order[:0], p.first[:0]
+	defer func() {
+		// Keep the scratch's memory, not the requests it held.
+		clear(first)
+		p.order, p.first = order[:0], first[:0]
+		clear(order[:cap(order)])
+	}()
 	for _, ai := range p.ix.byApp {
 		a := ai.app
 		v := fixedOrDefault(a, p.o)
-		aq := appQ{ai: ai, v: v, cap: max(1, min(p.o.MaxBatch, v.MaxBatch()))}
+		aq := fixedApp{ai: ai, v: v, cap: max(1, min(p.o.MaxBatch, v.MaxBatch()))}
+		start := len(first)
 		p.ix.arrivals(ai, func(r *Request) bool {
 			if !p.hopeless[r] {
-				aq.first = append(aq.first, r)
+				first = append(first, r)
 			}
-			return len(aq.first) < aq.cap
+			return len(first)-start < aq.cap
 		})
-		if len(aq.first) > 0 {
+		if len(first) > start {
+			aq.first = first[start:len(first):len(first)]
 			aq.oldest = aq.first[0].QueuedAt()
 			order = append(order, aq)
 		}
@@ -70,8 +86,8 @@ func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {
 		return d
 	}
 	// Applications in the order of their oldest request in the queue.
-	slices.SortFunc(order, func(a, b appQ) int { return cmp.Compare(a.first[0].Seq, b.first[0].Seq) })
-	var pick *appQ
+	slices.SortFunc(order, func(a, b fixedApp) int { return cmp.Compare(a.first[0].Seq, b.first[0].Seq) })
+	var pick *fixedApp
 	var wake time.Time
 	for i := range order {
 		aq := &order[i]
@@ -93,7 +109,7 @@ func (p *fixedBatch) decideIndexed(s *Snapshot) Decision {
 		d.Verdicts = p.ix.expireApp(d.Verdicts, pick.ai, p.hopeless)
 		return d
 	}
-	d.Batch = newBatch(s, pick.v, sw, pick.first)
+	d.Batch = newBatch(s, pick.v, sw, slices.Clone(pick.first))
 	return d
 }
 

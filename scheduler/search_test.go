@@ -431,3 +431,41 @@ func TestBruteForceCutsChangeNothing(t *testing.T) {
 	}
 	t.Logf("%d windows with a price", cut)
 }
+
+// TestFixedBatchDecisionReusesScratch: fixed-batch's indexed decision collects
+// each application's first requests in scratch kept between decisions, so a
+// decision that waits for the batch to fill allocates nothing (the gateway's
+// loop makes several per batch), and the batch a decision makes owns its
+// requests: the next decisions, which reuse the scratch, leave it as it was.
+func TestFixedBatchDecisionReusesScratch(t *testing.T) {
+	a := testApp()
+	p := mustPolicy(t, "fixed-batch", Options{MaxBatch: 4, MaxQueueDelay: ms(2)})
+	q := []*Request{req(a, 1, t0, ms(100), nil), req(a, 2, t0.Add(ms(0.5)), ms(100), nil), req(a, 3, t0.Add(ms(0.6)), ms(100), nil)}
+	waiting := snap(t0.Add(ms(1)), a, q...)
+	p.Decide(waiting) // the index is built once, on the first decision
+	if allocs := testing.AllocsPerRun(100, func() {
+		if d := p.Decide(waiting); d.Batch != nil || !d.WakeAt.Equal(t0.Add(ms(2))) {
+			t.Fatalf("before the delay: %+v", d)
+		}
+	}); allocs != 0 {
+		t.Errorf("a decision that waits allocated %v times, want 0", allocs)
+	}
+	d := p.Decide(snap(t0.Add(ms(2)), a, q...))
+	if d.Batch == nil || len(d.Batch.Requests) != 3 {
+		t.Fatalf("at the delay: %+v", d.Batch)
+	}
+	got := d.Batch.Requests
+	// Other requests through the same scratch: the first batch keeps its own.
+	q2 := []*Request{req(a, 7, t0.Add(ms(3)), ms(100), nil), req(a, 8, t0.Add(ms(3)), ms(100), nil)}
+	if d2 := p.Decide(snap(t0.Add(ms(3.5)), a, q2...)); d2.Batch != nil {
+		t.Fatalf("second queue before its delay: %+v", d2.Batch)
+	}
+	if d2 := p.Decide(snap(t0.Add(ms(6)), a, q2...)); d2.Batch == nil || len(d2.Batch.Requests) != 2 || d2.Batch.Requests[0].Seq != 7 {
+		t.Fatalf("second queue at its delay: %+v", d2.Batch)
+	}
+	for i, r := range got {
+		if r.Seq != uint64(i+1) {
+			t.Fatalf("the first batch's requests changed under it: request %d is seq %d, want %d", i, r.Seq, i+1)
+		}
+	}
+}
