@@ -175,9 +175,11 @@ func appendEntryBody(b []byte, e *Entry, input []float32) []byte {
 		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(f))
 	}
 	b = binary.AppendUvarint(b, uint64(len(e.Attrs)))
-	for _, k := range slices.Sorted(maps.Keys(e.Attrs)) {
-		b = appendString(b, k)
-		b = appendString(b, e.Attrs[k])
+	if len(e.Attrs) > 0 { // the gateway sets none: no sorted copy of no keys
+		for _, k := range slices.Sorted(maps.Keys(e.Attrs)) {
+			b = appendString(b, k)
+			b = appendString(b, e.Attrs[k])
+		}
 	}
 	return b
 }
