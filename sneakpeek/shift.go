@@ -187,6 +187,54 @@ func (s *PriorShift) Observe(q []float64) {
 	}
 }
 
+// ObserveAnswer updates the live prior estimate, in place of Observe, with a
+// request that a model answered: like[y] is the probability that the model
+// gives the answer it gave when the true class is y (the column of that answer
+// in the model's confusion matrix on the validation split, rows normalised).
+// The request counts with the posterior of its class given the model's answer
+// alone,
+//
+//	q(y) ∝ pi_hat(y) * like(y)
+//
+// the EM step of Saerens et al. with the model as the classifier: under label
+// shift a model's confusion does not change with the mix, so this needs no
+// calibration of the estimator on the live inputs. The estimate is left out
+// of q: where the live inputs are not the validation split's (vad's test
+// speakers), the estimator's posteriors lean to a class, and an EM fed them
+// settles on a mix that leans the same way whatever else it is told
+// (docs/evaluation-log.md, "The label-shift correction learns from the
+// models' answers"). A like without the expected number of classes, with an
+// entry negative or not finite, or without mass under pi_hat is ignored.
+func (s *PriorShift) ObserveAnswer(like []float64) {
+	if len(like) != s.k {
+		return
+	}
+	for _, l := range like {
+		if !(l >= 0) || math.IsInf(l, 0) {
+			return
+		}
+	}
+	q := make([]float64, s.k)
+	s.mu.Lock()
+	sum := 0.0
+	for i, l := range like {
+		q[i] = s.prior[i] * l
+		sum += q[i]
+	}
+	if !(sum > 0) || math.IsInf(sum, 0) {
+		s.mu.Unlock()
+		return
+	}
+	for i := range q {
+		q[i] /= sum
+	}
+	m := s.observe(q)
+	s.mu.Unlock()
+	if m != nil {
+		s.publish(m)
+	}
+}
+
 // correct is Correct, and with observe false CorrectOnly.
 func (s *PriorShift) correct(p, dst []float64, observe bool) bool {
 	if len(p) != s.k {

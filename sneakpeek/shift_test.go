@@ -319,3 +319,60 @@ func BenchmarkPriorShiftCorrect(b *testing.B) {
 		s.Correct(p, q)
 	}
 }
+
+// An estimator that leans to class 1 on the live inputs (its posteriors are
+// computed as if class 1's feature were nearer class 0's than it is) drives
+// the EM fed its estimates to a mix that leans the same way; fed a model's
+// answers through the model's confusion (ObserveAnswer), the live prior
+// settles at the true mix, and each such request counts once.
+func TestPriorShiftObserveAnswerFollowsTheModel(t *testing.T) {
+	train := []float64{0.6, 0.4}
+	live := []float64{0.9, 0.1}
+	cond := [][]float64{{0.9, 0.1}, {0.2, 0.8}} // the model's confusion, rows normalised
+	g := &gaussStream{mu: []float64{0, 2}, train: train, rng: rand.New(rand.NewPCG(5, 6))}
+	lean := &gaussStream{mu: []float64{0, 1.2}} // the estimator's mistaken view of the inputs
+	answers := rand.New(rand.NewPCG(7, 8))
+	est := NewPriorShift(train, ShiftOptions{Window: 300})
+	ans := NewPriorShift(train, ShiftOptions{Window: 300})
+	p, q := make([]float64, 2), make([]float64, 2)
+	like := make([]float64, 2)
+	const n = 20000
+	var estAvg, ansAvg float64
+	for i := range n {
+		y, x := g.draw(live)
+		lean.posterior(x, train, p)
+		est.Correct(p, q)
+		if !ans.CorrectOnly(p, q) {
+			t.Fatalf("step %d: CorrectOnly refused %v", i, p)
+		}
+		yhat := 0
+		if answers.Float64() >= cond[y][0] {
+			yhat = 1
+		}
+		for c := range like {
+			like[c] = cond[c][yhat]
+		}
+		ans.ObserveAnswer(like)
+		if i >= n/2 {
+			estAvg += est.Prior()[1] / (n / 2)
+			ansAvg += ans.Prior()[1] / (n / 2)
+		}
+	}
+	t.Logf("live class-1 share %.2f: EM on the estimates %.3f, on the model's answers %.3f", live[1], estAvg, ansAvg)
+	if math.Abs(ansAvg-live[1]) > 0.02 {
+		t.Errorf("live prior from the model's answers %.3f, want %.2f ± 0.02", ansAvg, live[1])
+	}
+	if estAvg-live[1] < 0.05 {
+		t.Errorf("EM on the leaning estimates %.3f: the test's estimator should lean to class 1", estAvg)
+	}
+	if ans.Observed() != n {
+		t.Errorf("counted %d, want %d", ans.Observed(), n)
+	}
+	prior := ans.Prior()
+	for _, l := range [][]float64{{0.5}, {0, 0}, {math.NaN(), 0.5}, {math.Inf(1), 0.1}, {-0.1, 0.5}} {
+		ans.ObserveAnswer(l)
+	}
+	if ans.Observed() != n || !slices.Equal(ans.Prior(), prior) {
+		t.Errorf("ObserveAnswer of likelihoods that are not one counted them: %d, prior %v; was %v", ans.Observed(), ans.Prior(), prior)
+	}
+}
