@@ -71,6 +71,10 @@ type simApp struct {
 	// estimates requests are prepared without them (prepareGuarded).
 	Guard *sneakpeek.Guard
 	GMode guardMode
+	// Observe, when set, is told each request's outcome: the variant that
+	// answered it (nil for any other outcome) and its answer (the live mix of
+	// the label-shift correction, GatewayModel.ShiftEvidence).
+	Observe func(q *simReq, v *scheduler.Variant, yhat int)
 }
 
 // simReq is one arrival: Sample indexes its application's App (its true class
@@ -88,6 +92,9 @@ type simReq struct {
 	answerEst []float64
 	// mix is the live class mix answerEst was corrected for.
 	mix *sneakpeek.Mix
+	// by is the variant whose answer the request got (nil until a model
+	// answers it).
+	by *scheduler.Variant
 	// deadline is the request's deadline; its scheduler request is planned
 	// with EgressDelay taken off it (scheduler.PlanDeadline), and its answer,
 	// handed to the broker EgressDelay after the loop gives it, is judged
@@ -222,6 +229,13 @@ func (s *engineSim) run() (*simRun, error) {
 		}
 		t.classU[y] += u
 		t.util += u
+		if o := s.Apps[q.app].Observe; o != nil {
+			by := q.by
+			if status != "ok" && status != "late" {
+				by = nil
+			}
+			o(q, by, yhat)
+		}
 		switch status {
 		case "ok":
 			t.m.OK++
@@ -269,6 +283,7 @@ func (s *engineSim) run() (*simRun, error) {
 			if s.late(q, at) {
 				status = "late"
 			}
+			q.by = v
 			answer(q, yhat, at, status)
 			drain.Answered++
 			t.m.VariantShare[v.ID.Variant]++
@@ -333,6 +348,7 @@ func (s *engineSim) run() (*simRun, error) {
 				if s.late(q, at) {
 					status = "late"
 				}
+				q.by = f.Variant
 				answer(q, f.Class, at, status)
 				out.Tallies[q.app].m.VariantShare[f.Variant.ID.Variant]++
 				all.VariantShare[f.Variant.ID.String()]++

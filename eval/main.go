@@ -89,6 +89,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_           = fs.Int("max-queue", 10000, "queue bound; arrivals beyond it are rejected")
 		_           = fs.Bool("degrade-refused", true, "the gateway's admission.degrade_refused, simulated and live: answer a request refused for overload from its estimate (degraded) instead of rejecting it")
 		_           = fs.Bool("label-shift", true, "the gateway's apps[].label_shift, simulated and live, for every policy: correct each estimate for the live class mix (online EM from the estimator's mean output) and answer without a model (degraded, shed) from the corrected one; the variants' values keep the raw estimate (scheduler.Reweigh). false: the figures of docs/evaluation-log.md computed before 2026-12-02's label-shift default")
+		_           = fs.Bool("shift-evidence", false, "with -label-shift: the correction's live class mix counts each request at its outcome, one a model answered by that answer through the variant's validation confusion (sneakpeek.PriorShift.ObserveAnswer), any other by its corrected estimate; false: every request by its corrected estimate on arrival, as the gateway does (simulated only: the gateway does not have it)")
 		_           = fs.Bool("price-admission", true, "the gateway's admission.price_shed, simulated and live: while a data-aware searching policy sheds under overload, answer at admission, from its estimate, an arrival worth less per second of engine time than what its latest shedding decision gave up (scheduler.PriceGate); false: the figures of docs/evaluation-log.md computed before 2026-11-30's last night")
 		_           = fs.Bool("pipeline", false, "the gateway's scheduler.pipeline, simulated and live: decide the next batch while the engine runs the current one, so the loop's time overlaps the engine's")
 		_           = fs.Float64("max-wait", 0.5, "the gateway's admission.max_wait, simulated and live: refuse an arrival whose queue would take longer than this fraction of its budget to drain on the cheapest variant (0 = off)")
@@ -625,7 +626,7 @@ func flagGatewayModel(fs *flag.FlagSet) GatewayModel {
 	us := func(name string) time.Duration { return time.Duration(f64(name) * float64(time.Microsecond)) }
 	return GatewayModel{Jitter: f64("jitter"), MaxQueue: get("max-queue").(int), MaxWait: f64("max-wait"),
 		MeasuredWait: get("measured-wait").(bool), DegradeRefused: get("degrade-refused").(bool),
-		PriceAdmission: get("price-admission").(bool), Pipeline: get("pipeline").(bool), LabelShift: get("label-shift").(bool),
+		PriceAdmission: get("price-admission").(bool), Pipeline: get("pipeline").(bool), LabelShift: get("label-shift").(bool), ShiftEvidence: get("shift-evidence").(bool),
 		MemBudget: get("mem-budget-mb").(int64) << 20, CountBudget: get("max-resident").(int),
 		GatewayCost: us("gateway-us"), VerdictCost: us("verdict-us"), DecisionCost: get("decision-us").(map[string]time.Duration),
 		GatewayKnown: get("gateway-known").(bool), DecisionWall: get("decision-wall").(bool),

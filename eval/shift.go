@@ -64,12 +64,16 @@ var evalPolicies = []string{PolicyCascade, PolicyPeek, PolicyPlacebo, PolicyClas
 
 // shifter corrects estimates in arrival order for one run.
 type shifter struct {
-	mode   shiftMode
-	ps     *sneakpeek.PriorShift
-	prior  []float64 // the trained prior (true-prior mode)
-	n      int
-	rawOK  int // arrivals whose raw estimate's argmax is the true class
-	corrOK int // same for the corrected estimate
+	mode shiftMode
+	ps   *sneakpeek.PriorShift
+	// evidence: the live mix counts each request at its outcome, a model's
+	// answer by the model's confusion (observe), not its estimate on arrival
+	// (GatewayModel.ShiftEvidence; the shiftAnswer mode only).
+	evidence bool
+	prior    []float64 // the trained prior (true-prior mode)
+	n        int
+	rawOK    int // arrivals whose raw estimate's argmax is the true class
+	corrOK   int // same for the corrected estimate
 }
 
 func newShifter(a *App, pt Point) *shifter {
@@ -93,6 +97,7 @@ func newShifter(a *App, pt Point) *shifter {
 		o := pt.Shift
 		o.Answers = a.Answers // the Mix of scheduler.Options.EstimateAnswers
 		s.ps = sneakpeek.NewPriorShift(a.shiftStart(), o)
+		s.evidence = pt.ShiftEvidence
 	default:
 		s.prior = sneakpeek.NewPriorShift(a.Sched.Prior, sneakpeek.ShiftOptions{}).TrainPrior()
 	}
@@ -106,7 +111,11 @@ func (s *shifter) correct(a *App, pt *Point, i int, prog float64) []float64 {
 	dst := make([]float64, len(p))
 	switch s.mode {
 	case shiftOnline, shiftCal, shiftAnswer:
-		s.ps.Correct(p, dst)
+		if s.evidence {
+			s.ps.CorrectOnly(p, dst) // counted at its outcome (observe)
+		} else {
+			s.ps.Correct(p, dst)
+		}
 	case shiftTrue:
 		w := pt.Workload
 		sum, same := 0.0, true
@@ -140,6 +149,38 @@ func (s *shifter) correct(a *App, pt *Point, i int, prog float64) []float64 {
 		s.corrOK++
 	}
 	return dst
+}
+
+// observe counts, in evidence mode, a request whose estimate was corrected to
+// q on arrival in the live mix once its outcome is known: answered by variant
+// v with yhat, by v's validation confusion's column yhat
+// (sneakpeek.PriorShift.ObserveAnswer); otherwise (v nil: degraded, shed,
+// refused, expired) by q, as Correct would have counted it on arrival.
+func (s *shifter) observe(q []float64, v *scheduler.Variant, yhat int) {
+	if !s.evidence {
+		return
+	}
+	if v == nil || yhat < 0 {
+		if q != nil {
+			s.ps.Observe(q)
+		}
+		return
+	}
+	like := make([]float64, len(v.Cond))
+	for y, row := range v.Cond {
+		if yhat < len(row) {
+			like[y] = row[yhat]
+		}
+	}
+	s.ps.ObserveAnswer(like)
+}
+
+// observer is engineSim's simApp.Observe for s: nil unless in evidence mode.
+func (s *shifter) observer() func(q *simReq, v *scheduler.Variant, yhat int) {
+	if s == nil || !s.evidence {
+		return nil
+	}
+	return func(q *simReq, v *scheduler.Variant, yhat int) { s.observe(q.answerEst, v, yhat) }
 }
 
 func (s *shifter) fill(m *Metrics) {

@@ -3,6 +3,7 @@ package eval
 import (
 	"math"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/sneakgate/sneakgate/dataset"
@@ -117,4 +118,73 @@ func TestShiftStartsFromTheValidationSplit(t *testing.T) {
 			t.Fatalf("the correction starts from %v, want the validation split's mean estimate %v", got, want)
 		}
 	}
+}
+
+// With ShiftEvidence the correction's live mix counts each request once, at
+// its outcome: a model's answer by that variant's confusion column
+// (PriorShift.ObserveAnswer), any other outcome by the estimate corrected on
+// arrival; correcting on arrival counts nothing. A whole run is deterministic
+// and counts every request it gave an outcome.
+func TestShiftEvidenceCountsEachRequestAtItsOutcome(t *testing.T) {
+	a := Synthetic(1)
+	w, err := a.Workload("events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := Point{App: a, Workload: w, Policy: "sneakpeek", Load: 1.5, Deadline: a.Deadline, Requests: 3000, Seed: 2,
+		GatewayModel: GatewayModel{LabelShift: true, ShiftEvidence: true, DegradeRefused: true}}
+	s := newShifter(a, pt)
+	if s == nil || !s.evidence || s.observer() == nil {
+		t.Fatal("no evidence mode with LabelShift and ShiftEvidence on")
+	}
+	q := s.correct(a, &pt, 0, 0)
+	if n := s.ps.Observed(); n != 0 {
+		t.Fatalf("correcting on arrival counted %d requests", n)
+	}
+	before := s.ps.Prior()
+	v := a.Sched.Variants[0]
+	yhat := 1
+	s.observe(q, v, yhat)
+	// The model's answer alone, weighed by its confusion column, in the EM step.
+	post := make([]float64, a.Sched.K)
+	sum := 0.0
+	for y := range post {
+		post[y] = before[y] * v.Cond[y][yhat]
+		sum += post[y]
+	}
+	after := s.ps.Prior()
+	a1 := 1 / float64(sneakpeek.DefaultShiftWindow)
+	for y := range post {
+		want := (1-a1)*before[y] + a1*post[y]/sum
+		if math.Abs(after[y]-want) > 1e-3*a1 {
+			t.Fatalf("after a model's answer the live prior is %v, want about %v (floored)", after, want)
+		}
+	}
+	s.observe(q, nil, -1)
+	if n := s.ps.Observed(); n != 2 {
+		t.Fatalf("two outcomes counted %d times", n)
+	}
+	pt.LabelShift = false
+	if s := newShifter(a, pt); s != nil && s.observer() != nil {
+		t.Fatal("an observer without the label-shift correction")
+	}
+
+	pt.LabelShift = true
+	one, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.Utility != two.Utility || !slices.Equal(one.ShiftPrior, two.ShiftPrior) {
+		t.Fatalf("not deterministic: %v %v against %v %v", one.Utility, one.ShiftPrior, two.Utility, two.ShiftPrior)
+	}
+	pt.ShiftEvidence = false
+	off, err := Simulate(pt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("events at 1.5: utility %.4f prior %v with the models' answers, %.4f %v without", one.Utility, one.ShiftPrior, off.Utility, off.ShiftPrior)
 }

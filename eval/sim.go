@@ -89,6 +89,14 @@ type GatewayModel struct {
 	// estimate gives the request's answer without a model (scheduler.Reweigh).
 	// The label-shift policies (PolicyShift...) keep their own correction.
 	LabelShift bool
+	// ShiftEvidence, with LabelShift, feeds the correction's live class mix
+	// with the models' answers: each request is counted once its outcome is
+	// known, one a model answered by that answer alone through the variant's
+	// validation confusion (sneakpeek.PriorShift.ObserveAnswer), any other by
+	// its estimate as corrected on arrival. false: every request counted on
+	// arrival by its corrected estimate (sneakpeek.PriorShift.Correct), as the
+	// gateway does.
+	ShiftEvidence bool
 	// EgressDelay is the delay from the loop to the broker (its average, a
 	// live run's sneakgate_reply_egress_seconds), as the gateway uses it:
 	// admission adds it to the wait it weighs a budget against
@@ -397,7 +405,8 @@ func Simulate(pt Point, now func() time.Time) (Metrics, error) {
 	sim := engineSim{Policy: pt.Policy, Pol: pol, Reqs: reqs, Origin: origin, Seed: pt.Seed, GatewayModel: pt.GatewayModel,
 		Charge: decisionCostAt(pt.DecisionCost, pt.Policy, pt.Load),
 		Apps: []simApp{{App: a, Exec: sa, View: pa, Deadline: pt.Deadline,
-			Fastest: scheduler.CheapestAmortised(sa) + pt.GatewayCost, Guard: guard, GMode: gmode}},
+			Fastest: scheduler.CheapestAmortised(sa) + pt.GatewayCost, Guard: guard, GMode: gmode,
+			Observe: shift.observer()}},
 		Now: now, Estimate: estimate}
 	run, err := sim.run()
 	tl := &run.Tallies[0]
