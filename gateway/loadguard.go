@@ -25,7 +25,9 @@ import (
 // session for the vad models (docs/deployment.md, "GPU"); a gateway serving
 // vad on CUDA died while profiling at every start, before it answered anything.
 //
-// The engine calls the guard around those two steps (engine.Options.Guard).
+// The engine calls the guard around those two steps, and around the warm-up
+// passes, a session's first runs when the profile came from the cache
+// (engine.Options.Guard).
 // For a session on a provider other than the CPU the guard writes a marker file
 // under STORE.loading/ naming the application, the variant, the provider, the
 // library and the application's fingerprint (its configuration entry, manifest
@@ -90,11 +92,7 @@ func openLoadGuard(journal, provider, library string, apps map[string]string, no
 	// resolves engine.library relative to the working directory, so the same
 	// file would otherwise read differently from another directory and lift the
 	// pin (one more crash).
-	if library != "" {
-		if abs, err := filepath.Abs(library); err == nil {
-			library = abs
-		}
-	}
+	library = absLibrary(library)
 	g := &loadGuard{dir: loadingDir(journal), library: library, log: log, pins: map[string]cpuPin{}, tracked: map[string]trackedApp{}}
 	path := pinsPath(journal)
 	changed := false
@@ -125,13 +123,17 @@ func openLoadGuard(journal, provider, library string, apps map[string]string, no
 			log.Error().Str("app", m.App).Str("variant", m.Variant).Str("provider", m.Provider).
 				Msgf("the last run died creating or first running %s/%s's session on %s: %s runs on the CPU provider from now on, while its model, configuration and %s's library stay the same (delete %s to try again)",
 					m.App, m.Variant, m.Provider, m.App, m.Provider, path)
-			g.pins[m.App] = cpuPin{Variant: m.Variant, Provider: m.Provider, Library: m.Library, Fingerprint: m.Fingerprint, Since: now.UTC()}
+			g.pins[m.App] = cpuPin{Variant: m.Variant, Provider: m.Provider, Library: absLibrary(m.Library), Fingerprint: m.Fingerprint, Since: now.UTC()}
 			changed = true
 		} else if err != nil {
 			log.Warn().Err(err).Str("path", p).Msg("load guard: unreadable marker, ignored")
 		}
 	}
 	for app, pin := range g.pins {
+		if abs := absLibrary(pin.Library); abs != pin.Library { // written by a build before absolute paths
+			pin.Library = abs
+			g.pins[app], changed = pin, true
+		}
 		fp, ok := apps[app]
 		if ok && fp == pin.Fingerprint && pin.Provider == provider && pin.Library == library {
 			continue
@@ -157,6 +159,21 @@ func openLoadGuard(journal, provider, library string, apps map[string]string, no
 		log.Error().Err(err).Msg("load guard: cannot create the markers' directory: a model that crashes the GPU provider will crash every start")
 	}
 	return g
+}
+
+// absLibrary is library as an absolute path, resolved against the working
+// directory (as the engine resolves it); "" stays "". A relative path in a pin
+// or marker left by a build before the guard compared absolute paths was
+// resolved against the working directory of its run: it is resolved here
+// against this run's, the same file unless the gateway starts elsewhere now.
+func absLibrary(library string) string {
+	if library == "" {
+		return ""
+	}
+	if abs, err := filepath.Abs(library); err == nil {
+		return abs
+	}
+	return library
 }
 
 func (g *loadGuard) writePins(path string) error {

@@ -99,11 +99,6 @@ func TestLoadGuard(t *testing.T) {
 	}
 }
 
-// TestLoadGuardPinsAtStart: a gateway started after a run that died creating
-// a session on the GPU provider pins the application (and says so in the log
-// and sneakgate_app_pinned_to_cpu). On this machine the engine falls back to
-// the CPU, so the pin changes no session; on a GPU TestOnCPU's engine check
-// holds.
 // A pin holds whichever working directory names the library: a relative
 // engine.library (or a configuration named by a relative path) reads
 // differently from another directory, and the guard compares absolute paths.
@@ -124,6 +119,49 @@ func TestLoadGuardLibraryRelativeToTheWorkingDirectory(t *testing.T) {
 	}
 }
 
+// A pin or a marker written before the guard compared absolute paths names a
+// relative library as the working directory of its run resolved it; read from
+// the same directory it is the same library. Before, every such pin was lifted
+// at the first start of the build that compares absolute paths, and so was the
+// pin made from such a marker at that very start: one more crash on the GPU
+// provider, the one the pin was there to spare.
+func TestLoadGuardKeepsPinsWithARelativeLibrary(t *testing.T) {
+	root := t.TempDir()
+	journal := filepath.Join(root, "state", "sneakgate.db")
+	if err := os.MkdirAll(filepath.Dir(journal), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	apps := map[string]string{"vad": "fp-vad", "fashion": "fp-fashion"}
+	const rel = "ort/libonnxruntime.so"
+	abs := filepath.Join(root, "ort", "libonnxruntime.so")
+	t.Chdir(root)
+	// As the previous build left them: a pin, and a marker of a run that died.
+	pins := `{"vad": {"variant": "silero-legacy", "provider": "cuda", "library": "` + rel + `", "fingerprint": "fp-vad", "since": "2026-12-04T12:00:00Z"}}`
+	if err := os.WriteFile(pinsPath(journal), []byte(pins), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(loadingDir(journal), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	marker := `{"app": "fashion", "variant": "cnn", "provider": "cuda", "library": "` + rel + `", "fingerprint": "fp-fashion"}`
+	if err := os.WriteFile(filepath.Join(loadingDir(journal), "fashion.cnn.json"), []byte(marker), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the start that reads them, and the next (the pins rewritten)
+		g := openLoadGuard(journal, "cuda", rel, apps, time.Now(), zerolog.Nop())
+		for _, app := range []string{"vad", "fashion"} {
+			if pin, ok := g.pinned(app); !ok || pin.Library != abs {
+				t.Errorf("%s: pinned %v (%+v), want pinned with the library's absolute path", app, ok, pin)
+			}
+		}
+	}
+}
+
+// TestLoadGuardPinsAtStart: a gateway started after a run that died creating
+// a session on the GPU provider pins the application (and says so in the log
+// and sneakgate_app_pinned_to_cpu). On this machine the engine falls back to
+// the CPU, so the pin changes no session; on a GPU TestOnCPU's engine check
+// holds.
 func TestLoadGuardPinsAtStart(t *testing.T) {
 	cfg := testConfig(t, "tcp://127.0.0.1:1", t.TempDir())
 	cfg.Engine.Provider = "cuda"
