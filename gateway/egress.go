@@ -1158,6 +1158,15 @@ func (e *egress) flush(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		// Skip the replies being published before waiting for a place: most of
+		// a serving gateway's outbox, and the gate is full when their PUBACKs
+		// are slow. (flushTake skips those that turn busy meanwhile.)
+		for len(entries) > 0 && e.isBusy(entries[0].Key) {
+			entries = entries[1:]
+		}
+		if len(entries) == 0 {
+			return
+		}
 		// Take places at the gate (packet ids the client can give) before an
 		// unsent reply is stamped, waiting for the first at most until the
 		// flusher stops or the connection is lost.
