@@ -1189,7 +1189,7 @@ func (e *egress) flush(ctx context.Context) {
 			e.log.Info().Int("replies", len(part)+len(entries)).Msg("flushing the outbox")
 			logged = true
 		}
-		ok := e.flushPart(ctx, part)
+		ok := e.flushPart(ctx, gen, part)
 		if !ok {
 			e.log.Warn().Int("left", len(entries)).Msg("outbox flush interrupted")
 			return
@@ -1237,10 +1237,11 @@ func (e *egress) flushTake(entries []store.OutboxEntry, n int) (part []flushRepl
 }
 
 // flushPart publishes part, whose keys the flusher claimed, each holding a
-// place at the gate: the unsent replies are stamped now and written as sent in
-// one group commit, then every reply is handed over, then their PUBACKs are
-// awaited. It reports whether the broker has them all.
-func (e *egress) flushPart(ctx context.Context, part []flushReply) bool {
+// place at the gate taken on connection gen (generation): the unsent replies
+// are stamped now and written as sent in one group commit, then every reply is
+// handed over, then their PUBACKs are awaited. It reports whether the broker
+// has them all.
+func (e *egress) flushPart(ctx context.Context, gen uint64, part []flushReply) bool {
 	now := e.now()
 	var items []store.OutboxItem
 	var restamped []int
@@ -1261,6 +1262,17 @@ func (e *egress) flushPart(ctx context.Context, part []flushReply) bool {
 		}
 		items = append(items, store.OutboxItem{Key: f.oe.Key, Reply: f.payload, FlushBy: f.oe.FlushBy})
 		restamped = append(restamped, i)
+	}
+	if e.gate.generation() != gen || !e.client.IsConnectionOpen() {
+		// Lost since the places were taken (reading the chunk takes a while):
+		// written as sent, the chunk's unsent replies would keep stamps of
+		// before the outage whenever they go out. Keep them unsent, as the
+		// answer workers do (sendPart).
+		for _, f := range part {
+			e.gate.entered()
+			e.release(f.oe.Key)
+		}
+		return false
 	}
 	failed := map[int]bool{}
 	if len(items) > 0 {

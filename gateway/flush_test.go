@@ -3,12 +3,14 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/rs/zerolog"
 
 	"github.com/sneakgate/sneakgate/store"
 )
@@ -71,4 +73,77 @@ func TestFlushTakesNoPlaceForRepliesInFlight(t *testing.T) {
 			t.Errorf("%d places held after the flush, want 0", n)
 		}
 	})
+}
+
+// loseOnRead is a journal that runs lose at the first OutboxEntry: the
+// connection is lost while the flusher reads its chunk.
+type loseOnRead struct {
+	*fakeJournal
+	once sync.Once
+	lose func()
+}
+
+func (j *loseOnRead) OutboxEntry(k store.Key) (*store.OutboxEntry, error) {
+	j.once.Do(j.lose)
+	return j.fakeJournal.OutboxEntry(k)
+}
+
+// A chunk whose connection is lost after the flusher took its places, while it
+// reads the chunk's replies, is left as it was: its unsent replies stay
+// unsent, to be stamped when they go out, as the answer workers keep a batch
+// whose connection was lost (sendPart). Before, the flusher wrote the whole
+// chunk as sent, stamped now, and then could hand none of it over: the next
+// connection got every one of those replies with the stamps of before the
+// outage (deadline_met, slack_ms), however late, where one reply at a time it
+// was one. Lost and back already (the places were taken on the connection
+// lost), the chunk is not published either: until paho has listed its resends
+// the gate has no place (pubGate.resuming).
+func TestFlushKeepsAChunkUnsentWhenTheConnectionIsLost(t *testing.T) {
+	for _, back := range []bool{false, true} {
+		t.Run(fmt.Sprintf("back=%v", back), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const n = 3
+				c := &fakeClient{}
+				fj := newFakeJournal()
+				t0 := time.Now()
+				fj.entry = store.Entry{Received: t0, Deadline: t0.Add(time.Hour)}
+				key := func(i int) store.Key { return store.Key{App: "a", Device: "d", ID: fmt.Sprint(i)} }
+				for i := range n {
+					if err := fj.OutboxUnsent(key(i), []byte(`{"v":1,"id":"`+key(i).ID+`","app":"a","device":"d","status":"ok","class":1}`), t0.Add(time.Hour)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var e *egress
+				j := &loseOnRead{fakeJournal: fj, lose: func() {
+					c.setDown(true)
+					e.connectionLost()
+					if back {
+						c.setDown(false)
+					}
+				}}
+				e = newEgress(c, j, time.Minute, 0, nil, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+				t.Cleanup(func() {
+					e.Stop(context.Background())
+					e.Close()
+				})
+				e.flush(t.Context())
+				if got := c.sent(); len(got) != 0 {
+					t.Errorf("published %q, want nothing", got)
+				}
+				fj.locked(func() {
+					if len(fj.unsent) != n || len(fj.outboxAlls) != 0 {
+						t.Errorf("%d of %d replies still unsent, OutboxAll calls of %v items; want all unsent, none written", len(fj.unsent), n, fj.outboxAlls)
+					}
+				})
+				if p := e.gate.inFlight(); p != 0 {
+					t.Errorf("%d places held after the flush, want 0", p)
+				}
+				for i := range n {
+					if e.isBusy(key(i)) {
+						t.Errorf("key %d still claimed", i)
+					}
+				}
+			})
+		})
+	}
 }
