@@ -1151,7 +1151,8 @@ func (e *egress) flush(ctx context.Context) {
 		gap = time.Duration(float64(time.Second) / e.rate)
 		// A tenth of a second's worth at a time, so that the cap holds over
 		// short spans too.
-		chunk = max(1, min(flushChunk, int(e.rate/10)))
+		// (Bounded before the conversion: a huge rate's tenth is no int.)
+		chunk = max(1, int(min(flushChunk, e.rate/10)))
 	}
 	logged := false // the log line comes with the first reply really flushed
 	for len(entries) > 0 {

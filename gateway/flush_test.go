@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -143,6 +144,42 @@ func TestFlushKeepsAChunkUnsentWhenTheConnectionIsLost(t *testing.T) {
 						t.Errorf("key %d still claimed", i)
 					}
 				}
+			})
+		})
+	}
+}
+
+// A cap too large to bind (mqtt.flush_rate accepts any rate from 0.01 up,
+// .inf included) flushes in full chunks, as no cap (0) does. Before, the
+// chunk's size was the rate's tenth converted to an int, which for a rate past
+// about 9.2e19 is out of range (on amd64, the most negative int): chunks of
+// one reply, each awaited before the next, the slow drain the chunks are for.
+func TestFlushHugeRateIsChunked(t *testing.T) {
+	for _, rate := range []float64{math.Inf(1), 1e300} {
+		t.Run(fmt.Sprint(rate), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const n = 4
+				var held []*fakeToken
+				for range n {
+					held = append(held, &fakeToken{done: make(chan struct{})})
+				}
+				c := &fakeClient{tokens: append([]*fakeToken(nil), held...)}
+				j := newFakeJournal()
+				for i := range n {
+					k := store.Key{App: "a", Device: "d", ID: fmt.Sprint(i)}
+					j.outbox[k] = []byte(`{"v":1,"id":"` + k.ID + `","app":"a","device":"d","status":"ok"}`)
+				}
+				e := startEgress(t, c, j, time.Minute, rate, defaultEgressOptions(), newMetrics(nil))
+				done := make(chan struct{})
+				go func() { e.flush(t.Context()); close(done) }()
+				synctest.Wait() // every PUBACK is held
+				if got := len(c.sent()); got != n {
+					t.Errorf("handed over %d replies before any PUBACK, want all %d", got, n)
+				}
+				for _, h := range held {
+					close(h.done)
+				}
+				<-done
 			})
 		})
 	}
