@@ -1123,7 +1123,8 @@ func (e *egress) Flusher(ctx context.Context, interval time.Duration) {
 const flushChunk = 256
 
 // flush publishes waiting replies in deadline order, at most rate per second,
-// and stops at the first failure (the broker is still away). A reply that may
+// and stops after the chunk with the first failure (the broker is still away;
+// the rest of that chunk was handed over already). A reply that may
 // have been delivered already is published again unchanged; an unsent one is
 // stamped now (restamp) and made durable as sent before it goes out.
 //
