@@ -312,6 +312,7 @@ func (m *metrics) initLabels(apps []string) {
 	for _, app := range apps {
 		m.received.WithLabelValues(app)
 		m.refusedDeg.WithLabelValues(app)
+		m.deviceRefused.WithLabelValues(app)
 		m.admissionShed.WithLabelValues(app)
 		m.admissionEst.WithLabelValues(app)
 		m.requeued.WithLabelValues(app)

@@ -34,6 +34,7 @@ func TestMetricsForAlerting(t *testing.T) {
 		metricValue(t, reg, "sneakgate_deadline_total", "app", "fashion", "met", met)
 	}
 	for _, name := range []string{"sneakgate_requests_received_total", "sneakgate_admission_degraded_total",
+		"sneakgate_device_limit_refused_total",
 		"sneakgate_admission_shed_total", "sneakgate_admission_estimate_answers_total", "sneakgate_first_passes_requeued_total"} {
 		metricValue(t, reg, name, "app", "fashion")
 	}
