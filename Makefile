@@ -15,7 +15,8 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 all: build
 
-# System packages (Mosquitto, datasets) and the ONNX Runtime shared library.
+# System packages (Mosquitto and its clients, python3-paho-mqtt; the datasets only
+# with `scripts/install-deps.sh --models`, for retraining) and the ONNX Runtime library.
 deps: ort
 	@scripts/install-deps.sh
 	@$(GO) mod download
