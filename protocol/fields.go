@@ -9,6 +9,7 @@ import (
 	"maps"
 	"math/bits"
 	"slices"
+	"unicode/utf8"
 )
 
 // rawFields holds the raw JSON value of each request field (nil when absent) and
@@ -56,6 +57,14 @@ func parseFields(payload []byte) (rawFields, error) {
 // the last one wins. It returns an error describing why payload is not a JSON
 // object.
 func decodeFields(payload []byte) (rawFields, error) {
+	// A payload that does not even start as an object says so, rather than
+	// with encoding/json's view of it ("invalid character 'o' in literal
+	// null" for "nope").
+	if t := bytes.TrimLeft(payload, " \t\r\n"); len(t) == 0 {
+		return rawFields{}, errors.New("payload must be a JSON object; it is empty")
+	} else if t[0] != '{' {
+		return rawFields{}, fmt.Errorf("payload must be a JSON object, starting with '{'; it starts with %q", firstRunes(t, 8))
+	}
 	var m map[string]json.RawMessage
 	err := json.Unmarshal(payload, &m)
 	var se *json.SyntaxError
@@ -296,4 +305,17 @@ func scanNumber(b []byte, i int) int {
 		i = k
 	}
 	return i
+}
+
+// firstRunes is the start of b, at most n bytes, cut back to whole UTF-8
+// characters (invalid bytes are quoted as they are).
+func firstRunes(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	b = b[:n]
+	for len(b) > 0 && !utf8.Valid(b) && len(b) > n-3 {
+		b = b[:len(b)-1]
+	}
+	return string(b) + "..."
 }

@@ -111,6 +111,24 @@ func TestParseRequestGood(t *testing.T) {
 	}
 }
 
+// A payload that is not an object says so in words a device author can act
+// on, not in encoding/json's ("invalid character 'o' in literal null").
+func TestParseRequestNotAnObjectSaysSo(t *testing.T) {
+	for payload, want := range map[string]string{
+		"nope":             `payload must be a JSON object, starting with '{'; it starts with "nope"`,
+		"  [1,2,3]":        `it starts with "[1,2,3]"`,
+		"null":             `it starts with "null"`,
+		"":                 "payload must be a JSON object; it is empty",
+		"hello world, too": `it starts with "hello wo..."`,
+		`{"id":"t1",`:      "invalid JSON at byte",
+	} {
+		_, rej := ParseRequest("sg/req/tiny/d", []byte(payload), testNow, testEnv(t))
+		if rej == nil || rej.Reason != ReasonBadJSON || !strings.Contains(rej.Message, want) {
+			t.Errorf("%q: rejection %+v, want bad_json saying %q", payload, rej, want)
+		}
+	}
+}
+
 func TestParseRequestRejected(t *testing.T) {
 	env := testEnv(t)
 	const in = `"input":[1,2,3]`
