@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,5 +112,30 @@ func TestShapeHint(t *testing.T) {
 		if got := shapeHint(c.active, c.ec); (got != "") != c.warn {
 			t.Errorf("%s %+v: hint %q, want a warning: %v", c.active, c.ec, got, c.warn)
 		}
+	}
+}
+
+// TestEmbeddedPortTakenFailsFirst: a start whose embedded broker's port is
+// taken fails at once, naming mqtt.embedded.listen, before the engine (which
+// here would fail too: CUDA required) profiles anything. Before, the port was
+// found taken only after every model had been profiled and warmed.
+func TestEmbeddedPortTakenFailsFirst(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := testConfig(t, "tcp://"+ln.Addr().String(), t.TempDir())
+	cfg.MQTT.Embedded.Enabled = true
+	cfg.MQTT.Embedded.Listen = ln.Addr().String()
+	cfg.Engine.Provider = "cuda"
+	cfg.Engine.RequireProvider = true
+	g, err := New(context.Background(), Options{Config: cfg, Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err == nil {
+		g.closeAll()
+		t.Fatal("started with the embedded broker's port taken")
+	}
+	if errors.Is(err, engine.ErrProvider) || !strings.Contains(err.Error(), "mqtt.embedded.listen") {
+		t.Errorf("error %v, want one naming mqtt.embedded.listen before the engine's", err)
 	}
 }

@@ -198,6 +198,14 @@ func New(ctx context.Context, o Options) (_ *Gateway, err error) {
 			g.closeAll()
 		}
 	}()
+	if cfg.MQTT.Embedded.Enabled {
+		// The embedded broker listens only after the engine has profiled and
+		// warmed every model (seconds); a port already taken fails the start
+		// now instead of then.
+		if err := probeListen(cfg.MQTT.Embedded.Listen); err != nil {
+			return nil, fmt.Errorf("gateway: mqtt.embedded.listen: %w", err)
+		}
+	}
 	if err := g.loadApps(); err != nil {
 		return nil, err
 	}
@@ -921,3 +929,14 @@ func (r *engineRunner) Resident() []scheduler.VariantID {
 // requests on the two-core development machine (docs/benchmarks.md, "Memory
 // released at start-up"). One forced collection, a few milliseconds.
 func releaseMemory() { debug.FreeOSMemory() }
+
+// probeListen reports whether a TCP listener can be opened on addr now, and
+// closes it: a start-up check, not a reservation (another process may take the
+// port before it is listened on for good).
+func probeListen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return ln.Close()
+}
