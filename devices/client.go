@@ -220,7 +220,7 @@ func DialAll(ctx context.Context, n int, options func(i int) ClientOptions) ([]*
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := joinDistinct(errs); err != nil {
 		for _, c := range clients {
 			if c != nil {
 				c.Close()
@@ -229,6 +229,36 @@ func DialAll(ctx context.Context, n int, options func(i int) ClientOptions) ([]*
 		return nil, err
 	}
 	return clients, nil
+}
+
+// joinDistinct joins the non-nil errs, each distinct message once, with how
+// many devices failed with it: sixteen devices refused by a broker that is not
+// running make one line, not sixteen. Each joined error wraps the first of its
+// kind (errors.Is and As see it).
+func joinDistinct(errs []error) error {
+	var order []string
+	first := map[string]error{}
+	count := map[string]int{}
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		m := err.Error()
+		if count[m] == 0 {
+			order = append(order, m)
+			first[m] = err
+		}
+		count[m]++
+	}
+	out := make([]error, 0, len(order))
+	for _, m := range order {
+		if n := count[m]; n > 1 {
+			out = append(out, fmt.Errorf("%w (%d devices)", first[m], n))
+		} else {
+			out = append(out, first[m])
+		}
+	}
+	return errors.Join(out...)
 }
 
 // wait waits for a paho token or ctx.

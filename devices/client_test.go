@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -194,6 +195,31 @@ func TestDialOptions(t *testing.T) {
 	defer cancel()
 	if _, err := Dial(short, ClientOptions{Broker: "tcp://127.0.0.1:1", Device: "d", ConnectTimeout: time.Second}); err == nil {
 		t.Error("Dial to a closed port succeeded")
+	}
+}
+
+// Devices that fail alike make one line of DialAll's error, with their count;
+// the error still wraps what each failed with.
+func TestDialAllJoinsLikeFailures(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := DialAll(ctx, 3, func(int) ClientOptions {
+		return ClientOptions{Broker: "tcp://127.0.0.1:1", Device: "d", ConnectTimeout: time.Second}
+	})
+	if err == nil {
+		t.Fatal("DialAll to a closed port succeeded")
+	}
+	if msg := err.Error(); strings.Count(msg, "\n") != 0 || !strings.Contains(msg, "(3 devices)") {
+		t.Errorf("error %q: want one line saying (3 devices)", msg)
+	}
+	_, err = DialAll(ctx, 2, func(i int) ClientOptions {
+		if i == 0 {
+			return ClientOptions{Broker: "tcp://127.0.0.1:1", Device: "bad name"}
+		}
+		return ClientOptions{Broker: "tcp://127.0.0.1:1", Device: "d", ConnectTimeout: time.Second}
+	})
+	if err == nil || !errors.Is(err, ErrOptions) || strings.Count(err.Error(), "\n") != 1 || strings.Contains(err.Error(), "devices)") {
+		t.Errorf("two different failures: %v; want two lines, one wrapping ErrOptions", err)
 	}
 }
 
