@@ -86,6 +86,10 @@ func (a *App) index() error {
 	return nil
 }
 
+// ByClass returns the indices of the samples of each class (by Labels), as the
+// App holds them: read only.
+func (a *App) ByClass() [][]int { return a.byClass }
+
 // Workload returns the named workload, or an error naming the known ones.
 func (a *App) Workload(name string) (manifest.Workload, error) {
 	var names []string

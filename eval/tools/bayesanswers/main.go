@@ -18,11 +18,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
-	"github.com/sneakgate/sneakgate/engine"
-	"github.com/sneakgate/sneakgate/eval"
+	"github.com/sneakgate/sneakgate/eval/tools/internal/toolapps"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
@@ -38,34 +36,20 @@ func main() {
 }
 
 func run(apps []string, models, profiles string) error {
-	lib := os.Getenv(engine.LibraryEnv)
-	if lib == "" {
-		lib, _ = filepath.Abs(".cache/onnxruntime/libonnxruntime.so.1.30.0")
-	}
-	e, err := engine.New(engine.Options{LibraryPath: lib, IntraOpThreads: 1})
-	if err != nil {
-		return fmt.Errorf("ONNX Runtime (set %s or run make deps): %w", engine.LibraryEnv, err)
-	}
-	defer e.Close()
-	prof, err := eval.ReadProfiles(profiles)
+	loaded, closeEngine, err := toolapps.Load(context.Background(), models, profiles, apps)
 	if err != nil {
 		return err
 	}
+	defer closeEngine()
 	fmt.Println("app        workload              uncorrected: top  Bayes  (diff)  | corrected: top  Bayes  (diff)")
-	for _, name := range apps {
-		a, err := eval.LoadApp(context.Background(), filepath.Join(models, name, "manifest.yaml"), eval.LoadOptions{Engine: e, Profiles: prof})
-		if err != nil {
-			return err
-		}
+	for _, a := range loaded {
+		name := a.Sched.Name
 		w, k := a.Sched.Utility, a.Sched.K
 		start := a.ShiftStart
 		if start == nil {
 			start = a.Sched.Prior
 		}
-		byClass := make([][]int, k)
-		for i, y := range a.Labels {
-			byClass[y] = append(byClass[y], i)
-		}
+		byClass := a.ByClass()
 		for _, wl := range a.Workloads {
 			mix := wl.Mix
 			if len(mix) == 0 {

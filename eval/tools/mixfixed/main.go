@@ -24,11 +24,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
-	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/eval"
+	"github.com/sneakgate/sneakgate/eval/tools/internal/toolapps"
 )
 
 func main() {
@@ -43,33 +42,18 @@ func main() {
 }
 
 func run(apps []string, models, profiles string) error {
-	lib := os.Getenv(engine.LibraryEnv)
-	if lib == "" {
-		lib, _ = filepath.Abs(".cache/onnxruntime/libonnxruntime.so.1.30.0")
-	}
-	e, err := engine.New(engine.Options{LibraryPath: lib, IntraOpThreads: 1})
-	if err != nil {
-		return fmt.Errorf("ONNX Runtime (set %s or run make deps): %w", engine.LibraryEnv, err)
-	}
-	defer e.Close()
-	prof, err := eval.ReadProfiles(profiles)
+	loaded, closeEngine, err := toolapps.Load(context.Background(), models, profiles, apps)
 	if err != nil {
 		return err
 	}
-	for _, name := range apps {
-		a, err := eval.LoadApp(context.Background(), filepath.Join(models, name, "manifest.yaml"), eval.LoadOptions{Engine: e, Profiles: prof})
-		if err != nil {
-			return err
-		}
+	defer closeEngine()
+	for _, a := range loaded {
+		name := a.Sched.Name
 		if a.Pred == nil {
 			return fmt.Errorf("%s: no variant predictions on the samples", name)
 		}
 		sa := a.Sched
-		k := sa.K
-		byClass := make([][]int, k)
-		for i, y := range a.Labels {
-			byClass[y] = append(byClass[y], i)
-		}
+		byClass := a.ByClass()
 		fmt.Printf("%s: class recalls, validation split -> test samples\n", name)
 		for m, v := range sa.Variants {
 			fmt.Printf("  %-16s", v.ID.Variant)
