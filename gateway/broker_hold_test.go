@@ -542,11 +542,13 @@ func TestEmbeddedBrokerHeldDeviceReconnects(t *testing.T) {
 }
 
 // tcpProxy forwards connections to a broker; cut ends every connection it
-// carries, on both sides.
+// carries, on both sides. While dropPubacks is set it leaves out the PUBACKs
+// the broker sends (packets).
 type tcpProxy struct {
-	addr  string
-	mu    sync.Mutex
-	conns []net.Conn
+	addr        string
+	dropPubacks atomic.Bool
+	mu          sync.Mutex
+	conns       []net.Conn
 }
 
 // reconnectingDevice connects a device with a persistent session as id through
@@ -593,7 +595,7 @@ func cutProxy(t *testing.T, target string) *tcpProxy {
 			p.conns = append(p.conns, in, out)
 			p.mu.Unlock()
 			go func() { io.Copy(out, in); out.Close() }()
-			go func() { io.Copy(in, out); in.Close() }()
+			go func() { p.packets(in, out); in.Close() }()
 		}
 	}()
 	return p

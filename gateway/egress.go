@@ -84,6 +84,11 @@ type egressOptions struct {
 	// Store (pubGate). Nil: a gate of the egress's own, which the client does not
 	// store in, so that only the publishes entering the client count.
 	Gate *pubGate
+	// OwedMemory and OwedMemoryMax bound how long, and how many, owed replies
+	// of unacknowledged requests are remembered for copies the broker delivers
+	// again (owedLedger).
+	OwedMemory    time.Duration
+	OwedMemoryMax int
 }
 
 func defaultEgressOptions() egressOptions {
@@ -92,8 +97,13 @@ func defaultEgressOptions() egressOptions {
 	// of the wait, includes the time the broker takes (docs/protocol.md,
 	// "Overload").
 	return egressOptions{AnswerQueue: 64, AnswerWorkers: 64, AckQueue: 4096, AckWorkers: 64,
-		RawQueue: 1024, RawWorkers: 32, RawMaxAge: time.Second, MaxLate: 4096, Durable: true}
+		RawQueue: 1024, RawWorkers: 32, RawMaxAge: time.Second, MaxLate: 4096, Durable: true,
+		OwedMemory: 10 * time.Minute, OwedMemoryMax: defaultOwedMemoryMax}
 }
+
+// defaultOwedMemoryMax is the most owed replies egress remembers (owedLedger): a
+// reply is a few hundred bytes, so some tens of MiB at most.
+const defaultOwedMemoryMax = 1 << 16
 
 // egress publishes replies. Answers to journaled requests are made durable in the
 // journal's outbox before they are first handed to the broker, so that a repeat of
@@ -201,6 +211,9 @@ type egress struct {
 	// reads 0 (their requests are left for the broker to deliver again).
 	owedInFlight int
 	owedClosed   bool
+	// ledger remembers the owed replies of requests not acknowledged yet, for
+	// copies the broker delivers again (owedLedger; owedMu).
+	ledger *owedLedger
 }
 
 func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, now func() time.Time,
@@ -212,7 +225,8 @@ func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, no
 		answersKick: make(chan struct{}, 1), acks: make(chan []*handedOver, opts.AckQueue),
 		raw:  make(chan rawMsg, opts.RawQueue),
 		kick: make(chan struct{}, 1), busy: map[store.Key]bool{}, stop: make(chan struct{}), gaveUp: make(chan struct{}),
-		owedKick: make(chan struct{}, 1), sendKick: make(chan struct{}, 1), gate: opts.Gate}
+		owedKick: make(chan struct{}, 1), sendKick: make(chan struct{}, 1), gate: opts.Gate,
+		ledger: newOwedLedger(opts.OwedMemoryMax, opts.OwedMemory)}
 	if e.gate == nil {
 		e.gate = newPubGate(defaultMaxInflightPublishes)
 	}
@@ -360,6 +374,8 @@ type owedReply struct {
 	ack     func()
 	app     string
 	status  protocol.Status
+	conn    uint64 // the connection its request arrived on (egress.conn)
+	owedRef        // its ledger entry (gen 0: none)
 }
 
 // owedMsg is an owed reply waiting for a place at the gate.
@@ -369,7 +385,8 @@ type owedMsg struct {
 	ack     func()
 	app     string
 	status  protocol.Status
-	conn    uint64 // egress.conn when it was owed
+	conn    uint64 // the connection its request arrived on (egress.conn)
+	owedRef        // its ledger entry (gen 0: none)
 }
 
 // errStopping: egress is closed; the request is left unacknowledged.
@@ -401,11 +418,44 @@ const owedQoS0Limit = 8192
 // replies wait; beyond that it is dropped (sneakgate_replies_dropped_total), so
 // that a device flooding refused requests at QoS 0, which no in-flight window
 // holds back, cannot grow the line without bound.
+//
+// The reply to a QoS 1 request with an id is remembered until the request is
+// acknowledged (owedLedger): Repeat gives it to a copy the broker delivers
+// again meanwhile.
 func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
+	return e.OweOn(topic, rep, ack, e.conn.Load())
+}
+
+// OweOn is Owe for a request that arrived on broker connection conn (egress.conn
+// when it arrived). A reply to a request from an earlier connection than the
+// current one is not handed over if it must wait for a place at the gate, and
+// stays remembered when the broker acknowledges it: paho drops the request's
+// acknowledgement, and the broker delivers the request again.
+func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint64) error {
 	payload, err := rep.Marshal()
 	if err != nil { // a Reply always marshals
 		return err
 	}
+	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.App, rep.Status, ack, conn)
+}
+
+// Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
+// request: the same bytes, acknowledged (ack) once the broker has them.
+func (e *egress) Repeat(topic string, key store.Key, r owedRecord, ack func(), conn uint64) error {
+	return e.owe(topic, key, r.payload, r.app, r.status, ack, conn)
+}
+
+// Owed returns the reply owed to key's request, handed to the broker (or
+// waiting for a place at the gate) while the request is not acknowledged
+// (owedLedger).
+func (e *egress) Owed(key store.Key) (owedRecord, bool) {
+	e.owedMu.Lock()
+	defer e.owedMu.Unlock()
+	return e.ledger.get(key, e.now())
+}
+
+// owe is Owe of an encoded reply.
+func (e *egress) owe(topic string, key store.Key, payload []byte, app string, status protocol.Status, ack func(), conn uint64) error {
 	e.busyMu.Lock()
 	closed := e.lateClosed
 	e.busyMu.Unlock()
@@ -424,11 +474,11 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 		// Every packet id place is taken: wait in line, behind the others.
 		if ack == nil && len(e.waiting) >= owedQoS0Limit {
 			e.owedMu.Unlock()
-			e.m.dropped.WithLabelValues(string(rep.Status)).Inc()
+			e.m.dropped.WithLabelValues(string(status)).Inc()
 			return nil
 		}
-		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: rep.App,
-			status: rep.Status, conn: e.conn.Load()})
+		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: app,
+			status: status, conn: conn, owedRef: e.remember(key, payload, app, status, ack)})
 		first := len(e.waiting) == 1
 		e.m.owedWaiting.Set(float64(len(e.waiting)))
 		e.owedMu.Unlock()
@@ -441,10 +491,33 @@ func (e *egress) Owe(topic string, rep *protocol.Reply, ack func()) error {
 		}
 		return nil
 	}
+	ref := e.remember(key, payload, app, status, ack)
 	e.owedMu.Unlock()
 	tok := e.client.Publish(topic, 1, false, payload)
 	e.gate.entered()
-	return e.handedOwed(owedReply{tok: tok, payload: payload, ack: ack, app: rep.App, status: rep.Status})
+	return e.handedOwed(owedReply{tok: tok, payload: payload, ack: ack, app: app, status: status, conn: conn, owedRef: ref})
+}
+
+// remember puts an owed reply in the ledger, if its request is one the broker
+// can deliver again (QoS 1: ack is not nil) and has an id; owedMu held.
+func (e *egress) remember(key store.Key, payload []byte, app string, status protocol.Status, ack func()) owedRef {
+	if ack == nil || key.ID == "" {
+		return owedRef{}
+	}
+	now := e.now()
+	gen := e.ledger.put(key, payload, app, status, now)
+	e.m.owedRemembered.Set(float64(e.ledger.len()))
+	return owedRef{key: key, gen: gen, at: now}
+}
+
+// forgetOwed drops ref's ledger entry (its request was acknowledged, or its reply
+// was never handed over); owedMu held.
+func (e *egress) forgetOwed(ref owedRef) {
+	if ref.gen == 0 {
+		return
+	}
+	e.ledger.forget(ref.key, ref.gen)
+	e.m.owedRemembered.Set(float64(e.ledger.len()))
 }
 
 // handedOwed gives an owed reply handed to the client to the owed waiter.
@@ -471,8 +544,8 @@ func (e *egress) handedOwed(o owedReply) error {
 }
 
 // owedSender hands the waiting owed replies to the client, in order, each as a
-// place at the gate frees, until Close. A reply owed before the connection it
-// was answered on was lost is not sent: its request's acknowledgement would be
+// place at the gate frees, until Close. A reply whose request arrived on a
+// connection since lost is not sent: its request's acknowledgement would be
 // dropped with that connection, and the broker delivers the request again.
 func (e *egress) owedSender() {
 	defer e.late.Done()
@@ -511,11 +584,14 @@ func (e *egress) owedSender() {
 			if w.conn != e.conn.Load() || !e.client.IsConnectionOpen() {
 				e.gate.entered()
 				e.m.publishFails.Inc()
+				e.owedMu.Lock()
+				e.forgetOwed(w.owedRef) // never handed over: a copy is answered anew
+				e.owedMu.Unlock()
 				continue
 			}
 			tok := e.client.Publish(w.topic, 1, false, w.payload)
 			e.gate.entered()
-			if e.handedOwed(owedReply{tok: tok, payload: w.payload, ack: w.ack, app: w.app, status: w.status}) != nil {
+			if e.handedOwed(owedReply{tok: tok, payload: w.payload, ack: w.ack, app: w.app, status: w.status, conn: w.conn, owedRef: w.owedRef}) != nil {
 				return
 			}
 		}
@@ -532,6 +608,9 @@ func (e *egress) connectionLost() {
 	e.gate.interrupt() // publishers waiting for a place: not connected
 	e.owedMu.Lock()
 	n := len(e.waiting)
+	for _, w := range e.waiting {
+		e.forgetOwed(w.owedRef) // never handed over: a copy is answered anew
+	}
 	e.waiting = nil
 	e.m.owedWaiting.Set(0)
 	e.owedMu.Unlock()
@@ -573,6 +652,17 @@ func (e *egress) owedWaiter() {
 				if !e.owedClosed {
 					e.owedInFlight--
 					e.m.owed.Set(float64(e.owedInFlight))
+				}
+				if o.tok.Error() == nil && o.conn == e.conn.Load() {
+					// The broker has the reply and is about to have the
+					// request's acknowledgement. A failed reply stays: the
+					// request comes back with the session, and paho may resend
+					// the reply itself. So does one whose request arrived on an
+					// earlier connection than the current one (the reply was
+					// handed over, or resent by paho, after a reconnection):
+					// paho drops the request's acknowledgement, and the broker
+					// delivers the request again.
+					e.forgetOwed(o.owedRef)
 				}
 				e.owedMu.Unlock()
 				if err := o.tok.Error(); err != nil {

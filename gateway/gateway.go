@@ -518,6 +518,7 @@ func (g *Gateway) newClient() error {
 	eo := defaultEgressOptions()
 	eo.Durable = c.DurableReplies
 	eo.Gate = gate
+	eo.OwedMemory = g.cfg.Store.Retention
 	g.egress = newEgress(g.client, g.journal, c.PublishTimeout, c.FlushRate, g.now, eo, log, g.m)
 	g.egress.served = func(app string) bool { _, ok := g.app(app); return ok }
 	g.egress.replyTo = g.journaledReplyTo

@@ -38,6 +38,35 @@ type arrival struct {
 	// bytes is what the message took from the ingress budget (given back
 	// when its handler is done).
 	bytes int64
+	// conn is the broker connection it arrived on (egress.conn).
+	conn uint64
+}
+
+// connMessage is a request message with the broker connection it arrived on
+// (egress.conn), which handle passes down to the reply: paho drops the
+// acknowledgement of a message that arrived on an earlier connection, so the
+// broker delivers it again (egress.Owe).
+type connMessage struct {
+	mqtt.Message
+	conn uint64
+}
+
+// arrivedOn is the broker connection msg arrived on: the one handle recorded,
+// or the current one.
+func (g *Gateway) arrivedOn(msg mqtt.Message) uint64 {
+	if m, ok := msg.(connMessage); ok {
+		return m.conn
+	}
+	return g.connection()
+}
+
+// connection is the current broker connection's number (egress.conn; 0 before
+// the egress exists).
+func (g *Gateway) connection() uint64 {
+	if g.egress == nil {
+		return 0
+	}
+	return g.egress.conn.Load()
 }
 
 // onMessage is the MQTT handler for requests (paho's router goroutine).
@@ -54,7 +83,7 @@ func (g *Gateway) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	if g.draining.Load() {
 		return // not acknowledged: the broker redelivers it to the next session
 	}
-	a := arrival{msg: msg, at: g.now(), bytes: g.inBytes.weight(len(msg.Payload()))}
+	a := arrival{msg: msg, at: g.now(), bytes: g.inBytes.weight(len(msg.Payload())), conn: g.connection()}
 	taken := g.inBytes.tryTake(a.bytes)
 	if taken {
 		select {
@@ -102,10 +131,37 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 		// reply is best effort (egress.Owe).
 		ack = nil
 	}
-	if err := g.egress.Owe(topic, rep, ack); err != nil {
+	if err := g.egress.OweOn(topic, rep, ack, g.arrivedOn(msg)); err != nil {
 		g.rejectLog.Warn().Err(err).Str("app", rep.App).Str("device", rep.Device).Str("id", rep.ID).
 			Str("status", string(rep.Status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
 	}
+}
+
+// repeatOwed answers a copy the broker delivers again (DUP set) of a request
+// whose reply went to the broker without the request being journaled, and which
+// is not acknowledged yet (egress.Owed: the connection was lost before the
+// reply's PUBACK, or the gateway acknowledges the first copy only now), with
+// the same bytes, and reports whether it did. Answered anew, such a copy would
+// often contradict the first reply: an answer from the estimate first, then
+// expired because the outage took its budget. A device's own retry (a new
+// publish, DUP clear) of a refused request is a new request, as the protocol
+// says, and is not answered from here. The copy is acknowledged once the
+// broker has the reply, like the first.
+func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key) bool {
+	if !msg.Duplicate() || msg.Qos() == 0 || replyTo == "" {
+		return false
+	}
+	r, ok := g.egress.Owed(key)
+	if !ok {
+		return false
+	}
+	g.m.duplicates.WithLabelValues("unjournaled").Inc()
+	g.log.Debug().Stringer("key", key).Msg("copy of a request answered without the journal: the same reply published again")
+	if err := g.egress.Repeat(replyTo, key, r, msg.Ack, g.arrivedOn(msg)); err != nil {
+		g.rejectLog.Warn().Err(err).Str("app", key.App).Str("device", key.Device).Str("id", key.ID).
+			Str("status", string(r.status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
+	}
+	return true
 }
 
 // handle admits one request. It acknowledges a request only after the journal has
@@ -118,7 +174,7 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 // is handed to it all the same (submitAfterPanic), and any other (its reply
 // being handed over, or the loop has it) is acknowledged and dropped.
 func (g *Gateway) handle(a arrival) {
-	msg := a.msg
+	var msg mqtt.Message = connMessage{Message: a.msg, conn: a.conn}
 	// Shutdown sets draining, then takes the write lock: from then on workers
 	// leave messages unacknowledged, and shutdown waits for those already inside.
 	if !g.admitting.TryRLock() {
@@ -177,7 +233,11 @@ func (g *Gateway) handle(a arrival) {
 				// which sees only committed records, misses the first copy,
 				// and the id gets this rejection and then the first copy's
 				// answer.
-				defer g.claim(store.Key{App: rej.App, Device: rej.Device, ID: rej.ID})()
+				key := store.Key{App: rej.App, Device: rej.Device, ID: rej.ID}
+				defer g.claim(key)()
+				if g.repeatOwed(msg, rej.ReplyTo, key) {
+					return
+				}
 			}
 			if g.answeredBefore(msg, rej) {
 				return // a redelivered copy of a request the journal knows, or a failed lookup
@@ -198,6 +258,10 @@ func (g *Gateway) handle(a arrival) {
 	// A redelivered copy handled by another worker at the same time waits for
 	// it, and then finds it in the journal.
 	defer g.claim(key)()
+	if g.repeatOwed(msg, req.ReplyTo, key) {
+		onPanic = panicAck
+		return
+	}
 	if req.ExpiredOnArrival() {
 		onPanic = panicAck
 		g.expiredOnArrival(msg, req, key)

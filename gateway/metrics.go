@@ -93,6 +93,9 @@ type metrics struct {
 	// owedWaiting is the owed replies not handed to the MQTT client yet: every
 	// packet id it may hold (mqtt.max_inflight_publishes) was taken.
 	owedWaiting prometheus.Gauge
+	// owedRemembered is the owed replies remembered for copies of their
+	// requests the broker may deliver again (owedLedger).
+	owedRemembered prometheus.Gauge
 	// publishWaits counts publishes that found every such place taken.
 	publishWaits prometheus.Counter
 	// strandedReconnects counts broker connections the gateway dropped because
@@ -130,7 +133,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unroutable: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_unroutable_total", Help: "Messages so broken that no reply topic could be derived (logged, not answered)."}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_duplicates_total", Help: "Redelivered duplicates not run again, by the original's state."}, []string{"state"}),
+			Name: "sneakgate_duplicates_total", Help: "Redelivered duplicates not run again, by the original's state: pending (journaled, not answered yet: ignored), done (journaled and answered: its stored reply published again), unjournaled (answered without being journaled, the request not acknowledged yet: the same reply published again)."}, []string{"state"}),
 		queueLen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_queue_length", Help: "Requests waiting for a model."}),
 		queueTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -187,6 +190,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_unjournaled_replies_in_flight", Help: "Replies to requests that are not journaled (refusals, rejections, answers from the estimate, expired requests) handed to the broker and not acknowledged by it yet; their requests are acknowledged when they are."}),
 		owedWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_unjournaled_replies_waiting", Help: "Replies to requests that are not journaled waiting to be handed to the broker because the MQTT client holds as many unacknowledged publishes as mqtt.max_inflight_publishes allows; they go out, in order, as the broker acknowledges."}),
+		owedRemembered: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sneakgate_unjournaled_replies_remembered", Help: "Replies to requests that are not journaled kept in memory until their requests are acknowledged (in flight, waiting, or whose publish failed with the connection), so that a copy the broker delivers again gets the same bytes (sneakgate_duplicates_total{state=\"unjournaled\"}); at most 65,536, for at most store.retention."}),
 		publishWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_mqtt_publish_waits_total", Help: "Publishes that found the MQTT client holding as many unacknowledged publishes as mqtt.max_inflight_publishes allows and waited for a PUBACK (replies to requests that are not journaled queue instead; answers, republished replies and the outbox flush wait)."}),
 		strandedReconnects: prometheus.NewCounter(prometheus.CounterOpts{
@@ -205,7 +210,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.deviceRefused, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.batchFailures, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
-		m.ingressWaits, m.ingressBytes, m.crashSuspects, m.owed, m.owedWaiting, m.publishWaits, m.strandedReconnects,
+		m.ingressWaits, m.ingressBytes, m.crashSuspects, m.owed, m.owedWaiting, m.owedRemembered, m.publishWaits, m.strandedReconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sneakgate_build_info",
 			Help:        "Always 1; the labels name the gateway's version and the Go version it was built with.",
 			ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version()}},
@@ -321,7 +326,7 @@ func (m *metrics) initLabels(apps []string) {
 			m.replies.WithLabelValues(app, string(st))
 		}
 	}
-	for _, s := range []string{"pending", "done"} {
+	for _, s := range []string{"pending", "done", "unjournaled"} {
 		m.duplicates.WithLabelValues(s)
 	}
 	for _, k := range []string{"load", "unload"} {

@@ -1,0 +1,200 @@
+package gateway
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/sneakgate/sneakgate/protocol"
+	"github.com/sneakgate/sneakgate/store"
+)
+
+// The ledger keeps the latest reply per key, forgets an entry only at its own
+// generation, and drops the oldest beyond its size or age.
+func TestOwedLedgerBounds(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	k := func(id string) store.Key { return store.Key{App: "a", Device: "d", ID: id} }
+	l := newOwedLedger(3, time.Minute)
+	g1 := l.put(k("1"), []byte("r1"), "a", protocol.StatusRejected, t0)
+	g1b := l.put(k("1"), []byte("r1b"), "a", protocol.StatusRejected, t0) // replaces
+	l.forget(k("1"), g1)                                                  // a stale generation: kept
+	if r, ok := l.get(k("1"), t0); !ok || string(r.payload) != "r1b" {
+		t.Fatalf("after replacing and forgetting the old generation: %q %v, want r1b", r.payload, ok)
+	}
+	l.forget(k("1"), g1b)
+	if _, ok := l.get(k("1"), t0); ok || l.len() != 0 {
+		t.Fatalf("forgotten entry still held (%d held)", l.len())
+	}
+	for i, id := range []string{"2", "3", "4", "5"} {
+		l.put(k(id), []byte(id), "a", protocol.StatusDegraded, t0.Add(time.Duration(i)*time.Second))
+	}
+	if _, ok := l.get(k("2"), t0.Add(4*time.Second)); ok || l.len() != 3 {
+		t.Errorf("over the size: the oldest held (%v), %d held, want 3", ok, l.len())
+	}
+	if _, ok := l.get(k("3"), t0.Add(61*time.Second+500*time.Millisecond)); ok {
+		t.Error("an entry older than maxAge is still held")
+	}
+	if _, ok := l.get(k("5"), t0.Add(61*time.Second+500*time.Millisecond)); !ok {
+		t.Error("an entry younger than maxAge was dropped")
+	}
+	// Entries forgotten behind one that stays do not grow the fifo for good.
+	l = newOwedLedger(1<<20, time.Hour)
+	l.put(k("stays"), nil, "a", protocol.StatusDegraded, t0)
+	for i := range 10000 {
+		key := k("x")
+		l.forget(key, l.put(key, nil, "a", protocol.StatusDegraded, t0.Add(time.Duration(i))))
+	}
+	if n := len(l.fifo); n > 2*l.len()+1024 {
+		t.Errorf("fifo holds %d refs for %d entries", n, l.len())
+	}
+}
+
+// A copy the broker delivers again (DUP set) of a request answered without the
+// journal, whose reply's PUBACK never came (the connection was lost), gets the
+// same bytes as the first reply, and is acknowledged once the broker has them;
+// answered anew it would get another answer (here: a second answer from the
+// estimate, with its own timings). A device's own retry (DUP clear) and a copy
+// after the request was acknowledged are new requests.
+func TestOwedReplyRepeatedToCopy(t *testing.T) {
+	const topic = "sneakgate/req/fashion/cam-1"
+	req := func(id string) []byte {
+		p := protocol.Payload{ID: id, DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+		return p.Marshal()
+	}
+	payload := req("a")
+	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
+	close(lost.done)
+	repeat := &fakeToken{done: make(chan struct{})}
+	c := &fakeClient{tokens: []*fakeToken{lost, repeat}}
+	g := handlerGateway(t, c, true) // every request refused and answered from its estimate
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
+
+	first := newFakeMessage(topic, payload)
+	g.handle(arrival{msg: first, at: time.Now()})
+	copy1 := newFakeMessage(topic, payload)
+	copy1.dup = true
+	g.handle(arrival{msg: copy1, at: time.Now().Add(time.Second)})
+	sent := c.sent()
+	if len(sent) != 2 {
+		t.Fatalf("%d replies published, want 2", len(sent))
+	}
+	if rep, err := protocol.ParseReply([]byte(sent[0])); err != nil || rep.Status != protocol.StatusDegraded {
+		t.Fatalf("first reply %s (%v), want degraded", sent[0], err)
+	}
+	if sent[1] != sent[0] {
+		t.Errorf("the copy got\n%s\nwant the first reply's bytes\n%s", sent[1], sent[0])
+	}
+	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("unjournaled")); n != 1 {
+		t.Errorf("sneakgate_duplicates_total{state=unjournaled} = %v, want 1", n)
+	}
+	if copy1.isAcked() {
+		t.Fatal("the copy was acknowledged before the broker acknowledged its reply")
+	}
+	close(repeat.done) // the repeat's PUBACK
+	within(t, copy1.acked, "the copy was not acknowledged after its reply's PUBACK")
+	if first.isAcked() {
+		t.Error("the first copy, whose reply failed, was acknowledged")
+	}
+	// The request is acknowledged: its entry is gone, and another copy is a new
+	// request (as after a restart).
+	if _, ok := g.egress.Owed(key); ok {
+		t.Error("the reply is still remembered after its request was acknowledged")
+	}
+	copy2 := newFakeMessage(topic, payload)
+	copy2.dup = true
+	g.handle(arrival{msg: copy2, at: time.Now().Add(2 * time.Second)})
+	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("unjournaled")); n != 1 || len(c.sent()) != 3 {
+		t.Errorf("a copy after the acknowledgement: %v repeats, %d replies; want it answered anew (1, 3)", n, len(c.sent()))
+	}
+
+	// A device's own retry of a request whose reply failed is a new request.
+	lost2 := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
+	close(lost2.done)
+	c.mu.Lock()
+	c.tokens = []*fakeToken{lost2}
+	c.mu.Unlock()
+	p2 := req("b")
+	g.handle(arrival{msg: newFakeMessage(topic, p2), at: time.Now()})
+	g.handle(arrival{msg: newFakeMessage(topic, p2), at: time.Now()}) // DUP clear
+	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("unjournaled")); n != 1 || len(c.sent()) != 5 {
+		t.Errorf("a device's retry: %v repeats, %d replies; want it answered anew (1, 5)", n, len(c.sent()))
+	}
+}
+
+// An owed reply that waits for a place at the gate when the connection is lost
+// is never handed over: it is forgotten, and a copy of its request is answered
+// anew, since nothing went out that it could contradict. One handed over stays,
+// even once its PUBACK comes on the next connection (paho resent it): the
+// request's acknowledgement is dropped there, and the broker delivers it again.
+func TestOwedReplyDroppedUnsentIsForgotten(t *testing.T) {
+	_, c, o := gatedOnePlace()
+	puback := &fakeToken{done: make(chan struct{})}
+	c.tokens = []*fakeToken{puback}
+	e := newEgress(c, newFakeJournal(), time.Second, 0, time.Now, o, zerolog.Nop(), newMetrics(nil))
+	t.Cleanup(func() { e.Stop(t.Context()); e.Close() })
+	rep := func(id string) *protocol.Reply {
+		return &protocol.Reply{V: 1, ID: id, App: "fashion", Device: "cam-1", Status: protocol.StatusRejected}
+	}
+	handed, waiting := store.Key{App: "fashion", Device: "cam-1", ID: "handed"}, store.Key{App: "fashion", Device: "cam-1", ID: "waiting"}
+	acked := make(chan struct{})
+	if err := e.Owe("r", rep("handed"), func() { close(acked) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Owe("r", rep("waiting"), func() {}); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.sent()) != 1 {
+		t.Fatalf("%d handed over with one place at the gate, want 1", len(c.sent()))
+	}
+	if _, ok := e.Owed(waiting); !ok {
+		t.Fatal("a waiting owed reply is not remembered")
+	}
+	e.connectionLost()
+	if _, ok := e.Owed(waiting); ok {
+		t.Error("a reply dropped unsent by the lost connection is still remembered")
+	}
+	if _, ok := e.Owed(handed); !ok {
+		t.Error("a reply handed over before the connection was lost was forgotten")
+	}
+	if n := testutil.ToFloat64(e.m.owedRemembered); n != 1 {
+		t.Errorf("sneakgate_unjournaled_replies_remembered = %v, want 1", n)
+	}
+	close(puback.done) // the resent reply's PUBACK, on the new connection
+	within(t, acked, "the request of a reply the broker acknowledged was not acknowledged")
+	if _, ok := e.Owed(handed); !ok {
+		t.Error("a reply acknowledged on a later connection than it was handed over on was forgotten")
+	}
+}
+
+// A reply to a request that arrived on a connection since lost stays
+// remembered after its PUBACK: paho drops that request's acknowledgement, so the
+// broker delivers the request again, and the copy must get the same bytes. One
+// whose request arrived on the current connection is forgotten.
+func TestOwedReplyOfAnEarlierConnectionStays(t *testing.T) {
+	c := &fakeClient{} // every publish acknowledged at once
+	e := newEgress(c, newFakeJournal(), time.Second, 0, time.Now, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
+	t.Cleanup(func() { e.Stop(t.Context()); e.Close() })
+	rep := func(id string) *protocol.Reply {
+		return &protocol.Reply{V: 1, ID: id, App: "fashion", Device: "cam-1", Status: protocol.StatusDegraded}
+	}
+	before := e.conn.Load()
+	e.connectionLost()
+	e.gate.All() // the client reconnected: paho lists what it resends
+	for _, tc := range []struct {
+		id   string
+		conn uint64
+		kept bool
+	}{{"old", before, true}, {"current", e.conn.Load(), false}} {
+		acked := make(chan struct{})
+		if err := e.OweOn("r", rep(tc.id), func() { close(acked) }, tc.conn); err != nil {
+			t.Fatal(err)
+		}
+		within(t, acked, "not acknowledged after its PUBACK")
+		if _, ok := e.Owed(store.Key{App: "fashion", Device: "cam-1", ID: tc.id}); ok != tc.kept {
+			t.Errorf("%s: remembered %v after the PUBACK, want %v", tc.id, ok, tc.kept)
+		}
+	}
+}
