@@ -146,13 +146,22 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 // expired because the outage took its budget. A device's own retry (a new
 // publish, DUP clear) of a refused request is a new request, as the protocol
 // says, and is not answered from here. The copy is acknowledged once the
-// broker has the reply, like the first.
+// broker has the reply, like the first. A key the journal knows is left to the
+// journal's answer (Gateway.answeredBefore, duplicate): the remembered reply
+// would contradict it.
 func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key) bool {
 	if !msg.Duplicate() || msg.Qos() == 0 || replyTo == "" {
 		return false
 	}
 	r, ok := g.egress.Owed(key)
 	if !ok {
+		return false
+	}
+	// The journal may have stored the key since (the device's own retry,
+	// admitted while this copy's first delivery was not acknowledged): then
+	// its answer is the one that counts, and the paths below give it. A failed
+	// lookup is left to them too (they look up again, and report it).
+	if res, err := g.journal.Lookup(key); (err != nil && !errors.Is(err, store.ErrInvalid)) || (err == nil && res.Dup != store.New) {
 		return false
 	}
 	g.m.duplicates.WithLabelValues("unjournaled").Inc()

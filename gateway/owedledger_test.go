@@ -198,3 +198,57 @@ func TestOwedReplyOfAnEarlierConnectionStays(t *testing.T) {
 		}
 	}
 }
+
+// A copy the broker delivers again of a request whose refusal is remembered,
+// but whose key the journal has stored since (the device's own retry, DUP
+// clear, admitted and answered while the first copy was not acknowledged), is
+// answered as the journal says: the remembered refusal would contradict the
+// journaled answer.
+func TestOwedReplyYieldsToTheJournal(t *testing.T) {
+	const topic = "sneakgate/req/fashion/cam-1"
+	p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+	payload := p.Marshal()
+	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
+	close(lost.done)
+	c := &fakeClient{tokens: []*fakeToken{lost}}
+	g := handlerGateway(t, c, false) // every request refused for overload
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
+
+	g.handle(arrival{msg: newFakeMessage(topic, payload), at: time.Now()})
+	sent := c.sent()
+	if len(sent) != 1 {
+		t.Fatalf("%d replies published, want 1 (the refusal)", len(sent))
+	}
+	if _, ok := g.egress.Owed(key); !ok {
+		t.Fatal("the refusal is not remembered")
+	}
+	// The device's retry of "a" was admitted and answered.
+	now := time.Now()
+	if _, err := g.journal.Put(&store.Entry{Key: key, Received: now, Deadline: now.Add(time.Minute),
+		ReplyTo: "sneakgate/res/fashion/cam-1", Input: make([]float32, 784)}); err != nil {
+		t.Fatal(err)
+	}
+	answer := protocol.Reply{V: 1, ID: "a", App: "fashion", Device: "cam-1", Status: protocol.StatusOK}
+	answerBytes, err := answer.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.journal.Complete(key, answerBytes); err != nil {
+		t.Fatal(err)
+	}
+
+	cp := newFakeMessage(topic, payload)
+	cp.dup = true
+	g.handle(arrival{msg: cp, at: time.Now()})
+	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("unjournaled")); n != 0 {
+		t.Errorf("sneakgate_duplicates_total{state=unjournaled} = %v, want 0: the journal knows the key", n)
+	}
+	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("done")); n != 1 {
+		t.Errorf("sneakgate_duplicates_total{state=done} = %v, want 1", n)
+	}
+	for _, s := range c.sent()[1:] {
+		if s == sent[0] {
+			t.Errorf("the refusal was published again after the journal answered the id:\n%s", s)
+		}
+	}
+}
