@@ -387,6 +387,10 @@ type owedMsg struct {
 	status  protocol.Status
 	conn    uint64 // the connection its request arrived on (egress.conn)
 	owedRef        // its ledger entry (gen 0: none)
+	// repeat: the reply remembered for a copy of its request (Repeat), which
+	// went out before, or waits ahead of it: dropped unsent, it stays
+	// remembered.
+	repeat bool
 }
 
 // errStopping: egress is closed; the request is left unacknowledged.
@@ -436,13 +440,13 @@ func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint6
 	if err != nil { // a Reply always marshals
 		return err
 	}
-	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.App, rep.Status, ack, conn)
+	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.App, rep.Status, ack, conn, false)
 }
 
 // Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
 // request: the same bytes, acknowledged (ack) once the broker has them.
 func (e *egress) Repeat(topic string, key store.Key, r owedRecord, ack func(), conn uint64) error {
-	return e.owe(topic, key, r.payload, r.app, r.status, ack, conn)
+	return e.owe(topic, key, r.payload, r.app, r.status, ack, conn, true)
 }
 
 // Owed returns the reply owed to key's request, handed to the broker (or
@@ -454,8 +458,8 @@ func (e *egress) Owed(key store.Key) (owedRecord, bool) {
 	return e.ledger.get(key, e.now())
 }
 
-// owe is Owe of an encoded reply.
-func (e *egress) owe(topic string, key store.Key, payload []byte, app string, status protocol.Status, ack func(), conn uint64) error {
+// owe is Owe of an encoded reply; repeat: Repeat's (owedMsg.repeat).
+func (e *egress) owe(topic string, key store.Key, payload []byte, app string, status protocol.Status, ack func(), conn uint64, repeat bool) error {
 	e.busyMu.Lock()
 	closed := e.lateClosed
 	e.busyMu.Unlock()
@@ -478,7 +482,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, app string, st
 			return nil
 		}
 		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: app,
-			status: status, conn: conn, owedRef: e.remember(key, payload, app, status, ack)})
+			status: status, conn: conn, owedRef: e.remember(key, payload, app, status, ack), repeat: repeat})
 		first := len(e.waiting) == 1
 		e.m.owedWaiting.Set(float64(len(e.waiting)))
 		e.owedMu.Unlock()
@@ -584,9 +588,11 @@ func (e *egress) owedSender() {
 			if w.conn != e.conn.Load() || !e.client.IsConnectionOpen() {
 				e.gate.entered()
 				e.m.publishFails.Inc()
-				e.owedMu.Lock()
-				e.forgetOwed(w.owedRef) // never handed over: a copy is answered anew
-				e.owedMu.Unlock()
+				if !w.repeat {
+					e.owedMu.Lock()
+					e.forgetOwed(w.owedRef) // never handed over: a copy is answered anew
+					e.owedMu.Unlock()
+				}
 				continue
 			}
 			tok := e.client.Publish(w.topic, 1, false, w.payload)
@@ -609,7 +615,9 @@ func (e *egress) connectionLost() {
 	e.owedMu.Lock()
 	n := len(e.waiting)
 	for _, w := range e.waiting {
-		e.forgetOwed(w.owedRef) // never handed over: a copy is answered anew
+		if !w.repeat { // a repeat's bytes went out before, or wait ahead of it
+			e.forgetOwed(w.owedRef) // never handed over: a copy is answered anew
+		}
 	}
 	e.waiting = nil
 	e.m.owedWaiting.Set(0)

@@ -19,8 +19,9 @@ import (
 //
 // An entry is forgotten when its request is acknowledged (the broker had the
 // reply), when its reply is dropped before it was handed over (it never left
-// the gateway: the copy is answered anew, which contradicts nothing), when a
-// later owed reply to the same key replaces it, and when it is older than
+// the gateway: the copy is answered anew, which contradicts nothing; not so a
+// repeat's, whose bytes went out before or wait ahead of it), when a later
+// owed reply to the same key replaces it, and when it is older than
 // maxAge or more than max entries are held (oldest first). The ledger is in
 // memory: after a restart copies are answered anew, as before
 // (docs/protocol.md, "Delivery"). Not safe for concurrent use: egress holds

@@ -252,3 +252,38 @@ func TestOwedReplyYieldsToTheJournal(t *testing.T) {
 		}
 	}
 }
+
+// A repeat that waits for a place at the gate when the connection is lost is
+// dropped unsent, but the reply it repeats was handed over before and may have
+// reached the device: it stays remembered, so that the next copy gets the same
+// bytes too.
+func TestOwedRepeatDroppedUnsentKeepsTheReply(t *testing.T) {
+	_, c, o := gatedOnePlace()
+	puback := &fakeToken{done: make(chan struct{})} // the first reply's PUBACK, never seen
+	c.tokens = []*fakeToken{puback}
+	e := newEgress(c, newFakeJournal(), time.Second, 0, time.Now, o, zerolog.Nop(), newMetrics(nil))
+	t.Cleanup(func() { e.Stop(t.Context()); e.Close() })
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
+	rep := &protocol.Reply{V: 1, ID: "a", App: "fashion", Device: "cam-1", Status: protocol.StatusDegraded}
+	if err := e.Owe("r", rep, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.sent()) != 1 {
+		t.Fatalf("%d handed over, want 1", len(c.sent()))
+	}
+	r, ok := e.Owed(key)
+	if !ok {
+		t.Fatal("the handed-over reply is not remembered")
+	}
+	// A copy of the request: its repeat waits, the only place being taken.
+	if err := e.Repeat("r", key, r, func() {}, e.conn.Load()); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.sent()) != 1 {
+		t.Fatalf("%d handed over, want 1 (the repeat waits)", len(c.sent()))
+	}
+	e.connectionLost()
+	if got, ok := e.Owed(key); !ok || string(got.payload) != c.sent()[0] {
+		t.Errorf("after the waiting repeat was dropped: remembered %v (%q), want the reply handed over before", ok, got.payload)
+	}
+}
