@@ -148,8 +148,9 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 // says, and is not answered from here. The copy is acknowledged once the
 // broker has the reply, like the first. A key the journal knows is left to the
 // journal's answer (Gateway.answeredBefore, duplicate): the remembered reply
-// would contradict it.
-func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key) bool {
+// would contradict it. answering is called just before the reply is handed
+// over (from then on a panic does not answer the copy anew: handle).
+func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key, answering func()) bool {
 	if !msg.Duplicate() || msg.Qos() == 0 || replyTo == "" {
 		return false
 	}
@@ -166,6 +167,7 @@ func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key) bo
 	}
 	g.m.duplicates.WithLabelValues("unjournaled").Inc()
 	g.log.Debug().Stringer("key", key).Msg("copy of a request answered without the journal: the same reply published again")
+	answering()
 	if err := g.egress.Repeat(replyTo, key, r, msg.Ack, g.arrivedOn(msg)); err != nil {
 		g.rejectLog.Warn().Err(err).Str("app", key.App).Str("device", key.Device).Str("id", key.ID).
 			Str("status", string(r.status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
@@ -244,7 +246,7 @@ func (g *Gateway) handle(a arrival) {
 				// answer.
 				key := store.Key{App: rej.App, Device: rej.Device, ID: rej.ID}
 				defer g.claim(key)()
-				if g.repeatOwed(msg, rej.ReplyTo, key) {
+				if g.repeatOwed(msg, rej.ReplyTo, key, func() {}) { // onPanic: panicAck
 					return
 				}
 			}
@@ -267,8 +269,7 @@ func (g *Gateway) handle(a arrival) {
 	// A redelivered copy handled by another worker at the same time waits for
 	// it, and then finds it in the journal.
 	defer g.claim(key)()
-	if g.repeatOwed(msg, req.ReplyTo, key) {
-		onPanic = panicAck
+	if g.repeatOwed(msg, req.ReplyTo, key, func() { onPanic = panicAck }) {
 		return
 	}
 	if req.ExpiredOnArrival() {

@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
@@ -285,5 +288,59 @@ func TestOwedRepeatDroppedUnsentKeepsTheReply(t *testing.T) {
 	e.connectionLost()
 	if got, ok := e.Owed(key); !ok || string(got.payload) != c.sent()[0] {
 		t.Errorf("after the waiting repeat was dropped: remembered %v (%q), want the reply handed over before", ok, got.payload)
+	}
+}
+
+// panicClient panics in its Publish number panicAt (from 1), as a fault in the
+// MQTT client would, and otherwise publishes as its fakeClient does.
+type panicClient struct {
+	*fakeClient
+	calls   atomic.Int32
+	panicAt int32
+}
+
+func (c *panicClient) Publish(topic string, qos byte, retained bool, payload any) mqtt.Token {
+	if c.calls.Add(1) == c.panicAt {
+		panic("publish fault")
+	}
+	return c.fakeClient.Publish(topic, qos, retained, payload)
+}
+
+// A panic while a copy's repeat is handed over does not answer the copy
+// rejected internal: the first reply, which the repeat gives again, may have
+// reached the device, and the rejection would contradict it (and replace it in
+// the ledger for later copies). The copy is acknowledged and dropped, as any
+// request whose reply was being handed over (handle).
+func TestOwedRepeatPanicDoesNotAnswerAnew(t *testing.T) {
+	const topic = "sneakgate/req/fashion/cam-1"
+	p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+	payload := p.Marshal()
+	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
+	close(lost.done)
+	c := &fakeClient{tokens: []*fakeToken{lost}}
+	g := handlerGateway(t, c, true) // answered from the estimate
+	g.egress.Stop(t.Context())
+	g.egress.Close()
+	g.egress = newEgress(&panicClient{fakeClient: c, panicAt: 2}, g.journal, time.Second, 0, time.Now,
+		defaultEgressOptions(), zerolog.Nop(), g.m) // the copy's repeat panics
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
+	g.handle(arrival{msg: newFakeMessage(topic, payload), at: time.Now()})
+	first := c.sent()
+	if len(first) != 1 {
+		t.Fatalf("%d replies published, want 1", len(first))
+	}
+	cp := newFakeMessage(topic, payload)
+	cp.dup = true
+	g.handle(arrival{msg: cp, at: time.Now()})
+	for _, s := range c.sent()[1:] {
+		if rep, err := protocol.ParseReply([]byte(s)); err != nil || rep.Status != protocol.StatusDegraded {
+			t.Errorf("after a panic in the repeat, a different reply went out: %s", s)
+		}
+	}
+	if r, ok := g.egress.Owed(key); !ok || string(r.payload) != first[0] {
+		t.Errorf("remembered %v %s, want the first reply", ok, r.payload)
+	}
+	if !cp.isAcked() {
+		t.Error("the copy whose repeat panicked was not acknowledged")
 	}
 }
