@@ -444,9 +444,10 @@ func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint6
 }
 
 // Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
-// request: the same bytes, acknowledged (ack) once the broker has them.
-func (e *egress) Repeat(topic string, key store.Key, r owedRecord, ack func(), conn uint64) error {
-	return e.owe(topic, key, r.payload, r.app, r.status, ack, conn, true)
+// request: the same bytes, on the topic they went to, acknowledged (ack) once
+// the broker has them.
+func (e *egress) Repeat(key store.Key, r owedRecord, ack func(), conn uint64) error {
+	return e.owe(r.topic, key, r.payload, r.app, r.status, ack, conn, true)
 }
 
 // Owed returns the reply owed to key's request, handed to the broker (or
@@ -482,7 +483,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, app string, st
 			return nil
 		}
 		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: app,
-			status: status, conn: conn, owedRef: e.remember(key, payload, app, status, ack), repeat: repeat})
+			status: status, conn: conn, owedRef: e.remember(key, topic, payload, app, status, ack), repeat: repeat})
 		first := len(e.waiting) == 1
 		e.m.owedWaiting.Set(float64(len(e.waiting)))
 		e.owedMu.Unlock()
@@ -495,7 +496,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, app string, st
 		}
 		return nil
 	}
-	ref := e.remember(key, payload, app, status, ack)
+	ref := e.remember(key, topic, payload, app, status, ack)
 	e.owedMu.Unlock()
 	tok := e.client.Publish(topic, 1, false, payload)
 	e.gate.entered()
@@ -504,12 +505,12 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, app string, st
 
 // remember puts an owed reply in the ledger, if its request is one the broker
 // can deliver again (QoS 1: ack is not nil) and has an id; owedMu held.
-func (e *egress) remember(key store.Key, payload []byte, app string, status protocol.Status, ack func()) owedRef {
+func (e *egress) remember(key store.Key, topic string, payload []byte, app string, status protocol.Status, ack func()) owedRef {
 	if ack == nil || key.ID == "" {
 		return owedRef{}
 	}
 	now := e.now()
-	gen := e.ledger.put(key, payload, app, status, now)
+	gen := e.ledger.put(key, topic, payload, app, status, now)
 	e.m.owedRemembered.Set(float64(e.ledger.len()))
 	return owedRef{key: key, gen: gen, at: now}
 }

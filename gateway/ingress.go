@@ -141,7 +141,8 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 // whose reply went to the broker without the request being journaled, and which
 // is not acknowledged yet (egress.Owed: the connection was lost before the
 // reply's PUBACK, or the gateway acknowledges the first copy only now), with
-// the same bytes, and reports whether it did. Answered anew, such a copy would
+// the same bytes on the topic they went to (a copy rejected unknown_app after
+// a reload would name the device's own), and reports whether it did. Answered anew, such a copy would
 // often contradict the first reply: an answer from the estimate first, then
 // expired because the outage took its budget. A device's own retry (a new
 // publish, DUP clear) of a refused request is a new request, as the protocol
@@ -168,7 +169,7 @@ func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key, an
 	g.m.duplicates.WithLabelValues("unjournaled").Inc()
 	g.log.Debug().Stringer("key", key).Msg("copy of a request answered without the journal: the same reply published again")
 	answering()
-	if err := g.egress.Repeat(replyTo, key, r, msg.Ack, g.arrivedOn(msg)); err != nil {
+	if err := g.egress.Repeat(key, r, msg.Ack, g.arrivedOn(msg)); err != nil {
 		g.rejectLog.Warn().Err(err).Str("app", key.App).Str("device", key.Device).Str("id", key.ID).
 			Str("status", string(r.status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
 	}

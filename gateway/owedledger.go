@@ -39,6 +39,7 @@ type owedLedger struct {
 
 // owedRecord is a remembered reply.
 type owedRecord struct {
+	topic   string // where it went
 	payload []byte
 	app     string
 	status  protocol.Status
@@ -56,11 +57,11 @@ func newOwedLedger(max int, maxAge time.Duration) *owedLedger {
 	return &owedLedger{max: max, maxAge: maxAge, m: map[store.Key]owedRecord{}}
 }
 
-// put remembers payload as the reply to key, replacing any earlier one, and
-// returns its generation (never 0), which forget takes.
-func (l *owedLedger) put(key store.Key, payload []byte, app string, status protocol.Status, now time.Time) uint64 {
+// put remembers payload, published on topic, as the reply to key, replacing any
+// earlier one, and returns its generation (never 0), which forget takes.
+func (l *owedLedger) put(key store.Key, topic string, payload []byte, app string, status protocol.Status, now time.Time) uint64 {
 	l.gen++
-	l.m[key] = owedRecord{payload: payload, app: app, status: status, gen: l.gen}
+	l.m[key] = owedRecord{topic: topic, payload: payload, app: app, status: status, gen: l.gen}
 	l.fifo = append(l.fifo, owedRef{key: key, gen: l.gen, at: now})
 	l.expire(now)
 	return l.gen

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,9 +22,9 @@ func TestOwedLedgerBounds(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	k := func(id string) store.Key { return store.Key{App: "a", Device: "d", ID: id} }
 	l := newOwedLedger(3, time.Minute)
-	g1 := l.put(k("1"), []byte("r1"), "a", protocol.StatusRejected, t0)
-	g1b := l.put(k("1"), []byte("r1b"), "a", protocol.StatusRejected, t0) // replaces
-	l.forget(k("1"), g1)                                                  // a stale generation: kept
+	g1 := l.put(k("1"), "r", []byte("r1"), "a", protocol.StatusRejected, t0)
+	g1b := l.put(k("1"), "r", []byte("r1b"), "a", protocol.StatusRejected, t0) // replaces
+	l.forget(k("1"), g1)                                                       // a stale generation: kept
 	if r, ok := l.get(k("1"), t0); !ok || string(r.payload) != "r1b" {
 		t.Fatalf("after replacing and forgetting the old generation: %q %v, want r1b", r.payload, ok)
 	}
@@ -32,7 +33,7 @@ func TestOwedLedgerBounds(t *testing.T) {
 		t.Fatalf("forgotten entry still held (%d held)", l.len())
 	}
 	for i, id := range []string{"2", "3", "4", "5"} {
-		l.put(k(id), []byte(id), "a", protocol.StatusDegraded, t0.Add(time.Duration(i)*time.Second))
+		l.put(k(id), "r", []byte(id), "a", protocol.StatusDegraded, t0.Add(time.Duration(i)*time.Second))
 	}
 	if _, ok := l.get(k("2"), t0.Add(4*time.Second)); ok || l.len() != 3 {
 		t.Errorf("over the size: the oldest held (%v), %d held, want 3", ok, l.len())
@@ -45,10 +46,10 @@ func TestOwedLedgerBounds(t *testing.T) {
 	}
 	// Entries forgotten behind one that stays do not grow the fifo for good.
 	l = newOwedLedger(1<<20, time.Hour)
-	l.put(k("stays"), nil, "a", protocol.StatusDegraded, t0)
+	l.put(k("stays"), "r", nil, "a", protocol.StatusDegraded, t0)
 	for i := range 10000 {
 		key := k("x")
-		l.forget(key, l.put(key, nil, "a", protocol.StatusDegraded, t0.Add(time.Duration(i))))
+		l.forget(key, l.put(key, "r", nil, "a", protocol.StatusDegraded, t0.Add(time.Duration(i))))
 	}
 	if n := len(l.fifo); n > 2*l.len()+1024 {
 		t.Errorf("fifo holds %d refs for %d entries", n, l.len())
@@ -279,7 +280,7 @@ func TestOwedRepeatDroppedUnsentKeepsTheReply(t *testing.T) {
 		t.Fatal("the handed-over reply is not remembered")
 	}
 	// A copy of the request: its repeat waits, the only place being taken.
-	if err := e.Repeat("r", key, r, func() {}, e.conn.Load()); err != nil {
+	if err := e.Repeat(key, r, func() {}, e.conn.Load()); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.sent()) != 1 {
@@ -342,5 +343,45 @@ func TestOwedRepeatPanicDoesNotAnswerAnew(t *testing.T) {
 	}
 	if !cp.isAcked() {
 		t.Error("the copy whose repeat panicked was not acknowledged")
+	}
+}
+
+// A copy's repeat goes where the first reply went, as a journaled copy's
+// stored reply does (answeredBefore): here the first copy, answered from the
+// estimate on its allowed reply_to, and the copy rejected unknown_app once a
+// reload removed the application, a rejection whose reply topic is the
+// device's own.
+func TestOwedRepeatGoesWhereTheFirstReplyWent(t *testing.T) {
+	const topic, custom = "sneakgate/req/fashion/cam-1", "sneakgate/custom/cam-1"
+	p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true, ReplyTo: custom}
+	payload := p.Marshal()
+	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
+	close(lost.done)
+	c := &fakeClient{tokens: []*fakeToken{lost}}
+	g := handlerGateway(t, c, true) // answered from the estimate
+	allow, err := protocol.NewAllowList([]string{"{prefix}/res/{app}/{device}", "{prefix}/custom/{device}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.env.ReplyAllow = allow
+	g.handle(arrival{msg: newFakeMessage(topic, payload), at: time.Now()})
+	c.mu.Lock()
+	topics := slices.Clone(c.topics)
+	c.mu.Unlock()
+	if len(topics) != 1 || topics[0] != custom {
+		t.Fatalf("first reply on %v, want one on %s", topics, custom)
+	}
+	g.apps.Store(&map[string]*appRuntime{}) // a reload removed fashion
+	cp := newFakeMessage(topic, payload)
+	cp.dup = true
+	g.handle(arrival{msg: cp, at: time.Now()})
+	sent := c.sent()
+	if len(sent) != 2 || sent[1] != sent[0] {
+		t.Fatalf("the copy got %d replies %q, want the first reply again", len(sent)-1, sent[1:])
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.topics[1] != custom {
+		t.Errorf("the repeat went to %s, want %s, where the first reply went", c.topics[1], custom)
 	}
 }
