@@ -101,9 +101,11 @@ func defaultEgressOptions() egressOptions {
 		OwedMemory: 10 * time.Minute, OwedMemoryMax: defaultOwedMemoryMax}
 }
 
-// defaultOwedMemoryMax is the most owed replies egress remembers (owedLedger): a
-// reply is a few hundred bytes, so some tens of MiB at most.
-const defaultOwedMemoryMax = 1 << 16
+// defaultOwedMemoryMax is the most owed replies egress remembers (owedLedger):
+// about 750 bytes each with fashion's replies (the reply, its key and topic, the
+// map's and the queue's share), so about 12 MiB at most; at 1,200 answers from
+// the estimate a second, the last 14 s of them.
+const defaultOwedMemoryMax = 1 << 14
 
 // egress publishes replies. Answers to journaled requests are made durable in the
 // journal's outbox before they are first handed to the broker, so that a repeat of
@@ -662,7 +664,7 @@ func (e *egress) owedWaiter() {
 					e.owedInFlight--
 					e.m.owed.Set(float64(e.owedInFlight))
 				}
-				if o.tok.Error() == nil && o.conn == e.conn.Load() {
+				if o.tok.Error() == nil && o.conn == e.conn.Load() && o.status != protocol.StatusDegraded {
 					// The broker has the reply and is about to have the
 					// request's acknowledgement. A failed reply stays: the
 					// request comes back with the session, and paho may resend
@@ -670,7 +672,8 @@ func (e *egress) owedWaiter() {
 					// earlier connection than the current one (the reply was
 					// handed over, or resent by paho, after a reconnection):
 					// paho drops the request's acknowledgement, and the broker
-					// delivers the request again.
+					// delivers the request again. An answer from the estimate
+					// stays too, for the device's own resends (owedLedger).
 					e.forgetOwed(o.owedRef)
 				}
 				e.owedMu.Unlock()

@@ -137,26 +137,30 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 	}
 }
 
-// repeatOwed answers a copy the broker delivers again (DUP set) of a request
-// whose reply went to the broker without the request being journaled, and which
-// is not acknowledged yet (egress.Owed: the connection was lost before the
-// reply's PUBACK, or the gateway acknowledges the first copy only now), with
-// the same bytes on the topic they went to (a copy rejected unknown_app after
-// a reload would name the device's own), and reports whether it did. Answered anew, such a copy would
-// often contradict the first reply: an answer from the estimate first, then
-// expired because the outage took its budget. A device's own retry (a new
-// publish, DUP clear) of a refused request is a new request, as the protocol
-// says, and is not answered from here. The copy is acknowledged once the
-// broker has the reply, like the first. A key the journal knows is left to the
-// journal's answer (Gateway.answeredBefore, duplicate): the remembered reply
-// would contradict it. answering is called just before the reply is handed
-// over (from then on a panic does not answer the copy anew: handle).
+// repeatOwed answers a copy of a request whose reply went to the broker without
+// the request being journaled with the same bytes, on the topic they went to (a
+// copy rejected unknown_app after a reload would name the device's own), and
+// reports whether it did (egress.Owed): a copy the broker delivers again (DUP
+// set) while the request is not acknowledged (the connection was lost before
+// the reply's PUBACK, or the request arrived on a connection since lost), and
+// any copy, within the ledger's bounds, of a request answered from its estimate
+// (degraded), as a journaled request's copies get its stored reply. Answered
+// anew, such a copy would often contradict the first reply: an answer from the
+// estimate first, then expired because the outage took its budget. The
+// device's client resends a request whose PUBACK it never had (a broker that
+// stopped), and the broker passes it on as a new message, DUP clear. A retry of
+// a refused request (DUP clear, typically after retry_after_ms) is a new
+// request, as the protocol says. The copy is acknowledged once the broker has
+// the reply, like the first. A key the journal knows is left to the journal's
+// answer (Gateway.answeredBefore, duplicate): the remembered reply would
+// contradict it. answering is called just before the reply is handed over
+// (from then on a panic does not answer the copy anew: handle).
 func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key, answering func()) bool {
-	if !msg.Duplicate() || msg.Qos() == 0 || replyTo == "" {
+	if msg.Qos() == 0 || replyTo == "" {
 		return false
 	}
 	r, ok := g.egress.Owed(key)
-	if !ok {
+	if !ok || (!msg.Duplicate() && r.status != protocol.StatusDegraded) {
 		return false
 	}
 	// The journal may have stored the key since (the device's own retry,

@@ -133,7 +133,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unroutable: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_unroutable_total", Help: "Messages so broken that no reply topic could be derived (logged, not answered)."}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sneakgate_duplicates_total", Help: "Redelivered duplicates not run again, by the original's state: pending (journaled, not answered yet: ignored), done (journaled and answered: its stored reply published again), unjournaled (answered without being journaled, the request not acknowledged yet: the same reply published again)."}, []string{"state"}),
+			Name: "sneakgate_duplicates_total", Help: "Redelivered duplicates not run again, by the original's state: pending (journaled, not answered yet: ignored), done (journaled and answered: its stored reply published again), unjournaled (answered without being journaled, its reply remembered: sneakgate_unjournaled_replies_remembered; the same reply published again)."}, []string{"state"}),
 		queueLen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_queue_length", Help: "Requests waiting for a model."}),
 		queueTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -191,7 +191,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		owedWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_unjournaled_replies_waiting", Help: "Replies to requests that are not journaled waiting to be handed to the broker because the MQTT client holds as many unacknowledged publishes as mqtt.max_inflight_publishes allows; they go out, in order, as the broker acknowledges."}),
 		owedRemembered: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sneakgate_unjournaled_replies_remembered", Help: "Replies to requests that are not journaled kept in memory until their requests are acknowledged (in flight, waiting, or whose publish failed with the connection), so that a copy the broker delivers again gets the same bytes (sneakgate_duplicates_total{state=\"unjournaled\"}); at most 65,536, for at most store.retention."}),
+			Name: "sneakgate_unjournaled_replies_remembered", Help: "Replies to requests that are not journaled kept in memory so that a copy of the request gets the same bytes (sneakgate_duplicates_total{state=\"unjournaled\"}): refusals and expired replies until their requests are acknowledged, answers from the estimate (degraded) until they are the oldest of 16,384 or older than store.retention"}),
 		publishWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sneakgate_mqtt_publish_waits_total", Help: "Publishes that found the MQTT client holding as many unacknowledged publishes as mqtt.max_inflight_publishes allows and waited for a PUBACK (replies to requests that are not journaled queue instead; answers, republished replies and the outbox flush wait)."}),
 		strandedReconnects: prometheus.NewCounter(prometheus.CounterOpts{

@@ -17,12 +17,21 @@ import (
 // a different answer (an answer from the estimate first, then expired because
 // the outage took its budget).
 //
-// An entry is forgotten when its request is acknowledged (the broker had the
-// reply), when its reply is dropped before it was handed over (it never left
-// the gateway: the copy is answered anew, which contradicts nothing; not so a
+// An answer from the estimate (degraded) is kept after its request is
+// acknowledged as well: a device whose publish the broker never acknowledged (a
+// broker that stopped) sends the request again after reconnecting, and the
+// broker passes that on as a new message; it gets the same answer, as a
+// journaled request's copies get its stored reply. A refusal is not: a retry
+// after its retry_after_ms is a new request. An expired reply's bytes depend
+// only on the request, so any copy gets them anyway.
+//
+// An entry is forgotten when its request is acknowledged on the connection it
+// arrived on (the broker had the reply; but for answers from the estimate),
+// when its reply is dropped before it was handed over (it never left the
+// gateway: the copy is answered anew, which contradicts nothing; not so a
 // repeat's, whose bytes went out before or wait ahead of it), when a later
-// owed reply to the same key replaces it, and when it is older than
-// maxAge or more than max entries are held (oldest first). The ledger is in
+// owed reply to the same key replaces it, and when it is older than maxAge or
+// more than max entries are held (oldest first). The ledger is in
 // memory: after a restart copies are answered anew, as before
 // (docs/protocol.md, "Delivery"). Not safe for concurrent use: egress holds
 // owedMu around every call.

@@ -60,8 +60,9 @@ func TestOwedLedgerBounds(t *testing.T) {
 // journal, whose reply's PUBACK never came (the connection was lost), gets the
 // same bytes as the first reply, and is acknowledged once the broker has them;
 // answered anew it would get another answer (here: a second answer from the
-// estimate, with its own timings). A device's own retry (DUP clear) and a copy
-// after the request was acknowledged are new requests.
+// estimate, with its own timings). An answer from the estimate stays
+// remembered after its request is acknowledged, for any copy (the device's own
+// resend comes with DUP clear).
 func TestOwedReplyRepeatedToCopy(t *testing.T) {
 	const topic = "sneakgate/req/fashion/cam-1"
 	req := func(id string) []byte {
@@ -102,29 +103,57 @@ func TestOwedReplyRepeatedToCopy(t *testing.T) {
 	if first.isAcked() {
 		t.Error("the first copy, whose reply failed, was acknowledged")
 	}
-	// The request is acknowledged: its entry is gone, and another copy is a new
-	// request (as after a restart).
-	if _, ok := g.egress.Owed(key); ok {
-		t.Error("the reply is still remembered after its request was acknowledged")
+	// The request is acknowledged; the device sends it again (DUP clear): the
+	// same answer.
+	if _, ok := g.egress.Owed(key); !ok {
+		t.Error("an answer from the estimate was forgotten after its request was acknowledged")
 	}
 	copy2 := newFakeMessage(topic, payload)
-	copy2.dup = true
 	g.handle(arrival{msg: copy2, at: time.Now().Add(2 * time.Second)})
-	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("unjournaled")); n != 1 || len(c.sent()) != 3 {
-		t.Errorf("a copy after the acknowledgement: %v repeats, %d replies; want it answered anew (1, 3)", n, len(c.sent()))
+	within(t, copy2.acked, "the device's resend was not acknowledged")
+	if sent := c.sent(); len(sent) != 3 || sent[2] != sent[0] {
+		t.Errorf("the device's resend after the acknowledgement got %d replies, the last\n%s\nwant the first reply's bytes", len(sent), sent[len(sent)-1])
 	}
+}
 
-	// A device's own retry of a request whose reply failed is a new request.
-	lost2 := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
-	close(lost2.done)
-	c.mu.Lock()
-	c.tokens = []*fakeToken{lost2}
-	c.mu.Unlock()
-	p2 := req("b")
-	g.handle(arrival{msg: newFakeMessage(topic, p2), at: time.Now()})
-	g.handle(arrival{msg: newFakeMessage(topic, p2), at: time.Now()}) // DUP clear
-	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("unjournaled")); n != 1 || len(c.sent()) != 5 {
-		t.Errorf("a device's retry: %v repeats, %d replies; want it answered anew (1, 5)", n, len(c.sent()))
+// A refusal is remembered only until its request is acknowledged, and only
+// for copies the broker delivers again (DUP set): a retry after its
+// retry_after_ms, DUP clear, is a new request, which may be admitted.
+func TestOwedRefusalRepeatedOnlyToRedeliveries(t *testing.T) {
+	const topic = "sneakgate/req/fashion/cam-1"
+	payload := func() []byte {
+		p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
+		return p.Marshal()
+	}()
+	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
+	close(lost.done)
+	slow := &fakeToken{done: make(chan struct{})} // the retry's reply: no PUBACK yet
+	c := &fakeClient{tokens: []*fakeToken{lost, slow}}
+	g := handlerGateway(t, c, false) // every request refused (overload)
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
+	g.handle(arrival{msg: newFakeMessage(topic, payload), at: time.Now()})
+	retry := newFakeMessage(topic, payload) // DUP clear: the device's retry
+	g.handle(arrival{msg: retry, at: time.Now().Add(time.Second)})
+	copy1 := newFakeMessage(topic, payload)
+	copy1.dup = true
+	g.handle(arrival{msg: copy1, at: time.Now().Add(2 * time.Second)})
+	sent := c.sent()
+	if len(sent) != 3 {
+		t.Fatalf("%d replies published, want 3", len(sent))
+	}
+	if rep, err := protocol.ParseReply([]byte(sent[0])); err != nil || rep.Status != protocol.StatusRejected {
+		t.Fatalf("first reply %s (%v), want rejected", sent[0], err)
+	}
+	if n, r := testutil.ToFloat64(g.m.duplicates.WithLabelValues("unjournaled")), g.loop.refused.Load(); n != 1 || r != 2 {
+		t.Errorf("%v repeats, %d refusals; want the device's retry (DUP clear) refused anew and only the redelivered copy repeated (1, 2)", n, r)
+	}
+	if sent[2] != sent[1] {
+		t.Errorf("the redelivered copy got\n%s\nwant the latest reply's bytes\n%s", sent[2], sent[1])
+	}
+	close(slow.done) // the PUBACKs: the retry's, then the copy's
+	within(t, copy1.acked, "the redelivered copy was not acknowledged after its reply's PUBACK")
+	if _, ok := g.egress.Owed(key); ok {
+		t.Error("a refusal is still remembered after its request was acknowledged")
 	}
 }
 
@@ -176,13 +205,14 @@ func TestOwedReplyDroppedUnsentIsForgotten(t *testing.T) {
 // A reply to a request that arrived on a connection since lost stays
 // remembered after its PUBACK: paho drops that request's acknowledgement, so the
 // broker delivers the request again, and the copy must get the same bytes. One
-// whose request arrived on the current connection is forgotten.
+// whose request arrived on the current connection is forgotten (a refusal: an
+// answer from the estimate would stay either way).
 func TestOwedReplyOfAnEarlierConnectionStays(t *testing.T) {
 	c := &fakeClient{} // every publish acknowledged at once
 	e := newEgress(c, newFakeJournal(), time.Second, 0, time.Now, defaultEgressOptions(), zerolog.Nop(), newMetrics(nil))
 	t.Cleanup(func() { e.Stop(t.Context()); e.Close() })
 	rep := func(id string) *protocol.Reply {
-		return &protocol.Reply{V: 1, ID: id, App: "fashion", Device: "cam-1", Status: protocol.StatusDegraded}
+		return &protocol.Reply{V: 1, ID: id, App: "fashion", Device: "cam-1", Status: protocol.StatusRejected}
 	}
 	before := e.conn.Load()
 	e.connectionLost()
