@@ -213,9 +213,10 @@ type egress struct {
 	// reads 0 (their requests are left for the broker to deliver again).
 	owedInFlight int
 	owedClosed   bool
-	// ledger remembers the owed replies of requests not acknowledged yet, for
-	// copies the broker delivers again (owedLedger; owedMu).
-	ledger *owedLedger
+	// ledger remembers owed replies for copies of their requests (owedLedger;
+	// owedMu); remembered is its size, read without the lock.
+	ledger     *owedLedger
+	remembered atomic.Int64
 }
 
 func newEgress(c mqtt.Client, j journal, timeout time.Duration, rate float64, now func() time.Time,
@@ -456,9 +457,21 @@ func (e *egress) Repeat(key store.Key, r owedRecord, ack func(), conn uint64) er
 // waiting for a place at the gate) while the request is not acknowledged
 // (owedLedger).
 func (e *egress) Owed(key store.Key) (owedRecord, bool) {
+	if e.remembered.Load() == 0 {
+		return owedRecord{}, false // every request asks: no lock while none is held
+	}
 	e.owedMu.Lock()
 	defer e.owedMu.Unlock()
-	return e.ledger.get(key, e.now())
+	r, ok := e.ledger.get(key, e.now())
+	e.countOwed() // get drops the expired ones
+	return r, ok
+}
+
+// countOwed publishes the ledger's size (remembered, the gauge); owedMu held.
+func (e *egress) countOwed() {
+	n := e.ledger.len()
+	e.remembered.Store(int64(n))
+	e.m.owedRemembered.Set(float64(n))
 }
 
 // owe is Owe of an encoded reply; repeat: Repeat's (owedMsg.repeat).
@@ -513,7 +526,7 @@ func (e *egress) remember(key store.Key, topic string, payload []byte, app strin
 	}
 	now := e.now()
 	gen := e.ledger.put(key, topic, payload, app, status, now)
-	e.m.owedRemembered.Set(float64(e.ledger.len()))
+	e.countOwed()
 	return owedRef{key: key, gen: gen, at: now}
 }
 
@@ -524,7 +537,7 @@ func (e *egress) forgetOwed(ref owedRef) {
 		return
 	}
 	e.ledger.forget(ref.key, ref.gen)
-	e.m.owedRemembered.Set(float64(e.ledger.len()))
+	e.countOwed()
 }
 
 // handedOwed gives an owed reply handed to the client to the owed waiter.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -413,5 +414,34 @@ func TestOwedRepeatGoesWhereTheFirstReplyWent(t *testing.T) {
 	defer c.mu.Unlock()
 	if c.topics[1] != custom {
 		t.Errorf("the repeat went to %s, want %s, where the first reply went", c.topics[1], custom)
+	}
+}
+
+// The gauge of remembered replies follows the ledger when old entries expire
+// on a lookup, not only when replies are added or forgotten.
+func TestOwedRememberedGaugeFollowsExpiry(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	c := &fakeClient{tokens: []*fakeToken{{done: make(chan struct{})}}} // no PUBACK
+	o := defaultEgressOptions()
+	o.OwedMemory = time.Minute
+	e := newEgress(c, newFakeJournal(), time.Second, 0, clock, o, zerolog.Nop(), newMetrics(nil))
+	t.Cleanup(func() { e.Stop(t.Context()); e.Close() })
+	rep := &protocol.Reply{V: 1, ID: "a", App: "fashion", Device: "cam-1", Status: protocol.StatusRejected}
+	if err := e.Owe("r", rep, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(e.m.owedRemembered); n != 1 {
+		t.Fatalf("sneakgate_unjournaled_replies_remembered = %v, want 1", n)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	if _, ok := e.Owed(store.Key{App: "fashion", Device: "cam-1", ID: "b"}); ok {
+		t.Fatal("an unknown key is remembered")
+	}
+	if n := testutil.ToFloat64(e.m.owedRemembered); n != 0 {
+		t.Errorf("after the reply expired: sneakgate_unjournaled_replies_remembered = %v, want 0", n)
 	}
 }
