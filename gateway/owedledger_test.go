@@ -65,14 +65,7 @@ func TestOwedLedgerBounds(t *testing.T) {
 // remembered after its request is acknowledged, for any copy (the device's own
 // resend comes with DUP clear).
 func TestOwedReplyRepeatedToCopy(t *testing.T) {
-	const topic = "sneakgate/req/fashion/cam-1"
-	req := func(id string) []byte {
-		p := protocol.Payload{ID: id, DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
-		return p.Marshal()
-	}
-	payload := req("a")
-	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
-	close(lost.done)
+	topic, payload, lost := owedTopic, owedRequest("a", ""), lostPuback()
 	repeat := &fakeToken{done: make(chan struct{})}
 	c := &fakeClient{tokens: []*fakeToken{lost, repeat}}
 	g := handlerGateway(t, c, true) // every request refused and answered from its estimate
@@ -121,13 +114,7 @@ func TestOwedReplyRepeatedToCopy(t *testing.T) {
 // for copies the broker delivers again (DUP set): a retry after its
 // retry_after_ms, DUP clear, is a new request, which may be admitted.
 func TestOwedRefusalRepeatedOnlyToRedeliveries(t *testing.T) {
-	const topic = "sneakgate/req/fashion/cam-1"
-	payload := func() []byte {
-		p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
-		return p.Marshal()
-	}()
-	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
-	close(lost.done)
+	topic, payload, lost := owedTopic, owedRequest("a", ""), lostPuback()
 	slow := &fakeToken{done: make(chan struct{})} // the retry's reply: no PUBACK yet
 	c := &fakeClient{tokens: []*fakeToken{lost, slow}}
 	g := handlerGateway(t, c, false) // every request refused (overload)
@@ -240,11 +227,7 @@ func TestOwedReplyOfAnEarlierConnectionStays(t *testing.T) {
 // answered as the journal says: the remembered refusal would contradict the
 // journaled answer.
 func TestOwedReplyYieldsToTheJournal(t *testing.T) {
-	const topic = "sneakgate/req/fashion/cam-1"
-	p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
-	payload := p.Marshal()
-	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
-	close(lost.done)
+	topic, payload, lost := owedTopic, owedRequest("a", ""), lostPuback()
 	c := &fakeClient{tokens: []*fakeToken{lost}}
 	g := handlerGateway(t, c, false) // every request refused for overload
 	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
@@ -344,11 +327,7 @@ func (c *panicClient) Publish(topic string, qos byte, retained bool, payload any
 // the ledger for later copies). The copy is acknowledged and dropped, as any
 // request whose reply was being handed over (handle).
 func TestOwedRepeatPanicDoesNotAnswerAnew(t *testing.T) {
-	const topic = "sneakgate/req/fashion/cam-1"
-	p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true}
-	payload := p.Marshal()
-	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
-	close(lost.done)
+	topic, payload, lost := owedTopic, owedRequest("a", ""), lostPuback()
 	c := &fakeClient{tokens: []*fakeToken{lost}}
 	g := handlerGateway(t, c, true) // answered from the estimate
 	g.egress.Stop(t.Context())
@@ -383,11 +362,8 @@ func TestOwedRepeatPanicDoesNotAnswerAnew(t *testing.T) {
 // reload removed the application, a rejection whose reply topic is the
 // device's own.
 func TestOwedRepeatGoesWhereTheFirstReplyWent(t *testing.T) {
-	const topic, custom = "sneakgate/req/fashion/cam-1", "sneakgate/custom/cam-1"
-	p := protocol.Payload{ID: "a", DeadlineMS: 60000, Input: make([]float32, 784), B64: true, ReplyTo: custom}
-	payload := p.Marshal()
-	lost := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
-	close(lost.done)
+	const custom = "sneakgate/custom/cam-1"
+	topic, payload, lost := owedTopic, owedRequest("a", custom), lostPuback()
 	c := &fakeClient{tokens: []*fakeToken{lost}}
 	g := handlerGateway(t, c, true) // answered from the estimate
 	allow, err := protocol.NewAllowList([]string{"{prefix}/res/{app}/{device}", "{prefix}/custom/{device}"})
@@ -444,4 +420,21 @@ func TestOwedRememberedGaugeFollowsExpiry(t *testing.T) {
 	if n := testutil.ToFloat64(e.m.owedRemembered); n != 0 {
 		t.Errorf("after the reply expired: sneakgate_unjournaled_replies_remembered = %v, want 0", n)
 	}
+}
+
+// owedTopic is the request topic of the owed-reply tests' device.
+const owedTopic = "sneakgate/req/fashion/cam-1"
+
+// owedRequest is a fashion request with id and a minute's budget, its reply to
+// replyTo ("": the default topic).
+func owedRequest(id, replyTo string) []byte {
+	p := protocol.Payload{ID: id, DeadlineMS: 60000, Input: make([]float32, 784), B64: true, ReplyTo: replyTo}
+	return p.Marshal()
+}
+
+// lostPuback is the token of a publish that failed with the connection.
+func lostPuback() *fakeToken {
+	t := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
+	close(t.done)
+	return t
 }
