@@ -28,10 +28,11 @@
 # file: the npm package, the member inside it and the installed name, and exits
 # without touching the network or DESTDIR (scripts/installortgpu_test.go).
 #
-# Idempotent: does nothing when every file is in DESTDIR with its pinned size.
-# Fails loudly (non-zero exit, message on stderr) on anything else: an
+# Idempotent: does nothing when every file is in DESTDIR with its pinned size and
+# SHA-256. Fails loudly (non-zero exit, message on stderr) on anything else: an
 # architecture with no CUDA build in these packages (only x86_64 has one), no
-# npm, a download or checksum failure, a file in DESTDIR of the wrong size.
+# npm, a download or checksum failure, a file in DESTDIR of the wrong size or
+# checksum.
 #
 # The steps it shares with scripts/install-ort.sh (npm, `npm pack`, tar, the
 # checks, the atomic copy, the architecture) are in scripts/lib/npm-fetch.sh.
@@ -80,10 +81,11 @@ select_arch gpu_select
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-${root}/.cache/onnxruntime-gpu}"
 
-# What is missing; a file of the wrong size is an error, not something to replace.
+# What is missing; a file of the wrong size or checksum is an error, not something
+# to replace.
 missing=()
 while read -r pkg member name size sum; do
-  have_pinned "$dest/$name" "$size" "ONNX Runtime ${ORT_GPU_VERSION} GPU for $arch" ||
+  have_pinned "$dest/$name" "$size" "$sum" "ONNX Runtime ${ORT_GPU_VERSION} GPU for $arch" ||
     missing+=("$pkg $member $name $size $sum")
 done <<<"$FILES"
 if [[ ${#missing[@]} -eq 0 ]]; then

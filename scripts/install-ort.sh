@@ -18,10 +18,10 @@
 # --print-path-for ARCH prints the member chosen for ARCH (a `uname -m` value) and
 # exits, without touching the network or DEST (scripts/installort_test.go).
 #
-# Idempotent: does nothing when DEST already exists with the pinned size. Fails
-# loudly (non-zero exit, message on stderr) on anything else: an architecture the
-# package has no library for, no npm, a download or checksum failure, a DEST of the
-# wrong size.
+# Idempotent: does nothing when DEST already exists with the pinned size and
+# SHA-256. Fails loudly (non-zero exit, message on stderr) on anything else: an
+# architecture the package has no library for, no npm, a download or checksum
+# failure, a DEST of the wrong size or checksum.
 #
 # The steps it shares with scripts/install-ort-gpu.sh (npm, `npm pack`, tar, the
 # checks, the atomic copy, the architecture) are in scripts/lib/npm-fetch.sh.
@@ -73,7 +73,7 @@ select_arch ort_select
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-${root}/.cache/onnxruntime/libonnxruntime.so.${ORT_VERSION}}"
 
-if have_pinned "$dest" "$ORT_SIZE" "ONNX Runtime ${ORT_VERSION} for $arch"; then
+if have_pinned "$dest" "$ORT_SIZE" "$ORT_SHA256" "ONNX Runtime ${ORT_VERSION} for $arch"; then
   exit 0
 fi
 

@@ -3,6 +3,7 @@
 package scripts
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -66,5 +67,37 @@ func TestInstallORTScriptsRunFromAnyDirectory(t *testing.T) {
 				t.Errorf("%s %s x86_64 from %s: %v\n%s", c.script, c.flag, cwd, err, out)
 			}
 		}
+	}
+}
+
+// TestInstallORTChecksTheInstalledLibrary: install-ort.sh leaves DEST alone only
+// when it is the pinned library, by size and SHA-256; a file of the pinned size
+// with other bytes (a sparse stand-in here) is refused, not taken for installed.
+// The library make test installed, where present, is found installed offline.
+func TestInstallORTChecksTheInstalledLibrary(t *testing.T) {
+	dest := filepath.Join(t.TempDir(), "libonnxruntime.so.1.30.0")
+	f, err := os.Create(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Truncate(dest, 45828512); err != nil { // x86_64's pinned size
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "install-ort.sh", dest)
+	cmd.Env = append(os.Environ(), "ORT_ARCH=x86_64")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "has the pinned size but SHA-256") || !strings.Contains(string(out), "remove it and re-run") {
+		t.Errorf("a file of the pinned size with other bytes: %v\n%s", err, out)
+	}
+	installed, err := filepath.Abs("../.cache/onnxruntime/libonnxruntime.so.1.30.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(installed); err != nil {
+		t.Skipf("no installed library to check (%v); make test installs it first", err)
+	}
+	if out, err := exec.Command("bash", "install-ort.sh", installed).CombinedOutput(); err != nil {
+		t.Errorf("the installed library: %v\n%s", err, out)
 	}
 }

@@ -14,8 +14,9 @@
 #   size_of FILE                      its size in bytes, -1 when it does not exist
 #   select_arch SELECT_FN             Linux only; sets arch to $ORT_ARCH or `uname -m`
 #                                     and runs SELECT_FN "$arch" (exit 1 on failure)
-#   have_pinned FILE SIZE WHAT        true: FILE exists with SIZE bytes; false: absent;
-#                                     dies on another size (WHAT names the build)
+#   have_pinned FILE SIZE SHA256 WHAT true: FILE exists with SIZE bytes and that
+#                                     SHA-256; false: absent; dies on another size or
+#                                     checksum (WHAT names the build)
 #   ensure_npm                        installs npm with apt-get (root or sudo) if missing
 #   make_workdir [TEMPLATE]           sets workdir to a new `mktemp -d [TEMPLATE]`
 #                                     directory, removed when the script exits
@@ -45,9 +46,14 @@ select_arch() {
 
 have_pinned() {
   [[ -e "$1" ]] || return 1
-  local have
+  local have sum
   have="$(size_of "$1")"
-  [[ "$have" == "$2" ]] || die "$1 exists with $have bytes, want $2 ($3); remove it and re-run"
+  [[ "$have" == "$2" ]] || die "$1 exists with $have bytes, want $2 ($4); remove it and re-run"
+  # The size alone passes a file of the pinned size with other bytes (another
+  # build, a damaged copy); the checksum costs about 0.1 s for the CPU library
+  # and 1 s for the CUDA provider.
+  sum="$(sha256sum "$1" | cut -d' ' -f1)"
+  [[ "$sum" == "$3" ]] || die "$1 has the pinned size but SHA-256 $sum, want $3 ($4); remove it and re-run"
 }
 
 ensure_npm() {
