@@ -102,8 +102,9 @@ func defaultEgressOptions() egressOptions {
 }
 
 // defaultOwedMemoryMax is the most owed replies egress remembers (owedLedger):
-// about 750 bytes each with fashion's replies (the reply, its key and topic, the
-// map's and the queue's share), so about 12 MiB at most; at 1,200 answers from
+// about 690 bytes each with fashion's replies (the reply, its key and topic, the
+// map's and the queue's share: BenchmarkOwedLedgerMemory), so about 11 MiB at
+// most; at 1,200 answers from
 // the estimate a second, the last 14 s of them.
 const defaultOwedMemoryMax = 1 << 14
 
@@ -443,14 +444,14 @@ func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint6
 	if err != nil { // a Reply always marshals
 		return err
 	}
-	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.App, rep.Status, ack, conn, false)
+	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.Status, ack, conn, false)
 }
 
 // Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
 // request: the same bytes, on the topic they went to, acknowledged (ack) once
 // the broker has them.
 func (e *egress) Repeat(key store.Key, r owedRecord, ack func(), conn uint64) error {
-	return e.owe(r.topic, key, r.payload, r.app, r.status, ack, conn, true)
+	return e.owe(r.topic, key, r.payload, r.status, ack, conn, true)
 }
 
 // Owed returns the reply owed to key's request, handed to the broker (or
@@ -474,8 +475,10 @@ func (e *egress) countOwed() {
 	e.m.owedRemembered.Set(float64(n))
 }
 
-// owe is Owe of an encoded reply; repeat: Repeat's (owedMsg.repeat).
-func (e *egress) owe(topic string, key store.Key, payload []byte, app string, status protocol.Status, ack func(), conn uint64, repeat bool) error {
+// owe is Owe of an encoded reply to key's request (key.App is the reply's
+// application even when it has no id); repeat: Repeat's (owedMsg.repeat).
+func (e *egress) owe(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, repeat bool) error {
+	app := key.App
 	e.busyMu.Lock()
 	closed := e.lateClosed
 	e.busyMu.Unlock()
@@ -498,7 +501,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, app string, st
 			return nil
 		}
 		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: app,
-			status: status, conn: conn, owedRef: e.remember(key, topic, payload, app, status, ack), repeat: repeat})
+			status: status, conn: conn, owedRef: e.remember(key, topic, payload, status, ack), repeat: repeat})
 		first := len(e.waiting) == 1
 		e.m.owedWaiting.Set(float64(len(e.waiting)))
 		e.owedMu.Unlock()
@@ -511,7 +514,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, app string, st
 		}
 		return nil
 	}
-	ref := e.remember(key, topic, payload, app, status, ack)
+	ref := e.remember(key, topic, payload, status, ack)
 	e.owedMu.Unlock()
 	tok := e.client.Publish(topic, 1, false, payload)
 	e.gate.entered()
@@ -520,12 +523,12 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, app string, st
 
 // remember puts an owed reply in the ledger, if its request is one the broker
 // can deliver again (QoS 1: ack is not nil) and has an id; owedMu held.
-func (e *egress) remember(key store.Key, topic string, payload []byte, app string, status protocol.Status, ack func()) owedRef {
+func (e *egress) remember(key store.Key, topic string, payload []byte, status protocol.Status, ack func()) owedRef {
 	if ack == nil || key.ID == "" {
 		return owedRef{}
 	}
 	now := e.now()
-	gen := e.ledger.put(key, topic, payload, app, status, now)
+	gen := e.ledger.put(key, topic, payload, status, now)
 	e.countOwed()
 	return owedRef{key: key, gen: gen, at: now}
 }

@@ -131,9 +131,15 @@ func (g *Gateway) owe(msg mqtt.Message, topic string, rep *protocol.Reply) {
 		// reply is best effort (egress.Owe).
 		ack = nil
 	}
-	if err := g.egress.OweOn(topic, rep, ack, g.arrivedOn(msg)); err != nil {
-		g.rejectLog.Warn().Err(err).Str("app", rep.App).Str("device", rep.Device).Str("id", rep.ID).
-			Str("status", string(rep.Status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
+	g.oweFailed(g.egress.OweOn(topic, rep, ack, g.arrivedOn(msg)), store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, rep.Status)
+}
+
+// oweFailed logs (sampled) an owed reply the MQTT client could not take; err
+// nil: nothing to say.
+func (g *Gateway) oweFailed(err error, key store.Key, status protocol.Status) {
+	if err != nil {
+		g.rejectLog.Warn().Err(err).Str("app", key.App).Str("device", key.Device).Str("id", key.ID).
+			Str("status", string(status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
 	}
 }
 
@@ -173,10 +179,7 @@ func (g *Gateway) repeatOwed(msg mqtt.Message, replyTo string, key store.Key, an
 	g.m.duplicates.WithLabelValues("unjournaled").Inc()
 	g.log.Debug().Stringer("key", key).Msg("copy of a request answered without the journal: the same reply published again")
 	answering()
-	if err := g.egress.Repeat(key, r, msg.Ack, g.arrivedOn(msg)); err != nil {
-		g.rejectLog.Warn().Err(err).Str("app", key.App).Str("device", key.Device).Str("id", key.ID).
-			Str("status", string(r.status)).Msg("reply not handed to the broker; request left unacknowledged for redelivery")
-	}
+	g.oweFailed(g.egress.Repeat(key, r, msg.Ack, g.arrivedOn(msg)), key, r.status)
 	return true
 }
 

@@ -50,7 +50,6 @@ type owedLedger struct {
 type owedRecord struct {
 	topic   string // where it went
 	payload []byte
-	app     string
 	status  protocol.Status
 	gen     uint64
 }
@@ -68,9 +67,9 @@ func newOwedLedger(max int, maxAge time.Duration) *owedLedger {
 
 // put remembers payload, published on topic, as the reply to key, replacing any
 // earlier one, and returns its generation (never 0), which forget takes.
-func (l *owedLedger) put(key store.Key, topic string, payload []byte, app string, status protocol.Status, now time.Time) uint64 {
+func (l *owedLedger) put(key store.Key, topic string, payload []byte, status protocol.Status, now time.Time) uint64 {
 	l.gen++
-	l.m[key] = owedRecord{topic: topic, payload: payload, app: app, status: status, gen: l.gen}
+	l.m[key] = owedRecord{topic: topic, payload: payload, status: status, gen: l.gen}
 	l.fifo = append(l.fifo, owedRef{key: key, gen: l.gen, at: now})
 	l.expire(now)
 	return l.gen

@@ -1,7 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -23,9 +26,9 @@ func TestOwedLedgerBounds(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	k := func(id string) store.Key { return store.Key{App: "a", Device: "d", ID: id} }
 	l := newOwedLedger(3, time.Minute)
-	g1 := l.put(k("1"), "r", []byte("r1"), "a", protocol.StatusRejected, t0)
-	g1b := l.put(k("1"), "r", []byte("r1b"), "a", protocol.StatusRejected, t0) // replaces
-	l.forget(k("1"), g1)                                                       // a stale generation: kept
+	g1 := l.put(k("1"), "r", []byte("r1"), protocol.StatusRejected, t0)
+	g1b := l.put(k("1"), "r", []byte("r1b"), protocol.StatusRejected, t0) // replaces
+	l.forget(k("1"), g1)                                                  // a stale generation: kept
 	if r, ok := l.get(k("1"), t0); !ok || string(r.payload) != "r1b" {
 		t.Fatalf("after replacing and forgetting the old generation: %q %v, want r1b", r.payload, ok)
 	}
@@ -34,7 +37,7 @@ func TestOwedLedgerBounds(t *testing.T) {
 		t.Fatalf("forgotten entry still held (%d held)", l.len())
 	}
 	for i, id := range []string{"2", "3", "4", "5"} {
-		l.put(k(id), "r", []byte(id), "a", protocol.StatusDegraded, t0.Add(time.Duration(i)*time.Second))
+		l.put(k(id), "r", []byte(id), protocol.StatusDegraded, t0.Add(time.Duration(i)*time.Second))
 	}
 	if _, ok := l.get(k("2"), t0.Add(4*time.Second)); ok || l.len() != 3 {
 		t.Errorf("over the size: the oldest held (%v), %d held, want 3", ok, l.len())
@@ -47,10 +50,10 @@ func TestOwedLedgerBounds(t *testing.T) {
 	}
 	// Entries forgotten behind one that stays do not grow the fifo for good.
 	l = newOwedLedger(1<<20, time.Hour)
-	l.put(k("stays"), "r", nil, "a", protocol.StatusDegraded, t0)
+	l.put(k("stays"), "r", nil, protocol.StatusDegraded, t0)
 	for i := range 10000 {
 		key := k("x")
-		l.forget(key, l.put(key, "r", nil, "a", protocol.StatusDegraded, t0.Add(time.Duration(i))))
+		l.forget(key, l.put(key, "r", nil, protocol.StatusDegraded, t0.Add(time.Duration(i))))
 	}
 	if n := len(l.fifo); n > 2*l.len()+1024 {
 		t.Errorf("fifo holds %d refs for %d entries", n, l.len())
@@ -437,4 +440,33 @@ func lostPuback() *fakeToken {
 	t := &fakeToken{done: make(chan struct{}), err: errors.New("connection lost")}
 	close(t.done)
 	return t
+}
+
+// BenchmarkOwedLedgerMemory reports the heap one remembered reply holds (the
+// reply of about 250 bytes, fashion's answer from the estimate, its key and
+// topic, and the map's and the queue's share), with the ledger at its default
+// size: the figure behind defaultOwedMemoryMax's "about 11 MiB" (688 B/entry,
+// 10.75 MiB on 2026-12-04).
+//
+//	go test -run '^$' -bench OwedLedgerMemory -benchtime 1x ./gateway
+func BenchmarkOwedLedgerMemory(b *testing.B) {
+	reply := []byte(`{"v":1,"id":"0614de-bo-00-0000752","app":"fashion","device":"bo-00","status":"degraded","reason":"overload_shed","class":5,"label":"sandal","confidence":0.9394,"model":"sneakpeek-logistic","est_accuracy":0.9394,"total_ms":0.191,"slack_ms":1999.809,"deadline_met":true}`)
+	t0 := time.Unix(1000, 0)
+	for range b.N {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		l := newOwedLedger(defaultOwedMemoryMax, time.Hour)
+		for i := range defaultOwedMemoryMax {
+			dev := fmt.Sprintf("bo-%02d", i%16)
+			key := store.Key{App: "fashion", Device: dev, ID: fmt.Sprintf("0614de-%s-%07d", dev, i)}
+			l.put(key, "sneakgate/res/fashion/"+dev, bytes.Clone(reply), protocol.StatusDegraded, t0)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		held := float64(after.HeapAlloc) - float64(before.HeapAlloc)
+		b.ReportMetric(held/float64(l.len()), "B/entry")
+		b.ReportMetric(held/(1<<20), "MiB")
+		runtime.KeepAlive(l)
+	}
 }
