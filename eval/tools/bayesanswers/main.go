@@ -14,33 +14,16 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
-	"os"
-	"strings"
 
+	"github.com/sneakgate/sneakgate/eval"
 	"github.com/sneakgate/sneakgate/eval/tools/internal/toolapps"
 	"github.com/sneakgate/sneakgate/scheduler"
 )
 
-func main() {
-	apps := flag.String("apps", "vad,satellite,fashion", "applications under -models, comma-separated")
-	models := flag.String("models", "models", "models directory")
-	profiles := flag.String("profiles", "eval/testdata/profiles.json", "variant profiles (so that nothing is measured)")
-	flag.Parse()
-	if err := run(strings.Split(*apps, ","), *models, *profiles); err != nil {
-		fmt.Fprintln(os.Stderr, "bayesanswers:", err)
-		os.Exit(1)
-	}
-}
+func main() { toolapps.Main("bayesanswers", "vad,satellite,fashion", run) }
 
-func run(apps []string, models, profiles string) error {
-	loaded, closeEngine, err := toolapps.Load(context.Background(), models, profiles, apps)
-	if err != nil {
-		return err
-	}
-	defer closeEngine()
+func run(loaded []*eval.App) error {
 	fmt.Println("app        workload              uncorrected: top  Bayes  (diff)  | corrected: top  Bayes  (diff)")
 	for _, a := range loaded {
 		name := a.Sched.Name

@@ -4,8 +4,11 @@ package toolapps
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/sneakgate/sneakgate/engine"
 	"github.com/sneakgate/sneakgate/eval"
@@ -39,4 +42,26 @@ func Load(ctx context.Context, models, profiles string, apps []string) (loaded [
 		loaded = append(loaded, a)
 	}
 	return loaded, func() { e.Close() }, nil
+}
+
+// Main is a tool's main: it parses -apps (defaultApps), -models and -profiles,
+// loads the applications (Load), runs run on them and exits 1 with the error,
+// prefixed with the tool's name, when anything fails.
+func Main(name, defaultApps string, run func([]*eval.App) error) {
+	apps := flag.String("apps", defaultApps, "applications under -models, comma-separated")
+	models := flag.String("models", "models", "models directory")
+	profiles := flag.String("profiles", "eval/testdata/profiles.json", "variant profiles (so that nothing is measured)")
+	flag.Parse()
+	err := func() error {
+		loaded, closeEngine, err := Load(context.Background(), *models, *profiles, strings.Split(*apps, ","))
+		if err != nil {
+			return err
+		}
+		defer closeEngine()
+		return run(loaded)
+	}()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
 }
