@@ -298,6 +298,14 @@ type AdmissionConfig struct {
 	// neither journaled nor queued, so the scheduling loop does not spend a
 	// verdict on it; its reply is handled like degrade_refused's.
 	PriceShed bool `yaml:"price_shed"`
+	// JournalEstimateAnswers records each answer admission gives from the
+	// estimate (degrade_refused, price_shed, and the policy's answers from
+	// the estimate) in the journal before it is published (one write in a
+	// group commit the handler waits for; no input kept), so that a copy of
+	// the request after a crash gets the same reply instead of a model's
+	// answer or an expiry. Off, those answers are remembered in memory only
+	// (lost at a restart), and admission spends no journal write on them.
+	JournalEstimateAnswers bool `yaml:"journal_estimate_answers"`
 	// Workers is the number of request handlers (parse, admit, journal); their
 	// journal writes share group commits.
 	Workers int `yaml:"workers"`
@@ -403,7 +411,7 @@ func DefaultConfig() Config {
 			PlanAhead:         3,
 			LatencyCorrection: true},
 		Admission: AdmissionConfig{
-			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, PriceShed: true, Workers: 128, IngressQueue: 4096, IngressBytes: 64 << 20, MaxPayloadBytes: 256 << 10,
+			MaxQueue: 10000, MaxWait: 0.5, DegradeRefused: true, PriceShed: true, JournalEstimateAnswers: true, Workers: 128, IngressQueue: 4096, IngressBytes: 64 << 20, MaxPayloadBytes: 256 << 10,
 			MinDeadline: time.Millisecond, MaxDeadline: 10 * time.Minute,
 		},
 	}

@@ -447,6 +447,13 @@ func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint6
 	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.Status, ack, conn, false)
 }
 
+// OweEncoded is OweOn of a reply already encoded (payload), with its key and
+// status: the reply of an answer from the estimate that the journal recorded
+// (store.Answered), whose bytes the journal gives any later copy.
+func (e *egress) OweEncoded(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64) error {
+	return e.owe(topic, key, payload, status, ack, conn, false)
+}
+
 // Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
 // request: the same bytes, on the topic they went to, acknowledged (ack) once
 // the broker has them.

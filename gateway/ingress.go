@@ -413,11 +413,11 @@ func (g *Gateway) handle(a arrival) {
 		}
 		return
 	}
-	msg.Ack()
-	if g.duplicate(req, key, res) {
+	if g.duplicate(msg, req, key, res) {
 		release()
 		return
 	}
+	msg.Ack()
 	j := &job{App: req.App, Device: req.Device, ID: req.ID, ReplyTo: req.ReplyTo,
 		Received: req.Received, Deadline: req.Deadline, Input: req.Input, Estimate: est, Correct: correct, Answer: answer, Mix: mix, rt: app, pre: pre}
 	// Journaled as new and acknowledged: from here a panic hands j to the loop
@@ -549,7 +549,51 @@ func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, ap
 	if reason == protocol.ReasonOverloadShed {
 		g.lastDegraded.Store(now)
 	}
-	g.owe(msg, req.ReplyTo, rep)
+	g.oweRecorded(msg, req, rep)
+}
+
+// oweRecorded is owe for an answer from the estimate at admission: with
+// admission.journal_estimate_answers (the default) the reply is first recorded
+// in the journal as the answer of its id (store.Answered, one group commit), so
+// that a copy of the request the broker delivers again, even after a crash
+// between the reply and the request's acknowledgement, gets these bytes (a
+// duplicate whose reply goes out like this one, acknowledged once the broker
+// has it: duplicate) instead of being answered anew: the model's answer, or
+// expired once its deadline has passed, where the device already has the
+// estimate's. A key the journal knows meanwhile is answered as a duplicate.
+// When the journal cannot record it (full, out of disk space, or another
+// failure, counted as a store error "answered") the reply goes out unrecorded,
+// as with the option off; when the journal broke or the gateway is stopping,
+// the request is left unacknowledged for redelivery, as handle leaves one Put
+// could not store.
+func (g *Gateway) oweRecorded(msg mqtt.Message, req *protocol.Request, rep *protocol.Reply) {
+	if !g.cfg.Admission.JournalEstimateAnswers || msg.Qos() == 0 || req.ID == "" {
+		g.owe(msg, req.ReplyTo, rep)
+		return
+	}
+	payload, err := rep.Marshal()
+	if err != nil { // a Reply always marshals
+		g.owe(msg, req.ReplyTo, rep)
+		return
+	}
+	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
+	res, err := g.journal.Answered(key, payload)
+	if err != nil {
+		g.m.storeErrors.WithLabelValues("answered").Inc()
+		g.journalDamage(err)
+		if g.draining.Load() || errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrCorrupt) || errors.Is(err, store.ErrClosed) {
+			g.log.Warn().Err(err).Stringer("key", key).Msg("journal could not record an answer from the estimate; request left for redelivery")
+			return
+		}
+		g.rejectLog.Warn().Err(err).Stringer("key", key).Msg("journal could not record an answer from the estimate; answered without it")
+		g.owe(msg, req.ReplyTo, rep)
+		return
+	}
+	if res.Dup != store.New {
+		g.duplicate(msg, req, key, res)
+		return
+	}
+	g.oweFailed(g.egress.OweEncoded(req.ReplyTo, key, payload, rep.Status, msg.Ack, g.arrivedOn(msg)), key, rep.Status)
 }
 
 // answersAtAdmission reports whether admission answers this request from its
@@ -609,10 +653,20 @@ func (g *Gateway) expiredOnArrival(msg mqtt.Message, req *protocol.Request, key 
 	g.owe(msg, req.ReplyTo, rep)
 }
 
-// duplicate handles a Put that found the key known and reports whether it did.
-func (g *Gateway) duplicate(req *protocol.Request, key store.Key, res store.PutResult) bool {
+// duplicate handles msg, a copy of req whose key the journal knows (res, from
+// Put or Lookup), and reports whether it did; for a new key it does nothing
+// and reports false. A copy of a pending request is acknowledged and ignored.
+// A copy of an answered one gets the stored reply: acknowledged at once and
+// the reply sent best effort when the first reply was handed to the broker
+// before the journal completed the request, but acknowledged only once the
+// broker has the reply when it is an answer from the estimate, which the
+// journal records before its first hand-over (store.Answered): the gateway
+// may have stopped before that hand-over, and then this copy is the
+// request's only answer.
+func (g *Gateway) duplicate(msg mqtt.Message, req *protocol.Request, key store.Key, res store.PutResult) bool {
 	switch res.Dup {
 	case store.DupPending:
+		msg.Ack()
 		g.m.duplicates.WithLabelValues("pending").Inc()
 		g.log.Debug().Stringer("key", key).Msg("duplicate of a pending request ignored")
 		return true
@@ -623,6 +677,11 @@ func (g *Gateway) duplicate(req *protocol.Request, key store.Key, res store.PutR
 		if rep, err := protocol.ParseReply(res.Reply); err == nil {
 			st = rep.Status
 		}
+		if st == protocol.StatusDegraded && msg.Qos() > 0 {
+			g.oweFailed(g.egress.OweEncoded(req.ReplyTo, key, res.Reply, st, msg.Ack, g.arrivedOn(msg)), key, st)
+			return true
+		}
+		msg.Ack()
 		g.egress.SendRaw(req.ReplyTo, req.App, st, res.Reply)
 		return true
 	}
@@ -658,8 +717,7 @@ func (g *Gateway) answeredBefore(msg mqtt.Message, rej *protocol.Rejection) bool
 	if res.Dup == store.New {
 		return false
 	}
-	msg.Ack()
-	return g.duplicate(&protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: replyTo}, key, res)
+	return g.duplicate(msg, &protocol.Request{ID: rej.ID, App: rej.App, Device: rej.Device, ReplyTo: replyTo}, key, res)
 }
 
 // firstCopy reports whether the journal does not know key, so that the caller
@@ -672,8 +730,7 @@ func (g *Gateway) firstCopy(msg mqtt.Message, req *protocol.Request, key store.K
 		return false // left unacknowledged (lookup)
 	}
 	if res.Dup != store.New {
-		msg.Ack()
-		g.duplicate(req, key, res)
+		g.duplicate(msg, req, key, res)
 		return false
 	}
 	return true

@@ -1020,8 +1020,19 @@ func TestPriceShedAtAdmission(t *testing.T) {
 		!strings.HasPrefix(r.Model, "sneakpeek-") || r.Batch != 0 {
 		t.Fatalf("shed at admission: %+v, want a degraded answer from the estimate", r)
 	}
-	if n, err := gw.g.journal.Lookup(store.Key{App: "fashion", Device: "cam-gate", ID: "shed"}); err != nil || n.Dup != store.New {
-		t.Errorf("a request shed at admission is in the journal: %+v %v", n, err)
+	// Not queued nor pending: the journal holds only its reply, for copies
+	// (admission.journal_estimate_answers).
+	if n, err := gw.g.journal.Lookup(store.Key{App: "fashion", Device: "cam-gate", ID: "shed"}); err != nil || n.Dup != store.DupDone {
+		t.Errorf("a request shed at admission: the journal says %+v %v, want its reply (dup-done)", n, err)
+	} else {
+		dev.mu.Lock()
+		if got := dev.raw["shed"][0]; string(n.Reply) != got {
+			t.Errorf("the journal's reply to the shed request\n%s\nis not the one published\n%s", n.Reply, got)
+		}
+		dev.mu.Unlock()
+	}
+	if st := gw.g.journal.Stats(); st.Pending != 0 || st.Puts != 0 {
+		t.Errorf("journal stats after a request shed at admission: %+v, want no Put and nothing pending", st)
 	}
 
 	gw.g.loop.gate.Store(&scheduler.PriceGate{At: time.Now()}) // time is free

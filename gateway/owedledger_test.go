@@ -71,7 +71,8 @@ func TestOwedReplyRepeatedToCopy(t *testing.T) {
 	topic, payload, lost := owedTopic, owedRequest("a", ""), lostPuback()
 	repeat := &fakeToken{done: make(chan struct{})}
 	c := &fakeClient{tokens: []*fakeToken{lost, repeat}}
-	g := handlerGateway(t, c, true) // every request refused and answered from its estimate
+	g := handlerGateway(t, c, true)                // every request refused and answered from its estimate
+	g.cfg.Admission.JournalEstimateAnswers = false // the ledger alone, as when the journal cannot record it
 	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
 
 	first := newFakeMessage(topic, payload)
@@ -332,7 +333,8 @@ func (c *panicClient) Publish(topic string, qos byte, retained bool, payload any
 func TestOwedRepeatPanicDoesNotAnswerAnew(t *testing.T) {
 	topic, payload, lost := owedTopic, owedRequest("a", ""), lostPuback()
 	c := &fakeClient{tokens: []*fakeToken{lost}}
-	g := handlerGateway(t, c, true) // answered from the estimate
+	g := handlerGateway(t, c, true)                // answered from the estimate
+	g.cfg.Admission.JournalEstimateAnswers = false // the ledger alone, as when the journal cannot record it
 	g.egress.Stop(t.Context())
 	g.egress.Close()
 	g.egress = newEgress(&panicClient{fakeClient: c, panicAt: 2}, g.journal, time.Second, 0, time.Now,
@@ -368,7 +370,8 @@ func TestOwedRepeatGoesWhereTheFirstReplyWent(t *testing.T) {
 	const custom = "sneakgate/custom/cam-1"
 	topic, payload, lost := owedTopic, owedRequest("a", custom), lostPuback()
 	c := &fakeClient{tokens: []*fakeToken{lost}}
-	g := handlerGateway(t, c, true) // answered from the estimate
+	g := handlerGateway(t, c, true)                // answered from the estimate
+	g.cfg.Admission.JournalEstimateAnswers = false // the ledger alone, as when the journal cannot record it
 	allow, err := protocol.NewAllowList([]string{"{prefix}/res/{app}/{device}", "{prefix}/custom/{device}"})
 	if err != nil {
 		t.Fatal(err)
@@ -469,4 +472,34 @@ func BenchmarkOwedLedgerMemory(b *testing.B) {
 		b.ReportMetric(held/(1<<20), "MiB")
 		runtime.KeepAlive(l)
 	}
+}
+
+// A copy of a request whose answer from the estimate the journal recorded
+// (store.Answered, by an earlier session that may have died before handing
+// the reply over) gets the recorded bytes, and is acknowledged only once the
+// broker has them: acknowledged first, as a copy of a request answered by a
+// model is, a reply dropped on the way would leave the request unanswered.
+func TestRecordedEstimateAnswerCopyAcknowledgedAfterPUBACK(t *testing.T) {
+	puback := &fakeToken{done: make(chan struct{})}
+	c := &fakeClient{tokens: []*fakeToken{puback}}
+	g := handlerGateway(t, c, true)
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
+	recorded := `{"v":1,"id":"a","app":"fashion","device":"cam-1","status":"degraded","reason":"overload_shed","class":5,"label":"sandal","model":"sneakpeek-logistic","deadline_met":true}`
+	if res, err := g.journal.Answered(key, []byte(recorded)); err != nil || res.Dup != store.New {
+		t.Fatalf("Answered: %+v %v", res, err)
+	}
+	cp := newFakeMessage(owedTopic, owedRequest("a", ""))
+	cp.dup = true
+	g.handle(arrival{msg: cp, at: time.Now()})
+	if sent := c.sent(); len(sent) != 1 || sent[0] != recorded {
+		t.Fatalf("the copy got %q, want the recorded reply", sent)
+	}
+	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("done")); n != 1 {
+		t.Errorf("sneakgate_duplicates_total{state=done} = %v, want 1", n)
+	}
+	if cp.isAcked() {
+		t.Fatal("the copy was acknowledged before the broker acknowledged its reply")
+	}
+	close(puback.done)
+	within(t, cp.acked, "the copy was not acknowledged after its reply's PUBACK")
 }

@@ -1187,9 +1187,8 @@ type tally struct {
 	RepeatsIdentical int            `json:"ids_with_byte_identical_repeats"`
 	RepeatsDisagree  int            `json:"ids_whose_repeats_disagree"`
 	Disagreements    []string       `json:"disagreements,omitempty"` // the first few
-	// Reanswered counts ids whose first reply was not journaled (a refusal, or
-	// an answer from the estimate at admission: status rejected, or degraded
-	// with reason overload_shed) and that got a different reply later: the
+	// Reanswered counts ids whose first reply was not journaled (a refusal:
+	// status rejected) and that got a different reply later: the
 	// gateway acknowledges such a request once the broker has its reply, so a
 	// gateway killed in between leaves the request with the broker, which
 	// delivers it again, and it is answered anew, like a device's resend
@@ -1366,11 +1365,13 @@ func analyseOutage(f *fleet, stoppedAt time.Time) tally {
 }
 
 // unjournaledReply reports whether r is a reply the gateway gives without
-// journaling the request: a refusal or rejection, or an answer from the
-// estimate at admission (which the scheduler's own shedding, journaled, shares
-// status and reason with).
+// journaling the request: a refusal or rejection (a retry is a new request).
+// An answer from the estimate at admission is recorded in the journal before
+// it is handed over (admission.journal_estimate_answers, the default), so its
+// copies get the same bytes, and an expiry on arrival depends only on the
+// request: neither is excused.
 func unjournaledReply(r replyRec) bool {
-	return r.Status == protocol.StatusRejected || r.Status == protocol.StatusDegraded && r.Reason == protocol.ReasonOverloadShed
+	return r.Status == protocol.StatusRejected
 }
 
 func (tl tally) log(t *testing.T) {
@@ -1552,8 +1553,8 @@ func TestAnalyseRepeatsAndBrokerLog(t *testing.T) {
 	f := &fleet{reqs: map[string]*reqRec{}}
 	for i, replies := range [][]replyRec{
 		{ok, ok},        // byte-identical
-		{shed, expired}, // answered anew after an answer from the estimate at admission
 		{refused, ok},   // answered anew after a refusal
+		{shed, expired}, // disagreeing: an answer from the estimate is journaled
 		{ok, other},     // disagreeing
 		{ok, okAgain},   // agreeing, not byte-identical
 		{expired},       // not repeated
@@ -1564,12 +1565,13 @@ func TestAnalyseRepeatsAndBrokerLog(t *testing.T) {
 		f.reqs[r.ID] = r
 	}
 	tl := analyse(f)
-	if tl.RepeatedIDs != 5 || tl.RepeatsIdentical != 1 || tl.Reanswered != 2 || tl.RepeatsDisagree != 1 || tl.Lost != 1 {
-		t.Errorf("repeated %d, identical %d, answered anew %d, disagreeing %d, lost %d; want 5, 1, 2, 1, 1",
+	if tl.RepeatedIDs != 5 || tl.RepeatsIdentical != 1 || tl.Reanswered != 1 || tl.RepeatsDisagree != 2 || tl.Lost != 1 {
+		t.Errorf("repeated %d, identical %d, answered anew %d, disagreeing %d, lost %d; want 5, 1, 1, 2, 1",
 			tl.RepeatedIDs, tl.RepeatsIdentical, tl.Reanswered, tl.RepeatsDisagree, tl.Lost)
 	}
-	if len(tl.Disagreements) != 1 || !strings.HasPrefix(tl.Disagreements[0], "3: ok/ class=1") ||
-		len(tl.ReansweredExamples) != 2 || !strings.HasPrefix(tl.ReansweredExamples[0], "1: degraded/overload_shed class=2") {
+	if len(tl.Disagreements) != 2 || !strings.HasPrefix(tl.Disagreements[0], "2: degraded/overload_shed class=2") ||
+		!strings.HasPrefix(tl.Disagreements[1], "3: ok/ class=1") ||
+		len(tl.ReansweredExamples) != 1 || !strings.HasPrefix(tl.ReansweredExamples[0], "1: rejected/overload") {
 		t.Errorf("examples: disagreements %q, answered anew %q", tl.Disagreements, tl.ReansweredExamples)
 	}
 	if tl.UtilityN != 0 {

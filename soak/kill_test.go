@@ -12,9 +12,10 @@ import (
 // restarts it after a random 0.2-2 s outage. Every request the broker
 // acknowledged must get a terminal reply, and the replies to an id answered more
 // than once (at-least-once delivery) must agree on status, class and model,
-// unless the first was not journaled (a refusal, or an answer from the estimate
-// at admission): a kill between that reply and its acknowledgement makes the
-// broker deliver the request again, and it is answered anew (counted apart).
+// unless the first was a refusal, which is not journaled: a kill between that
+// reply and its acknowledgement makes the broker deliver the request again, and
+// it is answered anew (counted apart). An answer from the estimate at admission
+// is recorded in the journal before it goes out, so it is not excused.
 //
 // Knobs: SOAK_KILLS (short 5, full 20), SOAK_KILL_RATE requests/s (300, full 800),
 // SOAK_KILL_DURATION (8 s per kill), SOAK_KILL_DEADLINE (1s, deadline_ms with

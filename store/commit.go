@@ -181,6 +181,12 @@ func (o *op) finish() {
 	}
 }
 
+// newKey reports whether o stored a key the journal did not know (a new Put,
+// or Answered's record).
+func (o *op) newKey() bool {
+	return (o.Kind == OpPut || o.Kind == OpAnswered) && o.res.Dup == New
+}
+
 func (o *op) put(b *bolt.Bucket, k, v []byte) error {
 	o.bytes += len(k) + len(v)
 	return b.Put(k, v)
@@ -394,7 +400,7 @@ func (s *Store) commit(group []*op, mem *arena) {
 			return
 		}
 		for _, o := range group {
-			if o.Kind == OpPut && o.res.Dup == New {
+			if o.newKey() {
 				s.newKeysFitted(sizeBefore)
 				break
 			}

@@ -101,9 +101,11 @@ const (
 	OpOutbox
 	OpComplete
 	OpGC // Key is zero
+	// OpAnswered is Answered: an answer recorded for a key never put.
+	OpAnswered
 )
 
-// String returns put, outbox, complete or gc.
+// String returns put, outbox, complete, gc or answered.
 func (k OpKind) String() string {
 	switch k {
 	case OpPut:
@@ -114,6 +116,8 @@ func (k OpKind) String() string {
 		return "complete"
 	case OpGC:
 		return "gc"
+	case OpAnswered:
+		return "answered"
 	}
 	return fmt.Sprintf("op(%d)", uint8(k))
 }

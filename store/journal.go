@@ -55,18 +55,9 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 			if err != nil {
 				return fmt.Errorf("key index: %w", err)
 			}
-			switch {
-			case st.state == stateOutbox:
-				o.res = outboxDup(b.outbox, st)
-				return nil
-			case st.state != stateDone:
-				o.res = PutResult{Dup: DupPending, Seq: st.seq}
-				return nil
-			case now.Sub(st.doneAt) < retention:
-				o.res = PutResult{Dup: DupDone, Reply: bytes.Clone(st.reply)}
+			if o.res, stale = known(b, st, now, retention); !stale {
 				return nil
 			}
-			stale = true // completed longer ago than Retention: forgotten
 		}
 		if err := s.checkRoom(); err != nil { // Options.MaxBytes: refuse new keys only
 			return err
@@ -99,6 +90,20 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 		e.Seq, e.Received = o.res.Seq, c.Received
 	}
 	return o.res, nil
+}
+
+// known is Put's answer for a key the journal knows in state st, or stale when
+// it was completed longer ago than retention (forgotten: stored afresh).
+func known(b buckets, st keyState, now time.Time, retention time.Duration) (res PutResult, stale bool) {
+	switch {
+	case st.state == stateOutbox:
+		return outboxDup(b.outbox, st), false
+	case st.state != stateDone:
+		return PutResult{Dup: DupPending, Seq: st.seq}, false
+	case now.Sub(st.doneAt) < retention:
+		return PutResult{Dup: DupDone, Reply: bytes.Clone(st.reply)}, false
+	}
+	return PutResult{}, true
 }
 
 // outboxDup is Put's answer for a key whose reply is in the outbox: a reply that
@@ -252,7 +257,7 @@ func outboxOp(k Key, reply []byte, flushBy time.Time, unsent bool) (*op, error) 
 // get the same reply. Complete returns ErrInvalid for a bad key, ErrClosed after
 // Close, and the commit's error.
 func (s *Store) Complete(k Key, reply []byte) error {
-	o, err := s.completeOp(k, reply)
+	o, err := s.completeOp(k, reply, false)
 	if err != nil {
 		return err
 	}
@@ -270,7 +275,7 @@ func (s *Store) Complete(k Key, reply []byte) error {
 // refused or the store is closed. Close commits the writes already queued, so
 // every done is called by the time Close returns.
 func (s *Store) CompleteAsync(k Key, reply []byte, done func(error)) {
-	o, err := s.completeOp(k, reply)
+	o, err := s.completeOp(k, reply, false)
 	if err != nil {
 		done(err)
 		return
@@ -289,8 +294,9 @@ func (s *Store) CompleteAsync(k Key, reply []byte, done func(error)) {
 	s.submitAsync(o)
 }
 
-// completeOp is Complete's write; it refuses a bad key or an oversized reply.
-func (s *Store) completeOp(k Key, reply []byte) (*op, error) {
+// completeOp is Complete's write, and with onlyNew Answered's; it refuses a bad
+// key or an oversized reply.
+func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 	if err := validKey(k); err != nil {
 		return nil, fmt.Errorf("store: complete %s: %w", k, err)
 	}
@@ -301,11 +307,20 @@ func (s *Store) completeOp(k Key, reply []byte) (*op, error) {
 	now := s.opts.Now()
 	retention := s.opts.Retention
 	o := &op{Op: Op{Kind: OpComplete, Key: k}}
+	if onlyNew {
+		o.Kind = OpAnswered
+	}
 	o.apply = func(b buckets, o *op) error {
+		stale := false
 		if v := b.keys.Get(kb); v != nil {
 			st, err := decodeState(v)
 			if err != nil {
 				return fmt.Errorf("key index: %w", err)
+			}
+			if onlyNew {
+				if o.res, stale = known(b, st, now, retention); !stale {
+					return nil
+				}
 			}
 			switch st.state {
 			case statePending:
@@ -324,6 +339,14 @@ func (s *Store) completeOp(k Key, reply []byte) (*op, error) {
 				return err
 			}
 		}
+		if onlyNew && !stale {
+			if err := s.checkRoom(); err != nil { // as Put: refuse new keys only
+				return err
+			}
+			if err := s.checkSpace(); err != nil {
+				return err
+			}
+		}
 		n, err := b.expiry.NextSequence()
 		if err != nil {
 			return err
@@ -332,9 +355,34 @@ func (s *Store) completeOp(k Key, reply []byte) (*op, error) {
 			return err
 		}
 		o.delta.done++
+		o.res = PutResult{Dup: New}
 		return o.put(b.keys, kb, b.state(keyState{state: stateDone, doneAt: now, n: n, reply: reply}))
 	}
 	return o, nil
+}
+
+// Answered records reply as the answer of a request that was answered without
+// being put (an answer from its estimate at admission), unless the journal
+// knows k, in one group commit, and returns once that commit is durable: a copy
+// of the request the broker delivers again, even after a restart, then finds k
+// completed with this reply (DupDone), as a journaled request's copies do. For a
+// key the journal knows it writes nothing and returns what Put would
+// (DupPending, or DupDone with the stored reply); a key completed longer ago
+// than Retention is recorded afresh.
+//
+// Unlike Complete it refuses a new key as Put does while the journal is full
+// (ErrFull) or its disk has no space (ErrNoSpace, wrapped), so that answers
+// nobody waits on cannot fill the journal; otherwise it returns Complete's
+// errors.
+func (s *Store) Answered(k Key, reply []byte) (PutResult, error) {
+	o, err := s.completeOp(k, reply, true)
+	if err != nil {
+		return PutResult{}, err
+	}
+	if err := s.submit(o); err != nil {
+		return PutResult{}, fmt.Errorf("store: answered %s: %w", k, err)
+	}
+	return o.res, nil
 }
 
 // Pending returns every entry without a reply, in Seq (arrival) order: the

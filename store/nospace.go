@@ -126,11 +126,11 @@ func (s *Store) newKeysFitted(sizeBefore int64) {
 }
 
 // splitNewPuts divides a group whose commit failed for want of space into the
-// Puts that would have stored a new key and the rest (duplicates, Outbox,
-// Complete, GC), which usually fit in the file's free pages.
+// Puts and Answered that would have stored a new key and the rest (duplicates,
+// Outbox, Complete, GC), which usually fit in the file's free pages.
 func splitNewPuts(group []*op) (newPuts, rest []*op) {
 	for _, o := range group {
-		if o.Kind == OpPut && o.res.Dup == New {
+		if o.newKey() {
 			newPuts = append(newPuts, o)
 		} else {
 			rest = append(rest, o)
