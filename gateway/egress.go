@@ -444,22 +444,33 @@ func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint6
 	if err != nil { // a Reply always marshals
 		return err
 	}
-	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.Status, ack, conn, false)
+	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.Status, ack, conn, oweNew)
 }
 
-// OweEncoded is OweOn of a reply already encoded (payload), with its key and
-// status: the reply of an answer from the estimate that the journal recorded
-// (store.Answered), whose bytes the journal gives any later copy.
-func (e *egress) OweEncoded(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64) error {
-	return e.owe(topic, key, payload, status, ack, conn, false)
+// OweStored is OweOn of a reply the journal holds as key's answer (payload,
+// with its status): an answer from the estimate it recorded (store.Answered),
+// or that stored reply again for a copy. The journal gives it to any later
+// copy (Gateway.repeatOwed leaves a key the journal knows to it), so the
+// ledger does not remember it.
+func (e *egress) OweStored(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64) error {
+	return e.owe(topic, key, payload, status, ack, conn, oweStored)
 }
 
 // Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
 // request: the same bytes, on the topic they went to, acknowledged (ack) once
 // the broker has them.
 func (e *egress) Repeat(key store.Key, r owedRecord, ack func(), conn uint64) error {
-	return e.owe(r.topic, key, r.payload, r.status, ack, conn, true)
+	return e.owe(r.topic, key, r.payload, r.status, ack, conn, oweRepeat)
 }
+
+// oweKind says what an owed reply is, for the ledger.
+type oweKind uint8
+
+const (
+	oweNew    oweKind = iota // answered now, remembered in the ledger (remember)
+	oweRepeat                // the ledger's reply again, to a copy (owedMsg.repeat)
+	oweStored                // held by the journal: not remembered
+)
 
 // Owed returns the reply owed to key's request, handed to the broker (or
 // waiting for a place at the gate) while the request is not acknowledged
@@ -483,9 +494,16 @@ func (e *egress) countOwed() {
 }
 
 // owe is Owe of an encoded reply to key's request (key.App is the reply's
-// application even when it has no id); repeat: Repeat's (owedMsg.repeat).
-func (e *egress) owe(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, repeat bool) error {
+// application even when it has no id), of the given kind.
+func (e *egress) owe(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, kind oweKind) error {
 	app := key.App
+	repeat := kind == oweRepeat
+	remember := func() owedRef {
+		if kind == oweStored {
+			return owedRef{}
+		}
+		return e.remember(key, topic, payload, status, ack)
+	}
 	e.busyMu.Lock()
 	closed := e.lateClosed
 	e.busyMu.Unlock()
@@ -508,7 +526,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, status protoco
 			return nil
 		}
 		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: app,
-			status: status, conn: conn, owedRef: e.remember(key, topic, payload, status, ack), repeat: repeat})
+			status: status, conn: conn, owedRef: remember(), repeat: repeat})
 		first := len(e.waiting) == 1
 		e.m.owedWaiting.Set(float64(len(e.waiting)))
 		e.owedMu.Unlock()
@@ -521,7 +539,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, status protoco
 		}
 		return nil
 	}
-	ref := e.remember(key, topic, payload, status, ack)
+	ref := remember()
 	e.owedMu.Unlock()
 	tok := e.client.Publish(topic, 1, false, payload)
 	e.gate.entered()

@@ -593,7 +593,7 @@ func (g *Gateway) oweRecorded(msg mqtt.Message, req *protocol.Request, rep *prot
 		g.duplicate(msg, req, key, res)
 		return
 	}
-	g.oweFailed(g.egress.OweEncoded(req.ReplyTo, key, payload, rep.Status, msg.Ack, g.arrivedOn(msg)), key, rep.Status)
+	g.oweFailed(g.egress.OweStored(req.ReplyTo, key, payload, rep.Status, msg.Ack, g.arrivedOn(msg)), key, rep.Status)
 }
 
 // answersAtAdmission reports whether admission answers this request from its
@@ -678,7 +678,7 @@ func (g *Gateway) duplicate(msg mqtt.Message, req *protocol.Request, key store.K
 			st = rep.Status
 		}
 		if st == protocol.StatusDegraded && msg.Qos() > 0 {
-			g.oweFailed(g.egress.OweEncoded(req.ReplyTo, key, res.Reply, st, msg.Ack, g.arrivedOn(msg)), key, st)
+			g.oweFailed(g.egress.OweStored(req.ReplyTo, key, res.Reply, st, msg.Ack, g.arrivedOn(msg)), key, st)
 			return true
 		}
 		msg.Ack()

@@ -503,3 +503,32 @@ func TestRecordedEstimateAnswerCopyAcknowledgedAfterPUBACK(t *testing.T) {
 	close(puback.done)
 	within(t, cp.acked, "the copy was not acknowledged after its reply's PUBACK")
 }
+
+// An answer from the estimate the journal recorded is not remembered in the
+// ledger as well: its copies get the journal's bytes, acknowledged once the
+// broker has them.
+func TestRecordedEstimateAnswerIsNotRemembered(t *testing.T) {
+	repeat := &fakeToken{done: make(chan struct{})}
+	c := &fakeClient{tokens: []*fakeToken{lostPuback(), repeat}}
+	g := handlerGateway(t, c, true) // answered from the estimate, and recorded
+	key := store.Key{App: "fashion", Device: "cam-1", ID: "a"}
+	g.handle(arrival{msg: newFakeMessage(owedTopic, owedRequest("a", "")), at: time.Now()})
+	if _, ok := g.egress.Owed(key); ok {
+		t.Error("a recorded answer from the estimate is remembered in the ledger too")
+	}
+	if n := testutil.ToFloat64(g.m.owedRemembered); n != 0 {
+		t.Errorf("sneakgate_unjournaled_replies_remembered = %v, want 0", n)
+	}
+	cp := newFakeMessage(owedTopic, owedRequest("a", ""))
+	cp.dup = true
+	g.handle(arrival{msg: cp, at: time.Now()})
+	sent := c.sent()
+	if len(sent) != 2 || sent[1] != sent[0] {
+		t.Fatalf("replies %q, want the first reply twice", sent)
+	}
+	if n := testutil.ToFloat64(g.m.duplicates.WithLabelValues("done")); n != 1 {
+		t.Errorf("sneakgate_duplicates_total{state=done} = %v, want 1", n)
+	}
+	close(repeat.done)
+	within(t, cp.acked, "the copy was not acknowledged after its reply's PUBACK")
+}
