@@ -89,3 +89,29 @@ func TestAnsweredRefusedWhenFull(t *testing.T) {
 		t.Errorf("Answered of a pending key in a full journal = %+v, %v; want DupPending", res, err)
 	}
 }
+
+// A key answered longer ago than Retention is a new key to Answered, as it is
+// to Put: while the journal is full it is refused, not recorded afresh.
+func TestAnsweredStaleKeyRefusedWhenFull(t *testing.T) {
+	clk := storetest.NewClock()
+	s := storetest.New(t, func(o *store.Options) { o.Now = clk.Now; o.Retention = time.Minute; o.MaxBytes = 256 << 10 })
+	if res, err := s.Answered(key(20000), []byte("estimate")); err != nil || res.Dup != store.New {
+		t.Fatalf("Answered = %+v, %v; want New", res, err)
+	}
+	clk.Advance(2 * time.Minute) // forgotten, not yet collected
+	var err error
+	for n := 0; n < 10000 && err == nil; n++ {
+		e := entry(n)
+		e.Input = make([]float32, 256)
+		_, err = s.Put(e)
+	}
+	if !errors.Is(err, store.ErrFull) {
+		t.Fatalf("filling: %v, want ErrFull", err)
+	}
+	if _, err := s.Put(entry(20000)); !errors.Is(err, store.ErrFull) {
+		t.Fatalf("Put of the forgotten key in a full journal: %v, want ErrFull", err)
+	}
+	if res, err := s.Answered(key(20000), []byte("later")); !errors.Is(err, store.ErrFull) {
+		t.Errorf("Answered of the forgotten key in a full journal = %+v, %v; want ErrFull, as Put", res, err)
+	}
+}

@@ -339,8 +339,8 @@ func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 				return err
 			}
 		}
-		if onlyNew && !stale {
-			if err := s.checkRoom(); err != nil { // as Put: refuse new keys only
+		if onlyNew { // new keys only, forgotten ones included, as Put
+			if err := s.checkRoom(); err != nil {
 				return err
 			}
 			if err := s.checkSpace(); err != nil {
@@ -370,7 +370,8 @@ func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 // (DupPending, or DupDone with the stored reply); a key completed longer ago
 // than Retention is recorded afresh.
 //
-// Unlike Complete it refuses a new key as Put does while the journal is full
+// Unlike Complete it refuses a new key (one completed longer ago than
+// Retention included) as Put does while the journal is full
 // (ErrFull) or its disk has no space (ErrNoSpace, wrapped), so that answers
 // nobody waits on cannot fill the journal; otherwise it returns Complete's
 // errors.
