@@ -150,7 +150,10 @@ type StoreConfig struct {
 	// are still answered and replies still drain it. 0 means no cap. The default,
 	// 1 GiB, holds about 1.2 million answered requests at about 0.85 KB each
 	// (more for large inputs while pending): about 2,000 requests/s sustained over
-	// the default 10-minute retention. Keep it well under the free disk space.
+	// the default 10-minute retention. Answers from the estimate at admission
+	// (admission.journal_estimate_answers) are recorded only while less than
+	// half of it is in use, so that they leave the rest to requests; beyond
+	// that they go out unrecorded. Keep it well under the free disk space.
 	MaxBytes int64 `yaml:"max_bytes"`
 }
 

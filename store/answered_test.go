@@ -115,3 +115,31 @@ func TestAnsweredStaleKeyRefusedWhenFull(t *testing.T) {
 		t.Errorf("Answered of the forgotten key in a full journal = %+v, %v; want ErrFull, as Put", res, err)
 	}
 }
+
+// Answers recorded without a request cannot fill the journal: Answered stops
+// recording them while the requests still have room (half the cap), so that
+// a stream of answers from the estimate under overload never has the journal
+// refuse the requests it could run.
+func TestAnsweredLeavesRoomForRequests(t *testing.T) {
+	const limit = 256 << 10
+	s := storetest.New(t, func(o *store.Options) { o.MaxBytes = limit })
+	reply := make([]byte, 400) // about an answer from the estimate's size
+	for i := range reply {
+		reply[i] = 'x'
+	}
+	var err error
+	n := 0
+	for ; n < 100000 && err == nil; n++ {
+		_, err = s.Answered(key(n), reply)
+	}
+	if !errors.Is(err, store.ErrFull) {
+		t.Fatalf("recording %d answers: %v, want ErrFull in the end", n, err)
+	}
+	if used := s.Stats().UsedBytes; used > limit/2+limit/8 {
+		t.Errorf("answers alone took %d bytes of the %d-byte cap, want about half at most", used, limit)
+	}
+	e := entry(n + 1)
+	if res, err := s.Put(e); err != nil || res.Dup != store.New {
+		t.Fatalf("Put of a request after %d recorded answers = %+v, %v; want New (the answers must leave it room)", n, res, err)
+	}
+}

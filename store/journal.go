@@ -340,7 +340,7 @@ func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 			}
 		}
 		if onlyNew { // new keys only, forgotten ones included, as Put
-			if err := s.checkRoom(); err != nil {
+			if err := s.checkAnsweredRoom(); err != nil {
 				return err
 			}
 			if err := s.checkSpace(); err != nil {
@@ -371,10 +371,11 @@ func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 // than Retention is recorded afresh.
 //
 // Unlike Complete it refuses a new key (one completed longer ago than
-// Retention included) as Put does while the journal is full
-// (ErrFull) or its disk has no space (ErrNoSpace, wrapped), so that answers
-// nobody waits on cannot fill the journal; otherwise it returns Complete's
-// errors.
+// Retention included, as Put does) while its disk has no space (ErrNoSpace,
+// wrapped), and with ErrFull already while the journal holds more than half of
+// Options.MaxBytes (Put: all of it), so that answers nobody waits on cannot
+// fill the journal and have Put refuse every request; otherwise it returns
+// Complete's errors.
 func (s *Store) Answered(k Key, reply []byte) (PutResult, error) {
 	o, err := s.completeOp(k, reply, true)
 	if err != nil {

@@ -74,7 +74,8 @@ type Options struct {
 	LockTimeout time.Duration
 	// MaxBytes caps the journal's live data (pages in use, not the file size,
 	// which bbolt never shrinks): while more than MaxBytes are in use, Put of a
-	// new key fails with ErrFull; duplicates, Outbox, Complete and GC go on. The
+	// new key fails with ErrFull (Answered: already beyond half of it);
+	// duplicates, Outbox, Complete and GC go on. The
 	// check uses the size after the previous commit, so a journal can exceed
 	// MaxBytes by one group commit's writes, and by the completions of its
 	// pending requests. Zero means no cap.
@@ -391,6 +392,25 @@ func (s *Store) checkRoom() error {
 	if limit := s.opts.MaxBytes; limit > 0 {
 		if used := s.used.Load(); used > limit {
 			return fmt.Errorf("%w: %d bytes in use, the cap (max bytes) is %d", ErrFull, used, limit)
+		}
+	}
+	return nil
+}
+
+// answeredShare sets how much of Options.MaxBytes answers recorded without a
+// request may fill (1/answeredShare): Answered refuses new keys beyond it, so
+// that these answers, which come at any rate under overload (every request
+// shed at admission), leave the rest of the cap to Put's requests instead of
+// having the journal refuse them all until Retention has passed.
+const answeredShare = 2
+
+// checkAnsweredRoom is checkRoom for Answered: it fails with ErrFull when the
+// journal holds more than Options.MaxBytes / answeredShare of live data.
+func (s *Store) checkAnsweredRoom() error {
+	if s.opts.MaxBytes > 0 {
+		limit := s.opts.MaxBytes / answeredShare
+		if used := s.used.Load(); used > limit {
+			return fmt.Errorf("%w: %d bytes in use, more than the %d (1/%d of the cap, max bytes) that answers recorded without a request may fill", ErrFull, used, limit, answeredShare)
 		}
 	}
 	return nil
