@@ -552,6 +552,13 @@ func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, ap
 	g.oweRecorded(msg, req, rep)
 }
 
+// The reasons of sneakgate_estimate_answers_unrecorded_total.
+const (
+	unrecordedFull    = "journal_full"
+	unrecordedNoSpace = "no_space"
+	unrecordedError   = "error"
+)
+
 // oweRecorded is owe for an answer from the estimate at admission: with
 // admission.journal_estimate_answers (the default) the reply is first recorded
 // in the journal as the answer of its id (store.Answered, one group commit), so
@@ -561,9 +568,10 @@ func (g *Gateway) answerFromEstimate(msg mqtt.Message, req *protocol.Request, ap
 // has it: duplicate) instead of being answered anew: the model's answer, or
 // expired once its deadline has passed, where the device already has the
 // estimate's. A key the journal knows meanwhile is answered as a duplicate.
-// When the journal cannot record it (full, out of disk space, or another
-// failure, counted as a store error "answered") the reply goes out unrecorded,
-// as with the option off; when the journal broke or the gateway is stopping,
+// When the journal cannot record it (past its share of store.max_bytes, out
+// of disk space, or another failure, counted as a store error "answered";
+// all three in sneakgate_estimate_answers_unrecorded_total) the reply goes out
+// unrecorded, as with the option off; when the journal broke or the gateway is stopping,
 // the request is left unacknowledged for redelivery, as handle leaves one Put
 // could not store.
 func (g *Gateway) oweRecorded(msg mqtt.Message, req *protocol.Request, rep *protocol.Reply) {
@@ -578,13 +586,26 @@ func (g *Gateway) oweRecorded(msg mqtt.Message, req *protocol.Request, rep *prot
 	}
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
 	res, err := g.journal.Answered(key, payload)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrFull), errors.Is(err, store.ErrNoSpace):
+		// The journal's room is kept for requests (store.Answered): a
+		// condition of overload, not a failure. The store says when its
+		// disk is full; sneakgate_journal_bytes shows how full it is.
+		reason := unrecordedFull
+		if errors.Is(err, store.ErrNoSpace) {
+			reason = unrecordedNoSpace
+		}
+		g.m.unrecorded.WithLabelValues(req.App, reason).Inc()
+		g.owe(msg, req.ReplyTo, rep)
+		return
+	case err != nil:
 		g.m.storeErrors.WithLabelValues("answered").Inc()
 		g.journalDamage(err)
 		if g.draining.Load() || errors.Is(err, store.ErrDamaged) || errors.Is(err, store.ErrCorrupt) || errors.Is(err, store.ErrClosed) {
 			g.log.Warn().Err(err).Stringer("key", key).Msg("journal could not record an answer from the estimate; request left for redelivery")
 			return
 		}
+		g.m.unrecorded.WithLabelValues(req.App, unrecordedError).Inc()
 		g.rejectLog.Warn().Err(err).Stringer("key", key).Msg("journal could not record an answer from the estimate; answered without it")
 		g.owe(msg, req.ReplyTo, rep)
 		return

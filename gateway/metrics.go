@@ -21,6 +21,7 @@ type metrics struct {
 	deviceRefused *prometheus.CounterVec   // app
 	verdicts      *prometheus.CounterVec   // app, outcome, reason
 	admissionShed *prometheus.CounterVec   // app
+	unrecorded    *prometheus.CounterVec   // app, reason: answers from the estimate the journal did not record
 	admissionEst  *prometheus.CounterVec   // app
 	requeued      *prometheus.CounterVec   // app: first passes sent back for a second
 	unroutable    prometheus.Counter       // broken beyond any reply topic
@@ -126,6 +127,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sneakgate_device_limit_refused_total", Help: "Requests rejected overload because their device had admission.max_queue_per_device requests queued, by application; also counted in sneakgate_rejected_total{reason=\"overload\"}."}, []string{"app"}),
 		admissionShed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_shed_total", Help: "Requests answered from the SneakPeek estimate at admission because the scheduler was shedding requests worth more per second of engine time (admission.price_shed), by application."}, []string{"app"}),
+		unrecorded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sneakgate_estimate_answers_unrecorded_total", Help: "Answers from the SneakPeek estimate at admission published without their journal record (admission.journal_estimate_answers), so that a copy of the request after a restart is answered anew, by application and reason: journal_full (more than half of store.max_bytes in use, the rest left to requests), no_space (the journal's disk is full), error (a failed write, also counted in sneakgate_store_errors_total{op=\"answered\"})."}, []string{"app", "reason"}),
 		admissionEst: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sneakgate_admission_estimate_answers_total", Help: "Requests answered from the SneakPeek estimate at admission, without being journaled, because the scheduler's test (scheduler.estimate_answers) found the estimate worth more than any model's answer, by application; also counted in sneakgate_scheduler_verdicts_total{outcome=\"degraded\",reason=\"estimate_worth_more\"}."}, []string{"app"}),
 		requeued: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -207,7 +210,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		loopBatchTime: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sneakgate_loop_seconds_per_batch", Help: "The scheduling loop's decisions' time per batch while the engine waits for it with requests queued (a weighted mean over recent waits); with scheduler.latency_correction on (the default) every batch is planned this much longer than the engine takes, and b times sneakgate_loop_seconds_per_request."}),
 	}
-	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.deviceRefused, m.admissionShed, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
+	for _, c := range []prometheus.Collector{m.latencyFactor, m.loopTime, m.loopBatchTime, m.reloads, m.moved, m.received, m.replies, m.rejected, m.verdicts, m.refusedDeg, m.deviceRefused, m.admissionShed, m.unrecorded, m.admissionEst, m.requeued, m.unroutable, m.duplicates,
 		m.queueLen, m.queueTime, m.transit, m.egressTime, m.inferTime, m.inferProfiled, m.inferCPU, m.batchSize, m.answers, m.swaps,
 		m.swapTime, m.decisionTime, m.decidedAhead, m.keptBatches, m.engineWait, m.invalidDecisions, m.batchFailures, m.handlerPanics, m.storeErrors, m.publishFails, m.resident, m.dropped, m.ignored,
 		m.ingressWaits, m.ingressBytes, m.crashSuspects, m.owed, m.owedWaiting, m.owedRemembered, m.publishWaits, m.strandedReconnects,
@@ -319,6 +322,9 @@ func (m *metrics) initLabels(apps []string) {
 		m.refusedDeg.WithLabelValues(app)
 		m.deviceRefused.WithLabelValues(app)
 		m.admissionShed.WithLabelValues(app)
+		for _, r := range []string{unrecordedFull, unrecordedNoSpace, unrecordedError} {
+			m.unrecorded.WithLabelValues(app, r)
+		}
 		m.admissionEst.WithLabelValues(app)
 		m.requeued.WithLabelValues(app)
 		m.answers.init(app)

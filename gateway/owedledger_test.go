@@ -18,6 +18,7 @@ import (
 
 	"github.com/sneakgate/sneakgate/protocol"
 	"github.com/sneakgate/sneakgate/store"
+	"github.com/sneakgate/sneakgate/store/storetest"
 )
 
 // The ledger keeps the latest reply per key, forgets an entry only at its own
@@ -531,4 +532,39 @@ func TestRecordedEstimateAnswerIsNotRemembered(t *testing.T) {
 	}
 	close(repeat.done)
 	within(t, cp.acked, "the copy was not acknowledged after its reply's PUBACK")
+}
+
+// An answer from the estimate that the journal refuses to record because its
+// room is kept for requests still goes out, counted apart as unrecorded (a
+// condition of overload, not a store error).
+func TestEstimateAnswerUnrecordedWhenJournalFull(t *testing.T) {
+	c := &fakeClient{}
+	g := handlerGateway(t, c, true) // answered from the estimate
+	j := storetest.New(t, func(o *store.Options) { o.Now = time.Now; o.MaxBytes = 64 << 10 })
+	for i := 0; ; i++ {
+		e := &store.Entry{Key: store.Key{App: "fashion", Device: "filler", ID: fmt.Sprint(i)}, Input: make([]float32, 256)}
+		if _, err := j.Put(e); errors.Is(err, store.ErrFull) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.journal = j
+	g.handle(arrival{msg: newFakeMessage(owedTopic, owedRequest("a", "")), at: time.Now()})
+	sent := c.sent()
+	if len(sent) != 1 {
+		t.Fatalf("%d replies, want the answer from the estimate", len(sent))
+	}
+	if rep, err := protocol.ParseReply([]byte(sent[0])); err != nil || rep.Status != protocol.StatusDegraded {
+		t.Fatalf("reply %s (%v), want degraded", sent[0], err)
+	}
+	if n := testutil.ToFloat64(g.m.unrecorded.WithLabelValues("fashion", unrecordedFull)); n != 1 {
+		t.Errorf("sneakgate_estimate_answers_unrecorded_total{reason=journal_full} = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(g.m.storeErrors.WithLabelValues("answered")); n != 0 {
+		t.Errorf("sneakgate_store_errors_total{op=answered} = %v, want 0: a full journal is not a failure", n)
+	}
+	if res, err := j.Lookup(store.Key{App: "fashion", Device: "cam-1", ID: "a"}); err != nil || res.Dup != store.New {
+		t.Errorf("the journal recorded the answer: %+v %v", res, err)
+	}
 }
