@@ -73,15 +73,7 @@ func TestAnswered(t *testing.T) {
 // answers known ones.
 func TestAnsweredRefusedWhenFull(t *testing.T) {
 	s := storetest.New(t, func(o *store.Options) { o.MaxBytes = 64 << 10 })
-	var err error
-	for n := 0; n < 10000 && err == nil; n++ {
-		e := entry(n)
-		e.Input = make([]float32, 256)
-		_, err = s.Put(e)
-	}
-	if !errors.Is(err, store.ErrFull) {
-		t.Fatalf("filling: %v, want ErrFull", err)
-	}
+	fillUntilFull(t, s)
 	if _, err := s.Answered(key(20000), []byte("r")); !errors.Is(err, store.ErrFull) {
 		t.Errorf("Answered of a new key in a full journal: %v, want ErrFull", err)
 	}
@@ -99,15 +91,7 @@ func TestAnsweredStaleKeyRefusedWhenFull(t *testing.T) {
 		t.Fatalf("Answered = %+v, %v; want New", res, err)
 	}
 	clk.Advance(2 * time.Minute) // forgotten, not yet collected
-	var err error
-	for n := 0; n < 10000 && err == nil; n++ {
-		e := entry(n)
-		e.Input = make([]float32, 256)
-		_, err = s.Put(e)
-	}
-	if !errors.Is(err, store.ErrFull) {
-		t.Fatalf("filling: %v, want ErrFull", err)
-	}
+	fillUntilFull(t, s)
 	if _, err := s.Put(entry(20000)); !errors.Is(err, store.ErrFull) {
 		t.Fatalf("Put of the forgotten key in a full journal: %v, want ErrFull", err)
 	}
@@ -141,5 +125,20 @@ func TestAnsweredLeavesRoomForRequests(t *testing.T) {
 	e := entry(n + 1)
 	if res, err := s.Put(e); err != nil || res.Dup != store.New {
 		t.Fatalf("Put of a request after %d recorded answers = %+v, %v; want New (the answers must leave it room)", n, res, err)
+	}
+}
+
+// fillUntilFull puts requests of 1 KiB of input into s until Put refuses one
+// with ErrFull (s has a MaxBytes), failing the test on any other outcome.
+func fillUntilFull(t *testing.T, s *store.Store) {
+	t.Helper()
+	var err error
+	for n := 0; n < 10000 && err == nil; n++ {
+		e := entry(n)
+		e.Input = make([]float32, 256)
+		_, err = s.Put(e)
+	}
+	if !errors.Is(err, store.ErrFull) {
+		t.Fatalf("filling: %v, want ErrFull", err)
 	}
 }

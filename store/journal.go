@@ -59,10 +59,7 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 				return nil
 			}
 		}
-		if err := s.checkRoom(); err != nil { // Options.MaxBytes: refuse new keys only
-			return err
-		}
-		if err := s.checkSpace(); err != nil { // the disk was full a moment ago
+		if err := s.checkNewKey(1); err != nil { // refuse new keys only
 			return err
 		}
 		seq, err := b.pending.NextSequence()
@@ -297,19 +294,20 @@ func (s *Store) CompleteAsync(k Key, reply []byte, done func(error)) {
 // completeOp is Complete's write, and with onlyNew Answered's; it refuses a bad
 // key or an oversized reply.
 func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
+	name, kind := "complete", OpComplete
+	if onlyNew {
+		name, kind = "answered", OpAnswered
+	}
 	if err := validKey(k); err != nil {
-		return nil, fmt.Errorf("store: complete %s: %w", k, err)
+		return nil, fmt.Errorf("store: %s %s: %w", name, k, err)
 	}
 	if len(reply) > MaxRecordSize {
-		return nil, fmt.Errorf("store: complete %s: %w: %d-byte reply", k, ErrTooLarge, len(reply))
+		return nil, fmt.Errorf("store: %s %s: %w: %d-byte reply", name, k, ErrTooLarge, len(reply))
 	}
 	kb := encodeKey(k)
 	now := s.opts.Now()
 	retention := s.opts.Retention
-	o := &op{Op: Op{Kind: OpComplete, Key: k}}
-	if onlyNew {
-		o.Kind = OpAnswered
-	}
+	o := &op{Op: Op{Kind: kind, Key: k}}
 	o.apply = func(b buckets, o *op) error {
 		stale := false
 		if v := b.keys.Get(kb); v != nil {
@@ -340,10 +338,7 @@ func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 			}
 		}
 		if onlyNew { // new keys only, forgotten ones included, as Put
-			if err := s.checkAnsweredRoom(); err != nil {
-				return err
-			}
-			if err := s.checkSpace(); err != nil {
+			if err := s.checkNewKey(answeredShare); err != nil {
 				return err
 			}
 		}

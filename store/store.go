@@ -386,17 +386,6 @@ func (s *Store) usedBytes(size int64) int64 {
 	return max(0, size-int64(st.FreePageN+st.PendingPageN)*s.pageSize)
 }
 
-// checkRoom fails with ErrFull when the journal holds more than
-// Options.MaxBytes of live data. Put calls it before storing a new key.
-func (s *Store) checkRoom() error {
-	if limit := s.opts.MaxBytes; limit > 0 {
-		if used := s.used.Load(); used > limit {
-			return fmt.Errorf("%w: %d bytes in use, the cap (max bytes) is %d", ErrFull, used, limit)
-		}
-	}
-	return nil
-}
-
 // answeredShare sets how much of Options.MaxBytes answers recorded without a
 // request may fill (1/answeredShare): Answered refuses new keys beyond it, so
 // that these answers, which come at any rate under overload (every request
@@ -404,16 +393,18 @@ func (s *Store) checkRoom() error {
 // having the journal refuse them all until Retention has passed.
 const answeredShare = 2
 
-// checkAnsweredRoom is checkRoom for Answered: it fails with ErrFull when the
-// journal holds more than Options.MaxBytes / answeredShare of live data.
-func (s *Store) checkAnsweredRoom() error {
+// checkNewKey is what Put (share 1) and Answered (share answeredShare) check
+// before storing a key the journal does not know: ErrFull when the journal
+// holds more than Options.MaxBytes / share of live data, and ErrNoSpace
+// (checkSpace) while its disk is full.
+func (s *Store) checkNewKey(share int64) error {
 	if s.opts.MaxBytes > 0 {
-		limit := s.opts.MaxBytes / answeredShare
+		limit := s.opts.MaxBytes / share
 		if used := s.used.Load(); used > limit {
-			return fmt.Errorf("%w: %d bytes in use, more than the %d (1/%d of the cap, max bytes) that answers recorded without a request may fill", ErrFull, used, limit, answeredShare)
+			return fmt.Errorf("%w: %d bytes in use, more than %d (1/%d of the cap, max bytes)", ErrFull, used, limit, share)
 		}
 	}
-	return nil
+	return s.checkSpace()
 }
 
 // Close commits the writes already queued, then closes the file. Later calls
