@@ -444,16 +444,17 @@ func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint6
 	if err != nil { // a Reply always marshals
 		return err
 	}
-	return e.owe(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.Status, ack, conn, oweNew)
+	return e.OweEncoded(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.Status, ack, conn, oweNew)
 }
 
-// OweStored is OweOn of a reply the journal holds as key's answer (payload,
-// with its status): an answer from the estimate it recorded (store.Answered),
-// or that stored reply again for a copy. The journal gives it to any later
-// copy (Gateway.repeatOwed leaves a key the journal knows to it), so the
-// ledger does not remember it.
-func (e *egress) OweStored(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64) error {
-	return e.owe(topic, key, payload, status, ack, conn, oweStored)
+// OweEncoded is OweOn of a reply already encoded (payload, with its key and
+// status), of the given kind: oweNew as OweOn, or oweStored for a reply the
+// journal holds as key's answer (an answer from the estimate it recorded,
+// store.Answered, or that stored reply again for a copy), which the ledger
+// does not remember: the journal gives it to any later copy
+// (Gateway.repeatOwed leaves a key the journal knows to it).
+func (e *egress) OweEncoded(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, kind oweKind) error {
+	return e.owe(topic, key, payload, status, ack, conn, kind)
 }
 
 // Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
@@ -497,13 +498,6 @@ func (e *egress) countOwed() {
 // application even when it has no id), of the given kind.
 func (e *egress) owe(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, kind oweKind) error {
 	app := key.App
-	repeat := kind == oweRepeat
-	remember := func() owedRef {
-		if kind == oweStored {
-			return owedRef{}
-		}
-		return e.remember(key, topic, payload, status, ack)
-	}
 	e.busyMu.Lock()
 	closed := e.lateClosed
 	e.busyMu.Unlock()
@@ -526,7 +520,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, status protoco
 			return nil
 		}
 		e.waiting = append(e.waiting, owedMsg{topic: topic, payload: payload, ack: ack, app: app,
-			status: status, conn: conn, owedRef: remember(), repeat: repeat})
+			status: status, conn: conn, owedRef: e.remember(key, topic, payload, status, ack, kind), repeat: kind == oweRepeat})
 		first := len(e.waiting) == 1
 		e.m.owedWaiting.Set(float64(len(e.waiting)))
 		e.owedMu.Unlock()
@@ -539,7 +533,7 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, status protoco
 		}
 		return nil
 	}
-	ref := remember()
+	ref := e.remember(key, topic, payload, status, ack, kind)
 	e.owedMu.Unlock()
 	tok := e.client.Publish(topic, 1, false, payload)
 	e.gate.entered()
@@ -547,9 +541,10 @@ func (e *egress) owe(topic string, key store.Key, payload []byte, status protoco
 }
 
 // remember puts an owed reply in the ledger, if its request is one the broker
-// can deliver again (QoS 1: ack is not nil) and has an id; owedMu held.
-func (e *egress) remember(key store.Key, topic string, payload []byte, status protocol.Status, ack func()) owedRef {
-	if ack == nil || key.ID == "" {
+// can deliver again (QoS 1: ack is not nil) and has an id, and the journal does
+// not hold it (kind oweStored); owedMu held.
+func (e *egress) remember(key store.Key, topic string, payload []byte, status protocol.Status, ack func(), kind oweKind) owedRef {
+	if ack == nil || key.ID == "" || kind == oweStored {
 		return owedRef{}
 	}
 	now := e.now()

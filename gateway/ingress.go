@@ -585,6 +585,9 @@ func (g *Gateway) oweRecorded(msg mqtt.Message, req *protocol.Request, rep *prot
 		return
 	}
 	key := store.Key{App: req.App, Device: req.Device, ID: req.ID}
+	owe := func(kind oweKind) { // the encoded reply, acknowledged after its PUBACK
+		g.oweFailed(g.egress.OweEncoded(req.ReplyTo, key, payload, rep.Status, msg.Ack, g.arrivedOn(msg), kind), key, rep.Status)
+	}
 	res, err := g.journal.Answered(key, payload)
 	switch {
 	case errors.Is(err, store.ErrFull), errors.Is(err, store.ErrNoSpace):
@@ -596,7 +599,7 @@ func (g *Gateway) oweRecorded(msg mqtt.Message, req *protocol.Request, rep *prot
 			reason = unrecordedNoSpace
 		}
 		g.m.unrecorded.WithLabelValues(req.App, reason).Inc()
-		g.owe(msg, req.ReplyTo, rep)
+		owe(oweNew)
 		return
 	case err != nil:
 		g.m.storeErrors.WithLabelValues("answered").Inc()
@@ -607,14 +610,14 @@ func (g *Gateway) oweRecorded(msg mqtt.Message, req *protocol.Request, rep *prot
 		}
 		g.m.unrecorded.WithLabelValues(req.App, unrecordedError).Inc()
 		g.rejectLog.Warn().Err(err).Stringer("key", key).Msg("journal could not record an answer from the estimate; answered without it")
-		g.owe(msg, req.ReplyTo, rep)
+		owe(oweNew)
 		return
 	}
 	if res.Dup != store.New {
 		g.duplicate(msg, req, key, res)
 		return
 	}
-	g.oweFailed(g.egress.OweStored(req.ReplyTo, key, payload, rep.Status, msg.Ack, g.arrivedOn(msg)), key, rep.Status)
+	owe(oweStored)
 }
 
 // answersAtAdmission reports whether admission answers this request from its
@@ -699,7 +702,7 @@ func (g *Gateway) duplicate(msg mqtt.Message, req *protocol.Request, key store.K
 			st = rep.Status
 		}
 		if st == protocol.StatusDegraded && msg.Qos() > 0 {
-			g.oweFailed(g.egress.OweStored(req.ReplyTo, key, res.Reply, st, msg.Ack, g.arrivedOn(msg)), key, st)
+			g.oweFailed(g.egress.OweEncoded(req.ReplyTo, key, res.Reply, st, msg.Ack, g.arrivedOn(msg), oweStored), key, st)
 			return true
 		}
 		msg.Ack()

@@ -32,8 +32,10 @@ import (
 // repeat's, whose bytes went out before or wait ahead of it), when a later
 // owed reply to the same key replaces it, and when it is older than maxAge or
 // more than max entries are held (oldest first). The ledger is in
-// memory: after a restart copies are answered anew, as before
-// (docs/protocol.md, "Delivery"). Not safe for concurrent use: egress holds
+// memory: after a restart copies are answered anew (docs/protocol.md,
+// "Delivery"), but for answers from the estimate the journal recorded
+// (admission.journal_estimate_answers), which it never holds: the journal
+// gives their copies the same bytes. Not safe for concurrent use: egress holds
 // owedMu around every call.
 type owedLedger struct {
 	max    int
