@@ -252,6 +252,14 @@ type Phase struct {
 	ByStatus  map[protocol.Status]int `json:"by_status,omitempty"`
 	ByModel   map[string]int          `json:"by_model,omitempty"`
 	MeanBatch float64                 `json:"mean_batch,omitempty"`
+	// Queued and InGateway are the gateway's own times from its replies:
+	// queue_ms (receipt to the batch's start: admission, the journal's commit
+	// of the request and the wait for a batch) and total_ms (receipt to the
+	// reply's making; the outbox commit and the hand-over to the broker come
+	// after). The round trip less InGateway is the two transits through the
+	// broker and the reply's outbox commit.
+	Queued    *devices.Percentiles `json:"queue_ms,omitempty"`
+	InGateway *devices.Percentiles `json:"total_ms,omitempty"`
 	// Inference is, per variant that ran through the gateway, the time its
 	// forward passes took over the phase divided by what its start-up profile
 	// gives for passes of the same batch sizes (time-weighted: the increases
@@ -377,6 +385,10 @@ func (ph *phaseLoad) summary() Phase {
 	if len(ph.byStatus) > 0 {
 		p.ByStatus, p.ByModel = ph.byStatus, ph.byModel
 		p.MeanBatch = float64(ph.batchSum) / float64(max(ph.completed, 1))
+	}
+	if len(ph.inGateway) > 0 {
+		q, t := devices.LatencyPercentiles(ph.queued), devices.LatencyPercentiles(ph.inGateway)
+		p.Queued, p.InGateway = &q, &t
 	}
 	return p
 }

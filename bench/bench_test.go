@@ -137,6 +137,13 @@ func TestRunEndToEnd(t *testing.T) {
 	if answered != n || res.Gateway.ByModel["logreg"] != n || res.Gateway.MeanBatch < 1 {
 		t.Errorf("replies: statuses %v, models %v, mean batch %v", res.Gateway.ByStatus, res.Gateway.ByModel, res.Gateway.MeanBatch)
 	}
+	if q, tot := res.Gateway.Queued, res.Gateway.InGateway; q == nil || tot == nil || q.N != n || tot.N != n ||
+		q.P50 <= 0 || q.P50 > tot.P50 || tot.P50 > res.Gateway.Latency.P50 {
+		t.Errorf("the gateway's own times: queue_ms %+v, total_ms %+v, round trip %+v", q, tot, res.Gateway.Latency)
+	}
+	if res.Broker.Queued != nil || res.Broker.InGateway != nil {
+		t.Errorf("broker alone has the gateway's times %v %v", res.Broker.Queued, res.Broker.InGateway)
+	}
 	if f := res.Inference[res.Setup.App+"/logreg"]; f <= 0 {
 		t.Errorf("latency correction of logreg %v (all: %v)", f, res.Inference)
 	}
@@ -155,7 +162,7 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	var out bytes.Buffer
 	res.Print(&out)
-	for _, want := range []string{"broker alone (pub->sub)", "through the gateway", "ratio gateway / broker alone", "gateway CPU per request", "logreg 300"} {
+	for _, want := range []string{"broker alone (pub->sub)", "through the gateway", "ratio gateway / broker alone", "gateway CPU per request", "logreg 300", "in the gateway (its replies)  queue_ms p50"} {
 		if !bytes.Contains(out.Bytes(), []byte(want)) {
 			t.Errorf("printed result lacks %q:\n%s", want, out.String())
 		}
@@ -175,7 +182,7 @@ func TestRunEndToEnd(t *testing.T) {
 		}
 	}
 	gw := m["gateway"].(map[string]any)
-	for _, k := range []string{"throughput_per_s", "latency", "broker_cpu", "gateway_cpu", "client_cpu", "by_status", "by_model", "mean_batch"} {
+	for _, k := range []string{"throughput_per_s", "latency", "broker_cpu", "gateway_cpu", "client_cpu", "by_status", "by_model", "mean_batch", "queue_ms", "total_ms"} {
 		if _, ok := gw[k]; !ok {
 			t.Errorf("JSON gateway lacks %q", k)
 		}

@@ -48,6 +48,9 @@ type phaseLoad struct {
 	byStatus                                   map[protocol.Status]int
 	byModel                                    map[string]int
 	batchSum                                   int // sum of the replies' batch sizes
+	// queued and inGateway are the replies' queue_ms and total_ms: from the
+	// gateway's receipt to the batch's start, and to the reply's making.
+	queued, inGateway []time.Duration
 }
 
 func newLoader(clients []*devices.Client, app string, workers int, timeout time.Duration, bodies [][]byte, runID string) *loader {
@@ -194,6 +197,12 @@ func (l *loader) complete(seq int64, at time.Time, r *protocol.Reply) {
 			ph.byModel[r.Model]++
 		}
 		ph.batchSum += r.Batch
+		if r.QueueMS != nil {
+			ph.queued = append(ph.queued, time.Duration(*r.QueueMS*1e6))
+		}
+		if r.TotalMS != nil {
+			ph.inGateway = append(ph.inGateway, time.Duration(*r.TotalMS*1e6))
+		}
 	}
 	l.mu.Unlock()
 	close(p.done)

@@ -68,6 +68,12 @@ func (r *Result) Print(w io.Writer) {
 	g := &r.Gateway
 	fmt.Fprintf(w, "gateway replies               %s; models: %s; mean batch %.1f\n", devices.JoinCounts(g.ByStatus),
 		devices.JoinCounts(g.ByModel), g.MeanBatch)
+	if g.InGateway != nil {
+		pct := func(p devices.Percentiles) string {
+			return fmt.Sprintf("p50 %s / p90 %s / p99 %s ms", ms(p.P50), ms(p.P90), ms(p.P99))
+		}
+		fmt.Fprintf(w, "in the gateway (its replies)  queue_ms %s; total_ms %s\n", pct(*g.Queued), pct(*g.InGateway))
+	}
 	for _, x := range []struct {
 		name string
 		p    *Phase
