@@ -48,7 +48,9 @@ var (
 // (DefaultOptions).
 type Options struct {
 	// MaxBatchDelay is how long the first write of a group commit waits for more
-	// writes before committing, when the group is not full. Zero commits as soon
+	// writes before committing, when the group is not full, counted from when
+	// it was queued: a write that waited behind the previous commit waits only
+	// what is left of the delay (none, when that commit took longer). Zero commits as soon
 	// as the previous commit is done: writes that arrive during a commit's fsync
 	// form the next group, so groups grow with load at no latency cost.
 	MaxBatchDelay time.Duration
