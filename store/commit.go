@@ -168,9 +168,6 @@ type op struct {
 
 	err  error
 	done chan struct{}
-	// queuedAt is when the op was queued (enqueue): a group's delay counts from
-	// its first write's.
-	queuedAt time.Time
 	// notify, if set, is called with err once the op is committed or has
 	// failed, on the committer's goroutine (submitAsync).
 	notify func(error)
@@ -205,7 +202,6 @@ func (s *Store) enqueue(ops ...*op) error {
 	}
 	for _, o := range ops {
 		o.done = make(chan struct{})
-		o.queuedAt = time.Now()
 		s.queued.Add(1)
 		s.ops <- o
 	}
@@ -322,14 +318,7 @@ func (s *Store) fill(group []*op, wait bool) []*op {
 	if !wait || s.opts.MaxBatchDelay <= 0 || len(group) >= s.opts.MaxBatchSize {
 		return group
 	}
-	left := s.opts.MaxBatchDelay - time.Since(group[0].queuedAt)
-	if group[0].queuedAt.IsZero() {
-		left = s.opts.MaxBatchDelay
-	}
-	if left <= 0 {
-		return group
-	}
-	timer := time.NewTimer(left)
+	timer := time.NewTimer(s.opts.MaxBatchDelay)
 	defer timer.Stop()
 	for len(group) < s.opts.MaxBatchSize {
 		select {

@@ -47,12 +47,14 @@ var (
 // Options configures a Store. The zero value of a field means its default
 // (DefaultOptions).
 type Options struct {
-	// MaxBatchDelay is how long the first write of a group commit waits for more
-	// writes before committing, when the group is not full, counted from when
-	// it was queued: a write that waited behind the previous commit waits only
-	// what is left of the delay (none, when that commit took longer). Zero commits as soon
-	// as the previous commit is done: writes that arrive during a commit's fsync
-	// form the next group, so groups grow with load at no latency cost.
+	// MaxBatchDelay is how long the committer, back from the previous commit,
+	// waits for more writes before committing the next group, when it is not
+	// full: a write queued during that commit waits for it to end and then for
+	// the delay (counting the delay from the write's queueing instead gave
+	// more, smaller commits and no more throughput: docs/benchmarks.md, "A
+	// quiet box"). Zero commits as soon as the previous commit is done: writes
+	// that arrive during a commit's fsync form the next group, so groups grow
+	// with load at no latency cost.
 	MaxBatchDelay time.Duration
 	// DelayUnderLoad applies MaxBatchDelay only while the journal is busy: when
 	// the previous commit grouped at least BusyGroupSize writes. An idle journal
