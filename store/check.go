@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -13,6 +14,7 @@ const maxCheckErrors = 20
 
 // Check verifies the database file (bbolt's Tx.Check: page structure, freelist)
 // and the journal's own invariants: every key in the index points at its pending,
+// the index in memory finds every key at its slot and holds no other,
 // outbox or expiry record, there are no records without a key, and the stored
 // counts match. It does not decode pending or outbox record bodies (Pending and
 // OutboxEntries report those). It reads the whole file, completed keys included:
@@ -33,10 +35,22 @@ func (s *Store) Check() error {
 		}
 		b := bucketsOf(tx)
 		var c counts
-		err := b.keys.ForEach(func(kb, v []byte) error {
+		s.keys.mu.RLock()
+		defer s.keys.mu.RUnlock()
+		slots := 0
+		err := b.keys.ForEach(func(sk, v []byte) error {
+			slots++
+			kb, v, ok := splitKeyRecord(v)
+			if !ok || len(sk) != 8 {
+				report("key index: slot %x: a record too short for its key", sk)
+				return nil
+			}
 			k, err := decodeKey(kb)
 			if err != nil {
 				report("key index: %w", err)
+			}
+			if _, slot, found := s.keys.find(b.keys, kb, false); !found || slot != binary.BigEndian.Uint64(sk) {
+				report("key %s: at slot %x, but the index in memory finds it at %x (found: %v)", k, sk, slot, found)
 			}
 			st, err := decodeState(v)
 			if err != nil {
@@ -64,6 +78,9 @@ func (s *Store) Check() error {
 		})
 		if err != nil {
 			return err
+		}
+		if n := s.keys.len(); n != slots {
+			report("the index in memory holds %d slots, the keys bucket %d", n, slots)
 		}
 		if n := b.pending.Stats().KeyN; n != c.pending {
 			report("%d pending records, %d pending keys", n, c.pending)

@@ -44,6 +44,8 @@ func writeCounts(meta *bolt.Bucket, c counts) error {
 type buckets struct {
 	meta, keys, pending, outbox, expiry *bolt.Bucket
 	mem                                 *arena
+	// kx is the key index (keyindex.go) in the committer's transaction.
+	kx keysTx
 }
 
 // arena hands out the memory of the keys and values a group commit writes. bbolt
@@ -137,12 +139,16 @@ func bucketsOf(tx *bolt.Tx) buckets {
 		outbox:  tx.Bucket(bucketOutbox),
 		expiry:  tx.Bucket(bucketExpiry),
 	}
-	// Pending and expiry records are only ever added at the end (their keys
-	// are a sequence and a completion time): fill their pages before splitting
-	// instead of leaving each one half empty (bbolt's default for random
-	// inserts), so a group commit writes fewer pages.
+	// Pending, key and expiry records are only ever added at the end (their
+	// keys are a sequence, a slot in arrival order and a completion time):
+	// fill their pages before splitting instead of leaving each one half empty
+	// (bbolt's default for random inserts), so a group commit writes fewer
+	// pages.
 	if b.pending != nil {
 		b.pending.FillPercent = appendFill
+	}
+	if b.keys != nil {
+		b.keys.FillPercent = appendFill
 	}
 	if b.expiry != nil {
 		b.expiry.FillPercent = appendFill
@@ -350,6 +356,8 @@ func (s *Store) commit(group []*op, mem *arena) {
 		}
 		b := bucketsOf(tx)
 		b.mem = mem
+		s.keys.discard()
+		b.kx = keysTx{x: s.keys, keys: b.keys, mem: mem}
 		var delta counts
 		bytes := 0
 		failed := -1
@@ -399,6 +407,7 @@ func (s *Store) commit(group []*op, mem *arena) {
 			s.fail(group, err)
 			return
 		}
+		s.keys.apply()
 		for _, o := range group {
 			if o.newKey() {
 				s.newKeysFitted(sizeBefore)

@@ -94,7 +94,7 @@ func TestNewerSchemaIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{2})
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{store.SchemaVersion + 1})
 	})
 	if s, err := store.Open(path, o); !errors.Is(err, store.ErrSchema) {
 		if err == nil {
@@ -103,7 +103,7 @@ func TestNewerSchemaIsRefused(t *testing.T) {
 		t.Fatalf("Open of a newer schema: err %v, want ErrSchema", err)
 	}
 	rawUpdate(t, path, func(tx *bolt.Tx) error { // so the cleanup check can open it
-		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{1})
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{store.SchemaVersion})
 	})
 }
 
@@ -132,9 +132,10 @@ func TestGCCorruptKeyRecord(t *testing.T) {
 	bad := store.EncodeKey(key(1))
 	rawUpdate(t, path, func(tx *bolt.Tx) error {
 		kb := tx.Bucket([]byte("keys"))
-		v := bytes.Clone(kb.Get(bad))
+		slot := store.KeySlot(kb, bad)
+		v := bytes.Clone(kb.Get(slot))
 		v[len(v)-1] ^= 0x01 // the reply's last byte: the checksum fails
-		return kb.Put(bad, v)
+		return kb.Put(slot, v)
 	})
 	s, err = store.Open(path, o)
 	if err != nil {

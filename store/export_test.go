@@ -1,6 +1,12 @@
 package store
 
-import bolt "go.etcd.io/bbolt"
+import (
+	"bytes"
+	"hash/maphash"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
 
 // PagesWritten is bbolt's count of pages written since s was opened (one per
 // node written, whatever its size): the journal's write cost in benchmarks.
@@ -62,6 +68,25 @@ func SetSalvageTxBytes(t interface{ Cleanup(func()) }, n int) {
 // EncodeKey is k as the key index stores it (encodeKey).
 func EncodeKey(k Key) []byte { return encodeKey(k) }
 
+// KeySlot returns the key of kb's record in a schema 2 keys bucket (found by
+// a scan), or nil.
+func KeySlot(keys interface {
+	ForEach(func(k, v []byte) error) error
+}, kb []byte) []byte {
+	var slot []byte
+	keys.ForEach(func(k, v []byte) error {
+		if got, _, ok := splitKeyRecord(v); ok && bytes.Equal(got, kb) {
+			slot = bytes.Clone(k)
+		}
+		return nil
+	})
+	return slot
+}
+
+// SchemaVersion is the journal layout this build writes; SchemaKeysByKey the
+// first one, which it migrates.
+const SchemaVersion, SchemaKeysByKey = schemaVersion, schemaKeysByKey
+
 // SetLockOpened makes f run each time a journal file (or a compaction's or
 // salvage's new file) has been opened and its lock is about to be waited for
 // (lockOpened), until the test ends.
@@ -78,3 +103,23 @@ func SetCorruptReportLimit(t interface{ Cleanup(func()) }, n int) {
 	corruptReportLimit = n
 	t.Cleanup(func() { corruptReportLimit = old })
 }
+
+// SetKeyHash makes the key indexes of stores opened until the test ends hash
+// keys with h.
+func SetKeyHash(t interface{ Cleanup(func()) }, h func(seed maphash.Seed, b []byte) uint64) {
+	old := keyHash
+	keyHash = h
+	t.Cleanup(func() { keyHash = old })
+}
+
+// EncodeState is a key's state record: pending at seq, or done at doneAt with
+// expiry number n and reply (schema 1's keys bucket values).
+func EncodeState(pending bool, seq uint64, doneAt time.Time, n uint64, reply []byte) []byte {
+	if pending {
+		return encodeState(keyState{state: statePending, seq: seq})
+	}
+	return encodeState(keyState{state: stateDone, doneAt: doneAt, n: n, reply: reply})
+}
+
+// SplitKeyRecord is splitKeyRecord.
+func SplitKeyRecord(v []byte) (kb, state []byte, ok bool) { return splitKeyRecord(v) }

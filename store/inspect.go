@@ -548,14 +548,36 @@ func (a *analysis) schemaErr() error {
 		a.probs.add("meta: no schema version")
 	case len(v) == 1 && v[0] > schemaVersion && v[0] <= maxFutureSchema:
 		return fmt.Errorf("%w: file has schema %v, this build reads %d", ErrSchema, v, schemaVersion)
-	case len(v) != 1 || v[0] != schemaVersion:
-		a.corrupt(bucketMeta, "schema %v is neither %d nor a plausible newer version: a damaged record", v, schemaVersion)
+	case len(v) != 1 || (v[0] != schemaVersion && v[0] != schemaKeysByKey):
+		a.corrupt(bucketMeta, "schema %v is neither %d, %d nor a plausible newer version: a damaged record", v, schemaKeysByKey, schemaVersion)
 	}
 	return nil
 }
 
-// key reads one key index entry.
+// keysBySlot reports whether the key index is in arrival order (schema 2; the
+// meta bucket is read first). A file without a readable schema is read as the
+// version this build writes.
+func (a *analysis) keysBySlot() bool {
+	return len(a.schema) != 1 || a.schema[0] != schemaKeysByKey
+}
+
+// key reads one key index entry: a slot and the key's record (schema 2), or
+// the key and its state record (schema 1).
 func (a *analysis) key(e elem) {
+	kb, state := e.key, e.value
+	if a.keysBySlot() {
+		var ok bool
+		if kb, state, ok = splitKeyRecord(e.value); !ok || len(e.key) != 8 {
+			a.corrupt(bucketKeys, "slot %x: not a slot and a key (its record, if readable, is kept and re-indexed)", e.key)
+			return
+		}
+	}
+	a.keyState(kb, state)
+}
+
+// keyState reads the key index entry of key kb with its state record.
+func (a *analysis) keyState(key, state []byte) {
+	e := elem{key: key, value: state}
 	k, err := decodeKey(e.key)
 	if err != nil {
 		a.corrupt(bucketKeys, "key %x: %v", e.key, err)
@@ -699,7 +721,7 @@ func (a *analysis) pending(e elem) {
 	a.rep.Pending++
 	if a.w != nil {
 		a.w.put(bucketPending, e.key, e.value)
-		a.w.put(bucketKeys, kb, encodeState(keyState{state: statePending, seq: seq}))
+		a.w.putKey(seq, kb, keyState{state: statePending, seq: seq})
 	}
 }
 
@@ -731,7 +753,7 @@ func (a *analysis) outbox(e elem) {
 	a.rep.Outbox++
 	if a.w != nil {
 		a.w.put(bucketOutbox, e.key, e.value)
-		a.w.put(bucketKeys, kb, encodeState(keyState{state: stateOutbox, seq: seq, flushBy: o.FlushBy}))
+		a.w.putKey(seq, kb, keyState{state: stateOutbox, seq: seq, flushBy: o.FlushBy})
 	}
 }
 
@@ -773,11 +795,11 @@ var salvageTxBytes = 32 << 20
 // salvageWriter writes salvaged records into a new database in transactions of
 // about salvageTxBytes. The first error sticks; later writes are skipped.
 type salvageWriter struct {
-	db              *bolt.DB
-	tx              *bolt.Tx
-	size            int
-	err             error
-	pendSeq, expSeq uint64
+	db                      *bolt.DB
+	tx                      *bolt.Tx
+	size                    int
+	err                     error
+	pendSeq, expSeq, keySeq uint64
 }
 
 func newSalvageWriter(db *bolt.DB) (*salvageWriter, error) {
@@ -835,13 +857,20 @@ func (w *salvageWriter) delete(bucket, k []byte) {
 	}
 }
 
-// putDone stores a completed key and its expiry record, numbered afresh: a
-// damaged page can make two keys share one state record, and expiry records
-// must be unique.
+// putKey stores key kb's record at slot (schema 2, whatever the salvaged
+// file's schema).
+func (w *salvageWriter) putKey(slot uint64, kb []byte, st keyState) {
+	w.put(bucketKeys, slotKey(nil, slot), appendKeyRecord(nil, kb, encodeState(st)))
+}
+
+// putDone stores a completed key, at a slot of its own, and its expiry
+// record, numbered afresh: a damaged page can make two keys share one state
+// record, and expiry records must be unique.
 func (w *salvageWriter) putDone(kb []byte, st keyState) {
 	w.expSeq++
+	w.keySeq++
 	st.n = w.expSeq
-	w.put(bucketKeys, kb, encodeState(st))
+	w.putKey(slotAnswered|w.keySeq, kb, st)
 	w.put(bucketExpiry, expiryKey(st.doneAt, st.n), kb)
 }
 
@@ -853,6 +882,7 @@ func (w *salvageWriter) finish(c counts) error {
 	if err := errors.Join(
 		w.tx.Bucket(bucketPending).SetSequence(w.pendSeq),
 		w.tx.Bucket(bucketExpiry).SetSequence(w.expSeq),
+		w.tx.Bucket(bucketKeys).SetSequence(w.keySeq),
 		writeCounts(w.tx.Bucket(bucketMeta), c),
 	); err != nil {
 		return fmt.Errorf("salvage: %w", err)

@@ -50,7 +50,8 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 	o := &op{Op: Op{Kind: OpPut, Key: e.Key}}
 	o.apply = func(b buckets, o *op) error {
 		stale := false
-		if v := b.keys.Get(kb); v != nil {
+		v, slot, found := b.kx.get(kb)
+		if found {
 			st, err := decodeState(v)
 			if err != nil {
 				return fmt.Errorf("key index: %w", err)
@@ -70,7 +71,10 @@ func (s *Store) Put(e *Entry) (PutResult, error) {
 		if err := o.put(b.pending, b.seqKey(seq), rec); err != nil {
 			return err
 		}
-		if err := o.put(b.keys, kb, b.state(keyState{state: statePending, seq: seq})); err != nil {
+		if !stale {
+			slot = seq // a forgotten key keeps its slot
+		}
+		if err := b.kx.put(o, kb, slot, b.state(keyState{state: statePending, seq: seq}), !stale); err != nil {
 			return err
 		}
 		o.res = PutResult{Dup: New, Seq: seq}
@@ -197,8 +201,8 @@ func outboxOp(k Key, reply []byte, flushBy time.Time, unsent bool) (*op, error) 
 	kb := encodeKey(k)
 	o := &op{Op: Op{Kind: OpOutbox, Key: k}}
 	o.apply = func(b buckets, o *op) error {
-		v := b.keys.Get(kb)
-		if v == nil {
+		v, slot, found := b.kx.get(kb)
+		if !found {
 			return ErrNotPending
 		}
 		st, err := decodeState(v)
@@ -239,7 +243,7 @@ func outboxOp(k Key, reply []byte, flushBy time.Time, unsent bool) (*op, error) 
 		if err := o.put(b.outbox, b.outboxKey(flushBy, st.seq), rec); err != nil {
 			return err
 		}
-		return o.put(b.keys, kb, b.state(keyState{state: stateOutbox, seq: st.seq, flushBy: flushBy}))
+		return b.kx.put(o, kb, slot, b.state(keyState{state: stateOutbox, seq: st.seq, flushBy: flushBy}), false)
 	}
 	return o, nil
 }
@@ -310,7 +314,8 @@ func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 	o := &op{Op: Op{Kind: kind, Key: k}}
 	o.apply = func(b buckets, o *op) error {
 		stale := false
-		if v := b.keys.Get(kb); v != nil {
+		v, slot, found := b.kx.get(kb)
+		if found {
 			st, err := decodeState(v)
 			if err != nil {
 				return fmt.Errorf("key index: %w", err)
@@ -351,7 +356,12 @@ func (s *Store) completeOp(k Key, reply []byte, onlyNew bool) (*op, error) {
 		}
 		o.delta.done++
 		o.res = PutResult{Dup: New}
-		return o.put(b.keys, kb, b.state(keyState{state: stateDone, doneAt: now, n: n, reply: reply}))
+		if !found {
+			if slot, err = b.kx.newSlot(); err != nil {
+				return err
+			}
+		}
+		return b.kx.put(o, kb, slot, b.state(keyState{state: stateDone, doneAt: now, n: n, reply: reply}), !found)
 	}
 	return o, nil
 }
@@ -477,8 +487,8 @@ func (s *Store) GC(now time.Time) (int, error) {
 					break
 				}
 				dead = append(dead, bytes.Clone(k))
-				v := b.keys.Get(kb)
-				if v == nil {
+				v, slot, found := b.kx.get(kb)
+				if !found {
 					continue
 				}
 				// The key may have been put and completed again since: drop it only
@@ -497,7 +507,7 @@ func (s *Store) GC(now time.Time) (int, error) {
 				case st.state != stateDone || nanos(st.doneAt) != doneAt || st.n != binary.BigEndian.Uint64(k[8:]):
 					continue
 				}
-				if err := b.keys.Delete(bytes.Clone(kb)); err != nil {
+				if err := b.kx.del(kb, slot); err != nil {
 					return err
 				}
 				dropped++
@@ -525,9 +535,11 @@ func (s *Store) GC(now time.Time) (int, error) {
 
 // stateOf reads k's key record in tx; ok is false for an unknown key. The
 // state's reply aliases the page: copy it before tx ends.
-func stateOf(tx *bolt.Tx, k Key) (st keyState, ok bool, err error) {
-	v := tx.Bucket(bucketKeys).Get(encodeKey(k))
-	if v == nil {
+func (s *Store) stateOf(tx *bolt.Tx, k Key) (st keyState, ok bool, err error) {
+	s.keys.mu.RLock()
+	v, _, found := s.keys.find(tx.Bucket(bucketKeys), encodeKey(k), false)
+	s.keys.mu.RUnlock()
+	if !found {
 		return keyState{}, false, nil
 	}
 	if st, err = decodeState(v); err != nil {
@@ -547,7 +559,7 @@ func (s *Store) OutboxEntry(k Key) (*OutboxEntry, error) {
 	}
 	var out *OutboxEntry
 	err := s.view(func(tx *bolt.Tx) error {
-		st, ok, err := stateOf(tx, k)
+		st, ok, err := s.stateOf(tx, k)
 		if err != nil || !ok || st.state != stateOutbox {
 			return err
 		}
@@ -575,7 +587,7 @@ func (s *Store) Lookup(k Key) (PutResult, error) {
 	now := s.opts.Now()
 	var res PutResult
 	err := s.view(func(tx *bolt.Tx) error {
-		st, ok, err := stateOf(tx, k)
+		st, ok, err := s.stateOf(tx, k)
 		if err != nil || !ok {
 			return err
 		}

@@ -425,7 +425,7 @@ func TestOpenOrRecoverErrors(t *testing.T) {
 	path := filepath.Join(dir, "journal.db")
 	makeJournal(t, path, 5)
 	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{2})
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte{store.SchemaVersion + 1})
 	})
 	if _, _, err := store.OpenOrRecover(path, o); !errors.Is(err, store.ErrSchema) {
 		t.Fatalf("OpenOrRecover of a newer schema: %v, want ErrSchema", err)
@@ -768,6 +768,12 @@ func TestOpenOrRecoverNeverPanics(t *testing.T) {
 // and a device chooses its ids) made a healthy journal look damaged at every
 // start, and the salvage dropped the second key: an acknowledged pending request
 // was lost, or a completed one forgotten and its redelivery run again.
+// deleteKeyRecord deletes key kb's record from the key index.
+func deleteKeyRecord(tx *bolt.Tx, kb []byte) error {
+	keys := tx.Bucket([]byte("keys"))
+	return keys.Delete(store.KeySlot(keys, kb))
+}
+
 func TestKeyHashCollision(t *testing.T) {
 	// The 64-bit FNV-1a hashes of their encoded keys are both 0xbbdd742c1750443c.
 	a := store.Key{App: "cls", Device: "dev-1", ID: "076468e94297ab57"}
@@ -912,28 +918,28 @@ func TestSalvageKeepsOneRecordPerRequest(t *testing.T) {
 		name:   "no index entry, pending copy and reply",
 		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1)},
 		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
-			return errors.Join(putAll(tx.Bucket([]byte("pending")), first.pending), tx.Bucket([]byte("keys")).Delete(kb))
+			return errors.Join(putAll(tx.Bucket([]byte("pending")), first.pending), deleteKeyRecord(tx, kb))
 		},
 		want: r1, sent: true, dropped: 1,
 	}, {
 		name:   "no index entry, unsent reply then sent reply",
 		writes: [](func(*store.Store, store.Key) error){unsent(t1, r1), outbox(t2, r2)},
 		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
-			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), tx.Bucket([]byte("keys")).Delete(kb))
+			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), deleteKeyRecord(tx, kb))
 		},
 		want: r2, sent: true, dropped: 1,
 	}, {
 		name:   "no index entry, sent reply then unsent reply",
 		writes: [](func(*store.Store, store.Key) error){outbox(t1, r1), unsent(t2, r2)},
 		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
-			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), tx.Bucket([]byte("keys")).Delete(kb))
+			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), deleteKeyRecord(tx, kb))
 		},
 		want: r1, sent: true, dropped: 1,
 	}, {
 		name:   "no index entry, two sent replies",
 		writes: [](func(*store.Store, store.Key) error){outbox(t2, r2), outbox(t1, r1)},
 		edit: func(tx *bolt.Tx, kb []byte, first, prev saved) error {
-			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), tx.Bucket([]byte("keys")).Delete(kb))
+			return errors.Join(putAll(tx.Bucket([]byte("outbox")), prev.outbox), deleteKeyRecord(tx, kb))
 		},
 		want: r1, sent: true, dropped: 1, // the earlier flush time
 	}, {

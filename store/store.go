@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -24,13 +25,19 @@ const (
 	MaxRecordSize = 16 << 20
 )
 
-// schemaVersion is the bucket layout this code reads and writes.
-const schemaVersion = 1
+// schemaVersion is the bucket layout this code writes. It reads schema 1 too
+// (the key index keyed by the keys themselves) and rewrites it as schema 2 at
+// open (migrateKeys).
+const schemaVersion = 2
+
+// schemaKeysByKey is the first layout: keys encodeKey(k) -> keyState.
+const schemaKeysByKey = 1
 
 // Bucket names. The layout:
 //
 //	meta     "schema" -> schemaVersion; "counts" -> pending, outbox, done (uvarints)
-//	keys     encodeKey(k) -> keyState: where each known key is (the dedup index)
+//	keys     slotKey(slot) -> encodeKey(k) and keyState: where each known key is (the
+//	         dedup index, in arrival order, found through keyIndex: keyindex.go)
 //	pending  seqKey(seq) -> entry record; the bucket sequence assigns Seq
 //	outbox   outboxKey(flushBy, seq) -> outbox record
 //	expiry   expiryKey(doneAt, n) -> encodeKey(k), for GC of completed keys
@@ -200,6 +207,7 @@ type Store struct {
 	ops     chan *op      // to the committer
 	stopped chan struct{} // closed when the committer exits
 	queued  atomic.Int64  // writes queued or being committed
+	keys    *keyIndex     // the key index in memory (keyindex.go)
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -368,8 +376,18 @@ func (s *Store) init(tx *bolt.Tx) error {
 		if err := meta.Put(keySchema, []byte{schemaVersion}); err != nil {
 			return err
 		}
+	case len(v) == 1 && v[0] == schemaKeysByKey:
+		n, err := migrateKeys(tx)
+		if err != nil {
+			return fmt.Errorf("rewriting the key index of schema %d as schema %d: %w", schemaKeysByKey, schemaVersion, err)
+		}
+		s.log.Info().Str("path", s.path).Int("keys", n).Msg("journal: key index rewritten in arrival order (schema 1 to 2)")
 	case len(v) != 1 || v[0] != schemaVersion:
 		return fmt.Errorf("%w: file has schema %v, this build reads %d", ErrSchema, v, schemaVersion)
+	}
+	s.keys = newKeyIndex()
+	if err := s.keys.rebuild(tx.Bucket(bucketKeys)); err != nil {
+		return err
 	}
 	c, err := readCounts(meta)
 	if err != nil {
@@ -380,6 +398,55 @@ func (s *Store) init(tx *bolt.Tx) error {
 	s.stats.UsedBytes = s.usedBytes(tx.Size())
 	s.used.Store(s.stats.UsedBytes)
 	return nil
+}
+
+// migrateKeys rewrites a schema 1 key index (keyed by the keys) in tx as
+// schema 2 (keyed by slot: a pending or outbox key at its seq, a completed one
+// at a new slot of its own) and sets the schema; it returns how many keys it
+// moved. A record that is not a state is dropped, as GC would drop it (the
+// verification of OpenOrRecover reports such records before this runs).
+func migrateKeys(tx *bolt.Tx) (int, error) {
+	old := tx.Bucket(bucketKeys)
+	type moved struct{ kb, state []byte }
+	var all []moved
+	err := old.ForEach(func(kb, v []byte) error {
+		all = append(all, moved{bytes.Clone(kb), bytes.Clone(v)})
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.DeleteBucket(bucketKeys); err != nil {
+		return 0, err
+	}
+	keys, err := tx.CreateBucket(bucketKeys)
+	if err != nil {
+		return 0, err
+	}
+	keys.FillPercent = appendFill
+	n := 0
+	for _, m := range all {
+		st, err := decodeState(m.state)
+		if err != nil {
+			continue
+		}
+		slot := st.seq
+		if st.state == stateDone {
+			next, err := keys.NextSequence()
+			if err != nil {
+				return n, err
+			}
+			slot = slotAnswered | next
+		}
+		if keys.Get(slotKey(nil, slot)) != nil {
+			continue // two keys claiming one seq: the verification reports it
+		}
+		if err := keys.Put(slotKey(nil, slot), appendKeyRecord(nil, m.kb, m.state)); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, tx.Bucket(bucketMeta).Put(keySchema, []byte{schemaVersion})
 }
 
 // usedBytes is the live data in a database whose pages take size bytes: size

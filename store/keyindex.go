@@ -1,0 +1,243 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/maphash"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The key index (schema 2). Each key the journal knows has one record in the
+// keys bucket, under a slot in arrival order:
+//
+//	keys   slotKey(slot) -> appendBytes(encodeKey(k)) + state record (appendState)
+//
+// A request's slot is its seq (Put), so the records a group commit writes (the
+// new requests' keys, and the state changes of requests that arrived a few
+// milliseconds earlier) sit on the bucket's last pages, whichever devices they
+// come from. Keyed by application, device and id instead (schema 1), every
+// commit rewrote a page of the index per device it touched: with 64 devices
+// about 50 pages per commit against 20 with 8 (docs/benchmarks.md, "The key
+// index in arrival order"). A key never put (Answered, or Complete of an
+// unknown key) takes a slot of its own, slotAnswered plus the bucket's
+// sequence, at the end of the upper half.
+//
+// A key is found through a hash table in memory (keyIndex): the hash of its
+// encoding to its slots, the record's own copy of the key deciding between
+// slots that share a hash. The table holds every key in the bucket, so its
+// size follows the keys remembered (store.retention's worth of requests, about
+// 30 bytes each); Open builds it from the bucket.
+
+// slotAnswered is the first slot of the keys that were never put.
+const slotAnswered = 1 << 63
+
+// slotKey is a slot's key in the keys bucket.
+func slotKey(b []byte, slot uint64) []byte { return binary.BigEndian.AppendUint64(b, slot) }
+
+// appendKeyRecord appends a keys bucket record: the key, then its state record.
+func appendKeyRecord(b, kb, state []byte) []byte { return append(appendBytes(b, kb), state...) }
+
+// splitKeyRecord returns a keys bucket record's key and state record; ok is
+// false for a record too short for the length it gives.
+func splitKeyRecord(v []byte) (kb, state []byte, ok bool) {
+	n, w := binary.Uvarint(v)
+	if w <= 0 || n > uint64(len(v)-w) {
+		return nil, nil, false
+	}
+	return v[w : w+int(n)], v[w+int(n):], true
+}
+
+// keyIndex finds keys in the keys bucket: the hash of a key's encoding to its
+// slot (m), and to further slots when keys share a hash (more). The committer
+// stages its changes while a transaction runs (staged) and applies them once
+// the transaction is committed; readers see only applied changes, under mu.
+type keyIndex struct {
+	seed maphash.Seed
+	mu   sync.RWMutex
+	m    map[uint64]uint64
+	more map[uint64][]uint64
+	// hash is keyHash, with seed.
+	hash func(maphash.Seed, []byte) uint64
+
+	staged []stagedSlot // the committer's only
+}
+
+// stagedSlot is a change to the index made by the transaction in progress.
+type stagedSlot struct {
+	h, slot uint64
+	add     bool // else removed
+}
+
+func newKeyIndex() *keyIndex {
+	return &keyIndex{seed: maphash.MakeSeed(), m: map[uint64]uint64{}, more: map[uint64][]uint64{}, hash: keyHash}
+}
+
+// keyHash is the key index's hash (tests replace it to make keys collide).
+var keyHash = maphash.Bytes
+
+// len is the number of slots in the index.
+func (x *keyIndex) len() int {
+	n := len(x.m)
+	for _, s := range x.more {
+		n += len(s)
+	}
+	return n
+}
+
+// slots appends the applied slots of hash h to dst.
+func (x *keyIndex) slots(dst []uint64, h uint64) []uint64 {
+	if s, ok := x.m[h]; ok {
+		dst = append(dst, s)
+		dst = append(dst, x.more[h]...)
+	}
+	return dst
+}
+
+func (x *keyIndex) insert(h, slot uint64) {
+	if _, ok := x.m[h]; !ok {
+		x.m[h] = slot
+		return
+	}
+	x.more[h] = append(x.more[h], slot)
+}
+
+func (x *keyIndex) remove(h, slot uint64) {
+	rest := x.more[h]
+	if s, ok := x.m[h]; ok && s == slot {
+		if len(rest) == 0 {
+			delete(x.m, h)
+			return
+		}
+		x.m[h], rest = rest[0], rest[1:]
+	} else if i := indexOf(rest, slot); i >= 0 {
+		rest = append(rest[:i], rest[i+1:]...)
+	}
+	if len(rest) == 0 {
+		delete(x.more, h)
+	} else {
+		x.more[h] = rest
+	}
+}
+
+func indexOf(s []uint64, v uint64) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
+
+// discard drops the staged changes (the transaction was rolled back, or is
+// about to be retried).
+func (x *keyIndex) discard() { x.staged = x.staged[:0] }
+
+// apply makes the staged changes visible, in the order they were made; call
+// it once their transaction is committed.
+func (x *keyIndex) apply() {
+	if len(x.staged) == 0 {
+		return
+	}
+	x.mu.Lock()
+	for _, c := range x.staged {
+		if c.add {
+			x.insert(c.h, c.slot)
+		} else {
+			x.remove(c.h, c.slot)
+		}
+	}
+	x.mu.Unlock()
+	x.discard()
+}
+
+// find returns kb's state record and slot in keys, reading the applied index
+// and, with staged, the committer's staged changes too (the committer's view
+// inside its transaction). The state aliases the page.
+func (x *keyIndex) find(keys *bolt.Bucket, kb []byte, staged bool) (state []byte, slot uint64, ok bool) {
+	h := x.hash(x.seed, kb)
+	var buf [4]uint64
+	cands := x.slots(buf[:0], h)
+	if staged {
+		for _, c := range x.staged {
+			switch {
+			case c.h != h:
+			case c.add:
+				cands = append(cands, c.slot)
+			default:
+				if i := indexOf(cands, c.slot); i >= 0 {
+					cands = append(cands[:i], cands[i+1:]...)
+				}
+			}
+		}
+	}
+	var sk [8]byte
+	for _, c := range cands {
+		k, st, good := splitKeyRecord(keys.Get(slotKey(sk[:0], c)))
+		if good && bytes.Equal(k, kb) {
+			return st, c, true
+		}
+	}
+	return nil, 0, false
+}
+
+// rebuild fills the index from the keys bucket (at open). A record too short
+// for its key is left out (Inspect reports it).
+func (x *keyIndex) rebuild(keys *bolt.Bucket) error {
+	return keys.ForEach(func(k, v []byte) error {
+		if kb, _, ok := splitKeyRecord(v); ok && len(k) == 8 {
+			x.insert(x.hash(x.seed, kb), binary.BigEndian.Uint64(k))
+		}
+		return nil
+	})
+}
+
+// keysTx is the key index inside the committer's write transaction.
+type keysTx struct {
+	x    *keyIndex
+	keys *bolt.Bucket
+	mem  *arena
+}
+
+// get returns kb's state record and slot; ok is false for an unknown key.
+func (k keysTx) get(kb []byte) (state []byte, slot uint64, ok bool) {
+	return k.x.find(k.keys, kb, true)
+}
+
+// put writes kb's state record at slot (adding the slot to the index when isNew).
+func (k keysTx) put(o *op, kb []byte, slot uint64, state []byte, isNew bool) error {
+	rec := appendKeyRecord(k.mem.buf(binary.MaxVarintLen64+len(kb)+len(state)), kb, state)
+	if err := o.put(k.keys, slotKey(k.mem.buf(8), slot), rec); err != nil {
+		return err
+	}
+	if isNew {
+		k.x.staged = append(k.x.staged, stagedSlot{h: k.x.hash(k.x.seed, kb), slot: slot, add: true})
+	}
+	return nil
+}
+
+// del removes kb's record at slot.
+func (k keysTx) del(kb []byte, slot uint64) error {
+	if err := k.keys.Delete(slotKey(k.mem.buf(8), slot)); err != nil {
+		return err
+	}
+	k.x.staged = append(k.x.staged, stagedSlot{h: k.x.hash(k.x.seed, kb), slot: slot})
+	return nil
+}
+
+// newSlot is a free slot for a key that was never put (the bucket's sequence
+// is checked against the records, so that a sequence a damaged file set back
+// cannot overwrite another key's record).
+func (k keysTx) newSlot() (uint64, error) {
+	var sk [8]byte
+	for {
+		n, err := k.keys.NextSequence()
+		if err != nil {
+			return 0, err
+		}
+		if k.keys.Get(slotKey(sk[:0], slotAnswered|n)) == nil {
+			return slotAnswered | n, nil
+		}
+	}
+}

@@ -1,0 +1,85 @@
+package store
+
+import (
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// BenchmarkKeyIndexMemory reports the heap the key index in memory holds per
+// key (bytes/key) for 1M keys, and Open's time to build it from a journal of
+// that many completed keys (open-s).
+//
+//	go test -run '^$' -bench KeyIndexMemory -benchtime 1x ./store
+func BenchmarkKeyIndexMemory(b *testing.B) {
+	const n = 1_000_000
+	path := filepath.Join(b.TempDir(), "journal.db")
+	s, err := Open(path, Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	// n completed keys written straight into the file, in chunks.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{NoSync: true, Timeout: time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	reply := make([]byte, 200)
+	now := time.Now()
+	for start := 0; start < n; start += 100_000 {
+		err := db.Update(func(tx *bolt.Tx) error {
+			keys, expiry := tx.Bucket(bucketKeys), tx.Bucket(bucketExpiry)
+			keys.FillPercent, expiry.FillPercent = appendFill, appendFill
+			for i := start; i < start+100_000; i++ {
+				kb := encodeKey(Key{App: "fashion", Device: fmt.Sprintf("cam-%03d", i%500), ID: fmt.Sprintf("req-%09d", i)})
+				st := encodeState(keyState{state: stateDone, doneAt: now, n: uint64(i + 1), reply: reply})
+				if err := keys.Put(slotKey(nil, slotAnswered|uint64(i+1)), appendKeyRecord(nil, kb, st)); err != nil {
+					return err
+				}
+				if err := expiry.Put(expiryKey(now, uint64(i+1)), kb); err != nil {
+					return err
+				}
+			}
+			return writeCounts(tx.Bucket(bucketMeta), counts{done: start + 100_000})
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		b.Fatal(err)
+	}
+	db, s = nil, nil
+	b.ResetTimer()
+	for range b.N {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.GC() // and the pools' victims
+		runtime.ReadMemStats(&before)
+		start := time.Now()
+		s, err := Open(path, Options{NoSync: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		open := time.Since(start)
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if got := s.keys.len(); got != n {
+			b.Fatalf("index holds %d keys, want %d", got, n)
+		}
+		b.Logf("heap %d -> %d; %d in m, %d hashes in more", before.HeapAlloc, after.HeapAlloc, len(s.keys.m), len(s.keys.more))
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
+		b.ReportMetric(open.Seconds(), "open-s")
+		runtime.KeepAlive(s)
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
