@@ -62,7 +62,14 @@ type keyIndex struct {
 	hash func(maphash.Seed, []byte) uint64
 
 	staged []stagedSlot // the committer's only
+	// peak is the most hashes m has held since it was made: Go's maps do not
+	// give memory back, so apply copies m into a map of its size once it holds
+	// less than a quarter of that (after a burst of keys has expired).
+	peak int
 }
+
+// shrinkBelow is the size under which the index is never copied to shrink it.
+const shrinkBelow = 1 << 16
 
 // stagedSlot is a change to the index made by the transaction in progress.
 type stagedSlot struct {
@@ -147,6 +154,14 @@ func (x *keyIndex) apply() {
 		} else {
 			x.remove(c.h, c.slot)
 		}
+	}
+	x.peak = max(x.peak, len(x.m))
+	if x.peak >= shrinkBelow && len(x.m) < x.peak/4 {
+		m := make(map[uint64]uint64, len(x.m))
+		for h, slot := range x.m {
+			m[h] = slot
+		}
+		x.m, x.peak = m, len(m)
 	}
 	x.mu.Unlock()
 	x.discard()

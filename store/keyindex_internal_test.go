@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"testing"
 	"time"
@@ -80,6 +81,33 @@ func BenchmarkKeyIndexMemory(b *testing.B) {
 		runtime.KeepAlive(s)
 		if err := s.Close(); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// Once most keys have left (GC), the table is copied into a map of its size,
+// so a burst's memory is given back; the keys left are all still found.
+func TestKeyIndexShrinks(t *testing.T) {
+	x := newKeyIndex()
+	n := 4 * shrinkBelow
+	for i := range n {
+		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i), add: true})
+	}
+	x.apply()
+	if x.peak != n {
+		t.Fatalf("peak %d after %d keys", x.peak, n)
+	}
+	before := x.m
+	for i := range n - n/4 + 1 {
+		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i)})
+	}
+	x.apply()
+	if reflect.ValueOf(x.m).UnsafePointer() == reflect.ValueOf(before).UnsafePointer() || x.peak != len(x.m) || len(x.m) != n/4-1 {
+		t.Fatalf("after removing all but %d: the same map %v, peak %d, len %d", n/4-1, reflect.ValueOf(x.m).UnsafePointer() == reflect.ValueOf(before).UnsafePointer(), x.peak, len(x.m))
+	}
+	for i := n - n/4 + 1; i < n; i++ {
+		if s, ok := x.m[uint64(i)]; !ok || s != uint64(i) {
+			t.Fatalf("key %d lost in the copy", i)
 		}
 	}
 }
