@@ -403,8 +403,11 @@ func (s *Store) init(tx *bolt.Tx) error {
 // migrateKeys rewrites a schema 1 key index (keyed by the keys) in tx as
 // schema 2 (keyed by slot: a pending or outbox key at its seq, a completed one
 // at a new slot of its own) and sets the schema; it returns how many keys it
-// moved. A record that is not a state is dropped, as GC would drop it (the
-// verification of OpenOrRecover reports such records before this runs).
+// moved. A record that is not a state, and a key claiming a seq another key
+// has taken, move to a slot of their own, unchanged: they stay known as they
+// were (a Lookup or Put of a key whose record is unreadable fails with
+// ErrCorrupt, a Put of a key pending at a seq is a duplicate), and the
+// verification of OpenOrRecover reports them, as it did before the migration.
 func migrateKeys(tx *bolt.Tx) (int, error) {
 	old := tx.Bucket(bucketKeys)
 	type moved struct{ kb, state []byte }
@@ -424,22 +427,18 @@ func migrateKeys(tx *bolt.Tx) (int, error) {
 		return 0, err
 	}
 	keys.FillPercent = appendFill
+	kx := keysTx{keys: keys}
 	n := 0
 	for _, m := range all {
 		st, err := decodeState(m.state)
-		if err != nil {
-			continue
+		slot, own := st.seq, err != nil || st.state == stateDone
+		if !own && keys.Get(slotKey(nil, slot)) != nil {
+			own = true // two keys claiming one seq
 		}
-		slot := st.seq
-		if st.state == stateDone {
-			next, err := keys.NextSequence()
-			if err != nil {
+		if own {
+			if slot, err = kx.newSlot(); err != nil {
 				return n, err
 			}
-			slot = slotAnswered | next
-		}
-		if keys.Get(slotKey(nil, slot)) != nil {
-			continue // two keys claiming one seq: the verification reports it
 		}
 		if err := keys.Put(slotKey(nil, slot), appendKeyRecord(nil, m.kb, m.state)); err != nil {
 			return n, err
