@@ -197,15 +197,21 @@ func (x *keyIndex) find(keys *bolt.Bucket, kb []byte, staged bool) (state []byte
 	return nil, 0, false
 }
 
-// rebuild fills the index from the keys bucket (at open). A record too short
-// for its key is left out (Inspect reports it).
-func (x *keyIndex) rebuild(keys *bolt.Bucket) error {
-	return keys.ForEach(func(k, v []byte) error {
+// rebuild fills the index from the keys bucket (at open), and returns the
+// highest slot below slotAnswered (a seq). A record too short for its key is
+// left out (Inspect reports it).
+func (x *keyIndex) rebuild(keys *bolt.Bucket) (lastSeq uint64, err error) {
+	err = keys.ForEach(func(k, v []byte) error {
 		if kb, _, ok := splitKeyRecord(v); ok && len(k) == 8 {
-			x.insert(x.hash(x.seed, kb), binary.BigEndian.Uint64(k))
+			slot := binary.BigEndian.Uint64(k)
+			x.insert(x.hash(x.seed, kb), slot)
+			if slot < slotAnswered {
+				lastSeq = max(lastSeq, slot)
+			}
 		}
 		return nil
 	})
+	return lastSeq, err
 }
 
 // keysTx is the key index inside the committer's write transaction.

@@ -113,3 +113,27 @@ func TestSchema1MigrationKeepsKeysClaimingOneSeq(t *testing.T) {
 		}
 	}
 }
+
+// A pending bucket sequence set back (a damaged bucket header: nothing checks
+// it against the records) must not let a new request's key record overwrite
+// another key's record at the slot its seq names.
+func TestPutDoesNotOverwriteAnotherKeysSlot(t *testing.T) {
+	o := storetest.Options(t)
+	path := filepath.Join(t.TempDir(), "journal.db")
+	s, err := store.Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, entry(0), store.New) // slot 1
+	if err := s.Complete(key(0), []byte("r0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket([]byte("pending")).SetSequence(0) })
+	s = storetest.Open(t, path, o)
+	mustPut(t, s, entry(1), store.New) // seq 1 again
+	lookup(t, s, key(0), store.DupDone, "r0")
+	lookup(t, s, key(1), store.DupPending, "")
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -386,8 +387,24 @@ func (s *Store) init(tx *bolt.Tx) error {
 		return fmt.Errorf("%w: file has schema %v, this build reads %d", ErrSchema, v, schemaVersion)
 	}
 	s.keys = newKeyIndex()
-	if err := s.keys.rebuild(tx.Bucket(bucketKeys)); err != nil {
+	lastSeq, err := s.keys.rebuild(tx.Bucket(bucketKeys))
+	if err != nil {
 		return err
+	}
+	// Put takes a new request's seq for its key's slot without looking: a
+	// pending sequence behind the slots in use (a damaged bucket header; the
+	// verification does not compare them) would let a new key's record
+	// overwrite another's. Put it past them, and past the pending records.
+	pending := tx.Bucket(bucketPending)
+	if k, _ := pending.Cursor().Last(); len(k) == 8 {
+		lastSeq = max(lastSeq, binary.BigEndian.Uint64(k))
+	}
+	if seq := pending.Sequence(); seq < lastSeq {
+		s.log.Warn().Str("path", s.path).Uint64("sequence", seq).Uint64("last_seq", lastSeq).
+			Msg("journal: the pending sequence is behind the seqs in use (a damaged file): set past them")
+		if err := pending.SetSequence(lastSeq); err != nil {
+			return err
+		}
 	}
 	c, err := readCounts(meta)
 	if err != nil {
