@@ -762,18 +762,18 @@ func TestOpenOrRecoverNeverPanics(t *testing.T) {
 	t.Logf("%d of %d damaged files needed a recovery", recovered, seeds)
 }
 
-// The start-up verification and salvage (inspect.go) once identified completed
-// keys by a 64-bit FNV-1a hash of the key. Two request ids whose keys share that
-// hash (found in about a minute on two cores: FNV is not collision resistant,
-// and a device chooses its ids) made a healthy journal look damaged at every
-// start, and the salvage dropped the second key: an acknowledged pending request
-// was lost, or a completed one forgotten and its redelivery run again.
 // deleteKeyRecord deletes key kb's record from the key index.
 func deleteKeyRecord(tx *bolt.Tx, kb []byte) error {
 	keys := tx.Bucket([]byte("keys"))
 	return keys.Delete(store.KeySlot(keys, kb))
 }
 
+// The start-up verification and salvage (inspect.go) once identified completed
+// keys by a 64-bit FNV-1a hash of the key. Two request ids whose keys share that
+// hash (found in about a minute on two cores: FNV is not collision resistant,
+// and a device chooses its ids) made a healthy journal look damaged at every
+// start, and the salvage dropped the second key: an acknowledged pending request
+// was lost, or a completed one forgotten and its redelivery run again.
 func TestKeyHashCollision(t *testing.T) {
 	// The 64-bit FNV-1a hashes of their encoded keys are both 0xbbdd742c1750443c.
 	a := store.Key{App: "cls", Device: "dev-1", ID: "076468e94297ab57"}
