@@ -14,9 +14,9 @@ const maxCheckErrors = 20
 
 // Check verifies the database file (bbolt's Tx.Check: page structure, freelist)
 // and the journal's own invariants: every key in the index points at its pending,
-// the index in memory finds every key at its slot and holds no other,
-// outbox or expiry record, there are no records without a key, and the stored
-// counts match. It does not decode pending or outbox record bodies (Pending and
+// outbox or expiry record, the index in memory finds every key at its slot and
+// holds no other, there are no records without a key, and the stored counts
+// match. It does not decode pending or outbox record bodies (Pending and
 // OutboxEntries report those). It reads the whole file, completed keys included:
 // meant for tests and offline tools, not the request path. It returns nil, an
 // error joining the problems found, or ErrClosed after Close.
