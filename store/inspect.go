@@ -279,6 +279,9 @@ type analysis struct {
 	maxSeq uint64
 	// From the meta bucket.
 	schema []byte
+	// bySlot is whether the key index is in arrival order, once decided
+	// (keysBySlot).
+	bySlot *bool
 	stored *counts
 }
 
@@ -352,13 +355,14 @@ func (r keptRecord) String() string {
 
 // doneSet holds the completed keys (encoded), compared byte for byte: no two
 // keys are ever taken for one (a hash of them would be, and device-chosen ids
-// can be made to collide in a 64-bit hash). The key index is walked in key
-// order, so the keys arrive in ascending order, and are kept as they come in
-// chunks of bytes, with 12 bytes per key besides its own (1M keys of 32 bytes:
-// 47 MB measured, against 38 MB for the 64-bit hashes this set replaced); a
-// membership test is then a binary search, and a key that arrives again is the
-// last one. A key out of order (a damaged page) turns the set into a map, which
-// costs about twice as much (88 MB).
+// can be made to collide in a 64-bit hash). A schema 1 key index is walked in
+// key order, so the keys arrive in ascending order, and are kept as they come
+// in chunks of bytes, with 12 bytes per key besides its own (1M keys of 32
+// bytes: 47 MB measured, against 38 MB for the 64-bit hashes this set
+// replaced); a membership test is then a binary search, and a key that arrives
+// again is the last one. A key out of order turns the set into a map, which
+// costs about twice as much (88 MB): in schema 1 a damaged page, in schema 2
+// (the index in arrival order) the usual case, from its second key on.
 type doneSet struct {
 	chunks [][]byte
 	refs   []doneRef
@@ -555,17 +559,31 @@ func (a *analysis) schemaErr() error {
 }
 
 // keysBySlot reports whether the key index is in arrival order (schema 2; the
-// meta bucket is read first). A file without a readable schema is read as the
-// version this build writes.
-func (a *analysis) keysBySlot() bool {
-	return len(a.schema) != 1 || a.schema[0] != schemaKeysByKey
+// meta bucket is read first), given e, an element of the index. A file without
+// a readable schema record is judged by its first key record: schema 1's value
+// is a state record, which its checksum tells apart from schema 2's key and
+// state (a schema 1 file read as schema 2 would have every key counted
+// corrupt, and its completed keys forgotten by a salvage).
+func (a *analysis) keysBySlot(e elem) bool {
+	if a.bySlot == nil {
+		bySlot := true
+		switch {
+		case len(a.schema) == 1 && (a.schema[0] == schemaKeysByKey || a.schema[0] == schemaVersion):
+			bySlot = a.schema[0] == schemaVersion
+		default:
+			_, err := decodeState(e.value)
+			bySlot = err != nil
+		}
+		a.bySlot = &bySlot
+	}
+	return *a.bySlot
 }
 
 // key reads one key index entry: a slot and the key's record (schema 2), or
 // the key and its state record (schema 1).
 func (a *analysis) key(e elem) {
 	kb, state := e.key, e.value
-	if a.keysBySlot() {
+	if a.keysBySlot(e) {
 		var ok bool
 		if kb, state, ok = splitKeyRecord(e.value); !ok || len(e.key) != 8 {
 			a.corrupt(bucketKeys, "slot %x: not a slot and a key (its record, if readable, is kept and re-indexed)", e.key)

@@ -209,3 +209,56 @@ func TestSchema1JournalIsMigrated(t *testing.T) {
 		t.Errorf("Inspect after the migration: %+v, %v", rep, err)
 	}
 }
+
+// A journal that lost its schema record is read by what its key records are:
+// a schema 1 index (key -> state) is not taken for slots, whose keys would all
+// count corrupt and whose completed keys a salvage would forget.
+func TestKeysReadByTheirFormWithoutASchemaRecord(t *testing.T) {
+	for _, schema1 := range []bool{false, true} {
+		o := storetest.Options(t)
+		path := filepath.Join(t.TempDir(), "journal.db")
+		s, err := store.Open(path, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustPut(t, s, entry(0), store.New)
+		if err := s.Complete(key(1), []byte("r1")); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		rawUpdate(t, path, func(tx *bolt.Tx) error {
+			if schema1 {
+				keys := tx.Bucket([]byte("keys"))
+				recs := map[string][]byte{}
+				keys.ForEach(func(k, v []byte) error {
+					kb, st, _ := store.SplitKeyRecord(v)
+					recs[string(kb)] = bytes.Clone(st)
+					return nil
+				})
+				if err := tx.DeleteBucket([]byte("keys")); err != nil {
+					return err
+				}
+				keys, err := tx.CreateBucket([]byte("keys"))
+				if err != nil {
+					return err
+				}
+				for kb, st := range recs {
+					if err := keys.Put([]byte(kb), st); err != nil {
+						return err
+					}
+				}
+			}
+			return tx.Bucket([]byte("meta")).Delete([]byte("schema"))
+		})
+		rep, err := store.Inspect(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Pending != 1 || rep.Done != 1 || rep.Buckets[1].Corrupt != 0 || len(rep.Problems) != 1 {
+			t.Errorf("schema 1 %v: Inspect without a schema record: %d pending, %d done, %d key records corrupt, problems %q; want 1, 1, 0 and only the missing schema",
+				schema1, rep.Pending, rep.Done, rep.Buckets[1].Corrupt, rep.Problems)
+		}
+	}
+}
