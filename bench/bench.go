@@ -73,6 +73,10 @@ type Config struct {
 	// Devices is the number of MQTT clients publishing; Concurrency the number of
 	// requests in flight over all of them.
 	Devices, Concurrency int
+	// ScatterIDs gives requests ids in no order (a hash of the sequence number
+	// before it), as devices choosing random ids (UUIDs) do, instead of ids in
+	// increasing order.
+	ScatterIDs bool
 	// Requests is the number of measured requests per path, unless Duration is
 	// set: then each path is measured for Duration. Warmup requests go first,
 	// not counted.
@@ -222,6 +226,7 @@ type Setup struct {
 	PayloadBytes int     `json:"payload_bytes"` // mean
 	QoS          int     `json:"qos"`
 	Devices      int     `json:"devices"`
+	ScatterIDs   bool    `json:"scatter_ids,omitempty"`
 	Concurrency  int     `json:"concurrency"`
 	Requests     int     `json:"requests,omitempty"`
 	DurationS    float64 `json:"duration_s,omitempty"`
@@ -416,7 +421,7 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 
 	res = Result{Started: time.Now(), Host: Host{CPUs: runtime.NumCPU(), LoadStart: loadAvg()}}
 	res.Setup = Setup{App: app.Name, Policy: c.Policy, Encoding: "input", QoS: c.QoS,
-		Devices: c.Devices, Concurrency: c.Concurrency, Requests: c.Requests, DurationS: c.Duration.Seconds(),
+		Devices: c.Devices, ScatterIDs: c.ScatterIDs, Concurrency: c.Concurrency, Requests: c.Requests, DurationS: c.Duration.Seconds(),
 		Warmup: c.Warmup, DeadlineMS: protocol.DeadlineMS(c.Deadline), Gateway: c.GatewayBinary}
 	if c.Encoding == "b64" {
 		res.Setup.Encoding = "input_b64"
@@ -466,6 +471,7 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 	var rid [3]byte
 	_, _ = crand.Read(rid[:]) // never fails
 	l := newLoader(clients, app.Name, c.Concurrency, c.ReplyTimeout, bodies, "bench"+hex.EncodeToString(rid[:]))
+	l.scatter = c.ScatterIDs
 	res.Setup.PayloadBytes = l.meanPayload()
 
 	// The broker alone.

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +91,20 @@ func TestPayloadIDs(t *testing.T) {
 	}
 	if payloadID([]byte(`{"deadline_ms":3}`)) != "" || payloadID([]byte(`{"id":"open`)) != "" {
 		t.Error("payloadID of a payload without a closed id")
+	}
+	l.scatter = true
+	ids := []string{l.id(1), l.id(2), l.id(3), l.id(10)}
+	if sorted := slices.Sorted(slices.Values(ids)); slices.Equal(sorted, ids) {
+		t.Errorf("scattered ids in increasing order: %v", ids)
+	}
+	for i, id := range ids {
+		want := []int64{1, 2, 3, 10}[i]
+		if seq, ok := l.seqOf(id); !ok || seq != want || !strings.HasPrefix(id, "benchab12-") || len(id) != len("benchab12-")+17+len(strconv.FormatInt(want, 10)) {
+			t.Errorf("scattered id %q: seqOf %d %v, want %d", id, seq, ok, want)
+		}
+	}
+	if _, ok := l.seqOf("benchab12-0000000000000000-1"); ok {
+		t.Error("seqOf accepted a scattered id whose hash is not its sequence number's")
 	}
 	b64 := requestBodies(1, func(int) []float32 { return []float32{1} }, 0, true)
 	if !bytes.HasPrefix(b64[0], []byte(`{"id":"","input_b64":"`)) {

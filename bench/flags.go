@@ -18,6 +18,7 @@ func Flags(fs *flag.FlagSet) *Config {
 	fs.StringVar(&c.Encoding, "encoding", "b64", "request input encoding: b64 (input_b64) or json (input)")
 	fs.IntVar(&c.QoS, "qos", 1, "QoS of the requests and of the subscriptions (0 or 1)")
 	fs.IntVar(&c.Devices, "devices", 8, "MQTT clients publishing requests")
+	fs.BoolVar(&c.ScatterIDs, "scatter-ids", false, "ids in no order (a hash before the sequence number), as devices choosing random ids send, instead of increasing ones")
 	fs.IntVar(&c.Concurrency, "concurrency", 64, "requests in flight over all devices (closed loop)")
 	fs.IntVar(&c.Requests, "n", 10000, "measured requests per path")
 	fs.DurationVar(&c.Duration, "duration", 0, "measure each path for this long instead of -n requests")

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,8 @@ type loader struct {
 	// uses bodies[seq % len(bodies)] with its id spliced in.
 	bodies [][]byte
 	runID  string
+	// scatter gives ids in no order (Config.ScatterIDs).
+	scatter bool
 
 	seq     atomic.Int64 // the last request's sequence number, across phases
 	mu      sync.Mutex
@@ -81,15 +84,42 @@ func (l *loader) meanPayload() int {
 	return sum/len(l.bodies) + len(l.id(10000))
 }
 
-func (l *loader) id(seq int64) string { return l.runID + "-" + strconv.FormatInt(seq, 10) }
+// id is request seq's id: {runID}-{seq}, or with scatter {runID}-{16 hex
+// digits of a hash of seq}-{seq}, which sort in no order.
+func (l *loader) id(seq int64) string {
+	if l.scatter {
+		return l.runID + "-" + fmt.Sprintf("%016x", mix64(uint64(seq))) + "-" + strconv.FormatInt(seq, 10)
+	}
+	return l.runID + "-" + strconv.FormatInt(seq, 10)
+}
+
+// mix64 is SplitMix64's finaliser: a bijection that scatters consecutive
+// numbers.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
 
 // seqOf returns the sequence number of one of this run's ids, or false.
 func (l *loader) seqOf(id string) (int64, bool) {
 	if len(id) <= len(l.runID)+1 || id[:len(l.runID)] != l.runID || id[len(l.runID)] != '-' {
 		return 0, false
 	}
-	n, err := strconv.ParseInt(id[len(l.runID)+1:], 10, 64)
-	return n, err == nil
+	rest := id[len(l.runID)+1:]
+	if l.scatter {
+		if len(rest) < 18 || rest[16] != '-' {
+			return 0, false
+		}
+		rest = rest[17:]
+	}
+	n, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil || (l.scatter && id != l.id(n)) {
+		return 0, false
+	}
+	return n, true
 }
 
 // payloadID returns the id at the start of a request payload, or "".

@@ -33,8 +33,12 @@ func (r *Result) Print(w io.Writer) {
 	if s.DurationS > 0 {
 		what = (time.Duration(s.DurationS * float64(time.Second))).String()
 	}
-	fmt.Fprintf(w, "sneakgate bench: %s, %s, %s (%d B), QoS %d, %d devices, %d in flight, %s after %d warm-up, deadline %d ms\n",
-		s.App, pol, s.Encoding, s.PayloadBytes, s.QoS, s.Devices, s.Concurrency, what, s.Warmup, s.DeadlineMS)
+	ids := ""
+	if s.ScatterIDs {
+		ids = " (ids in no order)"
+	}
+	fmt.Fprintf(w, "sneakgate bench: %s, %s, %s (%d B), QoS %d, %d devices%s, %d in flight, %s after %d warm-up, deadline %d ms\n",
+		s.App, pol, s.Encoding, s.PayloadBytes, s.QoS, s.Devices, ids, s.Concurrency, what, s.Warmup, s.DeadlineMS)
 	fmt.Fprintf(w, "machine: %d CPUs, load average %.2f at the start, %.2f at the end\n\n", r.Host.CPUs, r.Host.LoadStart, r.Host.LoadEnd)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	// The first column is padded: tabwriter right-aligns every column.
