@@ -282,7 +282,10 @@ type analysis struct {
 	// bySlot is whether the key index is in arrival order, once decided
 	// (keysBySlot).
 	bySlot *bool
-	stored *counts
+	// undecided holds the key records read before bySlot could be decided
+	// (copies), read once it is.
+	undecided []elem
+	stored    *counts
 }
 
 // indexed is what the key index says of a pending or outbox seq: the key
@@ -454,6 +457,10 @@ func (a *analysis) run() error {
 				err = a.writeErr()
 			}
 		})
+		if i == 1 && err == nil {
+			a.settleKeys()
+			err = a.writeErr()
+		}
 		if err != nil {
 			return err
 		}
@@ -558,32 +565,88 @@ func (a *analysis) schemaErr() error {
 	return nil
 }
 
-// keysBySlot reports whether the key index is in arrival order (schema 2; the
-// meta bucket is read first), given e, an element of the index. A file without
-// a readable schema record is judged by its first key record: schema 1's value
-// is a state record, which its checksum tells apart from schema 2's key and
-// state (a schema 1 file read as schema 2 would have every key counted
-// corrupt, and its completed keys forgotten by a salvage).
+// keysBySlot decides whether the key index is in arrival order (schema 2;
+// the meta bucket is read first), given e, an element of the index, and
+// reports whether it could. A file without a readable schema record is judged
+// by the form of its key records: schema 1's value is a state record, schema
+// 2's a key and a state record, each told by its checksum (a schema 2 value
+// never passes for a state record: it starts with the key's length, never
+// recordVersion). A record readable in neither form (damaged) decides nothing:
+// key holds it back until one does (a schema 1 file read as schema 2 would
+// have every key counted corrupt, and its completed keys forgotten by a
+// salvage).
 func (a *analysis) keysBySlot(e elem) bool {
-	if a.bySlot == nil {
-		bySlot := true
-		switch {
-		case len(a.schema) == 1 && (a.schema[0] == schemaKeysByKey || a.schema[0] == schemaVersion):
-			bySlot = a.schema[0] == schemaVersion
-		default:
-			_, err := decodeState(e.value)
-			bySlot = err != nil
+	if a.bySlot != nil {
+		return true
+	}
+	var bySlot bool
+	switch {
+	case len(a.schema) == 1 && (a.schema[0] == schemaKeysByKey || a.schema[0] == schemaVersion):
+		bySlot = a.schema[0] == schemaVersion
+	default:
+		if _, err := decodeState(e.value); err == nil {
+			bySlot = false
+		} else if _, state, ok := splitKeyRecord(e.value); ok && len(e.key) == 8 {
+			if _, err := decodeState(state); err != nil {
+				return false
+			}
+			bySlot = true
+		} else {
+			return false
 		}
+	}
+	a.bySlot = &bySlot
+	return true
+}
+
+// maxUndecided is how many key records key holds back, undecided, before
+// settleKeys judges by their headers.
+const maxUndecided = 64
+
+// settleKeys decides the key index's form from the records held back when
+// none could (the bucket ended, or maxUndecided were read): by the most of
+// them whose value starts as a state record does (schema 1) or not (schema
+// 2, also on a tie), and reads them.
+func (a *analysis) settleKeys() {
+	if a.bySlot == nil {
+		votes := 0
+		for _, e := range a.undecided {
+			if len(e.value) >= 2 && e.value[0] == recordVersion && e.value[1] == kindState {
+				votes++
+			} else {
+				votes--
+			}
+		}
+		bySlot := votes <= 0
 		a.bySlot = &bySlot
 	}
-	return *a.bySlot
+	held := a.undecided
+	a.undecided = nil
+	for _, e := range held {
+		a.keyRecord(e)
+	}
 }
 
 // key reads one key index entry: a slot and the key's record (schema 2), or
 // the key and its state record (schema 1).
 func (a *analysis) key(e elem) {
+	if a.bySlot == nil {
+		if !a.keysBySlot(e) {
+			a.undecided = append(a.undecided, elem{flags: e.flags, key: bytes.Clone(e.key), value: bytes.Clone(e.value)})
+			if len(a.undecided) >= maxUndecided {
+				a.settleKeys()
+			}
+			return
+		}
+		a.settleKeys()
+	}
+	a.keyRecord(e)
+}
+
+// keyRecord reads one key index entry, the index's form decided.
+func (a *analysis) keyRecord(e elem) {
 	kb, state := e.key, e.value
-	if a.keysBySlot(e) {
+	if *a.bySlot {
 		var ok bool
 		if kb, state, ok = splitKeyRecord(e.value); !ok || len(e.key) != 8 {
 			a.corrupt(bucketKeys, "slot %x: not a slot and a key (its record, if readable, is kept and re-indexed)", e.key)
