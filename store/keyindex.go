@@ -155,16 +155,22 @@ func (x *keyIndex) apply() {
 			x.remove(c.h, c.slot)
 		}
 	}
+	x.mu.Unlock()
+	x.discard()
 	x.peak = max(x.peak, len(x.m))
 	if x.peak >= shrinkBelow && len(x.m) < x.peak/4 {
+		// Copied without mu held (the committer is m's only writer, and readers
+		// only read it): the copy of a table that held millions of keys takes
+		// about 0.1 s, for which Lookups would otherwise wait.
 		m := make(map[uint64]uint64, len(x.m))
 		for h, slot := range x.m {
 			m[h] = slot
 		}
-		x.m, x.peak = m, len(m)
+		x.mu.Lock()
+		x.m = m
+		x.mu.Unlock()
+		x.peak = len(m)
 	}
-	x.mu.Unlock()
-	x.discard()
 }
 
 // find returns kb's state record and slot in keys, reading the applied index

@@ -111,3 +111,49 @@ func TestKeyIndexShrinks(t *testing.T) {
 		}
 	}
 }
+
+// Readers (under mu, as Lookup reads) run while apply shrinks the table, and
+// always find a key that stays (run with -race: the copy, made without mu held
+// so that they need not wait for it, only reads the table they read).
+func TestKeyIndexShrinksUnderReaders(t *testing.T) {
+	x := newKeyIndex()
+	n := 4 * shrinkBelow
+	for i := range n {
+		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i), add: true})
+	}
+	x.apply()
+	for i := range n - n/4 + 1 {
+		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i)})
+	}
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for {
+				x.mu.RLock()
+				s := x.slots(nil, uint64(n-1))
+				x.mu.RUnlock()
+				if len(s) != 1 || s[0] != uint64(n-1) {
+					errs <- fmt.Errorf("key %d: slots %v", n-1, s)
+					return
+				}
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+			}
+		}()
+	}
+	x.apply()
+	close(stop)
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if len(x.m) != n/4-1 || x.peak != len(x.m) {
+		t.Errorf("after the shrink: len %d, peak %d; want %d", len(x.m), x.peak, n/4-1)
+	}
+}
