@@ -220,42 +220,56 @@ func TestKeysReadByTheirFormWithoutASchemaRecord(t *testing.T) {
 // completed keys (read as slots, it would forget them all, and their requests
 // would run again).
 func TestKeysReadByTheirFormWhenTheFirstRecordIsDamaged(t *testing.T) {
-	path, o, s := openJournal(t)
-	for i := range 6 {
-		mustPut(t, s, entry(i), store.New)
-		if err := s.Complete(key(i), []byte("r")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	first := ""
-	toSchema1(t, path, func(recs map[string][]byte) {
-		for kb := range recs {
-			if first == "" || kb < first {
-				first = kb
+	for _, schema1 := range []bool{true, false} {
+		path, o, s := openJournal(t)
+		for i := range 6 {
+			mustPut(t, s, entry(i), store.New)
+			if err := s.Complete(key(i), []byte("r")); err != nil {
+				t.Fatal(err)
 			}
 		}
-		v := recs[first]
-		v[len(v)-1] ^= 0x01 // its checksum fails
-	})
-	rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Delete([]byte("schema")) })
-	rep, err := store.Inspect(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Done != 5 || rep.Buckets[1].Corrupt != 1 {
-		t.Errorf("Inspect: %d done, %d key records corrupt; want 5 and 1 (the damaged one)", rep.Done, rep.Buckets[1].Corrupt)
-	}
-	out := filepath.Join(t.TempDir(), "salvaged.db")
-	if rep, err := store.Salvage(path, out); err != nil || rep.Done != 5 {
-		t.Fatalf("Salvage: %d done, %v; want 5", rep.Done, err)
-	}
-	s = storetest.Open(t, out, o)
-	for i := range 6 {
-		if string(store.EncodeKey(key(i))) != first {
-			lookup(t, s, key(i), store.DupDone, "r")
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		first := ""
+		if schema1 {
+			toSchema1(t, path, func(recs map[string][]byte) {
+				for kb := range recs {
+					if first == "" || kb < first {
+						first = kb
+					}
+				}
+				v := recs[first]
+				v[len(v)-1] ^= 0x01 // its checksum fails
+			})
+		} else {
+			rawUpdate(t, path, func(tx *bolt.Tx) error {
+				keys := tx.Bucket([]byte("keys"))
+				sk, v := keys.Cursor().First()
+				kb, _, _ := store.SplitKeyRecord(v)
+				first = string(kb)
+				v = bytes.Clone(v)
+				v[len(v)-1] ^= 0x01
+				return keys.Put(bytes.Clone(sk), v)
+			})
+		}
+		rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Delete([]byte("schema")) })
+		rep, err := store.Inspect(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Done != 5 || rep.Buckets[1].Corrupt != 1 {
+			t.Errorf("schema 1 %v: Inspect: %d done, %d key records corrupt; want 5 and 1 (the damaged one)", schema1, rep.Done, rep.Buckets[1].Corrupt)
+		}
+		out := filepath.Join(t.TempDir(), "salvaged.db")
+		if rep, err := store.Salvage(path, out); err != nil || rep.Done != 5 {
+			t.Fatalf("schema 1 %v: Salvage: %d done, %v; want 5", schema1, rep.Done, err)
+		}
+		s = storetest.Open(t, out, o)
+		for i := range 6 {
+			if string(store.EncodeKey(key(i))) != first {
+				lookup(t, s, key(i), store.DupDone, "r")
+			}
 		}
 	}
 }
