@@ -576,9 +576,6 @@ func (a *analysis) schemaErr() error {
 // have every key counted corrupt, and its completed keys forgotten by a
 // salvage).
 func (a *analysis) keysBySlot(e elem) bool {
-	if a.bySlot != nil {
-		return true
-	}
 	var bySlot bool
 	switch {
 	case len(a.schema) == 1 && (a.schema[0] == schemaKeysByKey || a.schema[0] == schemaVersion):
@@ -876,11 +873,11 @@ var salvageTxBytes = 32 << 20
 // salvageWriter writes salvaged records into a new database in transactions of
 // about salvageTxBytes. The first error sticks; later writes are skipped.
 type salvageWriter struct {
-	db                      *bolt.DB
-	tx                      *bolt.Tx
-	size                    int
-	err                     error
-	pendSeq, expSeq, keySeq uint64
+	db              *bolt.DB
+	tx              *bolt.Tx
+	size            int
+	err             error
+	pendSeq, expSeq uint64
 }
 
 func newSalvageWriter(db *bolt.DB) (*salvageWriter, error) {
@@ -946,12 +943,12 @@ func (w *salvageWriter) putKey(slot uint64, kb []byte, st keyState) {
 
 // putDone stores a completed key, at a slot of its own, and its expiry
 // record, numbered afresh: a damaged page can make two keys share one state
-// record, and expiry records must be unique.
+// record, and expiry records must be unique. The expiry number is the slot's
+// too (slotAnswered|n): the salvage's only slots of that half.
 func (w *salvageWriter) putDone(kb []byte, st keyState) {
 	w.expSeq++
-	w.keySeq++
 	st.n = w.expSeq
-	w.putKey(slotAnswered|w.keySeq, kb, st)
+	w.putKey(slotAnswered|st.n, kb, st)
 	w.put(bucketExpiry, expiryKey(st.doneAt, st.n), kb)
 }
 
@@ -963,7 +960,7 @@ func (w *salvageWriter) finish(c counts) error {
 	if err := errors.Join(
 		w.tx.Bucket(bucketPending).SetSequence(w.pendSeq),
 		w.tx.Bucket(bucketExpiry).SetSequence(w.expSeq),
-		w.tx.Bucket(bucketKeys).SetSequence(w.keySeq),
+		w.tx.Bucket(bucketKeys).SetSequence(w.expSeq),
 		writeCounts(w.tx.Bucket(bucketMeta), c),
 	); err != nil {
 		return fmt.Errorf("salvage: %w", err)

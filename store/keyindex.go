@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/maphash"
+	"slices"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -28,7 +29,7 @@ import (
 // encoding to its slots, the record's own copy of the key deciding between
 // slots that share a hash. The table holds every key in the bucket, so its
 // size follows the keys remembered (store.retention's worth of requests, about
-// 30 bytes each); Open builds it from the bucket.
+// 38 bytes each); Open builds it from the bucket.
 
 // slotAnswered is the first slot of the keys that were never put.
 const slotAnswered = 1 << 63
@@ -118,7 +119,7 @@ func (x *keyIndex) remove(h, slot uint64) {
 			return
 		}
 		x.m[h], rest = rest[0], rest[1:]
-	} else if i := indexOf(rest, slot); i >= 0 {
+	} else if i := slices.Index(rest, slot); i >= 0 {
 		rest = append(rest[:i], rest[i+1:]...)
 	}
 	if len(rest) == 0 {
@@ -126,15 +127,6 @@ func (x *keyIndex) remove(h, slot uint64) {
 	} else {
 		x.more[h] = rest
 	}
-}
-
-func indexOf(s []uint64, v uint64) int {
-	for i, x := range s {
-		if x == v {
-			return i
-		}
-	}
-	return -1
 }
 
 // discard drops the staged changes (the transaction was rolled back, or is
@@ -187,7 +179,7 @@ func (x *keyIndex) find(keys *bolt.Bucket, kb []byte, staged bool) (state []byte
 			case c.add:
 				cands = append(cands, c.slot)
 			default:
-				if i := indexOf(cands, c.slot); i >= 0 {
+				if i := slices.Index(cands, c.slot); i >= 0 {
 					cands = append(cands[:i], cands[i+1:]...)
 				}
 			}
@@ -204,20 +196,23 @@ func (x *keyIndex) find(keys *bolt.Bucket, kb []byte, staged bool) (state []byte
 }
 
 // rebuild fills the index from the keys bucket (at open), and returns the
-// highest slot below slotAnswered (a seq). A record too short for its key is
-// left out (Inspect reports it).
-func (x *keyIndex) rebuild(keys *bolt.Bucket) (lastSeq uint64, err error) {
+// highest slot below slotAnswered (a seq) and the highest number n of a slot
+// slotAnswered|n. A record too short for its key is left out (Inspect reports
+// it).
+func (x *keyIndex) rebuild(keys *bolt.Bucket) (lastSeq, lastAnswered uint64, err error) {
 	err = keys.ForEach(func(k, v []byte) error {
 		if kb, _, ok := splitKeyRecord(v); ok && len(k) == 8 {
 			slot := binary.BigEndian.Uint64(k)
 			x.insert(x.hash(x.seed, kb), slot)
 			if slot < slotAnswered {
 				lastSeq = max(lastSeq, slot)
+			} else {
+				lastAnswered = max(lastAnswered, slot&^slotAnswered)
 			}
 		}
 		return nil
 	})
-	return lastSeq, err
+	return lastSeq, lastAnswered, err
 }
 
 // keysTx is the key index inside the committer's write transaction.
@@ -253,18 +248,10 @@ func (k keysTx) del(kb []byte, slot uint64) error {
 	return nil
 }
 
-// newSlot is a free slot for a key that was never put (the bucket's sequence
-// is checked against the records, so that a sequence a damaged file set back
-// cannot overwrite another key's record).
+// newSlot is a free slot for a key that was never put: the bucket's next
+// sequence number (Open sets the sequence past the slots in use, should a
+// damaged file have set it back).
 func (k keysTx) newSlot() (uint64, error) {
-	var sk [8]byte
-	for {
-		n, err := k.keys.NextSequence()
-		if err != nil {
-			return 0, err
-		}
-		if k.keys.Get(slotKey(sk[:0], slotAnswered|n)) == nil {
-			return slotAnswered | n, nil
-		}
-	}
+	n, err := k.keys.NextSequence()
+	return slotAnswered | n, err
 }

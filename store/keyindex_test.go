@@ -444,11 +444,7 @@ func TestSalvageOfSchema1Journal(t *testing.T) {
 // The verification of a schema 2 journal, whose completed keys come in slot
 // order rather than key order, still finds a key recorded twice.
 func TestInspectFindsAKeyTwiceInSlotOrder(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "journal.db")
-	s, err := store.Open(path, storetest.Options(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, _, s := openJournal(t)
 	for i := 9; i >= 0; i-- {
 		if _, err := s.Answered(key(i), []byte("r")); err != nil {
 			t.Fatal(err)
@@ -471,23 +467,34 @@ func TestInspectFindsAKeyTwiceInSlotOrder(t *testing.T) {
 	}
 }
 
-// A pending bucket sequence set back (a damaged bucket header: nothing checks
-// it against the records) must not let a new request's key record overwrite
-// another key's record at the slot its seq names.
+// A pending or keys bucket sequence set back (a damaged bucket header:
+// nothing checks it against the records) must not let a new key's record
+// overwrite another key's record at the slot the sequence names: a request's
+// (its seq) or an answer's without a request (the keys bucket's number).
 func TestPutDoesNotOverwriteAnotherKeysSlot(t *testing.T) {
 	path, o, s := openJournal(t)
 	mustPut(t, s, entry(0), store.New) // slot 1
 	if err := s.Complete(key(0), []byte("r0")); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.Answered(key(5), []byte("r5")); err != nil { // slot 1<<63|1
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket([]byte("pending")).SetSequence(0) })
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		return errors.Join(tx.Bucket([]byte("pending")).SetSequence(0), tx.Bucket([]byte("keys")).SetSequence(0))
+	})
 	s = storetest.Open(t, path, o)
 	mustPut(t, s, entry(1), store.New) // seq 1 again
+	if _, err := s.Answered(key(6), []byte("r6")); err != nil {
+		t.Fatal(err)
+	}
 	lookup(t, s, key(0), store.DupDone, "r0")
 	lookup(t, s, key(1), store.DupPending, "")
+	lookup(t, s, key(5), store.DupDone, "r5")
+	lookup(t, s, key(6), store.DupDone, "r6")
 }
 
 // Staged index changes in groups that are retried (a failing member taken

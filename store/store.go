@@ -387,23 +387,31 @@ func (s *Store) init(tx *bolt.Tx) error {
 		return fmt.Errorf("%w: file has schema %v, this build reads %d", ErrSchema, v, schemaVersion)
 	}
 	s.keys = newKeyIndex()
-	lastSeq, err := s.keys.rebuild(tx.Bucket(bucketKeys))
+	keys := tx.Bucket(bucketKeys)
+	lastSeq, lastAnswered, err := s.keys.rebuild(keys)
 	if err != nil {
 		return err
 	}
-	// Put takes a new request's seq for its key's slot without looking: a
-	// pending sequence behind the slots in use (a damaged bucket header; the
-	// verification does not compare them) would let a new key's record
-	// overwrite another's. Put it past them, and past the pending records.
+	// Put takes a new request's seq for its key's slot, and Answered the keys
+	// bucket's next sequence number, without looking: a sequence behind the
+	// slots in use (a damaged bucket header; the verification does not compare
+	// them) would let a new key's record overwrite another's. Set each past
+	// them (the pending sequence past the pending records too).
 	pending := tx.Bucket(bucketPending)
 	if k, _ := pending.Cursor().Last(); len(k) == 8 {
 		lastSeq = max(lastSeq, binary.BigEndian.Uint64(k))
 	}
-	if seq := pending.Sequence(); seq < lastSeq {
-		s.log.Warn().Str("path", s.path).Uint64("sequence", seq).Uint64("last_seq", lastSeq).
-			Msg("journal: the pending sequence is behind the seqs in use (a damaged file): set past them")
-		if err := pending.SetSequence(lastSeq); err != nil {
-			return err
+	for _, b := range []struct {
+		name   string
+		bucket *bolt.Bucket
+		last   uint64
+	}{{"pending", pending, lastSeq}, {"keys", keys, lastAnswered}} {
+		if seq := b.bucket.Sequence(); seq < b.last {
+			s.log.Warn().Str("path", s.path).Str("bucket", b.name).Uint64("sequence", seq).Uint64("last", b.last).
+				Msg("journal: a sequence is behind the numbers in use (a damaged file): set past them")
+			if err := b.bucket.SetSequence(b.last); err != nil {
+				return err
+			}
 		}
 	}
 	c, err := readCounts(meta)
