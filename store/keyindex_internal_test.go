@@ -85,22 +85,25 @@ func BenchmarkKeyIndexMemory(b *testing.B) {
 	}
 }
 
+// stage stages keys 0 to n-1 (hash and slot i) added to x, or removed.
+func stage(x *keyIndex, n int, add bool) {
+	for i := range n {
+		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i), add: add})
+	}
+}
+
 // Once most keys have left (GC), the table is copied into a map of its size,
 // so a burst's memory is given back; the keys left are all still found.
 func TestKeyIndexShrinks(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
-	for i := range n {
-		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i), add: true})
-	}
+	stage(x, n, true)
 	x.apply()
 	if x.peak != n {
 		t.Fatalf("peak %d after %d keys", x.peak, n)
 	}
 	before := x.m
-	for i := range n - n/4 + 1 {
-		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i)})
-	}
+	stage(x, n-n/4+1, false)
 	x.apply()
 	if reflect.ValueOf(x.m).UnsafePointer() == reflect.ValueOf(before).UnsafePointer() || x.peak != len(x.m) || len(x.m) != n/4-1 {
 		t.Fatalf("after removing all but %d: the same map %v, peak %d, len %d", n/4-1, reflect.ValueOf(x.m).UnsafePointer() == reflect.ValueOf(before).UnsafePointer(), x.peak, len(x.m))
@@ -118,13 +121,9 @@ func TestKeyIndexShrinks(t *testing.T) {
 func TestKeyIndexShrinksUnderReaders(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
-	for i := range n {
-		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i), add: true})
-	}
+	stage(x, n, true)
 	x.apply()
-	for i := range n - n/4 + 1 {
-		x.staged = append(x.staged, stagedSlot{h: uint64(i), slot: uint64(i)})
-	}
+	stage(x, n-n/4+1, false)
 	stop := make(chan struct{})
 	errs := make(chan error, 4)
 	for range 4 {
@@ -155,5 +154,28 @@ func TestKeyIndexShrinksUnderReaders(t *testing.T) {
 	}
 	if len(x.m) != n/4-1 || x.peak != len(x.m) {
 		t.Errorf("after the shrink: len %d, peak %d; want %d", len(x.m), x.peak, n/4-1)
+	}
+}
+
+// BenchmarkKeyIndexShrink reports how long the committer spends in the apply
+// that removes three quarters and one of a million keys and copies the table
+// into a map of its size (shrink-s): the pause of commits once after a burst.
+//
+//	go test -run '^$' -bench KeyIndexShrink -benchtime 1x ./store
+func BenchmarkKeyIndexShrink(b *testing.B) {
+	const n = 1_000_000
+	for range b.N {
+		b.StopTimer()
+		x := newKeyIndex()
+		stage(x, n, true)
+		x.apply()
+		stage(x, n-n/4+1, false)
+		b.StartTimer()
+		start := time.Now()
+		x.apply()
+		b.ReportMetric(time.Since(start).Seconds(), "shrink-s")
+		if len(x.m) != n/4-1 {
+			b.Fatalf("%d keys left, want %d", len(x.m), n/4-1)
+		}
 	}
 }
