@@ -447,21 +447,11 @@ func (e *egress) OweOn(topic string, rep *protocol.Reply, ack func(), conn uint6
 	return e.OweEncoded(topic, store.Key{App: rep.App, Device: rep.Device, ID: rep.ID}, payload, rep.Status, ack, conn, oweNew)
 }
 
-// OweEncoded is OweOn of a reply already encoded (payload, with its key and
-// status), of the given kind: oweNew as OweOn, or oweStored for a reply the
-// journal holds as key's answer (an answer from the estimate it recorded,
-// store.Answered, or that stored reply again for a copy), which the ledger
-// does not remember: the journal gives it to any later copy
-// (Gateway.repeatOwed leaves a key the journal knows to it).
-func (e *egress) OweEncoded(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, kind oweKind) error {
-	return e.owe(topic, key, payload, status, ack, conn, kind)
-}
-
 // Repeat is OweOn of the reply remembered for key (Owed), to a copy of its
 // request: the same bytes, on the topic they went to, acknowledged (ack) once
 // the broker has them.
 func (e *egress) Repeat(key store.Key, r owedRecord, ack func(), conn uint64) error {
-	return e.owe(r.topic, key, r.payload, r.status, ack, conn, oweRepeat)
+	return e.OweEncoded(r.topic, key, r.payload, r.status, ack, conn, oweRepeat)
 }
 
 // oweKind says what an owed reply is, for the ledger.
@@ -494,9 +484,14 @@ func (e *egress) countOwed() {
 	e.m.owedRemembered.Set(float64(n))
 }
 
-// owe is Owe of an encoded reply to key's request (key.App is the reply's
-// application even when it has no id), of the given kind.
-func (e *egress) owe(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, kind oweKind) error {
+// OweEncoded is OweOn of a reply already encoded (payload, with its key and
+// status; key.App is the reply's application even when it has no id), of the
+// given kind: oweNew as OweOn; oweRepeat, Repeat's; or oweStored for a reply
+// the journal holds as key's answer (an answer from the estimate it recorded,
+// store.Answered, or that stored reply again for a copy), which the ledger
+// does not remember: the journal gives it to any later copy
+// (Gateway.repeatOwed leaves a key the journal knows to it).
+func (e *egress) OweEncoded(topic string, key store.Key, payload []byte, status protocol.Status, ack func(), conn uint64, kind oweKind) error {
 	app := key.App
 	e.busyMu.Lock()
 	closed := e.lateClosed
