@@ -47,6 +47,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -73,6 +74,14 @@ type Config struct {
 	// Devices is the number of MQTT clients publishing; Concurrency the number of
 	// requests in flight over all of them.
 	Devices, Concurrency int
+	// Saturate measures each path at Concurrency, twice that, and so on up to
+	// MaxConcurrency (default 512), and reports each path at the concurrency
+	// where it answered most requests a second: its capacity, which a single
+	// concurrency shows only when it is enough to keep the path busy (a
+	// closed loop with too few requests in flight measures the path's latency,
+	// by Little's law, not its throughput).
+	Saturate       bool
+	MaxConcurrency int
 	// ScatterIDs gives requests ids in no order (a hash of the sequence number
 	// before it), as devices choosing random ids (UUIDs) do, instead of ids in
 	// increasing order.
@@ -132,6 +141,9 @@ func (c *Config) defaults() error {
 	if c.Concurrency == 0 {
 		c.Concurrency = 64
 	}
+	if c.MaxConcurrency == 0 {
+		c.MaxConcurrency = 512
+	}
 	if c.Requests == 0 {
 		c.Requests = 10000
 	}
@@ -165,6 +177,8 @@ func (c *Config) defaults() error {
 		return bad("qos must be 0 or 1, got %d", c.QoS)
 	case c.Devices < 1 || c.Concurrency < 1:
 		return bad("devices and concurrency must be positive")
+	case c.Saturate && c.MaxConcurrency < c.Concurrency:
+		return bad("max concurrency %d is below concurrency %d", c.MaxConcurrency, c.Concurrency)
 	case c.Requests < 0 || c.Duration < 0 || c.Warmup < 0 || c.Deadline < 0 || c.ProfileSeconds < 0:
 		return bad("requests, duration, warmup, deadline and profile seconds must not be negative")
 	case !protocol.ValidDevice(deviceName(c.Devices)):
@@ -178,17 +192,31 @@ func (c *Config) defaults() error {
 
 func deviceName(i int) string { return fmt.Sprintf("bench-%04d", i) }
 
+// levels returns the concurrencies each path is measured at: Concurrency, and
+// with Saturate its doublings up to MaxConcurrency.
+func (c *Config) levels() []int {
+	out := []int{c.Concurrency}
+	for n := 2 * c.Concurrency; c.Saturate && n <= c.MaxConcurrency; n *= 2 {
+		out = append(out, n)
+	}
+	return out
+}
+
 // Result is a run's outcome.
 type Result struct {
 	Started time.Time `json:"started"`
 	Host    Host      `json:"host"`
 	Setup   Setup     `json:"setup"`
 	// Broker is the broker alone (publisher to subscriber); Gateway the same load
-	// through the gateway (publish to reply).
+	// through the gateway (publish to reply). With Config.Saturate each is the
+	// path's phase of highest throughput in Saturation.
 	Broker  Phase `json:"broker_alone"`
 	Gateway Phase `json:"gateway"`
 	// Ratio is Gateway.Throughput / Broker.Throughput.
 	Ratio float64 `json:"ratio"`
+	// Saturation holds every phase of a run with Config.Saturate, in the order
+	// measured (concurrency rising).
+	Saturation *Saturation `json:"saturation,omitempty"`
 	// Profiled is the load during the CPU profile (with Config.CPUProfile), and
 	// CPUProfile the profile's file.
 	Profiled   *Phase `json:"profiled,omitempty"`
@@ -207,6 +235,12 @@ type Result struct {
 	WorkDir string `json:"work_dir"`
 }
 
+// Saturation is each path's phases at rising concurrency.
+type Saturation struct {
+	Broker  []Phase `json:"broker_alone"`
+	Gateway []Phase `json:"gateway"`
+}
+
 // Host describes the machine.
 type Host struct {
 	CPUs int `json:"cpus"`
@@ -219,24 +253,28 @@ type Host struct {
 
 // Setup is what was measured.
 type Setup struct {
-	App          string  `json:"app"`
-	Policy       string  `json:"policy"`
-	Variant      string  `json:"variant,omitempty"`
-	Encoding     string  `json:"encoding"`      // "input" or "input_b64"
-	PayloadBytes int     `json:"payload_bytes"` // mean
-	QoS          int     `json:"qos"`
-	Devices      int     `json:"devices"`
-	ScatterIDs   bool    `json:"scatter_ids,omitempty"`
-	Concurrency  int     `json:"concurrency"`
-	Requests     int     `json:"requests,omitempty"`
-	DurationS    float64 `json:"duration_s,omitempty"`
-	Warmup       int     `json:"warmup"`
-	DeadlineMS   int64   `json:"deadline_ms"`
-	Gateway      string  `json:"gateway_binary"`
+	App          string `json:"app"`
+	Policy       string `json:"policy"`
+	Variant      string `json:"variant,omitempty"`
+	Encoding     string `json:"encoding"`      // "input" or "input_b64"
+	PayloadBytes int    `json:"payload_bytes"` // mean
+	QoS          int    `json:"qos"`
+	Devices      int    `json:"devices"`
+	ScatterIDs   bool   `json:"scatter_ids,omitempty"`
+	Concurrency  int    `json:"concurrency"`
+	// MaxConcurrency is the highest concurrency measured with Config.Saturate.
+	MaxConcurrency int     `json:"max_concurrency,omitempty"`
+	Requests       int     `json:"requests,omitempty"`
+	DurationS      float64 `json:"duration_s,omitempty"`
+	Warmup         int     `json:"warmup"`
+	DeadlineMS     int64   `json:"deadline_ms"`
+	Gateway        string  `json:"gateway_binary"`
 }
 
 // Phase is the measured part of one path.
 type Phase struct {
+	// Concurrency is the number of requests kept in flight.
+	Concurrency int `json:"concurrency"`
 	// Sent requests were published; Completed arrived (at the subscriber, or as
 	// replies); Unanswered did not within the reply timeout.
 	Sent          int `json:"sent"`
@@ -322,9 +360,28 @@ type pids struct {
 	gw     *gatewayProc
 }
 
-// measure runs the load of a phase (warm-up, then measured) and reads the CPU
-// times around the measured part.
-func (c *Config) measure(ctx context.Context, l *loader, ps pids) (Phase, error) {
+// measureAll measures a path at each of c's levels of concurrency and returns
+// every phase and the one of highest throughput.
+func (c *Config) measureAll(ctx context.Context, l *loader, ps pids, name string, logf func(string, ...any)) (all []Phase, best Phase, err error) {
+	for _, n := range c.levels() {
+		logf("%s: %s", name, c.describeLoad(n))
+		p, err := c.measure(ctx, l, ps, n)
+		if err != nil {
+			return all, best, err
+		}
+		logf("%s: %.0f/s", name, p.Throughput)
+		all = append(all, p)
+		if p.Throughput > best.Throughput || len(all) == 1 {
+			best = p
+		}
+	}
+	return all, best, nil
+}
+
+// measure runs the load of a phase (warm-up, then measured) with concurrency
+// requests in flight and reads the CPU times around the measured part.
+func (c *Config) measure(ctx context.Context, l *loader, ps pids, concurrency int) (Phase, error) {
+	l.workers = concurrency
 	if c.Warmup > 0 {
 		w := l.run(ctx, c.Warmup, nil)
 		if w.completed == 0 && ctx.Err() == nil {
@@ -363,6 +420,7 @@ func (c *Config) measure(ctx context.Context, l *loader, ps pids) (Phase, error)
 		return Phase{}, err
 	}
 	p := ph.summary()
+	p.Concurrency = concurrency
 	if ps.gw != nil {
 		inf1, err := ps.gw.inference(ctx)
 		if err != nil {
@@ -429,6 +487,10 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 	if c.Policy == "fifo" || c.Policy == "fixed-batch" {
 		res.Setup.Variant = c.Variant
 	}
+	levels := c.levels()
+	if c.Saturate {
+		res.Setup.MaxConcurrency = levels[len(levels)-1]
+	}
 
 	dir := c.WorkDir
 	if dir == "" {
@@ -475,17 +537,16 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 	res.Setup.PayloadBytes = l.meanPayload()
 
 	// The broker alone.
-	logf("broker alone: %s", c.describeLoad())
 	sub, err := subscribe(&c, broker.URL(), l)
 	if err != nil {
 		return res, err
 	}
-	res.Broker, err = c.measure(ctx, l, pids{broker: broker.Pid()})
+	var sat Saturation
+	sat.Broker, res.Broker, err = c.measureAll(ctx, l, pids{broker: broker.Pid()}, "broker alone", logf)
 	sub.Disconnect(100)
 	if err != nil {
 		return res, err
 	}
-	logf("broker alone: %.0f/s", res.Broker.Throughput)
 
 	// The gateway.
 	gdir := filepath.Join(dir, "gateway")
@@ -526,12 +587,14 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 			_ = gw.stop()
 		}
 	}()
-	logf("through the gateway (pid %d): %s", gw.pid(), c.describeLoad())
-	res.Gateway, err = c.measure(ctx, l, pids{broker: broker.Pid(), gw: gw})
+	logf("the gateway's pid: %d", gw.pid())
+	sat.Gateway, res.Gateway, err = c.measureAll(ctx, l, pids{broker: broker.Pid(), gw: gw}, "through the gateway", logf)
 	if err != nil {
 		return res, err
 	}
-	logf("through the gateway: %.0f/s", res.Gateway.Throughput)
+	if c.Saturate {
+		res.Saturation = &sat
+	}
 	if res.Inference, err = gw.correction(ctx); err != nil {
 		logf("latency correction not read: %v", err)
 	}
@@ -539,7 +602,8 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 		res.Ratio = res.Gateway.Throughput / res.Broker.Throughput
 	}
 	if c.CPUProfile != "" {
-		logf("CPU profile of the gateway over %d s of the same load", c.ProfileSeconds)
+		logf("CPU profile of the gateway over %d s of the same load, %d in flight", c.ProfileSeconds, res.Gateway.Concurrency)
+		l.workers = res.Gateway.Concurrency
 		p, err := profile(ctx, &c, l, gw)
 		if err != nil {
 			return res, err
@@ -584,20 +648,20 @@ func requestBodies(n int, row func(int) []float32, deadlineMS int64, b64 bool) [
 	return out
 }
 
-func (c *Config) describeLoad() string {
+func (c *Config) describeLoad(concurrency int) string {
 	what := fmt.Sprintf("%d requests", c.Requests)
 	if c.Duration > 0 {
 		what = c.Duration.String()
 	}
 	return fmt.Sprintf("%d warm-up requests, then %s; %d in flight over %d devices, QoS %d", c.Warmup, what,
-		c.Concurrency, c.Devices, c.QoS)
+		concurrency, c.Devices, c.QoS)
 }
 
 // dial connects the devices.
 func dial(ctx context.Context, c *Config, url string) ([]*devices.Client, error) {
 	return devices.DialAll(ctx, c.Devices, func(i int) devices.ClientOptions {
 		return devices.ClientOptions{Broker: url, Prefix: c.Prefix, Device: deviceName(i), QoS0: c.QoS == 0,
-			Pipeline: c.Concurrency + 64}
+			Pipeline: slices.Max(c.levels()) + 64}
 	})
 }
 

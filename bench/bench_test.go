@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"math"
 	"os"
@@ -130,7 +131,7 @@ func TestRunEndToEnd(t *testing.T) {
 	defer cancel()
 	const n = 300
 	c := Config{App: "fashion", Models: "../models", Policy: "fixed-batch", Variant: "logreg", Encoding: "json",
-		Devices: 3, Concurrency: 16, Requests: n, Warmup: 20, Deadline: 30 * time.Second,
+		Devices: 3, Concurrency: 8, Saturate: true, MaxConcurrency: 16, Requests: n, Warmup: 20, Deadline: 30 * time.Second,
 		GatewayBinary: bin, Library: lib, WorkDir: filepath.Join(dir, "work"),
 		CPUProfile: filepath.Join(dir, "cpu.pprof"), ProfileSeconds: 1, Progress: &progress}
 	res, err := Run(ctx, c)
@@ -144,6 +145,24 @@ func TestRunEndToEnd(t *testing.T) {
 		}
 		if !(p.Throughput > 0) || p.Latency.P50 <= 0 || p.Latency.P50 > p.Latency.P99 {
 			t.Errorf("%s: throughput %v, latency %+v", name, p.Throughput, p.Latency)
+		}
+	}
+	// Each path ran at 8 and 16 in flight; the best of each is its headline phase.
+	if res.Saturation == nil || res.Setup.MaxConcurrency != 16 {
+		t.Fatalf("saturation %+v, setup %+v", res.Saturation, res.Setup)
+	}
+	for name, x := range map[string]struct {
+		all  []Phase
+		best Phase
+	}{"broker alone": {res.Saturation.Broker, res.Broker}, "gateway": {res.Saturation.Gateway, res.Gateway}} {
+		if len(x.all) != 2 || x.all[0].Concurrency != 8 || x.all[1].Concurrency != 16 {
+			t.Errorf("%s: sweep %d phases %+v, want at 8 and 16 in flight", name, len(x.all), x.all)
+			continue
+		}
+		for _, p := range x.all {
+			if p.Completed != n || p.Throughput > x.best.Throughput {
+				t.Errorf("%s: at %d in flight %d completed, %v/s; the best %v/s", name, p.Concurrency, p.Completed, p.Throughput, x.best.Throughput)
+			}
 		}
 	}
 	if res.Broker.Gateway != nil || res.Gateway.Gateway == nil {
@@ -178,7 +197,8 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	var out bytes.Buffer
 	res.Print(&out)
-	for _, want := range []string{"broker alone (pub->sub)", "through the gateway", "ratio gateway / broker alone", "gateway CPU per request", "logreg 300", "in the gateway (its replies)  queue_ms p50"} {
+	for _, want := range []string{"broker alone (pub->sub)", "through the gateway", "ratio gateway / broker alone", "gateway CPU per request", "logreg 300", "in the gateway (its replies)  queue_ms p50",
+		"8 to 16 in flight", "* each path's highest throughput"} {
 		if !bytes.Contains(out.Bytes(), []byte(want)) {
 			t.Errorf("printed result lacks %q:\n%s", want, out.String())
 		}
@@ -217,6 +237,31 @@ func TestRunEndToEnd(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(c.WorkDir, f)); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+func TestLevels(t *testing.T) {
+	for _, tc := range []struct {
+		c    Config
+		want []int
+	}{
+		{Config{Concurrency: 64}, []int{64}},
+		{Config{Concurrency: 64, MaxConcurrency: 512}, []int{64}},
+		{Config{Concurrency: 64, Saturate: true, MaxConcurrency: 512}, []int{64, 128, 256, 512}},
+		{Config{Concurrency: 64, Saturate: true, MaxConcurrency: 300}, []int{64, 128, 256}},
+		{Config{Concurrency: 64, Saturate: true, MaxConcurrency: 64}, []int{64}},
+	} {
+		if got := tc.c.levels(); !slices.Equal(got, tc.want) {
+			t.Errorf("%+v: levels %v, want %v", tc.c, got, tc.want)
+		}
+	}
+	c := Config{GatewayBinary: "x", Concurrency: 64, Saturate: true, MaxConcurrency: 32}
+	if err := c.defaults(); !errors.Is(err, ErrConfig) {
+		t.Errorf("max concurrency below concurrency: %v, want ErrConfig", err)
+	}
+	c = Config{GatewayBinary: "x", Saturate: true}
+	if err := c.defaults(); err != nil || !slices.Equal(c.levels(), []int{64, 128, 256, 512}) {
+		t.Errorf("defaults: %v, levels %v", err, c.levels())
 	}
 }
 

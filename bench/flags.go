@@ -20,6 +20,8 @@ func Flags(fs *flag.FlagSet) *Config {
 	fs.IntVar(&c.Devices, "devices", 8, "MQTT clients publishing requests")
 	fs.BoolVar(&c.ScatterIDs, "scatter-ids", false, "ids in no order (a hash before the sequence number), as devices choosing random ids send, instead of increasing ones")
 	fs.IntVar(&c.Concurrency, "concurrency", 64, "requests in flight over all devices (closed loop)")
+	fs.BoolVar(&c.Saturate, "saturate", false, "measure each path at -concurrency, twice that, and so on up to -max-concurrency, and compare each path at its highest throughput (its capacity) instead of both at -concurrency")
+	fs.IntVar(&c.MaxConcurrency, "max-concurrency", 512, "the highest concurrency measured with -saturate")
 	fs.IntVar(&c.Requests, "n", 10000, "measured requests per path")
 	fs.DurationVar(&c.Duration, "duration", 0, "measure each path for this long instead of -n requests")
 	fs.IntVar(&c.Warmup, "warmup", 1000, "requests per path before measuring, not counted")

@@ -37,24 +37,48 @@ func (r *Result) Print(w io.Writer) {
 	if s.ScatterIDs {
 		ids = " (ids in no order)"
 	}
-	fmt.Fprintf(w, "sneakgate bench: %s, %s, %s (%d B), QoS %d, %d devices%s, %d in flight, %s after %d warm-up, deadline %d ms\n",
-		s.App, pol, s.Encoding, s.PayloadBytes, s.QoS, s.Devices, ids, s.Concurrency, what, s.Warmup, s.DeadlineMS)
+	inFlight := fmt.Sprintf("%d in flight", s.Concurrency)
+	if s.MaxConcurrency > 0 {
+		inFlight = fmt.Sprintf("%d to %d in flight (each path at its best below)", s.Concurrency, s.MaxConcurrency)
+	}
+	fmt.Fprintf(w, "sneakgate bench: %s, %s, %s (%d B), QoS %d, %d devices%s, %s, %s after %d warm-up, deadline %d ms\n",
+		s.App, pol, s.Encoding, s.PayloadBytes, s.QoS, s.Devices, ids, inFlight, what, s.Warmup, s.DeadlineMS)
 	fmt.Fprintf(w, "machine: %d CPUs, load average %.2f at the start, %.2f at the end\n\n", r.Host.CPUs, r.Host.LoadStart, r.Host.LoadEnd)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	// The first column is padded: tabwriter right-aligns every column.
-	fmt.Fprintf(tw, "%-24s\treq/s\tp50 ms\tp90 ms\tp99 ms\tbroker µs/req\tgateway µs/req\tclient µs/req\t\n", "path")
+	fmt.Fprintf(tw, "%-24s\tin flight\treq/s\tp50 ms\tp90 ms\tp99 ms\tbroker µs/req\tgateway µs/req\tclient µs/req\t\t\n", "path")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e6) }
-	row := func(name string, p *Phase) {
+	row := func(name string, p *Phase, mark string) {
 		gw := "-"
 		if p.Gateway != nil {
 			gw = fmt.Sprintf("%.0f", p.Gateway.PerRequestUS)
 		}
-		fmt.Fprintf(tw, "%-24s\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t\n", name, p.Throughput, ms(p.Latency.P50), ms(p.Latency.P90),
-			ms(p.Latency.P99), p.Broker.PerRequestUS, gw, p.Client.PerRequestUS)
+		fmt.Fprintf(tw, "%-24s\t%d\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t%s\t\n", name, p.Concurrency, p.Throughput, ms(p.Latency.P50),
+			ms(p.Latency.P90), ms(p.Latency.P99), p.Broker.PerRequestUS, gw, p.Client.PerRequestUS, mark)
 	}
-	row("broker alone (pub->sub)", &r.Broker)
-	row("through the gateway", &r.Gateway)
+	rows := func(name string, all []Phase, best *Phase) {
+		if all == nil {
+			row(name, best, "")
+			return
+		}
+		for _, p := range all {
+			mark := ""
+			if p.Concurrency == best.Concurrency {
+				mark = "*"
+			}
+			row(name, &p, mark)
+		}
+	}
+	var sat Saturation
+	if r.Saturation != nil {
+		sat = *r.Saturation
+	}
+	rows("broker alone (pub->sub)", sat.Broker, &r.Broker)
+	rows("through the gateway", sat.Gateway, &r.Gateway)
 	_ = tw.Flush()
+	if r.Saturation != nil {
+		fmt.Fprintln(w, "* each path's highest throughput (its capacity here); the figures below are of these two")
+	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "ratio gateway / broker alone  %.3f (issue 10: >= %.2f)\n", r.Ratio, TargetRatio)
 	if g := r.Gateway.Gateway; g != nil {
