@@ -1,8 +1,10 @@
 package sneakpeek
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // Mix is the live class mix as a PriorShift estimates it, and what the
@@ -49,13 +51,24 @@ type AnswerValue struct {
 	est    [][]float64 // per row, len K
 	w      [][]float64
 	n      []int // rows per class
-	// Per row, its estimate's largest value top1, at class top, and the largest
-	// of the others, top2; top is -1 for a row whose values are not all finite
-	// and non-negative. Value takes a row's argmax under a ratio r without
-	// looking at its K values when top1 * min(r) > top2 * max(r): then class
-	// top's p*r is above every other class's (see Value).
-	top        []int32
-	top1, top2 []float64
+	// Per class y, its rows (rows[y], indices into est) in order of decreasing
+	// margin (margin[y]): a row's largest estimate over the largest of its
+	// others, top1 / top2, -Inf for a row whose values are not all finite and
+	// non-negative (or all zero), +Inf for one with a single non-zero value.
+	// top[y] is each row's class of top1, and cum[y][j] the sum, in that order,
+	// of w[y][top] over its first j rows: Value takes a row's argmax under a
+	// ratio r to be its top class without looking at its K values when its
+	// margin exceeds max(r) / min(r) (with room for rounding), which holds for
+	// a prefix of rows[y], and adds that prefix's utility as cum[y][j].
+	rows   [][]int32
+	margin [][]float64
+	top    [][]int32
+	cum    [][]float64
+	// sorted holds, per class, its rows' estimates in the order of rows[y]
+	// (K values a row), one after another: the rows Value scans are read in
+	// sequence, not gathered from wherever est keeps them (on a busy machine
+	// the pass over them is cold, and scattered reads cost most of it).
+	sorted [][]float64
 }
 
 // MeanEstimate is the mean of the estimates est (each of at least k values;
@@ -85,19 +98,48 @@ func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue,
 		return nil, fmt.Errorf("%w: answer value: %d labels, %d estimates, %d classes", ErrParams, len(labels), len(est), k)
 	}
 	a := &AnswerValue{labels: make([]int32, len(labels)), est: est, w: w, n: make([]int, k),
-		top: make([]int32, len(labels)), top1: make([]float64, len(labels)), top2: make([]float64, len(labels))}
+		rows: make([][]int32, k), margin: make([][]float64, k), top: make([][]int32, k), cum: make([][]float64, k),
+		sorted: make([][]float64, k)}
 	for y, row := range w {
 		if len(row) != k {
 			return nil, fmt.Errorf("%w: answer value: utility row %d has %d values, want %d", ErrParams, y, len(row), k)
 		}
 	}
+	type ranked struct {
+		row    int32
+		top    int32
+		margin float64
+	}
+	byClass := make([][]ranked, k)
 	for i, y := range labels {
 		if y < 0 || y >= k || len(est[i]) != k {
 			return nil, fmt.Errorf("%w: answer value: row %d: class %d, %d estimates (want 0..%d and %d)", ErrParams, i, y, len(est[i]), k-1, k)
 		}
 		a.labels[i] = int32(y)
 		a.n[y]++
-		a.top[i], a.top1[i], a.top2[i] = topTwo(est[i])
+		top, top1, top2 := topTwo(est[i])
+		m := math.Inf(-1)
+		if top >= 0 && top1 >= minMarginTop {
+			m = top1 / top2 // +Inf when top2 is 0
+		}
+		byClass[y] = append(byClass[y], ranked{int32(i), top, m})
+	}
+	for y, rs := range byClass {
+		// Stable: rows of equal margin keep their order, so the order (and the
+		// rounding of the sums) depends only on the rows.
+		slices.SortStableFunc(rs, func(p, q ranked) int { return cmp.Compare(q.margin, p.margin) })
+		a.rows[y], a.margin[y], a.top[y] = make([]int32, len(rs)), make([]float64, len(rs)), make([]int32, len(rs))
+		a.cum[y] = make([]float64, len(rs)+1)
+		a.sorted[y] = make([]float64, 0, len(rs)*k)
+		for j, r := range rs {
+			a.sorted[y] = append(a.sorted[y], est[r.row]...)
+			a.rows[y][j], a.margin[y][j], a.top[y][j] = r.row, r.margin, r.top
+			if r.top >= 0 {
+				a.cum[y][j+1] = a.cum[y][j] + w[y][r.top]
+			} else {
+				a.cum[y][j+1] = a.cum[y][j] // never read: margin -Inf is never past the bound
+			}
+		}
 	}
 	return a, nil
 }
@@ -127,44 +169,69 @@ func topTwo(p []float64) (top int32, top1, top2 float64) {
 }
 
 // Value is V(prior) with the correction ratio (len K each); classes without a
-// row contribute nothing. It does not allocate beyond a K-sized scratch.
+// row contribute nothing. It does not allocate.
 //
 // A row's argmax of p(c) r(c) is its top class without a look at its other
 // values when top1 * min(r) > top2 * max(r) (ratios positive and finite, the
 // row's values finite and non-negative): p(top) r(top) >= top1 min(r) and
-// p(c) r(c) <= top2 max(r) for every other c, and rounding each product to a
-// float64 keeps both inequalities, so the strict one between them holds for
-// the products the full scan compares. Where the live mix is near the
-// validation split's (r near 1) that is nearly every row, and a Mix costs a
-// pass over a few numbers per row instead of K products
-// (BenchmarkAnswerValue); other rows, and every row under a ratio that is not
-// positive and finite, take the full scan, so the value is the same either way
+// p(c) r(c) <= top2 max(r) for every other c. Value asks it of the row's
+// margin, top1 / top2 > max(r) / min(r), with room for rounding (marginSlack),
+// so that the rows it holds for are a prefix of each class's rows in order of
+// margin: their utility is a running sum kept from the start (cum), found by a
+// binary search, and only the rows after the prefix are scanned. Where the
+// live mix is near the validation split's (r near 1) that is most rows, and a
+// Mix costs K binary searches and the scan of the rows whose two largest
+// estimates are close (BenchmarkAnswerValue, BenchmarkAnswerValueBundled);
+// under a ratio that is not positive and finite every row is scanned. The
+// value is the full scan's, summed in the same order
 // (TestAnswerValueFastPathIsExact).
 func (a *AnswerValue) Value(prior, ratio []float64) float64 {
-	sum := make([]float64, len(a.n))
-	rmin, rmax, fast := ratioBounds(ratio[:len(a.n)])
-	for i, y := range a.labels {
-		if fast && a.top[i] >= 0 && a.top1[i]*rmin > a.top2[i]*rmax {
-			sum[y] += a.w[y][a.top[i]]
-			continue
-		}
-		p := a.est[i]
-		best, bc := math.Inf(-1), 0
-		for c, v := range p {
-			if x := v * ratio[c]; x > best {
-				best, bc = x, c
-			}
-		}
-		sum[y] += a.w[y][bc]
+	bound := math.Inf(1) // no row is taken by its margin
+	if rmin, rmax, ok := ratioBounds(ratio[:len(a.n)]); ok && rmin >= minMarginRatio && rmax <= 1/minMarginRatio {
+		bound = rmax / rmin * (1 + marginSlack)
 	}
 	v := 0.0
-	for y, s := range sum {
-		if a.n[y] > 0 {
-			v += prior[y] * s / float64(a.n[y])
+	for y, margins := range a.margin {
+		if a.n[y] == 0 {
+			continue
 		}
+		// The rows past the bound: a prefix, margins decreasing.
+		j, _ := slices.BinarySearchFunc(margins, bound, func(m, b float64) int {
+			if m > b {
+				return -1
+			}
+			return 1
+		})
+		s := a.cum[y][j]
+		k := len(a.n)
+		for p := a.sorted[y][j*k:]; len(p) >= k; p = p[k:] {
+			best, bc := math.Inf(-1), 0
+			for c, x := range p[:k] {
+				if x := x * ratio[c]; x > best {
+					best, bc = x, c
+				}
+			}
+			s += a.w[y][bc]
+		}
+		v += prior[y] * s / float64(a.n[y])
 	}
 	return v
 }
+
+// marginSlack is the room Value leaves for rounding: a row is taken by its
+// margin m = fl(top1 / top2) when m > fl(max(r) / min(r)) * (1 + marginSlack).
+// Each rounding moves a value by a factor of at most 1 + 2^-53, so then
+// top1 * min(r) > top2 * max(r) * (1 + 2^-52) in exact arithmetic, and the
+// products rounded to float64 compare the same way, strictly: fl(top1 r(top))
+// >= fl(top1 min(r)) > fl(top2 max(r)) >= fl(p(c) r(c)) for every other c. The
+// relative bound on rounding holds for normal numbers: rows whose top1 is
+// below minMarginTop, and ratios outside [minMarginRatio, 1/minMarginRatio],
+// keep every product far above the subnormal range by taking the full scan.
+const (
+	marginSlack    = 1e-12
+	minMarginTop   = 1e-150
+	minMarginRatio = 1e-100
+)
 
 // ratioBounds returns r's smallest and largest values, and whether every value
 // is positive and finite (else the bounds are not to be used).

@@ -120,14 +120,18 @@ func TestPriorShiftKeepsTheLaterMix(t *testing.T) {
 // argmax of p(c) r(c) by a full scan.
 func valueByScan(a *AnswerValue, prior, ratio []float64) float64 {
 	sum := make([]float64, len(a.n))
-	for i, y := range a.labels {
-		best, bc := math.Inf(-1), 0
-		for c, v := range a.est[i] {
-			if x := v * ratio[c]; x > best {
-				best, bc = x, c
+	// Each class's rows in the order Value sums them (by margin), so that the
+	// two sums round alike.
+	for y, rows := range a.rows {
+		for _, i := range rows {
+			best, bc := math.Inf(-1), 0
+			for c, v := range a.est[i] {
+				if x := v * ratio[c]; x > best {
+					best, bc = x, c
+				}
 			}
+			sum[y] += a.w[y][bc]
 		}
-		sum[y] += a.w[y][bc]
 	}
 	v := 0.0
 	for y, s := range sum {
@@ -144,7 +148,7 @@ func valueByScan(a *AnswerValue, prior, ratio []float64) float64 {
 // equal, and not positive or not finite.
 func TestAnswerValueFastPathIsExact(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 10))
-	for trial := range 300 {
+	for trial := range 1000 {
 		k := 2 + rng.IntN(9)
 		rows := 1 + rng.IntN(200)
 		labels, est := make([]int, rows), make([][]float64, rows)
@@ -172,6 +176,15 @@ func TestAnswerValueFastPathIsExact(t *testing.T) {
 				p[(top+1)%k] = math.Nextafter(p[top], 0)
 			case 3: // not finite, or negative
 				p[rng.IntN(k)] = []float64{math.NaN(), math.Inf(1), -0.25}[rng.IntN(3)]
+			case 4: // tiny values, down to subnormal products
+				for c := range p {
+					p[c] *= []float64{1e-140, 1e-160, 1e-300, 5e-324}[rng.IntN(4)]
+				}
+			case 5: // all zero, or one tiny value alone
+				clear(p)
+				if rng.IntN(2) == 0 {
+					p[rng.IntN(k)] = 1e-200
+				}
 			}
 			est[i] = p
 		}
@@ -191,8 +204,8 @@ func TestAnswerValueFastPathIsExact(t *testing.T) {
 				ratio[c] = math.Exp((rng.Float64() - 0.5) * 12)
 			case 3: // steps a rounding apart
 				ratio[c] = math.Nextafter(1, float64(c%2)*2)
-			case 4: // not all usable
-				ratio[c] = []float64{0.7, 1.3, 0, math.NaN(), math.Inf(1), -1}[rng.IntN(6)]
+			case 4: // not all usable, or extreme
+				ratio[c] = []float64{0.7, 1.3, 0, math.NaN(), math.Inf(1), -1, 1e-120, 1e120, 1e-90}[rng.IntN(9)]
 			}
 		}
 		got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio)
@@ -242,6 +255,57 @@ func BenchmarkAnswerValue(b *testing.B) {
 			for b.Loop() {
 				sink += valueByScan(a, prior, ratio)
 			}
+		})
+	}
+}
+
+// A Mix's cost as the gateway pays it: each bundled application's validation
+// rows under its first estimator, valued at the mixes a PriorShift publishes
+// (every MixRefresh corrections) while it corrects the same rows in a shuffled
+// order: the live prior wanders around the validation mix by the noise of a
+// 300-request window, the ratio with it.
+func BenchmarkAnswerValueBundled(b *testing.B) {
+	for _, app := range bundledApps(b) {
+		if app.Validation == nil || len(app.Estimators) == 0 {
+			continue
+		}
+		val := validation(b, app)
+		est, err := Load(app, app.Estimators[0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		k := app.K()
+		ests, labels := make([][]float64, val.N), make([]int, val.N)
+		for i := range val.N {
+			ests[i] = make([]float64, k)
+			est.Estimate(val.Row(i), ests[i])
+			labels[i] = int(val.Labels[i])
+		}
+		a, err := NewAnswerValue(labels, ests, app.Utility)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s := NewPriorShift(MeanEstimate(ests, k), ShiftOptions{})
+		rng := rand.New(rand.NewPCG(3, 4))
+		type mix struct{ prior, ratio []float64 }
+		var mixes []mix
+		dst := make([]float64, k)
+		for n := 0; len(mixes) < 256; n++ {
+			s.Correct(ests[rng.IntN(val.N)], dst)
+			if n%MixRefresh == MixRefresh-1 && n > 10*DefaultShiftWindow {
+				s.mu.Lock()
+				mixes = append(mixes, mix{slices.Clone(s.prior), slices.Clone(s.ratio)})
+				s.mu.Unlock()
+			}
+		}
+		b.Run(app.Name, func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				m := mixes[i%len(mixes)]
+				sink += a.Value(m.prior, m.ratio)
+				i++
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(val.N), "ns/row")
 		})
 	}
 }
