@@ -91,7 +91,8 @@ func MeanEstimate(est [][]float64, k int) []float64 {
 // NewAnswerValue keeps labelled rows for V: labels[i] is row i's class, est[i]
 // its estimate (len K), w the application's utility matrix (K x K, w[y][c]:
 // the value of answering c when the class is y). est and w are kept, not
-// copied: the caller must not change them.
+// copied: the caller must not change them; est is also copied, in each class's
+// order of margin (K float64s a row), for Value's scan.
 func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue, error) {
 	k := len(w)
 	if k < 2 || len(labels) != len(est) || len(labels) == 0 {
