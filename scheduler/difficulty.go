@@ -59,8 +59,16 @@ func sharpRecall(ry, c, base float64) float64 {
 
 // wrongValue is the value of v's wrong answers to class y as its confusion
 // matrix distributes them: sum_{yhat != y} Cond[y][yhat] W[y][yhat] / (1 - Cond[y][y])
-// (0 when v is never wrong on y).
+// (0 when v is never wrong on y); from v's table when NewApp made one for w.
 func wrongValue(v *Variant, w [][]float64, y int) float64 {
+	if v.wrong != nil && len(w) > 0 && len(v.wrongFor) == len(w) && &v.wrongFor[0] == &w[0] {
+		return v.wrong[y]
+	}
+	return computeWrongValue(v, w, y)
+}
+
+// computeWrongValue is wrongValue computed from v's confusion matrix.
+func computeWrongValue(v *Variant, w [][]float64, y int) float64 {
 	miss := 1 - v.Cond[y][y]
 	if !(miss > 1e-12) {
 		return 0

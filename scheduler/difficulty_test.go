@@ -2,8 +2,12 @@ package scheduler
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/sneakgate/sneakgate/manifest"
 )
 
 func TestSharpen(t *testing.T) {
@@ -40,5 +44,116 @@ func TestSharpen(t *testing.T) {
 	Sharpen(r, []float64{0.1, 0.1})
 	if r.ExpUtility[0] != u {
 		t.Fatal("changed a request without an estimate")
+	}
+}
+
+// NewApp's table of wrong answers' values gives what computing them gives, bit
+// for bit, in Sharpen and Reweigh; a Utility replaced after NewApp is not
+// served from the table made for the old one.
+func TestWrongValueTable(t *testing.T) {
+	m, err := manifest.Load("../models/fashion/manifest.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewApp(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := *a // the same App, its variants without the table
+	plain.Variants = nil
+	for _, v := range a.Variants {
+		if v.wrong == nil {
+			t.Fatalf("variant %s: no table", v.ID)
+		}
+		c := *v
+		c.wrong, c.wrongFor = nil, nil
+		plain.Variants = append(plain.Variants, &c)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	now := time.Now()
+	dist := func(k int) []float64 {
+		p, sum := make([]float64, k), 0.0
+		for i := range p {
+			p[i] = rng.Float64()
+			sum += p[i]
+		}
+		for i := range p {
+			p[i] /= sum
+		}
+		return p
+	}
+	for trial := range 200 {
+		p, q, c := dist(a.K), dist(a.K), make([]float64, len(a.Variants))
+		for i := range c {
+			c[i] = rng.Float64()
+		}
+		run := func(app *App) *Request {
+			r := Prepare(app, 1, now, now.Add(time.Second), slices.Clone(p), nil)
+			Sharpen(r, c)
+			Reweigh(r, slices.Clone(q), nil)
+			return r
+		}
+		got, want := run(a), run(&plain)
+		if !slices.Equal(got.ExpUtility, want.ExpUtility) || !slices.Equal(got.ShiftedUtility, want.ShiftedUtility) {
+			t.Fatalf("trial %d: with the table %v / %v, computed %v / %v", trial,
+				got.ExpUtility, got.ShiftedUtility, want.ExpUtility, want.ShiftedUtility)
+		}
+	}
+	// Another utility matrix: every mistake worth 0.5 makes a sharpened value
+	// differ from one under the manifest's matrix, unless it is computed.
+	w := make([][]float64, a.K)
+	for y := range w {
+		w[y] = make([]float64, a.K)
+		for c := range w[y] {
+			w[y][c] = 0.5
+		}
+		w[y][y] = 1
+	}
+	a.Utility = w
+	for _, v := range a.Variants {
+		for y := range a.K {
+			if got, want := wrongValue(v, w, y), computeWrongValue(v, w, y); got != want {
+				t.Fatalf("variant %s class %d under a new matrix: %v, want %v", v.ID, y, got, want)
+			}
+		}
+	}
+}
+
+// What a request's preparation pays for the values of wrong answers: Sharpen
+// and Reweigh on fashion's seven variants, with NewApp's table ("table") and
+// computing them ("computed").
+func BenchmarkSharpenReweigh(b *testing.B) {
+	m, err := manifest.Load("../models/fashion/manifest.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	a, err := NewApp(m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	plain := *a
+	plain.Variants = nil
+	for _, v := range a.Variants {
+		c := *v
+		c.wrong, c.wrongFor = nil, nil
+		plain.Variants = append(plain.Variants, &c)
+	}
+	p, q, c := make([]float64, a.K), make([]float64, a.K), make([]float64, len(a.Variants))
+	for i := range p {
+		p[i], q[i] = 0.1, 0.1
+	}
+	for i := range c {
+		c[i] = 0.7
+	}
+	now := time.Now()
+	for name, app := range map[string]*App{"table": a, "computed": &plain} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				r := Prepare(app, 1, now, now.Add(time.Second), p, nil)
+				Sharpen(r, c)
+				Reweigh(r, q, nil)
+			}
+		})
 	}
 }

@@ -35,6 +35,12 @@ type Variant struct {
 	// ProfiledUtility is the expected utility under the application's prior (the
 	// data-oblivious value of this variant).
 	ProfiledUtility float64
+	// wrong[y] is wrongValue for class y under the utility matrix wrongFor,
+	// computed once by NewApp (Sharpen and Reweigh need it for every class of
+	// every variant of every request); nil for a Variant built otherwise, whose
+	// values are computed as needed.
+	wrong    []float64
+	wrongFor [][]float64
 }
 
 // MaxBatch is the largest batch size the variant may run.

@@ -92,6 +92,12 @@ func NewApp(m *manifest.App) (*App, error) {
 			Cond:     sneakpeek.RowNormalise(mv.Confusion, false),
 		}
 		v.ProfiledUtility = ExpectedUtility(a.Prior, v.Cond, a.Utility)
+		if square(a.Utility, a.K) && square(v.Cond, a.K) {
+			v.wrong, v.wrongFor = make([]float64, a.K), a.Utility
+			for y := range v.wrong {
+				v.wrong[y] = computeWrongValue(v, a.Utility, y)
+			}
+		}
 		if math.IsNaN(v.ProfiledUtility) {
 			return nil, fmt.Errorf("scheduler: app %s variant %s: profiled utility is NaN", m.Name, mv.Name)
 		}
@@ -101,6 +107,19 @@ func NewApp(m *manifest.App) (*App, error) {
 		a.Variants = append(a.Variants, v)
 	}
 	return a, nil
+}
+
+// square reports whether m is k x k.
+func square(m [][]float64, k int) bool {
+	if len(m) != k {
+		return false
+	}
+	for _, row := range m {
+		if len(row) != k {
+			return false
+		}
+	}
+	return true
 }
 
 // Prepare builds a queued request with its per-variant expected utilities. p is the
