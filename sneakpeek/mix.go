@@ -54,7 +54,8 @@ type AnswerValue struct {
 	// Per class y, its rows (rows[y], indices into est) in order of decreasing
 	// margin (margin[y]): a row's largest estimate over the largest of its
 	// others, top1 / top2, -Inf for a row whose values are not all finite and
-	// non-negative (or all zero), +Inf for one with a single non-zero value.
+	// non-negative, or whose top1 is outside [minMarginTop, maxMarginTop], +Inf
+	// for one with a single non-zero value.
 	// top[y] is each row's class of top1, and cum[y][j] the sum, in that order,
 	// of w[y][top] over its first j rows: Value takes a row's argmax under a
 	// ratio r to be its top class without looking at its K values when its
@@ -120,7 +121,7 @@ func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue,
 		a.n[y]++
 		top, top1, top2 := topTwo(est[i])
 		m := math.Inf(-1)
-		if top >= 0 && top1 >= minMarginTop {
+		if top >= 0 && top1 >= minMarginTop && top1 <= maxMarginTop {
 			m = top1 / top2 // +Inf when top2 is 0
 		}
 		byClass[y] = append(byClass[y], ranked{int32(i), top, m})
@@ -225,12 +226,15 @@ func (a *AnswerValue) Value(prior, ratio []float64) float64 {
 // top1 * min(r) > top2 * max(r) * (1 + 2^-52) in exact arithmetic, and the
 // products rounded to float64 compare the same way, strictly: fl(top1 r(top))
 // >= fl(top1 min(r)) > fl(top2 max(r)) >= fl(p(c) r(c)) for every other c. The
-// relative bound on rounding holds for normal numbers: rows whose top1 is
-// below minMarginTop, and ratios outside [minMarginRatio, 1/minMarginRatio],
-// keep every product far above the subnormal range by taking the full scan.
+// relative bound on rounding holds for normal, finite numbers: rows whose top1
+// is outside [minMarginTop, maxMarginTop], and ratios outside [minMarginRatio,
+// 1/minMarginRatio], take the full scan, which keeps the products compared
+// within [1e-250, 1e250], far from the subnormal range and from overflow (two
+// products that overflow are both +Inf, and the full scan keeps the first).
 const (
 	marginSlack    = 1e-12
 	minMarginTop   = 1e-150
+	maxMarginTop   = 1e150
 	minMarginRatio = 1e-100
 )
 

@@ -309,3 +309,64 @@ func BenchmarkAnswerValueBundled(b *testing.B) {
 		})
 	}
 }
+
+// Values so large that their products with the ratio overflow: the full scan
+// sees two +Inf products and keeps the first class, so the row's top class by
+// margin is not its answer.
+func TestAnswerValueOverflowingProducts(t *testing.T) {
+	w := [][]float64{{1, 0}, {0, 1}}
+	a, err := NewAnswerValue([]int{0}, [][]float64{{1e300, 1e308}}, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prior := []float64{1, 1}
+	for _, ratio := range [][]float64{{1e50, 1e50}, {1e9, 1e9}, {1, 1e10}} {
+		if got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio); got != want {
+			t.Errorf("ratio %v: Value %v, the full scan %v", ratio, got, want)
+		}
+	}
+}
+
+// Rows and ratios drawn over the whole float64 range, log-uniformly.
+func TestAnswerValueFastPathIsExactWideRange(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	logU := func(lo, hi float64) float64 { return math.Pow(10, lo+(hi-lo)*rng.Float64()) }
+	for trial := range 3000 {
+		k := 2 + rng.IntN(4)
+		rows := 1 + rng.IntN(30)
+		labels, est := make([]int, rows), make([][]float64, rows)
+		w := make([][]float64, k)
+		for y := range w {
+			w[y] = make([]float64, k)
+			for c := range w[y] {
+				w[y][c] = float64(rng.IntN(1000))
+			}
+		}
+		for i := range est {
+			labels[i] = rng.IntN(k)
+			p := make([]float64, k)
+			scale := logU(-320, 308)
+			for c := range p {
+				p[c] = min(scale*logU(-3, 0), math.MaxFloat64)
+			}
+			if rng.IntN(3) == 0 {
+				p[rng.IntN(k)] = scale * logU(0, 30)
+			}
+			est[i] = p
+		}
+		a, err := NewAnswerValue(labels, est, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prior, ratio := make([]float64, k), make([]float64, k)
+		rs := logU(-110, 110)
+		for c := range ratio {
+			prior[c] = 1
+			ratio[c] = rs * logU(-3, 3)
+		}
+		got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio)
+		if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
+			t.Fatalf("trial %d: est %v ratio %v: Value %v, the full scan %v", trial, est, ratio, got, want)
+		}
+	}
+}
