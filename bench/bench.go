@@ -634,7 +634,9 @@ func profile(ctx context.Context, c *Config, l *loader, gw *gatewayProc) (Phase,
 	if perr != nil {
 		return Phase{}, perr
 	}
-	return ph.summary(), ctx.Err()
+	p := ph.summary()
+	p.Concurrency = l.workers
+	return p, ctx.Err()
 }
 
 // requestBodies returns up to 1024 payloads, one per sample (n samples, row i's

@@ -192,7 +192,7 @@ func TestRunEndToEnd(t *testing.T) {
 	if err != nil || len(prof) < 2 || prof[0] != 0x1f || prof[1] != 0x8b {
 		t.Errorf("CPU profile: %v (%d bytes, want gzip)", err, len(prof))
 	}
-	if res.Profiled == nil || res.Profiled.Completed == 0 || res.CPUProfile != c.CPUProfile {
+	if res.Profiled == nil || res.Profiled.Completed == 0 || res.Profiled.Concurrency != res.Gateway.Concurrency || res.CPUProfile != c.CPUProfile {
 		t.Errorf("profiled load %+v, profile %q", res.Profiled, res.CPUProfile)
 	}
 	var out bytes.Buffer
@@ -212,13 +212,13 @@ func TestRunEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"started", "host", "setup", "broker_alone", "gateway", "ratio", "cpu_profile", "profiled"} {
+	for _, k := range []string{"started", "host", "setup", "broker_alone", "gateway", "ratio", "saturation", "cpu_profile", "profiled"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON lacks %q: %s", k, b)
 		}
 	}
 	gw := m["gateway"].(map[string]any)
-	for _, k := range []string{"throughput_per_s", "latency", "broker_cpu", "gateway_cpu", "client_cpu", "by_status", "by_model", "mean_batch", "queue_ms", "total_ms"} {
+	for _, k := range []string{"concurrency", "throughput_per_s", "latency", "broker_cpu", "gateway_cpu", "client_cpu", "by_status", "by_model", "mean_batch", "queue_ms", "total_ms"} {
 		if _, ok := gw[k]; !ok {
 			t.Errorf("JSON gateway lacks %q", k)
 		}

@@ -131,7 +131,7 @@ func (r *Result) Print(w io.Writer) {
 			"inference, "+k, r.Inference[k])
 	}
 	if r.CPUProfile != "" {
-		fmt.Fprintf(w, "CPU profile                   %s (%.0f req/s while profiled): go tool pprof -top %s %s\n",
-			r.CPUProfile, r.Profiled.Throughput, r.Setup.Gateway, r.CPUProfile)
+		fmt.Fprintf(w, "CPU profile                   %s (%.0f req/s, %d in flight, while profiled): go tool pprof -top %s %s\n",
+			r.CPUProfile, r.Profiled.Throughput, r.Profiled.Concurrency, r.Setup.Gateway, r.CPUProfile)
 	}
 }
