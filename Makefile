@@ -56,10 +56,9 @@ bench: deps
 
 # End-to-end benchmark (docs/benchmarks.md, "End-to-end benchmark"): a private
 # Mosquitto, the same requests through the broker alone and through the gateway
-# (bin/sneakgate serve), each at 64 to 512 requests in flight (-saturate), throughput,
-# CPU per request and latency of each, in one
-# run of well under a minute. BENCH_E2E_FLAGS passes flags (`bin/sneakgate bench -h`),
-# e.g. make bench-e2e BENCH_E2E_FLAGS='-policy edf -encoding json -cpuprofile cpu.pprof'.
+# (bin/sneakgate serve), each at 64 to 512 requests in flight (-saturate):
+# throughput, CPU per request and latency of each, in one run of well under a minute.
+# BENCH_E2E_FLAGS passes flags (`bin/sneakgate bench -h`), e.g. make bench-e2e BENCH_E2E_FLAGS='-policy edf -encoding json -cpuprofile cpu.pprof'.
 BENCH_E2E_FLAGS ?=
 BENCH_E2E_OUT ?= .cache/bench-e2e.json
 .PHONY: bench-e2e
