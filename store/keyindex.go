@@ -51,26 +51,37 @@ func splitKeyRecord(v []byte) (kb, state []byte, ok bool) {
 }
 
 // keyIndex finds keys in the keys bucket: the hash of a key's encoding to its
-// slot (m), and to further slots when keys share a hash (more). The committer
-// stages its changes while a transaction runs (staged) and applies them once
-// the transaction is committed; readers see only applied changes, under mu.
+// slot (m, or old while the table shrinks), and to further slots when keys
+// share a hash (more). The committer stages its changes while a transaction
+// runs (staged) and applies them once the transaction is committed; readers
+// see only applied changes, under mu.
 type keyIndex struct {
 	seed maphash.Seed
 	mu   sync.RWMutex
 	m    map[uint64]uint64
+	// old, while the table shrinks, is the map m was when it began to: Go's
+	// maps do not give memory back, so once m holds less than a quarter of the
+	// most hashes it has held (peak; after a burst of keys has expired) a map
+	// of its size takes its place, and every apply moves shrinkStep hashes from
+	// old to it until old is empty (then nil). A hash is in m or in old, never
+	// in both.
+	old  map[uint64]uint64
 	more map[uint64][]uint64
 	// hash is keyHash, with seed.
 	hash func(maphash.Seed, []byte) uint64
 
 	staged []stagedSlot // the committer's only
-	// peak is the most hashes m has held since it was made: Go's maps do not
-	// give memory back, so apply copies m into a map of its size once it holds
-	// less than a quarter of that (after a burst of keys has expired).
-	peak int
+	peak   int
 }
 
-// shrinkBelow is the size under which the index is never copied to shrink it.
-const shrinkBelow = 1 << 16
+// shrinkBelow is the size under which the index is never shrunk; shrinkStep
+// how many hashes each apply moves from the old map to the new one while it
+// shrinks (a fraction of a millisecond of the committer's time, and of the
+// readers' wait, per commit).
+const (
+	shrinkBelow = 1 << 16
+	shrinkStep  = 2048
+)
 
 // stagedSlot is a change to the index made by the transaction in progress.
 type stagedSlot struct {
@@ -87,24 +98,35 @@ var keyHash = maphash.Bytes
 
 // len is the number of slots in the index.
 func (x *keyIndex) len() int {
-	n := len(x.m)
+	n := len(x.m) + len(x.old)
 	for _, s := range x.more {
 		n += len(s)
 	}
 	return n
 }
 
+// first returns the map that holds hash h's first slot (m or old), or nil.
+func (x *keyIndex) first(h uint64) map[uint64]uint64 {
+	if _, ok := x.m[h]; ok {
+		return x.m
+	}
+	if _, ok := x.old[h]; ok {
+		return x.old
+	}
+	return nil
+}
+
 // slots appends the applied slots of hash h to dst.
 func (x *keyIndex) slots(dst []uint64, h uint64) []uint64 {
-	if s, ok := x.m[h]; ok {
-		dst = append(dst, s)
+	if m := x.first(h); m != nil {
+		dst = append(dst, m[h])
 		dst = append(dst, x.more[h]...)
 	}
 	return dst
 }
 
 func (x *keyIndex) insert(h, slot uint64) {
-	if _, ok := x.m[h]; !ok {
+	if x.first(h) == nil {
 		x.m[h] = slot
 		return
 	}
@@ -113,12 +135,12 @@ func (x *keyIndex) insert(h, slot uint64) {
 
 func (x *keyIndex) remove(h, slot uint64) {
 	rest := x.more[h]
-	if s, ok := x.m[h]; ok && s == slot {
+	if m := x.first(h); m != nil && m[h] == slot {
 		if len(rest) == 0 {
-			delete(x.m, h)
+			delete(m, h)
 			return
 		}
-		x.m[h], rest = rest[0], rest[1:]
+		m[h], rest = rest[0], rest[1:]
 	} else if i := slices.Index(rest, slot); i >= 0 {
 		rest = append(rest[:i], rest[i+1:]...)
 	}
@@ -134,9 +156,10 @@ func (x *keyIndex) remove(h, slot uint64) {
 func (x *keyIndex) discard() { x.staged = x.staged[:0] }
 
 // apply makes the staged changes visible, in the order they were made; call
-// it once their transaction is committed.
+// it once their transaction is committed. It also moves the next shrinkStep
+// hashes of a shrinking table, or begins to shrink it.
 func (x *keyIndex) apply() {
-	if len(x.staged) == 0 {
+	if len(x.staged) == 0 && x.old == nil {
 		return
 	}
 	x.mu.Lock()
@@ -147,22 +170,33 @@ func (x *keyIndex) apply() {
 			x.remove(c.h, c.slot)
 		}
 	}
+	if x.old != nil {
+		x.drain(shrinkStep)
+	}
+	x.peak = max(x.peak, len(x.m)+len(x.old))
+	if x.old == nil && x.peak >= shrinkBelow && len(x.m) < x.peak/4 {
+		// A burst's memory back: m's hashes move to a map of their number, a
+		// step per apply, so that no commit (and no reader) waits for the copy
+		// of a table that held millions of keys (BenchmarkKeyIndexShrink).
+		x.old, x.m = x.m, map[uint64]uint64{}
+		x.peak = len(x.old)
+	}
 	x.mu.Unlock()
 	x.discard()
-	x.peak = max(x.peak, len(x.m))
-	if x.peak >= shrinkBelow && len(x.m) < x.peak/4 {
-		// Copied without mu held (the committer is m's only writer, and readers
-		// only read it): the copy of a table that held millions of keys takes
-		// about 0.1 s, for which Lookups would otherwise wait.
-		m := make(map[uint64]uint64, len(x.m))
-		for h, slot := range x.m {
-			m[h] = slot
+}
+
+// drain moves up to n hashes from old to m (mu held), and drops old once it
+// is empty.
+func (x *keyIndex) drain(n int) {
+	for h, slot := range x.old {
+		if n == 0 {
+			return
 		}
-		x.mu.Lock()
-		x.m = m
-		x.mu.Unlock()
-		x.peak = len(m)
+		x.m[h] = slot
+		delete(x.old, h)
+		n--
 	}
+	x.old = nil
 }
 
 // find returns kb's state record and slot in keys, reading the applied index
