@@ -176,3 +176,26 @@ func cpuTime(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkLookup measures Lookup of a key the journal does not know (what
+// admission asks of every request it refuses or answers from the estimate
+// under overload) and of one it holds pending, with 10,000 keys in it.
+func BenchmarkLookup(b *testing.B) {
+	s := storetest.Open(b, b.TempDir()+"/j.db", store.Options{NoSync: true, Logger: zerolog.Nop()})
+	const n = 10000
+	parallel(n, 64, func(i int) {
+		if _, err := s.Put(benchEntry(i)); err != nil {
+			b.Error(err)
+		}
+	})
+	for name, k := range map[string]store.Key{"unknown": key(n + 1), "pending": key(n / 2)} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.Lookup(k); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -48,6 +48,9 @@ func TestCommitFailsAfterMeta(t *testing.T) {
 	if _, err := s.Put(entry(2)); !errors.Is(err, store.ErrDamaged) {
 		t.Errorf("Put after it: %v, want ErrDamaged (the store is broken)", err)
 	}
+	if _, err := s.Lookup(key(3)); !errors.Is(err, store.ErrDamaged) {
+		t.Errorf("Lookup of an unknown key after it: %v, want ErrDamaged", err)
+	}
 	if st := s.Stats(); !st.NoSpaceSince.IsZero() || st.NoSpaceErrors != 0 {
 		t.Errorf("stats: %+v, want no no-space state", st)
 	}

@@ -116,6 +116,15 @@ func (x *keyIndex) first(h uint64) map[uint64]uint64 {
 	return nil
 }
 
+// has reports whether the applied index has a slot for the encoded key kb's
+// hash (kb's or another key's sharing it), taking mu.
+func (x *keyIndex) has(kb []byte) bool {
+	h := x.hash(x.seed, kb)
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.first(h) != nil
+}
+
 // slots appends the applied slots of hash h to dst.
 func (x *keyIndex) slots(dst []uint64, h uint64) []uint64 {
 	if m := x.first(h); m != nil {

@@ -340,8 +340,12 @@ func TestClosed(t *testing.T) {
 	_, pendErr := s.Pending()
 	_, obErr := s.OutboxEntries()
 	_, gcErr := s.GC(time.Now())
+	_, lookErr := s.Lookup(key(1))
+	_, lookNewErr := s.Lookup(key(2)) // unknown: no read transaction, ErrClosed all the same
+	_, oeErr := s.OutboxEntry(key(2))
 	for name, err := range map[string]error{
 		"Put": putErr, "Pending": pendErr, "OutboxEntries": obErr, "GC": gcErr,
+		"Lookup": lookErr, "Lookup of an unknown key": lookNewErr, "OutboxEntry of an unknown key": oeErr,
 		"Outbox": s.Outbox(key(1), nil, time.Time{}), "Complete": s.Complete(key(1), nil), "Check": s.Check(),
 	} {
 		if !errors.Is(err, store.ErrClosed) {
