@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -255,5 +256,150 @@ func BenchmarkKeyIndexShrink(b *testing.B) {
 		if x.len() != n/4-1 {
 			b.Fatalf("%d keys left, want %d", x.len(), n/4-1)
 		}
+	}
+}
+
+// The index against a plain multimap of hash to slots, through random changes
+// (hashes shared by several slots among them, first slots removed while others
+// remain, batches rolled back) over two bursts, each shrunk: after every apply
+// the hashes it changed have the slots the multimap has; and after every
+// apply while the table shrinks (and every 16th otherwise) so does every
+// hash, no hash is in both maps, more holds only hashes with a first slot,
+// and len counts the slots.
+func TestKeyIndexShrinkRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(24, 2))
+	x := newKeyIndex()
+	ref := map[uint64][]uint64{}
+	type pair struct{ h, slot uint64 }
+	var live []pair // every slot in ref, for removals at random
+	nextSlot := uint64(1)
+	shrinks := 0
+	var buf []uint64
+	// same reports whether hash h has the slots ref has, in any order.
+	same := func(h uint64) bool {
+		buf = x.slots(buf[:0], h)
+		want := ref[h]
+		if len(buf) != len(want) {
+			return false
+		}
+		for _, s := range want {
+			if !slices.Contains(buf, s) {
+				return false
+			}
+		}
+		return true
+	}
+	check := func(step int) {
+		t.Helper()
+		for h := range x.old {
+			if _, ok := x.m[h]; ok {
+				t.Fatalf("step %d: hash %d in both maps", step, h)
+			}
+		}
+		for h, s := range x.more {
+			if len(s) == 0 || x.first(h) == nil {
+				t.Fatalf("step %d: hash %d: more %v without a first slot", step, h, s)
+			}
+		}
+		if x.len() != len(live) {
+			t.Fatalf("step %d: len %d, want %d", step, x.len(), len(live))
+		}
+		for h, want := range ref {
+			if !same(h) {
+				t.Fatalf("step %d: hash %d: slots %v, want %v", step, h, x.slots(nil, h), want)
+			}
+		}
+	}
+	// hashOf draws a hash: mostly new ones, often one of a slot in from (a
+	// shared hash, up to 8 slots), among them those of the old map while it
+	// shrinks.
+	hashOf := func(from []pair) uint64 {
+		if len(from) > 0 && rng.IntN(4) == 0 {
+			if h := from[rng.IntN(len(from))].h; len(ref[h]) < 8 {
+				return h
+			}
+		}
+		return rng.Uint64N(1 << 20)
+	}
+	add := func(p pair) { ref[p.h] = append(ref[p.h], p.slot) }
+	remove := func(p pair) {
+		if ref[p.h] = slices.DeleteFunc(ref[p.h], func(s uint64) bool { return s == p.slot }); len(ref[p.h]) == 0 {
+			delete(ref, p.h)
+		}
+	}
+	step := 0
+	// Bursts of slots, a quarter of them sharing a hash: enough hashes to
+	// shrink the table (shrinkBelow) after each.
+	for _, phase := range []struct{ grow, keep int }{{7 * shrinkBelow / 4, shrinkBelow / 8}, {2 * shrinkBelow, shrinkBelow / 5}} {
+		// A burst, added in a few applies.
+		for len(live) < phase.grow {
+			for range 4096 {
+				p := pair{hashOf(live), nextSlot}
+				nextSlot++
+				x.staged = append(x.staged, stagedSlot{h: p.h, slot: p.slot, add: true})
+				add(p)
+				live = append(live, p)
+			}
+			x.apply()
+			step++
+		}
+		check(step)
+		// GC: most keys leave, in chunks, the first slots of shared hashes
+		// among them; keys keep arriving (some sharing the hashes of the
+		// keys left, some removed in the batch that added them), and some
+		// batches are rolled back. Then the changes go on while the table
+		// shrinks, until it has.
+		for shrinking := false; len(live) > phase.keep || x.old != nil; {
+			failed := rng.IntN(10) == 0 // the commit fails: nothing of it is applied
+			cur := live
+			if failed {
+				cur = slices.Clone(live)
+			}
+			first := len(x.staged)
+			for range 1 + rng.IntN(2048) {
+				if len(cur) > phase.keep/2 && rng.IntN(8) != 0 {
+					i := rng.IntN(len(cur))
+					p := cur[i]
+					cur[i] = cur[len(cur)-1]
+					cur = cur[:len(cur)-1]
+					x.staged = append(x.staged, stagedSlot{h: p.h, slot: p.slot})
+					if !failed {
+						remove(p)
+					}
+				} else {
+					p := pair{hashOf(cur), nextSlot}
+					nextSlot++
+					cur = append(cur, p)
+					x.staged = append(x.staged, stagedSlot{h: p.h, slot: p.slot, add: true})
+					if !failed {
+						add(p)
+					}
+				}
+			}
+			if failed {
+				x.discard()
+				continue
+			}
+			staged := slices.Clone(x.staged[first:])
+			live = cur
+			x.apply()
+			step++
+			if x.old != nil && !shrinking {
+				shrinks++
+			}
+			shrinking = x.old != nil
+			for _, c := range staged {
+				if !same(c.h) {
+					t.Fatalf("step %d: hash %d: slots %v, want %v", step, c.h, x.slots(nil, c.h), ref[c.h])
+				}
+			}
+			if shrinking || step%16 == 0 {
+				check(step)
+			}
+		}
+		check(step)
+	}
+	if shrinks < 2 {
+		t.Errorf("the table shrank %d times, want 2 (one per burst)", shrinks)
 	}
 }
