@@ -61,8 +61,8 @@ type keyIndex struct {
 	m    map[uint64]uint64
 	// old, while the table shrinks, is the map m was when it began to: Go's
 	// maps do not give memory back, so once m holds less than a quarter of the
-	// most hashes it has held (peak; after a burst of keys has expired) a map
-	// of its size takes its place, and every apply moves shrinkStep hashes from
+	// most hashes it has held (peak; after a burst of keys has expired) a new
+	// map takes its place, growing as every apply moves shrinkStep hashes from
 	// old to it until old is empty (then nil). A hash is in m or in old, never
 	// in both.
 	old  map[uint64]uint64
@@ -184,9 +184,9 @@ func (x *keyIndex) apply() {
 	}
 	x.peak = max(x.peak, len(x.m)+len(x.old))
 	if x.old == nil && x.peak >= shrinkBelow && len(x.m) < x.peak/4 {
-		// A burst's memory back: m's hashes move to a map of their number, a
-		// step per apply, so that no commit (and no reader) waits for the copy
-		// of a table that held millions of keys (BenchmarkKeyIndexShrink).
+		// A burst's memory back: m's hashes move to a new map, a step per
+		// apply, so that no commit (and no reader) waits for the copy of a
+		// table that held millions of keys (BenchmarkKeyIndexShrink).
 		x.old, x.m = x.m, map[uint64]uint64{}
 		x.peak = len(x.old)
 	}
