@@ -23,7 +23,8 @@ type Variant struct {
 	Accuracy float64
 	// Recall is the per-class recall on the validation set.
 	Recall []float64
-	// Cond is the row-normalised confusion matrix, Cond[y][yhat] = P(yhat | y).
+	// Cond is the row-normalised confusion matrix, Cond[y][yhat] = P(yhat | y);
+	// not to be changed once NewApp has made the variant (see wrong).
 	Cond [][]float64
 	// Latency[b] is the measured duration of one forward pass at batch size b
 	// (index 0 unused); len(Latency)-1 is the largest batch the variant may run.
@@ -70,7 +71,10 @@ type App struct {
 	K int
 	// Prior is the class prior of the validation set.
 	Prior []float64
-	// Utility is W[y][yhat].
+	// Utility is W[y][yhat]. An App built by NewApp must not have it changed
+	// in place: its variants keep values computed from it (ProfiledUtility,
+	// and the values of wrong answers Sharpen and Reweigh read, which are
+	// computed afresh only for a matrix assigned in its place).
 	Utility [][]float64
 	// NoAnswer[y] is the value of a request of true class y that gets no model
 	// answer (expired, shed, refused: the application's default action); nil
