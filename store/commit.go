@@ -407,7 +407,9 @@ func (s *Store) commit(group []*op, mem *arena) {
 			s.fail(group, err)
 			return
 		}
-		s.keys.apply()
+		now := s.opts.Now()
+		s.keys.apply(now.Sub(s.lastApply) >= idleShrink)
+		s.lastApply = now
 		for _, o := range group {
 			if o.newKey() {
 				s.newKeysFitted(sizeBefore)

@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -82,6 +83,13 @@ const (
 	shrinkBelow = 1 << 16
 	shrinkStep  = 2048
 )
+
+// idleShrink is how long after the previous commit a commit counts as idle
+// for the key table's shrinking: then it moves the whole table at once (tens
+// of milliseconds for a quarter of a million keys) instead of a step, so that
+// a journal whose traffic has stopped, with GC its only commits (one a
+// minute), gives the memory back at its next one rather than a step a minute.
+const idleShrink = time.Second
 
 // stagedSlot is a change to the index made by the transaction in progress.
 type stagedSlot struct {
@@ -166,8 +174,9 @@ func (x *keyIndex) discard() { x.staged = x.staged[:0] }
 
 // apply makes the staged changes visible, in the order they were made; call
 // it once their transaction is committed. It also moves the next shrinkStep
-// hashes of a shrinking table, or begins to shrink it.
-func (x *keyIndex) apply() {
+// hashes of a shrinking table, or begins to shrink it; with idle (the journal
+// had no commit for a while: nobody waits for this one) it moves all of them.
+func (x *keyIndex) apply(idle bool) {
 	if len(x.staged) == 0 && x.old == nil {
 		return
 	}
@@ -180,18 +189,31 @@ func (x *keyIndex) apply() {
 		}
 	}
 	if x.old != nil {
-		x.drain(shrinkStep)
+		x.drain(x.step(idle))
 	}
 	x.peak = max(x.peak, len(x.m)+len(x.old))
 	if x.old == nil && x.peak >= shrinkBelow && len(x.m) < x.peak/4 {
 		// A burst's memory back: m's hashes move to a new map, a step per
 		// apply, so that no commit (and no reader) waits for the copy of a
-		// table that held millions of keys (BenchmarkKeyIndexShrink).
+		// table that held millions of keys (BenchmarkKeyIndexShrink); the new
+		// map grows as they arrive.
 		x.old, x.m = x.m, map[uint64]uint64{}
 		x.peak = len(x.old)
+		if idle {
+			x.drain(len(x.old))
+		}
 	}
 	x.mu.Unlock()
 	x.discard()
+}
+
+// step is how many hashes an apply moves from old: shrinkStep, or all of them
+// when the journal is idle.
+func (x *keyIndex) step(idle bool) int {
+	if idle {
+		return len(x.old)
+	}
+	return shrinkStep
 }
 
 // drain moves up to n hashes from old to m (mu held), and drops old once it

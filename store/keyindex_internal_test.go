@@ -101,13 +101,13 @@ func TestKeyIndexShrinks(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
 	stage(x, n, true)
-	x.apply()
+	x.apply(false)
 	if x.peak != n || x.old != nil {
 		t.Fatalf("peak %d after %d keys, old %v", x.peak, n, x.old != nil)
 	}
 	before := x.m
 	stage(x, n-n/4+1, false)
-	x.apply()
+	x.apply(false)
 	left := n/4 - 1
 	if reflect.ValueOf(x.old).UnsafePointer() != reflect.ValueOf(before).UnsafePointer() || len(x.m) != 0 || x.peak != left {
 		t.Fatalf("after removing all but %d: old is the map before %v, %d in the new map, peak %d",
@@ -115,7 +115,7 @@ func TestKeyIndexShrinks(t *testing.T) {
 	}
 	steps := 0
 	for x.old != nil {
-		x.apply() // nothing staged: a step of the move
+		x.apply(false) // nothing staged: a step of the move
 		steps++
 		if x.len() != left || len(x.m) != min(steps*shrinkStep, left) {
 			t.Fatalf("step %d: %d slots, %d moved; want %d, %d", steps, x.len(), len(x.m), left, min(steps*shrinkStep, left))
@@ -134,9 +134,39 @@ func TestKeyIndexShrinks(t *testing.T) {
 			t.Fatalf("key %d lost in the move", i)
 		}
 	}
-	x.apply()
+	x.apply(false)
 	if x.old != nil || len(x.m) != left || x.peak != left {
 		t.Errorf("after the move: old %v, %d keys, peak %d", x.old != nil, len(x.m), x.peak)
+	}
+}
+
+// An idle apply (no commit for idleShrink before it) moves the whole table at
+// once: one that begins the shrink, and one in the middle of a move.
+func TestKeyIndexShrinksAtOnceWhenIdle(t *testing.T) {
+	n := 4 * shrinkBelow
+	left := n/4 - 1
+	for _, mid := range []bool{false, true} {
+		x := newKeyIndex()
+		stage(x, n, true)
+		x.apply(false)
+		stage(x, n-n/4+1, false)
+		x.apply(!mid) // idle, unless the move is to be caught in its middle
+		if mid {
+			x.apply(false)
+			if x.old == nil || len(x.m) != shrinkStep {
+				t.Fatalf("one step in: old %v, %d moved", x.old != nil, len(x.m))
+			}
+			x.apply(true)
+		}
+		if x.old != nil || len(x.m) != left || x.len() != left || x.peak != left {
+			t.Fatalf("idle apply (mid-move %v): old %v, %d in the new map, %d slots, peak %d; want all %d moved",
+				mid, x.old != nil, len(x.m), x.len(), x.peak, left)
+		}
+		for i := n - n/4 + 1; i < n; i++ {
+			if s := x.slots(nil, uint64(i)); len(s) != 1 || s[0] != uint64(i) {
+				t.Fatalf("key %d: slots %v", i, s)
+			}
+		}
 	}
 }
 
@@ -147,9 +177,9 @@ func TestKeyIndexChangesWhileShrinking(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
 	stage(x, n, true)
-	x.apply()
+	x.apply(false)
 	stage(x, n-n/4+1, false)
-	x.apply()
+	x.apply(false)
 	if x.old == nil {
 		t.Fatal("not shrinking")
 	}
@@ -158,9 +188,9 @@ func TestKeyIndexChangesWhileShrinking(t *testing.T) {
 	x.staged = append(x.staged, stagedSlot{h: uint64(n - 2), slot: uint64(n - 2)},
 		stagedSlot{h: uint64(n - 3), slot: 1 << 40, add: true},
 		stagedSlot{h: uint64(n + 5), slot: uint64(n + 5), add: true})
-	x.apply()
+	x.apply(false)
 	x.staged = append(x.staged, stagedSlot{h: uint64(n - 3), slot: uint64(n - 3)})
-	x.apply()
+	x.apply(false)
 	for x.old != nil {
 		for _, c := range []struct {
 			h    uint64
@@ -170,7 +200,7 @@ func TestKeyIndexChangesWhileShrinking(t *testing.T) {
 				t.Fatalf("hash %d: slots %v, want %v", c.h, got, c.want)
 			}
 		}
-		x.apply()
+		x.apply(false)
 	}
 	if got, want := x.len(), n/4-1; got != want { // one key gone, one added
 		t.Errorf("%d slots after the move, want %d", got, want)
@@ -183,7 +213,7 @@ func TestKeyIndexShrinksUnderReaders(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
 	stage(x, n, true)
-	x.apply()
+	x.apply(false)
 	stage(x, n-n/4+1, false)
 	stop := make(chan struct{})
 	errs := make(chan error, 4)
@@ -206,9 +236,9 @@ func TestKeyIndexShrinksUnderReaders(t *testing.T) {
 			}
 		}()
 	}
-	x.apply()
+	x.apply(false)
 	for x.old != nil {
-		x.apply()
+		x.apply(false)
 	}
 	close(stop)
 	for range 4 {
@@ -233,7 +263,7 @@ func BenchmarkKeyIndexShrink(b *testing.B) {
 		b.StopTimer()
 		x := newKeyIndex()
 		stage(x, n, true)
-		x.apply()
+		x.apply(false)
 		b.StartTimer()
 		var longest, total time.Duration
 		at, applies := 0, 0
@@ -242,7 +272,7 @@ func BenchmarkKeyIndexShrink(b *testing.B) {
 				x.staged = append(x.staged, stagedSlot{h: uint64(j), slot: uint64(j)})
 			}
 			start := time.Now()
-			x.apply()
+			x.apply(false)
 			d := time.Since(start)
 			if d > longest {
 				longest, at = d, applies
@@ -340,7 +370,7 @@ func TestKeyIndexShrinkRandom(t *testing.T) {
 				add(p)
 				live = append(live, p)
 			}
-			x.apply()
+			x.apply(false)
 			step++
 		}
 		check(step)
@@ -382,7 +412,7 @@ func TestKeyIndexShrinkRandom(t *testing.T) {
 			}
 			staged := slices.Clone(x.staged[first:])
 			live = cur
-			x.apply()
+			x.apply(false)
 			step++
 			if x.old != nil && !shrinking {
 				shrinks++
