@@ -373,3 +373,26 @@ sneakgate_infer_profiled_seconds_total{app="fashion",variant="cnn"} 1.5
 		t.Errorf("report does not give the passes' split:\n%s", buf.String())
 	}
 }
+
+// Without -saturate the report says that one concurrency may measure the
+// gateway's latency rather than its capacity; with it, it marks each path's
+// best level instead.
+func TestPrintSaysWhatTheRatioCompares(t *testing.T) {
+	one := Result{Setup: Setup{App: "fashion", Concurrency: 64},
+		Broker: Phase{Concurrency: 64, Throughput: 100}, Gateway: Phase{Concurrency: 64, Throughput: 30}, Ratio: 0.3}
+	var out bytes.Buffer
+	one.Print(&out)
+	if !strings.Contains(out.String(), "-saturate compares each at its capacity") || strings.Contains(out.String(), "* each path's highest") {
+		t.Errorf("one concurrency:\n%s", out.String())
+	}
+	sat := one
+	sat.Setup.MaxConcurrency = 128
+	sat.Saturation = &Saturation{Broker: []Phase{one.Broker, {Concurrency: 128, Throughput: 90}},
+		Gateway: []Phase{one.Gateway, {Concurrency: 128, Throughput: 40}}}
+	sat.Gateway = sat.Saturation.Gateway[1]
+	out.Reset()
+	sat.Print(&out)
+	if strings.Contains(out.String(), "-saturate compares") || strings.Count(out.String(), "*\n") != 2 || !strings.Contains(out.String(), "64 to 128 in flight") {
+		t.Errorf("saturated:\n%s", out.String())
+	}
+}

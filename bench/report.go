@@ -81,6 +81,10 @@ func (r *Result) Print(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "ratio gateway / broker alone  %.3f (issue 10: >= %.2f)\n", r.Ratio, TargetRatio)
+	if r.Saturation == nil {
+		fmt.Fprintf(w, "%-29s both paths at %d in flight: the gateway's may be bound by its journal commits' latency, not its CPU; -saturate compares each at its capacity\n",
+			"", r.Setup.Concurrency)
+	}
 	if g := r.Gateway.Gateway; g != nil {
 		fmt.Fprintf(w, "gateway CPU per request       %.0f µs (issue 10: <= %d µs with fixed-batch, cheapest variant, input_b64)\n",
 			g.PerRequestUS, TargetGatewayUSPerRequest)
