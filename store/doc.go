@@ -120,7 +120,9 @@ so that a group commit's key writes share the index's last pages whichever
 devices they are from, and finds keys through a hash table in memory of about 38
 bytes a key (every key the file remembers), built by Open from the file (0.4 s a
 million keys). A journal of the first layout (schema 1, the index keyed by the
-keys) is rewritten so when opened. keyindex.go has the layout.
+keys) is rewritten so when opened. A file with records but no schema version
+(damage) is read by its records' form by OpenOrRecover, Inspect and Salvage;
+Open, which does not verify, refuses it (ErrSchema). keyindex.go has the layout.
 
 Entries are returned as copies; times come back in UTC with nanosecond precision
 and no monotonic clock reading. Empty Input and Attrs come back nil. With Open, a

@@ -191,7 +191,7 @@ func TestSchema1JournalIsMigrated(t *testing.T) {
 // count corrupt and whose completed keys a salvage would forget.
 func TestKeysReadByTheirFormWithoutASchemaRecord(t *testing.T) {
 	for _, schema1 := range []bool{false, true} {
-		path, _, s := openJournal(t)
+		path, o, s := openJournal(t)
 		mustPut(t, s, entry(0), store.New)
 		if err := s.Complete(key(1), []byte("r1")); err != nil {
 			t.Fatal(err)
@@ -210,6 +210,28 @@ func TestKeysReadByTheirFormWithoutASchemaRecord(t *testing.T) {
 		if rep.Pending != 1 || rep.Done != 1 || rep.Buckets[1].Corrupt != 0 || len(rep.Problems) != 1 {
 			t.Errorf("schema 1 %v: Inspect without a schema record: %d pending, %d done, %d key records corrupt, problems %q; want 1, 1, 0 and only the missing schema",
 				schema1, rep.Pending, rep.Done, rep.Buckets[1].Corrupt, rep.Problems)
+		}
+		// Open, which does not verify, refuses it rather than stamp it schema 2
+		// (a schema 1 index read as slots would lose its keys); OpenOrRecover
+		// salvages it, keys and all.
+		if s, err := store.Open(path, o); !errors.Is(err, store.ErrSchema) {
+			if err == nil {
+				s.Close()
+			}
+			t.Fatalf("schema 1 %v: Open without a schema record: %v, want ErrSchema", schema1, err)
+		}
+		s, _, err = store.OpenOrRecover(path, o)
+		if err != nil {
+			t.Fatalf("schema 1 %v: OpenOrRecover: %v", schema1, err)
+		}
+		if res, err := s.Lookup(key(0)); err != nil || res.Dup != store.DupPending {
+			t.Errorf("schema 1 %v: after the salvage, request 0: %+v, %v; want pending", schema1, res, err)
+		}
+		if res, err := s.Lookup(key(1)); err != nil || res.Dup != store.DupDone {
+			t.Errorf("schema 1 %v: after the salvage, key 1: %+v, %v; want done", schema1, res, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -271,7 +271,9 @@ type Stats struct {
 
 // Open opens (creating if needed) the journal at path and starts its committer.
 // It fails with ErrLocked when another process holds the file for longer than
-// Options.LockTimeout, and with ErrSchema when a newer version wrote it.
+// Options.LockTimeout, and with ErrSchema when a newer version wrote it, or when
+// it has records but no schema version (OpenOrRecover reads such a file by its
+// records' form).
 //
 // Open trusts the file: it does not verify it first, and bbolt panics on some
 // damage in goroutines of its own, which no caller can recover. It turns the
@@ -377,6 +379,11 @@ func (s *Store) init(tx *bolt.Tx) error {
 	}
 	meta := tx.Bucket(bucketMeta)
 	switch v := meta.Get(keySchema); {
+	case v == nil && hasRecords(tx):
+		// Schema 1 or 2 (or damage): which, only the records' form can say, as
+		// Inspect and Salvage read it. Stamped schema 2, a schema 1 key index
+		// would be read as slots and its keys forgotten.
+		return fmt.Errorf("%w: the file has records but no schema version (damage): open it with OpenOrRecover, which verifies it and salvages it", ErrSchema)
 	case v == nil:
 		if err := meta.Put(keySchema, []byte{schemaVersion}); err != nil {
 			return err
@@ -427,6 +434,17 @@ func (s *Store) init(tx *bolt.Tx) error {
 	s.stats.UsedBytes = s.usedBytes(tx.Size())
 	s.used.Store(s.stats.UsedBytes)
 	return nil
+}
+
+// hasRecords reports whether any of the journal's data buckets in tx holds a
+// record.
+func hasRecords(tx *bolt.Tx) bool {
+	for _, name := range [][]byte{bucketKeys, bucketPending, bucketOutbox, bucketExpiry} {
+		if k, _ := tx.Bucket(name).Cursor().First(); k != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // migrateKeys rewrites a schema 1 key index (keyed by the keys) in tx as
