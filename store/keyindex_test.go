@@ -519,6 +519,33 @@ func TestPutDoesNotOverwriteAnotherKeysSlot(t *testing.T) {
 	lookup(t, s, key(6), store.DupDone, "r6")
 }
 
+// An outbox record whose key record is lost (a damaged file; Open does not
+// verify) keeps its seq from a new request when the pending sequence is set
+// back too: Open sets it past the outbox records' seqs.
+func TestPutDoesNotReuseAnOrphanOutboxSeq(t *testing.T) {
+	path, o, s := openJournal(t)
+	res := mustPut(t, s, entry(0), store.New)
+	if err := s.Outbox(key(0), []byte("r0"), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		var slot [8]byte
+		binary.BigEndian.PutUint64(slot[:], res.Seq)
+		return errors.Join(tx.Bucket([]byte("keys")).Delete(slot[:]), tx.Bucket([]byte("pending")).SetSequence(0))
+	})
+	s, err := store.Open(path, o) // not storetest's: its check after the test finds the orphan
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if again := mustPut(t, s, entry(1), store.New); again.Seq <= res.Seq {
+		t.Errorf("a new request got seq %d; the orphan outbox record has %d", again.Seq, res.Seq)
+	}
+}
+
 // Staged index changes in groups that are retried (a failing member taken
 // out) or fail (the commit hook) never reach the index, and the committed ones
 // all do: answers without a request, new Puts, a GC and a Put again of the

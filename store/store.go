@@ -407,10 +407,18 @@ func (s *Store) init(tx *bolt.Tx) error {
 	// bucket's next sequence number, without looking: a sequence behind the
 	// slots in use (a damaged bucket header; the verification does not compare
 	// them) would let a new key's record overwrite another's. Set each past
-	// them (the pending sequence past the pending records too).
+	// them (the pending sequence past the pending records too, and past the
+	// outbox records, keyed by flush time and seq: one whose key record is lost
+	// would otherwise share its seq with a new request's).
 	pending := tx.Bucket(bucketPending)
 	if k, _ := pending.Cursor().Last(); len(k) == 8 {
 		lastSeq = max(lastSeq, binary.BigEndian.Uint64(k))
+	}
+	oc := tx.Bucket(bucketOutbox).Cursor()
+	for k, _ := oc.First(); k != nil; k, _ = oc.Next() {
+		if len(k) == 16 {
+			lastSeq = max(lastSeq, binary.BigEndian.Uint64(k[8:]))
+		}
 	}
 	for _, b := range []struct {
 		name   string
