@@ -261,7 +261,31 @@ func (s *Store) commitLoop() {
 	group := make([]*op, 0, s.opts.MaxBatchSize)
 	mem := new(arena)
 	busy := false // the previous group was large (Options.DelayUnderLoad, BusyGroupSize)
-	for first := range s.ops {
+	// While the key table shrinks, a wait for writes longer than shrinkIdleStep
+	// moves a step of it.
+	idle := time.NewTimer(shrinkIdleStep)
+	idle.Stop()
+	defer idle.Stop()
+	for {
+		var first *op
+		var ok bool
+		if s.keys.shrinking() {
+			idle.Reset(shrinkIdleStep)
+			select {
+			case first, ok = <-s.ops:
+				idle.Stop()
+			case <-idle.C:
+				s.txMu.Lock() // as a commit's apply: Check reads the table under it
+				s.keys.drainStep()
+				s.txMu.Unlock()
+				continue
+			}
+		} else {
+			first, ok = <-s.ops
+		}
+		if !ok {
+			return
+		}
 		group = s.fill(append(group[:0], first), !s.opts.DelayUnderLoad || busy)
 		busy = len(group) >= s.opts.BusyGroupSize
 		if p := s.broken.Load(); p != nil {
@@ -407,9 +431,7 @@ func (s *Store) commit(group []*op, mem *arena) {
 			s.fail(group, err)
 			return
 		}
-		now := s.opts.Now()
-		s.keys.apply(now.Sub(s.lastApply) >= idleShrink)
-		s.lastApply = now
+		s.keys.apply()
 		for _, o := range group {
 			if o.newKey() {
 				s.newKeysFitted(sizeBefore)

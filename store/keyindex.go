@@ -84,12 +84,12 @@ const (
 	shrinkStep  = 2048
 )
 
-// idleShrink is how long after the previous commit a commit counts as idle
-// for the key table's shrinking: then it moves the whole table at once (tens
-// of milliseconds for a quarter of a million keys) instead of a step, so that
-// a journal whose traffic has stopped, with GC its only commits (one a
-// minute), gives the memory back at its next one rather than a step a minute.
-const idleShrink = time.Second
+// shrinkIdleStep is how long the committer waits for a write before it moves a
+// step of a shrinking table by itself (drainStep): a journal whose traffic has
+// stopped, with GC's commit once a minute its only one, gives the memory back
+// within a second or two instead of a step a minute, and a write that comes
+// meanwhile waits for one step at most.
+const shrinkIdleStep = 10 * time.Millisecond
 
 // stagedSlot is a change to the index made by the transaction in progress.
 type stagedSlot struct {
@@ -174,9 +174,8 @@ func (x *keyIndex) discard() { x.staged = x.staged[:0] }
 
 // apply makes the staged changes visible, in the order they were made; call
 // it once their transaction is committed. It also moves the next shrinkStep
-// hashes of a shrinking table, or begins to shrink it; with idle (the journal
-// had no commit for a while: nobody waits for this one) it moves all of them.
-func (x *keyIndex) apply(idle bool) {
+// hashes of a shrinking table, or begins to shrink it.
+func (x *keyIndex) apply() {
 	if len(x.staged) == 0 && x.old == nil {
 		return
 	}
@@ -189,31 +188,37 @@ func (x *keyIndex) apply(idle bool) {
 		}
 	}
 	if x.old != nil {
-		x.drain(x.step(idle))
+		x.drain(shrinkStep)
 	}
 	x.peak = max(x.peak, len(x.m)+len(x.old))
 	if x.old == nil && x.peak >= shrinkBelow && len(x.m) < x.peak/4 {
 		// A burst's memory back: m's hashes move to a new map, a step per
-		// apply, so that no commit (and no reader) waits for the copy of a
-		// table that held millions of keys (BenchmarkKeyIndexShrink); the new
-		// map grows as they arrive.
+		// apply (and per shrinkIdleStep while no write comes: drainStep), so
+		// that no commit (and no reader) waits for the copy of a table that
+		// held millions of keys (BenchmarkKeyIndexShrink); the new map grows as
+		// they arrive.
 		x.old, x.m = x.m, map[uint64]uint64{}
 		x.peak = len(x.old)
-		if idle {
-			x.drain(len(x.old))
-		}
 	}
 	x.mu.Unlock()
 	x.discard()
 }
 
-// step is how many hashes an apply moves from old: shrinkStep, or all of them
-// when the journal is idle.
-func (x *keyIndex) step(idle bool) int {
-	if idle {
-		return len(x.old)
+// shrinking reports whether a move from old is under way.
+func (x *keyIndex) shrinking() bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.old != nil
+}
+
+// drainStep moves the next shrinkStep hashes of a shrinking table: the
+// committer's, between commits, while no write comes.
+func (x *keyIndex) drainStep() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.old != nil {
+		x.drain(shrinkStep)
 	}
-	return shrinkStep
 }
 
 // drain moves up to n hashes from old to m (mu held), and drops old once it

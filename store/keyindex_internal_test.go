@@ -7,7 +7,9 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -101,13 +103,13 @@ func TestKeyIndexShrinks(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
 	stage(x, n, true)
-	x.apply(false)
+	x.apply()
 	if x.peak != n || x.old != nil {
 		t.Fatalf("peak %d after %d keys, old %v", x.peak, n, x.old != nil)
 	}
 	before := x.m
 	stage(x, n-n/4+1, false)
-	x.apply(false)
+	x.apply()
 	left := n/4 - 1
 	if reflect.ValueOf(x.old).UnsafePointer() != reflect.ValueOf(before).UnsafePointer() || len(x.m) != 0 || x.peak != left {
 		t.Fatalf("after removing all but %d: old is the map before %v, %d in the new map, peak %d",
@@ -115,7 +117,7 @@ func TestKeyIndexShrinks(t *testing.T) {
 	}
 	steps := 0
 	for x.old != nil {
-		x.apply(false) // nothing staged: a step of the move
+		x.apply() // nothing staged: a step of the move
 		steps++
 		if x.len() != left || len(x.m) != min(steps*shrinkStep, left) {
 			t.Fatalf("step %d: %d slots, %d moved; want %d, %d", steps, x.len(), len(x.m), left, min(steps*shrinkStep, left))
@@ -134,40 +136,92 @@ func TestKeyIndexShrinks(t *testing.T) {
 			t.Fatalf("key %d lost in the move", i)
 		}
 	}
-	x.apply(false)
+	x.apply()
 	if x.old != nil || len(x.m) != left || x.peak != left {
 		t.Errorf("after the move: old %v, %d keys, peak %d", x.old != nil, len(x.m), x.peak)
 	}
 }
 
-// An idle apply (no commit for idleShrink before it) moves the whole table at
-// once: one that begins the shrink, and one in the middle of a move.
-func TestKeyIndexShrinksAtOnceWhenIdle(t *testing.T) {
-	n := 4 * shrinkBelow
-	left := n/4 - 1
-	for _, mid := range []bool{false, true} {
-		x := newKeyIndex()
-		stage(x, n, true)
-		x.apply(false)
-		stage(x, n-n/4+1, false)
-		x.apply(!mid) // idle, unless the move is to be caught in its middle
-		if mid {
-			x.apply(false)
-			if x.old == nil || len(x.m) != shrinkStep {
-				t.Fatalf("one step in: old %v, %d moved", x.old != nil, len(x.m))
-			}
-			x.apply(true)
+// shrinkingStore opens a journal whose key table is in the middle of a
+// shrink: n hashes (of no key the caller puts) in the old map.
+func shrinkingStore(t *testing.T, n int, o Options) *Store {
+	t.Helper()
+	o.NoSync = true
+	s, err := Open(filepath.Join(t.TempDir(), "journal.db"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.txMu.Lock()
+	s.keys.mu.Lock()
+	s.keys.old = map[uint64]uint64{}
+	for i := range n {
+		s.keys.old[uint64(i)] = slotAnswered | uint64(1<<40+i)
+	}
+	s.keys.mu.Unlock()
+	s.txMu.Unlock()
+	return s
+}
+
+// oldLen is how many hashes are left in a shrinking table's old map.
+func (s *Store) oldLen() int {
+	s.keys.mu.RLock()
+	defer s.keys.mu.RUnlock()
+	return len(s.keys.old)
+}
+
+// Every commit moves one step of a shrinking table, however long it or the
+// wait before it took (a slow sync, here the clock moved in BeforeCommit, must
+// not move the whole table under the table's lock).
+func TestCommitMovesAStepOfAShrinkingTable(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	n := 4 * shrinkStep
+	s := shrinkingStore(t, n, Options{Now: clock, BeforeCommit: func([]Op) error {
+		mu.Lock()
+		now = now.Add(2 * time.Second)
+		mu.Unlock()
+		return nil
+	}})
+	for i := range 3 {
+		if _, err := s.Put(&Entry{Key: Key{App: "cls", Device: "dev", ID: fmt.Sprint(i)}, Deadline: clock().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
 		}
-		if x.old != nil || len(x.m) != left || x.len() != left || x.peak != left {
-			t.Fatalf("idle apply (mid-move %v): old %v, %d in the new map, %d slots, peak %d; want all %d moved",
-				mid, x.old != nil, len(x.m), x.len(), x.peak, left)
-		}
-		for i := n - n/4 + 1; i < n; i++ {
-			if s := x.slots(nil, uint64(i)); len(s) != 1 || s[0] != uint64(i) {
-				t.Fatalf("key %d: slots %v", i, s)
-			}
+		// (The committer may also have moved steps while it waited for this Put.)
+		if got := s.oldLen(); got > n-(i+1)*shrinkStep {
+			t.Fatalf("after %d commits: %d hashes left in the old map, want at most %d", i+1, got, n-(i+1)*shrinkStep)
 		}
 	}
+}
+
+// While no write comes, the committer moves a step of a shrinking table every
+// shrinkIdleStep until it is done, and then waits for writes again.
+func TestIdleCommitterMovesAShrinkingTable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := 10*shrinkStep + 5
+		s := shrinkingStore(t, n, Options{})
+		// The committer waits for writes without a timer (the table was not
+		// shrinking when it began to); a commit wakes it, moves a step, and
+		// from then on it moves one per shrinkIdleStep.
+		if _, err := s.Put(&Entry{Key: Key{App: "cls", Device: "dev", ID: "0"}, Deadline: time.Now().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if got := s.oldLen(); got != n-shrinkStep {
+			t.Fatalf("after the commit: %d left, want %d", got, n-shrinkStep)
+		}
+		time.Sleep(3*shrinkIdleStep + shrinkIdleStep/2)
+		synctest.Wait()
+		if got := s.oldLen(); got != n-4*shrinkStep {
+			t.Fatalf("after three idle steps: %d left, want %d", got, n-4*shrinkStep)
+		}
+		time.Sleep(10 * shrinkIdleStep)
+		synctest.Wait()
+		if s.keys.shrinking() || s.keys.len() != n+1 { // and the key put
+			t.Fatalf("after the move: shrinking %v, %d slots, want %d", s.keys.shrinking(), s.keys.len(), n+1)
+		}
+	})
 }
 
 // Keys added, removed and sharing hashes while the table shrinks are found as
@@ -177,9 +231,9 @@ func TestKeyIndexChangesWhileShrinking(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
 	stage(x, n, true)
-	x.apply(false)
+	x.apply()
 	stage(x, n-n/4+1, false)
-	x.apply(false)
+	x.apply()
 	if x.old == nil {
 		t.Fatal("not shrinking")
 	}
@@ -188,9 +242,9 @@ func TestKeyIndexChangesWhileShrinking(t *testing.T) {
 	x.staged = append(x.staged, stagedSlot{h: uint64(n - 2), slot: uint64(n - 2)},
 		stagedSlot{h: uint64(n - 3), slot: 1 << 40, add: true},
 		stagedSlot{h: uint64(n + 5), slot: uint64(n + 5), add: true})
-	x.apply(false)
+	x.apply()
 	x.staged = append(x.staged, stagedSlot{h: uint64(n - 3), slot: uint64(n - 3)})
-	x.apply(false)
+	x.apply()
 	for x.old != nil {
 		for _, c := range []struct {
 			h    uint64
@@ -200,7 +254,7 @@ func TestKeyIndexChangesWhileShrinking(t *testing.T) {
 				t.Fatalf("hash %d: slots %v, want %v", c.h, got, c.want)
 			}
 		}
-		x.apply(false)
+		x.apply()
 	}
 	if got, want := x.len(), n/4-1; got != want { // one key gone, one added
 		t.Errorf("%d slots after the move, want %d", got, want)
@@ -213,7 +267,7 @@ func TestKeyIndexShrinksUnderReaders(t *testing.T) {
 	x := newKeyIndex()
 	n := 4 * shrinkBelow
 	stage(x, n, true)
-	x.apply(false)
+	x.apply()
 	stage(x, n-n/4+1, false)
 	stop := make(chan struct{})
 	errs := make(chan error, 4)
@@ -236,9 +290,9 @@ func TestKeyIndexShrinksUnderReaders(t *testing.T) {
 			}
 		}()
 	}
-	x.apply(false)
+	x.apply()
 	for x.old != nil {
-		x.apply(false)
+		x.apply()
 	}
 	close(stop)
 	for range 4 {
@@ -263,7 +317,7 @@ func BenchmarkKeyIndexShrink(b *testing.B) {
 		b.StopTimer()
 		x := newKeyIndex()
 		stage(x, n, true)
-		x.apply(false)
+		x.apply()
 		b.StartTimer()
 		var longest, total time.Duration
 		at, applies := 0, 0
@@ -272,7 +326,7 @@ func BenchmarkKeyIndexShrink(b *testing.B) {
 				x.staged = append(x.staged, stagedSlot{h: uint64(j), slot: uint64(j)})
 			}
 			start := time.Now()
-			x.apply(false)
+			x.apply()
 			d := time.Since(start)
 			if d > longest {
 				longest, at = d, applies
@@ -370,7 +424,7 @@ func TestKeyIndexShrinkRandom(t *testing.T) {
 				add(p)
 				live = append(live, p)
 			}
-			x.apply(false)
+			x.apply()
 			step++
 		}
 		check(step)
@@ -412,7 +466,7 @@ func TestKeyIndexShrinkRandom(t *testing.T) {
 			}
 			staged := slices.Clone(x.staged[first:])
 			live = cur
-			x.apply(false)
+			x.apply()
 			step++
 			if x.old != nil && !shrinking {
 				shrinks++

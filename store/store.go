@@ -209,10 +209,6 @@ type Store struct {
 	stopped chan struct{} // closed when the committer exits
 	queued  atomic.Int64  // writes queued or being committed
 	keys    *keyIndex     // the key index in memory (keyindex.go)
-	// lastApply is when the committer last applied a commit's changes to keys
-	// (the committer's only): a shrinking key table is moved at once after a
-	// commit that came idleShrink or more after the one before.
-	lastApply time.Time
 
 	statsMu sync.Mutex
 	stats   Stats
