@@ -38,7 +38,7 @@ func (g *Gateway) shiftStart(m *manifest.App, est estimator, w [][]float64) (mar
 		est.Estimate(val.Row(i), p)
 		ests[i], labels[i] = p, int(val.Labels[i])
 	}
-	answers, aerr := sneakpeek.NewAnswerValue(labels, ests, w) // keeps ests, one allocation
+	answers, aerr := sneakpeek.NewAnswerValue(labels, ests, w) // copies ests in its own order
 	if aerr != nil {
 		g.log.Warn().Err(aerr).Str("app", m.Name).Str("split", m.Validation.File).
 			Msg("answers from the estimate off for this application (scheduler.estimate_answers): its validation split cannot value them")

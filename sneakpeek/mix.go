@@ -27,10 +27,10 @@ type Mix struct {
 // MixRefresh is how many corrections a PriorShift makes between two Mixes. The
 // live prior moves by at most 1/Window of the way per correction, so with the
 // default window of 300 a Mix is at most a fifth of a window old; computing one
-// costs one pass over the labelled rows (fashion: 10,000 validation rows of 10
-// classes), shared by the 64 requests: a few numbers per row where the live mix
-// is near the validation split's, every value of most rows where it is far
-// (AnswerValue.Value).
+// (AnswerValue.Value over fashion's 10,000 validation rows of 10 classes) is
+// shared by the 64 requests: a binary search per class and a scan of the rows
+// whose two largest estimates are close where the live mix is near the
+// validation split's, a scan of most rows where it is far.
 const MixRefresh = 64
 
 // AnswerValue measures, on labelled rows (an application's validation split),
@@ -47,28 +47,23 @@ const MixRefresh = 64
 // per-request values alone (noisy, and less reliable for the estimate on
 // inputs unlike the validation split's) cannot safely be.
 type AnswerValue struct {
-	labels []int32
-	est    [][]float64 // per row, len K
-	w      [][]float64
-	n      []int // rows per class
-	// Per class y, its rows (rows[y], indices into est) in order of decreasing
-	// margin (margin[y]): a row's largest estimate over the largest of its
-	// others, top1 / top2, -Inf for a row whose values are not all finite and
-	// non-negative, or whose top1 is outside [minMarginTop, maxMarginTop], +Inf
-	// for one with a single non-zero value.
-	// top[y] is each row's class of top1, and cum[y][j] the sum, in that order,
-	// of w[y][top] over its first j rows: Value takes a row's argmax under a
+	w [][]float64
+	n []int // rows per class
+	// Per class y, its rows in order of decreasing margin (margin[y]): a row's
+	// largest estimate over the largest of its others, top1 / top2, -Inf for a
+	// row whose values are not all finite and non-negative, or whose top1 is
+	// outside [minMarginTop, maxMarginTop], +Inf for one with a single non-zero
+	// value. cum[y][j] is the sum, in that order, of w[y][top] over its first j
+	// rows (top: the row's class of top1): Value takes a row's argmax under a
 	// ratio r to be its top class without looking at its K values when its
 	// margin exceeds max(r) / min(r) (with room for rounding), which holds for
-	// a prefix of rows[y], and adds that prefix's utility as cum[y][j].
-	rows   [][]int32
+	// a prefix of the class's rows, and adds that prefix's utility as cum[y][j].
 	margin [][]float64
-	top    [][]int32
 	cum    [][]float64
-	// sorted holds, per class, its rows' estimates in the order of rows[y]
-	// (K values a row), one after another: the rows Value scans are read in
-	// sequence, not gathered from wherever est keeps them (on a busy machine
-	// the pass over them is cold, and scattered reads cost most of it).
+	// sorted holds, per class, its rows' estimates in that order (K values a
+	// row), one after another: the rows Value scans are read in sequence, not
+	// gathered from wherever the caller's rows were (on a busy machine the pass
+	// over them is cold, and scattered reads cost most of it).
 	sorted [][]float64
 }
 
@@ -91,16 +86,15 @@ func MeanEstimate(est [][]float64, k int) []float64 {
 
 // NewAnswerValue keeps labelled rows for V: labels[i] is row i's class, est[i]
 // its estimate (len K), w the application's utility matrix (K x K, w[y][c]:
-// the value of answering c when the class is y). est and w are kept, not
-// copied: the caller must not change them; est is also copied, in each class's
-// order of margin (K float64s a row), for Value's scan.
+// the value of answering c when the class is y). w is kept, not copied: the
+// caller must not change it; est is copied, in each class's order of margin (K
+// float64s a row), and not kept.
 func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue, error) {
 	k := len(w)
 	if k < 2 || len(labels) != len(est) || len(labels) == 0 {
 		return nil, fmt.Errorf("%w: answer value: %d labels, %d estimates, %d classes", ErrParams, len(labels), len(est), k)
 	}
-	a := &AnswerValue{labels: make([]int32, len(labels)), est: est, w: w, n: make([]int, k),
-		rows: make([][]int32, k), margin: make([][]float64, k), top: make([][]int32, k), cum: make([][]float64, k),
+	a := &AnswerValue{w: w, n: make([]int, k), margin: make([][]float64, k), cum: make([][]float64, k),
 		sorted: make([][]float64, k)}
 	for y, row := range w {
 		if len(row) != k {
@@ -117,7 +111,6 @@ func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue,
 		if y < 0 || y >= k || len(est[i]) != k {
 			return nil, fmt.Errorf("%w: answer value: row %d: class %d, %d estimates (want 0..%d and %d)", ErrParams, i, y, len(est[i]), k-1, k)
 		}
-		a.labels[i] = int32(y)
 		a.n[y]++
 		top, top1, top2 := topTwo(est[i])
 		m := math.Inf(-1)
@@ -130,12 +123,11 @@ func NewAnswerValue(labels []int, est [][]float64, w [][]float64) (*AnswerValue,
 		// Stable: rows of equal margin keep their order, so the order (and the
 		// rounding of the sums) depends only on the rows.
 		slices.SortStableFunc(rs, func(p, q ranked) int { return cmp.Compare(q.margin, p.margin) })
-		a.rows[y], a.margin[y], a.top[y] = make([]int32, len(rs)), make([]float64, len(rs)), make([]int32, len(rs))
-		a.cum[y] = make([]float64, len(rs)+1)
+		a.margin[y], a.cum[y] = make([]float64, len(rs)), make([]float64, len(rs)+1)
 		a.sorted[y] = make([]float64, 0, len(rs)*k)
 		for j, r := range rs {
 			a.sorted[y] = append(a.sorted[y], est[r.row]...)
-			a.rows[y][j], a.margin[y][j], a.top[y][j] = r.row, r.margin, r.top
+			a.margin[y][j] = r.margin
 			if r.top >= 0 {
 				a.cum[y][j+1] = a.cum[y][j] + w[y][r.top]
 			} else {

@@ -1,7 +1,9 @@
 package sneakpeek
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -117,29 +119,75 @@ func TestPriorShiftKeepsTheLaterMix(t *testing.T) {
 }
 
 // valueByScan is AnswerValue.Value as it was before its fast path: every row's
-// argmax of p(c) r(c) by a full scan.
+// argmax of p(c) r(c) by a full scan, each class's rows in the order Value sums
+// them (by margin: sorted), so that the two sums round alike.
 func valueByScan(a *AnswerValue, prior, ratio []float64) float64 {
-	sum := make([]float64, len(a.n))
-	// Each class's rows in the order Value sums them (by margin), so that the
-	// two sums round alike.
-	for y, rows := range a.rows {
-		for _, i := range rows {
+	k := len(a.n)
+	v := 0.0
+	for y, rows := range a.sorted {
+		if a.n[y] == 0 {
+			continue
+		}
+		s := 0.0
+		for p := range slices.Chunk(rows, k) {
 			best, bc := math.Inf(-1), 0
-			for c, v := range a.est[i] {
-				if x := v * ratio[c]; x > best {
+			for c, x := range p {
+				if x := x * ratio[c]; x > best {
 					best, bc = x, c
 				}
 			}
-			sum[y] += a.w[y][bc]
+			s += a.w[y][bc]
 		}
-	}
-	v := 0.0
-	for y, s := range sum {
-		if a.n[y] > 0 {
-			v += prior[y] * s / float64(a.n[y])
-		}
+		v += prior[y] * s / float64(a.n[y])
 	}
 	return v
+}
+
+// agreesWithScan makes an AnswerValue of the rows and fails t unless each class
+// keeps exactly its rows and Value at prior and ratio is the full scan's, bit
+// for bit (what names the case).
+func agreesWithScan(t *testing.T, what string, labels []int, est, w [][]float64, prior, ratio []float64) {
+	t.Helper()
+	a, err := NewAnswerValue(labels, est, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := len(w)
+	for y, rows := range a.sorted {
+		var want, got [][]float64
+		for i, l := range labels {
+			if l == y {
+				want = append(want, est[i])
+			}
+		}
+		got = slices.Collect(slices.Chunk(rows, k))
+		byValues := func(p, q []float64) int {
+			return slices.CompareFunc(p, q, func(x, y float64) int { return cmp.Compare(x, y) })
+		}
+		slices.SortFunc(want, byValues)
+		slices.SortFunc(got, byValues)
+		if !slices.EqualFunc(got, want, func(p, q []float64) bool {
+			return slices.EqualFunc(p, q, func(x, y float64) bool { return x == y || math.IsNaN(x) && math.IsNaN(y) })
+		}) {
+			t.Fatalf("%s: class %d keeps the rows %v, want %v", what, y, got, want)
+		}
+	}
+	got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio)
+	if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
+		t.Fatalf("%s (K %d, %d rows, ratio %v): Value %v, the full scan %v", what, k, len(labels), ratio, got, want)
+	}
+}
+
+// randomUtility is a k x k matrix of values drawn by v.
+func randomUtility(k int, v func() float64) [][]float64 {
+	w := make([][]float64, k)
+	for y := range w {
+		w[y] = make([]float64, k)
+		for c := range w[y] {
+			w[y][c] = v()
+		}
+	}
+	return w
 }
 
 // Value's shortcut (a row's top class when its margin exceeds the ratio's
@@ -152,13 +200,7 @@ func TestAnswerValueFastPathIsExact(t *testing.T) {
 		k := 2 + rng.IntN(9)
 		rows := 1 + rng.IntN(200)
 		labels, est := make([]int, rows), make([][]float64, rows)
-		w := make([][]float64, k)
-		for y := range w {
-			w[y] = make([]float64, k)
-			for c := range w[y] {
-				w[y][c] = rng.Float64()*2 - 1
-			}
-		}
+		w := randomUtility(k, func() float64 { return rng.Float64()*2 - 1 })
 		for i := range est {
 			labels[i] = rng.IntN(k)
 			p := make([]float64, k)
@@ -188,10 +230,6 @@ func TestAnswerValueFastPathIsExact(t *testing.T) {
 			}
 			est[i] = p
 		}
-		a, err := NewAnswerValue(labels, est, w)
-		if err != nil {
-			t.Fatal(err)
-		}
 		prior, ratio := make([]float64, k), make([]float64, k)
 		for c := range ratio {
 			prior[c] = rng.Float64()
@@ -208,10 +246,7 @@ func TestAnswerValueFastPathIsExact(t *testing.T) {
 				ratio[c] = []float64{0.7, 1.3, 0, math.NaN(), math.Inf(1), -1, 1e-120, 1e120, 1e-90}[rng.IntN(9)]
 			}
 		}
-		got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio)
-		if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
-			t.Fatalf("trial %d (K %d, %d rows, ratio %v): Value %v, the full scan %v", trial, k, rows, ratio, got, want)
-		}
+		agreesWithScan(t, fmt.Sprintf("trial %d", trial), labels, est, w, prior, ratio)
 	}
 }
 
@@ -314,16 +349,8 @@ func BenchmarkAnswerValueBundled(b *testing.B) {
 // sees two +Inf products and keeps the first class, so the row's top class by
 // margin is not its answer.
 func TestAnswerValueOverflowingProducts(t *testing.T) {
-	w := [][]float64{{1, 0}, {0, 1}}
-	a, err := NewAnswerValue([]int{0}, [][]float64{{1e300, 1e308}}, w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prior := []float64{1, 1}
 	for _, ratio := range [][]float64{{1e50, 1e50}, {1e9, 1e9}, {1, 1e10}} {
-		if got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio); got != want {
-			t.Errorf("ratio %v: Value %v, the full scan %v", ratio, got, want)
-		}
+		agreesWithScan(t, "overflowing", []int{0}, [][]float64{{1e300, 1e308}}, [][]float64{{1, 0}, {0, 1}}, []float64{1, 1}, ratio)
 	}
 }
 
@@ -335,13 +362,7 @@ func TestAnswerValueFastPathIsExactWideRange(t *testing.T) {
 		k := 2 + rng.IntN(4)
 		rows := 1 + rng.IntN(30)
 		labels, est := make([]int, rows), make([][]float64, rows)
-		w := make([][]float64, k)
-		for y := range w {
-			w[y] = make([]float64, k)
-			for c := range w[y] {
-				w[y][c] = float64(rng.IntN(1000))
-			}
-		}
+		w := randomUtility(k, func() float64 { return float64(rng.IntN(1000)) })
 		for i := range est {
 			labels[i] = rng.IntN(k)
 			p := make([]float64, k)
@@ -354,19 +375,12 @@ func TestAnswerValueFastPathIsExactWideRange(t *testing.T) {
 			}
 			est[i] = p
 		}
-		a, err := NewAnswerValue(labels, est, w)
-		if err != nil {
-			t.Fatal(err)
-		}
 		prior, ratio := make([]float64, k), make([]float64, k)
 		rs := logU(-110, 110)
 		for c := range ratio {
 			prior[c] = 1
 			ratio[c] = rs * logU(-3, 3)
 		}
-		got, want := a.Value(prior, ratio), valueByScan(a, prior, ratio)
-		if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
-			t.Fatalf("trial %d: est %v ratio %v: Value %v, the full scan %v", trial, est, ratio, got, want)
-		}
+		agreesWithScan(t, fmt.Sprintf("trial %d, est %v", trial, est), labels, est, w, prior, ratio)
 	}
 }
