@@ -47,28 +47,36 @@ func TestSharpen(t *testing.T) {
 	}
 }
 
+// fashionWithAndWithoutTable returns the bundled fashion application as NewApp
+// makes it, and a copy whose variants have no table of wrong answers' values
+// (they are computed as needed).
+func fashionWithAndWithoutTable(tb testing.TB) (a, plain *App) {
+	tb.Helper()
+	m, err := manifest.Load("../models/fashion/manifest.yaml")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if a, err = NewApp(m); err != nil {
+		tb.Fatal(err)
+	}
+	cp := *a
+	cp.Variants = nil
+	for _, v := range a.Variants {
+		if v.wrong == nil {
+			tb.Fatalf("variant %s: no table", v.ID)
+		}
+		c := *v
+		c.wrong, c.wrongFor = nil, nil
+		cp.Variants = append(cp.Variants, &c)
+	}
+	return a, &cp
+}
+
 // NewApp's table of wrong answers' values gives what computing them gives, bit
 // for bit, in Sharpen and Reweigh; a Utility replaced after NewApp is not
 // served from the table made for the old one.
 func TestWrongValueTable(t *testing.T) {
-	m, err := manifest.Load("../models/fashion/manifest.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := NewApp(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain := *a // the same App, its variants without the table
-	plain.Variants = nil
-	for _, v := range a.Variants {
-		if v.wrong == nil {
-			t.Fatalf("variant %s: no table", v.ID)
-		}
-		c := *v
-		c.wrong, c.wrongFor = nil, nil
-		plain.Variants = append(plain.Variants, &c)
-	}
+	a, plain := fashionWithAndWithoutTable(t)
 	rng := rand.New(rand.NewPCG(5, 6))
 	now := time.Now()
 	dist := func(k int) []float64 {
@@ -93,7 +101,7 @@ func TestWrongValueTable(t *testing.T) {
 			Reweigh(r, slices.Clone(q), nil)
 			return r
 		}
-		got, want := run(a), run(&plain)
+		got, want := run(a), run(plain)
 		if !slices.Equal(got.ExpUtility, want.ExpUtility) || !slices.Equal(got.ShiftedUtility, want.ShiftedUtility) {
 			t.Fatalf("trial %d: with the table %v / %v, computed %v / %v", trial,
 				got.ExpUtility, got.ShiftedUtility, want.ExpUtility, want.ShiftedUtility)
@@ -123,21 +131,7 @@ func TestWrongValueTable(t *testing.T) {
 // and Reweigh on fashion's seven variants, with NewApp's table ("table") and
 // computing them ("computed").
 func BenchmarkSharpenReweigh(b *testing.B) {
-	m, err := manifest.Load("../models/fashion/manifest.yaml")
-	if err != nil {
-		b.Fatal(err)
-	}
-	a, err := NewApp(m)
-	if err != nil {
-		b.Fatal(err)
-	}
-	plain := *a
-	plain.Variants = nil
-	for _, v := range a.Variants {
-		c := *v
-		c.wrong, c.wrongFor = nil, nil
-		plain.Variants = append(plain.Variants, &c)
-	}
+	a, plain := fashionWithAndWithoutTable(b)
 	p, q, c := make([]float64, a.K), make([]float64, a.K), make([]float64, len(a.Variants))
 	for i := range p {
 		p[i], q[i] = 0.1, 0.1
@@ -146,7 +140,7 @@ func BenchmarkSharpenReweigh(b *testing.B) {
 		c[i] = 0.7
 	}
 	now := time.Now()
-	for name, app := range map[string]*App{"table": a, "computed": &plain} {
+	for name, app := range map[string]*App{"table": a, "computed": plain} {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
